@@ -1,0 +1,241 @@
+//! Effective Model Pruning: the pure math (arXiv 2509.25606).
+//!
+//! For scores s over N units: ω = |s| / Σ|s|, N_eff = 1 / Σω² (inverse Simpson index),
+//! keep ν = clamp(⌊β·N_eff⌋, 1, N) highest-scoring units. Everything is computed in f64.
+//! No ONNX here: this module only knows about score vectors.
+
+use std::cmp::Ordering;
+
+/// Why a score vector could not be used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmpError {
+    /// A score was NaN or infinite; the index of the first one.
+    NonFinite { index: usize, value: f64 },
+    /// β must be a finite number > 0.
+    BadBeta(f64),
+}
+
+impl std::fmt::Display for EmpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EmpError::NonFinite { index, value } => {
+                write!(f, "score {index} is {value} (NaN/Inf scores cannot be ranked)")
+            }
+            EmpError::BadBeta(b) => write!(f, "beta must be a finite number > 0, got {b}"),
+        }
+    }
+}
+
+impl std::error::Error for EmpError {}
+
+/// The outcome of EMP on one group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Number of units N.
+    pub n: usize,
+    /// Effective number N_eff (N for an all-zero group).
+    pub n_eff: f64,
+    /// Number kept ν.
+    pub kept: usize,
+    /// Retained mass: Σ of the ν largest ω (1.0 for an all-zero group).
+    pub s_eff: f64,
+    /// True when every score was zero: nothing to rank, the group is kept whole.
+    pub all_zero: bool,
+}
+
+/// Sum of |s| and sum of s², rejecting NaN/Inf.
+pub fn moments(scores: &[f64]) -> Result<(f64, f64), EmpError> {
+    let mut s1 = 0.0f64;
+    let mut s2 = 0.0f64;
+    for (index, &v) in scores.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(EmpError::NonFinite { index, value: v });
+        }
+        let a = v.abs();
+        s1 += a;
+        s2 += a * a;
+    }
+    Ok((s1, s2))
+}
+
+/// N_eff = (Σ|s|)² / Σs², clamped to [1, N] against rounding. `None` for an all-zero group.
+pub fn n_eff_from_moments(n: usize, s1: f64, s2: f64) -> Option<f64> {
+    if n == 0 || s1 == 0.0 {
+        return None;
+    }
+    let ne = if s2.is_finite() && s2 > 0.0 { s1 * s1 / s2 } else { return None };
+    Some(ne.clamp(1.0, n as f64))
+}
+
+/// N_eff of a score vector (N for an all-zero group).
+pub fn n_eff(scores: &[f64]) -> Result<f64, EmpError> {
+    let (s1, s2) = moments_scaled(scores)?;
+    Ok(n_eff_from_moments(scores.len(), s1, s2).unwrap_or(scores.len() as f64))
+}
+
+/// Moments of the scores divided by their max |s|: N_eff is scale-invariant, and scaling keeps
+/// huge or tiny scores from overflowing or underflowing s².
+pub fn moments_scaled(scores: &[f64]) -> Result<(f64, f64), EmpError> {
+    let mut m = 0.0f64;
+    for (index, &v) in scores.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(EmpError::NonFinite { index, value: v });
+        }
+        m = m.max(v.abs());
+    }
+    if m == 0.0 {
+        return Ok((0.0, 0.0));
+    }
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &v in scores {
+        let a = v.abs() / m;
+        s1 += a;
+        s2 += a * a;
+    }
+    Ok((s1, s2))
+}
+
+/// Keep count ν = clamp(⌊β·N_eff⌋, 1, N). For N = 0 returns 0.
+pub fn keep_count(n: usize, n_eff: f64, beta: f64) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    // The tolerance absorbs f64 rounding (uniform scores must give exactly N, not N − 1).
+    let v = (beta * n_eff * (1.0 + 1e-12)).floor();
+    if !v.is_finite() || v < 1.0 {
+        1
+    } else if v >= n as f64 {
+        n
+    } else {
+        v as usize
+    }
+}
+
+pub fn check_beta(beta: f64) -> Result<(), EmpError> {
+    if beta.is_finite() && beta > 0.0 {
+        Ok(())
+    } else {
+        Err(EmpError::BadBeta(beta))
+    }
+}
+
+/// Ordering used everywhere: higher |score| first, ties broken by lower index.
+fn rank_cmp(scores: &[f64], a: usize, b: usize) -> Ordering {
+    scores[b]
+        .abs()
+        .partial_cmp(&scores[a].abs())
+        .unwrap_or(Ordering::Equal)
+        .then(a.cmp(&b))
+}
+
+/// Indices of the `k` highest-|score| units (ties: lower index wins), sorted ascending.
+/// Uses selection, O(N) on average.
+pub fn top_k(scores: &[f64], k: usize) -> Vec<usize> {
+    let n = scores.len();
+    let k = k.min(n);
+    let mut idx: Vec<usize> = (0..n).collect();
+    if k < n && k > 0 {
+        idx.select_nth_unstable_by(k - 1, |&a, &b| rank_cmp(scores, a, b));
+    }
+    idx.truncate(k);
+    idx.sort_unstable();
+    idx
+}
+
+/// Full EMP on one group: decision plus the sorted kept indices.
+pub fn select(scores: &[f64], beta: f64) -> Result<(Decision, Vec<usize>), EmpError> {
+    check_beta(beta)?;
+    let n = scores.len();
+    let (s1, s2) = moments_scaled(scores)?;
+    match n_eff_from_moments(n, s1, s2) {
+        None => Ok((
+            Decision { n, n_eff: n as f64, kept: n, s_eff: 1.0, all_zero: true },
+            (0..n).collect(),
+        )),
+        Some(ne) => {
+            let kept = keep_count(n, ne, beta);
+            let keep = top_k(scores, kept);
+            let m = scores.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let retained: f64 = keep.iter().map(|&i| scores[i].abs() / m).sum();
+            let s_eff = (retained / s1).min(1.0);
+            Ok((Decision { n, n_eff: ne, kept, s_eff, all_zero: false }, keep))
+        }
+    }
+}
+
+/// Keep count rounded up to a multiple of `m`, never above `n` (for `--round-to`).
+pub fn round_up(kept: usize, n: usize, m: usize) -> usize {
+    if m <= 1 || kept == 0 {
+        return kept.min(n);
+    }
+    (kept.div_ceil(m) * m).min(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_keeps_all() {
+        let (d, k) = select(&[2.0; 10], 1.0).unwrap();
+        assert_eq!(d.kept, 10);
+        assert!((d.n_eff - 10.0).abs() < 1e-9);
+        assert_eq!(k, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn single_nonzero_keeps_one() {
+        let (d, k) = select(&[0.0, 0.0, -3.0, 0.0], 1.0).unwrap();
+        assert_eq!(d.kept, 1);
+        assert_eq!(k, vec![2]);
+        assert!((d.s_eff - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn all_zero_kept_whole() {
+        let (d, k) = select(&[0.0; 5], 1.0).unwrap();
+        assert!(d.all_zero);
+        assert_eq!(d.kept, 5);
+        assert_eq!(k.len(), 5);
+    }
+
+    #[test]
+    fn nan_rejected() {
+        assert!(matches!(select(&[1.0, f64::NAN], 1.0), Err(EmpError::NonFinite { index: 1, .. })));
+        assert!(select(&[1.0, f64::INFINITY], 1.0).is_err());
+        assert!(select(&[1.0], 0.0).is_err());
+    }
+
+    #[test]
+    fn ties_lower_index_wins() {
+        // N_eff of (1,1,1,0) = 3 → keep 3, all ones
+        let (_, k) = select(&[1.0, 1.0, 1.0, 0.0], 1.0).unwrap();
+        assert_eq!(k, vec![0, 1, 2]);
+        // β = 0.5: N_eff 3 → keep 1: lowest index among ties
+        let (_, k) = select(&[1.0, 1.0, 1.0, 0.0], 0.5).unwrap();
+        assert_eq!(k, vec![0]);
+    }
+
+    #[test]
+    fn paper_counterexample_to_bound() {
+        // emp.md: N=3, ω=(0.515,0.485,0): N_eff≈1.9999, ν=1, s_eff=0.515
+        let (d, k) = select(&[0.515, 0.485, 0.0], 1.0).unwrap();
+        assert_eq!(d.kept, 1);
+        assert_eq!(k, vec![0]);
+        assert!((d.s_eff - 0.515).abs() < 1e-12);
+    }
+
+    #[test]
+    fn round_up_rules() {
+        assert_eq!(round_up(5, 64, 8), 8);
+        assert_eq!(round_up(60, 62, 8), 62);
+        assert_eq!(round_up(16, 64, 8), 16);
+        assert_eq!(round_up(3, 64, 1), 3);
+    }
+
+    #[test]
+    fn huge_scores_do_not_overflow() {
+        let (d, _) = select(&[1e300, 1e300], 1.0).unwrap();
+        assert_eq!(d.kept, 2);
+    }
+}

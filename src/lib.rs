@@ -1,0 +1,5 @@
+//! onnx-emp: prune ONNX models with Effective Model Pruning (EMP).
+//!
+//! Data flows one way: bytes → model → analysis → plan → rewrite → bytes, then verification.
+pub mod emp;
+pub mod model;

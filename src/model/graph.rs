@@ -1,0 +1,197 @@
+//! A read-only index over the top-level graph: who produces and who consumes each value, and
+//! which values are weights (initializers or `Constant` node outputs).
+
+use super::tensor;
+use anyhow::{bail, Result};
+use onnx_protobuf::{AttributeProto, GraphProto, NodeProto, TensorProto};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Where a constant tensor lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WeightRef {
+    /// Index into `graph.initializer`.
+    Init(usize),
+    /// Index of a `Constant` node whose `value` attribute holds the tensor.
+    Const(usize),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct GraphIndex {
+    /// value name → producing node index
+    pub producer: HashMap<String, usize>,
+    /// value name → (node index, input slot) of every consumer, in node order
+    pub consumers: HashMap<String, Vec<(usize, usize)>>,
+    /// constant tensors by name
+    pub weights: BTreeMap<String, WeightRef>,
+    pub inputs: BTreeSet<String>,
+    pub outputs: BTreeSet<String>,
+    /// names referenced from inside If/Loop/Scan subgraphs (outer-scope captures)
+    pub captured: BTreeSet<String>,
+}
+
+impl GraphIndex {
+    pub fn build(g: &GraphProto) -> Result<Self> {
+        let mut ix = GraphIndex::default();
+        for (i, t) in g.initializer.iter().enumerate() {
+            if ix.weights.insert(t.name.clone(), WeightRef::Init(i)).is_some() {
+                bail!("duplicate initializer '{}'", t.name);
+            }
+        }
+        for v in &g.input {
+            ix.inputs.insert(v.name.clone());
+        }
+        for v in &g.output {
+            ix.outputs.insert(v.name.clone());
+        }
+        for (ni, n) in g.node.iter().enumerate() {
+            for (slot, name) in n.input.iter().enumerate() {
+                if !name.is_empty() {
+                    ix.consumers.entry(name.clone()).or_default().push((ni, slot));
+                }
+            }
+            for o in &n.output {
+                if o.is_empty() {
+                    continue;
+                }
+                if ix.producer.insert(o.clone(), ni).is_some() || ix.weights.contains_key(o) && !is_const(n) {
+                    bail!("value '{o}' is produced twice (node '{}')", node_label(n));
+                }
+            }
+            if is_const(n) && n.output.len() == 1 && attr(n, "value").and_then(|a| a.t.as_ref()).is_some() {
+                if ix.weights.insert(n.output[0].clone(), WeightRef::Const(ni)).is_some() {
+                    bail!("value '{}' is both an initializer and a Constant output", n.output[0]);
+                }
+            }
+            for a in &n.attribute {
+                if let Some(sg) = a.g.as_ref() {
+                    collect_refs(sg, &mut ix.captured);
+                }
+                for sg in &a.graphs {
+                    collect_refs(sg, &mut ix.captured);
+                }
+            }
+        }
+        Ok(ix)
+    }
+
+    pub fn weight<'a>(&self, g: &'a GraphProto, name: &str) -> Option<&'a TensorProto> {
+        self.weights.get(name).and_then(|r| weight(g, *r))
+    }
+
+    /// A weight that is a graph input too can be overridden at run time: not a constant.
+    pub fn is_constant(&self, name: &str) -> bool {
+        self.weights.contains_key(name) && !self.inputs.contains(name)
+    }
+
+    pub fn consumers_of(&self, name: &str) -> &[(usize, usize)] {
+        self.consumers.get(name).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+}
+
+fn collect_refs(g: &GraphProto, out: &mut BTreeSet<String>) {
+    for n in &g.node {
+        for i in &n.input {
+            out.insert(i.clone());
+        }
+        for a in &n.attribute {
+            if let Some(sg) = a.g.as_ref() {
+                collect_refs(sg, out);
+            }
+            for sg in &a.graphs {
+                collect_refs(sg, out);
+            }
+        }
+    }
+}
+
+pub fn weight(g: &GraphProto, r: WeightRef) -> Option<&TensorProto> {
+    match r {
+        WeightRef::Init(i) => g.initializer.get(i),
+        WeightRef::Const(n) => g.node.get(n).and_then(|n| attr(n, "value")).and_then(|a| a.t.as_ref()),
+    }
+}
+
+pub fn weight_mut(g: &mut GraphProto, r: WeightRef) -> Option<&mut TensorProto> {
+    match r {
+        WeightRef::Init(i) => g.initializer.get_mut(i),
+        WeightRef::Const(n) => g
+            .node
+            .get_mut(n)
+            .and_then(|n| n.attribute.iter_mut().find(|a| a.name == "value"))
+            .and_then(|a| a.t.as_mut()),
+    }
+}
+
+pub fn is_const(n: &NodeProto) -> bool {
+    n.op_type == "Constant" && (n.domain.is_empty() || n.domain == "ai.onnx")
+}
+
+pub fn node_label(n: &NodeProto) -> String {
+    if n.name.is_empty() {
+        format!("{}:{}", n.op_type, n.output.first().map(|s| s.as_str()).unwrap_or("?"))
+    } else {
+        n.name.clone()
+    }
+}
+
+pub fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    n.attribute.iter().find(|a| a.name == name)
+}
+
+pub fn attr_i(n: &NodeProto, name: &str) -> Option<i64> {
+    attr(n, name).map(|a| a.i)
+}
+
+pub fn attr_f(n: &NodeProto, name: &str) -> Option<f32> {
+    attr(n, name).map(|a| a.f)
+}
+
+pub fn attr_ints<'a>(n: &'a NodeProto, name: &str) -> Option<&'a [i64]> {
+    attr(n, name).map(|a| a.ints.as_slice())
+}
+
+pub fn attr_s(n: &NodeProto, name: &str) -> Option<String> {
+    attr(n, name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+}
+
+/// Set an int attribute (adds it when missing).
+pub fn set_attr_i(n: &mut NodeProto, name: &str, v: i64) {
+    if let Some(a) = n.attribute.iter_mut().find(|a| a.name == name) {
+        a.i = v;
+    } else {
+        let mut a = AttributeProto::new();
+        a.name = name.into();
+        a.type_ = protobuf::EnumOrUnknown::from_i32(2);
+        a.i = v;
+        n.attribute.push(a);
+    }
+}
+
+pub fn set_attr_ints(n: &mut NodeProto, name: &str, v: &[i64]) {
+    if let Some(a) = n.attribute.iter_mut().find(|a| a.name == name) {
+        a.ints = v.to_vec();
+    } else {
+        let mut a = AttributeProto::new();
+        a.name = name.into();
+        a.type_ = protobuf::EnumOrUnknown::from_i32(7);
+        a.ints = v.to_vec();
+        n.attribute.push(a);
+    }
+}
+
+/// Total element count of float weights (for parameter counts).
+pub fn float_params(g: &GraphProto, ix: &GraphIndex) -> (u64, u64) {
+    let mut total = 0u64;
+    let mut nonzero = 0u64;
+    for r in ix.weights.values() {
+        if let Some(t) = weight(g, *r) {
+            if tensor::is_float(t.data_type) {
+                if let Ok(v) = tensor::read_f32(t) {
+                    total += v.len() as u64;
+                    nonzero += v.iter().filter(|x| **x != 0.0).count() as u64;
+                }
+            }
+        }
+    }
+    (total, nonzero)
+}

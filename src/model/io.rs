@@ -1,0 +1,274 @@
+//! Lossless load/save of ONNX models.
+//!
+//! The protobuf types come from `onnx-protobuf`, which keeps unknown fields, so a model that is
+//! loaded and saved unchanged comes out semantically identical. External data is read into
+//! `raw_data` on load (paths are confined to the model's folder) and written back beside the
+//! output on save. Saving is atomic: temp file in the target folder, then rename.
+
+use super::tensor::{self, tname};
+use anyhow::{bail, Context, Result};
+use onnx_protobuf::{GraphProto, Message, ModelProto, StringStringEntryProto, TensorProto};
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+
+/// protobuf refuses single messages of 2 GiB or more.
+pub const PROTOBUF_LIMIT: u64 = (1 << 31) - 1;
+
+/// A loaded model and what we need to know to write it back the same way.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub proto: ModelProto,
+    pub path: PathBuf,
+    /// Size of the .onnx file plus its external data files.
+    pub bytes_on_disk: u64,
+    /// Names of tensors that were stored as external data in the input.
+    pub external: BTreeSet<String>,
+}
+
+/// Read and parse a model file, resolving external data relative to its folder.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", path.display());
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut proto = parse(&bytes).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
+    drop(bytes);
+    let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
+    let mut external = BTreeSet::new();
+    let mut data_bytes = BTreeSet::new();
+    let mut err = None;
+    for_each_tensor_mut(&mut proto, &mut |t| {
+        if err.is_some() {
+            return;
+        }
+        if t.data_location.value() == 1 || !t.external_data.is_empty() {
+            match read_external(t, dir) {
+                Ok(file) => {
+                    external.insert(t.name.clone());
+                    data_bytes.insert(file);
+                }
+                Err(e) => err = Some(e),
+            }
+        }
+    });
+    if let Some(e) = err {
+        return Err(e.context(format!("{}: external data", path.display())));
+    }
+    let mut size = meta.len();
+    for f in &data_bytes {
+        size += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+    }
+    Ok(Loaded { proto, path: path.to_path_buf(), bytes_on_disk: size, external })
+}
+
+/// Parse bytes and check the minimum that makes them an ONNX model.
+pub fn parse(bytes: &[u8]) -> Result<ModelProto> {
+    if bytes.is_empty() {
+        bail!("file is empty");
+    }
+    let proto = ModelProto::parse_from_bytes(bytes).map_err(|e| anyhow::anyhow!("protobuf decode failed: {e}"))?;
+    if proto.ir_version <= 0 {
+        bail!("no ir_version (is this an ONNX file?)");
+    }
+    let Some(g) = proto.graph.as_ref() else { bail!("model has no graph") };
+    if g.node.is_empty() {
+        bail!("graph '{}' is empty (no nodes)", g.name);
+    }
+    Ok(proto)
+}
+
+/// Visit every tensor of a graph, recursively (initializers, Constant values, attribute tensors,
+/// subgraphs).
+pub fn for_each_graph_tensor_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto)) {
+    for t in g.initializer.iter_mut() {
+        f(t);
+    }
+    for st in g.sparse_initializer.iter_mut() {
+        if let Some(v) = st.values.as_mut() {
+            f(v);
+        }
+        if let Some(i) = st.indices.as_mut() {
+            f(i);
+        }
+    }
+    for n in g.node.iter_mut() {
+        for a in n.attribute.iter_mut() {
+            if let Some(t) = a.t.as_mut() {
+                f(t);
+            }
+            for t in a.tensors.iter_mut() {
+                f(t);
+            }
+            if let Some(sg) = a.g.as_mut() {
+                for_each_graph_tensor_mut(sg, f);
+            }
+            for sg in a.graphs.iter_mut() {
+                for_each_graph_tensor_mut(sg, f);
+            }
+        }
+    }
+}
+
+pub fn for_each_tensor_mut(m: &mut ModelProto, f: &mut dyn FnMut(&mut TensorProto)) {
+    if let Some(g) = m.graph.as_mut() {
+        for_each_graph_tensor_mut(g, f);
+    }
+    for fun in m.functions.iter_mut() {
+        for n in fun.node.iter_mut() {
+            for a in n.attribute.iter_mut() {
+                if let Some(t) = a.t.as_mut() {
+                    f(t);
+                }
+            }
+        }
+    }
+}
+
+fn ext_field<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {
+    t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str())
+}
+
+/// A relative path that stays inside the model's folder.
+pub fn confined(dir: &Path, location: &str, what: &str) -> Result<PathBuf> {
+    let p = Path::new(location);
+    if location.is_empty() {
+        bail!("{what}: empty external data location");
+    }
+    for c in p.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            _ => bail!("{what}: external data location '{location}' leaves the model's folder"),
+        }
+    }
+    let full = dir.join(p);
+    // Symlinks could still escape: compare canonical paths.
+    let cdir = dir.canonicalize().with_context(|| format!("{what}: model folder"))?;
+    let cfull = full.canonicalize().with_context(|| format!("{what}: external data file '{location}' not found"))?;
+    if !cfull.starts_with(&cdir) {
+        bail!("{what}: external data location '{location}' leaves the model's folder");
+    }
+    Ok(cfull)
+}
+
+fn read_external(t: &mut TensorProto, dir: &Path) -> Result<PathBuf> {
+    let name = tname(t).to_string();
+    let what = format!("tensor '{name}'");
+    let loc = ext_field(t, "location").with_context(|| format!("{what}: external data without a location"))?;
+    let file = confined(dir, loc, &what)?;
+    let parse_u64 = |k: &str| -> Result<Option<u64>> {
+        match ext_field(t, k) {
+            None => Ok(None),
+            Some(v) => v.trim().parse::<u64>().map(Some).with_context(|| format!("{what}: bad external {k} '{v}'")),
+        }
+    };
+    let offset = parse_u64("offset")?.unwrap_or(0);
+    let n = tensor::numel(t)? as u64;
+    let es = tensor::elem_size(t.data_type)
+        .with_context(|| format!("{what}: unsupported data type {} in external data", t.data_type))? as u64;
+    let expect = n * es;
+    let length = parse_u64("length")?.unwrap_or(expect);
+    if length != expect {
+        bail!("{what}: external length {length} but dims {:?} need {expect} bytes", t.dims);
+    }
+    let mut f = File::open(&file).with_context(|| format!("{what}: cannot open '{loc}'"))?;
+    let flen = f.metadata()?.len();
+    if offset.checked_add(length).is_none_or(|end| end > flen) {
+        bail!("{what}: external data [{offset}, +{length}) is past the end of '{loc}' ({flen} bytes)");
+    }
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; length as usize];
+    f.read_exact(&mut buf).with_context(|| format!("{what}: reading '{loc}'"))?;
+    t.raw_data = buf;
+    t.external_data.clear();
+    t.data_location = protobuf::EnumOrUnknown::from_i32(0);
+    Ok(file)
+}
+
+/// How to write a model.
+#[derive(Debug, Clone, Default)]
+pub struct SaveOptions {
+    /// Tensors (by name) to place in the external data file beside the output.
+    pub external: BTreeSet<String>,
+}
+
+/// Write a model atomically. Tensors named in `opts.external` (and, if the protobuf would exceed
+/// 2 GiB, every tensor of 1 KiB or more) go to one data file `<out file name>.data` beside it.
+/// Returns the bytes written (model + data).
+pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64> {
+    let dir = out.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
+    let fname = out.file_name().with_context(|| format!("{}: not a file path", out.display()))?;
+    let mut external = opts.external.clone();
+    if proto.compute_size() > PROTOBUF_LIMIT {
+        for_each_tensor_mut(&mut proto, &mut |t| {
+            if t.raw_data.len() >= 1024 {
+                external.insert(t.name.clone());
+            }
+        });
+    }
+    let mut total = 0u64;
+    let mut data_tmp = None;
+    let data_name = format!("{}.data", fname.to_string_lossy());
+    if !external.is_empty() {
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
+        let mut offset = 0u64;
+        let mut err: Option<anyhow::Error> = None;
+        {
+            let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+            for_each_tensor_mut(&mut proto, &mut |t| {
+                if err.is_some() || !external.contains(&t.name) || t.raw_data.is_empty() {
+                    return;
+                }
+                // 64-byte alignment, as onnx's own writer can do, for mmap-friendly readers.
+                let pad = (64 - offset % 64) % 64;
+                let r = w.write_all(&vec![0u8; pad as usize]).and_then(|_| w.write_all(&t.raw_data));
+                if let Err(e) = r {
+                    err = Some(e.into());
+                    return;
+                }
+                offset += pad;
+                let len = t.raw_data.len() as u64;
+                t.raw_data = Vec::new();
+                t.data_location = protobuf::EnumOrUnknown::from_i32(1);
+                t.external_data = vec![kv("location", &data_name), kv("offset", &offset.to_string()), kv("length", &len.to_string())];
+                offset += len;
+            });
+            if let Some(e) = err {
+                return Err(e.context(format!("{}: writing external data", out.display())));
+            }
+            w.flush().with_context(|| format!("{}: writing external data", out.display()))?;
+        }
+        total += offset;
+        data_tmp = Some(tmp);
+    }
+    if proto.compute_size() > PROTOBUF_LIMIT {
+        bail!("{}: model protobuf would exceed 2 GiB even with external data", out.display());
+    }
+    let bytes = proto.write_to_bytes().with_context(|| format!("{}: encoding failed", out.display()))?;
+    total += bytes.len() as u64;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
+    tmp.write_all(&bytes).with_context(|| format!("{}: write failed", out.display()))?;
+    tmp.as_file().sync_all().ok();
+    if let Some(d) = data_tmp {
+        d.as_file().sync_all().ok();
+        d.persist(dir.join(&data_name)).with_context(|| format!("{}: cannot write {data_name}", out.display()))?;
+    }
+    tmp.persist(out).with_context(|| format!("{}: cannot write", out.display()))?;
+    Ok(total)
+}
+
+fn kv(k: &str, v: &str) -> StringStringEntryProto {
+    let mut e = StringStringEntryProto::new();
+    e.key = k.to_string();
+    e.value = v.to_string();
+    e
+}
+
+/// Encoded size of a model without writing it (for reports).
+pub fn encoded_size(m: &ModelProto) -> u64 {
+    m.compute_size()
+}

@@ -1,0 +1,4 @@
+//! ONNX model: lossless I/O, typed tensor views and a graph index.
+pub mod graph;
+pub mod io;
+pub mod tensor;
