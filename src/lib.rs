@@ -3,3 +3,4 @@
 //! Data flows one way: bytes → model → analysis → plan → rewrite → bytes, then verification.
 pub mod emp;
 pub mod model;
+pub mod prune;
