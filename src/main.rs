@@ -1,1 +1,239 @@
-fn main(){}
+//! onnx-emp command line: parse flags, call the library, print the report, set the exit code.
+//! Exit codes: 0 success, 1 error (one line naming the file/node/tensor), 2 bad usage.
+
+use clap::{Parser, Subcommand};
+use onnx_emp::check::{InputSpec, VerifyOptions};
+use onnx_emp::prune::weights::Include;
+use onnx_emp::run::{self, Mode, RunOptions};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EXAMPLES: &str = "\
+Examples:
+  # per-weight EMP (default), verified in tract on the test set with labels
+  onnx-emp models/digits_mlp.onnx mlp.pruned.onnx \\
+      --inputs models/digits_test_x64.npy --labels models/digits_test_y.npy
+
+  # every weight tensor as one group, a JSON report, no verification
+  onnx-emp model.onnx out.onnx --scope layer --report report.json --no-verify
+
+  # remove conv channels / hidden units, kept counts rounded up to multiples of 8
+  onnx-emp models/digits_cnn.onnx cnn.small.onnx --structured channels --round-to 8 \\
+      --inputs models/digits_test_x1x8x8.npy --labels models/digits_test_y.npy
+
+  # remove attention heads (one EMP over all heads), then FFN hidden units
+  onnx-emp bert.onnx bert.small.onnx --structured heads,channels --dim batch=1 --dim sequence=128
+
+  # compare two models' graphs
+  onnx-emp diff model.onnx out.onnx";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "onnx-emp",
+    version,
+    about = "Prune ONNX models with Effective Model Pruning (EMP): keep ⌊β·N_eff⌋ units per group, N_eff = 1/Σω²",
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    prune: PruneArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Readable, deterministic graph diff of two models (shapes, attributes, nodes, params).
+    Diff { a: PathBuf, b: PathBuf },
+}
+
+#[derive(clap::Args, Debug)]
+struct PruneArgs {
+    /// Input model (.onnx)
+    input: Option<PathBuf>,
+    /// Output model (.onnx); written atomically, never over the input unless --force
+    output: Option<PathBuf>,
+    /// Structural mode: channels, heads or heads,channels (default: per-weight zeroing)
+    #[arg(long, value_name = "MODE")]
+    structured: Option<String>,
+    /// β: keep ⌊β·N_eff⌋ units per group (β > 0; 1 = the paper's rule)
+    #[arg(long, default_value_t = 1.0)]
+    beta: f64,
+    /// Grouping: unit|layer|global (per-weight, default unit); layer|global (structured;
+    /// default layer for channels, global for heads)
+    #[arg(long)]
+    scope: Option<String>,
+    /// Score: magnitude (per-weight); l2 (default) or l1 (structured)
+    #[arg(long)]
+    criterion: Option<String>,
+    /// Also prune these (per-weight): bias, norm, embedding (comma separated)
+    #[arg(long, value_delimiter = ',')]
+    include: Vec<String>,
+    /// Round each kept count up to a multiple of N (structured), never above the original width
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    round_to: usize,
+    /// Write the report as JSON here
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Skip the tract verification
+    #[arg(long)]
+    no_verify: bool,
+    /// Verification inputs: NAME=FILE.npy (repeatable), FILE.npy for a single-input model, or FILE.npz
+    #[arg(long, value_name = "NAME=FILE")]
+    inputs: Vec<String>,
+    /// Class labels (.npy of ints) for accuracy before/after
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// Fix a dynamic dimension for verification: NAME=VALUE (repeatable), e.g. batch=1
+    #[arg(long, value_name = "NAME=VALUE")]
+    dim: Vec<String>,
+    /// Seed of the random verification inputs
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Allow overwriting the input file
+    #[arg(long)]
+    force: bool,
+    /// Write the output even when masked-equivalence fails (structured modes)
+    #[arg(long)]
+    allow_mismatch: bool,
+    /// Print nothing on stdout but errors (the JSON report is still written)
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}\n\nFor more information, try '--help'.");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    // Last line of defence: a panic anywhere becomes a one-line error and exit code 1.
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(|| real_main(cli));
+    match r {
+        Ok(code) => code,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            eprintln!("error: internal error (please report): {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> ExitCode {
+    if let Some(Cmd::Diff { a, b }) = cli.cmd {
+        return match onnx_emp::diff::diff_files(&a, &b) {
+            Ok(s) => {
+                print!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let a = cli.prune;
+    let (Some(input), Some(output)) = (a.input.clone(), a.output.clone()) else {
+        return usage("expected IN and OUT model paths (see --help)");
+    };
+    let mode = match a.structured.as_deref() {
+        None => Mode::Weights,
+        Some("channels") => Mode::Channels,
+        Some("heads") => Mode::Heads,
+        Some("heads,channels") | Some("channels,heads") => Mode::HeadsChannels,
+        Some(s) => return usage(&format!("--structured {s}: expected channels, heads or heads,channels")),
+    };
+    if !(a.beta.is_finite() && a.beta > 0.0) {
+        return usage(&format!("--beta {}: must be a finite number > 0", a.beta));
+    }
+    if a.round_to == 0 {
+        return usage("--round-to must be ≥ 1");
+    }
+    let mut include = Include::default();
+    for i in &a.include {
+        match i.as_str() {
+            "bias" => include.bias = true,
+            "norm" => include.norm = true,
+            "embedding" => include.embedding = true,
+            s => return usage(&format!("--include {s}: expected bias, norm or embedding")),
+        }
+    }
+    let mut dims = BTreeMap::new();
+    for d in &a.dim {
+        let Some((k, v)) = d.split_once('=') else { return usage(&format!("--dim {d}: expected NAME=VALUE")) };
+        match v.trim().parse::<i64>() {
+            Ok(n) if n > 0 => {
+                dims.insert(k.trim().to_string(), n);
+            }
+            _ => return usage(&format!("--dim {d}: VALUE must be a positive integer")),
+        }
+    }
+    let mut files = BTreeMap::new();
+    let mut npz = None;
+    for i in &a.inputs {
+        match i.split_once('=') {
+            Some((k, v)) => {
+                files.insert(k.to_string(), PathBuf::from(v));
+            }
+            None if i.ends_with(".npz") => npz = Some(PathBuf::from(i)),
+            None => {
+                files.insert(String::new(), PathBuf::from(i));
+            }
+        }
+    }
+    let verify_opts = VerifyOptions {
+        inputs: InputSpec { dims, files, npz, seed: a.seed, default_batch: 1 },
+        labels: a.labels.clone(),
+        latency: true,
+    };
+    let opts = RunOptions {
+        input,
+        output,
+        force: a.force,
+        mode,
+        beta: a.beta,
+        scope: a.scope.clone(),
+        criterion: a.criterion.clone(),
+        include,
+        round_to: a.round_to,
+        verify: !a.no_verify,
+        verify_opts,
+        allow_mismatch: a.allow_mismatch,
+    };
+    match run::run(&opts) {
+        Ok(out) => {
+            if let Some(p) = &a.report {
+                if let Err(e) = onnx_emp::model::io::write_atomic(p, out.report.to_json().as_bytes()) {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(1);
+                }
+            }
+            if !a.quiet {
+                print!("{}", out.report.to_text());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}

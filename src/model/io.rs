@@ -272,3 +272,12 @@ fn kv(k: &str, v: &str) -> StringStringEntryProto {
 pub fn encoded_size(m: &ModelProto) -> u64 {
     m.compute_size()
 }
+
+/// Write bytes atomically (temp file in the same folder, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;
+    tmp.persist(path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 use onnx_protobuf::ModelProto;
 use serde::Serialize;
+pub mod weights;
 
 /// How units are grouped for EMP in the structural modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -1,0 +1,262 @@
+//! The run report: one struct, rendered as a human table (stdout) and as JSON (`--report`).
+//!
+//! Everything outside `timing` is a deterministic function of the input model and the flags;
+//! wall-clock figures (stage times, latency) live only in `timing`.
+
+use crate::check::{LatencyStats, OutputFidelity, Verification};
+use crate::prune::weights::WeightsReport;
+use crate::prune::GroupReport;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FileInfo {
+    pub path: String,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Params {
+    /// Float weight elements before.
+    pub before: u64,
+    /// Float weight elements after (smaller only for structural modes).
+    pub after: u64,
+    pub nonzero_before: u64,
+    pub nonzero_after: u64,
+}
+
+/// Masked-equivalence for structural modes: dense-with-removed-units-zeroed vs rewritten model.
+#[derive(Clone, Debug, Serialize)]
+pub struct Equivalence {
+    pub stage: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub max_abs_err: f64,
+    pub max_rel_l2_err: f64,
+    pub outputs: Vec<OutputFidelity>,
+    pub tolerance: f64,
+    /// None when the proof could not run (the reason says why).
+    pub pass: Option<bool>,
+}
+
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Timing {
+    pub load_ms: f64,
+    pub prune_ms: f64,
+    pub save_ms: f64,
+    pub verify_ms: f64,
+    pub latency_dense: Option<LatencyStats>,
+    pub latency_pruned: Option<LatencyStats>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub tool: String,
+    pub input: FileInfo,
+    pub output: FileInfo,
+    pub mode: String,
+    pub scope: String,
+    pub beta: f64,
+    pub criterion: String,
+    pub calibration: Option<String>,
+    pub params: Params,
+    pub macs_before: Option<u64>,
+    pub macs_after: Option<u64>,
+    pub weights: Option<WeightsReport>,
+    pub groups: Vec<GroupReport>,
+    pub equivalence: Vec<Equivalence>,
+    pub verification: Option<Verification>,
+    pub notes: Vec<String>,
+    /// Wall-clock figures: the only part of the report that differs between identical runs.
+    pub timing: Timing,
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
+    }
+
+    /// The deterministic part of the JSON (everything but `timing`).
+    pub fn to_json_without_timing(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("timing");
+        }
+        serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "{} — {} → {}", self.tool, self.input.path, self.output.path);
+        let _ = write!(s, "mode {}  scope {}  beta {}  criterion {}", self.mode, self.scope, self.beta, self.criterion);
+        if let Some(c) = &self.calibration {
+            let _ = write!(s, "  calibration {c}");
+        }
+        s.push('\n');
+        if let Some(w) = &self.weights {
+            s.push('\n');
+            s.push_str(&weights_table(w));
+        }
+        if !self.groups.is_empty() {
+            s.push('\n');
+            s.push_str(&groups_table(&self.groups));
+        }
+        s.push('\n');
+        let p = &self.params;
+        let _ = writeln!(
+            s,
+            "params      {} → {}  (non-zero {} → {}, {:.1} % of weights removed or zeroed)",
+            p.before,
+            p.after,
+            p.nonzero_before,
+            p.nonzero_after,
+            pct(1.0 - ratio(p.nonzero_after, p.nonzero_before))
+        );
+        if let (Some(a), Some(b)) = (self.macs_before, self.macs_after) {
+            let _ = writeln!(s, "MACs        {a} → {b}  ({:.1} % fewer)", pct(1.0 - ratio(b, a)));
+        }
+        let _ = writeln!(s, "file size   {} → {} bytes", self.input.bytes, self.output.bytes);
+        for e in &self.equivalence {
+            if e.status == "ok" {
+                let _ = writeln!(
+                    s,
+                    "masked-equivalence ({}): max |Δ| {:.3e}, rel L2 {:.3e} (tolerance {:.0e}) {}",
+                    e.stage,
+                    e.max_abs_err,
+                    e.max_rel_l2_err,
+                    e.tolerance,
+                    if e.pass == Some(true) { "PASS" } else { "FAIL" }
+                );
+            } else {
+                let _ = writeln!(s, "masked-equivalence ({}): skipped: {}", e.stage, e.reason.as_deref().unwrap_or("?"));
+            }
+        }
+        match &self.verification {
+            None => s.push_str("verification: off (--no-verify)\n"),
+            Some(v) if v.status != "ok" => {
+                let _ = writeln!(s, "verification: skipped: {}", v.reason.as_deref().unwrap_or("unknown reason"));
+            }
+            Some(v) => {
+                let shapes: Vec<String> = v.input_shapes.iter().map(|(k, d)| format!("{k} {d:?}")).collect();
+                let _ = writeln!(s, "verification (tract, inputs {}):", shapes.join(", "));
+                for o in &v.outputs {
+                    let _ = write!(
+                        s,
+                        "  {}: max |Δ| {:.3e}  rel L2 {:.3e}  cosine {:.6}",
+                        o.name, o.max_abs_err, o.rel_l2_err, o.cosine
+                    );
+                    if let Some(t) = o.top1_agreement {
+                        let _ = write!(s, "  top-1 agreement {:.2} %", pct(t));
+                    }
+                    s.push('\n');
+                }
+                if let (Some(a), Some(b)) = (v.accuracy_dense, v.accuracy_pruned) {
+                    let _ = writeln!(s, "  accuracy {:.2} % → {:.2} %", pct(a), pct(b));
+                }
+            }
+        }
+        if let (Some(a), Some(b)) = (&self.timing.latency_dense, &self.timing.latency_pruned) {
+            let _ = writeln!(
+                s,
+                "latency     {:.3} ms → {:.3} ms (tract, median of {}/{} runs)",
+                a.median_ms, b.median_ms, a.runs, b.runs
+            );
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
+        let t = &self.timing;
+        let _ = writeln!(
+            s,
+            "time        load {:.1} ms, prune {:.1} ms, save {:.1} ms, verify {:.1} ms",
+            t.load_ms, t.prune_ms, t.save_ms, t.verify_ms
+        );
+        s
+    }
+}
+
+/// The last `w` characters of `s`, with a leading ellipsis when cut (UTF-8 safe).
+fn tail(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    if n <= w {
+        return s.to_string();
+    }
+    let rest: String = s.chars().skip(n - (w - 1)).collect();
+    format!("…{rest}")
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        1.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+fn pct(x: f64) -> f64 {
+    100.0 * x
+}
+
+fn weights_table(w: &WeightsReport) -> String {
+    let mut s = String::new();
+    let name_w = w.tensors.iter().map(|t| t.name.len()).max().unwrap_or(6).clamp(6, 48);
+    let _ = writeln!(
+        s,
+        "{:<name_w$}  {:<18} {:>8} {:>7} {:>10} {:>8} {:>9} {:>6}",
+        "tensor", "shape", "N", "groups", "N_eff", "kept", "sparsity", "s_eff"
+    );
+    for t in &w.tensors {
+        let name = tail(&t.name, name_w);
+        let _ = writeln!(
+            s,
+            "{:<name_w$}  {:<18} {:>8} {:>7} {:>10.1} {:>8} {:>8.1}% {:>6.3}",
+            name,
+            format!("{:?}", t.shape),
+            t.n,
+            t.groups,
+            t.n_eff,
+            t.kept,
+            pct(t.sparsity),
+            t.s_eff
+        );
+    }
+    if let Some(g) = &w.global {
+        let _ = writeln!(s, "global EMP: N {}  N_eff {:.1}  kept {}  s_eff {:.3}", g.n, g.n_eff, g.kept, g.s_eff);
+    }
+    let _ = writeln!(
+        s,
+        "candidates: {} weights, kept {} ({:.1} % sparsity)",
+        w.candidates_elems,
+        w.kept_elems,
+        pct(1.0 - ratio(w.kept_elems as u64, w.candidates_elems as u64))
+    );
+    s
+}
+
+fn groups_table(groups: &[GroupReport]) -> String {
+    let mut s = String::new();
+    let id_w = groups.iter().map(|g| g.id.len()).max().unwrap_or(5).clamp(5, 40);
+    let _ = writeln!(s, "{:<id_w$}  {:<8} {:>5} {:>8} {:>5} {:>6}  members / status", "group", "kind", "N", "N_eff", "kept", "s_eff");
+    let mut counts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for g in groups {
+        let c = counts.entry(g.kind.as_str()).or_default();
+        c.1 += 1;
+        let status = match &g.blocked {
+            Some(r) => format!("not pruned: {r}"),
+            None => {
+                c.0 += 1;
+                g.members.join(", ")
+            }
+        };
+        let id = tail(&g.id, id_w);
+        let _ = writeln!(s, "{:<id_w$}  {:<8} {:>5} {:>8.2} {:>5} {:>6.3}  {}", id, g.kind, g.n, g.n_eff, g.kept, g.s_eff, status);
+        for n in &g.notes {
+            let _ = writeln!(s, "{:<id_w$}  note: {n}", "");
+        }
+    }
+    for (k, (p, t)) in counts {
+        let _ = writeln!(s, "{k}: {p}/{t} groups prunable");
+    }
+    s
+}

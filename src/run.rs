@@ -1,0 +1,312 @@
+//! One pruning run, end to end: load → prune → stage the output → verify → publish.
+//!
+//! The output is written into a private staging folder beside OUT, verified there, and only
+//! then renamed into place, so a failed run never leaves a file behind.
+
+use crate::check::{self, VerifyOptions};
+use crate::model::graph::{self, GraphIndex};
+use crate::model::io::{self, Loaded, SaveOptions};
+use crate::prune::weights::{self, Include, Scope, WeightOptions};
+use crate::prune::{Criterion, StructOptions, StructScope, StructuralResult};
+use crate::report::{Equivalence, FileInfo, Params, Report, Timing};
+use anyhow::{bail, Context, Result};
+use onnx_protobuf::ModelProto;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Relative error above which a structural rewrite is a bug, not a measurement.
+pub const EQUIVALENCE_TOLERANCE: f64 = 1e-4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Weights,
+    Channels,
+    Heads,
+    HeadsChannels,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Weights => "weights",
+            Mode::Channels => "channels",
+            Mode::Heads => "heads",
+            Mode::HeadsChannels => "heads,channels",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub force: bool,
+    pub mode: Mode,
+    pub beta: f64,
+    /// "unit" | "layer" | "global"; None = the mode's default.
+    pub scope: Option<String>,
+    pub criterion: Option<String>,
+    pub include: Include,
+    pub round_to: usize,
+    pub verify: bool,
+    pub verify_opts: VerifyOptions,
+    pub allow_mismatch: bool,
+}
+
+/// The default per-weight scope (chosen from the measurements in the README).
+pub const DEFAULT_WEIGHT_SCOPE: Scope = Scope::Unit;
+
+pub struct Outcome {
+    pub report: Report,
+    /// False when masked-equivalence failed (the command must exit 1 unless allowed).
+    pub exact: bool,
+}
+
+fn ms(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Resolve the output path and refuse to overwrite the input.
+fn check_paths(input: &Path, output: &Path, force: bool) -> Result<PathBuf> {
+    if !input.is_file() {
+        bail!("{}: no such file", input.display());
+    }
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!("{}: output folder does not exist", dir.display());
+    }
+    if output.is_dir() {
+        bail!("{}: output is a folder", output.display());
+    }
+    let same = match (input.canonicalize(), output.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same && !force {
+        bail!("{}: output is the input file; pass --force to overwrite it", output.display());
+    }
+    Ok(dir)
+}
+
+fn params(m: &ModelProto) -> Result<(u64, u64)> {
+    let g = m.graph.as_ref().context("model has no graph")?;
+    let ix = GraphIndex::build(g)?;
+    Ok(graph::float_params(g, &ix))
+}
+
+pub fn run(o: &RunOptions) -> Result<Outcome> {
+    let out_dir = check_paths(&o.input, &o.output, o.force)?;
+    let mut timing = Timing::default();
+    let t = Instant::now();
+    let loaded = io::load(&o.input)?;
+    timing.load_ms = ms(t);
+    GraphIndex::build(loaded.proto.graph.as_ref().context("model has no graph")?)
+        .with_context(|| format!("{}", o.input.display()))?;
+
+    let (p_before, nz_before) = params(&loaded.proto)?;
+    let t = Instant::now();
+    let mut notes = Vec::new();
+    let (scope_name, criterion_name);
+    let mut weights_report = None;
+    let mut groups = Vec::new();
+    // (masked, pruned) pairs to prove, in order.
+    let mut stages: Vec<(String, ModelProto, ModelProto)> = Vec::new();
+    let pruned: ModelProto = match o.mode {
+        Mode::Weights => {
+            let scope = match o.scope.as_deref() {
+                None => DEFAULT_WEIGHT_SCOPE,
+                Some("unit") => Scope::Unit,
+                Some("layer") => Scope::Layer,
+                Some("global") => Scope::Global,
+                Some(s) => bail!("--scope {s}: per-weight mode takes unit, layer or global"),
+            };
+            let crit = o.criterion.as_deref().unwrap_or("magnitude");
+            if crit != "magnitude" {
+                bail!("--criterion {crit}: per-weight mode supports 'magnitude'");
+            }
+            scope_name = format!("{scope:?}").to_lowercase();
+            criterion_name = crit.to_string();
+            let mut m = loaded.proto.clone();
+            let wopts = WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores: BTreeMap::new() };
+            let r = weights::prune_weights(&mut m, &wopts).with_context(|| format!("{}", o.input.display()))?;
+            weights_report = Some(r);
+            m
+        }
+        mode => {
+            let default_scope = if mode == Mode::Channels { StructScope::Layer } else { StructScope::Global };
+            let scope = match o.scope.as_deref() {
+                None => default_scope,
+                Some("layer") => StructScope::Layer,
+                Some("global") => StructScope::Global,
+                Some(s) => bail!("--scope {s}: structured modes take layer or global"),
+            };
+            let crit = o.criterion.as_deref().unwrap_or("l2");
+            let criterion = match crit {
+                "l2" | "weight" => Criterion::L2,
+                "l1" => Criterion::L1,
+                c => bail!("--criterion {c}: structured modes support l2 (default) or l1"),
+            };
+            scope_name = format!("{scope:?}").to_lowercase();
+            criterion_name = crit.to_string();
+            let sopts = StructOptions { beta: o.beta, scope, criterion, round_to: o.round_to.max(1) };
+            let mut current = loaded.proto.clone();
+            if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
+                let r = structural(&current, &sopts, "heads")?;
+                groups.extend(r.groups);
+                stages.push(("heads".into(), r.masked, r.pruned.clone()));
+                current = r.pruned;
+            }
+            if matches!(mode, Mode::Channels | Mode::HeadsChannels) {
+                // Hidden units are ranked per group (the FFN width of a block is one group).
+                let copts = StructOptions { scope: if mode == Mode::HeadsChannels && o.scope.is_none() { StructScope::Layer } else { scope }, ..sopts.clone() };
+                let r = structural(&current, &copts, "channels")?;
+                groups.extend(r.groups);
+                stages.push(("channels".into(), r.masked, r.pruned.clone()));
+                current = r.pruned;
+            }
+            current
+        }
+    };
+    timing.prune_ms = ms(t);
+    let (p_after, nz_after) = params(&pruned)?;
+
+    // Stage: write into a private folder beside OUT; publish only after verification.
+    let t = Instant::now();
+    let staging = tempfile::Builder::new()
+        .prefix(".onnx-emp-")
+        .tempdir_in(&out_dir)
+        .with_context(|| format!("{}: cannot create a file in this folder", out_dir.display()))?;
+    let fname = o.output.file_name().context("output path has no file name")?;
+    let staged = staging.path().join(fname);
+    let save_opts = SaveOptions { external: loaded.external.clone() };
+    let out_bytes = io::save(pruned, &staged, &save_opts)?;
+    timing.save_ms = ms(t);
+
+    let t = Instant::now();
+    let mut equivalence = Vec::new();
+    let mut exact = true;
+    let mut stage_paths: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for (i, (name, masked, stage_pruned)) in stages.into_iter().enumerate() {
+        let mp = staging.path().join(format!("masked-{i}.onnx"));
+        let pp = staging.path().join(format!("pruned-{i}.onnx"));
+        io::save(masked, &mp, &save_opts)?;
+        io::save(stage_pruned, &pp, &save_opts)?;
+        stage_paths.push((mp.clone(), pp.clone()));
+        let e = prove(&name, &mp, &pp, &o.verify_opts);
+        if e.pass == Some(false) {
+            exact = false;
+        }
+        equivalence.push(e);
+    }
+    let verification = if o.verify {
+        let mut v = check::verify(&o.input, &staged, &o.verify_opts);
+        timing.latency_dense = v.latency_dense.take();
+        timing.latency_pruned = v.latency_pruned.take();
+        Some(v)
+    } else {
+        None
+    };
+    timing.verify_ms = ms(t);
+    for (mp, pp) in stage_paths {
+        let _ = std::fs::remove_file(&mp);
+        let _ = std::fs::remove_file(pp);
+        let _ = std::fs::remove_file(mp.with_extension("onnx.data"));
+    }
+    let (macs_before, macs_after) = verification.as_ref().map(|v| (v.macs_dense, v.macs_pruned)).unwrap_or((None, None));
+    if !exact && !o.allow_mismatch {
+        let e = equivalence.iter().find(|e| e.pass == Some(false));
+        let detail = e
+            .map(|e| match &e.reason {
+                Some(r) => format!("{} stage: {r}", e.stage),
+                None => format!("{} stage: rel error {:.3e} > {:.0e}", e.stage, e.max_rel_l2_err, e.tolerance),
+            })
+            .unwrap_or_default();
+        bail!("{}: masked-equivalence failed ({detail}); no output written (--allow-mismatch writes it anyway)", o.input.display());
+    }
+    if !exact {
+        notes.push("masked-equivalence FAILED; output written because of --allow-mismatch".into());
+    }
+    publish(&staged, &o.output)?;
+    let report = Report {
+        tool: format!("onnx-emp {}", env!("CARGO_PKG_VERSION")),
+        input: FileInfo { path: o.input.display().to_string(), bytes: loaded.bytes_on_disk },
+        output: FileInfo { path: o.output.display().to_string(), bytes: out_bytes },
+        mode: o.mode.name().into(),
+        scope: scope_name,
+        beta: o.beta,
+        criterion: criterion_name,
+        calibration: None,
+        params: Params { before: p_before, after: p_after, nonzero_before: nz_before, nonzero_after: nz_after },
+        macs_before,
+        macs_after,
+        weights: weights_report,
+        groups,
+        equivalence,
+        verification,
+        notes,
+        timing,
+    };
+    Ok(Outcome { report, exact })
+}
+
+fn structural(m: &ModelProto, opts: &StructOptions, what: &str) -> Result<StructuralResult> {
+    match what {
+        "heads" => crate::prune::heads::prune_heads(m, opts),
+        _ => crate::prune::channels::prune_channels(m, opts),
+    }
+}
+
+/// Masked-equivalence of one structural stage, never a false success.
+fn prove(stage: &str, masked: &Path, pruned: &Path, vo: &VerifyOptions) -> Equivalence {
+    let mut e = Equivalence {
+        stage: stage.into(),
+        status: "ok".into(),
+        reason: None,
+        max_abs_err: 0.0,
+        max_rel_l2_err: 0.0,
+        outputs: vec![],
+        tolerance: EQUIVALENCE_TOLERANCE,
+        pass: None,
+    };
+    match check::equivalence(masked, pruned, vo) {
+        Ok(outs) => {
+            for f in &outs {
+                e.max_abs_err = e.max_abs_err.max(f.max_abs_err);
+                e.max_rel_l2_err = e.max_rel_l2_err.max(f.rel_l2_err);
+            }
+            let finite = outs.iter().all(|f| f.max_abs_err.is_finite() && f.rel_l2_err.is_finite());
+            e.pass = Some(finite && !outs.is_empty() && e.max_rel_l2_err <= EQUIVALENCE_TOLERANCE);
+            e.outputs = outs;
+        }
+        Err(err) => {
+            // tract could not run it: the proof is unavailable, which is not a proof of failure;
+            // the report says so and the structural result is not claimed exact.
+            e.status = "skipped".into();
+            e.reason = Some(format!("{err:#}"));
+        }
+    }
+    e
+}
+
+/// Move the staged output (and its external data file, if any) into place.
+fn publish(staged: &Path, out: &Path) -> Result<()> {
+    let data_name = format!("{}.data", out.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+    let staged_data = staged.with_file_name(&data_name);
+    if staged_data.exists() {
+        let out_data = out.with_file_name(&data_name);
+        std::fs::rename(&staged_data, &out_data).with_context(|| format!("{}: cannot write", out_data.display()))?;
+    }
+    std::fs::rename(staged, out).with_context(|| format!("{}: cannot write", out.display()))?;
+    Ok(())
+}
+
+/// Load + re-save without changes (used by round-trip tests and `onnx-emp roundtrip`).
+pub fn roundtrip(input: &Path, output: &Path) -> Result<Loaded> {
+    let l = io::load(input)?;
+    io::save(l.proto.clone(), output, &SaveOptions { external: l.external.clone() })?;
+    Ok(l)
+}
