@@ -80,6 +80,9 @@ struct PruneArgs {
     /// Skip the tract verification
     #[arg(long)]
     no_verify: bool,
+    /// Verify outputs but skip the latency measurement
+    #[arg(long)]
+    no_latency: bool,
     /// Verification inputs: NAME=FILE.npy (repeatable), FILE.npy for a single-input model, or FILE.npz
     #[arg(long, value_name = "NAME=FILE")]
     inputs: Vec<String>,
@@ -198,7 +201,7 @@ fn real_main(cli: Cli) -> ExitCode {
     let verify_opts = VerifyOptions {
         inputs: InputSpec { dims, files, npz, seed: a.seed, default_batch: 1 },
         labels: a.labels.clone(),
-        latency: true,
+        latency: !a.no_latency,
     };
     let opts = RunOptions {
         input,

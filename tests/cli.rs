@@ -1,0 +1,194 @@
+//! The CLI end to end on the project's own trained models: reports (insta snapshots of the
+//! deterministic part), determinism, exit codes and bad input.
+use assert_cmd::Command;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn bin() -> Command {
+    let mut c = Command::cargo_bin("onnx-emp").unwrap();
+    c.current_dir(ROOT);
+    c
+}
+
+/// (model, test inputs) of the trained models in models/.
+const MODELS: &[(&str, &str)] = &[
+    ("digits_mlp", "digits_test_x64"),
+    ("digits_cnn", "digits_test_x1x8x8"),
+    ("digits_cnn_flatten", "digits_test_x1x8x8"),
+    ("digits_lstm", "digits_test_x8x8"),
+    ("digits_transformer", "digits_test_x8x8"),
+    ("yolo_block", "digits_test_x1x8x8"),
+];
+
+struct Run {
+    report: Value,
+    out: PathBuf,
+    stdout: String,
+    _dir: tempfile::TempDir,
+}
+
+fn run(model: &str, data: &str, extra: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let rep = dir.path().join("report.json");
+    let a = bin()
+        .arg(format!("models/{model}.onnx"))
+        .arg(&out)
+        .args(["--inputs", &format!("models/{data}.npy"), "--labels", "models/digits_test_y.npy", "--no-latency"])
+        .arg("--report")
+        .arg(&rep)
+        .args(extra)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&a.get_output().stdout).into_owned();
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    Run { report, out, stdout, _dir: dir }
+}
+
+/// The part of the report that must be identical on every machine: our own math, not tract's
+/// floating point (verification numbers are checked with tolerances instead).
+fn stable(report: &Value) -> Value {
+    let mut v = report.clone();
+    let o = v.as_object_mut().unwrap();
+    o.remove("timing");
+    o.remove("verification");
+    o.remove("equivalence");
+    o.insert("output".into(), Value::String("<tmp>/out.onnx".into()));
+    v
+}
+
+fn snapshot(name: &str, v: &Value) {
+    insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
+        insta::assert_json_snapshot!(name, v);
+    });
+}
+
+fn accuracy(r: &Value) -> (f64, f64) {
+    let v = &r["verification"];
+    assert_eq!(v["status"], "ok", "verification skipped: {}", v["reason"]);
+    (v["accuracy_dense"].as_f64().unwrap(), v["accuracy_pruned"].as_f64().unwrap())
+}
+
+#[test]
+fn weights_unit_scope_every_model() {
+    for (m, d) in MODELS {
+        let r = run(m, d, &[]);
+        snapshot(&format!("weights_unit_{m}"), &stable(&r.report));
+        let (a, b) = accuracy(&r.report);
+        assert!(a > 0.95, "{m}: dense accuracy {a}");
+        // One-shot EMP at β = 1 costs little accuracy on these models (measured: ≤ 2 points).
+        assert!(b > a - 0.05, "{m}: accuracy {a} → {b}");
+        let sp = 1.0 - r.report["params"]["nonzero_after"].as_f64().unwrap() / r.report["params"]["nonzero_before"].as_f64().unwrap();
+        assert!(sp > 0.2 && sp < 0.6, "{m}: sparsity {sp}");
+        assert!(r.stdout.contains("accuracy"), "{}", r.stdout);
+        assert!(r.out.is_file());
+    }
+}
+
+#[test]
+fn weights_layer_and_global_scopes() {
+    for scope in ["layer", "global"] {
+        let r = run("digits_mlp", "digits_test_x64", &["--scope", scope]);
+        snapshot(&format!("weights_{scope}_digits_mlp"), &stable(&r.report));
+        assert_eq!(r.report["scope"], scope);
+        let (a, b) = accuracy(&r.report);
+        assert!(b > a - 0.1, "{scope}: {a} → {b}");
+    }
+}
+
+#[test]
+fn same_input_same_bytes() {
+    let a = run("digits_cnn", "digits_test_x1x8x8", &[]);
+    let b = run("digits_cnn", "digits_test_x1x8x8", &[]);
+    assert_eq!(std::fs::read(&a.out).unwrap(), std::fs::read(&b.out).unwrap());
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("timing");
+        v.as_object_mut().unwrap().remove("output");
+        serde_json::to_string(&v).unwrap()
+    };
+    assert_eq!(strip(&a.report), strip(&b.report));
+}
+
+#[test]
+fn beta_sweeps_monotonically() {
+    let mut last = 0.0;
+    for beta in ["1.5", "1", "0.75", "0.5"] {
+        let r = run("digits_mlp", "digits_test_x64", &["--beta", beta, "--no-verify"]);
+        let w = &r.report["weights"];
+        let sp = 1.0 - w["kept_elems"].as_f64().unwrap() / w["candidates_elems"].as_f64().unwrap();
+        assert!(sp >= last, "β={beta}: sparsity {sp} < {last}");
+        last = sp;
+    }
+}
+
+fn fails(args: &[&str], out: Option<&Path>, needle: &str, code: i32) {
+    let a = bin().args(args).assert().code(code);
+    let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(err.contains(needle), "stderr {err:?} should contain {needle:?}");
+    if code == 1 {
+        assert_eq!(err.trim_end().lines().count(), 1, "one-line error expected: {err:?}");
+    }
+    if let Some(o) = out {
+        assert!(!o.exists(), "{} must not exist", o.display());
+        let leftovers: Vec<_> = std::fs::read_dir(o.parent().unwrap()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert!(leftovers.iter().all(|n| !n.to_string_lossy().starts_with(".onnx-emp-") && !n.to_string_lossy().starts_with(".tmp")), "{leftovers:?}");
+    }
+}
+
+#[test]
+fn bad_input_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("out.onnx");
+    let o = out.to_str().unwrap();
+    fails(&["models/nope.onnx", o], Some(&out), "models/nope.onnx", 1);
+    std::fs::write(d.join("text.onnx"), "this is not a model\n").unwrap();
+    fails(&[d.join("text.onnx").to_str().unwrap(), o], Some(&out), "text.onnx", 1);
+    let bytes = std::fs::read(Path::new(ROOT).join("models/digits_mlp.onnx")).unwrap();
+    std::fs::write(d.join("trunc.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+    fails(&[d.join("trunc.onnx").to_str().unwrap(), o], Some(&out), "trunc.onnx", 1);
+    std::fs::write(d.join("empty.onnx"), b"").unwrap();
+    fails(&[d.join("empty.onnx").to_str().unwrap(), o], Some(&out), "empty", 1);
+    // an empty graph
+    let mut m = onnx_emp::model::io::load(&Path::new(ROOT).join("models/digits_mlp.onnx")).unwrap().proto;
+    m.graph.as_mut().unwrap().node.clear();
+    use onnx_protobuf::Message;
+    std::fs::write(d.join("nograph.onnx"), m.write_to_bytes().unwrap()).unwrap();
+    fails(&[d.join("nograph.onnx").to_str().unwrap(), o], Some(&out), "empty", 1);
+    // unwritable output folder: a folder that does not exist, and one under a regular file
+    fails(&["models/digits_mlp.onnx", "/nonexistent-dir/out.onnx"], None, "nonexistent-dir", 1);
+    let f = d.join("file");
+    std::fs::write(&f, "x").unwrap();
+    fails(&["models/digits_mlp.onnx", f.join("out.onnx").to_str().unwrap()], None, "file", 1);
+    if Path::new("/proc/self").is_dir() {
+        // not writable even by root
+        fails(&["models/digits_mlp.onnx", "/proc/self/out.onnx", "--no-verify"], None, "/proc/self", 1);
+    }
+}
+
+#[test]
+fn refuses_to_overwrite_input_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.onnx");
+    std::fs::copy(Path::new(ROOT).join("models/digits_mlp.onnx"), &m).unwrap();
+    let before = std::fs::read(&m).unwrap();
+    let ms = m.to_str().unwrap();
+    fails(&[ms, ms], None, "--force", 1);
+    assert_eq!(std::fs::read(&m).unwrap(), before);
+    bin().args([ms, ms, "--force", "--no-verify", "--quiet"]).assert().success();
+    assert_ne!(std::fs::read(&m).unwrap(), before);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    bin().assert().code(2);
+    bin().args(["a.onnx"]).assert().code(2);
+    bin().args(["models/digits_mlp.onnx", "o.onnx", "--beta", "0"]).assert().code(2);
+    bin().args(["models/digits_mlp.onnx", "o.onnx", "--structured", "rows"]).assert().code(2);
+    bin().args(["models/digits_mlp.onnx", "o.onnx", "--bogus"]).assert().code(2);
+    let h = bin().arg("--help").assert().success();
+    assert!(String::from_utf8_lossy(&h.get_output().stdout).contains("Examples:"));
+}
