@@ -222,3 +222,91 @@ fn tiny_bert_dynamo() {
 fn tiny_bert_torchscript() {
     tiny_bert("tiny_bert_random_ts.onnx");
 }
+
+fn value_info(name: &str, elem: i32, dims: &[i64]) -> onnx_protobuf::ValueInfoProto {
+    use onnx_protobuf::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
+    let mut shape = TensorShapeProto::new();
+    for d in dims {
+        let mut dim = tensor_shape_proto::Dimension::new();
+        dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(*d));
+        shape.dim.push(dim);
+    }
+    let mut t = type_proto::Tensor::new();
+    t.elem_type = elem;
+    t.shape = protobuf::MessageField::some(shape);
+    let mut ty = TypeProto::new();
+    ty.value = Some(type_proto::Value::TensorType(t));
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = protobuf::MessageField::some(ty);
+    v
+}
+
+/// Opset-23 `Attention` with a boolean mask: tract alone would add the mask as 0/1; check rewrites
+/// it to the additive -inf form, so the result matches attention computed by hand.
+#[test]
+fn onnx_attention_bool_mask_is_exact() {
+    use ndarray::{ArrayD, IxDyn};
+    let (h, sq, skv, d) = (2usize, 2usize, 3usize, 4usize);
+    let mut g = onnx_protobuf::GraphProto::new();
+    g.name = "attn".into();
+    let mut n = onnx_protobuf::NodeProto::new();
+    n.op_type = "Attention".into();
+    n.name = "attn0".into();
+    n.input = vec!["q".into(), "k".into(), "v".into(), "mask".into()];
+    n.output = vec!["y".into()];
+    g.node.push(n);
+    g.input.push(value_info("q", 1, &[1, h as i64, sq as i64, d as i64]));
+    g.input.push(value_info("k", 1, &[1, h as i64, skv as i64, d as i64]));
+    g.input.push(value_info("v", 1, &[1, h as i64, skv as i64, d as i64]));
+    g.input.push(value_info("mask", 9, &[sq as i64, skv as i64]));
+    g.output.push(value_info("y", 1, &[1, h as i64, sq as i64, d as i64]));
+    let mut m = onnx_protobuf::ModelProto::new();
+    m.ir_version = 10;
+    let mut op = onnx_protobuf::OperatorSetIdProto::new();
+    op.version = 23;
+    m.opset_import.push(op);
+    m.graph = protobuf::MessageField::some(g);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("attn.onnx");
+    io::save(m, &path, &Default::default()).unwrap();
+
+    let mask_v = [true, false, true, true, true, false];
+    let mask = ArrayD::from_shape_vec(IxDyn(&[sq, skv]), mask_v.to_vec()).unwrap();
+    let mask_path = dir.path().join("mask.npy");
+    ndarray_npy::write_npy(&mask_path, &mask).unwrap();
+    let mut spec = InputSpec::default();
+    spec.files.insert("mask".into(), mask_path);
+    let inputs = check::prepare_inputs(&path, &spec).unwrap();
+    let r = check::load_runnable(&path, &inputs.facts()).unwrap();
+    assert!(r.notes.iter().any(|n| n.contains("boolean attn_mask")), "{:?}", r.notes);
+    let y = check::run(&r, &inputs).unwrap().remove(0);
+
+    let get = |name: &str| match &inputs.get(name).unwrap().data {
+        check::InputData::F32(a) => a.clone(),
+        _ => panic!("{name} not f32"),
+    };
+    let (q, k, v) = (get("q"), get("k"), get("v"));
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut worst = 0f32;
+    for hh in 0..h {
+        for i in 0..sq {
+            let mut s: Vec<f32> = (0..skv)
+                .map(|j| {
+                    if !mask_v[i * skv + j] {
+                        return f32::NEG_INFINITY;
+                    }
+                    (0..d).map(|c| q[[0, hh, i, c]] * k[[0, hh, j, c]]).sum::<f32>() * scale
+                })
+                .collect();
+            let mx = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            s.iter_mut().for_each(|x| *x = (*x - mx).exp());
+            let z: f32 = s.iter().sum();
+            for c in 0..d {
+                let want: f32 = (0..skv).map(|j| s[j] / z * v[[0, hh, j, c]]).sum();
+                worst = worst.max((want - y[[0, hh, i, c]]).abs());
+            }
+        }
+    }
+    assert!(worst < 1e-5, "max error {worst}");
+}

@@ -35,7 +35,8 @@ pub struct OutputFidelity {
     /// ‖a − b‖ / ‖a‖ (0 when both are all zero, +inf when only `a` is).
     #[serde(serialize_with = "finite")]
     pub rel_l2_err: f64,
-    /// a·b / (‖a‖‖b‖); 1 when both are all zero, 0 when only one is.
+    /// a·b / (‖a‖‖b‖); 1 when identical (also all zero), 0 when only one is all zero; NaN
+    /// (null) when non-finite values disagree.
     #[serde(serialize_with = "finite")]
     pub cosine: f64,
     /// Fraction of rows (all axes but the last) whose argmax over the last axis agrees; only for
@@ -120,12 +121,16 @@ fn one(name: &str, a: &ArrayD<f32>, b: &ArrayD<f32>) -> OutputFidelity {
     } else {
         dd.sqrt() / aa.sqrt()
     };
-    let cosine = if aa == 0.0 && bb == 0.0 {
+    let cosine = if dd.is_infinite() {
+        f64::NAN
+    } else if dd == 0.0 {
+        // identical (including both all-zero)
         1.0
     } else if aa == 0.0 || bb == 0.0 {
         0.0
     } else {
-        (ab / (aa.sqrt() * bb.sqrt())).clamp(-1.0, 1.0)
+        // one rounding in the denominator (f32 data: aa·bb cannot overflow f64)
+        (ab / (aa * bb).sqrt()).clamp(-1.0, 1.0)
     };
     let top1 = if a.ndim() >= 2 && a.shape().last().copied().unwrap_or(0) >= 2 {
         let (ra, rb) = (argmax_rows(a), argmax_rows(b));

@@ -4,7 +4,7 @@
 //! error (com.microsoft `Attention`, for one), and a panic must become a "skipped: reason", not a
 //! crash or a page of stderr.
 
-use super::inputs::{InputData, InputFact, Inputs, MAX_CHUNK};
+use super::inputs::{read_proto, InputData, InputFact, Inputs, MAX_CHUNK};
 use crate::model::tensor::{dt, dtype_name};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{ArrayD, Axis};
@@ -14,9 +14,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTensor, TDim, TValue,
+    DatumType, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTensor, TDim, TValue,
     Tensor, TypedRunnableModel, TVec,
 };
+use tract_onnx::pb;
 use tract_onnx::tract_hir::infer::{Factoid, GenericFactoid};
 
 // ---------------------------------------------------------------------------------------------
@@ -157,9 +158,104 @@ impl std::fmt::Debug for Runnable {
     }
 }
 
-/// Parse with tract; the model, its input names, output names.
-pub(crate) fn parse_model(path: &Path, ignore_value_info: bool) -> Result<InferenceModel> {
-    tract_onnx::onnx().with_ignore_value_info(ignore_value_info).model_for_path(path).map_err(|e| anyhow!("parse failed: {e:#}"))
+fn model_dir(path: &Path) -> Option<&str> {
+    path.parent().and_then(|p| p.to_str())
+}
+
+/// Parse an ONNX protobuf with tract (external data resolved relative to `path`'s folder).
+pub(crate) fn parse_proto(
+    path: &Path,
+    proto: &pb::ModelProto,
+    ignore_value_info: bool,
+) -> Result<(InferenceModel, HashMap<String, tract_onnx::prelude::OutletId>)> {
+    let r = tract_onnx::onnx()
+        .with_ignore_value_info(ignore_value_info)
+        .parse(proto, model_dir(path))
+        .map_err(|e| anyhow!("parse failed: {e:#}"))?;
+    if !r.unresolved_inputs.is_empty() {
+        bail!("parse failed: values used but never defined: {}", r.unresolved_inputs.join(", "));
+    }
+    Ok((r.model, r.outlets_by_name))
+}
+
+/// ONNX `Attention` nodes (default domain) with an `attn_mask` input: (node index, mask name).
+fn attention_masks(proto: &pb::ModelProto) -> Vec<(usize, String)> {
+    let Some(g) = proto.graph.as_ref() else { return vec![] };
+    g.node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.op_type == "Attention" && (n.domain.is_empty() || n.domain == "ai.onnx"))
+        .filter_map(|(i, n)| n.input.get(3).filter(|m| !m.is_empty()).map(|m| (i, m.clone())))
+        .collect()
+}
+
+fn scalar(name: String, data_type: DatumType, v: f32) -> Result<pb::TensorProto> {
+    let (code, raw) = match data_type {
+        DatumType::F32 => (dt::FLOAT, v.to_le_bytes().to_vec()),
+        DatumType::F16 => (dt::FLOAT16, half::f16::from_f32(v).to_le_bytes().to_vec()),
+        DatumType::F64 => (dt::DOUBLE, (v as f64).to_le_bytes().to_vec()),
+        other => bail!("attention with {other:?} inputs"),
+    };
+    Ok(pb::TensorProto { name, data_type: code, raw_data: raw, ..Default::default() })
+}
+
+/// tract treats a boolean `attn_mask` of ONNX `Attention` as an additive 0/1 mask, which gives
+/// silently wrong results when the mask has zeros. Rewrite each boolean mask `m` into the
+/// additive form the ONNX spec defines, `Where(m, 0, -inf)`, in the query's float type.
+/// Returns the rewritten proto (None when nothing needed rewriting) and notes.
+fn fix_bool_attention_masks(
+    path: &Path,
+    proto: &pb::ModelProto,
+    facts: &[InputFact],
+    ignore_value_info: bool,
+) -> Result<Option<(pb::ModelProto, Vec<String>)>> {
+    let masks = attention_masks(proto);
+    if masks.is_empty() {
+        return Ok(None);
+    }
+    let (mut probe, outlets) = parse_proto(path, proto, ignore_value_info)?;
+    concretize(&mut probe, facts)?;
+    let analysis = probe.analyse(true).err();
+    let g = proto.graph.as_ref().context("model has no graph")?;
+    let dtype_of = |name: &str| -> Option<DatumType> {
+        let o = outlets.get(name)?;
+        probe.outlet_fact(*o).ok()?.datum_type.concretize()
+    };
+    let mut out = proto.clone();
+    let mut notes = vec![];
+    for (k, (ni, mask)) in masks.iter().enumerate() {
+        let node = &g.node[*ni];
+        let label = if node.name.is_empty() { format!("Attention:{}", node.output.first().cloned().unwrap_or_default()) } else { node.name.clone() };
+        let Some(mdt) = dtype_of(mask) else {
+            let why = analysis.as_ref().map(|e| format!(" ({e:#})")).unwrap_or_default();
+            bail!("Attention node '{label}': cannot tell the type of attn_mask '{mask}'; tract mishandles boolean masks, so the model is not verified{why}");
+        };
+        if mdt != DatumType::Bool {
+            continue;
+        }
+        let q = node.input.first().map(|s| s.as_str()).unwrap_or("");
+        let qdt = dtype_of(q).with_context(|| format!("Attention node '{label}': type of query '{q}' unknown"))?;
+        let base = format!("{mask}__emp_additive_{k}");
+        let og = out.graph.as_mut().context("model has no graph")?;
+        og.initializer.push(scalar(format!("{base}_zero"), qdt, 0.0)?);
+        og.initializer.push(scalar(format!("{base}_neginf"), qdt, f32::NEG_INFINITY)?);
+        let where_node = pb::NodeProto {
+            name: format!("{base}_where"),
+            op_type: "Where".into(),
+            input: vec![mask.clone(), format!("{base}_zero"), format!("{base}_neginf")],
+            output: vec![base.clone()],
+            ..Default::default()
+        };
+        // `masks` is in node order; each earlier insertion moved this node down by one.
+        let at = ni + notes.len();
+        og.node[at].input[3] = base.clone();
+        og.node.insert(at, where_node);
+        notes.push(format!("boolean attn_mask '{mask}' of Attention node '{label}' rewritten as Where(mask, 0, -inf) (tract would add it as 0/1)"));
+    }
+    if notes.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((out, notes)))
 }
 
 /// Symbol substitutions from the input dims, then concrete input facts. Returns which inputs have
@@ -270,7 +366,15 @@ struct Built {
 }
 
 fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool) -> Result<Built> {
-    let mut model = parse_model(path, ignore_value_info)?;
+    let proto = read_proto(path)?;
+    let mut notes = vec![];
+    let (mut model, _) = match fix_bool_attention_masks(path, &proto, facts, ignore_value_info)? {
+        None => parse_proto(path, &proto, ignore_value_info)?,
+        Some((fixed, n)) => {
+            notes.extend(n);
+            parse_proto(path, &fixed, ignore_value_info)?
+        }
+    };
     let output_names = output_names(&model)?;
     let names: Vec<String> = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
     let chunking = plan_chunking(&model, &names, facts).context("setting input facts failed")?;
@@ -291,7 +395,6 @@ fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool) -> Result<Bu
     let input_names = concretize(&mut model, &compile_facts).context("setting input facts failed")?;
     let typed = model.into_typed().map_err(|e| anyhow!("type analysis failed: {e:#}"))?;
     let decluttered = typed.into_decluttered().map_err(|e| anyhow!("declutter failed: {e:#}"))?;
-    let mut notes = vec![];
     let mut optimized = decluttered.clone();
     let model = match optimized.optimize() {
         Ok(()) => optimized,
