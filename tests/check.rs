@@ -109,7 +109,10 @@ fn transformer_seeded_batch2() {
     assert_eq!(v.input_shapes["x"], vec![2, 8, 8]);
     assert_eq!(v.outputs[0].shape, vec![2, 10]);
     assert_eq!(v.outputs[0].max_abs_err, 0.0);
-    assert!(v.macs_dense.unwrap_or(0) > 0, "{:?}", v.notes);
+    // Per row of the batch (8 tokens, d=32, 4 heads of 8, FFN 64): embedding 8·32·8; per layer
+    // q/k/v/out 4·8·32·32, scores 4·8·8·8, context 4·8·8·8, FFN 2·8·64·32; head 10·32.
+    let layer = 4 * 8 * 32 * 32 + 2 * (4 * 8 * 8 * 8) + 2 * (8 * 64 * 32);
+    assert_eq!(v.macs_dense, Some(2 * (8 * 32 * 8 + 2 * layer + 10 * 32)), "{:?}", v.notes);
     let eq = check::equivalence(&m, &m, &opts).unwrap();
     assert_eq!(eq, v.outputs);
 }
@@ -309,4 +312,48 @@ fn onnx_attention_bool_mask_is_exact() {
         }
     }
     assert!(worst < 1e-5, "max error {worst}");
+}
+
+#[test]
+fn npz_inputs_and_a_different_model() {
+    // Inputs by name from an .npz; the "pruned" model is the MLP with one weight changed, so
+    // outputs differ a little and the metrics say so.
+    let m = models().join("digits_mlp.onnx");
+    let x: ndarray::ArrayD<f64> =
+        ndarray_npy::read_npy::<_, ndarray::ArrayD<f32>>(models().join("digits_test_x64.npy"))
+            .unwrap()
+            .mapv(|v| v as f64);
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("in.npz");
+    let mut w = ndarray_npy::NpzWriter::new(std::fs::File::create(&npz).unwrap());
+    w.add_array("x", &x).unwrap();
+    w.finish().unwrap();
+
+    let mut proto = io::load(&m).unwrap().proto;
+    let g = proto.graph.as_mut().unwrap();
+    let w0 = g.initializer.iter_mut().find(|t| t.dims.len() == 2).unwrap();
+    let mut vals = onnx_emp::model::tensor::read_f32(w0).unwrap();
+    vals.iter_mut().take(64).for_each(|v| *v = 0.0);
+    onnx_emp::model::tensor::write_f64(w0, &vals.iter().map(|v| *v as f64).collect::<Vec<_>>()).unwrap();
+    let other = dir.path().join("other.onnx");
+    io::save(proto, &other, &Default::default()).unwrap();
+
+    let opts = VerifyOptions {
+        inputs: InputSpec { npz: Some(npz), ..Default::default() },
+        labels: Some(models().join("digits_test_y.npy")),
+        latency: false,
+    };
+    let v = check::verify(&m, &other, &opts);
+    assert_eq!(v.status, "ok", "{:?}", v.reason);
+    assert_eq!(v.input_shapes["x"], vec![360, 64]);
+    let o = &v.outputs[0];
+    assert!(o.max_abs_err > 0.0 && o.rel_l2_err > 0.0 && o.cosine < 1.0 && o.cosine > 0.5, "{o:?}");
+    let t1 = o.top1_agreement.unwrap();
+    assert!(t1 > 0.5 && t1 <= 1.0);
+    assert!((v.accuracy_dense.unwrap() - 350.0 / 360.0).abs() < 1e-12);
+    assert!(v.accuracy_pruned.is_some());
+    // Deterministic: the same call gives the same numbers.
+    let v2 = check::verify(&m, &other, &opts);
+    assert_eq!(v2.outputs, v.outputs);
+    assert_eq!(v2.accuracy_pruned, v.accuracy_pruned);
 }

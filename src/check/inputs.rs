@@ -479,9 +479,10 @@ fn generate(name: &str, elem: i32, shape: &[usize], seed: u64) -> Result<InputDa
     Ok(match elem {
         dt::FLOAT => InputData::F32(ArrayD::from_shape_vec(sh.clone(), (0..n).map(|_| rng.normal() as f32).collect())?),
         dt::DOUBLE => InputData::F64(ArrayD::from_shape_vec(sh.clone(), (0..n).map(|_| rng.normal()).collect())?),
-        dt::FLOAT16 => {
-            InputData::F16(ArrayD::from_shape_vec(sh.clone(), (0..n).map(|_| half::f16::from_f64(rng.normal())).collect())?)
-        }
+        dt::FLOAT16 => InputData::F16(ArrayD::from_shape_vec(
+            sh.clone(),
+            (0..n).map(|_| half::f16::from_f64(rng.normal())).collect(),
+        )?),
         dt::INT64 => InputData::I64(arr(ints())?),
         dt::INT32 => InputData::I32(arr(ints())?.mapv(|x| x as i32)),
         dt::INT8 => InputData::I8(arr(ints())?.mapv(|x| x as i8)),
@@ -533,7 +534,12 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         if k.is_empty() {
             if infos.len() != 1 {
                 let names: Vec<&str> = infos.iter().map(|i| i.name.as_str()).collect();
-                bail!("{}: the model has {} inputs ({}); give files as name=file.npy", p.display(), infos.len(), names.join(", "));
+                bail!(
+                    "{}: the model has {} inputs ({}); give files as name=file.npy",
+                    p.display(),
+                    infos.len(),
+                    names.join(", ")
+                );
             }
             files.insert(infos[0].name.clone(), p.clone());
         } else if infos.iter().any(|i| &i.name == k) {

@@ -82,10 +82,16 @@ const HEAVY: [&str; 4] = ["Conv", "ConvTranspose", "Gemm", "MatMul"];
 fn count(path: &Path, facts: &[InputFact], ignore_value_info: bool) -> Result<Macs> {
     let proto = read_proto(path)?;
     let g = proto.graph.as_ref().context("model has no graph")?;
-    let init_shapes: HashMap<&str, Vec<usize>> =
-        g.initializer.iter().map(|t| (t.name.as_str(), t.dims.iter().map(|d| (*d).max(0) as usize).collect())).collect();
+    let init_shapes: HashMap<&str, Vec<usize>> = g
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t.dims.iter().map(|d| (*d).max(0) as usize).collect()))
+        .collect();
     let dir = path.parent().and_then(|p| p.to_str());
-    let parsed = tract_onnx::onnx().with_ignore_value_info(ignore_value_info).parse(&proto, dir).map_err(|e| anyhow!("parse failed: {e:#}"))?;
+    let parsed = tract_onnx::onnx()
+        .with_ignore_value_info(ignore_value_info)
+        .parse(&proto, dir)
+        .map_err(|e| anyhow!("parse failed: {e:#}"))?;
     let (mut model, outlets) = (parsed.model, parsed.outlets_by_name);
     concretize(&mut model, facts).context("setting input facts failed")?;
     // Obstinate: keep going past nodes tract cannot analyse; only the shapes we need matter.

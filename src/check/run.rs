@@ -13,11 +13,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tract_onnx::prelude::{
-    DatumType, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTensor, TDim, TValue,
-    Tensor, TypedRunnableModel, TVec,
-};
 use tract_onnx::pb;
+use tract_onnx::prelude::{
+    DatumType, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTensor, TDim, TValue, TVec, Tensor,
+    TypedRunnableModel,
+};
 use tract_onnx::tract_hir::infer::{Factoid, GenericFactoid};
 
 // ---------------------------------------------------------------------------------------------
@@ -225,7 +225,11 @@ fn fix_bool_attention_masks(
     let mut notes = vec![];
     for (k, (ni, mask)) in masks.iter().enumerate() {
         let node = &g.node[*ni];
-        let label = if node.name.is_empty() { format!("Attention:{}", node.output.first().cloned().unwrap_or_default()) } else { node.name.clone() };
+        let label = if node.name.is_empty() {
+            format!("Attention:{}", node.output.first().cloned().unwrap_or_default())
+        } else {
+            node.name.clone()
+        };
         let Some(mdt) = dtype_of(mask) else {
             let why = analysis.as_ref().map(|e| format!(" ({e:#})")).unwrap_or_default();
             bail!("Attention node '{label}': cannot tell the type of attn_mask '{mask}'; tract mishandles boolean masks, so the model is not verified{why}");
@@ -327,7 +331,8 @@ fn plan_chunking(model: &InferenceModel, names: &[String], facts: &[InputFact]) 
     for (i, n) in names.iter().enumerate() {
         let fact = model.input_fact(i)?;
         let dims: Vec<&GenericFactoid<TDim>> = fact.shape.dims().collect();
-        let f = facts.iter().find(|f| &f.name == n).context("input fact")?;
+        // A missing fact is reported by `concretize` with the input's name.
+        let Some(f) = facts.iter().find(|f| &f.name == n) else { return Ok(None) };
         let free0 = !f.shape.is_empty() && !matches!(dims.first(), Some(GenericFactoid::Only(TDim::Val(_))));
         for (axis, d) in dims.iter().enumerate() {
             if let GenericFactoid::Only(t) = d {
@@ -513,7 +518,8 @@ impl Runnable {
 fn to_f32(name: &str, v: TValue) -> Result<ArrayD<f32>> {
     let t = v.into_tensor();
     let t = if t.datum_type() == DatumType::TDim { t.cast_to_dt(DatumType::I64)?.into_owned() } else { t };
-    let t = t.cast_to::<f32>().with_context(|| format!("output '{name}' ({:?}) cannot be cast to f32", t.datum_type()))?;
+    let t =
+        t.cast_to::<f32>().with_context(|| format!("output '{name}' ({:?}) cannot be cast to f32", t.datum_type()))?;
     t.into_owned().into_plain_array::<f32>().with_context(|| format!("output '{name}'"))
 }
 
@@ -558,4 +564,20 @@ pub fn run(r: &Runnable, inputs: &Inputs) -> Result<Vec<ArrayD<f32>>> {
         Ok(outs)
     })
     .with_context(|| r.path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_become_errors() {
+        let e = guarded("compile", || -> Result<()> { panic!("boom {}", 1) }).unwrap_err();
+        assert_eq!(format!("{e:#}"), "tract panicked during compile: boom 1");
+        // nested guards, then normal results pass through
+        let r = guarded("outer", || guarded("inner", || -> Result<u8> { panic!("x") }).map_err(|e| anyhow!("{e:#}")));
+        assert_eq!(format!("{:#}", r.unwrap_err()), "tract panicked during inner: x");
+        assert_eq!(guarded("ok", || Ok(3)).unwrap(), 3);
+        assert!(!QUIET.with(|q| q.get()));
+    }
 }
