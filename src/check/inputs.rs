@@ -1,0 +1,750 @@
+//! Model inputs for verification: read from `.npy`/`.npz` files or generated from a seed.
+//!
+//! Generated data is reproducible bit for bit on every platform: the generator is splitmix64 and
+//! normal samples are an Irwin–Hall sum of 12 uniforms (only additions of exactly representable
+//! numbers, no `ln`/`cos` whose last bit depends on the platform's libm).
+
+use crate::model::tensor::{dt, dtype_name};
+use anyhow::{bail, Context, Result};
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::{NpzReader, ReadNpyExt, ReadableElement};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use tract_onnx::pb;
+use tract_onnx::pb::tensor_shape_proto::dimension::Value as PbDim;
+use tract_onnx::prelude::Framework;
+
+/// How to obtain inputs.
+#[derive(Clone, Debug)]
+pub struct InputSpec {
+    /// Values for symbolic dims, by symbol name (`batch=4`). Also accepted: `<input>:<axis>=n`
+    /// for dims without a name (`x:2=48`), and `batch` for an unnamed axis 0.
+    pub dims: BTreeMap<String, i64>,
+    /// `.npy` file per input name. The key `""` means "the only input".
+    pub files: BTreeMap<String, PathBuf>,
+    /// Arrays named like the model's inputs.
+    pub npz: Option<PathBuf>,
+    pub seed: u64,
+    /// Axis-0 dims that nothing else fixes get this value.
+    pub default_batch: usize,
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        InputSpec { dims: BTreeMap::new(), files: BTreeMap::new(), npz: None, seed: 0, default_batch: 1 }
+    }
+}
+
+/// Value for non-batch symbolic dims whose name looks like a sequence length (`seq`, `len`,
+/// `time`, `token`, `step`) when nothing else fixes them: with 1 token, attention is the
+/// identity and errors in Q/K would be invisible.
+pub const DEFAULT_SEQ: usize = 8;
+/// Value for any other unresolved dim.
+pub const DEFAULT_DIM: usize = 1;
+/// Longest axis 0 evaluated in one run; longer inputs run in chunks.
+pub const MAX_CHUNK: usize = 512;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum DimSpec {
+    Fixed(i64),
+    Symbolic(String),
+    Unknown,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InputInfo {
+    pub name: String,
+    /// ONNX `TensorProto.DataType` code.
+    pub elem_type: i32,
+    pub dims: Vec<DimSpec>,
+}
+
+/// One concrete input array in the model's element type.
+#[derive(Clone, Debug)]
+pub enum InputData {
+    F32(ArrayD<f32>),
+    F64(ArrayD<f64>),
+    F16(ArrayD<half::f16>),
+    I64(ArrayD<i64>),
+    I32(ArrayD<i32>),
+    I8(ArrayD<i8>),
+    U8(ArrayD<u8>),
+    Bool(ArrayD<bool>),
+}
+
+impl InputData {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            InputData::F32(a) => a.shape(),
+            InputData::F64(a) => a.shape(),
+            InputData::F16(a) => a.shape(),
+            InputData::I64(a) => a.shape(),
+            InputData::I32(a) => a.shape(),
+            InputData::I8(a) => a.shape(),
+            InputData::U8(a) => a.shape(),
+            InputData::Bool(a) => a.shape(),
+        }
+    }
+
+    /// ONNX element type code.
+    pub fn elem_type(&self) -> i32 {
+        match self {
+            InputData::F32(_) => dt::FLOAT,
+            InputData::F64(_) => dt::DOUBLE,
+            InputData::F16(_) => dt::FLOAT16,
+            InputData::I64(_) => dt::INT64,
+            InputData::I32(_) => dt::INT32,
+            InputData::I8(_) => dt::INT8,
+            InputData::U8(_) => dt::UINT8,
+            InputData::Bool(_) => dt::BOOL,
+        }
+    }
+}
+
+/// Where an input's data came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputSource {
+    Npy(PathBuf),
+    Npz(PathBuf),
+    Generated,
+}
+
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub name: String,
+    pub data: InputData,
+    pub source: InputSource,
+}
+
+/// Name, element type and concrete shape: what tract needs to compile a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputFact {
+    pub name: String,
+    pub elem_type: i32,
+    pub shape: Vec<usize>,
+}
+
+/// The inputs of a model, in the model's input order.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    pub inputs: Vec<Input>,
+    /// Symbolic/unknown dims that were filled with a default (`"seq=8 (default)"`), for reports.
+    pub assumed: Vec<String>,
+}
+
+impl Inputs {
+    pub fn facts(&self) -> Vec<InputFact> {
+        self.inputs
+            .iter()
+            .map(|i| InputFact { name: i.name.clone(), elem_type: i.data.elem_type(), shape: i.data.shape().to_vec() })
+            .collect()
+    }
+
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.inputs.iter().map(|i| (i.name.clone(), i.data.shape().to_vec())).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Input> {
+        self.inputs.iter().find(|i| i.name == name)
+    }
+}
+
+/// Parse a model file with tract's protobuf types (no external data needed for the graph).
+pub(crate) fn read_proto(model_path: &Path) -> Result<pb::ModelProto> {
+    tract_onnx::onnx()
+        .proto_model_for_path(model_path)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .with_context(|| format!("{}: cannot parse ONNX protobuf", model_path.display()))
+}
+
+pub(crate) fn inputs_of(proto: &pb::ModelProto) -> Result<Vec<InputInfo>> {
+    let g = proto.graph.as_ref().context("model has no graph")?;
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut out = vec![];
+    for vi in &g.input {
+        if inits.contains(vi.name.as_str()) {
+            continue;
+        }
+        let Some(pb::type_proto::Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+            bail!("input '{}' has no tensor type", vi.name);
+        };
+        let dims = match &t.shape {
+            None => bail!("input '{}' has no shape (rank unknown); cannot prepare data for it", vi.name),
+            Some(s) => s
+                .dim
+                .iter()
+                .map(|d| match &d.value {
+                    Some(PbDim::DimValue(v)) if *v >= 0 => DimSpec::Fixed(*v),
+                    Some(PbDim::DimParam(p)) if !p.is_empty() && p != "?" => DimSpec::Symbolic(p.clone()),
+                    _ => DimSpec::Unknown,
+                })
+                .collect(),
+        };
+        out.push(InputInfo { name: vi.name.clone(), elem_type: t.elem_type, dims });
+    }
+    Ok(out)
+}
+
+/// The real inputs of a model (graph inputs that are not initializers), in order.
+pub fn model_inputs(model_path: &Path) -> Result<Vec<InputInfo>> {
+    let proto = read_proto(model_path)?;
+    inputs_of(&proto).with_context(|| model_path.display().to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// File reading
+
+/// Any array we can read from `.npy`.
+enum FileArray {
+    F32(ArrayD<f32>),
+    F64(ArrayD<f64>),
+    I64(ArrayD<i64>),
+    I32(ArrayD<i32>),
+    I16(ArrayD<i16>),
+    I8(ArrayD<i8>),
+    U8(ArrayD<u8>),
+    U16(ArrayD<u16>),
+    U32(ArrayD<u32>),
+    Bool(ArrayD<bool>),
+}
+
+impl FileArray {
+    fn shape(&self) -> &[usize] {
+        match self {
+            FileArray::F32(a) => a.shape(),
+            FileArray::F64(a) => a.shape(),
+            FileArray::I64(a) => a.shape(),
+            FileArray::I32(a) => a.shape(),
+            FileArray::I16(a) => a.shape(),
+            FileArray::I8(a) => a.shape(),
+            FileArray::U8(a) => a.shape(),
+            FileArray::U16(a) => a.shape(),
+            FileArray::U32(a) => a.shape(),
+            FileArray::Bool(a) => a.shape(),
+        }
+    }
+    fn dtype(&self) -> &'static str {
+        match self {
+            FileArray::F32(_) => "float32",
+            FileArray::F64(_) => "float64",
+            FileArray::I64(_) => "int64",
+            FileArray::I32(_) => "int32",
+            FileArray::I16(_) => "int16",
+            FileArray::I8(_) => "int8",
+            FileArray::U8(_) => "uint8",
+            FileArray::U16(_) => "uint16",
+            FileArray::U32(_) => "uint32",
+            FileArray::Bool(_) => "bool",
+        }
+    }
+    fn is_float(&self) -> bool {
+        matches!(self, FileArray::F32(_) | FileArray::F64(_))
+    }
+    /// Values as f64 (exact for every type we read except int64 beyond 2^53).
+    fn to_f64(&self) -> ArrayD<f64> {
+        match self {
+            FileArray::F32(a) => a.mapv(|v| v as f64),
+            FileArray::F64(a) => a.clone(),
+            FileArray::I64(a) => a.mapv(|v| v as f64),
+            FileArray::I32(a) => a.mapv(|v| v as f64),
+            FileArray::I16(a) => a.mapv(|v| v as f64),
+            FileArray::I8(a) => a.mapv(|v| v as f64),
+            FileArray::U8(a) => a.mapv(|v| v as f64),
+            FileArray::U16(a) => a.mapv(|v| v as f64),
+            FileArray::U32(a) => a.mapv(|v| v as f64),
+            FileArray::Bool(a) => a.mapv(|v| if v { 1.0 } else { 0.0 }),
+        }
+    }
+    fn to_i64(&self) -> Option<ArrayD<i64>> {
+        Some(match self {
+            FileArray::I64(a) => a.clone(),
+            FileArray::I32(a) => a.mapv(|v| v as i64),
+            FileArray::I16(a) => a.mapv(|v| v as i64),
+            FileArray::I8(a) => a.mapv(|v| v as i64),
+            FileArray::U8(a) => a.mapv(|v| v as i64),
+            FileArray::U16(a) => a.mapv(|v| v as i64),
+            FileArray::U32(a) => a.mapv(|v| v as i64),
+            FileArray::Bool(a) => a.mapv(|v| v as i64),
+            FileArray::F32(_) | FileArray::F64(_) => return None,
+        })
+    }
+}
+
+fn is_wrong_dtype(e: &ndarray_npy::ReadNpyError) -> bool {
+    matches!(e, ndarray_npy::ReadNpyError::WrongDescriptor(_))
+}
+
+/// Read a `.npy` held in memory, whatever its element type.
+fn read_npy_bytes(bytes: &[u8]) -> Result<FileArray> {
+    fn try_read<T: ReadableElement>(bytes: &[u8]) -> std::result::Result<Option<ArrayD<T>>, ndarray_npy::ReadNpyError> {
+        match ArrayD::<T>::read_npy(Cursor::new(bytes)) {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if is_wrong_dtype(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    macro_rules! attempt {
+        ($t:ty, $v:ident) => {
+            if let Some(a) = try_read::<$t>(bytes).map_err(|e| anyhow::anyhow!("{e}"))? {
+                return Ok(FileArray::$v(a));
+            }
+        };
+    }
+    attempt!(f32, F32);
+    attempt!(f64, F64);
+    attempt!(i64, I64);
+    attempt!(i32, I32);
+    attempt!(i16, I16);
+    attempt!(i8, I8);
+    attempt!(u8, U8);
+    attempt!(u16, U16);
+    attempt!(u32, U32);
+    attempt!(bool, Bool);
+    bail!("unsupported .npy element type (supported: float32/64, int8/16/32/64, uint8/16/32, bool)")
+}
+
+fn read_npy_file(path: &Path) -> Result<FileArray> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    read_npy_bytes(&bytes).with_context(|| format!("{}: not a readable .npy", path.display()))
+}
+
+/// Read array `name` from an `.npz`; `Ok(None)` when there is no such array.
+fn read_npz_array(path: &Path, name: &str) -> Result<Option<FileArray>> {
+    let open = || -> Result<NpzReader<std::fs::File>> {
+        let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        NpzReader::new(f).map_err(|e| anyhow::anyhow!("{}: not a readable .npz: {e}", path.display()))
+    };
+    let names = open()?.names().map_err(|e| anyhow::anyhow!("{}: not a readable .npz: {e}", path.display()))?;
+    if !names.iter().any(|n| n == name) {
+        return Ok(None);
+    }
+    macro_rules! attempt {
+        ($t:ty, $v:ident) => {
+            match open()?.by_name::<ndarray::OwnedRepr<$t>, IxDyn>(name) {
+                Ok(a) => return Ok(Some(FileArray::$v(a))),
+                Err(ndarray_npy::ReadNpzError::Npy(e)) if is_wrong_dtype(&e) => {}
+                Err(e) => bail!("{}: array '{name}': {e}", path.display()),
+            }
+        };
+    }
+    attempt!(f32, F32);
+    attempt!(f64, F64);
+    attempt!(i64, I64);
+    attempt!(i32, I32);
+    attempt!(i16, I16);
+    attempt!(i8, I8);
+    attempt!(u8, U8);
+    attempt!(u16, U16);
+    attempt!(u32, U32);
+    attempt!(bool, Bool);
+    bail!("{}: array '{name}' has an unsupported element type", path.display())
+}
+
+/// Convert file data to the model's element type. Float↔float and int↔int (and int→float,
+/// bool→anything) are cast; float data for an integer input is rejected.
+fn convert(name: &str, a: FileArray, elem: i32) -> Result<InputData> {
+    let from = a.dtype();
+    Ok(match elem {
+        dt::FLOAT => InputData::F32(match a {
+            FileArray::F32(a) => a,
+            other => other.to_f64().mapv(|v| v as f32),
+        }),
+        dt::DOUBLE => InputData::F64(a.to_f64()),
+        dt::FLOAT16 => InputData::F16(a.to_f64().mapv(half::f16::from_f64)),
+        dt::INT64 | dt::INT32 | dt::INT8 | dt::UINT8 => {
+            let v = a.to_i64().with_context(|| {
+                format!("input '{name}': model expects {} but the file holds {from}", dtype_name(elem))
+            })?;
+            let (lo, hi) = match elem {
+                dt::INT32 => (i32::MIN as i64, i32::MAX as i64),
+                dt::INT8 => (i8::MIN as i64, i8::MAX as i64),
+                dt::UINT8 => (0, u8::MAX as i64),
+                _ => (i64::MIN, i64::MAX),
+            };
+            if let Some(bad) = v.iter().find(|x| **x < lo || **x > hi) {
+                bail!("input '{name}': value {bad} does not fit {}", dtype_name(elem));
+            }
+            match elem {
+                dt::INT64 => InputData::I64(v),
+                dt::INT32 => InputData::I32(v.mapv(|x| x as i32)),
+                dt::INT8 => InputData::I8(v.mapv(|x| x as i8)),
+                _ => InputData::U8(v.mapv(|x| x as u8)),
+            }
+        }
+        dt::BOOL => {
+            if a.is_float() {
+                bail!("input '{name}': model expects bool but the file holds {from}");
+            }
+            InputData::Bool(a.to_f64().mapv(|v| v != 0.0))
+        }
+        other => bail!("input '{name}': element type {} is not supported for verification", dtype_name(other)),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation
+
+/// splitmix64: tiny, fast, and identical everywhere.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1) with 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+    /// Approximately N(0, 1): Irwin–Hall sum of 12 uniforms minus 6 (mean 0, variance 1,
+    /// support [-6, 6]). Pure IEEE additions: bit-identical on every platform.
+    pub fn normal(&mut self) -> f64 {
+        let mut s = 0.0;
+        for _ in 0..12 {
+            s += self.uniform();
+        }
+        s - 6.0
+    }
+    /// Uniform integer in [0, n).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            return 0;
+        }
+        // 128-bit multiply-shift (Lemire); the tiny bias is irrelevant here.
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// FNV-1a, so each input gets its own stream from one seed.
+fn name_hash(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum IntKind {
+    /// all ones (attention masks)
+    Ones,
+    /// [0, n)
+    Below(u64),
+    /// 0, 1, 2, ... along the last axis (position ids)
+    Arange,
+}
+
+fn int_kind(name: &str) -> IntKind {
+    let l = name.to_ascii_lowercase();
+    if l.contains("mask") {
+        IntKind::Ones
+    } else if l.contains("position") {
+        IntKind::Arange
+    } else if l.contains("token_type") || l.contains("segment") {
+        IntKind::Below(2)
+    } else if l.contains("ids") || l.contains("token") {
+        IntKind::Below(100)
+    } else {
+        IntKind::Below(2)
+    }
+}
+
+fn generate(name: &str, elem: i32, shape: &[usize], seed: u64) -> Result<InputData> {
+    let n: usize = shape.iter().product();
+    let mut rng = SplitMix64::new(seed ^ name_hash(name));
+    let sh = IxDyn(shape);
+    let ints = || -> Vec<i64> {
+        let mut rng = rng.clone();
+        match int_kind(name) {
+            IntKind::Ones => vec![1; n],
+            IntKind::Below(k) => (0..n).map(|_| rng.below(k) as i64).collect(),
+            IntKind::Arange => {
+                let last = shape.last().copied().unwrap_or(1).max(1);
+                (0..n).map(|i| (i % last) as i64).collect()
+            }
+        }
+    };
+    let arr = |v: Vec<i64>| ArrayD::from_shape_vec(sh.clone(), v).context("shape");
+    Ok(match elem {
+        dt::FLOAT => InputData::F32(ArrayD::from_shape_vec(sh.clone(), (0..n).map(|_| rng.normal() as f32).collect())?),
+        dt::DOUBLE => InputData::F64(ArrayD::from_shape_vec(sh.clone(), (0..n).map(|_| rng.normal()).collect())?),
+        dt::FLOAT16 => InputData::F16(ArrayD::from_shape_vec(
+            sh.clone(),
+            (0..n).map(|_| half::f16::from_f64(rng.normal())).collect(),
+        )?),
+        dt::INT64 => InputData::I64(arr(ints())?),
+        dt::INT32 => InputData::I32(arr(ints())?.mapv(|x| x as i32)),
+        dt::INT8 => InputData::I8(arr(ints())?.mapv(|x| x as i8)),
+        dt::UINT8 => InputData::U8(arr(ints())?.mapv(|x| x as u8)),
+        dt::BOOL => InputData::Bool(arr(ints())?.mapv(|x| x != 0)),
+        other => bail!("input '{name}': cannot generate data of type {}", dtype_name(other)),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Putting it together
+
+fn is_seq_like(sym: &str) -> bool {
+    let l = sym.to_ascii_lowercase();
+    ["seq", "len", "time", "token", "step"].iter().any(|k| l.contains(k))
+}
+
+fn fmt_dims(dims: &[DimSpec]) -> String {
+    let v: Vec<String> = dims
+        .iter()
+        .map(|d| match d {
+            DimSpec::Fixed(v) => v.to_string(),
+            DimSpec::Symbolic(s) => s.clone(),
+            DimSpec::Unknown => "?".into(),
+        })
+        .collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// Build the inputs of `model_path` as `spec` says.
+pub fn prepare_inputs(model_path: &Path, spec: &InputSpec) -> Result<Inputs> {
+    let infos = model_inputs(model_path)?;
+    prepare_for(&infos, spec).with_context(|| model_path.display().to_string())
+}
+
+/// [`prepare_inputs`] on an already known input list.
+pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
+    if infos.is_empty() {
+        bail!("the model has no inputs");
+    }
+    for (k, v) in &spec.dims {
+        if *v <= 0 {
+            bail!("--dim {k}={v}: dims must be positive");
+        }
+    }
+    // Which file feeds which input.
+    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (k, p) in &spec.files {
+        if k.is_empty() {
+            if infos.len() != 1 {
+                let names: Vec<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+                bail!(
+                    "{}: the model has {} inputs ({}); give files as name=file.npy",
+                    p.display(),
+                    infos.len(),
+                    names.join(", ")
+                );
+            }
+            files.insert(infos[0].name.clone(), p.clone());
+        } else if infos.iter().any(|i| &i.name == k) {
+            files.insert(k.clone(), p.clone());
+        } else {
+            let names: Vec<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+            bail!("--inputs {k}=...: the model has no input '{k}' (inputs: {})", names.join(", "));
+        }
+    }
+
+    // Read the given data, checking rank, fixed dims and symbol consistency.
+    let mut sym_vals: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    let mut data: Vec<Option<(InputData, InputSource)>> = Vec::with_capacity(infos.len());
+    for info in infos {
+        let found = if let Some(p) = files.get(&info.name) {
+            Some((read_npy_file(p)?, InputSource::Npy(p.clone())))
+        } else if let Some(z) = &spec.npz {
+            read_npz_array(z, &info.name)?.map(|a| (a, InputSource::Npz(z.clone())))
+        } else {
+            None
+        };
+        let Some((arr, source)) = found else {
+            data.push(None);
+            continue;
+        };
+        let shape = arr.shape().to_vec();
+        let what = match &source {
+            InputSource::Npy(p) => p.display().to_string(),
+            InputSource::Npz(p) => format!("{}['{}']", p.display(), info.name),
+            InputSource::Generated => String::new(),
+        };
+        if shape.len() != info.dims.len() {
+            bail!(
+                "input '{}': {what} has shape {shape:?} (rank {}) but the model expects {} (rank {})",
+                info.name,
+                shape.len(),
+                fmt_dims(&info.dims),
+                info.dims.len()
+            );
+        }
+        for (axis, (d, &s)) in info.dims.iter().zip(&shape).enumerate() {
+            match d {
+                DimSpec::Fixed(v) if *v as usize != s => bail!(
+                    "input '{}': {what} has shape {shape:?} but the model fixes axis {axis} to {v} (expects {})",
+                    info.name,
+                    fmt_dims(&info.dims)
+                ),
+                DimSpec::Symbolic(sym) => {
+                    if let Some((prev, by)) = sym_vals.get(sym) {
+                        if *prev != s {
+                            bail!("dim '{sym}' is {prev} in {by} but {s} in input '{}' ({what})", info.name);
+                        }
+                    } else {
+                        if let Some(v) = spec.dims.get(sym) {
+                            if *v as usize != s {
+                                bail!("--dim {sym}={v} but input '{}' ({what}) has {sym}={s}", info.name);
+                            }
+                        }
+                        sym_vals.insert(sym.clone(), (s, format!("input '{}'", info.name)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let conv = convert(&info.name, arr, info.elem_type).with_context(|| what.clone())?;
+        data.push(Some((conv, source)));
+    }
+
+    // Generate the rest.
+    let mut assumed = vec![];
+    let mut inputs = Vec::with_capacity(infos.len());
+    for (info, given) in infos.iter().zip(data) {
+        if let Some((d, source)) = given {
+            inputs.push(Input { name: info.name.clone(), data: d, source });
+            continue;
+        }
+        let mut shape = Vec::with_capacity(info.dims.len());
+        for (axis, d) in info.dims.iter().enumerate() {
+            let by_axis = spec.dims.get(&format!("{}:{axis}", info.name)).map(|v| *v as usize);
+            let v = match d {
+                DimSpec::Fixed(v) => *v as usize,
+                DimSpec::Symbolic(sym) => {
+                    if let Some(v) = by_axis {
+                        v
+                    } else if let Some((v, _)) = sym_vals.get(sym) {
+                        *v
+                    } else if let Some(v) = spec.dims.get(sym) {
+                        *v as usize
+                    } else {
+                        let v = if axis == 0 {
+                            spec.default_batch.max(1)
+                        } else if is_seq_like(sym) {
+                            DEFAULT_SEQ
+                        } else {
+                            DEFAULT_DIM
+                        };
+                        assumed.push(format!("{sym}={v} (default)"));
+                        v
+                    }
+                }
+                DimSpec::Unknown => {
+                    if let Some(v) = by_axis {
+                        v
+                    } else if let (0, Some(v)) = (axis, spec.dims.get("batch")) {
+                        *v as usize
+                    } else {
+                        let v = if axis == 0 { spec.default_batch.max(1) } else { DEFAULT_DIM };
+                        assumed.push(format!("{}:{axis}={v} (unnamed dim, default)", info.name));
+                        v
+                    }
+                }
+            };
+            if let DimSpec::Symbolic(sym) = d {
+                sym_vals.entry(sym.clone()).or_insert((v, format!("input '{}'", info.name)));
+            }
+            shape.push(v);
+        }
+        let n = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+        match n {
+            Some(n) if n as u64 <= crate::model::tensor::MAX_ELEMS => {}
+            _ => bail!("input '{}': shape {shape:?} is too large to generate", info.name),
+        }
+        let d = generate(&info.name, info.elem_type, &shape, spec.seed)?;
+        inputs.push(Input { name: info.name.clone(), data: d, source: InputSource::Generated });
+    }
+    assumed.dedup();
+    Ok(Inputs { inputs, assumed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prng_is_stable() {
+        let mut r = SplitMix64::new(0);
+        // Reference values of splitmix64 with seed 0.
+        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+        let mut r = SplitMix64::new(42);
+        let v: Vec<f64> = (0..20000).map(|_| r.normal()).collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / v.len() as f64;
+        assert!(mean.abs() < 0.03, "{mean}");
+        assert!((var - 1.0).abs() < 0.05, "{var}");
+    }
+
+    fn info(name: &str, elem: i32, dims: Vec<DimSpec>) -> InputInfo {
+        InputInfo { name: name.into(), elem_type: elem, dims }
+    }
+
+    #[test]
+    fn generates_by_name_and_symbol() {
+        let infos = vec![
+            info("input_ids", dt::INT64, vec![DimSpec::Symbolic("batch".into()), DimSpec::Symbolic("seq".into())]),
+            info("attention_mask", dt::INT64, vec![DimSpec::Symbolic("batch".into()), DimSpec::Symbolic("seq".into())]),
+        ];
+        let mut spec = InputSpec::default();
+        spec.dims.insert("batch".into(), 3);
+        let a = prepare_for(&infos, &spec).unwrap();
+        assert_eq!(a.inputs[0].data.shape(), &[3, DEFAULT_SEQ]);
+        match (&a.inputs[0].data, &a.inputs[1].data) {
+            (InputData::I64(ids), InputData::I64(mask)) => {
+                assert!(ids.iter().all(|v| (0..100).contains(v)));
+                assert!(ids.iter().any(|v| *v > 1));
+                assert!(mask.iter().all(|v| *v == 1));
+            }
+            _ => panic!("wrong types"),
+        }
+        assert_eq!(a.assumed, vec!["seq=8 (default)".to_string()]);
+        // Same seed, same data; another seed, other data.
+        let b = prepare_for(&infos, &spec).unwrap();
+        let c = prepare_for(&infos, &InputSpec { seed: 1, ..spec.clone() }).unwrap();
+        let ids = |x: &Inputs| match &x.inputs[0].data {
+            InputData::I64(a) => a.clone(),
+            _ => unreachable!(),
+        };
+        assert_eq!(ids(&a), ids(&b));
+        assert_ne!(ids(&a), ids(&c));
+    }
+
+    #[test]
+    fn file_shape_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        let arr = ArrayD::<f64>::zeros(IxDyn(&[5, 64]));
+        ndarray_npy::write_npy(&p, &arr).unwrap();
+        let infos = vec![info("x", dt::FLOAT, vec![DimSpec::Symbolic("batch".into()), DimSpec::Fixed(64)])];
+        let mut spec = InputSpec::default();
+        spec.files.insert(String::new(), p.clone());
+        let a = prepare_for(&infos, &spec).unwrap();
+        assert!(matches!(&a.inputs[0].data, InputData::F32(x) if x.shape() == [5, 64]));
+
+        let bad = vec![info("x", dt::FLOAT, vec![DimSpec::Symbolic("batch".into()), DimSpec::Fixed(32)])];
+        let e = format!("{:#}", prepare_for(&bad, &spec).unwrap_err());
+        assert!(e.contains("input 'x'") && e.contains("axis 1"), "{e}");
+        let bad = vec![info("x", dt::FLOAT, vec![DimSpec::Unknown])];
+        let e = format!("{:#}", prepare_for(&bad, &spec).unwrap_err());
+        assert!(e.contains("rank"), "{e}");
+        let ints = vec![info("x", dt::INT64, vec![DimSpec::Unknown, DimSpec::Unknown])];
+        let e = format!("{:#}", prepare_for(&ints, &spec).unwrap_err());
+        assert!(e.contains("int64") && e.contains("float64"), "{e}");
+        let mut spec2 = spec.clone();
+        spec2.dims.insert("batch".into(), 4);
+        let e = format!("{:#}", prepare_for(&infos, &spec2).unwrap_err());
+        assert!(e.contains("batch=4"), "{e}");
+    }
+}

@@ -1,0 +1,359 @@
+//! Verification with tract on the project's models (and the shared real models when present).
+
+use onnx_emp::check::{self, InputSpec, VerifyOptions};
+use onnx_emp::model::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+fn shared() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
+    let p = if p.is_dir() { p } else { PathBuf::from("/work/shared/models") };
+    if p.is_dir() {
+        Some(p)
+    } else {
+        println!("skipping: shared models folder ../shared/models is absent");
+        None
+    }
+}
+
+fn spec_with_file(name: &str, file: &str) -> InputSpec {
+    let mut s = InputSpec::default();
+    s.files.insert(name.into(), models().join(file));
+    s
+}
+
+#[test]
+fn mlp_against_itself_with_labels() {
+    let m = models().join("digits_mlp.onnx");
+    let opts = VerifyOptions {
+        inputs: spec_with_file("", "digits_test_x64.npy"),
+        labels: Some(models().join("digits_test_y.npy")),
+        latency: true,
+    };
+    let t = Instant::now();
+    let v = check::verify(&m, &m, &opts);
+    println!("verify mlp (with latency): {:.3} s", t.elapsed().as_secs_f64());
+    assert_eq!(v.status, "ok", "{:?}", v.reason);
+    assert_eq!(v.input_shapes["x"], vec![360, 64]);
+    assert_eq!(v.outputs.len(), 1);
+    let o = &v.outputs[0];
+    assert_eq!(o.name, "logits");
+    assert_eq!(o.shape, vec![360, 10]);
+    assert_eq!((o.max_abs_err, o.rel_l2_err, o.cosine, o.top1_agreement), (0.0, 0.0, 1.0, Some(1.0)));
+    let acc = v.accuracy_dense.expect("accuracy");
+    assert!((acc - 350.0 / 360.0).abs() < 1e-12, "{acc}");
+    assert_eq!(v.accuracy_pruned, Some(acc));
+    // 360 rows · (64·128 + 128·64 + 64·10)
+    assert_eq!(v.macs_dense, Some(360 * (64 * 128 + 128 * 64 + 64 * 10)));
+    assert_eq!(v.macs_pruned, v.macs_dense);
+    let l = v.latency_dense.as_ref().expect("latency");
+    assert!(l.runs >= 5 && l.min_ms > 0.0 && l.median_ms >= l.min_ms, "{l:?}");
+    let j = serde_json::to_value(&v).unwrap();
+    assert_eq!(j["outputs"][0]["cosine"], serde_json::json!(1.0));
+    assert_eq!(j["status"], "ok");
+
+    // Without latency it is quick.
+    let t = Instant::now();
+    let v2 = check::verify(&m, &m, &VerifyOptions { latency: false, ..opts });
+    println!("verify mlp (no latency): {:.3} s", t.elapsed().as_secs_f64());
+    assert_eq!(v2.outputs, v.outputs);
+}
+
+#[test]
+fn mlp_deterministic_seeded_and_chunked() {
+    let m = models().join("digits_mlp.onnx");
+    let mut spec = InputSpec::default();
+    spec.dims.insert("batch".into(), 3);
+    let inputs = check::prepare_inputs(&m, &spec).unwrap();
+    assert_eq!(inputs.shapes()["x"], vec![3, 64]);
+    let r = check::load_runnable(&m, &inputs.facts()).unwrap();
+    let a = check::run(&r, &inputs).unwrap();
+    let b = check::run(&r, &check::prepare_inputs(&m, &spec).unwrap()).unwrap();
+    assert_eq!(a, b);
+
+    // 616 rows (test + calibration sets) run in 2 chunks of 308; rows must match a plain run.
+    let x1: ndarray::ArrayD<f32> = ndarray_npy::read_npy(models().join("digits_test_x64.npy")).unwrap();
+    let x2: ndarray::ArrayD<f32> = ndarray_npy::read_npy(models().join("digits_calib_x64.npy")).unwrap();
+    let big = ndarray::concatenate(ndarray::Axis(0), &[x1.view(), x2.view()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.npy");
+    ndarray_npy::write_npy(&p, &big).unwrap();
+    let mut spec = InputSpec::default();
+    spec.files.insert("x".into(), p);
+    let inputs = check::prepare_inputs(&m, &spec).unwrap();
+    let r = check::load_runnable(&m, &inputs.facts()).unwrap();
+    let c = r.chunking.as_ref().expect("chunked");
+    assert_eq!((c.rows, c.chunk), (616, 308));
+    let out = check::run(&r, &inputs).unwrap();
+    assert_eq!(out[0].shape(), &[616, 10]);
+    let small = check::prepare_inputs(&m, &spec_with_file("x", "digits_calib_x64.npy")).unwrap();
+    let rs = check::load_runnable(&m, &small.facts()).unwrap();
+    let os = check::run(&rs, &small).unwrap();
+    let tail = out[0].slice(ndarray::s![360.., ..]);
+    let err = tail.iter().zip(os[0].iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-5, "{err}");
+}
+
+#[test]
+fn transformer_seeded_batch2() {
+    let m = models().join("digits_transformer.onnx");
+    let mut opts = VerifyOptions::default();
+    opts.inputs.dims.insert("batch".into(), 2);
+    opts.inputs.seed = 7;
+    let v = check::verify(&m, &m, &opts);
+    assert_eq!(v.status, "ok", "{:?}", v.reason);
+    assert_eq!(v.input_shapes["x"], vec![2, 8, 8]);
+    assert_eq!(v.outputs[0].shape, vec![2, 10]);
+    assert_eq!(v.outputs[0].max_abs_err, 0.0);
+    // Per row of the batch (8 tokens, d=32, 4 heads of 8, FFN 64): embedding 8·32·8; per layer
+    // q/k/v/out 4·8·32·32, scores 4·8·8·8, context 4·8·8·8, FFN 2·8·64·32; head 10·32.
+    let layer = 4 * 8 * 32 * 32 + 2 * (4 * 8 * 8 * 8) + 2 * (8 * 64 * 32);
+    assert_eq!(v.macs_dense, Some(2 * (8 * 32 * 8 + 2 * layer + 10 * 32)), "{:?}", v.notes);
+    let eq = check::equivalence(&m, &m, &opts).unwrap();
+    assert_eq!(eq, v.outputs);
+}
+
+#[test]
+fn cnn_macs_by_hand() {
+    let m = models().join("digits_cnn.onnx");
+    let facts = vec![check::InputFact { name: "x".into(), elem_type: 1, shape: vec![1, 1, 8, 8] }];
+    let macs = check::macs(&m, &facts).unwrap();
+    let proto = io::load(&m).unwrap().proto;
+    let g = proto.graph.as_ref().unwrap();
+    let convs: Vec<_> = g.node.iter().filter(|n| n.op_type == "Conv").collect();
+    assert_eq!(convs.len(), 7);
+    let stem = convs[0];
+    let key = if stem.name.is_empty() { stem.output[0].clone() } else { stem.name.clone() };
+    // stem: Conv(1→16, 3×3, pad 1) on 8×8: N·C_out·H·W · C_in·kH·kW
+    assert_eq!(macs.per_node[&key], 16 * 8 * 8 * 9);
+    // depthwise Conv(16, 3×3, group 16): 16·8·8 · 1·9
+    let dw = convs.iter().find(|n| n.attribute.iter().any(|a| a.name == "group" && a.i == 16)).unwrap();
+    let key = if dw.name.is_empty() { dw.output[0].clone() } else { dw.name.clone() };
+    assert_eq!(macs.per_node[&key], 16 * 8 * 8 * 9);
+    assert_eq!(macs.per_node.len(), 8); // 7 Conv + 1 Gemm
+    assert_eq!(macs.total, macs.per_node.values().sum::<u64>());
+    // batch 4 is 4× batch 1
+    let f4 = vec![check::InputFact { shape: vec![4, 1, 8, 8], ..facts[0].clone() }];
+    assert_eq!(check::macs(&m, &f4).unwrap().total, 4 * macs.total);
+}
+
+#[test]
+fn unsupported_op_is_skipped_not_a_panic() {
+    // digits_mlp with its first Gemm turned into a com.microsoft Attention node: tract parses it
+    // as ONNX Attention (it ignores the domain) and panics or errors.
+    let m = models().join("digits_mlp.onnx");
+    let mut proto = io::load(&m).unwrap().proto;
+    let g = proto.graph.as_mut().unwrap();
+    let n = g.node.iter_mut().find(|n| n.op_type == "Gemm").unwrap();
+    n.op_type = "Attention".into();
+    n.domain = "com.microsoft".into();
+    n.attribute.clear();
+    let mut a = onnx_protobuf::AttributeProto::new();
+    a.name = "num_heads".into();
+    a.type_ = protobuf::EnumOrUnknown::from_i32(2);
+    a.i = 2;
+    n.attribute.push(a);
+    let mut op = onnx_protobuf::OperatorSetIdProto::new();
+    op.domain = "com.microsoft".into();
+    op.version = 1;
+    proto.opset_import.push(op);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("attention.onnx");
+    io::save(proto, &bad, &Default::default()).unwrap();
+
+    let opts = VerifyOptions { inputs: spec_with_file("", "digits_test_x64.npy"), ..Default::default() };
+    let v = check::verify(&m, &bad, &opts);
+    println!("reason: {:?}", v.reason);
+    assert_eq!(v.status, "skipped");
+    let r = v.reason.unwrap();
+    assert!(r.contains("pruned model") && r.contains("attention.onnx"), "{r}");
+    assert!(!r.contains('\n'), "{r}");
+    assert!(v.outputs.is_empty());
+    assert!(check::equivalence(&m, &bad, &opts).is_err());
+}
+
+#[test]
+fn bad_inputs_are_skipped_with_the_input_named() {
+    let m = models().join("digits_mlp.onnx");
+    // [360, 8, 8] for an input [batch, 64]: rank differs.
+    let opts = VerifyOptions { inputs: spec_with_file("", "digits_test_x8x8.npy"), ..Default::default() };
+    let v = check::verify(&m, &m, &opts);
+    assert_eq!(v.status, "skipped");
+    let r = v.reason.unwrap();
+    assert!(r.contains("input 'x'") && r.contains("rank"), "{r}");
+    // Labels of the wrong length: fidelity still reported, accuracy noted as unavailable.
+    let opts = VerifyOptions {
+        inputs: spec_with_file("", "digits_test_x64.npy"),
+        labels: Some(models().join("digits_calib_y.npy")),
+        latency: false,
+    };
+    let v = check::verify(&m, &m, &opts);
+    assert_eq!(v.status, "ok");
+    assert_eq!(v.accuracy_dense, None);
+    assert!(v.notes.iter().any(|n| n.contains("accuracy unavailable") && n.contains("360")), "{:?}", v.notes);
+}
+
+fn tiny_bert(file: &str) {
+    let Some(dir) = shared() else { return };
+    let m = dir.join(file);
+    if !m.is_file() {
+        println!("skipping: {} absent", m.display());
+        return;
+    }
+    let mut opts = VerifyOptions::default();
+    opts.inputs.dims.insert("batch".into(), 2);
+    let t = Instant::now();
+    let v = check::verify(&m, &m, &opts);
+    println!("verify {file}: {:.3} s, notes {:?}", t.elapsed().as_secs_f64(), v.notes);
+    assert_eq!(v.status, "ok", "{:?}", v.reason);
+    assert_eq!(v.input_shapes["input_ids"], vec![2, 8]);
+    assert_eq!(v.outputs[0].shape, vec![2, 2]);
+    assert_eq!(v.outputs[0].max_abs_err, 0.0);
+    assert!(v.macs_dense.unwrap_or(0) > 0, "{:?}", v.notes);
+}
+
+#[test]
+fn tiny_bert_dynamo() {
+    tiny_bert("tiny_bert_random_dynamo.onnx");
+}
+
+#[test]
+fn tiny_bert_torchscript() {
+    tiny_bert("tiny_bert_random_ts.onnx");
+}
+
+fn value_info(name: &str, elem: i32, dims: &[i64]) -> onnx_protobuf::ValueInfoProto {
+    use onnx_protobuf::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
+    let mut shape = TensorShapeProto::new();
+    for d in dims {
+        let mut dim = tensor_shape_proto::Dimension::new();
+        dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(*d));
+        shape.dim.push(dim);
+    }
+    let mut t = type_proto::Tensor::new();
+    t.elem_type = elem;
+    t.shape = protobuf::MessageField::some(shape);
+    let mut ty = TypeProto::new();
+    ty.value = Some(type_proto::Value::TensorType(t));
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = protobuf::MessageField::some(ty);
+    v
+}
+
+/// Opset-23 `Attention` with a boolean mask: tract alone would add the mask as 0/1; check rewrites
+/// it to the additive -inf form, so the result matches attention computed by hand.
+#[test]
+fn onnx_attention_bool_mask_is_exact() {
+    use ndarray::{ArrayD, IxDyn};
+    let (h, sq, skv, d) = (2usize, 2usize, 3usize, 4usize);
+    let mut g = onnx_protobuf::GraphProto::new();
+    g.name = "attn".into();
+    let mut n = onnx_protobuf::NodeProto::new();
+    n.op_type = "Attention".into();
+    n.name = "attn0".into();
+    n.input = vec!["q".into(), "k".into(), "v".into(), "mask".into()];
+    n.output = vec!["y".into()];
+    g.node.push(n);
+    g.input.push(value_info("q", 1, &[1, h as i64, sq as i64, d as i64]));
+    g.input.push(value_info("k", 1, &[1, h as i64, skv as i64, d as i64]));
+    g.input.push(value_info("v", 1, &[1, h as i64, skv as i64, d as i64]));
+    g.input.push(value_info("mask", 9, &[sq as i64, skv as i64]));
+    g.output.push(value_info("y", 1, &[1, h as i64, sq as i64, d as i64]));
+    let mut m = onnx_protobuf::ModelProto::new();
+    m.ir_version = 10;
+    let mut op = onnx_protobuf::OperatorSetIdProto::new();
+    op.version = 23;
+    m.opset_import.push(op);
+    m.graph = protobuf::MessageField::some(g);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("attn.onnx");
+    io::save(m, &path, &Default::default()).unwrap();
+
+    let mask_v = [true, false, true, true, true, false];
+    let mask = ArrayD::from_shape_vec(IxDyn(&[sq, skv]), mask_v.to_vec()).unwrap();
+    let mask_path = dir.path().join("mask.npy");
+    ndarray_npy::write_npy(&mask_path, &mask).unwrap();
+    let mut spec = InputSpec::default();
+    spec.files.insert("mask".into(), mask_path);
+    let inputs = check::prepare_inputs(&path, &spec).unwrap();
+    let r = check::load_runnable(&path, &inputs.facts()).unwrap();
+    assert!(r.notes.iter().any(|n| n.contains("boolean attn_mask")), "{:?}", r.notes);
+    let y = check::run(&r, &inputs).unwrap().remove(0);
+
+    let get = |name: &str| match &inputs.get(name).unwrap().data {
+        check::InputData::F32(a) => a.clone(),
+        _ => panic!("{name} not f32"),
+    };
+    let (q, k, v) = (get("q"), get("k"), get("v"));
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut worst = 0f32;
+    for hh in 0..h {
+        for i in 0..sq {
+            let mut s: Vec<f32> = (0..skv)
+                .map(|j| {
+                    if !mask_v[i * skv + j] {
+                        return f32::NEG_INFINITY;
+                    }
+                    (0..d).map(|c| q[[0, hh, i, c]] * k[[0, hh, j, c]]).sum::<f32>() * scale
+                })
+                .collect();
+            let mx = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            s.iter_mut().for_each(|x| *x = (*x - mx).exp());
+            let z: f32 = s.iter().sum();
+            for c in 0..d {
+                let want: f32 = (0..skv).map(|j| s[j] / z * v[[0, hh, j, c]]).sum();
+                worst = worst.max((want - y[[0, hh, i, c]]).abs());
+            }
+        }
+    }
+    assert!(worst < 1e-5, "max error {worst}");
+}
+
+#[test]
+fn npz_inputs_and_a_different_model() {
+    // Inputs by name from an .npz; the "pruned" model is the MLP with one weight changed, so
+    // outputs differ a little and the metrics say so.
+    let m = models().join("digits_mlp.onnx");
+    let x: ndarray::ArrayD<f64> =
+        ndarray_npy::read_npy::<_, ndarray::ArrayD<f32>>(models().join("digits_test_x64.npy"))
+            .unwrap()
+            .mapv(|v| v as f64);
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("in.npz");
+    let mut w = ndarray_npy::NpzWriter::new(std::fs::File::create(&npz).unwrap());
+    w.add_array("x", &x).unwrap();
+    w.finish().unwrap();
+
+    let mut proto = io::load(&m).unwrap().proto;
+    let g = proto.graph.as_mut().unwrap();
+    let w0 = g.initializer.iter_mut().find(|t| t.dims.len() == 2).unwrap();
+    let mut vals = onnx_emp::model::tensor::read_f32(w0).unwrap();
+    vals.iter_mut().take(64).for_each(|v| *v = 0.0);
+    onnx_emp::model::tensor::write_f64(w0, &vals.iter().map(|v| *v as f64).collect::<Vec<_>>()).unwrap();
+    let other = dir.path().join("other.onnx");
+    io::save(proto, &other, &Default::default()).unwrap();
+
+    let opts = VerifyOptions {
+        inputs: InputSpec { npz: Some(npz), ..Default::default() },
+        labels: Some(models().join("digits_test_y.npy")),
+        latency: false,
+    };
+    let v = check::verify(&m, &other, &opts);
+    assert_eq!(v.status, "ok", "{:?}", v.reason);
+    assert_eq!(v.input_shapes["x"], vec![360, 64]);
+    let o = &v.outputs[0];
+    assert!(o.max_abs_err > 0.0 && o.rel_l2_err > 0.0 && o.cosine < 1.0 && o.cosine > 0.5, "{o:?}");
+    let t1 = o.top1_agreement.unwrap();
+    assert!(t1 > 0.5 && t1 <= 1.0);
+    assert!((v.accuracy_dense.unwrap() - 350.0 / 360.0).abs() < 1e-12);
+    assert!(v.accuracy_pruned.is_some());
+    // Deterministic: the same call gives the same numbers.
+    let v2 = check::verify(&m, &other, &opts);
+    assert_eq!(v2.outputs, v.outputs);
+    assert_eq!(v2.accuracy_pruned, v.accuracy_pruned);
+}
