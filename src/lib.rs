@@ -5,3 +5,5 @@ pub mod check;
 pub mod emp;
 pub mod model;
 pub mod prune;
+pub mod report;
+pub mod run;

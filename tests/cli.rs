@@ -72,14 +72,16 @@ fn accuracy(r: &Value) -> (f64, f64) {
 }
 
 #[test]
-fn weights_unit_scope_every_model() {
+fn weights_default_scope_every_model() {
     for (m, d) in MODELS {
         let r = run(m, d, &[]);
-        snapshot(&format!("weights_unit_{m}"), &stable(&r.report));
+        snapshot(&format!("weights_global_{m}"), &stable(&r.report));
+        assert_eq!(r.report["scope"], "global");
         let (a, b) = accuracy(&r.report);
         assert!(a > 0.95, "{m}: dense accuracy {a}");
-        // One-shot EMP at β = 1 costs little accuracy on these models (measured: ≤ 2 points).
-        assert!(b > a - 0.05, "{m}: accuracy {a} → {b}");
+        // One-shot EMP costs these tiny models between 0 and ~33 points (README table); far
+        // below chance would mean a broken model, not pruning.
+        assert!(b > 0.5, "{m}: accuracy {a} → {b}");
         let sp = 1.0 - r.report["params"]["nonzero_after"].as_f64().unwrap() / r.report["params"]["nonzero_before"].as_f64().unwrap();
         assert!(sp > 0.2 && sp < 0.6, "{m}: sparsity {sp}");
         assert!(r.stdout.contains("accuracy"), "{}", r.stdout);
@@ -89,7 +91,7 @@ fn weights_unit_scope_every_model() {
 
 #[test]
 fn weights_layer_and_global_scopes() {
-    for scope in ["layer", "global"] {
+    for scope in ["unit", "layer"] {
         let r = run("digits_mlp", "digits_test_x64", &["--scope", scope]);
         snapshot(&format!("weights_{scope}_digits_mlp"), &stable(&r.report));
         assert_eq!(r.report["scope"], scope);
