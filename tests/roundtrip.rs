@@ -25,9 +25,6 @@ fn check_roundtrip(p: &Path) {
     let orig = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(p).unwrap()).unwrap();
     if a.external.is_empty() {
         assert!(orig == b.proto, "{}: saved model differs from the original message", p.display());
-        // These files were written by protobuf's canonical encoder, so the saved bytes are
-        // identical too (a stronger check than semantic identity).
-        assert!(std::fs::read(&out).unwrap() == std::fs::read(p).unwrap(), "{}: bytes differ", p.display());
     }
 }
 
