@@ -65,7 +65,8 @@ struct PruneArgs {
     /// default layer for channels, global for heads)
     #[arg(long)]
     scope: Option<String>,
-    /// Score: magnitude (per-weight); l2 (default) or l1 (structured)
+    /// Score: magnitude (default) or wanda (per-weight, needs calibration data);
+    /// l2 (default), l1 or activation (channels); weight (default) or activation (heads)
     #[arg(long)]
     criterion: Option<String>,
     /// Also prune these (per-weight): bias, norm, embedding (comma separated)
@@ -95,6 +96,10 @@ struct PruneArgs {
     /// Seed of the random verification inputs
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Calibration data for data-driven criteria: FILE.npy (single input), FILE.npz, DIR of
+    /// NAME.npy files, or NAME=FILE.npy (repeatable). Default: the --inputs
+    #[arg(long, value_name = "PATH")]
+    calibration: Vec<String>,
     /// Allow overwriting the input file
     #[arg(long)]
     force: bool,
@@ -198,6 +203,30 @@ fn real_main(cli: Cli) -> ExitCode {
             }
         }
     }
+    let (calibration, calibration_label) = if a.calibration.is_empty() {
+        (None, None)
+    } else {
+        let mut spec = InputSpec { dims: dims.clone(), files: BTreeMap::new(), npz: None, seed: a.seed, default_batch: 1 };
+        for c in &a.calibration {
+            let p = PathBuf::from(c);
+            if let Some((k, v)) = c.split_once('=') {
+                spec.files.insert(k.to_string(), PathBuf::from(v));
+            } else if p.is_dir() {
+                let Ok(rd) = std::fs::read_dir(&p) else { return usage(&format!("--calibration {c}: cannot read folder")) };
+                let mut found: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.extension().is_some_and(|e| e == "npy")).collect();
+                found.sort();
+                for f in found {
+                    let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    spec.files.insert(stem, f);
+                }
+            } else if c.ends_with(".npz") {
+                spec.npz = Some(p);
+            } else {
+                spec.files.insert(String::new(), p);
+            }
+        }
+        (Some(spec), Some(a.calibration.join(",")))
+    };
     let verify_opts = VerifyOptions {
         inputs: InputSpec { dims, files, npz, seed: a.seed, default_batch: 1 },
         labels: a.labels.clone(),
@@ -216,6 +245,8 @@ fn real_main(cli: Cli) -> ExitCode {
         verify: !a.no_verify,
         verify_opts,
         allow_mismatch: a.allow_mismatch,
+        calibration,
+        calibration_label,
     };
     match run::run(&opts) {
         Ok(out) => {

@@ -52,6 +52,10 @@ pub struct RunOptions {
     pub verify: bool,
     pub verify_opts: VerifyOptions,
     pub allow_mismatch: bool,
+    /// Calibration data for data-driven criteria (falls back to the verification inputs).
+    pub calibration: Option<crate::check::InputSpec>,
+    /// Human description of the calibration source for the report.
+    pub calibration_label: Option<String>,
 }
 
 /// The default per-weight scope (chosen from the measurements in the README).
@@ -110,6 +114,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let (p_before, nz_before) = params(&loaded.proto)?;
     let t = Instant::now();
     let mut notes = Vec::new();
+    let mut calibration: Option<String> = None;
     let (scope_name, criterion_name);
     let mut weights_report = None;
     let mut groups = Vec::new();
@@ -125,13 +130,28 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 Some(s) => bail!("--scope {s}: per-weight mode takes unit, layer or global"),
             };
             let crit = o.criterion.as_deref().unwrap_or("magnitude");
-            if crit != "magnitude" {
-                bail!("--criterion {crit}: per-weight mode supports 'magnitude'");
-            }
+            let scores = match crit {
+                "magnitude" => BTreeMap::new(),
+                "wanda" => {
+                    let (scores, stats, label) = wanda(o, &loaded)?;
+                    calibration = Some(format!("{label} ({} rows)", stats.rows));
+                    let all = weights::candidate_names(&loaded.proto, &o.include)?;
+                    let missing: Vec<&String> = all.iter().filter(|n| !scores.contains_key(*n)).collect();
+                    if !missing.is_empty() {
+                        notes.push(format!(
+                            "wanda: no observable input activations for {} weight(s), scored by |w|: {}",
+                            missing.len(),
+                            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        ));
+                    }
+                    scores
+                }
+                c => bail!("--criterion {c}: per-weight mode supports magnitude (default) or wanda"),
+            };
             scope_name = format!("{scope:?}").to_lowercase();
             criterion_name = crit.to_string();
             let mut m = loaded.proto.clone();
-            let wopts = WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores: BTreeMap::new() };
+            let wopts = WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores };
             let r = weights::prune_weights(&mut m, &wopts).with_context(|| format!("{}", o.input.display()))?;
             weights_report = Some(r);
             m
@@ -239,7 +259,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         scope: scope_name,
         beta: o.beta,
         criterion: criterion_name,
-        calibration: None,
+        calibration,
         params: Params { before: p_before, after: p_after, nonzero_before: nz_before, nonzero_after: nz_after },
         macs_before,
         macs_after,
@@ -251,6 +271,17 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         timing,
     };
     Ok(Outcome { report, exact })
+}
+
+/// Wanda scores from the calibration set (or the verification inputs when none is given).
+fn wanda(o: &RunOptions, loaded: &Loaded) -> Result<(BTreeMap<String, Vec<f64>>, crate::calib::Stats, String)> {
+    let (spec, label) = match &o.calibration {
+        Some(s) => (s.clone(), o.calibration_label.clone().unwrap_or_else(|| "calibration".into())),
+        None => (o.verify_opts.inputs.clone(), "verification inputs".to_string()),
+    };
+    let inputs = crate::calib::load_inputs(&o.input, &spec)?;
+    let (scores, stats) = crate::calib::wanda_scores(&loaded.proto, &inputs).with_context(|| format!("{}: wanda", o.input.display()))?;
+    Ok((scores, stats, label))
 }
 
 fn structural(m: &ModelProto, opts: &StructOptions, what: &str) -> Result<StructuralResult> {

@@ -523,11 +523,12 @@ fn to_f32(name: &str, v: TValue) -> Result<ArrayD<f32>> {
     t.into_owned().into_plain_array::<f32>().with_context(|| format!("output '{name}'"))
 }
 
-/// Run the model on `inputs`; outputs cast to f32, in the model's output order.
-pub fn run(r: &Runnable, inputs: &Inputs) -> Result<Vec<ArrayD<f32>>> {
+/// Run the model on `inputs` one chunk at a time, handing each chunk's outputs (padding rows
+/// removed, cast to f32, in the model's output order) to `f`. Memory stays bounded by one chunk:
+/// used to stream calibration statistics.
+pub fn run_each(r: &Runnable, inputs: &Inputs, mut f: impl FnMut(Vec<ArrayD<f32>>) -> Result<()>) -> Result<()> {
     guarded("run", || {
         let batches = r.prepare(inputs)?;
-        let mut per_batch: Vec<Vec<ArrayD<f32>>> = vec![];
         for (bi, tv) in batches.into_iter().enumerate() {
             let outs = r.run_raw(tv)?;
             let mut v = vec![];
@@ -550,20 +551,30 @@ pub fn run(r: &Runnable, inputs: &Inputs) -> Result<Vec<ArrayD<f32>>> {
                     v.push(a);
                 }
             }
-            per_batch.push(v);
+            f(v)?;
         }
-        if per_batch.len() == 1 {
-            return per_batch.pop().context("no output");
-        }
-        let n_out = per_batch.first().map(|b| b.len()).unwrap_or(0);
-        let mut outs = vec![];
-        for i in 0..n_out {
-            let views: Vec<_> = per_batch.iter().filter_map(|b| b.get(i).map(|a| a.view())).collect();
-            outs.push(ndarray::concatenate(Axis(0), &views).context("joining chunk outputs")?);
-        }
-        Ok(outs)
+        Ok(())
     })
     .with_context(|| r.path.display().to_string())
+}
+
+/// Run the model on `inputs`; outputs cast to f32, in the model's output order.
+pub fn run(r: &Runnable, inputs: &Inputs) -> Result<Vec<ArrayD<f32>>> {
+    let mut per_batch: Vec<Vec<ArrayD<f32>>> = vec![];
+    run_each(r, inputs, |v| {
+        per_batch.push(v);
+        Ok(())
+    })?;
+    if per_batch.len() == 1 {
+        return per_batch.pop().context("no output");
+    }
+    let n_out = per_batch.first().map(|b| b.len()).unwrap_or(0);
+    let mut outs = vec![];
+    for i in 0..n_out {
+        let views: Vec<_> = per_batch.iter().filter_map(|b| b.get(i).map(|a| a.view())).collect();
+        outs.push(ndarray::concatenate(Axis(0), &views).context("joining chunk outputs")?);
+    }
+    Ok(outs)
 }
 
 #[cfg(test)]

@@ -216,6 +216,13 @@ fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) -> Result<Vec
     Ok(out)
 }
 
+/// Names of the candidate weights of a model, in graph order.
+pub fn candidate_names(model: &ModelProto, inc: &Include) -> Result<Vec<String>> {
+    let g = model.graph.as_ref().context("model has no graph")?;
+    let ix = GraphIndex::build(g)?;
+    Ok(find_candidates(g, &ix, inc)?.into_iter().map(|c| c.name).collect())
+}
+
 /// Indices of the elements of unit `u` along `axis` (row-major).
 fn unit_indices(shape: &[usize], axis: usize, u: usize) -> impl Iterator<Item = usize> + '_ {
     let outer: usize = shape[..axis].iter().product();
