@@ -153,7 +153,7 @@ fn main() {
     let load = t.elapsed().as_secs_f64();
     let mut m = loaded.proto;
     let t = Instant::now();
-    let opts = WeightOptions { beta: 1.0, scope, include: Include::default(), scores: BTreeMap::new() };
+    let opts = WeightOptions { beta: 1.0, scope, include: Include::default(), scores: BTreeMap::new(), fixed_ratio: None };
     let r = prune_weights(&mut m, &opts).unwrap();
     let prune = t.elapsed().as_secs_f64();
     let t = Instant::now();

@@ -163,6 +163,22 @@ pub fn select(scores: &[f64], beta: f64) -> Result<(Decision, Vec<usize>), EmpEr
     }
 }
 
+/// Baseline for comparisons, not EMP: prune a fixed fraction `ratio` of the units
+/// (kept = N − round(ratio·N), clamped to [1, N]), highest |score| kept.
+pub fn select_ratio(scores: &[f64], ratio: f64) -> Result<(Decision, Vec<usize>), EmpError> {
+    if !(ratio.is_finite() && (0.0..1.0).contains(&ratio)) {
+        return Err(EmpError::BadBeta(ratio));
+    }
+    let n = scores.len();
+    let (s1, s2) = moments_scaled(scores)?;
+    let ne = n_eff_from_moments(n, s1, s2).unwrap_or(n as f64);
+    let kept = (n - ((ratio * n as f64).round() as usize).min(n)).max(1.min(n));
+    let keep = top_k(scores, kept);
+    let m = scores.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let s_eff = if s1 > 0.0 { (keep.iter().map(|&i| scores[i].abs() / m).sum::<f64>() / s1).min(1.0) } else { 1.0 };
+    Ok((Decision { n, n_eff: ne, kept, s_eff, all_zero: s1 == 0.0 }, keep))
+}
+
 /// Keep count rounded up to a multiple of `m`, never above `n` (for `--round-to`).
 pub fn round_up(kept: usize, n: usize, m: usize) -> usize {
     if m <= 1 || kept == 0 {

@@ -100,6 +100,10 @@ struct PruneArgs {
     /// NAME.npy files, or NAME=FILE.npy (repeatable). Default: the --inputs
     #[arg(long, value_name = "PATH")]
     calibration: Vec<String>,
+    /// Baseline for comparisons (per-weight): prune this fixed fraction of every group instead
+    /// of EMP's ⌊β·N_eff⌋, e.g. --ratio 0.5
+    #[arg(long, value_name = "R")]
+    ratio: Option<f64>,
     /// Allow overwriting the input file
     #[arg(long)]
     force: bool,
@@ -167,6 +171,14 @@ fn real_main(cli: Cli) -> ExitCode {
     };
     if !(a.beta.is_finite() && a.beta > 0.0) {
         return usage(&format!("--beta {}: must be a finite number > 0", a.beta));
+    }
+    if let Some(r) = a.ratio {
+        if !(r.is_finite() && (0.0..1.0).contains(&r)) {
+            return usage(&format!("--ratio {r}: must be in [0, 1)"));
+        }
+        if a.structured.is_some() {
+            return usage("--ratio is a per-weight baseline; it does not apply to --structured");
+        }
     }
     if a.round_to == 0 {
         return usage("--round-to must be ≥ 1");
@@ -247,6 +259,7 @@ fn real_main(cli: Cli) -> ExitCode {
         allow_mismatch: a.allow_mismatch,
         calibration,
         calibration_label,
+        fixed_ratio: a.ratio,
     };
     match run::run(&opts) {
         Ok(out) => {

@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub calibration: Option<crate::check::InputSpec>,
     /// Human description of the calibration source for the report.
     pub calibration_label: Option<String>,
+    /// Baseline: prune a fixed fraction per group instead of EMP (per-weight mode only).
+    pub fixed_ratio: Option<f64>,
 }
 
 /// The default per-weight scope (chosen from the measurements in the README).
@@ -151,7 +153,10 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             scope_name = format!("{scope:?}").to_lowercase();
             criterion_name = crit.to_string();
             let mut m = loaded.proto.clone();
-            let wopts = WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores };
+            if let Some(r) = o.fixed_ratio {
+                notes.push(format!("baseline run: fixed ratio {r} per group instead of EMP (--ratio)"));
+            }
+            let wopts = WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores, fixed_ratio: o.fixed_ratio };
             let r = weights::prune_weights(&mut m, &wopts).with_context(|| format!("{}", o.input.display()))?;
             weights_report = Some(r);
             m

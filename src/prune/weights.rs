@@ -37,6 +37,17 @@ pub struct WeightOptions {
     /// Optional per-tensor score override (same length as the tensor); default |w|.
     /// Used by data-driven criteria such as Wanda.
     pub scores: BTreeMap<String, Vec<f64>>,
+    /// Baseline instead of EMP: prune this fixed fraction of each group (for comparisons).
+    pub fixed_ratio: Option<f64>,
+}
+
+impl WeightOptions {
+    fn select(&self, s: &[f64]) -> std::result::Result<(emp::Decision, Vec<usize>), emp::EmpError> {
+        match self.fixed_ratio {
+            Some(r) => emp::select_ratio(s, r),
+            None => emp::select(s, self.beta),
+        }
+    }
 }
 
 /// What EMP did to one weight tensor.
@@ -264,7 +275,7 @@ pub fn prune_weights(model: &mut ModelProto, opts: &WeightOptions) -> Result<Wei
     let mut global = None;
     match opts.scope {
         Scope::Global => {
-            let (gd, keep_masks) = global_select(&scores, opts.beta)?;
+            let (gd, keep_masks) = global_select(&scores, opts.beta, opts.fixed_ratio)?;
             global = Some(gd);
             masks = cands
                 .iter()
@@ -290,7 +301,7 @@ pub fn prune_weights(model: &mut ModelProto, opts: &WeightOptions) -> Result<Wei
                         for u in 0..shape[a] {
                             let idx: Vec<usize> = unit_indices(&shape, a, u).collect();
                             let us: Vec<f64> = idx.iter().map(|&i| s[i]).collect();
-                            let (d, k) = emp::select(&us, opts.beta).map_err(|e| anyhow::anyhow!("tensor '{}': {e}", c.name))?;
+                            let (d, k) = opts.select(&us).map_err(|e| anyhow::anyhow!("tensor '{}': {e}", c.name))?;
                             for j in k {
                                 keep[idx[j]] = true;
                             }
@@ -300,7 +311,7 @@ pub fn prune_weights(model: &mut ModelProto, opts: &WeightOptions) -> Result<Wei
                         }
                     }
                     _ => {
-                        let (d, k) = emp::select(s, opts.beta).map_err(|e| anyhow::anyhow!("tensor '{}': {e}", c.name))?;
+                        let (d, k) = opts.select(s).map_err(|e| anyhow::anyhow!("tensor '{}': {e}", c.name))?;
                         for j in k {
                             keep[j] = true;
                         }
@@ -361,7 +372,7 @@ fn tensor_report(
 
 /// One EMP over the concatenation of all score vectors, without building a second copy of the
 /// scores in f64: moments are streamed, the cut is found by selection on f64 magnitudes.
-fn global_select(scores: &[Vec<f64>], beta: f64) -> Result<(GlobalDecision, Vec<Vec<bool>>)> {
+fn global_select(scores: &[Vec<f64>], beta: f64, ratio: Option<f64>) -> Result<(GlobalDecision, Vec<Vec<bool>>)> {
     let n: usize = scores.iter().map(|s| s.len()).sum();
     let m = scores.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
     if m == 0.0 {
@@ -375,7 +386,10 @@ fn global_select(scores: &[Vec<f64>], beta: f64) -> Result<(GlobalDecision, Vec<
         s2 += a * a;
     }
     let ne = emp::n_eff_from_moments(n, s1, s2).unwrap_or(n as f64);
-    let kept = emp::keep_count(n, ne, beta);
+    let kept = match ratio {
+        Some(r) => (n - ((r * n as f64).round() as usize).min(n)).max(1),
+        None => emp::keep_count(n, ne, beta),
+    };
     // Threshold = kept-th largest |s|. Ties at the threshold: lower global index wins.
     let mut all: Vec<f64> = scores.iter().flatten().map(|v| v.abs()).collect();
     let thr = if kept >= n {
@@ -416,10 +430,10 @@ mod tests {
     #[test]
     fn global_ties_and_counts() {
         let s = vec![vec![1.0, 1.0], vec![1.0, 0.0]];
-        let (d, m) = global_select(&s, 1.0).unwrap();
+        let (d, m) = global_select(&s, 1.0, None).unwrap();
         assert_eq!(d.kept, 3);
         assert_eq!(m, vec![vec![true, true], vec![true, false]]);
-        let (d, m) = global_select(&s, 0.5).unwrap();
+        let (d, m) = global_select(&s, 0.5, None).unwrap();
         assert_eq!(d.kept, 1);
         assert_eq!(m, vec![vec![true, false], vec![false, false]]);
     }
