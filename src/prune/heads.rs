@@ -208,6 +208,25 @@ fn make_ctx<'a>(model: &ModelProto, g: &'a GraphProto, ix: &'a GraphIndex) -> Ct
 fn find_blocks(ctx: &Ctx) -> Vec<(String, Vec<String>, Result<Block>)> {
     let mut all = matmul::find(ctx);
     all.extend(fused::find(ctx));
+    // Two blocks claiming the same node (a projection shared between attention blocks) would
+    // be rewritten twice: leave both alone.
+    let mut owner: HashMap<String, String> = HashMap::new();
+    let mut clash: BTreeMap<String, String> = BTreeMap::new();
+    for (id, members, r) in &all {
+        if r.is_ok() {
+            for m in members {
+                if let Some(other) = owner.insert(m.clone(), id.clone()) {
+                    clash.insert(id.clone(), format!("node '{m}' belongs to block '{other}' too"));
+                    clash.insert(other.clone(), format!("node '{m}' belongs to block '{id}' too"));
+                }
+            }
+        }
+    }
+    for (id, _, r) in all.iter_mut() {
+        if let Some(why) = clash.get(id) {
+            *r = Err(anyhow::anyhow!("{why}"));
+        }
+    }
     // Graph order of the first member keeps the report stable and readable.
     let pos: HashMap<String, usize> = ctx.g.node.iter().enumerate().map(|(i, n)| (node_label(n), i)).collect();
     all.sort_by_key(|(_, m, _)| m.iter().filter_map(|x| pos.get(x)).min().copied().unwrap_or(usize::MAX));
@@ -315,10 +334,9 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
         }
     }
     let decisions = decide(&blocks, opts)?;
-    let mut pruned = model.clone();
-    let mut masked = model.clone();
-    let mut touched: BTreeSet<String> = BTreeSet::new();
-    for ((slot, b, scores), (kept, n_eff, notes)) in blocks.iter().zip(decisions) {
+    // Stage every block (all checks, new tensors computed from the input model), then commit.
+    let mut staged: Vec<(usize, Staged)> = Vec::new();
+    for (bi, ((slot, b, scores), (kept, n_eff, notes))) in blocks.iter().zip(decisions).enumerate() {
         let s_eff = kept.iter().map(|&i| scores[i]).sum::<f64>() / scores.iter().sum::<f64>().max(f64::MIN_POSITIVE);
         let s_eff = if scores.iter().all(|&x| x == 0.0) { 1.0 } else { s_eff.min(1.0) };
         let mut notes = notes;
@@ -327,23 +345,76 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
             reports[*slot] = Some(report(b, b.heads, n_eff, s_eff, None, notes));
             continue;
         }
-        match apply_block(&ctx, model, &pruned, b, &kept) {
-            Ok((next, names)) => {
-                pruned = next;
-                touched.extend(names);
-                mask_block(&mut masked, b, &kept)?;
+        match stage_block(&ctx, b, &kept) {
+            Ok(st) => {
+                staged.push((bi, st));
                 reports[*slot] = Some(report(b, kept.len(), n_eff, s_eff, None, notes));
             }
-            Err(e) => {
-                let mut r = report(b, b.heads, n_eff, s_eff, Some(format!("{e:#}")), notes);
-                r.kept = b.heads;
-                reports[*slot] = Some(r);
-            }
+            Err(e) => reports[*slot] = Some(report(b, b.heads, n_eff, s_eff, Some(format!("{e:#}")), notes)),
         }
     }
-    cleanup(model, &mut pruned, &touched)?;
+    let mut pruned = commit_all(model, &staged)?;
+    if verify(&ctx, &pruned, &staged).is_err() {
+        // Find the culprit(s): commit block by block, keeping those that verify.
+        let mut good: Vec<(usize, Staged)> = Vec::new();
+        for st in staged {
+            let mut trial = good.clone();
+            trial.push(st.clone());
+            let m = commit_all(model, &trial)?;
+            match verify(&ctx, &m, &trial) {
+                Ok(()) => good = trial,
+                Err(e) => {
+                    let (slot, b, _) = &blocks[st.0];
+                    if let Some(r) = reports[*slot].as_mut() {
+                        r.blocked = Some(format!("check of the rewritten shapes failed: {e:#}"));
+                        r.kept = b.heads;
+                    }
+                }
+            }
+        }
+        staged = good;
+        pruned = commit_all(model, &staged)?;
+    }
+    let mut masked = model.clone();
+    for (bi, st) in &staged {
+        mask_block(&mut masked, &blocks[*bi].1, &st.kept)?;
+    }
+    let stale: BTreeSet<String> = staged.iter().flat_map(|(_, st)| st.stale.iter().cloned()).collect();
+    cleanup(model, &mut pruned, &stale)?;
     cleanup(model, &mut masked, &BTreeSet::new())?;
     Ok(StructuralResult { pruned, masked, groups: reports.into_iter().flatten().collect() })
+}
+
+/// Everything one block's rewrite needs, computed (and checked) before the model is touched.
+#[derive(Clone, Debug)]
+struct Staged {
+    kept: Vec<usize>,
+    /// New constants for node inputs.
+    tensors: Vec<(WeightUse, TensorProto)>,
+    edits: Vec<Edit>,
+    /// Values whose shape changes (their value_info is dropped).
+    stale: Vec<String>,
+    /// Tracked tensors of a MatMul block → head axis, and H, for the shape check.
+    path: Option<(HashMap<String, usize>, usize)>,
+}
+
+fn commit_all(model: &ModelProto, staged: &[(usize, Staged)]) -> Result<ModelProto> {
+    let mut m = model.clone();
+    let g = m.graph.as_mut().context("no graph")?;
+    let mut names = NameGen::new(g);
+    for (_, st) in staged {
+        for (w, t) in &st.tensors {
+            let mut t = t.clone();
+            t.name = names.fresh(&t.name);
+            let n = g.node.get_mut(w.node).context("node index")?;
+            *n.input.get_mut(w.slot).context("input slot")? = t.name.clone();
+            g.initializer.push(t);
+        }
+        for e in &st.edits {
+            apply_edit(g, &mut names, e)?;
+        }
+    }
+    Ok(m)
 }
 
 /// Kept query heads per block, the N_eff to report, and notes.
@@ -424,8 +495,8 @@ fn units(parts: usize, heads: usize, d: usize, kept: &[usize]) -> Vec<usize> {
     v
 }
 
-/// Rewrite one block into a copy of `cur`; verify the result with the shape probes.
-fn apply_block(ctx: &Ctx, orig: &ModelProto, cur: &ModelProto, b: &Block, kept: &[usize]) -> Result<(ModelProto, Vec<String>)> {
+/// Plan one block: new weights (sliced copies), operand and attribute edits.
+fn stage_block(ctx: &Ctx, b: &Block, kept: &[usize]) -> Result<Staged> {
     let h_new = kept.len();
     let kv_new = if b.kv_heads == b.heads { h_new } else { b.kv_heads };
     let mut edits = match &b.path {
@@ -441,15 +512,23 @@ fn apply_block(ctx: &Ctx, orig: &ModelProto, cur: &ModelProto, b: &Block, kept: 
             }
         });
     }
-    let mut m = cur.clone();
-    let g = m.graph.as_mut().context("no graph")?;
-    let mut names = NameGen::new(g);
+    let mut tensors = Vec::new();
+    let mut sliced = |w: WeightUse, f: &dyn Fn(&mut TensorProto) -> Result<()>| -> Result<()> {
+        let mut t = weight_of(ctx, w)?.clone();
+        if t.name.is_empty() {
+            t.name = ctx.g.node[w.node].input[w.slot].clone();
+        }
+        let old = t.name.clone();
+        f(&mut t).with_context(|| format!("rewriting '{old}'"))?;
+        tensors.push((w, t));
+        Ok(())
+    };
     for p in b.projs.iter().filter(|p| p.prune) {
         let cols = units(p.parts, p.heads, p.head_dim, kept);
         let n_all = p.parts * p.heads * p.head_dim;
-        replace_const(g, &mut names, p.weight, |t| tensor::slice_axis(t, p.weight.axis, &cols))?;
+        sliced(p.weight, &|t| tensor::slice_axis(t, p.weight.axis, &cols))?;
         if let Some(bw) = p.bias {
-            replace_const(g, &mut names, bw, |t| {
+            sliced(bw, &|t| {
                 let sh = tensor::shape(t)?;
                 match sh.last() {
                     Some(&n) if n == n_all => tensor::slice_axis(t, sh.len() - 1, &cols),
@@ -461,31 +540,36 @@ fn apply_block(ctx: &Ctx, orig: &ModelProto, cur: &ModelProto, b: &Block, kept: 
     }
     if let Some(fb) = b.fused_bias {
         let cols = units(3, b.heads, b.head_dim, kept);
-        replace_const(g, &mut names, fb, |t| tensor::slice_axis(t, 0, &cols))?;
+        sliced(fb, &|t| tensor::slice_axis(t, 0, &cols))?;
     }
     let rows = units(1, b.heads, b.v_head_dim, kept);
-    replace_const(g, &mut names, b.out, |t| tensor::slice_axis(t, b.out.axis, &rows))?;
-    for e in &edits {
-        apply_edit(g, &mut names, e)?;
-    }
+    sliced(b.out, &|t| tensor::slice_axis(t, b.out.axis, &rows))?;
+    // Projection outputs, the attention output and the tracked path change shape.
+    let g = ctx.g;
     let mut stale: Vec<String> = b.path.as_ref().map(|p| p.head_axis.keys().cloned().collect()).unwrap_or_default();
-    // Projection outputs and the attention output change width.
     for p in b.projs.iter().filter(|p| p.prune) {
         for w in std::iter::once(p.weight).chain(p.bias) {
             stale.extend(g.node[w.node].output.iter().cloned());
         }
     }
     stale.extend(g.node[b.out.node].input.first().cloned());
-    g.value_info.retain(|v| !stale.contains(&v.name));
-    if let (Some(info), Some(_)) = (&b.path, &ctx.probes) {
-        verify_shapes(ctx, orig, &m, info, h_new).context("check of the rewritten shapes")?;
+    let path = b.path.as_ref().map(|p| (p.head_axis.clone(), p.heads));
+    Ok(Staged { kept: kept.to_vec(), tensors, edits, stale, path })
+}
+
+/// Check the committed model with tract (MatMul blocks only: fused ops have no shape plumbing).
+fn verify(ctx: &Ctx, m: &ModelProto, staged: &[(usize, Staged)]) -> Result<()> {
+    let checks: Vec<(&HashMap<String, usize>, usize, usize)> =
+        staged.iter().filter_map(|(_, st)| st.path.as_ref().map(|(p, h)| (p, *h, st.kept.len()))).collect();
+    if checks.is_empty() || ctx.probes.is_none() {
+        return Ok(());
     }
-    Ok((m, stale))
+    verify_shapes(ctx, m, &checks)
 }
 
 /// tract's analysis of the rewritten model must give the expected shapes: the attention
 /// tensors with H' heads, every graph output unchanged.
-fn verify_shapes(ctx: &Ctx, _orig: &ModelProto, m: &ModelProto, info: &matmul::PathInfo, h_new: usize) -> Result<()> {
+fn verify_shapes(ctx: &Ctx, m: &ModelProto, checks: &[(&HashMap<String, usize>, usize, usize)]) -> Result<()> {
     let probes = ctx.probes.as_ref().context("no probes")?;
     let g = m.graph.as_ref().context("no graph")?;
     for (p, before) in probes.iter().enumerate() {
@@ -495,11 +579,13 @@ fn verify_shapes(ctx: &Ctx, _orig: &ModelProto, m: &ModelProto, info: &matmul::P
                 bail!("graph output '{}' changes shape: {:?} → {:?}", o.name, before.shapes.get(&o.name), after.shapes.get(&o.name));
             }
         }
-        for (name, &axis) in &info.head_axis {
-            let mut want = before.shapes.get(name).cloned().context("shape unknown")?;
-            want[axis] = want[axis] / info.heads * h_new;
-            if after.shapes.get(name) != Some(&want) {
-                bail!("'{name}' has shape {:?}, expected {want:?}", after.shapes.get(name));
+        for (head_axis, h, h_new) in checks {
+            for (name, &axis) in head_axis.iter() {
+                let mut want = before.shapes.get(name).cloned().context("shape unknown")?;
+                want[axis] = want[axis] / h * h_new;
+                if after.shapes.get(name) != Some(&want) {
+                    bail!("'{name}' has shape {:?}, expected {want:?}", after.shapes.get(name));
+                }
             }
         }
     }
@@ -656,5 +742,3 @@ pub fn param_count(m: &ModelProto) -> u64 {
     crate::model::graph::float_params(g, &ix).0
 }
 
-#[allow(dead_code)]
-fn _types(_: BTreeMap<(), ()>) {}
