@@ -81,8 +81,8 @@ pub(crate) struct Projection {
 /// A rewrite of a non-weight operand.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Edit {
-    /// Replace `node.input[slot]` by a new int64 constant.
-    Input { node: usize, slot: usize, vals: Vec<i64> },
+    /// Replace `node.input[slot]` by a new int64 (or int32) 1-D constant.
+    Input { node: usize, slot: usize, vals: Vec<i64>, int32: bool },
     AttrInts { node: usize, name: &'static str, vals: Vec<i64> },
     AttrInt { node: usize, name: &'static str, val: i64 },
 }
@@ -135,7 +135,9 @@ pub(crate) struct Ctx<'a> {
 impl Ctx<'_> {
     pub fn shape(&self, p: usize, name: &str) -> Result<&[usize]> {
         let pr = self.probes.as_ref().context("no shape analysis")?;
-        pr[p].shapes.get(name).map(|v| v.as_slice()).with_context(|| format!("shape of '{name}' unknown"))
+        pr[p].shapes.get(name).map(|v| v.as_slice()).with_context(|| {
+            format!("the shape of '{name}' is unknown to tract's analysis (computed from run-time values?): the head layout cannot be proven")
+        })
     }
 
     /// The constant behind `name`, following Identity nodes.
@@ -185,7 +187,10 @@ pub fn discover(model: &ModelProto) -> Result<Vec<GroupReport>> {
     Ok(find_blocks(&ctx)
         .into_iter()
         .map(|(id, members, r)| match r {
-            Ok(b) => report(&b, b.heads, f64::NAN, 1.0, None, b.notes.clone()),
+            Ok(b) => {
+                let n_eff = head_scores(&ctx, &b, Criterion::L2).ok().and_then(|s| emp::n_eff(&s).ok()).unwrap_or(b.heads as f64);
+                report(&b, b.heads, n_eff, 1.0, None, b.notes.clone())
+            }
             Err(e) => blocked_report(id, members, &e),
         })
         .collect())
@@ -255,7 +260,7 @@ fn blocked_report(id: String, members: Vec<String>, e: &anyhow::Error) -> GroupR
         kind: "heads".into(),
         members,
         n: 0,
-        n_eff: f64::NAN,
+        n_eff: 0.0,
         kept: 0,
         s_eff: 1.0,
         blocked: Some(format!("{e:#}")),
@@ -500,7 +505,7 @@ fn stage_block(ctx: &Ctx, b: &Block, kept: &[usize]) -> Result<Staged> {
     let h_new = kept.len();
     let kv_new = if b.kv_heads == b.heads { h_new } else { b.kv_heads };
     let mut edits = match &b.path {
-        Some(_) => matmul::plan(ctx, b, h_new)?,
+        Some(_) => matmul::plan(ctx, b, h_new)?.0,
         None => Vec::new(),
     };
     for a in &b.attrs {
@@ -649,7 +654,7 @@ fn find_const(g: &GraphProto, name: &str) -> Option<TensorProto> {
         if let Some(t) = g.initializer.iter().find(|t| t.name == v) {
             return Some(t.clone());
         }
-        let n = g.node.iter().find(|n| n.output.iter().any(|o| *o == v))?;
+        let n = g.node.iter().find(|n| n.output.contains(&v))?;
         match n.op_type.as_str() {
             "Constant" => return crate::model::graph::attr(n, "value").and_then(|a| a.t.as_ref()).cloned(),
             "Identity" => v = n.input.first()?.clone(),
@@ -681,14 +686,19 @@ fn replace_const(
 fn apply_edit(g: &mut GraphProto, names: &mut NameGen, e: &Edit) -> Result<()> {
     use crate::model::graph::{set_attr_i, set_attr_ints};
     match e {
-        Edit::Input { node, slot, vals } => {
+        Edit::Input { node, slot, vals, int32 } => {
             let n = g.node.get(*node).context("node index")?;
             let base = format!("{}.in{}", node_label(n), slot);
             let mut t = TensorProto::new();
             t.name = names.fresh(&base);
-            t.data_type = dt::INT64;
             t.dims = vec![vals.len() as i64];
-            t.raw_data = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            if *int32 {
+                t.data_type = dt::INT32;
+                t.raw_data = vals.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect();
+            } else {
+                t.data_type = dt::INT64;
+                t.raw_data = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            }
             let name = t.name.clone();
             g.initializer.push(t);
             let n = g.node.get_mut(*node).context("node index")?;
@@ -742,3 +752,53 @@ pub fn param_count(m: &ModelProto) -> u64 {
     crate::model::graph::float_params(g, &ix).0
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(id: &str, heads: usize, kv_heads: usize) -> Block {
+        let w = WeightUse { node: 0, slot: 1, axis: 0 };
+        Block {
+            id: id.into(),
+            kind: "test",
+            members: vec![id.into()],
+            heads,
+            kv_heads,
+            head_dim: 2,
+            v_head_dim: 2,
+            projs: vec![],
+            v_proj: (0, 0),
+            out: w,
+            path: None,
+            attrs: vec![],
+            fused_bias: None,
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn global_scope_keeps_one_head_per_block() {
+        // Block b's heads are tiny next to a's: global EMP would drop all of them.
+        let blocks = vec![(0, block("a", 4, 4), vec![10.0, 9.0, 11.0, 10.0]), (1, block("b", 4, 4), vec![1e-6, 2e-6, 0.0, 1e-6])];
+        let opts = StructOptions { scope: StructScope::Global, ..Default::default() };
+        let d = decide(&blocks, &opts).unwrap();
+        assert_eq!(d[0].0, vec![0, 2, 3], "N_eff ≈ 3.98 over the 8 heads: the 3 largest stay");
+        assert_eq!(d[1].0, vec![1], "best head of b");
+        assert!(d[1].2.iter().any(|n| n.contains("best head")));
+        // Layer scope decides per block.
+        let d = decide(&blocks, &StructOptions::default()).unwrap();
+        assert_eq!(d[0].0.len(), 4);
+        assert!(d[1].0.len() < 4);
+    }
+
+    #[test]
+    fn gqa_keeps_the_same_count_per_group() {
+        // 4 query heads in 2 KV groups ({0,1}, {2,3}); EMP keeps 1 → 1 per group.
+        let b = block("g", 4, 2);
+        let mut notes = vec![];
+        assert_eq!(gqa_round(&b, &[1.0, 5.0, 3.0, 2.0], vec![1], &mut notes), vec![1, 2]);
+        assert_eq!(gqa_round(&b, &[1.0, 5.0, 3.0, 2.0], vec![0, 1, 2], &mut notes), vec![0, 1, 2, 3]);
+        assert_eq!(units(3, 4, 2, &[1, 3]), vec![2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23]);
+    }
+}

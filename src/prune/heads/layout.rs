@@ -25,7 +25,7 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 /// Is `f` a valid digit of axis `f.axis` of `shape`?
 pub fn fits(shape: &[usize], f: Factor) -> bool {
     let block = f.inner.saturating_mul(f.count);
-    f.axis < shape.len() && block > 0 && shape[f.axis] % block == 0
+    f.axis < shape.len() && block > 0 && shape[f.axis].is_multiple_of(block)
 }
 
 /// The same digit after a data-order-preserving reshape from `ins` to `outs`; `None` when the
@@ -39,7 +39,7 @@ pub fn map_flat(ins: &[usize], outs: &[usize], f: Factor) -> Option<Factor> {
     let so = strides(outs);
     for b in 0..outs.len() {
         if outs[b] > 1 && so[b] <= unit && unit < so[b] * outs[b] {
-            if unit % so[b] != 0 || (so[b] * outs[b]) % span != 0 {
+            if !unit.is_multiple_of(so[b]) || !(so[b] * outs[b]).is_multiple_of(span) {
                 return None;
             }
             return Some(Factor { axis: b, inner: unit / so[b], count: f.count });

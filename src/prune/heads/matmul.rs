@@ -13,6 +13,7 @@ use super::layout::{self, Factor};
 use super::shapeval::{clamp_range, Eval};
 use super::{Block, Ctx, Edit, Projection, WeightUse};
 use crate::model::graph::{attr_i, attr_ints, node_label};
+use crate::model::tensor::dt;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeSet, HashMap};
 
@@ -319,8 +320,8 @@ fn analyse(ctx: &Ctx, score: usize, _softmax: usize, av: usize) -> Result<Block>
         notes: vec![],
     };
     // Make sure the shape operands can follow a smaller head count before offering the block.
-    plan(ctx, &block, h - 1).context("the reshape targets cannot follow a new head count")?;
-    Ok(block)
+    let (_, notes) = plan(ctx, &block, h - 1).context("the reshape targets cannot follow a new head count")?;
+    Ok(Block { notes, ..block })
 }
 
 struct Flood {
@@ -672,7 +673,7 @@ impl Flood {
 
 /// The operand edits that make the block's path consistent with `h_new` heads, for both probe
 /// sizes; an error when a shape operand cannot be made to follow.
-pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<Vec<Edit>> {
+pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<(Vec<Edit>, Vec<String>)> {
     let info = b.path.as_ref().context("not a MatMul block")?;
     let probes = ctx.probes.as_ref().context("no shape analysis")?;
     let h = info.heads;
@@ -696,6 +697,7 @@ pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<Vec<Edit>> {
         Ok(())
     };
     let mut edits = Vec::new();
+    let mut notes = Vec::new();
     for &ni in &info.reshapes {
         let n = &ctx.g.node[ni];
         let target = n.input.get(1).context("Reshape without a shape")?;
@@ -716,7 +718,7 @@ pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<Vec<Edit>> {
             continue;
         }
         let vals = express(&req, &ins, allowzero).with_context(|| format!("Reshape '{}'", node_label(n)))?;
-        edits.push(Edit::Input { node: ni, slot: 1, vals });
+        edits.push(Edit::Input { node: ni, slot: 1, vals, int32: false });
     }
     for &(ni, ax) in &info.splits {
         let n = &ctx.g.node[ni];
@@ -728,7 +730,7 @@ pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<Vec<Edit>> {
         if let Some(s) = n.input.get(1).filter(|s| !s.is_empty()) {
             let cur = evals[0][1].eval(s)?.ints()?.to_vec();
             if cur != want {
-                edits.push(Edit::Input { node: ni, slot: 1, vals: want });
+                edits.push(Edit::Input { node: ni, slot: 1, vals: want, int32: false });
             }
         } else if attr_ints(n, "split").is_some() {
             edits.push(Edit::AttrInts { node: ni, name: "split", vals: want });
@@ -745,30 +747,42 @@ pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<Vec<Edit>> {
         let cs = evals[0][1].eval(&n.input[1])?.ints()?.to_vec();
         let ce = evals[0][1].eval(&n.input[2])?.ints()?.to_vec();
         if clamp_range(cs[0], ce[0], dim) != (s as usize, e as usize) {
-            edits.push(Edit::Input { node: ni, slot: 1, vals: vec![s] });
-            edits.push(Edit::Input { node: ni, slot: 2, vals: vec![e] });
+            // starts, ends, axes and steps share one index type.
+            let int32 = n.input.iter().skip(1).filter_map(|i| ctx.resolve_const(i)).any(|t| t.data_type == dt::INT32);
+            edits.push(Edit::Input { node: ni, slot: 1, vals: vec![s], int32 });
+            edits.push(Edit::Input { node: ni, slot: 2, vals: vec![e], int32 });
         }
     }
     for &(ni, slot) in &info.fixed_operands {
         let name = &ctx.g.node[ni].input[slot];
-        for p in 0..2 {
-            let [e0, e1] = &mut evals[p];
+        let mut evaluated = true;
+        for pair in evals.iter_mut() {
+            let [e0, e1] = pair;
             match (e0.eval(name), e1.eval(name)) {
                 (Ok(a), Ok(b)) if a == b => {}
                 (Ok(_), Ok(_)) => bail!("'{name}' (operand of '{}') changes with the head count", node_label(&ctx.g.node[ni])),
                 // Not shape arithmetic (a mask, an input-derived tensor): it cannot depend on
                 // the head count unless it reads the shape of an attention tensor.
                 (Err(_), _) | (_, Err(_)) => {
+                    evaluated = false;
                     if depends_on(ctx, name, &info.head_axis) {
                         bail!("'{name}' depends on an attention tensor's shape in a way we cannot evaluate");
                     }
                 }
             }
         }
-        check_w0(&mut evals, name).ok();
+        if evaluated {
+            check_w0(&mut evals, name)?;
+            if depends_on(ctx, name, &info.head_axis) {
+                notes.push(format!(
+                    "'{name}' (operand of '{}') is computed at run time from the attention shapes: checked unchanged with fewer heads",
+                    node_label(&ctx.g.node[ni])
+                ));
+            }
+        }
     }
     check_escapes(ctx, info)?;
-    Ok(edits)
+    Ok((edits, notes))
 }
 
 /// Resolve a Reshape target (0 = copy, -1 = infer) against an input shape.
@@ -789,7 +803,7 @@ fn resolve(t: &[i64], input: &[usize], allowzero: bool) -> Option<Vec<usize>> {
     }
     if let Some(i) = infer {
         let rest: usize = out.iter().product();
-        if rest == 0 || total % rest != 0 {
+        if rest == 0 || !total.is_multiple_of(rest) {
             return None;
         }
         out[i] = total / rest;
