@@ -788,7 +788,7 @@ mod tests {
         assert!(d[1].2.iter().any(|n| n.contains("best head")));
         // Layer scope decides per block.
         let d = decide(&blocks, &StructOptions::default()).unwrap();
-        assert_eq!(d[0].0.len(), 4);
+        assert_eq!(d[0].0.len(), 3);
         assert!(d[1].0.len() < 4);
     }
 
