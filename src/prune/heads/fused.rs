@@ -47,6 +47,9 @@ fn out_projection(ctx: &Ctx, ni: usize, width: usize) -> Result<WeightUse> {
     }
     let cons = ctx.ix.consumers_of(y);
     let &[(c, 0)] = cons else { bail!("the attention output is not read by exactly one output projection") };
+    if !super::matmul::arity_ok(&ctx.g.node[c]) {
+        bail!("malformed output projection");
+    }
     let f = projection_at(ctx, c, &ctx.g.node[c].output[0])?.context("the attention output is not read by a projection")?;
     let rows = 1 - f.weight.axis;
     let ws = ctx.const_shape(&ctx.g.node[c].input[f.weight.slot])?;

@@ -58,6 +58,28 @@ fn is_default(n: &onnx_protobuf::NodeProto) -> bool {
     n.domain.is_empty() || n.domain == "ai.onnx"
 }
 
+/// Does `n` have the inputs and outputs that the rules below index? (A malformed node is
+/// never interpreted: no panics on bad input.)
+pub(crate) fn arity_ok(n: &onnx_protobuf::NodeProto) -> bool {
+    let has = |i: usize| n.input.get(i).is_some_and(|s| !s.is_empty());
+    let min_in = match n.op_type.as_str() {
+        "MatMul" | "Gemm" | "Add" | "Sub" | "Mul" | "Div" | "Gather" | "Max" | "Min" | "Pow" => 2,
+        "Where" | "Slice" => 3,
+        "Reshape" => 2,
+        _ => 1,
+    };
+    (0..min_in).all(has) && n.output.first().is_some_and(|o| !o.is_empty())
+}
+
+/// Normalise a possibly negative axis.
+fn norm_axis(ax: i64, rank: usize) -> Result<usize> {
+    let a = if ax < 0 { ax + rank as i64 } else { ax };
+    if a < 0 || a >= rank as i64 {
+        bail!("axis {ax} out of range for rank {rank}");
+    }
+    Ok(a as usize)
+}
+
 /// Candidate blocks: one per Softmax that sits between a scores MatMul and an A·V MatMul.
 pub fn find(ctx: &Ctx) -> Vec<(String, Vec<String>, Result<Block>)> {
     let mut out = Vec::new();
@@ -86,7 +108,7 @@ fn locate(ctx: &Ctx, si: usize) -> Option<(usize, usize)> {
     while let Some((v, d)) = stack.pop() {
         let Some(&p) = ctx.ix.producer.get(&v) else { continue };
         let pn = &ctx.g.node[p];
-        if !is_default(pn) {
+        if !is_default(pn) || !arity_ok(pn) {
             continue;
         }
         match pn.op_type.as_str() {
@@ -108,7 +130,7 @@ fn locate(ctx: &Ctx, si: usize) -> Option<(usize, usize)> {
     while let Some((v, d)) = stack.pop() {
         for &(c, slot) in ctx.ix.consumers_of(&v) {
             let cn = &ctx.g.node[c];
-            if !is_default(cn) {
+            if !is_default(cn) || !arity_ok(cn) {
                 continue;
             }
             match cn.op_type.as_str() {
@@ -148,7 +170,7 @@ fn find_projection(ctx: &Ctx, start: &str) -> Result<Found> {
     for _ in 0..32 {
         let &p = ctx.ix.producer.get(&v).with_context(|| format!("'{v}' is not computed by a projection"))?;
         let n = &ctx.g.node[p];
-        if !is_default(n) {
+        if !is_default(n) || !arity_ok(n) {
             bail!("{} '{}' between the projection and the attention", n.op_type, node_label(n));
         }
         if let Some(f) = projection_at(ctx, p, &v)? {
@@ -188,6 +210,9 @@ fn scaled_operand(ctx: &Ctx, p: usize) -> Result<String> {
 /// `p` is MatMul/Gemm with a constant weight, producing `v`.
 pub(crate) fn projection_at(ctx: &Ctx, p: usize, v: &str) -> Result<Option<Found>> {
     let n = &ctx.g.node[p];
+    if !is_default(n) || !arity_ok(n) {
+        return Ok(None);
+    }
     let (w_slot, axis) = match n.op_type.as_str() {
         "MatMul" => (1, 1),
         "Gemm" => {
@@ -220,7 +245,7 @@ pub(crate) fn projection_at(ctx: &Ctx, p: usize, v: &str) -> Result<Option<Found
 /// `p` is Add(bias, MatMul(x, W)) in either operand order.
 pub(crate) fn biased_projection(ctx: &Ctx, p: usize) -> Result<Option<Found>> {
     let n = &ctx.g.node[p];
-    if n.input.len() != 2 {
+    if n.input.len() != 2 || !arity_ok(n) {
         return Ok(None);
     }
     for (bs, ms) in [(0usize, 1usize), (1, 0)] {
@@ -397,8 +422,8 @@ impl Flood {
 
     fn step(&mut self, ctx: &Ctx, ni: usize) -> Result<()> {
         let n = &ctx.g.node[ni];
-        if !is_default(n) {
-            bail!("unsupported op on the attention path");
+        if !is_default(n) || !arity_ok(n) {
+            bail!("unsupported or malformed op on the attention path");
         }
         let tin: Vec<(usize, Track)> =
             n.input.iter().enumerate().filter_map(|(s, i)| self.tracked.get(i).map(|t| (s, *t))).collect();
@@ -586,9 +611,7 @@ impl Flood {
         self.only_data_input(tin, "Gather")?;
         let t = tin[0].1;
         let pf = t.part.context("Gather on an attention tensor (not a Q/K/V selection)")?;
-        let rank = ctx.shape(0, &n.input[0])? .len() as i64;
-        let ax = attr_i(n, "axis").unwrap_or(0);
-        let ax = (if ax < 0 { ax + rank } else { ax }) as usize;
+        let ax = norm_axis(attr_i(n, "axis").unwrap_or(0), ctx.shape(0, &n.input[0])?.len())?;
         let idx = ctx.const_ints(&n.input[1]).context("Gather with a computed index")?;
         let ishape = ctx.shape(0, &n.input[1])?.to_vec();
         if ax != pf.axis || pf.inner != 1 || ctx.shape(0, &n.input[0])?[ax] != 3 || idx.len() != 1 || ax == t.head.axis {
@@ -613,14 +636,13 @@ impl Flood {
         let t = tin[0].1;
         let pf = t.part.context("Split of an attention tensor (not a Q/K/V split)")?;
         let shape = ctx.shape(0, &n.input[0])?.to_vec();
-        let ax = attr_i(n, "axis").unwrap_or(0);
-        let ax = (if ax < 0 { ax + shape.len() as i64 } else { ax }) as usize;
+        let ax = norm_axis(attr_i(n, "axis").unwrap_or(0), shape.len())?;
         if ax != pf.axis || shape[ax] != 3 * pf.inner || n.output.len() != 3 {
             bail!("Split that is not a Q/K/V split");
         }
         for p in 0..2 {
             for o in &n.output {
-                if ctx.shape(p, o)?.get(ax).copied() != Some(ctx.shape(p, &n.input[0])?[ax] / 3) {
+                if ctx.shape(p, o)?.get(ax).copied() != ctx.shape(p, &n.input[0])?.get(ax).map(|d| d / 3) {
                     bail!("Split pieces are not the three parts");
                 }
             }
@@ -659,8 +681,8 @@ impl Flood {
         if starts.len() != 1 || ends.len() != 1 || axes.len() != 1 {
             bail!("Slice over several axes");
         }
-        let ax = (if axes[0] < 0 { axes[0] + shape.len() as i64 } else { axes[0] }) as usize;
-        let (s, e) = clamp_range(starts[0], ends[0], *shape.get(ax).context("Slice axis out of range")?);
+        let ax = norm_axis(axes[0], shape.len())?;
+        let (s, e) = clamp_range(starts[0], ends[0], shape[ax]);
         if ax != pf.axis || shape[ax] != 3 * pf.inner || s % pf.inner != 0 || e != s + pf.inner {
             bail!("Slice that is not a Q/K/V selection");
         }
