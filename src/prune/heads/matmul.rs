@@ -363,6 +363,7 @@ impl Flood {
     fn run(ctx: &Ctx, found: &[Found], h: usize, d: usize, dv: usize, fused: bool) -> Result<Flood> {
         let mut fl = Flood { info: PathInfo { heads: h, ..Default::default() }, tracked: HashMap::new(), score: None, av: None, out: None, roles: [None; 3] };
         let mut first = usize::MAX;
+        let mut processed = BTreeSet::new();
         for (i, f) in found.iter().enumerate() {
             let shape = ctx.shape(0, &f.seed)?;
             let axis = shape.len().checked_sub(1).context("scalar projection output")?;
@@ -378,8 +379,16 @@ impl Flood {
                 continue;
             }
             fl.step(ctx, ni).with_context(|| format!("{} '{}'", n.op_type, node_label(n)))?;
+            processed.insert(ni);
             if !matches!(n.op_type.as_str(), "Shape") {
                 fl.info.nodes.insert(ni);
+            }
+        }
+        // Every reader of an attention tensor must have been interpreted (a graph that is not
+        // in topological order could hide one).
+        for name in fl.tracked.keys() {
+            if let Some(&(c, _)) = ctx.ix.consumers_of(name).iter().find(|(c, _)| !processed.contains(c)) {
+                bail!("'{name}' is read by '{}', which was not analysed (graph not topologically sorted?)", node_label(&ctx.g.node[c]));
             }
         }
         if fl.score.is_none() || fl.av.is_none() || fl.out.is_none() {
