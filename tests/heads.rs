@@ -108,6 +108,9 @@ fn digits_transformer_heads() {
     let (a0, a1) = (acc(&dense), acc(&r.pruned));
     println!("digits_transformer: accuracy {:.2} % → {:.2} %", 100.0 * a0, 100.0 * a1);
     assert!((a0 - 0.975).abs() < 1e-9);
+    if let Some(e) = ort_check("digits_transformer", &r, &root().join("models/digits_transformer.onnx")) {
+        assert!(e <= 1e-4);
+    }
     // Layer scope: one EMP per block, same structure.
     let rl = heads::prune_heads(&dense, &StructOptions { scope: StructScope::Layer, ..Default::default() }).unwrap();
     assert_found(&rl.groups, 2, 4);
@@ -157,6 +160,10 @@ fn shared_case(file: &str, blocks: usize, inputs: Vec<Tensor>) {
     assert!(r.groups.iter().all(|g| g.kept < g.n), "{:#?}", r.groups);
     assert!(param_count(&r.pruned) < param_count(&dense));
     check_tract(file, &r, &inputs);
+    // Also: onnx checker, strict shape inference (stale value_info) and onnxruntime.
+    if let Some(e) = ort_check(file, &r, &p) {
+        assert!(e <= 1e-4);
+    }
 }
 
 #[test]
