@@ -737,6 +737,7 @@ pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<(Vec<Edit>, Vec<String
         let mut ok = true;
         let mut req = Vec::new();
         let mut ins = Vec::new();
+        let mut cur = Vec::new();
         for p in 0..2 {
             let want = evals[p][1].shape_of(&n.output[0])?;
             let inp = evals[p][1].shape_of(&n.input[0])?;
@@ -744,12 +745,20 @@ pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<(Vec<Edit>, Vec<String
             ok &= resolve(&t, &inp, allowzero).as_deref() == Some(want.as_slice());
             req.push(want);
             ins.push(inp);
+            cur.push(t);
         }
         if ok {
             continue;
         }
-        let vals = express(&req, &ins, allowzero).with_context(|| format!("Reshape '{}'", node_label(n)))?;
-        edits.push(Edit::Input { node: ni, slot: 1, vals, int32: false });
+        // Prefer rewriting only the pieces of a Concat-built target that hold H (a Constant
+        // [4] → [3], or a run-time hidden size → the new width); else a new constant target.
+        match concat_pieces(ctx, &mut evals, target, &cur, &req, &ins, allowzero) {
+            Some(piece_edits) => edits.extend(piece_edits),
+            None => {
+                let vals = express(&req, &ins, allowzero).with_context(|| format!("Reshape '{}'", node_label(n)))?;
+                edits.push(Edit::Input { node: ni, slot: 1, vals, int32: false });
+            }
+        }
     }
     for &(ni, ax) in &info.splits {
         let n = &ctx.g.node[ni];
@@ -814,6 +823,53 @@ pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<(Vec<Edit>, Vec<String
     }
     check_escapes(ctx, info)?;
     Ok((edits, notes))
+}
+
+/// Edits of single-element pieces of the Concat producing `target` (read by nothing else)
+/// that make it resolve to `req` for both probes; `None` when that is not possible.
+#[allow(clippy::too_many_arguments)]
+fn concat_pieces(
+    ctx: &Ctx,
+    evals: &mut [[Eval; 2]],
+    target: &str,
+    cur: &[Vec<i64>],
+    req: &[Vec<usize>],
+    ins: &[Vec<usize>],
+    allowzero: bool,
+) -> Option<Vec<Edit>> {
+    let &ci = ctx.ix.producer.get(target)?;
+    let c = &ctx.g.node[ci];
+    if c.op_type != "Concat" || !is_default(c) || ctx.ix.consumers_of(target).len() != 1 || ctx.ix.outputs.contains(target) {
+        return None;
+    }
+    // Output position → Concat input slot, from the pieces' lengths.
+    let mut slot_of = Vec::new();
+    for (k, inp) in c.input.iter().enumerate() {
+        let v = evals[0][0].eval(inp).ok()?;
+        slot_of.extend(std::iter::repeat_n(k, v.ints().ok()?.len()));
+    }
+    let rank = cur[0].len();
+    if slot_of.len() != rank || cur[1].len() != rank || req[0].len() != rank {
+        return None;
+    }
+    let mut fixed = cur.to_vec();
+    let mut edits = Vec::new();
+    for i in 0..rank {
+        let adapts = cur[0][i] == -1 || (cur[0][i] == 0 && !allowzero);
+        if adapts || (0..2).all(|p| cur[p][i] == req[p][i] as i64) {
+            continue;
+        }
+        let k = slot_of[i];
+        // Only a one-element piece holding a size that is the same for both probes.
+        if req[0][i] != req[1][i] || slot_of.iter().filter(|&&s| s == k).count() != 1 {
+            return None;
+        }
+        fixed[0][i] = req[0][i] as i64;
+        fixed[1][i] = req[1][i] as i64;
+        edits.push(Edit::Input { node: ci, slot: k, vals: vec![req[0][i] as i64], int32: false });
+    }
+    let good = (0..2).all(|p| resolve(&fixed[p], &ins[p], allowzero).as_deref() == Some(req[p].as_slice()));
+    (good && !edits.is_empty()).then_some(edits)
 }
 
 /// Resolve a Reshape target (0 = copy, -1 = infer) against an input shape.
