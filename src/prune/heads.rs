@@ -422,8 +422,11 @@ fn commit_all(model: &ModelProto, staged: &[(usize, Staged)]) -> Result<ModelPro
     Ok(m)
 }
 
-/// Kept query heads per block, the N_eff to report, and notes.
-fn decide(blocks: &[(usize, Block, Vec<f64>)], opts: &StructOptions) -> Result<Vec<(Vec<usize>, f64, Vec<String>)>> {
+/// Kept query heads of a block, the N_eff to report, and notes.
+type Kept = (Vec<usize>, f64, Vec<String>);
+
+/// What EMP keeps in each block.
+fn decide(blocks: &[(usize, Block, Vec<f64>)], opts: &StructOptions) -> Result<Vec<Kept>> {
     let emp_err = |e: emp::EmpError| anyhow::anyhow!("{e}");
     let mut out = Vec::new();
     match opts.scope {

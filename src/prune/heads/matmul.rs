@@ -704,6 +704,7 @@ impl Flood {
 
 /// The operand edits that make the block's path consistent with `h_new` heads, for both probe
 /// sizes; an error when a shape operand cannot be made to follow.
+#[allow(clippy::needless_range_loop)]
 pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<(Vec<Edit>, Vec<String>)> {
     let info = b.path.as_ref().context("not a MatMul block")?;
     let probes = ctx.probes.as_ref().context("no shape analysis")?;
@@ -900,6 +901,7 @@ fn resolve(t: &[i64], input: &[usize], allowzero: bool) -> Option<Vec<usize>> {
 
 /// A constant Reshape target giving `req[p]` from `ins[p]` for both probes: copy (0) a dim
 /// that follows the input, a constant where the size is fixed, -1 for at most one other.
+#[allow(clippy::needless_range_loop)]
 fn express(req: &[Vec<usize>], ins: &[Vec<usize>], allowzero: bool) -> Result<Vec<i64>> {
     let rank = req[0].len();
     if req[1].len() != rank {
