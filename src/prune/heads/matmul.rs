@@ -50,7 +50,7 @@ pub struct PathInfo {
     slices: Vec<(usize, usize, usize)>,
     /// Untracked, non-constant operands of path nodes that must not change: (node, slot).
     fixed_operands: Vec<(usize, usize)>,
-    /// Graph outputs whose shapes must not change, checked after the rewrite.
+    /// Nodes on the path (their outputs change shape) and the output projection.
     pub nodes: BTreeSet<usize>,
 }
 
@@ -87,7 +87,15 @@ pub fn find(ctx: &Ctx) -> Vec<(String, Vec<String>, Result<Block>)> {
         if !is_default(n) || !(n.op_type == "Softmax" || n.op_type == "LogSoftmax") {
             continue;
         }
-        let Some((score, av)) = locate(ctx, si) else { continue };
+        let (score, av) = match locate(ctx, si) {
+            Located::No => continue,
+            Located::Ambiguous(av, why) => {
+                let members = vec![node_label(n), node_label(&ctx.g.node[av])];
+                out.push((node_label(&ctx.g.node[av]), members, Err(anyhow::anyhow!("{why}"))));
+                continue;
+            }
+            Located::Yes(score, av) => (score, av),
+        };
         let id = node_label(&ctx.g.node[score]);
         let r = analyse(ctx, score, si, av);
         let members = match &r {
@@ -99,9 +107,28 @@ pub fn find(ctx: &Ctx) -> Vec<(String, Vec<String>, Result<Block>)> {
     out
 }
 
+enum Located {
+    /// Not attention (e.g. a classifier's Softmax).
+    No,
+    /// A Softmax feeding an A·V MatMul whose scores cannot be pinned down.
+    Ambiguous(usize, String),
+    /// (scores MatMul, A·V MatMul)
+    Yes(usize, usize),
+}
+
 /// Scores MatMul upstream of the Softmax (through mask/scale element-wise ops) and the A·V
-/// MatMul downstream of it. `None`: this Softmax is not attention.
-fn locate(ctx: &Ctx, si: usize) -> Option<(usize, usize)> {
+/// MatMul downstream of it.
+fn locate(ctx: &Ctx, si: usize) -> Located {
+    let Some(av) = locate_av(ctx, si) else { return Located::No };
+    match locate_scores(ctx, si).unwrap_or_default().as_slice() {
+        // A softmax of something that is not q·kᵀ (e.g. pooling with a learned query).
+        [] => Located::No,
+        [s] => Located::Yes(*s, av),
+        many => Located::Ambiguous(av, format!("{} candidate scores MatMuls (q·kᵀ) upstream of the softmax", many.len())),
+    }
+}
+
+fn locate_scores(ctx: &Ctx, si: usize) -> Option<Vec<usize>> {
     let sm = &ctx.g.node[si];
     let mut scores = BTreeSet::new();
     let mut stack = vec![(sm.input.first()?.clone(), 0usize)];
@@ -125,6 +152,11 @@ fn locate(ctx: &Ctx, si: usize) -> Option<(usize, usize)> {
             _ => {}
         }
     }
+    Some(scores.into_iter().collect())
+}
+
+fn locate_av(ctx: &Ctx, si: usize) -> Option<usize> {
+    let sm = &ctx.g.node[si];
     let mut avs = BTreeSet::new();
     let mut stack = vec![(sm.output.first()?.clone(), 0usize)];
     while let Some((v, d)) = stack.pop() {
@@ -146,8 +178,8 @@ fn locate(ctx: &Ctx, si: usize) -> Option<(usize, usize)> {
             }
         }
     }
-    if scores.len() == 1 && avs.len() == 1 {
-        Some((*scores.first()?, *avs.first()?))
+    if avs.len() == 1 {
+        avs.first().copied()
     } else {
         None
     }
