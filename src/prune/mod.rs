@@ -67,3 +67,5 @@ pub struct StructuralResult {
     pub masked: ModelProto,
     pub groups: Vec<GroupReport>,
 }
+
+pub mod heads;

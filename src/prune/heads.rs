@@ -1,0 +1,807 @@
+//! Attention-head pruning (`--structured heads`, issue 4).
+//!
+//! A head h of a block owns columns h·D … (h+1)·D of the Q, K and V projections (within each
+//! of the three parts of a fused in-projection), rows h·D … (h+1)·D of the output projection
+//! (B = [H·D, out] of a MatMul), and one slot of every "H" in the block's shape plumbing
+//! (reshape targets, `num_heads` attributes). Removing heads removes all of that together;
+//! head_dim D and the softmax scale never change.
+//!
+//! Supported forms (see `matmul` and `fused`):
+//! - MatMul attention: separate or fused (Split / Slice / Gather) Q/K/V projections (MatMul or
+//!   Gemm with a constant weight, optional bias Add), reshapes built from constants, from
+//!   Shape→Gather→Concat chains or from runtime sizes, transposes, scale Mul/Div on the scores
+//!   or on q/k, mask Add, Softmax, NaN guards, output projection MatMul/Gemm.
+//! - com.microsoft `Attention` (packed QKV weight [hidden, 3·hidden], `num_heads`) and
+//!   `MultiHeadAttention` (separate Q/K/V projections feeding it), followed by an output
+//!   projection MatMul.
+//! - ONNX `Attention` (opset 23) with 3-D Q/K/V from projections, including grouped-query
+//!   attention: the same number of query heads is dropped from every KV group; K and V keep
+//!   all their heads (so a KV cache keeps its shape).
+//!
+//! Anything else that looks like attention is reported as blocked with the reason, and left
+//! unchanged.
+//!
+//! ## Scores
+//! The score of head h is ‖W_O[h]‖ · ‖W_V[h]‖ (L2, or L1 with `Criterion::L1`): the norm of the
+//! head's rows of the output projection times the norm of its columns of the V projection.
+//! The head adds softmax(q·kᵀ)·(x·W_V[h])·W_O[h] to the block output; the attention weights
+//! are a convex combination (rows sum to 1), so the size of that contribution is bounded by
+//! ‖x‖·‖W_V[h]‖·‖W_O[h]‖ and scales with each factor: a product, not a sum, because a head
+//! with a tiny W_O contributes nothing however large its W_V. Q and K only decide *where* the
+//! head looks (they set the temperature of the softmax, not the magnitude of the output), so
+//! their norms are left out. With W_V ≡ 1 this is the paper's GPT-2 criterion (norm of the
+//! head's slice of the output projection). Biases are not scored (as in the paper); the V bias
+//! passes through the softmax as a constant that the output rows scale, so it is covered by
+//! ‖W_O[h]‖ as well.
+//!
+//! ## Exactness
+//! The masked model is the dense model with the removed heads' output-projection rows zeroed:
+//! that alone makes each removed head's contribution exactly zero, so masked and pruned compute
+//! the same function (up to float summation order).
+
+mod fused;
+mod layout;
+mod matmul;
+mod probe;
+mod shapeval;
+
+pub use probe::{probe, Probe};
+
+use super::{Criterion, GroupReport, StructOptions, StructScope, StructuralResult};
+use crate::emp;
+use crate::model::graph::{node_label, GraphIndex};
+use crate::model::tensor::{self, dt};
+use anyhow::{bail, Context, Result};
+use onnx_protobuf::{GraphProto, ModelProto, TensorProto};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A constant input of a node: `node.input[slot]`, whose `axis` holds the head units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WeightUse {
+    pub node: usize,
+    pub slot: usize,
+    pub axis: usize,
+}
+
+/// A Q, K, V (or fused QKV) projection of a block.
+#[derive(Clone, Debug)]
+pub(crate) struct Projection {
+    /// Weight; `axis` is its output (column) axis.
+    pub weight: WeightUse,
+    /// Bias; sliced on its last axis.
+    pub bias: Option<WeightUse>,
+    /// 1, or 3 for a fused Q/K/V projection (parts in order, each `heads·head_dim` wide).
+    pub parts: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// False for the K/V projections of grouped-query attention (kept whole).
+    pub prune: bool,
+}
+
+/// A rewrite of a non-weight operand.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Edit {
+    /// Replace `node.input[slot]` by a new int64 (or int32) 1-D constant.
+    Input { node: usize, slot: usize, vals: Vec<i64>, int32: bool },
+    AttrInts { node: usize, name: &'static str, vals: Vec<i64> },
+    AttrInt { node: usize, name: &'static str, val: i64 },
+}
+
+/// How an attribute follows the number of kept heads.
+#[derive(Clone, Debug)]
+pub(crate) enum AttrRule {
+    /// attr = kept query heads
+    Heads(usize, &'static str),
+    /// attr = kept KV heads
+    KvHeads(usize, &'static str),
+    /// attr = [kept·D] per part (qkv_hidden_sizes)
+    HiddenSizes(usize, &'static str, Vec<usize>),
+}
+
+/// One attention block found in the model.
+#[derive(Clone, Debug)]
+pub(crate) struct Block {
+    pub id: String,
+    pub kind: &'static str,
+    pub members: Vec<String>,
+    /// Query heads H.
+    pub heads: usize,
+    /// K/V heads (= H except for grouped-query attention).
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub v_head_dim: usize,
+    pub projs: Vec<Projection>,
+    /// Which projection (and part) holds V.
+    pub v_proj: (usize, usize),
+    /// Output projection weight; `axis` is its row (input) axis.
+    pub out: WeightUse,
+    /// MatMul attention: what the shape plumbing looks like.
+    pub path: Option<matmul::PathInfo>,
+    pub attrs: Vec<AttrRule>,
+    /// A bias of all three parts inside a fused op (MultiHeadAttention input 3).
+    pub fused_bias: Option<WeightUse>,
+    pub notes: Vec<String>,
+}
+
+/// Shared read-only context of the analysis.
+pub(crate) struct Ctx<'a> {
+    pub g: &'a GraphProto,
+    pub ix: &'a GraphIndex,
+    pub opset: i64,
+    pub probes: Option<[Probe; 2]>,
+    pub probe_error: Option<String>,
+}
+
+impl Ctx<'_> {
+    pub fn shape(&self, p: usize, name: &str) -> Result<&[usize]> {
+        let pr = self.probes.as_ref().context("no shape analysis")?;
+        pr[p].shapes.get(name).map(|v| v.as_slice()).with_context(|| {
+            format!("the shape of '{name}' is unknown to tract's analysis (computed from run-time values?): the head layout cannot be proven")
+        })
+    }
+
+    /// The constant behind `name`, following Identity nodes.
+    pub fn resolve_const(&self, name: &str) -> Option<&TensorProto> {
+        let mut v = name;
+        for _ in 0..16 {
+            if self.ix.is_constant(v) {
+                return self.ix.weight(self.g, v);
+            }
+            let &p = self.ix.producer.get(v)?;
+            let n = &self.g.node[p];
+            if n.op_type != "Identity" || !(n.domain.is_empty() || n.domain == "ai.onnx") {
+                return None;
+            }
+            v = n.input.first()?;
+        }
+        None
+    }
+
+    pub fn is_const(&self, name: &str) -> bool {
+        self.resolve_const(name).is_some()
+    }
+
+    pub fn const_shape(&self, name: &str) -> Result<Vec<usize>> {
+        tensor::shape(self.resolve_const(name).with_context(|| format!("'{name}' is not a constant"))?)
+    }
+
+    pub fn const_ints(&self, name: &str) -> Option<Vec<i64>> {
+        let t = self.resolve_const(name)?;
+        if tensor::is_float(t.data_type) || tensor::numel(t).ok()? > 4096 {
+            return None;
+        }
+        tensor::read_i64(t).ok()
+    }
+}
+
+pub(crate) fn default_opset(m: &ModelProto) -> i64 {
+    m.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version).unwrap_or(1)
+}
+
+/// Attention blocks of a model as the report lists them: one `GroupReport` per block with
+/// `n` = H and `kept` = H (nothing decided yet); `blocked` says why a block cannot be pruned.
+pub fn discover(model: &ModelProto) -> Result<Vec<GroupReport>> {
+    let g = model.graph.as_ref().context("model has no graph")?;
+    let ix = GraphIndex::build(g)?;
+    let ctx = make_ctx(model, g, &ix);
+    Ok(find_blocks(&ctx)
+        .into_iter()
+        .map(|(id, members, r)| match r {
+            Ok(b) => {
+                let n_eff = head_scores(&ctx, &b, Criterion::L2).ok().and_then(|s| emp::n_eff(&s).ok()).unwrap_or(b.heads as f64);
+                report(&b, b.heads, n_eff, 1.0, None, b.notes.clone())
+            }
+            Err(e) => blocked_report(id, members, &e),
+        })
+        .collect())
+}
+
+fn make_ctx<'a>(model: &ModelProto, g: &'a GraphProto, ix: &'a GraphIndex) -> Ctx<'a> {
+    let opset = default_opset(model);
+    let needs_probe = g.node.iter().any(|n| n.op_type == "Softmax" || n.op_type == "LogSoftmax");
+    let (probes, probe_error) = if needs_probe {
+        match (probe::probe(model, 0), probe::probe(model, 1)) {
+            (Ok(a), Ok(b)) => (Some([a, b]), None),
+            (Err(e), _) | (_, Err(e)) => (None, Some(format!("{e:#}"))),
+        }
+    } else {
+        (None, None)
+    };
+    Ctx { g, ix, opset, probes, probe_error }
+}
+
+fn find_blocks(ctx: &Ctx) -> Vec<(String, Vec<String>, Result<Block>)> {
+    let mut all = matmul::find(ctx);
+    all.extend(fused::find(ctx));
+    // Two blocks claiming the same node (a projection shared between attention blocks) would
+    // be rewritten twice: leave both alone.
+    let mut owner: HashMap<String, String> = HashMap::new();
+    let mut clash: BTreeMap<String, String> = BTreeMap::new();
+    for (id, members, r) in &all {
+        if r.is_ok() {
+            for m in members {
+                if let Some(other) = owner.insert(m.clone(), id.clone()) {
+                    clash.insert(id.clone(), format!("node '{m}' belongs to block '{other}' too"));
+                    clash.insert(other.clone(), format!("node '{m}' belongs to block '{id}' too"));
+                }
+            }
+        }
+    }
+    for (id, _, r) in all.iter_mut() {
+        if let Some(why) = clash.get(id) {
+            *r = Err(anyhow::anyhow!("{why}"));
+        }
+    }
+    // Graph order of the first member keeps the report stable and readable.
+    let pos: HashMap<String, usize> = ctx.g.node.iter().enumerate().map(|(i, n)| (node_label(n), i)).collect();
+    all.sort_by_key(|(_, m, _)| m.iter().filter_map(|x| pos.get(x)).min().copied().unwrap_or(usize::MAX));
+    all
+}
+
+fn report(b: &Block, kept: usize, n_eff: f64, s_eff: f64, blocked: Option<String>, mut notes: Vec<String>) -> GroupReport {
+    let form = format!("{}: {} heads of size {}", b.kind, b.heads, b.head_dim);
+    notes.insert(0, if b.kv_heads != b.heads { format!("{form}, {} KV heads", b.kv_heads) } else { form });
+    GroupReport {
+        id: b.id.clone(),
+        kind: "heads".into(),
+        members: b.members.clone(),
+        n: b.heads,
+        n_eff,
+        kept,
+        s_eff,
+        blocked,
+        notes,
+    }
+}
+
+fn blocked_report(id: String, members: Vec<String>, e: &anyhow::Error) -> GroupReport {
+    GroupReport {
+        id,
+        kind: "heads".into(),
+        members,
+        n: 0,
+        n_eff: 0.0,
+        kept: 0,
+        s_eff: 1.0,
+        blocked: Some(format!("{e:#}")),
+        notes: vec![],
+    }
+}
+
+/// Norm of `t` restricted to indices `lo..hi` of `axis` (a 2-D weight or 1-D vector).
+fn slab_norm(t: &TensorProto, axis: usize, lo: usize, hi: usize, crit: Criterion) -> Result<f64> {
+    let sh = tensor::shape(t)?;
+    if axis >= sh.len() || hi > sh[axis] {
+        bail!("tensor '{}': slab {lo}..{hi} of axis {axis} outside {:?}", tensor::tname(t), sh);
+    }
+    let v = tensor::read_f64(t)?;
+    let inner: usize = sh[axis + 1..].iter().product();
+    let outer: usize = sh[..axis].iter().product();
+    let mut acc = 0.0f64;
+    for o in 0..outer {
+        let base = o * sh[axis] * inner;
+        for x in &v[base + lo * inner..base + hi * inner] {
+            acc += match crit {
+                Criterion::L2 => x * x,
+                Criterion::L1 => x.abs(),
+            };
+        }
+    }
+    Ok(if crit == Criterion::L2 { acc.sqrt() } else { acc })
+}
+
+fn weight_of<'a>(ctx: &'a Ctx, w: WeightUse) -> Result<&'a TensorProto> {
+    let name = ctx.g.node.get(w.node).and_then(|n| n.input.get(w.slot)).context("weight slot out of range")?;
+    ctx.resolve_const(name).with_context(|| format!("'{name}' is not a constant"))
+}
+
+/// Per query head: ‖W_O rows‖ · ‖W_V columns‖ (see the module doc).
+fn head_scores(ctx: &Ctx, b: &Block, crit: Criterion) -> Result<Vec<f64>> {
+    let wo = weight_of(ctx, b.out)?;
+    let (vp, vpart) = b.v_proj;
+    let proj = b.projs.get(vp).context("V projection index")?;
+    let wv = weight_of(ctx, proj.weight)?;
+    let group = b.heads / b.kv_heads.max(1);
+    let (dv, hv) = (proj.head_dim, proj.heads);
+    let mut s = Vec::with_capacity(b.heads);
+    for h in 0..b.heads {
+        let o = slab_norm(wo, b.out.axis, h * b.v_head_dim, (h + 1) * b.v_head_dim, crit)?;
+        let kv = if hv == b.heads { h } else { h / group.max(1) };
+        let base = vpart * hv * dv + kv * dv;
+        let v = slab_norm(wv, proj.weight.axis, base, base + dv, crit)?;
+        s.push(o * v);
+    }
+    Ok(s)
+}
+
+/// Prune attention heads with EMP. Blocks that cannot be rewritten with certainty are reported
+/// (`GroupReport::blocked`) and left unchanged.
+pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<StructuralResult> {
+    emp::check_beta(opts.beta).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let g = model.graph.as_ref().context("model has no graph")?;
+    let ix = GraphIndex::build(g)?;
+    let ctx = make_ctx(model, g, &ix);
+    let found = find_blocks(&ctx);
+    let mut reports: Vec<Option<GroupReport>> = Vec::new();
+    let mut blocks: Vec<(usize, Block, Vec<f64>)> = Vec::new();
+    for (id, members, r) in found {
+        let scored = r.and_then(|b| {
+            let s = head_scores(&ctx, &b, opts.criterion)?;
+            emp::moments(&s).map_err(|e| anyhow::anyhow!("block '{}': {e}", b.id))?;
+            Ok((b, s))
+        });
+        match scored {
+            Ok((b, s)) => {
+                blocks.push((reports.len(), b, s));
+                reports.push(None);
+            }
+            Err(e) => reports.push(Some(blocked_report(id, members, &e))),
+        }
+    }
+    let decisions = decide(&blocks, opts)?;
+    // Stage every block (all checks, new tensors computed from the input model), then commit.
+    let mut staged: Vec<(usize, Staged)> = Vec::new();
+    for (bi, ((slot, b, scores), (kept, n_eff, notes))) in blocks.iter().zip(decisions).enumerate() {
+        let s_eff = kept.iter().map(|&i| scores[i]).sum::<f64>() / scores.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+        let s_eff = if scores.iter().all(|&x| x == 0.0) { 1.0 } else { s_eff.min(1.0) };
+        let mut notes = notes;
+        notes.extend(b.notes.iter().cloned());
+        if kept.len() == b.heads {
+            reports[*slot] = Some(report(b, b.heads, n_eff, s_eff, None, notes));
+            continue;
+        }
+        match stage_block(&ctx, b, &kept) {
+            Ok(st) => {
+                staged.push((bi, st));
+                reports[*slot] = Some(report(b, kept.len(), n_eff, s_eff, None, notes));
+            }
+            Err(e) => reports[*slot] = Some(report(b, b.heads, n_eff, s_eff, Some(format!("{e:#}")), notes)),
+        }
+    }
+    let mut pruned = commit_all(model, &staged)?;
+    if verify(&ctx, &pruned, &staged).is_err() {
+        // Find the culprit(s): commit block by block, keeping those that verify.
+        let mut good: Vec<(usize, Staged)> = Vec::new();
+        for st in staged {
+            let mut trial = good.clone();
+            trial.push(st.clone());
+            let m = commit_all(model, &trial)?;
+            match verify(&ctx, &m, &trial) {
+                Ok(()) => good = trial,
+                Err(e) => {
+                    let (slot, b, _) = &blocks[st.0];
+                    if let Some(r) = reports[*slot].as_mut() {
+                        r.blocked = Some(format!("check of the rewritten shapes failed: {e:#}"));
+                        r.kept = b.heads;
+                    }
+                }
+            }
+        }
+        staged = good;
+        pruned = commit_all(model, &staged)?;
+    }
+    let mut masked = model.clone();
+    for (bi, st) in &staged {
+        mask_block(&mut masked, &blocks[*bi].1, &st.kept)?;
+    }
+    let stale: BTreeSet<String> = staged.iter().flat_map(|(_, st)| st.stale.iter().cloned()).collect();
+    cleanup(model, &mut pruned, &stale)?;
+    cleanup(model, &mut masked, &BTreeSet::new())?;
+    Ok(StructuralResult { pruned, masked, groups: reports.into_iter().flatten().collect() })
+}
+
+/// Everything one block's rewrite needs, computed (and checked) before the model is touched.
+#[derive(Clone, Debug)]
+struct Staged {
+    kept: Vec<usize>,
+    /// New constants for node inputs.
+    tensors: Vec<(WeightUse, TensorProto)>,
+    edits: Vec<Edit>,
+    /// Values whose shape changes (their value_info is dropped).
+    stale: Vec<String>,
+    /// Tracked tensors of a MatMul block → head axis, and H, for the shape check.
+    path: Option<(HashMap<String, usize>, usize)>,
+}
+
+fn commit_all(model: &ModelProto, staged: &[(usize, Staged)]) -> Result<ModelProto> {
+    let mut m = model.clone();
+    let g = m.graph.as_mut().context("no graph")?;
+    let mut names = NameGen::new(g);
+    for (_, st) in staged {
+        for (w, t) in &st.tensors {
+            let mut t = t.clone();
+            t.name = names.fresh(&t.name);
+            let n = g.node.get_mut(w.node).context("node index")?;
+            *n.input.get_mut(w.slot).context("input slot")? = t.name.clone();
+            g.initializer.push(t);
+        }
+        for e in &st.edits {
+            apply_edit(g, &mut names, e)?;
+        }
+    }
+    Ok(m)
+}
+
+/// Kept query heads of a block, the N_eff to report, and notes.
+type Kept = (Vec<usize>, f64, Vec<String>);
+
+/// What EMP keeps in each block.
+fn decide(blocks: &[(usize, Block, Vec<f64>)], opts: &StructOptions) -> Result<Vec<Kept>> {
+    let emp_err = |e: emp::EmpError| anyhow::anyhow!("{e}");
+    let mut out = Vec::new();
+    match opts.scope {
+        StructScope::Layer => {
+            for (_, b, s) in blocks {
+                let (d, keep) = emp::select(s, opts.beta).map_err(emp_err)?;
+                let mut notes = Vec::new();
+                if d.all_zero {
+                    notes.push("all head scores are zero: kept every head".into());
+                }
+                out.push((gqa_round(b, s, keep, &mut notes), d.n_eff, notes));
+            }
+        }
+        StructScope::Global => {
+            let all: Vec<f64> = blocks.iter().flat_map(|(_, _, s)| s.iter().copied()).collect();
+            let (d, keep) = emp::select(&all, opts.beta).map_err(emp_err)?;
+            let keep: BTreeSet<usize> = keep.into_iter().collect();
+            let mut off = 0;
+            for (_, b, s) in blocks {
+                let mut notes = vec![format!(
+                    "global EMP over {} heads of {} blocks: N_eff = {:.2}, kept {}",
+                    d.n,
+                    blocks.len(),
+                    d.n_eff,
+                    d.kept
+                )];
+                let mut mine: Vec<usize> = (0..s.len()).filter(|i| keep.contains(&(off + i))).collect();
+                if mine.is_empty() {
+                    mine = emp::top_k(s, 1);
+                    notes.push("global EMP would remove every head of this block: kept its best head".into());
+                }
+                off += s.len();
+                let local = emp::n_eff(s).map_err(emp_err)?;
+                out.push((gqa_round(b, s, mine, &mut notes), local, notes));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Grouped-query attention: keep the same number of query heads in every KV group (the
+/// rounded-up average of what EMP kept), the best ones of each group.
+fn gqa_round(b: &Block, s: &[f64], keep: Vec<usize>, notes: &mut Vec<String>) -> Vec<usize> {
+    if b.kv_heads == b.heads || b.kv_heads == 0 {
+        return keep;
+    }
+    let group = b.heads / b.kv_heads;
+    let per = keep.len().div_ceil(b.kv_heads).clamp(1, group);
+    let mut out = Vec::new();
+    for k in 0..b.kv_heads {
+        let local: Vec<f64> = s[k * group..(k + 1) * group].to_vec();
+        out.extend(emp::top_k(&local, per).into_iter().map(|i| k * group + i));
+    }
+    if out.len() != keep.len() {
+        notes.push(format!(
+            "grouped-query attention: {} query heads per KV group ({} in all, EMP chose {})",
+            per,
+            out.len(),
+            keep.len()
+        ));
+    }
+    out
+}
+
+/// Indices along a head axis: for each part, for each kept head, its `d` units.
+fn units(parts: usize, heads: usize, d: usize, kept: &[usize]) -> Vec<usize> {
+    let mut v = Vec::with_capacity(parts * kept.len() * d);
+    for p in 0..parts {
+        for &h in kept {
+            let base = (p * heads + h) * d;
+            v.extend(base..base + d);
+        }
+    }
+    v
+}
+
+/// Plan one block: new weights (sliced copies), operand and attribute edits.
+fn stage_block(ctx: &Ctx, b: &Block, kept: &[usize]) -> Result<Staged> {
+    let h_new = kept.len();
+    let kv_new = if b.kv_heads == b.heads { h_new } else { b.kv_heads };
+    let mut edits = match &b.path {
+        Some(_) => matmul::plan(ctx, b, h_new)?.0,
+        None => Vec::new(),
+    };
+    for a in &b.attrs {
+        edits.push(match a {
+            AttrRule::Heads(node, name) => Edit::AttrInt { node: *node, name, val: h_new as i64 },
+            AttrRule::KvHeads(node, name) => Edit::AttrInt { node: *node, name, val: kv_new as i64 },
+            AttrRule::HiddenSizes(node, name, ds) => {
+                Edit::AttrInts { node: *node, name, vals: ds.iter().map(|&d| (d * h_new) as i64).collect() }
+            }
+        });
+    }
+    let mut tensors = Vec::new();
+    let mut sliced = |w: WeightUse, f: &dyn Fn(&mut TensorProto) -> Result<()>| -> Result<()> {
+        let mut t = weight_of(ctx, w)?.clone();
+        if t.name.is_empty() {
+            t.name = ctx.g.node[w.node].input[w.slot].clone();
+        }
+        let old = t.name.clone();
+        f(&mut t).with_context(|| format!("rewriting '{old}'"))?;
+        tensors.push((w, t));
+        Ok(())
+    };
+    for p in b.projs.iter().filter(|p| p.prune) {
+        let cols = units(p.parts, p.heads, p.head_dim, kept);
+        let n_all = p.parts * p.heads * p.head_dim;
+        sliced(p.weight, &|t| tensor::slice_axis(t, p.weight.axis, &cols))?;
+        if let Some(bw) = p.bias {
+            sliced(bw, &|t| {
+                let sh = tensor::shape(t)?;
+                match sh.last() {
+                    Some(&n) if n == n_all => tensor::slice_axis(t, sh.len() - 1, &cols),
+                    Some(1) | None => Ok(()),
+                    Some(&n) => bail!("bias of {n} values for {n_all} outputs"),
+                }
+            })?;
+        }
+    }
+    if let Some(fb) = b.fused_bias {
+        let cols = units(3, b.heads, b.head_dim, kept);
+        sliced(fb, &|t| tensor::slice_axis(t, 0, &cols))?;
+    }
+    let rows = units(1, b.heads, b.v_head_dim, kept);
+    sliced(b.out, &|t| tensor::slice_axis(t, b.out.axis, &rows))?;
+    // Projection outputs, the attention output and the tracked path change shape.
+    let g = ctx.g;
+    let mut stale: Vec<String> = b.path.as_ref().map(|p| p.head_axis.keys().cloned().collect()).unwrap_or_default();
+    for p in b.projs.iter().filter(|p| p.prune) {
+        for w in std::iter::once(p.weight).chain(p.bias) {
+            stale.extend(g.node[w.node].output.iter().cloned());
+        }
+    }
+    stale.extend(g.node[b.out.node].input.first().cloned());
+    let path = b.path.as_ref().map(|p| (p.head_axis.clone(), p.heads));
+    Ok(Staged { kept: kept.to_vec(), tensors, edits, stale, path })
+}
+
+/// Check the committed model with tract (MatMul blocks only: fused ops have no shape plumbing).
+fn verify(ctx: &Ctx, m: &ModelProto, staged: &[(usize, Staged)]) -> Result<()> {
+    let checks: Vec<(&HashMap<String, usize>, usize, usize)> =
+        staged.iter().filter_map(|(_, st)| st.path.as_ref().map(|(p, h)| (p, *h, st.kept.len()))).collect();
+    if checks.is_empty() || ctx.probes.is_none() {
+        return Ok(());
+    }
+    verify_shapes(ctx, m, &checks)
+}
+
+/// tract's analysis of the rewritten model must give the expected shapes: the attention
+/// tensors with H' heads, every graph output unchanged.
+fn verify_shapes(ctx: &Ctx, m: &ModelProto, checks: &[(&HashMap<String, usize>, usize, usize)]) -> Result<()> {
+    let probes = ctx.probes.as_ref().context("no probes")?;
+    let g = m.graph.as_ref().context("no graph")?;
+    for (p, before) in probes.iter().enumerate() {
+        let after = probe::probe(m, p)?;
+        for o in &g.output {
+            if before.shapes.get(&o.name) != after.shapes.get(&o.name) {
+                bail!("graph output '{}' changes shape: {:?} → {:?}", o.name, before.shapes.get(&o.name), after.shapes.get(&o.name));
+            }
+        }
+        for (head_axis, h, h_new) in checks {
+            for (name, &axis) in head_axis.iter() {
+                let mut want = before.shapes.get(name).cloned().context("shape unknown")?;
+                want[axis] = want[axis] / h * h_new;
+                if after.shapes.get(name) != Some(&want) {
+                    bail!("'{name}' has shape {:?}, expected {want:?}", after.shapes.get(name));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The dense model with the removed heads' output-projection rows zeroed.
+fn mask_block(m: &mut ModelProto, b: &Block, kept: &[usize]) -> Result<()> {
+    let removed: Vec<usize> = (0..b.heads).filter(|h| !kept.contains(h)).collect();
+    let rows = units(1, b.heads, b.v_head_dim, &removed);
+    let g = m.graph.as_mut().context("no graph")?;
+    let mut names = NameGen::new(g);
+    replace_const(g, &mut names, b.out, |t| {
+        let sh = tensor::shape(t)?;
+        let inner: usize = sh[b.out.axis + 1..].iter().product();
+        let outer: usize = sh[..b.out.axis].iter().product();
+        let dim = sh[b.out.axis];
+        let mut mask = vec![false; outer * dim * inner];
+        for o in 0..outer {
+            for &r in &rows {
+                let base = (o * dim + r) * inner;
+                mask[base..base + inner].fill(true);
+            }
+        }
+        tensor::zero_where(t, &mask)
+    })
+}
+
+/// Fresh, unique tensor names.
+struct NameGen {
+    used: BTreeSet<String>,
+}
+
+impl NameGen {
+    fn new(g: &GraphProto) -> Self {
+        let mut used: BTreeSet<String> = g.initializer.iter().map(|t| t.name.clone()).collect();
+        used.extend(g.node.iter().flat_map(|n| n.output.iter().cloned()));
+        used.extend(g.input.iter().map(|v| v.name.clone()));
+        NameGen { used }
+    }
+    fn fresh(&mut self, base: &str) -> String {
+        let mut i = 0;
+        loop {
+            let n = if i == 0 { format!("{base}.heads") } else { format!("{base}.heads{i}") };
+            if self.used.insert(n.clone()) {
+                return n;
+            }
+            i += 1;
+        }
+    }
+}
+
+/// The constant tensor feeding `name`, following Identity nodes (by name lookups, since the
+/// graph is being edited).
+fn find_const(g: &GraphProto, name: &str) -> Option<TensorProto> {
+    let mut v = name.to_string();
+    for _ in 0..16 {
+        if g.input.iter().any(|i| i.name == v) {
+            return None;
+        }
+        if let Some(t) = g.initializer.iter().find(|t| t.name == v) {
+            return Some(t.clone());
+        }
+        let n = g.node.iter().find(|n| n.output.contains(&v))?;
+        match n.op_type.as_str() {
+            "Constant" => return crate::model::graph::attr(n, "value").and_then(|a| a.t.as_ref()).cloned(),
+            "Identity" => v = n.input.first()?.clone(),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Give `w.node` a new initializer holding `f(copy of its constant)`. The original stays for
+/// its other users and is dropped by `cleanup` when nothing else reads it.
+fn replace_const(
+    g: &mut GraphProto,
+    names: &mut NameGen,
+    w: WeightUse,
+    f: impl FnOnce(&mut TensorProto) -> Result<()>,
+) -> Result<()> {
+    let old = g.node.get(w.node).and_then(|n| n.input.get(w.slot)).cloned().context("input slot out of range")?;
+    let mut t = find_const(g, &old).with_context(|| format!("'{old}' is not a constant"))?;
+    f(&mut t).with_context(|| format!("rewriting '{old}'"))?;
+    let base = if t.name.is_empty() { old.clone() } else { t.name.clone() };
+    t.name = names.fresh(&base);
+    let name = t.name.clone();
+    g.initializer.push(t);
+    g.node[w.node].input[w.slot] = name;
+    Ok(())
+}
+
+fn apply_edit(g: &mut GraphProto, names: &mut NameGen, e: &Edit) -> Result<()> {
+    use crate::model::graph::{set_attr_i, set_attr_ints};
+    match e {
+        Edit::Input { node, slot, vals, int32 } => {
+            let n = g.node.get(*node).context("node index")?;
+            let base = format!("{}.in{}", node_label(n), slot);
+            let mut t = TensorProto::new();
+            t.name = names.fresh(&base);
+            t.dims = vec![vals.len() as i64];
+            if *int32 {
+                t.data_type = dt::INT32;
+                t.raw_data = vals.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect();
+            } else {
+                t.data_type = dt::INT64;
+                t.raw_data = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            }
+            let name = t.name.clone();
+            g.initializer.push(t);
+            let n = g.node.get_mut(*node).context("node index")?;
+            *n.input.get_mut(*slot).context("input slot")? = name;
+        }
+        Edit::AttrInts { node, name, vals } => set_attr_ints(g.node.get_mut(*node).context("node index")?, name, vals),
+        Edit::AttrInt { node, name, val } => set_attr_i(g.node.get_mut(*node).context("node index")?, name, *val),
+    }
+    Ok(())
+}
+
+/// Values read by nodes, graph outputs and subgraphs.
+fn used_values(g: &GraphProto) -> BTreeSet<String> {
+    let mut used: BTreeSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
+    for n in &g.node {
+        used.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
+    }
+    if let Ok(ix) = GraphIndex::build(g) {
+        used.extend(ix.captured);
+    }
+    used
+}
+
+/// Drop what our rewiring orphaned (old weights, old shape plumbing), never what was already
+/// unused in the input model; drop value_info of values that no longer exist or changed.
+fn cleanup(orig: &ModelProto, m: &mut ModelProto, stale: &BTreeSet<String>) -> Result<()> {
+    let og = orig.graph.as_ref().context("no graph")?;
+    let used_before = used_values(og);
+    let g = m.graph.as_mut().context("no graph")?;
+    loop {
+        let used = used_values(g);
+        let dead = |o: &String| used_before.contains(o) && !used.contains(o);
+        let before = g.node.len() + g.initializer.len();
+        g.node.retain(|n| n.output.is_empty() || !n.output.iter().all(|o| o.is_empty() || dead(o)));
+        g.initializer.retain(|t| !dead(&t.name));
+        if g.node.len() + g.initializer.len() == before {
+            break;
+        }
+    }
+    let mut live: BTreeSet<String> = g.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
+    live.extend(g.initializer.iter().map(|t| t.name.clone()));
+    live.extend(g.input.iter().map(|t| t.name.clone()));
+    g.value_info.retain(|v| live.contains(&v.name) && !stale.contains(&v.name));
+    Ok(())
+}
+
+/// Float parameter count of a model (for reports and tests).
+pub fn param_count(m: &ModelProto) -> u64 {
+    let Some(g) = m.graph.as_ref() else { return 0 };
+    let Ok(ix) = GraphIndex::build(g) else { return 0 };
+    crate::model::graph::float_params(g, &ix).0
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(id: &str, heads: usize, kv_heads: usize) -> Block {
+        let w = WeightUse { node: 0, slot: 1, axis: 0 };
+        Block {
+            id: id.into(),
+            kind: "test",
+            members: vec![id.into()],
+            heads,
+            kv_heads,
+            head_dim: 2,
+            v_head_dim: 2,
+            projs: vec![],
+            v_proj: (0, 0),
+            out: w,
+            path: None,
+            attrs: vec![],
+            fused_bias: None,
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn global_scope_keeps_one_head_per_block() {
+        // Block b's heads are tiny next to a's: global EMP would drop all of them.
+        let blocks = vec![(0, block("a", 4, 4), vec![10.0, 9.0, 11.0, 10.0]), (1, block("b", 4, 4), vec![1e-6, 2e-6, 0.0, 1e-6])];
+        let opts = StructOptions { scope: StructScope::Global, ..Default::default() };
+        let d = decide(&blocks, &opts).unwrap();
+        assert_eq!(d[0].0, vec![0, 2, 3], "N_eff ≈ 3.98 over the 8 heads: the 3 largest stay");
+        assert_eq!(d[1].0, vec![1], "best head of b");
+        assert!(d[1].2.iter().any(|n| n.contains("best head")));
+        // Layer scope decides per block.
+        let d = decide(&blocks, &StructOptions::default()).unwrap();
+        assert_eq!(d[0].0.len(), 3);
+        assert!(d[1].0.len() < 4);
+    }
+
+    #[test]
+    fn gqa_keeps_the_same_count_per_group() {
+        // 4 query heads in 2 KV groups ({0,1}, {2,3}); EMP keeps 1 → 1 per group.
+        let b = block("g", 4, 2);
+        let mut notes = vec![];
+        assert_eq!(gqa_round(&b, &[1.0, 5.0, 3.0, 2.0], vec![1], &mut notes), vec![1, 2]);
+        assert_eq!(gqa_round(&b, &[1.0, 5.0, 3.0, 2.0], vec![0, 1, 2], &mut notes), vec![0, 1, 2, 3]);
+        assert_eq!(units(3, 4, 2, &[1, 3]), vec![2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23]);
+    }
+}

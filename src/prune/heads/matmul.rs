@@ -1,0 +1,1036 @@
+//! Attention written out with MatMul/Softmax (PyTorch legacy and dynamo exports, tf2onnx):
+//! find each block, follow the head index from the Q/K/V projections to the output projection,
+//! and plan the rewrite of every shape operand that depends on the head count.
+//!
+//! A block is found from a Softmax whose input comes from a MatMul of two computed tensors
+//! (scores) and whose output feeds a MatMul as left operand (attention · V). From there the
+//! Q, K and V operands are followed back through data-order ops to constant-weight
+//! projections. Then a forward "flood" from the projection outputs tracks, on every tensor up
+//! to the output projection, which axis holds the heads (see `layout`). Every consumer of a
+//! tracked tensor must be understood, or the block is blocked.
+
+use super::layout::{self, Factor};
+use super::shapeval::{clamp_range, Eval};
+use super::{Block, Ctx, Edit, Projection, WeightUse};
+use crate::model::graph::{attr_i, attr_ints, node_label};
+use crate::model::tensor::dt;
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeSet, HashMap};
+
+/// Where a tracked tensor comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Src {
+    /// Output of projection `proj` (index into the block's projections); `part` once a single
+    /// part of a fused Q/K/V projection has been selected.
+    Proj { proj: usize, part: Option<usize> },
+    Scores,
+    Context,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Track {
+    head: Factor,
+    /// The Q/K/V digit of a fused projection output, until one part is selected.
+    part: Option<Factor>,
+    src: Src,
+}
+
+/// What the flood learned about one block.
+#[derive(Clone, Debug, Default)]
+pub struct PathInfo {
+    /// Tracked tensor → axis holding the heads.
+    pub head_axis: HashMap<String, usize>,
+    /// Head count seen by the path (H).
+    pub heads: usize,
+    /// Reshape nodes on the path.
+    reshapes: Vec<usize>,
+    /// Split nodes cutting a fused tensor into parts: (node, axis).
+    splits: Vec<(usize, usize)>,
+    /// Slice nodes selecting part `p` on `axis`: (node, axis, part).
+    slices: Vec<(usize, usize, usize)>,
+    /// Untracked, non-constant operands of path nodes that must not change: (node, slot).
+    fixed_operands: Vec<(usize, usize)>,
+    /// Nodes on the path (their outputs change shape) and the output projection.
+    pub nodes: BTreeSet<usize>,
+}
+
+fn is_default(n: &onnx_protobuf::NodeProto) -> bool {
+    n.domain.is_empty() || n.domain == "ai.onnx"
+}
+
+/// Does `n` have the inputs and outputs that the rules below index? (A malformed node is
+/// never interpreted: no panics on bad input.)
+pub(crate) fn arity_ok(n: &onnx_protobuf::NodeProto) -> bool {
+    let has = |i: usize| n.input.get(i).is_some_and(|s| !s.is_empty());
+    let min_in = match n.op_type.as_str() {
+        "MatMul" | "Gemm" | "Add" | "Sub" | "Mul" | "Div" | "Gather" | "Max" | "Min" | "Pow" => 2,
+        "Where" | "Slice" => 3,
+        "Reshape" => 2,
+        _ => 1,
+    };
+    (0..min_in).all(has) && n.output.first().is_some_and(|o| !o.is_empty())
+}
+
+/// Normalise a possibly negative axis.
+fn norm_axis(ax: i64, rank: usize) -> Result<usize> {
+    let a = if ax < 0 { ax + rank as i64 } else { ax };
+    if a < 0 || a >= rank as i64 {
+        bail!("axis {ax} out of range for rank {rank}");
+    }
+    Ok(a as usize)
+}
+
+/// Candidate blocks: one per Softmax that sits between a scores MatMul and an A·V MatMul.
+pub fn find(ctx: &Ctx) -> Vec<(String, Vec<String>, Result<Block>)> {
+    let mut out = Vec::new();
+    for (si, n) in ctx.g.node.iter().enumerate() {
+        if !is_default(n) || !(n.op_type == "Softmax" || n.op_type == "LogSoftmax") {
+            continue;
+        }
+        let (score, av) = match locate(ctx, si) {
+            Located::No => continue,
+            Located::Ambiguous(av, why) => {
+                let members = vec![node_label(n), node_label(&ctx.g.node[av])];
+                out.push((node_label(&ctx.g.node[av]), members, Err(anyhow::anyhow!("{why}"))));
+                continue;
+            }
+            Located::Yes(score, av) => (score, av),
+        };
+        let id = node_label(&ctx.g.node[score]);
+        let r = analyse(ctx, score, si, av);
+        let members = match &r {
+            Ok(b) => b.members.clone(),
+            Err(_) => vec![node_label(&ctx.g.node[score]), node_label(n), node_label(&ctx.g.node[av])],
+        };
+        out.push((id, members, r));
+    }
+    out
+}
+
+enum Located {
+    /// Not attention (e.g. a classifier's Softmax).
+    No,
+    /// A Softmax feeding an A·V MatMul whose scores cannot be pinned down.
+    Ambiguous(usize, String),
+    /// (scores MatMul, A·V MatMul)
+    Yes(usize, usize),
+}
+
+/// Scores MatMul upstream of the Softmax (through mask/scale element-wise ops) and the A·V
+/// MatMul downstream of it.
+fn locate(ctx: &Ctx, si: usize) -> Located {
+    let Some(av) = locate_av(ctx, si) else { return Located::No };
+    match locate_scores(ctx, si).unwrap_or_default().as_slice() {
+        // A softmax of something that is not q·kᵀ (e.g. pooling with a learned query).
+        [] => Located::No,
+        [s] => Located::Yes(*s, av),
+        many => Located::Ambiguous(av, format!("{} candidate scores MatMuls (q·kᵀ) upstream of the softmax", many.len())),
+    }
+}
+
+fn locate_scores(ctx: &Ctx, si: usize) -> Option<Vec<usize>> {
+    let sm = &ctx.g.node[si];
+    let mut scores = BTreeSet::new();
+    let mut stack = vec![(sm.input.first()?.clone(), 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let Some(&p) = ctx.ix.producer.get(&v) else { continue };
+        let pn = &ctx.g.node[p];
+        if !is_default(pn) || !arity_ok(pn) {
+            continue;
+        }
+        match pn.op_type.as_str() {
+            "MatMul" if pn.input.iter().all(|i| !ctx.is_const(i)) => {
+                scores.insert(p);
+            }
+            "Add" | "Sub" | "Mul" | "Div" | "Where" | "Cast" | "Identity" if d < 4 => {
+                for i in &pn.input {
+                    if !i.is_empty() && !ctx.is_const(i) {
+                        stack.push((i.clone(), d + 1));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(scores.into_iter().collect())
+}
+
+fn locate_av(ctx: &Ctx, si: usize) -> Option<usize> {
+    let sm = &ctx.g.node[si];
+    let mut avs = BTreeSet::new();
+    let mut stack = vec![(sm.output.first()?.clone(), 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        for &(c, slot) in ctx.ix.consumers_of(&v) {
+            let cn = &ctx.g.node[c];
+            if !is_default(cn) || !arity_ok(cn) {
+                continue;
+            }
+            match cn.op_type.as_str() {
+                "MatMul" if slot == 0 && !ctx.is_const(&cn.input[1]) => {
+                    avs.insert(c);
+                }
+                "Where" | "Cast" | "Identity" | "Dropout" | "IsNaN" if d < 3 => {
+                    if let Some(o) = cn.output.first() {
+                        stack.push((o.clone(), d + 1));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if avs.len() == 1 {
+        avs.first().copied()
+    } else {
+        None
+    }
+}
+
+/// A projection found upstream of a Q/K/V operand.
+#[derive(Clone, Debug)]
+pub(crate) struct Found {
+    pub node: usize,
+    pub weight: WeightUse,
+    pub bias: Option<WeightUse>,
+    /// Its output after the bias: where the flood starts.
+    pub seed: String,
+    pub width: usize,
+}
+
+/// Walk back from an attention operand to the constant-weight projection producing it.
+fn find_projection(ctx: &Ctx, start: &str) -> Result<Found> {
+    let mut v = start.to_string();
+    for _ in 0..32 {
+        let &p = ctx.ix.producer.get(&v).with_context(|| format!("'{v}' is not computed by a projection"))?;
+        let n = &ctx.g.node[p];
+        if !is_default(n) || !arity_ok(n) {
+            bail!("{} '{}' between the projection and the attention", n.op_type, node_label(n));
+        }
+        if let Some(f) = projection_at(ctx, p, &v)? {
+            return Ok(f);
+        }
+        if n.op_type == "Add" {
+            if let Some(f) = biased_projection(ctx, p)? {
+                return Ok(f);
+            }
+        }
+        v = match n.op_type.as_str() {
+            "Reshape" | "Transpose" | "Squeeze" | "Unsqueeze" | "Flatten" | "Identity" | "Cast" | "Gather" | "Split"
+            | "Slice" | "Dropout" => n.input[0].clone(),
+            "Mul" | "Div" => scaled_operand(ctx, p)?,
+            op => bail!("{op} '{}' between the projection and the attention", node_label(n)),
+        };
+    }
+    bail!("no projection found within 32 nodes of '{start}'")
+}
+
+/// For Mul/Div by a scalar: the operand carrying the data.
+fn scaled_operand(ctx: &Ctx, p: usize) -> Result<String> {
+    let n = &ctx.g.node[p];
+    let out = ctx.shape(0, &n.output[0])?;
+    let numel = |s: &[usize]| s.iter().product::<usize>();
+    let a = ctx.shape(0, &n.input[0])?;
+    let b = ctx.shape(0, n.input.get(1).context("Mul/Div with one input")?)?;
+    if a == out && numel(b) == 1 {
+        Ok(n.input[0].clone())
+    } else if n.op_type == "Mul" && b == out && numel(a) == 1 {
+        Ok(n.input[1].clone())
+    } else {
+        bail!("{} '{}' is not a scaling by a scalar", n.op_type, node_label(n))
+    }
+}
+
+/// `p` is MatMul/Gemm with a constant weight, producing `v`.
+pub(crate) fn projection_at(ctx: &Ctx, p: usize, v: &str) -> Result<Option<Found>> {
+    let n = &ctx.g.node[p];
+    if !is_default(n) || !arity_ok(n) {
+        return Ok(None);
+    }
+    let (w_slot, axis) = match n.op_type.as_str() {
+        "MatMul" => (1, 1),
+        "Gemm" => {
+            if attr_i(n, "transA").unwrap_or(0) != 0 {
+                bail!("Gemm '{}' with transA", node_label(n));
+            }
+            (1, if attr_i(n, "transB").unwrap_or(0) != 0 { 0 } else { 1 })
+        }
+        _ => return Ok(None),
+    };
+    let Some(w) = n.input.get(w_slot).filter(|w| ctx.is_const(w)) else { return Ok(None) };
+    if ctx.is_const(&n.input[0]) {
+        return Ok(None);
+    }
+    let ws = ctx.const_shape(w)?;
+    if ws.len() != 2 {
+        bail!("projection '{}' has a {}-D weight", node_label(n), ws.len());
+    }
+    let bias = if n.op_type == "Gemm" && n.input.get(2).is_some_and(|b| !b.is_empty()) {
+        if !ctx.is_const(&n.input[2]) {
+            bail!("Gemm '{}' with a computed bias", node_label(n));
+        }
+        Some(WeightUse { node: p, slot: 2, axis: 0 })
+    } else {
+        None
+    };
+    Ok(Some(Found { node: p, weight: WeightUse { node: p, slot: w_slot, axis }, bias, seed: v.to_string(), width: ws[axis] }))
+}
+
+/// `p` is Add(bias, MatMul(x, W)) in either operand order.
+pub(crate) fn biased_projection(ctx: &Ctx, p: usize) -> Result<Option<Found>> {
+    let n = &ctx.g.node[p];
+    if n.input.len() != 2 || !arity_ok(n) {
+        return Ok(None);
+    }
+    for (bs, ms) in [(0usize, 1usize), (1, 0)] {
+        if !ctx.is_const(&n.input[bs]) {
+            continue;
+        }
+        let Some(&mp) = ctx.ix.producer.get(&n.input[ms]) else { continue };
+        let Some(mut f) = projection_at(ctx, mp, &n.input[ms])? else { continue };
+        if f.bias.is_some() {
+            continue;
+        }
+        if ctx.ix.consumers_of(&n.input[ms]).len() != 1 || ctx.ix.outputs.contains(&n.input[ms]) {
+            bail!("projection output '{}' is used elsewhere too", n.input[ms]);
+        }
+        f.bias = Some(WeightUse { node: p, slot: bs, axis: 0 });
+        f.seed = n.output[0].clone();
+        return Ok(Some(f));
+    }
+    Ok(None)
+}
+
+fn analyse(ctx: &Ctx, score: usize, _softmax: usize, av: usize) -> Result<Block> {
+    if ctx.probes.is_none() {
+        bail!("shape analysis unavailable: {}", ctx.probe_error.as_deref().unwrap_or("unknown reason"));
+    }
+    let sn = &ctx.g.node[score];
+    let an = &ctx.g.node[av];
+    let fq = find_projection(ctx, &sn.input[0]).context("Q operand")?;
+    let fk = find_projection(ctx, &sn.input[1]).context("K operand")?;
+    let fv = find_projection(ctx, &an.input[1]).context("V operand")?;
+    let d = *ctx.shape(0, &sn.input[0])?.last().context("scalar Q")?;
+    let dv = *ctx.shape(0, &an.input[1])?.last().context("scalar V")?;
+    let fused = fq.node == fk.node && fk.node == fv.node;
+    let mut found = vec![fq.clone()];
+    if !fused {
+        if fq.node == fk.node || fk.node == fv.node || fq.node == fv.node {
+            bail!("two of Q, K, V share a projection but not all three");
+        }
+        found.push(fk.clone());
+        found.push(fv.clone());
+    }
+    let parts = if fused { 3 } else { 1 };
+    let hd = fq.width / parts;
+    if d == 0 || fq.width % parts != 0 || hd % d != 0 {
+        bail!("projection width {} is not a multiple of head size {d}", fq.width);
+    }
+    let h = hd / d;
+    if !fused && (fk.width != hd || fv.width % dv.max(1) != 0 || fv.width / dv.max(1) != h) {
+        bail!("Q/K/V widths {}/{}/{} do not give the same head count", fq.width, fk.width, fv.width);
+    }
+    if fused && dv != d {
+        bail!("fused projection with different Q and V head sizes");
+    }
+    if h < 2 {
+        bail!("{h} head: nothing to prune");
+    }
+    let flood = Flood::run(ctx, &found, h, d, dv, fused)?;
+    let v_proj = match flood.roles[2] {
+        Some(Src::Proj { proj, part }) => (proj, part.unwrap_or(0)),
+        _ => bail!("V not identified"),
+    };
+    let projs = found
+        .iter()
+        .map(|f| Projection {
+            weight: f.weight,
+            bias: f.bias,
+            parts,
+            heads: h,
+            head_dim: if fused || f.node != fv.node { d } else { dv },
+            prune: true,
+        })
+        .collect();
+    let mut nodes = flood.info.nodes.clone();
+    for f in &found {
+        nodes.insert(f.node);
+        if let Some(b) = f.bias {
+            nodes.insert(b.node);
+        }
+    }
+    let out = flood.out.context("output projection not found")?;
+    nodes.insert(out.node);
+    let members = nodes.iter().map(|&i| node_label(&ctx.g.node[i])).collect();
+    let block = Block {
+        id: node_label(sn),
+        kind: "MatMul attention",
+        members,
+        heads: h,
+        kv_heads: h,
+        head_dim: d,
+        v_head_dim: dv,
+        projs,
+        v_proj,
+        out,
+        path: Some(flood.info),
+        attrs: vec![],
+        fused_bias: None,
+        notes: vec![],
+    };
+    // Make sure the shape operands can follow a smaller head count before offering the block.
+    let (_, notes) = plan(ctx, &block, h - 1).context("the reshape targets cannot follow a new head count")?;
+    Ok(Block { notes, ..block })
+}
+
+struct Flood {
+    info: PathInfo,
+    tracked: HashMap<String, Track>,
+    score: Option<usize>,
+    av: Option<usize>,
+    out: Option<WeightUse>,
+    /// Sources of Q, K, V as seen at the MatMuls.
+    roles: [Option<Src>; 3],
+}
+
+impl Flood {
+    fn run(ctx: &Ctx, found: &[Found], h: usize, d: usize, dv: usize, fused: bool) -> Result<Flood> {
+        let mut fl = Flood { info: PathInfo { heads: h, ..Default::default() }, tracked: HashMap::new(), score: None, av: None, out: None, roles: [None; 3] };
+        let mut first = usize::MAX;
+        let mut processed = BTreeSet::new();
+        for (i, f) in found.iter().enumerate() {
+            let shape = ctx.shape(0, &f.seed)?;
+            let axis = shape.len().checked_sub(1).context("scalar projection output")?;
+            let inner = if i == 2 { dv } else { d };
+            let part = fused.then_some(Factor { axis, inner: h * d, count: 3 });
+            fl.track(ctx, &f.seed, Track { head: Factor { axis, inner, count: h }, part, src: Src::Proj { proj: i, part: None } })?;
+            let last = f.bias.map(|b| b.node).unwrap_or(f.node);
+            first = first.min(last + 1);
+        }
+        for ni in first..ctx.g.node.len() {
+            let n = &ctx.g.node[ni];
+            if !n.input.iter().any(|i| fl.tracked.contains_key(i)) {
+                continue;
+            }
+            fl.step(ctx, ni).with_context(|| format!("{} '{}'", n.op_type, node_label(n)))?;
+            processed.insert(ni);
+            if !matches!(n.op_type.as_str(), "Shape") {
+                fl.info.nodes.insert(ni);
+            }
+        }
+        // Every reader of an attention tensor must have been interpreted (a graph that is not
+        // in topological order could hide one).
+        for name in fl.tracked.keys() {
+            if let Some(&(c, _)) = ctx.ix.consumers_of(name).iter().find(|(c, _)| !processed.contains(c)) {
+                bail!("'{name}' is read by '{}', which was not analysed (graph not topologically sorted?)", node_label(&ctx.g.node[c]));
+            }
+        }
+        if fl.score.is_none() || fl.av.is_none() || fl.out.is_none() {
+            bail!("the path from the projections does not close (scores, A·V and output projection)");
+        }
+        let srcs: BTreeSet<String> = fl.roles.iter().map(|r| format!("{r:?}")).collect();
+        if srcs.len() != 3 {
+            bail!("Q, K and V do not come from three distinct projections or parts");
+        }
+        Ok(fl)
+    }
+
+    fn track(&mut self, ctx: &Ctx, name: &str, t: Track) -> Result<()> {
+        if ctx.ix.outputs.contains(name) {
+            bail!("attention tensor '{name}' is a graph output");
+        }
+        if ctx.ix.captured.contains(name) {
+            bail!("attention tensor '{name}' is used inside a subgraph");
+        }
+        for p in 0..2 {
+            let s = ctx.shape(p, name)?;
+            if !layout::fits(s, t.head) || t.part.is_some_and(|f| !layout::fits(s, f)) {
+                bail!("'{name}': shape {s:?} does not hold the heads as expected");
+            }
+        }
+        self.info.head_axis.insert(name.to_string(), t.head.axis);
+        self.tracked.insert(name.to_string(), t);
+        Ok(())
+    }
+
+    /// Apply a per-probe rule and demand the same answer for both probe sizes.
+    fn both<T: PartialEq + std::fmt::Debug>(f: impl Fn(usize) -> Result<T>) -> Result<T> {
+        let a = f(0)?;
+        let b = f(1)?;
+        if a != b {
+            bail!("the head layout depends on the input size ({a:?} vs {b:?})");
+        }
+        Ok(a)
+    }
+
+    fn step(&mut self, ctx: &Ctx, ni: usize) -> Result<()> {
+        let n = &ctx.g.node[ni];
+        if !is_default(n) || !arity_ok(n) {
+            bail!("unsupported or malformed op on the attention path");
+        }
+        let tin: Vec<(usize, Track)> =
+            n.input.iter().enumerate().filter_map(|(s, i)| self.tracked.get(i).map(|t| (s, *t))).collect();
+        let op = n.op_type.as_str();
+        match op {
+            "Shape" => return Ok(()),
+            "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" | "Identity" | "Dropout" => {
+                self.only_data_input(&tin, op)?;
+                if op == "Dropout" && n.output.iter().skip(1).any(|o| !o.is_empty() && !ctx.ix.consumers_of(o).is_empty()) {
+                    bail!("Dropout mask is used");
+                }
+                let t = tin[0].1;
+                let mapped = Self::both(|p| {
+                    let (i, o) = (ctx.shape(p, &n.input[0])?, ctx.shape(p, &n.output[0])?);
+                    let head = layout::map_flat(i, o, t.head).context("heads split over two axes")?;
+                    let part = match t.part {
+                        Some(f) => Some(layout::map_flat(i, o, f).context("Q/K/V parts split over two axes")?),
+                        None => None,
+                    };
+                    Ok((head, part))
+                })?;
+                if op == "Reshape" {
+                    self.info.reshapes.push(ni);
+                } else {
+                    self.fixed(ctx, ni, &[0]);
+                }
+                self.track(ctx, &n.output[0], Track { head: mapped.0, part: mapped.1, ..t })?;
+            }
+            "Transpose" => {
+                self.only_data_input(&tin, op)?;
+                let t = tin[0].1;
+                let rank = ctx.shape(0, &n.input[0])?.len();
+                let perm: Vec<usize> = match attr_ints(&ctx.g.node[ni], "perm") {
+                    Some(p) => p.iter().map(|&x| x as usize).collect(),
+                    None => (0..rank).rev().collect(),
+                };
+                let head = layout::map_perm(&perm, t.head).context("bad perm")?;
+                let part = match t.part {
+                    Some(f) => Some(layout::map_perm(&perm, f).context("bad perm")?),
+                    None => None,
+                };
+                self.track(ctx, &n.output[0], Track { head, part, ..t })?;
+            }
+            "MatMul" | "Gemm" if tin.len() == 1 && tin[0].0 == 0 => self.output_projection(ctx, ni, tin[0].1)?,
+            "MatMul" if tin.len() == 2 => self.attention_matmul(ctx, ni, tin[0].1, tin[1].1)?,
+            "Gather" => self.gather_part(ctx, ni, &tin)?,
+            "Split" => self.split_parts(ctx, ni, &tin)?,
+            "Slice" => self.slice_part(ctx, ni, &tin)?,
+            "Add" | "Sub" | "Mul" | "Div" | "Where" | "IsNaN" | "Cast" | "Softmax" | "LogSoftmax" | "Max" | "Min"
+            | "Pow" | "Sqrt" | "Exp" | "Neg" | "Abs" | "Relu" | "Tanh" | "Sigmoid" | "Erf" => {
+                self.elementwise(ctx, ni, &tin)?
+            }
+            _ => bail!("unsupported op on the attention path"),
+        }
+        Ok(())
+    }
+
+    fn only_data_input(&self, tin: &[(usize, Track)], op: &str) -> Result<()> {
+        if tin.len() != 1 || tin[0].0 != 0 {
+            bail!("{op} with an attention tensor as a shape operand");
+        }
+        Ok(())
+    }
+
+    /// Operands of a path node that must be the same after the rewrite (all but `skip`).
+    fn fixed(&mut self, ctx: &Ctx, ni: usize, skip: &[usize]) {
+        for (s, i) in ctx.g.node[ni].input.iter().enumerate() {
+            if !i.is_empty() && !skip.contains(&s) && !self.tracked.contains_key(i) && !ctx.is_const(i) {
+                self.info.fixed_operands.push((ni, s));
+            }
+        }
+    }
+
+    fn elementwise(&mut self, ctx: &Ctx, ni: usize, tin: &[(usize, Track)]) -> Result<()> {
+        let n = &ctx.g.node[ni];
+        let src = tin[0].1.src;
+        if tin.iter().any(|(_, t)| t.src != src) {
+            bail!("mixes tensors of different origins");
+        }
+        let out = &n.output[0];
+        let mapped = Self::both(|p| {
+            let os = ctx.shape(p, out)?;
+            let mut res: Option<(Factor, Option<Factor>)> = None;
+            for (s, inp) in n.input.iter().enumerate() {
+                if inp.is_empty() {
+                    continue;
+                }
+                let is = ctx.shape(p, inp)?;
+                let off = os.len().checked_sub(is.len()).context("operand of higher rank than the result")?;
+                if let Some((_, t)) = tin.iter().find(|(ts, _)| *ts == s) {
+                    let sh = |f: Factor| Factor { axis: f.axis + off, ..f };
+                    let m = (sh(t.head), t.part.map(sh));
+                    if is[t.head.axis] != os[m.0.axis] || res.is_some_and(|r| r != m) {
+                        bail!("attention operands with different head layouts");
+                    }
+                    res = Some(m);
+                }
+            }
+            let (head, part) = res.context("no attention operand")?;
+            for (s, inp) in n.input.iter().enumerate() {
+                if inp.is_empty() || tin.iter().any(|(ts, _)| *ts == s) {
+                    continue;
+                }
+                let is = ctx.shape(p, inp)?;
+                let off = os.len() - is.len().min(os.len());
+                for f in std::iter::once(head).chain(part) {
+                    if f.axis >= off && is.get(f.axis - off).is_some_and(|&dim| dim != 1) {
+                        bail!("operand '{inp}' varies along the head axis (per-head mask or scale)");
+                    }
+                }
+            }
+            Ok((head, part))
+        })?;
+        if matches!(n.op_type.as_str(), "Softmax" | "LogSoftmax") {
+            let rank = ctx.shape(0, out)?.len() as i64;
+            let default = if ctx.opset < 13 { 1 } else { -1 };
+            let ax = attr_i(n, "axis").unwrap_or(default);
+            let ax = if ax < 0 { ax + rank } else { ax };
+            if ctx.opset < 13 && ax != rank - 1 {
+                bail!("Softmax (opset < 13) over several axes");
+            }
+            if ax as usize == mapped.0.axis || mapped.1.is_some_and(|f| f.axis as i64 == ax) {
+                bail!("Softmax across heads");
+            }
+        }
+        self.fixed(ctx, ni, &[]);
+        self.track(ctx, out, Track { head: mapped.0, part: mapped.1, src })
+    }
+
+    fn attention_matmul(&mut self, ctx: &Ctx, ni: usize, a: Track, b: Track) -> Result<()> {
+        let n = &ctx.g.node[ni];
+        if a.part.is_some() || b.part.is_some() {
+            bail!("MatMul of a fused Q/K/V tensor");
+        }
+        let head = Self::both(|p| {
+            let (sa, sb, so) = (ctx.shape(p, &n.input[0])?, ctx.shape(p, &n.input[1])?, ctx.shape(p, &n.output[0])?);
+            if sa.len() < 2 || sb.len() < 2 || a.head.axis + 2 >= sa.len() || b.head.axis + 2 >= sb.len() {
+                bail!("heads on a matrix axis of a MatMul");
+            }
+            let ha = Factor { axis: a.head.axis + so.len() - sa.len(), ..a.head };
+            let hb = Factor { axis: b.head.axis + so.len() - sb.len(), ..b.head };
+            if ha != hb || sa[a.head.axis] != sb[b.head.axis] {
+                bail!("MatMul operands pair different heads");
+            }
+            Ok(ha)
+        })?;
+        let src = match (a.src, b.src) {
+            (Src::Proj { .. }, Src::Proj { .. }) if self.score.is_none() => {
+                self.score = Some(ni);
+                self.roles[0] = Some(a.src);
+                self.roles[1] = Some(b.src);
+                Src::Scores
+            }
+            (Src::Scores, Src::Proj { .. }) if self.av.is_none() => {
+                self.av = Some(ni);
+                self.roles[2] = Some(b.src);
+                Src::Context
+            }
+            _ => bail!("unexpected MatMul of attention tensors"),
+        };
+        self.track(ctx, &n.output[0], Track { head, part: None, src })
+    }
+
+    fn output_projection(&mut self, ctx: &Ctx, ni: usize, t: Track) -> Result<()> {
+        let n = &ctx.g.node[ni];
+        if t.src != Src::Context || self.out.is_some() {
+            bail!("projection of an attention tensor that is not the attention output");
+        }
+        let f = projection_at(ctx, ni, &n.output[0])?.context("output projection without a constant weight")?;
+        let rows_axis = 1 - f.weight.axis;
+        Self::both(|p| {
+            let s = ctx.shape(p, &n.input[0])?;
+            if t.head.axis + 1 != s.len() || t.head.inner * t.head.count != s[t.head.axis] {
+                bail!("the output projection input does not hold the heads as [.., H·D]");
+            }
+            Ok(())
+        })?;
+        self.out = Some(WeightUse { node: ni, slot: f.weight.slot, axis: rows_axis });
+        Ok(())
+    }
+
+    /// Gather with a constant index on the part axis of a fused tensor selects Q, K or V.
+    fn gather_part(&mut self, ctx: &Ctx, ni: usize, tin: &[(usize, Track)]) -> Result<()> {
+        let n = &ctx.g.node[ni];
+        self.only_data_input(tin, "Gather")?;
+        let t = tin[0].1;
+        let pf = t.part.context("Gather on an attention tensor (not a Q/K/V selection)")?;
+        let ax = norm_axis(attr_i(n, "axis").unwrap_or(0), ctx.shape(0, &n.input[0])?.len())?;
+        let idx = ctx.const_ints(&n.input[1]).context("Gather with a computed index")?;
+        let ishape = ctx.shape(0, &n.input[1])?.to_vec();
+        if ax != pf.axis || pf.inner != 1 || ctx.shape(0, &n.input[0])?[ax] != 3 || idx.len() != 1 || ax == t.head.axis {
+            bail!("Gather that is not a Q/K/V selection");
+        }
+        let part = (if idx[0] < 0 { idx[0] + 3 } else { idx[0] }) as usize;
+        if part > 2 {
+            bail!("Q/K/V index {} out of range", idx[0]);
+        }
+        let mut head = t.head;
+        if ishape.is_empty() && head.axis > ax {
+            head.axis -= 1;
+        }
+        let Src::Proj { proj, .. } = t.src else { bail!("Gather of a non-projection tensor") };
+        self.track(ctx, &n.output[0], Track { head, part: None, src: Src::Proj { proj, part: Some(part) } })
+    }
+
+    /// Split of a fused tensor into its three parts.
+    fn split_parts(&mut self, ctx: &Ctx, ni: usize, tin: &[(usize, Track)]) -> Result<()> {
+        let n = &ctx.g.node[ni];
+        self.only_data_input(tin, "Split")?;
+        let t = tin[0].1;
+        let pf = t.part.context("Split of an attention tensor (not a Q/K/V split)")?;
+        let shape = ctx.shape(0, &n.input[0])?.to_vec();
+        let ax = norm_axis(attr_i(n, "axis").unwrap_or(0), shape.len())?;
+        if ax != pf.axis || shape[ax] != 3 * pf.inner || n.output.len() != 3 {
+            bail!("Split that is not a Q/K/V split");
+        }
+        for p in 0..2 {
+            for o in &n.output {
+                if ctx.shape(p, o)?.get(ax).copied() != ctx.shape(p, &n.input[0])?.get(ax).map(|d| d / 3) {
+                    bail!("Split pieces are not the three parts");
+                }
+            }
+        }
+        let Src::Proj { proj, .. } = t.src else { bail!("Split of a non-projection tensor") };
+        self.info.splits.push((ni, ax));
+        for (k, o) in n.output.iter().enumerate() {
+            if !o.is_empty() {
+                self.track(ctx, o, Track { head: t.head, part: None, src: Src::Proj { proj, part: Some(k) } })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Slice of one part of a fused tensor.
+    fn slice_part(&mut self, ctx: &Ctx, ni: usize, tin: &[(usize, Track)]) -> Result<()> {
+        let n = &ctx.g.node[ni];
+        self.only_data_input(tin, "Slice")?;
+        let t = tin[0].1;
+        let pf = t.part.context("Slice of an attention tensor (not a Q/K/V selection)")?;
+        if ctx.opset < 10 {
+            bail!("Slice before opset 10");
+        }
+        let shape = ctx.shape(0, &n.input[0])?.to_vec();
+        let starts = ctx.const_ints(&n.input[1]).context("Slice with computed starts")?;
+        let ends = ctx.const_ints(n.input.get(2).context("Slice without ends")?).context("Slice with computed ends")?;
+        let axes = match n.input.get(3).filter(|s| !s.is_empty()) {
+            Some(a) => ctx.const_ints(a).context("Slice with computed axes")?,
+            None => vec![0],
+        };
+        if let Some(st) = n.input.get(4).filter(|s| !s.is_empty()) {
+            if ctx.const_ints(st).context("Slice with computed steps")? != [1] {
+                bail!("Slice with a step");
+            }
+        }
+        if starts.len() != 1 || ends.len() != 1 || axes.len() != 1 {
+            bail!("Slice over several axes");
+        }
+        let ax = norm_axis(axes[0], shape.len())?;
+        let (s, e) = clamp_range(starts[0], ends[0], shape[ax]);
+        if ax != pf.axis || shape[ax] != 3 * pf.inner || s % pf.inner != 0 || e != s + pf.inner {
+            bail!("Slice that is not a Q/K/V selection");
+        }
+        let Src::Proj { proj, .. } = t.src else { bail!("Slice of a non-projection tensor") };
+        let part = s / pf.inner;
+        self.info.slices.push((ni, ax, part));
+        self.track(ctx, &n.output[0], Track { head: t.head, part: None, src: Src::Proj { proj, part: Some(part) } })
+    }
+}
+
+/// The operand edits that make the block's path consistent with `h_new` heads, for both probe
+/// sizes; an error when a shape operand cannot be made to follow.
+#[allow(clippy::needless_range_loop)]
+pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<(Vec<Edit>, Vec<String>)> {
+    let info = b.path.as_ref().context("not a MatMul block")?;
+    let probes = ctx.probes.as_ref().context("no shape analysis")?;
+    let h = info.heads;
+    let mut evals: Vec<[Eval; 2]> = Vec::new();
+    for pr in probes.iter() {
+        evals.push([
+            Eval::new(ctx.g, ctx.ix, &pr.shapes, &info.head_axis, h, h, ctx.opset),
+            Eval::new(ctx.g, ctx.ix, &pr.shapes, &info.head_axis, h, h_new, ctx.opset),
+        ]);
+    }
+    // World 0 must reproduce what tract computed: a cross-check of our shape arithmetic.
+    let check_w0 = |evals: &mut Vec<[Eval; 2]>, name: &str| -> Result<()> {
+        for (p, pr) in probes.iter().enumerate() {
+            let v = evals[p][0].eval(name)?;
+            if let (Some(t), Ok(ours)) = (pr.ints.get(name), v.ints()) {
+                if t.as_slice() != ours {
+                    bail!("shape arithmetic disagrees with tract on '{name}': {ours:?} vs {t:?}");
+                }
+            }
+        }
+        Ok(())
+    };
+    let mut edits = Vec::new();
+    let mut notes = Vec::new();
+    for &ni in &info.reshapes {
+        let n = &ctx.g.node[ni];
+        let target = n.input.get(1).context("Reshape without a shape")?;
+        check_w0(&mut evals, target)?;
+        let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
+        let mut ok = true;
+        let mut req = Vec::new();
+        let mut ins = Vec::new();
+        let mut cur = Vec::new();
+        for p in 0..2 {
+            let want = evals[p][1].shape_of(&n.output[0])?;
+            let inp = evals[p][1].shape_of(&n.input[0])?;
+            let t = evals[p][1].eval(target)?.ints()?.to_vec();
+            ok &= resolve(&t, &inp, allowzero).as_deref() == Some(want.as_slice());
+            req.push(want);
+            ins.push(inp);
+            cur.push(t);
+        }
+        if ok {
+            continue;
+        }
+        // Prefer rewriting only the pieces of a Concat-built target that hold H (a Constant
+        // [4] → [3], or a run-time hidden size → the new width); else a new constant target.
+        match concat_pieces(ctx, &mut evals, target, &cur, &req, &ins, allowzero) {
+            Some(piece_edits) => edits.extend(piece_edits),
+            None => {
+                let vals = express(&req, &ins, allowzero).with_context(|| format!("Reshape '{}'", node_label(n)))?;
+                edits.push(Edit::Input { node: ni, slot: 1, vals, int32: false });
+            }
+        }
+    }
+    for &(ni, ax) in &info.splits {
+        let n = &ctx.g.node[ni];
+        let third = |p: usize, evals: &Vec<[Eval; 2]>| -> Result<i64> { Ok((evals[p][1].shape_of(&n.input[0])?[ax] / 3) as i64) };
+        let want = vec![third(0, &evals)?; 3];
+        if third(1, &evals)? != want[0] {
+            bail!("Split sizes depend on the input size");
+        }
+        if let Some(s) = n.input.get(1).filter(|s| !s.is_empty()) {
+            let cur = evals[0][1].eval(s)?.ints()?.to_vec();
+            if cur != want {
+                edits.push(Edit::Input { node: ni, slot: 1, vals: want, int32: false });
+            }
+        } else if attr_ints(n, "split").is_some() {
+            edits.push(Edit::AttrInts { node: ni, name: "split", vals: want });
+        }
+    }
+    for &(ni, ax, part) in &info.slices {
+        let n = &ctx.g.node[ni];
+        let dim = evals[0][1].shape_of(&n.input[0])?[ax];
+        if evals[1][1].shape_of(&n.input[0])?[ax] != dim {
+            bail!("Slice bounds depend on the input size");
+        }
+        let w = (dim / 3) as i64;
+        let (s, e) = (w * part as i64, w * (part as i64 + 1));
+        let cs = evals[0][1].eval(&n.input[1])?.ints()?.to_vec();
+        let ce = evals[0][1].eval(&n.input[2])?.ints()?.to_vec();
+        if clamp_range(cs[0], ce[0], dim) != (s as usize, e as usize) {
+            // starts, ends, axes and steps share one index type.
+            let int32 = n.input.iter().skip(1).filter_map(|i| ctx.resolve_const(i)).any(|t| t.data_type == dt::INT32);
+            edits.push(Edit::Input { node: ni, slot: 1, vals: vec![s], int32 });
+            edits.push(Edit::Input { node: ni, slot: 2, vals: vec![e], int32 });
+        }
+    }
+    for &(ni, slot) in &info.fixed_operands {
+        let name = &ctx.g.node[ni].input[slot];
+        let mut evaluated = true;
+        for pair in evals.iter_mut() {
+            let [e0, e1] = pair;
+            match (e0.eval(name), e1.eval(name)) {
+                (Ok(a), Ok(b)) if a == b => {}
+                (Ok(_), Ok(_)) => bail!("'{name}' (operand of '{}') changes with the head count", node_label(&ctx.g.node[ni])),
+                // Not shape arithmetic (a mask, an input-derived tensor): it cannot depend on
+                // the head count unless it reads the shape of an attention tensor.
+                (Err(_), _) | (_, Err(_)) => {
+                    evaluated = false;
+                    if depends_on(ctx, name, &info.head_axis) {
+                        bail!("'{name}' depends on an attention tensor's shape in a way we cannot evaluate");
+                    }
+                }
+            }
+        }
+        if evaluated {
+            check_w0(&mut evals, name)?;
+            if depends_on(ctx, name, &info.head_axis) {
+                notes.push(format!(
+                    "'{name}' (operand of '{}') is computed at run time from the attention shapes: checked unchanged with fewer heads",
+                    node_label(&ctx.g.node[ni])
+                ));
+            }
+        }
+    }
+    check_escapes(ctx, info)?;
+    Ok((edits, notes))
+}
+
+/// Edits of single-element pieces of the Concat producing `target` (read by nothing else)
+/// that make it resolve to `req` for both probes; `None` when that is not possible.
+#[allow(clippy::too_many_arguments)]
+fn concat_pieces(
+    ctx: &Ctx,
+    evals: &mut [[Eval; 2]],
+    target: &str,
+    cur: &[Vec<i64>],
+    req: &[Vec<usize>],
+    ins: &[Vec<usize>],
+    allowzero: bool,
+) -> Option<Vec<Edit>> {
+    let &ci = ctx.ix.producer.get(target)?;
+    let c = &ctx.g.node[ci];
+    if c.op_type != "Concat" || !is_default(c) || ctx.ix.consumers_of(target).len() != 1 || ctx.ix.outputs.contains(target) {
+        return None;
+    }
+    // Output position → Concat input slot, from the pieces' lengths.
+    let mut slot_of = Vec::new();
+    for (k, inp) in c.input.iter().enumerate() {
+        let v = evals[0][0].eval(inp).ok()?;
+        slot_of.extend(std::iter::repeat_n(k, v.ints().ok()?.len()));
+    }
+    let rank = cur[0].len();
+    if slot_of.len() != rank || cur[1].len() != rank || req[0].len() != rank {
+        return None;
+    }
+    let mut fixed = cur.to_vec();
+    let mut edits = Vec::new();
+    for i in 0..rank {
+        let adapts = cur[0][i] == -1 || (cur[0][i] == 0 && !allowzero);
+        if adapts || (0..2).all(|p| cur[p][i] == req[p][i] as i64) {
+            continue;
+        }
+        let k = slot_of[i];
+        // Only a one-element piece holding a size that is the same for both probes.
+        if req[0][i] != req[1][i] || slot_of.iter().filter(|&&s| s == k).count() != 1 {
+            return None;
+        }
+        fixed[0][i] = req[0][i] as i64;
+        fixed[1][i] = req[1][i] as i64;
+        edits.push(Edit::Input { node: ci, slot: k, vals: vec![req[0][i] as i64], int32: false });
+    }
+    let good = (0..2).all(|p| resolve(&fixed[p], &ins[p], allowzero).as_deref() == Some(req[p].as_slice()));
+    (good && !edits.is_empty()).then_some(edits)
+}
+
+/// Resolve a Reshape target (0 = copy, -1 = infer) against an input shape.
+fn resolve(t: &[i64], input: &[usize], allowzero: bool) -> Option<Vec<usize>> {
+    let total: usize = input.iter().product();
+    let mut out = Vec::with_capacity(t.len());
+    let mut infer = None;
+    for (i, &v) in t.iter().enumerate() {
+        match v {
+            0 if !allowzero => out.push(*input.get(i)?),
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                out.push(1);
+            }
+            v if v >= 0 => out.push(v as usize),
+            _ => return None,
+        }
+    }
+    if let Some(i) = infer {
+        let rest: usize = out.iter().product();
+        if rest == 0 || !total.is_multiple_of(rest) {
+            return None;
+        }
+        out[i] = total / rest;
+    }
+    (out.iter().product::<usize>() == total).then_some(out)
+}
+
+/// A constant Reshape target giving `req[p]` from `ins[p]` for both probes: copy (0) a dim
+/// that follows the input, a constant where the size is fixed, -1 for at most one other.
+#[allow(clippy::needless_range_loop)]
+fn express(req: &[Vec<usize>], ins: &[Vec<usize>], allowzero: bool) -> Result<Vec<i64>> {
+    let rank = req[0].len();
+    if req[1].len() != rank {
+        bail!("rank depends on the input size");
+    }
+    let mut vals = Vec::with_capacity(rank);
+    let mut inferred = false;
+    for i in 0..rank {
+        let copies = !allowzero && (0..2).all(|p| ins[p].get(i) == Some(&req[p][i]));
+        if copies && req[0][i] != 0 {
+            vals.push(0);
+        } else if req[0][i] == req[1][i] {
+            vals.push(req[0][i] as i64);
+        } else if !inferred {
+            inferred = true;
+            vals.push(-1);
+        } else {
+            bail!("two dims follow the input size and cannot be copied: no constant target expresses the new shape");
+        }
+    }
+    for p in 0..2 {
+        if resolve(&vals, &ins[p], allowzero).as_deref() != Some(req[p].as_slice()) {
+            bail!("the constant target {vals:?} does not give {:?}", req[p]);
+        }
+    }
+    Ok(vals)
+}
+
+/// Does `name` (transitively) read the shape of a tracked tensor?
+fn depends_on(ctx: &Ctx, name: &str, tracked: &HashMap<String, usize>) -> bool {
+    let mut stack = vec![name.to_string()];
+    let mut seen = BTreeSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v.clone()) || seen.len() > 4096 {
+            continue;
+        }
+        let Some(&p) = ctx.ix.producer.get(&v) else { continue };
+        let n = &ctx.g.node[p];
+        if n.op_type == "Shape" && n.input.first().is_some_and(|i| tracked.contains_key(i)) {
+            return true;
+        }
+        stack.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
+    }
+    false
+}
+
+/// Values computed from the shape of an attention tensor may only feed path nodes (where they
+/// were checked) or more shape arithmetic; anything else would see a different value.
+fn check_escapes(ctx: &Ctx, info: &PathInfo) -> Result<()> {
+    const SHAPE_OPS: &[&str] = &[
+        "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Cast", "Mul", "Div", "Add", "Sub", "Mod", "Sqrt",
+        "Identity", "Neg", "Floor", "Ceil", "Reciprocal", "Abs", "Max", "Min", "Pow",
+    ];
+    let mut stack: Vec<String> = Vec::new();
+    for (ni, n) in ctx.g.node.iter().enumerate() {
+        if n.op_type == "Shape" && n.input.first().is_some_and(|i| info.head_axis.contains_key(i)) {
+            let _ = ni;
+            stack.extend(n.output.iter().cloned());
+        }
+    }
+    let mut seen = BTreeSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v.clone()) {
+            continue;
+        }
+        if ctx.ix.outputs.contains(&v) || ctx.ix.captured.contains(&v) {
+            bail!("'{v}', computed from an attention tensor's shape, leaves the graph");
+        }
+        for &(c, _) in ctx.ix.consumers_of(&v) {
+            let cn = &ctx.g.node[c];
+            if info.nodes.contains(&c) {
+                continue;
+            }
+            if !is_default(cn) || !SHAPE_OPS.contains(&cn.op_type.as_str()) {
+                bail!("'{v}', computed from an attention tensor's shape, reaches {} '{}'", cn.op_type, node_label(cn));
+            }
+            stack.extend(cn.output.iter().filter(|o| !o.is_empty()).cloned());
+        }
+    }
+    Ok(())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_and_express() {
+        assert_eq!(resolve(&[0, 0, -1, 8], &[3, 5, 24], false), Some(vec![3, 5, 3, 8]));
+        assert_eq!(resolve(&[0, 0, -1, 8], &[3, 5, 24], true), None);
+        let req = vec![vec![65, 9, 32], vec![65, 15, 32]];
+        let ins = vec![vec![65, 3, 96], vec![65, 5, 96]];
+        assert_eq!(express(&req, &ins, false).unwrap(), vec![0, -1, 32]);
+        let req = vec![vec![3, 8, 24], vec![5, 8, 24]];
+        let ins = vec![vec![3, 8, 3, 8], vec![5, 8, 3, 8]];
+        assert_eq!(express(&req, &ins, false).unwrap(), vec![0, 0, 24]);
+        assert_eq!(express(&req, &ins, true).unwrap(), vec![-1, 8, 24]);
+    }
+}

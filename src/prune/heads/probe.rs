@@ -1,0 +1,115 @@
+//! Concrete tensor shapes of a model at a chosen input size, from tract's type analysis.
+//!
+//! Head discovery needs the shape of every tensor on an attention path (to follow the head
+//! index through Reshape/Transpose exactly) and of the tensors whose `Shape` feeds a reshape
+//! target. tract's inference analysis gives them without running the model. Two probes with
+//! different sizes for every dynamic input dimension tell dims that follow the input (batch,
+//! sequence) from fixed ones.
+
+use anyhow::{anyhow, bail, Context, Result};
+use onnx_protobuf::{Message, ModelProto};
+use std::collections::{BTreeMap, HashMap};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::{Factoid, InferenceModelExt};
+
+/// Shapes (and small integer constant values) of the named values of one probe.
+#[derive(Debug, Default, Clone)]
+pub struct Probe {
+    pub shapes: HashMap<String, Vec<usize>>,
+    /// Values tract folded to constants (integer tensors of at most 64 elements): a cross-check
+    /// for our own shape arithmetic.
+    pub ints: HashMap<String, Vec<i64>>,
+    /// The size chosen for each dynamic input dimension (by dim_param name or "input:axis").
+    pub dims: BTreeMap<String, usize>,
+}
+
+/// Sizes for the dynamic dims of each probe: distinct per dimension name and per probe, away
+/// from the small numbers (1, 2, 4, 8, ...) that head counts and head sizes use.
+const PROBE_SIZES: [[usize; 6]; 2] = [[3, 5, 7, 11, 13, 6], [5, 9, 10, 6, 12, 7]];
+
+fn datum_type(elem: i32) -> Option<DatumType> {
+    Some(match elem {
+        1 => f32::datum_type(),
+        2 => u8::datum_type(),
+        3 => i8::datum_type(),
+        6 => i32::datum_type(),
+        7 => i64::datum_type(),
+        9 => bool::datum_type(),
+        10 => f16::datum_type(),
+        11 => f64::datum_type(),
+        _ => return None,
+    })
+}
+
+/// Run tract's analysis with probe `which` (0 or 1). Errors (and tract panics) become `Err`.
+pub fn probe(model: &ModelProto, which: usize) -> Result<Probe> {
+    let bytes = model.write_to_bytes().map_err(|e| anyhow!("encoding the model: {e}"))?;
+    let m = model.clone();
+    let run = std::panic::catch_unwind(move || probe_inner(&m, &bytes, which));
+    match run {
+        Ok(r) => r,
+        Err(_) => bail!("tract panicked while analysing the model"),
+    }
+}
+
+fn probe_inner(model: &ModelProto, bytes: &[u8], which: usize) -> Result<Probe> {
+    use tract_onnx::tract_hir::prelude::tract_data::prelude::tvec;
+    let g = model.graph.as_ref().context("model has no graph")?;
+    let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
+    let mut rd = bytes;
+    let pb = onnx.proto_model_for_read(&mut rd).map_err(|e| anyhow!("tract cannot decode the model: {e:#}"))?;
+    let parsed = onnx.parse(&pb, None).map_err(|e| anyhow!("tract cannot parse the model: {e:#}"))?;
+    let mut im = parsed.model;
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut out = Probe::default();
+    let mut next = 0usize;
+    for inp in g.input.iter().filter(|i| !inits.contains(i.name.as_str())) {
+        let Some(tt) = inp.type_.as_ref().filter(|t| t.has_tensor_type()).map(|t| t.tensor_type()) else {
+            bail!("input '{}' is not a tensor", inp.name)
+        };
+        let dt = datum_type(tt.elem_type).with_context(|| format!("input '{}': unsupported type", inp.name))?;
+        let Some(shape) = tt.shape.as_ref() else { bail!("input '{}' has no shape", inp.name) };
+        let mut dims = tvec![];
+        for (axis, d) in shape.dim.iter().enumerate() {
+            let v = d.dim_value();
+            if d.has_dim_value() && v > 0 {
+                dims.push(v as usize);
+                continue;
+            }
+            let key = if d.has_dim_param() && !d.dim_param().is_empty() {
+                d.dim_param().to_string()
+            } else {
+                format!("{}:{axis}", inp.name)
+            };
+            let size = match out.dims.get(&key) {
+                Some(&s) => s,
+                None => {
+                    let s = PROBE_SIZES[which % 2][next % 6];
+                    next += 1;
+                    out.dims.insert(key, s);
+                    s
+                }
+            };
+            dims.push(size);
+        }
+        let outlet = parsed.outlets_by_name.get(&inp.name).with_context(|| format!("input '{}' unknown to tract", inp.name))?;
+        im.set_outlet_fact(*outlet, InferenceFact::dt_shape(dt, dims)).map_err(|e| anyhow!("{e:#}"))?;
+    }
+    im.analyse(false).map_err(|e| anyhow!("tract shape analysis failed: {e:#}"))?;
+    for (name, outlet) in &parsed.outlets_by_name {
+        let Ok(fact) = im.outlet_fact(*outlet) else { continue };
+        if let Ok(Some(s)) = fact.shape.as_concrete_finite() {
+            out.shapes.insert(name.clone(), s.to_vec());
+        }
+        if let Some(t) = fact.value.concretize() {
+            if t.len() <= 64 && (t.datum_type() == i64::datum_type() || t.datum_type() == i32::datum_type()) {
+                if let Ok(c) = t.cast_to::<i64>() {
+                    if let Ok(s) = c.to_plain_array_view::<i64>() {
+                        out.ints.insert(name.clone(), s.iter().copied().collect());
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
