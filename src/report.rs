@@ -186,6 +186,14 @@ fn tail(s: &str, w: usize) -> String {
     format!("…{rest}")
 }
 
+/// Members for the table: all when few, else the first two and the last (JSON has them all).
+fn members(m: &[String]) -> String {
+    if m.len() <= 4 {
+        return m.join(", ");
+    }
+    format!("{}, {}, …, {} ({} nodes)", m[0], m[1], m[m.len() - 1], m.len())
+}
+
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 {
         1.0
@@ -246,7 +254,7 @@ fn groups_table(groups: &[GroupReport]) -> String {
             Some(r) => format!("not pruned: {r}"),
             None => {
                 c.0 += 1;
-                g.members.join(", ")
+                members(&g.members)
             }
         };
         let id = tail(&g.id, id_w);

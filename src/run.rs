@@ -290,9 +290,10 @@ fn wanda(o: &RunOptions, loaded: &Loaded) -> Result<(BTreeMap<String, Vec<f64>>,
 }
 
 fn structural(m: &ModelProto, opts: &StructOptions, what: &str) -> Result<StructuralResult> {
-    // TEMP until the structural branches merge
-    let _ = (m, opts);
-    bail!("--structured {what}: not merged yet")
+    match what {
+        "heads" => crate::prune::heads::prune_heads(m, opts),
+        _ => bail!("--structured {what}: not merged yet"),
+    }
 }
 
 /// Masked-equivalence of one structural stage, never a false success.
