@@ -7,7 +7,7 @@ present, ../shared/models) and prints markdown. Standard library only.
 import json, os, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "onnx-emp")
+BIN = os.environ.get("ONNX_EMP_BIN", os.path.join(ROOT, "target", "release", "onnx-emp"))
 SHARED = os.path.join(ROOT, "..", "shared", "models")
 M = lambda f: os.path.join("models", f)
 TRAINED = [
