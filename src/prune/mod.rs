@@ -66,3 +66,7 @@ pub struct StructuralResult {
     pub masked: ModelProto,
     pub groups: Vec<GroupReport>,
 }
+
+pub mod channels;
+pub mod groups;
+pub mod rules;
