@@ -1,6 +1,7 @@
 //! onnx-emp: prune ONNX models with Effective Model Pruning (EMP).
 //!
 //! Data flows one way: bytes → model → analysis → plan → rewrite → bytes, then verification.
+pub mod diff;
 pub mod emp;
 pub mod model;
 pub mod prune;

@@ -1574,14 +1574,11 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 self.block(&t.units, &format!("'{name}' is read inside a subgraph"));
             }
         }
+        // Every use of a sliced weight must slice it along the same axis (a Conv that uses the
+        // weight only as a producer would otherwise see its input channels shrink).
         let slices: Vec<WeightSlice> = self.st.slices.values().cloned().collect();
-        let mut users: BTreeMap<String, BTreeSet<(usize, usize)>> = BTreeMap::new();
         for s in &slices {
-            users.entry(s.weight.clone()).or_default().extend(s.users.iter().copied());
-        }
-        for s in &slices {
-            let known = &users[&s.weight];
-            let other = ix.consumers_of(&s.weight).iter().find(|u| !known.contains(u)).copied();
+            let other = ix.consumers_of(&s.weight).iter().find(|u| !s.users.contains(u)).copied();
             if let Some((ni, _)) = other {
                 let n = &self.ctx.g.node[ni];
                 let r = format!("weight '{}' is also used by {} node '{}', which this group does not rewrite", s.weight, n.op_type, node_label(n));
