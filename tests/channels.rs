@@ -104,7 +104,13 @@ fn ort_check(s: &Saved, inputs: &[(String, PathBuf)]) -> Option<f64> {
             let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
             v["rel"].as_f64()
         }
-        _ => panic!("onnx_check failed for {}: {}{}", s.pruned.display(), text, String::from_utf8_lossy(&out.stderr)),
+        _ => {
+            let keep = std::env::temp_dir().join("channels_failed");
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(&s.pruned, keep.join("pruned.onnx"));
+            let _ = std::fs::copy(&s.masked, keep.join("masked.onnx"));
+            panic!("onnx_check failed for {} (copied to {}): {}{}", s.pruned.display(), keep.display(), text, String::from_utf8_lossy(&out.stderr))
+        }
     }
 }
 
@@ -212,4 +218,74 @@ fn explore_all() {
         let o = prune_and_prove(&dense, &opts, &npys, &inputs);
         eprintln!("== {m}: params {:?} ort {:?} tract {:?}\n{}\n{}", o.params, o.ort, o.tract, summary(&o.result.groups), graph_diff(&dense, &o.result.pruned));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real models from ../shared/models (skipped when absent)
+
+fn shared_models() -> Option<PathBuf> {
+    let p = root().join("../shared/models");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("skipping real models: {} is absent", p.display());
+        None
+    }
+}
+
+/// Concrete inputs for a real model: random floats, ids in [0, 2), masks of ones.
+fn real_inputs(m: &ModelProto) -> Vec<Input> {
+    let g = m.graph.as_ref().unwrap();
+    let inits: std::collections::BTreeSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut out = vec![];
+    for (k, v) in g.input.iter().filter(|v| !inits.contains(v.name.as_str())).enumerate() {
+        let dims = onnx_emp::prune::groups::value_dims(v).unwrap_or_default();
+        let shape: Vec<usize> = dims.iter().map(|d| d.unwrap_or(2)).collect();
+        let n: usize = shape.iter().product();
+        use onnx_protobuf::type_proto::Value as T;
+        let elem = match v.type_.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(T::TensorType(t)) => t.elem_type,
+            _ => 1,
+        };
+        out.push(if elem == 7 {
+            let vals = if v.name.contains("mask") { vec![1; n] } else { (0..n).map(|i| (i % 2) as i64).collect() };
+            Input::I64(shape, vals)
+        } else {
+            Input::F32(shape, randn(n, k as u64 + 1))
+        });
+    }
+    out
+}
+
+#[test]
+fn real_models() {
+    let Some(dir) = shared_models() else { return };
+    let mut table = vec!["model | groups prunable/total | params before → after | ort rel | tract rel".to_string()];
+    for name in [
+        "ppocr_mobilenetv3_cls",
+        "mobilenet_v2_random_ts",
+        "silero_vad_16k_sequence",
+        "tiny_bert_random_ts",
+        "tiny_bert_random_dynamo",
+        "tiny_vit_random_ts",
+        "tiny_vit_random_dynamo",
+    ] {
+        let p = dir.join(format!("{name}.onnx"));
+        if !p.exists() {
+            eprintln!("skipping {name}: not found");
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        let dense = load(&p);
+        let inputs = real_inputs(&dense);
+        let o = prune_and_prove(&dense, &StructOptions::default(), &[], &inputs);
+        let prunable = o.result.groups.iter().filter(|g| g.blocked.is_none()).count();
+        let changed = o.result.groups.iter().any(|g| g.blocked.is_none() && g.kept < g.n);
+        if changed {
+            assert!(o.params.1 < o.params.0, "{name}: units removed but params did not shrink");
+        }
+        eprintln!("== {name} ({:?})\n{}", t0.elapsed(), summary(&o.result.groups));
+        table.push(format!("{name} | {prunable}/{} | {} → {} | {:?} | {:?}", o.result.groups.len(), o.params.0, o.params.1, o.ort, o.tract));
+    }
+    eprintln!("{}", table.join("\n"));
 }

@@ -545,17 +545,18 @@ fn rewrite(model: &ModelProto, ctx: &Ctx, an: &Analysis, plan: &Plan, mode: Mode
         if !keep.contains(&false) {
             continue;
         }
-        let t = w.tensor(&s.weight)?;
         match mode {
-            Mode::Pruned => slice_positions(t, s.axis, &keep)?,
-            Mode::Masked if s.roles.contains(&Role::Producer) || s.roles.contains(&Role::ProducerBias) => zero_positions(t, s.axis, &keep)?,
+            Mode::Pruned => slice_positions(w.tensor(&s.weight)?, s.axis, &keep)?,
+            Mode::Masked if s.roles.contains(&Role::Producer) || s.roles.contains(&Role::ProducerBias) => {
+                zero_positions(w.tensor(&s.weight)?, s.axis, &keep)?
+            }
             Mode::Masked => {}
         }
     }
     // 3. integer edits (pruned only: the masked model keeps every shape)
     if mode == Mode::Pruned {
         apply_edits(ctx, an, plan, &mut w)?;
-        fix_value_info(an, plan, &mut w.g);
+        fix_value_info(an, plan, &mut w);
     }
     // 4. node removals / insertions (last: they shift node indices)
     let old = std::mem::take(&mut w.g.node);
@@ -766,11 +767,31 @@ fn set_split(ctx: &Ctx, w: &mut Work, node: usize, sizes: &[i64]) -> Result<()> 
     Ok(())
 }
 
-/// Fix the channel dim of value_info entries of changed tensors (drop the entry when unsure).
-fn fix_value_info(an: &Analysis, plan: &Plan, g: &mut GraphProto) {
+/// Fix the channel dim of value_info entries of changed tensors (drop the entry when unsure), and
+/// the shapes of value_info entries that describe weights (dynamo exports have them).
+fn fix_value_info(an: &Analysis, plan: &Plan, w: &mut Work) {
     use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
     use onnx_protobuf::type_proto::Value as T;
-    g.value_info.retain_mut(|v| {
+    let mut weight_dims: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for v in &w.g.value_info {
+        if let Some(r) = w.refs.get(&v.name) {
+            if let Some(t) = graph::weight(&w.g, *r) {
+                weight_dims.insert(v.name.clone(), t.dims.clone());
+            }
+        }
+    }
+    w.g.value_info.retain_mut(|v| {
+        if let Some(dims) = weight_dims.get(&v.name) {
+            let Some(T::TensorType(tt)) = v.type_.as_mut().and_then(|t| t.value.as_mut()) else { return false };
+            let Some(shape) = tt.shape.as_mut() else { return true };
+            if shape.dim.len() != dims.len() {
+                return false;
+            }
+            for (d, &n) in shape.dim.iter_mut().zip(dims) {
+                d.value = Some(D::DimValue(n));
+            }
+            return true;
+        }
         let Some(t) = an.tracks.get(&v.name) else { return true };
         let kept = kept_count(an, plan, &t.units);
         if kept == t.units.len() as i64 {

@@ -1578,7 +1578,10 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         // weight only as a producer would otherwise see its input channels shrink).
         let slices: Vec<WeightSlice> = self.st.slices.values().cloned().collect();
         for s in &slices {
-            let other = ix.consumers_of(&s.weight).iter().find(|u| !s.users.contains(u)).copied();
+            // Shape-only aliases of the weight (Identity, Reshape of a constant) get their own copy
+            // when the weight changes (see the rewrite), so they are not foreign uses.
+            let is_alias = |ni: usize| self.ctx.g.node[ni].output.first().and_then(|o| self.ctx.consts.get(o)).is_some_and(|c| c.alias_node == Some(ni));
+            let other = ix.consumers_of(&s.weight).iter().find(|u| !s.users.contains(u) && !is_alias(u.0)).copied();
             if let Some((ni, _)) = other {
                 let n = &self.ctx.g.node[ni];
                 let r = format!("weight '{}' is also used by {} node '{}', which this group does not rewrite", s.weight, n.op_type, node_label(n));
