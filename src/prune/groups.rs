@@ -471,9 +471,7 @@ impl<'a> Ctx<'a> {
                     }
                     r0
                 }
-                "Where" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "Equal" | "Less"
-                | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Mod" | "PRelu"
-                | "BitShift" => {
+                op if is_elementwise_op(op) => {
                     let rs: Option<Vec<usize>> = n.input.iter().filter(|s| !s.is_empty()).map(|s| self.rank(s)).collect();
                     rs.and_then(|v| v.into_iter().max())
                 }
@@ -490,6 +488,13 @@ impl<'a> Ctx<'a> {
                     }
                 }
             };
+            // Element-wise ops on shape vectors keep their length (Where/Equal/Mul on [k] vectors).
+            if out == Some(1) && n.output.len() == 1 && is_elementwise_op(&n.op_type) {
+                let len_of = |s: &str| self.dims(s).map(|d| d.iter().product::<usize>()).or_else(|| lens.get(s).copied());
+                if let Some(l) = n.input.iter().filter(|s| !s.is_empty()).filter_map(|s| len_of(s)).max() {
+                    lens.insert(n.output[0].clone(), l);
+                }
+            }
             if let Some(r) = out {
                 for (k, o) in n.output.iter().enumerate() {
                     if o.is_empty() || self.ranks.contains_key(o) {
@@ -504,6 +509,15 @@ impl<'a> Ctx<'a> {
             }
         }
     }
+}
+
+/// Broadcasting element-wise ops (for rank inference only).
+fn is_elementwise_op(op: &str) -> bool {
+    matches!(
+        op,
+        "Where" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "Equal" | "Less" | "Greater"
+            | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Mod" | "PRelu" | "BitShift"
+    )
 }
 
 fn norm_bound(v: i64, r: usize) -> usize {
