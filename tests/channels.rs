@@ -204,20 +204,114 @@ fn snapshot(name: &str, dense: &ModelProto, o: &Outcome) {
     });
 }
 
+/// Look up a weight (initializer or Constant) of a model by name.
+fn weight<'a>(m: &'a ModelProto, name: &str) -> &'a TensorProto {
+    let g = m.graph.as_ref().unwrap();
+    let ix = GraphIndex::build(g).unwrap();
+    ix.weight(g, name).unwrap_or_else(|| panic!("weight '{name}' not found"))
+}
+
+fn node<'a>(m: &'a ModelProto, name: &str) -> &'a NodeProto {
+    m.graph.as_ref().unwrap().node.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("node '{name}' not found"))
+}
+
+fn group<'a>(r: &'a StructuralResult, id: &str) -> &'a GroupReport {
+    r.groups.iter().find(|g| g.id == id).unwrap_or_else(|| panic!("no group '{id}' in\n{}", summary(&r.groups)))
+}
+
+fn run_digits(model: &str, x: &str) -> (ModelProto, Outcome) {
+    let (dense, npys, inputs) = digits(model, x);
+    let o = prune_and_prove(&dense, &StructOptions::default(), &npys, &inputs);
+    snapshot(model.trim_end_matches(".onnx"), &dense, &o);
+    (dense, o)
+}
+
 #[test]
-fn explore_all() {
-    let opts = StructOptions::default();
-    for (m, x) in [
-        ("digits_cnn.onnx", "digits_test_x1x8x8.npy"),
-        ("digits_cnn_flatten.onnx", "digits_test_x1x8x8.npy"),
-        ("digits_mlp.onnx", "digits_test_x64.npy"),
-        ("yolo_block.onnx", "digits_test_x1x8x8.npy"),
-        ("digits_transformer.onnx", "digits_test_x8x8.npy"),
-    ] {
-        let (dense, npys, inputs) = digits(m, x);
-        let o = prune_and_prove(&dense, &opts, &npys, &inputs);
-        eprintln!("== {m}: params {:?} ort {:?} tract {:?}\n{}\n{}", o.params, o.ort, o.tract, summary(&o.result.groups), graph_diff(&dense, &o.result.pruned));
+fn digits_cnn_bn_residual_depthwise_concat() {
+    let (_, o) = run_digits("digits_cnn.onnx", "digits_test_x1x8x8.npy");
+    let p = &o.result.pruned;
+    // residual: stem, res.b and the depthwise conv are one group
+    let stem = group(&o.result, "/stem/stem.0/Conv");
+    assert!(stem.members.contains(&"/res/b/b.0/Conv".to_string()) && stem.members.contains(&"/dw/dw.0/Conv".to_string()));
+    assert_eq!(weight(p, "stem.0.weight").dims[0], weight(p, "res.b.0.weight").dims[0]);
+    // depthwise: group attribute = channels kept, = pointwise conv's input channels
+    let dw = weight(p, "dw.0.weight").dims[0];
+    assert_eq!(graph::attr_i(node(p, "/dw/dw.0/Conv"), "group"), Some(dw));
+    assert_eq!(weight(p, "pw.0.weight").dims[1], dw);
+    // concat offsets: fc in-features = br1 kept + br2 kept
+    assert_eq!(weight(p, "fc.weight").dims[1], weight(p, "br1.weight").dims[0] + weight(p, "br2.weight").dims[0]);
+    // BN → ReLU → zero-padded 3x3 conv: units whose relu(beta') ≠ 0 cannot be folded, they stay
+    assert!(stem.notes.iter().any(|n| n.contains("zero-padded Conv")), "{:?}", stem.notes);
+    assert!(o.params.1 < o.params.0);
+    assert!(group(&o.result, "/fc/Gemm").blocked.as_deref().unwrap().contains("graph output 'logits'"));
+}
+
+#[test]
+fn digits_cnn_flatten_into_gemm() {
+    let (_, o) = run_digits("digits_cnn_flatten.onnx", "digits_test_x1x8x8.npy");
+    let p = &o.result.pruned;
+    let c2 = weight(p, "c2.0.weight").dims[0];
+    assert!(c2 < 16);
+    // channel c ↦ features c·16 … c·16+15 after the 4x4 MaxPool + Flatten
+    assert_eq!(weight(p, "fc1.weight").dims[1], c2 * 16);
+}
+
+#[test]
+fn digits_mlp_hidden_units() {
+    let (_, o) = run_digits("digits_mlp.onnx", "digits_test_x64.npy");
+    let p = &o.result.pruned;
+    assert_eq!(weight(p, "fc2.weight").dims[1], weight(p, "fc1.weight").dims[0]);
+    assert_eq!(weight(p, "fc3.weight").dims[1], weight(p, "fc2.weight").dims[0]);
+    assert!(o.params.1 < o.params.0);
+}
+
+#[test]
+fn yolo_block_split_concat_silu_resize() {
+    let (_, o) = run_digits("yolo_block.onnx", "digits_test_x1x8x8.npy");
+    let p = &o.result.pruned;
+    // Split sizes (from a Constant node) rewritten: they add up to cv1's kept channels
+    let sizes = tensor::read_i64(weight(p, "/c2f/Constant_output_0")).unwrap();
+    assert_eq!(sizes.iter().sum::<i64>(), weight(p, "c2f.cv1.conv.weight").dims[0]);
+    // Concat[half1, half2, m2] feeds cv2
+    assert_eq!(weight(p, "c2f.cv2.conv.weight").dims[1], weight(p, "c2f.cv1.conv.weight").dims[0] + weight(p, "c2f.m2.conv.weight").dims[0]);
+    assert_eq!(weight(p, "c2f.m1.conv.weight").dims[1], sizes[1]);
+    // Resize passes channels; Concat[up(down), cv2] feeds fuse
+    assert_eq!(weight(p, "fuse.conv.weight").dims[1], weight(p, "down.conv.weight").dims[0] + weight(p, "c2f.cv2.conv.weight").dims[0]);
+    assert!(o.params.1 < o.params.0);
+}
+
+#[test]
+fn digits_transformer_ffn_hidden_units() {
+    let (_, o) = run_digits("digits_transformer.onnx", "digits_test_x8x8.npy");
+    let ffn: Vec<&GroupReport> = o.result.groups.iter().filter(|g| g.id.ends_with("ff1/MatMul")).collect();
+    assert_eq!(ffn.len(), 2);
+    for g in ffn {
+        assert!(g.blocked.is_none(), "{g:?}");
+        assert!(g.members.iter().any(|m| m.ends_with("/Erf")), "Erf-GELU is inside the group: {:?}", g.members);
     }
+    // the residual stream and the attention projections are left alone, with a reason
+    assert!(o.result.groups.iter().filter(|g| !g.id.ends_with("ff1/MatMul")).all(|g| g.blocked.is_some()));
+}
+
+#[test]
+fn digits_lstm_is_a_barrier() {
+    let (dense, npys, inputs) = digits("digits_lstm.onnx", "digits_test_x8x8.npy");
+    let o = prune_and_prove(&dense, &StructOptions::default(), &npys, &inputs);
+    assert!(o.result.groups.iter().all(|g| g.blocked.is_some()), "{}", summary(&o.result.groups));
+    assert_eq!(o.params.0, o.params.1);
+}
+
+#[test]
+fn global_scope_and_rounding() {
+    let (dense, npys, inputs) = digits("yolo_block.onnx", "digits_test_x1x8x8.npy");
+    let opts = StructOptions { scope: StructScope::Global, round_to: 4, beta: 0.9, ..Default::default() };
+    let o = prune_and_prove(&dense, &opts, &npys, &inputs);
+    for g in o.result.groups.iter().filter(|g| g.blocked.is_none()) {
+        assert!(g.kept >= 1 && (g.kept % 4 == 0 || g.kept == g.n), "{g:?}");
+        assert!(g.notes.iter().any(|n| n.contains("global EMP")));
+    }
+    let o1 = prune_and_prove(&dense, &StructOptions { criterion: onnx_emp::prune::Criterion::L1, ..Default::default() }, &npys, &inputs);
+    assert!(o1.params.1 < o1.params.0);
 }
 
 // ---------------------------------------------------------------------------------------------
