@@ -383,3 +383,584 @@ fn real_models() {
     }
     eprintln!("{}", table.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hard cases of docs/structural.md on small hand-built models
+
+fn attr_i(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = protobuf::EnumOrUnknown::from_i32(2);
+    a.i = v;
+    a
+}
+
+fn attr_f(name: &str, v: f32) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = protobuf::EnumOrUnknown::from_i32(1);
+    a.f = v;
+    a
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = protobuf::EnumOrUnknown::from_i32(7);
+    a.ints = v.to_vec();
+    a
+}
+
+fn attr_g(name: &str, g: GraphProto) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = protobuf::EnumOrUnknown::from_i32(5);
+    a.g = Some(g).into();
+    a
+}
+
+fn nd(op: &str, name: &str, ins: &[&str], outs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = name.into();
+    n.input = ins.iter().map(|s| s.to_string()).collect();
+    n.output = outs.iter().map(|s| s.to_string()).collect();
+    n.attribute = attrs;
+    n
+}
+
+/// A float value_info of the given rank, every dim unknown.
+fn vi_rank(name: &str, rank: usize) -> ValueInfoProto {
+    let mut v = vi(name, Some(&vec![0; rank]));
+    use onnx_protobuf::type_proto::Value as T;
+    if let Some(T::TensorType(t)) = v.type_.as_mut().and_then(|t| t.value.as_mut()) {
+        t.shape.as_mut().unwrap().dim.iter_mut().for_each(|d| d.value = None);
+    }
+    v
+}
+
+fn set_out_rank(m: &mut ModelProto, rank: usize) {
+    let g = m.graph.as_mut().unwrap();
+    g.output = g.output.iter().map(|o| vi_rank(&o.name, rank)).collect();
+}
+
+/// A float tensor value_info; `dims` None = no shape.
+fn vi(name: &str, dims: Option<&[i64]>) -> ValueInfoProto {
+    use onnx_protobuf::tensor_shape_proto::{dimension::Value as D, Dimension};
+    use onnx_protobuf::type_proto::{Tensor as TT, Value as T};
+    let mut tt = TT::new();
+    tt.elem_type = 1;
+    if let Some(d) = dims {
+        let mut s = onnx_protobuf::TensorShapeProto::new();
+        for &v in d {
+            let mut dim = Dimension::new();
+            dim.value = Some(D::DimValue(v));
+            s.dim.push(dim);
+        }
+        tt.shape = Some(s).into();
+    }
+    let mut tp = onnx_protobuf::TypeProto::new();
+    tp.value = Some(T::TensorType(tt));
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = Some(tp).into();
+    v
+}
+
+fn mk_model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, x: &[i64], outputs: &[&str]) -> ModelProto {
+    let mut g = GraphProto::new();
+    g.name = "test".into();
+    g.node = nodes;
+    g.initializer = inits;
+    g.input = vec![vi("x", Some(x))];
+    g.output = outputs.iter().map(|o| vi_rank(o, x.len())).collect();
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    let mut op = OperatorSetIdProto::new();
+    op.version = 17;
+    m.opset_import = vec![op];
+    m.graph = Some(g).into();
+    m
+}
+
+/// Weight [out, rest...]: output row c = scale[c] · (1 + 0.2·noise), so channel norms follow
+/// `scale` closely while every entry differs (index mistakes change the function).
+fn w(name: &str, dims: &[i64], scale: &[f32], seed: u64) -> TensorProto {
+    let n: usize = dims.iter().product::<i64>() as usize;
+    let per = n / dims[0] as usize;
+    let r = randn(n, seed);
+    let v: Vec<f32> = (0..n).map(|i| scale[i / per] * (1.0 + 0.2 * r[i])).collect();
+    tensor::new_f32(name, dims, &v)
+}
+
+fn ones(k: usize) -> Vec<f32> {
+    vec![1.0; k]
+}
+
+fn x_input(x: &[i64]) -> Vec<Input> {
+    let n: usize = x.iter().product::<i64>() as usize;
+    vec![Input::F32(x.iter().map(|&d| d as usize).collect(), randn(n, 99))]
+}
+
+fn prove(m: &ModelProto, x: &[i64], opts: &StructOptions) -> Outcome {
+    prune_and_prove(m, opts, &[], &x_input(x))
+}
+
+/// Relative difference dense vs pruned (how much compensation matters).
+fn dense_vs_pruned(o: &Outcome, x: &[i64]) -> f64 {
+    let inp = x_input(x);
+    rel_err(&tract_run(&o.saved.pruned, &inp).unwrap(), &tract_run(&o.saved.dense, &inp).unwrap())
+}
+
+const X4: [i64; 4] = [1, 3, 5, 5];
+
+#[test]
+fn residual_chain_reaching_output_is_not_pruned() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "B", &["ra", "wb"], &["b"], vec![]),
+            nd("Add", "add", &["b", "ra"], &["y"], vec![]),
+        ],
+        vec![w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 1), w("wb", &[6, 6, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 2)],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    let g = group(&o.result, "A");
+    assert_eq!(g.members, vec!["A", "r", "B", "add"]);
+    assert!(g.blocked.as_deref().unwrap().contains("graph output 'y'"), "{g:?}");
+    assert_eq!(o.params.0, o.params.1);
+}
+
+#[test]
+fn concat_offsets_select_the_right_columns() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "ra", &["a"], &["a2"], vec![]),
+            nd("Conv", "B", &["x", "wb"], &["b"], vec![]),
+            nd("Relu", "rb", &["b"], &["b2"], vec![]),
+            nd("Concat", "cat", &["a2", "b2"], &["c"], vec![attr_i("axis", 1)]),
+            nd("Conv", "C", &["c", "wc", "bc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 1),
+            w("wb", &[5, 3, 1, 1], &[0.01, 1., 1., 1., 1.], 2),
+            w("wc", &[2, 11, 1, 1], &ones(2), 3),
+            tensor::new_f32("bc", &[2], &[0.1, -0.2]),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions { beta: 1.05, ..Default::default() });
+    let dense_c = tensor::read_f32(weight(&m, "wc")).unwrap();
+    let pruned_c = tensor::read_f32(weight(&o.result.pruned, "wc")).unwrap();
+    // A keeps 0,2,3,5; B keeps 1,2,3,4 → columns 0,2,3,5 and 6+1..6+4 of C
+    let cols = [0usize, 2, 3, 5, 7, 8, 9, 10];
+    let expect: Vec<f32> = (0..2).flat_map(|o| cols.iter().map(move |&c| (o, c))).map(|(o, c)| dense_c[o * 11 + c]).collect();
+    assert_eq!(pruned_c, expect);
+}
+
+#[test]
+fn split_sizes_and_equal_split_become_explicit() {
+    let mk = |sizes: Option<&str>| {
+        let mut split_in = vec!["h"];
+        if let Some(s) = sizes {
+            split_in.push(s);
+        }
+        let mut inits = vec![
+            w("w0", &[8, 3, 1, 1], &[1., 0.01, 0.01, 1., 1., 1., 0.01, 1.], 1),
+            w("wl", &[2, 4, 3, 3], &ones(2), 2),
+            w("wr", &[2, 4, 1, 1], &ones(2), 3),
+        ];
+        if sizes.is_some() {
+            let mut t = TensorProto::new();
+            t.name = "sizes".into();
+            t.data_type = 7;
+            t.dims = vec![2];
+            t.int64_data = vec![4, 4];
+            inits.push(t);
+        }
+        mk_model(
+            vec![
+                nd("Conv", "head", &["x", "w0"], &["h0"], vec![]),
+                nd("Sigmoid", "sig", &["h0"], &["s"], vec![]),
+                nd("Mul", "silu", &["h0", "s"], &["h"], vec![]),
+                nd("Split", "split", &split_in, &["l", "r"], vec![attr_i("axis", 1)]),
+                nd("Conv", "L", &["l", "wl"], &["lo"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
+                nd("Conv", "R", &["r", "wr"], &["ro"], vec![]),
+                nd("Add", "add", &["lo", "ro"], &["y"], vec![]),
+            ],
+            inits,
+            &X4,
+            &["y"],
+        )
+    };
+    for sizes in [Some("sizes"), None] {
+        let m = mk(sizes);
+        let o = prove(&m, &X4, &StructOptions::default());
+        let p = &o.result.pruned;
+        let split = node(p, "split");
+        let s = tensor::read_i64(weight(p, &split.input[1])).unwrap();
+        assert_eq!(s, vec![2, 3], "removed channels 1, 2 | 6 → parts of 2 and 3");
+        assert_eq!(weight(p, "wl").dims[1], 2);
+        assert_eq!(weight(p, "wr").dims[1], 3);
+    }
+}
+
+#[test]
+fn slice_bounds_on_the_channel_axis() {
+    let mut starts = TensorProto::new();
+    starts.name = "starts".into();
+    starts.data_type = 7;
+    starts.dims = vec![1];
+    starts.int64_data = vec![2];
+    let mut ends = starts.clone();
+    ends.name = "ends".into();
+    ends.int64_data = vec![7];
+    let mut axes = starts.clone();
+    axes.name = "axes".into();
+    axes.int64_data = vec![1];
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Slice", "slice", &["a", "starts", "ends", "axes"], &["s"], vec![]),
+            nd("Conv", "B", &["s", "wb"], &["y"], vec![]),
+        ],
+        vec![w("wa", &[8, 3, 1, 1], &[0.01, 1., 1., 1., 0.01, 1., 1., 1.], 1), w("wb", &[2, 5, 1, 1], &ones(2), 2), starts, ends, axes],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    let p = &o.result.pruned;
+    assert_eq!(weight(p, "wa").dims[0], 6);
+    assert_eq!(tensor::read_i64(weight(p, "starts")).unwrap(), vec![1]);
+    assert_eq!(tensor::read_i64(weight(p, "ends")).unwrap(), vec![5]);
+    assert_eq!(weight(p, "wb").dims[1], 4);
+}
+
+#[test]
+fn depthwise_with_multiplier_and_single_channel_convs() {
+    let x: [i64; 4] = [1, 1, 6, 6];
+    let m = mk_model(
+        vec![
+            // weight [4,1,3,3] with group 1 on a 1-channel input: a plain conv, not depthwise
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            // depthwise, channel multiplier 2: output 2c, 2c+1 read input c
+            nd("Conv", "DW", &["ra", "wd", "bd"], &["d"], vec![attr_i("group", 4), attr_ints("pads", &[1, 1, 1, 1])]),
+            nd("Relu", "r2", &["d"], &["rd"], vec![]),
+            // one output channel
+            nd("Conv", "C", &["rd", "wc"], &["c"], vec![]),
+            nd("Relu", "r3", &["c"], &["rc"], vec![]),
+            nd("Conv", "E", &["rc", "we"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[4, 1, 3, 3], &[1., 1., 0.01, 1.], 1),
+            w("wd", &[8, 1, 3, 3], &ones(8), 2),
+            tensor::new_f32("bd", &[8], &[0.; 8]),
+            w("wc", &[1, 8, 1, 1], &ones(1), 3),
+            w("we", &[3, 1, 1, 1], &ones(3), 4),
+        ],
+        &x,
+        &["y"],
+    );
+    let o = prove(&m, &x, &StructOptions::default());
+    let p = &o.result.pruned;
+    let g = group(&o.result, "A");
+    assert!(g.members.contains(&"DW".to_string()), "depthwise couples its input and output: {g:?}");
+    assert_eq!(weight(p, "wa").dims, vec![3, 1, 3, 3]);
+    assert_eq!(weight(p, "wd").dims, vec![6, 1, 3, 3]);
+    assert_eq!(graph::attr_i(node(p, "DW"), "group"), Some(3));
+    assert_eq!(weight(p, "wc").dims, vec![1, 6, 1, 1]);
+    assert_eq!(group(&o.result, "C").n, 1);
+}
+
+#[test]
+fn reshape_into_gemm_rewrites_the_target() {
+    let x: [i64; 4] = [2, 3, 4, 4];
+    let mut target = TensorProto::new();
+    target.name = "target".into();
+    target.data_type = 7;
+    target.dims = vec![2];
+    target.int64_data = vec![-1, 64];
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Reshape", "flat", &["ra", "target"], &["f"], vec![]),
+            nd("Gemm", "fc", &["f", "wf", "bf"], &["y"], vec![attr_i("transB", 1)]),
+        ],
+        vec![w("wa", &[4, 3, 1, 1], &[1., 0.01, 1., 1.], 1), w("wf", &[3, 64], &ones(3), 2), tensor::new_f32("bf", &[3], &[0.; 3]), target],
+        &x,
+        &["y"],
+    );
+    let mut m = m;
+    set_out_rank(&mut m, 2);
+    let o = prove(&m, &x, &StructOptions::default());
+    let p = &o.result.pruned;
+    assert_eq!(tensor::read_i64(weight(p, "target")).unwrap(), vec![-1, 48]);
+    assert_eq!(weight(p, "wf").dims, vec![3, 48]);
+}
+
+/// x → Conv A (no bias) → BN (large positive shift) → Relu → consumer C.
+fn bn_model(consumer_pads: bool) -> ModelProto {
+    let c = 6;
+    let pads = if consumer_pads { vec![attr_ints("pads", &[1, 1, 1, 1])] } else { vec![] };
+    let kc = if consumer_pads { 3 } else { 1 };
+    mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("BatchNormalization", "bn", &["a", "g", "b", "mu", "var"], &["n"], vec![attr_f("epsilon", 1e-5)]),
+            nd("Relu", "r", &["n"], &["rn"], vec![]),
+            nd("Conv", "C", &["rn", "wc"], &["y"], pads),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 0.01, 1., 1.], 1),
+            tensor::new_f32("g", &[c], &[1.0, 2.0, 0.5, 1.5, 1.0, 1.0]),
+            tensor::new_f32("b", &[c], &[0.5, 0.8, -0.3, 0.6, 0.2, 0.1]),
+            tensor::new_f32("mu", &[c], &[0.1, -0.2, 0.0, 0.3, 0.0, 0.1]),
+            tensor::new_f32("var", &[c], &[1.0, 0.5, 2.0, 1.0, 1.0, 1.0]),
+            w("wc", &[2, 6, kc, kc], &ones(2), 2),
+        ],
+        &X4,
+        &["y"],
+    )
+}
+
+#[test]
+fn bn_shift_of_removed_channels_is_folded_into_the_next_bias() {
+    let m = bn_model(false);
+    let o = prove(&m, &X4, &StructOptions::default());
+    let g = group(&o.result, "A");
+    assert_eq!(g.kept, 4);
+    assert!(g.notes.iter().any(|n| n.contains("folded into the bias of 'C'")), "{:?}", g.notes);
+    let c = node(&o.result.pruned, "C");
+    assert_eq!(c.input.len(), 3, "a bias was created for C");
+    // The removed channels had tiny weights: with the constant folded, the pruned model stays
+    // close to the dense one (without it the error would be ~ relu(beta') · ΣW).
+    let d = dense_vs_pruned(&o, &X4);
+    assert!(d < 0.05, "dense vs pruned {d}");
+}
+
+#[test]
+fn bn_shift_into_a_zero_padded_conv_keeps_the_units() {
+    let m = bn_model(true);
+    let o = prove(&m, &X4, &StructOptions::default());
+    let g = group(&o.result, "A");
+    // channels 1 and 3 emit relu(beta') > 0 into a zero-padded conv: not foldable, kept
+    assert_eq!(g.kept, g.n);
+    assert!(g.notes.iter().any(|n| n.contains("zero-padded Conv 'C'")), "{:?}", g.notes);
+}
+
+#[test]
+fn sigmoid_and_hardsigmoid_half_is_compensated() {
+    let x2: [i64; 2] = [3, 4];
+    let m = {
+        let mut m = mk_model(
+            vec![
+                nd("Gemm", "A", &["x", "wa", "ba"], &["a"], vec![attr_i("transB", 1)]),
+                nd("Sigmoid", "sig", &["a"], &["s"], vec![]),
+                nd("Gemm", "B", &["s", "wb", "bb"], &["y"], vec![attr_i("transB", 1)]),
+            ],
+            vec![
+                w("wa", &[6, 4], &[1., 1., 0.01, 1., 1., 0.01], 1),
+                tensor::new_f32("ba", &[6], &[0.1, 0.0, 0.0, -0.1, 0.2, 0.0]),
+                w("wb", &[3, 6], &ones(3), 2),
+                tensor::new_f32("bb", &[3], &[0.0; 3]),
+            ],
+            &x2,
+            &["y"],
+        );
+        m.graph.as_mut().unwrap().input = vec![vi("x", Some(&x2))];
+        m
+    };
+    let o = prove(&m, &x2, &StructOptions::default());
+    let g = group(&o.result, "A");
+    assert_eq!(g.kept, 4);
+    assert!(g.notes.iter().any(|n| n.contains("bias of 'B'")), "{:?}", g.notes);
+    assert!(dense_vs_pruned(&o, &x2) < 0.05);
+
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("HardSigmoid", "hs", &["a"], &["h"], vec![attr_f("alpha", 0.2), attr_f("beta", 0.5)]),
+            nd("Conv", "B", &["h", "wb", "bb"], &["y"], vec![]),
+        ],
+        vec![w("wa", &[6, 3, 1, 1], &[1., 1., 0.01, 1., 1., 0.01], 1), w("wb", &[2, 6, 1, 1], &ones(2), 2), tensor::new_f32("bb", &[2], &[0.3, -0.3])],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    assert!(group(&o.result, "A").notes.iter().any(|n| n.contains("bias of 'B'")));
+    assert_ne!(tensor::read_f32(weight(&o.result.pruned, "bb")).unwrap(), vec![0.3, -0.3], "0.5 · ΣW folded in");
+    assert!(dense_vs_pruned(&o, &X4) < 0.05);
+}
+
+#[test]
+fn shared_initializers() {
+    // one bias initializer used by two convs: their channels are tied into one group
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "b"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "B", &["ra", "wb", "b"], &["bo"], vec![]),
+            nd("Relu", "r2", &["bo"], &["rb"], vec![]),
+            nd("Conv", "C", &["rb", "wc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 1.], 1),
+            w("wb", &[6, 6, 1, 1], &[1., 1., 1., 0.01, 1., 1.], 2),
+            tensor::new_f32("b", &[6], &[0.0; 6]),
+            w("wc", &[2, 6, 1, 1], &ones(2), 3),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    let g = group(&o.result, "A");
+    assert!(g.members.contains(&"B".to_string()) && g.blocked.is_none(), "{g:?}");
+    let p = &o.result.pruned;
+    assert_eq!(weight(p, "wa").dims[0], weight(p, "wb").dims[0]);
+    assert_eq!(weight(p, "b").dims[0], weight(p, "wa").dims[0]);
+
+    // one weight used by a conv on the graph input and by a conv on a pruned tensor: slicing its
+    // input axis would break the first conv, so the group is blocked
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "w"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "B", &["ra", "w"], &["y"], vec![]),
+        ],
+        vec![w("w", &[3, 3, 1, 1], &[1., 0.01, 1.], 1)],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    let g = group(&o.result, "A");
+    assert!(g.blocked.as_deref().unwrap().contains("weight 'w' is also used by Conv node 'A'"), "{g:?}");
+    assert_eq!(o.params.0, o.params.1);
+}
+
+fn const_node(out: &str, t: TensorProto) -> NodeProto {
+    let mut a = AttributeProto::new();
+    a.name = "value".into();
+    a.type_ = protobuf::EnumOrUnknown::from_i32(4);
+    a.t = Some(t).into();
+    nd("Constant", &format!("const_{out}"), &[], &[out], vec![a])
+}
+
+#[test]
+fn constant_node_weights_and_reshaped_bias() {
+    // Paddle style: weights in Constant nodes, the bias Reshape'd to [1, C, 1, 1] and Added
+    let mut shape = TensorProto::new();
+    shape.data_type = 7;
+    shape.dims = vec![4];
+    shape.int64_data = vec![1, -1, 1, 1];
+    let m = mk_model(
+        vec![
+            const_node("wa", w("", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.01], 1)),
+            const_node("ba", tensor::new_f32("", &[6], &[0.5, 0.4, 0.3, 0.2, 0.1, 0.6])),
+            const_node("shape", shape),
+            const_node("wb", w("", &[2, 6, 1, 1], &ones(2), 2)),
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Reshape", "rb", &["ba", "shape"], &["ba4"], vec![]),
+            nd("Add", "add", &["a", "ba4"], &["ab"], vec![]),
+            nd("Relu", "r", &["ab"], &["ra"], vec![]),
+            nd("Conv", "B", &["ra", "wb"], &["y"], vec![]),
+        ],
+        vec![],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    let p = &o.result.pruned;
+    assert_eq!(weight(p, "wa").dims, vec![4, 3, 1, 1]);
+    assert!(p.graph.as_ref().unwrap().node.iter().any(|n| n.op_type == "Constant" && n.output[0] == "wa"), "edited in place");
+    assert_eq!(weight(p, "ba4").dims, vec![1, 4, 1, 1], "the reshaped bias got its own sliced copy");
+    assert!(group(&o.result, "A").notes.iter().any(|n| n.contains("bias of 'B'")), "relu(bias) of removed channels folded");
+    assert!(dense_vs_pruned(&o, &X4) < 0.05);
+}
+
+#[test]
+fn unknown_ops_and_subgraph_captures_are_barriers() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            {
+                let mut n = nd("Foo", "foo", &["ra"], &["y"], vec![]);
+                n.domain = "com.example".into();
+                n
+            },
+        ],
+        vec![w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.01], 1)],
+        &X4,
+        &["y"],
+    );
+    let r = prune_channels(&m, &StructOptions::default()).unwrap();
+    assert_eq!(r.groups[0].blocked.as_deref(), Some("blocked by com.example:Foo node 'foo'"));
+    assert_eq!(params(&r.pruned), params(&m));
+
+    // an If branch reads 'ra' from the outer scope
+    let mut branch = GraphProto::new();
+    branch.name = "then".into();
+    branch.node = vec![nd("Identity", "id", &["ra"], &["t"], vec![])];
+    branch.output = vec![vi("t", None)];
+    let mut cond = TensorProto::new();
+    cond.name = "cond".into();
+    cond.data_type = 9;
+    cond.dims = vec![];
+    cond.raw_data = vec![1];
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("If", "if", &["cond"], &["y"], vec![attr_g("then_branch", branch.clone()), attr_g("else_branch", branch)]),
+        ],
+        vec![w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.01], 1), cond],
+        &X4,
+        &["y"],
+    );
+    let r = prune_channels(&m, &StructOptions::default()).unwrap();
+    assert!(r.groups[0].blocked.as_deref().unwrap().contains("'ra' is read inside a subgraph"), "{:?}", r.groups);
+}
+
+#[test]
+fn lstm_is_a_reported_barrier() {
+    let x: [i64; 3] = [3, 1, 4];
+    let m = mk_model(
+        vec![
+            nd("MatMul", "proj", &["x", "wp"], &["p"], vec![]),
+            nd("Relu", "r", &["p"], &["rp"], vec![]),
+            nd("LSTM", "lstm", &["rp", "W", "R"], &["y"], vec![attr_i("hidden_size", 5)]),
+        ],
+        vec![w("wp", &[4, 6], &[1., 1., 1., 0.01], 1), w("W", &[1, 20, 6], &[1.], 2), w("R", &[1, 20, 5], &[1.], 3)],
+        &x,
+        &["y"],
+    );
+    let mut m = m;
+    set_out_rank(&mut m, 4);
+    let o = prove(&m, &x, &StructOptions::default());
+    assert_eq!(group(&o.result, "proj").blocked.as_deref(), Some("blocked by LSTM node 'lstm'"));
+    assert_eq!(o.params.0, o.params.1);
+}
+
+#[test]
+fn non_finite_weights_are_an_error_naming_the_tensor() {
+    let mut wa = w("wa", &[4, 3, 1, 1], &ones(4), 1);
+    let mut v = tensor::read_f32(&wa).unwrap();
+    v[5] = f32::NAN;
+    wa = tensor::new_f32("wa", &[4, 3, 1, 1], &v);
+    let m = mk_model(
+        vec![nd("Conv", "A", &["x", "wa"], &["a"], vec![]), nd("Relu", "r", &["a"], &["ra"], vec![]), nd("Conv", "B", &["ra", "wb"], &["y"], vec![])],
+        vec![wa, w("wb", &[2, 4, 1, 1], &ones(2), 2)],
+        &X4,
+        &["y"],
+    );
+    let e = prune_channels(&m, &StructOptions::default()).err().expect("NaN must be an error");
+    assert!(format!("{e:#}").contains("'wa'"), "{e:#}");
+    assert!(prune_channels(&m, &StructOptions { beta: 0.0, ..Default::default() }).is_err());
+}
