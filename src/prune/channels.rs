@@ -307,7 +307,7 @@ fn report(ctx: &Ctx, an: &Analysis, plan: &Plan, g: &Group, n_eff: f64, mut note
     if g.blocked.is_empty() && !pinned.is_empty() {
         notes.push(format!("{} unit(s) kept because {}", pinned.len(), pinned[0]));
     }
-    if g.blocked.is_empty() && opts.round_to > 1 && kept_idx.len() % opts.round_to != 0 && kept_idx.len() != n {
+    if g.blocked.is_empty() && opts.round_to > 1 && !kept_idx.len().is_multiple_of(opts.round_to) && kept_idx.len() != n {
         notes.push(format!("kept count {} is not a multiple of {} (pinned units)", kept_idx.len(), opts.round_to));
     }
     for c in &an.consumers {
@@ -608,10 +608,12 @@ fn apply_fold(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work, f: &Fold, mod
     let wdtype = ctx.base_tensor(&f.weight).map(|t| t.data_type).unwrap_or(dt::FLOAT);
     if mode == Mode::Masked {
         // The folded constant now comes from the bias: stop it flowing through the weight.
-        let dims = ctx.dims(&f.weight).unwrap_or_default().to_vec();
-        let mut keep = vec![true; dims[f.axis]];
+        let n = ctx.dims(&f.weight).and_then(|d| d.get(f.axis)).copied().context("consumer weight dims")?;
+        let mut keep = vec![true; n];
         for &p in &f.folded {
-            keep[p] = false;
+            if let Some(k) = keep.get_mut(p) {
+                *k = false;
+            }
         }
         zero_positions(w.tensor(&f.weight)?, f.axis, &keep)?;
     }

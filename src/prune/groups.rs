@@ -543,7 +543,7 @@ pub fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> Option<
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return None;
         }
         out[i] = total / known;
@@ -560,7 +560,7 @@ fn unsqueeze_dims(input: &[usize], axes: &[i64]) -> Option<Vec<usize>> {
         return None;
     }
     let mut it = input.iter();
-    Some((0..r).map(|i| if ax.contains(&i) { Some(1) } else { it.next().copied() }).collect::<Option<Vec<_>>>()?)
+    (0..r).map(|i| if ax.contains(&i) { Some(1) } else { it.next().copied() }).collect::<Option<Vec<_>>>()
 }
 
 /// Run the analysis on the top-level graph.
@@ -1416,7 +1416,10 @@ impl<'c, 'a> Analyzer<'c, 'a> {
     /// Channel c of `x` becomes features c·inner … (c+1)·inner − 1 of `out` (axis `x.axis`).
     fn merge_trailing(&mut self, ni: usize, n: &NodeProto, x: &Track, explicit: Option<usize>) -> Option<Track> {
         let c = x.units.len();
-        let declared = inp(n, 0).and_then(|s| self.ctx.shapes.get(s)).and_then(|d| d[x.axis + 1..].iter().copied().product::<Option<usize>>());
+        let declared = inp(n, 0)
+            .and_then(|s| self.ctx.shapes.get(s))
+            .filter(|d| d.len() == x.rank)
+            .and_then(|d| d[x.axis + 1..].iter().copied().product::<Option<usize>>());
         let total = explicit.or_else(|| declared.map(|i| i * c)).or_else(|| self.features_downstream(&n.output[0], 0));
         let inner = total.filter(|&f| c > 0 && f % c == 0 && f > 0).map(|f| f / c);
         let Some(inner) = inner else {
@@ -1453,7 +1456,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         };
         let t = x.axis;
         let c = x.units.len() as i64;
-        let declared = inp(n, 0).and_then(|s| self.ctx.shapes.get(s)).cloned();
+        let declared = inp(n, 0).and_then(|s| self.ctx.shapes.get(s)).filter(|d| d.len() == x.rank).cloned();
         // Leading dims must provably be copied: 0, or equal to a declared static dim.
         let lead_ok = |i: usize, v: i64| (v == 0 && !allowzero) || declared.as_ref().and_then(|d| d[i]).is_some_and(|d| d as i64 == v);
         let lead = (0..t).all(|i| target.get(i).is_some_and(|&v| lead_ok(i, v)));
@@ -1485,7 +1488,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
 
     fn squeeze(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
-        let axes = self.ctx.axes_of(n).and_then(|a| a.iter().map(|&v| norm_axis(v, x.rank)).collect::<Option<Vec<_>>>());
+        let axes = self.ctx.axes_of(n).and_then(|a| a.iter().map(|&v| norm_axis(v, x.rank)).collect::<Option<BTreeSet<_>>>());
         match axes {
             Some(ax) if !ax.is_empty() && !ax.contains(&x.axis) => {
                 let axis = x.axis - ax.iter().filter(|&&a| a < x.axis).count();
@@ -1616,7 +1619,7 @@ fn map_val(v: Val, f: impl Fn(f64) -> Option<f64>) -> Val {
 
 fn zero_only(v: Val) -> Val {
     match v {
-        Val::Const(k) if k == 0.0 => v,
+        Val::Const(0.0) => v,
         _ => Val::Varying,
     }
 }
