@@ -563,9 +563,19 @@ fn unsqueeze_dims(input: &[usize], axes: &[i64]) -> Option<Vec<usize>> {
     (0..r).map(|i| if ax.contains(&i) { Some(1) } else { it.next().copied() }).collect::<Option<Vec<_>>>()
 }
 
+/// One element of a shape vector (the int64 tensors that Shape → Gather → Concat chains build
+/// for Reshape targets), followed symbolically.
+#[derive(Clone, Debug, PartialEq)]
+enum Sym {
+    /// A literal, with where it is stored when the rewrite can edit it: (node, input slot, index).
+    Lit(i64, Option<(usize, usize, usize)>),
+    /// Dimension `axis` of tensor `name` (read by a Shape node).
+    Dim(String, usize),
+}
+
 /// Run the analysis on the top-level graph.
 pub fn analyze(ctx: &Ctx) -> Analysis {
-    let mut a = Analyzer { ctx, st: Analysis::default() };
+    let mut a = Analyzer { ctx, st: Analysis::default(), shape_vecs: BTreeMap::new() };
     a.st.consts = ctx.consts.clone();
     for &ni in &ctx.order {
         a.node(ni);
@@ -577,6 +587,8 @@ pub fn analyze(ctx: &Ctx) -> Analysis {
 struct Analyzer<'c, 'a> {
     ctx: &'c Ctx<'a>,
     st: Analysis,
+    /// Shape vectors by value name.
+    shape_vecs: BTreeMap<String, Vec<Sym>>,
 }
 
 /// What happened at one node, for the blocked reason.
@@ -676,6 +688,9 @@ impl<'c, 'a> Analyzer<'c, 'a> {
     fn node(&mut self, ni: usize) {
         let n = &self.ctx.g.node[ni];
         if is_const(n) || self.st.consts.get(n.output.first().map(|s| s.as_str()).unwrap_or("")).is_some_and(|c| c.alias_node == Some(ni)) {
+            return;
+        }
+        if self.shape_plumbing(ni, n) {
             return;
         }
         let Some(kind) = rules::lookup(n) else {
@@ -1448,42 +1463,193 @@ impl<'c, 'a> Analyzer<'c, 'a> {
 
     fn reshape(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
-        let target = inp(n, 1).and_then(|s| self.ctx.const_ints(s));
-        let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
+        let Some(tname) = inp(n, 1) else { return };
+        // The target as symbols: a constant (editable in place) or a followed shape vector.
+        let target: Option<Vec<Sym>> = match self.ctx.const_ints(tname) {
+            Some(v) => Some(v.iter().enumerate().map(|(i, &v)| Sym::Lit(v, Some((ni, 1, i)))).collect()),
+            None => self.shape_vecs.get(tname).cloned(),
+        };
         let Some(target) = target else {
-            self.block(&x.units, &format!("{} (target shape is not a constant)", barrier_reason(n)));
+            self.block(&x.units, &format!("{} (target shape is not known)", barrier_reason(n)));
             return;
         };
+        let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
         let t = x.axis;
         let c = x.units.len() as i64;
-        let declared = inp(n, 0).and_then(|s| self.ctx.shapes.get(s)).filter(|d| d.len() == x.rank).cloned();
-        // Leading dims must provably be copied: 0, or equal to a declared static dim.
-        let lead_ok = |i: usize, v: i64| (v == 0 && !allowzero) || declared.as_ref().and_then(|d| d[i]).is_some_and(|d| d as i64 == v);
-        let lead = (0..t).all(|i| target.get(i).is_some_and(|&v| lead_ok(i, v)));
-        let at = target.get(t).copied();
-        // (a) the channel axis itself survives: [.., C, anything].
-        if lead && (at == Some(c) || (at == Some(0) && !allowzero)) {
-            if at == Some(c) {
-                self.st.edits.push(Edit::Count { target: IntTarget::Input(ni, 1), index: t, units: x.units.clone() });
+        let me = inp(n, 0).unwrap_or_default();
+        let declared = self.ctx.shapes.get(me).filter(|d| d.len() == x.rank).cloned();
+        // Which input dim each target entry copies (0, or a Shape-read dim of the input).
+        let copies = |i: usize| -> Option<usize> {
+            match target.get(i)? {
+                Sym::Lit(0, _) if !allowzero => Some(i),
+                Sym::Dim(name, j) if name == me => Some(*j),
+                _ => None,
             }
-            let out = Track { rank: target.len(), ..x.clone() };
-            self.emit(ni, &n.output[0], out);
-            return;
-        }
-        // (b) flatten-like: [.., F] or [.., -1] with the channel axis and all after it merged;
-        // also [-1, F] for a channel axis 1.
-        let lead_b = lead || (t == 1 && target.first() == Some(&-1) && at.is_some_and(|v| v > 0));
-        if target.len() == t + 1 && lead_b && at.is_some_and(|v| v == -1 || v > 0) {
-            let explicit = at.filter(|&v| v > 0).map(|v| v as usize);
-            if let Some(out) = self.merge_trailing(ni, n, &x, explicit) {
-                if explicit.is_some() {
-                    self.st.edits.push(Edit::Count { target: IntTarget::Input(ni, 1), index: t, units: out.units.clone() });
-                }
+        };
+        let lit = |i: usize| -> Option<(i64, Option<(usize, usize, usize)>)> {
+            match target.get(i)? {
+                Sym::Lit(v, p) => Some((*v, *p)),
+                _ => None,
+            }
+        };
+        let lead_ok = |i: usize| {
+            copies(i) == Some(i) || lit(i).is_some_and(|(v, _)| declared.as_ref().and_then(|d| d.get(i).copied().flatten()).is_some_and(|d| d as i64 == v))
+        };
+        let lead = (0..t).all(lead_ok);
+        let mut safe_channel = None; // target entry that reads our channel count and adapts by itself
+        let mut done = false;
+        // (a) the channel axis itself survives: [.., C, anything].
+        if lead && target.len() > t {
+            if copies(t) == Some(t) {
+                safe_channel = Some(t);
+                done = true;
+            } else if let Some((v, p)) = lit(t).filter(|(v, _)| *v == c) {
+                let _ = v;
+                done = self.count_edit(&x, n, p, x.units.clone());
+            }
+            if done {
+                let out = Track { rank: target.len(), ..x.clone() };
                 self.emit(ni, &n.output[0], out);
             }
-            return;
         }
-        self.block(&x.units, &format!("{} (reshape moves the channel axis)", barrier_reason(n)));
+        // (b) flatten-like: [.., F] or [.., -1] merging the channel axis and all after it;
+        // also [-1, F] for a channel axis 1.
+        let lead_b = lead || (t == 1 && lit(0).is_some_and(|(v, _)| v == -1) && lit(1).is_some_and(|(v, _)| v > 0));
+        if !done && target.len() == t + 1 && lead_b {
+            if let Some((v, p)) = lit(t).filter(|(v, _)| *v == -1 || *v > 0) {
+                let explicit = (v > 0).then_some(v as usize);
+                if let Some(out) = self.merge_trailing(ni, n, &x, explicit) {
+                    done = explicit.is_none() || self.count_edit(&x, n, p, out.units.clone());
+                    if done {
+                        self.emit(ni, &n.output[0], out);
+                    }
+                } else {
+                    return; // merge_trailing blocked with its reason
+                }
+            }
+        }
+        if !done {
+            self.block(&x.units, &format!("{} (reshape moves the channel axis)", barrier_reason(n)));
+        }
+        // Channel counts read from other tensors (or ours at another place) cannot adapt.
+        for (i, e) in target.iter().enumerate() {
+            if let Sym::Dim(name, j) = e {
+                let ours = name == me && safe_channel == Some(i) && done;
+                if let Some(tr) = self.track(name).filter(|tr| tr.axis == *j && !ours) {
+                    self.block(&tr.units, &format!("{} (target reads the channel count of '{name}')", barrier_reason(n)));
+                }
+            }
+        }
+    }
+
+    /// Register the rewrite of a literal that equals a kept count; false (and block) when the
+    /// literal cannot be edited.
+    fn count_edit(&mut self, x: &Track, n: &NodeProto, at: Option<(usize, usize, usize)>, units: Vec<Option<Unit>>) -> bool {
+        match at {
+            Some((node, slot, index)) => {
+                self.st.edits.push(Edit::Count { target: IntTarget::Input(node, slot), index, units });
+                self.touch(node, &x.units);
+                true
+            }
+            None => {
+                self.block(&x.units, &format!("{} (a channel count in its target cannot be rewritten)", barrier_reason(n)));
+                false
+            }
+        }
+    }
+
+    /// Follow shape vectors: Shape → Gather / Slice / Unsqueeze / Squeeze / Cast / Concat. A
+    /// vector element that is a channel count may only end in a Reshape target that adapts; any
+    /// other reader blocks the channel's group. Returns true when the node was handled here.
+    fn shape_plumbing(&mut self, ni: usize, n: &NodeProto) -> bool {
+        if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+            return false;
+        }
+        let out = match n.output.first() {
+            Some(o) if !o.is_empty() => o.clone(),
+            _ => return false,
+        };
+        if n.op_type == "Shape" {
+            let Some(x) = inp(n, 0) else { return false };
+            let Some(r) = self.track(x).map(|t| t.rank).or_else(|| self.ctx.rank(x)) else { return false };
+            let s = norm_bound(attr_i(n, "start").unwrap_or(0), r);
+            let e = norm_bound(attr_i(n, "end").unwrap_or(r as i64), r);
+            self.shape_vecs.insert(out, (s..e).map(|i| Sym::Dim(x.to_string(), i)).collect());
+            return true;
+        }
+        // Small integer constants cast for a shape (Paddle: Cast(fill_constant)).
+        if n.op_type == "Cast" {
+            if let Some(c) = inp(n, 0).filter(|c| self.ctx.dims(c).is_some_and(|d| d.len() <= 1)) {
+                let int_src = self.ctx.base_tensor(c).is_some_and(|t| matches!(t.data_type, tensor::dt::INT64 | tensor::dt::INT32));
+                if let (true, Some(v)) = (int_src, self.ctx.const_ints(c)) {
+                    self.shape_vecs.insert(out, v.iter().enumerate().map(|(k, &v)| Sym::Lit(v, Some((ni, 0, k)))).collect());
+                    return true;
+                }
+            }
+        }
+        let vec_in: Vec<Vec<Sym>> = n.input.iter().filter_map(|i| self.shape_vecs.get(i).cloned()).collect();
+        if vec_in.is_empty() {
+            return false;
+        }
+        // A Reshape target is checked by the Reshape rule (it knows which counts adapt).
+        let target_only = n.op_type == "Reshape" && inp(n, 0).is_none_or(|d| !self.shape_vecs.contains_key(d));
+        if target_only && inp(n, 0).is_some_and(|d| self.st.tracks.contains_key(d)) {
+            return false;
+        }
+        let first = inp(n, 0).and_then(|i| self.shape_vecs.get(i)).cloned();
+        let result: Option<Vec<Sym>> = match n.op_type.as_str() {
+            "Unsqueeze" | "Squeeze" | "Cast" | "Identity" => first,
+            "Gather" if attr_i(n, "axis").unwrap_or(0) == 0 => first.zip(inp(n, 1).and_then(|i| self.ctx.const_ints(i))).and_then(|(v, idx)| {
+                idx.iter().map(|&k| norm_axis(k, v.len()).map(|k| v[k].clone())).collect()
+            }),
+            "Slice" => first.and_then(|v| {
+                let g = |slot| inp(n, slot).and_then(|i| self.ctx.const_ints(i));
+                let (st, en) = (g(1)?, g(2)?);
+                let axes_ok = inp(n, 3).is_none_or(|_| g(3).is_some_and(|a| a == [0]));
+                let step_ok = inp(n, 4).is_none_or(|_| g(4).is_some_and(|a| a == [1]));
+                let l = v.len();
+                let (s0, e0) = (norm_bound((*st.first()?).clamp(-(l as i64), l as i64), l), norm_bound((*en.first()?).clamp(-(l as i64), l as i64), l));
+                (axes_ok && step_ok && s0 <= e0).then(|| v[s0..e0].to_vec())
+            }),
+            "Concat" if attr_i(n, "axis").is_some_and(|a| a == 0 || a == -1) => {
+                let mut v = vec![];
+                let mut ok = true;
+                for (slot, i) in n.input.iter().enumerate() {
+                    if let Some(sv) = self.shape_vecs.get(i) {
+                        v.extend(sv.iter().cloned());
+                    } else if let Some(c) = self.ctx.const_ints(i).filter(|_| self.ctx.dims(i).is_some_and(|d| d.len() == 1)) {
+                        v.extend(c.iter().enumerate().map(|(k, &x)| Sym::Lit(x, Some((ni, slot, k)))));
+                    } else {
+                        ok = false;
+                    }
+                }
+                ok.then_some(v)
+            }
+            _ => None,
+        };
+        match result {
+            Some(v) => {
+                self.shape_vecs.insert(out, v);
+                true
+            }
+            None => {
+                // Any other reader: no channel count may pass.
+                for v in &vec_in {
+                    self.block_channel_dims(v, &format!("{} (reads the channel count)", barrier_reason(n)));
+                }
+                false
+            }
+        }
+    }
+
+    fn block_channel_dims(&mut self, v: &[Sym], reason: &str) {
+        for e in v {
+            if let Sym::Dim(name, j) = e {
+                if let Some(t) = self.track(name).filter(|t| t.axis == *j) {
+                    self.block(&t.units, reason);
+                }
+            }
+        }
     }
 
     fn squeeze(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
@@ -1570,6 +1736,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         }
     }
 
+    /// Reached only when the Shape could not be followed (unknown rank).
     fn shape(&mut self, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
         let s = norm_bound(attr_i(n, "start").unwrap_or(0), x.rank);
@@ -1590,6 +1757,10 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             if ix.captured.contains(name) {
                 self.block(&t.units, &format!("'{name}' is read inside a subgraph"));
             }
+        }
+        let vecs: Vec<(String, Vec<Sym>)> = self.shape_vecs.iter().filter(|(k, _)| ix.outputs.contains(*k) || ix.captured.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (name, v) in vecs {
+            self.block_channel_dims(&v, &format!("the channel count reaches '{name}' (graph output or subgraph)"));
         }
         // Every use of a sliced weight must slice it along the same axis (a Conv that uses the
         // weight only as a producer would otherwise see its input channels shrink).
