@@ -964,3 +964,51 @@ fn non_finite_weights_are_an_error_naming_the_tensor() {
     assert!(format!("{e:#}").contains("'wa'"), "{e:#}");
     assert!(prune_channels(&m, &StructOptions { beta: 0.0, ..Default::default() }).is_err());
 }
+
+#[test]
+fn reshape_target_built_from_shape_chain() {
+    // torch: x.view(x.size(0), -1) → Shape → Gather(0) → Unsqueeze → Concat([N], [-1]) → Reshape
+    let x: [i64; 4] = [2, 3, 4, 4];
+    let int = |name: &str, dims: &[i64], v: &[i64]| {
+        let mut t = TensorProto::new();
+        t.name = name.into();
+        t.data_type = 7;
+        t.dims = dims.to_vec();
+        t.int64_data = v.to_vec();
+        t
+    };
+    let mut m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Shape", "shape", &["ra"], &["s"], vec![]),
+            nd("Gather", "g0", &["s", "zero"], &["n"], vec![attr_i("axis", 0)]),
+            nd("Unsqueeze", "un", &["n", "axes0"], &["n1"], vec![]),
+            nd("Concat", "cat", &["n1", "minus1"], &["target"], vec![attr_i("axis", 0)]),
+            nd("Reshape", "flat", &["ra", "target"], &["f"], vec![]),
+            nd("Gemm", "fc", &["f", "wf", "bf"], &["y"], vec![attr_i("transB", 1)]),
+        ],
+        vec![
+            w("wa", &[4, 3, 1, 1], &[1., 0.01, 1., 1.], 1),
+            int("zero", &[], &[0]),
+            int("axes0", &[1], &[0]),
+            int("minus1", &[1], &[-1]),
+            w("wf", &[3, 64], &ones(3), 2),
+            tensor::new_f32("bf", &[3], &[0.; 3]),
+        ],
+        &x,
+        &["y"],
+    );
+    set_out_rank(&mut m, 2);
+    let o = prove(&m, &x, &StructOptions::default());
+    assert!(group(&o.result, "A").blocked.is_none(), "{}", summary(&o.result.groups));
+    assert_eq!(weight(&o.result.pruned, "wf").dims, vec![3, 48]);
+
+    // the same chain reading the channel count (index 1) into something else blocks the group
+    let mut m2 = m.clone();
+    let g = m2.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "zero");
+    g.initializer.push(int("zero", &[], &[1]));
+    let r = prune_channels(&m2, &StructOptions::default()).unwrap();
+    assert!(r.groups[0].blocked.as_deref().unwrap().contains("channel count"), "{:?}", r.groups[0]);
+}
