@@ -1012,3 +1012,59 @@ fn reshape_target_built_from_shape_chain() {
     let r = prune_channels(&m2, &StructOptions::default()).unwrap();
     assert!(r.groups[0].blocked.as_deref().unwrap().contains("channel count"), "{:?}", r.groups[0]);
 }
+
+#[test]
+fn op_zoo_prelu_pad_pool_instancenorm_resize_convtranspose_reduce() {
+    let x: [i64; 4] = [1, 3, 8, 8];
+    let int = |name: &str, v: &[i64]| {
+        let mut t = TensorProto::new();
+        t.name = name.into();
+        t.data_type = 7;
+        t.dims = vec![v.len() as i64];
+        t.int64_data = v.to_vec();
+        t
+    };
+    let mut m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+            nd("PRelu", "prelu", &["a", "slope"], &["p"], vec![]),
+            nd("Pad", "pad", &["p", "pads"], &["pd"], vec![]),
+            nd("MaxPool", "pool", &["pd"], &["mp"], vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])]),
+            nd("InstanceNormalization", "in", &["mp", "in_s", "in_b"], &["i"], vec![]),
+            nd("Resize", "up", &["i", "", "scales"], &["u"], vec![]),
+            nd("Clip", "clip", &["u", "lo", "hi"], &["c"], vec![]),
+            nd("ConvTranspose", "B", &["c", "wb", "bb"], &["b"], vec![attr_ints("strides", &[2, 2])]),
+            nd("LeakyRelu", "lrelu", &["b"], &["lb"], vec![attr_f("alpha", 0.1)]),
+            nd("ReduceMean", "mean", &["lb"], &["m"], vec![attr_ints("axes", &[2, 3]), attr_i("keepdims", 1)]),
+            nd("Flatten", "flat", &["m"], &["f"], vec![]),
+            nd("Gemm", "fc", &["f", "wf", "bf"], &["y"], vec![attr_i("transB", 1)]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 1),
+            tensor::new_f32("ba", &[6], &[0.1, 0.2, -0.1, 0.0, 0.3, 0.1]),
+            tensor::new_f32("slope", &[6, 1, 1], &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]),
+            int("pads", &[0, 0, 1, 1, 0, 0, 1, 1]),
+            tensor::new_f32("in_s", &[6], &[1.0, 0.5, 2.0, 1.0, 1.5, 1.0]),
+            tensor::new_f32("in_b", &[6], &[0.2, 0.0, -0.2, 0.1, 0.0, 0.3]),
+            tensor::new_f32("scales", &[4], &[1.0, 1.0, 2.0, 2.0]),
+            tensor::new_f32("lo", &[], &[-1.0]),
+            tensor::new_f32("hi", &[], &[1.0]),
+            w("wb", &[6, 4, 2, 2], &ones(6), 2),
+            tensor::new_f32("bb", &[4], &[0.1, -0.1, 0.2, 0.0]),
+            w("wf", &[3, 4], &ones(3), 3),
+            tensor::new_f32("bf", &[3], &[0.; 3]),
+        ],
+        &x,
+        &["y"],
+    );
+    set_out_rank(&mut m, 2);
+    let o = prove(&m, &x, &StructOptions::default());
+    let p = &o.result.pruned;
+    let a = group(&o.result, "A");
+    assert!(a.blocked.is_none() && a.kept == 4, "{a:?}");
+    for (name, dims) in [("slope", vec![4, 1, 1]), ("in_s", vec![4]), ("in_b", vec![4])] {
+        assert_eq!(weight(p, name).dims, dims, "{name}");
+    }
+    assert_eq!(weight(p, "wb").dims[0], 4, "ConvTranspose input channels follow A");
+    assert_eq!(weight(p, "wf").dims[1], weight(p, "wb").dims[1], "Gemm in-features follow the ConvTranspose outputs");
+}
