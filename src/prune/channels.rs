@@ -34,6 +34,13 @@ use onnx_protobuf::{GraphProto, ModelProto, NodeProto, TensorProto};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Prune conv channels and hidden units of the top-level graph with EMP.
+///
+/// Returns the pruned model, the masked model (same graph as the input, removed units' producing
+/// weights and biases zeroed, the same bias compensation applied: it computes the same function
+/// as the pruned model) and one [`GroupReport`] per coupled group, in graph order. Groups that
+/// cannot be pruned safely are reported with `blocked` set (the node and op that stopped them)
+/// and left untouched. Errors: β not finite or ≤ 0, a NaN/Inf weight in a scored tensor (named),
+/// a malformed graph (cycle, duplicate names).
 pub fn prune_channels(model: &ModelProto, opts: &StructOptions) -> Result<StructuralResult> {
     emp::check_beta(opts.beta).map_err(|e| anyhow::anyhow!("{e}"))?;
     let g = model.graph.as_ref().context("model has no graph")?;
@@ -48,10 +55,10 @@ pub fn prune_channels(model: &ModelProto, opts: &StructOptions) -> Result<Struct
 }
 
 /// The decision: which unit classes go, and the reports.
-pub struct Plan {
+struct Plan {
     /// Roots of removed unit classes.
-    pub removed: BTreeSet<Unit>,
-    pub reports: Vec<GroupReport>,
+    removed: BTreeSet<Unit>,
+    reports: Vec<GroupReport>,
 }
 
 impl Plan {

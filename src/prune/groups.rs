@@ -565,10 +565,13 @@ fn unsqueeze_dims(input: &[usize], axes: &[i64]) -> Option<Vec<usize>> {
 
 /// One element of a shape vector (the int64 tensors that Shape → Gather → Concat chains build
 /// for Reshape targets), followed symbolically.
+/// Where a literal of a shape vector is stored: (node, input slot, index).
+type LitAt = Option<(usize, usize, usize)>;
+
 #[derive(Clone, Debug, PartialEq)]
 enum Sym {
-    /// A literal, with where it is stored when the rewrite can edit it: (node, input slot, index).
-    Lit(i64, Option<(usize, usize, usize)>),
+    /// A literal, with where it is stored when the rewrite can edit it.
+    Lit(i64, LitAt),
     /// Dimension `axis` of tensor `name` (read by a Shape node).
     Dim(String, usize),
 }
@@ -1486,7 +1489,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 _ => None,
             }
         };
-        let lit = |i: usize| -> Option<(i64, Option<(usize, usize, usize)>)> {
+        let lit = |i: usize| -> Option<(i64, LitAt)> {
             match target.get(i)? {
                 Sym::Lit(v, p) => Some((*v, *p)),
                 _ => None,
@@ -1544,7 +1547,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
 
     /// Register the rewrite of a literal that equals a kept count; false (and block) when the
     /// literal cannot be edited.
-    fn count_edit(&mut self, x: &Track, n: &NodeProto, at: Option<(usize, usize, usize)>, units: Vec<Option<Unit>>) -> bool {
+    fn count_edit(&mut self, x: &Track, n: &NodeProto, at: LitAt, units: Vec<Option<Unit>>) -> bool {
         match at {
             Some((node, slot, index)) => {
                 self.st.edits.push(Edit::Count { target: IntTarget::Input(node, slot), index, units });
