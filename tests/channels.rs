@@ -1068,3 +1068,21 @@ fn op_zoo_prelu_pad_pool_instancenorm_resize_convtranspose_reduce() {
     assert_eq!(weight(p, "wb").dims[0], 4, "ConvTranspose input channels follow A");
     assert_eq!(weight(p, "wf").dims[1], weight(p, "wb").dims[1], "Gemm in-features follow the ConvTranspose outputs");
 }
+
+#[test]
+fn gemm_with_a_full_bias_matrix() {
+    let x2: [i64; 2] = [2, 4];
+    let m = mk_model(
+        vec![
+            nd("Gemm", "A", &["x", "wa", "ca"], &["a"], vec![attr_i("transB", 1)]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Gemm", "B", &["ra", "wb"], &["y"], vec![attr_i("transB", 1)]),
+        ],
+        vec![w("wa", &[6, 4], &[1., 0.01, 1., 1., 1., 0.01], 1), w("ca", &[2, 6], &ones(2), 3), w("wb", &[3, 6], &ones(3), 2)],
+        &x2,
+        &["y"],
+    );
+    let o = prove(&m, &x2, &StructOptions::default());
+    assert_eq!(weight(&o.result.pruned, "ca").dims, vec![2, 4]);
+    assert_eq!(weight(&o.result.pruned, "wb").dims, vec![3, 4]);
+}

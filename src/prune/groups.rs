@@ -1017,7 +1017,8 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         self.slice(bw, if trans_b { 0 } else { 1 }, &units, (ni, 1), Role::Producer);
         if let Some(c) = c {
             let cd = self.ctx.dims(c).map(|d| d.to_vec()).unwrap_or_default();
-            if cd.last() == Some(&nout) && nout != 1 && cd.iter().rev().skip(1).all(|&v| v == 1) {
+            if cd.last() == Some(&nout) && nout != 1 {
+                // [N] or [M, N]: sliced with the outputs, zeroed in the masked model.
                 self.slice(c, cd.len() - 1, &units, (ni, 2), Role::ProducerBias);
             } else if cd.iter().product::<usize>() == 1 {
                 vals = vec![self.ctx.scalar(c).map(|v| Val::Const(beta * v)).unwrap_or(Val::Varying); nout];
@@ -1401,8 +1402,10 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             self.block(&x.units, &format!("{} (resizes the channel axis or sizes are not constant)", barrier_reason(n)));
             return;
         }
+        // Cubic overshoots, crop-and-resize extrapolates: a constant stays one only if it is 0.
         let cubic = attr_s(n, "mode").is_some_and(|m| m == "cubic");
-        let vals = x.vals.iter().map(|v| if cubic { zero_only(*v) } else { *v }).collect();
+        let crop = attr_s(n, "coordinate_transformation_mode").is_some_and(|m| m == "tf_crop_and_resize");
+        let vals = x.vals.iter().map(|v| if cubic || crop { zero_only(*v) } else { *v }).collect();
         self.pass(ni, n, &x, vals);
     }
 
@@ -1438,7 +1441,8 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             .and_then(|s| self.ctx.shapes.get(s))
             .filter(|d| d.len() == x.rank)
             .and_then(|d| d[x.axis + 1..].iter().copied().product::<Option<usize>>());
-        let total = explicit.or_else(|| declared.map(|i| i * c)).or_else(|| self.features_downstream(&n.output[0], 0));
+        let last = (x.axis + 1 == x.rank).then_some(c);
+        let total = explicit.or(last).or_else(|| declared.map(|i| i * c)).or_else(|| self.features_downstream(&n.output[0], 0));
         let inner = total.filter(|&f| c > 0 && f % c == 0 && f > 0).map(|f| f / c);
         let Some(inner) = inner else {
             self.block(&x.units, &format!("{} (cannot tell how many features each channel becomes)", barrier_reason(n)));
