@@ -3,6 +3,7 @@
 //! Data flows one way: bytes → model → analysis → plan → rewrite → bytes, then verification.
 pub mod calib;
 pub mod check;
+pub mod diff;
 pub mod emp;
 pub mod model;
 pub mod prune;

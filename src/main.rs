@@ -147,7 +147,7 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> ExitCode {
     if let Some(Cmd::Diff { a, b }) = cli.cmd {
-        return match Err::<String, anyhow::Error>(anyhow::anyhow!("TEMP {} {}", a.display(), b.display())) {
+        return match onnx_emp::diff::diff_files(&a, &b) {
             Ok(s) => {
                 print!("{s}");
                 ExitCode::SUCCESS

@@ -292,7 +292,7 @@ fn wanda(o: &RunOptions, loaded: &Loaded) -> Result<(BTreeMap<String, Vec<f64>>,
 fn structural(m: &ModelProto, opts: &StructOptions, what: &str) -> Result<StructuralResult> {
     match what {
         "heads" => crate::prune::heads::prune_heads(m, opts),
-        _ => bail!("--structured {what}: not merged yet"),
+        _ => crate::prune::channels::prune_channels(m, opts),
     }
 }
 

@@ -68,4 +68,7 @@ pub struct StructuralResult {
     pub groups: Vec<GroupReport>,
 }
 
+pub mod channels;
+pub mod groups;
 pub mod heads;
+pub mod rules;

@@ -1,0 +1,1121 @@
+//! `--structured channels`: dependency analysis, EMP, rewrite. Every rewrite is proven by running
+//! the pruned and the masked model on the same inputs (onnxruntime via tests/helpers/onnx_check.py
+//! when python3 + onnx are available, and tract) and requiring ≤ 1e-4 relative difference.
+
+use onnx_emp::diff::graph_diff;
+use onnx_emp::model::graph::{self, GraphIndex};
+use onnx_emp::model::{io, tensor};
+use onnx_emp::prune::channels::prune_channels;
+use onnx_emp::prune::{GroupReport, StructOptions, StructScope, StructuralResult};
+use onnx_protobuf::{AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tract_onnx::prelude::*;
+
+const TOL: f64 = 1e-4;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn load(path: &Path) -> ModelProto {
+    io::load(path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display())).proto
+}
+
+fn params(m: &ModelProto) -> u64 {
+    let g = m.graph.as_ref().unwrap();
+    let ix = GraphIndex::build(g).unwrap();
+    graph::float_params(g, &ix).0
+}
+
+/// A model input for both checkers: f32 data or i64 data, with its shape.
+#[derive(Clone)]
+enum Input {
+    F32(Vec<usize>, Vec<f32>),
+    I64(Vec<usize>, Vec<i64>),
+}
+
+impl Input {
+    fn tensor(&self) -> Tensor {
+        match self {
+            Input::F32(s, d) => Tensor::from_shape(s, d).unwrap(),
+            Input::I64(s, d) => Tensor::from_shape(s, d).unwrap(),
+        }
+    }
+}
+
+fn npy(path: &Path) -> Input {
+    let a: ndarray::ArrayD<f32> = ndarray_npy::read_npy(path).unwrap();
+    Input::F32(a.shape().to_vec(), a.iter().copied().collect())
+}
+
+/// Deterministic N(0,1)-ish values (sum of uniforms), no extra crates.
+fn randn(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..n).map(|_| ((0..4).map(|_| next()).sum::<f64>() - 2.0) as f32 * 1.7).collect()
+}
+
+struct Saved {
+    _dir: tempfile::TempDir,
+    dense: PathBuf,
+    pruned: PathBuf,
+    masked: PathBuf,
+}
+
+fn save_all(dense: &ModelProto, r: &StructuralResult) -> Saved {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let opts = io::SaveOptions::default();
+    io::save(dense.clone(), &p("dense.onnx"), &opts).unwrap();
+    io::save(r.pruned.clone(), &p("pruned.onnx"), &opts).unwrap();
+    io::save(r.masked.clone(), &p("masked.onnx"), &opts).unwrap();
+    Saved { dense: p("dense.onnx"), pruned: p("pruned.onnx"), masked: p("masked.onnx"), _dir: dir }
+}
+
+/// onnx.checker + strict shape inference + onnxruntime (optimisations off): max relative error
+/// between pruned and masked. `None` when python3/onnx/onnxruntime are not available.
+fn ort_check(s: &Saved, inputs: &[(String, PathBuf)]) -> Option<f64> {
+    let script = root().join("tests/helpers/onnx_check.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(&s.pruned).arg(&s.masked);
+    for (n, p) in inputs {
+        cmd.arg("--input").arg(format!("{n}={}", p.display()));
+    }
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("skipping onnxruntime cross-check: python3 not runnable ({e})");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    match out.status.code() {
+        Some(77) => {
+            eprintln!("skipping onnxruntime cross-check: {}", text.trim());
+            None
+        }
+        Some(0) => {
+            let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            v["rel"].as_f64()
+        }
+        _ => {
+            let keep = std::env::temp_dir().join("channels_failed");
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(&s.pruned, keep.join("pruned.onnx"));
+            let _ = std::fs::copy(&s.masked, keep.join("masked.onnx"));
+            panic!("onnx_check failed for {} (copied to {}): {}{}", s.pruned.display(), keep.display(), text, String::from_utf8_lossy(&out.stderr))
+        }
+    }
+}
+
+fn tract_run(path: &Path, inputs: &[Input]) -> TractResult<Vec<Tensor>> {
+    let mut model = tract_onnx::onnx().model_for_path(path)?;
+    for (i, x) in inputs.iter().enumerate() {
+        let t = x.tensor();
+        model = model.with_input_fact(i, InferenceFact::dt_shape(t.datum_type(), t.shape()))?;
+    }
+    let plan = model.into_optimized()?.into_runnable()?;
+    let out = plan.run(inputs.iter().map(|x| x.tensor().into()).collect())?;
+    Ok(out.into_iter().map(|v| v.into_tensor()).collect())
+}
+
+/// Max over outputs of max|a − b| / max(max|b|, 1e-6).
+fn rel_err(a: &[Tensor], b: &[Tensor]) -> f64 {
+    let mut worst = 0.0f64;
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.shape(), y.shape(), "output shapes differ");
+        let (Ok(x), Ok(y)) = (x.cast_to::<f32>(), y.cast_to::<f32>()) else { continue };
+        let (x, y): (Vec<f32>, Vec<f32>) = (x.to_plain_array_view::<f32>().unwrap().iter().copied().collect(), y.to_plain_array_view::<f32>().unwrap().iter().copied().collect());
+        let m = y.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64)).max(1e-6);
+        let d = x.iter().zip(&y).fold(0.0f64, |d, (p, q)| d.max((*p as f64 - *q as f64).abs()));
+        worst = worst.max(d / m);
+    }
+    worst
+}
+
+/// Pruned vs masked in tract. `None` (with a message) when tract cannot run the dense model.
+fn tract_check(s: &Saved, inputs: &[Input]) -> Option<f64> {
+    let p = match tract_run(&s.pruned, inputs) {
+        Ok(p) => p,
+        Err(e) => {
+            // A failure is ours only if tract can run the dense model.
+            if let Err(d) = tract_run(&s.dense, inputs) {
+                eprintln!("skipping tract check: tract cannot run the dense model ({d})");
+                return None;
+            }
+            panic!("tract on pruned: {e:?}");
+        }
+    };
+    let m = tract_run(&s.masked, inputs).unwrap_or_else(|e| panic!("tract on masked: {e:?}"));
+    Some(rel_err(&p, &m))
+}
+
+struct Outcome {
+    result: StructuralResult,
+    params: (u64, u64),
+    ort: Option<f64>,
+    tract: Option<f64>,
+    saved: Saved,
+}
+
+/// Prune, save, prove (pruned == masked in onnxruntime and tract).
+fn prune_and_prove(dense: &ModelProto, opts: &StructOptions, npys: &[(String, PathBuf)], inputs: &[Input]) -> Outcome {
+    let result = prune_channels(dense, opts).unwrap_or_else(|e| panic!("prune_channels: {e:#}"));
+    let saved = save_all(dense, &result);
+    let ort = ort_check(&saved, npys);
+    let tract = tract_check(&saved, inputs);
+    for (what, v) in [("onnxruntime", ort), ("tract", tract)] {
+        if let Some(v) = v {
+            assert!(v <= TOL, "{what}: masked vs pruned relative error {v:e} > {TOL:e}");
+        }
+    }
+    let params = (params(dense), params(&result.pruned));
+    Outcome { result, params, ort, tract, saved }
+}
+
+fn summary(groups: &[GroupReport]) -> String {
+    groups
+        .iter()
+        .map(|g| {
+            let state = match &g.blocked {
+                Some(b) => format!("blocked: {b}"),
+                None => format!("kept {}/{}", g.kept, g.n),
+            };
+            format!("{} [{}] n_eff={:.2} {state} {:?}", g.id, g.kind, g.n_eff, g.notes)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// models/ (trained, committed)
+
+fn digits(model: &str, x: &str) -> (ModelProto, Vec<(String, PathBuf)>, Vec<Input>) {
+    let dir = root().join("models");
+    let p = dir.join(x);
+    (load(&dir.join(model)), vec![("x".into(), p.clone())], vec![npy(&p)])
+}
+
+fn snapshot(name: &str, dense: &ModelProto, o: &Outcome) {
+    let text = format!("{}\ngroups:\n{}\n", graph_diff(dense, &o.result.pruned), summary(&o.result.groups));
+    insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+/// Look up a weight (initializer or Constant) of a model by name.
+fn weight<'a>(m: &'a ModelProto, name: &str) -> &'a TensorProto {
+    let g = m.graph.as_ref().unwrap();
+    let ix = GraphIndex::build(g).unwrap();
+    ix.weight(g, name).unwrap_or_else(|| panic!("weight '{name}' not found"))
+}
+
+fn node<'a>(m: &'a ModelProto, name: &str) -> &'a NodeProto {
+    m.graph.as_ref().unwrap().node.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("node '{name}' not found"))
+}
+
+fn group<'a>(r: &'a StructuralResult, id: &str) -> &'a GroupReport {
+    r.groups.iter().find(|g| g.id == id).unwrap_or_else(|| panic!("no group '{id}' in\n{}", summary(&r.groups)))
+}
+
+fn run_digits(model: &str, x: &str) -> (ModelProto, Outcome) {
+    let (dense, npys, inputs) = digits(model, x);
+    let o = prune_and_prove(&dense, &StructOptions::default(), &npys, &inputs);
+    snapshot(model.trim_end_matches(".onnx"), &dense, &o);
+    let prunable = o.result.groups.iter().filter(|g| g.blocked.is_none()).count();
+    eprintln!("{model} | {prunable}/{} | {} → {} | ort {:?} | tract {:?}", o.result.groups.len(), o.params.0, o.params.1, o.ort, o.tract);
+    (dense, o)
+}
+
+#[test]
+fn digits_cnn_bn_residual_depthwise_concat() {
+    let (_, o) = run_digits("digits_cnn.onnx", "digits_test_x1x8x8.npy");
+    let p = &o.result.pruned;
+    // residual: stem, res.b and the depthwise conv are one group
+    let stem = group(&o.result, "/stem/stem.0/Conv");
+    assert!(stem.members.contains(&"/res/b/b.0/Conv".to_string()) && stem.members.contains(&"/dw/dw.0/Conv".to_string()));
+    assert_eq!(weight(p, "stem.0.weight").dims[0], weight(p, "res.b.0.weight").dims[0]);
+    // depthwise: group attribute = channels kept, = pointwise conv's input channels
+    let dw = weight(p, "dw.0.weight").dims[0];
+    assert_eq!(graph::attr_i(node(p, "/dw/dw.0/Conv"), "group"), Some(dw));
+    assert_eq!(weight(p, "pw.0.weight").dims[1], dw);
+    // concat offsets: fc in-features = br1 kept + br2 kept
+    assert_eq!(weight(p, "fc.weight").dims[1], weight(p, "br1.weight").dims[0] + weight(p, "br2.weight").dims[0]);
+    // BN → ReLU → zero-padded 3x3 conv: units whose relu(beta') ≠ 0 cannot be folded, they stay
+    assert!(stem.notes.iter().any(|n| n.contains("zero-padded Conv")), "{:?}", stem.notes);
+    assert!(o.params.1 < o.params.0);
+    assert!(group(&o.result, "/fc/Gemm").blocked.as_deref().unwrap().contains("graph output 'logits'"));
+}
+
+#[test]
+fn digits_cnn_flatten_into_gemm() {
+    let (_, o) = run_digits("digits_cnn_flatten.onnx", "digits_test_x1x8x8.npy");
+    let p = &o.result.pruned;
+    let c2 = weight(p, "c2.0.weight").dims[0];
+    assert!(c2 < 16);
+    // channel c ↦ features c·16 … c·16+15 after the 4x4 MaxPool + Flatten
+    assert_eq!(weight(p, "fc1.weight").dims[1], c2 * 16);
+}
+
+#[test]
+fn digits_mlp_hidden_units() {
+    let (_, o) = run_digits("digits_mlp.onnx", "digits_test_x64.npy");
+    let p = &o.result.pruned;
+    assert_eq!(weight(p, "fc2.weight").dims[1], weight(p, "fc1.weight").dims[0]);
+    assert_eq!(weight(p, "fc3.weight").dims[1], weight(p, "fc2.weight").dims[0]);
+    assert!(o.params.1 < o.params.0);
+}
+
+#[test]
+fn yolo_block_split_concat_silu_resize() {
+    let (_, o) = run_digits("yolo_block.onnx", "digits_test_x1x8x8.npy");
+    let p = &o.result.pruned;
+    // Split sizes (from a Constant node) rewritten: they add up to cv1's kept channels
+    let sizes = tensor::read_i64(weight(p, "/c2f/Constant_output_0")).unwrap();
+    assert_eq!(sizes.iter().sum::<i64>(), weight(p, "c2f.cv1.conv.weight").dims[0]);
+    // Concat[half1, half2, m2] feeds cv2
+    assert_eq!(weight(p, "c2f.cv2.conv.weight").dims[1], weight(p, "c2f.cv1.conv.weight").dims[0] + weight(p, "c2f.m2.conv.weight").dims[0]);
+    assert_eq!(weight(p, "c2f.m1.conv.weight").dims[1], sizes[1]);
+    // Resize passes channels; Concat[up(down), cv2] feeds fuse
+    assert_eq!(weight(p, "fuse.conv.weight").dims[1], weight(p, "down.conv.weight").dims[0] + weight(p, "c2f.cv2.conv.weight").dims[0]);
+    assert!(o.params.1 < o.params.0);
+}
+
+#[test]
+fn digits_transformer_ffn_hidden_units() {
+    let (_, o) = run_digits("digits_transformer.onnx", "digits_test_x8x8.npy");
+    let ffn: Vec<&GroupReport> = o.result.groups.iter().filter(|g| g.id.ends_with("ff1/MatMul")).collect();
+    assert_eq!(ffn.len(), 2);
+    for g in ffn {
+        assert!(g.blocked.is_none(), "{g:?}");
+        assert!(g.members.iter().any(|m| m.ends_with("/Erf")), "Erf-GELU is inside the group: {:?}", g.members);
+    }
+    // the residual stream and the attention projections are left alone, with a reason
+    assert!(o.result.groups.iter().filter(|g| !g.id.ends_with("ff1/MatMul")).all(|g| g.blocked.is_some()));
+}
+
+#[test]
+fn digits_lstm_is_a_barrier() {
+    let (dense, npys, inputs) = digits("digits_lstm.onnx", "digits_test_x8x8.npy");
+    let o = prune_and_prove(&dense, &StructOptions::default(), &npys, &inputs);
+    assert!(o.result.groups.iter().all(|g| g.blocked.is_some()), "{}", summary(&o.result.groups));
+    assert_eq!(o.params.0, o.params.1);
+}
+
+#[test]
+fn global_scope_and_rounding() {
+    let (dense, npys, inputs) = digits("yolo_block.onnx", "digits_test_x1x8x8.npy");
+    let opts = StructOptions { scope: StructScope::Global, round_to: 4, beta: 0.9, ..Default::default() };
+    let o = prune_and_prove(&dense, &opts, &npys, &inputs);
+    for g in o.result.groups.iter().filter(|g| g.blocked.is_none()) {
+        assert!(g.kept >= 1 && (g.kept % 4 == 0 || g.kept == g.n), "{g:?}");
+        assert!(g.notes.iter().any(|n| n.contains("global EMP")));
+    }
+    let o1 = prune_and_prove(&dense, &StructOptions { criterion: onnx_emp::prune::Criterion::L1, ..Default::default() }, &npys, &inputs);
+    assert!(o1.params.1 < o1.params.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real models from ../shared/models (skipped when absent)
+
+fn shared_models() -> Option<PathBuf> {
+    let p = root().join("../shared/models");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("skipping real models: {} is absent", p.display());
+        None
+    }
+}
+
+/// Concrete inputs for a real model: random floats, ids in [0, 2), masks of ones.
+fn real_inputs(m: &ModelProto) -> Vec<Input> {
+    let g = m.graph.as_ref().unwrap();
+    let inits: std::collections::BTreeSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut out = vec![];
+    for (k, v) in g.input.iter().filter(|v| !inits.contains(v.name.as_str())).enumerate() {
+        let dims = onnx_emp::prune::groups::value_dims(v).unwrap_or_default();
+        let shape: Vec<usize> = dims.iter().map(|d| d.unwrap_or(2)).collect();
+        let n: usize = shape.iter().product();
+        use onnx_protobuf::type_proto::Value as T;
+        let elem = match v.type_.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(T::TensorType(t)) => t.elem_type,
+            _ => 1,
+        };
+        out.push(if elem == 7 {
+            let vals = if v.name.contains("mask") { vec![1; n] } else { (0..n).map(|i| (i % 2) as i64).collect() };
+            Input::I64(shape, vals)
+        } else {
+            Input::F32(shape, randn(n, k as u64 + 1))
+        });
+    }
+    out
+}
+
+#[test]
+fn real_models() {
+    let Some(dir) = shared_models() else { return };
+    let mut table = vec!["model | groups prunable/total | params before → after | ort rel | tract rel".to_string()];
+    for name in [
+        "ppocr_mobilenetv3_cls",
+        "mobilenet_v2_random_ts",
+        "silero_vad_16k_sequence",
+        "tiny_bert_random_ts",
+        "tiny_bert_random_dynamo",
+        "tiny_vit_random_ts",
+        "tiny_vit_random_dynamo",
+    ] {
+        let p = dir.join(format!("{name}.onnx"));
+        if !p.exists() {
+            eprintln!("skipping {name}: not found");
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        let dense = load(&p);
+        let inputs = real_inputs(&dense);
+        let o = prune_and_prove(&dense, &StructOptions::default(), &[], &inputs);
+        let prunable = o.result.groups.iter().filter(|g| g.blocked.is_none()).count();
+        let changed = o.result.groups.iter().any(|g| g.blocked.is_none() && g.kept < g.n);
+        if changed {
+            assert!(o.params.1 < o.params.0, "{name}: units removed but params did not shrink");
+        }
+        eprintln!("== {name} ({:?})\n{}", t0.elapsed(), summary(&o.result.groups));
+        table.push(format!("{name} | {prunable}/{} | {} → {} | {:?} | {:?}", o.result.groups.len(), o.params.0, o.params.1, o.ort, o.tract));
+    }
+    eprintln!("{}", table.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hard cases of docs/structural.md on small hand-built models
+
+fn attr_i(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = protobuf::EnumOrUnknown::from_i32(2);
+    a.i = v;
+    a
+}
+
+fn attr_f(name: &str, v: f32) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = protobuf::EnumOrUnknown::from_i32(1);
+    a.f = v;
+    a
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = protobuf::EnumOrUnknown::from_i32(7);
+    a.ints = v.to_vec();
+    a
+}
+
+fn attr_g(name: &str, g: GraphProto) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = protobuf::EnumOrUnknown::from_i32(5);
+    a.g = Some(g).into();
+    a
+}
+
+fn nd(op: &str, name: &str, ins: &[&str], outs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = name.into();
+    n.input = ins.iter().map(|s| s.to_string()).collect();
+    n.output = outs.iter().map(|s| s.to_string()).collect();
+    n.attribute = attrs;
+    n
+}
+
+/// A float value_info of the given rank, every dim unknown.
+fn vi_rank(name: &str, rank: usize) -> ValueInfoProto {
+    let mut v = vi(name, Some(&vec![0; rank]));
+    use onnx_protobuf::type_proto::Value as T;
+    if let Some(T::TensorType(t)) = v.type_.as_mut().and_then(|t| t.value.as_mut()) {
+        t.shape.as_mut().unwrap().dim.iter_mut().for_each(|d| d.value = None);
+    }
+    v
+}
+
+fn set_out_rank(m: &mut ModelProto, rank: usize) {
+    let g = m.graph.as_mut().unwrap();
+    g.output = g.output.iter().map(|o| vi_rank(&o.name, rank)).collect();
+}
+
+/// A float tensor value_info; `dims` None = no shape.
+fn vi(name: &str, dims: Option<&[i64]>) -> ValueInfoProto {
+    use onnx_protobuf::tensor_shape_proto::{dimension::Value as D, Dimension};
+    use onnx_protobuf::type_proto::{Tensor as TT, Value as T};
+    let mut tt = TT::new();
+    tt.elem_type = 1;
+    if let Some(d) = dims {
+        let mut s = onnx_protobuf::TensorShapeProto::new();
+        for &v in d {
+            let mut dim = Dimension::new();
+            dim.value = Some(D::DimValue(v));
+            s.dim.push(dim);
+        }
+        tt.shape = Some(s).into();
+    }
+    let mut tp = onnx_protobuf::TypeProto::new();
+    tp.value = Some(T::TensorType(tt));
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = Some(tp).into();
+    v
+}
+
+fn mk_model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, x: &[i64], outputs: &[&str]) -> ModelProto {
+    let mut g = GraphProto::new();
+    g.name = "test".into();
+    g.node = nodes;
+    g.initializer = inits;
+    g.input = vec![vi("x", Some(x))];
+    g.output = outputs.iter().map(|o| vi_rank(o, x.len())).collect();
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    let mut op = OperatorSetIdProto::new();
+    op.version = 17;
+    m.opset_import = vec![op];
+    m.graph = Some(g).into();
+    m
+}
+
+/// Weight [out, rest...]: output row c = scale[c] · (1 + 0.2·noise), so channel norms follow
+/// `scale` closely while every entry differs (index mistakes change the function).
+fn w(name: &str, dims: &[i64], scale: &[f32], seed: u64) -> TensorProto {
+    let n: usize = dims.iter().product::<i64>() as usize;
+    let per = n / dims[0] as usize;
+    let r = randn(n, seed);
+    let v: Vec<f32> = (0..n).map(|i| scale[i / per] * (1.0 + 0.2 * r[i])).collect();
+    tensor::new_f32(name, dims, &v)
+}
+
+fn ones(k: usize) -> Vec<f32> {
+    vec![1.0; k]
+}
+
+fn x_input(x: &[i64]) -> Vec<Input> {
+    let n: usize = x.iter().product::<i64>() as usize;
+    vec![Input::F32(x.iter().map(|&d| d as usize).collect(), randn(n, 99))]
+}
+
+fn prove(m: &ModelProto, x: &[i64], opts: &StructOptions) -> Outcome {
+    prune_and_prove(m, opts, &[], &x_input(x))
+}
+
+/// Relative difference dense vs pruned (how much compensation matters).
+fn dense_vs_pruned(o: &Outcome, x: &[i64]) -> f64 {
+    let inp = x_input(x);
+    rel_err(&tract_run(&o.saved.pruned, &inp).unwrap(), &tract_run(&o.saved.dense, &inp).unwrap())
+}
+
+const X4: [i64; 4] = [1, 3, 5, 5];
+
+#[test]
+fn residual_chain_reaching_output_is_not_pruned() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "B", &["ra", "wb"], &["b"], vec![]),
+            nd("Add", "add", &["b", "ra"], &["y"], vec![]),
+        ],
+        vec![w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 1), w("wb", &[6, 6, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 2)],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    let g = group(&o.result, "A");
+    assert_eq!(g.members, vec!["A", "r", "B", "add"]);
+    assert!(g.blocked.as_deref().unwrap().contains("graph output 'y'"), "{g:?}");
+    assert_eq!(o.params.0, o.params.1);
+}
+
+#[test]
+fn concat_offsets_select_the_right_columns() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "ra", &["a"], &["a2"], vec![]),
+            nd("Conv", "B", &["x", "wb"], &["b"], vec![]),
+            nd("Relu", "rb", &["b"], &["b2"], vec![]),
+            nd("Concat", "cat", &["a2", "b2"], &["c"], vec![attr_i("axis", 1)]),
+            nd("Conv", "C", &["c", "wc", "bc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 1),
+            w("wb", &[5, 3, 1, 1], &[0.01, 1., 1., 1., 1.], 2),
+            w("wc", &[2, 11, 1, 1], &ones(2), 3),
+            tensor::new_f32("bc", &[2], &[0.1, -0.2]),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions { beta: 1.05, ..Default::default() });
+    let dense_c = tensor::read_f32(weight(&m, "wc")).unwrap();
+    let pruned_c = tensor::read_f32(weight(&o.result.pruned, "wc")).unwrap();
+    // A keeps 0,2,3,5; B keeps 1,2,3,4 → columns 0,2,3,5 and 6+1..6+4 of C
+    let cols = [0usize, 2, 3, 5, 7, 8, 9, 10];
+    let expect: Vec<f32> = (0..2).flat_map(|o| cols.iter().map(move |&c| (o, c))).map(|(o, c)| dense_c[o * 11 + c]).collect();
+    assert_eq!(pruned_c, expect);
+}
+
+#[test]
+fn split_sizes_and_equal_split_become_explicit() {
+    let mk = |sizes: Option<&str>| {
+        let mut split_in = vec!["h"];
+        if let Some(s) = sizes {
+            split_in.push(s);
+        }
+        let mut inits = vec![
+            w("w0", &[8, 3, 1, 1], &[1., 0.01, 0.01, 1., 1., 1., 0.01, 1.], 1),
+            w("wl", &[2, 4, 3, 3], &ones(2), 2),
+            w("wr", &[2, 4, 1, 1], &ones(2), 3),
+        ];
+        if sizes.is_some() {
+            let mut t = TensorProto::new();
+            t.name = "sizes".into();
+            t.data_type = 7;
+            t.dims = vec![2];
+            t.int64_data = vec![4, 4];
+            inits.push(t);
+        }
+        mk_model(
+            vec![
+                nd("Conv", "head", &["x", "w0"], &["h0"], vec![]),
+                nd("Sigmoid", "sig", &["h0"], &["s"], vec![]),
+                nd("Mul", "silu", &["h0", "s"], &["h"], vec![]),
+                nd("Split", "split", &split_in, &["l", "r"], vec![attr_i("axis", 1)]),
+                nd("Conv", "L", &["l", "wl"], &["lo"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
+                nd("Conv", "R", &["r", "wr"], &["ro"], vec![]),
+                nd("Add", "add", &["lo", "ro"], &["y"], vec![]),
+            ],
+            inits,
+            &X4,
+            &["y"],
+        )
+    };
+    for sizes in [Some("sizes"), None] {
+        let m = mk(sizes);
+        let o = prove(&m, &X4, &StructOptions::default());
+        let p = &o.result.pruned;
+        let split = node(p, "split");
+        let s = tensor::read_i64(weight(p, &split.input[1])).unwrap();
+        assert_eq!(s, vec![2, 3], "removed channels 1, 2 | 6 → parts of 2 and 3");
+        assert_eq!(weight(p, "wl").dims[1], 2);
+        assert_eq!(weight(p, "wr").dims[1], 3);
+    }
+}
+
+#[test]
+fn slice_bounds_on_the_channel_axis() {
+    let mut starts = TensorProto::new();
+    starts.name = "starts".into();
+    starts.data_type = 7;
+    starts.dims = vec![1];
+    starts.int64_data = vec![2];
+    let mut ends = starts.clone();
+    ends.name = "ends".into();
+    ends.int64_data = vec![7];
+    let mut axes = starts.clone();
+    axes.name = "axes".into();
+    axes.int64_data = vec![1];
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Slice", "slice", &["a", "starts", "ends", "axes"], &["s"], vec![]),
+            nd("Conv", "B", &["s", "wb"], &["y"], vec![]),
+        ],
+        vec![w("wa", &[8, 3, 1, 1], &[0.01, 1., 1., 1., 0.01, 1., 1., 1.], 1), w("wb", &[2, 5, 1, 1], &ones(2), 2), starts, ends, axes],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    let p = &o.result.pruned;
+    assert_eq!(weight(p, "wa").dims[0], 6);
+    assert_eq!(tensor::read_i64(weight(p, "starts")).unwrap(), vec![1]);
+    assert_eq!(tensor::read_i64(weight(p, "ends")).unwrap(), vec![5]);
+    assert_eq!(weight(p, "wb").dims[1], 4);
+}
+
+#[test]
+fn depthwise_with_multiplier_and_single_channel_convs() {
+    let x: [i64; 4] = [1, 1, 6, 6];
+    let m = mk_model(
+        vec![
+            // weight [4,1,3,3] with group 1 on a 1-channel input: a plain conv, not depthwise
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            // depthwise, channel multiplier 2: output 2c, 2c+1 read input c
+            nd("Conv", "DW", &["ra", "wd", "bd"], &["d"], vec![attr_i("group", 4), attr_ints("pads", &[1, 1, 1, 1])]),
+            nd("Relu", "r2", &["d"], &["rd"], vec![]),
+            // one output channel
+            nd("Conv", "C", &["rd", "wc"], &["c"], vec![]),
+            nd("Relu", "r3", &["c"], &["rc"], vec![]),
+            nd("Conv", "E", &["rc", "we"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[4, 1, 3, 3], &[1., 1., 0.01, 1.], 1),
+            w("wd", &[8, 1, 3, 3], &ones(8), 2),
+            tensor::new_f32("bd", &[8], &[0.; 8]),
+            w("wc", &[1, 8, 1, 1], &ones(1), 3),
+            w("we", &[3, 1, 1, 1], &ones(3), 4),
+        ],
+        &x,
+        &["y"],
+    );
+    let o = prove(&m, &x, &StructOptions::default());
+    let p = &o.result.pruned;
+    let g = group(&o.result, "A");
+    assert!(g.members.contains(&"DW".to_string()), "depthwise couples its input and output: {g:?}");
+    assert_eq!(weight(p, "wa").dims, vec![3, 1, 3, 3]);
+    assert_eq!(weight(p, "wd").dims, vec![6, 1, 3, 3]);
+    assert_eq!(graph::attr_i(node(p, "DW"), "group"), Some(3));
+    assert_eq!(weight(p, "wc").dims, vec![1, 6, 1, 1]);
+    assert_eq!(group(&o.result, "C").n, 1);
+}
+
+#[test]
+fn reshape_into_gemm_rewrites_the_target() {
+    let x: [i64; 4] = [2, 3, 4, 4];
+    let mut target = TensorProto::new();
+    target.name = "target".into();
+    target.data_type = 7;
+    target.dims = vec![2];
+    target.int64_data = vec![-1, 64];
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Reshape", "flat", &["ra", "target"], &["f"], vec![]),
+            nd("Gemm", "fc", &["f", "wf", "bf"], &["y"], vec![attr_i("transB", 1)]),
+        ],
+        vec![w("wa", &[4, 3, 1, 1], &[1., 0.01, 1., 1.], 1), w("wf", &[3, 64], &ones(3), 2), tensor::new_f32("bf", &[3], &[0.; 3]), target],
+        &x,
+        &["y"],
+    );
+    let mut m = m;
+    set_out_rank(&mut m, 2);
+    let o = prove(&m, &x, &StructOptions::default());
+    let p = &o.result.pruned;
+    assert_eq!(tensor::read_i64(weight(p, "target")).unwrap(), vec![-1, 48]);
+    assert_eq!(weight(p, "wf").dims, vec![3, 48]);
+}
+
+/// x → Conv A (no bias) → BN (large positive shift) → Relu → consumer C.
+fn bn_model(consumer_pads: bool) -> ModelProto {
+    let c = 6;
+    let pads = if consumer_pads { vec![attr_ints("pads", &[1, 1, 1, 1])] } else { vec![] };
+    let kc = if consumer_pads { 3 } else { 1 };
+    mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("BatchNormalization", "bn", &["a", "g", "b", "mu", "var"], &["n"], vec![attr_f("epsilon", 1e-5)]),
+            nd("Relu", "r", &["n"], &["rn"], vec![]),
+            nd("Conv", "C", &["rn", "wc"], &["y"], pads),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 0.01, 1., 1.], 1),
+            tensor::new_f32("g", &[c], &[1.0, 2.0, 0.5, 1.5, 1.0, 1.0]),
+            tensor::new_f32("b", &[c], &[0.5, 0.8, -0.3, 0.6, 0.2, 0.1]),
+            tensor::new_f32("mu", &[c], &[0.1, -0.2, 0.0, 0.3, 0.0, 0.1]),
+            tensor::new_f32("var", &[c], &[1.0, 0.5, 2.0, 1.0, 1.0, 1.0]),
+            w("wc", &[2, 6, kc, kc], &ones(2), 2),
+        ],
+        &X4,
+        &["y"],
+    )
+}
+
+#[test]
+fn bn_shift_of_removed_channels_is_folded_into_the_next_bias() {
+    let m = bn_model(false);
+    let o = prove(&m, &X4, &StructOptions::default());
+    let g = group(&o.result, "A");
+    assert_eq!(g.kept, 4);
+    assert!(g.notes.iter().any(|n| n.contains("folded into the bias of 'C'")), "{:?}", g.notes);
+    let c = node(&o.result.pruned, "C");
+    assert_eq!(c.input.len(), 3, "a bias was created for C");
+    // The removed channels had tiny weights: with the constant folded, the pruned model stays
+    // close to the dense one (without it the error would be ~ relu(beta') · ΣW).
+    let d = dense_vs_pruned(&o, &X4);
+    assert!(d < 0.05, "dense vs pruned {d}");
+}
+
+#[test]
+fn bn_shift_into_a_zero_padded_conv_keeps_the_units() {
+    let m = bn_model(true);
+    let o = prove(&m, &X4, &StructOptions::default());
+    let g = group(&o.result, "A");
+    // channels 1 and 3 emit relu(beta') > 0 into a zero-padded conv: not foldable, kept
+    assert_eq!(g.kept, g.n);
+    assert!(g.notes.iter().any(|n| n.contains("zero-padded Conv 'C'")), "{:?}", g.notes);
+}
+
+#[test]
+fn sigmoid_and_hardsigmoid_half_is_compensated() {
+    let x2: [i64; 2] = [3, 4];
+    let m = {
+        let mut m = mk_model(
+            vec![
+                nd("Gemm", "A", &["x", "wa", "ba"], &["a"], vec![attr_i("transB", 1)]),
+                nd("Sigmoid", "sig", &["a"], &["s"], vec![]),
+                nd("Gemm", "B", &["s", "wb", "bb"], &["y"], vec![attr_i("transB", 1)]),
+            ],
+            vec![
+                w("wa", &[6, 4], &[1., 1., 0.01, 1., 1., 0.01], 1),
+                tensor::new_f32("ba", &[6], &[0.1, 0.0, 0.0, -0.1, 0.2, 0.0]),
+                w("wb", &[3, 6], &ones(3), 2),
+                tensor::new_f32("bb", &[3], &[0.0; 3]),
+            ],
+            &x2,
+            &["y"],
+        );
+        m.graph.as_mut().unwrap().input = vec![vi("x", Some(&x2))];
+        m
+    };
+    let o = prove(&m, &x2, &StructOptions::default());
+    let g = group(&o.result, "A");
+    assert_eq!(g.kept, 4);
+    assert!(g.notes.iter().any(|n| n.contains("bias of 'B'")), "{:?}", g.notes);
+    assert!(dense_vs_pruned(&o, &x2) < 0.05);
+
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("HardSigmoid", "hs", &["a"], &["h"], vec![attr_f("alpha", 0.2), attr_f("beta", 0.5)]),
+            nd("Conv", "B", &["h", "wb", "bb"], &["y"], vec![]),
+        ],
+        vec![w("wa", &[6, 3, 1, 1], &[1., 1., 0.01, 1., 1., 0.01], 1), w("wb", &[2, 6, 1, 1], &ones(2), 2), tensor::new_f32("bb", &[2], &[0.3, -0.3])],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    assert!(group(&o.result, "A").notes.iter().any(|n| n.contains("bias of 'B'")));
+    assert_ne!(tensor::read_f32(weight(&o.result.pruned, "bb")).unwrap(), vec![0.3, -0.3], "0.5 · ΣW folded in");
+    assert!(dense_vs_pruned(&o, &X4) < 0.05);
+}
+
+#[test]
+fn shared_initializers() {
+    // one bias initializer used by two convs: their channels are tied into one group
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "b"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "B", &["ra", "wb", "b"], &["bo"], vec![]),
+            nd("Relu", "r2", &["bo"], &["rb"], vec![]),
+            nd("Conv", "C", &["rb", "wc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 1.], 1),
+            w("wb", &[6, 6, 1, 1], &[1., 1., 1., 0.01, 1., 1.], 2),
+            tensor::new_f32("b", &[6], &[0.0; 6]),
+            w("wc", &[2, 6, 1, 1], &ones(2), 3),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    let g = group(&o.result, "A");
+    assert!(g.members.contains(&"B".to_string()) && g.blocked.is_none(), "{g:?}");
+    let p = &o.result.pruned;
+    assert_eq!(weight(p, "wa").dims[0], weight(p, "wb").dims[0]);
+    assert_eq!(weight(p, "b").dims[0], weight(p, "wa").dims[0]);
+
+    // one weight used by a conv on the graph input and by a conv on a pruned tensor: slicing its
+    // input axis would break the first conv, so the group is blocked
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "w"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "B", &["ra", "w"], &["y"], vec![]),
+        ],
+        vec![w("w", &[3, 3, 1, 1], &[1., 0.01, 1.], 1)],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    let g = group(&o.result, "A");
+    assert!(g.blocked.as_deref().unwrap().contains("weight 'w' is also used by Conv node 'A'"), "{g:?}");
+    assert_eq!(o.params.0, o.params.1);
+}
+
+fn const_node(out: &str, t: TensorProto) -> NodeProto {
+    let mut a = AttributeProto::new();
+    a.name = "value".into();
+    a.type_ = protobuf::EnumOrUnknown::from_i32(4);
+    a.t = Some(t).into();
+    nd("Constant", &format!("const_{out}"), &[], &[out], vec![a])
+}
+
+#[test]
+fn constant_node_weights_and_reshaped_bias() {
+    // Paddle style: weights in Constant nodes, the bias Reshape'd to [1, C, 1, 1] and Added
+    let mut shape = TensorProto::new();
+    shape.data_type = 7;
+    shape.dims = vec![4];
+    shape.int64_data = vec![1, -1, 1, 1];
+    let m = mk_model(
+        vec![
+            const_node("wa", w("", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.01], 1)),
+            const_node("ba", tensor::new_f32("", &[6], &[0.5, 0.4, 0.3, 0.2, 0.1, 0.6])),
+            const_node("shape", shape),
+            const_node("wb", w("", &[2, 6, 1, 1], &ones(2), 2)),
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Reshape", "rb", &["ba", "shape"], &["ba4"], vec![]),
+            nd("Add", "add", &["a", "ba4"], &["ab"], vec![]),
+            nd("Relu", "r", &["ab"], &["ra"], vec![]),
+            nd("Conv", "B", &["ra", "wb"], &["y"], vec![]),
+        ],
+        vec![],
+        &X4,
+        &["y"],
+    );
+    let o = prove(&m, &X4, &StructOptions::default());
+    let p = &o.result.pruned;
+    assert_eq!(weight(p, "wa").dims, vec![4, 3, 1, 1]);
+    assert!(p.graph.as_ref().unwrap().node.iter().any(|n| n.op_type == "Constant" && n.output[0] == "wa"), "edited in place");
+    assert_eq!(weight(p, "ba4").dims, vec![1, 4, 1, 1], "the reshaped bias got its own sliced copy");
+    assert!(group(&o.result, "A").notes.iter().any(|n| n.contains("bias of 'B'")), "relu(bias) of removed channels folded");
+    assert!(dense_vs_pruned(&o, &X4) < 0.05);
+}
+
+#[test]
+fn unknown_ops_and_subgraph_captures_are_barriers() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            {
+                let mut n = nd("Foo", "foo", &["ra"], &["y"], vec![]);
+                n.domain = "com.example".into();
+                n
+            },
+        ],
+        vec![w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.01], 1)],
+        &X4,
+        &["y"],
+    );
+    let r = prune_channels(&m, &StructOptions::default()).unwrap();
+    assert_eq!(r.groups[0].blocked.as_deref(), Some("blocked by com.example:Foo node 'foo'"));
+    assert_eq!(params(&r.pruned), params(&m));
+
+    // an If branch reads 'ra' from the outer scope
+    let mut branch = GraphProto::new();
+    branch.name = "then".into();
+    branch.node = vec![nd("Identity", "id", &["ra"], &["t"], vec![])];
+    branch.output = vec![vi("t", None)];
+    let mut cond = TensorProto::new();
+    cond.name = "cond".into();
+    cond.data_type = 9;
+    cond.dims = vec![];
+    cond.raw_data = vec![1];
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("If", "if", &["cond"], &["y"], vec![attr_g("then_branch", branch.clone()), attr_g("else_branch", branch)]),
+        ],
+        vec![w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.01], 1), cond],
+        &X4,
+        &["y"],
+    );
+    let r = prune_channels(&m, &StructOptions::default()).unwrap();
+    assert!(r.groups[0].blocked.as_deref().unwrap().contains("'ra' is read inside a subgraph"), "{:?}", r.groups);
+}
+
+#[test]
+fn lstm_is_a_reported_barrier() {
+    let x: [i64; 3] = [3, 1, 4];
+    let m = mk_model(
+        vec![
+            nd("MatMul", "proj", &["x", "wp"], &["p"], vec![]),
+            nd("Relu", "r", &["p"], &["rp"], vec![]),
+            nd("LSTM", "lstm", &["rp", "W", "R"], &["y"], vec![attr_i("hidden_size", 5)]),
+        ],
+        vec![w("wp", &[4, 6], &[1., 1., 1., 0.01], 1), w("W", &[1, 20, 6], &[1.], 2), w("R", &[1, 20, 5], &[1.], 3)],
+        &x,
+        &["y"],
+    );
+    let mut m = m;
+    set_out_rank(&mut m, 4);
+    let o = prove(&m, &x, &StructOptions::default());
+    assert_eq!(group(&o.result, "proj").blocked.as_deref(), Some("blocked by LSTM node 'lstm'"));
+    assert_eq!(o.params.0, o.params.1);
+}
+
+#[test]
+fn non_finite_weights_are_an_error_naming_the_tensor() {
+    let mut wa = w("wa", &[4, 3, 1, 1], &ones(4), 1);
+    let mut v = tensor::read_f32(&wa).unwrap();
+    v[5] = f32::NAN;
+    wa = tensor::new_f32("wa", &[4, 3, 1, 1], &v);
+    let m = mk_model(
+        vec![nd("Conv", "A", &["x", "wa"], &["a"], vec![]), nd("Relu", "r", &["a"], &["ra"], vec![]), nd("Conv", "B", &["ra", "wb"], &["y"], vec![])],
+        vec![wa, w("wb", &[2, 4, 1, 1], &ones(2), 2)],
+        &X4,
+        &["y"],
+    );
+    let e = prune_channels(&m, &StructOptions::default()).err().expect("NaN must be an error");
+    assert!(format!("{e:#}").contains("'wa'"), "{e:#}");
+    assert!(prune_channels(&m, &StructOptions { beta: 0.0, ..Default::default() }).is_err());
+}
+
+#[test]
+fn reshape_target_built_from_shape_chain() {
+    // torch: x.view(x.size(0), -1) → Shape → Gather(0) → Unsqueeze → Concat([N], [-1]) → Reshape
+    let x: [i64; 4] = [2, 3, 4, 4];
+    let int = |name: &str, dims: &[i64], v: &[i64]| {
+        let mut t = TensorProto::new();
+        t.name = name.into();
+        t.data_type = 7;
+        t.dims = dims.to_vec();
+        t.int64_data = v.to_vec();
+        t
+    };
+    let mut m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Shape", "shape", &["ra"], &["s"], vec![]),
+            nd("Gather", "g0", &["s", "zero"], &["n"], vec![attr_i("axis", 0)]),
+            nd("Unsqueeze", "un", &["n", "axes0"], &["n1"], vec![]),
+            nd("Concat", "cat", &["n1", "minus1"], &["target"], vec![attr_i("axis", 0)]),
+            nd("Reshape", "flat", &["ra", "target"], &["f"], vec![]),
+            nd("Gemm", "fc", &["f", "wf", "bf"], &["y"], vec![attr_i("transB", 1)]),
+        ],
+        vec![
+            w("wa", &[4, 3, 1, 1], &[1., 0.01, 1., 1.], 1),
+            int("zero", &[], &[0]),
+            int("axes0", &[1], &[0]),
+            int("minus1", &[1], &[-1]),
+            w("wf", &[3, 64], &ones(3), 2),
+            tensor::new_f32("bf", &[3], &[0.; 3]),
+        ],
+        &x,
+        &["y"],
+    );
+    set_out_rank(&mut m, 2);
+    let o = prove(&m, &x, &StructOptions::default());
+    assert!(group(&o.result, "A").blocked.is_none(), "{}", summary(&o.result.groups));
+    assert_eq!(weight(&o.result.pruned, "wf").dims, vec![3, 48]);
+
+    // the same chain reading the channel count (index 1) into something else blocks the group
+    let mut m2 = m.clone();
+    let g = m2.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "zero");
+    g.initializer.push(int("zero", &[], &[1]));
+    let r = prune_channels(&m2, &StructOptions::default()).unwrap();
+    assert!(r.groups[0].blocked.as_deref().unwrap().contains("channel count"), "{:?}", r.groups[0]);
+}
+
+#[test]
+fn op_zoo_prelu_pad_pool_instancenorm_resize_convtranspose_reduce() {
+    let x: [i64; 4] = [1, 3, 8, 8];
+    let int = |name: &str, v: &[i64]| {
+        let mut t = TensorProto::new();
+        t.name = name.into();
+        t.data_type = 7;
+        t.dims = vec![v.len() as i64];
+        t.int64_data = v.to_vec();
+        t
+    };
+    let mut m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+            nd("PRelu", "prelu", &["a", "slope"], &["p"], vec![]),
+            nd("Pad", "pad", &["p", "pads"], &["pd"], vec![]),
+            nd("MaxPool", "pool", &["pd"], &["mp"], vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])]),
+            nd("InstanceNormalization", "in", &["mp", "in_s", "in_b"], &["i"], vec![]),
+            nd("Resize", "up", &["i", "", "scales"], &["u"], vec![]),
+            nd("Clip", "clip", &["u", "lo", "hi"], &["c"], vec![]),
+            nd("ConvTranspose", "B", &["c", "wb", "bb"], &["b"], vec![attr_ints("strides", &[2, 2])]),
+            nd("LeakyRelu", "lrelu", &["b"], &["lb"], vec![attr_f("alpha", 0.1)]),
+            nd("ReduceMean", "mean", &["lb"], &["m"], vec![attr_ints("axes", &[2, 3]), attr_i("keepdims", 1)]),
+            nd("Flatten", "flat", &["m"], &["f"], vec![]),
+            nd("Gemm", "fc", &["f", "wf", "bf"], &["y"], vec![attr_i("transB", 1)]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 1),
+            tensor::new_f32("ba", &[6], &[0.1, 0.2, -0.1, 0.0, 0.3, 0.1]),
+            tensor::new_f32("slope", &[6, 1, 1], &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]),
+            int("pads", &[0, 0, 1, 1, 0, 0, 1, 1]),
+            tensor::new_f32("in_s", &[6], &[1.0, 0.5, 2.0, 1.0, 1.5, 1.0]),
+            tensor::new_f32("in_b", &[6], &[0.2, 0.0, -0.2, 0.1, 0.0, 0.3]),
+            tensor::new_f32("scales", &[4], &[1.0, 1.0, 2.0, 2.0]),
+            tensor::new_f32("lo", &[], &[-1.0]),
+            tensor::new_f32("hi", &[], &[1.0]),
+            w("wb", &[6, 4, 2, 2], &ones(6), 2),
+            tensor::new_f32("bb", &[4], &[0.1, -0.1, 0.2, 0.0]),
+            w("wf", &[3, 4], &ones(3), 3),
+            tensor::new_f32("bf", &[3], &[0.; 3]),
+        ],
+        &x,
+        &["y"],
+    );
+    set_out_rank(&mut m, 2);
+    let o = prove(&m, &x, &StructOptions::default());
+    let p = &o.result.pruned;
+    let a = group(&o.result, "A");
+    assert!(a.blocked.is_none() && a.kept == 4, "{a:?}");
+    for (name, dims) in [("slope", vec![4, 1, 1]), ("in_s", vec![4]), ("in_b", vec![4])] {
+        assert_eq!(weight(p, name).dims, dims, "{name}");
+    }
+    assert_eq!(weight(p, "wb").dims[0], 4, "ConvTranspose input channels follow A");
+    assert_eq!(weight(p, "wf").dims[1], weight(p, "wb").dims[1], "Gemm in-features follow the ConvTranspose outputs");
+}
+
+#[test]
+fn gemm_with_a_full_bias_matrix() {
+    let x2: [i64; 2] = [2, 4];
+    let m = mk_model(
+        vec![
+            nd("Gemm", "A", &["x", "wa", "ca"], &["a"], vec![attr_i("transB", 1)]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Gemm", "B", &["ra", "wb"], &["y"], vec![attr_i("transB", 1)]),
+        ],
+        vec![w("wa", &[6, 4], &[1., 0.01, 1., 1., 1., 0.01], 1), w("ca", &[2, 6], &ones(2), 3), w("wb", &[3, 6], &ones(3), 2)],
+        &x2,
+        &["y"],
+    );
+    let o = prove(&m, &x2, &StructOptions::default());
+    assert_eq!(weight(&o.result.pruned, "ca").dims, vec![2, 4]);
+    assert_eq!(weight(&o.result.pruned, "wb").dims, vec![3, 4]);
+}
+
+#[test]
+fn the_checks_catch_a_wrong_rewrite() {
+    let (dense, npys, inputs) = digits("digits_mlp.onnx", "digits_test_x64.npy");
+    let mut r = prune_channels(&dense, &StructOptions::default()).unwrap();
+    // swap two input columns of fc2: a classic index-mapping bug
+    let g = r.pruned.graph.as_mut().unwrap();
+    let t = g.initializer.iter_mut().find(|t| t.name == "fc2.weight").unwrap();
+    let (o, i) = (t.dims[0] as usize, t.dims[1] as usize);
+    let mut v = tensor::read_f32(t).unwrap();
+    for row in 0..o {
+        v.swap(row * i, row * i + 1);
+    }
+    *t = tensor::new_f32("fc2.weight", &[o as i64, i as i64], &v);
+    let s = save_all(&dense, &r);
+    assert!(tract_check(&s, &inputs).unwrap() > 1e-3);
+    let script = root().join("tests/helpers/onnx_check.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(&s.pruned).arg(&s.masked).arg("--input").arg(format!("x={}", npys[0].1.display()));
+    if let Ok(out) = cmd.output() {
+        if out.status.code() != Some(77) {
+            assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+}
