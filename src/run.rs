@@ -207,7 +207,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         .with_context(|| format!("{}: cannot create a file in this folder", out_dir.display()))?;
     let fname = o.output.file_name().context("output path has no file name")?;
     let staged = staging.path().join(fname);
-    let save_opts = SaveOptions { external: loaded.external.clone() };
+    let save_opts = SaveOptions { external: external_names(&loaded, &pruned) };
     let out_bytes = io::save(pruned, &staged, &save_opts)?;
     timing.save_ms = ms(t);
 
@@ -287,6 +287,27 @@ fn wanda(o: &RunOptions, loaded: &Loaded) -> Result<(BTreeMap<String, Vec<f64>>,
     let inputs = crate::calib::load_inputs(&o.input, &spec)?;
     let (scores, stats) = crate::calib::wanda_scores(&loaded.proto, &inputs).with_context(|| format!("{}: wanda", o.input.display()))?;
     Ok((scores, stats, label))
+}
+
+/// Tensors to write as external data: those that were external in the input, plus tensors the
+/// rewrite created (renamed slices) of 1 KiB or more when the input used external data.
+fn external_names(loaded: &Loaded, pruned: &ModelProto) -> std::collections::BTreeSet<String> {
+    let mut ext = loaded.external.clone();
+    if ext.is_empty() {
+        return ext;
+    }
+    let mut before = std::collections::BTreeSet::new();
+    let mut l = loaded.proto.clone();
+    io::for_each_tensor_mut(&mut l, &mut |t| {
+        before.insert(t.name.clone());
+    });
+    let mut p = pruned.clone();
+    io::for_each_tensor_mut(&mut p, &mut |t| {
+        if !before.contains(&t.name) && t.raw_data.len() >= 1024 {
+            ext.insert(t.name.clone());
+        }
+    });
+    ext
 }
 
 fn structural(m: &ModelProto, opts: &StructOptions, what: &str) -> Result<StructuralResult> {

@@ -194,3 +194,70 @@ fn usage_errors_exit_2() {
     let h = bin().arg("--help").assert().success();
     assert!(String::from_utf8_lossy(&h.get_output().stdout).contains("Examples:"));
 }
+
+/// Structured runs through the CLI: exit 0, masked-equivalence passes (or is honestly skipped
+/// where tract cannot run the op), and a snapshot of `onnx-emp diff dense pruned`.
+fn structured(model: &str, data: Option<&str>, mode: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let rep = dir.path().join("report.json");
+    let mut c = bin();
+    c.arg(format!("models/{model}.onnx")).arg(&out).args(["--structured", mode, "--no-latency", "--report"]).arg(&rep);
+    if let Some(d) = data {
+        c.args(["--inputs", &format!("models/{d}.npy"), "--labels", "models/digits_test_y.npy"]);
+    }
+    c.assert().success();
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let diff = bin().arg("diff").arg(format!("models/{model}.onnx")).arg(&out).assert().success();
+    let text = String::from_utf8_lossy(&diff.get_output().stdout).replace(&out.display().to_string(), "<tmp>/out.onnx");
+    insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!(format!("cli_{}_{model}", mode.replace(',', "_")), text);
+    });
+    report
+}
+
+fn assert_exact(r: &Value) {
+    for e in r["equivalence"].as_array().unwrap() {
+        assert_eq!(e["status"], "ok", "{e}");
+        assert_eq!(e["pass"], true, "{e}");
+        assert!(e["max_rel_l2_err"].as_f64().unwrap() <= 1e-4);
+    }
+}
+
+#[test]
+fn structured_channels_every_model() {
+    for (m, d) in MODELS {
+        let r = structured(m, Some(d), "channels");
+        assert_exact(&r);
+        let p = &r["params"];
+        let prunable = r["groups"].as_array().unwrap().iter().filter(|g| g["blocked"].is_null()).count();
+        if *m != "digits_lstm" {
+            assert!(prunable > 0, "{m}: no prunable group");
+            assert!(p["after"].as_u64() < p["before"].as_u64(), "{m}: params not reduced");
+            assert!(r["macs_after"].as_u64() < r["macs_before"].as_u64(), "{m}: MACs not reduced");
+        } else {
+            // LSTM hidden units are not a channel group; its classifier feeds the graph output.
+            assert_eq!(prunable, 0);
+            assert_eq!(p["after"], p["before"]);
+        }
+        let (_, b) = accuracy(&r);
+        assert!(b > 0.5, "{m}: accuracy after {b}");
+    }
+}
+
+#[test]
+fn structured_heads_models() {
+    let r = structured("digits_transformer", Some("digits_test_x8x8"), "heads");
+    assert_exact(&r);
+    let heads: Vec<_> = r["groups"].as_array().unwrap().iter().filter(|g| g["kind"] == "heads").collect();
+    assert_eq!(heads.len(), 2);
+    let r = structured("digits_transformer", Some("digits_test_x8x8"), "heads,channels");
+    assert_exact(&r);
+    assert_eq!(r["equivalence"].as_array().unwrap().len(), 2);
+    // tract cannot run com.microsoft Attention: the proof and the verification must say so.
+    let r = structured("bert_ms_attention", None, "heads");
+    assert_eq!(r["verification"]["status"], "skipped");
+    assert_eq!(r["equivalence"][0]["status"], "skipped");
+    assert!(r["equivalence"][0]["pass"].is_null());
+    assert!(r["params"]["after"].as_u64() < r["params"]["before"].as_u64());
+}
