@@ -297,16 +297,18 @@ fn external_names(loaded: &Loaded, pruned: &ModelProto) -> std::collections::BTr
         return ext;
     }
     let mut before = std::collections::BTreeSet::new();
-    let mut l = loaded.proto.clone();
-    io::for_each_tensor_mut(&mut l, &mut |t| {
-        before.insert(t.name.clone());
-    });
-    let mut p = pruned.clone();
-    io::for_each_tensor_mut(&mut p, &mut |t| {
-        if !before.contains(&t.name) && t.raw_data.len() >= 1024 {
-            ext.insert(t.name.clone());
-        }
-    });
+    if let Some(g) = loaded.proto.graph.as_ref() {
+        io::for_each_graph_tensor(g, &mut |t| {
+            before.insert(t.name.clone());
+        });
+    }
+    if let Some(g) = pruned.graph.as_ref() {
+        io::for_each_graph_tensor(g, &mut |t| {
+            if !before.contains(&t.name) && t.raw_data.len() >= 1024 {
+                ext.insert(t.name.clone());
+            }
+        });
+    }
     ext
 }
 

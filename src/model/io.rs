@@ -112,6 +112,25 @@ pub fn for_each_graph_tensor_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut Tens
     }
 }
 
+/// Read-only visit of every tensor of a graph, recursively.
+pub fn for_each_graph_tensor(g: &GraphProto, f: &mut dyn FnMut(&TensorProto)) {
+    g.initializer.iter().for_each(&mut *f);
+    for n in &g.node {
+        for a in &n.attribute {
+            if let Some(t) = a.t.as_ref() {
+                f(t);
+            }
+            a.tensors.iter().for_each(&mut *f);
+            if let Some(sg) = a.g.as_ref() {
+                for_each_graph_tensor(sg, f);
+            }
+            for sg in &a.graphs {
+                for_each_graph_tensor(sg, f);
+            }
+        }
+    }
+}
+
 pub fn for_each_tensor_mut(m: &mut ModelProto, f: &mut dyn FnMut(&mut TensorProto)) {
     if let Some(g) = m.graph.as_mut() {
         for_each_graph_tensor_mut(g, f);
