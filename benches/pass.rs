@@ -54,7 +54,7 @@ fn copy_secs(src: &Path, dir: &Path) -> f64 {
 fn generate(mb: usize, dir: &Path) -> PathBuf {
     let d = 1024usize;
     let per_layer = 2 * d * 4 * d * 4; // W1 [d,4d] and W2 [4d,d], f32
-    let layers = (mb * 1_000_000 / per_layer).max(1);
+    let layers = (mb * 1_000_000).div_ceil(per_layer).max(1);
     let mut g = GraphProto::new();
     g.name = "synthetic".into();
     let mut vi = ValueInfoProto::new();
