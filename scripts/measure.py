@@ -102,15 +102,19 @@ def structured_table(mode):
     print("|---|---|---|---|---|---|---|")
     for m, x, _ in TRAINED:
         struct_row(m, M(m + ".onnx"), ["--inputs", M(x + ".npy"), "--labels", M("digits_test_y.npy")], labels=True, mode=mode)
-    extra = [f for f in sorted(os.listdir(os.path.join(ROOT, "models"))) if f.endswith(".onnx") and f.startswith(("attn_", "yolo"))]
-    for f in extra:
-        if f.startswith("yolo_block"):
-            continue
-        struct_row(f[:-5], M(f), ["--dim", "batch=1", "--dim", "seq=8", "--dim", "sequence=8"], mode=mode)
+    if mode == "heads":
+        for f in ["bert_ms_attention", "mha_ms", "attention_onnx23"]:
+            struct_row(f, M(f + ".onnx"), [], mode=mode)
     if os.path.isdir(SHARED):
         for f in sorted(os.listdir(SHARED)):
-            if f.endswith(".onnx") and not f.startswith("magika"):
-                struct_row(f[:-5], os.path.join(SHARED, f), ["--dim", "batch=1"], mode=mode)
+            if not f.endswith(".onnx") or f.startswith("magika"):
+                continue
+            if mode == "heads" and not f.startswith("tiny_"):
+                continue
+            dims = ["--dim", "batch=1"]
+            if f.startswith("ppocr"):
+                dims += ["--dim", "x:2=48", "--dim", "x:3=192"]
+            struct_row(f[:-5], os.path.join(SHARED, f), dims, mode=mode)
 
 
 if __name__ == "__main__":

@@ -229,6 +229,12 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     }
     let verification = if o.verify {
         let mut v = check::verify(&o.input, &staged, &o.verify_opts);
+        // The staging folder has a random name: report the final path so reports are identical.
+        let (from, to) = (staged.display().to_string(), o.output.display().to_string());
+        v.reason = v.reason.map(|r| r.replace(&from, &to));
+        for n in v.notes.iter_mut() {
+            *n = n.replace(&from, &to);
+        }
         timing.latency_dense = v.latency_dense.take();
         timing.latency_pruned = v.latency_pruned.take();
         Some(v)
@@ -342,10 +348,13 @@ fn prove(stage: &str, masked: &Path, pruned: &Path, vo: &VerifyOptions) -> Equiv
             e.outputs = outs;
         }
         Err(err) => {
+            let err = format!("{err:#}")
+                .replace(&masked.display().to_string(), "masked model")
+                .replace(&pruned.display().to_string(), "pruned model");
             // tract could not run it: the proof is unavailable, which is not a proof of failure;
             // the report says so and the structural result is not claimed exact.
             e.status = "skipped".into();
-            e.reason = Some(format!("{err:#}"));
+            e.reason = Some(err);
         }
     }
     e
