@@ -173,13 +173,27 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             let criterion = match crit {
                 "l2" | "weight" => Criterion::L2,
                 "l1" => Criterion::L1,
-                c => bail!("--criterion {c}: structured modes support l2 (default) or l1"),
+                "activation" => Criterion::Activation,
+                c => bail!("--criterion {c}: structured modes support l2 (default; 'weight' for heads), l1 or activation"),
+            };
+            let calib_inputs = if criterion == Criterion::Activation {
+                let (spec, label) = match &o.calibration {
+                    Some(s) => (s.clone(), o.calibration_label.clone().unwrap_or_else(|| "calibration".into())),
+                    None => (o.verify_opts.inputs.clone(), "verification inputs".to_string()),
+                };
+                let inputs = crate::calib::load_inputs(&o.input, &spec)?;
+                let rows = inputs.inputs.first().and_then(|i| i.data.shape().first().copied()).unwrap_or(0);
+                calibration = Some(format!("{label} ({rows} rows)"));
+                Some(inputs)
+            } else {
+                None
             };
             scope_name = format!("{scope:?}").to_lowercase();
             criterion_name = crit.to_string();
-            let sopts = StructOptions { beta: o.beta, scope, criterion, round_to: o.round_to.max(1) };
+            let sopts = StructOptions { beta: o.beta, scope, criterion, round_to: o.round_to.max(1), activations: None };
             let mut current = loaded.proto.clone();
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
+                let sopts = with_activations(&sopts, &current, calib_inputs.as_ref(), "heads")?;
                 let r = structural(&current, &sopts, "heads")?;
                 groups.extend(r.groups);
                 stages.push(("heads".into(), r.masked, r.pruned.clone()));
@@ -188,6 +202,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             if matches!(mode, Mode::Channels | Mode::HeadsChannels) {
                 // Hidden units are ranked per group (the FFN width of a block is one group).
                 let copts = StructOptions { scope: if mode == Mode::HeadsChannels && o.scope.is_none() { StructScope::Layer } else { scope }, ..sopts.clone() };
+                let copts = with_activations(&copts, &current, calib_inputs.as_ref(), "channels")?;
                 let r = structural(&current, &copts, "channels")?;
                 groups.extend(r.groups);
                 stages.push(("channels".into(), r.masked, r.pruned.clone()));
@@ -316,6 +331,18 @@ fn external_names(loaded: &Loaded, pruned: &ModelProto) -> std::collections::BTr
         });
     }
     ext
+}
+
+/// For the activation criterion: run the model as it is at this stage on the calibration
+/// inputs and attach the statistics the stage needs.
+fn with_activations(o: &StructOptions, m: &ModelProto, inputs: Option<&crate::check::Inputs>, what: &str) -> Result<StructOptions> {
+    let Some(inputs) = inputs else { return Ok(o.clone()) };
+    let req = match what {
+        "heads" => crate::prune::heads::activation_requests(m)?,
+        _ => crate::prune::channels::activation_requests(m)?,
+    };
+    let stats = crate::calib::collect(m, inputs, &req).with_context(|| format!("calibration for {what}"))?;
+    Ok(StructOptions { activations: Some(std::sync::Arc::new(stats.values)), ..o.clone() })
 }
 
 fn structural(m: &ModelProto, opts: &StructOptions, what: &str) -> Result<StructuralResult> {
