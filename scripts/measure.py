@@ -2,7 +2,7 @@
 """Reproduce the README's tables: runs the onnx-emp binary on the models in models/ (and, when
 present, ../shared/models) and prints markdown. Standard library only.
 
-  cargo build --release && python3 scripts/measure.py [weights|calibration|channels|heads|all]
+  cargo build --release && python3 scripts/measure.py [weights|calibration|criteria|channels|heads|all]
 """
 import json, os, subprocess, sys, tempfile
 
@@ -79,6 +79,26 @@ def calibration_table():
                             print(f"| {m} | {label} | layer | {sparsity(r2):.1f} % | {acc(r2)} |")
 
 
+def structured_criteria_table():
+    """channels: l2 vs activation; heads: weight vs activation (calibrated on the training split)."""
+    print("| model | mode | criterion | MACs cut | params cut | accuracy (%) |")
+    print("|---|---|---|---|---|---|")
+    for m, x, c in TRAINED:
+        base = ["--inputs", M(x + ".npy"), "--labels", M("digits_test_y.npy"), "--calibration", M(c + ".npy")]
+        modes = [("channels", ["l2", "activation"])]
+        if m == "digits_transformer":
+            modes.append(("heads", ["weight", "activation"]))
+        for mode, crits in modes:
+            for crit in crits:
+                r = run(M(m + ".onnx"), base + ["--structured", mode, "--criterion", crit])
+                if "error" in r:
+                    print(f"| {m} | {mode} | {crit} | error: {r['error'][:80]} | | |")
+                    continue
+                mc = 100 * (1 - r["macs_after"] / r["macs_before"]) if r.get("macs_before") else float("nan")
+                pc = 100 * (1 - r["params"]["after"] / r["params"]["before"])
+                print(f"| {m} | {mode} | {crit} | {mc:.1f} % | {pc:.1f} % | {acc(r)} |")
+
+
 def struct_row(name, model, args, labels=None, mode="channels"):
     r = run(model, ["--structured", mode] + args, latency=True)
     if "error" in r:
@@ -123,6 +143,8 @@ if __name__ == "__main__":
         weights_table()
     if what in ("calibration", "all"):
         calibration_table()
+    if what in ("criteria", "calibration", "all"):
+        structured_criteria_table()
     if what in ("channels", "all"):
         structured_table("channels")
     if what in ("heads", "all"):
