@@ -268,6 +268,13 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
     let mut total = 0u64;
     let mut data_tmp = None;
     let data_name = format!("{}.data", fname.to_string_lossy());
+    // Refuse what would make a rename fail half-way (a data file in place, the model not).
+    let data_path = dir.join(&data_name);
+    for p in [out, data_path.as_path()] {
+        if p.is_dir() {
+            bail!("{}: is a folder", p.display());
+        }
+    }
     if !external.is_empty() {
         let mut tmp = tempfile::NamedTempFile::new_in(dir)
             .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
@@ -310,11 +317,18 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
     tmp.write_all(&bytes).with_context(|| format!("{}: write failed", out.display()))?;
     tmp.as_file().sync_all().ok();
+    let wrote_data = data_tmp.is_some();
     if let Some(d) = data_tmp {
         d.as_file().sync_all().ok();
-        d.persist(dir.join(&data_name)).with_context(|| format!("{}: cannot write {data_name}", out.display()))?;
+        d.persist(&data_path).with_context(|| format!("{}: cannot write {data_name}", out.display()))?;
     }
-    tmp.persist(out).with_context(|| format!("{}: cannot write", out.display()))?;
+    if let Err(e) = tmp.persist(out) {
+        if wrote_data {
+            // No data file without its model.
+            std::fs::remove_file(&data_path).ok();
+        }
+        return Err(anyhow::Error::new(e.error).context(format!("{}: cannot write", out.display())));
+    }
     Ok(total)
 }
 
