@@ -96,7 +96,7 @@ pub fn parse(bytes: &[u8]) -> Result<ModelProto> {
     }
     let Some(g) = proto.graph.as_ref() else { bail!("model has no graph") };
     if g.node.is_empty() {
-        bail!("graph '{}' is empty (no nodes)", g.name);
+        bail!("graph '{}' is empty (no nodes)", g.name.escape_debug());
     }
     validate::validate(&proto)?;
     Ok(proto)

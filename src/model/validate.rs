@@ -23,9 +23,23 @@ pub fn is_external(t: &TensorProto) -> bool {
     t.data_location.value() == 1 || !t.external_data.is_empty()
 }
 
+/// A name that error messages can quote on one line: no control characters (newlines, NULs).
+/// Real models never have them; a hostile one would otherwise forge extra lines of output.
+pub fn check_name(s: &str, what: &str) -> Result<()> {
+    if s.chars().any(char::is_control) {
+        bail!("{what} {s:?} contains control characters");
+    }
+    Ok(())
+}
+
 /// Check one tensor: dims, data type, data location and (unless its data is still external)
 /// that the amount of data matches the dims.
 pub fn check_tensor(t: &TensorProto) -> Result<()> {
+    check_name(&t.name, "tensor name")?;
+    for e in &t.external_data {
+        check_name(&e.key, "external data key")?;
+        check_name(&e.value, "external data value")?;
+    }
     let name = tname(t);
     tensor::shape(t)?;
     let loc = t.data_location.value();
@@ -135,8 +149,9 @@ pub fn validate(m: &ModelProto) -> Result<()> {
         }
     }
     let Some(g) = m.graph.as_ref() else { bail!("model has no graph") };
-    check_graph(g, &[], 0, m.ir_version)?;
+    // Tensors first: their names are checked before any other message quotes them.
     for_each_tensor(m, &mut |t| check_tensor(t))?;
+    check_graph(g, &[], 0, m.ir_version)?;
     for s in &g.sparse_initializer {
         check_sparse(s, &format!("graph '{}'", g.name))?;
     }
@@ -148,6 +163,7 @@ fn check_graph(g: &GraphProto, outer: &[&HashSet<&str>], depth: usize, ir: i64) 
     if depth > MAX_GRAPH_DEPTH {
         bail!("subgraphs nested deeper than {MAX_GRAPH_DEPTH} levels (graph '{}')", g.name);
     }
+    check_names(g)?;
     let gname = if g.name.is_empty() { "<unnamed graph>" } else { g.name.as_str() };
     let mut defined: HashSet<&str> = HashSet::new();
     let mut inits: HashSet<&str> = HashSet::new();
@@ -220,6 +236,26 @@ fn check_graph(g: &GraphProto, outer: &[&HashSet<&str>], depth: usize, ir: i64) 
                 check_graph(sg, &scopes, depth + 1, ir)
                     .with_context(|| format!("subgraph '{}' of node '{}'", a.name, node_label(n)))?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Every name of one graph (not its subgraphs) that a message may quote.
+fn check_names(g: &GraphProto) -> Result<()> {
+    check_name(&g.name, "graph name")?;
+    for v in g.input.iter().chain(&g.output).chain(&g.value_info) {
+        check_name(&v.name, "value name")?;
+    }
+    for n in &g.node {
+        check_name(&n.name, "node name")?;
+        check_name(&n.op_type, "op_type")?;
+        check_name(&n.domain, "domain")?;
+        for s in n.input.iter().chain(&n.output) {
+            check_name(s, "value name")?;
+        }
+        for a in &n.attribute {
+            check_name(&a.name, "attribute name")?;
         }
     }
     Ok(())
