@@ -871,6 +871,10 @@ fn valid_cases(v: &mut Vec<Case>) {
 /// Returns the path of the model file.
 pub fn write_case(case: &Case, parent: &Path) -> std::io::Result<PathBuf> {
     let dir = parent.join(case.name);
+    if dir.symlink_metadata().is_ok() {
+        // Start afresh (remove_dir_all does not follow the symlinks some cases contain).
+        std::fs::remove_dir_all(&dir)?;
+    }
     std::fs::create_dir_all(&dir)?;
     let outside = parent.join(OUTSIDE);
     if !outside.exists() {
