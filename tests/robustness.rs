@@ -242,3 +242,19 @@ fn deep_in_memory_model_is_refused() {
     let e = onnx_emp::model::validate::validate(&m).unwrap_err();
     assert!(format!("{e:#}").contains("nested deeper"), "{e:#}");
 }
+
+/// A 3 GiB (sparse) model file is refused from its size, before anything is read.
+#[test]
+fn model_file_over_2gib_is_refused_unread() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("huge.onnx");
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(3 << 30).unwrap();
+    drop(f);
+    let base = guard::reset_peak();
+    let e = io::load(&p).unwrap_err();
+    assert!(guard::peak() - base < 1 << 20, "allocated {} bytes", guard::peak() - base);
+    let msg = one_line(&e);
+    assert!(msg.contains("huge.onnx") && msg.contains("2 GiB"), "{msg}");
+}

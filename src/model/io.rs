@@ -34,6 +34,10 @@ pub fn load(path: &Path) -> Result<Loaded> {
     if !meta.is_file() {
         bail!("{}: not a regular file", path.display());
     }
+    if meta.len() > PROTOBUF_LIMIT {
+        // Refused before reading it into memory: protobuf cannot decode it anyway.
+        bail!("{}: {} bytes: protobuf messages are limited to 2 GiB (large weights belong in external data)", path.display(), meta.len());
+    }
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut proto = parse(&bytes).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
     drop(bytes);
