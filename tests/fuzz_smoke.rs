@@ -264,7 +264,7 @@ fn deterministic_mutations_do_not_panic() {
     let n = env_or("FUZZ_SMOKE_N", MUTATIONS as u64) as usize;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut rng = Rng(env_or("FUZZ_SMOKE_SEED", 0x5eed_0f_0e_e4b) | 1);
+        let mut rng = Rng(env_or("FUZZ_SMOKE_SEED", 0x05ee_d0f0_ee4b) | 1);
         let mut counts = [0usize; 4];
         for i in 0..n {
             let input = mutate(&mut rng, &seeds);

@@ -74,7 +74,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
         .with_context(|| format!("{}: external data", path.display()))?;
     }
     let mut size = meta.len();
-    for (_, (flen, _)) in &data_bytes {
+    for (flen, _) in data_bytes.values() {
         size += flen;
     }
     Ok(Loaded { proto, path: path.to_path_buf(), bytes_on_disk: size, external })

@@ -62,7 +62,7 @@ fn child(m: Msg, field: u32) -> Option<Msg> {
         (Graph, 1) => Node,
         (Graph, 5) => Tensor,
         (Graph, 15) => Sparse,
-        (Graph, 11 | 12 | 13) => ValueInfo,
+        (Graph, 11..=13) => ValueInfo,
         (Graph, 14) => Annotation,
         (Graph, 16) => Entry,
         (Node, 5) => Attribute,

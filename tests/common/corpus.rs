@@ -198,7 +198,7 @@ pub fn tiny_matmul(w: TensorProto, k: i64, n: i64) -> ModelProto {
     wrap(g)
 }
 
-fn gm<'a>(m: &'a mut ModelProto) -> &'a mut GraphProto {
+fn gm(m: &mut ModelProto) -> &mut GraphProto {
     m.graph.as_mut().unwrap()
 }
 
