@@ -6,9 +6,10 @@
 //! output on save. Saving is atomic: temp file in the target folder, then rename.
 
 use super::tensor::{self, tname};
+use super::{validate, wire};
 use anyhow::{bail, Context, Result};
-use onnx_protobuf::{GraphProto, Message, ModelProto, StringStringEntryProto, TensorProto};
-use std::collections::BTreeSet;
+use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, StringStringEntryProto, TensorProto};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
@@ -33,22 +34,27 @@ pub fn load(path: &Path) -> Result<Loaded> {
     if !meta.is_file() {
         bail!("{}: not a regular file", path.display());
     }
+    if meta.len() > PROTOBUF_LIMIT {
+        // Refused before reading it into memory: protobuf cannot decode it anyway.
+        bail!("{}: {} bytes: protobuf messages are limited to 2 GiB (large weights belong in external data)", path.display(), meta.len());
+    }
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut proto = parse(&bytes).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
     drop(bytes);
     let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
     let mut external = BTreeSet::new();
-    let mut data_bytes = BTreeSet::new();
+    // Bytes read so far from each data file: the tensors of one file cannot read more bytes
+    // than it holds, so overlapping regions cannot multiply the memory a small file costs.
+    let mut data_bytes: BTreeMap<PathBuf, (u64, u64)> = BTreeMap::new();
     let mut err = None;
     for_each_tensor_mut(&mut proto, &mut |t| {
         if err.is_some() {
             return;
         }
-        if t.data_location.value() == 1 || !t.external_data.is_empty() {
-            match read_external(t, dir) {
-                Ok(file) => {
+        if validate::is_external(t) {
+            match read_external(t, dir, &mut data_bytes) {
+                Ok(()) => {
                     external.insert(t.name.clone());
-                    data_bytes.insert(file);
                 }
                 Err(e) => err = Some(e),
             }
@@ -57,31 +63,51 @@ pub fn load(path: &Path) -> Result<Loaded> {
     if let Some(e) = err {
         return Err(e.context(format!("{}: external data", path.display())));
     }
+    if !external.is_empty() {
+        // The data read from outside the file gets the checks `parse` could not do.
+        validate::for_each_tensor(&proto, &mut |t| {
+            if external.contains(&t.name) {
+                validate::check_tensor(t)?;
+            }
+            Ok(())
+        })
+        .with_context(|| format!("{}: external data", path.display()))?;
+    }
     let mut size = meta.len();
-    for f in &data_bytes {
-        size += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+    for (flen, _) in data_bytes.values() {
+        size += flen;
     }
     Ok(Loaded { proto, path: path.to_path_buf(), bytes_on_disk: size, external })
 }
 
-/// Parse bytes and check the minimum that makes them an ONNX model.
+/// Parse bytes and check that they are a well-formed ONNX model (see `validate`): every
+/// tensor's data agrees with its dims, names are defined once, the graph has no cycle. Tensors
+/// with external data get their data checked by `load` once it is read.
+///
+/// Before decoding, the bytes are scanned (`wire::scan`) so that hostile input can neither
+/// overflow the stack of the protobuf decoder nor make it allocate far more than the input size.
 pub fn parse(bytes: &[u8]) -> Result<ModelProto> {
     if bytes.is_empty() {
         bail!("file is empty");
     }
+    if bytes.len() as u64 > PROTOBUF_LIMIT {
+        bail!("file is {} bytes: protobuf messages are limited to 2 GiB", bytes.len());
+    }
+    wire::scan(bytes).context("protobuf decode failed")?;
     let proto = ModelProto::parse_from_bytes(bytes).map_err(|e| anyhow::anyhow!("protobuf decode failed: {e}"))?;
     if proto.ir_version <= 0 {
         bail!("no ir_version (is this an ONNX file?)");
     }
     let Some(g) = proto.graph.as_ref() else { bail!("model has no graph") };
     if g.node.is_empty() {
-        bail!("graph '{}' is empty (no nodes)", g.name);
+        bail!("graph '{}' is empty (no nodes)", g.name.escape_debug());
     }
+    validate::validate(&proto)?;
     Ok(proto)
 }
 
 /// Visit every tensor of a graph, recursively (initializers, Constant values, attribute tensors,
-/// subgraphs).
+/// sparse tensors, subgraphs).
 pub fn for_each_graph_tensor_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto)) {
     for t in g.initializer.iter_mut() {
         f(t);
@@ -95,19 +121,31 @@ pub fn for_each_graph_tensor_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut Tens
         }
     }
     for n in g.node.iter_mut() {
-        for a in n.attribute.iter_mut() {
-            if let Some(t) = a.t.as_mut() {
-                f(t);
+        for_each_node_tensor_mut(n, f);
+    }
+}
+
+fn for_each_node_tensor_mut(n: &mut NodeProto, f: &mut dyn FnMut(&mut TensorProto)) {
+    for a in n.attribute.iter_mut() {
+        if let Some(t) = a.t.as_mut() {
+            f(t);
+        }
+        for t in a.tensors.iter_mut() {
+            f(t);
+        }
+        for st in a.sparse_tensor.as_mut().into_iter().chain(a.sparse_tensors.iter_mut()) {
+            if let Some(v) = st.values.as_mut() {
+                f(v);
             }
-            for t in a.tensors.iter_mut() {
-                f(t);
+            if let Some(i) = st.indices.as_mut() {
+                f(i);
             }
-            if let Some(sg) = a.g.as_mut() {
-                for_each_graph_tensor_mut(sg, f);
-            }
-            for sg in a.graphs.iter_mut() {
-                for_each_graph_tensor_mut(sg, f);
-            }
+        }
+        if let Some(sg) = a.g.as_mut() {
+            for_each_graph_tensor_mut(sg, f);
+        }
+        for sg in a.graphs.iter_mut() {
+            for_each_graph_tensor_mut(sg, f);
         }
     }
 }
@@ -131,17 +169,22 @@ pub fn for_each_graph_tensor(g: &GraphProto, f: &mut dyn FnMut(&TensorProto)) {
     }
 }
 
+/// Visit every tensor of a model: main graph, function bodies, training graphs.
 pub fn for_each_tensor_mut(m: &mut ModelProto, f: &mut dyn FnMut(&mut TensorProto)) {
     if let Some(g) = m.graph.as_mut() {
         for_each_graph_tensor_mut(g, f);
     }
     for fun in m.functions.iter_mut() {
         for n in fun.node.iter_mut() {
-            for a in n.attribute.iter_mut() {
-                if let Some(t) = a.t.as_mut() {
-                    f(t);
-                }
-            }
+            for_each_node_tensor_mut(n, f);
+        }
+    }
+    for ti in m.training_info.iter_mut() {
+        if let Some(g) = ti.initialization.as_mut() {
+            for_each_graph_tensor_mut(g, f);
+        }
+        if let Some(g) = ti.algorithm.as_mut() {
+            for_each_graph_tensor_mut(g, f);
         }
     }
 }
@@ -169,10 +212,15 @@ pub fn confined(dir: &Path, location: &str, what: &str) -> Result<PathBuf> {
     if !cfull.starts_with(&cdir) {
         bail!("{what}: external data location '{location}' leaves the model's folder");
     }
+    // Only regular files: opening a named pipe would block forever, a device could be endless.
+    let meta = std::fs::metadata(&cfull).with_context(|| format!("{what}: external data file '{location}'"))?;
+    if !meta.is_file() {
+        bail!("{what}: external data location '{location}' is not a regular file");
+    }
     Ok(cfull)
 }
 
-fn read_external(t: &mut TensorProto, dir: &Path) -> Result<PathBuf> {
+fn read_external(t: &mut TensorProto, dir: &Path, used: &mut BTreeMap<PathBuf, (u64, u64)>) -> Result<()> {
     let name = tname(t).to_string();
     let what = format!("tensor '{name}'");
     let loc = ext_field(t, "location").with_context(|| format!("{what}: external data without a location"))?;
@@ -193,17 +241,30 @@ fn read_external(t: &mut TensorProto, dir: &Path) -> Result<PathBuf> {
         bail!("{what}: external length {length} but dims {:?} need {expect} bytes", t.dims);
     }
     let mut f = File::open(&file).with_context(|| format!("{what}: cannot open '{loc}'"))?;
-    let flen = f.metadata()?.len();
+    let meta = f.metadata().with_context(|| format!("{what}: cannot read '{loc}'"))?;
+    if !meta.is_file() {
+        bail!("{what}: external data location '{loc}' is not a regular file");
+    }
+    let flen = meta.len();
     if offset.checked_add(length).is_none_or(|end| end > flen) {
         bail!("{what}: external data [{offset}, +{length}) is past the end of '{loc}' ({flen} bytes)");
     }
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = vec![0u8; length as usize];
-    f.read_exact(&mut buf).with_context(|| format!("{what}: reading '{loc}'"))?;
+    let read = &mut used.entry(file.clone()).or_insert((flen, 0)).1;
+    *read += length;
+    if *read > flen {
+        bail!("{what}: the tensors stored in '{loc}' read more bytes than it holds ({flen}): overlapping regions");
+    }
+    f.seek(SeekFrom::Start(offset)).with_context(|| format!("{what}: reading '{loc}'"))?;
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(length as usize).with_context(|| format!("{what}: cannot allocate {length} bytes"))?;
+    (&mut f).take(length).read_to_end(&mut buf).with_context(|| format!("{what}: reading '{loc}'"))?;
+    if buf.len() as u64 != length {
+        bail!("{what}: '{loc}' ended after {} of {length} bytes", buf.len());
+    }
     t.raw_data = buf;
     t.external_data.clear();
     t.data_location = protobuf::EnumOrUnknown::from_i32(0);
-    Ok(file)
+    Ok(())
 }
 
 /// How to write a model.
@@ -230,6 +291,13 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
     let mut total = 0u64;
     let mut data_tmp = None;
     let data_name = format!("{}.data", fname.to_string_lossy());
+    // Refuse what would make a rename fail half-way (a data file in place, the model not).
+    let data_path = dir.join(&data_name);
+    for p in [out, data_path.as_path()] {
+        if p.is_dir() {
+            bail!("{}: is a folder", p.display());
+        }
+    }
     if !external.is_empty() {
         let mut tmp = tempfile::NamedTempFile::new_in(dir)
             .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
@@ -272,11 +340,18 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
     tmp.write_all(&bytes).with_context(|| format!("{}: write failed", out.display()))?;
     tmp.as_file().sync_all().ok();
+    let wrote_data = data_tmp.is_some();
     if let Some(d) = data_tmp {
         d.as_file().sync_all().ok();
-        d.persist(dir.join(&data_name)).with_context(|| format!("{}: cannot write {data_name}", out.display()))?;
+        d.persist(&data_path).with_context(|| format!("{}: cannot write {data_name}", out.display()))?;
     }
-    tmp.persist(out).with_context(|| format!("{}: cannot write", out.display()))?;
+    if let Err(e) = tmp.persist(out) {
+        if wrote_data {
+            // No data file without its model.
+            std::fs::remove_file(&data_path).ok();
+        }
+        return Err(anyhow::Error::new(e.error).context(format!("{}: cannot write", out.display())));
+    }
     Ok(total)
 }
 
