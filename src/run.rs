@@ -113,6 +113,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     GraphIndex::build(loaded.proto.graph.as_ref().context("model has no graph")?)
         .with_context(|| format!("{}", o.input.display()))?;
 
+    validate_weights(&loaded.proto, &o.include, o.mode != Mode::Weights).with_context(|| format!("{}", o.input.display()))?;
     let (p_before, nz_before) = params(&loaded.proto)?;
     let t = Instant::now();
     let mut notes = Vec::new();
@@ -331,6 +332,35 @@ fn external_names(loaded: &Loaded, pruned: &ModelProto) -> std::collections::BTr
         });
     }
     ext
+}
+
+/// Widest axis the structural analyses accept (they keep per-position tables).
+pub const MAX_STRUCT_WIDTH: i64 = 1 << 24;
+
+/// Checks every mode relies on, done once up front: candidate weights have a type and rank their
+/// op accepts (and attributes their type), hold no NaN/Inf (a model that computes NaN is refused
+/// whatever the mode), and — for structural modes — no axis so wide that per-unit tables could
+/// not be allocated.
+fn validate_weights(m: &ModelProto, include: &Include, structural: bool) -> Result<()> {
+    let names = weights::candidate_names(m, include)?;
+    let g = m.graph.as_ref().context("model has no graph")?;
+    let ix = GraphIndex::build(g)?;
+    for name in names {
+        let Some(t) = ix.weight(g, &name) else { continue };
+        if structural {
+            if let Some(d) = t.dims.iter().find(|&&d| d > MAX_STRUCT_WIDTH) {
+                bail!("tensor '{name}': dimension {d} is wider than structural pruning supports ({MAX_STRUCT_WIDTH})");
+            }
+        }
+        // Per-weight mode scores every candidate and rejects NaN/Inf there, naming the tensor.
+        if structural && crate::model::tensor::is_float(t.data_type) {
+            let v = crate::model::tensor::read_f32(t).with_context(|| format!("tensor '{name}'"))?;
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                bail!("tensor '{name}': element {i} is {} (NaN/Inf weights cannot be pruned)", v[i]);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// For the activation criterion: run the model as it is at this stage on the calibration
