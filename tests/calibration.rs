@@ -214,3 +214,35 @@ fn head_activation_criterion_runs_and_is_exact() {
     assert_eq!(r["equivalence"][0]["pass"], true);
     assert_eq!(r["groups"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn calibrated_runs_are_byte_identical() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let once = |args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.onnx");
+        let rep = dir.path().join("r.json");
+        let st = std::process::Command::new(env!("CARGO_BIN_EXE_onnx-emp"))
+            .current_dir(root)
+            .args(args)
+            .arg(&out)
+            .args(["--no-verify", "--quiet", "--report"])
+            .arg(&rep)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("timing");
+        v.as_object_mut().unwrap().remove("output");
+        (std::fs::read(&out).unwrap(), v.to_string())
+    };
+    for args in [
+        &["models/digits_mlp.onnx", "--criterion", "wanda", "--calibration", "models/digits_calib_x64.npy"][..],
+        &["models/digits_cnn_flatten.onnx", "--structured", "channels", "--criterion", "activation", "--calibration", "models/digits_calib_x1x8x8.npy"][..],
+    ] {
+        let (a, ra) = once(args);
+        let (b, rb) = once(args);
+        assert!(a == b, "{args:?}: output differs");
+        assert_eq!(ra, rb, "{args:?}: report differs");
+    }
+}
