@@ -508,13 +508,53 @@ fn moments_seq(parts: &[View], m: f64) -> (f64, f64) {
             for (x, &y) in a.iter_mut().zip(b) {
                 *x = y.abs() / m;
             }
+            let (mut r1, mut r2) = (s1, s2);
             for &x in a.iter() {
-                s1 += x;
-                s2 += x * x;
+                r1 += x;
+                r2 += x * x;
             }
+            (s1, s2) = (r1, r2);
         });
     }
     (s1, s2)
+}
+
+/// One sequential pass over all parts: the global moments (scaled by the global max `m`) and, per
+/// part, its own moments (scaled by its own max) and Σ s — each sum in the previous version's order.
+/// Per part: (Σ a, Σ a², Σ s).
+type PartSums = Vec<(f64, f64, f64)>;
+
+fn moments_global(parts: &[View], m: f64, part_max: &[u64]) -> ((f64, f64), PartSums) {
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    let mut per = Vec::with_capacity(parts.len());
+    let mut a = [0f64; BLOCK];
+    let mut at = [0f64; BLOCK];
+    for (v, &mt) in parts.iter().zip(part_max) {
+        let mt = f64::from_bits(mt);
+        let (mut t1, mut t2, mut total) = (0.0f64, 0.0f64, sum_zero());
+        v.blocks(0, v.n(), |_, b| {
+            let k = b.len();
+            let (a, at) = (&mut a[..k], &mut at[..k]);
+            for ((x, y), &v) in a.iter_mut().zip(at.iter_mut()).zip(b) {
+                *x = v.abs() / m;
+                *y = v.abs() / mt;
+            }
+            // Independent chains: they overlap, the pass costs one add latency per element.
+            // (Locals: accumulators captured by the closure would live in memory.)
+            let (mut r1, mut r2, mut q1, mut q2, mut tot) = (s1, s2, t1, t2, total);
+            for ((&x, &y), &v) in a.iter().zip(at.iter()).zip(b) {
+                r1 += x;
+                r2 += x * x;
+                q1 += y;
+                q2 += y * y;
+                tot += v;
+            }
+            (s1, s2, t1, t2, total) = (r1, r2, q1, q2, tot);
+        });
+        // A part whose max is 0 has no moments (its t1, t2 are NaN here: not used).
+        per.push(if mt == 0.0 { (0.0, 0.0, total) } else { (t1, t2, total) });
+    }
+    ((s1, s2), per)
 }
 
 /// The bucket holding rank `r` (0 = largest) and the rank inside it.
@@ -565,41 +605,66 @@ fn threshold(parts: &[View], items: &[(usize, usize, usize)], sc: &Scan, kept: u
 }
 
 /// Keep bits of one part given the threshold; `ties` counts down the equal keys still kept.
-/// With `retained`, also Σ (kept |s| / m) in order.
-fn mark(v: View, thr: u64, ties: &mut usize, retained: Option<(&mut f64, f64)>) -> Vec<u64> {
+/// With `sums` = (retained, m, kept_mass): also Σ (kept |s| / m) and Σ kept s, in order.
+fn mark(v: View, thr: u64, ties: &mut usize, mut sums: Option<(&mut f64, f64, &mut f64)>) -> Vec<u64> {
     let n = v.n();
     let mut mask = new_mask(n, false);
     let mut t = *ties;
-    match retained {
-        Some((sum, m)) => {
-            let mut acc = *sum;
-            v.blocks(0, n, |i0, b| {
-                for (j, &x) in b.iter().enumerate() {
-                    let k = key(x);
-                    let keep = k > thr || (k == thr && t > 0 && {
-                        t -= 1;
-                        true
-                    });
-                    // x + (−0.0) == x exactly: the same sum as adding the kept values only.
-                    acc += if keep { x.abs() / m } else { -0.0 };
-                    mask[(i0 + j) >> 6] |= (keep as u64) << ((i0 + j) & 63);
-                }
-            });
-            *sum = acc;
+    let mut a = [0f64; BLOCK];
+    let mut km = [0f64; BLOCK];
+    let thr_v = f64::from_bits(thr);
+    let mut keep = [0u64; BLOCK];
+    // Blocks start at multiples of BLOCK, so at whole mask words.
+    v.blocks(0, n, |i0, b| {
+        let k = b.len();
+        let keep = &mut keep[..k];
+        let mut any_eq = false;
+        for (q, &x) in keep.iter_mut().zip(b) {
+            let x = x.abs();
+            *q = 0u64.wrapping_sub((x > thr_v) as u64);
+            any_eq |= x == thr_v;
         }
-        None => v.blocks(0, n, |i0, b| {
-            for (j, &x) in b.iter().enumerate() {
-                let k = key(x);
-                let keep = k > thr || (k == thr && t > 0 && {
+        if any_eq && t > 0 {
+            // Ties at the threshold: the first ones in order are kept.
+            for (q, &x) in keep.iter_mut().zip(b) {
+                if t > 0 && x.abs() == thr_v {
+                    *q = !0;
                     t -= 1;
-                    true
-                });
-                mask[(i0 + j) >> 6] |= (keep as u64) << ((i0 + j) & 63);
+                }
             }
-        }),
-    }
+        }
+        for (wi, c) in keep.chunks(64).enumerate() {
+            let mut w = 0u64;
+            for (j, &q) in c.iter().enumerate() {
+                w |= (q & 1) << j;
+            }
+            mask[i0 / 64 + wi] = w;
+        }
+        if let Some((retained, m, kept_mass)) = sums.as_mut() {
+            let (a, km) = (&mut a[..k], &mut km[..k]);
+            const NEG0: u64 = 1 << 63;
+            for (((q, p), &x), &sel) in a.iter_mut().zip(km.iter_mut()).zip(b).zip(keep.iter()) {
+                *q = f64::from_bits(((x.abs() / *m).to_bits() & sel) | (NEG0 & !sel));
+                *p = f64::from_bits((x.to_bits() & sel) | (NEG0 & !sel));
+            }
+            let (mut r, mut s) = (**retained, **kept_mass);
+            for (&q, &p) in a.iter().zip(km.iter()) {
+                r += q;
+                s += p;
+            }
+            (**retained, **kept_mass) = (r, s);
+        }
+    });
     *ties = t;
     mask
+}
+
+/// `x` if `keep`, else −0.0, without a branch: x + (−0.0) == x exactly, so adding this is the
+/// same sum as adding the kept values only.
+#[inline(always)]
+fn select(keep: bool, x: f64) -> f64 {
+    let sel = 0u64.wrapping_sub(keep as u64);
+    f64::from_bits((x.to_bits() & sel) | (!sel & (1u64 << 63)))
 }
 
 /// (n_eff, kept, all_zero) of one group, exactly as `emp::select` / `emp::select_ratio` decide.
@@ -630,13 +695,20 @@ fn moments_buf(s: &[f64]) -> (f64, f64) {
 }
 
 /// Per-unit EMP (or one group for the whole tensor) → keep bits, groups, Σ N_eff, all-zero groups.
-fn unit_mask(v: View, shape: &[usize], axis: Option<usize>, opts: &WeightOptions) -> (Vec<u64>, usize, f64, usize) {
+/// The bool is false when a score was NaN/Inf (the result is then meaningless).
+fn unit_mask(v: View, shape: &[usize], axis: Option<usize>, opts: &WeightOptions) -> ((Vec<u64>, usize, f64, usize), bool) {
     let n = v.n();
     let (outer, dim, inner) = match axis {
         Some(a) if shape[a] > 0 => (shape[..a].iter().product(), shape[a], shape[a + 1..].iter().product()),
-        _ if n > BUFFER_GROUP_MAX => return stream_group(v, opts),
+        _ if n > BUFFER_GROUP_MAX => {
+            return match first_non_finite(v, 0, n) {
+                None => (stream_group(v, opts), true),
+                Some(_) => ((Vec::new(), 0, 0.0, 0), false),
+            }
+        }
         _ => (1, 1, n),
     };
+    let mut finite = true;
     let mut mask = new_mask(n, false);
     let len: usize = outer * inner;
     let ub = (UNIT_BLOCK / len.max(1)).clamp(1, dim);
@@ -664,6 +736,11 @@ fn unit_mask(v: View, shape: &[usize], axis: Option<usize>, opts: &WeightOptions
                     }
                 }
             }
+        }
+        let gathered = &buf[..nb * len];
+        if !gathered.iter().all(|x| x.is_finite()) {
+            finite = false;
+            break;
         }
         for b in 0..nb {
             let u = u0 + b;
@@ -704,7 +781,7 @@ fn unit_mask(v: View, shape: &[usize], axis: Option<usize>, opts: &WeightOptions
         }
         u0 += nb;
     }
-    (mask, groups, ne, zero_groups)
+    ((mask, groups, ne, zero_groups), finite)
 }
 
 /// One EMP group over a whole (large) tensor, streaming: (keep bits, 1, N_eff, all_zero).
@@ -727,23 +804,44 @@ fn stream_group(v: View, opts: &WeightOptions) -> (Vec<u64>, usize, f64, usize) 
     (mask, 1, ne, all_zero as usize)
 }
 
-/// Per-tensor sums in element order, as the previous version's report: (kept, Σ s, Σ kept s).
-fn account(v: View, mask: &[u64]) -> (usize, f64, f64) {
+/// Per-tensor sums in element order, as the previous version's report: (kept, Σ s, Σ kept s);
+/// the pruned elements are zeroed in the same sweep (block by block, while they are in cache).
+fn account_and_zero(c: &Candidate, t: &mut TensorProto, opts: &WeightOptions, mask: &[u64]) -> Result<(usize, f64, f64)> {
+    const SWEEP: usize = 1 << 16;
     let (mut total, mut kept_mass) = (sum_zero(), sum_zero());
-    let mut kept = 0usize;
-    v.blocks(0, v.n(), |i0, b| {
-        for (j, &x) in b.iter().enumerate() {
-            let k = bit(mask, i0 + j);
-            total += x;
-            kept_mass += if k { x } else { -0.0 };
-            kept += k as usize;
-        }
-    });
-    (kept, total, kept_mass)
+    let n = make_view(c, t, opts)?.n();
+    let kept = mask_count(mask, n);
+    let mut lo = 0;
+    while lo < n {
+        let hi = (lo + SWEEP).min(n);
+        make_view(c, t, opts)?.blocks(lo, hi, |i0, b| {
+            let words = &mask[i0 / 64..];
+            let (mut tot, mut km) = (total, kept_mass);
+            for (j, &x) in b.iter().enumerate() {
+                tot += x;
+                km += select(words[j / 64] >> (j % 64) & 1 != 0, x);
+            }
+            (total, kept_mass) = (tot, km);
+        });
+        zero_masked(t, mask, lo, hi).with_context(|| format!("zeroing '{}'", tname(t)))?;
+        lo = hi;
+    }
+    Ok((kept, total, kept_mass))
 }
 
-/// Zero the elements whose keep bit is clear, in place, keeping the tensor's encoding.
-fn zero_masked(t: &mut TensorProto, mask: &[u64]) -> Result<()> {
+/// Set bits among the first `n`.
+fn mask_count(mask: &[u64], n: usize) -> usize {
+    let full = n / 64;
+    let mut c: usize = mask[..full].iter().map(|w| w.count_ones() as usize).sum();
+    if !n.is_multiple_of(64) {
+        c += (mask[full] & ((1u64 << (n % 64)) - 1)).count_ones() as usize;
+    }
+    c
+}
+
+/// Zero the elements `lo..hi` (`lo` a multiple of 64) whose keep bit is clear, in place, keeping
+/// the tensor's encoding.
+fn zero_masked(t: &mut TensorProto, mask: &[u64], lo: usize, hi: usize) -> Result<()> {
     fn zero<T: Copy>(v: &mut [T], z: T, mask: &[u64]) {
         for (c, &w) in v.chunks_mut(64).zip(mask) {
             if w == !0 {
@@ -756,31 +854,33 @@ fn zero_masked(t: &mut TensorProto, mask: &[u64]) -> Result<()> {
             }
         }
     }
+    debug_assert!(lo.is_multiple_of(64));
+    let mask = &mask[lo / 64..];
     match tensor::storage(t)? {
         Storage::Raw(4) => {
-            for (c, &w) in t.raw_data.chunks_mut(256).zip(mask) {
+            for (c, &w) in t.raw_data[lo * 4..hi * 4].chunks_mut(256).zip(mask) {
                 if w == !0 {
                     continue;
                 }
                 for (j, x) in c.chunks_exact_mut(4).enumerate() {
-                    if w >> j & 1 == 0 {
-                        x.fill(0);
-                    }
+                    let sel = 0u32.wrapping_sub((w >> j) as u32 & 1);
+                    let v = u32::from_le_bytes([x[0], x[1], x[2], x[3]]) & sel;
+                    x.copy_from_slice(&v.to_le_bytes());
                 }
             }
         }
         Storage::Raw(es) => {
-            for (i, c) in t.raw_data.chunks_exact_mut(es).enumerate() {
+            for (i, c) in t.raw_data[lo * es..hi * es].chunks_exact_mut(es).enumerate() {
                 if !bit(mask, i) {
                     c.fill(0);
                 }
             }
         }
-        Storage::Float => zero(&mut t.float_data, 0.0, mask),
-        Storage::Double => zero(&mut t.double_data, 0.0, mask),
-        Storage::Int32 => zero(&mut t.int32_data, 0, mask),
-        Storage::Int64 => zero(&mut t.int64_data, 0, mask),
-        Storage::Uint64 => zero(&mut t.uint64_data, 0, mask),
+        Storage::Float => zero(&mut t.float_data[lo..hi], 0.0, mask),
+        Storage::Double => zero(&mut t.double_data[lo..hi], 0.0, mask),
+        Storage::Int32 => zero(&mut t.int32_data[lo..hi], 0, mask),
+        Storage::Int64 => zero(&mut t.int64_data[lo..hi], 0, mask),
+        Storage::Uint64 => zero(&mut t.uint64_data[lo..hi], 0, mask),
         Storage::String => bail!("tensor '{}': cannot zero a string tensor", tname(t)),
     }
     Ok(())
@@ -862,15 +962,21 @@ fn prune_groups(
         .zip(ts.par_iter())
         .map(|(c, t)| {
             let v = make_view(c, t, opts)?;
-            if let Some(b) = first_non_finite(v, 0, v.n()) {
-                return Err(non_finite_error(c, b));
-            }
             if bad_ratio.is_some() {
-                return Ok(None);
+                return match first_non_finite(v, 0, v.n()) {
+                    Some(b) => Err(non_finite_error(c, b)),
+                    None => Ok(None),
+                };
             }
             let shape = tensor::shape(t)?;
             let axis = if scope == Scope::Unit { c.unit_axis } else { None };
-            Ok(Some(unit_mask(v, &shape, axis, opts)))
+            let d = unit_mask(v, &shape, axis, opts);
+            if !d.1 {
+                // The gathered units held a NaN/Inf: name the first one in element order.
+                let b = first_non_finite(v, 0, v.n()).expect("a non-finite score");
+                return Err(non_finite_error(c, b));
+            }
+            Ok(Some(d.0))
         })
         .collect();
     let decided = decided.into_iter().collect::<Result<Vec<_>>>()?;
@@ -883,17 +989,18 @@ fn prune_groups(
         .zip(ts.par_iter_mut())
         .zip(decided)
         .map(|((c, t), (mask, groups, ne, zero_groups))| {
-            let v = make_view(c, t, opts)?;
-            let acc = account(v, &mask);
-            let r = report(c, t, v.n(), groups, ne, zero_groups, acc);
-            zero_masked(t, &mask).with_context(|| format!("zeroing '{}'", tname(t)))?;
+            let acc = account_and_zero(c, t, opts, &mask)?;
+            let n = make_view(c, t, opts)?.n();
             progress.inc(1);
-            Ok(r)
+            Ok(report(c, t, n, groups, ne, zero_groups, acc))
         })
         .collect()
 }
 
-/// Scope global: one EMP over all candidates, in passes over the weights.
+/// Scope global: one EMP over all candidates, in four passes over the weights: (1) maxima,
+/// finiteness, level-1 histogram, in parallel; (2) the global and per-tensor sums, in order;
+/// (3) the remaining radix levels of the threshold, in parallel; (4) keep bits, retained mass
+/// and kept mass in order, each tensor zeroed by another thread as soon as its bits are known.
 fn prune_global(
     cands: &[Candidate],
     ts: &mut [&mut TensorProto],
@@ -922,21 +1029,12 @@ fn prune_global(
         return Err(e);
     }
     let m = f64::from_bits(sc.max.iter().copied().max().unwrap_or(0));
-    // Global moments (one sequential sum) and each tensor's own N_eff, side by side.
-    let ((s1, s2), tensor_neff) = rayon::join(
-        || if m == 0.0 { (0.0, 0.0) } else { moments_seq(&views, m) },
-        || {
-            views
-                .par_iter()
-                .zip(&sc.max)
-                .map(|(v, &mt)| {
-                    let mt = f64::from_bits(mt);
-                    let (t1, t2) = if mt == 0.0 { (0.0, 0.0) } else { moments_seq(std::slice::from_ref(v), mt) };
-                    emp::n_eff_from_moments(v.n(), t1, t2).unwrap_or(v.n() as f64)
-                })
-                .collect::<Vec<f64>>()
-        },
-    );
+    let ((s1, s2), per) = if m == 0.0 {
+        // Every score is 0: every tensor is kept whole.
+        ((0.0, 0.0), views.iter().map(|_| (0.0, 0.0, 0.0)).collect())
+    } else {
+        moments_global(&views, m, &sc.max)
+    };
     let (gd, thr, mut ties) = if m == 0.0 {
         (GlobalDecision { n, n_eff: n as f64, kept: n, s_eff: 1.0 }, 0, usize::MAX)
     } else {
@@ -949,31 +1047,30 @@ fn prune_global(
         (GlobalDecision { n, n_eff: ne, kept, s_eff: 1.0 }, thr, ties)
     };
     drop(sc);
-    // Keep bits and the retained mass go in order on this thread; each tensor is accounted and
-    // zeroed by another as soon as its bits are known.
+    drop(views);
     let mut retained = 0.0f64;
     let mut reports: Vec<Option<Result<TensorReport>>> = (0..cands.len()).map(|_| None).collect();
-    let masks: Vec<Vec<u64>> = views
-        .iter()
-        .map(|&v| if m == 0.0 { new_mask(v.n(), true) } else { Vec::new() })
-        .collect();
-    drop(views);
     rayon::scope(|s| {
-        for (((c, t), (slot, mut mask)), ne) in cands.iter().zip(ts.iter_mut()).zip(reports.iter_mut().zip(masks)).zip(&tensor_neff) {
+        for ((c, t), (slot, &(t1, t2, total))) in cands.iter().zip(ts.iter_mut()).zip(reports.iter_mut().zip(&per)) {
             let t: &mut TensorProto = t;
-            if m > 0.0 {
-                let v = make_view(c, t, opts).expect("validated");
-                mask = mark(v, thr, &mut ties, Some((&mut retained, m)));
-            }
+            let v = make_view(c, t, opts).expect("validated");
+            let nt = v.n();
+            let n_eff = emp::n_eff_from_moments(nt, t1, t2).unwrap_or(nt as f64);
+            let (mask, kept_mass) = if m == 0.0 {
+                (new_mask(nt, true), None)
+            } else {
+                let mut kept_mass = sum_zero();
+                let mask = mark(v, thr, &mut ties, Some((&mut retained, m, &mut kept_mass)));
+                (mask, Some(kept_mass))
+            };
             s.spawn(move |_| {
-                let r = (|| {
-                    let v = make_view(c, t, opts)?;
-                    let acc = account(v, &mask);
-                    let r = report(c, t, v.n(), 1, *ne, 0, acc);
-                    zero_masked(t, &mask).with_context(|| format!("zeroing '{}'", tname(t)))?;
-                    Ok(r)
-                })();
-                *slot = Some(r);
+                let kept = mask_count(&mask, nt);
+                let r = match kept_mass {
+                    // all kept: nothing to zero; Σ kept s = Σ s
+                    None => make_view(c, t, opts).map(|v| account_only(v)),
+                    Some(km) => zero_masked(t, &mask, 0, nt).map(|_| (kept, total, km)),
+                };
+                *slot = Some(r.map(|acc| report(c, t, nt, 1, n_eff, 0, acc)));
                 progress.inc(1);
             });
         }
@@ -986,6 +1083,20 @@ fn prune_global(
     };
     let reports = reports.into_iter().map(|r| r.expect("every tensor was processed")).collect::<Result<Vec<_>>>()?;
     Ok((reports, Some(gd)))
+}
+
+/// (kept, Σ s, Σ kept s) of a tensor kept whole.
+fn account_only(v: View) -> (usize, f64, f64) {
+    let (mut total, mut kept_mass) = (sum_zero(), sum_zero());
+    v.blocks(0, v.n(), |_, b| {
+        let (mut tot, mut km) = (total, kept_mass);
+        for &x in b {
+            tot += x;
+            km += x;
+        }
+        (total, kept_mass) = (tot, km);
+    });
+    (v.n(), total, kept_mass)
 }
 
 #[cfg(test)]
