@@ -159,6 +159,7 @@ fn real_main(cli: Cli) -> ExitCode {
         };
     }
     let a = cli.prune;
+    onnx_emp::progress::set_quiet(a.quiet);
     let (Some(input), Some(output)) = (a.input.clone(), a.output.clone()) else {
         return usage("expected IN and OUT model paths (see --help)");
     };

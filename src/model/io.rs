@@ -2,15 +2,16 @@
 //!
 //! The protobuf types come from `onnx-protobuf`, which keeps unknown fields, so a model that is
 //! loaded and saved unchanged comes out semantically identical. External data is read into
-//! `raw_data` on load (paths are confined to the model's folder) and written back beside the
-//! output on save. Saving is atomic: temp file in the target folder, then rename.
+//! `raw_data` on load (paths are confined to the model's folder, ranges checked) and written back
+//! beside the output on save. Saving is atomic: temp file in the target folder, then rename (like
+//! `cp`, the files are not fsynced: durability against power loss is left to the OS).
 
 use super::tensor::{self, tname};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::{GraphProto, Message, ModelProto, StringStringEntryProto, TensorProto};
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 /// protobuf refuses single messages of 2 GiB or more.
@@ -28,40 +29,37 @@ pub struct Loaded {
 }
 
 /// Read and parse a model file, resolving external data relative to its folder.
+///
+/// The protobuf is parsed straight from the file (no second copy of its bytes); external data is
+/// read tensor by tensor (one open file per data file, positioned reads, in parallel) after the
+/// ranges were checked: inside the data file, not overlapping.
 pub fn load(path: &Path) -> Result<Loaded> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if !meta.is_file() {
         bail!("{}: not a regular file", path.display());
     }
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut proto = parse(&bytes).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
-    drop(bytes);
+    let file = File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut proto = parse_reader(file, meta.len()).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
     let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
-    let mut external = BTreeSet::new();
-    let mut data_bytes = BTreeSet::new();
-    let mut err = None;
-    for_each_tensor_mut(&mut proto, &mut |t| {
-        if err.is_some() {
-            return;
-        }
-        if t.data_location.value() == 1 || !t.external_data.is_empty() {
-            match read_external(t, dir) {
-                Ok(file) => {
-                    external.insert(t.name.clone());
-                    data_bytes.insert(file);
-                }
-                Err(e) => err = Some(e),
-            }
-        }
-    });
-    if let Some(e) = err {
-        return Err(e.context(format!("{}: external data", path.display())));
-    }
+    let (external, data_files) = read_all_external(&mut proto, dir).map_err(|e| e.context(format!("{}: external data", path.display())))?;
     let mut size = meta.len();
-    for f in &data_bytes {
+    for f in &data_files {
         size += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
     }
     Ok(Loaded { proto, path: path.to_path_buf(), bytes_on_disk: size, external })
+}
+
+/// Parse a model from a reader of `len` bytes, with the checks of [`parse`].
+fn parse_reader(r: impl Read, len: u64) -> Result<ModelProto> {
+    if len == 0 {
+        bail!("file is empty");
+    }
+    let mut br = std::io::BufReader::with_capacity(1 << 20, r);
+    let mut is = protobuf::CodedInputStream::from_buf_read(&mut br);
+    let proto = ModelProto::parse_from(&mut is)
+        .and_then(|m| is.check_eof().map(|_| m))
+        .map_err(|e| anyhow::anyhow!("protobuf decode failed: {e}"))?;
+    check_model(proto)
 }
 
 /// Parse bytes and check the minimum that makes them an ONNX model.
@@ -70,6 +68,10 @@ pub fn parse(bytes: &[u8]) -> Result<ModelProto> {
         bail!("file is empty");
     }
     let proto = ModelProto::parse_from_bytes(bytes).map_err(|e| anyhow::anyhow!("protobuf decode failed: {e}"))?;
+    check_model(proto)
+}
+
+fn check_model(proto: ModelProto) -> Result<ModelProto> {
     if proto.ir_version <= 0 {
         bail!("no ir_version (is this an ONNX file?)");
     }
@@ -172,38 +174,156 @@ pub fn confined(dir: &Path, location: &str, what: &str) -> Result<PathBuf> {
     Ok(cfull)
 }
 
-fn read_external(t: &mut TensorProto, dir: &Path) -> Result<PathBuf> {
-    let name = tname(t).to_string();
-    let what = format!("tensor '{name}'");
-    let loc = ext_field(t, "location").with_context(|| format!("{what}: external data without a location"))?;
-    let file = confined(dir, loc, &what)?;
-    let parse_u64 = |k: &str| -> Result<Option<u64>> {
-        match ext_field(t, k) {
-            None => Ok(None),
-            Some(v) => v.trim().parse::<u64>().map(Some).with_context(|| format!("{what}: bad external {k} '{v}'")),
+/// Every tensor of a model, mutably (initializers, sparse initializers, attribute tensors,
+/// subgraphs, function constants) — the set [`for_each_tensor_mut`] visits.
+fn all_tensors_mut(m: &mut ModelProto) -> Vec<&mut TensorProto> {
+    fn graph<'a>(g: &'a mut GraphProto, out: &mut Vec<&'a mut TensorProto>) {
+        let GraphProto { initializer, sparse_initializer, node, .. } = g;
+        out.extend(initializer.iter_mut());
+        for st in sparse_initializer.iter_mut() {
+            let onnx_protobuf::SparseTensorProto { values, indices, .. } = st;
+            out.extend(values.as_mut());
+            out.extend(indices.as_mut());
         }
-    };
-    let offset = parse_u64("offset")?.unwrap_or(0);
-    let n = tensor::numel(t)? as u64;
-    let es = tensor::elem_size(t.data_type)
-        .with_context(|| format!("{what}: unsupported data type {} in external data", t.data_type))? as u64;
-    let expect = n * es;
-    let length = parse_u64("length")?.unwrap_or(expect);
-    if length != expect {
-        bail!("{what}: external length {length} but dims {:?} need {expect} bytes", t.dims);
+        for n in node.iter_mut() {
+            for a in n.attribute.iter_mut() {
+                let onnx_protobuf::AttributeProto { t, tensors, g, graphs, .. } = a;
+                out.extend(t.as_mut());
+                out.extend(tensors.iter_mut());
+                if let Some(sg) = g.as_mut() {
+                    graph(sg, out);
+                }
+                for sg in graphs.iter_mut() {
+                    graph(sg, out);
+                }
+            }
+        }
     }
-    let mut f = File::open(&file).with_context(|| format!("{what}: cannot open '{loc}'"))?;
-    let flen = f.metadata()?.len();
-    if offset.checked_add(length).is_none_or(|end| end > flen) {
-        bail!("{what}: external data [{offset}, +{length}) is past the end of '{loc}' ({flen} bytes)");
+    let mut out = Vec::new();
+    let ModelProto { graph: g, functions, .. } = m;
+    if let Some(g) = g.as_mut() {
+        graph(g, &mut out);
     }
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = vec![0u8; length as usize];
-    f.read_exact(&mut buf).with_context(|| format!("{what}: reading '{loc}'"))?;
-    t.raw_data = buf;
-    t.external_data.clear();
-    t.data_location = protobuf::EnumOrUnknown::from_i32(0);
-    Ok(file)
+    for fun in functions.iter_mut() {
+        for n in fun.node.iter_mut() {
+            for a in n.attribute.iter_mut() {
+                out.extend(a.t.as_mut());
+            }
+        }
+    }
+    out
+}
+
+/// Where one tensor's external bytes are.
+struct ExtRange {
+    file: usize,
+    offset: u64,
+    length: u64,
+}
+
+/// Resolve and read every external tensor into `raw_data`. Returns the names of the external
+/// tensors and the data files used.
+fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<String>, Vec<PathBuf>)> {
+    use rayon::prelude::*;
+    let mut tensors: Vec<&mut TensorProto> =
+        all_tensors_mut(proto).into_iter().filter(|t| t.data_location.value() == 1 || !t.external_data.is_empty()).collect();
+    let mut files: Vec<(PathBuf, File, u64, String)> = Vec::new();
+    let mut by_loc: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut ranges = Vec::with_capacity(tensors.len());
+    for t in tensors.iter() {
+        let what = format!("tensor '{}'", tname(t));
+        let loc = ext_field(t, "location").with_context(|| format!("{what}: external data without a location"))?;
+        let fi = match by_loc.get(loc) {
+            Some(&i) => i,
+            None => {
+                let full = confined(dir, loc, &what)?;
+                let i = match files.iter().position(|f| f.0 == full) {
+                    Some(i) => i,
+                    None => {
+                        let f = File::open(&full).with_context(|| format!("{what}: cannot open '{loc}'"))?;
+                        let len = f.metadata()?.len();
+                        files.push((full, f, len, loc.to_string()));
+                        files.len() - 1
+                    }
+                };
+                by_loc.insert(loc.to_string(), i);
+                i
+            }
+        };
+        let parse_u64 = |k: &str| -> Result<Option<u64>> {
+            match ext_field(t, k) {
+                None => Ok(None),
+                Some(v) => v.trim().parse::<u64>().map(Some).with_context(|| format!("{what}: bad external {k} '{v}'")),
+            }
+        };
+        let offset = parse_u64("offset")?.unwrap_or(0);
+        let n = tensor::numel(t)? as u64;
+        let es = tensor::elem_size(t.data_type)
+            .with_context(|| format!("{what}: unsupported data type {} in external data", t.data_type))? as u64;
+        let expect = n * es;
+        let length = parse_u64("length")?.unwrap_or(expect);
+        if length != expect {
+            bail!("{what}: external length {length} but dims {:?} need {expect} bytes", t.dims);
+        }
+        let (_, _, flen, floc) = &files[fi];
+        if offset.checked_add(length).is_none_or(|end| end > *flen) {
+            bail!("{what}: external data [{offset}, +{length}) is past the end of '{floc}' ({flen} bytes)");
+        }
+        ranges.push(ExtRange { file: fi, offset, length });
+    }
+    // Two tensors must not share bytes.
+    let mut order: Vec<usize> = (0..ranges.len()).filter(|&i| ranges[i].length > 0).collect();
+    order.sort_by_key(|&i| (ranges[i].file, ranges[i].offset));
+    for w in order.windows(2) {
+        let (a, b) = (&ranges[w[0]], &ranges[w[1]]);
+        if a.file == b.file && a.offset + a.length > b.offset {
+            bail!(
+                "tensors '{}' and '{}' overlap in '{}' ([{}, +{}) and [{}, +{}))",
+                tname(tensors[w[0]]),
+                tname(tensors[w[1]]),
+                files[a.file].3,
+                a.offset,
+                a.length,
+                b.offset,
+                b.length
+            );
+        }
+    }
+    let results: Vec<Result<()>> = tensors
+        .par_iter_mut()
+        .zip(&ranges)
+        .map(|(t, r)| {
+            let mut buf = vec![0u8; r.length as usize];
+            read_at(&files[r.file].1, r.offset, &mut buf).with_context(|| format!("tensor '{}': reading '{}'", tname(t), files[r.file].3))?;
+            t.raw_data = buf;
+            t.external_data.clear();
+            t.data_location = protobuf::EnumOrUnknown::from_i32(0);
+            Ok(())
+        })
+        .collect();
+    results.into_iter().collect::<Result<Vec<_>>>()?;
+    let names = tensors.iter().map(|t| t.name.clone()).collect();
+    Ok((names, files.into_iter().map(|f| f.0).collect()))
+}
+
+/// Fill `buf` from `offset` of `f` without moving a shared file position.
+fn read_at(f: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(f, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            let k = std::os::windows::fs::FileExt::seek_read(f, &mut buf[done..], offset + done as u64)?;
+            if k == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += k;
+        }
+        Ok(())
+    }
 }
 
 /// How to write a model.
@@ -236,7 +356,7 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         let mut offset = 0u64;
         let mut err: Option<anyhow::Error> = None;
         {
-            let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
             for_each_tensor_mut(&mut proto, &mut |t| {
                 if err.is_some() || !external.contains(&t.name) || t.raw_data.is_empty() {
                     return;
@@ -263,17 +383,25 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         total += offset;
         data_tmp = Some(tmp);
     }
-    if proto.compute_size() > PROTOBUF_LIMIT {
+    let size = proto.compute_size();
+    if size > PROTOBUF_LIMIT {
         bail!("{}: model protobuf would exceed 2 GiB even with external data", out.display());
     }
-    let bytes = proto.write_to_bytes().with_context(|| format!("{}: encoding failed", out.display()))?;
-    total += bytes.len() as u64;
+    total += size;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
-    tmp.write_all(&bytes).with_context(|| format!("{}: write failed", out.display()))?;
-    tmp.as_file().sync_all().ok();
+    {
+        // Encoded straight into the file: no second copy of the model in memory.
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let mut os = protobuf::CodedOutputStream::new(&mut w);
+        proto
+            .write_to_with_cached_sizes(&mut os)
+            .and_then(|_| os.flush())
+            .with_context(|| format!("{}: write failed", out.display()))?;
+        drop(os);
+        w.flush().with_context(|| format!("{}: write failed", out.display()))?;
+    }
     if let Some(d) = data_tmp {
-        d.as_file().sync_all().ok();
         d.persist(dir.join(&data_name)).with_context(|| format!("{}: cannot write {data_name}", out.display()))?;
     }
     tmp.persist(out).with_context(|| format!("{}: cannot write", out.display()))?;
