@@ -41,7 +41,8 @@ impl Stage {
             if !matches!(rx.recv_timeout(Duration::from_secs(1)), Err(RecvTimeoutError::Timeout)) {
                 return;
             }
-            let pb = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+            let pb = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+                .with_elapsed(Duration::from_secs(1));
             let spinner = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("template");
             let bar = indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}")
                 .expect("template")
