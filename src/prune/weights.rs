@@ -519,42 +519,41 @@ fn moments_seq(parts: &[View], m: f64) -> (f64, f64) {
     (s1, s2)
 }
 
-/// One sequential pass over all parts: the global moments (scaled by the global max `m`) and, per
-/// part, its own moments (scaled by its own max) and Σ s — each sum in the previous version's order.
-/// Per part: (Σ a, Σ a², Σ s).
-type PartSums = Vec<(f64, f64, f64)>;
+/// Per part: (Σ a, Σ a²).
+type PartSums = Vec<(f64, f64)>;
 
+/// The global moments (scaled by the global max `m`, one sequential sum over all parts) and, per
+/// part, its own moments (scaled by its own max) — each sum in the previous version's order. The global sums and the per-part sums run side by side on two threads.
 fn moments_global(parts: &[View], m: f64, part_max: &[u64]) -> ((f64, f64), PartSums) {
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    let mut per = Vec::with_capacity(parts.len());
-    let mut a = [0f64; BLOCK];
-    let mut at = [0f64; BLOCK];
-    for (v, &mt) in parts.iter().zip(part_max) {
-        let mt = f64::from_bits(mt);
-        let (mut t1, mut t2, mut total) = (0.0f64, 0.0f64, sum_zero());
-        v.blocks(0, v.n(), |_, b| {
-            let k = b.len();
-            let (a, at) = (&mut a[..k], &mut at[..k]);
-            for ((x, y), &v) in a.iter_mut().zip(at.iter_mut()).zip(b) {
-                *x = v.abs() / m;
-                *y = v.abs() / mt;
-            }
-            // Independent chains: they overlap, the pass costs one add latency per element.
-            // (Locals: accumulators captured by the closure would live in memory.)
-            let (mut r1, mut r2, mut q1, mut q2, mut tot) = (s1, s2, t1, t2, total);
-            for ((&x, &y), &v) in a.iter().zip(at.iter()).zip(b) {
-                r1 += x;
-                r2 += x * x;
-                q1 += y;
-                q2 += y * y;
-                tot += v;
-            }
-            (s1, s2, t1, t2, total) = (r1, r2, q1, q2, tot);
-        });
-        // A part whose max is 0 has no moments (its t1, t2 are NaN here: not used).
-        per.push(if mt == 0.0 { (0.0, 0.0, total) } else { (t1, t2, total) });
-    }
-    ((s1, s2), per)
+    rayon::join(
+        || moments_seq(parts, m),
+        || {
+            parts
+                .par_iter()
+                .zip(part_max)
+                .map(|(v, &mt)| {
+                    let mt = f64::from_bits(mt);
+                    let (mut t1, mut t2) = (0.0f64, 0.0f64);
+                    let mut a = [0f64; BLOCK];
+                    v.blocks(0, v.n(), |_, b| {
+                        let a = &mut a[..b.len()];
+                        for (x, &y) in a.iter_mut().zip(b) {
+                            *x = y.abs() / mt;
+                        }
+                        // Locals: accumulators captured by the closure would live in memory.
+                        let (mut q1, mut q2) = (t1, t2);
+                        for &x in a.iter() {
+                            q1 += x;
+                            q2 += x * x;
+                        }
+                        (t1, t2) = (q1, q2);
+                    });
+                    // A part whose max is 0 has no moments (t1, t2 are NaN here: not used).
+                    if mt == 0.0 { (0.0, 0.0) } else { (t1, t2) }
+                })
+                .collect()
+        },
+    )
 }
 
 /// The bucket holding rank `r` (0 = largest) and the rank inside it.
@@ -605,13 +604,12 @@ fn threshold(parts: &[View], items: &[(usize, usize, usize)], sc: &Scan, kept: u
 }
 
 /// Keep bits of one part given the threshold; `ties` counts down the equal keys still kept.
-/// With `sums` = (retained, m, kept_mass): also Σ (kept |s| / m) and Σ kept s, in order.
-fn mark(v: View, thr: u64, ties: &mut usize, mut sums: Option<(&mut f64, f64, &mut f64)>) -> Vec<u64> {
+/// With `retained` = (sum, m): also Σ (kept |s| / m), in order.
+fn mark(v: View, thr: u64, ties: &mut usize, mut retained: Option<(&mut f64, f64)>) -> Vec<u64> {
     let n = v.n();
     let mut mask = new_mask(n, false);
     let mut t = *ties;
     let mut a = [0f64; BLOCK];
-    let mut km = [0f64; BLOCK];
     let thr_v = f64::from_bits(thr);
     let mut keep = [0u64; BLOCK];
     // Blocks start at multiples of BLOCK, so at whole mask words.
@@ -640,19 +638,18 @@ fn mark(v: View, thr: u64, ties: &mut usize, mut sums: Option<(&mut f64, f64, &m
             }
             mask[i0 / 64 + wi] = w;
         }
-        if let Some((retained, m, kept_mass)) = sums.as_mut() {
-            let (a, km) = (&mut a[..k], &mut km[..k]);
+        if let Some((sum, m)) = retained.as_mut() {
+            let a = &mut a[..k];
             const NEG0: u64 = 1 << 63;
-            for (((q, p), &x), &sel) in a.iter_mut().zip(km.iter_mut()).zip(b).zip(keep.iter()) {
+            // x + (−0.0) == x exactly: adding −0.0 for a pruned element is adding nothing.
+            for ((q, &x), &sel) in a.iter_mut().zip(b).zip(keep.iter()) {
                 *q = f64::from_bits(((x.abs() / *m).to_bits() & sel) | (NEG0 & !sel));
-                *p = f64::from_bits((x.to_bits() & sel) | (NEG0 & !sel));
             }
-            let (mut r, mut s) = (**retained, **kept_mass);
-            for (&q, &p) in a.iter().zip(km.iter()) {
+            let mut r = **sum;
+            for &q in a.iter() {
                 r += q;
-                s += p;
             }
-            (**retained, **kept_mass) = (r, s);
+            **sum = r;
         }
     });
     *ties = t;
@@ -999,8 +996,8 @@ fn prune_groups(
 
 /// Scope global: one EMP over all candidates, in four passes over the weights: (1) maxima,
 /// finiteness, level-1 histogram, in parallel; (2) the global and per-tensor sums, in order;
-/// (3) the remaining radix levels of the threshold, in parallel; (4) keep bits, retained mass
-/// and kept mass in order, each tensor zeroed by another thread as soon as its bits are known.
+/// (3) the remaining radix levels of the threshold, in parallel; (4) keep bits and retained
+/// mass in order, each tensor accounted and zeroed by another thread once its bits are known.
 fn prune_global(
     cands: &[Candidate],
     ts: &mut [&mut TensorProto],
@@ -1031,7 +1028,7 @@ fn prune_global(
     let m = f64::from_bits(sc.max.iter().copied().max().unwrap_or(0));
     let ((s1, s2), per) = if m == 0.0 {
         // Every score is 0: every tensor is kept whole.
-        ((0.0, 0.0), views.iter().map(|_| (0.0, 0.0, 0.0)).collect())
+        ((0.0, 0.0), views.iter().map(|_| (0.0, 0.0)).collect())
     } else {
         moments_global(&views, m, &sc.max)
     };
@@ -1051,24 +1048,17 @@ fn prune_global(
     let mut retained = 0.0f64;
     let mut reports: Vec<Option<Result<TensorReport>>> = (0..cands.len()).map(|_| None).collect();
     rayon::scope(|s| {
-        for ((c, t), (slot, &(t1, t2, total))) in cands.iter().zip(ts.iter_mut()).zip(reports.iter_mut().zip(&per)) {
+        for ((c, t), (slot, &(t1, t2))) in cands.iter().zip(ts.iter_mut()).zip(reports.iter_mut().zip(&per)) {
             let t: &mut TensorProto = t;
             let v = make_view(c, t, opts).expect("validated");
             let nt = v.n();
             let n_eff = emp::n_eff_from_moments(nt, t1, t2).unwrap_or(nt as f64);
-            let (mask, kept_mass) = if m == 0.0 {
-                (new_mask(nt, true), None)
-            } else {
-                let mut kept_mass = sum_zero();
-                let mask = mark(v, thr, &mut ties, Some((&mut retained, m, &mut kept_mass)));
-                (mask, Some(kept_mass))
-            };
+            let mask = if m == 0.0 { None } else { Some(mark(v, thr, &mut ties, Some((&mut retained, m)))) };
             s.spawn(move |_| {
-                let kept = mask_count(&mask, nt);
-                let r = match kept_mass {
+                let r = match mask {
                     // all kept: nothing to zero; Σ kept s = Σ s
-                    None => make_view(c, t, opts).map(|v| account_only(v)),
-                    Some(km) => zero_masked(t, &mask, 0, nt).map(|_| (kept, total, km)),
+                    None => make_view(c, t, opts).map(account_only),
+                    Some(mask) => account_and_zero(c, t, opts, &mask),
                 };
                 *slot = Some(r.map(|acc| report(c, t, nt, 1, n_eff, 0, acc)));
                 progress.inc(1);
