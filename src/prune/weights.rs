@@ -242,8 +242,8 @@ pub fn candidate_names(model: &ModelProto, inc: &Include) -> Result<Vec<String>>
 
 /// Scores decoded per block.
 const BLOCK: usize = 1024;
-/// Work item of the parallel passes, in elements.
-const CHUNK: usize = 1 << 22;
+/// Work item of the parallel passes, in elements (small in tests, to exercise the merging).
+const CHUNK: usize = if cfg!(test) { 1 << 12 } else { 1 << 22 };
 /// Level-1 radix digit: bits 47..62 of a key (bit 63, the sign, is 0).
 const TOP_SHIFT: u32 = 47;
 /// Later radix digits have at most this many bits (a 2^20-bucket histogram is 8 MB).
@@ -1223,6 +1223,35 @@ mod tests {
             over in prop::bool::weighted(0.2),
         ) {
             check_same(ws, scope, beta, ratio, over)?;
+        }
+    }
+
+    #[test]
+    fn same_result_with_any_number_of_threads() {
+        let mut st = 0x2545F4914F6CDD1Du64;
+        let mut rnd = move |k: u64| {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            ((st >> 40) % k) as f32 / k as f32 - 0.5
+        };
+        let ws: Vec<Spec> = vec![
+            ((0..300 * 200).map(|_| rnd(1000)).collect(), vec![300, 200], dt::FLOAT, false),
+            ((0..64 * 3 * 3 * 3).map(|_| rnd(50)).collect(), vec![64, 3, 3, 3], dt::FLOAT16, false),
+            ((0..BUFFER_GROUP_MAX + 77).map(|_| rnd(100_000)).collect(), vec![BUFFER_GROUP_MAX + 77], dt::FLOAT, true),
+        ];
+        for scope in [Scope::Global, Scope::Unit, Scope::Layer] {
+            let opts = WeightOptions { beta: 0.9, scope, include: Include::default(), scores: BTreeMap::new(), fixed_ratio: None };
+            let runs: Vec<(String, ModelProto)> = [1, 2, 3]
+                .into_iter()
+                .map(|k| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(k).build().unwrap();
+                    let mut m = model_of(ws.clone());
+                    let r = pool.install(|| prune_weights(&mut m, &opts)).unwrap();
+                    (serde_json::to_string(&r).unwrap(), m)
+                })
+                .collect();
+            assert!(runs.windows(2).all(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1), "{scope:?}");
         }
     }
 
