@@ -110,7 +110,8 @@ struct PruneArgs {
     /// Write the output even when masked-equivalence fails (structured modes)
     #[arg(long)]
     allow_mismatch: bool,
-    /// Print nothing on stdout but errors (the JSON report is still written)
+    /// Print nothing but errors: no report on stdout (the JSON report is still written) and no
+    /// progress on stderr
     #[arg(long, short)]
     quiet: bool,
 }
