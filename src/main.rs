@@ -25,6 +25,12 @@ Examples:
   # remove attention heads (one EMP over all heads), then FFN hidden units
   onnx-emp bert.onnx bert.small.onnx --structured heads,channels --dim batch=1 --dim sequence=128
 
+  # data-driven scores from a calibration set: Wanda |w|·‖x‖ per weight, activations per channel
+  onnx-emp models/digits_mlp.onnx mlp.wanda.onnx --criterion wanda --scope layer \
+      --calibration models/digits_calib_x64.npy --inputs models/digits_test_x64.npy
+  onnx-emp models/digits_cnn.onnx cnn.act.onnx --structured channels --criterion activation \
+      --calibration models/digits_calib_x1x8x8.npy
+
   # compare two models' graphs
   onnx-emp diff model.onnx out.onnx";
 

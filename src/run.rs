@@ -116,6 +116,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     GraphIndex::build(loaded.proto.graph.as_ref().context("model has no graph")?)
         .with_context(|| format!("{}", o.input.display()))?;
 
+    validate_weights(&loaded.proto, &o.include, o.mode != Mode::Weights).with_context(|| format!("{}", o.input.display()))?;
     let (p_before, nz_before) = params(&loaded.proto)?;
     // The pass works on the loaded model in place (no copy); only tensor names are kept for
     // `external_names`.
@@ -180,13 +181,27 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             let criterion = match crit {
                 "l2" | "weight" => Criterion::L2,
                 "l1" => Criterion::L1,
-                c => bail!("--criterion {c}: structured modes support l2 (default) or l1"),
+                "activation" => Criterion::Activation,
+                c => bail!("--criterion {c}: structured modes support l2 (default; 'weight' for heads), l1 or activation"),
+            };
+            let calib_inputs = if criterion == Criterion::Activation {
+                let (spec, label) = match &o.calibration {
+                    Some(s) => (s.clone(), o.calibration_label.clone().unwrap_or_else(|| "calibration".into())),
+                    None => (o.verify_opts.inputs.clone(), "verification inputs".to_string()),
+                };
+                let inputs = crate::calib::load_inputs(&o.input, &spec)?;
+                let rows = inputs.inputs.first().and_then(|i| i.data.shape().first().copied()).unwrap_or(0);
+                calibration = Some(format!("{label} ({rows} rows)"));
+                Some(inputs)
+            } else {
+                None
             };
             scope_name = format!("{scope:?}").to_lowercase();
             criterion_name = crit.to_string();
-            let sopts = StructOptions { beta: o.beta, scope, criterion, round_to: o.round_to.max(1) };
+            let sopts = StructOptions { beta: o.beta, scope, criterion, round_to: o.round_to.max(1), activations: None };
             let mut current = std::mem::take(&mut loaded.proto);
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
+                let sopts = with_activations(&sopts, &current, calib_inputs.as_ref(), "heads")?;
                 let r = structural(&current, &sopts, "heads")?;
                 groups.extend(r.groups);
                 stages.push(("heads".into(), r.masked, r.pruned.clone()));
@@ -195,6 +210,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             if matches!(mode, Mode::Channels | Mode::HeadsChannels) {
                 // Hidden units are ranked per group (the FFN width of a block is one group).
                 let copts = StructOptions { scope: if mode == Mode::HeadsChannels && o.scope.is_none() { StructScope::Layer } else { scope }, ..sopts.clone() };
+                let copts = with_activations(&copts, &current, calib_inputs.as_ref(), "channels")?;
                 let r = structural(&current, &copts, "channels")?;
                 groups.extend(r.groups);
                 stages.push(("channels".into(), r.masked, r.pruned.clone()));
@@ -240,6 +256,12 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     }
     let verification = if o.verify {
         let mut v = check::verify(&o.input, &staged, &o.verify_opts);
+        // The staging folder has a random name: report the final path so reports are identical.
+        let (from, to) = (staged.display().to_string(), o.output.display().to_string());
+        v.reason = v.reason.map(|r| r.replace(&from, &to));
+        for n in v.notes.iter_mut() {
+            *n = n.replace(&from, &to);
+        }
         timing.latency_dense = v.latency_dense.take();
         timing.latency_pruned = v.latency_pruned.take();
         Some(v)
@@ -330,6 +352,47 @@ fn external_names(loaded: &Loaded, before: &BTreeSet<String>, pruned: &ModelProt
     ext
 }
 
+/// Widest axis the structural analyses accept (they keep per-position tables).
+pub const MAX_STRUCT_WIDTH: i64 = 1 << 24;
+
+/// Checks every mode relies on, done once up front: candidate weights have a type and rank their
+/// op accepts (and attributes their type), hold no NaN/Inf (a model that computes NaN is refused
+/// whatever the mode), and — for structural modes — no axis so wide that per-unit tables could
+/// not be allocated.
+fn validate_weights(m: &ModelProto, include: &Include, structural: bool) -> Result<()> {
+    let names = weights::candidate_names(m, include)?;
+    let g = m.graph.as_ref().context("model has no graph")?;
+    let ix = GraphIndex::build(g)?;
+    for name in names {
+        let Some(t) = ix.weight(g, &name) else { continue };
+        if structural {
+            if let Some(d) = t.dims.iter().find(|&&d| d > MAX_STRUCT_WIDTH) {
+                bail!("tensor '{name}': dimension {d} is wider than structural pruning supports ({MAX_STRUCT_WIDTH})");
+            }
+        }
+        // Per-weight mode scores every candidate and rejects NaN/Inf there, naming the tensor.
+        if structural && crate::model::tensor::is_float(t.data_type) {
+            let v = crate::model::tensor::read_f32(t).with_context(|| format!("tensor '{name}'"))?;
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                bail!("tensor '{name}': element {i} is {} (NaN/Inf weights cannot be pruned)", v[i]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// For the activation criterion: run the model as it is at this stage on the calibration
+/// inputs and attach the statistics the stage needs.
+fn with_activations(o: &StructOptions, m: &ModelProto, inputs: Option<&crate::check::Inputs>, what: &str) -> Result<StructOptions> {
+    let Some(inputs) = inputs else { return Ok(o.clone()) };
+    let req = match what {
+        "heads" => crate::prune::heads::activation_requests(m)?,
+        _ => crate::prune::channels::activation_requests(m)?,
+    };
+    let stats = crate::calib::collect(m, inputs, &req).with_context(|| format!("calibration for {what}"))?;
+    Ok(StructOptions { activations: Some(std::sync::Arc::new(stats.values)), ..o.clone() })
+}
+
 fn structural(m: &ModelProto, opts: &StructOptions, what: &str) -> Result<StructuralResult> {
     match what {
         "heads" => crate::prune::heads::prune_heads(m, opts),
@@ -360,10 +423,13 @@ fn prove(stage: &str, masked: &Path, pruned: &Path, vo: &VerifyOptions) -> Equiv
             e.outputs = outs;
         }
         Err(err) => {
+            let err = format!("{err:#}")
+                .replace(&masked.display().to_string(), "masked model")
+                .replace(&pruned.display().to_string(), "pruned model");
             // tract could not run it: the proof is unavailable, which is not a proof of failure;
             // the report says so and the structural result is not claimed exact.
             e.status = "skipped".into();
-            e.reason = Some(format!("{err:#}"));
+            e.reason = Some(err);
         }
     }
     e

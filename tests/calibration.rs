@@ -118,3 +118,99 @@ fn statistics_stream_over_chunks() {
         assert!((fx.sum_sq[c] - want).abs() < 1e-6 * want, "{c}: {} vs {want}", fx.sum_sq[c]);
     }
 }
+
+/// x[?,3] → MatMul W1[3,4] → Relu → MatMul W2[4,2] → y. Hidden unit 0 has the largest weight
+/// norm but reads feature 0, which is always 0 in the calibration data.
+fn mlp(dir: &Path) -> std::path::PathBuf {
+    let mut g = GraphProto::new();
+    g.name = "act".into();
+    g.input.push(vi("x", &[-1, 3]));
+    g.output.push(vi("y", &[-1, 2]));
+    // columns: u0 = [5,0,0], u1 = [0,1,0], u2 = [0,0,1], u3 = [0,1,1]
+    g.initializer.push(tensor::new_f32("W1", &[3, 4], &[5., 0., 0., 0., 0., 1., 0., 1., 0., 0., 1., 1.]));
+    g.initializer.push(tensor::new_f32("W2", &[4, 2], &[1.; 8]));
+    for (name, op, ins, out) in [("mm1", "MatMul", vec!["x", "W1"], "h"), ("relu", "Relu", vec!["h"], "r"), ("mm2", "MatMul", vec!["r", "W2"], "y")] {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = name.into();
+        n.input = ins.into_iter().map(String::from).collect();
+        n.output = vec![out.into()];
+        g.node.push(n);
+    }
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    let mut op = OperatorSetIdProto::new();
+    op.version = 17;
+    m.opset_import.push(op);
+    m.graph = Some(g).into();
+    let p = dir.join("mlp.onnx");
+    io::save(m, &p, &SaveOptions::default()).unwrap();
+    p
+}
+
+#[test]
+fn channel_activation_ranking_differs_from_weight_norm_as_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = mlp(dir.path());
+    let mut x = Array2::<f32>::zeros((16, 3));
+    for r in 0..16 {
+        x[[r, 1]] = 1.0;
+        x[[r, 2]] = 1.0;
+    }
+    let xp = dir.path().join("calib.npy");
+    ndarray_npy::write_npy(&xp, &x).unwrap();
+    // l2: scores (5, 1, 1, √2) → N_eff 2.44 → keep u0, u3.
+    // activation: mean|relu| × ‖W2 row‖ = (0, √2, √2, 2√2) → N_eff 2.67 → keep u3 and u1 (tie: lower index).
+    for (crit, want) in [("l2", [0usize, 3]), ("activation", [1, 3])] {
+        let out = dir.path().join(format!("{crit}.onnx"));
+        let rep = dir.path().join(format!("{crit}.json"));
+        let st = std::process::Command::new(env!("CARGO_BIN_EXE_onnx-emp"))
+            .arg(&p)
+            .arg(&out)
+            .args(["--structured", "channels", "--criterion", crit, "--calibration"])
+            .arg(&xp)
+            .args(["--inputs"])
+            .arg(&xp)
+            .args(["--no-latency", "--quiet", "--report"])
+            .arg(&rep)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{crit}");
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        assert_eq!(r["equivalence"][0]["pass"], true, "{crit}: {}", r["equivalence"]);
+        if crit == "activation" {
+            assert!(r["calibration"].as_str().unwrap().contains("16 rows"), "{}", r["calibration"]);
+        }
+        let m = io::load(&out).unwrap();
+        let w1 = m.proto.graph.initializer.iter().find(|t| t.name.starts_with("W1")).unwrap();
+        assert_eq!(w1.dims, vec![3, 2], "{crit}");
+        let v = tensor::read_f32(w1).unwrap();
+        let orig = [[5f32, 0., 0.], [0., 1., 0.], [0., 0., 1.], [0., 1., 1.]];
+        for (k, &u) in want.iter().enumerate() {
+            let col: Vec<f32> = (0..3).map(|r| v[r * 2 + k]).collect();
+            assert_eq!(col, orig[u].to_vec(), "{crit}: kept column {k} should be unit {u}");
+        }
+    }
+}
+
+#[test]
+fn head_activation_criterion_runs_and_is_exact() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("r.json");
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_onnx-emp"))
+        .current_dir(root)
+        .args(["models/digits_transformer.onnx"])
+        .arg(dir.path().join("o.onnx"))
+        .args(["--structured", "heads", "--criterion", "activation", "--calibration", "models/digits_calib_x8x8.npy"])
+        .args(["--inputs", "models/digits_test_x8x8.npy", "--no-latency", "--quiet", "--report"])
+        .arg(&rep)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["criterion"], "activation");
+    assert!(r["calibration"].as_str().unwrap().contains("256 rows"));
+    assert_eq!(r["equivalence"][0]["pass"], true);
+    assert_eq!(r["groups"].as_array().unwrap().len(), 2);
+}

@@ -261,3 +261,24 @@ fn structured_heads_models() {
     assert!(r["equivalence"][0]["pass"].is_null());
     assert!(r["params"]["after"].as_u64() < r["params"]["before"].as_u64());
 }
+
+#[test]
+fn structured_reports_are_deterministic() {
+    let once = |model: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.onnx");
+        let rep = dir.path().join("r.json");
+        bin().arg(format!("models/{model}.onnx")).arg(&out).args(["--structured", "heads", "--no-latency", "-q", "--report"]).arg(&rep).assert().success();
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("timing");
+        v.as_object_mut().unwrap().remove("output");
+        (std::fs::read(&out).unwrap(), serde_json::to_string(&v).unwrap())
+    };
+    for m in ["mha_ms", "digits_transformer"] {
+        let (a, ra) = once(m);
+        let (b, rb) = once(m);
+        assert!(a == b, "{m}: output bytes differ");
+        assert_eq!(ra, rb, "{m}: reports differ");
+        assert!(!ra.contains(".onnx-emp-"), "{m}: staging path leaked into the report");
+    }
+}

@@ -370,8 +370,31 @@ struct Built {
     notes: Vec<String>,
 }
 
+/// Ops tract 0.23 is known not to run (or to misparse: it ignores the domain and takes
+/// com.microsoft `Attention` for ONNX `Attention`, then panics). Refused up front with a clear
+/// reason rather than a panic message.
+const TRACT_UNSUPPORTED: &[(&str, &str)] = &[
+    ("com.microsoft", "Attention"),
+    ("com.microsoft", "MultiHeadAttention"),
+    ("com.microsoft", "EmbedLayerNormalization"),
+    ("com.microsoft", "DynamicQuantizeLSTM"),
+];
+
+fn known_unsupported(proto: &tract_onnx::pb::ModelProto) -> Option<String> {
+    let g = proto.graph.as_ref()?;
+    g.node.iter().find_map(|n| {
+        TRACT_UNSUPPORTED
+            .iter()
+            .find(|(d, o)| n.domain == *d && n.op_type == *o)
+            .map(|(d, o)| format!("tract 0.23 cannot run {d} {o} (node '{}'; a known gap)", n.name))
+    })
+}
+
 fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool) -> Result<Built> {
     let proto = read_proto(path)?;
+    if let Some(reason) = known_unsupported(&proto) {
+        bail!("{reason}");
+    }
     let mut notes = vec![];
     let (mut model, _) = match fix_bool_attention_masks(path, &proto, facts, ignore_value_info)? {
         None => parse_proto(path, &proto, ignore_value_info)?,

@@ -7,8 +7,9 @@
 //! `cp`, the files are not fsynced: durability against power loss is left to the OS).
 
 use super::tensor::{self, tname};
+use super::{validate, wire};
 use anyhow::{bail, Context, Result};
-use onnx_protobuf::{GraphProto, Message, ModelProto, StringStringEntryProto, TensorProto};
+use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, StringStringEntryProto, TensorProto};
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -38,23 +39,51 @@ pub fn load(path: &Path) -> Result<Loaded> {
     if !meta.is_file() {
         bail!("{}: not a regular file", path.display());
     }
-    let file = File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut proto = parse_reader(file, meta.len()).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
+    if meta.len() > PROTOBUF_LIMIT {
+        // Refused before reading it into memory: protobuf cannot decode it anyway.
+        bail!("{}: {} bytes: protobuf messages are limited to 2 GiB (large weights belong in external data)", path.display(), meta.len());
+    }
+    let mut proto = parse_file(path, meta.len()).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
     let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
     let (external, data_files) = read_all_external(&mut proto, dir).map_err(|e| e.context(format!("{}: external data", path.display())))?;
+    if !external.is_empty() {
+        // The data read from outside the file gets the checks `parse` could not do.
+        validate::for_each_tensor(&proto, &mut |t| {
+            if external.contains(&t.name) {
+                validate::check_tensor(t)?;
+            }
+            Ok(())
+        })
+        .with_context(|| format!("{}: external data", path.display()))?;
+    }
     let mut size = meta.len();
-    for f in &data_files {
-        size += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+    for (_, flen) in &data_files {
+        size += flen;
     }
     Ok(Loaded { proto, path: path.to_path_buf(), bytes_on_disk: size, external })
 }
 
-/// Parse a model from a reader of `len` bytes, with the checks of [`parse`].
-fn parse_reader(r: impl Read, len: u64) -> Result<ModelProto> {
+/// Parse a model file of `len` bytes with the checks of [`parse`], straight from the file (no
+/// copy of its bytes in memory): a first streaming pass runs the wire pre-scan (`wire::scan_reader`,
+/// skipping over opaque payloads such as raw_data), a second pass decodes.
+fn parse_file(path: &Path, len: u64) -> Result<ModelProto> {
     if len == 0 {
         bail!("file is empty");
     }
-    let mut br = std::io::BufReader::with_capacity(1 << 20, r);
+    if len > PROTOBUF_LIMIT {
+        bail!("file is {len} bytes: protobuf messages are limited to 2 GiB");
+    }
+    let file = File::open(path).context("cannot read")?;
+    {
+        let mut br = std::io::BufReader::with_capacity(1 << 16, &file);
+        wire::scan_reader(&mut br, len).context("protobuf decode failed")?;
+    }
+    let mut file = file;
+    {
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(0)).context("cannot read")?;
+    }
+    let mut br = std::io::BufReader::with_capacity(1 << 20, file.take(len));
     let mut is = protobuf::CodedInputStream::from_buf_read(&mut br);
     let proto = ModelProto::parse_from(&mut is)
         .and_then(|m| is.check_eof().map(|_| m))
@@ -62,11 +91,20 @@ fn parse_reader(r: impl Read, len: u64) -> Result<ModelProto> {
     check_model(proto)
 }
 
-/// Parse bytes and check the minimum that makes them an ONNX model.
+/// Parse bytes and check that they are a well-formed ONNX model (see `validate`): every
+/// tensor's data agrees with its dims, names are defined once, the graph has no cycle. Tensors
+/// with external data get their data checked by `load` once it is read.
+///
+/// Before decoding, the bytes are scanned (`wire::scan`) so that hostile input can neither
+/// overflow the stack of the protobuf decoder nor make it allocate far more than the input size.
 pub fn parse(bytes: &[u8]) -> Result<ModelProto> {
     if bytes.is_empty() {
         bail!("file is empty");
     }
+    if bytes.len() as u64 > PROTOBUF_LIMIT {
+        bail!("file is {} bytes: protobuf messages are limited to 2 GiB", bytes.len());
+    }
+    wire::scan(bytes).context("protobuf decode failed")?;
     let proto = ModelProto::parse_from_bytes(bytes).map_err(|e| anyhow::anyhow!("protobuf decode failed: {e}"))?;
     check_model(proto)
 }
@@ -77,13 +115,14 @@ fn check_model(proto: ModelProto) -> Result<ModelProto> {
     }
     let Some(g) = proto.graph.as_ref() else { bail!("model has no graph") };
     if g.node.is_empty() {
-        bail!("graph '{}' is empty (no nodes)", g.name);
+        bail!("graph '{}' is empty (no nodes)", g.name.escape_debug());
     }
+    validate::validate(&proto)?;
     Ok(proto)
 }
 
 /// Visit every tensor of a graph, recursively (initializers, Constant values, attribute tensors,
-/// subgraphs).
+/// sparse tensors, subgraphs).
 pub fn for_each_graph_tensor_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto)) {
     for t in g.initializer.iter_mut() {
         f(t);
@@ -97,19 +136,31 @@ pub fn for_each_graph_tensor_mut(g: &mut GraphProto, f: &mut dyn FnMut(&mut Tens
         }
     }
     for n in g.node.iter_mut() {
-        for a in n.attribute.iter_mut() {
-            if let Some(t) = a.t.as_mut() {
-                f(t);
+        for_each_node_tensor_mut(n, f);
+    }
+}
+
+fn for_each_node_tensor_mut(n: &mut NodeProto, f: &mut dyn FnMut(&mut TensorProto)) {
+    for a in n.attribute.iter_mut() {
+        if let Some(t) = a.t.as_mut() {
+            f(t);
+        }
+        for t in a.tensors.iter_mut() {
+            f(t);
+        }
+        for st in a.sparse_tensor.as_mut().into_iter().chain(a.sparse_tensors.iter_mut()) {
+            if let Some(v) = st.values.as_mut() {
+                f(v);
             }
-            for t in a.tensors.iter_mut() {
-                f(t);
+            if let Some(i) = st.indices.as_mut() {
+                f(i);
             }
-            if let Some(sg) = a.g.as_mut() {
-                for_each_graph_tensor_mut(sg, f);
-            }
-            for sg in a.graphs.iter_mut() {
-                for_each_graph_tensor_mut(sg, f);
-            }
+        }
+        if let Some(sg) = a.g.as_mut() {
+            for_each_graph_tensor_mut(sg, f);
+        }
+        for sg in a.graphs.iter_mut() {
+            for_each_graph_tensor_mut(sg, f);
         }
     }
 }
@@ -133,17 +184,22 @@ pub fn for_each_graph_tensor(g: &GraphProto, f: &mut dyn FnMut(&TensorProto)) {
     }
 }
 
+/// Visit every tensor of a model: main graph, function bodies, training graphs.
 pub fn for_each_tensor_mut(m: &mut ModelProto, f: &mut dyn FnMut(&mut TensorProto)) {
     if let Some(g) = m.graph.as_mut() {
         for_each_graph_tensor_mut(g, f);
     }
     for fun in m.functions.iter_mut() {
         for n in fun.node.iter_mut() {
-            for a in n.attribute.iter_mut() {
-                if let Some(t) = a.t.as_mut() {
-                    f(t);
-                }
-            }
+            for_each_node_tensor_mut(n, f);
+        }
+    }
+    for ti in m.training_info.iter_mut() {
+        if let Some(g) = ti.initialization.as_mut() {
+            for_each_graph_tensor_mut(g, f);
+        }
+        if let Some(g) = ti.algorithm.as_mut() {
+            for_each_graph_tensor_mut(g, f);
         }
     }
 }
@@ -171,44 +227,66 @@ pub fn confined(dir: &Path, location: &str, what: &str) -> Result<PathBuf> {
     if !cfull.starts_with(&cdir) {
         bail!("{what}: external data location '{location}' leaves the model's folder");
     }
+    // Only regular files: opening a named pipe would block forever, a device could be endless.
+    let meta = std::fs::metadata(&cfull).with_context(|| format!("{what}: external data file '{location}'"))?;
+    if !meta.is_file() {
+        bail!("{what}: external data location '{location}' is not a regular file");
+    }
     Ok(cfull)
 }
 
-/// Every tensor of a model, mutably (initializers, sparse initializers, attribute tensors,
-/// subgraphs, function constants) — the set [`for_each_tensor_mut`] visits.
+/// Every tensor of a model, mutably, in the order [`for_each_tensor_mut`] visits them: main
+/// graph (initializers, sparse initializers, attribute tensors and sparse tensors, subgraphs),
+/// function bodies, training graphs.
 fn all_tensors_mut(m: &mut ModelProto) -> Vec<&mut TensorProto> {
-    fn graph<'a>(g: &'a mut GraphProto, out: &mut Vec<&'a mut TensorProto>) {
-        let GraphProto { initializer, sparse_initializer, node, .. } = g;
-        out.extend(initializer.iter_mut());
-        for st in sparse_initializer.iter_mut() {
-            let onnx_protobuf::SparseTensorProto { values, indices, .. } = st;
-            out.extend(values.as_mut());
-            out.extend(indices.as_mut());
-        }
-        for n in node.iter_mut() {
-            for a in n.attribute.iter_mut() {
-                let onnx_protobuf::AttributeProto { t, tensors, g, graphs, .. } = a;
-                out.extend(t.as_mut());
-                out.extend(tensors.iter_mut());
-                if let Some(sg) = g.as_mut() {
-                    graph(sg, out);
-                }
-                for sg in graphs.iter_mut() {
-                    graph(sg, out);
-                }
+    fn sparse<'a>(st: &'a mut onnx_protobuf::SparseTensorProto, out: &mut Vec<&'a mut TensorProto>) {
+        let onnx_protobuf::SparseTensorProto { values, indices, .. } = st;
+        out.extend(values.as_mut());
+        out.extend(indices.as_mut());
+    }
+    fn node<'a>(n: &'a mut NodeProto, out: &mut Vec<&'a mut TensorProto>) {
+        for a in n.attribute.iter_mut() {
+            let onnx_protobuf::AttributeProto { t, tensors, sparse_tensor, sparse_tensors, g, graphs, .. } = a;
+            out.extend(t.as_mut());
+            out.extend(tensors.iter_mut());
+            for st in sparse_tensor.as_mut().into_iter().chain(sparse_tensors.iter_mut()) {
+                sparse(st, out);
+            }
+            if let Some(sg) = g.as_mut() {
+                graph(sg, out);
+            }
+            for sg in graphs.iter_mut() {
+                graph(sg, out);
             }
         }
     }
+    fn graph<'a>(g: &'a mut GraphProto, out: &mut Vec<&'a mut TensorProto>) {
+        let GraphProto { initializer, sparse_initializer, node: nodes, .. } = g;
+        out.extend(initializer.iter_mut());
+        for st in sparse_initializer.iter_mut() {
+            sparse(st, out);
+        }
+        for n in nodes.iter_mut() {
+            node(n, out);
+        }
+    }
     let mut out = Vec::new();
-    let ModelProto { graph: g, functions, .. } = m;
+    let ModelProto { graph: g, functions, training_info, .. } = m;
     if let Some(g) = g.as_mut() {
         graph(g, &mut out);
     }
     for fun in functions.iter_mut() {
         for n in fun.node.iter_mut() {
-            for a in n.attribute.iter_mut() {
-                out.extend(a.t.as_mut());
-            }
+            node(n, &mut out);
+        }
+    }
+    for ti in training_info.iter_mut() {
+        let onnx_protobuf::TrainingInfoProto { initialization, algorithm, .. } = ti;
+        if let Some(g) = initialization.as_mut() {
+            graph(g, &mut out);
+        }
+        if let Some(g) = algorithm.as_mut() {
+            graph(g, &mut out);
         }
     }
     out
@@ -222,17 +300,29 @@ struct ExtRange {
 }
 
 /// Resolve and read every external tensor into `raw_data`. Returns the names of the external
-/// tensors and the data files used.
-fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<String>, Vec<PathBuf>)> {
+/// tensors and the data files used with their sizes.
+///
+/// Every range is checked before anything is read: inside its (regular) data file, no two
+/// tensors sharing bytes, and the tensors of one file reading at most the bytes it holds (so
+/// a small file cannot cost more memory than its size). Reads are positioned and parallel.
+fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<String>, Vec<(PathBuf, u64)>)> {
     use rayon::prelude::*;
-    let mut tensors: Vec<&mut TensorProto> =
-        all_tensors_mut(proto).into_iter().filter(|t| t.data_location.value() == 1 || !t.external_data.is_empty()).collect();
+    let mut tensors: Vec<&mut TensorProto> = all_tensors_mut(proto).into_iter().filter(|t| validate::is_external(t)).collect();
+    // (canonical path, open file, length, location as written)
     let mut files: Vec<(PathBuf, File, u64, String)> = Vec::new();
     let mut by_loc: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    // Bytes claimed so far from each data file.
+    let mut used: Vec<u64> = Vec::new();
     let mut ranges = Vec::with_capacity(tensors.len());
     for t in tensors.iter() {
         let what = format!("tensor '{}'", tname(t));
         let loc = ext_field(t, "location").with_context(|| format!("{what}: external data without a location"))?;
+        let parse_u64 = |k: &str| -> Result<Option<u64>> {
+            match ext_field(t, k) {
+                None => Ok(None),
+                Some(v) => v.trim().parse::<u64>().map(Some).with_context(|| format!("{what}: bad external {k} '{v}'")),
+            }
+        };
         let fi = match by_loc.get(loc) {
             Some(&i) => i,
             None => {
@@ -241,8 +331,12 @@ fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<Str
                     Some(i) => i,
                     None => {
                         let f = File::open(&full).with_context(|| format!("{what}: cannot open '{loc}'"))?;
-                        let len = f.metadata()?.len();
-                        files.push((full, f, len, loc.to_string()));
+                        let meta = f.metadata().with_context(|| format!("{what}: cannot read '{loc}'"))?;
+                        if !meta.is_file() {
+                            bail!("{what}: external data location '{loc}' is not a regular file");
+                        }
+                        files.push((full, f, meta.len(), loc.to_string()));
+                        used.push(0);
                         files.len() - 1
                     }
                 };
@@ -250,24 +344,23 @@ fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<Str
                 i
             }
         };
-        let parse_u64 = |k: &str| -> Result<Option<u64>> {
-            match ext_field(t, k) {
-                None => Ok(None),
-                Some(v) => v.trim().parse::<u64>().map(Some).with_context(|| format!("{what}: bad external {k} '{v}'")),
-            }
-        };
         let offset = parse_u64("offset")?.unwrap_or(0);
         let n = tensor::numel(t)? as u64;
         let es = tensor::elem_size(t.data_type)
             .with_context(|| format!("{what}: unsupported data type {} in external data", t.data_type))? as u64;
-        let expect = n * es;
+        let expect = n.checked_mul(es).with_context(|| format!("{what}: dims {:?} overflow", t.dims))?;
         let length = parse_u64("length")?.unwrap_or(expect);
         if length != expect {
             bail!("{what}: external length {length} but dims {:?} need {expect} bytes", t.dims);
         }
         let (_, _, flen, floc) = &files[fi];
-        if offset.checked_add(length).is_none_or(|end| end > *flen) {
+        let flen = *flen;
+        if offset.checked_add(length).is_none_or(|end| end > flen) {
             bail!("{what}: external data [{offset}, +{length}) is past the end of '{floc}' ({flen} bytes)");
+        }
+        used[fi] += length;
+        if used[fi] > flen {
+            bail!("{what}: the tensors stored in '{floc}' read more bytes than it holds ({flen}): overlapping regions");
         }
         ranges.push(ExtRange { file: fi, offset, length });
     }
@@ -293,8 +386,12 @@ fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<Str
         .par_iter_mut()
         .zip(&ranges)
         .map(|(t, r)| {
-            let mut buf = vec![0u8; r.length as usize];
-            read_at(&files[r.file].1, r.offset, &mut buf).with_context(|| format!("tensor '{}': reading '{}'", tname(t), files[r.file].3))?;
+            let what = format!("tensor '{}'", tname(t));
+            let loc = &files[r.file].3;
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(r.length as usize).with_context(|| format!("{what}: cannot allocate {} bytes", r.length))?;
+            buf.resize(r.length as usize, 0);
+            read_at(&files[r.file].1, r.offset, &mut buf).with_context(|| format!("{what}: reading '{loc}'"))?;
             t.raw_data = buf;
             t.external_data.clear();
             t.data_location = protobuf::EnumOrUnknown::from_i32(0);
@@ -303,7 +400,7 @@ fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<Str
         .collect();
     results.into_iter().collect::<Result<Vec<_>>>()?;
     let names = tensors.iter().map(|t| t.name.clone()).collect();
-    Ok((names, files.into_iter().map(|f| f.0).collect()))
+    Ok((names, files.into_iter().map(|f| (f.0, f.2)).collect()))
 }
 
 /// Fill `buf` from `offset` of `f` without moving a shared file position.
@@ -350,6 +447,13 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
     let mut total = 0u64;
     let mut data_tmp = None;
     let data_name = format!("{}.data", fname.to_string_lossy());
+    // Refuse what would make a rename fail half-way (a data file in place, the model not).
+    let data_path = dir.join(&data_name);
+    for p in [out, data_path.as_path()] {
+        if p.is_dir() {
+            bail!("{}: is a folder", p.display());
+        }
+    }
     if !external.is_empty() {
         let mut tmp = tempfile::NamedTempFile::new_in(dir)
             .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
@@ -401,10 +505,17 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         drop(os);
         w.flush().with_context(|| format!("{}: write failed", out.display()))?;
     }
+    let wrote_data = data_tmp.is_some();
     if let Some(d) = data_tmp {
-        d.persist(dir.join(&data_name)).with_context(|| format!("{}: cannot write {data_name}", out.display()))?;
+        d.persist(&data_path).with_context(|| format!("{}: cannot write {data_name}", out.display()))?;
     }
-    tmp.persist(out).with_context(|| format!("{}: cannot write", out.display()))?;
+    if let Err(e) = tmp.persist(out) {
+        if wrote_data {
+            // No data file without its model.
+            std::fs::remove_file(&data_path).ok();
+        }
+        return Err(anyhow::Error::new(e.error).context(format!("{}: cannot write", out.display())));
+    }
     Ok(total)
 }
 

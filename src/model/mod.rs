@@ -2,3 +2,5 @@
 pub mod graph;
 pub mod io;
 pub mod tensor;
+pub mod validate;
+pub mod wire;

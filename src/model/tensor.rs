@@ -72,6 +72,9 @@ pub fn tname(t: &TensorProto) -> &str {
 }
 
 /// Shape as usize, rejecting negative dims and absurd element counts.
+///
+/// The bound applies to the product of the non-zero dims too, so a zero-sized tensor cannot carry
+/// a dimension of 2^62 into loops that run over one axis (`[0, 2^62]` is refused).
 pub fn shape(t: &TensorProto) -> Result<Vec<usize>> {
     let mut n: u64 = 1;
     let mut out = Vec::with_capacity(t.dims.len());
@@ -79,9 +82,11 @@ pub fn shape(t: &TensorProto) -> Result<Vec<usize>> {
         if d < 0 {
             bail!("tensor '{}': negative dimension {d} in dims {:?}", tname(t), t.dims);
         }
-        n = n.checked_mul(d as u64).filter(|&n| n <= MAX_ELEMS).with_context(|| {
-            format!("tensor '{}': dims {:?} describe too many elements", tname(t), t.dims)
-        })?;
+        if d > 0 {
+            n = n.checked_mul(d as u64).filter(|&n| n <= MAX_ELEMS).with_context(|| {
+                format!("tensor '{}': dims {:?} describe too many elements", tname(t), t.dims)
+            })?;
+        }
         out.push(d as usize);
     }
     Ok(out)
@@ -327,7 +332,13 @@ pub fn slice_axis(t: &mut TensorProto, axis: usize, keep: &[usize]) -> Result<()
     if let Some(&k) = keep.iter().find(|&&k| k >= sh[axis]) {
         bail!("tensor '{name}': index {k} out of range on axis {axis} of dims {:?}", t.dims);
     }
-    match storage(t)? {
+    let st = storage(t)?;
+    if sh.contains(&0) {
+        // No elements: only the dims change (and no loop runs over the other axes).
+        t.dims[axis] = keep.len() as i64;
+        return Ok(());
+    }
+    match st {
         Storage::Raw(es) => t.raw_data = gather(&t.raw_data, &sh, axis, keep, es),
         Storage::Float => t.float_data = gather(&t.float_data, &sh, axis, keep, 1),
         Storage::Int32 => t.int32_data = gather(&t.int32_data, &sh, axis, keep, 1),

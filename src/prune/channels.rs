@@ -100,6 +100,59 @@ fn dense(ctx: &Ctx, name: &str) -> Result<(Vec<f64>, Vec<usize>)> {
     Ok((v, dims))
 }
 
+/// Values whose calibration statistics `Criterion::Activation` needs: the input of every
+/// consumer that contracts a tracked axis, with that axis.
+pub fn activation_requests(model: &ModelProto) -> Result<BTreeMap<String, i64>> {
+    let g = model.graph.as_ref().context("model has no graph")?;
+    let ix = GraphIndex::build(g)?;
+    let ctx = Ctx::new(g, &ix, groups::default_opset(&model.opset_import))?;
+    let an = groups::analyze(&ctx);
+    let mut req = BTreeMap::new();
+    for c in &an.consumers {
+        if let Some(v) = g.node.get(c.node).and_then(|n| n.input.first()) {
+            if let Some(t) = an.tracks.get(v) {
+                req.insert(v.clone(), t.axis as i64);
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// Activation criterion: for each unit, Σ over its consumers of mean|x_p| over the calibration
+/// set times ‖W_in[:, p]‖₂ (the unit's outgoing weights) — how much signal the unit actually
+/// sends downstream. Units no consumer reads score 0.
+fn activation_scores(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<BTreeMap<Unit, f64>> {
+    let mut acc: BTreeMap<Unit, f64> = BTreeMap::new();
+    for s in an.slices.values().filter(|s| s.roles.contains(&Role::Producer)) {
+        for u in s.units.iter().flatten() {
+            acc.entry(an.find(*u)).or_default();
+        }
+    }
+    for c in &an.consumers {
+        let Some(v) = ctx.g.node.get(c.node).and_then(|n| n.input.first()) else { continue };
+        let Some(slice) = an.slices.values().find(|s| s.weight == c.weight && s.roles.contains(&Role::Consumer)) else { continue };
+        let stats = opts.activation(v)?;
+        let mean = stats.mean_abs();
+        if mean.len() != c.units.len() {
+            bail!("value '{v}': {} calibrated features but {} weight positions in '{}'", mean.len(), c.units.len(), c.weight);
+        }
+        let (w, dims) = dense(ctx, &c.weight)?;
+        let norms: Vec<f64> = per_position(&w, &dims, slice.axis, |x| x * x).into_iter().map(f64::sqrt).collect();
+        if norms.len() != c.units.len() {
+            bail!("weight '{}': {} positions on its input axis, {} expected", c.weight, norms.len(), c.units.len());
+        }
+        for (p, u) in c.units.iter().enumerate() {
+            if let Some(u) = u {
+                *acc.entry(an.find(*u)).or_default() += mean[p] * norms[p];
+            }
+        }
+    }
+    if let Some((u, v)) = acc.iter().find(|(_, v)| !v.is_finite()) {
+        bail!("activation score of unit {u} is {v}");
+    }
+    Ok(acc)
+}
+
 fn unit_scores(ctx: &Ctx, an: &Analysis, crit: Criterion) -> Result<BTreeMap<Unit, f64>> {
     let mut acc: BTreeMap<Unit, f64> = BTreeMap::new();
     for s in an.slices.values().filter(|s| s.roles.contains(&Role::Producer)) {
@@ -108,8 +161,8 @@ fn unit_scores(ctx: &Ctx, an: &Analysis, crit: Criterion) -> Result<BTreeMap<Uni
             bail!("weight '{}' holds a non-finite value ({}) at flat index {i}: cannot score its units", s.weight, v[i]);
         }
         let pos = match crit {
-            Criterion::L2 => per_position(&v, &dims, s.axis, |x| x * x),
             Criterion::L1 => per_position(&v, &dims, s.axis, f64::abs),
+            _ => per_position(&v, &dims, s.axis, |x| x * x),
         };
         for (p, u) in s.units.iter().enumerate() {
             if let Some(u) = u {
@@ -219,7 +272,10 @@ fn fill(g: &Group, chosen: &BTreeSet<usize>, target: usize, round_to: usize) -> 
 }
 
 fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
-    let scores = unit_scores(ctx, an, opts.criterion)?;
+    let mut scores = unit_scores(ctx, an, opts.criterion)?;
+    if opts.criterion == Criterion::Activation {
+        scores = activation_scores(ctx, an, opts)?;
+    }
     let groups = collect_groups(ctx, an, &scores);
     let mut decisions: Vec<(f64, BTreeSet<usize>, Vec<String>)> = Vec::with_capacity(groups.len());
     let emp_err = |e: emp::EmpError| anyhow::anyhow!("{e}");

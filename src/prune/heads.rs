@@ -282,17 +282,51 @@ fn slab_norm(t: &TensorProto, axis: usize, lo: usize, hi: usize, crit: Criterion
         let base = o * sh[axis] * inner;
         for x in &v[base + lo * inner..base + hi * inner] {
             acc += match crit {
-                Criterion::L2 => x * x,
                 Criterion::L1 => x.abs(),
+                _ => x * x,
             };
         }
     }
-    Ok(if crit == Criterion::L2 { acc.sqrt() } else { acc })
+    Ok(if crit == Criterion::L1 { acc } else { acc.sqrt() })
 }
 
 fn weight_of<'a>(ctx: &'a Ctx, w: WeightUse) -> Result<&'a TensorProto> {
     let name = ctx.g.node.get(w.node).and_then(|n| n.input.get(w.slot)).context("weight slot out of range")?;
     ctx.resolve_const(name).with_context(|| format!("'{name}' is not a constant"))
+}
+
+/// The value entering a block's output projection (the heads' context, concatenated on its last
+/// axis), for the activation criterion.
+fn context_value(ctx: &Ctx, b: &Block) -> Option<String> {
+    let n = ctx.g.node.get(b.out.node)?;
+    let slot = if b.out.slot == 1 { 0 } else { 1 };
+    n.input.get(slot).cloned()
+}
+
+/// Values whose calibration statistics the activation criterion needs (last axis).
+pub fn activation_requests(model: &ModelProto) -> Result<BTreeMap<String, i64>> {
+    let g = model.graph.as_ref().context("model has no graph")?;
+    let ix = GraphIndex::build(g)?;
+    let ctx = make_ctx(model, g, &ix);
+    let mut req = BTreeMap::new();
+    for (_, _, b) in find_blocks(&ctx) {
+        if let Some(v) = b.ok().and_then(|b| context_value(&ctx, &b)) {
+            req.insert(v, -1);
+        }
+    }
+    Ok(req)
+}
+
+/// Activation criterion: ‖context of head h‖₂ over the calibration set (its slice of the input
+/// of the output projection).
+fn activation_head_scores(ctx: &Ctx, b: &Block, opts: &StructOptions) -> Result<Vec<f64>> {
+    let v = context_value(ctx, b).context("output projection input")?;
+    let st = opts.activation(&v)?;
+    let d = b.v_head_dim;
+    if st.sum_sq.len() != b.heads * d {
+        bail!("value '{v}': {} calibrated features for {} heads of size {d}", st.sum_sq.len(), b.heads);
+    }
+    Ok((0..b.heads).map(|h| st.sum_sq[h * d..(h + 1) * d].iter().sum::<f64>().sqrt()).collect())
 }
 
 /// Per query head: ‖W_O rows‖ · ‖W_V columns‖ (see the module doc).
@@ -326,7 +360,10 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
     let mut blocks: Vec<(usize, Block, Vec<f64>)> = Vec::new();
     for (id, members, r) in found {
         let scored = r.and_then(|b| {
-            let s = head_scores(&ctx, &b, opts.criterion)?;
+            let s = match opts.criterion {
+                Criterion::Activation => activation_head_scores(&ctx, &b, opts)?,
+                c => head_scores(&ctx, &b, c)?,
+            };
             emp::moments(&s).map_err(|e| anyhow::anyhow!("block '{}': {e}", b.id))?;
             Ok((b, s))
         });

@@ -21,7 +21,12 @@ pub enum StructScope {
 pub enum Criterion {
     L2,
     L1,
+    /// Data-driven: needs `StructOptions::activations` (calibration statistics).
+    Activation,
 }
+
+/// Per-feature calibration statistics by value name (see `calib::collect`).
+pub type Activations = std::sync::Arc<std::collections::BTreeMap<String, crate::calib::FeatureStats>>;
 
 #[derive(Clone, Debug)]
 pub struct StructOptions {
@@ -30,11 +35,23 @@ pub struct StructOptions {
     pub criterion: Criterion,
     /// Round each kept count up to a multiple of this (1 = no rounding); never above N.
     pub round_to: usize,
+    /// Calibration statistics for `Criterion::Activation`.
+    pub activations: Option<Activations>,
 }
 
 impl Default for StructOptions {
     fn default() -> Self {
-        StructOptions { beta: 1.0, scope: StructScope::Layer, criterion: Criterion::L2, round_to: 1 }
+        StructOptions { beta: 1.0, scope: StructScope::Layer, criterion: Criterion::L2, round_to: 1, activations: None }
+    }
+}
+
+impl StructOptions {
+    /// The statistics of `value`, or an error saying calibration is missing.
+    pub fn activation(&self, value: &str) -> anyhow::Result<&crate::calib::FeatureStats> {
+        self.activations
+            .as_ref()
+            .and_then(|a| a.get(value))
+            .ok_or_else(|| anyhow::anyhow!("no calibration statistics for value '{value}'"))
     }
 }
 

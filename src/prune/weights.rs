@@ -6,14 +6,14 @@
 //! weights together.
 
 use crate::emp;
-use crate::model::graph::{self, attr_i, node_label, GraphIndex, WeightRef};
+use crate::model::graph::{self, node_label, GraphIndex, WeightRef};
 use crate::model::tensor::{self, dt, tname, Storage};
 use anyhow::{bail, Context, Result};
 use half::{bf16, f16};
 use onnx_protobuf::{GraphProto, ModelProto, NodeProto, TensorProto};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -119,8 +119,8 @@ fn weight_slots(n: &NodeProto, inc: &Include) -> Vec<(usize, &'static str, UnitA
             v
         }
         ("Gemm", true, _) => {
-            let tb = attr_i(n, "transB").unwrap_or(0) != 0;
-            let ta = attr_i(n, "transA").unwrap_or(0) != 0;
+            let tb = int_attr(n, "transB").ok().flatten().unwrap_or(0) != 0;
+            let ta = int_attr(n, "transA").ok().flatten().unwrap_or(0) != 0;
             let mut v = vec![
                 (1, "weight", UnitAxis::Fixed(if tb { 0 } else { 1 })),
                 (0, "weight", UnitAxis::Fixed(if ta { 1 } else { 0 })),
@@ -132,7 +132,8 @@ fn weight_slots(n: &NodeProto, inc: &Include) -> Vec<(usize, &'static str, UnitA
         }
         // MatMul: a constant B [.., K, N] has output units along its last axis; a constant
         // A [.., M, K] along its second-to-last.
-        ("MatMul", true, _) => vec![(1, "weight", UnitAxis::Last), (0, "weight", UnitAxis::SecondLast)],
+        // A 1-D B [K] has no output axis: it is one unit.
+        ("MatMul", true, _) => vec![(1, "weight", UnitAxis::LastOfMatrix), (0, "weight", UnitAxis::SecondLast)],
         // W [dirs, G·H, in], R [dirs, G·H, H]: a unit is one gate row.
         ("LSTM" | "GRU" | "RNN", true, _) => {
             let mut v = vec![(1, "weight", UnitAxis::Fixed(1)), (2, "recurrence", UnitAxis::Fixed(1))];
@@ -166,6 +167,8 @@ enum UnitAxis {
     Whole,
     Fixed(usize),
     Last,
+    /// The last axis of a tensor of rank 2 or more.
+    LastOfMatrix,
     SecondLast,
 }
 
@@ -176,16 +179,70 @@ impl UnitAxis {
             UnitAxis::Fixed(a) if a < rank => Some(a),
             UnitAxis::Fixed(_) => None,
             UnitAxis::Last if rank >= 1 => Some(rank - 1),
+            UnitAxis::LastOfMatrix if rank >= 2 => Some(rank - 1),
             UnitAxis::SecondLast if rank >= 2 => Some(rank - 2),
             _ => None,
         }
     }
 }
 
+/// An int attribute, or an error when the attribute exists with another type (a FLOAT
+/// `transB = 1.0` must not silently read as 0).
+fn int_attr(n: &NodeProto, name: &str) -> Result<Option<i64>> {
+    match graph::attr(n, name) {
+        None => Ok(None),
+        Some(a) if a.type_.value() == 2 || (a.type_.value() == 0 && a.f == 0.0) => Ok(Some(a.i)),
+        Some(a) => bail!(
+            "node '{}' ({}): attribute '{name}' must be an INT, found attribute type {}",
+            node_label(n),
+            n.op_type,
+            a.type_.value()
+        ),
+    }
+}
+
+/// Is a weight of this op and dtype a candidate? `Ok(false)`: legitimately not a float weight
+/// (an integer MatMul, a quantized embedding), skip it. `Err`: the model is invalid.
+fn check_weight(n: &NodeProto, role: &str, name: &str, t: &onnx_protobuf::TensorProto) -> Result<bool> {
+    let main = matches!(role, "weight" | "recurrence" | "qkv-weight");
+    let what = || format!("node '{}' ({}): {role} '{name}'", node_label(n), n.op_type);
+    if main {
+        let rank = t.dims.len();
+        let ok = match n.op_type.as_str() {
+            "Conv" | "ConvTranspose" => rank >= 3,
+            "Gemm" | "Attention" => rank == 2,
+            "LSTM" | "GRU" | "RNN" => rank == 3,
+            _ => rank >= 1,
+        };
+        if !ok {
+            bail!("{} has dims {:?}: rank {rank} is not valid for {}", what(), t.dims, n.op_type);
+        }
+    }
+    if tensor::is_float(t.data_type) {
+        return Ok(true);
+    }
+    let integer = matches!(
+        t.data_type,
+        tensor::dt::INT8 | tensor::dt::UINT8 | tensor::dt::INT16 | tensor::dt::UINT16 | tensor::dt::INT32
+            | tensor::dt::UINT32 | tensor::dt::INT64 | tensor::dt::UINT64
+    );
+    let ints_ok = matches!(n.op_type.as_str(), "Gemm" | "MatMul");
+    if main && !(integer && ints_ok) {
+        bail!("{} has type {} ({}): {} needs a float weight", what(), tensor::dtype_name(t.data_type), t.data_type, n.op_type);
+    }
+    Ok(false)
+}
+
 fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) -> Result<Vec<Candidate>> {
     let mut out: Vec<Candidate> = Vec::new();
     let mut pos: BTreeMap<String, usize> = BTreeMap::new();
+    // (candidate, label) pairs already recorded: a weight shared by many nodes stays linear.
+    let mut seen: HashSet<(usize, String)> = HashSet::new();
     for n in &g.node {
+        if n.op_type == "Gemm" {
+            int_attr(n, "transA")?;
+            int_attr(n, "transB")?;
+        }
         for (slot, role, ua) in weight_slots(n, inc) {
             let Some(name) = n.input.get(slot).filter(|s| !s.is_empty()) else { continue };
             // A Add "bias" must be a constant vector feeding an Add after a MatMul/Gemm/Conv.
@@ -194,7 +251,7 @@ fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) -> Result<Vec
             }
             let Some(&wref) = ix.weights.get(name) else { continue };
             let Some(t) = graph::weight(g, wref) else { continue };
-            if !tensor::is_float(t.data_type) {
+            if !check_weight(n, role, name, t)? {
                 continue;
             }
             let rank = t.dims.len();
@@ -203,7 +260,7 @@ fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) -> Result<Vec
             match pos.get(name) {
                 Some(&i) => {
                     let c = &mut out[i];
-                    if !c.used_by.contains(&label) {
+                    if seen.insert((i, label.clone())) {
                         c.used_by.push(label);
                     }
                     // Consumers disagree on what a unit is: score the tensor as one group.
@@ -213,6 +270,7 @@ fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) -> Result<Vec
                 }
                 None => {
                     pos.insert(name.clone(), out.len());
+                    seen.insert((out.len(), label.clone()));
                     out.push(Candidate { name: name.clone(), wref, unit_axis: axis, role: role.to_string(), used_by: vec![label] });
                 }
             }
@@ -701,7 +759,8 @@ fn moments_buf(s: &[f64]) -> (f64, f64) {
 fn unit_mask(v: View, shape: &[usize], axis: Option<usize>, opts: &WeightOptions) -> ((Vec<u64>, usize, f64, usize), bool) {
     let n = v.n();
     let (outer, dim, inner) = match axis {
-        Some(a) if shape[a] > 0 => (shape[..a].iter().product(), shape[a], shape[a + 1..].iter().product()),
+        // An empty tensor is one (empty) group: no loop over a huge empty axis.
+        Some(a) if n > 0 => (shape[..a].iter().product(), shape[a], shape[a + 1..].iter().product()),
         _ if n > BUFFER_GROUP_MAX => {
             return match first_non_finite(v, 0, n) {
                 None => (stream_group(v, opts), true),

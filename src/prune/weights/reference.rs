@@ -76,7 +76,7 @@ pub(super) fn prune_weights_reference(model: &mut ModelProto, opts: &WeightOptio
                 let mut keep = vec![false; s.len()];
                 let (mut ne, mut groups, mut zero_groups) = (0.0, 0usize, 0usize);
                 match axis {
-                    Some(a) if shape[a] > 0 => {
+                    Some(a) if !s.is_empty() => {
                         for u in 0..shape[a] {
                             let idx: Vec<usize> = unit_indices(&shape, a, u).collect();
                             let us: Vec<f64> = idx.iter().map(|&i| s[i]).collect();
