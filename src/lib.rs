@@ -6,6 +6,7 @@ pub mod check;
 pub mod diff;
 pub mod emp;
 pub mod model;
+pub mod progress;
 pub mod prune;
 pub mod report;
 pub mod run;

@@ -116,7 +116,8 @@ struct PruneArgs {
     /// Write the output even when masked-equivalence fails (structured modes)
     #[arg(long)]
     allow_mismatch: bool,
-    /// Print nothing on stdout but errors (the JSON report is still written)
+    /// Print nothing but errors: no report on stdout (the JSON report is still written) and no
+    /// progress on stderr
     #[arg(long, short)]
     quiet: bool,
 }
@@ -165,6 +166,7 @@ fn real_main(cli: Cli) -> ExitCode {
         };
     }
     let a = cli.prune;
+    onnx_emp::progress::set_quiet(a.quiet);
     let (Some(input), Some(output)) = (a.input.clone(), a.output.clone()) else {
         return usage("expected IN and OUT model paths (see --help)");
     };

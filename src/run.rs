@@ -11,7 +11,8 @@ use crate::prune::{Criterion, StructOptions, StructScope, StructuralResult};
 use crate::report::{Equivalence, FileInfo, Params, Report, Timing};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::ModelProto;
-use std::collections::BTreeMap;
+use crate::progress;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -108,14 +109,20 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let out_dir = check_paths(&o.input, &o.output, o.force)?;
     let mut timing = Timing::default();
     let t = Instant::now();
-    let loaded = io::load(&o.input)?;
+    let stage = progress::Stage::start("load");
+    let mut loaded = io::load(&o.input)?;
+    drop(stage);
     timing.load_ms = ms(t);
     GraphIndex::build(loaded.proto.graph.as_ref().context("model has no graph")?)
         .with_context(|| format!("{}", o.input.display()))?;
 
     validate_weights(&loaded.proto, &o.include, o.mode != Mode::Weights).with_context(|| format!("{}", o.input.display()))?;
     let (p_before, nz_before) = params(&loaded.proto)?;
+    // The pass works on the loaded model in place (no copy); only tensor names are kept for
+    // `external_names`.
+    let names_before = if loaded.external.is_empty() { Default::default() } else { tensor_names(&loaded.proto) };
     let t = Instant::now();
+    let stage = progress::Stage::start("prune");
     let mut notes = Vec::new();
     let mut calibration: Option<String> = None;
     let (scope_name, criterion_name);
@@ -153,7 +160,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             };
             scope_name = format!("{scope:?}").to_lowercase();
             criterion_name = crit.to_string();
-            let mut m = loaded.proto.clone();
+            let mut m = std::mem::take(&mut loaded.proto);
             if let Some(r) = o.fixed_ratio {
                 notes.push(format!("baseline run: fixed ratio {r} per group instead of EMP (--ratio)"));
             }
@@ -192,7 +199,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             scope_name = format!("{scope:?}").to_lowercase();
             criterion_name = crit.to_string();
             let sopts = StructOptions { beta: o.beta, scope, criterion, round_to: o.round_to.max(1), activations: None };
-            let mut current = loaded.proto.clone();
+            let mut current = std::mem::take(&mut loaded.proto);
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
                 let sopts = with_activations(&sopts, &current, calib_inputs.as_ref(), "heads")?;
                 let r = structural(&current, &sopts, "heads")?;
@@ -212,22 +219,26 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             current
         }
     };
+    drop(stage);
     timing.prune_ms = ms(t);
     let (p_after, nz_after) = params(&pruned)?;
 
     // Stage: write into a private folder beside OUT; publish only after verification.
     let t = Instant::now();
+    let stage = progress::Stage::start("save");
     let staging = tempfile::Builder::new()
         .prefix(".onnx-emp-")
         .tempdir_in(&out_dir)
         .with_context(|| format!("{}: cannot create a file in this folder", out_dir.display()))?;
     let fname = o.output.file_name().context("output path has no file name")?;
     let staged = staging.path().join(fname);
-    let save_opts = SaveOptions { external: external_names(&loaded, &pruned) };
+    let save_opts = SaveOptions { external: external_names(&loaded, &names_before, &pruned) };
     let out_bytes = io::save(pruned, &staged, &save_opts)?;
+    drop(stage);
     timing.save_ms = ms(t);
 
     let t = Instant::now();
+    let stage = progress::Stage::start("verify");
     let mut equivalence = Vec::new();
     let mut exact = true;
     let mut stage_paths: Vec<(PathBuf, PathBuf)> = Vec::new();
@@ -257,6 +268,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     } else {
         None
     };
+    drop(stage);
     timing.verify_ms = ms(t);
     for (mp, pp) in stage_paths {
         let _ = std::fs::remove_file(&mp);
@@ -311,18 +323,24 @@ fn wanda(o: &RunOptions, loaded: &Loaded) -> Result<(BTreeMap<String, Vec<f64>>,
     Ok((scores, stats, label))
 }
 
+/// Names of the tensors of a model's main graph.
+fn tensor_names(m: &ModelProto) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    if let Some(g) = m.graph.as_ref() {
+        io::for_each_graph_tensor(g, &mut |t| {
+            names.insert(t.name.clone());
+        });
+    }
+    names
+}
+
 /// Tensors to write as external data: those that were external in the input, plus tensors the
-/// rewrite created (renamed slices) of 1 KiB or more when the input used external data.
-fn external_names(loaded: &Loaded, pruned: &ModelProto) -> std::collections::BTreeSet<String> {
+/// rewrite created (renamed slices: not in `before`) of 1 KiB or more when the input used
+/// external data.
+fn external_names(loaded: &Loaded, before: &BTreeSet<String>, pruned: &ModelProto) -> BTreeSet<String> {
     let mut ext = loaded.external.clone();
     if ext.is_empty() {
         return ext;
-    }
-    let mut before = std::collections::BTreeSet::new();
-    if let Some(g) = loaded.proto.graph.as_ref() {
-        io::for_each_graph_tensor(g, &mut |t| {
-            before.insert(t.name.clone());
-        });
     }
     if let Some(g) = pruned.graph.as_ref() {
         io::for_each_graph_tensor(g, &mut |t| {

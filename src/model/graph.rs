@@ -181,17 +181,9 @@ pub fn set_attr_ints(n: &mut NodeProto, name: &str, v: &[i64]) {
 
 /// Total element count of float weights (for parameter counts).
 pub fn float_params(g: &GraphProto, ix: &GraphIndex) -> (u64, u64) {
-    let mut total = 0u64;
-    let mut nonzero = 0u64;
-    for r in ix.weights.values() {
-        if let Some(t) = weight(g, *r) {
-            if tensor::is_float(t.data_type) {
-                if let Ok(v) = tensor::read_f32(t) {
-                    total += v.len() as u64;
-                    nonzero += v.iter().filter(|x| **x != 0.0).count() as u64;
-                }
-            }
-        }
-    }
-    (total, nonzero)
+    use rayon::prelude::*;
+    let ws: Vec<&TensorProto> = ix.weights.values().filter_map(|r| weight(g, *r)).filter(|t| tensor::is_float(t.data_type)).collect();
+    ws.par_iter()
+        .filter_map(|t| tensor::count_nonzero_f32(t).ok())
+        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }

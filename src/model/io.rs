@@ -2,16 +2,17 @@
 //!
 //! The protobuf types come from `onnx-protobuf`, which keeps unknown fields, so a model that is
 //! loaded and saved unchanged comes out semantically identical. External data is read into
-//! `raw_data` on load (paths are confined to the model's folder) and written back beside the
-//! output on save. Saving is atomic: temp file in the target folder, then rename.
+//! `raw_data` on load (paths are confined to the model's folder, ranges checked) and written back
+//! beside the output on save. Saving is atomic: temp file in the target folder, then rename (like
+//! `cp`, the files are not fsynced: durability against power loss is left to the OS).
 
 use super::tensor::{self, tname};
 use super::{validate, wire};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, StringStringEntryProto, TensorProto};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 /// protobuf refuses single messages of 2 GiB or more.
@@ -29,6 +30,10 @@ pub struct Loaded {
 }
 
 /// Read and parse a model file, resolving external data relative to its folder.
+///
+/// The protobuf is parsed straight from the file (no second copy of its bytes); external data is
+/// read tensor by tensor (one open file per data file, positioned reads, in parallel) after the
+/// ranges were checked: inside the data file, not overlapping.
 pub fn load(path: &Path) -> Result<Loaded> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if !meta.is_file() {
@@ -38,31 +43,9 @@ pub fn load(path: &Path) -> Result<Loaded> {
         // Refused before reading it into memory: protobuf cannot decode it anyway.
         bail!("{}: {} bytes: protobuf messages are limited to 2 GiB (large weights belong in external data)", path.display(), meta.len());
     }
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut proto = parse(&bytes).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
-    drop(bytes);
+    let mut proto = parse_file(path, meta.len()).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
     let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
-    let mut external = BTreeSet::new();
-    // Bytes read so far from each data file: the tensors of one file cannot read more bytes
-    // than it holds, so overlapping regions cannot multiply the memory a small file costs.
-    let mut data_bytes: BTreeMap<PathBuf, (u64, u64)> = BTreeMap::new();
-    let mut err = None;
-    for_each_tensor_mut(&mut proto, &mut |t| {
-        if err.is_some() {
-            return;
-        }
-        if validate::is_external(t) {
-            match read_external(t, dir, &mut data_bytes) {
-                Ok(()) => {
-                    external.insert(t.name.clone());
-                }
-                Err(e) => err = Some(e),
-            }
-        }
-    });
-    if let Some(e) = err {
-        return Err(e.context(format!("{}: external data", path.display())));
-    }
+    let (external, data_files) = read_all_external(&mut proto, dir).map_err(|e| e.context(format!("{}: external data", path.display())))?;
     if !external.is_empty() {
         // The data read from outside the file gets the checks `parse` could not do.
         validate::for_each_tensor(&proto, &mut |t| {
@@ -74,10 +57,38 @@ pub fn load(path: &Path) -> Result<Loaded> {
         .with_context(|| format!("{}: external data", path.display()))?;
     }
     let mut size = meta.len();
-    for (flen, _) in data_bytes.values() {
+    for (_, flen) in &data_files {
         size += flen;
     }
     Ok(Loaded { proto, path: path.to_path_buf(), bytes_on_disk: size, external })
+}
+
+/// Parse a model file of `len` bytes with the checks of [`parse`], straight from the file (no
+/// copy of its bytes in memory): a first streaming pass runs the wire pre-scan (`wire::scan_reader`,
+/// skipping over opaque payloads such as raw_data), a second pass decodes.
+fn parse_file(path: &Path, len: u64) -> Result<ModelProto> {
+    if len == 0 {
+        bail!("file is empty");
+    }
+    if len > PROTOBUF_LIMIT {
+        bail!("file is {len} bytes: protobuf messages are limited to 2 GiB");
+    }
+    let file = File::open(path).context("cannot read")?;
+    {
+        let mut br = std::io::BufReader::with_capacity(1 << 16, &file);
+        wire::scan_reader(&mut br, len).context("protobuf decode failed")?;
+    }
+    let mut file = file;
+    {
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(0)).context("cannot read")?;
+    }
+    let mut br = std::io::BufReader::with_capacity(1 << 20, file.take(len));
+    let mut is = protobuf::CodedInputStream::from_buf_read(&mut br);
+    let proto = ModelProto::parse_from(&mut is)
+        .and_then(|m| is.check_eof().map(|_| m))
+        .map_err(|e| anyhow::anyhow!("protobuf decode failed: {e}"))?;
+    check_model(proto)
 }
 
 /// Parse bytes and check that they are a well-formed ONNX model (see `validate`): every
@@ -95,6 +106,10 @@ pub fn parse(bytes: &[u8]) -> Result<ModelProto> {
     }
     wire::scan(bytes).context("protobuf decode failed")?;
     let proto = ModelProto::parse_from_bytes(bytes).map_err(|e| anyhow::anyhow!("protobuf decode failed: {e}"))?;
+    check_model(proto)
+}
+
+fn check_model(proto: ModelProto) -> Result<ModelProto> {
     if proto.ir_version <= 0 {
         bail!("no ir_version (is this an ONNX file?)");
     }
@@ -220,51 +235,192 @@ pub fn confined(dir: &Path, location: &str, what: &str) -> Result<PathBuf> {
     Ok(cfull)
 }
 
-fn read_external(t: &mut TensorProto, dir: &Path, used: &mut BTreeMap<PathBuf, (u64, u64)>) -> Result<()> {
-    let name = tname(t).to_string();
-    let what = format!("tensor '{name}'");
-    let loc = ext_field(t, "location").with_context(|| format!("{what}: external data without a location"))?;
-    let file = confined(dir, loc, &what)?;
-    let parse_u64 = |k: &str| -> Result<Option<u64>> {
-        match ext_field(t, k) {
-            None => Ok(None),
-            Some(v) => v.trim().parse::<u64>().map(Some).with_context(|| format!("{what}: bad external {k} '{v}'")),
+/// Every tensor of a model, mutably, in the order [`for_each_tensor_mut`] visits them: main
+/// graph (initializers, sparse initializers, attribute tensors and sparse tensors, subgraphs),
+/// function bodies, training graphs.
+fn all_tensors_mut(m: &mut ModelProto) -> Vec<&mut TensorProto> {
+    fn sparse<'a>(st: &'a mut onnx_protobuf::SparseTensorProto, out: &mut Vec<&'a mut TensorProto>) {
+        let onnx_protobuf::SparseTensorProto { values, indices, .. } = st;
+        out.extend(values.as_mut());
+        out.extend(indices.as_mut());
+    }
+    fn node<'a>(n: &'a mut NodeProto, out: &mut Vec<&'a mut TensorProto>) {
+        for a in n.attribute.iter_mut() {
+            let onnx_protobuf::AttributeProto { t, tensors, sparse_tensor, sparse_tensors, g, graphs, .. } = a;
+            out.extend(t.as_mut());
+            out.extend(tensors.iter_mut());
+            for st in sparse_tensor.as_mut().into_iter().chain(sparse_tensors.iter_mut()) {
+                sparse(st, out);
+            }
+            if let Some(sg) = g.as_mut() {
+                graph(sg, out);
+            }
+            for sg in graphs.iter_mut() {
+                graph(sg, out);
+            }
         }
-    };
-    let offset = parse_u64("offset")?.unwrap_or(0);
-    let n = tensor::numel(t)? as u64;
-    let es = tensor::elem_size(t.data_type)
-        .with_context(|| format!("{what}: unsupported data type {} in external data", t.data_type))? as u64;
-    let expect = n * es;
-    let length = parse_u64("length")?.unwrap_or(expect);
-    if length != expect {
-        bail!("{what}: external length {length} but dims {:?} need {expect} bytes", t.dims);
     }
-    let mut f = File::open(&file).with_context(|| format!("{what}: cannot open '{loc}'"))?;
-    let meta = f.metadata().with_context(|| format!("{what}: cannot read '{loc}'"))?;
-    if !meta.is_file() {
-        bail!("{what}: external data location '{loc}' is not a regular file");
+    fn graph<'a>(g: &'a mut GraphProto, out: &mut Vec<&'a mut TensorProto>) {
+        let GraphProto { initializer, sparse_initializer, node: nodes, .. } = g;
+        out.extend(initializer.iter_mut());
+        for st in sparse_initializer.iter_mut() {
+            sparse(st, out);
+        }
+        for n in nodes.iter_mut() {
+            node(n, out);
+        }
     }
-    let flen = meta.len();
-    if offset.checked_add(length).is_none_or(|end| end > flen) {
-        bail!("{what}: external data [{offset}, +{length}) is past the end of '{loc}' ({flen} bytes)");
+    let mut out = Vec::new();
+    let ModelProto { graph: g, functions, training_info, .. } = m;
+    if let Some(g) = g.as_mut() {
+        graph(g, &mut out);
     }
-    let read = &mut used.entry(file.clone()).or_insert((flen, 0)).1;
-    *read += length;
-    if *read > flen {
-        bail!("{what}: the tensors stored in '{loc}' read more bytes than it holds ({flen}): overlapping regions");
+    for fun in functions.iter_mut() {
+        for n in fun.node.iter_mut() {
+            node(n, &mut out);
+        }
     }
-    f.seek(SeekFrom::Start(offset)).with_context(|| format!("{what}: reading '{loc}'"))?;
-    let mut buf = Vec::new();
-    buf.try_reserve_exact(length as usize).with_context(|| format!("{what}: cannot allocate {length} bytes"))?;
-    (&mut f).take(length).read_to_end(&mut buf).with_context(|| format!("{what}: reading '{loc}'"))?;
-    if buf.len() as u64 != length {
-        bail!("{what}: '{loc}' ended after {} of {length} bytes", buf.len());
+    for ti in training_info.iter_mut() {
+        let onnx_protobuf::TrainingInfoProto { initialization, algorithm, .. } = ti;
+        if let Some(g) = initialization.as_mut() {
+            graph(g, &mut out);
+        }
+        if let Some(g) = algorithm.as_mut() {
+            graph(g, &mut out);
+        }
     }
-    t.raw_data = buf;
-    t.external_data.clear();
-    t.data_location = protobuf::EnumOrUnknown::from_i32(0);
-    Ok(())
+    out
+}
+
+/// Where one tensor's external bytes are.
+struct ExtRange {
+    file: usize,
+    offset: u64,
+    length: u64,
+}
+
+/// Resolve and read every external tensor into `raw_data`. Returns the names of the external
+/// tensors and the data files used with their sizes.
+///
+/// Every range is checked before anything is read: inside its (regular) data file, no two
+/// tensors sharing bytes, and the tensors of one file reading at most the bytes it holds (so
+/// a small file cannot cost more memory than its size). Reads are positioned and parallel.
+fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<String>, Vec<(PathBuf, u64)>)> {
+    use rayon::prelude::*;
+    let mut tensors: Vec<&mut TensorProto> = all_tensors_mut(proto).into_iter().filter(|t| validate::is_external(t)).collect();
+    // (canonical path, open file, length, location as written)
+    let mut files: Vec<(PathBuf, File, u64, String)> = Vec::new();
+    let mut by_loc: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    // Bytes claimed so far from each data file.
+    let mut used: Vec<u64> = Vec::new();
+    let mut ranges = Vec::with_capacity(tensors.len());
+    for t in tensors.iter() {
+        let what = format!("tensor '{}'", tname(t));
+        let loc = ext_field(t, "location").with_context(|| format!("{what}: external data without a location"))?;
+        let parse_u64 = |k: &str| -> Result<Option<u64>> {
+            match ext_field(t, k) {
+                None => Ok(None),
+                Some(v) => v.trim().parse::<u64>().map(Some).with_context(|| format!("{what}: bad external {k} '{v}'")),
+            }
+        };
+        let fi = match by_loc.get(loc) {
+            Some(&i) => i,
+            None => {
+                let full = confined(dir, loc, &what)?;
+                let i = match files.iter().position(|f| f.0 == full) {
+                    Some(i) => i,
+                    None => {
+                        let f = File::open(&full).with_context(|| format!("{what}: cannot open '{loc}'"))?;
+                        let meta = f.metadata().with_context(|| format!("{what}: cannot read '{loc}'"))?;
+                        if !meta.is_file() {
+                            bail!("{what}: external data location '{loc}' is not a regular file");
+                        }
+                        files.push((full, f, meta.len(), loc.to_string()));
+                        used.push(0);
+                        files.len() - 1
+                    }
+                };
+                by_loc.insert(loc.to_string(), i);
+                i
+            }
+        };
+        let offset = parse_u64("offset")?.unwrap_or(0);
+        let n = tensor::numel(t)? as u64;
+        let es = tensor::elem_size(t.data_type)
+            .with_context(|| format!("{what}: unsupported data type {} in external data", t.data_type))? as u64;
+        let expect = n.checked_mul(es).with_context(|| format!("{what}: dims {:?} overflow", t.dims))?;
+        let length = parse_u64("length")?.unwrap_or(expect);
+        if length != expect {
+            bail!("{what}: external length {length} but dims {:?} need {expect} bytes", t.dims);
+        }
+        let (_, _, flen, floc) = &files[fi];
+        let flen = *flen;
+        if offset.checked_add(length).is_none_or(|end| end > flen) {
+            bail!("{what}: external data [{offset}, +{length}) is past the end of '{floc}' ({flen} bytes)");
+        }
+        used[fi] += length;
+        if used[fi] > flen {
+            bail!("{what}: the tensors stored in '{floc}' read more bytes than it holds ({flen}): overlapping regions");
+        }
+        ranges.push(ExtRange { file: fi, offset, length });
+    }
+    // Two tensors must not share bytes.
+    let mut order: Vec<usize> = (0..ranges.len()).filter(|&i| ranges[i].length > 0).collect();
+    order.sort_by_key(|&i| (ranges[i].file, ranges[i].offset));
+    for w in order.windows(2) {
+        let (a, b) = (&ranges[w[0]], &ranges[w[1]]);
+        if a.file == b.file && a.offset + a.length > b.offset {
+            bail!(
+                "tensors '{}' and '{}' overlap in '{}' ([{}, +{}) and [{}, +{}))",
+                tname(tensors[w[0]]),
+                tname(tensors[w[1]]),
+                files[a.file].3,
+                a.offset,
+                a.length,
+                b.offset,
+                b.length
+            );
+        }
+    }
+    let results: Vec<Result<()>> = tensors
+        .par_iter_mut()
+        .zip(&ranges)
+        .map(|(t, r)| {
+            let what = format!("tensor '{}'", tname(t));
+            let loc = &files[r.file].3;
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(r.length as usize).with_context(|| format!("{what}: cannot allocate {} bytes", r.length))?;
+            buf.resize(r.length as usize, 0);
+            read_at(&files[r.file].1, r.offset, &mut buf).with_context(|| format!("{what}: reading '{loc}'"))?;
+            t.raw_data = buf;
+            t.external_data.clear();
+            t.data_location = protobuf::EnumOrUnknown::from_i32(0);
+            Ok(())
+        })
+        .collect();
+    results.into_iter().collect::<Result<Vec<_>>>()?;
+    let names = tensors.iter().map(|t| t.name.clone()).collect();
+    Ok((names, files.into_iter().map(|f| (f.0, f.2)).collect()))
+}
+
+/// Fill `buf` from `offset` of `f` without moving a shared file position.
+fn read_at(f: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(f, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            let k = std::os::windows::fs::FileExt::seek_read(f, &mut buf[done..], offset + done as u64)?;
+            if k == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += k;
+        }
+        Ok(())
+    }
 }
 
 /// How to write a model.
@@ -304,7 +460,7 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         let mut offset = 0u64;
         let mut err: Option<anyhow::Error> = None;
         {
-            let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
             for_each_tensor_mut(&mut proto, &mut |t| {
                 if err.is_some() || !external.contains(&t.name) || t.raw_data.is_empty() {
                     return;
@@ -331,18 +487,26 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         total += offset;
         data_tmp = Some(tmp);
     }
-    if proto.compute_size() > PROTOBUF_LIMIT {
+    let size = proto.compute_size();
+    if size > PROTOBUF_LIMIT {
         bail!("{}: model protobuf would exceed 2 GiB even with external data", out.display());
     }
-    let bytes = proto.write_to_bytes().with_context(|| format!("{}: encoding failed", out.display()))?;
-    total += bytes.len() as u64;
+    total += size;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
-    tmp.write_all(&bytes).with_context(|| format!("{}: write failed", out.display()))?;
-    tmp.as_file().sync_all().ok();
+    {
+        // Encoded straight into the file: no second copy of the model in memory.
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let mut os = protobuf::CodedOutputStream::new(&mut w);
+        proto
+            .write_to_with_cached_sizes(&mut os)
+            .and_then(|_| os.flush())
+            .with_context(|| format!("{}: write failed", out.display()))?;
+        drop(os);
+        w.flush().with_context(|| format!("{}: write failed", out.display()))?;
+    }
     let wrote_data = data_tmp.is_some();
     if let Some(d) = data_tmp {
-        d.as_file().sync_all().ok();
         d.persist(&data_path).with_context(|| format!("{}: cannot write {data_name}", out.display()))?;
     }
     if let Err(e) = tmp.persist(out) {

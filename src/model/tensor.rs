@@ -172,6 +172,27 @@ pub fn read_f32(t: &TensorProto) -> Result<Vec<f32>> {
     })
 }
 
+/// (elements, non-zero elements) of a float tensor, counted as `read_f32(t)` would see them
+/// (f64 values are narrowed to f32 first), without converting the tensor.
+pub fn count_nonzero_f32(t: &TensorProto) -> Result<(u64, u64)> {
+    let name = tname(t);
+    if !is_float(t.data_type) {
+        bail!("tensor '{name}': expected a float tensor, found {}", dtype_name(t.data_type));
+    }
+    let nz = match storage(t)? {
+        Storage::Raw(_) => match t.data_type {
+            dt::FLOAT => t.raw_data.chunks_exact(4).filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) << 1 != 0).count(),
+            dt::FLOAT16 | dt::BFLOAT16 => t.raw_data.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 != 0).count(),
+            _ => t.raw_data.chunks_exact(8).filter(|c| f64::from_le_bytes((*c).try_into().unwrap()) as f32 != 0.0).count(),
+        },
+        Storage::Float => t.float_data.iter().filter(|&&v| v != 0.0).count(),
+        Storage::Double => t.double_data.iter().filter(|&&v| v as f32 != 0.0).count(),
+        Storage::Int32 => t.int32_data.iter().filter(|&&v| (v as u16) << 1 != 0).count(),
+        s => bail!("tensor '{name}': float data stored as {s:?}"),
+    };
+    Ok((numel(t)? as u64, nz as u64))
+}
+
 /// Read a float tensor as f64 (f64 weights keep their precision).
 pub fn read_f64(t: &TensorProto) -> Result<Vec<f64>> {
     if t.data_type == dt::DOUBLE {
@@ -367,6 +388,28 @@ mod tests {
         assert_eq!(read_f32(&t).unwrap(), vec![1.0, -2.0, 0.5]);
         zero_where(&mut t, &[false, true, false]).unwrap();
         assert_eq!(read_f32(&t).unwrap(), vec![1.0, 0.0, 0.5]);
+    }
+
+    #[test]
+    fn count_nonzero_matches_read_f32() {
+        let vals = [0.0f64, -0.0, 1.5, -2.0, 1e-300, f64::NAN, 3.0e-8];
+        for dtype in [dt::FLOAT, dt::FLOAT16, dt::BFLOAT16, dt::DOUBLE] {
+            for typed in [false, true] {
+                let mut t = TensorProto::new();
+                t.data_type = dtype;
+                t.dims = vec![vals.len() as i64];
+                match (dtype, typed) {
+                    (dt::FLOAT, true) => t.float_data = vec![1.0; vals.len()],
+                    (dt::DOUBLE, true) => t.double_data = vec![1.0; vals.len()],
+                    (_, true) => t.int32_data = vec![0x3c00; vals.len()],
+                    _ => t.raw_data = vec![1; vals.len() * elem_size(dtype).unwrap()],
+                }
+                write_f64(&mut t, &vals).unwrap();
+                let v = read_f32(&t).unwrap();
+                let want = (v.len() as u64, v.iter().filter(|x| **x != 0.0).count() as u64);
+                assert_eq!(count_nonzero_f32(&t).unwrap(), want, "dtype {dtype} typed {typed}");
+            }
+        }
     }
 
     #[test]

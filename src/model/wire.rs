@@ -132,10 +132,52 @@ fn packed_varints(m: Msg, field: u32) -> bool {
     matches!((m, field), (Msg::Tensor, 1 | 5 | 7 | 11) | (Msg::Sparse, 3) | (Msg::Attribute, 8))
 }
 
-fn varint(b: &[u8], pos: &mut usize) -> Result<u64> {
+/// Where the scan reads from: a byte slice, or a file read once front to back (opaque payloads
+/// such as raw_data are skipped, not read).
+trait Source {
+    /// The byte at `pos` (the position after the previous byte read or skip), None at the end.
+    fn byte(&mut self, pos: usize) -> Result<Option<u8>>;
+    /// Skip `n` bytes from `pos` (may go past the end; the scan checks positions itself).
+    fn skip(&mut self, pos: usize, n: usize) -> Result<()>;
+}
+
+impl Source for &[u8] {
+    fn byte(&mut self, pos: usize) -> Result<Option<u8>> {
+        Ok(self.get(pos).copied())
+    }
+    fn skip(&mut self, _pos: usize, _n: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+struct Stream<R>(R, usize);
+
+impl<R: std::io::BufRead + std::io::Seek> Source for Stream<R> {
+    fn byte(&mut self, pos: usize) -> Result<Option<u8>> {
+        if pos >= self.1 {
+            return Ok(None);
+        }
+        let buf = self.0.fill_buf()?;
+        let Some(&b) = buf.first() else { return Ok(None) };
+        self.0.consume(1);
+        Ok(Some(b))
+    }
+    fn skip(&mut self, _pos: usize, n: usize) -> Result<()> {
+        let buffered = self.0.fill_buf()?.len();
+        if n <= buffered {
+            self.0.consume(n);
+        } else {
+            self.0.consume(buffered);
+            self.0.seek(std::io::SeekFrom::Current((n - buffered) as i64))?;
+        }
+        Ok(())
+    }
+}
+
+fn varint(b: &mut impl Source, pos: &mut usize) -> Result<u64> {
     let mut v = 0u64;
     for i in 0..10 {
-        let Some(&byte) = b.get(*pos) else { bail!("truncated varint at byte {}", *pos) };
+        let Some(byte) = b.byte(*pos)? else { bail!("truncated varint at byte {}", *pos) };
         *pos += 1;
         v |= ((byte & 0x7f) as u64) << (7 * i);
         if byte & 0x80 == 0 {
@@ -159,11 +201,22 @@ pub struct WireStats {
 /// Scan a serialized `ModelProto`; error on groups, bad tags, truncation, nesting deeper than
 /// [`MAX_DEPTH`] or a decoded size over `MAX_AMPLIFICATION × len + DECODE_SLACK`.
 pub fn scan(b: &[u8]) -> Result<WireStats> {
+    scan_from(&mut { b }, b.len())
+}
+
+/// [`scan`] of the `len` bytes a reader holds from its current position, read once front to
+/// back without keeping them: opaque payloads (raw_data, strings) are skipped with a seek.
+pub fn scan_reader<R: std::io::BufRead + std::io::Seek>(r: R, len: u64) -> Result<WireStats> {
+    let len = usize::try_from(len).map_err(|_| anyhow::anyhow!("file too large"))?;
+    scan_from(&mut Stream(r, len), len)
+}
+
+fn scan_from(b: &mut impl Source, len: usize) -> Result<WireStats> {
     // Open messages: (type, end offset).
-    let mut stack: Vec<(Msg, usize)> = vec![(Msg::Model, b.len())];
+    let mut stack: Vec<(Msg, usize)> = vec![(Msg::Model, len)];
     let mut pos = 0usize;
     let mut st = WireStats { depth: 1, messages: 1, decoded_bytes: msg_size(Msg::Model) };
-    let budget = (b.len() as u64).saturating_mul(MAX_AMPLIFICATION).saturating_add(DECODE_SLACK);
+    let budget = (len as u64).saturating_mul(MAX_AMPLIFICATION).saturating_add(DECODE_SLACK);
     while let Some(&(m, end)) = stack.last() {
         if pos == end {
             stack.pop();
@@ -181,10 +234,12 @@ pub fn scan(b: &[u8]) -> Result<WireStats> {
                 st.decoded_bytes += 8;
             }
             1 => {
+                b.skip(pos, 8)?;
                 pos += 8;
                 st.decoded_bytes += 8;
             }
             5 => {
+                b.skip(pos, 4)?;
                 pos += 4;
                 st.decoded_bytes += 8;
             }
@@ -207,6 +262,7 @@ pub fn scan(b: &[u8]) -> Result<WireStats> {
                     None => {
                         let per = if packed_varints(m, field) { 8 } else { 1 };
                         st.decoded_bytes += len as u64 * per + 24;
+                        b.skip(pos, len)?;
                         pos += len;
                     }
                 }
@@ -270,5 +326,32 @@ mod tests {
         b.extend(g);
         let e = scan(&b).unwrap_err().to_string();
         assert!(e.contains("refusing to decode"), "{e}");
+    }
+
+    #[test]
+    fn reader_scan_agrees_with_slice_scan() {
+        let mut m = ModelProto::new();
+        m.ir_version = 8;
+        let g = m.graph.mut_or_insert_default();
+        g.node.push(Default::default());
+        g.node[0].op_type = "Relu".into();
+        let mut t = onnx_protobuf::TensorProto::new();
+        t.raw_data = vec![7u8; 300_000];
+        g.initializer.push(t);
+        let b = m.write_to_bytes().unwrap();
+        let st = scan(&b).unwrap();
+        let sr = scan_reader(std::io::BufReader::with_capacity(64, std::io::Cursor::new(&b)), b.len() as u64).unwrap();
+        assert_eq!(st, sr);
+        for cut in [1, 5, b.len() / 2, b.len() - 1] {
+            let e1 = scan(&b[..cut]).map_err(|e| e.to_string());
+            let e2 = scan_reader(std::io::Cursor::new(&b[..cut]), cut as u64).map_err(|e| e.to_string());
+            assert_eq!(e1, e2);
+        }
+        let mut grp = vec![0x08, 0x07];
+        grp.extend(std::iter::repeat_n(0x0b, 1000));
+        assert_eq!(
+            scan(&grp).map_err(|e| e.to_string()),
+            scan_reader(std::io::Cursor::new(&grp), grp.len() as u64).map_err(|e| e.to_string())
+        );
     }
 }

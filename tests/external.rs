@@ -1,0 +1,160 @@
+//! Models whose weights live in external data files, through the CLI: the pruned output is
+//! written with external data, loads again, runs in tract (verification "ok") and is pruned
+//! exactly like the same model with embedded weights. Data paths leaving the model's folder,
+//! overlapping ranges and ranges past the end of the file are refused.
+use assert_cmd::Command;
+use onnx_emp::model::io::{self, SaveOptions};
+use onnx_protobuf::Message;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const INPUTS: &str = "models/digits_test_x1x8x8.npy";
+
+fn bin() -> Command {
+    let mut c = Command::cargo_bin("onnx-emp").unwrap();
+    c.current_dir(ROOT);
+    c
+}
+
+/// models/digits_cnn.onnx re-saved into `dir` with every initializer in `model.onnx.data`.
+fn externalized(dir: &Path) -> PathBuf {
+    let l = io::load(&Path::new(ROOT).join("models/digits_cnn.onnx")).unwrap();
+    let names: BTreeSet<String> = l.proto.graph.as_ref().unwrap().initializer.iter().map(|t| t.name.clone()).collect();
+    assert!(names.len() > 4);
+    let p = dir.join("model.onnx");
+    io::save(l.proto, &p, &SaveOptions { external: names.clone() }).unwrap();
+    assert!(dir.join("model.onnx.data").is_file());
+    let back = io::load(&p).unwrap();
+    assert_eq!(back.external, names);
+    p
+}
+
+/// Run the CLI, return the JSON report and the output path.
+fn prune(model: &Path, out_dir: &Path, extra: &[&str]) -> (Value, PathBuf) {
+    let out = out_dir.join("out.onnx");
+    let rep = out_dir.join("r.json");
+    bin()
+        .arg(model)
+        .arg(&out)
+        .args(["--inputs", INPUTS, "--labels", "models/digits_test_y.npy", "--no-latency", "--quiet", "--report"])
+        .arg(&rep)
+        .args(extra)
+        .assert()
+        .success();
+    (serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap(), out)
+}
+
+/// The report without what legitimately differs between the two storages of one model.
+fn comparable(r: &Value) -> Value {
+    let mut v = r.clone();
+    let o = v.as_object_mut().unwrap();
+    for k in ["timing", "verification", "equivalence", "input", "output"] {
+        o.remove(k);
+    }
+    v
+}
+
+fn check_external_run(extra: &[&str]) {
+    let src = tempfile::tempdir().unwrap();
+    let model = externalized(src.path());
+    let out_dir = tempfile::tempdir().unwrap();
+    let (r, out) = prune(&model, out_dir.path(), extra);
+    assert_eq!(r["verification"]["status"], "ok", "verification: {}", r["verification"]["reason"]);
+    for e in r["equivalence"].as_array().unwrap() {
+        assert_eq!(e["status"], "ok", "equivalence: {e}");
+        assert_eq!(e["pass"], true);
+    }
+    // The output keeps its weights outside, and loads.
+    assert!(out_dir.path().join("out.onnx.data").is_file());
+    let loaded = io::load(&out).unwrap();
+    assert!(!loaded.external.is_empty());
+    assert_eq!(r["output"]["bytes"].as_u64().unwrap(), loaded.bytes_on_disk);
+    // Nothing of the staging folder is left behind.
+    let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    // Same decisions as with embedded weights.
+    let dense_dir = tempfile::tempdir().unwrap();
+    let (d, _) = prune(&Path::new(ROOT).join("models/digits_cnn.onnx"), dense_dir.path(), extra);
+    assert_eq!(comparable(&r), comparable(&d));
+    assert_eq!(r["verification"]["accuracy_pruned"], d["verification"]["accuracy_pruned"]);
+}
+
+#[test]
+fn weights_mode_with_external_data() {
+    check_external_run(&[]);
+    check_external_run(&["--scope", "unit"]);
+}
+
+#[test]
+fn channels_mode_with_external_data() {
+    check_external_run(&["--structured", "channels"]);
+}
+
+/// Rewrite the external-data entries of `model` (without resolving them) with `f`.
+fn edit_external(model: &Path, f: impl Fn(usize, &mut onnx_protobuf::TensorProto)) {
+    let mut m = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(model).unwrap()).unwrap();
+    for (i, t) in m.graph.as_mut().unwrap().initializer.iter_mut().filter(|t| !t.external_data.is_empty()).enumerate() {
+        f(i, t);
+    }
+    std::fs::write(model, m.write_to_bytes().unwrap()).unwrap();
+}
+
+fn set(t: &mut onnx_protobuf::TensorProto, key: &str, value: &str) {
+    t.external_data.iter_mut().find(|e| e.key == key).unwrap().value = value.to_string();
+}
+
+#[test]
+fn data_path_leaving_the_folder_is_refused() {
+    let top = tempfile::tempdir().unwrap();
+    let sub = top.path().join("m");
+    std::fs::create_dir(&sub).unwrap();
+    let model = externalized(&sub);
+    // A perfectly readable data file, but outside the model's folder.
+    std::fs::copy(sub.join("model.onnx.data"), top.path().join("outside.data")).unwrap();
+    edit_external(&model, |i, t| {
+        if i == 0 {
+            set(t, "location", "../outside.data");
+        }
+    });
+    let out = tempfile::tempdir().unwrap();
+    let a = bin().arg(&model).arg(out.path().join("o.onnx")).arg("--no-verify").assert().code(1);
+    let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(err.contains("leaves the model's folder"), "{err}");
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing written");
+    // An absolute path is refused the same way.
+    edit_external(&model, |i, t| {
+        if i == 0 {
+            set(t, "location", &top.path().join("outside.data").display().to_string());
+        }
+    });
+    assert!(format!("{:#}", io::load(&model).unwrap_err()).contains("leaves the model's folder"));
+}
+
+#[test]
+fn overlapping_or_out_of_bounds_ranges_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = externalized(dir.path());
+    let pristine = std::fs::read(&model).unwrap();
+    // Two tensors on the same bytes.
+    edit_external(&model, |i, t| {
+        if i == 1 {
+            set(t, "offset", "0");
+        }
+    });
+    let e = format!("{:#}", io::load(&model).unwrap_err());
+    assert!(e.contains("overlap"), "{e}");
+    // A range past the end of the data file.
+    std::fs::write(&model, &pristine).unwrap();
+    let len = std::fs::metadata(dir.path().join("model.onnx.data")).unwrap().len();
+    edit_external(&model, |i, t| {
+        if i == 0 {
+            set(t, "offset", &(len - 4).to_string());
+        }
+    });
+    let e = format!("{:#}", io::load(&model).unwrap_err());
+    assert!(e.contains("past the end"), "{e}");
+    std::fs::write(&model, &pristine).unwrap();
+    io::load(&model).unwrap();
+}
