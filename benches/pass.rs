@@ -22,7 +22,11 @@ use std::time::Instant;
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<f64>().unwrap_or(0.0)))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<f64>().unwrap_or(0.0))
+        })
         .unwrap_or(0.0)
         / 1024.0
 }
@@ -136,7 +140,9 @@ fn largest_model() -> Option<PathBuf> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let tmp = tempfile::tempdir_in(std::env::var("BENCH_TMP").unwrap_or_else(|_| std::env::temp_dir().display().to_string())).unwrap();
+    let tmp =
+        tempfile::tempdir_in(std::env::var("BENCH_TMP").unwrap_or_else(|_| std::env::temp_dir().display().to_string()))
+            .unwrap();
     let mut scope = Scope::Global;
     let mut model = None;
     let mut i = 0;
@@ -149,7 +155,12 @@ fn main() {
                 let dir = PathBuf::from(args.get(i + 2).cloned().unwrap_or_else(|| "target/bench-models".into()));
                 std::fs::create_dir_all(&dir).unwrap();
                 let p = generate(mb, &dir);
-                println!("generated {} ({:.1} MB) in {:.1} s", p.display(), file_bytes(&p) as f64 / 1e6, t.elapsed().as_secs_f64());
+                println!(
+                    "generated {} ({:.1} MB) in {:.1} s",
+                    p.display(),
+                    file_bytes(&p) as f64 / 1e6,
+                    t.elapsed().as_secs_f64()
+                );
                 return;
             }
             "--scope" => {
@@ -179,7 +190,8 @@ fn main() {
     let load = t.elapsed().as_secs_f64();
     let mut m = loaded.proto;
     let t = Instant::now();
-    let opts = WeightOptions { beta: 1.0, scope, include: Include::default(), scores: BTreeMap::new(), fixed_ratio: None };
+    let opts =
+        WeightOptions { beta: 1.0, scope, include: Include::default(), scores: BTreeMap::new(), fixed_ratio: None };
     let r = prune_weights(&mut m, &opts).unwrap();
     let prune = t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -189,7 +201,12 @@ fn main() {
     let total = load + prune + save;
     println!("model        {}", model.display());
     println!("size         {:.1} MB", size as f64 / 1e6);
-    println!("scope        {scope:?}, {} tensors, {} weights, kept {}", r.tensors.len(), r.candidates_elems, r.kept_elems);
+    println!(
+        "scope        {scope:?}, {} tensors, {} weights, kept {}",
+        r.tensors.len(),
+        r.candidates_elems,
+        r.kept_elems
+    );
     println!("copy         {:.3} s", copy);
     println!("read+write   {:.3} s", rw);
     println!("load         {:.3} s", load);
@@ -200,5 +217,10 @@ fn main() {
     if !reset {
         println!("(peak RSS could not be reset after the read+write baseline: it may be that one)");
     }
-    println!("peak RSS     {:.0} MB = {:.2} × model bytes (process baseline {:.0} MB)", peak, peak * 1048576.0 / size as f64, rss0);
+    println!(
+        "peak RSS     {:.0} MB = {:.2} × model bytes (process baseline {:.0} MB)",
+        peak,
+        peak * 1048576.0 / size as f64,
+        rss0
+    );
 }

@@ -108,7 +108,10 @@ pub fn collect(model: &ModelProto, inputs: &Inputs, req: &Requests) -> Result<St
     });
     io::save(m, &path, &SaveOptions { external: ext })?;
     let r = check::load_runnable(&path, &inputs.facts()).context("calibration: tract could not compile the model")?;
-    let mut stats = Stats { rows: inputs.inputs.first().map(|i| i.data.shape().first().copied().unwrap_or(1)).unwrap_or(0), values: BTreeMap::new() };
+    let mut stats = Stats {
+        rows: inputs.inputs.first().map(|i| i.data.shape().first().copied().unwrap_or(1)).unwrap_or(0),
+        values: BTreeMap::new(),
+    };
     check::run::run_each(&r, inputs, |outs| {
         for (name, a) in r.output_names.iter().zip(outs.iter()) {
             let Some(&ax) = req.get(name) else { continue };
@@ -116,7 +119,12 @@ pub fn collect(model: &ModelProto, inputs: &Inputs, req: &Requests) -> Result<St
             if axis < 0 {
                 bail!("value '{name}': feature axis {ax} out of range for shape {:?}", a.shape());
             }
-            stats.values.entry(name.clone()).or_default().add(a, axis as usize).with_context(|| format!("value '{name}'"))?;
+            stats
+                .values
+                .entry(name.clone())
+                .or_default()
+                .add(a, axis as usize)
+                .with_context(|| format!("value '{name}'"))?;
         }
         Ok(())
     })
@@ -202,7 +210,13 @@ pub fn wanda_scores(model: &ModelProto, inputs: &Inputs) -> Result<(BTreeMap<Str
         let sc = match s.map {
             FeatureMap::Axis(a) => {
                 if a >= shape.len() || shape[a] != norms.len() {
-                    bail!("weight '{}' {:?}: {} input features observed on '{}'", s.weight, shape, norms.len(), s.value);
+                    bail!(
+                        "weight '{}' {:?}: {} input features observed on '{}'",
+                        s.weight,
+                        shape,
+                        norms.len(),
+                        s.value
+                    );
                 }
                 let inner: usize = shape[a + 1..].iter().product();
                 let dim = shape[a];
@@ -210,7 +224,13 @@ pub fn wanda_scores(model: &ModelProto, inputs: &Inputs) -> Result<(BTreeMap<Str
             }
             FeatureMap::Conv { group } => {
                 if shape.len() < 2 || shape[0] % group != 0 || shape[1] * group != norms.len() {
-                    bail!("conv weight '{}' {:?} (group {group}) vs {} input channels on '{}'", s.weight, shape, norms.len(), s.value);
+                    bail!(
+                        "conv weight '{}' {:?} (group {group}) vs {} input channels on '{}'",
+                        s.weight,
+                        shape,
+                        norms.len(),
+                        s.value
+                    );
                 }
                 let per_o: usize = shape[1..].iter().product();
                 let inner: usize = shape[2..].iter().product();

@@ -50,7 +50,9 @@ fn weights(g: &GraphProto) -> BTreeMap<String, &TensorProto> {
         m.insert(t.name.clone(), t);
     }
     for n in g.node.iter().filter(|n| is_const(n)) {
-        if let (Some(o), Some(t)) = (n.output.first(), n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref())) {
+        if let (Some(o), Some(t)) =
+            (n.output.first(), n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()))
+        {
             m.insert(o.clone(), t);
         }
     }
@@ -58,7 +60,11 @@ fn weights(g: &GraphProto) -> BTreeMap<String, &TensorProto> {
 }
 
 fn float_params(g: &GraphProto) -> u64 {
-    weights(g).values().filter(|t| tensor::is_float(t.data_type)).map(|t| t.dims.iter().product::<i64>().max(0) as u64).sum()
+    weights(g)
+        .values()
+        .filter(|t| tensor::is_float(t.data_type))
+        .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
+        .sum()
 }
 
 fn dims_str(d: &[i64]) -> String {

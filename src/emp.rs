@@ -121,11 +121,7 @@ pub fn check_beta(beta: f64) -> Result<(), EmpError> {
 
 /// Ordering used everywhere: higher |score| first, ties broken by lower index.
 fn rank_cmp(scores: &[f64], a: usize, b: usize) -> Ordering {
-    scores[b]
-        .abs()
-        .partial_cmp(&scores[a].abs())
-        .unwrap_or(Ordering::Equal)
-        .then(a.cmp(&b))
+    scores[b].abs().partial_cmp(&scores[a].abs()).unwrap_or(Ordering::Equal).then(a.cmp(&b))
 }
 
 /// Indices of the `k` highest-|score| units (ties: lower index wins), sorted ascending.
@@ -148,10 +144,7 @@ pub fn select(scores: &[f64], beta: f64) -> Result<(Decision, Vec<usize>), EmpEr
     let n = scores.len();
     let (s1, s2) = moments_scaled(scores)?;
     match n_eff_from_moments(n, s1, s2) {
-        None => Ok((
-            Decision { n, n_eff: n as f64, kept: n, s_eff: 1.0, all_zero: true },
-            (0..n).collect(),
-        )),
+        None => Ok((Decision { n, n_eff: n as f64, kept: n, s_eff: 1.0, all_zero: true }, (0..n).collect())),
         Some(ne) => {
             let kept = keep_count(n, ne, beta);
             let keep = top_k(scores, kept);

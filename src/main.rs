@@ -226,14 +226,20 @@ fn real_main(cli: Cli) -> ExitCode {
     let (calibration, calibration_label) = if a.calibration.is_empty() {
         (None, None)
     } else {
-        let mut spec = InputSpec { dims: dims.clone(), files: BTreeMap::new(), npz: None, seed: a.seed, default_batch: 1 };
+        let mut spec =
+            InputSpec { dims: dims.clone(), files: BTreeMap::new(), npz: None, seed: a.seed, default_batch: 1 };
         for c in &a.calibration {
             let p = PathBuf::from(c);
             if let Some((k, v)) = c.split_once('=') {
                 spec.files.insert(k.to_string(), PathBuf::from(v));
             } else if p.is_dir() {
-                let Ok(rd) = std::fs::read_dir(&p) else { return usage(&format!("--calibration {c}: cannot read folder")) };
-                let mut found: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.extension().is_some_and(|e| e == "npy")).collect();
+                let Ok(rd) = std::fs::read_dir(&p) else {
+                    return usage(&format!("--calibration {c}: cannot read folder"));
+                };
+                let mut found: Vec<PathBuf> = rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|f| f.extension().is_some_and(|e| e == "npy"))
+                    .collect();
                 found.sort();
                 for f in found {
                     let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();

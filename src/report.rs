@@ -133,7 +133,8 @@ impl Report {
                     if e.pass == Some(true) { "PASS" } else { "FAIL" }
                 );
             } else {
-                let _ = writeln!(s, "masked-equivalence ({}): skipped: {}", e.stage, e.reason.as_deref().unwrap_or("?"));
+                let _ =
+                    writeln!(s, "masked-equivalence ({}): skipped: {}", e.stage, e.reason.as_deref().unwrap_or("?"));
             }
         }
         match &self.verification {
@@ -249,7 +250,11 @@ fn weights_table(w: &WeightsReport) -> String {
 fn groups_table(groups: &[GroupReport]) -> String {
     let mut s = String::new();
     let id_w = groups.iter().map(|g| g.id.len()).max().unwrap_or(5).clamp(5, 40);
-    let _ = writeln!(s, "{:<id_w$}  {:<8} {:>5} {:>8} {:>5} {:>6}  members / status", "group", "kind", "N", "N_eff", "kept", "s_eff");
+    let _ = writeln!(
+        s,
+        "{:<id_w$}  {:<8} {:>5} {:>8} {:>5} {:>6}  members / status",
+        "group", "kind", "N", "N_eff", "kept", "s_eff"
+    );
     let mut counts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for g in groups {
         let c = counts.entry(g.kind.as_str()).or_default();
@@ -262,7 +267,11 @@ fn groups_table(groups: &[GroupReport]) -> String {
             }
         };
         let id = tail(&g.id, id_w);
-        let _ = writeln!(s, "{:<id_w$}  {:<8} {:>5} {:>8.2} {:>5} {:>6.3}  {}", id, g.kind, g.n, g.n_eff, g.kept, g.s_eff, status);
+        let _ = writeln!(
+            s,
+            "{:<id_w$}  {:<8} {:>5} {:>8.2} {:>5} {:>6.3}  {}",
+            id, g.kind, g.n, g.n_eff, g.kept, g.s_eff, status
+        );
         for n in &g.notes {
             let _ = writeln!(s, "{:<id_w$}  note: {n}", "");
         }

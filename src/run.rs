@@ -6,12 +6,12 @@
 use crate::check::{self, VerifyOptions};
 use crate::model::graph::{self, GraphIndex};
 use crate::model::io::{self, Loaded, SaveOptions};
+use crate::progress;
 use crate::prune::weights::{self, Include, Scope, WeightOptions};
 use crate::prune::{Criterion, StructOptions, StructScope, StructuralResult};
 use crate::report::{Equivalence, FileInfo, Params, Report, Timing};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::ModelProto;
-use crate::progress;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -116,7 +116,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     GraphIndex::build(loaded.proto.graph.as_ref().context("model has no graph")?)
         .with_context(|| format!("{}", o.input.display()))?;
 
-    validate_weights(&loaded.proto, &o.include, o.mode != Mode::Weights).with_context(|| format!("{}", o.input.display()))?;
+    validate_weights(&loaded.proto, &o.include, o.mode != Mode::Weights)
+        .with_context(|| format!("{}", o.input.display()))?;
     let (p_before, nz_before) = params(&loaded.proto)?;
     // The pass works on the loaded model in place (no copy); only tensor names are kept for
     // `external_names`.
@@ -164,7 +165,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             if let Some(r) = o.fixed_ratio {
                 notes.push(format!("baseline run: fixed ratio {r} per group instead of EMP (--ratio)"));
             }
-            let wopts = WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores, fixed_ratio: o.fixed_ratio };
+            let wopts =
+                WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores, fixed_ratio: o.fixed_ratio };
             let r = weights::prune_weights(&mut m, &wopts).with_context(|| format!("{}", o.input.display()))?;
             weights_report = Some(r);
             m
@@ -182,7 +184,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 "l2" | "weight" => Criterion::L2,
                 "l1" => Criterion::L1,
                 "activation" => Criterion::Activation,
-                c => bail!("--criterion {c}: structured modes support l2 (default; 'weight' for heads), l1 or activation"),
+                c => bail!(
+                    "--criterion {c}: structured modes support l2 (default; 'weight' for heads), l1 or activation"
+                ),
             };
             let calib_inputs = if criterion == Criterion::Activation {
                 let (spec, label) = match &o.calibration {
@@ -198,7 +202,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             };
             scope_name = format!("{scope:?}").to_lowercase();
             criterion_name = crit.to_string();
-            let sopts = StructOptions { beta: o.beta, scope, criterion, round_to: o.round_to.max(1), activations: None };
+            let sopts =
+                StructOptions { beta: o.beta, scope, criterion, round_to: o.round_to.max(1), activations: None };
             let mut current = std::mem::take(&mut loaded.proto);
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
                 let sopts = with_activations(&sopts, &current, calib_inputs.as_ref(), "heads")?;
@@ -209,7 +214,10 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             }
             if matches!(mode, Mode::Channels | Mode::HeadsChannels) {
                 // Hidden units are ranked per group (the FFN width of a block is one group).
-                let copts = StructOptions { scope: if mode == Mode::HeadsChannels && o.scope.is_none() { StructScope::Layer } else { scope }, ..sopts.clone() };
+                let copts = StructOptions {
+                    scope: if mode == Mode::HeadsChannels && o.scope.is_none() { StructScope::Layer } else { scope },
+                    ..sopts.clone()
+                };
                 let copts = with_activations(&copts, &current, calib_inputs.as_ref(), "channels")?;
                 let r = structural(&current, &copts, "channels")?;
                 groups.extend(r.groups);
@@ -275,7 +283,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         let _ = std::fs::remove_file(pp);
         let _ = std::fs::remove_file(mp.with_extension("onnx.data"));
     }
-    let (macs_before, macs_after) = verification.as_ref().map(|v| (v.macs_dense, v.macs_pruned)).unwrap_or((None, None));
+    let (macs_before, macs_after) =
+        verification.as_ref().map(|v| (v.macs_dense, v.macs_pruned)).unwrap_or((None, None));
     if !exact && !o.allow_mismatch {
         let e = equivalence.iter().find(|e| e.pass == Some(false));
         let detail = e
@@ -284,7 +293,10 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 None => format!("{} stage: rel error {:.3e} > {:.0e}", e.stage, e.max_rel_l2_err, e.tolerance),
             })
             .unwrap_or_default();
-        bail!("{}: masked-equivalence failed ({detail}); no output written (--allow-mismatch writes it anyway)", o.input.display());
+        bail!(
+            "{}: masked-equivalence failed ({detail}); no output written (--allow-mismatch writes it anyway)",
+            o.input.display()
+        );
     }
     if !exact {
         notes.push("masked-equivalence FAILED; output written because of --allow-mismatch".into());
@@ -319,7 +331,8 @@ fn wanda(o: &RunOptions, loaded: &Loaded) -> Result<(BTreeMap<String, Vec<f64>>,
         None => (o.verify_opts.inputs.clone(), "verification inputs".to_string()),
     };
     let inputs = crate::calib::load_inputs(&o.input, &spec)?;
-    let (scores, stats) = crate::calib::wanda_scores(&loaded.proto, &inputs).with_context(|| format!("{}: wanda", o.input.display()))?;
+    let (scores, stats) =
+        crate::calib::wanda_scores(&loaded.proto, &inputs).with_context(|| format!("{}: wanda", o.input.display()))?;
     Ok((scores, stats, label))
 }
 
@@ -383,7 +396,12 @@ fn validate_weights(m: &ModelProto, include: &Include, structural: bool) -> Resu
 
 /// For the activation criterion: run the model as it is at this stage on the calibration
 /// inputs and attach the statistics the stage needs.
-fn with_activations(o: &StructOptions, m: &ModelProto, inputs: Option<&crate::check::Inputs>, what: &str) -> Result<StructOptions> {
+fn with_activations(
+    o: &StructOptions,
+    m: &ModelProto,
+    inputs: Option<&crate::check::Inputs>,
+    what: &str,
+) -> Result<StructOptions> {
     let Some(inputs) = inputs else { return Ok(o.clone()) };
     let req = match what {
         "heads" => crate::prune::heads::activation_requests(m)?,

@@ -129,7 +129,11 @@ fn mlp(dir: &Path) -> std::path::PathBuf {
     // columns: u0 = [5,0,0], u1 = [0,1,0], u2 = [0,0,1], u3 = [0,1,1]
     g.initializer.push(tensor::new_f32("W1", &[3, 4], &[5., 0., 0., 0., 0., 1., 0., 1., 0., 0., 1., 1.]));
     g.initializer.push(tensor::new_f32("W2", &[4, 2], &[1.; 8]));
-    for (name, op, ins, out) in [("mm1", "MatMul", vec!["x", "W1"], "h"), ("relu", "Relu", vec!["h"], "r"), ("mm2", "MatMul", vec!["r", "W2"], "y")] {
+    for (name, op, ins, out) in [
+        ("mm1", "MatMul", vec!["x", "W1"], "h"),
+        ("relu", "Relu", vec!["h"], "r"),
+        ("mm2", "MatMul", vec!["r", "W2"], "y"),
+    ] {
         let mut n = NodeProto::new();
         n.op_type = op.into();
         n.name = name.into();
@@ -238,7 +242,15 @@ fn calibrated_runs_are_byte_identical() {
     };
     for args in [
         &["models/digits_mlp.onnx", "--criterion", "wanda", "--calibration", "models/digits_calib_x64.npy"][..],
-        &["models/digits_cnn_flatten.onnx", "--structured", "channels", "--criterion", "activation", "--calibration", "models/digits_calib_x1x8x8.npy"][..],
+        &[
+            "models/digits_cnn_flatten.onnx",
+            "--structured",
+            "channels",
+            "--criterion",
+            "activation",
+            "--calibration",
+            "models/digits_calib_x1x8x8.npy",
+        ][..],
     ] {
         let (a, ra) = once(args);
         let (b, rb) = once(args);

@@ -7,7 +7,9 @@ use onnx_emp::model::graph::{self, GraphIndex};
 use onnx_emp::model::{io, tensor};
 use onnx_emp::prune::channels::prune_channels;
 use onnx_emp::prune::{GroupReport, StructOptions, StructScope, StructuralResult};
-use onnx_protobuf::{AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto};
+use onnx_protobuf::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tract_onnx::prelude::*;
@@ -109,7 +111,13 @@ fn ort_check(s: &Saved, inputs: &[(String, PathBuf)]) -> Option<f64> {
             let _ = std::fs::create_dir_all(&keep);
             let _ = std::fs::copy(&s.pruned, keep.join("pruned.onnx"));
             let _ = std::fs::copy(&s.masked, keep.join("masked.onnx"));
-            panic!("onnx_check failed for {} (copied to {}): {}{}", s.pruned.display(), keep.display(), text, String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "onnx_check failed for {} (copied to {}): {}{}",
+                s.pruned.display(),
+                keep.display(),
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            )
         }
     }
 }
@@ -132,7 +140,10 @@ fn rel_err(a: &[Tensor], b: &[Tensor]) -> f64 {
     for (x, y) in a.iter().zip(b) {
         assert_eq!(x.shape(), y.shape(), "output shapes differ");
         let (Ok(x), Ok(y)) = (x.cast_to::<f32>(), y.cast_to::<f32>()) else { continue };
-        let (x, y): (Vec<f32>, Vec<f32>) = (x.to_plain_array_view::<f32>().unwrap().iter().copied().collect(), y.to_plain_array_view::<f32>().unwrap().iter().copied().collect());
+        let (x, y): (Vec<f32>, Vec<f32>) = (
+            x.to_plain_array_view::<f32>().unwrap().iter().copied().collect(),
+            y.to_plain_array_view::<f32>().unwrap().iter().copied().collect(),
+        );
         let m = y.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64)).max(1e-6);
         let d = x.iter().zip(&y).fold(0.0f64, |d, (p, q)| d.max((*p as f64 - *q as f64).abs()));
         worst = worst.max(d / m);
@@ -230,7 +241,14 @@ fn run_digits(model: &str, x: &str) -> (ModelProto, Outcome) {
     let o = prune_and_prove(&dense, &StructOptions::default(), &npys, &inputs);
     snapshot(model.trim_end_matches(".onnx"), &dense, &o);
     let prunable = o.result.groups.iter().filter(|g| g.blocked.is_none()).count();
-    eprintln!("{model} | {prunable}/{} | {} → {} | ort {:?} | tract {:?}", o.result.groups.len(), o.params.0, o.params.1, o.ort, o.tract);
+    eprintln!(
+        "{model} | {prunable}/{} | {} → {} | ort {:?} | tract {:?}",
+        o.result.groups.len(),
+        o.params.0,
+        o.params.1,
+        o.ort,
+        o.tract
+    );
     (dense, o)
 }
 
@@ -240,7 +258,9 @@ fn digits_cnn_bn_residual_depthwise_concat() {
     let p = &o.result.pruned;
     // residual: stem, res.b and the depthwise conv are one group
     let stem = group(&o.result, "/stem/stem.0/Conv");
-    assert!(stem.members.contains(&"/res/b/b.0/Conv".to_string()) && stem.members.contains(&"/dw/dw.0/Conv".to_string()));
+    assert!(
+        stem.members.contains(&"/res/b/b.0/Conv".to_string()) && stem.members.contains(&"/dw/dw.0/Conv".to_string())
+    );
     assert_eq!(weight(p, "stem.0.weight").dims[0], weight(p, "res.b.0.weight").dims[0]);
     // depthwise: group attribute = channels kept, = pointwise conv's input channels
     let dw = weight(p, "dw.0.weight").dims[0];
@@ -281,10 +301,16 @@ fn yolo_block_split_concat_silu_resize() {
     let sizes = tensor::read_i64(weight(p, "/c2f/Constant_output_0")).unwrap();
     assert_eq!(sizes.iter().sum::<i64>(), weight(p, "c2f.cv1.conv.weight").dims[0]);
     // Concat[half1, half2, m2] feeds cv2
-    assert_eq!(weight(p, "c2f.cv2.conv.weight").dims[1], weight(p, "c2f.cv1.conv.weight").dims[0] + weight(p, "c2f.m2.conv.weight").dims[0]);
+    assert_eq!(
+        weight(p, "c2f.cv2.conv.weight").dims[1],
+        weight(p, "c2f.cv1.conv.weight").dims[0] + weight(p, "c2f.m2.conv.weight").dims[0]
+    );
     assert_eq!(weight(p, "c2f.m1.conv.weight").dims[1], sizes[1]);
     // Resize passes channels; Concat[up(down), cv2] feeds fuse
-    assert_eq!(weight(p, "fuse.conv.weight").dims[1], weight(p, "down.conv.weight").dims[0] + weight(p, "c2f.cv2.conv.weight").dims[0]);
+    assert_eq!(
+        weight(p, "fuse.conv.weight").dims[1],
+        weight(p, "down.conv.weight").dims[0] + weight(p, "c2f.cv2.conv.weight").dims[0]
+    );
     assert!(o.params.1 < o.params.0);
 }
 
@@ -318,7 +344,12 @@ fn global_scope_and_rounding() {
         assert!(g.kept >= 1 && (g.kept % 4 == 0 || g.kept == g.n), "{g:?}");
         assert!(g.notes.iter().any(|n| n.contains("global EMP")));
     }
-    let o1 = prune_and_prove(&dense, &StructOptions { criterion: onnx_emp::prune::Criterion::L1, ..Default::default() }, &npys, &inputs);
+    let o1 = prune_and_prove(
+        &dense,
+        &StructOptions { criterion: onnx_emp::prune::Criterion::L1, ..Default::default() },
+        &npys,
+        &inputs,
+    );
     assert!(o1.params.1 < o1.params.0);
 }
 
@@ -387,7 +418,14 @@ fn real_models() {
             assert!(o.params.1 < o.params.0, "{name}: units removed but params did not shrink");
         }
         eprintln!("== {name} ({:?})\n{}", t0.elapsed(), summary(&o.result.groups));
-        table.push(format!("{name} | {prunable}/{} | {} → {} | {:?} | {:?}", o.result.groups.len(), o.params.0, o.params.1, o.ort, o.tract));
+        table.push(format!(
+            "{name} | {prunable}/{} | {} → {} | {:?} | {:?}",
+            o.result.groups.len(),
+            o.params.0,
+            o.params.1,
+            o.ort,
+            o.tract
+        ));
     }
     eprintln!("{}", table.join("\n"));
 }
@@ -531,7 +569,10 @@ fn residual_chain_reaching_output_is_not_pruned() {
             nd("Conv", "B", &["ra", "wb"], &["b"], vec![]),
             nd("Add", "add", &["b", "ra"], &["y"], vec![]),
         ],
-        vec![w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 1), w("wb", &[6, 6, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 2)],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 1),
+            w("wb", &[6, 6, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 2),
+        ],
         &X4,
         &["y"],
     );
@@ -567,7 +608,8 @@ fn concat_offsets_select_the_right_columns() {
     let pruned_c = tensor::read_f32(weight(&o.result.pruned, "wc")).unwrap();
     // A keeps 0,2,3,5; B keeps 1,2,3,4 → columns 0,2,3,5 and 6+1..6+4 of C
     let cols = [0usize, 2, 3, 5, 7, 8, 9, 10];
-    let expect: Vec<f32> = (0..2).flat_map(|o| cols.iter().map(move |&c| (o, c))).map(|(o, c)| dense_c[o * 11 + c]).collect();
+    let expect: Vec<f32> =
+        (0..2).flat_map(|o| cols.iter().map(move |&c| (o, c))).map(|(o, c)| dense_c[o * 11 + c]).collect();
     assert_eq!(pruned_c, expect);
 }
 
@@ -637,7 +679,13 @@ fn slice_bounds_on_the_channel_axis() {
             nd("Slice", "slice", &["a", "starts", "ends", "axes"], &["s"], vec![]),
             nd("Conv", "B", &["s", "wb"], &["y"], vec![]),
         ],
-        vec![w("wa", &[8, 3, 1, 1], &[0.01, 1., 1., 1., 0.01, 1., 1., 1.], 1), w("wb", &[2, 5, 1, 1], &ones(2), 2), starts, ends, axes],
+        vec![
+            w("wa", &[8, 3, 1, 1], &[0.01, 1., 1., 1., 0.01, 1., 1., 1.], 1),
+            w("wb", &[2, 5, 1, 1], &ones(2), 2),
+            starts,
+            ends,
+            axes,
+        ],
         &X4,
         &["y"],
     );
@@ -701,7 +749,12 @@ fn reshape_into_gemm_rewrites_the_target() {
             nd("Reshape", "flat", &["ra", "target"], &["f"], vec![]),
             nd("Gemm", "fc", &["f", "wf", "bf"], &["y"], vec![attr_i("transB", 1)]),
         ],
-        vec![w("wa", &[4, 3, 1, 1], &[1., 0.01, 1., 1.], 1), w("wf", &[3, 64], &ones(3), 2), tensor::new_f32("bf", &[3], &[0.; 3]), target],
+        vec![
+            w("wa", &[4, 3, 1, 1], &[1., 0.01, 1., 1.], 1),
+            w("wf", &[3, 64], &ones(3), 2),
+            tensor::new_f32("bf", &[3], &[0.; 3]),
+            target,
+        ],
         &x,
         &["y"],
     );
@@ -797,7 +850,11 @@ fn sigmoid_and_hardsigmoid_half_is_compensated() {
             nd("HardSigmoid", "hs", &["a"], &["h"], vec![attr_f("alpha", 0.2), attr_f("beta", 0.5)]),
             nd("Conv", "B", &["h", "wb", "bb"], &["y"], vec![]),
         ],
-        vec![w("wa", &[6, 3, 1, 1], &[1., 1., 0.01, 1., 1., 0.01], 1), w("wb", &[2, 6, 1, 1], &ones(2), 2), tensor::new_f32("bb", &[2], &[0.3, -0.3])],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 1., 0.01, 1., 1., 0.01], 1),
+            w("wb", &[2, 6, 1, 1], &ones(2), 2),
+            tensor::new_f32("bb", &[2], &[0.3, -0.3]),
+        ],
         &X4,
         &["y"],
     );
@@ -886,24 +943,26 @@ fn constant_node_weights_and_reshaped_bias() {
     let o = prove(&m, &X4, &StructOptions::default());
     let p = &o.result.pruned;
     assert_eq!(weight(p, "wa").dims, vec![4, 3, 1, 1]);
-    assert!(p.graph.as_ref().unwrap().node.iter().any(|n| n.op_type == "Constant" && n.output[0] == "wa"), "edited in place");
+    assert!(
+        p.graph.as_ref().unwrap().node.iter().any(|n| n.op_type == "Constant" && n.output[0] == "wa"),
+        "edited in place"
+    );
     assert_eq!(weight(p, "ba4").dims, vec![1, 4, 1, 1], "the reshaped bias got its own sliced copy");
-    assert!(group(&o.result, "A").notes.iter().any(|n| n.contains("bias of 'B'")), "relu(bias) of removed channels folded");
+    assert!(
+        group(&o.result, "A").notes.iter().any(|n| n.contains("bias of 'B'")),
+        "relu(bias) of removed channels folded"
+    );
     assert!(dense_vs_pruned(&o, &X4) < 0.05);
 }
 
 #[test]
 fn unknown_ops_and_subgraph_captures_are_barriers() {
     let m = mk_model(
-        vec![
-            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
-            nd("Relu", "r", &["a"], &["ra"], vec![]),
-            {
-                let mut n = nd("Foo", "foo", &["ra"], &["y"], vec![]);
-                n.domain = "com.example".into();
-                n
-            },
-        ],
+        vec![nd("Conv", "A", &["x", "wa"], &["a"], vec![]), nd("Relu", "r", &["a"], &["ra"], vec![]), {
+            let mut n = nd("Foo", "foo", &["ra"], &["y"], vec![]);
+            n.domain = "com.example".into();
+            n
+        }],
         vec![w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.01], 1)],
         &X4,
         &["y"],
@@ -926,7 +985,13 @@ fn unknown_ops_and_subgraph_captures_are_barriers() {
         vec![
             nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
             nd("Relu", "r", &["a"], &["ra"], vec![]),
-            nd("If", "if", &["cond"], &["y"], vec![attr_g("then_branch", branch.clone()), attr_g("else_branch", branch)]),
+            nd(
+                "If",
+                "if",
+                &["cond"],
+                &["y"],
+                vec![attr_g("then_branch", branch.clone()), attr_g("else_branch", branch)],
+            ),
         ],
         vec![w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.01], 1), cond],
         &X4,
@@ -963,7 +1028,11 @@ fn non_finite_weights_are_an_error_naming_the_tensor() {
     v[5] = f32::NAN;
     wa = tensor::new_f32("wa", &[4, 3, 1, 1], &v);
     let m = mk_model(
-        vec![nd("Conv", "A", &["x", "wa"], &["a"], vec![]), nd("Relu", "r", &["a"], &["ra"], vec![]), nd("Conv", "B", &["ra", "wb"], &["y"], vec![])],
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "B", &["ra", "wb"], &["y"], vec![]),
+        ],
         vec![wa, w("wb", &[2, 4, 1, 1], &ones(2), 2)],
         &X4,
         &["y"],
@@ -1037,7 +1106,13 @@ fn op_zoo_prelu_pad_pool_instancenorm_resize_convtranspose_reduce() {
             nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
             nd("PRelu", "prelu", &["a", "slope"], &["p"], vec![]),
             nd("Pad", "pad", &["p", "pads"], &["pd"], vec![]),
-            nd("MaxPool", "pool", &["pd"], &["mp"], vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])]),
+            nd(
+                "MaxPool",
+                "pool",
+                &["pd"],
+                &["mp"],
+                vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])],
+            ),
             nd("InstanceNormalization", "in", &["mp", "in_s", "in_b"], &["i"], vec![]),
             nd("Resize", "up", &["i", "", "scales"], &["u"], vec![]),
             nd("Clip", "clip", &["u", "lo", "hi"], &["c"], vec![]),
@@ -1086,7 +1161,11 @@ fn gemm_with_a_full_bias_matrix() {
             nd("Relu", "r", &["a"], &["ra"], vec![]),
             nd("Gemm", "B", &["ra", "wb"], &["y"], vec![attr_i("transB", 1)]),
         ],
-        vec![w("wa", &[6, 4], &[1., 0.01, 1., 1., 1., 0.01], 1), w("ca", &[2, 6], &ones(2), 3), w("wb", &[3, 6], &ones(3), 2)],
+        vec![
+            w("wa", &[6, 4], &[1., 0.01, 1., 1., 1., 0.01], 1),
+            w("ca", &[2, 6], &ones(2), 3),
+            w("wb", &[3, 6], &ones(3), 2),
+        ],
         &x2,
         &["y"],
     );

@@ -82,7 +82,9 @@ fn weights_default_scope_every_model() {
         // One-shot EMP costs these tiny models between 0 and ~33 points (README table); far
         // below chance would mean a broken model, not pruning.
         assert!(b > 0.5, "{m}: accuracy {a} → {b}");
-        let sp = 1.0 - r.report["params"]["nonzero_after"].as_f64().unwrap() / r.report["params"]["nonzero_before"].as_f64().unwrap();
+        let sp = 1.0
+            - r.report["params"]["nonzero_after"].as_f64().unwrap()
+                / r.report["params"]["nonzero_before"].as_f64().unwrap();
         assert!(sp > 0.2 && sp < 0.6, "{m}: sparsity {sp}");
         assert!(r.stdout.contains("accuracy"), "{}", r.stdout);
         assert!(r.out.is_file());
@@ -135,8 +137,14 @@ fn fails(args: &[&str], out: Option<&Path>, needle: &str, code: i32) {
     }
     if let Some(o) = out {
         assert!(!o.exists(), "{} must not exist", o.display());
-        let leftovers: Vec<_> = std::fs::read_dir(o.parent().unwrap()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
-        assert!(leftovers.iter().all(|n| !n.to_string_lossy().starts_with(".onnx-emp-") && !n.to_string_lossy().starts_with(".tmp")), "{leftovers:?}");
+        let leftovers: Vec<_> =
+            std::fs::read_dir(o.parent().unwrap()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert!(
+            leftovers
+                .iter()
+                .all(|n| !n.to_string_lossy().starts_with(".onnx-emp-") && !n.to_string_lossy().starts_with(".tmp")),
+            "{leftovers:?}"
+        );
     }
 }
 
@@ -268,7 +276,13 @@ fn structured_reports_are_deterministic() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.onnx");
         let rep = dir.path().join("r.json");
-        bin().arg(format!("models/{model}.onnx")).arg(&out).args(["--structured", "heads", "--no-latency", "-q", "--report"]).arg(&rep).assert().success();
+        bin()
+            .arg(format!("models/{model}.onnx"))
+            .arg(&out)
+            .args(["--structured", "heads", "--no-latency", "-q", "--report"])
+            .arg(&rep)
+            .assert()
+            .success();
         let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
         v.as_object_mut().unwrap().remove("timing");
         v.as_object_mut().unwrap().remove("output");

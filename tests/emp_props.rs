@@ -116,8 +116,15 @@ fn uniform_magnitudes_give_three_quarters() {
 /// erf by Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7): enough to map normals to uniforms.
 fn libm_erf(x: f64) -> f64 {
     let t = 1.0 / (1.0 + 0.3275911 * x.abs());
-    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * (-x * x).exp();
-    if x >= 0.0 { y } else { -y }
+    let y = 1.0
+        - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592)
+            * t
+            * (-x * x).exp();
+    if x >= 0.0 {
+        y
+    } else {
+        -y
+    }
 }
 
 #[test]

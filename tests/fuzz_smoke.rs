@@ -48,8 +48,22 @@ impl Rng {
 
 const INTERESTING_I64: [i64; 10] = [0, 1, -1, 3, 64, 1 << 31, 1 << 36, 1 << 40, 1 << 62, i64::MAX];
 const OPS: [&str; 16] = [
-    "Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention", "Gather", "Add",
-    "BatchNormalization", "LayerNormalization", "Constant", "If", "Relu", "",
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "LSTM",
+    "GRU",
+    "RNN",
+    "Attention",
+    "Gather",
+    "Add",
+    "BatchNormalization",
+    "LayerNormalization",
+    "Constant",
+    "If",
+    "Relu",
+    "",
 ];
 
 fn byte_mutation(rng: &mut Rng, b: &mut Vec<u8>, seeds: &[(&str, Vec<u8>)]) {
@@ -137,7 +151,8 @@ fn field_mutation(rng: &mut Rng, m: &mut ModelProto) {
         3 if nt > 0 => {
             // raw_data → float_data, possibly one short or with a NaN
             let t = &mut g.initializer[rng.below(nt)];
-            let mut v: Vec<f32> = t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let mut v: Vec<f32> =
+                t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
             match rng.below(3) {
                 0 => {
                     v.pop();

@@ -57,7 +57,13 @@ fn max_rel(a: &[f32], b: &[f32]) -> f64 {
 
 fn summary(name: &str, dense: &ModelProto, r: &StructuralResult) {
     let hs: Vec<String> = r.groups.iter().map(|g| format!("{}→{}", g.n, g.kept)).collect();
-    println!("{name}: {} blocks, H {}, params {} → {}", r.groups.len(), hs.join(" "), param_count(dense), param_count(&r.pruned));
+    println!(
+        "{name}: {} blocks, H {}, params {} → {}",
+        r.groups.len(),
+        hs.join(" "),
+        param_count(dense),
+        param_count(&r.pruned)
+    );
 }
 
 fn assert_found(groups: &[GroupReport], n_blocks: usize, h: usize) {

@@ -53,14 +53,23 @@ fn run_case(path: &Path) -> Run {
             // The file-level round trip of a result: save beside the input's folder (external
             // tensors stay external), load again, same message.
             let mut m = loaded.proto.clone();
-            let opts = WeightOptions { beta: 1.0, scope: Scope::Unit, include: Include::default(), scores: Default::default(), fixed_ratio: None };
+            let opts = WeightOptions {
+                beta: 1.0,
+                scope: Scope::Unit,
+                include: Include::default(),
+                scores: Default::default(),
+                fixed_ratio: None,
+            };
             prune_weights(&mut m, &opts).unwrap();
             let out_dir = tempfile::tempdir().unwrap();
             let out = out_dir.path().join("pruned.onnx");
             io::save(m.clone(), &out, &io::SaveOptions { external: loaded.external.clone() })
                 .unwrap_or_else(|e| panic!("saving a pruned valid model: {e:#}"));
             let back = io::load(&out).unwrap_or_else(|e| panic!("the saved pruned model does not load: {e:#}"));
-            assert!(back.proto.write_to_bytes().unwrap() == m.write_to_bytes().unwrap(), "save/load changed the pruned model");
+            assert!(
+                back.proto.write_to_bytes().unwrap() == m.write_to_bytes().unwrap(),
+                "save/load changed the pruned model"
+            );
             assert_eq!(back.external, loaded.external, "external tensors changed on save");
         }
     }
@@ -136,7 +145,10 @@ fn corpus_of_broken_and_hostile_models() {
             .spawn(move || {
                 let r = catch_unwind(AssertUnwindSafe(|| run_case(&p)));
                 let _ = tx.send(r.map_err(|e| {
-                    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                    e.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
                 }));
             })
             .unwrap();

@@ -182,8 +182,7 @@ pub fn set_attr_ints(n: &mut NodeProto, name: &str, v: &[i64]) {
 /// Total element count of float weights (for parameter counts).
 pub fn float_params(g: &GraphProto, ix: &GraphIndex) -> (u64, u64) {
     use rayon::prelude::*;
-    let ws: Vec<&TensorProto> = ix.weights.values().filter_map(|r| weight(g, *r)).filter(|t| tensor::is_float(t.data_type)).collect();
-    ws.par_iter()
-        .filter_map(|t| tensor::count_nonzero_f32(t).ok())
-        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    let ws: Vec<&TensorProto> =
+        ix.weights.values().filter_map(|r| weight(g, *r)).filter(|t| tensor::is_float(t.data_type)).collect();
+    ws.par_iter().filter_map(|t| tensor::count_nonzero_f32(t).ok()).reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }

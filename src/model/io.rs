@@ -41,11 +41,18 @@ pub fn load(path: &Path) -> Result<Loaded> {
     }
     if meta.len() > PROTOBUF_LIMIT {
         // Refused before reading it into memory: protobuf cannot decode it anyway.
-        bail!("{}: {} bytes: protobuf messages are limited to 2 GiB (large weights belong in external data)", path.display(), meta.len());
+        bail!(
+            "{}: {} bytes: protobuf messages are limited to 2 GiB (large weights belong in external data)",
+            path.display(),
+            meta.len()
+        );
     }
-    let mut proto = parse_file(path, meta.len()).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
-    let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
-    let (external, data_files) = read_all_external(&mut proto, dir).map_err(|e| e.context(format!("{}: external data", path.display())))?;
+    let mut proto =
+        parse_file(path, meta.len()).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
+    let dir =
+        path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
+    let (external, data_files) =
+        read_all_external(&mut proto, dir).map_err(|e| e.context(format!("{}: external data", path.display())))?;
     if !external.is_empty() {
         // The data read from outside the file gets the checks `parse` could not do.
         validate::for_each_tensor(&proto, &mut |t| {
@@ -307,7 +314,8 @@ struct ExtRange {
 /// a small file cannot cost more memory than its size). Reads are positioned and parallel.
 fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<String>, Vec<(PathBuf, u64)>)> {
     use rayon::prelude::*;
-    let mut tensors: Vec<&mut TensorProto> = all_tensors_mut(proto).into_iter().filter(|t| validate::is_external(t)).collect();
+    let mut tensors: Vec<&mut TensorProto> =
+        all_tensors_mut(proto).into_iter().filter(|t| validate::is_external(t)).collect();
     // (canonical path, open file, length, location as written)
     let mut files: Vec<(PathBuf, File, u64, String)> = Vec::new();
     let mut by_loc: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -347,7 +355,8 @@ fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<Str
         let offset = parse_u64("offset")?.unwrap_or(0);
         let n = tensor::numel(t)? as u64;
         let es = tensor::elem_size(t.data_type)
-            .with_context(|| format!("{what}: unsupported data type {} in external data", t.data_type))? as u64;
+            .with_context(|| format!("{what}: unsupported data type {} in external data", t.data_type))?
+            as u64;
         let expect = n.checked_mul(es).with_context(|| format!("{what}: dims {:?} overflow", t.dims))?;
         let length = parse_u64("length")?.unwrap_or(expect);
         if length != expect {
@@ -389,7 +398,8 @@ fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<Str
             let what = format!("tensor '{}'", tname(t));
             let loc = &files[r.file].3;
             let mut buf = Vec::new();
-            buf.try_reserve_exact(r.length as usize).with_context(|| format!("{what}: cannot allocate {} bytes", r.length))?;
+            buf.try_reserve_exact(r.length as usize)
+                .with_context(|| format!("{what}: cannot allocate {} bytes", r.length))?;
             buf.resize(r.length as usize, 0);
             read_at(&files[r.file].1, r.offset, &mut buf).with_context(|| format!("{what}: reading '{loc}'"))?;
             t.raw_data = buf;
@@ -476,7 +486,8 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
                 let len = t.raw_data.len() as u64;
                 t.raw_data = Vec::new();
                 t.data_location = protobuf::EnumOrUnknown::from_i32(1);
-                t.external_data = vec![kv("location", &data_name), kv("offset", &offset.to_string()), kv("length", &len.to_string())];
+                t.external_data =
+                    vec![kv("location", &data_name), kv("offset", &offset.to_string()), kv("length", &len.to_string())];
                 offset += len;
             });
             if let Some(e) = err {
@@ -533,8 +544,10 @@ pub fn encoded_size(m: &ModelProto) -> u64 {
 
 /// Write bytes atomically (temp file in the same folder, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
+    let dir =
+        path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
     tmp.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;
     tmp.persist(path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())

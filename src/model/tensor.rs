@@ -83,9 +83,10 @@ pub fn shape(t: &TensorProto) -> Result<Vec<usize>> {
             bail!("tensor '{}': negative dimension {d} in dims {:?}", tname(t), t.dims);
         }
         if d > 0 {
-            n = n.checked_mul(d as u64).filter(|&n| n <= MAX_ELEMS).with_context(|| {
-                format!("tensor '{}': dims {:?} describe too many elements", tname(t), t.dims)
-            })?;
+            n = n
+                .checked_mul(d as u64)
+                .filter(|&n| n <= MAX_ELEMS)
+                .with_context(|| format!("tensor '{}': dims {:?} describe too many elements", tname(t), t.dims))?;
         }
         out.push(d as usize);
     }
@@ -121,9 +122,8 @@ pub fn storage(t: &TensorProto) -> Result<Storage> {
         }
         return Ok(Storage::String);
     }
-    let es = elem_size(t.data_type).with_context(|| {
-        format!("tensor '{name}': unsupported data type {}", t.data_type)
-    })?;
+    let es =
+        elem_size(t.data_type).with_context(|| format!("tensor '{name}': unsupported data type {}", t.data_type))?;
     if !t.raw_data.is_empty() || n == 0 {
         if t.raw_data.len() != n * es {
             bail!(
@@ -181,9 +181,17 @@ pub fn count_nonzero_f32(t: &TensorProto) -> Result<(u64, u64)> {
     }
     let nz = match storage(t)? {
         Storage::Raw(_) => match t.data_type {
-            dt::FLOAT => t.raw_data.chunks_exact(4).filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) << 1 != 0).count(),
-            dt::FLOAT16 | dt::BFLOAT16 => t.raw_data.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 != 0).count(),
-            _ => t.raw_data.chunks_exact(8).filter(|c| f64::from_le_bytes((*c).try_into().unwrap()) as f32 != 0.0).count(),
+            dt::FLOAT => {
+                t.raw_data.chunks_exact(4).filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) << 1 != 0).count()
+            }
+            dt::FLOAT16 | dt::BFLOAT16 => {
+                t.raw_data.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 != 0).count()
+            }
+            _ => t
+                .raw_data
+                .chunks_exact(8)
+                .filter(|c| f64::from_le_bytes((*c).try_into().unwrap()) as f32 != 0.0)
+                .count(),
         },
         Storage::Float => t.float_data.iter().filter(|&&v| v != 0.0).count(),
         Storage::Double => t.double_data.iter().filter(|&&v| v as f32 != 0.0).count(),
@@ -274,12 +282,24 @@ pub fn read_i64(t: &TensorProto) -> Result<Vec<i64>> {
     let name = tname(t);
     let st = storage(t)?;
     Ok(match (st, t.data_type) {
-        (Storage::Raw(_), dt::INT64) => t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
-        (Storage::Raw(_), dt::INT32) => t.raw_data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
-        (Storage::Raw(_), dt::UINT64) => t.raw_data.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
-        (Storage::Raw(_), dt::UINT32) => t.raw_data.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
-        (Storage::Raw(_), dt::INT16) => t.raw_data.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i64).collect(),
-        (Storage::Raw(_), dt::UINT16) => t.raw_data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i64).collect(),
+        (Storage::Raw(_), dt::INT64) => {
+            t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+        }
+        (Storage::Raw(_), dt::INT32) => {
+            t.raw_data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect()
+        }
+        (Storage::Raw(_), dt::UINT64) => {
+            t.raw_data.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as i64).collect()
+        }
+        (Storage::Raw(_), dt::UINT32) => {
+            t.raw_data.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) as i64).collect()
+        }
+        (Storage::Raw(_), dt::INT16) => {
+            t.raw_data.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i64).collect()
+        }
+        (Storage::Raw(_), dt::UINT16) => {
+            t.raw_data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i64).collect()
+        }
         (Storage::Raw(_), dt::INT8) => t.raw_data.iter().map(|&b| b as i8 as i64).collect(),
         (Storage::Raw(_), dt::UINT8 | dt::BOOL) => t.raw_data.iter().map(|&b| b as i64).collect(),
         (Storage::Int64, _) => t.int64_data.clone(),

@@ -213,7 +213,10 @@ fn check_graph(g: &GraphProto, outer: &[&HashSet<&str>], depth: usize, ir: i64) 
     for n in &g.node {
         for i in n.input.iter().filter(|i| !i.is_empty()) {
             if !visible(i) {
-                bail!("node '{}' (graph '{gname}'): input '{i}' is not produced by any node, initializer or graph input", node_label(n));
+                bail!(
+                    "node '{}' (graph '{gname}'): input '{i}' is not produced by any node, initializer or graph input",
+                    node_label(n)
+                );
             }
         }
         check_attributes(n, ir)?;

@@ -130,11 +130,18 @@ fn activation_scores(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<B
     }
     for c in &an.consumers {
         let Some(v) = ctx.g.node.get(c.node).and_then(|n| n.input.first()) else { continue };
-        let Some(slice) = an.slices.values().find(|s| s.weight == c.weight && s.roles.contains(&Role::Consumer)) else { continue };
+        let Some(slice) = an.slices.values().find(|s| s.weight == c.weight && s.roles.contains(&Role::Consumer)) else {
+            continue;
+        };
         let stats = opts.activation(v)?;
         let mean = stats.mean_abs();
         if mean.len() != c.units.len() {
-            bail!("value '{v}': {} calibrated features but {} weight positions in '{}'", mean.len(), c.units.len(), c.weight);
+            bail!(
+                "value '{v}': {} calibrated features but {} weight positions in '{}'",
+                mean.len(),
+                c.units.len(),
+                c.weight
+            );
         }
         let (w, dims) = dense(ctx, &c.weight)?;
         let norms: Vec<f64> = per_position(&w, &dims, slice.axis, |x| x * x).into_iter().map(f64::sqrt).collect();
@@ -158,7 +165,11 @@ fn unit_scores(ctx: &Ctx, an: &Analysis, crit: Criterion) -> Result<BTreeMap<Uni
     for s in an.slices.values().filter(|s| s.roles.contains(&Role::Producer)) {
         let (v, dims) = dense(ctx, &s.weight)?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            bail!("weight '{}' holds a non-finite value ({}) at flat index {i}: cannot score its units", s.weight, v[i]);
+            bail!(
+                "weight '{}' holds a non-finite value ({}) at flat index {i}: cannot score its units",
+                s.weight,
+                v[i]
+            );
         }
         let pos = match crit {
             Criterion::L1 => per_position(&v, &dims, s.axis, f64::abs),
@@ -247,7 +258,9 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
 /// Indices (into the group's classes) in rank order: higher score first, lower index on ties.
 fn rank_order(scores: &[f64]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].abs().partial_cmp(&scores[a].abs()).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        scores[b].abs().partial_cmp(&scores[a].abs()).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+    });
     idx
 }
 
@@ -306,7 +319,11 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
     }
     let mut plan = Plan { removed, reports: vec![] };
     keep_one_per_tensor(an, &scores, &mut plan);
-    plan.reports = groups.iter().zip(decisions).map(|(g, (n_eff, _, notes))| report(ctx, an, &plan, g, n_eff, notes, opts)).collect();
+    plan.reports = groups
+        .iter()
+        .zip(decisions)
+        .map(|(g, (n_eff, _, notes))| report(ctx, an, &plan, g, n_eff, notes, opts))
+        .collect();
     Ok(plan)
 }
 
@@ -338,7 +355,12 @@ fn global(groups: &[Group], decisions: &mut [(f64, BTreeSet<usize>, Vec<String>)
         let c = chosen.remove(&gi).unwrap_or_default();
         let target = c.len().max(1);
         decisions[gi].1 = fill(&groups[gi], &c, target, opts.round_to);
-        decisions[gi].2.push(format!("global EMP over {} units of all prunable groups: N_eff = {:.2}, kept {}", all.len(), d.n_eff, d.kept));
+        decisions[gi].2.push(format!(
+            "global EMP over {} units of all prunable groups: N_eff = {:.2}, kept {}",
+            all.len(),
+            d.n_eff,
+            d.kept
+        ));
     }
     Ok(())
 }
@@ -349,19 +371,29 @@ fn keep_one_per_tensor(an: &Analysis, scores: &BTreeMap<Unit, f64>, plan: &mut P
         if t.units.iter().any(|u| plan.keeps(an, *u)) {
             continue;
         }
-        let best = t
-            .units
-            .iter()
-            .flatten()
-            .map(|u| an.find(*u))
-            .max_by(|a, b| scores.get(a).unwrap_or(&0.0).partial_cmp(scores.get(b).unwrap_or(&0.0)).unwrap_or(std::cmp::Ordering::Equal).then(b.cmp(a)));
+        let best = t.units.iter().flatten().map(|u| an.find(*u)).max_by(|a, b| {
+            scores
+                .get(a)
+                .unwrap_or(&0.0)
+                .partial_cmp(scores.get(b).unwrap_or(&0.0))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(b.cmp(a))
+        });
         if let Some(b) = best {
             plan.removed.remove(&b);
         }
     }
 }
 
-fn report(ctx: &Ctx, an: &Analysis, plan: &Plan, g: &Group, n_eff: f64, mut notes: Vec<String>, opts: &StructOptions) -> GroupReport {
+fn report(
+    ctx: &Ctx,
+    an: &Analysis,
+    plan: &Plan,
+    g: &Group,
+    n_eff: f64,
+    mut notes: Vec<String>,
+    opts: &StructOptions,
+) -> GroupReport {
     let n = g.classes.len();
     let kept_idx: Vec<usize> = (0..n).filter(|&i| !plan.removed.contains(&g.classes[i])).collect();
     let total: f64 = g.scores.iter().map(|s| s.abs()).sum();
@@ -370,15 +402,20 @@ fn report(ctx: &Ctx, an: &Analysis, plan: &Plan, g: &Group, n_eff: f64, mut note
     if g.blocked.is_empty() && !pinned.is_empty() {
         notes.push(format!("{} unit(s) kept because {}", pinned.len(), pinned[0]));
     }
-    if g.blocked.is_empty() && opts.round_to > 1 && !kept_idx.len().is_multiple_of(opts.round_to) && kept_idx.len() != n {
+    if g.blocked.is_empty() && opts.round_to > 1 && !kept_idx.len().is_multiple_of(opts.round_to) && kept_idx.len() != n
+    {
         notes.push(format!("kept count {} is not a multiple of {} (pinned units)", kept_idx.len(), opts.round_to));
     }
     for c in &an.consumers {
         let folds = c.units.iter().zip(&c.vals).any(|(u, v)| {
-            u.is_some_and(|u| an.group_of(u) == g.id && plan.removed.contains(&an.find(u))) && matches!(v, Val::Const(k) if *k != 0.0)
+            u.is_some_and(|u| an.group_of(u) == g.id && plan.removed.contains(&an.find(u)))
+                && matches!(v, Val::Const(k) if *k != 0.0)
         });
         if folds {
-            notes.push(format!("constants of removed units folded into the bias of '{}'", node_label(&ctx.g.node[c.node])));
+            notes.push(format!(
+                "constants of removed units folded into the bias of '{}'",
+                node_label(&ctx.g.node[c.node])
+            ));
         }
     }
     let mut members: BTreeSet<usize> = BTreeSet::new();
@@ -492,7 +529,13 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
                 }
             }
         }
-        out.push(Fold { node: c.node, delta, folded: hits.iter().map(|h| h.0).collect(), weight: c.weight.clone(), axis });
+        out.push(Fold {
+            node: c.node,
+            delta,
+            folded: hits.iter().map(|h| h.0).collect(),
+            weight: c.weight.clone(),
+            axis,
+        });
     }
     Ok(out)
 }
@@ -577,7 +620,8 @@ fn rewrite(model: &ModelProto, ctx: &Ctx, an: &Analysis, plan: &Plan, mode: Mode
         names.insert(n.name.clone());
     }
     names.extend(g.input.iter().map(|v| v.name.clone()));
-    let mut w = Work { refs: ctx.ix.weights.clone(), g, names, remove_nodes: BTreeSet::new(), insert_after: BTreeMap::new() };
+    let mut w =
+        Work { refs: ctx.ix.weights.clone(), g, names, remove_nodes: BTreeSet::new(), insert_after: BTreeMap::new() };
 
     let keep_of = |units: &[Option<Unit>]| -> Vec<bool> { units.iter().map(|u| plan.keeps(an, *u)).collect() };
     // Which constants change in this mode.
@@ -733,7 +777,9 @@ fn kept_count(an: &Analysis, plan: &Plan, units: &[Option<Unit>]) -> i64 {
 /// Write new values into an int constant input of a node; a private copy when it is shared.
 fn write_int_input(ctx: &Ctx, w: &mut Work, node: usize, slot: usize, vals: &[i64], dims: &[i64]) -> Result<()> {
     let name = w.g.node[node].input.get(slot).cloned().context("missing input")?;
-    let shared = ctx.ix.consumers_of(&name).len() != 1 || ctx.consts.get(&name).is_none_or(|c| c.alias_node.is_some()) || !w.refs.contains_key(&name);
+    let shared = ctx.ix.consumers_of(&name).len() != 1
+        || ctx.consts.get(&name).is_none_or(|c| c.alias_node.is_some())
+        || !w.refs.contains_key(&name);
     if !shared {
         let t = w.tensor(&name)?;
         return tensor::write_i64(t, vals, dims);
@@ -755,7 +801,10 @@ fn apply_edits(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work) -> Result<()
         match e {
             Edit::Count { target, index, units } => {
                 let key = format!("{target:?}");
-                per.entry(key).or_insert_with(|| (target.clone(), vec![])).1.push((*index, kept_count(an, plan, units)));
+                per.entry(key)
+                    .or_insert_with(|| (target.clone(), vec![]))
+                    .1
+                    .push((*index, kept_count(an, plan, units)));
             }
             Edit::Split { node, axis: _, parts } => {
                 let sizes: Vec<i64> = parts.iter().map(|p| kept_count(an, plan, p)).collect();
@@ -785,7 +834,8 @@ fn apply_edits(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work) -> Result<()
             }
             IntTarget::Input(node, slot) => {
                 let name = ctx.g.node[node].input.get(slot).cloned().unwrap_or_default();
-                let mut vals = ctx.const_ints(&name).with_context(|| format!("constant '{name}' is not an integer tensor"))?;
+                let mut vals =
+                    ctx.const_ints(&name).with_context(|| format!("constant '{name}' is not an integer tensor"))?;
                 let before = vals.clone();
                 for (i, v) in entries {
                     if let Some(x) = vals.get_mut(i) {

@@ -20,8 +20,8 @@ use crate::model::graph::{attr, attr_f, attr_i, attr_ints, attr_s, is_const, nod
 use crate::model::tensor;
 use anyhow::{bail, Result};
 use onnx_protobuf::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 pub type Unit = usize;
 
@@ -70,9 +70,15 @@ pub struct WeightSlice {
 pub enum ConsumerKind {
     /// Conv with group 1 and no padding: Σ over the kernel folds exactly into the bias.
     Conv,
-    Gemm { trans_b: bool, alpha: f64, beta: f64 },
+    Gemm {
+        trans_b: bool,
+        alpha: f64,
+        beta: f64,
+    },
     /// MatMul with a constant [K, N] weight; `bias` = the Add constant right after it, if any.
-    MatMul { bias: Option<(usize, usize)> },
+    MatMul {
+        bias: Option<(usize, usize)>,
+    },
 }
 
 /// A node that contracts a tracked axis: removed units' constants must be folded here.
@@ -340,13 +346,20 @@ impl<'a> Ctx<'a> {
             }
             if let Some(t) = crate::model::graph::weight(self.g, *r) {
                 if let Ok(d) = tensor::shape(t) {
-                    self.consts.insert(name.clone(), ConstInfo { base: name.clone(), dims: d, alias_node: None, chain: vec![] });
+                    self.consts.insert(
+                        name.clone(),
+                        ConstInfo { base: name.clone(), dims: d, alias_node: None, chain: vec![] },
+                    );
                 }
             }
         }
         for &ni in &self.order.clone() {
             let n = &self.g.node[ni];
-            if n.output.len() != 1 || n.output[0].is_empty() || self.is_output(&n.output[0]) || self.consts.contains_key(&n.output[0]) {
+            if n.output.len() != 1
+                || n.output[0].is_empty()
+                || self.is_output(&n.output[0])
+                || self.consts.contains_key(&n.output[0])
+            {
                 continue;
             }
             let Some(src) = inp(n, 0).and_then(|s| self.consts.get(s)).cloned() else { continue };
@@ -364,7 +377,10 @@ impl<'a> Ctx<'a> {
                 if src.alias_node.is_some() {
                     chain.push(inp(n, 0).unwrap_or_default().to_string());
                 }
-                self.consts.insert(n.output[0].clone(), ConstInfo { base: src.base.clone(), dims, alias_node: Some(ni), chain });
+                self.consts.insert(
+                    n.output[0].clone(),
+                    ConstInfo { base: src.base.clone(), dims, alias_node: Some(ni), chain },
+                );
             }
         }
     }
@@ -416,7 +432,9 @@ impl<'a> Ctx<'a> {
                         _ => None,
                     }
                 }
-                "Reshape" => inp(n, 1).and_then(|s| self.dims(s).map(|d| d.iter().product()).or_else(|| lens.get(s).copied())),
+                "Reshape" => {
+                    inp(n, 1).and_then(|s| self.dims(s).map(|d| d.iter().product()).or_else(|| lens.get(s).copied()))
+                }
                 "ConstantOfShape" | "Expand" => {
                     let s = inp(n, if n.op_type == "Expand" { 1 } else { 0 });
                     let l = s.and_then(|s| self.dims(s).map(|d| d.iter().product()).or_else(|| lens.get(s).copied()));
@@ -442,7 +460,9 @@ impl<'a> Ctx<'a> {
                         let parts: Option<Vec<usize>> = n
                             .input
                             .iter()
-                            .map(|s| self.dims(s).filter(|d| d.len() == 1).map(|d| d[0]).or_else(|| lens.get(s).copied()))
+                            .map(|s| {
+                                self.dims(s).filter(|d| d.len() == 1).map(|d| d[0]).or_else(|| lens.get(s).copied())
+                            })
                             .collect();
                         if let Some(p) = parts {
                             lens.insert(o.clone(), p.iter().sum());
@@ -472,14 +492,39 @@ impl<'a> Ctx<'a> {
                     r0
                 }
                 op if is_elementwise_op(op) => {
-                    let rs: Option<Vec<usize>> = n.input.iter().filter(|s| !s.is_empty()).map(|s| self.rank(s)).collect();
+                    let rs: Option<Vec<usize>> =
+                        n.input.iter().filter(|s| !s.is_empty()).map(|s| self.rank(s)).collect();
                     rs.and_then(|v| v.into_iter().max())
                 }
-                "Split" | "Slice" | "Transpose" | "Softmax" | "LogSoftmax" | "LayerNormalization" | "Conv"
-                | "ConvTranspose" | "BatchNormalization" | "InstanceNormalization" | "MaxPool" | "AveragePool"
-                | "GlobalAveragePool" | "GlobalMaxPool" | "LpPool" | "GlobalLpPool" | "Pad" | "Resize" | "Upsample"
-                | "Tile" | "Dropout" | "GatherElements" | "CumSum" | "LRN" | "Einsum" | "Trilu" | "IsNaN"
-                | "IsInf" | "Not" => r0,
+                "Split"
+                | "Slice"
+                | "Transpose"
+                | "Softmax"
+                | "LogSoftmax"
+                | "LayerNormalization"
+                | "Conv"
+                | "ConvTranspose"
+                | "BatchNormalization"
+                | "InstanceNormalization"
+                | "MaxPool"
+                | "AveragePool"
+                | "GlobalAveragePool"
+                | "GlobalMaxPool"
+                | "LpPool"
+                | "GlobalLpPool"
+                | "Pad"
+                | "Resize"
+                | "Upsample"
+                | "Tile"
+                | "Dropout"
+                | "GatherElements"
+                | "CumSum"
+                | "LRN"
+                | "Einsum"
+                | "Trilu"
+                | "IsNaN"
+                | "IsInf"
+                | "Not" => r0,
                 _ => {
                     if rules::lookup(n).is_some_and(|k| matches!(k, Kind::Unary(_))) {
                         r0
@@ -490,7 +535,8 @@ impl<'a> Ctx<'a> {
             };
             // Element-wise ops on shape vectors keep their length (Where/Equal/Mul on [k] vectors).
             if out == Some(1) && n.output.len() == 1 && is_elementwise_op(&n.op_type) {
-                let len_of = |s: &str| self.dims(s).map(|d| d.iter().product::<usize>()).or_else(|| lens.get(s).copied());
+                let len_of =
+                    |s: &str| self.dims(s).map(|d| d.iter().product::<usize>()).or_else(|| lens.get(s).copied());
                 if let Some(l) = n.input.iter().filter(|s| !s.is_empty()).filter_map(|s| len_of(s)).max() {
                     lens.insert(n.output[0].clone(), l);
                 }
@@ -515,8 +561,27 @@ impl<'a> Ctx<'a> {
 fn is_elementwise_op(op: &str) -> bool {
     matches!(
         op,
-        "Where" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "Equal" | "Less" | "Greater"
-            | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Mod" | "PRelu" | "BitShift"
+        "Where"
+            | "Add"
+            | "Sub"
+            | "Mul"
+            | "Div"
+            | "Pow"
+            | "Max"
+            | "Min"
+            | "Sum"
+            | "Mean"
+            | "Equal"
+            | "Less"
+            | "Greater"
+            | "LessOrEqual"
+            | "GreaterOrEqual"
+            | "And"
+            | "Or"
+            | "Xor"
+            | "Mod"
+            | "PRelu"
+            | "BitShift"
     )
 }
 
@@ -596,7 +661,11 @@ struct Analyzer<'c, 'a> {
 
 /// What happened at one node, for the blocked reason.
 fn barrier_reason(n: &NodeProto) -> String {
-    let op = if n.domain.is_empty() || n.domain == "ai.onnx" { n.op_type.clone() } else { format!("{}:{}", n.domain, n.op_type) };
+    let op = if n.domain.is_empty() || n.domain == "ai.onnx" {
+        n.op_type.clone()
+    } else {
+        format!("{}:{}", n.domain, n.op_type)
+    };
     format!("blocked by {op} node '{}'", node_label(n))
 }
 
@@ -690,7 +759,13 @@ impl<'c, 'a> Analyzer<'c, 'a> {
 
     fn node(&mut self, ni: usize) {
         let n = &self.ctx.g.node[ni];
-        if is_const(n) || self.st.consts.get(n.output.first().map(|s| s.as_str()).unwrap_or("")).is_some_and(|c| c.alias_node == Some(ni)) {
+        if is_const(n)
+            || self
+                .st
+                .consts
+                .get(n.output.first().map(|s| s.as_str()).unwrap_or(""))
+                .is_some_and(|c| c.alias_node == Some(ni))
+        {
             return;
         }
         if self.shape_plumbing(ni, n) {
@@ -785,13 +860,15 @@ impl<'c, 'a> Analyzer<'c, 'a> {
     }
 
     fn broadcast(&mut self, ni: usize, n: &NodeProto, f: rules::BinaryFn) {
-        let ins: Vec<(usize, &str)> = n.input.iter().enumerate().filter(|(_, s)| !s.is_empty()).map(|(i, s)| (i, s.as_str())).collect();
+        let ins: Vec<(usize, &str)> =
+            n.input.iter().enumerate().filter(|(_, s)| !s.is_empty()).map(|(i, s)| (i, s.as_str())).collect();
         let tracked: Vec<(usize, Track)> = ins.iter().filter_map(|(i, s)| self.track(s).map(|t| (*i, t))).collect();
         if tracked.is_empty() {
             return;
         }
         let all_units: Vec<Option<Unit>> = tracked.iter().flat_map(|(_, t)| t.units.clone()).collect();
-        let ranks: Option<Vec<usize>> = ins.iter().map(|(_, s)| self.track(s).map(|t| t.rank).or_else(|| self.ctx.rank(s))).collect();
+        let ranks: Option<Vec<usize>> =
+            ins.iter().map(|(_, s)| self.track(s).map(|t| t.rank).or_else(|| self.ctx.rank(s))).collect();
         let Some(out_rank) = ranks.and_then(|r| r.into_iter().max()) else {
             let r = format!("{} (rank of an input unknown)", barrier_reason(n));
             self.block(&all_units, &r);
@@ -831,16 +908,30 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                     };
                     per_input.push(vals);
                 } else if axis < off || d[axis - off] == 1 {
-                    let v = if numel == 1 { self.ctx.scalar(s).map(Val::Const).unwrap_or(Val::Varying) } else { Val::Varying };
+                    let v = if numel == 1 {
+                        self.ctx.scalar(s).map(Val::Const).unwrap_or(Val::Varying)
+                    } else {
+                        Val::Varying
+                    };
                     per_input.push(vec![v; c]);
                 } else {
-                    let r = format!("{} (constant '{s}' has {} entries on the channel axis, not {c})", barrier_reason(n), d[axis - off]);
+                    let r = format!(
+                        "{} (constant '{s}' has {} entries on the channel axis, not {c})",
+                        barrier_reason(n),
+                        d[axis - off]
+                    );
                     self.block(&units, &r);
                     return;
                 }
             } else {
                 // An untracked activation: fine only when it broadcasts along the channel axis.
-                let dim = self.ctx.shapes.get(*s).and_then(|d| if axis >= off { d.get(axis - off).copied().flatten() } else { Some(1) });
+                let dim = self.ctx.shapes.get(*s).and_then(|d| {
+                    if axis >= off {
+                        d.get(axis - off).copied().flatten()
+                    } else {
+                        Some(1)
+                    }
+                });
                 if axis >= off && dim != Some(1) {
                     let r = format!("{} (joined with untracked tensor '{s}')", barrier_reason(n));
                     self.block(&units, &r);
@@ -884,7 +975,8 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         let label = node_label(n);
         let (Some(w), b) = (inp(n, 1), inp(n, 2)) else { return };
         let wd = self.ctx.dims(w).map(|d| d.to_vec());
-        let consts_ok = wd.as_ref().is_some_and(|d| d.len() >= 3) && b.is_none_or(|b| self.ctx.dims(b).is_some_and(|d| d.len() == 1));
+        let consts_ok = wd.as_ref().is_some_and(|d| d.len() >= 3)
+            && b.is_none_or(|b| self.ctx.dims(b).is_some_and(|d| d.len() == 1));
         if !consts_ok {
             if let Some(x) = &x {
                 self.block(&x.units, &format!("{} (weights are not constant)", barrier_reason(n)));
@@ -908,7 +1000,11 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 if let Some(b) = b {
                     self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
                 }
-                self.st.edits.push(Edit::Count { target: IntTarget::AttrInt(ni, "group".into()), index: 0, units: x.units.clone() });
+                self.st.edits.push(Edit::Count {
+                    target: IntTarget::AttrInt(ni, "group".into()),
+                    index: 0,
+                    units: x.units.clone(),
+                });
                 self.st.sources.insert(ni, units.clone());
                 let t = Track { axis: 1, rank: x.rank, vals: vec![Val::Const(0.0); units.len()], units };
                 self.emit(ni, &n.output[0], t);
@@ -922,7 +1018,14 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 } else {
                     Err(format!("zero-padded Conv '{label}' (a constant input is not constant at its borders)"))
                 };
-                self.st.consumers.push(Consumer { node: ni, kind: ConsumerKind::Conv, weight: w.to_string(), units: x.units.clone(), vals: x.vals.clone(), fold });
+                self.st.consumers.push(Consumer {
+                    node: ni,
+                    kind: ConsumerKind::Conv,
+                    weight: w.to_string(),
+                    units: x.units.clone(),
+                    vals: x.vals.clone(),
+                    fold,
+                });
             } else {
                 // Grouped: keep-sets uniform across groups, so position i of every group is one unit.
                 let r = format!("{} (grouped conv with an untracked channel)", barrier_reason(n));
@@ -932,7 +1035,14 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 let local = x.units[..cin_g].to_vec();
                 self.slice(w, 1, &local, (ni, 1), Role::Consumer);
                 let fold = Err(format!("grouped Conv '{label}'"));
-                self.st.consumers.push(Consumer { node: ni, kind: ConsumerKind::Conv, weight: w.to_string(), units: x.units.clone(), vals: x.vals.clone(), fold });
+                self.st.consumers.push(Consumer {
+                    node: ni,
+                    kind: ConsumerKind::Conv,
+                    weight: w.to_string(),
+                    units: x.units.clone(),
+                    vals: x.vals.clone(),
+                    fold,
+                });
             }
         }
         if depthwise {
@@ -969,7 +1079,14 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             } else {
                 self.slice(w, 0, &x.units, (ni, 1), Role::Consumer);
                 let fold = Err(format!("ConvTranspose '{label}' (overlapping kernels)"));
-                self.st.consumers.push(Consumer { node: ni, kind: ConsumerKind::Conv, weight: w.to_string(), units: x.units.clone(), vals: x.vals.clone(), fold });
+                self.st.consumers.push(Consumer {
+                    node: ni,
+                    kind: ConsumerKind::Conv,
+                    weight: w.to_string(),
+                    units: x.units.clone(),
+                    vals: x.vals.clone(),
+                    fold,
+                });
             }
         }
         let units = self.new_layer(ni, wd[1]);
@@ -1002,13 +1119,22 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 self.block(&x.units, &format!("{} (tracked axis is not the contracted one)", barrier_reason(n)));
             } else {
                 self.slice(bw, if trans_b { 1 } else { 0 }, &x.units, (ni, 1), Role::Consumer);
-                let bias_shape_ok = c.is_none_or(|c| self.ctx.dims(c).is_some_and(|d| d.last() == Some(&nout) && d.iter().rev().skip(1).all(|&v| v == 1)));
+                let bias_shape_ok = c.is_none_or(|c| {
+                    self.ctx.dims(c).is_some_and(|d| d.last() == Some(&nout) && d.iter().rev().skip(1).all(|&v| v == 1))
+                });
                 let fold = if beta == 0.0 || !bias_shape_ok {
                     Err(format!("Gemm '{}' (beta = 0 or a bias that is not per-output)", node_label(n)))
                 } else {
                     self.bias_writable(n, 2)
                 };
-                self.st.consumers.push(Consumer { node: ni, kind: ConsumerKind::Gemm { trans_b, alpha, beta }, weight: bw.to_string(), units: x.units.clone(), vals: x.vals.clone(), fold });
+                self.st.consumers.push(Consumer {
+                    node: ni,
+                    kind: ConsumerKind::Gemm { trans_b, alpha, beta },
+                    weight: bw.to_string(),
+                    units: x.units.clone(),
+                    vals: x.vals.clone(),
+                    fold,
+                });
             }
         }
         // Output units; a scalar bias still emits beta·c from a removed unit.
@@ -1071,7 +1197,14 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 self.block(&x.units, &format!("{} (tracked axis is not the contracted one)", barrier_reason(n)));
             } else {
                 self.slice(wn, 0, &x.units, (ni, 1), Role::Consumer);
-                self.st.consumers.push(Consumer { node: ni, kind: ConsumerKind::MatMul { bias }, weight: wn.to_string(), units: x.units.clone(), vals: x.vals.clone(), fold: Ok(()) });
+                self.st.consumers.push(Consumer {
+                    node: ni,
+                    kind: ConsumerKind::MatMul { bias },
+                    weight: wn.to_string(),
+                    units: x.units.clone(),
+                    vals: x.vals.clone(),
+                    fold: Ok(()),
+                });
             }
         }
         let units = self.new_layer(ni, nout);
@@ -1174,7 +1307,11 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         let mut ax: Vec<usize> = axes.clone();
         ax.sort_unstable();
         ax.dedup();
-        let (axis, rank) = if keep { (x.axis, x.rank) } else { (x.axis - ax.iter().filter(|&&a| a < x.axis).count(), x.rank - ax.len()) };
+        let (axis, rank) = if keep {
+            (x.axis, x.rank)
+        } else {
+            (x.axis - ax.iter().filter(|&&a| a < x.axis).count(), x.rank - ax.len())
+        };
         let vals = x
             .vals
             .iter()
@@ -1211,14 +1348,21 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                     vals.extend(t.vals);
                     continue;
                 }
-                let len = self.ctx.dims(s).map(|d| d.to_vec()).or_else(|| self.ctx.shapes.get(*s).map(|d| d.iter().map(|v| v.unwrap_or(0)).collect()));
+                let len = self
+                    .ctx
+                    .dims(s)
+                    .map(|d| d.to_vec())
+                    .or_else(|| self.ctx.shapes.get(*s).map(|d| d.iter().map(|v| v.unwrap_or(0)).collect()));
                 match len.and_then(|d| d.get(axis).copied()).filter(|&l| l > 0) {
                     Some(l) => {
                         units.extend(std::iter::repeat_n(None, l));
                         vals.extend(std::iter::repeat_n(Val::Varying, l));
                     }
                     None => {
-                        self.block(&all, &format!("{} (size of input '{s}' on the channel axis unknown)", barrier_reason(n)));
+                        self.block(
+                            &all,
+                            &format!("{} (size of input '{s}' on the channel axis unknown)", barrier_reason(n)),
+                        );
                         return;
                     }
                 }
@@ -1287,7 +1431,12 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         let mut parts = Vec::new();
         let mut at = 0;
         for (o, &len) in n.output.iter().zip(&sizes) {
-            let t = Track { axis, rank: x.rank, units: x.units[at..at + len].to_vec(), vals: x.vals[at..at + len].to_vec() };
+            let t = Track {
+                axis,
+                rank: x.rank,
+                units: x.units[at..at + len].to_vec(),
+                vals: x.vals[at..at + len].to_vec(),
+            };
             parts.push(t.units.clone());
             if !o.is_empty() {
                 self.emit(ni, o, t);
@@ -1310,7 +1459,9 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 }
             }
         };
-        let (Some(Some(starts)), Some(Some(ends)), Some(axes), Some(steps)) = (get(1, "starts"), get(2, "ends"), get(3, "axes"), get(4, "steps")) else {
+        let (Some(Some(starts)), Some(Some(ends)), Some(axes), Some(steps)) =
+            (get(1, "starts"), get(2, "ends"), get(3, "axes"), get(4, "steps"))
+        else {
             self.block(&x.units, &format!("{} (bounds are not constant)", barrier_reason(n)));
             return;
         };
@@ -1355,13 +1506,20 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             return;
         };
         let k = axes.len();
-        let touches = axes.iter().enumerate().any(|(i, &a)| a == x.axis && (pads.get(i) != Some(&0) || pads.get(i + k) != Some(&0)));
+        let touches = axes
+            .iter()
+            .enumerate()
+            .any(|(i, &a)| a == x.axis && (pads.get(i) != Some(&0) || pads.get(i + k) != Some(&0)));
         if touches || pads.len() != 2 * k {
             self.block(&x.units, &format!("{} (pads the channel axis)", barrier_reason(n)));
             return;
         }
         let mode = attr_s(n, "mode").unwrap_or_else(|| "constant".into());
-        let value = if self.ctx.opset < 11 { attr_f(n, "value").unwrap_or(0.0) as f64 } else { inp(n, 2).and_then(|s| self.ctx.scalar(s)).unwrap_or(0.0) };
+        let value = if self.ctx.opset < 11 {
+            attr_f(n, "value").unwrap_or(0.0) as f64
+        } else {
+            inp(n, 2).and_then(|s| self.ctx.scalar(s)).unwrap_or(0.0)
+        };
         let any_pad = pads.iter().any(|&p| p != 0);
         let vals = x
             .vals
@@ -1376,7 +1534,8 @@ impl<'c, 'a> Analyzer<'c, 'a> {
 
     fn resize(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
-        let (scales_slot, sizes_slot) = if n.op_type == "Upsample" || self.ctx.opset < 11 { (1, None) } else { (2, Some(3)) };
+        let (scales_slot, sizes_slot) =
+            if n.op_type == "Upsample" || self.ctx.opset < 11 { (1, None) } else { (2, Some(3)) };
         let axes: Vec<usize> = match attr_ints(n, "axes") {
             Some(a) => a.iter().filter_map(|&v| norm_axis(v, x.rank)).collect(),
             None => (0..x.rank).collect(),
@@ -1385,7 +1544,9 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             self.pass(ni, n, &x, x.vals.clone());
             return;
         };
-        let scales = attr(n, "scales").map(|a| a.floats.iter().map(|&v| v as f64).collect::<Vec<_>>()).or_else(|| inp(n, scales_slot).and_then(|s| self.ctx.const_vals(s)));
+        let scales = attr(n, "scales")
+            .map(|a| a.floats.iter().map(|&v| v as f64).collect::<Vec<_>>())
+            .or_else(|| inp(n, scales_slot).and_then(|s| self.ctx.const_vals(s)));
         let sizes_name = sizes_slot.and_then(|s| inp(n, s));
         let ok = if let Some(sz) = sizes_name {
             let v = self.ctx.const_ints(sz);
@@ -1399,7 +1560,10 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             scales.as_ref().and_then(|s| s.get(idx)) == Some(&1.0)
         };
         if !ok {
-            self.block(&x.units, &format!("{} (resizes the channel axis or sizes are not constant)", barrier_reason(n)));
+            self.block(
+                &x.units,
+                &format!("{} (resizes the channel axis or sizes are not constant)", barrier_reason(n)),
+            );
             return;
         }
         // Cubic overshoots, crop-and-resize extrapolates: a constant stays one only if it is 0.
@@ -1442,10 +1606,14 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             .filter(|d| d.len() == x.rank)
             .and_then(|d| d[x.axis + 1..].iter().copied().product::<Option<usize>>());
         let last = (x.axis + 1 == x.rank).then_some(c);
-        let total = explicit.or(last).or_else(|| declared.map(|i| i * c)).or_else(|| self.features_downstream(&n.output[0], 0));
+        let total =
+            explicit.or(last).or_else(|| declared.map(|i| i * c)).or_else(|| self.features_downstream(&n.output[0], 0));
         let inner = total.filter(|&f| c > 0 && f % c == 0 && f > 0).map(|f| f / c);
         let Some(inner) = inner else {
-            self.block(&x.units, &format!("{} (cannot tell how many features each channel becomes)", barrier_reason(n)));
+            self.block(
+                &x.units,
+                &format!("{} (cannot tell how many features each channel becomes)", barrier_reason(n)),
+            );
             return None;
         };
         let units: Vec<Option<Unit>> = x.units.iter().flat_map(|u| std::iter::repeat_n(*u, inner)).collect();
@@ -1500,7 +1668,10 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             }
         };
         let lead_ok = |i: usize| {
-            copies(i) == Some(i) || lit(i).is_some_and(|(v, _)| declared.as_ref().and_then(|d| d.get(i).copied().flatten()).is_some_and(|d| d as i64 == v))
+            copies(i) == Some(i)
+                || lit(i).is_some_and(|(v, _)| {
+                    declared.as_ref().and_then(|d| d.get(i).copied().flatten()).is_some_and(|d| d as i64 == v)
+                })
         };
         let lead = (0..t).all(lead_ok);
         let mut safe_channel = None; // target entry that reads our channel count and adapts by itself
@@ -1543,7 +1714,10 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             if let Sym::Dim(name, j) = e {
                 let ours = name == me && safe_channel == Some(i) && done;
                 if let Some(tr) = self.track(name).filter(|tr| tr.axis == *j && !ours) {
-                    self.block(&tr.units, &format!("{} (target reads the channel count of '{name}')", barrier_reason(n)));
+                    self.block(
+                        &tr.units,
+                        &format!("{} (target reads the channel count of '{name}')", barrier_reason(n)),
+                    );
                 }
             }
         }
@@ -1559,7 +1733,10 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 true
             }
             None => {
-                self.block(&x.units, &format!("{} (a channel count in its target cannot be rewritten)", barrier_reason(n)));
+                self.block(
+                    &x.units,
+                    &format!("{} (a channel count in its target cannot be rewritten)", barrier_reason(n)),
+                );
                 false
             }
         }
@@ -1587,9 +1764,13 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         // Small integer constants cast for a shape (Paddle: Cast(fill_constant)).
         if n.op_type == "Cast" {
             if let Some(c) = inp(n, 0).filter(|c| self.ctx.dims(c).is_some_and(|d| d.len() <= 1)) {
-                let int_src = self.ctx.base_tensor(c).is_some_and(|t| matches!(t.data_type, tensor::dt::INT64 | tensor::dt::INT32));
+                let int_src = self
+                    .ctx
+                    .base_tensor(c)
+                    .is_some_and(|t| matches!(t.data_type, tensor::dt::INT64 | tensor::dt::INT32));
                 if let (true, Some(v)) = (int_src, self.ctx.const_ints(c)) {
-                    self.shape_vecs.insert(out, v.iter().enumerate().map(|(k, &v)| Sym::Lit(v, Some((ni, 0, k)))).collect());
+                    self.shape_vecs
+                        .insert(out, v.iter().enumerate().map(|(k, &v)| Sym::Lit(v, Some((ni, 0, k)))).collect());
                     return true;
                 }
             }
@@ -1606,16 +1787,19 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         let first = inp(n, 0).and_then(|i| self.shape_vecs.get(i)).cloned();
         let result: Option<Vec<Sym>> = match n.op_type.as_str() {
             "Unsqueeze" | "Squeeze" | "Cast" | "Identity" => first,
-            "Gather" if attr_i(n, "axis").unwrap_or(0) == 0 => first.zip(inp(n, 1).and_then(|i| self.ctx.const_ints(i))).and_then(|(v, idx)| {
-                idx.iter().map(|&k| norm_axis(k, v.len()).map(|k| v[k].clone())).collect()
-            }),
+            "Gather" if attr_i(n, "axis").unwrap_or(0) == 0 => first
+                .zip(inp(n, 1).and_then(|i| self.ctx.const_ints(i)))
+                .and_then(|(v, idx)| idx.iter().map(|&k| norm_axis(k, v.len()).map(|k| v[k].clone())).collect()),
             "Slice" => first.and_then(|v| {
                 let g = |slot| inp(n, slot).and_then(|i| self.ctx.const_ints(i));
                 let (st, en) = (g(1)?, g(2)?);
                 let axes_ok = inp(n, 3).is_none_or(|_| g(3).is_some_and(|a| a == [0]));
                 let step_ok = inp(n, 4).is_none_or(|_| g(4).is_some_and(|a| a == [1]));
                 let l = v.len();
-                let (s0, e0) = (norm_bound((*st.first()?).clamp(-(l as i64), l as i64), l), norm_bound((*en.first()?).clamp(-(l as i64), l as i64), l));
+                let (s0, e0) = (
+                    norm_bound((*st.first()?).clamp(-(l as i64), l as i64), l),
+                    norm_bound((*en.first()?).clamp(-(l as i64), l as i64), l),
+                );
                 (axes_ok && step_ok && s0 <= e0).then(|| v[s0..e0].to_vec())
             }),
             "Concat" if attr_i(n, "axis").is_some_and(|a| a == 0 || a == -1) => {
@@ -1624,7 +1808,9 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 for (slot, i) in n.input.iter().enumerate() {
                     if let Some(sv) = self.shape_vecs.get(i) {
                         v.extend(sv.iter().cloned());
-                    } else if let Some(c) = self.ctx.const_ints(i).filter(|_| self.ctx.dims(i).is_some_and(|d| d.len() == 1)) {
+                    } else if let Some(c) =
+                        self.ctx.const_ints(i).filter(|_| self.ctx.dims(i).is_some_and(|d| d.len() == 1))
+                    {
                         v.extend(c.iter().enumerate().map(|(k, &x)| Sym::Lit(x, Some((ni, slot, k)))));
                     } else {
                         ok = false;
@@ -1661,14 +1847,16 @@ impl<'c, 'a> Analyzer<'c, 'a> {
 
     fn squeeze(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
-        let axes = self.ctx.axes_of(n).and_then(|a| a.iter().map(|&v| norm_axis(v, x.rank)).collect::<Option<BTreeSet<_>>>());
+        let axes =
+            self.ctx.axes_of(n).and_then(|a| a.iter().map(|&v| norm_axis(v, x.rank)).collect::<Option<BTreeSet<_>>>());
         match axes {
             Some(ax) if !ax.is_empty() && !ax.contains(&x.axis) => {
                 let axis = x.axis - ax.iter().filter(|&&a| a < x.axis).count();
                 let t = Track { axis, rank: x.rank - ax.len(), ..x.clone() };
                 self.emit(ni, &n.output[0], t);
             }
-            _ => self.block(&x.units, &format!("{} (squeezed axes unknown or include the channel axis)", barrier_reason(n))),
+            _ => self
+                .block(&x.units, &format!("{} (squeezed axes unknown or include the channel axis)", barrier_reason(n))),
         }
     }
 
@@ -1690,7 +1878,8 @@ impl<'c, 'a> Analyzer<'c, 'a> {
 
     fn transpose(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
-        let perm: Vec<i64> = attr_ints(n, "perm").map(|p| p.to_vec()).unwrap_or_else(|| (0..x.rank as i64).rev().collect());
+        let perm: Vec<i64> =
+            attr_ints(n, "perm").map(|p| p.to_vec()).unwrap_or_else(|| (0..x.rank as i64).rev().collect());
         match perm.iter().position(|&p| p == x.axis as i64).filter(|_| perm.len() == x.rank) {
             Some(axis) => {
                 let t = Track { axis, ..x.clone() };
@@ -1765,7 +1954,12 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 self.block(&t.units, &format!("'{name}' is read inside a subgraph"));
             }
         }
-        let vecs: Vec<(String, Vec<Sym>)> = self.shape_vecs.iter().filter(|(k, _)| ix.outputs.contains(*k) || ix.captured.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let vecs: Vec<(String, Vec<Sym>)> = self
+            .shape_vecs
+            .iter()
+            .filter(|(k, _)| ix.outputs.contains(*k) || ix.captured.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (name, v) in vecs {
             self.block_channel_dims(&v, &format!("the channel count reaches '{name}' (graph output or subgraph)"));
         }
@@ -1775,11 +1969,22 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         for s in &slices {
             // Shape-only aliases of the weight (Identity, Reshape of a constant) get their own copy
             // when the weight changes (see the rewrite), so they are not foreign uses.
-            let is_alias = |ni: usize| self.ctx.g.node[ni].output.first().and_then(|o| self.ctx.consts.get(o)).is_some_and(|c| c.alias_node == Some(ni));
+            let is_alias = |ni: usize| {
+                self.ctx.g.node[ni]
+                    .output
+                    .first()
+                    .and_then(|o| self.ctx.consts.get(o))
+                    .is_some_and(|c| c.alias_node == Some(ni))
+            };
             let other = ix.consumers_of(&s.weight).iter().find(|u| !s.users.contains(u) && !is_alias(u.0)).copied();
             if let Some((ni, _)) = other {
                 let n = &self.ctx.g.node[ni];
-                let r = format!("weight '{}' is also used by {} node '{}', which this group does not rewrite", s.weight, n.op_type, node_label(n));
+                let r = format!(
+                    "weight '{}' is also used by {} node '{}', which this group does not rewrite",
+                    s.weight,
+                    n.op_type,
+                    node_label(n)
+                );
                 self.block(&s.units, &r);
             } else if ix.captured.contains(&s.weight) || ix.outputs.contains(&s.weight) {
                 self.block(&s.units, &format!("weight '{}' is read inside a subgraph or is a graph output", s.weight));

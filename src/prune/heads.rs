@@ -82,9 +82,22 @@ pub(crate) struct Projection {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Edit {
     /// Replace `node.input[slot]` by a new int64 (or int32) 1-D constant.
-    Input { node: usize, slot: usize, vals: Vec<i64>, int32: bool },
-    AttrInts { node: usize, name: &'static str, vals: Vec<i64> },
-    AttrInt { node: usize, name: &'static str, val: i64 },
+    Input {
+        node: usize,
+        slot: usize,
+        vals: Vec<i64>,
+        int32: bool,
+    },
+    AttrInts {
+        node: usize,
+        name: &'static str,
+        vals: Vec<i64>,
+    },
+    AttrInt {
+        node: usize,
+        name: &'static str,
+        val: i64,
+    },
 }
 
 /// How an attribute follows the number of kept heads.
@@ -188,7 +201,10 @@ pub fn discover(model: &ModelProto) -> Result<Vec<GroupReport>> {
         .into_iter()
         .map(|(id, members, r)| match r {
             Ok(b) => {
-                let n_eff = head_scores(&ctx, &b, Criterion::L2).ok().and_then(|s| emp::n_eff(&s).ok()).unwrap_or(b.heads as f64);
+                let n_eff = head_scores(&ctx, &b, Criterion::L2)
+                    .ok()
+                    .and_then(|s| emp::n_eff(&s).ok())
+                    .unwrap_or(b.heads as f64);
                 report(&b, b.heads, n_eff, 1.0, None, b.notes.clone())
             }
             Err(e) => blocked_report(id, members, &e),
@@ -238,7 +254,14 @@ fn find_blocks(ctx: &Ctx) -> Vec<(String, Vec<String>, Result<Block>)> {
     all
 }
 
-fn report(b: &Block, kept: usize, n_eff: f64, s_eff: f64, blocked: Option<String>, mut notes: Vec<String>) -> GroupReport {
+fn report(
+    b: &Block,
+    kept: usize,
+    n_eff: f64,
+    s_eff: f64,
+    blocked: Option<String>,
+    mut notes: Vec<String>,
+) -> GroupReport {
     let form = format!("{}: {} heads of size {}", b.kind, b.heads, b.head_dim);
     notes.insert(0, if b.kv_heads != b.heads { format!("{form}, {} KV heads", b.kv_heads) } else { form });
     GroupReport {
@@ -621,7 +644,12 @@ fn verify_shapes(ctx: &Ctx, m: &ModelProto, checks: &[(&HashMap<String, usize>, 
         let after = probe::probe(m, p)?;
         for o in &g.output {
             if before.shapes.get(&o.name) != after.shapes.get(&o.name) {
-                bail!("graph output '{}' changes shape: {:?} → {:?}", o.name, before.shapes.get(&o.name), after.shapes.get(&o.name));
+                bail!(
+                    "graph output '{}' changes shape: {:?} → {:?}",
+                    o.name,
+                    before.shapes.get(&o.name),
+                    after.shapes.get(&o.name)
+                );
             }
         }
         for (head_axis, h, h_new) in checks {
@@ -792,7 +820,6 @@ pub fn param_count(m: &ModelProto) -> u64 {
     crate::model::graph::float_params(g, &ix).0
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,7 +847,10 @@ mod tests {
     #[test]
     fn global_scope_keeps_one_head_per_block() {
         // Block b's heads are tiny next to a's: global EMP would drop all of them.
-        let blocks = vec![(0, block("a", 4, 4), vec![10.0, 9.0, 11.0, 10.0]), (1, block("b", 4, 4), vec![1e-6, 2e-6, 0.0, 1e-6])];
+        let blocks = vec![
+            (0, block("a", 4, 4), vec![10.0, 9.0, 11.0, 10.0]),
+            (1, block("b", 4, 4), vec![1e-6, 2e-6, 0.0, 1e-6]),
+        ];
         let opts = StructOptions { scope: StructScope::Global, ..Default::default() };
         let d = decide(&blocks, &opts).unwrap();
         assert_eq!(d[0].0, vec![0, 2, 3], "N_eff ≈ 3.98 over the 8 heads: the 3 largest stay");

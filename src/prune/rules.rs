@@ -89,7 +89,18 @@ pub const TABLE: &[(&str, Kind)] = &[
     ("Reciprocal", Kind::Unary(|_, _, x| if x != 0.0 { Some(1.0 / x) } else { None })),
     ("Floor", Kind::Unary(|_, _, x| Some(x.floor()))),
     ("Ceil", Kind::Unary(|_, _, x| Some(x.ceil()))),
-    ("Sign", Kind::Unary(|_, _, x| Some(if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 }))),
+    (
+        "Sign",
+        Kind::Unary(|_, _, x| {
+            Some(if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            })
+        }),
+    ),
     ("Sin", Kind::Unary(|_, _, x| Some(x.sin()))),
     ("Cos", Kind::Unary(|_, _, x| Some(x.cos()))),
     ("Softplus", Kind::Unary(|_, _, x| Some(softplus(x)))),
@@ -99,14 +110,20 @@ pub const TABLE: &[(&str, Kind)] = &[
     ("HardSwish", Kind::Unary(|_, _, x| Some(x * (x / 6.0 + 0.5).clamp(0.0, 1.0)))),
     ("LeakyRelu", Kind::Unary(|n, _, x| Some(if x >= 0.0 { x } else { f(n, "alpha", 0.01) * x }))),
     ("Elu", Kind::Unary(|n, _, x| Some(if x >= 0.0 { x } else { f(n, "alpha", 1.0) * (x.exp() - 1.0) }))),
-    ("Celu", Kind::Unary(|n, _, x| {
-        let a = f(n, "alpha", 1.0);
-        Some(x.max(0.0) + (a * ((x / a).exp() - 1.0)).min(0.0))
-    })),
-    ("Selu", Kind::Unary(|n, _, x| {
-        let (a, g) = (f(n, "alpha", 1.673_263_192_176_818_8), f(n, "gamma", 1.050_701_022_148_132_3));
-        Some(g * if x > 0.0 { x } else { a * (x.exp() - 1.0) })
-    })),
+    (
+        "Celu",
+        Kind::Unary(|n, _, x| {
+            let a = f(n, "alpha", 1.0);
+            Some(x.max(0.0) + (a * ((x / a).exp() - 1.0)).min(0.0))
+        }),
+    ),
+    (
+        "Selu",
+        Kind::Unary(|n, _, x| {
+            let (a, g) = (f(n, "alpha", 1.673_263_192_176_818_8), f(n, "gamma", 1.050_701_022_148_132_3));
+            Some(g * if x > 0.0 { x } else { a * (x.exp() - 1.0) })
+        }),
+    ),
     ("ThresholdedRelu", Kind::Unary(|n, _, x| Some(if x > f(n, "alpha", 1.0) { x } else { 0.0 }))),
     ("Gelu", Kind::Unary(|n, _, x| Some(gelu(n, x)))),
     ("Clip", Kind::Unary(clip)),
@@ -269,7 +286,13 @@ mod tests {
     #[test]
     fn erf_values() {
         // reference values from the standard tables
-        for (x, e) in [(0.0, 0.0), (0.5, 0.520_499_877_813_046_5), (1.0, 0.842_700_792_949_714_9), (2.0, 0.995_322_265_018_952_7), (3.5, 0.999_999_256_901_627_7)] {
+        for (x, e) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.5, 0.999_999_256_901_627_7),
+        ] {
             assert!((erf(x) - e).abs() < 1e-12, "erf({x}) = {} vs {e}", erf(x));
             assert!((erf(-x) + e).abs() < 1e-12);
         }

@@ -150,12 +150,16 @@ fn weight_slots(n: &NodeProto, inc: &Include) -> Vec<(usize, &'static str, UnitA
             }
             v
         }
-        ("BatchNormalization" | "InstanceNormalization" | "LayerNormalization" | "GroupNormalization"
-        | "SkipLayerNormalization" | "SimplifiedLayerNormalization", _, _)
-            if inc.norm =>
-        {
-            (1..n.input.len()).map(|i| (i, "norm", UnitAxis::Whole)).collect()
-        }
+        (
+            "BatchNormalization"
+            | "InstanceNormalization"
+            | "LayerNormalization"
+            | "GroupNormalization"
+            | "SkipLayerNormalization"
+            | "SimplifiedLayerNormalization",
+            _,
+            _,
+        ) if inc.norm => (1..n.input.len()).map(|i| (i, "norm", UnitAxis::Whole)).collect(),
         ("Gather", true, _) if inc.embedding => vec![(0, "embedding", UnitAxis::Fixed(0))],
         ("Add", true, _) if inc.bias => vec![(0, "bias", UnitAxis::Whole), (1, "bias", UnitAxis::Whole)],
         _ => vec![],
@@ -223,12 +227,24 @@ fn check_weight(n: &NodeProto, role: &str, name: &str, t: &onnx_protobuf::Tensor
     }
     let integer = matches!(
         t.data_type,
-        tensor::dt::INT8 | tensor::dt::UINT8 | tensor::dt::INT16 | tensor::dt::UINT16 | tensor::dt::INT32
-            | tensor::dt::UINT32 | tensor::dt::INT64 | tensor::dt::UINT64
+        tensor::dt::INT8
+            | tensor::dt::UINT8
+            | tensor::dt::INT16
+            | tensor::dt::UINT16
+            | tensor::dt::INT32
+            | tensor::dt::UINT32
+            | tensor::dt::INT64
+            | tensor::dt::UINT64
     );
     let ints_ok = matches!(n.op_type.as_str(), "Gemm" | "MatMul");
     if main && !(integer && ints_ok) {
-        bail!("{} has type {} ({}): {} needs a float weight", what(), tensor::dtype_name(t.data_type), t.data_type, n.op_type);
+        bail!(
+            "{} has type {} ({}): {} needs a float weight",
+            what(),
+            tensor::dtype_name(t.data_type),
+            t.data_type,
+            n.op_type
+        );
     }
     Ok(false)
 }
@@ -271,7 +287,13 @@ fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) -> Result<Vec
                 None => {
                     pos.insert(name.clone(), out.len());
                     seen.insert((out.len(), label.clone()));
-                    out.push(Candidate { name: name.clone(), wref, unit_axis: axis, role: role.to_string(), used_by: vec![label] });
+                    out.push(Candidate {
+                        name: name.clone(),
+                        wref,
+                        unit_axis: axis,
+                        role: role.to_string(),
+                        used_by: vec![label],
+                    });
                 }
             }
         }
@@ -612,7 +634,11 @@ fn moments_global(parts: &[View], m: f64, part_max: &[u64]) -> ((f64, f64), Part
                         (t1, t2) = (q1, q2);
                     });
                     // A part whose max is 0 has no moments (t1, t2 are NaN here: not used).
-                    if mt == 0.0 { (0.0, 0.0) } else { (t1, t2) }
+                    if mt == 0.0 {
+                        (0.0, 0.0)
+                    } else {
+                        (t1, t2)
+                    }
                 })
                 .collect()
         },
@@ -640,17 +666,21 @@ fn threshold(parts: &[View], items: &[(usize, usize, usize)], sc: &Scan, kept: u
         let w = (shift - low).min(MAX_DIGIT);
         let next = shift - w;
         let dmask = (1u64 << w) - 1;
-        let accs = par_accumulate(items.len(), || vec![0u64; 1 << w], |h, ci| {
-            let (p, lo, hi) = items[ci];
-            parts[p].blocks(lo, hi, |_, b| {
-                for &v in b {
-                    let k = key(v);
-                    if k >> shift == prefix {
-                        h[((k >> next) & dmask) as usize] += 1;
+        let accs = par_accumulate(
+            items.len(),
+            || vec![0u64; 1 << w],
+            |h, ci| {
+                let (p, lo, hi) = items[ci];
+                parts[p].blocks(lo, hi, |_, b| {
+                    for &v in b {
+                        let k = key(v);
+                        if k >> shift == prefix {
+                            h[((k >> next) & dmask) as usize] += 1;
+                        }
                     }
-                }
-            });
-        });
+                });
+            },
+        );
         let mut hist = vec![0u64; 1 << w];
         for a in accs {
             for (h, x) in hist.iter_mut().zip(&a) {
@@ -756,7 +786,12 @@ fn moments_buf(s: &[f64]) -> (f64, f64) {
 
 /// Per-unit EMP (or one group for the whole tensor) → keep bits, groups, Σ N_eff, all-zero groups.
 /// The bool is false when a score was NaN/Inf (the result is then meaningless).
-fn unit_mask(v: View, shape: &[usize], axis: Option<usize>, opts: &WeightOptions) -> ((Vec<u64>, usize, f64, usize), bool) {
+fn unit_mask(
+    v: View,
+    shape: &[usize],
+    axis: Option<usize>,
+    opts: &WeightOptions,
+) -> ((Vec<u64>, usize, f64, usize), bool) {
     let n = v.n();
     let (outer, dim, inner) = match axis {
         // An empty tensor is one (empty) group: no loop over a huge empty axis.
@@ -831,10 +866,12 @@ fn unit_mask(v: View, shape: &[usize], axis: Option<usize>, opts: &WeightOptions
                 for i in 0..inner {
                     let k = key(us[j]);
                     j += 1;
-                    if k > thr || (k == thr && ties > 0 && {
-                        ties -= 1;
-                        true
-                    }) {
+                    if k > thr
+                        || (k == thr && ties > 0 && {
+                            ties -= 1;
+                            true
+                        })
+                    {
                         set_bit(&mut mask, base + i);
                     }
                 }
@@ -867,7 +904,12 @@ fn stream_group(v: View, opts: &WeightOptions) -> (Vec<u64>, usize, f64, usize) 
 
 /// Per-tensor sums in element order, as the previous version's report: (kept, Σ s, Σ kept s);
 /// the pruned elements are zeroed in the same sweep (block by block, while they are in cache).
-fn account_and_zero(c: &Candidate, t: &mut TensorProto, opts: &WeightOptions, mask: &[u64]) -> Result<(usize, f64, f64)> {
+fn account_and_zero(
+    c: &Candidate,
+    t: &mut TensorProto,
+    opts: &WeightOptions,
+    mask: &[u64],
+) -> Result<(usize, f64, f64)> {
     const SWEEP: usize = 1 << 16;
     let (mut total, mut kept_mass) = (sum_zero(), sum_zero());
     let n = make_view(c, t, opts)?.n();
@@ -948,7 +990,15 @@ fn zero_masked(t: &mut TensorProto, mask: &[u64], lo: usize, hi: usize) -> Resul
 }
 
 #[allow(clippy::too_many_arguments)]
-fn report(c: &Candidate, t: &TensorProto, n: usize, groups: usize, n_eff: f64, all_zero_groups: usize, acc: (usize, f64, f64)) -> TensorReport {
+fn report(
+    c: &Candidate,
+    t: &TensorProto,
+    n: usize,
+    groups: usize,
+    n_eff: f64,
+    all_zero_groups: usize,
+    acc: (usize, f64, f64),
+) -> TensorReport {
     let (kept, total, kept_mass) = acc;
     TensorReport {
         name: c.name.clone(),
@@ -1163,11 +1213,20 @@ mod tests {
 
     /// Global selection over plain score vectors (through the streaming code).
     fn global_masks(scores: &[Vec<f64>], beta: f64, ratio: Option<f64>) -> (GlobalDecision, Vec<Vec<bool>>) {
-        let mut m = model_of(scores.iter().map(|s| (s.iter().map(|&x| x as f32).collect(), vec![s.len()], dt::FLOAT, false)).collect());
-        let opts = WeightOptions { beta, scope: Scope::Global, include: Include::default(), scores: BTreeMap::new(), fixed_ratio: ratio };
+        let mut m = model_of(
+            scores.iter().map(|s| (s.iter().map(|&x| x as f32).collect(), vec![s.len()], dt::FLOAT, false)).collect(),
+        );
+        let opts = WeightOptions {
+            beta,
+            scope: Scope::Global,
+            include: Include::default(),
+            scores: BTreeMap::new(),
+            fixed_ratio: ratio,
+        };
         let r = prune_weights(&mut m, &opts).unwrap();
         let g = m.graph.as_ref().unwrap();
-        let masks = g.initializer.iter().map(|t| tensor::read_f32(t).unwrap().iter().map(|&x| x != 0.0).collect()).collect();
+        let masks =
+            g.initializer.iter().map(|t| tensor::read_f32(t).unwrap().iter().map(|&x| x != 0.0).collect()).collect();
         (r.global.unwrap(), masks)
     }
 
@@ -1253,7 +1312,13 @@ mod tests {
         })
     }
 
-    fn check_same(ws: Vec<Spec>, scope: Scope, beta: f64, ratio: Option<f64>, override_first: bool) -> std::result::Result<(), TestCaseError> {
+    fn check_same(
+        ws: Vec<Spec>,
+        scope: Scope,
+        beta: f64,
+        ratio: Option<f64>,
+        override_first: bool,
+    ) -> std::result::Result<(), TestCaseError> {
         let mut a = model_of(ws);
         let mut scores = BTreeMap::new();
         if override_first {
@@ -1305,7 +1370,13 @@ mod tests {
             ((0..BUFFER_GROUP_MAX + 77).map(|_| rnd(100_000)).collect(), vec![BUFFER_GROUP_MAX + 77], dt::FLOAT, true),
         ];
         for scope in [Scope::Global, Scope::Unit, Scope::Layer] {
-            let opts = WeightOptions { beta: 0.9, scope, include: Include::default(), scores: BTreeMap::new(), fixed_ratio: None };
+            let opts = WeightOptions {
+                beta: 0.9,
+                scope,
+                include: Include::default(),
+                scores: BTreeMap::new(),
+                fixed_ratio: None,
+            };
             let runs: Vec<(String, ModelProto)> = [1, 2, 3]
                 .into_iter()
                 .map(|k| {
@@ -1339,14 +1410,23 @@ mod tests {
             check_same(ws.clone(), scope, 1.0, None, false).unwrap();
             let mut m = model_of(ws);
             let before = m.clone();
-            let opts = WeightOptions { beta: 1.0, scope, include: Include::default(), scores: BTreeMap::new(), fixed_ratio: None };
+            let opts = WeightOptions {
+                beta: 1.0,
+                scope,
+                include: Include::default(),
+                scores: BTreeMap::new(),
+                fixed_ratio: None,
+            };
             assert!(prune_weights(&mut m, &opts).unwrap_err().to_string().contains("element 17 is NaN"));
             assert!(m == before);
         }
         vals[17] = 0.5;
         for scope in [Scope::Layer, Scope::Global] {
             for (beta, ratio) in [(1.0, None), (0.3, None), (1.0, Some(0.5))] {
-                let ws = vec![(vals.clone(), vec![n], dt::FLOAT, false), (vals[..5000].to_vec(), vec![50, 100], dt::FLOAT16, false)];
+                let ws = vec![
+                    (vals.clone(), vec![n], dt::FLOAT, false),
+                    (vals[..5000].to_vec(), vec![50, 100], dt::FLOAT16, false),
+                ];
                 check_same(ws, scope, beta, ratio, false).unwrap();
             }
         }

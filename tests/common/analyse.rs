@@ -35,7 +35,8 @@ impl Outcome {
 /// The prune runs made on every model: each scope, plus `unit` with every optional role.
 pub fn runs() -> Vec<WeightOptions> {
     let all = Include { bias: true, norm: true, embedding: true };
-    let opt = |scope, include| WeightOptions { beta: 1.0, scope, include, scores: Default::default(), fixed_ratio: None };
+    let opt =
+        |scope, include| WeightOptions { beta: 1.0, scope, include, scores: Default::default(), fixed_ratio: None };
     vec![
         opt(Scope::Unit, Include::default()),
         opt(Scope::Layer, Include::default()),

@@ -400,7 +400,13 @@ fn bytes_cases(v: &mut Vec<Case>) {
     w.extend(ld(7, &g));
     w.extend(ld(8, &vfield(2, 17)));
     v.push(case("group_in_node", c, "a protobuf group among a node's fields", w, err("group")));
-    v.push(case("deep_nesting_over_limit", c, "If subgraphs nested 40 deep (> protobuf's 100 messages)", enc(&mlp_with_if(40)), err("nested deeper")));
+    v.push(case(
+        "deep_nesting_over_limit",
+        c,
+        "If subgraphs nested 40 deep (> protobuf's 100 messages)",
+        enc(&mlp_with_if(40)),
+        err("nested deeper"),
+    ));
     // 4 M empty nodes: 8 MiB of input that would decode to ~1 GiB of NodeProto structs.
     let mut g = Vec::with_capacity(8 << 20);
     for _ in 0..(4 << 20) {
@@ -416,11 +422,23 @@ fn bytes_cases(v: &mut Vec<Case>) {
     gm(&mut m).name = "main\nFAKE: second line".into();
     let t = init(&mut m, "fc1.bias").clone();
     gm(&mut m).initializer.push(t);
-    v.push(case("newline_in_graph_name", c, "a graph name with a newline (and a duplicate)", enc(&m), err("control characters")));
+    v.push(case(
+        "newline_in_graph_name",
+        c,
+        "a graph name with a newline (and a duplicate)",
+        enc(&m),
+        err("control characters"),
+    ));
     let mut m = mlp();
     gm(&mut m).name = "\n\u{c}\u{8}".into();
     gm(&mut m).node.clear();
-    v.push(case("newline_in_empty_graph_name", c, "an empty graph whose name has control characters", enc(&m), err("empty")));
+    v.push(case(
+        "newline_in_empty_graph_name",
+        c,
+        "an empty graph whose name has control characters",
+        enc(&m),
+        err("empty"),
+    ));
     let mut m = mlp();
     node_mut(&mut m, "/Relu").output[0] = "r\u{0}".into();
     node_mut(&mut m, "/fc2/Gemm").input[0] = "r\u{0}".into();
@@ -443,58 +461,143 @@ fn tensor_cases(v: &mut Vec<Case>) {
         f(&mut m);
         enc(&m)
     };
-    v.push(case("raw_data_short", c, "fc1.weight raw_data 4 bytes short of its dims", with(&|m| {
-        init(m, "fc1.weight").raw_data.truncate(32768 - 4);
-    }), err("'fc1.weight'")));
-    v.push(case("raw_data_long", c, "fc3.bias raw_data longer than its dims", with(&|m| {
-        init(m, "fc3.bias").raw_data.extend_from_slice(&[0; 8]);
-    }), err("'fc3.bias'")));
-    v.push(case("dims_2pow40_elements", c, "fc1.weight dims [2^20, 2^20]", with(&|m| {
-        init(m, "fc1.weight").dims = vec![1 << 20, 1 << 20];
-    }), err("too many elements")));
-    v.push(case("dims_2pow62", c, "fc2.weight dims [2^62]", with(&|m| {
-        init(m, "fc2.weight").dims = vec![1 << 62];
-    }), err("too many elements")));
-    v.push(case("dims_overflow_i64", c, "fc2.weight dims [2^62, 2^62, 16] overflow a u64 product", with(&|m| {
-        init(m, "fc2.weight").dims = vec![1 << 62, 1 << 62, 16];
-    }), err("'fc2.weight'")));
-    v.push(case("dims_zero_times_2pow62", c, "an empty fc1.weight with dims [0, 2^62]", with(&|m| {
-        let t = init(m, "fc1.weight");
-        t.dims = vec![0, 1 << 62];
-        t.raw_data.clear();
-    }), err("too many elements")));
-    v.push(case("dims_negative", c, "fc1.weight dims [-1, 64]", with(&|m| {
-        init(m, "fc1.weight").dims = vec![-1, 64];
-    }), err("negative")));
-    v.push(case("dtype_999", c, "fc1.weight of data type 999", with(&|m| {
-        init(m, "fc1.weight").data_type = 999;
-    }), err("unknown data type 999")));
-    v.push(case("dtype_undefined", c, "fc3.bias of data type 0", with(&|m| {
-        init(m, "fc3.bias").data_type = 0;
-    }), err("'fc3.bias'")));
-    v.push(case("float_data_short", c, "fc3.weight in float_data, one value missing", with(&|m| {
-        let t = init(m, "fc3.weight");
-        let vals: Vec<f32> = t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-        t.raw_data.clear();
-        t.float_data = vals[..vals.len() - 1].to_vec();
-    }), err("'fc3.weight'")));
-    v.push(case("no_data", c, "fc2.bias without any data", with(&|m| {
-        init(m, "fc2.bias").raw_data.clear();
-    }), err("'fc2.bias'")));
-    v.push(case("nan_weight", c, "a NaN in fc2.weight", with(&|m| {
-        init(m, "fc2.weight").raw_data[20..24].copy_from_slice(&f32::NAN.to_le_bytes());
-    }), err("'fc2.weight'")));
-    v.push(case("inf_weight", c, "+Inf in fc1.weight", with(&|m| {
-        init(m, "fc1.weight").raw_data[0..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
-    }), err("'fc1.weight'")));
+    v.push(case(
+        "raw_data_short",
+        c,
+        "fc1.weight raw_data 4 bytes short of its dims",
+        with(&|m| {
+            init(m, "fc1.weight").raw_data.truncate(32768 - 4);
+        }),
+        err("'fc1.weight'"),
+    ));
+    v.push(case(
+        "raw_data_long",
+        c,
+        "fc3.bias raw_data longer than its dims",
+        with(&|m| {
+            init(m, "fc3.bias").raw_data.extend_from_slice(&[0; 8]);
+        }),
+        err("'fc3.bias'"),
+    ));
+    v.push(case(
+        "dims_2pow40_elements",
+        c,
+        "fc1.weight dims [2^20, 2^20]",
+        with(&|m| {
+            init(m, "fc1.weight").dims = vec![1 << 20, 1 << 20];
+        }),
+        err("too many elements"),
+    ));
+    v.push(case(
+        "dims_2pow62",
+        c,
+        "fc2.weight dims [2^62]",
+        with(&|m| {
+            init(m, "fc2.weight").dims = vec![1 << 62];
+        }),
+        err("too many elements"),
+    ));
+    v.push(case(
+        "dims_overflow_i64",
+        c,
+        "fc2.weight dims [2^62, 2^62, 16] overflow a u64 product",
+        with(&|m| {
+            init(m, "fc2.weight").dims = vec![1 << 62, 1 << 62, 16];
+        }),
+        err("'fc2.weight'"),
+    ));
+    v.push(case(
+        "dims_zero_times_2pow62",
+        c,
+        "an empty fc1.weight with dims [0, 2^62]",
+        with(&|m| {
+            let t = init(m, "fc1.weight");
+            t.dims = vec![0, 1 << 62];
+            t.raw_data.clear();
+        }),
+        err("too many elements"),
+    ));
+    v.push(case(
+        "dims_negative",
+        c,
+        "fc1.weight dims [-1, 64]",
+        with(&|m| {
+            init(m, "fc1.weight").dims = vec![-1, 64];
+        }),
+        err("negative"),
+    ));
+    v.push(case(
+        "dtype_999",
+        c,
+        "fc1.weight of data type 999",
+        with(&|m| {
+            init(m, "fc1.weight").data_type = 999;
+        }),
+        err("unknown data type 999"),
+    ));
+    v.push(case(
+        "dtype_undefined",
+        c,
+        "fc3.bias of data type 0",
+        with(&|m| {
+            init(m, "fc3.bias").data_type = 0;
+        }),
+        err("'fc3.bias'"),
+    ));
+    v.push(case(
+        "float_data_short",
+        c,
+        "fc3.weight in float_data, one value missing",
+        with(&|m| {
+            let t = init(m, "fc3.weight");
+            let vals: Vec<f32> =
+                t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            t.raw_data.clear();
+            t.float_data = vals[..vals.len() - 1].to_vec();
+        }),
+        err("'fc3.weight'"),
+    ));
+    v.push(case(
+        "no_data",
+        c,
+        "fc2.bias without any data",
+        with(&|m| {
+            init(m, "fc2.bias").raw_data.clear();
+        }),
+        err("'fc2.bias'"),
+    ));
+    v.push(case(
+        "nan_weight",
+        c,
+        "a NaN in fc2.weight",
+        with(&|m| {
+            init(m, "fc2.weight").raw_data[20..24].copy_from_slice(&f32::NAN.to_le_bytes());
+        }),
+        err("'fc2.weight'"),
+    ));
+    v.push(case(
+        "inf_weight",
+        c,
+        "+Inf in fc1.weight",
+        with(&|m| {
+            init(m, "fc1.weight").raw_data[0..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+        }),
+        err("'fc1.weight'"),
+    ));
     let mut w = f32_tensor("W16", &[4, 3], &[]);
     w.data_type = 10;
     w.raw_data = ramp(12).iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect();
     w.raw_data[6..8].copy_from_slice(&half::f16::NEG_INFINITY.to_le_bytes());
     v.push(case("f16_inf_weight", c, "-Inf in a float16 MatMul weight", enc(&tiny_matmul(w, 4, 3)), err("'W16'")));
-    v.push(case("gemm_transb_1d_weight", c, "Gemm with transB=1 and a 1-D weight", with(&|m| {
-        init(m, "fc3.weight").dims = vec![640];
-    }), err("'fc3.weight'")));
+    v.push(case(
+        "gemm_transb_1d_weight",
+        c,
+        "Gemm with transB=1 and a 1-D weight",
+        with(&|m| {
+            init(m, "fc3.weight").dims = vec![640];
+        }),
+        err("'fc3.weight'"),
+    ));
     let mut m = cnn();
     let t = init(&mut m, "stem.0.weight");
     t.data_type = 7;
@@ -511,16 +614,34 @@ fn tensor_cases(v: &mut Vec<Case>) {
     v.push(case("matmul_weight_string", c, "MatMul weight of type string", enc(&m), err("'Wstr'")));
     let mut w = f32_tensor("Wstr2", &[4, 3], &ramp(12));
     w.data_type = 8;
-    v.push(case("string_tensor_raw_data", c, "a string tensor with raw_data instead of strings", enc(&tiny_matmul(w, 4, 3)), err("'Wstr2'")));
-    v.push(case("data_location_7", c, "fc1.bias with data_location 7", with(&|m| {
-        init(m, "fc1.bias").data_location = protobuf::EnumOrUnknown::from_i32(7);
-    }), err("data_location")));
-    v.push(case("sparse_initializer_no_indices", c, "a sparse initializer without indices", with(&|m| {
-        let mut s = SparseTensorProto::new();
-        s.values = Some(f32_tensor("sp", &[2], &[1.0, 2.0])).into();
-        s.dims = vec![5];
-        gm(m).sparse_initializer.push(s);
-    }), err("sparse")));
+    v.push(case(
+        "string_tensor_raw_data",
+        c,
+        "a string tensor with raw_data instead of strings",
+        enc(&tiny_matmul(w, 4, 3)),
+        err("'Wstr2'"),
+    ));
+    v.push(case(
+        "data_location_7",
+        c,
+        "fc1.bias with data_location 7",
+        with(&|m| {
+            init(m, "fc1.bias").data_location = protobuf::EnumOrUnknown::from_i32(7);
+        }),
+        err("data_location"),
+    ));
+    v.push(case(
+        "sparse_initializer_no_indices",
+        c,
+        "a sparse initializer without indices",
+        with(&|m| {
+            let mut s = SparseTensorProto::new();
+            s.values = Some(f32_tensor("sp", &[2], &[1.0, 2.0])).into();
+            s.dims = vec![5];
+            gm(m).sparse_initializer.push(s);
+        }),
+        err("sparse"),
+    ));
 }
 
 fn graph_cases(v: &mut Vec<Case>) {
@@ -534,52 +655,124 @@ fn graph_cases(v: &mut Vec<Case>) {
     v.push(case("no_graph", c, "a model without a graph", with(&|m| m.graph = None.into()), err("no graph")));
     v.push(case("no_opset_import", c, "no opset_import", with(&|m| m.opset_import.clear()), err("opset_import")));
     v.push(case("no_ir_version", c, "ir_version 0", with(&|m| m.ir_version = 0), err("ir_version")));
-    v.push(case("dangling_input", c, "a node input nothing produces", with(&|m| {
-        node_mut(m, "/fc2/Gemm").input[0] = "nowhere".into();
-    }), err("'nowhere'")));
-    v.push(case("missing_graph_input", c, "the graph input x is not declared", with(&|m| gm(m).input.clear()), err("'x'")));
-    v.push(case("cycle_two_nodes", c, "fc1 consumes the Relu that consumes fc1", with(&|m| {
-        node_mut(m, "/fc1/Gemm").input[0] = "/Relu_output_0".into();
-    }), err("cycle")));
-    v.push(case("cycle_self", c, "a Relu that consumes its own output", with(&|m| {
-        node_mut(m, "/Relu").input[0] = "/Relu_output_0".into();
-    }), err("cycle")));
-    v.push(case("duplicate_initializer", c, "two initializers named fc1.weight", with(&|m| {
-        let t = init(m, "fc1.weight").clone();
-        gm(m).initializer.push(t);
-    }), err("fc1.weight")));
-    v.push(case("initializer_and_node_output", c, "a node output named like an initializer", with(&|m| {
-        let n = node_mut(m, "/Relu");
-        n.output[0] = "fc2.bias".into();
-        node_mut(m, "/fc2/Gemm").input[0] = "fc2.bias".into();
-    }), err("fc2.bias")));
-    v.push(case("two_producers", c, "two nodes produce the same value", with(&|m| {
-        node_mut(m, "/Relu_1").output[0] = "/Relu_output_0".into();
-    }), err("produced twice")));
-    v.push(case("node_without_op_type", c, "a node with an empty op_type", with(&|m| {
-        node_mut(m, "/Relu").op_type.clear();
-    }), err("op_type")));
-    v.push(case("initializer_without_name", c, "an unnamed initializer", with(&|m| {
-        gm(m).initializer.push(f32_tensor("", &[1], &[1.0]));
-    }), err("no name")));
-    v.push(case("output_not_produced", c, "a graph output nothing produces", with(&|m| {
-        gm(m).output[0].name = "ghost".into();
-    }), err("'ghost'")));
-    v.push(case("subgraph_unknown_outer_name", c, "an If branch reads a name defined nowhere", {
-        let mut m = mlp_with_if(2);
-        let n = gm(&mut m).node.last_mut().unwrap();
-        let g = n.attribute[1].g.as_mut().unwrap();
-        g.node[0].input[0] = "ghost_outer".into();
-        enc(&m)
-    }, err("'ghost_outer'")));
-    v.push(case("subgraph_cycle", c, "a cycle inside an If branch", {
-        let mut m = mlp_with_if(1);
-        let n = gm(&mut m).node.last_mut().unwrap();
-        let g = n.attribute[0].g.as_mut().unwrap();
-        let o = g.output[0].name.clone();
-        g.node[0].input[0] = o;
-        enc(&m)
-    }, err("cycle")));
+    v.push(case(
+        "dangling_input",
+        c,
+        "a node input nothing produces",
+        with(&|m| {
+            node_mut(m, "/fc2/Gemm").input[0] = "nowhere".into();
+        }),
+        err("'nowhere'"),
+    ));
+    v.push(case(
+        "missing_graph_input",
+        c,
+        "the graph input x is not declared",
+        with(&|m| gm(m).input.clear()),
+        err("'x'"),
+    ));
+    v.push(case(
+        "cycle_two_nodes",
+        c,
+        "fc1 consumes the Relu that consumes fc1",
+        with(&|m| {
+            node_mut(m, "/fc1/Gemm").input[0] = "/Relu_output_0".into();
+        }),
+        err("cycle"),
+    ));
+    v.push(case(
+        "cycle_self",
+        c,
+        "a Relu that consumes its own output",
+        with(&|m| {
+            node_mut(m, "/Relu").input[0] = "/Relu_output_0".into();
+        }),
+        err("cycle"),
+    ));
+    v.push(case(
+        "duplicate_initializer",
+        c,
+        "two initializers named fc1.weight",
+        with(&|m| {
+            let t = init(m, "fc1.weight").clone();
+            gm(m).initializer.push(t);
+        }),
+        err("fc1.weight"),
+    ));
+    v.push(case(
+        "initializer_and_node_output",
+        c,
+        "a node output named like an initializer",
+        with(&|m| {
+            let n = node_mut(m, "/Relu");
+            n.output[0] = "fc2.bias".into();
+            node_mut(m, "/fc2/Gemm").input[0] = "fc2.bias".into();
+        }),
+        err("fc2.bias"),
+    ));
+    v.push(case(
+        "two_producers",
+        c,
+        "two nodes produce the same value",
+        with(&|m| {
+            node_mut(m, "/Relu_1").output[0] = "/Relu_output_0".into();
+        }),
+        err("produced twice"),
+    ));
+    v.push(case(
+        "node_without_op_type",
+        c,
+        "a node with an empty op_type",
+        with(&|m| {
+            node_mut(m, "/Relu").op_type.clear();
+        }),
+        err("op_type"),
+    ));
+    v.push(case(
+        "initializer_without_name",
+        c,
+        "an unnamed initializer",
+        with(&|m| {
+            gm(m).initializer.push(f32_tensor("", &[1], &[1.0]));
+        }),
+        err("no name"),
+    ));
+    v.push(case(
+        "output_not_produced",
+        c,
+        "a graph output nothing produces",
+        with(&|m| {
+            gm(m).output[0].name = "ghost".into();
+        }),
+        err("'ghost'"),
+    ));
+    v.push(case(
+        "subgraph_unknown_outer_name",
+        c,
+        "an If branch reads a name defined nowhere",
+        {
+            let mut m = mlp_with_if(2);
+            let n = gm(&mut m).node.last_mut().unwrap();
+            let g = n.attribute[1].g.as_mut().unwrap();
+            g.node[0].input[0] = "ghost_outer".into();
+            enc(&m)
+        },
+        err("'ghost_outer'"),
+    ));
+    v.push(case(
+        "subgraph_cycle",
+        c,
+        "a cycle inside an If branch",
+        {
+            let mut m = mlp_with_if(1);
+            let n = gm(&mut m).node.last_mut().unwrap();
+            let g = n.attribute[0].g.as_mut().unwrap();
+            let o = g.output[0].name.clone();
+            g.node[0].input[0] = o;
+            enc(&m)
+        },
+        err("cycle"),
+    ));
 }
 
 fn attribute_cases(v: &mut Vec<Case>) {
@@ -594,47 +787,101 @@ fn attribute_cases(v: &mut Vec<Case>) {
         n.attribute.retain(|x| x.name != a.name);
         n.attribute.push(a);
     };
-    v.push(case("transb_as_float", c, "Gemm transB given as a FLOAT 1.0", with(&|m| set(m, "/fc1/Gemm", attr_f("transB", 1.0))), err("transB")));
-    v.push(case("attr_type_value_mismatch", c, "transB of type INT holding a float", with(&|m| {
-        let mut a = attr_i("transB", 0);
-        a.f = 1.0;
-        set(m, "/fc2/Gemm", a)
-    }), err("transB")));
-    v.push(case("attr_unknown_type", c, "an attribute of type 99", with(&|m| {
-        let mut a = attr_i("alpha", 1);
-        a.type_ = ev(99);
-        set(m, "/fc3/Gemm", a)
-    }), err("unknown type 99")));
-    v.push(case("attr_tensor_without_value", c, "a Constant whose TENSOR attribute is empty", with(&|m| {
-        let mut n = node("Constant", "k", &[], &["k_out"]);
-        let mut a = attr_t("value", f32_tensor("kv", &[1], &[1.0]));
-        a.t = None.into();
-        n.attribute.push(a);
-        gm(m).node.push(n);
-    }), err("no value")));
-    v.push(case("attr_graph_without_value", c, "an If whose then_branch is of type GRAPH but empty", {
-        let mut m = mlp_with_if(1);
-        gm(&mut m).node.last_mut().unwrap().attribute[0].g = None.into();
-        enc(&m)
-    }, err("then_branch")));
-    v.push(case("attr_duplicate", c, "transB given twice", with(&|m| {
-        node_mut(m, "/fc1/Gemm").attribute.push(attr_i("transB", 0));
-    }), err("given twice")));
-    v.push(case("attr_without_name", c, "an attribute without a name", with(&|m| {
-        node_mut(m, "/Relu").attribute.push(attr_i("", 1));
-    }), err("no name")));
-    v.push(case("attr_untyped", c, "an attribute with no type in an IR 8 model", with(&|m| {
-        let mut a = attr_i("alpha", 2);
-        a.type_ = ev(0);
-        set(m, "/fc1/Gemm", a)
-    }), err("no type")));
-    v.push(case("constant_value_wrong_kind", c, "a Constant 'value' of type FLOAT holding a tensor", with(&|m| {
-        let mut n = node("Constant", "k", &[], &["k_out"]);
-        let mut a = attr_t("value", f32_tensor("kv", &[1], &[1.0]));
-        a.type_ = ev(1);
-        n.attribute.push(a);
-        gm(m).node.push(n);
-    }), err("'value'")));
+    v.push(case(
+        "transb_as_float",
+        c,
+        "Gemm transB given as a FLOAT 1.0",
+        with(&|m| set(m, "/fc1/Gemm", attr_f("transB", 1.0))),
+        err("transB"),
+    ));
+    v.push(case(
+        "attr_type_value_mismatch",
+        c,
+        "transB of type INT holding a float",
+        with(&|m| {
+            let mut a = attr_i("transB", 0);
+            a.f = 1.0;
+            set(m, "/fc2/Gemm", a)
+        }),
+        err("transB"),
+    ));
+    v.push(case(
+        "attr_unknown_type",
+        c,
+        "an attribute of type 99",
+        with(&|m| {
+            let mut a = attr_i("alpha", 1);
+            a.type_ = ev(99);
+            set(m, "/fc3/Gemm", a)
+        }),
+        err("unknown type 99"),
+    ));
+    v.push(case(
+        "attr_tensor_without_value",
+        c,
+        "a Constant whose TENSOR attribute is empty",
+        with(&|m| {
+            let mut n = node("Constant", "k", &[], &["k_out"]);
+            let mut a = attr_t("value", f32_tensor("kv", &[1], &[1.0]));
+            a.t = None.into();
+            n.attribute.push(a);
+            gm(m).node.push(n);
+        }),
+        err("no value"),
+    ));
+    v.push(case(
+        "attr_graph_without_value",
+        c,
+        "an If whose then_branch is of type GRAPH but empty",
+        {
+            let mut m = mlp_with_if(1);
+            gm(&mut m).node.last_mut().unwrap().attribute[0].g = None.into();
+            enc(&m)
+        },
+        err("then_branch"),
+    ));
+    v.push(case(
+        "attr_duplicate",
+        c,
+        "transB given twice",
+        with(&|m| {
+            node_mut(m, "/fc1/Gemm").attribute.push(attr_i("transB", 0));
+        }),
+        err("given twice"),
+    ));
+    v.push(case(
+        "attr_without_name",
+        c,
+        "an attribute without a name",
+        with(&|m| {
+            node_mut(m, "/Relu").attribute.push(attr_i("", 1));
+        }),
+        err("no name"),
+    ));
+    v.push(case(
+        "attr_untyped",
+        c,
+        "an attribute with no type in an IR 8 model",
+        with(&|m| {
+            let mut a = attr_i("alpha", 2);
+            a.type_ = ev(0);
+            set(m, "/fc1/Gemm", a)
+        }),
+        err("no type"),
+    ));
+    v.push(case(
+        "constant_value_wrong_kind",
+        c,
+        "a Constant 'value' of type FLOAT holding a tensor",
+        with(&|m| {
+            let mut n = node("Constant", "k", &[], &["k_out"]);
+            let mut a = attr_t("value", f32_tensor("kv", &[1], &[1.0]));
+            a.type_ = ev(1);
+            n.attribute.push(a);
+            gm(m).node.push(n);
+        }),
+        err("'value'"),
+    ));
 }
 
 fn external_cases(v: &mut Vec<Case>) {
@@ -650,91 +897,191 @@ fn external_cases(v: &mut Vec<Case>) {
         v.push(Case { name, category: c, what, model, extra, expect, tract: true });
     };
     push("ext_valid", "every initializer in weights.bin", ext(&|_, _| {}), Expect::Valid);
-    push("ext_valid_subfolder", "every initializer in data/weights.bin", ext(&|m, x| {
-        for t in gm(m).initializer.iter_mut() {
-            set_ext(t, "location", "data/weights.bin");
-        }
-        let Extra::File(_, b) = x.pop().unwrap() else { unreachable!() };
-        x.push(Extra::Dir("data".into()));
-        x.push(Extra::File("data/weights.bin".into(), b));
-    }), Expect::Valid);
-    push("ext_dotdot", "a location '../outside.bin'", ext(&|m, _| {
-        set_ext(init(m, "fc2.weight"), "location", &format!("../{OUTSIDE}"));
-        set_ext(init(m, "fc2.weight"), "offset", "0");
-    }), err("leaves the model's folder"));
-    push("ext_dotdot_inner", "a location 'data/../../outside.bin'", ext(&|m, x| {
-        x.push(Extra::Dir("data".into()));
-        set_ext(init(m, "fc2.weight"), "location", &format!("data/../../{OUTSIDE}"));
-    }), err("leaves the model's folder"));
-    push("ext_absolute", "an absolute location to a file outside", ext(&|m, _| {
-        set_ext(init(m, "fc1.weight"), "location", OUTSIDE_ABS);
-        set_ext(init(m, "fc1.weight"), "offset", "0");
-    }), err("leaves the model's folder"));
-    push("ext_absolute_etc_passwd", "the location /etc/passwd", ext(&|m, _| {
-        set_ext(init(m, "fc1.bias"), "location", "/etc/passwd");
-    }), err("leaves the model's folder"));
-    push("ext_symlink_escape", "a symlink in the folder to a file outside", ext(&|m, x| {
-        x.push(Extra::Symlink("link.bin".into(), format!("../{OUTSIDE}")));
-        set_ext(init(m, "fc2.weight"), "location", "link.bin");
-        set_ext(init(m, "fc2.weight"), "offset", "0");
-    }), err("leaves the model's folder"));
-    push("ext_symlink_dir_escape", "a symlinked folder pointing outside", ext(&|m, x| {
-        x.push(Extra::Symlink("up".into(), "..".into()));
-        set_ext(init(m, "fc2.weight"), "location", &format!("up/{OUTSIDE}"));
-        set_ext(init(m, "fc2.weight"), "offset", "0");
-    }), err("leaves the model's folder"));
-    push("ext_missing_file", "a location that does not exist", ext(&|m, _| {
-        set_ext(init(m, "fc3.weight"), "location", "nope.bin");
-    }), err("'nope.bin'"));
-    push("ext_offset_past_end", "an offset past the end of the file", ext(&|m, _| {
-        set_ext(init(m, "fc3.bias"), "offset", "1000000");
-    }), err("past the end"));
-    push("ext_offset_overflow", "offset 2^64-1 (offset + length overflows)", ext(&|m, _| {
-        set_ext(init(m, "fc3.bias"), "offset", "18446744073709551615");
-    }), err("past the end"));
-    push("ext_offset_not_a_number", "offset 'abc'", ext(&|m, _| {
-        set_ext(init(m, "fc1.bias"), "offset", "abc");
-    }), err("bad external offset"));
-    push("ext_offset_negative", "offset '-4'", ext(&|m, _| {
-        set_ext(init(m, "fc1.bias"), "offset", "-4");
-    }), err("bad external offset"));
-    push("ext_length_mismatch", "a length that disagrees with the dims", ext(&|m, _| {
-        set_ext(init(m, "fc1.bias"), "length", "4");
-    }), err("'fc1.bias'"));
-    push("ext_huge_dims", "dims of 2^35 float elements (128 GiB) in a 70 KB file", ext(&|m, _| {
-        let t = init(m, "fc1.weight");
-        t.dims = vec![1 << 30, 32];
-        t.external_data.retain(|e| e.key != "length");
-    }), err("past the end"));
-    push("ext_fifo", "a location that is a named pipe", ext(&|m, x| {
-        x.push(Extra::Fifo("pipe.bin".into()));
-        set_ext(init(m, "fc3.bias"), "location", "pipe.bin");
-        set_ext(init(m, "fc3.bias"), "offset", "0");
-    }), err("not a regular file"));
-    push("ext_directory", "a location that is a folder", ext(&|m, x| {
-        x.push(Extra::Dir("data".into()));
-        set_ext(init(m, "fc3.bias"), "location", "data");
-    }), err("not a regular file"));
+    push(
+        "ext_valid_subfolder",
+        "every initializer in data/weights.bin",
+        ext(&|m, x| {
+            for t in gm(m).initializer.iter_mut() {
+                set_ext(t, "location", "data/weights.bin");
+            }
+            let Extra::File(_, b) = x.pop().unwrap() else { unreachable!() };
+            x.push(Extra::Dir("data".into()));
+            x.push(Extra::File("data/weights.bin".into(), b));
+        }),
+        Expect::Valid,
+    );
+    push(
+        "ext_dotdot",
+        "a location '../outside.bin'",
+        ext(&|m, _| {
+            set_ext(init(m, "fc2.weight"), "location", &format!("../{OUTSIDE}"));
+            set_ext(init(m, "fc2.weight"), "offset", "0");
+        }),
+        err("leaves the model's folder"),
+    );
+    push(
+        "ext_dotdot_inner",
+        "a location 'data/../../outside.bin'",
+        ext(&|m, x| {
+            x.push(Extra::Dir("data".into()));
+            set_ext(init(m, "fc2.weight"), "location", &format!("data/../../{OUTSIDE}"));
+        }),
+        err("leaves the model's folder"),
+    );
+    push(
+        "ext_absolute",
+        "an absolute location to a file outside",
+        ext(&|m, _| {
+            set_ext(init(m, "fc1.weight"), "location", OUTSIDE_ABS);
+            set_ext(init(m, "fc1.weight"), "offset", "0");
+        }),
+        err("leaves the model's folder"),
+    );
+    push(
+        "ext_absolute_etc_passwd",
+        "the location /etc/passwd",
+        ext(&|m, _| {
+            set_ext(init(m, "fc1.bias"), "location", "/etc/passwd");
+        }),
+        err("leaves the model's folder"),
+    );
+    push(
+        "ext_symlink_escape",
+        "a symlink in the folder to a file outside",
+        ext(&|m, x| {
+            x.push(Extra::Symlink("link.bin".into(), format!("../{OUTSIDE}")));
+            set_ext(init(m, "fc2.weight"), "location", "link.bin");
+            set_ext(init(m, "fc2.weight"), "offset", "0");
+        }),
+        err("leaves the model's folder"),
+    );
+    push(
+        "ext_symlink_dir_escape",
+        "a symlinked folder pointing outside",
+        ext(&|m, x| {
+            x.push(Extra::Symlink("up".into(), "..".into()));
+            set_ext(init(m, "fc2.weight"), "location", &format!("up/{OUTSIDE}"));
+            set_ext(init(m, "fc2.weight"), "offset", "0");
+        }),
+        err("leaves the model's folder"),
+    );
+    push(
+        "ext_missing_file",
+        "a location that does not exist",
+        ext(&|m, _| {
+            set_ext(init(m, "fc3.weight"), "location", "nope.bin");
+        }),
+        err("'nope.bin'"),
+    );
+    push(
+        "ext_offset_past_end",
+        "an offset past the end of the file",
+        ext(&|m, _| {
+            set_ext(init(m, "fc3.bias"), "offset", "1000000");
+        }),
+        err("past the end"),
+    );
+    push(
+        "ext_offset_overflow",
+        "offset 2^64-1 (offset + length overflows)",
+        ext(&|m, _| {
+            set_ext(init(m, "fc3.bias"), "offset", "18446744073709551615");
+        }),
+        err("past the end"),
+    );
+    push(
+        "ext_offset_not_a_number",
+        "offset 'abc'",
+        ext(&|m, _| {
+            set_ext(init(m, "fc1.bias"), "offset", "abc");
+        }),
+        err("bad external offset"),
+    );
+    push(
+        "ext_offset_negative",
+        "offset '-4'",
+        ext(&|m, _| {
+            set_ext(init(m, "fc1.bias"), "offset", "-4");
+        }),
+        err("bad external offset"),
+    );
+    push(
+        "ext_length_mismatch",
+        "a length that disagrees with the dims",
+        ext(&|m, _| {
+            set_ext(init(m, "fc1.bias"), "length", "4");
+        }),
+        err("'fc1.bias'"),
+    );
+    push(
+        "ext_huge_dims",
+        "dims of 2^35 float elements (128 GiB) in a 70 KB file",
+        ext(&|m, _| {
+            let t = init(m, "fc1.weight");
+            t.dims = vec![1 << 30, 32];
+            t.external_data.retain(|e| e.key != "length");
+        }),
+        err("past the end"),
+    );
+    push(
+        "ext_fifo",
+        "a location that is a named pipe",
+        ext(&|m, x| {
+            x.push(Extra::Fifo("pipe.bin".into()));
+            set_ext(init(m, "fc3.bias"), "location", "pipe.bin");
+            set_ext(init(m, "fc3.bias"), "offset", "0");
+        }),
+        err("not a regular file"),
+    );
+    push(
+        "ext_directory",
+        "a location that is a folder",
+        ext(&|m, x| {
+            x.push(Extra::Dir("data".into()));
+            set_ext(init(m, "fc3.bias"), "location", "data");
+        }),
+        err("not a regular file"),
+    );
     // Two 32 KiB weights both read offset 0 of a 32 KiB file: N such tensors would cost N times
     // the file's size in memory.
-    push("ext_overlapping_regions", "two weights read the same 32 KiB of a 32 KiB file", {
-        let mut m = mlp();
-        let blob = externalize(&mut m, &["fc1.weight"], "weights.bin");
-        let t = init(&mut m, "fc2.weight");
-        t.raw_data.clear();
-        t.data_location = protobuf::EnumOrUnknown::from_i32(1);
-        t.external_data = vec![kv("location", "weights.bin"), kv("offset", "0"), kv("length", "32768")];
-        (enc(&m), vec![Extra::File("weights.bin".into(), blob)])
-    }, err("overlapping"));
-    push("ext_no_location", "external data without a location", ext(&|m, _| {
-        init(m, "fc1.bias").external_data.retain(|e| e.key != "location");
-    }), err("without a location"));
-    push("ext_empty_location", "an empty location", ext(&|m, _| {
-        set_ext(init(m, "fc1.bias"), "location", "");
-    }), err("empty external data location"));
-    push("ext_string_tensor", "a string tensor with external data", ext(&|m, _| {
-        init(m, "fc3.bias").data_type = 8;
-    }), err("'fc3.bias'"));
+    push(
+        "ext_overlapping_regions",
+        "two weights read the same 32 KiB of a 32 KiB file",
+        {
+            let mut m = mlp();
+            let blob = externalize(&mut m, &["fc1.weight"], "weights.bin");
+            let t = init(&mut m, "fc2.weight");
+            t.raw_data.clear();
+            t.data_location = protobuf::EnumOrUnknown::from_i32(1);
+            t.external_data = vec![kv("location", "weights.bin"), kv("offset", "0"), kv("length", "32768")];
+            (enc(&m), vec![Extra::File("weights.bin".into(), blob)])
+        },
+        err("overlapping"),
+    );
+    push(
+        "ext_no_location",
+        "external data without a location",
+        ext(&|m, _| {
+            init(m, "fc1.bias").external_data.retain(|e| e.key != "location");
+        }),
+        err("without a location"),
+    );
+    push(
+        "ext_empty_location",
+        "an empty location",
+        ext(&|m, _| {
+            set_ext(init(m, "fc1.bias"), "location", "");
+        }),
+        err("empty external data location"),
+    );
+    push(
+        "ext_string_tensor",
+        "a string tensor with external data",
+        ext(&|m, _| {
+            init(m, "fc3.bias").data_type = 8;
+        }),
+        err("'fc3.bias'"),
+    );
 }
 
 fn valid_cases(v: &mut Vec<Case>) {
@@ -744,7 +1091,13 @@ fn valid_cases(v: &mut Vec<Case>) {
         v.push(case(name, c, "a project model, unchanged", model_bytes(f), Expect::Valid));
     }
     v.push(case("if_outer_names", c, "an If whose branches read an outer value", enc(&mlp_with_if(1)), Expect::Valid));
-    v.push(case("if_nested_8", c, "If subgraphs nested 8 deep, reading an outer value", enc(&mlp_with_if(8)), Expect::Valid));
+    v.push(case(
+        "if_nested_8",
+        c,
+        "If subgraphs nested 8 deep, reading an outer value",
+        enc(&mlp_with_if(8)),
+        Expect::Valid,
+    ));
     // Loop with one iteration whose body reads the outer fc3.bias.
     let mut m = mlp();
     let g = gm(&mut m);
@@ -794,13 +1147,25 @@ fn valid_cases(v: &mut Vec<Case>) {
     k.attribute.push(attr_t("value", w));
     g.node.insert(0, k);
     g.node[1].input[1] = "Wc".into();
-    v.push(case("constant_weight_float_data", c, "a MatMul weight from a Constant, in float_data", enc(&m), Expect::Valid));
+    v.push(case(
+        "constant_weight_float_data",
+        c,
+        "a MatMul weight from a Constant, in float_data",
+        enc(&m),
+        Expect::Valid,
+    ));
     // float16 weight in int32_data.
     let mut w = f32_tensor("W16", &[4, 3], &[]);
     w.data_type = 10;
     w.raw_data.clear();
     w.int32_data = ramp(12).iter().map(|x| half::f16::from_f32(*x).to_bits() as i32).collect();
-    v.push(case("f16_weight_int32_data", c, "a float16 MatMul weight in int32_data", enc(&tiny_matmul(w, 4, 3)), Expect::Valid));
+    v.push(case(
+        "f16_weight_int32_data",
+        c,
+        "a float16 MatMul weight in int32_data",
+        enc(&tiny_matmul(w, 4, 3)),
+        Expect::Valid,
+    ));
     // An integer MatMul next to a float one: the integer weight is left alone.
     let mut m = tiny_matmul(f32_tensor("Wf", &[4, 3], &ramp(12)), 4, 3);
     let g = gm(&mut m);
@@ -842,7 +1207,8 @@ fn valid_cases(v: &mut Vec<Case>) {
         g.node.push(node("MatMul", &format!("mm{i}"), &["x", "Ws"], &[&format!("y{i}")]));
     }
     g.output.push(vi("y0", 1, &[1, 3]));
-    let mut cs = case("weight_shared_by_30k_nodes", c, "one MatMul weight used by 30 000 nodes", enc(&wrap(g)), Expect::Valid);
+    let mut cs =
+        case("weight_shared_by_30k_nodes", c, "one MatMul weight used by 30 000 nodes", enc(&wrap(g)), Expect::Valid);
     cs.tract = false; // slow to optimise, and a huge report
     v.push(cs);
     // Unknown fields and a newer data type on an unused initializer are kept, not refused.
@@ -859,7 +1225,8 @@ fn valid_cases(v: &mut Vec<Case>) {
     b.extend(vfield(99, 12345));
     b.extend(ld(98, b"unknown bytes"));
     b.extend(vfield(97, 7));
-    let mut cu = case("unknown_field_and_float8", c, "an unknown field and an unused float8 initializer", b, Expect::Valid);
+    let mut cu =
+        case("unknown_field_and_float8", c, "an unknown field and an unused float8 initializer", b, Expect::Valid);
     cu.tract = false;
     v.push(cu);
 }

@@ -34,7 +34,9 @@ fn present(n: &onnx_protobuf::NodeProto, slot: usize) -> bool {
 
 /// Output `slot` of `n` exists and something reads it.
 fn used_output(ctx: &Ctx, n: &onnx_protobuf::NodeProto, slot: usize) -> bool {
-    n.output.get(slot).is_some_and(|o| !o.is_empty() && (!ctx.ix.consumers_of(o).is_empty() || ctx.ix.outputs.contains(o)))
+    n.output
+        .get(slot)
+        .is_some_and(|o| !o.is_empty() && (!ctx.ix.consumers_of(o).is_empty() || ctx.ix.outputs.contains(o)))
 }
 
 /// The output projection reading the attention output: its only consumer, a MatMul/Gemm with a
@@ -50,7 +52,8 @@ fn out_projection(ctx: &Ctx, ni: usize, width: usize) -> Result<WeightUse> {
     if !super::matmul::arity_ok(&ctx.g.node[c]) {
         bail!("malformed output projection");
     }
-    let f = projection_at(ctx, c, &ctx.g.node[c].output[0])?.context("the attention output is not read by a projection")?;
+    let f =
+        projection_at(ctx, c, &ctx.g.node[c].output[0])?.context("the attention output is not read by a projection")?;
     let rows = 1 - f.weight.axis;
     let ws = ctx.const_shape(&ctx.g.node[c].input[f.weight.slot])?;
     if ws[rows] != width {
@@ -115,7 +118,14 @@ fn ms_attention(ctx: &Ctx, ni: usize) -> Result<Block> {
         kv_heads: h,
         head_dim: d,
         v_head_dim: d,
-        projs: vec![Projection { weight: WeightUse { node: ni, slot: 1, axis: 1 }, bias, parts: 3, heads: h, head_dim: d, prune: true }],
+        projs: vec![Projection {
+            weight: WeightUse { node: ni, slot: 1, axis: 1 },
+            bias,
+            parts: 3,
+            heads: h,
+            head_dim: d,
+            prune: true,
+        }],
         v_proj: (0, 2),
         out,
         path: None,
@@ -258,7 +268,12 @@ fn onnx_attention(ctx: &Ctx, ni: usize) -> Result<Block> {
     let fk = direct_projection(ctx, ni, 1, "K")?;
     let fv = direct_projection(ctx, ni, 2, "V")?;
     if fq.width % hq != 0 || fk.width % hkv != 0 || fv.width % hkv != 0 || fq.width / hq != fk.width / hkv {
-        bail!("Q/K/V widths {}/{}/{} do not split into {hq}/{hkv}/{hkv} heads of one size", fq.width, fk.width, fv.width);
+        bail!(
+            "Q/K/V widths {}/{}/{} do not split into {hq}/{hkv}/{hkv} heads of one size",
+            fq.width,
+            fk.width,
+            fv.width
+        );
     }
     let (d, dv) = (fq.width / hq, fv.width / hkv);
     let out = out_projection(ctx, ni, hq * dv)?;

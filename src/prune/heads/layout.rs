@@ -63,14 +63,23 @@ mod tests {
         let f = Factor { axis: 2, inner: 8, count: 4 };
         assert_eq!(map_flat(&[3, 5, 32], &[3, 5, 4, 8], f), Some(Factor { axis: 2, inner: 1, count: 4 }));
         // [S, B, H·D] → [S, B·H, D]: heads merged into the batch axis, innermost.
-        assert_eq!(map_flat(&[65, 3, 128], &[65, 12, 32], Factor { axis: 2, inner: 32, count: 4 }), Some(Factor { axis: 1, inner: 1, count: 4 }));
+        assert_eq!(
+            map_flat(&[65, 3, 128], &[65, 12, 32], Factor { axis: 2, inner: 32, count: 4 }),
+            Some(Factor { axis: 1, inner: 1, count: 4 })
+        );
         // [B, H, S, D] → [B, H·S·D]: the heads are the outer digit of the merged axis.
-        assert_eq!(map_flat(&[3, 4, 5, 8], &[3, 160], Factor { axis: 1, inner: 1, count: 4 }), Some(Factor { axis: 1, inner: 40, count: 4 }));
+        assert_eq!(
+            map_flat(&[3, 4, 5, 8], &[3, 160], Factor { axis: 1, inner: 1, count: 4 }),
+            Some(Factor { axis: 1, inner: 40, count: 4 })
+        );
         // Splitting H·D = 32 as [2, 16] cuts the heads in two axes.
         assert_eq!(map_flat(&[3, 32], &[3, 2, 16], Factor { axis: 1, inner: 8, count: 4 }), None);
         // Fused [.., 3·H·D] → [.., 3, H·D]: the part digit gets its own axis.
         let part = Factor { axis: 1, inner: 128, count: 3 };
         assert_eq!(map_flat(&[7, 384], &[7, 3, 128], part), Some(Factor { axis: 1, inner: 1, count: 3 }));
-        assert_eq!(map_flat(&[7, 384], &[7, 3, 128], Factor { axis: 1, inner: 32, count: 4 }), Some(Factor { axis: 2, inner: 32, count: 4 }));
+        assert_eq!(
+            map_flat(&[7, 384], &[7, 3, 128], Factor { axis: 1, inner: 32, count: 4 }),
+            Some(Factor { axis: 2, inner: 32, count: 4 })
+        );
     }
 }

@@ -22,7 +22,10 @@ use std::collections::{BTreeSet, HashMap};
 enum Src {
     /// Output of projection `proj` (index into the block's projections); `part` once a single
     /// part of a fused Q/K/V projection has been selected.
-    Proj { proj: usize, part: Option<usize> },
+    Proj {
+        proj: usize,
+        part: Option<usize>,
+    },
     Scores,
     Context,
 }
@@ -124,7 +127,9 @@ fn locate(ctx: &Ctx, si: usize) -> Located {
         // A softmax of something that is not q·kᵀ (e.g. pooling with a learned query).
         [] => Located::No,
         [s] => Located::Yes(*s, av),
-        many => Located::Ambiguous(av, format!("{} candidate scores MatMuls (q·kᵀ) upstream of the softmax", many.len())),
+        many => {
+            Located::Ambiguous(av, format!("{} candidate scores MatMuls (q·kᵀ) upstream of the softmax", many.len()))
+        }
     }
 }
 
@@ -214,8 +219,8 @@ fn find_projection(ctx: &Ctx, start: &str) -> Result<Found> {
             }
         }
         v = match n.op_type.as_str() {
-            "Reshape" | "Transpose" | "Squeeze" | "Unsqueeze" | "Flatten" | "Identity" | "Cast" | "Gather" | "Split"
-            | "Slice" | "Dropout" => n.input[0].clone(),
+            "Reshape" | "Transpose" | "Squeeze" | "Unsqueeze" | "Flatten" | "Identity" | "Cast" | "Gather"
+            | "Split" | "Slice" | "Dropout" => n.input[0].clone(),
             "Mul" | "Div" => scaled_operand(ctx, p)?,
             op => bail!("{op} '{}' between the projection and the attention", node_label(n)),
         };
@@ -271,7 +276,13 @@ pub(crate) fn projection_at(ctx: &Ctx, p: usize, v: &str) -> Result<Option<Found
     } else {
         None
     };
-    Ok(Some(Found { node: p, weight: WeightUse { node: p, slot: w_slot, axis }, bias, seed: v.to_string(), width: ws[axis] }))
+    Ok(Some(Found {
+        node: p,
+        weight: WeightUse { node: p, slot: w_slot, axis },
+        bias,
+        seed: v.to_string(),
+        width: ws[axis],
+    }))
 }
 
 /// `p` is Add(bias, MatMul(x, W)) in either operand order.
@@ -393,7 +404,14 @@ struct Flood {
 
 impl Flood {
     fn run(ctx: &Ctx, found: &[Found], h: usize, d: usize, dv: usize, fused: bool) -> Result<Flood> {
-        let mut fl = Flood { info: PathInfo { heads: h, ..Default::default() }, tracked: HashMap::new(), score: None, av: None, out: None, roles: [None; 3] };
+        let mut fl = Flood {
+            info: PathInfo { heads: h, ..Default::default() },
+            tracked: HashMap::new(),
+            score: None,
+            av: None,
+            out: None,
+            roles: [None; 3],
+        };
         let mut first = usize::MAX;
         let mut processed = BTreeSet::new();
         for (i, f) in found.iter().enumerate() {
@@ -401,7 +419,11 @@ impl Flood {
             let axis = shape.len().checked_sub(1).context("scalar projection output")?;
             let inner = if i == 2 { dv } else { d };
             let part = fused.then_some(Factor { axis, inner: h * d, count: 3 });
-            fl.track(ctx, &f.seed, Track { head: Factor { axis, inner, count: h }, part, src: Src::Proj { proj: i, part: None } })?;
+            fl.track(
+                ctx,
+                &f.seed,
+                Track { head: Factor { axis, inner, count: h }, part, src: Src::Proj { proj: i, part: None } },
+            )?;
             let last = f.bias.map(|b| b.node).unwrap_or(f.node);
             first = first.min(last + 1);
         }
@@ -420,7 +442,10 @@ impl Flood {
         // in topological order could hide one).
         for name in fl.tracked.keys() {
             if let Some(&(c, _)) = ctx.ix.consumers_of(name).iter().find(|(c, _)| !processed.contains(c)) {
-                bail!("'{name}' is read by '{}', which was not analysed (graph not topologically sorted?)", node_label(&ctx.g.node[c]));
+                bail!(
+                    "'{name}' is read by '{}', which was not analysed (graph not topologically sorted?)",
+                    node_label(&ctx.g.node[c])
+                );
             }
         }
         if fl.score.is_none() || fl.av.is_none() || fl.out.is_none() {
@@ -473,7 +498,9 @@ impl Flood {
             "Shape" => return Ok(()),
             "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" | "Identity" | "Dropout" => {
                 self.only_data_input(&tin, op)?;
-                if op == "Dropout" && n.output.iter().skip(1).any(|o| !o.is_empty() && !ctx.ix.consumers_of(o).is_empty()) {
+                if op == "Dropout"
+                    && n.output.iter().skip(1).any(|o| !o.is_empty() && !ctx.ix.consumers_of(o).is_empty())
+                {
                     bail!("Dropout mask is used");
                 }
                 let t = tin[0].1;
@@ -655,7 +682,8 @@ impl Flood {
         let ax = norm_axis(attr_i(n, "axis").unwrap_or(0), ctx.shape(0, &n.input[0])?.len())?;
         let idx = ctx.const_ints(&n.input[1]).context("Gather with a computed index")?;
         let ishape = ctx.shape(0, &n.input[1])?.to_vec();
-        if ax != pf.axis || pf.inner != 1 || ctx.shape(0, &n.input[0])?[ax] != 3 || idx.len() != 1 || ax == t.head.axis {
+        if ax != pf.axis || pf.inner != 1 || ctx.shape(0, &n.input[0])?[ax] != 3 || idx.len() != 1 || ax == t.head.axis
+        {
             bail!("Gather that is not a Q/K/V selection");
         }
         let part = (if idx[0] < 0 { idx[0] + 3 } else { idx[0] }) as usize;
@@ -795,7 +823,9 @@ pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<(Vec<Edit>, Vec<String
     }
     for &(ni, ax) in &info.splits {
         let n = &ctx.g.node[ni];
-        let third = |p: usize, evals: &Vec<[Eval; 2]>| -> Result<i64> { Ok((evals[p][1].shape_of(&n.input[0])?[ax] / 3) as i64) };
+        let third = |p: usize, evals: &Vec<[Eval; 2]>| -> Result<i64> {
+            Ok((evals[p][1].shape_of(&n.input[0])?[ax] / 3) as i64)
+        };
         let want = vec![third(0, &evals)?; 3];
         if third(1, &evals)? != want[0] {
             bail!("Split sizes depend on the input size");
@@ -833,7 +863,9 @@ pub fn plan(ctx: &Ctx, b: &Block, h_new: usize) -> Result<(Vec<Edit>, Vec<String
             let [e0, e1] = pair;
             match (e0.eval(name), e1.eval(name)) {
                 (Ok(a), Ok(b)) if a == b => {}
-                (Ok(_), Ok(_)) => bail!("'{name}' (operand of '{}') changes with the head count", node_label(&ctx.g.node[ni])),
+                (Ok(_), Ok(_)) => {
+                    bail!("'{name}' (operand of '{}') changes with the head count", node_label(&ctx.g.node[ni]))
+                }
                 // Not shape arithmetic (a mask, an input-derived tensor): it cannot depend on
                 // the head count unless it reads the shape of an attention tensor.
                 (Err(_), _) | (_, Err(_)) => {
@@ -872,7 +904,11 @@ fn concat_pieces(
 ) -> Option<Vec<Edit>> {
     let &ci = ctx.ix.producer.get(target)?;
     let c = &ctx.g.node[ci];
-    if c.op_type != "Concat" || !is_default(c) || ctx.ix.consumers_of(target).len() != 1 || ctx.ix.outputs.contains(target) {
+    if c.op_type != "Concat"
+        || !is_default(c)
+        || ctx.ix.consumers_of(target).len() != 1
+        || ctx.ix.outputs.contains(target)
+    {
         return None;
     }
     // Output position → Concat input slot, from the pieces' lengths.
@@ -984,8 +1020,28 @@ fn depends_on(ctx: &Ctx, name: &str, tracked: &HashMap<String, usize>) -> bool {
 /// were checked) or more shape arithmetic; anything else would see a different value.
 fn check_escapes(ctx: &Ctx, info: &PathInfo) -> Result<()> {
     const SHAPE_OPS: &[&str] = &[
-        "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Cast", "Mul", "Div", "Add", "Sub", "Mod", "Sqrt",
-        "Identity", "Neg", "Floor", "Ceil", "Reciprocal", "Abs", "Max", "Min", "Pow",
+        "Gather",
+        "Slice",
+        "Concat",
+        "Unsqueeze",
+        "Squeeze",
+        "Reshape",
+        "Cast",
+        "Mul",
+        "Div",
+        "Add",
+        "Sub",
+        "Mod",
+        "Sqrt",
+        "Identity",
+        "Neg",
+        "Floor",
+        "Ceil",
+        "Reciprocal",
+        "Abs",
+        "Max",
+        "Min",
+        "Pow",
     ];
     let mut stack: Vec<String> = Vec::new();
     for (ni, n) in ctx.g.node.iter().enumerate() {
@@ -1015,7 +1071,6 @@ fn check_escapes(ctx: &Ctx, info: &PathInfo) -> Result<()> {
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

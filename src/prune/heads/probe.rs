@@ -92,7 +92,8 @@ fn probe_inner(model: &ModelProto, bytes: &[u8], which: usize) -> Result<Probe> 
             };
             dims.push(size);
         }
-        let outlet = parsed.outlets_by_name.get(&inp.name).with_context(|| format!("input '{}' unknown to tract", inp.name))?;
+        let outlet =
+            parsed.outlets_by_name.get(&inp.name).with_context(|| format!("input '{}' unknown to tract", inp.name))?;
         im.set_outlet_fact(*outlet, InferenceFact::dt_shape(dt, dims)).map_err(|e| anyhow!("{e:#}"))?;
     }
     im.analyse(false).map_err(|e| anyhow!("tract shape analysis failed: {e:#}"))?;

@@ -123,7 +123,11 @@ impl<'a> Eval<'a> {
         }
         let out_shape = self.shapes.get(name).cloned();
         let arg = |this: &mut Self, i: usize| -> Result<Val> {
-            let nm = n.input.get(i).filter(|s| !s.is_empty()).with_context(|| format!("{}: missing input {i}", n.op_type))?;
+            let nm = n
+                .input
+                .get(i)
+                .filter(|s| !s.is_empty())
+                .with_context(|| format!("{}: missing input {i}", n.op_type))?;
             this.eval_depth(nm, depth + 1)
         };
         let v = match n.op_type.as_str() {
@@ -196,11 +200,22 @@ impl<'a> Eval<'a> {
                 } else {
                     let s = arg(self, 1)?.ints()?.to_vec();
                     let e = arg(self, 2)?.ints()?.to_vec();
-                    let a = if n.input.get(3).is_some_and(|s| !s.is_empty()) { Some(arg(self, 3)?.ints()?.to_vec()) } else { None };
-                    let st = if n.input.get(4).is_some_and(|s| !s.is_empty()) { Some(arg(self, 4)?.ints()?.to_vec()) } else { None };
+                    let a = if n.input.get(3).is_some_and(|s| !s.is_empty()) {
+                        Some(arg(self, 3)?.ints()?.to_vec())
+                    } else {
+                        None
+                    };
+                    let st = if n.input.get(4).is_some_and(|s| !s.is_empty()) {
+                        Some(arg(self, 4)?.ints()?.to_vec())
+                    } else {
+                        None
+                    };
                     (s, e, a, st)
                 };
-                if starts.len() != 1 || ends.len() != 1 || axes.as_ref().is_some_and(|a| a.len() != 1 || (a[0] != 0 && a[0] != -1)) {
+                if starts.len() != 1
+                    || ends.len() != 1
+                    || axes.as_ref().is_some_and(|a| a.len() != 1 || (a[0] != 0 && a[0] != -1))
+                {
                     bail!("Slice with several axes");
                 }
                 let step = steps.as_ref().map(|s| s[0]).unwrap_or(1);
@@ -267,7 +282,15 @@ pub fn clamp_range(start: i64, end: i64, len: usize) -> (usize, usize) {
 
 fn broadcast_len(a: &Val, b: &Val) -> Result<(usize, Vec<usize>)> {
     let (la, lb) = (a.len(), b.len());
-    let n = if la == lb { la } else if la == 1 { lb } else if lb == 1 { la } else { bail!("cannot broadcast {la} and {lb} elements") };
+    let n = if la == lb {
+        la
+    } else if la == 1 {
+        lb
+    } else if lb == 1 {
+        la
+    } else {
+        bail!("cannot broadcast {la} and {lb} elements")
+    };
     let shape = if a.shape.len() >= b.shape.len() { a.shape.clone() } else { b.shape.clone() };
     let shape = if shape.iter().product::<usize>() == n { shape } else { vec![n] };
     Ok((n, shape))
@@ -281,18 +304,20 @@ fn binary(op: &str, a: &Val, b: &Val, fmod: bool) -> Result<Val> {
             let mut out = Vec::with_capacity(n);
             for i in 0..n {
                 let (p, q) = (x[pick(x.len(), i)], y[pick(y.len(), i)]);
-                out.push(match op {
-                    "Add" => p.checked_add(q),
-                    "Sub" => p.checked_sub(q),
-                    "Mul" => p.checked_mul(q),
-                    // ONNX integer Div truncates like C.
-                    "Div" => p.checked_div(q),
-                    "Mod" if fmod => p.checked_rem(q),
-                    "Mod" => p.checked_rem_euclid(q).map(|r| if q < 0 && r != 0 { r + q } else { r }),
-                    "Max" => Some(p.max(q)),
-                    _ => Some(p.min(q)),
-                }
-                .with_context(|| format!("{op} overflows or divides by zero"))?);
+                out.push(
+                    match op {
+                        "Add" => p.checked_add(q),
+                        "Sub" => p.checked_sub(q),
+                        "Mul" => p.checked_mul(q),
+                        // ONNX integer Div truncates like C.
+                        "Div" => p.checked_div(q),
+                        "Mod" if fmod => p.checked_rem(q),
+                        "Mod" => p.checked_rem_euclid(q).map(|r| if q < 0 && r != 0 { r + q } else { r }),
+                        "Max" => Some(p.max(q)),
+                        _ => Some(p.min(q)),
+                    }
+                    .with_context(|| format!("{op} overflows or divides by zero"))?,
+                );
             }
             Data::I(out)
         }

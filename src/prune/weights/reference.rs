@@ -39,11 +39,18 @@ pub(super) fn prune_weights_reference(model: &mut ModelProto, opts: &WeightOptio
         let s = match opts.scores.get(&c.name) {
             Some(s) => {
                 if s.len() != tensor::numel(t)? {
-                    bail!("tensor '{}': score vector has {} entries for {} weights", c.name, s.len(), tensor::numel(t)?);
+                    bail!(
+                        "tensor '{}': score vector has {} entries for {} weights",
+                        c.name,
+                        s.len(),
+                        tensor::numel(t)?
+                    );
                 }
                 s.clone()
             }
-            None => tensor::read_f64(t).with_context(|| format!("weight '{}'", c.name))?.into_iter().map(f64::abs).collect(),
+            None => {
+                tensor::read_f64(t).with_context(|| format!("weight '{}'", c.name))?.into_iter().map(f64::abs).collect()
+            }
         };
         if let Some(i) = s.iter().position(|v| !v.is_finite()) {
             bail!("tensor '{}': score of element {i} is {} (NaN/Inf weights cannot be ranked)", c.name, s[i]);
@@ -151,7 +158,11 @@ fn tensor_report(
 
 /// One EMP over the concatenation of all score vectors, without building a second copy of the
 /// scores in f64: moments are streamed, the cut is found by selection on f64 magnitudes.
-pub(super) fn global_select(scores: &[Vec<f64>], beta: f64, ratio: Option<f64>) -> Result<(GlobalDecision, Vec<Vec<bool>>)> {
+pub(super) fn global_select(
+    scores: &[Vec<f64>],
+    beta: f64,
+    ratio: Option<f64>,
+) -> Result<(GlobalDecision, Vec<Vec<bool>>)> {
     let n: usize = scores.iter().map(|s| s.len()).sum();
     let m = scores.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
     if m == 0.0 {
@@ -174,7 +185,8 @@ pub(super) fn global_select(scores: &[Vec<f64>], beta: f64, ratio: Option<f64>) 
     let thr = if kept >= n {
         f64::NEG_INFINITY
     } else {
-        let (_, t, _) = all.select_nth_unstable_by(kept - 1, |a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+        let (_, t, _) =
+            all.select_nth_unstable_by(kept - 1, |a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
         *t
     };
     drop(all);
@@ -187,10 +199,11 @@ pub(super) fn global_select(scores: &[Vec<f64>], beta: f64, ratio: Option<f64>) 
             s.iter()
                 .map(|v| {
                     let a = v.abs();
-                    let k = a > thr || (a == thr && ties_left > 0 && {
-                        ties_left -= 1;
-                        true
-                    });
+                    let k = a > thr
+                        || (a == thr && ties_left > 0 && {
+                            ties_left -= 1;
+                            true
+                        });
                     if k {
                         retained += a / m;
                     }
@@ -201,4 +214,3 @@ pub(super) fn global_select(scores: &[Vec<f64>], beta: f64, ratio: Option<f64>) 
         .collect();
     Ok((GlobalDecision { n, n_eff: ne, kept, s_eff: (retained / s1).min(1.0) }, masks))
 }
-
