@@ -144,8 +144,10 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             let scores = match crit {
                 "magnitude" => BTreeMap::new(),
                 "wanda" => {
-                    let (scores, stats, label) = wanda(o, &loaded)?;
-                    calibration = Some(format!("{label} ({} rows)", stats.rows));
+                    let (inputs, label) = calibration_inputs(o)?;
+                    let (scores, _) = crate::calib::wanda_scores(&loaded.proto, &inputs)
+                        .with_context(|| format!("{}: wanda", o.input.display()))?;
+                    calibration = Some(label);
                     let all = weights::candidate_names(&loaded.proto, &o.include)?;
                     let missing: Vec<&String> = all.iter().filter(|n| !scores.contains_key(*n)).collect();
                     if !missing.is_empty() {
@@ -189,13 +191,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 ),
             };
             let calib_inputs = if criterion == Criterion::Activation {
-                let (spec, label) = match &o.calibration {
-                    Some(s) => (s.clone(), o.calibration_label.clone().unwrap_or_else(|| "calibration".into())),
-                    None => (o.verify_opts.inputs.clone(), "verification inputs".to_string()),
-                };
-                let inputs = crate::calib::load_inputs(&o.input, &spec)?;
-                let rows = inputs.inputs.first().and_then(|i| i.data.shape().first().copied()).unwrap_or(0);
-                calibration = Some(format!("{label} ({rows} rows)"));
+                let (inputs, label) = calibration_inputs(o)?;
+                calibration = Some(label);
                 Some(inputs)
             } else {
                 None
@@ -324,16 +321,16 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     Ok(Outcome { report, exact })
 }
 
-/// Wanda scores from the calibration set (or the verification inputs when none is given).
-fn wanda(o: &RunOptions, loaded: &Loaded) -> Result<(BTreeMap<String, Vec<f64>>, crate::calib::Stats, String)> {
+/// The calibration inputs (the verification inputs when none are given) and the report's label
+/// for them, e.g. "models/digits_calib_x64.npy (256 rows)".
+fn calibration_inputs(o: &RunOptions) -> Result<(crate::check::Inputs, String)> {
     let (spec, label) = match &o.calibration {
         Some(s) => (s.clone(), o.calibration_label.clone().unwrap_or_else(|| "calibration".into())),
         None => (o.verify_opts.inputs.clone(), "verification inputs".to_string()),
     };
     let inputs = crate::calib::load_inputs(&o.input, &spec)?;
-    let (scores, stats) =
-        crate::calib::wanda_scores(&loaded.proto, &inputs).with_context(|| format!("{}: wanda", o.input.display()))?;
-    Ok((scores, stats, label))
+    let rows = inputs.inputs.first().and_then(|i| i.data.shape().first().copied()).unwrap_or(0);
+    Ok((inputs, format!("{label} ({rows} rows)")))
 }
 
 /// Names of the tensors of a model's main graph.

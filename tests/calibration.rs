@@ -30,6 +30,18 @@ fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
     v
 }
 
+/// Wrap a graph in an opset-17 model and save it.
+fn save_graph(g: GraphProto, p: &Path) -> std::path::PathBuf {
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    let mut op = OperatorSetIdProto::new();
+    op.version = 17;
+    m.opset_import.push(op);
+    m.graph = Some(g).into();
+    io::save(m, p, &SaveOptions::default()).unwrap();
+    p.to_path_buf()
+}
+
 /// y = x · W with W [4, 1] = [1.0, 0.9, 0.1, 0.05]ᵀ.
 fn model(dir: &Path) -> std::path::PathBuf {
     let mut g = GraphProto::new();
@@ -43,15 +55,7 @@ fn model(dir: &Path) -> std::path::PathBuf {
     n.input = vec!["x".into(), "W".into()];
     n.output = vec!["y".into()];
     g.node.push(n);
-    let mut m = ModelProto::new();
-    m.ir_version = 8;
-    let mut op = OperatorSetIdProto::new();
-    op.version = 17;
-    m.opset_import.push(op);
-    m.graph = Some(g).into();
-    let p = dir.join("model.onnx");
-    io::save(m, &p, &SaveOptions::default()).unwrap();
-    p
+    save_graph(g, &dir.join("model.onnx"))
 }
 
 #[test]
@@ -141,15 +145,7 @@ fn mlp(dir: &Path) -> std::path::PathBuf {
         n.output = vec![out.into()];
         g.node.push(n);
     }
-    let mut m = ModelProto::new();
-    m.ir_version = 8;
-    let mut op = OperatorSetIdProto::new();
-    op.version = 17;
-    m.opset_import.push(op);
-    m.graph = Some(g).into();
-    let p = dir.join("mlp.onnx");
-    io::save(m, &p, &SaveOptions::default()).unwrap();
-    p
+    save_graph(g, &dir.join("mlp.onnx"))
 }
 
 #[test]
