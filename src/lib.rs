@@ -8,5 +8,6 @@ pub mod emp;
 pub mod model;
 pub mod progress;
 pub mod prune;
+pub mod reconstruct;
 pub mod report;
 pub mod run;

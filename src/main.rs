@@ -4,7 +4,8 @@
 use clap::{Parser, Subcommand};
 use onnx_emp::check::{InputSpec, VerifyOptions};
 use onnx_emp::prune::weights::Include;
-use onnx_emp::run::{self, Mode, RunOptions};
+use onnx_emp::prune::RoundTo;
+use onnx_emp::run::{self, CriterionArg, Mode, RunOptions, ScopeArg};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +27,7 @@ Examples:
   onnx-emp bert.onnx bert.small.onnx --structured heads,channels --dim batch=1 --dim sequence=128
 
   # data-driven scores from a calibration set: Wanda |w|·‖x‖ per weight, activations per channel
-  onnx-emp models/digits_mlp.onnx mlp.wanda.onnx --criterion wanda --scope layer \
+  onnx-emp models/digits_mlp.onnx mlp.wanda.onnx --criterion wanda \
       --calibration models/digits_calib_x64.npy --inputs models/digits_test_x64.npy
   onnx-emp models/digits_cnn.onnx cnn.act.onnx --structured channels --criterion activation \
       --calibration models/digits_calib_x1x8x8.npy
@@ -61,26 +62,29 @@ struct PruneArgs {
     input: Option<PathBuf>,
     /// Output model (.onnx); written atomically, never over the input unless --force
     output: Option<PathBuf>,
-    /// Structural mode: channels, heads or heads,channels (default: per-weight zeroing)
+    /// Structural mode (default: per-weight zeroing)
     #[arg(long, value_name = "MODE")]
-    structured: Option<String>,
+    structured: Option<Mode>,
     /// β: keep ⌊β·N_eff⌋ units per group (β > 0; 1 = the paper's rule)
     #[arg(long, default_value_t = 1.0)]
     beta: f64,
-    /// Grouping: unit|layer|global (per-weight, default global); layer|global (structured;
-    /// default layer for channels, global for heads)
-    #[arg(long)]
-    scope: Option<String>,
-    /// Score: magnitude (default) or wanda (per-weight, needs calibration data);
+    /// Grouping. Per-weight: normalized (default; global over per-tensor-normalised scores),
+    /// global, layer or unit (default for wanda). Structured: layer (default for channels) or
+    /// global (default for heads)
+    #[arg(long, value_enum, hide_possible_values = true)]
+    scope: Option<ScopeArg>,
+    /// Score: magnitude (default) or wanda (per-weight, needs --calibration);
     /// l2 (default), l1 or activation (channels); weight (default) or activation (heads)
-    #[arg(long)]
-    criterion: Option<String>,
+    #[arg(long, value_enum, hide_possible_values = true)]
+    criterion: Option<CriterionArg>,
     /// Also prune these (per-weight): bias, norm, embedding (comma separated)
     #[arg(long, value_delimiter = ',')]
     include: Vec<String>,
-    /// Round each kept count up to a multiple of N (structured), never above the original width
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    round_to: usize,
+    /// Structured: round each kept count up to a multiple of N, never above the original width.
+    /// auto (default) keeps the alignment the dense width has, up to 16 (what blocked engine
+    /// kernels need); 1 turns rounding off
+    #[arg(long, default_value = "auto", value_name = "N|auto")]
+    round_to: RoundTo,
     /// Write the report as JSON here
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -103,13 +107,17 @@ struct PruneArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Calibration data for data-driven criteria: FILE.npy (single input), FILE.npz, DIR of
-    /// NAME.npy files, or NAME=FILE.npy (repeatable). Default: the --inputs
+    /// NAME.npy files, or NAME=FILE.npy (repeatable). Required by wanda and activation
     #[arg(long, value_name = "PATH")]
     calibration: Vec<String>,
     /// Baseline for comparisons (per-weight): prune this fixed fraction of every group instead
     /// of EMP's ⌊β·N_eff⌋, e.g. --ratio 0.5
     #[arg(long, value_name = "R")]
     ratio: Option<f64>,
+    /// Do not reconstruct the kept weights from --calibration (reconstruction runs whenever
+    /// calibration data is given)
+    #[arg(long)]
+    no_reconstruct: bool,
     /// Allow overwriting the input file
     #[arg(long)]
     force: bool,
@@ -170,13 +178,7 @@ fn real_main(cli: Cli) -> ExitCode {
     let (Some(input), Some(output)) = (a.input.clone(), a.output.clone()) else {
         return usage("expected IN and OUT model paths (see --help)");
     };
-    let mode = match a.structured.as_deref() {
-        None => Mode::Weights,
-        Some("channels") => Mode::Channels,
-        Some("heads") => Mode::Heads,
-        Some("heads,channels") | Some("channels,heads") => Mode::HeadsChannels,
-        Some(s) => return usage(&format!("--structured {s}: expected channels, heads or heads,channels")),
-    };
+    let mode = a.structured.unwrap_or(Mode::Weights);
     if !(a.beta.is_finite() && a.beta > 0.0) {
         return usage(&format!("--beta {}: must be a finite number > 0", a.beta));
     }
@@ -187,9 +189,6 @@ fn real_main(cli: Cli) -> ExitCode {
         if a.structured.is_some() {
             return usage("--ratio is a per-weight baseline; it does not apply to --structured");
         }
-    }
-    if a.round_to == 0 {
-        return usage("--round-to must be ≥ 1");
     }
     let mut include = Include::default();
     for i in &a.include {
@@ -264,8 +263,8 @@ fn real_main(cli: Cli) -> ExitCode {
         force: a.force,
         mode,
         beta: a.beta,
-        scope: a.scope.clone(),
-        criterion: a.criterion.clone(),
+        scope: a.scope,
+        criterion: a.criterion,
         include,
         round_to: a.round_to,
         verify: !a.no_verify,
@@ -274,6 +273,7 @@ fn real_main(cli: Cli) -> ExitCode {
         calibration,
         calibration_label,
         fixed_ratio: a.ratio,
+        reconstruct: !a.no_reconstruct,
     };
     match run::run(&opts) {
         Ok(out) => {

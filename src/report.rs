@@ -46,6 +46,8 @@ pub struct Timing {
     pub prune_ms: f64,
     pub save_ms: f64,
     pub verify_ms: f64,
+    /// Part of `prune_ms` spent reconstructing from calibration data.
+    pub reconstruct_ms: f64,
     pub latency_dense: Option<LatencyStats>,
     pub latency_pruned: Option<LatencyStats>,
 }
@@ -65,6 +67,8 @@ pub struct Report {
     pub macs_after: Option<u64>,
     pub weights: Option<WeightsReport>,
     pub groups: Vec<GroupReport>,
+    /// What reconstruction from calibration data did, layer by layer (None: not run).
+    pub reconstruction: Option<crate::reconstruct::ReconReport>,
     pub equivalence: Vec<Equivalence>,
     pub verification: Option<Verification>,
     pub notes: Vec<String>,
@@ -101,6 +105,10 @@ impl Report {
         if !self.groups.is_empty() {
             s.push('\n');
             s.push_str(&groups_table(&self.groups));
+        }
+        if let Some(r) = &self.reconstruction {
+            s.push('\n');
+            s.push_str(&recon_table(r));
         }
         s.push('\n');
         let p = &self.params;
@@ -174,11 +182,37 @@ impl Report {
         let t = &self.timing;
         let _ = writeln!(
             s,
-            "time        load {:.1} ms, prune {:.1} ms, save {:.1} ms, verify {:.1} ms",
-            t.load_ms, t.prune_ms, t.save_ms, t.verify_ms
+            "time        load {:.1} ms, prune {:.1} ms (reconstruct {:.1} ms), save {:.1} ms, verify {:.1} ms",
+            t.load_ms, t.prune_ms, t.reconstruct_ms, t.save_ms, t.verify_ms
         );
         s
     }
+}
+
+/// One line per reconstructed layer: relative calibration error before → after.
+fn recon_table(r: &crate::reconstruct::ReconReport) -> String {
+    let mut s = String::new();
+    let w = r.layers.iter().map(|l| l.layer.chars().count()).max().unwrap_or(5).clamp(5, 40);
+    let _ = writeln!(s, "{:<w$}  {:>9}  {:>7}  {:>10}  {:>10}", "layer", "method", "rows", "err before", "err after");
+    let (mut done, mut skipped) = (0, 0);
+    for l in &r.layers {
+        let name = tail(&l.layer, w);
+        if l.method == "skipped" {
+            skipped += 1;
+            let _ =
+                writeln!(s, "{name:<w$}  {:>9}  not reconstructed: {}", "skipped", l.note.as_deref().unwrap_or("?"));
+            continue;
+        }
+        done += (l.method != "unchanged") as usize;
+        let _ =
+            writeln!(s, "{name:<w$}  {:>9}  {:>7}  {:>10.3e}  {:>10.3e}", l.method, l.rows, l.err_before, l.err_after);
+    }
+    let _ = writeln!(
+        s,
+        "reconstruction: {} calibration samples, {done} layer(s) updated, {skipped} skipped (errors: relative, on calibration rows)",
+        r.samples
+    );
+    s
 }
 
 /// The last `w` characters of `s`, with a leading ellipsis when cut (UTF-8 safe).

@@ -8,7 +8,7 @@ use crate::model::graph::{self, GraphIndex};
 use crate::model::io::{self, Loaded, SaveOptions};
 use crate::progress;
 use crate::prune::weights::{self, Include, Scope, WeightOptions};
-use crate::prune::{Criterion, StructOptions, StructScope, StructuralResult};
+use crate::prune::{Criterion, RoundTo, StructOptions, StructScope, StructuralResult};
 use crate::report::{Equivalence, FileInfo, Params, Report, Timing};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::ModelProto;
@@ -19,12 +19,53 @@ use std::time::Instant;
 /// Relative error above which a structural rewrite is a bug, not a measurement.
 pub const EQUIVALENCE_TOLERANCE: f64 = 1e-4;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
+    /// Per-weight zeroing (the default when --structured is not given).
+    #[value(skip)]
     Weights,
+    /// Conv output channels and linear hidden units.
     Channels,
+    /// Attention heads.
     Heads,
+    /// Heads first, then channels / hidden units.
+    #[value(name = "heads,channels", alias = "channels,heads")]
     HeadsChannels,
+}
+
+/// `--scope`: which scopes a mode accepts is checked by `run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScopeArg {
+    /// Per-weight: one EMP group per output unit's incoming weights.
+    Unit,
+    /// Per-weight: one group per tensor. Structured: one group per coupled group / attention block.
+    Layer,
+    /// Per-weight: one group over all raw scores. Structured: one EMP over all groups' units.
+    Global,
+    /// Per-weight (default): one group over all scores, each tensor's divided by its mean.
+    Normalized,
+}
+
+/// `--criterion`: which criteria a mode accepts is checked by `run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CriterionArg {
+    /// Per-weight (default): |w|.
+    Magnitude,
+    /// Per-weight: Wanda |w_ij|·‖x_j‖₂ (needs --calibration; default scope unit).
+    Wanda,
+    /// Structured (default): L2 norm of each unit's weights.
+    L2,
+    /// Structured: L1 norm of each unit's weights.
+    L1,
+    /// Heads: same as l2 (the default).
+    Weight,
+    /// Structured: calibration activations (needs --calibration).
+    Activation,
+}
+
+/// The name clap knows a value by (`heads,channels`, `normalized`, ...).
+pub fn arg_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
 }
 
 impl Mode {
@@ -45,24 +86,29 @@ pub struct RunOptions {
     pub force: bool,
     pub mode: Mode,
     pub beta: f64,
-    /// "unit" | "layer" | "global"; None = the mode's default.
-    pub scope: Option<String>,
-    pub criterion: Option<String>,
+    /// None = the mode's default.
+    pub scope: Option<ScopeArg>,
+    pub criterion: Option<CriterionArg>,
     pub include: Include,
-    pub round_to: usize,
+    pub round_to: RoundTo,
     pub verify: bool,
     pub verify_opts: VerifyOptions,
     pub allow_mismatch: bool,
-    /// Calibration data for data-driven criteria (falls back to the verification inputs).
+    /// Calibration data for data-driven criteria; without it they are refused.
     pub calibration: Option<crate::check::InputSpec>,
     /// Human description of the calibration source for the report.
     pub calibration_label: Option<String>,
     /// Baseline: prune a fixed fraction per group instead of EMP (per-weight mode only).
     pub fixed_ratio: Option<f64>,
+    /// Reconstruct the kept weights from the calibration data (when it is given).
+    pub reconstruct: bool,
 }
 
 /// The default per-weight scope (chosen from the measurements in the README).
-pub const DEFAULT_WEIGHT_SCOPE: Scope = Scope::Global;
+pub const DEFAULT_WEIGHT_SCOPE: Scope = Scope::Normalized;
+/// The default scope of `--criterion wanda`: Wanda's activation norms are not comparable across
+/// layers, so its paper groups per output unit.
+pub const DEFAULT_WANDA_SCOPE: Scope = Scope::Unit;
 
 pub struct Outcome {
     pub report: Report,
@@ -126,6 +172,26 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let stage = progress::Stage::start("prune");
     let mut notes = Vec::new();
     let mut calibration: Option<String> = None;
+    // Calibration data, loaded once: for data-driven criteria and for reconstruction.
+    let calib = match &o.calibration {
+        Some(_) => Some(calibration_inputs(o, "calibration")?),
+        None => None,
+    };
+    let need_calib = |what: &str| -> Result<&crate::check::Inputs> {
+        match &calib {
+            Some((i, _)) => Ok(i),
+            None => bail!(
+                "{what} needs calibration data: pass --calibration with real inputs (.npy, .npz or a folder of \
+                 NAME.npy); verification or random inputs are never used as calibration"
+            ),
+        }
+    };
+    let recon_inputs = if o.reconstruct { calib.as_ref().map(|c| &c.0) } else { None };
+    if let Some((_, label)) = &calib {
+        calibration = Some(label.clone());
+    }
+    let mut reconstruction: Option<crate::reconstruct::ReconReport> = None;
+    let t_recon = std::cell::Cell::new(0.0f64);
     let (scope_name, criterion_name);
     let mut weights_report = None;
     let mut groups = Vec::new();
@@ -133,21 +199,21 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let mut stages: Vec<(String, ModelProto, ModelProto)> = Vec::new();
     let pruned: ModelProto = match o.mode {
         Mode::Weights => {
-            let scope = match o.scope.as_deref() {
+            let crit = o.criterion.unwrap_or(CriterionArg::Magnitude);
+            let scope = match o.scope {
+                None if crit == CriterionArg::Wanda => DEFAULT_WANDA_SCOPE,
                 None => DEFAULT_WEIGHT_SCOPE,
-                Some("unit") => Scope::Unit,
-                Some("layer") => Scope::Layer,
-                Some("global") => Scope::Global,
-                Some(s) => bail!("--scope {s}: per-weight mode takes unit, layer or global"),
+                Some(ScopeArg::Unit) => Scope::Unit,
+                Some(ScopeArg::Layer) => Scope::Layer,
+                Some(ScopeArg::Global) => Scope::Global,
+                Some(ScopeArg::Normalized) => Scope::Normalized,
             };
-            let crit = o.criterion.as_deref().unwrap_or("magnitude");
             let scores = match crit {
-                "magnitude" => BTreeMap::new(),
-                "wanda" => {
-                    let (inputs, label) = calibration_inputs(o)?;
-                    let (scores, _) = crate::calib::wanda_scores(&loaded.proto, &inputs)
+                CriterionArg::Magnitude => BTreeMap::new(),
+                CriterionArg::Wanda => {
+                    let inputs = need_calib("--criterion wanda")?;
+                    let (scores, _) = crate::calib::wanda_scores(&loaded.proto, inputs)
                         .with_context(|| format!("{}: wanda", o.input.display()))?;
-                    calibration = Some(label);
                     let all = weights::candidate_names(&loaded.proto, &o.include)?;
                     let missing: Vec<&String> = all.iter().filter(|n| !scores.contains_key(*n)).collect();
                     if !missing.is_empty() {
@@ -159,52 +225,61 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                     }
                     scores
                 }
-                c => bail!("--criterion {c}: per-weight mode supports magnitude (default) or wanda"),
+                c => bail!("--criterion {}: per-weight mode supports magnitude (default) or wanda", arg_name(&c)),
             };
-            scope_name = format!("{scope:?}").to_lowercase();
-            criterion_name = crit.to_string();
+            let crit = arg_name(&crit);
+            scope_name = arg_name(&scope);
+            criterion_name = crit;
             let mut m = std::mem::take(&mut loaded.proto);
+            let dense = recon_inputs.map(|_| m.clone());
             if let Some(r) = o.fixed_ratio {
                 notes.push(format!("baseline run: fixed ratio {r} per group instead of EMP (--ratio)"));
             }
             let wopts =
                 WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores, fixed_ratio: o.fixed_ratio };
             let r = weights::prune_weights(&mut m, &wopts).with_context(|| format!("{}", o.input.display()))?;
+            if let (Some(inputs), Some(dense)) = (recon_inputs, dense) {
+                let tr = Instant::now();
+                let pruned_names: Vec<String> =
+                    r.tensors.iter().filter(|t| t.kept < t.n).map(|t| t.name.clone()).collect();
+                let _stage = progress::Stage::start("reconstruct");
+                let layers = crate::reconstruct::obs::obs_all(&dense, &mut m, &pruned_names, inputs)
+                    .with_context(|| format!("{}: reconstruction", o.input.display()))?;
+                reconstruction = Some(crate::reconstruct::ReconReport { samples: rows_of(inputs), layers });
+                t_recon.set(ms(tr));
+            }
             weights_report = Some(r);
             m
         }
         mode => {
             let default_scope = if mode == Mode::Channels { StructScope::Layer } else { StructScope::Global };
-            let scope = match o.scope.as_deref() {
+            let scope = match o.scope {
                 None => default_scope,
-                Some("layer") => StructScope::Layer,
-                Some("global") => StructScope::Global,
-                Some(s) => bail!("--scope {s}: structured modes take layer or global"),
+                Some(ScopeArg::Layer) => StructScope::Layer,
+                Some(ScopeArg::Global) => StructScope::Global,
+                Some(s) => bail!("--scope {}: structured modes take layer or global", arg_name(&s)),
             };
-            let crit = o.criterion.as_deref().unwrap_or("l2");
+            let crit = o.criterion.unwrap_or(if mode == Mode::Heads { CriterionArg::Weight } else { CriterionArg::L2 });
             let criterion = match crit {
-                "l2" | "weight" => Criterion::L2,
-                "l1" => Criterion::L1,
-                "activation" => Criterion::Activation,
+                CriterionArg::L2 | CriterionArg::Weight => Criterion::L2,
+                CriterionArg::L1 => Criterion::L1,
+                CriterionArg::Activation => Criterion::Activation,
                 c => bail!(
-                    "--criterion {c}: structured modes support l2 (default; 'weight' for heads), l1 or activation"
+                    "--criterion {}: structured modes support l2 (default; 'weight' for heads), l1 or activation",
+                    arg_name(&c)
                 ),
             };
-            let calib_inputs = if criterion == Criterion::Activation {
-                let (inputs, label) = calibration_inputs(o)?;
-                calibration = Some(label);
-                Some(inputs)
-            } else {
-                None
-            };
+            let calib_inputs =
+                if criterion == Criterion::Activation { Some(need_calib("--criterion activation")?) } else { None };
+            let crit = if o.criterion.is_none() { "l2".to_string() } else { arg_name(&crit) };
             scope_name = format!("{scope:?}").to_lowercase();
-            criterion_name = crit.to_string();
-            let sopts =
-                StructOptions { beta: o.beta, scope, criterion, round_to: o.round_to.max(1), activations: None };
+            criterion_name = crit;
+            let sopts = StructOptions { beta: o.beta, scope, criterion, round_to: o.round_to, activations: None };
             let mut current = std::mem::take(&mut loaded.proto);
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
-                let sopts = with_activations(&sopts, &current, calib_inputs.as_ref(), "heads")?;
-                let r = structural(&current, &sopts, "heads")?;
+                let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;
+                let mut r = structural(&current, &sopts, "heads")?;
+                refit_stage(&current, &mut r, recon_inputs, &mut reconstruction, &t_recon)?;
                 groups.extend(r.groups);
                 stages.push(("heads".into(), r.masked, r.pruned.clone()));
                 current = r.pruned;
@@ -215,8 +290,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                     scope: if mode == Mode::HeadsChannels && o.scope.is_none() { StructScope::Layer } else { scope },
                     ..sopts.clone()
                 };
-                let copts = with_activations(&copts, &current, calib_inputs.as_ref(), "channels")?;
-                let r = structural(&current, &copts, "channels")?;
+                let copts = with_activations(&copts, &current, calib_inputs, "channels")?;
+                let mut r = structural(&current, &copts, "channels")?;
+                refit_stage(&current, &mut r, recon_inputs, &mut reconstruction, &t_recon)?;
                 groups.extend(r.groups);
                 stages.push(("channels".into(), r.masked, r.pruned.clone()));
                 current = r.pruned;
@@ -226,6 +302,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     };
     drop(stage);
     timing.prune_ms = ms(t);
+    timing.reconstruct_ms = t_recon.get();
     let (p_after, nz_after) = params(&pruned)?;
 
     // Stage: write into a private folder beside OUT; publish only after verification.
@@ -313,6 +390,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         macs_after,
         weights: weights_report,
         groups,
+        reconstruction,
         equivalence,
         verification,
         notes,
@@ -321,16 +399,44 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     Ok(Outcome { report, exact })
 }
 
-/// The calibration inputs (the verification inputs when none are given) and the report's label
-/// for them, e.g. "models/digits_calib_x64.npy (256 rows)".
-fn calibration_inputs(o: &RunOptions) -> Result<(crate::check::Inputs, String)> {
-    let (spec, label) = match &o.calibration {
-        Some(s) => (s.clone(), o.calibration_label.clone().unwrap_or_else(|| "calibration".into())),
-        None => (o.verify_opts.inputs.clone(), "verification inputs".to_string()),
+/// The calibration inputs and the report's label for them, e.g.
+/// "models/digits_calib_x64.npy (256 rows)". Without `--calibration` this is an error: data-driven
+/// criteria never fall back to the verification inputs or to random data.
+fn calibration_inputs(o: &RunOptions, what: &str) -> Result<(crate::check::Inputs, String)> {
+    let Some(spec) = &o.calibration else {
+        bail!(
+            "{what} needs calibration data: pass --calibration with real inputs (.npy, .npz or a folder of NAME.npy); \
+             verification or random inputs are never used as calibration"
+        );
     };
-    let inputs = crate::calib::load_inputs(&o.input, &spec)?;
+    let label = o.calibration_label.clone().unwrap_or_else(|| "calibration".into());
+    let inputs = crate::calib::load_inputs(&o.input, spec)?;
     let rows = inputs.inputs.first().and_then(|i| i.data.shape().first().copied()).unwrap_or(0);
     Ok((inputs, format!("{label} ({rows} rows)")))
+}
+
+fn rows_of(i: &crate::check::Inputs) -> usize {
+    i.inputs.first().and_then(|i| i.data.shape().first().copied()).unwrap_or(0)
+}
+
+/// Reconstruct one structural stage (consumers of removed units) when calibration is given.
+fn refit_stage(
+    dense: &ModelProto,
+    r: &mut StructuralResult,
+    inputs: Option<&crate::check::Inputs>,
+    report: &mut Option<crate::reconstruct::ReconReport>,
+    t: &std::cell::Cell<f64>,
+) -> Result<()> {
+    let Some(inputs) = inputs else { return Ok(()) };
+    let t0 = Instant::now();
+    let _stage = progress::Stage::start("reconstruct");
+    let layers = crate::reconstruct::refit::refit_all(dense, &mut r.masked, &mut r.pruned, &r.refit, inputs)
+        .context("reconstruction")?;
+    let rep =
+        report.get_or_insert_with(|| crate::reconstruct::ReconReport { samples: rows_of(inputs), layers: vec![] });
+    rep.layers.extend(layers);
+    t.set(t.get() + ms(t0));
+    Ok(())
 }
 
 /// Names of the tensors of a model's main graph.

@@ -75,8 +75,8 @@ fn accuracy(r: &Value) -> (f64, f64) {
 fn weights_default_scope_every_model() {
     for (m, d) in MODELS {
         let r = run(m, d, &[]);
-        snapshot(&format!("weights_global_{m}"), &stable(&r.report));
-        assert_eq!(r.report["scope"], "global");
+        snapshot(&format!("weights_default_{m}"), &stable(&r.report));
+        assert_eq!(r.report["scope"], "normalized");
         let (a, b) = accuracy(&r.report);
         assert!(a > 0.95, "{m}: dense accuracy {a}");
         // One-shot EMP costs these tiny models between 0 and ~33 points (README table); far
@@ -93,7 +93,7 @@ fn weights_default_scope_every_model() {
 
 #[test]
 fn weights_layer_and_global_scopes() {
-    for scope in ["unit", "layer"] {
+    for scope in ["unit", "layer", "global"] {
         let r = run("digits_mlp", "digits_test_x64", &["--scope", scope]);
         snapshot(&format!("weights_{scope}_digits_mlp"), &stable(&r.report));
         assert_eq!(r.report["scope"], scope);
@@ -193,11 +193,32 @@ fn refuses_to_overwrite_input_without_force() {
 }
 
 #[test]
+fn data_criteria_refuse_to_run_without_calibration() {
+    // Verification inputs (or random ones) are never used as calibration: one line, exit 1.
+    for args in [
+        &["models/digits_mlp.onnx", "--criterion", "wanda", "--inputs", "models/digits_test_x64.npy"][..],
+        &["models/digits_cnn.onnx", "--structured", "channels", "--criterion", "activation"][..],
+        &["models/digits_transformer.onnx", "--structured", "heads", "--criterion", "activation"][..],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.onnx");
+        let a = bin().arg(args[0]).arg(&out).args(&args[1..]).args(["--no-verify"]).assert().code(1);
+        let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+        assert!(err.contains("needs calibration data: pass --calibration"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
 fn usage_errors_exit_2() {
     bin().assert().code(2);
     bin().args(["a.onnx"]).assert().code(2);
     bin().args(["models/digits_mlp.onnx", "o.onnx", "--beta", "0"]).assert().code(2);
     bin().args(["models/digits_mlp.onnx", "o.onnx", "--structured", "rows"]).assert().code(2);
+    bin().args(["models/digits_mlp.onnx", "o.onnx", "--scope", "rows"]).assert().code(2);
+    bin().args(["models/digits_mlp.onnx", "o.onnx", "--criterion", "taylor"]).assert().code(2);
+    bin().args(["models/digits_mlp.onnx", "o.onnx", "--round-to", "0"]).assert().code(2);
     bin().args(["models/digits_mlp.onnx", "o.onnx", "--bogus"]).assert().code(2);
     let h = bin().arg("--help").assert().success();
     assert!(String::from_utf8_lossy(&h.get_output().stdout).contains("Examples:"));
@@ -211,6 +232,9 @@ fn structured(model: &str, data: Option<&str>, mode: &str) -> Value {
     let rep = dir.path().join("report.json");
     let mut c = bin();
     c.arg(format!("models/{model}.onnx")).arg(&out).args(["--structured", mode, "--no-latency", "--report"]).arg(&rep);
+    // These digits models are 8–32 units wide: EMP's cut is a unit or two per group, which
+    // alignment (--round-to auto) would undo. Unaligned widths are what these rewrites test.
+    c.args(["--round-to", "1"]);
     if let Some(d) = data {
         c.args(["--inputs", &format!("models/{d}.npy"), "--labels", "models/digits_test_y.npy"]);
     }

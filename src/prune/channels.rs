@@ -21,8 +21,8 @@
 //! HardSigmoid(0)...). When the unit's consumer is linear in it and has no padding (Gemm, MatMul,
 //! unpadded group-1 Conv), the constant is folded into the consumer's bias (created if missing),
 //! in both the pruned and the masked model (where the consumer's input slice is then zeroed, so
-//! the constant is not counted twice). When it cannot be folded exactly (zero-padded or grouped
-//! Conv, a value that is not one constant), the unit is kept and the group's notes say why.
+//! the constant is not counted twice). When it cannot be folded (grouped Conv, ConvTranspose, a
+//! value that is not one constant), the unit is kept and the group's notes say why.
 
 use super::groups::{self, Analysis, ConsumerKind, Ctx, Edit, IntTarget, Role, Unit, Val};
 use super::{Criterion, GroupReport, StructOptions, StructScope, StructuralResult};
@@ -51,7 +51,24 @@ pub fn prune_channels(model: &ModelProto, opts: &StructOptions) -> Result<Struct
     let plan = plan(&ctx, &an, opts)?;
     let pruned = rewrite(model, &ctx, &an, &plan, Mode::Pruned)?;
     let masked = rewrite(model, &ctx, &an, &plan, Mode::Masked)?;
-    Ok(StructuralResult { pruned, masked, groups: plan.reports })
+    let refit = refit_sites(&an, &plan);
+    Ok(StructuralResult { pruned, masked, groups: plan.reports, refit })
+}
+
+/// Every consumer that lost input units, for reconstruction: its weight, kept input positions
+/// and kept outputs (empty: its outputs are not a tracked group).
+fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<crate::reconstruct::refit::RefitSite> {
+    let mut out = vec![];
+    for c in &an.consumers {
+        let in_keep: Vec<bool> = c.units.iter().map(|u| plan.keeps(an, *u)).collect();
+        if !in_keep.contains(&false) {
+            continue;
+        }
+        let out_keep =
+            an.sources.get(&c.node).map(|us| us.iter().map(|u| plan.keeps(an, *u)).collect()).unwrap_or_default();
+        out.push(crate::reconstruct::refit::RefitSite { weight: c.weight.clone(), in_keep, out_keep });
+    }
+    out
 }
 
 /// The decision: which unit classes go, and the reports.
@@ -303,7 +320,16 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
             continue;
         }
         let chosen: BTreeSet<usize> = emp::top_k(&g.scores, d.kept).into_iter().collect();
-        let keep = fill(g, &chosen, d.kept, opts.round_to);
+        let align = opts.round_to.for_width(g.classes.len());
+        let keep = fill(g, &chosen, d.kept, align);
+        if align > 1 && keep.len() > d.kept && opts.scope != StructScope::Global {
+            notes.push(format!(
+                "EMP kept {}, rounded up to {} (a multiple of {align}: --round-to {})",
+                d.kept,
+                keep.len(),
+                opts.round_to
+            ));
+        }
         decisions.push((d.n_eff, keep, notes));
     }
     if opts.scope == StructScope::Global {
@@ -354,7 +380,7 @@ fn global(groups: &[Group], decisions: &mut [(f64, BTreeSet<usize>, Vec<String>)
     for gi in gids {
         let c = chosen.remove(&gi).unwrap_or_default();
         let target = c.len().max(1);
-        decisions[gi].1 = fill(&groups[gi], &c, target, opts.round_to);
+        decisions[gi].1 = fill(&groups[gi], &c, target, opts.round_to.for_width(groups[gi].classes.len()));
         decisions[gi].2.push(format!(
             "global EMP over {} units of all prunable groups: N_eff = {:.2}, kept {}",
             all.len(),
@@ -402,9 +428,9 @@ fn report(
     if g.blocked.is_empty() && !pinned.is_empty() {
         notes.push(format!("{} unit(s) kept because {}", pinned.len(), pinned[0]));
     }
-    if g.blocked.is_empty() && opts.round_to > 1 && !kept_idx.len().is_multiple_of(opts.round_to) && kept_idx.len() != n
-    {
-        notes.push(format!("kept count {} is not a multiple of {} (pinned units)", kept_idx.len(), opts.round_to));
+    let align = opts.round_to.for_width(n);
+    if g.blocked.is_empty() && align > 1 && !kept_idx.len().is_multiple_of(align) && kept_idx.len() != n {
+        notes.push(format!("kept count {} is not a multiple of {align} (pinned units)", kept_idx.len()));
     }
     for c in &an.consumers {
         let folds = c.units.iter().zip(&c.vals).any(|(u, v)| {
@@ -412,8 +438,13 @@ fn report(
                 && matches!(v, Val::Const(k) if *k != 0.0)
         });
         if folds {
+            let border = if matches!(c.kind, ConsumerKind::Conv { padded: true }) {
+                " (exact in the interior; at the zero-padded border the difference is pruning error)"
+            } else {
+                ""
+            };
             notes.push(format!(
-                "constants of removed units folded into the bias of '{}'",
+                "constants of removed units folded into the bias of '{}'{border}",
                 node_label(&ctx.g.node[c.node])
             ));
         }
@@ -485,7 +516,7 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
         }
         let (w, dims) = dense(ctx, &c.weight)?;
         let (delta, axis) = match c.kind {
-            ConsumerKind::Conv => {
+            ConsumerKind::Conv { .. } => {
                 let (o, i) = (dims[0], dims[1]);
                 let k: usize = dims[2..].iter().product();
                 let mut d = vec![0.0; o];

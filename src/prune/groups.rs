@@ -68,8 +68,11 @@ pub struct WeightSlice {
 
 #[derive(Clone, Debug)]
 pub enum ConsumerKind {
-    /// Conv with group 1 and no padding: Σ over the kernel folds exactly into the bias.
-    Conv,
+    /// Conv: Σ over the kernel folds into the bias (group 1: exactly without padding, in the
+    /// interior with zero padding; grouped and transposed: not folded).
+    Conv {
+        padded: bool,
+    },
     Gemm {
         trans_b: bool,
         alpha: f64,
@@ -1011,16 +1014,17 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 return;
             } else if group == 1 {
                 self.slice(w, 1, &x.units, (ni, 1), Role::Consumer);
+                // A zero-padded Conv sees a removed unit's constant only in the interior: the
+                // fold is exact there and the border difference is pruning error, measured by
+                // fidelity like any other. The masked model zeroes the consumer's input slice, so
+                // pruned == masked still holds exactly.
                 let pads_zero = attr_ints(n, "pads").is_none_or(|p| p.iter().all(|&v| v == 0));
                 let auto = attr_s(n, "auto_pad").unwrap_or_default();
-                let fold = if pads_zero && (auto.is_empty() || auto == "NOTSET" || auto == "VALID") {
-                    self.bias_writable(n, 2)
-                } else {
-                    Err(format!("zero-padded Conv '{label}' (a constant input is not constant at its borders)"))
-                };
+                let padded = !(pads_zero && (auto.is_empty() || auto == "NOTSET" || auto == "VALID"));
+                let fold = self.bias_writable(n, 2);
                 self.st.consumers.push(Consumer {
                     node: ni,
-                    kind: ConsumerKind::Conv,
+                    kind: ConsumerKind::Conv { padded },
                     weight: w.to_string(),
                     units: x.units.clone(),
                     vals: x.vals.clone(),
@@ -1037,7 +1041,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 let fold = Err(format!("grouped Conv '{label}'"));
                 self.st.consumers.push(Consumer {
                     node: ni,
-                    kind: ConsumerKind::Conv,
+                    kind: ConsumerKind::Conv { padded: false },
                     weight: w.to_string(),
                     units: x.units.clone(),
                     vals: x.vals.clone(),
@@ -1081,7 +1085,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 let fold = Err(format!("ConvTranspose '{label}' (overlapping kernels)"));
                 self.st.consumers.push(Consumer {
                     node: ni,
-                    kind: ConsumerKind::Conv,
+                    kind: ConsumerKind::Conv { padded: false },
                     weight: w.to_string(),
                     units: x.units.clone(),
                     vals: x.vals.clone(),

@@ -447,7 +447,10 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
     let stale: BTreeSet<String> = staged.iter().flat_map(|(_, st)| st.stale.iter().cloned()).collect();
     cleanup(model, &mut pruned, &stale)?;
     cleanup(model, &mut masked, &BTreeSet::new())?;
-    Ok(StructuralResult { pruned, masked, groups: reports.into_iter().flatten().collect() })
+    // The output projections are not offered for refit yet (their pruned and masked tensors
+    // may carry different names); the run reports heads as not reconstructed.
+    let refit = vec![];
+    Ok(StructuralResult { pruned, masked, groups: reports.into_iter().flatten().collect(), refit })
 }
 
 /// Everything one block's rewrite needs, computed (and checked) before the model is touched.

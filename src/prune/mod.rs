@@ -28,20 +28,77 @@ pub enum Criterion {
 /// Per-feature calibration statistics by value name (see `calib::collect`).
 pub type Activations = std::sync::Arc<std::collections::BTreeMap<String, crate::calib::FeatureStats>>;
 
+/// How kept unit counts are aligned (structured modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoundTo {
+    /// Keep the alignment the dense width already has, up to `AUTO_ALIGN_MAX`: a 96- or 24-wide
+    /// layer keeps a multiple of 8, a 12-wide one a multiple of 4, a 7-wide one any count. Odd
+    /// widths defeat the blocked kernels of real engines (onnxruntime's NCHWc convolutions block
+    /// on 8 channels with AVX2; tract's matmul kernels on 8 or 16 rows), so a pruned layer must
+    /// not be less aligned than the dense one.
+    Auto,
+    /// Round each kept count up to a multiple of this (1 = no rounding).
+    Multiple(usize),
+}
+
+/// The widest alignment `RoundTo::Auto` asks for (onnxruntime's AVX2 NCHWc block; measured
+/// on the trained models in `models/`, see the README).
+pub const AUTO_ALIGN_MAX: usize = 8;
+
+impl RoundTo {
+    /// The multiple a group of `n` units is rounded to.
+    pub fn for_width(self, n: usize) -> usize {
+        match self {
+            RoundTo::Multiple(k) => k.max(1),
+            RoundTo::Auto if n == 0 => 1,
+            RoundTo::Auto => (1usize << n.trailing_zeros().min(31)).min(AUTO_ALIGN_MAX),
+        }
+    }
+}
+
+impl std::str::FromStr for RoundTo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(RoundTo::Auto),
+            t => match t.parse::<usize>() {
+                Ok(k) if k >= 1 => Ok(RoundTo::Multiple(k)),
+                _ => Err(format!("'{s}': expected auto or an integer ≥ 1")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for RoundTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoundTo::Auto => write!(f, "auto"),
+            RoundTo::Multiple(k) => write!(f, "{k}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct StructOptions {
     pub beta: f64,
     pub scope: StructScope,
     pub criterion: Criterion,
-    /// Round each kept count up to a multiple of this (1 = no rounding); never above N.
-    pub round_to: usize,
+    /// Alignment of each kept count (never above N).
+    pub round_to: RoundTo,
     /// Calibration statistics for `Criterion::Activation`.
     pub activations: Option<Activations>,
 }
 
 impl Default for StructOptions {
     fn default() -> Self {
-        StructOptions { beta: 1.0, scope: StructScope::Layer, criterion: Criterion::L2, round_to: 1, activations: None }
+        StructOptions {
+            beta: 1.0,
+            scope: StructScope::Layer,
+            criterion: Criterion::L2,
+            round_to: RoundTo::Multiple(1),
+            activations: None,
+        }
     }
 }
 
@@ -83,6 +140,23 @@ pub struct StructuralResult {
     /// compensation applied: it must compute the same function as `pruned`.
     pub masked: ModelProto,
     pub groups: Vec<GroupReport>,
+    /// Consumers of removed units, for reconstruction from calibration data.
+    pub refit: Vec<crate::reconstruct::refit::RefitSite>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RoundTo;
+
+    #[test]
+    fn auto_keeps_the_dense_alignment_up_to_8() {
+        let a = RoundTo::Auto;
+        assert_eq!([96, 24, 12, 10, 7, 32, 1, 0, 1 << 20].map(|n| a.for_width(n)), [8, 8, 4, 2, 1, 8, 1, 1, 8]);
+        assert_eq!(RoundTo::Multiple(8).for_width(7), 8);
+        assert_eq!("auto".parse::<RoundTo>(), Ok(RoundTo::Auto));
+        assert_eq!("4".parse::<RoundTo>(), Ok(RoundTo::Multiple(4)));
+        assert!("0".parse::<RoundTo>().is_err() && "x".parse::<RoundTo>().is_err());
+    }
 }
 
 pub mod channels;

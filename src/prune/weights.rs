@@ -3,7 +3,8 @@
 //!
 //! Scopes: `unit` = each output unit's incoming weights (a Conv filter, a Gemm/MatMul column of
 //! B along the output axis, an LSTM gate row), `layer` = each tensor, `global` = all candidate
-//! weights together.
+//! weights together, `normalized` = all candidates together after dividing each tensor's scores
+//! by their mean (so a layer whose weights are small as a whole is not starved).
 
 use crate::emp;
 use crate::model::graph::{self, node_label, GraphIndex, WeightRef};
@@ -19,9 +20,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
+    /// One EMP group per output unit (a Conv filter, a Gemm/MatMul output column, an LSTM gate row).
     Unit,
+    /// One EMP group per weight tensor.
     Layer,
+    /// One EMP group over all candidate weights, raw scores (the paper's VGG/ResNet protocol).
     Global,
+    /// One EMP group over all candidate weights, each tensor's scores divided by their mean.
+    Normalized,
+}
+
+/// The factor that divides a tensor's scores by their mean (`sum` = Σ|s| in element order over
+/// `n` scores); 1 for an empty or all-zero tensor. Shared with the reference implementation.
+pub(crate) fn norm_scale(sum: f64, n: usize) -> f64 {
+    let mean = sum / n as f64;
+    if n == 0 || !(mean.is_finite() && mean > 0.0) {
+        1.0
+    } else {
+        1.0 / mean
+    }
 }
 
 /// Which weights are candidates besides the main ones.
@@ -340,7 +357,7 @@ const UNIT_BLOCK: usize = 1 << 18;
 
 /// Where the scores of one candidate come from, validated against its dims.
 #[derive(Clone, Copy)]
-enum View<'a> {
+enum Src<'a> {
     F32(&'a [u8]),
     F16(&'a [u8]),
     Bf16(&'a [u8]),
@@ -353,15 +370,23 @@ enum View<'a> {
     Scores(&'a [f64]),
 }
 
+/// The scores of one candidate: its source times `scale` (1, or the normalisation of
+/// `Scope::Normalized`).
+#[derive(Clone, Copy)]
+struct View<'a> {
+    src: Src<'a>,
+    scale: f64,
+}
+
 impl View<'_> {
     fn n(&self) -> usize {
-        match *self {
-            View::F32(b) => b.len() / 4,
-            View::F16(b) | View::Bf16(b) => b.len() / 2,
-            View::F64(b) => b.len() / 8,
-            View::F32s(v) => v.len(),
-            View::F64s(v) | View::Scores(v) => v.len(),
-            View::F16s(v) | View::Bf16s(v) => v.len(),
+        match self.src {
+            Src::F32(b) => b.len() / 4,
+            Src::F16(b) | Src::Bf16(b) => b.len() / 2,
+            Src::F64(b) => b.len() / 8,
+            Src::F32s(v) => v.len(),
+            Src::F64s(v) | Src::Scores(v) => v.len(),
+            Src::F16s(v) | Src::Bf16s(v) => v.len(),
         }
     }
 
@@ -369,48 +394,53 @@ impl View<'_> {
     /// override value.
     fn fill(&self, lo: usize, out: &mut [f64]) {
         let n = out.len();
-        match *self {
-            View::F32(b) => {
+        match self.src {
+            Src::F32(b) => {
                 for (o, c) in out.iter_mut().zip(b[lo * 4..(lo + n) * 4].chunks_exact(4)) {
                     *o = f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).abs();
                 }
             }
-            View::F16(b) => {
+            Src::F16(b) => {
                 for (o, c) in out.iter_mut().zip(b[lo * 2..(lo + n) * 2].chunks_exact(2)) {
                     *o = f64::from(f16::from_le_bytes([c[0], c[1]]).to_f32()).abs();
                 }
             }
-            View::Bf16(b) => {
+            Src::Bf16(b) => {
                 for (o, c) in out.iter_mut().zip(b[lo * 2..(lo + n) * 2].chunks_exact(2)) {
                     *o = f64::from(bf16::from_le_bytes([c[0], c[1]]).to_f32()).abs();
                 }
             }
-            View::F64(b) => {
+            Src::F64(b) => {
                 for (o, c) in out.iter_mut().zip(b[lo * 8..(lo + n) * 8].chunks_exact(8)) {
                     *o = f64::from_le_bytes(c.try_into().unwrap()).abs();
                 }
             }
-            View::F32s(v) => {
+            Src::F32s(v) => {
                 for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
                     *o = f64::from(x).abs();
                 }
             }
-            View::F64s(v) => {
+            Src::F64s(v) => {
                 for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
                     *o = x.abs();
                 }
             }
-            View::F16s(v) => {
+            Src::F16s(v) => {
                 for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
                     *o = f64::from(f16::from_bits(x as u16).to_f32()).abs();
                 }
             }
-            View::Bf16s(v) => {
+            Src::Bf16s(v) => {
                 for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
                     *o = f64::from(bf16::from_bits(x as u16).to_f32()).abs();
                 }
             }
-            View::Scores(v) => out.copy_from_slice(&v[lo..lo + n]),
+            Src::Scores(v) => out.copy_from_slice(&v[lo..lo + n]),
+        }
+        if self.scale != 1.0 {
+            for o in out.iter_mut() {
+                *o *= self.scale;
+            }
         }
     }
 
@@ -447,20 +477,21 @@ fn make_view<'a>(c: &Candidate, t: &'a TensorProto, opts: &'a WeightOptions) -> 
             bail!("tensor '{}': score vector has {} entries for {} weights", c.name, s.len(), n);
         }
         tensor::storage(t).with_context(|| format!("zeroing '{}'", tname(t)))?;
-        return Ok(View::Scores(s));
+        return Ok(View { src: Src::Scores(s), scale: 1.0 });
     }
     let st = tensor::storage(t).with_context(|| format!("weight '{}'", c.name))?;
-    Ok(match (st, t.data_type) {
-        (Storage::Raw(_), dt::FLOAT) => View::F32(&t.raw_data),
-        (Storage::Raw(_), dt::FLOAT16) => View::F16(&t.raw_data),
-        (Storage::Raw(_), dt::BFLOAT16) => View::Bf16(&t.raw_data),
-        (Storage::Raw(_), dt::DOUBLE) => View::F64(&t.raw_data),
-        (Storage::Float, _) => View::F32s(&t.float_data),
-        (Storage::Double, _) => View::F64s(&t.double_data),
-        (Storage::Int32, dt::FLOAT16) => View::F16s(&t.int32_data),
-        (Storage::Int32, dt::BFLOAT16) => View::Bf16s(&t.int32_data),
+    let src = match (st, t.data_type) {
+        (Storage::Raw(_), dt::FLOAT) => Src::F32(&t.raw_data),
+        (Storage::Raw(_), dt::FLOAT16) => Src::F16(&t.raw_data),
+        (Storage::Raw(_), dt::BFLOAT16) => Src::Bf16(&t.raw_data),
+        (Storage::Raw(_), dt::DOUBLE) => Src::F64(&t.raw_data),
+        (Storage::Float, _) => Src::F32s(&t.float_data),
+        (Storage::Double, _) => Src::F64s(&t.double_data),
+        (Storage::Int32, dt::FLOAT16) => Src::F16s(&t.int32_data),
+        (Storage::Int32, dt::BFLOAT16) => Src::Bf16s(&t.int32_data),
         (s, d) => bail!("weight '{}': float data of type {} stored as {s:?}", c.name, tensor::dtype_name(d)),
-    })
+    };
+    Ok(View { src, scale: 1.0 })
 }
 
 /// The first NaN/Inf score of `v[lo..hi]`, as (index, value).
@@ -1048,7 +1079,11 @@ pub fn prune_weights(model: &mut ModelProto, opts: &WeightOptions) -> Result<Wei
     let mut ts = tensors_mut(g, &cands)?;
     let progress = crate::progress::Work::new(cands.len() as u64);
     let (reports, global) = match opts.scope {
-        Scope::Global => prune_global(&cands, &mut ts, opts, &progress)?,
+        Scope::Global => prune_global(&cands, &mut ts, opts, None, &progress)?,
+        Scope::Normalized => {
+            let scales = mean_scales(&cands, &ts, opts)?;
+            prune_global(&cands, &mut ts, opts, Some(&scales), &progress)?
+        }
         scope => (prune_groups(&cands, &mut ts, opts, scope, &progress)?, None),
     };
     let candidates_elems = reports.iter().map(|r| r.n).sum();
@@ -1116,14 +1151,16 @@ fn prune_global(
     cands: &[Candidate],
     ts: &mut [&mut TensorProto],
     opts: &WeightOptions,
+    scales: Option<&[f64]>,
     progress: &crate::progress::Work,
 ) -> Result<(Vec<TensorReport>, Option<GlobalDecision>)> {
+    let scale = |i: usize| scales.map_or(1.0, |s| s[i]);
     // Errors in candidate order, as before: a tensor that cannot be read, or a NaN/Inf score.
     let mut views = Vec::with_capacity(cands.len());
     let mut view_err = None;
-    for (c, t) in cands.iter().zip(ts.iter()) {
+    for (i, (c, t)) in cands.iter().zip(ts.iter()).enumerate() {
         match make_view(c, t, opts) {
-            Ok(v) => views.push(v),
+            Ok(v) => views.push(View { scale: scale(i), ..v }),
             Err(e) => {
                 view_err = Some(e);
                 break;
@@ -1162,9 +1199,11 @@ fn prune_global(
     let mut retained = 0.0f64;
     let mut reports: Vec<Option<Result<TensorReport>>> = (0..cands.len()).map(|_| None).collect();
     rayon::scope(|s| {
-        for ((c, t), (slot, &(t1, t2))) in cands.iter().zip(ts.iter_mut()).zip(reports.iter_mut().zip(&per)) {
+        for (i, ((c, t), (slot, &(t1, t2)))) in
+            cands.iter().zip(ts.iter_mut()).zip(reports.iter_mut().zip(&per)).enumerate()
+        {
             let t: &mut TensorProto = t;
-            let v = make_view(c, t, opts).expect("validated");
+            let v = View { scale: scale(i), ..make_view(c, t, opts).expect("validated") };
             let nt = v.n();
             let n_eff = emp::n_eff_from_moments(nt, t1, t2).unwrap_or(nt as f64);
             let mask = if m == 0.0 { None } else { Some(mark(v, thr, &mut ties, Some((&mut retained, m)))) };
@@ -1187,6 +1226,29 @@ fn prune_global(
     };
     let reports = reports.into_iter().map(|r| r.expect("every tensor was processed")).collect::<Result<Vec<_>>>()?;
     Ok((reports, Some(gd)))
+}
+
+/// Per candidate: 1 / mean score (see `norm_scale`), the sum in element order. A tensor that
+/// cannot be read or holds NaN/Inf gets 1 here; `prune_global` reports the error.
+fn mean_scales(cands: &[Candidate], ts: &[&mut TensorProto], opts: &WeightOptions) -> Result<Vec<f64>> {
+    Ok(cands
+        .par_iter()
+        .zip(ts.par_iter())
+        .map(|(c, t)| match make_view(c, t, opts) {
+            Ok(v) => {
+                let mut sum = sum_zero();
+                v.blocks(0, v.n(), |_, b| {
+                    let mut r = sum;
+                    for &x in b {
+                        r += x;
+                    }
+                    sum = r;
+                });
+                norm_scale(sum, v.n())
+            }
+            Err(_) => 1.0,
+        })
+        .collect())
 }
 
 /// (kept, Σ s, Σ kept s) of a tensor kept whole.
@@ -1346,7 +1408,7 @@ mod tests {
         #[test]
         fn streaming_matches_reference(
             ws in prop::collection::vec(spec(), 1..5),
-            scope in prop::sample::select(vec![Scope::Unit, Scope::Layer, Scope::Global]),
+            scope in prop::sample::select(vec![Scope::Unit, Scope::Layer, Scope::Global, Scope::Normalized]),
             beta in prop_oneof![Just(1.0f64), 0.2f64..2.5],
             ratio in prop::option::weighted(0.2, 0.0f64..0.95),
             over in prop::bool::weighted(0.2),
@@ -1369,7 +1431,7 @@ mod tests {
             ((0..64 * 3 * 3 * 3).map(|_| rnd(50)).collect(), vec![64, 3, 3, 3], dt::FLOAT16, false),
             ((0..BUFFER_GROUP_MAX + 77).map(|_| rnd(100_000)).collect(), vec![BUFFER_GROUP_MAX + 77], dt::FLOAT, true),
         ];
-        for scope in [Scope::Global, Scope::Unit, Scope::Layer] {
+        for scope in [Scope::Global, Scope::Normalized, Scope::Unit, Scope::Layer] {
             let opts = WeightOptions {
                 beta: 0.9,
                 scope,
@@ -1421,7 +1483,7 @@ mod tests {
             assert!(m == before);
         }
         vals[17] = 0.5;
-        for scope in [Scope::Layer, Scope::Global] {
+        for scope in [Scope::Layer, Scope::Global, Scope::Normalized] {
             for (beta, ratio) in [(1.0, None), (0.3, None), (1.0, Some(0.5))] {
                 let ws = vec![
                     (vals.clone(), vec![n], dt::FLOAT, false),

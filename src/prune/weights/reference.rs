@@ -60,16 +60,28 @@ pub(super) fn prune_weights_reference(model: &mut ModelProto, opts: &WeightOptio
     let masks: Vec<(Vec<bool>, TensorReport)>;
     let mut global = None;
     match opts.scope {
-        Scope::Global => {
-            let (gd, keep_masks) = global_select(&scores, opts.beta, opts.fixed_ratio)?;
+        Scope::Global | Scope::Normalized => {
+            let ranked: Vec<Vec<f64>> = if opts.scope == Scope::Normalized {
+                scores
+                    .iter()
+                    .map(|s| {
+                        let k = super::norm_scale(s.iter().sum(), s.len());
+                        s.iter().map(|x| if k == 1.0 { *x } else { x * k }).collect()
+                    })
+                    .collect()
+            } else {
+                scores.clone()
+            };
+            let (gd, keep_masks) = global_select(&ranked, opts.beta, opts.fixed_ratio)?;
             global = Some(gd);
             masks = cands
                 .iter()
-                .zip(&scores)
+                .zip(scores.iter().zip(&ranked))
                 .zip(keep_masks)
-                .map(|((c, s), keep)| {
+                .map(|((c, (s, sr)), keep)| {
+                    // N_eff on the ranked scores, the retained mass on the raw ones (as streamed).
                     let t = graph::weight(g, c.wref).expect("checked above");
-                    let r = tensor_report(c, t, s, &keep, 1, tensor_neff(s), 0);
+                    let r = tensor_report(c, t, s, &keep, 1, tensor_neff(sr), 0);
                     (keep, r)
                 })
                 .collect();

@@ -1,0 +1,52 @@
+//! Run a model on the calibration inputs with chosen intermediate values exposed as outputs,
+//! chunk by chunk (≤ 512 rows, as verification does). Only one chunk of those values is alive
+//! at a time; callers keep what they sample from it.
+
+use crate::check::{self, Inputs};
+use crate::model::io::{self, SaveOptions};
+use anyhow::{Context, Result};
+use ndarray::ArrayD;
+use onnx_protobuf::{ModelProto, ValueInfoProto};
+use std::collections::BTreeSet;
+
+/// Run `model` on `inputs`; `f(first_row, values)` gets each chunk's arrays for `values`, in
+/// that order.
+pub fn run_exposing(
+    model: &ModelProto,
+    inputs: &Inputs,
+    values: &[String],
+    mut f: impl FnMut(usize, &[ArrayD<f32>]) -> Result<()>,
+) -> Result<()> {
+    let mut m = model.clone();
+    let g = m.graph.as_mut().context("model has no graph")?;
+    let existing: BTreeSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
+    for v in values {
+        if !existing.contains(v) {
+            let mut vi = ValueInfoProto::new();
+            vi.name = v.clone();
+            g.output.push(vi);
+        }
+    }
+    let dir = tempfile::tempdir().context("reconstruction scratch folder")?;
+    let path = dir.path().join("reconstruct.onnx");
+    let mut ext = BTreeSet::new();
+    io::for_each_tensor_mut(&mut m, &mut |t| {
+        if t.raw_data.len() >= 1 << 20 {
+            ext.insert(t.name.clone());
+        }
+    });
+    io::save(m, &path, &SaveOptions { external: ext })?;
+    let r = check::load_runnable(&path, &inputs.facts()).context("tract could not compile the model")?;
+    let idx: Vec<usize> = values
+        .iter()
+        .map(|v| r.output_names.iter().position(|o| o == v).with_context(|| format!("value '{v}' is not observable")))
+        .collect::<Result<_>>()?;
+    let mut row = 0usize;
+    check::run::run_each(&r, inputs, |outs| {
+        let picked: Vec<ArrayD<f32>> = idx.iter().map(|&i| outs[i].as_standard_layout().into_owned()).collect();
+        let n = picked.first().map(|a| a.shape().first().copied().unwrap_or(1)).unwrap_or(0);
+        f(row, &picked)?;
+        row += n;
+        Ok(())
+    })
+}

@@ -1,0 +1,81 @@
+//! Reconstruction from calibration data: after EMP has decided what to remove, re-solve the
+//! weights that remain so that each layer's output on real inputs stays close to the dense one.
+//! ONNX has no training loop; these are closed-form, layer-local problems.
+//!
+//! Contract:
+//! - Input: the dense model, the pruned model (and, for structural modes, the masked model that
+//!   must compute the same function), the calibration inputs, and the layers to reconstruct.
+//! - Output: the same models with the kept weights (and biases) of those layers rewritten, in
+//!   place, in their dtype and encoding; nothing else changes. Structural modes write the same
+//!   values into the masked and the pruned model, so masked-equivalence keeps its meaning.
+//! - Layers run in graph order, each on the inputs produced by the already-reconstructed layers
+//!   before it (SparseGPT's sequential scheme), so errors do not compound.
+//! - Memory: one layer's normal equations (p × p) plus one chunk of its sampled rows.
+//! - Every layer is reported: its calibration error before and after, the method kept, or why
+//!   it was not reconstructed.
+//!
+//! Methods: per-weight mode uses the OBS / SparseGPT update with EMP's mask ([`obs`]);
+//! channels and heads refit each consumer of removed units by ridge least squares against the
+//! dense output, with bias-only compensation and "leave as is" as fall-backs, keeping whichever
+//! has the lowest error on a held-apart fifth of the calibration rows ([`refit`]).
+
+pub mod capture;
+pub mod linalg;
+pub mod obs;
+pub mod refit;
+pub mod site;
+
+use serde::Serialize;
+
+/// Calibration positions sampled per sample (Conv output pixels, tokens).
+pub const POSITIONS_PER_SAMPLE: usize = 64;
+/// Relative damping of H for the OBS update (λ = DAMP · mean(diag H)), as SparseGPT.
+pub const OBS_DAMP: f64 = 0.01;
+/// Ridge strengths tried by the refit, relative to mean(diag G).
+pub const RIDGE_DELTAS: [f64; 4] = [1e-4, 1e-3, 1e-2, 1e-1];
+
+/// What reconstruction did to one layer.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LayerRecon {
+    /// "<op> <node name>".
+    pub layer: String,
+    pub weight: String,
+    /// "obs", "ridge", "bias", "unchanged" or "skipped".
+    pub method: String,
+    /// Calibration rows (samples × sampled positions) the layer was solved on.
+    pub rows: usize,
+    /// Relative squared output error ‖y − y_dense‖² / ‖y_dense‖² before and after (held-apart
+    /// rows for the refit; the layer's own calibration inputs for OBS).
+    pub err_before: f64,
+    pub err_after: f64,
+    /// Why the layer was skipped or left unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl LayerRecon {
+    pub fn skipped(layer: &str, weight: &str, why: String) -> Self {
+        LayerRecon {
+            layer: layer.to_string(),
+            weight: weight.to_string(),
+            method: "skipped".into(),
+            rows: 0,
+            err_before: f64::NAN,
+            err_after: f64::NAN,
+            note: Some(why),
+        }
+    }
+}
+
+/// The reconstruction section of the report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ReconReport {
+    /// Calibration samples used.
+    pub samples: usize,
+    pub layers: Vec<LayerRecon>,
+}
+
+/// Seed of the position sample of one calibration row at one layer.
+pub(crate) fn row_seed(layer: usize, row: usize) -> u64 {
+    (layer as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (row as u64).wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5EED
+}

@@ -1,0 +1,163 @@
+//! Per-weight mode: the OBS / SparseGPT update of every pruned layer with EMP's mask.
+//!
+//! For each pruned weight, in graph order: collect H = Σ z zᵀ of the layer's inputs in the
+//! current model (earlier layers already updated), per Conv group; start from the dense
+//! weights, zero what EMP zeroed and move the error onto the kept weights of the same row
+//! ([`super::linalg::obs_update`]). The mask, and so the sparsity, is exactly EMP's.
+
+use super::capture::run_exposing;
+use super::linalg::obs_update;
+use super::refit::sample_positions;
+use super::site::{self, Layout};
+use super::{row_seed, LayerRecon, OBS_DAMP, POSITIONS_PER_SAMPLE};
+use crate::check::Inputs;
+use anyhow::{Context, Result};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, Par};
+use onnx_protobuf::ModelProto;
+
+/// Update every weight of `weights` that `model` has pruned (zeros where `dense` has none).
+pub fn obs_all(
+    dense: &ModelProto,
+    model: &mut ModelProto,
+    weights: &[String],
+    calib: &Inputs,
+) -> Result<Vec<LayerRecon>> {
+    let mut order: Vec<(usize, String, std::result::Result<site::Site, String>)> = weights
+        .iter()
+        .map(|w| {
+            let s = site::find(model, w);
+            (s.as_ref().map(|s| s.node).unwrap_or(usize::MAX), w.clone(), s)
+        })
+        .collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let progress = crate::progress::Work::new(order.len() as u64);
+    let mut out = vec![];
+    for (k, (_, w, s)) in order.into_iter().enumerate() {
+        let rep = match s {
+            Err(why) => Some(LayerRecon::skipped(&w, &w, why)),
+            Ok(s) => match obs_layer(k, dense, model, &s, calib) {
+                Ok(r) => r,
+                Err(e) => Some(LayerRecon::skipped(&s.label, &w, format!("{e:#}"))),
+            },
+        };
+        out.extend(rep);
+        progress.inc(1);
+    }
+    Ok(out)
+}
+
+/// H per group of a layer, from its inputs in `model` at sampled positions.
+fn hessians(k: usize, model: &ModelProto, s: &site::Site, calib: &Inputs) -> Result<(Vec<Mat<f64>>, usize)> {
+    let groups = site::groups(s);
+    let mut hs: Vec<Mat<f64>> = (0..groups).map(|_| Mat::zeros(s.p, s.p)).collect();
+    let mut rows = 0usize;
+    let mut z = vec![0.0; s.p];
+    run_exposing(model, calib, std::slice::from_ref(&s.input), |row0, v| {
+        let x = &v[0];
+        let (npos, hw) = sample_positions(s, x.shape())?;
+        for (g, h) in hs.iter_mut().enumerate() {
+            let mut zs: Vec<f64> = vec![];
+            let mut nr = 0usize;
+            for n in 0..x.shape()[0] {
+                for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
+                    site::input_row(s, x, n, pos, g, hw, &mut z);
+                    zs.extend_from_slice(&z);
+                    nr += 1;
+                }
+            }
+            let zm = Mat::from_fn(nr, s.p, |i, j| zs[i * s.p + j]);
+            matmul(h.as_mut(), Accum::Add, zm.transpose(), zm.as_ref(), 1.0, Par::rayon(0));
+            if g == 0 {
+                rows += nr;
+            }
+        }
+        Ok(())
+    })
+    .with_context(|| format!("{}: calibration run", s.label))?;
+    Ok((hs, rows))
+}
+
+/// Σ_o Δ_o H Δ_oᵀ over rows `o0..o0+n` of `d` (row-major, p columns).
+fn quad(d: &[f64], p: usize, o0: usize, n: usize, h: &Mat<f64>) -> f64 {
+    let mut e = 0.0;
+    for o in o0..o0 + n {
+        let r = &d[o * p..(o + 1) * p];
+        for i in 0..p {
+            if r[i] == 0.0 {
+                continue;
+            }
+            let mut hr = 0.0;
+            for j in 0..p {
+                hr += h[(i, j)] * r[j];
+            }
+            e += r[i] * hr;
+        }
+    }
+    e
+}
+
+pub(crate) fn obs_layer(
+    k: usize,
+    dense: &ModelProto,
+    model: &mut ModelProto,
+    s: &site::Site,
+    calib: &Inputs,
+) -> Result<Option<LayerRecon>> {
+    let gd = dense.graph.as_ref().context("model has no graph")?;
+    let w_dense = site::read_rows(gd, s).context("dense weight")?;
+    let gm = model.graph.as_ref().context("model has no graph")?;
+    let w_cur = site::read_rows(gm, s)?;
+    if w_dense.len() != w_cur.len() {
+        anyhow::bail!("dense and pruned weights differ in size");
+    }
+    let keep: Vec<bool> = w_cur.iter().map(|v| *v != 0.0).collect();
+    if keep.iter().all(|k| *k) {
+        return Ok(None);
+    }
+    if let Layout::Conv2d { group, .. } = s.layout {
+        if s.out % group != 0 {
+            anyhow::bail!("{} outputs do not split into {group} groups", s.out);
+        }
+    }
+    let (hs, rows) = hessians(k, model, s, calib)?;
+    let groups = hs.len();
+    let og = s.out / groups;
+    let mut w_new = w_dense.clone();
+    let (mut before, mut after, mut total) = (0.0, 0.0, 0.0);
+    for (g, h) in hs.iter().enumerate() {
+        let (lo, hi) = (g * og * s.p, (g + 1) * og * s.p);
+        if !obs_update(&mut w_new[lo..hi], og, s.p, &keep[lo..hi], h.as_ref(), OBS_DAMP) {
+            // Not positive definite even damped: plain zeroing for this group.
+            for (v, kp) in w_new[lo..hi].iter_mut().zip(&keep[lo..hi]) {
+                if !kp {
+                    *v = 0.0;
+                }
+            }
+        }
+        let d0: Vec<f64> = (lo..hi).map(|i| w_dense[i] - w_cur[i]).collect();
+        let d1: Vec<f64> = (lo..hi).map(|i| w_dense[i] - w_new[i]).collect();
+        before += quad(&d0, s.p, 0, og, h);
+        after += quad(&d1, s.p, 0, og, h);
+        total += quad(&w_dense[lo..hi], s.p, 0, og, h);
+    }
+    let denom = total.max(f64::MIN_POSITIVE);
+    let mut rep = LayerRecon {
+        layer: s.label.clone(),
+        weight: s.weight.clone(),
+        method: "obs".into(),
+        rows,
+        err_before: before / denom,
+        err_after: after / denom,
+        note: None,
+    };
+    if !(after.is_finite() && after < before) {
+        rep.method = "unchanged".into();
+        rep.err_after = rep.err_before;
+        rep.note = Some("the update did not lower the layer's calibration error".into());
+        return Ok(Some(rep));
+    }
+    let gm = model.graph.as_mut().context("model has no graph")?;
+    site::write_rows(gm, s, &w_new)?;
+    Ok(Some(rep))
+}

@@ -1,0 +1,288 @@
+//! Structural modes: refit each consumer of removed units (channels, hidden units, heads) so its
+//! output on calibration data matches the dense model's (He et al. 2017, ThiNet), with the
+//! FLAP-style bias compensation as a fall-back.
+//!
+//! For a consumer y = W z + b whose input features S were removed (K kept) and whose kept
+//! outputs are O: the target is the dense model's y on the calibration rows; the inputs are the
+//! masked model's z_K (the pruned prefix, already reconstructed up to here). Candidates:
+//! - unchanged: the current W_K, b;
+//! - bias: b' = b + mean(y − W_K z_K − b) (the removed features' mean contribution, measured);
+//! - ridge: [W_K' b'] = argmin ‖y − W_K' z_K − b'‖² + λ‖W_K'‖², λ = δ · mean(diag Z_Kᵀ Z_K),
+//!   for each δ of [`super::RIDGE_DELTAS`].
+//!
+//! Rows are split by sample: every fifth calibration sample is held apart, and the candidate
+//! with the lowest held-apart error is kept (so a refit that overfits is not kept).
+
+use super::capture::run_exposing;
+use super::linalg::{mean_diag, ridge, Normal};
+use super::site::{self, Layout, Site};
+use super::{row_seed, LayerRecon, POSITIONS_PER_SAMPLE, RIDGE_DELTAS};
+use crate::check::Inputs;
+use anyhow::{bail, Context, Result};
+use faer::Mat;
+use onnx_protobuf::ModelProto;
+
+/// A consumer to refit: its weight, which positions of the weight's input axis (Conv: channels,
+/// Gemm/MatMul: features) are kept, and which of its outputs are kept (empty = all).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefitSite {
+    pub weight: String,
+    pub in_keep: Vec<bool>,
+    pub out_keep: Vec<bool>,
+}
+
+/// Output spatial size of a 2-D Conv for an input of `x_shape` ([N, C, H, W]).
+pub fn conv_out_hw(s: &Site, x_shape: &[usize]) -> Result<[usize; 2]> {
+    let Layout::Conv2d { kernel, strides, pads, dilations, .. } = s.layout else { return Ok([1, 1]) };
+    if x_shape.len() != 4 {
+        bail!("{}: input is not 4-D", s.label);
+    }
+    let mut hw = [0; 2];
+    for a in 0..2 {
+        let span = dilations[a] * (kernel[a] - 1) + 1;
+        let full = x_shape[2 + a] + 2 * pads[a];
+        if full < span || strides[a] == 0 {
+            bail!("{}: kernel larger than the padded input", s.label);
+        }
+        hw[a] = (full - span) / strides[a] + 1;
+    }
+    Ok(hw)
+}
+
+/// Positions of one sample of `x` (Conv output pixels, tokens, or 1).
+pub fn sample_positions(s: &Site, x_shape: &[usize]) -> Result<(usize, [usize; 2])> {
+    match s.layout {
+        Layout::Conv2d { .. } => {
+            let hw = conv_out_hw(s, x_shape)?;
+            Ok((hw[0] * hw[1], hw))
+        }
+        _ => Ok((site::positions(s, x_shape, &[])?, [1, 1])),
+    }
+}
+
+fn is_val(row: usize) -> bool {
+    row % 5 == 4
+}
+
+/// Refit every site, in the masked model's graph order, writing the kept values into `masked`
+/// and `pruned`. `dense` gives the targets.
+pub fn refit_all(
+    dense: &ModelProto,
+    masked: &mut ModelProto,
+    pruned: &mut ModelProto,
+    sites: &[RefitSite],
+    calib: &Inputs,
+) -> Result<Vec<LayerRecon>> {
+    let mut order: Vec<(usize, &RefitSite, std::result::Result<Site, String>)> = sites
+        .iter()
+        .map(|r| {
+            let s = site::find(masked, &r.weight);
+            (s.as_ref().map(|s| s.node).unwrap_or(usize::MAX), r, s)
+        })
+        .collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.weight.cmp(&b.1.weight)));
+    let progress = crate::progress::Work::new(order.len() as u64);
+    let mut out = vec![];
+    for (k, (_, r, s)) in order.into_iter().enumerate() {
+        let rep = match s {
+            Err(why) => LayerRecon::skipped(&r.weight, &r.weight, why),
+            Ok(s) => match refit_one(k, dense, masked, pruned, r, &s, calib) {
+                Ok(rep) => rep,
+                Err(e) => LayerRecon::skipped(&s.label, &r.weight, format!("{e:#}")),
+            },
+        };
+        out.push(rep);
+        progress.inc(1);
+    }
+    Ok(out)
+}
+
+fn refit_one(
+    k: usize,
+    dense: &ModelProto,
+    masked: &mut ModelProto,
+    pruned: &mut ModelProto,
+    r: &RefitSite,
+    s: &Site,
+    calib: &Inputs,
+) -> Result<LayerRecon> {
+    if site::groups(s) > 1 {
+        return Ok(LayerRecon::skipped(&s.label, &r.weight, "grouped Conv consumer".into()));
+    }
+    let per_in = match s.layout {
+        Layout::Conv2d { kernel, .. } => kernel[0] * kernel[1],
+        _ => 1,
+    };
+    if r.in_keep.len() * per_in != s.p {
+        bail!("{} input positions for a weight with {} inputs", r.in_keep.len(), s.p);
+    }
+    let out_keep = if r.out_keep.is_empty() { vec![true; s.out] } else { r.out_keep.clone() };
+    if out_keep.len() != s.out {
+        bail!("{} output positions for a weight with {} outputs", out_keep.len(), s.out);
+    }
+    let feat: Vec<usize> = (0..s.p).filter(|&f| r.in_keep[f / per_in]).collect();
+    let outs: Vec<usize> = (0..s.out).filter(|&o| out_keep[o]).collect();
+    let has_bias = s.bias.is_some();
+    let (pk, q) = (feat.len() + has_bias as usize, outs.len());
+    if q == 0 {
+        return Ok(LayerRecon::skipped(&s.label, &r.weight, "no kept output".into()));
+    }
+
+    // 1. Dense targets at the sampled positions, in row order.
+    let mut ys: Vec<f64> = vec![];
+    let mut keys: Vec<(usize, usize)> = vec![];
+    let mut buf = vec![0.0; s.out];
+    run_exposing(dense, calib, std::slice::from_ref(&s.output), |row0, v| {
+        let y = &v[0];
+        for n in 0..y.shape()[0] {
+            let npos = match s.layout {
+                Layout::Conv2d { .. } if y.ndim() == 4 => y.shape()[2] * y.shape()[3],
+                Layout::Conv2d { .. } => bail!("{}: output is not 4-D", s.label),
+                Layout::Gemm { .. } => 1,
+                Layout::MatMul => y.shape()[1..y.ndim() - 1].iter().product(),
+            };
+            for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
+                site::output_row(s, y, n, pos, 0, &mut buf);
+                ys.extend(outs.iter().map(|&o| buf[o]));
+                keys.push((row0 + n, pos));
+            }
+        }
+        Ok(())
+    })
+    .context("dense run")?;
+
+    // 2. Masked inputs at the same positions → normal equations (fit / held-apart).
+    let mut fit = Normal::new(pk, q);
+    let mut val = Normal::new(pk, q);
+    let mut at = 0usize;
+    let mut z = vec![0.0; s.p];
+    run_exposing(masked, calib, std::slice::from_ref(&s.input), |row0, v| {
+        let x = &v[0];
+        let (npos, hw) = sample_positions(s, x.shape())?;
+        let mut rows: [Vec<usize>; 2] = [vec![], vec![]];
+        let mut zs: [Vec<f64>; 2] = [vec![], vec![]];
+        for n in 0..x.shape()[0] {
+            let which = is_val(row0 + n) as usize;
+            for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
+                if keys.get(at) != Some(&(row0 + n, pos)) {
+                    bail!("{}: dense and masked runs sampled different rows", s.label);
+                }
+                site::input_row(s, x, n, pos, 0, hw, &mut z);
+                zs[which].extend(feat.iter().map(|&f| z[f]));
+                if has_bias {
+                    zs[which].push(1.0);
+                }
+                rows[which].push(at);
+                at += 1;
+            }
+        }
+        for (w, ne) in [(0usize, &mut fit), (1, &mut val)] {
+            let nr = rows[w].len();
+            let zm = Mat::from_fn(nr, pk, |i, j| zs[w][i * pk + j]);
+            let ym = Mat::from_fn(nr, q, |i, j| ys[rows[w][i] * q + j]);
+            ne.add(zm.as_ref(), ym.as_ref());
+        }
+        Ok(())
+    })
+    .context("masked run")?;
+    if at != keys.len() {
+        bail!("{}: dense and masked runs sampled different rows", s.label);
+    }
+    drop(ys);
+    let judge = if val.rows > 0 { &val } else { &fit };
+
+    // 3. Candidates.
+    let scale = site::weight_scale(s);
+    let g = masked.graph.as_ref().context("model has no graph")?;
+    let w = site::read_rows(g, s)?;
+    let b = site::read_bias(g, s)?;
+    let mut cur = Mat::<f64>::zeros(pk, q);
+    for (j, &o) in outs.iter().enumerate() {
+        for (f, &fi) in feat.iter().enumerate() {
+            cur[(f, j)] = scale * w[o * s.p + fi];
+        }
+        if has_bias {
+            cur[(pk - 1, j)] = b[o];
+        }
+    }
+    let e0 = judge.sse(cur.as_ref());
+    let mut best = (e0, "unchanged", cur.clone());
+    if has_bias && fit.rows > 0 {
+        let mut xb = cur.clone();
+        let nf = feat.len();
+        for j in 0..q {
+            let pred: f64 = (0..nf).map(|f| cur[(f, j)] * fit.g[(f, pk - 1)]).sum();
+            xb[(pk - 1, j)] = (fit.c[(pk - 1, j)] - pred) / fit.rows as f64;
+        }
+        let e = judge.sse(xb.as_ref());
+        if e < best.0 {
+            best = (e, "bias", xb);
+        }
+    }
+    if fit.rows > 0 && !feat.is_empty() {
+        let md = mean_diag(fit.g.as_ref().submatrix(0, 0, feat.len(), feat.len()));
+        for delta in RIDGE_DELTAS {
+            let mut lambda = vec![delta * md.max(1e-12); pk];
+            if has_bias {
+                lambda[pk - 1] = 1e-9 * md.max(1e-12);
+            }
+            if let Some(x) = ridge(fit.g.as_ref(), fit.c.as_ref(), &lambda) {
+                let e = judge.sse(x.as_ref());
+                if e < best.0 {
+                    best = (e, "ridge", x);
+                }
+            }
+        }
+    }
+    let (e1, method, x) = best;
+    let denom = judge.yy.max(f64::MIN_POSITIVE);
+    let rep = LayerRecon {
+        layer: s.label.clone(),
+        weight: r.weight.clone(),
+        method: method.into(),
+        rows: fit.rows + val.rows,
+        err_before: e0 / denom,
+        err_after: e1 / denom,
+        note: None,
+    };
+    if method == "unchanged" {
+        return Ok(rep);
+    }
+
+    // 4. Write the kept values into the masked model (dense shapes) and the pruned one.
+    let mut w2 = w;
+    let mut b2 = b;
+    for (j, &o) in outs.iter().enumerate() {
+        for (f, &fi) in feat.iter().enumerate() {
+            w2[o * s.p + fi] = x[(f, j)] / scale;
+        }
+        if has_bias {
+            b2[o] = x[(pk - 1, j)];
+        }
+    }
+    let sp = site::find(pruned, &r.weight).map_err(|e| anyhow::anyhow!("pruned model: {e}"))?;
+    if sp.out != q || sp.p != feat.len() {
+        bail!("pruned weight is {}×{}, expected {}×{}", sp.out, sp.p, q, feat.len());
+    }
+    let gm = masked.graph.as_mut().context("model has no graph")?;
+    site::write_rows(gm, s, &w2)?;
+    if has_bias {
+        site::write_bias(gm, s, &b2)?;
+    }
+    let mut wp = vec![0.0; q * feat.len()];
+    for j in 0..q {
+        for f in 0..feat.len() {
+            wp[j * feat.len() + f] = x[(f, j)] / scale;
+        }
+    }
+    let gp = pruned.graph.as_mut().context("model has no graph")?;
+    site::write_rows(gp, &sp, &wp)?;
+    if has_bias {
+        if sp.bias.is_none() {
+            bail!("the pruned layer has no bias");
+        }
+        let bp: Vec<f64> = (0..q).map(|j| x[(pk - 1, j)]).collect();
+        site::write_bias(gp, &sp, &bp)?;
+    }
+    Ok(rep)
+}

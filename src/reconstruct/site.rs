@@ -1,0 +1,355 @@
+//! Layers as linear maps: where a weight is used, how its node maps an input row (a Gemm/MatMul
+//! row, a Conv im2col patch) to an output row, and how to read and write the weight as an
+//! `out × p` row-major matrix. Also the deterministic sampling of calibration positions.
+
+use crate::model::graph::{attr_f, attr_i, attr_ints, node_label, GraphIndex};
+use crate::model::tensor;
+use anyhow::{bail, Context, Result};
+use ndarray::{ArrayD, IxDyn};
+use onnx_protobuf::{GraphProto, ModelProto};
+
+/// How a node computes y = W z (+ b) on one row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Layout {
+    /// 2-D Conv, weight [O, C/g, kh, kw]; z = the patch of one group's input channels.
+    Conv2d { group: usize, kernel: [usize; 2], strides: [usize; 2], pads: [usize; 2], dilations: [usize; 2] },
+    /// Gemm with transA = 0: y = alpha · x B (+ beta · C); B [K, N] or [N, K] with transB.
+    Gemm { trans_b: bool, alpha: f64, beta: f64 },
+    /// MatMul x [..., K] @ W [K, N].
+    MatMul,
+}
+
+/// One weight tensor used by exactly one node as a linear layer.
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub node: usize,
+    pub label: String,
+    pub layout: Layout,
+    pub weight: String,
+    /// The bias tensor (Conv input 2; Gemm C of shape [N]; the constant [N] of an Add that is
+    /// the MatMul's only consumer).
+    pub bias: Option<String>,
+    /// x, and the value holding y including the bias.
+    pub input: String,
+    pub output: String,
+    /// Output units (O or N) and features per output row (C/g·kh·kw, or K).
+    pub out: usize,
+    pub p: usize,
+}
+
+/// The site that uses `weight`, or why there is none.
+pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, String> {
+    let g = model.graph.as_ref().ok_or("model has no graph")?;
+    let ix = GraphIndex::build(g).map_err(|e| e.to_string())?;
+    let users = ix.consumers_of(weight);
+    if users.len() != 1 {
+        return Err(format!("weight is used by {} nodes", users.len()));
+    }
+    let (ni, slot) = users[0];
+    let n = &g.node[ni];
+    let label = format!("{} {}", n.op_type, node_label(n));
+    let dom_ok = n.domain.is_empty() || n.domain == "ai.onnx";
+    let t = ix.weight(g, weight).ok_or("not a constant")?;
+    let dims = tensor::shape(t).map_err(|e| e.to_string())?;
+    let x = n.input.first().cloned().unwrap_or_default();
+    let y = n.output.first().cloned().unwrap_or_default();
+    if x.is_empty() || y.is_empty() || ix.is_constant(&x) {
+        return Err("the layer's input is not a computed value".into());
+    }
+    let const_bias = |name: Option<&String>, len: usize| -> Option<String> {
+        let b = name.filter(|s| !s.is_empty())?;
+        let bt = ix.weight(g, b)?;
+        (ix.consumers_of(b).len() == 1 && tensor::shape(bt).ok()? == vec![len]).then(|| b.clone())
+    };
+    match (n.op_type.as_str(), slot, dom_ok) {
+        ("Conv", 1, true) => {
+            if dims.len() != 4 {
+                return Err(format!("{}-D Conv (only 2-D is reconstructed)", dims.len().saturating_sub(2)));
+            }
+            let group = attr_i(n, "group").unwrap_or(1).max(1) as usize;
+            let auto = crate::model::graph::attr_s(n, "auto_pad").unwrap_or_default();
+            if !(auto.is_empty() || auto == "NOTSET" || auto == "VALID") {
+                return Err(format!("auto_pad {auto}"));
+            }
+            let two = |name: &str, d: i64| -> std::result::Result<[usize; 2], String> {
+                match attr_ints(n, name) {
+                    None => Ok([d as usize; 2]),
+                    Some([a, b]) if *a >= 0 && *b >= 0 => Ok([*a as usize, *b as usize]),
+                    Some(v) => Err(format!("{name} {v:?}")),
+                }
+            };
+            let pads = match attr_ints(n, "pads") {
+                None => [0, 0],
+                Some([a, b, c, d]) if a == c && b == d && *a >= 0 && *b >= 0 => [*a as usize, *b as usize],
+                Some(v) => return Err(format!("asymmetric pads {v:?}")),
+            };
+            let layout = Layout::Conv2d {
+                group,
+                kernel: [dims[2], dims[3]],
+                strides: two("strides", 1)?,
+                pads,
+                dilations: two("dilations", 1)?,
+            };
+            let bias = const_bias(n.input.get(2), dims[0]);
+            if n.input.get(2).is_some_and(|s| !s.is_empty()) && bias.is_none() {
+                return Err("the bias is shared or not a constant".into());
+            }
+            Ok(Site {
+                node: ni,
+                label,
+                layout,
+                weight: weight.into(),
+                bias,
+                input: x,
+                output: y,
+                out: dims[0],
+                p: dims[1] * dims[2] * dims[3],
+            })
+        }
+        ("Gemm", 1, true) => {
+            if attr_i(n, "transA").unwrap_or(0) != 0 {
+                return Err("Gemm with transA".into());
+            }
+            if dims.len() != 2 {
+                return Err("Gemm weight is not 2-D".into());
+            }
+            let trans_b = attr_i(n, "transB").unwrap_or(0) != 0;
+            let (out, p) = if trans_b { (dims[0], dims[1]) } else { (dims[1], dims[0]) };
+            let alpha = attr_f(n, "alpha").unwrap_or(1.0) as f64;
+            let beta = attr_f(n, "beta").unwrap_or(1.0) as f64;
+            if alpha == 0.0 {
+                return Err("Gemm with alpha 0".into());
+            }
+            let bias = if beta != 0.0 { const_bias(n.input.get(2), out) } else { None };
+            if n.input.get(2).is_some_and(|s| !s.is_empty()) && bias.is_none() && beta != 0.0 {
+                return Err("the Gemm C input is not a constant [N] vector".into());
+            }
+            Ok(Site {
+                node: ni,
+                label,
+                layout: Layout::Gemm { trans_b, alpha, beta },
+                weight: weight.into(),
+                bias,
+                input: x,
+                output: y,
+                out,
+                p,
+            })
+        }
+        ("MatMul", 1, true) => {
+            if dims.len() != 2 {
+                return Err(format!("MatMul weight of rank {}", dims.len()));
+            }
+            let (p, out) = (dims[0], dims[1]);
+            // A bias Add right after: y = Add(MatMul, b) with b constant [N].
+            let mut bias = None;
+            let mut output = y.clone();
+            if let [(ai, aslot)] = ix.consumers_of(&y) {
+                let a = &g.node[*ai];
+                if a.op_type == "Add" && a.input.len() == 2 {
+                    if let Some(b) = const_bias(a.input.get(1 - aslot), out) {
+                        bias = Some(b);
+                        output = a.output.first().cloned().unwrap_or_default();
+                    }
+                }
+            }
+            Ok(Site { node: ni, label, layout: Layout::MatMul, weight: weight.into(), bias, input: x, output, out, p })
+        }
+        ("MatMul", 0, true) => Err("MatMul with a constant first operand".into()),
+        (op, _, _) => Err(format!("{op} weight")),
+    }
+}
+
+/// The weight as an `out × p` row-major f64 matrix (Conv: [O, C/g·kh·kw], the row is the filter).
+pub fn read_rows(g: &GraphProto, s: &Site) -> Result<Vec<f64>> {
+    let ix = GraphIndex::build(g)?;
+    let t = ix.weight(g, &s.weight).with_context(|| format!("weight '{}'", s.weight))?;
+    let v = tensor::read_f64(t).with_context(|| format!("weight '{}'", s.weight))?;
+    Ok(match s.layout {
+        Layout::Conv2d { .. } | Layout::Gemm { trans_b: true, .. } => v,
+        Layout::Gemm { trans_b: false, .. } | Layout::MatMul => transpose(&v, s.p, s.out),
+    })
+}
+
+/// Write an `out × p` row-major matrix back into the weight, in its dtype and encoding.
+pub fn write_rows(g: &mut GraphProto, s: &Site, rows: &[f64]) -> Result<()> {
+    let ix = GraphIndex::build(g)?;
+    let r = *ix.weights.get(&s.weight).with_context(|| format!("weight '{}'", s.weight))?;
+    let t = crate::model::graph::weight_mut(g, r).context("weight vanished")?;
+    let v = match s.layout {
+        Layout::Conv2d { .. } | Layout::Gemm { trans_b: true, .. } => rows.to_vec(),
+        Layout::Gemm { trans_b: false, .. } | Layout::MatMul => transpose(rows, s.out, s.p),
+    };
+    tensor::write_f64(t, &v)
+}
+
+/// The bias as the model adds it (Gemm: beta · C), or zeros.
+pub fn read_bias(g: &GraphProto, s: &Site) -> Result<Vec<f64>> {
+    let Some(b) = &s.bias else { return Ok(vec![0.0; s.out]) };
+    let ix = GraphIndex::build(g)?;
+    let t = ix.weight(g, b).with_context(|| format!("bias '{b}'"))?;
+    let mut v = tensor::read_f64(t)?;
+    if let Layout::Gemm { beta, .. } = s.layout {
+        v.iter_mut().for_each(|x| *x *= beta);
+    }
+    Ok(v)
+}
+
+/// Write the bias as the model adds it (Gemm: divided by beta).
+pub fn write_bias(g: &mut GraphProto, s: &Site, vals: &[f64]) -> Result<()> {
+    let Some(b) = &s.bias else { bail!("layer '{}' has no bias", s.label) };
+    let ix = GraphIndex::build(g)?;
+    let r = *ix.weights.get(b).with_context(|| format!("bias '{b}'"))?;
+    let t = crate::model::graph::weight_mut(g, r).context("bias vanished")?;
+    let mut v = vals.to_vec();
+    if let Layout::Gemm { beta, .. } = s.layout {
+        v.iter_mut().for_each(|x| *x /= beta);
+    }
+    tensor::write_f64(t, &v)
+}
+
+/// The multiplier between W's stored values and the map (Gemm: alpha).
+pub fn weight_scale(s: &Site) -> f64 {
+    match s.layout {
+        Layout::Gemm { alpha, .. } => alpha,
+        _ => 1.0,
+    }
+}
+
+fn transpose(v: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Deterministic sample of `k` distinct indices below `n` (all of them when k ≥ n), sorted.
+pub fn sample(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    if k >= n {
+        return (0..n).collect();
+    }
+    let mut rng = crate::check::inputs::SplitMix64::new(seed);
+    // Partial Fisher–Yates over an index vector (n is a spatial size or a token count: small).
+    let mut idx: Vec<usize> = (0..n).collect();
+    for i in 0..k {
+        let j = i + rng.below((n - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    let mut s = idx[..k].to_vec();
+    s.sort_unstable();
+    s
+}
+
+/// Rows of one sample: for Conv, output positions (oh, ow) as a flat index into OH·OW; for
+/// Gemm/MatMul, token positions (1 for a plain [N, K] input).
+pub fn positions(s: &Site, x_shape: &[usize], y_shape: &[usize]) -> Result<usize> {
+    match s.layout {
+        Layout::Conv2d { .. } => {
+            if y_shape.len() != 4 || x_shape.len() != 4 {
+                bail!("{}: Conv tensors are not 4-D", s.label);
+            }
+            Ok(y_shape[2] * y_shape[3])
+        }
+        Layout::Gemm { .. } => Ok(1),
+        Layout::MatMul => {
+            if x_shape.is_empty() || *x_shape.last().unwrap() != s.p {
+                bail!("{}: input shape {x_shape:?} does not end in {}", s.label, s.p);
+            }
+            Ok(x_shape[1..x_shape.len() - 1].iter().product())
+        }
+    }
+}
+
+/// The input row of sample `n` at position `pos` for output group `grp` (Conv: the im2col patch
+/// of that group's channels, zero outside the image), written into `z` (length p).
+pub fn input_row(s: &Site, x: &ArrayD<f32>, n: usize, pos: usize, grp: usize, y_hw: [usize; 2], z: &mut [f64]) {
+    match s.layout {
+        Layout::Conv2d { group, kernel, strides, pads, dilations } => {
+            let sh = x.shape();
+            let (c_all, h, w) = (sh[1], sh[2], sh[3]);
+            let cg = c_all / group;
+            let (oh, ow) = (pos / y_hw[1], pos % y_hw[1]);
+            let mut k = 0;
+            for c in grp * cg..(grp + 1) * cg {
+                for i in 0..kernel[0] {
+                    let hi = (oh * strides[0] + i * dilations[0]) as isize - pads[0] as isize;
+                    for j in 0..kernel[1] {
+                        let wj = (ow * strides[1] + j * dilations[1]) as isize - pads[1] as isize;
+                        z[k] = if hi >= 0 && (hi as usize) < h && wj >= 0 && (wj as usize) < w {
+                            x[IxDyn(&[n, c, hi as usize, wj as usize])] as f64
+                        } else {
+                            0.0
+                        };
+                        k += 1;
+                    }
+                }
+            }
+            let _ = c_all;
+        }
+        Layout::Gemm { .. } => {
+            for (k, zk) in z.iter_mut().enumerate() {
+                *zk = x[IxDyn(&[n, k])] as f64;
+            }
+        }
+        Layout::MatMul => {
+            let flat = x.as_slice().expect("standard layout");
+            let per: usize = x.shape()[1..].iter().product();
+            let base = n * per + pos * s.p;
+            for (k, zk) in z.iter_mut().enumerate() {
+                *zk = flat[base + k] as f64;
+            }
+        }
+    }
+}
+
+/// The output row of sample `n` at position `pos`: units `o0..o0+len` of y (with the bias).
+pub fn output_row(s: &Site, y: &ArrayD<f32>, n: usize, pos: usize, o0: usize, out: &mut [f64]) {
+    match s.layout {
+        Layout::Conv2d { .. } => {
+            let sh = y.shape();
+            let hw = sh[2] * sh[3];
+            let flat = y.as_slice().expect("standard layout");
+            for (k, v) in out.iter_mut().enumerate() {
+                *v = flat[(n * sh[1] + o0 + k) * hw + pos] as f64;
+            }
+        }
+        Layout::Gemm { .. } => {
+            for (k, v) in out.iter_mut().enumerate() {
+                *v = y[IxDyn(&[n, o0 + k])] as f64;
+            }
+        }
+        Layout::MatMul => {
+            let flat = y.as_slice().expect("standard layout");
+            let per: usize = y.shape()[1..].iter().product();
+            let base = n * per + pos * s.out + o0;
+            for (k, v) in out.iter_mut().enumerate() {
+                *v = flat[base + k] as f64;
+            }
+        }
+    }
+}
+
+/// Groups of a site (Conv group, else 1).
+pub fn groups(s: &Site) -> usize {
+    match s.layout {
+        Layout::Conv2d { group, .. } => group,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn sample_is_deterministic_distinct_and_sorted() {
+        let a = sample(100, 10, 42);
+        assert_eq!(a, sample(100, 10, 42));
+        assert_eq!(a.len(), 10);
+        assert!(a.windows(2).all(|w| w[0] < w[1]) && a.iter().all(|&i| i < 100));
+        assert_eq!(sample(5, 10, 1), vec![0, 1, 2, 3, 4]);
+    }
+}
