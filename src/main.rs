@@ -77,7 +77,8 @@ struct PruneArgs {
     /// l2 (default), l1 or activation (channels); weight (default) or activation (heads)
     #[arg(long, value_enum, hide_possible_values = true)]
     criterion: Option<CriterionArg>,
-    /// Also prune these (per-weight): bias, norm, embedding (comma separated)
+    /// Also prune these (per-weight): bias, norm, embedding, small (Conv filters under 32
+    /// weights: depthwise, a stem on 1-3 channels) (comma separated)
     #[arg(long, value_delimiter = ',')]
     include: Vec<String>,
     /// Structured: round each kept count up to a multiple of N, never above the original width.
@@ -196,7 +197,8 @@ fn real_main(cli: Cli) -> ExitCode {
             "bias" => include.bias = true,
             "norm" => include.norm = true,
             "embedding" => include.embedding = true,
-            s => return usage(&format!("--include {s}: expected bias, norm or embedding")),
+            "small" => include.small = true,
+            s => return usage(&format!("--include {s}: expected bias, norm, embedding or small")),
         }
     }
     let mut dims = BTreeMap::new();

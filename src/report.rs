@@ -278,6 +278,14 @@ fn weights_table(w: &WeightsReport) -> String {
         w.kept_elems,
         pct(1.0 - ratio(w.kept_elems as u64, w.candidates_elems as u64))
     );
+    if !w.small_filters_kept.is_empty() {
+        let _ = writeln!(
+            s,
+            "left dense (Conv filters under {} weights; --include small prunes them): {}",
+            crate::prune::weights::SMALL_FAN_IN,
+            w.small_filters_kept.join(", ")
+        );
+    }
     s
 }
 

@@ -237,7 +237,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             }
             let wopts =
                 WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores, fixed_ratio: o.fixed_ratio };
-            let r = weights::prune_weights(&mut m, &wopts).with_context(|| format!("{}", o.input.display()))?;
+            let small = weights::small_filters(&m, &o.include)?;
+            let mut r = weights::prune_weights(&mut m, &wopts).with_context(|| format!("{}", o.input.display()))?;
+            r.small_filters_kept = small;
             if let (Some(inputs), Some(dense)) = (recon_inputs, dense) {
                 let tr = Instant::now();
                 let pruned_names: Vec<String> =

@@ -239,6 +239,8 @@ fn calibrated_runs_are_byte_identical() {
     };
     for args in [
         &["models/digits_mlp.onnx", "--criterion", "wanda", "--calibration", "models/digits_calib_x64.npy"][..],
+        // per-weight OBS reconstruction (magnitude EMP mask)
+        &["models/digits_cnn.onnx", "--calibration", "models/digits_calib_x1x8x8.npy"][..],
         &[
             "models/digits_cnn_flatten.onnx",
             "--structured",

@@ -47,7 +47,14 @@ pub struct Include {
     pub bias: bool,
     pub norm: bool,
     pub embedding: bool,
+    /// Conv filters with fewer than [`SMALL_FAN_IN`] weights (depthwise 3×3, a stem on one to
+    /// three channels). Left dense by default: zeroing a third of a 9-weight filter wrecks it
+    /// and saves almost nothing.
+    pub small: bool,
 }
+
+/// Conv filters with fewer weights than this are left dense unless `Include::small`.
+pub const SMALL_FAN_IN: usize = 32;
 
 #[derive(Clone, Debug)]
 pub struct WeightOptions {
@@ -89,6 +96,8 @@ pub struct TensorReport {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct WeightsReport {
     pub tensors: Vec<TensorReport>,
+    /// Conv weights left dense because their filters are small (`--include small` prunes them).
+    pub small_filters_kept: Vec<String>,
     /// For scope=global: the single EMP decision over all candidates.
     pub global: Option<GlobalDecision>,
     pub candidates_elems: usize,
@@ -287,6 +296,9 @@ fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) -> Result<Vec
             if !check_weight(n, role, name, t)? {
                 continue;
             }
+            if is_small_filter(n, role, t) && !inc.small {
+                continue;
+            }
             let rank = t.dims.len();
             let axis = ua.resolve(rank);
             let label = format!("{} {}", n.op_type, node_label(n));
@@ -312,6 +324,35 @@ fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) -> Result<Vec
                         used_by: vec![label],
                     });
                 }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A Conv filter with fewer than `SMALL_FAN_IN` weights per output channel.
+fn is_small_filter(n: &NodeProto, role: &str, t: &TensorProto) -> bool {
+    let fan_in = t.dims.get(1..).map_or(0, |d| d.iter().product::<i64>());
+    n.op_type == "Conv" && role == "weight" && t.dims.len() >= 3 && fan_in > 0 && fan_in < SMALL_FAN_IN as i64
+}
+
+/// Conv weights left dense because their filters are small (see `Include::small`), in graph order.
+pub fn small_filters(model: &ModelProto, inc: &Include) -> Result<Vec<String>> {
+    small_filters_in(model.graph.as_ref().context("model has no graph")?, inc)
+}
+
+fn small_filters_in(g: &GraphProto, inc: &Include) -> Result<Vec<String>> {
+    if inc.small {
+        return Ok(vec![]);
+    }
+    let ix = GraphIndex::build(g)?;
+    let mut out: Vec<String> = vec![];
+    for n in &g.node {
+        for (slot, role, _) in weight_slots(n, inc) {
+            let Some(name) = n.input.get(slot).filter(|s| !s.is_empty()) else { continue };
+            let Some(t) = ix.weight(g, name) else { continue };
+            if is_small_filter(n, role, t) && !out.contains(name) {
+                out.push(name.clone());
             }
         }
     }
@@ -1074,6 +1115,10 @@ pub fn prune_weights(model: &mut ModelProto, opts: &WeightOptions) -> Result<Wei
     let ix = GraphIndex::build(g)?;
     let cands = find_candidates(g, &ix, &opts.include)?;
     if cands.is_empty() {
+        let small = small_filters_in(g, &opts.include)?.len();
+        if small > 0 {
+            bail!("no prunable weights found: the model's {small} Conv weight(s) have filters under {SMALL_FAN_IN} weights, left dense by default (--include small prunes them)");
+        }
         bail!("no prunable weights found (Conv, ConvTranspose, Gemm, MatMul, LSTM/GRU/RNN or Attention with constant float weights)");
     }
     let mut ts = tensors_mut(g, &cands)?;
@@ -1088,7 +1133,7 @@ pub fn prune_weights(model: &mut ModelProto, opts: &WeightOptions) -> Result<Wei
     };
     let candidates_elems = reports.iter().map(|r| r.n).sum();
     let kept_elems = reports.iter().map(|r| r.kept).sum();
-    Ok(WeightsReport { tensors: reports, global, candidates_elems, kept_elems })
+    Ok(WeightsReport { tensors: reports, small_filters_kept: vec![], global, candidates_elems, kept_elems })
 }
 
 /// Scope unit or layer: tensors in parallel. First every tensor is checked and its keep bits
@@ -1281,7 +1326,7 @@ mod tests {
         let opts = WeightOptions {
             beta,
             scope: Scope::Global,
-            include: Include::default(),
+            include: Include { small: true, ..Include::default() },
             scores: BTreeMap::new(),
             fixed_ratio: ratio,
         };
@@ -1389,7 +1434,7 @@ mod tests {
             scores.insert("w0".to_string(), (0..n).map(|i| ((i * 7919) % 13) as f64 - 4.0).collect::<Vec<f64>>());
         }
         let mut b = a.clone();
-        let opts = WeightOptions { beta, scope, include: Include::default(), scores, fixed_ratio: ratio };
+        let opts = WeightOptions { beta, scope, include: Include { small: true, ..Include::default() }, scores, fixed_ratio: ratio };
         let ra = reference::prune_weights_reference(&mut a, &opts);
         let rb = prune_weights(&mut b, &opts);
         match (ra, rb) {
@@ -1435,7 +1480,7 @@ mod tests {
             let opts = WeightOptions {
                 beta: 0.9,
                 scope,
-                include: Include::default(),
+                include: Include { small: true, ..Include::default() },
                 scores: BTreeMap::new(),
                 fixed_ratio: None,
             };
@@ -1475,7 +1520,7 @@ mod tests {
             let opts = WeightOptions {
                 beta: 1.0,
                 scope,
-                include: Include::default(),
+                include: Include { small: true, ..Include::default() },
                 scores: BTreeMap::new(),
                 fixed_ratio: None,
             };

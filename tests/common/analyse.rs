@@ -34,13 +34,15 @@ impl Outcome {
 
 /// The prune runs made on every model: each scope, plus `unit` with every optional role.
 pub fn runs() -> Vec<WeightOptions> {
-    let all = Include { bias: true, norm: true, embedding: true };
+    let all = Include { bias: true, norm: true, embedding: true, small: true };
     let opt =
         |scope, include| WeightOptions { beta: 1.0, scope, include, scores: Default::default(), fixed_ratio: None };
+    // Small Conv filters are included so the corpus' tiny convolutions reach the pruning code.
+    let small = || Include { small: true, ..Include::default() };
     vec![
-        opt(Scope::Unit, Include::default()),
-        opt(Scope::Layer, Include::default()),
-        opt(Scope::Global, Include::default()),
+        opt(Scope::Unit, small()),
+        opt(Scope::Layer, small()),
+        opt(Scope::Normalized, small()),
         opt(Scope::Unit, all),
     ]
 }

@@ -133,7 +133,7 @@ pub(super) fn prune_weights_reference(model: &mut ModelProto, opts: &WeightOptio
     }
     let candidates_elems = reports.iter().map(|r| r.n).sum();
     let kept_elems = reports.iter().map(|r| r.kept).sum();
-    Ok(WeightsReport { tensors: reports, global, candidates_elems, kept_elems })
+    Ok(WeightsReport { tensors: reports, small_filters_kept: vec![], global, candidates_elems, kept_elems })
 }
 
 fn tensor_neff(s: &[f64]) -> f64 {
