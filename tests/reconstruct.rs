@@ -119,11 +119,12 @@ fn refit_recovers_a_unit_that_is_a_combination_of_kept_ones() {
 #[test]
 fn reconstruction_lowers_error_on_trained_models() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str, &str, &[&str]); 4] = [
+    let cases: [(&str, &str, &str, &[&str]); 5] = [
         ("digits_cnn", "x1x8x8", "weights", &[]),
         ("yolo_block", "x1x8x8", "weights", &[]),
         ("digits_cnn", "x1x8x8", "channels", &["--structured", "channels", "--round-to", "1"]),
         ("yolo_block", "x1x8x8", "channels", &["--structured", "channels", "--round-to", "1"]),
+        ("digits_transformer", "x8x8", "heads", &["--structured", "heads"]),
     ];
     for (m, x, what, extra) in cases {
         let model = root(&format!("models/{m}.onnx"));

@@ -66,7 +66,7 @@ fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<crate::reconstruct::refit::Ref
         }
         let out_keep =
             an.sources.get(&c.node).map(|us| us.iter().map(|u| plan.keeps(an, *u)).collect()).unwrap_or_default();
-        out.push(crate::reconstruct::refit::RefitSite { weight: c.weight.clone(), in_keep, out_keep });
+        out.push(crate::reconstruct::refit::RefitSite { weight: c.weight.clone(), by_output: None, in_keep, out_keep });
     }
     out
 }

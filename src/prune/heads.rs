@@ -447,9 +447,25 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
     let stale: BTreeSet<String> = staged.iter().flat_map(|(_, st)| st.stale.iter().cloned()).collect();
     cleanup(model, &mut pruned, &stale)?;
     cleanup(model, &mut masked, &BTreeSet::new())?;
-    // The output projections are not offered for refit yet (their pruned and masked tensors
-    // may carry different names); the run reports heads as not reconstructed.
-    let refit = vec![];
+    // Output projections of pruned blocks, for reconstruction. Their weights may be renamed by
+    // the rewrite, so they are found by the projection node's output, which does not change.
+    let refit = staged
+        .iter()
+        .filter_map(|(bi, st)| {
+            let b = &blocks[*bi].1;
+            let n = ctx.g.node.get(b.out.node)?;
+            let w = ctx.ix.weight(ctx.g, n.input.get(b.out.slot)?)?;
+            let rows = *w.dims.get(b.out.axis)? as usize;
+            let dv = b.v_head_dim.max(1);
+            let in_keep = (0..rows).map(|r| st.kept.contains(&(r / dv))).collect();
+            Some(crate::reconstruct::refit::RefitSite {
+                weight: n.input[b.out.slot].clone(),
+                by_output: n.output.first().cloned(),
+                in_keep,
+                out_keep: vec![],
+            })
+        })
+        .collect();
     Ok(StructuralResult { pruned, masked, groups: reports.into_iter().flatten().collect(), refit })
 }
 

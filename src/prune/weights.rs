@@ -1434,7 +1434,13 @@ mod tests {
             scores.insert("w0".to_string(), (0..n).map(|i| ((i * 7919) % 13) as f64 - 4.0).collect::<Vec<f64>>());
         }
         let mut b = a.clone();
-        let opts = WeightOptions { beta, scope, include: Include { small: true, ..Include::default() }, scores, fixed_ratio: ratio };
+        let opts = WeightOptions {
+            beta,
+            scope,
+            include: Include { small: true, ..Include::default() },
+            scores,
+            fixed_ratio: ratio,
+        };
         let ra = reference::prune_weights_reference(&mut a, &opts);
         let rb = prune_weights(&mut b, &opts);
         match (ra, rb) {

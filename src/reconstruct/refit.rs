@@ -26,7 +26,11 @@ use onnx_protobuf::ModelProto;
 /// Gemm/MatMul: features) are kept, and which of its outputs are kept (empty = all).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefitSite {
+    /// The weight's name in the model the analysis saw.
     pub weight: String,
+    /// When the rewrite may rename the weight: the output value of the consumer node, which
+    /// it does not rename; the weight is then the node's input 1 in each model.
+    pub by_output: Option<String>,
     pub in_keep: Vec<bool>,
     pub out_keep: Vec<bool>,
 }
@@ -60,6 +64,15 @@ pub fn sample_positions(s: &Site, x_shape: &[usize]) -> Result<(usize, [usize; 2
     }
 }
 
+/// The site of `r` in `m`: by weight name, or through the node producing `r.by_output`.
+fn locate(m: &ModelProto, r: &RefitSite) -> std::result::Result<Site, String> {
+    let Some(out) = &r.by_output else { return site::find(m, &r.weight) };
+    let g = m.graph.as_ref().ok_or("model has no graph")?;
+    let n = g.node.iter().find(|n| n.output.first() == Some(out)).ok_or_else(|| format!("no node produces '{out}'"))?;
+    let w = n.input.get(1).filter(|s| !s.is_empty()).ok_or("the node has no weight input")?;
+    site::find(m, w)
+}
+
 fn is_val(row: usize) -> bool {
     row % 5 == 4
 }
@@ -76,7 +89,7 @@ pub fn refit_all(
     let mut order: Vec<(usize, &RefitSite, std::result::Result<Site, String>)> = sites
         .iter()
         .map(|r| {
-            let s = site::find(masked, &r.weight);
+            let s = locate(masked, r);
             (s.as_ref().map(|s| s.node).unwrap_or(usize::MAX), r, s)
         })
         .collect();
@@ -260,7 +273,7 @@ fn refit_one(
             b2[o] = x[(pk - 1, j)];
         }
     }
-    let sp = site::find(pruned, &r.weight).map_err(|e| anyhow::anyhow!("pruned model: {e}"))?;
+    let sp = locate(pruned, r).map_err(|e| anyhow::anyhow!("pruned model: {e}"))?;
     if sp.out != q || sp.p != feat.len() {
         bail!("pruned weight is {}×{}, expected {}×{}", sp.out, sp.p, q, feat.len());
     }

@@ -39,12 +39,7 @@ pub fn runs() -> Vec<WeightOptions> {
         |scope, include| WeightOptions { beta: 1.0, scope, include, scores: Default::default(), fixed_ratio: None };
     // Small Conv filters are included so the corpus' tiny convolutions reach the pruning code.
     let small = || Include { small: true, ..Include::default() };
-    vec![
-        opt(Scope::Unit, small()),
-        opt(Scope::Layer, small()),
-        opt(Scope::Normalized, small()),
-        opt(Scope::Unit, all),
-    ]
+    vec![opt(Scope::Unit, small()), opt(Scope::Layer, small()), opt(Scope::Normalized, small()), opt(Scope::Unit, all)]
 }
 
 /// An error as the CLI prints it: one line, context chain included.
