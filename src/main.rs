@@ -187,8 +187,8 @@ fn real_main(cli: Cli) -> ExitCode {
         if !(r.is_finite() && (0.0..1.0).contains(&r)) {
             return usage(&format!("--ratio {r}: must be in [0, 1)"));
         }
-        if a.structured.is_some() {
-            return usage("--ratio is a per-weight baseline; it does not apply to --structured");
+        if a.structured.is_some_and(|m| m != Mode::Channels) {
+            return usage("--ratio is a baseline for per-weight mode and --structured channels only");
         }
     }
     let mut include = Include::default();

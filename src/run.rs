@@ -276,7 +276,20 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             let crit = if o.criterion.is_none() { "l2".to_string() } else { arg_name(&crit) };
             scope_name = format!("{scope:?}").to_lowercase();
             criterion_name = crit;
-            let sopts = StructOptions { beta: o.beta, scope, criterion, round_to: o.round_to, activations: None };
+            if o.fixed_ratio.is_some() && (mode != Mode::Channels || scope != StructScope::Layer) {
+                bail!("--ratio applies to per-weight mode and to --structured channels at layer scope");
+            }
+            if let Some(r) = o.fixed_ratio {
+                notes.push(format!("baseline run: fixed ratio {r} per group instead of EMP (--ratio)"));
+            }
+            let sopts = StructOptions {
+                beta: o.beta,
+                scope,
+                criterion,
+                round_to: o.round_to,
+                activations: None,
+                fixed_ratio: o.fixed_ratio,
+            };
             let mut current = std::mem::take(&mut loaded.proto);
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
                 let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;

@@ -310,7 +310,11 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
     let mut decisions: Vec<(f64, BTreeSet<usize>, Vec<String>)> = Vec::with_capacity(groups.len());
     let emp_err = |e: emp::EmpError| anyhow::anyhow!("{e}");
     for g in &groups {
-        let (d, _) = emp::select(&g.scores, opts.beta).map_err(emp_err)?;
+        let (d, _) = match opts.fixed_ratio {
+            // Baseline for comparisons: a fixed fraction of every group, highest scores kept.
+            Some(r) => emp::select_ratio(&g.scores, r).map_err(emp_err)?,
+            None => emp::select(&g.scores, opts.beta).map_err(emp_err)?,
+        };
         let mut notes = vec![];
         if d.all_zero {
             notes.push("all scores are zero: nothing to rank, kept whole".to_string());

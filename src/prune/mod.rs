@@ -88,6 +88,8 @@ pub struct StructOptions {
     pub round_to: RoundTo,
     /// Calibration statistics for `Criterion::Activation`.
     pub activations: Option<Activations>,
+    /// Baseline instead of EMP (channels, layer scope): remove this fraction of every group.
+    pub fixed_ratio: Option<f64>,
 }
 
 impl Default for StructOptions {
@@ -98,6 +100,7 @@ impl Default for StructOptions {
             criterion: Criterion::L2,
             round_to: RoundTo::Multiple(1),
             activations: None,
+            fixed_ratio: None,
         }
     }
 }
