@@ -51,7 +51,9 @@ pub fn prune_channels(model: &ModelProto, opts: &StructOptions) -> Result<Struct
     let plan = plan(&ctx, &an, opts)?;
     let pruned = rewrite(model, &ctx, &an, &plan, Mode::Pruned)?;
     let masked = rewrite(model, &ctx, &an, &plan, Mode::Masked)?;
-    let refit = refit_sites(&an, &plan);
+    let mut refit = refit_sites(&an, &plan);
+    let more = downstream_sites(&ctx, &an, &plan, &refit);
+    refit.extend(more);
     Ok(StructuralResult { pruned, masked, groups: plan.reports, refit })
 }
 
@@ -67,6 +69,37 @@ fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<crate::reconstruct::refit::Ref
         let out_keep =
             an.sources.get(&c.node).map(|us| us.iter().map(|u| plan.keeps(an, *u)).collect()).unwrap_or_default();
         out.push(crate::reconstruct::refit::RefitSite { weight: c.weight.clone(), by_output: None, in_keep, out_keep });
+    }
+    out
+}
+
+/// Every other producing Conv / Gemm / MatMul downstream of a removal: its inputs are not pruned
+/// but no longer the dense ones, so its output is re-fitted too (all inputs kept).
+fn downstream_sites(
+    ctx: &Ctx,
+    an: &Analysis,
+    plan: &Plan,
+    sites: &[crate::reconstruct::refit::RefitSite],
+) -> Vec<crate::reconstruct::refit::RefitSite> {
+    let first = sites.iter().filter_map(|s| ctx.g.node.iter().position(|n| n.input.get(1) == Some(&s.weight))).min();
+    let Some(first) = first else { return vec![] };
+    let mut out = vec![];
+    for (ni, n) in ctx.g.node.iter().enumerate().skip(first + 1) {
+        if !matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul") {
+            continue;
+        }
+        let Some(w) = n.input.get(1).filter(|w| ctx.ix.is_constant(w)) else { continue };
+        if sites.iter().any(|s| &s.weight == w) {
+            continue;
+        }
+        let out_keep =
+            an.sources.get(&ni).map(|us| us.iter().map(|u| plan.keeps(an, *u)).collect()).unwrap_or_default();
+        out.push(crate::reconstruct::refit::RefitSite {
+            weight: w.clone(),
+            by_output: None,
+            in_keep: vec![],
+            out_keep,
+        });
     }
     out
 }

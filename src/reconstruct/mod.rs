@@ -17,8 +17,10 @@
 //! Methods: per-weight mode uses the OBS / SparseGPT update with EMP's mask ([`obs`]);
 //! channels and heads refit each consumer of removed units by ridge least squares against the
 //! dense output, with bias-only compensation and "leave as is" as fall-backs, keeping whichever
-//! has the lowest error on a held-apart fifth of the calibration rows ([`refit`]).
+//! has the lowest error on a held-apart fifth of the calibration rows ([`refit`]); grouped
+//! (depthwise) convolutions get a per-channel scale and shift instead ([`affine`]).
 
+pub mod affine;
 pub mod capture;
 pub mod linalg;
 pub mod obs;
@@ -40,7 +42,7 @@ pub struct LayerRecon {
     /// "<op> <node name>".
     pub layer: String,
     pub weight: String,
-    /// "obs", "ridge", "bias", "unchanged" or "skipped".
+    /// "obs", "ridge", "bias", "affine", "unchanged" or "skipped".
     pub method: String,
     /// Calibration rows (samples × sampled positions) the layer was solved on.
     pub rows: usize,

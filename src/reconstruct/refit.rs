@@ -22,8 +22,8 @@ use anyhow::{bail, Context, Result};
 use faer::Mat;
 use onnx_protobuf::ModelProto;
 
-/// A consumer to refit: its weight, which positions of the weight's input axis (Conv: channels,
-/// Gemm/MatMul: features) are kept, and which of its outputs are kept (empty = all).
+/// A layer to refit: its weight, which positions of the weight's input axis (Conv: channels,
+/// Gemm/MatMul: features) are kept (empty = all), and which of its outputs are kept (empty = all).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefitSite {
     /// The weight's name in the model the analysis saw.
@@ -73,6 +73,11 @@ fn locate(m: &ModelProto, r: &RefitSite) -> std::result::Result<Site, String> {
     site::find(m, w)
 }
 
+/// Calibration samples (rows of the first input).
+pub fn rows_of(i: &Inputs) -> usize {
+    i.inputs.first().and_then(|i| i.data.shape().first().copied()).unwrap_or(0)
+}
+
 fn is_val(row: usize) -> bool {
     row % 5 == 4
 }
@@ -120,20 +125,22 @@ fn refit_one(
     calib: &Inputs,
 ) -> Result<LayerRecon> {
     if site::groups(s) > 1 {
-        return Ok(LayerRecon::skipped(&s.label, &r.weight, "grouped Conv consumer".into()));
+        let sp = locate(pruned, r).map_err(|e| anyhow::anyhow!("pruned model: {e}"))?;
+        return super::affine::affine_one(k, dense, masked, pruned, r, s, &sp, calib);
     }
     let per_in = match s.layout {
         Layout::Conv2d { kernel, .. } => kernel[0] * kernel[1],
         _ => 1,
     };
-    if r.in_keep.len() * per_in != s.p {
-        bail!("{} input positions for a weight with {} inputs", r.in_keep.len(), s.p);
+    let in_keep = if r.in_keep.is_empty() { vec![true; s.p / per_in] } else { r.in_keep.clone() };
+    if in_keep.len() * per_in != s.p {
+        bail!("{} input positions for a weight with {} inputs", in_keep.len(), s.p);
     }
     let out_keep = if r.out_keep.is_empty() { vec![true; s.out] } else { r.out_keep.clone() };
     if out_keep.len() != s.out {
         bail!("{} output positions for a weight with {} outputs", out_keep.len(), s.out);
     }
-    let feat: Vec<usize> = (0..s.p).filter(|&f| r.in_keep[f / per_in]).collect();
+    let feat: Vec<usize> = (0..s.p).filter(|&f| in_keep[f / per_in]).collect();
     let outs: Vec<usize> = (0..s.out).filter(|&o| out_keep[o]).collect();
     let has_bias = s.bias.is_some();
     let (pk, q) = (feat.len() + has_bias as usize, outs.len());
