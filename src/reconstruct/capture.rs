@@ -19,13 +19,19 @@ pub fn run_exposing(
 ) -> Result<()> {
     let mut m = model.clone();
     let g = m.graph.as_mut().context("model has no graph")?;
-    let existing: BTreeSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
+    // Only the requested values are outputs: tract then computes just the prefix of the graph
+    // they depend on (a layer early in the graph costs a fraction of a full run).
+    let old: Vec<ValueInfoProto> = std::mem::take(&mut g.output);
     for v in values {
-        if !existing.contains(v) {
+        if g.output.iter().any(|o| &o.name == v) {
+            continue;
+        }
+        let vi = old.iter().find(|o| &o.name == v).cloned().unwrap_or_else(|| {
             let mut vi = ValueInfoProto::new();
             vi.name = v.clone();
-            g.output.push(vi);
-        }
+            vi
+        });
+        g.output.push(vi);
     }
     let dir = tempfile::tempdir().context("reconstruction scratch folder")?;
     let path = dir.path().join("reconstruct.onnx");
