@@ -1,17 +1,17 @@
 //! Calibration: run the model on real inputs and collect streaming per-feature statistics of
 //! chosen intermediate values, for data-driven criteria (Wanda, activation scores).
 //!
-//! A scratch copy of the model exposes the values as extra graph outputs; tract runs it chunk by
-//! chunk (≤ 512 rows) and only running sums are kept, so memory is bounded by one chunk's
+//! A scratch copy of the model exposes the values as graph outputs
+//! ([`crate::reconstruct::capture::run_exposing`]); tract runs it chunk by chunk (≤ 512 rows) and
+//! only running sums are kept, so memory is bounded by one chunk's
 //! activations, not by the calibration set.
 
 use crate::check::{self, InputSpec, Inputs};
 use crate::model::graph::{attr_i, GraphIndex};
-use crate::model::io::{self, SaveOptions};
 use crate::model::tensor;
 use anyhow::{bail, Context, Result};
 use ndarray::{ArrayD, Axis};
-use onnx_protobuf::{ModelProto, ValueInfoProto};
+use onnx_protobuf::ModelProto;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -86,35 +86,14 @@ pub fn collect(model: &ModelProto, inputs: &Inputs, req: &Requests) -> Result<St
     if req.is_empty() {
         return Ok(Stats::default());
     }
-    let mut m = model.clone();
-    let g = m.graph.as_mut().context("model has no graph")?;
-    let existing: BTreeSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
     let names: Vec<String> = req.keys().cloned().collect();
-    for n in &names {
-        if !existing.contains(n) {
-            let mut vi = ValueInfoProto::new();
-            vi.name = n.clone();
-            g.output.push(vi);
-        }
-    }
-    let dir = tempfile::tempdir().context("calibration scratch folder")?;
-    let path = dir.path().join("calibration.onnx");
-    // Large weights go external so the scratch copy never hits the 2 GiB protobuf limit.
-    let mut ext = BTreeSet::new();
-    io::for_each_tensor_mut(&mut m, &mut |t| {
-        if t.raw_data.len() >= 1 << 20 {
-            ext.insert(t.name.clone());
-        }
-    });
-    io::save(m, &path, &SaveOptions { external: ext })?;
-    let r = check::load_runnable(&path, &inputs.facts()).context("calibration: tract could not compile the model")?;
     let mut stats = Stats {
         rows: inputs.inputs.first().map(|i| i.data.shape().first().copied().unwrap_or(1)).unwrap_or(0),
         values: BTreeMap::new(),
     };
-    check::run::run_each(&r, inputs, |outs| {
-        for (name, a) in r.output_names.iter().zip(outs.iter()) {
-            let Some(&ax) = req.get(name) else { continue };
+    crate::reconstruct::capture::run_exposing(model, inputs, &names, |_, arrays| {
+        for (name, a) in names.iter().zip(arrays) {
+            let ax = req[name];
             let axis = if ax < 0 { a.ndim() as i64 + ax } else { ax };
             if axis < 0 {
                 bail!("value '{name}': feature axis {ax} out of range for shape {:?}", a.shape());
