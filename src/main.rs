@@ -12,16 +12,16 @@ use std::process::ExitCode;
 
 const EXAMPLES: &str = "\
 Examples:
-  # per-weight EMP (default), verified in tract on the test set with labels
-  onnx-emp models/digits_mlp.onnx mlp.pruned.onnx \\
-      --inputs models/digits_test_x64.npy --labels models/digits_test_y.npy
+  # per-weight EMP (default), reconstructed from a calibration split, verified on the test set
+  onnx-emp models/fmnist_mobilenet.onnx mobilenet.pruned.onnx --calibration models/fmnist_calib_x.npy \\
+      --inputs models/fmnist_test_x.npy --labels models/fmnist_test_y.npy
 
   # one EMP group per output unit (row/filter), a JSON report, no verification
   onnx-emp model.onnx out.onnx --scope unit --report report.json --no-verify
 
-  # remove conv channels / hidden units, kept counts rounded up to multiples of 8
-  onnx-emp models/digits_cnn.onnx cnn.small.onnx --structured channels --round-to 8 \\
-      --inputs models/digits_test_x1x8x8.npy --labels models/digits_test_y.npy
+  # remove conv channels / hidden units (kept counts aligned: --round-to auto), then refit
+  onnx-emp models/fmnist_resnet.onnx resnet.small.onnx --structured channels --beta 0.8 \\
+      --calibration models/fmnist_calib_x.npy --inputs models/fmnist_test_x.npy
 
   # remove attention heads (one EMP over all heads), then FFN hidden units
   onnx-emp bert.onnx bert.small.onnx --structured heads,channels --dim batch=1 --dim sequence=128
@@ -82,7 +82,7 @@ struct PruneArgs {
     #[arg(long, value_delimiter = ',')]
     include: Vec<String>,
     /// Structured: round each kept count up to a multiple of N, never above the original width.
-    /// auto (default) keeps the alignment the dense width has, up to 16 (what blocked engine
+    /// auto (default) keeps the alignment the dense width has, up to 8 (what blocked engine
     /// kernels need); 1 turns rounding off
     #[arg(long, default_value = "auto", value_name = "N|auto")]
     round_to: RoundTo,
