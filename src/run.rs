@@ -173,10 +173,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let mut notes = Vec::new();
     let mut calibration: Option<String> = None;
     // Calibration data, loaded once: for data-driven criteria and for reconstruction.
-    let calib = match &o.calibration {
-        Some(_) => Some(calibration_inputs(o, "calibration")?),
-        None => None,
-    };
+    let calib = calibration_inputs(o)?;
     let need_calib = |what: &str| -> Result<&crate::check::Inputs> {
         match &calib {
             Some((i, _)) => Ok(i),
@@ -415,19 +412,14 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
 }
 
 /// The calibration inputs and the report's label for them, e.g.
-/// "models/digits_calib_x64.npy (256 rows)". Without `--calibration` this is an error: data-driven
-/// criteria never fall back to the verification inputs or to random data.
-fn calibration_inputs(o: &RunOptions, what: &str) -> Result<(crate::check::Inputs, String)> {
-    let Some(spec) = &o.calibration else {
-        bail!(
-            "{what} needs calibration data: pass --calibration with real inputs (.npy, .npz or a folder of NAME.npy); \
-             verification or random inputs are never used as calibration"
-        );
-    };
+/// "models/digits_calib_x64.npy (256 rows)"; None without `--calibration` (data-driven criteria
+/// then refuse to run: they never fall back to the verification inputs or to random data).
+fn calibration_inputs(o: &RunOptions) -> Result<Option<(crate::check::Inputs, String)>> {
+    let Some(spec) = &o.calibration else { return Ok(None) };
     let label = o.calibration_label.clone().unwrap_or_else(|| "calibration".into());
     let inputs = crate::calib::load_inputs(&o.input, spec)?;
-    let rows = inputs.inputs.first().and_then(|i| i.data.shape().first().copied()).unwrap_or(0);
-    Ok((inputs, format!("{label} ({rows} rows)")))
+    let rows = rows_of(&inputs);
+    Ok(Some((inputs, format!("{label} ({rows} rows)"))))
 }
 
 fn rows_of(i: &crate::check::Inputs) -> usize {
