@@ -77,8 +77,9 @@ struct PruneArgs {
     /// l2 (default), l1 or activation (channels); weight (default) or activation (heads)
     #[arg(long, value_enum, hide_possible_values = true)]
     criterion: Option<CriterionArg>,
-    /// Also prune these (per-weight): bias, norm, embedding, small (Conv filters under 32
-    /// weights: depthwise, a stem on 1-3 channels) (comma separated)
+    /// Also prune these (per-weight): bias, norm, embedding, small (weights whose output units
+    /// have fewer than 32 inputs: depthwise filters, a stem on 1-3 channels, LSTM gates on few
+    /// features) (comma separated)
     #[arg(long, value_delimiter = ',')]
     include: Vec<String>,
     /// Structured: round each kept count up to a multiple of N, never above the original width.

@@ -281,7 +281,7 @@ fn weights_table(w: &WeightsReport) -> String {
     if !w.small_filters_kept.is_empty() {
         let _ = writeln!(
             s,
-            "left dense (Conv filters under {} weights; --include small prunes them): {}",
+            "left dense (output units with fewer than {} inputs; --include small prunes them): {}",
             crate::prune::weights::SMALL_FAN_IN,
             w.small_filters_kept.join(", ")
         );

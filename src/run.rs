@@ -483,7 +483,8 @@ pub const MAX_STRUCT_WIDTH: i64 = 1 << 24;
 /// whatever the mode), and — for structural modes — no axis so wide that per-unit tables could
 /// not be allocated.
 fn validate_weights(m: &ModelProto, include: &Include, structural: bool) -> Result<()> {
-    let names = weights::candidate_names(m, include)?;
+    // Every weight is checked, including those left dense because their units are small.
+    let names = weights::candidate_names(m, &Include { small: true, ..include.clone() })?;
     let g = m.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
     for name in names {

@@ -56,7 +56,7 @@ fn run_case(path: &Path) -> Run {
             let opts = WeightOptions {
                 beta: 1.0,
                 scope: Scope::Unit,
-                include: Include::default(),
+                include: Include { small: true, ..Include::default() },
                 scores: Default::default(),
                 fixed_ratio: None,
             };

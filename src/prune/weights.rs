@@ -47,13 +47,13 @@ pub struct Include {
     pub bias: bool,
     pub norm: bool,
     pub embedding: bool,
-    /// Conv filters with fewer than [`SMALL_FAN_IN`] weights (depthwise 3×3, a stem on one to
-    /// three channels). Left dense by default: zeroing a third of a 9-weight filter wrecks it
-    /// and saves almost nothing.
+    /// Weights whose output units have fewer than [`SMALL_FAN_IN`] inputs (depthwise 3×3 filters,
+    /// a stem on one to three channels, LSTM gates on a few features). Left dense by default:
+    /// zeroing a third of a 9-weight filter wrecks it and saves almost nothing.
     pub small: bool,
 }
 
-/// Conv filters with fewer weights than this are left dense unless `Include::small`.
+/// Output units with fewer inputs than this are left dense unless `Include::small`.
 pub const SMALL_FAN_IN: usize = 32;
 
 #[derive(Clone, Debug)]
@@ -96,7 +96,7 @@ pub struct TensorReport {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct WeightsReport {
     pub tensors: Vec<TensorReport>,
-    /// Conv weights left dense because their filters are small (`--include small` prunes them).
+    /// Weights left dense because their output units have few inputs (`--include small` prunes them).
     pub small_filters_kept: Vec<String>,
     /// For scope=global: the single EMP decision over all candidates.
     pub global: Option<GlobalDecision>,
@@ -296,7 +296,7 @@ fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) -> Result<Vec
             if !check_weight(n, role, name, t)? {
                 continue;
             }
-            if is_small_filter(n, role, t) && !inc.small {
+            if is_small_filter(role, t, ua.resolve(t.dims.len())) && !inc.small {
                 continue;
             }
             let rank = t.dims.len();
@@ -330,13 +330,19 @@ fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) -> Result<Vec
     Ok(out)
 }
 
-/// A Conv filter with fewer than `SMALL_FAN_IN` weights per output channel.
-fn is_small_filter(n: &NodeProto, role: &str, t: &TensorProto) -> bool {
-    let fan_in = t.dims.get(1..).map_or(0, |d| d.iter().product::<i64>());
-    n.op_type == "Conv" && role == "weight" && t.dims.len() >= 3 && fan_in > 0 && fan_in < SMALL_FAN_IN as i64
+/// A weight whose output units have fewer than `SMALL_FAN_IN` inputs each: a depthwise 3×3 or
+/// 1–3-channel stem filter, an LSTM gate row on 8 features, a 1×1 conv on 16 channels.
+fn is_small_filter(role: &str, t: &TensorProto, axis: Option<usize>) -> bool {
+    let Some(a) = axis else { return false };
+    if !matches!(role, "weight" | "recurrence") || t.dims.len() < 2 || a >= t.dims.len() || t.dims[a] <= 0 {
+        return false;
+    }
+    let fan_in = t.dims.iter().product::<i64>() / t.dims[a];
+    fan_in > 0 && fan_in < SMALL_FAN_IN as i64
 }
 
-/// Conv weights left dense because their filters are small (see `Include::small`), in graph order.
+/// Weights left dense because their output units have few inputs (see `Include::small`), in
+/// graph order.
 pub fn small_filters(model: &ModelProto, inc: &Include) -> Result<Vec<String>> {
     small_filters_in(model.graph.as_ref().context("model has no graph")?, inc)
 }
@@ -348,10 +354,10 @@ fn small_filters_in(g: &GraphProto, inc: &Include) -> Result<Vec<String>> {
     let ix = GraphIndex::build(g)?;
     let mut out: Vec<String> = vec![];
     for n in &g.node {
-        for (slot, role, _) in weight_slots(n, inc) {
+        for (slot, role, ua) in weight_slots(n, inc) {
             let Some(name) = n.input.get(slot).filter(|s| !s.is_empty()) else { continue };
             let Some(t) = ix.weight(g, name) else { continue };
-            if is_small_filter(n, role, t) && !out.contains(name) {
+            if is_small_filter(role, t, ua.resolve(t.dims.len())) && !out.contains(name) {
                 out.push(name.clone());
             }
         }
@@ -1117,7 +1123,7 @@ pub fn prune_weights(model: &mut ModelProto, opts: &WeightOptions) -> Result<Wei
     if cands.is_empty() {
         let small = small_filters_in(g, &opts.include)?.len();
         if small > 0 {
-            bail!("no prunable weights found: the model's {small} Conv weight(s) have filters under {SMALL_FAN_IN} weights, left dense by default (--include small prunes them)");
+            bail!("no prunable weights found: the model's {small} weight(s) have output units with fewer than {SMALL_FAN_IN} inputs, left dense by default (--include small prunes them)");
         }
         bail!("no prunable weights found (Conv, ConvTranspose, Gemm, MatMul, LSTM/GRU/RNN or Attention with constant float weights)");
     }
