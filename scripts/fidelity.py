@@ -4,9 +4,10 @@ model in models/, against magnitude / Wanda at equal sparsity and a fixed-ratio 
 at (about) equal MACs; latency dense → pruned in tract and in onnxruntime (default optimisation
 level, 1 thread, interleaved); the issue-10 targets printed beside each figure.
 
-  cargo build --release && python3 scripts/fidelity.py [--quick]
+  cargo build --release && python3 scripts/fidelity.py [--quick] [MODEL ...]
 
---quick: the three Fashion-MNIST models only. Needs numpy + onnxruntime for the ORT column.
+--quick: the three Fashion-MNIST models only; MODEL names restrict the run to those models.
+Needs numpy + onnxruntime for the ORT column.
 """
 import json
 import os
@@ -98,7 +99,10 @@ def ort_ratio(dense, pruned, x):
 
 def main():
     quick = "--quick" in sys.argv
+    names = [a for a in sys.argv[1:] if not a.startswith("--")]
     models = MODELS[:3] if quick else MODELS
+    if names:
+        models = [m for m in models if m[0] in names]
     tmp = tempfile.mkdtemp()
     W, C, H = [], [], []
     worst = {"w": [], "w_nocal": [], "c": [], "c08": [], "h": []}
