@@ -8,7 +8,8 @@
 //!
 //! Prints model size, copy time (`std::fs::copy`: an in-kernel copy), the time to read all the
 //! bytes into memory and write them to a new file (the I/O any pass that holds the model does),
-//! time per stage, the ratios, and peak RSS. Default scope: global (the CLI default).
+//! time per stage, the ratios, and peak RSS. Default scope: global (the paper's protocol; the CLI default is now normalized, which adds one
+//! per-tensor sum pass).
 //! One model per process so that peak RSS belongs to that model.
 
 use onnx_emp::model::io::{self, SaveOptions};

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pass benchmark as reported in the README: load + prune + save vs copying the file (and vs reading
-# all its bytes and writing them back), peak RSS; scope global (the CLI default) and unit.
+# all its bytes and writing them back), peak RSS; scopes global (the paper's protocol; the CLI default is now normalized) and unit.
 # Sizes: the largest real model available, a ~90 MB and a ~1.6 GB synthetic transformer-like
 # model with external data (generated into target/bench-models, not committed).
 # Then structured mode on mobilenet_v2: tract latency dense → pruned, through the CLI.
