@@ -1,0 +1,231 @@
+//! Streaming per-weight EMP against the in-memory reference, thread-count independence, errors.
+
+use super::*;
+use proptest::prelude::*;
+
+/// Global selection over plain score vectors (through the streaming code).
+fn global_masks(scores: &[Vec<f64>], beta: f64, ratio: Option<f64>) -> (GlobalDecision, Vec<Vec<bool>>) {
+    let mut m = model_of(
+        scores.iter().map(|s| (s.iter().map(|&x| x as f32).collect(), vec![s.len()], dt::FLOAT, false)).collect(),
+    );
+    let opts = WeightOptions {
+        beta,
+        scope: Scope::Global,
+        include: Include { small: true, ..Include::default() },
+        scores: BTreeMap::new(),
+        fixed_ratio: ratio,
+    };
+    let r = prune_weights(&mut m, &opts).unwrap();
+    let g = m.graph.as_ref().unwrap();
+    let masks =
+        g.initializer.iter().map(|t| tensor::read_f32(t).unwrap().iter().map(|&x| x != 0.0).collect()).collect();
+    (r.global.unwrap(), masks)
+}
+
+#[test]
+fn global_ties_and_counts() {
+    let s = vec![vec![1.0, 1.0], vec![1.0, 0.0]];
+    let (d, m) = global_masks(&s, 1.0, None);
+    assert_eq!(d.kept, 3);
+    assert_eq!(m, vec![vec![true, true], vec![true, false]]);
+    let (d, m) = global_masks(&s, 0.5, None);
+    assert_eq!(d.kept, 1);
+    assert_eq!(m, vec![vec![true, false], vec![false, false]]);
+}
+
+#[test]
+fn unit_indices_cover_axis() {
+    let sh = [2, 3, 2];
+    let v: Vec<usize> = reference::unit_indices(&sh, 1, 1).collect();
+    assert_eq!(v, vec![2, 3, 8, 9]);
+}
+
+/// (values, dims, dtype, typed storage instead of raw_data) per weight → a MatMul chain.
+type Spec = (Vec<f32>, Vec<usize>, i32, bool);
+
+fn model_of(ws: Vec<Spec>) -> ModelProto {
+    use onnx_protobuf::ValueInfoProto;
+    let mut g = GraphProto::new();
+    let mut vi = ValueInfoProto::new();
+    vi.name = "x".into();
+    g.input.push(vi);
+    for (i, (vals, dims, dtype, typed)) in ws.into_iter().enumerate() {
+        let name = format!("w{i}");
+        let mut t = tensor::new_f32(&name, &dims.iter().map(|&d| d as i64).collect::<Vec<_>>(), &vals);
+        t.data_type = dtype;
+        let f64s: Vec<f64> = vals.iter().map(|&v| v as f64).collect();
+        t.raw_data.clear();
+        t.float_data.clear();
+        if !vals.is_empty() {
+            // write_f64 keeps the encoding it finds: give it the one we want first
+            match (dtype, typed) {
+                (dt::FLOAT, true) => t.float_data = vec![0.0; vals.len()],
+                (dt::DOUBLE, true) => t.double_data = vec![0.0; vals.len()],
+                (dt::FLOAT16 | dt::BFLOAT16, true) => t.int32_data = vec![0; vals.len()],
+                _ => t.raw_data = vec![0; vals.len() * tensor::elem_size(dtype).unwrap()],
+            }
+            tensor::write_f64(&mut t, &f64s).unwrap();
+        }
+        g.initializer.push(t);
+        let mut n = NodeProto::new();
+        n.op_type = if dims.len() == 4 { "Conv".into() } else { "MatMul".into() };
+        n.name = format!("n{i}");
+        n.input = vec!["x".into(), name];
+        n.output = vec![format!("y{i}")];
+        g.node.push(n);
+    }
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    m.graph = Some(g).into();
+    m
+}
+
+fn value() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        3 => Just(0.0f32),
+        3 => prop::sample::select(vec![0.5f32, -0.5, 1.0, 0.25, -1.0]),
+        6 => -2.0f32..2.0,
+        1 => -1e-30f32..1e-30,
+    ]
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    let dims = prop_oneof![
+        (1usize..40).prop_map(|n| vec![n]),
+        (1usize..7, 1usize..7).prop_map(|(a, b)| vec![a, b]),
+        (1usize..4, 1usize..4, 1usize..5).prop_map(|(a, b, c)| vec![a, b, c]),
+        (1usize..4, 1usize..3, 1usize..3, 1usize..3).prop_map(|(a, b, c, d)| vec![a, b, c, d]),
+        Just(vec![0usize, 3]),
+    ];
+    let dtype = prop::sample::select(vec![dt::FLOAT, dt::FLOAT16, dt::BFLOAT16, dt::DOUBLE]);
+    (dims, dtype, any::<bool>()).prop_flat_map(|(dims, dtype, typed)| {
+        let n: usize = dims.iter().product();
+        (prop::collection::vec(value(), n), Just(dims), Just(dtype), Just(typed))
+    })
+}
+
+fn check_same(
+    ws: Vec<Spec>,
+    scope: Scope,
+    beta: f64,
+    ratio: Option<f64>,
+    override_first: bool,
+) -> std::result::Result<(), TestCaseError> {
+    let mut a = model_of(ws);
+    let mut scores = BTreeMap::new();
+    if override_first {
+        let t = &a.graph.as_ref().unwrap().initializer[0];
+        let n = tensor::numel(t).unwrap();
+        scores.insert("w0".to_string(), (0..n).map(|i| ((i * 7919) % 13) as f64 - 4.0).collect::<Vec<f64>>());
+    }
+    let mut b = a.clone();
+    let opts = WeightOptions {
+        beta,
+        scope,
+        include: Include { small: true, ..Include::default() },
+        scores,
+        fixed_ratio: ratio,
+    };
+    let ra = reference::prune_weights_reference(&mut a, &opts);
+    let rb = prune_weights(&mut b, &opts);
+    match (ra, rb) {
+        (Ok(ra), Ok(rb)) => {
+            prop_assert_eq!(serde_json::to_string(&ra).unwrap(), serde_json::to_string(&rb).unwrap());
+            prop_assert!(a == b, "pruned tensors differ");
+        }
+        (Err(ea), Err(eb)) => prop_assert_eq!(format!("{ea:#}"), format!("{eb:#}")),
+        (ra, rb) => prop_assert!(false, "reference {:?} vs streaming {:?}", ra.map(|_| ()), rb.map(|_| ())),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+    #[test]
+    fn streaming_matches_reference(
+        ws in prop::collection::vec(spec(), 1..5),
+        scope in prop::sample::select(vec![Scope::Unit, Scope::Layer, Scope::Global, Scope::Normalized]),
+        beta in prop_oneof![Just(1.0f64), 0.2f64..2.5],
+        ratio in prop::option::weighted(0.2, 0.0f64..0.95),
+        over in prop::bool::weighted(0.2),
+    ) {
+        check_same(ws, scope, beta, ratio, over)?;
+    }
+}
+
+#[test]
+fn same_result_with_any_number_of_threads() {
+    let mut st = 0x2545F4914F6CDD1Du64;
+    let mut rnd = move |k: u64| {
+        st ^= st << 13;
+        st ^= st >> 7;
+        st ^= st << 17;
+        ((st >> 40) % k) as f32 / k as f32 - 0.5
+    };
+    let ws: Vec<Spec> = vec![
+        ((0..300 * 200).map(|_| rnd(1000)).collect(), vec![300, 200], dt::FLOAT, false),
+        ((0..64 * 3 * 3 * 3).map(|_| rnd(50)).collect(), vec![64, 3, 3, 3], dt::FLOAT16, false),
+        ((0..BUFFER_GROUP_MAX + 77).map(|_| rnd(100_000)).collect(), vec![BUFFER_GROUP_MAX + 77], dt::FLOAT, true),
+    ];
+    for scope in [Scope::Global, Scope::Normalized, Scope::Unit, Scope::Layer] {
+        let opts = WeightOptions {
+            beta: 0.9,
+            scope,
+            include: Include { small: true, ..Include::default() },
+            scores: BTreeMap::new(),
+            fixed_ratio: None,
+        };
+        let runs: Vec<(String, ModelProto)> = [1, 2, 3]
+            .into_iter()
+            .map(|k| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(k).build().unwrap();
+                let mut m = model_of(ws.clone());
+                let r = pool.install(|| prune_weights(&mut m, &opts)).unwrap();
+                (serde_json::to_string(&r).unwrap(), m)
+            })
+            .collect();
+        assert!(runs.windows(2).all(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1), "{scope:?}");
+    }
+}
+
+#[test]
+fn large_groups_stream_like_the_reference() {
+    // Whole-tensor groups above BUFFER_GROUP_MAX take the streaming path.
+    let n = BUFFER_GROUP_MAX + 4099;
+    let mut st = 0x9E3779B97F4A7C15u64;
+    let mut vals: Vec<f32> = (0..n)
+        .map(|_| {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            ((st >> 40) % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    vals[17] = f32::NAN;
+    for scope in [Scope::Layer, Scope::Global, Scope::Unit] {
+        // a NaN is an error naming the element, and leaves the model unchanged
+        let ws = vec![(vals.clone(), vec![n], dt::FLOAT, false)];
+        check_same(ws.clone(), scope, 1.0, None, false).unwrap();
+        let mut m = model_of(ws);
+        let before = m.clone();
+        let opts = WeightOptions {
+            beta: 1.0,
+            scope,
+            include: Include { small: true, ..Include::default() },
+            scores: BTreeMap::new(),
+            fixed_ratio: None,
+        };
+        assert!(prune_weights(&mut m, &opts).unwrap_err().to_string().contains("element 17 is NaN"));
+        assert!(m == before);
+    }
+    vals[17] = 0.5;
+    for scope in [Scope::Layer, Scope::Global, Scope::Normalized] {
+        for (beta, ratio) in [(1.0, None), (0.3, None), (1.0, Some(0.5))] {
+            let ws = vec![
+                (vals.clone(), vec![n], dt::FLOAT, false),
+                (vals[..5000].to_vec(), vec![50, 100], dt::FLOAT16, false),
+            ];
+            check_same(ws, scope, beta, ratio, false).unwrap();
+        }
+    }
+}

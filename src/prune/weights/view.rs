@@ -1,0 +1,204 @@
+//! Score views: one candidate's scores decoded block by block from its bytes (f32/f16/bf16/f64,
+//! raw or typed) or from a score override, times an optional scale; keep-bit masks.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Streaming implementation.
+//
+// Nothing holds all scores at once and no tensor is converted to f64 as a whole: every pass
+// decodes blocks of `BLOCK` scores from the weight bytes (f32, f16, bf16, f64, raw or typed) or
+// from a score override into a small f64 buffer. Work that does not depend on order (maxima,
+// histograms, finiteness) runs in parallel over chunks; sums run sequentially in exactly the
+// order of the all-in-memory version, so every reported number is bit-identical to it and
+// independent of the number of threads. Keys: the bit pattern of |s| as f64 (non-negative IEEE
+// floats order like their bits).
+//
+// Cost floor: a sequential f64 sum is one dependent add per element (~1.6 ns here). Scope global
+// needs two of them over all candidates (the moments before the cut, the retained mass after it),
+// so it cannot run at copy speed while staying bit-identical; per-tensor and per-unit sums run in
+// parallel across tensors.
+// ---------------------------------------------------------------------------------------------
+
+/// Scores decoded per block.
+pub(super) const BLOCK: usize = 1024;
+/// Work item of the parallel passes, in elements (small in tests, to exercise the merging).
+pub(super) const CHUNK: usize = if cfg!(test) { 1 << 12 } else { 1 << 22 };
+/// Level-1 radix digit: bits 47..62 of a key (bit 63, the sign, is 0).
+pub(super) const TOP_SHIFT: u32 = 47;
+/// Later radix digits have at most this many bits (a 2^20-bucket histogram is 8 MB).
+pub(super) const MAX_DIGIT: u32 = 20;
+/// A group (whole tensor) up to this size is selected in memory; a larger one by streaming.
+pub(super) const BUFFER_GROUP_MAX: usize = 1 << 20;
+/// Elements gathered per block of units.
+pub(super) const UNIT_BLOCK: usize = 1 << 18;
+
+/// Where the scores of one candidate come from, validated against its dims.
+#[derive(Clone, Copy)]
+pub(super) enum Src<'a> {
+    F32(&'a [u8]),
+    F16(&'a [u8]),
+    Bf16(&'a [u8]),
+    F64(&'a [u8]),
+    F32s(&'a [f32]),
+    F64s(&'a [f64]),
+    F16s(&'a [i32]),
+    Bf16s(&'a [i32]),
+    /// A score override (e.g. Wanda), used as given.
+    Scores(&'a [f64]),
+}
+
+/// The scores of one candidate: its source times `scale` (1, or the normalisation of
+/// `Scope::Normalized`).
+#[derive(Clone, Copy)]
+pub(super) struct View<'a> {
+    pub(super) src: Src<'a>,
+    pub(super) scale: f64,
+}
+
+impl View<'_> {
+    pub(super) fn n(&self) -> usize {
+        match self.src {
+            Src::F32(b) => b.len() / 4,
+            Src::F16(b) | Src::Bf16(b) => b.len() / 2,
+            Src::F64(b) => b.len() / 8,
+            Src::F32s(v) => v.len(),
+            Src::F64s(v) | Src::Scores(v) => v.len(),
+            Src::F16s(v) | Src::Bf16s(v) => v.len(),
+        }
+    }
+
+    /// Scores `lo .. lo + out.len()` as the all-in-memory version saw them: |w| as f64, or the
+    /// override value.
+    pub(super) fn fill(&self, lo: usize, out: &mut [f64]) {
+        let n = out.len();
+        match self.src {
+            Src::F32(b) => {
+                for (o, c) in out.iter_mut().zip(b[lo * 4..(lo + n) * 4].chunks_exact(4)) {
+                    *o = f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).abs();
+                }
+            }
+            Src::F16(b) => {
+                for (o, c) in out.iter_mut().zip(b[lo * 2..(lo + n) * 2].chunks_exact(2)) {
+                    *o = f64::from(f16::from_le_bytes([c[0], c[1]]).to_f32()).abs();
+                }
+            }
+            Src::Bf16(b) => {
+                for (o, c) in out.iter_mut().zip(b[lo * 2..(lo + n) * 2].chunks_exact(2)) {
+                    *o = f64::from(bf16::from_le_bytes([c[0], c[1]]).to_f32()).abs();
+                }
+            }
+            Src::F64(b) => {
+                for (o, c) in out.iter_mut().zip(b[lo * 8..(lo + n) * 8].chunks_exact(8)) {
+                    *o = f64::from_le_bytes(c.try_into().unwrap()).abs();
+                }
+            }
+            Src::F32s(v) => {
+                for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
+                    *o = f64::from(x).abs();
+                }
+            }
+            Src::F64s(v) => {
+                for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
+                    *o = x.abs();
+                }
+            }
+            Src::F16s(v) => {
+                for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
+                    *o = f64::from(f16::from_bits(x as u16).to_f32()).abs();
+                }
+            }
+            Src::Bf16s(v) => {
+                for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
+                    *o = f64::from(bf16::from_bits(x as u16).to_f32()).abs();
+                }
+            }
+            Src::Scores(v) => out.copy_from_slice(&v[lo..lo + n]),
+        }
+        if self.scale != 1.0 {
+            for o in out.iter_mut() {
+                *o *= self.scale;
+            }
+        }
+    }
+
+    /// Call `f(first index, scores)` for consecutive blocks of `lo..hi`.
+    #[inline]
+    pub(super) fn blocks(&self, lo: usize, hi: usize, mut f: impl FnMut(usize, &[f64])) {
+        let mut buf = [0f64; BLOCK];
+        let mut i = lo;
+        while i < hi {
+            let k = BLOCK.min(hi - i);
+            self.fill(i, &mut buf[..k]);
+            f(i, &buf[..k]);
+            i += k;
+        }
+    }
+}
+
+#[inline]
+pub(super) fn key(v: f64) -> u64 {
+    v.abs().to_bits()
+}
+
+/// The value `Iterator::sum` starts from for f64 (−0.0 in current Rust): the per-tensor sums are
+/// folded the same way as the all-in-memory version's `iter().sum()`.
+pub(super) fn sum_zero() -> f64 {
+    std::iter::empty::<f64>().sum()
+}
+
+/// Validate one candidate and make its score view. Errors are those of the previous version.
+pub(super) fn make_view<'a>(c: &Candidate, t: &'a TensorProto, opts: &'a WeightOptions) -> Result<View<'a>> {
+    if let Some(s) = opts.scores.get(&c.name) {
+        let n = tensor::numel(t)?;
+        if s.len() != n {
+            bail!("tensor '{}': score vector has {} entries for {} weights", c.name, s.len(), n);
+        }
+        tensor::storage(t).with_context(|| format!("zeroing '{}'", tname(t)))?;
+        return Ok(View { src: Src::Scores(s), scale: 1.0 });
+    }
+    let st = tensor::storage(t).with_context(|| format!("weight '{}'", c.name))?;
+    let src = match (st, t.data_type) {
+        (Storage::Raw(_), dt::FLOAT) => Src::F32(&t.raw_data),
+        (Storage::Raw(_), dt::FLOAT16) => Src::F16(&t.raw_data),
+        (Storage::Raw(_), dt::BFLOAT16) => Src::Bf16(&t.raw_data),
+        (Storage::Raw(_), dt::DOUBLE) => Src::F64(&t.raw_data),
+        (Storage::Float, _) => Src::F32s(&t.float_data),
+        (Storage::Double, _) => Src::F64s(&t.double_data),
+        (Storage::Int32, dt::FLOAT16) => Src::F16s(&t.int32_data),
+        (Storage::Int32, dt::BFLOAT16) => Src::Bf16s(&t.int32_data),
+        (s, d) => bail!("weight '{}': float data of type {} stored as {s:?}", c.name, tensor::dtype_name(d)),
+    };
+    Ok(View { src, scale: 1.0 })
+}
+
+/// The first NaN/Inf score of `v[lo..hi]`, as (index, value).
+pub(super) fn first_non_finite(v: View, lo: usize, hi: usize) -> Option<(usize, f64)> {
+    let mut bad = None;
+    v.blocks(lo, hi, |i0, b| {
+        if bad.is_none() && !b.iter().all(|x| x.is_finite()) {
+            let j = b.iter().position(|x| !x.is_finite()).unwrap();
+            bad = Some((i0 + j, b[j]));
+        }
+    });
+    bad
+}
+
+pub(super) fn non_finite_error(c: &Candidate, (i, v): (usize, f64)) -> anyhow::Error {
+    anyhow::anyhow!("tensor '{}': score of element {i} is {v} (NaN/Inf weights cannot be ranked)", c.name)
+}
+
+/// Keep bits, one per element.
+pub(super) fn new_mask(n: usize, fill: bool) -> Vec<u64> {
+    vec![if fill { !0u64 } else { 0 }; n.div_ceil(64)]
+}
+
+#[inline]
+pub(super) fn bit(mask: &[u64], i: usize) -> bool {
+    mask[i >> 6] >> (i & 63) & 1 != 0
+}
+
+#[inline]
+pub(super) fn set_bit(mask: &mut [u64], i: usize) {
+    mask[i >> 6] |= 1 << (i & 63);
+}
