@@ -1,0 +1,618 @@
+//! Dependency analysis, array ops: Concat, Split, Slice, Pad, Resize, Flatten, Reshape (and the
+//! Shape → Gather → Concat plumbing that computes Reshape targets), Squeeze, Unsqueeze,
+//! Transpose, Gather and other ops along an axis, Shape.
+
+use super::*;
+
+impl Analyzer<'_, '_> {
+    pub(super) fn concat(&mut self, ni: usize, n: &NodeProto) {
+        let ins: Vec<&str> = n.input.iter().map(|s| s.as_str()).collect();
+        let tracked: Vec<Track> = ins.iter().filter_map(|s| self.track(s)).collect();
+        let Some(first) = tracked.first().cloned() else { return };
+        let all: Vec<Option<Unit>> = tracked.iter().flat_map(|t| t.units.clone()).collect();
+        let Some(axis) = attr_i(n, "axis").and_then(|a| norm_axis(a, first.rank)) else {
+            self.block(&all, &format!("{} (bad axis)", barrier_reason(n)));
+            return;
+        };
+        if tracked.iter().any(|t| t.axis != first.axis || t.rank != first.rank) {
+            self.block(&all, &format!("{} (inputs carry channels on different axes)", barrier_reason(n)));
+            return;
+        }
+        if axis == first.axis {
+            // Offsets: the output axis is the inputs' positions one after another.
+            let mut units = Vec::new();
+            let mut vals = Vec::new();
+            for s in &ins {
+                if let Some(t) = self.track(s) {
+                    units.extend(t.units);
+                    vals.extend(t.vals);
+                    continue;
+                }
+                let len = self
+                    .ctx
+                    .dims(s)
+                    .map(|d| d.to_vec())
+                    .or_else(|| self.ctx.shapes.get(*s).map(|d| d.iter().map(|v| v.unwrap_or(0)).collect()));
+                match len.and_then(|d| d.get(axis).copied()).filter(|&l| l > 0) {
+                    Some(l) => {
+                        units.extend(std::iter::repeat_n(None, l));
+                        vals.extend(std::iter::repeat_n(Val::Varying, l));
+                    }
+                    None => {
+                        self.block(
+                            &all,
+                            &format!("{} (size of input '{s}' on the channel axis unknown)", barrier_reason(n)),
+                        );
+                        return;
+                    }
+                }
+            }
+            let t = Track { axis, rank: first.rank, units, vals };
+            self.emit(ni, &n.output[0], t);
+            return;
+        }
+        // Concatenating along another axis: the channel positions of all inputs are the same.
+        let c = first.units.len();
+        let r = format!("{} (joined with an untracked channel)", barrier_reason(n));
+        let mut vals = first.vals.clone();
+        for (slot, s) in ins.iter().enumerate() {
+            if let Some(t) = self.track(s) {
+                if t.units.len() != c {
+                    self.block(&all, &format!("{} (channel sizes differ)", barrier_reason(n)));
+                    return;
+                }
+                for (p, (a, b)) in first.units.iter().zip(&t.units).enumerate() {
+                    self.join(*a, *b, &r);
+                    if vals[p] != t.vals[p] {
+                        vals[p] = Val::Varying;
+                    }
+                }
+            } else if self.ctx.dims(s).is_some_and(|d| d.len() == first.rank && d[first.axis] == c) {
+                // e.g. a class token concatenated to the sequence: a per-channel constant.
+                self.slice(s, first.axis, &first.units, (ni, slot), Role::Param);
+                vals = vec![Val::Varying; c];
+            } else {
+                self.block(&all, &format!("{} (input '{s}' cannot shrink with the channels)", barrier_reason(n)));
+                return;
+            }
+        }
+        let t = Track { vals, ..first };
+        self.emit(ni, &n.output[0], t);
+    }
+
+    pub(super) fn split(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let Some(axis) = norm_axis(attr_i(n, "axis").unwrap_or(0), x.rank) else {
+            self.block(&x.units, &format!("{} (bad axis)", barrier_reason(n)));
+            return;
+        };
+        if axis != x.axis {
+            for o in n.output.iter().filter(|s| !s.is_empty()) {
+                self.emit(ni, o, x.clone());
+            }
+            return;
+        }
+        let c = x.units.len();
+        let k = n.output.len();
+        let sizes: Option<Vec<usize>> = if let Some(s) = attr_ints(n, "split") {
+            Some(s.iter().map(|&v| v.max(0) as usize).collect())
+        } else if let Some(s) = inp(n, 1) {
+            self.ctx.const_ints(s).map(|v| v.iter().map(|&v| v.max(0) as usize).collect())
+        } else if k > 0 {
+            let chunk = c.div_ceil(k);
+            Some((0..k).map(|i| chunk.min(c.saturating_sub(i * chunk))).collect())
+        } else {
+            None
+        };
+        let Some(sizes) = sizes.filter(|s| s.len() == k && s.iter().sum::<usize>() == c) else {
+            self.block(&x.units, &format!("{} (split sizes unknown or inconsistent)", barrier_reason(n)));
+            return;
+        };
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for (o, &len) in n.output.iter().zip(&sizes) {
+            let t = Track {
+                axis,
+                rank: x.rank,
+                units: x.units[at..at + len].to_vec(),
+                vals: x.vals[at..at + len].to_vec(),
+            };
+            parts.push(t.units.clone());
+            if !o.is_empty() {
+                self.emit(ni, o, t);
+            }
+            at += len;
+        }
+        self.st.edits.push(Edit::Split { node: ni, axis, parts });
+    }
+
+    pub(super) fn slice_op(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let from_attrs = self.ctx.opset < 10 || attr(n, "starts").is_some();
+        let get = |slot: usize, name: &str| -> Option<Option<Vec<i64>>> {
+            if from_attrs {
+                Some(attr_ints(n, name).map(|v| v.to_vec()))
+            } else {
+                match inp(n, slot) {
+                    None => Some(None),
+                    Some(s) => self.ctx.const_ints(s).map(Some),
+                }
+            }
+        };
+        let (Some(Some(starts)), Some(Some(ends)), Some(axes), Some(steps)) =
+            (get(1, "starts"), get(2, "ends"), get(3, "axes"), get(4, "steps"))
+        else {
+            self.block(&x.units, &format!("{} (bounds are not constant)", barrier_reason(n)));
+            return;
+        };
+        let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
+        let mut out = x.clone();
+        for (i, &a) in axes.iter().enumerate() {
+            if norm_axis(a, x.rank) != Some(x.axis) {
+                continue;
+            }
+            let step = steps.as_ref().and_then(|s| s.get(i)).copied().unwrap_or(1);
+            let c = x.units.len() as i64;
+            let clampi = |v: i64| (if v < 0 { v + c } else { v }).clamp(0, c) as usize;
+            let (Some(&s0), Some(&e0)) = (starts.get(i), ends.get(i)) else { return };
+            let (s, e) = (clampi(s0), clampi(e0));
+            if step != 1 || e <= s {
+                self.block(&x.units, &format!("{} (stepped or empty slice of the channel axis)", barrier_reason(n)));
+                return;
+            }
+            let (ts, te) = if from_attrs {
+                (IntTarget::AttrInts(ni, "starts".into()), IntTarget::AttrInts(ni, "ends".into()))
+            } else {
+                (IntTarget::Input(ni, 1), IntTarget::Input(ni, 2))
+            };
+            self.st.edits.push(Edit::Count { target: ts, index: i, units: x.units[..s].to_vec() });
+            self.st.edits.push(Edit::Count { target: te, index: i, units: x.units[..e].to_vec() });
+            self.touch(ni, &x.units);
+            out.units = x.units[s..e].to_vec();
+            out.vals = x.vals[s..e].to_vec();
+        }
+        self.emit(ni, &n.output[0], out);
+    }
+
+    pub(super) fn pad(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let pads = attr_ints(n, "pads").map(|v| v.to_vec()).or_else(|| inp(n, 1).and_then(|s| self.ctx.const_ints(s)));
+        let axes: Option<Vec<usize>> = match inp(n, 3) {
+            None => Some((0..x.rank).collect()),
+            Some(s) => self.ctx.const_ints(s).and_then(|v| v.iter().map(|&a| norm_axis(a, x.rank)).collect()),
+        };
+        let (Some(pads), Some(axes)) = (pads, axes) else {
+            self.block(&x.units, &format!("{} (pads are not constant)", barrier_reason(n)));
+            return;
+        };
+        let k = axes.len();
+        let touches = axes
+            .iter()
+            .enumerate()
+            .any(|(i, &a)| a == x.axis && (pads.get(i) != Some(&0) || pads.get(i + k) != Some(&0)));
+        if touches || pads.len() != 2 * k {
+            self.block(&x.units, &format!("{} (pads the channel axis)", barrier_reason(n)));
+            return;
+        }
+        let mode = attr_s(n, "mode").unwrap_or_else(|| "constant".into());
+        let value = if self.ctx.opset < 11 {
+            attr_f(n, "value").unwrap_or(0.0) as f64
+        } else {
+            inp(n, 2).and_then(|s| self.ctx.scalar(s)).unwrap_or(0.0)
+        };
+        let any_pad = pads.iter().any(|&p| p != 0);
+        let vals = x
+            .vals
+            .iter()
+            .map(|v| match v {
+                Val::Const(k) if mode == "constant" && any_pad && *k != value => Val::Varying,
+                v => *v,
+            })
+            .collect();
+        self.pass(ni, n, &x, vals);
+    }
+
+    pub(super) fn resize(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let (scales_slot, sizes_slot) =
+            if n.op_type == "Upsample" || self.ctx.opset < 11 { (1, None) } else { (2, Some(3)) };
+        let axes: Vec<usize> = match attr_ints(n, "axes") {
+            Some(a) => a.iter().filter_map(|&v| norm_axis(v, x.rank)).collect(),
+            None => (0..x.rank).collect(),
+        };
+        let Some(idx) = axes.iter().position(|&a| a == x.axis) else {
+            self.pass(ni, n, &x, x.vals.clone());
+            return;
+        };
+        let scales = attr(n, "scales")
+            .map(|a| a.floats.iter().map(|&v| v as f64).collect::<Vec<_>>())
+            .or_else(|| inp(n, scales_slot).and_then(|s| self.ctx.const_vals(s)));
+        let sizes_name = sizes_slot.and_then(|s| inp(n, s));
+        let ok = if let Some(sz) = sizes_name {
+            let v = self.ctx.const_ints(sz);
+            if v.as_ref().and_then(|v| v.get(idx)) == Some(&(x.units.len() as i64)) {
+                self.st.edits.push(Edit::Count { target: IntTarget::Input(ni, 3), index: idx, units: x.units.clone() });
+                true
+            } else {
+                false
+            }
+        } else {
+            scales.as_ref().and_then(|s| s.get(idx)) == Some(&1.0)
+        };
+        if !ok {
+            self.block(
+                &x.units,
+                &format!("{} (resizes the channel axis or sizes are not constant)", barrier_reason(n)),
+            );
+            return;
+        }
+        // Cubic overshoots, crop-and-resize extrapolates: a constant stays one only if it is 0.
+        let cubic = attr_s(n, "mode").is_some_and(|m| m == "cubic");
+        let crop = attr_s(n, "coordinate_transformation_mode").is_some_and(|m| m == "tf_crop_and_resize");
+        let vals = x.vals.iter().map(|v| if cubic || crop { zero_only(*v) } else { *v }).collect();
+        self.pass(ni, n, &x, vals);
+    }
+
+    /// In-features of the Gemm/MatMul that reads `name` (through unary ops), for Flatten.
+    pub(super) fn features_downstream(&self, name: &str, depth: usize) -> Option<usize> {
+        if depth > 16 || self.ctx.is_output(name) {
+            return None;
+        }
+        let mut found = None;
+        for &(ci, slot) in self.ctx.ix.consumers_of(name) {
+            let c = &self.ctx.g.node[ci];
+            let d = |s: usize| inp(c, s).and_then(|w| self.ctx.dims(w)).filter(|d| d.len() == 2).map(|d| d.to_vec());
+            let k = match (c.op_type.as_str(), slot, rules::lookup(c)) {
+                ("Gemm", 0, _) if attr_i(c, "transA").unwrap_or(0) == 0 => {
+                    d(1).map(|d| if attr_i(c, "transB").unwrap_or(0) != 0 { d[1] } else { d[0] })
+                }
+                ("MatMul", 0, _) => d(1).map(|d| d[0]),
+                (_, 0, Some(Kind::Unary(_))) => c.output.first().and_then(|o| self.features_downstream(o, depth + 1)),
+                _ => None,
+            }?;
+            if found.is_some_and(|f| f != k) {
+                return None;
+            }
+            found = Some(k);
+        }
+        found
+    }
+
+    /// Channel c of `x` becomes features c·inner … (c+1)·inner − 1 of `out` (axis `x.axis`).
+    pub(super) fn merge_trailing(
+        &mut self,
+        ni: usize,
+        n: &NodeProto,
+        x: &Track,
+        explicit: Option<usize>,
+    ) -> Option<Track> {
+        let c = x.units.len();
+        let declared = inp(n, 0)
+            .and_then(|s| self.ctx.shapes.get(s))
+            .filter(|d| d.len() == x.rank)
+            .and_then(|d| d[x.axis + 1..].iter().copied().product::<Option<usize>>());
+        let last = (x.axis + 1 == x.rank).then_some(c);
+        let total =
+            explicit.or(last).or_else(|| declared.map(|i| i * c)).or_else(|| self.features_downstream(&n.output[0], 0));
+        let inner = total.filter(|&f| c > 0 && f % c == 0 && f > 0).map(|f| f / c);
+        let Some(inner) = inner else {
+            self.block(
+                &x.units,
+                &format!("{} (cannot tell how many features each channel becomes)", barrier_reason(n)),
+            );
+            return None;
+        };
+        let units: Vec<Option<Unit>> = x.units.iter().flat_map(|u| std::iter::repeat_n(*u, inner)).collect();
+        let vals: Vec<Val> = x.vals.iter().flat_map(|v| std::iter::repeat_n(*v, inner)).collect();
+        self.touch(ni, &x.units);
+        Some(Track { axis: x.axis, rank: x.axis + 1, units, vals })
+    }
+
+    pub(super) fn flatten(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let axis = norm_axis(attr_i(n, "axis").unwrap_or(1), x.rank + 1).filter(|&a| a <= x.rank);
+        if axis != Some(x.axis) || x.axis == 0 {
+            self.block(&x.units, &format!("{} (the channel axis is not the first flattened axis)", barrier_reason(n)));
+            return;
+        }
+        if let Some(mut t) = self.merge_trailing(ni, n, &x, None) {
+            t.axis = 1;
+            t.rank = 2;
+            self.emit(ni, &n.output[0], t);
+        }
+    }
+
+    pub(super) fn reshape(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let Some(tname) = inp(n, 1) else { return };
+        // The target as symbols: a constant (editable in place) or a followed shape vector.
+        let target: Option<Vec<Sym>> = match self.ctx.const_ints(tname) {
+            Some(v) => Some(v.iter().enumerate().map(|(i, &v)| Sym::Lit(v, Some((ni, 1, i)))).collect()),
+            None => self.shape_vecs.get(tname).cloned(),
+        };
+        let Some(target) = target else {
+            self.block(&x.units, &format!("{} (target shape is not known)", barrier_reason(n)));
+            return;
+        };
+        let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
+        let t = x.axis;
+        let c = x.units.len() as i64;
+        let me = inp(n, 0).unwrap_or_default();
+        let declared = self.ctx.shapes.get(me).filter(|d| d.len() == x.rank).cloned();
+        // Which input dim each target entry copies (0, or a Shape-read dim of the input).
+        let copies = |i: usize| -> Option<usize> {
+            match target.get(i)? {
+                Sym::Lit(0, _) if !allowzero => Some(i),
+                Sym::Dim(name, j) if name == me => Some(*j),
+                _ => None,
+            }
+        };
+        let lit = |i: usize| -> Option<(i64, LitAt)> {
+            match target.get(i)? {
+                Sym::Lit(v, p) => Some((*v, *p)),
+                _ => None,
+            }
+        };
+        let lead_ok = |i: usize| {
+            copies(i) == Some(i)
+                || lit(i).is_some_and(|(v, _)| {
+                    declared.as_ref().and_then(|d| d.get(i).copied().flatten()).is_some_and(|d| d as i64 == v)
+                })
+        };
+        let lead = (0..t).all(lead_ok);
+        let mut safe_channel = None; // target entry that reads our channel count and adapts by itself
+        let mut done = false;
+        // (a) the channel axis itself survives: [.., C, anything].
+        if lead && target.len() > t {
+            if copies(t) == Some(t) {
+                safe_channel = Some(t);
+                done = true;
+            } else if let Some((v, p)) = lit(t).filter(|(v, _)| *v == c) {
+                let _ = v;
+                done = self.count_edit(&x, n, p, x.units.clone());
+            }
+            if done {
+                let out = Track { rank: target.len(), ..x.clone() };
+                self.emit(ni, &n.output[0], out);
+            }
+        }
+        // (b) flatten-like: [.., F] or [.., -1] merging the channel axis and all after it;
+        // also [-1, F] for a channel axis 1.
+        let lead_b = lead || (t == 1 && lit(0).is_some_and(|(v, _)| v == -1) && lit(1).is_some_and(|(v, _)| v > 0));
+        if !done && target.len() == t + 1 && lead_b {
+            if let Some((v, p)) = lit(t).filter(|(v, _)| *v == -1 || *v > 0) {
+                let explicit = (v > 0).then_some(v as usize);
+                if let Some(out) = self.merge_trailing(ni, n, &x, explicit) {
+                    done = explicit.is_none() || self.count_edit(&x, n, p, out.units.clone());
+                    if done {
+                        self.emit(ni, &n.output[0], out);
+                    }
+                } else {
+                    return; // merge_trailing blocked with its reason
+                }
+            }
+        }
+        if !done {
+            self.block(&x.units, &format!("{} (reshape moves the channel axis)", barrier_reason(n)));
+        }
+        // Channel counts read from other tensors (or ours at another place) cannot adapt.
+        for (i, e) in target.iter().enumerate() {
+            if let Sym::Dim(name, j) = e {
+                let ours = name == me && safe_channel == Some(i) && done;
+                if let Some(tr) = self.track(name).filter(|tr| tr.axis == *j && !ours) {
+                    self.block(
+                        &tr.units,
+                        &format!("{} (target reads the channel count of '{name}')", barrier_reason(n)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Register the rewrite of a literal that equals a kept count; false (and block) when the
+    /// literal cannot be edited.
+    pub(super) fn count_edit(&mut self, x: &Track, n: &NodeProto, at: LitAt, units: Vec<Option<Unit>>) -> bool {
+        match at {
+            Some((node, slot, index)) => {
+                self.st.edits.push(Edit::Count { target: IntTarget::Input(node, slot), index, units });
+                self.touch(node, &x.units);
+                true
+            }
+            None => {
+                self.block(
+                    &x.units,
+                    &format!("{} (a channel count in its target cannot be rewritten)", barrier_reason(n)),
+                );
+                false
+            }
+        }
+    }
+
+    /// Follow shape vectors: Shape → Gather / Slice / Unsqueeze / Squeeze / Cast / Concat. A
+    /// vector element that is a channel count may only end in a Reshape target that adapts; any
+    /// other reader blocks the channel's group. Returns true when the node was handled here.
+    pub(super) fn shape_plumbing(&mut self, ni: usize, n: &NodeProto) -> bool {
+        if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+            return false;
+        }
+        let out = match n.output.first() {
+            Some(o) if !o.is_empty() => o.clone(),
+            _ => return false,
+        };
+        if n.op_type == "Shape" {
+            let Some(x) = inp(n, 0) else { return false };
+            let Some(r) = self.track(x).map(|t| t.rank).or_else(|| self.ctx.rank(x)) else { return false };
+            let s = norm_bound(attr_i(n, "start").unwrap_or(0), r);
+            let e = norm_bound(attr_i(n, "end").unwrap_or(r as i64), r);
+            self.shape_vecs.insert(out, (s..e).map(|i| Sym::Dim(x.to_string(), i)).collect());
+            return true;
+        }
+        // Small integer constants cast for a shape (Paddle: Cast(fill_constant)).
+        if n.op_type == "Cast" {
+            if let Some(c) = inp(n, 0).filter(|c| self.ctx.dims(c).is_some_and(|d| d.len() <= 1)) {
+                let int_src = self
+                    .ctx
+                    .base_tensor(c)
+                    .is_some_and(|t| matches!(t.data_type, tensor::dt::INT64 | tensor::dt::INT32));
+                if let (true, Some(v)) = (int_src, self.ctx.const_ints(c)) {
+                    self.shape_vecs
+                        .insert(out, v.iter().enumerate().map(|(k, &v)| Sym::Lit(v, Some((ni, 0, k)))).collect());
+                    return true;
+                }
+            }
+        }
+        let vec_in: Vec<Vec<Sym>> = n.input.iter().filter_map(|i| self.shape_vecs.get(i).cloned()).collect();
+        if vec_in.is_empty() {
+            return false;
+        }
+        // A Reshape target is checked by the Reshape rule (it knows which counts adapt).
+        let target_only = n.op_type == "Reshape" && inp(n, 0).is_none_or(|d| !self.shape_vecs.contains_key(d));
+        if target_only && inp(n, 0).is_some_and(|d| self.st.tracks.contains_key(d)) {
+            return false;
+        }
+        let first = inp(n, 0).and_then(|i| self.shape_vecs.get(i)).cloned();
+        let result: Option<Vec<Sym>> = match n.op_type.as_str() {
+            "Unsqueeze" | "Squeeze" | "Cast" | "Identity" => first,
+            "Gather" if attr_i(n, "axis").unwrap_or(0) == 0 => first
+                .zip(inp(n, 1).and_then(|i| self.ctx.const_ints(i)))
+                .and_then(|(v, idx)| idx.iter().map(|&k| norm_axis(k, v.len()).map(|k| v[k].clone())).collect()),
+            "Slice" => first.and_then(|v| {
+                let g = |slot| inp(n, slot).and_then(|i| self.ctx.const_ints(i));
+                let (st, en) = (g(1)?, g(2)?);
+                let axes_ok = inp(n, 3).is_none_or(|_| g(3).is_some_and(|a| a == [0]));
+                let step_ok = inp(n, 4).is_none_or(|_| g(4).is_some_and(|a| a == [1]));
+                let l = v.len();
+                let (s0, e0) = (
+                    norm_bound((*st.first()?).clamp(-(l as i64), l as i64), l),
+                    norm_bound((*en.first()?).clamp(-(l as i64), l as i64), l),
+                );
+                (axes_ok && step_ok && s0 <= e0).then(|| v[s0..e0].to_vec())
+            }),
+            "Concat" if attr_i(n, "axis").is_some_and(|a| a == 0 || a == -1) => {
+                let mut v = vec![];
+                let mut ok = true;
+                for (slot, i) in n.input.iter().enumerate() {
+                    if let Some(sv) = self.shape_vecs.get(i) {
+                        v.extend(sv.iter().cloned());
+                    } else if let Some(c) =
+                        self.ctx.const_ints(i).filter(|_| self.ctx.dims(i).is_some_and(|d| d.len() == 1))
+                    {
+                        v.extend(c.iter().enumerate().map(|(k, &x)| Sym::Lit(x, Some((ni, slot, k)))));
+                    } else {
+                        ok = false;
+                    }
+                }
+                ok.then_some(v)
+            }
+            _ => None,
+        };
+        match result {
+            Some(v) => {
+                self.shape_vecs.insert(out, v);
+                true
+            }
+            None => {
+                // Any other reader: no channel count may pass.
+                for v in &vec_in {
+                    self.block_channel_dims(v, &format!("{} (reads the channel count)", barrier_reason(n)));
+                }
+                false
+            }
+        }
+    }
+
+    pub(super) fn block_channel_dims(&mut self, v: &[Sym], reason: &str) {
+        for e in v {
+            if let Sym::Dim(name, j) = e {
+                if let Some(t) = self.track(name).filter(|t| t.axis == *j) {
+                    self.block(&t.units, reason);
+                }
+            }
+        }
+    }
+
+    pub(super) fn squeeze(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let axes =
+            self.ctx.axes_of(n).and_then(|a| a.iter().map(|&v| norm_axis(v, x.rank)).collect::<Option<BTreeSet<_>>>());
+        match axes {
+            Some(ax) if !ax.is_empty() && !ax.contains(&x.axis) => {
+                let axis = x.axis - ax.iter().filter(|&&a| a < x.axis).count();
+                let t = Track { axis, rank: x.rank - ax.len(), ..x.clone() };
+                self.emit(ni, &n.output[0], t);
+            }
+            _ => self
+                .block(&x.units, &format!("{} (squeezed axes unknown or include the channel axis)", barrier_reason(n))),
+        }
+    }
+
+    pub(super) fn unsqueeze(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let Some(axes) = self.ctx.axes_of(n) else {
+            self.block(&x.units, &format!("{} (axes unknown)", barrier_reason(n)));
+            return;
+        };
+        let r = x.rank + axes.len();
+        let Some(ax) = axes.iter().map(|&a| norm_axis(a, r)).collect::<Option<BTreeSet<_>>>() else { return };
+        // The channel axis lands on the x.axis-th position that is not inserted.
+        let axis = (0..r).filter(|i| !ax.contains(i)).nth(x.axis);
+        if let Some(axis) = axis {
+            let t = Track { axis, rank: r, ..x.clone() };
+            self.emit(ni, &n.output[0], t);
+        }
+    }
+
+    pub(super) fn transpose(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let perm: Vec<i64> =
+            attr_ints(n, "perm").map(|p| p.to_vec()).unwrap_or_else(|| (0..x.rank as i64).rev().collect());
+        match perm.iter().position(|&p| p == x.axis as i64).filter(|_| perm.len() == x.rank) {
+            Some(axis) => {
+                let t = Track { axis, ..x.clone() };
+                self.emit(ni, &n.output[0], t);
+            }
+            None => self.block(&x.units, &format!("{} (bad perm)", barrier_reason(n))),
+        }
+    }
+
+    pub(super) fn gather(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let axis = norm_axis(attr_i(n, "axis").unwrap_or(0), x.rank);
+        let q = inp(n, 1).and_then(|s| self.ctx.rank(s));
+        match (axis, q) {
+            (Some(a), Some(q)) if a != x.axis => {
+                let axis = if x.axis < a { x.axis } else { x.axis + q - 1 };
+                let t = Track { axis, rank: x.rank + q - 1, ..x.clone() };
+                self.emit(ni, &n.output[0], t);
+            }
+            _ => self.block(&x.units, &format!("{} (gathers along the channel axis)", barrier_reason(n))),
+        }
+    }
+
+    pub(super) fn along_axis(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let default = if self.ctx.opset >= 13 { -1 } else { 1 };
+        let axis = norm_axis(attr_i(n, "axis").unwrap_or(default), x.rank);
+        // Before opset 13 the op works on the 2-D coercion [prod(<axis), prod(>=axis)].
+        let hit = match axis {
+            Some(a) if self.ctx.opset >= 13 => a == x.axis,
+            Some(a) => x.axis >= a,
+            None => true,
+        };
+        if hit {
+            self.block(&x.units, &format!("{} (normalises along the channel axis)", barrier_reason(n)));
+            return;
+        }
+        self.pass(ni, n, &x, vec![Val::Varying; x.units.len()]);
+    }
+
+    /// Reached only when the Shape could not be followed (unknown rank).
+    pub(super) fn shape(&mut self, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let s = norm_bound(attr_i(n, "start").unwrap_or(0), x.rank);
+        let e = norm_bound(attr_i(n, "end").unwrap_or(x.rank as i64), x.rank);
+        if (s..e).contains(&x.axis) {
+            self.block(&x.units, &format!("{} (reads the channel count)", barrier_reason(n)));
+        }
+    }
+}

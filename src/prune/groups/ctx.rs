@@ -1,0 +1,420 @@
+//! Read-only facts about the graph that the rules need: default opset, topological order,
+//! declared shapes, constants (through Identity/Reshape aliases), inferred ranks, and the
+//! arithmetic of Reshape / Unsqueeze dims.
+
+use super::*;
+
+/// Opset of the default domain.
+pub fn default_opset(opsets: &[onnx_protobuf::OperatorSetIdProto]) -> i64 {
+    opsets.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version).unwrap_or(1)
+}
+
+/// Nodes in a topological order (stable: lowest index first among ready nodes).
+pub fn topo_order(g: &GraphProto, ix: &GraphIndex) -> Result<Vec<usize>> {
+    let n = g.node.len();
+    let mut indeg = vec![0usize; n];
+    let mut succ: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (ni, node) in g.node.iter().enumerate() {
+        for i in node.input.iter().filter(|s| !s.is_empty()) {
+            if let Some(&p) = ix.producer.get(i) {
+                if p != ni {
+                    indeg[ni] += 1;
+                    succ[p].push(ni);
+                }
+            }
+        }
+    }
+    let mut heap: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+    let mut out = Vec::with_capacity(n);
+    while let Some(Reverse(i)) = heap.pop() {
+        out.push(i);
+        for &s in &succ[i] {
+            indeg[s] -= 1;
+            if indeg[s] == 0 {
+                heap.push(Reverse(s));
+            }
+        }
+    }
+    if out.len() != n {
+        bail!("the graph has a cycle (or a node consumes its own output)");
+    }
+    Ok(out)
+}
+
+/// Static dims from graph inputs, outputs and value_info (None = dynamic or unknown).
+pub fn declared_shapes(g: &GraphProto) -> HashMap<String, Vec<Option<usize>>> {
+    let mut m = HashMap::new();
+    for v in g.input.iter().chain(&g.output).chain(&g.value_info) {
+        if let Some(s) = value_dims(v) {
+            m.insert(v.name.clone(), s);
+        }
+    }
+    m
+}
+
+pub fn value_dims(v: &ValueInfoProto) -> Option<Vec<Option<usize>>> {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
+    use onnx_protobuf::type_proto::Value as T;
+    let Some(T::TensorType(t)) = v.type_.as_ref().and_then(|t| t.value.as_ref()) else { return None };
+    let s = t.shape.as_ref()?;
+    Some(
+        s.dim
+            .iter()
+            .map(|d| match &d.value {
+                Some(D::DimValue(x)) if *x >= 0 => Some(*x as usize),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// Read-only facts about the graph the rules need.
+pub struct Ctx<'a> {
+    pub g: &'a GraphProto,
+    pub ix: &'a GraphIndex,
+    pub opset: i64,
+    pub order: Vec<usize>,
+    pub consts: BTreeMap<String, ConstInfo>,
+    pub ranks: HashMap<String, usize>,
+    pub shapes: HashMap<String, Vec<Option<usize>>>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(g: &'a GraphProto, ix: &'a GraphIndex, opset: i64) -> Result<Self> {
+        let order = topo_order(g, ix)?;
+        let shapes = declared_shapes(g);
+        let mut ctx = Ctx { g, ix, opset, order, consts: BTreeMap::new(), ranks: HashMap::new(), shapes };
+        ctx.find_consts();
+        ctx.infer_ranks();
+        Ok(ctx)
+    }
+
+    pub fn base_tensor(&self, name: &str) -> Option<&'a TensorProto> {
+        let c = self.consts.get(name)?;
+        self.ix.weight(self.g, &c.base)
+    }
+
+    /// Values of a constant as f64 (float or integer data).
+    pub fn const_vals(&self, name: &str) -> Option<Vec<f64>> {
+        let t = self.base_tensor(name)?;
+        if tensor::is_float(t.data_type) {
+            tensor::read_f64(t).ok()
+        } else {
+            tensor::read_i64(t).ok().map(|v| v.into_iter().map(|x| x as f64).collect())
+        }
+    }
+
+    pub fn const_ints(&self, name: &str) -> Option<Vec<i64>> {
+        let t = self.base_tensor(name)?;
+        if tensor::is_float(t.data_type) {
+            return None;
+        }
+        tensor::read_i64(t).ok()
+    }
+
+    pub fn dims(&self, name: &str) -> Option<&[usize]> {
+        self.consts.get(name).map(|c| c.dims.as_slice())
+    }
+
+    pub fn scalar(&self, name: &str) -> Option<f64> {
+        let d = self.dims(name)?;
+        if d.iter().product::<usize>() != 1 {
+            return None;
+        }
+        self.const_vals(name)?.first().copied()
+    }
+
+    pub(super) fn is_output(&self, name: &str) -> bool {
+        self.ix.outputs.contains(name)
+    }
+
+    /// Constants: initializers and Constant nodes (not graph inputs), plus names computed from
+    /// them by shape-only nodes, resolved to the tensor that holds the data.
+    pub(super) fn find_consts(&mut self) {
+        for (name, r) in &self.ix.weights {
+            if self.ix.inputs.contains(name) {
+                continue;
+            }
+            if let Some(t) = crate::model::graph::weight(self.g, *r) {
+                if let Ok(d) = tensor::shape(t) {
+                    self.consts.insert(
+                        name.clone(),
+                        ConstInfo { base: name.clone(), dims: d, alias_node: None, chain: vec![] },
+                    );
+                }
+            }
+        }
+        for &ni in &self.order.clone() {
+            let n = &self.g.node[ni];
+            if n.output.len() != 1
+                || n.output[0].is_empty()
+                || self.is_output(&n.output[0])
+                || self.consts.contains_key(&n.output[0])
+            {
+                continue;
+            }
+            let Some(src) = inp(n, 0).and_then(|s| self.consts.get(s)).cloned() else { continue };
+            let dims = match n.op_type.as_str() {
+                "Identity" if n.domain.is_empty() => Some(src.dims.clone()),
+                "Reshape" if n.domain.is_empty() => inp(n, 1).and_then(|s| self.const_ints(s)).and_then(|t| {
+                    let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
+                    reshape_dims(&src.dims, &t, allowzero)
+                }),
+                "Unsqueeze" if n.domain.is_empty() => self.axes_of(n).and_then(|ax| unsqueeze_dims(&src.dims, &ax)),
+                _ => None,
+            };
+            if let Some(dims) = dims {
+                let mut chain = src.chain.clone();
+                if src.alias_node.is_some() {
+                    chain.push(inp(n, 0).unwrap_or_default().to_string());
+                }
+                self.consts.insert(
+                    n.output[0].clone(),
+                    ConstInfo { base: src.base.clone(), dims, alias_node: Some(ni), chain },
+                );
+            }
+        }
+    }
+
+    /// `axes` of Squeeze/Unsqueeze/Reduce: attribute (older opsets) or constant input 1.
+    pub fn axes_of(&self, n: &NodeProto) -> Option<Vec<i64>> {
+        if let Some(a) = attr_ints(n, "axes") {
+            return Some(a.to_vec());
+        }
+        inp(n, 1).and_then(|s| self.const_ints(s))
+    }
+
+    pub fn rank(&self, name: &str) -> Option<usize> {
+        if let Some(c) = self.consts.get(name) {
+            return Some(c.dims.len());
+        }
+        self.ranks.get(name).copied()
+    }
+
+    /// Light rank inference: enough to place a channel axis under broadcasting and
+    /// negative axes. Unknown stays unknown (then the rules block).
+    pub(super) fn infer_ranks(&mut self) {
+        for (k, v) in &self.shapes {
+            self.ranks.insert(k.clone(), v.len());
+        }
+        let mut lens: HashMap<String, usize> = HashMap::new(); // lengths of 1-D int vectors
+        for &ni in &self.order.clone() {
+            let n = &self.g.node[ni];
+            let r0 = inp(n, 0).and_then(|s| self.rank(s));
+            let out: Option<usize> = match n.op_type.as_str() {
+                "Constant" => n.output.first().and_then(|o| self.consts.get(o)).map(|c| c.dims.len()),
+                "Gemm" | "Flatten" => Some(2),
+                "Shape" => {
+                    if let (Some(r), Some(o)) = (r0, n.output.first()) {
+                        let s = norm_bound(attr_i(n, "start").unwrap_or(0), r);
+                        let e = norm_bound(attr_i(n, "end").unwrap_or(r as i64), r);
+                        lens.insert(o.clone(), e.saturating_sub(s));
+                    }
+                    Some(1)
+                }
+                "Size" => Some(0),
+                "Range" | "NonZero" => Some(if n.op_type == "Range" { 1 } else { 2 }),
+                "MatMul" => {
+                    let r1 = inp(n, 1).and_then(|s| self.rank(s));
+                    match (r0, r1) {
+                        (Some(1), Some(b)) => Some(b.saturating_sub(1)),
+                        (Some(a), Some(1)) => Some(a - 1),
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    }
+                }
+                "Reshape" => {
+                    inp(n, 1).and_then(|s| self.dims(s).map(|d| d.iter().product()).or_else(|| lens.get(s).copied()))
+                }
+                "ConstantOfShape" | "Expand" => {
+                    let s = inp(n, if n.op_type == "Expand" { 1 } else { 0 });
+                    let l = s.and_then(|s| self.dims(s).map(|d| d.iter().product()).or_else(|| lens.get(s).copied()));
+                    if n.op_type == "Expand" {
+                        l.zip(r0).map(|(a, b)| a.max(b))
+                    } else {
+                        l
+                    }
+                }
+                "Squeeze" => self.axes_of(n).zip(r0).map(|(a, r)| r.saturating_sub(a.len())),
+                "Unsqueeze" => {
+                    let a = self.axes_of(n);
+                    if let (Some(a), Some(o)) = (&a, n.output.first()) {
+                        if r0 == Some(0) && a.len() == 1 {
+                            lens.insert(o.clone(), 1);
+                        }
+                    }
+                    a.zip(r0).map(|(a, r)| r + a.len())
+                }
+                "Gather" => inp(n, 1).and_then(|s| self.rank(s)).zip(r0).map(|(q, r)| (r + q).saturating_sub(1)),
+                "Concat" => {
+                    if let Some(o) = n.output.first() {
+                        let parts: Option<Vec<usize>> = n
+                            .input
+                            .iter()
+                            .map(|s| {
+                                self.dims(s).filter(|d| d.len() == 1).map(|d| d[0]).or_else(|| lens.get(s).copied())
+                            })
+                            .collect();
+                        if let Some(p) = parts {
+                            lens.insert(o.clone(), p.iter().sum());
+                        }
+                    }
+                    n.input.iter().find_map(|s| self.rank(s))
+                }
+                op if op.starts_with("Reduce") || op == "ArgMax" || op == "ArgMin" => {
+                    let keep = attr_i(n, "keepdims").unwrap_or(1) != 0;
+                    if keep {
+                        r0
+                    } else if op.starts_with("Arg") {
+                        r0.map(|r| r.saturating_sub(1))
+                    } else {
+                        match self.axes_of(n) {
+                            Some(a) if !a.is_empty() => r0.map(|r| r.saturating_sub(a.len())),
+                            _ => Some(0),
+                        }
+                    }
+                }
+                "Cast" => {
+                    if let (Some(i), Some(o)) = (inp(n, 0), n.output.first()) {
+                        if let Some(&l) = lens.get(i) {
+                            lens.insert(o.clone(), l);
+                        }
+                    }
+                    r0
+                }
+                op if is_elementwise_op(op) => {
+                    let rs: Option<Vec<usize>> =
+                        n.input.iter().filter(|s| !s.is_empty()).map(|s| self.rank(s)).collect();
+                    rs.and_then(|v| v.into_iter().max())
+                }
+                "Split"
+                | "Slice"
+                | "Transpose"
+                | "Softmax"
+                | "LogSoftmax"
+                | "LayerNormalization"
+                | "Conv"
+                | "ConvTranspose"
+                | "BatchNormalization"
+                | "InstanceNormalization"
+                | "MaxPool"
+                | "AveragePool"
+                | "GlobalAveragePool"
+                | "GlobalMaxPool"
+                | "LpPool"
+                | "GlobalLpPool"
+                | "Pad"
+                | "Resize"
+                | "Upsample"
+                | "Tile"
+                | "Dropout"
+                | "GatherElements"
+                | "CumSum"
+                | "LRN"
+                | "Einsum"
+                | "Trilu"
+                | "IsNaN"
+                | "IsInf"
+                | "Not" => r0,
+                _ => {
+                    if rules::lookup(n).is_some_and(|k| matches!(k, Kind::Unary(_))) {
+                        r0
+                    } else {
+                        None
+                    }
+                }
+            };
+            // Element-wise ops on shape vectors keep their length (Where/Equal/Mul on [k] vectors).
+            if out == Some(1) && n.output.len() == 1 && is_elementwise_op(&n.op_type) {
+                let len_of =
+                    |s: &str| self.dims(s).map(|d| d.iter().product::<usize>()).or_else(|| lens.get(s).copied());
+                if let Some(l) = n.input.iter().filter(|s| !s.is_empty()).filter_map(|s| len_of(s)).max() {
+                    lens.insert(n.output[0].clone(), l);
+                }
+            }
+            if let Some(r) = out {
+                for (k, o) in n.output.iter().enumerate() {
+                    if o.is_empty() || self.ranks.contains_key(o) {
+                        continue;
+                    }
+                    // Secondary outputs of these ops have other ranks; only output 0 is known.
+                    if k > 0 && !matches!(n.op_type.as_str(), "Split") {
+                        continue;
+                    }
+                    self.ranks.insert(o.clone(), r);
+                }
+            }
+        }
+    }
+}
+
+/// Broadcasting element-wise ops (for rank inference only).
+pub(super) fn is_elementwise_op(op: &str) -> bool {
+    matches!(
+        op,
+        "Where"
+            | "Add"
+            | "Sub"
+            | "Mul"
+            | "Div"
+            | "Pow"
+            | "Max"
+            | "Min"
+            | "Sum"
+            | "Mean"
+            | "Equal"
+            | "Less"
+            | "Greater"
+            | "LessOrEqual"
+            | "GreaterOrEqual"
+            | "And"
+            | "Or"
+            | "Xor"
+            | "Mod"
+            | "PRelu"
+            | "BitShift"
+    )
+}
+
+pub(super) fn norm_bound(v: i64, r: usize) -> usize {
+    let r = r as i64;
+    (if v < 0 { v + r } else { v }).clamp(0, r) as usize
+}
+
+/// Output dims of a Reshape of known input dims (None when ill-formed).
+pub fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> Option<Vec<usize>> {
+    let total: usize = input.iter().product();
+    let mut out = Vec::with_capacity(target.len());
+    let mut infer = None;
+    for (i, &t) in target.iter().enumerate() {
+        match t {
+            0 if !allowzero => out.push(*input.get(i)?),
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                out.push(1);
+            }
+            t if t >= 0 => out.push(t as usize),
+            _ => return None,
+        }
+    }
+    let known: usize = out.iter().product();
+    if let Some(i) = infer {
+        if known == 0 || !total.is_multiple_of(known) {
+            return None;
+        }
+        out[i] = total / known;
+    }
+    (out.iter().product::<usize>() == total).then_some(out)
+}
+
+pub(super) fn unsqueeze_dims(input: &[usize], axes: &[i64]) -> Option<Vec<usize>> {
+    let r = input.len() + axes.len();
+    let mut ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect::<Option<_>>()?;
+    ax.sort_unstable();
+    ax.dedup();
+    if ax.len() != axes.len() {
+        return None;
+    }
+    let mut it = input.iter();
+    (0..r).map(|i| if ax.contains(&i) { Some(1) } else { it.next().copied() }).collect::<Option<Vec<_>>>()
+}

@@ -1,0 +1,390 @@
+//! Dependency analysis, linear and normalisation ops: Conv, ConvTranspose, Gemm, MatMul (with
+//! its bias Add), BatchNormalization, InstanceNormalization, LayerNormalization, pooling and
+//! reductions. Each method is the analysis of one op family; `groups.rs` dispatches to it.
+
+use super::*;
+
+impl Analyzer<'_, '_> {
+    /// A bias input that a compensation may write to: absent (will be created) or a constant
+    /// used only here.
+    pub(super) fn bias_writable(&self, n: &NodeProto, slot: usize) -> std::result::Result<(), String> {
+        match inp(n, slot) {
+            None => Ok(()),
+            Some(b) if self.is_const(b) && self.ctx.ix.consumers_of(b).len() == 1 => Ok(()),
+            Some(b) => Err(format!("bias '{b}' of '{}' is shared or not a constant", node_label(n))),
+        }
+    }
+
+    pub(super) fn conv(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let label = node_label(n);
+        let (Some(w), b) = (inp(n, 1), inp(n, 2)) else { return };
+        let wd = self.ctx.dims(w).map(|d| d.to_vec());
+        let consts_ok = wd.as_ref().is_some_and(|d| d.len() >= 3)
+            && b.is_none_or(|b| self.ctx.dims(b).is_some_and(|d| d.len() == 1));
+        if !consts_ok {
+            if let Some(x) = &x {
+                self.block(&x.units, &format!("{} (weights are not constant)", barrier_reason(n)));
+            }
+            return;
+        }
+        let wd = wd.unwrap_or_default();
+        let group = attr_i(n, "group").unwrap_or(1).max(1) as usize;
+        let (cout, cin_g) = (wd[0], wd[1]);
+        let cin = cin_g * group;
+        // Depthwise: one input channel per group. With Cin = 1 and group = 1 it is a plain conv.
+        let depthwise = group > 1 && cin_g == 1 && cout % group == 0;
+        if let Some(x) = &x {
+            if x.axis != 1 || x.units.len() != cin || x.rank != wd.len() {
+                self.block(&x.units, &format!("{} (channel axis does not match the weight)", barrier_reason(n)));
+            } else if depthwise {
+                // Output o = c·m + j reads input c only: input and output channels are coupled.
+                let m = cout / group;
+                let units: Vec<Option<Unit>> = x.units.iter().flat_map(|u| std::iter::repeat_n(*u, m)).collect();
+                self.slice(w, 0, &units, (ni, 1), Role::Producer);
+                if let Some(b) = b {
+                    self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
+                }
+                self.st.edits.push(Edit::Count {
+                    target: IntTarget::AttrInt(ni, "group".into()),
+                    index: 0,
+                    units: x.units.clone(),
+                });
+                self.st.sources.insert(ni, units.clone());
+                let t = Track { axis: 1, rank: x.rank, vals: vec![Val::Const(0.0); units.len()], units };
+                self.emit(ni, &n.output[0], t);
+                return;
+            } else if group == 1 {
+                self.slice(w, 1, &x.units, (ni, 1), Role::Consumer);
+                // A zero-padded Conv sees a removed unit's constant only in the interior: the
+                // fold is exact there and the border difference is pruning error, measured by
+                // fidelity like any other. The masked model zeroes the consumer's input slice, so
+                // pruned == masked still holds exactly.
+                let pads_zero = attr_ints(n, "pads").is_none_or(|p| p.iter().all(|&v| v == 0));
+                let auto = attr_s(n, "auto_pad").unwrap_or_default();
+                let padded = !(pads_zero && (auto.is_empty() || auto == "NOTSET" || auto == "VALID"));
+                let fold = self.bias_writable(n, 2);
+                self.st.consumers.push(Consumer {
+                    node: ni,
+                    kind: ConsumerKind::Conv { padded },
+                    weight: w.to_string(),
+                    units: x.units.clone(),
+                    vals: x.vals.clone(),
+                    fold,
+                });
+            } else {
+                // Grouped: keep-sets uniform across groups, so position i of every group is one unit.
+                let r = format!("{} (grouped conv with an untracked channel)", barrier_reason(n));
+                for p in cin_g..cin {
+                    self.join(x.units[p], x.units[p % cin_g], &r);
+                }
+                let local = x.units[..cin_g].to_vec();
+                self.slice(w, 1, &local, (ni, 1), Role::Consumer);
+                let fold = Err(format!("grouped Conv '{label}'"));
+                self.st.consumers.push(Consumer {
+                    node: ni,
+                    kind: ConsumerKind::Conv { padded: false },
+                    weight: w.to_string(),
+                    units: x.units.clone(),
+                    vals: x.vals.clone(),
+                    fold,
+                });
+            }
+        }
+        if depthwise {
+            return; // untracked input: output channels cannot shrink alone
+        }
+        let units = self.new_layer(ni, cout);
+        let og = cout / group;
+        for o in og..cout {
+            self.join(units[o], units[o % og], "");
+        }
+        self.slice(w, 0, &units, (ni, 1), Role::Producer);
+        if let Some(b) = b {
+            self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
+        }
+        self.st.sources.insert(ni, units.clone());
+        let t = Track { axis: 1, rank: wd.len(), vals: vec![Val::Const(0.0); cout], units };
+        self.emit(ni, &n.output[0], t);
+    }
+
+    pub(super) fn conv_transpose(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let label = node_label(n);
+        let (Some(w), b) = (inp(n, 1), inp(n, 2)) else { return };
+        let group = attr_i(n, "group").unwrap_or(1);
+        let wd = self.ctx.dims(w).map(|d| d.to_vec()).filter(|d| d.len() >= 3);
+        let Some(wd) = wd.filter(|_| group == 1 && b.is_none_or(|b| self.is_const(b))) else {
+            if let Some(x) = &x {
+                self.block(&x.units, &format!("{} (grouped or non-constant ConvTranspose)", barrier_reason(n)));
+            }
+            return;
+        };
+        if let Some(x) = &x {
+            if x.axis != 1 || x.units.len() != wd[0] {
+                self.block(&x.units, &format!("{} (channel axis does not match the weight)", barrier_reason(n)));
+            } else {
+                self.slice(w, 0, &x.units, (ni, 1), Role::Consumer);
+                let fold = Err(format!("ConvTranspose '{label}' (overlapping kernels)"));
+                self.st.consumers.push(Consumer {
+                    node: ni,
+                    kind: ConsumerKind::Conv { padded: false },
+                    weight: w.to_string(),
+                    units: x.units.clone(),
+                    vals: x.vals.clone(),
+                    fold,
+                });
+            }
+        }
+        let units = self.new_layer(ni, wd[1]);
+        self.slice(w, 1, &units, (ni, 1), Role::Producer);
+        if let Some(b) = b {
+            self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
+        }
+        self.st.sources.insert(ni, units.clone());
+        let t = Track { axis: 1, rank: wd.len(), vals: vec![Val::Const(0.0); wd[1]], units };
+        self.emit(ni, &n.output[0], t);
+    }
+
+    pub(super) fn gemm(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let (Some(bw), c) = (inp(n, 1), inp(n, 2)) else { return };
+        let bd = self.ctx.dims(bw).map(|d| d.to_vec()).filter(|d| d.len() == 2);
+        let Some(bd) = bd.filter(|_| c.is_none_or(|c| self.is_const(c))) else {
+            if let Some(x) = &x {
+                self.block(&x.units, &format!("{} (weights are not constant)", barrier_reason(n)));
+            }
+            return;
+        };
+        let trans_a = attr_i(n, "transA").unwrap_or(0) != 0;
+        let trans_b = attr_i(n, "transB").unwrap_or(0) != 0;
+        let alpha = attr_f(n, "alpha").unwrap_or(1.0) as f64;
+        let beta = attr_f(n, "beta").unwrap_or(1.0) as f64;
+        let (k, nout) = if trans_b { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
+        if let Some(x) = &x {
+            let want = if trans_a { 0 } else { 1 };
+            if x.axis != want || x.units.len() != k {
+                self.block(&x.units, &format!("{} (tracked axis is not the contracted one)", barrier_reason(n)));
+            } else {
+                self.slice(bw, if trans_b { 1 } else { 0 }, &x.units, (ni, 1), Role::Consumer);
+                let bias_shape_ok = c.is_none_or(|c| {
+                    self.ctx.dims(c).is_some_and(|d| d.last() == Some(&nout) && d.iter().rev().skip(1).all(|&v| v == 1))
+                });
+                let fold = if beta == 0.0 || !bias_shape_ok {
+                    Err(format!("Gemm '{}' (beta = 0 or a bias that is not per-output)", node_label(n)))
+                } else {
+                    self.bias_writable(n, 2)
+                };
+                self.st.consumers.push(Consumer {
+                    node: ni,
+                    kind: ConsumerKind::Gemm { trans_b, alpha, beta },
+                    weight: bw.to_string(),
+                    units: x.units.clone(),
+                    vals: x.vals.clone(),
+                    fold,
+                });
+            }
+        }
+        // Output units; a scalar bias still emits beta·c from a removed unit.
+        let mut vals = vec![Val::Const(0.0); nout];
+        let units = self.new_layer(ni, nout);
+        self.slice(bw, if trans_b { 0 } else { 1 }, &units, (ni, 1), Role::Producer);
+        if let Some(c) = c {
+            let cd = self.ctx.dims(c).map(|d| d.to_vec()).unwrap_or_default();
+            if cd.last() == Some(&nout) && nout != 1 {
+                // [N] or [M, N]: sliced with the outputs, zeroed in the masked model.
+                self.slice(c, cd.len() - 1, &units, (ni, 2), Role::ProducerBias);
+            } else if cd.iter().product::<usize>() == 1 {
+                vals = vec![self.ctx.scalar(c).map(|v| Val::Const(beta * v)).unwrap_or(Val::Varying); nout];
+            } else {
+                vals = vec![Val::Varying; nout];
+            }
+        }
+        self.st.sources.insert(ni, units.clone());
+        self.emit(ni, &n.output[0], Track { axis: 1, rank: 2, units, vals });
+    }
+
+    /// The constant Add right after a MatMul that acts as its bias: (node, slot of the constant).
+    pub(super) fn matmul_bias(&self, n: &NodeProto, nout: usize, out_rank: usize) -> Option<(usize, usize)> {
+        let y = n.output.first()?;
+        let cons = self.ctx.ix.consumers_of(y);
+        if cons.len() != 1 || self.ctx.is_output(y) {
+            return None;
+        }
+        let (ci, slot) = cons[0];
+        let a = &self.ctx.g.node[ci];
+        if a.op_type != "Add" || a.input.len() != 2 || !a.domain.is_empty() {
+            return None;
+        }
+        let other = 1 - slot;
+        let b = &a.input[other];
+        let d = self.ctx.dims(b)?;
+        let ok = d.last() == Some(&nout) && d.len() <= out_rank && d.iter().rev().skip(1).all(|&v| v == 1);
+        (ok && self.ctx.ix.consumers_of(b).len() == 1).then_some((ci, other))
+    }
+
+    pub(super) fn matmul(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(wn) = inp(n, 1) else { return };
+        let wd = self.ctx.dims(wn).map(|d| d.to_vec()).filter(|d| d.len() == 2);
+        if let Some(t) = inp(n, 1).and_then(|s| self.track(s)) {
+            self.block(&t.units, &format!("{} (right operand is an activation)", barrier_reason(n)));
+        }
+        let Some(wd) = wd else {
+            if let Some(x) = &x {
+                self.block(&x.units, &format!("{} (right operand is not a constant matrix)", barrier_reason(n)));
+            }
+            return;
+        };
+        let (k, nout) = (wd[0], wd[1]);
+        let ra = x.as_ref().map(|t| t.rank).or_else(|| inp(n, 0).and_then(|s| self.ctx.rank(s)));
+        let Some(ra) = ra.filter(|&r| r >= 1) else { return };
+        let out_rank = ra.max(1);
+        let bias = self.matmul_bias(n, nout, out_rank);
+        if let Some(x) = &x {
+            if x.axis + 1 != x.rank || x.units.len() != k {
+                self.block(&x.units, &format!("{} (tracked axis is not the contracted one)", barrier_reason(n)));
+            } else {
+                self.slice(wn, 0, &x.units, (ni, 1), Role::Consumer);
+                self.st.consumers.push(Consumer {
+                    node: ni,
+                    kind: ConsumerKind::MatMul { bias },
+                    weight: wn.to_string(),
+                    units: x.units.clone(),
+                    vals: x.vals.clone(),
+                    fold: Ok(()),
+                });
+            }
+        }
+        let units = self.new_layer(ni, nout);
+        self.slice(wn, 1, &units, (ni, 1), Role::Producer);
+        self.st.sources.insert(ni, units.clone());
+        let t = Track { axis: out_rank - 1, rank: out_rank, vals: vec![Val::Const(0.0); nout], units };
+        self.emit(ni, &n.output[0], t);
+    }
+
+    /// Per-channel constant inputs `slots` of a normalisation: all constant, dims [C].
+    pub(super) fn channel_params(
+        &mut self,
+        ni: usize,
+        n: &NodeProto,
+        x: &Track,
+        slots: &[usize],
+    ) -> Option<Vec<Vec<f64>>> {
+        let c = x.units.len();
+        let mut out = Vec::new();
+        for &s in slots {
+            let name = inp(n, s).filter(|p| self.ctx.dims(p) == Some(&[c][..]));
+            let vals = name.and_then(|p| self.ctx.const_vals(p));
+            let (Some(name), Some(vals)) = (name, vals) else {
+                self.block(&x.units, &format!("{} (parameters are not constant [C] vectors)", barrier_reason(n)));
+                return None;
+            };
+            self.slice(name, 0, &x.units, (ni, s), Role::Param);
+            out.push(vals);
+        }
+        Some(out)
+    }
+
+    pub(super) fn batch_norm(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        if x.axis != 1 {
+            self.block(&x.units, &format!("{} (channel axis is not 1)", barrier_reason(n)));
+            return;
+        }
+        if !self.extra_outputs_unused(n, &x) {
+            return;
+        }
+        let Some(p) = self.channel_params(ni, n, &x, &[1, 2, 3, 4]) else { return };
+        let eps = attr_f(n, "epsilon").unwrap_or(1e-5) as f64;
+        let vals = x
+            .vals
+            .iter()
+            .enumerate()
+            .map(|(c, v)| map_val(*v, |k| Some((k - p[2][c]) / (p[3][c] + eps).sqrt() * p[0][c] + p[1][c])))
+            .collect();
+        self.pass(ni, n, &x, vals);
+    }
+
+    pub(super) fn instance_norm(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        if x.axis != 1 {
+            self.block(&x.units, &format!("{} (channel axis is not 1)", barrier_reason(n)));
+            return;
+        }
+        let Some(p) = self.channel_params(ni, n, &x, &[1, 2]) else { return };
+        // A constant channel normalises to 0, then gets its shift B.
+        let vals = (0..x.units.len()).map(|c| Val::Const(p[1][c])).collect();
+        self.pass(ni, n, &x, vals);
+    }
+
+    pub(super) fn pool(&mut self, ni: usize, n: &NodeProto, x: Option<Track>, kind: PoolKind) {
+        let Some(x) = x else { return };
+        if x.axis != 1 {
+            self.block(&x.units, &format!("{} (channel axis is not 1)", barrier_reason(n)));
+            return;
+        }
+        if !self.extra_outputs_unused(n, &x) {
+            return;
+        }
+        let pads = attr_ints(n, "pads").is_some_and(|p| p.iter().any(|&v| v != 0))
+            || attr_s(n, "auto_pad").is_some_and(|s| s.starts_with("SAME"));
+        let include_pad = attr_i(n, "count_include_pad").unwrap_or(0) != 0;
+        let keeps = match kind {
+            PoolKind::Max | PoolKind::GlobalMax | PoolKind::GlobalAverage => true,
+            PoolKind::Average => !(pads && include_pad),
+            PoolKind::Lp => false,
+        };
+        let vals = x.vals.iter().map(|v| if keeps { *v } else { zero_only(*v) }).collect();
+        self.pass(ni, n, &x, vals);
+    }
+
+    pub(super) fn reduce(&mut self, ni: usize, n: &NodeProto, x: Option<Track>, kind: ReduceKind) {
+        let Some(x) = x else { return };
+        let axes = self.ctx.axes_of(n).unwrap_or_default();
+        if axes.is_empty() {
+            if attr_i(n, "noop_with_empty_axes").unwrap_or(0) != 0 {
+                self.pass(ni, n, &x, x.vals.clone());
+            } else {
+                self.block(&x.units, &format!("{} (reduces every axis)", barrier_reason(n)));
+            }
+            return;
+        }
+        let Some(axes) = axes.iter().map(|&a| norm_axis(a, x.rank)).collect::<Option<Vec<_>>>() else {
+            self.block(&x.units, &format!("{} (bad axes)", barrier_reason(n)));
+            return;
+        };
+        if axes.contains(&x.axis) {
+            self.block(&x.units, &format!("{} (reduces the channel axis)", barrier_reason(n)));
+            return;
+        }
+        let keep = attr_i(n, "keepdims").unwrap_or(1) != 0;
+        let mut ax: Vec<usize> = axes.clone();
+        ax.sort_unstable();
+        ax.dedup();
+        let (axis, rank) = if keep {
+            (x.axis, x.rank)
+        } else {
+            (x.axis - ax.iter().filter(|&&a| a < x.axis).count(), x.rank - ax.len())
+        };
+        let vals = x
+            .vals
+            .iter()
+            .map(|v| match kind {
+                ReduceKind::KeepsConstant => *v,
+                ReduceKind::ZeroOnly => zero_only(*v),
+                ReduceKind::Unknown => Val::Varying,
+            })
+            .collect();
+        let t = Track { axis, rank, units: x.units.clone(), vals };
+        self.emit(ni, &n.output[0], t);
+    }
+
+    pub(super) fn layer_norm(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let axis = norm_axis(attr_i(n, "axis").unwrap_or(-1), x.rank);
+        if axis.is_none_or(|a| x.axis >= a) {
+            self.block(&x.units, &format!("{} (normalises over the channel axis)", barrier_reason(n)));
+            return;
+        }
+        if self.extra_outputs_unused(n, &x) {
+            self.pass(ni, n, &x, vec![Val::Varying; x.units.len()]);
+        }
+    }
+}
