@@ -87,10 +87,7 @@ pub fn collect(model: &ModelProto, inputs: &Inputs, req: &Requests) -> Result<St
         return Ok(Stats::default());
     }
     let names: Vec<String> = req.keys().cloned().collect();
-    let mut stats = Stats {
-        rows: inputs.inputs.first().map(|i| i.data.shape().first().copied().unwrap_or(1)).unwrap_or(0),
-        values: BTreeMap::new(),
-    };
+    let mut stats = Stats { rows: inputs.rows(), values: BTreeMap::new() };
     crate::reconstruct::capture::run_exposing(model, inputs, &names, |_, arrays| {
         for (name, a) in names.iter().zip(arrays) {
             let ax = req[name];

@@ -244,7 +244,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 let _stage = progress::Stage::start("reconstruct");
                 let layers = crate::reconstruct::obs::obs_all(&dense, &mut m, &pruned_names, inputs)
                     .with_context(|| format!("{}: reconstruction", o.input.display()))?;
-                reconstruction = Some(crate::reconstruct::ReconReport { samples: rows_of(inputs), layers });
+                reconstruction = Some(crate::reconstruct::ReconReport { samples: inputs.rows(), layers });
                 t_recon.set(ms(tr));
             }
             weights_report = Some(r);
@@ -418,12 +418,8 @@ fn calibration_inputs(o: &RunOptions) -> Result<Option<(crate::check::Inputs, St
     let Some(spec) = &o.calibration else { return Ok(None) };
     let label = o.calibration_label.clone().unwrap_or_else(|| "calibration".into());
     let inputs = crate::calib::load_inputs(&o.input, spec)?;
-    let rows = rows_of(&inputs);
+    let rows = inputs.rows();
     Ok(Some((inputs, format!("{label} ({rows} rows)"))))
-}
-
-fn rows_of(i: &crate::check::Inputs) -> usize {
-    i.inputs.first().and_then(|i| i.data.shape().first().copied()).unwrap_or(0)
 }
 
 /// Reconstruct one structural stage (consumers of removed units) when calibration is given.
@@ -439,8 +435,7 @@ fn refit_stage(
     let _stage = progress::Stage::start("reconstruct");
     let layers = crate::reconstruct::refit::refit_all(dense, &mut r.masked, &mut r.pruned, &r.refit, inputs)
         .context("reconstruction")?;
-    let rep =
-        report.get_or_insert_with(|| crate::reconstruct::ReconReport { samples: rows_of(inputs), layers: vec![] });
+    let rep = report.get_or_insert_with(|| crate::reconstruct::ReconReport { samples: inputs.rows(), layers: vec![] });
     rep.layers.extend(layers);
     t.set(t.get() + ms(t0));
     Ok(())

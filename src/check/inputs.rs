@@ -147,6 +147,11 @@ impl Inputs {
         self.inputs.iter().map(|i| (i.name.clone(), i.data.shape().to_vec())).collect()
     }
 
+    /// Samples: the length of the first input's axis 0 (0 without inputs, 1 for a scalar).
+    pub fn rows(&self) -> usize {
+        self.inputs.first().map(|i| i.data.shape().first().copied().unwrap_or(1)).unwrap_or(0)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Input> {
         self.inputs.iter().find(|i| i.name == name)
     }

@@ -60,11 +60,7 @@ pub fn affine_one(
     sp: &Site,
     calib: &Inputs,
 ) -> Result<LayerRecon> {
-    let out_keep = if r.out_keep.is_empty() { vec![true; s.out] } else { r.out_keep.clone() };
-    if out_keep.len() != s.out {
-        bail!("{} output positions for a weight with {} outputs", out_keep.len(), s.out);
-    }
-    let outs: Vec<usize> = (0..s.out).filter(|&o| out_keep[o]).collect();
+    let outs = r.kept_outputs(s.out)?;
     if sp.out != outs.len() {
         bail!("pruned layer has {} outputs, expected {}", sp.out, outs.len());
     }
@@ -93,7 +89,7 @@ pub fn affine_one(
     let yd = capture(dense).context("dense run")?;
     let ym = capture(masked).context("masked run")?;
     // Rows per sample are fixed for a layer: split by sample index, every fifth held apart.
-    let per = yd.first().map_or(0, |v| v.len()) / crate::reconstruct::refit::rows_of(calib).max(1);
+    let per = yd.first().map_or(0, |v| v.len()) / calib.rows().max(1);
     let mut ab = vec![(1.0, 0.0); outs.len()];
     let (mut before, mut after, mut total) = (0.0, 0.0, 0.0);
     let mut changed = 0;

@@ -35,6 +35,19 @@ pub struct RefitSite {
     pub out_keep: Vec<bool>,
 }
 
+impl RefitSite {
+    /// Indices of the kept outputs of a layer with `out` outputs (all when `out_keep` is empty).
+    pub fn kept_outputs(&self, out: usize) -> Result<Vec<usize>> {
+        if self.out_keep.is_empty() {
+            return Ok((0..out).collect());
+        }
+        if self.out_keep.len() != out {
+            bail!("{} output positions for a weight with {} outputs", self.out_keep.len(), out);
+        }
+        Ok((0..out).filter(|&o| self.out_keep[o]).collect())
+    }
+}
+
 /// Output spatial size of a 2-D Conv for an input of `x_shape` ([N, C, H, W]).
 pub fn conv_out_hw(s: &Site, x_shape: &[usize]) -> Result<[usize; 2]> {
     let Layout::Conv2d { kernel, strides, pads, dilations, .. } = s.layout else { return Ok([1, 1]) };
@@ -71,11 +84,6 @@ fn locate(m: &ModelProto, r: &RefitSite) -> std::result::Result<Site, String> {
     let n = g.node.iter().find(|n| n.output.first() == Some(out)).ok_or_else(|| format!("no node produces '{out}'"))?;
     let w = n.input.get(1).filter(|s| !s.is_empty()).ok_or("the node has no weight input")?;
     site::find(m, w)
-}
-
-/// Calibration samples (rows of the first input).
-pub fn rows_of(i: &Inputs) -> usize {
-    i.inputs.first().and_then(|i| i.data.shape().first().copied()).unwrap_or(0)
 }
 
 fn is_val(row: usize) -> bool {
@@ -136,12 +144,8 @@ fn refit_one(
     if in_keep.len() * per_in != s.p {
         bail!("{} input positions for a weight with {} inputs", in_keep.len(), s.p);
     }
-    let out_keep = if r.out_keep.is_empty() { vec![true; s.out] } else { r.out_keep.clone() };
-    if out_keep.len() != s.out {
-        bail!("{} output positions for a weight with {} outputs", out_keep.len(), s.out);
-    }
     let feat: Vec<usize> = (0..s.p).filter(|&f| in_keep[f / per_in]).collect();
-    let outs: Vec<usize> = (0..s.out).filter(|&o| out_keep[o]).collect();
+    let outs = r.kept_outputs(s.out)?;
     let has_bias = s.bias.is_some();
     let (pk, q) = (feat.len() + has_bias as usize, outs.len());
     if q == 0 {
