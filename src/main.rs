@@ -3,9 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use onnx_emp::check::{InputSpec, VerifyOptions};
-use onnx_emp::prune::weights::Include;
 use onnx_emp::prune::RoundTo;
-use onnx_emp::run::{self, CriterionArg, Mode, RunOptions, ScopeArg};
+use onnx_emp::run::{self, CriterionArg, IncludeArg, Mode, RunOptions, ScopeArg};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,11 +76,12 @@ struct PruneArgs {
     /// l2 (default), l1 or activation (channels); weight (default) or activation (heads)
     #[arg(long, value_enum, hide_possible_values = true)]
     criterion: Option<CriterionArg>,
-    /// Also prune these (per-weight): bias, norm, embedding, small (weights whose output units
-    /// have fewer than 32 inputs: depthwise filters, a stem on 1-3 channels, LSTM gates on few
-    /// features) (comma separated)
-    #[arg(long, value_delimiter = ',')]
-    include: Vec<String>,
+    /// Also prune what the safe defaults leave alone (comma separated). Per-weight: bias, norm,
+    /// embedding, small (weights whose output units have fewer than 32 inputs: depthwise filters,
+    /// a stem on 1-3 channels, LSTM gates on few features). Channels: narrow (lift the floor of
+    /// half of every group and at least 8 units), stem (prune a Conv that reads the model input)
+    #[arg(long, value_enum, value_delimiter = ',', hide_possible_values = true)]
+    include: Vec<IncludeArg>,
     /// Structured: round each kept count up to a multiple of N, never above the original width.
     /// auto (default) keeps the alignment the dense width has, up to 8 (what blocked engine
     /// kernels need); 1 turns rounding off
@@ -192,16 +192,7 @@ fn real_main(cli: Cli) -> ExitCode {
             return usage("--ratio is a baseline for per-weight mode and --structured channels only");
         }
     }
-    let mut include = Include::default();
-    for i in &a.include {
-        match i.as_str() {
-            "bias" => include.bias = true,
-            "norm" => include.norm = true,
-            "embedding" => include.embedding = true,
-            "small" => include.small = true,
-            s => return usage(&format!("--include {s}: expected bias, norm, embedding or small")),
-        }
-    }
+    let (include, floor) = run::includes(&a.include);
     let mut dims = BTreeMap::new();
     for d in &a.dim {
         let Some((k, v)) = d.split_once('=') else { return usage(&format!("--dim {d}: expected NAME=VALUE")) };
@@ -269,6 +260,7 @@ fn real_main(cli: Cli) -> ExitCode {
         scope: a.scope,
         criterion: a.criterion,
         include,
+        floor,
         round_to: a.round_to,
         verify: !a.no_verify,
         verify_opts,

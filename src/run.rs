@@ -63,6 +63,41 @@ pub enum CriterionArg {
     Activation,
 }
 
+/// `--include`: what the safe defaults leave alone, opted into one by one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IncludeArg {
+    /// Per-weight: biases.
+    Bias,
+    /// Per-weight: normalisation scales and shifts.
+    Norm,
+    /// Per-weight: embedding tables.
+    Embedding,
+    /// Per-weight: weights whose output units have fewer than 32 inputs (depthwise filters, a
+    /// stem on 1-3 channels, LSTM gates on few features).
+    Small,
+    /// Channels: lift the floor that keeps half of every group and at least 8 units.
+    Narrow,
+    /// Channels: prune a Conv that reads the model input (kept whole by default).
+    Stem,
+}
+
+/// Split `--include` values into the per-weight candidates and the structured floors.
+pub fn includes(v: &[IncludeArg]) -> (Include, crate::prune::Floor) {
+    let mut inc = Include::default();
+    let mut floor = crate::prune::Floor::ON;
+    for i in v {
+        match i {
+            IncludeArg::Bias => inc.bias = true,
+            IncludeArg::Norm => inc.norm = true,
+            IncludeArg::Embedding => inc.embedding = true,
+            IncludeArg::Small => inc.small = true,
+            IncludeArg::Narrow => floor.narrow = false,
+            IncludeArg::Stem => floor.stem = false,
+        }
+    }
+    (inc, floor)
+}
+
 /// The name clap knows a value by (`heads,channels`, `normalized`, ...).
 pub fn arg_name<T: clap::ValueEnum>(v: &T) -> String {
     v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
@@ -90,6 +125,8 @@ pub struct RunOptions {
     pub scope: Option<ScopeArg>,
     pub criterion: Option<CriterionArg>,
     pub include: Include,
+    /// Structured: floors on narrow and stem groups (lifted by `--include narrow,stem`).
+    pub floor: crate::prune::Floor,
     pub round_to: RoundTo,
     pub verify: bool,
     pub verify_opts: VerifyOptions,
@@ -286,6 +323,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 round_to: o.round_to,
                 activations: None,
                 fixed_ratio: o.fixed_ratio,
+                floor: o.floor,
             };
             let mut current = std::mem::take(&mut loaded.proto);
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {

@@ -172,8 +172,8 @@ fn channel_activation_ranking_differs_from_weight_norm_as_built() {
             .arg(&xp)
             .args(["--inputs"])
             .arg(&xp)
-            // Ranking only: no alignment, no reconstruction (which rewrites the consumer W2).
-            .args(["--no-latency", "--quiet", "--round-to", "1", "--no-reconstruct", "--report"])
+            // Ranking only: no alignment, no floor (4 units), no reconstruction (which rewrites W2).
+            .args(["--no-latency", "--quiet", "--round-to", "1", "--include", "narrow", "--no-reconstruct", "--report"])
             .arg(&rep)
             .status()
             .unwrap();

@@ -6,7 +6,13 @@ use onnx_emp::diff::graph_diff;
 use onnx_emp::model::graph::{self, GraphIndex};
 use onnx_emp::model::{io, tensor};
 use onnx_emp::prune::channels::prune_channels;
-use onnx_emp::prune::{GroupReport, StructOptions, StructScope, StructuralResult};
+use onnx_emp::prune::{Floor, GroupReport, StructOptions, StructScope, StructuralResult};
+
+/// These tests prove rewrites on small widths: the narrow/stem floors would keep most groups
+/// whole, so they are lifted (the floors have their own tests).
+fn no_floor() -> StructOptions {
+    StructOptions { floor: Floor::OFF, ..Default::default() }
+}
 use onnx_protobuf::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
 };
@@ -238,7 +244,7 @@ fn group<'a>(r: &'a StructuralResult, id: &str) -> &'a GroupReport {
 
 fn run_digits(model: &str, x: &str) -> (ModelProto, Outcome) {
     let (dense, npys, inputs) = digits(model, x);
-    let o = prune_and_prove(&dense, &StructOptions::default(), &npys, &inputs);
+    let o = prune_and_prove(&dense, &no_floor(), &npys, &inputs);
     snapshot(model.trim_end_matches(".onnx"), &dense, &o);
     let prunable = o.result.groups.iter().filter(|g| g.blocked.is_none()).count();
     eprintln!(
@@ -333,7 +339,7 @@ fn digits_transformer_ffn_hidden_units() {
 #[test]
 fn digits_lstm_is_a_barrier() {
     let (dense, npys, inputs) = digits("digits_lstm.onnx", "digits_test_x8x8.npy");
-    let o = prune_and_prove(&dense, &StructOptions::default(), &npys, &inputs);
+    let o = prune_and_prove(&dense, &no_floor(), &npys, &inputs);
     assert!(o.result.groups.iter().all(|g| g.blocked.is_some()), "{}", summary(&o.result.groups));
     assert_eq!(o.params.0, o.params.1);
 }
@@ -345,7 +351,7 @@ fn global_scope_and_rounding() {
         scope: StructScope::Global,
         round_to: onnx_emp::prune::RoundTo::Multiple(4),
         beta: 0.9,
-        ..Default::default()
+        ..no_floor()
     };
     let o = prune_and_prove(&dense, &opts, &npys, &inputs);
     for g in o.result.groups.iter().filter(|g| g.blocked.is_none()) {
@@ -354,7 +360,7 @@ fn global_scope_and_rounding() {
     }
     let o1 = prune_and_prove(
         &dense,
-        &StructOptions { criterion: onnx_emp::prune::Criterion::L1, ..Default::default() },
+        &StructOptions { criterion: onnx_emp::prune::Criterion::L1, ..no_floor() },
         &npys,
         &inputs,
     );
@@ -419,7 +425,7 @@ fn real_models() {
         let t0 = std::time::Instant::now();
         let dense = load(&p);
         let inputs = real_inputs(&dense);
-        let o = prune_and_prove(&dense, &StructOptions::default(), &[], &inputs);
+        let o = prune_and_prove(&dense, &no_floor(), &[], &inputs);
         let prunable = o.result.groups.iter().filter(|g| g.blocked.is_none()).count();
         let changed = o.result.groups.iter().any(|g| g.blocked.is_none() && g.kept < g.n);
         if changed {
@@ -584,7 +590,7 @@ fn residual_chain_reaching_output_is_not_pruned() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &StructOptions::default());
+    let o = prove(&m, &X4, &no_floor());
     let g = group(&o.result, "A");
     assert_eq!(g.members, vec!["A", "r", "B", "add"]);
     assert!(g.blocked.as_deref().unwrap().contains("graph output 'y'"), "{g:?}");
@@ -611,7 +617,7 @@ fn concat_offsets_select_the_right_columns() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &StructOptions { beta: 1.05, ..Default::default() });
+    let o = prove(&m, &X4, &StructOptions { beta: 1.05, ..no_floor() });
     let dense_c = tensor::read_f32(weight(&m, "wc")).unwrap();
     let pruned_c = tensor::read_f32(weight(&o.result.pruned, "wc")).unwrap();
     // A keeps 0,2,3,5; B keeps 1,2,3,4 → columns 0,2,3,5 and 6+1..6+4 of C
@@ -658,7 +664,7 @@ fn split_sizes_and_equal_split_become_explicit() {
     };
     for sizes in [Some("sizes"), None] {
         let m = mk(sizes);
-        let o = prove(&m, &X4, &StructOptions::default());
+        let o = prove(&m, &X4, &no_floor());
         let p = &o.result.pruned;
         let split = node(p, "split");
         let s = tensor::read_i64(weight(p, &split.input[1])).unwrap();
@@ -697,7 +703,7 @@ fn slice_bounds_on_the_channel_axis() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &StructOptions::default());
+    let o = prove(&m, &X4, &no_floor());
     let p = &o.result.pruned;
     assert_eq!(weight(p, "wa").dims[0], 6);
     assert_eq!(tensor::read_i64(weight(p, "starts")).unwrap(), vec![1]);
@@ -731,7 +737,7 @@ fn depthwise_with_multiplier_and_single_channel_convs() {
         &x,
         &["y"],
     );
-    let o = prove(&m, &x, &StructOptions::default());
+    let o = prove(&m, &x, &no_floor());
     let p = &o.result.pruned;
     let g = group(&o.result, "A");
     assert!(g.members.contains(&"DW".to_string()), "depthwise couples its input and output: {g:?}");
@@ -768,7 +774,7 @@ fn reshape_into_gemm_rewrites_the_target() {
     );
     let mut m = m;
     set_out_rank(&mut m, 2);
-    let o = prove(&m, &x, &StructOptions::default());
+    let o = prove(&m, &x, &no_floor());
     let p = &o.result.pruned;
     assert_eq!(tensor::read_i64(weight(p, "target")).unwrap(), vec![-1, 48]);
     assert_eq!(weight(p, "wf").dims, vec![3, 48]);
@@ -802,7 +808,7 @@ fn bn_model(consumer_pads: bool) -> ModelProto {
 #[test]
 fn bn_shift_of_removed_channels_is_folded_into_the_next_bias() {
     let m = bn_model(false);
-    let o = prove(&m, &X4, &StructOptions::default());
+    let o = prove(&m, &X4, &no_floor());
     let g = group(&o.result, "A");
     assert_eq!(g.kept, 4);
     assert!(g.notes.iter().any(|n| n.contains("folded into the bias of 'C'")), "{:?}", g.notes);
@@ -817,7 +823,7 @@ fn bn_shift_of_removed_channels_is_folded_into_the_next_bias() {
 #[test]
 fn bn_shift_into_a_zero_padded_conv_is_folded_in_the_interior() {
     let m = bn_model(true);
-    let o = prove(&m, &X4, &StructOptions::default());
+    let o = prove(&m, &X4, &no_floor());
     let g = group(&o.result, "A");
     // Channels 1 and 3 emit relu(beta') > 0 into a zero-padded conv: folded into C's bias (exact
     // in the interior, the border difference is pruning error), so they are removed, and the
@@ -850,7 +856,7 @@ fn sigmoid_and_hardsigmoid_half_is_compensated() {
         m.graph.as_mut().unwrap().input = vec![vi("x", Some(&x2))];
         m
     };
-    let o = prove(&m, &x2, &StructOptions::default());
+    let o = prove(&m, &x2, &no_floor());
     let g = group(&o.result, "A");
     assert_eq!(g.kept, 4);
     assert!(g.notes.iter().any(|n| n.contains("bias of 'B'")), "{:?}", g.notes);
@@ -870,7 +876,7 @@ fn sigmoid_and_hardsigmoid_half_is_compensated() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &StructOptions::default());
+    let o = prove(&m, &X4, &no_floor());
     assert!(group(&o.result, "A").notes.iter().any(|n| n.contains("bias of 'B'")));
     assert_ne!(tensor::read_f32(weight(&o.result.pruned, "bb")).unwrap(), vec![0.3, -0.3], "0.5 · ΣW folded in");
     assert!(dense_vs_pruned(&o, &X4) < 0.05);
@@ -896,7 +902,7 @@ fn shared_initializers() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &StructOptions::default());
+    let o = prove(&m, &X4, &no_floor());
     let g = group(&o.result, "A");
     assert!(g.members.contains(&"B".to_string()) && g.blocked.is_none(), "{g:?}");
     let p = &o.result.pruned;
@@ -915,7 +921,7 @@ fn shared_initializers() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &StructOptions::default());
+    let o = prove(&m, &X4, &no_floor());
     let g = group(&o.result, "A");
     assert!(g.blocked.as_deref().unwrap().contains("weight 'w' is also used by Conv node 'A'"), "{g:?}");
     assert_eq!(o.params.0, o.params.1);
@@ -952,7 +958,7 @@ fn constant_node_weights_and_reshaped_bias() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &StructOptions::default());
+    let o = prove(&m, &X4, &no_floor());
     let p = &o.result.pruned;
     assert_eq!(weight(p, "wa").dims, vec![4, 3, 1, 1]);
     assert!(
@@ -979,7 +985,7 @@ fn unknown_ops_and_subgraph_captures_are_barriers() {
         &X4,
         &["y"],
     );
-    let r = prune_channels(&m, &StructOptions::default()).unwrap();
+    let r = prune_channels(&m, &no_floor()).unwrap();
     assert_eq!(r.groups[0].blocked.as_deref(), Some("blocked by com.example:Foo node 'foo'"));
     assert_eq!(params(&r.pruned), params(&m));
 
@@ -1009,7 +1015,7 @@ fn unknown_ops_and_subgraph_captures_are_barriers() {
         &X4,
         &["y"],
     );
-    let r = prune_channels(&m, &StructOptions::default()).unwrap();
+    let r = prune_channels(&m, &no_floor()).unwrap();
     assert!(r.groups[0].blocked.as_deref().unwrap().contains("'ra' is read inside a subgraph"), "{:?}", r.groups);
 }
 
@@ -1028,7 +1034,7 @@ fn lstm_is_a_reported_barrier() {
     );
     let mut m = m;
     set_out_rank(&mut m, 4);
-    let o = prove(&m, &x, &StructOptions::default());
+    let o = prove(&m, &x, &no_floor());
     assert_eq!(group(&o.result, "proj").blocked.as_deref(), Some("blocked by LSTM node 'lstm'"));
     assert_eq!(o.params.0, o.params.1);
 }
@@ -1049,9 +1055,9 @@ fn non_finite_weights_are_an_error_naming_the_tensor() {
         &X4,
         &["y"],
     );
-    let e = prune_channels(&m, &StructOptions::default()).err().expect("NaN must be an error");
+    let e = prune_channels(&m, &no_floor()).err().expect("NaN must be an error");
     assert!(format!("{e:#}").contains("'wa'"), "{e:#}");
-    assert!(prune_channels(&m, &StructOptions { beta: 0.0, ..Default::default() }).is_err());
+    assert!(prune_channels(&m, &StructOptions { beta: 0.0, ..no_floor() }).is_err());
 }
 
 #[test]
@@ -1089,7 +1095,7 @@ fn reshape_target_built_from_shape_chain() {
         &["y"],
     );
     set_out_rank(&mut m, 2);
-    let o = prove(&m, &x, &StructOptions::default());
+    let o = prove(&m, &x, &no_floor());
     assert!(group(&o.result, "A").blocked.is_none(), "{}", summary(&o.result.groups));
     assert_eq!(weight(&o.result.pruned, "wf").dims, vec![3, 48]);
 
@@ -1098,7 +1104,7 @@ fn reshape_target_built_from_shape_chain() {
     let g = m2.graph.as_mut().unwrap();
     g.initializer.retain(|t| t.name != "zero");
     g.initializer.push(int("zero", &[], &[1]));
-    let r = prune_channels(&m2, &StructOptions::default()).unwrap();
+    let r = prune_channels(&m2, &no_floor()).unwrap();
     assert!(r.groups[0].blocked.as_deref().unwrap().contains("channel count"), "{:?}", r.groups[0]);
 }
 
@@ -1153,7 +1159,7 @@ fn op_zoo_prelu_pad_pool_instancenorm_resize_convtranspose_reduce() {
         &["y"],
     );
     set_out_rank(&mut m, 2);
-    let o = prove(&m, &x, &StructOptions::default());
+    let o = prove(&m, &x, &no_floor());
     let p = &o.result.pruned;
     let a = group(&o.result, "A");
     assert!(a.blocked.is_none() && a.kept == 4, "{a:?}");
@@ -1181,7 +1187,7 @@ fn gemm_with_a_full_bias_matrix() {
         &x2,
         &["y"],
     );
-    let o = prove(&m, &x2, &StructOptions::default());
+    let o = prove(&m, &x2, &no_floor());
     assert_eq!(weight(&o.result.pruned, "ca").dims, vec![2, 4]);
     assert_eq!(weight(&o.result.pruned, "wb").dims, vec![3, 4]);
 }
@@ -1189,7 +1195,7 @@ fn gemm_with_a_full_bias_matrix() {
 #[test]
 fn the_checks_catch_a_wrong_rewrite() {
     let (dense, npys, inputs) = digits("digits_mlp.onnx", "digits_test_x64.npy");
-    let mut r = prune_channels(&dense, &StructOptions::default()).unwrap();
+    let mut r = prune_channels(&dense, &no_floor()).unwrap();
     // swap two input columns of fc2: a classic index-mapping bug
     let g = r.pruned.graph.as_mut().unwrap();
     let t = g.initializer.iter_mut().find(|t| t.name == "fc2.weight").unwrap();
@@ -1209,4 +1215,29 @@ fn the_checks_catch_a_wrong_rewrite() {
             assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
         }
     }
+}
+
+/// The floors (on by default): a Conv reading the model input is kept whole, every other group
+/// keeps half its width and at least 8 units; both are stated in the notes and lifted by
+/// `Floor::OFF` (`--include narrow,stem`).
+#[test]
+fn floors_keep_the_stem_and_half_of_narrow_groups() {
+    let (dense, npys, inputs) = digits("yolo_block.onnx", "digits_test_x1x8x8.npy");
+    let low = StructOptions { beta: 0.3, round_to: onnx_emp::prune::RoundTo::Multiple(1), ..Default::default() };
+    let on = prune_and_prove(&dense, &low, &npys, &inputs);
+    let groups = |o: &Outcome| o.result.groups.iter().filter(|g| g.blocked.is_none()).cloned().collect::<Vec<_>>();
+    let stem = |g: &GroupReport| g.notes.iter().any(|n| n.contains("reads the model input"));
+    assert_eq!(groups(&on).iter().filter(|g| stem(g)).count(), 1, "{}", summary(&on.result.groups));
+    for g in groups(&on) {
+        if stem(&g) {
+            assert_eq!(g.kept, g.n, "{g:?}");
+        } else {
+            assert!(g.kept >= g.n.min(8).max(g.n.div_ceil(2)), "{g:?}");
+        }
+    }
+    assert!(groups(&on).iter().any(|g| g.notes.iter().any(|n| n.contains("floor of half the width"))));
+    let off = prune_and_prove(&dense, &StructOptions { floor: Floor::OFF, ..low }, &npys, &inputs);
+    assert!(groups(&off).iter().all(|g| !stem(g) && g.notes.iter().all(|n| !n.contains("floor"))));
+    assert!(groups(&off).iter().any(|g| g.kept < g.n.min(8).max(g.n.div_ceil(2))), "{}", summary(&off.result.groups));
+    assert!(off.params.1 < on.params.1);
 }

@@ -94,7 +94,8 @@ fn refit_recovers_a_unit_that_is_a_combination_of_kept_ones() {
     let (cal, test) = (dir.path().join("cal.npy"), dir.path().join("test.npy"));
     ndarray_npy::write_npy(&cal, &random(200, 3, 1)).unwrap();
     ndarray_npy::write_npy(&test, &random(100, 3, 2)).unwrap();
-    let common = ["--structured", "channels", "--round-to", "1", "--inputs", test.to_str().unwrap()];
+    let common =
+        ["--structured", "channels", "--round-to", "1", "--include", "narrow", "--inputs", test.to_str().unwrap()];
     let plain = run(&model, &dir.path().join("a.onnx"), &common);
     assert_eq!(plain["groups"][0]["kept"], 3, "{}", plain["groups"]);
     let cal_s = cal.to_str().unwrap();
@@ -122,8 +123,8 @@ fn reconstruction_lowers_error_on_trained_models() {
     let cases: [(&str, &str, &str, &[&str]); 5] = [
         ("digits_cnn", "x1x8x8", "weights", &[]),
         ("yolo_block", "x1x8x8", "weights", &[]),
-        ("digits_cnn", "x1x8x8", "channels", &["--structured", "channels", "--round-to", "1"]),
-        ("yolo_block", "x1x8x8", "channels", &["--structured", "channels", "--round-to", "1"]),
+        ("digits_cnn", "x1x8x8", "channels", &["--structured", "channels", "--round-to", "1", "--include", "narrow,stem"]),
+        ("yolo_block", "x1x8x8", "channels", &["--structured", "channels", "--round-to", "1", "--include", "narrow,stem"]),
         ("digits_transformer", "x8x8", "heads", &["--structured", "heads"]),
     ];
     for (m, x, what, extra) in cases {

@@ -356,13 +356,22 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
             decisions.push((d.n_eff, (0..g.classes.len()).collect(), notes));
             continue;
         }
+        if opts.floor.stem && is_stem(ctx, g) {
+            notes.push(format!(
+                "kept whole: a Conv that reads the model input (stem); EMP would keep {} (--include stem prunes it)",
+                d.kept
+            ));
+            decisions.push((d.n_eff, (0..g.classes.len()).collect(), notes));
+            continue;
+        }
         let chosen: BTreeSet<usize> = emp::top_k(&g.scores, d.kept).into_iter().collect();
         let align = opts.round_to.for_width(g.classes.len());
-        let keep = fill(g, &chosen, d.kept, align);
-        if align > 1 && keep.len() > d.kept && opts.scope != StructScope::Global {
+        let target = floored(g.classes.len(), d.kept, opts, &mut notes);
+        let keep = fill(g, &chosen, target, align);
+        if align > 1 && keep.len() > target && opts.scope != StructScope::Global {
             notes.push(format!(
-                "EMP kept {}, rounded up to {} (a multiple of {align}: --round-to {})",
-                d.kept,
+                "kept {} rounded up to {} (a multiple of {align}: --round-to {})",
+                target,
                 keep.len(),
                 opts.round_to
             ));
@@ -370,7 +379,9 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
         decisions.push((d.n_eff, keep, notes));
     }
     if opts.scope == StructScope::Global {
-        global(&groups, &mut decisions, opts)?;
+        let stems: BTreeSet<usize> =
+            (0..groups.len()).filter(|&i| opts.floor.stem && is_stem(ctx, &groups[i])).collect();
+        global(&groups, &mut decisions, &stems, opts)?;
     }
     let mut removed: BTreeSet<Unit> = BTreeSet::new();
     for (g, (_, keep, _)) in groups.iter().zip(&decisions) {
@@ -391,7 +402,12 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
 }
 
 /// One EMP over all prunable groups, each group's scores divided by its mean.
-fn global(groups: &[Group], decisions: &mut [(f64, BTreeSet<usize>, Vec<String>)], opts: &StructOptions) -> Result<()> {
+fn global(
+    groups: &[Group],
+    decisions: &mut [(f64, BTreeSet<usize>, Vec<String>)],
+    stems: &BTreeSet<usize>,
+    opts: &StructOptions,
+) -> Result<()> {
     let mut all: Vec<f64> = vec![];
     let mut owner: Vec<(usize, usize)> = vec![];
     for (gi, g) in groups.iter().enumerate() {
@@ -416,16 +432,74 @@ fn global(groups: &[Group], decisions: &mut [(f64, BTreeSet<usize>, Vec<String>)
     let gids: BTreeSet<usize> = owner.iter().map(|o| o.0).collect();
     for gi in gids {
         let c = chosen.remove(&gi).unwrap_or_default();
-        let target = c.len().max(1);
-        decisions[gi].1 = fill(&groups[gi], &c, target, opts.round_to.for_width(groups[gi].classes.len()));
         decisions[gi].2.push(format!(
             "global EMP over {} units of all prunable groups: N_eff = {:.2}, kept {}",
             all.len(),
             d.n_eff,
             d.kept
         ));
+        if stems.contains(&gi) {
+            decisions[gi].2.push(format!(
+                "kept whole: a Conv that reads the model input (stem); global EMP would keep {} (--include stem prunes it)",
+                c.len()
+            ));
+            continue;
+        }
+        let target = floored(groups[gi].classes.len(), c.len().max(1), opts, &mut decisions[gi].2);
+        decisions[gi].1 = fill(&groups[gi], &c, target, opts.round_to.for_width(groups[gi].classes.len()));
     }
     Ok(())
+}
+
+/// `kept` raised to the narrow floor ([`super::Floor`]), with a note when the floor binds.
+fn floored(n: usize, kept: usize, opts: &StructOptions, notes: &mut Vec<String>) -> usize {
+    let min = opts.floor.min_keep(n);
+    if kept >= min {
+        return kept;
+    }
+    notes.push(format!(
+        "kept {min} instead of {kept}: floor of half the width and at least {} units (--include narrow lifts it)",
+        super::NARROW_MIN.min(n)
+    ));
+    min
+}
+
+/// Ops between the model input and a stem that do not mix channels (normalisation, layout).
+const STEM_PATH_OPS: &[&str] = &[
+    "Add", "BatchNormalization", "Cast", "Div", "Flatten", "Identity", "Mul", "Pad", "Reshape", "Squeeze", "Sub",
+    "Transpose", "Unsqueeze",
+];
+
+/// A group whose producer is a Conv reading a graph input (possibly through `STEM_PATH_OPS`
+/// whose other operands are constants).
+fn is_stem(ctx: &Ctx, g: &Group) -> bool {
+    g.sources.iter().any(|&s| {
+        let n = &ctx.g.node[s];
+        if n.op_type != "Conv" {
+            return false;
+        }
+        let mut name = match n.input.first() {
+            Some(i) => i.as_str(),
+            None => return false,
+        };
+        for _ in 0..16 {
+            if ctx.consts.contains_key(name) {
+                return false;
+            }
+            if ctx.ix.inputs.contains(name) {
+                return true;
+            }
+            let Some(&p) = ctx.ix.producer.get(name) else { return false };
+            let pn = &ctx.g.node[p];
+            let live: Vec<&String> =
+                pn.input.iter().filter(|i| !i.is_empty() && !ctx.consts.contains_key(i.as_str())).collect();
+            if live.len() != 1 || !STEM_PATH_OPS.contains(&pn.op_type.as_str()) {
+                return false;
+            }
+            name = live[0];
+        }
+        false
+    })
 }
 
 /// No tensor may lose all its positions (a split part or concat input would become empty).
