@@ -96,6 +96,12 @@ struct PruneArgs {
     /// Verify outputs but skip the latency measurement
     #[arg(long)]
     no_latency: bool,
+    /// Time each model for about this many seconds (at least one run; default 2)
+    #[arg(long, value_name = "SECS")]
+    latency_budget: Option<f64>,
+    /// Time exactly N runs per model instead of a time budget
+    #[arg(long, value_name = "N")]
+    latency_runs: Option<usize>,
     /// Verification inputs: NAME=FILE.npy (repeatable), FILE.npy for a single-input model, or FILE.npz
     #[arg(long, value_name = "NAME=FILE")]
     inputs: Vec<String>,
@@ -193,6 +199,14 @@ fn real_main(cli: Cli) -> ExitCode {
         }
     }
     let (include, floor) = run::includes(&a.include);
+    if let Some(b) = a.latency_budget {
+        if !(b.is_finite() && b > 0.0 && b < 1e6) {
+            return usage(&format!("--latency-budget {b}: must be a number of seconds > 0"));
+        }
+    }
+    if a.latency_runs == Some(0) {
+        return usage("--latency-runs 0: must be at least 1 (--no-latency skips timing)");
+    }
     let mut dims = BTreeMap::new();
     for d in &a.dim {
         let Some((k, v)) = d.split_once('=') else { return usage(&format!("--dim {d}: expected NAME=VALUE")) };
@@ -250,6 +264,10 @@ fn real_main(cli: Cli) -> ExitCode {
         inputs: InputSpec { dims, files, npz, seed: a.seed, default_batch: 1 },
         labels: a.labels.clone(),
         latency: !a.no_latency,
+        latency_opts: onnx_emp::check::LatencyOptions {
+            budget: a.latency_budget.map(std::time::Duration::from_secs_f64),
+            runs: a.latency_runs,
+        },
     };
     let opts = RunOptions {
         input,

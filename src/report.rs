@@ -172,8 +172,8 @@ impl Report {
         if let (Some(a), Some(b)) = (&self.timing.latency_dense, &self.timing.latency_pruned) {
             let _ = writeln!(
                 s,
-                "latency     {:.3} ms → {:.3} ms (tract, median of {}/{} runs)",
-                a.median_ms, b.median_ms, a.runs, b.runs
+                "latency     {:.3} ms → {:.3} ms (tract, 1 thread, {} sample(s) per run; median of {} / {} runs)",
+                a.median_ms, b.median_ms, a.samples, a.runs, b.runs
             );
         }
         for n in &self.notes {

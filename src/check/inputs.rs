@@ -88,6 +88,27 @@ impl InputData {
         }
     }
 
+    /// The first `k` entries of axis 0 (all of them when there are fewer).
+    pub fn head(&self, k: usize) -> InputData {
+        use ndarray::{Axis, Slice};
+        macro_rules! cut {
+            ($a:expr) => {{
+                let k = k.min($a.len_of(Axis(0)));
+                $a.slice_axis(Axis(0), Slice::from(..k)).to_owned()
+            }};
+        }
+        match self {
+            InputData::F32(a) => InputData::F32(cut!(a)),
+            InputData::F64(a) => InputData::F64(cut!(a)),
+            InputData::F16(a) => InputData::F16(cut!(a)),
+            InputData::I64(a) => InputData::I64(cut!(a)),
+            InputData::I32(a) => InputData::I32(cut!(a)),
+            InputData::I8(a) => InputData::I8(cut!(a)),
+            InputData::U8(a) => InputData::U8(cut!(a)),
+            InputData::Bool(a) => InputData::Bool(cut!(a)),
+        }
+    }
+
     /// ONNX element type code.
     pub fn elem_type(&self) -> i32 {
         match self {
@@ -154,6 +175,25 @@ impl Inputs {
 
     pub fn get(&self, name: &str) -> Option<&Input> {
         self.inputs.iter().find(|i| i.name == name)
+    }
+
+    /// The first `k` samples: every input whose axis 0 has [`Inputs::rows`] entries is cut to
+    /// its first `k` rows, the others are kept whole. `None` when there are no more than `k`.
+    pub fn head(&self, k: usize) -> Option<Inputs> {
+        let rows = self.rows();
+        if rows <= k || k == 0 {
+            return None;
+        }
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|i| Input {
+                name: i.name.clone(),
+                data: if i.data.shape().first() == Some(&rows) { i.data.head(k) } else { i.data.clone() },
+                source: i.source.clone(),
+            })
+            .collect();
+        Some(Inputs { inputs, assumed: self.assumed.clone() })
     }
 }
 

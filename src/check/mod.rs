@@ -13,7 +13,7 @@ pub mod run;
 
 pub use fidelity::{accuracy, compare, load_labels, OutputFidelity};
 pub use inputs::{model_inputs, prepare_inputs, DimSpec, InputData, InputFact, InputInfo, InputSpec, Inputs};
-pub use latency::{latency, LatencyStats};
+pub use latency::{latency, LatencyOptions, LatencyStats};
 pub use macs::{macs, Macs};
 pub use run::{load_runnable, run, Runnable};
 
@@ -29,12 +29,30 @@ pub struct VerifyOptions {
     /// Integer class labels (`.npy`) for the first output's argmax.
     pub labels: Option<PathBuf>,
     pub latency: bool,
+    /// Latency budget and run count (see [`latency::latency`]).
+    pub latency_opts: LatencyOptions,
 }
 
-/// Warm-up runs before timing.
-pub const LATENCY_WARMUP: usize = 2;
-/// Most timed runs (fewer when the 1 s budget is spent first).
-pub const LATENCY_MAX_RUNS: usize = 200;
+/// Masked-equivalence runs on at most this many samples: it checks that two models compute the
+/// same function to float precision, which a few samples show as well as a thousand.
+pub const EQUIVALENCE_ROWS: usize = 16;
+/// Without labels, fidelity (errors, cosine, top-1 agreement) uses at most this many samples;
+/// with labels every sample counts towards accuracy.
+pub const FIDELITY_ROWS: usize = 256;
+
+/// Run `a` and `b` at once on two threads (the machine's cores are otherwise idle: tract runs
+/// one inference on one core).
+fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    std::thread::scope(|s| {
+        let hb = s.spawn(b);
+        let ra = a();
+        let rb = match hb.join() {
+            Ok(r) => r,
+            Err(p) => std::panic::resume_unwind(p),
+        };
+        (ra, rb)
+    })
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Verification {
@@ -117,31 +135,35 @@ fn outputs(which: &str, r: &Runnable, inputs: &Inputs) -> Result<Vec<ndarray::Ar
 /// compile or run gives `status: "skipped"` and a one-line reason naming the stage and model.
 pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification {
     let mut notes = vec![];
-    let inputs = match shared_inputs(dense, pruned, &opts.inputs) {
+    let all = match shared_inputs(dense, pruned, &opts.inputs) {
         Ok(i) => i,
         Err(e) => return Verification::skipped(format!("{e:#}"), BTreeMap::new(), notes),
     };
-    let shapes = inputs.shapes();
-    notes.extend(inputs.assumed.iter().map(|a| format!("assumed {a}")));
-    let skip = |e: anyhow::Error, notes: Vec<String>| Verification::skipped(format!("{e:#}"), shapes.clone(), notes);
-    let rd = match compile("dense", dense, &inputs) {
-        Ok(r) => r,
-        Err(e) => return skip(e, notes),
+    notes.extend(all.assumed.iter().map(|a| format!("assumed {a}")));
+    let inputs = match (&opts.labels, all.head(FIDELITY_ROWS)) {
+        (None, Some(h)) => {
+            notes.push(format!(
+                "fidelity on the first {FIDELITY_ROWS} of {} samples (enough for its statistics; with --labels every sample is used)",
+                all.rows()
+            ));
+            h
+        }
+        _ => all,
     };
-    let rp = match compile("pruned", pruned, &inputs) {
-        Ok(r) => r,
-        Err(e) => return skip(e, notes),
+    let shapes = inputs.shapes();
+    let skip = |e: anyhow::Error, notes: Vec<String>| Verification::skipped(format!("{e:#}"), shapes.clone(), notes);
+    let (rd, rp) = both(|| compile("dense", dense, &inputs), || compile("pruned", pruned, &inputs));
+    let (rd, rp) = match (rd, rp) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return skip(e, notes),
     };
     for (which, r) in [("dense", &rd), ("pruned", &rp)] {
         notes.extend(r.notes.iter().map(|n| format!("{which}: {n}")));
     }
-    let od = match outputs("dense", &rd, &inputs) {
-        Ok(o) => o,
-        Err(e) => return skip(e, notes),
-    };
-    let op = match outputs("pruned", &rp, &inputs) {
-        Ok(o) => o,
-        Err(e) => return skip(e, notes),
+    let (od, op) = both(|| outputs("dense", &rd, &inputs), || outputs("pruned", &rp, &inputs));
+    let (od, op) = match (od, op) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return skip(e, notes),
     };
     let fid = compare(&od, &op, &rd.output_names);
 
@@ -163,8 +185,23 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
 
     let (mut lat_d, mut lat_p) = (None, None);
     if opts.latency {
-        for (which, r, slot) in [("dense", &rd, &mut lat_d), ("pruned", &rp, &mut lat_p)] {
-            match latency(r, &inputs, LATENCY_WARMUP, LATENCY_MAX_RUNS) {
+        // Latency is what one deployed inference costs: time one sample, not the whole
+        // verification batch (a model whose axis 0 is not a free batch axis is timed as is).
+        let one = inputs.head(1).and_then(|one| {
+            match both(|| compile("dense", dense, &one), || compile("pruned", pruned, &one)) {
+                (Ok(a), Ok(b)) => Some((one, a, b)),
+                _ => None,
+            }
+        });
+        let (li, ld, lp) = match &one {
+            Some((i, a, b)) => (i, a, b),
+            None => (&inputs, &rd, &rp),
+        };
+        if one.is_some() {
+            notes.push("latency on one sample (batch 1)".to_string());
+        }
+        for (which, r, slot) in [("dense", ld, &mut lat_d), ("pruned", lp, &mut lat_p)] {
+            match latency(r, li, opts.latency_opts) {
                 Ok(l) => *slot = Some(l),
                 Err(e) => notes.push(format!("latency unavailable ({which}): {e:#}")),
             }
@@ -198,10 +235,19 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
 /// Run `a` and `b` on the same inputs (prepared from `a`) and compare `b` against `a`. Used for
 /// masked-equivalence: `a` = dense model with the pruned units zeroed, `b` = pruned model.
 pub fn equivalence(a: &Path, b: &Path, opts: &VerifyOptions) -> Result<Vec<OutputFidelity>> {
-    let inputs = shared_inputs(a, b, &opts.inputs)?;
-    let ra = compile("reference", a, &inputs)?;
-    let rb = compile("other", b, &inputs)?;
-    let oa = outputs("reference", &ra, &inputs)?;
-    let ob = outputs("other", &rb, &inputs)?;
-    Ok(compare(&oa, &ob, &ra.output_names))
+    let all = shared_inputs(a, b, &opts.inputs)?;
+    if let Some(few) = all.head(EQUIVALENCE_ROWS) {
+        // A model whose axis 0 is not a free batch axis cannot take fewer rows: use them all.
+        if let Ok(r) = equivalence_on(a, b, &few) {
+            return Ok(r);
+        }
+    }
+    equivalence_on(a, b, &all)
+}
+
+fn equivalence_on(a: &Path, b: &Path, inputs: &Inputs) -> Result<Vec<OutputFidelity>> {
+    let (ra, rb) = both(|| compile("reference", a, inputs), || compile("other", b, inputs));
+    let (ra, rb) = (ra?, rb?);
+    let (oa, ob) = both(|| outputs("reference", &ra, inputs), || outputs("other", &rb, inputs));
+    Ok(compare(&oa?, &ob?, &ra.output_names))
 }
