@@ -120,8 +120,9 @@ fn refit_recovers_a_unit_that_is_a_combination_of_kept_ones() {
 #[test]
 fn reconstruction_lowers_error_on_trained_models() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str, &str, &[&str]); 5] = [
+    let cases: [(&str, &str, &str, &[&str]); 6] = [
         ("digits_cnn", "x1x8x8", "weights", &[]),
+        ("digits_lstm", "x8x8", "weights", &[]),
         ("yolo_block", "x1x8x8", "weights", &[]),
         ("digits_cnn", "x1x8x8", "channels", &["--structured", "channels", "--round-to", "1", "--include", "narrow,stem"]),
         ("yolo_block", "x1x8x8", "channels", &["--structured", "channels", "--round-to", "1", "--include", "narrow,stem"]),
@@ -152,6 +153,10 @@ fn reconstruction_lowers_error_on_trained_models() {
             assert_eq!(e["pass"], true, "{m} {what}: {e}");
         }
         assert!(fit["calibration"].as_str().unwrap().contains("256 rows"));
+        if m == "digits_lstm" {
+            // W and R of the LSTM are updated together (gate pre-activations are linear in [x; h]).
+            assert!(layers.iter().any(|l| l["layer"].as_str().unwrap().starts_with("LSTM") && l["method"] == "obs"));
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod affine;
 pub mod capture;
 pub mod linalg;
 pub mod obs;
+pub mod recurrent;
 pub mod refit;
 pub mod site;
 

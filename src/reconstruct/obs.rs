@@ -4,6 +4,7 @@
 //! current model (earlier layers already updated), per Conv group; start from the dense
 //! weights, zero what EMP zeroed and move the error onto the kept weights of the same row
 //! ([`super::linalg::obs_update`]). The mask, and so the sparsity, is exactly EMP's.
+//! LSTM / RNN weights go to [`super::recurrent`] (W and R of one node together).
 
 use super::capture::run_exposing;
 use super::linalg::obs_update;
@@ -23,22 +24,43 @@ pub fn obs_all(
     weights: &[String],
     calib: &Inputs,
 ) -> Result<Vec<LayerRecon>> {
-    let mut order: Vec<(usize, String, std::result::Result<site::Site, String>)> = weights
-        .iter()
-        .map(|w| {
-            let s = site::find(model, w);
-            (s.as_ref().map(|s| s.node).unwrap_or(usize::MAX), w.clone(), s)
-        })
-        .collect();
+    enum Layer {
+        Linear(std::result::Result<site::Site, String>),
+        /// An LSTM / RNN node: W and R are updated together.
+        Recurrent(usize),
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut order: Vec<(usize, String, Layer)> = vec![];
+    for w in weights {
+        if let Some(ni) = super::recurrent::recurrent_user(model, w) {
+            if seen.insert(ni) {
+                order.push((ni, w.clone(), Layer::Recurrent(ni)));
+            }
+            continue;
+        }
+        let s = site::find(model, w);
+        order.push((s.as_ref().map(|s| s.node).unwrap_or(usize::MAX), w.clone(), Layer::Linear(s)));
+    }
     order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
     let progress = crate::progress::Work::new(order.len() as u64);
     let mut out = vec![];
-    for (k, (_, w, s)) in order.into_iter().enumerate() {
-        let rep = match s {
-            Err(why) => Some(LayerRecon::skipped(&w, &w, why)),
-            Ok(s) => match obs_layer(k, dense, model, &s, calib) {
+    for (k, (_, w, layer)) in order.into_iter().enumerate() {
+        let rep = match layer {
+            Layer::Linear(Err(why)) => Some(LayerRecon::skipped(&w, &w, why)),
+            Layer::Linear(Ok(s)) => match obs_layer(k, dense, model, &s, calib) {
                 Ok(r) => r,
                 Err(e) => Some(LayerRecon::skipped(&s.label, &w, format!("{e:#}"))),
+            },
+            Layer::Recurrent(ni) => match super::recurrent::obs_recurrent(k, dense, model, ni, calib) {
+                Ok(r) => r,
+                Err(e) => {
+                    let label = model
+                        .graph
+                        .as_ref()
+                        .map(|g| format!("{} {}", g.node[ni].op_type, crate::model::graph::node_label(&g.node[ni])))
+                        .unwrap_or_default();
+                    Some(LayerRecon::skipped(&label, &w, format!("{e:#}")))
+                }
             },
         };
         out.extend(rep);
@@ -79,7 +101,7 @@ fn hessians(k: usize, model: &ModelProto, s: &site::Site, calib: &Inputs) -> Res
 }
 
 /// Σ_o Δ_o H Δ_oᵀ over rows `o0..o0+n` of `d` (row-major, p columns).
-fn quad(d: &[f64], p: usize, o0: usize, n: usize, h: &Mat<f64>) -> f64 {
+pub(crate) fn quad(d: &[f64], p: usize, o0: usize, n: usize, h: &Mat<f64>) -> f64 {
     let mut e = 0.0;
     for o in o0..o0 + n {
         let r = &d[o * p..(o + 1) * p];
