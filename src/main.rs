@@ -31,6 +31,9 @@ Examples:
   onnx-emp models/digits_cnn.onnx cnn.act.onnx --structured channels --criterion activation \
       --calibration models/digits_calib_x1x8x8.npy
 
+  # the decision only (groups, N_eff, kept, params, MACs): no model written, nothing verified
+  onnx-emp plan models/fmnist_resnet.onnx --structured channels --beta 0.8
+
   # compare two models' graphs
   onnx-emp diff model.onnx out.onnx";
 
@@ -53,6 +56,9 @@ struct Cli {
 enum Cmd {
     /// Readable, deterministic graph diff of two models (shapes, attributes, nodes, params).
     Diff { a: PathBuf, b: PathBuf },
+    /// The decision only: groups, N_eff, kept, blocked reasons, expected params and MACs. Takes
+    /// the same flags as a run; writes no model, runs no reconstruction or verification.
+    Plan(PruneArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -181,10 +187,19 @@ fn real_main(cli: Cli) -> ExitCode {
             }
         };
     }
-    let a = cli.prune;
+    let (a, plan) = match cli.cmd {
+        Some(Cmd::Plan(a)) => (a, true),
+        _ => (cli.prune, false),
+    };
     onnx_emp::progress::set_quiet(a.quiet);
-    let (Some(input), Some(output)) = (a.input.clone(), a.output.clone()) else {
-        return usage("expected IN and OUT model paths (see --help)");
+    let (input, output) = match (a.input.clone(), a.output.clone(), plan) {
+        (Some(i), None, true) => (i, PathBuf::new()),
+        (Some(_), Some(o), true) => {
+            return usage(&format!("plan writes no model: unexpected '{}'", o.display()));
+        }
+        (Some(i), Some(o), false) => (i, o),
+        (_, _, true) => return usage("expected IN (see 'onnx-emp plan --help')"),
+        _ => return usage("expected IN and OUT model paths (see --help)"),
     };
     let mode = a.structured.unwrap_or(Mode::Weights);
     if !(a.beta.is_finite() && a.beta > 0.0) {
@@ -287,6 +302,7 @@ fn real_main(cli: Cli) -> ExitCode {
         calibration_label,
         fixed_ratio: a.ratio,
         reconstruct: !a.no_reconstruct,
+        plan,
     };
     match run::run(&opts) {
         Ok(out) => {

@@ -55,6 +55,9 @@ pub struct Timing {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub tool: String,
+    /// `onnx-emp plan`: the decision only (no output, no verification).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub plan: bool,
     pub input: FileInfo,
     pub output: FileInfo,
     pub mode: String,
@@ -127,6 +130,11 @@ impl Report {
             } else {
                 let _ = writeln!(s, "MACs        {a} → {b}  ({:.1} % fewer)", pct(1.0 - ratio(b, a)));
             }
+        }
+        if self.plan {
+            s.push_str("plan only: no model written, no reconstruction, no verification\n");
+            let _ = writeln!(s, "time        load {:.1} ms, prune {:.1} ms, MACs {:.1} ms", self.timing.load_ms, self.timing.prune_ms, self.timing.verify_ms);
+            return s;
         }
         let _ = writeln!(s, "file size   {} → {} bytes", self.input.bytes, self.output.bytes);
         for e in &self.equivalence {

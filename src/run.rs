@@ -139,6 +139,9 @@ pub struct RunOptions {
     pub fixed_ratio: Option<f64>,
     /// Reconstruct the kept weights from the calibration data (when it is given).
     pub reconstruct: bool,
+    /// `onnx-emp plan`: stop after the decision (groups, N_eff, kept, params, MACs); write no
+    /// model, run no reconstruction and no verification.
+    pub plan: bool,
 }
 
 /// The default per-weight scope (chosen from the measurements in the README).
@@ -189,7 +192,14 @@ fn params(m: &ModelProto) -> Result<(u64, u64)> {
 }
 
 pub fn run(o: &RunOptions) -> Result<Outcome> {
-    let out_dir = check_paths(&o.input, &o.output, o.force)?;
+    let out_dir = if o.plan {
+        if !o.input.is_file() {
+            bail!("{}: no such file", o.input.display());
+        }
+        PathBuf::new()
+    } else {
+        check_paths(&o.input, &o.output, o.force)?
+    };
     let mut timing = Timing::default();
     let t = Instant::now();
     let stage = progress::Stage::start("load");
@@ -220,7 +230,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             ),
         }
     };
-    let recon_inputs = if o.reconstruct { calib.as_ref().map(|c| &c.0) } else { None };
+    let recon_inputs = if o.reconstruct && !o.plan { calib.as_ref().map(|c| &c.0) } else { None };
     if let Some((_, label)) = &calib {
         calibration = Some(label.clone());
     }
@@ -354,6 +364,18 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     timing.prune_ms = ms(t);
     timing.reconstruct_ms = t_recon.get();
     let (p_after, nz_after) = params(&pruned)?;
+    if o.plan {
+        return plan_outcome(o, &loaded, pruned, PlanParts {
+            params: Params { before: p_before, after: p_after, nonzero_before: nz_before, nonzero_after: nz_after },
+            scope: scope_name,
+            criterion: criterion_name,
+            calibration,
+            weights: weights_report,
+            groups,
+            notes,
+            timing,
+        });
+    }
 
     // Stage: write into a private folder beside OUT; publish only after verification.
     let t = Instant::now();
@@ -428,6 +450,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     publish(&staged, &o.output)?;
     let report = Report {
         tool: format!("onnx-emp {}", env!("CARGO_PKG_VERSION")),
+        plan: false,
         input: FileInfo { path: o.input.display().to_string(), bytes: loaded.bytes_on_disk },
         output: FileInfo { path: o.output.display().to_string(), bytes: out_bytes },
         mode: o.mode.name().into(),
@@ -447,6 +470,65 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         timing,
     };
     Ok(Outcome { report, exact })
+}
+
+/// What a plan reports (the decision), gathered by [`run`].
+struct PlanParts {
+    params: Params,
+    scope: String,
+    criterion: String,
+    calibration: Option<String>,
+    weights: Option<crate::prune::weights::WeightsReport>,
+    groups: Vec<crate::prune::GroupReport>,
+    notes: Vec<String>,
+    timing: Timing,
+}
+
+/// The report of `onnx-emp plan`: the decision and the expected params and MACs (counted by
+/// tract's shape analysis on a scratch copy, no inference; skipped with `--no-verify`).
+fn plan_outcome(o: &RunOptions, loaded: &Loaded, pruned: ModelProto, mut p: PlanParts) -> Result<Outcome> {
+    let (mut macs_before, mut macs_after) = (None, None);
+    if o.verify {
+        let t = Instant::now();
+        let dir = tempfile::tempdir().context("plan scratch folder")?;
+        let scratch = dir.path().join("plan.onnx");
+        io::save(pruned, &scratch, &SaveOptions { external: loaded.external.clone() })?;
+        match crate::check::prepare_inputs(&o.input, &o.verify_opts.inputs) {
+            Ok(inputs) => {
+                let facts = inputs.facts();
+                for (which, path, slot) in [("dense", &o.input, &mut macs_before), ("pruned", &scratch, &mut macs_after)] {
+                    match crate::check::macs(path, &facts) {
+                        Ok(m) => *slot = Some(m.total),
+                        Err(e) => p.notes.push(format!("MACs unavailable ({which}): {e:#}")),
+                    }
+                }
+            }
+            Err(e) => p.notes.push(format!("MACs unavailable: {e:#}")),
+        }
+        p.timing.verify_ms = ms(t);
+    }
+    let report = Report {
+        tool: format!("onnx-emp {}", env!("CARGO_PKG_VERSION")),
+        plan: true,
+        input: FileInfo { path: o.input.display().to_string(), bytes: loaded.bytes_on_disk },
+        output: FileInfo { path: "(plan)".into(), bytes: 0 },
+        mode: o.mode.name().into(),
+        scope: p.scope,
+        beta: o.beta,
+        criterion: p.criterion,
+        calibration: p.calibration,
+        params: p.params,
+        macs_before,
+        macs_after,
+        weights: p.weights,
+        groups: p.groups,
+        reconstruction: None,
+        equivalence: vec![],
+        verification: None,
+        notes: p.notes,
+        timing: p.timing,
+    };
+    Ok(Outcome { report, exact: true })
 }
 
 /// The calibration inputs and the report's label for them, e.g.

@@ -320,3 +320,36 @@ fn structured_reports_are_deterministic() {
         assert!(!ra.contains(".onnx-emp-"), "{m}: staging path leaked into the report");
     }
 }
+
+/// `plan` reports the same decision as a run (groups, kept counts, params) and writes nothing.
+#[test]
+fn plan_is_the_decision_of_a_run_without_an_output() {
+    for (mode, model, data) in [
+        (&["--structured", "channels", "--beta", "0.8"][..], "yolo_block", "digits_test_x1x8x8"),
+        (&["--structured", "heads"][..], "digits_transformer", "digits_test_x8x8"),
+        (&[][..], "digits_mlp", "digits_test_x64"),
+    ] {
+        let full = run(model, data, mode);
+        let dir = tempfile::tempdir().unwrap();
+        let rep = dir.path().join("plan.json");
+        let a = bin()
+            .args(["plan", &format!("models/{model}.onnx"), "--inputs", &format!("models/{data}.npy")])
+            .args(mode)
+            .arg("--report")
+            .arg(&rep)
+            .assert()
+            .success();
+        let stdout = String::from_utf8_lossy(&a.get_output().stdout).to_string();
+        assert!(stdout.contains("plan only"), "{stdout}");
+        let p: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        assert_eq!(p["plan"], true);
+        assert_eq!(p["groups"], full.report["groups"], "{model}");
+        assert_eq!(p["params"], full.report["params"], "{model}");
+        assert_eq!(p["macs_after"], full.report["macs_after"], "{model}");
+        assert!(p["verification"].is_null() && p["equivalence"].as_array().unwrap().is_empty());
+        // Only the report was written.
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1);
+    }
+    bin().args(["plan", "models/digits_mlp.onnx", "out.onnx"]).assert().code(2);
+}
