@@ -431,6 +431,10 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     }
     let (macs_before, macs_after) =
         verification.as_ref().map(|v| (v.macs_dense, v.macs_pruned)).unwrap_or((None, None));
+    let real_inputs = !o.verify_opts.inputs.files.is_empty() || o.verify_opts.inputs.npz.is_some();
+    if let Some(w) = verification.as_ref().and_then(|v| fidelity_warning(v, real_inputs, recon_inputs.is_some())) {
+        notes.push(w);
+    }
     if !exact && !o.allow_mismatch {
         let e = equivalence.iter().find(|e| e.pass == Some(false));
         let detail = e
@@ -470,6 +474,39 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         timing,
     };
     Ok(Outcome { report, exact })
+}
+
+/// Accuracy may fall by at most this much (fraction) before the report warns.
+pub const WARN_ACCURACY_DROP: f64 = 0.01;
+/// Top-1 agreement with the dense model below this makes the report warn.
+pub const WARN_AGREEMENT: f64 = 0.95;
+
+/// A loud note when verification shows the pruned model is clearly worse than the input, with
+/// what to do about it. The rule is that the output must not be worse than the input: the tool
+/// cannot know that without data, but when the user's inputs or labels show it, it says so.
+/// Top-1 agreement is only judged on the user's inputs (random inputs are out of distribution).
+fn fidelity_warning(v: &crate::check::Verification, real_inputs: bool, reconstructed: bool) -> Option<String> {
+    if !v.is_ok() {
+        return None;
+    }
+    let what = match (v.accuracy_dense, v.accuracy_pruned) {
+        (Some(a), Some(b)) if a - b > WARN_ACCURACY_DROP => format!("accuracy fell {:.1} points", (a - b) * 100.0),
+        (Some(_), Some(_)) => return None,
+        _ => {
+            let worst = v.outputs.iter().filter_map(|o| o.top1_agreement).fold(f64::INFINITY, f64::min);
+            if real_inputs && worst.is_finite() && worst < WARN_AGREEMENT {
+                format!("top-1 agreement with the dense model is {:.1} %", worst * 100.0)
+            } else {
+                return None;
+            }
+        }
+    };
+    let fix = if reconstructed {
+        "keep more with --beta above 1 (e.g. --beta 1.5)"
+    } else {
+        "pass --calibration with a few hundred real inputs to reconstruct the kept weights, or keep more with --beta above 1"
+    };
+    Some(format!("WARNING: {what}; {fix}"))
 }
 
 /// What a plan reports (the decision), gathered by [`run`].

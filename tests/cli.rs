@@ -353,3 +353,20 @@ fn plan_is_the_decision_of_a_run_without_an_output() {
     }
     bin().args(["plan", "models/digits_mlp.onnx", "out.onnx"]).assert().code(2);
 }
+
+/// A run that leaves the model clearly worse than the input says so, with what to do.
+#[test]
+fn a_clearly_worse_output_is_flagged() {
+    // The tiny YOLO-style block loses ~22 points at EMP's default cut without calibration.
+    let r = run("yolo_block", "digits_test_x1x8x8", &[]);
+    let notes: Vec<&str> = r.report["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert!(notes.iter().any(|n| n.starts_with("WARNING: accuracy fell") && n.contains("--calibration")), "{notes:?}");
+    // With calibration it recovers to within about a point; any warning left only suggests β.
+    let r = run("yolo_block", "digits_test_x1x8x8", &["--calibration", "models/digits_calib_x1x8x8.npy"]);
+    let notes = r.report["notes"].as_array().unwrap();
+    assert!(notes.iter().all(|n| !n.as_str().unwrap().contains("pass --calibration")), "{notes:?}");
+    // The MLP loses nothing at the default: no warning.
+    let r = run("digits_mlp", "digits_test_x64", &[]);
+    let notes = r.report["notes"].as_array().unwrap();
+    assert!(notes.iter().all(|n| !n.as_str().unwrap().starts_with("WARNING")), "{notes:?}");
+}
