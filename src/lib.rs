@@ -4,6 +4,7 @@
 pub mod calib;
 pub mod check;
 pub mod diff;
+pub mod html;
 pub mod emp;
 pub mod model;
 pub mod progress;

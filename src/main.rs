@@ -96,6 +96,9 @@ struct PruneArgs {
     /// Write the report as JSON here
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Write the report as one self-contained HTML page here (inline SVG, no external resources)
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Skip the tract verification
     #[arg(long)]
     no_verify: bool,
@@ -308,6 +311,12 @@ fn real_main(cli: Cli) -> ExitCode {
         Ok(out) => {
             if let Some(p) = &a.report {
                 if let Err(e) = onnx_emp::model::io::write_atomic(p, out.report.to_json().as_bytes()) {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(1);
+                }
+            }
+            if let Some(p) = &a.html {
+                if let Err(e) = onnx_emp::model::io::write_atomic(p, onnx_emp::html::render(&out.report).as_bytes()) {
                     eprintln!("error: {e:#}");
                     return ExitCode::from(1);
                 }

@@ -370,3 +370,63 @@ fn a_clearly_worse_output_is_flagged() {
     let notes = r.report["notes"].as_array().unwrap();
     assert!(notes.iter().all(|n| !n.as_str().unwrap().starts_with("WARNING")), "{notes:?}");
 }
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// `--html` writes one self-contained page for every mode (and for `plan`): every group of the
+/// JSON report by its exact name, heads as a grid, per-tensor sparsity, no external resource.
+#[test]
+fn html_report_is_self_contained_and_complete() {
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("digits_cnn", "digits_test_x1x8x8", &[]),
+        ("yolo_block", "digits_test_x1x8x8", &["--structured", "channels", "--beta", "0.8"]),
+        ("digits_transformer", "digits_test_x8x8", &["--structured", "heads,channels"]),
+        ("digits_lstm", "digits_test_x8x8", &["--structured", "channels"]),
+    ];
+    for (model, data, extra) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let page = dir.path().join("r.html");
+        let r = run(model, data, &[extra, &["--html", page.to_str().unwrap()]].concat());
+        let h = std::fs::read_to_string(&page).unwrap();
+        assert!(h.starts_with("<!DOCTYPE html>") && h.trim_end().ends_with("</html>"), "{model}");
+        for bad in ["http:", "https:", "<script", "<link", "src=", "url(", "@import", "<img", "<iframe"] {
+            assert!(!h.to_lowercase().contains(bad), "{model}: external resource marker {bad}");
+        }
+        for tag in ["svg", "table", "g", "tr", "ul"] {
+            let open = h.matches(&format!("<{tag}>")).count() + h.matches(&format!("<{tag} ")).count();
+            assert_eq!(open, h.matches(&format!("</{tag}>")).count(), "{model}: <{tag}> not balanced");
+        }
+        for g in r.report["groups"].as_array().unwrap() {
+            let id = html_escape(g["id"].as_str().unwrap());
+            assert!(h.contains(&format!("<td>{id}</td>")), "{model}: group {id} missing");
+            if let Some(why) = g["blocked"].as_str() {
+                assert!(h.contains(&html_escape(why)), "{model}: blocked reason of {id} missing");
+            }
+        }
+        let removed_heads: usize = r.report["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["kind"] == "heads")
+            .map(|g| g["removed"].as_array().map(|a| a.len()).unwrap_or(0))
+            .sum();
+        assert_eq!(h.matches(": removed</title>").count(), removed_heads, "{model}");
+        if extra.iter().any(|e| e.contains("heads")) {
+            assert!(removed_heads > 0 && h.contains("<h2>Heads</h2>"), "{model}");
+        }
+        if let Some(w) = r.report["weights"].as_object() {
+            for t in w["tensors"].as_array().unwrap() {
+                assert!(h.contains(&html_escape(t["name"].as_str().unwrap())), "{model}");
+            }
+            assert!(h.contains("Per-layer sparsity"));
+        }
+        assert!(h.contains("accuracy"), "{model}: fidelity figures missing");
+    }
+    // plan writes the page too
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("p.html");
+    bin().args(["plan", "models/yolo_block.onnx", "--structured", "channels", "--html"]).arg(&page).assert().success();
+    assert!(std::fs::read_to_string(&page).unwrap().contains("plan only"));
+}

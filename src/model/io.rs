@@ -465,7 +465,7 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         }
     }
     if !external.is_empty() {
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        let mut tmp = new_file_in(dir)
             .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
         let mut offset = 0u64;
         let mut err: Option<anyhow::Error> = None;
@@ -503,7 +503,7 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         bail!("{}: model protobuf would exceed 2 GiB even with external data", out.display());
     }
     total += size;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let mut tmp = new_file_in(dir)
         .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
     {
         // Encoded straight into the file: no second copy of the model in memory.
@@ -543,10 +543,23 @@ pub fn encoded_size(m: &ModelProto) -> u64 {
 }
 
 /// Write bytes atomically (temp file in the same folder, then rename).
+/// A temporary file in `dir` created with the mode an ordinary file gets (0666 less the
+/// umask), not tempfile's private 0600: the published model and reports must be readable by
+/// whoever may read the folder, as files written by `cp` or onnx.save are.
+fn new_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut b = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b.tempfile_in(dir)
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir =
         path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let mut tmp = new_file_in(dir)
         .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
     tmp.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;
     tmp.persist(path).with_context(|| format!("{}: cannot write", path.display()))?;

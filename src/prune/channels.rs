@@ -572,6 +572,7 @@ fn report(
         1..=3 => Some(g.blocked.join("; ")),
         k => Some(format!("{}; and {} more", g.blocked[..3].join("; "), k - 3)),
     };
+    let blocked_flag = blocked.is_some();
     GroupReport {
         id: node_label(&ctx.g.node[g.first_source]),
         kind: if hidden { "hidden" } else { "channels" }.to_string(),
@@ -582,6 +583,7 @@ fn report(
         s_eff: if blocked.is_some() { 1.0 } else { s_eff },
         blocked,
         notes,
+        removed: if blocked_flag { vec![] } else { (0..n).filter(|&i| plan.removed.contains(&g.classes[i])).collect() },
     }
 }
 

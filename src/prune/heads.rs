@@ -274,6 +274,7 @@ fn report(
         s_eff,
         blocked,
         notes,
+        removed: vec![],
     }
 }
 
@@ -288,6 +289,7 @@ fn blocked_report(id: String, members: Vec<String>, e: &anyhow::Error) -> GroupR
         s_eff: 1.0,
         blocked: Some(format!("{e:#}")),
         notes: vec![],
+        removed: vec![],
     }
 }
 
@@ -413,7 +415,9 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
         match stage_block(&ctx, b, &kept) {
             Ok(st) => {
                 staged.push((bi, st));
-                reports[*slot] = Some(report(b, kept.len(), n_eff, s_eff, None, notes));
+                let mut r = report(b, kept.len(), n_eff, s_eff, None, notes);
+                r.removed = (0..b.heads).filter(|h| !kept.contains(h)).collect();
+                reports[*slot] = Some(r);
             }
             Err(e) => reports[*slot] = Some(report(b, b.heads, n_eff, s_eff, Some(format!("{e:#}")), notes)),
         }
@@ -433,6 +437,7 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
                     if let Some(r) = reports[*slot].as_mut() {
                         r.blocked = Some(format!("check of the rewritten shapes failed: {e:#}"));
                         r.kept = b.heads;
+                        r.removed.clear();
                     }
                 }
             }

@@ -168,6 +168,9 @@ pub struct GroupReport {
     pub blocked: Option<String>,
     /// Anything else the user must know (compensation folded into a bias, all-zero scores, ...).
     pub notes: Vec<String>,
+    /// Indices (0..n, in the group's unit order: channel or head index) of the removed units.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<usize>,
 }
 
 /// Output of a structural pass.
