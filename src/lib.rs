@@ -3,6 +3,7 @@
 //! Data flows one way: bytes → model → analysis → plan → rewrite → bytes, then verification.
 pub mod calib;
 pub mod check;
+pub mod cli;
 pub mod diff;
 pub mod html;
 pub mod emp;

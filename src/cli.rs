@@ -1,0 +1,382 @@
+//! The command line as a library: parse flags, call [`crate::run`], write the report files.
+//! The `onnx-emp` binary ([`main`]) and the Python package (`run_to_json`) both go through here,
+//! so flags, defaults and one-line error messages are the same everywhere.
+//! Exit codes: 0 success, 1 error (one line naming the file/node/tensor), 2 bad usage.
+
+use clap::{Parser, Subcommand};
+use crate::check::{InputSpec, VerifyOptions};
+use crate::prune::RoundTo;
+use crate::run::{self, CriterionArg, IncludeArg, Mode, RunOptions, ScopeArg};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EXAMPLES: &str = "\
+Examples:
+  # per-weight EMP (default), reconstructed from a calibration split, verified on the test set
+  onnx-emp models/fmnist_mobilenet.onnx mobilenet.pruned.onnx --calibration models/fmnist_calib_x.npy \\
+      --inputs models/fmnist_test_x.npy --labels models/fmnist_test_y.npy
+
+  # one EMP group per output unit (row/filter), a JSON report, no verification
+  onnx-emp model.onnx out.onnx --scope unit --report report.json --no-verify
+
+  # remove conv channels / hidden units (kept counts aligned: --round-to auto), then refit
+  onnx-emp models/fmnist_resnet.onnx resnet.small.onnx --structured channels --beta 0.8 \\
+      --calibration models/fmnist_calib_x.npy --inputs models/fmnist_test_x.npy
+
+  # remove attention heads (one EMP over all heads), then FFN hidden units
+  onnx-emp bert.onnx bert.small.onnx --structured heads,channels --dim batch=1 --dim sequence=128
+
+  # data-driven scores from a calibration set: Wanda |w|·‖x‖ per weight, activations per channel
+  onnx-emp models/digits_mlp.onnx mlp.wanda.onnx --criterion wanda \
+      --calibration models/digits_calib_x64.npy --inputs models/digits_test_x64.npy
+  onnx-emp models/digits_cnn.onnx cnn.act.onnx --structured channels --criterion activation \
+      --calibration models/digits_calib_x1x8x8.npy
+
+  # the decision only (groups, N_eff, kept, params, MACs): no model written, nothing verified
+  onnx-emp plan models/fmnist_resnet.onnx --structured channels --beta 0.8
+
+  # compare two models' graphs
+  onnx-emp diff model.onnx out.onnx";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "onnx-emp",
+    version,
+    about = "Prune ONNX models with Effective Model Pruning (EMP): keep ⌊β·N_eff⌋ units per group, N_eff = 1/Σω²",
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    prune: PruneArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Readable, deterministic graph diff of two models (shapes, attributes, nodes, params).
+    Diff { a: PathBuf, b: PathBuf },
+    /// The decision only: groups, N_eff, kept, blocked reasons, expected params and MACs. Takes
+    /// the same flags as a run; writes no model, runs no reconstruction or verification.
+    Plan(PruneArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PruneArgs {
+    /// Input model (.onnx)
+    input: Option<PathBuf>,
+    /// Output model (.onnx); written atomically, never over the input unless --force
+    output: Option<PathBuf>,
+    /// Structural mode (default: per-weight zeroing)
+    #[arg(long, value_name = "MODE")]
+    structured: Option<Mode>,
+    /// β: keep ⌊β·N_eff⌋ units per group (β > 0; 1 = the paper's rule)
+    #[arg(long, default_value_t = 1.0)]
+    beta: f64,
+    /// Grouping. Per-weight: normalized (default; global over per-tensor-normalised scores),
+    /// global, layer or unit (default for wanda). Structured: layer (default for channels) or
+    /// global (default for heads)
+    #[arg(long, value_enum, hide_possible_values = true)]
+    scope: Option<ScopeArg>,
+    /// Score: magnitude (default) or wanda (per-weight, needs --calibration);
+    /// l2 (default), l1 or activation (channels); weight (default) or activation (heads)
+    #[arg(long, value_enum, hide_possible_values = true)]
+    criterion: Option<CriterionArg>,
+    /// Also prune what the safe defaults leave alone (comma separated). Per-weight: bias, norm,
+    /// embedding, small (weights whose output units have fewer than 32 inputs: depthwise filters,
+    /// a stem on 1-3 channels, LSTM gates on few features). Channels: narrow (lift the floor of
+    /// half of every group and at least 8 units), stem (prune a Conv that reads the model input)
+    #[arg(long, value_enum, value_delimiter = ',', hide_possible_values = true)]
+    include: Vec<IncludeArg>,
+    /// Structured: round each kept count up to a multiple of N, never above the original width.
+    /// auto (default) keeps the alignment the dense width has, up to 8 (what blocked engine
+    /// kernels need); 1 turns rounding off
+    #[arg(long, default_value = "auto", value_name = "N|auto")]
+    round_to: RoundTo,
+    /// Write the report as JSON here
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write the report as one self-contained HTML page here (inline SVG, no external resources)
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Skip the tract verification
+    #[arg(long)]
+    no_verify: bool,
+    /// Verify outputs but skip the latency measurement
+    #[arg(long)]
+    no_latency: bool,
+    /// Time each model for about this many seconds (at least one run; default 2)
+    #[arg(long, value_name = "SECS")]
+    latency_budget: Option<f64>,
+    /// Time exactly N runs per model instead of a time budget
+    #[arg(long, value_name = "N")]
+    latency_runs: Option<usize>,
+    /// Verification inputs: NAME=FILE.npy (repeatable), FILE.npy for a single-input model, or FILE.npz
+    #[arg(long, value_name = "NAME=FILE")]
+    inputs: Vec<String>,
+    /// Class labels (.npy of ints) for accuracy before/after
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// Fix a dynamic dimension for verification: NAME=VALUE (repeatable), e.g. batch=1
+    #[arg(long, value_name = "NAME=VALUE")]
+    dim: Vec<String>,
+    /// Seed of the random verification inputs
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Calibration data for data-driven criteria: FILE.npy (single input), FILE.npz, DIR of
+    /// NAME.npy files, or NAME=FILE.npy (repeatable). Required by wanda and activation
+    #[arg(long, value_name = "PATH")]
+    calibration: Vec<String>,
+    /// Baseline for comparisons (per-weight): prune this fixed fraction of every group instead
+    /// of EMP's ⌊β·N_eff⌋, e.g. --ratio 0.5
+    #[arg(long, value_name = "R")]
+    ratio: Option<f64>,
+    /// Do not reconstruct the kept weights from --calibration (reconstruction runs whenever
+    /// calibration data is given)
+    #[arg(long)]
+    no_reconstruct: bool,
+    /// Allow overwriting the input file
+    #[arg(long)]
+    force: bool,
+    /// Write the output even when masked-equivalence fails (structured modes)
+    #[arg(long)]
+    allow_mismatch: bool,
+    /// Print nothing but errors: no report on stdout (the JSON report is still written) and no
+    /// progress on stderr
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Why a command failed: exit code (1 error, 2 bad usage) and the one-line message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+fn usage(msg: &str) -> Failure {
+    Failure { code: 2, message: msg.to_string() }
+}
+
+fn failed(e: impl std::fmt::Display) -> Failure {
+    Failure { code: 1, message: one_line(&e.to_string()) }
+}
+
+/// What a successful command produced.
+pub enum Done {
+    /// A pruning run or a plan.
+    Report(Box<crate::report::Report>),
+    /// `diff`: the text to print.
+    Text(String),
+}
+
+/// The `onnx-emp` binary: parse `args` (program name first), run, print, set the exit code.
+pub fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let quiet = cli.prune.quiet || matches!(&cli.cmd, Some(Cmd::Plan(a)) if a.quiet);
+    match guard(|| execute(cli)) {
+        Ok(Done::Text(s)) => {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }
+        Ok(Done::Report(r)) => {
+            if !quiet {
+                print!("{}", r.to_text());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) if f.code == 2 => {
+            eprintln!("error: {}\n\nFor more information, try '--help'.", f.message);
+            ExitCode::from(2)
+        }
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Run a command line (program name first) without printing anything and return the JSON
+/// report (or `diff`'s text). `--help` and `--version` are failures with code 0 and the text
+/// as message. Used by the Python package.
+pub fn run_to_json(args: Vec<String>) -> Result<String, Failure> {
+    let mut cli = Cli::try_parse_from(args).map_err(|e| Failure {
+        code: if e.use_stderr() { 2 } else { 0 },
+        message: e.render().to_string().lines().next().unwrap_or("").trim_start_matches("error: ").to_string(),
+    })?;
+    cli.prune.quiet = true;
+    if let Some(Cmd::Plan(a)) = &mut cli.cmd {
+        a.quiet = true;
+    }
+    match guard(|| execute(cli))? {
+        Done::Report(r) => Ok(r.to_json()),
+        Done::Text(s) => Ok(s),
+    }
+}
+
+/// Last line of defence: a panic anywhere becomes a one-line error with exit code 1.
+fn guard(f: impl FnOnce() -> Result<Done, Failure>) -> Result<Done, Failure> {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(prev);
+    match r {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(Failure { code: 1, message: format!("internal error (please report): {msg}") })
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<Done, Failure> {
+    if let Some(Cmd::Diff { a, b }) = cli.cmd {
+        return crate::diff::diff_files(&a, &b).map(Done::Text).map_err(|e| failed(format!("{e:#}")));
+    }
+    let (a, plan) = match cli.cmd {
+        Some(Cmd::Plan(a)) => (a, true),
+        _ => (cli.prune, false),
+    };
+    crate::progress::set_quiet(a.quiet);
+    let (input, output) = match (a.input.clone(), a.output.clone(), plan) {
+        (Some(i), None, true) => (i, PathBuf::new()),
+        (Some(_), Some(o), true) => {
+            return Err(usage(&format!("plan writes no model: unexpected '{}'", o.display())));
+        }
+        (Some(i), Some(o), false) => (i, o),
+        (_, _, true) => return Err(usage("expected IN (see 'onnx-emp plan --help')")),
+        _ => return Err(usage("expected IN and OUT model paths (see --help)")),
+    };
+    let mode = a.structured.unwrap_or(Mode::Weights);
+    if !(a.beta.is_finite() && a.beta > 0.0) {
+        return Err(usage(&format!("--beta {}: must be a finite number > 0", a.beta)));
+    }
+    if let Some(r) = a.ratio {
+        if !(r.is_finite() && (0.0..1.0).contains(&r)) {
+            return Err(usage(&format!("--ratio {r}: must be in [0, 1)")));
+        }
+        if a.structured.is_some_and(|m| m != Mode::Channels) {
+            return Err(usage("--ratio is a baseline for per-weight mode and --structured channels only"));
+        }
+    }
+    let (include, floor) = run::includes(&a.include);
+    if let Some(b) = a.latency_budget {
+        if !(b.is_finite() && b > 0.0 && b < 1e6) {
+            return Err(usage(&format!("--latency-budget {b}: must be a number of seconds > 0")));
+        }
+    }
+    if a.latency_runs == Some(0) {
+        return Err(usage("--latency-runs 0: must be at least 1 (--no-latency skips timing)"));
+    }
+    let mut dims = BTreeMap::new();
+    for d in &a.dim {
+        let Some((k, v)) = d.split_once('=') else { return Err(usage(&format!("--dim {d}: expected NAME=VALUE"))) };
+        match v.trim().parse::<i64>() {
+            Ok(n) if n > 0 => {
+                dims.insert(k.trim().to_string(), n);
+            }
+            _ => return Err(usage(&format!("--dim {d}: VALUE must be a positive integer"))),
+        }
+    }
+    let mut files = BTreeMap::new();
+    let mut npz = None;
+    for i in &a.inputs {
+        match i.split_once('=') {
+            Some((k, v)) => {
+                files.insert(k.to_string(), PathBuf::from(v));
+            }
+            None if i.ends_with(".npz") => npz = Some(PathBuf::from(i)),
+            None => {
+                files.insert(String::new(), PathBuf::from(i));
+            }
+        }
+    }
+    let (calibration, calibration_label) = if a.calibration.is_empty() {
+        (None, None)
+    } else {
+        let mut spec =
+            InputSpec { dims: dims.clone(), files: BTreeMap::new(), npz: None, seed: a.seed, default_batch: 1 };
+        for c in &a.calibration {
+            let p = PathBuf::from(c);
+            if let Some((k, v)) = c.split_once('=') {
+                spec.files.insert(k.to_string(), PathBuf::from(v));
+            } else if p.is_dir() {
+                let Ok(rd) = std::fs::read_dir(&p) else {
+                    return Err(usage(&format!("--calibration {c}: cannot read folder")));
+                };
+                let mut found: Vec<PathBuf> = rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|f| f.extension().is_some_and(|e| e == "npy"))
+                    .collect();
+                found.sort();
+                for f in found {
+                    let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    spec.files.insert(stem, f);
+                }
+            } else if c.ends_with(".npz") {
+                spec.npz = Some(p);
+            } else {
+                spec.files.insert(String::new(), p);
+            }
+        }
+        (Some(spec), Some(a.calibration.join(",")))
+    };
+    let verify_opts = VerifyOptions {
+        inputs: InputSpec { dims, files, npz, seed: a.seed, default_batch: 1 },
+        labels: a.labels.clone(),
+        latency: !a.no_latency,
+        latency_opts: crate::check::LatencyOptions {
+            budget: a.latency_budget.map(std::time::Duration::from_secs_f64),
+            runs: a.latency_runs,
+        },
+    };
+    let opts = RunOptions {
+        input,
+        output,
+        force: a.force,
+        mode,
+        beta: a.beta,
+        scope: a.scope,
+        criterion: a.criterion,
+        include,
+        floor,
+        round_to: a.round_to,
+        verify: !a.no_verify,
+        verify_opts,
+        allow_mismatch: a.allow_mismatch,
+        calibration,
+        calibration_label,
+        fixed_ratio: a.ratio,
+        reconstruct: !a.no_reconstruct,
+        plan,
+    };
+    let out = run::run(&opts).map_err(|e| failed(format!("{e:#}")))?;
+    if let Some(p) = &a.report {
+        crate::model::io::write_atomic(p, out.report.to_json().as_bytes()).map_err(|e| failed(format!("{e:#}")))?;
+    }
+    if let Some(p) = &a.html {
+        crate::model::io::write_atomic(p, crate::html::render(&out.report).as_bytes())
+            .map_err(|e| failed(format!("{e:#}")))?;
+    }
+    Ok(Done::Report(Box::new(out.report)))
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
