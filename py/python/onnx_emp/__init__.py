@@ -1,0 +1,129 @@
+"""onnx-emp: prune ONNX models with Effective Model Pruning (EMP).
+
+    import onnx_emp
+    report = onnx_emp.prune("model.onnx", "pruned.onnx", structured="channels",
+                            calibration="calib.npy", inputs="test.npy", labels="labels.npy")
+    print(report["params"], report["verification"]["accuracy_pruned"])
+
+`prune` runs exactly what the `onnx-emp` command runs (same defaults, same checks) and returns
+the JSON report as a dict. `plan` returns the decision only, without writing a model. Errors
+raise `OnnxEmpError` (or `ValueError` for a bad argument) with the command's one-line message.
+The GIL is released while the pass runs.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+from . import _native
+from ._native import OnnxEmpError
+
+__all__ = ["prune", "plan", "OnnxEmpError"]
+
+
+def _path(x):
+    return os.fspath(x)
+
+
+def _data_args(flag, value, tmp, stem):
+    """--inputs/--calibration: a path, one array (single-input model) or {name: array}."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [flag, _path(value)]
+    import numpy as np
+
+    if isinstance(value, dict):
+        out = []
+        for name, arr in value.items():
+            if isinstance(arr, (str, os.PathLike)):
+                out += [flag, f"{name}={_path(arr)}"]
+                continue
+            f = os.path.join(tmp, f"{stem}-{len(out)}.npy")
+            np.save(f, np.asarray(arr))
+            out += [flag, f"{name}={f}"]
+        return out
+    f = os.path.join(tmp, f"{stem}.npy")
+    np.save(f, np.asarray(value))
+    return [flag, f]
+
+
+def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, labels, verify, latency,
+          round_to, include, ratio, reconstruct, dims, seed, report_html):
+    if isinstance(input, (bytes, bytearray, memoryview)):
+        f = os.path.join(tmp, "input.onnx")
+        with open(f, "wb") as fh:
+            fh.write(bytes(input))
+        input = f
+    a = [_path(input)]
+    if structured is not None:
+        a += ["--structured", structured]
+    a.append(f"--beta={float(beta)!r}")
+    if scope is not None:
+        a += ["--scope", scope]
+    if criterion is not None:
+        a += ["--criterion", criterion]
+    a += _data_args("--calibration", calibration, tmp, "calibration")
+    a += _data_args("--inputs", inputs, tmp, "inputs")
+    if labels is not None:
+        if not isinstance(labels, (str, os.PathLike)):
+            import numpy as np
+
+            f = os.path.join(tmp, "labels.npy")
+            np.save(f, np.asarray(labels).astype(np.int64))
+            labels = f
+        a += ["--labels", _path(labels)]
+    if not verify:
+        a.append("--no-verify")
+    if not latency:
+        a.append("--no-latency")
+    if round_to is not None:
+        a += ["--round-to", str(round_to)]
+    if include:
+        a += ["--include", include if isinstance(include, str) else ",".join(include)]
+    if ratio is not None:
+        a.append(f"--ratio={float(ratio)!r}")
+    if not reconstruct:
+        a.append("--no-reconstruct")
+    for k, v in (dims or {}).items():
+        a += ["--dim", f"{k}={int(v)}"]
+    a += ["--seed", str(int(seed))]
+    if report_html is not None:
+        a += ["--html", _path(report_html)]
+    return a
+
+
+def prune(input, output, *, structured=None, beta=1.0, scope=None, criterion=None, calibration=None,
+          inputs=None, labels=None, verify=True, latency=True, round_to=None, include=None, ratio=None,
+          reconstruct=True, dims=None, seed=0, html=None, force=False, allow_mismatch=False):
+    """Prune `input` (a path, or the serialized model as bytes) into `output`; return the report.
+
+    structured: None (per-weight), "channels", "heads" or "heads,channels".
+    calibration, inputs: a path as the CLI takes it, one numpy array, or {input name: array}.
+    labels: a path or an array of class ids. dims: {symbol: size} for dynamic dimensions.
+    Other keywords mirror the command's flags (`onnx-emp --help`).
+    """
+    with tempfile.TemporaryDirectory(prefix="onnx-emp-") as tmp:
+        a = _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, labels, verify, latency,
+                  round_to, include, ratio, reconstruct, dims, seed, html)
+        a.insert(1, _path(output))
+        if force:
+            a.append("--force")
+        if allow_mismatch:
+            a.append("--allow-mismatch")
+        return json.loads(_native.run_json(["onnx-emp"] + a))
+
+
+def plan(input, *, structured=None, beta=1.0, scope=None, criterion=None, calibration=None, inputs=None,
+         verify=True, round_to=None, include=None, ratio=None, dims=None, seed=0, html=None):
+    """The decision only (groups, N_eff, kept, params, MACs): no model written, nothing verified."""
+    with tempfile.TemporaryDirectory(prefix="onnx-emp-") as tmp:
+        a = _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, None, verify, True,
+                  round_to, include, ratio, True, dims, seed, html)
+        return json.loads(_native.run_json(["onnx-emp", "plan"] + a))
+
+
+def _console():
+    """The `onnx-emp` command installed by pip."""
+    sys.exit(_native.main(["onnx-emp"] + sys.argv[1:]))

@@ -1,0 +1,95 @@
+"""The Python package, installed into a fresh virtual environment (scripts/test_python.sh).
+
+Runs the API on the trained models in models/ and checks that it returns what the command
+reports, takes numpy arrays and bytes, raises with the command's one-line messages, writes
+nothing for a plan, and releases the GIL while the pass runs.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnx_emp
+
+ROOT = Path(__file__).resolve().parents[2]
+M = ROOT / "models"
+
+
+def test_per_weight_with_paths_matches_the_command(tmp_path):
+    out = tmp_path / "mlp.onnx"
+    r = onnx_emp.prune(M / "digits_mlp.onnx", out, inputs=M / "digits_test_x64.npy",
+                       labels=M / "digits_test_y.npy", latency=False)
+    assert out.is_file()
+    assert r["mode"] == "weights" and r["scope"] == "normalized"
+    assert r["params"]["nonzero_after"] < r["params"]["nonzero_before"]
+    assert r["verification"]["accuracy_pruned"] > 0.9
+    # the same run through the installed command gives the same decision
+    rep = tmp_path / "cli.json"
+    subprocess.run([Path(sys.executable).parent / "onnx-emp", str(M / "digits_mlp.onnx"), str(tmp_path / "cli.onnx"),
+                    "--inputs", str(M / "digits_test_x64.npy"), "--no-latency", "--quiet", "--report", str(rep)],
+                   check=True)
+    cli = json.loads(rep.read_text())
+    assert cli["weights"] == r["weights"]
+    assert (tmp_path / "cli.onnx").read_bytes() == out.read_bytes()
+
+
+def test_channels_with_numpy_arrays_reconstructs(tmp_path):
+    cal = np.load(M / "digits_calib_x1x8x8.npy")
+    test = np.load(M / "digits_test_x1x8x8.npy")
+    labels = np.load(M / "digits_test_y.npy")
+    r = onnx_emp.prune(M / "yolo_block.onnx", tmp_path / "y.onnx", structured="channels", beta=0.8,
+                       calibration={"x": cal}, inputs=test, labels=labels, latency=False)
+    assert r["reconstruction"]["samples"] == len(cal)
+    assert all(e["pass"] for e in r["equivalence"])
+    assert r["params"]["after"] < r["params"]["before"]
+    assert r["verification"]["accuracy_pruned"] > 0.9
+
+
+def test_input_as_bytes_and_html(tmp_path):
+    data = (M / "digits_transformer.onnx").read_bytes()
+    page = tmp_path / "r.html"
+    r = onnx_emp.prune(data, tmp_path / "t.onnx", structured="heads", verify=False, html=page)
+    assert any(g["kind"] == "heads" for g in r["groups"])
+    assert page.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_plan_writes_no_model(tmp_path):
+    before = set(os.listdir(tmp_path))
+    p = onnx_emp.plan(M / "fmnist_resnet.onnx", structured="channels", beta=0.8)
+    assert p["plan"] is True and p["macs_after"] < p["macs_before"]
+    assert any(g["kept"] < g["n"] for g in p["groups"])
+    assert set(os.listdir(tmp_path)) == before
+
+
+def test_errors_carry_the_command_message(tmp_path):
+    with pytest.raises(onnx_emp.OnnxEmpError, match="no such file"):
+        onnx_emp.prune(tmp_path / "missing.onnx", tmp_path / "o.onnx")
+    with pytest.raises(ValueError, match="--beta"):
+        onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "o.onnx", beta=-1)
+    with pytest.raises(onnx_emp.OnnxEmpError, match="calibration"):
+        onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "o.onnx", criterion="wanda")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_the_gil_is_released(tmp_path):
+    done = []
+    t = threading.Thread(target=lambda: done.append(onnx_emp.prune(
+        M / "fmnist_mobilenet.onnx", tmp_path / "m.onnx", inputs=M / "fmnist_test_x.npy", latency=False)))
+    t.start()
+    spins = 0
+    while t.is_alive():
+        spins += 1
+    t.join()
+    assert done and spins > 10_000, spins
+
+
+def test_command_help():
+    exe = Path(sys.executable).parent / "onnx-emp"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--structured" in out and "plan" in out
