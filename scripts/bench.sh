@@ -36,3 +36,20 @@ print(f"stages       load {t['load_ms']:.1f} ms, prune {t['prune_ms']:.1f} ms, s
 PY
   rm -rf "$T"
 fi
+
+# Reconstruction of a ~100 MB model with 256 calibration samples (issue 10: floor 60 s on 2 cores).
+if python3 -c "import torch, onnxscript" 2>/dev/null; then
+  BT=target/bench-models/bench_transformer_100mb.onnx
+  [ -f "$BT" ] || python3 scripts/make_bench_transformer.py target/bench-models
+  T=$(mktemp -d)
+  for mode in "" "--structured channels --beta 0.8"; do
+    echo "### reconstruction, 100 MB transformer, 256 samples ${mode:-(per-weight)}"
+    # shellcheck disable=SC2086
+    target/release/onnx-emp "$BT" "$T/out.onnx" $mode --calibration target/bench-models/bench_transformer_calib_x.npy \
+      --no-verify --quiet --report "$T/r.json"
+    python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['timing']; print(f\"reconstruct  {t['reconstruct_ms']/1e3:.1f} s   (floor 60 s)\")" "$T/r.json"
+  done
+  rm -rf "$T"
+else
+  echo "### reconstruction benchmark skipped: needs python3 with torch and onnxscript"
+fi

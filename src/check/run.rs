@@ -323,7 +323,12 @@ fn output_names(model: &InferenceModel) -> Result<Vec<String>> {
 }
 
 /// Decide axis-0 chunking from the parsed model's declared input shapes.
-fn plan_chunking(model: &InferenceModel, names: &[String], facts: &[InputFact]) -> Result<Option<Chunking>> {
+fn plan_chunking(
+    model: &InferenceModel,
+    names: &[String],
+    facts: &[InputFact],
+    max_chunk: usize,
+) -> Result<Option<Chunking>> {
     let mut batched = vec![];
     let mut rows = None;
     let mut axis0_syms = BTreeSet::new();
@@ -355,10 +360,10 @@ fn plan_chunking(model: &InferenceModel, names: &[String], facts: &[InputFact]) 
         batched.push(free0);
     }
     let Some(rows) = rows else { return Ok(None) };
-    if rows <= MAX_CHUNK || axis0_syms.iter().any(|s| other_syms.contains(s)) {
+    if rows <= max_chunk || axis0_syms.iter().any(|s| other_syms.contains(s)) {
         return Ok(None);
     }
-    let n_chunks = rows.div_ceil(MAX_CHUNK);
+    let n_chunks = rows.div_ceil(max_chunk);
     Ok(Some(Chunking { rows, chunk: rows.div_ceil(n_chunks), batched }))
 }
 
@@ -390,7 +395,7 @@ fn known_unsupported(proto: &tract_onnx::pb::ModelProto) -> Option<String> {
     })
 }
 
-fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool) -> Result<Built> {
+fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool, max_chunk: usize) -> Result<Built> {
     let proto = read_proto(path)?;
     if let Some(reason) = known_unsupported(&proto) {
         bail!("{reason}");
@@ -405,7 +410,7 @@ fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool) -> Result<Bu
     };
     let output_names = output_names(&model)?;
     let names: Vec<String> = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
-    let chunking = plan_chunking(&model, &names, facts).context("setting input facts failed")?;
+    let chunking = plan_chunking(&model, &names, facts, max_chunk).context("setting input facts failed")?;
     let compile_facts: Vec<InputFact> = match &chunking {
         None => facts.to_vec(),
         Some(c) => facts
@@ -438,10 +443,18 @@ fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool) -> Result<Bu
 /// Compile `path` for the given concrete inputs (all stages, one line of error naming the stage).
 /// Tries once as is, then once ignoring the model's value_info.
 pub fn load_runnable(path: &Path, facts: &[InputFact]) -> Result<Runnable> {
-    let first = guarded("compile", || build(path, facts, false));
+    load_runnable_chunked(path, facts, MAX_CHUNK)
+}
+
+/// As [`load_runnable`], in chunks of at most `max_chunk` rows (≤ `MAX_CHUNK`) when axis 0 is a
+/// free batch axis: [`run_each`] runs the chunks on all cores. Used where the whole batch is run
+/// many times (reconstruction's calibration passes).
+pub fn load_runnable_chunked(path: &Path, facts: &[InputFact], max_chunk: usize) -> Result<Runnable> {
+    let max_chunk = max_chunk.clamp(1, MAX_CHUNK);
+    let first = guarded("compile", || build(path, facts, false, max_chunk));
     let (built, ignored) = match first {
         Ok(b) => (b, false),
-        Err(e1) => match guarded("compile", || build(path, facts, true)) {
+        Err(e1) => match guarded("compile", || build(path, facts, true, max_chunk)) {
             Ok(b) => (b, true),
             Err(e2) => {
                 let (m1, m2) = (format!("{e1:#}"), format!("{e2:#}"));
@@ -550,31 +563,53 @@ fn to_f32(name: &str, v: TValue) -> Result<ArrayD<f32>> {
 /// removed, cast to f32, in the model's output order) to `f`. Memory stays bounded by one chunk:
 /// used to stream calibration statistics.
 pub fn run_each(r: &Runnable, inputs: &Inputs, mut f: impl FnMut(Vec<ArrayD<f32>>) -> Result<()>) -> Result<()> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
     guarded("run", || {
         let batches = r.prepare(inputs)?;
-        for (bi, tv) in batches.into_iter().enumerate() {
-            let outs = r.run_raw(tv)?;
-            let mut v = vec![];
-            for (i, o) in outs.into_iter().enumerate() {
-                let name = r.output_names.get(i).map(|s| s.as_str()).unwrap_or("?");
-                let a = to_f32(name, o)?;
-                if let Some(c) = &r.chunking {
-                    if a.ndim() == 0 || a.shape()[0] != c.chunk {
-                        bail!(
-                            "output '{name}' has shape {:?}, not {} rows on axis 0: cannot evaluate {} rows in chunks of {}; pass at most {MAX_CHUNK} rows",
-                            a.shape(),
-                            c.chunk,
-                            c.rows,
-                            c.chunk
-                        );
-                    }
-                    let keep = (c.rows - bi * c.chunk).min(c.chunk);
-                    v.push(a.slice_axis(Axis(0), ndarray::Slice::from(0..keep)).to_owned());
-                } else {
-                    v.push(a);
-                }
+        let mut next = 0usize;
+        let mut pending = batches.into_iter();
+        loop {
+            // Up to `threads` chunks at once (tract runs one inference on one core); their
+            // outputs are handed to `f` in order, so results do not depend on the thread count.
+            let wave: Vec<TVec<TValue>> = pending.by_ref().take(threads).collect();
+            if wave.is_empty() {
+                break;
             }
-            f(v)?;
+            let outs: Vec<Result<TVec<TValue>>> = if wave.len() == 1 {
+                wave.into_iter().map(|tv| r.run_raw(tv)).collect()
+            } else {
+                std::thread::scope(|s| {
+                    let hs: Vec<_> = wave.into_iter().map(|tv| s.spawn(move || r.run_raw(tv))).collect();
+                    hs.into_iter()
+                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                        .collect()
+                })
+            };
+            for outs in outs {
+                let bi = next;
+                next += 1;
+                let mut v = vec![];
+                for (i, o) in outs?.into_iter().enumerate() {
+                    let name = r.output_names.get(i).map(|s| s.as_str()).unwrap_or("?");
+                    let a = to_f32(name, o)?;
+                    if let Some(c) = &r.chunking {
+                        if a.ndim() == 0 || a.shape()[0] != c.chunk {
+                            bail!(
+                                "output '{name}' has shape {:?}, not {} rows on axis 0: cannot evaluate {} rows in chunks of {}; pass at most {MAX_CHUNK} rows",
+                                a.shape(),
+                                c.chunk,
+                                c.rows,
+                                c.chunk
+                            );
+                        }
+                        let keep = (c.rows - bi * c.chunk).min(c.chunk);
+                        v.push(a.slice_axis(Axis(0), ndarray::Slice::from(0..keep)).to_owned());
+                    } else {
+                        v.push(a);
+                    }
+                }
+                f(v)?;
+            }
         }
         Ok(())
     })

@@ -42,17 +42,39 @@ pub fn run_exposing(
         }
     });
     io::save(m, &path, &SaveOptions { external: ext })?;
-    let r = check::load_runnable(&path, &inputs.facts()).context("tract could not compile the model")?;
+    // One chunk per core (the calibration set is run once per layer). A value whose axis 0 is not
+    // the batch (an LSTM's sequence-first X) cannot be cut into chunks: then run it whole.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
+    let facts = inputs.facts();
+    let mut row = 0usize;
+    if cores > 1 && inputs.rows() > 1 {
+        if let Ok(r) = check::run::load_runnable_chunked(&path, &facts, inputs.rows().div_ceil(cores)) {
+            let res = pass(&r, inputs, values, &mut row, &mut f);
+            if res.is_ok() || row > 0 || r.chunking.is_none() {
+                return res;
+            }
+        }
+    }
+    let r = check::load_runnable(&path, &facts).context("tract could not compile the model")?;
+    pass(&r, inputs, values, &mut row, &mut f)
+}
+
+fn pass(
+    r: &check::Runnable,
+    inputs: &Inputs,
+    values: &[String],
+    row: &mut usize,
+    f: &mut impl FnMut(usize, &[ArrayD<f32>]) -> Result<()>,
+) -> Result<()> {
     let idx: Vec<usize> = values
         .iter()
         .map(|v| r.output_names.iter().position(|o| o == v).with_context(|| format!("value '{v}' is not observable")))
         .collect::<Result<_>>()?;
-    let mut row = 0usize;
-    check::run::run_each(&r, inputs, |outs| {
+    check::run::run_each(r, inputs, |outs| {
         let picked: Vec<ArrayD<f32>> = idx.iter().map(|&i| outs[i].as_standard_layout().into_owned()).collect();
         let n = picked.first().map(|a| a.shape().first().copied().unwrap_or(1)).unwrap_or(0);
-        f(row, &picked)?;
-        row += n;
+        f(*row, &picked)?;
+        *row += n;
         Ok(())
     })
 }
