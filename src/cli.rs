@@ -54,6 +54,8 @@ struct Cli {
     prune: PruneArgs,
 }
 
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Readable, deterministic graph diff of two models (shapes, attributes, nodes, params).

@@ -24,6 +24,7 @@ pub fn obs_all(
     weights: &[String],
     calib: &Inputs,
 ) -> Result<Vec<LayerRecon>> {
+    #[allow(clippy::large_enum_variant)]
     enum Layer {
         Linear(std::result::Result<site::Site, String>),
         /// An LSTM / RNN node: W and R are updated together.
