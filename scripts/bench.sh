@@ -12,6 +12,21 @@ for mb in 90 1600; do
   f=target/bench-models/synthetic_${mb}mb.onnx
   [ -f "$f" ] || "$B" --generate "$mb" target/bench-models
 done
+# The floors side by side: cat (read+write through user memory), cp, the Python peer (onnx +
+# numpy: scripts/peer.py), and the CLI pass (default scope normalized, --no-verify); wall s and peak RSS.
+T0=$(mktemp -d)
+for mb in 90 1600; do
+  f=target/bench-models/synthetic_${mb}mb.onnx
+  echo "### floors, synthetic ${mb} MB (wall s, peak RSS KB)"
+  /usr/bin/time -f "cat          %e s  %M KB" sh -c "cat $f $f.data > $T0/cat.out"
+  /usr/bin/time -f "cp           %e s  %M KB" cp "$f" "$f.data" "$T0/"
+  if python3 -c "import onnx, numpy" 2>/dev/null; then
+    /usr/bin/time -f "python peer  %e s  %M KB" python3 scripts/peer.py "$f" "$T0/peer.onnx" >/dev/null
+  fi
+  /usr/bin/time -f "onnx-emp     %e s  %M KB" target/release/onnx-emp "$f" "$T0/out.onnx" --no-verify --quiet
+  rm -f "$T0"/*
+done
+rm -rf "$T0"
 for scope in global unit; do
   echo "### largest real model, scope $scope"
   "$B" --scope "$scope"
