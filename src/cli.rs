@@ -3,10 +3,10 @@
 //! so flags, defaults and one-line error messages are the same everywhere.
 //! Exit codes: 0 success, 1 error (one line naming the file/node/tensor), 2 bad usage.
 
-use clap::{Parser, Subcommand};
 use crate::check::{InputSpec, VerifyOptions};
 use crate::prune::RoundTo;
 use crate::run::{self, CriterionArg, IncludeArg, Mode, RunOptions, ScopeArg};
+use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;

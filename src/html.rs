@@ -188,15 +188,12 @@ fn groups(s: &mut String, r: &Report) {
     );
     for (i, g) in r.groups.iter().enumerate() {
         let y = i as f64 * h + 3.0;
-        let short: String =
-            if g.id.chars().count() > 48 { format!("…{}", g.id.chars().rev().take(47).collect::<Vec<_>>().into_iter().rev().collect::<String>()) } else { g.id.clone() };
-        let _ = write!(
-            s,
-            "<g><title>{}</title><text x=\"0\" y=\"{}\">{}</text>",
-            esc(&g.id),
-            y + 14.0,
-            esc(&short)
-        );
+        let short: String = if g.id.chars().count() > 48 {
+            format!("…{}", g.id.chars().rev().take(47).collect::<Vec<_>>().into_iter().rev().collect::<String>())
+        } else {
+            g.id.clone()
+        };
+        let _ = write!(s, "<g><title>{}</title><text x=\"0\" y=\"{}\">{}</text>", esc(&g.id), y + 14.0, esc(&short));
         let n = g.n.max(1) as f64;
         match &g.blocked {
             Some(why) => {
@@ -281,7 +278,13 @@ fn heads(s: &mut String, r: &Report) {
     );
     for (i, g) in blocks.iter().enumerate() {
         let y = i as f64 * h + 3.0;
-        let _ = write!(s, "<g><title>{}</title><text x=\"0\" y=\"{}\">{}</text>", esc(&g.id), y + 14.0, esc(&truncate(&g.id, 48)));
+        let _ = write!(
+            s,
+            "<g><title>{}</title><text x=\"0\" y=\"{}\">{}</text>",
+            esc(&g.id),
+            y + 14.0,
+            esc(&truncate(&g.id, 48))
+        );
         for k in 0..g.n {
             let fill = if g.blocked.is_some() {
                 BLOCKED

@@ -133,7 +133,11 @@ impl Report {
         }
         if self.plan {
             s.push_str("plan only: no model written, no reconstruction, no verification\n");
-            let _ = writeln!(s, "time        load {:.1} ms, prune {:.1} ms, MACs {:.1} ms", self.timing.load_ms, self.timing.prune_ms, self.timing.verify_ms);
+            let _ = writeln!(
+                s,
+                "time        load {:.1} ms, prune {:.1} ms, MACs {:.1} ms",
+                self.timing.load_ms, self.timing.prune_ms, self.timing.verify_ms
+            );
             return s;
         }
         let _ = writeln!(s, "file size   {} → {} bytes", self.input.bytes, self.output.bytes);

@@ -365,16 +365,21 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     timing.reconstruct_ms = t_recon.get();
     let (p_after, nz_after) = params(&pruned)?;
     if o.plan {
-        return plan_outcome(o, &loaded, pruned, PlanParts {
-            params: Params { before: p_before, after: p_after, nonzero_before: nz_before, nonzero_after: nz_after },
-            scope: scope_name,
-            criterion: criterion_name,
-            calibration,
-            weights: weights_report,
-            groups,
-            notes,
-            timing,
-        });
+        return plan_outcome(
+            o,
+            &loaded,
+            pruned,
+            PlanParts {
+                params: Params { before: p_before, after: p_after, nonzero_before: nz_before, nonzero_after: nz_after },
+                scope: scope_name,
+                criterion: criterion_name,
+                calibration,
+                weights: weights_report,
+                groups,
+                notes,
+                timing,
+            },
+        );
     }
 
     // Stage: write into a private folder beside OUT; publish only after verification.
@@ -533,7 +538,9 @@ fn plan_outcome(o: &RunOptions, loaded: &Loaded, pruned: ModelProto, mut p: Plan
         match crate::check::prepare_inputs(&o.input, &o.verify_opts.inputs) {
             Ok(inputs) => {
                 let facts = inputs.facts();
-                for (which, path, slot) in [("dense", &o.input, &mut macs_before), ("pruned", &scratch, &mut macs_after)] {
+                for (which, path, slot) in
+                    [("dense", &o.input, &mut macs_before), ("pruned", &scratch, &mut macs_after)]
+                {
                     match crate::check::macs(path, &facts) {
                         Ok(m) => *slot = Some(m.total),
                         Err(e) => p.notes.push(format!("MACs unavailable ({which}): {e:#}")),

@@ -124,8 +124,18 @@ fn reconstruction_lowers_error_on_trained_models() {
         ("digits_cnn", "x1x8x8", "weights", &[]),
         ("digits_lstm", "x8x8", "weights", &[]),
         ("yolo_block", "x1x8x8", "weights", &[]),
-        ("digits_cnn", "x1x8x8", "channels", &["--structured", "channels", "--round-to", "1", "--include", "narrow,stem"]),
-        ("yolo_block", "x1x8x8", "channels", &["--structured", "channels", "--round-to", "1", "--include", "narrow,stem"]),
+        (
+            "digits_cnn",
+            "x1x8x8",
+            "channels",
+            &["--structured", "channels", "--round-to", "1", "--include", "narrow,stem"],
+        ),
+        (
+            "yolo_block",
+            "x1x8x8",
+            "channels",
+            &["--structured", "channels", "--round-to", "1", "--include", "narrow,stem"],
+        ),
         ("digits_transformer", "x8x8", "heads", &["--structured", "heads"]),
     ];
     for (m, x, what, extra) in cases {

@@ -69,7 +69,12 @@ pub fn latency(r: &Runnable, inputs: &Inputs, opts: LatencyOptions) -> Result<La
         times.sort_by(|a, b| a.total_cmp(b));
         let n = times.len();
         let median = if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 };
-        Ok(LatencyStats { median_ms: median, min_ms: times.first().copied().unwrap_or(f64::NAN), runs: n, samples: inputs.rows() })
+        Ok(LatencyStats {
+            median_ms: median,
+            min_ms: times.first().copied().unwrap_or(f64::NAN),
+            runs: n,
+            samples: inputs.rows(),
+        })
     })
     .with_context(|| r.path.display().to_string())
 }

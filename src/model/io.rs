@@ -465,8 +465,8 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         }
     }
     if !external.is_empty() {
-        let mut tmp = new_file_in(dir)
-            .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
+        let mut tmp =
+            new_file_in(dir).with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
         let mut offset = 0u64;
         let mut err: Option<anyhow::Error> = None;
         {
@@ -503,8 +503,8 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         bail!("{}: model protobuf would exceed 2 GiB even with external data", out.display());
     }
     total += size;
-    let mut tmp = new_file_in(dir)
-        .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
+    let mut tmp =
+        new_file_in(dir).with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
     {
         // Encoded straight into the file: no second copy of the model in memory.
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
@@ -559,8 +559,8 @@ fn new_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir =
         path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
-    let mut tmp = new_file_in(dir)
-        .with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
+    let mut tmp =
+        new_file_in(dir).with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
     tmp.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;
     tmp.persist(path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())

@@ -466,8 +466,19 @@ fn floored(n: usize, kept: usize, opts: &StructOptions, notes: &mut Vec<String>)
 
 /// Ops between the model input and a stem that do not mix channels (normalisation, layout).
 const STEM_PATH_OPS: &[&str] = &[
-    "Add", "BatchNormalization", "Cast", "Div", "Flatten", "Identity", "Mul", "Pad", "Reshape", "Squeeze", "Sub",
-    "Transpose", "Unsqueeze",
+    "Add",
+    "BatchNormalization",
+    "Cast",
+    "Div",
+    "Flatten",
+    "Identity",
+    "Mul",
+    "Pad",
+    "Reshape",
+    "Squeeze",
+    "Sub",
+    "Transpose",
+    "Unsqueeze",
 ];
 
 /// A group whose producer is a Conv reading a graph input (possibly through `STEM_PATH_OPS`

@@ -116,13 +116,7 @@ impl Floor {
 
     /// Fewest units a group of `n` may keep under the narrow floor (1 when it is off).
     pub fn min_keep(&self, n: usize) -> usize {
-        if self.narrow {
-            n.min(NARROW_MIN).max(n.div_ceil(2))
-        } else {
-            1
-        }
-        .min(n)
-        .max(1)
+        if self.narrow { n.min(NARROW_MIN).max(n.div_ceil(2)) } else { 1 }.min(n).max(1)
     }
 }
 

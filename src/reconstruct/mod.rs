@@ -57,6 +57,23 @@ pub struct LayerRecon {
 }
 
 impl LayerRecon {
+    /// The verdict of an OBS update with squared errors `before` / `after` and the dense output's
+    /// `total`: method "obs" when it lowered the error (the caller then writes the weights),
+    /// otherwise "unchanged" with the reason.
+    pub(crate) fn obs(layer: String, weight: String, rows: usize, before: f64, after: f64, total: f64) -> Self {
+        let denom = total.max(f64::MIN_POSITIVE);
+        let lowered = after.is_finite() && after < before;
+        LayerRecon {
+            layer,
+            weight,
+            method: if lowered { "obs" } else { "unchanged" }.into(),
+            rows,
+            err_before: before / denom,
+            err_after: if lowered { after } else { before } / denom,
+            note: (!lowered).then(|| "the update did not lower the layer's calibration error".into()),
+        }
+    }
+
     pub fn skipped(layer: &str, weight: &str, why: String) -> Self {
         LayerRecon {
             layer: layer.to_string(),

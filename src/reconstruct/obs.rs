@@ -203,20 +203,8 @@ fn update(
         after += quad(&d1, s.p, 0, og, h);
         total += quad(&w_dense[lo..hi], s.p, 0, og, h);
     }
-    let denom = total.max(f64::MIN_POSITIVE);
-    let mut rep = LayerRecon {
-        layer: s.label.clone(),
-        weight: s.weight.clone(),
-        method: "obs".into(),
-        rows,
-        err_before: before / denom,
-        err_after: after / denom,
-        note: None,
-    };
-    if !(after.is_finite() && after < before) {
-        rep.method = "unchanged".into();
-        rep.err_after = rep.err_before;
-        rep.note = Some("the update did not lower the layer's calibration error".into());
+    let rep = LayerRecon::obs(s.label.clone(), s.weight.clone(), rows, before, after, total);
+    if rep.method != "obs" {
         return Ok(Some(rep));
     }
     let gm = model.graph.as_mut().context("model has no graph")?;

@@ -199,20 +199,8 @@ pub fn obs_recurrent(
             r_new[at..at + hid].copy_from_slice(&src[inp..]);
         }
     }
-    let denom = total.max(f64::MIN_POSITIVE);
-    let mut rep = LayerRecon {
-        layer: label,
-        weight: format!("{w_name}, {r_name}"),
-        method: "obs".into(),
-        rows: count,
-        err_before: before / denom,
-        err_after: after / denom,
-        note: None,
-    };
-    if !(after.is_finite() && after < before) {
-        rep.method = "unchanged".into();
-        rep.err_after = rep.err_before;
-        rep.note = Some("the update did not lower the layer's calibration error".into());
+    let rep = LayerRecon::obs(label, format!("{w_name}, {r_name}"), count, before, after, total);
+    if rep.method != "obs" {
         return Ok(Some(rep));
     }
     let g = model.graph.as_mut().context("model has no graph")?;
