@@ -1,6 +1,6 @@
 //! Lossless I/O: load → save → load gives a semantically identical model (every field, unknown
 //! fields included: `ModelProto: PartialEq` compares them all).
-use onnx_emp::model::io;
+use onnx_emp::model::{io, wire};
 use onnx_protobuf::Message;
 use std::path::{Path, PathBuf};
 
@@ -23,10 +23,25 @@ fn check_roundtrip(p: &Path) {
     assert!(a.proto == b.proto, "{}: round trip changed the model", p.display());
     // Re-encoding the re-loaded model is a fixed point, byte for byte.
     assert_eq!(a.proto.write_to_bytes().unwrap(), b.proto.write_to_bytes().unwrap());
-    // And the original bytes decode to the same message we wrote.
-    let orig = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(p).unwrap()).unwrap();
+    // And the original bytes decode to the same message we wrote, explicit defaults included:
+    // the proto2 presence of every scalar written with its default value (`domain: ""`, `i: 0`)
+    // is the same in both files, so `onnx.load(in) == onnx.load(out)` (tests/python checks that).
     if a.external.is_empty() {
+        let orig_bytes = std::fs::read(p).unwrap();
+        let orig = io::parse(&orig_bytes).unwrap();
         assert!(orig == b.proto, "{}: saved model differs from the original message", p.display());
+        let defaults = |bytes: &[u8]| {
+            let mut r = wire::scan_presence(bytes).unwrap().1;
+            r.sort_by(|x, y| (&x.path, x.field).cmp(&(&y.path, y.field)));
+            r.dedup();
+            r
+        };
+        assert_eq!(
+            defaults(&orig_bytes),
+            defaults(&std::fs::read(&out).unwrap()),
+            "{}: explicit default values were not kept",
+            p.display()
+        );
     }
 }
 

@@ -1,13 +1,15 @@
 //! Lossless load/save of ONNX models.
 //!
-//! The protobuf types come from `onnx-protobuf`, which keeps unknown fields, so a model that is
-//! loaded and saved unchanged comes out semantically identical. External data is read into
+//! The protobuf types come from `onnx-protobuf`, which keeps unknown fields; scalars written
+//! with their default value keep their presence through `presence` (the types are proto3, ONNX
+//! is proto2), so a model that is loaded and saved unchanged is equal to its input under proto2
+//! message equality (`onnx.load(in) == onnx.load(out)`). External data is read into
 //! `raw_data` on load (paths are confined to the model's folder, ranges checked) and written back
 //! beside the output on save. Saving is atomic: temp file in the target folder, then rename (like
 //! `cp`, the files are not fsynced: durability against power loss is left to the OS).
 
 use super::tensor::{self, tname};
-use super::{validate, wire};
+use super::{presence, validate, wire};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, StringStringEntryProto, TensorProto};
 use std::collections::BTreeSet;
@@ -81,10 +83,10 @@ fn parse_file(path: &Path, len: u64) -> Result<ModelProto> {
         bail!("file is {len} bytes: protobuf messages are limited to 2 GiB");
     }
     let file = File::open(path).context("cannot read")?;
-    {
+    let (_, defaults) = {
         let mut br = std::io::BufReader::with_capacity(1 << 16, &file);
-        wire::scan_reader(&mut br, len).context("protobuf decode failed")?;
-    }
+        wire::scan_reader_presence(&mut br, len).context("protobuf decode failed")?
+    };
     let mut file = file;
     {
         use std::io::{Seek, SeekFrom};
@@ -92,9 +94,10 @@ fn parse_file(path: &Path, len: u64) -> Result<ModelProto> {
     }
     let mut br = std::io::BufReader::with_capacity(1 << 20, file.take(len));
     let mut is = protobuf::CodedInputStream::from_buf_read(&mut br);
-    let proto = ModelProto::parse_from(&mut is)
+    let mut proto = ModelProto::parse_from(&mut is)
         .and_then(|m| is.check_eof().map(|_| m))
         .map_err(|e| anyhow::anyhow!("protobuf decode failed: {e}"))?;
+    presence::attach(&mut proto, defaults);
     check_model(proto)
 }
 
@@ -111,8 +114,9 @@ pub fn parse(bytes: &[u8]) -> Result<ModelProto> {
     if bytes.len() as u64 > PROTOBUF_LIMIT {
         bail!("file is {} bytes: protobuf messages are limited to 2 GiB", bytes.len());
     }
-    wire::scan(bytes).context("protobuf decode failed")?;
-    let proto = ModelProto::parse_from_bytes(bytes).map_err(|e| anyhow::anyhow!("protobuf decode failed: {e}"))?;
+    let (_, defaults) = wire::scan_presence(bytes).context("protobuf decode failed")?;
+    let mut proto = ModelProto::parse_from_bytes(bytes).map_err(|e| anyhow::anyhow!("protobuf decode failed: {e}"))?;
+    presence::attach(&mut proto, defaults);
     check_model(proto)
 }
 
@@ -446,6 +450,7 @@ pub struct SaveOptions {
 pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64> {
     let dir = out.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
     let fname = out.file_name().with_context(|| format!("{}: not a file path", out.display()))?;
+    presence::settle(&mut proto);
     let mut external = opts.external.clone();
     if proto.compute_size() > PROTOBUF_LIMIT {
         for_each_tensor_mut(&mut proto, &mut |t| {

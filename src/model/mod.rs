@@ -1,6 +1,7 @@
 //! ONNX model: lossless I/O, typed tensor views and a graph index.
 pub mod graph;
 pub mod io;
+pub mod presence;
 pub mod tensor;
 pub mod validate;
 pub mod wire;

@@ -12,6 +12,7 @@
 //! `onnx-protobuf` 0.2: a length-delimited field is entered only when protobuf would decode it
 //! as a message; any other payload (raw_data, strings, packed numbers, unknown fields) is opaque.
 
+use super::presence::{self, Class, Msg, Payload, Record};
 use anyhow::{bail, Result};
 use onnx_protobuf as pb;
 use std::mem::size_of;
@@ -24,31 +25,6 @@ pub const MAX_DEPTH: usize = 100;
 /// with many small nodes about 10×).
 pub const MAX_AMPLIFICATION: u64 = 32;
 pub const DECODE_SLACK: u64 = 256 << 20;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Msg {
-    Model,
-    Graph,
-    Node,
-    Attribute,
-    Tensor,
-    Sparse,
-    ValueInfo,
-    Type,
-    TypeTensor,
-    TypeSeq,
-    TypeMap,
-    TypeOpt,
-    TypeSparse,
-    Shape,
-    Dim,
-    Segment,
-    Entry,
-    Annotation,
-    Training,
-    Function,
-    Opset,
-}
 
 /// The message type of a length-delimited field, or None when protobuf reads it as bytes.
 fn child(m: Msg, field: u32) -> Option<Msg> {
@@ -201,25 +177,71 @@ pub struct WireStats {
 /// Scan a serialized `ModelProto`; error on groups, bad tags, truncation, nesting deeper than
 /// [`MAX_DEPTH`] or a decoded size over `MAX_AMPLIFICATION × len + DECODE_SLACK`.
 pub fn scan(b: &[u8]) -> Result<WireStats> {
-    scan_from(&mut { b }, b.len())
+    scan_from(&mut { b }, b.len(), None)
+}
+
+/// [`scan`], also returning the scalar fields present with their default value (see `presence`).
+pub fn scan_presence(b: &[u8]) -> Result<(WireStats, Vec<Record>)> {
+    let mut recs = Vec::new();
+    let st = scan_from(&mut { b }, b.len(), Some(&mut recs))?;
+    Ok((st, recs))
 }
 
 /// [`scan`] of the `len` bytes a reader holds from its current position, read once front to
 /// back without keeping them: opaque payloads (raw_data, strings) are skipped with a seek.
 pub fn scan_reader<R: std::io::BufRead + std::io::Seek>(r: R, len: u64) -> Result<WireStats> {
     let len = usize::try_from(len).map_err(|_| anyhow::anyhow!("file too large"))?;
-    scan_from(&mut Stream(r, len), len)
+    scan_from(&mut Stream(r, len), len, None)
 }
 
-fn scan_from(b: &mut impl Source, len: usize) -> Result<WireStats> {
-    // Open messages: (type, end offset).
-    let mut stack: Vec<(Msg, usize)> = vec![(Msg::Model, len)];
+/// [`scan_reader`], also returning the scalar fields present with their default value.
+pub fn scan_reader_presence<R: std::io::BufRead + std::io::Seek>(r: R, len: u64) -> Result<(WireStats, Vec<Record>)> {
+    let len = usize::try_from(len).map_err(|_| anyhow::anyhow!("file too large"))?;
+    let mut recs = Vec::new();
+    let st = scan_from(&mut Stream(r, len), len, Some(&mut recs))?;
+    Ok((st, recs))
+}
+
+/// One open message of the scan.
+struct Frame {
+    msg: Msg,
+    end: usize,
+    /// (field, index) in its parent (unused for the model).
+    at: (u32, u32),
+    /// Occurrences so far of each repeated message field (only when recording presence).
+    seen: Vec<(u32, u32)>,
+    /// Records made so far when this message was opened.
+    opened: usize,
+    /// Record range of the last occurrence of each singular message field: protobuf (rust-
+    /// protobuf) keeps only the last occurrence, so an earlier one's records are dropped.
+    single: Vec<(u32, usize, usize)>,
+}
+
+fn scan_from(b: &mut impl Source, len: usize, mut recs: Option<&mut Vec<Record>>) -> Result<WireStats> {
+    let mut stack: Vec<Frame> =
+        vec![Frame { msg: Msg::Model, end: len, at: (0, 0), seen: Vec::new(), opened: 0, single: Vec::new() }];
     let mut pos = 0usize;
     let mut st = WireStats { depth: 1, messages: 1, decoded_bytes: msg_size(Msg::Model) };
     let budget = (len as u64).saturating_mul(MAX_AMPLIFICATION).saturating_add(DECODE_SLACK);
-    while let Some(&(m, end)) = stack.last() {
+    while let Some(top) = stack.last() {
+        let (m, end) = (top.msg, top.end);
         if pos == end {
-            stack.pop();
+            let done = stack.pop().expect("open message");
+            if let (Some(recs), Some(parent)) = (recs.as_deref_mut(), stack.last_mut()) {
+                let field = done.at.0;
+                if class(parent.msg, field) != Class::RepeatedMsg {
+                    let range = (field, done.opened, recs.len());
+                    match parent.single.iter_mut().find(|s| s.0 == field) {
+                        Some(prev) => {
+                            for r in &mut recs[prev.1..prev.2] {
+                                r.field = 0; // dropped below
+                            }
+                            *prev = range;
+                        }
+                        None => parent.single.push(range),
+                    }
+                }
+            }
             continue;
         }
         let at = pos;
@@ -228,18 +250,43 @@ fn scan_from(b: &mut impl Source, len: usize) -> Result<WireStats> {
             bail!("bad protobuf tag {tag} at byte {at}");
         }
         let field = (tag >> 3) as u32;
-        match tag & 7 {
+        let wire = (tag & 7) as u8;
+        // A default-valued scalar seen here, if presence is being recorded.
+        let mut default: Option<Payload> = None;
+        let record = recs.is_some() && class(m, field) == Class::Scalar(wire);
+        match wire {
             0 => {
-                varint(b, &mut pos)?;
+                let v = varint(b, &mut pos)?;
                 st.decoded_bytes += 8;
+                if record && v == 0 {
+                    default = Some(Payload::Varint);
+                }
             }
             1 => {
-                b.skip(pos, 8)?;
+                if record {
+                    let mut x = [0u8; 8];
+                    for (i, byte) in x.iter_mut().enumerate() {
+                        *byte = b.byte(pos + i)?.ok_or_else(|| anyhow::anyhow!("truncated field at byte {at}"))?;
+                    }
+                    let p = Payload::Fixed64(u64::from_le_bytes(x));
+                    default = presence::is_default_payload(p).then_some(p);
+                } else {
+                    b.skip(pos, 8)?;
+                }
                 pos += 8;
                 st.decoded_bytes += 8;
             }
             5 => {
-                b.skip(pos, 4)?;
+                if record {
+                    let mut x = [0u8; 4];
+                    for (i, byte) in x.iter_mut().enumerate() {
+                        *byte = b.byte(pos + i)?.ok_or_else(|| anyhow::anyhow!("truncated field at byte {at}"))?;
+                    }
+                    let p = Payload::Fixed32(u32::from_le_bytes(x));
+                    default = presence::is_default_payload(p).then_some(p);
+                } else {
+                    b.skip(pos, 4)?;
+                }
                 pos += 4;
                 st.decoded_bytes += 8;
             }
@@ -249,12 +296,34 @@ fn scan_from(b: &mut impl Source, len: usize) -> Result<WireStats> {
                     bail!("field {field} at byte {at}: length {len} runs past the end of its message");
                 }
                 let len = len as usize;
+                if record && len == 0 {
+                    default = Some(Payload::Empty);
+                }
                 match child(m, field) {
                     Some(c) => {
                         if stack.len() >= MAX_DEPTH {
                             bail!("messages nested deeper than {MAX_DEPTH} levels at byte {at}");
                         }
-                        stack.push((c, pos + len));
+                        let mut idx = 0;
+                        if recs.is_some() && class(m, field) == Class::RepeatedMsg {
+                            let seen = &mut stack.last_mut().expect("open message").seen;
+                            match seen.iter_mut().find(|(f, _)| *f == field) {
+                                Some((_, n)) => {
+                                    idx = *n;
+                                    *n += 1;
+                                }
+                                None => seen.push((field, 1)),
+                            }
+                        }
+                        let opened = recs.as_ref().map_or(0, |r| r.len());
+                        stack.push(Frame {
+                            msg: c,
+                            end: pos + len,
+                            at: (field, idx),
+                            seen: Vec::new(),
+                            opened,
+                            single: Vec::new(),
+                        });
                         st.depth = st.depth.max(stack.len());
                         st.messages += 1;
                         st.decoded_bytes += msg_size(c);
@@ -273,6 +342,12 @@ fn scan_from(b: &mut impl Source, len: usize) -> Result<WireStats> {
         if pos > end {
             bail!("field {field} at byte {at} runs past the end of its message");
         }
+        if let (Some(value), Some(recs)) = (default, recs.as_deref_mut()) {
+            // The message holding the field: the frame on top, unless a child was just entered.
+            let holder = if wire == 2 && child(m, field).is_some() { stack.len() - 1 } else { stack.len() };
+            let path = stack[1..holder].iter().map(|f| f.at).collect();
+            recs.push(Record { path, field, value });
+        }
         if st.decoded_bytes > budget {
             bail!(
                 "the decoded model would take more than {} bytes ({}× the file size): refusing to decode",
@@ -281,7 +356,14 @@ fn scan_from(b: &mut impl Source, len: usize) -> Result<WireStats> {
             );
         }
     }
+    if let Some(recs) = recs {
+        recs.retain(|r| r.field != 0);
+    }
     Ok(st)
+}
+
+fn class(m: Msg, field: u32) -> Class {
+    presence::class(m, field)
 }
 
 #[cfg(test)]

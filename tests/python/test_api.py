@@ -93,3 +93,20 @@ def test_command_help():
     exe = Path(sys.executable).parent / "onnx-emp"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "--structured" in out and "plan" in out
+
+
+def _all_models():
+    shared = ROOT.parent / "shared" / "models"
+    found = sorted(M.glob("*.onnx")) + (sorted(shared.glob("*.onnx")) if shared.is_dir() else [])
+    assert len(found) >= 10
+    return found
+
+
+@pytest.mark.parametrize("model", _all_models(), ids=lambda p: p.name)
+def test_keep_all_run_is_lossless_under_proto2_equality(model, tmp_path):
+    """A run that keeps every weight writes a model equal to its input as `onnx` sees it:
+    explicit defaults (`domain: ""`, `i: 0`) and unknown fields included."""
+    onnx = pytest.importorskip("onnx")
+    out = tmp_path / "same.onnx"
+    onnx_emp.prune(model, out, beta=1000.0, verify=False)
+    assert onnx.load(str(model)) == onnx.load(str(out))
