@@ -139,6 +139,11 @@ struct PruneArgs {
     /// calibration data is given)
     #[arg(long)]
     no_reconstruct: bool,
+    /// Store pruned weights as ONNX sparse_initializer (values + indices) wherever that saves
+    /// bytes, so the file shrinks with sparsity. onnxruntime loads it; tract cannot (verification
+    /// runs on the dense-stored model first)
+    #[arg(long)]
+    sparse_initializers: bool,
     /// Allow overwriting the input file
     #[arg(long)]
     force: bool,
@@ -367,6 +372,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         fixed_ratio: a.ratio,
         reconstruct: !a.no_reconstruct,
         plan,
+        sparse_initializers: a.sparse_initializers,
     };
     let out = run::run(&opts).map_err(|e| failed(format!("{e:#}")))?;
     if let Some(p) = &a.report {

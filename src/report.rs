@@ -72,6 +72,9 @@ pub struct Report {
     pub groups: Vec<GroupReport>,
     /// What reconstruction from calibration data did, layer by layer (None: not run).
     pub reconstruction: Option<crate::reconstruct::ReconReport>,
+    /// `--sparse-initializers`: what was stored sparse (None: not asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparse_initializers: Option<crate::model::sparse::Sparsified>,
     pub equivalence: Vec<Equivalence>,
     pub verification: Option<Verification>,
     pub notes: Vec<String>,

@@ -142,6 +142,9 @@ pub struct RunOptions {
     /// `onnx-emp plan`: stop after the decision (groups, N_eff, kept, params, MACs); write no
     /// model, run no reconstruction and no verification.
     pub plan: bool,
+    /// Store the written model's weights as `sparse_initializer` where that saves bytes
+    /// (after verification, which runs on the dense-stored model).
+    pub sparse_initializers: bool,
 }
 
 /// The default per-weight scope (chosen from the measurements in the README).
@@ -204,6 +207,30 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let t = Instant::now();
     let stage = progress::Stage::start("load");
     let mut loaded = io::load(&o.input)?;
+    if o.sparse_initializers && loaded.proto.ir_version < crate::model::sparse::MIN_IR_VERSION {
+        bail!(
+            "{}: --sparse-initializers: IR version {} has no sparse_initializer (needs ≥ {})",
+            o.input.display(),
+            loaded.proto.ir_version,
+            crate::model::sparse::MIN_IR_VERSION
+        );
+    }
+    // Sparse-stored weights (e.g. a model written with --sparse-initializers) are pruned and
+    // verified dense: tract cannot read them. The dense copy of the input is what verification
+    // compares against.
+    let densified = crate::model::sparse::densify_initializers(&mut loaded.proto)
+        .with_context(|| format!("{}: sparse initializers", o.input.display()))?;
+    let dense_input = if densified > 0 && !o.plan && o.verify {
+        let dir = tempfile::Builder::new()
+            .prefix(".onnx-emp-input-")
+            .tempdir_in(o.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+            .context("cannot create a scratch folder beside the output")?;
+        let p = dir.path().join("dense-input.onnx");
+        io::save(loaded.proto.clone(), &p, &SaveOptions { external: loaded.external.clone() })?;
+        Some((dir, p))
+    } else {
+        None
+    };
     drop(stage);
     timing.load_ms = ms(t);
     GraphIndex::build(loaded.proto.graph.as_ref().context("model has no graph")?)
@@ -218,6 +245,12 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let t = Instant::now();
     let stage = progress::Stage::start("prune");
     let mut notes = Vec::new();
+    if densified > 0 {
+        notes.push(format!(
+            "{densified} sparse initializer(s) read as dense tensors{}",
+            if o.sparse_initializers { "" } else { " (written dense; --sparse-initializers stores them sparse again)" }
+        ));
+    }
     let mut calibration: Option<String> = None;
     // Calibration data, loaded once: for data-driven criteria and for reconstruction.
     let calib = calibration_inputs(o)?;
@@ -414,7 +447,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         equivalence.push(e);
     }
     let verification = if o.verify {
-        let mut v = check::verify(&o.input, &staged, &o.verify_opts);
+        let dense = dense_input.as_ref().map_or(o.input.as_path(), |(_, p)| p.as_path());
+        let mut v = check::verify(dense, &staged, &o.verify_opts);
         // The staging folder has a random name: report the final path so reports are identical.
         let (from, to) = (staged.display().to_string(), o.output.display().to_string());
         v.reason = v.reason.map(|r| r.replace(&from, &to));
@@ -456,6 +490,29 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     if !exact {
         notes.push("masked-equivalence FAILED; output written because of --allow-mismatch".into());
     }
+    let mut out_bytes = out_bytes;
+    let sparse = if o.sparse_initializers {
+        let t = Instant::now();
+        let (bytes, s) = store_sparse(&staged, &save_opts)?;
+        out_bytes = bytes;
+        timing.save_ms += ms(t);
+        notes.push(if s.tensors == 0 {
+            "sparse initializers: no weight tensor has enough zeros for sparse storage to save bytes (ONNX \
+             requires INT64 indices, so a float32 weight shrinks only above 66.7 % zeros, float16 above 80 %); \
+             the model is stored dense"
+                .to_string()
+        } else {
+            format!(
+                "sparse initializers: {} weight tensor(s) stored as values + INT64 indices ({} → {} payload \
+                 bytes); onnxruntime reads them, tract 0.23 cannot, so verification ran on the same weights \
+                 stored dense",
+                s.tensors, s.dense_bytes, s.sparse_bytes
+            )
+        });
+        Some(s)
+    } else {
+        None
+    };
     publish(&staged, &o.output)?;
     let report = Report {
         tool: format!("onnx-emp {}", env!("CARGO_PKG_VERSION")),
@@ -473,12 +530,21 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         weights: weights_report,
         groups,
         reconstruction,
+        sparse_initializers: sparse,
         equivalence,
         verification,
         notes,
         timing,
     };
     Ok(Outcome { report, exact })
+}
+
+/// Rewrite the staged (verified, dense-stored) model with sparse initializers, in place.
+fn store_sparse(staged: &Path, save_opts: &SaveOptions) -> Result<(u64, crate::model::sparse::Sparsified)> {
+    let mut l = io::load(staged)?;
+    let s = crate::model::sparse::sparsify_initializers(&mut l.proto)?;
+    let bytes = io::save(l.proto, staged, save_opts)?;
+    Ok((bytes, s))
 }
 
 /// Accuracy may fall by at most this much (fraction) before the report warns.
@@ -567,6 +633,7 @@ fn plan_outcome(o: &RunOptions, loaded: &Loaded, pruned: ModelProto, mut p: Plan
         weights: p.weights,
         groups: p.groups,
         reconstruction: None,
+        sparse_initializers: None,
         equivalence: vec![],
         verification: None,
         notes: p.notes,

@@ -2,6 +2,7 @@
 pub mod graph;
 pub mod io;
 pub mod presence;
+pub mod sparse;
 pub mod tensor;
 pub mod validate;
 pub mod wire;

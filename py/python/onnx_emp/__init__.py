@@ -96,7 +96,8 @@ def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, l
 
 def prune(input, output, *, structured=None, beta=1.0, scope=None, criterion=None, calibration=None,
           inputs=None, labels=None, verify=True, latency=True, round_to=None, include=None, ratio=None,
-          reconstruct=True, dims=None, seed=0, html=None, force=False, allow_mismatch=False):
+          reconstruct=True, dims=None, seed=0, html=None, force=False, allow_mismatch=False,
+          sparse_initializers=False):
     """Prune `input` (a path, or the serialized model as bytes) into `output`; return the report.
 
     structured: None (per-weight), "channels", "heads" or "heads,channels".
@@ -112,6 +113,8 @@ def prune(input, output, *, structured=None, beta=1.0, scope=None, criterion=Non
             a.append("--force")
         if allow_mismatch:
             a.append("--allow-mismatch")
+        if sparse_initializers:
+            a.append("--sparse-initializers")
         return json.loads(_native.run_json(["onnx-emp"] + a))
 
 
