@@ -701,8 +701,7 @@ fn external_names(loaded: &Loaded, before: &BTreeSet<String>, pruned: &ModelProt
     ext
 }
 
-/// Widest axis the structural analyses accept (they keep per-position tables).
-pub const MAX_STRUCT_WIDTH: i64 = 1 << 24;
+pub use crate::prune::MAX_STRUCT_WIDTH;
 
 /// Checks every mode relies on, done once up front: candidate weights have a type and rank their
 /// op accepts (and attributes their type), hold no NaN/Inf (a model that computes NaN is refused

@@ -1,4 +1,5 @@
-//! bytes → io::parse → GraphIndex::build → prune_weights (unit, layer, global) on clones, and the
+//! bytes → io::parse → GraphIndex::build → prune_weights (unit, layer, normalized) and the structural
+//! modes (channels, heads at β = 0.7) on clones, and the
 //! checks on what comes out: the same function as `tests/fuzz_smoke.rs`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;

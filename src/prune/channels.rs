@@ -45,6 +45,7 @@ pub fn prune_channels(model: &ModelProto, opts: &StructOptions) -> Result<Struct
     emp::check_beta(opts.beta).map_err(|e| anyhow::anyhow!("{e}"))?;
     let g = model.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
+    super::check_struct_widths(g, &ix)?;
     let opset = groups::default_opset(&model.opset_import);
     let ctx = Ctx::new(g, &ix, opset)?;
     let an = groups::analyze(&ctx);

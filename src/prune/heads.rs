@@ -379,6 +379,7 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
     emp::check_beta(opts.beta).map_err(|e| anyhow::anyhow!("{e}"))?;
     let g = model.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
+    super::check_struct_widths(g, &ix)?;
     let ctx = make_ctx(model, g, &ix);
     let found = find_blocks(&ctx);
     let mut reports: Vec<Option<GroupReport>> = Vec::new();

@@ -167,6 +167,24 @@ pub struct GroupReport {
     pub removed: Vec<usize>,
 }
 
+/// Widest axis the structural analyses accept: they keep per-position tables, so a weight
+/// declaring a wider axis (even an empty `[0, 2^40]` one) is refused before any is allocated.
+pub const MAX_STRUCT_WIDTH: i64 = 1 << 24;
+
+/// Refuse a model with a weight (initializer or Constant) wider than [`MAX_STRUCT_WIDTH`] on any
+/// axis, naming it. Run first by every structural pass.
+pub fn check_struct_widths(g: &onnx_protobuf::GraphProto, ix: &crate::model::graph::GraphIndex) -> anyhow::Result<()> {
+    for (name, &r) in &ix.weights {
+        let Some(t) = crate::model::graph::weight(g, r) else { continue };
+        if let Some(d) = t.dims.iter().find(|&&d| d > MAX_STRUCT_WIDTH) {
+            anyhow::bail!(
+                "tensor '{name}': dimension {d} is wider than structural pruning supports ({MAX_STRUCT_WIDTH})"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Output of a structural pass.
 pub struct StructuralResult {
     /// The rewritten (smaller) model.

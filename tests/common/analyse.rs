@@ -49,7 +49,8 @@ pub fn one_line(e: &anyhow::Error) -> String {
     s
 }
 
-/// bytes → `io::parse` → `GraphIndex::build` → `prune_weights` for each of `runs()`.
+/// bytes → `io::parse` → `GraphIndex::build` → `prune_weights` for each of `runs()`, then the
+/// structural modes ([`structural`]).
 pub fn load_and_analyse(bytes: &[u8]) -> Outcome {
     let model = match io::parse(bytes) {
         Ok(m) => m,
@@ -77,7 +78,47 @@ pub fn analyse_model(model: &ModelProto) -> Outcome {
             }
         }
     }
+    structural(model);
     Outcome::Pruned(results)
+}
+
+/// The structural modes at a forced cut (β = 0.7, floors off, no rounding, so that units are
+/// really removed): channels and heads. Errors are a normal outcome (one line); a result must be
+/// a good file: the pruned and the masked model encode, parse and validate again, the masked
+/// model keeps the input's node count, the pruned one never has more parameters, and every
+/// group's kept count is within 1..=n.
+pub fn structural(model: &ModelProto) {
+    use onnx_emp::prune::{channels, heads, Floor, RoundTo, StructOptions};
+    let opts = StructOptions { beta: 0.7, floor: Floor::OFF, round_to: RoundTo::Multiple(1), ..Default::default() };
+    for (mode, r) in [("channels", channels::prune_channels(model, &opts)), ("heads", heads::prune_heads(model, &opts))]
+    {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                one_line(&e);
+                continue;
+            }
+        };
+        for (what, m) in [("pruned", &r.pruned), ("masked", &r.masked)] {
+            let bytes = m.write_to_bytes().unwrap_or_else(|e| panic!("{mode}: {what} model does not encode: {e}"));
+            let again =
+                io::parse(&bytes).unwrap_or_else(|e| panic!("{mode}: {what} model does not parse again: {e:#}"));
+            assert!(same(&again, m), "{mode}: {what} model does not survive encode/decode");
+            GraphIndex::build(again.graph.as_ref().unwrap())
+                .unwrap_or_else(|e| panic!("{mode}: {what} model does not index: {e:#}"));
+        }
+        let nodes = |m: &ModelProto| m.graph.as_ref().map_or(0, |g| g.node.len());
+        assert_eq!(nodes(&r.masked), nodes(model), "{mode}: the masked model changed the node count");
+        assert!(
+            heads::param_count(&r.pruned) <= heads::param_count(model),
+            "{mode}: params grew {} → {}",
+            heads::param_count(model),
+            heads::param_count(&r.pruned)
+        );
+        for g in &r.groups {
+            assert!(g.kept <= g.n && (g.kept >= 1 || g.n == 0), "{mode}: group {} keeps {} of {}", g.id, g.kept, g.n);
+        }
+    }
 }
 
 /// A pruned model is a good file: it encodes, parses and validates again, has the same graph
