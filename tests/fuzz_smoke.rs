@@ -315,3 +315,21 @@ fn deterministic_mutations_do_not_panic() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Inputs the longer fuzz runs found, kept as regressions (hex of the mutated model).
+#[test]
+fn fuzz_findings_stay_fixed() {
+    const FOUND: &[(&str, &str)] = &[
+        // A Conv with group = 2^63 - 1: the channels analysis divided by cout / group = 0.
+        (
+            "conv group 2^63-1",
+            "080842021011120f6f6e6e782d656d7020636f727075733a95040a470a01780a0257630a0262631201631a04636f6e762204436f6e762a150a0c6b65726e656c5f7368617065a00107400340032a140a0567726f7570a0010218ffffffffffffffff7f0a2a0a01630a01730a01620a016d0a01761201791a02626e221242617463684e6f726d616c697a6174696f6e1204636f6e762ae90108030802080308031001420257634ad8018fc275bf295c8f3e3d0ad7be85eb513f8fc2f53de17a14bfc3f5283f0ad723bda4703dbf0000003fcdcc4cbe666666bf7b14ae3eec51b8beae47613fec51383eb81e05bfec51383f0ad7a33c7b142ebf295c0f3f295c0fbe3d0a57bfcdcccc3e9a9999bed7a3703f8fc2753e1f85ebbe14ae473f0ad7a33d52b81ebf52b81e3f0ad7a3bd14ae47bf1f85eb3e8fc275bed7a370bf9a99993ecdccccbe3d0a573f295c0f3e295c0fbf7b142e3f0ad7a3bcec5138bfb81e053fec5138beae4761bfec51b83e7b14aebe6666663fcdcc4c3e000000bfa4703d3f2a1608031001420262634a0ccdcccc3dcdcc4c3e9a99993e2a15080310014201734a0c0000803f0000803f0000803f2a15080310014201624a0c0000000000000000000000002a150803100142016d4a0c0000000000000000000000002a15080310014201764a0c0000803f0000803f0000803f5a1b0a017812160a14080112100a0208010a0208020a0208040a020804621b0a017912160a14080112100a0208010a0208030a0208020a020802",
+        ),
+    ];
+    for (what, hex) in FOUND {
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let o = analyse::load_and_analyse(&bytes);
+        eprintln!("{what}: {o:?}");
+    }
+}

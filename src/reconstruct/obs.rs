@@ -17,6 +17,26 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use onnx_protobuf::ModelProto;
 
+#[allow(clippy::large_enum_variant)]
+enum Layer {
+    Linear(std::result::Result<site::Site, String>),
+    /// An LSTM / RNN node: W and R are updated together.
+    Recurrent(usize),
+}
+
+trait LayerInput {
+    fn input(&self) -> Option<&str>;
+}
+
+impl LayerInput for Layer {
+    fn input(&self) -> Option<&str> {
+        match self {
+            Layer::Linear(Ok(s)) => Some(&s.input),
+            _ => None,
+        }
+    }
+}
+
 /// Update every weight of `weights` that `model` has pruned (zeros where `dense` has none).
 pub fn obs_all(
     dense: &ModelProto,
@@ -24,12 +44,6 @@ pub fn obs_all(
     weights: &[String],
     calib: &Inputs,
 ) -> Result<Vec<LayerRecon>> {
-    #[allow(clippy::large_enum_variant)]
-    enum Layer {
-        Linear(std::result::Result<site::Site, String>),
-        /// An LSTM / RNN node: W and R are updated together.
-        Recurrent(usize),
-    }
     let mut seen = std::collections::BTreeSet::new();
     let mut order: Vec<(usize, String, Layer)> = vec![];
     for w in weights {
@@ -44,11 +58,39 @@ pub fn obs_all(
     }
     order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
     let progress = crate::progress::Work::new(order.len() as u64);
+    let blockwise = weight_elems(dense) >= BLOCKWISE_MIN_WEIGHTS;
+    let window = if blockwise { window_inputs(&order.iter().map(|o| &o.2).collect::<Vec<_>>()) } else { 1 };
     let mut out = vec![];
     let mut shared: Option<Shared> = None;
-    for (k, (_, w, layer)) in order.into_iter().enumerate() {
+    let mut order: std::collections::VecDeque<(usize, String, Layer)> = order.into_iter().collect();
+    let mut k = 0usize;
+    while let Some((_, w, layer)) = order.pop_front() {
         let rep = match layer {
             Layer::Linear(Err(why)) => Some(LayerRecon::skipped(&w, &w, why)),
+            Layer::Linear(Ok(s)) if window > 1 => {
+                // This site and the Linear sites after it, up to `window` distinct inputs: one
+                // calibration pass for all of them.
+                let mut sites = vec![(k, w, s)];
+                let mut inputs: Vec<String> = vec![sites[0].2.input.clone()];
+                while let Some((_, _, Layer::Linear(Ok(next)))) = order.front() {
+                    if !inputs.contains(&next.input) {
+                        if inputs.len() == window {
+                            break;
+                        }
+                        inputs.push(next.input.clone());
+                    }
+                    let Some((_, w, Layer::Linear(Ok(s)))) = order.pop_front() else { unreachable!() };
+                    k += 1;
+                    sites.push((k, w, s));
+                }
+                let n = sites.len() as u64;
+                let reps = obs_window(dense, model, &sites, calib);
+                out.extend(reps.into_iter().flatten());
+                progress.inc(n);
+                k += 1;
+                shared = None;
+                continue;
+            }
             Layer::Linear(Ok(s)) => match obs_layer(k, dense, model, &s, calib, &mut shared) {
                 Ok(r) => r,
                 Err(e) => Some(LayerRecon::skipped(&s.label, &w, format!("{e:#}"))),
@@ -67,39 +109,181 @@ pub fn obs_all(
         };
         out.extend(rep);
         progress.inc(1);
+        k += 1;
     }
     Ok(out)
 }
 
+/// Models with at least this many float weight elements (16 MB of float32) are reconstructed
+/// block-wise, as SparseGPT does per transformer block: one calibration pass collects the
+/// inputs of several consecutive layers at once, computed with those layers' dense weights on
+/// the output of the already-reconstructed layers before them. Smaller models, where a pass is
+/// cheap, go strictly layer by layer (each layer sees every earlier layer reconstructed).
+pub const BLOCKWISE_MIN_WEIGHTS: u64 = 4 << 20;
+
+fn weight_elems(m: &ModelProto) -> u64 {
+    let mut n = 0u64;
+    if let Some(g) = m.graph.as_ref() {
+        for t in &g.initializer {
+            if crate::model::tensor::is_float(t.data_type) {
+                n += t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>();
+            }
+        }
+    }
+    n
+}
+
+/// Distinct layer inputs per calibration pass in block-wise mode: ⌈√(distinct inputs)⌉, so a
+/// model of L layers costs about √L passes over a growing prefix instead of L (a 4-block
+/// encoder: 16 distinct inputs, one pass per block).
+fn window_inputs<T>(layers: &[&T]) -> usize
+where
+    T: LayerInput,
+{
+    let mut seen = std::collections::BTreeSet::new();
+    for l in layers {
+        if let Some(i) = l.input() {
+            seen.insert(i.to_string());
+        }
+    }
+    ((seen.len() as f64).sqrt().ceil() as usize).max(1)
+}
+
 /// H per group of a layer, from its inputs in `model` at sampled positions.
 fn hessians(k: usize, model: &ModelProto, s: &site::Site, calib: &Inputs) -> Result<(Vec<Mat<f64>>, usize)> {
-    let groups = site::groups(s);
-    let mut hs: Vec<Mat<f64>> = (0..groups).map(|_| Mat::zeros(s.p, s.p)).collect();
-    let mut rows = 0usize;
-    let mut z = vec![0.0; s.p];
-    run_exposing(model, calib, std::slice::from_ref(&s.input), |row0, v| {
-        let x = &v[0];
-        let (npos, hw) = sample_positions(s, x.shape())?;
-        for (g, h) in hs.iter_mut().enumerate() {
-            let mut zs: Vec<f64> = vec![];
-            let mut nr = 0usize;
-            for n in 0..x.shape()[0] {
-                for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
-                    site::input_row(s, x, n, pos, g, hw, &mut z);
-                    zs.extend_from_slice(&z);
-                    nr += 1;
-                }
+    let mut v = hessians_multi(model, &[(k, s)], calib)?;
+    Ok(v.pop().expect("one site"))
+}
+
+/// [`hessians`] of several layers from one calibration pass. Layers that read the same value
+/// with the same layout share one H (computed with the first one's position sample).
+fn hessians_multi(
+    model: &ModelProto,
+    sites: &[(usize, &site::Site)],
+    calib: &Inputs,
+) -> Result<Vec<(Vec<Mat<f64>>, usize)>> {
+    // The distinct (input, layout, p) keys and, per site, its key.
+    let mut keys: Vec<(usize, &site::Site)> = vec![];
+    let mut key_of = vec![];
+    for &(k, s) in sites {
+        let same = |(_, t): &(usize, &site::Site)| t.input == s.input && t.layout == s.layout && t.p == s.p;
+        match keys.iter().position(same) {
+            Some(i) => key_of.push(i),
+            None => {
+                key_of.push(keys.len());
+                keys.push((k, s));
             }
-            let zm = Mat::from_fn(nr, s.p, |i, j| zs[i * s.p + j]);
-            matmul(h.as_mut(), Accum::Add, zm.transpose(), zm.as_ref(), 1.0, Par::rayon(0));
-            if g == 0 {
-                rows += nr;
+        }
+    }
+    let mut values: Vec<String> = vec![];
+    for (_, s) in &keys {
+        if !values.contains(&s.input) {
+            values.push(s.input.clone());
+        }
+    }
+    // Accumulated in f32 (as SparseGPT does): half the cost of f64 products, and far below the
+    // 1 % damping in precision; the factorisations run in f64.
+    let mut acc: Vec<(Vec<Mat<f32>>, usize)> =
+        keys.iter().map(|(_, s)| ((0..site::groups(s)).map(|_| Mat::zeros(s.p, s.p)).collect(), 0)).collect();
+    let label = keys.iter().map(|(_, s)| s.label.as_str()).collect::<Vec<_>>().join(", ");
+    run_exposing(model, calib, &values, |row0, v| {
+        for ((k, s), (hs, rows)) in keys.iter().zip(acc.iter_mut()) {
+            let x = &v[values.iter().position(|n| n == &s.input).expect("exposed")];
+            let (npos, hw) = sample_positions(s, x.shape())?;
+            let mut z = vec![0.0; s.p];
+            for (g, h) in hs.iter_mut().enumerate() {
+                let mut zs: Vec<f32> = vec![];
+                let mut nr = 0usize;
+                for n in 0..x.shape()[0] {
+                    for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(*k, row0 + n)) {
+                        site::input_row(s, x, n, pos, g, hw, &mut z);
+                        zs.extend(z.iter().map(|&v| v as f32));
+                        nr += 1;
+                    }
+                }
+                let zm = Mat::from_fn(nr, s.p, |i, j| zs[i * s.p + j]);
+                matmul(h.as_mut(), Accum::Add, zm.transpose(), zm.as_ref(), 1.0f32, Par::rayon(0));
+                if g == 0 {
+                    *rows += nr;
+                }
             }
         }
         Ok(())
     })
-    .with_context(|| format!("{}: calibration run", s.label))?;
-    Ok((hs, rows))
+    .with_context(|| format!("{label}: calibration run"))?;
+    Ok(key_of
+        .into_iter()
+        .map(|i| {
+            let hs = acc[i].0.iter().map(|h| Mat::from_fn(h.nrows(), h.ncols(), |a, b| h[(a, b)] as f64)).collect();
+            (hs, acc[i].1)
+        })
+        .collect())
+}
+
+/// Block-wise: H of every site of the window from one pass over `model` with the window's
+/// weights dense, then the OBS update of each. A site whose update fails is reported skipped.
+fn obs_window(
+    dense: &ModelProto,
+    model: &mut ModelProto,
+    sites: &[(usize, String, site::Site)],
+    calib: &Inputs,
+) -> Vec<Option<LayerRecon>> {
+    let skipped = |s: &site::Site, w: &str, e: anyhow::Error| Some(LayerRecon::skipped(&s.label, w, format!("{e:#}")));
+    // (site, dense rows, current rows, keep), or the reason it is not updated.
+    let mut prepared = vec![];
+    let mut capture = model.clone();
+    for (_, w, s) in sites {
+        let r = (|| -> Result<Option<(Vec<f64>, Vec<f64>, Vec<bool>)>> {
+            let w_dense =
+                site::read_rows(dense.graph.as_ref().context("model has no graph")?, s).context("dense weight")?;
+            let w_cur = site::read_rows(model.graph.as_ref().context("model has no graph")?, s)?;
+            if w_dense.len() != w_cur.len() {
+                anyhow::bail!("dense and pruned weights differ in size");
+            }
+            let keep: Vec<bool> = w_cur.iter().map(|v| *v != 0.0).collect();
+            if keep.iter().all(|k| *k) {
+                return Ok(None);
+            }
+            if let Layout::Conv2d { group, .. } = s.layout {
+                if s.out % group != 0 {
+                    anyhow::bail!("{} outputs do not split into {group} groups", s.out);
+                }
+            }
+            site::write_rows(capture.graph.as_mut().context("model has no graph")?, s, &w_dense)?;
+            Ok(Some((w_dense, w_cur, keep)))
+        })();
+        prepared.push(r.map_err(|e| skipped(s, w, e)));
+    }
+    let todo: Vec<(usize, &site::Site)> =
+        sites.iter().zip(&prepared).filter(|(_, p)| matches!(p, Ok(Some(_)))).map(|((k, _, s), _)| (*k, s)).collect();
+    let mut hs = match hessians_multi(&capture, &todo, calib) {
+        Ok(h) => h.into_iter(),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            return sites
+                .iter()
+                .zip(prepared)
+                .map(|((_, w, s), p)| match p {
+                    Ok(Some(_)) => Some(LayerRecon::skipped(&s.label, w, msg.clone())),
+                    Ok(None) => None,
+                    Err(r) => r,
+                })
+                .collect();
+        }
+    };
+    drop(capture);
+    sites
+        .iter()
+        .zip(prepared)
+        .map(|((_, w, s), p)| match p {
+            Ok(Some((w_dense, w_cur, keep))) => {
+                let (h, rows) = hs.next().expect("one H per prepared site");
+                update(model, s, w_dense, w_cur, keep, &h, rows).unwrap_or_else(|e| skipped(s, w, e))
+            }
+            Ok(None) => None,
+            Err(r) => r,
+        })
+        .collect()
 }
 
 /// Σ_o Δ_o H Δ_oᵀ over rows `o0..o0+n` of `d` (row-major, p columns): the squared output error

@@ -28,8 +28,20 @@ impl Analyzer<'_, '_> {
             return;
         }
         let wd = wd.unwrap_or_default();
-        let group = attr_i(n, "group").unwrap_or(1).max(1) as usize;
+        let group = attr_i(n, "group").unwrap_or(1).max(1);
         let (cout, cin_g) = (wd[0], wd[1]);
+        // ONNX requires group to divide the output channels; anything else cannot run, and is a
+        // barrier here rather than a division by zero (found by the fuzzer: group = 2^63 - 1).
+        if cout == 0 || group as u64 > cout as u64 || cout % group as usize != 0 {
+            if let Some(x) = &x {
+                self.block(
+                    &x.units,
+                    &format!("{} (group {group} does not divide {cout} output channels)", barrier_reason(n)),
+                );
+            }
+            return;
+        }
+        let group = group as usize;
         let cin = cin_g * group;
         // Depthwise: one input channel per group. With Cin = 1 and group = 1 it is a plain conv.
         let depthwise = group > 1 && cin_g == 1 && cout % group == 0;
