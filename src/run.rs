@@ -322,9 +322,41 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 let pruned_names: Vec<String> =
                     r.tensors.iter().filter(|t| t.kept < t.n).map(|t| t.name.clone()).collect();
                 let _stage = progress::Stage::start("reconstruct");
-                let layers = crate::reconstruct::obs::obs_all(&dense, &mut m, &pruned_names, inputs)
+                let without = m.clone();
+                // Solved on the first 4/5 of the samples, checked end to end on the rest (so an
+                // update that only fits the calibration rows is caught), when there are ≥ 10.
+                let rows = inputs.rows();
+                let split = if rows >= 10 { rows - rows / 5 } else { rows };
+                let (fit, check) = if split < rows {
+                    (inputs.sample_range(0, split), Some(inputs.sample_range(split, rows)))
+                } else {
+                    (inputs.clone(), None)
+                };
+                let layers = crate::reconstruct::obs::obs_all(&dense, &mut m, &pruned_names, &fit)
                     .with_context(|| format!("{}: reconstruction", o.input.display()))?;
-                reconstruction = Some(crate::reconstruct::ReconReport { samples: inputs.rows(), layers });
+                let end_to_end = if let (true, Some(check)) = (layers.iter().any(|l| l.method == "obs"), &check) {
+                    match crate::reconstruct::end_to_end(&dense, &without, &m, check) {
+                        Ok(e) => {
+                            if !e.kept {
+                                notes.push(format!(
+                                    "reconstruction reverted: on the held-out fifth of the calibration data the \
+                                     model's outputs were further from dense with it (rel. squared error {:.3e}) \
+                                     than without ({:.3e})",
+                                    e.err_with, e.err_without
+                                ));
+                                m = without;
+                            }
+                            Some(e)
+                        }
+                        Err(e) => {
+                            notes.push(format!("reconstruction not checked end to end: {e:#}"));
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                reconstruction = Some(crate::reconstruct::ReconReport { samples: fit.rows(), layers, end_to_end });
                 t_recon.set(ms(tr));
             }
             weights_report = Some(r);
@@ -666,7 +698,11 @@ fn refit_stage(
     let _stage = progress::Stage::start("reconstruct");
     let layers = crate::reconstruct::refit::refit_all(dense, &mut r.masked, &mut r.pruned, &r.refit, inputs)
         .context("reconstruction")?;
-    let rep = report.get_or_insert_with(|| crate::reconstruct::ReconReport { samples: inputs.rows(), layers: vec![] });
+    let rep = report.get_or_insert_with(|| crate::reconstruct::ReconReport {
+        samples: inputs.rows(),
+        layers: vec![],
+        end_to_end: None,
+    });
     rep.layers.extend(layers);
     t.set(t.get() + ms(t0));
     Ok(())

@@ -163,6 +163,14 @@ fn reconstruction_lowers_error_on_trained_models() {
             assert_eq!(e["pass"], true, "{m} {what}: {e}");
         }
         assert!(fit["calibration"].as_str().unwrap().contains("256 rows"));
+        if what == "weights" {
+            // Solved on 4/5 of the samples, checked end to end on the other fifth.
+            let e = &fit["reconstruction"]["end_to_end"];
+            assert_eq!(fit["reconstruction"]["samples"], 205, "{m}");
+            assert_eq!(e["samples"], 51, "{m}");
+            assert_eq!(e["kept"], true, "{m}: {e}");
+            assert!(e["err_with"].as_f64().unwrap() < e["err_without"].as_f64().unwrap(), "{m}: {e}");
+        }
         if m == "digits_lstm" {
             // W and R of the LSTM are updated together (gate pre-activations are linear in [x; h]).
             assert!(layers.iter().any(|l| l["layer"].as_str().unwrap().starts_with("LSTM") && l["method"] == "obs"));

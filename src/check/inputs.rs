@@ -90,11 +90,16 @@ impl InputData {
 
     /// The first `k` entries of axis 0 (all of them when there are fewer).
     pub fn head(&self, k: usize) -> InputData {
+        self.rows(0, k)
+    }
+
+    /// Entries `lo..hi` of axis 0 (clamped to what there is).
+    pub fn rows(&self, lo: usize, hi: usize) -> InputData {
         use ndarray::{Axis, Slice};
         macro_rules! cut {
             ($a:expr) => {{
-                let k = k.min($a.len_of(Axis(0)));
-                $a.slice_axis(Axis(0), Slice::from(..k)).to_owned()
+                let hi = hi.min($a.len_of(Axis(0)));
+                $a.slice_axis(Axis(0), Slice::from(lo.min(hi)..hi)).to_owned()
             }};
         }
         match self {
@@ -184,16 +189,22 @@ impl Inputs {
         if rows <= k || k == 0 {
             return None;
         }
+        Some(self.sample_range(0, k))
+    }
+
+    /// Samples `lo..hi`, cut as [`Inputs::head`] cuts.
+    pub fn sample_range(&self, lo: usize, hi: usize) -> Inputs {
+        let rows = self.rows();
         let inputs = self
             .inputs
             .iter()
             .map(|i| Input {
                 name: i.name.clone(),
-                data: if i.data.shape().first() == Some(&rows) { i.data.head(k) } else { i.data.clone() },
+                data: if i.data.shape().first() == Some(&rows) { i.data.rows(lo, hi) } else { i.data.clone() },
                 source: i.source.clone(),
             })
             .collect();
-        Some(Inputs { inputs, assumed: self.assumed.clone() })
+        Inputs { inputs, assumed: self.assumed.clone() }
     }
 }
 

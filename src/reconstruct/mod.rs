@@ -93,6 +93,91 @@ pub struct ReconReport {
     /// Calibration samples used.
     pub samples: usize,
     pub layers: Vec<LayerRecon>,
+    /// The whole model's outputs against dense on the held-out fifth of the calibration samples
+    /// (not used to solve), without and with the reconstructed weights (per-weight mode); the
+    /// reconstruction is kept only if it is closer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_to_end: Option<EndToEnd>,
+}
+
+/// Layer-wise objectives do not guarantee the model as a whole gets closer to dense (LayerNorm,
+/// softmax and residual sums sit between the layers), so the result is checked end to end.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EndToEnd {
+    /// Held-out calibration samples it was measured on.
+    pub samples: usize,
+    /// ‖y − y_dense‖² / ‖y_dense‖² over every float output and held-out sample.
+    pub err_without: f64,
+    pub err_with: f64,
+    /// Top-1 agreement with dense (fraction of samples; the last axis of the first output) —
+    /// reported, not used for the decision.
+    pub top1_without: Option<f64>,
+    pub top1_with: Option<f64>,
+    /// Whether the reconstructed weights were kept.
+    pub kept: bool,
+}
+
+/// The model's outputs on `calib`, each concatenated over the samples, and the width of the
+/// first one's last axis (the classes, for top-1).
+fn outputs(model: &onnx_protobuf::ModelProto, calib: &crate::check::Inputs) -> anyhow::Result<(Vec<Vec<f32>>, usize)> {
+    use anyhow::Context;
+    let g = model.graph.as_ref().context("model has no graph")?;
+    let names: Vec<String> = g.output.iter().map(|o| o.name.clone()).collect();
+    let mut out: Vec<Vec<f32>> = vec![vec![]; names.len()];
+    let mut width = 0;
+    capture::run_exposing(model, calib, &names, |_, v| {
+        for (i, a) in v.iter().enumerate() {
+            out[i].extend(a.iter().copied());
+            if i == 0 {
+                width = a.shape().last().copied().unwrap_or(1);
+            }
+        }
+        Ok(())
+    })?;
+    Ok((out, width))
+}
+
+/// Relative squared error of `other` against `dense`, and top-1 agreement on the first output.
+fn compare((dense, width): &(Vec<Vec<f32>>, usize), (other, _): &(Vec<Vec<f32>>, usize)) -> (f64, Option<f64>) {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (d, o) in dense.iter().zip(other) {
+        for (a, b) in d.iter().zip(o) {
+            num += (*a as f64 - *b as f64).powi(2);
+            den += (*a as f64).powi(2);
+        }
+    }
+    let top1 = dense.first().zip(other.first()).and_then(|(d, o)| {
+        let w = *width;
+        if w < 2 || d.len() % w != 0 || o.len() != d.len() || d.is_empty() {
+            return None;
+        }
+        let arg = |v: &[f32]| v.iter().enumerate().fold(0, |b, (i, x)| if *x > v[b] { i } else { b });
+        let rows = d.len() / w;
+        let same = (0..rows).filter(|r| arg(&d[r * w..(r + 1) * w]) == arg(&o[r * w..(r + 1) * w])).count();
+        Some(same as f64 / rows as f64)
+    });
+    (num / den.max(f64::MIN_POSITIVE), top1)
+}
+
+/// Run dense, unreconstructed and reconstructed models on the calibration data and say whether
+/// the reconstruction brought the whole model's outputs closer to dense.
+pub fn end_to_end(
+    dense: &onnx_protobuf::ModelProto,
+    without: &onnx_protobuf::ModelProto,
+    with: &onnx_protobuf::ModelProto,
+    calib: &crate::check::Inputs,
+) -> anyhow::Result<EndToEnd> {
+    let d = outputs(dense, calib)?;
+    let (err_without, top1_without) = compare(&d, &outputs(without, calib)?);
+    let (err_with, top1_with) = compare(&d, &outputs(with, calib)?);
+    Ok(EndToEnd {
+        samples: calib.rows(),
+        err_without,
+        err_with,
+        top1_without,
+        top1_with,
+        kept: err_with <= err_without,
+    })
 }
 
 /// Seed of the position sample of one calibration row at one layer.
