@@ -374,4 +374,14 @@ fn reconstruction(s: &mut String, r: &Report) {
         );
     }
     s.push_str("</table>\n");
+    if let Some(e) = &rec.end_to_end {
+        let _ = writeln!(
+            s,
+            "<p>End to end on {} held-out calibration samples: error {:.3e} without, {:.3e} with reconstruction: <b>{}</b></p>",
+            e.samples,
+            e.err_without,
+            e.err_with,
+            if e.kept { "kept" } else { "reverted" }
+        );
+    }
 }

@@ -227,6 +227,19 @@ fn recon_table(r: &crate::reconstruct::ReconReport) -> String {
         "reconstruction: {} calibration samples, {done} layer(s) updated, {skipped} skipped (errors: relative, on calibration rows)",
         r.samples
     );
+    if let Some(e) = &r.end_to_end {
+        let pct = |v: Option<f64>| v.map(|v| format!(", top-1 agreement {:.1} %", v * 100.0)).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "end to end on {} held-out samples: error {:.3e}{} without → {:.3e}{} with: {}",
+            e.samples,
+            e.err_without,
+            pct(e.top1_without),
+            e.err_with,
+            pct(e.top1_with),
+            if e.kept { "kept" } else { "REVERTED (the pruned weights are written without reconstruction)" }
+        );
+    }
     s
 }
 
