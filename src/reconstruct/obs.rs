@@ -24,11 +24,7 @@ enum Layer {
     Recurrent(usize),
 }
 
-trait LayerInput {
-    fn input(&self) -> Option<&str>;
-}
-
-impl LayerInput for Layer {
+impl Layer {
     fn input(&self) -> Option<&str> {
         match self {
             Layer::Linear(Ok(s)) => Some(&s.input),
@@ -136,10 +132,7 @@ fn weight_elems(m: &ModelProto) -> u64 {
 /// Distinct layer inputs per calibration pass in block-wise mode: ⌈√(distinct inputs)⌉, so a
 /// model of L layers costs about √L passes over a growing prefix instead of L (a 4-block
 /// encoder: 16 distinct inputs, one pass per block).
-fn window_inputs<T>(layers: &[&T]) -> usize
-where
-    T: LayerInput,
-{
+fn window_inputs(layers: &[&Layer]) -> usize {
     let mut seen = std::collections::BTreeSet::new();
     for l in layers {
         if let Some(i) = l.input() {
@@ -233,25 +226,12 @@ fn obs_window(
     let mut prepared = vec![];
     let mut capture = model.clone();
     for (_, w, s) in sites {
-        let r = (|| -> Result<Option<(Vec<f64>, Vec<f64>, Vec<bool>)>> {
-            let w_dense =
-                site::read_rows(dense.graph.as_ref().context("model has no graph")?, s).context("dense weight")?;
-            let w_cur = site::read_rows(model.graph.as_ref().context("model has no graph")?, s)?;
-            if w_dense.len() != w_cur.len() {
-                anyhow::bail!("dense and pruned weights differ in size");
+        let r = prepare(dense, model, s).and_then(|p| {
+            if let Some(p) = &p {
+                site::write_rows(capture.graph.as_mut().context("model has no graph")?, s, &p.w_dense)?;
             }
-            let keep: Vec<bool> = w_cur.iter().map(|v| *v != 0.0).collect();
-            if keep.iter().all(|k| *k) {
-                return Ok(None);
-            }
-            if let Layout::Conv2d { group, .. } = s.layout {
-                if s.out % group != 0 {
-                    anyhow::bail!("{} outputs do not split into {group} groups", s.out);
-                }
-            }
-            site::write_rows(capture.graph.as_mut().context("model has no graph")?, s, &w_dense)?;
-            Ok(Some((w_dense, w_cur, keep)))
-        })();
+            Ok(p)
+        });
         prepared.push(r.map_err(|e| skipped(s, w, e)));
     }
     let todo: Vec<(usize, &site::Site)> =
@@ -276,7 +256,7 @@ fn obs_window(
         .iter()
         .zip(prepared)
         .map(|((_, w, s), p)| match p {
-            Ok(Some((w_dense, w_cur, keep))) => {
+            Ok(Some(Prepared { w_dense, w_cur, keep })) => {
                 let (h, rows) = hs.next().expect("one H per prepared site");
                 update(model, s, w_dense, w_cur, keep, &h, rows).unwrap_or_else(|e| skipped(s, w, e))
             }
@@ -321,18 +301,17 @@ pub(crate) struct Shared {
     rows: usize,
 }
 
-pub(crate) fn obs_layer(
-    k: usize,
-    dense: &ModelProto,
-    model: &mut ModelProto,
-    s: &site::Site,
-    calib: &Inputs,
-    shared: &mut Option<Shared>,
-) -> Result<Option<LayerRecon>> {
-    let gd = dense.graph.as_ref().context("model has no graph")?;
-    let w_dense = site::read_rows(gd, s).context("dense weight")?;
-    let gm = model.graph.as_ref().context("model has no graph")?;
-    let w_cur = site::read_rows(gm, s)?;
+/// A pruned layer's dense and current rows, and which weights EMP kept.
+struct Prepared {
+    w_dense: Vec<f64>,
+    w_cur: Vec<f64>,
+    keep: Vec<bool>,
+}
+
+/// The rows of site `s` in `dense` and `model`; None when nothing of it was pruned.
+fn prepare(dense: &ModelProto, model: &ModelProto, s: &site::Site) -> Result<Option<Prepared>> {
+    let w_dense = site::read_rows(dense.graph.as_ref().context("model has no graph")?, s).context("dense weight")?;
+    let w_cur = site::read_rows(model.graph.as_ref().context("model has no graph")?, s)?;
     if w_dense.len() != w_cur.len() {
         anyhow::bail!("dense and pruned weights differ in size");
     }
@@ -341,10 +320,22 @@ pub(crate) fn obs_layer(
         return Ok(None);
     }
     if let Layout::Conv2d { group, .. } = s.layout {
-        if s.out % group != 0 {
+        if !s.out.is_multiple_of(group) {
             anyhow::bail!("{} outputs do not split into {group} groups", s.out);
         }
     }
+    Ok(Some(Prepared { w_dense, w_cur, keep }))
+}
+
+pub(crate) fn obs_layer(
+    k: usize,
+    dense: &ModelProto,
+    model: &mut ModelProto,
+    s: &site::Site,
+    calib: &Inputs,
+    shared: &mut Option<Shared>,
+) -> Result<Option<LayerRecon>> {
+    let Some(Prepared { w_dense, w_cur, keep }) = prepare(dense, model, s)? else { return Ok(None) };
     let row_input = matches!(s.layout, Layout::Gemm { .. } | Layout::MatMul);
     let cached = shared.take().filter(|c| row_input && c.input == s.input && c.p == s.p);
     let (hs, rows) = match cached {
