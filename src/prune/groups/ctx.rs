@@ -218,7 +218,7 @@ impl<'a> Ctx<'a> {
                     let r1 = inp(n, 1).and_then(|s| self.rank(s));
                     match (r0, r1) {
                         (Some(1), Some(b)) => Some(b.saturating_sub(1)),
-                        (Some(a), Some(1)) => Some(a - 1),
+                        (Some(a), Some(1)) => Some(a.saturating_sub(1)),
                         (Some(a), Some(b)) => Some(a.max(b)),
                         _ => None,
                     }
