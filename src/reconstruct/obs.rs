@@ -117,7 +117,7 @@ pub fn obs_all(
 /// cheap, go strictly layer by layer (each layer sees every earlier layer reconstructed).
 pub const BLOCKWISE_MIN_WEIGHTS: u64 = 4 << 20;
 
-fn weight_elems(m: &ModelProto) -> u64 {
+pub(crate) fn weight_elems(m: &ModelProto) -> u64 {
     let mut n = 0u64;
     if let Some(g) = m.graph.as_ref() {
         for t in &g.initializer {

@@ -91,7 +91,9 @@ fn is_val(row: usize) -> bool {
 }
 
 /// Refit every site, in the masked model's graph order, writing the kept values into `masked`
-/// and `pruned`. `dense` gives the targets.
+/// and `pruned`. `dense` gives the targets. Big models go block-wise (see
+/// [`super::obs::BLOCKWISE_MIN_WEIGHTS`]): one dense and one masked calibration pass serve the
+/// consecutive linear layers of a window of ⌈√L⌉ distinct inputs.
 pub fn refit_all(
     dense: &ModelProto,
     masked: &mut ModelProto,
@@ -107,40 +109,77 @@ pub fn refit_all(
         })
         .collect();
     order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.weight.cmp(&b.1.weight)));
+    let window = if super::obs::weight_elems(dense) >= super::obs::BLOCKWISE_MIN_WEIGHTS {
+        let inputs: std::collections::BTreeSet<&str> =
+            order.iter().filter_map(|o| o.2.as_ref().ok().map(|s| s.input.as_str())).collect();
+        ((inputs.len() as f64).sqrt().ceil() as usize).max(1)
+    } else {
+        1
+    };
     let progress = crate::progress::Work::new(order.len() as u64);
     let mut out = vec![];
-    for (k, (_, r, s)) in order.into_iter().enumerate() {
-        let rep = match s {
-            Err(why) => LayerRecon::skipped(&r.weight, &r.weight, why),
-            Ok(s) => match refit_one(k, dense, masked, pruned, r, &s, calib) {
-                Ok(rep) => rep,
-                Err(e) => LayerRecon::skipped(&s.label, &r.weight, format!("{e:#}")),
-            },
+    let mut queue: std::collections::VecDeque<_> = order.into_iter().enumerate().collect();
+    while let Some((k, (_, r, s))) = queue.pop_front() {
+        let s = match s {
+            Err(why) => {
+                out.push(LayerRecon::skipped(&r.weight, &r.weight, why));
+                progress.inc(1);
+                continue;
+            }
+            Ok(s) if site::groups(&s) > 1 => {
+                let rep = locate(pruned, r)
+                    .map_err(|e| anyhow::anyhow!("pruned model: {e}"))
+                    .and_then(|sp| super::affine::affine_one(k, dense, masked, pruned, r, &s, &sp, calib))
+                    .unwrap_or_else(|e| LayerRecon::skipped(&s.label, &r.weight, format!("{e:#}")));
+                out.push(rep);
+                progress.inc(1);
+                continue;
+            }
+            Ok(s) => s,
         };
-        out.push(rep);
-        progress.inc(1);
+        // This linear site and the ones after it, up to `window` distinct inputs.
+        let mut batch = vec![(k, r, s)];
+        let mut inputs = vec![batch[0].2.input.clone()];
+        while let Some((_, (_, _, Ok(next)))) = queue.front() {
+            if site::groups(next) > 1 {
+                break;
+            }
+            if !inputs.contains(&next.input) {
+                if inputs.len() >= window {
+                    break;
+                }
+                inputs.push(next.input.clone());
+            }
+            let Some((k, (_, r, Ok(s)))) = queue.pop_front() else { unreachable!() };
+            batch.push((k, r, s));
+        }
+        let n = batch.len() as u64;
+        out.extend(refit_batch(dense, masked, pruned, batch, calib));
+        progress.inc(n);
     }
     Ok(out)
 }
 
-fn refit_one(
+/// One layer to refit, with what its normal equations need.
+struct Job<'a> {
     k: usize,
-    dense: &ModelProto,
-    masked: &mut ModelProto,
-    pruned: &mut ModelProto,
-    r: &RefitSite,
-    s: &Site,
-    calib: &Inputs,
-) -> Result<LayerRecon> {
-    if site::groups(s) > 1 {
-        let sp = locate(pruned, r).map_err(|e| anyhow::anyhow!("pruned model: {e}"))?;
-        return super::affine::affine_one(k, dense, masked, pruned, r, s, &sp, calib);
-    }
+    r: &'a RefitSite,
+    s: Site,
+    /// Kept input features (indices into the weight's rows) and kept outputs.
+    feat: Vec<usize>,
+    outs: Vec<usize>,
+    has_bias: bool,
+    /// Unknowns per output (kept features + bias) and kept outputs.
+    pk: usize,
+    q: usize,
+}
+
+fn job(k: usize, r: &RefitSite, s: Site) -> Result<std::result::Result<Job<'_>, LayerRecon>> {
     let per_in = match s.layout {
         Layout::Conv2d { kernel, .. } => kernel[0] * kernel[1],
         _ => 1,
     };
-    let in_keep = if r.in_keep.is_empty() { vec![true; s.p / per_in] } else { r.in_keep.clone() };
+    let in_keep = if r.in_keep.is_empty() { vec![true; s.p / per_in.max(1)] } else { r.in_keep.clone() };
     if in_keep.len() * per_in != s.p {
         bail!("{} input positions for a weight with {} inputs", in_keep.len(), s.p);
     }
@@ -149,70 +188,149 @@ fn refit_one(
     let has_bias = s.bias.is_some();
     let (pk, q) = (feat.len() + has_bias as usize, outs.len());
     if q == 0 {
-        return Ok(LayerRecon::skipped(&s.label, &r.weight, "no kept output".into()));
+        return Ok(Err(LayerRecon::skipped(&s.label, &r.weight, "no kept output".into())));
     }
+    Ok(Ok(Job { k, r, s, feat, outs, has_bias, pk, q }))
+}
 
-    // 1. Dense targets at the sampled positions, in row order.
-    let mut ys: Vec<f64> = vec![];
-    let mut keys: Vec<(usize, usize)> = vec![];
-    let mut buf = vec![0.0; s.out];
-    run_exposing(dense, calib, std::slice::from_ref(&s.output), |row0, v| {
-        let y = &v[0];
-        for n in 0..y.shape()[0] {
-            let npos = match s.layout {
-                Layout::Conv2d { .. } if y.ndim() == 4 => y.shape()[2] * y.shape()[3],
-                Layout::Conv2d { .. } => bail!("{}: output is not 4-D", s.label),
-                Layout::Gemm { .. } => 1,
-                Layout::MatMul => y.shape()[1..y.ndim() - 1].iter().product(),
-            };
-            for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
-                site::output_row(s, y, n, pos, 0, &mut buf);
-                ys.extend(outs.iter().map(|&o| buf[o]));
-                keys.push((row0 + n, pos));
+/// Refit the linear sites of one window: targets from one dense pass, inputs from one masked pass
+/// (the window's layers as they are before their own refit), then each layer's solve.
+fn refit_batch(
+    dense: &ModelProto,
+    masked: &mut ModelProto,
+    pruned: &mut ModelProto,
+    batch: Vec<(usize, &RefitSite, Site)>,
+    calib: &Inputs,
+) -> Vec<LayerRecon> {
+    let mut out: Vec<Option<LayerRecon>> = vec![];
+    let mut jobs: Vec<(usize, Job)> = vec![];
+    for (k, r, s) in batch {
+        let label = s.label.clone();
+        match job(k, r, s) {
+            Ok(Ok(j)) => {
+                jobs.push((out.len(), j));
+                out.push(None);
+            }
+            Ok(Err(rep)) => out.push(Some(rep)),
+            Err(e) => out.push(Some(LayerRecon::skipped(&label, &r.weight, format!("{e:#}")))),
+        }
+    }
+    let refs: Vec<&Job> = jobs.iter().map(|(_, j)| j).collect();
+    let normals = targets(dense, &refs, calib).and_then(|t| normal_equations(masked, &refs, t, calib));
+    match normals {
+        Err(e) => {
+            for (i, j) in &jobs {
+                out[*i] = Some(LayerRecon::skipped(&j.s.label, &j.r.weight, format!("{e:#}")));
+            }
+        }
+        Ok(ne) => {
+            for ((i, j), (fit, val)) in jobs.iter().zip(ne) {
+                let rep = solve(j, fit, val, masked, pruned)
+                    .unwrap_or_else(|e| LayerRecon::skipped(&j.s.label, &j.r.weight, format!("{e:#}")));
+                out[*i] = Some(rep);
+            }
+        }
+    }
+    out.into_iter().map(|r| r.expect("every site reported")).collect()
+}
+
+/// Dense targets of each job at its sampled positions, in row order, with the (row, position)
+/// keys: one dense pass for all of them.
+type Targets = Vec<(Vec<f32>, Vec<(usize, usize)>)>;
+
+fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs) -> Result<Targets> {
+    let mut values: Vec<String> = vec![];
+    for j in jobs {
+        if !values.contains(&j.s.output) {
+            values.push(j.s.output.clone());
+        }
+    }
+    let mut t: Targets = jobs.iter().map(|_| (vec![], vec![])).collect();
+    run_exposing(dense, calib, &values, |row0, v| {
+        for (j, (ys, keys)) in jobs.iter().zip(t.iter_mut()) {
+            let s = &j.s;
+            let y = &v[values.iter().position(|n| n == &s.output).expect("exposed")];
+            let mut buf = vec![0.0; s.out];
+            for n in 0..y.shape()[0] {
+                let npos = match s.layout {
+                    Layout::Conv2d { .. } if y.ndim() == 4 => y.shape()[2] * y.shape()[3],
+                    Layout::Conv2d { .. } => bail!("{}: output is not 4-D", s.label),
+                    Layout::Gemm { .. } => 1,
+                    Layout::MatMul => y.shape()[1..y.ndim() - 1].iter().product(),
+                };
+                for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(j.k, row0 + n)) {
+                    site::output_row(s, y, n, pos, 0, &mut buf);
+                    // The values are tract's f32 outputs: storing them as f32 is exact.
+                    ys.extend(j.outs.iter().map(|&o| buf[o] as f32));
+                    keys.push((row0 + n, pos));
+                }
             }
         }
         Ok(())
     })
     .context("dense run")?;
+    Ok(t)
+}
 
-    // 2. Masked inputs at the same positions → normal equations (fit / held-apart).
-    let mut fit = Normal::new(pk, q);
-    let mut val = Normal::new(pk, q);
-    let mut at = 0usize;
-    let mut z = vec![0.0; s.p];
-    run_exposing(masked, calib, std::slice::from_ref(&s.input), |row0, v| {
-        let x = &v[0];
-        let (npos, hw) = sample_positions(s, x.shape())?;
-        let mut rows: [Vec<usize>; 2] = [vec![], vec![]];
-        let mut zs: [Vec<f64>; 2] = [vec![], vec![]];
-        for n in 0..x.shape()[0] {
-            let which = is_val(row0 + n) as usize;
-            for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
-                if keys.get(at) != Some(&(row0 + n, pos)) {
-                    bail!("{}: dense and masked runs sampled different rows", s.label);
-                }
-                site::input_row(s, x, n, pos, 0, hw, &mut z);
-                zs[which].extend(feat.iter().map(|&f| z[f]));
-                if has_bias {
-                    zs[which].push(1.0);
-                }
-                rows[which].push(at);
-                at += 1;
-            }
+/// The masked model's inputs of each job at the same positions → normal equations, split into
+/// fit and held-apart rows: one masked pass for all of them.
+fn normal_equations(masked: &ModelProto, jobs: &[&Job], t: Targets, calib: &Inputs) -> Result<Vec<(Normal, Normal)>> {
+    let mut values: Vec<String> = vec![];
+    for j in jobs {
+        if !values.contains(&j.s.input) {
+            values.push(j.s.input.clone());
         }
-        for (w, ne) in [(0usize, &mut fit), (1, &mut val)] {
-            let nr = rows[w].len();
-            let zm = Mat::from_fn(nr, pk, |i, j| zs[w][i * pk + j]);
-            let ym = Mat::from_fn(nr, q, |i, j| ys[rows[w][i] * q + j]);
-            ne.add(zm.as_ref(), ym.as_ref());
+    }
+    let mut ne: Vec<(Normal, Normal)> = jobs.iter().map(|j| (Normal::new(j.pk, j.q), Normal::new(j.pk, j.q))).collect();
+    let mut at = vec![0usize; jobs.len()];
+    run_exposing(masked, calib, &values, |row0, v| {
+        for (i, j) in jobs.iter().enumerate() {
+            let s = &j.s;
+            let (ys, keys) = &t[i];
+            let (pk, q) = (j.pk, j.q);
+            let x = &v[values.iter().position(|n| n == &s.input).expect("exposed")];
+            let (npos, hw) = sample_positions(s, x.shape())?;
+            let mut z = vec![0.0; s.p];
+            let mut rows: [Vec<usize>; 2] = [vec![], vec![]];
+            let mut zs: [Vec<f64>; 2] = [vec![], vec![]];
+            for n in 0..x.shape()[0] {
+                let which = is_val(row0 + n) as usize;
+                for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(j.k, row0 + n)) {
+                    if keys.get(at[i]) != Some(&(row0 + n, pos)) {
+                        bail!("{}: dense and masked runs sampled different rows", s.label);
+                    }
+                    site::input_row(s, x, n, pos, 0, hw, &mut z);
+                    zs[which].extend(j.feat.iter().map(|&f| z[f]));
+                    if j.has_bias {
+                        zs[which].push(1.0);
+                    }
+                    rows[which].push(at[i]);
+                    at[i] += 1;
+                }
+            }
+            let (fit, val) = &mut ne[i];
+            for (w, ne) in [(0usize, fit), (1, val)] {
+                let nr = rows[w].len();
+                let zm = Mat::from_fn(nr, pk, |a, b| zs[w][a * pk + b]);
+                let ym = Mat::from_fn(nr, q, |a, b| ys[rows[w][a] * q + b] as f64);
+                ne.add(zm.as_ref(), ym.as_ref());
+            }
         }
         Ok(())
     })
     .context("masked run")?;
-    if at != keys.len() {
-        bail!("{}: dense and masked runs sampled different rows", s.label);
+    for (i, j) in jobs.iter().enumerate() {
+        if at[i] != t[i].1.len() {
+            bail!("{}: dense and masked runs sampled different rows", j.s.label);
+        }
     }
-    drop(ys);
+    Ok(ne)
+}
+
+/// Choose among unchanged / bias / ridge on the held-apart rows and write the winner.
+fn solve(j: &Job, fit: Normal, val: Normal, masked: &mut ModelProto, pruned: &mut ModelProto) -> Result<LayerRecon> {
+    let Job { r, s, feat, outs, has_bias, pk, q, .. } = j;
+    let (has_bias, pk, q) = (*has_bias, *pk, *q);
     let judge = if val.rows > 0 { &val } else { &fit };
 
     // 3. Candidates.
