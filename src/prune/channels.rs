@@ -969,6 +969,9 @@ fn apply_edits(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work) -> Result<()
                     set_split(ctx, w, *node, &sizes)?;
                 }
             }
+            Edit::Select { node, axis, units, idx, slice } => {
+                select(ctx, an, plan, w, *node, *axis, units, idx, *slice)?
+            }
         }
     }
     for (_, (target, entries)) in per {
@@ -1005,6 +1008,53 @@ fn apply_edits(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work) -> Result<()
             }
         }
     }
+    Ok(())
+}
+
+/// Gather / stepped Slice on the channel axis: keep the selected positions whose unit is kept,
+/// renumbered in the pruned input. A stepped Slice becomes a Gather (kept positions are no longer
+/// evenly spaced); nothing changes when no selected or earlier position is removed.
+#[allow(clippy::too_many_arguments)]
+fn select(
+    ctx: &Ctx,
+    an: &Analysis,
+    plan: &Plan,
+    w: &mut Work,
+    node: usize,
+    axis: usize,
+    units: &[Option<Unit>],
+    idx: &[usize],
+    slice: bool,
+) -> Result<()> {
+    let keep: Vec<bool> = units.iter().map(|u| plan.keeps(an, *u)).collect();
+    let mut newpos = vec![0i64; keep.len()];
+    let mut k = 0;
+    for (p, &kp) in keep.iter().enumerate() {
+        newpos[p] = k;
+        k += kp as i64;
+    }
+    let new: Vec<i64> = idx.iter().filter(|&&p| keep[p]).map(|&p| newpos[p]).collect();
+    let old: Vec<i64> = idx.iter().map(|&p| p as i64).collect();
+    if new == old {
+        return Ok(());
+    }
+    if !slice {
+        return write_int_input(ctx, w, node, 1, &new, &[new.len() as i64]);
+    }
+    let n = &ctx.g.node[node];
+    let name = w.fresh(&format!("{}_indices", node_label(n)));
+    let mut t = TensorProto::new();
+    t.name = name.clone();
+    t.data_type = dt::INT64;
+    t.dims = vec![new.len() as i64];
+    t.int64_data = new;
+    w.add_initializer(t);
+    let data = n.input.first().cloned().context("Slice without data input")?;
+    let g = &mut w.g.node[node];
+    g.op_type = "Gather".into();
+    g.input = vec![data, name];
+    g.attribute.clear();
+    set_attr_i(g, "axis", axis as i64);
     Ok(())
 }
 

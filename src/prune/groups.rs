@@ -125,6 +125,10 @@ pub enum Edit {
     Count { target: IntTarget, index: usize, units: Vec<Option<Unit>> },
     /// Rewrite the sizes of a Split on the tracked axis.
     Split { node: usize, axis: usize, parts: Vec<Vec<Option<Unit>>> },
+    /// Positions `idx` of the tracked axis (`units`) are selected, in this order: a Gather's
+    /// constant indices (input 1) are rewritten to the kept ones; a stepped Slice (`slice`) becomes
+    /// a Gather with those indices, since the kept positions are no longer evenly spaced.
+    Select { node: usize, axis: usize, units: Vec<Option<Unit>>, idx: Vec<usize>, slice: bool },
 }
 
 /// A constant tensor, possibly seen through shape-only nodes (Identity, Reshape, Unsqueeze...).
@@ -635,5 +639,16 @@ mod tests {
         assert_eq!(reshape_dims(&[2, 3], &[0, 3], false), Some(vec![2, 3]));
         assert_eq!(reshape_dims(&[2, 3], &[4, -1], false), None);
         assert_eq!(unsqueeze_dims(&[3], &[0, -1]), Some(vec![1, 3, 1]));
+    }
+
+    #[test]
+    fn slice_positions_follow_onnx() {
+        use array::slice_positions as sp;
+        assert_eq!(sp(1, i64::MAX, 2, 8), vec![1, 3, 5, 7]);
+        assert_eq!(sp(0, 8, 3, 8), vec![0, 3, 6]);
+        assert_eq!(sp(-1, i64::MIN, -1, 4), vec![3, 2, 1, 0]);
+        assert_eq!(sp(6, 1, -2, 8), vec![6, 4, 2]);
+        assert_eq!(sp(-100, 100, 4, 6), vec![0, 4]);
+        assert_eq!(sp(5, 2, 1, 8), Vec::<usize>::new());
     }
 }

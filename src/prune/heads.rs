@@ -214,7 +214,15 @@ pub fn discover(model: &ModelProto) -> Result<Vec<GroupReport>> {
 
 fn make_ctx<'a>(model: &ModelProto, g: &'a GraphProto, ix: &'a GraphIndex) -> Ctx<'a> {
     let opset = default_opset(model);
-    let needs_probe = g.node.iter().any(|n| n.op_type == "Softmax" || n.op_type == "LogSoftmax");
+    // MatMul attention, and ONNX Attention in the 4-D form (no head-count attribute), follow the
+    // heads through shapes.
+    let needs_probe = g.node.iter().any(|n| {
+        n.op_type == "Softmax"
+            || n.op_type == "LogSoftmax"
+            || (n.op_type == "Attention"
+                && (n.domain.is_empty() || n.domain == "ai.onnx")
+                && crate::model::graph::attr_i(n, "q_num_heads").is_none())
+    });
     let (probes, probe_error) = if needs_probe {
         match (probe::probe(model, 0), probe::probe(model, 1)) {
             (Ok(a), Ok(b)) => (Some([a, b]), None),

@@ -156,8 +156,20 @@ impl Analyzer<'_, '_> {
             let clampi = |v: i64| (if v < 0 { v + c } else { v }).clamp(0, c) as usize;
             let (Some(&s0), Some(&e0)) = (starts.get(i), ends.get(i)) else { return };
             let (s, e) = (clampi(s0), clampi(e0));
-            if step != 1 || e <= s {
-                self.block(&x.units, &format!("{} (stepped or empty slice of the channel axis)", barrier_reason(n)));
+            if step != 1 {
+                // Stepped (or reversed): the kept positions are not evenly spaced any more, so the
+                // pruned model selects them with a Gather. Only a Slice of the channel axis alone.
+                let idx = slice_positions(s0, e0, step, x.units.len());
+                if idx.is_empty() || axes.len() != 1 {
+                    let r = format!("{} (empty slice, or a stepped slice of several axes)", barrier_reason(n));
+                    self.block(&x.units, &r);
+                    return;
+                }
+                self.select(ni, n, &x, idx, true);
+                return;
+            }
+            if e <= s {
+                self.block(&x.units, &format!("{} (empty slice of the channel axis)", barrier_reason(n)));
                 return;
             }
             let (ts, te) = if from_attrs {
@@ -172,6 +184,16 @@ impl Analyzer<'_, '_> {
             out.vals = x.vals[s..e].to_vec();
         }
         self.emit(ni, &n.output[0], out);
+    }
+
+    /// Positions `idx` of the channel axis, in order, become the output's channel axis (a Gather
+    /// with constant indices, or a stepped Slice).
+    fn select(&mut self, ni: usize, n: &NodeProto, x: &Track, idx: Vec<usize>, slice: bool) {
+        let units: Vec<Option<Unit>> = idx.iter().map(|&p| x.units[p]).collect();
+        let vals: Vec<Val> = idx.iter().map(|&p| x.vals[p]).collect();
+        self.st.edits.push(Edit::Select { node: ni, axis: x.axis, units: x.units.clone(), idx, slice });
+        self.touch(ni, &x.units);
+        self.emit(ni, &n.output[0], Track { units, vals, ..x.clone() });
     }
 
     pub(super) fn pad(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
@@ -585,7 +607,25 @@ impl Analyzer<'_, '_> {
                 let t = Track { axis, rank: x.rank + q - 1, ..x.clone() };
                 self.emit(ni, &n.output[0], t);
             }
-            _ => self.block(&x.units, &format!("{} (gathers along the channel axis)", barrier_reason(n))),
+            (Some(_), Some(1)) => {
+                // Constant 1-D indices on the channel axis: output position p is input position
+                // idx[p]; the rewrite keeps the kept ones and renumbers them.
+                let c = x.units.len() as i64;
+                let idx: Option<Vec<usize>> = inp(n, 1).and_then(|s| self.ctx.const_ints(s)).and_then(|v| {
+                    v.iter().map(|&i| (-c..c).contains(&i).then_some(if i < 0 { i + c } else { i } as usize)).collect()
+                });
+                match idx.filter(|i| !i.is_empty()) {
+                    Some(idx) => self.select(ni, n, &x, idx, false),
+                    None => self.block(
+                        &x.units,
+                        &format!(
+                            "{} (indices on the channel axis are not constant or out of range)",
+                            barrier_reason(n)
+                        ),
+                    ),
+                }
+            }
+            _ => self.block(&x.units, &format!("{} (gathers a single channel)", barrier_reason(n))),
         }
     }
 
@@ -615,4 +655,26 @@ impl Analyzer<'_, '_> {
             self.block(&x.units, &format!("{} (reads the channel count)", barrier_reason(n)));
         }
     }
+}
+
+/// The positions an ONNX Slice with (start, end, step ≠ 0) selects on an axis of `dim`.
+pub(super) fn slice_positions(start: i64, end: i64, step: i64, dim: usize) -> Vec<usize> {
+    let d = dim as i64;
+    let fix = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+    let (s, e) = (fix(start), fix(end));
+    let mut out = vec![];
+    if step > 0 {
+        let (mut p, e) = (s.clamp(0, d), e.clamp(0, d));
+        while p < e {
+            out.push(p as usize);
+            p = p.saturating_add(step);
+        }
+    } else if step < 0 {
+        let (mut p, e) = (s.clamp(0, d - 1), e.clamp(-1, d - 1));
+        while p > e {
+            out.push(p as usize);
+            p = p.saturating_add(step);
+        }
+    }
+    out
 }

@@ -119,21 +119,55 @@ impl Analyzer<'_, '_> {
         self.emit(ni, &n.output[0], t);
     }
 
+    /// ConvTranspose: weight [Cin, Cout/group, k...]. Group i maps inputs [i·Cin/g, (i+1)·Cin/g)
+    /// to outputs [i·Cout/g, (i+1)·Cout/g): keep-sets are uniform across groups (position j of every
+    /// group is one unit) on both sides, so `group` stays; with one input channel per group the
+    /// op is depthwise-like and its input and output channels are coupled (`group` shrinks).
     pub(super) fn conv_transpose(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let label = node_label(n);
         let (Some(w), b) = (inp(n, 1), inp(n, 2)) else { return };
         let group = attr_i(n, "group").unwrap_or(1);
         let wd = self.ctx.dims(w).map(|d| d.to_vec()).filter(|d| d.len() >= 3);
-        let Some(wd) = wd.filter(|_| group == 1 && b.is_none_or(|b| self.is_const(b))) else {
+        let ok = |wd: &Vec<usize>| {
+            group >= 1
+                && (group as u64) <= wd[0] as u64
+                && wd[0] % group as usize == 0
+                && b.is_none_or(|b| self.is_const(b) && self.ctx.dims(b).is_some_and(|d| d.len() == 1))
+        };
+        let Some(wd) = wd.filter(ok) else {
             if let Some(x) = &x {
-                self.block(&x.units, &format!("{} (grouped or non-constant ConvTranspose)", barrier_reason(n)));
+                self.block(&x.units, &format!("{} (non-constant weights or bad group)", barrier_reason(n)));
             }
             return;
         };
+        let group = group as usize;
+        let (cin, og) = (wd[0], wd[1]);
+        let cin_g = cin / group;
+        let cout = og * group;
         if let Some(x) = &x {
-            if x.axis != 1 || x.units.len() != wd[0] {
+            if x.axis != 1 || x.units.len() != cin || x.rank != wd.len() {
                 self.block(&x.units, &format!("{} (channel axis does not match the weight)", barrier_reason(n)));
+            } else if group > 1 && cin_g == 1 {
+                // Output o = c·m + j reads input c only.
+                let units: Vec<Option<Unit>> = x.units.iter().flat_map(|u| std::iter::repeat_n(*u, og)).collect();
+                self.slice(w, 0, &x.units, (ni, 1), Role::Producer);
+                if let Some(b) = b {
+                    self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
+                }
+                self.st.edits.push(Edit::Count {
+                    target: IntTarget::AttrInt(ni, "group".into()),
+                    index: 0,
+                    units: x.units.clone(),
+                });
+                self.st.sources.insert(ni, units.clone());
+                let t = Track { axis: 1, rank: x.rank, vals: vec![Val::Const(0.0); units.len()], units };
+                self.emit(ni, &n.output[0], t);
+                return;
             } else {
+                let r = format!("{} (grouped ConvTranspose with an untracked channel)", barrier_reason(n));
+                for p in cin_g..cin {
+                    self.join(x.units[p], x.units[p % cin_g], &r);
+                }
                 self.slice(w, 0, &x.units, (ni, 1), Role::Consumer);
                 let fold = Err(format!("ConvTranspose '{label}' (overlapping kernels)"));
                 self.st.consumers.push(Consumer {
@@ -145,14 +179,19 @@ impl Analyzer<'_, '_> {
                     fold,
                 });
             }
+        } else if group > 1 && cin_g == 1 {
+            return; // untracked depthwise-like input: output channels cannot shrink alone
         }
-        let units = self.new_layer(ni, wd[1]);
-        self.slice(w, 1, &units, (ni, 1), Role::Producer);
+        let units = self.new_layer(ni, cout);
+        for o in og..cout {
+            self.join(units[o], units[o % og], "");
+        }
+        self.slice(w, 1, &units[..og], (ni, 1), Role::Producer);
         if let Some(b) = b {
             self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
         }
         self.st.sources.insert(ni, units.clone());
-        let t = Track { axis: 1, rank: wd.len(), vals: vec![Val::Const(0.0); wd[1]], units };
+        let t = Track { axis: 1, rank: wd.len(), vals: vec![Val::Const(0.0); cout], units };
         self.emit(ni, &n.output[0], t);
     }
 

@@ -240,7 +240,11 @@ fn mask_shape(ctx: &Ctx, name: &str) -> Option<Vec<Option<i64>>> {
 /// ONNX Attention (opset 23) with 3-D Q/K/V from projections.
 fn onnx_attention(ctx: &Ctx, ni: usize) -> Result<Block> {
     let n = &ctx.g.node[ni];
-    let hq = positive_attr(n, "q_num_heads").context("4-D Q/K/V (no q_num_heads) are not supported")?;
+    if attr_i(n, "q_num_heads").is_none() && attr_i(n, "kv_num_heads").is_none() {
+        // 4-D Q/K/V: the heads are axis 1 of tensors reshaped from the projections.
+        return super::matmul::analyse_onnx_4d(ctx, ni);
+    }
+    let hq = positive_attr(n, "q_num_heads")?;
     let hkv = positive_attr(n, "kv_num_heads")?;
     if hq % hkv != 0 {
         bail!("q_num_heads {hq} is not a multiple of kv_num_heads {hkv}");

@@ -311,16 +311,37 @@ pub(crate) fn biased_projection(ctx: &Ctx, p: usize) -> Result<Option<Found>> {
 }
 
 fn analyse(ctx: &Ctx, score: usize, _softmax: usize, av: usize) -> Result<Block> {
+    let (sn, an) = (&ctx.g.node[score], &ctx.g.node[av]);
+    analyse_qkv(ctx, score, [&sn.input[0], &sn.input[1], &an.input[1]], "MatMul attention")
+}
+
+/// ONNX `Attention` (opset 23) in SDPA's 4-D form: Q/K/V are [B, heads, S, D] tensors made from
+/// the projections by Reshape + Transpose (no head-count attribute). The op takes the place of
+/// the scores and A·V MatMuls; the rest is the MatMul path (heads on axis 1).
+pub fn analyse_onnx_4d(ctx: &Ctx, ni: usize) -> Result<Block> {
+    let n = &ctx.g.node[ni];
+    if !arity_ok(n) || n.input.len() < 3 || n.input[..3].iter().any(|s| s.is_empty()) {
+        bail!("malformed Attention");
+    }
+    if ctx.probes.is_some() {
+        let (q, k) = (ctx.shape(0, &n.input[0])?, ctx.shape(0, &n.input[1])?);
+        if q.len() == 4 && k.len() == 4 && q[1] != k[1] {
+            bail!("grouped-query 4-D Attention is not supported ({} query heads over {} K/V heads)", q[1], k[1]);
+        }
+    }
+    analyse_qkv(ctx, ni, [&n.input[0], &n.input[1], &n.input[2]], "ONNX Attention (4-D)")
+}
+
+fn analyse_qkv(ctx: &Ctx, id_node: usize, qkv: [&String; 3], kind: &'static str) -> Result<Block> {
     if ctx.probes.is_none() {
         bail!("shape analysis unavailable: {}", ctx.probe_error.as_deref().unwrap_or("unknown reason"));
     }
-    let sn = &ctx.g.node[score];
-    let an = &ctx.g.node[av];
-    let fq = find_projection(ctx, &sn.input[0]).context("Q operand")?;
-    let fk = find_projection(ctx, &sn.input[1]).context("K operand")?;
-    let fv = find_projection(ctx, &an.input[1]).context("V operand")?;
-    let d = *ctx.shape(0, &sn.input[0])?.last().context("scalar Q")?;
-    let dv = *ctx.shape(0, &an.input[1])?.last().context("scalar V")?;
+    let sn = &ctx.g.node[id_node];
+    let fq = find_projection(ctx, qkv[0]).context("Q operand")?;
+    let fk = find_projection(ctx, qkv[1]).context("K operand")?;
+    let fv = find_projection(ctx, qkv[2]).context("V operand")?;
+    let d = *ctx.shape(0, qkv[0])?.last().context("scalar Q")?;
+    let dv = *ctx.shape(0, qkv[2])?.last().context("scalar V")?;
     let fused = fq.node == fk.node && fk.node == fv.node;
     let mut found = vec![fq.clone()];
     if !fused {
@@ -373,7 +394,7 @@ fn analyse(ctx: &Ctx, score: usize, _softmax: usize, av: usize) -> Result<Block>
     let members = nodes.iter().map(|&i| node_label(&ctx.g.node[i])).collect();
     let block = Block {
         id: node_label(sn),
-        kind: "MatMul attention",
+        kind,
         members,
         heads: h,
         kv_heads: h,
@@ -537,6 +558,7 @@ impl Flood {
             }
             "MatMul" | "Gemm" if tin.len() == 1 && tin[0].0 == 0 => self.output_projection(ctx, ni, tin[0].1)?,
             "MatMul" if tin.len() == 2 => self.attention_matmul(ctx, ni, tin[0].1, tin[1].1)?,
+            "Attention" => self.onnx_attention(ctx, ni, &tin)?,
             "Gather" => self.gather_part(ctx, ni, &tin)?,
             "Split" => self.split_parts(ctx, ni, &tin)?,
             "Slice" => self.slice_part(ctx, ni, &tin)?,
@@ -653,6 +675,51 @@ impl Flood {
             _ => bail!("unexpected MatMul of attention tensors"),
         };
         self.track(ctx, &n.output[0], Track { head, part: None, src })
+    }
+
+    /// ONNX Attention with 4-D Q, K, V (slots 0–2) carrying the heads on axis 1: scores and A·V
+    /// in one op. Only the plain form: no past/present state, no per-head mask, no qk output.
+    fn onnx_attention(&mut self, ctx: &Ctx, ni: usize, tin: &[(usize, Track)]) -> Result<()> {
+        let n = &ctx.g.node[ni];
+        if ["q_num_heads", "kv_num_heads"].iter().any(|a| attr_i(n, a).is_some()) {
+            bail!("3-D Attention on the MatMul path");
+        }
+        let slots: Vec<usize> = tin.iter().map(|(s, _)| *s).collect();
+        if slots != [0, 1, 2] || self.score.is_some() {
+            bail!("Attention whose Q, K and V are not the three projections");
+        }
+        let present = |s: usize| n.input.get(s).is_some_and(|i| !i.is_empty());
+        let used = |s: usize| {
+            n.output
+                .get(s)
+                .is_some_and(|o| !o.is_empty() && (!ctx.ix.consumers_of(o).is_empty() || ctx.ix.outputs.contains(o)))
+        };
+        if present(4) || present(5) || (1..4).any(used) || n.input.len() > 6 {
+            bail!("past/present key-value state or the qk output is used (per-head shapes)");
+        }
+        for (_, t) in tin {
+            if t.part.is_some() || t.head.axis != 1 || t.head.inner != 1 {
+                bail!("Q/K/V do not hold the heads on axis 1");
+            }
+        }
+        let head = tin[0].1.head;
+        if tin.iter().any(|(_, t)| t.head != head) {
+            bail!("Q, K and V have different head counts (grouped-query 4-D Attention is not supported)");
+        }
+        if present(3) {
+            Self::both(|p| {
+                let m = ctx.shape(p, &n.input[3])?;
+                if m.len() >= 3 && m[m.len() - 3] != 1 {
+                    bail!("attention mask '{}' varies per head", n.input[3]);
+                }
+                Ok(())
+            })?;
+            self.fixed(ctx, ni, &[0, 1, 2]);
+        }
+        self.score = Some(ni);
+        self.av = Some(ni);
+        self.roles = [Some(tin[0].1.src), Some(tin[1].1.src), Some(tin[2].1.src)];
+        self.track(ctx, &n.output[0], Track { head, part: None, src: Src::Context })
     }
 
     fn output_projection(&mut self, ctx: &Ctx, ni: usize, t: Track) -> Result<()> {

@@ -43,13 +43,66 @@ fn datum_type(elem: i32) -> Option<DatumType> {
 
 /// Run tract's analysis with probe `which` (0 or 1). Errors (and tract panics) become `Err`.
 pub fn probe(model: &ModelProto, which: usize) -> Result<Probe> {
-    let bytes = model.write_to_bytes().map_err(|e| anyhow!("encoding the model: {e}"))?;
-    let m = model.clone();
+    let m = shape_stand_ins(model);
+    let bytes = m.write_to_bytes().map_err(|e| anyhow!("encoding the model: {e}"))?;
     let run = std::panic::catch_unwind(move || probe_inner(&m, &bytes, which));
     match run {
         Ok(r) => r,
         Err(_) => bail!("tract panicked while analysing the model"),
     }
+}
+
+/// tract 0.23 has no ONNX `Attention`: for the analysis only, each 4-D one (heads on axis 1, no
+/// past state) is replaced by MatMul(Softmax(MatMul(Q, Kᵀ)), V), which has the same output shape
+/// [B, H, Sq, Dv] (K and V averaged over their heads first, so that grouped-query shapes broadcast).
+/// The values are never used, only the shapes.
+fn shape_stand_ins(model: &ModelProto) -> ModelProto {
+    use onnx_protobuf::NodeProto;
+    let mut m = model.clone();
+    let Some(g) = m.graph.as_mut() else { return m };
+    let is_4d = |n: &NodeProto| {
+        n.op_type == "Attention"
+            && (n.domain.is_empty() || n.domain == "ai.onnx")
+            && crate::model::graph::attr_i(n, "q_num_heads").is_none()
+            && n.input.len() >= 3
+            && n.input[..3].iter().all(|s| !s.is_empty())
+            && n.output.first().is_some_and(|o| !o.is_empty())
+    };
+    if !g.node.iter().any(is_4d) {
+        return m;
+    }
+    let mk = |op: &str, ins: Vec<String>, out: String| {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.input = ins;
+        n.output = vec![out];
+        n
+    };
+    let old = std::mem::take(&mut g.node);
+    for n in old {
+        if !is_4d(&n) {
+            g.node.push(n);
+            continue;
+        }
+        // K and V averaged over their heads broadcast against any query head count (GQA too).
+        let y = n.output[0].clone();
+        let name = |k: &str| format!("{y}__probe_{k}");
+        let mut axes = onnx_protobuf::TensorProto::new();
+        axes.name = name("axes");
+        axes.data_type = crate::model::tensor::dt::INT64;
+        axes.dims = vec![1];
+        axes.int64_data = vec![1];
+        g.initializer.push(axes);
+        g.node.push(mk("ReduceMean", vec![n.input[1].clone(), name("axes")], name("k")));
+        g.node.push(mk("ReduceMean", vec![n.input[2].clone(), name("axes")], name("v")));
+        let mut t = mk("Transpose", vec![name("k")], name("kt"));
+        crate::model::graph::set_attr_ints(&mut t, "perm", &[0, 1, 3, 2]);
+        g.node.push(t);
+        g.node.push(mk("MatMul", vec![n.input[0].clone(), name("kt")], name("s")));
+        g.node.push(mk("Softmax", vec![name("s")], name("p")));
+        g.node.push(mk("MatMul", vec![name("p"), name("v")], y));
+    }
+    m
 }
 
 fn probe_inner(model: &ModelProto, bytes: &[u8], which: usize) -> Result<Probe> {

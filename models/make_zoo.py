@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""The architecture zoo: one small random-weight model per hard case of issue 11.
+
+Random weights prove that a rewrite is *valid* (pruned == masked, onnxruntime runs it, the checker
+passes); the trained models next to this folder say whether it is *useful*. Every model has one
+float input `x` with a dynamic batch dimension and one output `y`; BatchNorm statistics and
+biases are random so that compensation bugs cannot hide behind zeros.
+
+Writes models/zoo/*.onnx and models/zoo/manifest.json (input shape per model).
+Deterministic: fixed seeds, TorchScript exporter. Usage: python3 models/make_zoo.py
+"""
+import json
+import os
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "zoo")
+OPSET = 17
+
+
+def randomise_bn(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            n = m.num_features
+            m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            m.weight.data.copy_(1.0 + 0.3 * torch.randn(n, generator=g))
+            m.bias.data.copy_(0.2 * torch.randn(n, generator=g))
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and m.bias is not None:
+            m.bias.data.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    return model
+
+
+def conv_bn(cin, cout, k=3, s=1, groups=1, act=nn.ReLU):
+    layers = [nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    if act is not None:
+        layers.append(act())
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------- PaddleOCR DB
+class SE(nn.Module):
+    """PaddleOCR's SE: AvgPool → 1x1 reduce → ReLU → 1x1 expand → HardSigmoid → Mul."""
+
+    def __init__(self, c, r=4):
+        super().__init__()
+        self.reduce = nn.Conv2d(c, c // r, 1)
+        self.expand = nn.Conv2d(c // r, c, 1)
+
+    def forward(self, x):
+        s = F.adaptive_avg_pool2d(x, 1)
+        s = self.expand(F.relu(self.reduce(s)))
+        return x * F.hardsigmoid(s)
+
+
+class MBv3Block(nn.Module):
+    def __init__(self, cin, exp, cout, k, s, se):
+        super().__init__()
+        self.expand = conv_bn(cin, exp, 1, act=nn.Hardswish)
+        self.dw = conv_bn(exp, exp, k, s, groups=exp, act=nn.Hardswish)
+        self.se = SE(exp) if se else nn.Identity()
+        self.project = conv_bn(exp, cout, 1, act=None)
+        self.res = s == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.project(self.se(self.dw(self.expand(x))))
+        return x + y if self.res else y
+
+
+class DBNet(nn.Module):
+    """MobileNetV3 backbone → FPN (1x1 in-convs, nearest Resize + Add, 3x3 out-convs, upsample,
+    Concat) → DB head (Conv-BN-ReLU, ConvTranspose-BN-ReLU, ConvTranspose, Sigmoid)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv_bn(3, 16, 3, 2, act=nn.Hardswish)
+        self.s1 = nn.Sequential(MBv3Block(16, 32, 16, 3, 1, False), MBv3Block(16, 48, 24, 3, 2, False))
+        self.s2 = nn.Sequential(MBv3Block(24, 72, 32, 5, 2, True), MBv3Block(32, 96, 32, 5, 1, True))
+        self.s3 = nn.Sequential(MBv3Block(32, 120, 48, 3, 2, True), MBv3Block(48, 144, 48, 3, 1, True))
+        self.ins = nn.ModuleList([nn.Conv2d(c, 32, 1, bias=False) for c in (24, 32, 48)])
+        self.outs = nn.ModuleList([nn.Conv2d(32, 8, 3, padding=1, bias=False) for _ in range(3)])
+        self.head = nn.Sequential(
+            conv_bn(24, 8, 3),
+            nn.ConvTranspose2d(8, 8, 2, 2),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.ConvTranspose2d(8, 1, 2, 2),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        c2 = self.s1(self.stem(x))
+        c3 = self.s2(c2)
+        c4 = self.s3(c3)
+        i2, i3, i4 = (f(c) for f, c in zip(self.ins, (c2, c3, c4)))
+        o3 = i3 + F.interpolate(i4, scale_factor=2.0, mode="nearest")
+        o2 = i2 + F.interpolate(o3, scale_factor=2.0, mode="nearest")
+        p4 = F.interpolate(self.outs[2](i4), scale_factor=4.0, mode="nearest")
+        p3 = F.interpolate(self.outs[1](o3), scale_factor=2.0, mode="nearest")
+        p2 = self.outs[0](o2)
+        return self.head(torch.cat([p4, p3, p2], dim=1))
+
+
+# --------------------------------------------------------------------------- ShuffleNet V2
+def shuffle(x, g=2):
+    b, c, h, w = x.shape
+    return x.view(b, g, c // g, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(conv_bn(cin, cin, 3, stride, groups=cin, act=None), conv_bn(cin, half, 1))
+        bin_ = cin if stride > 1 else half
+        self.branch2 = nn.Sequential(
+            conv_bn(bin_, half, 1), conv_bn(half, half, 3, stride, groups=half, act=None), conv_bn(half, half, 1)
+        )
+
+    def forward(self, x):
+        if self.stride == 1:
+            a, b = x.chunk(2, dim=1)
+            out = torch.cat([a, self.branch2(b)], dim=1)
+        else:
+            out = torch.cat([self.branch1(x), self.branch2(x)], dim=1)
+        return shuffle(out)
+
+
+class ShuffleNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = conv_bn(3, 24, 3, 2)
+        self.units = nn.Sequential(ShuffleUnit(24, 48, 2), ShuffleUnit(48, 48, 1), ShuffleUnit(48, 96, 2))
+        self.last = conv_bn(96, 128, 1)
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x):
+        y = self.last(self.units(self.stem(x)))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+# --------------------------------------------------------------------------- recurrent
+class RNNNet(nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        self.rnn = cell(12, 32, batch_first=True)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.fc(y[:, -1])
+
+
+# --------------------------------------------------------------------------- transformer (LN residual)
+class Block(nn.Module):
+    def __init__(self, d, h, ff):
+        super().__init__()
+        self.h, self.dh = h, d // h
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ff1, self.ff2 = nn.Linear(d, ff), nn.Linear(ff, d)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        y = self.ln1(x)
+        q, k, v = (f(y).view(b, s, self.h, self.dh).transpose(1, 2) for f in (self.q, self.k, self.v))
+        a = torch.softmax(q @ k.transpose(-1, -2) / self.dh**0.5, dim=-1) @ v
+        x = x + self.o(a.transpose(1, 2).reshape(b, s, d))
+        return x + self.ff2(F.gelu(self.ff1(self.ln2(x))))
+
+
+class LNTransformer(nn.Module):
+    """Token embedding (Gather) + learned positions → 2 pre-LN blocks → LN → mean → Linear."""
+
+    def __init__(self, vocab=50, d=32, h=4, ff=64, seq=8):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(0.1 * torch.randn(1, seq, d))
+        self.blocks = nn.Sequential(Block(d, h, ff), Block(d, h, ff))
+        self.ln = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 10)
+
+    def forward(self, x):
+        y = self.emb(x) + self.pos
+        return self.fc(self.ln(self.blocks(y)).mean(dim=1))
+
+
+# --------------------------------------------------------------------------- computed reshape
+class PatchNet(nn.Module):
+    """CNN stem → patch Conv (stride 4) → x.reshape(x.shape[0], x.shape[1], -1) (a target built by
+    Shape → Gather → Concat) → transpose → Linear on the channel axis → mean → Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv_bn(3, 16, 3)
+        self.patch = nn.Conv2d(16, 24, 4, 4)
+        self.mlp = nn.Linear(24, 32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        p = self.patch(self.stem(x))
+        t = p.reshape(p.shape[0], p.shape[1], -1).transpose(1, 2)
+        return self.fc(F.relu(self.mlp(t)).mean(dim=1))
+
+
+# --------------------------------------------------------------------------- Gather / stepped Slice
+class GatherSlice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = conv_bn(3, 16, 3)
+        self.register_buffer("idx", torch.tensor([3, 0, 5, 7, 1, 2, 9, 8, 15, 14, 4, 6], dtype=torch.long))
+        self.c2 = conv_bn(12, 16, 3)
+        self.c3 = conv_bn(8, 16, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = self.c1(x)
+        y = self.c2(torch.index_select(y, 1, self.idx))  # Gather on the channel axis
+        y = self.c3(y[:, 1::2])  # stepped Slice on the channel axis
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+# --------------------------------------------------------------------------- grouped ConvTranspose
+class GroupedDeconv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = conv_bn(3, 16, 3, 2)
+        self.up = nn.ConvTranspose2d(16, 16, 2, 2, groups=4)
+        self.bn = nn.BatchNorm2d(16)
+        self.dw = nn.ConvTranspose2d(16, 32, 2, 2, groups=16)  # depthwise-like, multiplier 2
+        self.c2 = conv_bn(32, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.dw(F.relu(self.bn(self.up(self.c1(x)))))
+        return self.fc(self.c2(y).mean(dim=(2, 3)))
+
+
+# --------------------------------------------------------------------------- QDQ
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = conv_bn(3, 16, 3), conv_bn(16, 32, 3, 2), conv_bn(32, 32, 3)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        y = self.c3(self.c2(self.c1(x)))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def export(model, x, name, opset=OPSET):
+    model.eval()
+    path = os.path.join(OUT, name + ".onnx")
+    torch.onnx.export(
+        model, (x,), path, dynamo=False, opset_version=opset, input_names=["x"], output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+    )
+    m = onnx.load(path)
+    onnx.save(m, path)  # normalise: no doc strings from the exporter
+    return path, list(x.shape)
+
+
+def attention_4d(path):
+    """Two layers of ONNX Attention (opset 23) in SDPA's 4-D form: Q/K/V [B, heads, S, dh] made
+    by Reshape + Transpose; layer 1 grouped-query (4 query heads over 2 KV heads)."""
+    rng = np.random.default_rng(23)
+    d, h, dh, s = 32, 4, 8, 6
+    nodes, inits = [], []
+
+    def w(name, shape, scale=0.2):
+        inits.append(numpy_helper.from_array((scale * rng.standard_normal(shape)).astype(np.float32), name))
+        return name
+
+    def ints(name, v):
+        inits.append(numpy_helper.from_array(np.array(v, dtype=np.int64), name))
+        return name
+
+    x = "x"
+    for layer, kvh in enumerate((4, 2)):
+        p = f"l{layer}"
+        heads = {}
+        for t, nh in (("q", h), ("k", kvh), ("v", kvh)):
+            nodes.append(helper.make_node("MatMul", [x, w(f"{p}.{t}.w", [d, nh * dh])], [f"{p}.{t}.mm"]))
+            nodes.append(helper.make_node("Add", [f"{p}.{t}.mm", w(f"{p}.{t}.b", [nh * dh], 0.1)], [f"{p}.{t}.lin"]))
+            nodes.append(helper.make_node("Reshape", [f"{p}.{t}.lin", ints(f"{p}.{t}.shape", [0, 0, nh, dh])], [f"{p}.{t}.r"]))
+            nodes.append(helper.make_node("Transpose", [f"{p}.{t}.r"], [f"{p}.{t}.4d"], perm=[0, 2, 1, 3]))
+            heads[t] = f"{p}.{t}.4d"
+        nodes.append(helper.make_node("Attention", [heads["q"], heads["k"], heads["v"]], [f"{p}.att"], name=f"{p}.attention"))
+        nodes.append(helper.make_node("Transpose", [f"{p}.att"], [f"{p}.att.t"], perm=[0, 2, 1, 3]))
+        nodes.append(helper.make_node("Reshape", [f"{p}.att.t", ints(f"{p}.att.shape", [0, 0, d])], [f"{p}.att.r"]))
+        nodes.append(helper.make_node("MatMul", [f"{p}.att.r", w(f"{p}.o.w", [d, d])], [f"{p}.o.mm"]))
+        nodes.append(helper.make_node("Add", [f"{p}.o.mm", w(f"{p}.o.b", [d], 0.1)], [f"{p}.o"]))
+        nodes.append(helper.make_node("Add", [x, f"{p}.o"], [f"{p}.out"]))
+        x = f"{p}.out"
+    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    g = helper.make_graph(
+        nodes, "attention_4d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", s, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", s, d])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], producer_name="onnx-emp make_zoo")
+    m.ir_version = 10
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, path)
+    return [2, s, d]
+
+
+def qdq(src, path, shape):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(5)
+            self.data = iter([{"x": rng.standard_normal([1] + shape[1:]).astype(np.float32)} for _ in range(16)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantize_static(
+        src, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+    )
+    m = onnx.load(path)
+    onnx.save(m, path)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    torch.manual_seed(0)
+    img = torch.randn(2, 3, 32, 32)
+    manifest = {}
+
+    def add(name, model, x, seed, opset=OPSET):
+        torch.manual_seed(seed)
+        model = randomise_bn(model(), seed)
+        _, shape = export(model, x, name, opset)
+        manifest[name] = {"x": shape}
+
+    add("zoo_db_detector", DBNet, img, 1)
+    add("zoo_shufflenet", ShuffleNet, img, 2)
+    add("zoo_lstm", lambda: RNNNet(nn.LSTM), torch.randn(2, 8, 12), 3)
+    add("zoo_gru", lambda: RNNNet(nn.GRU), torch.randn(2, 8, 12), 4)
+    tok = torch.randint(0, 50, (2, 8))
+    torch.manual_seed(5)
+    export(LNTransformer().eval(), tok, "zoo_layernorm_transformer")
+    manifest["zoo_layernorm_transformer"] = {"x": [2, 8], "dtype": "int64", "high": 50}
+    add("zoo_patch_reshape", PatchNet, img, 6)
+    add("zoo_gather_slice", GatherSlice, img, 7)
+    add("zoo_grouped_convtranspose", GroupedDeconv, img, 8)
+    add("zoo_cnn_fp32", SmallCNN, img, 9)
+    qdq(os.path.join(OUT, "zoo_cnn_fp32.onnx"), os.path.join(OUT, "zoo_qdq.onnx"), [2, 3, 32, 32])
+    manifest["zoo_qdq"] = {"x": [2, 3, 32, 32]}
+    os.remove(os.path.join(OUT, "zoo_cnn_fp32.onnx"))
+    del manifest["zoo_cnn_fp32"]
+    manifest["zoo_attention_4d"] = {"x": attention_4d(os.path.join(OUT, "zoo_attention_4d.onnx"))}
+    for name in manifest:
+        onnx.checker.check_model(onnx.load(os.path.join(OUT, name + ".onnx")), full_check=True)
+    with open(os.path.join(OUT, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print("\n".join(f"{k}: {v}" for k, v in sorted(manifest.items())))
+
+
+if __name__ == "__main__":
+    main()
