@@ -315,6 +315,46 @@ def attention_4d(path):
     return [2, s, d]
 
 
+def ms_fused_ffn(path):
+    """Two FFN blocks as onnxruntime's transformer optimizer writes them: MatMul → com.microsoft
+    BiasGelu (block 0) / FastGelu with bias (block 1) → MatMul → SkipLayerNormalization (residual,
+    LayerNorm and the second bias fused)."""
+    rng = np.random.default_rng(31)
+    d, ff, s = 32, 64, 6
+    inits = []
+
+    def w(name, shape, scale=0.2, offset=0.0):
+        inits.append(numpy_helper.from_array((offset + scale * rng.standard_normal(shape)).astype(np.float32), name))
+        return name
+
+    nodes, x = [], "x"
+    for b, act in enumerate(("BiasGelu", "FastGelu")):
+        p = f"ffn{b}"
+        nodes.append(helper.make_node("MatMul", [x, w(f"{p}.w1", [d, ff])], [f"{p}.h"], name=f"{p}.up"))
+        nodes.append(helper.make_node(act, [f"{p}.h", w(f"{p}.b1", [ff], 0.3)], [f"{p}.g"], name=f"{p}.act", domain="com.microsoft"))
+        nodes.append(helper.make_node("MatMul", [f"{p}.g", w(f"{p}.w2", [ff, d])], [f"{p}.z"], name=f"{p}.down"))
+        nodes.append(helper.make_node(
+            "SkipLayerNormalization",
+            [f"{p}.z", x, w(f"{p}.gamma", [d], 0.1, 1.0), w(f"{p}.beta", [d], 0.1), w(f"{p}.b2", [d], 0.1)],
+            [f"{p}.out"], name=f"{p}.skipln", domain="com.microsoft", epsilon=1e-5,
+        ))
+        x = f"{p}.out"
+    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    g = helper.make_graph(
+        nodes, "ms_fused_ffn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", s, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", s, d])],
+        inits,
+    )
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="onnx-emp make_zoo",
+    )
+    m.ir_version = 8
+    onnx.save(m, path)
+    return [2, s, d]
+
+
 def qdq(src, path, shape):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -363,6 +403,7 @@ def main():
     os.remove(os.path.join(OUT, "zoo_cnn_fp32.onnx"))
     del manifest["zoo_cnn_fp32"]
     manifest["zoo_attention_4d"] = {"x": attention_4d(os.path.join(OUT, "zoo_attention_4d.onnx"))}
+    manifest["zoo_ms_fused_ffn"] = {"x": ms_fused_ffn(os.path.join(OUT, "zoo_ms_fused_ffn.onnx"))}
     for name in manifest:
         onnx.checker.check_model(onnx.load(os.path.join(OUT, name + ".onnx")), full_check=True)
     with open(os.path.join(OUT, "manifest.json"), "w") as f:

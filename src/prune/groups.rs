@@ -419,6 +419,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             Kind::AlongAxis => self.along_axis(ni, n, x),
             Kind::LayerNorm => self.layer_norm(ni, n, x),
             Kind::Shape => self.shape(n, x),
+            Kind::BiasAct(f) => self.bias_act(ni, n, x, f),
         }
     }
 
@@ -459,6 +460,38 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             return;
         }
         let vals = x.vals.iter().map(|v| map_val(*v, |k| f(n, &scalars, k))).collect();
+        self.pass(ni, n, &x, vals);
+    }
+
+    /// act(x + bias): the optional bias (input 1) is a constant vector on the last axis, sliced
+    /// with the channels when the channels are that axis.
+    fn bias_act(&mut self, ni: usize, n: &NodeProto, x: Option<Track>, f: rules::BiasActFn) {
+        let Some(x) = x else { return };
+        if n.input.iter().skip(2).any(|s| !s.is_empty()) || !self.extra_outputs_unused(n, &x) {
+            self.block(&x.units, &format!("{} (extra inputs or outputs)", barrier_reason(n)));
+            return;
+        }
+        let c = x.units.len();
+        let bias = match inp(n, 1) {
+            None => vec![0.0; c],
+            Some(b) => {
+                let d = self.ctx.dims(b).map(|d| d.to_vec());
+                let vals = self.ctx.const_vals(b);
+                match (d, vals) {
+                    (Some(d), Some(v)) if d == [c] && x.axis + 1 == x.rank => {
+                        self.slice(b, 0, &x.units, (ni, 1), Role::Param);
+                        v
+                    }
+                    (Some(d), Some(v)) if d.iter().product::<usize>() == 1 && x.axis + 1 != x.rank => vec![v[0]; c],
+                    _ => {
+                        let r = format!("{} (bias is not a constant on the channel axis)", barrier_reason(n));
+                        self.block(&x.units, &r);
+                        return;
+                    }
+                }
+            }
+        };
+        let vals = x.vals.iter().zip(&bias).map(|(v, b)| map_val(*v, |k| Some(f(n, k + b)))).collect();
         self.pass(ni, n, &x, vals);
     }
 

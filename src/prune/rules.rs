@@ -16,6 +16,8 @@ use onnx_protobuf::NodeProto;
 pub type UnaryFn = fn(&NodeProto, &[Option<f64>], f64) -> Option<f64>;
 /// Evaluate a broadcasting element-wise op on two constants (n-ary ops fold left).
 pub type BinaryFn = fn(f64, f64) -> Option<f64>;
+/// Evaluate act(x + bias) for an activation with an optional fused bias.
+pub type BiasActFn = fn(&NodeProto, f64) -> f64;
 
 /// How an op carries the channel axis.
 #[derive(Clone, Copy)]
@@ -53,6 +55,9 @@ pub enum Kind {
     LayerNorm,
     /// Shape: a barrier unless the channel axis is outside [start, end).
     Shape,
+    /// y = act(x + bias) with an optional constant per-channel bias (input 1) on the last axis:
+    /// onnxruntime's fused activations (com.microsoft BiasGelu, FastGelu, ...).
+    BiasAct(BiasActFn),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -181,12 +186,26 @@ pub const TABLE: &[(&str, Kind)] = &[
     ("Shape", Kind::Shape),
 ];
 
-/// The rule for a node, `None` for a barrier (unknown op or non-default domain).
+/// onnxruntime's contrib ops (domain `com.microsoft`) as its transformer optimizer emits them.
+/// SkipLayerNormalization / EmbedLayerNormalization normalise the hidden axis: barriers, like
+/// LayerNormalization on the channel axis, so they are absent.
+pub const MS_TABLE: &[(&str, Kind)] = &[
+    // BiasGelu(x, bias) = Gelu(x + bias), erf form.
+    ("BiasGelu", Kind::BiasAct(|_, x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)))),
+    // FastGelu(x[, bias]): the tanh approximation.
+    ("FastGelu", Kind::BiasAct(|_, x| gelu_tanh(x))),
+    ("Gelu", Kind::BiasAct(|_, x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)))),
+    ("QuickGelu", Kind::BiasAct(|n, x| x * sigmoid(f(n, "alpha", 1.702) * x))),
+];
+
+/// The rule for a node, `None` for a barrier (unknown op or unknown domain).
 pub fn lookup(n: &NodeProto) -> Option<Kind> {
-    if !(n.domain.is_empty() || n.domain == "ai.onnx") {
-        return None;
-    }
-    TABLE.iter().find(|(op, _)| *op == n.op_type).map(|(_, k)| *k)
+    let table = match n.domain.as_str() {
+        "" | "ai.onnx" => TABLE,
+        "com.microsoft" => MS_TABLE,
+        _ => return None,
+    };
+    table.iter().find(|(op, _)| *op == n.op_type).map(|(_, k)| *k)
 }
 
 fn f(n: &NodeProto, name: &str, default: f64) -> f64 {
@@ -209,10 +228,14 @@ fn hard_sigmoid(n: &NodeProto, x: f64) -> f64 {
     (f(n, "alpha", 0.2) * x + f(n, "beta", 0.5)).clamp(0.0, 1.0)
 }
 
+fn gelu_tanh(x: f64) -> f64 {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+}
+
 fn gelu(n: &NodeProto, x: f64) -> f64 {
     if attr_s(n, "approximate").as_deref() == Some("tanh") {
-        let c = (2.0 / std::f64::consts::PI).sqrt();
-        0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+        gelu_tanh(x)
     } else {
         0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
     }
@@ -300,6 +323,11 @@ mod tests {
 
     #[test]
     fn table_has_no_duplicates() {
+        let mut ms: Vec<_> = MS_TABLE.iter().map(|(n, _)| *n).collect();
+        ms.sort();
+        let l = ms.len();
+        ms.dedup();
+        assert_eq!(l, ms.len());
         let mut names: Vec<_> = TABLE.iter().map(|(n, _)| *n).collect();
         names.sort();
         let len = names.len();

@@ -201,7 +201,25 @@ impl<'a> Ctx<'a> {
         for &ni in &self.order.clone() {
             let n = &self.g.node[ni];
             let r0 = inp(n, 0).and_then(|s| self.rank(s));
+            let ms = n.domain == "com.microsoft";
             let out: Option<usize> = match n.op_type.as_str() {
+                // onnxruntime's transformer-optimizer ops: output 0 has the rank of input 0.
+                "SkipLayerNormalization"
+                | "SkipSimplifiedLayerNormalization"
+                | "SimplifiedLayerNormalization"
+                | "BiasGelu"
+                | "FastGelu"
+                | "Gelu"
+                | "QuickGelu"
+                | "BiasAdd"
+                | "Attention"
+                | "MultiHeadAttention"
+                    if ms =>
+                {
+                    r0
+                }
+                "EmbedLayerNormalization" if ms => Some(3),
+                _ if ms => None,
                 "Constant" => n.output.first().and_then(|o| self.consts.get(o)).map(|c| c.dims.len()),
                 "Gemm" | "Flatten" => Some(2),
                 "Shape" => {

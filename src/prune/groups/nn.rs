@@ -261,6 +261,14 @@ impl Analyzer<'_, '_> {
         }
         let (ci, slot) = cons[0];
         let a = &self.ctx.g.node[ci];
+        // onnxruntime's SkipLayerNormalization adds input + skip + bias (input 4) before normalising:
+        // its bias is the MatMul's bias.
+        let skip_ln = matches!(a.op_type.as_str(), "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization");
+        if a.domain == "com.microsoft" && skip_ln && slot <= 1 {
+            let b = inp(a, 4)?;
+            let ok = self.ctx.dims(b) == Some(&[nout][..]) && self.ctx.ix.consumers_of(b).len() == 1;
+            return (ok && self.is_const(b)).then_some((ci, 4));
+        }
         if a.op_type != "Add" || a.input.len() != 2 || !a.domain.is_empty() {
             return None;
         }
