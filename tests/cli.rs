@@ -263,15 +263,10 @@ fn structured_channels_every_model() {
         assert_exact(&r);
         let p = &r["params"];
         let prunable = r["groups"].as_array().unwrap().iter().filter(|g| g["blocked"].is_null()).count();
-        if *m != "digits_lstm" {
-            assert!(prunable > 0, "{m}: no prunable group");
-            assert!(p["after"].as_u64() < p["before"].as_u64(), "{m}: params not reduced");
-            assert!(r["macs_after"].as_u64() < r["macs_before"].as_u64(), "{m}: MACs not reduced");
-        } else {
-            // LSTM hidden units are not a channel group; its classifier feeds the graph output.
-            assert_eq!(prunable, 0);
-            assert_eq!(p["after"], p["before"]);
-        }
+        // Every model has a prunable group (the LSTM's hidden units since this release).
+        assert!(prunable > 0, "{m}: no prunable group");
+        assert!(p["after"].as_u64() < p["before"].as_u64(), "{m}: params not reduced");
+        assert!(r["macs_after"].as_u64() < r["macs_before"].as_u64(), "{m}: MACs not reduced");
         let (_, b) = accuracy(&r);
         assert!(b > 0.5, "{m}: accuracy after {b}");
     }

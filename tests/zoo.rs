@@ -32,6 +32,8 @@ const ZOO: &[(&str, Expect)] = &[
     ("zoo_db_detector", Expect::Channels(&["Resize", "ConvTranspose", "HardSigmoid", "Concat"])),
     ("zoo_gather_slice", Expect::Channels(&["Gather", "Slice"])),
     ("zoo_grouped_convtranspose", Expect::Channels(&["ConvTranspose"])),
+    ("zoo_lstm", Expect::Channels(&["LSTM"])),
+    ("zoo_gru", Expect::Channels(&["GRU"])),
     ("zoo_ms_fused_ffn", Expect::Channels(&["com.microsoft:BiasGelu", "com.microsoft:FastGelu"])),
     ("zoo_patch_reshape", Expect::Channels(&["Reshape", "Shape", "Concat"])),
 ];

@@ -578,7 +578,8 @@ fn report(
             members.insert(*ni);
         }
     }
-    let hidden = g.sources.iter().all(|&s| matches!(ctx.g.node[s].op_type.as_str(), "MatMul" | "Gemm"));
+    let hidden =
+        g.sources.iter().all(|&s| matches!(ctx.g.node[s].op_type.as_str(), "MatMul" | "Gemm" | "LSTM" | "GRU" | "RNN"));
     let blocked = match g.blocked.len() {
         0 => None,
         1..=3 => Some(g.blocked.join("; ")),

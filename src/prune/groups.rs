@@ -18,7 +18,7 @@
 //! Files: this one holds the result types, the union-find, the analyzer's core (tracking,
 //! blocking, the per-node dispatch, element-wise rules) and the final grouping; `ctx` the graph
 //! facts the rules read; `nn` the linear and normalisation ops (Conv, Gemm, MatMul, BatchNorm,
-//! pooling, ...); `array` the array ops (Concat, Split, Slice, Reshape and shape plumbing, ...).
+//! pooling, ...); `rnn` LSTM / GRU / RNN hidden units; `array` the array ops (Concat, Split, Slice, Reshape and shape plumbing, ...).
 
 use super::rules::{self, Kind, PoolKind, ReduceKind};
 use crate::model::graph::{attr, attr_f, attr_i, attr_ints, attr_s, is_const, node_label, GraphIndex};
@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 mod array;
 mod ctx;
 mod nn;
+mod rnn;
 
 pub use ctx::*;
 
@@ -420,6 +421,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             Kind::LayerNorm => self.layer_norm(ni, n, x),
             Kind::Shape => self.shape(n, x),
             Kind::BiasAct(f) => self.bias_act(ni, n, x, f),
+            Kind::Recurrent(g) => self.recurrent(ni, n, x, g),
         }
     }
 

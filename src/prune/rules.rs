@@ -58,6 +58,8 @@ pub enum Kind {
     /// y = act(x + bias) with an optional constant per-channel bias (input 1) on the last axis:
     /// onnxruntime's fused activations (com.microsoft BiasGelu, FastGelu, ...).
     BiasAct(BiasActFn),
+    /// LSTM / GRU / RNN with this many gates: hidden units are sources (see `groups/rnn.rs`).
+    Recurrent(usize),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -184,6 +186,9 @@ pub const TABLE: &[(&str, Kind)] = &[
     ("Hardmax", Kind::AlongAxis),
     ("LayerNormalization", Kind::LayerNorm),
     ("Shape", Kind::Shape),
+    ("LSTM", Kind::Recurrent(4)),
+    ("GRU", Kind::Recurrent(3)),
+    ("RNN", Kind::Recurrent(1)),
 ];
 
 /// onnxruntime's contrib ops (domain `com.microsoft`) as its transformer optimizer emits them.
