@@ -257,16 +257,41 @@ class SmallCNN(nn.Module):
         return self.fc(y.mean(dim=(2, 3)))
 
 
-def export(model, x, name, opset=OPSET):
+def export(model, x, name, opset=OPSET, fold=True):
     model.eval()
     path = os.path.join(OUT, name + ".onnx")
     torch.onnx.export(
-        model, (x,), path, dynamo=False, opset_version=opset, input_names=["x"], output_names=["y"],
-        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        model, (x,), path, dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False,
+        opset_version=opset, input_names=["x"], output_names=["y"], do_constant_folding=fold,
     )
     m = onnx.load(path)
     onnx.save(m, path)  # normalise: no doc strings from the exporter
     return path, list(x.shape)
+
+
+def paddle_style(path):
+    """Rewrite an export the way paddle2onnx writes PaddleOCR models: every Conv / ConvTranspose
+    bias becomes Add(y, Reshape(bias, [1, -1, 1, 1])) with the shape in a Constant node
+    (BatchNormalization stays unfused, HardSwish is x · HardSigmoid(x), Resize reads Concat-built
+    scales: opset 11 without constant folding already gives those)."""
+    m = onnx.load(path)
+    g = m.graph
+    nodes = []
+    for k, n in enumerate(list(g.node)):
+        nodes.append(n)
+        if n.op_type not in ("Conv", "ConvTranspose") or len(n.input) < 3 or not n.input[2]:
+            continue
+        b = n.input[2]
+        del n.input[2]
+        out = n.output[0]
+        n.output[0] = f"{out}_nobias"
+        shape = numpy_helper.from_array(np.array([1, -1, 1, 1], dtype=np.int64))
+        nodes.append(helper.make_node("Constant", [], [f"bias_shape_{k}"], value=shape))
+        nodes.append(helper.make_node("Reshape", [b, f"bias_shape_{k}"], [f"bias_{k}"]))
+        nodes.append(helper.make_node("Add", [f"{out}_nobias", f"bias_{k}"], [out]))
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.save(m, path)
 
 
 def attention_4d(path):
@@ -380,13 +405,15 @@ def main():
     img = torch.randn(2, 3, 32, 32)
     manifest = {}
 
-    def add(name, model, x, seed, opset=OPSET):
+    def add(name, model, x, seed, opset=OPSET, fold=True):
         torch.manual_seed(seed)
         model = randomise_bn(model(), seed)
-        _, shape = export(model, x, name, opset)
+        _, shape = export(model, x, name, opset, fold)
         manifest[name] = {"x": shape}
 
-    add("zoo_db_detector", DBNet, img, 1)
+    # PaddleOCR's DB detector as paddle2onnx exports it (opset 11, BN unfused, bias Adds).
+    add("zoo_db_detector", DBNet, img, 1, opset=11, fold=False)
+    paddle_style(os.path.join(OUT, "zoo_db_detector.onnx"))
     add("zoo_shufflenet", ShuffleNet, img, 2)
     add("zoo_lstm", lambda: RNNNet(nn.LSTM), torch.randn(2, 8, 12), 3)
     add("zoo_gru", lambda: RNNNet(nn.GRU), torch.randn(2, 8, 12), 4)

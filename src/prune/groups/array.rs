@@ -248,7 +248,7 @@ impl Analyzer<'_, '_> {
         };
         let scales = attr(n, "scales")
             .map(|a| a.floats.iter().map(|&v| v as f64).collect::<Vec<_>>())
-            .or_else(|| inp(n, scales_slot).and_then(|s| self.ctx.const_vals(s)));
+            .or_else(|| inp(n, scales_slot).and_then(|s| self.ctx.folded_vals(s)));
         let sizes_name = sizes_slot.and_then(|s| inp(n, s));
         let ok = if let Some(sz) = sizes_name {
             let v = self.ctx.const_ints(sz);

@@ -104,6 +104,27 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Values of a constant, or of a Concat (axis 0) of 1-D constants (exporters build Resize
+    /// scales that way: Concat([1, 1], [2, 2])). Read-only: such a value cannot be edited.
+    pub fn folded_vals(&self, name: &str) -> Option<Vec<f64>> {
+        if let Some(v) = self.const_vals(name) {
+            return Some(v);
+        }
+        let &p = self.ix.producer.get(name)?;
+        let n = &self.g.node[p];
+        if n.op_type != "Concat" || !n.domain.is_empty() || attr_i(n, "axis").is_some_and(|a| a != 0 && a != -1) {
+            return None;
+        }
+        let mut out = vec![];
+        for i in &n.input {
+            if self.dims(i)?.len() != 1 {
+                return None;
+            }
+            out.extend(self.const_vals(i)?);
+        }
+        Some(out)
+    }
+
     pub fn const_ints(&self, name: &str) -> Option<Vec<i64>> {
         let t = self.base_tensor(name)?;
         if tensor::is_float(t.data_type) {
