@@ -34,6 +34,14 @@ const ZOO: &[(&str, Expect)] = &[
     ("zoo_grouped_convtranspose", Expect::Channels(&["ConvTranspose"])),
     ("zoo_lstm", Expect::Channels(&["LSTM"])),
     ("zoo_gru", Expect::Channels(&["GRU"])),
+    ("zoo_qdq", Expect::Channels(&["QuantizeLinear", "DequantizeLinear", "Conv"])),
+    ("zoo_shufflenet", Expect::OutOfScope("channel shuffle")),
+    (
+        "zoo_layernorm_transformer",
+        Expect::OutOfScope(
+            "LayerNormalization node '/blocks/blocks.0/ln1/LayerNormalization' (normalises over the channel axis)",
+        ),
+    ),
     ("zoo_ms_fused_ffn", Expect::Channels(&["com.microsoft:BiasGelu", "com.microsoft:FastGelu"])),
     ("zoo_patch_reshape", Expect::Channels(&["Reshape", "Shape", "Concat"])),
 ];

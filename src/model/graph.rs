@@ -182,7 +182,26 @@ pub fn set_attr_ints(n: &mut NodeProto, name: &str, v: &[i64]) {
 /// Total element count of float weights (for parameter counts).
 pub fn float_params(g: &GraphProto, ix: &GraphIndex) -> (u64, u64) {
     use rayon::prelude::*;
-    let ws: Vec<&TensorProto> =
-        ix.weights.values().filter_map(|r| weight(g, *r)).filter(|t| tensor::is_float(t.data_type)).collect();
-    ws.par_iter().filter_map(|t| tensor::count_nonzero_f32(t).ok()).reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    // Quantized weights (QDQ models) are parameters too: integer data read by a DequantizeLinear.
+    let quantized: std::collections::BTreeSet<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "DequantizeLinear" && n.domain.is_empty())
+        .filter_map(|n| n.input.first().map(|s| s.as_str()))
+        .collect();
+    let ws: Vec<(&String, &TensorProto)> = ix
+        .weights
+        .iter()
+        .filter_map(|(k, r)| weight(g, *r).map(|t| (k, t)))
+        .filter(|(k, t)| tensor::is_float(t.data_type) || quantized.contains(k.as_str()))
+        .collect();
+    ws.par_iter()
+        .filter_map(|(_, t)| {
+            if tensor::is_float(t.data_type) {
+                tensor::count_nonzero_f32(t).ok()
+            } else {
+                tensor::read_i64(t).ok().map(|v| (v.len() as u64, v.iter().filter(|&&x| x != 0).count() as u64))
+            }
+        })
+        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }

@@ -63,6 +63,9 @@ pub fn prune_channels(model: &ModelProto, opts: &StructOptions) -> Result<Struct
 fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<crate::reconstruct::refit::RefitSite> {
     let mut out = vec![];
     for c in &an.consumers {
+        if an.consts.get(&c.weight).is_some_and(|k| k.dq.is_some()) {
+            continue; // quantized: no float weights to refit
+        }
         let in_keep: Vec<bool> = c.units.iter().map(|u| plan.keeps(an, *u)).collect();
         if !in_keep.contains(&false) {
             continue;
@@ -143,7 +146,11 @@ fn per_position(vals: &[f64], dims: &[usize], axis: usize, f: impl Fn(f64) -> f6
 /// Dense f64 data of a constant as the nodes see it (dims of the alias, data of the base).
 fn dense(ctx: &Ctx, name: &str) -> Result<(Vec<f64>, Vec<usize>)> {
     let t = ctx.base_tensor(name).with_context(|| format!("weight '{name}' not found"))?;
-    let v = tensor::read_f64(t).with_context(|| format!("weight '{name}'"))?;
+    let v = if ctx.consts.get(name).is_some_and(|c| c.dq.is_some()) {
+        ctx.const_vals(name).with_context(|| format!("quantized weight '{name}'"))?
+    } else {
+        tensor::read_f64(t).with_context(|| format!("weight '{name}'"))?
+    };
     let dims = ctx.dims(name).unwrap_or_default().to_vec();
     if v.len() != dims.iter().product::<usize>() {
         bail!("weight '{name}': {} values for dims {dims:?}", v.len());
@@ -578,8 +585,10 @@ fn report(
             members.insert(*ni);
         }
     }
-    let hidden =
-        g.sources.iter().all(|&s| matches!(ctx.g.node[s].op_type.as_str(), "MatMul" | "Gemm" | "LSTM" | "GRU" | "RNN"));
+    let hidden = g
+        .sources
+        .iter()
+        .all(|&s| matches!(ctx.g.node[s].op_type.as_str(), "MatMul" | "Gemm" | "LSTM" | "GRU" | "RNN" | "Gather"));
     let blocked = match g.blocked.len() {
         0 => None,
         1..=3 => Some(g.blocked.join("; ")),
@@ -809,6 +818,10 @@ fn rewrite(model: &ModelProto, ctx: &Ctx, an: &Analysis, plan: &Plan, mode: Mode
         if !keep.contains(&false) {
             continue;
         }
+        if let Some(c) = ctx.consts.get(&s.weight).filter(|c| c.dq.is_some()) {
+            slice_quantized(&mut w, c, s, &keep, mode)?;
+            continue;
+        }
         match mode {
             Mode::Pruned => slice_positions(w.tensor(&s.weight)?, s.axis, &keep)?,
             Mode::Masked if s.roles.contains(&Role::Producer) || s.roles.contains(&Role::ProducerBias) => {
@@ -923,6 +936,34 @@ fn apply_fold(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work, f: &Fold, mod
             }
             n.input[2] = name;
         }
+    }
+    Ok(())
+}
+
+/// A quantized weight (DequantizeLinear of an integer initializer): the integers are sliced (or
+/// zeroed: zero points are 0, so that is an exact 0), and a per-channel scale and zero point on
+/// the sliced axis with them.
+fn slice_quantized(
+    w: &mut Work,
+    c: &groups::ConstInfo,
+    s: &groups::WeightSlice,
+    keep: &[bool],
+    mode: Mode,
+) -> Result<()> {
+    let dq = c.dq.as_ref().context("quantized view")?;
+    let zeroed = s.roles.contains(&Role::Producer) || s.roles.contains(&Role::ProducerBias);
+    match mode {
+        Mode::Pruned => {
+            slice_positions(w.tensor(&c.base)?, s.axis, keep)?;
+            if dq.axis == Some(s.axis) {
+                slice_positions(w.tensor(&dq.scale)?, 0, keep)?;
+                if let Some(z) = &dq.zp {
+                    slice_positions(w.tensor(z)?, 0, keep)?;
+                }
+            }
+        }
+        Mode::Masked if zeroed => zero_positions(w.tensor(&c.base)?, s.axis, keep)?,
+        Mode::Masked => {}
     }
     Ok(())
 }

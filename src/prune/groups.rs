@@ -142,6 +142,19 @@ pub struct ConstInfo {
     pub alias_node: Option<usize>,
     /// Names between the base and this one (aliases of aliases).
     pub chain: Vec<String>,
+    /// A quantized weight: the output of a DequantizeLinear of the integer `base` (QDQ models).
+    pub dq: Option<Dq>,
+}
+
+/// DequantizeLinear(base, scale, zero point) of a constant: values (q − zp)·scale. Only
+/// symmetric quantization (zero points all 0), so a zeroed integer is an exact 0; `axis` is the
+/// per-channel axis (`None`: one scale for the tensor). base, scale and zp are read by this node only.
+#[derive(Clone, Debug)]
+pub struct Dq {
+    pub node: usize,
+    pub scale: String,
+    pub zp: Option<String>,
+    pub axis: Option<usize>,
 }
 
 /// Everything the analysis found.
@@ -368,7 +381,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 .st
                 .consts
                 .get(n.output.first().map(|s| s.as_str()).unwrap_or(""))
-                .is_some_and(|c| c.alias_node == Some(ni))
+                .is_some_and(|c| c.alias_node == Some(ni) || c.dq.as_ref().is_some_and(|d| d.node == ni))
         {
             return;
         }
@@ -422,6 +435,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             Kind::Shape => self.shape(n, x),
             Kind::BiasAct(f) => self.bias_act(ni, n, x, f),
             Kind::Recurrent(g) => self.recurrent(ni, n, x, g),
+            Kind::Quant(dequant) => self.quant(ni, n, x, dequant),
         }
     }
 
@@ -462,6 +476,46 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             return;
         }
         let vals = x.vals.iter().map(|v| map_val(*v, |k| f(n, &scalars, k))).collect();
+        self.pass(ni, n, &x, vals);
+    }
+
+    /// Quantize / dequantize an activation: per-tensor scale and zero point only (a per-channel
+    /// one on the tracked axis would have to be sliced; not supported yet, so a barrier).
+    fn quant(&mut self, ni: usize, n: &NodeProto, x: Option<Track>, dequant: bool) {
+        let Some(x) = x else { return };
+        let scalar = |slot: usize| inp(n, slot).map(|s| self.ctx.scalar(s));
+        let (Some(Some(scale)), zp) = (scalar(1), scalar(2)) else {
+            self.block(&x.units, &format!("{} (scale is not one constant for the tensor)", barrier_reason(n)));
+            return;
+        };
+        let Some(zp) = zp.unwrap_or(Some(0.0)) else {
+            self.block(&x.units, &format!("{} (zero point is not one constant)", barrier_reason(n)));
+            return;
+        };
+        // The integer range: the zero point's type (uint8 when absent).
+        let zt = inp(n, 2).and_then(|z| self.ctx.base_tensor(z)).map(|t| t.data_type).unwrap_or(tensor::dt::UINT8);
+        let (lo, hi) = match zt {
+            tensor::dt::INT8 => (-128.0, 127.0),
+            tensor::dt::UINT8 => (0.0, 255.0),
+            tensor::dt::INT16 => (-32768.0, 32767.0),
+            tensor::dt::UINT16 => (0.0, 65535.0),
+            _ => {
+                self.block(&x.units, &format!("{} (unsupported integer type)", barrier_reason(n)));
+                return;
+            }
+        };
+        if scale == 0.0 || !self.extra_outputs_unused(n, &x) {
+            self.block(&x.units, &format!("{} (zero scale or extra outputs)", barrier_reason(n)));
+            return;
+        }
+        let f = |v: f64| {
+            if dequant {
+                Some((v - zp) * scale)
+            } else {
+                Some(((v / scale).round_ties_even() + zp).clamp(lo, hi))
+            }
+        };
+        let vals = x.vals.iter().map(|v| map_val(*v, f)).collect();
         self.pass(ni, n, &x, vals);
     }
 
@@ -619,6 +673,15 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             .collect();
         for (name, v) in vecs {
             self.block_channel_dims(&v, &format!("the channel count reaches '{name}' (graph output or subgraph)"));
+        }
+        // A quantized consumer weight or bias cannot take a fold (no float values to add to): units
+        // emitting a non-zero constant into it are kept.
+        for c in self.st.consumers.iter_mut() {
+            let n = &self.ctx.g.node[c.node];
+            let dq = |s: &str| self.ctx.consts.get(s).is_some_and(|k| k.dq.is_some());
+            if c.fold.is_ok() && (dq(&c.weight) || n.input.get(2).is_some_and(|b| dq(b))) {
+                c.fold = Err(format!("quantized {} '{}'", n.op_type, node_label(n)));
+            }
         }
         // Every use of a sliced weight must slice it along the same axis (a Conv that uses the
         // weight only as a producer would otherwise see its input channels shrink).

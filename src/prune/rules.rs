@@ -58,6 +58,9 @@ pub enum Kind {
     /// y = act(x + bias) with an optional constant per-channel bias (input 1) on the last axis:
     /// onnxruntime's fused activations (com.microsoft BiasGelu, FastGelu, ...).
     BiasAct(BiasActFn),
+    /// QuantizeLinear (false) / DequantizeLinear (true) of an activation with a per-tensor scale
+    /// and zero point: an element-wise map (round half to even, saturate to the zero point's type).
+    Quant(bool),
     /// LSTM / GRU / RNN with this many gates: hidden units are sources (see `groups/rnn.rs`).
     Recurrent(usize),
 }
@@ -186,6 +189,8 @@ pub const TABLE: &[(&str, Kind)] = &[
     ("Hardmax", Kind::AlongAxis),
     ("LayerNormalization", Kind::LayerNorm),
     ("Shape", Kind::Shape),
+    ("QuantizeLinear", Kind::Quant(false)),
+    ("DequantizeLinear", Kind::Quant(true)),
     ("LSTM", Kind::Recurrent(4)),
     ("GRU", Kind::Recurrent(3)),
     ("RNN", Kind::Recurrent(1)),

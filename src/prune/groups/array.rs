@@ -346,6 +346,14 @@ impl Analyzer<'_, '_> {
 
     pub(super) fn reshape(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
+        if self.channel_shuffle(n) {
+            let r = format!(
+                "{} (channel shuffle: Reshape → Transpose → Reshape interleaves the groups' channels; out of scope)",
+                barrier_reason(n)
+            );
+            self.block(&x.units, &r);
+            return;
+        }
         let Some(tname) = inp(n, 1) else { return };
         // The target as symbols: a constant (editable in place) or a followed shape vector.
         let target: Option<Vec<Sym>> = match self.ctx.const_ints(tname) {
@@ -429,6 +437,25 @@ impl Analyzer<'_, '_> {
                 }
             }
         }
+    }
+
+    /// ShuffleNet's channel shuffle: this Reshape's only reader is a Transpose whose only reader
+    /// is a Reshape back (the channel axis split into [groups, C/groups], swapped, merged).
+    fn channel_shuffle(&self, n: &NodeProto) -> bool {
+        let only = |name: &str, op: &str| -> Option<usize> {
+            match self.ctx.ix.consumers_of(name) {
+                [(c, 0)] if self.ctx.g.node[*c].op_type == op => Some(*c),
+                _ => None,
+            }
+        };
+        let t = n.output.first().and_then(|o| only(o, "Transpose"));
+        let back = t.and_then(|t| self.ctx.g.node[t].output.first()).and_then(|o| only(o, "Reshape"));
+        back.is_some()
+            && self
+                .ctx
+                .rank(&n.output[0])
+                .zip(inp(n, 0).and_then(|i| self.ctx.rank(i)))
+                .is_some_and(|(o, i)| o == i + 1)
     }
 
     /// Register the rewrite of a literal that equals a kept count; false (and block) when the
@@ -598,7 +625,10 @@ impl Analyzer<'_, '_> {
     }
 
     pub(super) fn gather(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
-        let Some(x) = x else { return };
+        let Some(x) = x else {
+            self.embedding(ni, n);
+            return;
+        };
         let axis = norm_axis(attr_i(n, "axis").unwrap_or(0), x.rank);
         let q = inp(n, 1).and_then(|s| self.ctx.rank(s));
         match (axis, q) {
@@ -627,6 +657,30 @@ impl Analyzer<'_, '_> {
             }
             _ => self.block(&x.units, &format!("{} (gathers a single channel)", barrier_reason(n))),
         }
+    }
+
+    /// Gather(table [V, D], ids) on axis 0 of a constant table: an embedding lookup. Its D
+    /// columns are units (a removed one emits 0: the column is zeroed in the masked model).
+    fn embedding(&mut self, ni: usize, n: &NodeProto) {
+        let (Some(t), Some(ids)) = (inp(n, 0), inp(n, 1)) else { return };
+        let d = self.ctx.dims(t).map(|d| d.to_vec());
+        let q = self.ctx.rank(ids);
+        let axis0 = attr_i(n, "axis").unwrap_or(0) == 0;
+        let float = self.ctx.base_tensor(t).is_some_and(|b| tensor::is_float(b.data_type));
+        let (Some(d), Some(q)) = (d, q) else { return };
+        if d.len() != 2
+            || !axis0
+            || !float
+            || self.ctx.consts.get(t).is_some_and(|c| c.dq.is_some())
+            || self.is_const(ids)
+        {
+            return;
+        }
+        let units = self.new_layer(ni, d[1]);
+        self.slice(t, 1, &units, (ni, 0), Role::Producer);
+        self.st.sources.insert(ni, units.clone());
+        let vals = vec![Val::Const(0.0); d[1]];
+        self.emit(ni, &n.output[0], Track { axis: q, rank: q + 1, units, vals });
     }
 
     pub(super) fn along_axis(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {

@@ -94,13 +94,27 @@ impl<'a> Ctx<'a> {
         self.ix.weight(self.g, &c.base)
     }
 
-    /// Values of a constant as f64 (float or integer data).
+    /// Values of a constant as f64 (float or integer data; a quantized view dequantized).
     pub fn const_vals(&self, name: &str) -> Option<Vec<f64>> {
         let t = self.base_tensor(name)?;
-        if tensor::is_float(t.data_type) {
+        let raw = if tensor::is_float(t.data_type) {
             tensor::read_f64(t).ok()
         } else {
             tensor::read_i64(t).ok().map(|v| v.into_iter().map(|x| x as f64).collect())
+        }?;
+        match self.consts.get(name).and_then(|c| c.dq.as_ref()) {
+            None => Some(raw),
+            Some(dq) => {
+                let scale = self.const_vals(&dq.scale)?;
+                let dims = self.dims(name)?;
+                Some(match dq.axis {
+                    None => raw.iter().map(|q| q * scale[0]).collect(),
+                    Some(a) => {
+                        let inner: usize = dims[a + 1..].iter().product();
+                        raw.iter().enumerate().map(|(i, q)| q * scale[(i / inner) % dims[a]]).collect()
+                    }
+                })
+            }
         }
     }
 
@@ -127,7 +141,7 @@ impl<'a> Ctx<'a> {
 
     pub fn const_ints(&self, name: &str) -> Option<Vec<i64>> {
         let t = self.base_tensor(name)?;
-        if tensor::is_float(t.data_type) {
+        if tensor::is_float(t.data_type) || self.consts.get(name).is_some_and(|c| c.dq.is_some()) {
             return None;
         }
         tensor::read_i64(t).ok()
@@ -160,7 +174,7 @@ impl<'a> Ctx<'a> {
                 if let Ok(d) = tensor::shape(t) {
                     self.consts.insert(
                         name.clone(),
-                        ConstInfo { base: name.clone(), dims: d, alias_node: None, chain: vec![] },
+                        ConstInfo { base: name.clone(), dims: d, alias_node: None, chain: vec![], dq: None },
                     );
                 }
             }
@@ -175,6 +189,22 @@ impl<'a> Ctx<'a> {
                 continue;
             }
             let Some(src) = inp(n, 0).and_then(|s| self.consts.get(s)).cloned() else { continue };
+            if n.op_type == "DequantizeLinear" && n.domain.is_empty() {
+                if let Some(dq) = self.dq_view(ni, &src) {
+                    let info = ConstInfo {
+                        base: src.base.clone(),
+                        dims: src.dims.clone(),
+                        alias_node: None,
+                        chain: vec![],
+                        dq: Some(dq),
+                    };
+                    self.consts.insert(n.output[0].clone(), info);
+                }
+                continue;
+            }
+            if src.dq.is_some() {
+                continue; // no aliases of quantized views
+            }
             let dims = match n.op_type.as_str() {
                 "Identity" if n.domain.is_empty() => Some(src.dims.clone()),
                 "Reshape" if n.domain.is_empty() => inp(n, 1).and_then(|s| self.const_ints(s)).and_then(|t| {
@@ -191,10 +221,55 @@ impl<'a> Ctx<'a> {
                 }
                 self.consts.insert(
                     n.output[0].clone(),
-                    ConstInfo { base: src.base.clone(), dims, alias_node: Some(ni), chain },
+                    ConstInfo { base: src.base.clone(), dims, alias_node: Some(ni), chain, dq: None },
                 );
             }
         }
+    }
+
+    /// A DequantizeLinear of an integer initializer that the rewrite can slice: symmetric (zero
+    /// points 0), per-tensor or per-axis scale, no blocked quantization, every input private.
+    fn dq_view(&self, ni: usize, src: &ConstInfo) -> Option<Dq> {
+        let n = &self.g.node[ni];
+        let base = self.ix.weight(self.g, &src.base)?;
+        let int = matches!(
+            base.data_type,
+            tensor::dt::INT8 | tensor::dt::UINT8 | tensor::dt::INT32 | tensor::dt::INT16 | tensor::dt::UINT16
+        );
+        if !int || src.alias_node.is_some() || src.dq.is_some() || attr_i(n, "block_size").is_some_and(|b| b != 0) {
+            return None;
+        }
+        let scale = inp(n, 1)?.to_string();
+        let zp = inp(n, 2).map(|s| s.to_string());
+        let sd = self.consts.get(&scale)?.dims.clone();
+        let per_axis = sd.iter().product::<usize>() != 1;
+        let axis = if per_axis {
+            let r = src.dims.len() as i64;
+            let a = attr_i(n, "axis").unwrap_or(1);
+            let a = if a < 0 { a + r } else { a };
+            if !(0..r).contains(&a) || sd != [src.dims[a as usize]] {
+                return None;
+            }
+            Some(a as usize)
+        } else {
+            None
+        };
+        if let Some(z) = &zp {
+            let zd = self.consts.get(z)?.dims.clone();
+            let zeros = self.const_ints(z).is_some_and(|v| v.iter().all(|&x| x == 0));
+            if zd != sd || !zeros {
+                return None;
+            }
+        }
+        let private = |s: &str| {
+            self.ix.consumers_of(s).len() == 1
+                && !self.is_output(s)
+                && self.consts.get(s).is_some_and(|c| c.alias_node.is_none())
+        };
+        if !private(&src.base) || !private(&scale) || zp.as_deref().is_some_and(|z| !private(z)) {
+            return None;
+        }
+        Some(Dq { node: ni, scale, zp, axis })
     }
 
     /// `axes` of Squeeze/Unsqueeze/Reduce: attribute (older opsets) or constant input 1.
