@@ -32,49 +32,70 @@ pub struct LatencyOptions {
 }
 
 /// Time repeated runs of `r` on `inputs` (all chunks per run; inputs converted once, outside
-/// the timed region). The model has just run for fidelity, so there is no separate warm-up
-/// pass: the first run is discarded as warm-up only when it is cheap (under a tenth of the
-/// budget) and the budget allows more. Then timed runs continue until the budget is spent, at
-/// least one of them; with `runs` set, exactly that many. A model whose one inference takes
-/// 7 s costs one timed run, not seven.
+/// the timed region). See [`latency_interleaved`].
 pub fn latency(r: &Runnable, inputs: &Inputs, opts: LatencyOptions) -> Result<LatencyStats> {
+    latency_interleaved(&[r], inputs, opts).map(|mut v| v.remove(0))
+}
+
+/// Time several models on the same inputs, one run of each in turn (dense, pruned, dense, ...),
+/// so that machine noise (frequency changes, a busy neighbour, cache state) hits all of them
+/// alike. The models have just run for fidelity, so there is no separate warm-up pass: each
+/// model's first run is discarded as warm-up only when it is cheap (under a tenth of the
+/// budget). Timing stops once every model has spent its budget (at least one timed run each,
+/// at most 10 000); with `runs` set, exactly that many per model. A model whose one inference
+/// takes 7 s costs one timed run, not seven.
+pub fn latency_interleaved(rs: &[&Runnable], inputs: &Inputs, opts: LatencyOptions) -> Result<Vec<LatencyStats>> {
     let budget = opts.budget.unwrap_or(DEFAULT_BUDGET);
+    let label = rs.iter().map(|r| r.path.display().to_string()).collect::<Vec<_>>().join(", ");
     guarded("timed runs", || {
-        let batches = r.prepare(inputs)?;
-        let once = || -> Result<f64> {
+        let batches: Vec<_> = rs.iter().map(|r| r.prepare(inputs)).collect::<Result<_>>()?;
+        let once = |k: usize| -> Result<f64> {
             let t = Instant::now();
-            for tv in &batches {
-                let out = r.run_raw(tv.clone())?;
+            for tv in &batches[k] {
+                let out = rs[k].run_raw(tv.clone())?;
                 std::hint::black_box(out);
             }
             Ok(t.elapsed().as_secs_f64() * 1e3)
         };
         let start = Instant::now();
-        let mut times = Vec::new();
-        let first = once()?;
-        let warm_up = opts.runs.is_some() || first < budget.as_secs_f64() * 1e3 / 10.0;
-        if !warm_up {
-            times.push(first);
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); rs.len()];
+        for (k, t) in times.iter_mut().enumerate() {
+            let first = once(k)?;
+            let warm_up = opts.runs.is_some() || first < budget.as_secs_f64() * 1e3 / 10.0;
+            if !warm_up {
+                t.push(first);
+            }
         }
+        let total = budget * rs.len() as u32;
         loop {
-            let enough = match opts.runs {
-                Some(n) => times.len() >= n.max(1),
-                None => !times.is_empty() && (start.elapsed() >= budget || times.len() >= 10_000),
+            let enough = |t: &Vec<f64>| match opts.runs {
+                Some(n) => t.len() >= n.max(1),
+                None => !t.is_empty() && (start.elapsed() >= total || t.len() >= 10_000),
             };
-            if enough {
+            if times.iter().all(enough) {
                 break;
             }
-            times.push(once()?);
+            for k in 0..rs.len() {
+                if !enough(&times[k]) {
+                    let v = once(k)?;
+                    times[k].push(v);
+                }
+            }
         }
-        times.sort_by(|a, b| a.total_cmp(b));
-        let n = times.len();
-        let median = if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 };
-        Ok(LatencyStats {
-            median_ms: median,
-            min_ms: times.first().copied().unwrap_or(f64::NAN),
-            runs: n,
-            samples: inputs.rows(),
-        })
+        Ok(times
+            .into_iter()
+            .map(|mut times| {
+                times.sort_by(|a, b| a.total_cmp(b));
+                let n = times.len();
+                let median = if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 };
+                LatencyStats {
+                    median_ms: median,
+                    min_ms: times.first().copied().unwrap_or(f64::NAN),
+                    runs: n,
+                    samples: inputs.rows(),
+                }
+            })
+            .collect())
     })
-    .with_context(|| r.path.display().to_string())
+    .with_context(|| label)
 }

@@ -130,6 +130,15 @@ struct Group {
     blocked: Vec<String>,
     pins: BTreeMap<Unit, String>,
     scores: Vec<f64>,
+    /// Some source is an LSTM / GRU / RNN (hidden units: a wider automatic alignment).
+    recurrent: bool,
+}
+
+impl Group {
+    fn align(&self, opts: &StructOptions) -> usize {
+        let max = if self.recurrent { super::AUTO_ALIGN_MAX_RECURRENT } else { super::AUTO_ALIGN_MAX };
+        opts.round_to.for_width_max(self.classes.len(), max)
+    }
 }
 
 /// Sum over every element of `vals` (row-major `dims`) into its index along `axis`.
@@ -282,7 +291,9 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             blocked: vec![],
             pins: BTreeMap::new(),
             scores: vec![],
+            recurrent: false,
         });
+        g.recurrent |= matches!(ctx.g.node[src].op_type.as_str(), "LSTM" | "GRU" | "RNN");
         g.first_source = g.first_source.min(src);
         g.sources.insert(src);
     }
@@ -373,7 +384,7 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
             continue;
         }
         let chosen: BTreeSet<usize> = emp::top_k(&g.scores, d.kept).into_iter().collect();
-        let align = opts.round_to.for_width(g.classes.len());
+        let align = g.align(opts);
         let target = floored(g.classes.len(), d.kept, opts, &mut notes);
         let keep = fill(g, &chosen, target, align);
         if align > 1 && keep.len() > target && opts.scope != StructScope::Global {
@@ -454,7 +465,7 @@ fn global(
             continue;
         }
         let target = floored(groups[gi].classes.len(), c.len().max(1), opts, &mut decisions[gi].2);
-        decisions[gi].1 = fill(&groups[gi], &c, target, opts.round_to.for_width(groups[gi].classes.len()));
+        decisions[gi].1 = fill(&groups[gi], &c, target, groups[gi].align(opts));
     }
     Ok(())
 }
@@ -558,7 +569,7 @@ fn report(
     if g.blocked.is_empty() && !pinned.is_empty() {
         notes.push(format!("{} unit(s) kept because {}", pinned.len(), pinned[0]));
     }
-    let align = opts.round_to.for_width(n);
+    let align = g.align(opts);
     if g.blocked.is_empty() && align > 1 && !kept_idx.len().is_multiple_of(align) && kept_idx.len() != n {
         notes.push(format!("kept count {} is not a multiple of {align} (pinned units)", kept_idx.len()));
     }

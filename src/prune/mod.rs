@@ -46,13 +46,23 @@ pub enum RoundTo {
 /// on the trained models in `models/`, see the README).
 pub const AUTO_ALIGN_MAX: usize = 8;
 
+/// `RoundTo::Auto` for recurrent hidden units (LSTM/GRU/RNN): tract runs their gates as
+/// [G·H, ·] matmuls and a 32-unit LSTM cut to 24 ran 1.06× slower than dense, cut to 16 0.93×
+/// (`scripts/zoo.py`), so hidden sizes keep up to 16-alignment.
+pub const AUTO_ALIGN_MAX_RECURRENT: usize = 16;
+
 impl RoundTo {
     /// The multiple a group of `n` units is rounded to.
     pub fn for_width(self, n: usize) -> usize {
+        self.for_width_max(n, AUTO_ALIGN_MAX)
+    }
+
+    /// As [`RoundTo::for_width`], with `max` as the widest automatic alignment.
+    pub fn for_width_max(self, n: usize, max: usize) -> usize {
         match self {
             RoundTo::Multiple(k) => k.max(1),
             RoundTo::Auto if n == 0 => 1,
-            RoundTo::Auto => (1usize << n.trailing_zeros().min(31)).min(AUTO_ALIGN_MAX),
+            RoundTo::Auto => (1usize << n.trailing_zeros().min(31)).min(max),
         }
     }
 }

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""The architecture zoo (models/zoo) as a user runs it: the CLI with its defaults (--round-to
+auto, floors on) at β = 1 and at a forced cut β = 0.7, then latency dense → pruned in tract (the
+CLI's own measurement) and in onnxruntime (default optimisation level, 1 thread, batch 1, dense
+and pruned interleaved: scripts/ort_latency.py), and the onnx.checker full check of the output.
+
+  cargo build --release && python3 scripts/zoo.py [--budget 2]
+
+Prints one markdown table. Speed is printed beside its floor (pruned ≤ dense + 3 %); nothing is
+asserted here (tests/zoo.rs asserts validity).
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("ONNX_EMP_BIN", os.path.join(ROOT, "target", "release", "onnx-emp"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+
+def ort_ratio(dense, pruned, budget, x):
+    try:
+        import ort_latency  # noqa: F401
+    except ImportError:
+        return None
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "ort_latency.py"), dense, pruned, "--budget", str(budget), "--x", x],
+        capture_output=True, text=True)
+    if p.returncode != 0:
+        return None
+    return json.loads(p.stdout)["ratio_to_first"][1]
+
+
+def checker(path):
+    try:
+        import onnx
+    except ImportError:
+        return "n/a"
+    try:
+        onnx.checker.check_model(onnx.load(path), full_check=True)
+        return "ok"
+    except Exception as e:  # noqa: BLE001
+        return "FAIL: " + str(e).splitlines()[0][:80]
+
+
+def main():
+    budget = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 2.0
+    import numpy as np
+
+    man = json.load(open(os.path.join(ROOT, "models", "zoo", "manifest.json")))
+    print("| model | mode | β | groups prunable | params | MACs cut | masked rel. error | checker | tract latency | ORT latency |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    worst = []
+    for name, spec in sorted(man.items()):
+        mode = "heads" if name == "zoo_attention_4d" else "channels"
+        with tempfile.TemporaryDirectory() as d:
+            x = os.path.join(d, "x.npy")
+            rng = np.random.default_rng(0)
+            shape = [1] + spec["x"][1:]
+            if spec.get("dtype") == "int64":
+                np.save(x, rng.integers(0, spec["high"], shape).astype(np.int64))
+            else:
+                np.save(x, rng.standard_normal(shape).astype(np.float32))
+            for beta in (1.0, 0.7):
+                out, rep = os.path.join(d, "out.onnx"), os.path.join(d, "r.json")
+                cmd = [BIN, os.path.join(ROOT, "models", "zoo", name + ".onnx"), out, "--structured", mode,
+                       "--beta", str(beta), "--inputs", f"x={x}", "--report", rep, "--quiet",
+                       "--latency-budget", str(budget)]
+                p = subprocess.run(cmd, capture_output=True, text=True)
+                if p.returncode != 0:
+                    print(f"| {name} | {mode} | {beta} | ERROR: {p.stderr.strip()[:120]} |||||||")
+                    continue
+                r = json.load(open(rep))
+                g = r["groups"]
+                prunable = sum(1 for k in g if k.get("blocked") is None)
+                pa = r["params"]
+                mb, ma = r.get("macs_before"), r.get("macs_after")
+                cut = f"{100 * (1 - ma / mb):.1f} %" if mb and ma else "n/a"
+                eq = [e for e in r.get("equivalence") or [] if e.get("max_rel_l2_err") is not None]
+                eqs = "; ".join(f"{e['max_rel_l2_err']:.1e} {'PASS' if e['pass'] else 'FAIL'}" for e in eq) or "skipped"
+                t = r.get("timing") or {}
+                ld, lp = t.get("latency_dense"), t.get("latency_pruned")
+                tr = lp["median_ms"] / ld["median_ms"] if ld and lp else None
+                orr = ort_ratio(os.path.join(ROOT, "models", "zoo", name + ".onnx"), out, budget, x)
+                chk = checker(out)
+                for what, ratio in (("tract", tr), ("ORT", orr)):
+                    if ratio is not None and pa["after"] < pa["before"]:
+                        worst.append((ratio, f"{name} β={beta} {what}"))
+                fmt = lambda t: f"{t:.2f}×" if t is not None else "n/a"
+                tl = f"{ld['median_ms']:.3f} → {lp['median_ms']:.3f} ms ({fmt(tr)})" if tr else "n/a (tract cannot run it)"
+                print(f"| {name} | {mode} | {beta} | {prunable}/{len(g)} | {pa['before']:,} → {pa['after']:,} | {cut} "
+                      f"| {eqs} | {chk} | {tl} | {fmt(orr)} |")
+    if worst:
+        w = max(worst)
+        print(f"\nslowest pruned/dense ratio: {w[0]:.2f}× ({w[1]}); floor: ≤ 1.03×")
+
+
+if __name__ == "__main__":
+    main()
