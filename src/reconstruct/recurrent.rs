@@ -4,8 +4,9 @@
 //! `g = W x_t + R h_{t-1} + b`. So per direction the gate rows of `[W_d | R_d]` form one
 //! linear layer with `I + H` inputs, and the OBS update with EMP's mask applies unchanged.
 //! The inputs are sampled time steps of the calibration run: x_t from the current model (the
-//! layers before it already reconstructed) and h_{t-1} from the same LSTM with its dense
-//! weights restored, i.e. the hidden state the reconstructed layer should reproduce.
+//! layers before it already reconstructed) and h_{t-1} from the same LSTM, first with its dense
+//! weights restored (the hidden state to reproduce), then with the weights of that first update
+//! (the hidden state it really gets), solved again: two passes.
 //!
 //! Not reconstructed (reported with the reason): GRU (its candidate gate reads r ⊙ h, not h),
 //! `sequence_lens` given, a computed W or R.
@@ -96,109 +97,121 @@ pub fn obs_recurrent(
     let reverse = attr_s(&n, "direction").as_deref() == Some("reverse");
     let p = inp + hid;
 
-    // Capture x and the dense-weight hidden states on the current prefix.
-    let mut probe = model.clone();
-    let pg = probe.graph.as_mut().context("model has no graph")?;
-    write(pg, &w_name, &w_dense)?;
-    write(pg, &r_name, &r_dense)?;
-    let y_name = match pg.node[ni].output.first().filter(|s| !s.is_empty()) {
-        Some(y) => y.clone(),
-        None => {
-            let y = format!("{}__emp_recon_y", node_label(&n));
-            match pg.node[ni].output.first_mut() {
-                Some(o) => *o = y.clone(),
-                None => pg.node[ni].output.push(y.clone()),
+    type Solved = (Vec<f64>, Vec<f64>, f64, f64, f64, usize);
+    let solve = |probe_w: &[f64], probe_r: &[f64]| -> Result<Solved> {
+        // Capture x and h_{t-1} on the current prefix, h from this layer run with probe_w / probe_r.
+        let mut probe = model.clone();
+        let pg = probe.graph.as_mut().context("model has no graph")?;
+        write(pg, &w_name, probe_w)?;
+        write(pg, &r_name, probe_r)?;
+        let y_name = match pg.node[ni].output.first().filter(|s| !s.is_empty()) {
+            Some(y) => y.clone(),
+            None => {
+                let y = format!("{}__emp_recon_y", node_label(&n));
+                match pg.node[ni].output.first_mut() {
+                    Some(o) => *o = y.clone(),
+                    None => pg.node[ni].output.push(y.clone()),
+                }
+                y
             }
-            y
-        }
-    };
-    // initial_h [D, batch, H]: a constant, a computed value (exposed too), or zeros.
-    let mut exposed = vec![x_name.clone(), y_name];
-    let const_h: Option<Vec<f64>> = match arg(5) {
-        None => None,
-        Some(h) => match read(gd, &h) {
-            Ok((v, _)) => Some(v),
-            Err(_) => {
-                exposed.push(h);
-                None
-            }
-        },
-    };
-    let mut hs: Vec<Mat<f64>> = (0..dirs).map(|_| Mat::zeros(p, p)).collect();
-    let mut count = 0usize;
-    run_exposing(&probe, calib, &exposed, |row0, v| {
-        let (x, y) = (&v[0], &v[1]);
-        let computed_h: Option<Vec<f64>> = v.get(2).map(|a| a.iter().map(|v| *v as f64).collect());
-        let init_h = const_h.as_ref().or(computed_h.as_ref());
-        let (steps, batch) = dims(x, layout)?;
-        for (d, h) in hs.iter_mut().enumerate() {
-            let backward = reverse || d == 1;
-            let mut zs: Vec<f64> = Vec::new();
-            let mut nr = 0;
-            for b in 0..batch {
-                for t in super::site::sample(steps, POSITIONS_PER_SAMPLE, row_seed(k, row0 + b)) {
-                    push_x(x, layout, t, b, &mut zs);
-                    let prev = if backward { (t + 1 < steps).then(|| t + 1) } else { t.checked_sub(1) };
-                    match prev {
-                        Some(tp) => push_y(y, layout, tp, d, b, hid, &mut zs)?,
-                        None => match init_h {
-                            // initial_h [D, batch, H]; a batch of one is broadcast.
-                            Some(h0) => {
-                                let bb = if h0.len() == dirs * hid { 0 } else { b };
-                                let at = (d * (h0.len() / (dirs * hid)) + bb) * hid;
-                                let s = h0.get(at..at + hid).context("initial_h does not match the batch")?;
-                                zs.extend_from_slice(s);
-                            }
-                            None => zs.extend(std::iter::repeat_n(0.0, hid)),
-                        },
+        };
+        // initial_h [D, batch, H]: a constant, a computed value (exposed too), or zeros.
+        let mut exposed = vec![x_name.clone(), y_name];
+        let const_h: Option<Vec<f64>> = match arg(5) {
+            None => None,
+            Some(h) => match read(gd, &h) {
+                Ok((v, _)) => Some(v),
+                Err(_) => {
+                    exposed.push(h);
+                    None
+                }
+            },
+        };
+        let mut hs: Vec<Mat<f64>> = (0..dirs).map(|_| Mat::zeros(p, p)).collect();
+        let mut count = 0usize;
+        run_exposing(&probe, calib, &exposed, |row0, v| {
+            let (x, y) = (&v[0], &v[1]);
+            let computed_h: Option<Vec<f64>> = v.get(2).map(|a| a.iter().map(|v| *v as f64).collect());
+            let init_h = const_h.as_ref().or(computed_h.as_ref());
+            let (steps, batch) = dims(x, layout)?;
+            for (d, h) in hs.iter_mut().enumerate() {
+                let backward = reverse || d == 1;
+                let mut zs: Vec<f64> = Vec::new();
+                let mut nr = 0;
+                for b in 0..batch {
+                    for t in super::site::sample(steps, POSITIONS_PER_SAMPLE, row_seed(k, row0 + b)) {
+                        push_x(x, layout, t, b, &mut zs);
+                        let prev = if backward { (t + 1 < steps).then(|| t + 1) } else { t.checked_sub(1) };
+                        match prev {
+                            Some(tp) => push_y(y, layout, tp, d, b, hid, &mut zs)?,
+                            None => match init_h {
+                                // initial_h [D, batch, H]; a batch of one is broadcast.
+                                Some(h0) => {
+                                    let bb = if h0.len() == dirs * hid { 0 } else { b };
+                                    let at = (d * (h0.len() / (dirs * hid)) + bb) * hid;
+                                    let s = h0.get(at..at + hid).context("initial_h does not match the batch")?;
+                                    zs.extend_from_slice(s);
+                                }
+                                None => zs.extend(std::iter::repeat_n(0.0, hid)),
+                            },
+                        }
+                        nr += 1;
                     }
-                    nr += 1;
+                }
+                let zm = Mat::from_fn(nr, p, |i, j| zs[i * p + j]);
+                matmul(h.as_mut(), Accum::Add, zm.transpose(), zm.as_ref(), 1.0, Par::rayon(0));
+                if d == 0 {
+                    count += nr;
                 }
             }
-            let zm = Mat::from_fn(nr, p, |i, j| zs[i * p + j]);
-            matmul(h.as_mut(), Accum::Add, zm.transpose(), zm.as_ref(), 1.0, Par::rayon(0));
-            if d == 0 {
-                count += nr;
+            Ok(())
+        })
+        .with_context(|| format!("{label}: calibration run"))?;
+
+        // Per direction: rows of [W_d | R_d].
+        let joined = |w: &[f64], r: &[f64], d: usize| -> Vec<f64> {
+            let mut m = Vec::with_capacity(rows * p);
+            for o in 0..rows {
+                let at = (d * rows + o) * inp;
+                m.extend_from_slice(&w[at..at + inp]);
+                let at = (d * rows + o) * hid;
+                m.extend_from_slice(&r[at..at + hid]);
+            }
+            m
+        };
+        let (mut w_new, mut r_new) = (w_dense.clone(), r_dense.clone());
+        let (mut before, mut after, mut total) = (0.0, 0.0, 0.0);
+        for (d, h) in hs.iter().enumerate() {
+            let dense_m = joined(&w_dense, &r_dense, d);
+            let cur_m = joined(&w_cur, &r_cur, d);
+            let keep: Vec<bool> = cur_m.iter().map(|v| *v != 0.0).collect();
+            let mut m = dense_m.clone();
+            if !obs_update(&mut m, rows, p, &keep, h.as_ref(), OBS_DAMP) {
+                m.iter_mut().zip(&keep).filter(|(_, k)| !**k).for_each(|(v, _)| *v = 0.0);
+            }
+            let d0: Vec<f64> = dense_m.iter().zip(&cur_m).map(|(a, b)| a - b).collect();
+            let d1: Vec<f64> = dense_m.iter().zip(&m).map(|(a, b)| a - b).collect();
+            before += super::obs::quad(&d0, p, 0, rows, h);
+            after += super::obs::quad(&d1, p, 0, rows, h);
+            total += super::obs::quad(&dense_m, p, 0, rows, h);
+            for o in 0..rows {
+                let src = &m[o * p..(o + 1) * p];
+                let at = (d * rows + o) * inp;
+                w_new[at..at + inp].copy_from_slice(&src[..inp]);
+                let at = (d * rows + o) * hid;
+                r_new[at..at + hid].copy_from_slice(&src[inp..]);
             }
         }
-        Ok(())
-    })
-    .with_context(|| format!("{label}: calibration run"))?;
-
-    // Per direction: rows of [W_d | R_d].
-    let joined = |w: &[f64], r: &[f64], d: usize| -> Vec<f64> {
-        let mut m = Vec::with_capacity(rows * p);
-        for o in 0..rows {
-            let at = (d * rows + o) * inp;
-            m.extend_from_slice(&w[at..at + inp]);
-            let at = (d * rows + o) * hid;
-            m.extend_from_slice(&r[at..at + hid]);
-        }
-        m
+        Ok((w_new, r_new, before, after, total, count))
     };
-    let (mut w_new, mut r_new) = (w_dense.clone(), r_dense.clone());
-    let (mut before, mut after, mut total) = (0.0, 0.0, 0.0);
-    for (d, h) in hs.iter().enumerate() {
-        let dense_m = joined(&w_dense, &r_dense, d);
-        let cur_m = joined(&w_cur, &r_cur, d);
-        let keep: Vec<bool> = cur_m.iter().map(|v| *v != 0.0).collect();
-        let mut m = dense_m.clone();
-        if !obs_update(&mut m, rows, p, &keep, h.as_ref(), OBS_DAMP) {
-            m.iter_mut().zip(&keep).filter(|(_, k)| !**k).for_each(|(v, _)| *v = 0.0);
-        }
-        let d0: Vec<f64> = dense_m.iter().zip(&cur_m).map(|(a, b)| a - b).collect();
-        let d1: Vec<f64> = dense_m.iter().zip(&m).map(|(a, b)| a - b).collect();
-        before += super::obs::quad(&d0, p, 0, rows, h);
-        after += super::obs::quad(&d1, p, 0, rows, h);
-        total += super::obs::quad(&dense_m, p, 0, rows, h);
-        for o in 0..rows {
-            let src = &m[o * p..(o + 1) * p];
-            let at = (d * rows + o) * inp;
-            w_new[at..at + inp].copy_from_slice(&src[..inp]);
-            let at = (d * rows + o) * hid;
-            r_new[at..at + hid].copy_from_slice(&src[inp..]);
-        }
-    }
+    // Two passes. 1: h from the dense weights on the reconstructed prefix (the trajectory to
+    // reproduce). 2: h from the layer as updated by pass 1, i.e. the inputs it really gets, as
+    // SparseGPT feeds every layer what the pruned model produces (for a recurrent layer that
+    // includes its own previous step). On digits_lstm: 94.2 % → 94.7 % (dense 96.4 %); more
+    // passes do not help (3: 94.7 %, 4: 94.4 %), nor does fitting the dense trajectory's
+    // pre-activations directly (94.4 %).
+    let (w1, r1, ..) = solve(&w_dense, &r_dense)?;
+    let (w_new, r_new, before, after, total, count) = solve(&w1, &r1)?;
     let rep = LayerRecon::obs(label, format!("{w_name}, {r_name}"), count, before, after, total);
     if rep.method != "obs" {
         return Ok(Some(rep));
