@@ -150,10 +150,10 @@ class ShuffleNet(nn.Module):
 
 # --------------------------------------------------------------------------- recurrent
 class RNNNet(nn.Module):
-    def __init__(self, cell):
+    def __init__(self, cell, bidirectional=False):
         super().__init__()
-        self.rnn = cell(12, 32, batch_first=True)
-        self.fc = nn.Linear(32, 10)
+        self.rnn = cell(12, 32, batch_first=True, bidirectional=bidirectional)
+        self.fc = nn.Linear(64 if bidirectional else 32, 10)
 
     def forward(self, x):
         y, _ = self.rnn(x)
@@ -417,6 +417,8 @@ def main():
     add("zoo_shufflenet", ShuffleNet, img, 2)
     add("zoo_lstm", lambda: RNNNet(nn.LSTM), torch.randn(2, 8, 12), 3)
     add("zoo_gru", lambda: RNNNet(nn.GRU), torch.randn(2, 8, 12), 4)
+    # Bidirectional: Y [S, 2, B, H] → Transpose → Reshape [S, B, 2·H] (directions merged).
+    add("zoo_bilstm", lambda: RNNNet(nn.LSTM, bidirectional=True), torch.randn(2, 8, 12), 10)
     tok = torch.randint(0, 50, (2, 8))
     torch.manual_seed(5)
     export(LNTransformer().eval(), tok, "zoo_layernorm_transformer")

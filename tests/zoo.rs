@@ -34,6 +34,7 @@ const ZOO: &[(&str, Expect)] = &[
     ("zoo_grouped_convtranspose", Expect::Channels(&["ConvTranspose"])),
     ("zoo_lstm", Expect::Channels(&["LSTM"])),
     ("zoo_gru", Expect::Channels(&["GRU"])),
+    ("zoo_bilstm", Expect::Channels(&["LSTM", "Reshape", "Transpose"])),
     ("zoo_qdq", Expect::Channels(&["QuantizeLinear", "DequantizeLinear", "Conv"])),
     ("zoo_shufflenet", Expect::OutOfScope("channel shuffle")),
     (

@@ -260,7 +260,7 @@ enum Sym {
 
 /// Run the analysis on the top-level graph.
 pub fn analyze(ctx: &Ctx) -> Analysis {
-    let mut a = Analyzer { ctx, st: Analysis::default(), shape_vecs: BTreeMap::new() };
+    let mut a = Analyzer { ctx, st: Analysis::default(), shape_vecs: BTreeMap::new(), dims_hint: BTreeMap::new() };
     a.st.consts = ctx.consts.clone();
     for &ni in &ctx.order {
         a.node(ni);
@@ -274,6 +274,9 @@ struct Analyzer<'c, 'a> {
     st: Analysis,
     /// Shape vectors by value name.
     shape_vecs: BTreeMap<String, Vec<Sym>>,
+    /// Dims the analysis knows of a tracked tensor beyond the declared shapes (an LSTM's
+    /// direction axis), carried through Transpose: what a Reshape merging them needs.
+    dims_hint: BTreeMap<String, Vec<Option<usize>>>,
 }
 
 /// What happened at one node, for the blocked reason.

@@ -422,6 +422,27 @@ impl Analyzer<'_, '_> {
                 }
             }
         }
+        // (c) the last axis (the channels) merged with the one before it: [.., D, C] → [.., D·C]
+        // (a bidirectional LSTM's directions and hidden units). Channel c of slice d becomes
+        // feature d·C + c, so the units repeat D times.
+        if !done && t + 1 == x.rank && t >= 1 && target.len() == t && (0..t - 1).all(|i| copies(i) == Some(i)) {
+            let d = self
+                .dims_hint
+                .get(me)
+                .and_then(|h| h.get(t - 1).copied().flatten())
+                .or_else(|| declared.as_ref().and_then(|dd| dd[t - 1]));
+            if let (Some(d), Some((v, p))) = (d, lit(t - 1)) {
+                if v == -1 || v == (d as i64) * c {
+                    let units: Vec<Option<Unit>> = (0..d).flat_map(|_| x.units.iter().copied()).collect();
+                    let vals: Vec<Val> = (0..d).flat_map(|_| x.vals.iter().copied()).collect();
+                    done = v == -1 || self.count_edit(&x, n, p, units.clone());
+                    if done {
+                        self.touch(ni, &x.units);
+                        self.emit(ni, &n.output[0], Track { axis: t - 1, rank: t, units, vals });
+                    }
+                }
+            }
+        }
         if !done {
             self.block(&x.units, &format!("{} (reshape moves the channel axis)", barrier_reason(n)));
         }
@@ -619,6 +640,14 @@ impl Analyzer<'_, '_> {
             Some(axis) => {
                 let t = Track { axis, ..x.clone() };
                 self.emit(ni, &n.output[0], t);
+                let hint = inp(n, 0).and_then(|i| self.dims_hint.get(i)).cloned();
+                if let Some(h) = hint.filter(|h| h.len() == perm.len()) {
+                    let out: Option<Vec<Option<usize>>> =
+                        perm.iter().map(|&p| usize::try_from(p).ok().and_then(|p| h.get(p).copied())).collect();
+                    if let Some(out) = out {
+                        self.dims_hint.insert(n.output[0].clone(), out);
+                    }
+                }
             }
             None => self.block(&x.units, &format!("{} (bad perm)", barrier_reason(n))),
         }

@@ -114,6 +114,12 @@ impl Analyzer<'_, '_> {
             }
             let (axis, rank) = if k == 0 { (3, 4) } else { (2, 3) };
             self.emit(ni, o, Track { axis, rank, units: units.clone(), vals: zero.clone() });
+            if k == 0 {
+                // Y: [S, D, B, H] (layout 0) or [B, S, D, H]: the direction axis is known.
+                let mut hint = vec![None, None, None, Some(h)];
+                hint[if attr_i(n, "layout").unwrap_or(0) == 0 { 1 } else { 2 }] = Some(dirs);
+                self.dims_hint.insert(o.clone(), hint);
+            }
         }
     }
 
