@@ -333,10 +333,72 @@ pub fn analyse_onnx_4d(ctx: &Ctx, ni: usize) -> Result<Block> {
     if ctx.probes.is_some() {
         let (q, k) = (ctx.shape(0, &n.input[0])?, ctx.shape(0, &n.input[1])?);
         if q.len() == 4 && k.len() == 4 && q[1] != k[1] {
-            bail!("grouped-query 4-D Attention is not supported ({} query heads over {} K/V heads)", q[1], k[1]);
+            return analyse_4d_gqa(ctx, ni, q[1], k[1]);
         }
     }
     analyse_qkv(ctx, ni, [&n.input[0], &n.input[1], &n.input[2]], "ONNX Attention (4-D)")
+}
+
+/// Grouped-query attention in the 4-D form: query head i reads K/V head i / (hq / hkv). Query
+/// heads are dropped evenly from every KV group (the kept ones of a group stay contiguous, so the
+/// mapping holds after the rewrite); K and V are kept whole. Only the Q path is followed.
+fn analyse_4d_gqa(ctx: &Ctx, ni: usize, hq: usize, hkv: usize) -> Result<Block> {
+    let n = &ctx.g.node[ni];
+    if hkv == 0 || hq % hkv != 0 {
+        bail!("{hq} query heads do not split over {hkv} K/V heads");
+    }
+    if hq / hkv < 2 {
+        bail!("one query head per K/V head: nothing to prune");
+    }
+    let fq = find_projection(ctx, &n.input[0]).context("Q operand")?;
+    let fk = find_projection(ctx, &n.input[1]).context("K operand")?;
+    let fv = find_projection(ctx, &n.input[2]).context("V operand")?;
+    if fq.node == fk.node || fk.node == fv.node || fq.node == fv.node {
+        bail!("Q, K and V share a projection");
+    }
+    let d = *ctx.shape(0, &n.input[0])?.last().context("scalar Q")?;
+    let dv = *ctx.shape(0, &n.input[2])?.last().context("scalar V")?;
+    if fq.width != hq * d || fk.width != hkv * d || fv.width != hkv * dv {
+        bail!("Q/K/V widths {}/{}/{} do not split into {hq}/{hkv}/{hkv} heads", fq.width, fk.width, fv.width);
+    }
+    let flood = Flood::run_with(ctx, std::slice::from_ref(&fq), hq, d, dv, false, true)?;
+    let proj = |f: &Found, heads: usize, head_dim: usize, prune: bool| Projection {
+        weight: f.weight,
+        bias: f.bias,
+        parts: 1,
+        heads,
+        head_dim,
+        prune,
+    };
+    let mut nodes = flood.info.nodes.clone();
+    nodes.insert(fq.node);
+    if let Some(b) = fq.bias {
+        nodes.insert(b.node);
+    }
+    let out = flood.out.context("output projection not found")?;
+    nodes.insert(out.node);
+    let block = Block {
+        id: node_label(n),
+        kind: "ONNX Attention (4-D)",
+        members: nodes.iter().map(|&i| node_label(&ctx.g.node[i])).collect(),
+        heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+        v_head_dim: dv,
+        projs: vec![proj(&fq, hq, d, true), proj(&fk, hkv, d, false), proj(&fv, hkv, dv, false)],
+        v_proj: (2, 0),
+        out,
+        path: Some(flood.info),
+        attrs: vec![],
+        fused_bias: None,
+        notes: vec![format!(
+            "grouped-query attention ({hq} query heads, {hkv} KV heads): query heads are dropped evenly from every KV group; K and V are kept whole"
+        )],
+    };
+    let (_, notes) = plan(ctx, &block, hq - hkv).context("the reshape targets cannot follow a new head count")?;
+    let mut all = block.notes.clone();
+    all.extend(notes);
+    Ok(Block { notes: all, ..block })
 }
 
 fn analyse_qkv(ctx: &Ctx, id_node: usize, qkv: [&String; 3], kind: &'static str) -> Result<Block> {
@@ -428,10 +490,16 @@ struct Flood {
     out: Option<WeightUse>,
     /// Sources of Q, K, V as seen at the MatMuls.
     roles: [Option<Src>; 3],
+    /// Grouped-query 4-D Attention: only Q is tracked; K and V are kept whole.
+    gqa: bool,
 }
 
 impl Flood {
     fn run(ctx: &Ctx, found: &[Found], h: usize, d: usize, dv: usize, fused: bool) -> Result<Flood> {
+        Self::run_with(ctx, found, h, d, dv, fused, false)
+    }
+
+    fn run_with(ctx: &Ctx, found: &[Found], h: usize, d: usize, dv: usize, fused: bool, gqa: bool) -> Result<Flood> {
         let mut fl = Flood {
             info: PathInfo { heads: h, ..Default::default() },
             tracked: HashMap::new(),
@@ -439,6 +507,7 @@ impl Flood {
             av: None,
             out: None,
             roles: [None; 3],
+            gqa,
         };
         let mut first = usize::MAX;
         let mut processed = BTreeSet::new();
@@ -692,7 +761,8 @@ impl Flood {
             bail!("3-D Attention on the MatMul path");
         }
         let slots: Vec<usize> = tin.iter().map(|(s, _)| *s).collect();
-        if slots != [0, 1, 2] || self.score.is_some() {
+        let want: &[usize] = if self.gqa { &[0] } else { &[0, 1, 2] };
+        if slots != want || self.score.is_some() {
             bail!("Attention whose Q, K and V are not the three projections");
         }
         let present = |s: usize| n.input.get(s).is_some_and(|i| !i.is_empty());
@@ -725,7 +795,12 @@ impl Flood {
         }
         self.score = Some(ni);
         self.av = Some(ni);
-        self.roles = [Some(tin[0].1.src), Some(tin[1].1.src), Some(tin[2].1.src)];
+        self.roles = if self.gqa {
+            // K and V are kept whole: they stand for projections 1 and 2 of the block.
+            [Some(tin[0].1.src), Some(Src::Proj { proj: 1, part: None }), Some(Src::Proj { proj: 2, part: None })]
+        } else {
+            [Some(tin[0].1.src), Some(tin[1].1.src), Some(tin[2].1.src)]
+        };
         self.track(ctx, &n.output[0], Track { head, part: None, src: Src::Context })
     }
 
