@@ -47,8 +47,11 @@ fn check_roundtrip(p: &Path) {
 
 #[test]
 fn roundtrip_project_models() {
-    let files = onnx_files(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models")));
+    let mut files = onnx_files(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models")));
     assert!(files.len() >= 5, "models/ should hold the project's models");
+    let zoo = onnx_files(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/zoo")));
+    assert!(zoo.len() >= 10, "models/zoo should hold the architecture zoo");
+    files.extend(zoo);
     for p in files {
         check_roundtrip(&p);
     }
