@@ -52,18 +52,7 @@ impl Analyzer<'_, '_> {
                 // Output o = c·m + j reads input c only: input and output channels are coupled.
                 let m = cout / group;
                 let units: Vec<Option<Unit>> = x.units.iter().flat_map(|u| std::iter::repeat_n(*u, m)).collect();
-                self.slice(w, 0, &units, (ni, 1), Role::Producer);
-                if let Some(b) = b {
-                    self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
-                }
-                self.st.edits.push(Edit::Count {
-                    target: IntTarget::AttrInt(ni, "group".into()),
-                    index: 0,
-                    units: x.units.clone(),
-                });
-                self.st.sources.insert(ni, units.clone());
-                let t = Track { axis: 1, rank: x.rank, vals: vec![Val::Const(0.0); units.len()], units };
-                self.emit(ni, &n.output[0], t);
+                self.depthwise(ni, n, x, (w, &units), b, m);
                 return;
             } else if group == 1 {
                 self.slice(w, 1, &x.units, (ni, 1), Role::Consumer);
@@ -123,6 +112,33 @@ impl Analyzer<'_, '_> {
     /// to outputs [i·Cout/g, (i+1)·Cout/g): keep-sets are uniform across groups (position j of every
     /// group is one unit) on both sides, so `group` stays; with one input channel per group the
     /// op is depthwise-like and its input and output channels are coupled (`group` shrinks).
+    /// A depthwise(-like) Conv / ConvTranspose: output o = c·m + j reads input channel c only, so
+    /// input and output channels are one unit. The weight's axis 0 carries `wu.1` (per output for
+    /// Conv, per input for ConvTranspose); `group` follows the kept input channels.
+    fn depthwise(
+        &mut self,
+        ni: usize,
+        n: &NodeProto,
+        x: &Track,
+        wu: (&str, &[Option<Unit>]),
+        b: Option<&str>,
+        m: usize,
+    ) {
+        let units: Vec<Option<Unit>> = x.units.iter().flat_map(|u| std::iter::repeat_n(*u, m)).collect();
+        self.slice(wu.0, 0, wu.1, (ni, 1), Role::Producer);
+        if let Some(b) = b {
+            self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
+        }
+        self.st.edits.push(Edit::Count {
+            target: IntTarget::AttrInt(ni, "group".into()),
+            index: 0,
+            units: x.units.clone(),
+        });
+        self.st.sources.insert(ni, units.clone());
+        let t = Track { axis: 1, rank: x.rank, vals: vec![Val::Const(0.0); units.len()], units };
+        self.emit(ni, &n.output[0], t);
+    }
+
     pub(super) fn conv_transpose(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let label = node_label(n);
         let (Some(w), b) = (inp(n, 1), inp(n, 2)) else { return };
@@ -148,20 +164,8 @@ impl Analyzer<'_, '_> {
             if x.axis != 1 || x.units.len() != cin || x.rank != wd.len() {
                 self.block(&x.units, &format!("{} (channel axis does not match the weight)", barrier_reason(n)));
             } else if group > 1 && cin_g == 1 {
-                // Output o = c·m + j reads input c only.
-                let units: Vec<Option<Unit>> = x.units.iter().flat_map(|u| std::iter::repeat_n(*u, og)).collect();
-                self.slice(w, 0, &x.units, (ni, 1), Role::Producer);
-                if let Some(b) = b {
-                    self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
-                }
-                self.st.edits.push(Edit::Count {
-                    target: IntTarget::AttrInt(ni, "group".into()),
-                    index: 0,
-                    units: x.units.clone(),
-                });
-                self.st.sources.insert(ni, units.clone());
-                let t = Track { axis: 1, rank: x.rank, vals: vec![Val::Const(0.0); units.len()], units };
-                self.emit(ni, &n.output[0], t);
+                // Output o = c·m + j reads input c only (weight axis 0 is the input channel).
+                self.depthwise(ni, n, x, (w, &x.units), b, og);
                 return;
             } else {
                 let r = format!("{} (grouped ConvTranspose with an untracked channel)", barrier_reason(n));
