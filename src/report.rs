@@ -208,23 +208,23 @@ impl Report {
 fn recon_table(r: &crate::reconstruct::ReconReport) -> String {
     let mut s = String::new();
     let w = r.layers.iter().map(|l| l.layer.chars().count()).max().unwrap_or(5).clamp(5, 40);
-    let _ = writeln!(s, "{:<w$}  {:>9}  {:>7}  {:>10}  {:>10}", "layer", "method", "rows", "err before", "err after");
+    let _ = writeln!(s, "{:<w$}  {:>14}  {:>7}  {:>10}  {:>10}", "layer", "method", "rows", "err before", "err after");
     let (mut done, mut skipped) = (0, 0);
     for l in &r.layers {
         let name = tail(&l.layer, w);
         if l.method == "skipped" {
             skipped += 1;
             let _ =
-                writeln!(s, "{name:<w$}  {:>9}  not reconstructed: {}", "skipped", l.note.as_deref().unwrap_or("?"));
+                writeln!(s, "{name:<w$}  {:>14}  not reconstructed: {}", "skipped", l.note.as_deref().unwrap_or("?"));
             continue;
         }
         done += (l.method != "unchanged") as usize;
         let _ =
-            writeln!(s, "{name:<w$}  {:>9}  {:>7}  {:>10.3e}  {:>10.3e}", l.method, l.rows, l.err_before, l.err_after);
+            writeln!(s, "{name:<w$}  {:>14}  {:>7}  {:>10.3e}  {:>10.3e}", l.method, l.rows, l.err_before, l.err_after);
     }
     let _ = writeln!(
         s,
-        "reconstruction: {} calibration samples, {done} layer(s) updated, {skipped} skipped (errors: relative, on calibration rows)",
+        "reconstruction: {} calibration samples, {done} layer(s) updated, {skipped} skipped (errors: relative, on calibration rows; per-weight layers: on the held-apart fifth)",
         r.samples
     );
     if let Some(e) = &r.end_to_end {

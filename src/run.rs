@@ -334,7 +334,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 };
                 let layers = crate::reconstruct::obs::obs_all(&dense, &mut m, &pruned_names, &fit)
                     .with_context(|| format!("{}: reconstruction", o.input.display()))?;
-                let end_to_end = if let (true, Some(check)) = (layers.iter().any(|l| l.method == "obs"), &check) {
+                let end_to_end = if let (true, Some(check)) =
+                    (layers.iter().any(|l| l.method != "unchanged" && l.method != "skipped"), &check)
+                {
                     match crate::reconstruct::end_to_end(&dense, &without, &m, check) {
                         Ok(e) => {
                             if !e.kept {

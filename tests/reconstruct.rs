@@ -174,6 +174,14 @@ fn reconstruction_lowers_error_on_trained_models() {
         if m == "digits_lstm" {
             // W and R of the LSTM are updated together (gate pre-activations are linear in [x; h]).
             assert!(layers.iter().any(|l| l["layer"].as_str().unwrap().starts_with("LSTM") && l["method"] == "obs"));
+            // The classifier after it is fitted to the dense logits, which absorbs the LSTM's
+            // remaining error (SparseGPT's update alone left this model 1.7 points down).
+            let dense = fit["verification"]["accuracy_dense"].as_f64().unwrap();
+            assert!(acc(&fit) >= dense - 0.01, "{m}: {dense} → {}", acc(&fit));
+        }
+        if what == "weights" && m == "yolo_block" {
+            // Layers after the first see damaged inputs: there the fit to the dense outputs wins.
+            assert!(layers.iter().any(|l| l["method"].as_str().unwrap().starts_with("obs-dense")), "{layers:?}");
         }
     }
 }

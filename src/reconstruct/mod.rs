@@ -14,7 +14,8 @@
 //! - Every layer is reported: its calibration error before and after, the method kept, or why
 //!   it was not reconstructed.
 //!
-//! Methods: per-weight mode uses the OBS / SparseGPT update with EMP's mask ([`obs`]);
+//! Methods: per-weight mode uses the OBS / SparseGPT update with EMP's mask ([`obs`]), aimed at
+//! the dense model's outputs layer by layer ([`target`]);
 //! channels and heads refit each consumer of removed units by ridge least squares against the
 //! dense output, with bias-only compensation and "leave as is" as fall-backs, keeping whichever
 //! has the lowest error on a held-apart fifth of the calibration rows ([`refit`]); grouped
@@ -27,6 +28,7 @@ pub mod obs;
 pub mod recurrent;
 pub mod refit;
 pub mod site;
+pub mod target;
 
 use serde::Serialize;
 
@@ -43,7 +45,8 @@ pub struct LayerRecon {
     /// "<op> <node name>".
     pub layer: String,
     pub weight: String,
-    /// "obs", "ridge", "bias", "affine", "unchanged" or "skipped".
+    /// "obs", "obs+bias", "obs-dense", "obs-dense+bias" (per-weight, see [`target`]), "ridge",
+    /// "bias", "affine", "unchanged" or "skipped".
     pub method: String,
     /// Calibration rows (samples × sampled positions) the layer was solved on.
     pub rows: usize,

@@ -87,9 +87,17 @@ pub fn obs_all(
                 shared = None;
                 continue;
             }
-            Layer::Linear(Ok(s)) => match obs_layer(k, dense, model, &s, calib, &mut shared) {
-                Ok(r) => r,
-                Err(e) => Some(LayerRecon::skipped(&s.label, &w, format!("{e:#}"))),
+            // Layer by layer: OBS aimed at the dense outputs; plain OBS (SparseGPT) when the
+            // layer's targets do not fit in memory or its runs fail.
+            Layer::Linear(Ok(s)) => match super::target::obs_to_dense(k, dense, model, &s, calib) {
+                Ok(r) => {
+                    shared = None;
+                    r
+                }
+                Err(_) => match obs_layer(k, dense, model, &s, calib, &mut shared) {
+                    Ok(r) => r,
+                    Err(e) => Some(LayerRecon::skipped(&s.label, &w, format!("{e:#}"))),
+                },
             },
             Layer::Recurrent(ni) => match super::recurrent::obs_recurrent(k, dense, model, ni, calib) {
                 Ok(r) => r,

@@ -1,0 +1,482 @@
+//! Per-weight mode, layer by layer: the OBS update aimed at the dense model's outputs.
+//!
+//! SparseGPT updates a layer so that W′ z ≈ W z on the inputs z that the already-pruned layers
+//! before it produce: it stops errors from compounding, but the error those layers made stays.
+//! Here the target is the dense model's own output of the layer, y_d = W z_d (z_d: the layer's
+//! input in the dense model), as error-correcting GPTQ/OBS variants do:
+//! 1. W* = argmin Σ‖W z − y_d‖² + λ‖W‖² (ridge; λ = δ · mean(diag H), δ of [`FIT_DAMPS`]);
+//! 2. OBS with EMP's mask from W* on H = Σ z zᵀ. Since Σ‖W′z − y_d‖² = Σ‖(W′ − W*) z‖² + const
+//!    for the exact least-squares W*, removing weights from W* by OBS minimises the error to the
+//!    dense output, not to the already-damaged one.
+//! 3. With a bias, the mean residual over the rows moves into it (FLAP-style compensation).
+//!
+//! The candidates — left as pruned, OBS from W (SparseGPT), OBS from W*, each with and without
+//! the bias shift — are fitted on four fifths of the calibration samples and judged on the
+//! fifth held apart (error to y_d); the winner is solved again on all samples. The mask, and so
+//! EMP's sparsity, never changes.
+//!
+//! Memory: one layer's H and Σ z y_dᵀ per group, plus y_d of its sampled rows (refused above
+//! [`MAX_TARGET_ELEMS`]; the caller then falls back to plain OBS).
+
+use super::capture::run_exposing;
+use super::linalg::{mean_diag, obs_update, ridge, Normal};
+use super::refit::sample_positions;
+use super::site::{self, Site};
+use super::{row_seed, LayerRecon, OBS_DAMP, POSITIONS_PER_SAMPLE};
+use crate::check::Inputs;
+use anyhow::{bail, Context, Result};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par};
+use onnx_protobuf::ModelProto;
+
+/// The most y_d values (sampled rows × outputs) kept for one layer: 128 MB of f64.
+pub const MAX_TARGET_ELEMS: usize = 16 << 20;
+
+/// Normal equations of one group with the sums needed for a bias shift.
+#[derive(Clone)]
+struct Stats {
+    n: Normal,
+    sz: Vec<f64>,
+    sy: Vec<f64>,
+}
+
+impl Stats {
+    fn new(p: usize, q: usize) -> Self {
+        Stats { n: Normal::new(p, q), sz: vec![0.0; p], sy: vec![0.0; q] }
+    }
+
+    fn add(&mut self, z: MatRef<'_, f64>, y: MatRef<'_, f64>) {
+        self.n.add(z, y);
+        for i in 0..z.nrows() {
+            for (j, s) in self.sz.iter_mut().enumerate() {
+                *s += z[(i, j)];
+            }
+            for (j, s) in self.sy.iter_mut().enumerate() {
+                *s += y[(i, j)];
+            }
+        }
+    }
+
+    fn merged(&self, o: &Stats) -> Stats {
+        let mut m = self.clone();
+        m.n.g += &o.n.g;
+        m.n.c += &o.n.c;
+        m.n.yy += o.n.yy;
+        m.n.rows += o.n.rows;
+        m.sz.iter_mut().zip(&o.sz).for_each(|(a, b)| *a += b);
+        m.sy.iter_mut().zip(&o.sy).for_each(|(a, b)| *a += b);
+        m
+    }
+
+    /// The mean residual ȳ − Xᵀ z̄ of candidate X (p × q): the bias shift.
+    fn shift(&self, x: MatRef<'_, f64>) -> Vec<f64> {
+        let r = self.n.rows.max(1) as f64;
+        (0..x.ncols())
+            .map(|o| {
+                let xz: f64 = (0..x.nrows()).map(|i| x[(i, o)] * self.sz[i]).sum();
+                (self.sy[o] - xz) / r
+            })
+            .collect()
+    }
+
+    /// Σ‖y − Xᵀz − δ‖² = sse(X) − 2 δ·(Σy − XᵀΣz) + rows·‖δ‖².
+    fn sse(&self, x: MatRef<'_, f64>, delta: Option<&[f64]>) -> f64 {
+        let base = self.n.sse(x);
+        let Some(d) = delta else { return base };
+        let r = self.n.rows as f64;
+        let mut e = base;
+        for (o, &dv) in d.iter().enumerate() {
+            let xz: f64 = (0..x.nrows()).map(|i| x[(i, o)] * self.sz[i]).sum();
+            e += -2.0 * dv * (self.sy[o] - xz) + r * dv * dv;
+        }
+        e.max(0.0)
+    }
+}
+
+/// Which start point OBS removes EMP's weights from.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Start {
+    /// The layer as pruned (no update).
+    Pruned,
+    /// The dense weights (SparseGPT).
+    Dense,
+    /// The least-squares fit to the dense outputs, ridge strength [`FIT_DAMPS`]`[i]`.
+    Fit(usize),
+}
+
+/// Ridge strengths of the fit, relative to mean(diag H): chosen on the held-apart samples (a
+/// classifier solved on a few hundred rows needs more than a convolution on thousands).
+pub const FIT_DAMPS: [f64; 3] = [1e-3, 1e-2, 1e-1];
+
+/// The weights of one group for `start`, fitted on `st`, as X = Wᵀ (p × og); None if the
+/// factorisation failed.
+fn solve(
+    start: Start,
+    st: &Stats,
+    w_dense: &[f64],
+    w_cur: &[f64],
+    keep: &[bool],
+    og: usize,
+    p: usize,
+) -> Option<Mat<f64>> {
+    let to_x = |w: &[f64]| Mat::from_fn(p, og, |i, o| w[o * p + i]);
+    match start {
+        Start::Pruned => Some(to_x(w_cur)),
+        Start::Dense | Start::Fit(_) => {
+            let mut w = match start {
+                Start::Dense | Start::Pruned => w_dense.to_vec(),
+                Start::Fit(i) => {
+                    let mut g = st.n.g.clone();
+                    for i in 0..p {
+                        if g[(i, i)] == 0.0 {
+                            g[(i, i)] = 1.0;
+                        }
+                    }
+                    let lambda = FIT_DAMPS[i] * mean_diag(g.as_ref());
+                    let x = ridge(g.as_ref(), st.n.c.as_ref(), &vec![lambda; p])?;
+                    let mut w = vec![0.0; og * p];
+                    for o in 0..og {
+                        for i in 0..p {
+                            w[o * p + i] = x[(i, o)];
+                        }
+                    }
+                    w
+                }
+            };
+            if !obs_update(&mut w, og, p, keep, st.n.g.as_ref(), OBS_DAMP) {
+                return None;
+            }
+            Some(to_x(&w))
+        }
+    }
+}
+
+/// Calibration statistics of a layer per group: (fit rows, held-apart rows), inputs from
+/// `model`, targets y_d = W_dense z_d from `dense`.
+fn collect(
+    k: usize,
+    dense: &ModelProto,
+    model: &ModelProto,
+    s: &Site,
+    w_dense: &[f64],
+    calib: &Inputs,
+) -> Result<Vec<[Stats; 2]>> {
+    let groups = site::groups(s);
+    let og = s.out / groups;
+    let p = s.p;
+    let values = [s.input.clone()];
+    // Pass 1, dense model: y_d of every sampled row, per group, in row order.
+    let mut targets: Vec<Vec<f64>> = vec![vec![]; groups];
+    let mut held = 0usize;
+    run_exposing(dense, calib, &values, |row0, v| {
+        let x = &v[0];
+        let (npos, hw) = sample_positions(s, x.shape())?;
+        let mut z = vec![0.0; p];
+        for (g, t) in targets.iter_mut().enumerate() {
+            let mut zs: Vec<f64> = vec![];
+            for n in 0..x.shape()[0] {
+                for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
+                    site::input_row(s, x, n, pos, g, hw, &mut z);
+                    zs.extend_from_slice(&z);
+                }
+            }
+            let r = zs.len() / p.max(1);
+            held += r * og;
+            if held > MAX_TARGET_ELEMS {
+                bail!("{} sampled output values: more than the {} kept per layer", held, MAX_TARGET_ELEMS);
+            }
+            let zm = MatRef::from_row_major_slice(&zs, r, p);
+            let wg = MatRef::from_row_major_slice(&w_dense[g * og * p..(g + 1) * og * p], og, p);
+            let mut y = Mat::<f64>::zeros(r, og);
+            matmul(y.as_mut(), Accum::Replace, zm, wg.transpose(), 1.0, Par::rayon(0));
+            for i in 0..r {
+                for o in 0..og {
+                    t.push(y[(i, o)]);
+                }
+            }
+        }
+        Ok(())
+    })
+    .with_context(|| format!("{}: dense calibration run", s.label))?;
+    // Pass 2, the model as reconstructed so far: inputs z, paired row by row with y_d.
+    let mut stats: Vec<[Stats; 2]> = (0..groups).map(|_| [Stats::new(p, og), Stats::new(p, og)]).collect();
+    let mut cursor = vec![0usize; groups];
+    run_exposing(model, calib, &values, |row0, v| {
+        let x = &v[0];
+        let (npos, hw) = sample_positions(s, x.shape())?;
+        let mut z = vec![0.0; p];
+        for (g, st) in stats.iter_mut().enumerate() {
+            // Rows of fit (0) and held-apart (1) samples.
+            let mut zs: [Vec<f64>; 2] = [vec![], vec![]];
+            let mut ys: [Vec<f64>; 2] = [vec![], vec![]];
+            for n in 0..x.shape()[0] {
+                let part = is_held(row0 + n) as usize;
+                for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
+                    site::input_row(s, x, n, pos, g, hw, &mut z);
+                    zs[part].extend_from_slice(&z);
+                    let c = cursor[g];
+                    let y = targets[g].get(c..c + og).context("the dense and pruned runs sampled different rows")?;
+                    ys[part].extend_from_slice(y);
+                    cursor[g] += og;
+                }
+            }
+            for part in 0..2 {
+                let r = zs[part].len() / p.max(1);
+                st[part]
+                    .add(MatRef::from_row_major_slice(&zs[part], r, p), MatRef::from_row_major_slice(&ys[part], r, og));
+            }
+        }
+        Ok(())
+    })
+    .with_context(|| format!("{}: calibration run", s.label))?;
+    if cursor.iter().zip(&targets).any(|(c, t)| *c != t.len()) {
+        bail!("{}: the dense and pruned runs sampled different rows", s.label);
+    }
+    Ok(stats)
+}
+
+/// Every fifth calibration sample is held apart to choose the candidate.
+fn is_held(row: usize) -> bool {
+    row % 5 == 4
+}
+
+/// Reconstruct one pruned layer toward the dense outputs. `Ok(None)` when it was not pruned.
+pub(crate) fn obs_to_dense(
+    k: usize,
+    dense: &ModelProto,
+    model: &mut ModelProto,
+    s: &Site,
+    calib: &Inputs,
+) -> Result<Option<LayerRecon>> {
+    let gd = dense.graph.as_ref().context("model has no graph")?;
+    let w_dense = site::read_rows(gd, s).context("dense weight")?;
+    let gm = model.graph.as_ref().context("model has no graph")?;
+    let w_cur = site::read_rows(gm, s)?;
+    if w_dense.len() != w_cur.len() {
+        bail!("dense and pruned weights differ in size");
+    }
+    let keep: Vec<bool> = w_cur.iter().map(|v| *v != 0.0).collect();
+    if keep.iter().all(|k| *k) {
+        return Ok(None);
+    }
+    let groups = site::groups(s);
+    if !s.out.is_multiple_of(groups) {
+        bail!("{} outputs do not split into {groups} groups", s.out);
+    }
+    let og = s.out / groups;
+    let p = s.p;
+    let bias_dense = site::read_bias(gd, s)?;
+    let bias_cur = site::read_bias(gm, s)?;
+    let alpha = site::weight_scale(s);
+    // A bias that was itself pruned (--include bias) stays as it is: its offset is part of every
+    // candidate's error, and it is not shifted.
+    let offset: Option<Vec<f64>> =
+        (bias_cur != bias_dense).then(|| bias_cur.iter().zip(&bias_dense).map(|(c, d)| (c - d) / alpha).collect());
+    let beta_ok = !matches!(s.layout, site::Layout::Gemm { beta, .. } if beta == 0.0);
+    let can_shift = s.bias.is_some() && offset.is_none() && beta_ok && alpha != 0.0;
+    let stats = collect(k, dense, model, s, &w_dense, calib)?;
+    let held_rows = stats[0][1].n.rows;
+    let fit_rows = stats[0][0].n.rows;
+    // Candidates in order of preference on ties: simplest first.
+    let starts: Vec<Start> =
+        [Start::Pruned, Start::Dense].into_iter().chain((0..FIT_DAMPS.len()).map(Start::Fit)).collect();
+    let mut cands: Vec<(Start, bool)> = starts.iter().map(|&s| (s, false)).collect();
+    if can_shift {
+        cands.extend(starts.iter().map(|&s| (s, true)));
+    }
+    let slice = |w: &[f64], g: usize| w[g * og * p..(g + 1) * og * p].to_vec();
+    // Each start point is solved once per group; with and without the shift judged from it.
+    let choose_on = |fit: usize, judge: usize| -> Vec<Option<f64>> {
+        let mut errs: Vec<Option<f64>> = vec![Some(0.0); cands.len()];
+        for &start in &starts {
+            for (g, st) in stats.iter().enumerate() {
+                let lo = g * og * p;
+                let x = solve(start, &st[fit], &slice(&w_dense, g), &slice(&w_cur, g), &keep[lo..lo + og * p], og, p);
+                for (ci, &(cs, shift)) in cands.iter().enumerate() {
+                    if cs != start {
+                        continue;
+                    }
+                    errs[ci] = match (&x, errs[ci]) {
+                        (Some(x), Some(acc)) => {
+                            let d = match (shift, &offset) {
+                                (true, _) => Some(st[fit].shift(x.as_ref())),
+                                (false, Some(off)) => Some(off[g * og..(g + 1) * og].to_vec()),
+                                (false, None) => None,
+                            };
+                            Some(acc + st[judge].sse(x.as_ref(), d.as_deref()))
+                        }
+                        _ => None,
+                    };
+                }
+            }
+        }
+        errs.into_iter().map(|e| e.filter(|e| e.is_finite())).collect()
+    };
+    // Judge on the held-apart samples (on the fit rows themselves when none are held apart).
+    let errs = if held_rows > 0 { choose_on(0, 1) } else { choose_on(0, 0) };
+    let judged = if held_rows > 0 { 1 } else { 0 };
+    let total: f64 = stats.iter().map(|st| st[judged].n.yy).sum();
+    let before = errs[0].context("the pruned layer's error is not finite")?;
+    let mut best = 0;
+    for (i, e) in errs.iter().enumerate() {
+        if let Some(e) = e {
+            if *e < errs[best].unwrap_or(f64::INFINITY) {
+                best = i;
+            }
+        }
+    }
+    let denom = total.max(f64::MIN_POSITIVE);
+    let (start, shift) = cands[best];
+    let method = match (start, shift) {
+        (Start::Pruned, false) => "unchanged",
+        (Start::Pruned, true) => "bias",
+        (Start::Dense, false) => "obs",
+        (Start::Dense, true) => "obs+bias",
+        (Start::Fit(_), false) => "obs-dense",
+        (Start::Fit(_), true) => "obs-dense+bias",
+    };
+    let rep = LayerRecon {
+        layer: s.label.clone(),
+        weight: s.weight.clone(),
+        method: method.into(),
+        rows: fit_rows + held_rows,
+        err_before: before / denom,
+        err_after: errs[best].unwrap_or(before) / denom,
+        note: (best == 0).then(|| "no update lowered the layer's error on the held-apart samples".into()),
+    };
+    if best == 0 {
+        return Ok(Some(rep));
+    }
+    // The winner, solved again on every sample.
+    let mut w_new = vec![0.0; s.out * p];
+    let mut bias = bias_dense.clone();
+    for (g, st) in stats.iter().enumerate() {
+        let all = st[0].merged(&st[1]);
+        let lo = g * og * p;
+        let x = solve(start, &all, &slice(&w_dense, g), &slice(&w_cur, g), &keep[lo..lo + og * p], og, p)
+            .context("the factorisation failed on all samples")?;
+        for o in 0..og {
+            for i in 0..p {
+                w_new[(g * og + o) * p + i] = x[(i, o)];
+            }
+        }
+        if shift {
+            for (o, d) in all.shift(x.as_ref()).into_iter().enumerate() {
+                bias[g * og + o] += alpha * d;
+            }
+        }
+    }
+    let gm = model.graph.as_mut().context("model has no graph")?;
+    site::write_rows(gm, s, &w_new)?;
+    if shift {
+        site::write_bias(gm, s, &bias)?;
+    }
+    Ok(Some(rep))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: u64) -> impl FnMut() -> f64 {
+        let mut s = seed | 1;
+        move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        }
+    }
+
+    /// Rows z (the pruned model's inputs) and y_d = W z_d, where the dense input z_d = A z + c
+    /// differs from z by an affine map (the error of the layers before).
+    fn data(rows: usize, p: usize, og: usize, w: &[f64], a: &[f64], c: &[f64], seed: u64) -> Stats {
+        let mut r = rng(seed);
+        let mut st = Stats::new(p, og);
+        let mut zs = vec![];
+        let mut ys = vec![];
+        for _ in 0..rows {
+            let z: Vec<f64> = (0..p).map(|_| r()).collect();
+            let zd: Vec<f64> = (0..p).map(|i| (0..p).map(|j| a[i * p + j] * z[j]).sum::<f64>() + c[i]).collect();
+            zs.extend_from_slice(&z);
+            ys.extend((0..og).map(|o| (0..p).map(|i| w[o * p + i] * zd[i]).sum::<f64>()));
+        }
+        st.add(MatRef::from_row_major_slice(&zs, rows, p), MatRef::from_row_major_slice(&ys, rows, og));
+        st
+    }
+
+    #[test]
+    fn sse_with_shift_matches_the_direct_sum() {
+        let (p, og) = (5, 3);
+        let mut r = rng(7);
+        let w: Vec<f64> = (0..og * p).map(|_| r()).collect();
+        let a: Vec<f64> = (0..p * p).map(|_| r() * 0.5).collect();
+        let c: Vec<f64> = (0..p).map(|_| r()).collect();
+        let st = data(40, p, og, &w, &a, &c, 3);
+        let x = Mat::from_fn(p, og, |i, o| w[o * p + i] * 0.7);
+        let d = st.shift(x.as_ref());
+        // Direct: regenerate the same rows.
+        let mut r = rng(3);
+        let (mut e0, mut e1) = (0.0, 0.0);
+        for _ in 0..40 {
+            let z: Vec<f64> = (0..p).map(|_| r()).collect();
+            let zd: Vec<f64> = (0..p).map(|i| (0..p).map(|j| a[i * p + j] * z[j]).sum::<f64>() + c[i]).collect();
+            for o in 0..og {
+                let y: f64 = (0..p).map(|i| w[o * p + i] * zd[i]).sum();
+                let f: f64 = (0..p).map(|i| x[(i, o)] * z[i]).sum();
+                e0 += (y - f).powi(2);
+                e1 += (y - f - d[o]).powi(2);
+            }
+        }
+        assert!((st.sse(x.as_ref(), None) - e0).abs() < 1e-9 * e0.max(1.0), "{} vs {e0}", st.sse(x.as_ref(), None));
+        assert!((st.sse(x.as_ref(), Some(&d)) - e1).abs() < 1e-9 * e0.max(1.0));
+        assert!(e1 < e0, "the mean shift lowers the error");
+    }
+
+    /// With an upstream distortion, OBS from the least-squares fit to the dense outputs beats
+    /// OBS from the dense weights (SparseGPT) on fresh rows, and with the bias shift it removes
+    /// the distortion's offset too; with no distortion the fit starts from (about) W itself.
+    #[test]
+    fn the_fit_start_corrects_upstream_error() {
+        let (p, og) = (12, 6);
+        let mut r = rng(11);
+        let w: Vec<f64> = (0..og * p).map(|_| r()).collect();
+        let keep: Vec<bool> = (0..og * p).map(|i| i % 4 != 1).collect();
+        let mut w_cur = w.clone();
+        w_cur.iter_mut().zip(&keep).for_each(|(v, k)| *v *= *k as u8 as f64);
+        let mut a: Vec<f64> = (0..p * p).map(|_| r() * 0.3).collect();
+        for i in 0..p {
+            a[i * p + i] += 1.0;
+        }
+        let c: Vec<f64> = (0..p).map(|_| r() * 0.5).collect();
+        let fit = data(400, p, og, &w, &a, &c, 5);
+        let test = data(200, p, og, &w, &a, &c, 9);
+        let err = |start: Start, shift: bool| {
+            let x = solve(start, &fit, &w, &w_cur, &keep, og, p).unwrap();
+            let d = shift.then(|| fit.shift(x.as_ref()));
+            test.sse(x.as_ref(), d.as_deref())
+        };
+        let (pruned, dense, fitted, fitted_b) =
+            (err(Start::Pruned, false), err(Start::Dense, false), err(Start::Fit(1), false), err(Start::Fit(1), true));
+        assert!(dense < pruned, "{dense} < {pruned}");
+        assert!(fitted < 0.7 * dense, "{fitted} < {dense}");
+        assert!(fitted_b < 0.5 * fitted, "{fitted_b} < {fitted}");
+        // The mask is EMP's: the fit never brings a removed weight back.
+        let x = solve(Start::Fit(1), &fit, &w, &w_cur, &keep, og, p).unwrap();
+        for o in 0..og {
+            for i in 0..p {
+                if !keep[o * p + i] {
+                    assert_eq!(x[(i, o)], 0.0);
+                }
+            }
+        }
+        // No distortion: the fit is W up to the damping, so it matches SparseGPT closely.
+        let ident: Vec<f64> = (0..p * p).map(|k| (k / p == k % p) as u8 as f64).collect();
+        let clean = data(400, p, og, &w, &ident, &vec![0.0; p], 5);
+        let x_fit = solve(Start::Fit(1), &clean, &w, &w_cur, &keep, og, p).unwrap();
+        let x_obs = solve(Start::Dense, &clean, &w, &w_cur, &keep, og, p).unwrap();
+        let diff: f64 =
+            (0..p).flat_map(|i| (0..og).map(move |o| (i, o))).map(|(i, o)| (x_fit[(i, o)] - x_obs[(i, o)]).abs()).sum();
+        assert!(diff < 0.05 * (og * p) as f64, "{diff}");
+    }
+}
