@@ -8,7 +8,7 @@ use crate::model::graph::{self, GraphIndex};
 use crate::model::io::{self, Loaded, SaveOptions};
 use crate::progress;
 use crate::prune::weights::{self, Include, Scope, WeightOptions};
-use crate::prune::{Criterion, RoundTo, StructOptions, StructScope, StructuralResult};
+use crate::prune::{Criterion, StructOptions, StructScope, StructuralResult};
 use crate::report::{Equivalence, FileInfo, Params, Report, Timing};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::ModelProto;
@@ -19,139 +19,8 @@ use std::time::Instant;
 /// Relative error above which a structural rewrite is a bug, not a measurement.
 pub const EQUIVALENCE_TOLERANCE: f64 = 1e-4;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// Per-weight zeroing (the default when --structured is not given).
-    #[value(skip)]
-    Weights,
-    /// Conv output channels and linear hidden units.
-    Channels,
-    /// Attention heads.
-    Heads,
-    /// Heads first, then channels / hidden units.
-    #[value(name = "heads,channels", alias = "channels,heads")]
-    HeadsChannels,
-}
-
-/// `--scope`: which scopes a mode accepts is checked by `run`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ScopeArg {
-    /// Per-weight: one EMP group per output unit's incoming weights.
-    Unit,
-    /// Per-weight: one group per tensor. Structured: one group per coupled group / attention block.
-    Layer,
-    /// Per-weight: one group over all raw scores. Structured: one EMP over all groups' units.
-    Global,
-    /// Per-weight (default): one group over all scores, each tensor's divided by its mean.
-    Normalized,
-}
-
-/// `--criterion`: which criteria a mode accepts is checked by `run`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum CriterionArg {
-    /// Per-weight (default): |w|.
-    Magnitude,
-    /// Per-weight: Wanda |w_ij|·‖x_j‖₂ (needs --calibration; default scope unit).
-    Wanda,
-    /// Structured (default): L2 norm of each unit's weights.
-    L2,
-    /// Structured: L1 norm of each unit's weights.
-    L1,
-    /// Heads: same as l2 (the default).
-    Weight,
-    /// Structured: calibration activations (needs --calibration).
-    Activation,
-}
-
-/// `--include`: what the safe defaults leave alone, opted into one by one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum IncludeArg {
-    /// Per-weight: biases.
-    Bias,
-    /// Per-weight: normalisation scales and shifts.
-    Norm,
-    /// Per-weight: embedding tables.
-    Embedding,
-    /// Per-weight: weights whose output units have fewer than 32 inputs (depthwise filters, a
-    /// stem on 1-3 channels, LSTM gates on few features).
-    Small,
-    /// Channels: lift the floor that keeps half of every group and at least 8 units.
-    Narrow,
-    /// Channels: prune a Conv that reads the model input (kept whole by default).
-    Stem,
-}
-
-/// Split `--include` values into the per-weight candidates and the structured floors.
-pub fn includes(v: &[IncludeArg]) -> (Include, crate::prune::Floor) {
-    let mut inc = Include::default();
-    let mut floor = crate::prune::Floor::ON;
-    for i in v {
-        match i {
-            IncludeArg::Bias => inc.bias = true,
-            IncludeArg::Norm => inc.norm = true,
-            IncludeArg::Embedding => inc.embedding = true,
-            IncludeArg::Small => inc.small = true,
-            IncludeArg::Narrow => floor.narrow = false,
-            IncludeArg::Stem => floor.stem = false,
-        }
-    }
-    (inc, floor)
-}
-
-/// The name clap knows a value by (`heads,channels`, `normalized`, ...).
-pub fn arg_name<T: clap::ValueEnum>(v: &T) -> String {
-    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Weights => "weights",
-            Mode::Channels => "channels",
-            Mode::Heads => "heads",
-            Mode::HeadsChannels => "heads,channels",
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub force: bool,
-    pub mode: Mode,
-    pub beta: f64,
-    /// None = the mode's default.
-    pub scope: Option<ScopeArg>,
-    pub criterion: Option<CriterionArg>,
-    pub include: Include,
-    /// Structured: floors on narrow and stem groups (lifted by `--include narrow,stem`).
-    pub floor: crate::prune::Floor,
-    pub round_to: RoundTo,
-    pub verify: bool,
-    pub verify_opts: VerifyOptions,
-    pub allow_mismatch: bool,
-    /// Calibration data for data-driven criteria; without it they are refused.
-    pub calibration: Option<crate::check::InputSpec>,
-    /// Human description of the calibration source for the report.
-    pub calibration_label: Option<String>,
-    /// Baseline: prune a fixed fraction per group instead of EMP (per-weight mode only).
-    pub fixed_ratio: Option<f64>,
-    /// Reconstruct the kept weights from the calibration data (when it is given).
-    pub reconstruct: bool,
-    /// `onnx-emp plan`: stop after the decision (groups, N_eff, kept, params, MACs); write no
-    /// model, run no reconstruction and no verification.
-    pub plan: bool,
-    /// Store the written model's weights as `sparse_initializer` where that saves bytes
-    /// (after verification, which runs on the dense-stored model).
-    pub sparse_initializers: bool,
-}
-
-/// The default per-weight scope (chosen from the measurements in the README).
-pub const DEFAULT_WEIGHT_SCOPE: Scope = Scope::Normalized;
-/// The default scope of `--criterion wanda`: Wanda's activation norms are not comparable across
-/// layers, so its paper groups per output unit.
-pub const DEFAULT_WANDA_SCOPE: Scope = Scope::Unit;
+mod options;
+pub use options::*;
 
 pub struct Outcome {
     pub report: Report,
