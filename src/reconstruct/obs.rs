@@ -58,6 +58,7 @@ pub fn obs_all(
     let window = if blockwise { window_inputs(&order.iter().map(|o| &o.2).collect::<Vec<_>>()) } else { 1 };
     let mut out = vec![];
     let mut shared: Option<Shared> = None;
+    let mut cache: std::collections::BTreeMap<usize, super::target::Targets> = Default::default();
     let mut order: std::collections::VecDeque<(usize, String, Layer)> = order.into_iter().collect();
     let mut k = 0usize;
     while let Some((_, w, layer)) = order.pop_front() {
@@ -89,7 +90,14 @@ pub fn obs_all(
             }
             // Layer by layer: OBS aimed at the dense outputs; plain OBS (SparseGPT) when the
             // layer's targets do not fit in memory or its runs fail.
-            Layer::Linear(Ok(s)) => match super::target::obs_to_dense(k, dense, model, &s, calib) {
+            Layer::Linear(Ok(s)) => match super::target::obs_to_dense(
+                k,
+                dense,
+                model,
+                &s,
+                calib,
+                prefetched(&mut cache, k, &s, &order, dense, calib),
+            ) {
                 Ok(r) => {
                     shared = None;
                     r
@@ -116,6 +124,40 @@ pub fn obs_all(
         k += 1;
     }
     Ok(out)
+}
+
+/// The dense targets of layer `k` (site `s`, the next to reconstruct; `order` the ones after it,
+/// numbered k + 1, k + 2, …). On a miss, one dense pass computes them for `s` and the following
+/// linear layers while their targets fit in [`super::target::MAX_TARGET_ELEMS`] together; None
+/// when that pass fails (the layer then runs its own).
+fn prefetched(
+    cache: &mut std::collections::BTreeMap<usize, super::target::Targets>,
+    k: usize,
+    s: &site::Site,
+    order: &std::collections::VecDeque<(usize, String, Layer)>,
+    dense: &ModelProto,
+    calib: &Inputs,
+) -> Option<super::target::Targets> {
+    if let Some(t) = cache.remove(&k) {
+        return Some(t);
+    }
+    let mut budget = super::target::MAX_TARGET_ELEMS.checked_sub(super::target::target_bound(s, calib))?;
+    let mut sites: Vec<(usize, &site::Site)> = vec![(k, s)];
+    for (i, (_, _, l)) in order.iter().enumerate() {
+        let Layer::Linear(Ok(next)) = l else { break };
+        let need = super::target::target_bound(next, calib);
+        if need > budget {
+            break;
+        }
+        budget -= need;
+        sites.push((k + 1 + i, next));
+    }
+    let mut all = super::target::dense_targets(dense, calib, &sites).ok()?.into_iter();
+    let first = all.next();
+    for ((kk, _), t) in sites[1..].iter().zip(all) {
+        cache.insert(*kk, t);
+    }
+    first
 }
 
 /// Models with at least this many float weight elements (16 MB of float32) are reconstructed

@@ -151,53 +151,81 @@ fn solve(
     }
 }
 
-/// Calibration statistics of a layer per group: (fit rows, held-apart rows), inputs from
-/// `model`, targets y_d = W_dense z_d from `dense`.
-fn collect(
-    k: usize,
-    dense: &ModelProto,
-    model: &ModelProto,
-    s: &Site,
-    w_dense: &[f64],
-    calib: &Inputs,
-) -> Result<Vec<[Stats; 2]>> {
-    let groups = site::groups(s);
-    let og = s.out / groups;
-    let p = s.p;
-    let values = [s.input.clone()];
-    // Pass 1, dense model: y_d of every sampled row, per group, in row order.
-    let mut targets: Vec<Vec<f64>> = vec![vec![]; groups];
-    let mut held = 0usize;
+/// The dense model's outputs y_d = W_dense z_d of a layer: per group, the sampled rows in order.
+pub(crate) type Targets = Vec<Vec<f64>>;
+
+/// Upper bound of the y_d values of a layer (every sample, at most [`POSITIONS_PER_SAMPLE`]
+/// positions, every output).
+pub(crate) fn target_bound(s: &Site, calib: &Inputs) -> usize {
+    calib.rows().saturating_mul(POSITIONS_PER_SAMPLE).saturating_mul(s.out)
+}
+
+/// y_d of several layers (`(k, site)`: k seeds the position sample) from ONE pass of the dense
+/// model: the dense model never changes, so the layers of a window share its run.
+pub(crate) fn dense_targets(dense: &ModelProto, calib: &Inputs, sites: &[(usize, &Site)]) -> Result<Vec<Targets>> {
+    let gd = dense.graph.as_ref().context("model has no graph")?;
+    let weights: Vec<Vec<f64>> =
+        sites.iter().map(|(_, s)| site::read_rows(gd, s).context("dense weight")).collect::<Result<_>>()?;
+    let mut values: Vec<String> = vec![];
+    for (_, s) in sites {
+        if !values.contains(&s.input) {
+            values.push(s.input.clone());
+        }
+    }
+    let mut out: Vec<Targets> = sites.iter().map(|(_, s)| vec![vec![]; site::groups(s)]).collect();
+    let mut held = vec![0usize; sites.len()];
+    let label = sites.iter().map(|(_, s)| s.label.as_str()).collect::<Vec<_>>().join(", ");
     run_exposing(dense, calib, &values, |row0, v| {
-        let x = &v[0];
-        let (npos, hw) = sample_positions(s, x.shape())?;
-        let mut z = vec![0.0; p];
-        for (g, t) in targets.iter_mut().enumerate() {
-            let mut zs: Vec<f64> = vec![];
-            for n in 0..x.shape()[0] {
-                for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
-                    site::input_row(s, x, n, pos, g, hw, &mut z);
-                    zs.extend_from_slice(&z);
+        for (((k, s), w_dense), (targets, held)) in sites.iter().zip(&weights).zip(out.iter_mut().zip(held.iter_mut()))
+        {
+            let (k, s) = (*k, *s);
+            let x = &v[values.iter().position(|n| n == &s.input).expect("exposed")];
+            let groups = site::groups(s);
+            let (og, p) = (s.out / groups, s.p);
+            let (npos, hw) = sample_positions(s, x.shape())?;
+            let mut z = vec![0.0; p];
+            for (g, t) in targets.iter_mut().enumerate() {
+                let mut zs: Vec<f64> = vec![];
+                for n in 0..x.shape()[0] {
+                    for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
+                        site::input_row(s, x, n, pos, g, hw, &mut z);
+                        zs.extend_from_slice(&z);
+                    }
                 }
-            }
-            let r = zs.len() / p.max(1);
-            held += r * og;
-            if held > MAX_TARGET_ELEMS {
-                bail!("{} sampled output values: more than the {} kept per layer", held, MAX_TARGET_ELEMS);
-            }
-            let zm = MatRef::from_row_major_slice(&zs, r, p);
-            let wg = MatRef::from_row_major_slice(&w_dense[g * og * p..(g + 1) * og * p], og, p);
-            let mut y = Mat::<f64>::zeros(r, og);
-            matmul(y.as_mut(), Accum::Replace, zm, wg.transpose(), 1.0, Par::rayon(0));
-            for i in 0..r {
-                for o in 0..og {
-                    t.push(y[(i, o)]);
+                let r = zs.len() / p.max(1);
+                *held += r * og;
+                if *held > MAX_TARGET_ELEMS {
+                    bail!(
+                        "{}: {} sampled output values, more than the {} kept per layer",
+                        s.label,
+                        held,
+                        MAX_TARGET_ELEMS
+                    );
+                }
+                let zm = MatRef::from_row_major_slice(&zs, r, p);
+                let wg = MatRef::from_row_major_slice(&w_dense[g * og * p..(g + 1) * og * p], og, p);
+                let mut y = Mat::<f64>::zeros(r, og);
+                matmul(y.as_mut(), Accum::Replace, zm, wg.transpose(), 1.0, Par::rayon(0));
+                for i in 0..r {
+                    for o in 0..og {
+                        t.push(y[(i, o)]);
+                    }
                 }
             }
         }
         Ok(())
     })
-    .with_context(|| format!("{}: dense calibration run", s.label))?;
+    .with_context(|| format!("{label}: dense calibration run"))?;
+    Ok(out)
+}
+
+/// Calibration statistics of a layer per group: (fit rows, held-apart rows), inputs from
+/// `model`, paired row by row with the dense targets.
+fn collect(k: usize, model: &ModelProto, s: &Site, targets: &Targets, calib: &Inputs) -> Result<Vec<[Stats; 2]>> {
+    let groups = site::groups(s);
+    let og = s.out / groups;
+    let p = s.p;
+    let values = [s.input.clone()];
     // Pass 2, the model as reconstructed so far: inputs z, paired row by row with y_d.
     let mut stats: Vec<[Stats; 2]> = (0..groups).map(|_| [Stats::new(p, og), Stats::new(p, og)]).collect();
     let mut cursor = vec![0usize; groups];
@@ -229,7 +257,7 @@ fn collect(
         Ok(())
     })
     .with_context(|| format!("{}: calibration run", s.label))?;
-    if cursor.iter().zip(&targets).any(|(c, t)| *c != t.len()) {
+    if cursor.iter().zip(targets.iter()).any(|(c, t)| *c != t.len()) {
         bail!("{}: the dense and pruned runs sampled different rows", s.label);
     }
     Ok(stats)
@@ -241,12 +269,14 @@ fn is_held(row: usize) -> bool {
 }
 
 /// Reconstruct one pruned layer toward the dense outputs. `Ok(None)` when it was not pruned.
+/// `targets`: the layer's y_d if already computed (see [`dense_targets`]).
 pub(crate) fn obs_to_dense(
     k: usize,
     dense: &ModelProto,
     model: &mut ModelProto,
     s: &Site,
     calib: &Inputs,
+    targets: Option<Targets>,
 ) -> Result<Option<LayerRecon>> {
     let gd = dense.graph.as_ref().context("model has no graph")?;
     let w_dense = site::read_rows(gd, s).context("dense weight")?;
@@ -274,7 +304,11 @@ pub(crate) fn obs_to_dense(
         (bias_cur != bias_dense).then(|| bias_cur.iter().zip(&bias_dense).map(|(c, d)| (c - d) / alpha).collect());
     let beta_ok = !matches!(s.layout, site::Layout::Gemm { beta, .. } if beta == 0.0);
     let can_shift = s.bias.is_some() && offset.is_none() && beta_ok && alpha != 0.0;
-    let stats = collect(k, dense, model, s, &w_dense, calib)?;
+    let targets = match targets {
+        Some(t) => t,
+        None => dense_targets(dense, calib, &[(k, s)])?.pop().expect("one site"),
+    };
+    let stats = collect(k, model, s, &targets, calib)?;
     let held_rows = stats[0][1].n.rows;
     let fit_rows = stats[0][0].n.rows;
     // Candidates in order of preference on ties: simplest first.
