@@ -141,8 +141,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let (scope_name, criterion_name);
     let mut weights_report = None;
     let mut groups = Vec::new();
-    // (masked, pruned) pairs to prove, in order.
-    let mut stages: Vec<(String, ModelProto, ModelProto)> = Vec::new();
+    // (masked, pruned) pairs to prove, in order. The last stage's pruned model is the output
+    // itself (None): it is proved from the staged output file, not from a second copy.
+    let mut stages: Vec<(String, ModelProto, Option<ModelProto>)> = Vec::new();
     let pruned: ModelProto = match o.mode {
         Mode::Weights => {
             let crit = o.criterion.unwrap_or(CriterionArg::Magnitude);
@@ -277,7 +278,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 let mut r = structural(&current, &sopts, "heads")?;
                 refit_stage(&current, &mut r, recon_inputs, &mut reconstruction, &t_recon)?;
                 groups.extend(r.groups);
-                stages.push(("heads".into(), r.masked, r.pruned.clone()));
+                let last = mode == Mode::Heads;
+                stages.push(("heads".into(), r.masked, (!last).then(|| r.pruned.clone())));
                 current = r.pruned;
             }
             if matches!(mode, Mode::Channels | Mode::HeadsChannels) {
@@ -290,7 +292,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 let mut r = structural(&current, &copts, "channels")?;
                 refit_stage(&current, &mut r, recon_inputs, &mut reconstruction, &t_recon)?;
                 groups.extend(r.groups);
-                stages.push(("channels".into(), r.masked, r.pruned.clone()));
+                stages.push(("channels".into(), r.masked, None));
                 current = r.pruned;
             }
             current
@@ -339,9 +341,15 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let mut stage_paths: Vec<(PathBuf, PathBuf)> = Vec::new();
     for (i, (name, masked, stage_pruned)) in stages.into_iter().enumerate() {
         let mp = staging.path().join(format!("masked-{i}.onnx"));
-        let pp = staging.path().join(format!("pruned-{i}.onnx"));
         io::save(masked, &mp, &save_opts)?;
-        io::save(stage_pruned, &pp, &save_opts)?;
+        let pp = match stage_pruned {
+            Some(m) => {
+                let pp = staging.path().join(format!("pruned-{i}.onnx"));
+                io::save(m, &pp, &save_opts)?;
+                pp
+            }
+            None => staged.clone(),
+        };
         stage_paths.push((mp.clone(), pp.clone()));
         let e = prove(&name, &mp, &pp, &o.verify_opts);
         if e.pass == Some(false) {
@@ -368,7 +376,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     timing.verify_ms = ms(t);
     for (mp, pp) in stage_paths {
         let _ = std::fs::remove_file(&mp);
-        let _ = std::fs::remove_file(pp);
+        if pp != staged {
+            let _ = std::fs::remove_file(pp);
+        }
         let _ = std::fs::remove_file(mp.with_extension("onnx.data"));
     }
     let (macs_before, macs_after) =

@@ -152,24 +152,40 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     };
     let shapes = inputs.shapes();
     let skip = |e: anyhow::Error, notes: Vec<String>| Verification::skipped(format!("{e:#}"), shapes.clone(), notes);
-    let (rd, rp) = both(|| compile("dense", dense, &inputs), || compile("pruned", pruned, &inputs));
-    let (rd, rp) = match (rd, rp) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return skip(e, notes),
+    // Big models one at a time (see ONE_AT_A_TIME_BYTES); their batch models are not kept.
+    let one_at_a_time = model_bytes(dense) + model_bytes(pruned) > ONE_AT_A_TIME_BYTES;
+    let run_one =
+        |which: &str, p: &Path| compile(which, p, &inputs).and_then(|r| Ok((outputs(which, &r, &inputs)?, r)));
+    // (outputs, output names, notes, the compiled model if kept) per model.
+    type Ran = (Vec<ndarray::ArrayD<f32>>, Vec<String>, Vec<String>, Option<Runnable>);
+    let keep = |(o, r): (Vec<ndarray::ArrayD<f32>>, Runnable), kept: bool| -> Ran {
+        let (names, notes) = (r.output_names.clone(), r.notes.clone());
+        (o, names, notes, kept.then_some(r))
     };
-    for (which, r) in [("dense", &rd), ("pruned", &rp)] {
-        notes.extend(r.notes.iter().map(|n| format!("{which}: {n}")));
+    let (d, p): (Ran, Ran) = if one_at_a_time {
+        let d = match run_one("dense", dense) {
+            Ok(x) => keep(x, false),
+            Err(e) => return skip(e, notes),
+        };
+        match run_one("pruned", pruned) {
+            Ok(x) => (d, keep(x, false)),
+            Err(e) => return skip(e, notes),
+        }
+    } else {
+        match both(|| run_one("dense", dense), || run_one("pruned", pruned)) {
+            (Ok(a), Ok(b)) => (keep(a, true), keep(b, true)),
+            (Err(e), _) | (_, Err(e)) => return skip(e, notes),
+        }
+    };
+    let ((od, names, notes_d, rd), (op, _, notes_p, rp)) = (d, p);
+    for (which, n) in [("dense", &notes_d), ("pruned", &notes_p)] {
+        notes.extend(n.iter().map(|n| format!("{which}: {n}")));
     }
-    let (od, op) = both(|| outputs("dense", &rd, &inputs), || outputs("pruned", &rp, &inputs));
-    let (od, op) = match (od, op) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return skip(e, notes),
-    };
-    let fid = compare(&od, &op, &rd.output_names);
+    let fid = compare(&od, &op, &names);
 
     let (mut acc_d, mut acc_p) = (None, None);
     if let Some(lp) = &opts.labels {
-        let first = rd.output_names.first().cloned().unwrap_or_default();
+        let first = names.first().cloned().unwrap_or_default();
         match load_labels(lp) {
             Err(e) => notes.push(format!("accuracy unavailable: {e:#}")),
             Ok(labels) => {
@@ -187,27 +203,41 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     if opts.latency {
         // Latency is what one deployed inference costs: time one sample, not the whole
         // verification batch (a model whose axis 0 is not a free batch axis is timed as is).
-        let one = inputs.head(1).and_then(|one| {
-            match both(|| compile("dense", dense, &one), || compile("pruned", pruned, &one)) {
+        // The batch models are dropped first: tract holding four copies of a big model at once
+        // was the peak of a default run.
+        let one_row = inputs.head(1);
+        let (rd, rp) = if one_row.is_none() { (rd, rp) } else { (None, None) };
+        let one =
+            one_row.and_then(|one| match both(|| compile("dense", dense, &one), || compile("pruned", pruned, &one)) {
                 (Ok(a), Ok(b)) => Some((one, a, b)),
                 _ => None,
+            });
+        let timed = match (one, rd, rp) {
+            (Some((i, a, b)), _, _) => {
+                notes.push("latency on one sample (batch 1)".to_string());
+                Some((i, a, b))
             }
-        });
-        let (li, ld, lp) = match &one {
-            Some((i, a, b)) => (i, a, b),
-            None => (&inputs, &rd, &rp),
+            (None, Some(a), Some(b)) => Some((inputs.clone(), a, b)),
+            (None, _, _) => match both(|| compile("dense", dense, &inputs), || compile("pruned", pruned, &inputs)) {
+                (Ok(a), Ok(b)) => Some((inputs.clone(), a, b)),
+                (Err(e), _) | (_, Err(e)) => {
+                    notes.push(format!("latency unavailable: {e:#}"));
+                    None
+                }
+            },
         };
-        if one.is_some() {
-            notes.push("latency on one sample (batch 1)".to_string());
-        }
-        // Interleaved (dense, pruned, dense, ...): noise hits both alike.
-        match latency::latency_interleaved(&[ld, lp], li, opts.latency_opts) {
-            Ok(mut v) => {
-                lat_p = v.pop();
-                lat_d = v.pop();
+        if let Some((li, ld, lp)) = &timed {
+            // Interleaved (dense, pruned, dense, ...): noise hits both alike.
+            match latency::latency_interleaved(&[ld, lp], li, opts.latency_opts) {
+                Ok(mut v) => {
+                    lat_p = v.pop();
+                    lat_d = v.pop();
+                }
+                Err(e) => notes.push(format!("latency unavailable: {e:#}")),
             }
-            Err(e) => notes.push(format!("latency unavailable: {e:#}")),
         }
+    } else {
+        drop((rd, rp));
     }
 
     let facts = inputs.facts();
@@ -247,7 +277,27 @@ pub fn equivalence(a: &Path, b: &Path, opts: &VerifyOptions) -> Result<Vec<Outpu
     equivalence_on(a, b, &all)
 }
 
+/// Models above this many bytes (file plus `<file>.data`) are proved one at a time: tract's
+/// copies of two big models side by side doubled the peak memory of a structural run.
+pub const ONE_AT_A_TIME_BYTES: u64 = 64 << 20;
+
+fn model_bytes(p: &Path) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut data = p.as_os_str().to_owned();
+    data.push(".data");
+    size(p) + size(Path::new(&data))
+}
+
 fn equivalence_on(a: &Path, b: &Path, inputs: &Inputs) -> Result<Vec<OutputFidelity>> {
+    if model_bytes(a) + model_bytes(b) > ONE_AT_A_TIME_BYTES {
+        let ra = compile("reference", a, inputs)?;
+        let oa = outputs("reference", &ra, inputs)?;
+        let names = ra.output_names.clone();
+        drop(ra);
+        let rb = compile("other", b, inputs)?;
+        let ob = outputs("other", &rb, inputs)?;
+        return Ok(compare(&oa, &ob, &names));
+    }
     let (ra, rb) = both(|| compile("reference", a, inputs), || compile("other", b, inputs));
     let (ra, rb) = (ra?, rb?);
     let (oa, ob) = both(|| outputs("reference", &ra, inputs), || outputs("other", &rb, inputs));
