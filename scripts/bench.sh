@@ -52,6 +52,25 @@ PY
   rm -rf "$T"
 fi
 
+# Big CNNs, default commands (issue 13): wall time and peak RSS of the default structured run
+# (with verification: masked proof, fidelity, latency within its budget) and without verification
+# (the masked proof still runs). Floors: DenseNet-161 ≤ 60 s, ResNet-50 ≈ 10 s.
+if python3 -c "import torch, torchvision" 2>/dev/null; then
+  python3 scripts/make_bench_cnn.py target/bench-models >/dev/null
+  T=$(mktemp -d)
+  for m in densenet161 resnet50; do
+    f=target/bench-models/$m.onnx
+    echo "### $m ($(du -m "$f" | cut -f1) MB), --structured channels --beta 0.8"
+    /usr/bin/time -f "default run     %e s  %M KB peak" target/release/onnx-emp "$f" "$T/o.onnx" \
+      --structured channels --beta 0.8 --quiet --force
+    /usr/bin/time -f "--no-verify     %e s  %M KB peak" target/release/onnx-emp "$f" "$T/o.onnx" \
+      --structured channels --beta 0.8 --quiet --force --no-verify
+  done
+  rm -rf "$T"
+else
+  echo "### big-CNN benchmark skipped: needs python3 with torch and torchvision"
+fi
+
 # Reconstruction of a ~100 MB model with 256 calibration samples (issue 10: floor 60 s on 2 cores).
 if python3 -c "import torch, onnxscript" 2>/dev/null; then
   BT=target/bench-models/bench_transformer_100mb.onnx

@@ -93,6 +93,52 @@ impl Stats {
     }
 }
 
+/// The fit rows' normal equations accumulated in f32, as SparseGPT accumulates H (half the cost
+/// of f64 products; far below the damping in precision); the sums and ‖y‖² stay in f64. The
+/// held-apart rows, which judge candidates by differences of large sums, stay in f64.
+struct Acc32 {
+    g: Mat<f32>,
+    c: Mat<f32>,
+    yy: f64,
+    rows: usize,
+    sz: Vec<f64>,
+    sy: Vec<f64>,
+}
+
+impl Acc32 {
+    fn new(p: usize, q: usize) -> Self {
+        Acc32 { g: Mat::zeros(p, p), c: Mat::zeros(p, q), yy: 0.0, rows: 0, sz: vec![0.0; p], sy: vec![0.0; q] }
+    }
+
+    /// Add `r` rows: z (r × p) and y (r × q), row-major f64.
+    fn add(&mut self, z: &[f64], y: &[f64], r: usize) {
+        let (p, q) = (self.sz.len(), self.sy.len());
+        if r == 0 {
+            return;
+        }
+        for (i, &v) in z.iter().enumerate() {
+            self.sz[i % p] += v;
+        }
+        for (i, &v) in y.iter().enumerate() {
+            self.sy[i % q] += v;
+            self.yy += v * v;
+        }
+        let z32: Vec<f32> = z.iter().map(|&v| v as f32).collect();
+        let y32: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+        let zm = MatRef::from_row_major_slice(&z32, r, p);
+        let ym = MatRef::from_row_major_slice(&y32, r, q);
+        matmul(self.g.as_mut(), Accum::Add, zm.transpose(), zm, 1.0f32, Par::rayon(0));
+        matmul(self.c.as_mut(), Accum::Add, zm.transpose(), ym, 1.0f32, Par::rayon(0));
+        self.rows += r;
+    }
+
+    fn into_stats(self) -> Stats {
+        let g = Mat::from_fn(self.g.nrows(), self.g.ncols(), |a, b| self.g[(a, b)] as f64);
+        let c = Mat::from_fn(self.c.nrows(), self.c.ncols(), |a, b| self.c[(a, b)] as f64);
+        Stats { n: Normal { g, c, yy: self.yy, rows: self.rows }, sz: self.sz, sy: self.sy }
+    }
+}
+
 /// Which start point OBS removes EMP's weights from.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Start {
@@ -164,8 +210,10 @@ pub(crate) fn target_bound(s: &Site, calib: &Inputs) -> usize {
 /// model: the dense model never changes, so the layers of a window share its run.
 pub(crate) fn dense_targets(dense: &ModelProto, calib: &Inputs, sites: &[(usize, &Site)]) -> Result<Vec<Targets>> {
     let gd = dense.graph.as_ref().context("model has no graph")?;
-    let weights: Vec<Vec<f64>> =
-        sites.iter().map(|(_, s)| site::read_rows(gd, s).context("dense weight")).collect::<Result<_>>()?;
+    let weights: Vec<Vec<f32>> = sites
+        .iter()
+        .map(|(_, s)| site::read_rows(gd, s).context("dense weight").map(|w| w.into_iter().map(|v| v as f32).collect()))
+        .collect::<Result<_>>()?;
     let mut values: Vec<String> = vec![];
     for (_, s) in sites {
         if !values.contains(&s.input) {
@@ -202,13 +250,15 @@ pub(crate) fn dense_targets(dense: &ModelProto, calib: &Inputs, sites: &[(usize,
                         MAX_TARGET_ELEMS
                     );
                 }
-                let zm = MatRef::from_row_major_slice(&zs, r, p);
+                // In f32, as the model computes it.
+                let z32: Vec<f32> = zs.iter().map(|&v| v as f32).collect();
+                let zm = MatRef::from_row_major_slice(&z32, r, p);
                 let wg = MatRef::from_row_major_slice(&w_dense[g * og * p..(g + 1) * og * p], og, p);
-                let mut y = Mat::<f64>::zeros(r, og);
-                matmul(y.as_mut(), Accum::Replace, zm, wg.transpose(), 1.0, Par::rayon(0));
+                let mut y = Mat::<f32>::zeros(r, og);
+                matmul(y.as_mut(), Accum::Replace, zm, wg.transpose(), 1.0f32, Par::rayon(0));
                 for i in 0..r {
                     for o in 0..og {
-                        t.push(y[(i, o)]);
+                        t.push(y[(i, o)] as f64);
                     }
                 }
             }
@@ -227,13 +277,14 @@ fn collect(k: usize, model: &ModelProto, s: &Site, targets: &Targets, calib: &In
     let p = s.p;
     let values = [s.input.clone()];
     // Pass 2, the model as reconstructed so far: inputs z, paired row by row with y_d.
-    let mut stats: Vec<[Stats; 2]> = (0..groups).map(|_| [Stats::new(p, og), Stats::new(p, og)]).collect();
+    let mut fit: Vec<Acc32> = (0..groups).map(|_| Acc32::new(p, og)).collect();
+    let mut held: Vec<Stats> = (0..groups).map(|_| Stats::new(p, og)).collect();
     let mut cursor = vec![0usize; groups];
     run_exposing(model, calib, &values, |row0, v| {
         let x = &v[0];
         let (npos, hw) = sample_positions(s, x.shape())?;
         let mut z = vec![0.0; p];
-        for (g, st) in stats.iter_mut().enumerate() {
+        for (g, (fit, held)) in fit.iter_mut().zip(held.iter_mut()).enumerate() {
             // Rows of fit (0) and held-apart (1) samples.
             let mut zs: [Vec<f64>; 2] = [vec![], vec![]];
             let mut ys: [Vec<f64>; 2] = [vec![], vec![]];
@@ -248,11 +299,9 @@ fn collect(k: usize, model: &ModelProto, s: &Site, targets: &Targets, calib: &In
                     cursor[g] += og;
                 }
             }
-            for part in 0..2 {
-                let r = zs[part].len() / p.max(1);
-                st[part]
-                    .add(MatRef::from_row_major_slice(&zs[part], r, p), MatRef::from_row_major_slice(&ys[part], r, og));
-            }
+            fit.add(&zs[0], &ys[0], zs[0].len() / p.max(1));
+            let r = zs[1].len() / p.max(1);
+            held.add(MatRef::from_row_major_slice(&zs[1], r, p), MatRef::from_row_major_slice(&ys[1], r, og));
         }
         Ok(())
     })
@@ -260,7 +309,7 @@ fn collect(k: usize, model: &ModelProto, s: &Site, targets: &Targets, calib: &In
     if cursor.iter().zip(targets.iter()).any(|(c, t)| *c != t.len()) {
         bail!("{}: the dense and pruned runs sampled different rows", s.label);
     }
-    Ok(stats)
+    Ok(fit.into_iter().zip(held).map(|(f, h)| [f.into_stats(), h]).collect())
 }
 
 /// Every fifth calibration sample is held apart to choose the candidate.
