@@ -66,6 +66,60 @@ impl Normal {
     }
 }
 
+/// [`Normal`] accumulated in f32, as SparseGPT accumulates H: half the cost of f64 products and
+/// far below the damping in precision. For the rows a solve is fitted on; rows that judge
+/// candidates (by differences of large sums) stay in f64. ‖y‖² and the column sums Σz, Σy are
+/// kept in f64 (a mean or a bias column must not lose them).
+#[derive(Clone, Debug)]
+pub struct Normal32 {
+    g: Mat<f32>,
+    c: Mat<f32>,
+    yy: f64,
+    rows: usize,
+    sz: Vec<f64>,
+    sy: Vec<f64>,
+}
+
+impl Normal32 {
+    pub fn new(p: usize, q: usize) -> Self {
+        Normal32 { g: Mat::zeros(p, p), c: Mat::zeros(p, q), yy: 0.0, rows: 0, sz: vec![0.0; p], sy: vec![0.0; q] }
+    }
+
+    /// Add `r` rows: z (r × p) and y (r × q), row-major.
+    pub fn add(&mut self, z: &[f64], y: &[f64], r: usize) {
+        let (p, q) = (self.sz.len(), self.sy.len());
+        assert_eq!((z.len(), y.len()), (r * p, r * q));
+        if r == 0 {
+            return;
+        }
+        for row in z.chunks_exact(p.max(1)) {
+            for (s, v) in self.sz.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+        for row in y.chunks_exact(q.max(1)) {
+            for (s, v) in self.sy.iter_mut().zip(row) {
+                *s += v;
+                self.yy += v * v;
+            }
+        }
+        let z32: Vec<f32> = z.iter().map(|&v| v as f32).collect();
+        let y32: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+        let zm = MatRef::from_row_major_slice(&z32, r, p);
+        let ym = MatRef::from_row_major_slice(&y32, r, q);
+        matmul(self.g.as_mut(), Accum::Add, zm.transpose(), zm, 1.0f32, par());
+        matmul(self.c.as_mut(), Accum::Add, zm.transpose(), ym, 1.0f32, par());
+        self.rows += r;
+    }
+
+    /// The f64 normal equations, and the f64 column sums (Σz, Σy).
+    pub fn into_normal(self) -> (Normal, Vec<f64>, Vec<f64>) {
+        let g = Mat::from_fn(self.g.nrows(), self.g.ncols(), |a, b| self.g[(a, b)] as f64);
+        let c = Mat::from_fn(self.c.nrows(), self.c.ncols(), |a, b| self.c[(a, b)] as f64);
+        (Normal { g, c, yy: self.yy, rows: self.rows }, self.sz, self.sy)
+    }
+}
+
 fn par() -> Par {
     Par::rayon(0)
 }

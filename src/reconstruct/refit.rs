@@ -14,7 +14,7 @@
 //! with the lowest held-apart error is kept (so a refit that overfits is not kept).
 
 use super::capture::run_exposing;
-use super::linalg::{mean_diag, ridge, Normal};
+use super::linalg::{mean_diag, ridge, Normal, Normal32};
 use super::site::{self, Layout, Site};
 use super::{row_seed, LayerRecon, POSITIONS_PER_SAMPLE, RIDGE_DELTAS};
 use crate::check::Inputs;
@@ -281,7 +281,8 @@ fn normal_equations(masked: &ModelProto, jobs: &[&Job], t: Targets, calib: &Inpu
             values.push(j.s.input.clone());
         }
     }
-    let mut ne: Vec<(Normal, Normal)> = jobs.iter().map(|j| (Normal::new(j.pk, j.q), Normal::new(j.pk, j.q))).collect();
+    let mut ne: Vec<(Normal32, Normal)> =
+        jobs.iter().map(|j| (Normal32::new(j.pk, j.q), Normal::new(j.pk, j.q))).collect();
     let mut at = vec![0usize; jobs.len()];
     run_exposing(masked, calib, &values, |row0, v| {
         for (i, j) in jobs.iter().enumerate() {
@@ -309,12 +310,14 @@ fn normal_equations(masked: &ModelProto, jobs: &[&Job], t: Targets, calib: &Inpu
                 }
             }
             let (fit, val) = &mut ne[i];
-            for (w, ne) in [(0usize, fit), (1, val)] {
-                let nr = rows[w].len();
-                let zm = Mat::from_fn(nr, pk, |a, b| zs[w][a * pk + b]);
-                let ym = Mat::from_fn(nr, q, |a, b| ys[rows[w][a] * q + b] as f64);
-                ne.add(zm.as_ref(), ym.as_ref());
-            }
+            let y_of = |w: usize| -> Vec<f64> {
+                rows[w].iter().flat_map(|&r| ys[r * q..(r + 1) * q].iter().map(|&v| v as f64)).collect()
+            };
+            fit.add(&zs[0], &y_of(0), rows[0].len());
+            let nr = rows[1].len();
+            let zm = Mat::from_fn(nr, pk, |a, b| zs[1][a * pk + b]);
+            let ym = Mat::from_fn(nr, q, |a, b| ys[rows[1][a] * q + b] as f64);
+            val.add(zm.as_ref(), ym.as_ref());
         }
         Ok(())
     })
@@ -324,7 +327,26 @@ fn normal_equations(masked: &ModelProto, jobs: &[&Job], t: Targets, calib: &Inpu
             bail!("{}: dense and masked runs sampled different rows", j.s.label);
         }
     }
-    Ok(ne)
+    Ok(ne
+        .into_iter()
+        .zip(jobs)
+        .map(|((fit, val), j)| {
+            let (mut fit, sz, sy) = fit.into_normal();
+            if j.has_bias {
+                // The bias column (z = 1): its sums exactly, in f64 (the bias-only candidate is a
+                // difference of them).
+                let b = j.pk - 1;
+                for (f, &v) in sz.iter().enumerate() {
+                    fit.g[(f, b)] = v;
+                    fit.g[(b, f)] = v;
+                }
+                for (o, &v) in sy.iter().enumerate() {
+                    fit.c[(b, o)] = v;
+                }
+            }
+            (fit, val)
+        })
+        .collect())
 }
 
 /// Choose among unchanged / bias / ridge on the held-apart rows and write the winner.

@@ -19,7 +19,7 @@
 //! [`MAX_TARGET_ELEMS`]; the caller then falls back to plain OBS).
 
 use super::capture::run_exposing;
-use super::linalg::{mean_diag, obs_update, ridge, Normal};
+use super::linalg::{mean_diag, obs_update, ridge, Normal, Normal32};
 use super::refit::sample_positions;
 use super::site::{self, Site};
 use super::{row_seed, LayerRecon, OBS_DAMP, POSITIONS_PER_SAMPLE};
@@ -90,52 +90,6 @@ impl Stats {
             e += -2.0 * dv * (self.sy[o] - xz) + r * dv * dv;
         }
         e.max(0.0)
-    }
-}
-
-/// The fit rows' normal equations accumulated in f32, as SparseGPT accumulates H (half the cost
-/// of f64 products; far below the damping in precision); the sums and ‖y‖² stay in f64. The
-/// held-apart rows, which judge candidates by differences of large sums, stay in f64.
-struct Acc32 {
-    g: Mat<f32>,
-    c: Mat<f32>,
-    yy: f64,
-    rows: usize,
-    sz: Vec<f64>,
-    sy: Vec<f64>,
-}
-
-impl Acc32 {
-    fn new(p: usize, q: usize) -> Self {
-        Acc32 { g: Mat::zeros(p, p), c: Mat::zeros(p, q), yy: 0.0, rows: 0, sz: vec![0.0; p], sy: vec![0.0; q] }
-    }
-
-    /// Add `r` rows: z (r × p) and y (r × q), row-major f64.
-    fn add(&mut self, z: &[f64], y: &[f64], r: usize) {
-        let (p, q) = (self.sz.len(), self.sy.len());
-        if r == 0 {
-            return;
-        }
-        for (i, &v) in z.iter().enumerate() {
-            self.sz[i % p] += v;
-        }
-        for (i, &v) in y.iter().enumerate() {
-            self.sy[i % q] += v;
-            self.yy += v * v;
-        }
-        let z32: Vec<f32> = z.iter().map(|&v| v as f32).collect();
-        let y32: Vec<f32> = y.iter().map(|&v| v as f32).collect();
-        let zm = MatRef::from_row_major_slice(&z32, r, p);
-        let ym = MatRef::from_row_major_slice(&y32, r, q);
-        matmul(self.g.as_mut(), Accum::Add, zm.transpose(), zm, 1.0f32, Par::rayon(0));
-        matmul(self.c.as_mut(), Accum::Add, zm.transpose(), ym, 1.0f32, Par::rayon(0));
-        self.rows += r;
-    }
-
-    fn into_stats(self) -> Stats {
-        let g = Mat::from_fn(self.g.nrows(), self.g.ncols(), |a, b| self.g[(a, b)] as f64);
-        let c = Mat::from_fn(self.c.nrows(), self.c.ncols(), |a, b| self.c[(a, b)] as f64);
-        Stats { n: Normal { g, c, yy: self.yy, rows: self.rows }, sz: self.sz, sy: self.sy }
     }
 }
 
@@ -277,7 +231,7 @@ fn collect(k: usize, model: &ModelProto, s: &Site, targets: &Targets, calib: &In
     let p = s.p;
     let values = [s.input.clone()];
     // Pass 2, the model as reconstructed so far: inputs z, paired row by row with y_d.
-    let mut fit: Vec<Acc32> = (0..groups).map(|_| Acc32::new(p, og)).collect();
+    let mut fit: Vec<Normal32> = (0..groups).map(|_| Normal32::new(p, og)).collect();
     let mut held: Vec<Stats> = (0..groups).map(|_| Stats::new(p, og)).collect();
     let mut cursor = vec![0usize; groups];
     run_exposing(model, calib, &values, |row0, v| {
@@ -309,7 +263,14 @@ fn collect(k: usize, model: &ModelProto, s: &Site, targets: &Targets, calib: &In
     if cursor.iter().zip(targets.iter()).any(|(c, t)| *c != t.len()) {
         bail!("{}: the dense and pruned runs sampled different rows", s.label);
     }
-    Ok(fit.into_iter().zip(held).map(|(f, h)| [f.into_stats(), h]).collect())
+    Ok(fit
+        .into_iter()
+        .zip(held)
+        .map(|(f, h)| {
+            let (n, sz, sy) = f.into_normal();
+            [Stats { n, sz, sy }, h]
+        })
+        .collect())
 }
 
 /// Every fifth calibration sample is held apart to choose the candidate.
