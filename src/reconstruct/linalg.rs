@@ -161,51 +161,80 @@ pub fn ridge(g: MatRef<'_, f64>, c: MatRef<'_, f64>, lambda: &[f64]) -> Option<M
 pub fn obs_update(w: &mut [f64], out: usize, p: usize, keep: &[bool], h: MatRef<'_, f64>, damp: f64) -> bool {
     assert_eq!(w.len(), out * p);
     assert_eq!(keep.len(), out * p);
-    assert_eq!((h.nrows(), h.ncols()), (p, p));
-    if p == 0 || out == 0 {
-        return true;
-    }
-    let mut hh = h.to_owned();
-    for i in 0..p {
-        if hh[(i, i)] == 0.0 {
-            hh[(i, i)] = 1.0;
+    match ObsFactor::new(h, damp) {
+        Some(f) => {
+            f.apply(w, out, keep);
+            true
         }
+        None => false,
     }
-    let lambda = damp * mean_diag(hh.as_ref());
-    for i in 0..p {
-        hh[(i, i)] += lambda;
-    }
-    let Ok(llt) = hh.llt(Side::Lower) else { return false };
-    let hinv = llt.inverse();
-    let Ok(l2) = hinv.llt(Side::Lower) else { return false };
-    // U = Lᵀ: row j of U is column j of L.
-    let l = l2.L();
-    let mut u = vec![0.0f64; p * p];
-    for j in 0..p {
-        for k in j..p {
-            u[j * p + k] = l[(k, j)];
+}
+
+/// The factor of [`obs_update`] for one H: the upper Cholesky factor U of the damped H⁻¹, row-major.
+/// Computed once, it serves every start point removed with the same H.
+pub struct ObsFactor {
+    p: usize,
+    u: Vec<f64>,
+}
+
+impl ObsFactor {
+    /// None when the damped H is not positive definite (or the factor is not finite).
+    pub fn new(h: MatRef<'_, f64>, damp: f64) -> Option<Self> {
+        let p = h.nrows();
+        assert_eq!(h.ncols(), p);
+        if p == 0 {
+            return Some(ObsFactor { p, u: vec![] });
         }
-    }
-    if !u.iter().all(|v| v.is_finite()) {
-        return false;
-    }
-    w.par_chunks_mut(p).zip(keep.par_chunks(p)).for_each(|(row, kr)| {
+        let mut hh = h.to_owned();
+        for i in 0..p {
+            if hh[(i, i)] == 0.0 {
+                hh[(i, i)] = 1.0;
+            }
+        }
+        let lambda = damp * mean_diag(hh.as_ref());
+        for i in 0..p {
+            hh[(i, i)] += lambda;
+        }
+        let llt = hh.llt(Side::Lower).ok()?;
+        let hinv = llt.inverse();
+        let l2 = hinv.llt(Side::Lower).ok()?;
+        // U = Lᵀ: row j of U is column j of L.
+        let l = l2.L();
+        let mut u = vec![0.0f64; p * p];
         for j in 0..p {
-            if kr[j] {
-                continue;
+            for k in j..p {
+                u[j * p + k] = l[(k, j)];
             }
-            let wj = row[j];
-            if wj != 0.0 {
-                let e = wj / u[j * p + j];
-                let uj = &u[j * p..(j + 1) * p];
-                for k in j + 1..p {
-                    row[k] -= e * uj[k];
-                }
-            }
-            row[j] = 0.0;
         }
-    });
-    true
+        u.iter().all(|v| v.is_finite()).then_some(ObsFactor { p, u })
+    }
+
+    /// Zero the weights of `w` (`out` rows of p) where `keep` is false, moving each one's error
+    /// onto the later kept weights of its row.
+    pub fn apply(&self, w: &mut [f64], out: usize, keep: &[bool]) {
+        let (p, u) = (self.p, &self.u);
+        assert_eq!(w.len(), out * p);
+        assert_eq!(keep.len(), out * p);
+        if p == 0 || out == 0 {
+            return;
+        }
+        w.par_chunks_mut(p).zip(keep.par_chunks(p)).for_each(|(row, kr)| {
+            for j in 0..p {
+                if kr[j] {
+                    continue;
+                }
+                let wj = row[j];
+                if wj != 0.0 {
+                    let e = wj / u[j * p + j];
+                    let uj = &u[j * p..(j + 1) * p];
+                    for k in j + 1..p {
+                        row[k] -= e * uj[k];
+                    }
+                }
+                row[j] = 0.0;
+            }
+        });
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 //! [`MAX_TARGET_ELEMS`]; the caller then falls back to plain OBS).
 
 use super::capture::run_exposing;
-use super::linalg::{mean_diag, obs_update, ridge, Normal, Normal32};
+use super::linalg::{mean_diag, ridge, Normal, Normal32, ObsFactor};
 use super::refit::sample_positions;
 use super::site::{self, Site};
 use super::{row_seed, LayerRecon, OBS_DAMP, POSITIONS_PER_SAMPLE};
@@ -108,11 +108,13 @@ enum Start {
 /// classifier solved on a few hundred rows needs more than a convolution on thousands).
 pub const FIT_DAMPS: [f64; 3] = [1e-3, 1e-2, 1e-1];
 
-/// The weights of one group for `start`, fitted on `st`, as X = Wᵀ (p × og); None if the
-/// factorisation failed.
+/// The weights of one group for `start`, fitted on `st`, as X = Wᵀ (p × og); None if a
+/// factorisation failed. `obs`: the OBS factor of `st`'s H (shared by the start points).
+#[allow(clippy::too_many_arguments)]
 fn solve(
     start: Start,
     st: &Stats,
+    obs: Option<&ObsFactor>,
     w_dense: &[f64],
     w_cur: &[f64],
     keep: &[bool],
@@ -143,9 +145,7 @@ fn solve(
                     w
                 }
             };
-            if !obs_update(&mut w, og, p, keep, st.n.g.as_ref(), OBS_DAMP) {
-                return None;
-            }
+            obs?.apply(&mut w, og, keep);
             Some(to_x(&w))
         }
     }
@@ -332,10 +332,13 @@ pub(crate) fn obs_to_dense(
     // Each start point is solved once per group; with and without the shift judged from it.
     let choose_on = |fit: usize, judge: usize| -> Vec<Option<f64>> {
         let mut errs: Vec<Option<f64>> = vec![Some(0.0); cands.len()];
+        let factors: Vec<Option<ObsFactor>> =
+            stats.iter().map(|st| ObsFactor::new(st[fit].n.g.as_ref(), OBS_DAMP)).collect();
         for &start in &starts {
             for (g, st) in stats.iter().enumerate() {
                 let lo = g * og * p;
-                let x = solve(start, &st[fit], &slice(&w_dense, g), &slice(&w_cur, g), &keep[lo..lo + og * p], og, p);
+                let (wd, wc, kp) = (slice(&w_dense, g), slice(&w_cur, g), &keep[lo..lo + og * p]);
+                let x = solve(start, &st[fit], factors[g].as_ref(), &wd, &wc, kp, og, p);
                 for (ci, &(cs, shift)) in cands.iter().enumerate() {
                     if cs != start {
                         continue;
@@ -397,7 +400,9 @@ pub(crate) fn obs_to_dense(
     for (g, st) in stats.iter().enumerate() {
         let all = st[0].merged(&st[1]);
         let lo = g * og * p;
-        let x = solve(start, &all, &slice(&w_dense, g), &slice(&w_cur, g), &keep[lo..lo + og * p], og, p)
+        let factor = if start == Start::Pruned { None } else { ObsFactor::new(all.n.g.as_ref(), OBS_DAMP) };
+        let (wd, wc, kp) = (slice(&w_dense, g), slice(&w_cur, g), &keep[lo..lo + og * p]);
+        let x = solve(start, &all, factor.as_ref(), &wd, &wc, kp, og, p)
             .context("the factorisation failed on all samples")?;
         for o in 0..og {
             for i in 0..p {
@@ -496,7 +501,8 @@ mod tests {
         let fit = data(400, p, og, &w, &a, &c, 5);
         let test = data(200, p, og, &w, &a, &c, 9);
         let err = |start: Start, shift: bool| {
-            let x = solve(start, &fit, &w, &w_cur, &keep, og, p).unwrap();
+            let f = ObsFactor::new(fit.n.g.as_ref(), OBS_DAMP);
+            let x = solve(start, &fit, f.as_ref(), &w, &w_cur, &keep, og, p).unwrap();
             let d = shift.then(|| fit.shift(x.as_ref()));
             test.sse(x.as_ref(), d.as_deref())
         };
@@ -506,7 +512,8 @@ mod tests {
         assert!(fitted < 0.7 * dense, "{fitted} < {dense}");
         assert!(fitted_b < 0.5 * fitted, "{fitted_b} < {fitted}");
         // The mask is EMP's: the fit never brings a removed weight back.
-        let x = solve(Start::Fit(1), &fit, &w, &w_cur, &keep, og, p).unwrap();
+        let f = ObsFactor::new(fit.n.g.as_ref(), OBS_DAMP);
+        let x = solve(Start::Fit(1), &fit, f.as_ref(), &w, &w_cur, &keep, og, p).unwrap();
         for o in 0..og {
             for i in 0..p {
                 if !keep[o * p + i] {
@@ -517,8 +524,9 @@ mod tests {
         // No distortion: the fit is W up to the damping, so it matches SparseGPT closely.
         let ident: Vec<f64> = (0..p * p).map(|k| (k / p == k % p) as u8 as f64).collect();
         let clean = data(400, p, og, &w, &ident, &vec![0.0; p], 5);
-        let x_fit = solve(Start::Fit(1), &clean, &w, &w_cur, &keep, og, p).unwrap();
-        let x_obs = solve(Start::Dense, &clean, &w, &w_cur, &keep, og, p).unwrap();
+        let fc = ObsFactor::new(clean.n.g.as_ref(), OBS_DAMP);
+        let x_fit = solve(Start::Fit(1), &clean, fc.as_ref(), &w, &w_cur, &keep, og, p).unwrap();
+        let x_obs = solve(Start::Dense, &clean, fc.as_ref(), &w, &w_cur, &keep, og, p).unwrap();
         let diff: f64 =
             (0..p).flat_map(|i| (0..og).map(move |o| (i, o))).map(|(i, o)| (x_fit[(i, o)] - x_obs[(i, o)]).abs()).sum();
         assert!(diff < 0.05 * (og * p) as f64, "{diff}");
