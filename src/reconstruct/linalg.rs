@@ -238,11 +238,11 @@ impl ObsFactor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn rng(seed: u64) -> impl FnMut() -> f64 {
+    pub(crate) fn rng(seed: u64) -> impl FnMut() -> f64 {
         let mut s = seed | 1;
         move || {
             s ^= s << 13;

@@ -10,7 +10,7 @@ use super::capture::run_exposing;
 use super::linalg::obs_update;
 use super::refit::sample_positions;
 use super::site::{self, Layout};
-use super::{row_seed, LayerRecon, OBS_DAMP, POSITIONS_PER_SAMPLE};
+use super::{LayerRecon, OBS_DAMP};
 use crate::check::Inputs;
 use anyhow::{Context, Result};
 use faer::linalg::matmul::matmul;
@@ -233,17 +233,14 @@ fn hessians_multi(
         for ((k, s), (hs, rows)) in keys.iter().zip(acc.iter_mut()) {
             let x = &v[values.iter().position(|n| n == &s.input).expect("exposed")];
             let (npos, hw) = sample_positions(s, x.shape())?;
-            let mut z = vec![0.0; s.p];
             for (g, h) in hs.iter_mut().enumerate() {
                 let mut zs: Vec<f32> = vec![];
                 let mut nr = 0usize;
-                for n in 0..x.shape()[0] {
-                    for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(*k, row0 + n)) {
-                        site::input_row(s, x, n, pos, g, hw, &mut z);
-                        zs.extend(z.iter().map(|&v| v as f32));
-                        nr += 1;
-                    }
-                }
+                site::each_input_row(s, x, *k, row0, g, npos, hw, |_, z| {
+                    zs.extend(z.iter().map(|&v| v as f32));
+                    nr += 1;
+                    Ok(())
+                })?;
                 let zm = Mat::from_fn(nr, s.p, |i, j| zs[i * s.p + j]);
                 matmul(h.as_mut(), Accum::Add, zm.transpose(), zm.as_ref(), 1.0f32, Par::rayon(0));
                 if g == 0 {

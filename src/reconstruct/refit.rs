@@ -86,7 +86,8 @@ fn locate(m: &ModelProto, r: &RefitSite) -> std::result::Result<Site, String> {
     site::find(m, w)
 }
 
-fn is_val(row: usize) -> bool {
+/// Every fifth calibration sample is held apart to judge the candidates (refit and per-weight).
+pub(crate) fn is_val(row: usize) -> bool {
     row % 5 == 4
 }
 

@@ -20,9 +20,9 @@
 
 use super::capture::run_exposing;
 use super::linalg::{mean_diag, ridge, Normal, Normal32, ObsFactor};
-use super::refit::sample_positions;
+use super::refit::{is_val, sample_positions};
 use super::site::{self, Site};
-use super::{row_seed, LayerRecon, OBS_DAMP, POSITIONS_PER_SAMPLE};
+use super::{LayerRecon, OBS_DAMP, POSITIONS_PER_SAMPLE};
 use crate::check::Inputs;
 use anyhow::{bail, Context, Result};
 use faer::linalg::matmul::matmul;
@@ -185,15 +185,12 @@ pub(crate) fn dense_targets(dense: &ModelProto, calib: &Inputs, sites: &[(usize,
             let groups = site::groups(s);
             let (og, p) = (s.out / groups, s.p);
             let (npos, hw) = sample_positions(s, x.shape())?;
-            let mut z = vec![0.0; p];
             for (g, t) in targets.iter_mut().enumerate() {
                 let mut zs: Vec<f64> = vec![];
-                for n in 0..x.shape()[0] {
-                    for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
-                        site::input_row(s, x, n, pos, g, hw, &mut z);
-                        zs.extend_from_slice(&z);
-                    }
-                }
+                site::each_input_row(s, x, k, row0, g, npos, hw, |_, z| {
+                    zs.extend_from_slice(z);
+                    Ok(())
+                })?;
                 let r = zs.len() / p.max(1);
                 *held += r * og;
                 if *held > MAX_TARGET_ELEMS {
@@ -237,22 +234,19 @@ fn collect(k: usize, model: &ModelProto, s: &Site, targets: &Targets, calib: &In
     run_exposing(model, calib, &values, |row0, v| {
         let x = &v[0];
         let (npos, hw) = sample_positions(s, x.shape())?;
-        let mut z = vec![0.0; p];
         for (g, (fit, held)) in fit.iter_mut().zip(held.iter_mut()).enumerate() {
             // Rows of fit (0) and held-apart (1) samples.
             let mut zs: [Vec<f64>; 2] = [vec![], vec![]];
             let mut ys: [Vec<f64>; 2] = [vec![], vec![]];
-            for n in 0..x.shape()[0] {
-                let part = is_held(row0 + n) as usize;
-                for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n)) {
-                    site::input_row(s, x, n, pos, g, hw, &mut z);
-                    zs[part].extend_from_slice(&z);
-                    let c = cursor[g];
-                    let y = targets[g].get(c..c + og).context("the dense and pruned runs sampled different rows")?;
-                    ys[part].extend_from_slice(y);
-                    cursor[g] += og;
-                }
-            }
+            let cur = &mut cursor[g];
+            site::each_input_row(s, x, k, row0, g, npos, hw, |n, z| {
+                let part = is_val(row0 + n) as usize;
+                zs[part].extend_from_slice(z);
+                let y = targets[g].get(*cur..*cur + og).context("the dense and pruned runs sampled different rows")?;
+                ys[part].extend_from_slice(y);
+                *cur += og;
+                Ok(())
+            })?;
             fit.add(&zs[0], &ys[0], zs[0].len() / p.max(1));
             let r = zs[1].len() / p.max(1);
             held.add(MatRef::from_row_major_slice(&zs[1], r, p), MatRef::from_row_major_slice(&ys[1], r, og));
@@ -271,11 +265,6 @@ fn collect(k: usize, model: &ModelProto, s: &Site, targets: &Targets, calib: &In
             [Stats { n, sz, sy }, h]
         })
         .collect())
-}
-
-/// Every fifth calibration sample is held apart to choose the candidate.
-fn is_held(row: usize) -> bool {
-    row % 5 == 4
 }
 
 /// Reconstruct one pruned layer toward the dense outputs. `Ok(None)` when it was not pruned.
@@ -425,17 +414,8 @@ pub(crate) fn obs_to_dense(
 
 #[cfg(test)]
 mod tests {
+    use super::super::linalg::tests::rng;
     use super::*;
-
-    fn rng(seed: u64) -> impl FnMut() -> f64 {
-        let mut s = seed | 1;
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        }
-    }
 
     /// Rows z (the pruned model's inputs) and y_d = W z_d, where the dense input z_d = A z + c
     /// differs from z by an affine map (the error of the layers before).
