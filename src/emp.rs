@@ -43,18 +43,102 @@ pub struct Decision {
     pub all_zero: bool,
 }
 
-/// Sum of |s| and sum of s², rejecting NaN/Inf.
-pub fn moments(scores: &[f64]) -> Result<(f64, f64), EmpError> {
-    let mut s1 = 0.0f64;
-    let mut s2 = 0.0f64;
-    for (index, &v) in scores.iter().enumerate() {
-        if !v.is_finite() {
-            return Err(EmpError::NonFinite { index, value: v });
-        }
-        let a = v.abs();
-        s1 += a;
-        s2 += a * a;
+/// Elements per summation block. Every EMP sum (moments, retained mass, the per-weight report's
+/// sums, in-memory or streamed) is the *blocked sum*: a
+/// sequence (one tensor, one unit, one group) is cut into blocks of `SUM_BLOCK` elements from its
+/// first element; inside a block, element i is added to lane i mod [`LANES`] in order, and the
+/// lanes are combined as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)); the block totals are added in
+/// order, starting from −0.0. A sum over several sequences (the global scopes) adds their block
+/// totals in sequence order.
+///
+/// The order is fixed by the data alone, never by the number of threads, so results are
+/// deterministic; it lets the adds vectorise and the blocks run in parallel. (The sequential
+/// element-order sum it replaced differed in the last bits only.)
+pub const SUM_BLOCK: usize = if cfg!(test) { 1 << 12 } else { 1 << 22 };
+/// Interleaved accumulators of a block sum.
+pub const LANES: usize = 8;
+
+/// The lane accumulators of one block of a blocked sum, fed in element order.
+#[derive(Clone, Copy, Debug)]
+pub struct Lanes {
+    acc: [f64; LANES],
+    pos: usize,
+}
+
+impl Default for Lanes {
+    fn default() -> Self {
+        Lanes { acc: [-0.0; LANES], pos: 0 }
     }
+}
+
+impl Lanes {
+    /// Add the next elements of the block.
+    #[inline]
+    pub fn add(&mut self, xs: &[f64]) {
+        let mut xs = xs;
+        while !self.pos.is_multiple_of(LANES) && !xs.is_empty() {
+            self.acc[self.pos % LANES] += xs[0];
+            self.pos += 1;
+            xs = &xs[1..];
+        }
+        let mut acc = self.acc;
+        let body = xs.chunks_exact(LANES);
+        let rem = body.remainder();
+        for c in body {
+            for l in 0..LANES {
+                acc[l] += c[l];
+            }
+        }
+        self.acc = acc;
+        self.pos += xs.len() - rem.len();
+        for &x in rem {
+            self.acc[self.pos % LANES] += x;
+            self.pos += 1;
+        }
+    }
+
+    /// The block's total.
+    #[inline]
+    pub fn total(&self) -> f64 {
+        let a = &self.acc;
+        ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+    }
+}
+
+/// The blocked sum of `f(i)` for i in 0..n (see [`SUM_BLOCK`]); `f` sees every index in order.
+pub fn blocked_sum(n: usize, f: impl FnMut(usize) -> f64) -> f64 {
+    blocked_sum_from(-0.0, n, f)
+}
+
+/// [`blocked_sum`] continuing a sum over earlier sequences: their running total is `total`.
+pub fn blocked_sum_from(mut total: f64, n: usize, mut f: impl FnMut(usize) -> f64) -> f64 {
+    let mut buf = [0f64; 256];
+    let mut lo = 0;
+    while lo < n {
+        let hi = (lo + SUM_BLOCK).min(n);
+        let mut lanes = Lanes::default();
+        let mut i = lo;
+        while i < hi {
+            let k = 256.min(hi - i);
+            for (j, b) in buf[..k].iter_mut().enumerate() {
+                *b = f(i + j);
+            }
+            lanes.add(&buf[..k]);
+            i += k;
+        }
+        total += lanes.total();
+        lo = hi;
+    }
+    total
+}
+
+/// Sum of |s| and sum of s² (blocked sums), rejecting NaN/Inf.
+pub fn moments(scores: &[f64]) -> Result<(f64, f64), EmpError> {
+    if let Some(index) = scores.iter().position(|v| !v.is_finite()) {
+        return Err(EmpError::NonFinite { index, value: scores[index] });
+    }
+    let s1 = blocked_sum(scores.len(), |i| scores[i].abs());
+    let s2 = blocked_sum(scores.len(), |i| scores[i].abs() * scores[i].abs());
     Ok((s1, s2))
 }
 
@@ -73,8 +157,19 @@ pub fn n_eff(scores: &[f64]) -> Result<f64, EmpError> {
     Ok(n_eff_from_moments(scores.len(), s1, s2).unwrap_or(scores.len() as f64))
 }
 
-/// Moments of the scores divided by their max |s|: N_eff is scale-invariant, and scaling keeps
-/// huge or tiny scores from overflowing or underflowing s².
+/// The divisor of the scores in [`moments_scaled`] given their max |s| = `m`: 1 (the plain sums)
+/// while squares can neither overflow nor lose the largest terms to underflow, else `m`. N_eff
+/// is scale-invariant; one pass can compute the plain sums alongside the max.
+pub fn moment_scale(m: f64) -> f64 {
+    if (1e-100..=1e100).contains(&m) {
+        1.0
+    } else {
+        m
+    }
+}
+
+/// Σ a and Σ a² of a = |s| / d with d = [`moment_scale`] of the max |s| (blocked sums), so huge
+/// or tiny scores neither overflow nor underflow s².
 pub fn moments_scaled(scores: &[f64]) -> Result<(f64, f64), EmpError> {
     let mut m = 0.0f64;
     for (index, &v) in scores.iter().enumerate() {
@@ -86,13 +181,22 @@ pub fn moments_scaled(scores: &[f64]) -> Result<(f64, f64), EmpError> {
     if m == 0.0 {
         return Ok((0.0, 0.0));
     }
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &v in scores {
-        let a = v.abs() / m;
-        s1 += a;
-        s2 += a * a;
-    }
+    let d = moment_scale(m);
+    let s1 = blocked_sum(scores.len(), |i| scores[i].abs() / d);
+    let s2 = blocked_sum(scores.len(), |i| {
+        let a = scores[i].abs() / d;
+        a * a
+    });
     Ok((s1, s2))
+}
+
+/// Σ |s_i| / d over the kept indices (blocked sum over all indices, −0.0 for the others).
+fn retained(scores: &[f64], keep: &[usize], d: f64) -> f64 {
+    let mut mask = vec![false; scores.len()];
+    for &i in keep {
+        mask[i] = true;
+    }
+    blocked_sum(scores.len(), |i| if mask[i] { scores[i].abs() / d } else { -0.0 })
 }
 
 /// Keep count ν = clamp(⌊β·N_eff⌋, 1, N). For N = 0 returns 0.
@@ -149,8 +253,7 @@ pub fn select(scores: &[f64], beta: f64) -> Result<(Decision, Vec<usize>), EmpEr
             let kept = keep_count(n, ne, beta);
             let keep = top_k(scores, kept);
             let m = scores.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let retained: f64 = keep.iter().map(|&i| scores[i].abs() / m).sum();
-            let s_eff = (retained / s1).min(1.0);
+            let s_eff = (retained(scores, &keep, moment_scale(m)) / s1).min(1.0);
             Ok((Decision { n, n_eff: ne, kept, s_eff, all_zero: false }, keep))
         }
     }
@@ -168,7 +271,7 @@ pub fn select_ratio(scores: &[f64], ratio: f64) -> Result<(Decision, Vec<usize>)
     let kept = (n - ((ratio * n as f64).round() as usize).min(n)).max(1.min(n));
     let keep = top_k(scores, kept);
     let m = scores.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let s_eff = if s1 > 0.0 { (keep.iter().map(|&i| scores[i].abs() / m).sum::<f64>() / s1).min(1.0) } else { 1.0 };
+    let s_eff = if s1 > 0.0 { (retained(scores, &keep, moment_scale(m)) / s1).min(1.0) } else { 1.0 };
     Ok((Decision { n, n_eff: ne, kept, s_eff, all_zero: s1 == 0.0 }, keep))
 }
 
@@ -240,6 +343,16 @@ mod tests {
         assert_eq!(round_up(60, 62, 8), 62);
         assert_eq!(round_up(16, 64, 8), 16);
         assert_eq!(round_up(3, 64, 1), 3);
+    }
+
+    #[test]
+    fn tiny_and_huge_scores_keep_their_n_eff() {
+        let base = [3.0, 1.0, 0.5, 0.25, 2.0];
+        let ne = n_eff(&base).unwrap();
+        for k in [1e-200, 1e-120, 1e-90, 1e90, 1e120, 1e200] {
+            let s: Vec<f64> = base.iter().map(|x| x * k).collect();
+            assert!((n_eff(&s).unwrap() - ne).abs() < 1e-12 * ne, "scale {k}");
+        }
     }
 
     #[test]

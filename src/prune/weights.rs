@@ -208,10 +208,11 @@ fn prune_groups(
         .collect()
 }
 
-/// Scope global: one EMP over all candidates, in four passes over the weights: (1) maxima,
-/// finiteness, level-1 histogram, in parallel; (2) the global and per-tensor sums, in order;
-/// (3) the remaining radix levels of the threshold, in parallel; (4) keep bits and retained
-/// mass in order, each tensor accounted and zeroed by another thread once its bits are known.
+/// Scope global: one EMP over all candidates, in passes over the weights, each in parallel over
+/// work items: (1) maxima, finiteness, level-1 histogram; (2) the global and per-tensor blocked
+/// sums; (3) the remaining radix levels of the threshold; (4) keep bits and retained mass (plus a
+/// counting pass when only some keys equal to the threshold are kept); (5) each tensor accounted
+/// and zeroed.
 fn prune_global(
     cands: &[Candidate],
     ts: &mut [&mut TensorProto],
@@ -246,88 +247,85 @@ fn prune_global(
         // Every score is 0: every tensor is kept whole.
         ((0.0, 0.0), views.iter().map(|_| (0.0, 0.0)).collect())
     } else {
-        moments_global(&views, m, &sc.max)
+        moments_global(&views, &items, &sc, m)
     };
-    let (gd, thr, mut ties) = if m == 0.0 {
-        (GlobalDecision { n, n_eff: n as f64, kept: n, s_eff: 1.0 }, 0, usize::MAX)
+    let all_kept = Threshold { key: 0, ties: usize::MAX, eq: 0, eq_per_item: None };
+    let (gd, th) = if m == 0.0 {
+        (GlobalDecision { n, n_eff: n as f64, kept: n, s_eff: 1.0 }, all_kept)
     } else {
         let ne = emp::n_eff_from_moments(n, s1, s2).unwrap_or(n as f64);
         let kept = match opts.fixed_ratio {
             Some(r) => (n - ((r * n as f64).round() as usize).min(n)).max(1),
             None => emp::keep_count(n, ne, opts.beta),
         };
-        let (thr, ties) = if kept >= n { (0, usize::MAX) } else { threshold(&views, &items, &sc, kept) };
-        (GlobalDecision { n, n_eff: ne, kept, s_eff: 1.0 }, thr, ties)
+        let th = if kept >= n { all_kept } else { threshold(&views, &items, &sc, kept) };
+        (GlobalDecision { n, n_eff: ne, kept, s_eff: 1.0 }, th)
     };
     drop(sc);
-    drop(views);
-    let mut retained = 0.0f64;
-    let mut reports: Vec<Option<Result<TensorReport>>> = (0..cands.len()).map(|_| None).collect();
-    rayon::scope(|s| {
-        for (i, ((c, t), (slot, &(t1, t2)))) in
-            cands.iter().zip(ts.iter_mut()).zip(reports.iter_mut().zip(&per)).enumerate()
-        {
-            let t: &mut TensorProto = t;
-            let v = View { scale: scale(i), ..make_view(c, t, opts).expect("validated") };
-            let nt = v.n();
-            let n_eff = emp::n_eff_from_moments(nt, t1, t2).unwrap_or(nt as f64);
-            let mask = if m == 0.0 { None } else { Some(mark(v, thr, &mut ties, Some((&mut retained, m)))) };
-            s.spawn(move |_| {
-                let r = match mask {
-                    // all kept: nothing to zero; Σ kept s = Σ s
-                    None => make_view(c, t, opts).map(account_only),
-                    Some(mask) => account_and_zero(c, t, opts, &mask),
-                };
-                *slot = Some(r.map(|acc| report(c, t, nt, 1, n_eff, 0, acc)));
-                progress.inc(1);
-            });
+    // Keep bits and sums of every item in parallel, then each tensor zeroed in parallel.
+    let (masks, sums, retained) = if m == 0.0 {
+        (vec![None; cands.len()], vec![(-0.0, -0.0); cands.len()], 0.0)
+    } else {
+        let marked = mark_items(&views, &items, &th, Some(emp::moment_scale(m)));
+        let retained = marked.iter().fold(-0.0f64, |r, k| r + k.retained);
+        let mut sums = vec![(-0.0f64, -0.0f64); cands.len()];
+        for (&(p, _, _), k) in items.iter().zip(&marked) {
+            sums[p].0 += k.total;
+            sums[p].1 += k.kept_mass;
         }
-    });
+        (part_masks(cands.len(), &items, marked).into_iter().map(Some).collect(), sums, retained)
+    };
+    drop(views);
+    let reports: Vec<Result<TensorReport>> = cands
+        .par_iter()
+        .zip(ts.par_iter_mut())
+        .zip(masks.into_par_iter().zip(per.par_iter().zip(sums.par_iter())))
+        .enumerate()
+        .map(|(i, ((c, t), (mask, (&(t1, t2), &(total, kept_mass)))))| {
+            let t: &mut TensorProto = t;
+            let nt = View { scale: scale(i), ..make_view(c, t, opts)? }.n();
+            let n_eff = emp::n_eff_from_moments(nt, t1, t2).unwrap_or(nt as f64);
+            let acc = match mask {
+                // all kept: nothing to zero; Σ kept s = Σ s
+                None => make_view(c, t, opts).map(account_only)?,
+                Some(mask) => {
+                    zero_masked(t, &mask, 0, nt).with_context(|| format!("zeroing '{}'", tname(t)))?;
+                    (zero::mask_count(&mask, nt), total, kept_mass)
+                }
+            };
+            progress.inc(1);
+            Ok(report(c, t, nt, 1, n_eff, 0, acc))
+        })
+        .collect();
     let gd = if m == 0.0 || gd.kept >= n {
         // All kept: the retained sum is the s1 sum itself.
         gd
     } else {
         GlobalDecision { s_eff: (retained / s1).min(1.0), ..gd }
     };
-    let reports = reports.into_iter().map(|r| r.expect("every tensor was processed")).collect::<Result<Vec<_>>>()?;
+    let reports = reports.into_iter().collect::<Result<Vec<_>>>()?;
     Ok((reports, Some(gd)))
 }
 
-/// Per candidate: 1 / mean score (see `norm_scale`), the sum in element order. A tensor that
-/// cannot be read or holds NaN/Inf gets 1 here; `prune_global` reports the error.
+/// Per candidate: 1 / mean score (see `norm_scale`), a blocked sum, in parallel over work items.
+/// A tensor that cannot be read or holds NaN/Inf gets 1 here; `prune_global` reports the error.
 fn mean_scales(cands: &[Candidate], ts: &[&mut TensorProto], opts: &WeightOptions) -> Result<Vec<f64>> {
-    Ok(cands
-        .par_iter()
-        .zip(ts.par_iter())
-        .map(|(c, t)| match make_view(c, t, opts) {
-            Ok(v) => {
-                let mut sum = sum_zero();
-                v.blocks(0, v.n(), |_, b| {
-                    let mut r = sum;
-                    for &x in b {
-                        r += x;
-                    }
-                    sum = r;
-                });
-                norm_scale(sum, v.n())
-            }
-            Err(_) => 1.0,
-        })
-        .collect())
+    let views: Vec<Option<View>> = cands.iter().zip(ts.iter()).map(|(c, t)| make_view(c, t, opts).ok()).collect();
+    let readable: Vec<View> = views.iter().flatten().copied().collect();
+    let items = chunks(&readable);
+    let mut sums = vec![-0.0f64; readable.len()];
+    for (&(p, _, _), b) in items.iter().zip(block_sums(&readable, &items)) {
+        sums[p] += b;
+    }
+    let mut sums = sums.into_iter();
+    Ok(views.iter().map(|v| v.map_or(1.0, |v| norm_scale(sums.next().expect("one sum per view"), v.n()))).collect())
 }
 
-/// (kept, Σ s, Σ kept s) of a tensor kept whole.
+/// (kept, Σ s, Σ kept s) of a tensor kept whole (blocked sums).
 fn account_only(v: View) -> (usize, f64, f64) {
-    let (mut total, mut kept_mass) = (sum_zero(), sum_zero());
-    v.blocks(0, v.n(), |_, b| {
-        let (mut tot, mut km) = (total, kept_mass);
-        for &x in b {
-            tot += x;
-            km += x;
-        }
-        (total, kept_mass) = (tot, km);
-    });
-    (v.n(), total, kept_mass)
+    let items = chunks(std::slice::from_ref(&v));
+    let total = block_sums(&[v], &items).iter().fold(-0.0f64, |s, b| s + b);
+    (v.n(), total, total)
 }
 
 #[cfg(test)]

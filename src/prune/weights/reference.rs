@@ -65,7 +65,7 @@ pub(super) fn prune_weights_reference(model: &mut ModelProto, opts: &WeightOptio
                 scores
                     .iter()
                     .map(|s| {
-                        let k = super::norm_scale(s.iter().sum(), s.len());
+                        let k = super::norm_scale(emp::blocked_sum(s.len(), |i| s[i]), s.len());
                         s.iter().map(|x| if k == 1.0 { *x } else { x * k }).collect()
                     })
                     .collect()
@@ -149,8 +149,8 @@ fn tensor_report(
     n_eff: f64,
     all_zero_groups: usize,
 ) -> TensorReport {
-    let total: f64 = s.iter().sum();
-    let kept_mass: f64 = s.iter().zip(keep).filter(|p| *p.1).map(|p| *p.0).sum();
+    let total = emp::blocked_sum(s.len(), |i| s[i]);
+    let kept_mass = emp::blocked_sum(s.len(), |i| if keep[i] { s[i] } else { -0.0 });
     let kept = keep.iter().filter(|k| **k).count();
     TensorReport {
         name: c.name.clone(),
@@ -181,11 +181,11 @@ pub(super) fn global_select(
         let masks = scores.iter().map(|s| vec![true; s.len()]).collect();
         return Ok((GlobalDecision { n, n_eff: n as f64, kept: n, s_eff: 1.0 }, masks));
     }
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for v in scores.iter().flatten() {
-        let a = v.abs() / m;
-        s1 += a;
-        s2 += a * a;
+    let d = emp::moment_scale(m);
+    let (mut s1, mut s2) = (-0.0f64, -0.0f64);
+    for s in scores {
+        s1 = emp::blocked_sum_from(s1, s.len(), |i| s[i].abs() / d);
+        s2 = emp::blocked_sum_from(s2, s.len(), |i| (s[i].abs() / d) * (s[i].abs() / d));
     }
     let ne = emp::n_eff_from_moments(n, s1, s2).unwrap_or(n as f64);
     let kept = match ratio {
@@ -204,25 +204,24 @@ pub(super) fn global_select(
     drop(all);
     let above: usize = scores.iter().flatten().filter(|v| v.abs() > thr).count();
     let mut ties_left = kept.saturating_sub(above);
-    let mut retained = 0.0f64;
-    let masks = scores
+    let masks: Vec<Vec<bool>> = scores
         .iter()
         .map(|s| {
             s.iter()
                 .map(|v| {
                     let a = v.abs();
-                    let k = a > thr
+                    a > thr
                         || (a == thr && ties_left > 0 && {
                             ties_left -= 1;
                             true
-                        });
-                    if k {
-                        retained += a / m;
-                    }
-                    k
+                        })
                 })
                 .collect()
         })
         .collect();
+    let mut retained = -0.0f64;
+    for (s, k) in scores.iter().zip(&masks) {
+        retained = emp::blocked_sum_from(retained, s.len(), |i| if k[i] { s[i].abs() / d } else { -0.0 });
+    }
     Ok((GlobalDecision { n, n_eff: ne, kept, s_eff: (retained / s1).min(1.0) }, masks))
 }

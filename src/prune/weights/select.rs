@@ -50,26 +50,46 @@ pub(super) struct Scan {
     pub(super) bad: Vec<Option<(usize, f64)>>,
     pub(super) or: u64,
     pub(super) hist: Vec<u64>,
+    /// Per item: the block totals of |s| and s² (unscaled: valid when `emp::moment_scale` of the
+    /// max is 1).
+    pub(super) sums: Vec<[f64; 2]>,
 }
 
 pub(super) fn scan(parts: &[View], items: &[(usize, usize, usize)]) -> Scan {
-    let init = || Scan { max: vec![0; parts.len()], bad: vec![None; parts.len()], or: 0, hist: vec![0; 1 << 16] };
-    let accs = par_accumulate(items.len(), init, |a, ci| {
+    let init = || {
+        let scan = Scan {
+            max: vec![0; parts.len()],
+            bad: vec![None; parts.len()],
+            or: 0,
+            hist: vec![0; 1 << 16],
+            sums: vec![],
+        };
+        (scan, Vec::<(usize, [f64; 2])>::new())
+    };
+    let accs = par_accumulate(items.len(), init, |(a, sums), ci| {
         let (p, lo, hi) = items[ci];
         let (mut mx, mut or) = (a.max[p], a.or);
         let mut bad = None;
+        let (mut l1, mut l2) = (emp::Lanes::default(), emp::Lanes::default());
+        let (mut q1, mut q2) = ([0f64; BLOCK], [0f64; BLOCK]);
         parts[p].blocks(lo, hi, |i0, b| {
             if bad.is_none() && !b.iter().all(|x| x.is_finite()) {
                 let j = b.iter().position(|x| !x.is_finite()).unwrap();
                 bad = Some((i0 + j, b[j]));
             }
-            for &v in b {
-                let k = key(v);
-                mx = mx.max(k);
-                or |= k;
-                a.hist[(k >> TOP_SHIFT) as usize & 0xFFFF] += 1;
+            let k = b.len();
+            for ((&v, x), y) in b.iter().zip(q1[..k].iter_mut()).zip(q2[..k].iter_mut()) {
+                let key = key(v);
+                mx = mx.max(key);
+                or |= key;
+                a.hist[(key >> TOP_SHIFT) as usize & 0xFFFF] += 1;
+                let v = v.abs();
+                (*x, *y) = (v, v * v);
             }
+            l1.add(&q1[..k]);
+            l2.add(&q2[..k]);
         });
+        sums.push((ci, [l1.total(), l2.total()]));
         a.max[p] = mx;
         a.or = or;
         if let Some(b) = bad {
@@ -78,8 +98,9 @@ pub(super) fn scan(parts: &[View], items: &[(usize, usize, usize)]) -> Scan {
             }
         }
     });
-    let mut out = init();
-    for a in accs {
+    let (mut out, _) = init();
+    out.sums = vec![[0.0; 2]; items.len()];
+    for (a, sums) in accs {
         for p in 0..parts.len() {
             out.max[p] = out.max[p].max(a.max[p]);
             if let Some(b) = a.bad[p] {
@@ -92,70 +113,105 @@ pub(super) fn scan(parts: &[View], items: &[(usize, usize, usize)]) -> Scan {
         for (h, x) in out.hist.iter_mut().zip(&a.hist) {
             *h += x;
         }
+        for (ci, t) in sums {
+            out.sums[ci] = t;
+        }
     }
     out
 }
 
-/// Σ a and Σ a² of a = |s| / m over `parts` in order, as one sequential sum (m > 0).
-pub(super) fn moments_seq(parts: &[View], m: f64) -> (f64, f64) {
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    let mut a = [0f64; BLOCK];
-    for v in parts {
-        v.blocks(0, v.n(), |_, b| {
-            let a = &mut a[..b.len()];
-            for (x, &y) in a.iter_mut().zip(b) {
-                *x = y.abs() / m;
-            }
-            let (mut r1, mut r2) = (s1, s2);
-            for &x in a.iter() {
-                r1 += x;
-                r2 += x * x;
-            }
-            (s1, s2) = (r1, r2);
-        });
+/// Per work item (one block of the blocked sum, see `emp::SUM_BLOCK`): the block totals of
+/// a = |s| / d and a², and of b = |s| / d_p and b² with d_p = `part_d` of the item's part (zeros
+/// when `part_d` is None or d_p is 0). Items run in parallel; the totals come in item order.
+pub(super) fn block_moments(
+    parts: &[View],
+    items: &[(usize, usize, usize)],
+    d: f64,
+    part_d: Option<&[f64]>,
+) -> Vec<[f64; 4]> {
+    items
+        .par_iter()
+        .map(|&(p, lo, hi)| {
+            let dp = part_d.map_or(0.0, |pd| pd[p]);
+            let mut l = [emp::Lanes::default(); 4];
+            let mut q = [[0f64; BLOCK]; 4];
+            parts[p].blocks(lo, hi, |_, b| {
+                let k = b.len();
+                let [q0, q1, q2, q3] = &mut q;
+                for (((x, y), &v), (u, w)) in
+                    q0[..k].iter_mut().zip(q1[..k].iter_mut()).zip(b).zip(q2[..k].iter_mut().zip(q3[..k].iter_mut()))
+                {
+                    let a = v.abs() / d;
+                    (*x, *y) = (a, a * a);
+                    let c = v.abs() / dp;
+                    (*u, *w) = (c, c * c);
+                }
+                let used = if dp > 0.0 { 4 } else { 2 };
+                for (lanes, q) in l.iter_mut().zip(q.iter()).take(used) {
+                    lanes.add(&q[..k]);
+                }
+            });
+            [l[0].total(), l[1].total(), l[2].total(), l[3].total()]
+        })
+        .collect()
+}
+
+/// Per work item: the block total of the scores as given (not |s|: an override may be negative).
+pub(super) fn block_sums(parts: &[View], items: &[(usize, usize, usize)]) -> Vec<f64> {
+    items
+        .par_iter()
+        .map(|&(p, lo, hi)| {
+            let mut l = emp::Lanes::default();
+            parts[p].blocks(lo, hi, |_, b| l.add(b));
+            l.total()
+        })
+        .collect()
+}
+
+/// Σ a and Σ a² of a = |s| / d over `parts` in order (blocked sums), from the scan's plain sums
+/// when d = 1.
+pub(super) fn moments_seq(parts: &[View], items: &[(usize, usize, usize)], sc: &Scan, d: f64) -> (f64, f64) {
+    if d == 1.0 {
+        return sc.sums.iter().fold((-0.0, -0.0), |(s1, s2), t| (s1 + t[0], s2 + t[1]));
     }
-    (s1, s2)
+    block_moments(parts, items, d, None).iter().fold((-0.0, -0.0), |(s1, s2), t| (s1 + t[0], s2 + t[1]))
 }
 
 /// Per part: (Σ a, Σ a²).
 pub(super) type PartSums = Vec<(f64, f64)>;
 
-/// The global moments (scaled by the global max `m`, one sequential sum over all parts) and, per
-/// part, its own moments (scaled by its own max) — each sum in the previous version's order. The global sums and the per-part sums run side by side on two threads.
-pub(super) fn moments_global(parts: &[View], m: f64, part_max: &[u64]) -> ((f64, f64), PartSums) {
-    rayon::join(
-        || moments_seq(parts, m),
-        || {
-            parts
-                .par_iter()
-                .zip(part_max)
-                .map(|(v, &mt)| {
-                    let mt = f64::from_bits(mt);
-                    let (mut t1, mut t2) = (0.0f64, 0.0f64);
-                    let mut a = [0f64; BLOCK];
-                    v.blocks(0, v.n(), |_, b| {
-                        let a = &mut a[..b.len()];
-                        for (x, &y) in a.iter_mut().zip(b) {
-                            *x = y.abs() / mt;
-                        }
-                        // Locals: accumulators captured by the closure would live in memory.
-                        let (mut q1, mut q2) = (t1, t2);
-                        for &x in a.iter() {
-                            q1 += x;
-                            q2 += x * x;
-                        }
-                        (t1, t2) = (q1, q2);
-                    });
-                    // A part whose max is 0 has no moments (t1, t2 are NaN here: not used).
-                    if mt == 0.0 {
-                        (0.0, 0.0)
-                    } else {
-                        (t1, t2)
-                    }
-                })
-                .collect()
-        },
-    )
+/// The global moments (scores divided by d = `emp::moment_scale` of the global max `m`, one
+/// blocked sum over all parts) and, per part, its own moments (divided by the moment scale of
+/// its own max). From the scan's plain sums when every divisor is 1, else in one parallel pass.
+pub(super) fn moments_global(
+    parts: &[View],
+    items: &[(usize, usize, usize)],
+    sc: &Scan,
+    m: f64,
+) -> ((f64, f64), PartSums) {
+    let d = emp::moment_scale(m);
+    let part_d: Vec<f64> =
+        sc.max.iter().map(|&mp| if mp == 0 { 0.0 } else { emp::moment_scale(f64::from_bits(mp)) }).collect();
+    let blocks: Vec<[f64; 4]> = if d == 1.0 && part_d.iter().all(|&x| x == 1.0 || x == 0.0) {
+        sc.sums.iter().map(|t| [t[0], t[1], t[0], t[1]]).collect()
+    } else {
+        block_moments(parts, items, d, Some(&part_d))
+    };
+    let mut per: PartSums = vec![(-0.0, -0.0); parts.len()];
+    let (mut s1, mut s2) = (-0.0f64, -0.0f64);
+    for (&(p, _, _), t) in items.iter().zip(&blocks) {
+        s1 += t[0];
+        s2 += t[1];
+        per[p].0 += t[2];
+        per[p].1 += t[3];
+    }
+    // A part whose max is 0 has no moments.
+    for (q, &mp) in per.iter_mut().zip(&sc.max) {
+        if mp == 0 {
+            *q = (0.0, 0.0);
+        }
+    }
+    ((s1, s2), per)
 }
 
 /// The bucket holding rank `r` (0 = largest) and the rank inside it.
@@ -169,13 +225,35 @@ pub(super) fn pick(hist: &[u64], mut r: u64) -> (u64, u64) {
     unreachable!("rank beyond the histogram")
 }
 
-/// Radix select over the keys of `parts`: the `kept`-th largest key (1 ≤ kept ≤ N) and how many
-/// elements equal to it are kept (the first ones in order: lower index wins).
-pub(super) fn threshold(parts: &[View], items: &[(usize, usize, usize)], sc: &Scan, kept: usize) -> (u64, usize) {
+/// A bucket of at most this many keys (or 1/64 of all) is gathered and selected in memory; small
+/// in tests, so that the radix levels run too.
+const GATHER_MIN: usize = if cfg!(test) { 8 } else { 1 << 16 };
+
+/// The threshold of a global cut: the `kept`-th largest key, how many keys equal to it are kept
+/// (the first ones in order: lower index wins), how many there are, and (when known) how many
+/// there are in each work item.
+pub(super) struct Threshold {
+    pub(super) key: u64,
+    pub(super) ties: usize,
+    pub(super) eq: usize,
+    pub(super) eq_per_item: Option<Vec<usize>>,
+}
+
+/// Radix select over the keys of `parts` for the `kept`-th largest key (1 ≤ kept ≤ N). Digits
+/// narrow the bucket holding it until it holds at most `gather_max(N)` keys; those are then
+/// gathered in one pass and selected in memory (usually right after the scan's level-1 digit:
+/// a 1/32-octave bucket holds ~1 % of the weights).
+pub(super) fn threshold(parts: &[View], items: &[(usize, usize, usize)], sc: &Scan, kept: usize) -> Threshold {
+    let n: usize = parts.iter().map(|v| v.n()).sum();
+    let gather_max = (n / 64).max(GATHER_MIN) as u64;
     let low = sc.or.trailing_zeros();
     let (mut prefix, mut r) = pick(&sc.hist, kept as u64 - 1);
+    let mut eq = sc.hist[prefix as usize];
     let mut shift = TOP_SHIFT;
     while shift > low {
+        if eq <= gather_max {
+            return gather_select(parts, items, prefix, shift, r as usize);
+        }
         let w = (shift - low).min(MAX_DIGIT);
         let next = shift - w;
         let dmask = (1u64 << w) - 1;
@@ -201,26 +279,118 @@ pub(super) fn threshold(parts: &[View], items: &[(usize, usize, usize)], sc: &Sc
             }
         }
         let (b, rr) = pick(&hist, r);
+        eq = hist[b as usize];
         prefix = (prefix << w) | b;
         r = rr;
         shift = next;
     }
     // Every key has zeros below `low`, so the bucket holds only equal keys.
-    (prefix << shift, r as usize + 1)
+    Threshold { key: prefix << shift, ties: r as usize + 1, eq: eq as usize, eq_per_item: None }
 }
 
-/// Keep bits of one part given the threshold; `ties` counts down the equal keys still kept.
-/// With `retained` = (sum, m): also Σ (kept |s| / m), in order.
-pub(super) fn mark(v: View, thr: u64, ties: &mut usize, mut retained: Option<(&mut f64, f64)>) -> Vec<u64> {
-    let n = v.n();
-    let mut mask = new_mask(n, false);
-    let mut t = *ties;
+/// The keys with `k >> shift == prefix`, gathered per item in parallel; the one of rank `r`
+/// among them (0 = largest) is the threshold.
+fn gather_select(parts: &[View], items: &[(usize, usize, usize)], prefix: u64, shift: u32, r: usize) -> Threshold {
+    let per_item: Vec<Vec<u64>> = items
+        .par_iter()
+        .map(|&(p, lo, hi)| {
+            let mut g = Vec::new();
+            parts[p].blocks(lo, hi, |_, b| g.extend(b.iter().map(|&v| key(v)).filter(|k| k >> shift == prefix)));
+            g
+        })
+        .collect();
+    let mut all: Vec<u64> = per_item.concat();
+    let (above, &mut t, _) = all.select_nth_unstable_by(r, |a, b| b.cmp(a));
+    let above = above.iter().filter(|&&k| k > t).count();
+    drop(all);
+    let eq_per_item: Vec<usize> = per_item.iter().map(|g| g.iter().filter(|&&k| k == t).count()).collect();
+    Threshold { key: t, ties: r - above + 1, eq: eq_per_item.iter().sum(), eq_per_item: Some(eq_per_item) }
+}
+
+/// Keep bits of every work item given the threshold, and (with `m`) the item's block total of
+/// kept |s| / m (m: the moment divisor). Items run in parallel: when only some keys equal to the threshold are kept, each
+/// item gets its share in order (counted in one more pass unless the selection counted them).
+pub(super) fn mark_items(
+    parts: &[View],
+    items: &[(usize, usize, usize)],
+    th: &Threshold,
+    m: Option<f64>,
+) -> Vec<Marked> {
+    let (thr, ties) = (th.key, th.ties);
+    let budgets: Vec<usize> = if ties >= th.eq {
+        vec![usize::MAX; items.len()]
+    } else {
+        let counts: Vec<usize> = if let Some(c) = &th.eq_per_item {
+            c.clone()
+        } else {
+            items
+                .par_iter()
+                .map(|&(p, lo, hi)| {
+                    let mut c = 0usize;
+                    parts[p].blocks(lo, hi, |_, b| c += b.iter().filter(|&&x| key(x) == thr).count());
+                    c
+                })
+                .collect()
+        };
+        let mut left = ties;
+        counts
+            .iter()
+            .map(|&c| {
+                let t = c.min(left);
+                left -= t;
+                t
+            })
+            .collect()
+    };
+    items.par_iter().zip(budgets).map(|(&(p, lo, hi), t)| mark_range(parts[p], lo, hi, thr, t, m)).collect()
+}
+
+/// Each part's keep bits from `mark_items`' results (items of a part are consecutive and start at
+/// multiples of 64).
+pub(super) fn part_masks(n_parts: usize, items: &[(usize, usize, usize)], marked: Vec<Marked>) -> Vec<Vec<u64>> {
+    let mut masks: Vec<Vec<u64>> = vec![Vec::new(); n_parts];
+    for (&(p, _, _), Marked { words, .. }) in items.iter().zip(marked) {
+        if masks[p].is_empty() {
+            masks[p] = words;
+        } else {
+            masks[p].extend_from_slice(&words);
+        }
+    }
+    masks
+}
+
+/// One work item's keep bits, and with a global `m`: its block totals of kept |s| / m, and of the
+/// unscaled scores, all and kept (the tensor report's sums, accounted here so that zeroing
+/// needs no second decoding pass).
+pub(super) struct Marked {
+    pub(super) words: Vec<u64>,
+    pub(super) retained: f64,
+    pub(super) total: f64,
+    pub(super) kept_mass: f64,
+}
+
+/// Keep bits of `v[lo..hi]` (`lo` a multiple of 64); `t` equal keys are kept, the first ones.
+fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f64>) -> Marked {
+    let mut mask = new_mask(hi - lo, false);
     let mut a = [0f64; BLOCK];
+    let mut sc = [0f64; BLOCK];
     let thr_v = f64::from_bits(thr);
     let mut keep = [0u64; BLOCK];
+    let mut lanes = [emp::Lanes::default(); 3];
+    // The unscaled scores are decoded; the ranked ones are them times the scale, exactly as
+    // `View::fill` computes them.
+    let raw = View { scale: 1.0, ..v };
     // Blocks start at multiples of BLOCK, so at whole mask words.
-    v.blocks(0, n, |i0, b| {
-        let k = b.len();
+    raw.blocks(lo, hi, |i0, r| {
+        let k = r.len();
+        let b: &[f64] = if v.scale != 1.0 {
+            for (o, &x) in sc[..k].iter_mut().zip(r) {
+                *o = x * v.scale;
+            }
+            &sc[..k]
+        } else {
+            r
+        };
         let keep = &mut keep[..k];
         let mut any_eq = false;
         for (q, &x) in keep.iter_mut().zip(b) {
@@ -242,24 +412,24 @@ pub(super) fn mark(v: View, thr: u64, ties: &mut usize, mut retained: Option<(&m
             for (j, &q) in c.iter().enumerate() {
                 w |= (q & 1) << j;
             }
-            mask[i0 / 64 + wi] = w;
+            mask[(i0 - lo) / 64 + wi] = w;
         }
-        if let Some((sum, m)) = retained.as_mut() {
+        if let Some(m) = m {
             let a = &mut a[..k];
             const NEG0: u64 = 1 << 63;
             // x + (−0.0) == x exactly: adding −0.0 for a pruned element is adding nothing.
             for ((q, &x), &sel) in a.iter_mut().zip(b).zip(keep.iter()) {
-                *q = f64::from_bits(((x.abs() / *m).to_bits() & sel) | (NEG0 & !sel));
+                *q = f64::from_bits(((x.abs() / m).to_bits() & sel) | (NEG0 & !sel));
             }
-            let mut r = **sum;
-            for &q in a.iter() {
-                r += q;
+            lanes[0].add(a);
+            lanes[1].add(r);
+            for ((q, &x), &sel) in a.iter_mut().zip(r).zip(keep.iter()) {
+                *q = f64::from_bits((x.to_bits() & sel) | (NEG0 & !sel));
             }
-            **sum = r;
+            lanes[2].add(a);
         }
     });
-    *ties = t;
-    mask
+    Marked { words: mask, retained: lanes[0].total(), total: lanes[1].total(), kept_mass: lanes[2].total() }
 }
 
 /// `x` if `keep`, else −0.0, without a branch: x + (−0.0) == x exactly, so adding this is the
@@ -284,17 +454,7 @@ pub(super) fn decide(n: usize, s1: f64, s2: f64, opts: &WeightOptions) -> (f64, 
 
 /// `emp::moments_scaled` of an in-memory group.
 pub(super) fn moments_buf(s: &[f64]) -> (f64, f64) {
-    let m = s.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    if m == 0.0 {
-        return (0.0, 0.0);
-    }
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &v in s {
-        let a = v.abs() / m;
-        s1 += a;
-        s2 += a * a;
-    }
-    (s1, s2)
+    emp::moments_scaled(s).unwrap_or((f64::NAN, f64::NAN))
 }
 
 /// Per-unit EMP (or one group for the whole tensor) → keep bits, groups, Σ N_eff, all-zero groups.
@@ -402,15 +562,16 @@ pub(super) fn stream_group(v: View, opts: &WeightOptions) -> (Vec<u64>, usize, f
     let items = chunks(&parts);
     let sc = scan(&parts, &items);
     let m = f64::from_bits(sc.max[0]);
-    let (s1, s2) = if m == 0.0 { (0.0, 0.0) } else { moments_seq(&parts, m) };
+    let (s1, s2) = if m == 0.0 { (0.0, 0.0) } else { moments_seq(&parts, &items, &sc, emp::moment_scale(m)) };
     let (ne, kept, all_zero) = decide(n, s1, s2, opts);
     let mask = if kept >= n {
         new_mask(n, true)
     } else if kept == 0 {
         new_mask(n, false)
     } else {
-        let (thr, mut ties) = threshold(&parts, &items, &sc, kept);
-        mark(v, thr, &mut ties, None)
+        let th = threshold(&parts, &items, &sc, kept);
+        let marked = mark_items(&parts, &items, &th, None);
+        part_masks(1, &items, marked).pop().expect("one part")
     };
     (mask, 1, ne, all_zero as usize)
 }

@@ -8,22 +8,18 @@ use super::*;
 //
 // Nothing holds all scores at once and no tensor is converted to f64 as a whole: every pass
 // decodes blocks of `BLOCK` scores from the weight bytes (f32, f16, bf16, f64, raw or typed) or
-// from a score override into a small f64 buffer. Work that does not depend on order (maxima,
-// histograms, finiteness) runs in parallel over chunks; sums run sequentially in exactly the
-// order of the all-in-memory version, so every reported number is bit-identical to it and
-// independent of the number of threads. Keys: the bit pattern of |s| as f64 (non-negative IEEE
-// floats order like their bits).
-//
-// Cost floor: a sequential f64 sum is one dependent add per element (~1.6 ns here). Scope global
-// needs two of them over all candidates (the moments before the cut, the retained mass after it),
-// so it cannot run at copy speed while staying bit-identical; per-tensor and per-unit sums run in
-// parallel across tensors.
+// from a score override into a small f64 buffer. Every pass runs in parallel over work items of
+// `CHUNK` elements. Sums are `emp`'s blocked sums, whose blocks are exactly these items: each item
+// sums its elements in 8 lanes and the item totals are added in item order, so every reported
+// number is bit-identical to the all-in-memory reference and independent of the number of
+// threads. Keys: the bit pattern of |s| as f64 (non-negative IEEE floats order like their bits).
 // ---------------------------------------------------------------------------------------------
 
 /// Scores decoded per block.
 pub(super) const BLOCK: usize = 1024;
-/// Work item of the parallel passes, in elements (small in tests, to exercise the merging).
-pub(super) const CHUNK: usize = if cfg!(test) { 1 << 12 } else { 1 << 22 };
+/// Work item of the parallel passes, in elements: one block of the blocked sums (small in tests,
+/// to exercise the merging).
+pub(super) const CHUNK: usize = emp::SUM_BLOCK;
 /// Level-1 radix digit: bits 47..62 of a key (bit 63, the sign, is 0).
 pub(super) const TOP_SHIFT: u32 = 47;
 /// Later radix digits have at most this many bits: a 2^16-bucket histogram (512 KB per worker)

@@ -2,8 +2,8 @@
 
 use super::*;
 
-/// Per-tensor sums in element order, as the previous version's report: (kept, Σ s, Σ kept s);
-/// the pruned elements are zeroed in the same sweep (block by block, while they are in cache).
+/// Per-tensor blocked sums (see `emp::SUM_BLOCK`): (kept, Σ s, Σ kept s); the pruned elements
+/// are zeroed in the same sweep (block by block, while they are in cache).
 pub(super) fn account_and_zero(
     c: &Candidate,
     t: &mut TensorProto,
@@ -14,20 +14,29 @@ pub(super) fn account_and_zero(
     let (mut total, mut kept_mass) = (sum_zero(), sum_zero());
     let n = make_view(c, t, opts)?.n();
     let kept = mask_count(mask, n);
-    let mut lo = 0;
-    while lo < n {
-        let hi = (lo + SWEEP).min(n);
-        make_view(c, t, opts)?.blocks(lo, hi, |i0, b| {
-            let words = &mask[i0 / 64..];
-            let (mut tot, mut km) = (total, kept_mass);
-            for (j, &x) in b.iter().enumerate() {
-                tot += x;
-                km += select(words[j / 64] >> (j % 64) & 1 != 0, x);
-            }
-            (total, kept_mass) = (tot, km);
-        });
-        zero_masked(t, mask, lo, hi).with_context(|| format!("zeroing '{}'", tname(t)))?;
-        lo = hi;
+    let mut sel = [0f64; BLOCK];
+    let mut blo = 0;
+    while blo < n {
+        let bhi = (blo + emp::SUM_BLOCK).min(n);
+        let (mut tot, mut km) = (emp::Lanes::default(), emp::Lanes::default());
+        let mut lo = blo;
+        while lo < bhi {
+            let hi = (lo + SWEEP).min(bhi);
+            make_view(c, t, opts)?.blocks(lo, hi, |i0, b| {
+                let words = &mask[i0 / 64..];
+                let sel = &mut sel[..b.len()];
+                for (j, (q, &x)) in sel.iter_mut().zip(b).enumerate() {
+                    *q = select(words[j / 64] >> (j % 64) & 1 != 0, x);
+                }
+                tot.add(b);
+                km.add(sel);
+            });
+            zero_masked(t, mask, lo, hi).with_context(|| format!("zeroing '{}'", tname(t)))?;
+            lo = hi;
+        }
+        total += tot.total();
+        kept_mass += km.total();
+        blo = bhi;
     }
     Ok((kept, total, kept_mass))
 }
