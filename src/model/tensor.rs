@@ -7,6 +7,7 @@
 use anyhow::{bail, Context, Result};
 use half::{bf16, f16};
 use onnx_protobuf::TensorProto;
+use rayon::prelude::*;
 
 pub mod dt {
     pub const FLOAT: i32 = 1;
@@ -181,9 +182,16 @@ pub fn count_nonzero_f32(t: &TensorProto) -> Result<(u64, u64)> {
     }
     let nz = match storage(t)? {
         Storage::Raw(_) => match t.data_type {
-            dt::FLOAT => {
-                t.raw_data.chunks_exact(4).filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) << 1 != 0).count()
-            }
+            // In parallel blocks, counted with a branch-free sum (vectorises).
+            dt::FLOAT => t
+                .raw_data
+                .par_chunks(1 << 20)
+                .map(|b| {
+                    b.chunks_exact(4)
+                        .map(|c| (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) << 1 != 0) as usize)
+                        .sum::<usize>()
+                })
+                .sum(),
             dt::FLOAT16 | dt::BFLOAT16 => {
                 t.raw_data.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 != 0).count()
             }
