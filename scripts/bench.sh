@@ -13,7 +13,8 @@ for mb in 90 1600; do
   [ -f "$f" ] || "$B" --generate "$mb" target/bench-models
 done
 # The floors side by side: cat (read+write through user memory), cp, the Python peer (onnx +
-# numpy: scripts/peer.py), and the CLI pass (default scope normalized, --no-verify); wall s and peak RSS.
+# numpy: scripts/peer.py), and the CLI pass (--no-verify) per scope (normalized is the default) and,
+# at 90 MB, --structured channels; wall s and peak RSS.
 T0=$(mktemp -d)
 for mb in 90 1600; do
   f=target/bench-models/synthetic_${mb}mb.onnx
@@ -23,7 +24,13 @@ for mb in 90 1600; do
   if python3 -c "import onnx, numpy" 2>/dev/null; then
     /usr/bin/time -f "python peer  %e s  %M KB" python3 scripts/peer.py "$f" "$T0/peer.onnx" >/dev/null
   fi
-  /usr/bin/time -f "onnx-emp     %e s  %M KB" target/release/onnx-emp "$f" "$T0/out.onnx" --no-verify --quiet
+  for scope in normalized global layer unit; do
+    /usr/bin/time -f "onnx-emp --scope $(printf %-10s $scope) %e s  %M KB" target/release/onnx-emp "$f" "$T0/out.onnx" --no-verify --quiet --scope "$scope" --force
+  done
+  if [ "$mb" = 90 ]; then
+    # Structured: the masked proof still runs in tract (--no-verify skips fidelity and latency).
+    /usr/bin/time -f "onnx-emp --structured channels --no-verify %e s  %M KB" target/release/onnx-emp "$f" "$T0/out.onnx" --no-verify --quiet --structured channels --force
+  fi
   rm -f "$T0"/*
 done
 rm -rf "$T0"

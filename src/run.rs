@@ -8,7 +8,7 @@ use crate::model::graph::{self, GraphIndex};
 use crate::model::io::{self, Loaded, SaveOptions};
 use crate::progress;
 use crate::prune::weights::{self, Include, Scope, WeightOptions};
-use crate::prune::{Criterion, StructOptions, StructScope, StructuralResult};
+use crate::prune::{Criterion, MaskedOut, StructOptions, StructScope, StructuralResult};
 use crate::report::{Equivalence, FileInfo, Params, Report, Timing};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::ModelProto;
@@ -71,6 +71,17 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         PathBuf::new()
     } else {
         check_paths(&o.input, &o.output, o.force)?
+    };
+    // The private staging folder beside OUT: the output and the proofs' masked models go there.
+    let staging = if o.plan {
+        None
+    } else {
+        Some(
+            tempfile::Builder::new()
+                .prefix(".onnx-emp-")
+                .tempdir_in(&out_dir)
+                .with_context(|| format!("{}: cannot create a file in this folder", out_dir.display()))?,
+        )
     };
     let mut timing = Timing::default();
     let t = Instant::now();
@@ -142,8 +153,12 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let mut weights_report = None;
     let mut groups = Vec::new();
     // (masked, pruned) pairs to prove, in order. The last stage's pruned model is the output
-    // itself (None): it is proved from the staged output file, not from a second copy.
-    let mut stages: Vec<(String, ModelProto, Option<ModelProto>)> = Vec::new();
+    // itself (None): it is proved from the staged output file, not from a second copy. A masked
+    // model is written to the staging folder as soon as reconstruction no longer needs it (None
+    // here), so that it does not share memory with the pruned one.
+    let mut stages: Vec<(String, Option<ModelProto>, Option<ModelProto>)> = Vec::new();
+    let masked_path = |i: usize| staging.as_ref().map(|d| d.path().join(format!("masked-{i}.onnx")));
+    let masked_opts = SaveOptions { external: loaded.external.clone() };
     let pruned: ModelProto = match o.mode {
         Mode::Weights => {
             let crit = o.criterion.unwrap_or(CriterionArg::Magnitude);
@@ -275,11 +290,15 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             let mut current = std::mem::take(&mut loaded.proto);
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
                 let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;
-                let mut r = structural(&current, &sopts, "heads")?;
+                let mut r = structural(&current, &sopts, "heads", &MaskedOut::Keep)?;
                 refit_stage(&current, &mut r, recon_inputs, &mut reconstruction, &t_recon)?;
                 groups.extend(r.groups);
                 let last = mode == Mode::Heads;
-                stages.push(("heads".into(), r.masked, (!last).then(|| r.pruned.clone())));
+                let masked = match (r.masked, masked_path(stages.len())) {
+                    (Some(m), Some(p)) => crate::prune::place_masked(m, &MaskedOut::File(&p, &masked_opts))?,
+                    (m, _) => m,
+                };
+                stages.push(("heads".into(), masked, (!last).then(|| r.pruned.clone())));
                 current = r.pruned;
             }
             if matches!(mode, Mode::Channels | Mode::HeadsChannels) {
@@ -289,7 +308,14 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                     ..sopts.clone()
                 };
                 let copts = with_activations(&copts, &current, calib_inputs, "channels")?;
-                let mut r = structural(&current, &copts, "channels")?;
+                // Reconstruction updates the masked model: then it stays in memory until then.
+                let path = masked_path(stages.len());
+                let out = match &path {
+                    _ if o.plan => MaskedOut::Drop,
+                    Some(p) if recon_inputs.is_none() => MaskedOut::File(p, &masked_opts),
+                    _ => MaskedOut::Keep,
+                };
+                let mut r = structural(&current, &copts, "channels", &out)?;
                 refit_stage(&current, &mut r, recon_inputs, &mut reconstruction, &t_recon)?;
                 groups.extend(r.groups);
                 stages.push(("channels".into(), r.masked, None));
@@ -323,10 +349,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     // Stage: write into a private folder beside OUT; publish only after verification.
     let t = Instant::now();
     let stage = progress::Stage::start("save");
-    let staging = tempfile::Builder::new()
-        .prefix(".onnx-emp-")
-        .tempdir_in(&out_dir)
-        .with_context(|| format!("{}: cannot create a file in this folder", out_dir.display()))?;
+    let staging = staging.context("no staging folder")?;
     let fname = o.output.file_name().context("output path has no file name")?;
     let staged = staging.path().join(fname);
     let save_opts = SaveOptions { external: external_names(&loaded, &names_before, &pruned) };
@@ -341,7 +364,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let mut stage_paths: Vec<(PathBuf, PathBuf)> = Vec::new();
     for (i, (name, masked, stage_pruned)) in stages.into_iter().enumerate() {
         let mp = staging.path().join(format!("masked-{i}.onnx"));
-        io::save(masked, &mp, &save_opts)?;
+        if let Some(masked) = masked {
+            io::save(masked, &mp, &save_opts)?;
+        }
         let pp = match stage_pruned {
             Some(m) => {
                 let pp = staging.path().join(format!("pruned-{i}.onnx"));
@@ -577,7 +602,8 @@ fn refit_stage(
     let Some(inputs) = inputs else { return Ok(()) };
     let t0 = Instant::now();
     let _stage = progress::Stage::start("reconstruct");
-    let layers = crate::reconstruct::refit::refit_all(dense, &mut r.masked, &mut r.pruned, &r.refit, inputs)
+    let masked = r.masked.as_mut().context("the masked model is kept for reconstruction")?;
+    let layers = crate::reconstruct::refit::refit_all(dense, masked, &mut r.pruned, &r.refit, inputs)
         .context("reconstruction")?;
     let rep = report.get_or_insert_with(|| crate::reconstruct::ReconReport {
         samples: inputs.rows(),
@@ -664,10 +690,10 @@ fn with_activations(
     Ok(StructOptions { activations: Some(std::sync::Arc::new(stats.values)), ..o.clone() })
 }
 
-fn structural(m: &ModelProto, opts: &StructOptions, what: &str) -> Result<StructuralResult> {
+fn structural(m: &ModelProto, opts: &StructOptions, what: &str, masked: &MaskedOut) -> Result<StructuralResult> {
     match what {
         "heads" => crate::prune::heads::prune_heads(m, opts),
-        _ => crate::prune::channels::prune_channels(m, opts),
+        _ => crate::prune::channels::prune_channels_to(m, opts, masked),
     }
 }
 

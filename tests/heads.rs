@@ -78,7 +78,7 @@ fn assert_found(groups: &[GroupReport], n_blocks: usize, h: usize) {
 
 /// Masked vs pruned in tract, relative error.
 fn check_tract(name: &str, r: &StructuralResult, inputs: &[Tensor]) -> f64 {
-    let a = tract_run(&r.masked, inputs);
+    let a = tract_run(r.masked(), inputs);
     let b = tract_run(&r.pruned, inputs);
     let e = max_rel(&a, &b);
     println!("{name}: masked vs pruned max rel error {e:.2e}");
@@ -196,7 +196,7 @@ fn tiny_vit_dynamo() {
 fn ort_check(name: &str, r: &StructuralResult, dense: &Path) -> Option<f64> {
     let dir = tempfile::tempdir().unwrap();
     let (mp, pp) = (dir.path().join("masked.onnx"), dir.path().join("pruned.onnx"));
-    io::save(r.masked.clone(), &mp, &Default::default()).unwrap();
+    io::save(r.masked().clone(), &mp, &Default::default()).unwrap();
     io::save(r.pruned.clone(), &pp, &Default::default()).unwrap();
     let helper = root().join("tests/helpers/ort_masked.py");
     let out = match std::process::Command::new("python3").arg(&helper).arg(&mp).arg(&pp).arg(dense).output() {

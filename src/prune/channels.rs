@@ -29,7 +29,7 @@
 //! report); `channels/rewrite.rs` the rewrite and compensation.
 
 use super::groups::{self, Analysis, ConsumerKind, Ctx, Edit, IntTarget, Role, Unit, Val};
-use super::{Criterion, GroupReport, StructOptions, StructScope, StructuralResult};
+use super::{Criterion, GroupReport, MaskedOut, StructOptions, StructScope, StructuralResult};
 use crate::emp;
 use crate::model::graph::{self, node_label, set_attr_i, GraphIndex, WeightRef};
 use crate::model::tensor::{self, dt};
@@ -49,6 +49,12 @@ use rewrite::{rewrite, Mode};
 /// and left untouched. Errors: β not finite or ≤ 0, a NaN/Inf weight in a scored tensor (named),
 /// a malformed graph (cycle, duplicate names).
 pub fn prune_channels(model: &ModelProto, opts: &StructOptions) -> Result<StructuralResult> {
+    prune_channels_to(model, opts, &MaskedOut::Keep)
+}
+
+/// [`prune_channels`] with the masked model sent to `masked_out`: written to a file (or not
+/// built) before the pruned model is built, so peak memory holds the input and one rewrite.
+pub fn prune_channels_to(model: &ModelProto, opts: &StructOptions, masked_out: &MaskedOut) -> Result<StructuralResult> {
     emp::check_beta(opts.beta).map_err(|e| anyhow::anyhow!("{e}"))?;
     let g = model.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
@@ -57,8 +63,11 @@ pub fn prune_channels(model: &ModelProto, opts: &StructOptions) -> Result<Struct
     let ctx = Ctx::new(g, &ix, opset)?;
     let an = groups::analyze(&ctx);
     let plan = plan(&ctx, &an, opts)?;
+    let masked = match masked_out {
+        MaskedOut::Drop => None,
+        out => super::place_masked(rewrite(model, &ctx, &an, &plan, Mode::Masked)?, out)?,
+    };
     let pruned = rewrite(model, &ctx, &an, &plan, Mode::Pruned)?;
-    let masked = rewrite(model, &ctx, &an, &plan, Mode::Masked)?;
     let mut refit = refit_sites(&an, &plan);
     let more = downstream_sites(&ctx, &an, &plan, &refit);
     refit.extend(more);

@@ -482,7 +482,7 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
             })
         })
         .collect();
-    Ok(StructuralResult { pruned, masked, groups: reports.into_iter().flatten().collect(), refit })
+    Ok(StructuralResult { pruned, masked: Some(masked), groups: reports.into_iter().flatten().collect(), refit })
 }
 
 /// Kept query heads of a block, the N_eff to report, and notes.

@@ -195,16 +195,48 @@ pub fn check_struct_widths(g: &onnx_protobuf::GraphProto, ix: &crate::model::gra
     Ok(())
 }
 
+/// Where a structural pass puts the masked model.
+pub enum MaskedOut<'a> {
+    /// In memory, in [`StructuralResult::masked`] (reconstruction updates it with the pruned one).
+    Keep,
+    /// Written to this file as soon as it is built and dropped before the pruned model is built,
+    /// so that the two never share memory (channels; heads write it once built).
+    File(&'a std::path::Path, &'a crate::model::io::SaveOptions),
+    /// Not needed (`plan`): not built where that can be avoided.
+    Drop,
+}
+
 /// Output of a structural pass.
 pub struct StructuralResult {
     /// The rewritten (smaller) model.
     pub pruned: ModelProto,
     /// The dense model with the removed units' producing weights zeroed and the same constant
-    /// compensation applied: it must compute the same function as `pruned`.
-    pub masked: ModelProto,
+    /// compensation applied: it must compute the same function as `pruned`. `None` unless it was
+    /// asked for with [`MaskedOut::Keep`].
+    pub masked: Option<ModelProto>,
     pub groups: Vec<GroupReport>,
     /// Consumers of removed units, for reconstruction from calibration data.
     pub refit: Vec<crate::reconstruct::refit::RefitSite>,
+}
+
+impl StructuralResult {
+    /// The masked model kept in memory ([`MaskedOut::Keep`], what `prune_channels` and
+    /// `prune_heads` do).
+    pub fn masked(&self) -> &ModelProto {
+        self.masked.as_ref().expect("the masked model is kept in memory with MaskedOut::Keep")
+    }
+}
+
+/// Hand a masked model to its destination: `Some` to keep in the result.
+pub(crate) fn place_masked(masked: ModelProto, out: &MaskedOut) -> anyhow::Result<Option<ModelProto>> {
+    match out {
+        MaskedOut::Keep => Ok(Some(masked)),
+        MaskedOut::File(path, opts) => {
+            crate::model::io::save(masked, path, opts)?;
+            Ok(None)
+        }
+        MaskedOut::Drop => Ok(None),
+    }
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ pub fn structural(model: &ModelProto) {
                 continue;
             }
         };
-        for (what, m) in [("pruned", &r.pruned), ("masked", &r.masked)] {
+        for (what, m) in [("pruned", &r.pruned), ("masked", r.masked())] {
             let bytes = m.write_to_bytes().unwrap_or_else(|e| panic!("{mode}: {what} model does not encode: {e}"));
             let again =
                 io::parse(&bytes).unwrap_or_else(|e| panic!("{mode}: {what} model does not parse again: {e:#}"));
@@ -108,7 +108,7 @@ pub fn structural(model: &ModelProto) {
                 .unwrap_or_else(|e| panic!("{mode}: {what} model does not index: {e:#}"));
         }
         let nodes = |m: &ModelProto| m.graph.as_ref().map_or(0, |g| g.node.len());
-        assert_eq!(nodes(&r.masked), nodes(model), "{mode}: the masked model changed the node count");
+        assert_eq!(nodes(r.masked()), nodes(model), "{mode}: the masked model changed the node count");
         assert!(
             heads::param_count(&r.pruned) <= heads::param_count(model),
             "{mode}: params grew {} → {}",

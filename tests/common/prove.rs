@@ -74,7 +74,7 @@ pub fn save_all(dense: &ModelProto, r: &StructuralResult) -> Saved {
     let opts = io::SaveOptions::default();
     io::save(dense.clone(), &p("dense.onnx"), &opts).unwrap();
     io::save(r.pruned.clone(), &p("pruned.onnx"), &opts).unwrap();
-    io::save(r.masked.clone(), &p("masked.onnx"), &opts).unwrap();
+    io::save(r.masked().clone(), &p("masked.onnx"), &opts).unwrap();
     Saved { dense: p("dense.onnx"), pruned: p("pruned.onnx"), masked: p("masked.onnx"), _dir: dir }
 }
 
