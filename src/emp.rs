@@ -345,6 +345,64 @@ mod tests {
         assert_eq!(round_up(3, 64, 1), 3);
     }
 
+    proptest::proptest! {
+        /// A block's total does not depend on how its elements are fed to `Lanes` (the
+        /// streaming passes feed decode buffers of any length), and it is the plain sum up to
+        /// rounding.
+        #[test]
+        fn lanes_ignore_how_a_block_is_fed(
+            xs in proptest::collection::vec(-1e6f64..1e6, 0..300),
+            cuts in proptest::collection::vec(0usize..300, 0..6),
+        ) {
+            let mut whole = Lanes::default();
+            whole.add(&xs);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(xs.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces = Lanes::default();
+            let mut lo = 0;
+            for c in cuts.into_iter().chain([xs.len()]) {
+                pieces.add(&xs[lo..c]);
+                lo = c;
+            }
+            proptest::prop_assert_eq!(whole.total().to_bits(), pieces.total().to_bits());
+            let plain: f64 = xs.iter().sum();
+            let scale: f64 = xs.iter().map(|x| x.abs()).sum::<f64>().max(1.0);
+            proptest::prop_assert!((whole.total() - plain).abs() <= 1e-12 * scale);
+            // blocked_sum over one block is that block's total.
+            if xs.len() <= SUM_BLOCK {
+                proptest::prop_assert_eq!(blocked_sum(xs.len(), |i| xs[i]).to_bits(), whole.total().to_bits());
+            }
+        }
+
+        /// Several blocks: the block totals are added in order, continuing across sequences.
+        #[test]
+        fn blocked_sum_adds_block_totals_in_order(n in 0usize..(3 * SUM_BLOCK), k in 0usize..(2 * SUM_BLOCK)) {
+            let f = |i: usize| ((i * 2654435761) % 1000) as f64 / 7.0;
+            let mut expect = -0.0f64;
+            let mut lo = 0;
+            while lo < n {
+                let hi = (lo + SUM_BLOCK).min(n);
+                let mut l = Lanes::default();
+                l.add(&(lo..hi).map(f).collect::<Vec<_>>());
+                expect += l.total();
+                lo = hi;
+            }
+            proptest::prop_assert_eq!(blocked_sum(n, f).to_bits(), expect.to_bits());
+            let a = blocked_sum(n, f);
+            let chained = blocked_sum_from(a, k, |i| f(i + 7));
+            let mut again = a;
+            let mut lo = 0;
+            while lo < k {
+                let hi = (lo + SUM_BLOCK).min(k);
+                let mut l = Lanes::default();
+                l.add(&(lo..hi).map(|i| f(i + 7)).collect::<Vec<_>>());
+                again += l.total();
+                lo = hi;
+            }
+            proptest::prop_assert_eq!(chained.to_bits(), again.to_bits());
+        }
+    }
+
     #[test]
     fn tiny_and_huge_scores_keep_their_n_eff() {
         let base = [3.0, 1.0, 0.5, 0.25, 2.0];
