@@ -396,16 +396,47 @@ fn known_unsupported(proto: &tract_onnx::pb::ModelProto) -> Option<String> {
 }
 
 fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool, max_chunk: usize) -> Result<Built> {
-    let proto = read_proto(path)?;
-    if let Some(reason) = known_unsupported(&proto) {
-        bail!("{reason}");
-    }
     let mut notes = vec![];
-    let (mut model, _) = match fix_bool_attention_masks(path, &proto, facts, ignore_value_info)? {
-        None => parse_proto(path, &proto, ignore_value_info)?,
-        Some((fixed, n)) => {
-            notes.extend(n);
-            parse_proto(path, &fixed, ignore_value_info)?
+    let (decluttered, input_names, output_names, chunking) =
+        declutter(path, facts, ignore_value_info, max_chunk, &mut notes)?;
+    // No fallback copy is kept while optimizing (its unpacked weights beside the packed ones
+    // raised the peak memory of big models): if optimizing fails, the model is built again.
+    let mut optimized = decluttered;
+    let model = match optimized.optimize() {
+        Ok(()) => optimized,
+        Err(e) => {
+            drop(optimized);
+            notes.push(format!("tract optimize failed ({e:#}); ran the decluttered model"));
+            declutter(path, facts, ignore_value_info, max_chunk, &mut vec![])?.0
+        }
+    };
+    let plan = model.into_runnable().map_err(|e| anyhow!("plan failed: {e:#}"))?;
+    Ok(Built { plan, input_names, output_names, chunking, notes })
+}
+
+type Decluttered = (tract_onnx::prelude::TypedModel, Vec<String>, Vec<String>, Option<Chunking>);
+
+/// Parse, concretize and declutter `path`; the ONNX proto is dropped as soon as tract has its own
+/// copy of the weights.
+fn declutter(
+    path: &Path,
+    facts: &[InputFact],
+    ignore_value_info: bool,
+    max_chunk: usize,
+    notes: &mut Vec<String>,
+) -> Result<Decluttered> {
+    let mut model = {
+        let proto = read_proto(path)?;
+        if let Some(reason) = known_unsupported(&proto) {
+            bail!("{reason}");
+        }
+        match fix_bool_attention_masks(path, &proto, facts, ignore_value_info)? {
+            None => parse_proto(path, &proto, ignore_value_info)?.0,
+            Some((fixed, n)) => {
+                notes.extend(n);
+                drop(proto);
+                parse_proto(path, &fixed, ignore_value_info)?.0
+            }
         }
     };
     let output_names = output_names(&model)?;
@@ -428,16 +459,7 @@ fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool, max_chunk: u
     let input_names = concretize(&mut model, &compile_facts).context("setting input facts failed")?;
     let typed = model.into_typed().map_err(|e| anyhow!("type analysis failed: {e:#}"))?;
     let decluttered = typed.into_decluttered().map_err(|e| anyhow!("declutter failed: {e:#}"))?;
-    let mut optimized = decluttered.clone();
-    let model = match optimized.optimize() {
-        Ok(()) => optimized,
-        Err(e) => {
-            notes.push(format!("tract optimize failed ({e:#}); ran the decluttered model"));
-            decluttered
-        }
-    };
-    let plan = model.into_runnable().map_err(|e| anyhow!("plan failed: {e:#}"))?;
-    Ok(Built { plan, input_names, output_names, chunking, notes })
+    Ok((decluttered, input_names, output_names, chunking))
 }
 
 /// Compile `path` for the given concrete inputs (all stages, one line of error naming the stage).
