@@ -290,12 +290,15 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             let mut current = std::mem::take(&mut loaded.proto);
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
                 let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;
-                let mut r = structural(&current, &sopts, "heads", &MaskedOut::Keep)?;
+                let path = masked_path(stages.len());
+                let out = masked_out(o.plan, path.as_deref(), recon_inputs.is_some(), &masked_opts);
+                let mut r = structural(&current, &sopts, "heads", &out)?;
                 refit_stage(&current, &mut r, recon_inputs, &mut reconstruction, &t_recon)?;
                 groups.extend(r.groups);
                 let last = mode == Mode::Heads;
-                let masked = match (r.masked, masked_path(stages.len())) {
-                    (Some(m), Some(p)) => crate::prune::place_masked(m, &MaskedOut::File(&p, &masked_opts))?,
+                // Reconstruction is done with it: the masked model goes to its file now.
+                let masked = match (r.masked, &path) {
+                    (Some(m), Some(p)) => crate::prune::place_masked(m, &MaskedOut::File(p, &masked_opts))?,
                     (m, _) => m,
                 };
                 stages.push(("heads".into(), masked, (!last).then(|| r.pruned.clone())));
@@ -308,13 +311,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                     ..sopts.clone()
                 };
                 let copts = with_activations(&copts, &current, calib_inputs, "channels")?;
-                // Reconstruction updates the masked model: then it stays in memory until then.
                 let path = masked_path(stages.len());
-                let out = match &path {
-                    _ if o.plan => MaskedOut::Drop,
-                    Some(p) if recon_inputs.is_none() => MaskedOut::File(p, &masked_opts),
-                    _ => MaskedOut::Keep,
-                };
+                let out = masked_out(o.plan, path.as_deref(), recon_inputs.is_some(), &masked_opts);
                 let mut r = structural(&current, &copts, "channels", &out)?;
                 refit_stage(&current, &mut r, recon_inputs, &mut reconstruction, &t_recon)?;
                 groups.extend(r.groups);
@@ -690,9 +688,19 @@ fn with_activations(
     Ok(StructOptions { activations: Some(std::sync::Arc::new(stats.values)), ..o.clone() })
 }
 
+/// Where a structural stage puts its masked model: not built for `plan`, kept in memory while
+/// reconstruction updates it, else written to `path` as soon as it is built.
+fn masked_out<'a>(plan: bool, path: Option<&'a Path>, reconstruct: bool, opts: &'a SaveOptions) -> MaskedOut<'a> {
+    match path {
+        _ if plan => MaskedOut::Drop,
+        Some(p) if !reconstruct => MaskedOut::File(p, opts),
+        _ => MaskedOut::Keep,
+    }
+}
+
 fn structural(m: &ModelProto, opts: &StructOptions, what: &str, masked: &MaskedOut) -> Result<StructuralResult> {
     match what {
-        "heads" => crate::prune::heads::prune_heads(m, opts),
+        "heads" => crate::prune::heads::prune_heads_to(m, opts, masked),
         _ => crate::prune::channels::prune_channels_to(m, opts, masked),
     }
 }

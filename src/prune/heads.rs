@@ -49,7 +49,7 @@ mod shapeval;
 pub use probe::{probe, Probe};
 use rewrite::{cleanup, commit_all, mask_block, stage_block, verify, Staged};
 
-use super::{Criterion, GroupReport, StructOptions, StructScope, StructuralResult};
+use super::{Criterion, GroupReport, MaskedOut, StructOptions, StructScope, StructuralResult};
 use crate::emp;
 use crate::model::graph::{node_label, GraphIndex};
 use crate::model::tensor::{self, dt};
@@ -386,6 +386,13 @@ fn head_scores(ctx: &Ctx, b: &Block, crit: Criterion) -> Result<Vec<f64>> {
 /// Prune attention heads with EMP. Blocks that cannot be rewritten with certainty are reported
 /// (`GroupReport::blocked`) and left unchanged.
 pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<StructuralResult> {
+    prune_heads_to(model, opts, &MaskedOut::Keep)
+}
+
+/// [`prune_heads`] with the masked model sent to `masked_out`. With a file (or none), the
+/// verified pruned model is dropped, the masked one built and written, and the pruned one
+/// committed again (the same edits): peak memory holds the input and one rewrite.
+pub fn prune_heads_to(model: &ModelProto, opts: &StructOptions, masked_out: &MaskedOut) -> Result<StructuralResult> {
     emp::check_beta(opts.beta).map_err(|e| anyhow::anyhow!("{e}"))?;
     let g = model.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
@@ -456,13 +463,24 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
         staged = good;
         pruned = commit_all(model, &staged)?;
     }
-    let mut masked = model.clone();
-    for (bi, st) in &staged {
-        mask_block(&mut masked, &blocks[*bi].1, &st.kept)?;
-    }
+    // Kept while the masked model is built only when both stay in memory anyway.
+    let pruned = matches!(masked_out, MaskedOut::Keep).then_some(pruned);
+    let masked = if matches!(masked_out, MaskedOut::Drop) {
+        None
+    } else {
+        let mut masked = model.clone();
+        for (bi, st) in &staged {
+            mask_block(&mut masked, &blocks[*bi].1, &st.kept)?;
+        }
+        cleanup(model, &mut masked, &BTreeSet::new())?;
+        super::place_masked(masked, masked_out)?
+    };
+    let mut pruned = match pruned {
+        Some(p) => p,
+        None => commit_all(model, &staged)?,
+    };
     let stale: BTreeSet<String> = staged.iter().flat_map(|(_, st)| st.stale.iter().cloned()).collect();
     cleanup(model, &mut pruned, &stale)?;
-    cleanup(model, &mut masked, &BTreeSet::new())?;
     // Output projections of pruned blocks, for reconstruction. Their weights may be renamed by
     // the rewrite, so they are found by the projection node's output, which does not change.
     let refit = staged
@@ -482,7 +500,7 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
             })
         })
         .collect();
-    Ok(StructuralResult { pruned, masked: Some(masked), groups: reports.into_iter().flatten().collect(), refit })
+    Ok(StructuralResult { pruned, masked, groups: reports.into_iter().flatten().collect(), refit })
 }
 
 /// Kept query heads of a block, the N_eff to report, and notes.

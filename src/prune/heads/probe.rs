@@ -42,8 +42,21 @@ fn datum_type(elem: i32) -> Option<DatumType> {
 }
 
 /// Run tract's analysis with probe `which` (0 or 1). Errors (and tract panics) become `Err`.
+///
+/// First on a light copy whose big float initializers are graph inputs of the same type and
+/// shape (shapes do not depend on their values; copying and re-parsing them cost several times
+/// the model's bytes), then, if tract cannot analyse that, on the whole model.
 pub fn probe(model: &ModelProto, which: usize) -> Result<Probe> {
-    let m = shape_stand_ins(model);
+    if let Some(light) = light_copy(model) {
+        if let Ok(p) = probe_model(light, which) {
+            return Ok(p);
+        }
+    }
+    probe_model(model.clone(), which)
+}
+
+fn probe_model(m: ModelProto, which: usize) -> Result<Probe> {
+    let m = shape_stand_ins(m);
     let bytes = m.write_to_bytes().map_err(|e| anyhow!("encoding the model: {e}"))?;
     let run = std::panic::catch_unwind(move || probe_inner(&m, &bytes, which));
     match run {
@@ -52,13 +65,70 @@ pub fn probe(model: &ModelProto, which: usize) -> Result<Probe> {
     }
 }
 
+/// Float initializers of at least this many elements become inputs in the light copy.
+const LIGHT_MIN_ELEMS: usize = 1024;
+
+/// The model without its big float initializers' data: each becomes a graph input with its
+/// element type and full shape. `None` when there is none to leave out.
+fn light_copy(model: &ModelProto) -> Option<ModelProto> {
+    use crate::model::tensor::{dt, numel};
+    use onnx_protobuf::{tensor_shape_proto, type_proto, GraphProto, TensorShapeProto, TypeProto, ValueInfoProto};
+    let g = model.graph.as_ref()?;
+    let big = |t: &onnx_protobuf::TensorProto| {
+        matches!(t.data_type, dt::FLOAT | dt::FLOAT16 | dt::BFLOAT16 | dt::DOUBLE)
+            && t.dims.iter().all(|&d| d > 0)
+            && numel(t).is_ok_and(|n| n >= LIGHT_MIN_ELEMS)
+    };
+    if !g.initializer.iter().any(big) {
+        return None;
+    }
+    let mut lg = GraphProto::new();
+    lg.name = g.name.clone();
+    lg.node = g.node.clone();
+    lg.output = g.output.clone();
+    lg.value_info = g.value_info.clone();
+    lg.sparse_initializer = g.sparse_initializer.clone();
+    let mut inputs = g.input.clone();
+    for t in &g.initializer {
+        if !big(t) {
+            lg.initializer.push(t.clone());
+            continue;
+        }
+        let mut shape = TensorShapeProto::new();
+        for &d in &t.dims {
+            let mut dim = tensor_shape_proto::Dimension::new();
+            dim.set_dim_value(d);
+            shape.dim.push(dim);
+        }
+        let mut tt = type_proto::Tensor::new();
+        tt.elem_type = t.data_type;
+        tt.shape = Some(shape).into();
+        let mut ty = TypeProto::new();
+        ty.set_tensor_type(tt);
+        let mut vi = ValueInfoProto::new();
+        vi.name = t.name.clone();
+        vi.type_ = Some(ty).into();
+        // An IR < 4 model also lists its initializers as inputs: replace that entry.
+        match inputs.iter_mut().find(|i| i.name == t.name) {
+            Some(i) => *i = vi,
+            None => inputs.push(vi),
+        }
+    }
+    lg.input = inputs;
+    let mut m = ModelProto::new();
+    m.ir_version = model.ir_version;
+    m.opset_import = model.opset_import.clone();
+    m.functions = model.functions.clone();
+    m.graph = Some(lg).into();
+    Some(m)
+}
+
 /// tract 0.23 has no ONNX `Attention`: for the analysis only, each 4-D one (heads on axis 1, no
 /// past state) is replaced by MatMul(Softmax(MatMul(Q, Kᵀ)), V), which has the same output shape
 /// [B, H, Sq, Dv] (K and V averaged over their heads first, so that grouped-query shapes broadcast).
 /// The values are never used, only the shapes.
-fn shape_stand_ins(model: &ModelProto) -> ModelProto {
+fn shape_stand_ins(mut m: ModelProto) -> ModelProto {
     use onnx_protobuf::NodeProto;
-    let mut m = model.clone();
     let Some(g) = m.graph.as_mut() else { return m };
     let is_4d = |n: &NodeProto| {
         n.op_type == "Attention"
