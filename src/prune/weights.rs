@@ -280,10 +280,9 @@ fn prune_global(
         .par_iter()
         .zip(ts.par_iter_mut())
         .zip(masks.into_par_iter().zip(per.par_iter().zip(sums.par_iter())))
-        .enumerate()
-        .map(|(i, ((c, t), (mask, (&(t1, t2), &(total, kept_mass)))))| {
+        .map(|((c, t), (mask, (&(t1, t2), &(total, kept_mass))))| {
             let t: &mut TensorProto = t;
-            let nt = View { scale: scale(i), ..make_view(c, t, opts)? }.n();
+            let nt = make_view(c, t, opts)?.n();
             let n_eff = emp::n_eff_from_moments(nt, t1, t2).unwrap_or(nt as f64);
             let acc = match mask {
                 // all kept: nothing to zero; Σ kept s = Σ s

@@ -168,13 +168,14 @@ pub(super) fn block_sums(parts: &[View], items: &[(usize, usize, usize)]) -> Vec
         .collect()
 }
 
-/// Σ a and Σ a² of a = |s| / d over `parts` in order (blocked sums), from the scan's plain sums
-/// when d = 1.
-pub(super) fn moments_seq(parts: &[View], items: &[(usize, usize, usize)], sc: &Scan, d: f64) -> (f64, f64) {
+/// Σ a and Σ a² of a = |s| / d over all of `parts` (one group; blocked sums), from the scan's
+/// plain sums when d = 1.
+pub(super) fn group_moments(parts: &[View], items: &[(usize, usize, usize)], sc: &Scan, d: f64) -> (f64, f64) {
+    let fold = |ts: &mut dyn Iterator<Item = (f64, f64)>| ts.fold((-0.0, -0.0), |(s1, s2), t| (s1 + t.0, s2 + t.1));
     if d == 1.0 {
-        return sc.sums.iter().fold((-0.0, -0.0), |(s1, s2), t| (s1 + t[0], s2 + t[1]));
+        return fold(&mut sc.sums.iter().map(|t| (t[0], t[1])));
     }
-    block_moments(parts, items, d, None).iter().fold((-0.0, -0.0), |(s1, s2), t| (s1 + t[0], s2 + t[1]))
+    fold(&mut block_moments(parts, items, d, None).iter().map(|t| (t[0], t[1])))
 }
 
 /// Per part: (Σ a, Σ a²).
@@ -416,15 +417,13 @@ fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f
         }
         if let Some(m) = m {
             let a = &mut a[..k];
-            const NEG0: u64 = 1 << 63;
-            // x + (−0.0) == x exactly: adding −0.0 for a pruned element is adding nothing.
             for ((q, &x), &sel) in a.iter_mut().zip(b).zip(keep.iter()) {
-                *q = f64::from_bits(((x.abs() / m).to_bits() & sel) | (NEG0 & !sel));
+                *q = select_bits(sel, x.abs() / m);
             }
             lanes[0].add(a);
             lanes[1].add(r);
             for ((q, &x), &sel) in a.iter_mut().zip(r).zip(keep.iter()) {
-                *q = f64::from_bits((x.to_bits() & sel) | (NEG0 & !sel));
+                *q = select_bits(sel, x);
             }
             lanes[2].add(a);
         }
@@ -436,7 +435,12 @@ fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f
 /// same sum as adding the kept values only.
 #[inline(always)]
 pub(super) fn select(keep: bool, x: f64) -> f64 {
-    let sel = 0u64.wrapping_sub(keep as u64);
+    select_bits(0u64.wrapping_sub(keep as u64), x)
+}
+
+/// [`select`] with the keep flag as a word of all ones or all zeros.
+#[inline(always)]
+fn select_bits(sel: u64, x: f64) -> f64 {
     f64::from_bits((x.to_bits() & sel) | (!sel & (1u64 << 63)))
 }
 
@@ -562,7 +566,7 @@ pub(super) fn stream_group(v: View, opts: &WeightOptions) -> (Vec<u64>, usize, f
     let items = chunks(&parts);
     let sc = scan(&parts, &items);
     let m = f64::from_bits(sc.max[0]);
-    let (s1, s2) = if m == 0.0 { (0.0, 0.0) } else { moments_seq(&parts, &items, &sc, emp::moment_scale(m)) };
+    let (s1, s2) = if m == 0.0 { (0.0, 0.0) } else { group_moments(&parts, &items, &sc, emp::moment_scale(m)) };
     let (ne, kept, all_zero) = decide(n, s1, s2, opts);
     let mask = if kept >= n {
         new_mask(n, true)
