@@ -146,8 +146,8 @@ pub fn prune_weights(model: &mut ModelProto, opts: &WeightOptions) -> Result<Wei
     let (reports, global) = match opts.scope {
         Scope::Global => prune_global(&cands, &mut ts, opts, None, &progress)?,
         Scope::Normalized => {
-            let scales = mean_scales(&cands, &ts, opts)?;
-            prune_global(&cands, &mut ts, opts, Some(&scales), &progress)?
+            let (scales, totals) = mean_scales(&cands, &ts, opts)?;
+            prune_global(&cands, &mut ts, opts, Some((&scales, &totals)), &progress)?
         }
         scope => (prune_groups(&cands, &mut ts, opts, scope, &progress)?, None),
     };
@@ -217,10 +217,10 @@ fn prune_global(
     cands: &[Candidate],
     ts: &mut [&mut TensorProto],
     opts: &WeightOptions,
-    scales: Option<&[f64]>,
+    scales: Option<(&[f64], &[f64])>,
     progress: &crate::progress::Work,
 ) -> Result<(Vec<TensorReport>, Option<GlobalDecision>)> {
-    let scale = |i: usize| scales.map_or(1.0, |s| s[i]);
+    let scale = |i: usize| scales.map_or(1.0, |s| s.0[i]);
     // Errors in candidate order, as before: a tensor that cannot be read, or a NaN/Inf score.
     let mut views = Vec::with_capacity(cands.len());
     let mut view_err = None;
@@ -262,11 +262,15 @@ fn prune_global(
         (GlobalDecision { n, n_eff: ne, kept, s_eff: 1.0 }, th)
     };
     drop(sc);
+    // Each item's block total of the unscaled scores as given (signed for a score override):
+    // already summed by `mean_scales` in the normalized scope (the same items when every
+    // candidate was readable; otherwise the run stopped above), summed by the marking otherwise.
+    let totals = scales.map(|s| s.1).filter(|t| t.len() == items.len());
     // Keep bits and sums of every item in parallel, then each tensor zeroed in parallel.
     let (masks, sums, retained) = if m == 0.0 {
         (vec![None; cands.len()], vec![(-0.0, -0.0); cands.len()], 0.0)
     } else {
-        let marked = mark_items(&views, &items, &th, Some(emp::moment_scale(m)));
+        let marked = mark_items(&views, &items, &th, Some((emp::moment_scale(m), totals)));
         let retained = marked.iter().fold(-0.0f64, |r, k| r + k.retained);
         let mut sums = vec![(-0.0f64, -0.0f64); cands.len()];
         for (&(p, _, _), k) in items.iter().zip(&marked) {
@@ -308,16 +312,21 @@ fn prune_global(
 
 /// Per candidate: 1 / mean score (see `norm_scale`), a blocked sum, in parallel over work items.
 /// A tensor that cannot be read or holds NaN/Inf gets 1 here; `prune_global` reports the error.
-fn mean_scales(cands: &[Candidate], ts: &[&mut TensorProto], opts: &WeightOptions) -> Result<Vec<f64>> {
+/// Also returns the per-item block totals (the work items of `chunks` over the readable
+/// candidates), which the marking pass reports as each tensor's Σ s.
+fn mean_scales(cands: &[Candidate], ts: &[&mut TensorProto], opts: &WeightOptions) -> Result<(Vec<f64>, Vec<f64>)> {
     let views: Vec<Option<View>> = cands.iter().zip(ts.iter()).map(|(c, t)| make_view(c, t, opts).ok()).collect();
     let readable: Vec<View> = views.iter().flatten().copied().collect();
     let items = chunks(&readable);
+    let totals = block_sums(&readable, &items);
     let mut sums = vec![-0.0f64; readable.len()];
-    for (&(p, _, _), b) in items.iter().zip(block_sums(&readable, &items)) {
+    for (&(p, _, _), b) in items.iter().zip(&totals) {
         sums[p] += b;
     }
     let mut sums = sums.into_iter();
-    Ok(views.iter().map(|v| v.map_or(1.0, |v| norm_scale(sums.next().expect("one sum per view"), v.n()))).collect())
+    let scales =
+        views.iter().map(|v| v.map_or(1.0, |v| norm_scale(sums.next().expect("one sum per view"), v.n()))).collect();
+    Ok((scales, totals))
 }
 
 /// (kept, Σ s, Σ kept s) of a tensor kept whole (blocked sums).

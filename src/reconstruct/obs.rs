@@ -242,7 +242,7 @@ fn hessians_multi(
                     Ok(())
                 })?;
                 let zm = Mat::from_fn(nr, s.p, |i, j| zs[i * s.p + j]);
-                matmul(h.as_mut(), Accum::Add, zm.transpose(), zm.as_ref(), 1.0f32, Par::rayon(0));
+                super::linalg::gram_add(h.as_mut(), zm.as_ref(), 1.0f32);
                 if g == 0 {
                     *rows += nr;
                 }

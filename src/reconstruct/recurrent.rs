@@ -18,8 +18,8 @@ use crate::check::Inputs;
 use crate::model::graph::{attr_i, attr_s, node_label, weight_mut, GraphIndex};
 use crate::model::tensor;
 use anyhow::{bail, Context, Result};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, Par};
+
+use faer::Mat;
 use ndarray::ArrayD;
 use onnx_protobuf::{GraphProto, ModelProto};
 
@@ -159,7 +159,7 @@ pub fn obs_recurrent(
                     }
                 }
                 let zm = Mat::from_fn(nr, p, |i, j| zs[i * p + j]);
-                matmul(h.as_mut(), Accum::Add, zm.transpose(), zm.as_ref(), 1.0, Par::rayon(0));
+                super::linalg::gram_add(h.as_mut(), zm.as_ref(), 1.0);
                 if d == 0 {
                     count += nr;
                 }

@@ -308,14 +308,16 @@ fn gather_select(parts: &[View], items: &[(usize, usize, usize)], prefix: u64, s
     Threshold { key: t, ties: r - above + 1, eq: eq_per_item.iter().sum(), eq_per_item: Some(eq_per_item) }
 }
 
-/// Keep bits of every work item given the threshold, and (with `m`) the item's block total of
-/// kept |s| / m (m: the moment divisor). Items run in parallel: when only some keys equal to the threshold are kept, each
-/// item gets its share in order (counted in one more pass unless the selection counted them).
+/// Keep bits of every work item given the threshold, and (with `sums = (m, totals)`) the item's
+/// block totals of kept |s| / m (m: the moment divisor) and of the unscaled scores (`totals`
+/// when an earlier pass summed them, else summed here). Items run in parallel: when only some
+/// keys equal to the threshold are kept, each item gets its share in order (counted in one more
+/// pass unless the selection counted them).
 pub(super) fn mark_items(
     parts: &[View],
     items: &[(usize, usize, usize)],
     th: &Threshold,
-    m: Option<f64>,
+    sums: Option<(f64, Option<&[f64]>)>,
 ) -> Vec<Marked> {
     let (thr, ties) = (th.key, th.ties);
     let budgets: Vec<usize> = if ties >= th.eq {
@@ -343,7 +345,19 @@ pub(super) fn mark_items(
             })
             .collect()
     };
-    items.par_iter().zip(budgets).map(|(&(p, lo, hi), t)| mark_range(parts[p], lo, hi, thr, t, m)).collect()
+    items
+        .par_iter()
+        .zip(budgets)
+        .enumerate()
+        .map(|(i, (&(p, lo, hi), t))| {
+            let given = sums.and_then(|s| s.1).map(|totals| totals[i]);
+            let mut k = mark_range(parts[p], lo, hi, thr, t, sums.map(|s| s.0), given.is_none());
+            if let Some(total) = given {
+                k.total = total;
+            }
+            k
+        })
+        .collect()
 }
 
 /// Each part's keep bits from `mark_items`' results (items of a part are consecutive and start at
@@ -371,7 +385,9 @@ pub(super) struct Marked {
 }
 
 /// Keep bits of `v[lo..hi]` (`lo` a multiple of 64); `t` equal keys are kept, the first ones.
-fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f64>) -> Marked {
+/// With `m`: the block totals of kept |s| / m, of kept unscaled scores and (with `total`) of all
+/// unscaled scores (else left at −0.0: the caller has it from an earlier pass).
+fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f64>, total: bool) -> Marked {
     let mut mask = new_mask(hi - lo, false);
     let mut a = [0f64; BLOCK];
     let mut sc = [0f64; BLOCK];
@@ -421,14 +437,17 @@ fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f
                 *q = select_bits(sel, x.abs() / m);
             }
             lanes[0].add(a);
-            lanes[1].add(r);
+            if total {
+                lanes[2].add(r);
+            }
             for ((q, &x), &sel) in a.iter_mut().zip(r).zip(keep.iter()) {
                 *q = select_bits(sel, x);
             }
-            lanes[2].add(a);
+            lanes[1].add(a);
         }
     });
-    Marked { words: mask, retained: lanes[0].total(), total: lanes[1].total(), kept_mass: lanes[2].total() }
+    let total = if total { lanes[2].total() } else { -0.0 };
+    Marked { words: mask, retained: lanes[0].total(), total, kept_mass: lanes[1].total() }
 }
 
 /// `x` if `keep`, else −0.0, without a branch: x + (−0.0) == x exactly, so adding this is the
