@@ -200,6 +200,13 @@ fn value_lines(a: &[onnx_protobuf::ValueInfoProto], b: &[onnx_protobuf::ValueInf
     lines
 }
 
+/// `onnx-emp diff A B`: load both models (external data included) and diff them.
+pub fn diff_files(a: &std::path::Path, b: &std::path::Path) -> anyhow::Result<String> {
+    let ma = crate::model::io::load(a)?;
+    let mb = crate::model::io::load(b)?;
+    Ok(format!("--- {}\n+++ {}\n{}", a.display(), b.display(), graph_diff(&ma.proto, &mb.proto)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,11 +221,4 @@ mod tests {
         assert!(d.contains("params: 4 → 4"));
         assert!(d.contains("no structural differences"));
     }
-}
-
-/// `onnx-emp diff A B`: load both models (external data included) and diff them.
-pub fn diff_files(a: &std::path::Path, b: &std::path::Path) -> anyhow::Result<String> {
-    let ma = crate::model::io::load(a)?;
-    let mb = crate::model::io::load(b)?;
-    Ok(format!("--- {}\n+++ {}\n{}", a.display(), b.display(), graph_diff(&ma.proto, &mb.proto)))
 }

@@ -75,10 +75,9 @@ pub fn latency_interleaved(rs: &[&Runnable], inputs: &Inputs, opts: LatencyOptio
             if times.iter().all(enough) {
                 break;
             }
-            for k in 0..rs.len() {
-                if !enough(&times[k]) {
-                    let v = once(k)?;
-                    times[k].push(v);
+            for (k, t) in times.iter_mut().enumerate() {
+                if !enough(t) {
+                    t.push(once(k)?);
                 }
             }
         }

@@ -57,10 +57,12 @@ impl GraphIndex {
                     bail!("value '{o}' is produced twice (node '{}')", node_label(n));
                 }
             }
-            if is_const(n) && n.output.len() == 1 && attr(n, "value").and_then(|a| a.t.as_ref()).is_some() {
-                if ix.weights.insert(n.output[0].clone(), WeightRef::Const(ni)).is_some() {
-                    bail!("value '{}' is both an initializer and a Constant output", n.output[0]);
-                }
+            if is_const(n)
+                && n.output.len() == 1
+                && attr(n, "value").and_then(|a| a.t.as_ref()).is_some()
+                && ix.weights.insert(n.output[0].clone(), WeightRef::Const(ni)).is_some()
+            {
+                bail!("value '{}' is both an initializer and a Constant output", n.output[0]);
             }
             for a in &n.attribute {
                 if let Some(sg) = a.g.as_ref() {

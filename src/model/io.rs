@@ -303,6 +303,9 @@ fn all_tensors_mut(m: &mut ModelProto) -> Vec<&mut TensorProto> {
     out
 }
 
+/// The external data files a model read, with their sizes.
+type DataFiles = Vec<(PathBuf, u64)>;
+
 /// Where one tensor's external bytes are.
 struct ExtRange {
     file: usize,
@@ -316,7 +319,7 @@ struct ExtRange {
 /// Every range is checked before anything is read: inside its (regular) data file, no two
 /// tensors sharing bytes, and the tensors of one file reading at most the bytes it holds (so
 /// a small file cannot cost more memory than its size). Reads are positioned and parallel.
-fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<String>, Vec<(PathBuf, u64)>)> {
+fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<String>, DataFiles)> {
     use rayon::prelude::*;
     let mut tensors: Vec<&mut TensorProto> =
         all_tensors_mut(proto).into_iter().filter(|t| validate::is_external(t)).collect();

@@ -36,6 +36,8 @@ impl Sums {
         (syy - 2.0 * a * sxy - 2.0 * b * sy + a * a * sxx + 2.0 * a * b * sx + n * b * b).max(0.0)
     }
     /// Least-squares (a, b), or the identity when x does not vary.
+    // `!(var > …)` on purpose: a NaN variance takes the shift-only path too.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     fn fit(&self) -> (f64, f64) {
         let [n, sx, sy, sxx, sxy, _] = self.0;
         if n < 2.0 {
@@ -50,6 +52,7 @@ impl Sums {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the three models, the two sites and the refit site of one layer
 pub fn affine_one(
     k: usize,
     dense: &ModelProto,

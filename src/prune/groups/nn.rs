@@ -147,7 +147,7 @@ impl Analyzer<'_, '_> {
         let ok = |wd: &Vec<usize>| {
             group >= 1
                 && (group as u64) <= wd[0] as u64
-                && wd[0] % group as usize == 0
+                && wd[0].is_multiple_of(group as usize)
                 && b.is_none_or(|b| self.is_const(b) && self.ctx.dims(b).is_some_and(|d| d.len() == 1))
         };
         let Some(wd) = wd.filter(ok) else {

@@ -30,7 +30,7 @@ impl Analyzer<'_, '_> {
             return;
         };
         let dirs = wd[0];
-        let shapes_ok = wd.len() == 3 && rd == [dirs, gates * h, h] && wd[1] == gates * h && dirs >= 1 && dirs <= 2;
+        let shapes_ok = wd.len() == 3 && rd == [dirs, gates * h, h] && wd[1] == gates * h && (1..=2).contains(&dirs);
         let default_acts = attr(n, "activations").is_none_or(|a| {
             let want: &[&str] = match gates {
                 4 => &["Sigmoid", "Tanh", "Tanh"],

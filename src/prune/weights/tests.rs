@@ -56,8 +56,8 @@ fn model_of(ws: Vec<Spec>) -> ModelProto {
         // Double tensors that start with −0.5 or 0.25 are scaled far out of f32's range, so that
         // the moments take `emp::moment_scale`'s divided path too.
         let k = match (dtype, vals.first()) {
-            (dt::DOUBLE, Some(&v)) if v == -0.5 => 1e150,
-            (dt::DOUBLE, Some(&v)) if v == 0.25 => 1e-150,
+            (dt::DOUBLE, Some(-0.5)) => 1e150,
+            (dt::DOUBLE, Some(0.25)) => 1e-150,
             _ => 1.0,
         };
         let f64s: Vec<f64> = vals.iter().map(|&v| v as f64 * k).collect();

@@ -25,7 +25,7 @@ pub fn analyse_onnx_4d(ctx: &Ctx, ni: usize) -> Result<Block> {
 /// mapping holds after the rewrite); K and V are kept whole. Only the Q path is followed.
 fn analyse_4d_gqa(ctx: &Ctx, ni: usize, hq: usize, hkv: usize) -> Result<Block> {
     let n = &ctx.g.node[ni];
-    if hkv == 0 || hq % hkv != 0 {
+    if hkv == 0 || !hq.is_multiple_of(hkv) {
         bail!("{hq} query heads do not split over {hkv} K/V heads");
     }
     if hq / hkv < 2 {
