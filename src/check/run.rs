@@ -585,6 +585,26 @@ fn to_f32(name: &str, v: TValue) -> Result<ArrayD<f32>> {
 /// removed, cast to f32, in the model's output order) to `f`. Memory stays bounded by one chunk:
 /// used to stream calibration statistics.
 pub fn run_each(r: &Runnable, inputs: &Inputs, mut f: impl FnMut(Vec<ArrayD<f32>>) -> Result<()>) -> Result<()> {
+    run_chunks(r, inputs, false, |v| f(v.into_iter().map(|a| a.expect("strict outputs are all present")).collect()))
+}
+
+/// As [`run_each`], but an output that is not f32 or (when chunked) does not have the chunk's
+/// rows on axis 0 comes as None instead of failing the run: for values that are kept only when
+/// they are per-sample float data (reconstruction's boundary cache).
+pub fn run_each_f32_rows(
+    r: &Runnable,
+    inputs: &Inputs,
+    f: impl FnMut(Vec<Option<ArrayD<f32>>>) -> Result<()>,
+) -> Result<()> {
+    run_chunks(r, inputs, true, f)
+}
+
+fn run_chunks(
+    r: &Runnable,
+    inputs: &Inputs,
+    lenient: bool,
+    mut f: impl FnMut(Vec<Option<ArrayD<f32>>>) -> Result<()>,
+) -> Result<()> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
     guarded("run", || {
         let batches = r.prepare(inputs)?;
@@ -613,9 +633,17 @@ pub fn run_each(r: &Runnable, inputs: &Inputs, mut f: impl FnMut(Vec<ArrayD<f32>
                 let mut v = vec![];
                 for (i, o) in outs?.into_iter().enumerate() {
                     let name = r.output_names.get(i).map(|s| s.as_str()).unwrap_or("?");
+                    if lenient && o.datum_type() != DatumType::F32 {
+                        v.push(None);
+                        continue;
+                    }
                     let a = to_f32(name, o)?;
                     if let Some(c) = &r.chunking {
                         if a.ndim() == 0 || a.shape()[0] != c.chunk {
+                            if lenient {
+                                v.push(None);
+                                continue;
+                            }
                             bail!(
                                 "output '{name}' has shape {:?}, not {} rows on axis 0: cannot evaluate {} rows in chunks of {}; pass at most {MAX_CHUNK} rows",
                                 a.shape(),
@@ -625,9 +653,9 @@ pub fn run_each(r: &Runnable, inputs: &Inputs, mut f: impl FnMut(Vec<ArrayD<f32>
                             );
                         }
                         let keep = (c.rows - bi * c.chunk).min(c.chunk);
-                        v.push(a.slice_axis(Axis(0), ndarray::Slice::from(0..keep)).to_owned());
+                        v.push(Some(a.slice_axis(Axis(0), ndarray::Slice::from(0..keep)).to_owned()));
                     } else {
-                        v.push(a);
+                        v.push(Some(a));
                     }
                 }
                 f(v)?;

@@ -17,6 +17,30 @@ pub fn run_exposing(
     values: &[String],
     mut f: impl FnMut(usize, &[ArrayD<f32>]) -> Result<()>,
 ) -> Result<()> {
+    expose(model, inputs, values, false, |row0, v| {
+        let v: Vec<ArrayD<f32>> = v.into_iter().map(|a| a.expect("strict values are all present")).collect();
+        f(row0, &v)
+    })
+}
+
+/// As [`run_exposing`], but a value that is not f32 with the samples on axis 0 comes as None
+/// (in every chunk where it is not) instead of failing the run.
+pub fn run_exposing_f32_rows(
+    model: &ModelProto,
+    inputs: &Inputs,
+    values: &[String],
+    f: impl FnMut(usize, Vec<Option<ArrayD<f32>>>) -> Result<()>,
+) -> Result<()> {
+    expose(model, inputs, values, true, f)
+}
+
+fn expose(
+    model: &ModelProto,
+    inputs: &Inputs,
+    values: &[String],
+    lenient: bool,
+    mut f: impl FnMut(usize, Vec<Option<ArrayD<f32>>>) -> Result<()>,
+) -> Result<()> {
     let mut m = model.clone();
     let g = m.graph.as_mut().context("model has no graph")?;
     // Only the requested values are outputs: tract then computes just the prefix of the graph
@@ -49,32 +73,44 @@ pub fn run_exposing(
     let mut row = 0usize;
     if cores > 1 && inputs.rows() > 1 {
         if let Ok(r) = check::run::load_runnable_chunked(&path, &facts, inputs.rows().div_ceil(cores)) {
-            let res = pass(&r, inputs, values, &mut row, &mut f);
+            let res = pass(&r, inputs, values, lenient, &mut row, &mut f);
             if res.is_ok() || row > 0 || r.chunking.is_none() {
                 return res;
             }
         }
     }
     let r = check::load_runnable(&path, &facts).context("tract could not compile the model")?;
-    pass(&r, inputs, values, &mut row, &mut f)
+    pass(&r, inputs, values, lenient, &mut row, &mut f)
 }
 
 fn pass(
     r: &check::Runnable,
     inputs: &Inputs,
     values: &[String],
+    lenient: bool,
     row: &mut usize,
-    f: &mut impl FnMut(usize, &[ArrayD<f32>]) -> Result<()>,
+    f: &mut impl FnMut(usize, Vec<Option<ArrayD<f32>>>) -> Result<()>,
 ) -> Result<()> {
     let idx: Vec<usize> = values
         .iter()
         .map(|v| r.output_names.iter().position(|o| o == v).with_context(|| format!("value '{v}' is not observable")))
         .collect::<Result<_>>()?;
-    check::run::run_each(r, inputs, |outs| {
-        let picked: Vec<ArrayD<f32>> = idx.iter().map(|&i| outs[i].as_standard_layout().into_owned()).collect();
-        let n = picked.first().map(|a| a.shape().first().copied().unwrap_or(1)).unwrap_or(0);
-        f(*row, &picked)?;
+    let mut each = |outs: Vec<Option<ArrayD<f32>>>| {
+        let picked: Vec<Option<ArrayD<f32>>> =
+            idx.iter().map(|&i| outs[i].as_ref().map(|a| a.as_standard_layout().into_owned())).collect();
+        // The chunk's rows, from the calibration inputs (a value need not have them on axis 0).
+        let n = if lenient {
+            r.chunking.as_ref().map_or(inputs.rows(), |c| (c.rows - *row).min(c.chunk))
+        } else {
+            picked.first().and_then(|a| a.as_ref()).map(|a| a.shape().first().copied().unwrap_or(1)).unwrap_or(0)
+        };
+        f(*row, picked)?;
         *row += n;
         Ok(())
-    })
+    };
+    if lenient {
+        check::run::run_each_f32_rows(r, inputs, each)
+    } else {
+        check::run::run_each(r, inputs, |outs| each(outs.into_iter().map(Some).collect()))
+    }
 }

@@ -6,7 +6,7 @@
 //! ([`super::linalg::obs_update`]). The mask, and so the sparsity, is exactly EMP's.
 //! LSTM / RNN weights go to [`super::recurrent`] (W and R of one node together).
 
-use super::capture::run_exposing;
+use super::boundary::Boundary;
 use super::linalg::obs_update;
 use super::refit::sample_positions;
 use super::site::{self, Layout};
@@ -40,6 +40,20 @@ pub fn obs_all(
     weights: &[String],
     calib: &Inputs,
 ) -> Result<Vec<LayerRecon>> {
+    let blockwise = weight_elems(dense) >= BLOCKWISE_MIN_WEIGHTS;
+    obs_all_with(dense, model, weights, calib, blockwise, true).map(|r| r.0)
+}
+
+/// [`obs_all`] with the block-wise choice given, and (block-wise) with or without the boundary
+/// cache. Also returns how many windows ran from a cached boundary.
+pub(crate) fn obs_all_with(
+    dense: &ModelProto,
+    model: &mut ModelProto,
+    weights: &[String],
+    calib: &Inputs,
+    blockwise: bool,
+    use_boundary: bool,
+) -> Result<(Vec<LayerRecon>, usize)> {
     let mut seen = std::collections::BTreeSet::new();
     let mut order: Vec<(usize, String, Layer)> = vec![];
     for w in weights {
@@ -54,8 +68,11 @@ pub fn obs_all(
     }
     order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
     let progress = crate::progress::Work::new(order.len() as u64);
-    let blockwise = weight_elems(dense) >= BLOCKWISE_MIN_WEIGHTS;
     let window = if blockwise { window_inputs(&order.iter().map(|o| &o.2).collect::<Vec<_>>()) } else { 1 };
+    // Block-wise, each window runs from the activations cached at its first layer (see
+    // [`Boundary`]); without one (not cacheable, or after a failure) from the model's inputs.
+    let mut boundary = (window > 1 && use_boundary).then(|| Boundary::start(calib));
+    let mut from_boundary = 0usize;
     let mut out = vec![];
     let mut shared: Option<Shared> = None;
     let mut cache: std::collections::BTreeMap<usize, super::target::Targets> = Default::default();
@@ -81,11 +98,18 @@ pub fn obs_all(
                     sites.push((k, w, s));
                 }
                 let n = sites.len() as u64;
-                let reps = obs_window(dense, model, &sites, calib);
+                let (reps, cached) = obs_window(dense, model, &sites, calib, boundary.as_ref());
+                from_boundary += cached as usize;
                 out.extend(reps.into_iter().flatten());
                 progress.inc(n);
                 k += 1;
                 shared = None;
+                // The next window starts at the next layer: move the boundary there, through the
+                // segment just updated (any other kind of layer next ends the cache).
+                boundary = match (boundary.take(), order.front()) {
+                    (Some(b), Some((_, _, Layer::Linear(Ok(next))))) => b.advance(model, next.node).ok(),
+                    _ => None,
+                };
                 continue;
             }
             // Layer by layer: OBS aimed at the dense outputs; plain OBS (SparseGPT) when the
@@ -122,8 +146,9 @@ pub fn obs_all(
         out.extend(rep);
         progress.inc(1);
         k += 1;
+        boundary = None;
     }
-    Ok(out)
+    Ok((out, from_boundary))
 }
 
 /// The dense targets of layer `k` (site `s`, the next to reconstruct; `order` the ones after it,
@@ -163,8 +188,9 @@ fn prefetched(
 /// Models with at least this many float weight elements (16 MB of float32) are reconstructed
 /// block-wise, as SparseGPT does per transformer block: one calibration pass collects the
 /// inputs of several consecutive layers at once, computed with those layers' dense weights on
-/// the output of the already-reconstructed layers before them. Smaller models, where a pass is
-/// cheap, go strictly layer by layer (each layer sees every earlier layer reconstructed).
+/// the output of the already-reconstructed layers before them, starting from the activations
+/// cached at the window's first layer ([`Boundary`]). Smaller models, where a pass is cheap, go
+/// strictly layer by layer (each layer sees every earlier layer reconstructed).
 pub const BLOCKWISE_MIN_WEIGHTS: u64 = 4 << 20;
 
 pub(crate) fn weight_elems(m: &ModelProto) -> u64 {
@@ -194,7 +220,7 @@ fn window_inputs(layers: &[&Layer]) -> usize {
 
 /// H per group of a layer, from its inputs in `model` at sampled positions.
 fn hessians(k: usize, model: &ModelProto, s: &site::Site, calib: &Inputs) -> Result<(Vec<Mat<f64>>, usize)> {
-    let mut v = hessians_multi(model, &[(k, s)], calib)?;
+    let mut v = hessians_multi(model, &[(k, s)], calib, None)?;
     Ok(v.pop().expect("one site"))
 }
 
@@ -204,6 +230,7 @@ fn hessians_multi(
     model: &ModelProto,
     sites: &[(usize, &site::Site)],
     calib: &Inputs,
+    from: Option<&Boundary>,
 ) -> Result<Vec<(Vec<Mat<f64>>, usize)>> {
     // The distinct (input, layout, p) keys and, per site, its key.
     let mut keys: Vec<(usize, &site::Site)> = vec![];
@@ -229,7 +256,7 @@ fn hessians_multi(
     let mut acc: Vec<(Vec<Mat<f32>>, usize)> =
         keys.iter().map(|(_, s)| ((0..site::groups(s)).map(|_| Mat::zeros(s.p, s.p)).collect(), 0)).collect();
     let label = keys.iter().map(|(_, s)| s.label.as_str()).collect::<Vec<_>>().join(", ");
-    run_exposing(model, calib, &values, |row0, v| {
+    let each = |row0: usize, v: &[ndarray::ArrayD<f32>]| -> Result<()> {
         for ((k, s), (hs, rows)) in keys.iter().zip(acc.iter_mut()) {
             let x = &v[values.iter().position(|n| n == &s.input).expect("exposed")];
             let (npos, hw) = sample_positions(s, x.shape())?;
@@ -249,8 +276,9 @@ fn hessians_multi(
             }
         }
         Ok(())
-    })
-    .with_context(|| format!("{label}: calibration run"))?;
+    };
+    super::boundary::run_from(from, model, calib, &values, each)
+        .with_context(|| format!("{label}: calibration run"))?;
     Ok(key_of
         .into_iter()
         .map(|i| {
@@ -262,12 +290,15 @@ fn hessians_multi(
 
 /// Block-wise: H of every site of the window from one pass over `model` with the window's
 /// weights dense, then the OBS update of each. A site whose update fails is reported skipped.
+/// Also says whether H came from a run from `from` (the cached boundary at the window's first
+/// layer; when that run fails, the window runs from the model's inputs).
 fn obs_window(
     dense: &ModelProto,
     model: &mut ModelProto,
     sites: &[(usize, String, site::Site)],
     calib: &Inputs,
-) -> Vec<Option<LayerRecon>> {
+    from: Option<&Boundary>,
+) -> (Vec<Option<LayerRecon>>, bool) {
     let skipped = |s: &site::Site, w: &str, e: anyhow::Error| Some(LayerRecon::skipped(&s.label, w, format!("{e:#}")));
     // (site, dense rows, current rows, keep), or the reason it is not updated.
     let mut prepared = vec![];
@@ -283,11 +314,17 @@ fn obs_window(
     }
     let todo: Vec<(usize, &site::Site)> =
         sites.iter().zip(&prepared).filter(|(_, p)| matches!(p, Ok(Some(_)))).map(|((k, _, s), _)| (*k, s)).collect();
-    let mut hs = match hessians_multi(&capture, &todo, calib) {
+    let cached = from.map(|b| hessians_multi(&capture, &todo, calib, Some(b)));
+    let used_cache = matches!(cached, Some(Ok(_)));
+    let hs = match cached {
+        Some(Ok(h)) => Ok(h),
+        _ => hessians_multi(&capture, &todo, calib, None),
+    };
+    let mut hs = match hs {
         Ok(h) => h.into_iter(),
         Err(e) => {
             let msg = format!("{e:#}");
-            return sites
+            let reps = sites
                 .iter()
                 .zip(prepared)
                 .map(|((_, w, s), p)| match p {
@@ -296,10 +333,11 @@ fn obs_window(
                     Err(r) => r,
                 })
                 .collect();
+            return (reps, false);
         }
     };
     drop(capture);
-    sites
+    let reps = sites
         .iter()
         .zip(prepared)
         .map(|((_, w, s), p)| match p {
@@ -310,7 +348,8 @@ fn obs_window(
             Ok(None) => None,
             Err(r) => r,
         })
-        .collect()
+        .collect();
+    (reps, used_cache)
 }
 
 /// Σ_o Δ_o H Δ_oᵀ over rows `o0..o0+n` of `d` (row-major, p columns): the squared output error

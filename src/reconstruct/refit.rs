@@ -13,7 +13,7 @@
 //! Rows are split by sample: every fifth calibration sample is held apart, and the candidate
 //! with the lowest held-apart error is kept (so a refit that overfits is not kept).
 
-use super::capture::run_exposing;
+use super::boundary::{run_from, Boundary};
 use super::linalg::{mean_diag, ridge, Normal, Normal32};
 use super::site::{self, Layout, Site};
 use super::{row_seed, LayerRecon, POSITIONS_PER_SAMPLE, RIDGE_DELTAS};
@@ -94,7 +94,8 @@ pub(crate) fn is_val(row: usize) -> bool {
 /// Refit every site, in the masked model's graph order, writing the kept values into `masked`
 /// and `pruned`. `dense` gives the targets. Big models go block-wise (see
 /// [`super::obs::BLOCKWISE_MIN_WEIGHTS`]): one dense and one masked calibration pass serve the
-/// consecutive linear layers of a window of ⌈√L⌉ distinct inputs.
+/// consecutive linear layers of a window of ⌈√L⌉ distinct inputs, each from the activations
+/// cached at the window's first layer ([`Boundary`]).
 pub fn refit_all(
     dense: &ModelProto,
     masked: &mut ModelProto,
@@ -102,6 +103,21 @@ pub fn refit_all(
     sites: &[RefitSite],
     calib: &Inputs,
 ) -> Result<Vec<LayerRecon>> {
+    let blockwise = super::obs::weight_elems(dense) >= super::obs::BLOCKWISE_MIN_WEIGHTS;
+    refit_all_with(dense, masked, pruned, sites, calib, blockwise, true).map(|r| r.0)
+}
+
+/// [`refit_all`] with the block-wise choice given, and (block-wise) with or without the boundary
+/// cache. Also returns how many windows ran from cached boundaries.
+pub(crate) fn refit_all_with(
+    dense: &ModelProto,
+    masked: &mut ModelProto,
+    pruned: &mut ModelProto,
+    sites: &[RefitSite],
+    calib: &Inputs,
+    blockwise: bool,
+    use_boundary: bool,
+) -> Result<(Vec<LayerRecon>, usize)> {
     let mut order: Vec<(usize, &RefitSite, std::result::Result<Site, String>)> = sites
         .iter()
         .map(|r| {
@@ -110,7 +126,7 @@ pub fn refit_all(
         })
         .collect();
     order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.weight.cmp(&b.1.weight)));
-    let window = if super::obs::weight_elems(dense) >= super::obs::BLOCKWISE_MIN_WEIGHTS {
+    let window = if blockwise {
         let inputs: std::collections::BTreeSet<&str> =
             order.iter().filter_map(|o| o.2.as_ref().ok().map(|s| s.input.as_str())).collect();
         ((inputs.len() as f64).sqrt().ceil() as usize).max(1)
@@ -119,12 +135,17 @@ pub fn refit_all(
     };
     let progress = crate::progress::Work::new(order.len() as u64);
     let mut out = vec![];
+    // Block-wise, each window's dense and masked runs start from the activations cached at its
+    // first layer (see [`Boundary`]) while consecutive windows follow each other.
+    let mut bounds = (window > 1 && use_boundary).then(|| (Boundary::start(calib), Boundary::start(calib)));
+    let mut from_boundary = 0usize;
     let mut queue: std::collections::VecDeque<_> = order.into_iter().enumerate().collect();
     while let Some((k, (_, r, s))) = queue.pop_front() {
         let s = match s {
             Err(why) => {
                 out.push(LayerRecon::skipped(&r.weight, &r.weight, why));
                 progress.inc(1);
+                bounds = None;
                 continue;
             }
             Ok(s) if site::groups(&s) > 1 => {
@@ -134,6 +155,7 @@ pub fn refit_all(
                     .unwrap_or_else(|e| LayerRecon::skipped(&s.label, &r.weight, format!("{e:#}")));
                 out.push(rep);
                 progress.inc(1);
+                bounds = None;
                 continue;
             }
             Ok(s) => s,
@@ -155,10 +177,25 @@ pub fn refit_all(
             batch.push((k, r, s));
         }
         let n = batch.len() as u64;
-        out.extend(refit_batch(dense, masked, pruned, batch, calib));
+        let (reps, used) = refit_batch(dense, masked, pruned, batch, calib, bounds.as_ref());
+        out.extend(reps);
+        from_boundary += used as usize;
         progress.inc(n);
+        // Move both boundaries to the next window's first layer (the dense one in the dense
+        // graph, found by the layer's output), through the segment just refitted.
+        bounds = match (bounds.take(), queue.front()) {
+            (Some((d, m)), Some((_, (_, _, Ok(next))))) if site::groups(next) == 1 => {
+                let dense_cut =
+                    dense.graph.as_ref().and_then(|g| g.node.iter().position(|n| n.output.contains(&next.output)));
+                match dense_cut.map(|c| (d.advance(dense, c), m.advance(masked, next.node))) {
+                    Some((Ok(d), Ok(m))) => Some((d, m)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
     }
-    Ok(out)
+    Ok((out, from_boundary))
 }
 
 /// One layer to refit, with what its normal equations need.
@@ -196,13 +233,16 @@ fn job(k: usize, r: &RefitSite, s: Site) -> Result<std::result::Result<Job<'_>, 
 
 /// Refit the linear sites of one window: targets from one dense pass, inputs from one masked pass
 /// (the window's layers as they are before their own refit), then each layer's solve.
+/// Also says whether the runs started from `from` (the dense and masked boundaries at the
+/// window's first layer; if those runs fail, the window runs from the model inputs).
 fn refit_batch(
     dense: &ModelProto,
     masked: &mut ModelProto,
     pruned: &mut ModelProto,
     batch: Vec<(usize, &RefitSite, Site)>,
     calib: &Inputs,
-) -> Vec<LayerRecon> {
+    from: Option<&(Boundary, Boundary)>,
+) -> (Vec<LayerRecon>, bool) {
     let mut out: Vec<Option<LayerRecon>> = vec![];
     let mut jobs: Vec<(usize, Job)> = vec![];
     for (k, r, s) in batch {
@@ -217,7 +257,14 @@ fn refit_batch(
         }
     }
     let refs: Vec<&Job> = jobs.iter().map(|(_, j)| j).collect();
-    let normals = targets(dense, &refs, calib).and_then(|t| normal_equations(masked, &refs, t, calib));
+    let with = |b: Option<&(Boundary, Boundary)>| {
+        targets(dense, &refs, calib, b.map(|b| &b.0))
+            .and_then(|t| normal_equations(masked, &refs, t, calib, b.map(|b| &b.1)))
+    };
+    let (normals, used) = match from.map(|b| with(Some(b))) {
+        Some(Ok(n)) => (Ok(n), true),
+        _ => (with(None), false),
+    };
     match normals {
         Err(e) => {
             for (i, j) in &jobs {
@@ -232,14 +279,14 @@ fn refit_batch(
             }
         }
     }
-    out.into_iter().map(|r| r.expect("every site reported")).collect()
+    (out.into_iter().map(|r| r.expect("every site reported")).collect(), used)
 }
 
 /// Dense targets of each job at its sampled positions, in row order, with the (row, position)
 /// keys: one dense pass for all of them.
 type Targets = Vec<(Vec<f32>, Vec<(usize, usize)>)>;
 
-fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs) -> Result<Targets> {
+fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs, from: Option<&Boundary>) -> Result<Targets> {
     let mut values: Vec<String> = vec![];
     for j in jobs {
         if !values.contains(&j.s.output) {
@@ -247,7 +294,7 @@ fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs) -> Result<Targets>
         }
     }
     let mut t: Targets = jobs.iter().map(|_| (vec![], vec![])).collect();
-    run_exposing(dense, calib, &values, |row0, v| {
+    run_from(from, dense, calib, &values, |row0, v| {
         for (j, (ys, keys)) in jobs.iter().zip(t.iter_mut()) {
             let s = &j.s;
             let y = &v[values.iter().position(|n| n == &s.output).expect("exposed")];
@@ -275,7 +322,13 @@ fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs) -> Result<Targets>
 
 /// The masked model's inputs of each job at the same positions → normal equations, split into
 /// fit and held-apart rows: one masked pass for all of them.
-fn normal_equations(masked: &ModelProto, jobs: &[&Job], t: Targets, calib: &Inputs) -> Result<Vec<(Normal, Normal)>> {
+fn normal_equations(
+    masked: &ModelProto,
+    jobs: &[&Job],
+    t: Targets,
+    calib: &Inputs,
+    from: Option<&Boundary>,
+) -> Result<Vec<(Normal, Normal)>> {
     let mut values: Vec<String> = vec![];
     for j in jobs {
         if !values.contains(&j.s.input) {
@@ -285,7 +338,7 @@ fn normal_equations(masked: &ModelProto, jobs: &[&Job], t: Targets, calib: &Inpu
     let mut ne: Vec<(Normal32, Normal)> =
         jobs.iter().map(|j| (Normal32::new(j.pk, j.q), Normal::new(j.pk, j.q))).collect();
     let mut at = vec![0usize; jobs.len()];
-    run_exposing(masked, calib, &values, |row0, v| {
+    run_from(from, masked, calib, &values, |row0, v| {
         for (i, j) in jobs.iter().enumerate() {
             let s = &j.s;
             let (ys, keys) = &t[i];

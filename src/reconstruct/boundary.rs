@@ -1,0 +1,430 @@
+//! Boundary cache of block-wise reconstruction (SparseGPT's scheme): the calibration activations
+//! at the start of the next window of layers are kept, so that each window runs from them
+//! instead of from the model's inputs. A model of L layers then costs about two passes in all
+//! (each segment once with its layers dense, to collect H, and once updated, to move the
+//! boundary on) instead of one growing prefix per window.
+//!
+//! Contract:
+//! - A boundary at node `cut` holds, for every calibration sample, the f32 values produced before
+//!   `cut` (graph order) and read at or after it, computed by the model as it stood when the
+//!   boundary was moved there (every layer before `cut` already reconstructed).
+//! - [`Boundary::run_exposing`] runs a model from the boundary: the nodes that produce cached
+//!   values are removed and the values become graph inputs. Values that cannot be cached (not
+//!   f32, or without the samples on axis 0, e.g. shapes) are recomputed from the calibration
+//!   inputs, so the result is the model's own whatever is cached.
+//! - Memory: at most [`MAX_BOUNDARY_BYTES`] of cached values; beyond that, or on any error, the
+//!   caller runs from the model's inputs as before.
+
+use super::capture::{run_exposing, run_exposing_f32_rows};
+use crate::check::inputs::{Input, InputData, InputSource};
+use crate::check::Inputs;
+use crate::model::tensor::dt;
+use anyhow::{bail, Context, Result};
+use ndarray::{ArrayD, Axis};
+use onnx_protobuf::{ModelProto, NodeProto, ValueInfoProto};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Cached values of one boundary, in bytes, at most (1 GiB: a transformer's residual stream and
+/// normalised copy for 256 samples of 64 tokens × 768 take 100 MB).
+pub const MAX_BOUNDARY_BYTES: usize = 1 << 30;
+
+/// The values crossing one cut, for every calibration sample.
+pub(crate) struct Boundary {
+    /// The first node (graph order) that is not replaced by the cache.
+    cut: usize,
+    /// The calibration inputs (first `base`), then one input per cached value.
+    inputs: Inputs,
+    base: usize,
+}
+
+impl Boundary {
+    /// Nothing cached yet: runs start from the calibration inputs.
+    pub(crate) fn start(calib: &Inputs) -> Boundary {
+        Boundary { cut: 0, inputs: calib.clone(), base: calib.inputs.len() }
+    }
+
+    /// Names of the cached values.
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> impl Iterator<Item = &str> {
+        self.inputs.inputs[self.base..].iter().map(|i| i.name.as_str())
+    }
+
+    /// As [`run_exposing`], from this boundary: `model` must compute, before the cut, what the
+    /// model the boundary was taken from computed there.
+    pub(crate) fn run_exposing(
+        &self,
+        model: &ModelProto,
+        values: &[String],
+        f: impl FnMut(usize, &[ArrayD<f32>]) -> Result<()>,
+    ) -> Result<()> {
+        let sub = self.cut_model(model, values)?;
+        run_exposing(&sub, &self.inputs, values, f)
+    }
+
+    /// The boundary at node `cut` (≥ this one's) of `model`, from one run of the segment between.
+    pub(crate) fn advance(&self, model: &ModelProto, cut: usize) -> Result<Boundary> {
+        if cut < self.cut {
+            bail!("boundary cannot move back from node {} to {cut}", self.cut);
+        }
+        let g = model.graph.as_ref().context("model has no graph")?;
+        let base: HashSet<&str> = self.inputs.inputs[..self.base].iter().map(|i| i.name.as_str()).collect();
+        let crossing: Vec<String> = crossing(model, cut)?.into_iter().filter(|n| !base.contains(n.as_str())).collect();
+        if crossing.is_empty() {
+            return Ok(Boundary { cut, inputs: self.base_inputs(), base: self.base });
+        }
+        // Per value: its chunks in order, or None once one chunk was not per-sample f32 data.
+        let mut got: Vec<Option<Vec<ArrayD<f32>>>> = vec![Some(vec![]); crossing.len()];
+        let mut bytes = 0usize;
+        run_exposing_f32_rows(&self.cut_model(model, &crossing)?, &self.inputs, &crossing, |_, vs| {
+            for (slot, v) in got.iter_mut().zip(vs) {
+                match (slot.as_mut(), v) {
+                    (Some(chunks), Some(a)) => {
+                        bytes += a.len() * 4;
+                        chunks.push(a);
+                    }
+                    _ => *slot = None,
+                }
+            }
+            if bytes > MAX_BOUNDARY_BYTES {
+                bail!("the values at the boundary take more than {MAX_BOUNDARY_BYTES} bytes");
+            }
+            Ok(())
+        })?;
+        let rows = self.inputs.rows();
+        let mut values: BTreeMap<&str, ArrayD<f32>> = BTreeMap::new();
+        for (name, chunks) in crossing.iter().zip(got) {
+            let Some(chunks) = chunks else { continue };
+            let views: Vec<_> = chunks.iter().map(|a| a.view()).collect();
+            let a = ndarray::concatenate(Axis(0), &views).with_context(|| format!("joining '{name}'"))?;
+            if a.ndim() > 0 && a.shape()[0] == rows {
+                values.insert(name.as_str(), a);
+            }
+        }
+        // A node can be replaced only when every output it has that anything reads is cached.
+        let read = read_anywhere(g);
+        for n in &g.node[..cut.min(g.node.len())] {
+            if n.output.iter().any(|o| !o.is_empty() && read.contains(o.as_str()) && !values.contains_key(o.as_str())) {
+                for o in &n.output {
+                    values.remove(o.as_str());
+                }
+            }
+        }
+        let mut inputs = self.base_inputs();
+        for (name, a) in values {
+            inputs.inputs.push(Input {
+                name: name.to_string(),
+                data: InputData::F32(a),
+                source: InputSource::Generated,
+            });
+        }
+        Ok(Boundary { cut, inputs, base: self.base })
+    }
+
+    /// The calibration inputs alone.
+    fn base_inputs(&self) -> Inputs {
+        Inputs { inputs: self.inputs.inputs[..self.base].to_vec(), assumed: self.inputs.assumed.clone() }
+    }
+
+    /// The part of `model` that computes `values` from the boundary: the nodes they need, with the
+    /// cached values as graph inputs (axis 0 free, the rest as cached) and only the weights those
+    /// nodes read, so that a short segment of a big model is also cheap to save and compile.
+    fn cut_model(&self, model: &ModelProto, values: &[String]) -> Result<ModelProto> {
+        let g = model.graph.as_ref().context("model has no graph")?;
+        let cached: HashSet<&str> = self.inputs.inputs[self.base..].iter().map(|i| i.name.as_str()).collect();
+        let mut producer: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in g.node.iter().enumerate() {
+            for o in n.output.iter().filter(|o| !o.is_empty()) {
+                producer.insert(o.as_str(), i);
+            }
+        }
+        let mut need = vec![false; g.node.len()];
+        let mut stack: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
+        while let Some(v) = stack.pop() {
+            if cached.contains(v) {
+                continue;
+            }
+            if let Some(&i) = producer.get(v) {
+                if !need[i] {
+                    need[i] = true;
+                    stack.extend(g.node[i].input.iter().filter(|x| !x.is_empty()).map(|x| x.as_str()));
+                    // Subgraphs read outer values by name (`crossing` refuses such graphs; a
+                    // model without a boundary may still have them): keep what they could read.
+                    if g.node[i].attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()) {
+                        return Ok(model.clone());
+                    }
+                }
+            }
+        }
+        let mut used: HashSet<&str> = HashSet::new();
+        for (n, _) in g.node.iter().zip(&need).filter(|(_, k)| **k) {
+            used.extend(n.input.iter().map(|x| x.as_str()));
+        }
+        let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+        let mut lg = onnx_protobuf::GraphProto::new();
+        lg.name = g.name.clone();
+        lg.node = g.node.iter().zip(&need).filter(|(_, k)| **k).map(|(n, _)| n.clone()).collect();
+        lg.initializer = g.initializer.iter().filter(|t| used.contains(t.name.as_str())).cloned().collect();
+        lg.sparse_initializer = g
+            .sparse_initializer
+            .iter()
+            .filter(|t| t.values.as_ref().is_some_and(|v| used.contains(v.name.as_str())))
+            .cloned()
+            .collect();
+        // Model inputs stay (the runner is given data for all of them); an IR < 4 model's
+        // initializer entries only with their initializer.
+        lg.input = g
+            .input
+            .iter()
+            .filter(|i| !inits.contains(i.name.as_str()) || used.contains(i.name.as_str()))
+            .cloned()
+            .collect();
+        lg.input.retain(|i| !cached.contains(i.name.as_str()));
+        lg.value_info = g.value_info.iter().filter(|v| !cached.contains(v.name.as_str())).cloned().collect();
+        lg.output = g.output.clone();
+        for i in &self.inputs.inputs[self.base..] {
+            lg.input.push(value_info(&i.name, i.data.shape()));
+        }
+        let mut m = ModelProto::new();
+        m.ir_version = model.ir_version;
+        m.opset_import = model.opset_import.clone();
+        m.functions = model.functions.clone();
+        m.domain = model.domain.clone();
+        m.graph = Some(lg).into();
+        Ok(m)
+    }
+}
+
+/// Run `model` exposing `values` from `from` when given, else from the calibration inputs.
+pub(crate) fn run_from(
+    from: Option<&Boundary>,
+    model: &ModelProto,
+    calib: &Inputs,
+    values: &[String],
+    f: impl FnMut(usize, &[ArrayD<f32>]) -> Result<()>,
+) -> Result<()> {
+    match from {
+        Some(b) => b.run_exposing(model, values, f),
+        None => run_exposing(model, calib, values, f),
+    }
+}
+
+/// A float tensor input named `name` with the shape of `shape` except a free axis 0.
+fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
+    use onnx_protobuf::tensor_shape_proto::Dimension;
+    use onnx_protobuf::type_proto::Tensor;
+    use onnx_protobuf::{TensorShapeProto, TypeProto};
+    let mut sh = TensorShapeProto::new();
+    for (i, &d) in shape.iter().enumerate() {
+        let mut dim = Dimension::new();
+        if i == 0 {
+            dim.set_dim_param("onnx_emp_calibration_rows".into());
+        } else {
+            dim.set_dim_value(d as i64);
+        }
+        sh.dim.push(dim);
+    }
+    let mut tt = Tensor::new();
+    tt.elem_type = dt::FLOAT;
+    tt.shape = Some(sh).into();
+    let mut tp = TypeProto::new();
+    tp.set_tensor_type(tt);
+    let mut vi = ValueInfoProto::new();
+    vi.name = name.to_string();
+    vi.type_ = Some(tp).into();
+    vi
+}
+
+/// Every value read by a node input or a graph output.
+fn read_anywhere(g: &onnx_protobuf::GraphProto) -> HashSet<&str> {
+    let mut read: HashSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
+    for n in &g.node {
+        read.extend(n.input.iter().filter(|i| !i.is_empty()).map(|i| i.as_str()));
+    }
+    read
+}
+
+/// The values produced by nodes before `cut` (not Constants) and read by a node at or after it
+/// or by a graph output, in graph order. An error when the graph is not in topological order or
+/// has subgraphs (their reads of outer values are not followed here).
+pub(crate) fn crossing(model: &ModelProto, cut: usize) -> Result<Vec<String>> {
+    let g = model.graph.as_ref().context("model has no graph")?;
+    let mut produced_at: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in g.node.iter().enumerate() {
+        if n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()) {
+            bail!("node '{}' has a subgraph", n.name);
+        }
+        for o in n.output.iter().filter(|o| !o.is_empty()) {
+            produced_at.insert(o.as_str(), i);
+        }
+    }
+    let mut read_after: BTreeSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
+    for (i, n) in g.node.iter().enumerate() {
+        for x in n.input.iter().filter(|x| !x.is_empty()) {
+            if produced_at.get(x.as_str()).is_some_and(|&p| p >= i) {
+                bail!("the graph is not in topological order at node '{}'", n.name);
+            }
+            if i >= cut {
+                read_after.insert(x.as_str());
+            }
+        }
+    }
+    let is_const = |n: &NodeProto| n.op_type == "Constant" && n.domain.is_empty();
+    let mut out = vec![];
+    for n in g.node[..cut.min(g.node.len())].iter().filter(|n| !is_const(n)) {
+        for o in n.output.iter().filter(|o| !o.is_empty()) {
+            if read_after.contains(o.as_str()) {
+                out.push(o.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::inputs::InputSpec;
+    use crate::prune::weights::{prune_weights, Include, Scope, WeightOptions};
+    use std::path::Path;
+
+    /// The digits transformer (2 blocks) pruned per weight, its pruned weights and 64 rows of
+    /// calibration inputs.
+    fn setup() -> (ModelProto, ModelProto, Vec<String>, Inputs) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mp = root.join("models/digits_transformer.onnx");
+        let dense = crate::model::io::load(&mp).unwrap().proto;
+        let mut pruned = dense.clone();
+        let opts = WeightOptions {
+            beta: 1.0,
+            scope: Scope::Normalized,
+            include: Include::default(),
+            scores: Default::default(),
+            fixed_ratio: None,
+        };
+        let rep = prune_weights(&mut pruned, &opts).unwrap();
+        let names = rep.tensors.iter().filter(|t| t.kept < t.n).map(|t| t.name.clone()).collect();
+        let mut spec = InputSpec::default();
+        spec.files.insert(String::new(), root.join("models/digits_calib_x8x8.npy"));
+        let calib = crate::calib::load_inputs(&mp, &spec).unwrap().sample_range(0, 64);
+        (dense, pruned, names, calib)
+    }
+
+    fn weights(m: &ModelProto, names: &[String]) -> Vec<f64> {
+        let g = m.graph.as_ref().unwrap();
+        names
+            .iter()
+            .flat_map(|n| {
+                let t = g.initializer.iter().find(|t| &t.name == n).unwrap();
+                crate::model::tensor::read_f64(t).unwrap()
+            })
+            .collect()
+    }
+
+    /// Block-wise reconstruction from cached boundaries gives the layers the same inputs as
+    /// running each window's prefix from the model's inputs: the same updated weights (to float
+    /// rounding of tract's differently cut graphs), with every window after the first run from
+    /// the cache.
+    #[test]
+    fn windows_from_cached_boundaries_match_prefix_runs() {
+        let (dense, pruned, names, calib) = setup();
+        let (mut a, mut b) = (pruned.clone(), pruned.clone());
+        let (ra, cached_a) = super::super::obs::obs_all_with(&dense, &mut a, &names, &calib, true, false).unwrap();
+        let (rb, cached_b) = super::super::obs::obs_all_with(&dense, &mut b, &names, &calib, true, true).unwrap();
+        assert_eq!(cached_a, 0);
+        assert!(cached_b >= 2, "only {cached_b} window(s) ran from a cached boundary");
+        assert_eq!(ra.len(), rb.len());
+        assert!(ra.iter().filter(|l| l.method == "obs").count() >= names.len() / 2, "{ra:?}");
+        for (x, y) in ra.iter().zip(&rb) {
+            assert_eq!((&x.layer, &x.method, x.rows), (&y.layer, &y.method, y.rows));
+            assert!((x.err_after - y.err_after).abs() <= 1e-4 * x.err_before.max(1e-12), "{x:?} vs {y:?}");
+        }
+        let (wa, wb, wp) = (weights(&a, &names), weights(&b, &names), weights(&pruned, &names));
+        let scale = wa.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let diff = wa.iter().zip(&wb).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-4 * scale, "max |Δw| {diff} (scale {scale})");
+        // The updates did change the weights (the comparison is not between two no-ops).
+        assert!(wa.iter().zip(&wp).any(|(x, y)| (x - y).abs() > 1e-3 * scale));
+    }
+
+    /// A boundary holds what crosses its cut: in a transformer block, the residual stream read
+    /// after the cut; values not per-sample f32 are left to be recomputed.
+    #[test]
+    fn a_boundary_caches_the_values_crossing_its_cut() {
+        let (_, pruned, _, calib) = setup();
+        let g = pruned.graph.as_ref().unwrap();
+        // Cut at the last MatMul: everything before it that is read after it.
+        let cut = g.node.iter().rposition(|n| n.op_type == "MatMul").unwrap();
+        let cross = crossing(&pruned, cut).unwrap();
+        assert!(!cross.is_empty());
+        let b = Boundary::start(&calib).advance(&pruned, cut).unwrap();
+        let cached: Vec<&str> = b.cached().collect();
+        assert!(!cached.is_empty() && cached.iter().all(|c| cross.iter().any(|x| x == c)), "{cached:?} of {cross:?}");
+        for i in &b.inputs.inputs[b.base..] {
+            assert_eq!(i.data.shape()[0], calib.rows());
+        }
+        // The model's output from the boundary equals its output from the inputs.
+        let out = g.output[0].name.clone();
+        let mut from_inputs = vec![];
+        run_exposing(&pruned, &calib, std::slice::from_ref(&out), |_, v| {
+            from_inputs.extend(v[0].iter().copied());
+            Ok(())
+        })
+        .unwrap();
+        let mut from_boundary = vec![];
+        b.run_exposing(&pruned, std::slice::from_ref(&out), |_, v| {
+            from_boundary.extend(v[0].iter().copied());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(from_inputs.len(), from_boundary.len());
+        let d = from_inputs.iter().zip(&from_boundary).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(d <= 1e-4, "max |Δ| {d}");
+    }
+
+    /// The same for the channels refit: the dense and masked runs of every window after the first
+    /// start from cached boundaries and give the same refitted weights.
+    #[test]
+    fn refit_windows_from_cached_boundaries_match_prefix_runs() {
+        let (dense, _, _, calib) = setup();
+        let opts = crate::prune::StructOptions { beta: 0.8, ..Default::default() };
+        let r = crate::prune::channels::prune_channels(&dense, &opts).unwrap();
+        assert!(r.refit.len() >= 2, "{} refit sites", r.refit.len());
+        let masked = r.masked().clone();
+        let run = |cache: bool| {
+            let (mut m, mut p) = (masked.clone(), r.pruned.clone());
+            let (reps, n) =
+                super::super::refit::refit_all_with(&dense, &mut m, &mut p, &r.refit, &calib, true, cache).unwrap();
+            (reps, n, m)
+        };
+        let ((ra, na, ma), (rb, nb, mb)) = (run(false), run(true));
+        assert_eq!(na, 0);
+        assert!(nb >= 1, "no window ran from a cached boundary");
+        assert!(ra.iter().any(|l| l.method == "ridge" || l.method == "bias"), "{ra:?}");
+        for (x, y) in ra.iter().zip(&rb) {
+            assert_eq!((&x.layer, &x.method, x.rows), (&y.layer, &y.method, y.rows));
+            assert!((x.err_after - y.err_after).abs() <= 1e-4 * x.err_before.max(1e-12), "{x:?} vs {y:?}");
+        }
+        let names: Vec<String> = r.refit.iter().map(|s| s.weight.clone()).collect();
+        let (wa, wb) = (weights(&ma, &names), weights(&mb, &names));
+        let scale = wa.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let diff = wa.iter().zip(&wb).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-4 * scale, "max |Δw| {diff} (scale {scale})");
+    }
+
+    #[test]
+    fn unsorted_graphs_and_subgraphs_are_not_cut() {
+        let (_, pruned, _, _) = setup();
+        assert!(crossing(&pruned, 3).is_ok());
+        let mut unsorted = pruned.clone();
+        let g = unsorted.graph.as_mut().unwrap();
+        let last = g.node.pop().unwrap();
+        g.node.insert(0, last);
+        assert!(format!("{:#}", crossing(&unsorted, 3).unwrap_err()).contains("topological order"));
+        let mut sub = pruned.clone();
+        let mut a = onnx_protobuf::AttributeProto::new();
+        a.name = "body".into();
+        a.g = Some(onnx_protobuf::GraphProto::new()).into();
+        sub.graph.as_mut().unwrap().node[1].attribute.push(a);
+        assert!(format!("{:#}", crossing(&sub, 3).unwrap_err()).contains("subgraph"));
+    }
+}
