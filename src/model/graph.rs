@@ -128,6 +128,47 @@ pub fn is_const(n: &NodeProto) -> bool {
     n.op_type == "Constant" && (n.domain.is_empty() || n.domain == "ai.onnx")
 }
 
+/// A tensor value's type for a graph input: `name`, element type, and dims (`None`: a free
+/// dimension named `param`).
+pub fn tensor_value_info(
+    name: &str,
+    elem_type: i32,
+    dims: &[Option<i64>],
+    param: &str,
+) -> onnx_protobuf::ValueInfoProto {
+    use onnx_protobuf::{tensor_shape_proto::Dimension, type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
+    let mut shape = TensorShapeProto::new();
+    for d in dims {
+        let mut dim = Dimension::new();
+        match d {
+            Some(v) => dim.set_dim_value(*v),
+            None => dim.set_dim_param(param.to_string()),
+        }
+        shape.dim.push(dim);
+    }
+    let mut tt = type_proto::Tensor::new();
+    tt.elem_type = elem_type;
+    tt.shape = Some(shape).into();
+    let mut ty = TypeProto::new();
+    ty.set_tensor_type(tt);
+    let mut vi = ValueInfoProto::new();
+    vi.name = name.to_string();
+    vi.type_ = Some(ty).into();
+    vi
+}
+
+/// A model holding `g` with `model`'s IR version, opsets, functions and domain (a derived graph
+/// for tract: light copies, cut segments).
+pub fn model_around(model: &onnx_protobuf::ModelProto, g: GraphProto) -> onnx_protobuf::ModelProto {
+    let mut m = onnx_protobuf::ModelProto::new();
+    m.ir_version = model.ir_version;
+    m.opset_import = model.opset_import.clone();
+    m.functions = model.functions.clone();
+    m.domain = model.domain.clone();
+    m.graph = Some(g).into();
+    m
+}
+
 pub fn node_label(n: &NodeProto) -> String {
     if n.name.is_empty() {
         format!("{}:{}", n.op_type, n.output.first().map(|s| s.as_str()).unwrap_or("?"))

@@ -67,8 +67,7 @@ impl Boundary {
             bail!("boundary cannot move back from node {} to {cut}", self.cut);
         }
         let g = model.graph.as_ref().context("model has no graph")?;
-        let base: HashSet<&str> = self.inputs.inputs[..self.base].iter().map(|i| i.name.as_str()).collect();
-        let crossing: Vec<String> = crossing(model, cut)?.into_iter().filter(|n| !base.contains(n.as_str())).collect();
+        let crossing = crossing(model, cut)?;
         if crossing.is_empty() {
             return Ok(Boundary { cut, inputs: self.base_inputs(), base: self.base });
         }
@@ -184,13 +183,7 @@ impl Boundary {
         for i in &self.inputs.inputs[self.base..] {
             lg.input.push(value_info(&i.name, i.data.shape()));
         }
-        let mut m = ModelProto::new();
-        m.ir_version = model.ir_version;
-        m.opset_import = model.opset_import.clone();
-        m.functions = model.functions.clone();
-        m.domain = model.domain.clone();
-        m.graph = Some(lg).into();
-        Ok(m)
+        Ok(crate::model::graph::model_around(model, lg))
     }
 }
 
@@ -210,28 +203,8 @@ pub(crate) fn run_from(
 
 /// A float tensor input named `name` with the shape of `shape` except a free axis 0.
 fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
-    use onnx_protobuf::tensor_shape_proto::Dimension;
-    use onnx_protobuf::type_proto::Tensor;
-    use onnx_protobuf::{TensorShapeProto, TypeProto};
-    let mut sh = TensorShapeProto::new();
-    for (i, &d) in shape.iter().enumerate() {
-        let mut dim = Dimension::new();
-        if i == 0 {
-            dim.set_dim_param("onnx_emp_calibration_rows".into());
-        } else {
-            dim.set_dim_value(d as i64);
-        }
-        sh.dim.push(dim);
-    }
-    let mut tt = Tensor::new();
-    tt.elem_type = dt::FLOAT;
-    tt.shape = Some(sh).into();
-    let mut tp = TypeProto::new();
-    tp.set_tensor_type(tt);
-    let mut vi = ValueInfoProto::new();
-    vi.name = name.to_string();
-    vi.type_ = Some(tp).into();
-    vi
+    let dims: Vec<Option<i64>> = shape.iter().enumerate().map(|(i, &d)| (i > 0).then_some(d as i64)).collect();
+    crate::model::graph::tensor_value_info(name, dt::FLOAT, &dims, "onnx_emp_calibration_rows")
 }
 
 /// Every value read by a node input or a graph output.

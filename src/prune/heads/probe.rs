@@ -72,7 +72,7 @@ const LIGHT_MIN_ELEMS: usize = 1024;
 /// element type and full shape. `None` when there is none to leave out.
 fn light_copy(model: &ModelProto) -> Option<ModelProto> {
     use crate::model::tensor::{dt, numel};
-    use onnx_protobuf::{tensor_shape_proto, type_proto, GraphProto, TensorShapeProto, TypeProto, ValueInfoProto};
+    use onnx_protobuf::GraphProto;
     let g = model.graph.as_ref()?;
     let big = |t: &onnx_protobuf::TensorProto| {
         matches!(t.data_type, dt::FLOAT | dt::FLOAT16 | dt::BFLOAT16 | dt::DOUBLE)
@@ -94,20 +94,8 @@ fn light_copy(model: &ModelProto) -> Option<ModelProto> {
             lg.initializer.push(t.clone());
             continue;
         }
-        let mut shape = TensorShapeProto::new();
-        for &d in &t.dims {
-            let mut dim = tensor_shape_proto::Dimension::new();
-            dim.set_dim_value(d);
-            shape.dim.push(dim);
-        }
-        let mut tt = type_proto::Tensor::new();
-        tt.elem_type = t.data_type;
-        tt.shape = Some(shape).into();
-        let mut ty = TypeProto::new();
-        ty.set_tensor_type(tt);
-        let mut vi = ValueInfoProto::new();
-        vi.name = t.name.clone();
-        vi.type_ = Some(ty).into();
+        let dims: Vec<Option<i64>> = t.dims.iter().map(|&d| Some(d)).collect();
+        let vi = crate::model::graph::tensor_value_info(&t.name, t.data_type, &dims, "");
         // An IR < 4 model also lists its initializers as inputs: replace that entry.
         match inputs.iter_mut().find(|i| i.name == t.name) {
             Some(i) => *i = vi,
@@ -115,12 +103,7 @@ fn light_copy(model: &ModelProto) -> Option<ModelProto> {
         }
     }
     lg.input = inputs;
-    let mut m = ModelProto::new();
-    m.ir_version = model.ir_version;
-    m.opset_import = model.opset_import.clone();
-    m.functions = model.functions.clone();
-    m.graph = Some(lg).into();
-    Some(m)
+    Some(crate::model::graph::model_around(model, lg))
 }
 
 /// tract 0.23 has no ONNX `Attention`: for the analysis only, each 4-D one (heads on axis 1, no
