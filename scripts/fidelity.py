@@ -112,19 +112,23 @@ def main():
         o = lambda tag: os.path.join(tmp, f"{name}-{tag}.onnx")
         print(f"# {name}", file=sys.stderr, flush=True)
         if "weights" in modes:
-            e = run(name, o("w"), base)
+            # EMP's cut as is (an explicit β is never moved by the guard), and the default run
+            # without calibration (the fidelity guard may raise β).
+            e = run(name, o("w"), base + ["--beta", "1"])
+            g = run(name, o("wg"), base)
             er = run(name, o("wr"), base + cal)
-            if "error" in e or "error" in er:
-                W.append(f"| {name} | error: {e.get('error') or er.get('error')} |")
+            if "error" in e or "error" in er or "error" in g:
+                W.append(f"| {name} | error: {e.get('error') or er.get('error') or g.get('error')} |")
                 continue
             sp = sparsity(e)
             mag = run(name, o("mag"), base + ["--scope", "layer", "--ratio", f"{sp:.6f}"])
             wan = run(name, o("wan"), base + cal + ["--criterion", "wanda", "--ratio", f"{sp:.6f}", "--no-reconstruct"])
             d = dense_acc(e)
-            worst["w_nocal"].append((d - acc(e), name))
+            worst["w_nocal"].append((d - acc(g), name))
             worst["w"].append((d - acc(er), name))
             rt = er["timing"]["reconstruct_ms"] / 1e3
-            W.append(f"| {name} | {pct(d)} | {pct(sp)} % | {pct(acc(e))} | **{pct(acc(er))}** | {pct(acc(mag))} | "
+            W.append(f"| {name} | {pct(d)} | {g['beta']:.2f}, {pct(sparsity(g))} % → **{pct(acc(g))}** | "
+                     f"{pct(sp)} % | {pct(acc(e))} | **{pct(acc(er))}** | {pct(acc(mag))} | "
                      f"{pct(acc(wan)) if 'error' not in wan else 'n/a'} | {rt:.1f} s |")
         if "channels" in modes:
             rows = {}
@@ -166,9 +170,9 @@ def main():
                 n = sum(g["n"] for g in h["groups"] if g["kind"] == "heads")
                 worst["h"].append((d - acc(hr), name))
                 H.append(f"| {name} | {pct(d)} | {kept}/{n} | {pct(macs_cut(h))} % | {pct(acc(h))} | **{pct(acc(hr))}** |")
-    print("### Per-weight (β = 1, default scope normalized), test accuracy %\n")
-    print("| model | dense | EMP sparsity | EMP | EMP + reconstruction | magnitude @ same sparsity | Wanda @ same sparsity | reconstruction time |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("### Per-weight (default scope normalized), test accuracy %\n")
+    print("| model | dense | default, no calibration (guard: β, sparsity → acc) | EMP β=1 sparsity | EMP β=1 | EMP β=1 + reconstruction | magnitude @ same sparsity | Wanda @ same sparsity | reconstruction time |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(W))
     print("\n### Channels (default --round-to auto), test accuracy %\n")
     print("| model | dense | β=1 MACs cut | β=1 | β=1 + recon | β=0.8 MACs cut | β=0.8 | β=0.8 + recon | fixed-ratio L2 (MACs cut → acc) | tract latency β=0.8 | ORT latency β=0.8 | recon time |")

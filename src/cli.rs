@@ -74,9 +74,17 @@ struct PruneArgs {
     /// Structural mode (default: per-weight zeroing)
     #[arg(long, value_name = "MODE")]
     structured: Option<Mode>,
-    /// β: keep ⌊β·N_eff⌋ units per group (β > 0; 1 = the paper's rule)
-    #[arg(long, default_value_t = 1.0)]
-    beta: f64,
+    /// β: keep ⌊β·N_eff⌋ units per group (β > 0; default 1 = the paper's rule). Given, it is
+    /// written as is: the fidelity guard only moves the default
+    #[arg(long)]
+    beta: Option<f64>,
+    /// Per-weight default runs without reconstruction: when EMP's cut moves the model's outputs by
+    /// more than this relative L2 error (over every float output) on 32 seeded random inputs (the
+    /// calibration rows when given with --no-reconstruct), raise β until it does not, and say so
+    /// in the report; off writes EMP's cut unchecked. Not run with --beta, --ratio, --no-verify
+    /// or plan
+    #[arg(long, default_value = "0.1", value_name = "REL|off", value_parser = parse_guard)]
+    guard: GuardArg,
     /// Grouping. Per-weight: normalized (default; global over per-tensor-normalised scores),
     /// global, layer or unit (default for wanda). Structured: layer (default for channels) or
     /// global (default for heads)
@@ -154,6 +162,20 @@ struct PruneArgs {
     /// progress on stderr
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// `--guard`: a tolerance on the outputs' relative L2 error, or off (None).
+#[derive(Clone, Copy, Debug)]
+struct GuardArg(Option<f64>);
+
+fn parse_guard(s: &str) -> Result<GuardArg, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(GuardArg(None));
+    }
+    match s.trim().parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(GuardArg(Some(t))),
+        _ => Err(format!("expected a relative error ≥ 0 (e.g. 0.1) or off, got '{s}'")),
+    }
 }
 
 /// Why a command failed: exit code (1 error, 2 bad usage) and the one-line message.
@@ -271,8 +293,9 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         _ => return Err(usage("expected IN and OUT model paths (see --help)")),
     };
     let mode = a.structured.unwrap_or(Mode::Weights);
-    if !(a.beta.is_finite() && a.beta > 0.0) {
-        return Err(usage(&format!("--beta {}: must be a finite number > 0", a.beta)));
+    let beta = a.beta.unwrap_or(1.0);
+    if !(beta.is_finite() && beta > 0.0) {
+        return Err(usage(&format!("--beta {beta}: must be a finite number > 0")));
     }
     if let Some(r) = a.ratio {
         if !(r.is_finite() && (0.0..1.0).contains(&r)) {
@@ -358,7 +381,9 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         output,
         force: a.force,
         mode,
-        beta: a.beta,
+        beta,
+        beta_given: a.beta.is_some(),
+        guard: a.guard.0,
         scope: a.scope,
         criterion: a.criterion,
         include,

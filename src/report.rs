@@ -62,7 +62,11 @@ pub struct Report {
     pub output: FileInfo,
     pub mode: String,
     pub scope: String,
+    /// The β written: the requested one, or the fidelity guard's when it raised it.
     pub beta: f64,
+    /// The fidelity guard of a default per-weight run (None: not run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::check::guard::GuardReport>,
     pub criterion: String,
     pub calibration: Option<String>,
     pub params: Params,
@@ -107,6 +111,20 @@ impl Report {
         if let Some(w) = &self.weights {
             s.push('\n');
             s.push_str(&weights_table(w));
+        }
+        if let Some(g) = &self.guard {
+            let trials: Vec<String> = g
+                .trials
+                .iter()
+                .map(|t| format!("β {:.3} → {:.3}{}", t.beta, t.rel_l2, if t.pass { "" } else { " ✗" }))
+                .collect();
+            let _ = writeln!(
+                s,
+                "fidelity guard (outputs' relative L2 ≤ {} on {}): {}",
+                g.tolerance,
+                g.inputs,
+                trials.join(", ")
+            );
         }
         if !self.groups.is_empty() {
             s.push('\n');

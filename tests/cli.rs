@@ -56,6 +56,12 @@ fn stable(report: &Value) -> Value {
     o.remove("verification");
     o.remove("equivalence");
     o.insert("output".into(), Value::String("<tmp>/out.onnx".into()));
+    // The guard's decisions are ours; the errors it measured are tract's floating point.
+    if let Some(trials) = o.get_mut("guard").and_then(|g| g.get_mut("trials")).and_then(|t| t.as_array_mut()) {
+        for t in trials {
+            t.as_object_mut().unwrap().remove("rel_l2");
+        }
+    }
     v
 }
 
@@ -79,13 +85,12 @@ fn weights_default_scope_every_model() {
         assert_eq!(r.report["scope"], "normalized");
         let (a, b) = accuracy(&r.report);
         assert!(a > 0.95, "{m}: dense accuracy {a}");
-        // One-shot EMP costs these tiny models between 0 and ~33 points (README table); far
-        // below chance would mean a broken model, not pruning.
-        assert!(b > 0.5, "{m}: accuracy {a} → {b}");
+        // The guarded default keeps each within 3 points (see the guard's own test below).
+        assert!(b > a - 0.03, "{m}: accuracy {a} → {b}");
         let sp = 1.0
             - r.report["params"]["nonzero_after"].as_f64().unwrap()
                 / r.report["params"]["nonzero_before"].as_f64().unwrap();
-        assert!(sp > 0.2 && sp < 0.6, "{m}: sparsity {sp}");
+        assert!(sp > 0.1 && sp < 0.6, "{m}: sparsity {sp}");
         assert!(r.stdout.contains("accuracy"), "{}", r.stdout);
         assert!(r.out.is_file());
     }
@@ -350,10 +355,71 @@ fn plan_is_the_decision_of_a_run_without_an_output() {
 }
 
 /// A run that leaves the model clearly worse than the input says so, with what to do.
+/// Accuracy points lost (dense − pruned) in a run with labels.
+fn loss(r: &Run) -> f64 {
+    let v = &r.report["verification"];
+    v["accuracy_dense"].as_f64().unwrap() - v["accuracy_pruned"].as_f64().unwrap()
+}
+
+fn notes(r: &Run) -> Vec<String> {
+    r.report["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn the_default_run_keeps_every_trained_model_within_three_points() {
+    for (m, d) in MODELS {
+        let r = run(m, d, &[]);
+        let g = &r.report["guard"];
+        let trials = g["trials"].as_array().unwrap_or_else(|| panic!("{m}: no guard in {}", r.report));
+        assert_eq!(trials[0]["beta"], 1.0, "{m}");
+        // The β written is one the guard measured to pass, and the report says it.
+        assert_eq!(r.report["beta"], g["beta"], "{m}");
+        let chosen = trials.iter().find(|t| t["beta"] == g["beta"]).unwrap();
+        assert_eq!(chosen["pass"], true, "{m}");
+        assert!(chosen["rel_l2"].as_f64().unwrap() <= g["tolerance"].as_f64().unwrap(), "{m}");
+        assert!(loss(&r) <= 0.03, "{m}: lost {:.1} points at β {}", 100.0 * loss(&r), g["beta"]);
+        let raised = trials[0]["pass"] == false;
+        assert_eq!(raised, notes(&r).iter().any(|n| n.starts_with("fidelity guard: EMP's cut")), "{m}");
+        assert_eq!(raised, r.stdout.contains("✗"), "{m}");
+    }
+}
+
+#[test]
+fn the_guard_moves_only_the_default() {
+    let guarded = run("yolo_block", "digits_test_x1x8x8", &[]);
+    assert!(guarded.report["beta"].as_f64().unwrap() > 1.0);
+    // --guard off, an explicit β and --ratio write EMP's (or the baseline's) cut as asked.
+    for extra in [&["--guard", "off"][..], &["--beta", "1"][..], &["--ratio", "0.3"][..]] {
+        let r = run("yolo_block", "digits_test_x1x8x8", extra);
+        assert!(r.report["guard"].is_null(), "{extra:?}");
+        assert_eq!(r.report["beta"], 1.0, "{extra:?}");
+    }
+    let off = run("yolo_block", "digits_test_x1x8x8", &["--guard", "off"]);
+    assert!(loss(&off) > 0.1, "EMP's unguarded cut on the YOLO block is expected to cost > 10 points");
+    // With calibration, reconstruction repairs EMP's cut instead: no guard.
+    let r = run("yolo_block", "digits_test_x1x8x8", &["--calibration", "models/digits_calib_x1x8x8.npy"]);
+    assert!(r.report["guard"].is_null() && r.report["beta"] == 1.0);
+    // Without verification the guard cannot run, and the report says so.
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("r.json");
+    bin()
+        .args(["models/yolo_block.onnx"])
+        .arg(dir.path().join("o.onnx"))
+        .args(["--no-verify", "--report"])
+        .arg(&rep)
+        .assert()
+        .success();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert!(r["guard"].is_null());
+    assert!(r["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().starts_with("fidelity guard not run")));
+    // A tolerance is a number ≥ 0 or off.
+    bin().args(["models/yolo_block.onnx", "o.onnx", "--guard", "-1"]).assert().code(2);
+}
+
 #[test]
 fn a_clearly_worse_output_is_flagged() {
-    // The tiny YOLO-style block loses ~22 points at EMP's default cut without calibration.
-    let r = run("yolo_block", "digits_test_x1x8x8", &[]);
+    // The tiny YOLO-style block loses ~22 points at EMP's cut without calibration (unguarded).
+    let r = run("yolo_block", "digits_test_x1x8x8", &["--guard", "off"]);
     let notes: Vec<&str> = r.report["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
     assert!(notes.iter().any(|n| n.starts_with("WARNING: accuracy fell") && n.contains("--calibration")), "{notes:?}");
     // With calibration it recovers to within about a point; any warning left only suggests β.

@@ -6,6 +6,7 @@
 //! result is `status: "skipped"` with the reason.
 
 pub mod fidelity;
+pub mod guard;
 pub mod inputs;
 pub mod latency;
 pub mod macs;

@@ -124,7 +124,10 @@ pub struct EndToEnd {
 
 /// The model's outputs on `calib`, each concatenated over the samples, and the width of the
 /// first one's last axis (the classes, for top-1).
-fn outputs(model: &onnx_protobuf::ModelProto, calib: &crate::check::Inputs) -> anyhow::Result<(Vec<Vec<f32>>, usize)> {
+pub(crate) fn outputs(
+    model: &onnx_protobuf::ModelProto,
+    calib: &crate::check::Inputs,
+) -> anyhow::Result<(Vec<Vec<f32>>, usize)> {
     use anyhow::Context;
     let g = model.graph.as_ref().context("model has no graph")?;
     let names: Vec<String> = g.output.iter().map(|o| o.name.clone()).collect();
@@ -143,7 +146,10 @@ fn outputs(model: &onnx_protobuf::ModelProto, calib: &crate::check::Inputs) -> a
 }
 
 /// Relative squared error of `other` against `dense`, and top-1 agreement on the first output.
-fn compare((dense, width): &(Vec<Vec<f32>>, usize), (other, _): &(Vec<Vec<f32>>, usize)) -> (f64, Option<f64>) {
+pub(crate) fn compare(
+    (dense, width): &(Vec<Vec<f32>>, usize),
+    (other, _): &(Vec<Vec<f32>>, usize),
+) -> (f64, Option<f64>) {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (d, o) in dense.iter().zip(other) {
         for (a, b) in d.iter().zip(o) {

@@ -108,6 +108,11 @@ pub struct RunOptions {
     pub force: bool,
     pub mode: Mode,
     pub beta: f64,
+    /// `--beta` was given: the cut is written as asked, the fidelity guard does not move it.
+    pub beta_given: bool,
+    /// The fidelity guard's tolerance on the outputs' relative L2 error (None: off); see
+    /// [`crate::check::guard`]. It runs on default per-weight runs without reconstruction.
+    pub guard: Option<f64>,
     /// None = the mode's default.
     pub scope: Option<ScopeArg>,
     pub criterion: Option<CriterionArg>,

@@ -39,6 +39,24 @@ def test_per_weight_with_paths_matches_the_command(tmp_path):
     assert (tmp_path / "cli.onnx").read_bytes() == out.read_bytes()
 
 
+def test_the_fidelity_guard_keeps_a_small_net_within_its_tolerance(tmp_path):
+    test = np.load(M / "digits_test_x1x8x8.npy")
+    labels = np.load(M / "digits_test_y.npy")
+    guarded = onnx_emp.prune(M / "yolo_block.onnx", tmp_path / "g.onnx", inputs=test, labels=labels, latency=False)
+    g = guarded["guard"]
+    assert g["trials"][0]["beta"] == 1.0 and not g["trials"][0]["pass"]
+    assert guarded["beta"] == g["beta"] > 1.0
+    assert any(t["pass"] and t["beta"] == g["beta"] and t["rel_l2"] <= 0.1 for t in g["trials"])
+    unguarded = onnx_emp.prune(M / "yolo_block.onnx", tmp_path / "u.onnx", inputs=test, labels=labels,
+                               latency=False, guard="off")
+    assert "guard" not in unguarded and unguarded["beta"] == 1.0
+    v, u = guarded["verification"], unguarded["verification"]
+    assert v["accuracy_dense"] - v["accuracy_pruned"] <= 0.03 < u["accuracy_dense"] - u["accuracy_pruned"]
+    # An explicit beta is written as asked.
+    explicit = onnx_emp.prune(M / "yolo_block.onnx", tmp_path / "e.onnx", beta=1.0, verify=False)
+    assert "guard" not in explicit and explicit["weights"] == unguarded["weights"]
+
+
 def test_channels_with_numpy_arrays_reconstructs(tmp_path):
     cal = np.load(M / "digits_calib_x1x8x8.npy")
     test = np.load(M / "digits_test_x1x8x8.npy")

@@ -50,7 +50,7 @@ def _data_args(flag, value, tmp, stem):
 
 
 def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, labels, verify, latency,
-          round_to, include, ratio, reconstruct, dims, seed, report_html):
+          round_to, include, ratio, reconstruct, dims, seed, report_html, guard=None):
     if isinstance(input, (bytes, bytearray, memoryview)):
         f = os.path.join(tmp, "input.onnx")
         with open(f, "wb") as fh:
@@ -59,7 +59,10 @@ def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, l
     a = [_path(input)]
     if structured is not None:
         a += ["--structured", structured]
-    a.append(f"--beta={float(beta)!r}")
+    if beta is not None:
+        a.append(f"--beta={float(beta)!r}")
+    if guard is not None:
+        a.append(f"--guard={'off' if guard is False or guard == 'off' else repr(float(guard))}")
     if scope is not None:
         a += ["--scope", scope]
     if criterion is not None:
@@ -94,20 +97,22 @@ def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, l
     return a
 
 
-def prune(input, output, *, structured=None, beta=1.0, scope=None, criterion=None, calibration=None,
+def prune(input, output, *, structured=None, beta=None, scope=None, criterion=None, calibration=None,
           inputs=None, labels=None, verify=True, latency=True, round_to=None, include=None, ratio=None,
           reconstruct=True, dims=None, seed=0, html=None, force=False, allow_mismatch=False,
-          sparse_initializers=False):
+          sparse_initializers=False, guard=None):
     """Prune `input` (a path, or the serialized model as bytes) into `output`; return the report.
 
     structured: None (per-weight), "channels", "heads" or "heads,channels".
+    beta: None keeps the default (1, which the fidelity guard may raise on per-weight runs);
+    a number is written as is. guard: a tolerance, or "off"/False (None: the default 0.1).
     calibration, inputs: a path as the CLI takes it, one numpy array, or {input name: array}.
     labels: a path or an array of class ids. dims: {symbol: size} for dynamic dimensions.
     Other keywords mirror the command's flags (`onnx-emp --help`).
     """
     with tempfile.TemporaryDirectory(prefix="onnx-emp-") as tmp:
         a = _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, labels, verify, latency,
-                  round_to, include, ratio, reconstruct, dims, seed, html)
+                  round_to, include, ratio, reconstruct, dims, seed, html, guard)
         a.insert(1, _path(output))
         if force:
             a.append("--force")
@@ -118,7 +123,7 @@ def prune(input, output, *, structured=None, beta=1.0, scope=None, criterion=Non
         return json.loads(_native.run_json(["onnx-emp"] + a))
 
 
-def plan(input, *, structured=None, beta=1.0, scope=None, criterion=None, calibration=None, inputs=None,
+def plan(input, *, structured=None, beta=None, scope=None, criterion=None, calibration=None, inputs=None,
          verify=True, round_to=None, include=None, ratio=None, dims=None, seed=0, html=None):
     """The decision only (groups, N_eff, kept, params, MACs): no model written, nothing verified."""
     with tempfile.TemporaryDirectory(prefix="onnx-emp-") as tmp:

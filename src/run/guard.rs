@@ -1,0 +1,108 @@
+//! The per-weight prune of a run, behind the fidelity guard ([`crate::check::guard`]) when the
+//! run is a default one: β not given, no `--ratio`, no reconstruction, verification on.
+
+use super::RunOptions;
+use crate::check::guard::{self, GuardReport, Pruned};
+use crate::check::{InputSpec, Inputs};
+use crate::prune::weights::{self, WeightOptions, WeightsReport};
+use anyhow::Result;
+use onnx_protobuf::ModelProto;
+
+pub(super) struct Guarded {
+    pub weights: WeightsReport,
+    pub guard: Option<GuardReport>,
+    /// Why the guard did not run or could not judge, when a default run expected it to.
+    pub note: Option<String>,
+}
+
+/// Prune `m` per weight; on a default run, through the guard.
+pub(super) fn guarded_prune(
+    o: &RunOptions,
+    mut m: ModelProto,
+    wopts: &WeightOptions,
+    calib: Option<&Inputs>,
+    reconstructing: bool,
+) -> Result<(ModelProto, Guarded)> {
+    let plain = |mut m: ModelProto, note: Option<String>| -> Result<(ModelProto, Guarded)> {
+        let weights = weights::prune_weights(&mut m, wopts)?;
+        Ok((m, Guarded { weights, guard: None, note }))
+    };
+    let Some(tol) = o.guard.filter(|_| !o.beta_given && o.fixed_ratio.is_none() && !reconstructing) else {
+        return plain(m, None);
+    };
+    if o.plan || !o.verify {
+        let why = if o.plan { "plan" } else { "--no-verify" };
+        return plain(
+            m,
+            Some(format!(
+                "fidelity guard not run ({why}): EMP's cut at β {} is {} unchecked; a verified run may keep more",
+                o.beta,
+                if o.plan { "shown" } else { "written" }
+            )),
+        );
+    }
+    let inputs = match guard_inputs(o, calib) {
+        Ok(i) => i,
+        Err(e) => return plain(m, Some(unjudged(&e))),
+    };
+    let _stage = crate::progress::Stage::start("guard");
+    let chosen = guard::choose_beta(&m, &inputs.0, &inputs.1, o.beta, tol, |beta| {
+        let mut copy = m.clone();
+        let r = weights::prune_weights(&mut copy, &WeightOptions { beta, ..wopts.clone() })?;
+        Ok(Pruned { model: copy, kept: r.kept_elems, candidates: r.candidates_elems, extra: r })
+    });
+    match chosen {
+        Ok((p, report)) => {
+            drop(std::mem::take(&mut m));
+            Ok((p.model, Guarded { weights: p.extra, guard: Some(report), note: None }))
+        }
+        Err(e) => plain(m, Some(unjudged(&e))),
+    }
+}
+
+fn unjudged(e: &anyhow::Error) -> String {
+    format!("fidelity guard could not run the model ({e:#}); EMP's cut is written unchecked")
+}
+
+/// The guard's inputs: calibration rows when given (at most [`guard::GUARD_ROWS`] · 2), else
+/// seeded random inputs shaped as verification's are (`--dim` applies), [`guard::GUARD_ROWS`]
+/// samples where the batch axis is free.
+fn guard_inputs(o: &RunOptions, calib: Option<&Inputs>) -> Result<(Inputs, String)> {
+    if let Some(c) = calib {
+        let c = c.head(2 * guard::GUARD_ROWS).unwrap_or_else(|| c.clone());
+        let label = format!("{} calibration rows", c.rows());
+        return Ok((c, label));
+    }
+    let v = &o.verify_opts.inputs;
+    let spec = InputSpec {
+        dims: v.dims.clone(),
+        seed: v.seed ^ 0x6A09_E667_F3BC_C908,
+        default_batch: guard::GUARD_ROWS,
+        ..InputSpec::default()
+    };
+    let inputs = crate::check::prepare_inputs(&o.input, &spec)?;
+    let label = format!("{} random inputs (seed {})", inputs.rows(), v.seed);
+    Ok((inputs, label))
+}
+
+/// The report's note when the guard raised β.
+pub(super) fn guard_note(g: &GuardReport, beta0: f64) -> String {
+    let first = g.trials.first().map_or(f64::NAN, |t| t.rel_l2);
+    if g.kept_dense {
+        return format!(
+            "fidelity guard: EMP's cut moved the outputs by {first:.3} (relative L2, {}) against a tolerance of \
+             {}, and no β up to {} kept them within it: nothing was pruned. Pass --calibration with a few hundred \
+             real inputs to reconstruct the kept weights instead, or --guard off for EMP's cut",
+            g.inputs,
+            g.tolerance,
+            guard::MAX_BETA
+        );
+    }
+    let last = g.trials.iter().find(|t| t.beta == g.beta).map_or(f64::NAN, |t| t.rel_l2);
+    format!(
+        "fidelity guard: EMP's cut at β {beta0} moved the outputs by {first:.3} (relative L2, {}), over the \
+         tolerance {}; β raised to {:.3} ({last:.3}). Pass --calibration with a few hundred real inputs to keep \
+         EMP's cut and reconstruct the kept weights, or --guard off for EMP's cut as is",
+        g.inputs, g.tolerance, g.beta
+    )
+}
