@@ -143,8 +143,8 @@ fn reconstruction_lowers_error_on_trained_models() {
         let test = format!("models/digits_test_{x}.npy");
         let cal = format!("models/digits_calib_{x}.npy");
         // EMP's cut as is in both runs (the guard would raise β of the run without calibration).
-        let base =
-            [&["--inputs", test.as_str(), "--labels", "models/digits_test_y.npy", "--guard", "off"][..], extra].concat();
+        let base = [&["--inputs", test.as_str(), "--labels", "models/digits_test_y.npy", "--guard", "off"][..], extra]
+            .concat();
         let plain = run(&model, &dir.path().join(format!("{m}-{what}-a.onnx")), &base);
         let fit = run(
             &model,

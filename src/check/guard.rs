@@ -27,12 +27,23 @@ use serde::Serialize;
 /// Default tolerance on the outputs' relative L2 error. Chosen on the trained models in
 /// `models/` (README, "Default without calibration"): 0.1 keeps every one within 3 points.
 pub const DEFAULT_TOLERANCE: f64 = 0.1;
-/// Random guard inputs per run (when the model's batch axis is free).
+/// Guard samples per run on models up to [`GUARD_PARAMS`] weights (when the batch axis is free).
 pub const GUARD_ROWS: usize = 32;
+/// Above this many weights the samples shrink in proportion, down to [`MIN_GUARD_ROWS`].
+pub const GUARD_PARAMS: u64 = 1 << 22;
+pub const MIN_GUARD_ROWS: usize = 4;
+
+/// Samples per guard run for a model of `params` float weights: 32 up to 4 M weights, then
+/// proportionally fewer (a ResNet-50 gets 5, a 113 MB encoder 4), so that a run of the guard
+/// costs about as much on any model.
+pub fn guard_rows(params: u64) -> usize {
+    let scaled = (GUARD_ROWS as u64).saturating_mul(GUARD_PARAMS) / params.max(1);
+    (scaled as usize).clamp(MIN_GUARD_ROWS, GUARD_ROWS)
+}
 /// Factor by which β grows while the error is over the tolerance.
 pub const GROWTH: f64 = 1.2;
 /// Halvings between the last failing and the first passing β.
-pub const BISECTIONS: usize = 4;
+pub const BISECTIONS: usize = 3;
 /// β beyond which the guard stops growing and keeps the model dense.
 pub const MAX_BETA: f64 = 64.0;
 /// A β that keeps every weight of any group (⌊β·N_eff⌋ ≥ N, since N_eff ≥ 1 and N < 10¹²).
@@ -240,6 +251,16 @@ mod tests {
         // And the result is reproducible.
         let (_, r2) = choose_beta(&dense, &inputs(), "random", 1.0, tol, pruner(W.to_vec())).unwrap();
         assert_eq!(r, r2);
+    }
+
+    #[test]
+    fn big_models_get_fewer_guard_samples() {
+        assert_eq!(guard_rows(0), GUARD_ROWS);
+        assert_eq!(guard_rows(17_000), GUARD_ROWS);
+        assert_eq!(guard_rows(GUARD_PARAMS), GUARD_ROWS);
+        assert_eq!(guard_rows(2 * GUARD_PARAMS), GUARD_ROWS / 2);
+        assert_eq!(guard_rows(25_500_000), 5);
+        assert_eq!(guard_rows(u64::MAX), MIN_GUARD_ROWS);
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub(super) fn guarded_prune(
             )),
         );
     }
-    let inputs = match guard_inputs(o, calib) {
+    let inputs = match guard_inputs(o, &m, calib) {
         Ok(i) => i,
         Err(e) => return plain(m, Some(unjudged(&e))),
     };
@@ -64,12 +64,19 @@ fn unjudged(e: &anyhow::Error) -> String {
     format!("fidelity guard could not run the model ({e:#}); EMP's cut is written unchecked")
 }
 
-/// The guard's inputs: calibration rows when given (at most [`guard::GUARD_ROWS`] · 2), else
-/// seeded random inputs shaped as verification's are (`--dim` applies), [`guard::GUARD_ROWS`]
-/// samples where the batch axis is free.
-fn guard_inputs(o: &RunOptions, calib: Option<&Inputs>) -> Result<(Inputs, String)> {
+/// The guard's inputs: calibration rows when given, else seeded random inputs shaped as
+/// verification's are (`--dim` applies); [`guard::guard_rows`] samples where the batch axis is
+/// free (fewer on big models, whose every run the guard may repeat up to ten times).
+fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Result<(Inputs, String)> {
+    let params = m
+        .graph
+        .as_ref()
+        .map(|g| crate::model::graph::GraphIndex::build(g).map(|ix| crate::model::graph::float_params(g, &ix).0))
+        .transpose()?
+        .unwrap_or(0);
+    let rows = guard::guard_rows(params);
     if let Some(c) = calib {
-        let c = c.head(2 * guard::GUARD_ROWS).unwrap_or_else(|| c.clone());
+        let c = c.head(rows).unwrap_or_else(|| c.clone());
         let label = format!("{} calibration rows", c.rows());
         return Ok((c, label));
     }
@@ -77,7 +84,7 @@ fn guard_inputs(o: &RunOptions, calib: Option<&Inputs>) -> Result<(Inputs, Strin
     let spec = InputSpec {
         dims: v.dims.clone(),
         seed: v.seed ^ 0x6A09_E667_F3BC_C908,
-        default_batch: guard::GUARD_ROWS,
+        default_batch: rows,
         ..InputSpec::default()
     };
     let inputs = crate::check::prepare_inputs(&o.input, &spec)?;
