@@ -216,11 +216,24 @@ fn read_anywhere(g: &onnx_protobuf::GraphProto) -> HashSet<&str> {
     read
 }
 
-/// The values produced by nodes before `cut` (not Constants) and read by a node at or after it
-/// or by a graph output, in graph order. An error when the graph is not in topological order or
-/// has subgraphs (their reads of outer values are not followed here).
+/// The values produced by nodes before `cut` from the model's inputs (not from weights and
+/// Constants alone) and read by a node at or after it or by a graph output, in graph order. An
+/// error when the graph is not in topological order or has subgraphs (their reads of outer values
+/// are not followed here).
+///
+/// A value computed from weights alone is the same for every sample: were its axis 0 as long as
+/// the samples (or a run's chunk) by coincidence, caching it as per-sample rows would cut it into
+/// pieces. Such values are recomputed instead.
 pub(crate) fn crossing(model: &ModelProto, cut: usize) -> Result<Vec<String>> {
     let g = model.graph.as_ref().context("model has no graph")?;
+    let weights: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut from_inputs: HashSet<&str> =
+        g.input.iter().map(|i| i.name.as_str()).filter(|n| !weights.contains(n)).collect();
+    for n in &g.node {
+        if n.input.iter().any(|x| from_inputs.contains(x.as_str())) {
+            from_inputs.extend(n.output.iter().filter(|o| !o.is_empty()).map(|o| o.as_str()));
+        }
+    }
     let mut produced_at: HashMap<&str, usize> = HashMap::new();
     for (i, n) in g.node.iter().enumerate() {
         if n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()) {
@@ -245,7 +258,7 @@ pub(crate) fn crossing(model: &ModelProto, cut: usize) -> Result<Vec<String>> {
     let mut out = vec![];
     for n in g.node[..cut.min(g.node.len())].iter().filter(|n| !is_const(n)) {
         for o in n.output.iter().filter(|o| !o.is_empty()) {
-            if read_after.contains(o.as_str()) {
+            if read_after.contains(o.as_str()) && from_inputs.contains(o.as_str()) {
                 out.push(o.clone());
             }
         }
@@ -382,6 +395,56 @@ mod tests {
         let scale = wa.iter().fold(0f64, |m, v| m.max(v.abs()));
         let diff = wa.iter().zip(&wb).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
         assert!(diff <= 1e-4 * scale, "max |Δw| {diff} (scale {scale})");
+    }
+
+    /// A value computed from weights alone whose axis 0 is as long as the samples (here the
+    /// transposed weight, 4 × 3, with 4 samples) is not cached as if it were per-sample rows.
+    #[test]
+    fn values_from_weights_alone_are_recomputed_not_cached() {
+        use crate::model::graph::tensor_value_info;
+        use onnx_protobuf::{GraphProto, NodeProto, OperatorSetIdProto, TensorProto};
+        let mut g = GraphProto::new();
+        g.input.push(tensor_value_info("x", 1, &[None, Some(4)], "N"));
+        g.output.push(tensor_value_info("y", 1, &[None, Some(3)], "N"));
+        let mut w = TensorProto::new();
+        w.name = "Wt".into();
+        w.data_type = 1;
+        w.dims = vec![3, 4];
+        w.float_data = (0..12).map(|i| i as f32 * 0.25 - 1.0).collect();
+        g.initializer.push(w);
+        let node = |op: &str, i: &[&str], o: &str| {
+            let mut n = NodeProto::new();
+            n.op_type = op.into();
+            n.name = o.into();
+            n.input = i.iter().map(|s| s.to_string()).collect();
+            n.output = vec![o.into()];
+            n
+        };
+        g.node.push(node("Transpose", &["Wt"], "T"));
+        g.node.push(node("Relu", &["x"], "r"));
+        g.node.push(node("MatMul", &["r", "T"], "y"));
+        let mut m = ModelProto::new();
+        m.ir_version = 8;
+        let mut op = OperatorSetIdProto::new();
+        op.version = 17;
+        m.opset_import.push(op);
+        m.graph = protobuf::MessageField::some(g);
+        assert_eq!(crossing(&m, 2).unwrap(), vec!["r".to_string()]);
+        let infos = vec![crate::check::InputInfo {
+            name: "x".into(),
+            elem_type: 1,
+            dims: vec![crate::check::DimSpec::Symbolic("N".into()), crate::check::DimSpec::Fixed(4)],
+        }];
+        let spec = crate::check::InputSpec { default_batch: 4, ..Default::default() };
+        let calib = crate::check::inputs::prepare_for(&infos, &spec).unwrap();
+        let b = Boundary::start(&calib).advance(&m, 2).unwrap();
+        assert_eq!(b.cached().collect::<Vec<_>>(), vec!["r"]);
+        let y = ["y".to_string()];
+        let (mut a, mut c) = (vec![], vec![]);
+        run_exposing(&m, &calib, &y, |_, v| Ok(a.extend(v[0].iter().copied()))).unwrap();
+        b.run_exposing(&m, &y, |_, v| Ok(c.extend(v[0].iter().copied()))).unwrap();
+        assert_eq!(a.len(), 12);
+        assert_eq!(a, c);
     }
 
     #[test]
