@@ -20,26 +20,29 @@
 //! - Memory: the dense model, the best passing copy and the one being tried.
 
 use crate::check::Inputs;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use onnx_protobuf::ModelProto;
 use serde::Serialize;
 
 /// Default tolerance on the outputs' relative L2 error. Chosen on the trained models in
 /// `models/` (README, "Default without calibration"): 0.1 keeps every one within 3 points.
 pub const DEFAULT_TOLERANCE: f64 = 0.1;
-/// Guard samples per run on models up to [`GUARD_PARAMS`] weights (when the batch axis is free).
+/// Guard samples per run on models that cost at most [`GUARD_MACS`] / 32 per sample (when the
+/// batch axis is free).
 pub const GUARD_ROWS: usize = 32;
-/// Above this many weights the samples shrink in proportion, down to [`MIN_GUARD_ROWS`].
-pub const GUARD_PARAMS: u64 = 1 << 22;
+/// Multiply-accumulates one guard run may cost: above it the samples shrink in proportion, down to
+/// [`MIN_GUARD_ROWS`] (the guard may repeat its run up to ten times).
+pub const GUARD_MACS: u64 = 1 << 31;
 pub const MIN_GUARD_ROWS: usize = 4;
 
-/// Samples per guard run for a model of `params` float weights: 32 up to 4 M weights, then
-/// proportionally fewer (a ResNet-50 gets 5, a 113 MB encoder 4), so that a run of the guard
-/// costs about as much on any model.
-pub fn guard_rows(params: u64) -> usize {
-    let scaled = (GUARD_ROWS as u64).saturating_mul(GUARD_PARAMS) / params.max(1);
-    (scaled as usize).clamp(MIN_GUARD_ROWS, GUARD_ROWS)
+/// Samples per guard run for a model that costs `macs` per sample: 32 up to 67 M MACs per
+/// sample, then proportionally fewer (a 224² MobileNetV2 gets 7, a ResNet-50 4). Deterministic:
+/// it depends on the model, not on the machine's speed.
+pub fn guard_rows(macs: u64) -> usize {
+    let rows = GUARD_MACS / macs.max(1);
+    (rows.min(GUARD_ROWS as u64) as usize).max(MIN_GUARD_ROWS)
 }
+
 /// Factor by which β grows while the error is over the tolerance.
 pub const GROWTH: f64 = 1.2;
 /// Halvings between the last failing and the first passing β.
@@ -101,6 +104,14 @@ pub fn choose_beta<T>(
     mut prune: impl FnMut(f64) -> Result<Pruned<T>>,
 ) -> Result<(Pruned<T>, GuardReport)> {
     let reference = crate::reconstruct::outputs(dense, inputs).context("guard: dense run")?;
+    // Without a finite, non-zero reference there is nothing to measure a cut against (NaN
+    // outputs on random inputs would otherwise fail every β and keep the model dense).
+    if reference.0.iter().flatten().any(|v| !v.is_finite()) {
+        bail!("the dense model's outputs on the guard inputs are not finite");
+    }
+    if reference.0.iter().flatten().all(|&v| v == 0.0) {
+        bail!("the dense model's outputs on the guard inputs are all zero");
+    }
     let mut trials = Vec::new();
     let mut measure = |beta: f64, trials: &mut Vec<Trial>| -> Result<(Pruned<T>, bool)> {
         let p = prune(beta)?;
@@ -254,13 +265,22 @@ mod tests {
     }
 
     #[test]
-    fn big_models_get_fewer_guard_samples() {
+    fn costly_models_get_fewer_guard_samples() {
         assert_eq!(guard_rows(0), GUARD_ROWS);
-        assert_eq!(guard_rows(17_000), GUARD_ROWS);
-        assert_eq!(guard_rows(GUARD_PARAMS), GUARD_ROWS);
-        assert_eq!(guard_rows(2 * GUARD_PARAMS), GUARD_ROWS / 2);
-        assert_eq!(guard_rows(25_500_000), 5);
+        assert_eq!(guard_rows(300_000), GUARD_ROWS);
+        assert_eq!(guard_rows(GUARD_MACS / 32), GUARD_ROWS);
+        assert_eq!(guard_rows(GUARD_MACS / 16), 16);
+        assert_eq!(guard_rows(300_000_000), 7);
+        assert_eq!(guard_rows(4_100_000_000), MIN_GUARD_ROWS);
         assert_eq!(guard_rows(u64::MAX), MIN_GUARD_ROWS);
+    }
+
+    #[test]
+    fn without_a_finite_nonzero_reference_the_guard_does_not_judge() {
+        for (w, why) in [(vec![f32::NAN; 12], "not finite"), (vec![0.0; 12], "all zero")] {
+            let e = choose_beta(&linear(&w), &inputs(), "random", 1.0, 0.1, pruner(W.to_vec())).err().unwrap();
+            assert!(format!("{e:#}").contains(why), "{e:#}");
+        }
     }
 
     #[test]

@@ -66,28 +66,37 @@ fn unjudged(e: &anyhow::Error) -> String {
 
 /// The guard's inputs: calibration rows when given, else seeded random inputs shaped as
 /// verification's are (`--dim` applies); [`guard::guard_rows`] samples where the batch axis is
-/// free (fewer on big models, whose every run the guard may repeat up to ten times).
+/// free, by the model's MACs per sample (tract's shape analysis; its float weights when that
+/// fails), so that each of the guard's runs costs about the same on any model.
 fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Result<(Inputs, String)> {
-    let params = m
-        .graph
-        .as_ref()
-        .map(|g| crate::model::graph::GraphIndex::build(g).map(|ix| crate::model::graph::float_params(g, &ix).0))
-        .transpose()?
-        .unwrap_or(0);
-    let rows = guard::guard_rows(params);
-    if let Some(c) = calib {
-        let c = c.head(rows).unwrap_or_else(|| c.clone());
-        let label = format!("{} calibration rows", c.rows());
-        return Ok((c, label));
-    }
     let v = &o.verify_opts.inputs;
-    let spec = InputSpec {
+    let spec = |rows: usize| InputSpec {
         dims: v.dims.clone(),
         seed: v.seed ^ 0x6A09_E667_F3BC_C908,
         default_batch: rows,
         ..InputSpec::default()
     };
-    let inputs = crate::check::prepare_inputs(&o.input, &spec)?;
+    let one = match calib {
+        Some(c) => c.head(1).unwrap_or_else(|| c.clone()),
+        None => crate::check::prepare_inputs(&o.input, &spec(1))?,
+    };
+    let per_sample = crate::check::macs(&o.input, &one.facts()).map(|c| c.total / one.rows().max(1) as u64);
+    let cost = match per_sample {
+        Ok(c) => c,
+        Err(_) => m
+            .graph
+            .as_ref()
+            .map(|g| crate::model::graph::GraphIndex::build(g).map(|ix| crate::model::graph::float_params(g, &ix).0))
+            .transpose()?
+            .unwrap_or(0),
+    };
+    let rows = guard::guard_rows(cost);
+    if let Some(c) = calib {
+        let c = c.head(rows).unwrap_or_else(|| c.clone());
+        let label = format!("{} calibration rows", c.rows());
+        return Ok((c, label));
+    }
+    let inputs = crate::check::prepare_inputs(&o.input, &spec(rows))?;
     let label = format!("{} random inputs (seed {})", inputs.rows(), v.seed);
     Ok((inputs, label))
 }
