@@ -78,6 +78,7 @@ pub fn render(r: &Report) -> String {
     groups(&mut s, r);
     heads(&mut s, r);
     weights(&mut s, r);
+    guard(&mut s, r);
     reconstruction(&mut s, r);
     if !r.notes.is_empty() {
         s.push_str("<h2>Notes</h2><ul>\n");
@@ -352,6 +353,29 @@ fn weights(s: &mut String, r: &Report) {
             names.join(", ")
         );
     }
+}
+
+fn guard(s: &mut String, r: &Report) {
+    let Some(g) = &r.guard else { return };
+    let _ = writeln!(
+        s,
+        "<h2>Fidelity guard (outputs' relative L2 &le; {} on {})</h2><table>\n<tr><th>&beta;</th><th>weights kept</th><th>relative L2</th><th></th></tr>",
+        g.tolerance,
+        esc(&g.inputs)
+    );
+    for t in &g.trials {
+        let verdict = match (t.pass, t.beta == g.beta) {
+            (true, true) => "<b>written</b>",
+            (true, false) => "within",
+            (false, _) => "over",
+        };
+        let _ = writeln!(
+            s,
+            "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{:.4}</td><td>{verdict}</td></tr>",
+            t.beta, t.kept, t.rel_l2
+        );
+    }
+    s.push_str("</table>\n");
 }
 
 fn reconstruction(s: &mut String, r: &Report) {

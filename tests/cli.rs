@@ -483,6 +483,12 @@ fn html_report_is_self_contained_and_complete() {
             }
             assert!(h.contains("Per-layer sparsity"));
         }
+        if let Some(trials) = r.report["guard"]["trials"].as_array() {
+            // digits_cnn's default run: the guard raised β, every trial is a row, one written.
+            assert!(trials.len() > 1 && h.contains("Fidelity guard"), "{model}");
+            assert_eq!(h.matches("<td>over</td>").count(), trials.iter().filter(|t| t["pass"] == false).count());
+            assert_eq!(h.matches("<b>written</b>").count(), 1, "{model}");
+        }
         assert!(h.contains("accuracy"), "{model}: fidelity figures missing");
     }
     // plan writes the page too
