@@ -154,6 +154,9 @@ impl Report {
         }
         if self.plan {
             s.push_str("plan only: no model written, no reconstruction, no verification\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "note: {n}");
+            }
             let _ = writeln!(
                 s,
                 "time        load {:.1} ms, prune {:.1} ms, MACs {:.1} ms",

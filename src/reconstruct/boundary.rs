@@ -441,8 +441,16 @@ mod tests {
         assert_eq!(b.cached().collect::<Vec<_>>(), vec!["r"]);
         let y = ["y".to_string()];
         let (mut a, mut c) = (vec![], vec![]);
-        run_exposing(&m, &calib, &y, |_, v| Ok(a.extend(v[0].iter().copied()))).unwrap();
-        b.run_exposing(&m, &y, |_, v| Ok(c.extend(v[0].iter().copied()))).unwrap();
+        run_exposing(&m, &calib, &y, |_, v| {
+            a.extend(v[0].iter().copied());
+            Ok(())
+        })
+        .unwrap();
+        b.run_exposing(&m, &y, |_, v| {
+            c.extend(v[0].iter().copied());
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(a.len(), 12);
         assert_eq!(a, c);
     }
