@@ -185,7 +185,7 @@ mod tests {
     /// A one-layer model y = x·W (W 4×3) whose "pruning" at β zeroes the smallest weights.
     fn linear(w: &[f32]) -> ModelProto {
         use crate::model::graph::tensor_value_info;
-        use onnx_protobuf::{GraphProto, NodeProto, OperatorSetIdProto, TensorProto};
+        use onnx_protobuf::{GraphProto, NodeProto, TensorProto};
         let mut g = GraphProto::new();
         g.input.push(tensor_value_info("x", 1, &[Some(2), Some(4)], ""));
         g.output.push(tensor_value_info("y", 1, &[Some(2), Some(3)], ""));
@@ -200,13 +200,7 @@ mod tests {
         n.input = vec!["x".into(), "W".into()];
         n.output = vec!["y".into()];
         g.node.push(n);
-        let mut m = ModelProto::new();
-        m.ir_version = 8;
-        let mut op = OperatorSetIdProto::new();
-        op.version = 17;
-        m.opset_import.push(op);
-        m.graph = protobuf::MessageField::some(g);
-        m
+        crate::model::graph::model_of(g)
     }
 
     fn inputs() -> Inputs {

@@ -169,6 +169,18 @@ pub fn model_around(model: &onnx_protobuf::ModelProto, g: GraphProto) -> onnx_pr
     m
 }
 
+/// A model of IR 8 and default-domain opset 17 around `g` (for tests that build small graphs).
+#[cfg(test)]
+pub(crate) fn model_of(g: GraphProto) -> onnx_protobuf::ModelProto {
+    let mut m = onnx_protobuf::ModelProto::new();
+    m.ir_version = 8;
+    let mut op = onnx_protobuf::OperatorSetIdProto::new();
+    op.version = 17;
+    m.opset_import.push(op);
+    m.graph = Some(g).into();
+    m
+}
+
 pub fn node_label(n: &NodeProto) -> String {
     if n.name.is_empty() {
         format!("{}:{}", n.op_type, n.output.first().map(|s| s.as_str()).unwrap_or("?"))

@@ -402,7 +402,7 @@ mod tests {
     #[test]
     fn values_from_weights_alone_are_recomputed_not_cached() {
         use crate::model::graph::tensor_value_info;
-        use onnx_protobuf::{GraphProto, NodeProto, OperatorSetIdProto, TensorProto};
+        use onnx_protobuf::{GraphProto, NodeProto, TensorProto};
         let mut g = GraphProto::new();
         g.input.push(tensor_value_info("x", 1, &[None, Some(4)], "N"));
         g.output.push(tensor_value_info("y", 1, &[None, Some(3)], "N"));
@@ -423,12 +423,7 @@ mod tests {
         g.node.push(node("Transpose", &["Wt"], "T"));
         g.node.push(node("Relu", &["x"], "r"));
         g.node.push(node("MatMul", &["r", "T"], "y"));
-        let mut m = ModelProto::new();
-        m.ir_version = 8;
-        let mut op = OperatorSetIdProto::new();
-        op.version = 17;
-        m.opset_import.push(op);
-        m.graph = protobuf::MessageField::some(g);
+        let m = crate::model::graph::model_of(g);
         assert_eq!(crossing(&m, 2).unwrap(), vec!["r".to_string()]);
         let infos = vec![crate::check::InputInfo {
             name: "x".into(),
