@@ -83,7 +83,7 @@ struct PruneArgs {
     /// fewer on models over 67 M MACs per sample; the calibration rows when given with
     /// --no-reconstruct), raise β until it does not, and say so in the report; off writes EMP's
     /// cut unchecked. Not run with --beta, --ratio, --no-verify or plan
-    #[arg(long, default_value = "0.1", value_name = "REL|off", value_parser = parse_guard)]
+    #[arg(long, default_value_t = GuardArg(Some(crate::check::guard::DEFAULT_TOLERANCE)), value_name = "REL|off", value_parser = parse_guard)]
     guard: GuardArg,
     /// Grouping. Per-weight: normalized (default; global over per-tensor-normalised scores),
     /// global, layer or unit (default for wanda). Structured: layer (default for channels) or
@@ -167,6 +167,15 @@ struct PruneArgs {
 /// `--guard`: a tolerance on the outputs' relative L2 error, or off (None).
 #[derive(Clone, Copy, Debug)]
 struct GuardArg(Option<f64>);
+
+impl std::fmt::Display for GuardArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(t) => write!(f, "{t}"),
+            None => f.write_str("off"),
+        }
+    }
+}
 
 fn parse_guard(s: &str) -> Result<GuardArg, String> {
     if s.eq_ignore_ascii_case("off") {

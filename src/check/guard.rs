@@ -31,7 +31,7 @@ pub const DEFAULT_TOLERANCE: f64 = 0.1;
 /// batch axis is free).
 pub const GUARD_ROWS: usize = 32;
 /// Multiply-accumulates one guard run may cost: above it the samples shrink in proportion, down to
-/// [`MIN_GUARD_ROWS`] (the guard may repeat its run up to ten times).
+/// [`MIN_GUARD_ROWS`] (the guard repeats its run once per β it tries, typically 5–7 times).
 pub const GUARD_MACS: u64 = 1 << 31;
 pub const MIN_GUARD_ROWS: usize = 4;
 
