@@ -21,7 +21,7 @@ pub const EQUIVALENCE_TOLERANCE: f64 = 1e-4;
 
 mod guard;
 mod options;
-use guard::{guard_note, guarded_prune};
+use guard::guarded_prune;
 pub use options::*;
 
 pub struct Outcome {
@@ -151,7 +151,6 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     }
     let mut reconstruction: Option<crate::reconstruct::ReconReport> = None;
     let mut guard_report: Option<crate::check::guard::GuardReport> = None;
-    let mut beta_written = o.beta;
     let t_recon = std::cell::Cell::new(0.0f64);
     let (scope_name, criterion_name);
     let mut weights_report = None;
@@ -204,19 +203,12 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             let wopts =
                 WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores, fixed_ratio: o.fixed_ratio };
             let small = weights::small_filters(&m, &o.include)?;
-            let (pruned_m, mut r) = guarded_prune(o, m, &wopts, calib.as_ref().map(|c| &c.0), recon_inputs.is_some())
+            let (pruned_m, guarded) = guarded_prune(o, m, &wopts, calib.as_ref().map(|c| &c.0), recon_inputs.is_some())
                 .with_context(|| format!("{}", o.input.display()))?;
             m = pruned_m;
-            let effective_beta = r.guard.as_ref().map_or(o.beta, |g| g.beta);
-            guard_report = r.guard.take();
-            if let Some(n) = r.note.take() {
-                notes.push(n);
-            }
-            let mut r = r.weights;
-            if let Some(g) = guard_report.as_ref().filter(|g| g.raised()) {
-                notes.push(guard_note(g, o.beta));
-            }
-            beta_written = effective_beta;
+            notes.extend(guarded.note);
+            guard_report = guarded.guard;
+            let mut r = guarded.weights;
             r.small_filters_kept = small;
             if let (Some(inputs), Some(dense)) = (recon_inputs, dense) {
                 let tr = Instant::now();
@@ -473,7 +465,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         output: FileInfo { path: o.output.display().to_string(), bytes: out_bytes },
         mode: o.mode.name().into(),
         scope: scope_name,
-        beta: beta_written,
+        // The β written: the guard's when it ran.
+        beta: guard_report.as_ref().map_or(o.beta, |g| g.beta),
         guard: guard_report,
         criterion: criterion_name,
         calibration,

@@ -3,6 +3,7 @@
 
 use super::RunOptions;
 use crate::check::guard::{self, GuardReport, Pruned};
+use crate::check::inputs::prepare_for;
 use crate::check::{InputSpec, Inputs};
 use crate::prune::weights::{self, WeightOptions, WeightsReport};
 use anyhow::Result;
@@ -11,14 +12,15 @@ use onnx_protobuf::ModelProto;
 pub(super) struct Guarded {
     pub weights: WeightsReport,
     pub guard: Option<GuardReport>,
-    /// Why the guard did not run or could not judge, when a default run expected it to.
+    /// For the report: why the guard did not run or could not judge when a default run expected
+    /// it to, or what it raised β to.
     pub note: Option<String>,
 }
 
 /// Prune `m` per weight; on a default run, through the guard.
 pub(super) fn guarded_prune(
     o: &RunOptions,
-    mut m: ModelProto,
+    m: ModelProto,
     wopts: &WeightOptions,
     calib: Option<&Inputs>,
     reconstructing: bool,
@@ -53,8 +55,8 @@ pub(super) fn guarded_prune(
     });
     match chosen {
         Ok((p, report)) => {
-            drop(std::mem::take(&mut m));
-            Ok((p.model, Guarded { weights: p.extra, guard: Some(report), note: None }))
+            let note = report.raised().then(|| guard_note(&report, o.beta));
+            Ok((p.model, Guarded { weights: p.extra, guard: Some(report), note }))
         }
         Err(e) => plain(m, Some(unjudged(&e))),
     }
@@ -76,19 +78,15 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
         default_batch: rows,
         ..InputSpec::default()
     };
+    // The model's inputs are read from its file once, for the one-sample shapes and the data.
+    let infos = if calib.is_none() { crate::check::model_inputs(&o.input)? } else { vec![] };
     let one = match calib {
         Some(c) => c.head(1).unwrap_or_else(|| c.clone()),
-        None => crate::check::prepare_inputs(&o.input, &spec(1))?,
+        None => prepare_for(&infos, &spec(1))?,
     };
-    let per_sample = crate::check::macs(&o.input, &one.facts()).map(|c| c.total / one.rows().max(1) as u64);
-    let cost = match per_sample {
-        Ok(c) => c,
-        Err(_) => m
-            .graph
-            .as_ref()
-            .map(|g| crate::model::graph::GraphIndex::build(g).map(|ix| crate::model::graph::float_params(g, &ix).0))
-            .transpose()?
-            .unwrap_or(0),
+    let cost = match crate::check::macs(&o.input, &one.facts()) {
+        Ok(c) => c.total / one.rows().max(1) as u64,
+        Err(_) => super::params(m)?.0,
     };
     let rows = guard::guard_rows(cost);
     if let Some(c) = calib {
@@ -96,13 +94,13 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
         let label = format!("{} calibration rows", c.rows());
         return Ok((c, label));
     }
-    let inputs = crate::check::prepare_inputs(&o.input, &spec(rows))?;
+    let inputs = prepare_for(&infos, &spec(rows))?;
     let label = format!("{} random inputs (seed {})", inputs.rows(), v.seed);
     Ok((inputs, label))
 }
 
 /// The report's note when the guard raised β.
-pub(super) fn guard_note(g: &GuardReport, beta0: f64) -> String {
+fn guard_note(g: &GuardReport, beta0: f64) -> String {
     let first = g.trials.first().map_or(f64::NAN, |t| t.rel_l2);
     if g.kept_dense {
         return format!(
