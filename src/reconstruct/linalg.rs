@@ -7,7 +7,7 @@
 
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
-use faer::linalg::solvers::{DenseSolveCore, Solve};
+use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use rayon::prelude::*;
 
@@ -108,14 +108,15 @@ impl Normal32 {
         let y32: Vec<f32> = y.iter().map(|&v| v as f32).collect();
         let zm = MatRef::from_row_major_slice(&z32, r, p);
         let ym = MatRef::from_row_major_slice(&y32, r, q);
-        gram_add(self.g.as_mut(), zm, 1.0f32);
+        gram_add_lower(self.g.as_mut(), zm, 1.0f32);
         matmul(self.c.as_mut(), Accum::Add, zm.transpose(), ym, 1.0f32, par());
         self.rows += r;
     }
 
     /// The f64 normal equations, and the f64 column sums (Σz, Σy).
     pub fn into_normal(self) -> (Normal, Vec<f64>, Vec<f64>) {
-        let g = Mat::from_fn(self.g.nrows(), self.g.ncols(), |a, b| self.g[(a, b)] as f64);
+        // G holds its lower triangle (see [`gram_add_lower`]).
+        let g = Mat::from_fn(self.g.nrows(), self.g.ncols(), |a, b| self.g[(a.max(b), a.min(b))] as f64);
         let c = Mat::from_fn(self.c.nrows(), self.c.ncols(), |a, b| self.c[(a, b)] as f64);
         (Normal { g, c, yy: self.yy, rows: self.rows }, self.sz, self.sy)
     }
@@ -127,16 +128,24 @@ fn par() -> Par {
 
 /// G += zᵀ z (G symmetric, p × p; z: rows × p): only the lower triangle is multiplied, then
 /// mirrored, so it costs half a full product (H of a 3072-wide layer on 6,560 rows: 1.59 →
-/// 0.80 s; the 113 MB encoder's reconstruction spends 5.5 s on H instead of 11). The result is
-/// exactly symmetric and deterministic; it may differ from a full product in the last bits.
+/// 0.80 s). The result is exactly symmetric and deterministic; it may differ from a full product
+/// in the last bits. Accumulating over many calls, use [`gram_add_lower`] and mirror once.
 pub fn gram_add<T: faer::traits::ComplexField + Copy>(mut g: MatMut<'_, T>, z: MatRef<'_, T>, one: T) {
+    gram_add_lower(g.as_mut(), z, one);
+    mirror_lower(g);
+}
+
+/// The lower triangle (diagonal included) of G += zᵀ z; the strict upper triangle is left as
+/// it was. For sums over many chunks of rows: mirroring a 3072-wide G after each chunk of 512
+/// rows cost as much as the product.
+pub fn gram_add_lower<T: faer::traits::ComplexField + Copy>(g: MatMut<'_, T>, z: MatRef<'_, T>, one: T) {
     let p = g.nrows();
     assert_eq!((g.ncols(), z.ncols()), (p, p));
     if z.nrows() == 0 {
         return;
     }
     triangular::matmul(
-        g.as_mut(),
+        g,
         BlockStructure::TriangularLower,
         Accum::Add,
         z.transpose(),
@@ -146,8 +155,62 @@ pub fn gram_add<T: faer::traits::ComplexField + Copy>(mut g: MatMut<'_, T>, z: M
         one,
         par(),
     );
-    for j in 0..p {
-        for i in j + 1..p {
+}
+
+/// H = Σ z zᵀ over rows given one at a time, accumulated in f32 (as SparseGPT accumulates H:
+/// half the cost of f64 products, far below the damping in precision) in products of at least
+/// [`Self::BATCH`] rows: a calibration chunk of a few samples gives a few hundred rows, and one
+/// product per chunk ran at half the speed.
+pub struct Gram32 {
+    g: Mat<f32>,
+    buf: Vec<f32>,
+    rows: usize,
+}
+
+impl Gram32 {
+    /// Rows per product.
+    pub const BATCH: usize = 2048;
+
+    pub fn new(p: usize) -> Self {
+        Gram32 { g: Mat::zeros(p, p), buf: vec![], rows: 0 }
+    }
+
+    /// Rows added so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn add_row(&mut self, z: &[f64]) {
+        let p = self.g.nrows();
+        assert_eq!(z.len(), p);
+        self.buf.extend(z.iter().map(|&v| v as f32));
+        self.rows += 1;
+        if self.buf.len() >= Self::BATCH * p.max(1) {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let p = self.g.nrows();
+        if p > 0 && !self.buf.is_empty() {
+            let z = MatRef::from_row_major_slice(&self.buf, self.buf.len() / p, p);
+            gram_add_lower(self.g.as_mut(), z, 1.0f32);
+        }
+        self.buf.clear();
+    }
+
+    /// H in f64, symmetric.
+    pub fn finish(mut self) -> Mat<f64> {
+        self.flush();
+        let g = &self.g;
+        Mat::from_fn(g.nrows(), g.ncols(), |a, b| g[(a.max(b), a.min(b))] as f64)
+    }
+}
+
+/// Copy the strict lower triangle of a square matrix onto the upper one.
+pub fn mirror_lower<T: Copy>(mut g: MatMut<'_, T>) {
+    for j in 0..g.ncols() {
+        for i in j + 1..g.nrows() {
             let v = g[(i, j)];
             g[(j, i)] = v;
         }
@@ -207,33 +270,43 @@ pub struct ObsFactor {
     u: Vec<f64>,
 }
 
+/// Columns per block of [`ObsFactor::apply`]: within a block the updates run weight by weight,
+/// then the block's accumulated errors reach the columns after it in one matrix product
+/// (SparseGPT's lazy batch update).
+const OBS_BLOCK: usize = 128;
+
 impl ObsFactor {
     /// None when the damped H is not positive definite (or the factor is not finite).
+    ///
+    /// U comes from one Cholesky factorisation and one triangular inverse, without forming H⁻¹:
+    /// with J the order reversal, J H J = M Mᵀ (M lower) gives H = R Rᵀ with R = J M J upper,
+    /// so H⁻¹ = R⁻ᵀ R⁻¹ and U = R⁻¹ = J M⁻¹ J (the Cholesky factor is unique). A third of the
+    /// work of factorising H, inverting it and factorising the inverse.
     pub fn new(h: MatRef<'_, f64>, damp: f64) -> Option<Self> {
         let p = h.nrows();
         assert_eq!(h.ncols(), p);
         if p == 0 {
             return Some(ObsFactor { p, u: vec![] });
         }
-        let mut hh = h.to_owned();
-        for i in 0..p {
-            if hh[(i, i)] == 0.0 {
-                hh[(i, i)] = 1.0;
+        let diag: Vec<f64> = (0..p).map(|i| if h[(i, i)] == 0.0 { 1.0 } else { h[(i, i)] }).collect();
+        let lambda = damp * diag.iter().sum::<f64>() / p as f64;
+        // J H J, damped.
+        let rev = Mat::from_fn(p, p, |i, j| {
+            let (a, b) = (p - 1 - i, p - 1 - j);
+            if a == b {
+                diag[a] + lambda
+            } else {
+                h[(a, b)]
             }
-        }
-        let lambda = damp * mean_diag(hh.as_ref());
-        for i in 0..p {
-            hh[(i, i)] += lambda;
-        }
-        let llt = hh.llt(Side::Lower).ok()?;
-        let hinv = llt.inverse();
-        let l2 = hinv.llt(Side::Lower).ok()?;
-        // U = Lᵀ: row j of U is column j of L.
-        let l = l2.L();
+        });
+        let llt = rev.llt(Side::Lower).ok()?;
+        let mut minv = Mat::<f64>::zeros(p, p);
+        faer::linalg::triangular_inverse::invert_lower_triangular(minv.as_mut(), llt.L(), par());
+        // U[j][k] = M⁻¹[p-1-j][p-1-k], upper (k ≥ j).
         let mut u = vec![0.0f64; p * p];
         for j in 0..p {
             for k in j..p {
-                u[j * p + k] = l[(k, j)];
+                u[j * p + k] = minv[(p - 1 - j, p - 1 - k)];
             }
         }
         u.iter().all(|v| v.is_finite()).then_some(ObsFactor { p, u })
@@ -242,34 +315,58 @@ impl ObsFactor {
     /// Zero the weights of `w` (`out` rows of p) where `keep` is false, moving each one's error
     /// onto the later kept weights of its row.
     pub fn apply(&self, w: &mut [f64], out: usize, keep: &[bool]) {
+        self.apply_blocked(w, out, keep, OBS_BLOCK)
+    }
+
+    /// [`Self::apply`] with `block` columns per block (the result is the same for any block up
+    /// to rounding: the tests compare block sizes).
+    fn apply_blocked(&self, w: &mut [f64], out: usize, keep: &[bool], block: usize) {
         let (p, u) = (self.p, &self.u);
         assert_eq!(w.len(), out * p);
         assert_eq!(keep.len(), out * p);
         if p == 0 || out == 0 {
             return;
         }
-        w.par_chunks_mut(p).zip(keep.par_chunks(p)).for_each(|(row, kr)| {
-            for j in 0..p {
-                if kr[j] {
-                    continue;
-                }
-                let wj = row[j];
-                if wj != 0.0 {
-                    let e = wj / u[j * p + j];
-                    let uj = &u[j * p..(j + 1) * p];
-                    for k in j + 1..p {
-                        row[k] -= e * uj[k];
+        let block = block.max(1);
+        let mut err = vec![0.0f64; out * block];
+        for i1 in (0..p).step_by(block) {
+            let i2 = (i1 + block).min(p);
+            let b = i2 - i1;
+            // Within the block, weight by weight; each row's errors go to `err` (out × b).
+            w.par_chunks_mut(p).zip(keep.par_chunks(p)).zip(err.par_chunks_mut(block)).for_each(|((row, kr), er)| {
+                er.iter_mut().for_each(|e| *e = 0.0);
+                for j in i1..i2 {
+                    if kr[j] {
+                        continue;
                     }
+                    let wj = row[j];
+                    if wj != 0.0 {
+                        let e = wj / u[j * p + j];
+                        let uj = &u[j * p..j * p + i2];
+                        for k in j + 1..i2 {
+                            row[k] -= e * uj[k];
+                        }
+                        er[j - i1] = e;
+                    }
+                    row[j] = 0.0;
                 }
-                row[j] = 0.0;
+            });
+            if i2 == p {
+                break;
             }
-        });
+            // W[:, i2..] −= E · U[i1..i2, i2..].
+            let e = faer::MatRef::from_row_major_slice(&err, out, block).subcols(0, b);
+            let ub = faer::MatRef::from_row_major_slice(&u[i1 * p..i2 * p], b, p).subcols(i2, p - i2);
+            let wm = faer::MatMut::from_row_major_slice_mut(w, out, p).subcols_mut(i2, p - i2);
+            matmul(wm, Accum::Add, e, ub, -1.0, par());
+        }
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use faer::linalg::solvers::DenseSolveCore;
     use proptest::prelude::*;
 
     pub(crate) fn rng(seed: u64) -> impl FnMut() -> f64 {
@@ -369,8 +466,92 @@ pub(crate) mod tests {
         assert!(out_err(&w, &w2, 2, p, &x) < 1e-6, "{}", out_err(&w, &w2, 2, p, &x));
     }
 
+    /// The factor the way SparseGPT computes it: Cholesky of the damped H, its inverse, and the
+    /// upper Cholesky factor of that.
+    fn reference_factor(h: MatRef<'_, f64>, damp: f64) -> Vec<f64> {
+        let p = h.nrows();
+        let mut hh = h.to_owned();
+        for i in 0..p {
+            if hh[(i, i)] == 0.0 {
+                hh[(i, i)] = 1.0;
+            }
+        }
+        let lambda = damp * mean_diag(hh.as_ref());
+        for i in 0..p {
+            hh[(i, i)] += lambda;
+        }
+        let hinv = hh.llt(Side::Lower).unwrap().inverse();
+        let l = hinv.llt(Side::Lower).unwrap();
+        let mut u = vec![0.0; p * p];
+        for j in 0..p {
+            for k in j..p {
+                u[j * p + k] = l.L()[(k, j)];
+            }
+        }
+        u
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Rows one at a time, in batches, give the full product.
+        #[test]
+        fn gram32_equals_the_full_product(seed in 1u64..u64::MAX, rows in 0usize..5000, p in 1usize..6) {
+            let mut r = rng(seed);
+            let z = Mat::from_fn(rows, p, |_, _| r());
+            let mut g = Gram32::new(p);
+            for i in 0..rows {
+                g.add_row(&(0..p).map(|j| z[(i, j)]).collect::<Vec<_>>());
+            }
+            prop_assert_eq!(g.rows(), rows);
+            let h = g.finish();
+            let full = z.transpose() * &z;
+            prop_assert!(h == h.transpose().to_owned());
+            for i in 0..p {
+                for j in 0..p {
+                    prop_assert!((h[(i, j)] - full[(i, j)]).abs() <= 1e-4 * (1.0 + full[(i, i)].max(full[(j, j)])));
+                }
+            }
+        }
+
+        /// One Cholesky and one triangular inverse give the factor SparseGPT gets from three
+        /// factorisations (a dead input included).
+        #[test]
+        fn the_factor_is_the_cholesky_factor_of_the_damped_inverse(seed in 1u64..u64::MAX, p in 1usize..40) {
+            let mut r = rng(seed);
+            let mut x = Mat::from_fn(p + 3, p, |_, _| r());
+            for i in 0..x.nrows() {
+                x[(i, 0)] = 0.0;
+            }
+            let h = x.transpose() * &x;
+            let f = ObsFactor::new(h.as_ref(), 0.01).unwrap();
+            let want = reference_factor(h.as_ref(), 0.01);
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (a, b) in f.u.iter().zip(&want) {
+                prop_assert!((a - b).abs() <= 1e-9 * scale, "{a} vs {b}");
+            }
+        }
+
+        /// Blocked (errors reach later blocks through one product) equals column by column.
+        #[test]
+        fn blocked_updates_equal_the_column_by_column_ones(seed in 1u64..u64::MAX, out in 1usize..7, p in 1usize..50, block in 1usize..9) {
+            let mut r = rng(seed);
+            let x = Mat::from_fn(2 * p + 3, p, |_, _| r());
+            let h = x.transpose() * &x;
+            let w: Vec<f64> = (0..out * p).map(|_| r()).collect();
+            let keep: Vec<bool> = (0..out * p).map(|_| r() > -0.2).collect();
+            let f = ObsFactor::new(h.as_ref(), 0.01).unwrap();
+            let (mut a, mut b) = (w.clone(), w.clone());
+            f.apply_blocked(&mut a, out, &keep, block);
+            f.apply_blocked(&mut b, out, &keep, p);
+            let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                prop_assert!((x - y).abs() <= 1e-9 * scale, "{i}: {x} vs {y}");
+                if !keep[i] {
+                    prop_assert_eq!(*x, 0.0);
+                }
+            }
+        }
+
         /// With one pruned weight per row the update is the exact OBS step, so it is never worse
         /// than plain zeroing on the data it was built from. (With several, the column-by-column
         /// scheme can be: callers compare and keep the better, see `obs::obs_layer`.)

@@ -251,39 +251,43 @@ fn hessians_multi(
             values.push(s.input.clone());
         }
     }
-    // Accumulated in f32 (as SparseGPT does): half the cost of f64 products, and far below the
-    // 1 % damping in precision; the factorisations run in f64.
-    let mut acc: Vec<(Vec<Mat<f32>>, usize)> =
-        keys.iter().map(|(_, s)| ((0..site::groups(s)).map(|_| Mat::zeros(s.p, s.p)).collect(), 0)).collect();
+    let mut acc: Vec<Vec<super::linalg::Gram32>> =
+        keys.iter().map(|(_, s)| (0..site::groups(s)).map(|_| super::linalg::Gram32::new(s.p)).collect()).collect();
     let label = keys.iter().map(|(_, s)| s.label.as_str()).collect::<Vec<_>>().join(", ");
     let each = |row0: usize, v: &[ndarray::ArrayD<f32>]| -> Result<()> {
-        for ((k, s), (hs, rows)) in keys.iter().zip(acc.iter_mut()) {
+        for ((k, s), hs) in keys.iter().zip(acc.iter_mut()) {
             let x = &v[values.iter().position(|n| n == &s.input).expect("exposed")];
             let (npos, hw) = sample_positions(s, x.shape())?;
             for (g, h) in hs.iter_mut().enumerate() {
-                let mut zs: Vec<f32> = vec![];
-                let mut nr = 0usize;
                 site::each_input_row(s, x, *k, row0, g, npos, hw, |_, z| {
-                    zs.extend(z.iter().map(|&v| v as f32));
-                    nr += 1;
+                    h.add_row(z);
                     Ok(())
                 })?;
-                let zm = Mat::from_fn(nr, s.p, |i, j| zs[i * s.p + j]);
-                super::linalg::gram_add(h.as_mut(), zm.as_ref(), 1.0f32);
-                if g == 0 {
-                    *rows += nr;
-                }
             }
         }
         Ok(())
     };
     super::boundary::run_from(from, model, calib, &values, each)
         .with_context(|| format!("{label}: calibration run"))?;
+    let mut done: Vec<Option<(Vec<Mat<f64>>, usize)>> = acc
+        .into_iter()
+        .map(|hs| {
+            let rows = hs.first().map_or(0, |h| h.rows());
+            Some((hs.into_iter().map(|h| h.finish()).collect(), rows))
+        })
+        .collect();
+    // Sites sharing a key share its H (cloned for all but the last).
+    let uses: Vec<usize> = (0..done.len()).map(|i| key_of.iter().filter(|&&k| k == i).count()).collect();
+    let mut seen = vec![0usize; done.len()];
     Ok(key_of
         .into_iter()
         .map(|i| {
-            let hs = acc[i].0.iter().map(|h| Mat::from_fn(h.nrows(), h.ncols(), |a, b| h[(a, b)] as f64)).collect();
-            (hs, acc[i].1)
+            seen[i] += 1;
+            if seen[i] == uses[i] {
+                done[i].take().expect("H of the key")
+            } else {
+                done[i].clone().expect("H of the key")
+            }
         })
         .collect())
 }
@@ -352,27 +356,27 @@ fn obs_window(
     (reps, used_cache)
 }
 
-/// Σ_o Δ_o H Δ_oᵀ over rows `o0..o0+n` of `d` (row-major, p columns): the squared output error
-/// of a weight change Δ on inputs with second moment H. One multithreaded product H·Dᵀ, then
-/// Σ D ⊙ (H·Dᵀ)ᵀ (a naive loop over H was 70 % of a 100 MB model's reconstruction time).
-pub(crate) fn quad(d: &[f64], p: usize, o0: usize, n: usize, h: &Mat<f64>) -> f64 {
+/// Σ_o Δ_o H Δ_oᵀ for each of three weight changes Δ (row-major, `n` rows of p): the squared
+/// output error of each on inputs with second moment H. One multithreaded f32 product H·[Δ₁;Δ₂;Δ₃]ᵀ
+/// (H was accumulated in f32; these errors decide and report, they feed no weight), then
+/// Σ Δ ⊙ (H·Δᵀ)ᵀ in f64 in a fixed order (deterministic). A naive loop over H was 70 % of a
+/// 100 MB model's reconstruction time, three f64 products 20 %.
+pub(crate) fn quads(ds: [&[f64]; 3], p: usize, n: usize, h: &Mat<f64>) -> [f64; 3] {
     if n == 0 || p == 0 {
-        return 0.0;
+        return [0.0; 3];
     }
-    let rows = &d[o0 * p..(o0 + n) * p];
-    let dm = faer::MatRef::from_row_major_slice(rows, n, p);
-    // H·Dᵀ (p × n, column-major): column o is contiguous.
-    let mut hd = Mat::<f64>::zeros(p, n);
-    matmul(hd.as_mut(), Accum::Replace, h.as_ref(), dm.transpose(), 1.0, Par::rayon(0));
-    // Fixed summation order (row by row, column by column): deterministic.
-    let mut e = 0.0;
-    for o in 0..n {
-        let r = &rows[o * p..(o + 1) * p];
-        let mut acc = 0.0;
-        for (j, v) in r.iter().enumerate() {
-            acc += v * hd[(j, o)];
+    let h32 = Mat::<f32>::from_fn(p, p, |i, j| h[(i, j)] as f32);
+    let stacked = Mat::<f32>::from_fn(3 * n, p, |r, j| ds[r / n][(r % n) * p + j] as f32);
+    // H·Dᵀ (p × 3n, column-major): column r is contiguous.
+    let mut hd = Mat::<f32>::zeros(p, 3 * n);
+    matmul(hd.as_mut(), Accum::Replace, h32.as_ref(), stacked.transpose(), 1.0, Par::rayon(0));
+    let mut e = [0.0f64; 3];
+    for (k, d) in ds.iter().enumerate() {
+        for o in 0..n {
+            let col = hd.col(k * n + o);
+            let r = &d[o * p..(o + 1) * p];
+            e[k] += r.iter().enumerate().map(|(j, v)| v * col[j] as f64).sum::<f64>();
         }
-        e += acc;
     }
     e
 }
@@ -460,9 +464,8 @@ fn update(
         }
         let d0: Vec<f64> = (lo..hi).map(|i| w_dense[i] - w_cur[i]).collect();
         let d1: Vec<f64> = (lo..hi).map(|i| w_dense[i] - w_new[i]).collect();
-        before += quad(&d0, s.p, 0, og, h);
-        after += quad(&d1, s.p, 0, og, h);
-        total += quad(&w_dense[lo..hi], s.p, 0, og, h);
+        let [b, a, t] = quads([&d0, &d1, &w_dense[lo..hi]], s.p, og, h);
+        (before, after, total) = (before + b, after + a, total + t);
     }
     let rep = LayerRecon::obs(s.label.clone(), s.weight.clone(), rows, before, after, total);
     if rep.method != "obs" {

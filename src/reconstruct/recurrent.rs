@@ -191,9 +191,8 @@ pub fn obs_recurrent(
             }
             let d0: Vec<f64> = dense_m.iter().zip(&cur_m).map(|(a, b)| a - b).collect();
             let d1: Vec<f64> = dense_m.iter().zip(&m).map(|(a, b)| a - b).collect();
-            before += super::obs::quad(&d0, p, 0, rows, h);
-            after += super::obs::quad(&d1, p, 0, rows, h);
-            total += super::obs::quad(&dense_m, p, 0, rows, h);
+            let [b, a, t] = super::obs::quads([&d0, &d1, &dense_m], p, rows, h);
+            (before, after, total) = (before + b, after + a, total + t);
             for o in 0..rows {
                 let src = &m[o * p..(o + 1) * p];
                 let at = (d * rows + o) * inp;
