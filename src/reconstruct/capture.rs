@@ -66,14 +66,14 @@ fn expose(
         }
     });
     io::save(m, &path, &SaveOptions { external: ext })?;
-    // Chunks of about [`CHUNK_BYTES`] of input, at most one per core (the calibration set is run
-    // once per pass). A value whose axis 0 is not the batch (an LSTM's sequence-first X) cannot
-    // be cut into chunks: then run it whole.
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
+    // Chunks of about [`check::run::CHUNK_BYTES`] of input, at least one per core. A value whose
+    // axis 0 is not the batch (an LSTM's sequence-first X) cannot be cut into chunks: then run it
+    // whole.
+    let cores = check::run::cores();
     let facts = inputs.facts();
     let mut row = 0usize;
     if inputs.rows() > 1 {
-        if let Ok(r) = check::run::load_runnable_chunked(&path, &facts, chunk_rows(inputs, cores)) {
+        if let Ok(r) = check::run::load_runnable_chunked(&path, &facts, check::run::chunk_rows(&facts, cores)) {
             let res = pass(&r, inputs, values, lenient, &mut row, &mut f);
             if res.is_ok() || row > 0 || r.chunking.is_none() {
                 return res;
@@ -82,29 +82,6 @@ fn expose(
     }
     let r = check::load_runnable(&path, &facts).context("tract could not compile the model")?;
     pass(&r, inputs, values, lenient, &mut row, &mut f)
-}
-
-/// Input bytes per chunk of a calibration pass. tract's time per sample grows with the chunk
-/// once its activations leave the cache: on the 113 MB encoder (196 KB per sample) a chunk of 8
-/// samples ran at 90 ms per sample, one of 103 at 150 ms, so the passes took 40 % less time.
-pub const CHUNK_BYTES: usize = 1 << 20;
-
-/// Rows per chunk: about [`CHUNK_BYTES`] of input, at most ⌈rows / cores⌉ (every core busy),
-/// balanced so that the last chunk is not mostly padding.
-fn chunk_rows(inputs: &Inputs, cores: usize) -> usize {
-    let rows = inputs.rows().max(1);
-    let per_row: usize = inputs
-        .inputs
-        .iter()
-        .filter(|i| i.data.shape().first() == Some(&rows))
-        .map(|i| {
-            let elem = crate::model::tensor::elem_size(i.data.elem_type()).unwrap_or(4);
-            i.data.shape()[1..].iter().product::<usize>() * elem
-        })
-        .sum();
-    let by_bytes = (CHUNK_BYTES / per_row.max(1)).max(1);
-    let chunk = by_bytes.min(rows.div_ceil(cores));
-    rows.div_ceil(rows.div_ceil(chunk))
 }
 
 fn pass(

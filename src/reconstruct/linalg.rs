@@ -158,9 +158,9 @@ pub fn gram_add_lower<T: faer::traits::ComplexField + Copy>(g: MatMut<'_, T>, z:
 }
 
 /// H = Σ z zᵀ over rows given one at a time, accumulated in f32 (as SparseGPT accumulates H:
-/// half the cost of f64 products, far below the damping in precision) in products of at least
+/// half the cost of f64 products, far below the damping in precision) in products of
 /// [`Self::BATCH`] rows: a calibration chunk of a few samples gives a few hundred rows, and one
-/// product per chunk ran at half the speed.
+/// product per chunk ran at half the speed. The batches do not depend on how rows arrive.
 pub struct Gram32 {
     g: Mat<f32>,
     buf: Vec<f32>,

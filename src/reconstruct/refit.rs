@@ -337,17 +337,35 @@ fn normal_equations(
     }
     let mut ne: Vec<(Normal32, Normal)> =
         jobs.iter().map(|j| (Normal32::new(j.pk, j.q), Normal::new(j.pk, j.q))).collect();
+    // Rows (z, y) waiting to be added, fit and held-apart, per job: added in products of `BATCH`
+    // rows (a calibration chunk of a few samples gives a few hundred rows; one product per chunk
+    // ran at half the speed), whatever the chunks, so the sums do not depend on them.
+    const BATCH: usize = super::linalg::Gram32::BATCH;
+    let mut pending: Vec<[(Vec<f64>, Vec<f64>, usize); 2]> = jobs.iter().map(|_| Default::default()).collect();
+    let flush = |ne: &mut (Normal32, Normal), p: &mut [(Vec<f64>, Vec<f64>, usize); 2], j: &Job, all: bool| {
+        let (fit, val) = ne;
+        if p[0].2 > 0 && (all || p[0].2 >= BATCH) {
+            fit.add(&p[0].0, &p[0].1, p[0].2);
+            p[0] = Default::default();
+        }
+        if p[1].2 > 0 && (all || p[1].2 >= BATCH) {
+            let (zs, ys, nr) = &p[1];
+            let zm = faer::MatRef::from_row_major_slice(zs, *nr, j.pk);
+            let ym = faer::MatRef::from_row_major_slice(ys, *nr, j.q);
+            val.add(zm, ym);
+            p[1] = Default::default();
+        }
+    };
     let mut at = vec![0usize; jobs.len()];
     run_from(from, masked, calib, &values, |row0, v| {
         for (i, j) in jobs.iter().enumerate() {
             let s = &j.s;
             let (ys, keys) = &t[i];
-            let (pk, q) = (j.pk, j.q);
+            let q = j.q;
             let x = &v[values.iter().position(|n| n == &s.input).expect("exposed")];
             let (npos, hw) = sample_positions(s, x.shape())?;
             let mut z = vec![0.0; s.p];
-            let mut rows: [Vec<usize>; 2] = [vec![], vec![]];
-            let mut zs: [Vec<f64>; 2] = [vec![], vec![]];
+            let p = &mut pending[i];
             for n in 0..x.shape()[0] {
                 let which = is_val(row0 + n) as usize;
                 for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(j.k, row0 + n)) {
@@ -355,27 +373,26 @@ fn normal_equations(
                         bail!("{}: dense and masked runs sampled different rows", s.label);
                     }
                     site::input_row(s, x, n, pos, 0, hw, &mut z);
-                    zs[which].extend(j.feat.iter().map(|&f| z[f]));
+                    let (zs, y, nr) = &mut p[which];
+                    zs.extend(j.feat.iter().map(|&f| z[f]));
                     if j.has_bias {
-                        zs[which].push(1.0);
+                        zs.push(1.0);
                     }
-                    rows[which].push(at[i]);
+                    y.extend(ys[at[i] * q..(at[i] + 1) * q].iter().map(|&v| v as f64));
+                    *nr += 1;
                     at[i] += 1;
+                    if *nr == BATCH {
+                        flush(&mut ne[i], p, j, false);
+                    }
                 }
             }
-            let (fit, val) = &mut ne[i];
-            let y_of = |w: usize| -> Vec<f64> {
-                rows[w].iter().flat_map(|&r| ys[r * q..(r + 1) * q].iter().map(|&v| v as f64)).collect()
-            };
-            fit.add(&zs[0], &y_of(0), rows[0].len());
-            let nr = rows[1].len();
-            let zm = Mat::from_fn(nr, pk, |a, b| zs[1][a * pk + b]);
-            let ym = Mat::from_fn(nr, q, |a, b| ys[rows[1][a] * q + b] as f64);
-            val.add(zm.as_ref(), ym.as_ref());
         }
         Ok(())
     })
     .context("masked run")?;
+    for ((n, p), j) in ne.iter_mut().zip(pending.iter_mut()).zip(jobs) {
+        flush(n, p, j, true);
+    }
     for (i, j) in jobs.iter().enumerate() {
         if at[i] != t[i].1.len() {
             bail!("{}: dense and masked runs sampled different rows", j.s.label);
