@@ -280,8 +280,8 @@ impl ObsFactor {
     ///
     /// U comes from one Cholesky factorisation and one triangular inverse, without forming H⁻¹:
     /// with J the order reversal, J H J = M Mᵀ (M lower) gives H = R Rᵀ with R = J M J upper,
-    /// so H⁻¹ = R⁻ᵀ R⁻¹ and U = R⁻¹ = J M⁻¹ J (the Cholesky factor is unique). A third of the
-    /// work of factorising H, inverting it and factorising the inverse.
+    /// so H⁻¹ = R⁻ᵀ R⁻¹ and U = R⁻¹ = J M⁻¹ J (the Cholesky factor is unique). About half the
+    /// work of factorising H, inverting it and factorising the inverse (p³·2/3 flops, not 4/3).
     pub fn new(h: MatRef<'_, f64>, damp: f64) -> Option<Self> {
         let p = h.nrows();
         assert_eq!(h.ncols(), p);
