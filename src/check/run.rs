@@ -468,9 +468,9 @@ pub fn load_runnable(path: &Path, facts: &[InputFact]) -> Result<Runnable> {
     load_runnable_chunked(path, facts, MAX_CHUNK)
 }
 
-/// Input bytes per chunk of reconstruction's calibration passes. tract's time per sample grows with the chunk once its activations
-/// leave the cache: on the 113 MB encoder (196 KB per sample) a chunk of 8 samples ran at 90 ms
-/// per sample, one of 103 at 150 ms.
+/// Input bytes per chunk of reconstruction's calibration passes. tract's time per sample grows
+/// with the chunk once its activations leave the cache: on the 113 MB encoder (196 KB per
+/// sample) a chunk of 8 samples ran at 90 ms per sample, one of 103 at 150 ms.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
 /// Cores to run chunks on.

@@ -320,6 +320,22 @@ fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs, from: Option<&Boun
     Ok(t)
 }
 
+/// Sampled rows not yet added to a job's normal equations: z (row-major), y, count.
+type Pending = (Vec<f64>, Vec<f64>, usize);
+
+/// Add `p` to the fit (`which` = 0, f32) or held-apart (1, f64) normal equations and empty it.
+fn add_pending(ne: &mut (Normal32, Normal), which: usize, p: &mut Pending, j: &Job) {
+    let (zs, ys, nr) = std::mem::take(p);
+    if nr == 0 {
+        return;
+    }
+    if which == 0 {
+        ne.0.add(&zs, &ys, nr);
+    } else {
+        ne.1.add(faer::MatRef::from_row_major_slice(&zs, nr, j.pk), faer::MatRef::from_row_major_slice(&ys, nr, j.q));
+    }
+}
+
 /// The masked model's inputs of each job at the same positions → normal equations, split into
 /// fit and held-apart rows: one masked pass for all of them.
 fn normal_equations(
@@ -341,21 +357,7 @@ fn normal_equations(
     // rows (a calibration chunk of a few samples gives a few hundred rows; one product per chunk
     // ran at half the speed), whatever the chunks, so the sums do not depend on them.
     const BATCH: usize = super::linalg::Gram32::BATCH;
-    let mut pending: Vec<[(Vec<f64>, Vec<f64>, usize); 2]> = jobs.iter().map(|_| Default::default()).collect();
-    let flush = |ne: &mut (Normal32, Normal), p: &mut [(Vec<f64>, Vec<f64>, usize); 2], j: &Job, all: bool| {
-        let (fit, val) = ne;
-        if p[0].2 > 0 && (all || p[0].2 >= BATCH) {
-            fit.add(&p[0].0, &p[0].1, p[0].2);
-            p[0] = Default::default();
-        }
-        if p[1].2 > 0 && (all || p[1].2 >= BATCH) {
-            let (zs, ys, nr) = &p[1];
-            let zm = faer::MatRef::from_row_major_slice(zs, *nr, j.pk);
-            let ym = faer::MatRef::from_row_major_slice(ys, *nr, j.q);
-            val.add(zm, ym);
-            p[1] = Default::default();
-        }
-    };
+    let mut pending: Vec<[Pending; 2]> = jobs.iter().map(|_| Default::default()).collect();
     let mut at = vec![0usize; jobs.len()];
     run_from(from, masked, calib, &values, |row0, v| {
         for (i, j) in jobs.iter().enumerate() {
@@ -382,7 +384,7 @@ fn normal_equations(
                     *nr += 1;
                     at[i] += 1;
                     if *nr == BATCH {
-                        flush(&mut ne[i], p, j, false);
+                        add_pending(&mut ne[i], which, &mut p[which], j);
                     }
                 }
             }
@@ -391,7 +393,9 @@ fn normal_equations(
     })
     .context("masked run")?;
     for ((n, p), j) in ne.iter_mut().zip(pending.iter_mut()).zip(jobs) {
-        flush(n, p, j, true);
+        for (which, side) in p.iter_mut().enumerate() {
+            add_pending(n, which, side, j);
+        }
     }
     for (i, j) in jobs.iter().enumerate() {
         if at[i] != t[i].1.len() {
