@@ -382,7 +382,7 @@ fn reconstruction(s: &mut String, r: &Report) {
     let Some(rec) = &r.reconstruction else { return };
     let _ = writeln!(
         s,
-        "<h2>Reconstruction ({} calibration samples)</h2><table>\n<tr><th>layer</th><th>method</th><th>rows</th><th>error before</th><th>error after</th><th>note</th></tr>",
+        "<h2>Reconstruction ({} calibration samples)</h2><table>\n<tr><th>layer</th><th>method</th><th>rows</th><th>rel L2 before</th><th>rel L2 after</th><th>note</th></tr>",
         rec.samples
     );
     for l in &rec.layers {
@@ -390,10 +390,13 @@ fn reconstruction(s: &mut String, r: &Report) {
             s,
             "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{:.3e}</td><td class=\"n\">{:.3e}</td><td class=\"muted\">{}</td></tr>",
             esc(&l.layer),
-            esc(&l.method),
+            esc(&match &l.solver {
+                Some(solver) => format!("{} ({solver})", l.method),
+                None => l.method.clone(),
+            }),
             l.rows,
-            l.err_before,
-            l.err_after,
+            l.err_before.sqrt(),
+            l.err_after.sqrt(),
             esc(l.note.as_deref().unwrap_or(""))
         );
     }
@@ -401,10 +404,10 @@ fn reconstruction(s: &mut String, r: &Report) {
     if let Some(e) = &rec.end_to_end {
         let _ = writeln!(
             s,
-            "<p>End to end on {} held-out calibration samples: error {:.3e} without, {:.3e} with reconstruction: <b>{}</b></p>",
+            "<p>End to end on {} held-out calibration samples: rel L2 {:.3e} without, {:.3e} with reconstruction: <b>{}</b></p>",
             e.samples,
-            e.err_without,
-            e.err_with,
+            e.err_without.sqrt(),
+            e.err_with.sqrt(),
             if e.kept { "kept" } else { "reverted" }
         );
     }

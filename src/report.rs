@@ -225,11 +225,26 @@ impl Report {
     }
 }
 
-/// One line per reconstructed layer: relative calibration error before → after.
+/// One line per reconstructed layer: relative L2 calibration error before → after (the JSON's
+/// fields are squared; printed here as their square roots, the unit of the verification's rel L2).
 fn recon_table(r: &crate::reconstruct::ReconReport) -> String {
     let mut s = String::new();
     let w = r.layers.iter().map(|l| l.layer.chars().count()).max().unwrap_or(5).clamp(5, 40);
-    let _ = writeln!(s, "{:<w$}  {:>14}  {:>7}  {:>10}  {:>10}", "layer", "method", "rows", "err before", "err after");
+    // OBS layers say how they were solved (exact or SparseGPT's sequential approximation).
+    let solve_col = r.layers.iter().any(|l| l.solver.is_some());
+    let solver = |l: &crate::reconstruct::LayerRecon| {
+        if solve_col {
+            format!("  {:>10}", l.solver.as_deref().unwrap_or("-"))
+        } else {
+            String::new()
+        }
+    };
+    let head = if solve_col { format!("  {:>10}", "solver") } else { String::new() };
+    let _ = writeln!(
+        s,
+        "{:<w$}  {:>14}{head}  {:>7}  {:>11}  {:>11}",
+        "layer", "method", "rows", "rel L2 bef.", "rel L2 aft."
+    );
     let (mut done, mut skipped) = (0, 0);
     for l in &r.layers {
         let name = tail(&l.layer, w);
@@ -240,23 +255,30 @@ fn recon_table(r: &crate::reconstruct::ReconReport) -> String {
             continue;
         }
         done += (l.method != "unchanged") as usize;
-        let _ =
-            writeln!(s, "{name:<w$}  {:>14}  {:>7}  {:>10.3e}  {:>10.3e}", l.method, l.rows, l.err_before, l.err_after);
+        let _ = writeln!(
+            s,
+            "{name:<w$}  {:>14}{}  {:>7}  {:>11.3e}  {:>11.3e}",
+            l.method,
+            solver(l),
+            l.rows,
+            l.err_before.sqrt(),
+            l.err_after.sqrt()
+        );
     }
     let _ = writeln!(
         s,
-        "reconstruction: {} calibration samples, {done} layer(s) updated, {skipped} skipped (errors: relative, on calibration rows; per-weight layers: on the held-apart fifth)",
+        "reconstruction: {} calibration samples, {done} layer(s) updated, {skipped} skipped (errors: relative L2 against dense, on calibration rows; per-weight layers: on the held-apart fifth)",
         r.samples
     );
     if let Some(e) = &r.end_to_end {
         let pct = |v: Option<f64>| v.map(|v| format!(", top-1 agreement {:.1} %", v * 100.0)).unwrap_or_default();
         let _ = writeln!(
             s,
-            "end to end on {} held-out samples: error {:.3e}{} without → {:.3e}{} with: {}",
+            "end to end on {} held-out samples: rel L2 {:.3e}{} without → {:.3e}{} with: {}",
             e.samples,
-            e.err_without,
+            e.err_without.sqrt(),
             pct(e.top1_without),
-            e.err_with,
+            e.err_with.sqrt(),
             pct(e.top1_with),
             if e.kept { "kept" } else { "REVERTED (the pruned weights are written without reconstruction)" }
         );

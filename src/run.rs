@@ -235,9 +235,10 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                             if !e.kept {
                                 notes.push(format!(
                                     "reconstruction reverted: on the held-out fifth of the calibration data the \
-                                     model's outputs were further from dense with it (rel. squared error {:.3e}) \
-                                     than without ({:.3e})",
-                                    e.err_with, e.err_without
+                                     model's outputs were further from dense with it (rel L2 {:.3e}) than without \
+                                     ({:.3e})",
+                                    e.err_with.sqrt(),
+                                    e.err_without.sqrt()
                                 ));
                                 m = without;
                             }

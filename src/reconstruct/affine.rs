@@ -125,6 +125,7 @@ pub fn affine_one(
         rows: yd.first().map_or(0, |v| v.len()),
         err_before: before / denom,
         err_after: after / denom,
+        solver: None,
         note: None,
     };
     if changed == 0 {

@@ -1,6 +1,6 @@
-//! Dense linear algebra of reconstruction: running normal equations, ridge least squares and the
-//! OBS / SparseGPT update of a row-major weight under a fixed mask. Pure f64 math on `faer`
-//! (Cholesky); nothing here knows about ONNX.
+//! Dense linear algebra of reconstruction: running normal equations (Gram matrices in f32 and
+//! f64) and ridge least squares. Pure math on `faer` (Cholesky); nothing here knows about ONNX.
+//! The OBS update under a fixed mask is [`super::obs_factor`].
 //!
 //! Determinism: every product runs through faer with a fixed split of the work, so the same
 //! inputs on the same machine give bit-identical results.
@@ -9,7 +9,6 @@ use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
-use rayon::prelude::*;
 
 /// Running normal equations of y ≈ Xᵀ z over rows: z has `p` features, y has `q` targets.
 /// G = Σ z zᵀ, C = Σ z yᵀ, yy = Σ ‖y‖².
@@ -242,131 +241,9 @@ pub fn ridge(g: MatRef<'_, f64>, c: MatRef<'_, f64>, lambda: &[f64]) -> Option<M
     finite.then_some(x)
 }
 
-/// OBS / SparseGPT with a fixed mask: zero the weights of `w` (row-major, `out` rows of `p`
-/// inputs) where `keep` is false and update the kept ones so that ‖(W − W′) X‖² stays small,
-/// with H = X Xᵀ (p × p) from the layer's calibration inputs.
-///
-/// H is damped by `damp · mean(diag H)`; inputs that never fire (H_jj = 0) get a unit diagonal
-/// (their weights cannot matter). Columns are visited left to right with the upper Cholesky
-/// factor U of H⁻¹: removing w_ij adds −(w_ij / U_jj) · U[j, j..] to the rest of row i. Rows are
-/// independent and run in parallel. Returns false (and leaves `w` unchanged) when the damped H
-/// is not positive definite.
-pub fn obs_update(w: &mut [f64], out: usize, p: usize, keep: &[bool], h: MatRef<'_, f64>, damp: f64) -> bool {
-    assert_eq!(w.len(), out * p);
-    assert_eq!(keep.len(), out * p);
-    match ObsFactor::new(h, damp) {
-        Some(f) => {
-            f.apply(w, out, keep);
-            true
-        }
-        None => false,
-    }
-}
-
-/// The factor of [`obs_update`] for one H: the upper Cholesky factor U of the damped H⁻¹, row-major.
-/// Computed once, it serves every start point removed with the same H.
-pub struct ObsFactor {
-    p: usize,
-    u: Vec<f64>,
-}
-
-/// Columns per block of [`ObsFactor::apply`]: within a block the updates run weight by weight,
-/// then the block's accumulated errors reach the columns after it in one matrix product
-/// (SparseGPT's lazy batch update).
-const OBS_BLOCK: usize = 128;
-
-impl ObsFactor {
-    /// None when the damped H is not positive definite (or the factor is not finite).
-    ///
-    /// U comes from one Cholesky factorisation and one triangular inverse, without forming H⁻¹:
-    /// with J the order reversal, J H J = M Mᵀ (M lower) gives H = R Rᵀ with R = J M J upper,
-    /// so H⁻¹ = R⁻ᵀ R⁻¹ and U = R⁻¹ = J M⁻¹ J (the Cholesky factor is unique). About half the
-    /// work of factorising H, inverting it and factorising the inverse (p³·2/3 flops, not 4/3).
-    pub fn new(h: MatRef<'_, f64>, damp: f64) -> Option<Self> {
-        let p = h.nrows();
-        assert_eq!(h.ncols(), p);
-        if p == 0 {
-            return Some(ObsFactor { p, u: vec![] });
-        }
-        let diag: Vec<f64> = (0..p).map(|i| if h[(i, i)] == 0.0 { 1.0 } else { h[(i, i)] }).collect();
-        let lambda = damp * diag.iter().sum::<f64>() / p as f64;
-        // J H J, damped.
-        let rev = Mat::from_fn(p, p, |i, j| {
-            let (a, b) = (p - 1 - i, p - 1 - j);
-            if a == b {
-                diag[a] + lambda
-            } else {
-                h[(a, b)]
-            }
-        });
-        let llt = rev.llt(Side::Lower).ok()?;
-        let mut minv = Mat::<f64>::zeros(p, p);
-        faer::linalg::triangular_inverse::invert_lower_triangular(minv.as_mut(), llt.L(), par());
-        // U[j][k] = M⁻¹[p-1-j][p-1-k], upper (k ≥ j).
-        let mut u = vec![0.0f64; p * p];
-        for j in 0..p {
-            for k in j..p {
-                u[j * p + k] = minv[(p - 1 - j, p - 1 - k)];
-            }
-        }
-        u.iter().all(|v| v.is_finite()).then_some(ObsFactor { p, u })
-    }
-
-    /// Zero the weights of `w` (`out` rows of p) where `keep` is false, moving each one's error
-    /// onto the later kept weights of its row.
-    pub fn apply(&self, w: &mut [f64], out: usize, keep: &[bool]) {
-        self.apply_blocked(w, out, keep, OBS_BLOCK)
-    }
-
-    /// [`Self::apply`] with `block` columns per block (the result is the same for any block up
-    /// to rounding: the tests compare block sizes).
-    fn apply_blocked(&self, w: &mut [f64], out: usize, keep: &[bool], block: usize) {
-        let (p, u) = (self.p, &self.u);
-        assert_eq!(w.len(), out * p);
-        assert_eq!(keep.len(), out * p);
-        if p == 0 || out == 0 {
-            return;
-        }
-        let block = block.max(1);
-        let mut err = vec![0.0f64; out * block];
-        for i1 in (0..p).step_by(block) {
-            let i2 = (i1 + block).min(p);
-            let b = i2 - i1;
-            // Within the block, weight by weight; each row's errors go to `err` (out × b).
-            w.par_chunks_mut(p).zip(keep.par_chunks(p)).zip(err.par_chunks_mut(block)).for_each(|((row, kr), er)| {
-                er.iter_mut().for_each(|e| *e = 0.0);
-                for j in i1..i2 {
-                    if kr[j] {
-                        continue;
-                    }
-                    let wj = row[j];
-                    if wj != 0.0 {
-                        let e = wj / u[j * p + j];
-                        let uj = &u[j * p..j * p + i2];
-                        for k in j + 1..i2 {
-                            row[k] -= e * uj[k];
-                        }
-                        er[j - i1] = e;
-                    }
-                    row[j] = 0.0;
-                }
-            });
-            if i2 == p {
-                break;
-            }
-            // W[:, i2..] −= E · U[i1..i2, i2..].
-            let e = faer::MatRef::from_row_major_slice(&err, out, block).subcols(0, b);
-            let ub = faer::MatRef::from_row_major_slice(&u[i1 * p..i2 * p], b, p).subcols(i2, p - i2);
-            let wm = faer::MatMut::from_row_major_slice_mut(w, out, p).subcols_mut(i2, p - i2);
-            matmul(wm, Accum::Add, e, ub, -1.0, par());
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use faer::linalg::solvers::DenseSolveCore;
     use proptest::prelude::*;
 
     pub(crate) fn rng(seed: u64) -> impl FnMut() -> f64 {
@@ -380,7 +257,7 @@ pub(crate) mod tests {
     }
 
     /// ‖(W − W′) X‖² with X given as rows × p.
-    fn out_err(w: &[f64], w2: &[f64], out: usize, p: usize, x: &Mat<f64>) -> f64 {
+    pub(crate) fn out_err(w: &[f64], w2: &[f64], out: usize, p: usize, x: &Mat<f64>) -> f64 {
         let mut e = 0.0;
         for r in 0..x.nrows() {
             for o in 0..out {
@@ -433,64 +310,6 @@ pub(crate) mod tests {
         assert!((ne.sse(x.as_ref()) - direct).abs() < 1e-9 * direct.max(1.0));
     }
 
-    #[test]
-    fn obs_keeps_everything_when_nothing_is_pruned() {
-        let mut r = rng(11);
-        let (out, p) = (3, 5);
-        let x = Mat::from_fn(40, p, |_, _| r());
-        let h = x.transpose() * &x;
-        let w: Vec<f64> = (0..out * p).map(|_| r()).collect();
-        let mut w2 = w.clone();
-        assert!(obs_update(&mut w2, out, p, &vec![true; out * p], h.as_ref(), 0.01));
-        assert_eq!(w, w2);
-    }
-
-    #[test]
-    fn obs_recovers_a_redundant_input_exactly() {
-        // Input 0 is input 1 + input 2: pruning its weight loses nothing once the error moves
-        // onto the (later) kept columns.
-        let mut r = rng(5);
-        let (n, p) = (100, 3);
-        let mut x = Mat::from_fn(n, p, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
-        for i in 0..n {
-            x[(i, 0)] = x[(i, 1)] + x[(i, 2)];
-        }
-        let h = x.transpose() * &x;
-        let w: Vec<f64> = (0..2 * p).map(|_| r()).collect();
-        let keep = vec![false, true, true, false, true, true];
-        let mut w2 = w.clone();
-        assert!(obs_update(&mut w2, 2, p, &keep, h.as_ref(), 1e-12));
-        assert_eq!((w2[0], w2[3]), (0.0, 0.0));
-        let zeroed: Vec<f64> = w.iter().zip(&keep).map(|(v, k)| if *k { *v } else { 0.0 }).collect();
-        assert!(out_err(&w, &zeroed, 2, p, &x) > 1.0);
-        assert!(out_err(&w, &w2, 2, p, &x) < 1e-6, "{}", out_err(&w, &w2, 2, p, &x));
-    }
-
-    /// The factor the way SparseGPT computes it: Cholesky of the damped H, its inverse, and the
-    /// upper Cholesky factor of that.
-    fn reference_factor(h: MatRef<'_, f64>, damp: f64) -> Vec<f64> {
-        let p = h.nrows();
-        let mut hh = h.to_owned();
-        for i in 0..p {
-            if hh[(i, i)] == 0.0 {
-                hh[(i, i)] = 1.0;
-            }
-        }
-        let lambda = damp * mean_diag(hh.as_ref());
-        for i in 0..p {
-            hh[(i, i)] += lambda;
-        }
-        let hinv = hh.llt(Side::Lower).unwrap().inverse();
-        let l = hinv.llt(Side::Lower).unwrap();
-        let mut u = vec![0.0; p * p];
-        for j in 0..p {
-            for k in j..p {
-                u[j * p + k] = l.L()[(k, j)];
-            }
-        }
-        u
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Rows one at a time, in batches, give the full product.
@@ -511,68 +330,6 @@ pub(crate) mod tests {
                     prop_assert!((h[(i, j)] - full[(i, j)]).abs() <= 1e-4 * (1.0 + full[(i, i)].max(full[(j, j)])));
                 }
             }
-        }
-
-        /// One Cholesky and one triangular inverse give the factor SparseGPT gets from three
-        /// factorisations (a dead input included).
-        #[test]
-        fn the_factor_is_the_cholesky_factor_of_the_damped_inverse(seed in 1u64..u64::MAX, p in 1usize..40) {
-            let mut r = rng(seed);
-            let mut x = Mat::from_fn(p + 3, p, |_, _| r());
-            for i in 0..x.nrows() {
-                x[(i, 0)] = 0.0;
-            }
-            let h = x.transpose() * &x;
-            let f = ObsFactor::new(h.as_ref(), 0.01).unwrap();
-            let want = reference_factor(h.as_ref(), 0.01);
-            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            for (a, b) in f.u.iter().zip(&want) {
-                prop_assert!((a - b).abs() <= 1e-9 * scale, "{a} vs {b}");
-            }
-        }
-
-        /// Blocked (errors reach later blocks through one product) equals column by column.
-        #[test]
-        fn blocked_updates_equal_the_column_by_column_ones(seed in 1u64..u64::MAX, out in 1usize..7, p in 1usize..50, block in 1usize..9) {
-            let mut r = rng(seed);
-            let x = Mat::from_fn(2 * p + 3, p, |_, _| r());
-            let h = x.transpose() * &x;
-            let w: Vec<f64> = (0..out * p).map(|_| r()).collect();
-            let keep: Vec<bool> = (0..out * p).map(|_| r() > -0.2).collect();
-            let f = ObsFactor::new(h.as_ref(), 0.01).unwrap();
-            let (mut a, mut b) = (w.clone(), w.clone());
-            f.apply_blocked(&mut a, out, &keep, block);
-            f.apply_blocked(&mut b, out, &keep, p);
-            let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-                prop_assert!((x - y).abs() <= 1e-9 * scale, "{i}: {x} vs {y}");
-                if !keep[i] {
-                    prop_assert_eq!(*x, 0.0);
-                }
-            }
-        }
-
-        /// With one pruned weight per row the update is the exact OBS step, so it is never worse
-        /// than plain zeroing on the data it was built from. (With several, the column-by-column
-        /// scheme can be: callers compare and keep the better, see `obs::obs_layer`.)
-        #[test]
-        fn obs_single_removal_is_no_worse_than_zeroing(seed in 1u64..u64::MAX, out in 1usize..6, p in 1usize..12) {
-            let mut r = rng(seed);
-            let x = Mat::from_fn(3 * p + 5, p, |_, _| r());
-            let h = x.transpose() * &x;
-            let w: Vec<f64> = (0..out * p).map(|_| r()).collect();
-            let mut keep = vec![true; out * p];
-            for o in 0..out {
-                keep[o * p + ((r() + 1.0) / 2.0 * p as f64) as usize % p] = false;
-            }
-            let mut w2 = w.clone();
-            prop_assert!(obs_update(&mut w2, out, p, &keep, h.as_ref(), 1e-10));
-            let zeroed: Vec<f64> = w.iter().zip(&keep).map(|(v, k)| if *k { *v } else { 0.0 }).collect();
-            for (v, k) in w2.iter().zip(&keep) {
-                prop_assert!(*k || *v == 0.0);
-            }
-            let (e_obs, e_zero) = (out_err(&w, &w2, out, p, &x), out_err(&w, &zeroed, out, p, &x));
-            prop_assert!(e_obs <= e_zero * (1.0 + 1e-6) + 1e-9, "obs {e_obs} > zeroing {e_zero}");
         }
 
         /// Ridge never has a higher training error than the zero map plus its penalty.

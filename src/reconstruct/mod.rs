@@ -28,6 +28,7 @@ pub mod boundary;
 pub mod capture;
 pub mod linalg;
 pub mod obs;
+pub mod obs_factor;
 pub mod recurrent;
 pub mod refit;
 pub mod site;
@@ -57,6 +58,11 @@ pub struct LayerRecon {
     /// rows for the refit; the layer's own calibration inputs for OBS).
     pub err_before: f64,
     pub err_after: f64,
+    /// OBS layers: how the update was solved, "exact" (every row's least-squares optimum) or
+    /// "sequential" (SparseGPT's column-by-column approximation, for layers too big to solve
+    /// exactly; see [`obs_factor`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub solver: Option<String>,
     /// Why the layer was skipped or left unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -66,7 +72,13 @@ impl LayerRecon {
     /// The verdict of an OBS update with squared errors `before` / `after` and the dense output's
     /// `total`: method "obs" when it lowered the error (the caller then writes the weights),
     /// otherwise "unchanged" with the reason.
-    pub(crate) fn obs(layer: String, weight: String, rows: usize, before: f64, after: f64, total: f64) -> Self {
+    pub(crate) fn obs(
+        layer: String,
+        weight: String,
+        rows: usize,
+        [before, after, total]: [f64; 3],
+        solver: Option<String>,
+    ) -> Self {
         let denom = total.max(f64::MIN_POSITIVE);
         let lowered = after.is_finite() && after < before;
         LayerRecon {
@@ -76,6 +88,7 @@ impl LayerRecon {
             rows,
             err_before: before / denom,
             err_after: if lowered { after } else { before } / denom,
+            solver: if lowered { solver } else { None },
             note: (!lowered).then(|| "the update did not lower the layer's calibration error".into()),
         }
     }
@@ -88,6 +101,7 @@ impl LayerRecon {
             rows: 0,
             err_before: f64::NAN,
             err_after: f64::NAN,
+            solver: None,
             note: Some(why),
         }
     }

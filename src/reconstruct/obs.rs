@@ -3,11 +3,11 @@
 //! For each pruned weight, in graph order: collect H = Σ z zᵀ of the layer's inputs in the
 //! current model (earlier layers already updated), per Conv group; start from the dense
 //! weights, zero what EMP zeroed and move the error onto the kept weights of the same row
-//! ([`super::linalg::obs_update`]). The mask, and so the sparsity, is exactly EMP's.
+//! ([`super::linalg::obs_factor::obs_update`]). The mask, and so the sparsity, is exactly EMP's.
 //! LSTM / RNN weights go to [`super::recurrent`] (W and R of one node together).
 
 use super::boundary::Boundary;
-use super::linalg::obs_update;
+use super::obs_factor::{obs_update, Solver};
 use super::refit::sample_positions;
 use super::site::{self, Layout};
 use super::{LayerRecon, OBS_DAMP};
@@ -452,13 +452,17 @@ fn update(
     let og = s.out / groups;
     let mut w_new = w_dense.clone();
     let (mut before, mut after, mut total) = (0.0, 0.0, 0.0);
+    let mut solvers = vec![];
     for (g, h) in hs.iter().enumerate() {
         let (lo, hi) = (g * og * s.p, (g + 1) * og * s.p);
-        if !obs_update(&mut w_new[lo..hi], og, s.p, &keep[lo..hi], h.as_ref(), OBS_DAMP) {
+        match obs_update(&mut w_new[lo..hi], og, s.p, &keep[lo..hi], h.as_ref(), OBS_DAMP) {
+            Some(solver) => solvers.push(solver),
             // Not positive definite even damped: plain zeroing for this group.
-            for (v, kp) in w_new[lo..hi].iter_mut().zip(&keep[lo..hi]) {
-                if !kp {
-                    *v = 0.0;
+            None => {
+                for (v, kp) in w_new[lo..hi].iter_mut().zip(&keep[lo..hi]) {
+                    if !kp {
+                        *v = 0.0;
+                    }
                 }
             }
         }
@@ -467,7 +471,7 @@ fn update(
         let [b, a, t] = quads([&d0, &d1, &w_dense[lo..hi]], s.p, og, h);
         (before, after, total) = (before + b, after + a, total + t);
     }
-    let rep = LayerRecon::obs(s.label.clone(), s.weight.clone(), rows, before, after, total);
+    let rep = LayerRecon::obs(s.label.clone(), s.weight.clone(), rows, [before, after, total], Solver::name(solvers));
     if rep.method != "obs" {
         return Ok(Some(rep));
     }

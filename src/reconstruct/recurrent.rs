@@ -12,7 +12,7 @@
 //! `sequence_lens` given, a computed W or R.
 
 use super::capture::run_exposing;
-use super::linalg::obs_update;
+use super::obs_factor::{obs_update, Solver};
 use super::{row_seed, LayerRecon, OBS_DAMP, POSITIONS_PER_SAMPLE};
 use crate::check::Inputs;
 use crate::model::graph::{attr_i, attr_s, node_label, weight_mut, GraphIndex};
@@ -97,7 +97,7 @@ pub fn obs_recurrent(
     let reverse = attr_s(&n, "direction").as_deref() == Some("reverse");
     let p = inp + hid;
 
-    type Solved = (Vec<f64>, Vec<f64>, f64, f64, f64, usize);
+    type Solved = (Vec<f64>, Vec<f64>, [f64; 3], usize, Option<String>);
     let solve = |probe_w: &[f64], probe_r: &[f64]| -> Result<Solved> {
         // Capture x and h_{t-1} on the current prefix, h from this layer run with probe_w / probe_r.
         let mut probe = model.clone();
@@ -181,13 +181,15 @@ pub fn obs_recurrent(
         };
         let (mut w_new, mut r_new) = (w_dense.clone(), r_dense.clone());
         let (mut before, mut after, mut total) = (0.0, 0.0, 0.0);
+        let mut solvers = vec![];
         for (d, h) in hs.iter().enumerate() {
             let dense_m = joined(&w_dense, &r_dense, d);
             let cur_m = joined(&w_cur, &r_cur, d);
             let keep: Vec<bool> = cur_m.iter().map(|v| *v != 0.0).collect();
             let mut m = dense_m.clone();
-            if !obs_update(&mut m, rows, p, &keep, h.as_ref(), OBS_DAMP) {
-                m.iter_mut().zip(&keep).filter(|(_, k)| !**k).for_each(|(v, _)| *v = 0.0);
+            match obs_update(&mut m, rows, p, &keep, h.as_ref(), OBS_DAMP) {
+                Some(s) => solvers.push(s),
+                None => m.iter_mut().zip(&keep).filter(|(_, k)| !**k).for_each(|(v, _)| *v = 0.0),
             }
             let d0: Vec<f64> = dense_m.iter().zip(&cur_m).map(|(a, b)| a - b).collect();
             let d1: Vec<f64> = dense_m.iter().zip(&m).map(|(a, b)| a - b).collect();
@@ -201,7 +203,7 @@ pub fn obs_recurrent(
                 r_new[at..at + hid].copy_from_slice(&src[inp..]);
             }
         }
-        Ok((w_new, r_new, before, after, total, count))
+        Ok((w_new, r_new, [before, after, total], count, Solver::name(solvers)))
     };
     // Two passes. 1: h from the dense weights on the reconstructed prefix (the trajectory to
     // reproduce). 2: h from the layer as updated by pass 1, i.e. the inputs it really gets, as
@@ -210,8 +212,8 @@ pub fn obs_recurrent(
     // passes do not help (3: 94.7 %, 4: 94.4 %), nor does fitting the dense trajectory's
     // pre-activations directly (94.4 %).
     let (w1, r1, ..) = solve(&w_dense, &r_dense)?;
-    let (w_new, r_new, before, after, total, count) = solve(&w1, &r1)?;
-    let rep = LayerRecon::obs(label, format!("{w_name}, {r_name}"), count, before, after, total);
+    let (w_new, r_new, errs, count, solver) = solve(&w1, &r1)?;
+    let rep = LayerRecon::obs(label, format!("{w_name}, {r_name}"), count, errs, solver);
     if rep.method != "obs" {
         return Ok(Some(rep));
     }

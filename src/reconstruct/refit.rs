@@ -482,6 +482,7 @@ fn solve(j: &Job, fit: Normal, val: Normal, masked: &mut ModelProto, pruned: &mu
         rows: fit.rows + val.rows,
         err_before: e0 / denom,
         err_after: e1 / denom,
+        solver: None,
         note: None,
     };
     if method == "unchanged" {

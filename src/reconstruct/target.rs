@@ -19,7 +19,8 @@
 //! [`MAX_TARGET_ELEMS`]; the caller then falls back to plain OBS).
 
 use super::capture::run_exposing;
-use super::linalg::{mean_diag, ridge, Normal, Normal32, ObsFactor};
+use super::linalg::{mean_diag, ridge, Normal, Normal32};
+use super::obs_factor::{ObsFactor, Solver};
 use super::refit::{is_val, sample_positions};
 use super::site::{self, Site};
 use super::{LayerRecon, OBS_DAMP, POSITIONS_PER_SAMPLE};
@@ -108,8 +109,9 @@ enum Start {
 /// classifier solved on a few hundred rows needs more than a convolution on thousands).
 pub const FIT_DAMPS: [f64; 3] = [1e-3, 1e-2, 1e-1];
 
-/// The weights of one group for `start`, fitted on `st`, as X = Wᵀ (p × og); None if a
-/// factorisation failed. `obs`: the OBS factor of `st`'s H (shared by the start points).
+/// The weights of one group for `start`, fitted on `st`, as X = Wᵀ (p × og), with the OBS solver
+/// used (none for [`Start::Pruned`]); None if a factorisation failed. `obs`: the OBS factor of
+/// `st`'s H (shared by the start points).
 #[allow(clippy::too_many_arguments)]
 fn solve(
     start: Start,
@@ -120,10 +122,10 @@ fn solve(
     keep: &[bool],
     og: usize,
     p: usize,
-) -> Option<Mat<f64>> {
+) -> Option<(Mat<f64>, Option<Solver>)> {
     let to_x = |w: &[f64]| Mat::from_fn(p, og, |i, o| w[o * p + i]);
     match start {
-        Start::Pruned => Some(to_x(w_cur)),
+        Start::Pruned => Some((to_x(w_cur), None)),
         Start::Dense | Start::Fit(_) => {
             let mut w = match start {
                 Start::Dense | Start::Pruned => w_dense.to_vec(),
@@ -145,8 +147,8 @@ fn solve(
                     w
                 }
             };
-            obs?.apply(&mut w, og, keep);
-            Some(to_x(&w))
+            let solver = obs?.apply(&mut w, og, keep);
+            Some((to_x(&w), Some(solver)))
         }
     }
 }
@@ -333,7 +335,7 @@ pub(crate) fn obs_to_dense(
                         continue;
                     }
                     errs[ci] = match (&x, errs[ci]) {
-                        (Some(x), Some(acc)) => {
+                        (Some((x, _)), Some(acc)) => {
                             let d = match (shift, &offset) {
                                 (true, _) => Some(st[fit].shift(x.as_ref())),
                                 (false, Some(off)) => Some(off[g * og..(g + 1) * og].to_vec()),
@@ -371,13 +373,14 @@ pub(crate) fn obs_to_dense(
         (Start::Fit(_), false) => "obs-dense",
         (Start::Fit(_), true) => "obs-dense+bias",
     };
-    let rep = LayerRecon {
+    let mut rep = LayerRecon {
         layer: s.label.clone(),
         weight: s.weight.clone(),
         method: method.into(),
         rows: fit_rows + held_rows,
         err_before: before / denom,
         err_after: errs[best].unwrap_or(before) / denom,
+        solver: None,
         note: (best == 0).then(|| "no update lowered the layer's error on the held-apart samples".into()),
     };
     if best == 0 {
@@ -386,13 +389,15 @@ pub(crate) fn obs_to_dense(
     // The winner, solved again on every sample.
     let mut w_new = vec![0.0; s.out * p];
     let mut bias = bias_dense.clone();
+    let mut solvers = vec![];
     for (g, st) in stats.iter().enumerate() {
         let all = st[0].merged(&st[1]);
         let lo = g * og * p;
         let factor = if start == Start::Pruned { None } else { ObsFactor::new(all.n.g.as_ref(), OBS_DAMP) };
         let (wd, wc, kp) = (slice(&w_dense, g), slice(&w_cur, g), &keep[lo..lo + og * p]);
-        let x = solve(start, &all, factor.as_ref(), &wd, &wc, kp, og, p)
+        let (x, solver) = solve(start, &all, factor.as_ref(), &wd, &wc, kp, og, p)
             .context("the factorisation failed on all samples")?;
+        solvers.extend(solver);
         for o in 0..og {
             for i in 0..p {
                 w_new[(g * og + o) * p + i] = x[(i, o)];
@@ -404,6 +409,7 @@ pub(crate) fn obs_to_dense(
             }
         }
     }
+    rep.solver = Solver::name(solvers);
     let gm = model.graph.as_mut().context("model has no graph")?;
     site::write_rows(gm, s, &w_new)?;
     if shift {
@@ -463,7 +469,7 @@ mod tests {
     }
 
     /// With an upstream distortion, OBS from the least-squares fit to the dense outputs beats
-    /// OBS from the dense weights (SparseGPT) on fresh rows, and with the bias shift it removes
+    /// OBS from the dense weights (SparseGPT) and the layer as pruned on fresh rows, and with the bias shift it removes
     /// the distortion's offset too; with no distortion the fit starts from (about) W itself.
     #[test]
     fn the_fit_start_corrects_upstream_error() {
@@ -482,18 +488,19 @@ mod tests {
         let test = data(200, p, og, &w, &a, &c, 9);
         let err = |start: Start, shift: bool| {
             let f = ObsFactor::new(fit.n.g.as_ref(), OBS_DAMP);
-            let x = solve(start, &fit, f.as_ref(), &w, &w_cur, &keep, og, p).unwrap();
+            let x = solve(start, &fit, f.as_ref(), &w, &w_cur, &keep, og, p).unwrap().0;
             let d = shift.then(|| fit.shift(x.as_ref()));
             test.sse(x.as_ref(), d.as_deref())
         };
         let (pruned, dense, fitted, fitted_b) =
             (err(Start::Pruned, false), err(Start::Dense, false), err(Start::Fit(1), false), err(Start::Fit(1), true));
-        assert!(dense < pruned, "{dense} < {pruned}");
-        assert!(fitted < 0.7 * dense, "{fitted} < {dense}");
+        // SparseGPT's start keeps W z on the distorted inputs, which need not be closer to the
+        // dense outputs than the pruned layer; the fit aims at them and beats both.
+        assert!(fitted < 0.7 * dense.min(pruned), "{fitted} < {dense}, {pruned}");
         assert!(fitted_b < 0.5 * fitted, "{fitted_b} < {fitted}");
         // The mask is EMP's: the fit never brings a removed weight back.
         let f = ObsFactor::new(fit.n.g.as_ref(), OBS_DAMP);
-        let x = solve(Start::Fit(1), &fit, f.as_ref(), &w, &w_cur, &keep, og, p).unwrap();
+        let x = solve(Start::Fit(1), &fit, f.as_ref(), &w, &w_cur, &keep, og, p).unwrap().0;
         for o in 0..og {
             for i in 0..p {
                 if !keep[o * p + i] {
@@ -505,8 +512,8 @@ mod tests {
         let ident: Vec<f64> = (0..p * p).map(|k| (k / p == k % p) as u8 as f64).collect();
         let clean = data(400, p, og, &w, &ident, &vec![0.0; p], 5);
         let fc = ObsFactor::new(clean.n.g.as_ref(), OBS_DAMP);
-        let x_fit = solve(Start::Fit(1), &clean, fc.as_ref(), &w, &w_cur, &keep, og, p).unwrap();
-        let x_obs = solve(Start::Dense, &clean, fc.as_ref(), &w, &w_cur, &keep, og, p).unwrap();
+        let x_fit = solve(Start::Fit(1), &clean, fc.as_ref(), &w, &w_cur, &keep, og, p).unwrap().0;
+        let x_obs = solve(Start::Dense, &clean, fc.as_ref(), &w, &w_cur, &keep, og, p).unwrap().0;
         let diff: f64 =
             (0..p).flat_map(|i| (0..og).map(move |o| (i, o))).map(|(i, o)| (x_fit[(i, o)] - x_obs[(i, o)]).abs()).sum();
         assert!(diff < 0.05 * (og * p) as f64, "{diff}");
