@@ -294,6 +294,16 @@ mod tests {
         assert!(out_err(&w, &w2, 2, p, &x) < 1e-6, "{}", out_err(&w, &w2, 2, p, &x));
     }
 
+    /// A random H = XᵀX from 2p + 3 rows, `out` rows of weights, and a mask keeping the weights
+    /// whose draw in [−1, 1) is above `keep_above`.
+    fn problem(seed: u64, out: usize, p: usize, keep_above: f64) -> (Mat<f64>, Vec<f64>, Vec<bool>) {
+        let mut r = rng(seed);
+        let x = Mat::from_fn(2 * p + 3, p, |_, _| r());
+        let w: Vec<f64> = (0..out * p).map(|_| r()).collect();
+        let keep: Vec<bool> = (0..out * p).map(|_| r() > keep_above).collect();
+        (x.transpose() * &x, w, keep)
+    }
+
     /// The factor the way SparseGPT computes it: Cholesky of the damped H, its inverse, and the
     /// upper Cholesky factor of that.
     fn reference_factor(h: MatRef<'_, f64>, damp: f64) -> Vec<f64> {
@@ -342,11 +352,7 @@ mod tests {
         /// Blocked (errors reach later blocks through one product) equals column by column.
         #[test]
         fn blocked_updates_equal_the_column_by_column_ones(seed in 1u64..u64::MAX, out in 1usize..7, p in 1usize..50, block in 1usize..9) {
-            let mut r = rng(seed);
-            let x = Mat::from_fn(2 * p + 3, p, |_, _| r());
-            let h = x.transpose() * &x;
-            let w: Vec<f64> = (0..out * p).map(|_| r()).collect();
-            let keep: Vec<bool> = (0..out * p).map(|_| r() > -0.2).collect();
+            let (h, w, keep) = problem(seed, out, p, -0.2);
             let f = ObsFactor::new(h.as_ref(), 0.01).unwrap();
             let (mut a, mut b) = (w.clone(), w.clone());
             f.apply_blocked(&mut a, out, &keep, block);
@@ -389,11 +395,7 @@ mod tests {
         /// on the damped objective.
         #[test]
         fn exact_rows_are_the_restricted_least_squares_solution(seed in 1u64..u64::MAX, out in 1usize..6, p in 1usize..30) {
-            let mut r = rng(seed);
-            let x = Mat::from_fn(2 * p + 3, p, |_, _| r());
-            let h = x.transpose() * &x;
-            let w: Vec<f64> = (0..out * p).map(|_| r()).collect();
-            let keep: Vec<bool> = (0..out * p).map(|_| r() > -0.1).collect();
+            let (h, w, keep) = problem(seed, out, p, -0.1);
             let f = ObsFactor::new(h.as_ref(), 0.01).unwrap();
             let (mut e, mut s) = (w.clone(), w.clone());
             f.apply_exact(&mut e, out, &keep);
