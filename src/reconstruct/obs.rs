@@ -3,7 +3,7 @@
 //! For each pruned weight, in graph order: collect H = Σ z zᵀ of the layer's inputs in the
 //! current model (earlier layers already updated), per Conv group; start from the dense
 //! weights, zero what EMP zeroed and move the error onto the kept weights of the same row
-//! ([`super::linalg::obs_factor::obs_update`]). The mask, and so the sparsity, is exactly EMP's.
+//! ([`super::obs_factor::obs_update`]). The mask, and so the sparsity, is exactly EMP's.
 //! LSTM / RNN weights go to [`super::recurrent`] (W and R of one node together).
 
 use super::boundary::Boundary;
@@ -455,17 +455,7 @@ fn update(
     let mut solvers = vec![];
     for (g, h) in hs.iter().enumerate() {
         let (lo, hi) = (g * og * s.p, (g + 1) * og * s.p);
-        match obs_update(&mut w_new[lo..hi], og, s.p, &keep[lo..hi], h.as_ref(), OBS_DAMP) {
-            Some(solver) => solvers.push(solver),
-            // Not positive definite even damped: plain zeroing for this group.
-            None => {
-                for (v, kp) in w_new[lo..hi].iter_mut().zip(&keep[lo..hi]) {
-                    if !kp {
-                        *v = 0.0;
-                    }
-                }
-            }
-        }
+        solvers.extend(obs_update(&mut w_new[lo..hi], og, s.p, &keep[lo..hi], h.as_ref(), OBS_DAMP));
         let d0: Vec<f64> = (lo..hi).map(|i| w_dense[i] - w_cur[i]).collect();
         let d1: Vec<f64> = (lo..hi).map(|i| w_dense[i] - w_new[i]).collect();
         let [b, a, t] = quads([&d0, &d1, &w_dense[lo..hi]], s.p, og, h);

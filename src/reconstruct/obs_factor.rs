@@ -104,12 +104,16 @@ fn exact_row(hinv: &[f64], p: usize, row: &mut [f64], kr: &[bool]) -> bool {
 /// H is damped by `damp · mean(diag H)`; inputs that never fire (H_jj = 0) get a unit diagonal
 /// (their weights cannot matter). Each row is solved exactly where that is affordable, otherwise
 /// by SparseGPT's column-by-column scheme ([`ObsFactor::apply`]). Rows are independent and run
-/// in parallel. Returns the solver used, or None (and leaves `w` unchanged) when the damped H is
-/// not positive definite.
+/// in parallel. Returns the solver used, or None when the damped H is not positive definite:
+/// then the removed weights are only zeroed.
 pub fn obs_update(w: &mut [f64], out: usize, p: usize, keep: &[bool], h: MatRef<'_, f64>, damp: f64) -> Option<Solver> {
     assert_eq!(w.len(), out * p);
     assert_eq!(keep.len(), out * p);
-    ObsFactor::new(h, damp).map(|f| f.apply(w, out, keep))
+    let solver = ObsFactor::new(h, damp).map(|f| f.apply(w, out, keep));
+    if solver.is_none() {
+        w.iter_mut().zip(keep).filter(|(_, k)| !**k).for_each(|(v, _)| *v = 0.0);
+    }
+    solver
 }
 
 /// The factor of [`obs_update`] for one H: the upper Cholesky factor U of the damped H⁻¹, row-major.

@@ -187,10 +187,7 @@ pub fn obs_recurrent(
             let cur_m = joined(&w_cur, &r_cur, d);
             let keep: Vec<bool> = cur_m.iter().map(|v| *v != 0.0).collect();
             let mut m = dense_m.clone();
-            match obs_update(&mut m, rows, p, &keep, h.as_ref(), OBS_DAMP) {
-                Some(s) => solvers.push(s),
-                None => m.iter_mut().zip(&keep).filter(|(_, k)| !**k).for_each(|(v, _)| *v = 0.0),
-            }
+            solvers.extend(obs_update(&mut m, rows, p, &keep, h.as_ref(), OBS_DAMP));
             let d0: Vec<f64> = dense_m.iter().zip(&cur_m).map(|(a, b)| a - b).collect();
             let d1: Vec<f64> = dense_m.iter().zip(&m).map(|(a, b)| a - b).collect();
             let [b, a, t] = super::obs::quads([&d0, &d1, &dense_m], p, rows, h);
