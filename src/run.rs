@@ -6,6 +6,7 @@
 use crate::check::{self, VerifyOptions};
 use crate::model::graph::{self, GraphIndex};
 use crate::model::io::{self, Loaded, SaveOptions};
+use crate::model::mapped::{MappedData, Masks};
 use crate::progress;
 use crate::prune::weights::{self, Include, Scope, WeightOptions};
 use crate::prune::{Criterion, MaskedOut, StructOptions, StructScope, StructuralResult};
@@ -59,10 +60,12 @@ fn check_paths(input: &Path, output: &Path, force: bool) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn params(m: &ModelProto) -> Result<(u64, u64)> {
+/// (parameters, nonzero parameters) of the float weights; `mapped`: data left in mapped files,
+/// counted through `masks`.
+fn params(m: &ModelProto, mapped: Option<&MappedData>, masks: &Masks) -> Result<(u64, u64)> {
     let g = m.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
-    Ok(graph::float_params(g, &ix))
+    Ok(graph::float_params_mapped(g, &ix, mapped.map(|m| (m, masks))))
 }
 
 pub fn run(o: &RunOptions) -> Result<Outcome> {
@@ -88,7 +91,20 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let mut timing = Timing::default();
     let t = Instant::now();
     let stage = progress::Stage::start("load");
-    let mut loaded = io::load(&o.input)?;
+    // The plain per-weight pass (no verification, no calibration data, nothing else that runs the
+    // model or rewrites its storage) reads and writes external data through read-only mappings:
+    // the weights are scored in the page cache and written once, through their keep bits.
+    let streamed = o.mode == Mode::Weights
+        && !o.verify
+        && !o.plan
+        && o.calibration.is_none()
+        && !o.sparse_initializers
+        && matches!(o.criterion, None | Some(CriterionArg::Magnitude));
+    let mut loaded = if streamed { io::load_mapped(&o.input)? } else { io::load(&o.input)? };
+    if loaded.proto.graph.as_ref().is_some_and(|g| !g.sparse_initializer.is_empty()) {
+        // Sparse initializers are densified below, from their data in memory.
+        loaded.materialize()?;
+    }
     if o.sparse_initializers && loaded.proto.ir_version < crate::model::sparse::MIN_IR_VERSION {
         bail!(
             "{}: --sparse-initializers: IR version {} has no sparse_initializer (needs ≥ {})",
@@ -120,7 +136,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
 
     validate_weights(&loaded.proto, &o.include, o.mode != Mode::Weights)
         .with_context(|| format!("{}", o.input.display()))?;
-    let (p_before, nz_before) = params(&loaded.proto)?;
+    let mut masks = Masks::new();
+    let mapped = loaded.mapped.clone();
+    let (p_before, nz_before) = params(&loaded.proto, mapped.as_deref(), &masks)?;
     // The pass works on the loaded model in place (no copy); only tensor names are kept for
     // `external_names`.
     let names_before = if loaded.external.is_empty() { Default::default() } else { tensor_names(&loaded.proto) };
@@ -203,9 +221,11 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             let wopts =
                 WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores, fixed_ratio: o.fixed_ratio };
             let small = weights::small_filters(&m, &o.include)?;
-            let (pruned_m, guarded) = guarded_prune(o, m, &wopts, calib.as_ref().map(|c| &c.0), recon_inputs.is_some())
-                .with_context(|| format!("{}", o.input.display()))?;
+            let (pruned_m, guarded) =
+                guarded_prune(o, m, &wopts, calib.as_ref().map(|c| &c.0), recon_inputs.is_some(), mapped.as_deref())
+                    .with_context(|| format!("{}", o.input.display()))?;
             m = pruned_m;
+            masks = guarded.masks;
             notes.extend(guarded.note);
             guard_report = guarded.guard;
             let mut r = guarded.weights;
@@ -334,7 +354,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     drop(stage);
     timing.prune_ms = ms(t);
     timing.reconstruct_ms = t_recon.get();
-    let (p_after, nz_after) = params(&pruned)?;
+    let (p_after, nz_after) = params(&pruned, mapped.as_deref(), &masks)?;
     if o.plan {
         return plan_outcome(
             o,
@@ -360,7 +380,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let fname = o.output.file_name().context("output path has no file name")?;
     let staged = staging.path().join(fname);
     let save_opts = SaveOptions { external: external_names(&loaded, &names_before, &pruned) };
-    let out_bytes = io::save(pruned, &staged, &save_opts)?;
+    let out_bytes = io::save_mapped(pruned, &staged, &save_opts, mapped.as_deref().map(|m| (m, &masks)))?;
+    drop(masks);
     drop(stage);
     timing.save_ms = ms(t);
 

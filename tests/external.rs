@@ -92,6 +92,59 @@ fn channels_mode_with_external_data() {
     check_external_run(&["--structured", "channels"]);
 }
 
+/// The plain per-weight pass (`--no-verify`) reads external data through read-only mappings and
+/// writes it through keep bits (`io::load_mapped`, `io::save_mapped`): its output is byte for byte
+/// the verified run's (which reads the data into memory and zeroes in place), with the same
+/// decisions and parameter counts, for every scope and with only some tensors outside.
+#[test]
+fn streamed_pass_writes_what_the_in_memory_pass_writes() {
+    let src = tempfile::tempdir().unwrap();
+    let all = externalized(src.path());
+    // A second copy with only every other initializer (and one empty tensor) outside.
+    let mut l = io::load(&all).unwrap();
+    let g = l.proto.graph.as_mut().unwrap();
+    let mut empty = g.initializer[0].clone();
+    empty.name = "unused_empty".into();
+    empty.dims = vec![0, 3];
+    empty.raw_data.clear();
+    g.initializer.push(empty);
+    let some: BTreeSet<String> = g.initializer.iter().step_by(2).map(|t| t.name.clone()).collect();
+    let some_dir = tempfile::tempdir().unwrap();
+    let some_model = some_dir.path().join("model.onnx");
+    io::save(
+        l.proto,
+        &some_model,
+        &SaveOptions { external: some.union(&["unused_empty".to_string()].into()).cloned().collect() },
+    )
+    .unwrap();
+    for model in [&all, &some_model] {
+        for scope in ["normalized", "global", "layer", "unit"] {
+            let run = |verify: bool| {
+                let d = tempfile::tempdir().unwrap();
+                let out = d.path().join("out.onnx");
+                let rep = d.path().join("r.json");
+                let mut c = bin();
+                c.arg(model).arg(&out).args(["--beta", "0.8", "--scope", scope, "--quiet", "--report"]).arg(&rep);
+                if verify {
+                    c.args(["--inputs", INPUTS, "--no-latency"]);
+                } else {
+                    c.arg("--no-verify");
+                }
+                c.assert().success();
+                let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+                let data = std::fs::read(d.path().join("out.onnx.data")).unwrap();
+                (std::fs::read(&out).unwrap(), data, r)
+            };
+            let (m1, d1, r1) = run(false);
+            let (m2, d2, r2) = run(true);
+            assert!(m1 == m2 && d1 == d2, "{}, scope {scope}: outputs differ", model.display());
+            assert_eq!(r1["params"], r2["params"], "scope {scope}");
+            assert_eq!(r1["weights"], r2["weights"], "scope {scope}");
+            assert!(r1["params"]["nonzero_after"].as_u64() < r1["params"]["nonzero_before"].as_u64());
+        }
+    }
+}
+
 /// Rewrite the external-data entries of `model` (without resolving them) with `f`.
 fn edit_external(model: &Path, f: impl Fn(usize, &mut onnx_protobuf::TensorProto)) {
     let mut m = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(model).unwrap()).unwrap();

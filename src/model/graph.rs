@@ -236,6 +236,16 @@ pub fn set_attr_ints(n: &mut NodeProto, name: &str, v: &[i64]) {
 
 /// Total element count of float weights (for parameter counts).
 pub fn float_params(g: &GraphProto, ix: &GraphIndex) -> (u64, u64) {
+    float_params_mapped(g, ix, None)
+}
+
+/// [`float_params`] of a model loaded with `io::load_mapped`: a weight whose data is still in a
+/// mapped file is counted there, through its keep bits in `masks` when it has some.
+pub fn float_params_mapped(
+    g: &GraphProto,
+    ix: &GraphIndex,
+    mapped: Option<(&crate::model::mapped::MappedData, &crate::model::mapped::Masks)>,
+) -> (u64, u64) {
     use rayon::prelude::*;
     // Quantized weights (QDQ models) are parameters too: integer data read by a DequantizeLinear.
     let quantized: std::collections::BTreeSet<&str> = g
@@ -252,6 +262,23 @@ pub fn float_params(g: &GraphProto, ix: &GraphIndex) -> (u64, u64) {
         .collect();
     ws.par_iter()
         .filter_map(|(_, t)| {
+            if let Some((m, masks)) = mapped {
+                if let Some(key) = m.locate(t) {
+                    let b = m.tensor_bytes(t)?.ok()?;
+                    if tensor::is_float(t.data_type) {
+                        let nz = tensor::count_nonzero_raw(t.data_type, b, masks.get(&key).map(|v| v.as_slice()));
+                        return Some((tensor::numel(t).ok()? as u64, nz));
+                    }
+                    // Quantized weights: counted from a copy read like the in-memory tensor.
+                    let mut c = (*t).clone();
+                    c.raw_data = b.to_vec();
+                    c.external_data.clear();
+                    c.data_location = protobuf::EnumOrUnknown::from_i32(0);
+                    return tensor::read_i64(&c)
+                        .ok()
+                        .map(|v| (v.len() as u64, v.iter().filter(|&&x| x != 0).count() as u64));
+                }
+            }
             if tensor::is_float(t.data_type) {
                 tensor::count_nonzero_f32(t).ok()
             } else {

@@ -8,6 +8,7 @@
 //! beside the output on save. Saving is atomic: temp file in the target folder, then rename (like
 //! `cp`, the files are not fsynced: durability against power loss is left to the OS).
 
+use super::mapped::MappedData;
 use super::tensor::{self, tname};
 use super::{presence, validate, wire};
 use anyhow::{bail, Context, Result};
@@ -29,6 +30,26 @@ pub struct Loaded {
     pub bytes_on_disk: u64,
     /// Names of tensors that were stored as external data in the input.
     pub external: BTreeSet<String>,
+    /// With [`load_mapped`]: the input's data files, mapped read-only; the external tensors still
+    /// refer to them (empty `raw_data`) until [`Loaded::materialize`].
+    pub mapped: Option<std::sync::Arc<MappedData>>,
+}
+
+impl Loaded {
+    /// Read the data of tensors left in their mapped files into `raw_data`, as [`load`] does.
+    pub fn materialize(&mut self) -> Result<()> {
+        if self.mapped.take().is_none() {
+            return Ok(());
+        }
+        let dir = folder(&self.path);
+        read_all_external(&mut self.proto, dir)
+            .and_then(|_| check_external(&self.proto, &self.external))
+            .map_err(|e| e.context(format!("{}: external data", self.path.display())))
+    }
+}
+
+fn folder(path: &Path) -> &Path {
+    path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."))
 }
 
 /// Read and parse a model file, resolving external data relative to its folder.
@@ -37,6 +58,20 @@ pub struct Loaded {
 /// read tensor by tensor (one open file per data file, positioned reads, in parallel) after the
 /// ranges were checked: inside the data file, not overlapping.
 pub fn load(path: &Path) -> Result<Loaded> {
+    load_with(path, false)
+}
+
+/// [`load`], except that external data files are mapped read-only rather than read: the tensors
+/// stored in them keep empty `raw_data` and their references, and their bytes are reached through
+/// [`Loaded::mapped`] (the per-weight pass reads them there and writes its output from them, see
+/// `save_mapped`). Nothing of the data is copied or checked beyond its ranges until it is used;
+/// [`Loaded::materialize`] turns the result into what [`load`] returns. Where mapping is not
+/// available (not Unix), this is [`load`].
+pub fn load_mapped(path: &Path) -> Result<Loaded> {
+    load_with(path, cfg!(unix))
+}
+
+fn load_with(path: &Path, map: bool) -> Result<Loaded> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if !meta.is_file() {
         bail!("{}: not a regular file", path.display());
@@ -51,25 +86,36 @@ pub fn load(path: &Path) -> Result<Loaded> {
     }
     let mut proto =
         parse_file(path, meta.len()).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
-    let dir =
-        path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
-    let (external, data_files) =
-        read_all_external(&mut proto, dir).map_err(|e| e.context(format!("{}: external data", path.display())))?;
-    if !external.is_empty() {
+    let dir = folder(path);
+    let ctx = |e: anyhow::Error| e.context(format!("{}: external data", path.display()));
+    let (external, data_files, mapped) = if map {
+        let (names, files, m) = map_all_external(&mut proto, dir).map_err(ctx)?;
+        let m = (!names.is_empty()).then(|| std::sync::Arc::new(m));
+        (names, files, m)
+    } else {
+        let (names, files) = read_all_external(&mut proto, dir).map_err(ctx)?;
         // The data read from outside the file gets the checks `parse` could not do.
-        validate::for_each_tensor(&proto, &mut |t| {
-            if external.contains(&t.name) {
-                validate::check_tensor(t)?;
-            }
-            Ok(())
-        })
-        .with_context(|| format!("{}: external data", path.display()))?;
-    }
+        check_external(&proto, &names).map_err(ctx)?;
+        (names, files, None)
+    };
     let mut size = meta.len();
     for (_, flen) in &data_files {
         size += flen;
     }
-    Ok(Loaded { proto, path: path.to_path_buf(), bytes_on_disk: size, external })
+    Ok(Loaded { proto, path: path.to_path_buf(), bytes_on_disk: size, external, mapped })
+}
+
+/// The checks of `parse` on the tensors whose data was read from outside the file.
+fn check_external(proto: &ModelProto, external: &BTreeSet<String>) -> Result<()> {
+    if external.is_empty() {
+        return Ok(());
+    }
+    validate::for_each_tensor(proto, &mut |t| {
+        if external.contains(&t.name) {
+            validate::check_tensor(t)?;
+        }
+        Ok(())
+    })
 }
 
 /// Parse a model file of `len` bytes with the checks of [`parse`], straight from the file (no
@@ -215,7 +261,7 @@ pub fn for_each_tensor_mut(m: &mut ModelProto, f: &mut dyn FnMut(&mut TensorProt
     }
 }
 
-fn ext_field<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {
+pub(crate) fn ext_field<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {
     t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str())
 }
 
@@ -313,17 +359,22 @@ struct ExtRange {
     length: u64,
 }
 
-/// Resolve and read every external tensor into `raw_data`. Returns the names of the external
-/// tensors and the data files used with their sizes.
+/// The checked external data of a model: its open data files (canonical path, file, length,
+/// location as first written) and, in [`all_tensors_mut`] order over the external tensors, where
+/// each one's bytes are.
+struct ExtPlan {
+    files: Vec<(PathBuf, File, u64, String)>,
+    /// Every location as written → index in `files` (two spellings may name one file).
+    by_loc: std::collections::HashMap<String, usize>,
+    ranges: Vec<ExtRange>,
+}
+
+/// Resolve and check the external data of `tensors` (the external ones of a model, in order).
 ///
 /// Every range is checked before anything is read: inside its (regular) data file, no two
 /// tensors sharing bytes, and the tensors of one file reading at most the bytes it holds (so
-/// a small file cannot cost more memory than its size). Reads are positioned and parallel.
-fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<String>, DataFiles)> {
-    use rayon::prelude::*;
-    let mut tensors: Vec<&mut TensorProto> =
-        all_tensors_mut(proto).into_iter().filter(|t| validate::is_external(t)).collect();
-    // (canonical path, open file, length, location as written)
+/// a small file cannot cost more memory than its size).
+fn plan_external(tensors: &[&mut TensorProto], dir: &Path) -> Result<ExtPlan> {
     let mut files: Vec<(PathBuf, File, u64, String)> = Vec::new();
     let mut by_loc: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     // Bytes claimed so far from each data file.
@@ -398,6 +449,17 @@ fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<Str
             );
         }
     }
+    Ok(ExtPlan { files, by_loc, ranges })
+}
+
+/// Resolve and read every external tensor into `raw_data` (ranges checked by [`plan_external`];
+/// positioned reads, in parallel). Returns the names of the external tensors and the data files
+/// used with their sizes.
+fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<String>, DataFiles)> {
+    use rayon::prelude::*;
+    let mut tensors: Vec<&mut TensorProto> =
+        all_tensors_mut(proto).into_iter().filter(|t| validate::is_external(t)).collect();
+    let ExtPlan { files, ranges, .. } = plan_external(&tensors, dir)?;
     let results: Vec<Result<()>> = tensors
         .par_iter_mut()
         .zip(&ranges)
@@ -416,6 +478,21 @@ fn read_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<Str
     results.into_iter().collect::<Result<Vec<_>>>()?;
     let names = tensors.iter().map(|t| t.name.clone()).collect();
     Ok((names, files.into_iter().map(|f| (f.0, f.2)).collect()))
+}
+
+/// Check the external data of every tensor as [`read_all_external`] does, then map the data
+/// files read-only instead of reading them: the tensors keep their external references.
+fn map_all_external(proto: &mut ModelProto, dir: &Path) -> Result<(BTreeSet<String>, DataFiles, MappedData)> {
+    let tensors: Vec<&mut TensorProto> =
+        all_tensors_mut(proto).into_iter().filter(|t| validate::is_external(t)).collect();
+    let ExtPlan { files, by_loc, .. } = plan_external(&tensors, dir)?;
+    let names = tensors.iter().map(|t| t.name.clone()).collect();
+    let sizes = files.iter().map(|f| (f.0.clone(), f.2)).collect();
+    let maps = files
+        .iter()
+        .map(|(_, f, _, loc)| MappedData::map_file(f).with_context(|| format!("cannot map '{loc}'")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((names, sizes, MappedData::new(maps, by_loc)))
 }
 
 /// A zeroed buffer of `len` bytes for a tensor's data, or None when it cannot be allocated. Fresh
@@ -485,11 +562,58 @@ pub struct SaveOptions {
 /// Write a model atomically. Tensors named in `opts.external` (and, if the protobuf would exceed
 /// 2 GiB, every tensor of 1 KiB or more) go to one data file `<out file name>.data` beside it.
 /// Returns the bytes written (model + data).
-pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64> {
-    let dir = out.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
+pub fn save(proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64> {
+    save_mapped(proto, out, opts, None)
+}
+
+/// [`save`] for a model loaded with [`load_mapped`]: a tensor whose data is still in the mapped
+/// input files is written from there, through a small buffer, with the elements its keep bits in
+/// `masks` clear zeroed (or inline, read and masked, when it is not to be external). The output
+/// is byte for byte what [`save`] writes for the same model loaded with [`load`] and zeroed in
+/// place. Without `mapped`, any tensor whose data was not read is an error.
+pub fn save_mapped(
+    mut proto: ModelProto,
+    out: &Path,
+    opts: &SaveOptions,
+    mapped: Option<(&MappedData, &super::mapped::Masks)>,
+) -> Result<u64> {
+    let dir = folder(out);
     let fname = out.file_name().with_context(|| format!("{}: not a file path", out.display()))?;
     presence::settle(&mut proto);
     let mut external = opts.external.clone();
+    // Data still in the input's files: inline ones (and empty ones, written inline as `load`
+    // leaves them) are read now; the others are streamed below.
+    let mut unread: Option<anyhow::Error> = None;
+    for_each_tensor_mut(&mut proto, &mut |t| {
+        if unread.is_some() || !validate::is_external(t) {
+            return;
+        }
+        let Some((m, masks)) = mapped else {
+            unread = Some(anyhow::anyhow!("tensor '{}': external data was not read", tname(t)));
+            return;
+        };
+        let Some(key) = m.locate(t) else {
+            unread = Some(anyhow::anyhow!("tensor '{}': external data was not read", tname(t)));
+            return;
+        };
+        let r = super::mapped::expected_len(t).and_then(|len| m.bytes(key, len).map(|b| (len, b)));
+        match r {
+            Ok((len, b)) if len == 0 || !external.contains(&t.name) => {
+                let mut v = b.to_vec();
+                if let (Some(mask), Some(es), true) = (masks.get(&key), tensor::elem_size(t.data_type), len > 0) {
+                    super::mapped::clear_unkept(&mut v, es, mask);
+                }
+                t.raw_data = v;
+                t.external_data.clear();
+                t.data_location = protobuf::EnumOrUnknown::from_i32(0);
+            }
+            Ok(_) => {}
+            Err(e) => unread = Some(e.context(format!("tensor '{}'", tname(t)))),
+        }
+    });
+    if let Some(e) = unread {
+        return Err(e.context(format!("{}: cannot write", out.display())));
+    }
     if proto.compute_size() > PROTOBUF_LIMIT {
         for_each_tensor_mut(&mut proto, &mut |t| {
             if t.raw_data.len() >= 1024 {
@@ -515,18 +639,28 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
             for_each_tensor_mut(&mut proto, &mut |t| {
-                if err.is_some() || !external.contains(&t.name) || t.raw_data.is_empty() {
+                if err.is_some() || !external.contains(&t.name) {
+                    return;
+                }
+                // A mapped tensor (non-empty: the empty ones were made inline above).
+                let src = mapped.and_then(|(m, masks)| m.locate(t).map(|k| (m, masks.get(&k), k)));
+                if src.is_none() && t.raw_data.is_empty() {
                     return;
                 }
                 // 64-byte alignment, as onnx's own writer can do, for mmap-friendly readers.
                 let pad = (64 - offset % 64) % 64;
-                let r = w.write_all(&vec![0u8; pad as usize]).and_then(|_| w.write_all(&t.raw_data));
-                if let Err(e) = r {
-                    err = Some(e.into());
-                    return;
-                }
+                let r = w.write_all(&vec![0u8; pad as usize]).map_err(anyhow::Error::from).and_then(|_| match src {
+                    None => w.write_all(&t.raw_data).map(|_| t.raw_data.len() as u64).map_err(Into::into),
+                    Some((m, mask, key)) => write_mapped(&mut w, t, m, key, mask),
+                });
+                let len = match r {
+                    Ok(len) => len,
+                    Err(e) => {
+                        err = Some(e);
+                        return;
+                    }
+                };
                 offset += pad;
-                let len = t.raw_data.len() as u64;
                 t.raw_data = Vec::new();
                 t.data_location = protobuf::EnumOrUnknown::from_i32(1);
                 t.external_data =
@@ -571,6 +705,23 @@ pub fn save(mut proto: ModelProto, out: &Path, opts: &SaveOptions) -> Result<u64
         return Err(anyhow::Error::new(e.error).context(format!("{}: cannot write", out.display())));
     }
     Ok(total)
+}
+
+/// Write a mapped tensor's bytes through its keep bits (if any); returns the bytes written.
+fn write_mapped(
+    w: &mut impl Write,
+    t: &TensorProto,
+    m: &MappedData,
+    key: super::mapped::ExtKey,
+    mask: Option<&Vec<u64>>,
+) -> Result<u64> {
+    let len = super::mapped::expected_len(t)?;
+    let b = m.bytes(key, len)?;
+    match mask {
+        None => w.write_all(b)?,
+        Some(mask) => super::mapped::write_masked(w, b, len / tensor::numel(t)?.max(1), mask)?,
+    }
+    Ok(len as u64)
 }
 
 fn kv(k: &str, v: &str) -> StringStringEntryProto {

@@ -1,6 +1,7 @@
 //! ONNX model: lossless I/O, typed tensor views and a graph index.
 pub mod graph;
 pub mod io;
+pub mod mapped;
 pub mod presence;
 pub mod sparse;
 pub mod tensor;

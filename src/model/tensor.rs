@@ -181,32 +181,52 @@ pub fn count_nonzero_f32(t: &TensorProto) -> Result<(u64, u64)> {
         bail!("tensor '{name}': expected a float tensor, found {}", dtype_name(t.data_type));
     }
     let nz = match storage(t)? {
-        Storage::Raw(_) => match t.data_type {
-            // In parallel blocks, counted with a branch-free sum (vectorises).
-            dt::FLOAT => t
-                .raw_data
-                .par_chunks(1 << 20)
-                .map(|b| {
-                    b.chunks_exact(4)
-                        .map(|c| (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) << 1 != 0) as usize)
-                        .sum::<usize>()
-                })
-                .sum(),
-            dt::FLOAT16 | dt::BFLOAT16 => {
-                t.raw_data.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 != 0).count()
-            }
-            _ => t
-                .raw_data
-                .chunks_exact(8)
-                .filter(|c| f64::from_le_bytes((*c).try_into().unwrap()) as f32 != 0.0)
-                .count(),
-        },
+        Storage::Raw(_) => count_nonzero_raw(t.data_type, &t.raw_data, None) as usize,
         Storage::Float => t.float_data.iter().filter(|&&v| v != 0.0).count(),
         Storage::Double => t.double_data.iter().filter(|&&v| v as f32 != 0.0).count(),
         Storage::Int32 => t.int32_data.iter().filter(|&&v| (v as u16) << 1 != 0).count(),
         s => bail!("tensor '{name}': float data stored as {s:?}"),
     };
     Ok((numel(t)? as u64, nz as u64))
+}
+
+/// Nonzero elements of float data stored raw (f32, f16, bf16, f64 as little-endian bytes), as
+/// [`count_nonzero_f32`] counts them (±0 is zero; f64 counts as its f32 value); with `mask`, only
+/// the elements whose keep bit is 1 (bit i of word i/64). In parallel blocks.
+pub fn count_nonzero_raw(data_type: i32, bytes: &[u8], mask: Option<&[u64]>) -> u64 {
+    const BLOCK: usize = 1 << 16;
+    let es = match data_type {
+        dt::FLOAT => 4,
+        dt::FLOAT16 | dt::BFLOAT16 => 2,
+        _ => 8,
+    };
+    let nonzero = |c: &[u8]| -> bool {
+        match es {
+            4 => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) << 1 != 0,
+            2 => u16::from_le_bytes([c[0], c[1]]) << 1 != 0,
+            _ => f64::from_le_bytes(c.try_into().unwrap()) as f32 != 0.0,
+        }
+    };
+    bytes
+        .par_chunks(BLOCK * es)
+        .enumerate()
+        .map(|(bi, b)| match mask {
+            // A branch-free sum (vectorises).
+            None => b.chunks_exact(es).map(|c| nonzero(c) as u64).sum::<u64>(),
+            // Per mask word: the nonzero bits of its 64 elements, and-ed with the keep bits.
+            Some(m) => b
+                .chunks(64 * es)
+                .zip(&m[bi * BLOCK / 64..])
+                .map(|(c, &w)| {
+                    let mut nz = 0u64;
+                    for (j, e) in c.chunks_exact(es).enumerate() {
+                        nz |= (nonzero(e) as u64) << j;
+                    }
+                    (nz & w).count_ones() as u64
+                })
+                .sum(),
+        })
+        .sum()
 }
 
 /// Read a float tensor as f64 (f64 weights keep their precision).

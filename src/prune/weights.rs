@@ -13,6 +13,7 @@
 
 use crate::emp;
 use crate::model::graph::{self, node_label, GraphIndex, WeightRef};
+use crate::model::mapped::{ExtKey, MappedData, Masks};
 use crate::model::tensor::{self, dt, tname, Storage};
 use anyhow::{bail, Context, Result};
 use half::{bf16, f16};
@@ -130,6 +131,18 @@ use zero::*;
 
 /// Run per-weight EMP on the model in place. On error the model is left unchanged.
 pub fn prune_weights(model: &mut ModelProto, opts: &WeightOptions) -> Result<WeightsReport> {
+    prune_weights_mapped(model, opts, None).map(|(r, _)| r)
+}
+
+/// [`prune_weights`] on a model loaded with `io::load_mapped`: a candidate whose data is still in
+/// `mapped` is scored from there and not zeroed; its keep bits are returned instead, for
+/// `io::save_mapped` (and `graph::float_params_mapped`) to apply. Decisions and report are those
+/// of [`prune_weights`] on the same model read into memory.
+pub fn prune_weights_mapped(
+    model: &mut ModelProto,
+    opts: &WeightOptions,
+    mapped: Option<&MappedData>,
+) -> Result<(WeightsReport, Masks)> {
     emp::check_beta(opts.beta).map_err(|e| anyhow::anyhow!("{e}"))?;
     let g = model.graph.as_mut().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
@@ -142,37 +155,69 @@ pub fn prune_weights(model: &mut ModelProto, opts: &WeightOptions) -> Result<Wei
         bail!("no prunable weights found (Conv, ConvTranspose, Gemm, MatMul, LSTM/GRU/RNN or Attention with constant float weights)");
     }
     let mut ts = tensors_mut(g, &cands)?;
-    let progress = crate::progress::Work::new(cands.len() as u64);
-    let (reports, global) = match opts.scope {
-        Scope::Global => prune_global(&cands, &mut ts, opts, None, &progress)?,
-        Scope::Normalized => {
-            let (scales, totals) = mean_scales(&cands, &ts, opts)?;
-            prune_global(&cands, &mut ts, opts, Some((&scales, &totals)), &progress)?
-        }
-        scope => (prune_groups(&cands, &mut ts, opts, scope, &progress)?, None),
+    // Where each candidate's data is when it was left in a mapped file.
+    let raws: Vec<Option<(ExtKey, &[u8])>> = match mapped {
+        None => vec![None; ts.len()],
+        Some(m) => ts
+            .iter()
+            .map(|t| match (m.locate(t), m.tensor_bytes(t)) {
+                (Some(k), Some(b)) => b.map(|b| Some((k, b))).with_context(|| format!("weight '{}'", tname(t))),
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?,
     };
+    let progress = crate::progress::Work::new(cands.len() as u64);
+    let w = Weights { cands: &cands, raws: &raws };
+    let (reports, global) = match opts.scope {
+        Scope::Global => prune_global(w, &mut ts, opts, None, &progress)?,
+        Scope::Normalized => {
+            let (scales, totals) = mean_scales(w, &ts, opts)?;
+            prune_global(w, &mut ts, opts, Some((&scales, &totals)), &progress)?
+        }
+        scope => (prune_groups(w, &mut ts, opts, scope, &progress)?, None),
+    };
+    let (reports, masks): (Vec<TensorReport>, Vec<Option<(ExtKey, Vec<u64>)>>) = reports.into_iter().unzip();
     let candidates_elems = reports.iter().map(|r| r.n).sum();
     let kept_elems = reports.iter().map(|r| r.kept).sum();
-    Ok(WeightsReport { tensors: reports, small_filters_kept: vec![], global, candidates_elems, kept_elems })
+    let report = WeightsReport { tensors: reports, small_filters_kept: vec![], global, candidates_elems, kept_elems };
+    Ok((report, masks.into_iter().flatten().collect()))
 }
+
+/// The candidates and, for those left in a mapped file, where and what their bytes are.
+#[derive(Clone, Copy)]
+struct Weights<'a> {
+    cands: &'a [Candidate],
+    raws: &'a [Option<(ExtKey, &'a [u8])>],
+}
+
+impl<'a> Weights<'a> {
+    fn raw(&self, i: usize) -> Option<&'a [u8]> {
+        self.raws[i].map(|r| r.1)
+    }
+}
+
+/// A tensor's report and, for a mapped tensor, its keep bits (None: nothing zeroed).
+type Pruned = (TensorReport, Option<(ExtKey, Vec<u64>)>);
 
 /// Scope unit or layer: tensors in parallel. First every tensor is checked and its keep bits
 /// decided (read only), then, once all succeeded, tensors are accounted and zeroed.
 fn prune_groups(
-    cands: &[Candidate],
+    w: Weights,
     ts: &mut [&mut TensorProto],
     opts: &WeightOptions,
     scope: Scope,
     progress: &crate::progress::Work,
-) -> Result<Vec<TensorReport>> {
+) -> Result<Vec<Pruned>> {
+    let cands = w.cands;
     type Decided = (Vec<u64>, usize, f64, usize);
     // As before: every tensor's scores are checked before a bad --ratio is reported.
     let bad_ratio = opts.fixed_ratio.filter(|r| !(r.is_finite() && (0.0..1.0).contains(r)));
     let decided: Vec<Result<Option<Decided>>> = cands
         .par_iter()
         .zip(ts.par_iter())
-        .map(|(c, t)| {
-            let v = make_view(c, t, opts)?;
+        .enumerate()
+        .map(|(i, (c, t))| {
+            let v = make_view(c, t, w.raw(i), opts)?;
             if bad_ratio.is_some() {
                 return match first_non_finite(v, 0, v.n()) {
                     Some(b) => Err(non_finite_error(c, b)),
@@ -199,11 +244,12 @@ fn prune_groups(
         .par_iter()
         .zip(ts.par_iter_mut())
         .zip(decided)
-        .map(|((c, t), (mask, groups, ne, zero_groups))| {
-            let acc = account_and_zero(c, t, opts, &mask)?;
-            let n = make_view(c, t, opts)?.n();
+        .enumerate()
+        .map(|(i, ((c, t), (mask, groups, ne, zero_groups)))| {
+            let acc = account_and_zero(c, t, w.raw(i), opts, &mask)?;
+            let n = make_view(c, t, w.raw(i), opts)?.n();
             progress.inc(1);
-            Ok(report(c, t, n, groups, ne, zero_groups, acc))
+            Ok((report(c, t, n, groups, ne, zero_groups, acc), w.raws[i].map(|r| (r.0, mask))))
         })
         .collect()
 }
@@ -214,18 +260,19 @@ fn prune_groups(
 /// counting pass when only some keys equal to the threshold are kept); (5) each tensor accounted
 /// and zeroed.
 fn prune_global(
-    cands: &[Candidate],
+    w: Weights,
     ts: &mut [&mut TensorProto],
     opts: &WeightOptions,
     scales: Option<(&[f64], &[f64])>,
     progress: &crate::progress::Work,
-) -> Result<(Vec<TensorReport>, Option<GlobalDecision>)> {
+) -> Result<(Vec<Pruned>, Option<GlobalDecision>)> {
+    let cands = w.cands;
     let scale = |i: usize| scales.map_or(1.0, |s| s.0[i]);
     // Errors in candidate order, as before: a tensor that cannot be read, or a NaN/Inf score.
     let mut views = Vec::with_capacity(cands.len());
     let mut view_err = None;
     for (i, (c, t)) in cands.iter().zip(ts.iter()).enumerate() {
-        match make_view(c, t, opts) {
+        match make_view(c, t, w.raw(i), opts) {
             Ok(v) => views.push(View { scale: scale(i), ..v }),
             Err(e) => {
                 view_err = Some(e);
@@ -280,24 +327,31 @@ fn prune_global(
         (part_masks(cands.len(), &items, marked).into_iter().map(Some).collect(), sums, retained)
     };
     drop(views);
-    let reports: Vec<Result<TensorReport>> = cands
+    let reports: Vec<Result<Pruned>> = cands
         .par_iter()
         .zip(ts.par_iter_mut())
         .zip(masks.into_par_iter().zip(per.par_iter().zip(sums.par_iter())))
-        .map(|((c, t), (mask, (&(t1, t2), &(total, kept_mass))))| {
+        .enumerate()
+        .map(|(i, ((c, t), (mask, (&(t1, t2), &(total, kept_mass)))))| {
             let t: &mut TensorProto = t;
-            let nt = make_view(c, t, opts)?.n();
+            let raw = w.raw(i);
+            let nt = make_view(c, t, raw, opts)?.n();
             let n_eff = emp::n_eff_from_moments(nt, t1, t2).unwrap_or(nt as f64);
+            let mut deferred = None;
             let acc = match mask {
                 // all kept: nothing to zero; Σ kept s = Σ s
-                None => make_view(c, t, opts).map(account_only)?,
+                None => make_view(c, t, raw, opts).map(account_only)?,
                 Some(mask) => {
-                    zero_masked(t, &mask, 0, nt).with_context(|| format!("zeroing '{}'", tname(t)))?;
-                    (zero::mask_count(&mask, nt), total, kept_mass)
+                    let acc = (zero::mask_count(&mask, nt), total, kept_mass);
+                    match w.raws[i] {
+                        Some((key, _)) => deferred = Some((key, mask)),
+                        None => zero_masked(t, &mask, 0, nt).with_context(|| format!("zeroing '{}'", tname(t)))?,
+                    }
+                    acc
                 }
             };
             progress.inc(1);
-            Ok(report(c, t, nt, 1, n_eff, 0, acc))
+            Ok((report(c, t, nt, 1, n_eff, 0, acc), deferred))
         })
         .collect();
     let gd = if m == 0.0 || gd.kept >= n {
@@ -314,8 +368,9 @@ fn prune_global(
 /// A tensor that cannot be read or holds NaN/Inf gets 1 here; `prune_global` reports the error.
 /// Also returns the per-item block totals (the work items of `chunks` over the readable
 /// candidates), which the marking pass reports as each tensor's Σ s.
-fn mean_scales(cands: &[Candidate], ts: &[&mut TensorProto], opts: &WeightOptions) -> Result<(Vec<f64>, Vec<f64>)> {
-    let views: Vec<Option<View>> = cands.iter().zip(ts.iter()).map(|(c, t)| make_view(c, t, opts).ok()).collect();
+fn mean_scales(w: Weights, ts: &[&mut TensorProto], opts: &WeightOptions) -> Result<(Vec<f64>, Vec<f64>)> {
+    let views: Vec<Option<View>> =
+        w.cands.iter().zip(ts.iter()).enumerate().map(|(i, (c, t))| make_view(c, t, w.raw(i), opts).ok()).collect();
     let readable: Vec<View> = views.iter().flatten().copied().collect();
     let items = chunks(&readable);
     let totals = block_sums(&readable, &items);

@@ -5,6 +5,7 @@ use super::RunOptions;
 use crate::check::guard::{self, GuardReport, Pruned};
 use crate::check::inputs::prepare_for;
 use crate::check::{InputSpec, Inputs};
+use crate::model::mapped::{MappedData, Masks};
 use crate::prune::weights::{self, WeightOptions, WeightsReport};
 use anyhow::Result;
 use onnx_protobuf::ModelProto;
@@ -15,24 +16,28 @@ pub(super) struct Guarded {
     /// For the report: why the guard did not run or could not judge when a default run expected
     /// it to, or what it raised β to.
     pub note: Option<String>,
+    /// Keep bits of tensors left in mapped files (see `weights::prune_weights_mapped`).
+    pub masks: Masks,
 }
 
-/// Prune `m` per weight; on a default run, through the guard.
+/// Prune `m` per weight; on a default run, through the guard. `mapped`: the data files of a
+/// model loaded with `io::load_mapped` (only without verification, so never with the guard).
 pub(super) fn guarded_prune(
     o: &RunOptions,
     m: ModelProto,
     wopts: &WeightOptions,
     calib: Option<&Inputs>,
     reconstructing: bool,
+    mapped: Option<&MappedData>,
 ) -> Result<(ModelProto, Guarded)> {
     let plain = |mut m: ModelProto, note: Option<String>| -> Result<(ModelProto, Guarded)> {
-        let weights = weights::prune_weights(&mut m, wopts)?;
-        Ok((m, Guarded { weights, guard: None, note }))
+        let (weights, masks) = weights::prune_weights_mapped(&mut m, wopts, mapped)?;
+        Ok((m, Guarded { weights, guard: None, note, masks }))
     };
     let Some(tol) = o.guard.filter(|_| !o.beta_given && o.fixed_ratio.is_none() && !reconstructing) else {
         return plain(m, None);
     };
-    if o.plan || !o.verify {
+    if o.plan || !o.verify || mapped.is_some() {
         let why = if o.plan { "plan" } else { "--no-verify" };
         return plain(
             m,
@@ -56,7 +61,7 @@ pub(super) fn guarded_prune(
     match chosen {
         Ok((p, report)) => {
             let note = report.raised().then(|| guard_note(&report, o.beta));
-            Ok((p.model, Guarded { weights: p.extra, guard: Some(report), note }))
+            Ok((p.model, Guarded { weights: p.extra, guard: Some(report), note, masks: Masks::new() }))
         }
         Err(e) => plain(m, Some(unjudged(&e))),
     }
@@ -86,7 +91,7 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
     };
     let cost = match crate::check::macs(&o.input, &one.facts()) {
         Ok(c) => c.total / one.rows().max(1) as u64,
-        Err(_) => super::params(m)?.0,
+        Err(_) => super::params(m, None, &Masks::new())?.0,
     };
     let rows = guard::guard_rows(cost);
     if let Some(c) = calib {

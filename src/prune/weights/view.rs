@@ -147,14 +147,32 @@ pub(super) fn sum_zero() -> f64 {
 }
 
 /// Validate one candidate and make its score view. Errors are those of the previous version.
-pub(super) fn make_view<'a>(c: &Candidate, t: &'a TensorProto, opts: &'a WeightOptions) -> Result<View<'a>> {
+/// `mapped`: the tensor's bytes when its data is still in a mapped file (raw, as stored).
+pub(super) fn make_view<'a>(
+    c: &Candidate,
+    t: &'a TensorProto,
+    mapped: Option<&'a [u8]>,
+    opts: &'a WeightOptions,
+) -> Result<View<'a>> {
     if let Some(s) = opts.scores.get(&c.name) {
         let n = tensor::numel(t)?;
         if s.len() != n {
             bail!("tensor '{}': score vector has {} entries for {} weights", c.name, s.len(), n);
         }
-        tensor::storage(t).with_context(|| format!("zeroing '{}'", tname(t)))?;
+        if mapped.is_none() {
+            tensor::storage(t).with_context(|| format!("zeroing '{}'", tname(t)))?;
+        }
         return Ok(View { src: Src::Scores(s), scale: 1.0 });
+    }
+    if let Some(b) = mapped {
+        let src = match t.data_type {
+            dt::FLOAT => Src::F32(b),
+            dt::FLOAT16 => Src::F16(b),
+            dt::BFLOAT16 => Src::Bf16(b),
+            dt::DOUBLE => Src::F64(b),
+            d => bail!("weight '{}': float data of type {} in external data", c.name, tensor::dtype_name(d)),
+        };
+        return Ok(View { src, scale: 1.0 });
     }
     let st = tensor::storage(t).with_context(|| format!("weight '{}'", c.name))?;
     let src = match (st, t.data_type) {

@@ -4,15 +4,18 @@ use super::*;
 
 /// Per-tensor blocked sums (see `emp::SUM_BLOCK`): (kept, Σ s, Σ kept s); the pruned elements
 /// are zeroed in the same sweep (block by block, while they are in cache).
+/// A mapped tensor (`mapped`: its bytes) is only accounted: its keep bits are applied when it is
+/// written.
 pub(super) fn account_and_zero(
     c: &Candidate,
     t: &mut TensorProto,
+    mapped: Option<&[u8]>,
     opts: &WeightOptions,
     mask: &[u64],
 ) -> Result<(usize, f64, f64)> {
     const SWEEP: usize = 1 << 16;
     let (mut total, mut kept_mass) = (sum_zero(), sum_zero());
-    let n = make_view(c, t, opts)?.n();
+    let n = make_view(c, t, mapped, opts)?.n();
     let kept = mask_count(mask, n);
     let mut sel = [0f64; BLOCK];
     let mut blo = 0;
@@ -22,7 +25,7 @@ pub(super) fn account_and_zero(
         let mut lo = blo;
         while lo < bhi {
             let hi = (lo + SWEEP).min(bhi);
-            make_view(c, t, opts)?.blocks(lo, hi, |i0, b| {
+            make_view(c, t, mapped, opts)?.blocks(lo, hi, |i0, b| {
                 let words = &mask[i0 / 64..];
                 let sel = &mut sel[..b.len()];
                 for (j, (q, &x)) in sel.iter_mut().zip(b).enumerate() {
@@ -31,7 +34,9 @@ pub(super) fn account_and_zero(
                 tot.add(b);
                 km.add(sel);
             });
-            zero_masked(t, mask, lo, hi).with_context(|| format!("zeroing '{}'", tname(t)))?;
+            if mapped.is_none() {
+                zero_masked(t, mask, lo, hi).with_context(|| format!("zeroing '{}'", tname(t)))?;
+            }
             lo = hi;
         }
         total += tot.total();

@@ -1,0 +1,155 @@
+//! External data left in its files: read-only mappings of a model's data files, and keep bits
+//! applied to mapped tensors as they are written.
+//!
+//! Contract: [`super::io::load_mapped`] checks every external range exactly as `load` does, then
+//! maps the data files instead of reading them; a tensor stored there keeps its `external_data`
+//! reference and an empty `raw_data`, and its bytes are [`MappedData::bytes`]. The per-weight pass
+//! reads scores from the mapping and returns keep bits ([`Masks`]) instead of zeroing in place;
+//! [`super::io::save_mapped`] writes each mapped tensor from the mapping through a small buffer,
+//! clearing the elements whose keep bit is 0. So the weights are read from the page cache without
+//! a copy and written once, as `cat` does, and memory holds the keep bits only (1 bit per weight).
+//!
+//! The mapping is private and read-only. A data file truncated by another process while the run
+//! holds it makes reads past its new end fault (SIGBUS), as with any mapped reader; replacing it
+//! (write to a new file and rename, as onnx-emp and `onnx.save` do) is safe.
+
+use anyhow::{Context, Result};
+use onnx_protobuf::TensorProto;
+use std::collections::HashMap;
+use std::fs::File;
+
+/// A mapped tensor: (data file index, offset). Ranges never overlap, so this names one tensor.
+pub type ExtKey = (usize, u64);
+
+/// Keep bits (bit i of word i/64 = element i kept) of mapped tensors, applied when written.
+pub type Masks = HashMap<ExtKey, Vec<u64>>;
+
+/// The data files of a model, mapped read-only.
+pub struct MappedData {
+    maps: Vec<memmap2::Mmap>,
+    /// Every external location as written → index in `maps`.
+    by_loc: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for MappedData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedData").field("files", &self.maps.len()).finish()
+    }
+}
+
+impl MappedData {
+    pub(super) fn new(maps: Vec<memmap2::Mmap>, by_loc: HashMap<String, usize>) -> Self {
+        MappedData { maps, by_loc }
+    }
+
+    /// Map a whole data file read-only (an empty file maps to nothing).
+    pub(super) fn map_file(f: &File) -> std::io::Result<memmap2::Mmap> {
+        // SAFETY: the mapping is read-only and private; the file was checked to be a regular file
+        // inside the model's folder. Another process truncating it while mapped is the documented
+        // hazard of the module doc.
+        let m = unsafe { memmap2::MmapOptions::new().map(f)? };
+        #[cfg(unix)]
+        {
+            // The pass streams through every byte several times: read ahead aggressively.
+            let _ = m.advise(memmap2::Advice::WillNeed);
+        }
+        Ok(m)
+    }
+
+    /// The tensor's place in the mapped files, if its data is there (external, not read).
+    pub fn locate(&self, t: &TensorProto) -> Option<ExtKey> {
+        if t.data_location.value() != 1 || !t.raw_data.is_empty() {
+            return None;
+        }
+        let loc = super::io::ext_field(t, "location")?;
+        let file = *self.by_loc.get(loc)?;
+        let offset = super::io::ext_field(t, "offset").map_or(Some(0), |v| v.trim().parse::<u64>().ok())?;
+        Some((file, offset))
+    }
+
+    /// The bytes of a mapped tensor (`len` bytes from its key; ranges were checked on load).
+    pub fn bytes(&self, key: ExtKey, len: usize) -> Result<&[u8]> {
+        let m = self.maps.get(key.0).context("no such data file")?;
+        let lo = usize::try_from(key.1).context("offset")?;
+        m.get(lo..lo.checked_add(len).context("range")?).context("external range outside its mapped file")
+    }
+
+    /// The bytes of `t` when its data is mapped: checked against its dims and dtype.
+    pub fn tensor_bytes(&self, t: &TensorProto) -> Option<Result<&[u8]>> {
+        let key = self.locate(t)?;
+        Some(expected_len(t).and_then(|len| self.bytes(key, len)))
+    }
+}
+
+/// Bytes the tensor's dims and dtype need.
+pub fn expected_len(t: &TensorProto) -> Result<usize> {
+    let n = super::tensor::numel(t)?;
+    let es = super::tensor::elem_size(t.data_type).context("unsupported data type in external data")?;
+    n.checked_mul(es).context("size overflow")
+}
+
+/// Elements of `es` bytes per buffer when writing through keep bits (a multiple of 64: whole
+/// mask words).
+const WRITE_ELEMS: usize = 1 << 15;
+
+/// Write `bytes` (elements of `es` bytes) to `w`, zeroing the elements whose keep bit is 0.
+pub fn write_masked(w: &mut impl std::io::Write, bytes: &[u8], es: usize, mask: &[u64]) -> std::io::Result<()> {
+    let mut buf = vec![0u8; WRITE_ELEMS * es];
+    for (ci, chunk) in bytes.chunks(WRITE_ELEMS * es).enumerate() {
+        let words = &mask[ci * WRITE_ELEMS / 64..];
+        let b = &mut buf[..chunk.len()];
+        b.copy_from_slice(chunk);
+        clear_unkept(b, es, words);
+        w.write_all(b)?;
+    }
+    Ok(())
+}
+
+/// Zero, in `b` (elements of `es` bytes, element 0 at bit 0 of `words[0]`), every element whose
+/// keep bit is 0.
+pub fn clear_unkept(b: &mut [u8], es: usize, words: &[u64]) {
+    for (c, &w) in b.chunks_mut(64 * es).zip(words) {
+        if w == !0 {
+            continue;
+        }
+        if es == 4 {
+            for (j, x) in c.chunks_exact_mut(4).enumerate() {
+                let sel = 0u32.wrapping_sub((w >> j) as u32 & 1);
+                let v = u32::from_ne_bytes([x[0], x[1], x[2], x[3]]) & sel;
+                x.copy_from_slice(&v.to_ne_bytes());
+            }
+        } else {
+            for (j, x) in c.chunks_exact_mut(es).enumerate() {
+                if w >> j & 1 == 0 {
+                    x.fill(0);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_masked_clears_exactly_the_unkept_elements() {
+        for es in [2usize, 4, 8] {
+            let n = 3 * WRITE_ELEMS / 2 + 37;
+            let bytes: Vec<u8> = (0..n * es).map(|i| (i % 251) as u8 | 1).collect();
+            let mask: Vec<u64> = (0..n.div_ceil(64)).map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+            let mut out = Vec::new();
+            write_masked(&mut out, &bytes, es, &mask).unwrap();
+            assert_eq!(out.len(), bytes.len());
+            for i in 0..n {
+                let kept = mask[i / 64] >> (i % 64) & 1 == 1;
+                let (a, b) = (&bytes[i * es..(i + 1) * es], &out[i * es..(i + 1) * es]);
+                if kept {
+                    assert_eq!(a, b, "es {es} element {i}");
+                } else {
+                    assert!(b.iter().all(|&x| x == 0), "es {es} element {i}");
+                }
+            }
+        }
+    }
+}
