@@ -194,34 +194,40 @@ pub fn count_nonzero_f32(t: &TensorProto) -> Result<(u64, u64)> {
 /// [`count_nonzero_f32`] counts them (±0 is zero; f64 counts as its f32 value); with `mask`, only
 /// the elements whose keep bit is 1 (bit i of word i/64). In parallel blocks.
 pub fn count_nonzero_raw(data_type: i32, bytes: &[u8], mask: Option<&[u64]>) -> u64 {
+    match data_type {
+        dt::FLOAT => count_nonzero_es::<4>(bytes, mask, |c| u32::from_le_bytes(c) << 1 != 0),
+        dt::FLOAT16 | dt::BFLOAT16 => count_nonzero_es::<2>(bytes, mask, |c| u16::from_le_bytes(c) << 1 != 0),
+        _ => count_nonzero_es::<8>(bytes, mask, |c| f64::from_le_bytes(c) as f32 != 0.0),
+    }
+}
+
+/// [`count_nonzero_raw`] for elements of `N` bytes (a constant, so that the loops vectorise).
+fn count_nonzero_es<const N: usize>(
+    bytes: &[u8],
+    mask: Option<&[u64]>,
+    nonzero: impl Fn([u8; N]) -> bool + Sync,
+) -> u64 {
     const BLOCK: usize = 1 << 16;
-    let es = match data_type {
-        dt::FLOAT => 4,
-        dt::FLOAT16 | dt::BFLOAT16 => 2,
-        _ => 8,
-    };
-    let nonzero = |c: &[u8]| -> bool {
-        match es {
-            4 => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) << 1 != 0,
-            2 => u16::from_le_bytes([c[0], c[1]]) << 1 != 0,
-            _ => f64::from_le_bytes(c.try_into().unwrap()) as f32 != 0.0,
-        }
-    };
+    let el = |c: &[u8]| -> [u8; N] { c.try_into().expect("N bytes") };
     bytes
-        .par_chunks(BLOCK * es)
+        .par_chunks(BLOCK * N)
         .enumerate()
         .map(|(bi, b)| match mask {
-            // A branch-free sum (vectorises).
-            None => b.chunks_exact(es).map(|c| nonzero(c) as u64).sum::<u64>(),
-            // Per mask word: the nonzero bits of its 64 elements, and-ed with the keep bits.
+            None => b.chunks_exact(N).map(|c| nonzero(el(c)) as u64).sum::<u64>(),
+            // Per mask word: the nonzero flags of its 64 elements as all-ones lanes, packed, and-ed
+            // with the keep bits.
             Some(m) => b
-                .chunks(64 * es)
+                .chunks(64 * N)
                 .zip(&m[bi * BLOCK / 64..])
                 .map(|(c, &w)| {
-                    let mut nz = 0u64;
-                    for (j, e) in c.chunks_exact(es).enumerate() {
-                        nz |= (nonzero(e) as u64) << j;
+                    if w == 0 {
+                        return 0;
                     }
+                    let mut lanes = [0u64; 64];
+                    for (l, e) in lanes.iter_mut().zip(c.chunks_exact(N)) {
+                        *l = 0u64.wrapping_sub(nonzero(el(e)) as u64);
+                    }
+                    let nz = lanes.iter().enumerate().fold(0u64, |a, (j, &l)| a | (l & (1u64 << j)));
                     (nz & w).count_ones() as u64
                 })
                 .sum(),

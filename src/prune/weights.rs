@@ -176,7 +176,7 @@ pub fn prune_weights_mapped(
         }
         scope => (prune_groups(w, &mut ts, opts, scope, &progress)?, None),
     };
-    let (reports, masks): (Vec<TensorReport>, Vec<Option<(ExtKey, Vec<u64>)>>) = reports.into_iter().unzip();
+    let (reports, masks): (Vec<TensorReport>, Vec<Deferred>) = reports.into_iter().unzip();
     let candidates_elems = reports.iter().map(|r| r.n).sum();
     let kept_elems = reports.iter().map(|r| r.kept).sum();
     let report = WeightsReport { tensors: reports, small_filters_kept: vec![], global, candidates_elems, kept_elems };
@@ -196,8 +196,11 @@ impl<'a> Weights<'a> {
     }
 }
 
+/// A mapped tensor's keep bits, to apply when it is written.
+type Deferred = Option<(ExtKey, Vec<u64>)>;
+
 /// A tensor's report and, for a mapped tensor, its keep bits (None: nothing zeroed).
-type Pruned = (TensorReport, Option<(ExtKey, Vec<u64>)>);
+type Pruned = (TensorReport, Deferred);
 
 /// Scope unit or layer: tensors in parallel. First every tensor is checked and its keep bits
 /// decided (read only), then, once all succeeded, tensors are accounted and zeroed.

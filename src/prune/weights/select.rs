@@ -43,81 +43,125 @@ pub(super) fn chunks(parts: &[View]) -> Vec<(usize, usize, usize)> {
     out
 }
 
-/// First streaming pass over a group made of `parts`: per-part max key and first NaN/Inf,
-/// OR of all keys, level-1 histogram.
+/// First streaming pass over a group made of `parts`: per-part max key and first NaN/Inf, the
+/// block totals of |s| and s², and a sample of the keys (see [`SAMPLE_EVERY`]) for the threshold.
 pub(super) struct Scan {
     pub(super) max: Vec<u64>,
     pub(super) bad: Vec<Option<(usize, f64)>>,
-    pub(super) or: u64,
-    pub(super) hist: Vec<u64>,
     /// Per item: the block totals of |s| and s² (unscaled: valid when `emp::moment_scale` of the
     /// max is 1).
     pub(super) sums: Vec<[f64; 2]>,
+    /// One key out of every [`SAMPLE_EVERY`] consecutive elements of each part, at a position
+    /// within the run that a hash of the run's index picks (so that a column of a matrix is not
+    /// sampled over and over): deterministic, independent of threads.
+    pub(super) sample: Vec<u64>,
+}
+
+/// Sampling rate of [`Scan::sample`]: one key per this many elements (the sample costs 1/64 of
+/// the scores' f64 size; it places the threshold within ~8·√N ranks, see [`window_threshold`]).
+pub(super) const SAMPLE_EVERY: usize = 64;
+
+/// The sampled position in run `g` of [`SAMPLE_EVERY`] elements (a multiplicative hash).
+#[inline]
+fn sample_offset(g: usize) -> usize {
+    ((g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SAMPLE_EVERY
 }
 
 pub(super) fn scan(parts: &[View], items: &[(usize, usize, usize)]) -> Scan {
-    let init = || {
-        let scan = Scan {
-            max: vec![0; parts.len()],
-            bad: vec![None; parts.len()],
-            or: 0,
-            hist: vec![0; 1 << 16],
-            sums: vec![],
-        };
-        (scan, Vec::<(usize, [f64; 2])>::new())
-    };
-    let accs = par_accumulate(items.len(), init, |(a, sums), ci| {
-        let (p, lo, hi) = items[ci];
-        let (mut mx, mut or) = (a.max[p], a.or);
-        let mut bad = None;
-        let (mut l1, mut l2) = (emp::Lanes::default(), emp::Lanes::default());
-        let (mut q1, mut q2) = ([0f64; BLOCK], [0f64; BLOCK]);
-        parts[p].blocks(lo, hi, |i0, b| {
-            if bad.is_none() && !b.iter().all(|x| x.is_finite()) {
-                let j = b.iter().position(|x| !x.is_finite()).unwrap();
-                bad = Some((i0 + j, b[j]));
-            }
-            let k = b.len();
-            for ((&v, x), y) in b.iter().zip(q1[..k].iter_mut()).zip(q2[..k].iter_mut()) {
-                let key = key(v);
-                mx = mx.max(key);
-                or |= key;
-                a.hist[(key >> TOP_SHIFT) as usize & 0xFFFF] += 1;
-                let v = v.abs();
-                (*x, *y) = (v, v * v);
-            }
-            l1.add(&q1[..k]);
-            l2.add(&q2[..k]);
-        });
-        sums.push((ci, [l1.total(), l2.total()]));
-        a.max[p] = mx;
-        a.or = or;
-        if let Some(b) = bad {
-            if a.bad[p].is_none_or(|o| b.0 < o.0) {
-                a.bad[p] = Some(b);
-            }
-        }
-    });
-    let (mut out, _) = init();
-    out.sums = vec![[0.0; 2]; items.len()];
-    for (a, sums) in accs {
-        for p in 0..parts.len() {
-            out.max[p] = out.max[p].max(a.max[p]);
-            if let Some(b) = a.bad[p] {
-                if out.bad[p].is_none_or(|o| b.0 < o.0) {
-                    out.bad[p] = Some(b);
+    // Per item: max key, first NaN/Inf, block totals, sampled keys.
+    type ItemScan = (u64, Option<(usize, f64)>, [f64; 2], Vec<u64>);
+    let per_item: Vec<ItemScan> = items
+        .par_iter()
+        .map(|&(p, lo, hi)| {
+            let mut mx = 0f64;
+            let mut bad = None;
+            let mut sample = Vec::with_capacity((hi - lo) / SAMPLE_EVERY + 1);
+            let (mut l1, mut l2) = (emp::Lanes::default(), emp::Lanes::default());
+            let (mut q1, mut q2) = ([0f64; BLOCK], [0f64; BLOCK]);
+            parts[p].blocks(lo, hi, |i0, b| {
+                let k = b.len();
+                // |s|, s², max, and whether all are finite, lane by lane (so that it vectorises).
+                let (mut mxl, mut fin) = ([mx; 8], [0u64; 8]);
+                let body = k - k % 8;
+                for ((c, x), y) in
+                    b[..body].chunks_exact(8).zip(q1[..body].chunks_exact_mut(8)).zip(q2[..body].chunks_exact_mut(8))
+                {
+                    for l in 0..8 {
+                        let a = c[l].abs();
+                        // Non-zero where a is not a finite number.
+                        fin[l] |= (!a.is_finite()) as u64;
+                        mxl[l] = if a > mxl[l] { a } else { mxl[l] };
+                        x[l] = a;
+                        y[l] = a * a;
+                    }
                 }
+                for j in body..k {
+                    let a = b[j].abs();
+                    fin[0] |= (!a.is_finite()) as u64;
+                    mxl[0] = if a > mxl[0] { a } else { mxl[0] };
+                    (q1[j], q2[j]) = (a, a * a);
+                }
+                mx = mxl.iter().fold(mx, |m, &a| if a > m { a } else { m });
+                let finite = fin.iter().all(|&f| f == 0);
+                if !finite && bad.is_none() {
+                    let j = b.iter().position(|x| !x.is_finite()).unwrap();
+                    bad = Some((i0 + j, b[j]));
+                }
+                l1.add(&q1[..k]);
+                l2.add(&q2[..k]);
+                let mut g = i0 / SAMPLE_EVERY;
+                while g * SAMPLE_EVERY < i0 + k {
+                    let j = g * SAMPLE_EVERY + sample_offset(g);
+                    if j >= i0 && j < i0 + k {
+                        sample.push(key(b[j - i0]));
+                    }
+                    g += 1;
+                }
+            });
+            (mx.to_bits(), bad, [l1.total(), l2.total()], sample)
+        })
+        .collect();
+    let mut out = Scan { max: vec![0; parts.len()], bad: vec![None; parts.len()], sums: vec![], sample: vec![] };
+    out.sample.reserve(per_item.iter().map(|x| x.3.len()).sum());
+    for (&(p, _, _), (mx, bad, sums, sample)) in items.iter().zip(per_item) {
+        // Non-negative floats order like their bits (a NaN only matters through `bad`).
+        out.max[p] = out.max[p].max(mx);
+        if let Some(b) = bad {
+            if out.bad[p].is_none_or(|o| b.0 < o.0) {
+                out.bad[p] = Some(b);
             }
         }
-        out.or |= a.or;
-        for (h, x) in out.hist.iter_mut().zip(&a.hist) {
-            *h += x;
-        }
-        for (ci, t) in sums {
-            out.sums[ci] = t;
-        }
+        out.sums.push(sums);
+        out.sample.extend(sample);
     }
     out
+}
+
+/// The level-1 radix histogram of all keys (digit: bits 47..62) and the OR of all keys, for
+/// [`threshold`] when the sample's window missed.
+fn hist_scan(parts: &[View], items: &[(usize, usize, usize)]) -> (u64, Vec<u64>) {
+    let accs = par_accumulate(
+        items.len(),
+        || (0u64, vec![0u64; 1 << 16]),
+        |(or, hist), ci| {
+            let (p, lo, hi) = items[ci];
+            parts[p].blocks(lo, hi, |_, b| {
+                for &v in b {
+                    let k = key(v);
+                    *or |= k;
+                    hist[(k >> TOP_SHIFT) as usize & 0xFFFF] += 1;
+                }
+            });
+        },
+    );
+    let (mut or, mut hist) = (0u64, vec![0u64; 1 << 16]);
+    for (o, h) in accs {
+        or |= o;
+        for (x, y) in hist.iter_mut().zip(&h) {
+            *x += y;
+        }
+    }
+    (or, hist)
 }
 
 /// Per work item (one block of the blocked sum, see `emp::SUM_BLOCK`): the block totals of
@@ -240,16 +284,95 @@ pub(super) struct Threshold {
     pub(super) eq_per_item: Option<Vec<usize>>,
 }
 
-/// Radix select over the keys of `parts` for the `kept`-th largest key (1 ≤ kept ≤ N). Digits
-/// narrow the bucket holding it until it holds at most `gather_max(N)` keys; those are then
-/// gathered in one pass and selected in memory (usually right after the scan's level-1 digit:
-/// a 1/32-octave bucket holds ~1 % of the weights).
+/// The `kept`-th largest key of `parts` (1 ≤ kept ≤ N) as a [`Threshold`]: from the scan's
+/// sample ([`window_threshold`]: one more pass), or, when the sample's window misses it, by radix
+/// select ([`radix_threshold`]: two or more passes). Both give the same threshold.
 pub(super) fn threshold(parts: &[View], items: &[(usize, usize, usize)], sc: &Scan, kept: usize) -> Threshold {
+    window_threshold(parts, items, &sc.sample, kept).unwrap_or_else(|| radix_threshold(parts, items, kept))
+}
+
+/// Sample-guided selection (as in Floyd and Rivest's SELECT): the sample places the kept-th
+/// largest key between two sampled keys `lo ≤ hi` a safe margin (6 standard deviations of the
+/// sample rank, plus 8) on either side; one pass counts the keys above `hi` and gathers those in
+/// `[lo, hi]`, and the threshold is selected among them in memory. None (the caller falls back to
+/// radix select) when the window would hold more than `gather_max` keys or does not contain the
+/// kept-th key.
+pub(super) fn window_threshold(
+    parts: &[View],
+    items: &[(usize, usize, usize)],
+    sample: &[u64],
+    kept: usize,
+) -> Option<Threshold> {
+    let n: usize = parts.iter().map(|v| v.n()).sum();
+    let m = sample.len();
+    if m < 64 || kept == 0 || kept > n {
+        return None;
+    }
+    let gather_max = (n / 64).max(GATHER_MIN);
+    // Expected rank (0 = largest) of the threshold in the sample, and the margin around it.
+    let p = kept as f64 / n as f64;
+    let r = (kept - 1) as f64 * m as f64 / n as f64;
+    let margin = 6.0 * (m as f64 * p * (1.0 - p)).sqrt() + 8.0;
+    let (hi_rank, lo_rank) = ((r - margin).floor(), (r + margin).ceil());
+    if (lo_rank - hi_rank.max(0.0)) * n as f64 / m as f64 > gather_max as f64 {
+        return None;
+    }
+    let mut s = sample.to_vec();
+    let mut rank_key = |rank: usize| *s.select_nth_unstable_by(rank, |a, b| b.cmp(a)).1;
+    // Keys above `hi` are counted, keys in [lo, hi] gathered (u64::MAX / 0: no bound).
+    let hi = if hi_rank < 0.0 { u64::MAX } else { rank_key(hi_rank as usize) };
+    let lo = if lo_rank >= m as f64 { 0 } else { rank_key(lo_rank as usize) };
+    drop(s);
+    let cap = 2 * gather_max;
+    let per_item: Vec<(usize, Vec<u64>)> = items
+        .par_iter()
+        .map(|&(p, a, b)| {
+            let (mut above, mut g) = (0usize, Vec::new());
+            parts[p].blocks(a, b, |_, blk| {
+                if g.len() > cap {
+                    return;
+                }
+                for &v in blk {
+                    let k = key(v);
+                    above += (k > hi) as usize;
+                    if k >= lo && k <= hi {
+                        g.push(k);
+                    }
+                }
+            });
+            (above, g)
+        })
+        .collect();
+    if per_item.iter().any(|x| x.1.len() > cap) {
+        return None;
+    }
+    let above: usize = per_item.iter().map(|x| x.0).sum();
+    let inside: usize = per_item.iter().map(|x| x.1.len()).sum();
+    if kept <= above || kept > above + inside {
+        return None;
+    }
+    let r = kept - above - 1;
+    let mut all: Vec<u64> = Vec::with_capacity(inside);
+    for (_, g) in &per_item {
+        all.extend_from_slice(g);
+    }
+    let (higher, &mut t, _) = all.select_nth_unstable_by(r, |a, b| b.cmp(a));
+    let higher = higher.iter().filter(|&&k| k > t).count();
+    drop(all);
+    let eq_per_item: Vec<usize> = per_item.iter().map(|(_, g)| g.iter().filter(|&&k| k == t).count()).collect();
+    Some(Threshold { key: t, ties: r - higher + 1, eq: eq_per_item.iter().sum(), eq_per_item: Some(eq_per_item) })
+}
+
+/// Radix select over the keys of `parts` for the `kept`-th largest key (1 ≤ kept ≤ N): a pass
+/// for the level-1 histogram, then digits narrow the bucket holding it until it holds at most
+/// `gather_max(N)` keys; those are then gathered in one pass and selected in memory.
+pub(super) fn radix_threshold(parts: &[View], items: &[(usize, usize, usize)], kept: usize) -> Threshold {
     let n: usize = parts.iter().map(|v| v.n()).sum();
     let gather_max = (n / 64).max(GATHER_MIN) as u64;
-    let low = sc.or.trailing_zeros();
-    let (mut prefix, mut r) = pick(&sc.hist, kept as u64 - 1);
-    let mut eq = sc.hist[prefix as usize];
+    let (or, hist) = hist_scan(parts, items);
+    let low = or.trailing_zeros();
+    let (mut prefix, mut r) = pick(&hist, kept as u64 - 1);
+    let mut eq = hist[prefix as usize];
     let mut shift = TOP_SHIFT;
     while shift > low {
         if eq <= gather_max {
@@ -425,16 +548,19 @@ fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f
             }
         }
         for (wi, c) in keep.chunks(64).enumerate() {
-            let mut w = 0u64;
-            for (j, &q) in c.iter().enumerate() {
-                w |= (q & 1) << j;
-            }
-            mask[(i0 - lo) / 64 + wi] = w;
+            mask[(i0 - lo) / 64 + wi] = pack_signs(c);
         }
         if let Some(m) = m {
             let a = &mut a[..k];
-            for ((q, &x), &sel) in a.iter_mut().zip(b).zip(keep.iter()) {
-                *q = select_bits(sel, x.abs() / m);
+            if m == 1.0 {
+                // x / 1 == x exactly: no division.
+                for ((q, &x), &sel) in a.iter_mut().zip(b).zip(keep.iter()) {
+                    *q = select_bits(sel, x.abs());
+                }
+            } else {
+                for ((q, &x), &sel) in a.iter_mut().zip(b).zip(keep.iter()) {
+                    *q = select_bits(sel, x.abs() / m);
+                }
             }
             lanes[0].add(a);
             if total {

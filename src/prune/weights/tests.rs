@@ -236,3 +236,41 @@ fn large_groups_stream_like_the_reference() {
         }
     }
 }
+
+/// The sample-guided threshold is the radix select's, exactly, for every rank tried; on data the
+/// strided sample misrepresents (a matrix whose columns differ by orders of magnitude, many ties)
+/// it either still matches or declines, and `threshold` then falls back to the radix select.
+#[test]
+fn window_threshold_is_the_radix_threshold() {
+    let mut st = 0x2545F4914F6CDD1Du64;
+    let mut rnd = move || {
+        st ^= st << 13;
+        st ^= st >> 7;
+        st ^= st << 17;
+        st
+    };
+    let n = 300_000;
+    let gaussianish: Vec<f64> = (0..n).map(|_| ((rnd() >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0).collect();
+    let columns: Vec<f64> = (0..n).map(|i| if i % 64 < 2 { 1e6 } else { 1e-3 } * ((i * 7919 % 1000) as f64)).collect();
+    let ties: Vec<f64> = (0..n).map(|i| (i % 5) as f64).collect();
+    let (mut declined, mut used) = (0, 0);
+    for data in [&gaussianish, &columns, &ties] {
+        let halves =
+            [View { src: Src::F64s(&data[..n / 3]), scale: 1.0 }, View { src: Src::F64s(&data[n / 3..]), scale: 0.7 }];
+        let items = chunks(&halves);
+        let sc = scan(&halves, &items);
+        for kept in [1, 2, 17, n / 10, n / 2, n - n / 3, n - 5, n - 1, n] {
+            let want = radix_threshold(&halves, &items, kept);
+            match window_threshold(&halves, &items, &sc.sample, kept) {
+                Some(got) => {
+                    used += 1;
+                    assert_eq!((got.key, got.ties, got.eq), (want.key, want.ties, want.eq), "kept {kept}");
+                }
+                None => declined += 1,
+            }
+            let got = threshold(&halves, &items, &sc, kept);
+            assert_eq!((got.key, got.ties, got.eq), (want.key, want.ties, want.eq), "kept {kept}");
+        }
+    }
+    assert!(used > 10 && declined > 0, "window used {used}, declined {declined}");
+}

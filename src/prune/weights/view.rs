@@ -205,6 +205,33 @@ pub(super) fn non_finite_error(c: &Candidate, (i, v): (usize, f64)) -> anyhow::E
     anyhow::anyhow!("tensor '{}': score of element {i} is {v} (NaN/Inf weights cannot be ranked)", c.name)
 }
 
+/// Bit j = top bit of `lanes[j]` (at most 64 lanes): packs all-ones/all-zeros compare results
+/// into a mask word. SSE2 (every x86-64) moves two sign bits per instruction.
+#[inline]
+pub(super) fn pack_signs(lanes: &[u64]) -> u64 {
+    debug_assert!(lanes.len() <= 64);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_castsi128_pd, _mm_loadu_si128, _mm_movemask_pd};
+        let mut w = 0u64;
+        let pairs = lanes.chunks_exact(2);
+        let rest = pairs.remainder();
+        for (j, p) in pairs.enumerate() {
+            // SAFETY: SSE2 is part of x86-64; the load reads the two u64 of `p` (unaligned load).
+            let m = unsafe { _mm_movemask_pd(_mm_castsi128_pd(_mm_loadu_si128(p.as_ptr().cast()))) };
+            w |= (m as u64) << (2 * j);
+        }
+        if let Some(&x) = rest.first() {
+            w |= (x >> 63) << (lanes.len() - 1);
+        }
+        w
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        lanes.iter().enumerate().fold(0u64, |w, (j, &x)| w | (x >> 63) << j)
+    }
+}
+
 /// Keep bits, one per element.
 pub(super) fn new_mask(n: usize, fill: bool) -> Vec<u64> {
     vec![if fill { !0u64 } else { 0 }; n.div_ceil(64)]
