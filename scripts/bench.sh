@@ -19,12 +19,15 @@ T0=$(mktemp -d)
 for mb in 90 1600; do
   f=target/bench-models/synthetic_${mb}mb.onnx
   echo "### floors, synthetic ${mb} MB (wall s, peak RSS KB)"
-  /usr/bin/time -f "cat          %e s  %M KB" sh -c "cat $f $f.data > $T0/cat.out"
-  /usr/bin/time -f "cp           %e s  %M KB" cp "$f" "$f.data" "$T0/"
+  # `sync` before each command: the previous one's dirty pages are not written back on its
+  # successor's time (at 1.6 GB that throttles the next writer by seconds).
+  sync; /usr/bin/time -f "cat          %e s  %M KB" sh -c "cat $f $f.data > $T0/cat.out"
+  sync; /usr/bin/time -f "cp           %e s  %M KB" cp "$f" "$f.data" "$T0/"
   if python3 -c "import onnx, numpy" 2>/dev/null; then
-    /usr/bin/time -f "python peer  %e s  %M KB" python3 scripts/peer.py "$f" "$T0/peer.onnx" >/dev/null
+    sync; /usr/bin/time -f "python peer  %e s  %M KB" python3 scripts/peer.py "$f" "$T0/peer.onnx" >/dev/null
   fi
   for scope in normalized global layer unit; do
+    rm -f "$T0"/out.onnx*; sync
     /usr/bin/time -f "onnx-emp --scope $(printf %-10s $scope) %e s  %M KB" target/release/onnx-emp "$f" "$T0/out.onnx" --no-verify --quiet --scope "$scope" --force
   done
   if [ "$mb" = 90 ]; then
