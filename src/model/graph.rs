@@ -266,8 +266,12 @@ pub fn float_params_mapped(
                 if let Some(key) = m.locate(t) {
                     let b = m.tensor_bytes(t)?.ok()?;
                     if tensor::is_float(t.data_type) {
-                        let nz = tensor::count_nonzero_raw(t.data_type, b, masks.get(&key).map(|v| v.as_slice()));
-                        return Some((tensor::numel(t).ok()? as u64, nz));
+                        let n = tensor::numel(t).ok()?;
+                        let mask = masks.get(&key).map(|v| v.as_slice());
+                        if mask.is_some_and(|m| m.len() * 64 < n) {
+                            return None;
+                        }
+                        return Some((n as u64, tensor::count_nonzero_raw(t.data_type, b, mask)));
                     }
                     // Quantized weights: counted from a copy read like the in-memory tensor.
                     let mut c = (*t).clone();

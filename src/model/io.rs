@@ -596,11 +596,14 @@ pub fn save_mapped(
             unread = Some(anyhow::anyhow!("tensor '{}': external data was not read", tname(t)));
             return;
         };
-        let r = super::mapped::expected_len(t).and_then(|len| m.bytes(key, len).map(|b| (len, b)));
-        match r {
-            Ok((len, b)) if len == 0 || !external.contains(&t.name) => {
+        match m.bytes(key) {
+            Ok(b) if b.is_empty() || !external.contains(&t.name) => {
                 let mut v = b.to_vec();
-                if let (Some(mask), Some(es), true) = (masks.get(&key), tensor::elem_size(t.data_type), len > 0) {
+                if let (Some(mask), Some(es), false) = (masks.get(&key), tensor::elem_size(t.data_type), v.is_empty()) {
+                    if mask.len() * 64 * es < v.len() {
+                        unread = Some(anyhow::anyhow!("tensor '{}': keep bits shorter than the tensor", tname(t)));
+                        return;
+                    }
                     super::mapped::clear_unkept(&mut v, es, mask);
                 }
                 t.raw_data = v;
@@ -715,8 +718,8 @@ fn write_mapped(
     key: super::mapped::ExtKey,
     mask: Option<&Vec<u64>>,
 ) -> Result<u64> {
-    let len = super::mapped::expected_len(t)?;
-    let b = m.bytes(key, len)?;
+    let b = m.bytes(key)?;
+    let len = b.len();
     match mask {
         None => w.write_all(b)?,
         Some(mask) => super::mapped::write_masked(w, b, len / tensor::numel(t)?.max(1), mask)?,

@@ -18,8 +18,9 @@ use onnx_protobuf::TensorProto;
 use std::collections::HashMap;
 use std::fs::File;
 
-/// A mapped tensor: (data file index, offset). Ranges never overlap, so this names one tensor.
-pub type ExtKey = (usize, u64);
+/// A mapped tensor: (data file index, offset, length in bytes). Non-empty ranges never overlap,
+/// so this names one tensor (an empty one at the offset where another starts differs by length).
+pub type ExtKey = (usize, u64, u64);
 
 /// Keep bits (bit i of word i/64 = element i kept) of mapped tensors, applied when written.
 pub type Masks = HashMap<ExtKey, Vec<u64>>;
@@ -64,20 +65,21 @@ impl MappedData {
         let loc = super::io::ext_field(t, "location")?;
         let file = *self.by_loc.get(loc)?;
         let offset = super::io::ext_field(t, "offset").map_or(Some(0), |v| v.trim().parse::<u64>().ok())?;
-        Some((file, offset))
+        let len = expected_len(t).ok()? as u64;
+        Some((file, offset, len))
     }
 
-    /// The bytes of a mapped tensor (`len` bytes from its key; ranges were checked on load).
-    pub fn bytes(&self, key: ExtKey, len: usize) -> Result<&[u8]> {
+    /// The bytes of a mapped tensor (ranges were checked on load).
+    pub fn bytes(&self, key: ExtKey) -> Result<&[u8]> {
         let m = self.maps.get(key.0).context("no such data file")?;
         let lo = usize::try_from(key.1).context("offset")?;
+        let len = usize::try_from(key.2).context("length")?;
         m.get(lo..lo.checked_add(len).context("range")?).context("external range outside its mapped file")
     }
 
-    /// The bytes of `t` when its data is mapped: checked against its dims and dtype.
+    /// The bytes of `t` when its data is mapped.
     pub fn tensor_bytes(&self, t: &TensorProto) -> Option<Result<&[u8]>> {
-        let key = self.locate(t)?;
-        Some(expected_len(t).and_then(|len| self.bytes(key, len)))
+        self.locate(t).map(|key| self.bytes(key))
     }
 }
 
@@ -95,6 +97,9 @@ const WRITE_ELEMS: usize = 1 << 15;
 /// Write `bytes` (elements of `es` bytes) to `w`, zeroing the elements whose keep bit is 0: each
 /// chunk is copied into a small buffer, masked there and written (as `cat` moves bytes).
 pub fn write_masked(w: &mut impl std::io::Write, bytes: &[u8], es: usize, mask: &[u64]) -> std::io::Result<()> {
+    if mask.len() * 64 * es < bytes.len() {
+        return Err(std::io::Error::other("keep bits shorter than the tensor"));
+    }
     let mut buf = vec![0u8; WRITE_ELEMS * es];
     for (ci, chunk) in bytes.chunks(WRITE_ELEMS * es).enumerate() {
         let b = &mut buf[..chunk.len()];
