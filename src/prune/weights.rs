@@ -8,7 +8,7 @@
 //!
 //! Files: `candidates` (the per-op table of weights and output units, which weights are
 //! candidates), `view` (scores decoded block by block), `select` (streaming EMP: scans, moments,
-//! radix threshold, per-unit selection), `zero` (accounting and zeroing in place); this file holds
+//! sampled threshold with radix select as fallback, per-unit selection), `zero` (accounting and zeroing in place); this file holds
 //! the options, the report types and the driver (`prune_weights`).
 
 use crate::emp;
@@ -258,10 +258,11 @@ fn prune_groups(
 }
 
 /// Scope global: one EMP over all candidates, in passes over the weights, each in parallel over
-/// work items: (1) maxima, finiteness, level-1 histogram; (2) the global and per-tensor blocked
-/// sums; (3) the remaining radix levels of the threshold; (4) keep bits and retained mass (plus a
-/// counting pass when only some keys equal to the threshold are kept); (5) each tensor accounted
-/// and zeroed.
+/// work items: (1) maxima, finiteness, the blocked sums and a sample of the keys; (2) the
+/// threshold: keys above the sample's bracket counted, keys inside it gathered (radix passes
+/// instead when the bracket misses); (3) keep bits and retained mass (plus a counting pass when
+/// only some keys equal to the threshold are kept); (4) each tensor accounted and zeroed, or its
+/// keep bits returned when its data is mapped.
 fn prune_global(
     w: Weights,
     ts: &mut [&mut TensorProto],

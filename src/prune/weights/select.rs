@@ -1,5 +1,6 @@
-//! Streaming selection: parallel scans, fixed-order moments, radix threshold, keep bits, per-unit
-//! EMP. Bit-identical to the in-memory reference whatever the number of threads.
+//! Streaming selection: parallel scans, fixed-order moments, the threshold (from the scan's sample,
+//! radix select as the fallback), keep bits, per-unit EMP. Bit-identical to the in-memory
+//! reference whatever the number of threads.
 
 use super::*;
 
