@@ -8,8 +8,9 @@
 //!
 //! Files: `candidates` (the per-op table of weights and output units, which weights are
 //! candidates), `view` (scores decoded block by block), `select` (streaming EMP: scans, moments,
-//! sampled threshold with radix select as fallback, per-unit selection), `zero` (accounting and zeroing in place); this file holds
-//! the options, the report types and the driver (`prune_weights`).
+//! sampled threshold with radix select as fallback, per-unit selection), `zero` (accounting and
+//! zeroing in place); this file holds the options, the report types and the driver
+//! (`prune_weights`, `prune_weights_mapped` for data left in mapped files).
 
 use crate::emp;
 use crate::model::graph::{self, node_label, GraphIndex, WeightRef};
