@@ -11,8 +11,8 @@
 //!   of a removed one is never corrected again, so it is an approximation. On a trained YOLO-style
 //!   block at 45 % sparsity the layer errors it leaves are 3–14× those of the exact solve.
 //!
-//! [`ObsFactor::apply`] solves exactly while Σ_rows |S|³/3 ≤ [`EXACT_MAX_FLOPS`], sequentially
-//! above. On the 113 MB benchmark encoder (d 768, FFN 3072, ~30 % sparse) the 768 × 768
+//! [`ObsFactor::apply`] solves exactly while [`exact_flops`] (forming H⁻¹, p³/3, plus per row
+//! |S|³/3 + p·|S|) ≤ [`EXACT_MAX_FLOPS`], sequentially above. On the 113 MB benchmark encoder (d 768, FFN 3072, ~30 % sparse) the 768 × 768
 //! projections are solved exactly (~2 Gflop each) and the FFN matmuls sequentially (768 → 3072:
 //! ~12 Gflop, 3072 → 768: ~200 Gflop); a 1×1 conv of 384 inputs at 35 % sparsity is ~0.5 Gflop.
 //!
@@ -29,7 +29,7 @@ fn par() -> Par {
     Par::rayon(0)
 }
 
-/// The most Σ_rows |S|³/3 flops (S: a row's removed inputs) solved exactly per apply.
+/// The most [`exact_flops`] (S: a row's removed inputs) solved exactly per apply.
 pub const EXACT_MAX_FLOPS: f64 = 3e9;
 
 /// Which solver an apply used.
@@ -59,12 +59,26 @@ impl Solver {
     }
 }
 
-/// Σ_rows |S|³/3 for the mask `keep` (rows of `p`).
+/// The flops of the exact solves for the mask `keep` (rows of `p`): forming H⁻¹ = UᵀU once
+/// (p³/3) when anything is removed, and per row a Cholesky of H⁻¹[S, S] (|S|³/3) and the update
+/// of the row through H⁻¹[:, S] (p·|S|). So a wide, lightly pruned layer (p in the thousands, a
+/// few weights per row) is not solved exactly for its small |S| and then spends seconds on H⁻¹.
 pub fn exact_flops(p: usize, keep: &[bool]) -> f64 {
     if p == 0 {
         return 0.0;
     }
-    keep.chunks(p).map(|r| (r.iter().filter(|k| !**k).count() as f64).powi(3) / 3.0).sum()
+    let rows: f64 = keep
+        .chunks(p)
+        .map(|r| {
+            let s = r.iter().filter(|k| !**k).count() as f64;
+            s.powi(3) / 3.0 + p as f64 * s
+        })
+        .sum();
+    if rows == 0.0 {
+        0.0
+    } else {
+        (p as f64).powi(3) / 3.0 + rows
+    }
 }
 
 /// One row of [`ObsFactor::apply_exact`]; false (row untouched) when the solve fails.
@@ -448,6 +462,10 @@ mod tests {
         // 2 rows of 3000 removed weights: 1.8e10 flops, over the budget.
         let big = vec![false; 2 * 3000];
         assert!(exact_flops(3000, &big) > EXACT_MAX_FLOPS);
-        assert_eq!(exact_flops(p, &keep), 2.0 * 27.0 / 3.0);
+        assert_eq!(exact_flops(p, &keep), 512.0 / 3.0 + 2.0 * (27.0 / 3.0 + 8.0 * 3.0));
+        assert_eq!(exact_flops(p, &[true; 16]), 0.0);
+        // p = 4000 with 2 weights removed per row on 10 rows: the rows cost nothing, H⁻¹ 2.1e10.
+        let light: Vec<bool> = (0..10 * 4000).map(|i| i % 4000 >= 2).collect();
+        assert!(exact_flops(4000, &light) > EXACT_MAX_FLOPS);
     }
 }
