@@ -722,7 +722,10 @@ fn write_mapped(
     let len = b.len();
     match mask {
         None => w.write_all(b)?,
-        Some(mask) => super::mapped::write_masked(w, b, len / tensor::numel(t)?.max(1), mask)?,
+        Some(mask) => {
+            let es = tensor::elem_size(t.data_type).context("unsupported data type in external data")?;
+            super::mapped::write_masked(w, b, es, mask)?
+        }
     }
     Ok(len as u64)
 }
@@ -754,8 +757,7 @@ fn new_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir =
-        path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
+    let dir = folder(path);
     let mut tmp =
         new_file_in(dir).with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
     tmp.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;

@@ -161,9 +161,9 @@ pub fn prune_weights_mapped(
         None => vec![None; ts.len()],
         Some(m) => ts
             .iter()
-            .map(|t| match (m.locate(t), m.tensor_bytes(t)) {
-                (Some(k), Some(b)) => b.map(|b| Some((k, b))).with_context(|| format!("weight '{}'", tname(t))),
-                _ => Ok(None),
+            .map(|t| match m.locate(t) {
+                Some(k) => m.bytes(k).map(|b| Some((k, b))).with_context(|| format!("weight '{}'", tname(t))),
+                None => Ok(None),
             })
             .collect::<Result<_>>()?,
     };
