@@ -102,7 +102,8 @@ struct PruneArgs {
     include: Vec<IncludeArg>,
     /// Structured: round each kept count up to a multiple of N, never above the original width.
     /// auto (default) keeps the alignment the dense width has, up to 8 (what blocked engine
-    /// kernels need); 1 turns rounding off
+    /// kernels need; 16 for LSTM/GRU/RNN hidden units, 64 for the outputs of a Gemm or 2-D
+    /// MatMul, which run as matrix-vector products at batch 1); 1 turns rounding off
     #[arg(long, default_value = "auto", value_name = "N|auto")]
     round_to: RoundTo,
     /// Write the report as JSON here

@@ -146,13 +146,38 @@ struct Group {
     blocked: Vec<String>,
     pins: BTreeMap<Unit, String>,
     scores: Vec<f64>,
-    /// Some source is an LSTM / GRU / RNN (hidden units: a wider automatic alignment).
-    recurrent: bool,
+    /// What the sources compute, for the automatic alignment.
+    kind: SourceKind,
+}
+
+/// The kernels a group's units run on, in order of their automatic alignment: blocked convolution or
+/// matmul kernels (8), recurrent gates (16), a matrix-vector product at batch 1 (64).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SourceKind {
+    Blocked,
+    Recurrent,
+    RowWise,
+}
+
+impl SourceKind {
+    fn of(ctx: &Ctx, node: usize) -> SourceKind {
+        let n = &ctx.g.node[node];
+        match n.op_type.as_str() {
+            "LSTM" | "GRU" | "RNN" => SourceKind::Recurrent,
+            "Gemm" => SourceKind::RowWise,
+            "MatMul" if n.input.first().and_then(|x| ctx.ranks.get(x)) == Some(&2) => SourceKind::RowWise,
+            _ => SourceKind::Blocked,
+        }
+    }
 }
 
 impl Group {
     fn align(&self, opts: &StructOptions) -> usize {
-        let max = if self.recurrent { super::AUTO_ALIGN_MAX_RECURRENT } else { super::AUTO_ALIGN_MAX };
+        let max = match self.kind {
+            SourceKind::Blocked => super::AUTO_ALIGN_MAX,
+            SourceKind::Recurrent => super::AUTO_ALIGN_MAX_RECURRENT,
+            SourceKind::RowWise => super::AUTO_ALIGN_MAX_ROWWISE,
+        };
         opts.round_to.for_width_max(self.classes.len(), max)
     }
 }
@@ -307,9 +332,10 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             blocked: vec![],
             pins: BTreeMap::new(),
             scores: vec![],
-            recurrent: false,
+            kind: SourceKind::of(ctx, src),
         });
-        g.recurrent |= matches!(ctx.g.node[src].op_type.as_str(), "LSTM" | "GRU" | "RNN");
+        // A group is aligned for its widest-tiled source.
+        g.kind = g.kind.max(SourceKind::of(ctx, src));
         g.first_source = g.first_source.min(src);
         g.sources.insert(src);
     }
