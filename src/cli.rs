@@ -112,7 +112,8 @@ struct PruneArgs {
     /// Write the report as one self-contained HTML page here (inline SVG, no external resources)
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
-    /// Skip the tract verification
+    /// Run no tract at all: no fidelity, latency or MACs check, and no masked-equivalence proof
+    /// of a structural rewrite (the report marks the rewrite unproven)
     #[arg(long)]
     no_verify: bool,
     /// Verify outputs but skip the latency measurement

@@ -530,3 +530,21 @@ fn sparse_initializers_shrink_the_file_and_keep_every_value() {
     assert_eq!(low.report["sparse_initializers"]["tensors"], 0);
     assert!(low.stdout.contains("stored dense"), "{}", low.stdout);
 }
+
+/// `--no-verify` runs no tract at all, the masked proof included: the structural rewrite is the
+/// same model as the verified run's, and the report says it is unproven rather than exact.
+#[test]
+fn no_verify_structural_run_is_reported_unproven() {
+    let flags = ["--structured", "channels", "--beta", "0.7", "--round-to", "1", "--include", "narrow"];
+    let proven = run("yolo_block", "digits_test_x1x8x8", &flags);
+    let mut more = flags.to_vec();
+    more.push("--no-verify");
+    let unproven = run("yolo_block", "digits_test_x1x8x8", &more);
+    assert_eq!(std::fs::read(&proven.out).unwrap(), std::fs::read(&unproven.out).unwrap());
+    assert_eq!(proven.report["equivalence"][0]["pass"], true);
+    let e = &unproven.report["equivalence"][0];
+    assert_eq!(e["status"], "skipped");
+    assert!(e["pass"].is_null() && e["reason"].as_str().unwrap().contains("--no-verify"), "{e}");
+    assert!(unproven.stdout.contains("unproven"), "{}", unproven.stdout);
+    assert!(unproven.report["verification"].is_null());
+}

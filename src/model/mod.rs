@@ -1,5 +1,6 @@
 //! ONNX model: lossless I/O, typed tensor views and a graph index.
 pub mod graph;
+pub mod hollow;
 pub mod io;
 pub mod mapped;
 pub mod presence;

@@ -55,6 +55,30 @@ pub fn prune_channels(model: &ModelProto, opts: &StructOptions) -> Result<Struct
 /// [`prune_channels`] with the masked model sent to `masked_out`: written to a file (or not
 /// built) before the pruned model is built, so peak memory holds the input and one rewrite.
 pub fn prune_channels_to(model: &ModelProto, opts: &StructOptions, masked_out: &MaskedOut) -> Result<StructuralResult> {
+    let (mut r, hollow) = prune_hollow(model, opts, masked_out)?;
+    hollow.fill_cloned(&mut r.pruned, model)?;
+    Ok(r)
+}
+
+/// [`prune_channels_to`] that consumes its input: the weights the rewrite leaves unchanged are
+/// moved into the pruned model instead of copied, so peak memory is the input plus the tensors
+/// that change (and the masked model, when it is built).
+pub fn prune_channels_owned(
+    mut model: ModelProto,
+    opts: &StructOptions,
+    masked_out: &MaskedOut,
+) -> Result<StructuralResult> {
+    let (mut r, hollow) = prune_hollow(&model, opts, masked_out)?;
+    hollow.fill_moved(&mut r.pruned, &mut model)?;
+    Ok(r)
+}
+
+/// The pruned model with its unchanged big initializers still hollow.
+fn prune_hollow(
+    model: &ModelProto,
+    opts: &StructOptions,
+    masked_out: &MaskedOut,
+) -> Result<(StructuralResult, crate::model::hollow::Hollow)> {
     emp::check_beta(opts.beta).map_err(|e| anyhow::anyhow!("{e}"))?;
     let g = model.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
@@ -65,13 +89,17 @@ pub fn prune_channels_to(model: &ModelProto, opts: &StructOptions, masked_out: &
     let plan = plan(&ctx, &an, opts)?;
     let masked = match masked_out {
         MaskedOut::Drop => None,
-        out => super::place_masked(rewrite(model, &ctx, &an, &plan, Mode::Masked)?, out)?,
+        out => {
+            let (mut m, hollow) = rewrite(model, &ctx, &an, &plan, Mode::Masked)?;
+            hollow.fill_cloned(&mut m, model)?;
+            super::place_masked(m, out)?
+        }
     };
-    let pruned = rewrite(model, &ctx, &an, &plan, Mode::Pruned)?;
+    let (pruned, hollow) = rewrite(model, &ctx, &an, &plan, Mode::Pruned)?;
     let mut refit = refit_sites(&an, &plan);
     let more = downstream_sites(&ctx, &an, &plan, &refit);
     refit.extend(more);
-    Ok(StructuralResult { pruned, masked, groups: plan.reports, refit })
+    Ok((StructuralResult { pruned, masked, groups: plan.reports, refit }, hollow))
 }
 
 /// Every consumer that lost input units, for reconstruction: its weight, kept input positions

@@ -6,6 +6,7 @@
 //! same function (proven afterwards by masked-equivalence).
 
 use super::*;
+use crate::model::hollow::{clone_hollow, Hollow};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -102,8 +103,11 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
 }
 
 /// The working copy of the graph with a name → tensor map that survives materialisation.
-struct Work {
+struct Work<'a> {
     g: GraphProto,
+    /// The input graph, and which of the copy's initializers are still shells without data.
+    src: &'a GraphProto,
+    hollow: Hollow,
     refs: BTreeMap<String, WeightRef>,
     names: BTreeSet<String>,
     remove_nodes: BTreeSet<usize>,
@@ -111,9 +115,11 @@ struct Work {
     insert_after: BTreeMap<usize, Vec<NodeProto>>,
 }
 
-impl Work {
+impl Work<'_> {
+    /// A tensor of the copy to change (its data first, if it was left out of the copy).
     fn tensor(&mut self, name: &str) -> Result<&mut TensorProto> {
         let r = *self.refs.get(name).with_context(|| format!("tensor '{name}' not found"))?;
+        self.hollow.fill_one(&mut self.g, self.src, name)?;
         graph::weight_mut(&mut self.g, r).with_context(|| format!("tensor '{name}' not found"))
     }
 
@@ -171,19 +177,16 @@ fn slice_positions(t: &mut TensorProto, axis: usize, keep_pos: &[bool]) -> Resul
     tensor::slice_axis(t, axis, &keep)
 }
 
-pub(super) fn rewrite(model: &ModelProto, ctx: &Ctx, an: &Analysis, plan: &Plan, mode: Mode) -> Result<ModelProto> {
+/// The rewritten model, with the big initializers it leaves unchanged still hollow (see
+/// [`crate::model::hollow`]): the caller fills them from `model`, by copy or by move.
+pub(super) fn rewrite(
+    model: &ModelProto,
+    ctx: &Ctx,
+    an: &Analysis,
+    plan: &Plan,
+    mode: Mode,
+) -> Result<(ModelProto, Hollow)> {
     let folds = folds(ctx, an, plan)?;
-    let mut m = model.clone();
-    let g = m.graph.take().context("model has no graph")?;
-    let mut names: BTreeSet<String> = ctx.ix.weights.keys().cloned().collect();
-    for n in &g.node {
-        names.extend(n.output.iter().cloned());
-        names.insert(n.name.clone());
-    }
-    names.extend(g.input.iter().map(|v| v.name.clone()));
-    let mut w =
-        Work { refs: ctx.ix.weights.clone(), g, names, remove_nodes: BTreeSet::new(), insert_after: BTreeMap::new() };
-
     let keep_of = |units: &[Option<Unit>]| -> Vec<bool> { units.iter().map(|u| plan.keeps(an, *u)).collect() };
     // Which constants change in this mode.
     let mut changed: BTreeSet<String> = BTreeSet::new();
@@ -201,6 +204,24 @@ pub(super) fn rewrite(model: &ModelProto, ctx: &Ctx, an: &Analysis, plan: &Plan,
             changed.insert(b);
         }
     }
+    // Even the tensors that change are filled one at a time, when the rewrite reaches them.
+    let (mut m, hollow) = clone_hollow(model, &BTreeSet::new());
+    let g = m.graph.take().context("model has no graph")?;
+    let mut names: BTreeSet<String> = ctx.ix.weights.keys().cloned().collect();
+    for n in &g.node {
+        names.extend(n.output.iter().cloned());
+        names.insert(n.name.clone());
+    }
+    names.extend(g.input.iter().map(|v| v.name.clone()));
+    let mut w = Work {
+        refs: ctx.ix.weights.clone(),
+        g,
+        src: ctx.g,
+        hollow,
+        names,
+        remove_nodes: BTreeSet::new(),
+        insert_after: BTreeMap::new(),
+    };
     materialize(ctx, &mut w, &changed)?;
 
     // 1. compensation (before any slicing/zeroing: deltas index dense outputs)
@@ -241,7 +262,7 @@ pub(super) fn rewrite(model: &ModelProto, ctx: &Ctx, an: &Analysis, plan: &Plan,
         }
     }
     m.graph = Some(w.g).into();
-    Ok(m)
+    Ok((m, w.hollow))
 }
 
 /// The existing bias constant a fold writes to, if any.
