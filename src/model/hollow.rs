@@ -5,9 +5,11 @@
 //! output were both in memory at full size. [`clone_hollow`] copies everything but the data of
 //! the big top-level initializers (each "hollow" copy keeps its name, type and dims, which is all
 //! a rewrite reads of a tensor it does not change). A rewrite that does change one asks for it
-//! back with [`Hollow::fill_one`]. At the end [`Hollow::fill_moved`] moves each still-hollow
-//! tensor's original *whole* (every field, as it was read) from the input, which the caller owns
-//! and no longer needs, so the peak is the input plus the changed tensors. [`Hollow::fill_cloned`]
+//! back with [`Hollow::fill_one`]; one that only slices it records the slice on the shell
+//! ([`Hollow::slice_later`]). At the end [`Hollow::fill_moved`] moves each still-hollow tensor's
+//! original *whole* (every field, as it was read) from the input, which the caller owns and no
+//! longer needs, slicing the recorded ones as it goes (each original is freed once sliced), so the
+//! peak is the input plus the tensors the rewrite changed in other ways plus one slice. [`Hollow::fill_cloned`]
 //! does the same from a borrowed input by copying (the library API, which leaves its input
 //! alone). Either way the result is what a full clone edited the same way would be.
 //!
@@ -21,10 +23,24 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Initializers with at least this many bytes of data are left out of a hollow copy.
 pub const HOLLOW_MIN_BYTES: usize = 4096;
 
-/// Names of the initializers of a hollow copy whose data is still left out, by index.
+/// Slices along (axis, kept positions), in the order they were asked for.
+type Slices = Vec<(usize, Vec<usize>)>;
+
+/// The initializers of a hollow copy whose data is still left out, by name → index.
 #[derive(Debug, Default)]
 pub struct Hollow {
     slots: BTreeMap<String, usize>,
+    /// Hollow initializers the rewrite slices: their shells already have the new dims; the data
+    /// is sliced when it comes back, from the input, one tensor at a time.
+    sliced: BTreeMap<String, (usize, Slices)>,
+}
+
+/// The original tensor with the recorded slices applied, as `tensor::slice_axis` on a copy would.
+fn sliced(mut t: TensorProto, slices: &Slices) -> Result<TensorProto> {
+    for (axis, keep) in slices {
+        crate::model::tensor::slice_axis(&mut t, *axis, keep)?;
+    }
+    Ok(t)
 }
 
 fn data_bytes(t: &TensorProto) -> usize {
@@ -119,29 +135,55 @@ pub fn clone_hollow(model: &ModelProto, keep: &BTreeSet<String>) -> (ModelProto,
 }
 
 impl Hollow {
-    /// Whether `name` is a hollow initializer.
+    /// Whether `name` is a hollow initializer (sliced later or not).
     pub fn contains(&self, name: &str) -> bool {
-        self.slots.contains_key(name)
+        self.slots.contains_key(name) || self.sliced.contains_key(name)
     }
 
-    /// Give the hollow initializer `name` of `out` its data back (a copy from `src`), before a
-    /// rewrite changes it. No-op when `name` is not hollow.
+    /// Slice the hollow initializer `name` of `out` along `axis`, keeping positions `keep`
+    /// (ascending), without its data: the shell gets the new dims now, the data is sliced when
+    /// it comes back. `Ok(false)` (nothing done) when `name` is not hollow.
+    pub fn slice_later(&mut self, out: &mut GraphProto, name: &str, axis: usize, keep: Vec<usize>) -> Result<bool> {
+        let Some(i) = self.slots.get(name).or_else(|| self.sliced.get(name).map(|s| &s.0)).copied() else {
+            return Ok(false);
+        };
+        let shell = out.initializer.get_mut(i).filter(|t| t.name == name).context("hollow initializer moved")?;
+        let Some(d) = shell.dims.get_mut(axis) else {
+            bail!("tensor '{name}': axis {axis} out of range for dims {:?}", shell.dims)
+        };
+        if let Some(&k) = keep.iter().find(|&&k| k as i64 >= *d) {
+            bail!("tensor '{name}': index {k} out of range on axis {axis} of dims {:?}", shell.dims);
+        }
+        *d = keep.len() as i64;
+        self.slots.remove(name);
+        self.sliced.entry(name.to_string()).or_insert_with(|| (i, Vec::new())).1.push((axis, keep));
+        Ok(true)
+    }
+
+    /// Give the hollow initializer `name` of `out` its data back (a copy from `src`, with any
+    /// slices recorded for it applied), before a rewrite changes it. No-op when `name` is not
+    /// hollow.
     pub fn fill_one(&mut self, out: &mut GraphProto, src: &GraphProto, name: &str) -> Result<()> {
-        let Some(i) = self.slots.remove(name) else { return Ok(()) };
+        let (i, slices) = match (self.slots.remove(name), self.sliced.remove(name)) {
+            (Some(i), _) => (i, Vec::new()),
+            (None, Some(s)) => s,
+            (None, None) => return Ok(()),
+        };
         let t = src.initializer.get(i).filter(|t| t.name == name).context("hollow initializer moved")?;
         let slot = out.initializer.get_mut(i).filter(|t| t.name == name).context("hollow initializer moved")?;
-        *slot = t.clone();
+        *slot = sliced(t.clone(), &slices)?;
         Ok(())
     }
 
     /// The rewrite kept its initializers at their indices (new ones are appended) and left every
-    /// hollow one unchanged: check that before any data goes back.
+    /// hollow one unchanged but for the recorded slices: check that before any data goes back.
     fn check(&self, out: &GraphProto, src: &GraphProto) -> Result<()> {
-        for (name, &i) in &self.slots {
+        let all = self.slots.iter().map(|(n, &i)| (n, i, false)).chain(self.sliced.iter().map(|(n, s)| (n, s.0, true)));
+        for (name, i, sliced) in all {
             let (Some(o), Some(s)) = (out.initializer.get(i), src.initializer.get(i)) else {
                 bail!("internal: hollow initializer '{name}' is gone from the rewritten model")
             };
-            if o.name != *name || s.name != *name || o.dims != s.dims || o.data_type != s.data_type {
+            if o.name != *name || s.name != *name || (!sliced && o.dims != s.dims) || o.data_type != s.data_type {
                 bail!("internal: hollow initializer '{name}' was changed without its data");
             }
         }
@@ -149,12 +191,16 @@ impl Hollow {
     }
 
     /// Move every still-hollow initializer's original from `src` (left with empty tensors there)
-    /// into `out`. `src` must be the model `out` was cloned from.
+    /// into `out`, sliced as recorded. `src` must be the model `out` was cloned from. Each sliced
+    /// tensor's original is freed as soon as its slice is made.
     pub fn fill_moved(self, out: &mut ModelProto, src: &mut ModelProto) -> Result<()> {
         let (o, s) = graphs(out, src)?;
         self.check(o, s)?;
         for (_, i) in self.slots {
             o.initializer[i] = std::mem::take(&mut s.initializer[i]);
+        }
+        for (_, (i, slices)) in self.sliced {
+            o.initializer[i] = sliced(std::mem::take(&mut s.initializer[i]), &slices)?;
         }
         Ok(())
     }
@@ -166,6 +212,9 @@ impl Hollow {
         self.check(o, s)?;
         for (_, i) in self.slots {
             o.initializer[i] = s.initializer[i].clone();
+        }
+        for (_, (i, slices)) in self.sliced {
+            o.initializer[i] = sliced(s.initializer[i].clone(), &slices)?;
         }
         Ok(())
     }
@@ -224,6 +273,41 @@ mod tests {
         let mut want = m.clone();
         want.graph.as_mut().unwrap().initializer[1].raw_data[0] = 99;
         assert_eq!(h.write_to_bytes().unwrap(), want.write_to_bytes().unwrap());
+    }
+
+    /// Slicing a shell and then its data comes back gives what slicing a copy gives, whether
+    /// the data comes back at the end (moved or copied) or early (the rewrite touches it again).
+    #[test]
+    fn slices_recorded_on_a_shell_are_applied_when_the_data_comes_back() {
+        let mut m = model();
+        {
+            let t = &mut m.graph.as_mut().unwrap().initializer[1];
+            t.dims = vec![20, 100];
+        }
+        let mut want = m.clone();
+        let w = &mut want.graph.as_mut().unwrap().initializer[1];
+        crate::model::tensor::slice_axis(w, 1, &[0, 5, 99]).unwrap();
+        crate::model::tensor::slice_axis(w, 0, &[3, 4]).unwrap();
+        let src = m.graph.as_ref().unwrap().clone();
+        for how in 0..3 {
+            let (mut h, mut hollow) = clone_hollow(&m, &BTreeSet::new());
+            let g = h.graph.as_mut().unwrap();
+            assert!(hollow.slice_later(g, "w1", 1, vec![0, 5, 99]).unwrap());
+            assert!(hollow.slice_later(g, "w1", 0, vec![3, 4]).unwrap());
+            assert_eq!(g.initializer[1].dims, vec![2, 3]);
+            assert!(!hollow.slice_later(g, "w0", 0, vec![0]).unwrap(), "w0 is not hollow");
+            assert!(hollow.slice_later(g, "w1", 0, vec![2]).is_err(), "index out of range");
+            match how {
+                0 => hollow.fill_moved(&mut h, &mut m.clone()).unwrap(),
+                1 => hollow.fill_cloned(&mut h, &m).unwrap(),
+                _ => {
+                    hollow.fill_one(h.graph.as_mut().unwrap(), &src, "w1").unwrap();
+                    assert!(!hollow.contains("w1"));
+                    hollow.fill_cloned(&mut h, &m).unwrap();
+                }
+            }
+            assert_eq!(h.write_to_bytes().unwrap(), want.write_to_bytes().unwrap(), "way {how}");
+        }
     }
 
     #[test]

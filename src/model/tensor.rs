@@ -243,7 +243,42 @@ pub fn read_f64(t: &TensorProto) -> Result<Vec<f64>> {
             _ => t.double_data.clone(),
         });
     }
-    Ok(read_f32(t)?.into_iter().map(f64::from).collect())
+    let mut out = Vec::with_capacity(numel(t).unwrap_or(0));
+    for_each_f64(t, |v| out.push(v))?;
+    Ok(out)
+}
+
+/// Visit the values of a float tensor in order, as [`read_f64`] returns them (non-f64 values
+/// narrowed to f32 first, as [`read_f32`] reads them), without a copy of the tensor.
+pub fn for_each_f64(t: &TensorProto, mut f: impl FnMut(f64)) -> Result<()> {
+    let name = tname(t);
+    if t.data_type == dt::DOUBLE {
+        match storage(t)? {
+            Storage::Raw(_) => t.raw_data.chunks_exact(8).for_each(|c| f(f64::from_le_bytes(c.try_into().unwrap()))),
+            _ => t.double_data.iter().for_each(|&v| f(v)),
+        }
+        return Ok(());
+    }
+    if !is_float(t.data_type) {
+        bail!("tensor '{name}': expected a float tensor, found {}", dtype_name(t.data_type));
+    }
+    let mut g = |v: f32| f(f64::from(v));
+    match storage(t)? {
+        Storage::Raw(_) => match t.data_type {
+            dt::FLOAT => t.raw_data.chunks_exact(4).for_each(|c| g(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            dt::FLOAT16 => t.raw_data.chunks_exact(2).for_each(|c| g(f16::from_le_bytes([c[0], c[1]]).to_f32())),
+            dt::BFLOAT16 => t.raw_data.chunks_exact(2).for_each(|c| g(bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+            _ => t.raw_data.chunks_exact(8).for_each(|c| g(f64::from_le_bytes(c.try_into().unwrap()) as f32)),
+        },
+        Storage::Float => t.float_data.iter().for_each(|&v| g(v)),
+        Storage::Double => t.double_data.iter().for_each(|&v| g(v as f32)),
+        Storage::Int32 => match t.data_type {
+            dt::FLOAT16 => t.int32_data.iter().for_each(|&v| g(f16::from_bits(v as u16).to_f32())),
+            _ => t.int32_data.iter().for_each(|&v| g(bf16::from_bits(v as u16).to_f32())),
+        },
+        s => bail!("tensor '{name}': float data stored as {s:?}"),
+    }
+    Ok(())
 }
 
 /// Overwrite the values of a float tensor, keeping dtype, dims and encoding.

@@ -221,6 +221,44 @@ fn per_position(vals: &[f64], dims: &[usize], axis: usize, f: impl Fn(f64) -> f6
     out
 }
 
+/// [`per_position`] of a weight's values as [`dense`] reads them, streamed from the tensor
+/// (no f64 copy of it). Errors on a non-finite value, naming it.
+fn position_sums(ctx: &Ctx, name: &str, axis: usize, f: impl Fn(f64) -> f64) -> Result<Vec<f64>> {
+    let non_finite = |i: usize, v: f64| {
+        anyhow::anyhow!("weight '{name}' holds a non-finite value ({v}) at flat index {i}: cannot score its units")
+    };
+    if ctx.consts.get(name).is_some_and(|c| c.dq.is_some()) {
+        let (v, dims) = dense(ctx, name)?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(non_finite(i, v[i]));
+        }
+        return Ok(per_position(&v, &dims, axis, f));
+    }
+    let t = ctx.base_tensor(name).with_context(|| format!("weight '{name}' not found"))?;
+    let dims = ctx.dims(name).unwrap_or_default().to_vec();
+    let n: usize = dims.iter().product();
+    let (inner, d) = (dims[axis + 1..].iter().product::<usize>(), dims[axis]);
+    let mut out = vec![0.0; d];
+    let (mut i, mut bad) = (0usize, None);
+    tensor::for_each_f64(t, |v| {
+        if bad.is_none() && !v.is_finite() {
+            bad = Some((i, v));
+        }
+        if i < n {
+            out[(i / inner) % d] += f(v);
+        }
+        i += 1;
+    })
+    .with_context(|| format!("weight '{name}'"))?;
+    if i != n {
+        bail!("weight '{name}': {i} values for dims {dims:?}");
+    }
+    if let Some((i, v)) = bad {
+        return Err(non_finite(i, v));
+    }
+    Ok(out)
+}
+
 /// Dense f64 data of a constant as the nodes see it (dims of the alias, data of the base).
 fn dense(ctx: &Ctx, name: &str) -> Result<(Vec<f64>, Vec<usize>)> {
     let t = ctx.base_tensor(name).with_context(|| format!("weight '{name}' not found"))?;
@@ -299,17 +337,9 @@ fn activation_scores(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<B
 fn unit_scores(ctx: &Ctx, an: &Analysis, crit: Criterion) -> Result<BTreeMap<Unit, f64>> {
     let mut acc: BTreeMap<Unit, f64> = BTreeMap::new();
     for s in an.slices.values().filter(|s| s.roles.contains(&Role::Producer)) {
-        let (v, dims) = dense(ctx, &s.weight)?;
-        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            bail!(
-                "weight '{}' holds a non-finite value ({}) at flat index {i}: cannot score its units",
-                s.weight,
-                v[i]
-            );
-        }
         let pos = match crit {
-            Criterion::L1 => per_position(&v, &dims, s.axis, f64::abs),
-            _ => per_position(&v, &dims, s.axis, |x| x * x),
+            Criterion::L1 => position_sums(ctx, &s.weight, s.axis, f64::abs)?,
+            _ => position_sums(ctx, &s.weight, s.axis, |x| x * x)?,
         };
         for (p, u) in s.units.iter().enumerate() {
             if let Some(u) = u {

@@ -45,37 +45,48 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
         if let Err(e) = &c.fold {
             bail!("internal: a removed unit emits a constant into {e}");
         }
-        let (w, dims) = dense(ctx, &c.weight)?;
+        let dims = ctx.dims(&c.weight).unwrap_or_default().to_vec();
+        if dims.len() < 2 {
+            bail!("weight '{}': dims {dims:?} of a consumer", c.weight);
+        }
+        let pos: Vec<usize> = hits.iter().map(|h| h.0).collect();
+        let nh = hits.len();
         let (delta, axis) = match c.kind {
             ConsumerKind::Conv { .. } => {
-                let (o, i) = (dims[0], dims[1]);
-                let k: usize = dims[2..].iter().product();
+                // Σ over each kernel of w[o, p, ·], per (o, hit).
+                let o = dims[0];
+                let sums = hit_values(ctx, &c.weight, o, dims[1], dims[2..].iter().product(), &pos, true)?;
                 let mut d = vec![0.0; o];
                 for (oi, dv) in d.iter_mut().enumerate() {
-                    for &(p, kv) in &hits {
-                        let s = (oi * i + p) * k;
-                        *dv += kv * w[s..s + k].iter().sum::<f64>();
+                    for (h, &(_, kv)) in hits.iter().enumerate() {
+                        *dv += kv * sums[oi * nh + h];
                     }
                 }
                 (d, 1)
             }
             ConsumerKind::Gemm { trans_b, alpha, beta } => {
                 let (n, kk) = if trans_b { (dims[0], dims[1]) } else { (dims[1], dims[0]) };
+                // w[oi, p] (transB) or w[p, oi], per (oi, hit).
+                let wv = if trans_b {
+                    hit_values(ctx, &c.weight, n, kk, 1, &pos, true)?
+                } else {
+                    transpose(&hit_values(ctx, &c.weight, 1, kk, n, &pos, false)?, nh, n)
+                };
                 let mut d = vec![0.0; n];
                 for (oi, dv) in d.iter_mut().enumerate() {
-                    for &(p, kv) in &hits {
-                        let wv = if trans_b { w[oi * kk + p] } else { w[p * n + oi] };
-                        *dv += alpha * kv * wv / beta;
+                    for (h, &(_, kv)) in hits.iter().enumerate() {
+                        *dv += alpha * kv * wv[oi * nh + h] / beta;
                     }
                 }
                 (d, if trans_b { 1 } else { 0 })
             }
             ConsumerKind::MatMul { .. } => {
                 let n = dims[1];
+                let wv = transpose(&hit_values(ctx, &c.weight, 1, dims[0], n, &pos, false)?, nh, n);
                 let mut d = vec![0.0; n];
                 for (oi, dv) in d.iter_mut().enumerate() {
-                    for &(p, kv) in &hits {
-                        *dv += kv * w[p * n + oi];
+                    for (h, &(_, kv)) in hits.iter().enumerate() {
+                        *dv += kv * wv[oi * nh + h];
                     }
                 }
                 (d, 0)
@@ -102,6 +113,57 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
     Ok(out)
 }
 
+/// The values of weight `name`, viewed as [a, b, c], at the positions `pos` of axis b, read
+/// without an f64 copy of the weight (a quantized one is dequantized whole, as [`dense`] does).
+/// `sum`: out[a·|pos| + h] = Σ_c w[a, pos[h], c], summed in order from `Iterator::sum`'s start
+/// (as `w[..].iter().sum()` would); else (a = 1) out[h·c + j] = w[pos[h], j].
+fn hit_values(ctx: &Ctx, name: &str, a: usize, b: usize, c: usize, pos: &[usize], sum: bool) -> Result<Vec<f64>> {
+    let nh = pos.len();
+    let mut slot = vec![usize::MAX; b];
+    for (h, &p) in pos.iter().enumerate() {
+        *slot.get_mut(p).with_context(|| format!("weight '{name}': position {p} of {b}"))? = h;
+    }
+    let zero: f64 = std::iter::empty::<f64>().sum();
+    let mut out = vec![zero; if sum { a * nh } else { nh * c }];
+    let n = a * b * c;
+    let mut i = 0usize;
+    let mut visit = |v: f64| {
+        if i < n {
+            let (ai, bi, ci) = (i / (b * c), (i / c) % b, i % c);
+            let h = slot[bi];
+            if h != usize::MAX {
+                if sum {
+                    out[ai * nh + h] += v;
+                } else {
+                    out[h * c + ci] = v;
+                }
+            }
+        }
+        i += 1;
+    };
+    if ctx.consts.get(name).is_some_and(|k| k.dq.is_some()) {
+        dense(ctx, name)?.0.into_iter().for_each(&mut visit);
+    } else {
+        let t = ctx.base_tensor(name).with_context(|| format!("weight '{name}' not found"))?;
+        tensor::for_each_f64(t, &mut visit).with_context(|| format!("weight '{name}'"))?;
+    }
+    if i != n {
+        bail!("weight '{name}': {i} values for dims {a}×{b}×{c}");
+    }
+    Ok(out)
+}
+
+/// [h][j] → [j][h] of an `nh` × `n` row-major table.
+fn transpose(v: &[f64], nh: usize, n: usize) -> Vec<f64> {
+    let mut out = vec![0.0; v.len()];
+    for h in 0..nh {
+        for j in 0..n {
+            out[j * nh + h] = v[h * n + j];
+        }
+    }
+    out
+}
+
 /// The working copy of the graph with a name → tensor map that survives materialisation.
 struct Work<'a> {
     g: GraphProto,
@@ -121,6 +183,24 @@ impl Work<'_> {
         let r = *self.refs.get(name).with_context(|| format!("tensor '{name}' not found"))?;
         self.hollow.fill_one(&mut self.g, self.src, name)?;
         graph::weight_mut(&mut self.g, r).with_context(|| format!("tensor '{name}' not found"))
+    }
+
+    /// Slice a tensor of the copy along `axis` to the positions kept in `keep_pos`. A tensor
+    /// still hollow is sliced on its shell only: its data is sliced when it comes back.
+    fn slice(&mut self, name: &str, axis: usize, keep_pos: &[bool]) -> Result<()> {
+        if let Some(WeightRef::Init(i)) = self.refs.get(name) {
+            if self.hollow.contains(name) {
+                let dims = &self.g.initializer[*i].dims;
+                if dims.get(axis) != Some(&(keep_pos.len() as i64)) {
+                    bail!("tensor '{name}': axis {axis} of {dims:?} does not have {} positions", keep_pos.len());
+                }
+                let keep = (0..keep_pos.len()).filter(|&p| keep_pos[p]).collect();
+                if self.hollow.slice_later(&mut self.g, name, axis, keep)? {
+                    return Ok(());
+                }
+            }
+        }
+        slice_positions(self.tensor(name)?, axis, keep_pos)
     }
 
     fn fresh(&mut self, base: &str) -> String {
@@ -239,7 +319,7 @@ pub(super) fn rewrite(
             continue;
         }
         match mode {
-            Mode::Pruned => slice_positions(w.tensor(&s.weight)?, s.axis, &keep)?,
+            Mode::Pruned => w.slice(&s.weight, s.axis, &keep)?,
             Mode::Masked if s.roles.contains(&Role::Producer) || s.roles.contains(&Role::ProducerBias) => {
                 zero_positions(w.tensor(&s.weight)?, s.axis, &keep)?
             }
