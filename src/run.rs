@@ -321,8 +321,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;
                 let path = masked_path(stages.len());
                 let out = masked_out(o.plan, o.verify, path.as_deref(), recon_inputs.is_some(), &masked_opts);
-                let mut r = structural(&current, &sopts, "heads", &out)?;
-                refit_stage(&current, &mut r, recon_inputs, &mut reconstruction, &t_recon)?;
+                let r = structural(&mut current, &sopts, "heads", &out, recon_inputs, &mut reconstruction, &t_recon)?;
                 groups.extend(r.groups);
                 let last = mode == Mode::Heads;
                 // Reconstruction is done with it: the masked model goes to its file now.
@@ -342,14 +341,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 let copts = with_activations(&copts, &current, calib_inputs, "channels")?;
                 let path = masked_path(stages.len());
                 let out = masked_out(o.plan, o.verify, path.as_deref(), recon_inputs.is_some(), &masked_opts);
-                let r = if recon_inputs.is_some() {
-                    let mut r = structural(&current, &copts, "channels", &out)?;
-                    refit_stage(&current, &mut r, recon_inputs, &mut reconstruction, &t_recon)?;
-                    r
-                } else {
-                    // Nothing needs the input afterwards: its unchanged weights move into the output.
-                    crate::prune::channels::prune_channels_owned(std::mem::take(&mut current), &copts, &out)?
-                };
+                let r =
+                    structural(&mut current, &copts, "channels", &out, recon_inputs, &mut reconstruction, &t_recon)?;
                 groups.extend(r.groups);
                 stages.push(("channels".into(), r.masked, None));
                 current = r.pruned;
@@ -750,11 +743,32 @@ fn masked_out<'a>(
     }
 }
 
-fn structural(m: &ModelProto, opts: &StructOptions, what: &str, masked: &MaskedOut) -> Result<StructuralResult> {
-    match what {
-        "heads" => crate::prune::heads::prune_heads_to(m, opts, masked),
-        _ => crate::prune::channels::prune_channels_to(m, opts, masked),
+/// One structural stage on `m`, refitted when there are reconstruction inputs. Without them
+/// nothing needs `m` afterwards: it is consumed (left empty), its unchanged weights moved into
+/// the pruned model instead of copied.
+fn structural(
+    m: &mut ModelProto,
+    opts: &StructOptions,
+    what: &str,
+    masked: &MaskedOut,
+    recon: Option<&crate::check::Inputs>,
+    report: &mut Option<crate::reconstruct::ReconReport>,
+    t: &std::cell::Cell<f64>,
+) -> Result<StructuralResult> {
+    use crate::prune::{channels, heads};
+    if recon.is_none() {
+        let owned = std::mem::take(m);
+        return match what {
+            "heads" => heads::prune_heads_owned(owned, opts, masked),
+            _ => channels::prune_channels_owned(owned, opts, masked),
+        };
     }
+    let mut r = match what {
+        "heads" => heads::prune_heads_to(m, opts, masked),
+        _ => channels::prune_channels_to(m, opts, masked),
+    }?;
+    refit_stage(m, &mut r, recon, report, t)?;
+    Ok(r)
 }
 
 /// A structural stage whose proof `--no-verify` skipped.

@@ -27,7 +27,7 @@ pub const HOLLOW_MIN_BYTES: usize = 4096;
 type Slices = Vec<(usize, Vec<usize>)>;
 
 /// The initializers of a hollow copy whose data is still left out, by name → index.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Hollow {
     slots: BTreeMap<String, usize>,
     /// Hollow initializers the rewrite slices: their shells already have the new dims; the data
@@ -59,9 +59,14 @@ fn shell(t: &TensorProto) -> TensorProto {
     s
 }
 
-/// A copy of `model` whose top-level initializers of at least [`HOLLOW_MIN_BYTES`] are shells,
-/// except those named in `keep` (the ones the rewrite is known to change, copied whole).
-pub fn clone_hollow(model: &ModelProto, keep: &BTreeSet<String>) -> (ModelProto, Hollow) {
+/// Whether an initializer holds at least [`HOLLOW_MIN_BYTES`] of data.
+pub fn big(t: &TensorProto) -> bool {
+    data_bytes(t) >= HOLLOW_MIN_BYTES
+}
+
+/// A copy of `model` whose top-level initializers for which `leave_out` holds are shells (e.g.
+/// [`big`]). A name given to two initializers is copied whole.
+pub fn clone_hollow(model: &ModelProto, leave_out: impl Fn(&TensorProto) -> bool) -> (ModelProto, Hollow) {
     let ModelProto {
         ir_version,
         opset_import,
@@ -91,11 +96,13 @@ pub fn clone_hollow(model: &ModelProto, keep: &BTreeSet<String>) -> (ModelProto,
             metadata_props,
             special_fields,
         } = g;
+        let mut seen = BTreeSet::new();
+        let dup: BTreeSet<&String> = initializer.iter().map(|t| &t.name).filter(|n| !seen.insert(*n)).collect();
         let initializer = initializer
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                if data_bytes(t) >= HOLLOW_MIN_BYTES && !keep.contains(&t.name) && !hollow.slots.contains_key(&t.name) {
+                if leave_out(t) && !hollow.slots.contains_key(&t.name) && !dup.contains(&t.name) {
                     hollow.slots.insert(t.name.clone(), i);
                     shell(t)
                 } else {
@@ -147,7 +154,8 @@ impl Hollow {
         let Some(i) = self.slots.get(name).or_else(|| self.sliced.get(name).map(|s| &s.0)).copied() else {
             return Ok(false);
         };
-        let shell = out.initializer.get_mut(i).filter(|t| t.name == name).context("hollow initializer moved")?;
+        let o = position(out, name, i)?;
+        let shell = &mut out.initializer[o];
         let Some(d) = shell.dims.get_mut(axis) else {
             bail!("tensor '{name}': axis {axis} out of range for dims {:?}", shell.dims)
         };
@@ -170,24 +178,34 @@ impl Hollow {
             (None, None) => return Ok(()),
         };
         let t = src.initializer.get(i).filter(|t| t.name == name).context("hollow initializer moved")?;
-        let slot = out.initializer.get_mut(i).filter(|t| t.name == name).context("hollow initializer moved")?;
-        *slot = sliced(t.clone(), &slices)?;
+        let o = position(out, name, i)?;
+        out.initializer[o] = sliced(t.clone(), &slices)?;
         Ok(())
     }
 
-    /// The rewrite kept its initializers at their indices (new ones are appended) and left every
-    /// hollow one unchanged but for the recorded slices: check that before any data goes back.
-    fn check(&self, out: &GraphProto, src: &GraphProto) -> Result<()> {
-        let all = self.slots.iter().map(|(n, &i)| (n, i, false)).chain(self.sliced.iter().map(|(n, s)| (n, s.0, true)));
-        for (name, i, sliced) in all {
-            let (Some(o), Some(s)) = (out.initializer.get(i), src.initializer.get(i)) else {
-                bail!("internal: hollow initializer '{name}' is gone from the rewritten model")
+    /// Where each still-hollow initializer is in `out` now, with its index in `src` and its
+    /// slices. The rewrite may have dropped some (gone, nothing to fill) or appended others; every
+    /// shell left must still be the input's tensor but for the recorded slices.
+    fn places(self, out: &GraphProto, src: &GraphProto) -> Result<Vec<(usize, usize, Slices)>> {
+        let at: BTreeMap<&str, usize> = out.initializer.iter().enumerate().map(|(k, t)| (t.name.as_str(), k)).collect();
+        let all = self
+            .slots
+            .into_iter()
+            .map(|(n, i)| (n, i, None))
+            .chain(self.sliced.into_iter().map(|(n, (i, s))| (n, i, Some(s))));
+        let mut v = Vec::new();
+        for (name, i, slices) in all {
+            let Some(&o) = at.get(name.as_str()) else { continue };
+            let (out_t, src_t) = (&out.initializer[o], src.initializer.get(i));
+            let Some(src_t) = src_t.filter(|t| t.name == name) else {
+                bail!("internal: hollow initializer '{name}' is not in the input model")
             };
-            if o.name != *name || s.name != *name || (!sliced && o.dims != s.dims) || o.data_type != s.data_type {
+            if out_t.data_type != src_t.data_type || (slices.is_none() && out_t.dims != src_t.dims) {
                 bail!("internal: hollow initializer '{name}' was changed without its data");
             }
+            v.push((o, i, slices.unwrap_or_default()));
         }
-        Ok(())
+        Ok(v)
     }
 
     /// Move every still-hollow initializer's original from `src` (left with empty tensors there)
@@ -195,12 +213,8 @@ impl Hollow {
     /// tensor's original is freed as soon as its slice is made.
     pub fn fill_moved(self, out: &mut ModelProto, src: &mut ModelProto) -> Result<()> {
         let (o, s) = graphs(out, src)?;
-        self.check(o, s)?;
-        for (_, i) in self.slots {
-            o.initializer[i] = std::mem::take(&mut s.initializer[i]);
-        }
-        for (_, (i, slices)) in self.sliced {
-            o.initializer[i] = sliced(std::mem::take(&mut s.initializer[i]), &slices)?;
+        for (k, i, slices) in self.places(o, s)? {
+            o.initializer[k] = sliced(std::mem::take(&mut s.initializer[i]), &slices)?;
         }
         Ok(())
     }
@@ -209,15 +223,26 @@ impl Hollow {
     pub fn fill_cloned(self, out: &mut ModelProto, src: &ModelProto) -> Result<()> {
         let o = out.graph.as_mut().context("model has no graph")?;
         let s = src.graph.as_ref().context("model has no graph")?;
-        self.check(o, s)?;
-        for (_, i) in self.slots {
-            o.initializer[i] = s.initializer[i].clone();
-        }
-        for (_, (i, slices)) in self.sliced {
-            o.initializer[i] = sliced(s.initializer[i].clone(), &slices)?;
+        for (k, i, slices) in self.places(o, s)? {
+            o.initializer[k] = sliced(s.initializer[i].clone(), &slices)?;
         }
         Ok(())
     }
+
+    /// A filled copy of `out` (copied from `src`), leaving `out` and `self` as they are.
+    pub fn filled_copy(&self, out: &ModelProto, src: &ModelProto) -> Result<ModelProto> {
+        let mut m = out.clone();
+        self.clone().fill_cloned(&mut m, src)?;
+        Ok(m)
+    }
+}
+
+/// Index of initializer `name` in `out`: `i` (its index in the input) unless the rewrite moved it.
+fn position(out: &GraphProto, name: &str, i: usize) -> Result<usize> {
+    if out.initializer.get(i).is_some_and(|t| t.name == name) {
+        return Ok(i);
+    }
+    out.initializer.iter().position(|t| t.name == name).with_context(|| format!("hollow initializer '{name}' is gone"))
 }
 
 fn graphs<'a>(out: &'a mut ModelProto, src: &'a mut ModelProto) -> Result<(&'a mut GraphProto, &'a mut GraphProto)> {
@@ -256,15 +281,14 @@ mod tests {
     #[test]
     fn filled_copies_are_the_original() {
         let m = model();
-        let (mut h, hollow) = clone_hollow(&m, &BTreeSet::new());
+        let (mut h, hollow) = clone_hollow(&m, big);
         assert!(hollow.contains("w1") && hollow.contains("w3") && !hollow.contains("w0") && !hollow.contains("w2"));
         assert!(h.graph.initializer[1].raw_data.is_empty() && h.graph.initializer[3].float_data.is_empty());
         hollow.fill_cloned(&mut h, &m).unwrap();
         assert_eq!(h.write_to_bytes().unwrap(), m.write_to_bytes().unwrap());
 
         let mut src = m.clone();
-        let keep: BTreeSet<String> = ["w3".to_string()].into();
-        let (mut h, mut hollow) = clone_hollow(&src, &keep);
+        let (mut h, mut hollow) = clone_hollow(&src, |t| big(t) && t.name != "w3");
         assert!(!hollow.contains("w3"));
         let sg = src.graph.as_ref().unwrap().clone();
         hollow.fill_one(h.graph.as_mut().unwrap(), &sg, "w1").unwrap();
@@ -290,7 +314,7 @@ mod tests {
         crate::model::tensor::slice_axis(w, 0, &[3, 4]).unwrap();
         let src = m.graph.as_ref().unwrap().clone();
         for how in 0..3 {
-            let (mut h, mut hollow) = clone_hollow(&m, &BTreeSet::new());
+            let (mut h, mut hollow) = clone_hollow(&m, big);
             let g = h.graph.as_mut().unwrap();
             assert!(hollow.slice_later(g, "w1", 1, vec![0, 5, 99]).unwrap());
             assert!(hollow.slice_later(g, "w1", 0, vec![3, 4]).unwrap());
@@ -313,11 +337,30 @@ mod tests {
     #[test]
     fn a_changed_hollow_tensor_is_an_error() {
         let m = model();
-        let (mut h, hollow) = clone_hollow(&m, &BTreeSet::new());
+        let (mut h, hollow) = clone_hollow(&m, big);
         h.graph.as_mut().unwrap().initializer[1].dims = vec![1000];
         assert!(hollow.fill_cloned(&mut h, &m).is_err());
-        let (mut h, hollow) = clone_hollow(&m, &BTreeSet::new());
-        h.graph.as_mut().unwrap().initializer.remove(0);
+        let (mut h, hollow) = clone_hollow(&m, big);
+        h.graph.as_mut().unwrap().initializer[3].data_type = 10;
         assert!(hollow.fill_cloned(&mut h, &m).is_err());
+    }
+
+    /// A rewrite may drop initializers it orphaned (the heads rewrite does) or append new ones:
+    /// the shells left are filled wherever they are now.
+    #[test]
+    fn dropped_and_appended_initializers_are_fine() {
+        let m = model();
+        let (mut h, hollow) = clone_hollow(&m, big);
+        let g = h.graph.as_mut().unwrap();
+        g.initializer.remove(1);
+        let mut extra = TensorProto::new();
+        extra.name = "new".into();
+        g.initializer.insert(0, extra.clone());
+        hollow.fill_cloned(&mut h, &m).unwrap();
+        let mut want = m.clone();
+        let wg = want.graph.as_mut().unwrap();
+        wg.initializer.remove(1);
+        wg.initializer.insert(0, extra);
+        assert_eq!(h.write_to_bytes().unwrap(), want.write_to_bytes().unwrap());
     }
 }

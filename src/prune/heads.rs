@@ -393,6 +393,29 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
 /// verified pruned model is dropped, the masked one built and written, and the pruned one
 /// committed again (the same edits): peak memory holds the input and one rewrite.
 pub fn prune_heads_to(model: &ModelProto, opts: &StructOptions, masked_out: &MaskedOut) -> Result<StructuralResult> {
+    let (mut r, hollow) = prune_hollow(model, opts, masked_out)?;
+    hollow.fill_cloned(&mut r.pruned, model)?;
+    Ok(r)
+}
+
+/// [`prune_heads_to`] that consumes its input: the weights the rewrite leaves unchanged are
+/// moved into the pruned model instead of copied.
+pub fn prune_heads_owned(
+    mut model: ModelProto,
+    opts: &StructOptions,
+    masked_out: &MaskedOut,
+) -> Result<StructuralResult> {
+    let (mut r, hollow) = prune_hollow(&model, opts, masked_out)?;
+    hollow.fill_moved(&mut r.pruned, &mut model)?;
+    Ok(r)
+}
+
+/// The pruned model with its unchanged big float initializers still hollow.
+fn prune_hollow(
+    model: &ModelProto,
+    opts: &StructOptions,
+    masked_out: &MaskedOut,
+) -> Result<(StructuralResult, crate::model::hollow::Hollow)> {
     emp::check_beta(opts.beta).map_err(|e| anyhow::anyhow!("{e}"))?;
     let g = model.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
@@ -440,15 +463,25 @@ pub fn prune_heads_to(model: &ModelProto, opts: &StructOptions, masked_out: &Mas
             Err(e) => reports[*slot] = Some(report(b, b.heads, n_eff, s_eff, Some(format!("{e:#}")), notes)),
         }
     }
-    let mut pruned = commit_all(model, &staged)?;
-    if verify(&ctx, &pruned, &staged).is_err() {
+    // commit_all moves the staged tensors into the model; they are staged again (the same
+    // slices of the input) where a second commit needs them.
+    let restage = |staged: &mut Vec<(usize, Staged)>| -> Result<()> {
+        for (bi, st) in staged.iter_mut() {
+            let kept = st.kept.clone();
+            *st = stage_block(&ctx, &blocks[*bi].1, &kept)?;
+        }
+        Ok(())
+    };
+    let mut pruned = commit_all(model, &mut staged)?;
+    if verify(&ctx, &pruned.0, &pruned.1, model, &staged).is_err() {
         // Find the culprit(s): commit block by block, keeping those that verify.
+        restage(&mut staged)?;
         let mut good: Vec<(usize, Staged)> = Vec::new();
         for st in staged {
             let mut trial = good.clone();
             trial.push(st.clone());
-            let m = commit_all(model, &trial)?;
-            match verify(&ctx, &m, &trial) {
+            let (m, hollow) = commit_all(model, &mut trial.clone())?;
+            match verify(&ctx, &m, &hollow, model, &trial) {
                 Ok(()) => good = trial,
                 Err(e) => {
                     let (slot, b, _) = &blocks[st.0];
@@ -461,10 +494,11 @@ pub fn prune_heads_to(model: &ModelProto, opts: &StructOptions, masked_out: &Mas
             }
         }
         staged = good;
-        pruned = commit_all(model, &staged)?;
+        pruned = commit_all(model, &mut staged)?;
     }
-    // Kept while the masked model is built only when both stay in memory anyway.
-    let pruned = matches!(masked_out, MaskedOut::Keep).then_some(pruned);
+    // A masked model written to a file is built without the pruned one in memory; the pruned
+    // one is committed again after.
+    let pruned = (!matches!(masked_out, MaskedOut::File(..))).then_some(pruned);
     let masked = if matches!(masked_out, MaskedOut::Drop) {
         None
     } else {
@@ -475,9 +509,12 @@ pub fn prune_heads_to(model: &ModelProto, opts: &StructOptions, masked_out: &Mas
         cleanup(model, &mut masked, &BTreeSet::new())?;
         super::place_masked(masked, masked_out)?
     };
-    let mut pruned = match pruned {
+    let (mut pruned, hollow) = match pruned {
         Some(p) => p,
-        None => commit_all(model, &staged)?,
+        None => {
+            restage(&mut staged)?;
+            commit_all(model, &mut staged)?
+        }
     };
     let stale: BTreeSet<String> = staged.iter().flat_map(|(_, st)| st.stale.iter().cloned()).collect();
     cleanup(model, &mut pruned, &stale)?;
@@ -500,7 +537,7 @@ pub fn prune_heads_to(model: &ModelProto, opts: &StructOptions, masked_out: &Mas
             })
         })
         .collect();
-    Ok(StructuralResult { pruned, masked, groups: reports.into_iter().flatten().collect(), refit })
+    Ok((StructuralResult { pruned, masked, groups: reports.into_iter().flatten().collect(), refit }, hollow))
 }
 
 /// Kept query heads of a block, the N_eff to report, and notes.

@@ -285,7 +285,7 @@ pub(super) fn rewrite(
         }
     }
     // Even the tensors that change are filled one at a time, when the rewrite reaches them.
-    let (mut m, hollow) = clone_hollow(model, &BTreeSet::new());
+    let (mut m, hollow) = clone_hollow(model, crate::model::hollow::big);
     let g = m.graph.take().context("model has no graph")?;
     let mut names: BTreeSet<String> = ctx.ix.weights.keys().cloned().collect();
     for n in &g.node {

@@ -47,12 +47,26 @@ fn datum_type(elem: i32) -> Option<DatumType> {
 /// shape (shapes do not depend on their values; copying and re-parsing them cost several times
 /// the model's bytes), then, if tract cannot analyse that, on the whole model.
 pub fn probe(model: &ModelProto, which: usize) -> Result<Probe> {
+    probe_or(model, which, &|| Ok(model.clone()))
+}
+
+/// [`probe`] where the whole model, when the light copy fails, is `full()` (for a model whose
+/// big float initializers are shells without data: only their dims are read by the light copy).
+pub fn probe_or(model: &ModelProto, which: usize, full: &dyn Fn() -> Result<ModelProto>) -> Result<Probe> {
     if let Some(light) = light_copy(model) {
         if let Ok(p) = probe_model(light, which) {
             return Ok(p);
         }
     }
-    probe_model(model.clone(), which)
+    probe_model(full()?, which)
+}
+
+/// An initializer the light copy turns into a graph input (its values are never read).
+pub fn light_input(t: &onnx_protobuf::TensorProto) -> bool {
+    use crate::model::tensor::{dt, numel};
+    matches!(t.data_type, dt::FLOAT | dt::FLOAT16 | dt::BFLOAT16 | dt::DOUBLE)
+        && t.dims.iter().all(|&d| d > 0)
+        && numel(t).is_ok_and(|n| n >= LIGHT_MIN_ELEMS)
 }
 
 fn probe_model(m: ModelProto, which: usize) -> Result<Probe> {
@@ -71,14 +85,9 @@ const LIGHT_MIN_ELEMS: usize = 1024;
 /// The model without its big float initializers' data: each becomes a graph input with its
 /// element type and full shape. `None` when there is none to leave out.
 fn light_copy(model: &ModelProto) -> Option<ModelProto> {
-    use crate::model::tensor::{dt, numel};
     use onnx_protobuf::GraphProto;
     let g = model.graph.as_ref()?;
-    let big = |t: &onnx_protobuf::TensorProto| {
-        matches!(t.data_type, dt::FLOAT | dt::FLOAT16 | dt::BFLOAT16 | dt::DOUBLE)
-            && t.dims.iter().all(|&d| d > 0)
-            && numel(t).is_ok_and(|n| n >= LIGHT_MIN_ELEMS)
-    };
+    let big = light_input;
     if !g.initializer.iter().any(big) {
         return None;
     }

@@ -5,6 +5,7 @@
 //! left dense by the caller.
 
 use super::*;
+use crate::model::hollow::{big, clone_hollow, Hollow};
 
 /// Everything one block's rewrite needs, computed (and checked) before the model is touched.
 #[derive(Clone, Debug)]
@@ -19,13 +20,17 @@ pub(super) struct Staged {
     pub(super) path: Option<(HashMap<String, usize>, usize)>,
 }
 
-pub(super) fn commit_all(model: &ModelProto, staged: &[(usize, Staged)]) -> Result<ModelProto> {
-    let mut m = model.clone();
+/// The model with every staged block committed. Its big float initializers are shells (see
+/// [`crate::model::hollow`]; none of them changes: sliced weights are new tensors, the old ones
+/// are dropped by [`cleanup`]); tract's shape check reads only their dims (they become inputs of
+/// its light copy), and the caller fills them from `model` at the end. The staged tensors are
+/// moved into the model (`staged` keeps everything else).
+pub(super) fn commit_all(model: &ModelProto, staged: &mut [(usize, Staged)]) -> Result<(ModelProto, Hollow)> {
+    let (mut m, hollow) = clone_hollow(model, |t| big(t) && probe::light_input(t));
     let g = m.graph.as_mut().context("no graph")?;
     let mut names = NameGen::new(g);
-    for (_, st) in staged {
-        for (w, t) in &st.tensors {
-            let mut t = t.clone();
+    for (_, st) in staged.iter_mut() {
+        for (w, mut t) in std::mem::take(&mut st.tensors) {
             t.name = names.fresh(&t.name);
             let n = g.node.get_mut(w.node).context("node index")?;
             *n.input.get_mut(w.slot).context("input slot")? = t.name.clone();
@@ -35,7 +40,7 @@ pub(super) fn commit_all(model: &ModelProto, staged: &[(usize, Staged)]) -> Resu
             apply_edit(g, &mut names, e)?;
         }
     }
-    Ok(m)
+    Ok((m, hollow))
 }
 
 /// Plan one block: new weights (sliced copies), operand and attribute edits.
@@ -101,26 +106,35 @@ pub(super) fn stage_block(ctx: &Ctx, b: &Block, kept: &[usize]) -> Result<Staged
 }
 
 /// Check the committed model with tract (MatMul blocks only: fused ops have no shape plumbing).
-pub(super) fn verify(ctx: &Ctx, m: &ModelProto, staged: &[(usize, Staged)]) -> Result<()> {
+/// `m` is [`commit_all`]'s model, `hollow` its shells, `input` what they are filled from.
+pub(super) fn verify(
+    ctx: &Ctx,
+    m: &ModelProto,
+    hollow: &Hollow,
+    input: &ModelProto,
+    staged: &[(usize, Staged)],
+) -> Result<()> {
     let checks: Vec<(&HashMap<String, usize>, usize, usize)> =
         staged.iter().filter_map(|(_, st)| st.path.as_ref().map(|(p, h)| (p, *h, st.kept.len()))).collect();
     if checks.is_empty() || ctx.probes.is_none() {
         return Ok(());
     }
-    verify_shapes(ctx, m, &checks)
+    verify_shapes(ctx, m, &|| hollow.filled_copy(m, input), &checks)
 }
 
 /// tract's analysis of the rewritten model must give the expected shapes: the attention
 /// tensors with H' heads, every graph output unchanged.
+/// `full`: `m` with every weight's data, for the analysis tract cannot do on the light copy.
 pub(super) fn verify_shapes(
     ctx: &Ctx,
     m: &ModelProto,
+    full: &dyn Fn() -> Result<ModelProto>,
     checks: &[(&HashMap<String, usize>, usize, usize)],
 ) -> Result<()> {
     let probes = ctx.probes.as_ref().context("no probes")?;
     let g = m.graph.as_ref().context("no graph")?;
     for (p, before) in probes.iter().enumerate() {
-        let after = probe::probe(m, p)?;
+        let after = probe::probe_or(m, p, full)?;
         for o in &g.output {
             if before.shapes.get(&o.name) != after.shapes.get(&o.name) {
                 bail!(
