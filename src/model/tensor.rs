@@ -411,6 +411,28 @@ fn gather<T: Clone>(data: &[T], shape: &[usize], axis: usize, keep: &[usize], un
     out
 }
 
+/// [`gather`] into `data` itself when `keep` is strictly ascending (every block then moves to
+/// an offset at or before its own), then shrunk: no second buffer, the tail is given back.
+fn gather_in_place<T: Copy>(data: &mut Vec<T>, shape: &[usize], axis: usize, keep: &[usize], unit: usize) {
+    if !keep.windows(2).all(|w| w[0] < w[1]) {
+        *data = gather(data, shape, axis, keep, unit);
+        return;
+    }
+    let outer: usize = shape[..axis].iter().product();
+    let dim = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product::<usize>() * unit;
+    let mut d = 0;
+    for o in 0..outer {
+        for &k in keep {
+            let s = (o * dim + k) * inner;
+            data.copy_within(s..s + inner, d);
+            d += inner;
+        }
+    }
+    data.truncate(d);
+    data.shrink_to_fit();
+}
+
 /// Keep only the given indices (ascending, in range) along `axis`, for any dtype or encoding.
 pub fn slice_axis(t: &mut TensorProto, axis: usize, keep: &[usize]) -> Result<()> {
     let sh = shape(t)?;
@@ -428,12 +450,12 @@ pub fn slice_axis(t: &mut TensorProto, axis: usize, keep: &[usize]) -> Result<()
         return Ok(());
     }
     match st {
-        Storage::Raw(es) => t.raw_data = gather(&t.raw_data, &sh, axis, keep, es),
-        Storage::Float => t.float_data = gather(&t.float_data, &sh, axis, keep, 1),
-        Storage::Int32 => t.int32_data = gather(&t.int32_data, &sh, axis, keep, 1),
-        Storage::Int64 => t.int64_data = gather(&t.int64_data, &sh, axis, keep, 1),
-        Storage::Double => t.double_data = gather(&t.double_data, &sh, axis, keep, 1),
-        Storage::Uint64 => t.uint64_data = gather(&t.uint64_data, &sh, axis, keep, 1),
+        Storage::Raw(es) => gather_in_place(&mut t.raw_data, &sh, axis, keep, es),
+        Storage::Float => gather_in_place(&mut t.float_data, &sh, axis, keep, 1),
+        Storage::Int32 => gather_in_place(&mut t.int32_data, &sh, axis, keep, 1),
+        Storage::Int64 => gather_in_place(&mut t.int64_data, &sh, axis, keep, 1),
+        Storage::Double => gather_in_place(&mut t.double_data, &sh, axis, keep, 1),
+        Storage::Uint64 => gather_in_place(&mut t.uint64_data, &sh, axis, keep, 1),
         Storage::String => t.string_data = gather(&t.string_data, &sh, axis, keep, 1),
     }
     t.dims[axis] = keep.len() as i64;
@@ -466,6 +488,33 @@ mod tests {
         let mut r = new_f32("r", &[2, 3], &[0., 1., 2., 3., 4., 5.]);
         slice_axis(&mut r, 0, &[1]).unwrap();
         assert_eq!(read_f32(&r).unwrap(), vec![3., 4., 5.]);
+    }
+
+    /// The in-place gather gives what the copying one gives, for every axis and keep set of
+    /// small shapes (ascending: in place; unsorted or repeated: the copying fallback).
+    #[test]
+    fn gather_in_place_is_gather() {
+        let shapes: [&[usize]; 4] = [&[5], &[3, 4], &[2, 3, 4], &[4, 1, 3]];
+        for sh in shapes {
+            let n: usize = sh.iter().product();
+            for unit in [1, 2, 4] {
+                let data: Vec<u8> = (0..n * unit).map(|i| i as u8).collect();
+                for axis in 0..sh.len() {
+                    let d = sh[axis];
+                    // every subset of the axis (ascending), plus one reversed and one repeated
+                    let mut keeps: Vec<Vec<usize>> =
+                        (0..1usize << d).map(|m| (0..d).filter(|i| m >> i & 1 == 1).collect()).collect();
+                    keeps.push((0..d).rev().collect());
+                    keeps.push(vec![0, 0]);
+                    for keep in keeps {
+                        let want = gather(&data, sh, axis, &keep, unit);
+                        let mut got = data.clone();
+                        gather_in_place(&mut got, sh, axis, &keep, unit);
+                        assert_eq!(got, want, "shape {sh:?} axis {axis} keep {keep:?} unit {unit}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
