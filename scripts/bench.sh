@@ -64,7 +64,8 @@ fi
 
 # Big CNNs, default commands (issue 13): wall time and peak RSS of the default structured run
 # (with verification: masked proof, fidelity, latency within its budget) and without verification
-# (the masked proof still runs). Floors: DenseNet-161 ≤ 60 s, ResNet-50 ≈ 10 s.
+# (no tract: the structured pass alone). Floors: DenseNet-161 ≤ 60 s, ResNet-50 ≈ 10 s; the pass's
+# peak RSS ≤ 1.2× the model's bytes.
 if python3 -c "import torch, torchvision" 2>/dev/null; then
   python3 scripts/make_bench_cnn.py target/bench-models >/dev/null
   T=$(mktemp -d)
@@ -73,9 +74,23 @@ if python3 -c "import torch, torchvision" 2>/dev/null; then
     echo "### $m ($(du -m "$f" | cut -f1) MB), --structured channels --beta 0.8"
     /usr/bin/time -f "default run     %e s  %M KB peak" target/release/onnx-emp "$f" "$T/o.onnx" \
       --structured channels --beta 0.8 --quiet --force
-    /usr/bin/time -f "--no-verify     %e s  %M KB peak" target/release/onnx-emp "$f" "$T/o.onnx" \
+    /usr/bin/time -f "--no-verify     %e s  %M KB peak" -o "$T/t" target/release/onnx-emp "$f" "$T/o.onnx" \
       --structured channels --beta 0.8 --quiet --force --no-verify
+    cat "$T/t"
+    echo "                floor $(( $(stat -c %s "$f") * 12 / 10 / 1024 )) KB peak (1.2× the model's bytes)"
   done
+  # The structured pass on a transformer, both modes.
+  f=target/bench-models/bench_transformer_100mb.onnx
+  [ -f "$f" ] || ! python3 -c "import onnxscript" 2>/dev/null || python3 scripts/make_bench_transformer.py target/bench-models
+  if [ -f "$f" ]; then
+    echo "### encoder ($(du -m "$f" | cut -f1) MB)"
+    for mode in channels heads; do
+      /usr/bin/time -f "encoder --structured $mode --beta 0.8 --no-verify  %e s  %M KB peak" -o "$T/t" \
+        target/release/onnx-emp "$f" "$T/o.onnx" --structured $mode --beta 0.8 --quiet --force --no-verify
+      cat "$T/t"
+    done
+    echo "                floor $(( $(stat -c %s "$f") * 12 / 10 / 1024 )) KB peak (1.2× the model's bytes)"
+  fi
   rm -rf "$T"
 else
   echo "### big-CNN benchmark skipped: needs python3 with torch and torchvision"

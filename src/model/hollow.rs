@@ -33,6 +33,10 @@ pub struct Hollow {
     /// Hollow initializers the rewrite slices: their shells already have the new dims; the data
     /// is sliced when it comes back, from the input, one tensor at a time.
     sliced: BTreeMap<String, (usize, Slices)>,
+    /// New initializers (name in the copy) that are slices of an input initializer (index): the
+    /// heads rewrite's sliced weights, under new names. Filled like the others, from a copy of
+    /// the input's tensor while the copy still holds that tensor, else from the tensor itself.
+    derived: Vec<(String, usize, Slices)>,
 }
 
 /// The original tensor with the recorded slices applied, as `tensor::slice_axis` on a copy would.
@@ -168,6 +172,12 @@ impl Hollow {
         Ok(true)
     }
 
+    /// Record that the copy's initializer `name` (a shell with the sliced dims) is the input's
+    /// initializer `src` sliced along `slices`, in order.
+    pub fn derive(&mut self, name: String, src: usize, slices: Slices) {
+        self.derived.push((name, src, slices));
+    }
+
     /// Give the hollow initializer `name` of `out` its data back (a copy from `src`, with any
     /// slices recorded for it applied), before a rewrite changes it. No-op when `name` is not
     /// hollow.
@@ -186,14 +196,42 @@ impl Hollow {
     /// Where each still-hollow initializer is in `out` now, with its index in `src` and its
     /// slices. The rewrite may have dropped some (gone, nothing to fill) or appended others; every
     /// shell left must still be the input's tensor but for the recorded slices.
-    fn places(self, out: &GraphProto, src: &GraphProto) -> Result<Vec<(usize, usize, Slices)>> {
+    ///
+    /// Derived initializers come first, each with whether its input tensor may be taken (no
+    /// shell of it and no later derived one needs it) rather than copied.
+    fn places(self, out: &GraphProto, src: &GraphProto) -> Result<Vec<(usize, usize, Slices, bool)>> {
         let at: BTreeMap<&str, usize> = out.initializer.iter().enumerate().map(|(k, t)| (t.name.as_str(), k)).collect();
+        let mut uses: BTreeMap<usize, usize> = BTreeMap::new();
+        for (name, i) in &self.slots {
+            if at.contains_key(name.as_str()) {
+                *uses.entry(*i).or_default() += 1;
+            }
+        }
+        for (name, (i, _)) in &self.sliced {
+            if at.contains_key(name.as_str()) {
+                *uses.entry(*i).or_default() += 1;
+            }
+        }
+        let mut v = Vec::new();
+        let live: Vec<_> = self.derived.into_iter().filter(|(n, _, _)| at.contains_key(n.as_str())).collect();
+        for (_, i, _) in &live {
+            *uses.entry(*i).or_default() += 1;
+        }
+        for (name, i, slices) in live {
+            let o = at[name.as_str()];
+            let Some(s) = src.initializer.get(i) else { bail!("internal: derived initializer '{name}' has no source") };
+            if out.initializer[o].data_type != s.data_type {
+                bail!("internal: derived initializer '{name}' changed type");
+            }
+            let n = uses.get_mut(&i).context("uses")?;
+            *n -= 1;
+            v.push((o, i, slices, *n == 0));
+        }
         let all = self
             .slots
             .into_iter()
             .map(|(n, i)| (n, i, None))
             .chain(self.sliced.into_iter().map(|(n, (i, s))| (n, i, Some(s))));
-        let mut v = Vec::new();
         for (name, i, slices) in all {
             let Some(&o) = at.get(name.as_str()) else { continue };
             let (out_t, src_t) = (&out.initializer[o], src.initializer.get(i));
@@ -203,7 +241,7 @@ impl Hollow {
             if out_t.data_type != src_t.data_type || (slices.is_none() && out_t.dims != src_t.dims) {
                 bail!("internal: hollow initializer '{name}' was changed without its data");
             }
-            v.push((o, i, slices.unwrap_or_default()));
+            v.push((o, i, slices.unwrap_or_default(), true));
         }
         Ok(v)
     }
@@ -213,8 +251,11 @@ impl Hollow {
     /// tensor's original is freed as soon as its slice is made.
     pub fn fill_moved(self, out: &mut ModelProto, src: &mut ModelProto) -> Result<()> {
         let (o, s) = graphs(out, src)?;
-        for (k, i, slices) in self.places(o, s)? {
-            o.initializer[k] = sliced(std::mem::take(&mut s.initializer[i]), &slices)?;
+        for (k, i, slices, take) in self.places(o, s)? {
+            let t = if take { std::mem::take(&mut s.initializer[i]) } else { s.initializer[i].clone() };
+            let name = std::mem::take(&mut o.initializer[k].name);
+            o.initializer[k] = sliced(t, &slices)?;
+            o.initializer[k].name = name;
         }
         Ok(())
     }
@@ -223,8 +264,10 @@ impl Hollow {
     pub fn fill_cloned(self, out: &mut ModelProto, src: &ModelProto) -> Result<()> {
         let o = out.graph.as_mut().context("model has no graph")?;
         let s = src.graph.as_ref().context("model has no graph")?;
-        for (k, i, slices) in self.places(o, s)? {
+        for (k, i, slices, _) in self.places(o, s)? {
+            let name = std::mem::take(&mut o.initializer[k].name);
             o.initializer[k] = sliced(s.initializer[i].clone(), &slices)?;
+            o.initializer[k].name = name;
         }
         Ok(())
     }
@@ -331,6 +374,40 @@ mod tests {
                 }
             }
             assert_eq!(h.write_to_bytes().unwrap(), want.write_to_bytes().unwrap(), "way {how}");
+        }
+    }
+
+    /// A new initializer derived from an input one (the heads rewrite's sliced weights) is
+    /// filled with the slice: taken from the input when nothing else needs that tensor, copied
+    /// while a shell of it is still in the model.
+    #[test]
+    fn derived_initializers_are_sliced_from_the_input() {
+        let m = model();
+        let mut want_slice = m.graph.initializer[1].clone();
+        crate::model::tensor::slice_axis(&mut want_slice, 0, &[1, 7]).unwrap();
+        for keep_original in [false, true] {
+            let (mut h, mut hollow) = clone_hollow(&m, big);
+            let g = h.graph.as_mut().unwrap();
+            let mut shell = TensorProto::new();
+            shell.name = "w1.new".into();
+            shell.data_type = 1;
+            shell.dims = vec![2];
+            g.initializer.push(shell);
+            hollow.derive("w1.new".into(), 1, vec![(0, vec![1, 7])]);
+            if !keep_original {
+                g.initializer.remove(1);
+            }
+            let mut src = m.clone();
+            hollow.fill_moved(&mut h, &mut src).unwrap();
+            let g = h.graph.as_ref().unwrap();
+            let got = g.initializer.iter().find(|t| t.name == "w1.new").unwrap();
+            assert_eq!(got.raw_data, want_slice.raw_data);
+            assert_eq!((got.dims.clone(), got.doc_string.clone()), (vec![2], want_slice.doc_string.clone()));
+            if keep_original {
+                assert_eq!(g.initializer[1], m.graph.initializer[1], "the original is still whole");
+            } else {
+                assert!(src.graph.initializer[1].raw_data.is_empty(), "taken, not copied");
+            }
         }
     }
 

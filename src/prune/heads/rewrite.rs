@@ -12,7 +12,7 @@ use crate::model::hollow::{big, clone_hollow, Hollow};
 pub(super) struct Staged {
     pub(super) kept: Vec<usize>,
     /// New constants for node inputs.
-    pub(super) tensors: Vec<(WeightUse, TensorProto)>,
+    pub(super) tensors: Vec<(WeightUse, NewTensor)>,
     pub(super) edits: Vec<Edit>,
     /// Values whose shape changes (their value_info is dropped).
     pub(super) stale: Vec<String>,
@@ -20,18 +20,38 @@ pub(super) struct Staged {
     pub(super) path: Option<(HashMap<String, usize>, usize)>,
 }
 
+/// A staged constant: its data, or (for a big float weight of the input, which tract's shape
+/// check reads only as dims) a shell with the new dims and the slice that makes it from the
+/// input's initializer `src`, done when the pruned model is filled.
+#[derive(Clone, Debug)]
+pub(super) enum NewTensor {
+    Data(TensorProto),
+    Slice { shell: TensorProto, src: usize, axis: usize, keep: Vec<usize> },
+}
+
 /// The model with every staged block committed. Its big float initializers are shells (see
-/// [`crate::model::hollow`]; none of them changes: sliced weights are new tensors, the old ones
-/// are dropped by [`cleanup`]); tract's shape check reads only their dims (they become inputs of
-/// its light copy), and the caller fills them from `model` at the end. The staged tensors are
+/// [`crate::model::hollow`]): the input's own are never changed (a sliced weight is a new
+/// initializer, the old one is dropped by [`cleanup`]), and a big sliced weight is a shell too,
+/// derived from the input's tensor. tract's shape check reads only their dims (they become inputs
+/// of its light copy), and the caller fills them from `model` at the end. The staged tensors are
 /// moved into the model (`staged` keeps everything else).
 pub(super) fn commit_all(model: &ModelProto, staged: &mut [(usize, Staged)]) -> Result<(ModelProto, Hollow)> {
-    let (mut m, hollow) = clone_hollow(model, |t| big(t) && probe::light_input(t));
+    let (mut m, mut hollow) = clone_hollow(model, |t| big(t) && probe::light_input(t));
     let g = m.graph.as_mut().context("no graph")?;
     let mut names = NameGen::new(g);
     for (_, st) in staged.iter_mut() {
-        for (w, mut t) in std::mem::take(&mut st.tensors) {
-            t.name = names.fresh(&t.name);
+        for (w, nt) in std::mem::take(&mut st.tensors) {
+            let t = match nt {
+                NewTensor::Data(mut t) => {
+                    t.name = names.fresh(&t.name);
+                    t
+                }
+                NewTensor::Slice { mut shell, src, axis, keep } => {
+                    shell.name = names.fresh(&shell.name);
+                    hollow.derive(shell.name.clone(), src, vec![(axis, keep)]);
+                    shell
+                }
+            };
             let n = g.node.get_mut(w.node).context("node index")?;
             *n.input.get_mut(w.slot).context("input slot")? = t.name.clone();
             g.initializer.push(t);
@@ -61,37 +81,55 @@ pub(super) fn stage_block(ctx: &Ctx, b: &Block, kept: &[usize]) -> Result<Staged
         });
     }
     let mut tensors = Vec::new();
-    let mut sliced = |w: WeightUse, f: &dyn Fn(&mut TensorProto) -> Result<()>| -> Result<()> {
-        let mut t = weight_of(ctx, w)?.clone();
-        if t.name.is_empty() {
-            t.name = ctx.g.node[w.node].input[w.slot].clone();
+    // `spec`: from the weight's dims, the (axis, kept positions) to slice, or none.
+    type Spec<'s> = &'s dyn Fn(&[usize]) -> Result<Option<(usize, Vec<usize>)>>;
+    let mut sliced = |w: WeightUse, spec: Spec| -> Result<()> {
+        let src = weight_of(ctx, w)?;
+        let name = if src.name.is_empty() { ctx.g.node[w.node].input[w.slot].clone() } else { src.name.clone() };
+        let dims = tensor::shape(src).with_context(|| format!("rewriting '{name}'"))?;
+        let cut = spec(&dims).with_context(|| format!("rewriting '{name}'"))?;
+        if let Some((axis, keep)) = &cut {
+            let mut shell = TensorProto::new();
+            shell.name = name.clone();
+            shell.data_type = src.data_type;
+            shell.dims = src.dims.clone();
+            let fits = *axis < dims.len() && keep.iter().all(|&k| k < dims[*axis]);
+            if fits {
+                shell.dims[*axis] = keep.len() as i64;
+            }
+            let at = ctx.g.initializer.iter().position(|t| std::ptr::eq(t, src));
+            if let (true, Some(at)) = (fits && big(src) && probe::light_input(src) && probe::light_input(&shell), at) {
+                let (axis, keep) = cut.clone().unwrap_or_default();
+                tensors.push((w, NewTensor::Slice { shell, src: at, axis, keep }));
+                return Ok(());
+            }
         }
-        let old = t.name.clone();
-        f(&mut t).with_context(|| format!("rewriting '{old}'"))?;
-        tensors.push((w, t));
+        let mut t = src.clone();
+        t.name = name.clone();
+        if let Some((axis, keep)) = cut {
+            tensor::slice_axis(&mut t, axis, &keep).with_context(|| format!("rewriting '{name}'"))?;
+        }
+        tensors.push((w, NewTensor::Data(t)));
         Ok(())
     };
     for p in b.projs.iter().filter(|p| p.prune) {
         let cols = units(p.parts, p.heads, p.head_dim, kept);
         let n_all = p.parts * p.heads * p.head_dim;
-        sliced(p.weight, &|t| tensor::slice_axis(t, p.weight.axis, &cols))?;
+        sliced(p.weight, &|_| Ok(Some((p.weight.axis, cols.clone()))))?;
         if let Some(bw) = p.bias {
-            sliced(bw, &|t| {
-                let sh = tensor::shape(t)?;
-                match sh.last() {
-                    Some(&n) if n == n_all => tensor::slice_axis(t, sh.len() - 1, &cols),
-                    Some(1) | None => Ok(()),
-                    Some(&n) => bail!("bias of {n} values for {n_all} outputs"),
-                }
+            sliced(bw, &|sh| match sh.last() {
+                Some(&n) if n == n_all => Ok(Some((sh.len() - 1, cols.clone()))),
+                Some(1) | None => Ok(None),
+                Some(&n) => bail!("bias of {n} values for {n_all} outputs"),
             })?;
         }
     }
     if let Some(fb) = b.fused_bias {
         let cols = units(3, b.heads, b.head_dim, kept);
-        sliced(fb, &|t| tensor::slice_axis(t, 0, &cols))?;
+        sliced(fb, &|_| Ok(Some((0, cols.clone()))))?;
     }
     let rows = units(1, b.heads, b.v_head_dim, kept);
-    sliced(b.out, &|t| tensor::slice_axis(t, b.out.axis, &rows))?;
+    sliced(b.out, &|_| Ok(Some((b.out.axis, rows.clone()))))?;
     // Projection outputs, the attention output and the tracked path change shape.
     let g = ctx.g;
     let mut stale: Vec<String> = b.path.as_ref().map(|p| p.head_axis.keys().cloned().collect()).unwrap_or_default();
