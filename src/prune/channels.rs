@@ -55,22 +55,18 @@ pub fn prune_channels(model: &ModelProto, opts: &StructOptions) -> Result<Struct
 /// [`prune_channels`] with the masked model sent to `masked_out`: written to a file (or not
 /// built) before the pruned model is built, so peak memory holds the input and one rewrite.
 pub fn prune_channels_to(model: &ModelProto, opts: &StructOptions, masked_out: &MaskedOut) -> Result<StructuralResult> {
-    let (mut r, hollow) = prune_hollow(model, opts, masked_out)?;
-    hollow.fill_cloned(&mut r.pruned, model)?;
-    Ok(r)
+    super::filled_copying(model, |m| prune_hollow(m, opts, masked_out))
 }
 
 /// [`prune_channels_to`] that consumes its input: the weights the rewrite leaves unchanged are
 /// moved into the pruned model instead of copied, so peak memory is the input plus the tensors
 /// that change (and the masked model, when it is built).
 pub fn prune_channels_owned(
-    mut model: ModelProto,
+    model: ModelProto,
     opts: &StructOptions,
     masked_out: &MaskedOut,
 ) -> Result<StructuralResult> {
-    let (mut r, hollow) = prune_hollow(&model, opts, masked_out)?;
-    hollow.fill_moved(&mut r.pruned, &mut model)?;
-    Ok(r)
+    super::filled_moving(model, |m| prune_hollow(m, opts, masked_out))
 }
 
 /// The pruned model with its unchanged big initializers still hollow.

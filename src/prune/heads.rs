@@ -393,21 +393,13 @@ pub fn prune_heads(model: &ModelProto, opts: &StructOptions) -> Result<Structura
 /// verified pruned model is dropped, the masked one built and written, and the pruned one
 /// committed again (the same edits): peak memory holds the input and one rewrite.
 pub fn prune_heads_to(model: &ModelProto, opts: &StructOptions, masked_out: &MaskedOut) -> Result<StructuralResult> {
-    let (mut r, hollow) = prune_hollow(model, opts, masked_out)?;
-    hollow.fill_cloned(&mut r.pruned, model)?;
-    Ok(r)
+    super::filled_copying(model, |m| prune_hollow(m, opts, masked_out))
 }
 
 /// [`prune_heads_to`] that consumes its input: the weights the rewrite leaves unchanged are
 /// moved into the pruned model instead of copied.
-pub fn prune_heads_owned(
-    mut model: ModelProto,
-    opts: &StructOptions,
-    masked_out: &MaskedOut,
-) -> Result<StructuralResult> {
-    let (mut r, hollow) = prune_hollow(&model, opts, masked_out)?;
-    hollow.fill_moved(&mut r.pruned, &mut model)?;
-    Ok(r)
+pub fn prune_heads_owned(model: ModelProto, opts: &StructOptions, masked_out: &MaskedOut) -> Result<StructuralResult> {
+    super::filled_moving(model, |m| prune_hollow(m, opts, masked_out))
 }
 
 /// The pruned model with its unchanged big float initializers still hollow.

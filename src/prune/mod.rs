@@ -236,6 +236,27 @@ impl StructuralResult {
 }
 
 /// Hand a masked model to its destination: `Some` to keep in the result.
+/// Run a structural pass that leaves the big weights of its pruned model hollow (see
+/// [`crate::model::hollow`]) and fill them from its borrowed input, by copy.
+pub(crate) fn filled_copying(
+    model: &ModelProto,
+    pass: impl FnOnce(&ModelProto) -> anyhow::Result<(StructuralResult, crate::model::hollow::Hollow)>,
+) -> anyhow::Result<StructuralResult> {
+    let (mut r, hollow) = pass(model)?;
+    hollow.fill_cloned(&mut r.pruned, model)?;
+    Ok(r)
+}
+
+/// As [`filled_copying`], consuming the input: its weights move into the pruned model.
+pub(crate) fn filled_moving(
+    mut model: ModelProto,
+    pass: impl FnOnce(&ModelProto) -> anyhow::Result<(StructuralResult, crate::model::hollow::Hollow)>,
+) -> anyhow::Result<StructuralResult> {
+    let (mut r, hollow) = pass(&model)?;
+    hollow.fill_moved(&mut r.pruned, &mut model)?;
+    Ok(r)
+}
+
 pub(crate) fn place_masked(masked: ModelProto, out: &MaskedOut) -> anyhow::Result<Option<ModelProto>> {
     match out {
         MaskedOut::Keep => Ok(Some(masked)),

@@ -217,6 +217,17 @@ pub fn mirror_lower<T: Copy>(mut g: MatMut<'_, T>) {
 }
 
 /// The mean of the diagonal of a square matrix (0 for an empty one).
+/// A row-major `rows` × `cols` table transposed (row-major `cols` × `rows`).
+pub fn transpose(v: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
 pub fn mean_diag(g: MatRef<'_, f64>) -> f64 {
     let n = g.nrows();
     if n == 0 {

@@ -167,7 +167,7 @@ pub fn read_rows(g: &GraphProto, s: &Site) -> Result<Vec<f64>> {
     let v = tensor::read_f64(t).with_context(|| format!("weight '{}'", s.weight))?;
     Ok(match s.layout {
         Layout::Conv2d { .. } | Layout::Gemm { trans_b: true, .. } => v,
-        Layout::Gemm { trans_b: false, .. } | Layout::MatMul => transpose(&v, s.p, s.out),
+        Layout::Gemm { trans_b: false, .. } | Layout::MatMul => super::linalg::transpose(&v, s.p, s.out),
     })
 }
 
@@ -178,7 +178,7 @@ pub fn write_rows(g: &mut GraphProto, s: &Site, rows: &[f64]) -> Result<()> {
     let t = crate::model::graph::weight_mut(g, r).context("weight vanished")?;
     let v = match s.layout {
         Layout::Conv2d { .. } | Layout::Gemm { trans_b: true, .. } => rows.to_vec(),
-        Layout::Gemm { trans_b: false, .. } | Layout::MatMul => transpose(rows, s.out, s.p),
+        Layout::Gemm { trans_b: false, .. } | Layout::MatMul => super::linalg::transpose(rows, s.out, s.p),
     };
     tensor::write_f64(t, &v)
 }
@@ -214,16 +214,6 @@ pub fn weight_scale(s: &Site) -> f64 {
         Layout::Gemm { alpha, .. } => alpha,
         _ => 1.0,
     }
-}
-
-fn transpose(v: &[f64], rows: usize, cols: usize) -> Vec<f64> {
-    let mut out = vec![0.0; v.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = v[r * cols + c];
-        }
-    }
-    out
 }
 
 /// Deterministic sample of `k` distinct indices below `n` (all of them when k ≥ n), sorted.

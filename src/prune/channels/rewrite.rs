@@ -70,7 +70,7 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
                 let wv = if trans_b {
                     hit_values(ctx, &c.weight, n, kk, 1, &pos, true)?
                 } else {
-                    transpose(&hit_values(ctx, &c.weight, 1, kk, n, &pos, false)?, nh, n)
+                    crate::reconstruct::linalg::transpose(&hit_values(ctx, &c.weight, 1, kk, n, &pos, false)?, nh, n)
                 };
                 let mut d = vec![0.0; n];
                 for (oi, dv) in d.iter_mut().enumerate() {
@@ -82,7 +82,11 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
             }
             ConsumerKind::MatMul { .. } => {
                 let n = dims[1];
-                let wv = transpose(&hit_values(ctx, &c.weight, 1, dims[0], n, &pos, false)?, nh, n);
+                let wv = crate::reconstruct::linalg::transpose(
+                    &hit_values(ctx, &c.weight, 1, dims[0], n, &pos, false)?,
+                    nh,
+                    n,
+                );
                 let mut d = vec![0.0; n];
                 for (oi, dv) in d.iter_mut().enumerate() {
                     for (h, &(_, kv)) in hits.iter().enumerate() {
@@ -151,17 +155,6 @@ fn hit_values(ctx: &Ctx, name: &str, a: usize, b: usize, c: usize, pos: &[usize]
         bail!("weight '{name}': {i} values for dims {a}×{b}×{c}");
     }
     Ok(out)
-}
-
-/// [h][j] → [j][h] of an `nh` × `n` row-major table.
-fn transpose(v: &[f64], nh: usize, n: usize) -> Vec<f64> {
-    let mut out = vec![0.0; v.len()];
-    for h in 0..nh {
-        for j in 0..n {
-            out[j * nh + h] = v[h * n + j];
-        }
-    }
-    out
 }
 
 /// The working copy of the graph with a name → tensor map that survives materialisation.
