@@ -725,8 +725,6 @@ fn with_activations(
     Ok(StructOptions { activations: Some(std::sync::Arc::new(stats.values)), ..o.clone() })
 }
 
-/// Where a structural stage puts its masked model: not built for `plan`, kept in memory while
-/// reconstruction updates it, else written to `path` as soon as it is built.
 /// Where a structural stage's masked model goes: nowhere when nothing proves it (`plan`,
 /// `--no-verify`) or refits with it; kept for reconstruction; else to its file for the proof.
 fn masked_out<'a>(

@@ -3,15 +3,18 @@
 //!
 //! A structural rewrite used to clone the whole model and edit the clone, so the input and the
 //! output were both in memory at full size. [`clone_hollow`] copies everything but the data of
-//! the big top-level initializers (each "hollow" copy keeps its name, type and dims, which is all
-//! a rewrite reads of a tensor it does not change). A rewrite that does change one asks for it
-//! back with [`Hollow::fill_one`]; one that only slices it records the slice on the shell
-//! ([`Hollow::slice_later`]). At the end [`Hollow::fill_moved`] moves each still-hollow tensor's
-//! original *whole* (every field, as it was read) from the input, which the caller owns and no
-//! longer needs, slicing the recorded ones as it goes (each original is freed once sliced), so the
-//! peak is the input plus the tensors the rewrite changed in other ways plus one slice. [`Hollow::fill_cloned`]
-//! does the same from a borrowed input by copying (the library API, which leaves its input
-//! alone). Either way the result is what a full clone edited the same way would be.
+//! the chosen initializers (each "shell" keeps its name, type and dims, which is all a rewrite
+//! reads of a tensor it does not change). The data comes back in one of three ways:
+//! - a rewrite that changes a tensor in place asks for it with [`Hollow::fill_one`];
+//! - one that only slices it records the slice on the shell ([`Hollow::slice_later`]);
+//! - a new initializer that is a slice of an input one is a shell too ([`Hollow::derive`]).
+//!
+//! At the end [`Hollow::fill_moved`] moves each still-hollow tensor's original *whole* (every
+//! field, as it was read) from the input, which the caller owns and no longer needs, slicing the
+//! recorded ones in place as it goes, so the peak is the input plus one tensor.
+//! [`Hollow::fill_cloned`] does the same from a borrowed input by copying (the library API, which
+//! leaves its input alone). Either way the result is what a full clone edited the same way would
+//! be. Shells the rewrite dropped are simply not filled; one it changed otherwise is an error.
 //!
 //! Every field of `ModelProto` and `GraphProto` is copied by an exhaustive destructuring, so a
 //! field added to the protobuf definitions fails to compile here instead of being dropped.
