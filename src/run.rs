@@ -755,11 +755,10 @@ fn structural(
 ) -> Result<StructuralResult> {
     use crate::prune::{channels, heads};
     if recon.is_none() {
-        let owned = std::mem::take(m);
-        return match what {
-            "heads" => heads::prune_heads_owned(owned, opts, masked),
-            _ => channels::prune_channels_owned(owned, opts, masked),
-        };
+        return crate::prune::filled_moving(std::mem::take(m), |m| match what {
+            "heads" => heads::prune_hollow(m, opts, masked),
+            _ => channels::prune_hollow(m, opts, masked),
+        });
     }
     let mut r = match what {
         "heads" => heads::prune_heads_to(m, opts, masked),

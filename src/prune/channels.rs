@@ -58,19 +58,11 @@ pub fn prune_channels_to(model: &ModelProto, opts: &StructOptions, masked_out: &
     super::filled_copying(model, |m| prune_hollow(m, opts, masked_out))
 }
 
-/// [`prune_channels_to`] that consumes its input: the weights the rewrite leaves unchanged are
-/// moved into the pruned model instead of copied, so peak memory is the input plus the tensors
-/// that change (and the masked model, when it is built).
-pub fn prune_channels_owned(
-    model: ModelProto,
-    opts: &StructOptions,
-    masked_out: &MaskedOut,
-) -> Result<StructuralResult> {
-    super::filled_moving(model, |m| prune_hollow(m, opts, masked_out))
-}
-
 /// The pruned model with its unchanged big initializers still hollow.
-fn prune_hollow(
+///
+/// Without reconstruction the run fills them by moving the input's tensors
+/// ([`super::filled_moving`]), so the weights are never copied.
+pub(crate) fn prune_hollow(
     model: &ModelProto,
     opts: &StructOptions,
     masked_out: &MaskedOut,

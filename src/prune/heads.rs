@@ -396,14 +396,11 @@ pub fn prune_heads_to(model: &ModelProto, opts: &StructOptions, masked_out: &Mas
     super::filled_copying(model, |m| prune_hollow(m, opts, masked_out))
 }
 
-/// [`prune_heads_to`] that consumes its input: the weights the rewrite leaves unchanged are
-/// moved into the pruned model instead of copied.
-pub fn prune_heads_owned(model: ModelProto, opts: &StructOptions, masked_out: &MaskedOut) -> Result<StructuralResult> {
-    super::filled_moving(model, |m| prune_hollow(m, opts, masked_out))
-}
-
 /// The pruned model with its unchanged big float initializers still hollow.
-fn prune_hollow(
+///
+/// Without reconstruction the run fills them by moving the input's tensors
+/// ([`super::filled_moving`]), so the weights are never copied.
+pub(crate) fn prune_hollow(
     model: &ModelProto,
     opts: &StructOptions,
     masked_out: &MaskedOut,
