@@ -698,10 +698,20 @@ fn validate_weights(m: &ModelProto, include: &Include, structural: bool) -> Resu
             }
         }
         // Per-weight mode scores every candidate and rejects NaN/Inf there, naming the tensor.
+        // Streamed (a copy of the biggest weight would be the structured pass's peak), each value
+        // read as `read_f32` reads it.
         if structural && crate::model::tensor::is_float(t.data_type) {
-            let v = crate::model::tensor::read_f32(t).with_context(|| format!("tensor '{name}'"))?;
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                bail!("tensor '{name}': element {i} is {} (NaN/Inf weights cannot be pruned)", v[i]);
+            let (mut i, mut bad) = (0usize, None);
+            crate::model::tensor::for_each_f64(t, |x| {
+                let x = x as f32;
+                if bad.is_none() && !x.is_finite() {
+                    bad = Some((i, x));
+                }
+                i += 1;
+            })
+            .with_context(|| format!("tensor '{name}'"))?;
+            if let Some((i, x)) = bad {
+                bail!("tensor '{name}': element {i} is {x} (NaN/Inf weights cannot be pruned)");
             }
         }
     }

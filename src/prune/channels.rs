@@ -662,7 +662,7 @@ fn report(
         notes.push(format!("kept count {} is not a multiple of {align} (pinned units)", kept_idx.len()));
     }
     for c in &an.consumers {
-        let folds = c.units.iter().zip(&c.vals).any(|(u, v)| {
+        let folds = c.units.iter().zip(c.vals.iter()).any(|(u, v)| {
             u.is_some_and(|u| an.group_of(u) == g.id && plan.removed.contains(&an.find(u)))
                 && matches!(v, Val::Const(k) if *k != 0.0)
         });
@@ -678,12 +678,7 @@ fn report(
             ));
         }
     }
-    let mut members: BTreeSet<usize> = BTreeSet::new();
-    for (ni, us) in &an.touched {
-        if us.iter().any(|u| an.group_of(*u) == g.id) {
-            members.insert(*ni);
-        }
-    }
+    let members = an.members(g.id);
     let hidden = g
         .sources
         .iter()

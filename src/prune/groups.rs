@@ -37,6 +37,14 @@ pub use ctx::*;
 
 pub type Unit = usize;
 
+/// The units of a tracked axis, one per position. Shared: the ops that carry an axis unchanged
+/// (element-wise, normalisation, the weights sliced along it) hold the same list, so DenseNet's
+/// wide concatenations are stored once, not once per tensor and parameter.
+pub type Units = std::sync::Arc<[Option<Unit>]>;
+
+/// The constants of a tracked axis, one per position, shared as [`Units`] are.
+pub type Vals = std::sync::Arc<[Val]>;
+
 /// The constant a removed unit emits at one position of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Val {
@@ -50,8 +58,11 @@ pub enum Val {
 pub struct Track {
     pub axis: usize,
     pub rank: usize,
-    pub units: Vec<Option<Unit>>,
-    pub vals: Vec<Val>,
+    pub units: Units,
+    /// Per position, the constant a removed unit emits here. Read while the analysis runs only:
+    /// [`analyze`] empties them when it ends (the [`Consumer`]s keep theirs), so the rewrite that
+    /// follows does not hold a copy per tracked tensor.
+    pub vals: Vals,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,7 +83,7 @@ pub struct WeightSlice {
     /// The name the nodes use (may be an alias such as `Identity(initializer)`).
     pub weight: String,
     pub axis: usize,
-    pub units: Vec<Option<Unit>>,
+    pub units: Units,
     pub roles: BTreeSet<Role>,
     /// (node, input slot) of every use that registered this slice.
     pub users: BTreeSet<(usize, usize)>,
@@ -103,8 +114,8 @@ pub struct Consumer {
     pub kind: ConsumerKind,
     /// The consuming weight and the positions of its input axis.
     pub weight: String,
-    pub units: Vec<Option<Unit>>,
-    pub vals: Vec<Val>,
+    pub units: Units,
+    pub vals: Vals,
     /// Why a non-zero constant cannot be folded here (then such units are kept).
     pub fold: std::result::Result<(), String>,
 }
@@ -123,13 +134,13 @@ pub enum IntTarget {
 #[derive(Clone, Debug)]
 pub enum Edit {
     /// Set entry `index` of `target` to the kept count of `units`.
-    Count { target: IntTarget, index: usize, units: Vec<Option<Unit>> },
+    Count { target: IntTarget, index: usize, units: Units },
     /// Rewrite the sizes of a Split on the tracked axis.
-    Split { node: usize, axis: usize, parts: Vec<Vec<Option<Unit>>> },
+    Split { node: usize, axis: usize, parts: Vec<Units> },
     /// Positions `idx` of the tracked axis (`units`) are selected, in this order: a Gather's
     /// constant indices (input 1) are rewritten to the kept ones; a stepped Slice (`slice`) becomes
     /// a Gather with those indices, since the kept positions are no longer evenly spaced.
-    Select { node: usize, axis: usize, units: Vec<Option<Unit>>, idx: Vec<usize>, slice: bool },
+    Select { node: usize, axis: usize, units: Units, idx: Vec<usize>, slice: bool },
 }
 
 /// A constant tensor, possibly seen through shape-only nodes (Identity, Reshape, Unsqueeze...).
@@ -160,8 +171,10 @@ pub struct Dq {
 /// Everything the analysis found.
 #[derive(Default)]
 pub struct Analysis {
-    parent: Vec<usize>,
-    layer_of: Vec<usize>,
+    /// Union-find over units, and each unit's layer (see `union`): 32-bit, one of each per
+    /// output channel of the model.
+    parent: Vec<u32>,
+    layer_of: Vec<u32>,
     layer_parent: Vec<usize>,
     /// Node index of the source of each layer.
     pub layer_source: Vec<usize>,
@@ -170,10 +183,13 @@ pub struct Analysis {
     pub consumers: Vec<Consumer>,
     pub edits: Vec<Edit>,
     /// Source node → its output units (for biases the rewrite creates).
-    pub sources: BTreeMap<usize, Vec<Option<Unit>>>,
+    pub sources: BTreeMap<usize, Units>,
     pub blocks: Vec<(Unit, String)>,
-    /// Node → units whose tensors it touches (for the group's member list).
-    pub touched: BTreeMap<usize, BTreeSet<Unit>>,
+    /// Node → layers of the units whose tensors it touches, for the group's member list
+    /// ([`Analysis::members`]). A unit's group is the class of the layer it was created in (a
+    /// union merges the layers of the two classes), so a layer per unit is enough, and layers are
+    /// far fewer than units.
+    touched: BTreeMap<usize, BTreeSet<usize>>,
     pub consts: BTreeMap<String, ConstInfo>,
 }
 
@@ -183,8 +199,8 @@ impl Analysis {
     }
 
     pub fn find(&self, mut u: Unit) -> Unit {
-        while self.parent[u] != u {
-            u = self.parent[u];
+        while self.parent[u] as usize != u {
+            u = self.parent[u] as usize;
         }
         u
     }
@@ -192,9 +208,9 @@ impl Analysis {
     fn find_mut(&mut self, u: Unit) -> Unit {
         let r = self.find(u);
         let mut x = u;
-        while self.parent[x] != r {
-            let next = self.parent[x];
-            self.parent[x] = r;
+        while self.parent[x] as usize != r {
+            let next = self.parent[x] as usize;
+            self.parent[x] = r as u32;
             x = next;
         }
         r
@@ -209,7 +225,12 @@ impl Analysis {
 
     /// The group (layer class) of a unit.
     pub fn group_of(&self, u: Unit) -> usize {
-        self.find_layer(self.layer_of[self.find(u)])
+        self.find_layer(self.layer_of[self.find(u)] as usize)
+    }
+
+    /// The nodes that touch a tensor carrying units of group `g`, in node order.
+    pub fn members(&self, g: usize) -> Vec<usize> {
+        self.touched.iter().filter(|(_, ls)| ls.iter().any(|&l| self.find_layer(l) == g)).map(|(&ni, _)| ni).collect()
     }
 
     /// The group of a layer (layers are numbered in creation order).
@@ -224,14 +245,14 @@ impl Analysis {
         }
         // The lower id stays the root: classes are then named by their first unit.
         let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-        self.parent[hi] = lo;
-        let (la, lb) = (self.find_layer(self.layer_of[lo]), self.find_layer(self.layer_of[hi]));
+        self.parent[hi] = lo as u32;
+        let (la, lb) = (self.find_layer(self.layer_of[lo] as usize), self.find_layer(self.layer_of[hi] as usize));
         if la != lb {
             let (l, h) = if la < lb { (la, lb) } else { (lb, la) };
             self.layer_parent[h] = l;
         }
         // layer_of is read at the root only.
-        self.layer_of[lo] = self.find_layer(self.layer_of[lo]);
+        self.layer_of[lo] = self.find_layer(self.layer_of[lo] as usize) as u32;
     }
 }
 
@@ -266,6 +287,10 @@ pub fn analyze(ctx: &Ctx) -> Analysis {
         a.node(ni);
     }
     a.finish();
+    let none: Vals = Vals::from([]);
+    for t in a.st.tracks.values_mut() {
+        t.vals = none.clone();
+    }
     a.st
 }
 
@@ -318,8 +343,18 @@ impl<'c, 'a> Analyzer<'c, 'a> {
     }
 
     fn touch(&mut self, ni: usize, units: &[Option<Unit>]) {
-        let e = self.st.touched.entry(ni).or_default();
-        e.extend(units.iter().flatten().copied());
+        let st = &mut self.st;
+        let e = st.touched.entry(ni).or_default();
+        // Units of a layer are created together: consecutive positions mostly share one layer.
+        let mut last = None;
+        for &u in units.iter().flatten() {
+            // layer_of[u] is u's first layer or, once u was a class root, a layer merged with it.
+            let l = st.layer_of[u] as usize;
+            if last != Some(l) {
+                e.insert(l);
+                last = Some(l);
+            }
+        }
     }
 
     fn emit(&mut self, ni: usize, name: &str, t: Track) {
@@ -330,14 +365,15 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         self.st.tracks.insert(name.to_string(), t);
     }
 
-    fn new_layer(&mut self, ni: usize, n: usize) -> Vec<Option<Unit>> {
+    fn new_layer(&mut self, ni: usize, n: usize) -> Units {
         let layer = self.st.layer_parent.len();
         self.st.layer_parent.push(layer);
         self.st.layer_source.push(ni);
         let start = self.st.parent.len();
+        // Unit ids and layers are 32-bit: 2^32 output channels would not load anyway.
         for u in start..start + n {
-            self.st.parent.push(u);
-            self.st.layer_of.push(layer);
+            self.st.parent.push(u as u32);
+            self.st.layer_of.push(layer as u32);
         }
         (start..start + n).map(Some).collect()
     }
@@ -351,7 +387,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         }
     }
 
-    fn slice(&mut self, weight: &str, axis: usize, units: &[Option<Unit>], user: (usize, usize), role: Role) {
+    fn slice(&mut self, weight: &str, axis: usize, units: &Units, user: (usize, usize), role: Role) {
         let key = (weight.to_string(), axis);
         // Only the units: cloning the whole slice (its users) made a weight shared by n nodes
         // cost O(n²) (30 000 MatMuls on one weight: 4.5 s).
@@ -363,14 +399,14 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 return;
             }
             let r = format!("shared weight '{weight}' is also used by an untracked tensor");
-            for (a, b) in prev.iter().zip(units) {
+            for (a, b) in prev.iter().zip(units.iter()) {
                 self.join(*a, *b, &r);
             }
         }
         let e = self.st.slices.entry(key).or_insert_with(|| WeightSlice {
             weight: weight.to_string(),
             axis,
-            units: units.to_vec(),
+            units: units.clone(),
             roles: BTreeSet::new(),
             users: BTreeSet::new(),
         });
@@ -456,7 +492,9 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         true
     }
 
-    fn pass(&mut self, ni: usize, n: &NodeProto, x: &Track, vals: Vec<Val>) {
+    fn pass(&mut self, ni: usize, n: &NodeProto, x: &Track, vals: Vals) {
+        // Unchanged constants (an activation with act(0) = 0) share the input's list.
+        let vals = if vals == x.vals { x.vals.clone() } else { vals };
         let t = Track { vals, ..x.clone() };
         if let Some(o) = n.output.first() {
             self.emit(ni, o, t);
@@ -563,7 +601,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         if tracked.is_empty() {
             return;
         }
-        let all_units: Vec<Option<Unit>> = tracked.iter().flat_map(|(_, t)| t.units.clone()).collect();
+        let all_units: Vec<Option<Unit>> = tracked.iter().flat_map(|(_, t)| t.units.iter().copied()).collect();
         let ranks: Option<Vec<usize>> =
             ins.iter().map(|(_, s)| self.track(s).map(|t| t.rank).or_else(|| self.ctx.rank(s))).collect();
         let Some(out_rank) = ranks.and_then(|r| r.into_iter().max()) else {
@@ -581,12 +619,12 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         let units = tracked[0].1.units.clone();
         let join_reason = format!("{} (joined with an untracked channel)", barrier_reason(n));
         for (_, t) in &tracked[1..] {
-            for (a, b) in units.iter().zip(&t.units) {
+            for (a, b) in units.iter().zip(t.units.iter()) {
                 self.join(*a, *b, &join_reason);
             }
         }
         // Per input, per position: the constant a removed unit sees.
-        let mut per_input: Vec<Vec<Val>> = Vec::new();
+        let mut per_input: Vec<Vals> = Vec::new();
         for (slot, s) in &ins {
             if let Some(t) = self.track(s) {
                 per_input.push(t.vals);
@@ -601,7 +639,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                     let per_channel = d.iter().enumerate().all(|(i, &k)| i == axis - off || k == 1);
                     let vals = match self.ctx.const_vals(s) {
                         Some(v) if per_channel => v.into_iter().map(Val::Const).collect(),
-                        _ => vec![Val::Varying; c],
+                        _ => vec![Val::Varying; c].into(),
                     };
                     per_input.push(vals);
                 } else if axis < off || d[axis - off] == 1 {
@@ -610,7 +648,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                     } else {
                         Val::Varying
                     };
-                    per_input.push(vec![v; c]);
+                    per_input.push(vec![v; c].into());
                 } else {
                     let r = format!(
                         "{} (constant '{s}' has {} entries on the channel axis, not {c})",
@@ -634,7 +672,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                     self.block(&units, &r);
                     return;
                 }
-                per_input.push(vec![Val::Varying; c]);
+                per_input.push(vec![Val::Varying; c].into());
             }
         }
         let is_mul = n.op_type == "Mul";
@@ -661,13 +699,21 @@ impl<'c, 'a> Analyzer<'c, 'a> {
     /// Boundaries: graph outputs, subgraph captures, weights also used in ways nobody rewrites.
     fn finish(&mut self) {
         let ix = self.ctx.ix;
-        let tracks: Vec<(String, Track)> = self.st.tracks.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        for (name, t) in &tracks {
+        // Only the tracks that reach a boundary are copied out (all of them would double the
+        // analysis's memory at its peak).
+        let edge: Vec<(String, Units)> = self
+            .st
+            .tracks
+            .iter()
+            .filter(|(k, _)| ix.outputs.contains(*k) || ix.captured.contains(*k))
+            .map(|(k, v)| (k.clone(), v.units.clone()))
+            .collect();
+        for (name, units) in &edge {
             if ix.outputs.contains(name) {
-                self.block(&t.units, &format!("reaches graph output '{name}'"));
+                self.block(units, &format!("reaches graph output '{name}'"));
             }
             if ix.captured.contains(name) {
-                self.block(&t.units, &format!("'{name}' is read inside a subgraph"));
+                self.block(units, &format!("'{name}' is read inside a subgraph"));
             }
         }
         let vecs: Vec<(String, Vec<Sym>)> = self
@@ -690,30 +736,33 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         }
         // Every use of a sliced weight must slice it along the same axis (a Conv that uses the
         // weight only as a producer would otherwise see its input channels shrink).
-        let slices: Vec<WeightSlice> = self.st.slices.values().cloned().collect();
-        for s in &slices {
-            // Shape-only aliases of the weight (Identity, Reshape of a constant) get their own copy
-            // when the weight changes (see the rewrite), so they are not foreign uses.
-            let is_alias = |ni: usize| {
-                self.ctx.g.node[ni]
-                    .output
-                    .first()
-                    .and_then(|o| self.ctx.consts.get(o))
-                    .is_some_and(|c| c.alias_node == Some(ni))
-            };
+        // The blocks are collected first (cloning only the blocked slices' units), then recorded
+        // in the slices' order.
+        let ctx = self.ctx;
+        // Shape-only aliases of the weight (Identity, Reshape of a constant) get their own copy
+        // when the weight changes (see the rewrite), so they are not foreign uses.
+        let is_alias = |ni: usize| {
+            ctx.g.node[ni].output.first().and_then(|o| ctx.consts.get(o)).is_some_and(|c| c.alias_node == Some(ni))
+        };
+        let mut blocked: Vec<(Units, String)> = Vec::new();
+        for s in self.st.slices.values() {
             let other = ix.consumers_of(&s.weight).iter().find(|u| !s.users.contains(u) && !is_alias(u.0)).copied();
             if let Some((ni, _)) = other {
-                let n = &self.ctx.g.node[ni];
+                let n = &ctx.g.node[ni];
                 let r = format!(
                     "weight '{}' is also used by {} node '{}', which this group does not rewrite",
                     s.weight,
                     n.op_type,
                     node_label(n)
                 );
-                self.block(&s.units, &r);
+                blocked.push((s.units.clone(), r));
             } else if ix.captured.contains(&s.weight) || ix.outputs.contains(&s.weight) {
-                self.block(&s.units, &format!("weight '{}' is read inside a subgraph or is a graph output", s.weight));
+                let r = format!("weight '{}' is read inside a subgraph or is a graph output", s.weight);
+                blocked.push((s.units.clone(), r));
             }
+        }
+        for (units, r) in &blocked {
+            self.block(units, r);
         }
     }
 }

@@ -32,7 +32,7 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
         let hits: Vec<(usize, f64)> = c
             .units
             .iter()
-            .zip(&c.vals)
+            .zip(c.vals.iter())
             .enumerate()
             .filter_map(|(p, (u, v))| match v {
                 Val::Const(k) if *k != 0.0 && !plan.keeps(an, *u) => Some((p, *k)),
@@ -395,7 +395,7 @@ fn apply_fold(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work, f: &Fold, mod
     }
     // No bias yet: create one. Its outputs belong to the consumer's own group, so the rewrite
     // slices (pruned) or zeroes (masked) it with that group's units.
-    let out_units = an.sources.get(&f.node).cloned().unwrap_or_else(|| vec![None; f.delta.len()]);
+    let out_units = an.sources.get(&f.node).cloned().unwrap_or_else(|| vec![None; f.delta.len()].into());
     let keep: Vec<bool> = out_units.iter().map(|u| plan.keeps(an, *u)).collect();
     let name = w.fresh(&format!("{}_bias", node.output.first().map(|s| s.as_str()).unwrap_or("bias")));
     let mut t = new_float(wdtype, &name, &[f.delta.len() as i64], &f.delta)?;

@@ -9,7 +9,7 @@ impl Analyzer<'_, '_> {
         let ins: Vec<&str> = n.input.iter().map(|s| s.as_str()).collect();
         let tracked: Vec<Track> = ins.iter().filter_map(|s| self.track(s)).collect();
         let Some(first) = tracked.first().cloned() else { return };
-        let all: Vec<Option<Unit>> = tracked.iter().flat_map(|t| t.units.clone()).collect();
+        let all: Vec<Option<Unit>> = tracked.iter().flat_map(|t| t.units.iter().copied()).collect();
         let Some(axis) = attr_i(n, "axis").and_then(|a| norm_axis(a, first.rank)) else {
             self.block(&all, &format!("{} (bad axis)", barrier_reason(n)));
             return;
@@ -24,8 +24,8 @@ impl Analyzer<'_, '_> {
             let mut vals = Vec::new();
             for s in &ins {
                 if let Some(t) = self.track(s) {
-                    units.extend(t.units);
-                    vals.extend(t.vals);
+                    units.extend(t.units.iter().copied());
+                    vals.extend(t.vals.iter().copied());
                     continue;
                 }
                 let len = self
@@ -47,21 +47,21 @@ impl Analyzer<'_, '_> {
                     }
                 }
             }
-            let t = Track { axis, rank: first.rank, units, vals };
+            let t = Track { axis, rank: first.rank, units: units.into(), vals: vals.into() };
             self.emit(ni, &n.output[0], t);
             return;
         }
         // Concatenating along another axis: the channel positions of all inputs are the same.
         let c = first.units.len();
         let r = format!("{} (joined with an untracked channel)", barrier_reason(n));
-        let mut vals = first.vals.clone();
+        let mut vals: Vec<Val> = first.vals.to_vec();
         for (slot, s) in ins.iter().enumerate() {
             if let Some(t) = self.track(s) {
                 if t.units.len() != c {
                     self.block(&all, &format!("{} (channel sizes differ)", barrier_reason(n)));
                     return;
                 }
-                for (p, (a, b)) in first.units.iter().zip(&t.units).enumerate() {
+                for (p, (a, b)) in first.units.iter().zip(t.units.iter()).enumerate() {
                     self.join(*a, *b, &r);
                     if vals[p] != t.vals[p] {
                         vals[p] = Val::Varying;
@@ -76,7 +76,7 @@ impl Analyzer<'_, '_> {
                 return;
             }
         }
-        let t = Track { vals, ..first };
+        let t = Track { vals: vals.into(), ..first };
         self.emit(ni, &n.output[0], t);
     }
 
@@ -114,8 +114,8 @@ impl Analyzer<'_, '_> {
             let t = Track {
                 axis,
                 rank: x.rank,
-                units: x.units[at..at + len].to_vec(),
-                vals: x.vals[at..at + len].to_vec(),
+                units: x.units[at..at + len].to_vec().into(),
+                vals: x.vals[at..at + len].to_vec().into(),
             };
             parts.push(t.units.clone());
             if !o.is_empty() {
@@ -177,11 +177,11 @@ impl Analyzer<'_, '_> {
             } else {
                 (IntTarget::Input(ni, 1), IntTarget::Input(ni, 2))
             };
-            self.st.edits.push(Edit::Count { target: ts, index: i, units: x.units[..s].to_vec() });
-            self.st.edits.push(Edit::Count { target: te, index: i, units: x.units[..e].to_vec() });
+            self.st.edits.push(Edit::Count { target: ts, index: i, units: x.units[..s].to_vec().into() });
+            self.st.edits.push(Edit::Count { target: te, index: i, units: x.units[..e].to_vec().into() });
             self.touch(ni, &x.units);
-            out.units = x.units[s..e].to_vec();
-            out.vals = x.vals[s..e].to_vec();
+            out.units = x.units[s..e].to_vec().into();
+            out.vals = x.vals[s..e].to_vec().into();
         }
         self.emit(ni, &n.output[0], out);
     }
@@ -193,7 +193,7 @@ impl Analyzer<'_, '_> {
         let vals: Vec<Val> = idx.iter().map(|&p| x.vals[p]).collect();
         self.st.edits.push(Edit::Select { node: ni, axis: x.axis, units: x.units.clone(), idx, slice });
         self.touch(ni, &x.units);
-        self.emit(ni, &n.output[0], Track { units, vals, ..x.clone() });
+        self.emit(ni, &n.output[0], Track { units: units.into(), vals: vals.into(), ..x.clone() });
     }
 
     pub(super) fn pad(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
@@ -327,7 +327,7 @@ impl Analyzer<'_, '_> {
         let units: Vec<Option<Unit>> = x.units.iter().flat_map(|u| std::iter::repeat_n(*u, inner)).collect();
         let vals: Vec<Val> = x.vals.iter().flat_map(|v| std::iter::repeat_n(*v, inner)).collect();
         self.touch(ni, &x.units);
-        Some(Track { axis: x.axis, rank: x.axis + 1, units, vals })
+        Some(Track { axis: x.axis, rank: x.axis + 1, units: units.into(), vals: vals.into() })
     }
 
     pub(super) fn flatten(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
@@ -433,12 +433,16 @@ impl Analyzer<'_, '_> {
                 .or_else(|| declared.as_ref().and_then(|dd| dd[t - 1]));
             if let (Some(d), Some((v, p))) = (d, lit(t - 1)) {
                 if v == -1 || v == (d as i64) * c {
-                    let units: Vec<Option<Unit>> = (0..d).flat_map(|_| x.units.iter().copied()).collect();
+                    let units: Units = (0..d).flat_map(|_| x.units.iter().copied()).collect();
                     let vals: Vec<Val> = (0..d).flat_map(|_| x.vals.iter().copied()).collect();
                     done = v == -1 || self.count_edit(&x, n, p, units.clone());
                     if done {
                         self.touch(ni, &x.units);
-                        self.emit(ni, &n.output[0], Track { axis: t - 1, rank: t, units, vals });
+                        self.emit(
+                            ni,
+                            &n.output[0],
+                            Track { axis: t - 1, rank: t, units: units.into(), vals: vals.into() },
+                        );
                     }
                 }
             }
@@ -481,7 +485,7 @@ impl Analyzer<'_, '_> {
 
     /// Register the rewrite of a literal that equals a kept count; false (and block) when the
     /// literal cannot be edited.
-    pub(super) fn count_edit(&mut self, x: &Track, n: &NodeProto, at: LitAt, units: Vec<Option<Unit>>) -> bool {
+    pub(super) fn count_edit(&mut self, x: &Track, n: &NodeProto, at: LitAt, units: Units) -> bool {
         match at {
             Some((node, slot, index)) => {
                 self.st.edits.push(Edit::Count { target: IntTarget::Input(node, slot), index, units });
@@ -709,7 +713,7 @@ impl Analyzer<'_, '_> {
         self.slice(t, 1, &units, (ni, 0), Role::Producer);
         self.st.sources.insert(ni, units.clone());
         let vals = vec![Val::Const(0.0); d[1]];
-        self.emit(ni, &n.output[0], Track { axis: q, rank: q + 1, units, vals });
+        self.emit(ni, &n.output[0], Track { axis: q, rank: q + 1, units, vals: vals.into() });
     }
 
     pub(super) fn along_axis(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
@@ -726,7 +730,7 @@ impl Analyzer<'_, '_> {
             self.block(&x.units, &format!("{} (normalises along the channel axis)", barrier_reason(n)));
             return;
         }
-        self.pass(ni, n, &x, vec![Val::Varying; x.units.len()]);
+        self.pass(ni, n, &x, vec![Val::Varying; x.units.len()].into());
     }
 
     /// Reached only when the Shape could not be followed (unknown rank).

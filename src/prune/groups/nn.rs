@@ -51,7 +51,11 @@ impl Analyzer<'_, '_> {
             } else if depthwise {
                 // Output o = c·m + j reads input c only: input and output channels are coupled.
                 let m = cout / group;
-                let units: Vec<Option<Unit>> = x.units.iter().flat_map(|u| std::iter::repeat_n(*u, m)).collect();
+                let units: Units = if m == 1 {
+                    x.units.clone()
+                } else {
+                    x.units.iter().flat_map(|u| std::iter::repeat_n(*u, m)).collect()
+                };
                 self.depthwise(ni, n, x, (w, &units), b, m);
                 return;
             } else if group == 1 {
@@ -78,7 +82,7 @@ impl Analyzer<'_, '_> {
                 for p in cin_g..cin {
                     self.join(x.units[p], x.units[p % cin_g], &r);
                 }
-                let local = x.units[..cin_g].to_vec();
+                let local = Units::from(&x.units[..cin_g]);
                 self.slice(w, 1, &local, (ni, 1), Role::Consumer);
                 let fold = Err(format!("grouped Conv '{label}'"));
                 self.st.consumers.push(Consumer {
@@ -104,7 +108,7 @@ impl Analyzer<'_, '_> {
             self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
         }
         self.st.sources.insert(ni, units.clone());
-        let t = Track { axis: 1, rank: wd.len(), vals: vec![Val::Const(0.0); cout], units };
+        let t = Track { axis: 1, rank: wd.len(), vals: vec![Val::Const(0.0); cout].into(), units };
         self.emit(ni, &n.output[0], t);
     }
 
@@ -115,16 +119,9 @@ impl Analyzer<'_, '_> {
     /// A depthwise(-like) Conv / ConvTranspose: output o = c·m + j reads input channel c only, so
     /// input and output channels are one unit. The weight's axis 0 carries `wu.1` (per output for
     /// Conv, per input for ConvTranspose); `group` follows the kept input channels.
-    fn depthwise(
-        &mut self,
-        ni: usize,
-        n: &NodeProto,
-        x: &Track,
-        wu: (&str, &[Option<Unit>]),
-        b: Option<&str>,
-        m: usize,
-    ) {
-        let units: Vec<Option<Unit>> = x.units.iter().flat_map(|u| std::iter::repeat_n(*u, m)).collect();
+    fn depthwise(&mut self, ni: usize, n: &NodeProto, x: &Track, wu: (&str, &Units), b: Option<&str>, m: usize) {
+        let units: Units =
+            if m == 1 { x.units.clone() } else { x.units.iter().flat_map(|u| std::iter::repeat_n(*u, m)).collect() };
         self.slice(wu.0, 0, wu.1, (ni, 1), Role::Producer);
         if let Some(b) = b {
             self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
@@ -135,7 +132,7 @@ impl Analyzer<'_, '_> {
             units: x.units.clone(),
         });
         self.st.sources.insert(ni, units.clone());
-        let t = Track { axis: 1, rank: x.rank, vals: vec![Val::Const(0.0); units.len()], units };
+        let t = Track { axis: 1, rank: x.rank, vals: vec![Val::Const(0.0); units.len()].into(), units };
         self.emit(ni, &n.output[0], t);
     }
 
@@ -190,12 +187,12 @@ impl Analyzer<'_, '_> {
         for o in og..cout {
             self.join(units[o], units[o % og], "");
         }
-        self.slice(w, 1, &units[..og], (ni, 1), Role::Producer);
+        self.slice(w, 1, &Units::from(&units[..og]), (ni, 1), Role::Producer);
         if let Some(b) = b {
             self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
         }
         self.st.sources.insert(ni, units.clone());
-        let t = Track { axis: 1, rank: wd.len(), vals: vec![Val::Const(0.0); cout], units };
+        let t = Track { axis: 1, rank: wd.len(), vals: vec![Val::Const(0.0); cout].into(), units };
         self.emit(ni, &n.output[0], t);
     }
 
@@ -253,7 +250,7 @@ impl Analyzer<'_, '_> {
             }
         }
         self.st.sources.insert(ni, units.clone());
-        self.emit(ni, &n.output[0], Track { axis: 1, rank: 2, units, vals });
+        self.emit(ni, &n.output[0], Track { axis: 1, rank: 2, units, vals: vals.into() });
     }
 
     /// The constant Add right after a MatMul that acts as its bias: (node, slot of the constant).
@@ -318,7 +315,7 @@ impl Analyzer<'_, '_> {
         let units = self.new_layer(ni, nout);
         self.slice(wn, 1, &units, (ni, 1), Role::Producer);
         self.st.sources.insert(ni, units.clone());
-        let t = Track { axis: out_rank - 1, rank: out_rank, vals: vec![Val::Const(0.0); nout], units };
+        let t = Track { axis: out_rank - 1, rank: out_rank, vals: vec![Val::Const(0.0); nout].into(), units };
         self.emit(ni, &n.output[0], t);
     }
 
@@ -447,7 +444,7 @@ impl Analyzer<'_, '_> {
             return;
         }
         if self.extra_outputs_unused(n, &x) {
-            self.pass(ni, n, &x, vec![Val::Varying; x.units.len()]);
+            self.pass(ni, n, &x, vec![Val::Varying; x.units.len()].into());
         }
     }
 }

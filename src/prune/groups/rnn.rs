@@ -64,7 +64,7 @@ impl Analyzer<'_, '_> {
         } else if !default_acts {
             why = Some("non-default activations".into());
         }
-        let each = |k: usize| -> Vec<Option<Unit>> { (0..k).flat_map(|_| units.iter().copied()).collect() };
+        let each = |k: usize| -> Units { (0..k).flat_map(|_| units.iter().copied()).collect() };
         if why.is_none() {
             if let Some(b) = inp(n, 3) {
                 if self.ctx.dims(b) == Some(&[dirs, 2 * gates * h][..]) {
@@ -113,7 +113,7 @@ impl Analyzer<'_, '_> {
                 continue;
             }
             let (axis, rank) = if k == 0 { (3, 4) } else { (2, 3) };
-            self.emit(ni, o, Track { axis, rank, units: units.clone(), vals: zero.clone() });
+            self.emit(ni, o, Track { axis, rank, units: units.clone(), vals: zero.clone().into() });
             if k == 0 {
                 // Y: [S, D, B, H] (layout 0) or [B, S, D, H]: the direction axis is known.
                 let mut hint = vec![None, None, None, Some(h)];
@@ -126,13 +126,7 @@ impl Analyzer<'_, '_> {
     /// An initial state [dirs, batch, H] (layout 0) or [batch, dirs, H] (layout 1): a constant is
     /// sliced (and zeroed in the masked model); a ConstantOfShape of zeros built for this op gets
     /// its H literal rewritten.
-    fn initial_state(
-        &mut self,
-        ni: usize,
-        slot: usize,
-        s: &str,
-        units: &[Option<Unit>],
-    ) -> std::result::Result<(), String> {
+    fn initial_state(&mut self, ni: usize, slot: usize, s: &str, units: &Units) -> std::result::Result<(), String> {
         let h = units.len();
         if self.is_const(s) {
             let d = self.ctx.dims(s).map(|d| d.to_vec()).unwrap_or_default();
@@ -160,7 +154,11 @@ impl Analyzer<'_, '_> {
         });
         match lit {
             Some(Some((node, slot, index))) => {
-                self.st.edits.push(Edit::Count { target: IntTarget::Input(node, slot), index, units: units.to_vec() });
+                self.st.edits.push(Edit::Count {
+                    target: IntTarget::Input(node, slot),
+                    index,
+                    units: units.to_vec().into(),
+                });
                 self.touch(node, units);
                 Ok(())
             }
