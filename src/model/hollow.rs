@@ -26,8 +26,13 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Initializers with at least this many bytes of data are left out of a hollow copy.
 pub const HOLLOW_MIN_BYTES: usize = 4096;
 
+/// Kept positions along one axis, ascending. Shared: the tensors sliced by one set of units
+/// (a Conv's weight and bias, a BatchNorm's four parameters, the next Conv's input axis) hold one
+/// list.
+pub type Keep = std::sync::Arc<[usize]>;
+
 /// Slices along (axis, kept positions), in the order they were asked for.
-type Slices = Vec<(usize, Vec<usize>)>;
+type Slices = Vec<(usize, Keep)>;
 
 /// The initializers of a hollow copy whose data is still left out, by name → index.
 #[derive(Clone, Debug, Default)]
@@ -157,7 +162,14 @@ impl Hollow {
     /// Slice the hollow initializer `name` of `out` along `axis`, keeping positions `keep`
     /// (ascending), without its data: the shell gets the new dims now, the data is sliced when
     /// it comes back. `Ok(false)` (nothing done) when `name` is not hollow.
-    pub fn slice_later(&mut self, out: &mut GraphProto, name: &str, axis: usize, keep: Vec<usize>) -> Result<bool> {
+    pub fn slice_later(
+        &mut self,
+        out: &mut GraphProto,
+        name: &str,
+        axis: usize,
+        keep: impl Into<Keep>,
+    ) -> Result<bool> {
+        let keep: Keep = keep.into();
         let Some(i) = self.slots.get(name).or_else(|| self.sliced.get(name).map(|s| &s.0)).copied() else {
             return Ok(false);
         };
@@ -396,7 +408,7 @@ mod tests {
             shell.data_type = 1;
             shell.dims = vec![2];
             g.initializer.push(shell);
-            hollow.derive("w1.new".into(), 1, vec![(0, vec![1, 7])]);
+            hollow.derive("w1.new".into(), 1, vec![(0, vec![1, 7].into())]);
             if !keep_original {
                 g.initializer.remove(1);
             }

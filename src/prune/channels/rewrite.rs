@@ -6,7 +6,8 @@
 //! same function (proven afterwards by masked-equivalence).
 
 use super::*;
-use crate::model::hollow::{clone_hollow, Hollow};
+use crate::model::hollow::{clone_hollow, Hollow, Keep};
+use std::collections::HashMap;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -168,6 +169,8 @@ struct Work<'a> {
     remove_nodes: BTreeSet<usize>,
     /// New nodes to insert right after a node index.
     insert_after: BTreeMap<usize, Vec<NodeProto>>,
+    /// The kept positions of each keep mask seen, shared by the shells sliced with it.
+    keeps: HashMap<Vec<bool>, Keep>,
 }
 
 impl Work<'_> {
@@ -187,7 +190,14 @@ impl Work<'_> {
                 if dims.get(axis) != Some(&(keep_pos.len() as i64)) {
                     bail!("tensor '{name}': axis {axis} of {dims:?} does not have {} positions", keep_pos.len());
                 }
-                let keep = (0..keep_pos.len()).filter(|&p| keep_pos[p]).collect();
+                let keep = match self.keeps.get(keep_pos) {
+                    Some(k) => k.clone(),
+                    None => {
+                        let k: Keep = (0..keep_pos.len()).filter(|&p| keep_pos[p]).collect();
+                        self.keeps.insert(keep_pos.to_vec(), k.clone());
+                        k
+                    }
+                };
                 if self.hollow.slice_later(&mut self.g, name, axis, keep)? {
                     return Ok(());
                 }
@@ -294,6 +304,7 @@ pub(super) fn rewrite(
         names,
         remove_nodes: BTreeSet::new(),
         insert_after: BTreeMap::new(),
+        keeps: HashMap::new(),
     };
     materialize(ctx, &mut w, &changed)?;
 

@@ -438,11 +438,7 @@ impl Analyzer<'_, '_> {
                     done = v == -1 || self.count_edit(&x, n, p, units.clone());
                     if done {
                         self.touch(ni, &x.units);
-                        self.emit(
-                            ni,
-                            &n.output[0],
-                            Track { axis: t - 1, rank: t, units: units.into(), vals: vals.into() },
-                        );
+                        self.emit(ni, &n.output[0], Track { axis: t - 1, rank: t, units, vals: vals.into() });
                     }
                 }
             }

@@ -48,7 +48,7 @@ pub(super) fn commit_all(model: &ModelProto, staged: &mut [(usize, Staged)]) -> 
                 }
                 NewTensor::Slice { mut shell, src, axis, keep } => {
                     shell.name = names.fresh(&shell.name);
-                    hollow.derive(shell.name.clone(), src, vec![(axis, keep)]);
+                    hollow.derive(shell.name.clone(), src, vec![(axis, keep.into())]);
                     shell
                 }
             };
