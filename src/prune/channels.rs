@@ -353,7 +353,7 @@ fn pins(ctx: &Ctx, an: &Analysis) -> BTreeMap<Unit, String> {
         let label = node_label(&ctx.g.node[c.node]);
         for (p, u) in c.units.iter().enumerate() {
             let Some(u) = u else { continue };
-            let why = match (c.vals[p], &c.fold) {
+            let why = match (c.val(p), &c.fold) {
                 (Val::Varying, _) => Some(format!("its value at '{label}' would not be a constant")),
                 (Val::Const(k), Err(e)) if k != 0.0 => Some(format!("it would emit a constant into {e}")),
                 _ => None,
@@ -662,9 +662,9 @@ fn report(
         notes.push(format!("kept count {} is not a multiple of {align} (pinned units)", kept_idx.len()));
     }
     for c in &an.consumers {
-        let folds = c.units.iter().zip(c.vals.iter()).any(|(u, v)| {
+        let folds = c.units.iter().enumerate().any(|(p, u)| {
             u.is_some_and(|u| an.group_of(u) == g.id && plan.removed.contains(&an.find(u)))
-                && matches!(v, Val::Const(k) if *k != 0.0)
+                && matches!(c.val(p), Val::Const(k) if k != 0.0)
         });
         if folds {
             let border = if matches!(c.kind, ConsumerKind::Conv { padded: true }) {

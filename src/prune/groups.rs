@@ -115,9 +115,20 @@ pub struct Consumer {
     /// The consuming weight and the positions of its input axis.
     pub weight: String,
     pub units: Units,
+    /// Per position, the constant a removed unit emits into this node; read it through
+    /// [`Consumer::val`]. Empty when every one is 0 (so, after a producer, nothing to fold): the
+    /// analysis empties such lists when it ends, which on DenseNet-161 frees one list per dense
+    /// layer.
     pub vals: Vals,
     /// Why a non-zero constant cannot be folded here (then such units are kept).
     pub fold: std::result::Result<(), String>,
+}
+
+impl Consumer {
+    /// The constant a removed unit at position `p` emits into this node.
+    pub fn val(&self, p: usize) -> Val {
+        self.vals.get(p).copied().unwrap_or(Val::Const(0.0))
+    }
 }
 
 /// Where an integer that depends on a kept count lives.
@@ -171,10 +182,8 @@ pub struct Dq {
 /// Everything the analysis found.
 #[derive(Default)]
 pub struct Analysis {
-    /// Union-find over units, and each unit's layer (see `union`): 32-bit, one of each per
-    /// output channel of the model.
-    parent: Vec<u32>,
-    layer_of: Vec<u32>,
+    parent: Vec<usize>,
+    layer_of: Vec<usize>,
     layer_parent: Vec<usize>,
     /// Node index of the source of each layer.
     pub layer_source: Vec<usize>,
@@ -199,8 +208,8 @@ impl Analysis {
     }
 
     pub fn find(&self, mut u: Unit) -> Unit {
-        while self.parent[u] as usize != u {
-            u = self.parent[u] as usize;
+        while self.parent[u] != u {
+            u = self.parent[u];
         }
         u
     }
@@ -208,9 +217,9 @@ impl Analysis {
     fn find_mut(&mut self, u: Unit) -> Unit {
         let r = self.find(u);
         let mut x = u;
-        while self.parent[x] as usize != r {
-            let next = self.parent[x] as usize;
-            self.parent[x] = r as u32;
+        while self.parent[x] != r {
+            let next = self.parent[x];
+            self.parent[x] = r;
             x = next;
         }
         r
@@ -225,7 +234,7 @@ impl Analysis {
 
     /// The group (layer class) of a unit.
     pub fn group_of(&self, u: Unit) -> usize {
-        self.find_layer(self.layer_of[self.find(u)] as usize)
+        self.find_layer(self.layer_of[self.find(u)])
     }
 
     /// The nodes that touch a tensor carrying units of group `g`, in node order.
@@ -245,14 +254,14 @@ impl Analysis {
         }
         // The lower id stays the root: classes are then named by their first unit.
         let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-        self.parent[hi] = lo as u32;
-        let (la, lb) = (self.find_layer(self.layer_of[lo] as usize), self.find_layer(self.layer_of[hi] as usize));
+        self.parent[hi] = lo;
+        let (la, lb) = (self.find_layer(self.layer_of[lo]), self.find_layer(self.layer_of[hi]));
         if la != lb {
             let (l, h) = if la < lb { (la, lb) } else { (lb, la) };
             self.layer_parent[h] = l;
         }
         // layer_of is read at the root only.
-        self.layer_of[lo] = self.find_layer(self.layer_of[lo] as usize) as u32;
+        self.layer_of[lo] = self.find_layer(self.layer_of[lo]);
     }
 }
 
@@ -290,6 +299,11 @@ pub fn analyze(ctx: &Ctx) -> Analysis {
     let none: Vals = Vals::from([]);
     for t in a.st.tracks.values_mut() {
         t.vals = none.clone();
+    }
+    for c in a.st.consumers.iter_mut() {
+        if c.vals.iter().all(|v| *v == Val::Const(0.0)) {
+            c.vals = none.clone();
+        }
     }
     a.st
 }
@@ -349,7 +363,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         let mut last = None;
         for &u in units.iter().flatten() {
             // layer_of[u] is u's first layer or, once u was a class root, a layer merged with it.
-            let l = st.layer_of[u] as usize;
+            let l = st.layer_of[u];
             if last != Some(l) {
                 e.insert(l);
                 last = Some(l);
@@ -370,10 +384,9 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         self.st.layer_parent.push(layer);
         self.st.layer_source.push(ni);
         let start = self.st.parent.len();
-        // Unit ids and layers are 32-bit: 2^32 output channels would not load anyway.
         for u in start..start + n {
-            self.st.parent.push(u as u32);
-            self.st.layer_of.push(layer as u32);
+            self.st.parent.push(u);
+            self.st.layer_of.push(layer);
         }
         (start..start + n).map(Some).collect()
     }

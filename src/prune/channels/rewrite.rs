@@ -33,10 +33,9 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
         let hits: Vec<(usize, f64)> = c
             .units
             .iter()
-            .zip(c.vals.iter())
             .enumerate()
-            .filter_map(|(p, (u, v))| match v {
-                Val::Const(k) if *k != 0.0 && !plan.keeps(an, *u) => Some((p, *k)),
+            .filter_map(|(p, u)| match c.val(p) {
+                Val::Const(k) if k != 0.0 && !plan.keeps(an, *u) => Some((p, k)),
                 _ => None,
             })
             .collect();
