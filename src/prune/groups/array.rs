@@ -111,12 +111,8 @@ impl Analyzer<'_, '_> {
         let mut parts = Vec::new();
         let mut at = 0;
         for (o, &len) in n.output.iter().zip(&sizes) {
-            let t = Track {
-                axis,
-                rank: x.rank,
-                units: x.units[at..at + len].to_vec().into(),
-                vals: x.vals[at..at + len].to_vec().into(),
-            };
+            let t =
+                Track { axis, rank: x.rank, units: x.units[at..at + len].into(), vals: x.vals[at..at + len].into() };
             parts.push(t.units.clone());
             if !o.is_empty() {
                 self.emit(ni, o, t);
@@ -177,11 +173,11 @@ impl Analyzer<'_, '_> {
             } else {
                 (IntTarget::Input(ni, 1), IntTarget::Input(ni, 2))
             };
-            self.st.edits.push(Edit::Count { target: ts, index: i, units: x.units[..s].to_vec().into() });
-            self.st.edits.push(Edit::Count { target: te, index: i, units: x.units[..e].to_vec().into() });
+            self.st.edits.push(Edit::Count { target: ts, index: i, units: x.units[..s].into() });
+            self.st.edits.push(Edit::Count { target: te, index: i, units: x.units[..e].into() });
             self.touch(ni, &x.units);
-            out.units = x.units[s..e].to_vec().into();
-            out.vals = x.vals[s..e].to_vec().into();
+            out.units = x.units[s..e].into();
+            out.vals = x.vals[s..e].into();
         }
         self.emit(ni, &n.output[0], out);
     }

@@ -107,13 +107,13 @@ impl Analyzer<'_, '_> {
             units: units.clone(),
         });
         self.st.sources.insert(ni, units.clone());
-        let zero = vec![Val::Const(0.0); h];
+        let zero: Vals = vec![Val::Const(0.0); h].into();
         for (k, o) in n.output.iter().enumerate() {
             if o.is_empty() {
                 continue;
             }
             let (axis, rank) = if k == 0 { (3, 4) } else { (2, 3) };
-            self.emit(ni, o, Track { axis, rank, units: units.clone(), vals: zero.clone().into() });
+            self.emit(ni, o, Track { axis, rank, units: units.clone(), vals: zero.clone() });
             if k == 0 {
                 // Y: [S, D, B, H] (layout 0) or [B, S, D, H]: the direction axis is known.
                 let mut hint = vec![None, None, None, Some(h)];
@@ -154,11 +154,7 @@ impl Analyzer<'_, '_> {
         });
         match lit {
             Some(Some((node, slot, index))) => {
-                self.st.edits.push(Edit::Count {
-                    target: IntTarget::Input(node, slot),
-                    index,
-                    units: units.to_vec().into(),
-                });
+                self.st.edits.push(Edit::Count { target: IntTarget::Input(node, slot), index, units: units.clone() });
                 self.touch(node, units);
                 Ok(())
             }
