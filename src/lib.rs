@@ -13,3 +13,4 @@ pub mod prune;
 pub mod reconstruct;
 pub mod report;
 pub mod run;
+pub mod simd;

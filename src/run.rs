@@ -60,12 +60,17 @@ fn check_paths(input: &Path, output: &Path, force: bool) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// (parameters, nonzero parameters) of the float weights; `mapped`: data left in mapped files,
-/// counted through `masks`.
-fn params(m: &ModelProto, mapped: Option<&MappedData>, masks: &Masks) -> Result<(u64, u64)> {
+/// Parameter counts of the float weights (see `graph::ParamCounts`); `mapped`: data left in
+/// mapped files, counted through `masks` (or, with `count_mapped` false, not at all).
+fn params(
+    m: &ModelProto,
+    mapped: Option<&MappedData>,
+    masks: &Masks,
+    count_mapped: bool,
+) -> Result<graph::ParamCounts> {
     let g = m.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
-    Ok(graph::float_params_mapped(g, &ix, mapped.map(|m| (m, masks))))
+    Ok(graph::param_counts(g, &ix, mapped.map(|m| (m, masks)), count_mapped))
 }
 
 pub fn run(o: &RunOptions) -> Result<Outcome> {
@@ -138,7 +143,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         .with_context(|| format!("{}", o.input.display()))?;
     let mut masks = Masks::new();
     let mapped = loaded.mapped.clone();
-    let (p_before, nz_before) = params(&loaded.proto, mapped.as_deref(), &masks)?;
+    // Data left in mapped files is not changed by the pass (its keep bits are applied when it is
+    // written): it is counted once, after the pass, with and without its keep bits.
+    let before = params(&loaded.proto, mapped.as_deref(), &masks, false)?;
     // The pass works on the loaded model in place (no copy); only tensor names are kept for
     // `external_names`.
     let names_before = if loaded.external.is_empty() { Default::default() } else { tensor_names(&loaded.proto) };
@@ -353,7 +360,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     drop(stage);
     timing.prune_ms = ms(t);
     timing.reconstruct_ms = t_recon.get();
-    let (p_after, nz_after) = params(&pruned, mapped.as_deref(), &masks)?;
+    let after = params(&pruned, mapped.as_deref(), &masks, true)?;
+    let (p_before, nz_before) = (before.n + after.mapped_n, before.nonzero + after.mapped_nonzero_stored);
+    let (p_after, nz_after) = (after.n, after.nonzero);
     if o.plan {
         return plan_outcome(
             o,

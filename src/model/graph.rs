@@ -246,6 +246,33 @@ pub fn float_params_mapped(
     ix: &GraphIndex,
     mapped: Option<(&crate::model::mapped::MappedData, &crate::model::mapped::Masks)>,
 ) -> (u64, u64) {
+    let c = param_counts(g, ix, mapped, true);
+    (c.n, c.nonzero)
+}
+
+/// Parameter counts of a model loaded with `io::load_mapped`, split so that the data left in
+/// mapped files is read once: before pruning, count the tensors in memory (`count_mapped` false);
+/// after, count everything (`count_mapped` true), the mapped tensors both through and without
+/// their keep bits in one pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParamCounts {
+    /// Elements of the float (and quantized) weights.
+    pub n: u64,
+    /// Their nonzero elements (a mapped tensor's through its keep bits).
+    pub nonzero: u64,
+    /// Elements of the weights whose data is in mapped files.
+    pub mapped_n: u64,
+    /// Their nonzero elements as stored (keep bits ignored).
+    pub mapped_nonzero_stored: u64,
+}
+
+/// See [`ParamCounts`]; `count_mapped` false skips the tensors whose data is in mapped files.
+pub fn param_counts(
+    g: &GraphProto,
+    ix: &GraphIndex,
+    mapped: Option<(&crate::model::mapped::MappedData, &crate::model::mapped::Masks)>,
+    count_mapped: bool,
+) -> ParamCounts {
     use rayon::prelude::*;
     // Quantized weights (QDQ models) are parameters too: integer data read by a DequantizeLinear.
     let quantized: std::collections::BTreeSet<&str> = g
@@ -260,10 +287,16 @@ pub fn float_params_mapped(
         .filter_map(|(k, r)| weight(g, *r).map(|t| (k, t)))
         .filter(|(k, t)| tensor::is_float(t.data_type) || quantized.contains(k.as_str()))
         .collect();
+    let one = |n: u64, nz: u64| ParamCounts { n, nonzero: nz, mapped_n: 0, mapped_nonzero_stored: 0 };
+    let in_map =
+        |n: u64, nz: u64, stored: u64| ParamCounts { n, nonzero: nz, mapped_n: n, mapped_nonzero_stored: stored };
     ws.par_iter()
         .filter_map(|(_, t)| {
             if let Some((m, masks)) = mapped {
                 if let Some(key) = m.locate(t) {
+                    if !count_mapped {
+                        return None;
+                    }
                     let b = m.tensor_bytes(t)?.ok()?;
                     if tensor::is_float(t.data_type) {
                         let n = tensor::numel(t).ok()?;
@@ -271,23 +304,30 @@ pub fn float_params_mapped(
                         if mask.is_some_and(|m| m.len() * 64 < n) {
                             return None;
                         }
-                        return Some((n as u64, tensor::count_nonzero_raw(t.data_type, b, mask)));
+                        let (stored, kept) = tensor::count_nonzero_raw(t.data_type, b, mask);
+                        return Some(in_map(n as u64, kept, stored));
                     }
                     // Quantized weights: counted from a copy read like the in-memory tensor.
                     let mut c = (*t).clone();
                     c.raw_data = b.to_vec();
                     c.external_data.clear();
                     c.data_location = protobuf::EnumOrUnknown::from_i32(0);
-                    return tensor::read_i64(&c)
-                        .ok()
-                        .map(|v| (v.len() as u64, v.iter().filter(|&&x| x != 0).count() as u64));
+                    return tensor::read_i64(&c).ok().map(|v| {
+                        let nz = v.iter().filter(|&&x| x != 0).count() as u64;
+                        in_map(v.len() as u64, nz, nz)
+                    });
                 }
             }
             if tensor::is_float(t.data_type) {
-                tensor::count_nonzero_f32(t).ok()
+                tensor::count_nonzero_f32(t).ok().map(|(n, nz)| one(n, nz))
             } else {
-                tensor::read_i64(t).ok().map(|v| (v.len() as u64, v.iter().filter(|&&x| x != 0).count() as u64))
+                tensor::read_i64(t).ok().map(|v| one(v.len() as u64, v.iter().filter(|&&x| x != 0).count() as u64))
             }
         })
-        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        .reduce(ParamCounts::default, |a, b| ParamCounts {
+            n: a.n + b.n,
+            nonzero: a.nonzero + b.nonzero,
+            mapped_n: a.mapped_n + b.mapped_n,
+            mapped_nonzero_stored: a.mapped_nonzero_stored + b.mapped_nonzero_stored,
+        })
 }

@@ -712,7 +712,7 @@ pub fn save_mapped(
 
 /// Write a mapped tensor's bytes through its keep bits (if any); returns the bytes written.
 fn write_mapped(
-    w: &mut impl Write,
+    w: &mut (impl Write + Send),
     t: &TensorProto,
     m: &MappedData,
     key: super::mapped::ExtKey,

@@ -181,7 +181,7 @@ pub fn count_nonzero_f32(t: &TensorProto) -> Result<(u64, u64)> {
         bail!("tensor '{name}': expected a float tensor, found {}", dtype_name(t.data_type));
     }
     let nz = match storage(t)? {
-        Storage::Raw(_) => count_nonzero_raw(t.data_type, &t.raw_data, None) as usize,
+        Storage::Raw(_) => count_nonzero_raw(t.data_type, &t.raw_data, None).0 as usize,
         Storage::Float => t.float_data.iter().filter(|&&v| v != 0.0).count(),
         Storage::Double => t.double_data.iter().filter(|&&v| v as f32 != 0.0).count(),
         Storage::Int32 => t.int32_data.iter().filter(|&&v| (v as u16) << 1 != 0).count(),
@@ -191,13 +191,29 @@ pub fn count_nonzero_f32(t: &TensorProto) -> Result<(u64, u64)> {
 }
 
 /// Nonzero elements of float data stored raw (f32, f16, bf16, f64 as little-endian bytes), as
-/// [`count_nonzero_f32`] counts them (±0 is zero; f64 counts as its f32 value); with `mask`, only
-/// the elements whose keep bit is 1 (bit i of word i/64). In parallel blocks.
-pub fn count_nonzero_raw(data_type: i32, bytes: &[u8], mask: Option<&[u64]>) -> u64 {
+/// [`count_nonzero_f32`] counts them (±0 is zero; f64 counts as its f32 value), and in the same
+/// pass those of them whose keep bit in `mask` is 1 (bit i of word i/64; without a mask, all):
+/// (nonzero, nonzero and kept). In parallel blocks.
+pub fn count_nonzero_raw(data_type: i32, bytes: &[u8], mask: Option<&[u64]>) -> (u64, u64) {
     match data_type {
-        dt::FLOAT => count_nonzero_es::<4>(bytes, mask, |c| u32::from_le_bytes(c) << 1 != 0),
-        dt::FLOAT16 | dt::BFLOAT16 => count_nonzero_es::<2>(bytes, mask, |c| u16::from_le_bytes(c) << 1 != 0),
-        _ => count_nonzero_es::<8>(bytes, mask, |c| f64::from_le_bytes(c) as f32 != 0.0),
+        dt::FLOAT => count_nonzero_es::<4>(
+            bytes,
+            mask,
+            #[inline(always)]
+            |c| u32::from_le_bytes(c) << 1 != 0,
+        ),
+        dt::FLOAT16 | dt::BFLOAT16 => count_nonzero_es::<2>(
+            bytes,
+            mask,
+            #[inline(always)]
+            |c| u16::from_le_bytes(c) << 1 != 0,
+        ),
+        _ => count_nonzero_es::<8>(
+            bytes,
+            mask,
+            #[inline(always)]
+            |c| f64::from_le_bytes(c) as f32 != 0.0,
+        ),
     }
 }
 
@@ -206,33 +222,37 @@ fn count_nonzero_es<const N: usize>(
     bytes: &[u8],
     mask: Option<&[u64]>,
     nonzero: impl Fn([u8; N]) -> bool + Sync,
-) -> u64 {
+) -> (u64, u64) {
     const BLOCK: usize = 1 << 16;
     let el = |c: &[u8]| -> [u8; N] { c.try_into().expect("N bytes") };
     bytes
         .par_chunks(BLOCK * N)
         .enumerate()
-        .map(|(bi, b)| match mask {
-            None => b.chunks_exact(N).map(|c| nonzero(el(c)) as u64).sum::<u64>(),
-            // Per mask word: the nonzero flags of its 64 elements as all-ones lanes, packed, and-ed
-            // with the keep bits.
-            Some(m) => b
-                .chunks(64 * N)
-                .zip(&m[bi * BLOCK / 64..])
-                .map(|(c, &w)| {
-                    if w == 0 {
-                        return 0;
+        .map(|(bi, b)| {
+            crate::simd::simd(
+                #[inline(always)]
+                || match mask {
+                    None => {
+                        let nz = b.chunks_exact(N).map(|c| nonzero(el(c)) as u64).sum::<u64>();
+                        (nz, nz)
                     }
-                    let mut lanes = [0u64; 64];
-                    for (l, e) in lanes.iter_mut().zip(c.chunks_exact(N)) {
-                        *l = 0u64.wrapping_sub(nonzero(el(e)) as u64);
+                    // Per mask word: each element's nonzero flag (0 or 1), and it and-ed with its
+                    // keep bit.
+                    Some(m) => {
+                        let (mut all, mut kept) = (0u64, 0u64);
+                        for (c, &w) in b.chunks(64 * N).zip(&m[bi * BLOCK / 64..]) {
+                            for (j, e) in c.chunks_exact(N).enumerate() {
+                                let z = nonzero(el(e)) as u64;
+                                all += z;
+                                kept += z & (w >> j);
+                            }
+                        }
+                        (all, kept)
                     }
-                    let nz = lanes.iter().enumerate().fold(0u64, |a, (j, &l)| a | (l & (1u64 << j)));
-                    (nz & w).count_ones() as u64
-                })
-                .sum(),
+                },
+            )
         })
-        .sum()
+        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 /// Read a float tensor as f64 (f64 weights keep their precision).

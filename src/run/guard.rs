@@ -91,7 +91,7 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
     };
     let cost = match crate::check::macs(&o.input, &one.facts()) {
         Ok(c) => c.total / one.rows().max(1) as u64,
-        Err(_) => super::params(m, None, &Masks::new())?.0,
+        Err(_) => super::params(m, None, &Masks::new(), true)?.n,
     };
     let rows = guard::guard_rows(cost);
     if let Some(c) = calib {

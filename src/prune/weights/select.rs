@@ -74,52 +74,62 @@ pub(super) fn scan(parts: &[View], items: &[(usize, usize, usize)]) -> Scan {
     let per_item: Vec<ItemScan> = items
         .par_iter()
         .map(|&(p, lo, hi)| {
-            let mut mx = 0f64;
-            let mut bad = None;
-            let mut sample = Vec::with_capacity((hi - lo) / SAMPLE_EVERY + 1);
-            let (mut l1, mut l2) = (emp::Lanes::default(), emp::Lanes::default());
-            let (mut q1, mut q2) = ([0f64; BLOCK], [0f64; BLOCK]);
-            parts[p].blocks(lo, hi, |i0, b| {
-                let k = b.len();
-                // |s|, s², max, and whether all are finite, lane by lane (so that it vectorises).
-                let (mut mxl, mut fin) = ([mx; 8], [0u64; 8]);
-                let body = k - k % 8;
-                for ((c, x), y) in
-                    b[..body].chunks_exact(8).zip(q1[..body].chunks_exact_mut(8)).zip(q2[..body].chunks_exact_mut(8))
-                {
-                    for l in 0..8 {
-                        let a = c[l].abs();
-                        // Non-zero where a is not a finite number.
-                        fin[l] |= (!a.is_finite()) as u64;
-                        mxl[l] = if a > mxl[l] { a } else { mxl[l] };
-                        x[l] = a;
-                        y[l] = a * a;
-                    }
-                }
-                for j in body..k {
-                    let a = b[j].abs();
-                    fin[0] |= (!a.is_finite()) as u64;
-                    mxl[0] = if a > mxl[0] { a } else { mxl[0] };
-                    (q1[j], q2[j]) = (a, a * a);
-                }
-                mx = mxl.iter().fold(mx, |m, &a| if a > m { a } else { m });
-                let finite = fin.iter().all(|&f| f == 0);
-                if !finite && bad.is_none() {
-                    let j = b.iter().position(|x| !x.is_finite()).unwrap();
-                    bad = Some((i0 + j, b[j]));
-                }
-                l1.add(&q1[..k]);
-                l2.add(&q2[..k]);
-                let mut g = i0 / SAMPLE_EVERY;
-                while g * SAMPLE_EVERY < i0 + k {
-                    let j = g * SAMPLE_EVERY + sample_offset(g);
-                    if j >= i0 && j < i0 + k {
-                        sample.push(key(b[j - i0]));
-                    }
-                    g += 1;
-                }
-            });
-            (mx.to_bits(), bad, [l1.total(), l2.total()], sample)
+            simd(
+                #[inline(always)]
+                || {
+                    let mut mx = 0f64;
+                    let mut bad = None;
+                    let mut sample = Vec::with_capacity((hi - lo) / SAMPLE_EVERY + 1);
+                    let (mut l1, mut l2) = (emp::Lanes::default(), emp::Lanes::default());
+                    parts[p].blocks(
+                        lo,
+                        hi,
+                        #[inline(always)]
+                        |i0, b| {
+                            let k = b.len();
+                            // |s|, s², max, and whether all are finite, lane by lane (so that it vectorises);
+                            // the lanes are the blocked sums' (a block of the sum starts at lane 0).
+                            let (mut mxl, mut fin) = ([mx; 8], [0u64; 8]);
+                            let body = k - k % 8;
+                            for c in b[..body].chunks_exact(8) {
+                                let (mut x, mut y) = ([0f64; 8], [0f64; 8]);
+                                for l in 0..8 {
+                                    let a = c[l].abs();
+                                    // Non-zero where a is not a finite number.
+                                    fin[l] |= (!a.is_finite()) as u64;
+                                    mxl[l] = if a > mxl[l] { a } else { mxl[l] };
+                                    x[l] = a;
+                                    y[l] = a * a;
+                                }
+                                l1.add8(&x);
+                                l2.add8(&y);
+                            }
+                            for &v in &b[body..k] {
+                                let a = v.abs();
+                                fin[0] |= (!a.is_finite()) as u64;
+                                mxl[0] = if a > mxl[0] { a } else { mxl[0] };
+                                l1.add(&[a]);
+                                l2.add(&[a * a]);
+                            }
+                            mx = mxl.iter().fold(mx, |m, &a| if a > m { a } else { m });
+                            let finite = fin.iter().all(|&f| f == 0);
+                            if !finite && bad.is_none() {
+                                let j = b.iter().position(|x| !x.is_finite()).unwrap();
+                                bad = Some((i0 + j, b[j]));
+                            }
+                            let mut g = i0 / SAMPLE_EVERY;
+                            while g * SAMPLE_EVERY < i0 + k {
+                                let j = g * SAMPLE_EVERY + sample_offset(g);
+                                if j >= i0 && j < i0 + k {
+                                    sample.push(key(b[j - i0]));
+                                }
+                                g += 1;
+                            }
+                        },
+                    );
+                    (mx.to_bits(), bad, [l1.total(), l2.total()], sample)
+                },
+            )
         })
         .collect();
     let mut out = Scan { max: vec![0; parts.len()], bad: vec![None; parts.len()], sums: vec![], sample: vec![] };
@@ -206,9 +216,19 @@ pub(super) fn block_sums(parts: &[View], items: &[(usize, usize, usize)]) -> Vec
     items
         .par_iter()
         .map(|&(p, lo, hi)| {
-            let mut l = emp::Lanes::default();
-            parts[p].blocks(lo, hi, |_, b| l.add(b));
-            l.total()
+            simd(
+                #[inline(always)]
+                || {
+                    let mut l = emp::Lanes::default();
+                    parts[p].blocks(
+                        lo,
+                        hi,
+                        #[inline(always)]
+                        |_, b| l.add(b),
+                    );
+                    l.total()
+                },
+            )
         })
         .collect()
 }
@@ -328,20 +348,38 @@ pub(super) fn window_threshold(
     let per_item: Vec<(usize, Vec<u64>)> = items
         .par_iter()
         .map(|&(p, a, b)| {
-            let (mut above, mut g) = (0usize, Vec::new());
-            parts[p].blocks(a, b, |_, blk| {
-                if g.len() > cap {
-                    return;
-                }
-                for &v in blk {
-                    let k = key(v);
-                    above += (k > hi) as usize;
-                    if k >= lo && k <= hi {
-                        g.push(k);
-                    }
-                }
-            });
-            (above, g)
+            simd(
+                #[inline(always)]
+                || {
+                    let (mut above, mut g) = (0usize, Vec::new());
+                    parts[p].blocks(
+                        a,
+                        b,
+                        #[inline(always)]
+                        |_, blk| {
+                            if g.len() > cap {
+                                return;
+                            }
+                            // Per 64 keys: the count above and the keys inside the window as a bit mask
+                            // (compares without branches, vectorised), then only the few set bits gathered.
+                            for c in blk.chunks(64) {
+                                let mut w = [0u64; 64];
+                                for (l, &v) in w.iter_mut().zip(c) {
+                                    let k = key(v);
+                                    above += (k > hi) as usize;
+                                    *l = 0u64.wrapping_sub((k >= lo && k <= hi) as u64);
+                                }
+                                let mut m = pack_signs(&w[..c.len()]);
+                                while m != 0 {
+                                    g.push(key(c[m.trailing_zeros() as usize]));
+                                    m &= m - 1;
+                                }
+                            }
+                        },
+                    );
+                    (above, g)
+                },
+            )
         })
         .collect();
     if per_item.iter().any(|x| x.1.len() > cap) {
@@ -475,7 +513,10 @@ pub(super) fn mark_items(
         .enumerate()
         .map(|(i, (&(p, lo, hi), t))| {
             let given = sums.and_then(|s| s.1).map(|totals| totals[i]);
-            let mut k = mark_range(parts[p], lo, hi, thr, t, sums.map(|s| s.0), given.is_none());
+            let mut k = simd(
+                #[inline(always)]
+                || mark_range(parts[p], lo, hi, thr, t, sums.map(|s| s.0), given.is_none()),
+            );
             if let Some(total) = given {
                 k.total = total;
             }
@@ -511,70 +552,82 @@ pub(super) struct Marked {
 /// Keep bits of `v[lo..hi]` (`lo` a multiple of 64); `t` equal keys are kept, the first ones.
 /// With `m`: the block totals of kept |s| / m, of kept unscaled scores and (with `total`) of all
 /// unscaled scores (else left at −0.0: the caller has it from an earlier pass).
+#[inline(always)]
 fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f64>, total: bool) -> Marked {
     let mut mask = new_mask(hi - lo, false);
-    let mut a = [0f64; BLOCK];
-    let mut sc = [0f64; BLOCK];
     let thr_v = f64::from_bits(thr);
     let mut keep = [0u64; BLOCK];
     let mut lanes = [emp::Lanes::default(); 3];
     // The unscaled scores are decoded; the ranked ones are them times the scale, exactly as
     // `View::fill` computes them.
     let raw = View { scale: 1.0, ..v };
+    let scale = v.scale;
+    let ranked = |x: f64| if scale != 1.0 { x * scale } else { x };
     // Blocks start at multiples of BLOCK, so at whole mask words.
-    raw.blocks(lo, hi, |i0, r| {
-        let k = r.len();
-        let b: &[f64] = if v.scale != 1.0 {
-            for (o, &x) in sc[..k].iter_mut().zip(r) {
-                *o = x * v.scale;
+    raw.blocks(
+        lo,
+        hi,
+        #[inline(always)]
+        |i0, r| {
+            let k = r.len();
+            let keep = &mut keep[..k];
+            let mut any_eq = false;
+            for (q, &x) in keep.iter_mut().zip(r) {
+                let x = ranked(x).abs();
+                *q = 0u64.wrapping_sub((x > thr_v) as u64);
+                any_eq |= x == thr_v;
             }
-            &sc[..k]
-        } else {
-            r
-        };
-        let keep = &mut keep[..k];
-        let mut any_eq = false;
-        for (q, &x) in keep.iter_mut().zip(b) {
-            let x = x.abs();
-            *q = 0u64.wrapping_sub((x > thr_v) as u64);
-            any_eq |= x == thr_v;
-        }
-        if any_eq && t > 0 {
-            // Ties at the threshold: the first ones in order are kept.
-            for (q, &x) in keep.iter_mut().zip(b) {
-                if t > 0 && x.abs() == thr_v {
-                    *q = !0;
-                    t -= 1;
+            if any_eq && t > 0 {
+                // Ties at the threshold: the first ones in order are kept.
+                for (q, &x) in keep.iter_mut().zip(r) {
+                    if t > 0 && ranked(x).abs() == thr_v {
+                        *q = !0;
+                        t -= 1;
+                    }
                 }
             }
-        }
-        for (wi, c) in keep.chunks(64).enumerate() {
-            mask[(i0 - lo) / 64 + wi] = pack_signs(c);
-        }
-        if let Some(m) = m {
-            let a = &mut a[..k];
-            if m == 1.0 {
-                // x / 1 == x exactly: no division.
-                for ((q, &x), &sel) in a.iter_mut().zip(b).zip(keep.iter()) {
-                    *q = select_bits(sel, x.abs());
-                }
-            } else {
-                for ((q, &x), &sel) in a.iter_mut().zip(b).zip(keep.iter()) {
-                    *q = select_bits(sel, x.abs() / m);
+            for (wi, c) in keep.chunks(64).enumerate() {
+                mask[(i0 - lo) / 64 + wi] = pack_signs(c);
+            }
+            if let Some(m) = m {
+                if m == 1.0 {
+                    // x / 1 == x exactly: no division.
+                    mark_sums(r, keep, |x| ranked(x).abs(), total, &mut lanes);
+                } else {
+                    mark_sums(r, keep, |x| ranked(x).abs() / m, total, &mut lanes);
                 }
             }
-            lanes[0].add(a);
-            if total {
-                lanes[2].add(r);
-            }
-            for ((q, &x), &sel) in a.iter_mut().zip(r).zip(keep.iter()) {
-                *q = select_bits(sel, x);
-            }
-            lanes[1].add(a);
-        }
-    });
+        },
+    );
     let total = if total { lanes[2].total() } else { -0.0 };
     Marked { words: mask, retained: lanes[0].total(), total, kept_mass: lanes[1].total() }
+}
+
+/// One block's sums for [`mark_range`], in one loop: lanes 0 += kept `moment(r)`, lanes 1 +=
+/// kept r, lanes 2 += r (when `total`); the blocked sums' lanes, element i in lane i mod 8.
+#[inline(always)]
+fn mark_sums(r: &[f64], keep: &[u64], moment: impl Fn(f64) -> f64, total: bool, lanes: &mut [emp::Lanes; 3]) {
+    let k = r.len();
+    let body = k - k % 8;
+    for (c, s) in r[..body].chunks_exact(8).zip(keep[..body].chunks_exact(8)) {
+        let (mut a, mut b) = ([0f64; 8], [0f64; 8]);
+        for l in 0..8 {
+            a[l] = select_bits(s[l], moment(c[l]));
+            b[l] = select_bits(s[l], c[l]);
+        }
+        lanes[0].add8(&a);
+        lanes[1].add8(&b);
+        if total {
+            lanes[2].add8(c.try_into().expect("8 lanes"));
+        }
+    }
+    for (&x, &sel) in r[body..].iter().zip(&keep[body..]) {
+        lanes[0].add(&[select_bits(sel, moment(x))]);
+        lanes[1].add(&[select_bits(sel, x)]);
+        if total {
+            lanes[2].add(&[x]);
+        }
+    }
 }
 
 /// `x` if `keep`, else −0.0, without a branch: x + (−0.0) == x exactly, so adding this is the

@@ -68,61 +68,73 @@ impl View<'_> {
     }
 
     /// Scores `lo .. lo + out.len()` as the all-in-memory version saw them: |w| as f64, or the
-    /// override value.
+    /// override value. Inlined into every pass, so that it is compiled for the pass's [`crate::simd`] level.
+    #[inline(always)]
     pub(super) fn fill(&self, lo: usize, out: &mut [f64]) {
+        if self.scale == 1.0 {
+            self.fill_as::<false>(lo, out)
+        } else {
+            self.fill_as::<true>(lo, out)
+        }
+    }
+
+    /// [`View::fill`], times the scale when `SCALED` (one loop: the same products).
+    #[inline(always)]
+    fn fill_as<const SCALED: bool>(&self, lo: usize, out: &mut [f64]) {
         let n = out.len();
+        let s = self.scale;
+        let sc = |x: f64| if SCALED { x * s } else { x };
         match self.src {
             Src::F32(b) => {
                 for (o, c) in out.iter_mut().zip(b[lo * 4..(lo + n) * 4].chunks_exact(4)) {
-                    *o = f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).abs();
+                    *o = sc(f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).abs());
                 }
             }
             Src::F16(b) => {
                 for (o, c) in out.iter_mut().zip(b[lo * 2..(lo + n) * 2].chunks_exact(2)) {
-                    *o = f64::from(f16::from_le_bytes([c[0], c[1]]).to_f32()).abs();
+                    *o = sc(f64::from(f16::from_le_bytes([c[0], c[1]]).to_f32()).abs());
                 }
             }
             Src::Bf16(b) => {
                 for (o, c) in out.iter_mut().zip(b[lo * 2..(lo + n) * 2].chunks_exact(2)) {
-                    *o = f64::from(bf16::from_le_bytes([c[0], c[1]]).to_f32()).abs();
+                    *o = sc(f64::from(bf16::from_le_bytes([c[0], c[1]]).to_f32()).abs());
                 }
             }
             Src::F64(b) => {
                 for (o, c) in out.iter_mut().zip(b[lo * 8..(lo + n) * 8].chunks_exact(8)) {
-                    *o = f64::from_le_bytes(c.try_into().unwrap()).abs();
+                    *o = sc(f64::from_le_bytes(c.try_into().unwrap()).abs());
                 }
             }
             Src::F32s(v) => {
                 for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
-                    *o = f64::from(x).abs();
+                    *o = sc(f64::from(x).abs());
                 }
             }
             Src::F64s(v) => {
                 for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
-                    *o = x.abs();
+                    *o = sc(x.abs());
                 }
             }
             Src::F16s(v) => {
                 for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
-                    *o = f64::from(f16::from_bits(x as u16).to_f32()).abs();
+                    *o = sc(f64::from(f16::from_bits(x as u16).to_f32()).abs());
                 }
             }
             Src::Bf16s(v) => {
                 for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
-                    *o = f64::from(bf16::from_bits(x as u16).to_f32()).abs();
+                    *o = sc(f64::from(bf16::from_bits(x as u16).to_f32()).abs());
                 }
             }
-            Src::Scores(v) => out.copy_from_slice(&v[lo..lo + n]),
-        }
-        if self.scale != 1.0 {
-            for o in out.iter_mut() {
-                *o *= self.scale;
+            Src::Scores(v) => {
+                for (o, &x) in out.iter_mut().zip(&v[lo..lo + n]) {
+                    *o = sc(x);
+                }
             }
         }
     }
 
     /// Call `f(first index, scores)` for consecutive blocks of `lo..hi`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn blocks(&self, lo: usize, hi: usize, mut f: impl FnMut(usize, &[f64])) {
         let mut buf = [0f64; BLOCK];
         let mut i = lo;
@@ -135,7 +147,9 @@ impl View<'_> {
     }
 }
 
-#[inline]
+pub(super) use crate::simd::simd;
+
+#[inline(always)]
 pub(super) fn key(v: f64) -> u64 {
     v.abs().to_bits()
 }
