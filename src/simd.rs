@@ -3,8 +3,10 @@
 //! [`simd`] runs a closure compiled for AVX2 when the CPU has it, else for the build's baseline
 //! (SSE2 on x86-64). The loops it wraps are plain Rust over lanes: wider vectors change their
 //! speed, never their results (Rust neither contracts a·b + c into FMA nor reassociates sums), so
-//! every figure stays bit-identical across CPUs and thread counts. Callers mark the closure and
-//! the closures it calls `#[inline(always)]`, so that their bodies are compiled at that level.
+//! every figure stays bit-identical across CPUs and thread counts. What runs inside must inline
+//! into it to be compiled at that level: [`vectorized!`] wraps an expression in an
+//! `#[inline(always)]` closure, and the functions it calls are `#[inline(always)]` loops without
+//! closures of their own.
 
 /// Run `f` compiled for AVX2 when the CPU has it (the check is cached by std).
 #[inline(always)]
@@ -22,6 +24,17 @@ pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     }
     f()
 }
+
+/// `vectorized!(expr)`: `expr` evaluated inside [`simd`], in an `#[inline(always)]` closure.
+macro_rules! vectorized {
+    ($e:expr) => {
+        $crate::simd::simd(
+            #[inline(always)]
+            || $e,
+        )
+    };
+}
+pub(crate) use vectorized;
 
 #[cfg(test)]
 mod tests {

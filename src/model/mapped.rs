@@ -138,18 +138,15 @@ pub fn copy_kept(out: &mut [u8], src: &[u8], es: usize, words: &[u64]) {
         out.copy_from_slice(src);
         return clear_unkept(out, es, words);
     }
-    crate::simd::simd(
-        #[inline(always)]
-        || {
-            for ((o, c), &w) in out.chunks_mut(64 * 4).zip(src.chunks(64 * 4)).zip(words) {
-                for (j, (y, x)) in o.chunks_exact_mut(4).zip(c.chunks_exact(4)).enumerate() {
-                    let sel = 0u32.wrapping_sub((w >> j) as u32 & 1);
-                    let v = u32::from_ne_bytes([x[0], x[1], x[2], x[3]]) & sel;
-                    y.copy_from_slice(&v.to_ne_bytes());
-                }
+    crate::simd::vectorized!({
+        for ((o, c), &w) in out.chunks_mut(64 * 4).zip(src.chunks(64 * 4)).zip(words) {
+            for (j, (y, x)) in o.chunks_exact_mut(4).zip(c.chunks_exact(4)).enumerate() {
+                let sel = 0u32.wrapping_sub((w >> j) as u32 & 1);
+                let v = u32::from_ne_bytes([x[0], x[1], x[2], x[3]]) & sel;
+                y.copy_from_slice(&v.to_ne_bytes());
             }
-        },
-    )
+        }
+    })
 }
 
 /// Zero, in `b` (elements of `es` bytes, element 0 at bit 0 of `words[0]`), every element whose

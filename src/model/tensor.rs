@@ -229,28 +229,25 @@ fn count_nonzero_es<const N: usize>(
         .par_chunks(BLOCK * N)
         .enumerate()
         .map(|(bi, b)| {
-            crate::simd::simd(
-                #[inline(always)]
-                || match mask {
-                    None => {
-                        let nz = b.chunks_exact(N).map(|c| nonzero(el(c)) as u64).sum::<u64>();
-                        (nz, nz)
-                    }
-                    // Per mask word: each element's nonzero flag (0 or 1), and it and-ed with its
-                    // keep bit.
-                    Some(m) => {
-                        let (mut all, mut kept) = (0u64, 0u64);
-                        for (c, &w) in b.chunks(64 * N).zip(&m[bi * BLOCK / 64..]) {
-                            for (j, e) in c.chunks_exact(N).enumerate() {
-                                let z = nonzero(el(e)) as u64;
-                                all += z;
-                                kept += z & (w >> j);
-                            }
+            crate::simd::vectorized!(match mask {
+                None => {
+                    let nz = b.chunks_exact(N).map(|c| nonzero(el(c)) as u64).sum::<u64>();
+                    (nz, nz)
+                }
+                // Per mask word: each element's nonzero flag (0 or 1), and it and-ed with its
+                // keep bit.
+                Some(m) => {
+                    let (mut all, mut kept) = (0u64, 0u64);
+                    for (c, &w) in b.chunks(64 * N).zip(&m[bi * BLOCK / 64..]) {
+                        for (j, e) in c.chunks_exact(N).enumerate() {
+                            let z = nonzero(el(e)) as u64;
+                            all += z;
+                            kept += z & (w >> j);
                         }
-                        (all, kept)
                     }
-                },
-            )
+                    (all, kept)
+                }
+            })
         })
         .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }

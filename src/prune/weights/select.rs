@@ -68,70 +68,12 @@ fn sample_offset(g: usize) -> usize {
     ((g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SAMPLE_EVERY
 }
 
+/// One work item's scan: max key, first NaN/Inf, block totals, sampled keys.
+type ItemScan = (u64, Option<(usize, f64)>, [f64; 2], Vec<u64>);
+
 pub(super) fn scan(parts: &[View], items: &[(usize, usize, usize)]) -> Scan {
-    // Per item: max key, first NaN/Inf, block totals, sampled keys.
-    type ItemScan = (u64, Option<(usize, f64)>, [f64; 2], Vec<u64>);
-    let per_item: Vec<ItemScan> = items
-        .par_iter()
-        .map(|&(p, lo, hi)| {
-            simd(
-                #[inline(always)]
-                || {
-                    let mut mx = 0f64;
-                    let mut bad = None;
-                    let mut sample = Vec::with_capacity((hi - lo) / SAMPLE_EVERY + 1);
-                    let (mut l1, mut l2) = (emp::Lanes::default(), emp::Lanes::default());
-                    parts[p].blocks(
-                        lo,
-                        hi,
-                        #[inline(always)]
-                        |i0, b| {
-                            let k = b.len();
-                            // |s|, s², max, and whether all are finite, lane by lane (so that it vectorises);
-                            // the lanes are the blocked sums' (a block of the sum starts at lane 0).
-                            let (mut mxl, mut fin) = ([mx; 8], [0u64; 8]);
-                            let body = k - k % 8;
-                            for c in b[..body].chunks_exact(8) {
-                                let (mut x, mut y) = ([0f64; 8], [0f64; 8]);
-                                for l in 0..8 {
-                                    let a = c[l].abs();
-                                    // Non-zero where a is not a finite number.
-                                    fin[l] |= (!a.is_finite()) as u64;
-                                    mxl[l] = if a > mxl[l] { a } else { mxl[l] };
-                                    x[l] = a;
-                                    y[l] = a * a;
-                                }
-                                l1.add8(&x);
-                                l2.add8(&y);
-                            }
-                            for &v in &b[body..k] {
-                                let a = v.abs();
-                                fin[0] |= (!a.is_finite()) as u64;
-                                mxl[0] = if a > mxl[0] { a } else { mxl[0] };
-                                l1.add(&[a]);
-                                l2.add(&[a * a]);
-                            }
-                            mx = mxl.iter().fold(mx, |m, &a| if a > m { a } else { m });
-                            let finite = fin.iter().all(|&f| f == 0);
-                            if !finite && bad.is_none() {
-                                let j = b.iter().position(|x| !x.is_finite()).unwrap();
-                                bad = Some((i0 + j, b[j]));
-                            }
-                            let mut g = i0 / SAMPLE_EVERY;
-                            while g * SAMPLE_EVERY < i0 + k {
-                                let j = g * SAMPLE_EVERY + sample_offset(g);
-                                if j >= i0 && j < i0 + k {
-                                    sample.push(key(b[j - i0]));
-                                }
-                                g += 1;
-                            }
-                        },
-                    );
-                    (mx.to_bits(), bad, [l1.total(), l2.total()], sample)
-                },
-            )
-        })
-        .collect();
+    let per_item: Vec<ItemScan> =
+        items.par_iter().map(|&(p, lo, hi)| vectorized!(scan_item(parts[p], lo, hi))).collect();
     let mut out = Scan { max: vec![0; parts.len()], bad: vec![None; parts.len()], sums: vec![], sample: vec![] };
     out.sample.reserve(per_item.iter().map(|x| x.3.len()).sum());
     for (&(p, _, _), (mx, bad, sums, sample)) in items.iter().zip(per_item) {
@@ -146,6 +88,58 @@ pub(super) fn scan(parts: &[View], items: &[(usize, usize, usize)]) -> Scan {
         out.sample.extend(sample);
     }
     out
+}
+
+/// [`scan`] of elements `lo..hi` of one part.
+#[inline(always)]
+fn scan_item(v: View, lo: usize, hi: usize) -> ItemScan {
+    let mut mx = 0f64;
+    let mut bad = None;
+    let mut sample = Vec::with_capacity((hi - lo) / SAMPLE_EVERY + 1);
+    let (mut l1, mut l2) = (emp::Lanes::default(), emp::Lanes::default());
+    let (mut buf, mut s) = ([0f64; BLOCK], v.stream(lo, hi));
+    while let Some((i0, b)) = s.decode_next(&mut buf) {
+        let k = b.len();
+        // |s|, s², max, and whether all are finite, lane by lane (so that it vectorises); the
+        // lanes are the blocked sums' (a block of the sum starts at lane 0).
+        let (mut mxl, mut fin) = ([mx; 8], [0u64; 8]);
+        let body = k - k % 8;
+        for c in b[..body].chunks_exact(8) {
+            let (mut x, mut y) = ([0f64; 8], [0f64; 8]);
+            for l in 0..8 {
+                let a = c[l].abs();
+                // Non-zero where a is not a finite number.
+                fin[l] |= (!a.is_finite()) as u64;
+                mxl[l] = if a > mxl[l] { a } else { mxl[l] };
+                x[l] = a;
+                y[l] = a * a;
+            }
+            l1.add8(&x);
+            l2.add8(&y);
+        }
+        for &v in &b[body..k] {
+            let a = v.abs();
+            fin[0] |= (!a.is_finite()) as u64;
+            mxl[0] = if a > mxl[0] { a } else { mxl[0] };
+            l1.add(&[a]);
+            l2.add(&[a * a]);
+        }
+        mx = mxl.iter().fold(mx, |m, &a| if a > m { a } else { m });
+        let finite = fin.iter().all(|&f| f == 0);
+        if !finite && bad.is_none() {
+            let j = b.iter().position(|x| !x.is_finite()).unwrap();
+            bad = Some((i0 + j, b[j]));
+        }
+        let mut g = i0 / SAMPLE_EVERY;
+        while g * SAMPLE_EVERY < i0 + k {
+            let j = g * SAMPLE_EVERY + sample_offset(g);
+            if j >= i0 && j < i0 + k {
+                sample.push(key(b[j - i0]));
+            }
+            g += 1;
+        }
+    }
+    (mx.to_bits(), bad, [l1.total(), l2.total()], sample)
 }
 
 /// The level-1 radix histogram of all keys (digit: bits 47..62) and the OR of all keys, for
@@ -213,24 +207,18 @@ pub(super) fn block_moments(
 
 /// Per work item: the block total of the scores as given (not |s|: an override may be negative).
 pub(super) fn block_sums(parts: &[View], items: &[(usize, usize, usize)]) -> Vec<f64> {
-    items
-        .par_iter()
-        .map(|&(p, lo, hi)| {
-            simd(
-                #[inline(always)]
-                || {
-                    let mut l = emp::Lanes::default();
-                    parts[p].blocks(
-                        lo,
-                        hi,
-                        #[inline(always)]
-                        |_, b| l.add(b),
-                    );
-                    l.total()
-                },
-            )
-        })
-        .collect()
+    items.par_iter().map(|&(p, lo, hi)| vectorized!(sum_item(parts[p], lo, hi))).collect()
+}
+
+/// The blocked sum of elements `lo..hi` of one part, as given.
+#[inline(always)]
+fn sum_item(v: View, lo: usize, hi: usize) -> f64 {
+    let mut l = emp::Lanes::default();
+    let (mut buf, mut s) = ([0f64; BLOCK], v.stream(lo, hi));
+    while let Some((_, b)) = s.decode_next(&mut buf) {
+        l.add(b);
+    }
+    l.total()
 }
 
 /// Σ a and Σ a² of a = |s| / d over all of `parts` (one group; blocked sums), from the scan's
@@ -345,43 +333,8 @@ pub(super) fn window_threshold(
     let lo = if lo_rank >= m as f64 { 0 } else { rank_key(lo_rank as usize) };
     drop(s);
     let cap = 2 * gather_max;
-    let per_item: Vec<(usize, Vec<u64>)> = items
-        .par_iter()
-        .map(|&(p, a, b)| {
-            simd(
-                #[inline(always)]
-                || {
-                    let (mut above, mut g) = (0usize, Vec::new());
-                    parts[p].blocks(
-                        a,
-                        b,
-                        #[inline(always)]
-                        |_, blk| {
-                            if g.len() > cap {
-                                return;
-                            }
-                            // Per 64 keys: the count above and the keys inside the window as a bit mask
-                            // (compares without branches, vectorised), then only the few set bits gathered.
-                            for c in blk.chunks(64) {
-                                let mut w = [0u64; 64];
-                                for (l, &v) in w.iter_mut().zip(c) {
-                                    let k = key(v);
-                                    above += (k > hi) as usize;
-                                    *l = 0u64.wrapping_sub((k >= lo && k <= hi) as u64);
-                                }
-                                let mut m = pack_signs(&w[..c.len()]);
-                                while m != 0 {
-                                    g.push(key(c[m.trailing_zeros() as usize]));
-                                    m &= m - 1;
-                                }
-                            }
-                        },
-                    );
-                    (above, g)
-                },
-            )
-        })
-        .collect();
+    let per_item: Vec<(usize, Vec<u64>)> =
+        items.par_iter().map(|&(p, a, b)| vectorized!(window_item(parts[p], a, b, (lo, hi), cap))).collect();
     if per_item.iter().any(|x| x.1.len() > cap) {
         return None;
     }
@@ -400,6 +353,35 @@ pub(super) fn window_threshold(
     drop(all);
     let eq_per_item: Vec<usize> = per_item.iter().map(|(_, g)| g.iter().filter(|&&k| k == t).count()).collect();
     Some(Threshold { key: t, ties: r - higher + 1, eq: eq_per_item.iter().sum(), eq_per_item: Some(eq_per_item) })
+}
+
+/// [`window_threshold`]'s pass over elements `a..b` of one part: how many keys are above `hi`, and
+/// the keys in `[lo, hi]` (gathering stops past `cap`).
+#[inline(always)]
+fn window_item(v: View, a: usize, b: usize, (lo, hi): (u64, u64), cap: usize) -> (usize, Vec<u64>) {
+    let (mut above, mut g) = (0usize, Vec::new());
+    let (mut buf, mut s) = ([0f64; BLOCK], v.stream(a, b));
+    while let Some((_, blk)) = s.decode_next(&mut buf) {
+        if g.len() > cap {
+            break;
+        }
+        // Per 64 keys: the count above and the keys inside the window as a bit mask (compares
+        // without branches, vectorised), then only the few set bits gathered.
+        for c in blk.chunks(64) {
+            let mut w = [0u64; 64];
+            for (l, &x) in w.iter_mut().zip(c) {
+                let k = key(x);
+                above += (k > hi) as usize;
+                *l = 0u64.wrapping_sub((k >= lo && k <= hi) as u64);
+            }
+            let mut m = pack_signs(&w[..c.len()]);
+            while m != 0 {
+                g.push(key(c[m.trailing_zeros() as usize]));
+                m &= m - 1;
+            }
+        }
+    }
+    (above, g)
 }
 
 /// Radix select over the keys of `parts` for the `kept`-th largest key (1 ≤ kept ≤ N): a pass
@@ -513,10 +495,7 @@ pub(super) fn mark_items(
         .enumerate()
         .map(|(i, (&(p, lo, hi), t))| {
             let given = sums.and_then(|s| s.1).map(|totals| totals[i]);
-            let mut k = simd(
-                #[inline(always)]
-                || mark_range(parts[p], lo, hi, thr, t, sums.map(|s| s.0), given.is_none()),
-            );
+            let mut k = vectorized!(mark_range(parts[p], lo, hi, thr, t, sums.map(|s| s.0), given.is_none()));
             if let Some(total) = given {
                 k.total = total;
             }
@@ -564,41 +543,37 @@ fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f
     let scale = v.scale;
     let ranked = |x: f64| if scale != 1.0 { x * scale } else { x };
     // Blocks start at multiples of BLOCK, so at whole mask words.
-    raw.blocks(
-        lo,
-        hi,
-        #[inline(always)]
-        |i0, r| {
-            let k = r.len();
-            let keep = &mut keep[..k];
-            let mut any_eq = false;
+    let (mut buf, mut s) = ([0f64; BLOCK], raw.stream(lo, hi));
+    while let Some((i0, r)) = s.decode_next(&mut buf) {
+        let k = r.len();
+        let keep = &mut keep[..k];
+        let mut any_eq = false;
+        for (q, &x) in keep.iter_mut().zip(r) {
+            let x = ranked(x).abs();
+            *q = 0u64.wrapping_sub((x > thr_v) as u64);
+            any_eq |= x == thr_v;
+        }
+        if any_eq && t > 0 {
+            // Ties at the threshold: the first ones in order are kept.
             for (q, &x) in keep.iter_mut().zip(r) {
-                let x = ranked(x).abs();
-                *q = 0u64.wrapping_sub((x > thr_v) as u64);
-                any_eq |= x == thr_v;
-            }
-            if any_eq && t > 0 {
-                // Ties at the threshold: the first ones in order are kept.
-                for (q, &x) in keep.iter_mut().zip(r) {
-                    if t > 0 && ranked(x).abs() == thr_v {
-                        *q = !0;
-                        t -= 1;
-                    }
+                if t > 0 && ranked(x).abs() == thr_v {
+                    *q = !0;
+                    t -= 1;
                 }
             }
-            for (wi, c) in keep.chunks(64).enumerate() {
-                mask[(i0 - lo) / 64 + wi] = pack_signs(c);
+        }
+        for (wi, c) in keep.chunks(64).enumerate() {
+            mask[(i0 - lo) / 64 + wi] = pack_signs(c);
+        }
+        if let Some(m) = m {
+            if m == 1.0 {
+                // x / 1 == x exactly: no division.
+                mark_sums(r, keep, |x| ranked(x).abs(), total, &mut lanes);
+            } else {
+                mark_sums(r, keep, |x| ranked(x).abs() / m, total, &mut lanes);
             }
-            if let Some(m) = m {
-                if m == 1.0 {
-                    // x / 1 == x exactly: no division.
-                    mark_sums(r, keep, |x| ranked(x).abs(), total, &mut lanes);
-                } else {
-                    mark_sums(r, keep, |x| ranked(x).abs() / m, total, &mut lanes);
-                }
-            }
-        },
-    );
+        }
+    }
     let total = if total { lanes[2].total() } else { -0.0 };
     Marked { words: mask, retained: lanes[0].total(), total, kept_mass: lanes[1].total() }
 }

@@ -55,7 +55,7 @@ pub(super) struct View<'a> {
     pub(super) scale: f64,
 }
 
-impl View<'_> {
+impl<'a> View<'a> {
     pub(super) fn n(&self) -> usize {
         match self.src {
             Src::F32(b) => b.len() / 4,
@@ -137,17 +137,42 @@ impl View<'_> {
     #[inline(always)]
     pub(super) fn blocks(&self, lo: usize, hi: usize, mut f: impl FnMut(usize, &[f64])) {
         let mut buf = [0f64; BLOCK];
-        let mut i = lo;
-        while i < hi {
-            let k = BLOCK.min(hi - i);
-            self.fill(i, &mut buf[..k]);
-            f(i, &buf[..k]);
-            i += k;
+        let mut s = self.stream(lo, hi);
+        while let Some((i0, b)) = s.decode_next(&mut buf) {
+            f(i0, b);
         }
+    }
+
+    /// The blocks of `lo..hi` one after another, for loops without a closure (see [`Stream`]).
+    #[inline(always)]
+    pub(super) fn stream(&self, lo: usize, hi: usize) -> Stream<'a> {
+        Stream { v: *self, i: lo, hi }
     }
 }
 
-pub(super) use crate::simd::simd;
+/// Consecutive blocks of a view's range decoded into the caller's buffer:
+/// `while let Some((first index, scores)) = s.decode_next(&mut buf)`. A pass written this way has
+/// no closure to leave un-inlined, so all of it is compiled at its [`crate::simd`] level.
+pub(super) struct Stream<'a> {
+    v: View<'a>,
+    i: usize,
+    hi: usize,
+}
+
+impl Stream<'_> {
+    #[inline(always)]
+    pub(super) fn decode_next<'b>(&mut self, buf: &'b mut [f64; BLOCK]) -> Option<(usize, &'b [f64])> {
+        if self.i >= self.hi {
+            return None;
+        }
+        let (i0, k) = (self.i, BLOCK.min(self.hi - self.i));
+        self.v.fill(i0, &mut buf[..k]);
+        self.i += k;
+        Some((i0, &buf[..k]))
+    }
+}
+
+pub(super) use crate::simd::vectorized;
 
 #[inline(always)]
 pub(super) fn key(v: f64) -> u64 {
