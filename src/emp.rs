@@ -108,6 +108,12 @@ impl Lanes {
         self.pos += LANES;
     }
 
+    /// Whether every lane's running sum is finite (a NaN or Inf added to it makes it not).
+    #[inline(always)]
+    pub fn partial_finite(&self) -> bool {
+        self.acc.iter().all(|a| a.is_finite())
+    }
+
     /// The block's total.
     #[inline]
     pub fn total(&self) -> f64 {

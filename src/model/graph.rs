@@ -300,7 +300,11 @@ pub fn param_counts(
                     let b = m.tensor_bytes(t)?.ok()?;
                     if tensor::is_float(t.data_type) {
                         let n = tensor::numel(t).ok()?;
-                        let mask = masks.get(&key).map(|v| v.as_slice());
+                        if let Some((stored, kept)) = masks.get(&key).and_then(|m| m.nonzero) {
+                            // Counted by the pass that made the keep bits.
+                            return Some(in_map(n as u64, kept, stored));
+                        }
+                        let mask = masks.get(&key).map(|v| v.bits.as_slice());
                         if mask.is_some_and(|m| m.len() * 64 < n) {
                             return None;
                         }

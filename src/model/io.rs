@@ -599,7 +599,9 @@ pub fn save_mapped(
         match m.bytes(key) {
             Ok(b) if b.is_empty() || !external.contains(&t.name) => {
                 let mut v = b.to_vec();
-                if let (Some(mask), Some(es), false) = (masks.get(&key), tensor::elem_size(t.data_type), v.is_empty()) {
+                if let (Some(mask), Some(es), false) =
+                    (masks.get(&key).map(|m| &m.bits), tensor::elem_size(t.data_type), v.is_empty())
+                {
                     if mask.len() * 64 * es < v.len() {
                         unread = Some(anyhow::anyhow!("tensor '{}': keep bits shorter than the tensor", tname(t)));
                         return;
@@ -646,7 +648,7 @@ pub fn save_mapped(
                     return;
                 }
                 // A mapped tensor (non-empty: the empty ones were made inline above).
-                let src = mapped.and_then(|(m, masks)| m.locate(t).map(|k| (m, masks.get(&k), k)));
+                let src = mapped.and_then(|(m, masks)| m.locate(t).map(|k| (m, masks.get(&k).map(|m| &m.bits), k)));
                 if src.is_none() && t.raw_data.is_empty() {
                     return;
                 }

@@ -22,8 +22,17 @@ use std::fs::File;
 /// so this names one tensor (an empty one at the offset where another starts differs by length).
 pub type ExtKey = (usize, u64, u64);
 
-/// Keep bits (bit i of word i/64 = element i kept) of mapped tensors, applied when written.
-pub type Masks = HashMap<ExtKey, Vec<u64>>;
+/// Keep bits of mapped tensors, applied when written.
+pub type Masks = HashMap<ExtKey, Mask>;
+
+/// One mapped tensor's keep bits (bit i of word i/64 = element i kept) and, when the pass that
+/// made them also counted them, its nonzero elements as stored and as kept (the parameter
+/// counts, so that they need no pass of their own).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mask {
+    pub bits: Vec<u64>,
+    pub nonzero: Option<(u64, u64)>,
+}
 
 /// The data files of a model, mapped read-only.
 pub struct MappedData {

@@ -14,7 +14,7 @@
 
 use crate::emp;
 use crate::model::graph::{self, node_label, GraphIndex, WeightRef};
-use crate::model::mapped::{ExtKey, MappedData, Masks};
+use crate::model::mapped::{ExtKey, MappedData, Mask, Masks};
 use crate::model::tensor::{self, dt, tname, Storage};
 use anyhow::{bail, Context, Result};
 use half::{bf16, f16};
@@ -122,12 +122,14 @@ pub struct GlobalDecision {
 mod candidates;
 mod select;
 mod view;
+mod window;
 mod zero;
 
 use candidates::*;
 pub use candidates::{candidate_names, small_filters};
 use select::*;
 use view::*;
+use window::*;
 use zero::*;
 
 /// Run per-weight EMP on the model in place. On error the model is left unchanged.
@@ -172,8 +174,8 @@ pub fn prune_weights_mapped(
     let (reports, global) = match opts.scope {
         Scope::Global => prune_global(w, &mut ts, opts, None, &progress)?,
         Scope::Normalized => {
-            let (scales, totals) = mean_scales(w, &ts, opts)?;
-            prune_global(w, &mut ts, opts, Some((&scales, &totals)), &progress)?
+            let norm = mean_scales(w, &ts, opts);
+            prune_global(w, &mut ts, opts, Some(&norm), &progress)?
         }
         scope => (prune_groups(w, &mut ts, opts, scope, &progress)?, None),
     };
@@ -198,7 +200,7 @@ impl<'a> Weights<'a> {
 }
 
 /// A mapped tensor's keep bits, to apply when it is written.
-type Deferred = Option<(ExtKey, Vec<u64>)>;
+type Deferred = Option<(ExtKey, Mask)>;
 
 /// A tensor's report and, for a mapped tensor, its keep bits (None: nothing zeroed).
 type Pruned = (TensorReport, Deferred);
@@ -253,7 +255,10 @@ fn prune_groups(
             let acc = account_and_zero(c, t, w.raw(i), opts, &mask)?;
             let n = make_view(c, t, w.raw(i), opts)?.n();
             progress.inc(1);
-            Ok((report(c, t, n, groups, ne, zero_groups, acc), w.raws[i].map(|r| (r.0, mask))))
+            Ok((
+                report(c, t, n, groups, ne, zero_groups, acc),
+                w.raws[i].map(|r| (r.0, Mask { bits: mask, nonzero: None })),
+            ))
         })
         .collect()
 }
@@ -263,16 +268,18 @@ fn prune_groups(
 /// threshold: keys above the sample's bracket counted, keys inside it gathered (radix passes
 /// instead when the bracket misses); (3) keep bits and retained mass (plus a counting pass when
 /// only some keys equal to the threshold are kept); (4) each tensor accounted and zeroed, or its
-/// keep bits returned when its data is mapped.
+/// keep bits returned when its data is mapped. Scope normalized (`norm`: the mean pass's
+/// results) has the sample before (1), so (1) gathers the bracket and (2) is not a pass of its own
+/// (see [`window`]).
 fn prune_global(
     w: Weights,
     ts: &mut [&mut TensorProto],
     opts: &WeightOptions,
-    scales: Option<(&[f64], &[f64])>,
+    norm: Option<&Norm>,
     progress: &crate::progress::Work,
 ) -> Result<(Vec<Pruned>, Option<GlobalDecision>)> {
     let cands = w.cands;
-    let scale = |i: usize| scales.map_or(1.0, |s| s.0[i]);
+    let scale = |i: usize| norm.map_or(1.0, |s| s.scales[i]);
     // Errors in candidate order, as before: a tensor that cannot be read, or a NaN/Inf score.
     let mut views = Vec::with_capacity(cands.len());
     let mut view_err = None;
@@ -287,7 +294,17 @@ fn prune_global(
     }
     let n: usize = views.iter().map(|v| v.n()).sum();
     let items = chunks(&views);
-    let sc = scan(&views, &items);
+    // The mean pass's work items are these when every candidate was readable.
+    let pre = norm.filter(|nm| view_err.is_none() && nm.pre.totals.len() == items.len());
+    // With the sample in hand, the scan gathers the bracket of the estimated cut.
+    let early = pre.and_then(|nm| early_window(nm, &items, n, opts));
+    let (sc, gathered) = match early {
+        Some((sample, win)) => {
+            let (sc, g) = scan_gather(&views, &items, win);
+            (Scan { sample, ..sc }, Some((g, win)))
+        }
+        None => (scan(&views, &items), None),
+    };
     if let Some((c, b)) = cands.iter().zip(&sc.bad).find_map(|(c, b)| b.map(|b| (c, b))) {
         return Err(non_finite_error(c, b));
     }
@@ -305,31 +322,43 @@ fn prune_global(
     let (gd, th) = if m == 0.0 {
         (GlobalDecision { n, n_eff: n as f64, kept: n, s_eff: 1.0 }, all_kept)
     } else {
-        let ne = emp::n_eff_from_moments(n, s1, s2).unwrap_or(n as f64);
-        let kept = match opts.fixed_ratio {
-            Some(r) => (n - ((r * n as f64).round() as usize).min(n)).max(1),
-            None => emp::keep_count(n, ne, opts.beta),
+        let (ne, kept) = global_kept(n, s1, s2, opts);
+        let th = if kept >= n {
+            all_kept
+        } else {
+            let early = gathered.as_ref().and_then(|(g, win)| window_select(g, kept, *win));
+            #[cfg(test)]
+            if early.is_some() {
+                EARLY_HITS.fetch_add(1, Ordering::Relaxed);
+            }
+            early.unwrap_or_else(|| threshold(&views, &items, &sc, kept))
         };
-        let th = if kept >= n { all_kept } else { threshold(&views, &items, &sc, kept) };
         (GlobalDecision { n, n_eff: ne, kept, s_eff: 1.0 }, th)
     };
-    drop(sc);
+    drop((sc, gathered));
     // Each item's block total of the unscaled scores as given (signed for a score override):
     // already summed by `mean_scales` in the normalized scope (the same items when every
     // candidate was readable; otherwise the run stopped above), summed by the marking otherwise.
-    let totals = scales.map(|s| s.1).filter(|t| t.len() == items.len());
+    let totals = pre.map(|nm| nm.pre.totals.as_slice());
     // Keep bits and sums of every item in parallel, then each tensor zeroed in parallel.
-    let (masks, sums, retained) = if m == 0.0 {
-        (vec![None; cands.len()], vec![(-0.0, -0.0); cands.len()], 0.0)
+    // Mapped weights in their own encoding are counted by the marking (parameter counts).
+    let count: Vec<bool> = views.iter().zip(w.raws).map(|(v, r)| r.is_some() && v.counts_nonzero()).collect();
+    let (masks, sums, retained, nonzero) = if m == 0.0 {
+        (vec![None; cands.len()], vec![(-0.0, -0.0); cands.len()], 0.0, vec![None; cands.len()])
     } else {
-        let marked = mark_items(&views, &items, &th, Some((emp::moment_scale(m), totals)));
+        let marked = mark_items(&views, &items, &th, Some((emp::moment_scale(m), totals)), &count);
         let retained = marked.iter().fold(-0.0f64, |r, k| r + k.retained);
         let mut sums = vec![(-0.0f64, -0.0f64); cands.len()];
+        let mut nonzero: Vec<Option<(u64, u64)>> = count.iter().map(|&c| c.then_some((0, 0))).collect();
         for (&(p, _, _), k) in items.iter().zip(&marked) {
             sums[p].0 += k.total;
             sums[p].1 += k.kept_mass;
+            if let Some(nz) = &mut nonzero[p] {
+                nz.0 += k.nonzero.0;
+                nz.1 += k.nonzero.1;
+            }
         }
-        (part_masks(cands.len(), &items, marked).into_iter().map(Some).collect(), sums, retained)
+        (part_masks(cands.len(), &items, marked).into_iter().map(Some).collect(), sums, retained, nonzero)
     };
     drop(views);
     let reports: Vec<Result<Pruned>> = cands
@@ -338,6 +367,7 @@ fn prune_global(
         .zip(masks.into_par_iter().zip(per.par_iter().zip(sums.par_iter())))
         .enumerate()
         .map(|(i, ((c, t), (mask, (&(t1, t2), &(total, kept_mass)))))| {
+            let nonzero = nonzero[i];
             let t: &mut TensorProto = t;
             let raw = w.raw(i);
             let nt = make_view(c, t, raw, opts)?.n();
@@ -349,7 +379,7 @@ fn prune_global(
                 Some(mask) => {
                     let acc = (zero::mask_count(&mask, nt), total, kept_mass);
                     match w.raws[i] {
-                        Some((key, _)) => deferred = Some((key, mask)),
+                        Some((key, _)) => deferred = Some((key, Mask { bits: mask, nonzero })),
                         None => zero_masked(t, &mask, 0, nt).with_context(|| format!("zeroing '{}'", tname(t)))?,
                     }
                     acc
@@ -369,24 +399,64 @@ fn prune_global(
     Ok((reports, Some(gd)))
 }
 
-/// Per candidate: 1 / mean score (see `norm_scale`), a blocked sum, in parallel over work items.
-/// A tensor that cannot be read or holds NaN/Inf gets 1 here; `prune_global` reports the error.
-/// Also returns the per-item block totals (the work items of `chunks` over the readable
-/// candidates), which the marking pass reports as each tensor's Σ s.
-fn mean_scales(w: Weights, ts: &[&mut TensorProto], opts: &WeightOptions) -> Result<(Vec<f64>, Vec<f64>)> {
+/// The normalized scope's first pass: per candidate 1 / mean score (see `norm_scale`), and the
+/// pass's per-item results (see [`window::Presums`]: block totals, which the marking pass reports
+/// as each tensor's Σ s, and the sample that places the threshold's window).
+struct Norm {
+    scales: Vec<f64>,
+    pre: Presums,
+}
+
+/// [`Norm`] in one parallel pass (work items of `chunks` over the readable candidates). A tensor
+/// that cannot be read or holds NaN/Inf gets scale 1 here; `prune_global` reports the error.
+fn mean_scales(w: Weights, ts: &[&mut TensorProto], opts: &WeightOptions) -> Norm {
     let views: Vec<Option<View>> =
         w.cands.iter().zip(ts.iter()).enumerate().map(|(i, (c, t))| make_view(c, t, w.raw(i), opts).ok()).collect();
     let readable: Vec<View> = views.iter().flatten().copied().collect();
     let items = chunks(&readable);
-    let totals = block_sums(&readable, &items);
+    let pre = presums(&readable, &items);
     let mut sums = vec![-0.0f64; readable.len()];
-    for (&(p, _, _), b) in items.iter().zip(&totals) {
+    for (&(p, _, _), b) in items.iter().zip(&pre.totals) {
         sums[p] += b;
     }
     let mut sums = sums.into_iter();
     let scales =
         views.iter().map(|v| v.map_or(1.0, |v| norm_scale(sums.next().expect("one sum per view"), v.n()))).collect();
-    Ok((scales, totals))
+    Norm { scales, pre }
+}
+
+/// The normalized scope's sample of the scaled keys and the window that holds the kept-th key
+/// of the cut its estimated moments give, give or take a few ranks (None: no estimate, or the
+/// window would be too wide).
+fn early_window(
+    nm: &Norm,
+    items: &[(usize, usize, usize)],
+    n: usize,
+    opts: &WeightOptions,
+) -> Option<(Vec<u64>, Window)> {
+    let (s1, s2) = nm.pre.moments_estimate(items, &nm.scales);
+    emp::n_eff_from_moments(n, s1, s2)?;
+    let (_, kept) = global_kept(n, s1, s2, opts);
+    let sample = nm.pre.sample(items, &nm.scales);
+    // The estimate is within a few ranks of the exact cut: its sums differ from the blocked sums
+    // in their last bits (relative 1e-13 at most on N_eff; the slack allows 1e-6).
+    let slack = if opts.fixed_ratio.is_some() { 0 } else { 4 + kept / (1 << 20) };
+    let win = window_bounds(n, &sample, kept.saturating_sub(slack).max(1), (kept + slack).min(n))?;
+    Some((sample, win))
+}
+
+/// Cuts whose threshold came from the early window (tests check that they exercise it).
+#[cfg(test)]
+static EARLY_HITS: AtomicUsize = AtomicUsize::new(0);
+
+/// (N_eff, kept) of the global cut over `n` scores with moments `s1`, `s2`.
+fn global_kept(n: usize, s1: f64, s2: f64, opts: &WeightOptions) -> (f64, usize) {
+    let ne = emp::n_eff_from_moments(n, s1, s2).unwrap_or(n as f64);
+    let kept = match opts.fixed_ratio {
+        Some(r) => (n - ((r * n as f64).round() as usize).min(n)).max(1),
+        None => emp::keep_count(n, ne, opts.beta),
+    };
+    (ne, kept)
 }
 
 /// (kept, Σ s, Σ kept s) of a tensor kept whole (blocked sums).

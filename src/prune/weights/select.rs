@@ -64,19 +64,36 @@ pub(super) const SAMPLE_EVERY: usize = 64;
 
 /// The sampled position in run `g` of [`SAMPLE_EVERY`] elements (a multiplicative hash).
 #[inline]
-fn sample_offset(g: usize) -> usize {
+pub(super) fn sample_offset(g: usize) -> usize {
     ((g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SAMPLE_EVERY
 }
 
-/// One work item's scan: max key, first NaN/Inf, block totals, sampled keys.
-type ItemScan = (u64, Option<(usize, f64)>, [f64; 2], Vec<u64>);
+/// One work item's scan: max key, first NaN/Inf, block totals, sampled keys, and (with a
+/// [`Window`]) the count of keys above it and the keys inside it.
+type ItemScan = (u64, Option<(usize, f64)>, [f64; 2], Vec<u64>, Gathered);
 
 pub(super) fn scan(parts: &[View], items: &[(usize, usize, usize)]) -> Scan {
+    scan_with::<true>(parts, items, None).0
+}
+
+/// [`scan`] that also runs [`window_threshold`]'s pass for `w` (one pass instead of two), without
+/// the sample (the caller has it from an earlier pass): the scan and each item's window result.
+pub(super) fn scan_gather(parts: &[View], items: &[(usize, usize, usize)], w: Window) -> (Scan, Vec<Gathered>) {
+    let (sc, g) = scan_with::<false>(parts, items, Some(w));
+    (sc, g.expect("gathered"))
+}
+
+fn scan_with<const SAMPLE: bool>(
+    parts: &[View],
+    items: &[(usize, usize, usize)],
+    w: Option<Window>,
+) -> (Scan, Option<Vec<Gathered>>) {
     let per_item: Vec<ItemScan> =
-        items.par_iter().map(|&(p, lo, hi)| vectorized!(scan_item(parts[p], lo, hi))).collect();
+        items.par_iter().map(|&(p, lo, hi)| vectorized!(scan_item::<SAMPLE>(parts[p], lo, hi, w))).collect();
     let mut out = Scan { max: vec![0; parts.len()], bad: vec![None; parts.len()], sums: vec![], sample: vec![] };
     out.sample.reserve(per_item.iter().map(|x| x.3.len()).sum());
-    for (&(p, _, _), (mx, bad, sums, sample)) in items.iter().zip(per_item) {
+    let mut gathered = Vec::with_capacity(if w.is_some() { items.len() } else { 0 });
+    for (&(p, _, _), (mx, bad, sums, sample, g)) in items.iter().zip(per_item) {
         // Non-negative floats order like their bits (a NaN only matters through `bad`).
         out.max[p] = out.max[p].max(mx);
         if let Some(b) = bad {
@@ -86,30 +103,33 @@ pub(super) fn scan(parts: &[View], items: &[(usize, usize, usize)]) -> Scan {
         }
         out.sums.push(sums);
         out.sample.extend(sample);
+        if w.is_some() {
+            gathered.push(g);
+        }
     }
-    out
+    (out, w.map(|_| gathered))
 }
 
-/// [`scan`] of elements `lo..hi` of one part.
+/// [`scan`] of elements `lo..hi` of one part (sampling when `SAMPLE`, gathering `w`).
 #[inline(always)]
-fn scan_item(v: View, lo: usize, hi: usize) -> ItemScan {
+fn scan_item<const SAMPLE: bool>(v: View, lo: usize, hi: usize, w: Option<Window>) -> ItemScan {
     let mut mx = 0f64;
     let mut bad = None;
-    let mut sample = Vec::with_capacity((hi - lo) / SAMPLE_EVERY + 1);
+    let mut sample = Vec::with_capacity(if SAMPLE { (hi - lo) / SAMPLE_EVERY + 1 } else { 0 });
+    let mut gathered: Gathered = (0, Vec::new());
     let (mut l1, mut l2) = (emp::Lanes::default(), emp::Lanes::default());
     let (mut buf, mut s) = ([0f64; BLOCK], v.stream(lo, hi));
     while let Some((i0, b)) = s.decode_next(&mut buf) {
         let k = b.len();
-        // |s|, s², max, and whether all are finite, lane by lane (so that it vectorises); the
-        // lanes are the blocked sums' (a block of the sum starts at lane 0).
-        let (mut mxl, mut fin) = ([mx; 8], [0u64; 8]);
+        // |s|, s² and max, lane by lane (so that it vectorises); the lanes are the blocked sums'
+        // (a block of the sum starts at lane 0). A NaN or Inf makes Σ|s| NaN or Inf, which is
+        // checked per block, so the loop carries no finiteness test of its own.
+        let mut mxl = [mx; 8];
         let body = k - k % 8;
         for c in b[..body].chunks_exact(8) {
             let (mut x, mut y) = ([0f64; 8], [0f64; 8]);
             for l in 0..8 {
                 let a = c[l].abs();
-                // Non-zero where a is not a finite number.
-                fin[l] |= (!a.is_finite()) as u64;
                 mxl[l] = if a > mxl[l] { a } else { mxl[l] };
                 x[l] = a;
                 y[l] = a * a;
@@ -119,27 +139,33 @@ fn scan_item(v: View, lo: usize, hi: usize) -> ItemScan {
         }
         for &v in &b[body..k] {
             let a = v.abs();
-            fin[0] |= (!a.is_finite()) as u64;
             mxl[0] = if a > mxl[0] { a } else { mxl[0] };
             l1.add(&[a]);
             l2.add(&[a * a]);
         }
         mx = mxl.iter().fold(mx, |m, &a| if a > m { a } else { m });
-        let finite = fin.iter().all(|&f| f == 0);
-        if !finite && bad.is_none() {
-            let j = b.iter().position(|x| !x.is_finite()).unwrap();
-            bad = Some((i0 + j, b[j]));
+        if bad.is_none() && !(l1.partial_finite() && mx.is_finite()) {
+            // A NaN/Inf here, or finite scores whose sum overflowed (then no element is bad).
+            bad = b.iter().position(|x| !x.is_finite()).map(|j| (i0 + j, b[j]));
         }
-        let mut g = i0 / SAMPLE_EVERY;
-        while g * SAMPLE_EVERY < i0 + k {
-            let j = g * SAMPLE_EVERY + sample_offset(g);
-            if j >= i0 && j < i0 + k {
-                sample.push(key(b[j - i0]));
+        if let Some(w) = w {
+            // The block is still in L1: the window pass's work on it costs no memory traffic.
+            if gathered.1.len() <= w.cap {
+                window_block(b, w, &mut gathered);
             }
-            g += 1;
+        }
+        if SAMPLE {
+            let mut g = i0 / SAMPLE_EVERY;
+            while g * SAMPLE_EVERY < i0 + k {
+                let j = g * SAMPLE_EVERY + sample_offset(g);
+                if j >= i0 && j < i0 + k {
+                    sample.push(key(b[j - i0]));
+                }
+                g += 1;
+            }
         }
     }
-    (mx.to_bits(), bad, [l1.total(), l2.total()], sample)
+    (mx.to_bits(), bad, [l1.total(), l2.total()], sample, gathered)
 }
 
 /// The level-1 radix histogram of all keys (digit: bits 47..62) and the OR of all keys, for
@@ -281,7 +307,7 @@ pub(super) fn pick(hist: &[u64], mut r: u64) -> (u64, u64) {
 
 /// A bucket of at most this many keys (or 1/64 of all) is gathered and selected in memory; small
 /// in tests, so that the radix levels run too.
-const GATHER_MIN: usize = if cfg!(test) { 8 } else { 1 << 16 };
+pub(super) const GATHER_MIN: usize = if cfg!(test) { 8 } else { 1 << 16 };
 
 /// The threshold of a global cut: the `kept`-th largest key, how many keys equal to it are kept
 /// (the first ones in order: lower index wins), how many there are, and (when known) how many
@@ -298,90 +324,6 @@ pub(super) struct Threshold {
 /// select ([`radix_threshold`]: two or more passes). Both give the same threshold.
 pub(super) fn threshold(parts: &[View], items: &[(usize, usize, usize)], sc: &Scan, kept: usize) -> Threshold {
     window_threshold(parts, items, &sc.sample, kept).unwrap_or_else(|| radix_threshold(parts, items, kept))
-}
-
-/// Sample-guided selection (as in Floyd and Rivest's SELECT): the sample places the kept-th
-/// largest key between two sampled keys `lo ≤ hi` a safe margin (6 standard deviations of the
-/// sample rank, plus 8) on either side; one pass counts the keys above `hi` and gathers those in
-/// `[lo, hi]`, and the threshold is selected among them in memory. None (the caller falls back to
-/// radix select) when the window would hold more than `gather_max` keys or does not contain the
-/// kept-th key.
-pub(super) fn window_threshold(
-    parts: &[View],
-    items: &[(usize, usize, usize)],
-    sample: &[u64],
-    kept: usize,
-) -> Option<Threshold> {
-    let n: usize = parts.iter().map(|v| v.n()).sum();
-    let m = sample.len();
-    if m < 64 || kept == 0 || kept > n {
-        return None;
-    }
-    let gather_max = (n / 64).max(GATHER_MIN);
-    // Expected rank (0 = largest) of the threshold in the sample, and the margin around it.
-    let p = kept as f64 / n as f64;
-    let r = (kept - 1) as f64 * m as f64 / n as f64;
-    let margin = 6.0 * (m as f64 * p * (1.0 - p)).sqrt() + 8.0;
-    let (hi_rank, lo_rank) = ((r - margin).floor(), (r + margin).ceil());
-    if (lo_rank - hi_rank.max(0.0)) * n as f64 / m as f64 > gather_max as f64 {
-        return None;
-    }
-    let mut s = sample.to_vec();
-    let mut rank_key = |rank: usize| *s.select_nth_unstable_by(rank, |a, b| b.cmp(a)).1;
-    // Keys above `hi` are counted, keys in [lo, hi] gathered (u64::MAX / 0: no bound).
-    let hi = if hi_rank < 0.0 { u64::MAX } else { rank_key(hi_rank as usize) };
-    let lo = if lo_rank >= m as f64 { 0 } else { rank_key(lo_rank as usize) };
-    drop(s);
-    let cap = 2 * gather_max;
-    let per_item: Vec<(usize, Vec<u64>)> =
-        items.par_iter().map(|&(p, a, b)| vectorized!(window_item(parts[p], a, b, (lo, hi), cap))).collect();
-    if per_item.iter().any(|x| x.1.len() > cap) {
-        return None;
-    }
-    let above: usize = per_item.iter().map(|x| x.0).sum();
-    let inside: usize = per_item.iter().map(|x| x.1.len()).sum();
-    if kept <= above || kept > above + inside {
-        return None;
-    }
-    let r = kept - above - 1;
-    let mut all: Vec<u64> = Vec::with_capacity(inside);
-    for (_, g) in &per_item {
-        all.extend_from_slice(g);
-    }
-    let (higher, &mut t, _) = all.select_nth_unstable_by(r, |a, b| b.cmp(a));
-    let higher = higher.iter().filter(|&&k| k > t).count();
-    drop(all);
-    let eq_per_item: Vec<usize> = per_item.iter().map(|(_, g)| g.iter().filter(|&&k| k == t).count()).collect();
-    Some(Threshold { key: t, ties: r - higher + 1, eq: eq_per_item.iter().sum(), eq_per_item: Some(eq_per_item) })
-}
-
-/// [`window_threshold`]'s pass over elements `a..b` of one part: how many keys are above `hi`, and
-/// the keys in `[lo, hi]` (gathering stops past `cap`).
-#[inline(always)]
-fn window_item(v: View, a: usize, b: usize, (lo, hi): (u64, u64), cap: usize) -> (usize, Vec<u64>) {
-    let (mut above, mut g) = (0usize, Vec::new());
-    let (mut buf, mut s) = ([0f64; BLOCK], v.stream(a, b));
-    while let Some((_, blk)) = s.decode_next(&mut buf) {
-        if g.len() > cap {
-            break;
-        }
-        // Per 64 keys: the count above and the keys inside the window as a bit mask (compares
-        // without branches, vectorised), then only the few set bits gathered.
-        for c in blk.chunks(64) {
-            let mut w = [0u64; 64];
-            for (l, &x) in w.iter_mut().zip(c) {
-                let k = key(x);
-                above += (k > hi) as usize;
-                *l = 0u64.wrapping_sub((k >= lo && k <= hi) as u64);
-            }
-            let mut m = pack_signs(&w[..c.len()]);
-            while m != 0 {
-                g.push(key(c[m.trailing_zeros() as usize]));
-                m &= m - 1;
-            }
-        }
-    }
-    (above, g)
 }
 
 /// Radix select over the keys of `parts` for the `kept`-th largest key (1 ≤ kept ≤ N): a pass
@@ -462,6 +404,7 @@ pub(super) fn mark_items(
     items: &[(usize, usize, usize)],
     th: &Threshold,
     sums: Option<(f64, Option<&[f64]>)>,
+    count: &[bool],
 ) -> Vec<Marked> {
     let (thr, ties) = (th.key, th.ties);
     let budgets: Vec<usize> = if ties >= th.eq {
@@ -495,7 +438,12 @@ pub(super) fn mark_items(
         .enumerate()
         .map(|(i, (&(p, lo, hi), t))| {
             let given = sums.and_then(|s| s.1).map(|totals| totals[i]);
-            let mut k = vectorized!(mark_range(parts[p], lo, hi, thr, t, sums.map(|s| s.0), given.is_none()));
+            let m = sums.map(|s| s.0);
+            let mut k = if count.get(p).copied().unwrap_or(false) {
+                vectorized!(mark_range::<true>(parts[p], lo, hi, thr, t, m, given.is_none()))
+            } else {
+                vectorized!(mark_range::<false>(parts[p], lo, hi, thr, t, m, given.is_none()))
+            };
             if let Some(total) = given {
                 k.total = total;
             }
@@ -526,13 +474,26 @@ pub(super) struct Marked {
     pub(super) retained: f64,
     pub(super) total: f64,
     pub(super) kept_mass: f64,
+    /// Nonzero elements (stored, kept), when counted.
+    pub(super) nonzero: (u64, u64),
 }
 
 /// Keep bits of `v[lo..hi]` (`lo` a multiple of 64); `t` equal keys are kept, the first ones.
 /// With `m`: the block totals of kept |s| / m, of kept unscaled scores and (with `total`) of all
-/// unscaled scores (else left at −0.0: the caller has it from an earlier pass).
+/// unscaled scores (else left at −0.0: the caller has it from an earlier pass). With `COUNT`
+/// (the view decodes the weights themselves, see `View::counts_nonzero`): the nonzero elements,
+/// stored and kept.
 #[inline(always)]
-fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f64>, total: bool) -> Marked {
+fn mark_range<const COUNT: bool>(
+    v: View,
+    lo: usize,
+    hi: usize,
+    thr: u64,
+    mut t: usize,
+    m: Option<f64>,
+    total: bool,
+) -> Marked {
+    let (mut nz, mut nz_kept) = (0u64, 0u64);
     let mut mask = new_mask(hi - lo, false);
     let thr_v = f64::from_bits(thr);
     let mut keep = [0u64; BLOCK];
@@ -565,6 +526,13 @@ fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f
         for (wi, c) in keep.chunks(64).enumerate() {
             mask[(i0 - lo) / 64 + wi] = pack_signs(c);
         }
+        if COUNT {
+            for (&q, &x) in keep.iter().zip(r) {
+                let z = (x != 0.0) as u64;
+                nz += z;
+                nz_kept += z & q;
+            }
+        }
         if let Some(m) = m {
             if m == 1.0 {
                 // x / 1 == x exactly: no division.
@@ -575,7 +543,7 @@ fn mark_range(v: View, lo: usize, hi: usize, thr: u64, mut t: usize, m: Option<f
         }
     }
     let total = if total { lanes[2].total() } else { -0.0 };
-    Marked { words: mask, retained: lanes[0].total(), total, kept_mass: lanes[1].total() }
+    Marked { words: mask, retained: lanes[0].total(), total, kept_mass: lanes[1].total(), nonzero: (nz, nz_kept) }
 }
 
 /// One block's sums for [`mark_range`], in one loop: lanes 0 += kept `moment(r)`, lanes 1 +=
@@ -748,7 +716,7 @@ pub(super) fn stream_group(v: View, opts: &WeightOptions) -> (Vec<u64>, usize, f
         new_mask(n, false)
     } else {
         let th = threshold(&parts, &items, &sc, kept);
-        let marked = mark_items(&parts, &items, &th, None);
+        let marked = mark_items(&parts, &items, &th, None, &[]);
         part_masks(1, &items, marked).pop().expect("one part")
     };
     (mask, 1, ne, all_zero as usize)

@@ -274,3 +274,95 @@ fn window_threshold_is_the_radix_threshold() {
     }
     assert!(used > 10 && declined > 0, "window used {used}, declined {declined}");
 }
+
+/// The normalized scope's early window (sample and estimated cut from the mean pass, gathered by
+/// the scan) gives the exact threshold: the radix select's, for cuts around the estimate and at
+/// fixed ratios; where it misses, `prune_global` falls back (covered by
+/// `window_threshold_is_the_radix_threshold`).
+#[test]
+fn early_window_is_the_radix_threshold() {
+    let mut st = 0x9E3779B97F4A7C15u64;
+    let mut rnd = move || {
+        st ^= st << 13;
+        st ^= st >> 7;
+        st ^= st << 17;
+        st
+    };
+    let n = 300_000;
+    let uniform: Vec<f64> = (0..n).map(|_| ((rnd() >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0).collect();
+    // A few large scores among tiny ones: N_eff ≈ 0.2 % of N, a cut the window can bracket at
+    // this size (the window of a middling cut is too wide below ~10 M scores, see `window_bounds`).
+    let sparse: Vec<f64> =
+        (0..n).map(|i| if i % 499 == 3 { 1.0 + (i % 7) as f64 } else { 1e-6 * ((i * 7919) % 1000) as f64 }).collect();
+    let (mut early, mut exact) = (0, 0);
+    for data in [&uniform, &sparse] {
+        let raw =
+            [View { src: Src::F64s(&data[..n / 3]), scale: 1.0 }, View { src: Src::F64s(&data[n / 3..]), scale: 1.0 }];
+        let items = chunks(&raw);
+        let pre = presums(&raw, &items);
+        let mut sums = [-0.0f64; 2];
+        for (&(p, _, _), t) in items.iter().zip(&pre.totals) {
+            sums[p] += t;
+        }
+        let scales = vec![norm_scale(sums[0], n / 3), norm_scale(sums[1], n - n / 3)];
+        let views = [View { scale: scales[0], ..raw[0] }, View { scale: scales[1], ..raw[1] }];
+        let norm = Norm { scales, pre };
+        for (beta, ratio) in [(1.0, None), (0.5, None), (0.9, None), (1.0, Some(0.9999)), (1.0, Some(1e-5))] {
+            let opts = WeightOptions {
+                beta,
+                scope: Scope::Normalized,
+                include: Include::default(),
+                scores: BTreeMap::new(),
+                fixed_ratio: ratio,
+            };
+            let Some((sample, win)) = early_window(&norm, &items, n, &opts) else { continue };
+            // The sample is the scan's.
+            assert_eq!(sample, scan(&views, &items).sample);
+            let (sc, gathered) = scan_gather(&views, &items, win);
+            let m = f64::from_bits(sc.max.iter().copied().max().unwrap());
+            let ((s1, s2), _) = moments_global(&views, &items, &sc, m);
+            let (_, kept) = global_kept(n, s1, s2, &opts);
+            let want = radix_threshold(&views, &items, kept);
+            if let Some(got) = window_select(&gathered, kept, win) {
+                early += 1;
+                assert_eq!((got.key, got.ties, got.eq), (want.key, want.ties, want.eq), "kept {kept}");
+            }
+            // Every kept count the window was sized for is inside it.
+            for k in [kept.saturating_sub(2).max(1), kept + 2] {
+                if let Some(got) = window_select(&gathered, k, win) {
+                    exact += 1;
+                    let want = radix_threshold(&views, &items, k);
+                    assert_eq!((got.key, got.ties, got.eq), (want.key, want.ties, want.eq), "kept {k}");
+                }
+            }
+        }
+    }
+    assert!(early >= 6 && exact >= 8, "early window used {early}, neighbours {exact}");
+}
+
+/// Normalized scope on tensors big enough for the early window, against the reference (decisions,
+/// report, zeroed tensors).
+#[test]
+fn normalized_scope_with_the_early_window_matches_the_reference() {
+    // Sparse-like magnitudes (see `early_window_is_the_radix_threshold`), both signs.
+    let big = |seed: usize, n: usize| -> Spec {
+        let v: Vec<f32> = (0..n)
+            .map(|i| {
+                let j = i * 2654435761 + seed;
+                let x = if j % 499 == 3 { 1.0 + (j % 7) as f32 } else { 1e-6 * (j % 1000) as f32 };
+                if j % 2 == 0 {
+                    x
+                } else {
+                    -x
+                }
+            })
+            .collect();
+        (v, vec![n / 64, 64], dt::FLOAT, false)
+    };
+    let hits = EARLY_HITS.load(Ordering::Relaxed);
+    for beta in [1.0, 0.7] {
+        check_same(vec![big(1, 64 * 2000), big(7, 64 * 3000)], Scope::Normalized, beta, None, false).unwrap();
+    }
+    // Only this test prunes in the normalized scope at this size.
+    assert!(EARLY_HITS.load(Ordering::Relaxed) >= hits + 2, "the early window was not used");
+}
