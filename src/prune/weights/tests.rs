@@ -350,7 +350,7 @@ fn normalized_scope_with_the_early_window_matches_the_reference() {
             .map(|i| {
                 let j = i * 2654435761 + seed;
                 let x = if j % 499 == 3 { 1.0 + (j % 7) as f32 } else { 1e-6 * (j % 1000) as f32 };
-                if j % 2 == 0 {
+                if j.is_multiple_of(2) {
                     x
                 } else {
                     -x
