@@ -120,6 +120,7 @@ pub struct GlobalDecision {
 }
 
 mod candidates;
+mod mark;
 mod select;
 mod view;
 mod window;
@@ -127,6 +128,7 @@ mod zero;
 
 use candidates::*;
 pub use candidates::{candidate_names, small_filters};
+use mark::*;
 use select::*;
 use view::*;
 use window::*;
@@ -139,7 +141,7 @@ pub fn prune_weights(model: &mut ModelProto, opts: &WeightOptions) -> Result<Wei
 
 /// [`prune_weights`] on a model loaded with `io::load_mapped`: a candidate whose data is still in
 /// `mapped` is scored from there and not zeroed; its keep bits are returned instead, for
-/// `io::save_mapped` (and `graph::float_params_mapped`) to apply. Decisions and report are those
+/// `io::save_mapped` (and `graph::param_counts`) to apply. Decisions and report are those
 /// of [`prune_weights`] on the same model read into memory.
 pub fn prune_weights_mapped(
     model: &mut ModelProto,
@@ -346,7 +348,9 @@ fn prune_global(
     let (masks, sums, retained, nonzero) = if m == 0.0 {
         (vec![None; cands.len()], vec![(-0.0, -0.0); cands.len()], 0.0, vec![None; cands.len()])
     } else {
-        let marked = mark_items(&views, &items, &th, Some((emp::moment_scale(m), totals)), &count);
+        let budgets = tie_budgets(&views, &items, &th);
+        let msum = (emp::moment_scale(m), totals);
+        let marked = mark_items(&views, &items, (&th, &budgets), Some(msum), &count);
         let retained = marked.iter().fold(-0.0f64, |r, k| r + k.retained);
         let mut sums = vec![(-0.0f64, -0.0f64); cands.len()];
         let mut nonzero: Vec<Option<(u64, u64)>> = count.iter().map(|&c| c.then_some((0, 0))).collect();
