@@ -12,26 +12,20 @@ for mb in 90 1600; do
   f=target/bench-models/synthetic_${mb}mb.onnx
   [ -f "$f" ] || "$B" --generate "$mb" target/bench-models
 done
-# The floors side by side: cat (read+write through user memory), cp, the Python peer (onnx +
-# numpy: scripts/peer.py), and the CLI pass (--no-verify) per scope (normalized is the default) and,
-# at 90 MB, --structured channels; wall s and peak RSS.
+# The floors side by side (issue 13): cat (read+write through user memory), cp and the CLI pass
+# (--no-verify) per scope, interleaved, median wall and peak RSS against the targets
+# (scripts/floors.py); then the Python peer (onnx + numpy: scripts/peer.py) and, at 90 MB,
+# --structured channels, once each.
 T0=$(mktemp -d)
 for mb in 90 1600; do
   f=target/bench-models/synthetic_${mb}mb.onnx
-  echo "### floors, synthetic ${mb} MB (wall s, peak RSS KB)"
-  # `sync` before each command: the previous one's dirty pages are not written back on its
-  # successor's time (at 1.6 GB that throttles the next writer by seconds).
-  sync; /usr/bin/time -f "cat          %e s  %M KB" sh -c "cat $f $f.data > $T0/cat.out"
-  sync; /usr/bin/time -f "cp           %e s  %M KB" cp "$f" "$f.data" "$T0/"
+  echo "### floors, synthetic ${mb} MB"
+  runs=9; [ "$mb" = 1600 ] && runs=3
+  python3 scripts/floors.py "$f" --runs $runs --scopes normalized,global,layer,unit
   if python3 -c "import onnx, numpy" 2>/dev/null; then
     sync; /usr/bin/time -f "python peer  %e s  %M KB" python3 scripts/peer.py "$f" "$T0/peer.onnx" >/dev/null
   fi
-  for scope in normalized global layer unit; do
-    rm -f "$T0"/out.onnx*; sync
-    /usr/bin/time -f "onnx-emp --scope $(printf %-10s $scope) %e s  %M KB" target/release/onnx-emp "$f" "$T0/out.onnx" --no-verify --quiet --scope "$scope" --force
-  done
   if [ "$mb" = 90 ]; then
-    # Structured: the masked proof still runs in tract (--no-verify skips fidelity and latency).
     /usr/bin/time -f "onnx-emp --structured channels --no-verify %e s  %M KB" target/release/onnx-emp "$f" "$T0/out.onnx" --no-verify --quiet --structured channels --force
   fi
   rm -f "$T0"/*

@@ -176,8 +176,8 @@ pub fn prune_weights_mapped(
     let (reports, global) = match opts.scope {
         Scope::Global => prune_global(w, &mut ts, opts, None, &progress)?,
         Scope::Normalized => {
-            let norm = mean_scales(w, &ts, opts);
-            prune_global(w, &mut ts, opts, Some(&norm), &progress)?
+            let mut norm = mean_scales(w, &ts, opts);
+            prune_global(w, &mut ts, opts, Some(&mut norm), &progress)?
         }
         scope => (prune_groups(w, &mut ts, opts, scope, &progress)?, None),
     };
@@ -277,10 +277,15 @@ fn prune_global(
     w: Weights,
     ts: &mut [&mut TensorProto],
     opts: &WeightOptions,
-    norm: Option<&Norm>,
+    norm: Option<&mut Norm>,
     progress: &crate::progress::Work,
 ) -> Result<(Vec<Pruned>, Option<GlobalDecision>)> {
     let cands = w.cands;
+    // The mean pass's sample (unscaled), taken out so that it is freed once scaled.
+    let (samples, norm) = match norm {
+        Some(nm) => (std::mem::take(&mut nm.pre.samples), Some(&*nm)),
+        None => (Vec::new(), None),
+    };
     let scale = |i: usize| norm.map_or(1.0, |s| s.scales[i]);
     // Errors in candidate order, as before: a tensor that cannot be read, or a NaN/Inf score.
     let mut views = Vec::with_capacity(cands.len());
@@ -299,7 +304,7 @@ fn prune_global(
     // The mean pass's work items are these when every candidate was readable.
     let pre = norm.filter(|nm| view_err.is_none() && nm.pre.totals.len() == items.len());
     // With the sample in hand, the scan gathers the bracket of the estimated cut.
-    let early = pre.and_then(|nm| early_window(nm, &items, n, opts));
+    let early = pre.and_then(|nm| early_window(nm, samples, &items, n, opts));
     let (sc, gathered) = match early {
         Some((sample, win)) => {
             let (sc, g) = scan_gather(&views, &items, win);
@@ -434,6 +439,7 @@ fn mean_scales(w: Weights, ts: &[&mut TensorProto], opts: &WeightOptions) -> Nor
 /// window would be too wide).
 fn early_window(
     nm: &Norm,
+    samples: Vec<Vec<f64>>,
     items: &[(usize, usize, usize)],
     n: usize,
     opts: &WeightOptions,
@@ -441,11 +447,11 @@ fn early_window(
     let (s1, s2) = nm.pre.moments_estimate(items, &nm.scales);
     emp::n_eff_from_moments(n, s1, s2)?;
     let (_, kept) = global_kept(n, s1, s2, opts);
-    let sample = nm.pre.sample(items, &nm.scales);
+    let mut sample = Presums::sample(samples, items, &nm.scales);
     // The estimate is within a few ranks of the exact cut: its sums differ from the blocked sums
     // in their last bits (relative 1e-13 at most on N_eff; the slack allows 1e-6).
     let slack = if opts.fixed_ratio.is_some() { 0 } else { 4 + kept / (1 << 20) };
-    let win = window_bounds(n, &sample, kept.saturating_sub(slack).max(1), (kept + slack).min(n))?;
+    let win = window_bounds(n, &mut sample, kept.saturating_sub(slack).max(1), (kept + slack).min(n))?;
     Some((sample, win))
 }
 

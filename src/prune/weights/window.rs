@@ -30,8 +30,9 @@ pub(super) type Gathered = (usize, Vec<u64>);
 
 /// The window that holds the `kept`-th largest key for any `kept` in `kept_lo..=kept_hi`, with a
 /// safe margin (6 standard deviations of the sample rank, plus 8) on either side; None when the
-/// sample is too small or the window would hold more than `gather_max` keys.
-pub(super) fn window_bounds(n: usize, sample: &[u64], kept_lo: usize, kept_hi: usize) -> Option<Window> {
+/// sample is too small or the window would hold more than `gather_max` keys. The sample is
+/// reordered (selected in place).
+pub(super) fn window_bounds(n: usize, sample: &mut [u64], kept_lo: usize, kept_hi: usize) -> Option<Window> {
     let m = sample.len();
     if m < 64 || kept_lo == 0 || kept_hi > n || kept_lo > kept_hi {
         return None;
@@ -48,8 +49,7 @@ pub(super) fn window_bounds(n: usize, sample: &[u64], kept_lo: usize, kept_hi: u
     if (lo_rank - hi_rank.max(0.0)) * n as f64 / m as f64 > gather_max as f64 {
         return None;
     }
-    let mut s = sample.to_vec();
-    let mut rank_key = |rank: usize| *s.select_nth_unstable_by(rank, |a, b| b.cmp(a)).1;
+    let mut rank_key = |rank: usize| *sample.select_nth_unstable_by(rank, |a, b| b.cmp(a)).1;
     let hi = if hi_rank < 0.0 { u64::MAX } else { rank_key(hi_rank as usize) };
     let lo = if lo_rank >= m as f64 { 0 } else { rank_key(lo_rank as usize) };
     Some(Window { lo, hi, cap: 2 * gather_max })
@@ -65,7 +65,7 @@ pub(super) fn window_threshold(
     kept: usize,
 ) -> Option<Threshold> {
     let n: usize = parts.iter().map(|v| v.n()).sum();
-    let w = window_bounds(n, sample, kept, kept)?;
+    let w = window_bounds(n, &mut sample.to_vec(), kept, kept)?;
     let per_item: Vec<Gathered> =
         items.par_iter().map(|&(p, a, b)| vectorized!(window_item(parts[p], a, b, w))).collect();
     window_select(&per_item, kept, w)
@@ -139,7 +139,8 @@ pub(super) fn window_block(blk: &[f64], w: Window, (above, g): &mut Gathered) {
 pub(super) struct Presums {
     pub(super) totals: Vec<f64>,
     squares: Vec<f64>,
-    samples: Vec<Vec<f64>>,
+    /// Per item, its sampled scores (unscaled); see [`Presums::sample`].
+    pub(super) samples: Vec<Vec<f64>>,
 }
 
 pub(super) fn presums(parts: &[View], items: &[(usize, usize, usize)]) -> Presums {
@@ -186,11 +187,11 @@ fn presum_item(v: View, lo: usize, hi: usize) -> (f64, f64, Vec<f64>) {
 }
 
 impl Presums {
-    /// The scan's sample of the scaled scores (`scales[p]` per part): the same keys
-    /// [`select::scan`] would have taken, in the same order.
-    pub(super) fn sample(&self, items: &[(usize, usize, usize)], scales: &[f64]) -> Vec<u64> {
-        let mut out = Vec::with_capacity(self.samples.iter().map(Vec::len).sum());
-        for (&(p, _, _), s) in items.iter().zip(&self.samples) {
+    /// The scan's sample of the scaled scores (`scales[p]` per part) from [`Presums::samples`]:
+    /// the same keys [`select::scan`] would have taken, in the same order.
+    pub(super) fn sample(samples: Vec<Vec<f64>>, items: &[(usize, usize, usize)], scales: &[f64]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(samples.iter().map(Vec::len).sum());
+        for (&(p, _, _), s) in items.iter().zip(samples) {
             let c = scales[p];
             // As `View::fill` scales: no product when the scale is 1.
             out.extend(s.iter().map(|&x| key(if c != 1.0 { x * c } else { x })));

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""The pass against its floor, interleaved (issue 13): `cat MODEL MODEL.data > out` (read + write
+through user memory), `cp`, and `onnx-emp MODEL out --no-verify` per scope, each run R times in
+turn with the output removed and `sync` before every command; median and range of the wall time
+(perf_counter around the process), the median's ratio to cat's median, and the peak RSS against
+the model's bytes. Targets printed beside them: pass ≤ 2× cat, peak RSS ≤ 1.2× the model's bytes.
+
+    python3 scripts/floors.py target/bench-models/synthetic_90mb.onnx [--runs 9] [--scopes normalized,global]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run(cmd, out_files):
+    for f in out_files:
+        if os.path.exists(f):
+            os.remove(f)
+    subprocess.run(["sync"], check=True)
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr}")
+    rss_kb = int(p.stderr.strip().splitlines()[-1])
+    return wall, rss_kb
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--scopes", default="normalized")
+    ap.add_argument("--binary", default="target/release/onnx-emp")
+    a = ap.parse_args()
+    data = a.model + ".data"
+    files = [a.model] + ([data] if os.path.exists(data) else [])
+    size = sum(os.path.getsize(f) for f in files)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(a.binary))) as d:
+        out = os.path.join(d, "out.onnx")
+        cmds = {"cat": (["sh", "-c", f"cat {' '.join(files)} > {out}"], [out])}
+        cmds["cp"] = (["cp"] + files + [d + "/"], [os.path.join(d, os.path.basename(f)) for f in files])
+        for s in a.scopes.split(","):
+            cmds[f"onnx-emp --scope {s}"] = (
+                [a.binary, a.model, out, "--no-verify", "--quiet", "--force", "--scope", s],
+                [out, out + ".data"],
+            )
+        res = {k: [] for k in cmds}
+        for _ in range(a.runs):
+            for k, (cmd, outs) in cmds.items():
+                res[k].append(run(cmd, outs))
+        for k, (_, outs) in cmds.items():
+            for f in outs:
+                if os.path.exists(f):
+                    os.remove(f)
+    cat = statistics.median(w for w, _ in res["cat"])
+    print(f"model {a.model}: {size / 1e6:.1f} MB, {a.runs} runs each, interleaved")
+    print(f"{'command':28} {'median s':>9} {'range s':>15} {'÷ cat':>7} {'peak RSS':>10} {'÷ bytes':>8}  (MB = 10^6 bytes)")
+    for k, v in res.items():
+        ws = [w for w, _ in v]
+        med, rss = statistics.median(ws), max(r for _, r in v)
+        floor = "   (target ≤ 2×, ≤ 1.2×)" if k.startswith("onnx-emp") else ""
+        print(
+            f"{k:28} {med:9.3f} {min(ws):7.3f}–{max(ws):<7.3f} {med / cat:6.2f}× {rss * 1024 / 1e6:7.1f} MB {rss * 1024 / size:7.3f}×{floor}"
+        )
+
+
+if __name__ == "__main__":
+    main()
