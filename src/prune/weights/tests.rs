@@ -237,20 +237,26 @@ fn large_groups_stream_like_the_reference() {
     }
 }
 
+/// `n` scores uniform in [-1, 1) from a xorshift generator seeded with `seed`.
+fn uniform_scores(seed: u64, n: usize) -> Vec<f64> {
+    let mut st = seed;
+    (0..n)
+        .map(|_| {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            ((st >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0
+        })
+        .collect()
+}
+
 /// The sample-guided threshold is the radix select's, exactly, for every rank tried; on data the
 /// strided sample misrepresents (a matrix whose columns differ by orders of magnitude, many ties)
 /// it either still matches or declines, and `threshold` then falls back to the radix select.
 #[test]
 fn window_threshold_is_the_radix_threshold() {
-    let mut st = 0x2545F4914F6CDD1Du64;
-    let mut rnd = move || {
-        st ^= st << 13;
-        st ^= st >> 7;
-        st ^= st << 17;
-        st
-    };
     let n = 300_000;
-    let gaussianish: Vec<f64> = (0..n).map(|_| ((rnd() >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0).collect();
+    let gaussianish = uniform_scores(0x2545F4914F6CDD1D, n);
     let columns: Vec<f64> = (0..n).map(|i| if i % 64 < 2 { 1e6 } else { 1e-3 } * ((i * 7919 % 1000) as f64)).collect();
     let ties: Vec<f64> = (0..n).map(|i| (i % 5) as f64).collect();
     let (mut declined, mut used) = (0, 0);
@@ -281,15 +287,8 @@ fn window_threshold_is_the_radix_threshold() {
 /// `window_threshold_is_the_radix_threshold`).
 #[test]
 fn early_window_is_the_radix_threshold() {
-    let mut st = 0x9E3779B97F4A7C15u64;
-    let mut rnd = move || {
-        st ^= st << 13;
-        st ^= st >> 7;
-        st ^= st << 17;
-        st
-    };
     let n = 300_000;
-    let uniform: Vec<f64> = (0..n).map(|_| ((rnd() >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0).collect();
+    let uniform = uniform_scores(0x9E3779B97F4A7C15, n);
     // A few large scores among tiny ones: N_eff ≈ 0.2 % of N, a cut the window can bracket at
     // this size (the window of a middling cut is too wide below ~10 M scores, see `window_bounds`).
     let sparse: Vec<f64> =
