@@ -618,8 +618,54 @@ pub fn param_count(m: &ModelProto) -> u64 {
 }
 
 #[cfg(test)]
+thread_local! {
+    /// Tests: the shape check of the rewrite fails whenever the scored block of this index is
+    /// committed (fault injection for the culprit search in `prune_heads_to`).
+    static FAIL_SHAPES_OF: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// When the rewritten model's shape check fails, the blocks are committed one by one and the
+    /// one that fails is kept whole, with the reason in its report; the others are pruned as
+    /// without it, and the result is still exact (pruned == masked in tract).
+    #[test]
+    fn a_block_that_fails_the_shape_check_is_kept_whole_and_the_others_prune() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dense = crate::model::io::load(&root.join("models/digits_transformer.onnx")).unwrap().proto;
+        let opts = StructOptions { beta: 0.5, ..Default::default() };
+        let clean = prune_heads(&dense, &opts).unwrap();
+        assert_eq!(clean.groups.len(), 2);
+        assert!(clean.groups.iter().all(|g| g.kept < g.n && g.blocked.is_none()), "{:#?}", clean.groups);
+        FAIL_SHAPES_OF.with(|c| c.set(Some(1)));
+        let r = prune_heads_to(&dense, &opts, &MaskedOut::Keep);
+        FAIL_SHAPES_OF.with(|c| c.set(None));
+        let r = r.unwrap();
+        let (g0, g1) = (&r.groups[0], &r.groups[1]);
+        assert_eq!((g0.kept, &g0.removed, &g0.blocked), (clean.groups[0].kept, &clean.groups[0].removed, &None));
+        let why = g1.blocked.as_deref().unwrap_or_default();
+        assert!(why.contains("check of the rewritten shapes failed") && why.contains("injected"), "{why}");
+        assert_eq!((g1.kept, g1.removed.len()), (g1.n, 0));
+        // Fewer parameters than dense, more than the clean run (block 1 is whole).
+        let params = |m: &ModelProto| {
+            crate::model::graph::float_params(
+                m.graph.as_ref().unwrap(),
+                &GraphIndex::build(m.graph.as_ref().unwrap()).unwrap(),
+            )
+            .0
+        };
+        assert!(params(&clean.pruned) < params(&r.pruned) && params(&r.pruned) < params(&dense));
+        // Exact: the pruned model computes the masked one's function.
+        let d = tempfile::tempdir().unwrap();
+        let (mp, pp) = (d.path().join("masked.onnx"), d.path().join("pruned.onnx"));
+        let so = crate::model::io::SaveOptions::default();
+        crate::model::io::save(r.masked.clone().unwrap(), &mp, &so).unwrap();
+        crate::model::io::save(r.pruned.clone(), &pp, &so).unwrap();
+        let eq = crate::check::equivalence(&mp, &pp, &crate::check::VerifyOptions::default()).unwrap();
+        assert!(eq.iter().all(|o| o.max_abs_err <= 1e-5), "{eq:#?}");
+    }
 
     fn block(id: &str, heads: usize, kv_heads: usize) -> Block {
         let w = WeightUse { node: 0, slot: 1, axis: 0 };

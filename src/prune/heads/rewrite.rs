@@ -152,6 +152,12 @@ pub(super) fn verify(
     input: &ModelProto,
     staged: &[(usize, Staged)],
 ) -> Result<()> {
+    #[cfg(test)]
+    if let Some(b) = super::FAIL_SHAPES_OF.with(|c| c.get()) {
+        if staged.iter().any(|(bi, _)| *bi == b) {
+            bail!("injected failure: block {b} is committed");
+        }
+    }
     let checks: Vec<(&HashMap<String, usize>, usize, usize)> =
         staged.iter().filter_map(|(_, st)| st.path.as_ref().map(|(p, h)| (p, *h, st.kept.len()))).collect();
     if checks.is_empty() || ctx.probes.is_none() {
