@@ -2,8 +2,10 @@
 """Big CNN exports for scripts/bench.sh (issue 13): torchvision DenseNet-161 and ResNet-50 with
 random weights (weights=None: nothing is downloaded), exported by torch.onnx (TorchScript path,
 opset 17) into the given folder. Deterministic (seed 0). Not committed (115 MB + 102 MB).
+With --latency: the set that scripts/latency_cnn.py times (issue 11): MobileNetV2,
+EfficientNet-B0, ResNet-18 and ResNet-50 (14 + 21 + 47 + 102 MB).
 
-  python3 scripts/make_bench_cnn.py target/bench-models
+  python3 scripts/make_bench_cnn.py [--latency] target/bench-models
 """
 import os
 import sys
@@ -11,9 +13,11 @@ import sys
 import torch
 import torchvision
 
-out = sys.argv[1] if len(sys.argv) > 1 else "target/bench-models"
+args = [a for a in sys.argv[1:] if a != "--latency"]
+out = args[0] if args else "target/bench-models"
+names = ["mobilenet_v2", "efficientnet_b0", "resnet18", "resnet50"] if "--latency" in sys.argv else ["densenet161", "resnet50"]
 os.makedirs(out, exist_ok=True)
-for name in ["densenet161", "resnet50"]:
+for name in names:
     path = os.path.join(out, f"{name}.onnx")
     if os.path.exists(path):
         continue
