@@ -8,8 +8,9 @@
 //!
 //! Files: `candidates` (the per-op table of weights and output units, which weights are
 //! candidates), `view` (scores decoded block by block), `select` (streaming EMP: scans, moments,
-//! sampled threshold with radix select as fallback, per-unit selection), `zero` (accounting and
-//! zeroing in place); this file holds the options, the report types and the driver
+//! sampled threshold with radix select as fallback, per-unit selection), `window` (the sampled
+//! threshold), `raw` (the normalized scope compared on raw weights), `mark` (keep bits and their
+//! sums), `zero` (accounting and zeroing in place); this file holds the options, the report types and the driver
 //! (`prune_weights`, `prune_weights_mapped` for data left in mapped files).
 
 use crate::emp;
@@ -121,6 +122,7 @@ pub struct GlobalDecision {
 
 mod candidates;
 mod mark;
+mod raw;
 mod select;
 mod view;
 mod window;
@@ -129,6 +131,7 @@ mod zero;
 use candidates::*;
 pub use candidates::{candidate_names, small_filters};
 use mark::*;
+use raw::*;
 use select::*;
 use view::*;
 use window::*;
@@ -271,8 +274,10 @@ fn prune_groups(
 /// instead when the bracket misses); (3) keep bits and retained mass (plus a counting pass when
 /// only some keys equal to the threshold are kept); (4) each tensor accounted and zeroed, or its
 /// keep bits returned when its data is mapped. Scope normalized (`norm`: the mean pass's
-/// results) has the sample before (1), so (1) gathers the bracket and (2) is not a pass of its own
-/// (see [`window`]).
+/// results): for magnitudes the mean pass gives the exact cut and (1) is not run: the window and
+/// marking passes compare raw weights (see [`raw`]); with a score override the mean pass has the
+/// sample before (1), so (1) gathers the bracket and (2) is not a pass of its own (see
+/// [`window`]).
 fn prune_global(
     w: Weights,
     ts: &mut [&mut TensorProto],
@@ -303,6 +308,33 @@ fn prune_global(
     let items = chunks(&views);
     // The mean pass's work items are these when every candidate was readable.
     let pre = norm.filter(|nm| view_err.is_none() && nm.pre.totals.len() == items.len());
+    // Mapped weights in their own encoding are counted by the marking (parameter counts).
+    let count: Vec<bool> = views.iter().zip(w.raws).map(|(v, r)| r.is_some() && v.counts_nonzero()).collect();
+    // The normalized scope in raw space (see [`raw`]) when it applies: no scan, light passes.
+    let fast = match pre {
+        Some(nm) => raw_plan(nm, &views, &items, n, opts).map_err(|(i, b)| non_finite_error(&cands[i], b))?,
+        None => None,
+    };
+    if let Some(plan) = fast {
+        let scales: Vec<f64> = views.iter().map(|v| v.scale).collect();
+        let mut sample = Presums::sample(samples, &items, &scales);
+        let th = if plan.gd.kept >= n {
+            Threshold { key: 0, ties: usize::MAX, eq: 0, eq_per_item: None }
+        } else {
+            raw_window_threshold(&views, &items, &mut sample, plan.gd.kept)
+                .unwrap_or_else(|| radix_threshold(&views, &items, plan.gd.kept))
+        };
+        drop(sample);
+        let budgets = tie_budgets(&views, &items, &th);
+        let totals = &pre.expect("planned from the mean pass").pre.totals;
+        let marked = raw_mark_items(&views, &items, (&th, &budgets), totals, &count);
+        let cut = gather_marked(cands.len(), &items, marked, &count);
+        // Retained mass Σ_p c_p · K_p (K_p: tensor p's kept |w|), folded in tensor order.
+        let retained = views.iter().zip(&cut.sums).fold(-0.0f64, |r, (v, s)| r + v.scale * s.1);
+        let gd = if plan.gd.kept >= n { plan.gd } else { GlobalDecision { s_eff: (retained / plan.s1).min(1.0), ..plan.gd } };
+        drop(views);
+        return global_reports(w, ts, opts, progress, (plan.per, cut), gd);
+    }
     // With the sample in hand, the scan gathers the bracket of the estimated cut.
     let early = pre.and_then(|nm| early_window(nm, samples, &items, n, opts));
     let (sc, gathered) = match early {
@@ -348,28 +380,64 @@ fn prune_global(
     // candidate was readable; otherwise the run stopped above), summed by the marking otherwise.
     let totals = pre.map(|nm| nm.pre.totals.as_slice());
     // Keep bits and sums of every item in parallel, then each tensor zeroed in parallel.
-    // Mapped weights in their own encoding are counted by the marking (parameter counts).
-    let count: Vec<bool> = views.iter().zip(w.raws).map(|(v, r)| r.is_some() && v.counts_nonzero()).collect();
-    let (masks, sums, retained, nonzero) = if m == 0.0 {
-        (vec![None; cands.len()], vec![(-0.0, -0.0); cands.len()], 0.0, vec![None; cands.len()])
+    let (cut, retained) = if m == 0.0 {
+        let none = Marks {
+            masks: vec![None; cands.len()],
+            sums: vec![(-0.0, -0.0); cands.len()],
+            nonzero: vec![None; cands.len()],
+        };
+        (none, 0.0)
     } else {
         let budgets = tie_budgets(&views, &items, &th);
         let msum = (emp::moment_scale(m), totals);
         let marked = mark_items(&views, &items, (&th, &budgets), Some(msum), &count);
         let retained = marked.iter().fold(-0.0f64, |r, k| r + k.retained);
-        let mut sums = vec![(-0.0f64, -0.0f64); cands.len()];
-        let mut nonzero: Vec<Option<(u64, u64)>> = count.iter().map(|&c| c.then_some((0, 0))).collect();
-        for (&(p, _, _), k) in items.iter().zip(&marked) {
-            sums[p].0 += k.total;
-            sums[p].1 += k.kept_mass;
-            if let Some(nz) = &mut nonzero[p] {
-                nz.0 += k.nonzero.0;
-                nz.1 += k.nonzero.1;
-            }
-        }
-        (part_masks(cands.len(), &items, marked).into_iter().map(Some).collect(), sums, retained, nonzero)
+        (gather_marked(cands.len(), &items, marked, &count), retained)
     };
     drop(views);
+    let gd = if m == 0.0 || gd.kept >= n {
+        // All kept: the retained sum is the s1 sum itself.
+        gd
+    } else {
+        GlobalDecision { s_eff: (retained / s1).min(1.0), ..gd }
+    };
+    global_reports(w, ts, opts, progress, (per, cut), gd)
+}
+
+/// Every tensor's keep bits (None: kept whole), and its sums (Σ s, Σ kept s) and nonzero counts.
+struct Marks {
+    masks: Vec<Option<Vec<u64>>>,
+    sums: Vec<(f64, f64)>,
+    nonzero: Vec<Option<(u64, u64)>>,
+}
+
+/// [`Marks`] from the items' marking.
+fn gather_marked(n_parts: usize, items: &[(usize, usize, usize)], marked: Vec<Marked>, count: &[bool]) -> Marks {
+    let mut sums = vec![(-0.0f64, -0.0f64); n_parts];
+    let mut nonzero: Vec<Option<(u64, u64)>> = count.iter().map(|&c| c.then_some((0, 0))).collect();
+    for (&(p, _, _), k) in items.iter().zip(&marked) {
+        sums[p].0 += k.total;
+        sums[p].1 += k.kept_mass;
+        if let Some(nz) = &mut nonzero[p] {
+            nz.0 += k.nonzero.0;
+            nz.1 += k.nonzero.1;
+        }
+    }
+    Marks { masks: part_masks(n_parts, items, marked).into_iter().map(Some).collect(), sums, nonzero }
+}
+
+/// The global cut's tail: each tensor accounted and zeroed (or its keep bits returned when its
+/// data is mapped) in parallel, with its report (`per`: its moments for its own N_eff).
+fn global_reports(
+    w: Weights,
+    ts: &mut [&mut TensorProto],
+    opts: &WeightOptions,
+    progress: &crate::progress::Work,
+    (per, cut): (PartSums, Marks),
+    gd: GlobalDecision,
+) -> Result<(Vec<Pruned>, Option<GlobalDecision>)> {
+    let cands = w.cands;
+    let Marks { masks, sums, nonzero } = cut;
     let reports: Vec<Result<Pruned>> = cands
         .par_iter()
         .zip(ts.par_iter_mut())
@@ -398,12 +466,6 @@ fn prune_global(
             Ok((report(c, t, nt, 1, n_eff, 0, acc), deferred))
         })
         .collect();
-    let gd = if m == 0.0 || gd.kept >= n {
-        // All kept: the retained sum is the s1 sum itself.
-        gd
-    } else {
-        GlobalDecision { s_eff: (retained / s1).min(1.0), ..gd }
-    };
     let reports = reports.into_iter().collect::<Result<Vec<_>>>()?;
     Ok((reports, Some(gd)))
 }

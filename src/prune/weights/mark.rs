@@ -241,6 +241,6 @@ pub(super) fn select(keep: bool, x: f64) -> f64 {
 
 /// [`select`] with the keep flag as a word of all ones or all zeros.
 #[inline(always)]
-fn select_bits(sel: u64, x: f64) -> f64 {
+pub(super) fn select_bits(sel: u64, x: f64) -> f64 {
     f64::from_bits((x.to_bits() & sel) | (!sel & (1u64 << 63)))
 }

@@ -72,16 +72,24 @@ pub(super) fn prune_weights_reference(model: &mut ModelProto, opts: &WeightOptio
             } else {
                 scores.clone()
             };
-            let (gd, keep_masks) = global_select(&ranked, opts.beta, opts.fixed_ratio)?;
+            let no_override = cands.iter().all(|c| !opts.scores.contains_key(&c.name));
+            let raw = if opts.scope == Scope::Normalized && no_override { normalized_raw(&scores, &ranked, opts) } else { None };
+            let (gd, keep_masks, neffs) = match raw {
+                Some(r) => r,
+                None => {
+                    let (gd, keep_masks) = global_select(&ranked, opts.beta, opts.fixed_ratio)?;
+                    (gd, keep_masks, ranked.iter().map(|sr| tensor_neff(sr)).collect())
+                }
+            };
             global = Some(gd);
             masks = cands
                 .iter()
-                .zip(scores.iter().zip(&ranked))
+                .zip(scores.iter().zip(neffs))
                 .zip(keep_masks)
-                .map(|((c, (s, sr)), keep)| {
+                .map(|((c, (s, ne)), keep)| {
                     // N_eff on the ranked scores, the retained mass on the raw ones (as streamed).
                     let t = graph::weight(g, c.wref).expect("checked above");
-                    let r = tensor_report(c, t, s, &keep, 1, tensor_neff(sr), 0);
+                    let r = tensor_report(c, t, s, &keep, 1, ne, 0);
                     (keep, r)
                 })
                 .collect();
@@ -192,6 +200,70 @@ pub(super) fn global_select(
         Some(r) => (n - ((r * n as f64).round() as usize).min(n)).max(1),
         None => emp::keep_count(n, ne, beta),
     };
+    let masks = keep_largest(scores, kept);
+    let mut retained = -0.0f64;
+    for (s, k) in scores.iter().zip(&masks) {
+        retained = emp::blocked_sum_from(retained, s.len(), |i| if k[i] { s[i].abs() / d } else { -0.0 });
+    }
+    Ok((GlobalDecision { n, n_eff: ne, kept, s_eff: (retained / s1).min(1.0) }, masks))
+}
+
+/// The normalized scope in raw space (`raw`'s definitions): moments Σ_p c_p·S1_p and
+/// Σ_p (c_p·c_p)·S2_p of the tensors' blocked sums, retained mass Σ_p c_p·K_p, a tensor's N_eff
+/// from its own S1_p, S2_p; the cut on the ranked scores. None where the scaled definition
+/// applies (a maximum outside 1e±100, or all scores 0). `scores`: |w| per tensor; `ranked`:
+/// times c_p.
+fn normalized_raw(scores: &[Vec<f64>], ranked: &[Vec<f64>], opts: &WeightOptions) -> Option<(GlobalDecision, Vec<Vec<bool>>, Vec<f64>)> {
+    let n: usize = scores.iter().map(|s| s.len()).sum();
+    let mut m = 0f64;
+    for (s, r) in scores.iter().zip(ranked) {
+        let mp = s.iter().fold(0f64, |a, &x| a.max(x));
+        if mp != 0.0 && emp::moment_scale(mp) != 1.0 {
+            return None;
+        }
+        m = m.max(r.iter().fold(0f64, |a, &x| a.max(x)));
+    }
+    if m == 0.0 || emp::moment_scale(m) != 1.0 {
+        return None;
+    }
+    let scale = |s: &Vec<f64>| super::norm_scale(emp::blocked_sum(s.len(), |i| s[i]), s.len());
+    let sums: Vec<(f64, f64)> =
+        scores.iter().map(|s| (emp::blocked_sum(s.len(), |i| s[i]), emp::blocked_sum(s.len(), |i| s[i] * s[i]))).collect();
+    let (mut s1, mut s2) = (-0.0f64, -0.0f64);
+    for (s, &(a, b)) in scores.iter().zip(&sums) {
+        let c = scale(s);
+        s1 += c * a;
+        s2 += (c * c) * b;
+    }
+    if !(s1.is_finite() && s2.is_finite()) {
+        return None;
+    }
+    let ne = emp::n_eff_from_moments(n, s1, s2).unwrap_or(n as f64);
+    let kept = match opts.fixed_ratio {
+        Some(r) => (n - ((r * n as f64).round() as usize).min(n)).max(1),
+        None => emp::keep_count(n, ne, opts.beta),
+    };
+    let masks = keep_largest(ranked, kept);
+    let mut retained = -0.0f64;
+    for (s, k) in scores.iter().zip(&masks) {
+        retained += scale(s) * emp::blocked_sum(s.len(), |i| if k[i] { s[i] } else { -0.0 });
+    }
+    let s_eff = if kept >= n { 1.0 } else { (retained / s1).min(1.0) };
+    let neffs = scores
+        .iter()
+        .zip(&sums)
+        .map(|(s, &(a, b))| {
+            let zero = s.iter().all(|&x| x == 0.0);
+            let (a, b) = if zero { (0.0, 0.0) } else { (a, b) };
+            emp::n_eff_from_moments(s.len(), a, b).unwrap_or(s.len() as f64)
+        })
+        .collect();
+    Some((GlobalDecision { n, n_eff: ne, kept, s_eff }, masks, neffs))
+}
+
+/// Keep the `kept` largest |s| over all of `scores`; ties at the threshold: lower global index.
+fn keep_largest(scores: &[Vec<f64>], kept: usize) -> Vec<Vec<bool>> {
+    let n: usize = scores.iter().map(|s| s.len()).sum();
     // Threshold = kept-th largest |s|. Ties at the threshold: lower global index wins.
     let mut all: Vec<f64> = scores.iter().flatten().map(|v| v.abs()).collect();
     let thr = if kept >= n {
@@ -219,9 +291,5 @@ pub(super) fn global_select(
                 .collect()
         })
         .collect();
-    let mut retained = -0.0f64;
-    for (s, k) in scores.iter().zip(&masks) {
-        retained = emp::blocked_sum_from(retained, s.len(), |i| if k[i] { s[i].abs() / d } else { -0.0 });
-    }
-    Ok((GlobalDecision { n, n_eff: ne, kept, s_eff: (retained / s1).min(1.0) }, masks))
+    masks
 }

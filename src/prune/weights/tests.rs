@@ -345,10 +345,11 @@ fn early_window_is_the_radix_threshold() {
     assert!(early >= 6 && exact >= 8, "early window used {early}, neighbours {exact}");
 }
 
-/// Normalized scope on tensors big enough for the early window, against the reference (decisions,
-/// report, zeroed tensors).
+/// Normalized scope on tensors big enough for the sampled window, against the reference
+/// (decisions, report, zeroed tensors): magnitudes take the raw-space passes (`raw`), a score
+/// override the scaled ones with the early window.
 #[test]
-fn normalized_scope_with_the_early_window_matches_the_reference() {
+fn normalized_scope_with_the_sampled_window_matches_the_reference() {
     // Sparse-like magnitudes (see `early_window_is_the_radix_threshold`), both signs.
     let big = |seed: usize, n: usize| -> Spec {
         let v: Vec<f32> = (0..n)
@@ -364,10 +365,14 @@ fn normalized_scope_with_the_early_window_matches_the_reference() {
             .collect();
         (v, vec![n / 64, 64], dt::FLOAT, false)
     };
-    let hits = EARLY_HITS.load(Ordering::Relaxed);
+    let (raw0, early0) = (raw::RAW_WINDOW_HITS.load(Ordering::Relaxed), EARLY_HITS.load(Ordering::Relaxed));
     for beta in [1.0, 0.7] {
         check_same(vec![big(1, 64 * 2000), big(7, 64 * 3000)], Scope::Normalized, beta, None, false).unwrap();
     }
     // Only this test prunes in the normalized scope at this size.
-    assert!(EARLY_HITS.load(Ordering::Relaxed) >= hits + 2, "the early window was not used");
+    assert!(raw::RAW_WINDOW_HITS.load(Ordering::Relaxed) >= raw0 + 2, "the raw window was not used");
+    for beta in [1.0, 0.7] {
+        check_same(vec![big(1, 64 * 2000), big(7, 64 * 3000)], Scope::Normalized, beta, None, true).unwrap();
+    }
+    assert!(EARLY_HITS.load(Ordering::Relaxed) >= early0 + 2, "the early window was not used");
 }

@@ -6,10 +6,12 @@
 //! - [`window_threshold`]: the scan's sample, then a pass of its own (global scope, one large
 //!   tensor of the layer scope);
 //! - the normalized scope's first pass ([`presums`]: each tensor's Σ |s| for its mean) also takes
-//!   the sample and Σ s², which estimate the cut before the scan, so the scan gathers the bracket
-//!   ([`select::scan_gather`]) and the threshold needs no pass of its own. The estimate only places
-//!   the bracket; the exact moments still come from the scan, and when the exact cut falls
-//!   outside the bracket, [`window_threshold`] (then radix select) runs as before.
+//!   the sample, Σ s², the max and the first NaN/Inf. For weights read as magnitudes those give
+//!   the exact cut ([`raw`]), and the window pass runs on the raw weights
+//!   ([`raw::raw_window_threshold`]). With a score override they only estimate the cut, so the
+//!   scan gathers the bracket ([`select::scan_gather`]) and the threshold needs no pass of its
+//!   own; the exact moments still come from the scan, and when the exact cut falls outside the
+//!   bracket, [`window_threshold`] (then radix select) runs as before.
 //!
 //! Contract: whatever the path, the threshold is the exact `kept`-th largest key (ties counted as
 //! the radix select counts them); decisions stay bit-identical to the in-memory reference.
@@ -138,41 +140,62 @@ pub(super) fn window_block(blk: &[f64], w: Window, (above, g): &mut Gathered) {
 /// as the scan would have).
 pub(super) struct Presums {
     pub(super) totals: Vec<f64>,
-    squares: Vec<f64>,
+    /// Per item: the blocked sum of s² (exact for magnitudes: the normalized scope's moments,
+    /// see [`raw`]).
+    pub(super) squares: Vec<f64>,
+    /// Per item: the max |s| (as key bits) and the first NaN/Inf, as `Scan` has them.
+    pub(super) max: Vec<u64>,
+    pub(super) bad: Vec<Option<(usize, f64)>>,
     /// Per item, its sampled scores (unscaled); see [`Presums::sample`].
     pub(super) samples: Vec<Vec<f64>>,
 }
 
 pub(super) fn presums(parts: &[View], items: &[(usize, usize, usize)]) -> Presums {
-    let per: Vec<(f64, f64, Vec<f64>)> =
+    let per: Vec<PresumItem> =
         items.par_iter().map(|&(p, lo, hi)| vectorized!(presum_item(parts[p], lo, hi))).collect();
-    let mut out = Presums { totals: vec![], squares: vec![], samples: vec![] };
-    for (t, q, s) in per {
+    let mut out = Presums { totals: vec![], squares: vec![], max: vec![], bad: vec![], samples: vec![] };
+    for (t, q, mx, bad, s) in per {
         out.totals.push(t);
         out.squares.push(q);
+        out.max.push(mx);
+        out.bad.push(bad);
         out.samples.push(s);
     }
     out
 }
 
+/// One item's [`presums`]: total, Σ s², max key, first NaN/Inf, sample.
+type PresumItem = (f64, f64, u64, Option<(usize, f64)>, Vec<f64>);
+
 /// [`presums`] of elements `lo..hi` of one part; the total is [`select::block_sums`]' exactly.
 #[inline(always)]
-fn presum_item(v: View, lo: usize, hi: usize) -> (f64, f64, Vec<f64>) {
+fn presum_item(v: View, lo: usize, hi: usize) -> PresumItem {
     let mut sample = Vec::with_capacity((hi - lo) / SAMPLE_EVERY + 1);
     let (mut l, mut q) = (emp::Lanes::default(), emp::Lanes::default());
+    let (mut mx, mut bad) = (0f64, None);
     let (mut buf, mut s) = ([0f64; BLOCK], v.stream(lo, hi));
     while let Some((i0, b)) = s.decode_next(&mut buf) {
         l.add(b);
         let body = b.len() - b.len() % 8;
+        let mut mxl = [mx; 8];
         for c in b[..body].chunks_exact(8) {
             let mut y = [0f64; 8];
-            for (y, &x) in y.iter_mut().zip(c) {
+            for ((y, &x), m) in y.iter_mut().zip(c).zip(mxl.iter_mut()) {
                 *y = x * x;
+                let a = x.abs();
+                *m = if a > *m { a } else { *m };
             }
             q.add8(&y);
         }
         for &x in &b[body..] {
             q.add(&[x * x]);
+            let a = x.abs();
+            mxl[0] = if a > mxl[0] { a } else { mxl[0] };
+        }
+        mx = mxl.iter().fold(mx, |m, &a| if a > m { a } else { m });
+        // As the scan checks: a NaN/Inf makes the running sums non-finite (see `select::scan`).
+        if bad.is_none() && !(l.partial_finite() && q.partial_finite() && mx.is_finite()) {
+            bad = b.iter().position(|x| !x.is_finite()).map(|j| (i0 + j, b[j]));
         }
         let mut g = i0 / SAMPLE_EVERY;
         while g * SAMPLE_EVERY < i0 + b.len() {
@@ -183,7 +206,7 @@ fn presum_item(v: View, lo: usize, hi: usize) -> (f64, f64, Vec<f64>) {
             g += 1;
         }
     }
-    (l.total(), q.total(), sample)
+    (l.total(), q.total(), mx.to_bits(), bad, sample)
 }
 
 impl Presums {
