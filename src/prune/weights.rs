@@ -331,7 +331,11 @@ fn prune_global(
         let cut = gather_marked(cands.len(), &items, marked, &count);
         // Retained mass Σ_p c_p · K_p (K_p: tensor p's kept |w|), folded in tensor order.
         let retained = views.iter().zip(&cut.sums).fold(-0.0f64, |r, (v, s)| r + v.scale * s.1);
-        let gd = if plan.gd.kept >= n { plan.gd } else { GlobalDecision { s_eff: (retained / plan.s1).min(1.0), ..plan.gd } };
+        let gd = if plan.gd.kept >= n {
+            plan.gd
+        } else {
+            GlobalDecision { s_eff: (retained / plan.s1).min(1.0), ..plan.gd }
+        };
         drop(views);
         return global_reports(w, ts, opts, progress, (plan.per, cut), gd);
     }

@@ -269,4 +269,3 @@ fn raw_mark_item<const COUNT: bool>(
     }
     (lanes.total(), nonzero)
 }
-

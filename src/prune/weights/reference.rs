@@ -73,7 +73,11 @@ pub(super) fn prune_weights_reference(model: &mut ModelProto, opts: &WeightOptio
                 scores.clone()
             };
             let no_override = cands.iter().all(|c| !opts.scores.contains_key(&c.name));
-            let raw = if opts.scope == Scope::Normalized && no_override { normalized_raw(&scores, &ranked, opts) } else { None };
+            let raw = if opts.scope == Scope::Normalized && no_override {
+                normalized_raw(&scores, &ranked, opts)
+            } else {
+                None
+            };
             let (gd, keep_masks, neffs) = match raw {
                 Some(r) => r,
                 None => {
@@ -213,7 +217,11 @@ pub(super) fn global_select(
 /// from its own S1_p, S2_p; the cut on the ranked scores. None where the scaled definition
 /// applies (a maximum outside 1e±100, or all scores 0). `scores`: |w| per tensor; `ranked`:
 /// times c_p.
-fn normalized_raw(scores: &[Vec<f64>], ranked: &[Vec<f64>], opts: &WeightOptions) -> Option<(GlobalDecision, Vec<Vec<bool>>, Vec<f64>)> {
+fn normalized_raw(
+    scores: &[Vec<f64>],
+    ranked: &[Vec<f64>],
+    opts: &WeightOptions,
+) -> Option<(GlobalDecision, Vec<Vec<bool>>, Vec<f64>)> {
     let n: usize = scores.iter().map(|s| s.len()).sum();
     let mut m = 0f64;
     for (s, r) in scores.iter().zip(ranked) {
@@ -227,8 +235,10 @@ fn normalized_raw(scores: &[Vec<f64>], ranked: &[Vec<f64>], opts: &WeightOptions
         return None;
     }
     let scale = |s: &Vec<f64>| super::norm_scale(emp::blocked_sum(s.len(), |i| s[i]), s.len());
-    let sums: Vec<(f64, f64)> =
-        scores.iter().map(|s| (emp::blocked_sum(s.len(), |i| s[i]), emp::blocked_sum(s.len(), |i| s[i] * s[i]))).collect();
+    let sums: Vec<(f64, f64)> = scores
+        .iter()
+        .map(|s| (emp::blocked_sum(s.len(), |i| s[i]), emp::blocked_sum(s.len(), |i| s[i] * s[i])))
+        .collect();
     let (mut s1, mut s2) = (-0.0f64, -0.0f64);
     for (s, &(a, b)) in scores.iter().zip(&sums) {
         let c = scale(s);
