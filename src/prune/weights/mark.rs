@@ -156,19 +156,7 @@ impl MarkAcc {
                     }
                 }
             }
-            for (wi, c) in keep.chunks(64).enumerate() {
-                words[(i0 - lo) / 64 + wi] = pack_signs(c);
-            }
-            if COUNT {
-                let (mut nz, mut nz_kept) = (0u64, 0u64);
-                for (&q, &x) in keep.iter().zip(r) {
-                    let z = (x != 0.0) as u64;
-                    nz += z;
-                    nz_kept += z & q;
-                }
-                self.nonzero.0 += nz;
-                self.nonzero.1 += nz_kept;
-            }
+            pack_keep::<COUNT>(keep, r, &mut words[(i0 - lo) / 64..], &mut self.nonzero);
             if let Some(m) = self.m {
                 if m == 1.0 {
                     // x / 1 == x exactly: no division.
@@ -194,6 +182,25 @@ impl MarkAcc {
             kept_mass: self.lanes[1].total(),
             nonzero: self.nonzero,
         }
+    }
+}
+
+/// A block's keep flags (all ones or all zeros per element) packed into `words` (64 per word),
+/// and with `COUNT` the nonzero elements of `r`, stored and kept, added to `nonzero`.
+#[inline(always)]
+pub(super) fn pack_keep<const COUNT: bool>(keep: &[u64], r: &[f64], words: &mut [u64], nonzero: &mut (u64, u64)) {
+    for (w, c) in words.iter_mut().zip(keep.chunks(64)) {
+        *w = pack_signs(c);
+    }
+    if COUNT {
+        let (mut nz, mut nz_kept) = (0u64, 0u64);
+        for (&q, &x) in keep.iter().zip(r) {
+            let z = (x != 0.0) as u64;
+            nz += z;
+            nz_kept += z & q;
+        }
+        nonzero.0 += nz;
+        nonzero.1 += nz_kept;
     }
 }
 

@@ -138,7 +138,7 @@ pub(super) fn raw_window_threshold(
         .par_iter()
         .map(|&(p, a, b)| {
             let v = parts[p];
-            let mut g = vectorized!(raw_window_item(View { scale: 1.0, ..v }, a, b, raw[p]));
+            let mut g = vectorized!(window_item(View { scale: 1.0, ..v }, a, b, raw[p]));
             // The gathered keys, ranked as `View::fill` ranks them.
             if v.scale != 1.0 {
                 for k in g.1.iter_mut() {
@@ -159,19 +159,6 @@ pub(super) fn raw_window_threshold(
 /// Cuts whose threshold came from the raw window (tests check that they exercise it).
 #[cfg(test)]
 pub(super) static RAW_WINDOW_HITS: AtomicUsize = AtomicUsize::new(0);
-
-#[inline(always)]
-fn raw_window_item(v: View, a: usize, b: usize, w: Window) -> Gathered {
-    let mut g: Gathered = (0, Vec::new());
-    let (mut buf, mut s) = ([0f64; BLOCK], v.stream(a, b));
-    while let Some((_, blk)) = s.decode_next(&mut buf) {
-        if g.1.len() > w.cap {
-            break;
-        }
-        window_block(blk, w, &mut g);
-    }
-    g
-}
 
 /// Keep bits of every item for the ranked threshold `th`, compared in raw values: per item its
 /// words, the blocked sum of its kept |w| (`kept_mass`; `retained` is left to the caller:
@@ -242,19 +229,7 @@ fn raw_mark_item<const COUNT: bool>(
                 }
             }
         }
-        for (wi, c) in keep.chunks(64).enumerate() {
-            words[(i0 - lo) / 64 + wi] = pack_signs(c);
-        }
-        if COUNT {
-            let (mut nz, mut nz_kept) = (0u64, 0u64);
-            for (&q, &x) in keep.iter().zip(r) {
-                let z = (x != 0.0) as u64;
-                nz += z;
-                nz_kept += z & q;
-            }
-            nonzero.0 += nz;
-            nonzero.1 += nz_kept;
-        }
+        pack_keep::<COUNT>(keep, r, &mut words[(i0 - lo) / 64..], &mut nonzero);
         let body = k - k % 8;
         for (c, sel) in r[..body].chunks_exact(8).zip(keep[..body].chunks_exact(8)) {
             let mut a = [0f64; 8];

@@ -97,7 +97,7 @@ pub(super) fn window_select(per_item: &[Gathered], kept: usize, w: Window) -> Op
 
 /// [`window_threshold`]'s pass over elements `a..b` of one part.
 #[inline(always)]
-fn window_item(v: View, a: usize, b: usize, w: Window) -> Gathered {
+pub(super) fn window_item(v: View, a: usize, b: usize, w: Window) -> Gathered {
     let mut g: Gathered = (0, Vec::new());
     let (mut buf, mut s) = ([0f64; BLOCK], v.stream(a, b));
     while let Some((_, blk)) = s.decode_next(&mut buf) {
