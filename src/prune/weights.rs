@@ -331,11 +331,7 @@ fn prune_global(
         let cut = gather_marked(cands.len(), &items, marked, &count);
         // Retained mass Σ_p c_p · K_p (K_p: tensor p's kept |w|), folded in tensor order.
         let retained = views.iter().zip(&cut.sums).fold(-0.0f64, |r, (v, s)| r + v.scale * s.1);
-        let gd = if plan.gd.kept >= n {
-            plan.gd
-        } else {
-            GlobalDecision { s_eff: (retained / plan.s1).min(1.0), ..plan.gd }
-        };
+        let gd = with_retained(plan.gd, retained, plan.s1);
         drop(views);
         return global_reports(w, ts, opts, progress, (plan.per, cut), gd);
     }
@@ -399,13 +395,18 @@ fn prune_global(
         (gather_marked(cands.len(), &items, marked, &count), retained)
     };
     drop(views);
-    let gd = if m == 0.0 || gd.kept >= n {
-        // All kept: the retained sum is the s1 sum itself.
+    // All zero (m = 0) is all kept too.
+    let gd = with_retained(gd, retained, s1);
+    global_reports(w, ts, opts, progress, (per, cut), gd)
+}
+
+/// The decision with its retained fraction (`retained` of `s1`); all kept: 1, as decided.
+fn with_retained(gd: GlobalDecision, retained: f64, s1: f64) -> GlobalDecision {
+    if gd.kept >= gd.n {
         gd
     } else {
         GlobalDecision { s_eff: (retained / s1).min(1.0), ..gd }
-    };
-    global_reports(w, ts, opts, progress, (per, cut), gd)
+    }
 }
 
 /// Every tensor's keep bits (None: kept whole), and its sums (Σ s, Σ kept s) and nonzero counts.
@@ -479,6 +480,8 @@ fn global_reports(
 /// as each tensor's Σ s, and the sample that places the threshold's window).
 struct Norm {
     scales: Vec<f64>,
+    /// Per readable candidate: its Σ s (the item totals folded in order), whose mean gave its scale.
+    sums: Vec<f64>,
     pre: Presums,
 }
 
@@ -494,10 +497,10 @@ fn mean_scales(w: Weights, ts: &[&mut TensorProto], opts: &WeightOptions) -> Nor
     for (&(p, _, _), b) in items.iter().zip(&pre.totals) {
         sums[p] += b;
     }
-    let mut sums = sums.into_iter();
+    let mut it = sums.iter();
     let scales =
-        views.iter().map(|v| v.map_or(1.0, |v| norm_scale(sums.next().expect("one sum per view"), v.n()))).collect();
-    Norm { scales, pre }
+        views.iter().map(|v| v.map_or(1.0, |v| norm_scale(*it.next().expect("one sum per view"), v.n()))).collect();
+    Norm { scales, sums, pre }
 }
 
 /// The normalized scope's sample of the scaled keys and the window that holds the kept-th key

@@ -80,10 +80,11 @@ pub(super) fn raw_plan(
     opts: &WeightOptions,
 ) -> std::result::Result<Option<Plan>, (usize, (usize, f64))> {
     let np = parts.len();
-    let (mut s1p, mut s2p, mut maxp) = (vec![-0.0f64; np], vec![-0.0f64; np], vec![0u64; np]);
+    // S1_p is the mean pass's per-tensor sum (every candidate readable: one sum per part).
+    let s1p = &nm.sums;
+    let (mut s2p, mut maxp) = (vec![-0.0f64; np], vec![0u64; np]);
     let mut bad: Vec<Option<(usize, f64)>> = vec![None; np];
     for (i, &(p, _, _)) in items.iter().enumerate() {
-        s1p[p] += nm.pre.totals[i];
         s2p[p] += nm.pre.squares[i];
         maxp[p] = maxp[p].max(nm.pre.max[i]);
         if bad[p].is_none() {
@@ -110,8 +111,9 @@ pub(super) fn raw_plan(
         return Ok(None);
     }
     let scales: Vec<f64> = parts.iter().map(|v| v.scale).collect();
-    let Some((s1, s2)) = norm_moments(&scales, &s1p, &s2p) else { return Ok(None) };
-    let per = maxp.iter().zip(s1p.into_iter().zip(s2p)).map(|(&mp, s)| if mp == 0 { (0.0, 0.0) } else { s }).collect();
+    let Some((s1, s2)) = norm_moments(&scales, s1p, &s2p) else { return Ok(None) };
+    let per =
+        maxp.iter().zip(s1p.iter().zip(s2p)).map(|(&mp, (&a, b))| if mp == 0 { (0.0, 0.0) } else { (a, b) }).collect();
     let (ne, kept) = global_kept(n, s1, s2, opts);
     Ok(Some(Plan { gd: GlobalDecision { n, n_eff: ne, kept, s_eff: 1.0 }, s1, per }))
 }

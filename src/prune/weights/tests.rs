@@ -305,7 +305,7 @@ fn early_window_is_the_radix_threshold() {
         }
         let scales = vec![norm_scale(sums[0], n / 3), norm_scale(sums[1], n - n / 3)];
         let views = [View { scale: scales[0], ..raw[0] }, View { scale: scales[1], ..raw[1] }];
-        let mut norm = Norm { scales, pre };
+        let mut norm = Norm { scales, sums: sums.to_vec(), pre };
         let samples = std::mem::take(&mut norm.pre.samples);
         for (beta, ratio) in [(1.0, None), (0.5, None), (0.9, None), (1.0, Some(0.9999)), (1.0, Some(1e-5))] {
             let opts = WeightOptions {
