@@ -123,6 +123,7 @@ pub struct GlobalDecision {
 mod candidates;
 mod mark;
 mod raw;
+mod raw_simd;
 mod select;
 mod view;
 mod window;
@@ -132,6 +133,7 @@ use candidates::*;
 pub use candidates::{candidate_names, small_filters};
 use mark::*;
 use raw::*;
+use raw_simd::*;
 use select::*;
 use view::*;
 use window::*;

@@ -140,7 +140,9 @@ pub(super) fn raw_window_threshold(
         .par_iter()
         .map(|&(p, a, b)| {
             let v = parts[p];
-            let mut g = vectorized!(window_item(View { scale: 1.0, ..v }, a, b, raw[p]));
+            let rv = View { scale: 1.0, ..v };
+            let mut g =
+                window_item_fast(rv, a, b, raw[p]).unwrap_or_else(|| vectorized!(window_item(rv, a, b, raw[p])));
             // The gathered keys, ranked as `View::fill` ranks them.
             if v.scale != 1.0 {
                 for k in g.1.iter_mut() {
@@ -184,9 +186,11 @@ pub(super) fn raw_mark_items(
             let mut words = new_mask(hi - lo, false);
             let counted = count.get(p).copied().unwrap_or(false);
             let (kept_mass, nonzero) = if counted {
-                vectorized!(raw_mark_item::<true>(v, lo, hi, bounds[p], budget, &mut words))
+                mark_item_fast::<true>(v, lo, hi, bounds[p], budget, &mut words)
+                    .unwrap_or_else(|| vectorized!(raw_mark_item::<true>(v, lo, hi, bounds[p], budget, &mut words)))
             } else {
-                vectorized!(raw_mark_item::<false>(v, lo, hi, bounds[p], budget, &mut words))
+                mark_item_fast::<false>(v, lo, hi, bounds[p], budget, &mut words)
+                    .unwrap_or_else(|| vectorized!(raw_mark_item::<false>(v, lo, hi, bounds[p], budget, &mut words)))
             };
             Marked { words, retained: -0.0, total: totals[i], kept_mass, nonzero }
         })
@@ -195,7 +199,7 @@ pub(super) fn raw_mark_items(
 
 /// One item's [`raw_mark_items`]: keep bits into `words`, (Σ kept |w| blocked, nonzero counts).
 #[inline(always)]
-fn raw_mark_item<const COUNT: bool>(
+pub(super) fn raw_mark_item<const COUNT: bool>(
     v: View,
     lo: usize,
     hi: usize,
