@@ -6,6 +6,11 @@ turn with the output removed and `sync` before every command; median and range o
 the model's bytes. Targets printed beside them: pass ≤ 2× cat, peak RSS ≤ 1.2× the model's bytes.
 
     python3 scripts/floors.py target/bench-models/synthetic_90mb.onnx [--runs 9] [--scopes normalized,global]
+        [--out-dir /dev/shm]
+
+Outputs go to a temporary folder next to the binary (the disk, as a user writes), or under
+`--out-dir`: on a tmpfs such as /dev/shm every command writes to memory, which takes the disk's
+writeback out of the comparison (on this VM it varies `cat` of 1.6 GB from 0.7 to 5 s).
 """
 import argparse
 import os
@@ -36,11 +41,13 @@ def main():
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--scopes", default="normalized")
     ap.add_argument("--binary", default="target/release/onnx-emp")
+    ap.add_argument("--out-dir", default=None, help="where outputs are written (default: next to the binary)")
     a = ap.parse_args()
     data = a.model + ".data"
     files = [a.model] + ([data] if os.path.exists(data) else [])
     size = sum(os.path.getsize(f) for f in files)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(a.binary))) as d:
+    where = a.out_dir or os.path.dirname(os.path.abspath(a.binary))
+    with tempfile.TemporaryDirectory(dir=where) as d:
         out = os.path.join(d, "out.onnx")
         cmds = {"cat": (["sh", "-c", f"cat {' '.join(files)} > {out}"], [out])}
         cmds["cp"] = (["cp"] + files + [d + "/"], [os.path.join(d, os.path.basename(f)) for f in files])
@@ -58,7 +65,7 @@ def main():
                 if os.path.exists(f):
                     os.remove(f)
     cat = statistics.median(w for w, _ in res["cat"])
-    print(f"model {a.model}: {size / 1e6:.1f} MB, {a.runs} runs each, interleaved")
+    print(f"model {a.model}: {size / 1e6:.1f} MB, {a.runs} runs each, interleaved, outputs in {where}")
     print(f"{'command':28} {'median s':>9} {'range s':>15} {'÷ cat':>7} {'peak RSS':>10} {'÷ bytes':>8}  (MB = 10^6 bytes)")
     for k, v in res.items():
         ws = [w for w, _ in v]

@@ -642,7 +642,7 @@ pub fn save_mapped(
         let mut offset = 0u64;
         let mut err: Option<anyhow::Error> = None;
         {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+            let mut w = std::io::BufWriter::with_capacity(WRITE_SLICE, Sliced(tmp.as_file_mut()));
             for_each_tensor_mut(&mut proto, &mut |t| {
                 if err.is_some() || !external.contains(&t.name) {
                     return;
@@ -689,7 +689,7 @@ pub fn save_mapped(
         new_file_in(dir).with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;
     {
         // Encoded straight into the file: no second copy of the model in memory.
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let mut w = std::io::BufWriter::with_capacity(WRITE_SLICE, Sliced(tmp.as_file_mut()));
         let mut os = protobuf::CodedOutputStream::new(&mut w);
         proto
             .write_to_with_cached_sizes(&mut os)
@@ -710,6 +710,25 @@ pub fn save_mapped(
         return Err(anyhow::Error::new(e.error).context(format!("{}: cannot write", out.display())));
     }
     Ok(total)
+}
+
+/// The most bytes handed to one `write` call. Measured on a 1.6 GB file (ext4, this VM):
+/// `dd bs=128K` wrote it in 0.66–0.75 s, `bs=1M` in 1.1–2.8 s (the kernel's copy into fresh
+/// page-cache pages, `copy_folio_from_iter_atomic`, slows down with larger writes); at 100 MB
+/// both take the same time. `cat` writes 128 KiB at a time.
+const WRITE_SLICE: usize = 128 << 10;
+
+/// A writer that passes at most [`WRITE_SLICE`] bytes to each `write` call (`write_all` loops).
+struct Sliced<W>(W);
+
+impl<W: Write> Write for Sliced<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(&buf[..buf.len().min(WRITE_SLICE)])
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Write a mapped tensor's bytes through its keep bits (if any); returns the bytes written.
