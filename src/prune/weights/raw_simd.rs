@@ -21,6 +21,7 @@ use super::*;
 use std::arch::x86_64::*;
 
 /// The largest f32 ≤ `b` (b ≥ 0 or +∞; f32::MAX for a finite b above it).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn f32_floor(b: f64) -> f32 {
     let c = b as f32;
     if f64::from(c) > b {
@@ -31,6 +32,7 @@ pub(super) fn f32_floor(b: f64) -> f32 {
 }
 
 /// The smallest f32 ≥ `b` (b ≥ 0; +∞ above f32::MAX).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn f32_ceil(b: f64) -> f32 {
     let c = b as f32;
     if f64::from(c) < b {
@@ -91,6 +93,7 @@ pub(super) fn mark_item_fast<const COUNT: bool>(
 }
 
 /// The f32 values of little-endian f32 bytes `lo..hi` (element indices).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn floats(b: &[u8], lo: usize, hi: usize) -> impl Iterator<Item = f32> + '_ {
     b[lo * 4..hi * 4].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
@@ -300,6 +303,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
+        #[cfg(target_arch = "x86_64")]
         #[test]
         fn kernels_match_the_portable_passes(
             w in weights(),
