@@ -276,8 +276,8 @@ fn prune_groups(
 /// instead when the bracket misses); (3) keep bits and retained mass (plus a counting pass when
 /// only some keys equal to the threshold are kept); (4) each tensor accounted and zeroed, or its
 /// keep bits returned when its data is mapped. Scope normalized (`norm`: the mean pass's
-/// results): for magnitudes the mean pass gives the exact cut and (1) is not run: the window and
-/// marking passes compare raw weights (see [`raw`]); with a score override the mean pass has the
+/// results): for magnitudes the mean pass gives the exact cut and (1) is not run: one window pass
+/// on the raw weights finds the threshold and marks (see [`raw`]); with a score override the mean pass has the
 /// sample before (1), so (1) gathers the bracket and (2) is not a pass of its own (see
 /// [`window`]).
 fn prune_global(
@@ -319,17 +319,23 @@ fn prune_global(
     };
     if let Some(plan) = fast {
         let scales: Vec<f64> = views.iter().map(|v| v.scale).collect();
-        let mut sample = Presums::sample(samples, &items, &scales);
-        let th = if plan.gd.kept >= n {
-            Threshold { key: 0, ties: usize::MAX, eq: 0, eq_per_item: None }
-        } else {
-            raw_window_threshold(&views, &items, &mut sample, plan.gd.kept)
-                .unwrap_or_else(|| radix_threshold(&views, &items, plan.gd.kept))
-        };
-        drop(sample);
-        let budgets = tie_budgets(&views, &items, &th);
+        let sample = Presums::sample(samples, &items, &scales);
         let totals = &pre.expect("planned from the mean pass").pre.totals;
-        let marked = raw_mark_items(&views, &items, (&th, &budgets), totals, &count);
+        // The window pass marks as it goes; when it misses, radix select and a marking pass.
+        let marked = if plan.gd.kept >= n {
+            None
+        } else {
+            raw_window_mark(&views, &items, sample, plan.gd.kept, totals, &count)
+        };
+        let marked = marked.unwrap_or_else(|| {
+            let th = if plan.gd.kept >= n {
+                Threshold { key: 0, ties: usize::MAX, eq: 0, eq_per_item: None }
+            } else {
+                radix_threshold(&views, &items, plan.gd.kept)
+            };
+            let budgets = tie_budgets(&views, &items, &th);
+            raw_mark_items(&views, &items, (&th, &budgets), totals, &count)
+        });
         let cut = gather_marked(cands.len(), &items, marked, &count);
         // Retained mass Σ_p c_p · K_p (K_p: tensor p's kept |w|), folded in tensor order.
         let retained = views.iter().zip(&cut.sums).fold(-0.0f64, |r, (v, s)| r + v.scale * s.1);

@@ -1,5 +1,5 @@
-//! The normalized scope in raw space: two light passes after the mean pass instead of two
-//! passes that scale every score (issue 13).
+//! The normalized scope in raw space: one light pass after the mean pass instead of two passes
+//! that scale every score (issue 13).
 //!
 //! The normalized scope ranks a = |w|·c_p (c_p = 1 / the mean |w| of tensor p). Rounding is
 //! monotone, so for every threshold t on the ranked scores there is a raw bound x_p(t) with
@@ -10,14 +10,23 @@
 //! - Σ a = Σ_p c_p · S1_p and Σ a² = Σ_p (c_p · c_p) · S2_p, folded in tensor order, with S1_p, S2_p
 //!   the blocked sums of |w| and w² of tensor p (`presums`); a tensor's N_eff is
 //!   N_eff(S1_p, S2_p) (scale-free);
-//! - the retained mass is Σ_p c_p · K_p, K_p the blocked sum of the kept |w| of tensor p.
+//! - the retained mass is Σ_p c_p · K_p, K_p the sum of the kept |w| of tensor p (per item: the
+//!   blocked sum of the kept |w| when a marking pass of its own marks, see [`raw_mark_items`];
+//!   when the window pass marks as it goes, [`raw_window_mark`], the blocked sum of the |w| above
+//!   the window, then the kept ones inside it in element order).
+//!
+//! After the mean pass, one pass usually decides everything: it marks the keys above the sample's
+//! window (kept whatever the threshold inside it) and gathers those inside it with their
+//! positions; the threshold is selected among them and only they are then decided. When the
+//! window misses, radix select finds the threshold and a marking pass marks.
 //!
 //! Contract: the same quantities as the scaled definition, summed in another order, so N_eff and
 //! s_eff differ from it in their last bits (and the kept count only when β·N_eff falls that close
 //! to an integer); decisions are then exact: the threshold is the kept-th largest ranked key and
 //! ties go to the lower index, as everywhere. Used when every candidate is read as magnitudes (no
 //! score override) and no moment needs rescaling (maxima within 1e±100); otherwise the scaled
-//! passes run (`prune_global`). The in-memory reference implements the same definitions.
+//! passes run (`prune_global`). The in-memory reference implements the same definitions (its K_p
+//! is the marking pass's: the window pass's may differ from it in the last bits).
 
 use super::*;
 
@@ -118,17 +127,32 @@ pub(super) fn raw_plan(
     Ok(Some(Plan { gd: GlobalDecision { n, n_eff: ne, kept, s_eff: 1.0 }, s1, per }))
 }
 
-/// The `kept`-th largest ranked key from the mean pass's sample: one pass over the raw weights
-/// counts the keys above the sample's window and gathers those inside it (scaled), the threshold
-/// is selected in memory. None when the window misses.
-pub(super) fn raw_window_threshold(
+/// The cut from the mean pass's sample in one pass over the raw weights, which both finds the
+/// threshold and marks: per item it counts and marks the keys above the sample's window (kept
+/// whatever the threshold inside it), sums their |w|, and gathers the keys inside the window with
+/// their positions; the threshold is selected among the gathered keys in memory, and only those
+/// are then decided ([`settle`]). None when the window misses (the caller selects by radix and
+/// marks in a pass of its own).
+///
+/// Each item's kept mass K is the blocked sum of its |w| above the window, then the kept |w|
+/// inside it added in element order: deterministic, and within rounding of the blocked sum of all
+/// kept |w| that the separate marking pass takes (the report's s_eff may differ in its last bits).
+pub(super) fn raw_window_mark(
     parts: &[View],
     items: &[(usize, usize, usize)],
-    sample: &mut [u64],
+    mut sample: Vec<u64>,
     kept: usize,
-) -> Option<Threshold> {
+    totals: &[f64],
+    count: &[bool],
+) -> Option<Vec<Marked>> {
     let n: usize = parts.iter().map(|v| v.n()).sum();
-    let w = window_bounds(n, sample, kept, kept)?;
+    let w = window_bounds(n, &mut sample, kept, kept)?;
+    // How many keys an item gathers, about: the sample's share inside the window, plus margin
+    // (the gathered keys are reserved once rather than grown by doubling).
+    let inside = sample.iter().filter(|&&k| k >= w.lo && k <= w.hi).count();
+    let frac = inside as f64 / sample.len() as f64;
+    let hint = |len: usize| ((len as f64 * frac * 1.1) as usize + 64).min(len);
+    drop(sample);
     // Per part, the window in raw values (inclusive on both ends, as the window is).
     let hi = if w.hi == u64::MAX { f64::INFINITY } else { f64::from_bits(w.hi) };
     let lo = f64::from_bits(w.lo);
@@ -136,31 +160,140 @@ pub(super) fn raw_window_threshold(
         .iter()
         .map(|v| Window { lo: raw_ge(lo, v.scale).to_bits(), hi: raw_le(hi, v.scale).to_bits(), cap: w.cap })
         .collect();
-    let per_item: Vec<Gathered> = items
+    let per_item: Vec<Speculated> = items
         .par_iter()
         .map(|&(p, a, b)| {
-            let v = parts[p];
-            let rv = View { scale: 1.0, ..v };
-            let mut g =
-                window_item_fast(rv, a, b, raw[p]).unwrap_or_else(|| vectorized!(window_item(rv, a, b, raw[p])));
-            // The gathered keys, ranked as `View::fill` ranks them.
-            if v.scale != 1.0 {
-                for k in g.1.iter_mut() {
-                    *k = key(f64::from_bits(*k) * v.scale);
-                }
+            let v = View { scale: 1.0, ..parts[p] };
+            if count.get(p).copied().unwrap_or(false) {
+                window_mark_fast::<true>(v, a, b, raw[p], hint(b - a))
+                    .unwrap_or_else(|| vectorized!(window_mark_item::<true>(v, a, b, raw[p], hint(b - a))))
+            } else {
+                window_mark_fast::<false>(v, a, b, raw[p], hint(b - a))
+                    .unwrap_or_else(|| vectorized!(window_mark_item::<false>(v, a, b, raw[p], hint(b - a))))
             }
-            g
         })
         .collect();
-    let th = window_select(&per_item, kept, w);
+    // The gathered keys are raw |w|; ranked as `View::fill` ranks them.
+    let ranked = |i: usize, k: u64| ranked_key(k, parts[items[i].0].scale);
+    let th = window_select_by(&per_item.iter().map(|sp| &sp.g).collect::<Vec<_>>(), kept, w, ranked)?;
     #[cfg(test)]
-    if th.is_some() {
-        RAW_WINDOW_HITS.fetch_add(1, Ordering::Relaxed);
-    }
-    th
+    RAW_WINDOW_HITS.fetch_add(1, Ordering::Relaxed);
+    let budgets = tie_budgets(parts, items, &th);
+    Some(
+        per_item
+            .into_par_iter()
+            .zip(budgets)
+            .enumerate()
+            .map(|(i, (sp, budget))| {
+                let p = items[i].0;
+                let counted = count.get(p).copied().unwrap_or(false);
+                settle(sp, parts[p].scale, (th.key, budget), totals[i], counted)
+            })
+            .collect(),
+    )
 }
 
-/// Cuts whose threshold came from the raw window (tests check that they exercise it).
+/// The ranked key of a raw key `k` (|w|) of a part scaled by `scale`, as `View::fill` ranks it.
+#[inline]
+fn ranked_key(k: u64, scale: f64) -> u64 {
+    if scale != 1.0 {
+        key(f64::from_bits(k) * scale)
+    } else {
+        k
+    }
+}
+
+/// One item's share of [`raw_window_mark`]'s pass: the keys above the window counted (`g.0`),
+/// marked in `words` and their |w| summed (`mass`: the blocked sums' lanes, element i in lane
+/// i mod 8, +0.0 for an element not kept); the keys inside it gathered in element order (`g.1`:
+/// |w| as keys; `pos`: their offsets in the item); the nonzero elements (stored, and kept above
+/// the window) when counted.
+pub(super) struct Speculated {
+    pub(super) g: Gathered,
+    pub(super) pos: Vec<u32>,
+    pub(super) words: Vec<u64>,
+    pub(super) mass: emp::Lanes,
+    pub(super) nonzero: (u64, u64),
+}
+
+impl Speculated {
+    /// For an item of `len` elements, room for `hint` gathered keys.
+    pub(super) fn new(len: usize, hint: usize) -> Self {
+        Speculated {
+            g: (0, Vec::with_capacity(hint)),
+            pos: Vec::with_capacity(hint),
+            words: new_mask(len, false),
+            mass: emp::Lanes::default(),
+            nonzero: (0, 0),
+        }
+    }
+}
+
+/// An item's keep bits and sums once the threshold `t` (a ranked key; the item's part is scaled
+/// by `scale`) is known: of the gathered keys, those ranked above `t` are kept, and of those equal
+/// to it the first `budget` (all with `usize::MAX`); their |w| are added to the mass in element
+/// order.
+pub(super) fn settle(sp: Speculated, scale: f64, (t, mut budget): (u64, usize), total: f64, counted: bool) -> Marked {
+    let Speculated { g, pos, mut words, mass, mut nonzero } = sp;
+    let mut kept_mass = mass.total();
+    for (&p, &r) in pos.iter().zip(&g.1) {
+        let k = ranked_key(r, scale);
+        let keep = k > t || (k == t && budget > 0);
+        if k == t && budget > 0 && budget != usize::MAX {
+            budget -= 1;
+        }
+        if keep {
+            words[p as usize / 64] |= 1u64 << (p % 64);
+            kept_mass += f64::from_bits(r);
+            nonzero.1 += u64::from(counted && r != 0);
+        }
+    }
+    Marked { words, retained: -0.0, total, kept_mass, nonzero }
+}
+
+/// [`raw_window_mark`]'s pass over elements `a..b` of one part, with the window `w` in raw values
+/// (portable; the reference for [`window_mark_fast`]). Like [`window_item`], it stops between
+/// blocks once more than `w.cap` keys are gathered (the window missed).
+#[inline(always)]
+pub(super) fn window_mark_item<const COUNT: bool>(v: View, a: usize, b: usize, w: Window, hint: usize) -> Speculated {
+    let hi = if w.hi == u64::MAX { f64::INFINITY } else { f64::from_bits(w.hi) };
+    let lo = f64::from_bits(w.lo);
+    let mut sp = Speculated::new(b - a, hint);
+    let mut keep = [0u64; BLOCK];
+    let (mut buf, mut s) = ([0f64; BLOCK], v.stream(a, b));
+    while let Some((i0, r)) = s.decode_next(&mut buf) {
+        if sp.g.1.len() > w.cap {
+            break;
+        }
+        let k = r.len();
+        let keep = &mut keep[..k];
+        // The decoded scores are |w| already.
+        for (j, (q, &x)) in keep.iter_mut().zip(r).enumerate() {
+            *q = 0u64.wrapping_sub((x > hi) as u64);
+            if x >= lo && x <= hi {
+                sp.pos.push((i0 - a + j) as u32);
+                sp.g.1.push(key(x));
+            }
+        }
+        sp.g.0 += keep.iter().filter(|&&q| q != 0).count();
+        pack_keep::<COUNT>(keep, r, &mut sp.words[(i0 - a) / 64..], &mut sp.nonzero);
+        // Kept |w|, +0.0 for the others.
+        let body = k - k % 8;
+        for (c, sel) in r[..body].chunks_exact(8).zip(keep[..body].chunks_exact(8)) {
+            let mut y = [0f64; 8];
+            for l in 0..8 {
+                y[l] = f64::from_bits(c[l].to_bits() & sel[l]);
+            }
+            sp.mass.add8(&y);
+        }
+        for (&x, &sel) in r[body..].iter().zip(&keep[body..]) {
+            sp.mass.add(&[f64::from_bits(x.to_bits() & sel)]);
+        }
+    }
+    sp
+}
+
+/// Cuts marked by the raw window pass (tests check that they exercise it).
 #[cfg(test)]
 pub(super) static RAW_WINDOW_HITS: AtomicUsize = AtomicUsize::new(0);
 

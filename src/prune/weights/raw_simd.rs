@@ -1,9 +1,10 @@
 //! The raw passes' kernels for f32 weights with AVX2: compares on the stored f32 values, eight
 //! per instruction, without decoding them to f64 first (issue 13).
 //!
-//! Contract: for an f32 view (`Src::F32`, scale 1), [`window_item_f32`] returns exactly what
-//! `window_item` returns and [`mark_item_f32`] exactly what `raw_mark_item` returns (the same
-//! count, the same gathered keys in the same order, the same keep bits, bit-identical sums).
+//! Contract: for an f32 view (`Src::F32`, scale 1), [`window_mark_f32`] returns exactly what
+//! `window_mark_item` returns and [`mark_item_f32`] exactly what `raw_mark_item` returns (the
+//! same counts, the same gathered keys and positions in the same order, the same keep bits,
+//! bit-identical sums).
 //! Why this holds:
 //! - Every f32 is exactly an f64, so |x| > b (b an f64 bound) ⟺ |x| > [`f32_floor`](b), the
 //!   largest f32 ≤ b, and |x| ≥ b ⟺ |x| ≥ [`f32_ceil`](b), the smallest f32 ≥ b: the f32
@@ -55,17 +56,24 @@ fn kernel_bytes<'a>(v: &View<'a>) -> Option<&'a [u8]> {
     None
 }
 
-/// `window_item(v, a, b, w)` by [`window_item_f32`] when it applies (see [`kernel_bytes`]).
-pub(super) fn window_item_fast(v: View, a: usize, b: usize, w: Window) -> Option<Gathered> {
+/// `window_mark_item::<COUNT>(v, a, b, w)` by [`window_mark_f32`] when it applies (see
+/// [`kernel_bytes`]).
+pub(super) fn window_mark_fast<const COUNT: bool>(
+    v: View,
+    a: usize,
+    b: usize,
+    w: Window,
+    hint: usize,
+) -> Option<Speculated> {
     let bytes = kernel_bytes(&v)?;
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: `kernel_bytes` checked that the CPU has AVX2.
-        Some(unsafe { window_item_f32(bytes, a, b, w) })
+        Some(unsafe { window_mark_f32::<COUNT>(bytes, a, b, w, hint) })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (bytes, a, b, w);
+        let _ = (bytes, a, b, w, hint);
         None
     }
 }
@@ -98,6 +106,13 @@ fn floats(b: &[u8], lo: usize, hi: usize) -> impl Iterator<Item = f32> + '_ {
     b[lo * 4..hi * 4].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
+/// |f32| at element `j` of little-endian f32 bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn float_at(b: &[u8], j: usize) -> f32 {
+    f32::from_le_bytes([b[j * 4], b[j * 4 + 1], b[j * 4 + 2], b[j * 4 + 3]]).abs()
+}
+
 /// Eight f32 loaded from `b` at element `i` (little-endian bytes, any alignment).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -113,53 +128,98 @@ unsafe fn abs8(x: __m256) -> __m256 {
     _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)))
 }
 
-/// `window_item` over elements `a..b` of f32 bytes `bytes`, with the window `w` in raw values.
+/// `window_mark_item` over elements `a..b` of f32 bytes `bytes`, with the window `w` in raw
+/// values.
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn window_item_f32(bytes: &[u8], a: usize, b: usize, w: Window) -> Gathered {
+pub(super) unsafe fn window_mark_f32<const COUNT: bool>(
+    bytes: &[u8],
+    a: usize,
+    b: usize,
+    w: Window,
+    hint: usize,
+) -> Speculated {
     let hi64 = if w.hi == u64::MAX { f64::INFINITY } else { f64::from_bits(w.hi) };
-    let (lo, hi) = (f32_ceil(f64::from_bits(w.lo)), f32_floor(hi64));
+    let lo64 = f64::from_bits(w.lo);
+    let (lo, hi) = (f32_ceil(lo64), f32_floor(hi64));
     let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-    let mut above = 0usize;
-    let mut g: Vec<u64> = Vec::new();
+    let zero = _mm256_setzero_ps();
+    let mut sp = Speculated::new(b - a, hint);
+    // Whole words in registers, the last partial word element by element.
+    let body_end = a + (b - a) / 64 * 64;
+    // The lanes of the kept mass (0..4, 4..8), in registers until the body is done.
+    let (mut acc0, mut acc1) = (_mm256_set1_pd(-0.0), _mm256_set1_pd(-0.0));
     let mut i0 = a;
-    // Blocks of BLOCK elements from `a`, as `window_item` decodes them (it stops between blocks
-    // once more than `cap` keys are gathered).
+    let mut stopped = false;
+    // Blocks of BLOCK elements from `a`, as `window_mark_item` decodes them (it stops between
+    // blocks once more than `cap` keys are gathered).
     while i0 < b {
-        if g.len() > w.cap {
+        if sp.g.1.len() > w.cap {
+            stopped = true;
             break;
         }
-        let end = (i0 + BLOCK).min(b);
+        let end = (i0 + BLOCK).min(body_end);
         let mut i = i0;
         while i + 64 <= end {
-            let mut m = 0u64;
+            let (mut keep, mut m, mut nz) = (0u64, 0u64, 0u64);
             for q in 0..8 {
                 let x = abs8(load8(bytes, i + 8 * q));
-                let gt = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(x, vhi)) as u32;
+                let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(x, vhi);
                 let inw = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(x, vlo), _mm256_cmp_ps::<_CMP_LE_OQ>(x, vhi));
-                above += gt.count_ones() as usize;
+                keep |= (_mm256_movemask_ps(gt) as u32 as u64) << (8 * q);
                 m |= (_mm256_movemask_ps(inw) as u32 as u64) << (8 * q);
+                if COUNT {
+                    nz |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(x, zero)) as u32 as u64) << (8 * q);
+                }
+                // Kept |w| as f64, +0.0 for the others.
+                let k = _mm256_and_ps(x, gt);
+                acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(k)));
+                acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(k)));
+            }
+            sp.words[(i - a) / 64] = keep;
+            sp.g.0 += keep.count_ones() as usize;
+            if COUNT {
+                sp.nonzero.0 += u64::from(nz.count_ones());
+                sp.nonzero.1 += u64::from((nz & keep).count_ones());
             }
             while m != 0 {
                 let j = i + m.trailing_zeros() as usize;
-                g.push(key(f64::from(floats(bytes, j, j + 1).next().expect("one float"))));
+                sp.pos.push((j - a) as u32);
+                sp.g.1.push(key(f64::from(float_at(bytes, j))));
                 m &= m - 1;
             }
             i += 64;
         }
-        for x in floats(bytes, i, end) {
-            let x = x.abs();
-            above += (x > hi) as usize;
-            if x >= lo && x <= hi {
-                g.push(key(f64::from(x)));
-            }
-        }
-        i0 = end;
+        i0 = (i0 + BLOCK).min(b);
     }
-    (above, g)
+    let mut y = [0f64; 8];
+    _mm256_storeu_pd(y.as_mut_ptr(), acc0);
+    _mm256_storeu_pd(y.as_mut_ptr().add(4), acc1);
+    sp.mass.add8(&y);
+    if !stopped {
+        // The last partial word, element by element.
+        for (j, x) in (body_end..b).zip(floats(bytes, body_end, b)) {
+            let x = f64::from(x.abs());
+            let k = x > hi64;
+            if k {
+                sp.words[(j - a) / 64] |= 1 << ((j - a) % 64);
+                sp.g.0 += 1;
+            }
+            if x >= lo64 && x <= hi64 {
+                sp.pos.push((j - a) as u32);
+                sp.g.1.push(key(x));
+            }
+            if COUNT && x != 0.0 {
+                sp.nonzero.0 += 1;
+                sp.nonzero.1 += k as u64;
+            }
+            sp.mass.add(&[if k { x } else { 0.0 }]);
+        }
+    }
+    sp
 }
 
 /// Eight keep flags (bits of `bits`, element 0 in bit 0) as two f64 masks of four lanes.
@@ -303,6 +363,38 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
+        /// The window pass that marks as it goes, settled at a threshold inside its window, keeps
+        /// what the marking pass keeps (bits and nonzero counts; the kept mass within rounding).
+        #[test]
+        fn settled_window_marks_as_the_marking_pass(
+            w in weights(),
+            (pick_t, pick_lo, nudge_lo, nudge_hi) in (any::<usize>(), any::<usize>(), any::<u8>(), any::<u8>()),
+            budget in prop_oneof![Just(usize::MAX), 0usize..100],
+            start in 0usize..3,
+        ) {
+            let bytes = bytes_of(&w);
+            let n = w.len();
+            let lo = (start * 64).min(n);
+            let v = View { src: Src::F32(&bytes), scale: 1.0 };
+            // A threshold at a value of the data (ties) and a window around it.
+            let t = bound(&w, pick_t, 0);
+            let wl = bound(&w, pick_lo, nudge_lo).min(t);
+            let wh = match nudge_hi % 3 { 0 => t, 1 => t.next_up(), _ => f64::INFINITY };
+            let win = Window { lo: wl.to_bits(), hi: if wh == f64::INFINITY { u64::MAX } else { wh.to_bits() }, cap: usize::MAX };
+            for count in [false, true] {
+                let mut words = new_mask(n - lo, false);
+                let (sp, m) = if count {
+                    (window_mark_item::<true>(v, lo, n, win, 0), raw_mark_item::<true>(v, lo, n, (t, t), budget, &mut words))
+                } else {
+                    (window_mark_item::<false>(v, lo, n, win, 0), raw_mark_item::<false>(v, lo, n, (t, t), budget, &mut words))
+                };
+                let settled = settle(sp, 1.0, (t.to_bits(), budget), 0.0, count);
+                prop_assert_eq!(&settled.words, &words);
+                prop_assert_eq!(settled.nonzero, m.1);
+                prop_assert!((settled.kept_mass - m.0).abs() <= 1e-12 * m.0.abs(), "{} vs {}", settled.kept_mass, m.0);
+            }
+        }
+
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn kernels_match_the_portable_passes(
@@ -324,9 +416,15 @@ mod tests {
             let (a, b) = (bound(&w, pick_lo, nudge_lo), bound(&w, pick_hi, nudge_hi));
             let (blo, bhi) = if a <= b { (a, b) } else { (b, a) };
             let win = Window { lo: blo.to_bits(), hi: if bhi == f64::INFINITY { u64::MAX } else { bhi.to_bits() }, cap };
-            let fast = window_item_fast(v, lo, n, win).expect("AVX2 and f32");
-            let slow = window_item(v, lo, n, win);
-            prop_assert_eq!(fast, slow);
+            for count in [false, true] {
+                let (f, s) = if count {
+                    (window_mark_fast::<true>(v, lo, n, win, 0).expect("AVX2 and f32"), window_mark_item::<true>(v, lo, n, win, 0))
+                } else {
+                    (window_mark_fast::<false>(v, lo, n, win, 0).expect("AVX2 and f32"), window_mark_item::<false>(v, lo, n, win, 0))
+                };
+                prop_assert_eq!((&f.g, &f.pos, &f.words, f.nonzero), (&s.g, &s.pos, &s.words, s.nonzero));
+                prop_assert_eq!(f.mass.total().to_bits(), s.mass.total().to_bits());
+            }
             // Marking: keep > gt, ties ge..=gt (the first t of them, or all).
             let (gt, ge) = (bhi.min(f64::MAX), blo);
             for count in [false, true] {

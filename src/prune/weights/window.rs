@@ -8,7 +8,7 @@
 //! - the normalized scope's first pass ([`presums`]: each tensor's Σ |s| for its mean) also takes
 //!   the sample, Σ s², the max and the first NaN/Inf. For weights read as magnitudes those give
 //!   the exact cut ([`raw`]), and the window pass runs on the raw weights
-//!   ([`raw::raw_window_threshold`]). With a score override they only estimate the cut, so the
+//!   ([`raw::raw_window_mark`], which marks the keys above the window in the same pass). With a score override they only estimate the cut, so the
 //!   scan gathers the bracket ([`select::scan_gather`]) and the threshold needs no pass of its
 //!   own; the exact moments still come from the scan, and when the exact cut falls outside the
 //!   bracket, [`window_threshold`] (then radix select) runs as before.
@@ -75,6 +75,18 @@ pub(super) fn window_threshold(
 
 /// The threshold from a window pass's results, when they hold the `kept`-th key.
 pub(super) fn window_select(per_item: &[Gathered], kept: usize, w: Window) -> Option<Threshold> {
+    window_select_by(per_item, kept, w, |_, k| k)
+}
+
+/// [`window_select`] when the gathered keys are ranked by `rank(item, key)` (a monotone map per
+/// item) as they are read.
+pub(super) fn window_select_by<G: std::borrow::Borrow<Gathered>>(
+    per_item: &[G],
+    kept: usize,
+    w: Window,
+    rank: impl Fn(usize, u64) -> u64,
+) -> Option<Threshold> {
+    let per_item: Vec<&Gathered> = per_item.iter().map(|g| g.borrow()).collect();
     if per_item.iter().any(|x| x.1.len() > w.cap) {
         return None;
     }
@@ -84,15 +96,45 @@ pub(super) fn window_select(per_item: &[Gathered], kept: usize, w: Window) -> Op
         return None;
     }
     let r = kept - above - 1;
-    let mut all: Vec<u64> = Vec::with_capacity(inside);
-    for (_, g) in per_item {
-        all.extend_from_slice(g);
-    }
-    let (higher, &mut t, _) = all.select_nth_unstable_by(r, |a, b| b.cmp(a));
-    let higher = higher.iter().filter(|&&k| k > t).count();
-    drop(all);
-    let eq_per_item: Vec<usize> = per_item.iter().map(|(_, g)| g.iter().filter(|&&k| k == t).count()).collect();
+    let (t, higher) = select_gathered(&per_item, r, w, &rank);
+    let eq_per_item: Vec<usize> =
+        per_item.iter().enumerate().map(|(i, (_, g))| g.iter().filter(|&&k| rank(i, k) == t).count()).collect();
     Some(Threshold { key: t, ties: r - higher + 1, eq: eq_per_item.iter().sum(), eq_per_item: Some(eq_per_item) })
+}
+
+/// The `r`-th largest (0 = largest) of the gathered keys (ranked by `rank`, all inside the window
+/// `w`) and how many are larger, without copying them all: a histogram of their high bits below
+/// the window's common prefix finds the bucket that holds it, and only that bucket is gathered and
+/// selected in memory.
+fn select_gathered(per_item: &[&Gathered], r: usize, w: Window, rank: &impl Fn(usize, u64) -> u64) -> (u64, usize) {
+    let span = w.hi.saturating_sub(w.lo);
+    let shift = (64 - span.leading_zeros()).saturating_sub(16);
+    let last = (span >> shift) as usize;
+    // Monotone in k (clamped: a key outside the window would still be ordered right).
+    let bucket = |k: u64| ((k.saturating_sub(w.lo) >> shift) as usize).min(last);
+    let mut hist = vec![0u32; last + 1];
+    for (i, (_, g)) in per_item.iter().enumerate() {
+        for &k in g.iter() {
+            hist[bucket(rank(i, k))] += 1;
+        }
+    }
+    // From the top bucket down: the one holding the r-th largest, and the keys above it.
+    let (mut above, mut b) = (0usize, hist.len());
+    while b > 0 {
+        b -= 1;
+        let c = hist[b] as usize;
+        if above + c > r {
+            break;
+        }
+        above += c;
+    }
+    drop(hist);
+    let mut keys: Vec<u64> = Vec::new();
+    for (i, (_, g)) in per_item.iter().enumerate() {
+        keys.extend(g.iter().map(|&k| rank(i, k)).filter(|&k| bucket(k) == b));
+    }
+    let (higher, &mut t, _) = keys.select_nth_unstable_by(r - above, |a, b| b.cmp(a));
+    (t, above + higher.iter().filter(|&&k| k > t).count())
 }
 
 /// [`window_threshold`]'s pass over elements `a..b` of one part.
