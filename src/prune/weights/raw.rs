@@ -149,16 +149,14 @@ pub(super) fn raw_window_mark(
     let w = window_bounds(n, &mut sample, kept, kept)?;
     // How many keys an item gathers, about: the sample's share inside the window, plus margin
     // (the gathered keys are reserved once rather than grown by doubling).
-    let inside = sample.iter().filter(|&&k| k >= w.lo && k <= w.hi).count();
-    let frac = inside as f64 / sample.len() as f64;
-    let hint = |len: usize| ((len as f64 * frac * 1.1) as usize + 64).min(len);
+    let hint = |len: usize| ((len as f64 * w.share * 1.1) as usize + 64).min(len);
     drop(sample);
     // Per part, the window in raw values (inclusive on both ends, as the window is).
     let hi = if w.hi == u64::MAX { f64::INFINITY } else { f64::from_bits(w.hi) };
     let lo = f64::from_bits(w.lo);
     let raw: Vec<Window> = parts
         .iter()
-        .map(|v| Window { lo: raw_ge(lo, v.scale).to_bits(), hi: raw_le(hi, v.scale).to_bits(), cap: w.cap })
+        .map(|v| Window { lo: raw_ge(lo, v.scale).to_bits(), hi: raw_le(hi, v.scale).to_bits(), ..w })
         .collect();
     let per_item: Vec<Speculated> = items
         .par_iter()

@@ -380,7 +380,8 @@ mod tests {
             let t = bound(&w, pick_t, 0);
             let wl = bound(&w, pick_lo, nudge_lo).min(t);
             let wh = match nudge_hi % 3 { 0 => t, 1 => t.next_up(), _ => f64::INFINITY };
-            let win = Window { lo: wl.to_bits(), hi: if wh == f64::INFINITY { u64::MAX } else { wh.to_bits() }, cap: usize::MAX };
+            let hi_key = if wh == f64::INFINITY { u64::MAX } else { wh.to_bits() };
+            let win = Window { lo: wl.to_bits(), hi: hi_key, cap: usize::MAX, share: 0.0 };
             for count in [false, true] {
                 let mut words = new_mask(n - lo, false);
                 let (sp, m) = if count {
@@ -415,7 +416,8 @@ mod tests {
             let v = View { src: Src::F32(&bytes), scale: 1.0 };
             let (a, b) = (bound(&w, pick_lo, nudge_lo), bound(&w, pick_hi, nudge_hi));
             let (blo, bhi) = if a <= b { (a, b) } else { (b, a) };
-            let win = Window { lo: blo.to_bits(), hi: if bhi == f64::INFINITY { u64::MAX } else { bhi.to_bits() }, cap };
+            let hi_key = if bhi == f64::INFINITY { u64::MAX } else { bhi.to_bits() };
+            let win = Window { lo: blo.to_bits(), hi: hi_key, cap, share: 0.0 };
             for count in [false, true] {
                 let (f, s) = if count {
                     (window_mark_fast::<true>(v, lo, n, win, 0).expect("AVX2 and f32"), window_mark_item::<true>(v, lo, n, win, 0))

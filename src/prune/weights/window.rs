@@ -25,6 +25,8 @@ pub(super) struct Window {
     pub(super) lo: u64,
     pub(super) hi: u64,
     pub(super) cap: usize,
+    /// The sample's share inside the window: about the share of keys a pass gathers.
+    pub(super) share: f64,
 }
 
 /// One work item's share of a window pass: keys above the window, keys inside it.
@@ -54,7 +56,8 @@ pub(super) fn window_bounds(n: usize, sample: &mut [u64], kept_lo: usize, kept_h
     let mut rank_key = |rank: usize| *sample.select_nth_unstable_by(rank, |a, b| b.cmp(a)).1;
     let hi = if hi_rank < 0.0 { u64::MAX } else { rank_key(hi_rank as usize) };
     let lo = if lo_rank >= m as f64 { 0 } else { rank_key(lo_rank as usize) };
-    Some(Window { lo, hi, cap: 2 * gather_max })
+    let share = ((lo_rank.min(m as f64 - 1.0) - hi_rank.max(0.0) + 1.0) / m as f64).clamp(0.0, 1.0);
+    Some(Window { lo, hi, cap: 2 * gather_max, share })
 }
 
 /// The `kept`-th largest key of `parts` from `sample`: one pass gathers the window, the threshold
