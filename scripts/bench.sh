@@ -13,7 +13,7 @@ for mb in 90 1600; do
   [ -f "$f" ] || "$B" --generate "$mb" target/bench-models
 done
 # The floors side by side (issue 13): cat (read+write through user memory), cp and the CLI pass
-# (--no-verify) per scope, interleaved, median wall and peak RSS against the targets
+# (--no-verify) per scope, each command's runs in a row (--grouped), median wall and peak RSS against the targets
 # (scripts/floors.py); then the Python peer (onnx + numpy: scripts/peer.py) and, at 90 MB,
 # --structured channels, once each.
 T0=$(mktemp -d)
@@ -21,7 +21,7 @@ for mb in 90 1600; do
   f=target/bench-models/synthetic_${mb}mb.onnx
   echo "### floors, synthetic ${mb} MB"
   runs=9; [ "$mb" = 1600 ] && runs=3
-  python3 scripts/floors.py "$f" --runs $runs --scopes normalized,global,layer,unit
+  python3 scripts/floors.py "$f" --runs $runs --grouped --scopes normalized,global,layer,unit
   if python3 -c "import onnx, numpy" 2>/dev/null; then
     sync; /usr/bin/time -f "python peer  %e s  %M KB" python3 scripts/peer.py "$f" "$T0/peer.onnx" >/dev/null
   fi

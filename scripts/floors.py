@@ -11,6 +11,12 @@ the model's bytes. Targets printed beside them: pass ≤ 2× cat, peak RSS ≤ 1
 Outputs go to a temporary folder next to the binary (the disk, as a user writes), or under
 `--out-dir`: on a tmpfs such as /dev/shm every command writes to memory, which takes the disk's
 writeback out of the comparison (on this VM it varies `cat` of 1.6 GB from 0.7 to 5 s).
+
+`--grouped` runs each command R times in a row after one untimed run, instead of interleaving
+them. On the VM measured, at 1.6 GB the command that runs right after another command's 1.6 GB
+output was deleted often writes 3–15× slower (whichever command that is: `cat` in the
+interleaved order, onnx-emp in a loop that alternates the other way), while each command run
+after its own output is removed is steady.
 """
 import argparse
 import os
@@ -42,6 +48,11 @@ def main():
     ap.add_argument("--scopes", default="normalized")
     ap.add_argument("--binary", default="target/release/onnx-emp")
     ap.add_argument("--out-dir", default=None, help="where outputs are written (default: next to the binary)")
+    ap.add_argument(
+        "--grouped",
+        action="store_true",
+        help="each command's runs in a row, after one untimed run, instead of interleaved",
+    )
     a = ap.parse_args()
     data = a.model + ".data"
     files = [a.model] + ([data] if os.path.exists(data) else [])
@@ -57,15 +68,25 @@ def main():
                 [out, out + ".data"],
             )
         res = {k: [] for k in cmds}
-        for _ in range(a.runs):
+        if a.grouped:
             for k, (cmd, outs) in cmds.items():
-                res[k].append(run(cmd, outs))
+                run(cmd, outs)  # untimed: see --grouped
+                for _ in range(a.runs):
+                    res[k].append(run(cmd, outs))
+                for f in outs:
+                    if os.path.exists(f):
+                        os.remove(f)
+        else:
+            for _ in range(a.runs):
+                for k, (cmd, outs) in cmds.items():
+                    res[k].append(run(cmd, outs))
         for k, (_, outs) in cmds.items():
             for f in outs:
                 if os.path.exists(f):
                     os.remove(f)
     cat = statistics.median(w for w, _ in res["cat"])
-    print(f"model {a.model}: {size / 1e6:.1f} MB, {a.runs} runs each, interleaved, outputs in {where}")
+    order = "grouped (in a row, after one untimed run)" if a.grouped else "interleaved"
+    print(f"model {a.model}: {size / 1e6:.1f} MB, {a.runs} runs each, {order}, outputs in {where}")
     print(f"{'command':28} {'median s':>9} {'range s':>15} {'÷ cat':>7} {'peak RSS':>10} {'÷ bytes':>8}  (MB = 10^6 bytes)")
     for k, v in res.items():
         ws = [w for w, _ in v]
