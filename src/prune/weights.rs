@@ -327,6 +327,10 @@ fn prune_global(
         } else {
             raw_window_mark(&views, &items, sample, plan.gd.kept, totals, &count)
         };
+        #[cfg(test)]
+        if marked.is_some() {
+            raw::RAW_WINDOW_HITS[0].fetch_add(1, Ordering::Relaxed);
+        }
         let marked = marked.unwrap_or_else(|| {
             let th = if plan.gd.kept >= n {
                 Threshold { key: 0, ties: usize::MAX, eq: 0, eq_per_item: None }
@@ -345,7 +349,7 @@ fn prune_global(
     }
     // With the sample in hand, the scan gathers the bracket of the estimated cut.
     let early = pre.and_then(|nm| early_window(nm, samples, &items, n, opts));
-    let (sc, gathered) = match early {
+    let (mut sc, gathered) = match early {
         Some((sample, win)) => {
             let (sc, g) = scan_gather(&views, &items, win);
             (Scan { sample, ..sc }, Some((g, win)))
@@ -366,11 +370,26 @@ fn prune_global(
         moments_global(&views, &items, &sc, m)
     };
     let all_kept = Threshold { key: 0, ties: usize::MAX, eq: 0, eq_per_item: None };
-    let (gd, th) = if m == 0.0 {
-        (GlobalDecision { n, n_eff: n as f64, kept: n, s_eff: 1.0 }, all_kept)
+    let (gd, th, fused) = if m == 0.0 {
+        (GlobalDecision { n, n_eff: n as f64, kept: n, s_eff: 1.0 }, all_kept, None)
     } else {
         let (ne, kept) = global_kept(n, s1, s2, opts);
-        let th = if kept >= n {
+        // Scope global on magnitudes whose sums need no rescaling: the raw scope's window pass,
+        // which marks as it goes (see [`raw`]; every scale is 1, the item totals are the scan's).
+        let plain = norm.is_none()
+            && emp::moment_scale(m) == 1.0
+            && views.iter().all(|v| v.scale == 1.0 && !matches!(v.src, Src::Scores(_)));
+        let fused = if plain && kept < n {
+            let totals: Vec<f64> = sc.sums.iter().map(|t| t[0]).collect();
+            raw_window_mark(&views, &items, std::mem::take(&mut sc.sample), kept, &totals, &count)
+        } else {
+            None
+        };
+        #[cfg(test)]
+        if fused.is_some() {
+            raw::RAW_WINDOW_HITS[1].fetch_add(1, Ordering::Relaxed);
+        }
+        let th = if kept >= n || fused.is_some() {
             all_kept
         } else {
             let early = gathered.as_ref().and_then(|(g, win)| window_select(g, kept, *win));
@@ -380,7 +399,7 @@ fn prune_global(
             }
             early.unwrap_or_else(|| threshold(&views, &items, &sc, kept))
         };
-        (GlobalDecision { n, n_eff: ne, kept, s_eff: 1.0 }, th)
+        (GlobalDecision { n, n_eff: ne, kept, s_eff: 1.0 }, th, fused)
     };
     drop((sc, gathered));
     // Each item's block total of the unscaled scores as given (signed for a score override):
@@ -395,6 +414,10 @@ fn prune_global(
             nonzero: vec![None; cands.len()],
         };
         (none, 0.0)
+    } else if let Some(marked) = fused {
+        // Moments unscaled and every scale 1: the retained mass is the kept |s|.
+        let retained = marked.iter().fold(-0.0f64, |r, k| r + k.kept_mass);
+        (gather_marked(cands.len(), &items, marked, &count), retained)
     } else {
         let budgets = tie_budgets(&views, &items, &th);
         let msum = (emp::moment_scale(m), totals);

@@ -174,8 +174,6 @@ pub(super) fn raw_window_mark(
     // The gathered keys are raw |w|; ranked as `View::fill` ranks them.
     let ranked = |i: usize, k: u64| ranked_key(k, parts[items[i].0].scale);
     let th = window_select_by(&per_item.iter().map(|sp| &sp.g).collect::<Vec<_>>(), kept, w, ranked)?;
-    #[cfg(test)]
-    RAW_WINDOW_HITS.fetch_add(1, Ordering::Relaxed);
     let budgets = tie_budgets(parts, items, &th);
     Some(
         per_item
@@ -291,9 +289,10 @@ pub(super) fn window_mark_item<const COUNT: bool>(v: View, a: usize, b: usize, w
     sp
 }
 
-/// Cuts marked by the raw window pass (tests check that they exercise it).
+/// Cuts marked by the raw window pass, in the normalized scope and in the global one (tests check
+/// that they exercise it).
 #[cfg(test)]
-pub(super) static RAW_WINDOW_HITS: AtomicUsize = AtomicUsize::new(0);
+pub(super) static RAW_WINDOW_HITS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
 /// Keep bits of every item for the ranked threshold `th`, compared in raw values: per item its
 /// words, the blocked sum of its kept |w| (`kept_mass`; `retained` is left to the caller:
