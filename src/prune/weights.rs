@@ -275,11 +275,12 @@ fn prune_groups(
 /// threshold: keys above the sample's bracket counted, keys inside it gathered (radix passes
 /// instead when the bracket misses); (3) keep bits and retained mass (plus a counting pass when
 /// only some keys equal to the threshold are kept); (4) each tensor accounted and zeroed, or its
-/// keep bits returned when its data is mapped. Scope normalized (`norm`: the mean pass's
-/// results): for magnitudes the mean pass gives the exact cut and (1) is not run: one window pass
-/// on the raw weights finds the threshold and marks (see [`raw`]); with a score override the mean pass has the
-/// sample before (1), so (1) gathers the bracket and (2) is not a pass of its own (see
-/// [`window`]).
+/// keep bits returned when its data is mapped. For magnitudes whose moments need no rescaling,
+/// (2) also marks the keys above the bracket and (3) is only the gathered keys' (see
+/// [`raw::raw_window_mark`]). Scope normalized (`norm`: the mean pass's results): for magnitudes
+/// the mean pass gives the exact cut and (1) is not run: that one window pass on the raw weights
+/// finds the threshold and marks (see [`raw`]); with a score override the mean pass has the sample
+/// before (1), so (1) gathers the bracket and (2) is not a pass of its own (see [`window`]).
 fn prune_global(
     w: Weights,
     ts: &mut [&mut TensorProto],

@@ -27,6 +27,9 @@
 //! score override) and no moment needs rescaling (maxima within 1e±100); otherwise the scaled
 //! passes run (`prune_global`). The in-memory reference implements the same definitions (its K_p
 //! is the marking pass's: the window pass's may differ from it in the last bits).
+//!
+//! The global scope on magnitudes is this scope with every scale 1: when its moments need no
+//! rescaling, it runs [`raw_window_mark`] after its scan too.
 
 use super::*;
 
