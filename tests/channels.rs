@@ -1101,3 +1101,43 @@ fn floors_keep_the_stem_and_half_of_narrow_groups() {
     assert!(groups(&off).iter().any(|g| g.kept < g.n.min(8).max(g.n.div_ceil(2))), "{}", summary(&off.result.groups));
     assert!(off.params.1 < on.params.1);
 }
+
+/// The pointwise floor (on by default): in a network whose prunable groups include depthwise
+/// convolutions, a group that no depthwise Conv carries (MobileNetV2's bottleneck outputs and
+/// its last 1×1 conv) is kept whole and says so; `Floor { pointwise: false, .. }` (`--include
+/// pointwise`) prunes it. A network without depthwise convolutions is not affected.
+#[test]
+fn pointwise_floor_keeps_the_dense_only_groups_of_a_depthwise_net() {
+    let dense = load(&root().join("models/fmnist_mobilenet.onnx"));
+    let opts = StructOptions { beta: 0.8, round_to: onnx_emp::prune::RoundTo::Multiple(1), ..Default::default() };
+    let on = prune_channels(&dense, &opts).unwrap();
+    let off = prune_channels(&dense, &StructOptions { floor: Floor { pointwise: false, ..Floor::ON }, ..opts.clone() })
+        .unwrap();
+    let held = |g: &GroupReport| g.notes.iter().any(|n| n.contains("--include pointwise"));
+    let dw = |g: &GroupReport| {
+        g.members.iter().any(|m| {
+            let n = node(&dense, m);
+            n.op_type == "Conv" && graph::attr_i(n, "group").unwrap_or(1) > 1
+        })
+    };
+    let prunable: Vec<&GroupReport> = on.groups.iter().filter(|g| g.blocked.is_none()).collect();
+    let pointwise: Vec<&&GroupReport> = prunable.iter().filter(|g| !dw(g)).collect();
+    assert!(pointwise.len() >= 3, "{}", summary(&on.groups));
+    for g in &pointwise {
+        assert!(held(g) && g.kept == g.n, "{g:?}");
+    }
+    // the groups a depthwise Conv carries are still cut, and the floor's groups are when lifted
+    assert!(prunable.iter().any(|g| dw(g) && g.kept < g.n && !held(g)), "{}", summary(&on.groups));
+    for g in off.groups.iter().filter(|g| g.blocked.is_none() && !dw(g)) {
+        assert!(!held(g), "{g:?}");
+    }
+    assert!(off.groups.iter().any(|g| g.blocked.is_none() && !dw(g) && g.kept < g.n), "{}", summary(&off.groups));
+    let params =
+        |m: &ModelProto| m.graph.as_ref().unwrap().initializer.iter().map(|t| tensor::numel(t).unwrap()).sum::<usize>();
+    assert!(params(&off.pruned) < params(&on.pruned) && params(&on.pruned) < params(&dense));
+    // no depthwise Conv in a ResNet: nothing is held
+    let resnet = load(&root().join("models/fmnist_resnet.onnx"));
+    let r = prune_channels(&resnet, &opts).unwrap();
+    assert!(r.groups.iter().all(|g| !held(g)), "{}", summary(&r.groups));
+    assert!(r.groups.iter().any(|g| g.kept < g.n), "{}", summary(&r.groups));
+}

@@ -164,6 +164,8 @@ struct Group {
     scores: Vec<f64>,
     /// What the sources compute, for the automatic alignment.
     kind: SourceKind,
+    /// A depthwise Conv (one input channel per group) carries the group's units.
+    depthwise: bool,
 }
 
 /// The kernels a group's units run on, in order of their automatic alignment: blocked convolution or
@@ -379,6 +381,7 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             pins: BTreeMap::new(),
             scores: vec![],
             kind: SourceKind::of(ctx, src),
+            depthwise: false,
         });
         // A group is aligned for its widest-tiled source.
         g.kind = g.kind.max(SourceKind::of(ctx, src));
@@ -408,6 +411,9 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
         }
     }
     let mut v: Vec<Group> = by_id.into_values().filter(|g| !g.classes.is_empty()).collect();
+    for g in &mut v {
+        g.depthwise = an.members(g.id).iter().any(|&m| is_depthwise(ctx, &ctx.g.node[m]));
+    }
     v.sort_by_key(|g| g.first_source);
     v
 }
@@ -447,6 +453,8 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
         scores = activation_scores(ctx, an, opts)?;
     }
     let groups = collect_groups(ctx, an, &scores);
+    let depthwise_net = opts.floor.pointwise
+        && groups.iter().any(|g| g.blocked.is_empty() && g.depthwise && !(opts.floor.stem && is_stem(ctx, g)));
     let mut decisions: Vec<(f64, BTreeSet<usize>, Vec<String>)> = Vec::with_capacity(groups.len());
     let emp_err = |e: emp::EmpError| anyhow::anyhow!("{e}");
     for g in &groups {
@@ -471,6 +479,11 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
             decisions.push((d.n_eff, (0..g.classes.len()).collect(), notes));
             continue;
         }
+        if depthwise_net && !g.depthwise {
+            notes.push(pointwise_note(d.kept, "EMP"));
+            decisions.push((d.n_eff, (0..g.classes.len()).collect(), notes));
+            continue;
+        }
         let chosen: BTreeSet<usize> = emp::top_k(&g.scores, d.kept).into_iter().collect();
         let align = g.align(opts);
         let target = floored(g.classes.len(), d.kept, opts, &mut notes);
@@ -488,7 +501,8 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
     if opts.scope == StructScope::Global {
         let stems: BTreeSet<usize> =
             (0..groups.len()).filter(|&i| opts.floor.stem && is_stem(ctx, &groups[i])).collect();
-        global(&groups, &mut decisions, &stems, opts)?;
+        let pointwise: BTreeSet<usize> = (0..groups.len()).filter(|&i| depthwise_net && !groups[i].depthwise).collect();
+        global(&groups, &mut decisions, &stems, &pointwise, opts)?;
     }
     let mut removed: BTreeSet<Unit> = BTreeSet::new();
     for (g, (_, keep, _)) in groups.iter().zip(&decisions) {
@@ -513,6 +527,7 @@ fn global(
     groups: &[Group],
     decisions: &mut [(f64, BTreeSet<usize>, Vec<String>)],
     stems: &BTreeSet<usize>,
+    pointwise: &BTreeSet<usize>,
     opts: &StructOptions,
 ) -> Result<()> {
     let mut all: Vec<f64> = vec![];
@@ -552,6 +567,10 @@ fn global(
             ));
             continue;
         }
+        if pointwise.contains(&gi) && !stems.contains(&gi) {
+            decisions[gi].2.push(pointwise_note(c.len(), "global EMP"));
+            continue;
+        }
         let target = floored(groups[gi].classes.len(), c.len().max(1), opts, &mut decisions[gi].2);
         decisions[gi].1 = fill(&groups[gi], &c, target, groups[gi].align(opts));
     }
@@ -569,6 +588,22 @@ fn floored(n: usize, kept: usize, opts: &StructOptions, notes: &mut Vec<String>)
         super::NARROW_MIN.min(n)
     ));
     min
+}
+
+/// The note of a group the pointwise floor keeps whole ([`super::Floor::pointwise`]).
+fn pointwise_note(kept: usize, by: &str) -> String {
+    format!(
+        "kept whole: no depthwise Conv carries it in a network that has them (pointwise MACs buy little \
+         time there); {by} would keep {kept} (--include pointwise prunes it)"
+    )
+}
+
+/// A Conv with one input channel per group (depthwise; channel multiplier any).
+fn is_depthwise(ctx: &Ctx, n: &NodeProto) -> bool {
+    let group = n.attribute.iter().find(|a| a.name == "group").map_or(1, |a| a.i);
+    n.op_type == "Conv"
+        && group > 1
+        && n.input.get(1).and_then(|w| ctx.dims(w)).is_some_and(|d| d.len() >= 2 && d[1] == 1)
 }
 
 /// Ops between the model input and a stem that do not mix channels (normalisation, layout).
