@@ -13,6 +13,10 @@ cut). Machine noise on shared cores is a few percent: read the verdicts near the
     python3 scripts/make_bench_cnn.py --latency target/bench-models
     cargo build --release && python3 scripts/latency_cnn.py [--dir target/bench-models]
         [--betas 0.8] [--round-to auto,16] [--budget 6] [--models mobilenet_v2,resnet18,...]
+        [--floors default,bottleneck]
+
+--floors: one row per entry, `default` for the floors as they are, any other value passed as
+`--include VALUE` (`bottleneck`: cut the bottlenecks of depthwise nets, as before that floor).
 """
 import argparse
 import json
@@ -49,20 +53,23 @@ def main():
     ap.add_argument("--betas", default="0.8")
     ap.add_argument("--round-to", default="auto,16")
     ap.add_argument("--budget", type=float, default=6.0, help="seconds per engine and row")
+    ap.add_argument("--floors", default="default", help="default, or values for --include (comma separated)")
     a = ap.parse_args()
     rows = []
-    print("| model | β | `--round-to` | MACs cut | tract dense → pruned (ratio) | rule, tract | ORT ratio | rule, ORT |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | β | `--round-to` | floors | MACs cut | tract dense → pruned (ratio) | rule, tract | ORT ratio | rule, ORT |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for m in a.models.split(","):
             dense = os.path.join(a.dir, f"{m}.onnx")
             if not os.path.exists(dense):
                 sys.exit(f"{dense} missing: run python3 scripts/make_bench_cnn.py --latency {a.dir}")
             for beta in a.betas.split(","):
-                for r in a.round_to.split(","):
-                    out, rep = os.path.join(tmp, f"{m}_{beta}_{r}.onnx"), os.path.join(tmp, "r.json")
+                for r, fl in [(r, f) for r in a.round_to.split(",") for f in a.floors.split(",")]:
+                    out, rep = os.path.join(tmp, f"{m}_{beta}_{r}_{fl}.onnx"), os.path.join(tmp, "r.json")
                     cmd = [BIN, dense, out, "--structured", "channels", "--beta", beta, "--round-to", r,
                            "--latency-budget", str(a.budget), "--report", rep, "--force", "--quiet"]
+                    if fl != "default":
+                        cmd += ["--include", fl]
                     p = subprocess.run(cmd, capture_output=True, text=True)
                     if p.returncode != 0:
                         sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr}")
@@ -72,8 +79,8 @@ def main():
                     ld, lp = t["latency_dense"]["median_ms"], t["latency_pruned"]["median_ms"]
                     tr = lp / ld
                     orr = ort_ratio(dense, out, a.budget)
-                    rows.append((m, beta, r, cut, tr, orr))
-                    print(f"| {m} | {beta} | {r} | {100 * cut:.1f} % | {ld:.1f} → {lp:.1f} ms ({tr:.3f}×) | "
+                    rows.append((m, beta, r if fl == "default" else f"{r}, --include {fl}", cut, tr, orr))
+                    print(f"| {m} | {beta} | {r} | {fl} | {100 * cut:.1f} % | {ld:.1f} → {lp:.1f} ms ({tr:.3f}×) | "
                           f"{verdict(tr, cut)} | {orr:.3f}× | {verdict(orr, cut)} |", flush=True)
     # Share of the MACs cut that each engine turned into time, per row (1.0 = latency fell as much).
     print()

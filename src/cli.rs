@@ -98,8 +98,7 @@ struct PruneArgs {
     /// embedding, small (weights whose output units have fewer than 32 inputs: depthwise filters,
     /// a stem on 1-3 channels, LSTM gates on few features). Channels: narrow (lift the floor of
     /// half of every group and at least 8 units), stem (prune a Conv that reads the model input),
-    /// pointwise (in a network with depthwise convolutions, prune the groups only dense
-    /// convolutions carry)
+    /// bottleneck (in a network with depthwise convolutions, prune the bottlenecks between them)
     #[arg(long, value_enum, value_delimiter = ',', hide_possible_values = true)]
     include: Vec<IncludeArg>,
     /// Structured: round each kept count up to a multiple of N, never above the original width.

@@ -1102,18 +1102,21 @@ fn floors_keep_the_stem_and_half_of_narrow_groups() {
     assert!(off.params.1 < on.params.1);
 }
 
-/// The pointwise floor (on by default): in a network whose prunable groups include depthwise
-/// convolutions, a group that no depthwise Conv carries (MobileNetV2's bottleneck outputs and
-/// its last 1×1 conv) is kept whole and says so; `Floor { pointwise: false, .. }` (`--include
-/// pointwise`) prunes it. A network without depthwise convolutions is not affected.
+/// The bottleneck floor (on by default): in a network whose prunable groups include depthwise
+/// convolutions, a group no depthwise Conv carries that a 1×1 conv connects to a depthwise group
+/// (MobileNetV2's narrow block outputs) is kept whole and says so; `Floor { bottleneck: false, .. }`
+/// (`--include bottleneck`) prunes it. A group no depthwise group touches (the last 1×1 conv,
+/// which reads a bottleneck and feeds the classifier) is cut as before, in both scopes; a network
+/// without depthwise convolutions is not affected.
 #[test]
-fn pointwise_floor_keeps_the_dense_only_groups_of_a_depthwise_net() {
+fn bottleneck_floor_keeps_the_narrow_streams_of_a_depthwise_net() {
     let dense = load(&root().join("models/fmnist_mobilenet.onnx"));
     let opts = StructOptions { beta: 0.8, round_to: onnx_emp::prune::RoundTo::Multiple(1), ..Default::default() };
     let on = prune_channels(&dense, &opts).unwrap();
-    let off = prune_channels(&dense, &StructOptions { floor: Floor { pointwise: false, ..Floor::ON }, ..opts.clone() })
-        .unwrap();
-    let held = |g: &GroupReport| g.notes.iter().any(|n| n.contains("--include pointwise"));
+    let off =
+        prune_channels(&dense, &StructOptions { floor: Floor { bottleneck: false, ..Floor::ON }, ..opts.clone() })
+            .unwrap();
+    let held = |g: &GroupReport| g.notes.iter().any(|n| n.contains("--include bottleneck"));
     let dw = |g: &GroupReport| {
         g.members.iter().any(|m| {
             let n = node(&dense, m);
@@ -1121,20 +1124,27 @@ fn pointwise_floor_keeps_the_dense_only_groups_of_a_depthwise_net() {
         })
     };
     let prunable: Vec<&GroupReport> = on.groups.iter().filter(|g| g.blocked.is_none()).collect();
-    let pointwise: Vec<&&GroupReport> = prunable.iter().filter(|g| !dw(g)).collect();
-    assert!(pointwise.len() >= 3, "{}", summary(&on.groups));
-    for g in &pointwise {
-        assert!(held(g) && g.kept == g.n, "{g:?}");
+    // the block outputs: 16, 24, 32, 64, 96 wide, each between two depthwise groups
+    let streams: Vec<usize> = prunable.iter().filter(|g| held(g)).map(|g| g.n).collect();
+    assert_eq!(streams, [16, 24, 32, 64, 96], "{}", summary(&on.groups));
+    for g in prunable.iter().filter(|g| held(g)) {
+        assert!(!dw(g) && g.kept == g.n, "{g:?}");
     }
-    // the groups a depthwise Conv carries are still cut, and the floor's groups are when lifted
-    assert!(prunable.iter().any(|g| dw(g) && g.kept < g.n && !held(g)), "{}", summary(&on.groups));
-    for g in off.groups.iter().filter(|g| g.blocked.is_none() && !dw(g)) {
-        assert!(!held(g), "{g:?}");
-    }
-    assert!(off.groups.iter().any(|g| g.blocked.is_none() && !dw(g) && g.kept < g.n), "{}", summary(&off.groups));
+    // the depthwise groups are still cut, and so is the last 1x1 conv (320 wide, no depthwise
+    // neighbour)
+    assert!(prunable.iter().any(|g| dw(g) && g.kept < g.n), "{}", summary(&on.groups));
+    let head = group(&on, "/features/features.10/features.10.0/Conv");
+    assert!(!held(&head) && head.kept < head.n, "{head:?}");
+    // lifted: the streams are cut
+    assert!(off.groups.iter().all(|g| !held(g)), "{}", summary(&off.groups));
+    assert!(off.groups.iter().any(|g| g.blocked.is_none() && !dw(g) && g.n == 64 && g.kept < g.n));
     let params =
         |m: &ModelProto| m.graph.as_ref().unwrap().initializer.iter().map(|t| tensor::numel(t).unwrap()).sum::<usize>();
     assert!(params(&off.pruned) < params(&on.pruned) && params(&on.pruned) < params(&dense));
+    // global scope: the same groups are held
+    let global = prune_channels(&dense, &StructOptions { scope: StructScope::Global, ..opts.clone() }).unwrap();
+    let held_global: Vec<usize> = global.groups.iter().filter(|g| held(g) && g.kept == g.n).map(|g| g.n).collect();
+    assert_eq!(held_global, streams, "{}", summary(&global.groups));
     // no depthwise Conv in a ResNet: nothing is held
     let resnet = load(&root().join("models/fmnist_resnet.onnx"));
     let r = prune_channels(&resnet, &opts).unwrap();

@@ -166,6 +166,9 @@ struct Group {
     kind: SourceKind,
     /// A depthwise Conv (one input channel per group) carries the group's units.
     depthwise: bool,
+    /// A bottleneck between depthwise groups: no depthwise Conv carries the units, and a Conv or
+    /// MatMul that writes them reads a depthwise group, or one that reads them writes one.
+    bottleneck: bool,
 }
 
 /// The kernels a group's units run on, in order of their automatic alignment: blocked convolution or
@@ -382,6 +385,7 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             scores: vec![],
             kind: SourceKind::of(ctx, src),
             depthwise: false,
+            bottleneck: false,
         });
         // A group is aligned for its widest-tiled source.
         g.kind = g.kind.max(SourceKind::of(ctx, src));
@@ -413,6 +417,15 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
     let mut v: Vec<Group> = by_id.into_values().filter(|g| !g.classes.is_empty()).collect();
     for g in &mut v {
         g.depthwise = an.members(g.id).iter().any(|&m| is_depthwise(ctx, &ctx.g.node[m]));
+    }
+    let dw: BTreeSet<usize> = v.iter().filter(|g| g.depthwise).map(|g| g.id).collect();
+    let any_dw = |us: &[Option<Unit>]| us.iter().flatten().any(|u| dw.contains(&an.group_of(*u)));
+    for g in v.iter_mut().filter(|g| !g.depthwise) {
+        g.bottleneck = an.consumers.iter().any(|c| {
+            let reads = c.units.iter().flatten().any(|u| an.group_of(*u) == g.id);
+            (reads && an.sources.get(&c.node).is_some_and(|out| any_dw(out)))
+                || (g.sources.contains(&c.node) && any_dw(&c.units))
+        });
     }
     v.sort_by_key(|g| g.first_source);
     v
@@ -453,7 +466,7 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
         scores = activation_scores(ctx, an, opts)?;
     }
     let groups = collect_groups(ctx, an, &scores);
-    let depthwise_net = opts.floor.pointwise
+    let depthwise_net = opts.floor.bottleneck
         && groups.iter().any(|g| g.blocked.is_empty() && g.depthwise && !(opts.floor.stem && is_stem(ctx, g)));
     let mut decisions: Vec<(f64, BTreeSet<usize>, Vec<String>)> = Vec::with_capacity(groups.len());
     let emp_err = |e: emp::EmpError| anyhow::anyhow!("{e}");
@@ -479,8 +492,8 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
             decisions.push((d.n_eff, (0..g.classes.len()).collect(), notes));
             continue;
         }
-        if depthwise_net && !g.depthwise {
-            notes.push(pointwise_note(d.kept, "EMP"));
+        if depthwise_net && g.bottleneck {
+            notes.push(bottleneck_note(d.kept, "EMP"));
             decisions.push((d.n_eff, (0..g.classes.len()).collect(), notes));
             continue;
         }
@@ -501,8 +514,9 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
     if opts.scope == StructScope::Global {
         let stems: BTreeSet<usize> =
             (0..groups.len()).filter(|&i| opts.floor.stem && is_stem(ctx, &groups[i])).collect();
-        let pointwise: BTreeSet<usize> = (0..groups.len()).filter(|&i| depthwise_net && !groups[i].depthwise).collect();
-        global(&groups, &mut decisions, &stems, &pointwise, opts)?;
+        let bottlenecks: BTreeSet<usize> =
+            (0..groups.len()).filter(|&i| depthwise_net && groups[i].bottleneck).collect();
+        global(&groups, &mut decisions, &stems, &bottlenecks, opts)?;
     }
     let mut removed: BTreeSet<Unit> = BTreeSet::new();
     for (g, (_, keep, _)) in groups.iter().zip(&decisions) {
@@ -527,7 +541,7 @@ fn global(
     groups: &[Group],
     decisions: &mut [(f64, BTreeSet<usize>, Vec<String>)],
     stems: &BTreeSet<usize>,
-    pointwise: &BTreeSet<usize>,
+    bottlenecks: &BTreeSet<usize>,
     opts: &StructOptions,
 ) -> Result<()> {
     let mut all: Vec<f64> = vec![];
@@ -567,8 +581,8 @@ fn global(
             ));
             continue;
         }
-        if pointwise.contains(&gi) && !stems.contains(&gi) {
-            decisions[gi].2.push(pointwise_note(c.len(), "global EMP"));
+        if bottlenecks.contains(&gi) && !stems.contains(&gi) {
+            decisions[gi].2.push(bottleneck_note(c.len(), "global EMP"));
             continue;
         }
         let target = floored(groups[gi].classes.len(), c.len().max(1), opts, &mut decisions[gi].2);
@@ -590,11 +604,11 @@ fn floored(n: usize, kept: usize, opts: &StructOptions, notes: &mut Vec<String>)
     min
 }
 
-/// The note of a group the pointwise floor keeps whole ([`super::Floor::pointwise`]).
-fn pointwise_note(kept: usize, by: &str) -> String {
+/// The note of a group the bottleneck floor keeps whole ([`super::Floor::bottleneck`]).
+fn bottleneck_note(kept: usize, by: &str) -> String {
     format!(
-        "kept whole: no depthwise Conv carries it in a network that has them (pointwise MACs buy little \
-         time there); {by} would keep {kept} (--include pointwise prunes it)"
+        "kept whole: a bottleneck between depthwise groups (cutting it cuts 1×1-conv MACs on both sides \
+         that buy little time); {by} would keep {kept} (--include bottleneck prunes it)"
     )
 }
 

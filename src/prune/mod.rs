@@ -124,21 +124,23 @@ pub struct Floor {
     /// have few channels and every later layer depends on them.
     pub stem: bool,
     /// In a network whose prunable groups include depthwise convolutions (MobileNet,
-    /// EfficientNet, ...), keep whole the groups that no depthwise convolution carries: their
-    /// units run only through dense 1×1-style convolutions, which are a large share of the MACs
-    /// but a small share of the time (the depthwise ones are memory-bound). Cutting them sells
-    /// MACs that do not become latency: on MobileNetV2 at 224 × 224, β = 0.8, they gave 9.5 % of
-    /// the 26.4 % MACs cut but only 0.6 of that as onnxruntime time (README, *Latency at
-    /// deployment size*).
-    pub pointwise: bool,
+    /// EfficientNet, ...), keep whole the bottlenecks between them: groups that no depthwise
+    /// Conv carries and that a 1×1 conv connects to a depthwise group (an inverted residual
+    /// block's narrow input/output stream, a squeeze-excitation width). The hidden groups around
+    /// them are cut already, so cutting a bottleneck too cuts the MACs of those 1×1 convs a second
+    /// time (a product of the two cuts), while most of the time of such networks sits in the
+    /// memory-bound depthwise convolutions it does not touch. On MobileNetV2 at 224 × 224,
+    /// β = 0.8, the bottlenecks gave 9.5 of the 26.4 % MACs cut but turned only about 0.6 of that
+    /// into onnxruntime time (README, *Latency at deployment size*).
+    pub bottleneck: bool,
 }
 
 /// The narrow floor never lets a group go below this many units (or N when N is smaller).
 pub const NARROW_MIN: usize = 8;
 
 impl Floor {
-    pub const ON: Floor = Floor { narrow: true, stem: true, pointwise: true };
-    pub const OFF: Floor = Floor { narrow: false, stem: false, pointwise: false };
+    pub const ON: Floor = Floor { narrow: true, stem: true, bottleneck: true };
+    pub const OFF: Floor = Floor { narrow: false, stem: false, bottleneck: false };
 
     /// Fewest units a group of `n` may keep under the narrow floor (1 when it is off).
     pub fn min_keep(&self, n: usize) -> usize {

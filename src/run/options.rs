@@ -66,9 +66,9 @@ pub enum IncludeArg {
     Narrow,
     /// Channels: prune a Conv that reads the model input (kept whole by default).
     Stem,
-    /// Channels: in a network with depthwise convolutions, prune the groups no depthwise
-    /// convolution carries (kept whole by default: little time for their MACs).
-    Pointwise,
+    /// Channels: in a network with depthwise convolutions, prune the bottlenecks between the
+    /// depthwise groups (kept whole by default: their MACs buy little time).
+    Bottleneck,
 }
 
 /// Split `--include` values into the per-weight candidates and the structured floors.
@@ -83,7 +83,7 @@ pub fn includes(v: &[IncludeArg]) -> (Include, crate::prune::Floor) {
             IncludeArg::Small => inc.small = true,
             IncludeArg::Narrow => floor.narrow = false,
             IncludeArg::Stem => floor.stem = false,
-            IncludeArg::Pointwise => floor.pointwise = false,
+            IncludeArg::Bottleneck => floor.bottleneck = false,
         }
     }
     (inc, floor)
@@ -121,7 +121,7 @@ pub struct RunOptions {
     pub scope: Option<ScopeArg>,
     pub criterion: Option<CriterionArg>,
     pub include: Include,
-    /// Structured: floors on narrow, stem and pointwise groups (lifted by `--include narrow,stem,pointwise`).
+    /// Structured: floors on narrow, stem and bottleneck groups (lifted by `--include narrow,stem,bottleneck`).
     pub floor: crate::prune::Floor,
     pub round_to: RoundTo,
     pub verify: bool,
