@@ -419,13 +419,24 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
         g.depthwise = an.members(g.id).iter().any(|&m| is_depthwise(ctx, &ctx.g.node[m]));
     }
     let dw: BTreeSet<usize> = v.iter().filter(|g| g.depthwise).map(|g| g.id).collect();
-    let any_dw = |us: &[Option<Unit>]| us.iter().flatten().any(|u| dw.contains(&an.group_of(*u)));
-    for g in v.iter_mut().filter(|g| !g.depthwise) {
-        g.bottleneck = an.consumers.iter().any(|c| {
-            let reads = c.units.iter().flatten().any(|u| an.group_of(*u) == g.id);
-            (reads && an.sources.get(&c.node).is_some_and(|out| any_dw(out)))
-                || (g.sources.contains(&c.node) && any_dw(&c.units))
-        });
+    if !dw.is_empty() {
+        // One pass over the consumers (Conv / Gemm / MatMul reading tracked units): a node that
+        // writes a depthwise group makes every group it reads a neighbour, and the reverse.
+        let groups_of = |us: &[Option<Unit>]| us.iter().flatten().map(|u| an.group_of(*u)).collect::<BTreeSet<_>>();
+        let mut next_to_dw: BTreeSet<usize> = BTreeSet::new();
+        for c in &an.consumers {
+            let read = groups_of(&c.units);
+            let written = an.sources.get(&c.node).map(|o| groups_of(o)).unwrap_or_default();
+            if written.iter().any(|g| dw.contains(g)) {
+                next_to_dw.extend(&read);
+            }
+            if read.iter().any(|g| dw.contains(g)) {
+                next_to_dw.extend(&written);
+            }
+        }
+        for g in v.iter_mut().filter(|g| !g.depthwise) {
+            g.bottleneck = next_to_dw.contains(&g.id);
+        }
     }
     v.sort_by_key(|g| g.first_source);
     v
