@@ -130,8 +130,8 @@ pub struct Floor {
     /// them are cut already, so cutting a bottleneck too cuts the MACs of those 1×1 convs a second
     /// time (a product of the two cuts), while most of the time of such networks sits in the
     /// memory-bound depthwise convolutions it does not touch. On MobileNetV2 at 224 × 224,
-    /// β = 0.8, the bottlenecks gave 9.5 of the 26.4 % MACs cut but turned only about 0.6 of that
-    /// into onnxruntime time (README, *Latency at deployment size*).
+    /// β = 0.8, the bottlenecks gave 8.1 points of the 26.4 % MACs cut but only about 4.4 points
+    /// of onnxruntime time (README, *Latency at deployment size*).
     pub bottleneck: bool,
 }
 
