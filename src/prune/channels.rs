@@ -415,10 +415,23 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
         }
     }
     let mut v: Vec<Group> = by_id.into_values().filter(|g| !g.classes.is_empty()).collect();
+    // The groups a depthwise Conv carries: the analysis rewrites such a Conv's `group` attribute.
+    let dw: BTreeSet<usize> = an
+        .edits
+        .iter()
+        .filter_map(|e| match e {
+            Edit::Count { target: IntTarget::AttrInt(ni, a), units, .. }
+                if a == "group" && ctx.g.node[*ni].op_type == "Conv" =>
+            {
+                Some(units.iter().flatten().map(|u| an.group_of(*u)))
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
     for g in &mut v {
-        g.depthwise = an.members(g.id).iter().any(|&m| is_depthwise(ctx, &ctx.g.node[m]));
+        g.depthwise = dw.contains(&g.id);
     }
-    let dw: BTreeSet<usize> = v.iter().filter(|g| g.depthwise).map(|g| g.id).collect();
     if !dw.is_empty() {
         // One pass over the consumers (Conv / Gemm / MatMul reading tracked units): a node that
         // writes a depthwise group makes every group it reads a neighbour, and the reverse.
@@ -621,14 +634,6 @@ fn bottleneck_note(kept: usize, by: &str) -> String {
         "kept whole: a bottleneck between depthwise groups (cutting it cuts 1×1-conv MACs on both sides \
          that buy little time); {by} would keep {kept} (--include bottleneck prunes it)"
     )
-}
-
-/// A Conv with one input channel per group (depthwise; channel multiplier any).
-fn is_depthwise(ctx: &Ctx, n: &NodeProto) -> bool {
-    let group = n.attribute.iter().find(|a| a.name == "group").map_or(1, |a| a.i);
-    n.op_type == "Conv"
-        && group > 1
-        && n.input.get(1).and_then(|w| ctx.dims(w)).is_some_and(|d| d.len() >= 2 && d[1] == 1)
 }
 
 /// Ops between the model input and a stem that do not mix channels (normalisation, layout).
