@@ -300,6 +300,16 @@ pub fn round_up(kept: usize, n: usize, m: usize) -> usize {
     (kept.div_ceil(m) * m).min(n)
 }
 
+/// Keep count rounded to the nearest multiple of `m` (ties up), at least `m`, never above `n`
+/// (`--round-to auto` on wide layers). When `m` divides `n` the result is within `m / 2` of
+/// `kept`.
+pub fn round_nearest(kept: usize, n: usize, m: usize) -> usize {
+    if m <= 1 || kept == 0 {
+        return kept.min(n);
+    }
+    ((kept + m / 2) / m * m).max(m).min(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,9 +370,24 @@ mod tests {
         assert_eq!(round_up(60, 62, 8), 62);
         assert_eq!(round_up(16, 64, 8), 16);
         assert_eq!(round_up(3, 64, 1), 3);
+        assert_eq!([101, 104, 103, 5, 0, 250, 3].map(|k| round_nearest(k, 256, 16)), [96, 112, 96, 16, 0, 256, 16]);
+        assert_eq!(round_nearest(7, 64, 1), 7);
     }
 
     proptest::proptest! {
+        /// Rounding to the nearest multiple of a step that divides the width lands on a multiple,
+        /// within half a step of the count, never above the width and never at zero.
+        #[test]
+        fn round_nearest_stays_within_half_a_step(shift in 0u32..6, blocks in 1usize..40, frac in 0.0f64..1.0) {
+            let m = 1usize << shift;
+            let n = m * blocks;
+            let kept = ((frac * n as f64) as usize).clamp(1, n);
+            let r = round_nearest(kept, n, m);
+            proptest::prop_assert!(r % m == 0 && r >= m && r <= n);
+            proptest::prop_assert!(r.abs_diff(kept) <= m / 2 || (kept < m / 2 && r == m));
+            proptest::prop_assert!(r <= round_up(kept, n, m) && round_up(kept, n, m) - r <= m);
+        }
+
         /// A block's total does not depend on how its elements are fed to `Lanes` (the
         /// streaming passes feed decode buffers of any length), and it is the plain sum up to
         /// rounding.

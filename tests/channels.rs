@@ -1151,3 +1151,36 @@ fn bottleneck_floor_keeps_the_narrow_streams_of_a_depthwise_net() {
     assert!(r.groups.iter().all(|g| !held(g)), "{}", summary(&r.groups));
     assert!(r.groups.iter().any(|g| g.kept < g.n), "{}", summary(&r.groups));
 }
+
+/// `--round-to auto`: groups of 128 or more channels (a multiple of 16) keep the multiple of 16
+/// nearest to EMP's count, which may be below it; narrower groups round up to 8; an explicit
+/// `--round-to 16` always rounds up.
+#[test]
+fn auto_aligns_wide_groups_to_the_nearest_16() {
+    use onnx_emp::prune::RoundTo;
+    let dense = load(&root().join("models/fmnist_resnet.onnx"));
+    for scope in [StructScope::Layer, StructScope::Global] {
+        let opts = |round_to| StructOptions { beta: 0.8, scope, round_to, ..Default::default() };
+        let raw = prune_channels(&dense, &opts(RoundTo::Multiple(1))).unwrap();
+        let auto = prune_channels(&dense, &opts(RoundTo::Auto)).unwrap();
+        let up16 = prune_channels(&dense, &opts(RoundTo::Multiple(16))).unwrap();
+        let mut rounded_down = 0;
+        for ((r, a), u) in raw.groups.iter().zip(&auto.groups).zip(&up16.groups) {
+            assert_eq!((&r.id, r.n), (&a.id, a.n));
+            if r.blocked.is_some() || r.kind != "channels" {
+                continue;
+            }
+            assert!(u.kept >= r.kept && (u.kept % 16 == 0 || u.kept == u.n), "{u:?} vs {r:?}");
+            if a.n >= 128 {
+                assert!(a.kept % 16 == 0 && a.kept.abs_diff(r.kept) <= 8, "{a:?} vs {r:?}");
+                rounded_down += usize::from(a.kept < r.kept);
+            } else {
+                assert!(a.kept >= r.kept && (a.kept % 8 == 0 || a.kept == a.n), "{a:?} vs {r:?}");
+            }
+        }
+        // EMP keeps 100-101 of the 128-wide groups: 96, not 104 or 112
+        assert!(rounded_down > 0, "{scope:?}: {}", summary(&auto.groups));
+        let kept = |p: &StructuralResult| p.groups.iter().map(|g| g.kept).sum::<usize>();
+        assert!(kept(&auto) < kept(&up16), "{scope:?}");
+    }
+}

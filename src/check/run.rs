@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::pb;
 use tract_onnx::prelude::{
     DatumType, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTensor, TDim, TValue, TVec, Tensor,
-    TypedRunnableModel,
+    TypedRunnableModel, TypedSimpleState,
 };
 use tract_onnx::tract_hir::infer::{Factoid, GenericFactoid};
 
@@ -596,6 +596,17 @@ impl Runnable {
     pub(crate) fn run_raw(&self, tv: TVec<TValue>) -> Result<TVec<TValue>> {
         self.plan.run(tv).map_err(|e| anyhow!("run failed: {e:#}"))
     }
+
+    /// A run state to call [`run_in`] on repeatedly, as a serving loop keeps one: the ops'
+    /// states (scratch buffers, packed operands) are made once, not on every inference.
+    pub(crate) fn spawn(&self) -> Result<TypedSimpleState> {
+        self.plan.spawn().map_err(|e| anyhow!("cannot make a run state: {e:#}"))
+    }
+}
+
+/// One inference on a state from [`Runnable::spawn`].
+pub(crate) fn run_in(state: &mut TypedSimpleState, tv: TVec<TValue>) -> Result<TVec<TValue>> {
+    state.run(tv).map_err(|e| anyhow!("run failed: {e:#}"))
 }
 
 fn to_f32(name: &str, v: TValue) -> Result<ArrayD<f32>> {

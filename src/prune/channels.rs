@@ -29,7 +29,7 @@
 //! report); `channels/rewrite.rs` the rewrite and compensation.
 
 use super::groups::{self, Analysis, ConsumerKind, Ctx, Edit, IntTarget, Role, Unit, Val};
-use super::{Criterion, GroupReport, MaskedOut, StructOptions, StructScope, StructuralResult};
+use super::{Align, Criterion, GroupReport, MaskedOut, StructOptions, StructScope, StructuralResult};
 use crate::emp;
 use crate::model::graph::{self, node_label, set_attr_i, GraphIndex, WeightRef};
 use crate::model::tensor::{self, dt};
@@ -193,13 +193,13 @@ impl SourceKind {
 }
 
 impl Group {
-    fn align(&self, opts: &StructOptions) -> usize {
+    fn align(&self, opts: &StructOptions) -> Align {
         let max = match self.kind {
             SourceKind::Blocked => super::AUTO_ALIGN_MAX,
             SourceKind::Recurrent => super::AUTO_ALIGN_MAX_RECURRENT,
             SourceKind::RowWise => super::AUTO_ALIGN_MAX_ROWWISE,
         };
-        opts.round_to.for_width_max(self.classes.len(), max)
+        opts.round_to.align(self.classes.len(), max, self.kind == SourceKind::Blocked)
     }
 }
 
@@ -464,18 +464,17 @@ fn rank_order(scores: &[f64]) -> Vec<usize> {
     idx
 }
 
-/// Keep set: `chosen`, plus pinned units, plus the best others until `target` (a multiple of
-/// `round_to` when possible).
-fn fill(g: &Group, chosen: &BTreeSet<usize>, target: usize, round_to: usize) -> BTreeSet<usize> {
+/// Keep set of `target` units aligned by `align` (a multiple of its step when pinned units allow):
+/// pinned units, then `chosen` best first, then the best others. Never fewer than `min` (the
+/// floors) or the pinned units; when `align` rounds to the nearest multiple below `chosen`, the
+/// lowest-ranked chosen units go.
+fn fill(g: &Group, chosen: &BTreeSet<usize>, target: usize, min: usize, align: Align) -> BTreeSet<usize> {
     let n = g.classes.len();
-    let mut keep = chosen.clone();
-    for (i, c) in g.classes.iter().enumerate() {
-        if g.pins.contains_key(c) {
-            keep.insert(i);
-        }
-    }
-    let goal = emp::round_up(target.max(keep.len()).max(1), n, round_to.max(1));
-    for i in rank_order(&g.scores) {
+    let mut keep: BTreeSet<usize> = (0..n).filter(|&i| g.pins.contains_key(&g.classes[i])).collect();
+    let goal = align.apply(target, min.max(keep.len()), n);
+    let ranked = rank_order(&g.scores);
+    let order = ranked.iter().filter(|i| chosen.contains(i)).chain(ranked.iter().filter(|i| !chosen.contains(i)));
+    for &i in order {
         if keep.len() >= goal {
             break;
         }
@@ -523,13 +522,15 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
         }
         let chosen: BTreeSet<usize> = emp::top_k(&g.scores, d.kept).into_iter().collect();
         let align = g.align(opts);
-        let target = floored(g.classes.len(), d.kept, opts, &mut notes);
-        let keep = fill(g, &chosen, target, align);
-        if align > 1 && keep.len() > target && opts.scope != StructScope::Global {
+        let n = g.classes.len();
+        let target = floored(n, d.kept, opts, &mut notes);
+        let keep = fill(g, &chosen, target, opts.floor.min_keep(n), align);
+        if align.step > 1 && keep.len() != target && opts.scope != StructScope::Global {
+            let (how, which) = if align.nearest { ("", "the nearest") } else { (" up", "a") };
             notes.push(format!(
-                "kept {} rounded up to {} (a multiple of {align}: --round-to {})",
-                target,
+                "kept {target} rounded{how} to {} ({which} multiple of {}: --round-to {})",
                 keep.len(),
+                align.step,
                 opts.round_to
             ));
         }
@@ -609,8 +610,9 @@ fn global(
             decisions[gi].2.push(bottleneck_note(c.len(), "global EMP"));
             continue;
         }
-        let target = floored(groups[gi].classes.len(), c.len().max(1), opts, &mut decisions[gi].2);
-        decisions[gi].1 = fill(&groups[gi], &c, target, groups[gi].align(opts));
+        let n = groups[gi].classes.len();
+        let target = floored(n, c.len().max(1), opts, &mut decisions[gi].2);
+        decisions[gi].1 = fill(&groups[gi], &c, target, opts.floor.min_keep(n), groups[gi].align(opts));
     }
     Ok(())
 }
@@ -722,9 +724,9 @@ fn report(
     if g.blocked.is_empty() && !pinned.is_empty() {
         notes.push(format!("{} unit(s) kept because {}", pinned.len(), pinned[0]));
     }
-    let align = g.align(opts);
-    if g.blocked.is_empty() && align > 1 && !kept_idx.len().is_multiple_of(align) && kept_idx.len() != n {
-        notes.push(format!("kept count {} is not a multiple of {align} (pinned units)", kept_idx.len()));
+    let step = g.align(opts).step;
+    if g.blocked.is_empty() && step > 1 && !kept_idx.len().is_multiple_of(step) && kept_idx.len() != n {
+        notes.push(format!("kept count {} is not a multiple of {step} (pinned units)", kept_idx.len()));
     }
     for c in &an.consumers {
         let folds = c.units.iter().enumerate().any(|(p, u)| {

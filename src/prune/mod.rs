@@ -35,8 +35,10 @@ pub enum RoundTo {
     /// Keep the alignment the dense width already has, up to `AUTO_ALIGN_MAX`: a 96- or 24-wide
     /// layer keeps a multiple of 8, a 12-wide one a multiple of 4, a 7-wide one any count. Odd
     /// widths defeat the blocked kernels of real engines (onnxruntime's NCHWc convolutions block
-    /// on 8 channels with AVX2; tract's matmul kernels on 8 or 16 rows), so a pruned layer must
-    /// not be less aligned than the dense one.
+    /// on 8 channels with AVX2, 16 with AVX-512; tract's matmul kernels on 8 or 16 rows), so a
+    /// pruned layer must not be less aligned than the dense one. Groups of blocked kernels at
+    /// least [`AUTO_WIDE_MIN`] wide align to [`AUTO_ALIGN_WIDE`], to the nearest multiple
+    /// ([`RoundTo::align`]).
     Auto,
     /// Round each kept count up to a multiple of this (1 = no rounding).
     Multiple(usize),
@@ -59,7 +61,51 @@ pub const AUTO_ALIGN_MAX_RECURRENT: usize = 16;
 /// ran 0.93×. Sequence MatMuls (3-D inputs, many rows) use the blocked kernels: 8 as for convs.
 pub const AUTO_ALIGN_MAX_ROWWISE: usize = 64;
 
+/// `RoundTo::Auto` for groups of blocked kernels (convolutions, sequence MatMuls) at least
+/// [`AUTO_WIDE_MIN`] units wide whose width is a multiple of this: onnxruntime's NCHWc block on
+/// AVX-512 and the row tile of tract's x86 matmul kernels. An 8-aligned count there is computed as
+/// the next multiple of 16 (ResNet-18 at 224 × 224 kept 8-aligned widths and realised 0.77–0.81
+/// of its MACs cut in onnxruntime, 16-aligned 0.98; README, "Latency at deployment size").
+pub const AUTO_ALIGN_WIDE: usize = 16;
+
+/// The width from which `RoundTo::Auto` aligns blocked groups to [`AUTO_ALIGN_WIDE`], rounding
+/// EMP's count to the *nearest* multiple: at most 8 units (6.25 % of the width) from the count
+/// EMP chose either way, where rounding up by a whole step would cost up to 15 units of the cut.
+/// Narrower groups keep the 8-alignment rounded up ([`AUTO_ALIGN_MAX`]): a step of 16 there is a
+/// sixth to a half of the width.
+pub const AUTO_WIDE_MIN: usize = 128;
+
+/// How one group's kept count is aligned: a step, and whether EMP's count is rounded up to it or
+/// to the nearest multiple (see [`RoundTo::align`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Align {
+    pub step: usize,
+    pub nearest: bool,
+}
+
+impl Align {
+    /// `kept` aligned: never above `n`, never below `min` (the floors and pinned units, rounded up).
+    pub fn apply(self, kept: usize, min: usize, n: usize) -> usize {
+        let up = crate::emp::round_up(kept.max(min).max(1), n, self.step);
+        if !self.nearest {
+            return up;
+        }
+        crate::emp::round_nearest(kept.max(1), n, self.step).max(crate::emp::round_up(min.max(1), n, self.step))
+    }
+}
+
 impl RoundTo {
+    /// The alignment of a group of `n` units whose automatic step is capped at `max`; `blocked`
+    /// groups (convolutions, sequence MatMuls) of at least [`AUTO_WIDE_MIN`] units whose width
+    /// [`AUTO_ALIGN_WIDE`] divides are aligned to it, to the nearest multiple. An explicit
+    /// `--round-to N` always rounds up.
+    pub fn align(self, n: usize, max: usize, blocked: bool) -> Align {
+        if self == RoundTo::Auto && blocked && n >= AUTO_WIDE_MIN && n.is_multiple_of(AUTO_ALIGN_WIDE) {
+            return Align { step: AUTO_ALIGN_WIDE, nearest: true };
+        }
+        Align { step: self.for_width_max(n, max), nearest: false }
+    }
+
     /// The multiple a group of `n` units is rounded to.
     pub fn for_width(self, n: usize) -> usize {
         self.for_width_max(n, AUTO_ALIGN_MAX)
@@ -291,6 +337,16 @@ mod tests {
             [128, 96, 64, 100, 3072].map(|n| a.for_width_max(n, super::AUTO_ALIGN_MAX_ROWWISE)),
             [64, 32, 64, 4, 64]
         );
+        let wide = |n, blocked| a.align(n, super::AUTO_ALIGN_MAX, blocked);
+        assert_eq!(wide(128, true), super::Align { step: 16, nearest: true });
+        assert_eq!(wide(96, true), super::Align { step: 8, nearest: false });
+        assert_eq!(wide(136, true), super::Align { step: 8, nearest: false });
+        assert_eq!(wide(256, false), super::Align { step: 8, nearest: false });
+        assert_eq!(RoundTo::Multiple(16).align(256, 8, true), super::Align { step: 16, nearest: false });
+        // EMP's 101 of 128: 96 to the nearest 16 (104 rounded up to 8); floors and pins round up.
+        assert_eq!([101, 104, 1].map(|k| wide(128, true).apply(k, 1, 128)), [96, 112, 16]);
+        assert_eq!(wide(128, true).apply(101, 100, 128), 112);
+        assert_eq!(wide(96, true).apply(77, 1, 96), 80);
         assert_eq!("auto".parse::<RoundTo>(), Ok(RoundTo::Auto));
         assert_eq!("4".parse::<RoundTo>(), Ok(RoundTo::Multiple(4)));
         assert!("0".parse::<RoundTo>().is_err() && "x".parse::<RoundTo>().is_err());
