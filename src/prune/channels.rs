@@ -466,12 +466,15 @@ fn rank_order(scores: &[f64]) -> Vec<usize> {
 
 /// Keep set of `target` units aligned by `align` (a multiple of its step when pinned units allow):
 /// pinned units, then `chosen` best first, then the best others. Never fewer than `min` (the
-/// floors) or the pinned units; when `align` rounds to the nearest multiple below `chosen`, the
-/// lowest-ranked chosen units go.
+/// floors) or the pinned units; rounding up keeps all of `chosen` too, rounding to the nearest
+/// multiple below it drops the lowest-ranked chosen units.
 fn fill(g: &Group, chosen: &BTreeSet<usize>, target: usize, min: usize, align: Align) -> BTreeSet<usize> {
     let n = g.classes.len();
     let mut keep: BTreeSet<usize> = (0..n).filter(|&i| g.pins.contains_key(&g.classes[i])).collect();
-    let goal = align.apply(target, min.max(keep.len()), n);
+    // Rounding up keeps every chosen unit beside the pinned ones; to the nearest multiple, the
+    // pinned units count towards EMP's number.
+    let least = if align.nearest { keep.len() } else { keep.union(chosen).count() };
+    let goal = align.apply(target, min.max(least), n);
     let ranked = rank_order(&g.scores);
     let order = ranked.iter().filter(|i| chosen.contains(i)).chain(ranked.iter().filter(|i| !chosen.contains(i)));
     for &i in order {
