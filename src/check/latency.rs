@@ -41,8 +41,9 @@ pub fn latency(r: &Runnable, inputs: &Inputs, opts: LatencyOptions) -> Result<La
 /// so that machine noise (frequency changes, a busy neighbour, cache state) hits all of them
 /// alike. Each model keeps one run state across its runs, as a serving loop does (tract's
 /// `plan.run` makes a new one per call, every op's scratch state again; measured A/B on
-/// MobileNetV2 and ResNet-18 at 224 × 224 and the Fashion-MNIST nets, the two differ by ≤ 2 %). The models have just run for fidelity, so there is no separate warm-up pass: each
-/// model's first run is discarded as warm-up only when it is cheap (under a tenth of the
+/// MobileNetV2 and ResNet-18 at 224 × 224 and the Fashion-MNIST nets, the two differ by ≤ 2 %).
+/// The models have just run for fidelity, so there is no separate warm-up pass: each model's
+/// first run is discarded as warm-up only when it is cheap (under a tenth of the
 /// budget). Timing stops once every model has spent its budget (at least one timed run each,
 /// at most 10 000); with `runs` set, exactly that many per model. A model whose one inference
 /// takes 7 s costs one timed run, not seven.

@@ -525,10 +525,8 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
         }
         let chosen: BTreeSet<usize> = emp::top_k(&g.scores, d.kept).into_iter().collect();
         let align = g.align(opts);
-        let n = g.classes.len();
-        let target = floored(n, d.kept, opts, &mut notes);
-        let keep = fill(g, &chosen, target, opts.floor.min_keep(n), align);
-        if align.step > 1 && keep.len() != target && opts.scope != StructScope::Global {
+        let (target, keep) = keep_set(g, &chosen, opts, &mut notes);
+        if align.step > 1 && keep.len() != target {
             let (how, which) = if align.nearest { ("", "the nearest") } else { (" up", "a") };
             notes.push(format!(
                 "kept {target} rounded{how} to {} ({which} multiple of {}: --round-to {})",
@@ -613,11 +611,22 @@ fn global(
             decisions[gi].2.push(bottleneck_note(c.len(), "global EMP"));
             continue;
         }
-        let n = groups[gi].classes.len();
-        let target = floored(n, c.len().max(1), opts, &mut decisions[gi].2);
-        decisions[gi].1 = fill(&groups[gi], &c, target, opts.floor.min_keep(n), groups[gi].align(opts));
+        decisions[gi].1 = keep_set(&groups[gi], &c, opts, &mut decisions[gi].2).1;
     }
     Ok(())
+}
+
+/// The count EMP's `chosen` units make, raised to the narrow floor, and the aligned keep set
+/// ([`fill`]) for it.
+fn keep_set(
+    g: &Group,
+    chosen: &BTreeSet<usize>,
+    opts: &StructOptions,
+    notes: &mut Vec<String>,
+) -> (usize, BTreeSet<usize>) {
+    let n = g.classes.len();
+    let target = floored(n, chosen.len().max(1), opts, notes);
+    (target, fill(g, chosen, target, opts.floor.min_keep(n), g.align(opts)))
 }
 
 /// `kept` raised to the narrow floor ([`super::Floor`]), with a note when the floor binds.

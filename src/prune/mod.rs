@@ -86,11 +86,12 @@ pub struct Align {
 impl Align {
     /// `kept` aligned: never above `n`, never below `min` (the floors and pinned units, rounded up).
     pub fn apply(self, kept: usize, min: usize, n: usize) -> usize {
-        let up = crate::emp::round_up(kept.max(min).max(1), n, self.step);
-        if !self.nearest {
-            return up;
+        use crate::emp::{round_nearest, round_up};
+        if self.nearest {
+            round_nearest(kept.max(1), n, self.step).max(round_up(min.max(1), n, self.step))
+        } else {
+            round_up(kept.max(min).max(1), n, self.step)
         }
-        crate::emp::round_nearest(kept.max(1), n, self.step).max(crate::emp::round_up(min.max(1), n, self.step))
     }
 }
 
