@@ -257,9 +257,9 @@ class SmallCNN(nn.Module):
         return self.fc(y.mean(dim=(2, 3)))
 
 
-def export(model, x, name, opset=OPSET, fold=True):
+def export(model, x, name, opset=OPSET, fold=True, out=OUT):
     model.eval()
-    path = os.path.join(OUT, name + ".onnx")
+    path = os.path.join(out, name + ".onnx")
     torch.onnx.export(
         model, (x,), path, dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False,
         opset_version=opset, input_names=["x"], output_names=["y"], do_constant_folding=fold,
@@ -399,38 +399,55 @@ def qdq(src, path, shape):
     onnx.save(m, path)
 
 
+def add(out, manifest, name, model, x, seed, opset=OPSET, fold=True):
+    torch.manual_seed(seed)
+    model = randomise_bn(model(), seed)
+    _, shape = export(model, x, name, opset, fold, out)
+    manifest[name] = {"x": shape}
+
+
+def image_zoo(out, size):
+    """The zoo's image models (the CNNs and the patch-reshape net) with size × size inputs instead of
+    32 × 32, same seeds: `scripts/zoo.py --size 224` times them where compute, not fixed per-op
+    cost, dominates. Returns their manifest."""
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+    img = torch.randn(2, 3, size, size)
+    manifest = {}
+    image_models(out, manifest, img)
+    return manifest
+
+
+def image_models(out, manifest, img):
+    # PaddleOCR's DB detector as paddle2onnx exports it (opset 11, BN unfused, bias Adds).
+    add(out, manifest, "zoo_db_detector", DBNet, img, 1, opset=11, fold=False)
+    paddle_style(os.path.join(out, "zoo_db_detector.onnx"))
+    add(out, manifest, "zoo_shufflenet", ShuffleNet, img, 2)
+    add(out, manifest, "zoo_patch_reshape", PatchNet, img, 6)
+    add(out, manifest, "zoo_gather_slice", GatherSlice, img, 7)
+    add(out, manifest, "zoo_grouped_convtranspose", GroupedDeconv, img, 8)
+    add(out, manifest, "zoo_cnn_fp32", SmallCNN, img, 9)
+    shape = list(img.shape)
+    qdq(os.path.join(out, "zoo_cnn_fp32.onnx"), os.path.join(out, "zoo_qdq.onnx"), shape)
+    manifest["zoo_qdq"] = {"x": shape}
+    os.remove(os.path.join(out, "zoo_cnn_fp32.onnx"))
+    del manifest["zoo_cnn_fp32"]
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     img = torch.randn(2, 3, 32, 32)
     manifest = {}
-
-    def add(name, model, x, seed, opset=OPSET, fold=True):
-        torch.manual_seed(seed)
-        model = randomise_bn(model(), seed)
-        _, shape = export(model, x, name, opset, fold)
-        manifest[name] = {"x": shape}
-
-    # PaddleOCR's DB detector as paddle2onnx exports it (opset 11, BN unfused, bias Adds).
-    add("zoo_db_detector", DBNet, img, 1, opset=11, fold=False)
-    paddle_style(os.path.join(OUT, "zoo_db_detector.onnx"))
-    add("zoo_shufflenet", ShuffleNet, img, 2)
-    add("zoo_lstm", lambda: RNNNet(nn.LSTM), torch.randn(2, 8, 12), 3)
-    add("zoo_gru", lambda: RNNNet(nn.GRU), torch.randn(2, 8, 12), 4)
+    image_models(OUT, manifest, img)
+    add(OUT, manifest, "zoo_lstm", lambda: RNNNet(nn.LSTM), torch.randn(2, 8, 12), 3)
+    add(OUT, manifest, "zoo_gru", lambda: RNNNet(nn.GRU), torch.randn(2, 8, 12), 4)
     # Bidirectional: Y [S, 2, B, H] → Transpose → Reshape [S, B, 2·H] (directions merged).
-    add("zoo_bilstm", lambda: RNNNet(nn.LSTM, bidirectional=True), torch.randn(2, 8, 12), 10)
+    add(OUT, manifest, "zoo_bilstm", lambda: RNNNet(nn.LSTM, bidirectional=True), torch.randn(2, 8, 12), 10)
     tok = torch.randint(0, 50, (2, 8))
     torch.manual_seed(5)
     export(LNTransformer().eval(), tok, "zoo_layernorm_transformer")
     manifest["zoo_layernorm_transformer"] = {"x": [2, 8], "dtype": "int64", "high": 50}
-    add("zoo_patch_reshape", PatchNet, img, 6)
-    add("zoo_gather_slice", GatherSlice, img, 7)
-    add("zoo_grouped_convtranspose", GroupedDeconv, img, 8)
-    add("zoo_cnn_fp32", SmallCNN, img, 9)
-    qdq(os.path.join(OUT, "zoo_cnn_fp32.onnx"), os.path.join(OUT, "zoo_qdq.onnx"), [2, 3, 32, 32])
-    manifest["zoo_qdq"] = {"x": [2, 3, 32, 32]}
-    os.remove(os.path.join(OUT, "zoo_cnn_fp32.onnx"))
-    del manifest["zoo_cnn_fp32"]
     manifest["zoo_attention_4d"] = {"x": attention_4d(os.path.join(OUT, "zoo_attention_4d.onnx"))}
     manifest["zoo_ms_fused_ffn"] = {"x": ms_fused_ffn(os.path.join(OUT, "zoo_ms_fused_ffn.onnx"))}
     for name in manifest:

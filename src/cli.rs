@@ -105,7 +105,7 @@ struct PruneArgs {
     /// auto (default) keeps the alignment the dense width has, up to 8 (what blocked engine
     /// kernels need; 16 for LSTM/GRU/RNN hidden units, 64 for the outputs of a Gemm or 2-D
     /// MatMul, which run as matrix-vector products at batch 1), and aligns convolution and
-    /// sequence-MatMul groups of 128 units or more whose width is a multiple of 16 to the nearest
+    /// sequence-MatMul groups of 32 units or more whose width is a multiple of 16 to the nearest
     /// multiple of 16 (at most 8 units from EMP's count either way); 1 turns rounding off
     #[arg(long, default_value = "auto", value_name = "N|auto")]
     round_to: RoundTo,
