@@ -53,7 +53,9 @@ def checker(path):
 
 def rule(cut, ratios):
     """Issue 11's rule for one row: where MACs drop by ≥ 10 %, latency ≤ 1 − 0.8 × cut."""
-    if cut is None or cut < 0.10:
+    if cut is None:
+        return "n/a"
+    if cut < 0.10:
         return "n/a (cut < 10 %)"
     line = 1 - 0.8 * cut
     missed = [what for what, r in ratios if r is not None and r > line]

@@ -32,13 +32,13 @@ pub type Activations = std::sync::Arc<std::collections::BTreeMap<String, crate::
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RoundTo {
-    /// Keep the alignment the dense width already has, up to `AUTO_ALIGN_MAX`: a 96- or 24-wide
+    /// Keep the alignment the dense width already has, up to `AUTO_ALIGN_MAX`: a 136- or 24-wide
     /// layer keeps a multiple of 8, a 12-wide one a multiple of 4, a 7-wide one any count. Odd
     /// widths defeat the blocked kernels of real engines (onnxruntime's NCHWc convolutions block
     /// on 8 channels with AVX2, 16 with AVX-512; tract's matmul kernels on 8 or 16 rows), so a
     /// pruned layer must not be less aligned than the dense one. Groups of blocked kernels at
-    /// least [`AUTO_WIDE_MIN`] wide align to [`AUTO_ALIGN_WIDE`], to the nearest multiple
-    /// ([`RoundTo::align`]).
+    /// least [`AUTO_WIDE_MIN`] wide whose width is a multiple of [`AUTO_ALIGN_WIDE`] align to it,
+    /// to the nearest multiple ([`RoundTo::align`]).
     Auto,
     /// Round each kept count up to a multiple of this (1 = no rounding).
     Multiple(usize),
