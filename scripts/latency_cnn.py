@@ -39,10 +39,15 @@ def ort_ratio(dense, pruned, budget):
     return json.loads(p.stdout)["ratio_to_first"][1]
 
 
+def rule_line(cut):
+    """Issue 11's rule: where MACs drop by ≥ 10 % (cut ≥ 0.10), latency ratio ≤ this; else None."""
+    return 1 - 0.8 * cut if cut >= 0.10 else None
+
+
 def verdict(ratio, cut):
-    if cut < 0.10:
+    need = rule_line(cut)
+    if need is None:
         return "n/a (< 10 %)"
-    need = 1 - 0.8 * cut
     return f"{'ok' if ratio <= need else 'MISS'} (≤ {need:.3f})"
 
 

@@ -52,20 +52,20 @@ def checker(path):
 
 
 def rule(cut, ratios):
-    """Issue 11's rule for one row: where MACs drop by ≥ 10 %, latency ≤ 1 − 0.8 × cut."""
+    """Issue 11's rule for one row (`latency_cnn.rule_line`), both engines' ratios at once."""
+    from latency_cnn import rule_line
+
     if cut is None:
         return "n/a"
-    if cut < 0.10:
+    line = rule_line(cut)
+    if line is None:
         return "n/a (cut < 10 %)"
-    line = 1 - 0.8 * cut
     missed = [what for what, r in ratios if r is not None and r > line]
     return f"≤ {line:.3f}: " + (("missed in " + ", ".join(missed)) if missed else "ok")
 
 
 def main():
     budget = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 2.0
-    import numpy as np
-
     with tempfile.TemporaryDirectory() as zoo_tmp:
         if "--size" in sys.argv:
             size = int(sys.argv[sys.argv.index("--size") + 1])
@@ -78,10 +78,12 @@ def main():
         else:
             zoo = os.path.join(ROOT, "models", "zoo")
             man = json.load(open(os.path.join(zoo, "manifest.json")))
-        run(zoo, man, budget, np)
+        run(zoo, man, budget)
 
 
-def run(zoo, man, budget, np):
+def run(zoo, man, budget):
+    import numpy as np
+
     print("| model | mode | β | groups prunable | params | MACs cut | masked rel. error | checker | tract latency | ORT latency | rule (≤ 1 − 0.8 × cut) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     worst = []

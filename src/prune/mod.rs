@@ -75,8 +75,8 @@ pub const AUTO_ALIGN_WIDE: usize = 16;
 /// 8-aligned count of a 16-multiple width is computed as the next multiple of 16 on AVX-512:
 /// yolo_block's 32 → 24 cuts realised half of their 18.7 % MACs there (tract 0.91×, onnxruntime
 /// 0.96×); at 32 and 64 wide, ResNet-18 at 224 × 224 went from 28.0 % MACs at 0.72–0.77× (tract)
-/// / 0.73–0.75× (onnxruntime) to 31.2 % at 0.73× / 0.70× (README, "Alignment"). A 16-wide group
-/// keeps the 8-alignment (its only 16-aligned count is itself).
+/// / 0.73–0.75× (onnxruntime) to 31.2 % at 0.72× / 0.70× (README, "Latency at deployment
+/// size"). A 16-wide group keeps the 8-alignment (its only 16-aligned count is itself).
 pub const AUTO_WIDE_MIN: usize = 32;
 
 /// How one group's kept count is aligned: a step, and whether EMP's count is rounded up to it or
