@@ -3,7 +3,8 @@
 
 The Fashion-MNIST nets and the zoo run in microseconds, where fixed per-op costs hide any cut.
 This runs the ImageNet-size torchvision CNNs that `scripts/make_bench_cnn.py --latency` exports
-(random weights, 224 × 224, nothing downloaded) through `onnx-emp --structured channels` at each
+(random weights, 224 × 224, nothing downloaded: MobileNetV2, EfficientNet-B0, ResNet-18/50, and
+the DenseNet-121, EfficientNet-B2/B3/B4 and ConvNeXt-Tiny that issue 11 names) through `onnx-emp --structured channels` at each
 β and `--round-to`, and times dense vs pruned interleaved in both engines: tract (the CLI's own
 latency measurement, 1 thread) and onnxruntime (`scripts/ort_latency.py`: default optimisation
 level, 1 thread, batch 1). For each row it prints the MACs cut, both latency ratios, and the
@@ -27,7 +28,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("ONNX_EMP_BIN", os.path.join(ROOT, "target", "release", "onnx-emp"))
-MODELS = ["mobilenet_v2", "efficientnet_b0", "resnet18", "resnet50"]
+MODELS = ["mobilenet_v2", "efficientnet_b0", "resnet18", "resnet50",
+          "densenet121", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "convnext_tiny"]
 
 
 def ort_ratio(dense, pruned, budget):
