@@ -13,15 +13,16 @@ use onnx_emp::prune::{Floor, GroupReport, StructOptions, StructScope, Structural
 fn no_floor() -> StructOptions {
     StructOptions { floor: Floor::OFF, ..Default::default() }
 }
-use onnx_protobuf::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
-};
+use onnx_protobuf::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use std::path::PathBuf;
 use std::process::Command;
 
 #[path = "common/prove.rs"]
 mod prove;
 use prove::*;
+#[path = "common/build.rs"]
+mod build;
+use build::*;
 
 fn summary(groups: &[GroupReport]) -> String {
     groups
@@ -306,131 +307,6 @@ fn real_models() {
 // ---------------------------------------------------------------------------------------------
 // Hard cases of docs/structural.md on small hand-built models
 
-fn attr_i(name: &str, v: i64) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = protobuf::EnumOrUnknown::from_i32(2);
-    a.i = v;
-    a
-}
-
-fn attr_f(name: &str, v: f32) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = protobuf::EnumOrUnknown::from_i32(1);
-    a.f = v;
-    a
-}
-
-fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = protobuf::EnumOrUnknown::from_i32(7);
-    a.ints = v.to_vec();
-    a
-}
-
-fn attr_g(name: &str, g: GraphProto) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = protobuf::EnumOrUnknown::from_i32(5);
-    a.g = Some(g).into();
-    a
-}
-
-fn nd(op: &str, name: &str, ins: &[&str], outs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
-    let mut n = NodeProto::new();
-    n.op_type = op.into();
-    n.name = name.into();
-    n.input = ins.iter().map(|s| s.to_string()).collect();
-    n.output = outs.iter().map(|s| s.to_string()).collect();
-    n.attribute = attrs;
-    n
-}
-
-/// A float value_info of the given rank, every dim unknown.
-fn vi_rank(name: &str, rank: usize) -> ValueInfoProto {
-    let mut v = vi(name, Some(&vec![0; rank]));
-    use onnx_protobuf::type_proto::Value as T;
-    if let Some(T::TensorType(t)) = v.type_.as_mut().and_then(|t| t.value.as_mut()) {
-        t.shape.as_mut().unwrap().dim.iter_mut().for_each(|d| d.value = None);
-    }
-    v
-}
-
-fn set_out_rank(m: &mut ModelProto, rank: usize) {
-    let g = m.graph.as_mut().unwrap();
-    g.output = g.output.iter().map(|o| vi_rank(&o.name, rank)).collect();
-}
-
-/// A float tensor value_info; `dims` None = no shape.
-fn vi(name: &str, dims: Option<&[i64]>) -> ValueInfoProto {
-    use onnx_protobuf::tensor_shape_proto::{dimension::Value as D, Dimension};
-    use onnx_protobuf::type_proto::{Tensor as TT, Value as T};
-    let mut tt = TT::new();
-    tt.elem_type = 1;
-    if let Some(d) = dims {
-        let mut s = onnx_protobuf::TensorShapeProto::new();
-        for &v in d {
-            let mut dim = Dimension::new();
-            dim.value = Some(D::DimValue(v));
-            s.dim.push(dim);
-        }
-        tt.shape = Some(s).into();
-    }
-    let mut tp = onnx_protobuf::TypeProto::new();
-    tp.value = Some(T::TensorType(tt));
-    let mut v = ValueInfoProto::new();
-    v.name = name.into();
-    v.type_ = Some(tp).into();
-    v
-}
-
-fn mk_model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, x: &[i64], outputs: &[&str]) -> ModelProto {
-    let mut g = GraphProto::new();
-    g.name = "test".into();
-    g.node = nodes;
-    g.initializer = inits;
-    g.input = vec![vi("x", Some(x))];
-    g.output = outputs.iter().map(|o| vi_rank(o, x.len())).collect();
-    let mut m = ModelProto::new();
-    m.ir_version = 8;
-    let mut op = OperatorSetIdProto::new();
-    op.version = 17;
-    m.opset_import = vec![op];
-    m.graph = Some(g).into();
-    m
-}
-
-/// Weight [out, rest...]: output row c = scale[c] · (1 + 0.2·noise), so channel norms follow
-/// `scale` closely while every entry differs (index mistakes change the function).
-fn w(name: &str, dims: &[i64], scale: &[f32], seed: u64) -> TensorProto {
-    let n: usize = dims.iter().product::<i64>() as usize;
-    let per = n / dims[0] as usize;
-    let r = randn(n, seed);
-    let v: Vec<f32> = (0..n).map(|i| scale[i / per] * (1.0 + 0.2 * r[i])).collect();
-    tensor::new_f32(name, dims, &v)
-}
-
-fn ones(k: usize) -> Vec<f32> {
-    vec![1.0; k]
-}
-
-fn x_input(x: &[i64]) -> Vec<Input> {
-    let n: usize = x.iter().product::<i64>() as usize;
-    vec![Input::F32(x.iter().map(|&d| d as usize).collect(), randn(n, 99))]
-}
-
-fn prove(m: &ModelProto, x: &[i64], opts: &StructOptions) -> Outcome {
-    prune_and_prove(m, opts, &[], &x_input(x))
-}
-
-/// Relative difference dense vs pruned (how much compensation matters).
-fn dense_vs_pruned(o: &Outcome, x: &[i64]) -> f64 {
-    let inp = x_input(x);
-    rel_err(&tract_run(&o.saved.pruned, &inp).unwrap(), &tract_run(&o.saved.dense, &inp).unwrap())
-}
-
 const X4: [i64; 4] = [1, 3, 5, 5];
 
 #[test]
@@ -449,7 +325,7 @@ fn residual_chain_reaching_output_is_not_pruned() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &no_floor());
+    let o = prove_x(&m, &X4, &no_floor());
     let g = group(&o.result, "A");
     assert_eq!(g.members, vec!["A", "r", "B", "add"]);
     assert!(g.blocked.as_deref().unwrap().contains("graph output 'y'"), "{g:?}");
@@ -476,7 +352,7 @@ fn concat_offsets_select_the_right_columns() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &StructOptions { beta: 1.05, ..no_floor() });
+    let o = prove_x(&m, &X4, &StructOptions { beta: 1.05, ..no_floor() });
     let dense_c = tensor::read_f32(weight(&m, "wc")).unwrap();
     let pruned_c = tensor::read_f32(weight(&o.result.pruned, "wc")).unwrap();
     // A keeps 0,2,3,5; B keeps 1,2,3,4 → columns 0,2,3,5 and 6+1..6+4 of C
@@ -523,7 +399,7 @@ fn split_sizes_and_equal_split_become_explicit() {
     };
     for sizes in [Some("sizes"), None] {
         let m = mk(sizes);
-        let o = prove(&m, &X4, &no_floor());
+        let o = prove_x(&m, &X4, &no_floor());
         let p = &o.result.pruned;
         let split = node(p, "split");
         let s = tensor::read_i64(weight(p, &split.input[1])).unwrap();
@@ -562,7 +438,7 @@ fn slice_bounds_on_the_channel_axis() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &no_floor());
+    let o = prove_x(&m, &X4, &no_floor());
     let p = &o.result.pruned;
     assert_eq!(weight(p, "wa").dims[0], 6);
     assert_eq!(tensor::read_i64(weight(p, "starts")).unwrap(), vec![1]);
@@ -596,7 +472,7 @@ fn depthwise_with_multiplier_and_single_channel_convs() {
         &x,
         &["y"],
     );
-    let o = prove(&m, &x, &no_floor());
+    let o = prove_x(&m, &x, &no_floor());
     let p = &o.result.pruned;
     let g = group(&o.result, "A");
     assert!(g.members.contains(&"DW".to_string()), "depthwise couples its input and output: {g:?}");
@@ -633,7 +509,7 @@ fn reshape_into_gemm_rewrites_the_target() {
     );
     let mut m = m;
     set_out_rank(&mut m, 2);
-    let o = prove(&m, &x, &no_floor());
+    let o = prove_x(&m, &x, &no_floor());
     let p = &o.result.pruned;
     assert_eq!(tensor::read_i64(weight(p, "target")).unwrap(), vec![-1, 48]);
     assert_eq!(weight(p, "wf").dims, vec![3, 48]);
@@ -667,7 +543,7 @@ fn bn_model(consumer_pads: bool) -> ModelProto {
 #[test]
 fn bn_shift_of_removed_channels_is_folded_into_the_next_bias() {
     let m = bn_model(false);
-    let o = prove(&m, &X4, &no_floor());
+    let o = prove_x(&m, &X4, &no_floor());
     let g = group(&o.result, "A");
     assert_eq!(g.kept, 4);
     assert!(g.notes.iter().any(|n| n.contains("folded into the bias of 'C'")), "{:?}", g.notes);
@@ -682,7 +558,7 @@ fn bn_shift_of_removed_channels_is_folded_into_the_next_bias() {
 #[test]
 fn bn_shift_into_a_zero_padded_conv_is_folded_in_the_interior() {
     let m = bn_model(true);
-    let o = prove(&m, &X4, &no_floor());
+    let o = prove_x(&m, &X4, &no_floor());
     let g = group(&o.result, "A");
     // Channels 1 and 3 emit relu(beta') > 0 into a zero-padded conv: folded into C's bias (exact
     // in the interior, the border difference is pruning error), so they are removed, and the
@@ -715,7 +591,7 @@ fn sigmoid_and_hardsigmoid_half_is_compensated() {
         m.graph.as_mut().unwrap().input = vec![vi("x", Some(&x2))];
         m
     };
-    let o = prove(&m, &x2, &no_floor());
+    let o = prove_x(&m, &x2, &no_floor());
     let g = group(&o.result, "A");
     assert_eq!(g.kept, 4);
     assert!(g.notes.iter().any(|n| n.contains("bias of 'B'")), "{:?}", g.notes);
@@ -735,7 +611,7 @@ fn sigmoid_and_hardsigmoid_half_is_compensated() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &no_floor());
+    let o = prove_x(&m, &X4, &no_floor());
     assert!(group(&o.result, "A").notes.iter().any(|n| n.contains("bias of 'B'")));
     assert_ne!(tensor::read_f32(weight(&o.result.pruned, "bb")).unwrap(), vec![0.3, -0.3], "0.5 · ΣW folded in");
     assert!(dense_vs_pruned(&o, &X4) < 0.05);
@@ -761,7 +637,7 @@ fn shared_initializers() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &no_floor());
+    let o = prove_x(&m, &X4, &no_floor());
     let g = group(&o.result, "A");
     assert!(g.members.contains(&"B".to_string()) && g.blocked.is_none(), "{g:?}");
     let p = &o.result.pruned;
@@ -780,7 +656,7 @@ fn shared_initializers() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &no_floor());
+    let o = prove_x(&m, &X4, &no_floor());
     let g = group(&o.result, "A");
     assert!(g.blocked.as_deref().unwrap().contains("weight 'w' is also used by Conv node 'A'"), "{g:?}");
     assert_eq!(o.params.0, o.params.1);
@@ -817,7 +693,7 @@ fn constant_node_weights_and_reshaped_bias() {
         &X4,
         &["y"],
     );
-    let o = prove(&m, &X4, &no_floor());
+    let o = prove_x(&m, &X4, &no_floor());
     let p = &o.result.pruned;
     assert_eq!(weight(p, "wa").dims, vec![4, 3, 1, 1]);
     assert!(
@@ -893,7 +769,7 @@ fn lstm_input_units_prune_when_they_emit_zeros() {
     );
     let mut m = m;
     set_out_rank(&mut m, 4);
-    let o = prove(&m, &x, &no_floor());
+    let o = prove_x(&m, &x, &no_floor());
     // Relu(0) = 0 enters the LSTM's input: exact, no fold needed.
     assert_eq!(group(&o.result, "proj").blocked, None, "{}", summary(&o.result.groups));
     assert_eq!(group(&o.result, "lstm").blocked.as_deref(), Some("reaches graph output 'y'"));
@@ -955,7 +831,7 @@ fn reshape_target_built_from_shape_chain() {
         &["y"],
     );
     set_out_rank(&mut m, 2);
-    let o = prove(&m, &x, &no_floor());
+    let o = prove_x(&m, &x, &no_floor());
     assert!(group(&o.result, "A").blocked.is_none(), "{}", summary(&o.result.groups));
     assert_eq!(weight(&o.result.pruned, "wf").dims, vec![3, 48]);
 
@@ -1019,7 +895,7 @@ fn op_zoo_prelu_pad_pool_instancenorm_resize_convtranspose_reduce() {
         &["y"],
     );
     set_out_rank(&mut m, 2);
-    let o = prove(&m, &x, &no_floor());
+    let o = prove_x(&m, &x, &no_floor());
     let p = &o.result.pruned;
     let a = group(&o.result, "A");
     assert!(a.blocked.is_none() && a.kept == 4, "{a:?}");
@@ -1047,7 +923,7 @@ fn gemm_with_a_full_bias_matrix() {
         &x2,
         &["y"],
     );
-    let o = prove(&m, &x2, &no_floor());
+    let o = prove_x(&m, &x2, &no_floor());
     assert_eq!(weight(&o.result.pruned, "ca").dims, vec![2, 4]);
     assert_eq!(weight(&o.result.pruned, "wb").dims, vec![3, 4]);
 }

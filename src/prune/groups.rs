@@ -18,7 +18,8 @@
 //! Files: this one holds the result types, the union-find, the analyzer's core (tracking,
 //! blocking, the per-node dispatch, element-wise rules) and the final grouping; `ctx` the graph
 //! facts the rules read; `nn` the linear and normalisation ops (Conv, Gemm, MatMul, BatchNorm,
-//! pooling, ...); `rnn` LSTM / GRU / RNN hidden units; `array` the array ops (Concat, Split, Slice, Reshape and shape plumbing, ...).
+//! pooling, ...); `rnn` LSTM / GRU / RNN hidden units; `array` the array ops (Concat, Split, Slice, Reshape and shape plumbing, ...);
+//! `shuffle` the channel shuffle and the channel-count arithmetic of chunked Slices.
 
 use super::rules::{self, Kind, PoolKind, ReduceKind};
 use crate::model::graph::{attr, attr_f, attr_i, attr_ints, attr_s, is_const, node_label, GraphIndex};
@@ -32,6 +33,7 @@ mod array;
 mod ctx;
 mod nn;
 mod rnn;
+mod shuffle;
 
 pub use ctx::*;
 
@@ -286,11 +288,19 @@ enum Sym {
     Lit(i64, LitAt),
     /// Dimension `axis` of tensor `name` (read by a Shape node).
     Dim(String, usize),
+    /// That dimension after integer arithmetic by constants (`shuffle::Lin`).
+    Expr(String, usize, shuffle::Lin),
 }
 
 /// Run the analysis on the top-level graph.
 pub fn analyze(ctx: &Ctx) -> Analysis {
-    let mut a = Analyzer { ctx, st: Analysis::default(), shape_vecs: BTreeMap::new(), dims_hint: BTreeMap::new() };
+    let mut a = Analyzer {
+        ctx,
+        st: Analysis::default(),
+        shape_vecs: BTreeMap::new(),
+        dims_hint: BTreeMap::new(),
+        shuffles: BTreeMap::new(),
+    };
     a.st.consts = ctx.consts.clone();
     for &ni in &ctx.order {
         a.node(ni);
@@ -316,6 +326,9 @@ struct Analyzer<'c, 'a> {
     /// Dims the analysis knows of a tracked tensor beyond the declared shapes (an LSTM's
     /// direction axis), carried through Transpose: what a Reshape merging them needs.
     dims_hint: BTreeMap<String, Vec<Option<usize>>>,
+    /// Channel shuffles split and not yet merged back, by the index of the Reshape back: the
+    /// shuffled tensor's name, its track and the number of groups.
+    shuffles: BTreeMap<usize, (String, Track, usize)>,
 }
 
 /// What happened at one node, for the blocked reason.

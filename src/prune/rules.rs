@@ -40,10 +40,14 @@ pub enum Kind {
     Reduce(ReduceKind),
     Concat,
     Split,
+    /// Constant bounds (edited), or bounds computed from the sliced tensor's own channel count
+    /// as a chunk (`groups/shuffle.rs`: the chunks keep equal counts).
     Slice,
     Pad,
     Resize,
     Flatten,
+    /// Channel axis kept, merged into a flatten, or split into [g, C/g] by a channel shuffle
+    /// (Reshape → Transpose swapping the two → Reshape back: `groups/shuffle.rs`).
     Reshape,
     Squeeze,
     Unsqueeze,

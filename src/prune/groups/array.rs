@@ -125,22 +125,49 @@ impl Analyzer<'_, '_> {
     pub(super) fn slice_op(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
         let from_attrs = self.ctx.opset < 10 || attr(n, "starts").is_some();
+        // Bounds computed from this tensor's own channel count (a chunk): evaluated here, made
+        // to adapt below.
+        let data = inp(n, 0).unwrap_or_default();
+        let own = |slot: usize| (!from_attrs).then(|| self.own_count_bound(n, slot, data, x.axis)).flatten();
+        let computed = [own(1), own(2)];
         let get = |slot: usize, name: &str| -> Option<Option<Vec<i64>>> {
             if from_attrs {
                 Some(attr_ints(n, name).map(|v| v.to_vec()))
             } else {
                 match inp(n, slot) {
                     None => Some(None),
-                    Some(s) => self.ctx.const_ints(s).map(Some),
+                    Some(s) => self.ctx.const_ints(s).map(Some).or_else(|| {
+                        let l = computed.get(slot.wrapping_sub(1)).copied().flatten()?;
+                        Some(Some(vec![l.eval(x.units.len() as i64)?]))
+                    }),
                 }
             }
         };
         let (Some(Some(starts)), Some(Some(ends)), Some(axes), Some(steps)) =
             (get(1, "starts"), get(2, "ends"), get(3, "axes"), get(4, "steps"))
         else {
-            self.block(&x.units, &format!("{} (bounds are not constant)", barrier_reason(n)));
+            let r = format!("{} (bounds are not constant)", barrier_reason(n));
+            self.block(&x.units, &r);
+            for slot in 1..n.input.len() {
+                if let Some(v) = inp(n, slot).and_then(|i| self.shape_vecs.get(i)).cloned() {
+                    self.block_channel_dims(&v, &r);
+                }
+            }
             return;
         };
+        if computed.iter().any(|c| c.is_some()) {
+            let axis_ok = match axes.as_deref() {
+                Some([a]) => norm_axis(*a, x.rank) == Some(x.axis),
+                None => x.axis == 0,
+                _ => false,
+            };
+            let step_ok = steps.as_deref().is_none_or(|s| s == [1]);
+            if starts.len() != 1 || !axis_ok || !step_ok {
+                let r = format!("{} (bounds computed from the channel count slice another way)", barrier_reason(n));
+                self.block(&x.units, &r);
+                return;
+            }
+        }
         let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
         let mut out = x.clone();
         for (i, &a) in axes.iter().enumerate() {
@@ -173,8 +200,17 @@ impl Analyzer<'_, '_> {
             } else {
                 (IntTarget::Input(ni, 1), IntTarget::Input(ni, 2))
             };
-            self.st.edits.push(Edit::Count { target: ts, index: i, units: x.units[..s].into() });
-            self.st.edits.push(Edit::Count { target: te, index: i, units: x.units[..e].into() });
+            let reason = format!("{} (bounds computed from the channel count, not a chunk)", barrier_reason(n));
+            for (bound, target, at) in [(computed[0], ts, s), (computed[1], te, e)] {
+                match bound {
+                    Some(l) if !self.chunk_symmetry(&x, l, &reason) => {
+                        self.block(&x.units, &reason);
+                        return;
+                    }
+                    Some(_) => {}
+                    None => self.st.edits.push(Edit::Count { target, index: i, units: x.units[..at].into() }),
+                }
+            }
             self.touch(ni, &x.units);
             out.units = x.units[s..e].into();
             out.vals = x.vals[s..e].into();
@@ -342,21 +378,18 @@ impl Analyzer<'_, '_> {
 
     pub(super) fn reshape(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
-        if self.channel_shuffle(n) {
-            let r = format!(
-                "{} (channel shuffle: Reshape → Transpose → Reshape interleaves the groups' channels; out of scope)",
-                barrier_reason(n)
-            );
-            self.block(&x.units, &r);
+        if let Some((back, perm)) = self.channel_shuffle(n) {
+            self.shuffle_split(ni, n, x, back, &perm);
             return;
         }
-        let Some(tname) = inp(n, 1) else { return };
-        // The target as symbols: a constant (editable in place) or a followed shape vector.
-        let target: Option<Vec<Sym>> = match self.ctx.const_ints(tname) {
-            Some(v) => Some(v.iter().enumerate().map(|(i, &v)| Sym::Lit(v, Some((ni, 1, i)))).collect()),
-            None => self.shape_vecs.get(tname).cloned(),
-        };
-        let Some(target) = target else {
+        if let Some(split) = self.shuffles.remove(&ni) {
+            self.shuffle_merge(ni, n, x, split);
+            return;
+        }
+        if inp(n, 1).is_none() {
+            return;
+        }
+        let Some(target) = self.target(ni, n) else {
             self.block(&x.units, &format!("{} (target shape is not known)", barrier_reason(n)));
             return;
         };
@@ -444,9 +477,9 @@ impl Analyzer<'_, '_> {
         }
         // Channel counts read from other tensors (or ours at another place) cannot adapt.
         for (i, e) in target.iter().enumerate() {
-            if let Sym::Dim(name, j) = e {
-                let ours = name == me && safe_channel == Some(i) && done;
-                if let Some(tr) = self.track(name).filter(|tr| tr.axis == *j && !ours) {
+            if let Some((name, j, l)) = e.dim_expr() {
+                let ours = name == me && safe_channel == Some(i) && done && l == super::shuffle::Lin::ID;
+                if let Some(tr) = self.track(name).filter(|tr| tr.axis == j && !ours) {
                     self.block(
                         &tr.units,
                         &format!("{} (target reads the channel count of '{name}')", barrier_reason(n)),
@@ -458,21 +491,19 @@ impl Analyzer<'_, '_> {
 
     /// ShuffleNet's channel shuffle: this Reshape's only reader is a Transpose whose only reader
     /// is a Reshape back (the channel axis split into [groups, C/groups], swapped, merged).
-    fn channel_shuffle(&self, n: &NodeProto) -> bool {
+    /// Returns the Reshape back's index and the Transpose's perm.
+    fn channel_shuffle(&self, n: &NodeProto) -> Option<(usize, Vec<i64>)> {
         let only = |name: &str, op: &str| -> Option<usize> {
             match self.ctx.ix.consumers_of(name) {
                 [(c, 0)] if self.ctx.g.node[*c].op_type == op => Some(*c),
                 _ => None,
             }
         };
-        let t = n.output.first().and_then(|o| only(o, "Transpose"));
-        let back = t.and_then(|t| self.ctx.g.node[t].output.first()).and_then(|o| only(o, "Reshape"));
-        back.is_some()
-            && self
-                .ctx
-                .rank(&n.output[0])
-                .zip(inp(n, 0).and_then(|i| self.ctx.rank(i)))
-                .is_some_and(|(o, i)| o == i + 1)
+        let t = n.output.first().and_then(|o| only(o, "Transpose"))?;
+        let back = self.ctx.g.node[t].output.first().and_then(|o| only(o, "Reshape"))?;
+        let ranks = self.ctx.rank(&n.output[0]).zip(inp(n, 0).and_then(|i| self.ctx.rank(i)));
+        let perm = attr_ints(&self.ctx.g.node[t], "perm").map(|p| p.to_vec()).unwrap_or_default();
+        ranks.is_some_and(|(o, i)| o == i + 1).then_some((back, perm))
     }
 
     /// Register the rewrite of a literal that equals a kept count; false (and block) when the
@@ -536,8 +567,13 @@ impl Analyzer<'_, '_> {
         if target_only && inp(n, 0).is_some_and(|d| self.st.tracks.contains_key(d)) {
             return false;
         }
+        // A Slice of a tracked tensor with computed bounds is checked by the Slice rule.
+        if n.op_type == "Slice" && inp(n, 0).is_some_and(|d| self.st.tracks.contains_key(d)) {
+            return false;
+        }
         let first = inp(n, 0).and_then(|i| self.shape_vecs.get(i)).cloned();
         let result: Option<Vec<Sym>> = match n.op_type.as_str() {
+            "Add" | "Mul" | "Div" => self.shape_arith(n),
             "Unsqueeze" | "Squeeze" | "Cast" | "Identity" => first,
             "Gather" if attr_i(n, "axis").unwrap_or(0) == 0 => first
                 .zip(inp(n, 1).and_then(|i| self.ctx.const_ints(i)))
@@ -589,8 +625,8 @@ impl Analyzer<'_, '_> {
 
     pub(super) fn block_channel_dims(&mut self, v: &[Sym], reason: &str) {
         for e in v {
-            if let Sym::Dim(name, j) = e {
-                if let Some(t) = self.track(name).filter(|t| t.axis == *j) {
+            if let Some((name, j, _)) = e.dim_expr() {
+                if let Some(t) = self.track(name).filter(|t| t.axis == j) {
                     self.block(&t.units, reason);
                 }
             }

@@ -1,0 +1,222 @@
+//! Channel shuffle (ShuffleNet: Reshape → Transpose → Reshape) and the channel-count arithmetic
+//! around it (`x.chunk(k)` exported as Slices whose bounds are computed from `Shape(x)`).
+//!
+//! A shuffle over g groups sends input channel k·(C/g) + i to output channel i·g + k. It commutes
+//! with removing channels only when every group keeps the same indices i: so the g positions
+//! {k·(C/g) + i} become one unit (union), the pruned model shuffles C′ = g·|kept i| channels, and
+//! output channel i·g + k is kept exactly when i is. Targets computed from `Shape(x)` (C/g as
+//! `Div(C, g)`, C itself) adapt to C′ by themselves; literal ones are edited.
+//!
+//! A Slice whose bounds are m·⌊(C + a)/d⌋ (with d | C, 0 ≤ a < d: the torch export of a chunk into
+//! d parts) adapts to C′ when each of the d chunks keeps the same count: positions p and
+//! p + j·C/d become one unit.
+
+use super::*;
+
+/// m·⌊(dim + add)/div⌋: a channel count after the integer arithmetic of a shape vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Lin {
+    pub add: i64,
+    pub div: i64,
+    pub mul: i64,
+}
+
+impl Lin {
+    pub(super) const ID: Lin = Lin { add: 0, div: 1, mul: 1 };
+
+    pub(super) fn eval(&self, d: i64) -> Option<i64> {
+        let s = d.checked_add(self.add)?;
+        (s >= 0 && self.div > 0).then(|| (s / self.div).checked_mul(self.mul)).flatten()
+    }
+}
+
+impl Sym {
+    /// The dim this element reads, with the arithmetic applied to it.
+    pub(super) fn dim_expr(&self) -> Option<(&str, usize, Lin)> {
+        match self {
+            Sym::Dim(n, a) => Some((n, *a, Lin::ID)),
+            Sym::Expr(n, a, l) => Some((n, *a, *l)),
+            Sym::Lit(..) => None,
+        }
+    }
+}
+
+impl Analyzer<'_, '_> {
+    /// Add / Mul / Div of shape-vector elements by an integer constant (torch's `c // g`,
+    /// `(c + 1) // 2 * k`). None when the node is anything else.
+    pub(super) fn shape_arith(&self, n: &NodeProto) -> Option<Vec<Sym>> {
+        let op = n.op_type.as_str();
+        if !matches!(op, "Add" | "Mul" | "Div") || n.input.len() != 2 {
+            return None;
+        }
+        let scalar = |i: usize| inp(n, i).and_then(|s| self.ctx.const_ints(s)).filter(|v| v.len() == 1).map(|v| v[0]);
+        let (v, c) = match (inp(n, 0).and_then(|s| self.shape_vecs.get(s)), scalar(1)) {
+            (Some(v), Some(c)) => (v, c),
+            _ if op != "Div" => (inp(n, 1).and_then(|s| self.shape_vecs.get(s))?, scalar(0)?),
+            _ => return None,
+        };
+        v.iter()
+            .map(|e| match (op, e) {
+                ("Add", Sym::Lit(x, _)) => x.checked_add(c).map(|r| Sym::Lit(r, None)),
+                ("Mul", Sym::Lit(x, _)) => x.checked_mul(c).map(|r| Sym::Lit(r, None)),
+                ("Div", Sym::Lit(x, _)) => (*x >= 0 && c > 0).then(|| Sym::Lit(x / c, None)),
+                _ => {
+                    let (name, axis, l) = e.dim_expr()?;
+                    let plain = l.div == 1 && l.mul == 1;
+                    let l = match op {
+                        "Add" if plain => Lin { add: l.add.checked_add(c)?, ..l },
+                        "Div" if plain && c > 0 => Lin { div: c, ..l },
+                        "Mul" if c > 0 => Lin { mul: l.mul.checked_mul(c)?, ..l },
+                        _ => return None,
+                    };
+                    Some(Sym::Expr(name.to_string(), axis, l))
+                }
+            })
+            .collect()
+    }
+
+    /// A Slice bound computed from the sliced tensor's own channel count: its arithmetic, when
+    /// it reads `data`'s dim `axis` and nothing else.
+    pub(super) fn own_count_bound(&self, n: &NodeProto, slot: usize, data: &str, axis: usize) -> Option<Lin> {
+        match self.shape_vecs.get(inp(n, slot)?)?.as_slice() {
+            [e] => e.dim_expr().filter(|(nm, a, _)| *nm == data && *a == axis).map(|(_, _, l)| l),
+            _ => None,
+        }
+    }
+
+    /// Make a computed bound m·⌊(C + a)/d⌋ adapt: every one of the d chunks keeps the same count.
+    /// False when the bound is not of that form (d ∤ C, a outside [0, d), m > d).
+    pub(super) fn chunk_symmetry(&mut self, x: &Track, l: Lin, reason: &str) -> bool {
+        let c = x.units.len() as i64;
+        if l.div <= 0 || c % l.div != 0 || !(0..l.div).contains(&l.add) || !(0..=l.div).contains(&l.mul) {
+            return false;
+        }
+        let step = (c / l.div) as usize;
+        for i in 0..step {
+            for j in 1..l.div as usize {
+                self.join(x.units[i], x.units[i + j * step], reason);
+            }
+        }
+        true
+    }
+
+    /// The first Reshape of a channel shuffle: [.., C, ..] → [.., g, C/g, ..]. Joins the g
+    /// positions each index i stands for, tracks the C/g axis (its units: group 0's) and leaves
+    /// the permutation to [`Self::shuffle_merge`] at the Reshape back.
+    pub(super) fn shuffle_split(&mut self, ni: usize, n: &NodeProto, x: Track, back: usize, perm: &[i64]) {
+        let out_of = |why: &str| format!("{} (channel shuffle: {why})", barrier_reason(n));
+        let a = x.axis;
+        let c = x.units.len();
+        let me = inp(n, 0).unwrap_or_default().to_string();
+        let swap = perm.len() == x.rank + 1
+            && perm.iter().enumerate().all(|(i, &p)| {
+                p == if i == a {
+                    a as i64 + 1
+                } else if i == a + 1 {
+                    a as i64
+                } else {
+                    i as i64
+                }
+            });
+        let target = self.target(ni, n);
+        let declared = self.ctx.shapes.get(&me).filter(|d| d.len() == x.rank).cloned();
+        let same_dim = |e: &Sym, j: usize, zero_copies: bool| match e {
+            Sym::Lit(0, _) => zero_copies,
+            Sym::Lit(v, _) => declared.as_ref().and_then(|d| d[j]).is_some_and(|d| d as i64 == *v),
+            Sym::Dim(nm, k) => *nm == me && *k == j,
+            Sym::Expr(..) => false,
+        };
+        let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
+        let g = match target.as_ref().and_then(|t| t.get(a)) {
+            Some(Sym::Lit(g, _)) if *g > 1 && c % (*g as usize) == 0 => *g as usize,
+            _ => 0,
+        };
+        let per = if g > 0 { c / g } else { 0 };
+        let Some(t) = target.filter(|t| swap && g > 0 && t.len() == x.rank + 1) else {
+            self.block(&x.units, &out_of("groups, target or permutation not understood"));
+            return;
+        };
+        let lead = (0..a).all(|i| same_dim(&t[i], i, !allowzero));
+        let tail = (a + 2..t.len()).all(|i| same_dim(&t[i], i - 1, false));
+        let count = match &t[a + 1] {
+            Sym::Lit(v, at) if *v == per as i64 => Some(Some(*at)),
+            Sym::Lit(-1, _) => Some(None),
+            Sym::Expr(nm, k, l) if *nm == me && *k == a && l.add == 0 && l.div == g as i64 && l.mul == 1 => Some(None),
+            _ => None,
+        };
+        let Some(count) = count.filter(|_| lead && tail) else {
+            self.block(&x.units, &out_of("target not understood"));
+            return;
+        };
+        let reason = out_of("a position no group owns is shuffled with pruned ones");
+        for i in 0..per {
+            for k in 1..g {
+                self.join(x.units[i], x.units[k * per + i], &reason);
+            }
+        }
+        let first: Units = x.units[..per].into();
+        if let Some(at) = count {
+            if !self.count_edit(&x, n, at, first.clone()) {
+                return;
+            }
+        }
+        let vals: Vals = vec![Val::Varying; per].into();
+        self.touch(ni, &x.units);
+        self.emit(ni, &n.output[0], Track { axis: a + 1, rank: x.rank + 1, units: first, vals });
+        self.shuffles.insert(back, (me, x, g));
+    }
+
+    /// The Reshape back of a channel shuffle: [.., C/g, g, ..] → [.., C, ..]. Output channel
+    /// i·g + k carries input channel k·(C/g) + i.
+    pub(super) fn shuffle_merge(&mut self, ni: usize, n: &NodeProto, y: Track, (src, x, g): (String, Track, usize)) {
+        let out_of = |why: &str| format!("{} (channel shuffle: {why})", barrier_reason(n));
+        let a = x.axis;
+        let c = x.units.len();
+        let me = inp(n, 0).unwrap_or_default().to_string();
+        let declared = self.ctx.shapes.get(&src).filter(|d| d.len() == x.rank).cloned();
+        let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
+        let target = self.target(ni, n).filter(|t| t.len() == x.rank && y.axis == a && y.rank == x.rank + 1);
+        let Some(t) = target else {
+            self.block(&x.units, &out_of("the shuffled axes are not merged back"));
+            return;
+        };
+        // Entry j (j ≠ a) keeps dim j of the shuffle's input.
+        let same = |e: &Sym, j: usize| match e {
+            Sym::Lit(0, _) => j < a && !allowzero,
+            Sym::Lit(v, _) => declared.as_ref().and_then(|d| d[j]).is_some_and(|d| d as i64 == *v),
+            Sym::Dim(nm, k) => (*nm == src && *k == j) || (*nm == me && *k == if j < a { j } else { j + 1 }),
+            Sym::Expr(..) => false,
+        };
+        let count = match &t[a] {
+            Sym::Dim(nm, k) if *nm == src && *k == a => Some(None),
+            Sym::Lit(-1, _) => Some(None),
+            Sym::Lit(v, at) if *v == c as i64 => Some(Some(*at)),
+            _ => None,
+        };
+        let others = (0..t.len()).filter(|&j| j != a).all(|j| same(&t[j], j));
+        let Some(count) = count.filter(|_| others) else {
+            self.block(&x.units, &out_of("target not understood"));
+            return;
+        };
+        let per = c / g;
+        let pos = |j: usize| (j % g) * per + j / g;
+        let units: Units = (0..c).map(|j| x.units[pos(j)]).collect();
+        let vals: Vals = (0..c).map(|j| x.vals[pos(j)]).collect();
+        if let Some(at) = count {
+            if !self.count_edit(&x, n, at, units.clone()) {
+                return;
+            }
+        }
+        self.touch(ni, &y.units);
+        self.emit(ni, &n.output[0], Track { axis: a, rank: x.rank, units, vals });
+    }
+
+    /// A Reshape's target as symbols: a constant (editable in place) or a followed shape vector.
+    pub(super) fn target(&self, ni: usize, n: &NodeProto) -> Option<Vec<Sym>> {
+        let tname = inp(n, 1)?;
+        match self.ctx.const_ints(tname) {
+            Some(v) => Some(v.iter().enumerate().map(|(i, &v)| Sym::Lit(v, Some((ni, 1, i)))).collect()),
+            None => self.shape_vecs.get(tname).cloned(),
+        }
+    }
+}

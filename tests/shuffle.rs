@@ -1,0 +1,166 @@
+//! Channel shuffle (Reshape → Transpose → Reshape) and chunked Slices with bounds computed from
+//! the channel count: small hand-built models, each rewrite proven pruned == masked (tract, and
+//! onnxruntime when available), each refusal checked for its reason. The exported ShuffleNet is
+//! `zoo_shufflenet` in tests/zoo.rs.
+
+#[path = "common/prove.rs"]
+mod prove;
+#[path = "common/build.rs"]
+mod build;
+use build::*;
+
+use onnx_emp::model::graph::GraphIndex;
+use onnx_emp::model::tensor;
+use onnx_emp::prune::channels::prune_channels;
+use onnx_emp::prune::{Floor, RoundTo, StructOptions, StructuralResult};
+use onnx_protobuf::{ModelProto, TensorProto};
+
+const X: [i64; 4] = [1, 3, 5, 5];
+
+fn opts() -> StructOptions {
+    StructOptions { floor: Floor::OFF, round_to: RoundTo::Multiple(1), ..Default::default() }
+}
+
+fn ints(name: &str, v: &[i64]) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = 7;
+    t.dims = vec![v.len() as i64];
+    t.int64_data = v.to_vec();
+    t
+}
+
+/// A 0-d int64 constant (what `Gather(Shape(x), k)` with a scalar index returns).
+fn scalar(name: &str, v: i64) -> TensorProto {
+    let mut t = ints(name, &[v]);
+    t.dims.clear();
+    t
+}
+
+fn read(m: &ModelProto, name: &str) -> Vec<i64> {
+    let g = m.graph.as_ref().unwrap();
+    let ix = GraphIndex::build(g).unwrap();
+    tensor::read_i64(ix.weight(g, name).unwrap_or_else(|| panic!("'{name}' not found"))).unwrap()
+}
+
+fn dims(m: &ModelProto, name: &str) -> Vec<i64> {
+    let g = m.graph.as_ref().unwrap();
+    let ix = GraphIndex::build(g).unwrap();
+    ix.weight(g, name).unwrap_or_else(|| panic!("'{name}' not found")).dims.clone()
+}
+
+fn blocked(r: &StructuralResult) -> Vec<String> {
+    r.groups.iter().filter_map(|g| g.blocked.clone()).collect()
+}
+
+/// Conv A (8 channels) → shuffle → Conv B with literal targets; `perm` is the Transpose's. The
+/// shuffled tensor's shape is declared (as onnx shape inference writes it): literal batch and
+/// spatial entries are checked against it.
+fn literal_shuffle(perm: &[i64]) -> ModelProto {
+    let mut m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Reshape", "split", &["a", "t5"], &["r"], vec![]),
+            nd("Transpose", "swap", &["r"], &["t"], vec![attr_ints("perm", perm)]),
+            nd("Reshape", "merge", &["t", "t4"], &["s"], vec![]),
+            nd("Conv", "B", &["s", "wb"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[8, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.01, 1., 1.], 1),
+            w("wb", &[2, 8, 1, 1], &ones(2), 2),
+            ints("t5", &[1, 2, 4, 5, 5]),
+            ints("t4", &[1, 8, 5, 5]),
+        ],
+        &X,
+        &["y"],
+    );
+    m.graph.as_mut().unwrap().value_info.push(vi("a", Some(&[1, 8, 5, 5])));
+    m
+}
+
+/// Conv A (8 channels) → shuffle over 2 groups → Conv B. Channels 1 and 5 (index 1 of each group)
+/// are weak: the shuffle keeps the same index in every group, so both go, and the literal
+/// targets [1, 2, 4, 5, 5] / [1, 8, 5, 5] become [1, 2, 3, 5, 5] / [1, 6, 5, 5].
+#[test]
+fn shuffle_with_literal_targets_removes_one_index_from_every_group() {
+    let m = literal_shuffle(&[0, 2, 1, 3, 4]);
+    let o = prove_x(&m, &X, &opts());
+    let a = o.result.groups.iter().find(|g| g.id == "A").unwrap();
+    assert!(a.blocked.is_none(), "{a:?}");
+    assert_eq!((a.n, a.kept, a.removed.clone()), (4, 3, vec![1]), "one unit per shuffle index");
+    let p = &o.result.pruned;
+    assert_eq!(dims(p, "wa")[0], 6);
+    assert_eq!(read(p, "t5"), vec![1, 2, 3, 5, 5]);
+    assert_eq!(read(p, "t4"), vec![1, 6, 5, 5]);
+    assert_eq!(dims(p, "wb")[1], 6);
+}
+
+/// The same shuffle with a Transpose that does not swap the two split axes is not a shuffle the
+/// rule knows: blocked, with the reason.
+#[test]
+fn shuffle_with_another_permutation_is_refused() {
+    let m = literal_shuffle(&[0, 1, 2, 4, 3]);
+    let r = prune_channels(&m, &opts()).unwrap();
+    let b = blocked(&r);
+    assert!(b.iter().any(|r| r.contains("channel shuffle") && r.contains("'split'")), "{b:#?}");
+}
+
+/// `x.chunk(2, dim=1)` as torch exports it: bounds (C + 1) / 2 · k computed from Shape(x). The
+/// halves go to two convolutions; each half must keep the same count, so channel p and p + 4
+/// are one unit.
+fn chunk_model(divisor: i64) -> ModelProto {
+    let mut nodes = vec![
+        nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+        nd("Shape", "shape", &["a"], &["sh"], vec![]),
+        nd("Gather", "c", &["sh", "one"], &["c"], vec![attr_i("axis", 0)]),
+        nd("Add", "c1", &["c", "plus"], &["c1"], vec![]),
+        nd("Div", "half", &["c1", "div"], &["h"], vec![]),
+        nd("Mul", "end1", &["h", "k1"], &["e1"], vec![]),
+        nd("Mul", "end2", &["h", "k2"], &["e2"], vec![]),
+        nd("Unsqueeze", "u1", &["e1", "zero"], &["e1v"], vec![]),
+        nd("Unsqueeze", "u2", &["e2", "zero"], &["e2v"], vec![]),
+        nd("Slice", "lo", &["a", "zerov", "e1v", "axis"], &["lo"], vec![]),
+        nd("Slice", "hi", &["a", "e1v", "e2v", "axis"], &["hi"], vec![]),
+        nd("Conv", "B", &["lo", "wb"], &["yb"], vec![]),
+        nd("Conv", "C", &["hi", "wc"], &["yc"], vec![]),
+    ];
+    nodes.push(nd("Add", "sum", &["yb", "yc"], &["y"], vec![]));
+    let chunk = (8 + divisor - 1) / divisor;
+    let inits = vec![
+        w("wa", &[8, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.02, 1., 1.], 1),
+        w("wb", &[2, chunk, 1, 1], &ones(2), 2),
+        w("wc", &[2, chunk, 1, 1], &ones(2), 3),
+        scalar("one", 1),
+        scalar("plus", divisor - 1),
+        scalar("div", divisor),
+        scalar("k1", 1),
+        scalar("k2", 2),
+        ints("zero", &[0]),
+        ints("zerov", &[0]),
+        ints("axis", &[1]),
+    ];
+    mk_model(nodes, inits, &X, &["y"])
+}
+
+#[test]
+fn computed_chunk_bounds_keep_the_halves_equal() {
+    let m = chunk_model(2);
+    let o = prove_x(&m, &X, &opts());
+    let a = o.result.groups.iter().find(|g| g.id == "A").unwrap();
+    assert!(a.blocked.is_none(), "{a:?}");
+    assert_eq!((a.n, a.kept, a.removed.clone()), (4, 3, vec![1]), "channels 1 and 5 are one unit");
+    let p = &o.result.pruned;
+    assert_eq!(dims(p, "wa")[0], 6);
+    assert_eq!(dims(p, "wb")[1], 3);
+    assert_eq!(dims(p, "wc")[1], 3);
+}
+
+/// Bounds ⌊(C + 2)/3⌋ · k on 8 channels: 3 does not divide 8, so the pruned model's computed
+/// bounds could not match any removal: blocked, with the reason.
+#[test]
+fn computed_bounds_that_are_not_a_chunk_are_refused() {
+    let r = prune_channels(&chunk_model(3), &opts()).unwrap();
+    let b = blocked(&r);
+    assert!(b.iter().any(|r| r.contains("'lo'") && r.contains("not a chunk")), "{b:#?}");
+    assert!(r.groups.iter().find(|g| g.id == "A").unwrap().blocked.is_some());
+}
