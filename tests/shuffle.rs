@@ -3,10 +3,10 @@
 //! onnxruntime when available), each refusal checked for its reason. The exported ShuffleNet is
 //! `zoo_shufflenet` in tests/zoo.rs.
 
-#[path = "common/prove.rs"]
-mod prove;
 #[path = "common/build.rs"]
 mod build;
+#[path = "common/prove.rs"]
+mod prove;
 use build::*;
 
 use onnx_emp::model::graph::GraphIndex;
@@ -57,6 +57,10 @@ fn blocked(r: &StructuralResult) -> Vec<String> {
 /// shuffled tensor's shape is declared (as onnx shape inference writes it): literal batch and
 /// spatial entries are checked against it.
 fn literal_shuffle(perm: &[i64]) -> ModelProto {
+    literal_shuffle_with(perm, &[1, 2, 4, 5, 5], true)
+}
+
+fn literal_shuffle_with(perm: &[i64], t5: &[i64], declared: bool) -> ModelProto {
     let mut m = mk_model(
         vec![
             nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
@@ -68,13 +72,15 @@ fn literal_shuffle(perm: &[i64]) -> ModelProto {
         vec![
             w("wa", &[8, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.01, 1., 1.], 1),
             w("wb", &[2, 8, 1, 1], &ones(2), 2),
-            ints("t5", &[1, 2, 4, 5, 5]),
+            ints("t5", t5),
             ints("t4", &[1, 8, 5, 5]),
         ],
         &X,
         &["y"],
     );
-    m.graph.as_mut().unwrap().value_info.push(vi("a", Some(&[1, 8, 5, 5])));
+    if declared {
+        m.graph.as_mut().unwrap().value_info.push(vi("a", Some(&[1, 8, 5, 5])));
+    }
     m
 }
 
@@ -95,6 +101,20 @@ fn shuffle_with_literal_targets_removes_one_index_from_every_group() {
     assert_eq!(dims(p, "wb")[1], 6);
 }
 
+/// Without value_info (torch's export writes none) the literal batch is checked against the batch
+/// carried from the graph input through the Conv.
+#[test]
+fn shuffle_literal_batch_is_checked_against_the_carried_batch() {
+    let o = prove_x(&literal_shuffle_with(&[0, 2, 1, 3, 4], &[1, 2, 4, 5, 5], false), &X, &opts());
+    let p = &o.result.pruned;
+    assert_eq!((read(p, "t5"), read(p, "t4")), (vec![1, 2, 3, 5, 5], vec![1, 6, 5, 5]));
+    // [5, 2, 4, 5, 1] holds as many elements but moves a spatial dim into the batch: no channel
+    // shuffle, refused.
+    let r = prune_channels(&literal_shuffle_with(&[0, 2, 1, 3, 4], &[5, 2, 4, 5, 1], false), &opts()).unwrap();
+    let b = blocked(&r);
+    assert!(b.iter().any(|r| r.contains("channel shuffle: ")), "{b:#?}");
+}
+
 /// The same shuffle with a Transpose that does not swap the two split axes is not a shuffle the
 /// rule knows: blocked, with the reason.
 #[test]
@@ -105,29 +125,28 @@ fn shuffle_with_another_permutation_is_refused() {
     assert!(b.iter().any(|r| r.contains("channel shuffle") && r.contains("'split'")), "{b:#?}");
 }
 
-/// `x.chunk(2, dim=1)` as torch exports it: bounds (C + 1) / 2 · k computed from Shape(x). The
-/// halves go to two convolutions; each half must keep the same count, so channel p and p + 4
-/// are one unit.
-fn chunk_model(divisor: i64) -> ModelProto {
-    let mut nodes = vec![
+/// `x.chunk(d, dim=1)` as torch exports it: bounds ⌊(C + d − 1)/d⌋ · k computed from Shape(x),
+/// the first two chunks into two convolutions. `scale` sets Conv A's channel norms.
+fn chunk_model(divisor: i64, scale: &[f32]) -> ModelProto {
+    let chunk = (8 + divisor - 1) / divisor;
+    let nodes = vec![
         nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
         nd("Shape", "shape", &["a"], &["sh"], vec![]),
         nd("Gather", "c", &["sh", "one"], &["c"], vec![attr_i("axis", 0)]),
         nd("Add", "c1", &["c", "plus"], &["c1"], vec![]),
-        nd("Div", "half", &["c1", "div"], &["h"], vec![]),
+        nd("Div", "part", &["c1", "div"], &["h"], vec![]),
         nd("Mul", "end1", &["h", "k1"], &["e1"], vec![]),
         nd("Mul", "end2", &["h", "k2"], &["e2"], vec![]),
         nd("Unsqueeze", "u1", &["e1", "zero"], &["e1v"], vec![]),
         nd("Unsqueeze", "u2", &["e2", "zero"], &["e2v"], vec![]),
-        nd("Slice", "lo", &["a", "zerov", "e1v", "axis"], &["lo"], vec![]),
+        nd("Slice", "lo", &["a", "zero", "e1v", "axis"], &["lo"], vec![]),
         nd("Slice", "hi", &["a", "e1v", "e2v", "axis"], &["hi"], vec![]),
         nd("Conv", "B", &["lo", "wb"], &["yb"], vec![]),
         nd("Conv", "C", &["hi", "wc"], &["yc"], vec![]),
+        nd("Add", "sum", &["yb", "yc"], &["y"], vec![]),
     ];
-    nodes.push(nd("Add", "sum", &["yb", "yc"], &["y"], vec![]));
-    let chunk = (8 + divisor - 1) / divisor;
     let inits = vec![
-        w("wa", &[8, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.02, 1., 1.], 1),
+        w("wa", &[8, 3, 1, 1], scale, 1),
         w("wb", &[2, chunk, 1, 1], &ones(2), 2),
         w("wc", &[2, chunk, 1, 1], &ones(2), 3),
         scalar("one", 1),
@@ -136,31 +155,67 @@ fn chunk_model(divisor: i64) -> ModelProto {
         scalar("k1", 1),
         scalar("k2", 2),
         ints("zero", &[0]),
-        ints("zerov", &[0]),
         ints("axis", &[1]),
     ];
     mk_model(nodes, inits, &X, &["y"])
 }
 
+/// The constant now feeding input `slot` of node `node` (a computed bound replaced by the rewrite).
+fn bound(m: &ModelProto, node: &str, slot: usize) -> Vec<i64> {
+    let n = m.graph.as_ref().unwrap().node.iter().find(|n| n.name == node).unwrap();
+    read(m, &n.input[slot])
+}
+
+/// Both weak channels sit in the first half: the halves keep 2 and 4 channels, and the computed
+/// bounds (which would say 3 and 6 on the pruned width) are fed as the constants 2 and 6.
 #[test]
-fn computed_chunk_bounds_keep_the_halves_equal() {
-    let m = chunk_model(2);
+fn computed_chunk_bounds_become_the_kept_counts() {
+    let m = chunk_model(2, &[1., 0.01, 0.02, 1., 1., 1., 1., 1.]);
     let o = prove_x(&m, &X, &opts());
     let a = o.result.groups.iter().find(|g| g.id == "A").unwrap();
     assert!(a.blocked.is_none(), "{a:?}");
-    assert_eq!((a.n, a.kept, a.removed.clone()), (4, 3, vec![1]), "channels 1 and 5 are one unit");
+    assert_eq!((a.n, a.kept, a.removed.clone()), (8, 6, vec![1, 2]));
     let p = &o.result.pruned;
-    assert_eq!(dims(p, "wa")[0], 6);
-    assert_eq!(dims(p, "wb")[1], 3);
-    assert_eq!(dims(p, "wc")[1], 3);
+    assert_eq!((dims(p, "wa")[0], dims(p, "wb")[1], dims(p, "wc")[1]), (6, 2, 4));
+    assert_eq!((bound(p, "lo", 2), bound(p, "hi", 1), bound(p, "hi", 2)), (vec![2], vec![2], vec![6]));
 }
 
-/// Bounds ⌊(C + 2)/3⌋ · k on 8 channels: 3 does not divide 8, so the pruned model's computed
-/// bounds could not match any removal: blocked, with the reason.
+/// Bounds ⌊(C + 2)/3⌋ · k on 8 channels (chunks of 3, 3 and 2; the last unused): the same.
 #[test]
-fn computed_bounds_that_are_not_a_chunk_are_refused() {
-    let r = prune_channels(&chunk_model(3), &opts()).unwrap();
+fn computed_bounds_of_uneven_chunks_become_the_kept_counts() {
+    let m = chunk_model(3, &[1., 1., 1., 0.01, 1., 1., 1., 1.]);
+    let o = prove_x(&m, &X, &opts());
+    let a = o.result.groups.iter().find(|g| g.id == "A").unwrap();
+    assert!(a.removed.contains(&3), "{a:?}");
+    let kept_before = |b: usize| (b - a.removed.iter().filter(|&&r| r < b).count()) as i64;
+    let p = &o.result.pruned;
+    assert_eq!(
+        (bound(p, "lo", 2), bound(p, "hi", 1), bound(p, "hi", 2)),
+        (vec![kept_before(3)], vec![kept_before(3)], vec![kept_before(6)])
+    );
+    assert_eq!(dims(p, "wc")[1], kept_before(6) - kept_before(3));
+}
+
+/// Nothing removed from the sliced axis: the computed bounds stay as they were.
+#[test]
+fn computed_bounds_stay_when_the_axis_is_whole() {
+    let m = chunk_model(2, &ones(8));
+    let o = prove_x(&m, &X, &StructOptions { beta: 2.0, ..opts() });
+    let p = &o.result.pruned;
+    assert_eq!(dims(p, "wa")[0], 8);
+    let lo = p.graph.as_ref().unwrap().node.iter().find(|n| n.name == "lo").unwrap();
+    assert_eq!(lo.input[2], "e1v");
+}
+
+/// A bound computed from the channel count that slices another axis cannot follow the pruned
+/// width: blocked, with the reason.
+#[test]
+fn a_channel_count_bounding_another_axis_is_refused() {
+    let mut m = chunk_model(2, &[1., 0.01, 1., 1., 1., 0.02, 1., 1.]);
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "axis");
+    g.initializer.push(ints("axis", &[2]));
+    let r = prune_channels(&m, &opts()).unwrap();
     let b = blocked(&r);
-    assert!(b.iter().any(|r| r.contains("'lo'") && r.contains("not a chunk")), "{b:#?}");
-    assert!(r.groups.iter().find(|g| g.id == "A").unwrap().blocked.is_some());
+    assert!(b.iter().any(|r| r.contains("'lo'") && r.contains("slice another way")), "{b:#?}");
 }

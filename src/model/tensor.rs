@@ -480,6 +480,16 @@ pub fn slice_axis(t: &mut TensorProto, axis: usize, keep: &[usize]) -> Result<()
 }
 
 /// A float32 tensor with raw data (for new constants the rewrite creates).
+/// A new int64 tensor.
+pub fn new_i64(name: &str, dims: &[i64], vals: &[i64]) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = dt::INT64;
+    t.dims = dims.to_vec();
+    t.int64_data = vals.to_vec();
+    t
+}
+
 pub fn new_f32(name: &str, dims: &[i64], vals: &[f32]) -> TensorProto {
     let mut t = TensorProto::new();
     t.name = name.to_string();

@@ -154,6 +154,11 @@ pub enum Edit {
     /// constant indices (input 1) are rewritten to the kept ones; a stepped Slice (`slice`) becomes
     /// a Gather with those indices, since the kept positions are no longer evenly spaced.
     Select { node: usize, axis: usize, units: Units, idx: Vec<usize>, slice: bool },
+    /// A Slice bound at input `slot` computed in the graph from the sliced axis `all` (a chunk
+    /// read from `Shape`): when any unit of `all` is removed, the rewrite feeds the kept count of
+    /// `before` as a constant instead (the computed value would follow the new width, not the
+    /// kept positions).
+    Bound { node: usize, slot: usize, before: Units, all: Units },
 }
 
 /// A constant tensor, possibly seen through shape-only nodes (Identity, Reshape, Unsqueeze...).

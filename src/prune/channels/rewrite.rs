@@ -513,6 +513,14 @@ fn apply_edits(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work) -> Result<()
             Edit::Select { node, axis, units, idx, slice } => {
                 select(ctx, an, plan, w, *node, *axis, units, idx, *slice)?
             }
+            Edit::Bound { node, slot, before, all } => {
+                if kept_count(an, plan, all) != all.len() as i64 {
+                    let base = w.g.node[*node].input.get(*slot).cloned().unwrap_or_default();
+                    let name = w.fresh(&base);
+                    w.add_initializer(tensor::new_i64(&name, &[1], &[kept_count(an, plan, before)]));
+                    w.g.node[*node].input[*slot] = name;
+                }
+            }
         }
     }
     for (_, (target, entries)) in per {

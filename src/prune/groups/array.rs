@@ -200,16 +200,14 @@ impl Analyzer<'_, '_> {
             } else {
                 (IntTarget::Input(ni, 1), IntTarget::Input(ni, 2))
             };
-            let reason = format!("{} (bounds computed from the channel count, not a chunk)", barrier_reason(n));
-            for (bound, target, at) in [(computed[0], ts, s), (computed[1], te, e)] {
-                match bound {
-                    Some(l) if !self.chunk_symmetry(&x, l, &reason) => {
-                        self.block(&x.units, &reason);
-                        return;
-                    }
-                    Some(_) => {}
-                    None => self.st.edits.push(Edit::Count { target, index: i, units: x.units[..at].into() }),
-                }
+            // A bound computed from this tensor's channel count is fed as a constant when it
+            // changes (the count of kept positions before it, like a literal bound).
+            for (slot, (bound, target, at)) in [(computed[0], ts, s), (computed[1], te, e)].into_iter().enumerate() {
+                let before: Units = x.units[..at].into();
+                self.st.edits.push(match bound {
+                    Some(_) => Edit::Bound { node: ni, slot: slot + 1, before, all: x.units.clone() },
+                    None => Edit::Count { target, index: i, units: before },
+                });
             }
             self.touch(ni, &x.units);
             out.units = x.units[s..e].into();

@@ -77,15 +77,20 @@ pub struct Ctx<'a> {
     pub consts: BTreeMap<String, ConstInfo>,
     pub ranks: HashMap<String, usize>,
     pub shapes: HashMap<String, Vec<Option<usize>>>,
+    /// Static dim 0 (the batch) of values whose shape is not declared, carried from the graph
+    /// inputs through ops that keep axis 0 ([`Ctx::infer_batch`]).
+    pub batch: HashMap<String, usize>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(g: &'a GraphProto, ix: &'a GraphIndex, opset: i64) -> Result<Self> {
         let order = topo_order(g, ix)?;
         let shapes = declared_shapes(g);
-        let mut ctx = Ctx { g, ix, opset, order, consts: BTreeMap::new(), ranks: HashMap::new(), shapes };
+        let mut ctx =
+            Ctx { g, ix, opset, order, consts: BTreeMap::new(), ranks: HashMap::new(), shapes, batch: HashMap::new() };
         ctx.find_consts();
         ctx.infer_ranks();
+        ctx.infer_batch();
         Ok(ctx)
     }
 
@@ -289,6 +294,95 @@ impl<'a> Ctx<'a> {
 
     /// Light rank inference: enough to place a channel axis under broadcasting and
     /// negative axes. Unknown stays unknown (then the rules block).
+    /// Dim 0 of a value: declared, or carried by [`Ctx::infer_batch`].
+    pub fn dim0(&self, name: &str) -> Option<usize> {
+        self.shapes.get(name).and_then(|d| d.first().copied().flatten()).or_else(|| self.batch.get(name).copied())
+    }
+
+    /// Carry a static dim 0 from the graph inputs through the ops that keep axis 0 (convolutions,
+    /// normalisations, pooling, element-wise ops, Concat / Transpose / Reshape that leave it in
+    /// place), so that a literal batch in a Reshape target can be checked on an export without
+    /// value_info. Anything else stops it: no entry means unknown.
+    pub(super) fn infer_batch(&mut self) {
+        for &ni in &self.order.clone() {
+            let n = &self.g.node[ni];
+            let Some(out) = n.output.first().filter(|o| !o.is_empty() && !self.shapes.contains_key(*o)) else {
+                continue;
+            };
+            let d0 = |s: Option<&str>| s.and_then(|s| self.dim0(s));
+            let rank = |s: &str| self.rank(s);
+            let b = match rules::lookup(n) {
+                Some(
+                    Kind::Unary(_)
+                    | Kind::Conv
+                    | Kind::ConvTranspose
+                    | Kind::BatchNorm
+                    | Kind::InstanceNorm
+                    | Kind::Pool(_)
+                    | Kind::Quant(_),
+                ) => d0(inp(n, 0)),
+                Some(Kind::Broadcast(_)) => {
+                    // Inputs of the output's rank must agree; constants of lower rank or with
+                    // dim 0 = 1 broadcast.
+                    let r = n.input.iter().filter_map(|i| rank(i)).max();
+                    let mut found = None;
+                    let mut ok = r.is_some();
+                    for i in n.input.iter().filter(|i| !i.is_empty()) {
+                        let full = rank(i) == r;
+                        match (full, self.consts.get(i.as_str())) {
+                            (false, Some(_)) => {}
+                            (true, Some(c)) if c.dims.first() == Some(&1) => {}
+                            (true, None) => match self.dim0(i) {
+                                Some(v) if found.is_none_or(|f| f == v) => found = Some(v),
+                                _ => ok = false,
+                            },
+                            _ => ok = false,
+                        }
+                    }
+                    found.filter(|_| ok)
+                }
+                Some(Kind::Concat)
+                    if attr_i(n, "axis").is_some_and(|a| a != 0 && rank(out).is_none_or(|r| a != -(r as i64))) =>
+                {
+                    let v: Option<Vec<usize>> = n.input.iter().map(|i| self.dim0(i)).collect();
+                    v.filter(|v| v.windows(2).all(|w| w[0] == w[1])).and_then(|v| v.first().copied())
+                }
+                Some(Kind::Transpose) if attr_ints(n, "perm").is_some_and(|p| p.first() == Some(&0)) => d0(inp(n, 0)),
+                Some(Kind::Slice) => {
+                    let axes =
+                        attr_ints(n, "axes").map(|a| a.to_vec()).or_else(|| inp(n, 3).and_then(|s| self.const_ints(s)));
+                    let r = inp(n, 0).and_then(rank);
+                    let keeps0 = axes.zip(r).is_some_and(|(ax, r)| ax.iter().all(|&x| x != 0 && x != -(r as i64)));
+                    d0(inp(n, 0)).filter(|_| keeps0)
+                }
+                Some(Kind::Split) => {
+                    let r = inp(n, 0).and_then(rank);
+                    let axis = attr_i(n, "axis").unwrap_or(0);
+                    let b = d0(inp(n, 0)).filter(|_| r.is_some_and(|r| axis != 0 && axis != -(r as i64)));
+                    if let Some(b) = b {
+                        for o in n.output.iter().skip(1).filter(|o| !o.is_empty()) {
+                            self.batch.insert(o.clone(), b);
+                        }
+                    }
+                    b
+                }
+                Some(Kind::Reshape) => {
+                    let t = inp(n, 1).and_then(|s| self.const_ints(s));
+                    let zero_copies = attr_i(n, "allowzero").unwrap_or(0) == 0;
+                    match t.as_deref().and_then(|t| t.first()) {
+                        Some(0) if zero_copies => d0(inp(n, 0)),
+                        Some(&v) if v > 0 => Some(v as usize),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            if let Some(b) = b {
+                self.batch.insert(out.clone(), b);
+            }
+        }
+    }
+
     pub(super) fn infer_ranks(&mut self) {
         for (k, v) in &self.shapes {
             self.ranks.insert(k.clone(), v.len());

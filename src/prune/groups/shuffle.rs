@@ -7,9 +7,10 @@
 //! output channel i·g + k is kept exactly when i is. Targets computed from `Shape(x)` (C/g as
 //! `Div(C, g)`, C itself) adapt to C′ by themselves; literal ones are edited.
 //!
-//! A Slice whose bounds are m·⌊(C + a)/d⌋ (with d | C, 0 ≤ a < d: the torch export of a chunk into
-//! d parts) adapts to C′ when each of the d chunks keeps the same count: positions p and
-//! p + j·C/d become one unit.
+//! A Slice whose bounds are computed from its input's own channel count (m·⌊(C + a)/d⌋: the torch
+//! export of `x.chunk(d)`) would compute them from C′ in the pruned model, which is right only if
+//! every chunk lost as many units; instead the rewrite feeds the kept count before each bound as
+//! a constant whenever the axis changes ([`Edit::Bound`]), so the chunks prune independently.
 
 use super::*;
 
@@ -84,22 +85,6 @@ impl Analyzer<'_, '_> {
         }
     }
 
-    /// Make a computed bound m·⌊(C + a)/d⌋ adapt: every one of the d chunks keeps the same count.
-    /// False when the bound is not of that form (d ∤ C, a outside [0, d), m > d).
-    pub(super) fn chunk_symmetry(&mut self, x: &Track, l: Lin, reason: &str) -> bool {
-        let c = x.units.len() as i64;
-        if l.div <= 0 || c % l.div != 0 || !(0..l.div).contains(&l.add) || !(0..=l.div).contains(&l.mul) {
-            return false;
-        }
-        let step = (c / l.div) as usize;
-        for i in 0..step {
-            for j in 1..l.div as usize {
-                self.join(x.units[i], x.units[i + j * step], reason);
-            }
-        }
-        true
-    }
-
     /// The first Reshape of a channel shuffle: [.., C, ..] → [.., g, C/g, ..]. Joins the g
     /// positions each index i stands for, tracks the C/g axis (its units: group 0's) and leaves
     /// the permutation to [`Self::shuffle_merge`] at the Reshape back.
@@ -119,13 +104,6 @@ impl Analyzer<'_, '_> {
                 }
             });
         let target = self.target(ni, n);
-        let declared = self.ctx.shapes.get(&me).filter(|d| d.len() == x.rank).cloned();
-        let same_dim = |e: &Sym, j: usize, zero_copies: bool| match e {
-            Sym::Lit(0, _) => zero_copies,
-            Sym::Lit(v, _) => declared.as_ref().and_then(|d| d[j]).is_some_and(|d| d as i64 == *v),
-            Sym::Dim(nm, k) => *nm == me && *k == j,
-            Sym::Expr(..) => false,
-        };
         let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
         let g = match target.as_ref().and_then(|t| t.get(a)) {
             Some(Sym::Lit(g, _)) if *g > 1 && c % (*g as usize) == 0 => *g as usize,
@@ -136,8 +114,8 @@ impl Analyzer<'_, '_> {
             self.block(&x.units, &out_of("groups, target or permutation not understood"));
             return;
         };
-        let lead = (0..a).all(|i| same_dim(&t[i], i, !allowzero));
-        let tail = (a + 2..t.len()).all(|i| same_dim(&t[i], i - 1, false));
+        let lead = (0..a).all(|i| self.entry_ok(&t[i], &me, a, Some(i), allowzero));
+        let tail = (a + 2..t.len()).all(|i| self.entry_ok(&t[i], &me, a, None, allowzero));
         let count = match &t[a + 1] {
             Sym::Lit(v, at) if *v == per as i64 => Some(Some(*at)),
             Sym::Lit(-1, _) => Some(None),
@@ -173,19 +151,18 @@ impl Analyzer<'_, '_> {
         let a = x.axis;
         let c = x.units.len();
         let me = inp(n, 0).unwrap_or_default().to_string();
-        let declared = self.ctx.shapes.get(&src).filter(|d| d.len() == x.rank).cloned();
         let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
         let target = self.target(ni, n).filter(|t| t.len() == x.rank && y.axis == a && y.rank == x.rank + 1);
         let Some(t) = target else {
             self.block(&x.units, &out_of("the shuffled axes are not merged back"));
             return;
         };
-        // Entry j (j ≠ a) keeps dim j of the shuffle's input.
-        let same = |e: &Sym, j: usize| match e {
-            Sym::Lit(0, _) => j < a && !allowzero,
-            Sym::Lit(v, _) => declared.as_ref().and_then(|d| d[j]).is_some_and(|d| d as i64 == *v),
-            Sym::Dim(nm, k) => (*nm == src && *k == j) || (*nm == me && *k == if j < a { j } else { j + 1 }),
-            Sym::Expr(..) => false,
+        // Entries before a keep the shuffle's lead dims, those after any factoring of the rest.
+        let same = |e: &Sym, j: usize| {
+            let at = (j < a).then_some(j);
+            // The transposed tensor carries the channels on two axes, a (C/g) and a + 1 (g).
+            let reads_c = matches!(e, Sym::Dim(nm, k) if *nm == me && *k == a);
+            self.entry_ok(e, &src, a, at, allowzero) || (!reads_c && self.entry_ok(e, &me, a + 1, at, allowzero))
         };
         let count = match &t[a] {
             Sym::Dim(nm, k) if *nm == src && *k == a => Some(None),
@@ -209,6 +186,26 @@ impl Analyzer<'_, '_> {
         }
         self.touch(ni, &y.units);
         self.emit(ni, &n.output[0], Track { axis: a, rank: x.rank, units, vals });
+    }
+
+    /// One target entry of a Reshape of `name` around its channel axis `a`. At a lead place
+    /// `Some(j)` (j < a) it must equal the input's dim j: a copy (0, `Shape`) or a literal that
+    /// equals the declared or carried batch. After the channel entries (`None`) any factoring of
+    /// the remaining dims maps channels the same way: a literal, -1, or a read of one of
+    /// `name`'s own dims other than the channel axis (none of which pruning changes).
+    fn entry_ok(&self, e: &Sym, name: &str, a: usize, lead_at: Option<usize>, allowzero: bool) -> bool {
+        match (lead_at, e) {
+            (Some(_), Sym::Lit(0, _)) => !allowzero,
+            (Some(j), Sym::Lit(v, _)) => {
+                let d = self.ctx.shapes.get(name).and_then(|d| d.get(j).copied().flatten());
+                let d = d.or_else(|| (j == 0).then(|| self.ctx.dim0(name)).flatten());
+                d.is_some_and(|d| d as i64 == *v)
+            }
+            (Some(j), Sym::Dim(nm, k)) => nm == name && *k == j,
+            (None, Sym::Lit(v, _)) => *v >= -1 && (*v != 0 || !allowzero),
+            (None, Sym::Dim(nm, k)) => nm == name && *k != a,
+            (_, Sym::Expr(..)) => false,
+        }
     }
 
     /// A Reshape's target as symbols: a constant (editable in place) or a followed shape vector.
