@@ -106,10 +106,10 @@ impl Analyzer<'_, '_> {
         let target = self.target(ni, n);
         let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
         let g = match target.as_ref().and_then(|t| t.get(a)) {
-            Some(Sym::Lit(g, _)) if *g > 1 && c % (*g as usize) == 0 => *g as usize,
+            Some(Sym::Lit(g, _)) if *g > 1 && c.is_multiple_of(*g as usize) => *g as usize,
             _ => 0,
         };
-        let per = if g > 0 { c / g } else { 0 };
+        let per = c.checked_div(g).unwrap_or(0);
         let Some(t) = target.filter(|t| swap && g > 0 && t.len() == x.rank + 1) else {
             self.block(&x.units, &out_of("groups, target or permutation not understood"));
             return;
