@@ -4,7 +4,7 @@
 The Fashion-MNIST nets and the zoo run in microseconds, where fixed per-op costs hide any cut.
 This runs the ImageNet-size torchvision CNNs that `scripts/make_bench_cnn.py --latency` exports
 (random weights, 224 × 224, nothing downloaded: MobileNetV2, EfficientNet-B0, ResNet-18/50, and
-the DenseNet-121, EfficientNet-B2/B3/B4 and ConvNeXt-Tiny that issue 11 names) through `onnx-emp --structured channels` at each
+the DenseNet-121, EfficientNet-B2/B3/B4, ConvNeXt-Tiny and ShuffleNet V2 that issue 11 names) through `onnx-emp --structured channels` at each
 β and `--round-to`, and times dense vs pruned interleaved in both engines: tract (the CLI's own
 latency measurement, 1 thread) and onnxruntime (`scripts/ort_latency.py`: default optimisation
 level, 1 thread, batch 1). For each row it prints the MACs cut, both latency ratios, and the
@@ -29,7 +29,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("ONNX_EMP_BIN", os.path.join(ROOT, "target", "release", "onnx-emp"))
 MODELS = ["mobilenet_v2", "efficientnet_b0", "resnet18", "resnet50",
-          "densenet121", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "convnext_tiny"]
+          "densenet121", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "convnext_tiny", "shufflenet_v2_x1_0"]
 
 
 def ort_ratio(dense, pruned, budget):

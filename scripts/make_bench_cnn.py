@@ -5,7 +5,8 @@ opset 17) into the given folder. Deterministic (seed 0). Not committed (115 MB +
 With --latency: the set that scripts/latency_cnn.py times (issue 11): MobileNetV2,
 EfficientNet-B0, ResNet-18 and ResNet-50 (14 + 21 + 47 + 102 MB), and the architectures issue 11
 names as slower after pruning or growing in params: DenseNet-121, EfficientNet-B2/B3/B4 and
-ConvNeXt-Tiny (32 + 36 + 49 + 77 + 114 MB; all at 224 × 224).
+ConvNeXt-Tiny (32 + 36 + 49 + 77 + 114 MB), and ShuffleNet V2 1.0× (9 MB: its channel shuffles
+prune); all at 224 × 224.
 
   python3 scripts/make_bench_cnn.py [--latency] target/bench-models
 """
@@ -18,7 +19,7 @@ import torchvision
 args = [a for a in sys.argv[1:] if a != "--latency"]
 out = args[0] if args else "target/bench-models"
 LATENCY = ["mobilenet_v2", "efficientnet_b0", "resnet18", "resnet50",
-           "densenet121", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "convnext_tiny"]
+           "densenet121", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "convnext_tiny", "shufflenet_v2_x1_0"]
 names = LATENCY if "--latency" in sys.argv else ["densenet161", "resnet50"]
 os.makedirs(out, exist_ok=True)
 for name in names:
