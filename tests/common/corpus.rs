@@ -1352,6 +1352,43 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     g.output.push(vi("emb", 1, &[2, 4]));
     g.node.push(node("Gather", "gather", &["E", "ids"], &["emb"]));
     v.push(("f16_gather", enc(&m)));
+    // Channel shuffle with literal targets, then a chunk with bounds computed from Shape.
+    let mut g = GraphProto::new();
+    g.name = "shuffle".into();
+    g.input.push(vi("x", 1, &[1, 2, 2, 2]));
+    g.output.push(vi("y", 1, &[1, 3, 2, 2]));
+    g.initializer.push(f32_tensor("Ws", &[8, 2, 1, 1], &ramp(16)));
+    g.initializer.push(f32_tensor("Wt", &[3, 4, 1, 1], &ramp(12)));
+    let ints = |name: &str, v: &[i64]| {
+        let mut t = i64_scalar(name, 0);
+        t.dims = vec![v.len() as i64];
+        t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        t
+    };
+    g.initializer.push(ints("t5", &[1, 2, 4, 2, 2]));
+    g.initializer.push(ints("t4", &[1, 8, 2, 2]));
+    g.initializer.push(ints("axis", &[1]));
+    g.initializer.push(ints("zero", &[0]));
+    for (nm, val) in [("one", 1), ("two", 2)] {
+        g.initializer.push(i64_scalar(nm, val));
+    }
+    g.node.push(node("Conv", "a", &["x", "Ws"], &["a"]));
+    g.node.push(node("Reshape", "split", &["a", "t5"], &["r"]));
+    let mut t = node("Transpose", "swap", &["r"], &["t"]);
+    t.attribute.push(attr_ints("perm", &[0, 2, 1, 3, 4]));
+    g.node.push(t);
+    g.node.push(node("Reshape", "merge", &["t", "t4"], &["s"]));
+    g.node.push(node("Shape", "shape", &["s"], &["sh"]));
+    let mut gat = node("Gather", "c", &["sh", "one"], &["c"]);
+    gat.attribute.push(attr_i("axis", 0));
+    g.node.push(gat);
+    g.node.push(node("Add", "c1", &["c", "one"], &["c1"]));
+    g.node.push(node("Div", "half", &["c1", "two"], &["h"]));
+    g.node.push(node("Mul", "end", &["h", "one"], &["e"]));
+    g.node.push(node("Unsqueeze", "ev", &["e", "zero"], &["ev"]));
+    g.node.push(node("Slice", "lo", &["s", "zero", "ev", "axis"], &["lo"]));
+    g.node.push(node("Conv", "b", &["lo", "Wt"], &["y"]));
+    v.push(("shuffle", enc(&wrap(g))));
     // A tensor with (unresolvable) external data: parse accepts it, pruning must refuse cleanly.
     let mut m = tiny_matmul(f32_tensor("We", &[4, 3], &ramp(12)), 4, 3);
     externalize(&mut m, &["We"], "w.bin");
