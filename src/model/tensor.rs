@@ -479,8 +479,7 @@ pub fn slice_axis(t: &mut TensorProto, axis: usize, keep: &[usize]) -> Result<()
     Ok(())
 }
 
-/// A float32 tensor with raw data (for new constants the rewrite creates).
-/// A new int64 tensor.
+/// An int64 tensor (for new shape, index and bound constants the rewrite creates).
 pub fn new_i64(name: &str, dims: &[i64], vals: &[i64]) -> TensorProto {
     let mut t = TensorProto::new();
     t.name = name.into();
@@ -490,6 +489,7 @@ pub fn new_i64(name: &str, dims: &[i64], vals: &[i64]) -> TensorProto {
     t
 }
 
+/// A float32 tensor with raw data (for new constants the rewrite creates).
 pub fn new_f32(name: &str, dims: &[i64], vals: &[f32]) -> TensorProto {
     let mut t = TensorProto::new();
     t.name = name.to_string();

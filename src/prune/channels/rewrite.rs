@@ -592,12 +592,7 @@ fn select(
     }
     let n = &ctx.g.node[node];
     let name = w.fresh(&format!("{}_indices", node_label(n)));
-    let mut t = TensorProto::new();
-    t.name = name.clone();
-    t.data_type = dt::INT64;
-    t.dims = vec![new.len() as i64];
-    t.int64_data = new;
-    w.add_initializer(t);
+    w.add_initializer(tensor::new_i64(&name, &[new.len() as i64], &new));
     let data = n.input.first().cloned().context("Slice without data input")?;
     let g = &mut w.g.node[node];
     g.op_type = "Gather".into();
@@ -622,12 +617,7 @@ fn set_split(ctx: &Ctx, w: &mut Work, node: usize, sizes: &[i64]) -> Result<()> 
         return Ok(());
     }
     let name = w.fresh(&format!("{}_split", node_label(n)));
-    let mut t = TensorProto::new();
-    t.name = name.clone();
-    t.data_type = dt::INT64;
-    t.dims = vec![sizes.len() as i64];
-    t.int64_data = sizes.to_vec();
-    w.add_initializer(t);
+    w.add_initializer(tensor::new_i64(&name, &[sizes.len() as i64], sizes));
     let nm = &mut w.g.node[node];
     nm.attribute.retain(|a| a.name != "num_outputs");
     while nm.input.len() < 2 {

@@ -137,7 +137,8 @@ impl Analyzer<'_, '_> {
                 match inp(n, slot) {
                     None => Some(None),
                     Some(s) => self.ctx.const_ints(s).map(Some).or_else(|| {
-                        let l = computed.get(slot.wrapping_sub(1)).copied().flatten()?;
+                        // slots 1 and 2 (starts, ends) may be computed; the others must be constant
+                        let l = (1..=2).contains(&slot).then(|| computed[slot - 1]).flatten()?;
                         Some(Some(vec![l.eval(x.units.len() as i64)?]))
                     }),
                 }

@@ -292,8 +292,6 @@ impl<'a> Ctx<'a> {
         self.ranks.get(name).copied()
     }
 
-    /// Light rank inference: enough to place a channel axis under broadcasting and
-    /// negative axes. Unknown stays unknown (then the rules block).
     /// Dim 0 of a value: declared, or carried by [`Ctx::infer_batch`].
     pub fn dim0(&self, name: &str) -> Option<usize> {
         self.shapes.get(name).and_then(|d| d.first().copied().flatten()).or_else(|| self.batch.get(name).copied())
@@ -383,6 +381,8 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Light rank inference: enough to place a channel axis under broadcasting and
+    /// negative axes. Unknown stays unknown (then the rules block).
     pub(super) fn infer_ranks(&mut self) {
         for (k, v) in &self.shapes {
             self.ranks.insert(k.clone(), v.len());
