@@ -17,7 +17,9 @@ Splits (disjoint):
 Models (opset 17, TorchScript exporter, BatchNorm folded into Conv on export, dynamic batch):
   * fmnist_mobilenet.onnx: MobileNetV2-style (inverted residuals, depthwise 3x3, ReLU6, BN);
   * fmnist_resnet.onnx: ResNet-style (basic blocks with BN and 1x1 projection shortcuts);
-  * fmnist_vit.onnx: a small ViT (4x4 patch Conv embedding, 2 pre-LN encoder blocks, 4 heads).
+  * fmnist_vit.onnx: a small ViT (4x4 patch Conv embedding, 2 pre-LN encoder blocks, 4 heads);
+  * fmnist_shufflenet.onnx: ShuffleNet V2 units (torchvision's, channel split + channel shuffle),
+    widths 116 and 232 (torchvision's 1.0x).
 
 Deterministic: fixed seeds, deterministic torch algorithms. Each export is checked with
 onnx.checker (full check) and onnxruntime (optimisations off) against torch within 1e-4.
@@ -191,11 +193,30 @@ class ViT(nn.Module):
         return self.head(self.ln(x).mean(dim=1))
 
 
+class ShuffleNet(nn.Module):
+    """ShuffleNet V2 (torchvision's own InvertedResidual: channel split by chunk, channel shuffle
+    by view/transpose/view) at torchvision's 1.0x widths 116 and 232, for 28x28 inputs: stride-1
+    stem, no max pool, two stages."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.shufflenetv2 import InvertedResidual as Unit
+        self.stem = nn.Sequential(nn.Conv2d(1, 24, 3, 1, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.stage2 = nn.Sequential(Unit(24, 116, 2), Unit(116, 116, 1), Unit(116, 116, 1))
+        self.stage3 = nn.Sequential(Unit(116, 232, 2), Unit(232, 232, 1), Unit(232, 232, 1))
+        self.conv5 = nn.Sequential(nn.Conv2d(232, 512, 1, bias=False), nn.BatchNorm2d(512), nn.ReLU())
+        self.fc = nn.Linear(512, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv5(self.stage3(self.stage2(self.stem(x)))).mean((2, 3)))
+
+
 SPECS = [
     # name, class, epochs, lr, weight decay
     ("fmnist_mobilenet", MobileNet, 5, 4e-3, 1e-4),
     ("fmnist_resnet", ResNet, 4, 3e-3, 1e-4),
     ("fmnist_vit", ViT, 8, 2e-3, 5e-2),
+    ("fmnist_shufflenet", ShuffleNet, 4, 4e-3, 1e-4),
 ]
 
 

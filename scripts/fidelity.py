@@ -6,7 +6,7 @@ level, 1 thread, interleaved); the issue-10 targets printed beside each figure.
 
   cargo build --release && python3 scripts/fidelity.py [--quick] [MODEL ...]
 
---quick: the three Fashion-MNIST models only; MODEL names restrict the run to those models.
+--quick: the four Fashion-MNIST models only; MODEL names restrict the run to those models.
 Needs numpy + onnxruntime for the ORT column.
 """
 import json
@@ -26,6 +26,7 @@ MODELS = [
     ("fmnist_mobilenet", *FMNIST, ["weights", "channels"]),
     ("fmnist_resnet", *FMNIST, ["weights", "channels"]),
     ("fmnist_vit", *FMNIST, ["weights", "heads"]),
+    ("fmnist_shufflenet", *FMNIST, ["weights", "channels"]),
     ("digits_mlp", "digits_test_x64.npy", "digits_calib_x64.npy", "digits_test_y.npy", ["weights", "channels"]),
     ("digits_cnn", "digits_test_x1x8x8.npy", "digits_calib_x1x8x8.npy", "digits_test_y.npy", ["weights", "channels"]),
     ("digits_cnn_flatten", "digits_test_x1x8x8.npy", "digits_calib_x1x8x8.npy", "digits_test_y.npy",
@@ -100,12 +101,12 @@ def ort_ratio(dense, pruned, x):
 def main():
     quick = "--quick" in sys.argv
     names = [a for a in sys.argv[1:] if not a.startswith("--")]
-    models = MODELS[:3] if quick else MODELS
+    models = [m for m in MODELS if m[0].startswith("fmnist")] if quick else MODELS
     if names:
         models = [m for m in models if m[0] in names]
     tmp = tempfile.mkdtemp()
     W, C, H = [], [], []
-    worst = {"w": [], "w_nocal": [], "c": [], "c08": [], "h": []}
+    worst = {"w": [], "w_nocal": [], "c": [], "c_nocal": [], "c08": [], "h": []}
     for name, tx, cx, ty, modes in models:
         base = ["--inputs", f"models/{tx}", "--labels", f"models/{ty}"]
         cal = ["--calibration", f"models/{cx}"]
@@ -132,7 +133,10 @@ def main():
                      f"{pct(acc(wan)) if 'error' not in wan else 'n/a'} | {rt:.1f} s |")
         if "channels" in modes:
             rows = {}
-            for tag, extra in (("b1", []), ("b1r", cal), ("b08", ["--beta", "0.8"]), ("b08r", ["--beta", "0.8"] + cal)):
+            # The default run without calibration (the fidelity guard may raise β), EMP's cut as is
+            # (an explicit β is never moved), and both with reconstruction.
+            for tag, extra in (("g", []), ("b1", ["--beta", "1"]), ("b1r", cal), ("b08", ["--beta", "0.8"]),
+                               ("b08r", ["--beta", "0.8"] + cal)):
                 rows[tag] = run(name, o(tag), ["--structured", "channels"] + base + extra, latency=tag == "b08r")
             if any("error" in r for r in rows.values()):
                 C.append(f"| {name} | error: {[r['error'] for r in rows.values() if 'error' in r][0]} |")
@@ -148,45 +152,51 @@ def main():
                     if best is None or abs(macs_cut(fr) - target) < abs(macs_cut(best) - target):
                         best = fr
                 worst["c"].append((d - acc(rows["b1r"]), name))
+                worst["c_nocal"].append((d - acc(rows["g"]), name))
                 if name.startswith("fmnist"):
                     worst["c08"].append((d - acc(rows["b08r"]), target, name))
                 t = rows["b08r"]["timing"]
                 tr = (t["latency_pruned"]["median_ms"] / t["latency_dense"]["median_ms"]) if t.get("latency_dense") else None
                 orr = ort_ratio(os.path.join(ROOT, f"models/{name}.onnx"), o("b08r"), tx)
                 C.append(
-                    f"| {name} | {pct(d)} | {pct(macs_cut(rows['b1']))} % | {pct(acc(rows['b1']))} | **{pct(acc(rows['b1r']))}** | "
+                    f"| {name} | {pct(d)} | {rows['g']['beta']:.2f}, {pct(macs_cut(rows['g']))} % → **{pct(acc(rows['g']))}** | "
+                    f"{pct(macs_cut(rows['b1']))} % | {pct(acc(rows['b1']))} | **{pct(acc(rows['b1r']))}** | "
                     f"{pct(target)} % | {pct(acc(rows['b08']))} | **{pct(acc(rows['b08r']))}** | "
                     f"{pct(macs_cut(best)) if best else '—'} % → {pct(acc(best)) if best else '—'} | "
                     f"{'—' if tr is None else f'{tr:.2f}×'} | {'—' if orr is None else f'{orr:.2f}×'} | "
                     f"{rows['b08r']['timing']['reconstruct_ms'] / 1e3:.1f} s |")
         if "heads" in modes:
-            h = run(name, o("h"), ["--structured", "heads"] + base)
+            hg = run(name, o("hg"), ["--structured", "heads"] + base)
+            h = run(name, o("h"), ["--structured", "heads", "--beta", "1"] + base)
             hr = run(name, o("hr"), ["--structured", "heads"] + base + cal)
-            if "error" in h or "error" in hr:
+            if "error" in h or "error" in hr or "error" in hg:
                 H.append(f"| {name} | error |")
             else:
                 d = dense_acc(h)
                 kept = sum(g["kept"] for g in h["groups"] if g["kind"] == "heads")
                 n = sum(g["n"] for g in h["groups"] if g["kind"] == "heads")
                 worst["h"].append((d - acc(hr), name))
-                H.append(f"| {name} | {pct(d)} | {kept}/{n} | {pct(macs_cut(h))} % | {pct(acc(h))} | **{pct(acc(hr))}** |")
+                worst["c_nocal"].append((d - acc(hg), name))
+                H.append(f"| {name} | {pct(d)} | {hg['beta']:.2f}, {pct(macs_cut(hg))} % → **{pct(acc(hg))}** | "
+                         f"{kept}/{n} | {pct(macs_cut(h))} % | {pct(acc(h))} | **{pct(acc(hr))}** |")
     print("### Per-weight (default scope normalized), test accuracy %\n")
     print("| model | dense | default, no calibration (guard: β, sparsity → acc) | EMP β=1 sparsity | EMP β=1 | EMP β=1 + reconstruction | magnitude @ same sparsity | Wanda @ same sparsity | reconstruction time |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(W))
     print("\n### Channels (default --round-to auto), test accuracy %\n")
-    print("| model | dense | β=1 MACs cut | β=1 | β=1 + recon | β=0.8 MACs cut | β=0.8 | β=0.8 + recon | fixed-ratio L2 (MACs cut → acc) | tract latency β=0.8 | ORT latency β=0.8 | recon time |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | dense | default, no calibration (guard: β, MACs cut → acc) | β=1 MACs cut | β=1 | β=1 + recon | β=0.8 MACs cut | β=0.8 | β=0.8 + recon | fixed-ratio L2 (MACs cut → acc) | tract latency β=0.8 | ORT latency β=0.8 | recon time |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(C))
-    print("\n### Heads (β = 1, global), test accuracy %\n")
-    print("| model | dense | heads kept | MACs cut | EMP | EMP + reconstruction |")
-    print("|---|---|---|---|---|---|")
+    print("\n### Heads (global), test accuracy %\n")
+    print("| model | dense | default, no calibration (guard: β, MACs cut → acc) | heads kept β=1 | MACs cut β=1 | EMP β=1 | EMP + reconstruction |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(H))
     print("\n### Targets (issue 10): measured | floor\n")
     fmt = lambda xs: max(xs)[1] if xs else "—"
     for key, what, floor in (("w", "per-weight β=1 + reconstruction, worst loss (points)", 1.0),
                              ("w_nocal", "default per-weight without calibration, worst loss (points)", 3.0),
                              ("c", "channels β=1 + reconstruction, worst loss (points)", 1.0),
+                             ("c_nocal", "default channels/heads without calibration, worst loss (points)", 3.0),
                              ("h", "heads + reconstruction, worst loss (points)", 1.0)):
         xs = worst[key]
         if xs:

@@ -78,11 +78,11 @@ struct PruneArgs {
     /// written as is: the fidelity guard only moves the default
     #[arg(long)]
     beta: Option<f64>,
-    /// Per-weight default runs without reconstruction: when EMP's cut moves the model's outputs by
-    /// more than this relative L2 error (over every float output) on seeded random inputs (32,
-    /// fewer on models over 67 M MACs per sample; the calibration rows when given with
-    /// --no-reconstruct), raise β until it does not, and say so in the report; off writes EMP's
-    /// cut unchecked. Not run with --beta, --ratio, --no-verify or plan
+    /// Default runs without reconstruction (per-weight and structured): when EMP's cut moves the
+    /// model's outputs by more than this relative L2 error (over every float output) on seeded
+    /// random inputs (32, fewer on models over 67 M MACs per sample; the calibration rows when
+    /// given with --no-reconstruct), raise β until it does not, and say so in the report; off
+    /// writes EMP's cut unchecked. Not run with --beta, --ratio, --no-verify or plan
     #[arg(long, default_value_t = GuardArg(Some(crate::check::guard::DEFAULT_TOLERANCE)), value_name = "REL|off", value_parser = parse_guard)]
     guard: GuardArg,
     /// Grouping. Per-weight: normalized (default; global over per-tensor-normalised scores),

@@ -383,7 +383,7 @@ mod tests {
             let n = m * blocks;
             let kept = ((frac * n as f64) as usize).clamp(1, n);
             let r = round_nearest(kept, n, m);
-            proptest::prop_assert!(r % m == 0 && r >= m && r <= n);
+            proptest::prop_assert!(r.is_multiple_of(m) && r >= m && r <= n);
             proptest::prop_assert!(r.abs_diff(kept) <= m / 2 || (kept < m / 2 && r == m));
             proptest::prop_assert!(r <= round_up(kept, n, m) && round_up(kept, n, m) - r <= m);
         }

@@ -22,7 +22,7 @@ pub const EQUIVALENCE_TOLERANCE: f64 = 1e-4;
 
 mod guard;
 mod options;
-use guard::guarded_prune;
+use guard::{guarded_prune, guarded_structural};
 pub use options::*;
 
 pub struct Outcome {
@@ -175,7 +175,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         calibration = Some(label.clone());
     }
     let mut reconstruction: Option<crate::reconstruct::ReconReport> = None;
-    let mut guard_report: Option<crate::check::guard::GuardReport> = None;
+    let guard_report: Option<crate::check::guard::GuardReport>;
     let t_recon = std::cell::Cell::new(0.0f64);
     let (scope_name, criterion_name);
     let mut weights_report = None;
@@ -314,7 +314,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             if let Some(r) = o.fixed_ratio {
                 notes.push(format!("baseline run: fixed ratio {r} per group instead of EMP (--ratio)"));
             }
-            let sopts = StructOptions {
+            let mut sopts = StructOptions {
                 beta: o.beta,
                 scope,
                 criterion,
@@ -323,6 +323,24 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 fixed_ratio: o.fixed_ratio,
                 floor: o.floor,
             };
+            // Hidden units are ranked per group (the FFN width of a block is one group).
+            let channel_scope =
+                if mode == Mode::HeadsChannels && o.scope.is_none() { StructScope::Layer } else { scope };
+            let calib_rows = calib.as_ref().map(|c| &c.0);
+            let (beta, guarded, note) = guarded_structural(
+                o,
+                &loaded.proto,
+                mode,
+                &sopts,
+                channel_scope,
+                calib_inputs,
+                calib_rows,
+                recon_inputs.is_some(),
+            )
+            .with_context(|| format!("{}", o.input.display()))?;
+            sopts.beta = beta;
+            guard_report = guarded;
+            notes.extend(note);
             let mut current = std::mem::take(&mut loaded.proto);
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
                 let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;
@@ -340,11 +358,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 current = r.pruned;
             }
             if matches!(mode, Mode::Channels | Mode::HeadsChannels) {
-                // Hidden units are ranked per group (the FFN width of a block is one group).
-                let copts = StructOptions {
-                    scope: if mode == Mode::HeadsChannels && o.scope.is_none() { StructScope::Layer } else { scope },
-                    ..sopts.clone()
-                };
+                let copts = StructOptions { scope: channel_scope, ..sopts.clone() };
                 let copts = with_activations(&copts, &current, calib_inputs, "channels")?;
                 let path = masked_path(stages.len());
                 let out = masked_out(o.plan, o.verify, path.as_deref(), recon_inputs.is_some(), &masked_opts);

@@ -1010,7 +1010,7 @@ fn bottleneck_floor_keeps_the_narrow_streams_of_a_depthwise_net() {
     // neighbour)
     assert!(prunable.iter().any(|g| dw(g) && g.kept < g.n), "{}", summary(&on.groups));
     let head = group(&on, "/features/features.10/features.10.0/Conv");
-    assert!(!held(&head) && head.kept < head.n, "{head:?}");
+    assert!(!held(head) && head.kept < head.n, "{head:?}");
     // lifted: the streams are cut
     assert!(off.groups.iter().all(|g| !held(g)), "{}", summary(&off.groups));
     assert!(off.groups.iter().any(|g| g.blocked.is_none() && !dw(g) && g.n == 64 && g.kept < g.n));

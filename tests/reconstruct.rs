@@ -94,8 +94,18 @@ fn refit_recovers_a_unit_that_is_a_combination_of_kept_ones() {
     let (cal, test) = (dir.path().join("cal.npy"), dir.path().join("test.npy"));
     ndarray_npy::write_npy(&cal, &random(200, 3, 1)).unwrap();
     ndarray_npy::write_npy(&test, &random(100, 3, 2)).unwrap();
-    let common =
-        ["--structured", "channels", "--round-to", "1", "--include", "narrow", "--inputs", test.to_str().unwrap()];
+    let common = [
+        "--structured",
+        "channels",
+        "--beta",
+        "1",
+        "--round-to",
+        "1",
+        "--include",
+        "narrow",
+        "--inputs",
+        test.to_str().unwrap(),
+    ];
     let plain = run(&model, &dir.path().join("a.onnx"), &common);
     assert_eq!(plain["groups"][0]["kept"], 3, "{}", plain["groups"]);
     let cal_s = cal.to_str().unwrap();
@@ -218,4 +228,44 @@ fn default_run_keeps_a_mobilenet_usable() {
     let g = run(&m, &dir.path().join("gg.onnx"), &global);
     assert!(g["beta"].as_f64().unwrap() > 1.0, "{}", g["guard"]);
     assert!(g["verification"]["accuracy_pruned"].as_f64().unwrap() >= a - 0.03, "{}", g["verification"]);
+}
+
+/// A trained ShuffleNet V2 (channel split and channel shuffle, `models/make_trained.py`): EMP's
+/// channel cut at β = 1 without calibration costs it ~15 points, so the default run's fidelity
+/// guard raises β; with calibration EMP's cut at β = 0.8 is exact against its masked model and,
+/// reconstructed, keeps the model within 2 points.
+#[test]
+fn trained_shufflenet_structured_default_is_guarded_and_calibrated_cut_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = root("models/fmnist_shufflenet.onnx");
+    let args =
+        ["--structured", "channels", "--inputs", "models/fmnist_test_x.npy", "--labels", "models/fmnist_test_y.npy"];
+    let loss = |r: &Value| {
+        let v = &r["verification"];
+        v["accuracy_dense"].as_f64().unwrap() - v["accuracy_pruned"].as_f64().unwrap()
+    };
+    let off = run(&m, &dir.path().join("off.onnx"), &[&args[..], &["--guard", "off"]].concat());
+    assert!(loss(&off) > 0.1, "EMP's unguarded channel cut is expected to cost > 10 points: {}", loss(&off));
+    let g = run(&m, &dir.path().join("g.onnx"), &args);
+    let trials = g["guard"]["trials"].as_array().unwrap_or_else(|| panic!("no guard: {}", g["notes"]));
+    assert_eq!(trials[0]["beta"], 1.0);
+    assert_eq!(trials[0]["pass"], false);
+    assert!(g["beta"].as_f64().unwrap() > 1.0 && g["beta"] == g["guard"]["beta"]);
+    assert!(loss(&g) <= 0.03, "guarded default lost {:.1} points", 100.0 * loss(&g));
+    assert!(g["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap().starts_with("fidelity guard: EMP's cut")));
+    let c = run(
+        &m,
+        &dir.path().join("c.onnx"),
+        &[&args[..], &["--beta", "0.8", "--calibration", "models/fmnist_calib_x.npy"]].concat(),
+    );
+    assert!(c["guard"].is_null());
+    assert_eq!(c["equivalence"][0]["pass"], true, "{}", c["equivalence"]);
+    let v = &c["verification"];
+    let cut = 1.0 - v["macs_pruned"].as_f64().unwrap() / v["macs_dense"].as_f64().unwrap();
+    assert!(cut > 0.15, "MACs cut {cut}");
+    assert!(loss(&c) <= 0.02, "β 0.8 + reconstruction lost {:.1} points", 100.0 * loss(&c));
 }

@@ -528,12 +528,12 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
         let (target, keep) = keep_set(g, &chosen, opts, &mut notes);
         if align.step > 1 && keep.len() != target {
             let (how, which) = if align.nearest { ("", "the nearest") } else { (" up", "a") };
-            notes.push(format!(
-                "kept {target} rounded{how} to {} ({which} multiple of {}: --round-to {})",
-                keep.len(),
-                align.step,
-                opts.round_to
-            ));
+            let what = if keep.len().is_multiple_of(align.step) {
+                format!("{which} multiple of {}", align.step)
+            } else {
+                format!("the whole width: the next multiple of {} is wider", align.step)
+            };
+            notes.push(format!("kept {target} rounded{how} to {} ({what}: --round-to {})", keep.len(), opts.round_to));
         }
         decisions.push((d.n_eff, keep, notes));
     }

@@ -115,7 +115,8 @@ pub struct RunOptions {
     /// `--beta` was given: the cut is written as asked, the fidelity guard does not move it.
     pub beta_given: bool,
     /// The fidelity guard's tolerance on the outputs' relative L2 error (None: off); see
-    /// [`crate::check::guard`]. It runs on default per-weight runs without reconstruction.
+    /// [`crate::check::guard`]. It runs on default runs without reconstruction, per-weight and
+    /// structured.
     pub guard: Option<f64>,
     /// None = the mode's default.
     pub scope: Option<ScopeArg>,
