@@ -178,6 +178,14 @@ fn computed_chunk_bounds_become_the_kept_counts() {
     let p = &o.result.pruned;
     assert_eq!((dims(p, "wa")[0], dims(p, "wb")[1], dims(p, "wc")[1]), (6, 2, 4));
     assert_eq!((bound(p, "lo", 2), bound(p, "hi", 1), bound(p, "hi", 2)), (vec![2], vec![2], vec![6]));
+    // The bound chain nothing reads any more goes with its constants; the rest is as it was.
+    let g = p.graph.as_ref().unwrap();
+    let names: Vec<&str> = g.node.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["A", "lo", "hi", "B", "C", "sum"]);
+    for gone in ["one", "plus", "div", "k1", "k2"] {
+        assert!(g.initializer.iter().all(|t| t.name != gone), "{gone} left behind");
+    }
+    assert!(g.initializer.iter().any(|t| t.name == "zero") && g.initializer.iter().any(|t| t.name == "axis"));
 }
 
 /// Bounds ⌊(C + 2)/3⌋ · k on 8 channels (chunks of 3, 3 and 2; the last unused): the same.

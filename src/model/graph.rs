@@ -335,3 +335,32 @@ pub fn param_counts(
             mapped_nonzero_stored: a.mapped_nonzero_stored + b.mapped_nonzero_stored,
         })
 }
+
+/// Values read by nodes, graph outputs and subgraphs.
+pub fn used_values(g: &GraphProto) -> BTreeSet<String> {
+    let mut used: BTreeSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
+    for n in &g.node {
+        used.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
+    }
+    if let Ok(ix) = GraphIndex::build(g) {
+        used.extend(ix.captured);
+    }
+    used
+}
+
+/// Drop the nodes and initializers of `g` that a rewrite of `before` orphaned: values `before`
+/// read that nothing in `g` reads any more, repeatedly (a dead chain goes whole). What was
+/// already unused in `before` stays, as does every node with an output still read.
+pub fn drop_orphans(before: &GraphProto, g: &mut GraphProto) {
+    let used_before = used_values(before);
+    loop {
+        let used = used_values(g);
+        let dead = |o: &String| used_before.contains(o) && !used.contains(o);
+        let n = g.node.len() + g.initializer.len();
+        g.node.retain(|n| n.output.is_empty() || !n.output.iter().all(|o| o.is_empty() || dead(o)));
+        g.initializer.retain(|t| !dead(&t.name));
+        if g.node.len() + g.initializer.len() == n {
+            break;
+        }
+    }
+}

@@ -315,34 +315,12 @@ pub(super) fn apply_edit(g: &mut GraphProto, names: &mut NameGen, e: &Edit) -> R
     Ok(())
 }
 
-/// Values read by nodes, graph outputs and subgraphs.
-pub(super) fn used_values(g: &GraphProto) -> BTreeSet<String> {
-    let mut used: BTreeSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
-    for n in &g.node {
-        used.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
-    }
-    if let Ok(ix) = GraphIndex::build(g) {
-        used.extend(ix.captured);
-    }
-    used
-}
-
 /// Drop what our rewiring orphaned (old weights, old shape plumbing), never what was already
 /// unused in the input model; drop value_info of values that no longer exist or changed.
 pub(super) fn cleanup(orig: &ModelProto, m: &mut ModelProto, stale: &BTreeSet<String>) -> Result<()> {
     let og = orig.graph.as_ref().context("no graph")?;
-    let used_before = used_values(og);
     let g = m.graph.as_mut().context("no graph")?;
-    loop {
-        let used = used_values(g);
-        let dead = |o: &String| used_before.contains(o) && !used.contains(o);
-        let before = g.node.len() + g.initializer.len();
-        g.node.retain(|n| n.output.is_empty() || !n.output.iter().all(|o| o.is_empty() || dead(o)));
-        g.initializer.retain(|t| !dead(&t.name));
-        if g.node.len() + g.initializer.len() == before {
-            break;
-        }
-    }
+    crate::model::graph::drop_orphans(og, g);
     let mut live: BTreeSet<String> = g.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
     live.extend(g.initializer.iter().map(|t| t.name.clone()));
     live.extend(g.input.iter().map(|t| t.name.clone()));
