@@ -14,9 +14,10 @@
 //!   (‖y − y_dense‖ / ‖y_dense‖ over every float output and sample), and a function that prunes
 //!   a copy of the dense model at a given β.
 //! - Search: β₀ first; if its error exceeds τ, β grows by [`GROWTH`] until one passes (or
-//!   nothing is pruned, which passes trivially), then [`BISECTIONS`] halvings between the last
-//!   failing and the first passing β. The error is not exactly monotone in β; the guard returns
-//!   a β that was measured to pass, never an interpolated one.
+//!   nothing is pruned, which passes trivially: the dense model runs only once a trial cuts),
+//!   then [`BISECTIONS`] halvings between the last failing and the first passing β. The error
+//!   is not exactly monotone in β; the guard returns a β that was measured to pass, never an
+//!   interpolated one.
 //! - Output: the passing model (the pruned copy itself, not re-pruned) and every trial, for the
 //!   report. Deterministic: the inputs are seeded and the search is a fixed sequence.
 //! - Memory: the dense model, the best passing copy and the one being tried.
@@ -108,15 +109,21 @@ pub fn choose_beta<T>(
     tol: f64,
     mut prune: impl FnMut(f64) -> Result<Pruned<T>>,
 ) -> Result<(Pruned<T>, GuardReport)> {
-    let reference = crate::reconstruct::outputs(dense, inputs).context("guard: dense run")?;
-    // Without a finite, non-zero reference there is nothing to measure a cut against (NaN
-    // outputs on random inputs would otherwise fail every β and keep the model dense).
-    if reference.0.iter().flatten().any(|v| !v.is_finite()) {
-        bail!("the dense model's outputs on the guard inputs are not finite");
-    }
-    if reference.0.iter().flatten().all(|&v| v == 0.0) {
-        bail!("the dense model's outputs on the guard inputs are all zero");
-    }
+    // The dense run, on the first trial that cuts anything (a cut of nothing passes unmeasured,
+    // as EMP's is at β = 1 on many random-weight exports).
+    let dense_run = || -> Result<_> {
+        let reference = crate::reconstruct::outputs(dense, inputs).context("guard: dense run")?;
+        // Without a finite, non-zero reference there is nothing to measure a cut against (NaN
+        // outputs on random inputs would otherwise fail every β and keep the model dense).
+        if reference.0.iter().flatten().any(|v| !v.is_finite()) {
+            bail!("the dense model's outputs on the guard inputs are not finite");
+        }
+        if reference.0.iter().flatten().all(|&v| v == 0.0) {
+            bail!("the dense model's outputs on the guard inputs are all zero");
+        }
+        Ok(reference)
+    };
+    let mut reference = None;
     let mut trials = Vec::new();
     let mut candidates = 0;
     let mut measure = |beta: f64, trials: &mut Vec<Trial>| -> Result<(Pruned<T>, bool)> {
@@ -125,8 +132,12 @@ pub fn choose_beta<T>(
         let rel_l2 = if p.kept >= p.candidates {
             0.0
         } else {
+            if reference.is_none() {
+                reference = Some(dense_run()?);
+            }
+            let reference = reference.as_ref().context("guard: no dense run")?;
             let out = crate::reconstruct::outputs(&p.model, inputs).context("guard: pruned run")?;
-            crate::reconstruct::compare(&reference, &out).0.sqrt()
+            crate::reconstruct::compare(reference, &out).0.sqrt()
         };
         let pass = rel_l2 <= tol;
         trials.push(Trial { beta, kept: p.kept, rel_l2, pass });

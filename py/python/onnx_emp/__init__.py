@@ -104,7 +104,7 @@ def prune(input, output, *, structured=None, beta=None, scope=None, criterion=No
     """Prune `input` (a path, or the serialized model as bytes) into `output`; return the report.
 
     structured: None (per-weight), "channels", "heads" or "heads,channels".
-    beta: None keeps the default (1, which the fidelity guard may raise on per-weight runs);
+    beta: None keeps the default (1, which the fidelity guard may raise on runs without reconstruction);
     a number is written as is. guard: a tolerance, or "off"/False (None: the default 0.1).
     calibration, inputs: a path as the CLI takes it, one numpy array, or {input name: array}.
     labels: a path or an array of class ids. dims: {symbol: size} for dynamic dimensions.
