@@ -183,7 +183,8 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
         return Ok((c, label));
     }
     let inputs = prepare_for(&infos, &spec(rows))?;
-    let label = format!("{} random inputs (seed {})", inputs.rows(), v.seed);
+    let n = inputs.rows();
+    let label = format!("{n} random input{} (seed {})", if n == 1 { "" } else { "s" }, v.seed);
     Ok((inputs, label))
 }
 
