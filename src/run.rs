@@ -402,7 +402,19 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let fname = o.output.file_name().context("output path has no file name")?;
     let staged = staging.path().join(fname);
     let save_opts = SaveOptions { external: external_names(&loaded, &names_before, &pruned) };
-    let out_bytes = io::save_mapped(pruned, &staged, &save_opts, mapped.as_deref().map(|m| (m, &masks)))?;
+    // Nothing pruned (the guard kept every unit, or EMP's cut rounded back to every width): the
+    // output is the input's own bytes. Re-serialising would reorder top-level protobuf fields.
+    let untouched = loaded.external.is_empty()
+        && mapped.is_none()
+        && densified == 0
+        && !o.sparse_initializers
+        && nothing_pruned(&groups, weights_report.as_ref(), reconstruction.as_ref());
+    let out_bytes = if untouched {
+        drop(pruned);
+        std::fs::copy(&o.input, &staged).with_context(|| format!("{}: copy", staged.display()))?
+    } else {
+        io::save_mapped(pruned, &staged, &save_opts, mapped.as_deref().map(|m| (m, &masks)))?
+    };
     drop(masks);
     drop(stage);
     timing.save_ms = ms(t);
@@ -799,6 +811,18 @@ fn structural(
     }?;
     refit_stage(m, &mut r, recon, report, t)?;
     Ok(r)
+}
+
+/// Whether a run left every unit and weight as it was: every group kept whole, no weight zeroed,
+/// no layer refitted.
+fn nothing_pruned(
+    groups: &[crate::prune::GroupReport],
+    weights: Option<&weights::WeightsReport>,
+    recon: Option<&crate::reconstruct::ReconReport>,
+) -> bool {
+    groups.iter().all(|g| g.kept >= g.n)
+        && weights.is_none_or(|w| w.kept_elems >= w.candidates_elems)
+        && recon.is_none_or(|r| r.layers.iter().all(|l| l.method == "unchanged" || l.method == "skipped"))
 }
 
 /// A structural stage whose proof `--no-verify` skipped.

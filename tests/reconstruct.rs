@@ -257,6 +257,10 @@ fn trained_shufflenet_structured_default_is_guarded_and_calibrated_cut_keeps_it(
         .unwrap()
         .iter()
         .any(|n| n.as_str().unwrap().starts_with("fidelity guard: EMP's cut")));
+    // The guard kept every unit: the output is the input's own bytes.
+    if g["groups"].as_array().unwrap().iter().all(|x| x["kept"] == x["n"]) {
+        assert!(std::fs::read(dir.path().join("g.onnx")).unwrap() == std::fs::read(&m).unwrap());
+    }
     let c = run(
         &m,
         &dir.path().join("c.onnx"),
