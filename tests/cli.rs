@@ -386,6 +386,29 @@ fn the_default_run_keeps_every_trained_model_within_three_points() {
     }
 }
 
+/// The guard tries every stage of a structural mode: heads then channels, on the same copy.
+#[test]
+fn the_guard_covers_both_stages_of_heads_and_channels() {
+    let r = run("digits_transformer", "digits_test_x8x8", &["--structured", "heads,channels"]);
+    let g = &r.report["guard"];
+    let trials = g["trials"].as_array().unwrap_or_else(|| panic!("no guard: {}", r.report["notes"]));
+    assert_eq!(trials[0]["beta"], 1.0);
+    assert_eq!(r.report["beta"], g["beta"]);
+    let chosen = trials.iter().find(|t| t["beta"] == g["beta"]).unwrap();
+    assert_eq!(chosen["pass"], true);
+    // The units counted are the heads' and the hidden units' together.
+    let units: u64 = r.report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["blocked"].is_null())
+        .map(|x| x["n"].as_u64().unwrap())
+        .sum();
+    assert_eq!(g["candidates"].as_u64(), Some(units));
+    assert_eq!(r.report["equivalence"].as_array().unwrap().len(), 2);
+    assert!(loss(&r) <= 0.03, "lost {:.1} points", 100.0 * loss(&r));
+}
+
 #[test]
 fn the_guard_moves_only_the_default() {
     let guarded = run("yolo_block", "digits_test_x1x8x8", &[]);
