@@ -349,18 +349,29 @@ pub fn used_values(g: &GraphProto) -> BTreeSet<String> {
 }
 
 /// Drop the nodes and initializers of `g` that a rewrite of `before` orphaned: values `before`
-/// read that nothing in `g` reads any more, repeatedly (a dead chain goes whole). What was
-/// already unused in `before` stays, as does every node with an output still read.
+/// read that nothing in `g` reads any more, repeatedly (a dead chain goes whole), with the
+/// value_info of what they produced. What was already unused in `before` stays, as does every
+/// node with an output still read.
 pub fn drop_orphans(before: &GraphProto, g: &mut GraphProto) {
     let used_before = used_values(before);
+    let mut gone: BTreeSet<String> = BTreeSet::new();
     loop {
         let used = used_values(g);
         let dead = |o: &String| used_before.contains(o) && !used.contains(o);
         let n = g.node.len() + g.initializer.len();
-        g.node.retain(|n| n.output.is_empty() || !n.output.iter().all(|o| o.is_empty() || dead(o)));
+        g.node.retain(|n| {
+            let orphan = !n.output.is_empty() && n.output.iter().all(|o| o.is_empty() || dead(o));
+            if orphan {
+                gone.extend(n.output.iter().cloned());
+            }
+            !orphan
+        });
         g.initializer.retain(|t| !dead(&t.name));
         if g.node.len() + g.initializer.len() == n {
             break;
         }
+    }
+    if !gone.is_empty() {
+        g.value_info.retain(|v| !gone.contains(&v.name));
     }
 }

@@ -43,7 +43,7 @@ pub(super) fn guarded_prune(
         let (weights, masks) = weights::prune_weights_mapped(&mut m, wopts, mapped)?;
         Ok((m, Guarded { weights, guard: None, note, masks }))
     };
-    let Some(tol) = o.guard.filter(|_| !o.beta_given && o.fixed_ratio.is_none() && !reconstructing) else {
+    let Some(tol) = tolerance(o, reconstructing) else {
         return plain(m, None);
     };
     if o.plan || !o.verify || mapped.is_some() {
@@ -83,7 +83,7 @@ pub(super) fn guarded_structural(
     calib: Option<&Inputs>,
     reconstructing: bool,
 ) -> Result<(f64, Option<GuardReport>, Option<String>)> {
-    let Some(tol) = o.guard.filter(|_| !o.beta_given && o.fixed_ratio.is_none() && !reconstructing) else {
+    let Some(tol) = tolerance(o, reconstructing) else {
         return Ok((sopts.beta, None, None));
     };
     if o.plan || !o.verify {
@@ -139,6 +139,12 @@ fn structural_copy(
         current = Some(r.pruned);
     }
     Ok(Pruned { model: current.context("guard: no structural stage")?, extra: (), kept, candidates })
+}
+
+/// The guard's tolerance when this run is one it guards: β not given, no `--ratio`, no
+/// reconstruction, `--guard` not off.
+fn tolerance(o: &RunOptions, reconstructing: bool) -> Option<f64> {
+    o.guard.filter(|_| !o.beta_given && o.fixed_ratio.is_none() && !reconstructing)
 }
 
 fn not_run(o: &RunOptions) -> String {

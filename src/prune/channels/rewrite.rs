@@ -347,15 +347,7 @@ pub(super) fn rewrite(
     // 5. what the edits orphaned (a computed Slice bound replaced by a constant leaves its
     // Shape → … → Mul chain unread): dropped with its value_info.
     if mode == Mode::Pruned {
-        let (nodes, inits) = (w.g.node.len(), w.g.initializer.len());
         crate::model::graph::drop_orphans(ctx.g, &mut w.g);
-        if (w.g.node.len(), w.g.initializer.len()) != (nodes, inits) {
-            let mut live: BTreeSet<&String> = w.g.node.iter().flat_map(|n| n.output.iter()).collect();
-            live.extend(w.g.initializer.iter().map(|t| &t.name));
-            let gone: BTreeSet<String> =
-                ctx.g.node.iter().flat_map(|n| n.output.iter()).filter(|o| !live.contains(o)).cloned().collect();
-            w.g.value_info.retain(|v| !gone.contains(&v.name));
-        }
     }
     m.graph = Some(w.g).into();
     Ok((m, w.hollow))
