@@ -365,7 +365,7 @@ fn guard(s: &mut String, r: &Report) {
         if r.mode == "weights" { "weights" } else { "units" }
     );
     for t in &g.trials {
-        let verdict = match (t.pass, t.beta == g.beta) {
+        let verdict = match (t.pass, t.beta == g.beta && !g.by_group) {
             (true, true) => "<b>written</b>",
             (true, false) => "within",
             (false, _) => "over",
@@ -377,6 +377,40 @@ fn guard(s: &mut String, r: &Report) {
         );
     }
     s.push_str("</table>\n");
+    let Some(p) = &g.groups else { return };
+    let beta0 = g.trials.first().map_or(g.beta, |t| t.beta);
+    let _ = writeln!(
+        s,
+        "<p>One group at a time, at &beta; {beta0}: {}</p><table>\n<tr><th>group</th><th>params saved alone</th><th>relative L2 alone</th><th></th></tr>",
+        if g.by_group {
+            format!("the {} groups marked <b>cut</b> are cut as EMP says, the others kept whole", p.cut.len())
+        } else {
+            "the &beta; search's cut saved more, so this pass was not taken".to_string()
+        }
+    );
+    for t in &p.trials {
+        let id = r.groups.get(t.group).map_or_else(|| t.group.to_string(), |gr| gr.id.clone());
+        let verdict = match (p.cut.contains(&t.group) && g.by_group, t.rel_l2 <= g.tolerance) {
+            (true, _) => "<b>cut</b>",
+            (false, true) => "within alone",
+            (false, false) => "over",
+        };
+        let _ = writeln!(
+            s,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{:.4}</td><td>{verdict}</td></tr>",
+            esc(&id),
+            t.saves,
+            t.rel_l2
+        );
+    }
+    s.push_str("</table>\n");
+    for (k, e, pass) in &p.subsets {
+        let _ = writeln!(
+            s,
+            "<p>the first {k} together: relative L2 {e:.4} ({})</p>",
+            if *pass { "within" } else { "over" }
+        );
+    }
 }
 
 fn reconstruction(s: &mut String, r: &Report) {

@@ -125,6 +125,27 @@ impl Report {
                 g.inputs,
                 trials.join(", ")
             );
+            if let Some(p) = &g.groups {
+                let within = p.trials.iter().filter(|t| t.rel_l2 <= g.tolerance).count();
+                let subsets: Vec<String> = p
+                    .subsets
+                    .iter()
+                    .map(|(k, e, pass)| format!("{k} → {e:.3}{}", if *pass { "" } else { " ✗" }))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "fidelity guard, one group at a time (β {}): {} of {} groups tried within alone; together: {}; {}",
+                    g.trials.first().map_or(g.beta, |t| t.beta),
+                    within,
+                    p.trials.len(),
+                    if subsets.is_empty() { "none tried".to_string() } else { subsets.join(", ") },
+                    if g.by_group {
+                        format!("{} groups cut, the others kept whole", p.cut.len())
+                    } else {
+                        "the β search's cut saves more: not taken".to_string()
+                    }
+                );
+            }
         }
         if !self.groups.is_empty() {
             s.push('\n');

@@ -322,12 +322,13 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 activations: None,
                 fixed_ratio: o.fixed_ratio,
                 floor: o.floor,
+                cut_only: None,
             };
             // Hidden units are ranked per group (the FFN width of a block is one group).
             let channel_scope =
                 if mode == Mode::HeadsChannels && o.scope.is_none() { StructScope::Layer } else { scope };
             let calib_rows = calib.as_ref().map(|c| &c.0);
-            let (beta, guarded, note) = guarded_structural(
+            let choice = guarded_structural(
                 o,
                 &loaded.proto,
                 mode,
@@ -338,9 +339,10 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 recon_inputs.is_some(),
             )
             .with_context(|| format!("{}", o.input.display()))?;
-            sopts.beta = beta;
-            guard_report = guarded;
-            notes.extend(note);
+            sopts.beta = choice.beta;
+            sopts.cut_only = choice.cut_only;
+            guard_report = choice.report;
+            notes.extend(choice.note);
             let mut current = std::mem::take(&mut loaded.proto);
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
                 let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;

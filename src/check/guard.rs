@@ -26,6 +26,7 @@ use crate::check::Inputs;
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::ModelProto;
 use serde::Serialize;
+use std::collections::BTreeSet;
 
 /// Default tolerance on the outputs' relative L2 error. Chosen on the trained models in
 /// `models/` (README, "Default without calibration"): 0.1 keeps every one within 3 points.
@@ -82,6 +83,12 @@ pub struct GuardReport {
     /// Candidate weights (per-weight) or units of prunable groups (structured): a trial that
     /// kept all of them pruned nothing.
     pub candidates: usize,
+    /// Structured runs whose cut at β₀ failed: the per-group pass ([`choose_groups`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<GroupPass>,
+    /// The run cuts the per-group pass's groups at β₀ (it saved more than the β search's cut).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub by_group: bool,
 }
 
 impl GuardReport {
@@ -111,18 +118,7 @@ pub fn choose_beta<T>(
 ) -> Result<(Pruned<T>, GuardReport)> {
     // The dense run, on the first trial that cuts anything (a cut of nothing passes unmeasured,
     // as EMP's is at β = 1 on many random-weight exports).
-    let dense_run = || -> Result<_> {
-        let reference = crate::reconstruct::outputs(dense, inputs).context("guard: dense run")?;
-        // Without a finite, non-zero reference there is nothing to measure a cut against (NaN
-        // outputs on random inputs would otherwise fail every β and keep the model dense).
-        if reference.0.iter().flatten().any(|v| !v.is_finite()) {
-            bail!("the dense model's outputs on the guard inputs are not finite");
-        }
-        if reference.0.iter().flatten().all(|&v| v == 0.0) {
-            bail!("the dense model's outputs on the guard inputs are all zero");
-        }
-        Ok(reference)
-    };
+    let dense_run = || reference_outputs(dense, inputs);
     let mut reference = None;
     let mut trials = Vec::new();
     let mut candidates = 0;
@@ -151,6 +147,8 @@ pub fn choose_beta<T>(
         beta,
         kept_dense,
         candidates,
+        groups: None,
+        by_group: false,
     };
     let (first, pass) = measure(beta0, &mut trials)?;
     if pass {
@@ -190,6 +188,133 @@ pub fn choose_beta<T>(
         }
     }
     Ok((best, report(trials, hi, false, candidates)))
+}
+
+/// The dense model's outputs on the guard inputs: the reference every trial is measured against.
+fn reference_outputs(dense: &ModelProto, inputs: &Inputs) -> Result<(Vec<Vec<f32>>, usize)> {
+    let reference = crate::reconstruct::outputs(dense, inputs).context("guard: dense run")?;
+    // Without a finite, non-zero reference there is nothing to measure a cut against (NaN
+    // outputs on random inputs would otherwise fail every β and keep the model dense).
+    if reference.0.iter().flatten().any(|v| !v.is_finite()) {
+        bail!("the dense model's outputs on the guard inputs are not finite");
+    }
+    if reference.0.iter().flatten().all(|&v| v == 0.0) {
+        bail!("the dense model's outputs on the guard inputs are all zero");
+    }
+    Ok(reference)
+}
+
+/// Groups tried alone, at most (the ones whose cut saves the most first): the pass costs one
+/// pruned copy and one run per group.
+pub const MAX_GROUP_TRIALS: usize = 64;
+
+/// One group cut alone, at β₀.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct GroupTrial {
+    /// Index into the stage's group report.
+    pub group: usize,
+    /// What cutting it alone saves (float parameters).
+    pub saves: u64,
+    pub rel_l2: f64,
+}
+
+/// The per-group pass ([`choose_groups`]): which groups were tried alone, and the subset cut.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct GroupPass {
+    /// Groups EMP's cut at β₀ shrinks (the pass tries at most [`MAX_GROUP_TRIALS`] of them).
+    pub candidates: usize,
+    pub trials: Vec<GroupTrial>,
+    /// Prefixes of the ranked groups tried together: (how many, relative L2 error, pass).
+    pub subsets: Vec<(usize, f64, bool)>,
+    /// The groups cut (indices into the stage's group report), in rank order.
+    pub cut: Vec<usize>,
+    /// The relative L2 error of cutting them together (0 when none is cut).
+    pub rel_l2: f64,
+}
+
+/// What one per-group trial produced: the pruned copy and the float parameters it saves.
+pub struct GroupCut {
+    pub model: ModelProto,
+    pub saves: u64,
+}
+
+/// The per-group pass of the guard, for structural runs whose cut at β₀ fails: each of the
+/// `candidates` groups (`(group, size)`: at most [`MAX_GROUP_TRIALS`], the largest first; the
+/// size is what orders them, e.g. the units EMP removes) is cut alone at β₀
+/// (`prune(&{g})`); the ones whose error alone is within `tol` are ranked by error² per saved
+/// parameter (independent perturbations add in squares), and the longest prefix of that ranking
+/// whose cut together is measured within `tol` is chosen: first the prefix whose squared errors
+/// sum to τ², then bisection. Returns the chosen cut (its pruned copy; `None` when no group fits)
+/// and the pass for the report. Deterministic, like [`choose_beta`]; every returned cut was
+/// measured to pass.
+pub fn choose_groups(
+    dense: &ModelProto,
+    inputs: &Inputs,
+    tol: f64,
+    candidates: &[(usize, u64)],
+    mut prune: impl FnMut(&BTreeSet<usize>) -> Result<GroupCut>,
+) -> Result<(Option<GroupCut>, GroupPass)> {
+    let reference = reference_outputs(dense, inputs)?;
+    let mut measure = |only: &BTreeSet<usize>| -> Result<(GroupCut, f64)> {
+        let p = prune(only)?;
+        let out = crate::reconstruct::outputs(&p.model, inputs).context("guard: pruned run")?;
+        let e = crate::reconstruct::compare(&reference, &out).0.sqrt();
+        Ok((p, e))
+    };
+    let mut order: Vec<(usize, u64)> = candidates.to_vec();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    order.truncate(MAX_GROUP_TRIALS);
+    let mut trials = Vec::with_capacity(order.len());
+    for &(g, _) in &order {
+        let (p, rel_l2) = measure(&BTreeSet::from([g]))?;
+        trials.push(GroupTrial { group: g, saves: p.saves, rel_l2 });
+    }
+    // Finite errors within τ on their own, cheapest error per saved parameter first.
+    let mut ranked: Vec<&GroupTrial> =
+        trials.iter().filter(|t| t.rel_l2.is_finite() && t.rel_l2 <= tol && t.saves > 0).collect();
+    let cost = |t: &GroupTrial| t.rel_l2 * t.rel_l2 / t.saves as f64;
+    ranked.sort_by(|a, b| cost(a).total_cmp(&cost(b)).then(a.group.cmp(&b.group)));
+    let ranked: Vec<usize> = ranked.iter().map(|t| t.group).collect();
+    let mut pass = GroupPass { candidates: candidates.len(), trials, subsets: vec![], cut: vec![], rel_l2: 0.0 };
+    if ranked.is_empty() {
+        return Ok((None, pass));
+    }
+    // The prefix of length 1 passed alone; `hi` is the shortest prefix known to fail (or one past
+    // the end).
+    let (mut lo, mut hi) = (1, ranked.len() + 1);
+    let mut best: Option<(GroupCut, f64)> = None;
+    let mut sum = 0.0;
+    let guess = ranked
+        .iter()
+        .take_while(|g| {
+            let e = pass.trials.iter().find(|t| t.group == **g).map_or(f64::INFINITY, |t| t.rel_l2);
+            sum += e * e;
+            sum <= tol * tol
+        })
+        .count()
+        .max(1);
+    let mut next = Some(guess);
+    while let Some(k) = next {
+        let only: BTreeSet<usize> = ranked[..k].iter().copied().collect();
+        let (p, e) = measure(&only)?;
+        let ok = e <= tol;
+        pass.subsets.push((k, e, ok));
+        if ok {
+            lo = k;
+            best = Some((p, e));
+        } else {
+            hi = k;
+        }
+        next = (hi - lo > 1).then(|| lo + (hi - lo) / 2);
+    }
+    let (cut, e) = match best {
+        Some(b) => b,
+        // Every prefix tried together failed; the best group passed alone: cut it alone.
+        None => measure(&BTreeSet::from([ranked[0]]))?,
+    };
+    pass.cut = ranked[..lo].to_vec();
+    pass.rel_l2 = e;
+    Ok((Some(cut), pass))
 }
 
 /// β rounded to 4 decimals, so that the tried values read as typed (1.32, not 1.3199999999999998).
@@ -275,6 +400,73 @@ mod tests {
         // And the result is reproducible.
         let (_, r2) = choose_beta(&dense, &inputs(), "random", 1.0, tol, pruner(W.to_vec())).unwrap();
         assert_eq!(r, r2);
+    }
+
+    /// y = x·W with W 4×6 (column j = output unit j): cutting group j zeroes column j.
+    fn columns(w: &[f32], cut: &BTreeSet<usize>) -> ModelProto {
+        use crate::model::graph::tensor_value_info;
+        let mut m = linear(&W);
+        let g = m.graph.as_mut().unwrap();
+        g.output[0] = tensor_value_info("y", 1, &[Some(2), Some(6)], "");
+        let t = &mut g.initializer[0];
+        t.dims = vec![4, 6];
+        t.float_data = (0..24).map(|i| if cut.contains(&(i % 6)) { 0.0 } else { w[i] }).collect();
+        m
+    }
+
+    /// Column scales 1, 0.05, 0.1, 0.02, 0.6, 0.08: zeroing the small ones moves y a little each.
+    fn scaled() -> Vec<f32> {
+        let scale = [1.0, 0.05, 0.1, 0.02, 0.6, 0.08];
+        (0..24).map(|i| scale[i % 6] * (1.0 + 0.1 * (i / 6) as f32) * if i % 2 == 0 { 1.0 } else { -1.0 }).collect()
+    }
+
+    fn group_pass(tol: f64) -> (Option<GroupCut>, GroupPass) {
+        let w = scaled();
+        let candidates: Vec<(usize, u64)> = (0..6).map(|j| (j, 1)).collect();
+        choose_groups(&columns(&w, &BTreeSet::new()), &inputs(), tol, &candidates, |only| {
+            Ok(GroupCut { model: columns(&w, only), saves: 4 * only.len() as u64 })
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_group_pass_cuts_the_groups_that_fit_together_and_was_measured_to_pass() {
+        let dense = columns(&scaled(), &BTreeSet::new());
+        let reference = reference_outputs(&dense, &inputs()).unwrap();
+        for tol in [0.05, 0.1, 0.15, 0.3] {
+            let (cut, pass) = group_pass(tol);
+            let cut = cut.unwrap();
+            assert!(!pass.cut.is_empty() && pass.rel_l2 <= tol, "{pass:?}");
+            // The returned copy is the cut reported, and its error is what was measured.
+            let out = crate::reconstruct::outputs(&cut.model, &inputs()).unwrap();
+            let e = crate::reconstruct::compare(&reference, &out).0.sqrt();
+            assert!((e - pass.rel_l2).abs() < 1e-12);
+            assert_eq!(cut.saves, 4 * pass.cut.len() as u64);
+            // A group over the tolerance alone is never cut; the big columns never are.
+            for t in &pass.trials {
+                if t.rel_l2 > tol {
+                    assert!(!pass.cut.contains(&t.group), "{tol}: {pass:?}");
+                }
+            }
+            assert!(!pass.cut.contains(&0) && !pass.cut.contains(&4));
+            // Adding the next-ranked group that fits alone fails together (the prefix is the
+            // longest that passes, as bisection found it).
+            let within: Vec<usize> = pass.trials.iter().filter(|t| t.rel_l2 <= tol).map(|t| t.group).collect();
+            if within.len() > pass.cut.len() {
+                let longer = pass.subsets.iter().find(|s| s.0 == pass.cut.len() + 1).unwrap();
+                assert!(!longer.2, "{tol}: {pass:?}");
+            }
+            assert_eq!(group_pass(tol).1, pass);
+        }
+        // A looser tolerance never cuts fewer groups.
+        assert!(group_pass(0.3).1.cut.len() >= group_pass(0.05).1.cut.len());
+    }
+
+    #[test]
+    fn the_group_pass_cuts_nothing_when_no_group_fits_alone() {
+        let (cut, pass) = group_pass(1e-6);
+        assert!(cut.is_none() && pass.cut.is_empty() && pass.subsets.is_empty());
+        assert_eq!(pass.trials.len(), 6);
     }
 
     #[test]

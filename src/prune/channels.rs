@@ -544,6 +544,14 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
             (0..groups.len()).filter(|&i| depthwise_net && groups[i].bottleneck).collect();
         global(&groups, &mut decisions, &stems, &bottlenecks, opts)?;
     }
+    if let Some(only) = &opts.cut_only {
+        for (i, (g, (_, keep, notes))) in groups.iter().zip(decisions.iter_mut()).enumerate() {
+            if !only.contains(&i) && keep.len() < g.classes.len() {
+                notes.push(super::guard_kept_note(keep.len()));
+                *keep = (0..g.classes.len()).collect();
+            }
+        }
+    }
     let mut removed: BTreeSet<Unit> = BTreeSet::new();
     for (g, (_, keep, _)) in groups.iter().zip(&decisions) {
         for (i, c) in g.classes.iter().enumerate() {

@@ -430,7 +430,15 @@ pub(crate) fn prune_hollow(
             Err(e) => reports.push(Some(blocked_report(id, members, &e))),
         }
     }
-    let decisions = decide(&blocks, opts)?;
+    let mut decisions = decide(&blocks, opts)?;
+    if let Some(only) = &opts.cut_only {
+        for ((slot, b, _), (kept, _, notes)) in blocks.iter().zip(decisions.iter_mut()) {
+            if !only.contains(slot) && kept.len() < b.heads {
+                notes.push(super::guard_kept_note(kept.len()));
+                *kept = (0..b.heads).collect();
+            }
+        }
+    }
     // Stage every block (all checks, new tensors computed from the input model), then commit.
     let mut staged: Vec<(usize, Staged)> = Vec::new();
     for (bi, ((slot, b, scores), (kept, n_eff, notes))) in blocks.iter().zip(decisions).enumerate() {

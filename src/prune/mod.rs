@@ -3,6 +3,7 @@
 
 use onnx_protobuf::ModelProto;
 use serde::Serialize;
+use std::collections::BTreeSet;
 pub mod weights;
 
 /// How units are grouped for EMP in the structural modes.
@@ -175,6 +176,18 @@ pub struct StructOptions {
     pub fixed_ratio: Option<f64>,
     /// Floors that keep narrow and input-adjacent groups sane (channels; see [`Floor`]).
     pub floor: Floor,
+    /// The groups that may be cut, as indices into the stage's report (`StructuralResult::groups`,
+    /// the order of which does not depend on β); every other group is kept whole, with a note.
+    /// `None`: every group. Set by the fidelity guard's per-group pass (`run::guard`).
+    pub cut_only: Option<BTreeSet<usize>>,
+}
+
+/// The note of a group that [`StructOptions::cut_only`] keeps whole.
+pub(crate) fn guard_kept_note(kept: usize) -> String {
+    format!(
+        "kept whole by the fidelity guard: cutting it to {kept} did not fit, with the other groups' cuts, \
+         within the tolerance on the model's outputs (--calibration reconstructs instead)"
+    )
 }
 
 /// Lower bounds on a channel group's kept count, applied after EMP (and after `--ratio`), stated
@@ -223,6 +236,7 @@ impl Default for StructOptions {
             activations: None,
             fixed_ratio: None,
             floor: Floor::ON,
+            cut_only: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::prune::weights::{self, WeightOptions, WeightsReport};
 use crate::prune::{MaskedOut, StructOptions, StructScope};
 use anyhow::{Context, Result};
 use onnx_protobuf::ModelProto;
+use std::collections::BTreeSet;
 
 pub(super) struct Guarded {
     pub weights: WeightsReport,
@@ -68,10 +69,14 @@ pub(super) fn guarded_prune(
     }
 }
 
-/// The β of a run's structural stages: `sopts.beta`, or on a default run what the guard chose by
-/// pruning copies of `m` (every stage of `mode`, as the run does them, without proofs) and
-/// comparing their outputs with dense. `activations`: the calibration inputs of the activation
-/// criterion. Returns the β, the guard's report, and the report's note.
+/// The β of a run's structural stages and the groups they may cut: `sopts.beta` and every group,
+/// or on a default run what the guard chose by pruning copies of `m` (every stage of `mode`, as
+/// the run does them, without proofs) and comparing their outputs with dense. When EMP's cut at
+/// β₀ fails, the β search backs it off in every group at once; in a one-stage mode the
+/// per-group pass ([`guard::choose_groups`]) then cuts the groups that fit at β₀ and keeps the
+/// rest whole, and the run takes whichever of the two saves more parameters. `activations`: the
+/// calibration inputs of the activation criterion. Returns the β, the groups to cut (`None`:
+/// every group), the guard's report, and the report's note.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn guarded_structural(
     o: &RunOptions,
@@ -82,28 +87,83 @@ pub(super) fn guarded_structural(
     activations: Option<&Inputs>,
     calib: Option<&Inputs>,
     reconstructing: bool,
-) -> Result<(f64, Option<GuardReport>, Option<String>)> {
+) -> Result<StructuralChoice> {
+    let unguarded = |note| StructuralChoice { beta: sopts.beta, cut_only: None, report: None, note };
     let Some(tol) = tolerance(o, reconstructing) else {
-        return Ok((sopts.beta, None, None));
+        return Ok(unguarded(None));
     };
     if o.plan || !o.verify {
-        return Ok((sopts.beta, None, Some(not_run(o))));
+        return Ok(unguarded(Some(not_run(o))));
     }
     let inputs = match guard_inputs(o, m, calib) {
         Ok(i) => i,
-        Err(e) => return Ok((sopts.beta, None, Some(unjudged(&e)))),
+        Err(e) => return Ok(unguarded(Some(unjudged(&e)))),
     };
     let _stage = crate::progress::Stage::start("guard");
-    let chosen = guard::choose_beta(m, &inputs.0, &inputs.1, sopts.beta, tol, |beta| {
-        structural_copy(m, mode, &StructOptions { beta, ..sopts.clone() }, channel_scope, activations)
-    });
-    match chosen {
-        Ok((_, report)) => {
-            let note = report.raised().then(|| guard_note(&report, o.beta));
-            Ok((report.beta, Some(report), note))
+    let copy = |beta: f64, cut_only: Option<BTreeSet<usize>>| {
+        structural_copy(m, mode, &StructOptions { beta, cut_only, ..sopts.clone() }, channel_scope, activations)
+    };
+    let chosen = guard::choose_beta(m, &inputs.0, &inputs.1, sopts.beta, tol, |beta| copy(beta, None));
+    let (best, mut report) = match chosen {
+        Ok(c) => c,
+        Err(e) => return Ok(unguarded(Some(unjudged(&e)))),
+    };
+    let mut cut_only = None;
+    if report.raised() && mode != Mode::HeadsChannels {
+        let by_group = || -> Result<_> {
+            let first = copy(sopts.beta, None)?;
+            if first.extra.cut.len() < 2 {
+                // One group: the β search has tried it already.
+                return Ok(None);
+            }
+            let dense = crate::prune::heads::param_count(m);
+            let pass = guard::choose_groups(m, &inputs.0, tol, &first.extra.cut, |only| {
+                let p = copy(sopts.beta, Some(only.clone()))?;
+                Ok(guard::GroupCut { saves: dense.saturating_sub(p.extra.params), model: p.model })
+            })?;
+            Ok(Some((pass, dense)))
+        };
+        match by_group() {
+            Ok(Some(((cut, pass), dense))) => {
+                let by_beta = dense.saturating_sub(best.extra.params);
+                if cut.is_some_and(|c| c.saves > by_beta) {
+                    cut_only = Some(pass.cut.iter().copied().collect());
+                    report.by_group = true;
+                    report.kept_dense = false;
+                    report.beta = sopts.beta;
+                }
+                report.groups = Some(pass);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let note = format!("{}; its per-group pass could not run ({e:#})", guard_note(&report, o.beta));
+                return Ok(StructuralChoice {
+                    beta: report.beta,
+                    cut_only: None,
+                    report: Some(report),
+                    note: Some(note),
+                });
+            }
         }
-        Err(e) => Ok((sopts.beta, None, Some(unjudged(&e)))),
     }
+    let note = report.raised().then(|| guard_note(&report, o.beta) + &group_pass_note(&report));
+    Ok(StructuralChoice { beta: report.beta, cut_only, report: Some(report), note })
+}
+
+/// What [`guarded_structural`] chose.
+pub(super) struct StructuralChoice {
+    pub beta: f64,
+    /// The groups the run may cut ([`StructOptions::cut_only`]).
+    pub cut_only: Option<BTreeSet<usize>>,
+    pub report: Option<GuardReport>,
+    pub note: Option<String>,
+}
+
+/// One guard trial's pruned copy: its float parameters, and the groups its last stage cut (index
+/// into that stage's group report, units removed).
+struct StructTrial {
+    params: u64,
+    cut: Vec<(usize, u64)>,
 }
 
 /// `m`'s structural stages at `sopts.beta` on a copy, without reconstruction or masked models:
@@ -114,14 +174,19 @@ fn structural_copy(
     sopts: &StructOptions,
     channel_scope: StructScope,
     activations: Option<&Inputs>,
-) -> Result<Pruned<()>> {
+) -> Result<Pruned<StructTrial>> {
     use crate::prune::{channels, heads};
     let mut current: Option<ModelProto> = None;
     let (mut kept, mut candidates) = (0, 0);
+    let mut cut = vec![];
     let mut count = |groups: &[crate::prune::GroupReport]| {
-        for g in groups.iter().filter(|g| g.blocked.is_none()) {
+        cut.clear();
+        for (i, g) in groups.iter().enumerate().filter(|(_, g)| g.blocked.is_none()) {
             kept += g.kept;
             candidates += g.n;
+            if g.kept < g.n {
+                cut.push((i, (g.n - g.kept) as u64));
+            }
         }
     };
     if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
@@ -138,7 +203,9 @@ fn structural_copy(
         count(&r.groups);
         current = Some(r.pruned);
     }
-    Ok(Pruned { model: current.context("guard: no structural stage")?, extra: (), kept, candidates })
+    let model = current.context("guard: no structural stage")?;
+    let params = heads::param_count(&model);
+    Ok(Pruned { model, extra: StructTrial { params, cut }, kept, candidates })
 }
 
 /// The guard's tolerance when this run is one it guards: β not given, no `--ratio`, no
@@ -194,9 +261,43 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
     Ok((inputs, label))
 }
 
+/// What the per-group pass found when the run did not take it (empty when it did not run).
+fn group_pass_note(g: &GuardReport) -> String {
+    let Some(p) = g.groups.as_ref().filter(|_| !g.by_group) else { return String::new() };
+    let alone = p.trials.iter().filter(|t| t.rel_l2 <= g.tolerance).count();
+    if p.cut.is_empty() {
+        return format!(
+            ". Cut one at a time, none of the {} groups EMP shrinks stayed within the tolerance ({} tried)",
+            p.candidates,
+            p.trials.len()
+        );
+    }
+    format!(
+        ". Cut one at a time, {alone} of the {} groups EMP shrinks stayed within the tolerance and {} of them \
+         together ({:.3}), but they saved fewer parameters than the β search's cut",
+        p.candidates,
+        p.cut.len(),
+        p.rel_l2
+    )
+}
+
 /// The report's note when the guard raised β.
 fn guard_note(g: &GuardReport, beta0: f64) -> String {
     let first = g.trials.first().map_or(f64::NAN, |t| t.rel_l2);
+    if let Some(p) = g.groups.as_ref().filter(|_| g.by_group) {
+        return format!(
+            "fidelity guard: EMP's cut at β {beta0} moved the outputs by {first:.3} (relative L2, {}), over the \
+             tolerance {}, and every smaller cut of all groups that the β search tried either did too or saved \
+             less; cut one at a time, {} of the {} groups EMP shrinks kept the outputs within it together \
+             ({:.3}): those are cut as EMP says, the others kept whole. Pass --calibration with a few hundred \
+             real inputs to keep EMP's whole cut and reconstruct the kept weights, or --guard off for EMP's cut as is",
+            g.inputs,
+            g.tolerance,
+            p.cut.len(),
+            p.candidates,
+            p.rel_l2
+        );
+    }
     if g.kept_dense {
         return format!(
             "fidelity guard: EMP's cut moved the outputs by {first:.3} (relative L2, {}) against a tolerance of \
