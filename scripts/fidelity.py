@@ -98,6 +98,15 @@ def ort_ratio(dense, pruned, x):
     return statistics.median(t[1]) / statistics.median(t[0])
 
 
+def guard_label(r):
+    """The default run's guard outcome: the β it wrote, or the groups its per-group pass cut."""
+    g = r.get("guard") or {}
+    if g.get("by_group"):
+        p = g["groups"]
+        return f"{r['beta']:.2f} on {len(p['cut'])}/{p['candidates']} groups"
+    return f"{r['beta']:.2f}"
+
+
 def main():
     quick = "--quick" in sys.argv
     names = [a for a in sys.argv[1:] if not a.startswith("--")]
@@ -159,7 +168,7 @@ def main():
                 tr = (t["latency_pruned"]["median_ms"] / t["latency_dense"]["median_ms"]) if t.get("latency_dense") else None
                 orr = ort_ratio(os.path.join(ROOT, f"models/{name}.onnx"), o("b08r"), tx)
                 C.append(
-                    f"| {name} | {pct(d)} | {rows['g']['beta']:.2f}, {pct(macs_cut(rows['g']))} % → **{pct(acc(rows['g']))}** | "
+                    f"| {name} | {pct(d)} | {guard_label(rows['g'])}, {pct(macs_cut(rows['g']))} % → **{pct(acc(rows['g']))}** | "
                     f"{pct(macs_cut(rows['b1']))} % | {pct(acc(rows['b1']))} | **{pct(acc(rows['b1r']))}** | "
                     f"{pct(target)} % | {pct(acc(rows['b08']))} | **{pct(acc(rows['b08r']))}** | "
                     f"{pct(macs_cut(best)) if best else '—'} % → {pct(acc(best)) if best else '—'} | "
@@ -177,18 +186,18 @@ def main():
                 n = sum(g["n"] for g in h["groups"] if g["kind"] == "heads")
                 worst["h"].append((d - acc(hr), name))
                 worst["c_nocal"].append((d - acc(hg), name))
-                H.append(f"| {name} | {pct(d)} | {hg['beta']:.2f}, {pct(macs_cut(hg))} % → **{pct(acc(hg))}** | "
+                H.append(f"| {name} | {pct(d)} | {guard_label(hg)}, {pct(macs_cut(hg))} % → **{pct(acc(hg))}** | "
                          f"{kept}/{n} | {pct(macs_cut(h))} % | {pct(acc(h))} | **{pct(acc(hr))}** |")
     print("### Per-weight (default scope normalized), test accuracy %\n")
     print("| model | dense | default, no calibration (guard: β, sparsity → acc) | EMP β=1 sparsity | EMP β=1 | EMP β=1 + reconstruction | magnitude @ same sparsity | Wanda @ same sparsity | reconstruction time |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(W))
     print("\n### Channels (default --round-to auto), test accuracy %\n")
-    print("| model | dense | default, no calibration (guard: β, MACs cut → acc) | β=1 MACs cut | β=1 | β=1 + recon | β=0.8 MACs cut | β=0.8 | β=0.8 + recon | fixed-ratio L2 (MACs cut → acc) | tract latency β=0.8 | ORT latency β=0.8 | recon time |")
+    print("| model | dense | default, no calibration (guard: β [on groups cut], MACs cut → acc) | β=1 MACs cut | β=1 | β=1 + recon | β=0.8 MACs cut | β=0.8 | β=0.8 + recon | fixed-ratio L2 (MACs cut → acc) | tract latency β=0.8 | ORT latency β=0.8 | recon time |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(C))
     print("\n### Heads (global), test accuracy %\n")
-    print("| model | dense | default, no calibration (guard: β, MACs cut → acc) | heads kept β=1 | MACs cut β=1 | EMP β=1 | EMP + reconstruction |")
+    print("| model | dense | default, no calibration (guard: β [on groups cut], MACs cut → acc) | heads kept β=1 | MACs cut β=1 | EMP β=1 | EMP + reconstruction |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(H))
     print("\n### Targets (issue 10): measured | floor\n")

@@ -7,8 +7,12 @@ EfficientNet-B0, ResNet-18 and ResNet-50 (14 + 21 + 47 + 102 MB), and the archit
 names as slower after pruning or growing in params: DenseNet-121, EfficientNet-B2/B3/B4 and
 ConvNeXt-Tiny (32 + 36 + 49 + 77 + 114 MB), and ShuffleNet V2 1.0× (9 MB: its channel shuffles
 prune); all at 224 × 224.
+With --qdq: ResNet-18 and MobileNetV2 quantized by onnxruntime's `quantize_static` (QDQ format,
+int8 activations and per-channel int8 weights, calibrated on 16 seeded standard-normal images),
+as edge pipelines ship them: `resnet18_qdq.onnx`, `mobilenet_v2_qdq.onnx` (issue 11: "a quantized
+one should prune", at deployment size).
 
-  python3 scripts/make_bench_cnn.py [--latency] target/bench-models
+  python3 scripts/make_bench_cnn.py [--latency] [--qdq] target/bench-models
 """
 import os
 import sys
@@ -16,11 +20,14 @@ import sys
 import torch
 import torchvision
 
-args = [a for a in sys.argv[1:] if a != "--latency"]
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
 out = args[0] if args else "target/bench-models"
 LATENCY = ["mobilenet_v2", "efficientnet_b0", "resnet18", "resnet50",
            "densenet121", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "convnext_tiny", "shufflenet_v2_x1_0"]
 names = LATENCY if "--latency" in sys.argv else ["densenet161", "resnet50"]
+QDQ = ["resnet18", "mobilenet_v2"]
+if "--qdq" in sys.argv:
+    names = sorted(set(names) | set(QDQ)) if "--latency" in sys.argv else QDQ
 os.makedirs(out, exist_ok=True)
 for name in names:
     path = os.path.join(out, f"{name}.onnx")
@@ -31,3 +38,27 @@ for name in names:
     x = torch.randn(1, 3, 224, 224)
     torch.onnx.export(m, x, path, opset_version=17, input_names=["x"], output_names=["y"], dynamo=False)
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+
+
+def qdq(src, path):
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(5)
+            self.data = iter([{"x": rng.standard_normal([1, 3, 224, 224]).astype(np.float32)} for _ in range(16)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantize_static(src, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+
+
+if "--qdq" in sys.argv:
+    for name in QDQ:
+        path = os.path.join(out, f"{name}_qdq.onnx")
+        if not os.path.exists(path):
+            qdq(os.path.join(out, f"{name}.onnx"), path)
+            print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")

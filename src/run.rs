@@ -1,29 +1,35 @@
 //! One pruning run, end to end: load → prune → stage the output → verify → publish.
 //!
 //! The output is written into a private staging folder beside OUT, verified there, and only
-//! then renamed into place, so a failed run never leaves a file behind.
+//! then renamed into place, so a failed run never leaves a file behind. Its parts: `guard` (the
+//! fidelity guard of default runs), `stages` (one structural stage and its proof), `files`
+//! (paths, external data, publishing), `options` (what a run is asked to do).
 
-use crate::check::{self, VerifyOptions};
+use crate::check;
 use crate::model::graph::{self, GraphIndex};
 use crate::model::io::{self, Loaded, SaveOptions};
 use crate::model::mapped::{MappedData, Masks};
 use crate::progress;
 use crate::prune::weights::{self, Include, Scope, WeightOptions};
-use crate::prune::{Criterion, MaskedOut, StructOptions, StructScope, StructuralResult};
-use crate::report::{Equivalence, FileInfo, Params, Report, Timing};
+use crate::prune::{Criterion, MaskedOut, StructOptions, StructScope};
+use crate::report::{FileInfo, Params, Report, Timing};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::ModelProto;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Relative error above which a structural rewrite is a bug, not a measurement.
 pub const EQUIVALENCE_TOLERANCE: f64 = 1e-4;
 
+mod files;
 mod guard;
 mod options;
+mod stages;
+use files::{check_paths, external_names, publish, store_sparse, tensor_names};
 use guard::{guarded_prune, guarded_structural};
 pub use options::*;
+use stages::{masked_out, nothing_pruned, prove, structural, unproven, with_activations};
 
 pub struct Outcome {
     pub report: Report,
@@ -33,31 +39,6 @@ pub struct Outcome {
 
 fn ms(t: Instant) -> f64 {
     (t.elapsed().as_secs_f64() * 1e6).round() / 1e3
-}
-
-/// Resolve the output path and refuse to overwrite the input.
-fn check_paths(input: &Path, output: &Path, force: bool) -> Result<PathBuf> {
-    if !input.is_file() {
-        bail!("{}: no such file", input.display());
-    }
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        bail!("{}: output folder does not exist", dir.display());
-    }
-    if output.is_dir() {
-        bail!("{}: output is a folder", output.display());
-    }
-    let same = match (input.canonicalize(), output.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same && !force {
-        bail!("{}: output is the input file; pass --force to overwrite it", output.display());
-    }
-    Ok(dir)
 }
 
 /// Parameter counts of the float weights (see `graph::ParamCounts`); `mapped`: data left in
@@ -548,14 +529,6 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     Ok(Outcome { report, exact })
 }
 
-/// Rewrite the staged (verified, dense-stored) model with sparse initializers, in place.
-fn store_sparse(staged: &Path, save_opts: &SaveOptions) -> Result<(u64, crate::model::sparse::Sparsified)> {
-    let mut l = io::load(staged)?;
-    let s = crate::model::sparse::sparsify_initializers(&mut l.proto)?;
-    let bytes = io::save(l.proto, staged, save_opts)?;
-    Ok((bytes, s))
-}
-
 /// Accuracy may fall by at most this much (fraction) before the report warns.
 pub const WARN_ACCURACY_DROP: f64 = 0.01;
 /// Top-1 agreement with the dense model below this makes the report warn.
@@ -663,59 +636,6 @@ fn calibration_inputs(o: &RunOptions) -> Result<Option<(crate::check::Inputs, St
     Ok(Some((inputs, format!("{label} ({rows} rows)"))))
 }
 
-/// Reconstruct one structural stage (consumers of removed units) when calibration is given.
-fn refit_stage(
-    dense: &ModelProto,
-    r: &mut StructuralResult,
-    inputs: Option<&crate::check::Inputs>,
-    report: &mut Option<crate::reconstruct::ReconReport>,
-    t: &std::cell::Cell<f64>,
-) -> Result<()> {
-    let Some(inputs) = inputs else { return Ok(()) };
-    let t0 = Instant::now();
-    let _stage = progress::Stage::start("reconstruct");
-    let masked = r.masked.as_mut().context("the masked model is kept for reconstruction")?;
-    let layers = crate::reconstruct::refit::refit_all(dense, masked, &mut r.pruned, &r.refit, inputs)
-        .context("reconstruction")?;
-    let rep = report.get_or_insert_with(|| crate::reconstruct::ReconReport {
-        samples: inputs.rows(),
-        layers: vec![],
-        end_to_end: None,
-    });
-    rep.layers.extend(layers);
-    t.set(t.get() + ms(t0));
-    Ok(())
-}
-
-/// Names of the tensors of a model's main graph.
-fn tensor_names(m: &ModelProto) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    if let Some(g) = m.graph.as_ref() {
-        io::for_each_graph_tensor(g, &mut |t| {
-            names.insert(t.name.clone());
-        });
-    }
-    names
-}
-
-/// Tensors to write as external data: those that were external in the input, plus tensors the
-/// rewrite created (renamed slices: not in `before`) of 1 KiB or more when the input used
-/// external data.
-fn external_names(loaded: &Loaded, before: &BTreeSet<String>, pruned: &ModelProto) -> BTreeSet<String> {
-    let mut ext = loaded.external.clone();
-    if ext.is_empty() {
-        return ext;
-    }
-    if let Some(g) = pruned.graph.as_ref() {
-        io::for_each_graph_tensor(g, &mut |t| {
-            if !before.contains(&t.name) && t.raw_data.len() >= 1024 {
-                ext.insert(t.name.clone());
-            }
-        });
-    }
-    ext
-}
-
 pub use crate::prune::MAX_STRUCT_WIDTH;
 
 /// Checks every mode relies on, done once up front: candidate weights have a type and rank their
@@ -752,139 +672,6 @@ fn validate_weights(m: &ModelProto, include: &Include, structural: bool) -> Resu
             }
         }
     }
-    Ok(())
-}
-
-/// For the activation criterion: run the model as it is at this stage on the calibration
-/// inputs and attach the statistics the stage needs.
-fn with_activations(
-    o: &StructOptions,
-    m: &ModelProto,
-    inputs: Option<&crate::check::Inputs>,
-    what: &str,
-) -> Result<StructOptions> {
-    let Some(inputs) = inputs else { return Ok(o.clone()) };
-    let req = match what {
-        "heads" => crate::prune::heads::activation_requests(m)?,
-        _ => crate::prune::channels::activation_requests(m)?,
-    };
-    let stats = crate::calib::collect(m, inputs, &req).with_context(|| format!("calibration for {what}"))?;
-    Ok(StructOptions { activations: Some(std::sync::Arc::new(stats.values)), ..o.clone() })
-}
-
-/// Where a structural stage's masked model goes: nowhere when nothing proves it (`plan`,
-/// `--no-verify`) or refits with it; kept for reconstruction; else to its file for the proof.
-fn masked_out<'a>(
-    plan: bool,
-    verify: bool,
-    path: Option<&'a Path>,
-    reconstruct: bool,
-    opts: &'a SaveOptions,
-) -> MaskedOut<'a> {
-    match path {
-        _ if plan || (!verify && !reconstruct) => MaskedOut::Drop,
-        Some(p) if !reconstruct => MaskedOut::File(p, opts),
-        _ => MaskedOut::Keep,
-    }
-}
-
-/// One structural stage on `m`, refitted when there are reconstruction inputs. Without them
-/// nothing needs `m` afterwards: it is consumed (left empty), its unchanged weights moved into
-/// the pruned model instead of copied.
-fn structural(
-    m: &mut ModelProto,
-    opts: &StructOptions,
-    what: &str,
-    masked: &MaskedOut,
-    recon: Option<&crate::check::Inputs>,
-    report: &mut Option<crate::reconstruct::ReconReport>,
-    t: &std::cell::Cell<f64>,
-) -> Result<StructuralResult> {
-    use crate::prune::{channels, heads};
-    if recon.is_none() {
-        return crate::prune::filled_moving(std::mem::take(m), |m| match what {
-            "heads" => heads::prune_hollow(m, opts, masked),
-            _ => channels::prune_hollow(m, opts, masked),
-        });
-    }
-    let mut r = match what {
-        "heads" => heads::prune_heads_to(m, opts, masked),
-        _ => channels::prune_channels_to(m, opts, masked),
-    }?;
-    refit_stage(m, &mut r, recon, report, t)?;
-    Ok(r)
-}
-
-/// Whether a run left every unit and weight as it was: every group kept whole, no weight zeroed,
-/// no layer refitted.
-fn nothing_pruned(
-    groups: &[crate::prune::GroupReport],
-    weights: Option<&weights::WeightsReport>,
-    recon: Option<&crate::reconstruct::ReconReport>,
-) -> bool {
-    groups.iter().all(|g| g.kept >= g.n)
-        && weights.is_none_or(|w| w.kept_elems >= w.candidates_elems)
-        && recon.is_none_or(|r| r.layers.iter().all(|l| l.method == "unchanged" || l.method == "skipped"))
-}
-
-/// A structural stage whose proof `--no-verify` skipped.
-fn unproven(stage: &str) -> Equivalence {
-    Equivalence {
-        stage: stage.into(),
-        status: "skipped".into(),
-        reason: Some("--no-verify: masked-equivalence was not run, the rewrite is unproven".into()),
-        max_abs_err: 0.0,
-        max_rel_l2_err: 0.0,
-        outputs: vec![],
-        tolerance: EQUIVALENCE_TOLERANCE,
-        pass: None,
-    }
-}
-
-/// Masked-equivalence of one structural stage, never a false success.
-fn prove(stage: &str, masked: &Path, pruned: &Path, vo: &VerifyOptions) -> Equivalence {
-    let mut e = Equivalence {
-        stage: stage.into(),
-        status: "ok".into(),
-        reason: None,
-        max_abs_err: 0.0,
-        max_rel_l2_err: 0.0,
-        outputs: vec![],
-        tolerance: EQUIVALENCE_TOLERANCE,
-        pass: None,
-    };
-    match check::equivalence(masked, pruned, vo) {
-        Ok(outs) => {
-            for f in &outs {
-                e.max_abs_err = e.max_abs_err.max(f.max_abs_err);
-                e.max_rel_l2_err = e.max_rel_l2_err.max(f.rel_l2_err);
-            }
-            let finite = outs.iter().all(|f| f.max_abs_err.is_finite() && f.rel_l2_err.is_finite());
-            e.pass = Some(finite && !outs.is_empty() && e.max_rel_l2_err <= EQUIVALENCE_TOLERANCE);
-            e.outputs = outs;
-        }
-        Err(err) => {
-            let err = format!("{err:#}")
-                .replace(&masked.display().to_string(), "masked model")
-                .replace(&pruned.display().to_string(), "pruned model");
-            // tract could not run it: the proof is unavailable, which is not a proof of failure;
-            // the report says so and the structural result is not claimed exact.
-            e.status = "skipped".into();
-            e.reason = Some(err);
-        }
-    }
-    e
-}
-
-/// Move the staged output (and its external data file, if any) into place.
-fn publish(staged: &Path, out: &Path) -> Result<()> {
-    let data_name = format!("{}.data", out.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
-    let staged_data = staged.with_file_name(&data_name);
-    if staged_data.exists() {
-        let out_data = out.with_file_name(&data_name);
-        std::fs::rename(&staged_data, &out_data).with_context(|| format!("{}: cannot write", out_data.display()))?;
-    }
-    std::fs::rename(staged, out).with_context(|| format!("{}: cannot write", out.display()))?;
     Ok(())
 }
 
