@@ -254,7 +254,9 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         y = self.c3(self.c2(self.c1(x)))
-        return self.fc(y.mean(dim=(2, 3)))
+        # torchvision's head: GlobalAveragePool → Flatten → Gemm, which the quantizer wraps in
+        # Quantize/DequantizeLinear pairs (Flatten → Q → DQ → Gemm).
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
 
 
 def export(model, x, name, opset=OPSET, fold=True, out=OUT):

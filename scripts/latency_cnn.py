@@ -11,11 +11,13 @@ level, 1 thread, batch 1). For each row it prints the MACs cut, both latency rat
 issue's rule: where MACs drop by ≥ 10 %, latency should drop by ≥ 0.8 × that (ratio ≤ 1 − 0.8 ×
 cut). Machine noise on shared cores is a few percent: read the verdicts near the line as such.
 
-    python3 scripts/make_bench_cnn.py --latency target/bench-models
+    python3 scripts/make_bench_cnn.py --latency [--qdq] target/bench-models
     cargo build --release && python3 scripts/latency_cnn.py [--dir target/bench-models]
         [--betas 0.8] [--round-to auto,16] [--budget 6] [--models mobilenet_v2,resnet18,...]
         [--floors default,bottleneck]
 
+--models resnet18_qdq,mobilenet_v2_qdq,resnet18_bn,mobilenet_v2_bn: the QDQ-quantized CNNs
+(`make_bench_cnn.py --qdq`) and the float models they were quantized from.
 --floors: one row per entry, `default` for the floors as they are, any other value passed as
 `--include VALUE` (`bottleneck`: cut the bottlenecks of depthwise nets, as before that floor).
 """
@@ -69,7 +71,8 @@ def main():
         for m in a.models.split(","):
             dense = os.path.join(a.dir, f"{m}.onnx")
             if not os.path.exists(dense):
-                sys.exit(f"{dense} missing: run python3 scripts/make_bench_cnn.py --latency {a.dir}")
+                flag = "--qdq" if m.endswith(("_qdq", "_bn")) else "--latency"
+                sys.exit(f"{dense} missing: run python3 scripts/make_bench_cnn.py {flag} {a.dir}")
             for beta in a.betas.split(","):
                 for r, fl in [(r, f) for r in a.round_to.split(",") for f in a.floors.split(",")]:
                     out, rep = os.path.join(tmp, f"{m}_{beta}_{r}_{fl}.onnx"), os.path.join(tmp, "r.json")

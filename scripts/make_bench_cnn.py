@@ -9,8 +9,9 @@ ConvNeXt-Tiny (32 + 36 + 49 + 77 + 114 MB), and ShuffleNet V2 1.0× (9 MB: its c
 prune); all at 224 × 224.
 With --qdq: ResNet-18 and MobileNetV2 quantized by onnxruntime's `quantize_static` (QDQ format,
 int8 activations and per-channel int8 weights, calibrated on 16 seeded standard-normal images),
-as edge pipelines ship them: `resnet18_qdq.onnx`, `mobilenet_v2_qdq.onnx` (issue 11: "a quantized
-one should prune", at deployment size).
+as edge pipelines ship them: `resnet18_qdq.onnx`, `mobilenet_v2_qdq.onnx`, quantized from
+`{name}_bn.onnx` (random BatchNorm statistics, see `trained_like`) (issue 11: "a quantized one
+should prune", at deployment size).
 
   python3 scripts/make_bench_cnn.py [--latency] [--qdq] target/bench-models
 """
@@ -56,9 +57,32 @@ def qdq(src, path):
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
 
 
+def trained_like(name):
+    """The torchvision model with seeded random BatchNorm statistics and affine parameters, as a
+    trained net has them: with the default ones (mean 0, var 1, γ 1, β 0) every folded conv bias
+    is zero, torch.onnx deduplicates the equal ones into Identity nodes, and the quantizer then
+    shares one conv's dequantized bias with others, which no trained export does."""
+    torch.manual_seed(0)
+    m = getattr(torchvision.models, name)(weights=None).eval()
+    g = torch.Generator().manual_seed(1)
+    for bn in m.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            c = bn.num_features
+            bn.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+            bn.running_var.copy_(0.5 + torch.rand(c, generator=g))
+            bn.weight.data.copy_(0.5 + torch.rand(c, generator=g))
+            bn.bias.data.copy_(0.1 * torch.randn(c, generator=g))
+    return m
+
+
 if "--qdq" in sys.argv:
     for name in QDQ:
         path = os.path.join(out, f"{name}_qdq.onnx")
-        if not os.path.exists(path):
-            qdq(os.path.join(out, f"{name}.onnx"), path)
-            print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+        if os.path.exists(path):
+            continue
+        # The float model the QDQ one is quantized from, kept beside it for comparison.
+        src = os.path.join(out, f"{name}_bn.onnx")
+        torch.onnx.export(trained_like(name), torch.randn(1, 3, 224, 224), src, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamo=False)
+        qdq(src, path)
+        print(f"wrote {src}, {path} ({os.path.getsize(path) / 1e6:.1f} MB)")

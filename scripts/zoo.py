@@ -4,7 +4,7 @@ auto, floors on) at β = 1 and at a forced cut β = 0.7, then latency dense → 
 CLI's own measurement) and in onnxruntime (default optimisation level, 1 thread, batch 1, dense
 and pruned interleaved: scripts/ort_latency.py), and the onnx.checker full check of the output.
 
-  cargo build --release && python3 scripts/zoo.py [--budget 2] [--size 224]
+  cargo build --release && python3 scripts/zoo.py [--budget 2] [--size 224] [--models zoo_qdq,...]
 
 --size S: the zoo's image models re-exported with S × S inputs (same architectures and seeds,
 models/make_zoo.py `image_zoo`, written to a temporary folder; needs torch) instead of the 32 × 32
@@ -78,6 +78,9 @@ def main():
         else:
             zoo = os.path.join(ROOT, "models", "zoo")
             man = json.load(open(os.path.join(zoo, "manifest.json")))
+        if "--models" in sys.argv:
+            keep = sys.argv[sys.argv.index("--models") + 1].split(",")
+            man = {k: v for k, v in man.items() if k in keep}
         run(zoo, man, budget)
 
 

@@ -35,7 +35,7 @@ const ZOO: &[(&str, Expect)] = &[
     ("zoo_lstm", Expect::Channels(&["LSTM"])),
     ("zoo_gru", Expect::Channels(&["GRU"])),
     ("zoo_bilstm", Expect::Channels(&["LSTM", "Reshape", "Transpose"])),
-    ("zoo_qdq", Expect::Channels(&["QuantizeLinear", "DequantizeLinear", "Conv"])),
+    ("zoo_qdq", Expect::Channels(&["QuantizeLinear", "DequantizeLinear", "Conv", "Flatten"])),
     ("zoo_shufflenet", Expect::Channels(&["Reshape", "Transpose", "Slice", "Concat", "Div"])),
     (
         "zoo_layernorm_transformer",

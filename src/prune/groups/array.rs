@@ -306,7 +306,8 @@ impl Analyzer<'_, '_> {
         self.pass(ni, n, &x, vals);
     }
 
-    /// In-features of the Gemm/MatMul that reads `name` (through unary ops), for Flatten.
+    /// In-features of the Gemm/MatMul that reads `name` (through unary ops and activation
+    /// Quantize/DequantizeLinear), for Flatten.
     pub(super) fn features_downstream(&self, name: &str, depth: usize) -> Option<usize> {
         if depth > 16 || self.ctx.is_output(name) {
             return None;
@@ -320,7 +321,10 @@ impl Analyzer<'_, '_> {
                     d(1).map(|d| if attr_i(c, "transB").unwrap_or(0) != 0 { d[1] } else { d[0] })
                 }
                 ("MatMul", 0, _) => d(1).map(|d| d[0]),
-                (_, 0, Some(Kind::Unary(_))) => c.output.first().and_then(|o| self.features_downstream(o, depth + 1)),
+                // Unary ops and the QuantizeLinear/DequantizeLinear pairs of a QDQ model keep the shape.
+                (_, 0, Some(Kind::Unary(_) | Kind::Quant(_))) => {
+                    c.output.first().and_then(|o| self.features_downstream(o, depth + 1))
+                }
                 _ => None,
             }?;
             if found.is_some_and(|f| f != k) {
