@@ -382,6 +382,18 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let t = Instant::now();
     let stage = progress::Stage::start("save");
     let staging = staging.context("no staging folder")?;
+    if let Some(r) = &reconstruction {
+        let quantized =
+            r.layers.iter().filter(|l| l.note.as_deref() == Some(crate::reconstruct::site::QUANTIZED)).count();
+        if quantized > 0 {
+            notes.push(format!(
+                "reconstruction did not refit {quantized} of {} layer(s): their weights are quantized \
+                 (QDQ), so nothing repaired their inputs' cut. For a refitted cut, prune the float model with \
+                 --calibration, then quantize the pruned model",
+                r.layers.len()
+            ));
+        }
+    }
     let fname = o.output.file_name().context("output path has no file name")?;
     let staged = staging.path().join(fname);
     let save_opts = SaveOptions { external: external_names(&loaded, &names_before, &pruned) };

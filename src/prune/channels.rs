@@ -95,9 +95,8 @@ pub(crate) fn prune_hollow(
 fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<crate::reconstruct::refit::RefitSite> {
     let mut out = vec![];
     for c in &an.consumers {
-        if an.consts.get(&c.weight).is_some_and(|k| k.dq.is_some()) {
-            continue; // quantized: no float weights to refit
-        }
+        // A quantized weight (DequantizeLinear of an integer tensor) is listed too: reconstruction
+        // reports it skipped, saying why (`reconstruct::site::find`), instead of passing it over.
         let in_keep: Vec<bool> = c.units.iter().map(|u| plan.keeps(an, *u)).collect();
         if !in_keep.contains(&false) {
             continue;

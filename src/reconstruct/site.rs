@@ -37,6 +37,10 @@ pub struct Site {
     pub p: usize,
 }
 
+/// Why a quantized weight is not refitted (the report's reason; the run's note quotes it).
+pub const QUANTIZED: &str = "quantized weight (DequantizeLinear of an integer tensor): reconstruction refits float \
+     weights only; prune the float model with --calibration, then quantize it";
+
 /// The site that uses `weight`, or why there is none.
 pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, String> {
     let g = model.graph.as_ref().ok_or("model has no graph")?;
@@ -49,6 +53,9 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
     let n = &g.node[ni];
     let label = format!("{} {}", n.op_type, node_label(n));
     let dom_ok = n.domain.is_empty() || n.domain == "ai.onnx";
+    if ix.producer.get(weight).is_some_and(|&p| g.node[p].op_type == "DequantizeLinear") {
+        return Err(QUANTIZED.into());
+    }
     let t = ix.weight(g, weight).ok_or("not a constant")?;
     let dims = tensor::shape(t).map_err(|e| e.to_string())?;
     let x = n.input.first().cloned().unwrap_or_default();
