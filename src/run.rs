@@ -383,13 +383,19 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let stage = progress::Stage::start("save");
     let staging = staging.context("no staging folder")?;
     if let Some(r) = &reconstruction {
-        let quantized =
-            r.layers.iter().filter(|l| l.note.as_deref() == Some(crate::reconstruct::site::QUANTIZED)).count();
+        let quantized = r
+            .layers
+            .iter()
+            .filter(|l| {
+                l.method == "skipped"
+                    && l.note.as_deref().is_some_and(|n| n.contains(crate::reconstruct::site::QUANTIZED))
+            })
+            .count();
         if quantized > 0 {
             notes.push(format!(
-                "reconstruction did not refit {quantized} of {} layer(s): their weights are quantized \
-                 (QDQ), so nothing repaired their inputs' cut. For a refitted cut, prune the float model with \
-                 --calibration, then quantize the pruned model",
+                "reconstruction did not refit {quantized} of {} layer(s): their weights are quantized in a way \
+                 it cannot write back (see each layer's reason), so nothing repaired their inputs' cut. For a \
+                 refitted cut, prune the float model with --calibration, then quantize the pruned model",
                 r.layers.len()
             ));
         }

@@ -306,3 +306,43 @@ fn a_structured_run_that_cuts_nothing_writes_the_input_bytes() {
     assert!(groups.iter().all(|x| x["kept"] == x["n"]), "{}", r["groups"]);
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&m).unwrap());
 }
+
+/// A quantized (QDQ) trained model prunes and is reconstructed like its float one: the refit
+/// reads each int8 weight dequantized and writes it back requantized (new per-channel scales,
+/// the int32 bias following them), pruned == masked exactly, and the stem floor sees the stem
+/// through the input's Quantize/DequantizeLinear (`models/make_qdq.py`: the trained MobileNetV2,
+/// quantized by onnxruntime).
+#[test]
+fn a_quantized_trained_model_prunes_and_reconstructs() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = root("models/fmnist_mobilenet_qdq.onnx");
+    let r = run(
+        &m,
+        &dir.path().join("q.onnx"),
+        &[
+            "--structured",
+            "channels",
+            "--beta",
+            "0.8",
+            "--calibration",
+            "models/fmnist_calib_x.npy",
+            "--inputs",
+            "models/fmnist_test_x.npy",
+            "--labels",
+            "models/fmnist_test_y.npy",
+        ],
+    );
+    assert_eq!(r["equivalence"][0]["pass"], true, "{}", r["equivalence"]);
+    let layers = r["reconstruction"]["layers"].as_array().unwrap();
+    let updated = layers.iter().filter(|l| l["method"] != "unchanged" && l["method"] != "skipped").count();
+    assert!(updated >= 10, "{updated} layers refitted: {layers:#?}");
+    assert!(layers.iter().all(|l| l["method"] != "skipped"), "{layers:#?}");
+    let stem = &r["groups"][0];
+    assert_eq!(stem["kept"], stem["n"], "the stem floor must hold through Q/DQ: {stem}");
+    assert!(stem["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("(stem)")), "{stem}");
+    let v = &r["verification"];
+    let cut = 1.0 - v["macs_pruned"].as_f64().unwrap() / v["macs_dense"].as_f64().unwrap();
+    let loss = v["accuracy_dense"].as_f64().unwrap() - v["accuracy_pruned"].as_f64().unwrap();
+    assert!(cut > 0.15, "MACs cut {cut}");
+    assert!(loss <= 0.015, "the reconstructed QDQ cut lost {:.1} points", 100.0 * loss);
+}

@@ -397,7 +397,8 @@ pub fn read_i64(t: &TensorProto) -> Result<Vec<i64>> {
     })
 }
 
-/// Overwrite an integer tensor (int64 or int32) with new values and dims, keeping encoding.
+/// Overwrite an integer tensor (int64, int32 or int8) with new values and dims, keeping encoding
+/// (int8 values are narrowed: callers clamp them first).
 pub fn write_i64(t: &mut TensorProto, vals: &[i64], dims: &[i64]) -> Result<()> {
     let st = storage(t)?;
     let raw = matches!(st, Storage::Raw(_));
@@ -406,6 +407,8 @@ pub fn write_i64(t: &mut TensorProto, vals: &[i64], dims: &[i64]) -> Result<()> 
         dt::INT64 => t.int64_data = vals.to_vec(),
         dt::INT32 if raw => t.raw_data = vals.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect(),
         dt::INT32 => t.int32_data = vals.iter().map(|&v| v as i32).collect(),
+        dt::INT8 if raw => t.raw_data = vals.iter().map(|&v| v as i8 as u8).collect(),
+        dt::INT8 => t.int32_data = vals.iter().map(|&v| v as i8 as i32).collect(),
         _ => bail!("tensor '{}': cannot write integers into {}", tname(t), dtype_name(t.data_type)),
     }
     t.dims = dims.to_vec();

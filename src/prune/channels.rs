@@ -95,8 +95,8 @@ pub(crate) fn prune_hollow(
 fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<crate::reconstruct::refit::RefitSite> {
     let mut out = vec![];
     for c in &an.consumers {
-        // A quantized weight (DequantizeLinear of an integer tensor) is listed too: reconstruction
-        // reports it skipped, saying why (`reconstruct::site::find`), instead of passing it over.
+        // Quantized weights (DequantizeLinear of an integer tensor) too: reconstruction refits
+        // them dequantized and quantizes the result (`reconstruct::quant`), or says why not.
         let in_keep: Vec<bool> = c.units.iter().map(|u| plan.keeps(an, *u)).collect();
         if !in_keep.contains(&false) {
             continue;
@@ -123,7 +123,9 @@ fn downstream_sites(
         if !matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul") {
             continue;
         }
-        let Some(w) = n.input.get(1).filter(|w| ctx.ix.is_constant(w)) else { continue };
+        // Float weights, and quantized ones (DequantizeLinear of an integer initializer).
+        let quantized = |w: &str| ctx.consts.get(w).is_some_and(|c| c.dq.is_some());
+        let Some(w) = n.input.get(1).filter(|w| ctx.ix.is_constant(w) || quantized(w)) else { continue };
         if sites.iter().any(|s| &s.weight == w) {
             continue;
         }
@@ -657,16 +659,19 @@ fn bottleneck_note(kept: usize, by: &str) -> String {
     )
 }
 
-/// Ops between the model input and a stem that do not mix channels (normalisation, layout).
+/// Ops between the model input and a stem that do not mix channels (normalisation, layout, the
+/// input's Quantize/DequantizeLinear in a QDQ model).
 const STEM_PATH_OPS: &[&str] = &[
     "Add",
     "BatchNormalization",
     "Cast",
+    "DequantizeLinear",
     "Div",
     "Flatten",
     "Identity",
     "Mul",
     "Pad",
+    "QuantizeLinear",
     "Reshape",
     "Squeeze",
     "Sub",

@@ -29,6 +29,7 @@ pub mod capture;
 pub mod linalg;
 pub mod obs;
 pub mod obs_factor;
+pub mod quant;
 pub mod recurrent;
 pub mod refit;
 pub mod site;

@@ -492,6 +492,17 @@ fn solve(j: &Job, fit: Normal, val: Normal, masked: &mut ModelProto, pruned: &mu
     // 4. Write the kept values into the masked model (dense shapes) and the pruned one.
     let mut w2 = w;
     let mut b2 = b;
+    if s.quant.is_some() {
+        // A quantized weight is requantized from each row's largest value, so the masked model's
+        // row must hold what the pruned one's does: the removed inputs' columns (multiplied by
+        // zeros there, or folded into the bias) are zeroed first.
+        let kept: std::collections::BTreeSet<usize> = feat.iter().copied().collect();
+        for o in 0..s.out {
+            for f in (0..s.p).filter(|f| !kept.contains(f)) {
+                w2[o * s.p + f] = 0.0;
+            }
+        }
+    }
     for (j, &o) in outs.iter().enumerate() {
         for (f, &fi) in feat.iter().enumerate() {
             w2[o * s.p + fi] = x[(f, j)] / scale;

@@ -35,11 +35,13 @@ pub struct Site {
     /// Output units (O or N) and features per output row (C/g·kh·kw, or K).
     pub out: usize,
     pub p: usize,
+    /// A quantized weight (and bias): read dequantized, written quantized ([`super::quant`]).
+    pub quant: Option<super::quant::Quant>,
 }
 
-/// Why a quantized weight is not refitted (the report's reason; the run's note quotes it).
-pub const QUANTIZED: &str = "quantized weight (DequantizeLinear of an integer tensor): reconstruction refits float \
-     weights only; prune the float model with --calibration, then quantize it";
+/// The start of the reason a quantized weight is not refitted (the report's; the run's note
+/// counts them).
+pub const QUANTIZED: &str = "quantized weight: ";
 
 /// The site that uses `weight`, or why there is none.
 pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, String> {
@@ -53,18 +55,42 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
     let n = &g.node[ni];
     let label = format!("{} {}", n.op_type, node_label(n));
     let dom_ok = n.domain.is_empty() || n.domain == "ai.onnx";
-    if ix.producer.get(weight).is_some_and(|&p| g.node[p].op_type == "DequantizeLinear") {
-        return Err(QUANTIZED.into());
-    }
-    let t = ix.weight(g, weight).ok_or("not a constant")?;
-    let dims = tensor::shape(t).map_err(|e| e.to_string())?;
+    let (dims, mut quant) = match super::quant::weight(g, &ix, weight) {
+        Some(q) => {
+            let (q, dims) = q?;
+            (dims, Some(q))
+        }
+        None => {
+            let t = ix.weight(g, weight).ok_or("not a constant")?;
+            (tensor::shape(t).map_err(|e| e.to_string())?, None)
+        }
+    };
+    // A quantized weight's scale must run along the layer's output units (or be one value).
+    let out_axis = |axis: usize| -> std::result::Result<(), String> {
+        match &quant {
+            Some(q) if q.axis != axis && dims.get(q.axis).is_some_and(|&d| d != 1) => {
+                let t = ix.weight(g, &q.scale).ok_or("not a constant")?;
+                if tensor::numel(t).map_err(|e| e.to_string())? != 1 {
+                    return Err(format!("{QUANTIZED}its scales run along axis {}, not the output units", q.axis));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    };
     let x = n.input.first().cloned().unwrap_or_default();
     let y = n.output.first().cloned().unwrap_or_default();
     if x.is_empty() || y.is_empty() || ix.is_constant(&x) {
         return Err("the layer's input is not a computed value".into());
     }
-    let const_bias = |name: Option<&String>, len: usize| -> Option<String> {
+    let const_bias = |name: Option<&String>, len: usize, quant: &mut Option<super::quant::Quant>| -> Option<String> {
         let b = name.filter(|s| !s.is_empty())?;
+        if let Some(q) = quant.as_mut() {
+            if let Some(qb) = super::quant::bias(g, &ix, b, len, q) {
+                q.bias = Some(qb);
+                return Some(b.clone());
+            }
+        }
         let bt = ix.weight(g, b)?;
         (ix.consumers_of(b).len() == 1 && tensor::shape(bt).ok()? == vec![len]).then(|| b.clone())
     };
@@ -97,7 +123,8 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
                 pads,
                 dilations: two("dilations", 1)?,
             };
-            let bias = const_bias(n.input.get(2), dims[0]);
+            out_axis(0)?;
+            let bias = const_bias(n.input.get(2), dims[0], &mut quant);
             if n.input.get(2).is_some_and(|s| !s.is_empty()) && bias.is_none() {
                 return Err("the bias is shared or not a constant".into());
             }
@@ -111,6 +138,7 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
                 output: y,
                 out: dims[0],
                 p: dims[1] * dims[2] * dims[3],
+                quant,
             })
         }
         ("Gemm", 1, true) => {
@@ -127,7 +155,8 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
             if alpha == 0.0 {
                 return Err("Gemm with alpha 0".into());
             }
-            let bias = if beta != 0.0 { const_bias(n.input.get(2), out) } else { None };
+            out_axis(if trans_b { 0 } else { 1 })?;
+            let bias = if beta != 0.0 { const_bias(n.input.get(2), out, &mut quant) } else { None };
             if n.input.get(2).is_some_and(|s| !s.is_empty()) && bias.is_none() && beta != 0.0 {
                 return Err("the Gemm C input is not a constant [N] vector".into());
             }
@@ -141,6 +170,7 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
                 output: y,
                 out,
                 p,
+                quant,
             })
         }
         ("MatMul", 1, true) => {
@@ -148,19 +178,31 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
                 return Err(format!("MatMul weight of rank {}", dims.len()));
             }
             let (p, out) = (dims[0], dims[1]);
+            out_axis(1)?;
             // A bias Add right after: y = Add(MatMul, b) with b constant [N].
             let mut bias = None;
             let mut output = y.clone();
             if let [(ai, aslot)] = ix.consumers_of(&y) {
                 let a = &g.node[*ai];
                 if a.op_type == "Add" && a.input.len() == 2 {
-                    if let Some(b) = const_bias(a.input.get(1 - aslot), out) {
+                    if let Some(b) = const_bias(a.input.get(1 - aslot), out, &mut quant) {
                         bias = Some(b);
                         output = a.output.first().cloned().unwrap_or_default();
                     }
                 }
             }
-            Ok(Site { node: ni, label, layout: Layout::MatMul, weight: weight.into(), bias, input: x, output, out, p })
+            Ok(Site {
+                node: ni,
+                label,
+                layout: Layout::MatMul,
+                weight: weight.into(),
+                bias,
+                input: x,
+                output,
+                out,
+                p,
+                quant,
+            })
         }
         ("MatMul", 0, true) => Err("MatMul with a constant first operand".into()),
         (op, _, _) => Err(format!("{op} weight")),
@@ -169,9 +211,14 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
 
 /// The weight as an `out × p` row-major f64 matrix (Conv: [O, C/g·kh·kw], the row is the filter).
 pub fn read_rows(g: &GraphProto, s: &Site) -> Result<Vec<f64>> {
-    let ix = GraphIndex::build(g)?;
-    let t = ix.weight(g, &s.weight).with_context(|| format!("weight '{}'", s.weight))?;
-    let v = tensor::read_f64(t).with_context(|| format!("weight '{}'", s.weight))?;
+    let v = match &s.quant {
+        Some(q) => super::quant::read(g, q)?,
+        None => {
+            let ix = GraphIndex::build(g)?;
+            let t = ix.weight(g, &s.weight).with_context(|| format!("weight '{}'", s.weight))?;
+            tensor::read_f64(t).with_context(|| format!("weight '{}'", s.weight))?
+        }
+    };
     Ok(match s.layout {
         Layout::Conv2d { .. } | Layout::Gemm { trans_b: true, .. } => v,
         Layout::Gemm { trans_b: false, .. } | Layout::MatMul => super::linalg::transpose(&v, s.p, s.out),
@@ -180,22 +227,29 @@ pub fn read_rows(g: &GraphProto, s: &Site) -> Result<Vec<f64>> {
 
 /// Write an `out × p` row-major matrix back into the weight, in its dtype and encoding.
 pub fn write_rows(g: &mut GraphProto, s: &Site, rows: &[f64]) -> Result<()> {
-    let ix = GraphIndex::build(g)?;
-    let r = *ix.weights.get(&s.weight).with_context(|| format!("weight '{}'", s.weight))?;
-    let t = crate::model::graph::weight_mut(g, r).context("weight vanished")?;
     let v = match s.layout {
         Layout::Conv2d { .. } | Layout::Gemm { trans_b: true, .. } => rows.to_vec(),
         Layout::Gemm { trans_b: false, .. } | Layout::MatMul => super::linalg::transpose(rows, s.out, s.p),
     };
+    if let Some(q) = &s.quant {
+        return super::quant::write(g, q, &v);
+    }
+    let ix = GraphIndex::build(g)?;
+    let r = *ix.weights.get(&s.weight).with_context(|| format!("weight '{}'", s.weight))?;
+    let t = crate::model::graph::weight_mut(g, r).context("weight vanished")?;
     tensor::write_f64(t, &v)
 }
 
 /// The bias as the model adds it (Gemm: beta · C), or zeros.
 pub fn read_bias(g: &GraphProto, s: &Site) -> Result<Vec<f64>> {
     let Some(b) = &s.bias else { return Ok(vec![0.0; s.out]) };
-    let ix = GraphIndex::build(g)?;
-    let t = ix.weight(g, b).with_context(|| format!("bias '{b}'"))?;
-    let mut v = tensor::read_f64(t)?;
+    let mut v = match s.quant.as_ref().and_then(|q| q.bias.as_ref()) {
+        Some(qb) => super::quant::read_bias(g, qb)?,
+        None => {
+            let ix = GraphIndex::build(g)?;
+            tensor::read_f64(ix.weight(g, b).with_context(|| format!("bias '{b}'"))?)?
+        }
+    };
     if let Layout::Gemm { beta, .. } = s.layout {
         v.iter_mut().for_each(|x| *x *= beta);
     }
@@ -205,13 +259,16 @@ pub fn read_bias(g: &GraphProto, s: &Site) -> Result<Vec<f64>> {
 /// Write the bias as the model adds it (Gemm: divided by beta).
 pub fn write_bias(g: &mut GraphProto, s: &Site, vals: &[f64]) -> Result<()> {
     let Some(b) = &s.bias else { bail!("layer '{}' has no bias", s.label) };
-    let ix = GraphIndex::build(g)?;
-    let r = *ix.weights.get(b).with_context(|| format!("bias '{b}'"))?;
-    let t = crate::model::graph::weight_mut(g, r).context("bias vanished")?;
     let mut v = vals.to_vec();
     if let Layout::Gemm { beta, .. } = s.layout {
         v.iter_mut().for_each(|x| *x /= beta);
     }
+    if let Some(qb) = s.quant.as_ref().and_then(|q| q.bias.as_ref()) {
+        return super::quant::write_bias(g, qb, &v);
+    }
+    let ix = GraphIndex::build(g)?;
+    let r = *ix.weights.get(b).with_context(|| format!("bias '{b}'"))?;
+    let t = crate::model::graph::weight_mut(g, r).context("bias vanished")?;
     tensor::write_f64(t, &v)
 }
 
