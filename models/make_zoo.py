@@ -425,6 +425,9 @@ def image_models(out, manifest, img):
     add(out, manifest, "zoo_db_detector", DBNet, img, 1, opset=11, fold=False)
     paddle_style(os.path.join(out, "zoo_db_detector.onnx"))
     add(out, manifest, "zoo_shufflenet", ShuffleNet, img, 2)
+    # The same net quantized (QDQ): Quantize/DequantizeLinear pairs inside the shuffles and chunks.
+    qdq(os.path.join(out, "zoo_shufflenet.onnx"), os.path.join(out, "zoo_shufflenet_qdq.onnx"), list(img.shape))
+    manifest["zoo_shufflenet_qdq"] = {"x": list(img.shape)}
     add(out, manifest, "zoo_patch_reshape", PatchNet, img, 6)
     add(out, manifest, "zoo_gather_slice", GatherSlice, img, 7)
     add(out, manifest, "zoo_grouped_convtranspose", GroupedDeconv, img, 8)

@@ -38,6 +38,10 @@ const ZOO: &[(&str, Expect)] = &[
     ("zoo_qdq", Expect::Channels(&["QuantizeLinear", "DequantizeLinear", "Conv", "Flatten"])),
     ("zoo_shufflenet", Expect::Channels(&["Reshape", "Transpose", "Slice", "Concat", "Div"])),
     (
+        "zoo_shufflenet_qdq",
+        Expect::Channels(&["Reshape", "Transpose", "Slice", "Concat", "Div", "QuantizeLinear", "DequantizeLinear"]),
+    ),
+    (
         "zoo_layernorm_transformer",
         Expect::OutOfScope(
             "LayerNormalization node '/blocks/blocks.0/ln1/LayerNormalization' (normalises over the channel axis)",

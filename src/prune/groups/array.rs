@@ -493,14 +493,28 @@ impl Analyzer<'_, '_> {
     }
 
     /// ShuffleNet's channel shuffle: this Reshape's only reader is a Transpose whose only reader
-    /// is a Reshape back (the channel axis split into [groups, C/groups], swapped, merged).
+    /// is a Reshape back (the channel axis split into [groups, C/groups], swapped, merged), with
+    /// per-tensor Quantize/DequantizeLinear pairs allowed between them (QDQ models).
     /// Returns the Reshape back's index and the Transpose's perm.
     fn channel_shuffle(&self, n: &NodeProto) -> Option<(usize, Vec<i64>)> {
+        // The only reader of `name` that is an `op`, past the per-tensor Quantize/DequantizeLinear
+        // pairs a QDQ model puts between the shuffle's three nodes.
         let only = |name: &str, op: &str| -> Option<usize> {
-            match self.ctx.ix.consumers_of(name) {
-                [(c, 0)] if self.ctx.g.node[*c].op_type == op => Some(*c),
-                _ => None,
+            let mut name = name.to_string();
+            for _ in 0..=4 {
+                let [(c, 0)] = self.ctx.ix.consumers_of(&name) else { return None };
+                let cn = &self.ctx.g.node[*c];
+                if cn.op_type == op {
+                    return Some(*c);
+                }
+                let per_tensor =
+                    inp(cn, 1).and_then(|s| self.ctx.dims(s)).is_some_and(|d| d.iter().product::<usize>() == 1);
+                if !(matches!(cn.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear") && per_tensor) {
+                    return None;
+                }
+                name = cn.output.first()?.clone();
             }
+            None
         };
         let t = n.output.first().and_then(|o| only(o, "Transpose"))?;
         let back = self.ctx.g.node[t].output.first().and_then(|o| only(o, "Reshape"))?;

@@ -523,7 +523,9 @@ impl<'a> Ctx<'a> {
                 | "Trilu"
                 | "IsNaN"
                 | "IsInf"
-                | "Not" => r0,
+                | "Not"
+                | "QuantizeLinear"
+                | "DequantizeLinear" => r0,
                 _ => {
                     if rules::lookup(n).is_some_and(|k| matches!(k, Kind::Unary(_))) {
                         r0
