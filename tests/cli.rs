@@ -184,6 +184,19 @@ fn bad_input_clear_errors() {
     }
 }
 
+/// Per-weight mode on a quantized model says what to do instead, and writes nothing.
+#[test]
+fn per_weight_on_a_quantized_model_points_to_structured() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    fails(
+        &["models/fmnist_mobilenet_qdq.onnx", out.to_str().unwrap(), "--no-verify"],
+        Some(&out),
+        "--structured channels prunes quantized (QDQ) models",
+        1,
+    );
+}
+
 #[test]
 fn refuses_to_overwrite_input_without_force() {
     let dir = tempfile::tempdir().unwrap();

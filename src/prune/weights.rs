@@ -162,6 +162,18 @@ pub fn prune_weights_mapped(
         if small > 0 {
             bail!("no prunable weights found: the model's {small} weight(s) have output units with fewer than {SMALL_FAN_IN} inputs, left dense by default (--include small prunes them)");
         }
+        let quantized = g
+            .node
+            .iter()
+            .filter(|n| n.op_type == "DequantizeLinear" && n.input.first().is_some_and(|i| ix.is_constant(i)))
+            .count();
+        if quantized > 0 {
+            bail!(
+                "no prunable weights found: the model's weights are quantized ({quantized} DequantizeLinear of constant \
+                 tensors) and per-weight mode zeroes float weights only; --structured channels prunes quantized (QDQ) \
+                 models, and with --calibration reconstructs them"
+            );
+        }
         bail!("no prunable weights found (Conv, ConvTranspose, Gemm, MatMul, LSTM/GRU/RNN or Attention with constant float weights)");
     }
     let mut ts = tensors_mut(g, &cands)?;
