@@ -171,13 +171,19 @@ pub fn write(g: &mut GraphProto, q: &Quant, w: &[f64]) -> Result<()> {
         max[at(i)] = max[at(i)].max(v.abs());
     }
     let new: Vec<f64> = max.iter().zip(&old).map(|(&m, &o)| if m > 0.0 { m / 127.0 } else { o }).collect();
-    let ints: Vec<i64> =
-        w.iter().enumerate().map(|(i, v)| (v / new[at(i)]).round().clamp(-128.0, 127.0) as i64).collect();
+    // An all-zero unit on a zero scale stays all zero (0 / 0 would not be a number).
+    let quantize = |v: f64, s: f64| if s > 0.0 { (v / s).round().clamp(-128.0, 127.0) as i64 } else { 0 };
+    let ints: Vec<i64> = w.iter().enumerate().map(|(i, v)| quantize(*v, new[at(i)])).collect();
     write_ints(g, &q.int, &ints)?;
     write_floats(g, &q.scale, &new)?;
     if let (Some((bint, bscale)), Some(b)) = (&q.bias, bias) {
         let bs = floats(g, &ix, bscale)?;
-        let bs: Vec<f64> = bs.iter().zip(new.iter().zip(&old)).map(|(s, (n, o))| s * n / o).collect();
+        // A zero (or non-finite) old scale has no ratio to follow: that unit keeps its bias scale.
+        let bs: Vec<f64> = bs
+            .iter()
+            .zip(new.iter().zip(&old))
+            .map(|(s, (n, o))| if *o > 0.0 && o.is_finite() { s * n / o } else { *s })
+            .collect();
         write_floats(g, bscale, &bs)?;
         write_bias(g, &(bint.clone(), bscale.clone()), &b)?;
     }
@@ -191,7 +197,14 @@ pub fn write_bias(g: &mut GraphProto, (int, scale): &(String, String), vals: &[f
     let ints: Vec<i64> = vals
         .iter()
         .enumerate()
-        .map(|(o, v)| (v / s[if s.len() == 1 { 0 } else { o }]).round().clamp(i32::MIN as f64, i32::MAX as f64) as i64)
+        .map(|(o, v)| {
+            let s = s[if s.len() == 1 { 0 } else { o }];
+            if s > 0.0 {
+                (v / s).round().clamp(i32::MIN as f64, i32::MAX as f64) as i64
+            } else {
+                0
+            }
+        })
         .collect();
     write_ints(g, int, &ints)
 }
@@ -287,6 +300,26 @@ mod tests {
         write_bias(&mut g, q.bias.as_ref().unwrap(), &[0.5, 0.25]).unwrap();
         let b3 = read_bias(&g, q.bias.as_ref().unwrap()).unwrap();
         assert!((b3[0] - 0.5).abs() < 1e-4 && (b3[1] - 0.25).abs() < 1e-4, "{b3:?}");
+    }
+
+    /// Degenerate scales (0) never make a NaN or an infinity: the unit's integers stay 0 and its
+    /// bias scale is kept.
+    #[test]
+    fn a_zero_scale_writes_zeros_not_nans() {
+        let mut g = conv();
+        let ix = GraphIndex::build(&g).unwrap();
+        let r = *ix.weights.get("ws").unwrap();
+        let t = crate::model::graph::weight_mut(&mut g, r).unwrap();
+        tensor::write_f64(t, &[0.0, 0.02]).unwrap();
+        let q = found(&g);
+        write(&mut g, &q, &[0.0, 0.0, 0.5, -0.25]).unwrap();
+        let ix = GraphIndex::build(&g).unwrap();
+        let ints = tensor::read_i64(ix.weight(&g, "wq").unwrap()).unwrap();
+        assert_eq!(&ints[..2], &[0, 0]);
+        let bs = tensor::read_f64(ix.weight(&g, "bs").unwrap()).unwrap();
+        assert!(bs.iter().all(|v| v.is_finite()) && (bs[0] - 0.001).abs() < 1e-9, "{bs:?}");
+        let back = read(&g, &q).unwrap();
+        assert!(back.iter().all(|v| v.is_finite()), "{back:?}");
     }
 
     #[test]
