@@ -286,9 +286,13 @@ fn recon_table(r: &crate::reconstruct::ReconReport) -> String {
             l.err_after.sqrt()
         );
     }
+    let requantized =
+        r.layers.iter().filter(|l| l.note.as_deref() == Some(crate::reconstruct::quant::REQUANTIZED)).count();
+    let requantized =
+        if requantized > 0 { format!(" ({requantized} quantized: int8 weights requantized)") } else { String::new() };
     let _ = writeln!(
         s,
-        "reconstruction: {} calibration samples, {done} layer(s) updated, {skipped} skipped (errors: relative L2 against dense, on calibration rows; per-weight layers: on the held-apart fifth)",
+        "reconstruction: {} calibration samples, {done} layer(s) updated{requantized}, {skipped} skipped (errors: relative L2 against dense, on calibration rows; per-weight layers: on the held-apart fifth)",
         r.samples
     );
     if let Some(e) = &r.end_to_end {

@@ -337,6 +337,10 @@ fn a_quantized_trained_model_prunes_and_reconstructs() {
     let updated = layers.iter().filter(|l| l["method"] != "unchanged" && l["method"] != "skipped").count();
     assert!(updated >= 10, "{updated} layers refitted: {layers:#?}");
     assert!(layers.iter().all(|l| l["method"] != "skipped"), "{layers:#?}");
+    // Every refitted layer says its int8 weight was written back on new scales.
+    for l in layers.iter().filter(|l| l["method"] != "unchanged") {
+        assert_eq!(l["note"], "int8 weight requantized on new scales", "{l}");
+    }
     let stem = &r["groups"][0];
     assert_eq!(stem["kept"], stem["n"], "the stem floor must hold through Q/DQ: {stem}");
     assert!(stem["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("(stem)")), "{stem}");

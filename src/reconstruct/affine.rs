@@ -151,5 +151,8 @@ pub fn affine_one(
         site::write_rows(g, st, &w)?;
         site::write_bias(g, st, &b)?;
     }
+    if s.quant.is_some() {
+        rep.note = Some(super::quant::REQUANTIZED.into());
+    }
     Ok(rep)
 }

@@ -16,6 +16,9 @@ use crate::model::tensor::{self, dt};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::GraphProto;
 
+/// The note of a refitted layer whose weight was written back quantized.
+pub const REQUANTIZED: &str = "int8 weight requantized on new scales";
+
 /// A quantized weight (and bias) of one site.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Quant {

@@ -475,7 +475,7 @@ fn solve(j: &Job, fit: Normal, val: Normal, masked: &mut ModelProto, pruned: &mu
     }
     let (e1, method, x) = best;
     let denom = judge.yy.max(f64::MIN_POSITIVE);
-    let rep = LayerRecon {
+    let mut rep = LayerRecon {
         layer: s.label.clone(),
         weight: r.weight.clone(),
         method: method.into(),
@@ -534,6 +534,9 @@ fn solve(j: &Job, fit: Normal, val: Normal, masked: &mut ModelProto, pruned: &mu
         }
         let bp: Vec<f64> = (0..q).map(|j| x[(pk - 1, j)]).collect();
         site::write_bias(gp, &sp, &bp)?;
+    }
+    if s.quant.is_some() {
+        rep.note = Some(super::quant::REQUANTIZED.into());
     }
     Ok(rep)
 }
