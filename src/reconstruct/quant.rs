@@ -11,7 +11,8 @@
 //! reads are written (checked when the site is found), so the masked and the pruned model, each
 //! written with the same values, stay equal.
 
-use crate::model::graph::{attr_i, GraphIndex};
+use crate::model::graph::GraphIndex;
+use crate::model::qdq::{symmetric_dq, DqParts};
 use crate::model::tensor::{self, dt};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::GraphProto;
@@ -32,44 +33,21 @@ pub struct Quant {
     pub bias: Option<(String, String)>,
 }
 
-/// `name` is the output of a private DequantizeLinear: (its integer input, scale, zero point,
-/// axis attribute), or why it cannot be written.
-fn dq_parts<'a>(
-    g: &'a GraphProto,
-    ix: &GraphIndex,
-    name: &str,
-) -> Option<std::result::Result<(&'a str, &'a str, i64), String>> {
+/// `name` is the output of a DequantizeLinear that can be written
+/// ([`crate::model::qdq::symmetric_dq`]) and that only one node reads, or why it cannot be written.
+fn dq_parts<'a>(g: &'a GraphProto, ix: &GraphIndex, name: &str) -> Option<std::result::Result<DqParts<'a>, String>> {
     let &p = ix.producer.get(name)?;
     let n = &g.node[p];
     if n.op_type != "DequantizeLinear" || !(n.domain.is_empty() || n.domain == "ai.onnx") {
         return None;
     }
-    let check = || -> std::result::Result<(&'a str, &'a str, i64), String> {
-        let int = n.input.first().filter(|s| !s.is_empty()).ok_or("DequantizeLinear without input")?;
-        let scale = n.input.get(1).filter(|s| !s.is_empty()).ok_or("DequantizeLinear without scale")?;
-        if attr_i(n, "block_size").is_some_and(|b| b != 0) {
-            return Err("blocked quantization".into());
-        }
-        if let Some(z) = n.input.get(2).filter(|s| !s.is_empty()) {
-            let zt = ix.weight(g, z).ok_or("a computed zero point")?;
-            if tensor::read_i64(zt).map_err(|e| e.to_string())?.iter().any(|&v| v != 0) {
-                return Err("asymmetric quantization (non-zero zero points)".into());
-            }
-        }
-        for t in [int, scale] {
-            if ix.weight(g, t).is_none() {
-                return Err(format!("'{t}' is not a constant"));
-            }
-            if ix.consumers_of(t).len() != 1 || ix.outputs.contains(t.as_str()) {
-                return Err(format!("'{t}' is shared"));
-            }
-        }
+    let parts = symmetric_dq(g, ix, n).and_then(|parts| {
         if ix.consumers_of(name).len() != 1 {
             return Err("the dequantized tensor is shared".into());
         }
-        Ok((int.as_str(), scale.as_str(), attr_i(n, "axis").unwrap_or(1)))
-    };
-    Some(check())
+        Ok(parts)
+    });
+    Some(parts)
 }
 
 /// The quantized weight behind `weight` and the int tensor's dims: None when `weight` is not a
@@ -79,24 +57,13 @@ pub fn weight(
     ix: &GraphIndex,
     weight: &str,
 ) -> Option<std::result::Result<(Quant, Vec<usize>), String>> {
-    let parts = dq_parts(g, ix, weight)?;
-    let r = parts.and_then(|(int, scale, axis)| {
-        let t = ix.weight(g, int).ok_or("not a constant")?;
+    let r = dq_parts(g, ix, weight)?.and_then(|p| {
+        let t = ix.weight(g, p.int).ok_or("not a constant")?;
         if t.data_type != dt::INT8 {
             return Err(format!("{} weights (int8 only)", tensor::dtype_name(t.data_type)));
         }
-        let dims = tensor::shape(t).map_err(|e| e.to_string())?;
-        let st = ix.weight(g, scale).ok_or("not a constant")?;
-        let sn = tensor::numel(st).map_err(|e| e.to_string())?;
-        let r = dims.len() as i64;
-        let a = if axis < 0 { axis + r } else { axis };
-        if !(0..r).contains(&a) {
-            return Err(format!("axis {axis}"));
-        }
-        if sn != 1 && sn != dims[a as usize] {
-            return Err("scale shape".into());
-        }
-        Ok((Quant { int: int.into(), scale: scale.into(), axis: a as usize, bias: None }, dims))
+        let q = Quant { int: p.int.into(), scale: p.scale.into(), axis: p.axis.unwrap_or(0), bias: None };
+        Ok((q, p.dims))
     });
     Some(r.map_err(|e| format!("quantized weight: {e}")))
 }
@@ -104,7 +71,7 @@ pub fn weight(
 /// A bias `name` of `len` values that is `DequantizeLinear(int32, scale)`: its initializer and
 /// scale, when the scale has one value per weight scale value (so that it can follow them).
 pub fn bias(g: &GraphProto, ix: &GraphIndex, name: &str, len: usize, q: &Quant) -> Option<(String, String)> {
-    let (int, scale, _) = dq_parts(g, ix, name)?.ok()?;
+    let DqParts { int, scale, .. } = dq_parts(g, ix, name)?.ok()?;
     let t = ix.weight(g, int)?;
     let ws = tensor::numel(ix.weight(g, &q.scale)?).ok()?;
     let bs = tensor::numel(ix.weight(g, scale)?).ok()?;
@@ -141,16 +108,15 @@ pub fn read_bias(g: &GraphProto, (int, scale): &(String, String)) -> Result<Vec<
     Ok(b.iter().enumerate().map(|(o, &v)| v as f64 * s[if s.len() == 1 { 0 } else { o }]).collect())
 }
 
-fn write_ints(g: &mut GraphProto, name: &str, vals: &[i64]) -> Result<()> {
-    let ix = GraphIndex::build(g)?;
+// Writes change tensors in place, never names or positions: one index serves every write.
+fn write_ints(g: &mut GraphProto, ix: &GraphIndex, name: &str, vals: &[i64]) -> Result<()> {
     let r = *ix.weights.get(name).with_context(|| format!("'{name}'"))?;
     let t = crate::model::graph::weight_mut(g, r).context("tensor vanished")?;
     let dims = t.dims.clone();
     tensor::write_i64(t, vals, &dims)
 }
 
-fn write_floats(g: &mut GraphProto, name: &str, vals: &[f64]) -> Result<()> {
-    let ix = GraphIndex::build(g)?;
+fn write_floats(g: &mut GraphProto, ix: &GraphIndex, name: &str, vals: &[f64]) -> Result<()> {
     let r = *ix.weights.get(name).with_context(|| format!("'{name}'"))?;
     let t = crate::model::graph::weight_mut(g, r).context("tensor vanished")?;
     tensor::write_f64(t, vals)
@@ -177,8 +143,8 @@ pub fn write(g: &mut GraphProto, q: &Quant, w: &[f64]) -> Result<()> {
     // An all-zero unit on a zero scale stays all zero (0 / 0 would not be a number).
     let quantize = |v: f64, s: f64| if s > 0.0 { (v / s).round().clamp(-128.0, 127.0) as i64 } else { 0 };
     let ints: Vec<i64> = w.iter().enumerate().map(|(i, v)| quantize(*v, new[at(i)])).collect();
-    write_ints(g, &q.int, &ints)?;
-    write_floats(g, &q.scale, &new)?;
+    write_ints(g, &ix, &q.int, &ints)?;
+    write_floats(g, &ix, &q.scale, &new)?;
     if let (Some((bint, bscale)), Some(b)) = (&q.bias, bias) {
         let bs = floats(g, &ix, bscale)?;
         // A zero (or non-finite) old scale has no ratio to follow: that unit keeps its bias scale.
@@ -187,16 +153,20 @@ pub fn write(g: &mut GraphProto, q: &Quant, w: &[f64]) -> Result<()> {
             .zip(new.iter().zip(&old))
             .map(|(s, (n, o))| if *o > 0.0 && o.is_finite() { s * n / o } else { *s })
             .collect();
-        write_floats(g, bscale, &bs)?;
-        write_bias(g, &(bint.clone(), bscale.clone()), &b)?;
+        write_floats(g, &ix, bscale, &bs)?;
+        write_bias_on(g, &ix, &(bint.clone(), bscale.clone()), &b)?;
     }
     Ok(())
 }
 
 /// Quantize a float bias into the int32 bias on its current scales.
-pub fn write_bias(g: &mut GraphProto, (int, scale): &(String, String), vals: &[f64]) -> Result<()> {
+pub fn write_bias(g: &mut GraphProto, bias: &(String, String), vals: &[f64]) -> Result<()> {
     let ix = GraphIndex::build(g)?;
-    let s = floats(g, &ix, scale)?;
+    write_bias_on(g, &ix, bias, vals)
+}
+
+fn write_bias_on(g: &mut GraphProto, ix: &GraphIndex, (int, scale): &(String, String), vals: &[f64]) -> Result<()> {
+    let s = floats(g, ix, scale)?;
     let ints: Vec<i64> = vals
         .iter()
         .enumerate()
@@ -209,7 +179,7 @@ pub fn write_bias(g: &mut GraphProto, (int, scale): &(String, String), vals: &[f
             }
         })
         .collect();
-    write_ints(g, int, &ints)
+    write_ints(g, ix, int, &ints)
 }
 
 #[cfg(test)]
@@ -255,9 +225,12 @@ mod tests {
         axis.name = "axis".into();
         axis.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
         axis.i = 0;
-        dq.attribute.push(axis);
+        dq.attribute.push(axis.clone());
         g.node.push(dq);
-        g.node.push(node("DequantizeLinear", &["bq", "bs"], "b"));
+        // The quantizer writes a per-channel bias with axis 0 (axis 1 would not exist in 1-D).
+        let mut bdq = node("DequantizeLinear", &["bq", "bs"], "b");
+        bdq.attribute.push(axis);
+        g.node.push(bdq);
         g.node.push(node("Conv", &["x", "w", "b"], "y"));
         g
     }
@@ -342,7 +315,7 @@ mod tests {
         let mut g = conv();
         g.node[0].attribute.clear();
         let ix = GraphIndex::build(&g).unwrap();
-        assert!(weight(&g, &ix, "w").unwrap().unwrap_err().contains("scale shape"));
+        assert!(weight(&g, &ix, "w").unwrap().unwrap_err().contains("scale of shape"));
         // Not a DequantizeLinear output: not a quantized weight at all.
         let g = conv();
         let ix = GraphIndex::build(&g).unwrap();

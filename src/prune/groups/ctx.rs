@@ -232,49 +232,15 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// A DequantizeLinear of an integer initializer that the rewrite can slice: symmetric (zero
-    /// points 0), per-tensor or per-axis scale, no blocked quantization, every input private.
+    /// A DequantizeLinear of an integer initializer that the rewrite can slice (the shared
+    /// predicate [`crate::model::qdq::symmetric_dq`]), straight from the initializer.
     fn dq_view(&self, ni: usize, src: &ConstInfo) -> Option<Dq> {
         let n = &self.g.node[ni];
-        let base = self.ix.weight(self.g, &src.base)?;
-        let int = matches!(
-            base.data_type,
-            tensor::dt::INT8 | tensor::dt::UINT8 | tensor::dt::INT32 | tensor::dt::INT16 | tensor::dt::UINT16
-        );
-        if !int || src.alias_node.is_some() || src.dq.is_some() || attr_i(n, "block_size").is_some_and(|b| b != 0) {
+        if src.alias_node.is_some() || src.dq.is_some() {
             return None;
         }
-        let scale = inp(n, 1)?.to_string();
-        let zp = inp(n, 2).map(|s| s.to_string());
-        let sd = self.consts.get(&scale)?.dims.clone();
-        let per_axis = sd.iter().product::<usize>() != 1;
-        let axis = if per_axis {
-            let r = src.dims.len() as i64;
-            let a = attr_i(n, "axis").unwrap_or(1);
-            let a = if a < 0 { a + r } else { a };
-            if !(0..r).contains(&a) || sd != [src.dims[a as usize]] {
-                return None;
-            }
-            Some(a as usize)
-        } else {
-            None
-        };
-        if let Some(z) = &zp {
-            let zd = self.consts.get(z)?.dims.clone();
-            let zeros = self.const_ints(z).is_some_and(|v| v.iter().all(|&x| x == 0));
-            if zd != sd || !zeros {
-                return None;
-            }
-        }
-        let private = |s: &str| {
-            self.ix.consumers_of(s).len() == 1
-                && !self.is_output(s)
-                && self.consts.get(s).is_some_and(|c| c.alias_node.is_none())
-        };
-        if !private(&src.base) || !private(&scale) || zp.as_deref().is_some_and(|z| !private(z)) {
-            return None;
-        }
-        Some(Dq { node: ni, scale, zp, axis })
+        let p = crate::model::qdq::symmetric_dq(self.g, &self.ix, n).ok()?;
+        Some(Dq { node: ni, scale: p.scale.to_string(), zp: p.zero_point.map(|s| s.to_string()), axis: p.axis })
     }
 
     /// `axes` of Squeeze/Unsqueeze/Reduce: attribute (older opsets) or constant input 1.
