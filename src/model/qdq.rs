@@ -27,7 +27,7 @@ pub struct DqParts<'a> {
     pub axis: Option<usize>,
 }
 
-fn input<'a>(n: &'a NodeProto, i: usize) -> Option<&'a str> {
+fn input(n: &NodeProto, i: usize) -> Option<&str> {
     n.input.get(i).map(|s| s.as_str()).filter(|s| !s.is_empty())
 }
 

@@ -239,7 +239,7 @@ impl<'a> Ctx<'a> {
         if src.alias_node.is_some() || src.dq.is_some() {
             return None;
         }
-        let p = crate::model::qdq::symmetric_dq(self.g, &self.ix, n).ok()?;
+        let p = crate::model::qdq::symmetric_dq(self.g, self.ix, n).ok()?;
         Some(Dq { node: ni, scale: p.scale.to_string(), zp: p.zero_point.map(|s| s.to_string()), axis: p.axis })
     }
 
