@@ -4,6 +4,8 @@ trained Fashion-MNIST MobileNetV2 (`fmnist_mobilenet.onnx`, from make_trained.py
 onnxruntime's `quantize_static` as edge pipelines ship models: QDQ format, int8 activations and
 per-channel int8 weights, int32 biases, calibrated on the first 128 images of
 `fmnist_calib_x.npy` (the same split the tool's --calibration uses; the test split is never seen).
+And `digits_mlp_dynq.onnx`, the digits MLP quantized by `quantize_dynamic` (operator form:
+MatMulInteger), which the tool refuses with what to do instead.
 
     python3 models/make_qdq.py
 """
@@ -11,7 +13,7 @@ import os
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -33,6 +35,13 @@ def main():
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
     m = onnx.load(dst)
     onnx.save(m, dst)  # normalise
+    print(f"wrote {dst} ({os.path.getsize(dst) / 1e3:.0f} kB)")
+
+    # Operator-form quantization, which the tool does not prune and must say so (not a silent
+    # no-op): the digits MLP dynamically quantized (MatMulInteger on int8 weights).
+    src = os.path.join(HERE, "digits_mlp.onnx")
+    dst = os.path.join(HERE, "digits_mlp_dynq.onnx")
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
     print(f"wrote {dst} ({os.path.getsize(dst) / 1e3:.0f} kB)")
 
 

@@ -133,6 +133,21 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let t = Instant::now();
     let stage = progress::Stage::start("prune");
     let mut notes = Vec::new();
+    if let Some(g) = loaded.proto.graph.as_ref() {
+        let ops = crate::model::qdq::operator_quantized(g);
+        if !ops.is_empty() {
+            use crate::model::qdq::{operator_list, weighted_layers, OPERATOR_QUANTIZED_ADVICE as ADVICE};
+            let list = operator_list(&ops);
+            if weighted_layers(g, &GraphIndex::build(g)?) == 0 {
+                bail!(
+                    "{}: nothing to prune: its layers are quantized in operator form ({list}): {ADVICE}",
+                    o.input.display()
+                );
+            }
+            let n: usize = ops.iter().map(|(_, n)| n).sum();
+            notes.push(format!("{n} layer(s) quantized in operator form ({list}) are left as they are: {ADVICE}"));
+        }
+    }
     if densified > 0 {
         notes.push(format!(
             "{densified} sparse initializer(s) read as dense tensors{}",

@@ -197,6 +197,21 @@ fn per_weight_on_a_quantized_model_points_to_structured() {
     );
 }
 
+/// A model quantized in operator form (here dynamically: MatMulInteger on int8 weights) has
+/// nothing any mode prunes: every mode says so and what to do instead, and writes nothing.
+#[test]
+fn an_operator_quantized_model_is_refused_with_what_to_do_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let o = out.to_str().unwrap();
+    for mode in [&[][..], &["--structured", "channels"][..], &["--structured", "heads"][..]] {
+        let mut args = vec!["models/digits_mlp_dynq.onnx", o, "--no-verify"];
+        args.extend_from_slice(mode);
+        fails(&args, Some(&out), "quantized in operator form (3 MatMulInteger)", 1);
+        fails(&args, Some(&out), "quant_format=QuantFormat.QDQ", 1);
+    }
+}
+
 #[test]
 fn refuses_to_overwrite_input_without_force() {
     let dir = tempfile::tempdir().unwrap();

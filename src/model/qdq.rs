@@ -75,3 +75,89 @@ pub fn symmetric_dq<'a>(g: &GraphProto, ix: &GraphIndex, n: &'a NodeProto) -> Re
     }
     Ok(DqParts { int, scale, zero_point, dims, axis })
 }
+
+/// Ops that compute on integer weights directly (onnxruntime's QOperator format and dynamic
+/// quantization), none of which any rule prunes: a layer in this form stays as it is.
+const OPERATOR_QUANTIZED: &[&str] = &[
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    // com.microsoft, as onnxruntime's quantizer writes them
+    "QGemm",
+    "QAttention",
+    "QLSTM",
+    "DynamicQuantizeLSTM",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QLinearConvTranspose",
+];
+
+/// The layers of `g` quantized in operator form, counted by op type (sorted by name).
+pub fn operator_quantized(g: &GraphProto) -> Vec<(String, usize)> {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for n in &g.node {
+        let std_or_ms = n.domain.is_empty() || n.domain == "ai.onnx" || n.domain == "com.microsoft";
+        if std_or_ms && OPERATOR_QUANTIZED.contains(&n.op_type.as_str()) {
+            *counts.entry(n.op_type.as_str()).or_default() += 1;
+        }
+    }
+    counts.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// The count as a list ("1 QGemm, 28 QLinearConv").
+pub fn operator_list(ops: &[(String, usize)]) -> String {
+    ops.iter().map(|(op, n)| format!("{n} {op}")).collect::<Vec<_>>().join(", ")
+}
+
+/// What a user with layers quantized in operator form can do instead.
+pub const OPERATOR_QUANTIZED_ADVICE: &str = "they compute on integer weights that onnx-emp does not prune. \
+     Prune the float model and quantize the pruned one, or quantize in QDQ format (onnxruntime: \
+     quantize_static(..., quant_format=QuantFormat.QDQ)), which --structured channels prunes and reconstructs";
+
+/// Conv / ConvTranspose / Gemm / MatMul nodes whose weight (input 1) is a constant or the
+/// DequantizeLinear of one: the layers some mode could prune.
+pub fn weighted_layers(g: &GraphProto, ix: &GraphIndex) -> usize {
+    let constant = |name: &str| {
+        ix.is_constant(name)
+            || ix.producer.get(name).is_some_and(|&p| {
+                let d = &g.node[p];
+                d.op_type == "DequantizeLinear" && d.input.first().is_some_and(|i| ix.is_constant(i))
+            })
+    };
+    g.node
+        .iter()
+        .filter(|n| {
+            (n.domain.is_empty() || n.domain == "ai.onnx")
+                && matches!(n.op_type.as_str(), "Conv" | "ConvTranspose" | "Gemm" | "MatMul")
+                && n.input.get(1).is_some_and(|w| constant(w))
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_protobuf::NodeProto;
+
+    fn node(op: &str, domain: &str) -> NodeProto {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.domain = domain.into();
+        n
+    }
+
+    #[test]
+    fn operator_quantized_layers_are_counted_by_op() {
+        let mut g = GraphProto::new();
+        for (op, d) in
+            [("QLinearConv", ""), ("QLinearConv", ""), ("QGemm", "com.microsoft"), ("Relu", ""), ("QGemm", "x")]
+        {
+            g.node.push(node(op, d));
+        }
+        let ops = operator_quantized(&g);
+        assert_eq!(ops, vec![("QGemm".to_string(), 1), ("QLinearConv".to_string(), 2)]);
+        assert_eq!(operator_list(&ops), "1 QGemm, 2 QLinearConv");
+        assert_eq!(weighted_layers(&g, &GraphIndex::build(&g).unwrap()), 0);
+    }
+}
