@@ -129,6 +129,22 @@ fn summary(s: &mut String, r: &Report) {
                 ch(a.median_ms, b.median_ms),
             ],
         );
+        for h in &t.hotspots {
+            row(
+                s,
+                &[
+                    format!(
+                        "slowest node (tract): {} ({}), {:.0} % of the dense time",
+                        esc(&h.node),
+                        esc(&h.op),
+                        h.share * 100.0
+                    ),
+                    format!("{:.3} ms", h.dense_ms),
+                    h.pruned_ms.map_or("removed".into(), |p| format!("{p:.3} ms")),
+                    h.pruned_ms.map_or(String::new(), |p| ch(h.dense_ms, p)),
+                ],
+            );
+        }
     }
     s.push_str("</table>\n");
     if let Some(v) = &r.verification {

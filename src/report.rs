@@ -3,7 +3,7 @@
 //! Everything outside `timing` is a deterministic function of the input model and the flags;
 //! wall-clock figures (stage times, latency) live only in `timing`.
 
-use crate::check::{LatencyStats, OutputFidelity, Verification};
+use crate::check::{Hotspot, LatencyStats, OutputFidelity, Verification};
 use crate::prune::weights::WeightsReport;
 use crate::prune::GroupReport;
 use serde::Serialize;
@@ -50,6 +50,9 @@ pub struct Timing {
     pub reconstruct_ms: f64,
     pub latency_dense: Option<LatencyStats>,
     pub latency_pruned: Option<LatencyStats>,
+    /// The dense model's slowest ONNX nodes in tract, with their time after pruning.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hotspots: Vec<Hotspot>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -232,6 +235,14 @@ impl Report {
                 "latency     {:.3} ms → {:.3} ms (tract, 1 thread, {} sample(s) per run; median of {} / {} runs)",
                 a.median_ms, b.median_ms, a.samples, a.runs, b.runs
             );
+            let cut = self.verification.as_ref().and_then(|v| match (v.macs_dense, v.macs_pruned) {
+                (Some(d), Some(p)) if d > 0 => Some(1.0 - p as f64 / d as f64),
+                _ => None,
+            });
+            // Only a cut worth timing has a latency worth explaining.
+            if cut.is_some_and(|c| c >= MIN_EXPLAINED_CUT) {
+                hotspot_lines(&mut s, &self.timing.hotspots);
+            }
         }
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");
@@ -418,4 +429,67 @@ fn groups_table(groups: &[GroupReport]) -> String {
         let _ = writeln!(s, "{k}: {p}/{t} groups prunable");
     }
     s
+}
+
+/// The latency line's follow-up, when a few nodes hold much of the time: the dense model's
+/// slowest nodes, and, when those the pruning did not shrink hold [`UNREACHED_SHARE`] or more,
+/// that latency cannot follow the MACs cut there.
+fn hotspot_lines(s: &mut String, hs: &[Hotspot]) {
+    let untouched: f64 =
+        hs.iter().filter(|h| h.pruned_ms.is_some_and(|p| p >= 0.9 * h.dense_ms)).map(|h| h.share).sum();
+    if hs.first().is_none_or(|h| h.share < UNREACHED_SHARE) && untouched < UNREACHED_SHARE {
+        return;
+    }
+    let parts: Vec<String> = hs
+        .iter()
+        .map(|h| {
+            let after = match h.pruned_ms {
+                Some(p) => format!("{:.3} → {p:.3} ms", h.dense_ms),
+                None => format!("{:.3} ms → removed", h.dense_ms),
+            };
+            format!("{} ({}) {:.0} %, {after}", h.node, h.op, h.share * 100.0)
+        })
+        .collect();
+    let _ = writeln!(s, "            slowest nodes (tract, share of the dense time): {}", parts.join("; "));
+    if untouched >= UNREACHED_SHARE {
+        let _ = writeln!(
+            s,
+            "            {:.0} % of the dense time is in slowest node(s) the pruning did not shrink: latency \
+             cannot fall with the MACs there",
+            untouched * 100.0
+        );
+    }
+}
+
+/// Slowest nodes holding this share of the time are worth a line; left unshrunk by the pruning,
+/// they explain a latency that lags the MACs cut.
+pub const UNREACHED_SHARE: f64 = 0.15;
+
+/// The MACs cut from which the report says where the time goes (issue 11's latency rule starts
+/// at 10 %).
+pub const MIN_EXPLAINED_CUT: f64 = 0.10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(node: &str, share: f64, dense_ms: f64, pruned_ms: Option<f64>) -> Hotspot {
+        Hotspot { node: node.into(), op: "Op".into(), dense_ms, pruned_ms, share }
+    }
+
+    #[test]
+    fn a_slow_node_the_pruning_left_alone_is_named_as_what_holds_latency_back() {
+        let mut s = String::new();
+        hotspot_lines(&mut s, &[h("/dfl/Softmax", 0.59, 46.2, Some(46.0)), h("/c", 0.05, 4.0, Some(2.4))]);
+        assert!(s.contains("/dfl/Softmax (Op) 59 %, 46.200 → 46.000 ms; /c (Op) 5 %, 4.000 → 2.400 ms"), "{s}");
+        assert!(s.contains("59 % of the dense time is in slowest node(s) the pruning did not shrink"), "{s}");
+        // Slow nodes that shrank: named, nothing to explain.
+        let mut s = String::new();
+        hotspot_lines(&mut s, &[h("/a", 0.30, 3.0, Some(2.0)), h("/b", 0.1, 1.0, None)]);
+        assert!(s.contains("/b (Op) 10 %, 1.000 ms → removed") && !s.contains("did not shrink"), "{s}");
+        // Time spread thin: no lines.
+        let mut s = String::new();
+        hotspot_lines(&mut s, &[h("/a", 0.08, 1.0, Some(1.0)), h("/b", 0.06, 1.0, Some(1.0))]);
+        assert!(s.is_empty(), "{s}");
+    }
 }

@@ -476,6 +476,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         }
         timing.latency_dense = v.latency_dense.take();
         timing.latency_pruned = v.latency_pruned.take();
+        timing.hotspots = std::mem::take(&mut v.hotspots);
         Some(v)
     } else {
         None

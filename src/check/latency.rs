@@ -102,3 +102,93 @@ pub fn latency_interleaved(rs: &[&Runnable], inputs: &Inputs, opts: LatencyOptio
     })
     .with_context(|| label)
 }
+
+/// One ONNX node's share of an inference in tract: where the time goes, and whether the pruning
+/// reached it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Hotspot {
+    /// The ONNX node (or, for a plan node no ONNX node names, tract's own name).
+    pub node: String,
+    pub op: String,
+    /// Median time per inference in the dense model (summed over the plan nodes tract made of it).
+    #[serde(serialize_with = "finite")]
+    pub dense_ms: f64,
+    /// The same in the pruned model; None when the pruned plan has no node of that name.
+    pub pruned_ms: Option<f64>,
+    /// `dense_ms` over the dense model's summed node time.
+    #[serde(serialize_with = "finite")]
+    pub share: f64,
+}
+
+/// Hotspots listed: at most this many, each at least [`HOTSPOT_SHARE`] of the dense time.
+pub const MAX_HOTSPOTS: usize = 3;
+pub const HOTSPOT_SHARE: f64 = 0.05;
+
+/// Per ONNX node time of one inference (median over `runs`), grouped back from tract's plan
+/// nodes: a plan node belongs to the ONNX node whose name it is, or starts with followed by '.'
+/// (tract names the ops it splits a node into `NAME.suffix`), the longest such name.
+pub fn node_profile(r: &Runnable, inputs: &Inputs, runs: usize) -> Result<Vec<(String, String, f64)>> {
+    let tv = r.prepare(inputs)?.into_iter().next().context("no input batch")?;
+    let times = guarded("profiled runs", || r.node_times(tv, runs))?;
+    let mut by: Vec<(String, String, f64)> = Vec::new();
+    let mut at = std::collections::HashMap::<String, usize>::new();
+    for (name, op, ms) in times {
+        let source = std::iter::once(name.len())
+            .chain(name.match_indices('.').map(|(i, _)| i).rev())
+            .find_map(|i| r.sources.get_key_value(&name[..i]))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unwrap_or((name, op));
+        let k = *at.entry(source.0.clone()).or_insert_with(|| {
+            by.push((source.0, source.1, 0.0));
+            by.len() - 1
+        });
+        by[k].2 += ms;
+    }
+    Ok(by)
+}
+
+/// The dense model's slowest ONNX nodes (at most [`MAX_HOTSPOTS`], each ≥ [`HOTSPOT_SHARE`] of
+/// its time) and what they cost in the pruned one.
+pub fn hotspots(dense: &[(String, String, f64)], pruned: &[(String, String, f64)]) -> Vec<Hotspot> {
+    let total: f64 = dense.iter().map(|d| d.2).sum();
+    if total.is_nan() || total <= 0.0 {
+        return vec![];
+    }
+    let mut d: Vec<&(String, String, f64)> = dense.iter().collect();
+    d.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    d.into_iter()
+        .take(MAX_HOTSPOTS)
+        .filter(|x| x.2 / total >= HOTSPOT_SHARE)
+        .map(|(node, op, ms)| Hotspot {
+            node: node.clone(),
+            op: op.clone(),
+            dense_ms: *ms,
+            pruned_ms: pruned.iter().find(|p| &p.0 == node).map(|p| p.2),
+            share: ms / total,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[(&str, f64)]) -> Vec<(String, String, f64)> {
+        v.iter().map(|(n, ms)| (n.to_string(), "Op".to_string(), *ms)).collect()
+    }
+
+    #[test]
+    fn hotspots_are_the_slowest_dense_nodes_with_their_pruned_time() {
+        let dense = t(&[("a", 6.0), ("b", 2.5), ("c", 1.0), ("d", 0.3), ("e", 0.2)]);
+        let pruned = t(&[("a", 6.0), ("c", 0.5)]);
+        let h = hotspots(&dense, &pruned);
+        assert_eq!(h.iter().map(|h| h.node.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!((h[0].share, h[0].pruned_ms), (0.6, Some(6.0)));
+        assert_eq!(h[1].pruned_ms, None);
+        assert_eq!(h[2].pruned_ms, Some(0.5));
+        // Nodes under 5 % of the time are not hotspots; no time at all, none.
+        let flat = t(&(0..40).map(|_| ("x", 1.0)).collect::<Vec<_>>());
+        assert!(hotspots(&flat, &flat).is_empty());
+        assert!(hotspots(&t(&[("a", 0.0)]), &[]).is_empty());
+    }
+}

@@ -14,7 +14,7 @@ pub mod run;
 
 pub use fidelity::{accuracy, compare, load_labels, OutputFidelity};
 pub use inputs::{model_inputs, prepare_inputs, DimSpec, InputData, InputFact, InputInfo, InputSpec, Inputs};
-pub use latency::{latency, LatencyOptions, LatencyStats};
+pub use latency::{latency, Hotspot, LatencyOptions, LatencyStats};
 pub use macs::{macs, Macs};
 pub use run::{load_runnable, run, Runnable};
 
@@ -69,6 +69,10 @@ pub struct Verification {
     pub accuracy_pruned: Option<f64>,
     pub latency_dense: Option<LatencyStats>,
     pub latency_pruned: Option<LatencyStats>,
+    /// The dense model's slowest nodes in tract and their time after pruning (wall clock: the
+    /// run moves them to the report's timing).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hotspots: Vec<Hotspot>,
     pub macs_dense: Option<u64>,
     pub macs_pruned: Option<u64>,
     /// Assumed dims, fallbacks taken, and why an optional measurement (accuracy, latency, MACs)
@@ -87,6 +91,7 @@ impl Verification {
             accuracy_pruned: None,
             latency_dense: None,
             latency_pruned: None,
+            hotspots: vec![],
             macs_dense: None,
             macs_pruned: None,
             notes,
@@ -201,6 +206,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     }
 
     let (mut lat_d, mut lat_p) = (None, None);
+    let mut hotspots = vec![];
     if opts.latency {
         // Latency is what one deployed inference costs: time one sample, not the whole
         // verification batch (a model whose axis 0 is not a free batch axis is timed as is).
@@ -236,6 +242,15 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
                 }
                 Err(e) => notes.push(format!("latency unavailable: {e:#}")),
             }
+            // Where the dense model's time goes, and whether the pruning reached it: a few
+            // profiled runs of each (about 0.3 s of them), after the timed ones.
+            if let (Some(d), Some(_)) = (&lat_d, &lat_p) {
+                let runs = ((300.0 / d.median_ms.max(1e-3)) as usize).clamp(1, 5);
+                match (latency::node_profile(ld, li, runs), latency::node_profile(lp, li, runs)) {
+                    (Ok(a), Ok(b)) => hotspots = latency::hotspots(&a, &b),
+                    (Err(e), _) | (_, Err(e)) => notes.push(format!("per-node profile unavailable: {e:#}")),
+                }
+            }
         }
     } else {
         drop((rd, rp));
@@ -259,6 +274,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
         accuracy_pruned: acc_p,
         latency_dense: lat_d,
         latency_pruned: lat_p,
+        hotspots,
         macs_dense: macs_d,
         macs_pruned: macs_p,
         notes,

@@ -144,6 +144,8 @@ pub struct Runnable {
     pub ignored_value_info: bool,
     /// Anything a report should mention (fallbacks taken).
     pub notes: Vec<String>,
+    /// The ONNX graph's node names and their op types, to name tract's plan nodes by.
+    pub(crate) sources: Arc<HashMap<String, String>>,
     plan: Arc<TypedRunnableModel>,
 }
 
@@ -369,6 +371,7 @@ fn plan_chunking(
 
 struct Built {
     plan: Arc<TypedRunnableModel>,
+    sources: Arc<HashMap<String, String>>,
     input_names: Vec<String>,
     output_names: Vec<String>,
     chunking: Option<Chunking>,
@@ -397,7 +400,7 @@ fn known_unsupported(proto: &tract_onnx::pb::ModelProto) -> Option<String> {
 
 fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool, max_chunk: usize) -> Result<Built> {
     let mut notes = vec![];
-    let (decluttered, input_names, output_names, chunking) =
+    let (decluttered, input_names, output_names, chunking, sources) =
         declutter(path, facts, ignore_value_info, max_chunk, &mut notes)?;
     // No fallback copy is kept while optimizing (its unpacked weights beside the packed ones
     // raised the peak memory of big models): if optimizing fails, the model is built again.
@@ -411,10 +414,11 @@ fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool, max_chunk: u
         }
     };
     let plan = model.into_runnable().map_err(|e| anyhow!("plan failed: {e:#}"))?;
-    Ok(Built { plan, input_names, output_names, chunking, notes })
+    Ok(Built { plan, sources: Arc::new(sources), input_names, output_names, chunking, notes })
 }
 
-type Decluttered = (tract_onnx::prelude::TypedModel, Vec<String>, Vec<String>, Option<Chunking>);
+type Decluttered =
+    (tract_onnx::prelude::TypedModel, Vec<String>, Vec<String>, Option<Chunking>, HashMap<String, String>);
 
 /// Parse, concretize and declutter `path`; the ONNX proto is dropped as soon as tract has its own
 /// copy of the weights.
@@ -425,10 +429,14 @@ fn declutter(
     max_chunk: usize,
     notes: &mut Vec<String>,
 ) -> Result<Decluttered> {
+    let mut sources = HashMap::new();
     let mut model = {
         let proto = read_proto(path)?;
         if let Some(reason) = known_unsupported(&proto) {
             bail!("{reason}");
+        }
+        for n in proto.graph.iter().flat_map(|g| &g.node).filter(|n| !n.name.is_empty()) {
+            sources.insert(n.name.clone(), n.op_type.clone());
         }
         match fix_bool_attention_masks(path, &proto, facts, ignore_value_info)? {
             None => parse_proto(path, &proto, ignore_value_info)?.0,
@@ -459,7 +467,7 @@ fn declutter(
     let input_names = concretize(&mut model, &compile_facts).context("setting input facts failed")?;
     let typed = model.into_typed().map_err(|e| anyhow!("type analysis failed: {e:#}"))?;
     let decluttered = typed.into_decluttered().map_err(|e| anyhow!("declutter failed: {e:#}"))?;
-    Ok((decluttered, input_names, output_names, chunking))
+    Ok((decluttered, input_names, output_names, chunking, sources))
 }
 
 /// Compile `path` for the given concrete inputs (all stages, one line of error naming the stage).
@@ -524,6 +532,7 @@ pub fn load_runnable_chunked(path: &Path, facts: &[InputFact], max_chunk: usize)
         chunking: built.chunking,
         ignored_value_info: ignored,
         notes,
+        sources: built.sources,
         plan: built.plan,
     })
 }
@@ -595,6 +604,35 @@ impl Runnable {
 
     pub(crate) fn run_raw(&self, tv: TVec<TValue>) -> Result<TVec<TValue>> {
         self.plan.run(tv).map_err(|e| anyhow!("run failed: {e:#}"))
+    }
+
+    /// Each plan node's median time in ms over `runs` runs of `tv` on one run state, with its
+    /// name and op (tract's plan nodes are named after the ONNX node they came from, plus a
+    /// suffix for each op tract split it into).
+    pub(crate) fn node_times(&self, tv: TVec<TValue>, runs: usize) -> Result<Vec<(String, String, f64)>> {
+        use tract_onnx::tract_core::plan::eval;
+        let mut state = self.spawn()?;
+        let model = self.plan.model();
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); model.nodes.len()];
+        for _ in 0..runs.max(1) {
+            state
+                .run_plan_with_eval(tv.clone(), |ctx, st, node, inputs| {
+                    let t = std::time::Instant::now();
+                    let out = eval(ctx, st, node, inputs);
+                    times[node.id].push(t.elapsed().as_secs_f64() * 1e3);
+                    out
+                })
+                .map_err(|e| anyhow!("run failed: {e:#}"))?;
+        }
+        Ok(times
+            .into_iter()
+            .enumerate()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(i, mut t)| {
+                t.sort_by(|a, b| a.total_cmp(b));
+                (model.nodes[i].name.clone(), model.nodes[i].op().name().to_string(), t[t.len() / 2])
+            })
+            .collect())
     }
 
     /// A run state to call [`run_in`] on repeatedly, as a serving loop keeps one: the ops'
