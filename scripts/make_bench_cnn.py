@@ -12,8 +12,10 @@ int8 activations and per-channel int8 weights, calibrated on 16 seeded standard-
 as edge pipelines ship them: `resnet18_qdq.onnx`, `mobilenet_v2_qdq.onnx`, quantized from
 `{name}_bn.onnx` (random BatchNorm statistics, see `trained_like`) (issue 11: "a quantized one
 should prune", at deployment size).
+With --yolo: YOLOv8n (`yolov8n.onnx`, 640 × 640) as Ultralytics exports it, random weights, if the
+`ultralytics` package is installed.
 
-  python3 scripts/make_bench_cnn.py [--latency] [--qdq] target/bench-models
+  python3 scripts/make_bench_cnn.py [--latency] [--qdq] [--yolo] target/bench-models
 """
 import os
 import sys
@@ -29,6 +31,8 @@ names = LATENCY if "--latency" in sys.argv else ["densenet161", "resnet50"]
 QDQ = ["resnet18", "mobilenet_v2"]
 if "--qdq" in sys.argv:
     names = sorted(set(names) | set(QDQ)) if "--latency" in sys.argv else QDQ
+elif "--yolo" in sys.argv and "--latency" not in sys.argv:
+    names = []
 os.makedirs(out, exist_ok=True)
 for name in names:
     path = os.path.join(out, f"{name}.onnx")
@@ -86,3 +90,25 @@ if "--qdq" in sys.argv:
                           input_names=["x"], output_names=["y"], dynamo=False)
         qdq(src, path)
         print(f"wrote {src}, {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+
+if "--yolo" in sys.argv:
+    # YOLOv8n as Ultralytics exports it for edge deployment (640 × 640, opset 17, not simplified),
+    # built from its yaml with seeded random weights: nothing is downloaded. Needs
+    # `pip install ultralytics opencv-python-headless` (PyPI).
+    path = os.path.abspath(os.path.join(out, "yolov8n.onnx"))
+    if not os.path.exists(path):
+        import shutil
+        import tempfile
+
+        from ultralytics import YOLO
+        with tempfile.TemporaryDirectory() as tmp:
+            cwd = os.getcwd()
+            os.chdir(tmp)
+            try:
+                torch.manual_seed(0)
+                exported = YOLO("yolov8n.yaml").export(format="onnx", opset=17, imgsz=640, simplify=False,
+                                                       dynamic=False)
+                shutil.move(os.path.join(tmp, exported) if not os.path.isabs(exported) else exported, path)
+            finally:
+                os.chdir(cwd)
+        print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
