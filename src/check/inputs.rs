@@ -43,6 +43,11 @@ impl Default for InputSpec {
 pub const DEFAULT_SEQ: usize = 8;
 /// Value for any other unresolved dim.
 pub const DEFAULT_DIM: usize = 1;
+/// Value for an unresolved height or width of an image input (a 4-D float input of 1–4 fixed
+/// channels): 1 × 1 images do not survive a CNN's downsampling and its skip Concats (a
+/// dynamic-size YOLOv8 export failed to type there); 224 is a multiple of 32, as strided
+/// backbones need.
+pub const DEFAULT_SPATIAL: usize = 224;
 /// Longest axis 0 evaluated in one run; longer inputs run in chunks.
 pub const MAX_CHUNK: usize = 512;
 
@@ -673,6 +678,10 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
             continue;
         }
         let mut shape = Vec::with_capacity(info.dims.len());
+        let image = info.dims.len() == 4
+            && crate::model::tensor::is_float(info.elem_type)
+            && matches!(info.dims[1], DimSpec::Fixed(c) if (1..=4).contains(&c));
+        let other = |axis: usize| if image && axis >= 2 { DEFAULT_SPATIAL } else { DEFAULT_DIM };
         for (axis, d) in info.dims.iter().enumerate() {
             let by_axis = spec.dims.get(&format!("{}:{axis}", info.name)).map(|v| *v as usize);
             let v = match d {
@@ -690,7 +699,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
                         } else if is_seq_like(sym) {
                             DEFAULT_SEQ
                         } else {
-                            DEFAULT_DIM
+                            other(axis)
                         };
                         assumed.push(format!("{sym}={v} (default)"));
                         v
@@ -702,7 +711,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
                     } else if let (0, Some(v)) = (axis, spec.dims.get("batch")) {
                         *v as usize
                     } else {
-                        let v = if axis == 0 { spec.default_batch.max(1) } else { DEFAULT_DIM };
+                        let v = if axis == 0 { spec.default_batch.max(1) } else { other(axis) };
                         assumed.push(format!("{}:{axis}={v} (unnamed dim, default)", info.name));
                         v
                     }
@@ -775,6 +784,22 @@ mod tests {
         };
         assert_eq!(ids(&a), ids(&b));
         assert_ne!(ids(&a), ids(&c));
+    }
+
+    #[test]
+    fn an_image_input_of_unknown_size_gets_a_size_a_cnn_can_run() {
+        let sym = |s: &str| DimSpec::Symbolic(s.into());
+        let img = info("images", dt::FLOAT, vec![sym("batch"), DimSpec::Fixed(3), sym("height"), sym("width")]);
+        let a = prepare_for(std::slice::from_ref(&img), &InputSpec::default()).unwrap();
+        assert_eq!(a.inputs[0].data.shape(), &[1, 3, DEFAULT_SPATIAL, DEFAULT_SPATIAL]);
+        assert_eq!(a.assumed, vec!["height=224 (default)".to_string(), "width=224 (default)".to_string()]);
+        // --dim still decides.
+        let mut spec = InputSpec::default();
+        spec.dims.insert("height".into(), 64);
+        assert_eq!(prepare_for(&[img], &spec).unwrap().inputs[0].data.shape(), &[1, 3, 64, DEFAULT_SPATIAL]);
+        // Not an image (many channels, or not float): the plain default.
+        let feat = info("f", dt::FLOAT, vec![sym("batch"), DimSpec::Fixed(64), sym("h"), sym("w")]);
+        assert_eq!(prepare_for(&[feat], &InputSpec::default()).unwrap().inputs[0].data.shape(), &[1, 64, 1, 1]);
     }
 
     #[test]

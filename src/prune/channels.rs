@@ -68,6 +68,18 @@ pub(crate) fn prune_hollow(
     masked_out: &MaskedOut,
 ) -> Result<(StructuralResult, crate::model::hollow::Hollow)> {
     emp::check_beta(opts.beta).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Biases shared by several layers (deduplicated by the exporter) are read through one alias
+    // per layer, so that they do not tie the layers' channels together.
+    let split = super::unshare::split(model)?;
+    let (model, aliases) = match &split {
+        Some((m, a)) => (m, Some(a)),
+        None => (model, None),
+    };
+    let rejoin = |m: &mut ModelProto| {
+        if let Some(a) = aliases {
+            super::unshare::rejoin(m, a);
+        }
+    };
     let g = model.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
     super::check_struct_widths(g, &ix)?;
@@ -80,10 +92,12 @@ pub(crate) fn prune_hollow(
         out => {
             let (mut m, hollow) = rewrite(model, &ctx, &an, &plan, Mode::Masked)?;
             hollow.fill_cloned(&mut m, model)?;
+            rejoin(&mut m);
             super::place_masked(m, out)?
         }
     };
-    let (pruned, hollow) = rewrite(model, &ctx, &an, &plan, Mode::Pruned)?;
+    let (mut pruned, hollow) = rewrite(model, &ctx, &an, &plan, Mode::Pruned)?;
+    rejoin(&mut pruned);
     let mut refit = refit_sites(&an, &plan);
     let more = downstream_sites(&ctx, &an, &plan, &refit);
     refit.extend(more);

@@ -410,3 +410,4 @@ pub mod channels;
 pub mod groups;
 pub mod heads;
 pub mod rules;
+pub mod unshare;
