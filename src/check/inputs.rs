@@ -792,7 +792,7 @@ mod tests {
         let img = info("images", dt::FLOAT, vec![sym("batch"), DimSpec::Fixed(3), sym("height"), sym("width")]);
         let a = prepare_for(std::slice::from_ref(&img), &InputSpec::default()).unwrap();
         assert_eq!(a.inputs[0].data.shape(), &[1, 3, DEFAULT_SPATIAL, DEFAULT_SPATIAL]);
-        assert_eq!(a.assumed, vec!["height=224 (default)".to_string(), "width=224 (default)".to_string()]);
+        assert_eq!(a.assumed, ["batch=1 (default)", "height=224 (default)", "width=224 (default)"]);
         // --dim still decides.
         let mut spec = InputSpec::default();
         spec.dims.insert("height".into(), 64);

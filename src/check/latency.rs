@@ -130,21 +130,36 @@ pub const HOTSPOT_SHARE: f64 = 0.05;
 pub fn node_profile(r: &Runnable, inputs: &Inputs, runs: usize) -> Result<Vec<(String, String, f64)>> {
     let tv = r.prepare(inputs)?.into_iter().next().context("no input batch")?;
     let times = guarded("profiled runs", || r.node_times(tv, runs))?;
-    let mut by: Vec<(String, String, f64)> = Vec::new();
+    // (ONNX node, its op, time, the op of its slowest plan node and that node's time)
+    let mut by: Vec<(String, String, f64, String, f64)> = Vec::new();
     let mut at = std::collections::HashMap::<String, usize>::new();
     for (name, op, ms) in times {
         let source = std::iter::once(name.len())
             .chain(name.match_indices('.').map(|(i, _)| i).rev())
             .find_map(|i| r.sources.get_key_value(&name[..i]))
             .map(|(k, v)| (k.clone(), v.clone()))
-            .unwrap_or((name, op));
+            .unwrap_or_else(|| (name.clone(), op.clone()));
         let k = *at.entry(source.0.clone()).or_insert_with(|| {
-            by.push((source.0, source.1, 0.0));
+            by.push((source.0, source.1, 0.0, String::new(), -1.0));
             by.len() - 1
         });
         by[k].2 += ms;
+        if ms > by[k].4 {
+            (by[k].3, by[k].4) = (op, ms);
+        }
     }
-    Ok(by)
+    Ok(by.into_iter().map(|(name, op, ms, plan_op, _)| (name, fused_label(&op, &plan_op), ms)).collect())
+}
+
+/// The op as the report names it: tract fuses an activation into the matrix product before it
+/// and names the fused node after the activation, whose time is then mostly that product's.
+fn fused_label(op: &str, plan_op: &str) -> String {
+    let linear = |o: &str| o.contains("MatMul") || o.contains("Conv") || o == "Gemm";
+    if !linear(op) && linear(plan_op) {
+        format!("{op}, with the layer before it fused in")
+    } else {
+        op.to_string()
+    }
 }
 
 /// The dense model's slowest ONNX nodes (at most [`MAX_HOTSPOTS`], each ≥ [`HOTSPOT_SHARE`] of
@@ -190,5 +205,12 @@ mod tests {
         let flat = t(&(0..40).map(|_| ("x", 1.0)).collect::<Vec<_>>());
         assert!(hotspots(&flat, &flat).is_empty());
         assert!(hotspots(&t(&[("a", 0.0)]), &[]).is_empty());
+    }
+
+    #[test]
+    fn an_activation_tract_fused_into_a_matmul_is_named_so() {
+        assert_eq!(fused_label("Relu", "OptMatMul"), "Relu, with the layer before it fused in");
+        assert_eq!(fused_label("Conv", "OptMatMul"), "Conv");
+        assert_eq!(fused_label("Softmax", "Softmax"), "Softmax");
     }
 }
