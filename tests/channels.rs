@@ -379,6 +379,37 @@ fn a_bias_shared_by_two_layers_does_not_tie_their_channels() {
     assert!(o.params.1 < o.params.0);
 }
 
+/// Untying a shared bias gives each changed reader a copy; when those copies beside the shared
+/// tensor (still read by an unchanged reader) would outweigh what the cut removes, the layers stay
+/// tied instead: parameters never grow.
+#[test]
+fn a_shared_bias_stays_tied_when_untying_it_would_add_parameters() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "sb"], &["a"], vec![]),
+            nd("Relu", "ra", &["a"], &["a2"], vec![]),
+            nd("Conv", "C", &["a2", "wc"], &["y"], vec![]),
+            nd("Conv", "B", &["x", "wb", "sb"], &["y2"], vec![]),
+        ],
+        vec![
+            // A cut of r of A's 16 channels removes 4·r weights and would add a copy of 16 − r
+            // biases beside the 16 B still reads: more, for any r ≤ 3 (EMP cuts 1 or 2 here).
+            w("wa", &[16, 3, 1, 1], &[1., 0.01, 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1.], 1),
+            w("wc", &[1, 16, 1, 1], &[1.], 2),
+            w("wb", &[16, 3, 1, 1], &[1.; 16], 3),
+            tensor::new_f32("sb", &[16], &[0.1; 16]),
+        ],
+        &X4,
+        &["y", "y2"],
+    );
+    let o = prove_x(&m, &X4, &StructOptions { round_to: onnx_emp::prune::RoundTo::Multiple(1), ..no_floor() });
+    let a = group(&o.result, "A");
+    assert!(a.members.contains(&"B".to_string()) && a.blocked.is_some(), "tied to B, which reaches an output: {a:?}");
+    assert_eq!(o.params.0, o.params.1);
+    let g = o.result.pruned.graph.as_ref().unwrap();
+    assert!(g.node.iter().all(|n| n.op_type != "Identity" && n.input.iter().all(|i| i != "sb_0")));
+}
+
 #[test]
 fn concat_offsets_select_the_right_columns() {
     let m = mk_model(

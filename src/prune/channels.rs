@@ -38,7 +38,9 @@ use onnx_protobuf::{GraphProto, ModelProto, NodeProto, TensorProto};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod rewrite;
+mod sites;
 use rewrite::{rewrite, Mode};
+use sites::{downstream_sites, refit_sites};
 
 /// Prune conv channels and hidden units of the top-level graph with EMP.
 ///
@@ -69,14 +71,27 @@ pub(crate) fn prune_hollow(
 ) -> Result<(StructuralResult, crate::model::hollow::Hollow)> {
     emp::check_beta(opts.beta).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Biases shared by several layers (deduplicated by the exporter) are read through one alias
-    // per layer, so that they do not tie the layers' channels together.
-    let split = super::unshare::split(model)?;
-    let (model, aliases) = match &split {
-        Some((m, a)) => (m, Some(a)),
-        None => (model, None),
-    };
+    // per layer, so that they do not tie the layers' channels together; unless the copies that
+    // gives the changed layers would leave more parameters than the input had.
+    if let Some((split, aliases)) = super::unshare::split(model)? {
+        if let Some(r) = prune_with(&split, Some((&aliases, model)), opts, masked_out)? {
+            return Ok(r);
+        }
+    }
+    prune_with(model, None, opts, masked_out)?.context("a pass without aliases always returns")
+}
+
+/// The pass on `model`; with `split` (the aliases of [`super::unshare::split`], the input model)
+/// the aliases are rejoined in both outputs, and None is returned when the pruned model would
+/// have more parameters than the input.
+fn prune_with(
+    model: &ModelProto,
+    split: Option<(&super::unshare::Aliases, &ModelProto)>,
+    opts: &StructOptions,
+    masked_out: &MaskedOut,
+) -> Result<Option<(StructuralResult, crate::model::hollow::Hollow)>> {
     let rejoin = |m: &mut ModelProto| {
-        if let Some(a) = aliases {
+        if let Some((a, _)) = split {
             super::unshare::rejoin(m, a);
         }
     };
@@ -87,72 +102,36 @@ pub(crate) fn prune_hollow(
     let ctx = Ctx::new(g, &ix, opset)?;
     let an = groups::analyze(&ctx);
     let plan = plan(&ctx, &an, opts)?;
-    let masked = match masked_out {
-        MaskedOut::Drop => None,
-        out => {
-            let (mut m, hollow) = rewrite(model, &ctx, &an, &plan, Mode::Masked)?;
-            hollow.fill_cloned(&mut m, model)?;
-            rejoin(&mut m);
-            super::place_masked(m, out)?
+    let masked_model = || -> Result<Option<ModelProto>> {
+        match masked_out {
+            MaskedOut::Drop => Ok(None),
+            out => {
+                let (mut m, hollow) = rewrite(model, &ctx, &an, &plan, Mode::Masked)?;
+                hollow.fill_cloned(&mut m, model)?;
+                rejoin(&mut m);
+                super::place_masked(m, out)
+            }
         }
     };
+    // Without aliases the masked model first (written out before the pruned one is built, for
+    // peak memory); with them the pruned one first, to check its parameters before anything is
+    // written.
+    let masked = if split.is_none() { masked_model()? } else { None };
     let (mut pruned, hollow) = rewrite(model, &ctx, &an, &plan, Mode::Pruned)?;
     rejoin(&mut pruned);
+    let masked = match split {
+        None => masked,
+        Some((_, input)) => {
+            if super::unshare::elements(&pruned) > super::unshare::elements(input) {
+                return Ok(None);
+            }
+            masked_model()?
+        }
+    };
     let mut refit = refit_sites(&an, &plan);
     let more = downstream_sites(&ctx, &an, &plan, &refit);
     refit.extend(more);
-    Ok((StructuralResult { pruned, masked, groups: plan.reports, refit }, hollow))
-}
-
-/// Every consumer that lost input units, for reconstruction: its weight, kept input positions
-/// and kept outputs (empty: its outputs are not a tracked group).
-fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<crate::reconstruct::refit::RefitSite> {
-    let mut out = vec![];
-    for c in &an.consumers {
-        // Quantized weights (DequantizeLinear of an integer tensor) too: reconstruction refits
-        // them dequantized and quantizes the result (`reconstruct::quant`), or says why not.
-        let in_keep: Vec<bool> = c.units.iter().map(|u| plan.keeps(an, *u)).collect();
-        if !in_keep.contains(&false) {
-            continue;
-        }
-        let out_keep =
-            an.sources.get(&c.node).map(|us| us.iter().map(|u| plan.keeps(an, *u)).collect()).unwrap_or_default();
-        out.push(crate::reconstruct::refit::RefitSite { weight: c.weight.clone(), by_output: None, in_keep, out_keep });
-    }
-    out
-}
-
-/// Every other producing Conv / Gemm / MatMul downstream of a removal: its inputs are not pruned
-/// but no longer the dense ones, so its output is re-fitted too (all inputs kept).
-fn downstream_sites(
-    ctx: &Ctx,
-    an: &Analysis,
-    plan: &Plan,
-    sites: &[crate::reconstruct::refit::RefitSite],
-) -> Vec<crate::reconstruct::refit::RefitSite> {
-    let first = sites.iter().filter_map(|s| ctx.g.node.iter().position(|n| n.input.get(1) == Some(&s.weight))).min();
-    let Some(first) = first else { return vec![] };
-    let mut out = vec![];
-    for (ni, n) in ctx.g.node.iter().enumerate().skip(first + 1) {
-        if !matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul") {
-            continue;
-        }
-        // Float weights, and quantized ones (DequantizeLinear of an integer initializer).
-        let quantized = |w: &str| ctx.consts.get(w).is_some_and(|c| c.dq.is_some());
-        let Some(w) = n.input.get(1).filter(|w| ctx.ix.is_constant(w) || quantized(w)) else { continue };
-        if sites.iter().any(|s| &s.weight == w) {
-            continue;
-        }
-        let out_keep =
-            an.sources.get(&ni).map(|us| us.iter().map(|u| plan.keeps(an, *u)).collect()).unwrap_or_default();
-        out.push(crate::reconstruct::refit::RefitSite {
-            weight: w.clone(),
-            by_output: None,
-            in_keep: vec![],
-            out_keep,
-        });
-    }
-    out
+    Ok(Some((StructuralResult { pruned, masked, groups: plan.reports, refit }, hollow)))
 }
 
 /// The decision: which unit classes go, and the reports.

@@ -110,6 +110,22 @@ pub fn rejoin(m: &mut ModelProto, aliases: &Aliases) {
     }
 }
 
+/// Elements of the float initializers and Constant tensors, from their dims (a hollow tensor,
+/// whose data is elsewhere, counts as it will be).
+pub fn elements(m: &ModelProto) -> u64 {
+    let Some(g) = m.graph.as_ref() else { return 0 };
+    let count = |t: &onnx_protobuf::TensorProto| {
+        if crate::model::tensor::is_float(t.data_type) {
+            t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>()
+        } else {
+            0
+        }
+    };
+    let consts =
+        g.node.iter().filter(|n| n.op_type == "Constant").flat_map(|n| &n.attribute).filter_map(|a| a.t.as_ref());
+    g.initializer.iter().map(count).sum::<u64>() + consts.map(count).sum::<u64>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1389,6 +1389,21 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     g.node.push(node("Slice", "lo", &["s", "zero", "ev", "axis"], &["lo"]));
     g.node.push(node("Conv", "b", &["lo", "Wt"], &["y"]));
     v.push(("shuffle", enc(&wrap(g))));
+    // One bias initializer read by two convolutions (as onnxslim deduplicates equal biases).
+    let mut g = GraphProto::new();
+    g.name = "shared_bias".into();
+    g.input.push(vi("x", 1, &[1, 2, 2, 2]));
+    g.output.push(vi("y", 1, &[1, 3, 2, 2]));
+    g.initializer.push(f32_tensor("Wa", &[4, 2, 1, 1], &ramp(8)));
+    g.initializer.push(f32_tensor("Wb", &[4, 4, 1, 1], &ramp(16)));
+    g.initializer.push(f32_tensor("Wc", &[3, 4, 1, 1], &ramp(12)));
+    g.initializer.push(f32_tensor("sb", &[4], &[0.0; 4]));
+    g.node.push(node("Conv", "a", &["x", "Wa", "sb"], &["a"]));
+    g.node.push(node("Relu", "ra", &["a"], &["ra"]));
+    g.node.push(node("Conv", "b", &["ra", "Wb", "sb"], &["b"]));
+    g.node.push(node("Relu", "rb", &["b"], &["rb"]));
+    g.node.push(node("Conv", "c", &["rb", "Wc"], &["y"]));
+    v.push(("shared_bias", enc(&wrap(g))));
     // A tensor with (unresolvable) external data: parse accepts it, pruning must refuse cleanly.
     let mut m = tiny_matmul(f32_tensor("We", &[4, 3], &ramp(12)), 4, 3);
     externalize(&mut m, &["We"], "w.bin");
