@@ -12,8 +12,9 @@ int8 activations and per-channel int8 weights, calibrated on 16 seeded standard-
 as edge pipelines ship them: `resnet18_qdq.onnx`, `mobilenet_v2_qdq.onnx`, quantized from
 `{name}_bn.onnx` (random BatchNorm statistics, see `trained_like`) (issue 11: "a quantized one
 should prune", at deployment size).
-With --yolo: YOLOv8n (`yolov8n.onnx`, 640 × 640) as Ultralytics exports it, random weights, if the
-`ultralytics` package is installed.
+With --yolo: YOLOv8n (`yolov8n.onnx`, plain; `yolov8n_slim.onnx`, simplified by onnxslim;
+`yolov8n_dynamic.onnx`, simplified with dynamic size) and YOLO11n (`yolo11n.onnx`, simplified) as
+Ultralytics exports them at 640 × 640, random weights, if `ultralytics` is installed.
 
   python3 scripts/make_bench_cnn.py [--latency] [--qdq] [--yolo] target/bench-models
 """
@@ -92,23 +93,29 @@ if "--qdq" in sys.argv:
         print(f"wrote {src}, {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
 
 if "--yolo" in sys.argv:
-    # YOLOv8n as Ultralytics exports it for edge deployment (640 × 640, opset 17, not simplified),
-    # built from its yaml with seeded random weights: nothing is downloaded. Needs
-    # `pip install ultralytics opencv-python-headless` (PyPI).
-    path = os.path.abspath(os.path.join(out, "yolov8n.onnx"))
-    if not os.path.exists(path):
-        import shutil
-        import tempfile
+    # Ultralytics detectors as exported for edge deployment (640 × 640, opset 17), built from their
+    # yaml with seeded random weights: nothing is downloaded. Needs `pip install ultralytics
+    # opencv-python-headless onnxslim` (PyPI). yolov8n.onnx: not simplified; yolov8n_slim.onnx and
+    # yolo11n.onnx: simplified by onnxslim, Ultralytics' default (it deduplicates equal biases);
+    # yolov8n_dynamic.onnx: simplified, dynamic batch, height and width.
+    import shutil
+    import tempfile
 
-        from ultralytics import YOLO
+    from ultralytics import YOLO
+    for name, yaml, kw in [("yolov8n", "yolov8n.yaml", dict(simplify=False)),
+                           ("yolov8n_slim", "yolov8n.yaml", dict(simplify=True)),
+                           ("yolov8n_dynamic", "yolov8n.yaml", dict(simplify=True, dynamic=True)),
+                           ("yolo11n", "yolo11n.yaml", dict(simplify=True))]:
+        path = os.path.abspath(os.path.join(out, f"{name}.onnx"))
+        if os.path.exists(path):
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             cwd = os.getcwd()
             os.chdir(tmp)
             try:
                 torch.manual_seed(0)
-                exported = YOLO("yolov8n.yaml").export(format="onnx", opset=17, imgsz=640, simplify=False,
-                                                       dynamic=False)
-                shutil.move(os.path.join(tmp, exported) if not os.path.isabs(exported) else exported, path)
+                exported = YOLO(yaml).export(format="onnx", opset=17, imgsz=640, **kw)
+                shutil.move(exported if os.path.isabs(exported) else os.path.join(tmp, exported), path)
             finally:
                 os.chdir(cwd)
         print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
