@@ -115,15 +115,16 @@ pub const OPERATOR_QUANTIZED_ADVICE: &str = "they compute on integer weights tha
      Prune the float model and quantize the pruned one, or quantize in QDQ format (onnxruntime: \
      quantize_static(..., quant_format=QuantFormat.QDQ)), which --structured channels prunes and reconstructs";
 
+/// `n` dequantizes a constant (a QDQ model's weight, whatever its form).
+pub fn dequantizes_constant(n: &NodeProto, ix: &GraphIndex) -> bool {
+    n.op_type == "DequantizeLinear" && n.input.first().is_some_and(|i| ix.is_constant(i))
+}
+
 /// Conv / ConvTranspose / Gemm / MatMul nodes whose weight (input 1) is a constant or the
 /// DequantizeLinear of one: the layers some mode could prune.
 pub fn weighted_layers(g: &GraphProto, ix: &GraphIndex) -> usize {
     let constant = |name: &str| {
-        ix.is_constant(name)
-            || ix.producer.get(name).is_some_and(|&p| {
-                let d = &g.node[p];
-                d.op_type == "DequantizeLinear" && d.input.first().is_some_and(|i| ix.is_constant(i))
-            })
+        ix.is_constant(name) || ix.producer.get(name).is_some_and(|&p| dequantizes_constant(&g.node[p], ix))
     };
     g.node
         .iter()

@@ -114,9 +114,10 @@ pub fn rejoin(m: &mut ModelProto, aliases: &Aliases) {
 /// whose data is elsewhere, counts as it will be).
 pub fn elements(m: &ModelProto) -> u64 {
     let Some(g) = m.graph.as_ref() else { return 0 };
+    use crate::model::tensor;
     let count = |t: &onnx_protobuf::TensorProto| {
-        if crate::model::tensor::is_float(t.data_type) {
-            t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>()
+        if tensor::is_float(t.data_type) {
+            tensor::numel(t).unwrap_or(0) as u64
         } else {
             0
         }

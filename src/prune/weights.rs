@@ -162,11 +162,7 @@ pub fn prune_weights_mapped(
         if small > 0 {
             bail!("no prunable weights found: the model's {small} weight(s) have output units with fewer than {SMALL_FAN_IN} inputs, left dense by default (--include small prunes them)");
         }
-        let quantized = g
-            .node
-            .iter()
-            .filter(|n| n.op_type == "DequantizeLinear" && n.input.first().is_some_and(|i| ix.is_constant(i)))
-            .count();
+        let quantized = g.node.iter().filter(|n| crate::model::qdq::dequantizes_constant(n, &ix)).count();
         if quantized > 0 {
             bail!(
                 "no prunable weights found: the model's weights are quantized ({quantized} DequantizeLinear of constant \
