@@ -151,7 +151,7 @@ fn yolo_block_split_concat_silu_resize() {
 }
 
 #[test]
-fn digits_transformer_ffn_hidden_units() {
+fn digits_transformer_ffn_hidden_units_and_residual_stream() {
     let (_, o) = run_digits("digits_transformer.onnx", "digits_test_x8x8.npy");
     let ffn: Vec<&GroupReport> = o.result.groups.iter().filter(|g| g.id.ends_with("ff1/MatMul")).collect();
     assert_eq!(ffn.len(), 2);
@@ -159,8 +159,19 @@ fn digits_transformer_ffn_hidden_units() {
         assert!(g.blocked.is_none(), "{g:?}");
         assert!(g.members.iter().any(|m| m.ends_with("/Erf")), "Erf-GELU is inside the group: {:?}", g.members);
     }
-    // the residual stream and the attention projections are left alone, with a reason
-    assert!(o.result.groups.iter().filter(|g| !g.id.ends_with("ff1/MatMul")).all(|g| g.blocked.is_some()));
+    // The residual stream (d_model: the embedding, every LayerNormalization, the attention and
+    // FFN output projections, the head's input) is one group, pruned through its LayerNorms
+    // (proven above: the masked model normalises over the kept units); the attention's merge
+    // `reshape(b, s, d)` reads d from the stream's shape and is fed the original d.
+    let stream = group(&o.result, "/embed/MatMul");
+    assert!(stream.blocked.is_none() && stream.kept < stream.n, "{}", summary(&o.result.groups));
+    let lns = stream.members.iter().filter(|m| m.ends_with("LayerNormalization")).count();
+    assert_eq!(lns, 5, "{:?}", stream.members);
+    let frozen = o.result.pruned.graph.initializer.iter().filter(|t| t.name.ends_with("_emp") && t.int64_data == [32]);
+    assert_eq!(frozen.count(), 2, "one frozen d per attention block");
+    // the attention projections are left alone, with a reason (heads mode prunes them)
+    let qkv = o.result.groups.iter().filter(|g| ["q/", "k/", "v/"].iter().any(|p| g.id.ends_with(&format!("{p}MatMul"))));
+    assert!(qkv.clone().count() == 6 && qkv.into_iter().all(|g| g.blocked.is_some()));
 }
 
 #[test]

@@ -160,8 +160,9 @@ struct Group {
     kind: SourceKind,
     /// A depthwise Conv (one input channel per group) carries the group's units.
     depthwise: bool,
-    /// A bottleneck between depthwise groups: no depthwise Conv carries the units, and a Conv or
-    /// MatMul that writes them reads a depthwise group, or one that reads them writes one.
+    /// A bottleneck between depthwise groups: no depthwise Conv carries the units, a Conv or
+    /// MatMul that writes them reads a depthwise group, or one that reads them writes one, and
+    /// they are fewer than that depthwise group's.
     bottleneck: bool,
 }
 
@@ -428,21 +429,30 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
     }
     if !dw.is_empty() {
         // One pass over the consumers (Conv / Gemm / MatMul reading tracked units): a node that
-        // writes a depthwise group makes every group it reads a neighbour, and the reverse.
+        // writes a depthwise group makes every group it reads a neighbour, and the reverse. A
+        // bottleneck is narrower than a depthwise neighbour (MobileNet's 24 between 144-wide
+        // depthwise groups); a group wider than its depthwise neighbours is an expansion
+        // (ConvNeXt's 4× MLP beside its depthwise stream), where the MACs and the time are.
+        let width: BTreeMap<usize, usize> = v.iter().map(|g| (g.id, g.classes.len())).collect();
         let groups_of = |us: &[Option<Unit>]| us.iter().flatten().map(|u| an.group_of(*u)).collect::<BTreeSet<_>>();
-        let mut next_to_dw: BTreeSet<usize> = BTreeSet::new();
+        let mut dw_width: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut note = |gs: &BTreeSet<usize>, other: &BTreeSet<usize>| {
+            let w = other.iter().filter(|g| dw.contains(g)).filter_map(|g| width.get(g)).max().copied();
+            if let Some(w) = w {
+                for g in gs {
+                    let e = dw_width.entry(*g).or_default();
+                    *e = (*e).max(w);
+                }
+            }
+        };
         for c in &an.consumers {
             let read = groups_of(&c.units);
             let written = an.sources.get(&c.node).map(|o| groups_of(o)).unwrap_or_default();
-            if written.iter().any(|g| dw.contains(g)) {
-                next_to_dw.extend(&read);
-            }
-            if read.iter().any(|g| dw.contains(g)) {
-                next_to_dw.extend(&written);
-            }
+            note(&read, &written);
+            note(&written, &read);
         }
         for g in v.iter_mut().filter(|g| !g.depthwise) {
-            g.bottleneck = next_to_dw.contains(&g.id);
+            g.bottleneck = dw_width.get(&g.id).is_some_and(|&w| g.classes.len() < w);
         }
     }
     v.sort_by_key(|g| g.first_source);

@@ -159,6 +159,18 @@ pub enum Edit {
     /// `before` as a constant instead (the computed value would follow the new width, not the
     /// kept positions).
     Bound { node: usize, slot: usize, before: Units, all: Units },
+    /// A LayerNormalization over the tracked (last) axis: the pruned model normalises over the
+    /// kept positions only (its scale and bias are sliced). The masked model replaces the node
+    /// with the same normalisation restricted to the kept positions (a mask, and removed
+    /// positions emit 0), so that pruned == masked holds; what the removed units contributed to
+    /// the mean and variance is pruning error, which fidelity measures.
+    Norm { node: usize, units: Units },
+    /// A Reshape target element computed from a channel count (`b, s, d = x.shape`, then
+    /// `a.reshape(b, s, d)` on a tensor the pruning leaves whole): the one-element input `slot`
+    /// of the Concat that builds the target is fed the original `value` as a constant when any
+    /// unit of `units` is removed (the computed one would follow the pruned width).
+    /// `int32`: the input is int32 (a Cast before the Concat), else int64.
+    Freeze { node: usize, slot: usize, value: i64, int32: bool, units: Units },
 }
 
 /// A constant tensor, possibly seen through shape-only nodes (Identity, Reshape, Unsqueeze...).

@@ -631,6 +631,9 @@ impl Analyzer<'_, '_> {
                 true
             }
             None => {
+                if n.op_type == "Reshape" && self.freeze_target(n) {
+                    return true;
+                }
                 // Any other reader: no channel count may pass.
                 for v in &vec_in {
                     self.block_channel_dims(v, &format!("{} (reads the channel count)", barrier_reason(n)));
@@ -638,6 +641,76 @@ impl Analyzer<'_, '_> {
                 false
             }
         }
+    }
+
+    /// A Reshape of a tensor no group changes whose target reads channel counts of tracked
+    /// tensors (`b, s, d = x.shape` … `a.reshape(b, s, d)`): its element count does not change, so
+    /// the target must keep its original values. When each such count enters the target as a
+    /// one-element input of the Concat that builds it (through Casts / Identities read by this
+    /// Reshape only), the rewrite feeds that input its original value ([`Edit::Freeze`]).
+    /// False when the target cannot be frozen that way.
+    fn freeze_target(&mut self, n: &NodeProto) -> bool {
+        let (Some(data), Some(target)) = (inp(n, 0), inp(n, 1)) else { return false };
+        if self.st.tracks.contains_key(data) || self.shape_vecs.contains_key(data) {
+            return false;
+        }
+        let ix = self.ctx.ix;
+        let only_here = |v: &str| ix.consumers_of(v).len() == 1 && !self.ctx.is_output(v);
+        let mut cur = target.to_string();
+        let concat = loop {
+            let Some(&p) = ix.producer.get(&cur) else { return false };
+            if !only_here(&cur) {
+                return false;
+            }
+            let pn = &self.ctx.g.node[p];
+            match pn.op_type.as_str() {
+                "Cast" | "Identity" => match inp(pn, 0) {
+                    Some(i) => cur = i.to_string(),
+                    None => return false,
+                },
+                "Concat" if attr_i(pn, "axis").is_some_and(|a| a == 0 || a == -1) => break p,
+                _ => return false,
+            }
+        };
+        let mut edits = vec![];
+        for (slot, i) in self.ctx.g.node[concat].input.iter().enumerate() {
+            let Some(sv) = self.shape_vecs.get(i) else { continue };
+            for e in sv {
+                let Some((name, j, lin)) = e.dim_expr() else { continue };
+                let Some(t) = self.track(name).filter(|t| t.axis == j) else { continue };
+                let value = lin.eval(t.units.len() as i64);
+                match (value, self.int_width(i)) {
+                    (Some(value), Some(int32)) if sv.len() == 1 => edits.push((slot, value, int32, t.units.clone())),
+                    _ => return false,
+                }
+            }
+        }
+        for (slot, value, int32, units) in edits {
+            self.touch(concat, &units);
+            self.st.edits.push(Edit::Freeze { node: concat, slot, value, int32, units });
+        }
+        true
+    }
+
+    /// Whether a shape-vector value is int32 (Some(true)) or int64 (Some(false)): the last Cast
+    /// on its way back to the Shape that read it decides; None when unknown.
+    fn int_width(&self, name: &str) -> Option<bool> {
+        let mut cur = name.to_string();
+        for _ in 0..64 {
+            let n = &self.ctx.g.node[*self.ctx.ix.producer.get(&cur)?];
+            match n.op_type.as_str() {
+                "Shape" => return Some(false),
+                "Cast" => {
+                    return match attr_i(n, "to")? as i32 {
+                        tensor::dt::INT64 => Some(false),
+                        tensor::dt::INT32 => Some(true),
+                        _ => None,
+                    }
+                }
+                _ => cur = n.input.iter().find(|i| self.shape_vecs.contains_key(i.as_str()))?.clone(),
+            }
+        }
+        None
     }
 
     pub(super) fn block_channel_dims(&mut self, v: &[Sym], reason: &str) {

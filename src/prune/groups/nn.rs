@@ -439,12 +439,43 @@ impl Analyzer<'_, '_> {
     pub(super) fn layer_norm(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
         let axis = norm_axis(attr_i(n, "axis").unwrap_or(-1), x.rank);
-        if axis.is_none_or(|a| x.axis >= a) {
-            self.block(&x.units, &format!("{} (normalises over the channel axis)", barrier_reason(n)));
+        let Some(axis) = axis else {
+            self.block(&x.units, &format!("{} (axis out of range)", barrier_reason(n)));
+            return;
+        };
+        if !self.extra_outputs_unused(n, &x) {
             return;
         }
-        if self.extra_outputs_unused(n, &x) {
+        if x.axis < axis {
             self.pass(ni, n, &x, vec![Val::Varying; x.units.len()].into());
+            return;
         }
+        if x.axis != axis || x.axis + 1 != x.rank {
+            let r = format!("{} (normalises over the channel axis and others)", barrier_reason(n));
+            self.block(&x.units, &r);
+            return;
+        }
+        // Normalised over exactly the tracked axis (the transformer's hidden size, ConvNeXt's
+        // channels after their permute): the pruned model normalises over the kept units, and
+        // the masked model is given the same normalisation (see [`Edit::Norm`]).
+        let d = x.units.len();
+        let float = |s: &str| {
+            self.ctx.base_tensor(s).is_some_and(|t| matches!(t.data_type, tensor::dt::FLOAT | tensor::dt::DOUBLE))
+                && self.ctx.consts.get(s).is_none_or(|c| c.dq.is_none())
+        };
+        let params: Vec<(usize, &str)> = [1, 2].into_iter().filter_map(|s| inp(n, s).map(|p| (s, p))).collect();
+        let ok = params.first().is_some_and(|(s, _)| *s == 1)
+            && params.iter().all(|(_, p)| self.ctx.dims(p) == Some(&[d][..]) && float(p) && self.is_const(p));
+        if !ok {
+            let r = format!("{} (scale and bias are not constant float [C] vectors)", barrier_reason(n));
+            self.block(&x.units, &r);
+            return;
+        }
+        for (s, p) in params {
+            self.slice(p, 0, &x.units, (ni, s), Role::Param);
+        }
+        self.st.edits.push(Edit::Norm { node: ni, units: x.units.clone() });
+        // In the masked model a removed position leaves the normalisation as 0.
+        self.pass(ni, n, &x, vec![Val::Const(0.0); d].into());
     }
 }
