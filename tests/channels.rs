@@ -170,7 +170,8 @@ fn digits_transformer_ffn_hidden_units_and_residual_stream() {
     let frozen = o.result.pruned.graph.initializer.iter().filter(|t| t.name.ends_with("_emp") && t.int64_data == [32]);
     assert_eq!(frozen.count(), 2, "one frozen d per attention block");
     // the attention projections are left alone, with a reason (heads mode prunes them)
-    let qkv = o.result.groups.iter().filter(|g| ["q/", "k/", "v/"].iter().any(|p| g.id.ends_with(&format!("{p}MatMul"))));
+    let qkv =
+        o.result.groups.iter().filter(|g| ["q/", "k/", "v/"].iter().any(|p| g.id.ends_with(&format!("{p}MatMul"))));
     assert!(qkv.clone().count() == 6 && qkv.into_iter().all(|g| g.blocked.is_some()));
 }
 

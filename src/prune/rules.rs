@@ -55,7 +55,10 @@ pub enum Kind {
     Gather,
     /// Softmax-like op normalising along its `axis` attribute (barrier on the channel axis).
     AlongAxis,
-    /// LayerNormalization: a barrier when the channel axis is normalised.
+    /// LayerNormalization: carries the channel axis when it normalises over exactly that (last)
+    /// axis (scale and bias sliced; the pruned model normalises over the kept units, the masked
+    /// model is given the same normalisation: `Edit::Norm`), or over later axes only; a barrier
+    /// when it normalises over the channel axis and others.
     LayerNorm,
     /// Shape: a barrier unless the channel axis is outside [start, end).
     Shape,
@@ -201,8 +204,8 @@ pub const TABLE: &[(&str, Kind)] = &[
 ];
 
 /// onnxruntime's contrib ops (domain `com.microsoft`) as its transformer optimizer emits them.
-/// SkipLayerNormalization / EmbedLayerNormalization normalise the hidden axis: barriers, like
-/// LayerNormalization on the channel axis, so they are absent.
+/// SkipLayerNormalization / EmbedLayerNormalization normalise the hidden axis with fused inputs
+/// the masked model cannot restrict to kept units: barriers, so they are absent.
 pub const MS_TABLE: &[(&str, Kind)] = &[
     // BiasGelu(x, bias) = Gelu(x + bias), erf form.
     ("BiasGelu", Kind::BiasAct(|_, x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)))),
