@@ -307,6 +307,9 @@ enum Sym {
     Dim(String, usize),
     /// That dimension after integer arithmetic by constants (`shuffle::Lin`).
     Expr(String, usize, shuffle::Lin),
+    /// A value computed from dims none of which is a channel count (`h / p · w / p`): it does
+    /// not change with pruning, but its value is not followed.
+    Other,
 }
 
 /// Run the analysis on the top-level graph.

@@ -8,10 +8,10 @@
 //! constant (and the rewrite gives its own initializer when it changes).
 //!
 //! Contract: [`split`] returns a copy of the model in which each reader of a shared 1-D float
-//! constant read only as a Conv / ConvTranspose / Gemm bias or a BatchNormalization /
-//! InstanceNormalization parameter reads it through its own new `Identity` (None when there is
-//! none: the model is used as is). [`rejoin`] undoes that on a rewritten model: an inserted
-//! `Identity` still there is removed and its reader reads the shared constant again; one the
+//! constant read only as a Conv / ConvTranspose / Gemm bias, the bias Add after a MatMul, or a
+//! BatchNormalization / InstanceNormalization / LayerNormalization parameter reads it through its
+//! own new `Identity` (None when there is none: the model is used as is). [`rejoin`] undoes that
+//! on a rewritten model: an inserted `Identity` still there is removed and its reader reads the shared constant again; one the
 //! rewrite replaced by an initializer of its own (its reader's channels changed) stays so. What no
 //! rewrite touched comes out as it went in.
 
@@ -23,14 +23,20 @@ use std::collections::{BTreeMap, HashSet};
 /// Inserted alias output → the shared constant it reads.
 pub type Aliases = BTreeMap<String, String>;
 
-fn private_slot(n: &NodeProto, slot: usize) -> bool {
-    let std = n.domain.is_empty() || n.domain == "ai.onnx";
-    std && match n.op_type.as_str() {
-        "Conv" | "ConvTranspose" | "Gemm" => slot == 2,
-        "BatchNormalization" => (1..=4).contains(&slot),
-        "InstanceNormalization" => (1..=2).contains(&slot),
-        _ => false,
-    }
+fn private_slot(g: &onnx_protobuf::GraphProto, ix: &GraphIndex, n: &NodeProto, slot: usize) -> bool {
+    let std = |n: &NodeProto| n.domain.is_empty() || n.domain == "ai.onnx";
+    std(n)
+        && match n.op_type.as_str() {
+            "Conv" | "ConvTranspose" | "Gemm" => slot == 2,
+            "BatchNormalization" => (1..=4).contains(&slot),
+            "InstanceNormalization" | "LayerNormalization" => (1..=2).contains(&slot),
+            // A MatMul's bias, added after it (how exporters write a Linear on a sequence).
+            "Add" if n.input.len() == 2 && slot < 2 => ix
+                .producer
+                .get(&n.input[1 - slot])
+                .is_some_and(|&p| g.node[p].op_type == "MatMul" && std(&g.node[p])),
+            _ => false,
+        }
 }
 
 /// The model with each reader of a shared bias-like constant given its own `Identity`, or None.
@@ -48,7 +54,7 @@ pub fn split(model: &ModelProto) -> Result<Option<(ModelProto, Aliases)>> {
             || ix.captured.contains(name)
             || t.dims.len() != 1
             || !crate::model::tensor::is_float(t.data_type)
-            || !users.iter().all(|&(ni, slot)| private_slot(&g.node[ni], slot))
+            || !users.iter().all(|&(ni, slot)| private_slot(g, &ix, &g.node[ni], slot))
         {
             continue;
         }

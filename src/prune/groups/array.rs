@@ -71,6 +71,14 @@ impl Analyzer<'_, '_> {
                 // e.g. a class token concatenated to the sequence: a per-channel constant.
                 self.slice(s, first.axis, &first.units, (ni, slot), Role::Param);
                 vals = vec![Val::Varying; c];
+            } else if let Some(e) = self.expanded_const(s, &first) {
+                // The class token expanded to the batch first (`cls.expand(n, -1, -1)`).
+                let k = &self.ctx.g.node[e];
+                let data = inp(k, 0).unwrap_or_default().to_string();
+                let axis = first.axis - (first.rank - self.ctx.dims(&data).map_or(0, |d| d.len()));
+                self.slice(&data, axis, &first.units, (e, 0), Role::Param);
+                self.emit(e, s, Track { vals: vec![Val::Varying; c].into(), ..first.clone() });
+                vals = vec![Val::Varying; c];
             } else {
                 self.block(&all, &format!("{} (input '{s}' cannot shrink with the channels)", barrier_reason(n)));
                 return;
@@ -78,6 +86,36 @@ impl Analyzer<'_, '_> {
         }
         let t = Track { vals: vals.into(), ..first };
         self.emit(ni, &n.output[0], t);
+    }
+
+    /// `s` = Expand(constant, shape), read only here, whose constant holds the channel axis of
+    /// `like` at full width and whose shape does not widen that axis (1 there: a constant, or a
+    /// computed shape, which carries no channel count or the analysis would have blocked its
+    /// reader): the node index of the Expand.
+    fn expanded_const(&self, s: &str, like: &Track) -> Option<usize> {
+        let &e = self.ctx.ix.producer.get(s)?;
+        let k = &self.ctx.g.node[e];
+        if k.op_type != "Expand" || self.ctx.ix.consumers_of(s).len() != 1 || self.ctx.is_output(s) {
+            return None;
+        }
+        let (data, shape) = (inp(k, 0)?, inp(k, 1)?);
+        let d = self.ctx.dims(data)?;
+        if !self.is_const(data) || d.len() > like.rank || like.axis + d.len() < like.rank {
+            return None;
+        }
+        let at = like.axis + d.len() - like.rank;
+        if d[at] != like.units.len() || self.ctx.rank(s) != Some(like.rank) {
+            return None;
+        }
+        let widens = match (self.ctx.const_ints(shape), self.shape_vecs.get(shape)) {
+            (Some(v), _) => v.len() + like.axis < like.rank || v[v.len() + like.axis - like.rank] != 1,
+            (None, Some(v)) => {
+                v.len() + like.axis < like.rank
+                    || !matches!(v[v.len() + like.axis - like.rank], Sym::Lit(1, _) | Sym::Other)
+            }
+            (None, None) => false,
+        };
+        (!widens).then_some(e)
     }
 
     pub(super) fn split(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
@@ -401,11 +439,18 @@ impl Analyzer<'_, '_> {
         let c = x.units.len() as i64;
         let me = inp(n, 0).unwrap_or_default();
         let declared = self.ctx.shapes.get(me).filter(|d| d.len() == x.rank).cloned();
-        // Which input dim each target entry copies (0, or a Shape-read dim of the input).
+        // Which input dim each target entry copies (0, or a Shape-read dim of the input; at
+        // place 0, dim 0 of a tensor with the same batch: `n = x.shape[0]` read off the model
+        // input for a reshape of its convolution's output).
+        let batch0 = match target.first() {
+            Some(Sym::Dim(name, 0)) if name != me => self.same_batch(name, me),
+            _ => false,
+        };
         let copies = |i: usize| -> Option<usize> {
             match target.get(i)? {
                 Sym::Lit(0, _) if !allowzero => Some(i),
                 Sym::Dim(name, j) if name == me => Some(*j),
+                Sym::Dim(_, 0) if i == 0 && batch0 => Some(0),
                 _ => None,
             }
         };
@@ -475,8 +520,38 @@ impl Analyzer<'_, '_> {
                 }
             }
         }
+        // (d) the channel axis last on both sides, the leading dims refactored around it
+        // ([B·S, C] ↔ [B, S, C], as exporters write a Linear on a sequence): row-major order
+        // keeps the innermost index, so channel k stays channel k whatever the leading entries
+        // are, as long as none of them reads a channel count or copies the channel axis.
+        if !done && t + 1 == x.rank && target.len() >= 2 {
+            let last = target.len() - 1;
+            let lead_free = (0..last).all(|i| match &target[i] {
+                Sym::Lit(0, _) => allowzero || i < t,
+                Sym::Lit(v, _) => *v >= -1,
+                Sym::Dim(name, j) => !(name == me && *j == t) && self.track(name).is_none_or(|tr| tr.axis != *j),
+                Sym::Expr(name, j, _) => !(name == me && *j == t) && self.track(name).is_none_or(|tr| tr.axis != *j),
+                Sym::Other => true,
+            });
+            if lead_free {
+                if copies(last) == Some(t) {
+                    safe_channel = Some(last);
+                    done = true;
+                } else if let Some((_, p)) = lit(last).filter(|(v, _)| *v == c) {
+                    done = self.count_edit(&x, n, p, x.units.clone());
+                }
+                if done {
+                    self.emit(ni, &n.output[0], Track { axis: last, rank: target.len(), ..x.clone() });
+                }
+            }
+        }
         if !done {
             self.block(&x.units, &format!("{} (reshape moves the channel axis)", barrier_reason(n)));
+            // Our channels now stay whole, so the target must keep its values: channel counts of
+            // other tensors in it are fed their original values when that can be done.
+            if inp(n, 1).is_some_and(|tg| self.freeze_counts(tg, Some(me))) {
+                return;
+            }
         }
         // Channel counts read from other tensors (or ours at another place) cannot adapt.
         for (i, e) in target.iter().enumerate() {
@@ -590,13 +665,13 @@ impl Analyzer<'_, '_> {
         }
         let first = inp(n, 0).and_then(|i| self.shape_vecs.get(i)).cloned();
         let result: Option<Vec<Sym>> = match n.op_type.as_str() {
-            "Add" | "Mul" | "Div" => self.shape_arith(n),
+            "Add" | "Sub" | "Mul" | "Div" => self.shape_arith(n).or_else(|| self.opaque_arith(n)),
             "Unsqueeze" | "Squeeze" | "Cast" | "Identity" => first,
             "Gather" if attr_i(n, "axis").unwrap_or(0) == 0 => first
                 .zip(inp(n, 1).and_then(|i| self.ctx.const_ints(i)))
                 .and_then(|(v, idx)| idx.iter().map(|&k| norm_axis(k, v.len()).map(|k| v[k].clone())).collect()),
             "Slice" => first.and_then(|v| {
-                let g = |slot| inp(n, slot).and_then(|i| self.ctx.const_ints(i));
+                let g = |slot| inp(n, slot).and_then(|i| self.ctx.int_vals(i));
                 let (st, en) = (g(1)?, g(2)?);
                 let axes_ok = inp(n, 3).is_none_or(|_| g(3).is_some_and(|a| a == [0]));
                 let step_ok = inp(n, 4).is_none_or(|_| g(4).is_some_and(|a| a == [1]));
@@ -643,19 +718,99 @@ impl Analyzer<'_, '_> {
         }
     }
 
+    /// Whether `a` and `b` have the same dim 0 (the batch): both reached from one graph input
+    /// through ops that keep axis 0 in place (the chain [`Ctx::infer_batch`] follows).
+    pub(super) fn same_batch(&self, a: &str, b: &str) -> bool {
+        let root = |name: &str| -> Option<String> {
+            let mut cur = name.to_string();
+            for _ in 0..100_000 {
+                let Some(&p) = self.ctx.ix.producer.get(&cur) else {
+                    return self.ctx.ix.inputs.contains(&cur).then_some(cur);
+                };
+                let pn = &self.ctx.g.node[p];
+                let keeps = match rules::lookup(pn) {
+                    Some(
+                        Kind::Unary(_)
+                        | Kind::Conv
+                        | Kind::ConvTranspose
+                        | Kind::BatchNorm
+                        | Kind::InstanceNorm
+                        | Kind::Pool(_)
+                        | Kind::Quant(_)
+                        | Kind::LayerNorm,
+                    ) => true,
+                    Some(Kind::Transpose) => attr_ints(pn, "perm").is_some_and(|p| p.first() == Some(&0)),
+                    _ => false,
+                };
+                if !keeps {
+                    return None;
+                }
+                cur = inp(pn, 0)?.to_string();
+            }
+            None
+        };
+        matches!((root(a), root(b)), (Some(x), Some(y)) if x == y)
+    }
+
     /// A Reshape of a tensor no group changes whose target reads channel counts of tracked
     /// tensors (`b, s, d = x.shape` … `a.reshape(b, s, d)`): its element count does not change, so
-    /// the target must keep its original values. When each such count enters the target as a
-    /// one-element input of the Concat that builds it (through Casts / Identities read by this
-    /// Reshape only), the rewrite feeds that input its original value ([`Edit::Freeze`]).
-    /// False when the target cannot be frozen that way.
+    /// the target must keep its original values ([`Self::freeze_counts`]). False when the target
+    /// cannot be frozen.
     fn freeze_target(&mut self, n: &NodeProto) -> bool {
         let (Some(data), Some(target)) = (inp(n, 0), inp(n, 1)) else { return false };
         if self.st.tracks.contains_key(data) || self.shape_vecs.contains_key(data) {
             return false;
         }
+        self.freeze_counts(target, None)
+    }
+
+    /// Make every channel count (of a tracked tensor other than `skip`) in the shape vector
+    /// `target` keep its original value: each must enter it as a one-element input of a Concat
+    /// (axis 0) that builds it, possibly nested in other such Concats, through Casts / Identities,
+    /// every value on the way read only there; the rewrite feeds that input its original value
+    /// ([`Edit::Freeze`]). Registers nothing and returns false when one cannot be frozen.
+    fn freeze_counts(&mut self, target: &str, skip: Option<&str>) -> bool {
+        let mut edits = vec![];
+        if !self.collect_freezes(target, skip, &mut edits, 0) {
+            return false;
+        }
+        for (concat, slot, value, int32, units) in edits {
+            self.touch(concat, &units);
+            self.st.edits.push(Edit::Freeze { node: concat, slot, value, int32, units });
+        }
+        true
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn collect_freezes(
+        &self,
+        target: &str,
+        skip: Option<&str>,
+        out: &mut Vec<(usize, usize, i64, bool, Units)>,
+        depth: usize,
+    ) -> bool {
         let ix = self.ctx.ix;
         let only_here = |v: &str| ix.consumers_of(v).len() == 1 && !self.ctx.is_output(v);
+        let counts = |v: &[Sym]| -> Vec<(usize, super::shuffle::Lin, Units)> {
+            v.iter()
+                .enumerate()
+                .filter_map(|(k, e)| {
+                    let (name, j, lin) = e.dim_expr()?;
+                    if Some(name) == skip {
+                        return None;
+                    }
+                    let t = self.st.tracks.get(name).filter(|t| t.axis == j)?;
+                    Some((k, lin, t.units.clone()))
+                })
+                .collect()
+        };
+        let Some(v) = self.shape_vecs.get(target) else { return false };
+        if counts(v).is_empty() {
+            return true;
+        }
+        if depth > 16 {
+            return false;
+        }
         let mut cur = target.to_string();
         let concat = loop {
             let Some(&p) = ix.producer.get(&cur) else { return false };
@@ -672,22 +827,23 @@ impl Analyzer<'_, '_> {
                 _ => return false,
             }
         };
-        let mut edits = vec![];
         for (slot, i) in self.ctx.g.node[concat].input.iter().enumerate() {
             let Some(sv) = self.shape_vecs.get(i) else { continue };
-            for e in sv {
-                let Some((name, j, lin)) = e.dim_expr() else { continue };
-                let Some(t) = self.track(name).filter(|t| t.axis == j) else { continue };
-                let value = lin.eval(t.units.len() as i64);
-                match (value, self.int_width(i)) {
-                    (Some(value), Some(int32)) if sv.len() == 1 => edits.push((slot, value, int32, t.units.clone())),
-                    _ => return false,
-                }
+            let c = counts(sv);
+            if c.is_empty() {
+                continue;
             }
-        }
-        for (slot, value, int32, units) in edits {
-            self.touch(concat, &units);
-            self.st.edits.push(Edit::Freeze { node: concat, slot, value, int32, units });
+            if sv.len() != 1 {
+                if !self.collect_freezes(i, skip, out, depth + 1) {
+                    return false;
+                }
+                continue;
+            }
+            let (_, lin, units) = &c[0];
+            match (lin.eval(units.len() as i64), self.int_width(i)) {
+                (Some(value), Some(int32)) => out.push((concat, slot, value, int32, units.clone())),
+                _ => return false,
+            }
         }
         true
     }

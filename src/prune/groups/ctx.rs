@@ -80,15 +80,28 @@ pub struct Ctx<'a> {
     /// Static dim 0 (the batch) of values whose shape is not declared, carried from the graph
     /// inputs through ops that keep axis 0 ([`Ctx::infer_batch`]).
     pub batch: HashMap<String, usize>,
+    /// Small integer values computed from constants only (torch's `Mod(2, 3)` Slice bounds), for
+    /// reading shape arithmetic: read-only, they are not tensors a rewrite could edit.
+    pub folded_ints: HashMap<String, Vec<i64>>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(g: &'a GraphProto, ix: &'a GraphIndex, opset: i64) -> Result<Self> {
         let order = topo_order(g, ix)?;
         let shapes = declared_shapes(g);
-        let mut ctx =
-            Ctx { g, ix, opset, order, consts: BTreeMap::new(), ranks: HashMap::new(), shapes, batch: HashMap::new() };
+        let mut ctx = Ctx {
+            g,
+            ix,
+            opset,
+            order,
+            consts: BTreeMap::new(),
+            ranks: HashMap::new(),
+            shapes,
+            batch: HashMap::new(),
+            folded_ints: HashMap::new(),
+        };
         ctx.find_consts();
+        ctx.fold_ints();
         ctx.infer_ranks();
         ctx.infer_batch();
         Ok(ctx)
@@ -142,6 +155,54 @@ impl<'a> Ctx<'a> {
             out.extend(self.const_vals(i)?);
         }
         Some(out)
+    }
+
+    /// Integer values of a constant or of a small computation on constants only
+    /// ([`Ctx::folded_ints`]); read-only.
+    pub fn int_vals(&self, name: &str) -> Option<Vec<i64>> {
+        self.const_ints(name).or_else(|| self.folded_ints.get(name).cloned())
+    }
+
+    /// Fold element-wise integer arithmetic and reshapes of small integer constants (at most 64
+    /// elements), in graph order.
+    fn fold_ints(&mut self) {
+        for &ni in &self.order {
+            let n = &self.g.node[ni];
+            let std = n.domain.is_empty() || n.domain == "ai.onnx";
+            let Some(out) = n.output.first().filter(|o| !o.is_empty() && n.output.len() == 1) else { continue };
+            if !std || self.consts.contains_key(out) {
+                continue;
+            }
+            let arg = |i: usize| n.input.get(i).filter(|s| !s.is_empty()).and_then(|s| self.int_vals(s));
+            let v: Option<Vec<i64>> = match n.op_type.as_str() {
+                "Add" | "Sub" | "Mul" | "Div" | "Mod" => (|| {
+                    let (a, b) = (arg(0)?, arg(1)?);
+                    if a.len() != b.len() && a.len() != 1 && b.len() != 1 {
+                        return None;
+                    }
+                    let len = a.len().max(b.len());
+                    (0..len)
+                        .map(|i| {
+                            let (x, y) = (a[i % a.len()], b[i % b.len()]);
+                            match n.op_type.as_str() {
+                                "Add" => x.checked_add(y),
+                                "Sub" => x.checked_sub(y),
+                                "Mul" => x.checked_mul(y),
+                                // ONNX integer Div truncates; Mod (fmod = 0) takes the divisor's sign.
+                                "Div" => x.checked_div(y),
+                                _ if attr_i(n, "fmod").unwrap_or(0) != 0 => x.checked_rem(y),
+                                _ => x.checked_rem(y).map(|r| if r != 0 && (r < 0) != (y < 0) { r + y } else { r }),
+                            }
+                        })
+                        .collect()
+                })(),
+                "Reshape" | "Unsqueeze" | "Squeeze" | "Identity" => arg(0),
+                _ => None,
+            };
+            if let Some(v) = v.filter(|v| v.len() <= 64) {
+                self.folded_ints.insert(out.clone(), v);
+            }
+        }
     }
 
     pub fn const_ints(&self, name: &str) -> Option<Vec<i64>> {

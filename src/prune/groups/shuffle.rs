@@ -37,7 +37,7 @@ impl Sym {
         match self {
             Sym::Dim(n, a) => Some((n, *a, Lin::ID)),
             Sym::Expr(n, a, l) => Some((n, *a, *l)),
-            Sym::Lit(..) => None,
+            Sym::Lit(..) | Sym::Other => None,
         }
     }
 }
@@ -74,6 +74,35 @@ impl Analyzer<'_, '_> {
                 }
             })
             .collect()
+    }
+
+    /// Element-wise integer arithmetic of shape vectors that [`Self::shape_arith`] cannot follow
+    /// (a product of two dims: torchvision's `h // p * w // p`): opaque elements
+    /// ([`Sym::Other`]) when no operand reads a channel count, else None (and the caller blocks).
+    pub(super) fn opaque_arith(&self, n: &NodeProto) -> Option<Vec<Sym>> {
+        if !matches!(n.op_type.as_str(), "Add" | "Sub" | "Mul" | "Div") || n.input.len() != 2 {
+            return None;
+        }
+        let mut len = 1usize;
+        for i in &n.input {
+            let l = match self.shape_vecs.get(i.as_str()) {
+                Some(v) => {
+                    let channel = v.iter().any(|e| {
+                        e.dim_expr().is_some_and(|(nm, a, _)| self.st.tracks.get(nm).is_some_and(|t| t.axis == a))
+                    });
+                    if channel {
+                        return None;
+                    }
+                    v.len()
+                }
+                None => self.ctx.const_ints(i)?.len(),
+            };
+            if l != 1 && len != 1 && l != len {
+                return None;
+            }
+            len = len.max(l);
+        }
+        Some(vec![Sym::Other; len])
     }
 
     /// A Slice bound computed from the sliced tensor's own channel count: its arithmetic, when
@@ -204,7 +233,8 @@ impl Analyzer<'_, '_> {
             (Some(j), Sym::Dim(nm, k)) => nm == name && *k == j,
             (None, Sym::Lit(v, _)) => *v >= -1 && (*v != 0 || !allowzero),
             (None, Sym::Dim(nm, k)) => nm == name && *k != a,
-            (_, Sym::Expr(..)) => false,
+            (_, Sym::Expr(..)) | (Some(_), Sym::Other) => false,
+            (None, Sym::Other) => true,
         }
     }
 
