@@ -8,6 +8,7 @@ biases are random so that compensation bugs cannot hide behind zeros.
 
 Writes models/zoo/*.onnx and models/zoo/manifest.json (input shape per model).
 Deterministic: fixed seeds, TorchScript exporter. Usage: python3 models/make_zoo.py
+(`--only zoo_vit` adds that one model to an existing zoo and its manifest).
 """
 import json
 import os
@@ -439,7 +440,49 @@ def image_models(out, manifest, img):
     del manifest["zoo_cnn_fp32"]
 
 
+def vit(out, manifest, img):
+    """torchvision's VisionTransformer as its users export it (TorchScript exporter): the patch
+    convolution's output reshaped by a target computed from the input's shape (`n`, and
+    `h // p * w // p`), a class token expanded to the batch and concatenated, nn.MultiheadAttention
+    (one fused in-projection, its reshapes built from the residual stream's width) and pre-LN
+    blocks: the residual stream under LayerNormalization, end to end. LayerNorm parameters and
+    biases are random, so that a wrong slice cannot hide behind ones and zeros."""
+    import torchvision
+
+    torch.manual_seed(11)
+    m = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10
+    ).eval()
+    g = torch.Generator().manual_seed(12)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.LayerNorm):
+                mod.weight.copy_(0.5 + torch.rand(mod.weight.shape, generator=g))
+                mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
+        m.class_token.copy_(0.1 * torch.randn(m.class_token.shape, generator=g))
+        # torchvision zero-initialises the head and every bias: a constant output proves nothing.
+        for p in m.parameters():
+            if p.abs().sum() == 0:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    _, shape = export(m, img, "zoo_vit", out=out)
+    manifest["zoo_vit"] = {"x": shape}
+
+
 def main():
+    import sys
+
+    if sys.argv[1:] == ["--only", "zoo_vit"]:
+        # Add the one model to an existing zoo, leaving the others as they are.
+        path = os.path.join(OUT, "manifest.json")
+        with open(path) as f:
+            manifest = json.load(f)
+        torch.manual_seed(0)
+        vit(OUT, manifest, torch.randn(2, 3, 32, 32))
+        onnx.checker.check_model(onnx.load(os.path.join(OUT, "zoo_vit.onnx")), full_check=True)
+        with open(path, "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+            f.write("\n")
+        return
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     img = torch.randn(2, 3, 32, 32)
@@ -455,6 +498,8 @@ def main():
     manifest["zoo_layernorm_transformer"] = {"x": [2, 8], "dtype": "int64", "high": 50}
     manifest["zoo_attention_4d"] = {"x": attention_4d(os.path.join(OUT, "zoo_attention_4d.onnx"))}
     manifest["zoo_ms_fused_ffn"] = {"x": ms_fused_ffn(os.path.join(OUT, "zoo_ms_fused_ffn.onnx"))}
+    torch.manual_seed(0)
+    vit(OUT, manifest, torch.randn(2, 3, 32, 32))
     for name in manifest:
         onnx.checker.check_model(onnx.load(os.path.join(OUT, name + ".onnx")), full_check=True)
     with open(os.path.join(OUT, "manifest.json"), "w") as f:

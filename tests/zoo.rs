@@ -44,6 +44,9 @@ const ZOO: &[(&str, Expect)] = &[
     // q/k/v stay blocked in channels mode (their outputs are reshaped into heads: heads mode).
     ("zoo_layernorm_transformer", Expect::Channels(&["LayerNormalization", "Concat", "Gather"])),
     ("zoo_ms_fused_ffn", Expect::Channels(&["com.microsoft:BiasGelu", "com.microsoft:FastGelu"])),
+    // torchvision's ViT: the fused in-projection stays blocked in channels mode (split into q/k/v
+    // and heads); the residual stream must not be blocked by anything.
+    ("zoo_vit", Expect::Channels(&["LayerNormalization", "Concat", "Expand", "Add"])),
     ("zoo_patch_reshape", Expect::Channels(&["Reshape", "Shape", "Concat"])),
 ];
 
@@ -156,4 +159,19 @@ fn zoo_prunes_validly_at_beta_1_and_forced_cut() {
     }
     eprintln!("{}", table.join("\n"));
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// The transformers' residual streams (d_model under LayerNormalization) are one group each, not
+/// blocked, and lose units at the forced cut (the proofs are in the test above).
+#[test]
+fn transformer_residual_streams_prune() {
+    for (name, first) in [("zoo_layernorm_transformer", "/emb/Gather"), ("zoo_vit", "/conv_proj/Conv")] {
+        let dense = load(&root().join(format!("models/zoo/{name}.onnx")));
+        let r = onnx_emp::prune::channels::prune_channels(&dense, &opts(0.7, false)).unwrap();
+        let g = r.groups.iter().find(|g| g.id == first).unwrap_or_else(|| panic!("{name}: no group {first}"));
+        assert!(g.blocked.is_none(), "{name}: {:?}", g.blocked);
+        assert!(g.kept < g.n, "{name}: the stream kept {}/{}", g.kept, g.n);
+        let lns = g.members.iter().filter(|m| m.ends_with("LayerNormalization")).count();
+        assert!(lns >= 3, "{name}: {lns} LayerNormalizations in the stream: {:?}", g.members);
+    }
 }

@@ -31,10 +31,9 @@ fn private_slot(g: &onnx_protobuf::GraphProto, ix: &GraphIndex, n: &NodeProto, s
             "BatchNormalization" => (1..=4).contains(&slot),
             "InstanceNormalization" | "LayerNormalization" => (1..=2).contains(&slot),
             // A MatMul's bias, added after it (how exporters write a Linear on a sequence).
-            "Add" if n.input.len() == 2 && slot < 2 => ix
-                .producer
-                .get(&n.input[1 - slot])
-                .is_some_and(|&p| g.node[p].op_type == "MatMul" && std(&g.node[p])),
+            "Add" if n.input.len() == 2 && slot < 2 => {
+                ix.producer.get(&n.input[1 - slot]).is_some_and(|&p| g.node[p].op_type == "MatMul" && std(&g.node[p]))
+            }
             _ => false,
         }
 }

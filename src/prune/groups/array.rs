@@ -549,7 +549,8 @@ impl Analyzer<'_, '_> {
             self.block(&x.units, &format!("{} (reshape moves the channel axis)", barrier_reason(n)));
             // Our channels now stay whole, so the target must keep its values: channel counts of
             // other tensors in it are fed their original values when that can be done.
-            if inp(n, 1).is_some_and(|tg| self.freeze_counts(tg, Some(me))) {
+            let reads_ours = target.iter().any(|e| e.dim_expr().is_some_and(|(nm, j, _)| nm == me && j == t));
+            if !reads_ours && inp(n, 1).is_some_and(|tg| self.freeze_counts(tg, Some(me))) {
                 return;
             }
         }
