@@ -25,8 +25,9 @@
 //! When it cannot be folded (grouped Conv, ConvTranspose, LSTM input, a quantized consumer, a
 //! value that is not one constant), the unit is kept and the group's notes say why.
 //!
-//! Files: this one is the analysis-to-decision stage (scores, groups, EMP, floors, alignment, the
-//! report); `channels/rewrite.rs` the rewrite and compensation.
+//! Files: this one is the analysis-to-decision stage (scores, groups, EMP, alignment, the
+//! report); `channels/floors.rs` the floors (stem, narrow, bottleneck); `channels/rewrite.rs` the
+//! rewrite and compensation; `channels/sites.rs` the layers reconstruction refits.
 
 use super::groups::{self, Analysis, ConsumerKind, Ctx, Edit, IntTarget, Role, Unit, Val};
 use super::{Align, Criterion, GroupReport, MaskedOut, StructOptions, StructScope, StructuralResult};
@@ -37,8 +38,10 @@ use anyhow::{bail, Context, Result};
 use onnx_protobuf::{GraphProto, ModelProto, NodeProto, TensorProto};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod floors;
 mod rewrite;
 mod sites;
+use floors::{bottleneck_note, floored, is_stem};
 use rewrite::{rewrite, Mode};
 use sites::{downstream_sites, refit_sites};
 
@@ -164,6 +167,9 @@ struct Group {
     /// MatMul that writes them reads a depthwise group, or one that reads them writes one, and
     /// they are fewer than that depthwise group's.
     bottleneck: bool,
+    /// A LayerNormalization normalises over the units: a residual stream (a transformer's
+    /// d_model, ConvNeXt's stage width), not a narrow stem.
+    normalised: bool,
 }
 
 /// The kernels a group's units run on, in order of their automatic alignment: blocked convolution or
@@ -381,6 +387,7 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             kind: SourceKind::of(ctx, src),
             depthwise: false,
             bottleneck: false,
+            normalised: false,
         });
         // A group is aligned for its widest-tiled source.
         g.kind = g.kind.max(SourceKind::of(ctx, src));
@@ -424,8 +431,18 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
         })
         .flatten()
         .collect();
+    let normalised: BTreeSet<usize> = an
+        .edits
+        .iter()
+        .filter_map(|e| match e {
+            Edit::Norm { units, .. } => Some(units.iter().flatten().map(|u| an.group_of(*u))),
+            _ => None,
+        })
+        .flatten()
+        .collect();
     for g in &mut v {
         g.depthwise = dw.contains(&g.id);
+        g.normalised = normalised.contains(&g.id);
     }
     if !dw.is_empty() {
         // One pass over the consumers (Conv / Gemm / MatMul reading tracked units): a node that
@@ -639,79 +656,6 @@ fn keep_set(
     let n = g.classes.len();
     let target = floored(n, chosen.len().max(1), opts, notes);
     (target, fill(g, chosen, target, opts.floor.min_keep(n), g.align(opts)))
-}
-
-/// `kept` raised to the narrow floor ([`super::Floor`]), with a note when the floor binds.
-fn floored(n: usize, kept: usize, opts: &StructOptions, notes: &mut Vec<String>) -> usize {
-    let min = opts.floor.min_keep(n);
-    if kept >= min {
-        return kept;
-    }
-    notes.push(format!(
-        "kept {min} instead of {kept}: floor of half the width and at least {} units (--include narrow lifts it)",
-        super::NARROW_MIN.min(n)
-    ));
-    min
-}
-
-/// The note of a group the bottleneck floor keeps whole ([`super::Floor::bottleneck`]).
-fn bottleneck_note(kept: usize, by: &str) -> String {
-    format!(
-        "kept whole: a bottleneck between depthwise groups (cutting it cuts 1×1-conv MACs on both sides \
-         that buy little time); {by} would keep {kept} (--include bottleneck prunes it)"
-    )
-}
-
-/// Ops between the model input and a stem that do not mix channels (normalisation, layout, the
-/// input's Quantize/DequantizeLinear in a QDQ model).
-const STEM_PATH_OPS: &[&str] = &[
-    "Add",
-    "BatchNormalization",
-    "Cast",
-    "DequantizeLinear",
-    "Div",
-    "Flatten",
-    "Identity",
-    "Mul",
-    "Pad",
-    "QuantizeLinear",
-    "Reshape",
-    "Squeeze",
-    "Sub",
-    "Transpose",
-    "Unsqueeze",
-];
-
-/// A group whose producer is a Conv reading a graph input (possibly through `STEM_PATH_OPS`
-/// whose other operands are constants).
-fn is_stem(ctx: &Ctx, g: &Group) -> bool {
-    g.sources.iter().any(|&s| {
-        let n = &ctx.g.node[s];
-        if n.op_type != "Conv" {
-            return false;
-        }
-        let mut name = match n.input.first() {
-            Some(i) => i.as_str(),
-            None => return false,
-        };
-        for _ in 0..16 {
-            if ctx.consts.contains_key(name) {
-                return false;
-            }
-            if ctx.ix.inputs.contains(name) {
-                return true;
-            }
-            let Some(&p) = ctx.ix.producer.get(name) else { return false };
-            let pn = &ctx.g.node[p];
-            let live: Vec<&String> =
-                pn.input.iter().filter(|i| !i.is_empty() && !ctx.consts.contains_key(i.as_str())).collect();
-            if live.len() != 1 || !STEM_PATH_OPS.contains(&pn.op_type.as_str()) {
-                return false;
-            }
-            name = live[0];
-        }
-        false
-    })
 }
 
 /// No tensor may lose all its positions (a split part or concat input would become empty).

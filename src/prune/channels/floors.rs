@@ -1,0 +1,84 @@
+//! Channels, the floors that keep narrow layers sane (issue 11 item 3): the narrow floor (half of
+//! every group, at least 8 units), the stem (a Conv reading the model input, kept whole unless it
+//! writes a LayerNorm-normalised residual stream) and, in depthwise networks, the bottlenecks
+//! between depthwise groups (decided in `collect_groups`, noted here). Each binds with a note;
+//! `--include` lifts them ([`crate::prune::Floor`]).
+
+use super::*;
+
+/// `kept` raised to the narrow floor ([`crate::prune::Floor`]), with a note when the floor binds.
+pub(super) fn floored(n: usize, kept: usize, opts: &StructOptions, notes: &mut Vec<String>) -> usize {
+    let min = opts.floor.min_keep(n);
+    if kept >= min {
+        return kept;
+    }
+    notes.push(format!(
+        "kept {min} instead of {kept}: floor of half the width and at least {} units (--include narrow lifts it)",
+        crate::prune::NARROW_MIN.min(n)
+    ));
+    min
+}
+
+/// The note of a group the bottleneck floor keeps whole ([`crate::prune::Floor::bottleneck`]).
+pub(super) fn bottleneck_note(kept: usize, by: &str) -> String {
+    format!(
+        "kept whole: a bottleneck between depthwise groups (cutting it cuts 1×1-conv MACs on both sides \
+         that buy little time); {by} would keep {kept} (--include bottleneck prunes it)"
+    )
+}
+
+/// Ops between the model input and a stem that do not mix channels (normalisation, layout, the
+/// input's Quantize/DequantizeLinear in a QDQ model).
+const STEM_PATH_OPS: &[&str] = &[
+    "Add",
+    "BatchNormalization",
+    "Cast",
+    "DequantizeLinear",
+    "Div",
+    "Flatten",
+    "Identity",
+    "Mul",
+    "Pad",
+    "QuantizeLinear",
+    "Reshape",
+    "Squeeze",
+    "Sub",
+    "Transpose",
+    "Unsqueeze",
+];
+
+/// A group whose producer is a Conv reading a graph input (possibly through `STEM_PATH_OPS`
+/// whose other operands are constants), unless a LayerNormalization normalises over its units:
+/// then the Conv is a patch embedding writing a residual stream (ViT's d_model, ConvNeXt's first
+/// stage), where the cut is the model's width, not a narrow stem's (on the trained fmnist_vit,
+/// cutting that stream to 48 of 64 with reconstruction kept 84.1 %, as dense).
+pub(super) fn is_stem(ctx: &Ctx, g: &Group) -> bool {
+    !g.normalised
+        && g.sources.iter().any(|&s| {
+            let n = &ctx.g.node[s];
+            if n.op_type != "Conv" {
+                return false;
+            }
+            let mut name = match n.input.first() {
+                Some(i) => i.as_str(),
+                None => return false,
+            };
+            for _ in 0..16 {
+                if ctx.consts.contains_key(name) {
+                    return false;
+                }
+                if ctx.ix.inputs.contains(name) {
+                    return true;
+                }
+                let Some(&p) = ctx.ix.producer.get(name) else { return false };
+                let pn = &ctx.g.node[p];
+                let live: Vec<&String> =
+                    pn.input.iter().filter(|i| !i.is_empty() && !ctx.consts.contains_key(i.as_str())).collect();
+                if live.len() != 1 || !STEM_PATH_OPS.contains(&pn.op_type.as_str()) {
+                    return false;
+                }
+                name = live[0];
+            }
+            false
+        })
+}
