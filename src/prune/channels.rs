@@ -195,12 +195,15 @@ impl SourceKind {
 
 impl Group {
     fn align(&self, opts: &StructOptions) -> Align {
-        let max = match self.kind {
+        // A LayerNorm-normalised stream is a transformer's: its 2-D Gemms run over flattened
+        // tokens ([L·N, E], torchvision's attention projections), not one row at batch 1.
+        let kind = if self.normalised && self.kind == SourceKind::RowWise { SourceKind::Blocked } else { self.kind };
+        let max = match kind {
             SourceKind::Blocked => super::AUTO_ALIGN_MAX,
             SourceKind::Recurrent => super::AUTO_ALIGN_MAX_RECURRENT,
             SourceKind::RowWise => super::AUTO_ALIGN_MAX_ROWWISE,
         };
-        opts.round_to.align(self.classes.len(), max, self.kind == SourceKind::Blocked)
+        opts.round_to.align(self.classes.len(), max, kind == SourceKind::Blocked)
     }
 }
 
