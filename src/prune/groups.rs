@@ -479,6 +479,12 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         if self.shape_plumbing(ni, n) {
             return;
         }
+        // The rules index the first output; a node without one (invalid, but parseable) is a
+        // barrier (found by the fuzzer: a ConvTranspose with no outputs).
+        if n.output.is_empty() {
+            self.block_inputs(n, &format!("{} (no outputs)", barrier_reason(n)));
+            return;
+        }
         let Some(kind) = rules::lookup(n) else {
             self.block_inputs(n, &barrier_reason(n));
             return;

@@ -1404,6 +1404,44 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     g.node.push(node("Relu", "rb", &["b"], &["rb"]));
     g.node.push(node("Conv", "c", &["rb", "Wc"], &["y"]));
     v.push(("shared_bias", enc(&wrap(g))));
+    // A residual stream under LayerNormalization: MatMul → LN → MLP → residual Add → LN → head,
+    // and a Reshape of the input whose target reads the stream's width (frozen when it shrinks).
+    let mut g = GraphProto::new();
+    g.name = "layernorm_stream".into();
+    g.input.push(vi("x", 1, &[1, 2, 4]));
+    g.output.push(vi("y", 1, &[1, 2, 3]));
+    g.output.push(vi("z", 1, &[1, 2, 4]));
+    for (nm, dims, n) in [("Wa", [4, 4], 16), ("Wu", [4, 4], 16), ("Wd", [4, 4], 16), ("Wh", [4, 3], 12)] {
+        g.initializer.push(f32_tensor(nm, &dims, &ramp(n)));
+    }
+    for (nm, val) in [("g1", 1.0f32), ("b1", 0.1), ("g2", 0.5), ("b2", -0.1)] {
+        g.initializer.push(f32_tensor(nm, &[4], &[val; 4]));
+    }
+    let ints = |name: &str, v: &[i64]| {
+        let mut t = i64_scalar(name, 0);
+        t.dims = vec![v.len() as i64];
+        t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        t
+    };
+    g.initializer.push(ints("lead", &[1, -1]));
+    g.initializer.push(ints("ax0", &[0]));
+    g.initializer.push(i64_scalar("two", 2));
+    g.node.push(node("MatMul", "a", &["x", "Wa"], &["a"]));
+    g.node.push(node("LayerNormalization", "ln1", &["a", "g1", "b1"], &["n1"]));
+    g.node.push(node("MatMul", "up", &["n1", "Wu"], &["u"]));
+    g.node.push(node("Relu", "act", &["u"], &["ru"]));
+    g.node.push(node("MatMul", "down", &["ru", "Wd"], &["d"]));
+    g.node.push(node("Add", "res", &["a", "d"], &["s"]));
+    g.node.push(node("LayerNormalization", "ln2", &["s", "g2", "b2"], &["n2"]));
+    g.node.push(node("MatMul", "head", &["n2", "Wh"], &["y"]));
+    g.node.push(node("Shape", "shape", &["s"], &["sh"]));
+    g.node.push(node("Gather", "width", &["sh", "two"], &["w"]));
+    g.node.push(node("Unsqueeze", "wv", &["w", "ax0"], &["wv"]));
+    let mut cat = node("Concat", "target", &["lead", "wv"], &["t"]);
+    cat.attribute.push(attr_i("axis", 0));
+    g.node.push(cat);
+    g.node.push(node("Reshape", "rx", &["x", "t"], &["z"]));
+    v.push(("layernorm_stream", enc(&wrap(g))));
     // A tensor with (unresolvable) external data: parse accepts it, pruning must refuse cleanly.
     let mut m = tiny_matmul(f32_tensor("We", &[4, 3], &ramp(12)), 4, 3);
     externalize(&mut m, &["We"], "w.bin");
