@@ -10,6 +10,7 @@ use onnx_emp::model::graph::{self, GraphIndex};
 use onnx_emp::model::{io, tensor};
 use onnx_emp::prune::weights::{prune_weights, Include, Scope, WeightOptions, WeightsReport};
 use onnx_protobuf::{GraphProto, Message, ModelProto};
+use std::collections::BTreeSet;
 
 /// What happened to one input.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,8 +86,8 @@ pub fn analyse_model(model: &ModelProto) -> Outcome {
 /// The structural modes at a forced cut (β = 0.7, floors off, no rounding, so that units are
 /// really removed): channels and heads. Errors are a normal outcome (one line); a result must be
 /// a good file: the pruned and the masked model encode, parse and validate again, the masked
-/// model keeps the input's nodes (a LayerNormalization over a pruned axis is written out), the
-/// pruned one never has more parameters, and every group's kept count is within 1..=n.
+/// model keeps the input's graph (its inputs, outputs and every value it produces), the pruned
+/// one never has more parameters, and every group's kept count is within 1..=n.
 pub fn structural(model: &ModelProto) {
     use onnx_emp::prune::{channels, heads, Floor, RoundTo, StructOptions};
     let opts = StructOptions { beta: 0.7, floor: Floor::OFF, round_to: RoundTo::Multiple(1), ..Default::default() };
@@ -107,24 +108,25 @@ pub fn structural(model: &ModelProto) {
             GraphIndex::build(again.graph.as_ref().unwrap())
                 .unwrap_or_else(|e| panic!("{mode}: {what} model does not index: {e:#}"));
         }
-        // The masked model keeps every node of the input; only a LayerNormalization over a pruned
-        // axis is replaced (by its normalisation over the kept units, written out).
-        let keyed = |m: &ModelProto, ln: bool| -> Vec<(String, Vec<String>)> {
-            let mut v: Vec<_> = m
-                .graph
-                .as_ref()
-                .map_or(&[][..], |g| &g.node[..])
-                .iter()
-                .filter(|n| ln || n.op_type != "LayerNormalization")
-                .map(|n| (n.op_type.clone(), n.output.clone()))
-                .collect();
-            v.sort();
-            v
+        // The masked model keeps the input's graph: the same inputs and outputs, and every value
+        // a node of the input produces is still produced (by a node, or as an initializer when a
+        // constant's alias is given its own data), though by other nodes where the rewrite wrote
+        // something out (a LayerNormalization over a pruned axis, a bias Add after a MatMul).
+        let produced = |m: &ModelProto, inits: bool| -> BTreeSet<String> {
+            let g = m.graph.as_ref();
+            let nodes = g.map_or(&[][..], |g| &g.node[..]).iter().flat_map(|n| n.output.iter().cloned());
+            let inits = g.map_or(&[][..], |g| &g.initializer[..]).iter().filter(|_| inits).map(|t| t.name.clone());
+            nodes.chain(inits).filter(|s| !s.is_empty()).collect()
         };
-        let masked_nodes = keyed(r.masked(), true);
-        for k in keyed(model, false) {
-            assert!(masked_nodes.binary_search(&k).is_ok(), "{mode}: the masked model lost node {k:?}");
-        }
+        let io = |m: &ModelProto| {
+            let g = m.graph.as_ref();
+            let names = |v: &[onnx_protobuf::ValueInfoProto]| v.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+            (g.map(|g| names(&g.input)), g.map(|g| names(&g.output)))
+        };
+        assert_eq!(io(r.masked()), io(model), "{mode}: the masked model changed the graph's inputs or outputs");
+        let (before, after) = (produced(model, false), produced(r.masked(), true));
+        let lost: Vec<&String> = before.difference(&after).collect();
+        assert!(lost.is_empty(), "{mode}: the masked model no longer produces {lost:?}");
         assert!(
             heads::param_count(&r.pruned) <= heads::param_count(model),
             "{mode}: params grew {} → {}",
