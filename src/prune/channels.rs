@@ -719,6 +719,14 @@ fn report(
             ));
         }
     }
+    if g.blocked.is_empty() && g.normalised && kept_idx.len() < n {
+        notes.push(
+            "a LayerNormalization normalises these units: the pruned model normalises over the kept ones, \
+             so their mean and variance change (pruning error, measured by fidelity; the masked model \
+             normalises the same way)"
+                .to_string(),
+        );
+    }
     let members = an.members(g.id);
     let hidden = g
         .sources
