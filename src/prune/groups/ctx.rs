@@ -337,15 +337,7 @@ impl<'a> Ctx<'a> {
             let d0 = |s: Option<&str>| s.and_then(|s| self.dim0(s));
             let rank = |s: &str| self.rank(s);
             let b = match rules::lookup(n) {
-                Some(
-                    Kind::Unary(_)
-                    | Kind::Conv
-                    | Kind::ConvTranspose
-                    | Kind::BatchNorm
-                    | Kind::InstanceNorm
-                    | Kind::Pool(_)
-                    | Kind::Quant(_),
-                ) => d0(inp(n, 0)),
+                _ if keeps_batch_of_input(n) => d0(inp(n, 0)),
                 Some(Kind::Broadcast(_)) => {
                     // Inputs of the output's rank must agree; constants of lower rank or with
                     // dim 0 = 1 broadcast.
@@ -372,7 +364,6 @@ impl<'a> Ctx<'a> {
                     let v: Option<Vec<usize>> = n.input.iter().map(|i| self.dim0(i)).collect();
                     v.filter(|v| v.windows(2).all(|w| w[0] == w[1])).and_then(|v| v.first().copied())
                 }
-                Some(Kind::Transpose) if attr_ints(n, "perm").is_some_and(|p| p.first() == Some(&0)) => d0(inp(n, 0)),
                 Some(Kind::Slice) => {
                     let axes =
                         attr_ints(n, "axes").map(|a| a.to_vec()).or_else(|| inp(n, 3).and_then(|s| self.const_ints(s)));
@@ -582,6 +573,25 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
+    }
+}
+
+/// Ops whose output keeps its first input's dim 0 (the batch) in place: activations,
+/// convolutions, normalisations, pooling, activation quantization, a Transpose that leaves axis 0.
+pub(super) fn keeps_batch_of_input(n: &NodeProto) -> bool {
+    match rules::lookup(n) {
+        Some(
+            Kind::Unary(_)
+            | Kind::Conv
+            | Kind::ConvTranspose
+            | Kind::BatchNorm
+            | Kind::InstanceNorm
+            | Kind::LayerNorm
+            | Kind::Pool(_)
+            | Kind::Quant(_),
+        ) => true,
+        Some(Kind::Transpose) => attr_ints(n, "perm").is_some_and(|p| p.first() == Some(&0)),
+        _ => false,
     }
 }
 

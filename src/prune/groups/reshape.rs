@@ -320,21 +320,7 @@ impl Analyzer<'_, '_> {
                     return self.ctx.ix.inputs.contains(&cur).then_some(cur);
                 };
                 let pn = &self.ctx.g.node[p];
-                let keeps = match rules::lookup(pn) {
-                    Some(
-                        Kind::Unary(_)
-                        | Kind::Conv
-                        | Kind::ConvTranspose
-                        | Kind::BatchNorm
-                        | Kind::InstanceNorm
-                        | Kind::Pool(_)
-                        | Kind::Quant(_)
-                        | Kind::LayerNorm,
-                    ) => true,
-                    Some(Kind::Transpose) => attr_ints(pn, "perm").is_some_and(|p| p.first() == Some(&0)),
-                    _ => false,
-                };
-                if !keeps {
+                if !keeps_batch_of_input(pn) {
                     return None;
                 }
                 cur = inp(pn, 0)?.to_string();
