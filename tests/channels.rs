@@ -1095,6 +1095,57 @@ fn bottleneck_floor_keeps_the_narrow_streams_of_a_depthwise_net() {
     assert!(r.groups.iter().any(|g| g.kept < g.n), "{}", summary(&r.groups));
 }
 
+/// The bottleneck floor holds groups no wider than a depthwise group they connect to (MobileNet's
+/// narrow streams, above), not an expansion beside one: ConvNeXt's block (a depthwise conv on the
+/// stream, then a 4× wider MLP back to the stream) keeps its MLP prunable; with the MLP as narrow
+/// as the stream, the floor holds it.
+#[test]
+fn bottleneck_floor_spares_an_expansion_beside_a_depthwise_stream() {
+    let x: [i64; 4] = [1, 4, 6, 6];
+    let block = |hidden: i64| {
+        let scale = |k: i64| (0..k).map(|i| 1.0 + 0.1 * i as f32).collect::<Vec<f32>>();
+        let mut m = mk_model(
+            vec![
+                nd("Conv", "stem", &["x", "wp"], &["p"], vec![]),
+                nd("Relu", "pact", &["p"], &["rp"], vec![]),
+                nd("Conv", "in", &["rp", "ws"], &["s"], vec![]),
+                nd(
+                    "Conv",
+                    "dw",
+                    &["s", "wd"],
+                    &["d"],
+                    vec![attr_i("group", 16), attr_ints("kernel_shape", &[3, 3]), attr_ints("pads", &[1, 1, 1, 1])],
+                ),
+                nd("Conv", "up", &["d", "wu"], &["u"], vec![]),
+                nd("Relu", "act", &["u"], &["ru"], vec![]),
+                nd("Conv", "down", &["ru", "wn"], &["n"], vec![]),
+                nd("Add", "res", &["s", "n"], &["r"], vec![]),
+                nd("Conv", "head", &["r", "wh"], &["y"], vec![]),
+            ],
+            vec![
+                w("wp", &[8, 4, 1, 1], &scale(8), 6),
+                w("ws", &[16, 8, 1, 1], &scale(16), 1),
+                w("wd", &[16, 1, 3, 3], &scale(16), 2),
+                w("wu", &[hidden, 16, 1, 1], &scale(hidden), 3),
+                w("wn", &[16, hidden, 1, 1], &scale(16), 4),
+                w("wh", &[3, 16, 1, 1], &ones(3), 5),
+            ],
+            &x,
+            &["y"],
+        );
+        set_out_rank(&mut m, 4);
+        m
+    };
+    let opts = StructOptions { beta: 0.7, round_to: onnx_emp::prune::RoundTo::Multiple(1), ..Default::default() };
+    let held = |g: &GroupReport| g.notes.iter().any(|n| n.contains("--include bottleneck"));
+    let wide = prove_x(&block(64), &x, &opts);
+    let up = group(&wide.result, "up");
+    assert!(!held(up) && up.kept < up.n, "{}", summary(&wide.result.groups));
+    let narrow = prove_x(&block(16), &x, &opts);
+    let up = group(&narrow.result, "up");
+    assert!(held(up) && up.kept == up.n, "{}", summary(&narrow.result.groups));
+}
+
 /// `--round-to auto`: groups of 32 or more channels (a multiple of 16) keep the multiple of 16
 /// nearest to EMP's count, which may be below it; narrower groups round up to 8; an explicit
 /// `--round-to 16` always rounds up.

@@ -165,7 +165,7 @@ struct Group {
     depthwise: bool,
     /// A bottleneck between depthwise groups: no depthwise Conv carries the units, a Conv or
     /// MatMul that writes them reads a depthwise group, or one that reads them writes one, and
-    /// they are fewer than that depthwise group's.
+    /// they are no more than that depthwise group's.
     bottleneck: bool,
     /// A LayerNormalization normalises over the units: a residual stream (a transformer's
     /// d_model, ConvNeXt's stage width), not a narrow stem.
@@ -450,9 +450,10 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
     if !dw.is_empty() {
         // One pass over the consumers (Conv / Gemm / MatMul reading tracked units): a node that
         // writes a depthwise group makes every group it reads a neighbour, and the reverse. A
-        // bottleneck is narrower than a depthwise neighbour (MobileNet's 24 between 144-wide
-        // depthwise groups); a group wider than its depthwise neighbours is an expansion
-        // (ConvNeXt's 4× MLP beside its depthwise stream), where the MACs and the time are.
+        // bottleneck is no wider than a depthwise neighbour (MobileNet's 24 between 144-wide
+        // depthwise groups, ShuffleNet's equal branches); a group wider than its depthwise
+        // neighbours is an expansion (ConvNeXt's 4× MLP beside its depthwise stream), where the
+        // MACs and the time are.
         let width: BTreeMap<usize, usize> = v.iter().map(|g| (g.id, g.classes.len())).collect();
         let groups_of = |us: &[Option<Unit>]| us.iter().flatten().map(|u| an.group_of(*u)).collect::<BTreeSet<_>>();
         let mut dw_width: BTreeMap<usize, usize> = BTreeMap::new();
@@ -472,7 +473,7 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             note(&written, &read);
         }
         for g in v.iter_mut().filter(|g| !g.depthwise) {
-            g.bottleneck = dw_width.get(&g.id).is_some_and(|&w| g.classes.len() < w);
+            g.bottleneck = dw_width.get(&g.id).is_some_and(|&w| g.classes.len() <= w);
         }
     }
     v.sort_by_key(|g| g.first_source);
