@@ -25,7 +25,7 @@ FMNIST = ("fmnist_test_x.npy", "fmnist_calib_x.npy", "fmnist_test_y.npy")
 MODELS = [
     ("fmnist_mobilenet", *FMNIST, ["weights", "channels"]),
     ("fmnist_resnet", *FMNIST, ["weights", "channels"]),
-    ("fmnist_vit", *FMNIST, ["weights", "heads"]),
+    ("fmnist_vit", *FMNIST, ["weights", "heads", "channels"]),
     ("fmnist_shufflenet", *FMNIST, ["weights", "channels"]),
     ("digits_mlp", "digits_test_x64.npy", "digits_calib_x64.npy", "digits_test_y.npy", ["weights", "channels"]),
     ("digits_cnn", "digits_test_x1x8x8.npy", "digits_calib_x1x8x8.npy", "digits_test_y.npy", ["weights", "channels"]),
@@ -33,7 +33,7 @@ MODELS = [
      ["weights", "channels"]),
     ("digits_lstm", "digits_test_x8x8.npy", "digits_calib_x8x8.npy", "digits_test_y.npy", ["weights"]),
     ("digits_transformer", "digits_test_x8x8.npy", "digits_calib_x8x8.npy", "digits_test_y.npy",
-     ["weights", "heads"]),
+     ["weights", "heads", "channels"]),
     ("yolo_block", "digits_test_x1x8x8.npy", "digits_calib_x1x8x8.npy", "digits_test_y.npy", ["weights", "channels"]),
 ]
 
