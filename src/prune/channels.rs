@@ -420,29 +420,21 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
         }
     }
     let mut v: Vec<Group> = by_id.into_values().filter(|g| !g.classes.is_empty()).collect();
-    // The groups a depthwise Conv carries: the analysis rewrites such a Conv's `group` attribute.
-    let dw: BTreeSet<usize> = an
-        .edits
-        .iter()
-        .filter_map(|e| match e {
+    // The groups a depthwise Conv carries (the analysis rewrites such a Conv's `group`
+    // attribute) and those a LayerNormalization normalises.
+    let (mut dw, mut normalised): (BTreeSet<usize>, BTreeSet<usize>) = Default::default();
+    for e in &an.edits {
+        let (set, units) = match e {
             Edit::Count { target: IntTarget::AttrInt(ni, a), units, .. }
                 if a == "group" && ctx.g.node[*ni].op_type == "Conv" =>
             {
-                Some(units.iter().flatten().map(|u| an.group_of(*u)))
+                (&mut dw, units)
             }
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let normalised: BTreeSet<usize> = an
-        .edits
-        .iter()
-        .filter_map(|e| match e {
-            Edit::Norm { units, .. } => Some(units.iter().flatten().map(|u| an.group_of(*u))),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+            Edit::Norm { units, .. } => (&mut normalised, units),
+            _ => continue,
+        };
+        set.extend(units.iter().flatten().map(|u| an.group_of(*u)));
+    }
     for g in &mut v {
         g.depthwise = dw.contains(&g.id);
         g.normalised = normalised.contains(&g.id);

@@ -321,6 +321,14 @@ fn bool_scalar(name: &str, v: bool) -> TensorProto {
     t
 }
 
+/// A 1-D int64 tensor in raw_data.
+fn i64_vec(name: &str, v: &[i64]) -> TensorProto {
+    let mut t = i64_scalar(name, 0);
+    t.dims = vec![v.len() as i64];
+    t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    t
+}
+
 fn i64_scalar(name: &str, v: i64) -> TensorProto {
     let mut t = TensorProto::new();
     t.name = name.into();
@@ -1186,7 +1194,7 @@ fn valid_cases(v: &mut Vec<Case>) {
     g.output.push(vi("y", 1, &[1, 2, 2, 2]));
     g.initializer.push(f32_tensor("Wz", &[2, 0, 3, 3], &[]));
     let mut n = node("Conv", "conv0", &["x", "Wz"], &["y"]);
-    n.attribute.push(attr_ints("kernel_shape", &[3, 3]));
+    n.attribute.push(attr_i64_vec("kernel_shape", &[3, 3]));
     g.node.push(n);
     v.push(case("conv_zero_sized_weight", c, "a Conv weight with dims [2, 0, 3, 3]", enc(&wrap(g)), Expect::Valid));
     // An empty MatMul weight [0, 2^30]: before the fix, unit scope looped 2^30 times over it.
@@ -1310,7 +1318,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         g.initializer.push(f32_tensor(nm, &[3], &[val; 3]));
     }
     let mut n = node("Conv", "conv", &["x", "Wc", "bc"], &["c"]);
-    n.attribute.push(attr_ints("kernel_shape", &[3, 3]));
+    n.attribute.push(attr_i64_vec("kernel_shape", &[3, 3]));
     g.node.push(n);
     g.node.push(node("BatchNormalization", "bn", &["c", "s", "b", "m", "v"], &["y"]));
     v.push(("conv", enc(&wrap(g))));
@@ -1359,23 +1367,17 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     g.output.push(vi("y", 1, &[1, 3, 2, 2]));
     g.initializer.push(f32_tensor("Ws", &[8, 2, 1, 1], &ramp(16)));
     g.initializer.push(f32_tensor("Wt", &[3, 4, 1, 1], &ramp(12)));
-    let ints = |name: &str, v: &[i64]| {
-        let mut t = i64_scalar(name, 0);
-        t.dims = vec![v.len() as i64];
-        t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        t
-    };
-    g.initializer.push(ints("t5", &[1, 2, 4, 2, 2]));
-    g.initializer.push(ints("t4", &[1, 8, 2, 2]));
-    g.initializer.push(ints("axis", &[1]));
-    g.initializer.push(ints("zero", &[0]));
+    g.initializer.push(i64_vec("t5", &[1, 2, 4, 2, 2]));
+    g.initializer.push(i64_vec("t4", &[1, 8, 2, 2]));
+    g.initializer.push(i64_vec("axis", &[1]));
+    g.initializer.push(i64_vec("zero", &[0]));
     for (nm, val) in [("one", 1), ("two", 2)] {
         g.initializer.push(i64_scalar(nm, val));
     }
     g.node.push(node("Conv", "a", &["x", "Ws"], &["a"]));
     g.node.push(node("Reshape", "split", &["a", "t5"], &["r"]));
     let mut t = node("Transpose", "swap", &["r"], &["t"]);
-    t.attribute.push(attr_ints("perm", &[0, 2, 1, 3, 4]));
+    t.attribute.push(attr_i64_vec("perm", &[0, 2, 1, 3, 4]));
     g.node.push(t);
     g.node.push(node("Reshape", "merge", &["t", "t4"], &["s"]));
     g.node.push(node("Shape", "shape", &["s"], &["sh"]));
@@ -1417,14 +1419,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     for (nm, val) in [("g1", 1.0f32), ("b1", 0.1), ("g2", 0.5), ("b2", -0.1)] {
         g.initializer.push(f32_tensor(nm, &[4], &[val; 4]));
     }
-    let ints = |name: &str, v: &[i64]| {
-        let mut t = i64_scalar(name, 0);
-        t.dims = vec![v.len() as i64];
-        t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        t
-    };
-    g.initializer.push(ints("lead", &[1, -1]));
-    g.initializer.push(ints("ax0", &[0]));
+    g.initializer.push(i64_vec("lead", &[1, -1]));
+    g.initializer.push(i64_vec("ax0", &[0]));
     g.initializer.push(i64_scalar("two", 2));
     g.node.push(node("MatMul", "a", &["x", "Wa"], &["a"]));
     g.node.push(node("LayerNormalization", "ln1", &["a", "g1", "b1"], &["n1"]));

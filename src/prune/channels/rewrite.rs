@@ -531,24 +531,12 @@ fn apply_edits(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work) -> Result<()
             Edit::Norm { .. } => {} // the pruned LayerNormalization only has its parameters sliced
             Edit::Freeze { node, slot, value, int32, units } => {
                 if kept_count(an, plan, units) != units.len() as i64 {
-                    let base = w.g.node[*node].input.get(*slot).cloned().unwrap_or_default();
-                    let name = w.fresh(&base);
-                    let mut t = tensor::new_i64(&name, &[1], &[*value]);
-                    if *int32 {
-                        t.int64_data.clear();
-                        t.data_type = dt::INT32;
-                        t.int32_data = vec![i32::try_from(*value)?];
-                    }
-                    w.add_initializer(t);
-                    w.g.node[*node].input[*slot] = name;
+                    feed_constant(w, *node, *slot, *value, *int32)?;
                 }
             }
             Edit::Bound { node, slot, before, all } => {
                 if kept_count(an, plan, all) != all.len() as i64 {
-                    let base = w.g.node[*node].input.get(*slot).cloned().unwrap_or_default();
-                    let name = w.fresh(&base);
-                    w.add_initializer(tensor::new_i64(&name, &[1], &[kept_count(an, plan, before)]));
-                    w.g.node[*node].input[*slot] = name;
+                    feed_constant(w, *node, *slot, kept_count(an, plan, before), false)?;
                 }
             }
         }
@@ -587,6 +575,21 @@ fn apply_edits(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work) -> Result<()
             }
         }
     }
+    Ok(())
+}
+
+/// Feed input `slot` of `node` a new one-element integer constant (int64, or int32).
+fn feed_constant(w: &mut Work, node: usize, slot: usize, value: i64, int32: bool) -> Result<()> {
+    let base = w.g.node[node].input.get(slot).cloned().unwrap_or_default();
+    let name = w.fresh(&base);
+    let mut t = tensor::new_i64(&name, &[1], &[value]);
+    if int32 {
+        t.int64_data.clear();
+        t.data_type = dt::INT32;
+        t.int32_data = vec![i32::try_from(value)?];
+    }
+    w.add_initializer(t);
+    w.g.node[node].input[slot] = name;
     Ok(())
 }
 
