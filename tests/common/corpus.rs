@@ -1194,7 +1194,7 @@ fn valid_cases(v: &mut Vec<Case>) {
     g.output.push(vi("y", 1, &[1, 2, 2, 2]));
     g.initializer.push(f32_tensor("Wz", &[2, 0, 3, 3], &[]));
     let mut n = node("Conv", "conv0", &["x", "Wz"], &["y"]);
-    n.attribute.push(attr_i64_vec("kernel_shape", &[3, 3]));
+    n.attribute.push(attr_ints("kernel_shape", &[3, 3]));
     g.node.push(n);
     v.push(case("conv_zero_sized_weight", c, "a Conv weight with dims [2, 0, 3, 3]", enc(&wrap(g)), Expect::Valid));
     // An empty MatMul weight [0, 2^30]: before the fix, unit scope looped 2^30 times over it.
@@ -1318,7 +1318,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         g.initializer.push(f32_tensor(nm, &[3], &[val; 3]));
     }
     let mut n = node("Conv", "conv", &["x", "Wc", "bc"], &["c"]);
-    n.attribute.push(attr_i64_vec("kernel_shape", &[3, 3]));
+    n.attribute.push(attr_ints("kernel_shape", &[3, 3]));
     g.node.push(n);
     g.node.push(node("BatchNormalization", "bn", &["c", "s", "b", "m", "v"], &["y"]));
     v.push(("conv", enc(&wrap(g))));
@@ -1377,7 +1377,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     g.node.push(node("Conv", "a", &["x", "Ws"], &["a"]));
     g.node.push(node("Reshape", "split", &["a", "t5"], &["r"]));
     let mut t = node("Transpose", "swap", &["r"], &["t"]);
-    t.attribute.push(attr_i64_vec("perm", &[0, 2, 1, 3, 4]));
+    t.attribute.push(attr_ints("perm", &[0, 2, 1, 3, 4]));
     g.node.push(t);
     g.node.push(node("Reshape", "merge", &["t", "t4"], &["s"]));
     g.node.push(node("Shape", "shape", &["s"], &["sh"]));
