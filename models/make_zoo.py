@@ -8,7 +8,8 @@ biases are random so that compensation bugs cannot hide behind zeros.
 
 Writes models/zoo/*.onnx and models/zoo/manifest.json (input shape per model).
 Deterministic: fixed seeds, TorchScript exporter. Usage: python3 models/make_zoo.py
-(`--only zoo_vit` adds that one model to an existing zoo and its manifest).
+(`--only NAME` adds one of zoo_vit, zoo_norm_decomposed, zoo_rmsnorm_ops to an existing zoo
+and its manifest).
 """
 import json
 import os
@@ -162,11 +163,23 @@ class RNNNet(nn.Module):
 
 
 # --------------------------------------------------------------------------- transformer (LN residual)
+class RMSNorm(nn.Module):
+    """RMSNorm as LLaMA-style code writes it (the TorchScript exporter has no `nn.RMSNorm`): Pow,
+    ReduceMean, Add, Sqrt, Div, Mul in the ONNX graph."""
+
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(d)), eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
 class Block(nn.Module):
-    def __init__(self, d, h, ff):
+    def __init__(self, d, h, ff, norm=nn.LayerNorm):
         super().__init__()
         self.h, self.dh = h, d // h
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ln1, self.ln2 = norm(d), norm(d)
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.ff1, self.ff2 = nn.Linear(d, ff), nn.Linear(ff, d)
 
@@ -182,17 +195,73 @@ class Block(nn.Module):
 class LNTransformer(nn.Module):
     """Token embedding (Gather) + learned positions → 2 pre-LN blocks → LN → mean → Linear."""
 
-    def __init__(self, vocab=50, d=32, h=4, ff=64, seq=8):
+    def __init__(self, vocab=50, d=32, h=4, ff=64, seq=8, norms=(nn.LayerNorm, nn.LayerNorm)):
         super().__init__()
         self.emb = nn.Embedding(vocab, d)
         self.pos = nn.Parameter(0.1 * torch.randn(1, seq, d))
-        self.blocks = nn.Sequential(Block(d, h, ff), Block(d, h, ff))
+        self.blocks = nn.Sequential(*(Block(d, h, ff, norm) for norm in norms))
         self.ln = nn.LayerNorm(d)
         self.fc = nn.Linear(d, 10)
 
     def forward(self, x):
         y = self.emb(x) + self.pos
         return self.fc(self.ln(self.blocks(y)).mean(dim=1))
+
+
+def norm_decomposed(out, manifest):
+    """The LN transformer with its normalisations spelled out in primitive ops, as exports below
+    opset 17 write them: LayerNorm as ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add
+    (block 0 and the final norm), and a hand-written RMSNorm (block 1). Norm parameters random."""
+    torch.manual_seed(6)
+    m = LNTransformer(norms=(nn.LayerNorm, RMSNorm)).eval()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.LayerNorm, RMSNorm)):
+                mod.weight.copy_(0.5 + torch.rand(mod.weight.shape, generator=g))
+            if isinstance(mod, nn.LayerNorm):
+                mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
+    export(m, torch.randint(0, 50, (2, 8)), "zoo_norm_decomposed", opset=14, out=out)
+    manifest["zoo_norm_decomposed"] = {"x": [2, 8], "dtype": "int64", "high": 50}
+
+
+def rmsnorm_ops(path):
+    """A residual stream under ONNX's RMSNormalization (opset 23): before an FFN and after the
+    residual Add, then a classifier. (tests/channels.rs renames the second to onnxruntime's
+    SimplifiedLayerNormalization, its transformer optimizer's RMSNorm, which the checker does not
+    know.)"""
+    rng = np.random.default_rng(41)
+    d, ff, s, i = 32, 64, 6, 12
+    inits = []
+
+    def w(name, shape, scale=0.2, offset=0.0):
+        inits.append(numpy_helper.from_array((offset + scale * rng.standard_normal(shape)).astype(np.float32), name))
+        return name
+
+    mm = lambda x, wn, shape, y: [
+        helper.make_node("MatMul", [x, w(wn, shape)], [y + ".mm"], name=y + ".matmul"),
+        helper.make_node("Add", [y + ".mm", w(wn + ".b", [shape[1]], 0.1)], [y], name=y + ".bias"),
+    ]
+    nodes = mm("x", "embed", [i, d], "h0")
+    nodes.append(helper.make_node("RMSNormalization", ["h0", w("rms.scale", [d], 0.2, 1.0)], ["n0"], name="rms", epsilon=1e-5))
+    nodes += mm("n0", "up", [d, ff], "u")
+    nodes.append(helper.make_node("Relu", ["u"], ["r"], name="relu"))
+    nodes += mm("r", "down", [ff, d], "z")
+    nodes.append(helper.make_node("Add", ["h0", "z"], ["h1"], name="residual"))
+    nodes.append(helper.make_node("RMSNormalization", ["h1", w("rms2.scale", [d], 0.2, 1.0)], ["n1"], name="rms2", epsilon=1e-5))
+    nodes += mm("n1", "head", [d, 10], "y")
+    g = helper.make_graph(
+        nodes, "rmsnorm_ops",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", s, i])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", s, 10])],
+        inits,
+    )
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 23)], producer_name="onnx-emp make_zoo",
+    )
+    m.ir_version = 10
+    onnx.save(m, path)
+    return [2, s, i]
 
 
 # --------------------------------------------------------------------------- computed reshape
@@ -471,14 +540,19 @@ def vit(out, manifest, img):
 def main():
     import sys
 
-    if sys.argv[1:] == ["--only", "zoo_vit"]:
+    only = {
+        "zoo_vit": lambda m: (torch.manual_seed(0), vit(OUT, m, torch.randn(2, 3, 32, 32))),
+        "zoo_norm_decomposed": lambda m: norm_decomposed(OUT, m),
+        "zoo_rmsnorm_ops": lambda m: m.update(zoo_rmsnorm_ops={"x": rmsnorm_ops(os.path.join(OUT, "zoo_rmsnorm_ops.onnx"))}),
+    }
+    if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in only:
         # Add the one model to an existing zoo, leaving the others as they are.
+        name = sys.argv[2]
         path = os.path.join(OUT, "manifest.json")
         with open(path) as f:
             manifest = json.load(f)
-        torch.manual_seed(0)
-        vit(OUT, manifest, torch.randn(2, 3, 32, 32))
-        onnx.checker.check_model(onnx.load(os.path.join(OUT, "zoo_vit.onnx")), full_check=True)
+        only[name](manifest)
+        onnx.checker.check_model(onnx.load(os.path.join(OUT, name + ".onnx")), full_check=True)
         with open(path, "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
             f.write("\n")
@@ -500,6 +574,8 @@ def main():
     manifest["zoo_ms_fused_ffn"] = {"x": ms_fused_ffn(os.path.join(OUT, "zoo_ms_fused_ffn.onnx"))}
     torch.manual_seed(0)
     vit(OUT, manifest, torch.randn(2, 3, 32, 32))
+    norm_decomposed(OUT, manifest)
+    manifest["zoo_rmsnorm_ops"] = {"x": rmsnorm_ops(os.path.join(OUT, "zoo_rmsnorm_ops.onnx"))}
     for name in manifest:
         onnx.checker.check_model(onnx.load(os.path.join(OUT, name + ".onnx")), full_check=True)
     with open(os.path.join(OUT, "manifest.json"), "w") as f:

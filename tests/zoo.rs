@@ -4,7 +4,8 @@
 //! and onnxruntime (≤ 1e-4, `onnx.checker` full check and strict shape inference on both), params
 //! never grow, and the case itself is handled: the op family it is about does not block, and the
 //! forced cut removes units. (No case is out of scope since the residual stream under
-//! LayerNormalization prunes; `transformer_residual_streams_prune` checks that one group.)
+//! LayerNormalization prunes; `transformer_residual_streams_prune` checks that group, under each
+//! spelling of the normalisation.)
 //!
 //! `cargo test --test zoo -- --nocapture` prints the table the README shows.
 
@@ -46,6 +47,9 @@ const ZOO: &[(&str, Expect)] = &[
     // and heads); the residual stream must not be blocked by anything.
     ("zoo_vit", Expect::Channels(&["LayerNormalization", "Concat", "Expand", "Add"])),
     ("zoo_patch_reshape", Expect::Channels(&["Reshape", "Shape", "Concat"])),
+    // LayerNorm and RMSNorm spelled out in primitive ops (opset 14), and ONNX's RMSNormalization.
+    ("zoo_norm_decomposed", Expect::Channels(&["ReduceMean", "Sub", "Pow", "Sqrt", "Div", "Mul"])),
+    ("zoo_rmsnorm_ops", Expect::Channels(&["RMSNormalization"])),
 ];
 
 fn manifest() -> serde_json::Value {
@@ -158,17 +162,25 @@ fn zoo_prunes_validly_at_beta_1_and_forced_cut() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
-/// The transformers' residual streams (d_model under LayerNormalization) are one group each, not
-/// blocked, and lose units at the forced cut (the proofs are in the test above).
+/// The transformers' residual streams (d_model under LayerNormalization, RMSNorm, or either spelled
+/// out in primitive ops) are one group each, not blocked, and lose units at the forced cut (the
+/// proofs are in the test above): every normalisation of the stream is a member.
 #[test]
 fn transformer_residual_streams_prune() {
-    for (name, first) in [("zoo_layernorm_transformer", "/emb/Gather"), ("zoo_vit", "/conv_proj/Conv")] {
+    for (name, first, norm, count) in [
+        ("zoo_layernorm_transformer", "/emb/Gather", "LayerNormalization", 5),
+        ("zoo_vit", "/conv_proj/Conv", "LayerNormalization", 5),
+        // Two ReduceMeans per LayerNorm (blocks.0's two and the last), one per RMSNorm (blocks.1's
+        // two), and the mean over the tokens, which carries the stream to the classifier.
+        ("zoo_norm_decomposed", "/emb/Gather", "ReduceMean", 9),
+        ("zoo_rmsnorm_ops", "h0.matmul", "rms", 2),
+    ] {
         let dense = load(&root().join(format!("models/zoo/{name}.onnx")));
         let r = onnx_emp::prune::channels::prune_channels(&dense, &opts(0.7, false)).unwrap();
         let g = r.groups.iter().find(|g| g.id == first).unwrap_or_else(|| panic!("{name}: no group {first}"));
         assert!(g.blocked.is_none(), "{name}: {:?}", g.blocked);
         assert!(g.kept < g.n, "{name}: the stream kept {}/{}", g.kept, g.n);
-        let lns = g.members.iter().filter(|m| m.ends_with("LayerNormalization")).count();
-        assert!(lns >= 3, "{name}: {lns} LayerNormalizations in the stream: {:?}", g.members);
+        let norms = g.members.iter().filter(|m| m.contains(norm)).count();
+        assert_eq!(norms, count, "{name}: {norms} {norm} in the stream: {:?}", g.members);
     }
 }

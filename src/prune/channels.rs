@@ -430,7 +430,7 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             {
                 (&mut dw, units)
             }
-            Edit::Norm { units, .. } => (&mut normalised, units),
+            Edit::Norm { units, .. } | Edit::Mean { units, .. } => (&mut normalised, units),
             _ => continue,
         };
         set.extend(units.iter().flatten().map(|u| an.group_of(*u)));
@@ -714,9 +714,9 @@ fn report(
     }
     if g.blocked.is_empty() && g.normalised && kept_idx.len() < n {
         notes.push(
-            "a LayerNormalization normalises these units: the pruned model normalises over the kept ones, \
-             so their mean and variance change (pruning error, measured by fidelity; the masked model \
-             normalises the same way)"
+            "a normalisation (LayerNorm, RMSNorm, or a mean over the units) reads these units: the pruned \
+             model normalises over the kept ones, so their statistics change (pruning error, measured \
+             by fidelity; the masked model normalises the same way)"
                 .to_string(),
         );
     }

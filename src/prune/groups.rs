@@ -169,6 +169,18 @@ pub enum Edit {
     /// positions emit 0), so that pruned == masked holds; what the removed units contributed to
     /// the mean and variance is pruning error, which fidelity measures.
     Norm { node: usize, units: Units },
+    /// A ReduceMean over exactly the tracked axis: a LayerNorm or RMSNorm spelled out in primitive
+    /// ops (torch below opset 17, tf2onnx, hand-written RMSNorm modules), or any mean over the
+    /// units. The pruned model averages the kept positions; the masked model averages them too (its
+    /// input multiplied by the keep mask, the mean by d / kept), so pruned == masked holds and the
+    /// change of the statistic is pruning error, as for [`Edit::Norm`]. `trailing`: the number of
+    /// axes after the tracked one.
+    Mean { node: usize, units: Units, trailing: usize },
+    /// A Sub / Mul / Div normalising the tracked units by such a statistic of theirs (`x − mean`,
+    /// `x · rsqrt(mean(x²) + ε)`): in the masked model its output is multiplied by the keep mask,
+    /// so that removed positions hold 0 (the pruned model has none of them) instead of `−mean` or
+    /// a scaled activation, and what follows them is known again.
+    Mask { node: usize, units: Units, trailing: usize },
     /// A Reshape target element computed from a channel count (`b, s, d = x.shape`, then
     /// `a.reshape(b, s, d)` on a tensor the pruning leaves whole): the one-element input `slot`
     /// of the Concat that builds the target is fed the original `value` as a constant when any
@@ -324,6 +336,7 @@ pub fn analyze(ctx: &Ctx) -> Analysis {
         shape_vecs: BTreeMap::new(),
         dims_hint: BTreeMap::new(),
         shuffles: BTreeMap::new(),
+        means: BTreeMap::new(),
     };
     a.st.consts = ctx.consts.clone();
     for &ni in &ctx.order {
@@ -353,6 +366,11 @@ struct Analyzer<'c, 'a> {
     /// Channel shuffles split and not yet merged back, by the index of the Reshape back: the
     /// shuffled tensor's name, its track and the number of groups.
     shuffles: BTreeMap<usize, (String, Track, usize)>,
+    /// Statistics of tracked units by name: the output of a ReduceMean over exactly the tracked
+    /// axis, keepdims ([`Edit::Mean`]), and what element-wise ops compute from it and scalar
+    /// constants (`√(var + ε)`), with the units averaged and the axis and rank of the mean. Each
+    /// has size 1 on that axis, so it broadcasts along the units.
+    means: BTreeMap<String, (Units, usize, usize)>,
 }
 
 /// What happened at one node, for the blocked reason.
@@ -505,6 +523,9 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             }
         }
         let x = inp(n, 0).and_then(|s| self.track(s));
+        if matches!(kind, Kind::Unary(_) | Kind::Broadcast(_)) {
+            self.statistic(n);
+        }
         match kind {
             Kind::Unary(f) => self.unary(ni, n, x, f),
             Kind::Broadcast(f) => self.broadcast(ni, n, f),
@@ -533,6 +554,25 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             Kind::BiasAct(f) => self.bias_act(ni, n, x, f),
             Kind::Recurrent(g) => self.recurrent(ni, n, x, g),
             Kind::Quant(dequant) => self.quant(ni, n, x, dequant),
+        }
+    }
+
+    /// An element-wise node computing from one statistic of tracked units ([`Analyzer::means`])
+    /// and scalar constants only: its output is a statistic of the same units.
+    fn statistic(&mut self, n: &NodeProto) {
+        let mut stat = None;
+        for i in n.input.iter().filter(|i| !i.is_empty()) {
+            if let Some(m) = self.means.get(i) {
+                if stat.as_ref().is_some_and(|s: &(Units, usize, usize)| s != m) {
+                    return;
+                }
+                stat = Some(m.clone());
+            } else if self.ctx.dims(i).is_none_or(|d| d.iter().product::<usize>() != 1) {
+                return;
+            }
+        }
+        if let (Some(m), Some(o)) = (stat, n.output.first().filter(|o| !o.is_empty())) {
+            self.means.insert(o.clone(), m);
         }
     }
 

@@ -55,10 +55,11 @@ pub enum Kind {
     Gather,
     /// Softmax-like op normalising along its `axis` attribute (barrier on the channel axis).
     AlongAxis,
-    /// LayerNormalization: carries the channel axis when it normalises over exactly that (last)
-    /// axis (scale and bias sliced; the pruned model normalises over the kept units, the masked
-    /// model is given the same normalisation: `Edit::Norm`), or over later axes only; a barrier
-    /// when it normalises over the channel axis and others.
+    /// LayerNormalization, RMSNormalization (and onnxruntime's SimplifiedLayerNormalization):
+    /// carries the channel axis when it normalises over exactly that (last) axis (scale and bias
+    /// sliced; the pruned model normalises over the kept units, the masked model is given the same
+    /// normalisation: `Edit::Norm`), or over later axes only; a barrier when it normalises over
+    /// the channel axis and others.
     LayerNorm,
     /// Shape: a barrier unless the channel axis is outside [start, end).
     Shape,
@@ -195,6 +196,9 @@ pub const TABLE: &[(&str, Kind)] = &[
     ("LogSoftmax", Kind::AlongAxis),
     ("Hardmax", Kind::AlongAxis),
     ("LayerNormalization", Kind::LayerNorm),
+    ("RMSNormalization", Kind::LayerNorm),
+    // onnxruntime's RMSNorm, registered in the ONNX domain (its transformer optimizer writes it).
+    ("SimplifiedLayerNormalization", Kind::LayerNorm),
     ("Shape", Kind::Shape),
     ("QuantizeLinear", Kind::Quant(false)),
     ("DequantizeLinear", Kind::Quant(true)),

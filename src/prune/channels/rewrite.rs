@@ -9,6 +9,9 @@ use super::*;
 use crate::model::hollow::{clone_hollow, Hollow, Keep};
 use std::collections::HashMap;
 
+mod norm;
+use norm::mask_normalisation;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
     Pruned,
@@ -336,12 +339,7 @@ pub(super) fn rewrite(
         fix_value_info(an, plan, &mut w);
     } else {
         for e in &an.edits {
-            if let Edit::Norm { node, units } = e {
-                let keep: Vec<bool> = units.iter().map(|u| plan.keeps(an, *u)).collect();
-                if keep.contains(&false) {
-                    mask_norm(ctx, &mut w, *node, &keep)?;
-                }
-            }
+            mask_normalisation(ctx, an, plan, &mut w, e)?;
         }
     }
     // 4. node removals / insertions (last: they shift node indices)
@@ -528,7 +526,8 @@ fn apply_edits(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work) -> Result<()
             Edit::Select { node, axis, units, idx, slice } => {
                 select(ctx, an, plan, w, *node, *axis, units, idx, *slice)?
             }
-            Edit::Norm { .. } => {} // the pruned LayerNormalization only has its parameters sliced
+            // The pruned normalisations have their parameters sliced and average the kept units.
+            Edit::Norm { .. } | Edit::Mean { .. } | Edit::Mask { .. } => {}
             Edit::Freeze { node, slot, value, int32, units } => {
                 if kept_count(an, plan, units) != units.len() as i64 {
                     feed_constant(w, *node, *slot, *value, *int32)?;
@@ -703,75 +702,4 @@ fn fix_value_info(an: &Analysis, plan: &Plan, w: &mut Work) {
             _ => false,
         }
     });
-}
-
-/// The masked model's LayerNormalization over a pruned last axis: the same normalisation over the
-/// kept positions only, written with opset-independent ops so that the masked model computes what
-/// the pruned one does (its LayerNormalization over the kept units) whatever the removed
-/// positions hold:
-/// `mean = X·w`, `c = (X − mean)·mask`, `var = (c·c)·w`, `Y = c / √(var + ε) · scale + bias·mask`,
-/// with `w` the [d, 1] column mask / kept and the removed positions of Y exactly 0.
-fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> {
-    let n = &ctx.g.node[node];
-    let label = node_label(n);
-    let x = n.input.first().cloned().context("LayerNormalization without input")?;
-    let scale = n.input.get(1).cloned().filter(|s| !s.is_empty()).context("LayerNormalization without scale")?;
-    let bias = n.input.get(2).cloned().filter(|s| !s.is_empty());
-    let y = n.output.first().cloned().context("LayerNormalization without output")?;
-    let dtype = ctx.base_tensor(&scale).map(|t| t.data_type).context("LayerNormalization scale")?;
-    let eps = graph::attr_f(n, "epsilon").unwrap_or(1e-5) as f64;
-    let d = keep.len();
-    let kept = keep.iter().filter(|&&k| k).count();
-    if kept == 0 {
-        bail!("internal: LayerNormalization '{label}' keeps no position");
-    }
-    let mask: Vec<f64> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
-    let mean_w: Vec<f64> = mask.iter().map(|m| m / kept as f64).collect();
-    let constant = |w: &mut Work, what: &str, dims: &[i64], vals: &[f64]| -> Result<String> {
-        let name = w.fresh(&format!("{label}_{what}"));
-        w.add_initializer(new_float(dtype, &name, dims, vals)?);
-        Ok(name)
-    };
-    let c_w = constant(w, "mean_weights", &[d as i64, 1], &mean_w)?;
-    let c_mask = constant(w, "mask", &[d as i64], &mask)?;
-    let c_eps = constant(w, "epsilon", &[], &[eps])?;
-    let c_bias = match &bias {
-        Some(b) => {
-            let v = ctx.const_vals(b).with_context(|| format!("LayerNormalization bias '{b}'"))?;
-            let masked: Vec<f64> = v.iter().zip(&mask).map(|(b, m)| b * m).collect();
-            Some(constant(w, "masked_bias", &[d as i64], &masked)?)
-        }
-        None => None,
-    };
-    let mut nodes = vec![];
-    let mut op = |w: &mut Work, op: &str, inputs: Vec<String>, out: Option<String>| -> String {
-        let o = out.unwrap_or_else(|| w.fresh(&format!("{label}_{}", op.to_lowercase())));
-        let mut p = NodeProto::new();
-        p.op_type = op.into();
-        p.name = w.fresh(&format!("{label}_masked_{}", op.to_lowercase()));
-        p.input = inputs;
-        p.output = vec![o.clone()];
-        nodes.push(p);
-        o
-    };
-    let mean = op(w, "MatMul", vec![x.clone(), c_w.clone()], None);
-    let diff = op(w, "Sub", vec![x, mean], None);
-    let cen = op(w, "Mul", vec![diff, c_mask], None);
-    let sq = op(w, "Mul", vec![cen.clone(), cen.clone()], None);
-    let var = op(w, "MatMul", vec![sq, c_w], None);
-    let ve = op(w, "Add", vec![var, c_eps], None);
-    let sd = op(w, "Sqrt", vec![ve], None);
-    let nrm = op(w, "Div", vec![cen, sd], None);
-    match c_bias {
-        Some(b) => {
-            let sc = op(w, "Mul", vec![nrm, scale], None);
-            op(w, "Add", vec![sc, b], Some(y));
-        }
-        None => {
-            op(w, "Mul", vec![nrm, scale], Some(y));
-        }
-    }
-    w.remove_nodes.insert(node);
-    w.insert_after.entry(node).or_default().extend(nodes);
-    Ok(())
 }

@@ -519,6 +519,8 @@ impl<'a> Ctx<'a> {
                 | "Softmax"
                 | "LogSoftmax"
                 | "LayerNormalization"
+                | "RMSNormalization"
+                | "SimplifiedLayerNormalization"
                 | "Conv"
                 | "ConvTranspose"
                 | "BatchNormalization"

@@ -162,6 +162,10 @@ impl Analyzer<'_, '_> {
                     self.block(&units, &r);
                     return;
                 }
+            } else if self.means.get(*s).is_some_and(|m| m.1 == axis && m.2 == out_rank) {
+                // A statistic of tracked units (a normalisation's mean or √(var + ε)): size 1 on
+                // the axis.
+                per_input.push(vec![Val::Varying; c].into());
             } else {
                 // An untracked activation: fine only when it broadcasts along the channel axis.
                 let dim = self.ctx.shapes.get(*s).and_then(|d| {
@@ -179,8 +183,8 @@ impl Analyzer<'_, '_> {
                 per_input.push(vec![Val::Varying; c].into());
             }
         }
-        let is_mul = n.op_type == "Mul";
-        let vals = (0..c)
+        let (is_mul, is_div) = (n.op_type == "Mul", n.op_type == "Div");
+        let mut vals: Vals = (0..c)
             .map(|p| {
                 let mut acc = per_input[0][p];
                 for vs in &per_input[1..] {
@@ -188,12 +192,33 @@ impl Analyzer<'_, '_> {
                         (Val::Const(a), Val::Const(b)) => f(a, b).map(Val::Const).unwrap_or(Val::Varying),
                         // 0 · anything finite = 0 (the other side is an activation or weight).
                         (Val::Const(z), _) | (_, Val::Const(z)) if is_mul && z == 0.0 => Val::Const(0.0),
+                        // 0 / a statistic (a normalisation's √(var + ε)) = 0; were the divisor 0
+                        // there, the masked model would hold NaN and fail its proof.
+                        (Val::Const(z), _) if is_div && z == 0.0 => Val::Const(0.0),
                         _ => Val::Varying,
                     };
                 }
                 acc
             })
             .collect();
+        // `x − mean(x)`, `x · rsqrt(mean(x²) + ε)`, `x / √(…)`: the units normalised by a
+        // statistic of theirs. Removed positions would hold `−mean`, or what a residual stream
+        // carries there (learned positions) scaled, in the masked model; there they are masked to 0
+        // ([`Edit::Mask`]), as the pruned model has none of them.
+        let of_units = |a: &str, b: &str| {
+            self.track(a).is_some_and(|t| t.units == units) && self.means.get(b).is_some_and(|m| m.0 == units)
+        };
+        let normalised = ins.len() == 2
+            && match n.op_type.as_str() {
+                "Sub" | "Div" => of_units(ins[0].1, ins[1].1),
+                "Mul" => of_units(ins[0].1, ins[1].1) || of_units(ins[1].1, ins[0].1),
+                _ => false,
+            };
+        if normalised && vals.iter().any(|v| *v != Val::Const(0.0)) {
+            let trailing = out_rank - 1 - axis;
+            self.st.edits.push(Edit::Mask { node: ni, units: units.clone(), trailing });
+            vals = vec![Val::Const(0.0); c].into();
+        }
         let t = Track { axis, rank: out_rank, units, vals };
         if let Some(o) = n.output.first() {
             self.emit(ni, o, t);

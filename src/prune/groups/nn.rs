@@ -410,6 +410,18 @@ impl Analyzer<'_, '_> {
             self.block(&x.units, &format!("{} (bad axes)", barrier_reason(n)));
             return;
         };
+        if axes.iter().all(|&a| a == x.axis) && n.op_type == "ReduceMean" && n.domain.is_empty() {
+            // A mean over exactly the units: a normalisation's statistic (see [`Edit::Mean`]).
+            // Its output carries no unit; a Sub that centres the units by it is masked.
+            let keep = attr_i(n, "keepdims").unwrap_or(1) != 0;
+            if let Some(y) = n.output.first().filter(|y| !y.is_empty() && keep) {
+                self.means.insert(y.clone(), (x.units.clone(), x.axis, x.rank));
+            }
+            let trailing = x.rank - 1 - x.axis;
+            self.touch(ni, &x.units);
+            self.st.edits.push(Edit::Mean { node: ni, units: x.units.clone(), trailing });
+            return;
+        }
         if axes.contains(&x.axis) {
             self.block(&x.units, &format!("{} (reduces the channel axis)", barrier_reason(n)));
             return;

@@ -1,0 +1,208 @@
+//! Channels, stage 3 (masked model): normalisations over a pruned axis, restricted to the kept
+//! positions. The pruned model normalises over the units it keeps (a LayerNormalization or
+//! RMSNormalization over a narrower axis, a ReduceMean over fewer positions); the masked model
+//! keeps every shape, so each such statistic is rewritten here to average the kept positions
+//! only, with opset-independent ops. Contract: after these rewrites the masked model computes what
+//! the pruned one does whatever the removed positions hold (finite values), so masked-equivalence
+//! proves the pruned model; the change of the statistics themselves is pruning error, measured
+//! by fidelity.
+
+use super::*;
+
+/// The masked rewrite of one edit, if it is a normalisation ([`Edit::Norm`], [`Edit::Mean`],
+/// [`Edit::Mask`]) over units some of which are removed; other edits are left alone.
+pub(super) fn mask_normalisation(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work, e: &Edit) -> Result<()> {
+    let (node, units, trailing) = match e {
+        Edit::Norm { node, units } => (*node, units, None),
+        Edit::Mean { node, units, trailing } | Edit::Mask { node, units, trailing } => (*node, units, Some(*trailing)),
+        _ => return Ok(()),
+    };
+    let keep: Vec<bool> = units.iter().map(|u| plan.keeps(an, *u)).collect();
+    if !keep.contains(&false) {
+        return Ok(());
+    }
+    match (e, trailing) {
+        (Edit::Norm { .. }, _) => mask_norm(ctx, w, node, &keep),
+        (Edit::Mean { .. }, Some(t)) => mask_mean(ctx, w, node, &keep, t),
+        (_, Some(t)) => mask_output(ctx, w, node, &keep, t),
+        _ => Ok(()),
+    }
+}
+
+/// The float type of value `name`: declared, or that of the first float constant met walking
+/// back through its producers (a MatMul's weight, a bias), FLOAT when none is found (a wrong guess
+/// makes the masked model fail to type, so the rewrite is refused, never written unproven).
+fn float_type(ctx: &Ctx, name: &str) -> i32 {
+    let declared = |n: &str| {
+        ctx.g.input.iter().chain(&ctx.g.value_info).chain(&ctx.g.output).find(|v| v.name == n).and_then(|v| {
+            let t = v.type_.as_ref()?;
+            match &t.value {
+                Some(onnx_protobuf::type_proto::Value::TensorType(tt)) if tt.elem_type != 0 => Some(tt.elem_type),
+                _ => None,
+            }
+        })
+    };
+    let float = |dtype: i32| matches!(dtype, dt::FLOAT | dt::DOUBLE | dt::FLOAT16 | dt::BFLOAT16);
+    let mut name = name.to_string();
+    for _ in 0..64 {
+        if let Some(t) = declared(&name).filter(|&t| float(t)) {
+            return t;
+        }
+        let Some(&p) = ctx.ix.producer.get(name.as_str()) else { break };
+        let n = &ctx.g.node[p];
+        let mut next = None;
+        for i in n.input.iter().filter(|i| !i.is_empty()) {
+            match ctx.base_tensor(i) {
+                Some(t) if float(t.data_type) => return t.data_type,
+                Some(_) => {}
+                None => next = next.or(Some(i.clone())),
+            }
+        }
+        match next {
+            Some(i) => name = i,
+            None => break,
+        }
+    }
+    dt::FLOAT
+}
+
+/// A [d, 1, …, 1] constant (`trailing` ones) of `vals` named after `label` and `what`.
+fn column(w: &mut Work, dtype: i32, label: &str, what: &str, vals: &[f64], trailing: usize) -> Result<String> {
+    let name = w.fresh(&format!("{label}_{what}"));
+    let mut dims = vec![vals.len() as i64];
+    dims.extend(std::iter::repeat_n(1, trailing));
+    w.add_initializer(new_float(dtype, &name, &dims, vals)?);
+    Ok(name)
+}
+
+fn new_node(w: &mut Work, label: &str, op: &str, inputs: Vec<String>, out: Option<String>) -> NodeProto {
+    let o = out.unwrap_or_else(|| w.fresh(&format!("{label}_{}", op.to_lowercase())));
+    let mut p = NodeProto::new();
+    p.op_type = op.into();
+    p.name = w.fresh(&format!("{label}_masked_{}", op.to_lowercase()));
+    p.input = inputs;
+    p.output = vec![o];
+    p
+}
+
+fn mask_of(keep: &[bool]) -> Vec<f64> {
+    keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect()
+}
+
+/// ReduceMean over the pruned axis ([`Edit::Mean`]): `mean(X · mask) · d / kept`, the mean of the
+/// kept positions, with the node's own axes and keepdims.
+fn mask_mean(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool], trailing: usize) -> Result<()> {
+    let n = &ctx.g.node[node];
+    let label = node_label(n);
+    let x = n.input.first().cloned().context("ReduceMean without input")?;
+    let y = n.output.first().cloned().context("ReduceMean without output")?;
+    let kept = keep.iter().filter(|&&k| k).count();
+    if kept == 0 {
+        bail!("internal: ReduceMean '{label}' keeps no position");
+    }
+    let dtype = float_type(ctx, &x);
+    let c_mask = column(w, dtype, &label, "mask", &mask_of(keep), trailing)?;
+    let c_scale = column(w, dtype, &label, "mean_scale", &[keep.len() as f64 / kept as f64], 0)?;
+    let xm = new_node(w, &label, "Mul", vec![x, c_mask], None);
+    let mut red = n.clone();
+    red.input[0] = xm.output[0].clone();
+    red.output[0] = w.fresh(&format!("{label}_kept_sum"));
+    let sc = new_node(w, &label, "Mul", vec![red.output[0].clone(), c_scale], Some(y));
+    w.remove_nodes.insert(node);
+    w.insert_after.entry(node).or_default().extend([xm, red, sc]);
+    Ok(())
+}
+
+/// The output of a Sub centring the units by their mean ([`Edit::Mask`]), multiplied by the keep
+/// mask: removed positions hold 0.
+fn mask_output(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool], trailing: usize) -> Result<()> {
+    let n = &ctx.g.node[node];
+    let label = node_label(n);
+    let y = n.output.first().cloned().context("node without output")?;
+    let dtype = float_type(ctx, &y);
+    let c_mask = column(w, dtype, &label, "mask", &mask_of(keep), trailing)?;
+    let mut own = n.clone();
+    own.output[0] = w.fresh(&format!("{label}_unmasked"));
+    let m = new_node(w, &label, "Mul", vec![own.output[0].clone(), c_mask], Some(y));
+    w.remove_nodes.insert(node);
+    w.insert_after.entry(node).or_default().extend([own, m]);
+    Ok(())
+}
+
+/// The masked model's LayerNormalization over a pruned last axis: the same normalisation over the
+/// kept positions only, written with opset-independent ops so that the masked model computes what
+/// the pruned one does (its LayerNormalization over the kept units) whatever the removed
+/// positions hold:
+/// `mean = X·w`, `c = (X − mean)·mask`, `var = (c·c)·w`, `Y = c / √(var + ε) · scale + bias·mask`,
+/// with `w` the [d, 1] column mask / kept and the removed positions of Y exactly 0. An RMS
+/// normalisation (`RMSNormalization`, onnxruntime's `SimplifiedLayerNormalization`) does not
+/// centre: `c = X·mask`.
+fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> {
+    let n = &ctx.g.node[node];
+    let label = node_label(n);
+    let x = n.input.first().cloned().with_context(|| format!("{} without input", n.op_type))?;
+    let scale = n.input.get(1).cloned().filter(|s| !s.is_empty()).context("normalisation without scale")?;
+    let bias = n.input.get(2).cloned().filter(|s| !s.is_empty());
+    let y = n.output.first().cloned().context("normalisation without output")?;
+    let dtype = ctx.base_tensor(&scale).map(|t| t.data_type).context("normalisation scale")?;
+    let eps = graph::attr_f(n, "epsilon").unwrap_or(1e-5) as f64;
+    let d = keep.len();
+    let kept = keep.iter().filter(|&&k| k).count();
+    if kept == 0 {
+        bail!("internal: normalisation '{label}' keeps no position");
+    }
+    let mask: Vec<f64> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+    let mean_w: Vec<f64> = mask.iter().map(|m| m / kept as f64).collect();
+    let constant = |w: &mut Work, what: &str, dims: &[i64], vals: &[f64]| -> Result<String> {
+        let name = w.fresh(&format!("{label}_{what}"));
+        w.add_initializer(new_float(dtype, &name, dims, vals)?);
+        Ok(name)
+    };
+    let c_w = constant(w, "mean_weights", &[d as i64, 1], &mean_w)?;
+    let c_mask = constant(w, "mask", &[d as i64], &mask)?;
+    let c_eps = constant(w, "epsilon", &[], &[eps])?;
+    let c_bias = match &bias {
+        Some(b) => {
+            let v = ctx.const_vals(b).with_context(|| format!("normalisation bias '{b}'"))?;
+            let masked: Vec<f64> = v.iter().zip(&mask).map(|(b, m)| b * m).collect();
+            Some(constant(w, "masked_bias", &[d as i64], &masked)?)
+        }
+        None => None,
+    };
+    let mut nodes = vec![];
+    let mut op = |w: &mut Work, op: &str, inputs: Vec<String>, out: Option<String>| -> String {
+        let o = out.unwrap_or_else(|| w.fresh(&format!("{label}_{}", op.to_lowercase())));
+        let mut p = NodeProto::new();
+        p.op_type = op.into();
+        p.name = w.fresh(&format!("{label}_masked_{}", op.to_lowercase()));
+        p.input = inputs;
+        p.output = vec![o.clone()];
+        nodes.push(p);
+        o
+    };
+    let rms = matches!(n.op_type.as_str(), "RMSNormalization" | "SimplifiedLayerNormalization");
+    let cen = if rms {
+        op(w, "Mul", vec![x, c_mask], None)
+    } else {
+        let mean = op(w, "MatMul", vec![x.clone(), c_w.clone()], None);
+        let diff = op(w, "Sub", vec![x, mean], None);
+        op(w, "Mul", vec![diff, c_mask], None)
+    };
+    let sq = op(w, "Mul", vec![cen.clone(), cen.clone()], None);
+    let var = op(w, "MatMul", vec![sq, c_w], None);
+    let ve = op(w, "Add", vec![var, c_eps], None);
+    let sd = op(w, "Sqrt", vec![ve], None);
+    let nrm = op(w, "Div", vec![cen, sd], None);
+    match c_bias {
+        Some(b) => {
+            let sc = op(w, "Mul", vec![nrm, scale], None);
+            op(w, "Add", vec![sc, b], Some(y));
+        }
+        None => {
+            op(w, "Mul", vec![nrm, scale], Some(y));
+        }
+    }
+    w.remove_nodes.insert(node);
+    w.insert_after.entry(node).or_default().extend(nodes);
+    Ok(())
+}

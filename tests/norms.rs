@@ -1,0 +1,107 @@
+//! `--structured channels` through normalisations in every spelling: LayerNormalization (in
+//! tests/channels.rs and the zoo), ONNX's RMSNormalization and onnxruntime's
+//! SimplifiedLayerNormalization, and both spelled out in primitive ops (a ReduceMean over the units,
+//! the Sub, Mul or Div that normalises them by it). Each rewrite is proven (pruned == masked in
+//! tract, and in onnxruntime with the checker where it knows the ops).
+
+use onnx_emp::model::tensor;
+use onnx_emp::prune::channels::prune_channels;
+use onnx_emp::prune::{Floor, RoundTo, StructOptions, StructuralResult};
+use onnx_protobuf::ModelProto;
+
+#[path = "common/prove.rs"]
+mod prove;
+use prove::*;
+#[path = "common/build.rs"]
+mod build;
+use build::*;
+
+fn kept(r: &StructuralResult) -> Vec<(String, usize, usize, bool)> {
+    r.groups.iter().map(|g| (g.id.clone(), g.kept, g.n, g.blocked.is_some())).collect()
+}
+
+/// The trained digits transformer (97.5 %) and the same model with its five LayerNormalizations
+/// spelled out as torch.onnx below opset 17 writes them (`models/decompose_norms.py`): the same
+/// groups keep the same units, the residual stream through ten ReduceMeans, and both rewrites are
+/// proven.
+#[test]
+fn a_trained_layernorm_spelled_out_prunes_as_the_op_does() {
+    let dir = root().join("models");
+    let x = dir.join("digits_test_x8x8.npy");
+    let (npys, inputs) = (vec![("x".to_string(), x.clone())], vec![npy(&x)]);
+    let opts = StructOptions { beta: 0.8, round_to: RoundTo::Multiple(1), ..Default::default() };
+    let op = prune_and_prove(&load(&dir.join("digits_transformer.onnx")), &opts, &npys, &inputs);
+    let spelled = prune_and_prove(&load(&dir.join("digits_transformer_decomposed.onnx")), &opts, &npys, &inputs);
+    assert_eq!(kept(&op.result), kept(&spelled.result));
+    let stream = spelled.result.groups.iter().find(|g| g.id == "/embed/MatMul").unwrap();
+    assert!(stream.blocked.is_none() && stream.kept < stream.n, "{stream:?}");
+    let means = stream.members.iter().filter(|m| m.contains("LayerNormalization/ReduceMean")).count();
+    assert_eq!(means, 10, "{:?}", stream.members);
+    assert!(stream.notes.iter().any(|n| n.contains("normalisation")), "{:?}", stream.notes);
+    // (the spelled-out model has two more scalars per LayerNorm: the exponent and ε)
+    assert_eq!(op.params.0 - op.params.1, spelled.params.0 - spelled.params.1);
+}
+
+/// onnxruntime's SimplifiedLayerNormalization (its transformer optimizer's RMSNorm, in the ONNX
+/// domain) prunes as RMSNormalization does: the zoo's RMSNorm model with its second norm renamed.
+/// The checker does not know the op, so the proof is tract's.
+#[test]
+fn simplified_layer_normalization_prunes_as_rms_normalization() {
+    let mut m = load(&root().join("models/zoo/zoo_rmsnorm_ops.onnx"));
+    let g = m.graph.as_mut().unwrap();
+    let n = g.node.iter_mut().find(|n| n.name == "rms2").unwrap();
+    n.op_type = "SimplifiedLayerNormalization".into();
+    let opts = StructOptions { beta: 0.7, floor: Floor::OFF, round_to: RoundTo::Multiple(1), ..Default::default() };
+    let r = prune_channels(&m, &opts).unwrap();
+    let stream = r.groups.iter().find(|g| g.id == "h0.matmul").unwrap();
+    assert!(stream.blocked.is_none() && stream.kept < stream.n, "{stream:?}");
+    assert!(stream.members.iter().any(|m| m == "rms2"), "{:?}", stream.members);
+    let diff = onnx_emp::diff::graph_diff(&m, &r.pruned);
+    insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("zoo_rmsnorm_ops_simplified", diff);
+    });
+    let s = save_all(&m, &r);
+    let x = vec![Input::F32(vec![2, 6, 12], randn(2 * 6 * 12, 5))];
+    let err = tract_check(&s, &x).expect("tract runs SimplifiedLayerNormalization");
+    assert!(err <= TOL, "masked vs pruned {err:e}");
+}
+
+/// A Conv's channels centred by their own mean (`a − mean_c(a)`, a ReduceMean over exactly the
+/// channel axis) prune, proven; a ReduceMax over them, or a mean over the channels and the
+/// spatial axes together, still blocks.
+#[test]
+fn a_mean_over_the_units_prunes_other_reductions_over_them_block() {
+    let x: [i64; 4] = [1, 3, 6, 6];
+    let model = |op: &str, axes: &[i64]| -> ModelProto {
+        let mut m = mk_model(
+            vec![
+                nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+                nd(op, "stat", &["a"], &["m"], vec![attr_ints("axes", axes), attr_i("keepdims", 1)]),
+                nd("Sub", "centre", &["a", "m"], &["c"], vec![]),
+                nd("Relu", "relu", &["c"], &["r"], vec![]),
+                nd("Conv", "B", &["r", "wb", "bb"], &["y"], vec![]),
+            ],
+            vec![
+                w("wa", &[8, 3, 1, 1], &[1., 0.01, 1., 1., 0.02, 1., 0.5, 1.], 1),
+                tensor::new_f32("ba", &[8], &[0.1, 0.2, -0.1, 0.0, 0.3, 0.1, 0.0, -0.2]),
+                w("wb", &[4, 8, 1, 1], &ones(4), 2),
+                tensor::new_f32("bb", &[4], &[0.1, -0.1, 0.2, 0.0]),
+            ],
+            &x,
+            &["y"],
+        );
+        let g = m.graph.as_mut().unwrap();
+        g.value_info.push(vi("m", Some(&[1, 1, 6, 6])));
+        m
+    };
+    let opts = StructOptions { beta: 0.7, floor: Floor::OFF, round_to: RoundTo::Multiple(1), ..Default::default() };
+    let o = prove_x(&model("ReduceMean", &[1]), &x, &opts);
+    let a = o.result.groups.iter().find(|g| g.id == "A").unwrap();
+    assert!(a.blocked.is_none() && a.kept < a.n, "{a:?}");
+    for (op, axes) in [("ReduceMax", &[1][..]), ("ReduceMean", &[1, 2, 3][..])] {
+        let r = prune_channels(&model(op, axes), &opts).unwrap();
+        let a = r.groups.iter().find(|g| g.id == "A").unwrap();
+        let why = a.blocked.as_deref().unwrap_or_default();
+        assert!(why.contains(&format!("blocked by {op} node 'stat'")), "{op} {axes:?}: {a:?}");
+    }
+}
