@@ -105,3 +105,43 @@ fn a_mean_over_the_units_prunes_other_reductions_over_them_block() {
         assert!(why.contains(&format!("blocked by {op} node 'stat'")), "{op} {axes:?}: {a:?}");
     }
 }
+
+/// onnxruntime's transformer-optimised BERT (`models/bert_ms_attention.onnx`: com.microsoft
+/// Attention, SkipLayerNormalization, BiasGelu; LayerNorm parameters and biases deduplicated
+/// between layers): the residual stream prunes through every SkipLayerNormalization and both
+/// fused Attentions (whose packed QKV weight rows are sliced). tract cannot run com.microsoft
+/// Attention, so the proof is onnxruntime's (pruned == masked, with the checker).
+#[test]
+fn an_onnxruntime_optimised_bert_prunes_its_residual_stream() {
+    let p = root().join("models/bert_ms_attention.onnx");
+    let dense = load(&p);
+    let opts = StructOptions { beta: 0.7, round_to: RoundTo::Multiple(1), floor: Floor::OFF, ..Default::default() };
+    let r = prune_channels(&dense, &opts).unwrap();
+    let stream = r.groups.iter().find(|g| g.members.iter().any(|m| m == "SkipLayerNorm_AddBias_0")).unwrap();
+    assert!(stream.blocked.is_none() && stream.kept < stream.n, "{stream:?}");
+    for m in ["SkipLayerNorm_AddBias_3", "/m/bert/encoder/layer.1/attention/Attention", "/m/bert/pooler/dense/Gemm"] {
+        assert!(stream.members.iter().any(|x| x == m), "{m} not in {:?}", stream.members);
+    }
+    let ffn = r.groups.iter().filter(|g| g.id.ends_with("intermediate/dense/MatMul"));
+    assert!(ffn.clone().count() == 2 && ffn.into_iter().all(|g| g.blocked.is_none() && g.kept < g.n));
+    assert!(params(&r.pruned) < params(&dense));
+    let dir = tempfile::tempdir().unwrap();
+    let (mp, pp) = (dir.path().join("masked.onnx"), dir.path().join("pruned.onnx"));
+    let save = onnx_emp::model::io::SaveOptions::default();
+    onnx_emp::model::io::save(r.masked().clone(), &mp, &save).unwrap();
+    onnx_emp::model::io::save(r.pruned.clone(), &pp, &save).unwrap();
+    let helper = root().join("tests/helpers/ort_masked.py");
+    let out = match std::process::Command::new("python3").arg(&helper).arg(&mp).arg(&pp).arg(&p).output() {
+        Ok(o) => o,
+        Err(e) => return eprintln!("skipped: cannot run python3 ({e})"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.code() == Some(77) {
+        return eprintln!("skipped: {stdout}");
+    }
+    assert!(out.status.success(), "ort check failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    let e = v["max_rel_masked_vs_pruned"].as_f64().unwrap();
+    eprintln!("bert_ms_attention stream {}/{}: onnxruntime masked vs pruned {e:.2e}", stream.kept, stream.n);
+    assert!(e <= TOL, "masked vs pruned {e:e}");
+}

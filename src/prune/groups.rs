@@ -510,6 +510,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         // Tracked tensors may only enter the data slots the rule knows about.
         let data_slots: &[usize] = match kind {
             Kind::Broadcast(_) | Kind::Concat => &[],
+            Kind::SkipLayerNorm => &[0, 1],
             _ => &[0],
         };
         if !data_slots.is_empty() {
@@ -550,6 +551,8 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             Kind::Gather => self.gather(ni, n, x),
             Kind::AlongAxis => self.along_axis(ni, n, x),
             Kind::LayerNorm => self.layer_norm(ni, n, x),
+            Kind::SkipLayerNorm => self.skip_layer_norm(ni, n),
+            Kind::MsAttention => self.ms_attention(ni, n, x),
             Kind::Shape => self.shape(n, x),
             Kind::BiasAct(f) => self.bias_act(ni, n, x, f),
             Kind::Recurrent(g) => self.recurrent(ni, n, x, g),

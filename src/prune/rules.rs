@@ -61,6 +61,13 @@ pub enum Kind {
     /// normalisation: `Edit::Norm`), or over later axes only; a barrier when it normalises over
     /// the channel axis and others.
     LayerNorm,
+    /// onnxruntime's SkipLayerNormalization: `LayerNorm(input + skip + bias)` over the last axis;
+    /// input and skip are joined as a residual Add is, gamma, beta and bias sliced, and the masked
+    /// model is given the same normalisation over the kept units (`Edit::Norm`).
+    SkipLayerNorm,
+    /// onnxruntime's fused Attention: its input's last axis is contracted by the packed QKV weight
+    /// [d, 3·hidden] (a consumer, the bias input 2 taking the folds); the heads are heads mode's.
+    MsAttention,
     /// Shape: a barrier unless the channel axis is outside [start, end).
     Shape,
     /// y = act(x + bias) with an optional constant per-channel bias (input 1) on the last axis:
@@ -208,8 +215,9 @@ pub const TABLE: &[(&str, Kind)] = &[
 ];
 
 /// onnxruntime's contrib ops (domain `com.microsoft`) as its transformer optimizer emits them.
-/// SkipLayerNormalization / EmbedLayerNormalization normalise the hidden axis with fused inputs
-/// the masked model cannot restrict to kept units: barriers, so they are absent.
+/// EmbedLayerNormalization (embedding tables, positions and segments summed inside the op) and
+/// SkipSimplifiedLayerNormalization (whose bias onnxruntime versions apply differently) are
+/// barriers, so they are absent.
 pub const MS_TABLE: &[(&str, Kind)] = &[
     // BiasGelu(x, bias) = Gelu(x + bias), erf form.
     ("BiasGelu", Kind::BiasAct(|_, x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)))),
@@ -217,6 +225,8 @@ pub const MS_TABLE: &[(&str, Kind)] = &[
     ("FastGelu", Kind::BiasAct(|_, x| gelu_tanh(x))),
     ("Gelu", Kind::BiasAct(|_, x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)))),
     ("QuickGelu", Kind::BiasAct(|n, x| x * sigmoid(f(n, "alpha", 1.702) * x))),
+    ("SkipLayerNormalization", Kind::SkipLayerNorm),
+    ("Attention", Kind::MsAttention),
 ];
 
 /// The rule for a node, `None` for a barrier (unknown op or unknown domain).

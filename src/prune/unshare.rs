@@ -8,9 +8,9 @@
 //! constant (and the rewrite gives its own initializer when it changes).
 //!
 //! Contract: [`split`] returns a copy of the model in which each reader of a shared 1-D float
-//! constant read only as a Conv / ConvTranspose / Gemm bias, the bias Add after a MatMul, or a
-//! BatchNormalization / InstanceNormalization / LayerNormalization parameter reads it through its
-//! own new `Identity` (None when there is none: the model is used as is). [`rejoin`] undoes that
+//! constant read only as a Conv / ConvTranspose / Gemm bias, the bias Add after a MatMul, a
+//! BatchNormalization / InstanceNormalization / LayerNormalization / RMSNorm parameter, or the
+//! parameters and biases of onnxruntime's fused ops, reads it through its own new `Identity` (None when there is none: the model is used as is). [`rejoin`] undoes that
 //! on a rewritten model: an inserted `Identity` still there is removed and its reader reads the shared constant again; one the
 //! rewrite replaced by an initializer of its own (its reader's channels changed) stays so. What no
 //! rewrite touched comes out as it went in.
@@ -25,11 +25,23 @@ pub type Aliases = BTreeMap<String, String>;
 
 fn private_slot(g: &onnx_protobuf::GraphProto, ix: &GraphIndex, n: &NodeProto, slot: usize) -> bool {
     let std = |n: &NodeProto| n.domain.is_empty() || n.domain == "ai.onnx";
+    if n.domain == "com.microsoft" {
+        // onnxruntime's fused ops: SkipLayerNormalization's gamma, beta and bias, a fused
+        // activation's bias, Attention's packed QKV bias.
+        return match n.op_type.as_str() {
+            "SkipLayerNormalization" => (2..=4).contains(&slot),
+            "BiasGelu" | "FastGelu" => slot == 1,
+            "Attention" => slot == 2,
+            _ => false,
+        };
+    }
     std(n)
         && match n.op_type.as_str() {
             "Conv" | "ConvTranspose" | "Gemm" => slot == 2,
             "BatchNormalization" => (1..=4).contains(&slot),
-            "InstanceNormalization" | "LayerNormalization" => (1..=2).contains(&slot),
+            "InstanceNormalization" | "LayerNormalization" | "RMSNormalization" | "SimplifiedLayerNormalization" => {
+                (1..=2).contains(&slot)
+            }
             // A MatMul's bias, added after it (how exporters write a Linear on a sequence).
             "Add" if n.input.len() == 2 && slot < 2 => {
                 ix.producer.get(&n.input[1 - slot]).is_some_and(|&p| g.node[p].op_type == "MatMul" && std(&g.node[p]))

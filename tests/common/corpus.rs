@@ -1438,6 +1438,50 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     g.node.push(cat);
     g.node.push(node("Reshape", "rx", &["x", "t"], &["z"]));
     v.push(("layernorm_stream", enc(&wrap(g))));
+    // The same stream with its normalisations spelled out: a LayerNorm as ReduceMean, Sub, Mul,
+    // ReduceMean, Add, Sqrt, Div, Mul, Add, and an RMSNorm as Pow, ReduceMean, Add, Sqrt,
+    // Reciprocal, Mul, Mul.
+    let mut g = GraphProto::new();
+    g.name = "norm_spelled".into();
+    g.input.push(vi("x", 1, &[1, 2, 4]));
+    g.output.push(vi("y", 1, &[1, 2, 3]));
+    for (nm, dims, n) in [("Wa", [4, 4], 16), ("Wu", [4, 4], 16), ("Wd", [4, 4], 16), ("Wh", [4, 3], 12)] {
+        g.initializer.push(f32_tensor(nm, &dims, &ramp(n)));
+    }
+    for (nm, val) in [("g1", 1.0f32), ("b1", 0.1), ("g2", 0.5)] {
+        g.initializer.push(f32_tensor(nm, &[4], &[val; 4]));
+    }
+    for (nm, val) in [("eps", 1e-5f32), ("two", 2.0)] {
+        g.initializer.push(f32_tensor(nm, &[], &[val]));
+    }
+    let mean = |name: &str, x: &str, y: &str| {
+        let mut n = node("ReduceMean", name, &[x], &[y]);
+        n.attribute.push(attr_ints("axes", &[-1]));
+        n
+    };
+    g.node.push(node("MatMul", "a", &["x", "Wa"], &["a"]));
+    g.node.push(mean("mu", "a", "mu"));
+    g.node.push(node("Sub", "centre", &["a", "mu"], &["c"]));
+    g.node.push(node("Mul", "sq", &["c", "c"], &["c2"]));
+    g.node.push(mean("var", "c2", "var"));
+    g.node.push(node("Add", "ve", &["var", "eps"], &["ve"]));
+    g.node.push(node("Sqrt", "sd", &["ve"], &["sd"]));
+    g.node.push(node("Div", "norm", &["c", "sd"], &["nrm"]));
+    g.node.push(node("Mul", "scale", &["nrm", "g1"], &["sc"]));
+    g.node.push(node("Add", "shift", &["sc", "b1"], &["n1"]));
+    g.node.push(node("MatMul", "up", &["n1", "Wu"], &["u"]));
+    g.node.push(node("Relu", "act", &["u"], &["ru"]));
+    g.node.push(node("MatMul", "down", &["ru", "Wd"], &["d"]));
+    g.node.push(node("Add", "res", &["a", "d"], &["s"]));
+    g.node.push(node("Pow", "pow", &["s", "two"], &["s2"]));
+    g.node.push(mean("ms", "s2", "ms"));
+    g.node.push(node("Add", "mse", &["ms", "eps"], &["mse"]));
+    g.node.push(node("Sqrt", "rms", &["mse"], &["rms"]));
+    g.node.push(node("Reciprocal", "inv", &["rms"], &["inv"]));
+    g.node.push(node("Mul", "rnorm", &["s", "inv"], &["rn"]));
+    g.node.push(node("Mul", "rscale", &["rn", "g2"], &["n2"]));
+    g.node.push(node("MatMul", "head", &["n2", "Wh"], &["y"]));
+    v.push(("norm_spelled", enc(&wrap(g))));
     // A tensor with (unresolvable) external data: parse accepts it, pruning must refuse cleanly.
     let mut m = tiny_matmul(f32_tensor("We", &[4, 3], &ramp(12)), 4, 3);
     externalize(&mut m, &["We"], "w.bin");

@@ -136,13 +136,16 @@ fn mask_output(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool], trailing: us
 /// `mean = X·w`, `c = (X − mean)·mask`, `var = (c·c)·w`, `Y = c / √(var + ε) · scale + bias·mask`,
 /// with `w` the [d, 1] column mask / kept and the removed positions of Y exactly 0. An RMS
 /// normalisation (`RMSNormalization`, onnxruntime's `SimplifiedLayerNormalization`) does not
-/// centre: `c = X·mask`.
+/// centre: `c = X·mask`. onnxruntime's SkipLayerNormalization normalises `X = input + skip (+
+/// bias)` with gamma and beta (inputs 2 and 3).
 fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> {
     let n = &ctx.g.node[node];
     let label = node_label(n);
-    let x = n.input.first().cloned().with_context(|| format!("{} without input", n.op_type))?;
-    let scale = n.input.get(1).cloned().filter(|s| !s.is_empty()).context("normalisation without scale")?;
-    let bias = n.input.get(2).cloned().filter(|s| !s.is_empty());
+    let arg = |i: usize| n.input.get(i).cloned().filter(|s| !s.is_empty());
+    let skip = n.op_type == "SkipLayerNormalization";
+    let x = arg(0).with_context(|| format!("{} without input", n.op_type))?;
+    let (scale, bias) = if skip { (arg(2), arg(3)) } else { (arg(1), arg(2)) };
+    let scale = scale.context("normalisation without scale")?;
     let y = n.output.first().cloned().context("normalisation without output")?;
     let dtype = ctx.base_tensor(&scale).map(|t| t.data_type).context("normalisation scale")?;
     let eps = graph::attr_f(n, "epsilon").unwrap_or(1e-5) as f64;
@@ -179,6 +182,15 @@ fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> 
         p.output = vec![o.clone()];
         nodes.push(p);
         o
+    };
+    let x = if skip {
+        let sum = op(w, "Add", vec![x, arg(1).context("SkipLayerNormalization without skip")?], None);
+        match arg(4) {
+            Some(b) => op(w, "Add", vec![sum, b], None),
+            None => sum,
+        }
+    } else {
+        x
     };
     let rms = matches!(n.op_type.as_str(), "RMSNormalization" | "SimplifiedLayerNormalization");
     let cen = if rms {
