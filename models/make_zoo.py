@@ -8,8 +8,8 @@ biases are random so that compensation bugs cannot hide behind zeros.
 
 Writes models/zoo/*.onnx and models/zoo/manifest.json (input shape per model).
 Deterministic: fixed seeds, TorchScript exporter. Usage: python3 models/make_zoo.py
-(`--only NAME` adds one of zoo_vit, zoo_norm_decomposed, zoo_rmsnorm_ops to an existing zoo
-and its manifest).
+(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops to an
+existing zoo and its manifest).
 """
 import json
 import os
@@ -329,11 +329,12 @@ class SmallCNN(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
 
 
-def export(model, x, name, opset=OPSET, fold=True, out=OUT):
+def export(model, x, name, opset=OPSET, fold=True, out=OUT, dynamic=True):
     model.eval()
     path = os.path.join(out, name + ".onnx")
+    axes = {"x": {0: "batch"}, "y": {0: "batch"}} if dynamic else None
     torch.onnx.export(
-        model, (x,), path, dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False,
+        model, (x,), path, dynamic_axes=axes, dynamo=False,
         opset_version=opset, input_names=["x"], output_names=["y"], do_constant_folding=fold,
     )
     m = onnx.load(path)
@@ -509,6 +510,24 @@ def image_models(out, manifest, img):
     del manifest["zoo_cnn_fp32"]
 
 
+def vit_fixed(out, manifest):
+    """zoo_vit's model as a fixed-shape export at opset 14 (batch 1, no dynamic axes): every
+    LayerNorm spelled out in primitive ops, and Reshape targets folded to literals (`[1, 32, 16]`
+    for the patches, the batch a literal 1)."""
+    import torchvision
+
+    torch.manual_seed(13)
+    m = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10
+    ).eval()
+    g = torch.Generator().manual_seed(14)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=g) + (1.0 if p.dim() == 1 and p.shape[0] == 32 else 0.0))
+    _, shape = export(m, torch.randn(1, 3, 32, 32), "zoo_vit_fixed", opset=14, out=out, dynamic=False)
+    manifest["zoo_vit_fixed"] = {"x": shape}
+
+
 def vit(out, manifest, img):
     """torchvision's VisionTransformer as its users export it (TorchScript exporter): the patch
     convolution's output reshaped by a target computed from the input's shape (`n`, and
@@ -543,6 +562,7 @@ def main():
     only = {
         "zoo_vit": lambda m: (torch.manual_seed(0), vit(OUT, m, torch.randn(2, 3, 32, 32))),
         "zoo_norm_decomposed": lambda m: norm_decomposed(OUT, m),
+        "zoo_vit_fixed": lambda m: vit_fixed(OUT, m),
         "zoo_rmsnorm_ops": lambda m: m.update(zoo_rmsnorm_ops={"x": rmsnorm_ops(os.path.join(OUT, "zoo_rmsnorm_ops.onnx"))}),
     }
     if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in only:
@@ -575,6 +595,7 @@ def main():
     torch.manual_seed(0)
     vit(OUT, manifest, torch.randn(2, 3, 32, 32))
     norm_decomposed(OUT, manifest)
+    vit_fixed(OUT, manifest)
     manifest["zoo_rmsnorm_ops"] = {"x": rmsnorm_ops(os.path.join(OUT, "zoo_rmsnorm_ops.onnx"))}
     for name in manifest:
         onnx.checker.check_model(onnx.load(os.path.join(OUT, name + ".onnx")), full_check=True)

@@ -50,6 +50,9 @@ const ZOO: &[(&str, Expect)] = &[
     // LayerNorm and RMSNorm spelled out in primitive ops (opset 14), and ONNX's RMSNormalization.
     ("zoo_norm_decomposed", Expect::Channels(&["ReduceMean", "Sub", "Pow", "Sqrt", "Div", "Mul"])),
     ("zoo_rmsnorm_ops", Expect::Channels(&["RMSNormalization"])),
+    // zoo_vit as a fixed-shape opset-14 export: LayerNorms spelled out, literal Reshape targets
+    // (the patch reshape `[1, 32, 16]` is in the stream: `transformer_residual_streams_prune`).
+    ("zoo_vit_fixed", Expect::Channels(&["ReduceMean", "Sub", "Div", "Concat", "Expand", "Add"])),
 ];
 
 fn manifest() -> serde_json::Value {
@@ -174,6 +177,7 @@ fn transformer_residual_streams_prune() {
         // two), and the mean over the tokens, which carries the stream to the classifier.
         ("zoo_norm_decomposed", "/emb/Gather", "ReduceMean", 9),
         ("zoo_rmsnorm_ops", "h0.matmul", "rms", 2),
+        ("zoo_vit_fixed", "/conv_proj/Conv", "ReduceMean", 10),
     ] {
         let dense = load(&root().join(format!("models/zoo/{name}.onnx")));
         let r = onnx_emp::prune::channels::prune_channels(&dense, &opts(0.7, false)).unwrap();

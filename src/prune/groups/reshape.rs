@@ -51,10 +51,13 @@ impl Analyzer<'_, '_> {
                 _ => None,
             }
         };
+        // A literal leading entry equal to the input's dim there: declared, or for the batch the
+        // one carried from the model input (a fixed-shape export's `[1, C, H·W]` patch reshape).
         let lead_ok = |i: usize| {
             copies(i) == Some(i)
                 || lit(i).is_some_and(|(v, _)| {
-                    declared.as_ref().and_then(|d| d.get(i).copied().flatten()).is_some_and(|d| d as i64 == v)
+                    let dim = declared.as_ref().and_then(|d| d.get(i).copied().flatten());
+                    dim.or_else(|| if i == 0 { self.ctx.dim0(me) } else { None }).is_some_and(|d| d as i64 == v)
                 })
         };
         let lead = (0..t).all(lead_ok);
