@@ -510,16 +510,21 @@ def image_models(out, manifest, img):
     del manifest["zoo_cnn_fp32"]
 
 
+def tiny_vit():
+    """torchvision's VisionTransformer at zoo size: 32 × 32 images, 8 × 8 patches, d_model 32."""
+    import torchvision
+
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10
+    ).eval()
+
+
 def vit_fixed(out, manifest):
     """zoo_vit's model as a fixed-shape export at opset 14 (batch 1, no dynamic axes): every
     LayerNorm spelled out in primitive ops, and Reshape targets folded to literals (`[1, 32, 16]`
     for the patches, the batch a literal 1)."""
-    import torchvision
-
     torch.manual_seed(13)
-    m = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10
-    ).eval()
+    m = tiny_vit()
     g = torch.Generator().manual_seed(14)
     with torch.no_grad():
         for p in m.parameters():
@@ -535,12 +540,8 @@ def vit(out, manifest, img):
     (one fused in-projection, its reshapes built from the residual stream's width) and pre-LN
     blocks: the residual stream under LayerNormalization, end to end. LayerNorm parameters and
     biases are random, so that a wrong slice cannot hide behind ones and zeros."""
-    import torchvision
-
     torch.manual_seed(11)
-    m = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10
-    ).eval()
+    m = tiny_vit()
     g = torch.Generator().manual_seed(12)
     with torch.no_grad():
         for mod in m.modules():

@@ -31,6 +31,9 @@ pub struct Params {
 pub struct Equivalence {
     pub stage: String,
     pub status: String,
+    /// The engine that ran the proof: tract, or onnxruntime when tract could not run the models
+    /// (`reason` then says why); empty when none did.
+    pub engine: String,
     pub reason: Option<String>,
     pub max_abs_err: f64,
     pub max_rel_l2_err: f64,
@@ -191,9 +194,13 @@ impl Report {
         let _ = writeln!(s, "file size   {} → {} bytes", self.input.bytes, self.output.bytes);
         for e in &self.equivalence {
             if e.status == "ok" {
+                let engine = match e.engine.as_str() {
+                    "tract" | "" => String::new(),
+                    other => format!(", in {other}"),
+                };
                 let _ = writeln!(
                     s,
-                    "masked-equivalence ({}): max |Δ| {:.3e}, rel L2 {:.3e} (tolerance {:.0e}) {}",
+                    "masked-equivalence ({}{engine}): max |Δ| {:.3e}, rel L2 {:.3e} (tolerance {:.0e}) {}",
                     e.stage,
                     e.max_abs_err,
                     e.max_rel_l2_err,
@@ -212,7 +219,7 @@ impl Report {
             }
             Some(v) => {
                 let shapes: Vec<String> = v.input_shapes.iter().map(|(k, d)| format!("{k} {d:?}")).collect();
-                let _ = writeln!(s, "verification (tract, inputs {}):", shapes.join(", "));
+                let _ = writeln!(s, "verification ({}, inputs {}):", v.engine, shapes.join(", "));
                 for o in &v.outputs {
                     let _ = write!(
                         s,

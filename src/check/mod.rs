@@ -10,6 +10,7 @@ pub mod guard;
 pub mod inputs;
 pub mod latency;
 pub mod macs;
+pub mod ort;
 pub mod run;
 
 pub use fidelity::{accuracy, compare, load_labels, OutputFidelity};
@@ -61,6 +62,8 @@ pub struct Verification {
     pub status: String,
     /// Why it was skipped (stage and model).
     pub reason: Option<String>,
+    /// What ran the models: tract, or onnxruntime when tract could not (then no latency).
+    pub engine: String,
     pub input_shapes: BTreeMap<String, Vec<usize>>,
     pub outputs: Vec<OutputFidelity>,
     #[serde(serialize_with = "finite_opt")]
@@ -85,6 +88,7 @@ impl Verification {
         Verification {
             status: "skipped".into(),
             reason: Some(reason),
+            engine: String::new(),
             input_shapes,
             outputs: vec![],
             accuracy_dense: None,
@@ -168,20 +172,27 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
         let (names, notes) = (r.output_names.clone(), r.notes.clone());
         (o, names, notes, kept.then_some(r))
     };
-    let (d, p): (Ran, Ran) = if one_at_a_time {
-        let d = match run_one("dense", dense) {
-            Ok(x) => keep(x, false),
-            Err(e) => return skip(e, notes),
-        };
-        match run_one("pruned", pruned) {
-            Ok(x) => (d, keep(x, false)),
-            Err(e) => return skip(e, notes),
-        }
+    let ran: Result<(Ran, Ran)> = if one_at_a_time {
+        run_one("dense", dense).and_then(|d| Ok((keep(d, false), keep(run_one("pruned", pruned)?, false))))
     } else {
         match both(|| run_one("dense", dense), || run_one("pruned", pruned)) {
-            (Ok(a), Ok(b)) => (keep(a, true), keep(b, true)),
-            (Err(e), _) | (_, Err(e)) => return skip(e, notes),
+            (Ok(a), Ok(b)) => Ok((keep(a, true), keep(b, true))),
+            (Err(e), _) | (_, Err(e)) => Err(e),
         }
+    };
+    // tract could not run them: the same inputs in onnxruntime, if python3 has it (no latency).
+    let mut engine = "tract";
+    let (d, p) = match ran {
+        Ok(x) => x,
+        Err(tract) => match ort::run_pair(dense, pruned, &inputs) {
+            Ok((od, op, names)) => {
+                engine = "onnxruntime";
+                notes
+                    .push(format!("tract could not run the models ({tract:#}): fidelity from onnxruntime, no latency"));
+                ((od, names.clone(), vec![], None), (op, names, vec![], None))
+            }
+            Err(ort) => return skip(anyhow::anyhow!("{tract:#}; onnxruntime fallback: {ort:#}"), notes),
+        },
     };
     let ((od, names, notes_d, rd), (op, _, notes_p, rp)) = (d, p);
     for (which, n) in [("dense", &notes_d), ("pruned", &notes_p)] {
@@ -207,7 +218,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
 
     let (mut lat_d, mut lat_p) = (None, None);
     let mut hotspots = vec![];
-    if opts.latency {
+    if opts.latency && engine == "tract" {
         // Latency is what one deployed inference costs: time one sample, not the whole
         // verification batch (a model whose axis 0 is not a free batch axis is timed as is).
         // The batch models are dropped first: tract holding four copies of a big model at once
@@ -261,13 +272,16 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     for (which, p, slot) in [("dense", dense, &mut macs_d), ("pruned", pruned, &mut macs_p)] {
         match macs(p, &facts) {
             Ok(m) => *slot = Some(m.total),
-            Err(e) => notes.push(format!("MACs unavailable ({which}): {e:#}")),
+            Err(e) => {
+                notes.push(format!("MACs unavailable ({which}): {e:#}").replace(&p.display().to_string(), "model"))
+            }
         }
     }
 
     Verification {
         status: "ok".into(),
         reason: None,
+        engine: engine.into(),
         input_shapes: shapes,
         outputs: fid,
         accuracy_dense: acc_d,

@@ -104,7 +104,8 @@ pub fn split(model: &ModelProto) -> Result<Option<(ModelProto, Aliases)>> {
     Ok(Some((m, aliases)))
 }
 
-/// Undo [`split`] where the rewrite left an inserted alias as it was.
+/// Undo [`split`] where the rewrite left an inserted alias as it was, and give readers whose own
+/// copies came out identical one copy.
 pub fn rejoin(m: &mut ModelProto, aliases: &Aliases) {
     let Some(g) = m.graph.as_mut() else { return };
     let mut back: BTreeMap<&str, &str> = BTreeMap::new();
@@ -118,10 +119,40 @@ pub fn rejoin(m: &mut ModelProto, aliases: &Aliases) {
         }
         !inserted
     });
+    // Readers the rewrite gave identical copies of one shared constant (the layers of one stream,
+    // keeping the same units) read one copy again: untying must not multiply parameters. Only
+    // copies holding their data compare (a hollow one's data is elsewhere).
+    let mut canon: BTreeMap<String, String> = BTreeMap::new();
+    type Copy<'a> = (&'a str, Vec<i64>, i32, Vec<u8>, Vec<u32>); // source, dims, type, data
+    let mut seen: BTreeMap<Copy, String> = BTreeMap::new();
+    for t in &g.initializer {
+        let Some(src) = aliases.get(&t.name) else { continue };
+        if t.raw_data.is_empty() && t.float_data.is_empty() {
+            continue;
+        }
+        let key = (
+            src.as_str(),
+            t.dims.clone(),
+            t.data_type,
+            t.raw_data.clone(),
+            t.float_data.iter().map(|v| v.to_bits()).collect(),
+        );
+        match seen.get(&key) {
+            Some(first) => {
+                canon.insert(t.name.clone(), first.clone());
+            }
+            None => {
+                seen.insert(key, t.name.clone());
+            }
+        }
+    }
+    g.initializer.retain(|t| !canon.contains_key(&t.name));
     for n in g.node.iter_mut() {
         for i in n.input.iter_mut() {
             if let Some(src) = back.get(i.as_str()) {
                 *i = src.to_string();
+            } else if let Some(c) = canon.get(i.as_str()) {
+                *i = c.clone();
             }
         }
     }
@@ -190,6 +221,30 @@ mod tests {
         let (mut s, aliases) = split(&m).unwrap().unwrap();
         rejoin(&mut s, &aliases);
         assert_eq!(s, m);
+    }
+
+    #[test]
+    fn readers_given_identical_copies_share_one() {
+        let m = model();
+        let (mut s, aliases) = split(&m).unwrap().unwrap();
+        // Both readers' channels changed the same way: two equal copies, one kept.
+        let g = s.graph.as_mut().unwrap();
+        g.node.drain(0..2);
+        g.initializer.push(tensor::new_f32("b_0", &[3], &[0.5; 3]));
+        g.initializer.push(tensor::new_f32("b_1", &[3], &[0.5; 3]));
+        rejoin(&mut s, &aliases);
+        let g = s.graph.as_ref().unwrap();
+        assert_eq!((g.node[0].input[2].as_str(), g.node[1].input[2].as_str()), ("b_0", "b_0"));
+        assert!(g.initializer.iter().all(|t| t.name != "b_1"));
+        // Different copies stay apart.
+        let (mut s, aliases) = split(&m).unwrap().unwrap();
+        let g = s.graph.as_mut().unwrap();
+        g.node.drain(0..2);
+        g.initializer.push(tensor::new_f32("b_0", &[3], &[0.5; 3]));
+        g.initializer.push(tensor::new_f32("b_1", &[3], &[0.25; 3]));
+        rejoin(&mut s, &aliases);
+        let g = s.graph.as_ref().unwrap();
+        assert_eq!((g.node[0].input[2].as_str(), g.node[1].input[2].as_str()), ("b_0", "b_1"));
     }
 
     #[test]

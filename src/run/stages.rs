@@ -118,6 +118,7 @@ pub(super) fn unproven(stage: &str) -> Equivalence {
     Equivalence {
         stage: stage.into(),
         status: "skipped".into(),
+        engine: String::new(),
         reason: Some("--no-verify: masked-equivalence was not run, the rewrite is unproven".into()),
         max_abs_err: 0.0,
         max_rel_l2_err: 0.0,
@@ -127,11 +128,13 @@ pub(super) fn unproven(stage: &str) -> Equivalence {
     }
 }
 
-/// Masked-equivalence of one structural stage, never a false success.
+/// Masked-equivalence of one structural stage, never a false success: in tract, or in onnxruntime
+/// (through python3) when tract cannot run the models.
 pub(super) fn prove(stage: &str, masked: &Path, pruned: &Path, vo: &VerifyOptions) -> Equivalence {
     let mut e = Equivalence {
         stage: stage.into(),
         status: "ok".into(),
+        engine: "tract".into(),
         reason: None,
         max_abs_err: 0.0,
         max_rel_l2_err: 0.0,
@@ -139,7 +142,23 @@ pub(super) fn prove(stage: &str, masked: &Path, pruned: &Path, vo: &VerifyOption
         tolerance: EQUIVALENCE_TOLERANCE,
         pass: None,
     };
-    match check::equivalence(masked, pruned, vo) {
+    let named = |err: anyhow::Error| {
+        format!("{err:#}")
+            .replace(&masked.display().to_string(), "masked model")
+            .replace(&pruned.display().to_string(), "pruned model")
+    };
+    let outcome = check::equivalence(masked, pruned, vo).or_else(|tract| {
+        let tract = named(tract);
+        match check::ort::equivalence(masked, pruned, &vo.inputs) {
+            Ok(outs) => {
+                e.engine = "onnxruntime".into();
+                e.reason = Some(format!("tract could not run the models ({tract})"));
+                Ok(outs)
+            }
+            Err(ort) => Err(anyhow::anyhow!("{tract}; onnxruntime fallback: {}", named(ort))),
+        }
+    });
+    match outcome {
         Ok(outs) => {
             for f in &outs {
                 e.max_abs_err = e.max_abs_err.max(f.max_abs_err);
@@ -150,13 +169,11 @@ pub(super) fn prove(stage: &str, masked: &Path, pruned: &Path, vo: &VerifyOption
             e.outputs = outs;
         }
         Err(err) => {
-            let err = format!("{err:#}")
-                .replace(&masked.display().to_string(), "masked model")
-                .replace(&pruned.display().to_string(), "pruned model");
-            // tract could not run it: the proof is unavailable, which is not a proof of failure;
-            // the report says so and the structural result is not claimed exact.
+            // Neither engine could run it: the proof is unavailable, which is not a proof of
+            // failure; the report says so and the structural result is not claimed exact.
             e.status = "skipped".into();
-            e.reason = Some(err);
+            e.engine = String::new();
+            e.reason = Some(format!("{err:#}"));
         }
     }
     e

@@ -183,7 +183,9 @@ impl Analyzer<'_, '_> {
                 per_input.push(vec![Val::Varying; c].into());
             }
         }
-        let (is_mul, is_div) = (n.op_type == "Mul", n.op_type == "Div");
+        let is_mul = n.op_type == "Mul";
+        // Division by a normalisation's statistic (√(var + ε), never 0 with ε > 0).
+        let by_stat = n.op_type == "Div" && ins.len() == 2 && self.means.contains_key(ins[1].1);
         let mut vals: Vals = (0..c)
             .map(|p| {
                 let mut acc = per_input[0][p];
@@ -192,9 +194,9 @@ impl Analyzer<'_, '_> {
                         (Val::Const(a), Val::Const(b)) => f(a, b).map(Val::Const).unwrap_or(Val::Varying),
                         // 0 · anything finite = 0 (the other side is an activation or weight).
                         (Val::Const(z), _) | (_, Val::Const(z)) if is_mul && z == 0.0 => Val::Const(0.0),
-                        // 0 / a statistic (a normalisation's √(var + ε)) = 0; were the divisor 0
-                        // there, the masked model would hold NaN and fail its proof.
-                        (Val::Const(z), _) if is_div && z == 0.0 => Val::Const(0.0),
+                        // 0 / a statistic = 0; were the divisor 0 there (ε = 0 and a constant
+                        // row), the masked model would hold NaN and fail its proof.
+                        (Val::Const(z), _) if by_stat && z == 0.0 => Val::Const(0.0),
                         _ => Val::Varying,
                     };
                 }

@@ -1,0 +1,87 @@
+//! Masked-equivalence in onnxruntime, for the models tract 0.23 cannot run (onnxruntime's own
+//! com.microsoft ops: fused `Attention`, `EmbedLayerNormalization`, …): the inputs tract would
+//! have been given are written as `.npy`, both models run in onnxruntime through `python3`
+//! (optimisations off, the embedded `ort_run.py`), and their outputs are compared by the same
+//! measure ([`compare`]). The verification (dense against pruned: errors, cosine, top-1,
+//! accuracy) falls back to it the same way, without latency. Contract: `Ok` only when onnxruntime
+//! ran both models on those inputs; otherwise an error saying why (no python3, no onnxruntime, a
+//! model it refuses), never a pass.
+
+use super::fidelity::{compare, OutputFidelity};
+use super::inputs::{InputData, InputSpec, Inputs};
+use super::{shared_inputs, EQUIVALENCE_ROWS};
+use anyhow::{bail, Context, Result};
+use ndarray::ArrayD;
+use std::path::Path;
+use std::process::Command;
+
+const SCRIPT: &str = include_str!("ort_run.py");
+
+fn write_npy(path: &Path, data: &InputData) -> Result<()> {
+    use ndarray_npy::write_npy;
+    match data {
+        InputData::F32(a) => write_npy(path, a),
+        InputData::F64(a) => write_npy(path, a),
+        InputData::I64(a) => write_npy(path, a),
+        InputData::I32(a) => write_npy(path, a),
+        InputData::I8(a) => write_npy(path, a),
+        InputData::U8(a) => write_npy(path, a),
+        InputData::Bool(a) => write_npy(path, a),
+        InputData::F16(_) => bail!("float16 inputs are not passed to onnxruntime"),
+    }
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Run `a` and `b` in onnxruntime on the inputs prepared from `a` (the first
+/// [`EQUIVALENCE_ROWS`] samples) and compare `b` against `a`.
+pub fn equivalence(a: &Path, b: &Path, spec: &InputSpec) -> Result<Vec<OutputFidelity>> {
+    let all = shared_inputs(a, b, spec)?;
+    let inputs = all.head(EQUIVALENCE_ROWS).unwrap_or(all);
+    let (oa, ob, names) = run_pair(a, b, &inputs)?;
+    Ok(compare(&oa, &ob, &names))
+}
+
+/// The outputs of `a` and `b` (as f32) in onnxruntime on `inputs`, and `a`'s output names.
+pub type Pair = (Vec<ArrayD<f32>>, Vec<ArrayD<f32>>, Vec<String>);
+
+/// Run `a` and `b` in onnxruntime on `inputs`.
+pub fn run_pair(a: &Path, b: &Path, inputs: &Inputs) -> Result<Pair> {
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let script = dir.path().join("ort_run.py");
+    std::fs::write(&script, SCRIPT).context("writing the onnxruntime script")?;
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(a).arg(b).arg(dir.path());
+    for (k, i) in inputs.inputs.iter().enumerate() {
+        let p = dir.path().join(format!("input{k}.npy"));
+        write_npy(&p, &i.data)?;
+        cmd.arg(format!("{}={}", i.name, p.display()));
+    }
+    let out = cmd.output().context("python3 is not runnable")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match out.status.code() {
+        Some(0) => {}
+        Some(77) => bail!("onnxruntime is not available ({})", stdout.trim()),
+        _ => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+            bail!("onnxruntime failed: {last}");
+        }
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).context("onnxruntime script output")?;
+    let names: Vec<String> = v["outputs"]
+        .as_array()
+        .context("onnxruntime script output")?
+        .iter()
+        .filter_map(|n| n.as_str().map(String::from))
+        .collect();
+    let read = |tag: &str| -> Result<Vec<ArrayD<f32>>> {
+        (0..names.len())
+            .map(|i| {
+                let p = dir.path().join(format!("{tag}_{i}.npy"));
+                ndarray_npy::read_npy(&p).with_context(|| format!("reading {}", p.display()))
+            })
+            .collect()
+    };
+    Ok((read("a")?, read("b")?, names))
+}

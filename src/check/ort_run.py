@@ -1,0 +1,35 @@
+"""Run two ONNX models in onnxruntime on the same inputs and save their outputs (onnx-emp's
+masked-equivalence for models tract cannot run). Embedded in the onnx-emp binary.
+
+usage: ort_run.py MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...
+
+Optimisations off, CPU. Writes OUT_DIR/a_<i>.npy and OUT_DIR/b_<i>.npy (float32) and prints one
+JSON line {"outputs": [names]}. Exit status 77: numpy or onnxruntime missing."""
+import json
+import sys
+
+try:
+    import numpy as np
+    import onnxruntime as ort
+except ImportError as e:
+    print(json.dumps({"skipped": f"python module missing: {e.name}"}))
+    sys.exit(77)
+
+
+def main():
+    a, b, out = sys.argv[1:4]
+    feeds = {k: np.load(v) for k, v in (x.split("=", 1) for x in sys.argv[4:])}
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    names = []
+    for tag, path in (("a", a), ("b", b)):
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        for i, o in enumerate(sess.run(None, feeds)):
+            np.save(f"{out}/{tag}_{i}.npy", np.asarray(o, dtype=np.float32))
+    print(json.dumps({"outputs": names}))
+
+
+if __name__ == "__main__":
+    main()
