@@ -512,7 +512,8 @@ impl Analyzer<'_, '_> {
             );
             return;
         }
-        if !self.extra_outputs_unused(n, &a) || !self.extra_outputs_unused(n, &b) {
+        let joined = Track { units: all.clone().into(), ..a.clone() };
+        if !self.extra_outputs_unused(n, &joined) {
             return;
         }
         let float = |s: &str| {
