@@ -145,3 +145,24 @@ fn an_onnxruntime_optimised_bert_prunes_its_residual_stream() {
     eprintln!("bert_ms_attention stream {}/{}: onnxruntime masked vs pruned {e:.2e}", stream.kept, stream.n);
     assert!(e <= TOL, "masked vs pruned {e:e}");
 }
+
+/// A SkipLayerNormalization whose sum output (input + skip) is read keeps the stream whole, both
+/// sides of it: the masked model could not restrict that sum to the kept units.
+#[test]
+fn a_skip_layer_norm_with_its_sum_read_blocks_the_stream() {
+    let mut m = load(&root().join("models/bert_ms_attention.onnx"));
+    let g = m.graph.as_mut().unwrap();
+    let n = g.node.iter_mut().find(|n| n.name == "SkipLayerNorm_AddBias_0").unwrap();
+    n.output.extend(["".to_string(), "".to_string(), "sum0".to_string()]);
+    let mut out = g.output[0].clone();
+    out.name = "sum0".into();
+    g.output.push(out);
+    let opts = StructOptions { beta: 0.7, round_to: RoundTo::Multiple(1), floor: Floor::OFF, ..Default::default() };
+    let r = prune_channels(&m, &opts).unwrap();
+    // the skip side: the stream from the embeddings
+    let stream = r.groups.iter().find(|g| g.id.contains("embeddings")).expect("the embeddings' group");
+    assert!(stream.blocked.as_deref().is_some_and(|b| b.contains("secondary output")), "{stream:?}");
+    let o = r.groups.iter().find(|g| g.id.ends_with("layer.0/attention/output/dense/MatMul"));
+    let o = o.expect("the attention output projection, the SkipLayerNormalization's input, is a group");
+    assert!(o.blocked.as_deref().is_some_and(|b| b.contains("secondary output")), "{o:?}");
+}
