@@ -122,7 +122,7 @@ impl Report {
             let trials: Vec<String> = g
                 .trials
                 .iter()
-                .map(|t| format!("β {:.3} → {:.3}{}", t.beta, t.rel_l2, if t.pass { "" } else { " ✗" }))
+                .map(|t| format!("β {:.3} gives {:.3}{}", t.beta, t.rel_l2, if t.pass { "" } else { " ✗" }))
                 .collect();
             let _ = writeln!(
                 s,
