@@ -64,6 +64,8 @@ pub enum Kind {
     /// onnxruntime's SkipLayerNormalization: `LayerNorm(input + skip + bias)` over the last axis;
     /// input and skip are joined as a residual Add is, gamma, beta and bias sliced, and the masked
     /// model is given the same normalisation over the kept units (`Edit::Norm`).
+    /// SkipSimplifiedLayerNormalization (RMSNorm of `input + skip`) likewise, without its bias
+    /// input (onnxruntime versions disagree on whether they add it: a barrier).
     SkipLayerNorm,
     /// onnxruntime's fused Attention: its input's last axis is contracted by the packed QKV weight
     /// [d, 3·hidden] (a consumer, the bias input 2 taking the folds); the heads are heads mode's.
@@ -215,9 +217,8 @@ pub const TABLE: &[(&str, Kind)] = &[
 ];
 
 /// onnxruntime's contrib ops (domain `com.microsoft`) as its transformer optimizer emits them.
-/// EmbedLayerNormalization (embedding tables, positions and segments summed inside the op) and
-/// SkipSimplifiedLayerNormalization (whose bias onnxruntime versions apply differently) are
-/// barriers, so they are absent.
+/// EmbedLayerNormalization (embedding tables, positions and segments summed inside the op) is a
+/// barrier, so it is absent.
 pub const MS_TABLE: &[(&str, Kind)] = &[
     // BiasGelu(x, bias) = Gelu(x + bias), erf form.
     ("BiasGelu", Kind::BiasAct(|_, x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)))),
@@ -226,6 +227,7 @@ pub const MS_TABLE: &[(&str, Kind)] = &[
     ("Gelu", Kind::BiasAct(|_, x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)))),
     ("QuickGelu", Kind::BiasAct(|n, x| x * sigmoid(f(n, "alpha", 1.702) * x))),
     ("SkipLayerNormalization", Kind::SkipLayerNorm),
+    ("SkipSimplifiedLayerNormalization", Kind::SkipLayerNorm),
     ("Attention", Kind::MsAttention),
 ];
 

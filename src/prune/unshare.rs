@@ -30,6 +30,7 @@ fn private_slot(g: &onnx_protobuf::GraphProto, ix: &GraphIndex, n: &NodeProto, s
         // activation's bias, Attention's packed QKV bias.
         return match n.op_type.as_str() {
             "SkipLayerNormalization" => (2..=4).contains(&slot),
+            "SkipSimplifiedLayerNormalization" => slot == 2,
             "BiasGelu" | "FastGelu" => slot == 1,
             "Attention" => slot == 2,
             _ => false,

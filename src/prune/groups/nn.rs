@@ -494,7 +494,8 @@ impl Analyzer<'_, '_> {
     /// onnxruntime's SkipLayerNormalization(input, skip, gamma, beta?, bias?): input and skip (the
     /// residual) carry the same units on the last axis and are joined; gamma, beta and bias are
     /// sliced with them; the normalisation is over exactly those units, as for LayerNormalization.
-    /// Its optional outputs (mean, inverse std, the sum) must be unused.
+    /// SkipSimplifiedLayerNormalization(input, skip, gamma) is its RMSNorm. Their optional outputs
+    /// (mean, inverse std, the sum) must be unused.
     pub(super) fn skip_layer_norm(&mut self, ni: usize, n: &NodeProto) {
         let (a, b) = (inp(n, 0).and_then(|s| self.track(s)), inp(n, 1).and_then(|s| self.track(s)));
         let all: Vec<Option<Unit>> = a.iter().chain(b.iter()).flat_map(|t| t.units.iter().copied()).collect();
@@ -520,7 +521,15 @@ impl Analyzer<'_, '_> {
             self.ctx.base_tensor(s).is_some_and(|t| matches!(t.data_type, tensor::dt::FLOAT | tensor::dt::DOUBLE))
                 && self.ctx.consts.get(s).is_none_or(|c| c.dq.is_none())
         };
-        let params: Vec<(usize, &str)> = [2, 3, 4].into_iter().filter_map(|s| inp(n, s).map(|p| (s, p))).collect();
+        // SkipSimplifiedLayerNormalization: gamma only (its bias, input 3, is a barrier).
+        let simplified = n.op_type == "SkipSimplifiedLayerNormalization";
+        if simplified && inp(n, 3).is_some() {
+            let r = format!("{} (a bias input, which onnxruntime versions apply differently)", barrier_reason(n));
+            self.block(&all, &r);
+            return;
+        }
+        let slots: &[usize] = if simplified { &[2] } else { &[2, 3, 4] };
+        let params: Vec<(usize, &str)> = slots.iter().filter_map(|&s| inp(n, s).map(|p| (s, p))).collect();
         let ok = params.first().is_some_and(|(s, _)| *s == 2)
             && params.iter().all(|(_, p)| self.ctx.dims(p) == Some(&[d][..]) && float(p) && self.is_const(p));
         if !ok {

@@ -137,14 +137,19 @@ fn mask_output(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool], trailing: us
 /// with `w` the [d, 1] column mask / kept and the removed positions of Y exactly 0. An RMS
 /// normalisation (`RMSNormalization`, onnxruntime's `SimplifiedLayerNormalization`) does not
 /// centre: `c = X·mask`. onnxruntime's SkipLayerNormalization normalises `X = input + skip (+
-/// bias)` with gamma and beta (inputs 2 and 3).
+/// bias)` with gamma and beta (inputs 2 and 3), SkipSimplifiedLayerNormalization `input + skip`
+/// with gamma (RMS).
 fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> {
     let n = &ctx.g.node[node];
     let label = node_label(n);
     let arg = |i: usize| n.input.get(i).cloned().filter(|s| !s.is_empty());
-    let skip = n.op_type == "SkipLayerNormalization";
+    let skip = matches!(n.op_type.as_str(), "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization");
     let x = arg(0).with_context(|| format!("{} without input", n.op_type))?;
-    let (scale, bias) = if skip { (arg(2), arg(3)) } else { (arg(1), arg(2)) };
+    let (scale, bias) = match n.op_type.as_str() {
+        "SkipLayerNormalization" => (arg(2), arg(3)),
+        "SkipSimplifiedLayerNormalization" => (arg(2), None),
+        _ => (arg(1), arg(2)),
+    };
     let scale = scale.context("normalisation without scale")?;
     let y = n.output.first().cloned().context("normalisation without output")?;
     let dtype = ctx.base_tensor(&scale).map(|t| t.data_type).context("normalisation scale")?;
@@ -184,15 +189,18 @@ fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> 
         o
     };
     let x = if skip {
-        let sum = op(w, "Add", vec![x, arg(1).context("SkipLayerNormalization without skip")?], None);
-        match arg(4) {
+        let sum = op(w, "Add", vec![x, arg(1).context("skip normalisation without skip")?], None);
+        match arg(4).filter(|_| n.op_type == "SkipLayerNormalization") {
             Some(b) => op(w, "Add", vec![sum, b], None),
             None => sum,
         }
     } else {
         x
     };
-    let rms = matches!(n.op_type.as_str(), "RMSNormalization" | "SimplifiedLayerNormalization");
+    let rms = matches!(
+        n.op_type.as_str(),
+        "RMSNormalization" | "SimplifiedLayerNormalization" | "SkipSimplifiedLayerNormalization"
+    );
     let cen = if rms {
         op(w, "Mul", vec![x, c_mask], None)
     } else {
