@@ -132,7 +132,7 @@ pub fn choose_beta<T>(
                 reference = Some(dense_run()?);
             }
             let reference = reference.as_ref().context("guard: no dense run")?;
-            let out = crate::reconstruct::outputs(&p.model, inputs).context("guard: pruned run")?;
+            let out = model_outputs(&p.model, inputs).context("guard: pruned run")?;
             crate::reconstruct::compare(reference, &out).0.sqrt()
         };
         let pass = rel_l2 <= tol;
@@ -190,9 +190,27 @@ pub fn choose_beta<T>(
     Ok((best, report(trials, hi, false, candidates)))
 }
 
+/// A model's outputs on the guard inputs (each concatenated over the samples, and the first one's
+/// last dim): in tract, or in onnxruntime through python3 when tract cannot run the model (its
+/// com.microsoft ops), so that a default run on such a model is guarded too.
+fn model_outputs(model: &ModelProto, inputs: &Inputs) -> Result<(Vec<Vec<f32>>, usize)> {
+    let tract = match crate::reconstruct::outputs(model, inputs) {
+        Ok(o) => return Ok(o),
+        Err(e) => e,
+    };
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let path = dir.path().join("model.onnx");
+    let bytes = protobuf::Message::write_to_bytes(model).context("serialising the model")?;
+    std::fs::write(&path, bytes).context("writing the model for onnxruntime")?;
+    let (outs, _) = super::ort::run_one(&path, inputs)
+        .map_err(|ort| anyhow::anyhow!("{tract:#}; onnxruntime fallback: {ort:#}"))?;
+    let width = outs.first().and_then(|o| o.shape().last().copied()).unwrap_or(1);
+    Ok((outs.into_iter().map(|o| o.iter().copied().collect()).collect(), width))
+}
+
 /// The dense model's outputs on the guard inputs: the reference every trial is measured against.
 fn reference_outputs(dense: &ModelProto, inputs: &Inputs) -> Result<(Vec<Vec<f32>>, usize)> {
-    let reference = crate::reconstruct::outputs(dense, inputs).context("guard: dense run")?;
+    let reference = model_outputs(dense, inputs).context("guard: dense run")?;
     // Without a finite, non-zero reference there is nothing to measure a cut against (NaN
     // outputs on random inputs would otherwise fail every β and keep the model dense).
     if reference.0.iter().flatten().any(|v| !v.is_finite()) {
@@ -257,7 +275,7 @@ pub fn choose_groups(
     let reference = reference_outputs(dense, inputs)?;
     let mut measure = |only: &BTreeSet<usize>| -> Result<(GroupCut, f64)> {
         let p = prune(only)?;
-        let out = crate::reconstruct::outputs(&p.model, inputs).context("guard: pruned run")?;
+        let out = model_outputs(&p.model, inputs).context("guard: pruned run")?;
         let e = crate::reconstruct::compare(&reference, &out).0.sqrt();
         Ok((p, e))
     };

@@ -46,11 +46,21 @@ pub type Pair = (Vec<ArrayD<f32>>, Vec<ArrayD<f32>>, Vec<String>);
 
 /// Run `a` and `b` in onnxruntime on `inputs`.
 pub fn run_pair(a: &Path, b: &Path, inputs: &Inputs) -> Result<Pair> {
+    run(a, Some(b), inputs)
+}
+
+/// The outputs of the model at `path` in onnxruntime on `inputs` (as f32), with their names.
+pub fn run_one(path: &Path, inputs: &Inputs) -> Result<(Vec<ArrayD<f32>>, Vec<String>)> {
+    let (o, _, names) = run(path, None, inputs)?;
+    Ok((o, names))
+}
+
+fn run(a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<Pair> {
     let dir = tempfile::tempdir().context("temporary directory")?;
     let script = dir.path().join("ort_run.py");
     std::fs::write(&script, SCRIPT).context("writing the onnxruntime script")?;
     let mut cmd = Command::new("python3");
-    cmd.arg(&script).arg(a).arg(b).arg(dir.path());
+    cmd.arg(&script).arg(a).arg(b.map_or_else(|| "-".into(), |b| b.as_os_str().to_owned())).arg(dir.path());
     for (k, i) in inputs.inputs.iter().enumerate() {
         let p = dir.path().join(format!("input{k}.npy"));
         write_npy(&p, &i.data)?;
@@ -83,5 +93,6 @@ pub fn run_pair(a: &Path, b: &Path, inputs: &Inputs) -> Result<Pair> {
             })
             .collect()
     };
-    Ok((read("a")?, read("b")?, names))
+    let ob = if b.is_some() { read("b")? } else { vec![] };
+    Ok((read("a")?, ob, names))
 }

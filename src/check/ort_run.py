@@ -1,7 +1,7 @@
 """Run two ONNX models in onnxruntime on the same inputs and save their outputs (onnx-emp's
 masked-equivalence for models tract cannot run). Embedded in the onnx-emp binary.
 
-usage: ort_run.py MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...
+usage: ort_run.py MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...   (MODEL_B "-": run MODEL_A only)
 
 Optimisations off, CPU. Writes OUT_DIR/a_<i>.npy and OUT_DIR/b_<i>.npy (float32) and prints one
 JSON line {"outputs": [names]}. Exit status 77: numpy or onnxruntime missing."""
@@ -23,7 +23,7 @@ def main():
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
     names = []
-    for tag, path in (("a", a), ("b", b)):
+    for tag, path in (("a", a), ("b", b)) if b != "-" else (("a", a),):
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
         for i, o in enumerate(sess.run(None, feeds)):
