@@ -159,7 +159,7 @@ fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> 
     if kept == 0 {
         bail!("internal: normalisation '{label}' keeps no position");
     }
-    let mask: Vec<f64> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+    let mask = mask_of(keep);
     let mean_w: Vec<f64> = mask.iter().map(|m| m / kept as f64).collect();
     let constant = |w: &mut Work, what: &str, dims: &[i64], vals: &[f64]| -> Result<String> {
         let name = w.fresh(&format!("{label}_{what}"));
@@ -179,12 +179,8 @@ fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> 
     };
     let mut nodes = vec![];
     let mut op = |w: &mut Work, op: &str, inputs: Vec<String>, out: Option<String>| -> String {
-        let o = out.unwrap_or_else(|| w.fresh(&format!("{label}_{}", op.to_lowercase())));
-        let mut p = NodeProto::new();
-        p.op_type = op.into();
-        p.name = w.fresh(&format!("{label}_masked_{}", op.to_lowercase()));
-        p.input = inputs;
-        p.output = vec![o.clone()];
+        let p = new_node(w, &label, op, inputs, out);
+        let o = p.output[0].clone();
         nodes.push(p);
         o
     };
