@@ -9,6 +9,12 @@ Writes, next to this script:
                           SkipLayerNormalization / BiasGelu); its attention is fused into
                           com.microsoft Attention (packed QKV weight [128, 384], num_heads=4) by
                           graph surgery when the optimizer does not match it (see below).
+  bert_ms_embed.onnx      bert_ms_attention.onnx with its embeddings fused as onnxruntime's
+                          optimizer fuses a BERT's (word, position and token-type Gathers, their
+                          sum and the LayerNorm into one com.microsoft EmbedLayerNormalization; the
+                          export's token types are all 0, so row 0 of their table is added into
+                          the position table, as the fused op has no segment input then). The
+                          same function as bert_ms_attention.onnx (checked in onnxruntime).
   attention_onnx23.onnx   2 layers of ONNX Attention (opset 23) with separate Q/K/V MatMul+Add
                           projections and an output projection: layer 0 multi-head
                           (q_num_heads = kv_num_heads = 4) with a 2-D additive float mask input,
@@ -132,6 +138,59 @@ def bert_ms_attention(out):
     onnx.save(m, out)
 
 
+def bert_ms_embed(src, out):
+    """Fuse the embeddings of `src` (bert_ms_attention.onnx) into EmbedLayerNormalization."""
+    import onnxruntime as ort
+
+    m = onnx.load(src)
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    prod = {o: n for n in g.node for o in n.output}
+    ln = next(n for n in g.node if n.op_type == "LayerNormalization")
+    gathers = {}
+    stack = [ln.input[0]]
+    while stack:
+        n = prod[stack.pop()]
+        if n.op_type == "Add":
+            stack += list(n.input)
+        elif n.op_type == "Gather" and n.input[0] in inits:
+            gathers[n.input[0].split(".")[-2]] = n
+        else:
+            raise SystemExit(f"unexpected {n.op_type} in the embedding sum")
+    word, pos, tt = (gathers[k] for k in ("word_embeddings", "position_embeddings", "token_type_embeddings"))
+    # The token-type ids are a buffer of zeros expanded to the input's shape.
+    zeros = [t for t in g.initializer if t.name.endswith("Constant_8_output_0")]
+    for n in g.node:
+        if n.output[0].endswith("Constant_8_output_0") and n.op_type == "Constant":
+            zeros.append(n.attribute[0].t)
+    if len(zeros) != 1 or numpy_helper.to_array(zeros[0]).any():
+        raise SystemExit("token type ids are not the all-zero buffer")
+    pe = numpy_helper.to_array(inits[pos.input[0]]) + numpy_helper.to_array(inits[tt.input[0]])[0]
+    g.initializer.append(numpy_helper.from_array(pe.astype(np.float32), "embeddings.position_plus_token_type"))
+    eps = next(a.f for a in ln.attribute if a.name == "epsilon")
+    cast = helper.make_node("Cast", [word.input[1]], ["input_ids_int32"], name="input_ids_cast", to=TensorProto.INT32)
+    eln = helper.make_node(
+        "EmbedLayerNormalization",
+        ["input_ids_int32", "", word.input[0], "embeddings.position_plus_token_type", "", ln.input[1], ln.input[2]],
+        [ln.output[0], "embeddings_mask_index"],
+        name="EmbedLayerNormalization_0",
+        domain="com.microsoft",
+        epsilon=eps,
+    )
+    i = list(g.node).index(ln)
+    g.node.remove(ln)
+    g.node.insert(i, eln)
+    g.node.insert(i, cast)
+    dce(g)
+    onnx.save(m, out)
+    feeds = {"input_ids": np.random.default_rng(5).integers(0, 1000, (2, 16)), "attention_mask": np.ones((2, 16), np.int64)}
+    a = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, feeds)
+    b = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, feeds)
+    err = max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+    if err > 1e-4:
+        raise SystemExit(f"bert_ms_embed differs from its source by {err}")
+
+
 def init(rng, name, shape, scale=0.15):
     return numpy_helper.from_array((scale * rng.standard_normal(shape)).astype(np.float32), name)
 
@@ -210,9 +269,10 @@ def mha_ms(out):
 
 def main():
     bert_ms_attention(os.path.join(HERE, "bert_ms_attention.onnx"))
+    bert_ms_embed(os.path.join(HERE, "bert_ms_attention.onnx"), os.path.join(HERE, "bert_ms_embed.onnx"))
     attention_onnx23(os.path.join(HERE, "attention_onnx23.onnx"))
     mha_ms(os.path.join(HERE, "mha_ms.onnx"))
-    for f in ["bert_ms_attention.onnx", "attention_onnx23.onnx", "mha_ms.onnx"]:
+    for f in ["bert_ms_attention.onnx", "bert_ms_embed.onnx", "attention_onnx23.onnx", "mha_ms.onnx"]:
         print(f, os.path.getsize(os.path.join(HERE, f)), "bytes")
 
 

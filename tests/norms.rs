@@ -204,3 +204,84 @@ fn a_skip_layer_norm_with_its_sum_read_blocks_the_stream() {
     let o = o.expect("the attention output projection, the SkipLayerNormalization's input, is a group");
     assert!(o.blocked.as_deref().is_some_and(|b| b.contains("secondary output")), "{o:?}");
 }
+
+/// onnxruntime's EmbedLayerNormalization (word and position tables summed and normalised in one
+/// op, as its optimizer fuses a BERT's embeddings: `models/bert_ms_embed.onnx`, the optimised BERT
+/// with its embeddings fused) is the residual stream's source: its tables' columns, gamma and
+/// beta are sliced, the stream prunes through it to the pooler, and the rewrite is proven in
+/// onnxruntime (the masked model normalises the op's embedding_sum over the kept units).
+#[test]
+fn embed_layer_normalization_is_the_streams_source() {
+    let dense = load(&root().join("models/bert_ms_embed.onnx"));
+    let opts = StructOptions { beta: 0.7, round_to: RoundTo::Multiple(1), floor: Floor::OFF, ..Default::default() };
+    let r = prune_channels(&dense, &opts).unwrap();
+    let stream = r.groups.iter().find(|g| g.id == "EmbedLayerNormalization_0").expect("the stream starts at the op");
+    assert!(stream.blocked.is_none() && stream.kept < stream.n, "{stream:?}");
+    for m in ["SkipLayerNorm_AddBias_3", "/m/bert/encoder/layer.0/attention/Attention", "/m/bert/pooler/dense/Gemm"] {
+        assert!(stream.members.iter().any(|x| x == m), "{m} not in {:?}", stream.members);
+    }
+    let g = r.pruned.graph.as_ref().unwrap();
+    let eln = g.node.iter().find(|n| n.op_type == "EmbedLayerNormalization").unwrap();
+    for slot in [2, 3, 5, 6] {
+        let t = g.initializer.iter().find(|t| t.name == eln.input[slot]).unwrap();
+        assert_eq!(t.dims.last().copied(), Some(stream.kept as i64), "{}", t.name);
+    }
+    assert!(params(&r.pruned) < params(&dense));
+    if let Some(e) = ort_masked(&r) {
+        eprintln!("bert_ms_embed stream {}/{}: onnxruntime masked vs pruned {e:.2e}", stream.kept, stream.n);
+        assert!(e <= TOL, "masked vs pruned {e:e}");
+    }
+
+    // Its embedding_sum output read too (added to its normalised output before the first
+    // block): that sum carries the same units, 0 where removed in the masked model.
+    let mut m = dense.clone();
+    let g = m.graph.as_mut().unwrap();
+    let n = g.node.iter_mut().find(|n| n.op_type == "EmbedLayerNormalization").unwrap();
+    n.output.push("embedding_sum".into());
+    let y = n.output[0].clone();
+    for n in g.node.iter_mut().filter(|n| n.op_type == "SkipLayerNormalization" || n.op_type == "Attention") {
+        for i in n.input.iter_mut().filter(|i| **i == y) {
+            *i = "with_sum".into();
+        }
+    }
+    g.node.insert(2, nd("Add", "add_sum", &[&y, "embedding_sum"], &["with_sum"], vec![]));
+    let r = prune_channels(&m, &opts).unwrap();
+    let stream = r.groups.iter().find(|g| g.id == "EmbedLayerNormalization_0").unwrap();
+    assert!(stream.blocked.is_none() && stream.kept < stream.n, "{stream:?}");
+    if let Some(e) = ort_masked(&r) {
+        assert!(e <= TOL, "with embedding_sum read: masked vs pruned {e:e}");
+    }
+
+    // A table that is not a constant (a graph input) keeps the stream whole, saying why.
+    let mut m = dense.clone();
+    let g = m.graph.as_mut().unwrap();
+    let i = g.initializer.iter().position(|t| t.name.contains("position_plus_token_type")).unwrap();
+    let t = g.initializer.remove(i);
+    g.input.push(vi(&t.name, Some(&t.dims)));
+    let r = prune_channels(&m, &opts).unwrap();
+    let stream = r.groups.iter().find(|g| g.id == "EmbedLayerNormalization_0").unwrap();
+    assert!(stream.blocked.as_deref().is_some_and(|b| b.contains("not constant float")), "{stream:?}");
+}
+
+/// onnxruntime's fused normalisations default to ε = 1e-12 (ONNX's to 1e-5); the masked model
+/// must use the op's own default when the attribute is absent. Embeddings scaled to 1e-4 make
+/// their variance (~1e-9) far below 1e-5, so the wrong default would fail the proof.
+#[test]
+fn a_fused_normalisation_without_epsilon_uses_onnxruntimes_default() {
+    let mut m = load(&root().join("models/bert_ms_embed.onnx"));
+    let g = m.graph.as_mut().unwrap();
+    let n = g.node.iter_mut().find(|n| n.op_type == "EmbedLayerNormalization").unwrap();
+    n.attribute.retain(|a| a.name != "epsilon");
+    let tables = [n.input[2].clone(), n.input[3].clone()];
+    for t in g.initializer.iter_mut().filter(|t| tables.contains(&t.name)) {
+        let v: Vec<f64> = tensor::read_f64(t).unwrap().iter().map(|x| x * 1e-4).collect();
+        tensor::write_f64(t, &v).unwrap();
+    }
+    let opts = StructOptions { beta: 0.7, round_to: RoundTo::Multiple(1), floor: Floor::OFF, ..Default::default() };
+    let r = prune_channels(&m, &opts).unwrap();
+    let stream = r.groups.iter().find(|g| g.id == "EmbedLayerNormalization_0").unwrap();
+    assert!(stream.blocked.is_none() && stream.kept < stream.n, "{stream:?}");
+    if let Some(e) = ort_masked(&r) {
+        assert!(e <= TOL, "masked vs pruned {e:e}");
+    }
+}

@@ -18,7 +18,9 @@
 //! Files: this one holds the result types, the union-find, the analyzer's core (tracking,
 //! blocking, the per-node dispatch) and the final grouping; `ctx` the graph facts the rules
 //! read; `elementwise` the element-wise, activation and activation-quantization rules; `nn` the
-//! linear and normalisation ops (Conv, Gemm, MatMul, BatchNorm, LayerNorm, pooling, ...); `rnn`
+//! linear and normalisation ops (Conv, Gemm, MatMul, BatchNorm, LayerNorm, pooling, ...); `fused`
+//! onnxruntime's fused transformer ops (SkipLayerNormalization, Attention,
+//! EmbedLayerNormalization); `rnn`
 //! LSTM / GRU / RNN hidden units; `array` the array ops (Concat, Split, Slice, Gather, ...);
 //! `reshape` Reshape and the shape vectors that compute its targets; `shuffle` the channel
 //! shuffle and the channel-count arithmetic of chunked Slices.
@@ -34,6 +36,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 mod array;
 mod ctx;
 mod elementwise;
+mod fused;
 mod nn;
 mod reshape;
 mod rnn;
@@ -553,6 +556,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             Kind::LayerNorm => self.layer_norm(ni, n, x),
             Kind::SkipLayerNorm => self.skip_layer_norm(ni, n),
             Kind::MsAttention => self.ms_attention(ni, n, x),
+            Kind::EmbedLayerNorm => self.embed_layer_norm(ni, n),
             Kind::Shape => self.shape(n, x),
             Kind::BiasAct(f) => self.bias_act(ni, n, x, f),
             Kind::Recurrent(g) => self.recurrent(ni, n, x, g),

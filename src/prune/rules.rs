@@ -70,6 +70,10 @@ pub enum Kind {
     /// onnxruntime's fused Attention: its input's last axis is contracted by the packed QKV weight
     /// [d, 3·hidden] (a consumer, the bias input 2 taking the folds); the heads are heads mode's.
     MsAttention,
+    /// onnxruntime's EmbedLayerNormalization: the embedding tables' sum, normalised over its last
+    /// axis: a source of the residual stream (tables' columns, gamma and beta sliced; the masked
+    /// model normalises the op's embedding_sum over the kept units: `Edit::Norm`).
+    EmbedLayerNorm,
     /// Shape: a barrier unless the channel axis is outside [start, end).
     Shape,
     /// y = act(x + bias) with an optional constant per-channel bias (input 1) on the last axis:
@@ -217,8 +221,6 @@ pub const TABLE: &[(&str, Kind)] = &[
 ];
 
 /// onnxruntime's contrib ops (domain `com.microsoft`) as its transformer optimizer emits them.
-/// EmbedLayerNormalization (embedding tables, positions and segments summed inside the op) is a
-/// barrier, so it is absent.
 pub const MS_TABLE: &[(&str, Kind)] = &[
     // BiasGelu(x, bias) = Gelu(x + bias), erf form.
     ("BiasGelu", Kind::BiasAct(|_, x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)))),
@@ -229,6 +231,7 @@ pub const MS_TABLE: &[(&str, Kind)] = &[
     ("SkipLayerNormalization", Kind::SkipLayerNorm),
     ("SkipSimplifiedLayerNormalization", Kind::SkipLayerNorm),
     ("Attention", Kind::MsAttention),
+    ("EmbedLayerNormalization", Kind::EmbedLayerNorm),
 ];
 
 /// The rule for a node, `None` for a barrier (unknown op or unknown domain).

@@ -26,11 +26,12 @@ pub type Aliases = BTreeMap<String, String>;
 fn private_slot(g: &onnx_protobuf::GraphProto, ix: &GraphIndex, n: &NodeProto, slot: usize) -> bool {
     let std = |n: &NodeProto| n.domain.is_empty() || n.domain == "ai.onnx";
     if n.domain == "com.microsoft" {
-        // onnxruntime's fused ops: SkipLayerNormalization's gamma, beta and bias, a fused
+        // onnxruntime's fused ops: Skip/EmbedLayerNormalization's gamma, beta (and bias), a fused
         // activation's bias, Attention's packed QKV bias.
         return match n.op_type.as_str() {
             "SkipLayerNormalization" => (2..=4).contains(&slot),
             "SkipSimplifiedLayerNormalization" => slot == 2,
+            "EmbedLayerNormalization" => (5..=6).contains(&slot),
             "BiasGelu" | "FastGelu" => slot == 1,
             "Attention" => slot == 2,
             _ => false,

@@ -567,8 +567,9 @@ impl<'a> Ctx<'a> {
                     if o.is_empty() || self.ranks.contains_key(o) {
                         continue;
                     }
-                    // Secondary outputs of these ops have other ranks; only output 0 is known.
-                    if k > 0 && !matches!(n.op_type.as_str(), "Split") {
+                    // Secondary outputs of these ops have other ranks; only output 0 is known
+                    // (and EmbedLayerNormalization's embedding_sum, output 2, like output 0).
+                    if k > 0 && !(n.op_type == "Split" || (n.op_type == "EmbedLayerNormalization" && k == 2)) {
                         continue;
                     }
                     self.ranks.insert(o.clone(), r);

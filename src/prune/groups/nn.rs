@@ -471,13 +471,8 @@ impl Analyzer<'_, '_> {
         // channels after their permute): the pruned model normalises over the kept units, and
         // the masked model is given the same normalisation (see [`Edit::Norm`]).
         let d = x.units.len();
-        let float = |s: &str| {
-            self.ctx.base_tensor(s).is_some_and(|t| matches!(t.data_type, tensor::dt::FLOAT | tensor::dt::DOUBLE))
-                && self.ctx.consts.get(s).is_none_or(|c| c.dq.is_none())
-        };
         let params: Vec<(usize, &str)> = [1, 2].into_iter().filter_map(|s| inp(n, s).map(|p| (s, p))).collect();
-        let ok = params.first().is_some_and(|(s, _)| *s == 1)
-            && params.iter().all(|(_, p)| self.ctx.dims(p) == Some(&[d][..]) && float(p) && self.is_const(p));
+        let ok = params.first().is_some_and(|(s, _)| *s == 1) && params.iter().all(|(_, p)| self.norm_param(p, &[d]));
         if !ok {
             let r = format!("{} (scale and bias are not constant float [C] vectors)", barrier_reason(n));
             self.block(&x.units, &r);
@@ -491,94 +486,12 @@ impl Analyzer<'_, '_> {
         self.pass(ni, n, &x, vec![Val::Const(0.0); d].into());
     }
 
-    /// onnxruntime's SkipLayerNormalization(input, skip, gamma, beta?, bias?): input and skip (the
-    /// residual) carry the same units on the last axis and are joined; gamma, beta and bias are
-    /// sliced with them; the normalisation is over exactly those units, as for LayerNormalization.
-    /// SkipSimplifiedLayerNormalization(input, skip, gamma) is its RMSNorm. Their optional outputs
-    /// (mean, inverse std, the sum) must be unused.
-    pub(super) fn skip_layer_norm(&mut self, ni: usize, n: &NodeProto) {
-        let (a, b) = (inp(n, 0).and_then(|s| self.track(s)), inp(n, 1).and_then(|s| self.track(s)));
-        let all: Vec<Option<Unit>> = a.iter().chain(b.iter()).flat_map(|t| t.units.iter().copied()).collect();
-        let (Some(a), Some(b)) = (a, b) else {
-            if !all.is_empty() {
-                self.block(&all, &format!("{} (input or skip is not a channel tensor)", barrier_reason(n)));
-            }
-            return;
-        };
-        let d = a.units.len();
-        if a.axis + 1 != a.rank || b.axis + 1 != b.rank || b.units.len() != d || a.rank != b.rank {
-            self.block(
-                &all,
-                &format!("{} (input and skip differ or are not normalised on their last axis)", barrier_reason(n)),
-            );
-            return;
-        }
-        let joined = Track { units: all.clone().into(), ..a.clone() };
-        if !self.extra_outputs_unused(n, &joined) {
-            return;
-        }
-        let float = |s: &str| {
-            self.ctx.base_tensor(s).is_some_and(|t| matches!(t.data_type, tensor::dt::FLOAT | tensor::dt::DOUBLE))
-                && self.ctx.consts.get(s).is_none_or(|c| c.dq.is_none())
-        };
-        // SkipSimplifiedLayerNormalization: gamma only (its bias, input 3, is a barrier).
-        let simplified = n.op_type == "SkipSimplifiedLayerNormalization";
-        if simplified && inp(n, 3).is_some() {
-            let r = format!("{} (a bias input, which onnxruntime versions apply differently)", barrier_reason(n));
-            self.block(&all, &r);
-            return;
-        }
-        let slots: &[usize] = if simplified { &[2] } else { &[2, 3, 4] };
-        let params: Vec<(usize, &str)> = slots.iter().filter_map(|&s| inp(n, s).map(|p| (s, p))).collect();
-        let ok = params.first().is_some_and(|(s, _)| *s == 2)
-            && params.iter().all(|(_, p)| self.ctx.dims(p) == Some(&[d][..]) && float(p) && self.is_const(p));
-        if !ok {
-            let r = format!("{} (gamma, beta and bias are not constant float [C] vectors)", barrier_reason(n));
-            self.block(&all, &r);
-            return;
-        }
-        let r = format!("{} (joined with an untracked channel)", barrier_reason(n));
-        for (x, y) in a.units.iter().zip(b.units.iter()) {
-            self.join(*x, *y, &r);
-        }
-        for (s, p) in params {
-            self.slice(p, 0, &a.units, (ni, s), Role::Param);
-        }
-        self.st.edits.push(Edit::Norm { node: ni, units: a.units.clone() });
-        // In the masked model a removed position leaves the normalisation as 0.
-        self.pass(ni, n, &a, vec![Val::Const(0.0); d].into());
-    }
-
-    /// onnxruntime's Attention(input, weights [d, 3·hidden], bias?, …): a consumer of the input's
-    /// last axis, as a MatMul is; a removed unit's constant folds into the packed bias (input 2),
-    /// which must be there and read by this node only. Its output (the heads, merged) is not a
-    /// channel tensor here; only output 0 may be used.
-    pub(super) fn ms_attention(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
-        let Some(x) = x else { return };
-        let w = inp(n, 1).filter(|w| self.is_const(w));
-        let wd = w.and_then(|w| self.ctx.dims(w)).map(|d| d.to_vec()).filter(|d| d.len() == 2);
-        let (Some(w), Some(wd)) = (w, wd) else {
-            self.block(&x.units, &format!("{} (weights are not a constant matrix)", barrier_reason(n)));
-            return;
-        };
-        if x.axis + 1 != x.rank || x.units.len() != wd[0] {
-            self.block(&x.units, &format!("{} (tracked axis is not the contracted one)", barrier_reason(n)));
-            return;
-        }
-        if !self.extra_outputs_unused(n, &x) {
-            return;
-        }
-        let bias_ok = inp(n, 2).is_some_and(|b| {
-            self.is_const(b) && self.ctx.dims(b) == Some(&[wd[1]][..]) && self.ctx.ix.consumers_of(b).len() == 1
-        });
-        self.slice(w, 0, &x.units, (ni, 1), Role::Consumer);
-        self.st.consumers.push(Consumer {
-            node: ni,
-            kind: ConsumerKind::MatMul { bias: bias_ok.then_some((ni, 2)) },
-            weight: w.to_string(),
-            units: x.units.clone(),
-            vals: x.vals.clone(),
-            fold: if bias_ok { Ok(()) } else { Err(format!("Attention '{}' (no bias of its own)", node_label(n))) },
-        });
+    /// A normalisation's parameter: a constant float (or double) tensor of these dims, not a
+    /// dequantized one.
+    pub(super) fn norm_param(&self, p: &str, dims: &[usize]) -> bool {
+        self.ctx.dims(p) == Some(dims)
+            && self.ctx.base_tensor(p).is_some_and(|t| matches!(t.data_type, tensor::dt::FLOAT | tensor::dt::DOUBLE))
+            && self.ctx.consts.get(p).is_none_or(|c| c.dq.is_none())
+            && self.is_const(p)
     }
 }

@@ -78,6 +78,18 @@ pub(super) fn weight_slots(n: &NodeProto, inc: &Include) -> Vec<(usize, &'static
             _,
         ) if inc.norm => (1..n.input.len()).map(|i| (i, "norm", UnitAxis::Whole)).collect(),
         ("Gather", true, _) if inc.embedding => vec![(0, "embedding", UnitAxis::Fixed(0))],
+        // onnxruntime's fused embeddings: word, position and segment tables (rows are units),
+        // then gamma and beta.
+        ("EmbedLayerNormalization", _, true) => {
+            let mut v = vec![];
+            if inc.embedding {
+                v.extend([2, 3, 4].map(|i| (i, "embedding", UnitAxis::Fixed(0))));
+            }
+            if inc.norm {
+                v.extend([5, 6].map(|i| (i, "norm", UnitAxis::Whole)));
+            }
+            v
+        }
         ("Add", true, _) if inc.bias => vec![(0, "bias", UnitAxis::Whole), (1, "bias", UnitAxis::Whole)],
         _ => vec![],
     }

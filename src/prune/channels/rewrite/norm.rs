@@ -138,22 +138,25 @@ fn mask_output(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool], trailing: us
 /// normalisation (`RMSNormalization`, onnxruntime's `SimplifiedLayerNormalization`) does not
 /// centre: `c = X·mask`. onnxruntime's SkipLayerNormalization normalises `X = input + skip (+
 /// bias)` with gamma and beta (inputs 2 and 3), SkipSimplifiedLayerNormalization `input + skip`
-/// with gamma (RMS).
+/// with gamma (RMS), EmbedLayerNormalization its embedding_sum output (the tables' sum, from the
+/// same node) with gamma and beta (inputs 5 and 6).
 fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> {
     let n = &ctx.g.node[node];
     let label = node_label(n);
     let arg = |i: usize| n.input.get(i).cloned().filter(|s| !s.is_empty());
     let skip = matches!(n.op_type.as_str(), "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization");
+    let embed = n.op_type == "EmbedLayerNormalization";
     let x = arg(0).with_context(|| format!("{} without input", n.op_type))?;
     let (scale, bias) = match n.op_type.as_str() {
         "SkipLayerNormalization" => (arg(2), arg(3)),
         "SkipSimplifiedLayerNormalization" => (arg(2), None),
+        "EmbedLayerNormalization" => (arg(5), arg(6)),
         _ => (arg(1), arg(2)),
     };
     let scale = scale.context("normalisation without scale")?;
     let y = n.output.first().cloned().context("normalisation without output")?;
     let dtype = ctx.base_tensor(&scale).map(|t| t.data_type).context("normalisation scale")?;
-    let eps = graph::attr_f(n, "epsilon").unwrap_or(1e-5) as f64;
+    let eps = graph::attr_f(n, "epsilon").map_or(default_epsilon(n), f64::from);
     let d = keep.len();
     let kept = keep.iter().filter(|&&k| k).count();
     if kept == 0 {
@@ -178,6 +181,21 @@ fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> 
         None => None,
     };
     let mut nodes = vec![];
+    let x = if embed {
+        // The op itself sums the (masked) tables into its embedding_sum output; its own
+        // normalised output is left unread.
+        let mut own = n.clone();
+        own.output.resize(3, String::new());
+        own.output[0] = w.fresh(&format!("{label}_unmasked"));
+        if own.output[2].is_empty() {
+            own.output[2] = w.fresh(&format!("{label}_embedding_sum"));
+        }
+        let sum = own.output[2].clone();
+        nodes.push(own);
+        sum
+    } else {
+        x
+    };
     let mut op = |w: &mut Work, op: &str, inputs: Vec<String>, out: Option<String>| -> String {
         let p = new_node(w, &label, op, inputs, out);
         let o = p.output[0].clone();
@@ -221,4 +239,16 @@ fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> 
     w.remove_nodes.insert(node);
     w.insert_after.entry(node).or_default().extend(nodes);
     Ok(())
+}
+
+/// The epsilon a normalisation uses when it has no attribute: onnxruntime's contrib ops
+/// (SkipLayerNormalization, SkipSimplifiedLayerNormalization, EmbedLayerNormalization) default to
+/// 1e-12, ONNX's LayerNormalization and RMSNormalization (and onnxruntime's
+/// SimplifiedLayerNormalization) to 1e-5.
+fn default_epsilon(n: &NodeProto) -> f64 {
+    if n.domain == "com.microsoft" {
+        1e-12
+    } else {
+        1e-5
+    }
 }
