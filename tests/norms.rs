@@ -227,6 +227,10 @@ fn embed_layer_normalization_is_the_streams_source() {
         assert_eq!(t.dims.last().copied(), Some(stream.kept as i64), "{}", t.name);
     }
     assert!(params(&r.pruned) < params(&dense));
+    let diff = onnx_emp::diff::graph_diff(&dense, &r.pruned);
+    insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("bert_ms_embed_channels", diff);
+    });
     if let Some(e) = ort_masked(&r) {
         eprintln!("bert_ms_embed stream {}/{}: onnxruntime masked vs pruned {e:.2e}", stream.kept, stream.n);
         assert!(e <= TOL, "masked vs pruned {e:e}");
