@@ -163,6 +163,10 @@ struct PruneArgs {
     /// Write the output even when masked-equivalence fails (structured modes)
     #[arg(long)]
     allow_mismatch: bool,
+    /// Write a structural rewrite even when neither tract nor onnxruntime can run the models to
+    /// prove it (refused by default: the report then marks it unproven)
+    #[arg(long)]
+    allow_unproven: bool,
     /// Print nothing but errors: no report on stdout (the JSON report is still written) and no
     /// progress on stderr
     #[arg(long, short)]
@@ -406,6 +410,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         verify: !a.no_verify,
         verify_opts,
         allow_mismatch: a.allow_mismatch,
+        allow_unproven: a.allow_unproven,
         calibration,
         calibration_label,
         fixed_ratio: a.ratio,

@@ -512,6 +512,26 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     if !exact {
         notes.push("masked-equivalence FAILED; output written because of --allow-mismatch".into());
     }
+    // A rewrite neither engine could prove is not written unless asked for (`--no-verify` asks
+    // for no proof at all; a model left as it was needs none).
+    let unrun = equivalence.iter().find(|e| e.status == "skipped" && o.verify);
+    if let (Some(e), false) = (unrun, untouched) {
+        if !o.allow_unproven {
+            bail!(
+                "{}: the {} rewrite could not be proven: neither tract nor onnxruntime ran the models ({}); \
+                 no output written (onnxruntime proves what tract cannot run: pip install onnxruntime; \
+                 --allow-unproven writes it anyway)",
+                o.input.display(),
+                e.stage,
+                e.reason.as_deref().unwrap_or("no reason given")
+            );
+        }
+        notes.push(format!(
+            "the {} rewrite is UNPROVEN (neither tract nor onnxruntime ran the models); output written because of \
+             --allow-unproven",
+            e.stage
+        ));
+    }
     let mut out_bytes = out_bytes;
     let sparse = if o.sparse_initializers {
         let t = Instant::now();

@@ -316,26 +316,54 @@ fn structured_heads_models() {
     assert_exact(&r);
     assert_eq!(r["equivalence"].as_array().unwrap().len(), 2);
     // tract cannot run com.microsoft Attention: the proof and the verification run in onnxruntime
-    // instead (through python3), or, where that is not installed, say that they were skipped.
+    // instead (through python3); without it the rewrite is refused (the next test).
     let ort = std::process::Command::new("python3")
         .args(["-c", "import numpy, onnxruntime"])
         .status()
         .is_ok_and(|s| s.success());
+    if !ort {
+        return eprintln!("skipped: python3 with numpy and onnxruntime is not available");
+    }
     for mode in ["heads", "channels"] {
         let r = structured("bert_ms_attention", None, mode);
         let (e, v) = (&r["equivalence"][0], &r["verification"]);
         assert!(e["reason"].as_str().unwrap().contains("com.microsoft Attention"), "{e}");
-        if ort {
-            assert_eq!((&e["status"], &e["engine"], &e["pass"]), (&"ok".into(), &"onnxruntime".into(), &true.into()));
-            assert!(e["max_rel_l2_err"].as_f64().unwrap() <= 1e-4, "{e}");
-            assert_eq!((&v["status"], &v["engine"]), (&"ok".into(), &"onnxruntime".into()));
-            assert!(v["outputs"][0]["cosine"].as_f64().is_some() && v["latency_pruned"].is_null(), "{v}");
-        } else {
-            assert_eq!((&e["status"], &v["status"]), (&"skipped".into(), &"skipped".into()));
-            assert!(e["pass"].is_null());
-        }
+        assert_eq!((&e["status"], &e["engine"], &e["pass"]), (&"ok".into(), &"onnxruntime".into(), &true.into()));
+        assert!(e["max_rel_l2_err"].as_f64().unwrap() <= 1e-4, "{e}");
+        assert_eq!((&v["status"], &v["engine"]), (&"ok".into(), &"onnxruntime".into()));
+        assert!(v["outputs"][0]["cosine"].as_f64().is_some() && v["latency_pruned"].is_null(), "{v}");
         assert!(r["params"]["after"].as_u64() < r["params"]["before"].as_u64());
     }
+}
+
+/// A structural rewrite that neither tract (com.microsoft Attention) nor onnxruntime (no Python
+/// here: `ONNX_EMP_PYTHON` names one that does not exist) can run is not proven, so it is not
+/// written: exit 1, one line saying why and what to do, no output file. `--allow-unproven`
+/// writes it, and the report says it is unproven.
+#[test]
+fn a_rewrite_neither_engine_can_prove_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
+    let run = |extra: &[&str]| {
+        let mut c = bin();
+        c.env("ONNX_EMP_PYTHON", dir.path().join("no-such-python"))
+            .args(["models/bert_ms_attention.onnx"])
+            .arg(&out)
+            .args(["--structured", "channels", "--beta", "0.7", "--no-latency", "-q", "--report"])
+            .arg(&rep)
+            .args(extra);
+        c.assert()
+    };
+    let refused = run(&[]).failure().code(1);
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
+    assert!(err.contains("could not be proven") && err.contains("--allow-unproven"), "{err}");
+    assert!(err.contains("com.microsoft Attention") && err.contains("no-such-python"), "{err}");
+    assert!(!out.exists(), "no output may be written");
+    run(&["--allow-unproven"]).success();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["equivalence"][0]["status"], "skipped");
+    assert!(r["notes"].to_string().contains("UNPROVEN"), "{}", r["notes"]);
+    assert!(r["params"]["after"].as_u64() < r["params"]["before"].as_u64());
 }
 
 /// A default run (no β) on a model tract cannot run is still guarded: the guard's runs fall back

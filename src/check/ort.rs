@@ -1,7 +1,7 @@
 //! Masked-equivalence in onnxruntime, for the models tract 0.23 cannot run (onnxruntime's own
 //! com.microsoft ops: fused `Attention`, `EmbedLayerNormalization`, …): the inputs tract would
 //! have been given are written as `.npy`, both models run in onnxruntime through `python3`
-//! (optimisations off, the embedded `ort_run.py`), and their outputs are compared by the same
+//! (or `$ONNX_EMP_PYTHON`; optimisations off, the embedded `ort_run.py`), and their outputs are compared by the same
 //! measure ([`compare`]). The verification (dense against pruned: errors, cosine, top-1,
 //! accuracy) falls back to it the same way, without latency. Contract: `Ok` only when onnxruntime
 //! ran both models on those inputs; otherwise an error saying why (no python3, no onnxruntime, a
@@ -16,6 +16,12 @@ use std::path::Path;
 use std::process::Command;
 
 const SCRIPT: &str = include_str!("ort_run.py");
+
+/// The Python that runs onnxruntime: `$ONNX_EMP_PYTHON` (a virtual environment's interpreter,
+/// say), else `python3` on the PATH.
+pub fn python() -> std::ffi::OsString {
+    std::env::var_os("ONNX_EMP_PYTHON").filter(|p| !p.is_empty()).unwrap_or_else(|| "python3".into())
+}
 
 fn write_npy(path: &Path, data: &InputData) -> Result<()> {
     use ndarray_npy::write_npy;
@@ -59,14 +65,15 @@ fn run(a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<Pair> {
     let dir = tempfile::tempdir().context("temporary directory")?;
     let script = dir.path().join("ort_run.py");
     std::fs::write(&script, SCRIPT).context("writing the onnxruntime script")?;
-    let mut cmd = Command::new("python3");
+    let python = python();
+    let mut cmd = Command::new(&python);
     cmd.arg(&script).arg(a).arg(b.map_or_else(|| "-".into(), |b| b.as_os_str().to_owned())).arg(dir.path());
     for (k, i) in inputs.inputs.iter().enumerate() {
         let p = dir.path().join(format!("input{k}.npy"));
         write_npy(&p, &i.data)?;
         cmd.arg(format!("{}={}", i.name, p.display()));
     }
-    let out = cmd.output().context("python3 is not runnable")?;
+    let out = cmd.output().with_context(|| format!("{} is not runnable", python.to_string_lossy()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     match out.status.code() {
         Some(0) => {}

@@ -128,6 +128,8 @@ pub struct RunOptions {
     pub verify: bool,
     pub verify_opts: VerifyOptions,
     pub allow_mismatch: bool,
+    /// Write a structural rewrite whose proof neither engine could run (refused otherwise).
+    pub allow_unproven: bool,
     /// Calibration data for data-driven criteria; without it they are refused.
     pub calibration: Option<crate::check::InputSpec>,
     /// Human description of the calibration source for the report.

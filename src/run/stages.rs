@@ -143,9 +143,12 @@ pub(super) fn prove(stage: &str, masked: &Path, pruned: &Path, vo: &VerifyOption
         pass: None,
     };
     let named = |err: anyhow::Error| {
+        let (m, p) = (masked.display().to_string(), pruned.display().to_string());
         format!("{err:#}")
-            .replace(&masked.display().to_string(), "masked model")
-            .replace(&pruned.display().to_string(), "pruned model")
+            .replace(&format!("reference model {m}"), "masked model")
+            .replace(&format!("other model {p}"), "pruned model")
+            .replace(&m, "masked model")
+            .replace(&p, "pruned model")
     };
     let outcome = check::equivalence(masked, pruned, vo).or_else(|tract| {
         let tract = named(tract);

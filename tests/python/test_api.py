@@ -96,6 +96,25 @@ def test_errors_carry_the_command_message(tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_a_model_tract_cannot_run_is_proven_in_this_environments_onnxruntime(tmp_path, monkeypatch):
+    """tract cannot run com.microsoft Attention: the proof runs in onnxruntime through this
+    interpreter (the package's environment), whatever `python3` on the PATH has. With no Python
+    that can, the rewrite is refused unless allow_unproven."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.delenv("ONNX_EMP_PYTHON", raising=False)
+    r = onnx_emp.prune(M / "bert_ms_attention.onnx", tmp_path / "b.onnx", structured="channels", beta=0.7,
+                       latency=False)
+    e = r["equivalence"][0]
+    assert (e["status"], e["engine"], e["pass"]) == ("ok", "onnxruntime", True), e
+    monkeypatch.setenv("ONNX_EMP_PYTHON", str(tmp_path / "no-such-python"))
+    with pytest.raises(onnx_emp.OnnxEmpError, match="could not be proven"):
+        onnx_emp.prune(M / "bert_ms_attention.onnx", tmp_path / "u.onnx", structured="channels", beta=0.7)
+    assert not (tmp_path / "u.onnx").exists()
+    r = onnx_emp.prune(M / "bert_ms_attention.onnx", tmp_path / "u.onnx", structured="channels", beta=0.7,
+                       allow_unproven=True)
+    assert r["equivalence"][0]["status"] == "skipped" and (tmp_path / "u.onnx").is_file()
+
+
 def test_the_gil_is_released(tmp_path):
     done = []
     t = threading.Thread(target=lambda: done.append(onnx_emp.prune(

@@ -100,7 +100,7 @@ def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, l
 def prune(input, output, *, structured=None, beta=None, scope=None, criterion=None, calibration=None,
           inputs=None, labels=None, verify=True, latency=True, round_to=None, include=None, ratio=None,
           reconstruct=True, dims=None, seed=0, html=None, force=False, allow_mismatch=False,
-          sparse_initializers=False, guard=None):
+          sparse_initializers=False, guard=None, allow_unproven=False):
     """Prune `input` (a path, or the serialized model as bytes) into `output`; return the report.
 
     structured: None (per-weight), "channels", "heads" or "heads,channels".
@@ -118,9 +118,11 @@ def prune(input, output, *, structured=None, beta=None, scope=None, criterion=No
             a.append("--force")
         if allow_mismatch:
             a.append("--allow-mismatch")
+        if allow_unproven:
+            a.append("--allow-unproven")
         if sparse_initializers:
             a.append("--sparse-initializers")
-        return json.loads(_native.run_json(["onnx-emp"] + a))
+        return json.loads(_run(["onnx-emp"] + a))
 
 
 def plan(input, *, structured=None, beta=None, scope=None, criterion=None, calibration=None, inputs=None,
@@ -129,9 +131,22 @@ def plan(input, *, structured=None, beta=None, scope=None, criterion=None, calib
     with tempfile.TemporaryDirectory(prefix="onnx-emp-") as tmp:
         a = _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, None, verify, True,
                   round_to, include, ratio, True, dims, seed, html)
-        return json.loads(_native.run_json(["onnx-emp", "plan"] + a))
+        return json.loads(_run(["onnx-emp", "plan"] + a))
+
+
+def _ort_python():
+    """Where tract cannot run a model, its proof and checks run in onnxruntime through a Python:
+    this interpreter (the environment the package is installed in) unless ONNX_EMP_PYTHON says
+    otherwise."""
+    os.environ.setdefault("ONNX_EMP_PYTHON", sys.executable)
+
+
+def _run(argv):
+    _ort_python()
+    return _native.run_json(argv)
 
 
 def _console():
     """The `onnx-emp` command installed by pip."""
+    _ort_python()
     sys.exit(_native.main(["onnx-emp"] + sys.argv[1:]))
