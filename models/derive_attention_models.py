@@ -19,6 +19,8 @@ Writes, next to this script:
                           projections and an output projection: layer 0 multi-head
                           (q_num_heads = kv_num_heads = 4) with a 2-D additive float mask input,
                           layer 1 grouped-query (q_num_heads = 4, kv_num_heads = 2, causal).
+  mha_ms_fp16.onnx        mha_ms.onnx in float16, inputs and outputs too (onnxruntime's
+                          float16 converter), as GPU and NPU deployments ship transformers.
   mha_ms.onnx             1 layer of com.microsoft MultiHeadAttention (num_heads=4) fed by
                           separate Q/K/V MatMul projections, with the packed [3*hidden] bias
                           input, and an output projection.
@@ -272,7 +274,11 @@ def main():
     bert_ms_embed(os.path.join(HERE, "bert_ms_attention.onnx"), os.path.join(HERE, "bert_ms_embed.onnx"))
     attention_onnx23(os.path.join(HERE, "attention_onnx23.onnx"))
     mha_ms(os.path.join(HERE, "mha_ms.onnx"))
-    for f in ["bert_ms_attention.onnx", "bert_ms_embed.onnx", "attention_onnx23.onnx", "mha_ms.onnx"]:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(os.path.join(HERE, "mha_ms.onnx")), keep_io_types=False),
+              os.path.join(HERE, "mha_ms_fp16.onnx"))
+    for f in ["bert_ms_attention.onnx", "bert_ms_embed.onnx", "attention_onnx23.onnx", "mha_ms.onnx", "mha_ms_fp16.onnx"]:
         print(f, os.path.getsize(os.path.join(HERE, f)), "bytes")
 
 

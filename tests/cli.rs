@@ -336,6 +336,33 @@ fn structured_heads_models() {
     }
 }
 
+/// float16 inputs reach onnxruntime too: mha_ms in float16 (inputs included), whose
+/// com.microsoft MultiHeadAttention tract cannot run, has its heads proven there.
+#[test]
+fn float16_inputs_are_proven_in_onnxruntime() {
+    let ort = std::process::Command::new("python3")
+        .args(["-c", "import numpy, onnxruntime"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ort {
+        return eprintln!("skipped: python3 with numpy and onnxruntime is not available");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
+    bin()
+        .args(["models/mha_ms_fp16.onnx"])
+        .arg(&out)
+        .args(["--structured", "heads", "--beta", "0.7", "--no-latency", "-q", "--report"])
+        .arg(&rep)
+        .assert()
+        .success();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let (e, v) = (&r["equivalence"][0], &r["verification"]);
+    assert_eq!((&e["status"], &e["engine"], &e["pass"]), (&"ok".into(), &"onnxruntime".into(), &true.into()), "{e}");
+    assert_eq!((&v["status"], &v["engine"]), (&"ok".into(), &"onnxruntime".into()), "{v}");
+    assert!(r["params"]["after"].as_u64() < r["params"]["before"].as_u64());
+}
+
 /// A structural rewrite that neither tract (com.microsoft Attention) nor onnxruntime (no Python
 /// here: `ONNX_EMP_PYTHON` names one that does not exist) can run is not proven, so it is not
 /// written: exit 1, one line saying why and what to do, no output file. `--allow-unproven`

@@ -16,6 +16,9 @@ except ImportError as e:
     sys.exit(77)
 
 
+FLOATS = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}
+
+
 def main():
     a, b, out = sys.argv[1:4]
     feeds = {k: np.load(v) for k, v in (x.split("=", 1) for x in sys.argv[4:])}
@@ -26,7 +29,10 @@ def main():
     for tag, path in (("a", a), ("b", b)) if b != "-" else (("a", a),):
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        for i, o in enumerate(sess.run(None, feeds)):
+        # float16 inputs arrive as float32 (exactly): cast floats to the declared float type.
+        declared = {i.name: FLOATS.get(i.type) for i in sess.get_inputs()}
+        run = {k: v.astype(declared[k]) if declared.get(k) and v.dtype.kind == "f" else v for k, v in feeds.items()}
+        for i, o in enumerate(sess.run(None, run)):
             np.save(f"{out}/{tag}_{i}.npy", np.asarray(o, dtype=np.float32))
     print(json.dumps({"outputs": names}))
 
