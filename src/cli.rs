@@ -119,10 +119,10 @@ struct PruneArgs {
     /// of a structural rewrite (the report marks the rewrite unproven)
     #[arg(long)]
     no_verify: bool,
-    /// Verify outputs but skip the latency measurement
+    /// Verify outputs but skip the latency measurement (tract's and onnxruntime's)
     #[arg(long)]
     no_latency: bool,
-    /// Time each model for about this many seconds (at least one run; default 2)
+    /// Time each model for about this many seconds in each engine (at least one run; default 2)
     #[arg(long, value_name = "SECS")]
     latency_budget: Option<f64>,
     /// Time exactly N runs per model instead of a time budget

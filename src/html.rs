@@ -146,6 +146,17 @@ fn summary(s: &mut String, r: &Report) {
             );
         }
     }
+    if let Some(o) = &t.latency_onnxruntime {
+        row(
+            s,
+            &[
+                format!("latency (onnxruntime {}, default optimisations, 1 thread, median)", esc(&o.version)),
+                format!("{:.3} ms", o.dense.median_ms),
+                format!("{:.3} ms", o.pruned.median_ms),
+                ch(o.dense.median_ms, o.pruned.median_ms),
+            ],
+        );
+    }
     s.push_str("</table>\n");
     if let Some(v) = &r.verification {
         if v.is_ok() {

@@ -56,6 +56,9 @@ pub struct Timing {
     /// The dense model's slowest ONNX nodes in tract, with their time after pruning.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hotspots: Vec<Hotspot>,
+    /// Dense and pruned in onnxruntime (default optimisation level, 1 thread).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_onnxruntime: Option<crate::check::ort::OrtLatency>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -250,6 +253,14 @@ impl Report {
             if cut.is_some_and(|c| c >= MIN_EXPLAINED_CUT) {
                 hotspot_lines(&mut s, &self.timing.hotspots);
             }
+        }
+        if let Some(o) = &self.timing.latency_onnxruntime {
+            let head = if self.timing.latency_dense.is_some() { "           " } else { "latency    " };
+            let _ = writeln!(
+                s,
+                "{head} {:.3} ms → {:.3} ms (onnxruntime {}, default optimisations, 1 thread; median of {} / {} runs)",
+                o.dense.median_ms, o.pruned.median_ms, o.version, o.dense.runs, o.pruned.runs
+            );
         }
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");

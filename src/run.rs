@@ -477,6 +477,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         timing.latency_dense = v.latency_dense.take();
         timing.latency_pruned = v.latency_pruned.take();
         timing.hotspots = std::mem::take(&mut v.hotspots);
+        timing.latency_onnxruntime = v.latency_onnxruntime.take();
         Some(v)
     } else {
         None

@@ -363,6 +363,48 @@ fn float16_inputs_are_proven_in_onnxruntime() {
     assert!(r["params"]["after"].as_u64() < r["params"]["before"].as_u64());
 }
 
+/// Latency is timed in tract and in onnxruntime (its default optimisation level, where edge
+/// deployments run it), on the same sample, both in the report; without a Python that has
+/// onnxruntime a note says why only tract's is there.
+#[test]
+fn latency_is_timed_in_tract_and_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
+    let run = |python: Option<&Path>| {
+        let mut c = bin();
+        if let Some(p) = python {
+            c.env("ONNX_EMP_PYTHON", p);
+        }
+        let a = c
+            .args(["models/yolo_block.onnx"])
+            .arg(&out)
+            .args(["--structured", "channels", "--beta", "0.8", "--latency-runs", "5", "--report"])
+            .arg(&rep)
+            .assert()
+            .success();
+        let stdout = String::from_utf8_lossy(&a.get_output().stdout).into_owned();
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        (stdout, r)
+    };
+    let ort = std::process::Command::new("python3")
+        .args(["-c", "import numpy, onnxruntime"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ort {
+        let (stdout, r) = run(None);
+        let t = &r["timing"];
+        assert_eq!((&t["latency_dense"]["runs"], &t["latency_pruned"]["runs"]), (&5.into(), &5.into()), "{t}");
+        let o = &t["latency_onnxruntime"];
+        assert_eq!((&o["dense"]["runs"], &o["pruned"]["runs"], &o["dense"]["samples"]), (&5.into(), &5.into(), &1.into()));
+        assert!(o["dense"]["median_ms"].as_f64().is_some_and(|m| m > 0.0) && o["version"].is_string(), "{o}");
+        assert!(stdout.contains("default optimisations, 1 thread; median of 5 / 5 runs"), "{stdout}");
+    }
+    let (_, r) = run(Some(&dir.path().join("no-such-python")));
+    assert!(r["timing"]["latency_onnxruntime"].is_null() && r["timing"]["latency_dense"].is_object());
+    let notes = r["verification"]["notes"].to_string();
+    assert!(notes.contains("latency in onnxruntime unavailable") && notes.contains("no-such-python"), "{notes}");
+}
+
 /// A structural rewrite that neither tract (com.microsoft Attention) nor onnxruntime (no Python
 /// here: `ONNX_EMP_PYTHON` names one that does not exist) can run is not proven, so it is not
 /// written: exit 1, one line saying why and what to do, no output file. `--allow-unproven`

@@ -62,7 +62,7 @@ pub struct Verification {
     pub status: String,
     /// Why it was skipped (stage and model).
     pub reason: Option<String>,
-    /// What ran the models: tract, or onnxruntime when tract could not (then no latency).
+    /// What ran the models: tract, or onnxruntime when tract could not (then no tract latency).
     pub engine: String,
     pub input_shapes: BTreeMap<String, Vec<usize>>,
     pub outputs: Vec<OutputFidelity>,
@@ -76,6 +76,10 @@ pub struct Verification {
     /// run moves them to the report's timing).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hotspots: Vec<Hotspot>,
+    /// Latency in onnxruntime (default optimisation level, 1 thread), when python3 has it (wall
+    /// clock: the run moves it to the report's timing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_onnxruntime: Option<ort::OrtLatency>,
     pub macs_dense: Option<u64>,
     pub macs_pruned: Option<u64>,
     /// Assumed dims, fallbacks taken, and why an optional measurement (accuracy, latency, MACs)
@@ -96,6 +100,7 @@ impl Verification {
             latency_dense: None,
             latency_pruned: None,
             hotspots: vec![],
+            latency_onnxruntime: None,
             macs_dense: None,
             macs_pruned: None,
             notes,
@@ -187,8 +192,9 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
         Err(tract) => match ort::run_pair(dense, pruned, &inputs) {
             Ok((od, op, names)) => {
                 engine = "onnxruntime";
-                notes
-                    .push(format!("tract could not run the models ({tract:#}): fidelity from onnxruntime, no latency"));
+                notes.push(format!(
+                    "tract could not run the models ({tract:#}): fidelity (and latency) from onnxruntime"
+                ));
                 ((od, names.clone(), vec![], None), (op, names, vec![], None))
             }
             Err(ort) => return skip(anyhow::anyhow!("{tract:#}; onnxruntime fallback: {ort:#}"), notes),
@@ -266,6 +272,16 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     } else {
         drop((rd, rp));
     }
+    // The same sample in onnxruntime, as edge deployments run it (default optimisation level):
+    // where python3 has it; a missing onnxruntime is said once, in a note.
+    let mut lat_ort = None;
+    if opts.latency {
+        let one = inputs.head(1).unwrap_or_else(|| inputs.clone());
+        match ort::latency_pair(dense, pruned, &one, opts.latency_opts) {
+            Ok(l) => lat_ort = Some(l),
+            Err(e) => notes.push(format!("latency in onnxruntime unavailable: {e:#}")),
+        }
+    }
 
     let facts = inputs.facts();
     let (mut macs_d, mut macs_p) = (None, None);
@@ -289,6 +305,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
         latency_dense: lat_d,
         latency_pruned: lat_p,
         hotspots,
+        latency_onnxruntime: lat_ort,
         macs_dense: macs_d,
         macs_pruned: macs_p,
         notes,

@@ -9,6 +9,8 @@
 
 use super::fidelity::{compare, OutputFidelity};
 use super::inputs::{InputData, InputSpec, Inputs};
+use super::latency::{LatencyOptions, LatencyStats};
+use serde::Serialize;
 use super::{shared_inputs, EQUIVALENCE_ROWS};
 use anyhow::{bail, Context, Result};
 use ndarray::ArrayD;
@@ -63,13 +65,68 @@ pub fn run_one(path: &Path, inputs: &Inputs) -> Result<(Vec<ArrayD<f32>>, Vec<St
     Ok((o, names))
 }
 
+/// Latency of `a` and `b` in onnxruntime as a deployment runs them: its default optimisation
+/// level, 1 thread, CPU; interleaved as tract's timing is ([`super::latency::latency_interleaved`]),
+/// after one warm-up run each.
+pub fn latency_pair(a: &Path, b: &Path, inputs: &Inputs, opts: LatencyOptions) -> Result<OrtLatency> {
+    let budget = opts.budget.unwrap_or(super::latency::DEFAULT_BUDGET).as_secs_f64();
+    let pre = ["--time".to_string(), format!("{budget}"), format!("{}", opts.runs.unwrap_or(0))];
+    let (v, _dir) = invoke(&pre, a, Some(b), inputs)?;
+    let stats = |k: usize| -> Result<LatencyStats> {
+        let l = &v["latency"][k];
+        let f = |key: &str| l[key].as_f64().with_context(|| format!("onnxruntime timing: no {key}"));
+        Ok(LatencyStats {
+            median_ms: f("median_ms")?,
+            min_ms: f("min_ms")?,
+            runs: f("runs")? as usize,
+            samples: inputs.rows(),
+        })
+    };
+    Ok(OrtLatency {
+        version: v["version"].as_str().unwrap_or("?").to_string(),
+        dense: stats(0)?,
+        pruned: stats(1)?,
+    })
+}
+
+/// Latency in onnxruntime (default optimisation level, 1 thread) of the dense and pruned models.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OrtLatency {
+    /// onnxruntime's version.
+    pub version: String,
+    pub dense: LatencyStats,
+    pub pruned: LatencyStats,
+}
+
 fn run(a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<Pair> {
+    let (v, dir) = invoke(&[], a, b, inputs)?;
+    let names: Vec<String> = v["outputs"]
+        .as_array()
+        .context("onnxruntime script output")?
+        .iter()
+        .filter_map(|n| n.as_str().map(String::from))
+        .collect();
+    let read = |tag: &str| -> Result<Vec<ArrayD<f32>>> {
+        (0..names.len())
+            .map(|i| {
+                let p = dir.path().join(format!("{tag}_{i}.npy"));
+                ndarray_npy::read_npy(&p).with_context(|| format!("reading {}", p.display()))
+            })
+            .collect()
+    };
+    let ob = if b.is_some() { read("b")? } else { vec![] };
+    Ok((read("a")?, ob, names))
+}
+
+/// Run the embedded script on `a` (and `b`) with the inputs written as `.npy`: its JSON line, and
+/// the folder holding what it wrote.
+fn invoke(pre: &[String], a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<(serde_json::Value, tempfile::TempDir)> {
     let dir = tempfile::tempdir().context("temporary directory")?;
     let script = dir.path().join("ort_run.py");
     std::fs::write(&script, SCRIPT).context("writing the onnxruntime script")?;
     let python = python();
     let mut cmd = Command::new(&python);
-    cmd.arg(&script).arg(a).arg(b.map_or_else(|| "-".into(), |b| b.as_os_str().to_owned())).arg(dir.path());
+    cmd.arg(&script).args(pre).arg(a).arg(b.map_or_else(|| "-".into(), |b| b.as_os_str().to_owned())).arg(dir.path());
     for (k, i) in inputs.inputs.iter().enumerate() {
         let p = dir.path().join(format!("input{k}.npy"));
         write_npy(&p, &i.data)?;
@@ -88,20 +145,5 @@ fn run(a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<Pair> {
     }
     let v: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or("")).context("onnxruntime script output")?;
-    let names: Vec<String> = v["outputs"]
-        .as_array()
-        .context("onnxruntime script output")?
-        .iter()
-        .filter_map(|n| n.as_str().map(String::from))
-        .collect();
-    let read = |tag: &str| -> Result<Vec<ArrayD<f32>>> {
-        (0..names.len())
-            .map(|i| {
-                let p = dir.path().join(format!("{tag}_{i}.npy"));
-                ndarray_npy::read_npy(&p).with_context(|| format!("reading {}", p.display()))
-            })
-            .collect()
-    };
-    let ob = if b.is_some() { read("b")? } else { vec![] };
-    Ok((read("a")?, ob, names))
+    Ok((v, dir))
 }

@@ -2,11 +2,17 @@
 masked-equivalence for models tract cannot run). Embedded in the onnx-emp binary.
 
 usage: ort_run.py MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...   (MODEL_B "-": run MODEL_A only)
+       ort_run.py --time BUDGET_S RUNS MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...
 
 Optimisations off, CPU. Writes OUT_DIR/a_<i>.npy and OUT_DIR/b_<i>.npy (float32) and prints one
-JSON line {"outputs": [names]}. Exit status 77: numpy or onnxruntime missing."""
+JSON line {"outputs": [names]}. With --time: latency as a deployment sees it instead (onnxruntime's
+default optimisation level, 1 thread, CPU): one warm-up run each, then one run of each model in
+turn until each has had BUDGET_S seconds (at least one run, at most 10 000), or exactly RUNS runs
+when RUNS > 0; prints {"version": ..., "latency": [{"median_ms", "min_ms", "runs"} per model]}.
+Exit status 77: numpy or onnxruntime missing."""
 import json
 import sys
+import time
 
 try:
     import numpy as np
@@ -19,9 +25,58 @@ except ImportError as e:
 FLOATS = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}
 
 
+def feeds_for(sess, feeds):
+    """float16 inputs arrive as float32 (exactly): cast floats to the declared float type."""
+    declared = {i.name: FLOATS.get(i.type) for i in sess.get_inputs()}
+    return {k: v.astype(declared[k]) if declared.get(k) and v.dtype.kind == "f" else v for k, v in feeds.items()}
+
+
+def timed(paths, feeds, budget, runs):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    sessions = [ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]) for p in paths]
+    run = [feeds_for(s, feeds) for s in sessions]
+
+    def once(k):
+        t = time.perf_counter()
+        sessions[k].run(None, run[k])
+        return (time.perf_counter() - t) * 1e3
+
+    for k in range(len(sessions)):
+        once(k)
+    times = [[] for _ in sessions]
+    start = time.perf_counter()
+
+    def enough(t):
+        if runs > 0:
+            return len(t) >= runs
+        return len(t) > 0 and (time.perf_counter() - start >= budget * len(sessions) or len(t) >= 10_000)
+
+    while not all(enough(t) for t in times):
+        for k, t in enumerate(times):
+            if not enough(t):
+                t.append(once(k))
+    out = []
+    for t in times:
+        t.sort()
+        n = len(t)
+        median = t[n // 2] if n % 2 else (t[n // 2 - 1] + t[n // 2]) / 2
+        out.append({"median_ms": median, "min_ms": t[0], "runs": n})
+    return out
+
+
 def main():
-    a, b, out = sys.argv[1:4]
-    feeds = {k: np.load(v) for k, v in (x.split("=", 1) for x in sys.argv[4:])}
+    args = sys.argv[1:]
+    timing = args[0] == "--time"
+    if timing:
+        budget, runs, args = float(args[1]), int(args[2]), args[3:]
+    a, b, out = args[:3]
+    feeds = {k: np.load(v) for k, v in (x.split("=", 1) for x in args[3:])}
+    if timing:
+        lat = timed([a] if b == "-" else [a, b], feeds, budget, runs)
+        print(json.dumps({"version": ort.__version__, "latency": lat}))
+        return
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
@@ -29,10 +84,7 @@ def main():
     for tag, path in (("a", a), ("b", b)) if b != "-" else (("a", a),):
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        # float16 inputs arrive as float32 (exactly): cast floats to the declared float type.
-        declared = {i.name: FLOATS.get(i.type) for i in sess.get_inputs()}
-        run = {k: v.astype(declared[k]) if declared.get(k) and v.dtype.kind == "f" else v for k, v in feeds.items()}
-        for i, o in enumerate(sess.run(None, run)):
+        for i, o in enumerate(sess.run(None, feeds_for(sess, feeds))):
             np.save(f"{out}/{tag}_{i}.npy", np.asarray(o, dtype=np.float32))
     print(json.dumps({"outputs": names}))
 
