@@ -118,32 +118,113 @@ fn run(a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<Pair> {
     Ok((read("a")?, ob, names))
 }
 
-/// Run the embedded script on `a` (and `b`) with the inputs written as `.npy`: its JSON line, and
-/// the folder holding what it wrote.
+/// Run the embedded script on `a` (and `b`) with the inputs written as `.npy`: its JSON answer,
+/// and the folder holding what it wrote.
 fn invoke(pre: &[String], a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<(serde_json::Value, tempfile::TempDir)> {
     let dir = tempfile::tempdir().context("temporary directory")?;
-    let script = dir.path().join("ort_run.py");
-    std::fs::write(&script, SCRIPT).context("writing the onnxruntime script")?;
-    let python = python();
-    let mut cmd = Command::new(&python);
-    cmd.arg(&script).args(pre).arg(a).arg(b.map_or_else(|| "-".into(), |b| b.as_os_str().to_owned())).arg(dir.path());
+    let mut argv: Vec<String> = pre.to_vec();
+    argv.push(a.display().to_string());
+    argv.push(b.map_or_else(|| "-".into(), |b| b.display().to_string()));
+    argv.push(dir.path().display().to_string());
     for (k, i) in inputs.inputs.iter().enumerate() {
         let p = dir.path().join(format!("input{k}.npy"));
         write_npy(&p, &i.data)?;
-        cmd.arg(format!("{}={}", i.name, p.display()));
+        argv.push(format!("{}={}", i.name, p.display()));
     }
-    let out = cmd.output().with_context(|| format!("{} is not runnable", python.to_string_lossy()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    match out.status.code() {
-        Some(0) => {}
-        Some(77) => bail!("onnxruntime is not available ({})", stdout.trim()),
-        _ => {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
-            bail!("onnxruntime failed: {last}");
+    Ok((ask(&argv)?, dir))
+}
+
+/// The script serving requests (`ort_run.py --serve`): one Python process for the whole run, so
+/// that the guard's dozens of trials pay for Python and onnxruntime's import once.
+struct Worker {
+    python: std::ffi::OsString,
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    _dir: tempfile::TempDir,
+}
+
+static WORKER: std::sync::Mutex<Option<Worker>> = std::sync::Mutex::new(None);
+
+const MARK: &str = "@@onnx-emp ";
+
+impl Worker {
+    fn spawn(python: std::ffi::OsString) -> Result<Worker> {
+        use std::process::Stdio;
+        let dir = tempfile::tempdir().context("temporary directory")?;
+        let script = dir.path().join("ort_run.py");
+        std::fs::write(&script, SCRIPT).context("writing the onnxruntime script")?;
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .arg("--serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("{} is not runnable", python.to_string_lossy()))?;
+        let (stdin, stdout) = match (child.stdin.take(), child.stdout.take()) {
+            (Some(i), Some(o)) => (i, std::io::BufReader::new(o)),
+            _ => bail!("no pipe to {}", python.to_string_lossy()),
+        };
+        let mut w = Worker { python, child, stdin, stdout, _dir: dir };
+        let first = w.answer()?;
+        if let Some(why) = first["skipped"].as_str() {
+            bail!("onnxruntime is not available ({why})");
+        }
+        if first["ready"].is_null() {
+            bail!("onnxruntime script did not start: {first}");
+        }
+        Ok(w)
+    }
+
+    /// The next answer line (other output, if a library prints any, is skipped).
+    fn answer(&mut self) -> Result<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stdout.read_line(&mut line).context("reading from onnxruntime")? == 0 {
+                let status = self.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                bail!("onnxruntime exited ({status})");
+            }
+            if let Some(json) = line.trim_end().strip_prefix(MARK) {
+                return serde_json::from_str(json).context("onnxruntime script output");
+            }
         }
     }
-    let v: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).context("onnxruntime script output")?;
-    Ok((v, dir))
+
+    fn ask(&mut self, argv: &[String]) -> Result<serde_json::Value> {
+        use std::io::Write;
+        let line = serde_json::to_string(argv)?;
+        writeln!(self.stdin, "{line}").and_then(|_| self.stdin.flush()).context("writing to onnxruntime")?;
+        self.answer()
+    }
+}
+
+/// One request to the worker (started on first use, restarted if it died or the interpreter
+/// changed).
+fn ask(argv: &[String]) -> Result<serde_json::Value> {
+    let mut slot = WORKER.lock().unwrap_or_else(|e| e.into_inner());
+    let python = python();
+    if slot.as_ref().is_some_and(|w| w.python != python) {
+        *slot = None;
+    }
+    let w = match slot.as_mut() {
+        Some(w) => w,
+        None => slot.insert(Worker::spawn(python)?),
+    };
+    match w.ask(argv) {
+        Ok(v) => match v.get("ok") {
+            Some(ok) => Ok(ok.clone()),
+            None => bail!("onnxruntime failed: {}", v["error"].as_str().unwrap_or("no message")),
+        },
+        Err(e) => {
+            // A dead or confused worker is not asked again.
+            if let Some(mut w) = slot.take() {
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+            }
+            Err(e)
+        }
+    }
 }

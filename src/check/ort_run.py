@@ -3,13 +3,19 @@ masked-equivalence for models tract cannot run). Embedded in the onnx-emp binary
 
 usage: ort_run.py MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...   (MODEL_B "-": run MODEL_A only)
        ort_run.py --time BUDGET_S RUNS MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...
+       ort_run.py --serve
 
 Optimisations off, CPU. Writes OUT_DIR/a_<i>.npy and OUT_DIR/b_<i>.npy (float32) and prints one
 JSON line {"outputs": [names]}. With --time: latency as a deployment sees it instead (onnxruntime's
 default optimisation level, 1 thread, CPU): one warm-up run each, then one run of each model in
 turn until each has had BUDGET_S seconds (at least one run, at most 10 000), or exactly RUNS runs
 when RUNS > 0; prints {"version": ..., "latency": [{"median_ms", "min_ms", "runs"} per model]}.
-Exit status 77: numpy or onnxruntime missing."""
+Exit status 77: numpy or onnxruntime missing.
+
+--serve: one process for many requests (onnx-emp's fidelity guard asks dozens): each stdin line
+is a JSON list of the arguments above; each answer is one stdout line "@@onnx-emp " + JSON,
+{"ok": result} or {"error": message}. The first answer is {"ready": version} or, when a module is
+missing, {"skipped": why} (then exit 77)."""
 import json
 import sys
 import time
@@ -17,9 +23,12 @@ import time
 try:
     import numpy as np
     import onnxruntime as ort
+
+    MISSING = None
 except ImportError as e:
-    print(json.dumps({"skipped": f"python module missing: {e.name}"}))
-    sys.exit(77)
+    MISSING = f"python module missing: {e.name}"
+
+MARK = "@@onnx-emp "
 
 
 FLOATS = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}
@@ -66,17 +75,14 @@ def timed(paths, feeds, budget, runs):
     return out
 
 
-def main():
-    args = sys.argv[1:]
+def request(args):
     timing = args[0] == "--time"
     if timing:
         budget, runs, args = float(args[1]), int(args[2]), args[3:]
     a, b, out = args[:3]
     feeds = {k: np.load(v) for k, v in (x.split("=", 1) for x in args[3:])}
     if timing:
-        lat = timed([a] if b == "-" else [a, b], feeds, budget, runs)
-        print(json.dumps({"version": ort.__version__, "latency": lat}))
-        return
+        return {"version": ort.__version__, "latency": timed([a] if b == "-" else [a, b], feeds, budget, runs)}
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
@@ -86,7 +92,34 @@ def main():
         names = [o.name for o in sess.get_outputs()]
         for i, o in enumerate(sess.run(None, feeds_for(sess, feeds))):
             np.save(f"{out}/{tag}_{i}.npy", np.asarray(o, dtype=np.float32))
-    print(json.dumps({"outputs": names}))
+    return {"outputs": names}
+
+
+def answer(obj):
+    sys.stdout.write(MARK + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def serve():
+    if MISSING:
+        answer({"skipped": MISSING})
+        sys.exit(77)
+    answer({"ready": ort.__version__})
+    for line in sys.stdin:
+        try:
+            answer({"ok": request(json.loads(line))})
+        except Exception as e:
+            lines = [x for x in str(e).strip().splitlines() if x.strip()]
+            answer({"error": f"{type(e).__name__}: {lines[-1] if lines else ''}"})
+
+
+def main():
+    if sys.argv[1:] == ["--serve"]:
+        return serve()
+    if MISSING:
+        print(json.dumps({"skipped": MISSING}))
+        sys.exit(77)
+    print(json.dumps(request(sys.argv[1:])))
 
 
 if __name__ == "__main__":
