@@ -497,6 +497,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     if let Some(w) = verification.as_ref().and_then(|v| fidelity_warning(v, real_inputs, recon_inputs.is_some())) {
         notes.push(w);
     }
+    if o.mode != Mode::Weights && !untouched {
+        notes.extend(slower_warnings(&timing));
+    }
     if !exact && !o.allow_mismatch {
         let e = equivalence.iter().find(|e| e.pass == Some(false));
         let detail = e
@@ -617,6 +620,34 @@ fn fidelity_warning(v: &crate::check::Verification, real_inputs: bool, reconstru
     Some(format!("WARNING: {what}; {fix}"))
 }
 
+/// Beyond this ratio (pruned / dense median latency) a structural cut ran slower than dense:
+/// more than the few per cent interleaved timing varies by on a quiet machine.
+const WARN_SLOWER: f64 = 1.03;
+
+/// A warning per engine in which the pruned model ran slower than the dense one: a smaller model
+/// that is slower is not what structural pruning is for, and the report must not bury it.
+fn slower_warnings(t: &Timing) -> Vec<String> {
+    let tract = t.latency_dense.as_ref().zip(t.latency_pruned.as_ref()).map(|(d, p)| ("tract".to_string(), d, p));
+    let ort = t.latency_onnxruntime.as_ref().map(|o| (format!("onnxruntime {}", o.version), &o.dense, &o.pruned));
+    tract
+        .into_iter()
+        .chain(ort)
+        .filter(|(_, d, p)| d.median_ms > 0.0 && p.median_ms > d.median_ms * WARN_SLOWER)
+        .map(|(engine, d, p)| {
+            format!(
+                "WARNING: the pruned model ran slower than the dense one in {engine} ({:.2}×: {:.3} → {:.3} ms, median \
+                 of {} / {} interleaved runs): re-time it with a longer --latency-budget on a quiet machine before \
+                 trusting it; timing.hotspots in the JSON report says where tract spends the time",
+                p.median_ms / d.median_ms,
+                d.median_ms,
+                p.median_ms,
+                d.runs,
+                p.runs
+            )
+        })
+        .collect()
+}
+
 /// What a plan reports (the decision), gathered by [`run`].
 struct PlanParts {
     params: Params,
@@ -735,4 +766,27 @@ pub fn roundtrip(input: &Path, output: &Path) -> Result<Loaded> {
     let l = io::load(input)?;
     io::save(l.proto.clone(), output, &SaveOptions { external: l.external.clone() })?;
     Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{ort::OrtLatency, LatencyStats};
+
+    fn stats(ms: f64) -> LatencyStats {
+        LatencyStats { median_ms: ms, min_ms: ms, runs: 9, samples: 1 }
+    }
+
+    #[test]
+    fn a_cut_slower_than_dense_in_either_engine_is_a_warning() {
+        let mut t = Timing { latency_dense: Some(stats(1.0)), latency_pruned: Some(stats(1.02)), ..Default::default() };
+        assert!(slower_warnings(&t).is_empty(), "within timing noise");
+        t.latency_pruned = Some(stats(1.1));
+        let w = slower_warnings(&t);
+        assert!(w.len() == 1 && w[0].contains("in tract (1.10×: 1.000 → 1.100 ms"), "{w:?}");
+        t.latency_pruned = Some(stats(0.8));
+        t.latency_onnxruntime = Some(OrtLatency { version: "1.32.0".into(), dense: stats(2.0), pruned: stats(2.5) });
+        let w = slower_warnings(&t);
+        assert!(w.len() == 1 && w[0].contains("in onnxruntime 1.32.0 (1.25×"), "{w:?}");
+    }
 }
