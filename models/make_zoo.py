@@ -453,6 +453,58 @@ def ms_fused_ffn(path):
     return [2, s, d]
 
 
+def ms_bert(path):
+    """A BERT encoder as onnxruntime's transformer optimizer leaves it, embeddings included: int64
+    token ids → Cast → com.microsoft EmbedLayerNormalization (word and position tables summed and
+    normalised: the residual stream's source) → two FFN blocks (MatMul → BiasGelu → MatMul →
+    SkipLayerNormalization) → a MatMul + bias head. Returns the ids' shape."""
+    rng = np.random.default_rng(37)
+    vocab, d, ff, s = 50, 32, 64, 6
+    inits = []
+
+    def w(name, shape, scale=0.2, offset=0.0):
+        inits.append(numpy_helper.from_array((offset + scale * rng.standard_normal(shape)).astype(np.float32), name))
+        return name
+
+    nodes = [
+        helper.make_node("Cast", ["x"], ["ids"], name="ids_cast", to=TensorProto.INT32),
+        helper.make_node(
+            "EmbedLayerNormalization",
+            ["ids", "", w("word", [vocab, d], 0.5), w("pos", [16, d], 0.5), "", w("emb.gamma", [d], 0.1, 1.0),
+             w("emb.beta", [d], 0.1)],
+            ["emb", "mask_index"], name="embed", domain="com.microsoft", epsilon=1e-12,
+        ),
+    ]
+    x = "emb"
+    for b in range(2):
+        p = f"ffn{b}"
+        nodes.append(helper.make_node("MatMul", [x, w(f"{p}.w1", [d, ff])], [f"{p}.h"], name=f"{p}.up"))
+        nodes.append(helper.make_node("BiasGelu", [f"{p}.h", w(f"{p}.b1", [ff], 0.3)], [f"{p}.g"], name=f"{p}.act",
+                                      domain="com.microsoft"))
+        nodes.append(helper.make_node("MatMul", [f"{p}.g", w(f"{p}.w2", [ff, d])], [f"{p}.z"], name=f"{p}.down"))
+        nodes.append(helper.make_node(
+            "SkipLayerNormalization",
+            [f"{p}.z", x, w(f"{p}.gamma", [d], 0.1, 1.0), w(f"{p}.beta", [d], 0.1), w(f"{p}.b2", [d], 0.1)],
+            [f"{p}.out"], name=f"{p}.skipln", domain="com.microsoft", epsilon=1e-12,
+        ))
+        x = f"{p}.out"
+    nodes.append(helper.make_node("MatMul", [x, w("head.w", [d, 4])], ["head.mm"], name="head"))
+    nodes.append(helper.make_node("Add", ["head.mm", w("head.b", [4], 0.1)], ["y"], name="head.bias"))
+    g = helper.make_graph(
+        nodes, "ms_bert",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", s])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", s, 4])],
+        inits,
+    )
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="onnx-emp make_zoo",
+    )
+    m.ir_version = 8
+    onnx.save(m, path)
+    return [2, s]
+
+
 def qdq(src, path, shape):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -565,6 +617,9 @@ def main():
         "zoo_norm_decomposed": lambda m: norm_decomposed(OUT, m),
         "zoo_vit_fixed": lambda m: vit_fixed(OUT, m),
         "zoo_rmsnorm_ops": lambda m: m.update(zoo_rmsnorm_ops={"x": rmsnorm_ops(os.path.join(OUT, "zoo_rmsnorm_ops.onnx"))}),
+        "zoo_ms_bert": lambda m: m.update(
+            zoo_ms_bert={"x": ms_bert(os.path.join(OUT, "zoo_ms_bert.onnx")), "dtype": "int64", "high": 50}
+        ),
     }
     if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in only:
         # Add the one model to an existing zoo, leaving the others as they are.
@@ -598,6 +653,7 @@ def main():
     norm_decomposed(OUT, manifest)
     vit_fixed(OUT, manifest)
     manifest["zoo_rmsnorm_ops"] = {"x": rmsnorm_ops(os.path.join(OUT, "zoo_rmsnorm_ops.onnx"))}
+    manifest["zoo_ms_bert"] = {"x": ms_bert(os.path.join(OUT, "zoo_ms_bert.onnx")), "dtype": "int64", "high": 50}
     for name in manifest:
         onnx.checker.check_model(onnx.load(os.path.join(OUT, name + ".onnx")), full_check=True)
     with open(os.path.join(OUT, "manifest.json"), "w") as f:

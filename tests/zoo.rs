@@ -43,6 +43,15 @@ const ZOO: &[(&str, Expect)] = &[
     // q/k/v stay blocked in channels mode (their outputs are reshaped into heads: heads mode).
     ("zoo_layernorm_transformer", Expect::Channels(&["LayerNormalization", "Concat", "Gather"])),
     ("zoo_ms_fused_ffn", Expect::Channels(&["com.microsoft:BiasGelu", "com.microsoft:FastGelu"])),
+    // The same blocks after onnxruntime's EmbedLayerNormalization: the stream from the embeddings.
+    (
+        "zoo_ms_bert",
+        Expect::Channels(&[
+            "com.microsoft:EmbedLayerNormalization",
+            "com.microsoft:SkipLayerNormalization",
+            "com.microsoft:BiasGelu",
+        ]),
+    ),
     // torchvision's ViT: the fused in-projection stays blocked in channels mode (split into q/k/v
     // and heads); the residual stream must not be blocked by anything.
     ("zoo_vit", Expect::Channels(&["LayerNormalization", "Concat", "Expand", "Add"])),
@@ -178,6 +187,7 @@ fn transformer_residual_streams_prune() {
         ("zoo_norm_decomposed", "/emb/Gather", "ReduceMean", 9),
         ("zoo_rmsnorm_ops", "h0.matmul", "rms", 2),
         ("zoo_vit_fixed", "/conv_proj/Conv", "ReduceMean", 10),
+        ("zoo_ms_bert", "embed", "skipln", 2),
     ] {
         let dense = load(&root().join(format!("models/zoo/{name}.onnx")));
         let r = onnx_emp::prune::channels::prune_channels(&dense, &opts(0.7, false)).unwrap();
