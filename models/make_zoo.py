@@ -234,9 +234,7 @@ def rmsnorm_ops(path):
     d, ff, s, i = 32, 64, 6, 12
     inits = []
 
-    def w(name, shape, scale=0.2, offset=0.0):
-        inits.append(numpy_helper.from_array((offset + scale * rng.standard_normal(shape)).astype(np.float32), name))
-        return name
+    w = constants(rng, inits)
 
     mm = lambda x, wn, shape, y: [
         helper.make_node("MatMul", [x, w(wn, shape)], [y + ".mm"], name=y + ".matmul"),
@@ -413,6 +411,26 @@ def attention_4d(path):
     return [2, s, d]
 
 
+def constants(rng, inits):
+    """w(name, shape, scale, offset): a random float initializer appended to `inits`, its name."""
+
+    def w(name, shape, scale=0.2, offset=0.0):
+        inits.append(numpy_helper.from_array((offset + scale * rng.standard_normal(shape)).astype(np.float32), name))
+        return name
+
+    return w
+
+
+def save_ms(g, path):
+    """Save a graph of ONNX and com.microsoft ops (opset 17, IR 8, as onnxruntime's optimizer writes)."""
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="onnx-emp make_zoo",
+    )
+    m.ir_version = 8
+    onnx.save(m, path)
+
+
 def ms_fused_ffn(path):
     """Two FFN blocks as onnxruntime's transformer optimizer writes them: MatMul → com.microsoft
     BiasGelu (block 0) / FastGelu with bias (block 1) → MatMul → SkipLayerNormalization (residual,
@@ -421,9 +439,7 @@ def ms_fused_ffn(path):
     d, ff, s = 32, 64, 6
     inits = []
 
-    def w(name, shape, scale=0.2, offset=0.0):
-        inits.append(numpy_helper.from_array((offset + scale * rng.standard_normal(shape)).astype(np.float32), name))
-        return name
+    w = constants(rng, inits)
 
     nodes, x = [], "x"
     for b, act in enumerate(("BiasGelu", "FastGelu")):
@@ -444,12 +460,7 @@ def ms_fused_ffn(path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", s, d])],
         inits,
     )
-    m = helper.make_model(
-        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-        producer_name="onnx-emp make_zoo",
-    )
-    m.ir_version = 8
-    onnx.save(m, path)
+    save_ms(g, path)
     return [2, s, d]
 
 
@@ -462,9 +473,7 @@ def ms_bert(path):
     vocab, d, ff, s = 50, 32, 64, 6
     inits = []
 
-    def w(name, shape, scale=0.2, offset=0.0):
-        inits.append(numpy_helper.from_array((offset + scale * rng.standard_normal(shape)).astype(np.float32), name))
-        return name
+    w = constants(rng, inits)
 
     nodes = [
         helper.make_node("Cast", ["x"], ["ids"], name="ids_cast", to=TensorProto.INT32),
@@ -496,12 +505,7 @@ def ms_bert(path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", s, 4])],
         inits,
     )
-    m = helper.make_model(
-        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-        producer_name="onnx-emp make_zoo",
-    )
-    m.ir_version = 8
-    onnx.save(m, path)
+    save_ms(g, path)
     return [2, s]
 
 

@@ -282,6 +282,19 @@ fn structured(model: &str, data: Option<&str>, mode: &str) -> Value {
     report
 }
 
+/// python3 with numpy and onnxruntime: the fallback engine and the second latency.
+fn ort_available() -> bool {
+    std::process::Command::new("python3").args(["-c", "import numpy, onnxruntime"]).status().is_ok_and(|s| s.success())
+}
+
+/// A run of `model` with `args` that must succeed, and its JSON report.
+fn report_of(model: &str, args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
+    bin().arg(format!("models/{model}.onnx")).arg(&out).args(args).arg("--report").arg(&rep).assert().success();
+    serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap()
+}
+
 fn assert_exact(r: &Value) {
     for e in r["equivalence"].as_array().unwrap() {
         assert_eq!(e["status"], "ok", "{e}");
@@ -317,11 +330,7 @@ fn structured_heads_models() {
     assert_eq!(r["equivalence"].as_array().unwrap().len(), 2);
     // tract cannot run com.microsoft Attention: the proof and the verification run in onnxruntime
     // instead (through python3); without it the rewrite is refused (the next test).
-    let ort = std::process::Command::new("python3")
-        .args(["-c", "import numpy, onnxruntime"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ort {
+    if !ort_available() {
         return eprintln!("skipped: python3 with numpy and onnxruntime is not available");
     }
     for mode in ["heads", "channels"] {
@@ -340,23 +349,10 @@ fn structured_heads_models() {
 /// com.microsoft MultiHeadAttention tract cannot run, has its heads proven there.
 #[test]
 fn float16_inputs_are_proven_in_onnxruntime() {
-    let ort = std::process::Command::new("python3")
-        .args(["-c", "import numpy, onnxruntime"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ort {
+    if !ort_available() {
         return eprintln!("skipped: python3 with numpy and onnxruntime is not available");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
-    bin()
-        .args(["models/mha_ms_fp16.onnx"])
-        .arg(&out)
-        .args(["--structured", "heads", "--beta", "0.7", "--no-latency", "-q", "--report"])
-        .arg(&rep)
-        .assert()
-        .success();
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let r = report_of("mha_ms_fp16", &["--structured", "heads", "--beta", "0.7", "--no-latency", "-q"]);
     let (e, v) = (&r["equivalence"][0], &r["verification"]);
     assert_eq!((&e["status"], &e["engine"], &e["pass"]), (&"ok".into(), &"onnxruntime".into(), &true.into()), "{e}");
     assert_eq!((&v["status"], &v["engine"]), (&"ok".into(), &"onnxruntime".into()), "{v}");
@@ -386,11 +382,7 @@ fn latency_is_timed_in_tract_and_onnxruntime() {
         let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
         (stdout, r)
     };
-    let ort = std::process::Command::new("python3")
-        .args(["-c", "import numpy, onnxruntime"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if ort {
+    if ort_available() {
         let (stdout, r) = run(None);
         let t = &r["timing"];
         assert_eq!((&t["latency_dense"]["runs"], &t["latency_pruned"]["runs"]), (&5.into(), &5.into()), "{t}");
@@ -440,23 +432,10 @@ fn a_rewrite_neither_engine_can_prove_is_refused_unless_allowed() {
 /// guard raises β until nothing that fails is cut, where before the cut was written unchecked.
 #[test]
 fn the_guard_runs_in_onnxruntime_when_tract_cannot() {
-    let ort = std::process::Command::new("python3")
-        .args(["-c", "import numpy, onnxruntime"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ort {
+    if !ort_available() {
         return eprintln!("skipped: python3 with numpy and onnxruntime is not available");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
-    bin()
-        .args(["models/bert_ms_attention.onnx"])
-        .arg(&out)
-        .args(["--structured", "heads", "--no-latency", "-q", "--report"])
-        .arg(&rep)
-        .assert()
-        .success();
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let r = report_of("bert_ms_attention", &["--structured", "heads", "--no-latency", "-q"]);
     let notes = r["notes"].to_string();
     assert!(!notes.contains("could not run"), "{notes}");
     let trials = r["guard"]["trials"].as_array().unwrap();
