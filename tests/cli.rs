@@ -387,7 +387,10 @@ fn latency_is_timed_in_tract_and_onnxruntime() {
         let t = &r["timing"];
         assert_eq!((&t["latency_dense"]["runs"], &t["latency_pruned"]["runs"]), (&5.into(), &5.into()), "{t}");
         let o = &t["latency_onnxruntime"];
-        assert_eq!((&o["dense"]["runs"], &o["pruned"]["runs"], &o["dense"]["samples"]), (&5.into(), &5.into(), &1.into()));
+        assert_eq!(
+            (&o["dense"]["runs"], &o["pruned"]["runs"], &o["dense"]["samples"]),
+            (&5.into(), &5.into(), &1.into())
+        );
         assert!(o["dense"]["median_ms"].as_f64().is_some_and(|m| m > 0.0) && o["version"].is_string(), "{o}");
         assert!(stdout.contains("default optimisations, 1 thread; median of 5 / 5 runs"), "{stdout}");
     }

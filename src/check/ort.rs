@@ -10,10 +10,10 @@
 use super::fidelity::{compare, OutputFidelity};
 use super::inputs::{InputData, InputSpec, Inputs};
 use super::latency::{LatencyOptions, LatencyStats};
-use serde::Serialize;
 use super::{shared_inputs, EQUIVALENCE_ROWS};
 use anyhow::{bail, Context, Result};
 use ndarray::ArrayD;
+use serde::Serialize;
 use std::path::Path;
 use std::process::Command;
 
@@ -82,11 +82,7 @@ pub fn latency_pair(a: &Path, b: &Path, inputs: &Inputs, opts: LatencyOptions) -
             samples: inputs.rows(),
         })
     };
-    Ok(OrtLatency {
-        version: v["version"].as_str().unwrap_or("?").to_string(),
-        dense: stats(0)?,
-        pruned: stats(1)?,
-    })
+    Ok(OrtLatency { version: v["version"].as_str().unwrap_or("?").to_string(), dense: stats(0)?, pruned: stats(1)? })
 }
 
 /// Latency in onnxruntime (default optimisation level, 1 thread) of the dense and pruned models.
@@ -120,7 +116,12 @@ fn run(a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<Pair> {
 
 /// Run the embedded script on `a` (and `b`) with the inputs written as `.npy`: its JSON answer,
 /// and the folder holding what it wrote.
-fn invoke(pre: &[String], a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<(serde_json::Value, tempfile::TempDir)> {
+fn invoke(
+    pre: &[String],
+    a: &Path,
+    b: Option<&Path>,
+    inputs: &Inputs,
+) -> Result<(serde_json::Value, tempfile::TempDir)> {
     let dir = tempfile::tempdir().context("temporary directory")?;
     let mut argv: Vec<String> = pre.to_vec();
     argv.push(a.display().to_string());

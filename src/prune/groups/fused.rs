@@ -107,7 +107,9 @@ impl Analyzer<'_, '_> {
             return;
         };
         let tables: Vec<(usize, &str)> = [2, 3, 4].into_iter().filter_map(|s| inp(n, s).map(|t| (s, t))).collect();
-        let ok = tables.iter().all(|(_, t)| self.ctx.dims(t).is_some_and(|td| td[1..] == [d] && self.norm_param(t, td)))
+        let ok = tables
+            .iter()
+            .all(|(_, t)| self.ctx.dims(t).is_some_and(|td| td.len() == 2 && td[1] == d && self.norm_param(t, td)))
             && [5, 6].into_iter().all(|s| inp(n, s).is_some_and(|p| self.norm_param(p, &[d])));
         let units = self.new_layer(ni, d);
         if !ok {
