@@ -1482,6 +1482,33 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     g.node.push(node("Mul", "rscale", &["rn", "g2"], &["n2"]));
     g.node.push(node("MatMul", "head", &["n2", "Wh"], &["y"]));
     v.push(("norm_spelled", enc(&wrap(g))));
+    // onnxruntime's fused encoder: EmbedLayerNormalization (the stream's source) → MatMul, Relu,
+    // MatMul → SkipLayerNormalization → head.
+    let mut g = GraphProto::new();
+    g.name = "ms_embed".into();
+    g.input.push(vi("x", 7, &[1, 3]));
+    g.output.push(vi("y", 1, &[1, 3, 3]));
+    for (nm, dims, n) in [("word", [5, 4], 20), ("pos", [4, 4], 16), ("Wu", [4, 4], 16), ("Wd", [4, 4], 16)] {
+        g.initializer.push(f32_tensor(nm, &dims, &ramp(n)));
+    }
+    g.initializer.push(f32_tensor("Wh", &[4, 3], &ramp(12)));
+    for (nm, val) in [("g1", 1.0f32), ("b1", 0.1), ("g2", 0.5), ("b2", -0.1)] {
+        g.initializer.push(f32_tensor(nm, &[4], &[val; 4]));
+    }
+    let mut cast = node("Cast", "ids", &["x"], &["ids"]);
+    cast.attribute.push(attr_i("to", 6));
+    g.node.push(cast);
+    let mut e = node("EmbedLayerNormalization", "embed", &["ids", "", "word", "pos", "", "g1", "b1"], &["a", "mi"]);
+    e.domain = "com.microsoft".into();
+    g.node.push(e);
+    g.node.push(node("MatMul", "up", &["a", "Wu"], &["u"]));
+    g.node.push(node("Relu", "act", &["u"], &["ru"]));
+    g.node.push(node("MatMul", "down", &["ru", "Wd"], &["d"]));
+    let mut sk = node("SkipLayerNormalization", "skipln", &["d", "a", "g2", "b2"], &["n2"]);
+    sk.domain = "com.microsoft".into();
+    g.node.push(sk);
+    g.node.push(node("MatMul", "head", &["n2", "Wh"], &["y"]));
+    v.push(("ms_embed", enc(&wrap(g))));
     // A tensor with (unresolvable) external data: parse accepts it, pruning must refuse cleanly.
     let mut m = tiny_matmul(f32_tensor("We", &[4, 3], &ramp(12)), 4, 3);
     externalize(&mut m, &["We"], "w.bin");
