@@ -400,6 +400,33 @@ fn latency_is_timed_in_tract_and_onnxruntime() {
     assert!(notes.contains("latency in onnxruntime unavailable") && notes.contains("no-such-python"), "{notes}");
 }
 
+/// Reconstruction reads its activations from onnxruntime when tract cannot run the model: the
+/// optimised BERT with fused embeddings refits its pruned MatMuls from calibration token ids, and
+/// the refit lowers each layer's error.
+#[test]
+fn reconstruction_runs_in_onnxruntime_when_tract_cannot() {
+    if !ort_available() {
+        return eprintln!("skipped: python3 with numpy and onnxruntime is not available");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let calib = dir.path().join("calib.npz");
+    let mut npz = ndarray_npy::NpzWriter::new(std::fs::File::create(&calib).unwrap());
+    let ids = ndarray::Array2::from_shape_fn((64, 16), |(i, j)| ((i * 131 + j * 17) % 1000) as i64);
+    npz.add_array("input_ids", &ids).unwrap();
+    npz.add_array("attention_mask", &ndarray::Array2::<i64>::ones((64, 16))).unwrap();
+    npz.finish().unwrap();
+    let c = calib.to_str().unwrap();
+    let r = report_of("bert_ms_embed", &["--structured", "channels", "--beta", "0.7", "--calibration", c, "--no-latency", "-q"]);
+    let layers = r["reconstruction"]["layers"].as_array().unwrap();
+    let refit: Vec<&Value> = layers.iter().filter(|l| l["method"] != "skipped").collect();
+    assert!(refit.len() >= 6, "{layers:#?}");
+    for l in &refit {
+        assert!(l["err_after"].as_f64().unwrap() < l["err_before"].as_f64().unwrap(), "{l}");
+    }
+    assert!(!r.to_string().contains("could not compile"), "{}", r["reconstruction"]);
+    assert_eq!(r["equivalence"][0]["pass"], true);
+}
+
 /// A structural rewrite that neither tract (com.microsoft Attention) nor onnxruntime (no Python
 /// here: `ONNX_EMP_PYTHON` names one that does not exist) can run is not proven, so it is not
 /// written: exit 1, one line saying why and what to do, no output file. `--allow-unproven`

@@ -61,8 +61,16 @@ pub fn run_pair(a: &Path, b: &Path, inputs: &Inputs) -> Result<Pair> {
 
 /// The outputs of the model at `path` in onnxruntime on `inputs` (as f32), with their names.
 pub fn run_one(path: &Path, inputs: &Inputs) -> Result<(Vec<ArrayD<f32>>, Vec<String>)> {
-    let (o, _, names) = run(path, None, inputs)?;
+    let (o, names, _) = run_typed(path, inputs)?;
     Ok((o, names))
+}
+
+/// As [`run_one`], with each output's element type before the cast to f32 (numpy's name:
+/// "float32", "int64", "bool", ...).
+pub fn run_typed(path: &Path, inputs: &Inputs) -> Result<(Vec<ArrayD<f32>>, Vec<String>, Vec<String>)> {
+    let (v, o, _, names) = run_json(path, None, inputs)?;
+    let dtypes = v["dtypes"].as_array().map(|a| a.iter().map(|d| d.as_str().unwrap_or("").to_string()).collect());
+    Ok((o, names, dtypes.unwrap_or_default()))
 }
 
 /// Latency of `a` and `b` in onnxruntime as a deployment runs them: its default optimisation
@@ -95,6 +103,13 @@ pub struct OrtLatency {
 }
 
 fn run(a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<Pair> {
+    run_json(a, b, inputs).map(|(_, oa, ob, names)| (oa, ob, names))
+}
+
+/// The script's answer, `a`'s and `b`'s outputs (f32) and their names.
+type Answer = (serde_json::Value, Vec<ArrayD<f32>>, Vec<ArrayD<f32>>, Vec<String>);
+
+fn run_json(a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<Answer> {
     let (v, dir) = invoke(&[], a, b, inputs)?;
     let names: Vec<String> = v["outputs"]
         .as_array()
@@ -111,7 +126,8 @@ fn run(a: &Path, b: Option<&Path>, inputs: &Inputs) -> Result<Pair> {
             .collect()
     };
     let ob = if b.is_some() { read("b")? } else { vec![] };
-    Ok((read("a")?, ob, names))
+    let oa = read("a")?;
+    Ok((v, oa, ob, names))
 }
 
 /// Run the embedded script on `a` (and `b`) with the inputs written as `.npy`: its JSON answer,

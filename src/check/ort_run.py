@@ -6,7 +6,7 @@ usage: ort_run.py MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...   (MODEL_B "-": run 
        ort_run.py --serve
 
 Optimisations off, CPU. Writes OUT_DIR/a_<i>.npy and OUT_DIR/b_<i>.npy (float32) and prints one
-JSON line {"outputs": [names]}. With --time: latency as a deployment sees it instead (onnxruntime's
+JSON line {"outputs": [names], "dtypes": [MODEL_A's output types, before the cast]}. With --time: latency as a deployment sees it instead (onnxruntime's
 default optimisation level, 1 thread, CPU): one warm-up run each, then one run of each model in
 turn until each has had BUDGET_S seconds (at least one run, at most 10 000), or exactly RUNS runs
 when RUNS > 0; prints {"version": ..., "latency": [{"median_ms", "min_ms", "runs"} per model]}.
@@ -86,13 +86,16 @@ def request(args):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
-    names = []
+    names, dtypes = [], []
     for tag, path in (("a", a), ("b", b)) if b != "-" else (("a", a),):
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        for i, o in enumerate(sess.run(None, feeds_for(sess, feeds))):
-            np.save(f"{out}/{tag}_{i}.npy", np.asarray(o, dtype=np.float32))
-    return {"outputs": names}
+        outs = [np.asarray(o) for o in sess.run(None, feeds_for(sess, feeds))]
+        if tag == "a":
+            dtypes = [str(o.dtype) for o in outs]
+        for i, o in enumerate(outs):
+            np.save(f"{out}/{tag}_{i}.npy", o.astype(np.float32))
+    return {"outputs": names, "dtypes": dtypes}
 
 
 def answer(obj):

@@ -80,8 +80,41 @@ fn expose(
             }
         }
     }
-    let r = check::load_runnable(&path, &facts).context("tract could not compile the model")?;
-    pass(&r, inputs, values, lenient, &mut row, &mut f)
+    match check::load_runnable(&path, &facts) {
+        Ok(r) => pass(&r, inputs, values, lenient, &mut row, &mut f),
+        // onnxruntime's fused ops (an optimised transformer): the values from onnxruntime.
+        Err(tract) => in_onnxruntime(&path, inputs, values, lenient, &mut f).map_err(|ort| {
+            anyhow::anyhow!("tract could not compile the model: {tract:#}; onnxruntime fallback: {ort:#}")
+        }),
+    }
+}
+
+/// [`expose`] in onnxruntime (through the worker of [`check::ort`]), chunk by chunk as tract's
+/// pass goes: the same values, f32, the samples on axis 0 (lenient: others come as None).
+fn in_onnxruntime(
+    path: &std::path::Path,
+    inputs: &Inputs,
+    values: &[String],
+    lenient: bool,
+    f: &mut impl FnMut(usize, Vec<Option<ArrayD<f32>>>) -> Result<()>,
+) -> Result<()> {
+    let rows = inputs.rows().max(1);
+    let chunk = check::run::chunk_rows(&inputs.facts(), 1);
+    let mut lo = 0;
+    while lo < rows {
+        let hi = (lo + chunk).min(rows);
+        let part = if inputs.rows() > 1 { inputs.sample_range(lo, hi) } else { inputs.clone() };
+        let (outs, names, dtypes) = check::ort::run_typed(path, &part)?;
+        let mut picked = Vec::with_capacity(values.len());
+        for v in values {
+            let i = names.iter().position(|o| o == v).with_context(|| format!("value '{v}' is not observable"))?;
+            let usable = dtypes.get(i).is_some_and(|d| d == "float32") && outs[i].shape().first() == Some(&(hi - lo));
+            picked.push((usable || !lenient).then(|| outs[i].clone()));
+        }
+        f(lo, picked)?;
+        lo = hi;
+    }
+    Ok(())
 }
 
 fn pass(
