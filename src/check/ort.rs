@@ -1,11 +1,13 @@
-//! Masked-equivalence in onnxruntime, for the models tract 0.23 cannot run (onnxruntime's own
-//! com.microsoft ops: fused `Attention`, `EmbedLayerNormalization`, …): the inputs tract would
-//! have been given are written as `.npy`, both models run in onnxruntime through `python3`
-//! (or `$ONNX_EMP_PYTHON`; optimisations off, the embedded `ort_run.py`), and their outputs are compared by the same
-//! measure ([`compare`]). The verification (dense against pruned: errors, cosine, top-1,
-//! accuracy) falls back to it the same way, without latency. Contract: `Ok` only when onnxruntime
-//! ran both models on those inputs; otherwise an error saying why (no python3, no onnxruntime, a
-//! model it refuses), never a pass.
+//! onnxruntime, for what tract 0.23 cannot run (onnxruntime's own com.microsoft ops: fused
+//! `Attention`, `EmbedLayerNormalization`, …) and for latency as onnxruntime deployments see it.
+//! The inputs tract would have been given are written as `.npy` and the models run in
+//! onnxruntime through the embedded `ort_run.py`, served by one Python process per run
+//! (`python3`, or `$ONNX_EMP_PYTHON`; started on first use): masked-equivalence and the
+//! verification (optimisations off, outputs compared by the same measure as tract's,
+//! [`compare`]), the guard's trials and reconstruction's activations ([`run_one`],
+//! [`run_typed`]), and latency (the default optimisation level, 1 thread: [`latency_pair`]).
+//! Contract: `Ok` only when onnxruntime ran the models on those inputs; otherwise an error saying
+//! why (no Python, no onnxruntime, a model it refuses, the worker gone), never a pass.
 
 use super::fidelity::{compare, OutputFidelity};
 use super::inputs::{InputData, InputSpec, Inputs};
