@@ -340,11 +340,13 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             guard_report = choice.report;
             notes.extend(choice.note);
             let mut current = std::mem::take(&mut loaded.proto);
+            let mut first_stage_groups = 0;
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
                 let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;
                 let path = masked_path(stages.len());
                 let out = masked_out(o.plan, o.verify, path.as_deref(), recon_inputs.is_some(), &masked_opts);
                 let r = structural(&mut current, &sopts, "heads", &out, recon_inputs, &mut reconstruction, &t_recon)?;
+                first_stage_groups = r.groups.len();
                 groups.extend(r.groups);
                 let last = mode == Mode::Heads;
                 // Reconstruction is done with it: the masked model goes to its file now.
@@ -356,7 +358,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 current = r.pruned;
             }
             if matches!(mode, Mode::Channels | Mode::HeadsChannels) {
-                let copts = StructOptions { scope: channel_scope, ..sopts.clone() };
+                let cut_only = crate::prune::second_stage_cut(&sopts.cut_only, first_stage_groups);
+                let copts = StructOptions { scope: channel_scope, cut_only, ..sopts.clone() };
                 let copts = with_activations(&copts, &current, calib_inputs, "channels")?;
                 let path = masked_path(stages.len());
                 let out = masked_out(o.plan, o.verify, path.as_deref(), recon_inputs.is_some(), &masked_opts);

@@ -416,7 +416,10 @@ fn reconstruction_runs_in_onnxruntime_when_tract_cannot() {
     npz.add_array("attention_mask", &ndarray::Array2::<i64>::ones((64, 16))).unwrap();
     npz.finish().unwrap();
     let c = calib.to_str().unwrap();
-    let r = report_of("bert_ms_embed", &["--structured", "channels", "--beta", "0.7", "--calibration", c, "--no-latency", "-q"]);
+    let r = report_of(
+        "bert_ms_embed",
+        &["--structured", "channels", "--beta", "0.7", "--calibration", c, "--no-latency", "-q"],
+    );
     let layers = r["reconstruction"]["layers"].as_array().unwrap();
     let refit: Vec<&Value> = layers.iter().filter(|l| l["method"] != "skipped").collect();
     assert!(refit.len() >= 6, "{layers:#?}");
@@ -585,6 +588,31 @@ fn the_guard_covers_both_stages_of_heads_and_channels() {
         .sum();
     assert_eq!(g["candidates"].as_u64(), Some(units));
     assert_eq!(r.report["equivalence"].as_array().unwrap().len(), 2);
+    assert!(loss(&r) <= 0.03, "lost {:.1} points", 100.0 * loss(&r));
+
+    // Unaligned (--round-to 1), EMP's cut shrinks a head group and three hidden groups and fails
+    // (0.26): the per-group pass runs over both stages' groups (indices into the whole report),
+    // keeps the head and the stream whole and cuts the two FFN groups, proven in both stages.
+    let r = run("digits_transformer", "digits_test_x8x8", &["--structured", "heads,channels", "--round-to", "1"]);
+    let (g, groups) = (&r.report["guard"], r.report["groups"].as_array().unwrap());
+    assert_eq!(g["by_group"], true, "{g}");
+    let cut: Vec<usize> = g["groups"]["cut"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as usize).collect();
+    assert!(!cut.is_empty());
+    for (i, x) in groups.iter().enumerate() {
+        let shrunk = x["kept"].as_u64() < x["n"].as_u64();
+        assert_eq!(shrunk, cut.contains(&i), "group {i} {}: cut {cut:?}", x["id"]);
+    }
+    let tried: Vec<&str> = g["groups"]["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| groups[t["group"].as_u64().unwrap() as usize]["kind"].as_str().unwrap())
+        .collect();
+    assert!(tried.contains(&"heads") && tried.contains(&"hidden"), "{tried:?}");
+    for e in r.report["equivalence"].as_array().unwrap() {
+        assert_eq!(e["pass"], true, "{e}");
+    }
+    assert!(r.report["params"]["after"].as_u64() < r.report["params"]["before"].as_u64());
     assert!(loss(&r) <= 0.03, "lost {:.1} points", 100.0 * loss(&r));
 }
 

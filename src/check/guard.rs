@@ -229,7 +229,7 @@ pub const MAX_GROUP_TRIALS: usize = 64;
 /// One group cut alone, at β₀.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct GroupTrial {
-    /// Index into the stage's group report.
+    /// Index into the run's group report (with two stages, the first stage's groups, then the second's).
     pub group: usize,
     /// What cutting it alone saves (float parameters).
     pub saves: u64,

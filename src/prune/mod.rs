@@ -177,9 +177,17 @@ pub struct StructOptions {
     /// Floors that keep narrow and input-adjacent groups sane (channels; see [`Floor`]).
     pub floor: Floor,
     /// The groups that may be cut, as indices into the stage's report (`StructuralResult::groups`,
-    /// the order of which does not depend on β); every other group is kept whole, with a note.
-    /// `None`: every group. Set by the fidelity guard's per-group pass (`run::guard`).
+    /// the order of which does not depend on β; indices past it are ignored); every other group is
+    /// kept whole, with a note. `None`: every group. Set by the fidelity guard's per-group pass
+    /// (`run::guard`; for two stages see [`second_stage_cut`]).
     pub cut_only: Option<BTreeSet<usize>>,
+}
+
+/// The second stage's part of a two-stage [`StructOptions::cut_only`] (`--structured
+/// heads,channels`): there the indices run over the run's whole report, the first stage's `first`
+/// groups and then the second's, and the first stage ignores indices past its own groups.
+pub fn second_stage_cut(only: &Option<BTreeSet<usize>>, first: usize) -> Option<BTreeSet<usize>> {
+    only.as_ref().map(|s| s.iter().filter(|&&i| i >= first).map(|i| i - first).collect())
 }
 
 /// The note of a group that [`StructOptions::cut_only`] keeps whole.

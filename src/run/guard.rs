@@ -72,9 +72,10 @@ pub(super) fn guarded_prune(
 /// The β of a run's structural stages and the groups they may cut: `sopts.beta` and every group,
 /// or on a default run what the guard chose by pruning copies of `m` (every stage of `mode`, as
 /// the run does them, without proofs) and comparing their outputs with dense. When EMP's cut at
-/// β₀ fails, the β search backs it off in every group at once; in a one-stage mode the
-/// per-group pass ([`guard::choose_groups`]) then cuts the groups that fit at β₀ and keeps the
-/// rest whole, and the run takes whichever of the two saves more parameters. `activations`: the
+/// β₀ fails, the β search backs it off in every group at once; the per-group pass
+/// ([`guard::choose_groups`]; with two stages over both stages' groups) then cuts the groups that
+/// fit at β₀ and keeps the rest whole, and the run takes whichever of the two saves more
+/// parameters. `activations`: the
 /// calibration inputs of the activation criterion. Returns the β, the groups to cut (`None`:
 /// every group), the guard's report, and the report's note.
 #[allow(clippy::too_many_arguments)]
@@ -109,7 +110,7 @@ pub(super) fn guarded_structural(
         Err(e) => return Ok(unguarded(Some(unjudged(&e)))),
     };
     let mut cut_only = None;
-    if report.raised() && mode != Mode::HeadsChannels {
+    if report.raised() {
         let by_group = || -> Result<_> {
             let first = copy(sopts.beta, None)?;
             if first.extra.cut.len() < 2 {
@@ -178,29 +179,32 @@ fn structural_copy(
     use crate::prune::{channels, heads};
     let mut current: Option<ModelProto> = None;
     let (mut kept, mut candidates) = (0, 0);
+    // The groups cut, as indices into the run's report (both stages' groups, in stage order).
     let mut cut = vec![];
-    let mut count = |groups: &[crate::prune::GroupReport]| {
-        cut.clear();
+    let mut first = 0;
+    let mut count = |groups: &[crate::prune::GroupReport], from: usize| {
         for (i, g) in groups.iter().enumerate().filter(|(_, g)| g.blocked.is_none()) {
             kept += g.kept;
             candidates += g.n;
             if g.kept < g.n {
-                cut.push((i, (g.n - g.kept) as u64));
+                cut.push((from + i, (g.n - g.kept) as u64));
             }
         }
     };
     if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
         let hopts = super::with_activations(sopts, m, activations, "heads")?;
         let r = heads::prune_heads_to(m, &hopts, &MaskedOut::Drop)?;
-        count(&r.groups);
+        count(&r.groups, 0);
+        first = r.groups.len();
         current = Some(r.pruned);
     }
     if matches!(mode, Mode::Channels | Mode::HeadsChannels) {
         let from = current.as_ref().unwrap_or(m);
-        let copts = StructOptions { scope: channel_scope, ..sopts.clone() };
+        let cut_only = crate::prune::second_stage_cut(&sopts.cut_only, first);
+        let copts = StructOptions { scope: channel_scope, cut_only, ..sopts.clone() };
         let copts = super::with_activations(&copts, from, activations, "channels")?;
         let r = channels::prune_channels_to(from, &copts, &MaskedOut::Drop)?;
-        count(&r.groups);
+        count(&r.groups, first);
         current = Some(r.pruned);
     }
     let model = current.context("guard: no structural stage")?;
