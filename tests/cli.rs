@@ -365,7 +365,7 @@ fn float16_inputs_are_proven_in_onnxruntime() {
 #[test]
 fn latency_is_timed_in_tract_and_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
-    let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
+    let (out, rep, page) = (dir.path().join("out.onnx"), dir.path().join("r.json"), dir.path().join("r.html"));
     let run = |python: Option<&Path>| {
         let mut c = bin();
         if let Some(p) = python {
@@ -376,6 +376,8 @@ fn latency_is_timed_in_tract_and_onnxruntime() {
             .arg(&out)
             .args(["--structured", "channels", "--beta", "0.8", "--latency-runs", "5", "--report"])
             .arg(&rep)
+            .arg("--html")
+            .arg(&page)
             .assert()
             .success();
         let stdout = String::from_utf8_lossy(&a.get_output().stdout).into_owned();
@@ -393,6 +395,8 @@ fn latency_is_timed_in_tract_and_onnxruntime() {
         );
         assert!(o["dense"]["median_ms"].as_f64().is_some_and(|m| m > 0.0) && o["version"].is_string(), "{o}");
         assert!(stdout.contains("default optimisations, 1 thread; median of 5 / 5 runs"), "{stdout}");
+        let html = std::fs::read_to_string(&page).unwrap();
+        assert!(html.contains("latency (onnxruntime") && html.contains("latency (tract"), "no latency rows");
     }
     let (_, r) = run(Some(&dir.path().join("no-such-python")));
     assert!(r["timing"]["latency_onnxruntime"].is_null() && r["timing"]["latency_dense"].is_object());
