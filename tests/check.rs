@@ -362,3 +362,30 @@ fn npz_inputs_and_a_different_model() {
     assert_eq!(v2.outputs, v.outputs);
     assert_eq!(v2.accuracy_pruned, v.accuracy_pruned);
 }
+
+/// The onnxruntime worker (one Python process per run) answers a model it refuses with an error
+/// and goes on serving: a garbage file, then the MLP, whose outputs match tract's.
+#[test]
+fn the_onnxruntime_worker_survives_a_model_it_refuses() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import numpy, onnxruntime"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return eprintln!("skipped: python3 with numpy and onnxruntime is not available");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, b"not a model").unwrap();
+    let mlp = models().join("digits_mlp.onnx");
+    let inputs = check::inputs::prepare_inputs(&mlp, &spec_with_file("x", "digits_test_x64.npy")).unwrap();
+    let e = check::ort::run_one(&bad, &inputs).unwrap_err();
+    assert!(format!("{e:#}").contains("onnxruntime failed"), "{e:#}");
+    let (ort, names) = check::ort::run_one(&mlp, &inputs).unwrap();
+    assert_eq!(names.len(), 1);
+    let r = check::load_runnable(&mlp, &inputs.facts()).unwrap();
+    let tract = check::run(&r, &inputs).unwrap();
+    assert_eq!(ort[0].shape(), tract[0].shape());
+    let diff = ort[0].iter().zip(tract[0].iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4, "onnxruntime and tract differ by {diff}");
+}

@@ -67,9 +67,12 @@ pub fn run_one(path: &Path, inputs: &Inputs) -> Result<(Vec<ArrayD<f32>>, Vec<St
     Ok((o, names))
 }
 
+/// Outputs (as f32), their names, and their element types before the cast (numpy's names).
+pub type Typed = (Vec<ArrayD<f32>>, Vec<String>, Vec<String>);
+
 /// As [`run_one`], with each output's element type before the cast to f32 (numpy's name:
 /// "float32", "int64", "bool", ...).
-pub fn run_typed(path: &Path, inputs: &Inputs) -> Result<(Vec<ArrayD<f32>>, Vec<String>, Vec<String>)> {
+pub fn run_typed(path: &Path, inputs: &Inputs) -> Result<Typed> {
     let (v, o, _, names) = run_json(path, None, inputs)?;
     let dtypes = v["dtypes"].as_array().map(|a| a.iter().map(|d| d.as_str().unwrap_or("").to_string()).collect());
     Ok((o, names, dtypes.unwrap_or_default()))
