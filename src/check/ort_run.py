@@ -1,20 +1,18 @@
 """Run two ONNX models in onnxruntime on the same inputs and save their outputs (onnx-emp's
 masked-equivalence for models tract cannot run). Embedded in the onnx-emp binary.
 
-usage: ort_run.py MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...   (MODEL_B "-": run MODEL_A only)
-       ort_run.py --time BUDGET_S RUNS MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...
-       ort_run.py --serve
+usage: ort_run.py --serve, then one request per stdin line, a JSON list of arguments:
+       MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...   (MODEL_B "-": run MODEL_A only)
+       --time BUDGET_S RUNS MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...
 
-Optimisations off, CPU. Writes OUT_DIR/a_<i>.npy and OUT_DIR/b_<i>.npy (float32) and prints one
-JSON line {"outputs": [names], "dtypes": [MODEL_A's output types, before the cast]}. With --time: latency as a deployment sees it instead (onnxruntime's
-default optimisation level, 1 thread, CPU): one warm-up run each, then one run of each model in
+Optimisations off, CPU. Writes OUT_DIR/a_<i>.npy and OUT_DIR/b_<i>.npy (float32) and answers
+{"outputs": [names], "dtypes": [MODEL_A's output types, before the cast]}. With --time: latency
+as a deployment sees it instead (onnxruntime's default optimisation level, 1 thread, CPU): one warm-up run each, then one run of each model in
 turn until each has had BUDGET_S seconds (at least one run, at most 10 000), or exactly RUNS runs
-when RUNS > 0; prints {"version": ..., "latency": [{"median_ms", "min_ms", "runs"} per model]}.
-Exit status 77: numpy or onnxruntime missing.
+when RUNS > 0; answers {"version": ..., "latency": [{"median_ms", "min_ms", "runs"} per model]}.
 
---serve: one process for many requests (onnx-emp's fidelity guard asks dozens): each stdin line
-is a JSON list of the arguments above; each answer is one stdout line "@@onnx-emp " + JSON,
-{"ok": result} or {"error": message}. The first answer is {"ready": version} or, when a module is
+One process serves many requests (onnx-emp's fidelity guard asks dozens); each answer is one
+stdout line "@@onnx-emp " + JSON, {"ok": result} or {"error": message}. The first answer is {"ready": version} or, when a module is
 missing, {"skipped": why} (then exit 77)."""
 import json
 import sys
@@ -117,12 +115,9 @@ def serve():
 
 
 def main():
-    if sys.argv[1:] == ["--serve"]:
-        return serve()
-    if MISSING:
-        print(json.dumps({"skipped": MISSING}))
-        sys.exit(77)
-    print(json.dumps(request(sys.argv[1:])))
+    if sys.argv[1:] != ["--serve"]:
+        sys.exit(__doc__)
+    serve()
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ impl Analyzer<'_, '_> {
         }
         let slots: &[usize] = if simplified { &[2] } else { &[2, 3, 4] };
         let params: Vec<(usize, &str)> = slots.iter().filter_map(|&s| inp(n, s).map(|p| (s, p))).collect();
-        let ok = params.first().is_some_and(|(s, _)| *s == 2) && params.iter().all(|(_, p)| self.norm_param(p, &[d]));
+        let ok = params.first().is_some_and(|(s, _)| *s == 2) && params.iter().all(|(_, p)| self.const_float(p, &[d]));
         if !ok {
             let r = format!("{} (gamma, beta and bias are not constant float [C] vectors)", barrier_reason(n));
             self.block(&all, &r);
@@ -109,8 +109,8 @@ impl Analyzer<'_, '_> {
         let tables: Vec<(usize, &str)> = [2, 3, 4].into_iter().filter_map(|s| inp(n, s).map(|t| (s, t))).collect();
         let ok = tables
             .iter()
-            .all(|(_, t)| self.ctx.dims(t).is_some_and(|td| td.len() == 2 && td[1] == d && self.norm_param(t, td)))
-            && [5, 6].into_iter().all(|s| inp(n, s).is_some_and(|p| self.norm_param(p, &[d])));
+            .all(|(_, t)| self.ctx.dims(t).is_some_and(|td| td.len() == 2 && td[1] == d && self.const_float(t, td)))
+            && [5, 6].into_iter().all(|s| inp(n, s).is_some_and(|p| self.const_float(p, &[d])));
         let units = self.new_layer(ni, d);
         if !ok {
             let r = format!("{} (tables, gamma and beta are not constant float tensors)", barrier_reason(n));

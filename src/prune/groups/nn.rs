@@ -472,7 +472,7 @@ impl Analyzer<'_, '_> {
         // the masked model is given the same normalisation (see [`Edit::Norm`]).
         let d = x.units.len();
         let params: Vec<(usize, &str)> = [1, 2].into_iter().filter_map(|s| inp(n, s).map(|p| (s, p))).collect();
-        let ok = params.first().is_some_and(|(s, _)| *s == 1) && params.iter().all(|(_, p)| self.norm_param(p, &[d]));
+        let ok = params.first().is_some_and(|(s, _)| *s == 1) && params.iter().all(|(_, p)| self.const_float(p, &[d]));
         if !ok {
             let r = format!("{} (scale and bias are not constant float [C] vectors)", barrier_reason(n));
             self.block(&x.units, &r);
@@ -486,9 +486,9 @@ impl Analyzer<'_, '_> {
         self.pass(ni, n, &x, vec![Val::Const(0.0); d].into());
     }
 
-    /// A normalisation's parameter: a constant float (or double) tensor of these dims, not a
-    /// dequantized one.
-    pub(super) fn norm_param(&self, p: &str, dims: &[usize]) -> bool {
+    /// A constant float (or double) tensor of these dims, not a dequantized one: what a
+    /// normalisation's parameters and an embedding table must be to be sliced.
+    pub(super) fn const_float(&self, p: &str, dims: &[usize]) -> bool {
         self.ctx.dims(p) == Some(dims)
             && self.ctx.base_tensor(p).is_some_and(|t| matches!(t.data_type, tensor::dt::FLOAT | tensor::dt::DOUBLE))
             && self.ctx.consts.get(p).is_none_or(|c| c.dq.is_none())
