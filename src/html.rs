@@ -107,7 +107,7 @@ fn summary(s: &mut String, r: &Report) {
         ],
     );
     if let (Some(a), Some(b)) = (r.macs_before, r.macs_after) {
-        row(s, &["MACs".into(), a.to_string(), b.to_string(), ch(a as f64, b as f64)]);
+        row(s, &["MACs per inference".into(), a.to_string(), b.to_string(), ch(a as f64, b as f64)]);
     }
     if !r.plan {
         let (a, b) = (r.input.bytes, r.output.bytes);

@@ -674,12 +674,11 @@ fn plan_outcome(o: &RunOptions, loaded: &Loaded, pruned: ModelProto, mut p: Plan
         io::save(pruned, &scratch, &SaveOptions { external: loaded.external.clone() })?;
         match crate::check::prepare_inputs(&o.input, &o.verify_opts.inputs) {
             Ok(inputs) => {
-                let facts = inputs.facts();
                 for (which, path, slot) in
                     [("dense", &o.input, &mut macs_before), ("pruned", &scratch, &mut macs_after)]
                 {
-                    match crate::check::macs(path, &facts) {
-                        Ok(m) => *slot = Some(m.total),
+                    match crate::check::macs_per_inference(path, &inputs) {
+                        Ok((m, _)) => *slot = Some(m.total),
                         Err(e) => p.notes.push(format!("MACs unavailable ({which}): {e:#}")),
                     }
                 }

@@ -16,7 +16,7 @@ pub mod run;
 pub use fidelity::{accuracy, compare, load_labels, OutputFidelity};
 pub use inputs::{model_inputs, prepare_inputs, DimSpec, InputData, InputFact, InputInfo, InputSpec, Inputs};
 pub use latency::{latency, Hotspot, LatencyOptions, LatencyStats};
-pub use macs::{macs, Macs};
+pub use macs::{macs, macs_per_inference, Macs};
 pub use run::{load_runnable, run, Runnable};
 
 use anyhow::{bail, Context, Result};
@@ -283,15 +283,21 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
         }
     }
 
-    let facts = inputs.facts();
     let (mut macs_d, mut macs_p) = (None, None);
+    let mut from = vec![];
     for (which, p, slot) in [("dense", dense, &mut macs_d), ("pruned", pruned, &mut macs_p)] {
-        match macs(p, &facts) {
-            Ok(m) => *slot = Some(m.total),
+        match macs_per_inference(p, &inputs) {
+            Ok((m, engine)) => {
+                *slot = Some(m.total);
+                from.extend(engine);
+            }
             Err(e) => {
                 notes.push(format!("MACs unavailable ({which}): {e:#}").replace(&p.display().to_string(), "model"))
             }
         }
+    }
+    if let Some(e) = from.first() {
+        notes.push(format!("MACs counted on the shapes of one run in {e} (tract cannot analyse the model)"));
     }
 
     Verification {

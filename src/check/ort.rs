@@ -98,6 +98,34 @@ pub fn latency_pair(a: &Path, b: &Path, inputs: &Inputs, opts: LatencyOptions) -
     Ok(OrtLatency { version: v["version"].as_str().unwrap_or("?").to_string(), dense: stats(0)?, pruned: stats(1)? })
 }
 
+/// The shape of every value one run of `path` on `inputs` computes in onnxruntime (optimisations
+/// off), by name: the model is written to a temporary folder with every node output made a graph
+/// output (external data inlined), run once, and only the shapes come back.
+pub fn value_shapes(path: &Path, inputs: &Inputs) -> Result<std::collections::HashMap<String, Vec<usize>>> {
+    let mut probe = crate::model::io::load(path)?.proto;
+    let g = probe.graph.as_mut().context("model has no graph")?;
+    let mut seen: std::collections::HashSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
+    let extra: Vec<String> =
+        g.node.iter().flat_map(|n| n.output.iter()).filter(|o| !o.is_empty() && seen.insert((*o).clone())).cloned().collect();
+    for name in extra {
+        let mut vi = onnx_protobuf::ValueInfoProto::new();
+        vi.name = name;
+        g.output.push(vi);
+    }
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let file = dir.path().join("shapes.onnx");
+    crate::model::io::save(probe, &file, &Default::default())?;
+    let (v, _dir) = invoke(&["--shapes".to_string()], &file, None, inputs)?;
+    let shapes = v["shapes"].as_object().context("onnxruntime script output: no shapes")?;
+    Ok(shapes
+        .iter()
+        .filter_map(|(k, d)| {
+            let dims: Option<Vec<usize>> = d.as_array()?.iter().map(|x| x.as_u64().map(|x| x as usize)).collect();
+            Some((k.clone(), dims?))
+        })
+        .collect())
+}
+
 /// Latency in onnxruntime (default optimisation level, 1 thread) of the dense and pruned models.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct OrtLatency {

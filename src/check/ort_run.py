@@ -4,12 +4,15 @@ masked-equivalence for models tract cannot run). Embedded in the onnx-emp binary
 usage: ort_run.py --serve, then one request per stdin line, a JSON list of arguments:
        MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...   (MODEL_B "-": run MODEL_A only)
        --time BUDGET_S RUNS MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...
+       --shapes MODEL_A - OUT_DIR NAME=FILE.npy ...
 
 Optimisations off, CPU. Writes OUT_DIR/a_<i>.npy and OUT_DIR/b_<i>.npy (float32) and answers
 {"outputs": [names], "dtypes": [MODEL_A's output types, before the cast]}. With --time: latency
 as a deployment sees it instead (onnxruntime's default optimisation level, 1 thread, CPU): one warm-up run each, then one run of each model in
 turn until each has had BUDGET_S seconds (at least one run, at most 10 000), or exactly RUNS runs
 when RUNS > 0; answers {"version": ..., "latency": [{"median_ms", "min_ms", "runs"} per model]}.
+With --shapes: one run (optimisations off), answering {"shapes": {output name: dims}} and writing
+nothing (onnx-emp's MAC count of a model whose every value it made an output).
 
 One process serves many requests (onnx-emp's fidelity guard asks dozens); each answer is one
 stdout line "@@onnx-emp " + JSON, {"ok": result} or {"error": message}. The first answer is {"ready": version} or, when a module is
@@ -74,9 +77,11 @@ def timed(paths, feeds, budget, runs):
 
 
 def request(args):
-    timing = args[0] == "--time"
+    timing, shapes = args[0] == "--time", args[0] == "--shapes"
     if timing:
         budget, runs, args = float(args[1]), int(args[2]), args[3:]
+    elif shapes:
+        args = args[1:]
     a, b, out = args[:3]
     feeds = {k: np.load(v) for k, v in (x.split("=", 1) for x in args[3:])}
     if timing:
@@ -84,6 +89,10 @@ def request(args):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
+    if shapes:
+        sess = ort.InferenceSession(a, so, providers=["CPUExecutionProvider"])
+        outs = sess.run(None, feeds_for(sess, feeds))
+        return {"shapes": {o.name: list(np.shape(v)) for o, v in zip(sess.get_outputs(), outs) if isinstance(v, np.ndarray)}}
     names, dtypes = [], []
     for tag, path in (("a", a), ("b", b)) if b != "-" else (("a", a),):
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
