@@ -678,7 +678,14 @@ fn plan_outcome(o: &RunOptions, loaded: &Loaded, pruned: ModelProto, mut p: Plan
                     [("dense", &o.input, &mut macs_before), ("pruned", &scratch, &mut macs_after)]
                 {
                     match crate::check::macs_per_inference(path, &inputs) {
-                        Ok((m, _)) => *slot = Some(m.total),
+                        Ok((m, engine)) => {
+                            *slot = Some(m.total);
+                            if let Some(e) = engine.filter(|_| which == "dense") {
+                                p.notes.push(format!(
+                                    "MACs counted on the shapes of one run in {e} (tract cannot analyse the model)"
+                                ));
+                            }
+                        }
                         Err(e) => p.notes.push(format!("MACs unavailable ({which}): {e:#}")),
                     }
                 }

@@ -464,6 +464,35 @@ fn a_rewrite_neither_engine_can_prove_is_refused_unless_allowed() {
     assert!(r["params"]["after"].as_u64() < r["params"]["before"].as_u64());
 }
 
+/// When the Python that should run onnxruntime dies, what it said last on stderr is in the error
+/// (here a stand-in interpreter that fails as a broken onnxruntime install does).
+#[cfg(unix)]
+#[test]
+fn a_dying_onnxruntime_worker_is_quoted_in_the_refusal() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("python3");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\necho 'ImportError: libonnxruntime.so.1: cannot open shared object file' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.path().join("out.onnx");
+    let refused = bin()
+        .env("ONNX_EMP_PYTHON", &fake)
+        .args(["models/bert_ms_attention.onnx"])
+        .arg(&out)
+        .args(["--structured", "channels", "--beta", "0.7", "--no-latency", "-q"])
+        .assert()
+        .failure()
+        .code(1);
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
+    assert!(err.contains("onnxruntime exited (exit status: 3)"), "{err}");
+    assert!(err.contains("ImportError: libonnxruntime.so.1: cannot open shared object file"), "{err}");
+    assert!(!out.exists());
+}
+
 /// A default run (no β) on a model tract cannot run is still guarded: the guard's runs fall back
 /// to onnxruntime. The optimised BERT's heads at β = 1 miss the tolerance (0.103 > 0.1), so the
 /// guard raises β until nothing that fails is cut, where before the cut was written unchecked.

@@ -191,7 +191,8 @@ struct Worker {
     child: std::process::Child,
     stdin: std::process::ChildStdin,
     stdout: std::io::BufReader<std::process::ChildStdout>,
-    _dir: tempfile::TempDir,
+    /// Holds the script and its stderr log.
+    dir: tempfile::TempDir,
 }
 
 static WORKER: std::sync::Mutex<Option<Worker>> = std::sync::Mutex::new(None);
@@ -204,19 +205,22 @@ impl Worker {
         let dir = tempfile::tempdir().context("temporary directory")?;
         let script = dir.path().join("ort_run.py");
         std::fs::write(&script, SCRIPT).context("writing the onnxruntime script")?;
+        // onnxruntime's own messages (warnings, a crash's last words) go to a file: its tail is
+        // what an "exited" error quotes.
+        let log = std::fs::File::create(dir.path().join("stderr.log")).context("onnxruntime log file")?;
         let mut child = Command::new(&python)
             .arg(&script)
             .arg("--serve")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .with_context(|| format!("{} is not runnable", python.to_string_lossy()))?;
         let (stdin, stdout) = match (child.stdin.take(), child.stdout.take()) {
             (Some(i), Some(o)) => (i, std::io::BufReader::new(o)),
             _ => bail!("no pipe to {}", python.to_string_lossy()),
         };
-        let mut w = Worker { python, child, stdin, stdout, _dir: dir };
+        let mut w = Worker { python, child, stdin, stdout, dir };
         let first = w.answer()?;
         if let Some(why) = first["skipped"].as_str() {
             bail!("onnxruntime is not available ({why})");
@@ -235,12 +239,24 @@ impl Worker {
             line.clear();
             if self.stdout.read_line(&mut line).context("reading from onnxruntime")? == 0 {
                 let status = self.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                bail!("onnxruntime exited ({status})");
+                match self.log_tail() {
+                    Some(t) => bail!("onnxruntime exited ({status}): {t}"),
+                    None => bail!("onnxruntime exited ({status})"),
+                }
             }
             if let Some(json) = line.trim_end().strip_prefix(MARK) {
                 return serde_json::from_str(json).context("onnxruntime script output");
             }
         }
+    }
+
+    /// The last lines the worker wrote to stderr (at most 3, 400 characters), if any.
+    fn log_tail(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.path().join("stderr.log")).ok()?;
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+        let tail: String = tail.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
+        (!tail.is_empty()).then_some(tail)
     }
 
     fn ask(&mut self, argv: &[String]) -> Result<serde_json::Value> {
