@@ -5,7 +5,7 @@
 
 use crate::check::{InputSpec, VerifyOptions};
 use crate::prune::RoundTo;
-use crate::run::{self, CriterionArg, IncludeArg, Mode, RunOptions, ScopeArg};
+use crate::run::{self, CriterionArg, IncludeArg, LatencyIn, Mode, RunOptions, ScopeArg};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -128,6 +128,10 @@ struct PruneArgs {
     /// Time exactly N runs per model instead of a time budget
     #[arg(long, value_name = "N")]
     latency_runs: Option<usize>,
+    /// Time latency in one engine only: tract, or onnxruntime (default: both, onnxruntime where
+    /// Python has it)
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    latency_in: Option<LatencyIn>,
     /// Verification inputs: NAME=FILE.npy (repeatable), FILE.npy for a single-input model, or FILE.npz
     #[arg(long, value_name = "NAME=FILE")]
     inputs: Vec<String>,
@@ -392,6 +396,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         latency_opts: crate::check::LatencyOptions {
             budget: a.latency_budget.map(std::time::Duration::from_secs_f64),
             runs: a.latency_runs,
+            only: a.latency_in.map(Into::into),
         },
     };
     let opts = RunOptions {

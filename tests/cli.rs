@@ -366,7 +366,7 @@ fn float16_inputs_are_proven_in_onnxruntime() {
 fn latency_is_timed_in_tract_and_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
     let (out, rep, page) = (dir.path().join("out.onnx"), dir.path().join("r.json"), dir.path().join("r.html"));
-    let run = |python: Option<&Path>| {
+    let run_in = |python: Option<&Path>, extra: &[&str]| {
         let mut c = bin();
         if let Some(p) = python {
             c.env("ONNX_EMP_PYTHON", p);
@@ -378,12 +378,14 @@ fn latency_is_timed_in_tract_and_onnxruntime() {
             .arg(&rep)
             .arg("--html")
             .arg(&page)
+            .args(extra)
             .assert()
             .success();
         let stdout = String::from_utf8_lossy(&a.get_output().stdout).into_owned();
         let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
         (stdout, r)
     };
+    let run = |python: Option<&Path>| run_in(python, &[]);
     if ort_available() {
         let (stdout, r) = run(None);
         let t = &r["timing"];
@@ -397,6 +399,14 @@ fn latency_is_timed_in_tract_and_onnxruntime() {
         assert!(stdout.contains("default optimisations, 1 thread; median of 5 / 5 runs"), "{stdout}");
         let html = std::fs::read_to_string(&page).unwrap();
         assert!(html.contains("latency (onnxruntime") && html.contains("latency (tract"), "no latency rows");
+        // One engine only: --latency-in.
+        let (_, r) = run_in(None, &["--latency-in", "onnxruntime"]);
+        let t = &r["timing"];
+        assert!(t["latency_dense"].is_null() && t["latency_onnxruntime"]["pruned"]["runs"] == 5, "{t}");
+        let (_, r) = run_in(None, &["--latency-in", "tract"]);
+        let t = &r["timing"];
+        assert!(t["latency_onnxruntime"].is_null() && t["latency_dense"]["runs"] == 5, "{t}");
+        assert!(!r["verification"]["notes"].to_string().contains("onnxruntime unavailable"), "{r}");
     }
     let (_, r) = run(Some(&dir.path().join("no-such-python")));
     assert!(r["timing"]["latency_onnxruntime"].is_null() && r["timing"]["latency_dense"].is_object());

@@ -22,13 +22,29 @@ pub struct LatencyStats {
 /// Default time budget per model: timing stops once it is spent (after at least one run).
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(2);
 
-/// How long to time a model.
+/// The engines latency is timed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Tract,
+    Onnxruntime,
+}
+
+/// How long to time a model, and where.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LatencyOptions {
     /// Stop once this much time has been spent on timed runs (`None` = [`DEFAULT_BUDGET`]).
     pub budget: Option<Duration>,
     /// Exactly this many timed runs, whatever they cost (overrides the budget).
     pub runs: Option<usize>,
+    /// Time in this engine only (`None`: tract and, where Python has it, onnxruntime).
+    pub only: Option<Engine>,
+}
+
+impl LatencyOptions {
+    /// Whether latency is timed in `e`.
+    pub fn times_in(&self, e: Engine) -> bool {
+        self.only.is_none_or(|o| o == e)
+    }
 }
 
 /// Time repeated runs of `r` on `inputs` (all chunks per run; inputs converted once, outside

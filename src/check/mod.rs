@@ -15,7 +15,7 @@ pub mod run;
 
 pub use fidelity::{accuracy, compare, load_labels, OutputFidelity};
 pub use inputs::{model_inputs, prepare_inputs, DimSpec, InputData, InputFact, InputInfo, InputSpec, Inputs};
-pub use latency::{latency, Hotspot, LatencyOptions, LatencyStats};
+pub use latency::{latency, Engine, Hotspot, LatencyOptions, LatencyStats};
 pub use macs::{macs, macs_per_inference, Macs};
 pub use run::{load_runnable, run, Runnable};
 
@@ -224,7 +224,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
 
     let (mut lat_d, mut lat_p) = (None, None);
     let mut hotspots = vec![];
-    if opts.latency && engine == "tract" {
+    if opts.latency && engine == "tract" && opts.latency_opts.times_in(Engine::Tract) {
         // Latency is what one deployed inference costs: time one sample, not the whole
         // verification batch (a model whose axis 0 is not a free batch axis is timed as is).
         // The batch models are dropped first: tract holding four copies of a big model at once
@@ -275,7 +275,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     // The same sample in onnxruntime, as edge deployments run it (default optimisation level):
     // where python3 has it; a missing onnxruntime is said once, in a note.
     let mut lat_ort = None;
-    if opts.latency {
+    if opts.latency && opts.latency_opts.times_in(Engine::Onnxruntime) {
         let one = inputs.head(1).unwrap_or_else(|| inputs.clone());
         match ort::latency_pair(dense, pruned, &one, opts.latency_opts) {
             Ok(l) => lat_ort = Some(l),

@@ -50,6 +50,24 @@ pub enum CriterionArg {
     Activation,
 }
 
+/// `--latency-in`: time latency in one engine only (both by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LatencyIn {
+    /// tract only (1 thread, as the CLI runs it).
+    Tract,
+    /// onnxruntime only (default optimisation level, 1 thread).
+    Onnxruntime,
+}
+
+impl From<LatencyIn> for crate::check::Engine {
+    fn from(l: LatencyIn) -> Self {
+        match l {
+            LatencyIn::Tract => crate::check::Engine::Tract,
+            LatencyIn::Onnxruntime => crate::check::Engine::Onnxruntime,
+        }
+    }
+}
+
 /// `--include`: what the safe defaults leave alone, opted into one by one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum IncludeArg {

@@ -79,7 +79,9 @@ def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, l
         a += ["--labels", _path(labels)]
     if not verify:
         a.append("--no-verify")
-    if not latency:
+    if latency in ("tract", "onnxruntime"):
+        a += ["--latency-in", latency]
+    elif not latency:
         a.append("--no-latency")
     if round_to is not None:
         a += ["--round-to", str(round_to)]
@@ -108,6 +110,7 @@ def prune(input, output, *, structured=None, beta=None, scope=None, criterion=No
     a number is written as is. guard: a tolerance, or "off"/False (None: the default 0.1).
     calibration, inputs: a path as the CLI takes it, one numpy array, or {input name: array}.
     labels: a path or an array of class ids. dims: {symbol: size} for dynamic dimensions.
+    latency: True (tract and onnxruntime), False (none), "tract" or "onnxruntime" (that engine only).
     Other keywords mirror the command's flags (`onnx-emp --help`).
     """
     with tempfile.TemporaryDirectory(prefix="onnx-emp-") as tmp:
