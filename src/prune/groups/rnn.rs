@@ -139,6 +139,9 @@ impl Analyzer<'_, '_> {
         let p = self.ctx.ix.producer.get(s).copied();
         let Some(pn) = p.map(|p| &self.ctx.g.node[p]).filter(|p| p.op_type == "ConstantOfShape" && p.domain.is_empty())
         else {
+            if self.ctx.g.input.iter().any(|i| i.name == s) {
+                return Err(format!("initial state '{s}' is a model input: its size is the model's interface"));
+            }
             return Err(format!("initial state '{s}' is computed"));
         };
         let zero = attr(pn, "value")
