@@ -75,27 +75,10 @@ def pct(x):
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def ort_ratio(dense, pruned, x):
-    try:
-        import numpy as np
-        import ort_latency as ol
-    except ImportError:
-        return None
-    s = [ol.session(p, 1) for p in (dense, pruned)]
-    xs = np.load(os.path.join(ROOT, "models", x))
-    f = [ol.feeds(q, xs, 1) for q in s]
-    for q, ff in zip(s, f):
-        for _ in range(5):
-            q.run(None, ff)
-    import statistics
-    t = [[], []]
-    end = time.perf_counter() + 2.0
-    while time.perf_counter() < end:
-        for k in (0, 1):
-            t0 = time.perf_counter()
-            s[k].run(None, f[k])
-            t[k].append(time.perf_counter() - t0)
-    return statistics.median(t[1]) / statistics.median(t[0])
+def ort_ratio(report):
+    """pruned / dense latency in onnxruntime, as the CLI timed it in the same run (None without it)."""
+    o = (report.get("timing") or {}).get("latency_onnxruntime")
+    return o["pruned"]["median_ms"] / o["dense"]["median_ms"] if o else None
 
 
 def guard_label(r):
@@ -166,7 +149,7 @@ def main():
                     worst["c08"].append((d - acc(rows["b08r"]), target, name))
                 t = rows["b08r"]["timing"]
                 tr = (t["latency_pruned"]["median_ms"] / t["latency_dense"]["median_ms"]) if t.get("latency_dense") else None
-                orr = ort_ratio(os.path.join(ROOT, f"models/{name}.onnx"), o("b08r"), tx)
+                orr = ort_ratio(rows["b08r"])
                 C.append(
                     f"| {name} | {pct(d)} | {guard_label(rows['g'])}, {pct(macs_cut(rows['g']))} % → **{pct(acc(rows['g']))}** | "
                     f"{pct(macs_cut(rows['b1']))} % | {pct(acc(rows['b1']))} | **{pct(acc(rows['b1r']))}** | "

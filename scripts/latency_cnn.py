@@ -6,8 +6,8 @@ This runs the ImageNet-size torchvision CNNs that `scripts/make_bench_cnn.py --l
 (random weights, 224 × 224, nothing downloaded: MobileNetV2, EfficientNet-B0, ResNet-18/50, and
 the DenseNet-121, EfficientNet-B2/B3/B4, ConvNeXt-Tiny and ShuffleNet V2 that issue 11 names) through `onnx-emp --structured channels` at each
 β and `--round-to`, and times dense vs pruned interleaved in both engines: tract (the CLI's own
-latency measurement, 1 thread) and onnxruntime (`scripts/ort_latency.py`: default optimisation
-level, 1 thread, batch 1). For each row it prints the MACs cut, both latency ratios, and the
+latency measurement, 1 thread) and onnxruntime (the CLI's too: default optimisation level, 1
+thread, batch 1). For each row it prints the MACs cut, both latency ratios, and the
 issue's rule: where MACs drop by ≥ 10 %, latency should drop by ≥ 0.8 × that (ratio ≤ 1 − 0.8 ×
 cut). Machine noise on shared cores is a few percent: read the verdicts near the line as such.
 
@@ -34,13 +34,13 @@ MODELS = ["mobilenet_v2", "efficientnet_b0", "resnet18", "resnet50",
           "densenet121", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "convnext_tiny", "shufflenet_v2_x1_0"]
 
 
-def ort_ratio(dense, pruned, budget):
-    p = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "ort_latency.py"), dense, pruned, "--budget", str(budget)],
-        capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"ort_latency.py failed on {pruned}:\n{p.stderr}")
-    return json.loads(p.stdout)["ratio_to_first"][1]
+def ort_ratio(report, pruned):
+    """pruned / dense latency in onnxruntime, as the CLI timed it in the same run."""
+    o = report["timing"].get("latency_onnxruntime")
+    if not o:
+        notes = [n for n in report["verification"]["notes"] if "onnxruntime" in n]
+        sys.exit(f"no onnxruntime latency for {pruned}: {notes}")
+    return o["pruned"]["median_ms"] / o["dense"]["median_ms"]
 
 
 def rule_line(cut):
@@ -88,7 +88,7 @@ def main():
                     t = rj["timing"]
                     ld, lp = t["latency_dense"]["median_ms"], t["latency_pruned"]["median_ms"]
                     tr = lp / ld
-                    orr = ort_ratio(dense, out, a.budget)
+                    orr = ort_ratio(rj, out)
                     rows.append((m, beta, r if fl == "default" else f"{r}, --include {fl}", cut, tr, orr))
                     print(f"| {m} | {beta} | {r} | {fl} | {100 * cut:.1f} % | {ld:.1f} → {lp:.1f} ms ({tr:.3f}×) | "
                           f"{verdict(tr, cut)} | {orr:.3f}× | {verdict(orr, cut)} |", flush=True)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The architecture zoo (models/zoo) as a user runs it: the CLI with its defaults (--round-to
-auto, floors on) at β = 1 and at a forced cut β = 0.7, then latency dense → pruned in tract (the
-CLI's own measurement) and in onnxruntime (default optimisation level, 1 thread, batch 1, dense
-and pruned interleaved: scripts/ort_latency.py), and the onnx.checker full check of the output.
+auto, floors on) at β = 1 and at a forced cut β = 0.7, then latency dense → pruned in tract and
+in onnxruntime (default optimisation level, 1 thread, batch 1, dense and pruned interleaved), both
+the CLI's own measurement (`timing` in its report), and the onnx.checker full check of the output.
 
   cargo build --release && python3 scripts/zoo.py [--budget 2] [--size 224] [--models zoo_qdq,...]
 
@@ -26,17 +26,10 @@ BIN = os.environ.get("ONNX_EMP_BIN", os.path.join(ROOT, "target", "release", "on
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
-def ort_ratio(dense, pruned, budget, x):
-    try:
-        import ort_latency  # noqa: F401
-    except ImportError:
-        return None
-    p = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "ort_latency.py"), dense, pruned, "--budget", str(budget), "--x", x],
-        capture_output=True, text=True)
-    if p.returncode != 0:
-        return None
-    return json.loads(p.stdout)["ratio_to_first"][1]
+def ort_ratio(report):
+    """pruned / dense latency in onnxruntime, as the CLI timed it in the same run (None without it)."""
+    o = (report.get("timing") or {}).get("latency_onnxruntime")
+    return o["pruned"]["median_ms"] / o["dense"]["median_ms"] if o else None
 
 
 def checker(path):
@@ -121,7 +114,7 @@ def run(zoo, man, budget):
                 t = r.get("timing") or {}
                 ld, lp = t.get("latency_dense"), t.get("latency_pruned")
                 tr = lp["median_ms"] / ld["median_ms"] if ld and lp else None
-                orr = ort_ratio(os.path.join(zoo, name + ".onnx"), out, budget, x)
+                orr = ort_ratio(r)
                 chk = checker(out)
                 for what, ratio in (("tract", tr), ("ORT", orr)):
                     if ratio is not None and pa["after"] < pa["before"]:
