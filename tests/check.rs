@@ -375,6 +375,28 @@ fn ort_available() -> bool {
     ok
 }
 
+/// Generated token ids stay below the rows of the table they index: through a Gather
+/// (bert_ms_attention: 1000 words, ids drawn below 100 as for any `*_ids`) or onnxruntime's
+/// EmbedLayerNormalization (digits_bert_ms: 20 tokens). Before, ids up to 99 made onnxruntime
+/// refuse the trained BERT's guard runs ("input index out of range").
+#[test]
+fn generated_token_ids_stay_inside_the_vocabulary() {
+    let bound = |m: &str| {
+        let infos = check::inputs::model_inputs(&models().join(m)).unwrap();
+        infos.iter().map(|i| (i.name.clone(), i.index_bound)).collect::<Vec<_>>()
+    };
+    assert_eq!(bound("bert_ms_attention.onnx"), vec![("input_ids".into(), Some(1000)), ("attention_mask".into(), None)]);
+    assert_eq!(bound("digits_bert_ms.onnx"), vec![("input_ids".into(), Some(20)), ("attention_mask".into(), None)]);
+    let mut spec = InputSpec::default();
+    spec.dims.insert("batch".into(), 16);
+    let inputs = check::inputs::prepare_inputs(&models().join("digits_bert_ms.onnx"), &spec).unwrap();
+    let ids = match &inputs.get("input_ids").unwrap().data {
+        check::inputs::InputData::I64(a) => a.clone(),
+        _ => panic!("input_ids is not int64"),
+    };
+    assert!(ids.iter().all(|&v| (0..20).contains(&v)) && ids.iter().any(|&v| v >= 10), "{ids:?}");
+}
+
 /// MACs of models tract cannot analyse come from onnxruntime's shapes of one run: the optimised
 /// BERT (com.microsoft Attention, SkipLayerNormalization, ...) counts what its unfused export
 /// counts, by hand; ONNX Attention (opset 23; tract infers no shape after it) counts its

@@ -824,3 +824,48 @@ fn no_verify_structural_run_is_reported_unproven() {
     assert!(unproven.stdout.contains("unproven"), "{}", unproven.stdout);
     assert!(unproven.report["verification"].is_null());
 }
+
+/// A default run the fidelity guard should judge but cannot (here the dense model's outputs on
+/// the guard's random inputs are NaN: a Sqrt reads the input, which the verification data keeps
+/// non-negative) cuts nothing, in every mode, and says why; an explicit β writes EMP's cut.
+#[test]
+fn a_default_run_the_guard_cannot_judge_cuts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = onnx_emp::model::io::load(Path::new("models/digits_mlp.onnx")).unwrap().proto;
+    let g = m.graph.as_mut().unwrap();
+    let x = g.input[0].name.clone();
+    for n in g.node.iter_mut() {
+        for i in n.input.iter_mut().filter(|i| **i == x) {
+            *i = "x_sqrt".into();
+        }
+    }
+    let mut sqrt = onnx_protobuf::NodeProto::new();
+    (sqrt.op_type, sqrt.name, sqrt.input, sqrt.output) = ("Sqrt".into(), "sqrt".into(), vec![x], vec!["x_sqrt".into()]);
+    g.node.insert(0, sqrt);
+    let model = dir.path().join("sqrt_mlp.onnx");
+    std::fs::write(&model, protobuf::Message::write_to_bytes(&m).unwrap()).unwrap();
+    let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
+    let run = |extra: &[&str]| -> Value {
+        bin()
+            .arg(&model)
+            .arg(&out)
+            .args(["--inputs", "models/digits_test_x64.npy", "--no-latency", "-q", "--force", "--report"])
+            .arg(&rep)
+            .args(extra)
+            .assert()
+            .success();
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap()
+    };
+    for mode in [&[][..], &["--structured", "channels", "--round-to", "1"][..]] {
+        let r = run(mode);
+        let p = &r["params"];
+        assert_eq!(p["nonzero_after"], p["nonzero_before"], "{mode:?}: {p}");
+        assert_eq!(p["after"], p["before"], "{mode:?}: {p}");
+        let notes = r["notes"].to_string();
+        assert!(notes.contains("fidelity guard could not run the model") && notes.contains("nothing is cut"), "{r}");
+        assert!(notes.contains("not finite"), "{notes}");
+        let beta: Vec<&str> = mode.iter().copied().chain(["--beta", "1"]).collect();
+        let r = run(&beta);
+        assert!(r["params"]["nonzero_after"].as_u64() < r["params"]["nonzero_before"].as_u64(), "{mode:?}");
+    }
+}

@@ -54,7 +54,8 @@ pub const BISECTIONS: usize = 3;
 /// β beyond which the guard stops growing and keeps the model dense.
 pub const MAX_BETA: f64 = 64.0;
 /// A β that keeps every weight of any group (⌊β·N_eff⌋ ≥ N, since N_eff ≥ 1 and N < 10¹²).
-const KEEP_ALL_BETA: f64 = 1e12;
+/// A β at which EMP keeps every unit of any group (kept is clamped to N).
+pub const KEEP_ALL_BETA: f64 = 1e12;
 
 /// One β the guard tried.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -371,6 +372,7 @@ mod tests {
             name: "x".into(),
             elem_type: 1,
             dims: vec![crate::check::DimSpec::Fixed(2), crate::check::DimSpec::Fixed(4)],
+            index_bound: None,
         }];
         crate::check::inputs::prepare_for(&infos, &spec).unwrap()
     }

@@ -64,6 +64,10 @@ pub struct InputInfo {
     /// ONNX `TensorProto.DataType` code.
     pub elem_type: i32,
     pub dims: Vec<DimSpec>,
+    /// Generated integer values stay below this (the rows of the table the input indexes:
+    /// [`super::bounds`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_bound: Option<u64>,
 }
 
 /// One concrete input array in the model's element type.
@@ -224,6 +228,7 @@ pub(crate) fn read_proto(model_path: &Path) -> Result<pb::ModelProto> {
 pub(crate) fn inputs_of(proto: &pb::ModelProto) -> Result<Vec<InputInfo>> {
     let g = proto.graph.as_ref().context("model has no graph")?;
     let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let bounds = super::bounds::index_bounds(g);
     let mut out = vec![];
     for vi in &g.input {
         if inits.contains(vi.name.as_str()) {
@@ -244,7 +249,8 @@ pub(crate) fn inputs_of(proto: &pb::ModelProto) -> Result<Vec<InputInfo>> {
                 })
                 .collect(),
         };
-        out.push(InputInfo { name: vi.name.clone(), elem_type: t.elem_type, dims });
+        let index_bound = bounds.get(&vi.name).copied();
+        out.push(InputInfo { name: vi.name.clone(), elem_type: t.elem_type, dims, index_bound });
     }
     Ok(out)
 }
@@ -521,18 +527,21 @@ fn int_kind(name: &str) -> IntKind {
     }
 }
 
-fn generate(name: &str, elem: i32, shape: &[usize], seed: u64) -> Result<InputData> {
+/// Seeded data for one input; integers follow the input's name ([`int_kind`]), kept below `bound`
+/// (the rows of the table it indexes) when there is one.
+fn generate(name: &str, elem: i32, shape: &[usize], seed: u64, bound: Option<u64>) -> Result<InputData> {
     let n: usize = shape.iter().product();
     let mut rng = SplitMix64::new(seed ^ name_hash(name));
     let sh = IxDyn(shape);
     let ints = || -> Vec<i64> {
         let mut rng = rng.clone();
+        let cap = |k: u64| bound.map_or(k, |b| k.min(b)).max(1);
         match int_kind(name) {
             IntKind::Ones => vec![1; n],
-            IntKind::Below(k) => (0..n).map(|_| rng.below(k) as i64).collect(),
+            IntKind::Below(k) => (0..n).map(|_| rng.below(cap(k)) as i64).collect(),
             IntKind::Arange => {
-                let last = shape.last().copied().unwrap_or(1).max(1);
-                (0..n).map(|i| (i % last) as i64).collect()
+                let last = shape.last().copied().unwrap_or(1).max(1) as u64;
+                (0..n).map(|i| (i as u64 % cap(last)) as i64).collect()
             }
         }
     };
@@ -727,7 +736,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
             Some(n) if n as u64 <= crate::model::tensor::MAX_ELEMS => {}
             _ => bail!("input '{}': shape {shape:?} is too large to generate", info.name),
         }
-        let d = generate(&info.name, info.elem_type, &shape, spec.seed)?;
+        let d = generate(&info.name, info.elem_type, &shape, spec.seed, info.index_bound)?;
         inputs.push(Input { name: info.name.clone(), data: d, source: InputSource::Generated });
     }
     assumed.dedup();
@@ -753,7 +762,7 @@ mod tests {
     }
 
     fn info(name: &str, elem: i32, dims: Vec<DimSpec>) -> InputInfo {
-        InputInfo { name: name.into(), elem_type: elem, dims }
+        InputInfo { name: name.into(), elem_type: elem, dims, index_bound: None }
     }
 
     #[test]

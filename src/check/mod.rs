@@ -5,6 +5,7 @@
 //! Nothing here panics or claims success it did not check: when tract cannot run a model, the
 //! result is `status: "skipped"` with the reason.
 
+pub mod bounds;
 pub mod fidelity;
 pub mod guard;
 pub mod inputs;

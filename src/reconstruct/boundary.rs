@@ -429,6 +429,7 @@ mod tests {
             name: "x".into(),
             elem_type: 1,
             dims: vec![crate::check::DimSpec::Symbolic("N".into()), crate::check::DimSpec::Fixed(4)],
+            index_bound: None,
         }];
         let spec = crate::check::InputSpec { default_batch: 4, ..Default::default() };
         let calib = crate::check::inputs::prepare_for(&infos, &spec).unwrap();

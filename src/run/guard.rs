@@ -44,6 +44,12 @@ pub(super) fn guarded_prune(
         let (weights, masks) = weights::prune_weights_mapped(&mut m, wopts, mapped)?;
         Ok((m, Guarded { weights, guard: None, note, masks }))
     };
+    // The guard should judge this run but cannot: nothing is cut.
+    let whole = |mut m: ModelProto, e: &anyhow::Error| -> Result<(ModelProto, Guarded)> {
+        let keep_all = WeightOptions { beta: guard::KEEP_ALL_BETA, ..wopts.clone() };
+        let (weights, masks) = weights::prune_weights_mapped(&mut m, &keep_all, mapped)?;
+        Ok((m, Guarded { weights, guard: None, note: Some(unjudged(e)), masks }))
+    };
     let Some(tol) = tolerance(o, reconstructing) else {
         return plain(m, None);
     };
@@ -52,7 +58,7 @@ pub(super) fn guarded_prune(
     }
     let inputs = match guard_inputs(o, &m, calib) {
         Ok(i) => i,
-        Err(e) => return plain(m, Some(unjudged(&e))),
+        Err(e) => return whole(m, &e),
     };
     let _stage = crate::progress::Stage::start("guard");
     let chosen = guard::choose_beta(&m, &inputs.0, &inputs.1, o.beta, tol, |beta| {
@@ -65,7 +71,7 @@ pub(super) fn guarded_prune(
             let note = report.raised().then(|| guard_note(&report, o.beta));
             Ok((p.model, Guarded { weights: p.extra, guard: Some(report), note, masks: Masks::new() }))
         }
-        Err(e) => plain(m, Some(unjudged(&e))),
+        Err(e) => whole(m, &e),
     }
 }
 
@@ -90,6 +96,13 @@ pub(super) fn guarded_structural(
     reconstructing: bool,
 ) -> Result<StructuralChoice> {
     let unguarded = |note| StructuralChoice { beta: sopts.beta, cut_only: None, report: None, note };
+    // The guard should judge this run but cannot: nothing is cut.
+    let whole = |e: &anyhow::Error| StructuralChoice {
+        beta: guard::KEEP_ALL_BETA,
+        cut_only: None,
+        report: None,
+        note: Some(unjudged(e)),
+    };
     let Some(tol) = tolerance(o, reconstructing) else {
         return Ok(unguarded(None));
     };
@@ -98,7 +111,7 @@ pub(super) fn guarded_structural(
     }
     let inputs = match guard_inputs(o, m, calib) {
         Ok(i) => i,
-        Err(e) => return Ok(unguarded(Some(unjudged(&e)))),
+        Err(e) => return Ok(whole(&e)),
     };
     let _stage = crate::progress::Stage::start("guard");
     let copy = |beta: f64, cut_only: Option<BTreeSet<usize>>| {
@@ -107,7 +120,7 @@ pub(super) fn guarded_structural(
     let chosen = guard::choose_beta(m, &inputs.0, &inputs.1, sopts.beta, tol, |beta| copy(beta, None));
     let (best, mut report) = match chosen {
         Ok(c) => c,
-        Err(e) => return Ok(unguarded(Some(unjudged(&e)))),
+        Err(e) => return Ok(whole(&e)),
     };
     let mut cut_only = None;
     if report.raised() {
@@ -227,8 +240,12 @@ fn not_run(o: &RunOptions) -> String {
     )
 }
 
+/// The note of a default run the guard should judge but cannot: the model is written whole.
 fn unjudged(e: &anyhow::Error) -> String {
-    format!("fidelity guard could not run the model ({e:#}); EMP's cut is written unchecked")
+    format!(
+        "fidelity guard could not run the model ({e:#}): nothing is cut, as a default run writes only a cut \
+         the guard has checked; --beta 1 writes EMP's cut unchecked, --calibration reconstructs it"
+    )
 }
 
 /// The guard's inputs: calibration rows when given, else seeded random inputs shaped as
