@@ -287,17 +287,46 @@ fn refit_batch(
 type Targets = Vec<(Vec<f32>, Vec<(usize, usize)>)>;
 
 fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs, from: Option<&Boundary>) -> Result<Targets> {
+    // What each job reads from the dense run: y, or x when y is internal to the node.
+    let read = |s: &Site| if s.internal { s.input.clone() } else { s.output.clone() };
     let mut values: Vec<String> = vec![];
     for j in jobs {
-        if !values.contains(&j.s.output) {
-            values.push(j.s.output.clone());
+        if !values.contains(&read(&j.s)) {
+            values.push(read(&j.s));
         }
     }
+    // The dense weights and biases of internal projections (out × p rows).
+    let gd = dense.graph.as_ref().context("model has no graph")?;
+    let internal: Vec<Option<(Vec<f64>, Vec<f64>)>> = jobs
+        .iter()
+        .map(|j| {
+            j.s.internal
+                .then(|| Ok::<_, anyhow::Error>((site::read_rows(gd, &j.s)?, site::read_bias(gd, &j.s)?)))
+                .transpose()
+        })
+        .collect::<Result<_>>()
+        .context("dense weights")?;
     let mut t: Targets = jobs.iter().map(|_| (vec![], vec![])).collect();
     run_from(from, dense, calib, &values, |row0, v| {
-        for (j, (ys, keys)) in jobs.iter().zip(t.iter_mut()) {
+        for ((j, (ys, keys)), wb) in jobs.iter().zip(t.iter_mut()).zip(&internal) {
             let s = &j.s;
-            let y = &v[values.iter().position(|n| n == &s.output).expect("exposed")];
+            let y = &v[values.iter().position(|n| *n == read(s)).expect("exposed")];
+            if let Some((w, b)) = wb {
+                // y = x W + b at the sampled positions, from the dense input.
+                let (npos, hw) = sample_positions(s, y.shape())?;
+                let mut z = vec![0.0; s.p];
+                for n in 0..y.shape()[0] {
+                    for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(j.k, row0 + n)) {
+                        site::input_row(s, y, n, pos, 0, hw, &mut z);
+                        ys.extend(j.outs.iter().map(|&o| {
+                            let row = &w[o * s.p..(o + 1) * s.p];
+                            (row.iter().zip(&z).map(|(a, x)| a * x).sum::<f64>() + b[o]) as f32
+                        }));
+                        keys.push((row0 + n, pos));
+                    }
+                }
+                continue;
+            }
             let mut buf = vec![0.0; s.out];
             for n in 0..y.shape()[0] {
                 let npos = match s.layout {

@@ -32,6 +32,10 @@ pub struct Site {
     /// x, and the value holding y including the bias.
     pub input: String,
     pub output: String,
+    /// y is computed inside the node and held by no value (onnxruntime's Attention: its packed
+    /// Q/K/V projection); `output` is then the node's output, and targets are computed from the
+    /// dense input and weights.
+    pub internal: bool,
     /// Output units (O or N) and features per output row (C/g·kh·kw, or K).
     pub out: usize,
     pub p: usize,
@@ -136,6 +140,7 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
                 bias,
                 input: x,
                 output: y,
+                internal: false,
                 out: dims[0],
                 p: dims[1] * dims[2] * dims[3],
                 quant,
@@ -168,6 +173,7 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
                 bias,
                 input: x,
                 output: y,
+                internal: false,
                 out,
                 p,
                 quant,
@@ -199,12 +205,41 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
                 bias,
                 input: x,
                 output,
+                internal: false,
                 out,
                 p,
                 quant,
             })
         }
         ("MatMul", 0, true) => Err("MatMul with a constant first operand".into()),
+        // onnxruntime's Attention(input, weights [H_in, 3·H], bias [3·H], ...): its packed Q/K/V
+        // projection is a MatMul with a bias whose output only the op sees.
+        ("Attention", 1, false) if n.domain == "com.microsoft" => {
+            if dims.len() != 2 {
+                return Err(format!("Attention weight of rank {}", dims.len()));
+            }
+            if quant.is_some() {
+                return Err(format!("{QUANTIZED}a quantized Attention weight"));
+            }
+            let (p, out) = (dims[0], dims[1]);
+            let bias = const_bias(n.input.get(2), out, &mut quant);
+            if n.input.get(2).is_some_and(|s| !s.is_empty()) && bias.is_none() {
+                return Err("the Attention bias is shared or not a constant [3·H] vector".into());
+            }
+            Ok(Site {
+                node: ni,
+                label,
+                layout: Layout::MatMul,
+                weight: weight.into(),
+                bias,
+                input: x,
+                output: y,
+                internal: true,
+                out,
+                p,
+                quant,
+            })
+        }
         (op, _, _) => Err(format!("{op} weight")),
     }
 }
