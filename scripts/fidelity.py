@@ -35,6 +35,9 @@ MODELS = [
     ("digits_transformer", "digits_test_x8x8.npy", "digits_calib_x8x8.npy", "digits_test_y.npy",
      ["weights", "heads", "channels"]),
     ("yolo_block", "digits_test_x1x8x8.npy", "digits_calib_x1x8x8.npy", "digits_test_y.npy", ["weights", "channels"]),
+    # onnxruntime's fused ops (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu):
+    # run in onnxruntime (tract cannot), models/make_trained_bert.py
+    ("digits_bert_ms", "digits_test_ids.npz", "digits_calib_ids.npz", "digits_test_y.npy", ["weights", "heads", "channels"]),
 ]
 
 
