@@ -533,8 +533,41 @@ pub(crate) fn prune_hollow(
                 out_keep: vec![],
             })
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let first = staged.iter().map(|(bi, _)| blocks[*bi].1.out.node).min();
+    let mut refit = refit;
+    if let Some(first) = first {
+        let more = unchanged_downstream(ctx.g, first, &pruned, &refit);
+        refit.extend(more);
+    }
     Ok((StructuralResult { pruned, masked, groups: reports.into_iter().flatten().collect(), refit }, hollow))
+}
+
+/// The linear layers after node `first` (Conv, Gemm, MatMul, onnxruntime's Attention) whose
+/// weight the rewrite left as it was (same name, same dims in `pruned`): their inputs are no
+/// longer the dense ones, so reconstruction refits them too, all inputs and outputs kept.
+fn unchanged_downstream(
+    g: &onnx_protobuf::GraphProto,
+    first: usize,
+    pruned: &ModelProto,
+    sites: &[crate::reconstruct::refit::RefitSite],
+) -> Vec<crate::reconstruct::refit::RefitSite> {
+    let dims = |g: &onnx_protobuf::GraphProto, w: &str| g.initializer.iter().find(|t| t.name == w).map(|t| t.dims.clone());
+    let Some(pg) = pruned.graph.as_ref() else { return vec![] };
+    let linear = |n: &onnx_protobuf::NodeProto| match n.domain.as_str() {
+        "" | "ai.onnx" => matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul"),
+        "com.microsoft" => n.op_type == "Attention",
+        _ => false,
+    };
+    g.node
+        .iter()
+        .skip(first + 1)
+        .filter(|n| linear(n))
+        .filter_map(|n| n.input.get(1))
+        .filter(|w| !sites.iter().any(|s| &s.weight == *w))
+        .filter(|w| dims(g, w).is_some() && dims(g, w) == dims(pg, w))
+        .map(|w| crate::reconstruct::refit::RefitSite { weight: w.clone(), by_output: None, in_keep: vec![], out_keep: vec![] })
+        .collect()
 }
 
 /// Kept query heads of a block, the N_eff to report, and notes.

@@ -23,7 +23,7 @@ pub(super) fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<crate::reconstruct:
     out
 }
 
-/// Every other producing Conv / Gemm / MatMul downstream of a removal: its inputs are not pruned
+/// Every other producing Conv / Gemm / MatMul (or onnxruntime Attention) downstream of a removal: its inputs are not pruned
 /// but no longer the dense ones, so its output is re-fitted too (all inputs kept).
 pub(super) fn downstream_sites(
     ctx: &Ctx,
@@ -35,7 +35,13 @@ pub(super) fn downstream_sites(
     let Some(first) = first else { return vec![] };
     let mut out = vec![];
     for (ni, n) in ctx.g.node.iter().enumerate().skip(first + 1) {
-        if !matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul") {
+        let linear = match n.domain.as_str() {
+            "" | "ai.onnx" => matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul"),
+            // onnxruntime's Attention: its packed Q/K/V projection.
+            "com.microsoft" => n.op_type == "Attention",
+            _ => false,
+        };
+        if !linear {
             continue;
         }
         // Float weights, and quantized ones (DequantizeLinear of an integer initializer).
