@@ -192,3 +192,13 @@ def test_sparse_initializers_shrink_the_file_and_onnxruntime_gives_the_same_outp
                            inputs=x[:8])
     assert any("sparse initializer(s) read as dense" in n for n in again["notes"])
     assert again["verification"]["outputs"][0]["max_abs_err"] == 0.0
+
+
+def test_latency_in_one_engine(tmp_path):
+    """latency="tract" times tract only (--latency-in tract); the onnxruntime figure is absent."""
+    r = onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "t.onnx", beta=1.0, inputs=M / "digits_test_x64.npy",
+                       latency="tract")
+    t = r["timing"]
+    assert t["latency_dense"]["runs"] >= 1 and t.get("latency_onnxruntime") is None
+    with pytest.raises(ValueError, match="latency='gpu'"):
+        onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "x.onnx", beta=1.0, latency="gpu")

@@ -79,7 +79,9 @@ def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, l
         a += ["--labels", _path(labels)]
     if not verify:
         a.append("--no-verify")
-    if latency in ("tract", "onnxruntime"):
+    if isinstance(latency, str):
+        if latency not in ("tract", "onnxruntime"):
+            raise ValueError(f"latency={latency!r}: True, False, 'tract' or 'onnxruntime'")
         a += ["--latency-in", latency]
     elif not latency:
         a.append("--no-latency")
