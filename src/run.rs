@@ -375,6 +375,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     drop(stage);
     timing.prune_ms = ms(t);
     timing.reconstruct_ms = t_recon.get();
+    notes.extend(calibrated_warning(o, reconstruction.as_ref()));
     let after = params(&pruned, mapped.as_deref(), &masks, true)?;
     let (p_before, nz_before) = (before.n + after.mapped_n, before.nonzero + after.mapped_nonzero_stored);
     let (p_after, nz_after) = (after.n, after.nonzero);
@@ -661,6 +662,23 @@ struct PlanParts {
     groups: Vec<crate::prune::GroupReport>,
     notes: Vec<String>,
     timing: Timing,
+}
+
+/// A default run (β not given) with reconstruction is not guarded (real data repairs the kept
+/// weights instead); when the result is still further from dense than the guard's tolerance on
+/// the held-out calibration samples, the report says so.
+fn calibrated_warning(o: &RunOptions, r: Option<&crate::reconstruct::ReconReport>) -> Option<String> {
+    let tol = o.guard.filter(|_| !o.beta_given && o.fixed_ratio.is_none())?;
+    let e = r?.end_to_end.as_ref()?;
+    let err = if e.kept { e.err_with } else { e.err_without }.sqrt();
+    (err > tol).then(|| {
+        format!(
+            "WARNING: after reconstruction the outputs are {err:.3} from dense (relative L2 on {} held-out calibration \
+             samples), over the fidelity guard's tolerance {tol} (the guard does not run with --calibration): \
+             keep more with --beta above 1",
+            e.samples
+        )
+    })
 }
 
 /// The report of `onnx-emp plan`: the decision and the expected params and MACs (counted by

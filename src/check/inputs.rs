@@ -123,6 +123,28 @@ impl InputData {
         }
     }
 
+    /// The entries of axis 0 at `idx` (in that order; indices past the end are skipped).
+    pub fn pick(&self, idx: &[usize]) -> InputData {
+        use ndarray::Axis;
+        macro_rules! pick {
+            ($a:expr) => {{
+                let n = $a.len_of(Axis(0));
+                let idx: Vec<usize> = idx.iter().copied().filter(|&i| i < n).collect();
+                $a.select(Axis(0), &idx)
+            }};
+        }
+        match self {
+            InputData::F32(a) => InputData::F32(pick!(a)),
+            InputData::F64(a) => InputData::F64(pick!(a)),
+            InputData::F16(a) => InputData::F16(pick!(a)),
+            InputData::I64(a) => InputData::I64(pick!(a)),
+            InputData::I32(a) => InputData::I32(pick!(a)),
+            InputData::I8(a) => InputData::I8(pick!(a)),
+            InputData::U8(a) => InputData::U8(pick!(a)),
+            InputData::Bool(a) => InputData::Bool(pick!(a)),
+        }
+    }
+
     /// ONNX element type code.
     pub fn elem_type(&self) -> i32 {
         match self {
@@ -199,6 +221,22 @@ impl Inputs {
             return None;
         }
         Some(self.sample_range(0, k))
+    }
+
+    /// The samples at `idx`, picked as [`Inputs::head`] cuts (inputs without the samples axis
+    /// are kept whole).
+    pub fn samples(&self, idx: &[usize]) -> Inputs {
+        let rows = self.rows();
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|i| Input {
+                name: i.name.clone(),
+                data: if i.data.shape().first() == Some(&rows) { i.data.pick(idx) } else { i.data.clone() },
+                source: i.source.clone(),
+            })
+            .collect();
+        Inputs { inputs, assumed: self.assumed.clone() }
     }
 
     /// Samples `lo..hi`, cut as [`Inputs::head`] cuts.

@@ -114,9 +114,10 @@ pub struct ReconReport {
     /// Calibration samples used.
     pub samples: usize,
     pub layers: Vec<LayerRecon>,
-    /// The whole model's outputs against dense on the held-out fifth of the calibration samples
-    /// (not used to solve), without and with the reconstructed weights (per-weight mode); the
-    /// reconstruction is kept only if it is closer.
+    /// The whole model's outputs against dense on held-out calibration samples (not used to
+    /// solve: per-weight, the last fifth; structural, every fifth, where the refit only judges
+    /// its candidates), without and with the reconstructed weights; the reconstruction is kept
+    /// only if it is closer. Structural runs with two stages report the last one's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_to_end: Option<EndToEnd>,
 }

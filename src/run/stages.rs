@@ -29,14 +29,33 @@ pub(super) fn refit_stage(
     let t0 = Instant::now();
     let _stage = progress::Stage::start("reconstruct");
     let masked = r.masked.as_mut().context("the masked model is kept for reconstruction")?;
+    // Checked end to end on the held-apart samples (every fifth: the refit judges its candidates
+    // there but fits none of them): kept only if the whole model's outputs are closer to the
+    // stage's input model with it, as per-weight reconstruction is.
+    let held: Vec<usize> = (0..inputs.rows()).filter(|&i| crate::reconstruct::refit::is_val(i)).collect();
+    let without = (held.len() >= 2).then(|| (r.pruned.clone(), masked.clone()));
     let layers = crate::reconstruct::refit::refit_all(dense, masked, &mut r.pruned, &r.refit, inputs)
         .context("reconstruction")?;
+    let changed = layers.iter().any(|l| l.method != "unchanged" && l.method != "skipped");
+    let end_to_end = match without {
+        Some((pruned, unrefit)) if changed => {
+            let e = crate::reconstruct::end_to_end(dense, &pruned, &r.pruned, &inputs.samples(&held))
+                .context("reconstruction, end to end")?;
+            if !e.kept {
+                r.pruned = pruned;
+                *masked = unrefit;
+            }
+            Some(e)
+        }
+        _ => None,
+    };
     let rep = report.get_or_insert_with(|| crate::reconstruct::ReconReport {
         samples: inputs.rows(),
         layers: vec![],
         end_to_end: None,
     });
     rep.layers.extend(layers);
+    rep.end_to_end = end_to_end.or(rep.end_to_end.take());
     t.set(t.get() + ms(t0));
     Ok(())
 }
