@@ -177,7 +177,10 @@ impl Report {
         );
         if let (Some(a), Some(b)) = (self.macs_before, self.macs_after) {
             if self.mode == "weights" {
-                let _ = writeln!(s, "MACs        {a} → {b} per inference  (zeroed weights still cost MACs on dense kernels)");
+                let _ = writeln!(
+                    s,
+                    "MACs        {a} → {b} per inference  (zeroed weights still cost MACs on dense kernels)"
+                );
             } else {
                 let _ = writeln!(s, "MACs        {a} → {b} per inference  ({:.1} % fewer)", pct(1.0 - ratio(b, a)));
             }

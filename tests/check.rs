@@ -385,7 +385,10 @@ fn generated_token_ids_stay_inside_the_vocabulary() {
         let infos = check::inputs::model_inputs(&models().join(m)).unwrap();
         infos.iter().map(|i| (i.name.clone(), i.index_bound)).collect::<Vec<_>>()
     };
-    assert_eq!(bound("bert_ms_attention.onnx"), vec![("input_ids".into(), Some(1000)), ("attention_mask".into(), None)]);
+    assert_eq!(
+        bound("bert_ms_attention.onnx"),
+        vec![("input_ids".into(), Some(1000)), ("attention_mask".into(), None)]
+    );
     assert_eq!(bound("digits_bert_ms.onnx"), vec![("input_ids".into(), Some(20)), ("attention_mask".into(), None)]);
     let mut spec = InputSpec::default();
     spec.dims.insert("batch".into(), 16);

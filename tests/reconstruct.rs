@@ -397,7 +397,8 @@ fn a_trained_onnxruntime_bert_prunes_and_reconstructs() {
     assert_eq!((&e["pass"], &e["engine"]), (&true.into(), &"onnxruntime".into()), "{e}");
     let layers = r["reconstruction"]["layers"].as_array().unwrap();
     assert!(layers.iter().all(|l| l["method"] != "skipped"), "{layers:#?}");
-    let qkv: Vec<&Value> = layers.iter().filter(|l| l["layer"].as_str().unwrap_or("").starts_with("Attention ")).collect();
+    let qkv: Vec<&Value> =
+        layers.iter().filter(|l| l["layer"].as_str().unwrap_or("").starts_with("Attention ")).collect();
     assert_eq!(qkv.len(), 2, "{layers:#?}");
     for l in qkv {
         assert!(l["err_after"].as_f64().unwrap() < 0.25 * l["err_before"].as_f64().unwrap(), "{l}");
@@ -428,5 +429,8 @@ fn a_calibrated_default_run_far_from_dense_is_flagged() {
     let e = &r["reconstruction"]["end_to_end"];
     assert!(e["err_with"].as_f64().unwrap().sqrt() > 0.1, "{e}");
     let notes = r["notes"].to_string();
-    assert!(notes.contains("WARNING: after reconstruction the outputs are") && notes.contains("--beta above 1"), "{notes}");
+    assert!(
+        notes.contains("WARNING: after reconstruction the outputs are") && notes.contains("--beta above 1"),
+        "{notes}"
+    );
 }

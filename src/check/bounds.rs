@@ -15,7 +15,9 @@ const CARRY: [&str; 8] = ["Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape",
 pub fn index_bounds(g: &pb::GraphProto) -> BTreeMap<String, u64> {
     let mut dims: HashMap<&str, &[i64]> = g.initializer.iter().map(|t| (t.name.as_str(), t.dims.as_slice())).collect();
     for n in g.node.iter().filter(|n| n.op_type == "Constant") {
-        if let (Some(o), Some(t)) = (n.output.first(), n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref())) {
+        if let (Some(o), Some(t)) =
+            (n.output.first(), n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()))
+        {
             dims.insert(o.as_str(), t.dims.as_slice());
         }
     }

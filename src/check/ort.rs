@@ -105,8 +105,13 @@ pub fn value_shapes(path: &Path, inputs: &Inputs) -> Result<std::collections::Ha
     let mut probe = crate::model::io::load(path)?.proto;
     let g = probe.graph.as_mut().context("model has no graph")?;
     let mut seen: std::collections::HashSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
-    let extra: Vec<String> =
-        g.node.iter().flat_map(|n| n.output.iter()).filter(|o| !o.is_empty() && seen.insert((*o).clone())).cloned().collect();
+    let extra: Vec<String> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter())
+        .filter(|o| !o.is_empty() && seen.insert((*o).clone()))
+        .cloned()
+        .collect();
     for name in extra {
         let mut vi = onnx_protobuf::ValueInfoProto::new();
         vi.name = name;

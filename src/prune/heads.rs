@@ -552,7 +552,8 @@ fn unchanged_downstream(
     pruned: &ModelProto,
     sites: &[crate::reconstruct::refit::RefitSite],
 ) -> Vec<crate::reconstruct::refit::RefitSite> {
-    let dims = |g: &onnx_protobuf::GraphProto, w: &str| g.initializer.iter().find(|t| t.name == w).map(|t| t.dims.clone());
+    let dims =
+        |g: &onnx_protobuf::GraphProto, w: &str| g.initializer.iter().find(|t| t.name == w).map(|t| t.dims.clone());
     let Some(pg) = pruned.graph.as_ref() else { return vec![] };
     let linear = |n: &onnx_protobuf::NodeProto| match n.domain.as_str() {
         "" | "ai.onnx" => matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul"),
@@ -566,7 +567,12 @@ fn unchanged_downstream(
         .filter_map(|n| n.input.get(1))
         .filter(|w| !sites.iter().any(|s| &s.weight == *w))
         .filter(|w| dims(g, w).is_some() && dims(g, w) == dims(pg, w))
-        .map(|w| crate::reconstruct::refit::RefitSite { weight: w.clone(), by_output: None, in_keep: vec![], out_keep: vec![] })
+        .map(|w| crate::reconstruct::refit::RefitSite {
+            weight: w.clone(),
+            by_output: None,
+            in_keep: vec![],
+            out_keep: vec![],
+        })
         .collect()
 }
 
