@@ -344,7 +344,7 @@ fn recon_table(r: &crate::reconstruct::ReconReport) -> String {
 }
 
 /// The last `w` characters of `s`, with a leading ellipsis when cut (UTF-8 safe).
-fn tail(s: &str, w: usize) -> String {
+pub(crate) fn tail(s: &str, w: usize) -> String {
     let n = s.chars().count();
     if n <= w {
         return s.to_string();

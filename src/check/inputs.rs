@@ -83,6 +83,22 @@ pub enum InputData {
     Bool(ArrayD<bool>),
 }
 
+/// `InputData` of the same element type, from an expression over the array `a` of each variant.
+macro_rules! each_array {
+    ($d:expr, $a:ident => $e:expr) => {
+        match $d {
+            InputData::F32($a) => InputData::F32($e),
+            InputData::F64($a) => InputData::F64($e),
+            InputData::F16($a) => InputData::F16($e),
+            InputData::I64($a) => InputData::I64($e),
+            InputData::I32($a) => InputData::I32($e),
+            InputData::I8($a) => InputData::I8($e),
+            InputData::U8($a) => InputData::U8($e),
+            InputData::Bool($a) => InputData::Bool($e),
+        }
+    };
+}
+
 impl InputData {
     pub fn shape(&self) -> &[usize] {
         match self {
@@ -105,44 +121,15 @@ impl InputData {
     /// Entries `lo..hi` of axis 0 (clamped to what there is).
     pub fn rows(&self, lo: usize, hi: usize) -> InputData {
         use ndarray::{Axis, Slice};
-        macro_rules! cut {
-            ($a:expr) => {{
-                let hi = hi.min($a.len_of(Axis(0)));
-                $a.slice_axis(Axis(0), Slice::from(lo.min(hi)..hi)).to_owned()
-            }};
-        }
-        match self {
-            InputData::F32(a) => InputData::F32(cut!(a)),
-            InputData::F64(a) => InputData::F64(cut!(a)),
-            InputData::F16(a) => InputData::F16(cut!(a)),
-            InputData::I64(a) => InputData::I64(cut!(a)),
-            InputData::I32(a) => InputData::I32(cut!(a)),
-            InputData::I8(a) => InputData::I8(cut!(a)),
-            InputData::U8(a) => InputData::U8(cut!(a)),
-            InputData::Bool(a) => InputData::Bool(cut!(a)),
-        }
+        let hi = hi.min(self.shape().first().copied().unwrap_or(0));
+        each_array!(self, a => a.slice_axis(Axis(0), Slice::from(lo.min(hi)..hi)).to_owned())
     }
 
     /// The entries of axis 0 at `idx` (in that order; indices past the end are skipped).
     pub fn pick(&self, idx: &[usize]) -> InputData {
-        use ndarray::Axis;
-        macro_rules! pick {
-            ($a:expr) => {{
-                let n = $a.len_of(Axis(0));
-                let idx: Vec<usize> = idx.iter().copied().filter(|&i| i < n).collect();
-                $a.select(Axis(0), &idx)
-            }};
-        }
-        match self {
-            InputData::F32(a) => InputData::F32(pick!(a)),
-            InputData::F64(a) => InputData::F64(pick!(a)),
-            InputData::F16(a) => InputData::F16(pick!(a)),
-            InputData::I64(a) => InputData::I64(pick!(a)),
-            InputData::I32(a) => InputData::I32(pick!(a)),
-            InputData::I8(a) => InputData::I8(pick!(a)),
-            InputData::U8(a) => InputData::U8(pick!(a)),
-            InputData::Bool(a) => InputData::Bool(pick!(a)),
-        }
+        let n = self.shape().first().copied().unwrap_or(0);
+        let idx: Vec<usize> = idx.iter().copied().filter(|&i| i < n).collect();
+        each_array!(self, a => a.select(ndarray::Axis(0), &idx))
     }
 
     /// ONNX element type code.
@@ -223,31 +210,26 @@ impl Inputs {
         Some(self.sample_range(0, k))
     }
 
-    /// The samples at `idx`, picked as [`Inputs::head`] cuts (inputs without the samples axis
-    /// are kept whole).
+    /// The samples at `idx`, picked as [`Inputs::head`] cuts.
     pub fn samples(&self, idx: &[usize]) -> Inputs {
-        let rows = self.rows();
-        let inputs = self
-            .inputs
-            .iter()
-            .map(|i| Input {
-                name: i.name.clone(),
-                data: if i.data.shape().first() == Some(&rows) { i.data.pick(idx) } else { i.data.clone() },
-                source: i.source.clone(),
-            })
-            .collect();
-        Inputs { inputs, assumed: self.assumed.clone() }
+        self.per_sample_input(|d| d.pick(idx))
     }
 
     /// Samples `lo..hi`, cut as [`Inputs::head`] cuts.
     pub fn sample_range(&self, lo: usize, hi: usize) -> Inputs {
+        self.per_sample_input(|d| d.rows(lo, hi))
+    }
+
+    /// `f` applied to every input whose axis 0 has [`Inputs::rows`] entries (the samples axis);
+    /// the others are kept whole.
+    fn per_sample_input(&self, f: impl Fn(&InputData) -> InputData) -> Inputs {
         let rows = self.rows();
         let inputs = self
             .inputs
             .iter()
             .map(|i| Input {
                 name: i.name.clone(),
-                data: if i.data.shape().first() == Some(&rows) { i.data.rows(lo, hi) } else { i.data.clone() },
+                data: if i.data.shape().first() == Some(&rows) { f(&i.data) } else { i.data.clone() },
                 source: i.source.clone(),
             })
             .collect();

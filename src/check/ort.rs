@@ -259,8 +259,7 @@ impl Worker {
     fn log_tail(&self) -> Option<String> {
         let text = std::fs::read_to_string(self.dir.path().join("stderr.log")).ok()?;
         let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
-        let tail: String = tail.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail = crate::report::tail(&lines[lines.len().saturating_sub(3)..].join(" | "), 400);
         (!tail.is_empty()).then_some(tail)
     }
 

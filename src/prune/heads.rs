@@ -517,7 +517,7 @@ pub(crate) fn prune_hollow(
     cleanup(model, &mut pruned, &stale)?;
     // Output projections of pruned blocks, for reconstruction. Their weights may be renamed by
     // the rewrite, so they are found by the projection node's output, which does not change.
-    let refit = staged
+    let mut refit = staged
         .iter()
         .filter_map(|(bi, st)| {
             let b = &blocks[*bi].1;
@@ -534,9 +534,8 @@ pub(crate) fn prune_hollow(
             })
         })
         .collect::<Vec<_>>();
-    let first = staged.iter().map(|(bi, _)| blocks[*bi].1.out.node).min();
-    let mut refit = refit;
-    if let Some(first) = first {
+    // And every layer after the first pruned block whose weight the rewrite left as it was.
+    if let Some(first) = staged.iter().map(|(bi, _)| blocks[*bi].1.out.node).min() {
         let more = unchanged_downstream(ctx.g, first, &pruned, &refit);
         refit.extend(more);
     }
@@ -552,21 +551,18 @@ fn unchanged_downstream(
     pruned: &ModelProto,
     sites: &[crate::reconstruct::refit::RefitSite],
 ) -> Vec<crate::reconstruct::refit::RefitSite> {
-    let dims =
-        |g: &onnx_protobuf::GraphProto, w: &str| g.initializer.iter().find(|t| t.name == w).map(|t| t.dims.clone());
-    let Some(pg) = pruned.graph.as_ref() else { return vec![] };
-    let linear = |n: &onnx_protobuf::NodeProto| match n.domain.as_str() {
-        "" | "ai.onnx" => matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul"),
-        "com.microsoft" => n.op_type == "Attention",
-        _ => false,
+    let dims = |g: &onnx_protobuf::GraphProto| -> std::collections::HashMap<String, Vec<i64>> {
+        g.initializer.iter().map(|t| (t.name.clone(), t.dims.clone())).collect()
     };
+    let Some(pg) = pruned.graph.as_ref() else { return vec![] };
+    let (before, after) = (dims(g), dims(pg));
     g.node
         .iter()
         .skip(first + 1)
-        .filter(|n| linear(n))
+        .filter(|n| crate::reconstruct::site::is_linear_node(n))
         .filter_map(|n| n.input.get(1))
         .filter(|w| !sites.iter().any(|s| &s.weight == *w))
-        .filter(|w| dims(g, w).is_some() && dims(g, w) == dims(pg, w))
+        .filter(|w| before.get(*w).is_some_and(|d| after.get(*w) == Some(d)))
         .map(|w| crate::reconstruct::refit::RefitSite {
             weight: w.clone(),
             by_output: None,

@@ -288,13 +288,21 @@ type Targets = Vec<(Vec<f32>, Vec<(usize, usize)>)>;
 
 fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs, from: Option<&Boundary>) -> Result<Targets> {
     // What each job reads from the dense run: y, or x when y is internal to the node.
-    let read = |s: &Site| if s.internal { s.input.clone() } else { s.output.clone() };
-    let mut values: Vec<String> = vec![];
-    for j in jobs {
-        if !values.contains(&read(&j.s)) {
-            values.push(read(&j.s));
+    fn read(s: &Site) -> &String {
+        if s.internal {
+            &s.input
+        } else {
+            &s.output
         }
     }
+    let mut values: Vec<String> = vec![];
+    for j in jobs {
+        if !values.contains(read(&j.s)) {
+            values.push(read(&j.s).clone());
+        }
+    }
+    // Index of each job's value among those exposed.
+    let at: Vec<usize> = jobs.iter().map(|j| values.iter().position(|n| n == read(&j.s)).expect("listed")).collect();
     // The dense weights and biases of internal projections (out × p rows).
     let gd = dense.graph.as_ref().context("model has no graph")?;
     let internal: Vec<Option<(Vec<f64>, Vec<f64>)>> = jobs
@@ -308,9 +316,9 @@ fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs, from: Option<&Boun
         .context("dense weights")?;
     let mut t: Targets = jobs.iter().map(|_| (vec![], vec![])).collect();
     run_from(from, dense, calib, &values, |row0, v| {
-        for ((j, (ys, keys)), wb) in jobs.iter().zip(t.iter_mut()).zip(&internal) {
+        for (((j, (ys, keys)), wb), &at) in jobs.iter().zip(t.iter_mut()).zip(&internal).zip(&at) {
             let s = &j.s;
-            let y = &v[values.iter().position(|n| *n == read(s)).expect("exposed")];
+            let y = &v[at];
             if let Some((w, b)) = wb {
                 // y = x W + b at the sampled positions, from the dense input.
                 let (npos, hw) = sample_positions(s, y.shape())?;

@@ -98,7 +98,8 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
         let bt = ix.weight(g, b)?;
         (ix.consumers_of(b).len() == 1 && tensor::shape(bt).ok()? == vec![len]).then(|| b.clone())
     };
-    match (n.op_type.as_str(), slot, dom_ok) {
+    // (layout, bias, the value holding y, whether y is internal to the node, out, p)
+    let (layout, bias, output, internal, out, p) = match (n.op_type.as_str(), slot, dom_ok) {
         ("Conv", 1, true) => {
             if dims.len() != 4 {
                 return Err(format!("{}-D Conv (only 2-D is reconstructed)", dims.len().saturating_sub(2)));
@@ -132,19 +133,7 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
             if n.input.get(2).is_some_and(|s| !s.is_empty()) && bias.is_none() {
                 return Err("the bias is shared or not a constant".into());
             }
-            Ok(Site {
-                node: ni,
-                label,
-                layout,
-                weight: weight.into(),
-                bias,
-                input: x,
-                output: y,
-                internal: false,
-                out: dims[0],
-                p: dims[1] * dims[2] * dims[3],
-                quant,
-            })
+            (layout, bias, y, false, dims[0], dims[1] * dims[2] * dims[3])
         }
         ("Gemm", 1, true) => {
             if attr_i(n, "transA").unwrap_or(0) != 0 {
@@ -165,19 +154,7 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
             if n.input.get(2).is_some_and(|s| !s.is_empty()) && bias.is_none() && beta != 0.0 {
                 return Err("the Gemm C input is not a constant [N] vector".into());
             }
-            Ok(Site {
-                node: ni,
-                label,
-                layout: Layout::Gemm { trans_b, alpha, beta },
-                weight: weight.into(),
-                bias,
-                input: x,
-                output: y,
-                internal: false,
-                out,
-                p,
-                quant,
-            })
+            (Layout::Gemm { trans_b, alpha, beta }, bias, y, false, out, p)
         }
         ("MatMul", 1, true) => {
             if dims.len() != 2 {
@@ -197,21 +174,9 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
                     }
                 }
             }
-            Ok(Site {
-                node: ni,
-                label,
-                layout: Layout::MatMul,
-                weight: weight.into(),
-                bias,
-                input: x,
-                output,
-                internal: false,
-                out,
-                p,
-                quant,
-            })
+            (Layout::MatMul, bias, output, false, out, p)
         }
-        ("MatMul", 0, true) => Err("MatMul with a constant first operand".into()),
+        ("MatMul", 0, true) => return Err("MatMul with a constant first operand".into()),
         // onnxruntime's Attention(input, weights [H_in, 3·H], bias [3·H], ...): its packed Q/K/V
         // projection is a MatMul with a bias whose output only the op sees.
         ("Attention", 1, false) if n.domain == "com.microsoft" => {
@@ -226,21 +191,20 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
             if n.input.get(2).is_some_and(|s| !s.is_empty()) && bias.is_none() {
                 return Err("the Attention bias is shared or not a constant [3·H] vector".into());
             }
-            Ok(Site {
-                node: ni,
-                label,
-                layout: Layout::MatMul,
-                weight: weight.into(),
-                bias,
-                input: x,
-                output: y,
-                internal: true,
-                out,
-                p,
-                quant,
-            })
+            (Layout::MatMul, bias, y, true, out, p)
         }
-        (op, _, _) => Err(format!("{op} weight")),
+        (op, _, _) => return Err(format!("{op} weight")),
+    };
+    Ok(Site { node: ni, label, layout, weight: weight.into(), bias, input: x, output, internal, out, p, quant })
+}
+
+/// Whether `n` is a layer whose weight (input 1) [`find`] can make a site of: Conv, Gemm, MatMul,
+/// onnxruntime's Attention (its packed Q/K/V projection).
+pub fn is_linear_node(n: &onnx_protobuf::NodeProto) -> bool {
+    match n.domain.as_str() {
+        "" | "ai.onnx" => matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul"),
+        "com.microsoft" => n.op_type == "Attention",
+        _ => false,
     }
 }
 

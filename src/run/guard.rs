@@ -40,15 +40,14 @@ pub(super) fn guarded_prune(
     reconstructing: bool,
     mapped: Option<&MappedData>,
 ) -> Result<(ModelProto, Guarded)> {
-    let plain = |mut m: ModelProto, note: Option<String>| -> Result<(ModelProto, Guarded)> {
+    let unguarded = |mut m: ModelProto, wopts: &WeightOptions, note| -> Result<(ModelProto, Guarded)> {
         let (weights, masks) = weights::prune_weights_mapped(&mut m, wopts, mapped)?;
         Ok((m, Guarded { weights, guard: None, note, masks }))
     };
+    let plain = |m, note| unguarded(m, wopts, note);
     // The guard should judge this run but cannot: nothing is cut.
-    let whole = |mut m: ModelProto, e: &anyhow::Error| -> Result<(ModelProto, Guarded)> {
-        let keep_all = WeightOptions { beta: guard::KEEP_ALL_BETA, ..wopts.clone() };
-        let (weights, masks) = weights::prune_weights_mapped(&mut m, &keep_all, mapped)?;
-        Ok((m, Guarded { weights, guard: None, note: Some(unjudged(e)), masks }))
+    let whole = |m, e: &anyhow::Error| {
+        unguarded(m, &WeightOptions { beta: guard::KEEP_ALL_BETA, ..wopts.clone() }, Some(unjudged(e)))
     };
     let Some(tol) = tolerance(o, reconstructing) else {
         return plain(m, None);

@@ -35,13 +35,7 @@ pub(super) fn downstream_sites(
     let Some(first) = first else { return vec![] };
     let mut out = vec![];
     for (ni, n) in ctx.g.node.iter().enumerate().skip(first + 1) {
-        let linear = match n.domain.as_str() {
-            "" | "ai.onnx" => matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul"),
-            // onnxruntime's Attention: its packed Q/K/V projection.
-            "com.microsoft" => n.op_type == "Attention",
-            _ => false,
-        };
-        if !linear {
+        if !crate::reconstruct::site::is_linear_node(n) {
             continue;
         }
         // Float weights, and quantized ones (DequantizeLinear of an integer initializer).
