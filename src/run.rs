@@ -1,21 +1,21 @@
 //! One pruning run, end to end: load → prune → stage the output → verify → publish.
 //!
 //! The output is written into a private staging folder beside OUT, verified there, and only
-//! then renamed into place, so a failed run never leaves a file behind. Its parts: `guard` (the
-//! fidelity guard of default runs), `stages` (one structural stage and its proof), `files`
-//! (paths, external data, publishing), `options` (what a run is asked to do).
+//! then renamed into place, so a failed run never leaves a file behind. Its parts: `pass` (the
+//! prune pass: the mode's pruning, guarded or reconstructed, and the hold of a calibrated default
+//! run to the guard's tolerance), `guard` (the fidelity guard of default runs), `stages` (one
+//! structural stage and its proof), `files` (paths, external data, publishing), `options` (what a
+//! run is asked to do).
 
 use crate::check;
 use crate::model::graph::{self, GraphIndex};
 use crate::model::io::{self, Loaded, SaveOptions};
 use crate::model::mapped::{MappedData, Masks};
 use crate::progress;
-use crate::prune::weights::{self, Include, Scope, WeightOptions};
-use crate::prune::{Criterion, MaskedOut, StructOptions, StructScope};
+use crate::prune::weights::{self, Include};
 use crate::report::{FileInfo, Params, Report, Timing};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::ModelProto;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,11 +25,11 @@ pub const EQUIVALENCE_TOLERANCE: f64 = 1e-4;
 mod files;
 mod guard;
 mod options;
+mod pass;
 mod stages;
 use files::{check_paths, external_names, publish, store_sparse, tensor_names};
-use guard::{guarded_prune, guarded_structural};
 pub use options::*;
-use stages::{masked_out, nothing_pruned, prove, structural, unproven, with_activations};
+use stages::{nothing_pruned, prove, unproven, with_activations};
 
 pub struct Outcome {
     pub report: Report,
@@ -122,7 +122,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
 
     validate_weights(&loaded.proto, &o.include, o.mode != Mode::Weights)
         .with_context(|| format!("{}", o.input.display()))?;
-    let mut masks = Masks::new();
+    let masks = Masks::new();
     let mapped = loaded.mapped.clone();
     // Data left in mapped files is not changed by the pass (its keep bits are applied when it is
     // written): it is counted once, after the pass, with and without its keep bits.
@@ -157,225 +157,46 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let mut calibration: Option<String> = None;
     // Calibration data, loaded once: for data-driven criteria and for reconstruction.
     let calib = calibration_inputs(o)?;
-    let need_calib = |what: &str| -> Result<&crate::check::Inputs> {
-        match &calib {
-            Some((i, _)) => Ok(i),
-            None => bail!(
-                "{what} needs calibration data: pass --calibration with real inputs (.npy, .npz or a folder of \
-                 NAME.npy); verification or random inputs are never used as calibration"
-            ),
-        }
-    };
     let recon_inputs = if o.reconstruct && !o.plan { calib.as_ref().map(|c| &c.0) } else { None };
     if let Some((_, label)) = &calib {
         calibration = Some(label.clone());
     }
-    let mut reconstruction: Option<crate::reconstruct::ReconReport> = None;
-    let guard_report: Option<crate::check::guard::GuardReport>;
-    let t_recon = std::cell::Cell::new(0.0f64);
-    let (scope_name, criterion_name);
-    let mut weights_report = None;
-    let mut groups = Vec::new();
-    // (masked, pruned) pairs to prove, in order. The last stage's pruned model is the output
-    // itself (None): it is proved from the staged output file, not from a second copy. A masked
-    // model is written to the staging folder as soon as reconstruction no longer needs it (None
-    // here), so that it does not share memory with the pruned one.
-    let mut stages: Vec<(String, Option<ModelProto>, Option<ModelProto>)> = Vec::new();
-    let masked_path = |i: usize| staging.as_ref().map(|d| d.path().join(format!("masked-{i}.onnx")));
     let masked_opts = SaveOptions { external: loaded.external.clone() };
-    let pruned: ModelProto = match o.mode {
-        Mode::Weights => {
-            let crit = o.criterion.unwrap_or(CriterionArg::Magnitude);
-            let scope = match o.scope {
-                None if crit == CriterionArg::Wanda => DEFAULT_WANDA_SCOPE,
-                None => DEFAULT_WEIGHT_SCOPE,
-                Some(ScopeArg::Unit) => Scope::Unit,
-                Some(ScopeArg::Layer) => Scope::Layer,
-                Some(ScopeArg::Global) => Scope::Global,
-                Some(ScopeArg::Normalized) => Scope::Normalized,
-            };
-            let scores = match crit {
-                CriterionArg::Magnitude => BTreeMap::new(),
-                CriterionArg::Wanda => {
-                    let inputs = need_calib("--criterion wanda")?;
-                    let (scores, _) = crate::calib::wanda_scores(&loaded.proto, inputs)
-                        .with_context(|| format!("{}: wanda", o.input.display()))?;
-                    let all = weights::candidate_names(&loaded.proto, &o.include)?;
-                    let missing: Vec<&String> = all.iter().filter(|n| !scores.contains_key(*n)).collect();
-                    if !missing.is_empty() {
-                        notes.push(format!(
-                            "wanda: no observable input activations for {} weight(s), scored by |w|: {}",
-                            missing.len(),
-                            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                        ));
-                    }
-                    scores
-                }
-                c => bail!("--criterion {}: per-weight mode supports magnitude (default) or wanda", arg_name(&c)),
-            };
-            let crit = arg_name(&crit);
-            scope_name = arg_name(&scope);
-            criterion_name = crit;
-            let mut m = std::mem::take(&mut loaded.proto);
-            let dense = recon_inputs.map(|_| m.clone());
-            if let Some(r) = o.fixed_ratio {
-                notes.push(format!("baseline run: fixed ratio {r} per group instead of EMP (--ratio)"));
-            }
-            let wopts =
-                WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores, fixed_ratio: o.fixed_ratio };
-            let small = weights::small_filters(&m, &o.include)?;
-            let (pruned_m, guarded) =
-                guarded_prune(o, m, &wopts, calib.as_ref().map(|c| &c.0), recon_inputs.is_some(), mapped.as_deref())
-                    .with_context(|| format!("{}", o.input.display()))?;
-            m = pruned_m;
-            masks = guarded.masks;
-            notes.extend(guarded.note);
-            guard_report = guarded.guard;
-            let mut r = guarded.weights;
-            r.small_filters_kept = small;
-            if let (Some(inputs), Some(dense)) = (recon_inputs, dense) {
-                let tr = Instant::now();
-                let pruned_names: Vec<String> =
-                    r.tensors.iter().filter(|t| t.kept < t.n).map(|t| t.name.clone()).collect();
-                let _stage = progress::Stage::start("reconstruct");
-                let without = m.clone();
-                // Solved on the first 4/5 of the samples, checked end to end on the rest (so an
-                // update that only fits the calibration rows is caught), when there are ≥ 10.
-                let rows = inputs.rows();
-                let split = if rows >= 10 { rows - rows / 5 } else { rows };
-                let (fit, check) = if split < rows {
-                    (inputs.sample_range(0, split), Some(inputs.sample_range(split, rows)))
-                } else {
-                    (inputs.clone(), None)
-                };
-                let layers = crate::reconstruct::obs::obs_all(&dense, &mut m, &pruned_names, &fit)
-                    .with_context(|| format!("{}: reconstruction", o.input.display()))?;
-                let end_to_end = if let (true, Some(check)) =
-                    (layers.iter().any(|l| l.method != "unchanged" && l.method != "skipped"), &check)
-                {
-                    match crate::reconstruct::end_to_end(&dense, &without, &m, check) {
-                        Ok(e) => {
-                            if !e.kept {
-                                notes.push(format!(
-                                    "reconstruction reverted: on the held-out fifth of the calibration data the \
-                                     model's outputs were further from dense with it (rel L2 {:.3e}) than without \
-                                     ({:.3e})",
-                                    e.err_with.sqrt(),
-                                    e.err_without.sqrt()
-                                ));
-                                m = without;
-                            }
-                            Some(e)
-                        }
-                        Err(e) => {
-                            notes.push(format!("reconstruction not checked end to end: {e:#}"));
-                            None
-                        }
-                    }
-                } else {
-                    None
-                };
-                reconstruction = Some(crate::reconstruct::ReconReport { samples: fit.rows(), layers, end_to_end });
-                t_recon.set(ms(tr));
-            }
-            weights_report = Some(r);
-            m
-        }
-        mode => {
-            let default_scope = if mode == Mode::Channels { StructScope::Layer } else { StructScope::Global };
-            let scope = match o.scope {
-                None => default_scope,
-                Some(ScopeArg::Layer) => StructScope::Layer,
-                Some(ScopeArg::Global) => StructScope::Global,
-                Some(s) => bail!("--scope {}: structured modes take layer or global", arg_name(&s)),
-            };
-            let crit = o.criterion.unwrap_or(if mode == Mode::Heads { CriterionArg::Weight } else { CriterionArg::L2 });
-            let criterion = match crit {
-                CriterionArg::L2 | CriterionArg::Weight => Criterion::L2,
-                CriterionArg::L1 => Criterion::L1,
-                CriterionArg::Activation => Criterion::Activation,
-                c => bail!(
-                    "--criterion {}: structured modes support l2 (default; 'weight' for heads), l1 or activation",
-                    arg_name(&c)
-                ),
-            };
-            let calib_inputs =
-                if criterion == Criterion::Activation { Some(need_calib("--criterion activation")?) } else { None };
-            let crit = if o.criterion.is_none() { "l2".to_string() } else { arg_name(&crit) };
-            scope_name = format!("{scope:?}").to_lowercase();
-            criterion_name = crit;
-            if o.fixed_ratio.is_some() && (mode != Mode::Channels || scope != StructScope::Layer) {
-                bail!("--ratio applies to per-weight mode and to --structured channels at layer scope");
-            }
-            if let Some(r) = o.fixed_ratio {
-                notes.push(format!("baseline run: fixed ratio {r} per group instead of EMP (--ratio)"));
-            }
-            let mut sopts = StructOptions {
-                beta: o.beta,
-                scope,
-                criterion,
-                round_to: o.round_to,
-                activations: None,
-                fixed_ratio: o.fixed_ratio,
-                floor: o.floor,
-                cut_only: None,
-            };
-            // Hidden units are ranked per group (the FFN width of a block is one group).
-            let channel_scope =
-                if mode == Mode::HeadsChannels && o.scope.is_none() { StructScope::Layer } else { scope };
-            let calib_rows = calib.as_ref().map(|c| &c.0);
-            let choice = guarded_structural(
-                o,
-                &loaded.proto,
-                mode,
-                &sopts,
-                channel_scope,
-                calib_inputs,
-                calib_rows,
-                recon_inputs.is_some(),
-            )
-            .with_context(|| format!("{}", o.input.display()))?;
-            sopts.beta = choice.beta;
-            sopts.cut_only = choice.cut_only;
-            guard_report = choice.report;
-            notes.extend(choice.note);
-            let mut current = std::mem::take(&mut loaded.proto);
-            let mut first_stage_groups = 0;
-            if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
-                let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;
-                let path = masked_path(stages.len());
-                let out = masked_out(o.plan, o.verify, path.as_deref(), recon_inputs.is_some(), &masked_opts);
-                let r = structural(&mut current, &sopts, "heads", &out, recon_inputs, &mut reconstruction, &t_recon)?;
-                first_stage_groups = r.groups.len();
-                groups.extend(r.groups);
-                let last = mode == Mode::Heads;
-                // Reconstruction is done with it: the masked model goes to its file now.
-                let masked = match (r.masked, &path) {
-                    (Some(m), Some(p)) => crate::prune::place_masked(m, &MaskedOut::File(p, &masked_opts))?,
-                    (m, _) => m,
-                };
-                stages.push(("heads".into(), masked, (!last && o.verify).then(|| r.pruned.clone())));
-                current = r.pruned;
-            }
-            if matches!(mode, Mode::Channels | Mode::HeadsChannels) {
-                let cut_only = crate::prune::second_stage_cut(&sopts.cut_only, first_stage_groups);
-                let copts = StructOptions { scope: channel_scope, cut_only, ..sopts.clone() };
-                let copts = with_activations(&copts, &current, calib_inputs, "channels")?;
-                let path = masked_path(stages.len());
-                let out = masked_out(o.plan, o.verify, path.as_deref(), recon_inputs.is_some(), &masked_opts);
-                let r =
-                    structural(&mut current, &copts, "channels", &out, recon_inputs, &mut reconstruction, &t_recon)?;
-                groups.extend(r.groups);
-                stages.push(("channels".into(), r.masked, None));
-                current = r.pruned;
-            }
-            current
-        }
+    let t_recon = std::cell::Cell::new(0.0f64);
+    let cx = pass::PassCtx {
+        o,
+        calib: calib.as_ref().map(|c| &c.0),
+        recon: recon_inputs,
+        mapped: mapped.as_deref(),
+        staging: staging.as_ref().map(|d| d.path()),
+        masked_opts: &masked_opts,
+        t_recon: &t_recon,
     };
+    // A calibrated default run is held to the guard's tolerance: dense is kept for a second pass.
+    let held = pass::held_tolerance(o, recon_inputs.is_some());
+    let dense = held.map(|_| loaded.proto.clone());
+    let mut p = pass::prune_pass(&cx, std::mem::take(&mut loaded.proto), false)?;
+    if let (Some(tol), Some(dense)) = (held, dense) {
+        p = pass::hold(&cx, p, dense, tol)?;
+    } else {
+        notes.extend(calibrated_warning(o, p.reconstruction.as_ref()));
+    }
+    let pass::Pass {
+        pruned,
+        notes: pass_notes,
+        masks,
+        guard: guard_report,
+        reconstruction,
+        weights: weights_report,
+        groups,
+        stages,
+        scope: scope_name,
+        criterion: criterion_name,
+    } = p;
+    notes.extend(pass_notes);
     drop(stage);
     timing.prune_ms = ms(t);
     timing.reconstruct_ms = t_recon.get();
-    notes.extend(calibrated_warning(o, reconstruction.as_ref()));
     let after = params(&pruned, mapped.as_deref(), &masks, true)?;
     let (p_before, nz_before) = (before.n + after.mapped_n, before.nonzero + after.mapped_nonzero_stored);
     let (p_after, nz_after) = (after.n, after.nonzero);
@@ -664,9 +485,9 @@ struct PlanParts {
     timing: Timing,
 }
 
-/// A default run (β not given) with reconstruction is not guarded (real data repairs the kept
-/// weights instead); when the result is still further from dense than the guard's tolerance on
-/// the held-out calibration samples, the report says so.
+/// A default run (β not given) with reconstruction is held to the guard's tolerance
+/// ([`pass::hold`]) when verification is on; with `--no-verify` (no guard can run), the report
+/// warns when the result is further from dense than that on the held-out calibration samples.
 fn calibrated_warning(o: &RunOptions, r: Option<&crate::reconstruct::ReconReport>) -> Option<String> {
     let tol = o.guard.filter(|_| !o.beta_given && o.fixed_ratio.is_none())?;
     let e = r?.end_to_end.as_ref()?;
@@ -674,8 +495,8 @@ fn calibrated_warning(o: &RunOptions, r: Option<&crate::reconstruct::ReconReport
     (err > tol).then(|| {
         format!(
             "WARNING: after reconstruction the outputs are {err:.3} from dense (relative L2 on {} held-out calibration \
-             samples), over the fidelity guard's tolerance {tol} (the guard does not run with --calibration): \
-             keep more with --beta above 1",
+             samples), over the fidelity guard's tolerance {tol} (with --no-verify the guard does not hold the run \
+             to it): keep more with --beta above 1",
             e.samples
         )
     })

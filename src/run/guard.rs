@@ -37,7 +37,7 @@ pub(super) fn guarded_prune(
     m: ModelProto,
     wopts: &WeightOptions,
     calib: Option<&Inputs>,
-    reconstructing: bool,
+    recon: Recon,
     mapped: Option<&MappedData>,
 ) -> Result<(ModelProto, Guarded)> {
     let unguarded = |mut m: ModelProto, wopts: &WeightOptions, note| -> Result<(ModelProto, Guarded)> {
@@ -49,7 +49,7 @@ pub(super) fn guarded_prune(
     let whole = |m, e: &anyhow::Error| {
         unguarded(m, &WeightOptions { beta: guard::KEEP_ALL_BETA, ..wopts.clone() }, Some(unjudged(e)))
     };
-    let Some(tol) = tolerance(o, reconstructing) else {
+    let Some(tol) = tolerance(o, recon) else {
         return plain(m, None);
     };
     if o.plan || !o.verify || mapped.is_some() {
@@ -67,7 +67,7 @@ pub(super) fn guarded_prune(
     });
     match chosen {
         Ok((p, report)) => {
-            let note = report.raised().then(|| guard_note(&report, o.beta));
+            let note = report.raised().then(|| guard_note(&report, o.beta, recon == Recon::Held));
             Ok((p.model, Guarded { weights: p.extra, guard: Some(report), note, masks: Masks::new() }))
         }
         Err(e) => whole(m, &e),
@@ -92,7 +92,7 @@ pub(super) fn guarded_structural(
     channel_scope: StructScope,
     activations: Option<&Inputs>,
     calib: Option<&Inputs>,
-    reconstructing: bool,
+    recon: Recon,
 ) -> Result<StructuralChoice> {
     let unguarded = |note| StructuralChoice { beta: sopts.beta, cut_only: None, report: None, note };
     // The guard should judge this run but cannot: nothing is cut.
@@ -102,7 +102,7 @@ pub(super) fn guarded_structural(
         report: None,
         note: Some(unjudged(e)),
     };
-    let Some(tol) = tolerance(o, reconstructing) else {
+    let Some(tol) = tolerance(o, recon) else {
         return Ok(unguarded(None));
     };
     if o.plan || !o.verify {
@@ -149,7 +149,10 @@ pub(super) fn guarded_structural(
             }
             Ok(None) => {}
             Err(e) => {
-                let note = format!("{}; its per-group pass could not run ({e:#})", guard_note(&report, o.beta));
+                let note = format!(
+                    "{}; its per-group pass could not run ({e:#})",
+                    guard_note(&report, o.beta, recon == Recon::Held)
+                );
                 return Ok(StructuralChoice {
                     beta: report.beta,
                     cut_only: None,
@@ -159,7 +162,7 @@ pub(super) fn guarded_structural(
             }
         }
     }
-    let note = report.raised().then(|| guard_note(&report, o.beta) + &group_pass_note(&report));
+    let note = report.raised().then(|| guard_note(&report, o.beta, recon == Recon::Held) + &group_pass_note(&report));
     Ok(StructuralChoice { beta: report.beta, cut_only, report: Some(report), note })
 }
 
@@ -224,10 +227,23 @@ fn structural_copy(
     Ok(Pruned { model, extra: StructTrial { params, cut }, kept, candidates })
 }
 
-/// The guard's tolerance when this run is one it guards: β not given, no `--ratio`, no
-/// reconstruction, `--guard` not off.
-fn tolerance(o: &RunOptions, reconstructing: bool) -> Option<f64> {
-    o.guard.filter(|_| !o.beta_given && o.fixed_ratio.is_none() && !reconstructing)
+/// How reconstruction stands to the guard in one prune pass.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Recon {
+    /// None follows: the guard judges a default run's cut.
+    Off,
+    /// It follows and the guard stands aside: real data repairs the kept weights (the first pass
+    /// of a calibrated default run).
+    Aside,
+    /// It follows and the guard judges the cut first: the second pass of a calibrated default run
+    /// whose first pass was further from dense than the tolerance ([`super::pass::hold`]).
+    Held,
+}
+
+/// The guard's tolerance when this pass is one it guards: β not given, no `--ratio`, no
+/// reconstruction (or a held one), `--guard` not off.
+fn tolerance(o: &RunOptions, recon: Recon) -> Option<f64> {
+    o.guard.filter(|_| !o.beta_given && o.fixed_ratio.is_none() && recon != Recon::Aside)
 }
 
 fn not_run(o: &RunOptions) -> String {
@@ -301,48 +317,61 @@ fn group_pass_note(g: &GuardReport) -> String {
     )
 }
 
-/// The report's note when the guard raised β.
-fn guard_note(g: &GuardReport, beta0: f64) -> String {
+/// The report's note when the guard raised β. `held`: reconstruction follows the guard's cut
+/// (the second pass of a held calibrated run), so the note does not advise calibration.
+fn guard_note(g: &GuardReport, beta0: f64, held: bool) -> String {
     let first = g.trials.first().map_or(f64::NAN, |t| t.rel_l2);
+    let advice = |plain: &str| {
+        if held {
+            "The calibration data reconstructs what this cut keeps".to_string()
+        } else {
+            format!("Pass --calibration with a few hundred real inputs to {plain}")
+        }
+    };
     if let Some(p) = g.groups.as_ref().filter(|_| g.by_group) {
         return format!(
             "fidelity guard: EMP's cut at β {beta0} moved the outputs by {first:.3} (relative L2, {}), over the \
              tolerance {}, and every smaller cut of all groups that the β search tried either did too or saved \
              less; cut one at a time, {} of the {} groups EMP shrinks kept the outputs within it together \
-             ({:.3}): those are cut as EMP says, the others kept whole. Pass --calibration with a few hundred \
-             real inputs to keep EMP's whole cut and reconstruct the kept weights, or --guard off for EMP's cut as is",
+             ({:.3}): those are cut as EMP says, the others kept whole. {}",
             g.inputs,
             g.tolerance,
             p.cut.len(),
             p.candidates,
-            p.rel_l2
+            p.rel_l2,
+            advice("keep EMP's whole cut and reconstruct the kept weights, or --guard off for EMP's cut as is")
         );
     }
     if g.kept_dense {
         return format!(
             "fidelity guard: EMP's cut moved the outputs by {first:.3} (relative L2, {}) against a tolerance of \
-             {}, and no β up to {} kept them within it: nothing was pruned. Pass --calibration with a few hundred \
-             real inputs to reconstruct the kept weights instead, or --guard off for EMP's cut",
+             {}, and no β up to {} kept them within it: nothing was pruned. {}",
             g.inputs,
             g.tolerance,
-            guard::MAX_BETA
+            guard::MAX_BETA,
+            advice("reconstruct the kept weights instead, or --guard off for EMP's cut")
         );
     }
+    let as_is = "keep EMP's cut and reconstruct the kept weights, or --guard off for EMP's cut as is";
     let last = g.trials.iter().find(|t| t.beta == g.beta);
     if last.is_some_and(|t| t.kept >= g.candidates) {
         return format!(
             "fidelity guard: EMP's cut at β {beta0} moved the outputs by {first:.3} (relative L2, {}), over the \
              tolerance {}, and every smaller cut tried did too: β raised to {:.3}, where nothing is cut (the model \
-             is written unpruned). Pass --calibration with a few hundred real inputs to keep EMP's cut and \
-             reconstruct the kept weights, or --guard off for EMP's cut as is",
-            g.inputs, g.tolerance, g.beta
+             is written unpruned). {}",
+            g.inputs,
+            g.tolerance,
+            g.beta,
+            advice(as_is)
         );
     }
     let last = last.map_or(f64::NAN, |t| t.rel_l2);
     format!(
         "fidelity guard: EMP's cut at β {beta0} moved the outputs by {first:.3} (relative L2, {}), over the \
-         tolerance {}; β raised to {:.3} ({last:.3}). Pass --calibration with a few hundred real inputs to keep \
-         EMP's cut and reconstruct the kept weights, or --guard off for EMP's cut as is",
-        g.inputs, g.tolerance, g.beta
+         tolerance {}; β raised to {:.3} ({last:.3}). {}",
+        g.inputs,
+        g.tolerance,
+        g.beta,
+        advice(as_is)
     )
 }

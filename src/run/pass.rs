@@ -1,0 +1,377 @@
+//! One prune pass of a run (contract): the mode's pruning of one model — per weight, or the
+//! structural stages in order — behind the fidelity guard when the run is one it guards, then
+//! reconstructed from calibration data when given. It decides and rewrites; it proves nothing
+//! (the stages' masked models go to the staging folder, or stay in memory, for `run` to prove).
+//!
+//! [`run`](super::run) makes one pass, or two when a default run with `--calibration` (β not
+//! given, verification on) is still further from dense than the guard's tolerance after
+//! reconstruction: the second pass is guarded (its β chosen on the calibration rows) and
+//! reconstructed again ([`held_out_error`] says how far a pass is).
+
+use super::guard::{guarded_prune, guarded_structural, Recon};
+use super::stages::{masked_out, structural, with_activations};
+use super::{arg_name, ms, CriterionArg, Mode, RunOptions, ScopeArg, DEFAULT_WANDA_SCOPE, DEFAULT_WEIGHT_SCOPE};
+use crate::check::guard::GuardReport;
+use crate::check::Inputs;
+use crate::model::io::SaveOptions;
+use crate::model::mapped::{MappedData, Masks};
+use crate::progress;
+use crate::prune::weights::{self, Scope, WeightOptions, WeightsReport};
+use crate::prune::{Criterion, GroupReport, MaskedOut, StructOptions, StructScope};
+use crate::reconstruct::ReconReport;
+use anyhow::{bail, Context, Result};
+use onnx_protobuf::ModelProto;
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a pass reads besides its model.
+pub(super) struct PassCtx<'a> {
+    pub o: &'a RunOptions,
+    /// Calibration data (criteria, the guard's rows).
+    pub calib: Option<&'a Inputs>,
+    /// Calibration data when the run reconstructs.
+    pub recon: Option<&'a Inputs>,
+    pub mapped: Option<&'a MappedData>,
+    /// The staging folder (not in a plan).
+    pub staging: Option<&'a Path>,
+    pub masked_opts: &'a SaveOptions,
+    /// Time spent reconstructing, accumulated over passes.
+    pub t_recon: &'a Cell<f64>,
+}
+
+impl PassCtx<'_> {
+    fn masked_path(&self, i: usize) -> Option<PathBuf> {
+        self.staging.map(|d| d.join(format!("masked-{i}.onnx")))
+    }
+}
+
+/// What a pass did: the pruned model and everything the report says about it.
+pub(super) struct Pass {
+    pub pruned: ModelProto,
+    pub notes: Vec<String>,
+    /// Keep bits of tensors left in mapped files.
+    pub masks: Masks,
+    pub guard: Option<GuardReport>,
+    pub reconstruction: Option<ReconReport>,
+    pub weights: Option<WeightsReport>,
+    pub groups: Vec<GroupReport>,
+    /// (stage, masked, pruned) to prove, in order. The last stage's pruned model is the output
+    /// itself (None): it is proved from the staged output file, not from a second copy. A masked
+    /// model is written to the staging folder as soon as reconstruction no longer needs it (None
+    /// here), so that it does not share memory with the pruned one.
+    pub stages: Vec<(String, Option<ModelProto>, Option<ModelProto>)>,
+    pub scope: String,
+    pub criterion: String,
+}
+
+/// Prune `m0` as `cx.o` asks. `guard_recon`: the guard judges the cut even though the run
+/// reconstructs (the second pass of a held calibrated default run).
+pub(super) fn prune_pass(cx: &PassCtx, mut m0: ModelProto, guard_recon: bool) -> Result<Pass> {
+    let o = cx.o;
+    let reconstructing = cx.recon.is_some();
+    let recon_guard = match (reconstructing, guard_recon) {
+        (false, _) => Recon::Off,
+        (true, false) => Recon::Aside,
+        (true, true) => Recon::Held,
+    };
+    let need_calib = |what: &str| -> Result<&Inputs> {
+        match cx.calib {
+            Some(i) => Ok(i),
+            None => bail!(
+                "{what} needs calibration data: pass --calibration with real inputs (.npy, .npz or a folder of \
+                 NAME.npy); verification or random inputs are never used as calibration"
+            ),
+        }
+    };
+    let mut notes = Vec::new();
+    let mut masks = Masks::new();
+    let mut reconstruction: Option<ReconReport> = None;
+    let guard_report: Option<GuardReport>;
+    let (scope_name, criterion_name);
+    let mut weights_report = None;
+    let mut groups = Vec::new();
+    let mut stages: Vec<(String, Option<ModelProto>, Option<ModelProto>)> = Vec::new();
+    let pruned: ModelProto = match o.mode {
+        Mode::Weights => {
+            let crit = o.criterion.unwrap_or(CriterionArg::Magnitude);
+            let scope = match o.scope {
+                None if crit == CriterionArg::Wanda => DEFAULT_WANDA_SCOPE,
+                None => DEFAULT_WEIGHT_SCOPE,
+                Some(ScopeArg::Unit) => Scope::Unit,
+                Some(ScopeArg::Layer) => Scope::Layer,
+                Some(ScopeArg::Global) => Scope::Global,
+                Some(ScopeArg::Normalized) => Scope::Normalized,
+            };
+            let scores = match crit {
+                CriterionArg::Magnitude => BTreeMap::new(),
+                CriterionArg::Wanda => {
+                    let inputs = need_calib("--criterion wanda")?;
+                    let (scores, _) = crate::calib::wanda_scores(&m0, inputs)
+                        .with_context(|| format!("{}: wanda", o.input.display()))?;
+                    let all = weights::candidate_names(&m0, &o.include)?;
+                    let missing: Vec<&String> = all.iter().filter(|n| !scores.contains_key(*n)).collect();
+                    if !missing.is_empty() {
+                        notes.push(format!(
+                            "wanda: no observable input activations for {} weight(s), scored by |w|: {}",
+                            missing.len(),
+                            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        ));
+                    }
+                    scores
+                }
+                c => bail!("--criterion {}: per-weight mode supports magnitude (default) or wanda", arg_name(&c)),
+            };
+            let crit = arg_name(&crit);
+            scope_name = arg_name(&scope);
+            criterion_name = crit;
+            let mut m = std::mem::take(&mut m0);
+            let dense = cx.recon.map(|_| m.clone());
+            if let Some(r) = o.fixed_ratio {
+                notes.push(format!("baseline run: fixed ratio {r} per group instead of EMP (--ratio)"));
+            }
+            let wopts =
+                WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores, fixed_ratio: o.fixed_ratio };
+            let small = weights::small_filters(&m, &o.include)?;
+            let (pruned_m, guarded) = guarded_prune(o, m, &wopts, cx.calib, recon_guard, cx.mapped)
+                .with_context(|| format!("{}", o.input.display()))?;
+            m = pruned_m;
+            masks = guarded.masks;
+            notes.extend(guarded.note);
+            guard_report = guarded.guard;
+            let mut r = guarded.weights;
+            r.small_filters_kept = small;
+            if let (Some(inputs), Some(dense)) = (cx.recon, dense) {
+                let tr = Instant::now();
+                let pruned_names: Vec<String> =
+                    r.tensors.iter().filter(|t| t.kept < t.n).map(|t| t.name.clone()).collect();
+                let _stage = progress::Stage::start("reconstruct");
+                let without = m.clone();
+                // Solved on the first 4/5 of the samples, checked end to end on the rest (so an
+                // update that only fits the calibration rows is caught), when there are ≥ 10.
+                let rows = inputs.rows();
+                let split = if rows >= 10 { rows - rows / 5 } else { rows };
+                let (fit, check) = if split < rows {
+                    (inputs.sample_range(0, split), Some(inputs.sample_range(split, rows)))
+                } else {
+                    (inputs.clone(), None)
+                };
+                let layers = crate::reconstruct::obs::obs_all(&dense, &mut m, &pruned_names, &fit)
+                    .with_context(|| format!("{}: reconstruction", o.input.display()))?;
+                let end_to_end = if let (true, Some(check)) =
+                    (layers.iter().any(|l| l.method != "unchanged" && l.method != "skipped"), &check)
+                {
+                    match crate::reconstruct::end_to_end(&dense, &without, &m, check) {
+                        Ok(e) => {
+                            if !e.kept {
+                                notes.push(format!(
+                                    "reconstruction reverted: on the held-out fifth of the calibration data the \
+                                     model's outputs were further from dense with it (rel L2 {:.3e}) than without \
+                                     ({:.3e})",
+                                    e.err_with.sqrt(),
+                                    e.err_without.sqrt()
+                                ));
+                                m = without;
+                            }
+                            Some(e)
+                        }
+                        Err(e) => {
+                            notes.push(format!("reconstruction not checked end to end: {e:#}"));
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                reconstruction = Some(crate::reconstruct::ReconReport { samples: fit.rows(), layers, end_to_end });
+                cx.t_recon.set(ms(tr));
+            }
+            weights_report = Some(r);
+            m
+        }
+        mode => {
+            let default_scope = if mode == Mode::Channels { StructScope::Layer } else { StructScope::Global };
+            let scope = match o.scope {
+                None => default_scope,
+                Some(ScopeArg::Layer) => StructScope::Layer,
+                Some(ScopeArg::Global) => StructScope::Global,
+                Some(s) => bail!("--scope {}: structured modes take layer or global", arg_name(&s)),
+            };
+            let crit = o.criterion.unwrap_or(if mode == Mode::Heads { CriterionArg::Weight } else { CriterionArg::L2 });
+            let criterion = match crit {
+                CriterionArg::L2 | CriterionArg::Weight => Criterion::L2,
+                CriterionArg::L1 => Criterion::L1,
+                CriterionArg::Activation => Criterion::Activation,
+                c => bail!(
+                    "--criterion {}: structured modes support l2 (default; 'weight' for heads), l1 or activation",
+                    arg_name(&c)
+                ),
+            };
+            let calib_inputs =
+                if criterion == Criterion::Activation { Some(need_calib("--criterion activation")?) } else { None };
+            let crit = if o.criterion.is_none() { "l2".to_string() } else { arg_name(&crit) };
+            scope_name = format!("{scope:?}").to_lowercase();
+            criterion_name = crit;
+            if o.fixed_ratio.is_some() && (mode != Mode::Channels || scope != StructScope::Layer) {
+                bail!("--ratio applies to per-weight mode and to --structured channels at layer scope");
+            }
+            if let Some(r) = o.fixed_ratio {
+                notes.push(format!("baseline run: fixed ratio {r} per group instead of EMP (--ratio)"));
+            }
+            let mut sopts = StructOptions {
+                beta: o.beta,
+                scope,
+                criterion,
+                round_to: o.round_to,
+                activations: None,
+                fixed_ratio: o.fixed_ratio,
+                floor: o.floor,
+                cut_only: None,
+            };
+            // Hidden units are ranked per group (the FFN width of a block is one group).
+            let channel_scope =
+                if mode == Mode::HeadsChannels && o.scope.is_none() { StructScope::Layer } else { scope };
+            let calib_rows = cx.calib;
+            let choice = guarded_structural(o, &m0, mode, &sopts, channel_scope, calib_inputs, calib_rows, recon_guard)
+                .with_context(|| format!("{}", o.input.display()))?;
+            sopts.beta = choice.beta;
+            sopts.cut_only = choice.cut_only;
+            guard_report = choice.report;
+            notes.extend(choice.note);
+            let mut current = std::mem::take(&mut m0);
+            let mut first_stage_groups = 0;
+            if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
+                let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;
+                let path = cx.masked_path(stages.len());
+                let out = masked_out(o.plan, o.verify, path.as_deref(), reconstructing, cx.masked_opts);
+                let r = structural(&mut current, &sopts, "heads", &out, cx.recon, &mut reconstruction, cx.t_recon)?;
+                first_stage_groups = r.groups.len();
+                groups.extend(r.groups);
+                let last = mode == Mode::Heads;
+                // Reconstruction is done with it: the masked model goes to its file now.
+                let masked = match (r.masked, &path) {
+                    (Some(m), Some(p)) => crate::prune::place_masked(m, &MaskedOut::File(p, cx.masked_opts))?,
+                    (m, _) => m,
+                };
+                stages.push(("heads".into(), masked, (!last && o.verify).then(|| r.pruned.clone())));
+                current = r.pruned;
+            }
+            if matches!(mode, Mode::Channels | Mode::HeadsChannels) {
+                let cut_only = crate::prune::second_stage_cut(&sopts.cut_only, first_stage_groups);
+                let copts = StructOptions { scope: channel_scope, cut_only, ..sopts.clone() };
+                let copts = with_activations(&copts, &current, calib_inputs, "channels")?;
+                let path = cx.masked_path(stages.len());
+                let out = masked_out(o.plan, o.verify, path.as_deref(), reconstructing, cx.masked_opts);
+                let r = structural(&mut current, &copts, "channels", &out, cx.recon, &mut reconstruction, cx.t_recon)?;
+                groups.extend(r.groups);
+                stages.push(("channels".into(), r.masked, None));
+                current = r.pruned;
+            }
+            current
+        }
+    };
+
+    Ok(Pass {
+        pruned,
+        notes,
+        masks,
+        guard: guard_report,
+        reconstruction,
+        weights: weights_report,
+        groups,
+        stages,
+        scope: scope_name,
+        criterion: criterion_name,
+    })
+}
+
+/// The guard's tolerance when a run is held to it after reconstruction: a default run (β not
+/// given, no `--ratio`) with `--calibration`, verified (the guard runs the model), `--guard` on.
+pub(super) fn held_tolerance(o: &RunOptions, reconstructing: bool) -> Option<f64> {
+    o.guard.filter(|_| reconstructing && !o.beta_given && o.fixed_ratio.is_none() && o.verify && !o.plan)
+}
+
+/// The calibration rows no refit of `mode` solves on: per weight the last fifth, structural
+/// every fifth (the refit only judges its candidates there); every row when there are too few
+/// to hold any apart.
+fn held_rows(mode: Mode, rows: usize) -> Vec<usize> {
+    let held: Vec<usize> = match mode {
+        Mode::Weights if rows >= 10 => (rows - rows / 5..rows).collect(),
+        Mode::Weights => vec![],
+        _ => (0..rows).filter(|&i| crate::reconstruct::refit::is_val(i)).collect(),
+    };
+    if held.len() >= 2 {
+        held
+    } else {
+        (0..rows).collect()
+    }
+}
+
+/// How far a pass's output model is from dense on the held-out calibration rows: the relative
+/// L2 error of all float outputs against `reference` (the dense model's outputs there).
+fn distance(p: &Pass, held: &Inputs, reference: &(Vec<Vec<f32>>, usize)) -> Result<f64> {
+    if super::stages::nothing_pruned(&p.groups, p.weights.as_ref(), p.reconstruction.as_ref()) {
+        return Ok(0.0);
+    }
+    let out = crate::reconstruct::outputs(&p.pruned, held)?;
+    Ok(crate::reconstruct::compare(reference, &out).0.sqrt())
+}
+
+/// Hold a calibrated default run to the guard's tolerance `tol`: when `first` (EMP's cut at
+/// β₀, reconstructed) is further than `tol` from `dense` on the held-out calibration rows, the
+/// run is pruned again from `dense` with the guard judging the cut (on the calibration rows) and
+/// reconstructed; the report says so, and warns if even that is over.
+pub(super) fn hold(cx: &PassCtx, first: Pass, dense: ModelProto, tol: f64) -> Result<Pass> {
+    let inputs = cx.recon.context("a held run reconstructs")?;
+    let held = inputs.samples(&held_rows(cx.o.mode, inputs.rows()));
+    let checked = || -> Result<_> {
+        let reference = crate::reconstruct::outputs(&dense, &held)?;
+        let err = distance(&first, &held, &reference)?;
+        Ok((reference, err))
+    };
+    let (reference, err) = match checked() {
+        Ok(c) => c,
+        Err(e) => {
+            let mut first = first;
+            first.notes.push(format!(
+                "the reconstructed cut could not be checked against the fidelity guard's tolerance ({e:#}): EMP's \
+                 cut at β {} is written as reconstructed",
+                cx.o.beta
+            ));
+            return Ok(first);
+        }
+    };
+    if err <= tol {
+        return Ok(first);
+    }
+    drop(first);
+    let mut second = prune_pass(cx, dense, true)?;
+    let err2 = distance(&second, &held, &reference)?;
+    let beta = second.guard.as_ref().map_or(cx.o.beta, |g| g.beta);
+    let what = match second.guard.as_ref().and_then(|g| g.groups.as_ref().filter(|_| g.by_group)) {
+        _ if super::stages::nothing_pruned(&second.groups, second.weights.as_ref(), None) => "nothing cut".to_string(),
+        Some(p) => format!("β {beta}, only the {} of {} groups that fit the tolerance", p.cut.len(), p.candidates),
+        None => format!("β {beta:.3}"),
+    };
+    second.notes.insert(
+        0,
+        format!(
+            "held to the fidelity guard: EMP's cut at β {}, reconstructed, left the outputs {err:.3} from dense \
+             (relative L2 on {} held-out calibration samples), over the tolerance {tol}; the run pruned again with \
+             the guard judging the cut ({what}), reconstructed: {err2:.3}. --beta {} writes EMP's \
+             reconstructed cut as is",
+            cx.o.beta,
+            held.rows(),
+            cx.o.beta
+        ),
+    );
+    if err2 > tol {
+        second.notes.push(format!(
+            "WARNING: after reconstruction the outputs are {err2:.3} from dense (relative L2 on {} held-out \
+             calibration samples), over the fidelity guard's tolerance {tol}: keep more with --beta above 1",
+            held.rows()
+        ));
+    }
+    Ok(second)
+}
