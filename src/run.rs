@@ -175,7 +175,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     // A calibrated default run is held to the guard's tolerance: dense is kept for a second pass.
     let held = pass::held_tolerance(o, recon_inputs.is_some());
     let dense = held.map(|_| loaded.proto.clone());
-    let mut p = pass::prune_pass(&cx, std::mem::take(&mut loaded.proto), false)?;
+    let mut p = pass::prune_pass(&cx, std::mem::take(&mut loaded.proto), false, dense.as_ref())?;
     if let (Some(tol), Some(dense)) = (held, dense) {
         p = pass::hold(&cx, p, dense, tol)?;
     } else {
@@ -183,6 +183,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     }
     let pass::Pass {
         pruned,
+        beta: beta_written,
         notes: pass_notes,
         masks,
         guard: guard_report,
@@ -393,7 +394,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         mode: o.mode.name().into(),
         scope: scope_name,
         // The β written: the guard's when it ran.
-        beta: guard_report.as_ref().map_or(o.beta, |g| g.beta),
+        beta: beta_written,
         guard: guard_report,
         criterion: criterion_name,
         calibration,

@@ -1,5 +1,7 @@
 //! Verification with tract on the project's models (and the shared real models when present).
 
+mod common;
+
 use onnx_emp::check::{self, InputSpec, VerifyOptions};
 use onnx_emp::model::io;
 use std::path::{Path, PathBuf};
@@ -398,6 +400,47 @@ fn generated_token_ids_stay_inside_the_vocabulary() {
         _ => panic!("input_ids is not int64"),
     };
     assert!(ids.iter().all(|&v| (0..20).contains(&v)) && ids.iter().any(|&v| v >= 10), "{ids:?}");
+}
+
+/// An integer input one-hot encoded by comparing it with a constant (`Equal` against
+/// `arange(257)`, as jax2tf exports Magika's byte input) is generated over the values the
+/// constant holds, 0..=256. Before, the name-based default drew it as 0/1, so every generated
+/// file was made of two byte values.
+#[test]
+fn a_one_hot_input_is_generated_over_the_values_it_encodes() {
+    use common::corpus::{f32_tensor, node, vi, wrap};
+    let mut depth = onnx_protobuf::TensorProto::new();
+    depth.name = "depth".into();
+    depth.data_type = 6; // int32
+    depth.dims = vec![1, 1, 257];
+    depth.raw_data = (0..257i32).flat_map(|v| v.to_le_bytes()).collect();
+    let mut shape = onnx_protobuf::TensorProto::new();
+    shape.name = "shape".into();
+    shape.data_type = 7; // int64
+    shape.dims = vec![3];
+    shape.int64_data = vec![1, 64, 1];
+    let w = f32_tensor("w", &[257, 4], &vec![0.01; 257 * 4]);
+    let mut g = onnx_protobuf::GraphProto::new();
+    g.name = "one_hot".into();
+    g.initializer.extend([depth, shape, w]);
+    g.node.push(node("Reshape", "r", &["bytes", "shape"], &["b3"]));
+    g.node.push(node("Equal", "eq", &["b3", "depth"], &["hot"]));
+    g.node.push(node("Cast", "c", &["hot"], &["hotf"]));
+    g.node[2].attribute.push(common::corpus::attr_i("to", 1));
+    g.node.push(node("MatMul", "mm", &["hotf", "w"], &["y"]));
+    g.input.push(vi("bytes", 6, &[1, 64]));
+    g.output.push(vi("y", 1, &[1, 64, 4]));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one_hot.onnx");
+    std::fs::write(&path, common::corpus::enc(&wrap(g))).unwrap();
+    let infos = check::inputs::model_inputs(&path).unwrap();
+    assert_eq!(infos[0].index_bound, Some(257), "{infos:?}");
+    let inputs = check::inputs::prepare_inputs(&path, &InputSpec::default()).unwrap();
+    let v = match &inputs.get("bytes").unwrap().data {
+        check::inputs::InputData::I32(a) => a.clone(),
+        _ => panic!("bytes is not int32"),
+    };
+    assert!(v.iter().all(|&b| (0..257).contains(&b)) && v.iter().any(|&b| b > 1), "{v:?}");
 }
 
 /// MACs of models tract cannot analyse come from onnxruntime's shapes of one run: the optimised

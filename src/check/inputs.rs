@@ -530,6 +530,9 @@ enum IntKind {
     Below(u64),
     /// 0, 1, 2, ... along the last axis (position ids)
     Arange,
+    /// A name that says nothing: [0, bound) when the graph bounds it (the rows of the table it
+    /// indexes, the values a one-hot encoding of it matches), else 0/1.
+    Unnamed,
 }
 
 fn int_kind(name: &str) -> IntKind {
@@ -543,12 +546,13 @@ fn int_kind(name: &str) -> IntKind {
     } else if l.contains("ids") || l.contains("token") {
         IntKind::Below(100)
     } else {
-        IntKind::Below(2)
+        IntKind::Unnamed
     }
 }
 
 /// Seeded data for one input; integers follow the input's name ([`int_kind`]), kept below `bound`
-/// (the rows of the table it indexes) when there is one.
+/// (the rows of the table it indexes, the values it is one-hot compared with) when there is one;
+/// an input whose name says nothing spans that bound.
 fn generate(name: &str, elem: i32, shape: &[usize], seed: u64, bound: Option<u64>) -> Result<InputData> {
     let n: usize = shape.iter().product();
     let mut rng = SplitMix64::new(seed ^ name_hash(name));
@@ -559,6 +563,7 @@ fn generate(name: &str, elem: i32, shape: &[usize], seed: u64, bound: Option<u64
         match int_kind(name) {
             IntKind::Ones => vec![1; n],
             IntKind::Below(k) => (0..n).map(|_| rng.below(cap(k)) as i64).collect(),
+            IntKind::Unnamed => (0..n).map(|_| rng.below(bound.unwrap_or(2).max(1)) as i64).collect(),
             IntKind::Arange => {
                 let last = shape.last().copied().unwrap_or(1).max(1) as u64;
                 (0..n).map(|i| (i as u64 % cap(last)) as i64).collect()

@@ -1,6 +1,7 @@
 //! The fidelity guard ([`crate::check::guard`]) of a default run (β not given, no `--ratio`, no
-//! reconstruction, verification on): the per-weight prune behind it ([`guarded_prune`]), and
-//! the β of the structural stages ([`guarded_structural`]).
+//! reconstruction, verification on; or the second pass of a calibrated default run held to its
+//! tolerance, [`Recon::Held`]): the per-weight prune behind it ([`guarded_prune`]), and the β of
+//! the structural stages ([`guarded_structural`]).
 //!
 //! Structural modes need it as much as per-weight: without calibration nothing repairs the
 //! consumers of removed channels, and EMP's cut at β = 1 took a trained ShuffleNet V2
@@ -47,7 +48,7 @@ pub(super) fn guarded_prune(
     let plain = |m, note| unguarded(m, wopts, note);
     // The guard should judge this run but cannot: nothing is cut.
     let whole = |m, e: &anyhow::Error| {
-        unguarded(m, &WeightOptions { beta: guard::KEEP_ALL_BETA, ..wopts.clone() }, Some(unjudged(e)))
+        unguarded(m, &WeightOptions { beta: guard::KEEP_ALL_BETA, ..wopts.clone() }, Some(unjudged(e, recon)))
     };
     let Some(tol) = tolerance(o, recon) else {
         return plain(m, None);
@@ -100,7 +101,7 @@ pub(super) fn guarded_structural(
         beta: guard::KEEP_ALL_BETA,
         cut_only: None,
         report: None,
-        note: Some(unjudged(e)),
+        note: Some(unjudged(e, recon)),
     };
     let Some(tol) = tolerance(o, recon) else {
         return Ok(unguarded(None));
@@ -256,10 +257,15 @@ fn not_run(o: &RunOptions) -> String {
 }
 
 /// The note of a default run the guard should judge but cannot: the model is written whole.
-fn unjudged(e: &anyhow::Error) -> String {
+fn unjudged(e: &anyhow::Error, recon: Recon) -> String {
+    let instead = if recon == Recon::Held {
+        "--beta 1 writes EMP's reconstructed cut"
+    } else {
+        "--beta 1 writes EMP's cut unchecked, --calibration reconstructs it"
+    };
     format!(
         "fidelity guard could not run the model ({e:#}): nothing is cut, as a default run writes only a cut \
-         the guard has checked; --beta 1 writes EMP's cut unchecked, --calibration reconstructs it"
+         the guard has checked; {instead}"
     )
 }
 

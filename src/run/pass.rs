@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What a pass reads besides its model.
+#[derive(Clone, Copy)]
 pub(super) struct PassCtx<'a> {
     pub o: &'a RunOptions,
     /// Calibration data (criteria, the guard's rows).
@@ -34,7 +35,9 @@ pub(super) struct PassCtx<'a> {
     /// Calibration data when the run reconstructs.
     pub recon: Option<&'a Inputs>,
     pub mapped: Option<&'a MappedData>,
-    /// The staging folder (not in a plan).
+    /// The staging folder (not in a plan): masked models a stage is done with go there. `None`
+    /// keeps them in memory (a held run's trial passes, so that a trial that is not taken does
+    /// not overwrite the files of the pass that is).
     pub staging: Option<&'a Path>,
     pub masked_opts: &'a SaveOptions,
     /// Time spent reconstructing, accumulated over passes.
@@ -50,6 +53,8 @@ impl PassCtx<'_> {
 /// What a pass did: the pruned model and everything the report says about it.
 pub(super) struct Pass {
     pub pruned: ModelProto,
+    /// The β written (the guard's when it chose one).
+    pub beta: f64,
     pub notes: Vec<String>,
     /// Keep bits of tensors left in mapped files.
     pub masks: Masks,
@@ -67,8 +72,15 @@ pub(super) struct Pass {
 }
 
 /// Prune `m0` as `cx.o` asks. `guard_recon`: the guard judges the cut even though the run
-/// reconstructs (the second pass of a held calibrated default run).
-pub(super) fn prune_pass(cx: &PassCtx, mut m0: ModelProto, guard_recon: bool) -> Result<Pass> {
+/// reconstructs (the second pass of a held calibrated default run). `given_dense`: a copy of
+/// `m0` the caller keeps anyway (a held run's), which per-weight reconstruction then reads
+/// instead of copying `m0` again.
+pub(super) fn prune_pass(
+    cx: &PassCtx,
+    mut m0: ModelProto,
+    guard_recon: bool,
+    given_dense: Option<&ModelProto>,
+) -> Result<Pass> {
     let o = cx.o;
     let reconstructing = cx.recon.is_some();
     let recon_guard = match (reconstructing, guard_recon) {
@@ -127,7 +139,16 @@ pub(super) fn prune_pass(cx: &PassCtx, mut m0: ModelProto, guard_recon: bool) ->
             scope_name = arg_name(&scope);
             criterion_name = crit;
             let mut m = std::mem::take(&mut m0);
-            let dense = cx.recon.map(|_| m.clone());
+            // Reconstruction's targets: the copy a held run keeps, or one made here.
+            let own;
+            let dense = match (cx.recon, given_dense) {
+                (None, _) => None,
+                (Some(_), Some(d)) => Some(d),
+                (Some(_), None) => {
+                    own = m.clone();
+                    Some(&own)
+                }
+            };
             if let Some(r) = o.fixed_ratio {
                 notes.push(format!("baseline run: fixed ratio {r} per group instead of EMP (--ratio)"));
             }
@@ -157,12 +178,12 @@ pub(super) fn prune_pass(cx: &PassCtx, mut m0: ModelProto, guard_recon: bool) ->
                 } else {
                     (inputs.clone(), None)
                 };
-                let layers = crate::reconstruct::obs::obs_all(&dense, &mut m, &pruned_names, &fit)
+                let layers = crate::reconstruct::obs::obs_all(dense, &mut m, &pruned_names, &fit)
                     .with_context(|| format!("{}: reconstruction", o.input.display()))?;
                 let end_to_end = if let (true, Some(check)) =
                     (layers.iter().any(|l| l.method != "unchanged" && l.method != "skipped"), &check)
                 {
-                    match crate::reconstruct::end_to_end(&dense, &without, &m, check) {
+                    match crate::reconstruct::end_to_end(dense, &without, &m, check) {
                         Ok(e) => {
                             if !e.kept {
                                 notes.push(format!(
@@ -273,6 +294,7 @@ pub(super) fn prune_pass(cx: &PassCtx, mut m0: ModelProto, guard_recon: bool) ->
     };
 
     Ok(Pass {
+        beta: guard_report.as_ref().map_or(o.beta, |g| g.beta),
         pruned,
         notes,
         masks,
@@ -318,13 +340,27 @@ fn distance(p: &Pass, held: &Inputs, reference: &(Vec<Vec<f32>>, usize)) -> Resu
     Ok(crate::reconstruct::compare(reference, &out).0.sqrt())
 }
 
+/// Which units a pass cut: every group's kept count, and the weights kept per weight.
+fn cut_of(p: &Pass) -> (Vec<usize>, Option<usize>) {
+    (p.groups.iter().map(|g| g.kept).collect(), p.weights.as_ref().map(|w| w.kept_elems))
+}
+
+/// Reconstructed trials a hold makes between EMP's β₀ (too far from dense even reconstructed)
+/// and the guard's β (within the tolerance before reconstruction), bisecting: the smallest β
+/// that reconstruction brings within the tolerance is written. A β whose plain prune cuts what β₀
+/// or the β written cuts is settled without reconstructing and not counted.
+pub const HOLD_BISECTIONS: usize = 2;
+
 /// Hold a calibrated default run to the guard's tolerance `tol`: when `first` (EMP's cut at
 /// β₀, reconstructed) is further than `tol` from `dense` on the held-out calibration rows, the
 /// run is pruned again from `dense` with the guard judging the cut (on the calibration rows) and
-/// reconstructed; the report says so, and warns if even that is over.
+/// reconstructed; when the guard chose a β, [`HOLD_BISECTIONS`] reconstructed cuts between β₀
+/// and it look for a larger cut that reconstruction brings within `tol`. The report says so, and
+/// warns if even the guard's cut is over.
 pub(super) fn hold(cx: &PassCtx, first: Pass, dense: ModelProto, tol: f64) -> Result<Pass> {
+    let o = cx.o;
     let inputs = cx.recon.context("a held run reconstructs")?;
-    let held = inputs.samples(&held_rows(cx.o.mode, inputs.rows()));
+    let held = inputs.samples(&held_rows(o.mode, inputs.rows()));
     let checked = || -> Result<_> {
         let reference = crate::reconstruct::outputs(&dense, &held)?;
         let err = distance(&first, &held, &reference)?;
@@ -337,7 +373,7 @@ pub(super) fn hold(cx: &PassCtx, first: Pass, dense: ModelProto, tol: f64) -> Re
             first.notes.push(format!(
                 "the reconstructed cut could not be checked against the fidelity guard's tolerance ({e:#}): EMP's \
                  cut at β {} is written as reconstructed",
-                cx.o.beta
+                o.beta
             ));
             return Ok(first);
         }
@@ -345,33 +381,104 @@ pub(super) fn hold(cx: &PassCtx, first: Pass, dense: ModelProto, tol: f64) -> Re
     if err <= tol {
         return Ok(first);
     }
+    let cut0 = cut_of(&first);
     drop(first);
-    let mut second = prune_pass(cx, dense, true)?;
-    let err2 = distance(&second, &held, &reference)?;
-    let beta = second.guard.as_ref().map_or(cx.o.beta, |g| g.beta);
-    let what = match second.guard.as_ref().and_then(|g| g.groups.as_ref().filter(|_| g.by_group)) {
-        _ if super::stages::nothing_pruned(&second.groups, second.weights.as_ref(), None) => "nothing cut".to_string(),
-        Some(p) => format!("β {beta}, only the {} of {} groups that fit the tolerance", p.cut.len(), p.candidates),
-        None => format!("β {beta:.3}"),
+    let mut chosen = prune_pass(cx, dense.clone(), true, None)?;
+    let err2 = distance(&chosen, &held, &reference)?;
+    let guard = chosen.guard.clone();
+    let by_group = guard.as_ref().and_then(|g| g.groups.as_ref().filter(|_| g.by_group));
+    let what = match by_group {
+        _ if super::stages::nothing_pruned(&chosen.groups, chosen.weights.as_ref(), None) => "nothing cut".to_string(),
+        Some(p) => {
+            format!("β {}, only the {} of {} groups that fit the tolerance", chosen.beta, p.cut.len(), p.candidates)
+        }
+        None => format!("β {:.3}", chosen.beta),
     };
-    second.notes.insert(
+    // Bisect between β₀ and the guard's β, reconstructing each cut.
+    let mut tried = vec![];
+    let guard_beta = guard.as_ref().filter(|g| !g.by_group && !g.kept_dense).map(|g| g.beta);
+    if let Some(b) = guard_beta.filter(|_| err2 <= tol) {
+        let (mut lo, mut hi) = (o.beta, b);
+        let mut runs = 0;
+        // Each step halves [lo, hi] on a 1e-4 grid: it ends long before this bound.
+        for _ in 0..32 {
+            if runs == HOLD_BISECTIONS {
+                break;
+            }
+            let mid = (0.5 * (lo + hi) * 1e4).round() / 1e4;
+            if mid <= lo || mid >= hi {
+                break;
+            }
+            // A cut already measured (β₀'s, or the one written) is not reconstructed again: the
+            // plain prune at mid says which cut it is.
+            let fixed = RunOptions { beta: mid, beta_given: true, ..o.clone() };
+            let plain =
+                prune_pass(&PassCtx { o: &fixed, recon: None, staging: None, ..*cx }, dense.clone(), false, None)?;
+            let cut = cut_of(&plain);
+            drop(plain);
+            if cut == cut0 {
+                lo = mid;
+                continue;
+            }
+            if cut == cut_of(&chosen) {
+                hi = mid;
+                continue;
+            }
+            let trial_cx = PassCtx { o: &fixed, staging: None, ..*cx };
+            let mut trial = prune_pass(&trial_cx, dense.clone(), false, None)?;
+            runs += 1;
+            let e = distance(&trial, &held, &reference)?;
+            tried.push(format!("β {mid} {e:.3}{}", if e <= tol { " ✓" } else { " ✗" }));
+            if e <= tol {
+                hi = mid;
+                trial.guard = guard.clone();
+                chosen = trial;
+            } else {
+                lo = mid;
+            }
+        }
+    }
+    drop(dense);
+    let between = if tried.is_empty() {
+        String::new()
+    } else {
+        format!("; reconstructed cuts between: {}; β {} written", tried.join(", "), chosen.beta)
+    };
+    chosen.notes.insert(
         0,
         format!(
             "held to the fidelity guard: EMP's cut at β {}, reconstructed, left the outputs {err:.3} from dense \
              (relative L2 on {} held-out calibration samples), over the tolerance {tol}; the run pruned again with \
-             the guard judging the cut ({what}), reconstructed: {err2:.3}. --beta {} writes EMP's \
+             the guard judging the cut ({what}), reconstructed: {err2:.3}{between}. --beta {} writes EMP's \
              reconstructed cut as is",
-            cx.o.beta,
+            o.beta,
             held.rows(),
-            cx.o.beta
+            o.beta
         ),
     );
     if err2 > tol {
-        second.notes.push(format!(
+        chosen.notes.push(format!(
             "WARNING: after reconstruction the outputs are {err2:.3} from dense (relative L2 on {} held-out \
              calibration samples), over the fidelity guard's tolerance {tol}: keep more with --beta above 1",
             held.rows()
         ));
     }
-    Ok(second)
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows a hold measures on are the ones no refit of the mode solved on.
+    #[test]
+    fn held_rows_are_the_ones_reconstruction_did_not_fit() {
+        assert_eq!(held_rows(Mode::Weights, 20), (16..20).collect::<Vec<_>>());
+        let s = held_rows(Mode::Channels, 20);
+        assert!(s.len() >= 2 && s.iter().all(|&i| crate::reconstruct::refit::is_val(i)), "{s:?}");
+        assert_eq!(held_rows(Mode::Heads, 20), s);
+        // Too few to hold any apart: every row.
+        assert_eq!(held_rows(Mode::Weights, 6), (0..6).collect::<Vec<_>>());
+        assert_eq!(held_rows(Mode::Channels, 3), (0..3).collect::<Vec<_>>());
+    }
 }
