@@ -340,6 +340,15 @@ fn distance(p: &Pass, held: &Inputs, reference: &(Vec<Vec<f32>>, usize)) -> Resu
     Ok(crate::reconstruct::compare(reference, &out).0.sqrt())
 }
 
+/// What a pass keeps: its float parameters (structural), or its weights left non-zero of those
+/// the per-weight pass could zero.
+fn size(p: &Pass) -> u64 {
+    match &p.weights {
+        Some(w) => w.kept_elems as u64,
+        None => crate::prune::heads::param_count(&p.pruned),
+    }
+}
+
 /// Which units a pass cut: every group's kept count, and the weights kept per weight.
 fn cut_of(p: &Pass) -> (Vec<usize>, Option<usize>) {
     (p.groups.iter().map(|g| g.kept).collect(), p.weights.as_ref().map(|w| w.kept_elems))
@@ -394,10 +403,19 @@ pub(super) fn hold(cx: &PassCtx, first: Pass, dense: ModelProto, tol: f64) -> Re
         }
         None => format!("β {:.3}", chosen.beta),
     };
-    // Bisect between β₀ and the guard's β, reconstructing each cut.
+    // Bisect between β₀ and the β the guard's search found (when it cut groups one at a time
+    // instead, the smallest β its search passed), reconstructing each cut; a cut within the
+    // tolerance is taken when it keeps fewer weights than the one chosen so far.
     let mut tried = vec![];
-    let guard_beta = guard.as_ref().filter(|g| !g.by_group && !g.kept_dense).map(|g| g.beta);
-    if let Some(b) = guard_beta.filter(|_| err2 <= tol) {
+    let mut took = false;
+    let guard_beta = guard.as_ref().filter(|g| !g.kept_dense).and_then(|g| {
+        if g.by_group {
+            g.trials.iter().filter(|t| t.pass).map(|t| t.beta).min_by(f64::total_cmp)
+        } else {
+            Some(g.beta)
+        }
+    });
+    if let Some(b) = guard_beta.filter(|&b| err2 <= tol && b < crate::check::guard::MAX_BETA) {
         let (mut lo, mut hi) = (o.beta, b);
         let mut runs = 0;
         // Each step halves [lo, hi] on a 1e-4 grid: it ends long before this bound.
@@ -431,8 +449,11 @@ pub(super) fn hold(cx: &PassCtx, first: Pass, dense: ModelProto, tol: f64) -> Re
             tried.push(format!("β {mid} {e:.3}{}", if e <= tol { " ✓" } else { " ✗" }));
             if e <= tol {
                 hi = mid;
-                trial.guard = guard.clone();
-                chosen = trial;
+                if size(&trial) < size(&chosen) {
+                    trial.guard = guard.clone();
+                    chosen = trial;
+                    took = true;
+                }
             } else {
                 lo = mid;
             }
@@ -442,7 +463,8 @@ pub(super) fn hold(cx: &PassCtx, first: Pass, dense: ModelProto, tol: f64) -> Re
     let between = if tried.is_empty() {
         String::new()
     } else {
-        format!("; reconstructed cuts between: {}; β {} written", tried.join(", "), chosen.beta)
+        let written = if took { format!("β {} written", chosen.beta) } else { "the guard's cut written".into() };
+        format!("; reconstructed cuts between: {}; {written}", tried.join(", "))
     };
     chosen.notes.insert(
         0,
