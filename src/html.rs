@@ -473,4 +473,12 @@ fn reconstruction(s: &mut String, r: &Report) {
             if e.kept { "kept" } else { "reverted" }
         );
     }
+    if let Some(w) = &rec.whole_run {
+        let _ = writeln!(
+            s,
+            "<p>End to end, both stages against the dense input, on {} held-out calibration samples: rel L2 {:.3e}</p>",
+            w.samples,
+            w.err.sqrt()
+        );
+    }
 }

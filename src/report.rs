@@ -340,6 +340,15 @@ fn recon_table(r: &crate::reconstruct::ReconReport) -> String {
             if e.kept { "kept" } else { "REVERTED (the pruned weights are written without reconstruction)" }
         );
     }
+    if let Some(w) = &r.whole_run {
+        let top1 = w.top1.map(|v| format!(", top-1 agreement {:.1} %", v * 100.0)).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "end to end, both stages against the dense input, on {} held-out samples: rel L2 {:.3e}{top1}",
+            w.samples,
+            w.err.sqrt()
+        );
+    }
     s
 }
 

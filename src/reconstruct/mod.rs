@@ -117,9 +117,24 @@ pub struct ReconReport {
     /// The whole model's outputs against dense on held-out calibration samples (not used to
     /// solve: per-weight, the last fifth; structural, every fifth, where the refit only judges
     /// its candidates), without and with the reconstructed weights; the reconstruction is kept
-    /// only if it is closer. Structural runs with two stages report the last one's.
+    /// only if it is closer. Structural runs with two stages report the last one's, against that
+    /// stage's input (the heads-pruned model).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_to_end: Option<EndToEnd>,
+    /// Two-stage structural runs (`heads,channels`): the written model against the dense input,
+    /// on the same held-out samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whole_run: Option<WholeRun>,
+}
+
+/// The written model's outputs against the dense input's on held-out calibration samples.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct WholeRun {
+    pub samples: usize,
+    /// ‖y − y_dense‖² / ‖y_dense‖² over every float output and held-out sample.
+    pub err: f64,
+    /// Top-1 agreement with dense (the last axis of the first output).
+    pub top1: Option<f64>,
 }
 
 /// Layer-wise objectives do not guarantee the model as a whole gets closer to dense (LayerNorm,

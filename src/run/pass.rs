@@ -205,7 +205,8 @@ pub(super) fn prune_pass(
                 } else {
                     None
                 };
-                reconstruction = Some(crate::reconstruct::ReconReport { samples: fit.rows(), layers, end_to_end });
+                reconstruction =
+                    Some(crate::reconstruct::ReconReport { samples: fit.rows(), layers, end_to_end, whole_run: None });
                 cx.t_recon.set(ms(tr));
             }
             weights_report = Some(r);
@@ -262,6 +263,16 @@ pub(super) fn prune_pass(
             notes.extend(choice.note);
             let mut current = std::mem::take(&mut m0);
             let mut first_stage_groups = 0;
+            // Two refitted stages: the dense input's outputs on the held-out rows, to measure the
+            // written model against (each stage's own check compares it with its input).
+            let whole = match cx.recon.filter(|_| mode == Mode::HeadsChannels) {
+                Some(inputs) => {
+                    let held = inputs.samples(&held_rows(mode, inputs.rows()));
+                    let reference = crate::reconstruct::outputs(&current, &held).context("dense outputs")?;
+                    Some((held, reference))
+                }
+                None => None,
+            };
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
                 let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;
                 let path = cx.masked_path(stages.len());
@@ -288,6 +299,11 @@ pub(super) fn prune_pass(
                 groups.extend(r.groups);
                 stages.push(("channels".into(), r.masked, None));
                 current = r.pruned;
+            }
+            if let (Some((held, reference)), Some(rep)) = (whole, reconstruction.as_mut()) {
+                let out = crate::reconstruct::outputs(&current, &held).context("whole run, end to end")?;
+                let (err, top1) = crate::reconstruct::compare(&reference, &out);
+                rep.whole_run = Some(crate::reconstruct::WholeRun { samples: held.rows(), err, top1 });
             }
             current
         }

@@ -53,6 +53,7 @@ pub(super) fn refit_stage(
         samples: inputs.rows(),
         layers: vec![],
         end_to_end: None,
+        whole_run: None,
     });
     rep.layers.extend(layers);
     rep.end_to_end = end_to_end.or(rep.end_to_end.take());
