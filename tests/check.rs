@@ -443,6 +443,56 @@ fn a_one_hot_input_is_generated_over_the_values_it_encodes() {
     assert!(v.iter().all(|&b| (0..257).contains(&b)) && v.iter().any(|&b| b > 1), "{v:?}");
 }
 
+/// A model whose export fixes the batch to 1 (dynamo, TF) runs a file of many rows one row at a
+/// time, in tract and in onnxruntime: the same accuracy, guard and reconstruction as the same
+/// model with a free batch. Before, any file of more than one row was refused ("the model fixes
+/// axis 0 to 1"), so such a model could not be verified on a test split or calibrated.
+#[test]
+fn a_batch_one_export_runs_many_rows_one_at_a_time() {
+    use protobuf::Message;
+    let mut m =
+        onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(models().join("digits_mlp.onnx")).unwrap()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    for v in g.input.iter_mut().chain(g.output.iter_mut()) {
+        let Some(onnx_protobuf::type_proto::Value::TensorType(t)) = v.type_.as_mut().unwrap().value.as_mut() else {
+            panic!("not a tensor")
+        };
+        t.shape.as_mut().unwrap().dim[0].value = Some(onnx_protobuf::tensor_shape_proto::dimension::Value::DimValue(1));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = dir.path().join("mlp_batch1.onnx");
+    std::fs::write(&fixed, m.write_to_bytes().unwrap()).unwrap();
+    let run = |model: &Path, out: &str| -> serde_json::Value {
+        let rep = dir.path().join(format!("{out}.json"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_onnx-emp"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg(model)
+            .arg(dir.path().join(out))
+            .args(["--calibration", "models/digits_calib_x64.npy", "--inputs", "models/digits_test_x64.npy"])
+            .args(["--labels", "models/digits_test_y.npy", "--no-latency", "--quiet", "--report"])
+            .arg(&rep)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap()
+    };
+    let free = run(&models().join("digits_mlp.onnx"), "free.onnx");
+    let one = run(&fixed, "one.onnx");
+    for key in ["accuracy_dense", "accuracy_pruned", "input_shapes"] {
+        assert_eq!(one["verification"][key], free["verification"][key], "{key}");
+    }
+    assert_eq!(one["weights"]["kept_elems"], free["weights"]["kept_elems"]);
+    let layers = |r: &serde_json::Value| r["reconstruction"]["layers"].as_array().unwrap().len();
+    assert!(layers(&one) > 0 && layers(&one) == layers(&free));
+    assert!(one["reconstruction"]["layers"].as_array().unwrap().iter().all(|l| l["method"] != "skipped"));
+    // onnxruntime's worker splits the rows too.
+    if ort_available() {
+        let inputs = check::inputs::prepare_inputs(&fixed, &spec_with_file("x", "digits_test_x64.npy")).unwrap();
+        let (outs, _) = check::ort::run_one(&fixed, &inputs).unwrap();
+        assert_eq!(outs[0].shape(), &[inputs.rows(), 10]);
+    }
+}
+
 /// MACs of models tract cannot analyse come from onnxruntime's shapes of one run: the optimised
 /// BERT (com.microsoft Attention, SkipLayerNormalization, ...) counts what its unfused export
 /// counts, by hand; ONNX Attention (opset 23; tract infers no shape after it) counts its

@@ -41,6 +41,19 @@ def feeds_for(sess, feeds):
     return {k: v.astype(declared[k]) if declared.get(k) and v.dtype.kind == "f" else v for k, v in feeds.items()}
 
 
+def run_rows(sess, feeds):
+    """Run `feeds`; a model that fixes axis 0 of an input to 1 is run one row at a time when more
+    rows are given, its outputs concatenated on axis 0."""
+    n = max((v.shape[0] for i in sess.get_inputs() if i.shape and i.shape[0] == 1
+             for v in [feeds.get(i.name)] if v is not None and v.ndim and v.shape[0] > 1), default=0)
+    if n == 0:
+        return sess.run(None, feeds)
+    split = {k for k, v in feeds.items() if v.ndim and v.shape[0] == n}
+    parts = [sess.run(None, {k: v[r:r + 1] if k in split else v for k, v in feeds.items()}) for r in range(n)]
+    return [np.concatenate([p[j] for p in parts], axis=0) if np.ndim(parts[0][j]) else parts[0][j]
+            for j in range(len(parts[0]))]
+
+
 def timed(paths, feeds, budget, runs):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -91,13 +104,13 @@ def request(args):
     so.intra_op_num_threads = 1
     if shapes:
         sess = ort.InferenceSession(a, so, providers=["CPUExecutionProvider"])
-        outs = sess.run(None, feeds_for(sess, feeds))
+        outs = run_rows(sess, feeds_for(sess, feeds))
         return {"shapes": {o.name: list(np.shape(v)) for o, v in zip(sess.get_outputs(), outs) if isinstance(v, np.ndarray)}}
     names, dtypes = [], []
     for tag, path in (("a", a), ("b", b)) if b != "-" else (("a", a),):
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        outs = [np.asarray(o) for o in sess.run(None, feeds_for(sess, feeds))]
+        outs = [np.asarray(o) for o in run_rows(sess, feeds_for(sess, feeds))]
         if tag == "a":
             dtypes = [str(o.dtype) for o in outs]
         for i, o in enumerate(outs):

@@ -324,7 +324,9 @@ fn output_names(model: &InferenceModel) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Decide axis-0 chunking from the parsed model's declared input shapes.
+/// Decide axis-0 chunking from the parsed model's declared input shapes: rows in chunks when
+/// axis 0 is free and the rows are many, one row per run when the model fixes axis 0 to 1 and
+/// more rows are given (exports with a batch of 1: dynamo, TF).
 fn plan_chunking(
     model: &InferenceModel,
     names: &[String],
@@ -335,12 +337,18 @@ fn plan_chunking(
     let mut rows = None;
     let mut axis0_syms = BTreeSet::new();
     let mut other_syms = BTreeSet::new();
+    let mut fixed_one = false;
     for (i, n) in names.iter().enumerate() {
         let fact = model.input_fact(i)?;
         let dims: Vec<&GenericFactoid<TDim>> = fact.shape.dims().collect();
         // A missing fact is reported by `concretize` with the input's name.
         let Some(f) = facts.iter().find(|f| &f.name == n) else { return Ok(None) };
         let free0 = !f.shape.is_empty() && !matches!(dims.first(), Some(GenericFactoid::Only(TDim::Val(_))));
+        // A batch fixed to 1 with more rows given: one row per run.
+        let one =
+            f.shape.first().is_some_and(|&n| n > 1) && matches!(dims.first(), Some(GenericFactoid::Only(TDim::Val(1))));
+        fixed_one |= one;
+        let free0 = free0 || one;
         for (axis, d) in dims.iter().enumerate() {
             if let GenericFactoid::Only(t) = d {
                 for s in t.symbols() {
@@ -362,6 +370,9 @@ fn plan_chunking(
         batched.push(free0);
     }
     let Some(rows) = rows else { return Ok(None) };
+    if fixed_one {
+        return Ok(Some(Chunking { rows, chunk: 1, batched }));
+    }
     if rows <= max_chunk || axis0_syms.iter().any(|s| other_syms.contains(s)) {
         return Ok(None);
     }
@@ -712,7 +723,9 @@ fn run_chunks(
                         continue;
                     }
                     let a = to_f32(name, o)?;
-                    if let Some(c) = &r.chunking {
+                    // One row per run has no padding to remove: each output is that row's, in
+                    // whatever layout (a sequence-first internal of a batch-1 export too).
+                    if let Some(c) = r.chunking.as_ref().filter(|c| c.chunk > 1) {
                         if a.ndim() == 0 || a.shape()[0] != c.chunk {
                             if lenient {
                                 v.push(None);
