@@ -1,20 +1,25 @@
-//! Model inputs for verification: read from `.npy`/`.npz` files or generated from a seed.
+//! Model inputs for verification: read from `.npy`/`.npz` files (`files`) or generated from a
+//! seed (`generate`).
 //!
 //! Generated data is reproducible bit for bit on every platform: the generator is splitmix64 and
 //! normal samples are an Irwin–Hall sum of 12 uniforms (only additions of exactly representable
 //! numbers, no `ln`/`cos` whose last bit depends on the platform's libm).
 
-use crate::model::tensor::{dt, dtype_name};
+use crate::model::tensor::dt;
 use anyhow::{bail, Context, Result};
-use ndarray::{ArrayD, IxDyn};
-use ndarray_npy::{NpzReader, ReadNpyExt, ReadableElement};
+use ndarray::ArrayD;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as PbDim;
 use tract_onnx::prelude::Framework;
+
+mod files;
+mod generate;
+use files::{convert, read_npy_file, read_npz_array};
+use generate::generate;
+pub use generate::SplitMix64;
 
 /// How to obtain inputs.
 #[derive(Clone, Debug)]
@@ -282,312 +287,6 @@ pub fn model_inputs(model_path: &Path) -> Result<Vec<InputInfo>> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// File reading
-
-/// Any array we can read from `.npy`.
-enum FileArray {
-    F32(ArrayD<f32>),
-    F64(ArrayD<f64>),
-    I64(ArrayD<i64>),
-    I32(ArrayD<i32>),
-    I16(ArrayD<i16>),
-    I8(ArrayD<i8>),
-    U8(ArrayD<u8>),
-    U16(ArrayD<u16>),
-    U32(ArrayD<u32>),
-    Bool(ArrayD<bool>),
-}
-
-impl FileArray {
-    fn shape(&self) -> &[usize] {
-        match self {
-            FileArray::F32(a) => a.shape(),
-            FileArray::F64(a) => a.shape(),
-            FileArray::I64(a) => a.shape(),
-            FileArray::I32(a) => a.shape(),
-            FileArray::I16(a) => a.shape(),
-            FileArray::I8(a) => a.shape(),
-            FileArray::U8(a) => a.shape(),
-            FileArray::U16(a) => a.shape(),
-            FileArray::U32(a) => a.shape(),
-            FileArray::Bool(a) => a.shape(),
-        }
-    }
-    fn dtype(&self) -> &'static str {
-        match self {
-            FileArray::F32(_) => "float32",
-            FileArray::F64(_) => "float64",
-            FileArray::I64(_) => "int64",
-            FileArray::I32(_) => "int32",
-            FileArray::I16(_) => "int16",
-            FileArray::I8(_) => "int8",
-            FileArray::U8(_) => "uint8",
-            FileArray::U16(_) => "uint16",
-            FileArray::U32(_) => "uint32",
-            FileArray::Bool(_) => "bool",
-        }
-    }
-    fn is_float(&self) -> bool {
-        matches!(self, FileArray::F32(_) | FileArray::F64(_))
-    }
-    /// Values as f64 (exact for every type we read except int64 beyond 2^53).
-    fn to_f64(&self) -> ArrayD<f64> {
-        match self {
-            FileArray::F32(a) => a.mapv(|v| v as f64),
-            FileArray::F64(a) => a.clone(),
-            FileArray::I64(a) => a.mapv(|v| v as f64),
-            FileArray::I32(a) => a.mapv(|v| v as f64),
-            FileArray::I16(a) => a.mapv(|v| v as f64),
-            FileArray::I8(a) => a.mapv(|v| v as f64),
-            FileArray::U8(a) => a.mapv(|v| v as f64),
-            FileArray::U16(a) => a.mapv(|v| v as f64),
-            FileArray::U32(a) => a.mapv(|v| v as f64),
-            FileArray::Bool(a) => a.mapv(|v| if v { 1.0 } else { 0.0 }),
-        }
-    }
-    fn to_i64(&self) -> Option<ArrayD<i64>> {
-        Some(match self {
-            FileArray::I64(a) => a.clone(),
-            FileArray::I32(a) => a.mapv(|v| v as i64),
-            FileArray::I16(a) => a.mapv(|v| v as i64),
-            FileArray::I8(a) => a.mapv(|v| v as i64),
-            FileArray::U8(a) => a.mapv(|v| v as i64),
-            FileArray::U16(a) => a.mapv(|v| v as i64),
-            FileArray::U32(a) => a.mapv(|v| v as i64),
-            FileArray::Bool(a) => a.mapv(|v| v as i64),
-            FileArray::F32(_) | FileArray::F64(_) => return None,
-        })
-    }
-}
-
-fn is_wrong_dtype(e: &ndarray_npy::ReadNpyError) -> bool {
-    matches!(e, ndarray_npy::ReadNpyError::WrongDescriptor(_))
-}
-
-/// Read a `.npy` held in memory, whatever its element type.
-fn read_npy_bytes(bytes: &[u8]) -> Result<FileArray> {
-    fn try_read<T: ReadableElement>(bytes: &[u8]) -> std::result::Result<Option<ArrayD<T>>, ndarray_npy::ReadNpyError> {
-        match ArrayD::<T>::read_npy(Cursor::new(bytes)) {
-            Ok(a) => Ok(Some(a)),
-            Err(e) if is_wrong_dtype(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-    macro_rules! attempt {
-        ($t:ty, $v:ident) => {
-            if let Some(a) = try_read::<$t>(bytes).map_err(|e| anyhow::anyhow!("{e}"))? {
-                return Ok(FileArray::$v(a));
-            }
-        };
-    }
-    attempt!(f32, F32);
-    attempt!(f64, F64);
-    attempt!(i64, I64);
-    attempt!(i32, I32);
-    attempt!(i16, I16);
-    attempt!(i8, I8);
-    attempt!(u8, U8);
-    attempt!(u16, U16);
-    attempt!(u32, U32);
-    attempt!(bool, Bool);
-    bail!("unsupported .npy element type (supported: float32/64, int8/16/32/64, uint8/16/32, bool)")
-}
-
-fn read_npy_file(path: &Path) -> Result<FileArray> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    read_npy_bytes(&bytes).with_context(|| format!("{}: not a readable .npy", path.display()))
-}
-
-/// Read array `name` from an `.npz`; `Ok(None)` when there is no such array.
-fn read_npz_array(path: &Path, name: &str) -> Result<Option<FileArray>> {
-    let open = || -> Result<NpzReader<std::fs::File>> {
-        let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-        NpzReader::new(f).map_err(|e| anyhow::anyhow!("{}: not a readable .npz: {e}", path.display()))
-    };
-    let names = open()?.names().map_err(|e| anyhow::anyhow!("{}: not a readable .npz: {e}", path.display()))?;
-    if !names.iter().any(|n| n == name) {
-        return Ok(None);
-    }
-    macro_rules! attempt {
-        ($t:ty, $v:ident) => {
-            match open()?.by_name::<ndarray::OwnedRepr<$t>, IxDyn>(name) {
-                Ok(a) => return Ok(Some(FileArray::$v(a))),
-                Err(ndarray_npy::ReadNpzError::Npy(e)) if is_wrong_dtype(&e) => {}
-                Err(e) => bail!("{}: array '{name}': {e}", path.display()),
-            }
-        };
-    }
-    attempt!(f32, F32);
-    attempt!(f64, F64);
-    attempt!(i64, I64);
-    attempt!(i32, I32);
-    attempt!(i16, I16);
-    attempt!(i8, I8);
-    attempt!(u8, U8);
-    attempt!(u16, U16);
-    attempt!(u32, U32);
-    attempt!(bool, Bool);
-    bail!("{}: array '{name}' has an unsupported element type", path.display())
-}
-
-/// Convert file data to the model's element type. Float↔float and int↔int (and int→float,
-/// bool→anything) are cast; float data for an integer input is rejected.
-fn convert(name: &str, a: FileArray, elem: i32) -> Result<InputData> {
-    let from = a.dtype();
-    Ok(match elem {
-        dt::FLOAT => InputData::F32(match a {
-            FileArray::F32(a) => a,
-            other => other.to_f64().mapv(|v| v as f32),
-        }),
-        dt::DOUBLE => InputData::F64(a.to_f64()),
-        dt::FLOAT16 => InputData::F16(a.to_f64().mapv(half::f16::from_f64)),
-        dt::INT64 | dt::INT32 | dt::INT8 | dt::UINT8 => {
-            let v = a.to_i64().with_context(|| {
-                format!("input '{name}': model expects {} but the file holds {from}", dtype_name(elem))
-            })?;
-            let (lo, hi) = match elem {
-                dt::INT32 => (i32::MIN as i64, i32::MAX as i64),
-                dt::INT8 => (i8::MIN as i64, i8::MAX as i64),
-                dt::UINT8 => (0, u8::MAX as i64),
-                _ => (i64::MIN, i64::MAX),
-            };
-            if let Some(bad) = v.iter().find(|x| **x < lo || **x > hi) {
-                bail!("input '{name}': value {bad} does not fit {}", dtype_name(elem));
-            }
-            match elem {
-                dt::INT64 => InputData::I64(v),
-                dt::INT32 => InputData::I32(v.mapv(|x| x as i32)),
-                dt::INT8 => InputData::I8(v.mapv(|x| x as i8)),
-                _ => InputData::U8(v.mapv(|x| x as u8)),
-            }
-        }
-        dt::BOOL => {
-            if a.is_float() {
-                bail!("input '{name}': model expects bool but the file holds {from}");
-            }
-            InputData::Bool(a.to_f64().mapv(|v| v != 0.0))
-        }
-        other => bail!("input '{name}': element type {} is not supported for verification", dtype_name(other)),
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Generation
-
-/// splitmix64: tiny, fast, and identical everywhere.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1) with 53 random bits.
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-    /// Approximately N(0, 1): Irwin–Hall sum of 12 uniforms minus 6 (mean 0, variance 1,
-    /// support [-6, 6]). Pure IEEE additions: bit-identical on every platform.
-    pub fn normal(&mut self) -> f64 {
-        let mut s = 0.0;
-        for _ in 0..12 {
-            s += self.uniform();
-        }
-        s - 6.0
-    }
-    /// Uniform integer in [0, n).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            return 0;
-        }
-        // 128-bit multiply-shift (Lemire); the tiny bias is irrelevant here.
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
-    }
-}
-
-/// FNV-1a, so each input gets its own stream from one seed.
-fn name_hash(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum IntKind {
-    /// all ones (attention masks)
-    Ones,
-    /// [0, n)
-    Below(u64),
-    /// 0, 1, 2, ... along the last axis (position ids)
-    Arange,
-    /// A name that says nothing: [0, bound) when the graph bounds it (the rows of the table it
-    /// indexes, the values a one-hot encoding of it matches), else 0/1.
-    Unnamed,
-}
-
-fn int_kind(name: &str) -> IntKind {
-    let l = name.to_ascii_lowercase();
-    if l.contains("mask") {
-        IntKind::Ones
-    } else if l.contains("position") {
-        IntKind::Arange
-    } else if l.contains("token_type") || l.contains("segment") {
-        IntKind::Below(2)
-    } else if l.contains("ids") || l.contains("token") {
-        IntKind::Below(100)
-    } else {
-        IntKind::Unnamed
-    }
-}
-
-/// Seeded data for one input; integers follow the input's name ([`int_kind`]), kept below `bound`
-/// (the rows of the table it indexes, the values it is one-hot compared with) when there is one;
-/// an input whose name says nothing spans that bound.
-fn generate(name: &str, elem: i32, shape: &[usize], seed: u64, bound: Option<u64>) -> Result<InputData> {
-    let n: usize = shape.iter().product();
-    let mut rng = SplitMix64::new(seed ^ name_hash(name));
-    let sh = IxDyn(shape);
-    let ints = || -> Vec<i64> {
-        let mut rng = rng.clone();
-        let cap = |k: u64| bound.map_or(k, |b| k.min(b)).max(1);
-        match int_kind(name) {
-            IntKind::Ones => vec![1; n],
-            IntKind::Below(k) => (0..n).map(|_| rng.below(cap(k)) as i64).collect(),
-            IntKind::Unnamed => (0..n).map(|_| rng.below(bound.unwrap_or(2).max(1)) as i64).collect(),
-            IntKind::Arange => {
-                let last = shape.last().copied().unwrap_or(1).max(1) as u64;
-                (0..n).map(|i| (i as u64 % cap(last)) as i64).collect()
-            }
-        }
-    };
-    let arr = |v: Vec<i64>| ArrayD::from_shape_vec(sh.clone(), v).context("shape");
-    Ok(match elem {
-        dt::FLOAT => InputData::F32(ArrayD::from_shape_vec(sh.clone(), (0..n).map(|_| rng.normal() as f32).collect())?),
-        dt::DOUBLE => InputData::F64(ArrayD::from_shape_vec(sh.clone(), (0..n).map(|_| rng.normal()).collect())?),
-        dt::FLOAT16 => InputData::F16(ArrayD::from_shape_vec(
-            sh.clone(),
-            (0..n).map(|_| half::f16::from_f64(rng.normal())).collect(),
-        )?),
-        dt::INT64 => InputData::I64(arr(ints())?),
-        dt::INT32 => InputData::I32(arr(ints())?.mapv(|x| x as i32)),
-        dt::INT8 => InputData::I8(arr(ints())?.mapv(|x| x as i8)),
-        dt::UINT8 => InputData::U8(arr(ints())?.mapv(|x| x as u8)),
-        dt::BOOL => InputData::Bool(arr(ints())?.mapv(|x| x != 0)),
-        other => bail!("input '{name}': cannot generate data of type {}", dtype_name(other)),
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
 // Putting it together
 
 fn is_seq_like(sym: &str) -> bool {
@@ -774,6 +473,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::IxDyn;
 
     #[test]
     fn prng_is_stable() {

@@ -1,0 +1,197 @@
+//! Input data read from `.npy` / `.npz` files, converted to the element type the model declares
+//! (lossless only: a value that does not fit is an error, never a wrapped number).
+
+use super::InputData;
+use crate::model::tensor::{dt, dtype_name};
+use anyhow::{bail, Context, Result};
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::{NpzReader, ReadNpyExt, ReadableElement};
+use std::io::Cursor;
+use std::path::Path;
+
+/// Any array we can read from `.npy`.
+pub(super) enum FileArray {
+    F32(ArrayD<f32>),
+    F64(ArrayD<f64>),
+    I64(ArrayD<i64>),
+    I32(ArrayD<i32>),
+    I16(ArrayD<i16>),
+    I8(ArrayD<i8>),
+    U8(ArrayD<u8>),
+    U16(ArrayD<u16>),
+    U32(ArrayD<u32>),
+    Bool(ArrayD<bool>),
+}
+
+impl FileArray {
+    pub(super) fn shape(&self) -> &[usize] {
+        match self {
+            FileArray::F32(a) => a.shape(),
+            FileArray::F64(a) => a.shape(),
+            FileArray::I64(a) => a.shape(),
+            FileArray::I32(a) => a.shape(),
+            FileArray::I16(a) => a.shape(),
+            FileArray::I8(a) => a.shape(),
+            FileArray::U8(a) => a.shape(),
+            FileArray::U16(a) => a.shape(),
+            FileArray::U32(a) => a.shape(),
+            FileArray::Bool(a) => a.shape(),
+        }
+    }
+    fn dtype(&self) -> &'static str {
+        match self {
+            FileArray::F32(_) => "float32",
+            FileArray::F64(_) => "float64",
+            FileArray::I64(_) => "int64",
+            FileArray::I32(_) => "int32",
+            FileArray::I16(_) => "int16",
+            FileArray::I8(_) => "int8",
+            FileArray::U8(_) => "uint8",
+            FileArray::U16(_) => "uint16",
+            FileArray::U32(_) => "uint32",
+            FileArray::Bool(_) => "bool",
+        }
+    }
+    fn is_float(&self) -> bool {
+        matches!(self, FileArray::F32(_) | FileArray::F64(_))
+    }
+    /// Values as f64 (exact for every type we read except int64 beyond 2^53).
+    fn to_f64(&self) -> ArrayD<f64> {
+        match self {
+            FileArray::F32(a) => a.mapv(|v| v as f64),
+            FileArray::F64(a) => a.clone(),
+            FileArray::I64(a) => a.mapv(|v| v as f64),
+            FileArray::I32(a) => a.mapv(|v| v as f64),
+            FileArray::I16(a) => a.mapv(|v| v as f64),
+            FileArray::I8(a) => a.mapv(|v| v as f64),
+            FileArray::U8(a) => a.mapv(|v| v as f64),
+            FileArray::U16(a) => a.mapv(|v| v as f64),
+            FileArray::U32(a) => a.mapv(|v| v as f64),
+            FileArray::Bool(a) => a.mapv(|v| if v { 1.0 } else { 0.0 }),
+        }
+    }
+    fn to_i64(&self) -> Option<ArrayD<i64>> {
+        Some(match self {
+            FileArray::I64(a) => a.clone(),
+            FileArray::I32(a) => a.mapv(|v| v as i64),
+            FileArray::I16(a) => a.mapv(|v| v as i64),
+            FileArray::I8(a) => a.mapv(|v| v as i64),
+            FileArray::U8(a) => a.mapv(|v| v as i64),
+            FileArray::U16(a) => a.mapv(|v| v as i64),
+            FileArray::U32(a) => a.mapv(|v| v as i64),
+            FileArray::Bool(a) => a.mapv(|v| v as i64),
+            FileArray::F32(_) | FileArray::F64(_) => return None,
+        })
+    }
+}
+
+fn is_wrong_dtype(e: &ndarray_npy::ReadNpyError) -> bool {
+    matches!(e, ndarray_npy::ReadNpyError::WrongDescriptor(_))
+}
+
+/// Read a `.npy` held in memory, whatever its element type.
+pub(super) fn read_npy_bytes(bytes: &[u8]) -> Result<FileArray> {
+    fn try_read<T: ReadableElement>(bytes: &[u8]) -> std::result::Result<Option<ArrayD<T>>, ndarray_npy::ReadNpyError> {
+        match ArrayD::<T>::read_npy(Cursor::new(bytes)) {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if is_wrong_dtype(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    macro_rules! attempt {
+        ($t:ty, $v:ident) => {
+            if let Some(a) = try_read::<$t>(bytes).map_err(|e| anyhow::anyhow!("{e}"))? {
+                return Ok(FileArray::$v(a));
+            }
+        };
+    }
+    attempt!(f32, F32);
+    attempt!(f64, F64);
+    attempt!(i64, I64);
+    attempt!(i32, I32);
+    attempt!(i16, I16);
+    attempt!(i8, I8);
+    attempt!(u8, U8);
+    attempt!(u16, U16);
+    attempt!(u32, U32);
+    attempt!(bool, Bool);
+    bail!("unsupported .npy element type (supported: float32/64, int8/16/32/64, uint8/16/32, bool)")
+}
+
+pub(super) fn read_npy_file(path: &Path) -> Result<FileArray> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    read_npy_bytes(&bytes).with_context(|| format!("{}: not a readable .npy", path.display()))
+}
+
+/// Read array `name` from an `.npz`; `Ok(None)` when there is no such array.
+pub(super) fn read_npz_array(path: &Path, name: &str) -> Result<Option<FileArray>> {
+    let open = || -> Result<NpzReader<std::fs::File>> {
+        let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        NpzReader::new(f).map_err(|e| anyhow::anyhow!("{}: not a readable .npz: {e}", path.display()))
+    };
+    let names = open()?.names().map_err(|e| anyhow::anyhow!("{}: not a readable .npz: {e}", path.display()))?;
+    if !names.iter().any(|n| n == name) {
+        return Ok(None);
+    }
+    macro_rules! attempt {
+        ($t:ty, $v:ident) => {
+            match open()?.by_name::<ndarray::OwnedRepr<$t>, IxDyn>(name) {
+                Ok(a) => return Ok(Some(FileArray::$v(a))),
+                Err(ndarray_npy::ReadNpzError::Npy(e)) if is_wrong_dtype(&e) => {}
+                Err(e) => bail!("{}: array '{name}': {e}", path.display()),
+            }
+        };
+    }
+    attempt!(f32, F32);
+    attempt!(f64, F64);
+    attempt!(i64, I64);
+    attempt!(i32, I32);
+    attempt!(i16, I16);
+    attempt!(i8, I8);
+    attempt!(u8, U8);
+    attempt!(u16, U16);
+    attempt!(u32, U32);
+    attempt!(bool, Bool);
+    bail!("{}: array '{name}' has an unsupported element type", path.display())
+}
+
+/// Convert file data to the model's element type. Float↔float and int↔int (and int→float,
+/// bool→anything) are cast; float data for an integer input is rejected.
+pub(super) fn convert(name: &str, a: FileArray, elem: i32) -> Result<InputData> {
+    let from = a.dtype();
+    Ok(match elem {
+        dt::FLOAT => InputData::F32(match a {
+            FileArray::F32(a) => a,
+            other => other.to_f64().mapv(|v| v as f32),
+        }),
+        dt::DOUBLE => InputData::F64(a.to_f64()),
+        dt::FLOAT16 => InputData::F16(a.to_f64().mapv(half::f16::from_f64)),
+        dt::INT64 | dt::INT32 | dt::INT8 | dt::UINT8 => {
+            let v = a.to_i64().with_context(|| {
+                format!("input '{name}': model expects {} but the file holds {from}", dtype_name(elem))
+            })?;
+            let (lo, hi) = match elem {
+                dt::INT32 => (i32::MIN as i64, i32::MAX as i64),
+                dt::INT8 => (i8::MIN as i64, i8::MAX as i64),
+                dt::UINT8 => (0, u8::MAX as i64),
+                _ => (i64::MIN, i64::MAX),
+            };
+            if let Some(bad) = v.iter().find(|x| **x < lo || **x > hi) {
+                bail!("input '{name}': value {bad} does not fit {}", dtype_name(elem));
+            }
+            match elem {
+                dt::INT64 => InputData::I64(v),
+                dt::INT32 => InputData::I32(v.mapv(|x| x as i32)),
+                dt::INT8 => InputData::I8(v.mapv(|x| x as i8)),
+                _ => InputData::U8(v.mapv(|x| x as u8)),
+            }
+        }
+        dt::BOOL => {
+            if a.is_float() {
+                bail!("input '{name}': model expects bool but the file holds {from}");
+            }
+            InputData::Bool(a.to_f64().mapv(|v| v != 0.0))
+        }
+        other => bail!("input '{name}': element type {} is not supported for verification", dtype_name(other)),
+    })
+}
