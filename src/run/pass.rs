@@ -356,6 +356,18 @@ fn distance(p: &Pass, held: &Inputs, reference: &(Vec<Vec<f32>>, usize)) -> Resu
     Ok(crate::reconstruct::compare(reference, &out).0.sqrt())
 }
 
+/// The distance to dense a pass measured on the held-out rows itself: both stages' whole run, or
+/// the end-to-end check of its one refitted stage (or of per-weight reconstruction) — the
+/// reconstructed model's, or the unreconstructed one's when the refit was reverted.
+fn measured(p: &Pass) -> Option<f64> {
+    let r = p.reconstruction.as_ref()?;
+    if let Some(w) = &r.whole_run {
+        return Some(w.err.sqrt());
+    }
+    let e = r.end_to_end.as_ref().filter(|_| p.stages.len() <= 1)?;
+    Some(if e.kept { e.err_with } else { e.err_without }.sqrt())
+}
+
 /// What a pass keeps: its float parameters (structural), or its weights left non-zero of those
 /// the per-weight pass could zero.
 fn size(p: &Pass) -> u64 {
@@ -386,9 +398,14 @@ pub(super) fn hold(cx: &PassCtx, first: Pass, dense: ModelProto, tol: f64) -> Re
     let o = cx.o;
     let inputs = cx.recon.context("a held run reconstructs")?;
     let held = inputs.samples(&held_rows(o.mode, inputs.rows()));
+    // The pass measured itself on these rows when it could (the end-to-end check of its only
+    // stage, or both stages' whole run): then nothing runs unless the hold steps in.
     let checked = || -> Result<_> {
-        let reference = crate::reconstruct::outputs(&dense, &held)?;
-        let err = distance(&first, &held, &reference)?;
+        let mut reference = None;
+        let err = match measured(&first) {
+            Some(e) => e,
+            None => distance(&first, &held, reference.insert(crate::reconstruct::outputs(&dense, &held)?))?,
+        };
         Ok((reference, err))
     };
     let (reference, err) = match checked() {
@@ -406,6 +423,10 @@ pub(super) fn hold(cx: &PassCtx, first: Pass, dense: ModelProto, tol: f64) -> Re
     if err <= tol {
         return Ok(first);
     }
+    let reference = match reference {
+        Some(r) => r,
+        None => crate::reconstruct::outputs(&dense, &held)?,
+    };
     let cut0 = cut_of(&first);
     drop(first);
     let mut chosen = prune_pass(cx, dense.clone(), true, None)?;
