@@ -507,6 +507,35 @@ fn a_dying_onnxruntime_worker_is_quoted_in_the_refusal() {
     assert!(!out.exists());
 }
 
+/// A real Python without numpy (here `python3 -S`: no site-packages) is told apart from a broken
+/// worker: the refusal names the missing module. Before, the worker script touched numpy before
+/// it checked its imports, and the refusal quoted a NameError from inside it.
+#[cfg(unix)]
+#[test]
+fn a_python_without_numpy_is_named_as_such() {
+    use std::os::unix::fs::PermissionsExt;
+    if std::process::Command::new("python3").arg("-c").arg("pass").status().map_or(true, |s| !s.success()) {
+        return eprintln!("skipped: python3 is not available");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("python3");
+    std::fs::write(&bare, "#!/bin/sh\nexec python3 -S \"$@\"\n").unwrap();
+    std::fs::set_permissions(&bare, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.path().join("out.onnx");
+    let refused = bin()
+        .env("ONNX_EMP_PYTHON", &bare)
+        .args(["models/bert_ms_attention.onnx"])
+        .arg(&out)
+        .args(["--structured", "channels", "--beta", "0.7", "--no-latency", "-q"])
+        .assert()
+        .failure()
+        .code(1);
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
+    assert!(err.contains("python module missing: numpy"), "{err}");
+    assert!(!err.contains("NameError"), "{err}");
+    assert!(!out.exists());
+}
+
 /// A default run (no β) on a model tract cannot run is still guarded: the guard's runs fall back
 /// to onnxruntime. The optimised BERT's heads at β = 1 miss the tolerance (0.103 > 0.1), so the
 /// guard raises β until nothing that fails is cut, where before the cut was written unchecked.

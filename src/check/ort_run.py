@@ -32,12 +32,10 @@ except ImportError as e:
 MARK = "@@onnx-emp "
 
 
-FLOATS = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}
-
-
 def feeds_for(sess, feeds):
     """float16 inputs arrive as float32 (exactly): cast floats to the declared float type."""
-    declared = {i.name: FLOATS.get(i.type) for i in sess.get_inputs()}
+    floats = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}
+    declared = {i.name: floats.get(i.type) for i in sess.get_inputs()}
     return {k: v.astype(declared[k]) if declared.get(k) and v.dtype.kind == "f" else v for k, v in feeds.items()}
 
 
