@@ -443,12 +443,8 @@ fn a_one_hot_input_is_generated_over_the_values_it_encodes() {
     assert!(v.iter().all(|&b| (0..257).contains(&b)) && v.iter().any(|&b| b > 1), "{v:?}");
 }
 
-/// A model whose export fixes the batch to 1 (dynamo, TF) runs a file of many rows one row at a
-/// time, in tract and in onnxruntime: the same accuracy, guard and reconstruction as the same
-/// model with a free batch. Before, any file of more than one row was refused ("the model fixes
-/// axis 0 to 1"), so such a model could not be verified on a test split or calibrated.
-#[test]
-fn a_batch_one_export_runs_many_rows_one_at_a_time() {
+/// digits_mlp with its batch axis (input and output) fixed to `b`, written in `dir`.
+fn mlp_with_batch(dir: &Path, b: i64) -> PathBuf {
     use protobuf::Message;
     let mut m =
         onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(models().join("digits_mlp.onnx")).unwrap()).unwrap();
@@ -457,11 +453,33 @@ fn a_batch_one_export_runs_many_rows_one_at_a_time() {
         let Some(onnx_protobuf::type_proto::Value::TensorType(t)) = v.type_.as_mut().unwrap().value.as_mut() else {
             panic!("not a tensor")
         };
-        t.shape.as_mut().unwrap().dim[0].value = Some(onnx_protobuf::tensor_shape_proto::dimension::Value::DimValue(1));
+        t.shape.as_mut().unwrap().dim[0].value = Some(onnx_protobuf::tensor_shape_proto::dimension::Value::DimValue(b));
     }
+    let path = dir.join(format!("mlp_batch{b}.onnx"));
+    std::fs::write(&path, m.write_to_bytes().unwrap()).unwrap();
+    path
+}
+
+/// A batch fixed above 1 is not split (axis 0 might be a sequence or a channel axis): a file of
+/// another row count is refused, and the error says what to pass or how to export instead.
+#[test]
+fn a_batch_fixed_above_one_refuses_other_row_counts_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let fixed = dir.path().join("mlp_batch1.onnx");
-    std::fs::write(&fixed, m.write_to_bytes().unwrap()).unwrap();
+    let fixed = mlp_with_batch(dir.path(), 4);
+    let e = check::inputs::prepare_inputs(&fixed, &spec_with_file("x", "digits_test_x64.npy")).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("fixes axis 0 to 4") && e.contains("pass exactly 4 rows"), "{e}");
+    assert!(e.contains("dynamic_axes={'x': {0: 'batch'}}"), "{e}");
+}
+
+/// A model whose export fixes the batch to 1 (dynamo, TF) runs a file of many rows one row at a
+/// time, in tract and in onnxruntime: the same accuracy, guard and reconstruction as the same
+/// model with a free batch. Before, any file of more than one row was refused ("the model fixes
+/// axis 0 to 1"), so such a model could not be verified on a test split or calibrated.
+#[test]
+fn a_batch_one_export_runs_many_rows_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = mlp_with_batch(dir.path(), 1);
     let run = |model: &Path, out: &str| -> serde_json::Value {
         let rep = dir.path().join(format!("{out}.json"));
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_onnx-emp"))

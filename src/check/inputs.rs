@@ -380,9 +380,21 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
                 // (`run::plan_chunking`; onnxruntime's worker likewise).
                 DimSpec::Fixed(1) if axis == 0 && s > 1 => {}
                 DimSpec::Fixed(v) if *v as usize != s => bail!(
-                    "input '{}': {what} has shape {shape:?} but the model fixes axis {axis} to {v} (expects {})",
+                    "input '{}': {what} has shape {shape:?} but the model fixes axis {axis} to {v} (expects {}){}",
                     info.name,
-                    fmt_dims(&info.dims)
+                    fmt_dims(&info.dims),
+                    if axis == 0 {
+                        // Only a batch of 1 is taken as a batch axis: a fixed axis 0 above 1 may
+                        // be a sequence or a channel axis, and splitting a file along it would
+                        // run a different computation.
+                        format!(
+                            ": pass exactly {v} rows, or export the model with a free batch axis \
+                             (torch.onnx.export(..., dynamic_axes={{'{}': {{0: 'batch'}}}}))",
+                            info.name
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
                 DimSpec::Symbolic(sym) => {
                     if let Some((prev, by)) = sym_vals.get(sym) {
