@@ -377,7 +377,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         for (axis, (d, &s)) in info.dims.iter().zip(&shape).enumerate() {
             match d {
                 // A model that fixes its batch to 1 runs a file of many rows one row at a time
-                // (`run::plan_chunking`; onnxruntime's worker likewise).
+                // (`run/chunks.rs`; onnxruntime's worker likewise).
                 DimSpec::Fixed(1) if axis == 0 && s > 1 => {}
                 DimSpec::Fixed(v) if *v as usize != s => bail!(
                     "input '{}': {what} has shape {shape:?} but the model fixes axis {axis} to {v} (expects {}){}",

@@ -3,22 +3,32 @@
 //! Every call into tract goes through [`guarded`]: tract sometimes panics instead of returning an
 //! error (com.microsoft `Attention`, for one), and a panic must become a "skipped: reason", not a
 //! crash or a page of stderr.
+//!
+//! What tract is given to parse (known gaps, the boolean-mask fix) is `run/parse.rs`; how a file
+//! of many rows is split along axis 0 is `run/chunks.rs`.
 
 use super::inputs::{read_proto, InputData, InputFact, Inputs, MAX_CHUNK};
 use crate::model::tensor::{dt, dtype_name};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{ArrayD, Axis};
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tract_onnx::pb;
 use tract_onnx::prelude::{
     DatumType, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTensor, TDim, TValue, TVec, Tensor,
     TypedRunnableModel, TypedSimpleState,
 };
 use tract_onnx::tract_hir::infer::{Factoid, GenericFactoid};
+
+mod chunks;
+mod parse;
+
+pub use chunks::{chunk_rows, cores, Chunking, CHUNK_BYTES};
+use chunks::{plan_chunking, slice_rows};
+pub(crate) use parse::parse_proto;
+use parse::{fix_bool_attention_masks, known_unsupported};
 
 // ---------------------------------------------------------------------------------------------
 // Panic containment
@@ -120,17 +130,6 @@ pub(crate) fn datum_type(elem: i32) -> Result<DatumType> {
     })
 }
 
-/// Axis-0 chunking of large inputs.
-#[derive(Clone, Debug)]
-pub struct Chunking {
-    /// Rows of the full inputs.
-    pub rows: usize,
-    /// Rows per run (the compiled batch size); the last chunk is padded by repeating its last row.
-    pub chunk: usize,
-    /// Per input (in `Runnable::input_names` order): is it split along axis 0?
-    pub batched: Vec<bool>,
-}
-
 /// A model compiled by tract for one set of concrete input shapes.
 pub struct Runnable {
     pub path: PathBuf,
@@ -158,110 +157,6 @@ impl std::fmt::Debug for Runnable {
             .field("chunking", &self.chunking)
             .finish_non_exhaustive()
     }
-}
-
-fn model_dir(path: &Path) -> Option<&str> {
-    path.parent().and_then(|p| p.to_str())
-}
-
-/// Parse an ONNX protobuf with tract (external data resolved relative to `path`'s folder).
-pub(crate) fn parse_proto(
-    path: &Path,
-    proto: &pb::ModelProto,
-    ignore_value_info: bool,
-) -> Result<(InferenceModel, HashMap<String, tract_onnx::prelude::OutletId>)> {
-    let r = tract_onnx::onnx()
-        .with_ignore_value_info(ignore_value_info)
-        .parse(proto, model_dir(path))
-        .map_err(|e| anyhow!("parse failed: {e:#}"))?;
-    if !r.unresolved_inputs.is_empty() {
-        bail!("parse failed: values used but never defined: {}", r.unresolved_inputs.join(", "));
-    }
-    Ok((r.model, r.outlets_by_name))
-}
-
-/// ONNX `Attention` nodes (default domain) with an `attn_mask` input: (node index, mask name).
-fn attention_masks(proto: &pb::ModelProto) -> Vec<(usize, String)> {
-    let Some(g) = proto.graph.as_ref() else { return vec![] };
-    g.node
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.op_type == "Attention" && (n.domain.is_empty() || n.domain == "ai.onnx"))
-        .filter_map(|(i, n)| n.input.get(3).filter(|m| !m.is_empty()).map(|m| (i, m.clone())))
-        .collect()
-}
-
-fn scalar(name: String, data_type: DatumType, v: f32) -> Result<pb::TensorProto> {
-    let (code, raw) = match data_type {
-        DatumType::F32 => (dt::FLOAT, v.to_le_bytes().to_vec()),
-        DatumType::F16 => (dt::FLOAT16, half::f16::from_f32(v).to_le_bytes().to_vec()),
-        DatumType::F64 => (dt::DOUBLE, (v as f64).to_le_bytes().to_vec()),
-        other => bail!("attention with {other:?} inputs"),
-    };
-    Ok(pb::TensorProto { name, data_type: code, raw_data: raw, ..Default::default() })
-}
-
-/// tract treats a boolean `attn_mask` of ONNX `Attention` as an additive 0/1 mask, which gives
-/// silently wrong results when the mask has zeros. Rewrite each boolean mask `m` into the
-/// additive form the ONNX spec defines, `Where(m, 0, -inf)`, in the query's float type.
-/// Returns the rewritten proto (None when nothing needed rewriting) and notes.
-fn fix_bool_attention_masks(
-    path: &Path,
-    proto: &pb::ModelProto,
-    facts: &[InputFact],
-    ignore_value_info: bool,
-) -> Result<Option<(pb::ModelProto, Vec<String>)>> {
-    let masks = attention_masks(proto);
-    if masks.is_empty() {
-        return Ok(None);
-    }
-    let (mut probe, outlets) = parse_proto(path, proto, ignore_value_info)?;
-    concretize(&mut probe, facts)?;
-    let analysis = probe.analyse(true).err();
-    let g = proto.graph.as_ref().context("model has no graph")?;
-    let dtype_of = |name: &str| -> Option<DatumType> {
-        let o = outlets.get(name)?;
-        probe.outlet_fact(*o).ok()?.datum_type.concretize()
-    };
-    let mut out = proto.clone();
-    let mut notes = vec![];
-    for (k, (ni, mask)) in masks.iter().enumerate() {
-        let node = &g.node[*ni];
-        let label = if node.name.is_empty() {
-            format!("Attention:{}", node.output.first().cloned().unwrap_or_default())
-        } else {
-            node.name.clone()
-        };
-        let Some(mdt) = dtype_of(mask) else {
-            let why = analysis.as_ref().map(|e| format!(" ({e:#})")).unwrap_or_default();
-            bail!("Attention node '{label}': cannot tell the type of attn_mask '{mask}'; tract mishandles boolean masks, so the model is not verified{why}");
-        };
-        if mdt != DatumType::Bool {
-            continue;
-        }
-        let q = node.input.first().map(|s| s.as_str()).unwrap_or("");
-        let qdt = dtype_of(q).with_context(|| format!("Attention node '{label}': type of query '{q}' unknown"))?;
-        let base = format!("{mask}__emp_additive_{k}");
-        let og = out.graph.as_mut().context("model has no graph")?;
-        og.initializer.push(scalar(format!("{base}_zero"), qdt, 0.0)?);
-        og.initializer.push(scalar(format!("{base}_neginf"), qdt, f32::NEG_INFINITY)?);
-        let where_node = pb::NodeProto {
-            name: format!("{base}_where"),
-            op_type: "Where".into(),
-            input: vec![mask.clone(), format!("{base}_zero"), format!("{base}_neginf")],
-            output: vec![base.clone()],
-            ..Default::default()
-        };
-        // `masks` is in node order; each earlier insertion moved this node down by one.
-        let at = ni + notes.len();
-        og.node[at].input[3] = base.clone();
-        og.node.insert(at, where_node);
-        notes.push(format!("boolean attn_mask '{mask}' of Attention node '{label}' rewritten as Where(mask, 0, -inf) (tract would add it as 0/1)"));
-    }
-    if notes.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some((out, notes)))
 }
 
 /// Symbol substitutions from the input dims, then concrete input facts. Returns which inputs have
@@ -324,62 +219,6 @@ fn output_names(model: &InferenceModel) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Decide axis-0 chunking from the parsed model's declared input shapes: rows in chunks when
-/// axis 0 is free and the rows are many, one row per run when the model fixes axis 0 to 1 and
-/// more rows are given (exports with a batch of 1: dynamo, TF).
-fn plan_chunking(
-    model: &InferenceModel,
-    names: &[String],
-    facts: &[InputFact],
-    max_chunk: usize,
-) -> Result<Option<Chunking>> {
-    let mut batched = vec![];
-    let mut rows = None;
-    let mut axis0_syms = BTreeSet::new();
-    let mut other_syms = BTreeSet::new();
-    let mut fixed_one = false;
-    for (i, n) in names.iter().enumerate() {
-        let fact = model.input_fact(i)?;
-        let dims: Vec<&GenericFactoid<TDim>> = fact.shape.dims().collect();
-        // A missing fact is reported by `concretize` with the input's name.
-        let Some(f) = facts.iter().find(|f| &f.name == n) else { return Ok(None) };
-        let free0 = !f.shape.is_empty() && !matches!(dims.first(), Some(GenericFactoid::Only(TDim::Val(_))));
-        // A batch fixed to 1 with more rows given: one row per run.
-        let one =
-            f.shape.first().is_some_and(|&n| n > 1) && matches!(dims.first(), Some(GenericFactoid::Only(TDim::Val(1))));
-        fixed_one |= one;
-        let free0 = free0 || one;
-        for (axis, d) in dims.iter().enumerate() {
-            if let GenericFactoid::Only(t) = d {
-                for s in t.symbols() {
-                    if axis == 0 && free0 {
-                        axis0_syms.insert(s.to_string());
-                    } else {
-                        other_syms.insert(s.to_string());
-                    }
-                }
-            }
-        }
-        if free0 {
-            match rows {
-                None => rows = Some(f.shape[0]),
-                Some(r) if r != f.shape[0] => return Ok(None),
-                _ => {}
-            }
-        }
-        batched.push(free0);
-    }
-    let Some(rows) = rows else { return Ok(None) };
-    if fixed_one {
-        return Ok(Some(Chunking { rows, chunk: 1, batched }));
-    }
-    if rows <= max_chunk || axis0_syms.iter().any(|s| other_syms.contains(s)) {
-        return Ok(None);
-    }
-    let n_chunks = rows.div_ceil(max_chunk);
-    Ok(Some(Chunking { rows, chunk: rows.div_ceil(n_chunks), batched }))
-}
-
 struct Built {
     plan: Arc<TypedRunnableModel>,
     sources: Arc<HashMap<String, String>>,
@@ -387,26 +226,6 @@ struct Built {
     output_names: Vec<String>,
     chunking: Option<Chunking>,
     notes: Vec<String>,
-}
-
-/// Ops tract 0.23 is known not to run (or to misparse: it ignores the domain and takes
-/// com.microsoft `Attention` for ONNX `Attention`, then panics). Refused up front with a clear
-/// reason rather than a panic message.
-const TRACT_UNSUPPORTED: &[(&str, &str)] = &[
-    ("com.microsoft", "Attention"),
-    ("com.microsoft", "MultiHeadAttention"),
-    ("com.microsoft", "EmbedLayerNormalization"),
-    ("com.microsoft", "DynamicQuantizeLSTM"),
-];
-
-fn known_unsupported(proto: &tract_onnx::pb::ModelProto) -> Option<String> {
-    let g = proto.graph.as_ref()?;
-    g.node.iter().find_map(|n| {
-        TRACT_UNSUPPORTED
-            .iter()
-            .find(|(d, o)| n.domain == *d && n.op_type == *o)
-            .map(|(d, o)| format!("tract 0.23 cannot run {d} {o} (node '{}'; a known gap)", n.name))
-    })
 }
 
 fn build(path: &Path, facts: &[InputFact], ignore_value_info: bool, max_chunk: usize) -> Result<Built> {
@@ -487,31 +306,6 @@ pub fn load_runnable(path: &Path, facts: &[InputFact]) -> Result<Runnable> {
     load_runnable_chunked(path, facts, MAX_CHUNK)
 }
 
-/// Input bytes per chunk of reconstruction's calibration passes. tract's time per sample grows
-/// with the chunk once its activations leave the cache: on the 113 MB encoder (196 KB per
-/// sample) a chunk of 8 samples ran at 90 ms per sample, one of 103 at 150 ms.
-pub const CHUNK_BYTES: usize = 1 << 20;
-
-/// Cores to run chunks on.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1)
-}
-
-/// Rows per chunk for inputs `facts` (samples on axis 0 of the first): about [`CHUNK_BYTES`] of
-/// input, at most ⌈rows / cores⌉ (every core busy) and [`MAX_CHUNK`], balanced so that the last
-/// chunk is not mostly padding. Results do not depend on it: tract computes each sample alike in
-/// any batch.
-pub fn chunk_rows(facts: &[InputFact], cores: usize) -> usize {
-    let rows = facts.first().and_then(|f| f.shape.first().copied()).unwrap_or(1).max(1);
-    let per_row: usize = facts
-        .iter()
-        .filter(|f| f.shape.first() == Some(&rows))
-        .map(|f| crate::model::tensor::elem_size(f.elem_type).unwrap_or(4) * f.shape[1..].iter().product::<usize>())
-        .sum();
-    let chunk = (CHUNK_BYTES / per_row.max(1)).clamp(1, MAX_CHUNK).min(rows.div_ceil(cores.max(1)));
-    rows.div_ceil(rows.div_ceil(chunk))
-}
-
 /// As [`load_runnable`], in chunks of at most `max_chunk` rows (≤ `MAX_CHUNK`) when axis 0 is a
 /// free batch axis: [`run_each`] runs the chunks on all cores. Used where the whole batch is run
 /// many times (reconstruction's calibration passes).
@@ -562,20 +356,6 @@ fn to_tensor(d: &InputData) -> Tensor {
         InputData::U8(a) => Tensor::from(a.clone()),
         InputData::Bool(a) => Tensor::from(a.clone()),
     }
-}
-
-/// Rows [start, end) of axis 0, padded to `len` rows by repeating the last row.
-fn slice_rows(t: &Tensor, start: usize, end: usize, len: usize) -> Result<Tensor> {
-    let part = t.slice(0, start, end)?;
-    if end - start == len {
-        return Ok(part);
-    }
-    let last = t.slice(0, end - 1, end)?;
-    let mut parts = vec![part];
-    for _ in 0..len - (end - start) {
-        parts.push(last.clone());
-    }
-    Tensor::stack_tensors(0, &parts)
 }
 
 impl Runnable {

@@ -1,0 +1,116 @@
+//! Axis-0 chunking: a file of many rows runs in chunks of the compiled batch (a free batch
+//! axis: about [`CHUNK_BYTES`] of input, every core busy), or one row per run when the model
+//! fixes its batch to 1; the last chunk is padded by repeating its last row, and the padding is
+//! removed from the outputs ([`super::run_each`]).
+
+use super::super::inputs::{InputFact, MAX_CHUNK};
+use anyhow::Result;
+use std::collections::BTreeSet;
+use tract_onnx::prelude::{InferenceModel, TDim, Tensor};
+use tract_onnx::tract_hir::infer::GenericFactoid;
+
+/// Axis-0 chunking of large inputs.
+#[derive(Clone, Debug)]
+pub struct Chunking {
+    /// Rows of the full inputs.
+    pub rows: usize,
+    /// Rows per run (the compiled batch size); the last chunk is padded by repeating its last row.
+    pub chunk: usize,
+    /// Per input (in `Runnable::input_names` order): is it split along axis 0?
+    pub batched: Vec<bool>,
+}
+
+/// Decide axis-0 chunking from the parsed model's declared input shapes: rows in chunks when
+/// axis 0 is free and the rows are many, one row per run when the model fixes axis 0 to 1 and
+/// more rows are given (exports with a batch of 1: dynamo, TF).
+pub(super) fn plan_chunking(
+    model: &InferenceModel,
+    names: &[String],
+    facts: &[InputFact],
+    max_chunk: usize,
+) -> Result<Option<Chunking>> {
+    let mut batched = vec![];
+    let mut rows = None;
+    let mut axis0_syms = BTreeSet::new();
+    let mut other_syms = BTreeSet::new();
+    let mut fixed_one = false;
+    for (i, n) in names.iter().enumerate() {
+        let fact = model.input_fact(i)?;
+        let dims: Vec<&GenericFactoid<TDim>> = fact.shape.dims().collect();
+        // A missing fact is reported by `concretize` with the input's name.
+        let Some(f) = facts.iter().find(|f| &f.name == n) else { return Ok(None) };
+        let free0 = !f.shape.is_empty() && !matches!(dims.first(), Some(GenericFactoid::Only(TDim::Val(_))));
+        // A batch fixed to 1 with more rows given: one row per run.
+        let one =
+            f.shape.first().is_some_and(|&n| n > 1) && matches!(dims.first(), Some(GenericFactoid::Only(TDim::Val(1))));
+        fixed_one |= one;
+        let free0 = free0 || one;
+        for (axis, d) in dims.iter().enumerate() {
+            if let GenericFactoid::Only(t) = d {
+                for s in t.symbols() {
+                    if axis == 0 && free0 {
+                        axis0_syms.insert(s.to_string());
+                    } else {
+                        other_syms.insert(s.to_string());
+                    }
+                }
+            }
+        }
+        if free0 {
+            match rows {
+                None => rows = Some(f.shape[0]),
+                Some(r) if r != f.shape[0] => return Ok(None),
+                _ => {}
+            }
+        }
+        batched.push(free0);
+    }
+    let Some(rows) = rows else { return Ok(None) };
+    if fixed_one {
+        return Ok(Some(Chunking { rows, chunk: 1, batched }));
+    }
+    if rows <= max_chunk || axis0_syms.iter().any(|s| other_syms.contains(s)) {
+        return Ok(None);
+    }
+    let n_chunks = rows.div_ceil(max_chunk);
+    Ok(Some(Chunking { rows, chunk: rows.div_ceil(n_chunks), batched }))
+}
+
+/// Input bytes per chunk of reconstruction's calibration passes. tract's time per sample grows
+/// with the chunk once its activations leave the cache: on the 113 MB encoder (196 KB per
+/// sample) a chunk of 8 samples ran at 90 ms per sample, one of 103 at 150 ms.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Cores to run chunks on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1)
+}
+
+/// Rows per chunk for inputs `facts` (samples on axis 0 of the first): about [`CHUNK_BYTES`] of
+/// input, at most ⌈rows / cores⌉ (every core busy) and [`MAX_CHUNK`], balanced so that the last
+/// chunk is not mostly padding. Results do not depend on it: tract computes each sample alike in
+/// any batch.
+pub fn chunk_rows(facts: &[InputFact], cores: usize) -> usize {
+    let rows = facts.first().and_then(|f| f.shape.first().copied()).unwrap_or(1).max(1);
+    let per_row: usize = facts
+        .iter()
+        .filter(|f| f.shape.first() == Some(&rows))
+        .map(|f| crate::model::tensor::elem_size(f.elem_type).unwrap_or(4) * f.shape[1..].iter().product::<usize>())
+        .sum();
+    let chunk = (CHUNK_BYTES / per_row.max(1)).clamp(1, MAX_CHUNK).min(rows.div_ceil(cores.max(1)));
+    rows.div_ceil(rows.div_ceil(chunk))
+}
+
+/// Rows [start, end) of axis 0, padded to `len` rows by repeating the last row.
+pub(super) fn slice_rows(t: &Tensor, start: usize, end: usize, len: usize) -> Result<Tensor> {
+    let part = t.slice(0, start, end)?;
+    if end - start == len {
+        return Ok(part);
+    }
+    let last = t.slice(0, end - 1, end)?;
+    let mut parts = vec![part];
+    for _ in 0..len - (end - start) {
+        parts.push(last.clone());
+    }
+    Tensor::stack_tensors(0, &parts)
+}
