@@ -157,6 +157,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let mut calibration: Option<String> = None;
     // Calibration data, loaded once: for data-driven criteria and for reconstruction.
     let calib = calibration_inputs(o)?;
+    check_given_files(o)?;
     let recon_inputs = if o.reconstruct && !o.plan { calib.as_ref().map(|c| &c.0) } else { None };
     if let Some((_, label)) = &calib {
         calibration = Some(label.clone());
@@ -569,6 +570,25 @@ fn calibration_inputs(o: &RunOptions) -> Result<Option<(crate::check::Inputs, St
     let inputs = crate::calib::load_inputs(&o.input, spec)?;
     let rows = inputs.rows();
     Ok(Some((inputs, format!("{label} ({rows} rows)"))))
+}
+
+/// The verification files the user named (`--inputs`, `--labels`) are read, and the inputs
+/// checked against the model's declared inputs, before anything is pruned: a typo in a path or a
+/// file that does not fit the model is an error, not a run whose verification is skipped (its
+/// model written unverified, exit 0). Whether the labels fit the outputs is known only after a
+/// run: a mismatch there is reported with the accuracy, as before.
+fn check_given_files(o: &RunOptions) -> Result<()> {
+    if !o.verify {
+        return Ok(());
+    }
+    let spec = &o.verify_opts.inputs;
+    if !spec.files.is_empty() || spec.npz.is_some() {
+        crate::check::prepare_inputs(&o.input, spec).context("--inputs")?;
+    }
+    if let Some(labels) = &o.verify_opts.labels {
+        crate::check::load_labels(labels).context("--labels")?;
+    }
+    Ok(())
 }
 
 pub use crate::prune::MAX_STRUCT_WIDTH;

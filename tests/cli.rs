@@ -902,3 +902,75 @@ fn a_default_run_the_guard_cannot_judge_cuts_nothing() {
         assert!(r["params"]["nonzero_after"].as_u64() < r["params"]["nonzero_before"].as_u64(), "{mode:?}");
     }
 }
+
+/// `np.savez_compressed` files (deflate) are read like plain `.npz`, for `--inputs` and
+/// `--calibration`: the same accuracy and cut as the `.npy` files they hold. Before, the zip
+/// reader had no deflate: calibration failed, and verification was skipped with the model
+/// written (exit 0).
+#[test]
+fn compressed_npz_files_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = |from: &str, to: &str| {
+        let a: ndarray::ArrayD<f32> = ndarray_npy::read_npy(Path::new(ROOT).join("models").join(from)).unwrap();
+        let p = dir.path().join(to);
+        let mut w = ndarray_npy::NpzWriter::new_compressed(std::fs::File::create(&p).unwrap());
+        w.add_array("x", &a).unwrap();
+        w.finish().unwrap();
+        p
+    };
+    let (x, cal) = (pack("digits_test_x64.npy", "x.npz"), pack("digits_calib_x64.npy", "cal.npz"));
+    let go = |inputs: &Path, cal: &Path, out: &str| -> Value {
+        let rep = dir.path().join(format!("{out}.json"));
+        bin()
+            .args(["models/digits_mlp.onnx"])
+            .arg(dir.path().join(out))
+            .arg("--inputs")
+            .arg(inputs)
+            .arg("--calibration")
+            .arg(cal)
+            .args(["--labels", "models/digits_test_y.npy", "--no-latency", "-q", "--report"])
+            .arg(&rep)
+            .assert()
+            .success();
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap()
+    };
+    let packed = go(&x, &cal, "packed.onnx");
+    let models = Path::new(ROOT).join("models");
+    let plain = go(&models.join("digits_test_x64.npy"), &models.join("digits_calib_x64.npy"), "plain.onnx");
+    assert_eq!(packed["verification"]["status"], "ok", "{}", packed["verification"]);
+    assert_eq!(packed["verification"]["input_shapes"]["x"], serde_json::json!([360, 64]));
+    for key in ["accuracy_dense", "accuracy_pruned"] {
+        assert!(packed["verification"][key].is_number(), "{key}");
+        assert_eq!(packed["verification"][key], plain["verification"][key], "{key}");
+    }
+    assert!(packed["reconstruction"]["samples"].as_u64() > Some(0));
+    assert_eq!(packed["weights"]["kept_elems"], plain["weights"]["kept_elems"]);
+    let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+    assert_eq!(read("packed.onnx"), read("plain.onnx"));
+}
+
+/// A verification file the user named that cannot be read, or does not fit the model, is an
+/// error before anything is pruned (exit 1, nothing written), not a run whose verification is
+/// skipped with the pruned model written.
+#[test]
+fn an_unreadable_or_unfitting_inputs_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let missing = dir.path().join("no-such-file.npy");
+    for (flag, file, says) in [
+        ("--inputs", missing.to_str().unwrap(), "cannot read"),
+        ("--inputs", "models/digits_test_x8x8.npy", "rank"),
+        ("--labels", missing.to_str().unwrap(), "cannot read"),
+    ] {
+        let a = bin()
+            .args(["models/digits_mlp.onnx"])
+            .arg(&out)
+            .args([flag, file, "--no-latency", "-q"])
+            .assert()
+            .failure()
+            .code(1);
+        let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+        assert!(err.contains(flag) && err.contains(says), "{flag} {file}: {err}");
+        assert!(!out.exists(), "nothing may be written");
+    }
+}
