@@ -77,7 +77,21 @@ pub struct Stats {
 
 /// Load calibration inputs for `model_path` (same rules as verification inputs).
 pub fn load_inputs(model_path: &Path, spec: &InputSpec) -> Result<Inputs> {
-    check::prepare_inputs(model_path, spec).context("calibration inputs")
+    let inputs = check::prepare_inputs(model_path, spec).context("calibration inputs")?;
+    let generated: Vec<&str> = inputs
+        .inputs
+        .iter()
+        .filter(|i| matches!(i.source, check::inputs::InputSource::Generated))
+        .map(|i| i.name.as_str())
+        .collect();
+    if !generated.is_empty() {
+        anyhow::bail!(
+            "calibration inputs: no data for input(s) {} in the given files: calibration never uses generated \
+             values; give every input (an .npz with one array per input name, or NAME.npy files)",
+            generated.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(inputs)
 }
 
 /// Run `model` (whose file lives at `model_path`, for external data) on `inputs` and collect

@@ -226,6 +226,12 @@ impl Report {
             Some(v) => {
                 let shapes: Vec<String> = v.input_shapes.iter().map(|(k, d)| format!("{k} {d:?}")).collect();
                 let _ = writeln!(s, "verification ({}, inputs {}):", v.engine, shapes.join(", "));
+                // An input made up beside others read from files: the figures are not all the
+                // user's data.
+                for n in v.notes.iter().filter_map(|n| n.strip_prefix("assumed ").filter(|n| n.starts_with("input '")))
+                {
+                    let _ = writeln!(s, "  note: {n}");
+                }
                 for o in &v.outputs {
                     let _ = write!(
                         s,

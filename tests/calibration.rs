@@ -260,3 +260,31 @@ fn calibrated_runs_are_byte_identical() {
         assert_eq!(ra, rb, "{args:?}: report differs");
     }
 }
+
+/// Calibration data never comes from the generator: a file that gives some of a model's inputs
+/// (here the BERT's input_ids without its attention_mask) is refused, naming what is missing.
+/// Before, the missing input was generated and calibrated on silently.
+#[test]
+fn calibration_files_must_give_every_input() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let all: BTreeMap<String, ndarray::ArrayD<i64>> = ["input_ids", "attention_mask"]
+        .iter()
+        .map(|k| {
+            let mut z =
+                ndarray_npy::NpzReader::new(std::fs::File::open(root.join("models/digits_calib_ids.npz")).unwrap())
+                    .unwrap();
+            (k.to_string(), z.by_name(k).unwrap())
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("ids_only.npz");
+    let mut w = ndarray_npy::NpzWriter::new(std::fs::File::create(&part).unwrap());
+    w.add_array("input_ids", &all["input_ids"]).unwrap();
+    w.finish().unwrap();
+    let bert = root.join("models/digits_bert_ms.onnx");
+    let e = onnx_emp::calib::load_inputs(&bert, &InputSpec { npz: Some(part), ..Default::default() }).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("no data for input(s) 'attention_mask'") && e.contains("never uses generated"), "{e}");
+    let full = InputSpec { npz: Some(root.join("models/digits_calib_ids.npz")), ..Default::default() };
+    assert_eq!(onnx_emp::calib::load_inputs(&bert, &full).unwrap().rows(), all["input_ids"].shape()[0]);
+}

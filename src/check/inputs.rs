@@ -17,7 +17,7 @@ use tract_onnx::prelude::Framework;
 
 mod files;
 mod generate;
-use files::{convert, read_npy_file, read_npz_array};
+use files::{convert, npz_names, read_npy_file, read_npz_array};
 use generate::generate;
 pub use generate::SplitMix64;
 
@@ -344,14 +344,45 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         }
     }
 
+    // Which array of the .npz feeds which input: its own name. A file that names none of the
+    // inputs is an error (it would silently be replaced by generated data), except one array for
+    // a model of one input (`np.savez(f, x)` names it `arr_0`).
+    let mut npz_array: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(z) = &spec.npz {
+        let held = npz_names(z)?;
+        for info in infos.iter().filter(|i| !files.contains_key(&i.name)) {
+            if held.contains(&info.name) {
+                npz_array.insert(info.name.clone(), info.name.clone());
+            }
+        }
+        if npz_array.is_empty() {
+            match (infos, held.as_slice()) {
+                ([only], [one]) if !files.contains_key(&only.name) => {
+                    npz_array.insert(only.name.clone(), one.clone());
+                }
+                _ => {
+                    let names: Vec<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+                    bail!(
+                        "{}: no array named like the model's inputs ({}); it holds: {}. Save one array per input \
+                         under the input's name (np.savez(f, {}=...))",
+                        z.display(),
+                        names.join(", "),
+                        if held.is_empty() { "nothing".into() } else { held.join(", ") },
+                        names.first().copied().unwrap_or("x")
+                    );
+                }
+            }
+        }
+    }
+
     // Read the given data, checking rank, fixed dims and symbol consistency.
     let mut sym_vals: BTreeMap<String, (usize, String)> = BTreeMap::new();
     let mut data: Vec<Option<(InputData, InputSource)>> = Vec::with_capacity(infos.len());
     for info in infos {
         let found = if let Some(p) = files.get(&info.name) {
             Some((read_npy_file(p)?, InputSource::Npy(p.clone())))
-        } else if let Some(z) = &spec.npz {
-            read_npz_array(z, &info.name)?.map(|a| (a, InputSource::Npz(z.clone())))
+        } else if let (Some(z), Some(array)) = (&spec.npz, npz_array.get(&info.name)) {
+            read_npz_array(z, array)?.map(|a| (a, InputSource::Npz(z.clone())))
         } else {
             None
         };
@@ -362,7 +393,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         let shape = arr.shape().to_vec();
         let what = match &source {
             InputSource::Npy(p) => p.display().to_string(),
-            InputSource::Npz(p) => format!("{}['{}']", p.display(), info.name),
+            InputSource::Npz(p) => format!("{}['{}']", p.display(), npz_array.get(&info.name).unwrap_or(&info.name)),
             InputSource::Generated => String::new(),
         };
         if shape.len() != info.dims.len() {
@@ -417,8 +448,9 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         data.push(Some((conv, source)));
     }
 
-    // Generate the rest.
+    // Generate the rest (said so when other inputs came from files).
     let mut assumed = vec![];
+    let any_given = data.iter().any(|d| d.is_some());
     let mut inputs = Vec::with_capacity(infos.len());
     for (info, given) in infos.iter().zip(data) {
         if let Some((d, source)) = given {
@@ -476,6 +508,9 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
             _ => bail!("input '{}': shape {shape:?} is too large to generate", info.name),
         }
         let d = generate(&info.name, info.elem_type, &shape, spec.seed, info.index_bound)?;
+        if any_given {
+            assumed.push(format!("input '{}' generated (no file gives it)", info.name));
+        }
         inputs.push(Input { name: info.name.clone(), data: d, source: InputSource::Generated });
     }
     assumed.dedup();
@@ -549,6 +584,43 @@ mod tests {
         // Not an image (many channels, or not float): the plain default.
         let feat = info("f", dt::FLOAT, vec![sym("batch"), DimSpec::Fixed(64), sym("h"), sym("w")]);
         assert_eq!(prepare_for(&[feat], &InputSpec::default()).unwrap().inputs[0].data.shape(), &[1, 64, 1, 1]);
+    }
+
+    /// An `.npz` feeds each input from the array of its name; one array for a one-input model
+    /// whatever its name (`np.savez(f, x)` calls it `arr_0`); a file that names none of several
+    /// inputs is an error naming both lists, never replaced by generated data unnoticed; an input
+    /// no file gives is generated and said so.
+    #[test]
+    fn npz_arrays_are_matched_to_inputs_by_name_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let npz = |file: &str, arrays: &[&str]| {
+            let p = dir.path().join(file);
+            let mut w = ndarray_npy::NpzWriter::new(std::fs::File::create(&p).unwrap());
+            for a in arrays {
+                w.add_array(*a, &ArrayD::<f32>::zeros(IxDyn(&[5, 4]))).unwrap();
+            }
+            w.finish().unwrap();
+            InputSpec { npz: Some(p), ..Default::default() }
+        };
+        let batch = || DimSpec::Symbolic("batch".into());
+        let one = vec![info("x", dt::FLOAT, vec![batch(), DimSpec::Fixed(4)])];
+        let a = prepare_for(&one, &npz("pos.npz", &["arr_0"])).unwrap();
+        assert_eq!(a.inputs[0].data.shape(), &[5, 4]);
+        assert!(matches!(a.inputs[0].source, InputSource::Npz(_)));
+        let two = vec![
+            info("x", dt::FLOAT, vec![batch(), DimSpec::Fixed(4)]),
+            info("y", dt::FLOAT, vec![batch(), DimSpec::Fixed(4)]),
+        ];
+        let e = format!("{:#}", prepare_for(&two, &npz("wrong.npz", &["a", "b"])).unwrap_err());
+        assert!(e.contains("no array named like the model's inputs (x, y)") && e.contains("it holds: a, b"), "{e}");
+        // Two arrays for one input, neither named after it: ambiguous, refused.
+        assert!(prepare_for(&one, &npz("two.npz", &["a", "b"])).is_err());
+        let part = prepare_for(&two, &npz("part.npz", &["y"])).unwrap();
+        assert!(matches!(part.inputs[0].source, InputSource::Generated));
+        assert_eq!(part.inputs[0].data.shape(), &[5, 4], "the batch comes from the given input");
+        assert!(part.assumed.contains(&"input 'x' generated (no file gives it)".to_string()), "{:?}", part.assumed);
+        // All generated (no file at all): no such note.
+        assert!(prepare_for(&two, &InputSpec::default()).unwrap().assumed.iter().all(|a| !a.contains("generated")));
     }
 
     #[test]

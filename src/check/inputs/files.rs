@@ -123,6 +123,14 @@ pub(super) fn read_npy_file(path: &Path) -> Result<FileArray> {
     read_npy_bytes(&bytes).with_context(|| format!("{}: not a readable .npy", path.display()))
 }
 
+/// The names of the arrays in an `.npz` (as `np.savez` gave them: keywords, or `arr_0`, … for
+/// positional arrays).
+pub(super) fn npz_names(path: &Path) -> Result<Vec<String>> {
+    let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut z = NpzReader::new(f).map_err(|e| anyhow::anyhow!("{}: not a readable .npz: {e}", path.display()))?;
+    z.names().map_err(|e| anyhow::anyhow!("{}: not a readable .npz: {e}", path.display()))
+}
+
 /// Read array `name` from an `.npz`; `Ok(None)` when there is no such array.
 pub(super) fn read_npz_array(path: &Path, name: &str) -> Result<Option<FileArray>> {
     let open = || -> Result<NpzReader<std::fs::File>> {
