@@ -340,7 +340,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
             files.insert(k.clone(), p.clone());
         } else {
             let names: Vec<&str> = infos.iter().map(|i| i.name.as_str()).collect();
-            bail!("--inputs {k}=...: the model has no input '{k}' (inputs: {})", names.join(", "));
+            bail!("{k}={}: the model has no input '{k}' (inputs: {})", p.display(), names.join(", "));
         }
     }
 
