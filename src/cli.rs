@@ -135,7 +135,7 @@ struct PruneArgs {
     /// Verification inputs: NAME=FILE.npy (repeatable), FILE.npy for a single-input model, or FILE.npz
     #[arg(long, value_name = "NAME=FILE")]
     inputs: Vec<String>,
-    /// Class labels (.npy of ints) for accuracy before/after
+    /// Class labels (.npy: integers, whole-number floats or one-hot rows) for accuracy before/after
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
     /// Fix a dynamic dimension for verification: NAME=VALUE (repeatable), e.g. batch=1

@@ -2,7 +2,7 @@
 //!
 //! All sums run in f64 in a fixed order, so the numbers are the same on every run.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ndarray::ArrayD;
 use serde::{Serialize, Serializer};
 use std::path::Path;
@@ -189,25 +189,10 @@ pub fn accuracy(logits: &ArrayD<f32>, labels: &[i64]) -> Result<f64> {
     Ok(hit as f64 / labels.len() as f64)
 }
 
-/// Labels from an int64/int32 (or other integer) `.npy`, any shape (flattened).
+/// Class labels from a `.npy`: integers of any type and shape (flattened), whole-number floats,
+/// or float one-hot rows `[N, C]` (their argmax).
 pub fn load_labels(path: &Path) -> Result<Vec<i64>> {
-    use ndarray_npy::ReadNpyExt;
-    let bytes = std::fs::read(path).with_context(|| format!("labels {}: cannot read", path.display()))?;
-    let cur = || std::io::Cursor::new(bytes.as_slice());
-    let first_err = match ArrayD::<i64>::read_npy(cur()) {
-        Ok(a) => return Ok(a.iter().copied().collect()),
-        Err(e) => e,
-    };
-    if let Ok(a) = ArrayD::<i32>::read_npy(cur()) {
-        return Ok(a.iter().map(|v| *v as i64).collect());
-    }
-    if let Ok(a) = ArrayD::<u8>::read_npy(cur()) {
-        return Ok(a.iter().map(|v| *v as i64).collect());
-    }
-    if let Ok(a) = ArrayD::<i16>::read_npy(cur()) {
-        return Ok(a.iter().map(|v| *v as i64).collect());
-    }
-    bail!("labels {}: expected an integer .npy: {first_err}", path.display())
+    super::inputs::read_labels(path)
 }
 
 #[cfg(test)]

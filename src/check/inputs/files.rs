@@ -118,6 +118,39 @@ pub(super) fn read_npy_bytes(bytes: &[u8]) -> Result<FileArray> {
     bail!("unsupported .npy element type (supported: float32/64, int8/16/32/64, uint8/16/32, bool)")
 }
 
+/// Class labels from a `.npy`: integers of any type and shape (flattened), floats that are whole
+/// numbers, or float one-hot rows `[N, C]` (Keras' `to_categorical`), read as their argmax.
+pub(crate) fn read_labels(path: &Path) -> Result<Vec<i64>> {
+    let a = read_npy_file(path).map_err(|e| anyhow::anyhow!("labels {e:#}"))?;
+    if let Some(v) = a.to_i64() {
+        return Ok(v.iter().copied().collect());
+    }
+    let f = a.to_f64();
+    let shape = f.shape().to_vec();
+    if shape.len() == 2 && shape[1] > 1 {
+        let rows: Option<Vec<i64>> = f
+            .rows()
+            .into_iter()
+            .map(|r| {
+                let ones = r.iter().filter(|&&v| v == 1.0).count();
+                let zeros = r.iter().filter(|&&v| v == 0.0).count();
+                (ones == 1 && ones + zeros == r.len()).then(|| r.iter().position(|&v| v == 1.0).unwrap_or(0) as i64)
+            })
+            .collect();
+        if let Some(rows) = rows {
+            return Ok(rows);
+        }
+    }
+    if f.iter().all(|v| v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15) {
+        return Ok(f.iter().map(|&v| v as i64).collect());
+    }
+    bail!(
+        "labels {}: {} {shape:?} holds values that are neither class indices (whole numbers) nor one-hot rows",
+        path.display(),
+        a.dtype()
+    )
+}
+
 pub(super) fn read_npy_file(path: &Path) -> Result<FileArray> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     read_npy_bytes(&bytes).with_context(|| format!("{}: not a readable .npy", path.display()))
