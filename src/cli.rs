@@ -148,6 +148,11 @@ struct PruneArgs {
     /// NAME.npy files, or NAME=FILE.npy (repeatable). Required by wanda and activation
     #[arg(long, value_name = "PATH")]
     calibration: Vec<String>,
+    /// Use at most N calibration samples: a larger file is subsampled evenly (every k-th
+    /// sample, in file order), since reconstruction's time grows with them and its fidelity
+    /// stops improving long before; 0 uses every sample
+    #[arg(long, value_name = "N", default_value_t = crate::run::DEFAULT_CALIBRATION_ROWS)]
+    calibration_rows: usize,
     /// Baseline for comparisons (per-weight): prune this fixed fraction of every group instead
     /// of EMP's ⌊β·N_eff⌋, e.g. --ratio 0.5
     #[arg(long, value_name = "R")]
@@ -418,6 +423,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         allow_unproven: a.allow_unproven,
         calibration,
         calibration_label,
+        calibration_rows: a.calibration_rows,
         fixed_ratio: a.ratio,
         reconstruct: !a.no_reconstruct,
         plan,

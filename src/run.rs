@@ -569,7 +569,16 @@ fn calibration_inputs(o: &RunOptions) -> Result<Option<(crate::check::Inputs, St
     let label = o.calibration_label.clone().unwrap_or_else(|| "calibration".into());
     let inputs = crate::calib::load_inputs(&o.input, spec)?;
     let rows = inputs.rows();
-    Ok(Some((inputs, format!("{label} ({rows} rows)"))))
+    let cap = o.calibration_rows;
+    if cap == 0 || rows <= cap {
+        return Ok(Some((inputs, format!("{label} ({rows} rows)"))));
+    }
+    // Evenly spaced, so that a file sorted by class is still sampled across its classes.
+    let idx: Vec<usize> = (0..cap).map(|k| k * rows / cap).collect();
+    Ok(Some((
+        inputs.samples(&idx),
+        format!("{label} ({cap} of {rows} rows, evenly spaced: --calibration-rows {cap}; 0 uses all)"),
+    )))
 }
 
 /// The verification files the user named (`--inputs`, `--labels`) are read, and the inputs

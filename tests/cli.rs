@@ -974,3 +974,25 @@ fn an_unreadable_or_unfitting_inputs_file_is_an_error() {
         assert!(!out.exists(), "nothing may be written");
     }
 }
+
+/// A calibration file larger than `--calibration-rows` is subsampled evenly (the report's label
+/// says how many of how many); 0 uses every row. Reconstruction's time grows with the rows while
+/// its fidelity stops improving, so the default caps it (512).
+#[test]
+fn calibration_rows_cap_the_samples_used() {
+    let rows = |extra: &[&str]| -> Value {
+        let mut args = vec!["--calibration", "models/digits_calib_x64.npy", "--no-verify"];
+        args.extend_from_slice(extra);
+        report_of("digits_mlp", &args)
+    };
+    let capped = rows(&["--calibration-rows", "100"]);
+    let label = capped["calibration"].as_str().unwrap();
+    assert!(label.contains("100 of 256 rows, evenly spaced"), "{label}");
+    // Per weight, the refit solves on the first four fifths of the rows it is given.
+    assert_eq!(capped["reconstruction"]["samples"], 80);
+    let all = rows(&["--calibration-rows", "0"]);
+    assert!(all["calibration"].as_str().unwrap().ends_with("(256 rows)"), "{}", all["calibration"]);
+    assert_eq!(all["reconstruction"]["samples"], 256 - 256 / 5);
+    // The default (512) leaves these 256 rows whole.
+    assert_eq!(rows(&[])["calibration"], all["calibration"]);
+}

@@ -50,7 +50,7 @@ def _data_args(flag, value, tmp, stem):
 
 
 def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, labels, verify, latency,
-          round_to, include, ratio, reconstruct, dims, seed, report_html, guard=None):
+          round_to, include, ratio, reconstruct, dims, seed, report_html, guard=None, calibration_rows=None):
     if isinstance(input, (bytes, bytearray, memoryview)):
         f = os.path.join(tmp, "input.onnx")
         with open(f, "wb") as fh:
@@ -68,13 +68,15 @@ def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, l
     if criterion is not None:
         a += ["--criterion", criterion]
     a += _data_args("--calibration", calibration, tmp, "calibration")
+    if calibration_rows is not None:
+        a += ["--calibration-rows", str(int(calibration_rows))]
     a += _data_args("--inputs", inputs, tmp, "inputs")
     if labels is not None:
         if not isinstance(labels, (str, os.PathLike)):
             import numpy as np
 
             f = os.path.join(tmp, "labels.npy")
-            np.save(f, np.asarray(labels).astype(np.int64))
+            np.save(f, np.asarray(labels))
             labels = f
         a += ["--labels", _path(labels)]
     if not verify:
@@ -104,20 +106,21 @@ def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, l
 def prune(input, output, *, structured=None, beta=None, scope=None, criterion=None, calibration=None,
           inputs=None, labels=None, verify=True, latency=True, round_to=None, include=None, ratio=None,
           reconstruct=True, dims=None, seed=0, html=None, force=False, allow_mismatch=False,
-          sparse_initializers=False, guard=None, allow_unproven=False):
+          sparse_initializers=False, guard=None, allow_unproven=False, calibration_rows=None):
     """Prune `input` (a path, or the serialized model as bytes) into `output`; return the report.
 
     structured: None (per-weight), "channels", "heads" or "heads,channels".
     beta: None keeps the default (1, which the fidelity guard may raise on runs without reconstruction);
     a number is written as is. guard: a tolerance, or "off"/False (None: the default 0.1).
     calibration, inputs: a path as the CLI takes it, one numpy array, or {input name: array}.
-    labels: a path or an array of class ids. dims: {symbol: size} for dynamic dimensions.
+    calibration_rows: use at most this many calibration samples (None: the command's default, 512;
+    0: all). labels: a path or an array of class ids (or one-hot rows). dims: {symbol: size} for dynamic dimensions.
     latency: True (tract and onnxruntime), False (none), "tract" or "onnxruntime" (that engine only).
     Other keywords mirror the command's flags (`onnx-emp --help`).
     """
     with tempfile.TemporaryDirectory(prefix="onnx-emp-") as tmp:
         a = _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, labels, verify, latency,
-                  round_to, include, ratio, reconstruct, dims, seed, html, guard)
+                  round_to, include, ratio, reconstruct, dims, seed, html, guard, calibration_rows)
         a.insert(1, _path(output))
         if force:
             a.append("--force")
