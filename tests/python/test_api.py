@@ -202,3 +202,15 @@ def test_latency_in_one_engine(tmp_path):
     assert t["latency_dense"]["runs"] >= 1 and t.get("latency_onnxruntime") is None
     with pytest.raises(ValueError, match="latency='gpu'"):
         onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "x.onnx", beta=1.0, latency="gpu")
+
+
+def test_calibration_rows_and_one_hot_labels(tmp_path):
+    x = np.load(M / "digits_calib_x64.npy")
+    y = np.load(M / "digits_test_y.npy")
+    r = onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "o.onnx", calibration=x, calibration_rows=100,
+                       inputs=M / "digits_test_x64.npy", labels=np.eye(10, dtype=np.float32)[y], latency=False)
+    assert "100 of 256 rows" in r["calibration"]
+    assert r["reconstruction"]["samples"] == 80
+    same = onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "p.onnx", calibration=x, calibration_rows=100,
+                          inputs=M / "digits_test_x64.npy", labels=y, latency=False)
+    assert r["verification"]["accuracy_pruned"] == same["verification"]["accuracy_pruned"] > 0.9
