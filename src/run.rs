@@ -158,6 +158,16 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     // Calibration data, loaded once: for data-driven criteria and for reconstruction.
     let calib = calibration_inputs(o)?;
     check_given_files(o)?;
+    let half = |t: &onnx_protobuf::TensorProto| {
+        t.data_type == crate::model::tensor::dt::FLOAT16 || t.data_type == crate::model::tensor::dt::BFLOAT16
+    };
+    if calib.is_some() && loaded.proto.graph.as_ref().is_some_and(|g| g.initializer.iter().any(half)) {
+        notes.push(
+            "half-precision model: the calibration runs (statistics, reconstruction, its checks) use a float32 copy \
+             (tract has no x86 half-precision matmul kernels); the weights are written back in their own type"
+                .into(),
+        );
+    }
     let recon_inputs = if o.reconstruct && !o.plan { calib.as_ref().map(|c| &c.0) } else { None };
     if let Some((_, label)) = &calib {
         calibration = Some(label.clone());

@@ -4,6 +4,7 @@ pub mod hollow;
 pub mod io;
 pub mod mapped;
 pub mod presence;
+pub mod promote;
 pub mod qdq;
 pub mod sparse;
 pub mod tensor;

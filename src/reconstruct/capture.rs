@@ -42,6 +42,15 @@ fn expose(
     mut f: impl FnMut(usize, Vec<Option<ArrayD<f32>>>) -> Result<()>,
 ) -> Result<()> {
     let mut m = model.clone();
+    // Half-precision models run as float32 copies: tract's x86 half matmuls are a scalar
+    // fallback (`model::promote`).
+    let promoted;
+    let inputs = if crate::model::promote::promote(&mut m)? {
+        promoted = crate::model::promote::promote_inputs(inputs);
+        &promoted
+    } else {
+        inputs
+    };
     let g = m.graph.as_mut().context("model has no graph")?;
     // Only the requested values are outputs: tract then computes just the prefix of the graph
     // they depend on (a layer early in the graph costs a fraction of a full run).
