@@ -483,28 +483,33 @@ fn a_rewrite_neither_engine_can_prove_is_refused_unless_allowed() {
 #[cfg(unix)]
 #[test]
 fn a_dying_onnxruntime_worker_is_quoted_in_the_refusal() {
+    let err = refused_with_python(
+        "echo 'Traceback (most recent call last):' >&2\necho 'ImportError: libonnxruntime.so.1: cannot open shared object file' >&2\nexit 3",
+    );
+    assert!(err.contains("onnxruntime exited (exit status: 3)"), "{err}");
+    assert!(err.contains("ImportError: libonnxruntime.so.1: cannot open shared object file"), "{err}");
+}
+
+/// The stderr of a structural run of a model only onnxruntime can prove, with a stand-in Python
+/// (`ONNX_EMP_PYTHON`, a shell script of `body`): refused (exit 1), nothing written.
+#[cfg(unix)]
+fn refused_with_python(body: &str) -> String {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("python3");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\necho 'ImportError: libonnxruntime.so.1: cannot open shared object file' >&2\nexit 3\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let python = dir.path().join("python3");
+    std::fs::write(&python, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = dir.path().join("out.onnx");
     let refused = bin()
-        .env("ONNX_EMP_PYTHON", &fake)
+        .env("ONNX_EMP_PYTHON", &python)
         .args(["models/bert_ms_attention.onnx"])
         .arg(&out)
         .args(["--structured", "channels", "--beta", "0.7", "--no-latency", "-q"])
         .assert()
         .failure()
         .code(1);
-    let err = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
-    assert!(err.contains("onnxruntime exited (exit status: 3)"), "{err}");
-    assert!(err.contains("ImportError: libonnxruntime.so.1: cannot open shared object file"), "{err}");
-    assert!(!out.exists());
+    assert!(!out.exists(), "nothing may be written");
+    String::from_utf8_lossy(&refused.get_output().stderr).to_string()
 }
 
 /// A real Python without numpy (here `python3 -S`: no site-packages) is told apart from a broken
@@ -513,27 +518,12 @@ fn a_dying_onnxruntime_worker_is_quoted_in_the_refusal() {
 #[cfg(unix)]
 #[test]
 fn a_python_without_numpy_is_named_as_such() {
-    use std::os::unix::fs::PermissionsExt;
     if std::process::Command::new("python3").arg("-c").arg("pass").status().map_or(true, |s| !s.success()) {
         return eprintln!("skipped: python3 is not available");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("python3");
-    std::fs::write(&bare, "#!/bin/sh\nexec python3 -S \"$@\"\n").unwrap();
-    std::fs::set_permissions(&bare, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = dir.path().join("out.onnx");
-    let refused = bin()
-        .env("ONNX_EMP_PYTHON", &bare)
-        .args(["models/bert_ms_attention.onnx"])
-        .arg(&out)
-        .args(["--structured", "channels", "--beta", "0.7", "--no-latency", "-q"])
-        .assert()
-        .failure()
-        .code(1);
-    let err = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
+    let err = refused_with_python("exec python3 -S \"$@\"");
     assert!(err.contains("python module missing: numpy"), "{err}");
     assert!(!err.contains("NameError"), "{err}");
-    assert!(!out.exists());
 }
 
 /// A default run (no β) on a model tract cannot run is still guarded: the guard's runs fall back
