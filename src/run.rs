@@ -158,9 +158,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     // Calibration data, loaded once: for data-driven criteria and for reconstruction.
     let calib = calibration_inputs(o)?;
     check_given_files(o)?;
-    let half = |t: &onnx_protobuf::TensorProto| {
-        t.data_type == crate::model::tensor::dt::FLOAT16 || t.data_type == crate::model::tensor::dt::BFLOAT16
-    };
+    let half = |t: &onnx_protobuf::TensorProto| crate::model::promote::half(t.data_type);
     if calib.is_some() && loaded.proto.graph.as_ref().is_some_and(|g| g.initializer.iter().any(half)) {
         notes.push(
             "half-precision model: the calibration runs (statistics, reconstruction, its checks) use a float32 copy \

@@ -18,7 +18,8 @@ use crate::check::inputs::{InputData, Inputs};
 use anyhow::Result;
 use onnx_protobuf::{attribute_proto::AttributeType, GraphProto, ModelProto, TensorProto, TypeProto};
 
-fn half(t: i32) -> bool {
+/// A half-precision float type (float16, bfloat16).
+pub fn half(t: i32) -> bool {
     t == dt::FLOAT16 || t == dt::BFLOAT16
 }
 

@@ -9,6 +9,23 @@ use ndarray_npy::{NpzReader, ReadNpyExt, ReadableElement};
 use std::io::Cursor;
 use std::path::Path;
 
+/// `$m!(element type, FileArray variant)` for every element type a file may hold, in the order
+/// readers try them.
+macro_rules! each_file_type {
+    ($m:ident) => {
+        $m!(f32, F32);
+        $m!(f64, F64);
+        $m!(i64, I64);
+        $m!(i32, I32);
+        $m!(i16, I16);
+        $m!(i8, I8);
+        $m!(u8, U8);
+        $m!(u16, U16);
+        $m!(u32, U32);
+        $m!(bool, Bool);
+    };
+}
+
 /// Any array we can read from `.npy`.
 pub(super) enum FileArray {
     F32(ArrayD<f32>),
@@ -105,16 +122,7 @@ pub(super) fn read_npy_bytes(bytes: &[u8]) -> Result<FileArray> {
             }
         };
     }
-    attempt!(f32, F32);
-    attempt!(f64, F64);
-    attempt!(i64, I64);
-    attempt!(i32, I32);
-    attempt!(i16, I16);
-    attempt!(i8, I8);
-    attempt!(u8, U8);
-    attempt!(u16, U16);
-    attempt!(u32, U32);
-    attempt!(bool, Bool);
+    each_file_type!(attempt);
     bail!("unsupported .npy element type (supported: float32/64, int8/16/32/64, uint8/16/32, bool)")
 }
 
@@ -183,16 +191,7 @@ pub(super) fn read_npz_array(path: &Path, name: &str) -> Result<Option<FileArray
             }
         };
     }
-    attempt!(f32, F32);
-    attempt!(f64, F64);
-    attempt!(i64, I64);
-    attempt!(i32, I32);
-    attempt!(i16, I16);
-    attempt!(i8, I8);
-    attempt!(u8, U8);
-    attempt!(u16, U16);
-    attempt!(u32, U32);
-    attempt!(bool, Bool);
+    each_file_type!(attempt);
     bail!("{}: array '{name}' has an unsupported element type", path.display())
 }
 
