@@ -17,16 +17,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::{
-    DatumType, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTensor, TDim, TValue, TVec, Tensor,
-    TypedRunnableModel, TypedSimpleState,
+    Datum, DatumType, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTensor, TDim, TValue, TVec,
+    Tensor, TypedRunnableModel, TypedSimpleState,
 };
 use tract_onnx::tract_hir::infer::{Factoid, GenericFactoid};
 
 mod chunks;
 mod parse;
 
+use chunks::plan_chunking;
 pub use chunks::{chunk_rows, cores, Chunking, CHUNK_BYTES};
-use chunks::{plan_chunking, slice_rows};
 pub(crate) use parse::parse_proto;
 use parse::{fix_bool_attention_masks, known_unsupported};
 
@@ -345,24 +345,79 @@ pub fn load_runnable_chunked(path: &Path, facts: &[InputFact], max_chunk: usize)
 // ---------------------------------------------------------------------------------------------
 // Running
 
-fn to_tensor(d: &InputData) -> Tensor {
+/// Rows `rows` = (start, end, len) of axis 0 of `a` as a tract tensor of `len` rows, padded by
+/// repeating the last row (all of `a` when None): one copy, straight from the array's memory.
+fn rows_of<T: Datum + Copy>(a: &ArrayD<T>, rows: Option<(usize, usize, usize)>) -> Result<Tensor> {
+    let Some(s) = a.as_slice() else {
+        return rows_of(&a.as_standard_layout().into_owned(), rows);
+    };
+    let Some((start, end, len)) = rows else { return Tensor::from_shape(a.shape(), s) };
+    let per: usize = a.shape()[1..].iter().product();
+    let mut shape = a.shape().to_vec();
+    shape[0] = len;
+    if end - start == len {
+        return Tensor::from_shape(&shape, &s[start * per..end * per]);
+    }
+    let mut v = Vec::with_capacity(len * per);
+    v.extend_from_slice(&s[start * per..end * per]);
+    for _ in end - start..len {
+        v.extend_from_slice(&s[(end - 1) * per..end * per]);
+    }
+    Tensor::from_shape(&shape, &v)
+}
+
+fn to_tensor(d: &InputData, rows: Option<(usize, usize, usize)>) -> Result<Tensor> {
     match d {
-        InputData::F32(a) => Tensor::from(a.clone()),
-        InputData::F64(a) => Tensor::from(a.clone()),
-        InputData::F16(a) => Tensor::from(a.clone()),
-        InputData::I64(a) => Tensor::from(a.clone()),
-        InputData::I32(a) => Tensor::from(a.clone()),
-        InputData::I8(a) => Tensor::from(a.clone()),
-        InputData::U8(a) => Tensor::from(a.clone()),
-        InputData::Bool(a) => Tensor::from(a.clone()),
+        InputData::F32(a) => rows_of(a, rows),
+        InputData::F64(a) => rows_of(a, rows),
+        InputData::F16(a) => rows_of(a, rows),
+        InputData::I64(a) => rows_of(a, rows),
+        InputData::I32(a) => rows_of(a, rows),
+        InputData::I8(a) => rows_of(a, rows),
+        InputData::U8(a) => rows_of(a, rows),
+        InputData::Bool(a) => rows_of(a, rows),
+    }
+}
+
+/// The tract inputs of a run, made one chunk at a time ([`Batches::get`]): each chunk's rows
+/// are copied once from the inputs when it is needed, and an input that is not split (the same
+/// in every chunk) once for all of them.
+pub(crate) struct Batches<'a> {
+    data: Vec<&'a InputData>,
+    /// Per input: the tensor every chunk shares, or None for an input split into chunks.
+    whole: Vec<Option<TValue>>,
+    chunking: Option<&'a Chunking>,
+}
+
+impl Batches<'_> {
+    /// How many chunks.
+    pub(crate) fn len(&self) -> usize {
+        self.chunking.map_or(1, |c| c.rows.div_ceil(c.chunk))
+    }
+
+    /// Chunk `b`'s inputs.
+    pub(crate) fn get(&self, b: usize) -> Result<TVec<TValue>> {
+        let mut tv = TVec::new();
+        for (d, w) in self.data.iter().zip(&self.whole) {
+            tv.push(match (w, self.chunking) {
+                (Some(w), _) => w.clone(),
+                (None, Some(c)) => {
+                    let start = b * c.chunk;
+                    TValue::from(to_tensor(d, Some((start, (start + c.chunk).min(c.rows), c.chunk)))?)
+                }
+                (None, None) => unreachable!("unsplit inputs are whole"),
+            });
+        }
+        Ok(tv)
     }
 }
 
 impl Runnable {
-    /// The tract input batches for `inputs` (one per chunk), checked against the compiled facts.
-    pub(crate) fn prepare(&self, inputs: &Inputs) -> Result<Vec<TVec<TValue>>> {
-        let mut tensors = vec![];
-        for n in &self.input_names {
+    /// The tract inputs for `inputs`, checked against the compiled facts (see [`Batches`]).
+    pub(crate) fn batches<'a>(&'a self, inputs: &'a Inputs) -> Result<Batches<'a>> {
+        let mut data = vec![];
+        let mut whole = vec![];
+        for (k, n) in self.input_names.iter().enumerate() {
             let i = inputs.get(n).with_context(|| format!("no data for input '{n}'"))?;
             let f = self.facts.iter().find(|f| &f.name == n).with_context(|| format!("input '{n}' unknown"))?;
             if i.data.shape() != f.shape.as_slice() || i.data.elem_type() != f.elem_type {
@@ -374,23 +429,17 @@ impl Runnable {
                     f.shape
                 );
             }
-            tensors.push(to_tensor(&i.data));
+            let split = self.chunking.as_ref().is_some_and(|c| c.batched.get(k).copied().unwrap_or(false));
+            whole.push(if split { None } else { Some(TValue::from(to_tensor(&i.data, None)?)) });
+            data.push(&i.data);
         }
-        let Some(c) = &self.chunking else {
-            return Ok(vec![tensors.into_iter().map(TValue::from).collect()]);
-        };
-        let mut out = vec![];
-        let mut start = 0;
-        while start < c.rows {
-            let end = (start + c.chunk).min(c.rows);
-            let mut tv = TVec::new();
-            for (t, b) in tensors.iter().zip(&c.batched) {
-                tv.push(TValue::from(if *b { slice_rows(t, start, end, c.chunk)? } else { t.clone() }));
-            }
-            out.push(tv);
-            start = end;
-        }
-        Ok(out)
+        Ok(Batches { data, whole, chunking: self.chunking.as_ref() })
+    }
+
+    /// Every chunk's tract inputs at once (for timed runs: converted before the clock starts).
+    pub(crate) fn prepare(&self, inputs: &Inputs) -> Result<Vec<TVec<TValue>>> {
+        let b = self.batches(inputs)?;
+        (0..b.len()).map(|i| b.get(i)).collect()
     }
 
     pub(crate) fn run_raw(&self, tv: TVec<TValue>) -> Result<TVec<TValue>> {
@@ -472,16 +521,14 @@ fn run_chunks(
 ) -> Result<()> {
     let threads = cores();
     guarded("run", || {
-        let batches = r.prepare(inputs)?;
+        let batches = r.batches(inputs)?;
         let mut next = 0usize;
-        let mut pending = batches.into_iter();
-        loop {
+        while next < batches.len() {
             // Up to `threads` chunks at once (tract runs one inference on one core); their
             // outputs are handed to `f` in order, so results do not depend on the thread count.
-            let wave: Vec<TVec<TValue>> = pending.by_ref().take(threads).collect();
-            if wave.is_empty() {
-                break;
-            }
+            // Each chunk's inputs are made as its wave starts.
+            let wave: Vec<TVec<TValue>> =
+                (next..(next + threads).min(batches.len())).map(|b| batches.get(b)).collect::<Result<_>>()?;
             let outs: Vec<Result<TVec<TValue>>> = if wave.len() == 1 {
                 wave.into_iter().map(|tv| r.run_raw(tv)).collect()
             } else {

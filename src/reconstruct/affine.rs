@@ -7,7 +7,7 @@
 //! Written as W′[o] = a·W[o], b′[o] = a·b[o] + b, in the masked and the pruned model; kept per
 //! channel only where it lowers the held-apart error.
 
-use super::capture::run_exposing;
+use super::boundary::{run_from, Boundary};
 use super::refit::RefitSite;
 use super::site::{self, Site};
 use super::{row_seed, LayerRecon, POSITIONS_PER_SAMPLE};
@@ -52,8 +52,11 @@ impl Sums {
     }
 }
 
+/// Fit and write layer `k`'s scale and shift. `from`: the dense and masked boundaries at this
+/// layer ([`Boundary`]), to run from instead of the calibration inputs (should those runs fail,
+/// from the inputs). Also says whether the runs started from `from`.
 #[allow(clippy::too_many_arguments)] // the three models, the two sites and the refit site of one layer
-pub fn affine_one(
+pub(crate) fn affine_one(
     k: usize,
     dense: &ModelProto,
     masked: &mut ModelProto,
@@ -62,15 +65,16 @@ pub fn affine_one(
     s: &Site,
     sp: &Site,
     calib: &Inputs,
-) -> Result<LayerRecon> {
+    from: Option<&(Boundary, Boundary)>,
+) -> Result<(LayerRecon, bool)> {
     let outs = r.kept_outputs(s.out)?;
     if sp.out != outs.len() {
         bail!("pruned layer has {} outputs, expected {}", sp.out, outs.len());
     }
-    let capture = |m: &ModelProto| -> Result<Vec<Vec<f32>>> {
+    let capture = |m: &ModelProto, from: Option<&Boundary>| -> Result<Vec<Vec<f32>>> {
         // per kept channel, the sampled values in row order
         let mut v: Vec<Vec<f32>> = vec![vec![]; outs.len()];
-        run_exposing(m, calib, std::slice::from_ref(&s.output), |row0, a| {
+        run_from(from, m, calib, std::slice::from_ref(&s.output), |row0, a| {
             let y = &a[0];
             if y.ndim() != 4 {
                 bail!("{}: output is not 4-D", s.label);
@@ -89,8 +93,16 @@ pub fn affine_one(
         })?;
         Ok(v)
     };
-    let yd = capture(dense).context("dense run")?;
-    let ym = capture(masked).context("masked run")?;
+    let both = |b: Option<&(Boundary, Boundary)>| -> Result<_> {
+        Ok((
+            capture(dense, b.map(|b| &b.0)).context("dense run")?,
+            capture(masked, b.map(|b| &b.1)).context("masked run")?,
+        ))
+    };
+    let ((yd, ym), used) = match from.map(|b| both(Some(b))) {
+        Some(Ok(y)) => (y, true),
+        _ => (both(None)?, false),
+    };
     // Rows per sample are fixed for a layer: split by sample index, every fifth held apart.
     let per = yd.first().map_or(0, |v| v.len()) / calib.rows().max(1);
     let mut ab = vec![(1.0, 0.0); outs.len()];
@@ -130,13 +142,13 @@ pub fn affine_one(
     };
     if changed == 0 {
         rep.method = "unchanged".into();
-        return Ok(rep);
+        return Ok((rep, used));
     }
     if s.bias.is_none() || sp.bias.is_none() {
         rep.method = "unchanged".into();
         rep.err_after = rep.err_before;
         rep.note = Some("no bias to carry the shift".into());
-        return Ok(rep);
+        return Ok((rep, used));
     }
     for (m, st, full) in [(masked, s, true), (pruned, sp, false)] {
         let g = m.graph.as_mut().context("model has no graph")?;
@@ -154,5 +166,5 @@ pub fn affine_one(
     if s.quant.is_some() {
         rep.note = Some(super::quant::REQUANTIZED.into());
     }
-    Ok(rep)
+    Ok((rep, used))
 }

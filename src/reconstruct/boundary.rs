@@ -1,8 +1,8 @@
-//! Boundary cache of block-wise reconstruction (SparseGPT's scheme): the calibration activations
-//! at the start of the next window of layers are kept, so that each window runs from them
-//! instead of from the model's inputs. A model of L layers then costs about two passes in all
-//! (each segment once with its layers dense, to collect H, and once updated, to move the
-//! boundary on) instead of one growing prefix per window.
+//! Boundary cache of reconstruction (SparseGPT's scheme): the calibration activations at the
+//! start of the next window of layers (block-wise) or the next layer (layer by layer) are kept,
+//! so that each window runs from them instead of from the model's inputs. A model of L layers
+//! then costs about two passes in all (each segment once with its layers dense, to collect H,
+//! and once updated, to move the boundary on) instead of one growing prefix per window.
 //!
 //! Contract:
 //! - A boundary at node `cut` holds, for every calibration sample, the f32 values produced before
@@ -12,8 +12,9 @@
 //!   values are removed and the values become graph inputs. Values that cannot be cached (not
 //!   f32, or without the samples on axis 0, e.g. shapes) are recomputed from the calibration
 //!   inputs, so the result is the model's own whatever is cached.
-//! - Memory: at most [`MAX_BOUNDARY_BYTES`] of cached values; beyond that, or on any error, the
-//!   caller runs from the model's inputs as before.
+//! - Memory: at most [`MAX_BOUNDARY_BYTES`] of cached values, known at the first chunk (the
+//!   values are allocated whole then); beyond that, or on any error, the caller runs from the
+//!   model's inputs, and takes a boundary again from them at its next layer.
 
 use super::capture::{run_exposing, run_exposing_f32_rows};
 use crate::check::inputs::{Input, InputData, InputSource};
@@ -24,9 +25,13 @@ use ndarray::{ArrayD, Axis};
 use onnx_protobuf::{ModelProto, NodeProto, ValueInfoProto};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-/// Cached values of one boundary, in bytes, at most (1 GiB: a transformer's residual stream and
-/// normalised copy for 256 samples of 64 tokens × 768 take 100 MB).
-pub const MAX_BOUNDARY_BYTES: usize = 1 << 30;
+/// Cached values of one boundary, in bytes, at most (512 MiB: a transformer's residual stream and
+/// normalised copy for 512 samples of 64 tokens × 768 take 200 MB; a CNN's first layers at
+/// 224 × 224 do not fit, but their prefix is short). The channels refit holds a dense and a
+/// masked boundary, and a third while one moves: on MobileNetV2 at 224 × 224 with 512 samples,
+/// 1.9 GB at the peak and 59 s (1 GiB: 3.0 GB, 53 s; 256 MiB: 1.6 GB, 142 s; no boundary:
+/// 1.2 GB, 322 s).
+pub const MAX_BOUNDARY_BYTES: usize = 512 << 20;
 
 /// The values crossing one cut, for every calibration sample.
 pub(crate) struct Boundary {
@@ -61,42 +66,62 @@ impl Boundary {
         run_exposing(&sub, &self.inputs, values, f)
     }
 
-    /// The boundary at node `cut` (≥ this one's) of `model`, from one run of the segment between.
-    pub(crate) fn advance(&self, model: &ModelProto, cut: usize) -> Result<Boundary> {
+    /// The boundary at node `cut` (≥ this one's) of `model`, from one run of the segment between
+    /// (this one's calibration inputs move on to it, uncopied).
+    pub(crate) fn advance(self, model: &ModelProto, cut: usize) -> Result<Boundary> {
         if cut < self.cut {
             bail!("boundary cannot move back from node {} to {cut}", self.cut);
         }
         let g = model.graph.as_ref().context("model has no graph")?;
         let crossing = crossing(model, cut)?;
         if crossing.is_empty() {
-            return Ok(Boundary { cut, inputs: self.base_inputs(), base: self.base });
+            let base = self.base;
+            return Ok(Boundary { cut, inputs: self.into_base_inputs(), base });
         }
-        // Per value: its chunks in order, or None once one chunk was not per-sample f32 data.
-        let mut got: Vec<Option<Vec<ArrayD<f32>>>> = vec![Some(vec![]); crossing.len()];
+        // Per value: its rows for every sample, filled chunk by chunk (allocated at its first
+        // chunk, so the boundary's size is known then: one too big costs one chunk), and how many
+        // rows were filled; None once a chunk was not per-sample f32 data.
+        let rows = self.inputs.rows();
+        let mut got: Vec<Option<Option<(ArrayD<f32>, usize)>>> = vec![Some(None); crossing.len()];
         let mut bytes = 0usize;
-        run_exposing_f32_rows(&self.cut_model(model, &crossing)?, &self.inputs, &crossing, |_, vs| {
+        run_exposing_f32_rows(&self.cut_model(model, &crossing)?, &self.inputs, &crossing, |row0, vs| {
             for (slot, v) in got.iter_mut().zip(vs) {
-                match (slot.as_mut(), v) {
-                    (Some(chunks), Some(a)) => {
-                        bytes += a.len() * 4;
-                        chunks.push(a);
-                    }
-                    _ => *slot = None,
+                let (Some(state), Some(a)) = (slot.as_mut(), v) else {
+                    *slot = None;
+                    continue;
+                };
+                let n = a.shape().first().copied().unwrap_or(0);
+                if a.ndim() == 0 || row0 + n > rows {
+                    *slot = None;
+                    continue;
                 }
+                let (all, filled) = state.get_or_insert_with(|| {
+                    let mut shape = a.shape().to_vec();
+                    shape[0] = rows;
+                    bytes += shape.iter().product::<usize>() * 4;
+                    (ArrayD::zeros(shape), 0)
+                });
+                if all.shape()[1..] != a.shape()[1..] {
+                    *slot = None;
+                    continue;
+                }
+                all.slice_axis_mut(Axis(0), ndarray::Slice::from(row0..row0 + n)).assign(&a);
+                *filled += n;
             }
             if bytes > MAX_BOUNDARY_BYTES {
                 bail!("the values at the boundary take more than {MAX_BOUNDARY_BYTES} bytes");
             }
             Ok(())
         })?;
-        let rows = self.inputs.rows();
+        // The calibration inputs move on; the values cached here are dropped.
+        let base = self.base;
+        let mut inputs = self.into_base_inputs();
         let mut values: BTreeMap<&str, ArrayD<f32>> = BTreeMap::new();
-        for (name, chunks) in crossing.iter().zip(got) {
-            let Some(chunks) = chunks else { continue };
-            let views: Vec<_> = chunks.iter().map(|a| a.view()).collect();
-            let a = ndarray::concatenate(Axis(0), &views).with_context(|| format!("joining '{name}'"))?;
-            if a.ndim() > 0 && a.shape()[0] == rows {
-                values.insert(name.as_str(), a);
+        for (name, slot) in crossing.iter().zip(got) {
+            if let Some(Some((a, filled))) = slot {
+                if filled == rows {
+                    values.insert(name.as_str(), a);
+                }
             }
         }
         // A node can be replaced only when every output it has that anything reads is cached.
@@ -108,7 +133,6 @@ impl Boundary {
                 }
             }
         }
-        let mut inputs = self.base_inputs();
         for (name, a) in values {
             inputs.inputs.push(Input {
                 name: name.to_string(),
@@ -116,12 +140,14 @@ impl Boundary {
                 source: InputSource::Generated,
             });
         }
-        Ok(Boundary { cut, inputs, base: self.base })
+        Ok(Boundary { cut, inputs, base })
     }
 
     /// The calibration inputs alone.
-    fn base_inputs(&self) -> Inputs {
-        Inputs { inputs: self.inputs.inputs[..self.base].to_vec(), assumed: self.inputs.assumed.clone() }
+    fn into_base_inputs(self) -> Inputs {
+        let mut inputs = self.inputs;
+        inputs.inputs.truncate(self.base);
+        inputs
     }
 
     /// The part of `model` that computes `values` from the boundary: the nodes they need, with the
@@ -395,6 +421,73 @@ mod tests {
         let scale = wa.iter().fold(0f64, |m, v| m.max(v.abs()));
         let diff = wa.iter().zip(&wb).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
         assert!(diff <= 1e-4 * scale, "max |Δw| {diff} (scale {scale})");
+    }
+
+    /// Layer by layer (a model too small for windows), each layer's runs also start from the
+    /// boundary at it, the depthwise layers' affine fits too, and give what prefix runs give: per
+    /// weight on the transformer, channels on the trained MobileNet-style CNN.
+    #[test]
+    fn layer_by_layer_runs_from_boundaries_match_prefix_runs() {
+        let (dense, pruned, names, calib) = setup();
+        let (mut a, mut b) = (pruned.clone(), pruned.clone());
+        let (ra, na) = super::super::obs::obs_all_with(&dense, &mut a, &names, &calib, false, false).unwrap();
+        let (rb, _) = super::super::obs::obs_all_with(&dense, &mut b, &names, &calib, false, true).unwrap();
+        assert_eq!(na, 0);
+        assert!(ra.iter().filter(|l| l.method.starts_with("obs")).count() >= names.len() / 2, "{ra:?}");
+        for (x, y) in ra.iter().zip(&rb) {
+            assert_eq!((&x.layer, &x.method, x.rows), (&y.layer, &y.method, y.rows));
+            assert!((x.err_after - y.err_after).abs() <= 1e-4 * x.err_before.max(1e-12), "{x:?} vs {y:?}");
+        }
+        let (wa, wb) = (weights(&a, &names), weights(&b, &names));
+        let scale = wa.iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert!(wa.iter().zip(&wb).all(|(x, y)| (x - y).abs() <= 1e-4 * scale));
+
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mp = root.join("models/fmnist_mobilenet.onnx");
+        let dense = crate::model::io::load(&mp).unwrap().proto;
+        let mut spec = InputSpec::default();
+        spec.files.insert(String::new(), root.join("models/fmnist_calib_x.npy"));
+        let calib = crate::calib::load_inputs(&mp, &spec).unwrap().sample_range(0, 40);
+        let opts = crate::prune::StructOptions { beta: 0.8, ..Default::default() };
+        let r = crate::prune::channels::prune_channels(&dense, &opts).unwrap();
+        let run = |cache: bool| {
+            let (mut m, mut p) = (r.masked().clone(), r.pruned.clone());
+            let (reps, n) =
+                super::super::refit::refit_all_with(&dense, &mut m, &mut p, &r.refit, &calib, false, cache).unwrap();
+            (reps, n, m)
+        };
+        let ((ra, na, ma), (rb, nb, mb)) = (run(false), run(true));
+        assert_eq!(na, 0);
+        // Every site after the first ran from a boundary, the affine ones among them.
+        assert!(nb + 1 >= ra.len(), "{nb} of {} sites ran from a boundary", ra.len());
+        assert!(ra.iter().any(|l| l.method == "affine") && ra.iter().any(|l| l.method == "ridge"), "{ra:?}");
+        for (x, y) in ra.iter().zip(&rb) {
+            assert_eq!((&x.layer, &x.method, x.rows), (&y.layer, &y.method, y.rows));
+            assert!((x.err_after - y.err_after).abs() <= 1e-4 * x.err_before.max(1e-12), "{x:?} vs {y:?}");
+        }
+        let names: Vec<String> = r.refit.iter().map(|s| s.weight.clone()).collect();
+        let (wa, wb) = (weights(&ma, &names), weights(&mb, &names));
+        let scale = wa.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let diff = wa.iter().zip(&wb).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-4 * scale, "max |Δw| {diff} (scale {scale})");
+    }
+
+    /// A chunked pass whose callback refuses the first chunk (a boundary too big to keep) stops
+    /// there: it is not run again on all the samples at once, the fallback for runs that fail in
+    /// tract (which took MobileNetV2's 512 samples at 224 × 224 to 6 GB).
+    #[test]
+    fn a_callback_error_is_not_retried_unchunked() {
+        let (_, pruned, _, calib) = setup();
+        let out = pruned.graph.as_ref().unwrap().output[0].name.clone();
+        let mut calls = vec![];
+        let e = run_exposing(&pruned, &calib, std::slice::from_ref(&out), |row0, v| {
+            calls.push((row0, v[0].shape()[0]));
+            bail!("too big")
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("too big"), "{e:#}");
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert!(calls[0].1 < calib.rows(), "{calls:?}");
     }
 
     /// A value computed from weights alone whose axis 0 is as long as the samples (here the

@@ -83,8 +83,12 @@ fn expose(
     let mut row = 0usize;
     if inputs.rows() > 1 {
         if let Ok(r) = check::run::load_runnable_chunked(&path, &facts, check::run::chunk_rows(&facts, cores)) {
-            let res = pass(&r, inputs, values, lenient, &mut row, &mut f);
-            if res.is_ok() || row > 0 || r.chunking.is_none() {
+            // Only a run that failed in tract is tried whole: an error of `f` (a boundary too
+            // big to keep, found at the first chunk) is the caller's answer.
+            let by_f = std::cell::Cell::new(false);
+            let res =
+                pass(&r, inputs, values, lenient, &mut row, &mut |row0, v| f(row0, v).inspect_err(|_| by_f.set(true)));
+            if res.is_ok() || row > 0 || r.chunking.is_none() || by_f.get() {
                 return res;
             }
         }

@@ -11,8 +11,9 @@
 //! - Layers run in graph order, each on the inputs produced by the already-reconstructed layers
 //!   before it (SparseGPT's sequential scheme), so errors do not compound.
 //! - Memory: one layer's normal equations (p × p) plus up to 2048 of its sampled rows waiting to
-//!   be added (products of that many rows, whatever the chunks of the calibration pass); block-wise
-//!   (big models), also the activations at one window boundary (≤ 1 GiB, see [`boundary`]).
+//!   be added (products of that many rows, whatever the chunks of the calibration pass); also the
+//!   activations at the current window's (or layer's) boundary, ≤ 512 MiB each: one per-weight,
+//!   a dense and a masked one for the channels and heads refit (see [`boundary`]).
 //! - Every layer is reported: its calibration error before and after, the method kept, or why
 //!   it was not reconstructed.
 //!

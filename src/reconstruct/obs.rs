@@ -69,9 +69,9 @@ pub(crate) fn obs_all_with(
     order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
     let progress = crate::progress::Work::new(order.len() as u64);
     let window = if blockwise { window_inputs(&order.iter().map(|o| &o.2).collect::<Vec<_>>()) } else { 1 };
-    // Block-wise, each window runs from the activations cached at its first layer (see
+    // Each window (or layer) runs from the activations cached at its first layer (see
     // [`Boundary`]); without one (not cacheable, or after a failure) from the model's inputs.
-    let mut boundary = (window > 1 && use_boundary).then(|| Boundary::start(calib));
+    let mut boundary = use_boundary.then(|| Boundary::start(calib));
     let mut from_boundary = 0usize;
     let mut out = vec![];
     let mut shared: Option<Shared> = None;
@@ -104,12 +104,7 @@ pub(crate) fn obs_all_with(
                 progress.inc(n);
                 k += 1;
                 shared = None;
-                // The next window starts at the next layer: move the boundary there, through the
-                // segment just updated (any other kind of layer next ends the cache).
-                boundary = match (boundary.take(), order.front()) {
-                    (Some(b), Some((_, _, Layer::Linear(Ok(next))))) => b.advance(model, next.node).ok(),
-                    _ => None,
-                };
+                boundary = next_boundary(boundary.take(), use_boundary, model, calib, &order);
                 continue;
             }
             // Layer by layer: OBS aimed at the dense outputs; plain OBS (SparseGPT) when the
@@ -121,6 +116,7 @@ pub(crate) fn obs_all_with(
                 &s,
                 calib,
                 prefetched(&mut cache, k, &s, &order, dense, calib),
+                boundary.as_ref(),
             ) {
                 Ok(r) => {
                     shared = None;
@@ -146,9 +142,32 @@ pub(crate) fn obs_all_with(
         out.extend(rep);
         progress.inc(1);
         k += 1;
-        boundary = None;
+        boundary = next_boundary(boundary.take(), use_boundary, model, calib, &order);
     }
     Ok((out, from_boundary))
+}
+
+/// The boundary moved to the next layer of `order`, through the segment just updated; taken from
+/// the calibration inputs when `boundary` was lost. None when the next layer is recurrent (it
+/// runs from the inputs, and the layers after it must see it updated) or there is none, or when
+/// a boundary cannot be taken there.
+fn next_boundary(
+    boundary: Option<Boundary>,
+    use_boundary: bool,
+    model: &ModelProto,
+    calib: &Inputs,
+    order: &std::collections::VecDeque<(usize, String, Layer)>,
+) -> Option<Boundary> {
+    if !use_boundary {
+        return None;
+    }
+    // Layers that are skipped leave the model as it is: the boundary can move past them.
+    let next = order.iter().find_map(|(_, _, l)| match l {
+        Layer::Linear(Err(_)) => None,
+        Layer::Linear(Ok(s)) => Some(Some(s.node)),
+        Layer::Recurrent(_) => Some(None),
+    })??;
+    boundary.unwrap_or_else(|| Boundary::start(calib)).advance(model, next).ok()
 }
 
 /// The dense targets of layer `k` (site `s`, the next to reconstruct; `order` the ones after it,
@@ -189,8 +208,9 @@ fn prefetched(
 /// block-wise, as SparseGPT does per transformer block: one calibration pass collects the
 /// inputs of several consecutive layers at once, computed with those layers' dense weights on
 /// the output of the already-reconstructed layers before them, starting from the activations
-/// cached at the window's first layer ([`Boundary`]). Smaller models, where a pass is cheap, go
-/// strictly layer by layer (each layer sees every earlier layer reconstructed).
+/// cached at the window's first layer ([`Boundary`]). Smaller models go strictly layer by layer
+/// (each layer sees every earlier layer reconstructed), each layer's pass also from the boundary
+/// cached at it.
 pub const BLOCKWISE_MIN_WEIGHTS: u64 = 4 << 20;
 
 pub(crate) fn weight_elems(m: &ModelProto) -> u64 {

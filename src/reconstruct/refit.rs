@@ -94,8 +94,9 @@ pub(crate) fn is_val(row: usize) -> bool {
 /// Refit every site, in the masked model's graph order, writing the kept values into `masked`
 /// and `pruned`. `dense` gives the targets. Big models go block-wise (see
 /// [`super::obs::BLOCKWISE_MIN_WEIGHTS`]): one dense and one masked calibration pass serve the
-/// consecutive linear layers of a window of ⌈√L⌉ distinct inputs, each from the activations
-/// cached at the window's first layer ([`Boundary`]).
+/// consecutive linear layers of a window of ⌈√L⌉ distinct inputs; smaller ones layer by layer.
+/// Either way each window's passes run from the activations cached at its first layer
+/// ([`Boundary`]), so that L layers cost about two passes over the model, not L prefixes.
 pub fn refit_all(
     dense: &ModelProto,
     masked: &mut ModelProto,
@@ -135,9 +136,10 @@ pub(crate) fn refit_all_with(
     };
     let progress = crate::progress::Work::new(order.len() as u64);
     let mut out = vec![];
-    // Block-wise, each window's dense and masked runs start from the activations cached at its
-    // first layer (see [`Boundary`]) while consecutive windows follow each other.
-    let mut bounds = (window > 1 && use_boundary).then(|| (Boundary::start(calib), Boundary::start(calib)));
+    // Each window's dense and masked runs start from the activations cached at its first layer
+    // (see [`Boundary`]) while consecutive windows follow each other; a lost boundary (too big,
+    // or a failed run) is taken again from the inputs at the next layer.
+    let mut bounds = use_boundary.then(|| (Boundary::start(calib), Boundary::start(calib)));
     let mut from_boundary = 0usize;
     let mut queue: std::collections::VecDeque<_> = order.into_iter().enumerate().collect();
     while let Some((k, (_, r, s))) = queue.pop_front() {
@@ -145,17 +147,19 @@ pub(crate) fn refit_all_with(
             Err(why) => {
                 out.push(LayerRecon::skipped(&r.weight, &r.weight, why));
                 progress.inc(1);
-                bounds = None;
                 continue;
             }
             Ok(s) if site::groups(&s) > 1 => {
                 let rep = locate(pruned, r)
                     .map_err(|e| anyhow::anyhow!("pruned model: {e}"))
-                    .and_then(|sp| super::affine::affine_one(k, dense, masked, pruned, r, &s, &sp, calib))
-                    .unwrap_or_else(|e| LayerRecon::skipped(&s.label, &r.weight, format!("{e:#}")));
-                out.push(rep);
+                    .and_then(|sp| {
+                        super::affine::affine_one(k, dense, masked, pruned, r, &s, &sp, calib, bounds.as_ref())
+                    })
+                    .unwrap_or_else(|e| (LayerRecon::skipped(&s.label, &r.weight, format!("{e:#}")), false));
+                out.push(rep.0);
+                from_boundary += rep.1 as usize;
                 progress.inc(1);
-                bounds = None;
+                bounds = next_bounds(bounds.take(), use_boundary, dense, masked, calib, &queue);
                 continue;
             }
             Ok(s) => s,
@@ -181,21 +185,30 @@ pub(crate) fn refit_all_with(
         out.extend(reps);
         from_boundary += used as usize;
         progress.inc(n);
-        // Move both boundaries to the next window's first layer (the dense one in the dense
-        // graph, found by the layer's output), through the segment just refitted.
-        bounds = match (bounds.take(), queue.front()) {
-            (Some((d, m)), Some((_, (_, _, Ok(next))))) if site::groups(next) == 1 => {
-                let dense_cut =
-                    dense.graph.as_ref().and_then(|g| g.node.iter().position(|n| n.output.contains(&next.output)));
-                match dense_cut.map(|c| (d.advance(dense, c), m.advance(masked, next.node))) {
-                    Some((Ok(d), Ok(m))) => Some((d, m)),
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
+        bounds = next_bounds(bounds.take(), use_boundary, dense, masked, calib, &queue);
     }
     Ok((out, from_boundary))
+}
+
+/// The dense and masked boundaries moved to the next site of `queue` (the dense one in the dense
+/// graph, found by the layer's output), through the segment just refitted; taken from the
+/// calibration inputs when `bounds` was lost. None without a next site, or when a boundary
+/// cannot be taken there (the next site then runs from the inputs).
+fn next_bounds<T>(
+    bounds: Option<(Boundary, Boundary)>,
+    use_boundary: bool,
+    dense: &ModelProto,
+    masked: &ModelProto,
+    calib: &Inputs,
+    queue: &std::collections::VecDeque<(usize, (usize, T, std::result::Result<Site, String>))>,
+) -> Option<(Boundary, Boundary)> {
+    if !use_boundary {
+        return None;
+    }
+    let next = queue.iter().find_map(|(_, (_, _, s))| s.as_ref().ok())?;
+    let (d, m) = bounds.unwrap_or_else(|| (Boundary::start(calib), Boundary::start(calib)));
+    let dense_cut = dense.graph.as_ref()?.node.iter().position(|n| n.output.contains(&next.output))?;
+    Some((d.advance(dense, dense_cut).ok()?, m.advance(masked, next.node).ok()?))
 }
 
 /// One layer to refit, with what its normal equations need.

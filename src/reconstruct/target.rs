@@ -18,6 +18,7 @@
 //! Memory: one layer's H and Σ z y_dᵀ per group, plus y_d of its sampled rows (refused above
 //! [`MAX_TARGET_ELEMS`]; the caller then falls back to plain OBS).
 
+use super::boundary::{run_from, Boundary};
 use super::capture::run_exposing;
 use super::linalg::{mean_diag, ridge, Normal, Normal32};
 use super::obs_factor::{ObsFactor, Solver};
@@ -224,7 +225,14 @@ pub(crate) fn dense_targets(dense: &ModelProto, calib: &Inputs, sites: &[(usize,
 
 /// Calibration statistics of a layer per group: (fit rows, held-apart rows), inputs from
 /// `model`, paired row by row with the dense targets.
-fn collect(k: usize, model: &ModelProto, s: &Site, targets: &Targets, calib: &Inputs) -> Result<Vec<[Stats; 2]>> {
+fn collect(
+    k: usize,
+    model: &ModelProto,
+    s: &Site,
+    targets: &Targets,
+    calib: &Inputs,
+    from: Option<&Boundary>,
+) -> Result<Vec<[Stats; 2]>> {
     let groups = site::groups(s);
     let og = s.out / groups;
     let p = s.p;
@@ -233,7 +241,7 @@ fn collect(k: usize, model: &ModelProto, s: &Site, targets: &Targets, calib: &In
     let mut fit: Vec<Normal32> = (0..groups).map(|_| Normal32::new(p, og)).collect();
     let mut held: Vec<Stats> = (0..groups).map(|_| Stats::new(p, og)).collect();
     let mut cursor = vec![0usize; groups];
-    run_exposing(model, calib, &values, |row0, v| {
+    run_from(from, model, calib, &values, |row0, v| {
         let x = &v[0];
         let (npos, hw) = sample_positions(s, x.shape())?;
         for (g, (fit, held)) in fit.iter_mut().zip(held.iter_mut()).enumerate() {
@@ -270,7 +278,9 @@ fn collect(k: usize, model: &ModelProto, s: &Site, targets: &Targets, calib: &In
 }
 
 /// Reconstruct one pruned layer toward the dense outputs. `Ok(None)` when it was not pruned.
-/// `targets`: the layer's y_d if already computed (see [`dense_targets`]).
+/// `targets`: the layer's y_d if already computed (see [`dense_targets`]); `from`: the model's
+/// boundary at this layer, to run from instead of the calibration inputs (should that run fail,
+/// from the inputs).
 pub(crate) fn obs_to_dense(
     k: usize,
     dense: &ModelProto,
@@ -278,6 +288,7 @@ pub(crate) fn obs_to_dense(
     s: &Site,
     calib: &Inputs,
     targets: Option<Targets>,
+    from: Option<&Boundary>,
 ) -> Result<Option<LayerRecon>> {
     let gd = dense.graph.as_ref().context("model has no graph")?;
     let w_dense = site::read_rows(gd, s).context("dense weight")?;
@@ -309,7 +320,10 @@ pub(crate) fn obs_to_dense(
         Some(t) => t,
         None => dense_targets(dense, calib, &[(k, s)])?.pop().expect("one site"),
     };
-    let stats = collect(k, model, s, &targets, calib)?;
+    let stats = match from.map(|b| collect(k, model, s, &targets, calib, Some(b))) {
+        Some(Ok(st)) => st,
+        _ => collect(k, model, s, &targets, calib, None)?,
+    };
     let held_rows = stats[0][1].n.rows;
     let fit_rows = stats[0][0].n.rows;
     // Candidates in order of preference on ties: simplest first.

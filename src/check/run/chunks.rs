@@ -6,7 +6,7 @@
 use super::super::inputs::{InputFact, MAX_CHUNK};
 use anyhow::Result;
 use std::collections::BTreeSet;
-use tract_onnx::prelude::{InferenceModel, TDim, Tensor};
+use tract_onnx::prelude::{InferenceModel, TDim};
 use tract_onnx::tract_hir::infer::GenericFactoid;
 
 /// Axis-0 chunking of large inputs.
@@ -99,18 +99,4 @@ pub fn chunk_rows(facts: &[InputFact], cores: usize) -> usize {
         .sum();
     let chunk = (CHUNK_BYTES / per_row.max(1)).clamp(1, MAX_CHUNK).min(rows.div_ceil(cores.max(1)));
     rows.div_ceil(rows.div_ceil(chunk))
-}
-
-/// Rows [start, end) of axis 0, padded to `len` rows by repeating the last row.
-pub(super) fn slice_rows(t: &Tensor, start: usize, end: usize, len: usize) -> Result<Tensor> {
-    let part = t.slice(0, start, end)?;
-    if end - start == len {
-        return Ok(part);
-    }
-    let last = t.slice(0, end - 1, end)?;
-    let mut parts = vec![part];
-    for _ in 0..len - (end - start) {
-        parts.push(last.clone());
-    }
-    Tensor::stack_tensors(0, &parts)
 }
