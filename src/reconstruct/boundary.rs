@@ -81,8 +81,9 @@ impl Boundary {
         // Per value: its rows for every sample, filled chunk by chunk (allocated at its first
         // chunk, so the boundary's size is known then: one too big costs one chunk), and how many
         // rows were filled; None once a chunk was not per-sample f32 data.
+        type Filling = Option<(ArrayD<f32>, usize)>;
         let rows = self.inputs.rows();
-        let mut got: Vec<Option<Option<(ArrayD<f32>, usize)>>> = vec![Some(None); crossing.len()];
+        let mut got: Vec<Option<Filling>> = vec![Some(None); crossing.len()];
         let mut bytes = 0usize;
         run_exposing_f32_rows(&self.cut_model(model, &crossing)?, &self.inputs, &crossing, |row0, vs| {
             for (slot, v) in got.iter_mut().zip(vs) {

@@ -141,7 +141,7 @@ pub(crate) fn refit_all_with(
     // or a failed run) is taken again from the inputs at the next layer.
     let mut bounds = use_boundary.then(|| (Boundary::start(calib), Boundary::start(calib)));
     let mut from_boundary = 0usize;
-    let mut queue: std::collections::VecDeque<_> = order.into_iter().enumerate().collect();
+    let mut queue: Queue = order.into_iter().enumerate().collect();
     while let Some((k, (_, r, s))) = queue.pop_front() {
         let s = match s {
             Err(why) => {
@@ -190,17 +190,20 @@ pub(crate) fn refit_all_with(
     Ok((out, from_boundary))
 }
 
+/// The sites still to refit, in graph order: (k, (node, site, the located site or why not)).
+type Queue<'a> = std::collections::VecDeque<(usize, (usize, &'a RefitSite, std::result::Result<Site, String>))>;
+
 /// The dense and masked boundaries moved to the next site of `queue` (the dense one in the dense
 /// graph, found by the layer's output), through the segment just refitted; taken from the
 /// calibration inputs when `bounds` was lost. None without a next site, or when a boundary
 /// cannot be taken there (the next site then runs from the inputs).
-fn next_bounds<T>(
+fn next_bounds(
     bounds: Option<(Boundary, Boundary)>,
     use_boundary: bool,
     dense: &ModelProto,
     masked: &ModelProto,
     calib: &Inputs,
-    queue: &std::collections::VecDeque<(usize, (usize, T, std::result::Result<Site, String>))>,
+    queue: &Queue,
 ) -> Option<(Boundary, Boundary)> {
     if !use_boundary {
         return None;
