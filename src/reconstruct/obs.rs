@@ -72,6 +72,8 @@ pub(crate) fn obs_all_with(
     // Each window (or layer) runs from the activations cached at its first layer (see
     // [`Boundary`]); without one (not cacheable, or after a failure) from the model's inputs.
     let mut boundary = use_boundary.then(|| Boundary::start(calib));
+    // Layer by layer, the dense model's boundary at the last layer whose targets were computed.
+    let mut dense_at = (use_boundary && window == 1).then(|| Boundary::start(calib));
     let mut from_boundary = 0usize;
     let mut out = vec![];
     let mut shared: Option<Shared> = None;
@@ -115,7 +117,7 @@ pub(crate) fn obs_all_with(
                 model,
                 &s,
                 calib,
-                prefetched(&mut cache, k, &s, &order, dense, calib),
+                prefetched(&mut cache, k, &s, &order, dense, calib, &mut dense_at),
                 boundary.as_ref(),
             ) {
                 Ok(r) => {
@@ -173,7 +175,9 @@ fn next_boundary(
 /// The dense targets of layer `k` (site `s`, the next to reconstruct; `order` the ones after it,
 /// numbered k + 1, k + 2, …). On a miss, one dense pass computes them for `s` and the following
 /// linear layers while their targets fit in [`super::target::MAX_TARGET_ELEMS`] together; None
-/// when that pass fails (the layer then runs its own).
+/// when that pass fails (the layer then runs its own). The pass runs from `dense_at`, the dense
+/// model's boundary, moved to `s` first (taken again from the inputs if it was lost; without one,
+/// from the inputs).
 fn prefetched(
     cache: &mut std::collections::BTreeMap<usize, super::target::Targets>,
     k: usize,
@@ -181,6 +185,7 @@ fn prefetched(
     order: &std::collections::VecDeque<(usize, String, Layer)>,
     dense: &ModelProto,
     calib: &Inputs,
+    dense_at: &mut Option<Boundary>,
 ) -> Option<super::target::Targets> {
     if let Some(t) = cache.remove(&k) {
         return Some(t);
@@ -196,7 +201,15 @@ fn prefetched(
         budget -= need;
         sites.push((k + 1 + i, next));
     }
-    let mut all = super::target::dense_targets(dense, calib, &sites).ok()?.into_iter();
+    if let Some(b) = dense_at.take() {
+        let cut = dense.graph.as_ref().and_then(|g| g.node.iter().position(|n| n.output.contains(&s.output)));
+        *dense_at = Some(cut.and_then(|c| b.advance(dense, c).ok()).unwrap_or_else(|| Boundary::start(calib)));
+    }
+    let mut all = match dense_at.as_ref().map(|b| super::target::dense_targets(dense, calib, &sites, Some(b))) {
+        Some(Ok(t)) => t,
+        _ => super::target::dense_targets(dense, calib, &sites, None).ok()?,
+    }
+    .into_iter();
     let first = all.next();
     for ((kk, _), t) in sites[1..].iter().zip(all) {
         cache.insert(*kk, t);

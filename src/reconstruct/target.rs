@@ -19,7 +19,6 @@
 //! [`MAX_TARGET_ELEMS`]; the caller then falls back to plain OBS).
 
 use super::boundary::{run_from, Boundary};
-use super::capture::run_exposing;
 use super::linalg::{mean_diag, ridge, Normal, Normal32};
 use super::obs_factor::{ObsFactor, Solver};
 use super::refit::{is_val, sample_positions};
@@ -164,8 +163,14 @@ pub(crate) fn target_bound(s: &Site, calib: &Inputs) -> usize {
 }
 
 /// y_d of several layers (`(k, site)`: k seeds the position sample) from ONE pass of the dense
-/// model: the dense model never changes, so the layers of a window share its run.
-pub(crate) fn dense_targets(dense: &ModelProto, calib: &Inputs, sites: &[(usize, &Site)]) -> Result<Vec<Targets>> {
+/// model: the dense model never changes, so the layers of a window share its run. `from`: the
+/// dense model's boundary at the first of them, to run from instead of the calibration inputs.
+pub(crate) fn dense_targets(
+    dense: &ModelProto,
+    calib: &Inputs,
+    sites: &[(usize, &Site)],
+    from: Option<&Boundary>,
+) -> Result<Vec<Targets>> {
     let gd = dense.graph.as_ref().context("model has no graph")?;
     let weights: Vec<Vec<f32>> = sites
         .iter()
@@ -180,7 +185,7 @@ pub(crate) fn dense_targets(dense: &ModelProto, calib: &Inputs, sites: &[(usize,
     let mut out: Vec<Targets> = sites.iter().map(|(_, s)| vec![vec![]; site::groups(s)]).collect();
     let mut held = vec![0usize; sites.len()];
     let label = sites.iter().map(|(_, s)| s.label.as_str()).collect::<Vec<_>>().join(", ");
-    run_exposing(dense, calib, &values, |row0, v| {
+    run_from(from, dense, calib, &values, |row0, v| {
         for (((k, s), w_dense), (targets, held)) in sites.iter().zip(&weights).zip(out.iter_mut().zip(held.iter_mut()))
         {
             let (k, s) = (*k, *s);
@@ -318,7 +323,7 @@ pub(crate) fn obs_to_dense(
     let can_shift = s.bias.is_some() && offset.is_none() && beta_ok && alpha != 0.0;
     let targets = match targets {
         Some(t) => t,
-        None => dense_targets(dense, calib, &[(k, s)])?.pop().expect("one site"),
+        None => dense_targets(dense, calib, &[(k, s)], None)?.pop().expect("one site"),
     };
     let stats = match from.map(|b| collect(k, model, s, &targets, calib, Some(b))) {
         Some(Ok(st)) => st,
