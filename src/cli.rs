@@ -367,8 +367,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
     let (calibration, calibration_label) = if a.calibration.is_empty() {
         (None, None)
     } else {
-        let mut spec =
-            InputSpec { dims: dims.clone(), files: BTreeMap::new(), npz: None, seed: a.seed, default_batch: 1 };
+        let mut spec = InputSpec { dims: dims.clone(), seed: a.seed, ..Default::default() };
         for c in &a.calibration {
             let p = PathBuf::from(c);
             if let Some((k, v)) = c.split_once('=') {
@@ -395,7 +394,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         (Some(spec), Some(a.calibration.join(",")))
     };
     let verify_opts = VerifyOptions {
-        inputs: InputSpec { dims, files, npz, seed: a.seed, default_batch: 1 },
+        inputs: InputSpec { dims, files, npz, seed: a.seed, ..Default::default() },
         labels: a.labels.clone(),
         latency: !a.no_latency,
         latency_opts: crate::check::LatencyOptions {

@@ -575,18 +575,18 @@ fn plan_outcome(o: &RunOptions, loaded: &Loaded, pruned: ModelProto, mut p: Plan
 fn calibration_inputs(o: &RunOptions) -> Result<Option<(crate::check::Inputs, String)>> {
     let Some(spec) = &o.calibration else { return Ok(None) };
     let label = o.calibration_label.clone().unwrap_or_else(|| "calibration".into());
-    let inputs = crate::calib::load_inputs(&o.input, spec)?;
-    let rows = inputs.rows();
     let cap = o.calibration_rows;
+    // Evenly spaced, so that a file sorted by class is still sampled across its classes; read
+    // so from the files (only those rows of a `.npy` are copied), or picked here otherwise.
+    let spec = crate::check::InputSpec { max_rows: cap, ..spec.clone() };
+    let inputs = crate::calib::load_inputs(&o.input, &spec)?;
+    let rows = inputs.file_rows.unwrap_or(inputs.rows());
     if cap == 0 || rows <= cap {
         return Ok(Some((inputs, format!("{label} ({rows} rows)"))));
     }
-    // Evenly spaced, so that a file sorted by class is still sampled across its classes.
-    let idx: Vec<usize> = (0..cap).map(|k| k * rows / cap).collect();
-    Ok(Some((
-        inputs.samples(&idx),
-        format!("{label} ({cap} of {rows} rows, evenly spaced: --calibration-rows {cap}; 0 uses all)"),
-    )))
+    let inputs =
+        if inputs.rows() > cap { inputs.samples(&crate::check::inputs::evenly_spaced(rows, cap)) } else { inputs };
+    Ok(Some((inputs, format!("{label} ({cap} of {rows} rows, evenly spaced: --calibration-rows {cap}; 0 uses all)"))))
 }
 
 /// The verification files the user named (`--inputs`, `--labels`) are read, and the inputs

@@ -17,8 +17,8 @@ use tract_onnx::prelude::Framework;
 
 mod files;
 mod generate;
-pub(crate) use files::read_labels;
-use files::{convert, npz_names, read_npy_file, read_npz_array};
+use files::{convert, npz_names, read_npy_file_picking, read_npz_array};
+pub(crate) use files::{evenly_spaced, read_labels};
 use generate::generate;
 pub use generate::SplitMix64;
 
@@ -35,11 +35,16 @@ pub struct InputSpec {
     pub seed: u64,
     /// Axis-0 dims that nothing else fixes get this value.
     pub default_batch: usize,
+    /// At most this many samples are read from the files (0: all): when the first input's file
+    /// holds more rows, the [`evenly_spaced`] ones are read, from it and from every file with as
+    /// many rows (only those rows are copied from a `.npy`); [`Inputs::file_rows`] says how
+    /// many there were.
+    pub max_rows: usize,
 }
 
 impl Default for InputSpec {
     fn default() -> Self {
-        InputSpec { dims: BTreeMap::new(), files: BTreeMap::new(), npz: None, seed: 0, default_batch: 1 }
+        InputSpec { dims: BTreeMap::new(), files: BTreeMap::new(), npz: None, seed: 0, default_batch: 1, max_rows: 0 }
     }
 }
 
@@ -183,6 +188,8 @@ pub struct Inputs {
     pub inputs: Vec<Input>,
     /// Symbolic/unknown dims that were filled with a default (`"seq=8 (default)"`), for reports.
     pub assumed: Vec<String>,
+    /// The samples the files held, when [`InputSpec::max_rows`] read fewer.
+    pub file_rows: Option<usize>,
 }
 
 impl Inputs {
@@ -239,7 +246,7 @@ impl Inputs {
                 source: i.source.clone(),
             })
             .collect();
-        Inputs { inputs, assumed: self.assumed.clone() }
+        Inputs { inputs, assumed: self.assumed.clone(), file_rows: self.file_rows }
     }
 }
 
@@ -379,11 +386,26 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
     // Read the given data, checking rank, fixed dims and symbol consistency.
     let mut sym_vals: BTreeMap<String, (usize, String)> = BTreeMap::new();
     let mut data: Vec<Option<(InputData, InputSource)>> = Vec::with_capacity(infos.len());
-    for info in infos {
+    // With `max_rows`: the first input's rows and the ones read, once its file had more.
+    let mut sampled: Option<(usize, Vec<usize>)> = None;
+    for (k, info) in infos.iter().enumerate() {
+        let mut pick = |shape: &[usize]| -> Option<Vec<usize>> {
+            let n = *shape.first()?;
+            if k == 0 && spec.max_rows > 0 && n > spec.max_rows {
+                sampled = Some((n, evenly_spaced(n, spec.max_rows)));
+            }
+            sampled.as_ref().filter(|(rows, _)| *rows == n).map(|(_, idx)| idx.clone())
+        };
         let found = if let Some(p) = files.get(&info.name) {
-            Some((read_npy_file(p)?, InputSource::Npy(p.clone())))
+            Some((read_npy_file_picking(p, &mut pick)?, InputSource::Npy(p.clone())))
         } else if let (Some(z), Some(array)) = (&spec.npz, npz_array.get(&info.name)) {
-            read_npz_array(z, array)?.map(|a| (a, InputSource::Npz(z.clone())))
+            read_npz_array(z, array)?.map(|a| {
+                let a = match pick(a.shape()) {
+                    Some(idx) => a.pick(&idx),
+                    None => a,
+                };
+                (a, InputSource::Npz(z.clone()))
+            })
         } else {
             None
         };
@@ -515,7 +537,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         inputs.push(Input { name: info.name.clone(), data: d, source: InputSource::Generated });
     }
     assumed.dedup();
-    Ok(Inputs { inputs, assumed })
+    Ok(Inputs { inputs, assumed, file_rows: sampled.map(|(n, _)| n) })
 }
 
 #[cfg(test)]
@@ -622,6 +644,84 @@ mod tests {
         assert!(part.assumed.contains(&"input 'x' generated (no file gives it)".to_string()), "{:?}", part.assumed);
         // All generated (no file at all): no such note.
         assert!(prepare_for(&two, &InputSpec::default()).unwrap().assumed.iter().all(|a| !a.contains("generated")));
+    }
+
+    /// `max_rows` reads evenly spaced rows from the files: the same rows from a `.npy` viewed in
+    /// place, a big-endian or Fortran-order one (read, then picked) and an `.npz`; from every
+    /// input with the first one's rows (the mask here), not from one without (the table).
+    #[test]
+    fn max_rows_reads_evenly_spaced_rows_from_the_files() {
+        use ndarray_npy::WriteNpyExt;
+        assert_eq!(evenly_spaced(10, 4), vec![0, 2, 5, 7]);
+        assert_eq!(evenly_spaced(3, 4), vec![0, 1, 2]);
+        assert_eq!(evenly_spaced(5, 0), vec![0, 1, 2, 3, 4]);
+        for (n, k) in [(7, 3), (1000, 512), (513, 512), (2, 1)] {
+            let v = evenly_spaced(n, k);
+            assert_eq!(v.len(), k);
+            assert!(v.windows(2).all(|w| w[0] < w[1]) && v[0] == 0 && v[k - 1] < n, "{n} {k} {v:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Row r holds r in every element.
+        let x = ArrayD::<f32>::from_shape_fn(IxDyn(&[10, 3]), |i| i[0] as f32);
+        let save = |file: &str, bytes: &dyn Fn(&mut std::fs::File)| {
+            let p = dir.path().join(file);
+            bytes(&mut std::fs::File::create(&p).unwrap());
+            p
+        };
+        let plain = save("x.npy", &|f| x.write_npy(f).unwrap());
+        let fortran = save("xf.npy", &|f| x.t().as_standard_layout().t().write_npy(f).unwrap());
+        // A big-endian float32 .npy (numpy's '>f4'), written by hand.
+        let big = save("xb.npy", &|f| {
+            use std::io::Write;
+            let mut h = "{'descr': '>f4', 'fortran_order': False, 'shape': (10, 3), }".to_string();
+            while !(10 + h.len() + 1).is_multiple_of(64) {
+                h.push(' ');
+            }
+            h.push('\n');
+            f.write_all(b"\x93NUMPY\x01\x00").unwrap();
+            f.write_all(&(h.len() as u16).to_le_bytes()).unwrap();
+            f.write_all(h.as_bytes()).unwrap();
+            for v in x.iter() {
+                f.write_all(&v.to_be_bytes()).unwrap();
+            }
+        });
+        let mask =
+            save("m.npy", &|f| ArrayD::<i64>::from_shape_fn(IxDyn(&[10, 2]), |i| i[0] as i64).write_npy(f).unwrap());
+        let table = save("t.npy", &|f| ArrayD::<f32>::zeros(IxDyn(&[1, 5])).write_npy(f).unwrap());
+        let batch = || DimSpec::Symbolic("batch".into());
+        let infos = vec![
+            info("x", dt::FLOAT, vec![batch(), DimSpec::Fixed(3)]),
+            info("mask", dt::INT64, vec![batch(), DimSpec::Fixed(2)]),
+            info("table", dt::FLOAT, vec![DimSpec::Fixed(1), DimSpec::Fixed(5)]),
+        ];
+        let rows_of = |a: &Inputs, k: usize| -> Vec<f64> {
+            match &a.inputs[k].data {
+                InputData::F32(d) => d.outer_iter().map(|r| r.iter().next().copied().unwrap_or(-1.0) as f64).collect(),
+                InputData::I64(d) => d.outer_iter().map(|r| r.iter().next().copied().unwrap_or(-1) as f64).collect(),
+                _ => unreachable!(),
+            }
+        };
+        for x_file in [&plain, &fortran, &big] {
+            let mut spec = InputSpec { max_rows: 4, ..Default::default() };
+            spec.files.insert("x".into(), x_file.clone());
+            spec.files.insert("mask".into(), mask.clone());
+            spec.files.insert("table".into(), table.clone());
+            let a = prepare_for(&infos, &spec).unwrap();
+            assert_eq!(a.file_rows, Some(10));
+            assert_eq!(rows_of(&a, 0), vec![0.0, 2.0, 5.0, 7.0], "{}", x_file.display());
+            assert_eq!(rows_of(&a, 1), vec![0.0, 2.0, 5.0, 7.0]);
+            assert_eq!(a.inputs[2].data.shape(), &[1, 5]);
+            // Without a cap (or with one above the rows) every row is read.
+            let all = prepare_for(&infos, &InputSpec { max_rows: 0, ..spec.clone() }).unwrap();
+            assert_eq!((all.rows(), all.file_rows), (10, None));
+            assert_eq!(prepare_for(&infos, &InputSpec { max_rows: 10, ..spec }).unwrap().rows(), 10);
+        }
+        let z = dir.path().join("x.npz");
+        let mut w = ndarray_npy::NpzWriter::new(std::fs::File::create(&z).unwrap());
+        w.add_array("x", &x).unwrap();
+        w.finish().unwrap();
+        let a = prepare_for(&infos[..1], &InputSpec { npz: Some(z), max_rows: 4, ..Default::default() }).unwrap();
+        assert_eq!((rows_of(&a, 0), a.file_rows), (vec![0.0, 2.0, 5.0, 7.0], Some(10)));
     }
 
     /// Labels as users save them: any integer type, whole-number floats, Keras' float one-hot

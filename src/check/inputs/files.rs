@@ -4,8 +4,8 @@
 use super::InputData;
 use crate::model::tensor::{dt, dtype_name};
 use anyhow::{bail, Context, Result};
-use ndarray::{ArrayD, IxDyn};
-use ndarray_npy::{NpzReader, ReadNpyExt, ReadableElement};
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
+use ndarray_npy::{NpzReader, ReadNpyExt, ReadableElement, ViewNpyExt};
 use std::io::Cursor;
 use std::path::Path;
 
@@ -68,6 +68,18 @@ impl FileArray {
             FileArray::U32(_) => "uint32",
             FileArray::Bool(_) => "bool",
         }
+    }
+    /// The rows `idx` of axis 0 (the whole array for a scalar).
+    pub(super) fn pick(self, idx: &[usize]) -> FileArray {
+        macro_rules! pick {
+            ($($v:ident),*) => {
+                match self {
+                    $(FileArray::$v(a) if a.ndim() > 0 => FileArray::$v(a.select(Axis(0), idx)),)*
+                    other => other,
+                }
+            };
+        }
+        pick!(F32, F64, I64, I32, I16, I8, U8, U16, U32, Bool)
     }
     fn is_float(&self) -> bool {
         matches!(self, FileArray::F32(_) | FileArray::F64(_))
@@ -160,8 +172,51 @@ pub(crate) fn read_labels(path: &Path) -> Result<Vec<i64>> {
 }
 
 pub(super) fn read_npy_file(path: &Path) -> Result<FileArray> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    read_npy_bytes(&bytes).with_context(|| format!("{}: not a readable .npy", path.display()))
+    read_npy_file_picking(path, |_| None)
+}
+
+/// Read a `.npy`, keeping only the rows of axis 0 that `pick` chooses from the file's shape
+/// (None: all). The file is mapped and viewed in place, so only the chosen rows are copied: a
+/// calibration file of many GB costs the memory of the rows used. A file that cannot be viewed
+/// in place (byte order, alignment) is read from the mapping, then picked.
+pub(super) fn read_npy_file_picking(
+    path: &Path,
+    mut pick: impl FnMut(&[usize]) -> Option<Vec<usize>>,
+) -> Result<FileArray> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    // SAFETY: a read-only mapping, read once here; the file must not be cut short meanwhile (as
+    // for mapped models, `model::mapped`).
+    let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("{}: cannot read", path.display()))?;
+    // Rows are picked far apart: read ahead, each would bring in megabytes around it.
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Random);
+    macro_rules! view {
+        ($t:ty, $v:ident) => {
+            if let Ok(a) = ArrayViewD::<$t>::view_npy(&map) {
+                let a = match (a.ndim() > 0).then(|| pick(a.shape())).flatten() {
+                    Some(idx) => a.select(Axis(0), &idx),
+                    None => a.to_owned(),
+                };
+                return Ok(FileArray::$v(a));
+            }
+        };
+    }
+    each_file_type!(view);
+    let a = read_npy_bytes(&map).with_context(|| format!("{}: not a readable .npy", path.display()))?;
+    let idx = (!a.shape().is_empty()).then(|| pick(a.shape())).flatten();
+    Ok(match idx {
+        Some(idx) => a.pick(&idx),
+        None => a,
+    })
+}
+
+/// `k` of `n` rows, evenly spaced (row ⌊i·n/k⌋ for i < k), all of them when `n ≤ k` or `k` is 0:
+/// a file sorted by class still gives every class.
+pub(crate) fn evenly_spaced(n: usize, k: usize) -> Vec<usize> {
+    if k == 0 || n <= k {
+        return (0..n).collect();
+    }
+    (0..k).map(|i| i * n / k).collect()
 }
 
 /// The names of the arrays in an `.npz` (as `np.savez` gave them: keywords, or `arr_0`, … for
