@@ -333,6 +333,20 @@ mod tests {
             .collect()
     }
 
+    /// Two reconstructions of the same layers agree: the same methods and rows, errors within
+    /// 1e-4 of each layer's error before, weights within 1e-4 of their largest (float rounding of
+    /// tract's differently cut graphs).
+    fn assert_same(ra: &[super::super::LayerRecon], rb: &[super::super::LayerRecon], wa: &[f64], wb: &[f64]) {
+        assert_eq!(ra.len(), rb.len());
+        for (x, y) in ra.iter().zip(rb) {
+            assert_eq!((&x.layer, &x.method, x.rows), (&y.layer, &y.method, y.rows));
+            assert!((x.err_after - y.err_after).abs() <= 1e-4 * x.err_before.max(1e-12), "{x:?} vs {y:?}");
+        }
+        let scale = wa.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let diff = wa.iter().zip(wb).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-4 * scale, "max |Δw| {diff} (scale {scale})");
+    }
+
     /// Block-wise reconstruction from cached boundaries gives the layers the same inputs as
     /// running each window's prefix from the model's inputs: the same updated weights (to float
     /// rounding of tract's differently cut graphs), with every window after the first run from
@@ -345,16 +359,10 @@ mod tests {
         let (rb, cached_b) = super::super::obs::obs_all_with(&dense, &mut b, &names, &calib, true, true).unwrap();
         assert_eq!(cached_a, 0);
         assert!(cached_b >= 2, "only {cached_b} window(s) ran from a cached boundary");
-        assert_eq!(ra.len(), rb.len());
         assert!(ra.iter().filter(|l| l.method == "obs").count() >= names.len() / 2, "{ra:?}");
-        for (x, y) in ra.iter().zip(&rb) {
-            assert_eq!((&x.layer, &x.method, x.rows), (&y.layer, &y.method, y.rows));
-            assert!((x.err_after - y.err_after).abs() <= 1e-4 * x.err_before.max(1e-12), "{x:?} vs {y:?}");
-        }
         let (wa, wb, wp) = (weights(&a, &names), weights(&b, &names), weights(&pruned, &names));
+        assert_same(&ra, &rb, &wa, &wb);
         let scale = wa.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let diff = wa.iter().zip(&wb).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff <= 1e-4 * scale, "max |Δw| {diff} (scale {scale})");
         // The updates did change the weights (the comparison is not between two no-ops).
         assert!(wa.iter().zip(&wp).any(|(x, y)| (x - y).abs() > 1e-3 * scale));
     }
@@ -413,15 +421,8 @@ mod tests {
         assert_eq!(na, 0);
         assert!(nb >= 1, "no window ran from a cached boundary");
         assert!(ra.iter().any(|l| l.method == "ridge" || l.method == "bias"), "{ra:?}");
-        for (x, y) in ra.iter().zip(&rb) {
-            assert_eq!((&x.layer, &x.method, x.rows), (&y.layer, &y.method, y.rows));
-            assert!((x.err_after - y.err_after).abs() <= 1e-4 * x.err_before.max(1e-12), "{x:?} vs {y:?}");
-        }
         let names: Vec<String> = r.refit.iter().map(|s| s.weight.clone()).collect();
-        let (wa, wb) = (weights(&ma, &names), weights(&mb, &names));
-        let scale = wa.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let diff = wa.iter().zip(&wb).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff <= 1e-4 * scale, "max |Δw| {diff} (scale {scale})");
+        assert_same(&ra, &rb, &weights(&ma, &names), &weights(&mb, &names));
     }
 
     /// Layer by layer (a model too small for windows), each layer's runs also start from the
@@ -435,13 +436,7 @@ mod tests {
         let (rb, _) = super::super::obs::obs_all_with(&dense, &mut b, &names, &calib, false, true).unwrap();
         assert_eq!(na, 0);
         assert!(ra.iter().filter(|l| l.method.starts_with("obs")).count() >= names.len() / 2, "{ra:?}");
-        for (x, y) in ra.iter().zip(&rb) {
-            assert_eq!((&x.layer, &x.method, x.rows), (&y.layer, &y.method, y.rows));
-            assert!((x.err_after - y.err_after).abs() <= 1e-4 * x.err_before.max(1e-12), "{x:?} vs {y:?}");
-        }
-        let (wa, wb) = (weights(&a, &names), weights(&b, &names));
-        let scale = wa.iter().fold(0f64, |m, v| m.max(v.abs()));
-        assert!(wa.iter().zip(&wb).all(|(x, y)| (x - y).abs() <= 1e-4 * scale));
+        assert_same(&ra, &rb, &weights(&a, &names), &weights(&b, &names));
 
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mp = root.join("models/fmnist_mobilenet.onnx");
@@ -462,15 +457,8 @@ mod tests {
         // Every site after the first ran from a boundary, the affine ones among them.
         assert!(nb + 1 >= ra.len(), "{nb} of {} sites ran from a boundary", ra.len());
         assert!(ra.iter().any(|l| l.method == "affine") && ra.iter().any(|l| l.method == "ridge"), "{ra:?}");
-        for (x, y) in ra.iter().zip(&rb) {
-            assert_eq!((&x.layer, &x.method, x.rows), (&y.layer, &y.method, y.rows));
-            assert!((x.err_after - y.err_after).abs() <= 1e-4 * x.err_before.max(1e-12), "{x:?} vs {y:?}");
-        }
         let names: Vec<String> = r.refit.iter().map(|s| s.weight.clone()).collect();
-        let (wa, wb) = (weights(&ma, &names), weights(&mb, &names));
-        let scale = wa.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let diff = wa.iter().zip(&wb).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff <= 1e-4 * scale, "max |Δw| {diff} (scale {scale})");
+        assert_same(&ra, &rb, &weights(&ma, &names), &weights(&mb, &names));
     }
 
     /// A chunked pass whose callback refuses the first chunk (a boundary too big to keep) stops
