@@ -124,7 +124,7 @@ pub(crate) fn obs_all_with(
                     shared = None;
                     r
                 }
-                Err(_) => match obs_layer(k, dense, model, &s, calib, &mut shared) {
+                Err(_) => match obs_layer(k, dense, model, &s, calib, &mut shared, boundary.as_ref()) {
                     Ok(r) => r,
                     Err(e) => Some(LayerRecon::skipped(&s.label, &w, format!("{e:#}"))),
                 },
@@ -252,8 +252,17 @@ fn window_inputs(layers: &[&Layer]) -> usize {
 }
 
 /// H per group of a layer, from its inputs in `model` at sampled positions.
-fn hessians(k: usize, model: &ModelProto, s: &site::Site, calib: &Inputs) -> Result<(Vec<Mat<f64>>, usize)> {
-    let mut v = hessians_multi(model, &[(k, s)], calib, None)?;
+fn hessians(
+    k: usize,
+    model: &ModelProto,
+    s: &site::Site,
+    calib: &Inputs,
+    from: Option<&Boundary>,
+) -> Result<(Vec<Mat<f64>>, usize)> {
+    let mut v = match from.map(|b| hessians_multi(model, &[(k, s)], calib, Some(b))) {
+        Some(Ok(v)) => v,
+        _ => hessians_multi(model, &[(k, s)], calib, None)?,
+    };
     Ok(v.pop().expect("one site"))
 }
 
@@ -292,7 +301,7 @@ fn hessians_multi(
             let x = &v[values.iter().position(|n| n == &s.input).expect("exposed")];
             let (npos, hw) = sample_positions(s, x.shape())?;
             for (g, h) in hs.iter_mut().enumerate() {
-                site::each_input_row(s, x, *k, row0, g, npos, hw, |_, z| {
+                site::each_input_row(s, x, *k, row0, g, (npos, super::POSITIONS_PER_SAMPLE), hw, |_, z| {
                     h.add_row(z);
                     Ok(())
                 })?;
@@ -457,13 +466,14 @@ pub(crate) fn obs_layer(
     s: &site::Site,
     calib: &Inputs,
     shared: &mut Option<Shared>,
+    from: Option<&Boundary>,
 ) -> Result<Option<LayerRecon>> {
     let Some(Prepared { w_dense, w_cur, keep }) = prepare(dense, model, s)? else { return Ok(None) };
     let row_input = matches!(s.layout, Layout::Gemm { .. } | Layout::MatMul);
     let cached = shared.take().filter(|c| row_input && c.input == s.input && c.p == s.p);
     let (hs, rows) = match cached {
         Some(c) => (c.hs, c.rows),
-        None => hessians(k, model, s, calib)?,
+        None => hessians(k, model, s, calib, from)?,
     };
     let result = update(model, s, w_dense, w_cur, keep, &hs, rows);
     if row_input {

@@ -368,7 +368,8 @@ pub fn input_row(s: &Site, x: &ArrayD<f32>, n: usize, pos: usize, grp: usize, y_
 
 /// Every sampled input row of chunk `x` for group `grp`, in row order: `f(n, z)` for sample `n`
 /// of the chunk (calibration row `row0 + n`) at each of its positions sampled with layer `k`'s
-/// seed ([`super::row_seed`]). `npos` and `y_hw` as [`super::refit::sample_positions`] gives them.
+/// seed ([`super::row_seed`]), at most `per_sample` of them. `npos` and `y_hw` as
+/// [`super::refit::sample_positions`] gives them.
 #[allow(clippy::too_many_arguments)]
 pub fn each_input_row(
     s: &Site,
@@ -376,13 +377,13 @@ pub fn each_input_row(
     k: usize,
     row0: usize,
     grp: usize,
-    npos: usize,
+    (npos, per_sample): (usize, usize),
     y_hw: [usize; 2],
     mut f: impl FnMut(usize, &[f64]) -> Result<()>,
 ) -> Result<()> {
     let mut z = vec![0.0; s.p];
     for n in 0..x.shape()[0] {
-        for pos in sample(npos, super::POSITIONS_PER_SAMPLE, super::row_seed(k, row0 + n)) {
+        for pos in sample(npos, per_sample, super::row_seed(k, row0 + n)) {
             input_row(s, x, n, pos, grp, y_hw, &mut z);
             f(n, &z)?;
         }

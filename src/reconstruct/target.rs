@@ -15,8 +15,10 @@
 //! fifth held apart (error to y_d); the winner is solved again on all samples. The mask, and so
 //! EMP's sparsity, never changes.
 //!
-//! Memory: one layer's H and Σ z y_dᵀ per group, plus y_d of its sampled rows (refused above
-//! [`MAX_TARGET_ELEMS`]; the caller then falls back to plain OBS).
+//! Memory: one layer's H and Σ z y_dᵀ per group, plus y_d of its sampled rows: at most
+//! [`MAX_TARGET_ELEMS`], by sampling fewer positions per sample when there are many samples
+//! ([`target_positions`]); a layer over it even at one position per sample is refused, and the
+//! caller falls back to plain OBS.
 
 use super::boundary::{run_from, Boundary};
 use super::linalg::{mean_diag, ridge, Normal, Normal32};
@@ -156,10 +158,23 @@ fn solve(
 /// The dense model's outputs y_d = W_dense z_d of a layer: per group, the sampled rows in order.
 pub(crate) type Targets = Vec<Vec<f64>>;
 
-/// Upper bound of the y_d values of a layer (every sample, at most [`POSITIONS_PER_SAMPLE`]
+/// Positions sampled per calibration sample for a layer's y_d and its paired inputs:
+/// [`POSITIONS_PER_SAMPLE`], fewer when every sample's targets would not fit in
+/// [`MAX_TARGET_ELEMS`] (at least one). Many samples then spread the rows over more images
+/// instead of falling back to plain OBS (before: a 384-wide layer at 2 048 samples did).
+pub(crate) fn target_positions(s: &Site, calib: &Inputs) -> usize {
+    positions_for(calib.rows(), s.out)
+}
+
+/// [`target_positions`] of a layer of `out` outputs over `rows` samples.
+fn positions_for(rows: usize, out: usize) -> usize {
+    (MAX_TARGET_ELEMS / rows.max(1).saturating_mul(out).max(1)).clamp(1, POSITIONS_PER_SAMPLE)
+}
+
+/// Upper bound of the y_d values of a layer (every sample, at most [`target_positions`]
 /// positions, every output).
 pub(crate) fn target_bound(s: &Site, calib: &Inputs) -> usize {
-    calib.rows().saturating_mul(POSITIONS_PER_SAMPLE).saturating_mul(s.out)
+    calib.rows().saturating_mul(target_positions(s, calib)).saturating_mul(s.out)
 }
 
 /// y_d of several layers (`(k, site)`: k seeds the position sample) from ONE pass of the dense
@@ -195,7 +210,7 @@ pub(crate) fn dense_targets(
             let (npos, hw) = sample_positions(s, x.shape())?;
             for (g, t) in targets.iter_mut().enumerate() {
                 let mut zs: Vec<f64> = vec![];
-                site::each_input_row(s, x, k, row0, g, npos, hw, |_, z| {
+                site::each_input_row(s, x, k, row0, g, (npos, target_positions(s, calib)), hw, |_, z| {
                     zs.extend_from_slice(z);
                     Ok(())
                 })?;
@@ -254,7 +269,7 @@ fn collect(
             let mut zs: [Vec<f64>; 2] = [vec![], vec![]];
             let mut ys: [Vec<f64>; 2] = [vec![], vec![]];
             let cur = &mut cursor[g];
-            site::each_input_row(s, x, k, row0, g, npos, hw, |n, z| {
+            site::each_input_row(s, x, k, row0, g, (npos, target_positions(s, calib)), hw, |n, z| {
                 let part = is_val(row0 + n) as usize;
                 zs[part].extend_from_slice(z);
                 let y = targets[g].get(*cur..*cur + og).context("the dense and pruned runs sampled different rows")?;
@@ -457,6 +472,29 @@ mod tests {
         }
         st.add(MatRef::from_row_major_slice(&zs, rows, p), MatRef::from_row_major_slice(&ys, rows, og));
         st
+    }
+
+    #[test]
+    fn many_samples_sample_fewer_positions_within_the_target_budget() {
+        for rows in [1, 100, 512, 1024, 2048, 4096, 50_000, 1 << 20] {
+            for out in [1, 10, 64, 384, 1000, 4096, 30_000] {
+                let k = positions_for(rows, out);
+                assert!((1..=POSITIONS_PER_SAMPLE).contains(&k), "{rows} × {out}: {k}");
+                if rows * out <= MAX_TARGET_ELEMS {
+                    // Every sample keeps at least one position, and the targets fit.
+                    assert!(rows * k * out <= MAX_TARGET_ELEMS, "{rows} × {k} × {out}");
+                }
+                if rows * POSITIONS_PER_SAMPLE * out <= MAX_TARGET_ELEMS {
+                    assert_eq!(k, POSITIONS_PER_SAMPLE, "{rows} × {out}: nothing to save");
+                } else {
+                    // As many as fit: one more would not.
+                    assert!(k == 1 || rows * (k + 1) * out > MAX_TARGET_ELEMS, "{rows} × {k} × {out}");
+                }
+            }
+        }
+        // fmnist_mobilenet's 384-wide layers at 2 048 samples: 21 of 64 positions (they fell
+        // back to plain OBS before).
+        assert_eq!(positions_for(2048, 384), 21);
     }
 
     #[test]
