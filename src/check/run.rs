@@ -26,7 +26,7 @@ mod chunks;
 mod parse;
 
 use chunks::plan_chunking;
-pub use chunks::{chunk_rows, cores, Chunking, CHUNK_BYTES};
+pub use chunks::{chunk_rows, convolutional_ops, cores, Chunking, CHUNK_BYTES, ONE_ROW_KEY};
 pub(crate) use parse::parse_proto;
 use parse::{fix_bool_attention_masks, known_unsupported};
 
@@ -260,11 +260,13 @@ fn declutter(
     notes: &mut Vec<String>,
 ) -> Result<Decluttered> {
     let mut sources = HashMap::new();
+    let one_row_per_run;
     let mut model = {
         let proto = read_proto(path)?;
         if let Some(reason) = known_unsupported(&proto) {
             bail!("{reason}");
         }
+        one_row_per_run = chunks::convolutional(&proto);
         for n in proto.graph.iter().flat_map(|g| &g.node).filter(|n| !n.name.is_empty()) {
             sources.insert(n.name.clone(), n.op_type.clone());
         }
@@ -279,6 +281,7 @@ fn declutter(
     };
     let output_names = output_names(&model)?;
     let names: Vec<String> = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
+    let max_chunk = if one_row_per_run { 1 } else { max_chunk };
     let chunking = plan_chunking(&model, &names, facts, max_chunk).context("setting input facts failed")?;
     let compile_facts: Vec<InputFact> = match &chunking {
         None => facts.to_vec(),
@@ -522,20 +525,34 @@ fn run_chunks(
     let threads = cores();
     guarded("run", || {
         let batches = r.batches(inputs)?;
+        // Chunks of one row run in blocks, each on one run state (see [`chunks::block_runs`]).
+        let block = r.chunking.as_ref().map_or(1, |c| chunks::block_runs(&r.facts, c.chunk));
+        let run_block = |tvs: Vec<TVec<TValue>>| -> Vec<Result<TVec<TValue>>> {
+            if tvs.len() == 1 {
+                return tvs.into_iter().map(|tv| r.run_raw(tv)).collect();
+            }
+            match r.spawn() {
+                Ok(mut state) => tvs.into_iter().map(|tv| run_in(&mut state, tv)).collect(),
+                Err(e) => vec![Err(e)],
+            }
+        };
         let mut next = 0usize;
         while next < batches.len() {
-            // Up to `threads` chunks at once (tract runs one inference on one core); their
+            // Up to `threads` blocks at once (tract runs one inference on one core); their
             // outputs are handed to `f` in order, so results do not depend on the thread count.
             // Each chunk's inputs are made as its wave starts.
-            let wave: Vec<TVec<TValue>> =
-                (next..(next + threads).min(batches.len())).map(|b| batches.get(b)).collect::<Result<_>>()?;
+            let end = (next + threads * block).min(batches.len());
+            let wave: Vec<Vec<TVec<TValue>>> = (next..end)
+                .step_by(block)
+                .map(|b0| (b0..(b0 + block).min(end)).map(|b| batches.get(b)).collect::<Result<_>>())
+                .collect::<Result<_>>()?;
             let outs: Vec<Result<TVec<TValue>>> = if wave.len() == 1 {
-                wave.into_iter().map(|tv| r.run_raw(tv)).collect()
+                wave.into_iter().flat_map(run_block).collect()
             } else {
                 std::thread::scope(|s| {
-                    let hs: Vec<_> = wave.into_iter().map(|tv| s.spawn(move || r.run_raw(tv))).collect();
+                    let hs: Vec<_> = wave.into_iter().map(|tvs| s.spawn(move || run_block(tvs))).collect();
                     hs.into_iter()
-                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                        .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                         .collect()
                 })
             };
@@ -612,6 +629,34 @@ mod tests {
         assert_eq!(format!("{:#}", r.unwrap_err()), "tract panicked during inner: x");
         assert_eq!(guarded("ok", || Ok(3)).unwrap(), 3);
         assert!(!QUIET.with(|q| q.get()));
+    }
+
+    #[test]
+    fn convolutional_graphs_run_one_row_at_a_time_in_blocks() {
+        let path = |name: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+        for (name, conv) in [
+            ("fmnist_mobilenet.onnx", true),
+            ("fmnist_resnet.onnx", true),
+            ("digits_cnn.onnx", true),
+            ("fmnist_vit.onnx", false),
+            ("digits_transformer.onnx", false),
+            ("digits_lstm.onnx", false),
+            ("digits_mlp.onnx", false),
+        ] {
+            assert_eq!(chunks::convolutional(&read_proto(&path(name)).unwrap()), conv, "{name}");
+        }
+        // 100 images: a MobileNet runs them one by one, a ViT of the same input in one batch.
+        let facts = [InputFact { name: "x".into(), elem_type: dt::FLOAT, shape: vec![100, 1, 28, 28] }];
+        let r = load_runnable(&path("fmnist_mobilenet.onnx"), &facts).unwrap();
+        assert_eq!(r.chunking.as_ref().map(|c| (c.rows, c.chunk)), Some((100, 1)));
+        let r = load_runnable(&path("fmnist_vit.onnx"), &facts).unwrap();
+        assert!(r.chunking.is_none(), "{:?}", r.chunking);
+        // Blocks of one-row runs: about a mebibyte of input, at most 64 runs; larger chunks alone.
+        let f = |shape: &[usize]| [InputFact { name: "x".into(), elem_type: dt::FLOAT, shape: shape.to_vec() }];
+        assert_eq!(chunks::block_runs(&f(&[1000, 1, 28, 28]), 1), 64);
+        assert_eq!(chunks::block_runs(&f(&[1000, 96, 14, 14]), 1), 13);
+        assert_eq!(chunks::block_runs(&f(&[1000, 3, 224, 224]), 1), 1);
+        assert_eq!(chunks::block_runs(&f(&[1000, 64]), 103), 1);
     }
 
     #[test]

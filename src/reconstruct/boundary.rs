@@ -210,7 +210,17 @@ impl Boundary {
         for i in &self.inputs.inputs[self.base..] {
             lg.input.push(value_info(&i.name, i.data.shape()));
         }
-        Ok(crate::model::graph::model_around(model, lg))
+        let mut cut = crate::model::graph::model_around(model, lg);
+        // The part runs one row at a time exactly when the whole model does.
+        use crate::check::run::{convolutional_ops, ONE_ROW_KEY};
+        let mut p = onnx_protobuf::StringStringEntryProto::new();
+        p.key = ONE_ROW_KEY.into();
+        p.value = match model.metadata_props.iter().find(|p| p.key == ONE_ROW_KEY) {
+            Some(q) => q.value.clone(),
+            None => if convolutional_ops(g.node.iter().map(|n| n.op_type.as_str())) { "1" } else { "0" }.into(),
+        };
+        cut.metadata_props.push(p);
+        Ok(cut)
     }
 }
 
@@ -459,6 +469,32 @@ mod tests {
         assert!(ra.iter().any(|l| l.method == "affine") && ra.iter().any(|l| l.method == "ridge"), "{ra:?}");
         let names: Vec<String> = r.refit.iter().map(|s| s.weight.clone()).collect();
         assert_same(&ra, &rb, &weights(&ma, &names), &weights(&mb, &names));
+    }
+
+    /// A part cut out of a model runs one row at a time exactly when the whole model does: the
+    /// MobileNet's Gemm head alone as the convolutional model, the transformer's last MatMul as
+    /// the transformer (passes of one reconstruction then run alike in tract).
+    #[test]
+    fn a_cut_runs_one_row_at_a_time_exactly_when_its_model_does() {
+        use crate::check::run::ONE_ROW_KEY;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mp = root.join("models/fmnist_mobilenet.onnx");
+        let m = crate::model::io::load(&mp).unwrap().proto;
+        let mut spec = InputSpec::default();
+        spec.files.insert(String::new(), root.join("models/fmnist_calib_x.npy"));
+        let calib = crate::calib::load_inputs(&mp, &spec).unwrap().sample_range(0, 4);
+        let (_, transformer, _, tcalib) = setup();
+        for (m, calib, op, one) in [(&m, &calib, "Gemm", "1"), (&transformer, &tcalib, "MatMul", "0")] {
+            let g = m.graph.as_ref().unwrap();
+            let cut = g.node.iter().rposition(|n| n.op_type == op).unwrap();
+            let b = Boundary::start(calib).advance(m, cut).unwrap();
+            let part = b.cut_model(m, &[g.output[0].name.clone()]).unwrap();
+            let pg = part.graph.as_ref().unwrap();
+            assert!(pg.node.len() < g.node.len() && pg.node.iter().all(|n| n.op_type != "Conv"), "{op}");
+            let v: Vec<&str> =
+                part.metadata_props.iter().filter(|p| p.key == ONE_ROW_KEY).map(|p| p.value.as_str()).collect();
+            assert_eq!(v, [one], "{op}");
+        }
     }
 
     /// A chunked pass whose callback refuses the first chunk (a boundary too big to keep) stops
