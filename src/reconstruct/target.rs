@@ -200,21 +200,42 @@ pub(crate) fn dense_targets(
     let mut out: Vec<Targets> = sites.iter().map(|(_, s)| vec![vec![]; site::groups(s)]).collect();
     let mut held = vec![0usize; sites.len()];
     let label = sites.iter().map(|(_, s)| s.label.as_str()).collect::<Vec<_>>().join(", ");
+    // Sampled rows (f32, as the model computes) waiting for their product, per site and group:
+    // one product per `BATCH` rows whatever the chunks.
+    const BATCH: usize = super::linalg::Gram32::BATCH;
+    let mut pending: Vec<Vec<Vec<f32>>> = sites.iter().map(|(_, s)| vec![vec![]; site::groups(s)]).collect();
+    let flush = |z32: &mut Vec<f32>, t: &mut Vec<f64>, w: &[f32], og: usize, p: usize| {
+        let r = z32.len() / p.max(1);
+        if r == 0 {
+            return;
+        }
+        let zm = MatRef::from_row_major_slice(z32, r, p);
+        let wg = MatRef::from_row_major_slice(w, og, p);
+        let mut y = Mat::<f32>::zeros(r, og);
+        matmul(y.as_mut(), Accum::Replace, zm, wg.transpose(), 1.0f32, Par::rayon(0));
+        for i in 0..r {
+            for o in 0..og {
+                t.push(y[(i, o)] as f64);
+            }
+        }
+        z32.clear();
+    };
     run_from(from, dense, calib, &values, |row0, v| {
-        for (((k, s), w_dense), (targets, held)) in sites.iter().zip(&weights).zip(out.iter_mut().zip(held.iter_mut()))
+        for ((((k, s), w_dense), (targets, held)), pend) in
+            sites.iter().zip(&weights).zip(out.iter_mut().zip(held.iter_mut())).zip(pending.iter_mut())
         {
             let (k, s) = (*k, *s);
             let x = &v[values.iter().position(|n| n == &s.input).expect("exposed")];
             let groups = site::groups(s);
             let (og, p) = (s.out / groups, s.p);
             let (npos, hw) = sample_positions(s, x.shape())?;
-            for (g, t) in targets.iter_mut().enumerate() {
-                let mut zs: Vec<f64> = vec![];
+            for (g, (t, z32)) in targets.iter_mut().zip(pend.iter_mut()).enumerate() {
+                let mut r = 0usize;
                 site::each_input_row(s, x, k, row0, g, (npos, target_positions(s, calib)), hw, |_, z| {
-                    zs.extend_from_slice(z);
+                    z32.extend(z.iter().map(|&v| v as f32));
+                    r += 1;
                     Ok(())
                 })?;
-                let r = zs.len() / p.max(1);
                 *held += r * og;
                 if *held > MAX_TARGET_ELEMS {
                     bail!(
@@ -224,22 +245,21 @@ pub(crate) fn dense_targets(
                         MAX_TARGET_ELEMS
                     );
                 }
-                // In f32, as the model computes it.
-                let z32: Vec<f32> = zs.iter().map(|&v| v as f32).collect();
-                let zm = MatRef::from_row_major_slice(&z32, r, p);
-                let wg = MatRef::from_row_major_slice(&w_dense[g * og * p..(g + 1) * og * p], og, p);
-                let mut y = Mat::<f32>::zeros(r, og);
-                matmul(y.as_mut(), Accum::Replace, zm, wg.transpose(), 1.0f32, Par::rayon(0));
-                for i in 0..r {
-                    for o in 0..og {
-                        t.push(y[(i, o)] as f64);
-                    }
+                if z32.len() >= BATCH * p {
+                    flush(z32, t, &w_dense[g * og * p..(g + 1) * og * p], og, p);
                 }
             }
         }
         Ok(())
     })
     .with_context(|| format!("{label}: dense calibration run"))?;
+    for ((((_, s), w_dense), targets), pend) in sites.iter().zip(&weights).zip(out.iter_mut()).zip(pending.iter_mut()) {
+        let groups = site::groups(s);
+        let (og, p) = (s.out / groups, s.p);
+        for (g, (t, z32)) in targets.iter_mut().zip(pend.iter_mut()).enumerate() {
+            flush(z32, t, &w_dense[g * og * p..(g + 1) * og * p], og, p);
+        }
+    }
     Ok(out)
 }
 
@@ -261,29 +281,49 @@ fn collect(
     let mut fit: Vec<Normal32> = (0..groups).map(|_| Normal32::new(p, og)).collect();
     let mut held: Vec<Stats> = (0..groups).map(|_| Stats::new(p, og)).collect();
     let mut cursor = vec![0usize; groups];
+    // Rows of fit (0) and held-apart (1) samples waiting to be added, per group: added in
+    // products of `BATCH` rows whatever the chunks (a model run one sample at a time hands over
+    // a few dozen rows per call), so the sums do not depend on them.
+    const BATCH: usize = super::linalg::Gram32::BATCH;
+    let mut pending: Vec<[(Vec<f64>, Vec<f64>); 2]> = (0..groups).map(|_| Default::default()).collect();
+    let flush =
+        |g: usize, part: usize, (zs, ys): &mut (Vec<f64>, Vec<f64>), fit: &mut [Normal32], held: &mut [Stats]| {
+            let r = zs.len() / p.max(1);
+            if part == 0 {
+                fit[g].add(zs, ys, r);
+            } else {
+                held[g].add(MatRef::from_row_major_slice(zs, r, p), MatRef::from_row_major_slice(ys, r, og));
+            }
+            zs.clear();
+            ys.clear();
+        };
     run_from(from, model, calib, &values, |row0, v| {
         let x = &v[0];
         let (npos, hw) = sample_positions(s, x.shape())?;
-        for (g, (fit, held)) in fit.iter_mut().zip(held.iter_mut()).enumerate() {
-            // Rows of fit (0) and held-apart (1) samples.
-            let mut zs: [Vec<f64>; 2] = [vec![], vec![]];
-            let mut ys: [Vec<f64>; 2] = [vec![], vec![]];
+        for g in 0..groups {
             let cur = &mut cursor[g];
+            let pend = &mut pending[g];
             site::each_input_row(s, x, k, row0, g, (npos, target_positions(s, calib)), hw, |n, z| {
                 let part = is_val(row0 + n) as usize;
-                zs[part].extend_from_slice(z);
                 let y = targets[g].get(*cur..*cur + og).context("the dense and pruned runs sampled different rows")?;
-                ys[part].extend_from_slice(y);
+                let (zs, ys) = &mut pend[part];
+                zs.extend_from_slice(z);
+                ys.extend_from_slice(y);
                 *cur += og;
+                if zs.len() == BATCH * p {
+                    flush(g, part, &mut pend[part], &mut fit, &mut held);
+                }
                 Ok(())
             })?;
-            fit.add(&zs[0], &ys[0], zs[0].len() / p.max(1));
-            let r = zs[1].len() / p.max(1);
-            held.add(MatRef::from_row_major_slice(&zs[1], r, p), MatRef::from_row_major_slice(&ys[1], r, og));
         }
         Ok(())
     })
     .with_context(|| format!("{}: calibration run", s.label))?;
+    for (g, pend) in pending.iter_mut().enumerate() {
+        for (part, side) in pend.iter_mut().enumerate() {
+            flush(g, part, side, &mut fit, &mut held);
+        }
+    }
     if cursor.iter().zip(targets.iter()).any(|(c, t)| *c != t.len()) {
         bail!("{}: the dense and pruned runs sampled different rows", s.label);
     }
