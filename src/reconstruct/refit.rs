@@ -79,11 +79,24 @@ pub fn sample_positions(s: &Site, x_shape: &[usize]) -> Result<(usize, [usize; 2
 
 /// The site of `r` in `m`: by weight name, or through the node producing `r.by_output`.
 fn locate(m: &ModelProto, r: &RefitSite) -> std::result::Result<Site, String> {
-    let Some(out) = &r.by_output else { return site::find(m, &r.weight) };
-    let g = m.graph.as_ref().ok_or("model has no graph")?;
-    let n = g.node.iter().find(|n| n.output.first() == Some(out)).ok_or_else(|| format!("no node produces '{out}'"))?;
-    let w = n.input.get(1).filter(|s| !s.is_empty()).ok_or("the node has no weight input")?;
-    site::find(m, w)
+    let s = match &r.by_output {
+        None => site::find(m, &r.weight)?,
+        Some(out) => {
+            let g = m.graph.as_ref().ok_or("model has no graph")?;
+            let n = g
+                .node
+                .iter()
+                .find(|n| n.output.first() == Some(out))
+                .ok_or_else(|| format!("no node produces '{out}'"))?;
+            let w = n.input.get(1).filter(|s| !s.is_empty()).ok_or("the node has no weight input")?;
+            site::find(m, w)?
+        }
+    };
+    // Its targets are the layer's outputs, bias included: a bias it cannot move is in the way.
+    if s.shared_bias {
+        return Err("the bias is shared with other layers".into());
+    }
+    Ok(s)
 }
 
 /// Every fifth calibration sample is held apart to judge the candidates (refit and per-weight).

@@ -41,6 +41,12 @@ pub struct Site {
     pub p: usize,
     /// A quantized weight (and bias): read dequantized, written quantized ([`super::quant`]).
     pub quant: Option<super::quant::Quant>,
+    /// The layer's bias is a constant [O] vector other layers read too (an export's equal
+    /// biases stored once, read directly or through an `Identity` each): `bias` is None and the
+    /// bias stays as it is. Per weight the weights
+    /// are still updated (their targets W z carry no bias); the channels refit, whose targets
+    /// are the layer's outputs, bias included, leaves such a layer alone.
+    pub shared_bias: bool,
 }
 
 /// The start of the reason a quantized weight is not refitted (the report's; the run's note
@@ -98,6 +104,21 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
         let bt = ix.weight(g, b)?;
         (ix.consumers_of(b).len() == 1 && tensor::shape(bt).ok()? == vec![len]).then(|| b.clone())
     };
+    // A float constant [len] that other nodes read too, directly or through an `Identity` per
+    // reader as torch.onnx writes deduplicated constants (not a quantized layer's).
+    let shared_const = |name: &str, len: usize, quant: &Option<super::quant::Quant>| -> bool {
+        let mut src = name;
+        for _ in 0..g.node.len() {
+            match g.node.iter().find(|n| n.output.iter().any(|o| o == src)) {
+                Some(n) if n.op_type == "Identity" && n.domain.is_empty() && !n.input.is_empty() => src = &n.input[0],
+                _ => break,
+            }
+        }
+        quant.is_none()
+            && (src != name || ix.consumers_of(name).len() > 1)
+            && ix.weight(g, src).is_some_and(|t| t.data_type == 1 && tensor::shape(t).ok() == Some(vec![len]))
+    };
+    let mut shared_bias = false;
     // (layout, bias, the value holding y, whether y is internal to the node, out, p)
     let (layout, bias, output, internal, out, p) = match (n.op_type.as_str(), slot, dom_ok) {
         ("Conv", 1, true) => {
@@ -130,8 +151,11 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
             };
             out_axis(0)?;
             let bias = const_bias(n.input.get(2), dims[0], &mut quant);
-            if n.input.get(2).is_some_and(|s| !s.is_empty()) && bias.is_none() {
-                return Err("the bias is shared or not a constant".into());
+            if let (Some(b), None) = (n.input.get(2).filter(|s| !s.is_empty()), &bias) {
+                if !shared_const(b, dims[0], &quant) {
+                    return Err("the bias is not a constant [O] vector".into());
+                }
+                shared_bias = true;
             }
             (layout, bias, y, false, dims[0], dims[1] * dims[2] * dims[3])
         }
@@ -151,8 +175,11 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
             }
             out_axis(if trans_b { 0 } else { 1 })?;
             let bias = if beta != 0.0 { const_bias(n.input.get(2), out, &mut quant) } else { None };
-            if n.input.get(2).is_some_and(|s| !s.is_empty()) && bias.is_none() && beta != 0.0 {
-                return Err("the Gemm C input is not a constant [N] vector".into());
+            if let (Some(c), None, true) = (n.input.get(2).filter(|s| !s.is_empty()), &bias, beta != 0.0) {
+                if !shared_const(c, out, &quant) {
+                    return Err("the Gemm C input is not a constant [N] vector".into());
+                }
+                shared_bias = true;
             }
             (Layout::Gemm { trans_b, alpha, beta }, bias, y, false, out, p)
         }
@@ -195,7 +222,20 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
         }
         (op, _, _) => return Err(format!("{op} weight")),
     };
-    Ok(Site { node: ni, label, layout, weight: weight.into(), bias, input: x, output, internal, out, p, quant })
+    Ok(Site {
+        node: ni,
+        label,
+        layout,
+        weight: weight.into(),
+        bias,
+        input: x,
+        output,
+        internal,
+        out,
+        p,
+        quant,
+        shared_bias,
+    })
 }
 
 /// Whether `n` is a layer whose weight (input 1) [`find`] can make a site of: Conv, Gemm, MatMul,
@@ -429,6 +469,94 @@ pub fn groups(s: &Site) -> usize {
 #[cfg(test)]
 mod tests {
     use super::sample;
+
+    /// Two layers reading one bias tensor, one directly and one through an `Identity` (an export
+    /// that stored equal biases once): per weight,
+    /// both are still reconstructed, their weights updated and the shared bias left as it is;
+    /// the channels refit, whose targets include the bias, is refused them.
+    #[test]
+    fn a_bias_other_layers_share_is_left_alone_and_the_weights_still_updated() {
+        use crate::check::inputs::InputSpec;
+        use crate::prune::weights::{prune_weights, Include, Scope, WeightOptions};
+        use std::path::Path;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mp = root.join("models/fmnist_mobilenet.onnx");
+        let mut dense = crate::model::io::load(&mp).unwrap().proto;
+        // The first two 1 × 1 convolutions of one width: the second reads the first's bias.
+        let g = dense.graph.as_mut().unwrap();
+        let dims = |g: &onnx_protobuf::GraphProto, n: &str| {
+            g.initializer.iter().find(|t| t.name == n).map(|t| t.dims.clone()).unwrap_or_default()
+        };
+        let convs: Vec<usize> = (0..g.node.len())
+            .filter(|&i| {
+                let n = &g.node[i];
+                let d = if n.op_type == "Conv" && n.input.len() == 3 { dims(g, &n.input[1]) } else { vec![] };
+                d.len() == 4 && d[2..] == [1, 1] && d[1] >= 32
+            })
+            .collect();
+        let (a, b) = convs
+            .iter()
+            .enumerate()
+            .find_map(|(k, &a)| {
+                let out = dims(g, &g.node[a].input[1])[0];
+                convs[k + 1..].iter().find(|&&b| dims(g, &g.node[b].input[1])[0] == out).map(|&b| (a, b))
+            })
+            .unwrap();
+        // The second reads it through an Identity, as torch.onnx writes shared constants.
+        let shared = g.node[a].input[2].clone();
+        g.node[b].input[2] = "shared_bias_copy".into();
+        let mut id = onnx_protobuf::NodeProto::new();
+        id.op_type = "Identity".into();
+        id.input.push(shared.clone());
+        id.output.push("shared_bias_copy".into());
+        g.node.insert(b, id);
+        let (wa, wb) = (g.node[a].input[1].clone(), g.node[b + 1].input[1].clone());
+        for w in [&wa, &wb] {
+            let s = super::find(&dense, w).unwrap();
+            assert!(s.shared_bias && s.bias.is_none(), "{w}");
+        }
+        let mut pruned = dense.clone();
+        let opts = WeightOptions {
+            beta: 1.0,
+            scope: Scope::Normalized,
+            include: Include::default(),
+            scores: Default::default(),
+            fixed_ratio: None,
+        };
+        let rep = prune_weights(&mut pruned, &opts).unwrap();
+        let names: Vec<String> = rep.tensors.iter().filter(|t| t.kept < t.n).map(|t| t.name.clone()).collect();
+        assert!(names.contains(&wa) && names.contains(&wb), "{names:?}");
+        let before = pruned.clone();
+        let mut spec = InputSpec::default();
+        spec.files.insert(String::new(), root.join("models/fmnist_calib_x.npy"));
+        let calib = crate::calib::load_inputs(&mp, &spec).unwrap().sample_range(0, 64);
+        let (reps, _) = super::super::obs::obs_all_with(&dense, &mut pruned, &names, &calib, false, true).unwrap();
+        let tensor = |m: &onnx_protobuf::ModelProto, n: &str| {
+            let t = m.graph.as_ref().unwrap().initializer.iter().find(|t| t.name == n).unwrap();
+            crate::model::tensor::read_f64(t).unwrap()
+        };
+        for w in [&wa, &wb] {
+            let r = reps.iter().find(|r| &r.weight == w).unwrap();
+            assert!(r.method.starts_with("obs") && !r.method.ends_with("+bias"), "{r:?}");
+            assert_ne!(tensor(&pruned, w), tensor(&before, w), "{w} was not updated");
+        }
+        assert_eq!(tensor(&pruned, &shared), tensor(&dense, &shared));
+        // The channels refit leaves both layers alone, naming the bias.
+        let refit = [wa.clone(), wb.clone()].map(|w| super::super::refit::RefitSite {
+            weight: w,
+            by_output: None,
+            in_keep: vec![],
+            out_keep: vec![],
+        });
+        let (mut m, mut p) = (dense.clone(), dense.clone());
+        let (reps, _) =
+            super::super::refit::refit_all_with(&dense, &mut m, &mut p, &refit, &calib, false, true).unwrap();
+        assert!(
+            reps.iter()
+                .all(|r| r.method == "skipped" && r.note.as_deref() == Some("the bias is shared with other layers")),
+            "{reps:?}"
+        );
+    }
 
     #[test]
     fn sample_is_deterministic_distinct_and_sorted() {
