@@ -76,6 +76,20 @@ pub struct WeightOptions {
     pub fixed_ratio: Option<f64>,
 }
 
+/// The CLI's defaults: EMP at β = 1 over the normalized scope, criterion |w|, nothing extra
+/// included.
+impl Default for WeightOptions {
+    fn default() -> Self {
+        WeightOptions {
+            beta: 1.0,
+            scope: Scope::Normalized,
+            include: Include::default(),
+            scores: Default::default(),
+            fixed_ratio: None,
+        }
+    }
+}
+
 /// What EMP did to one weight tensor.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct TensorReport {

@@ -307,7 +307,7 @@ pub(crate) fn crossing(model: &ModelProto, cut: usize) -> Result<Vec<String>> {
 mod tests {
     use super::*;
     use crate::check::inputs::InputSpec;
-    use crate::prune::weights::{prune_weights, Include, Scope, WeightOptions};
+    use crate::prune::weights::{prune_weights, WeightOptions};
     use std::path::Path;
 
     /// The digits transformer (2 blocks) pruned per weight, its pruned weights and 64 rows of
@@ -317,13 +317,7 @@ mod tests {
         let mp = root.join("models/digits_transformer.onnx");
         let dense = crate::model::io::load(&mp).unwrap().proto;
         let mut pruned = dense.clone();
-        let opts = WeightOptions {
-            beta: 1.0,
-            scope: Scope::Normalized,
-            include: Include::default(),
-            scores: Default::default(),
-            fixed_ratio: None,
-        };
+        let opts = WeightOptions::default();
         let rep = prune_weights(&mut pruned, &opts).unwrap();
         let names = rep.tensors.iter().filter(|t| t.kept < t.n).map(|t| t.name.clone()).collect();
         let mut spec = InputSpec::default();

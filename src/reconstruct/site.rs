@@ -477,7 +477,7 @@ mod tests {
     #[test]
     fn a_bias_other_layers_share_is_left_alone_and_the_weights_still_updated() {
         use crate::check::inputs::InputSpec;
-        use crate::prune::weights::{prune_weights, Include, Scope, WeightOptions};
+        use crate::prune::weights::{prune_weights, WeightOptions};
         use std::path::Path;
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mp = root.join("models/fmnist_mobilenet.onnx");
@@ -516,13 +516,7 @@ mod tests {
             assert!(s.shared_bias && s.bias.is_none(), "{w}");
         }
         let mut pruned = dense.clone();
-        let opts = WeightOptions {
-            beta: 1.0,
-            scope: Scope::Normalized,
-            include: Include::default(),
-            scores: Default::default(),
-            fixed_ratio: None,
-        };
+        let opts = WeightOptions::default();
         let rep = prune_weights(&mut pruned, &opts).unwrap();
         let names: Vec<String> = rep.tensors.iter().filter(|t| t.kept < t.n).map(|t| t.name.clone()).collect();
         assert!(names.contains(&wa) && names.contains(&wb), "{names:?}");
