@@ -26,7 +26,7 @@ mod chunks;
 mod parse;
 
 use chunks::plan_chunking;
-pub use chunks::{chunk_rows, convolutional_ops, cores, Chunking, CHUNK_BYTES, ONE_ROW_KEY};
+pub use chunks::{chunk_rows, convolutional_ops, cores, samples_on_axis0, Chunking, CHUNK_BYTES, ONE_ROW_KEY};
 pub(crate) use parse::parse_proto;
 use parse::{fix_bool_attention_masks, known_unsupported};
 
@@ -651,6 +651,16 @@ mod tests {
         assert_eq!(r.chunking.as_ref().map(|c| (c.rows, c.chunk)), Some((100, 1)));
         let r = load_runnable(&path("fmnist_vit.onnx"), &facts).unwrap();
         assert!(r.chunking.is_none(), "{:?}", r.chunking);
+        // Only when axis 0 holds the samples: a streaming model whose axis 0 is time (its state
+        // outputs [1, …]) runs its frames together; unnamed free axes match each other; a model
+        // that declares no output shape is not assumed to be per-sample.
+        let free = |s: &str| Some(Some(s.to_string()));
+        assert!(chunks::samples_on_axis0(free("batch"), [free("batch")]));
+        assert!(chunks::samples_on_axis0(free(""), [free(""), None]));
+        assert!(!chunks::samples_on_axis0(free("sequence_length"), [free("sequence_length"), Some(None)]));
+        assert!(!chunks::samples_on_axis0(free("batch"), [free("batch_size")]));
+        assert!(!chunks::samples_on_axis0(free("batch"), [None]));
+        assert!(!chunks::samples_on_axis0(Some(None), [Some(None)]));
         // Blocks of one-row runs: about a mebibyte of input, at most 64 runs; larger chunks alone.
         let f = |shape: &[usize]| [InputFact { name: "x".into(), elem_type: dt::FLOAT, shape: shape.to_vec() }];
         assert_eq!(chunks::block_runs(&f(&[1000, 1, 28, 28]), 1), 64);

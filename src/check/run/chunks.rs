@@ -84,15 +84,47 @@ pub(super) fn plan_chunking(
 /// matrix-product models are the other way round (digits_transformer 0.117 / 0.075 / 0.058 ms,
 /// fmnist_vit, one patch convolution, 1.11 / 0.91 / 0.90 ms). Decided from the graph alone, so
 /// that a model always runs alike (tract's sums differ in the last bit between a batch of one
-/// and a larger one). A part of a model cut out to run from cached values (reconstruction's
-/// boundaries) carries the whole model's answer in its metadata under [`ONE_ROW_KEY`], so that
-/// every pass of one reconstruction runs alike.
+/// and a larger one). Only when axis 0 holds the samples ([`samples_on_axis0`]): a streaming
+/// model whose axis 0 is time must see its frames together. A part of a model cut out to run
+/// from cached values (reconstruction's boundaries) carries the whole model's answer in its
+/// metadata under [`ONE_ROW_KEY`], so that every pass of one reconstruction runs alike.
 pub(crate) fn convolutional(proto: &tract_onnx::pb::ModelProto) -> bool {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value as D;
+    use tract_onnx::pb::type_proto::Value;
     if let Some(p) = proto.metadata_props.iter().find(|p| p.key == ONE_ROW_KEY) {
         return p.value == "1";
     }
     let Some(g) = proto.graph.as_ref() else { return false };
-    convolutional_ops(g.node.iter().map(|n| n.op_type.as_str()))
+    let axis0 = |vi: &tract_onnx::pb::ValueInfoProto| -> Option<Option<String>> {
+        let Some(Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else { return None };
+        Some(match &t.shape.as_ref()?.dim.first()?.value {
+            Some(D::DimValue(v)) if *v > 0 => None,
+            Some(D::DimParam(p)) => Some(p.clone()),
+            _ => Some(String::new()),
+        })
+    };
+    let inits: BTreeSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let first = g.input.iter().find(|i| !inits.contains(i.name.as_str())).and_then(axis0);
+    convolutional_ops(g.node.iter().map(|n| n.op_type.as_str())) && samples_on_axis0(first, g.output.iter().map(axis0))
+}
+
+/// Does axis 0 hold the samples? The first model input's axis 0 is free (`Some(Some(name))`,
+/// the name empty when the export left it unnamed), and every graph output whose shape is
+/// declared (`Some`) has that same free axis 0, at least one of them: not so for a voice
+/// activity detector whose input is [time, features] and whose LSTM state outputs are [1, …].
+pub fn samples_on_axis0(
+    first_input: Option<Option<String>>,
+    outputs: impl IntoIterator<Item = Option<Option<String>>>,
+) -> bool {
+    let Some(Some(batch)) = first_input else { return false };
+    let mut any = false;
+    for o in outputs.into_iter().flatten() {
+        if o.as_deref() != Some(batch.as_str()) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 /// Metadata key of [`convolutional`]'s answer ("1" or "0") in a model cut out of a larger one.
