@@ -26,7 +26,7 @@ mod chunks;
 mod parse;
 
 use chunks::plan_chunking;
-pub use chunks::{chunk_rows, convolutional_ops, cores, samples_on_axis0, Chunking, CHUNK_BYTES, ONE_ROW_KEY};
+pub use chunks::{chunk_rows, cores, one_row_rule, Chunking, CHUNK_BYTES, ONE_ROW_KEY};
 pub(crate) use parse::parse_proto;
 use parse::{fix_bool_attention_masks, known_unsupported};
 

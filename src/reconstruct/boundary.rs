@@ -212,29 +212,33 @@ impl Boundary {
         }
         let mut cut = crate::model::graph::model_around(model, lg);
         // The part runs one row at a time exactly when the whole model does.
-        use crate::check::run::{convolutional_ops, samples_on_axis0, ONE_ROW_KEY};
+        use crate::check::run::ONE_ROW_KEY;
         let mut p = onnx_protobuf::StringStringEntryProto::new();
         p.key = ONE_ROW_KEY.into();
-        let axis0 = |vi: &ValueInfoProto| -> Option<Option<String>> {
-            use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
-            use onnx_protobuf::type_proto::Value;
-            let Some(Value::TensorType(t)) = vi.type_.as_ref().and_then(|t| t.value.as_ref()) else { return None };
-            Some(match &t.shape.as_ref()?.dim.first()?.value {
-                Some(D::DimValue(v)) if *v > 0 => None,
-                Some(D::DimParam(p)) => Some(p.clone()),
-                _ => Some(String::new()),
-            })
-        };
-        let first = g.input.iter().find(|i| !inits.contains(i.name.as_str())).and_then(axis0);
-        let one = convolutional_ops(g.node.iter().map(|n| n.op_type.as_str()))
-            && samples_on_axis0(first, g.output.iter().map(axis0));
         p.value = match model.metadata_props.iter().find(|p| p.key == ONE_ROW_KEY) {
             Some(q) => q.value.clone(),
-            None => if one { "1" } else { "0" }.into(),
+            None => if one_row_per_run(g, &inits) { "1" } else { "0" }.into(),
         };
         cut.metadata_props.push(p);
         Ok(cut)
     }
+}
+
+/// [`crate::check::run::one_row_rule`] on `g` (`inits`: its initializer names), as tract's
+/// runner decides it on the saved model.
+fn one_row_per_run(g: &onnx_protobuf::GraphProto, inits: &HashSet<&str>) -> bool {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
+    use onnx_protobuf::type_proto::Value;
+    let axis0 = |vi: &ValueInfoProto| -> Option<Option<String>> {
+        let Some(Value::TensorType(t)) = vi.type_.as_ref().and_then(|t| t.value.as_ref()) else { return None };
+        Some(match &t.shape.as_ref()?.dim.first()?.value {
+            Some(D::DimValue(v)) if *v > 0 => None,
+            Some(D::DimParam(p)) => Some(p.clone()),
+            _ => Some(String::new()),
+        })
+    };
+    let first = g.input.iter().find(|i| !inits.contains(i.name.as_str())).and_then(axis0);
+    crate::check::run::one_row_rule(g.node.iter().map(|n| n.op_type.as_str()), first, g.output.iter().map(axis0))
 }
 
 /// Run `model` exposing `values` from `from` when given, else from the calibration inputs.

@@ -105,7 +105,17 @@ pub(crate) fn convolutional(proto: &tract_onnx::pb::ModelProto) -> bool {
     };
     let inits: BTreeSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
     let first = g.input.iter().find(|i| !inits.contains(i.name.as_str())).and_then(axis0);
-    convolutional_ops(g.node.iter().map(|n| n.op_type.as_str())) && samples_on_axis0(first, g.output.iter().map(axis0))
+    one_row_rule(g.node.iter().map(|n| n.op_type.as_str()), first, g.output.iter().map(axis0))
+}
+
+/// [`convolutional`]'s rule on a graph's op types and the axis 0 of its first input and of its
+/// outputs (as [`samples_on_axis0`] takes them), for either protobuf binding.
+pub fn one_row_rule<'a>(
+    ops: impl IntoIterator<Item = &'a str>,
+    first_input: Option<Option<String>>,
+    outputs: impl IntoIterator<Item = Option<Option<String>>>,
+) -> bool {
+    convolutional_ops(ops) && samples_on_axis0(first_input, outputs)
 }
 
 /// Does axis 0 hold the samples? The first model input's axis 0 is free (`Some(Some(name))`,
