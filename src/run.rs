@@ -156,7 +156,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     }
     let mut calibration: Option<String> = None;
     // Calibration data, loaded once: for data-driven criteria and for reconstruction.
-    let calib = calibration_inputs(o)?;
+    let calib = calibration_inputs(o, loaded.proto.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence))?;
     check_given_files(o)?;
     let half = |t: &onnx_protobuf::TensorProto| crate::model::promote::half(t.data_type);
     if calib.is_some() && loaded.proto.graph.as_ref().is_some_and(|g| g.initializer.iter().any(half)) {
@@ -430,7 +430,8 @@ pub const WARN_AGREEMENT: f64 = 0.95;
 /// A loud note when verification shows the pruned model is clearly worse than the input, with
 /// what to do about it. The rule is that the output must not be worse than the input: the tool
 /// cannot know that without data, but when the user's inputs or labels show it, it says so.
-/// Top-1 agreement is only judged on the user's inputs (random inputs are out of distribution).
+/// Top-1 agreement is only judged on the user's inputs (random inputs are out of distribution),
+/// and on outputs of two rows or more.
 fn fidelity_warning(v: &crate::check::Verification, real_inputs: bool, reconstructed: bool) -> Option<String> {
     if !v.is_ok() {
         return None;
@@ -439,7 +440,15 @@ fn fidelity_warning(v: &crate::check::Verification, real_inputs: bool, reconstru
         (Some(a), Some(b)) if a - b > WARN_ACCURACY_DROP => format!("accuracy fell {:.1} points", (a - b) * 100.0),
         (Some(_), Some(_)) => return None,
         _ => {
-            let worst = v.outputs.iter().filter_map(|o| o.top1_agreement).fold(f64::INFINITY, f64::min);
+            // An output of one row (a recurrent state [1, 1, 128]) has one argmax: no rate.
+            let rows =
+                |o: &crate::check::OutputFidelity| o.shape[..o.shape.len().saturating_sub(1)].iter().product::<usize>();
+            let worst = v
+                .outputs
+                .iter()
+                .filter(|o| rows(o) >= 2)
+                .filter_map(|o| o.top1_agreement)
+                .fold(f64::INFINITY, f64::min);
             if real_inputs && worst.is_finite() && worst < WARN_AGREEMENT {
                 format!("top-1 agreement with the dense model is {:.1} %", worst * 100.0)
             } else {
@@ -572,21 +581,28 @@ fn plan_outcome(o: &RunOptions, loaded: &Loaded, pruned: ModelProto, mut p: Plan
 /// The calibration inputs and the report's label for them, e.g.
 /// "models/digits_calib_x64.npy (256 rows)"; None without `--calibration` (data-driven criteria
 /// then refuse to run: they never fall back to the verification inputs or to random data).
-fn calibration_inputs(o: &RunOptions) -> Result<Option<(crate::check::Inputs, String)>> {
+/// `sequence`: the model's axis 0 is one sequence ([`crate::model::graph::axis0_is_sequence`]),
+/// so that a cap keeps its first rows, in order.
+fn calibration_inputs(o: &RunOptions, sequence: bool) -> Result<Option<(crate::check::Inputs, String)>> {
     let Some(spec) = &o.calibration else { return Ok(None) };
     let label = o.calibration_label.clone().unwrap_or_else(|| "calibration".into());
     let cap = o.calibration_rows;
-    // Evenly spaced, so that a file sorted by class is still sampled across its classes; read
-    // so from the files (only those rows of a `.npy` are copied), or picked here otherwise.
-    let spec = crate::check::InputSpec { max_rows: cap, ..spec.clone() };
+    // Evenly spaced, so that a file sorted by class is still sampled across its classes (a
+    // sequence: its first rows); read so from the files (only those rows of a `.npy` are
+    // copied), or picked here otherwise.
+    let spec = crate::check::InputSpec { max_rows: cap, first_rows: sequence, ..spec.clone() };
     let inputs = crate::calib::load_inputs(&o.input, &spec)?;
     let rows = inputs.file_rows.unwrap_or(inputs.rows());
     if cap == 0 || rows <= cap {
         return Ok(Some((inputs, format!("{label} ({rows} rows)"))));
     }
-    let inputs =
-        if inputs.rows() > cap { inputs.samples(&crate::check::inputs::evenly_spaced(rows, cap)) } else { inputs };
-    Ok(Some((inputs, format!("{label} ({cap} of {rows} rows, evenly spaced: --calibration-rows {cap}; 0 uses all)"))))
+    let inputs = match (inputs.rows() > cap, sequence) {
+        (false, _) => inputs,
+        (true, true) => inputs.sample_range(0, cap),
+        (true, false) => inputs.samples(&crate::check::inputs::evenly_spaced(rows, cap)),
+    };
+    let how = if sequence { "the first, in order: axis 0 is one sequence" } else { "evenly spaced" };
+    Ok(Some((inputs, format!("{label} ({cap} of {rows} rows, {how}: --calibration-rows {cap}; 0 uses all)"))))
 }
 
 /// The verification files the user named (`--inputs`, `--labels`) are read, and the inputs
@@ -661,6 +677,40 @@ mod tests {
 
     fn stats(ms: f64) -> LatencyStats {
         LatencyStats { median_ms: ms, min_ms: ms, runs: 9, samples: 1 }
+    }
+
+    /// Top-1 agreement warns on outputs of many rows, not on a recurrent state's single row
+    /// (Silero VAD's hn [1, 1, 128]: one argmax, 0 or 100 %).
+    #[test]
+    fn a_single_rows_argmax_is_no_agreement_rate() {
+        use ndarray::{ArrayD, IxDyn};
+        let arr = |shape: &[usize], v: &[f32]| ArrayD::from_shape_vec(IxDyn(shape), v.to_vec()).unwrap();
+        let names = ["y".to_string(), "hn".to_string()];
+        let y = arr(&[4, 2], &[1., 0., 0., 1., 1., 0., 0., 1.]);
+        let (hn, hn_moved) = (arr(&[1, 1, 3], &[1., 0., 0.]), arr(&[1, 1, 3], &[0., 1., 0.]));
+        let v = |outputs| crate::check::Verification {
+            status: "ok".into(),
+            reason: None,
+            engine: "tract".into(),
+            input_shapes: Default::default(),
+            outputs,
+            accuracy_dense: None,
+            accuracy_pruned: None,
+            latency_dense: None,
+            latency_pruned: None,
+            hotspots: vec![],
+            latency_onnxruntime: None,
+            macs_dense: None,
+            macs_pruned: None,
+            notes: vec![],
+        };
+        let same_y = v(crate::check::compare(&[y.clone(), hn.clone()], &[y.clone(), hn_moved.clone()], &names));
+        assert_eq!(same_y.outputs[1].top1_agreement, Some(0.0));
+        assert_eq!(fidelity_warning(&same_y, true, false), None);
+        let y_moved = arr(&[4, 2], &[0., 1., 0., 1., 0., 1., 0., 1.]);
+        let moved = v(crate::check::compare(&[y, hn], &[y_moved, hn_moved], &names));
+        let w = fidelity_warning(&moved, true, false).unwrap();
+        assert!(w.contains("top-1 agreement with the dense model is 50.0 %"), "{w}");
     }
 
     #[test]

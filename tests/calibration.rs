@@ -288,3 +288,57 @@ fn calibration_files_must_give_every_input() {
     let full = InputSpec { npz: Some(root.join("models/digits_calib_ids.npz")), ..Default::default() };
     assert_eq!(onnx_emp::calib::load_inputs(&bert, &full).unwrap().rows(), all["input_ids"].shape()[0]);
 }
+
+/// A streaming model: x [T, 64] (T free, one sequence) → MatMul → y [T, 64], and a state
+/// s = Σ_T y [1, 64] (a fixed axis 0, as a recurrent state output is).
+fn streaming(dir: &Path) -> std::path::PathBuf {
+    let mut g = GraphProto::new();
+    g.name = "stream".into();
+    g.input.push(vi("x", &[-1, 64]));
+    g.output.push(vi("y", &[-1, 64]));
+    g.output.push(vi("s", &[1, 64]));
+    let w: Vec<f32> = (0..64 * 64).map(|i| (((i * 7919) % 101) as f32 - 50.0) / 50.0).collect();
+    g.initializer.push(tensor::new_f32("W", &[64, 64], &w));
+    g.initializer.push(tensor::new_i64("axes", &[1], &[0]));
+    let node = |op: &str, ins: &[&str], out: &str| {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = out.into();
+        n.input = ins.iter().map(|s| s.to_string()).collect();
+        n.output = vec![out.into()];
+        n
+    };
+    g.node.push(node("MatMul", &["x", "W"], "y"));
+    g.node.push(node("ReduceSum", &["y", "axes"], "s"));
+    save_graph(g, &dir.join("stream.onnx"))
+}
+
+/// A model whose axis 0 is one sequence (an output declares a fixed axis 0: its state) keeps
+/// its frames together and in order: the calibration cap takes the first frames (not evenly
+/// spaced ones), and 700 verification frames run in one piece (in chunks of 350 the state
+/// could not be joined: "pass at most 512 rows").
+#[test]
+fn a_streaming_models_frames_stay_together_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = streaming(dir.path());
+    let frames = |n: usize, seed: usize| {
+        Array2::from_shape_fn((n, 64), |(i, j)| (((i * 31 + j * 17 + seed) % 23) as f32 - 11.0) / 7.0)
+    };
+    let (cal, x, labels) = (dir.path().join("cal.npy"), dir.path().join("x.npy"), dir.path().join("y.npy"));
+    ndarray_npy::write_npy(&cal, &frames(1000, 1)).unwrap();
+    ndarray_npy::write_npy(&x, &frames(700, 2)).unwrap();
+    ndarray_npy::write_npy(&labels, &ndarray::Array1::from_shape_fn(700, |i| (i % 64) as i64)).unwrap();
+    let out = dir.path().join("out.onnx");
+    let args = [m.to_str().unwrap(), out.to_str().unwrap(), "--calibration", cal.to_str().unwrap()];
+    let args = args.into_iter().chain(["--inputs", x.to_str().unwrap(), "--labels", labels.to_str().unwrap()]);
+    let args: Vec<String> = std::iter::once("onnx-emp").chain(args).chain(["--no-latency"]).map(String::from).collect();
+    let rep: serde_json::Value = serde_json::from_str(&onnx_emp::cli::run_to_json(args).unwrap()).unwrap();
+    let label = rep["calibration"].as_str().unwrap();
+    assert!(label.contains("512 of 1000 rows, the first, in order: axis 0 is one sequence"), "{label}");
+    let recon = &rep["reconstruction"];
+    assert_eq!(recon["samples"], 410, "{recon}");
+    assert_eq!(recon["end_to_end"]["samples"], 102, "{recon}");
+    let v = &rep["verification"];
+    assert!(v["accuracy_dense"].is_number() && v["accuracy_pruned"].is_number(), "{v}");
+    assert_eq!(v["input_shapes"]["x"], serde_json::json!([700, 64]), "{v}");
+}

@@ -40,11 +40,23 @@ pub struct InputSpec {
     /// many rows (only those rows are copied from a `.npy`); [`Inputs::file_rows`] says how
     /// many there were.
     pub max_rows: usize,
+    /// `max_rows` reads the first rows, not evenly spaced ones: axis 0 holds one sequence (a
+    /// streaming model, [`crate::model::graph::axis0_is_sequence`]), whose frames must stay in
+    /// order and together.
+    pub first_rows: bool,
 }
 
 impl Default for InputSpec {
     fn default() -> Self {
-        InputSpec { dims: BTreeMap::new(), files: BTreeMap::new(), npz: None, seed: 0, default_batch: 1, max_rows: 0 }
+        InputSpec {
+            dims: BTreeMap::new(),
+            files: BTreeMap::new(),
+            npz: None,
+            seed: 0,
+            default_batch: 1,
+            max_rows: 0,
+            first_rows: false,
+        }
     }
 }
 
@@ -392,7 +404,8 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         let mut pick = |shape: &[usize]| -> Option<Vec<usize>> {
             let n = *shape.first()?;
             if k == 0 && spec.max_rows > 0 && n > spec.max_rows {
-                sampled = Some((n, evenly_spaced(n, spec.max_rows)));
+                let idx = if spec.first_rows { (0..spec.max_rows).collect() } else { evenly_spaced(n, spec.max_rows) };
+                sampled = Some((n, idx));
             }
             sampled.as_ref().filter(|(rows, _)| *rows == n).map(|(_, idx)| idx.clone())
         };

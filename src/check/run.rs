@@ -26,7 +26,7 @@ mod chunks;
 mod parse;
 
 use chunks::plan_chunking;
-pub use chunks::{chunk_rows, cores, one_row_rule, Chunking, CHUNK_BYTES, ONE_ROW_KEY};
+pub use chunks::{chunk_rows, cores, one_row_rule, Chunking, CHUNK_BYTES, ONE_ROW_KEY, SEQUENCE_KEY};
 pub(crate) use parse::parse_proto;
 use parse::{fix_bool_attention_masks, known_unsupported};
 
@@ -260,13 +260,14 @@ fn declutter(
     notes: &mut Vec<String>,
 ) -> Result<Decluttered> {
     let mut sources = HashMap::new();
-    let one_row_per_run;
+    let (one_row_per_run, sequence);
     let mut model = {
         let proto = read_proto(path)?;
         if let Some(reason) = known_unsupported(&proto) {
             bail!("{reason}");
         }
         one_row_per_run = chunks::convolutional(&proto);
+        sequence = chunks::axis0_is_sequence(&proto);
         for n in proto.graph.iter().flat_map(|g| &g.node).filter(|n| !n.name.is_empty()) {
             sources.insert(n.name.clone(), n.op_type.clone());
         }
@@ -282,7 +283,7 @@ fn declutter(
     let output_names = output_names(&model)?;
     let names: Vec<String> = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
     let max_chunk = if one_row_per_run { 1 } else { max_chunk };
-    let chunking = plan_chunking(&model, &names, facts, max_chunk).context("setting input facts failed")?;
+    let chunking = plan_chunking(&model, &names, facts, max_chunk, sequence).context("setting input facts failed")?;
     let compile_facts: Vec<InputFact> = match &chunking {
         None => facts.to_vec(),
         Some(c) => facts
@@ -667,6 +668,83 @@ mod tests {
         assert_eq!(chunks::block_runs(&f(&[1000, 96, 14, 14]), 1), 13);
         assert_eq!(chunks::block_runs(&f(&[1000, 3, 224, 224]), 1), 1);
         assert_eq!(chunks::block_runs(&f(&[1000, 64]), 103), 1);
+    }
+
+    /// A streaming model: x [T, 4] (T free), y = Relu(x) [T, 4] and a state s = ΣT x [1, 4].
+    fn streaming_model(dir: &Path) -> std::path::PathBuf {
+        use onnx_protobuf::{tensor_shape_proto::dimension::Value as D, Message};
+        let vi = |name: &str, dims: &[Option<i64>]| {
+            let mut sh = onnx_protobuf::TensorShapeProto::new();
+            for d in dims {
+                let mut dim = onnx_protobuf::tensor_shape_proto::Dimension::new();
+                dim.value = Some(match d {
+                    Some(v) => D::DimValue(*v),
+                    None => D::DimParam("T".into()),
+                });
+                sh.dim.push(dim);
+            }
+            let mut tt = onnx_protobuf::type_proto::Tensor::new();
+            tt.elem_type = dt::FLOAT;
+            tt.shape = Some(sh).into();
+            let mut t = onnx_protobuf::TypeProto::new();
+            t.value = Some(onnx_protobuf::type_proto::Value::TensorType(tt));
+            let mut v = onnx_protobuf::ValueInfoProto::new();
+            v.name = name.into();
+            v.type_ = Some(t).into();
+            v
+        };
+        let node = |op: &str, i: &str, o: &str| {
+            let mut n = onnx_protobuf::NodeProto::new();
+            (n.op_type, n.name, n.input, n.output) = (op.into(), o.into(), vec![i.into()], vec![o.into()]);
+            n
+        };
+        let mut sum = node("ReduceSum", "x", "s");
+        let mut axes = onnx_protobuf::AttributeProto::new();
+        (axes.name, axes.type_, axes.ints) = ("axes".into(), protobuf::EnumOrUnknown::from_i32(7), vec![0]);
+        sum.attribute.push(axes);
+        let mut g = onnx_protobuf::GraphProto::new();
+        g.name = "stream".into();
+        g.node = vec![node("Relu", "x", "y"), sum];
+        g.input.push(vi("x", &[None, Some(4)]));
+        g.output = vec![vi("y", &[None, Some(4)]), vi("s", &[Some(1), Some(4)])];
+        let mut m = onnx_protobuf::ModelProto::new();
+        m.ir_version = 7;
+        let mut o = onnx_protobuf::OperatorSetIdProto::new();
+        o.version = 11;
+        m.opset_import.push(o);
+        m.graph = Some(g).into();
+        let path = dir.join("stream.onnx");
+        std::fs::write(&path, m.write_to_bytes().unwrap()).unwrap();
+        path
+    }
+
+    /// A model whose axis 0 is time (an output declares a fixed axis 0: its state) runs all its
+    /// rows together, past MAX_CHUNK: in chunks its state would restart (here: fail to join).
+    #[test]
+    fn a_streaming_model_runs_its_frames_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = streaming_model(dir.path());
+        let t = 3 * MAX_CHUNK + 5;
+        let x = ndarray::Array2::from_shape_fn((t, 4), |(i, j)| ((i * 4 + j) % 7) as f32 - 3.0).into_dyn();
+        let r =
+            load_runnable(&path, &[InputFact { name: "x".into(), elem_type: dt::FLOAT, shape: vec![t, 4] }]).unwrap();
+        assert!(r.chunking.is_none(), "{:?}", r.chunking);
+        let inputs = Inputs {
+            inputs: vec![super::super::inputs::Input {
+                name: "x".into(),
+                data: InputData::F32(x.clone()),
+                source: super::super::inputs::InputSource::Generated,
+            }],
+            assumed: vec![],
+            file_rows: None,
+        };
+        let out = run(&r, &inputs).unwrap();
+        assert_eq!(out[0].shape(), &[t, 4]);
+        let want = x.sum_axis(Axis(0));
+        assert_eq!(out[1].shape(), &[1, 4]);
+        for j in 0..4 {
+            assert_eq!(out[1][[0, j]], want[j]);
+        }
     }
 
     #[test]

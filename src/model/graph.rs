@@ -169,6 +169,25 @@ pub fn model_around(model: &onnx_protobuf::ModelProto, g: GraphProto) -> onnx_pr
     m
 }
 
+/// Does axis 0 of `g` hold a sequence rather than samples? Its first input (not an initializer)
+/// has a free axis 0 and an output declares a fixed one: a streaming model whose input is
+/// [time, features] and whose recurrent state outputs are [1, …] (Silero VAD). Its rows must
+/// run together and in order: never cut into chunks (its state would restart at each), never
+/// subsampled. `crate::check::run` applies the same rule to tract's protobuf binding.
+pub fn axis0_is_sequence(g: &GraphProto) -> bool {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
+    use onnx_protobuf::type_proto::Value;
+    // Some(true): axis 0 is declared with a fixed size; None: no declared axis 0.
+    let fixed = |vi: &onnx_protobuf::ValueInfoProto| -> Option<bool> {
+        let Some(Value::TensorType(t)) = vi.type_.as_ref().and_then(|t| t.value.as_ref()) else { return None };
+        let d = t.shape.as_ref()?.dim.first()?;
+        Some(matches!(d.value, Some(D::DimValue(v)) if v > 0))
+    };
+    let inits: BTreeSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let first = g.input.iter().find(|i| !inits.contains(i.name.as_str())).and_then(fixed);
+    first == Some(false) && g.output.iter().any(|o| fixed(o) == Some(true))
+}
+
 /// A model of IR 8 and default-domain opset 17 around `g` (for tests that build small graphs).
 #[cfg(test)]
 pub(crate) fn model_of(g: GraphProto) -> onnx_protobuf::ModelProto {

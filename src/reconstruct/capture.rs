@@ -51,6 +51,15 @@ fn expose(
     } else {
         inputs
     };
+    // Whether axis 0 holds a sequence is read from the declared outputs, which go: it stays
+    // with the model (the rows then run together, never in chunks).
+    if !m.metadata_props.iter().any(|p| p.key == check::run::SEQUENCE_KEY) {
+        let sequence = m.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence);
+        let mut p = onnx_protobuf::StringStringEntryProto::new();
+        p.key = check::run::SEQUENCE_KEY.into();
+        p.value = if sequence { "1" } else { "0" }.into();
+        m.metadata_props.push(p);
+    }
     let g = m.graph.as_mut().context("model has no graph")?;
     // Only the requested values are outputs: tract then computes just the prefix of the graph
     // they depend on (a layer early in the graph costs a fraction of a full run).

@@ -117,7 +117,7 @@ pub struct ReconReport {
     pub layers: Vec<LayerRecon>,
     /// The whole model's outputs against dense on held-out calibration samples (not used to
     /// solve: per-weight, the last fifth; structural, every fifth, where the refit only judges
-    /// its candidates), without and with the reconstructed weights; the reconstruction is kept
+    /// its candidates; a model whose axis 0 is one sequence, the last fifth), without and with the reconstructed weights; the reconstruction is kept
     /// only if it is closer. Structural runs with two stages report the last one's, against that
     /// stage's input (the heads-pruned model).
     #[serde(skip_serializing_if = "Option::is_none")]

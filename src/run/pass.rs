@@ -267,7 +267,7 @@ pub(super) fn prune_pass(
             // written model against (each stage's own check compares it with its input).
             let whole = match cx.recon.filter(|_| mode == Mode::HeadsChannels) {
                 Some(inputs) => {
-                    let held = inputs.samples(&held_rows(mode, inputs.rows()));
+                    let held = inputs.samples(&held_rows(mode, inputs.rows(), is_sequence(&current)));
                     let reference = crate::reconstruct::outputs(&current, &held).context("dense outputs")?;
                     Some((held, reference))
                 }
@@ -332,11 +332,15 @@ pub(super) fn held_tolerance(o: &RunOptions, reconstructing: bool) -> Option<f64
 
 /// The calibration rows no refit of `mode` solves on: per weight the last fifth, structural
 /// every fifth (the refit only judges its candidates there); every row when there are too few
-/// to hold any apart.
-fn held_rows(mode: Mode, rows: usize) -> Vec<usize> {
+/// to hold any apart. A model whose axis 0 is one `sequence` (a streaming model's frames,
+/// [`crate::model::graph::axis0_is_sequence`]) is checked on the last fifth in every mode: every
+/// fifth frame is not an input it could be given (in structural modes those frames also served
+/// the layer fits, as a sequence has no independent samples to hold apart).
+pub(super) fn held_rows(mode: Mode, rows: usize, sequence: bool) -> Vec<usize> {
     let held: Vec<usize> = match mode {
-        Mode::Weights if rows >= 10 => (rows - rows / 5..rows).collect(),
-        Mode::Weights => vec![],
+        _ if rows < 10 && (sequence || mode == Mode::Weights) => vec![],
+        _ if sequence => (rows - rows / 5..rows).collect(),
+        Mode::Weights => (rows - rows / 5..rows).collect(),
         _ => (0..rows).filter(|&i| crate::reconstruct::refit::is_val(i)).collect(),
     };
     if held.len() >= 2 {
@@ -344,6 +348,11 @@ fn held_rows(mode: Mode, rows: usize) -> Vec<usize> {
     } else {
         (0..rows).collect()
     }
+}
+
+/// Is `m`'s axis 0 one sequence ([`crate::model::graph::axis0_is_sequence`])?
+pub(super) fn is_sequence(m: &ModelProto) -> bool {
+    m.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence)
 }
 
 /// How far a pass's output model is from dense on the held-out calibration rows: the relative
@@ -397,7 +406,7 @@ pub const HOLD_BISECTIONS: usize = 2;
 pub(super) fn hold(cx: &PassCtx, first: Pass, dense: ModelProto, tol: f64) -> Result<Pass> {
     let o = cx.o;
     let inputs = cx.recon.context("a held run reconstructs")?;
-    let held = inputs.samples(&held_rows(o.mode, inputs.rows()));
+    let held = inputs.samples(&held_rows(o.mode, inputs.rows(), is_sequence(&dense)));
     // The pass measured itself on these rows when it could (the end-to-end check of its only
     // stage, or both stages' whole run): then nothing runs unless the hold steps in.
     let checked = || -> Result<_> {
@@ -532,12 +541,17 @@ mod tests {
     /// The rows a hold measures on are the ones no refit of the mode solved on.
     #[test]
     fn held_rows_are_the_ones_reconstruction_did_not_fit() {
-        assert_eq!(held_rows(Mode::Weights, 20), (16..20).collect::<Vec<_>>());
-        let s = held_rows(Mode::Channels, 20);
+        assert_eq!(held_rows(Mode::Weights, 20, false), (16..20).collect::<Vec<_>>());
+        let s = held_rows(Mode::Channels, 20, false);
         assert!(s.len() >= 2 && s.iter().all(|&i| crate::reconstruct::refit::is_val(i)), "{s:?}");
-        assert_eq!(held_rows(Mode::Heads, 20), s);
+        assert_eq!(held_rows(Mode::Heads, 20, false), s);
         // Too few to hold any apart: every row.
-        assert_eq!(held_rows(Mode::Weights, 6), (0..6).collect::<Vec<_>>());
-        assert_eq!(held_rows(Mode::Channels, 3), (0..3).collect::<Vec<_>>());
+        assert_eq!(held_rows(Mode::Weights, 6, false), (0..6).collect::<Vec<_>>());
+        assert_eq!(held_rows(Mode::Channels, 3, false), (0..3).collect::<Vec<_>>());
+        // One sequence: its last fifth, in order, in every mode.
+        for mode in [Mode::Weights, Mode::Channels, Mode::Heads] {
+            assert_eq!(held_rows(mode, 20, true), (16..20).collect::<Vec<_>>());
+            assert_eq!(held_rows(mode, 6, true), (0..6).collect::<Vec<_>>());
+        }
     }
 }

@@ -30,10 +30,10 @@ pub(super) fn refit_stage(
     let _stage = progress::Stage::start("reconstruct");
     let masked = r.masked.as_mut().context("the masked model is kept for reconstruction")?;
     // Checked end to end on the held-apart samples (every fifth: the refit judges its candidates
-    // there but fits none of them): kept only if the whole model's outputs are closer to the
-    // stage's input model with it, as per-weight reconstruction is.
-    let held: Vec<usize> = (0..inputs.rows()).filter(|&i| crate::reconstruct::refit::is_val(i)).collect();
-    let without = (held.len() >= 2).then(|| (r.pruned.clone(), masked.clone()));
+    // there but fits none of them; a sequence's last fifth): kept only if the whole model's
+    // outputs are closer to the stage's input model with it, as per-weight reconstruction is.
+    let held = super::pass::held_rows(super::Mode::Channels, inputs.rows(), super::pass::is_sequence(dense));
+    let without = (held.len() < inputs.rows()).then(|| (r.pruned.clone(), masked.clone()));
     let layers = crate::reconstruct::refit::refit_all(dense, masked, &mut r.pruned, &r.refit, inputs)
         .context("reconstruction")?;
     let changed = layers.iter().any(|l| l.method != "unchanged" && l.method != "skipped");

@@ -22,13 +22,15 @@ pub struct Chunking {
 }
 
 /// Decide axis-0 chunking from the parsed model's declared input shapes: rows in chunks when
-/// axis 0 is free and the rows are many, one row per run when the model fixes axis 0 to 1 and
+/// axis 0 is free, the rows are many and hold samples (not a `sequence`:
+/// [`axis0_is_sequence`]), one row per run when the model fixes axis 0 to 1 and
 /// more rows are given (exports with a batch of 1: dynamo, TF).
 pub(super) fn plan_chunking(
     model: &InferenceModel,
     names: &[String],
     facts: &[InputFact],
     max_chunk: usize,
+    sequence: bool,
 ) -> Result<Option<Chunking>> {
     let mut batched = vec![];
     let mut rows = None;
@@ -70,12 +72,40 @@ pub(super) fn plan_chunking(
     if fixed_one {
         return Ok(Some(Chunking { rows, chunk: 1, batched }));
     }
-    if rows <= max_chunk || axis0_syms.iter().any(|s| other_syms.contains(s)) {
+    if rows <= max_chunk || axis0_syms.iter().any(|s| other_syms.contains(s)) || sequence {
         return Ok(None);
     }
     let n_chunks = rows.div_ceil(max_chunk);
     Ok(Some(Chunking { rows, chunk: rows.div_ceil(n_chunks), batched }))
 }
+
+/// Does axis 0 hold a sequence rather than samples? The rule of
+/// [`crate::model::graph::axis0_is_sequence`] (the first input's axis 0 free, an output's
+/// fixed: a streaming model's state), on tract's protobuf binding: such rows run together, never
+/// in chunks, which would restart the state at each (or fail: the state has no rows to join).
+/// Read from the ONNX graph (tract does not keep declared output shapes); a model whose outputs
+/// were replaced to expose values (reconstruction's passes) carries the answer of the model it
+/// came from in its metadata under [`SEQUENCE_KEY`].
+pub(crate) fn axis0_is_sequence(proto: &tract_onnx::pb::ModelProto) -> bool {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value as D;
+    use tract_onnx::pb::type_proto::Value;
+    if let Some(p) = proto.metadata_props.iter().find(|p| p.key == SEQUENCE_KEY) {
+        return p.value == "1";
+    }
+    let Some(g) = proto.graph.as_ref() else { return false };
+    let fixed = |vi: &tract_onnx::pb::ValueInfoProto| -> Option<bool> {
+        let Some(Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else { return None };
+        let d = t.shape.as_ref()?.dim.first()?;
+        Some(matches!(d.value, Some(D::DimValue(v)) if v > 0))
+    };
+    let inits: BTreeSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let first = g.input.iter().find(|i| !inits.contains(i.name.as_str())).and_then(fixed);
+    first == Some(false) && g.output.iter().any(|o| fixed(o) == Some(true))
+}
+
+/// Metadata key of [`axis0_is_sequence`]'s answer ("1" or "0") in a model whose outputs were
+/// replaced.
+pub const SEQUENCE_KEY: &str = "onnx-emp.axis0_is_sequence";
 
 /// Does the graph hold more convolutions than matrix products? tract runs such a model faster
 /// one row at a time: at batch 1 its NCHW convolutions run directly (bias fused), in a batch it
