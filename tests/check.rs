@@ -292,7 +292,7 @@ fn onnx_attention_bool_mask_is_exact() {
     assert!(r.notes.iter().any(|n| n.contains("boolean attn_mask")), "{:?}", r.notes);
     let y = check::run(&r, &inputs).unwrap().remove(0);
 
-    let get = |name: &str| match &inputs.get(name).unwrap().data {
+    let get = |name: &str| match &*inputs.get(name).unwrap().data {
         check::InputData::F32(a) => a.clone(),
         _ => panic!("{name} not f32"),
     };
@@ -395,7 +395,7 @@ fn generated_token_ids_stay_inside_the_vocabulary() {
     let mut spec = InputSpec::default();
     spec.dims.insert("batch".into(), 16);
     let inputs = check::inputs::prepare_inputs(&models().join("digits_bert_ms.onnx"), &spec).unwrap();
-    let ids = match &inputs.get("input_ids").unwrap().data {
+    let ids = match &*inputs.get("input_ids").unwrap().data {
         check::inputs::InputData::I64(a) => a.clone(),
         _ => panic!("input_ids is not int64"),
     };
@@ -436,7 +436,7 @@ fn a_one_hot_input_is_generated_over_the_values_it_encodes() {
     let infos = check::inputs::model_inputs(&path).unwrap();
     assert_eq!(infos[0].index_bound, Some(257), "{infos:?}");
     let inputs = check::inputs::prepare_inputs(&path, &InputSpec::default()).unwrap();
-    let v = match &inputs.get("bytes").unwrap().data {
+    let v = match &*inputs.get("bytes").unwrap().data {
         check::inputs::InputData::I32(a) => a.clone(),
         _ => panic!("bytes is not int32"),
     };

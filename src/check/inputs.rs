@@ -11,6 +11,7 @@ use ndarray::ArrayD;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as PbDim;
 use tract_onnx::prelude::Framework;
@@ -182,7 +183,9 @@ pub enum InputSource {
 #[derive(Clone, Debug)]
 pub struct Input {
     pub name: String,
-    pub data: InputData,
+    /// Shared: copies of a set of inputs (reconstruction's boundaries each hold the calibration
+    /// inputs beside their cached values) share its arrays.
+    pub data: Arc<InputData>,
     pub source: InputSource,
 }
 
@@ -254,7 +257,7 @@ impl Inputs {
             .iter()
             .map(|i| Input {
                 name: i.name.clone(),
-                data: if i.data.shape().first() == Some(&rows) { f(&i.data) } else { i.data.clone() },
+                data: if i.data.shape().first() == Some(&rows) { Arc::new(f(&i.data)) } else { i.data.clone() },
                 source: i.source.clone(),
             })
             .collect();
@@ -490,7 +493,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
     let mut inputs = Vec::with_capacity(infos.len());
     for (info, given) in infos.iter().zip(data) {
         if let Some((d, source)) = given {
-            inputs.push(Input { name: info.name.clone(), data: d, source });
+            inputs.push(Input { name: info.name.clone(), data: Arc::new(d), source });
             continue;
         }
         let mut shape = Vec::with_capacity(info.dims.len());
@@ -547,7 +550,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         if any_given {
             assumed.push(format!("input '{}' generated (no file gives it)", info.name));
         }
-        inputs.push(Input { name: info.name.clone(), data: d, source: InputSource::Generated });
+        inputs.push(Input { name: info.name.clone(), data: Arc::new(d), source: InputSource::Generated });
     }
     assumed.dedup();
     Ok(Inputs { inputs, assumed, file_rows: sampled.map(|(n, _)| n) })
@@ -586,7 +589,7 @@ mod tests {
         spec.dims.insert("batch".into(), 3);
         let a = prepare_for(&infos, &spec).unwrap();
         assert_eq!(a.inputs[0].data.shape(), &[3, DEFAULT_SEQ]);
-        match (&a.inputs[0].data, &a.inputs[1].data) {
+        match (&*a.inputs[0].data, &*a.inputs[1].data) {
             (InputData::I64(ids), InputData::I64(mask)) => {
                 assert!(ids.iter().all(|v| (0..100).contains(v)));
                 assert!(ids.iter().any(|v| *v > 1));
@@ -598,7 +601,7 @@ mod tests {
         // Same seed, same data; another seed, other data.
         let b = prepare_for(&infos, &spec).unwrap();
         let c = prepare_for(&infos, &InputSpec { seed: 1, ..spec.clone() }).unwrap();
-        let ids = |x: &Inputs| match &x.inputs[0].data {
+        let ids = |x: &Inputs| match &*x.inputs[0].data {
             InputData::I64(a) => a.clone(),
             _ => unreachable!(),
         };
@@ -708,7 +711,7 @@ mod tests {
             info("table", dt::FLOAT, vec![DimSpec::Fixed(1), DimSpec::Fixed(5)]),
         ];
         let rows_of = |a: &Inputs, k: usize| -> Vec<f64> {
-            match &a.inputs[k].data {
+            match &*a.inputs[k].data {
                 InputData::F32(d) => d.outer_iter().map(|r| r.iter().next().copied().unwrap_or(-1.0) as f64).collect(),
                 InputData::I64(d) => d.outer_iter().map(|r| r.iter().next().copied().unwrap_or(-1) as f64).collect(),
                 _ => unreachable!(),
@@ -770,7 +773,7 @@ mod tests {
         let mut spec = InputSpec::default();
         spec.files.insert(String::new(), p.clone());
         let a = prepare_for(&infos, &spec).unwrap();
-        assert!(matches!(&a.inputs[0].data, InputData::F32(x) if x.shape() == [5, 64]));
+        assert!(matches!(&*a.inputs[0].data, InputData::F32(x) if x.shape() == [5, 64]));
 
         let bad = vec![info("x", dt::FLOAT, vec![DimSpec::Symbolic("batch".into()), DimSpec::Fixed(32)])];
         let e = format!("{:#}", prepare_for(&bad, &spec).unwrap_err());

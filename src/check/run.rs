@@ -435,7 +435,7 @@ impl Runnable {
             }
             let split = self.chunking.as_ref().is_some_and(|c| c.batched.get(k).copied().unwrap_or(false));
             whole.push(if split { None } else { Some(TValue::from(to_tensor(&i.data, None)?)) });
-            data.push(&i.data);
+            data.push(&*i.data);
         }
         Ok(Batches { data, whole, chunking: self.chunking.as_ref() })
     }
@@ -732,7 +732,7 @@ mod tests {
         let inputs = Inputs {
             inputs: vec![super::super::inputs::Input {
                 name: "x".into(),
-                data: InputData::F32(x.clone()),
+                data: InputData::F32(x.clone()).into(),
                 source: super::super::inputs::InputSource::Generated,
             }],
             assumed: vec![],

@@ -97,8 +97,8 @@ pub fn promote(m: &mut ModelProto) -> Result<bool> {
 pub fn promote_inputs(inputs: &Inputs) -> Inputs {
     let mut out = inputs.clone();
     for i in out.inputs.iter_mut() {
-        if let InputData::F16(a) = &i.data {
-            i.data = InputData::F32(a.mapv(|v| v.to_f32()));
+        if let InputData::F16(a) = &*i.data {
+            i.data = InputData::F32(a.mapv(|v| v.to_f32())).into();
         }
     }
     out

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 /// 224 × 224 do not fit, but their prefix is short). The channels refit holds a dense and a
 /// masked boundary, and a third while one moves: on MobileNetV2 at 224 × 224 with 512 samples,
 /// 1.9 GB at the peak and 59 s (1 GiB: 3.0 GB, 53 s; 256 MiB: 1.6 GB, 142 s; no boundary:
-/// 1.2 GB, 322 s).
+/// 1.2 GB, 322 s); 1.3 GB since every boundary shares the calibration arrays ([`Input::data`]).
 pub const MAX_BOUNDARY_BYTES: usize = 512 << 20;
 
 /// The values crossing one cut, for every calibration sample.
@@ -137,7 +137,7 @@ impl Boundary {
         for (name, a) in values {
             inputs.inputs.push(Input {
                 name: name.to_string(),
-                data: InputData::F32(a),
+                data: InputData::F32(a).into(),
                 source: InputSource::Generated,
             });
         }
