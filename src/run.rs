@@ -608,18 +608,27 @@ fn calibration_inputs(o: &RunOptions, sequence: bool) -> Result<Option<(crate::c
 /// The verification files the user named (`--inputs`, `--labels`) are read, and the inputs
 /// checked against the model's declared inputs, before anything is pruned: a typo in a path or a
 /// file that does not fit the model is an error, not a run whose verification is skipped (its
-/// model written unverified, exit 0). Whether the labels fit the outputs is known only after a
-/// run: a mismatch there is reported with the accuracy, as before.
+/// model written unverified, exit 0), and so is a count of labels that is no multiple of the
+/// samples. Whether the labels fit the outputs' rows is known only after a run: a mismatch there
+/// is reported with the accuracy.
 fn check_given_files(o: &RunOptions) -> Result<()> {
     if !o.verify {
         return Ok(());
     }
     let spec = &o.verify_opts.inputs;
-    if !spec.files.is_empty() || spec.npz.is_some() {
-        crate::check::prepare_inputs(&o.input, spec).context("--inputs")?;
-    }
+    let given = !spec.files.is_empty() || spec.npz.is_some();
+    let rows =
+        if given { Some(crate::check::prepare_inputs(&o.input, spec).context("--inputs")?.rows()) } else { None };
     if let Some(labels) = &o.verify_opts.labels {
-        crate::check::load_labels(labels).context("--labels")?;
+        let n = crate::check::load_labels(labels).context("--labels")?.len();
+        // One label per sample, or per position of each (a token classifier's [N, L] labels):
+        // a count no multiple of the samples cannot fit the outputs' rows.
+        if let Some(rows) = rows.filter(|&r| r > 0 && n % r != 0) {
+            bail!(
+                "--labels {}: {n} labels for {rows} input samples (--inputs): one per sample (or per position of each) is needed",
+                labels.display()
+            );
+        }
     }
     Ok(())
 }

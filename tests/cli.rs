@@ -939,23 +939,27 @@ fn compressed_npz_files_are_read() {
     assert_eq!(read("packed.onnx"), read("plain.onnx"));
 }
 
-/// A verification file the user named that cannot be read, or does not fit the model, is an
-/// error before anything is pruned (exit 1, nothing written), not a run whose verification is
+/// A verification file the user named that cannot be read, or does not fit the model (or labels
+/// that do not fit the samples), is an error before anything is pruned (exit 1, nothing written), not a run whose verification is
 /// skipped with the pruned model written.
 #[test]
 fn an_unreadable_or_unfitting_inputs_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.onnx");
     let missing = dir.path().join("no-such-file.npy");
-    for (flag, file, says) in [
-        ("--inputs", missing.to_str().unwrap(), "cannot read"),
-        ("--inputs", "models/digits_test_x8x8.npy", "rank"),
-        ("--labels", missing.to_str().unwrap(), "cannot read"),
+    let x = ["--inputs", "models/digits_test_x64.npy"];
+    for (flag, file, says, extra) in [
+        ("--inputs", missing.to_str().unwrap(), "cannot read", &[][..]),
+        ("--inputs", "models/digits_test_x8x8.npy", "rank", &[]),
+        ("--labels", missing.to_str().unwrap(), "cannot read", &[]),
+        // 256 calibration labels for the 360 test samples.
+        ("--labels", "models/digits_calib_y.npy", "256 labels for 360 input samples", &x),
     ] {
         let a = bin()
             .args(["models/digits_mlp.onnx"])
             .arg(&out)
             .args([flag, file, "--no-latency", "-q"])
+            .args(extra)
             .assert()
             .failure()
             .code(1);
