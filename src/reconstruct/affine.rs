@@ -76,10 +76,8 @@ pub(crate) fn affine_one(
         let mut v: Vec<Vec<f32>> = vec![vec![]; outs.len()];
         run_from(from, m, calib, std::slice::from_ref(&s.output), |row0, a| {
             let y = &a[0];
-            if y.ndim() != 4 {
-                bail!("{}: output is not 4-D", s.label);
-            }
-            let (c, hw) = (y.shape()[1], y.shape()[2] * y.shape()[3]);
+            let Some([h, w]) = site::spatial(y.shape()) else { bail!("{}: output is not 3-D or 4-D", s.label) };
+            let (c, hw) = (y.shape()[1], h * w);
             let flat = y.as_slice().context("layout")?;
             for n in 0..y.shape()[0] {
                 let pos = site::sample(hw, POSITIONS_PER_SAMPLE, row_seed(k, row0 + n));

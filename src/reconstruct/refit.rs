@@ -48,16 +48,15 @@ impl RefitSite {
     }
 }
 
-/// Output spatial size of a 2-D Conv for an input of `x_shape` ([N, C, H, W]).
+/// Output spatial size of a 2-D Conv for an input of `x_shape` ([N, C, H, W]; 1-D: [N, C, T]
+/// as [1, T]).
 pub fn conv_out_hw(s: &Site, x_shape: &[usize]) -> Result<[usize; 2]> {
     let Layout::Conv2d { kernel, strides, pads, dilations, .. } = s.layout else { return Ok([1, 1]) };
-    if x_shape.len() != 4 {
-        bail!("{}: input is not 4-D", s.label);
-    }
+    let Some(x_hw) = site::spatial(x_shape) else { bail!("{}: input is not 3-D or 4-D", s.label) };
     let mut hw = [0; 2];
     for a in 0..2 {
         let span = dilations[a] * (kernel[a] - 1) + 1;
-        let full = x_shape[2 + a] + 2 * pads[a];
+        let full = x_hw[a] + 2 * pads[a];
         if full < span || strides[a] == 0 {
             bail!("{}: kernel larger than the padded input", s.label);
         }
@@ -367,8 +366,10 @@ fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs, from: Option<&Boun
             let mut buf = vec![0.0; s.out];
             for n in 0..y.shape()[0] {
                 let npos = match s.layout {
-                    Layout::Conv2d { .. } if y.ndim() == 4 => y.shape()[2] * y.shape()[3],
-                    Layout::Conv2d { .. } => bail!("{}: output is not 4-D", s.label),
+                    Layout::Conv2d { .. } => match site::spatial(y.shape()) {
+                        Some([h, w]) => h * w,
+                        None => bail!("{}: output is not 3-D or 4-D", s.label),
+                    },
                     Layout::Gemm { .. } => 1,
                     Layout::MatMul => y.shape()[1..y.ndim() - 1].iter().product(),
                 };

@@ -11,12 +11,23 @@ use onnx_protobuf::{GraphProto, ModelProto};
 /// How a node computes y = W z (+ b) on one row.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Layout {
-    /// 2-D Conv, weight [O, C/g, kh, kw]; z = the patch of one group's input channels.
+    /// 2-D Conv, weight [O, C/g, kh, kw]; z = the patch of one group's input channels. A 1-D
+    /// Conv (weight [O, C/g, k], tensors [N, C, T]) is the 2-D one of kernel [1, k] on
+    /// [N, C, 1, T] ([`spatial`]).
     Conv2d { group: usize, kernel: [usize; 2], strides: [usize; 2], pads: [usize; 2], dilations: [usize; 2] },
     /// Gemm with transA = 0: y = alpha · x B (+ beta · C); B [K, N] or [N, K] with transB.
     Gemm { trans_b: bool, alpha: f64, beta: f64 },
     /// MatMul x [..., K] @ W [K, N].
     MatMul,
+}
+
+/// The spatial size [H, W] of a Conv tensor: [N, C, H, W], or [N, C, T] as [1, T] (1-D).
+pub fn spatial(shape: &[usize]) -> Option<[usize; 2]> {
+    match shape {
+        [_, _, h, w] => Some([*h, *w]),
+        [_, _, t] => Some([1, *t]),
+        _ => None,
+    }
 }
 
 /// One weight tensor used by exactly one node as a linear layer.
@@ -122,8 +133,11 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
     // (layout, bias, the value holding y, whether y is internal to the node, out, p)
     let (layout, bias, output, internal, out, p) = match (n.op_type.as_str(), slot, dom_ok) {
         ("Conv", 1, true) => {
-            if dims.len() != 4 {
-                return Err(format!("{}-D Conv (only 2-D is reconstructed)", dims.len().saturating_sub(2)));
+            // 1-D (weight [O, C/g, k]) as 2-D with kernel [1, k]: its attributes get a leading
+            // 1 (strides, dilations) or 0 (pads).
+            let one_d = dims.len() == 3;
+            if !(one_d || dims.len() == 4) {
+                return Err(format!("{}-D Conv (1-D and 2-D are reconstructed)", dims.len().saturating_sub(2)));
             }
             let group = attr_i(n, "group").unwrap_or(1).max(1) as usize;
             let auto = crate::model::graph::attr_s(n, "auto_pad").unwrap_or_default();
@@ -131,24 +145,22 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
                 return Err(format!("auto_pad {auto}"));
             }
             let two = |name: &str, d: i64| -> std::result::Result<[usize; 2], String> {
-                match attr_ints(n, name) {
-                    None => Ok([d as usize; 2]),
-                    Some([a, b]) if *a >= 0 && *b >= 0 => Ok([*a as usize, *b as usize]),
-                    Some(v) => Err(format!("{name} {v:?}")),
+                match (attr_ints(n, name), one_d) {
+                    (None, _) => Ok([d as usize; 2]),
+                    (Some([a]), true) if *a >= 0 => Ok([1, *a as usize]),
+                    (Some([a, b]), false) if *a >= 0 && *b >= 0 => Ok([*a as usize, *b as usize]),
+                    (Some(v), _) => Err(format!("{name} {v:?}")),
                 }
             };
-            let pads = match attr_ints(n, "pads") {
-                None => [0, 0],
-                Some([a, b, c, d]) if a == c && b == d && *a >= 0 && *b >= 0 => [*a as usize, *b as usize],
-                Some(v) => return Err(format!("asymmetric pads {v:?}")),
+            let pads = match (attr_ints(n, "pads"), one_d) {
+                (None, _) => [0, 0],
+                (Some([a, b]), true) if a == b && *a >= 0 => [0, *a as usize],
+                (Some([a, b, c, d]), false) if a == c && b == d && *a >= 0 && *b >= 0 => [*a as usize, *b as usize],
+                (Some(v), _) => return Err(format!("asymmetric pads {v:?}")),
             };
-            let layout = Layout::Conv2d {
-                group,
-                kernel: [dims[2], dims[3]],
-                strides: two("strides", 1)?,
-                pads,
-                dilations: two("dilations", 1)?,
-            };
+            let kernel = if one_d { [1, dims[2]] } else { [dims[2], dims[3]] };
+            let layout =
+                Layout::Conv2d { group, kernel, strides: two("strides", 1)?, pads, dilations: two("dilations", 1)? };
             out_axis(0)?;
             let bias = const_bias(n.input.get(2), dims[0], &mut quant);
             if let (Some(b), None) = (n.input.get(2).filter(|s| !s.is_empty()), &bias) {
@@ -157,7 +169,7 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
                 }
                 shared_bias = true;
             }
-            (layout, bias, y, false, dims[0], dims[1] * dims[2] * dims[3])
+            (layout, bias, y, false, dims[0], dims[1] * kernel[0] * kernel[1])
         }
         ("Gemm", 1, true) => {
             if attr_i(n, "transA").unwrap_or(0) != 0 {
@@ -340,12 +352,10 @@ pub fn sample(n: usize, k: usize, seed: u64) -> Vec<usize> {
 /// Gemm/MatMul, token positions (1 for a plain [N, K] input).
 pub fn positions(s: &Site, x_shape: &[usize], y_shape: &[usize]) -> Result<usize> {
     match s.layout {
-        Layout::Conv2d { .. } => {
-            if y_shape.len() != 4 || x_shape.len() != 4 {
-                bail!("{}: Conv tensors are not 4-D", s.label);
-            }
-            Ok(y_shape[2] * y_shape[3])
-        }
+        Layout::Conv2d { .. } => match (spatial(x_shape), spatial(y_shape)) {
+            (Some(_), Some([h, w])) if x_shape.len() == y_shape.len() => Ok(h * w),
+            _ => bail!("{}: Conv tensors are not 3-D or 4-D", s.label),
+        },
         Layout::Gemm { .. } => Ok(1),
         Layout::MatMul => {
             if x_shape.is_empty() || *x_shape.last().unwrap() != s.p {
@@ -362,7 +372,8 @@ pub fn input_row(s: &Site, x: &ArrayD<f32>, n: usize, pos: usize, grp: usize, y_
     match s.layout {
         Layout::Conv2d { group, kernel, strides, pads, dilations } => {
             let sh = x.shape();
-            let (c_all, h, w) = (sh[1], sh[2], sh[3]);
+            let [h, w] = spatial(sh).expect("a Conv input of 3 or 4 axes (positions checked it)");
+            let c_all = sh[1];
             let cg = c_all / group;
             let (oh, ow) = (pos / y_hw[1], pos % y_hw[1]);
             // Flat indexing (the captured values are in standard layout): IxDyn indexing per
@@ -380,6 +391,7 @@ pub fn input_row(s: &Site, x: &ArrayD<f32>, n: usize, pos: usize, grp: usize, y_
                             let at = plane + hi as usize * w + wj as usize;
                             match flat {
                                 Some(f) => f[at] as f64,
+                                None if sh.len() == 3 => x[IxDyn(&[n, c, wj as usize])] as f64,
                                 None => x[IxDyn(&[n, c, hi as usize, wj as usize])] as f64,
                             }
                         } else {
@@ -436,7 +448,7 @@ pub fn output_row(s: &Site, y: &ArrayD<f32>, n: usize, pos: usize, o0: usize, ou
     match s.layout {
         Layout::Conv2d { .. } => {
             let sh = y.shape();
-            let hw = sh[2] * sh[3];
+            let hw: usize = sh[2..].iter().product();
             let flat = y.as_slice().expect("standard layout");
             for (k, v) in out.iter_mut().enumerate() {
                 *v = flat[(n * sh[1] + o0 + k) * hw + pos] as f64;
@@ -550,6 +562,109 @@ mod tests {
                 .all(|r| r.method == "skipped" && r.note.as_deref() == Some("the bias is shared with other layers")),
             "{reps:?}"
         );
+    }
+
+    /// Two Conv layers (16 → 32 channels, kernel 3, pads 1; 32 → 16, kernel 3, stride 2, pads
+    /// 1, with biases and a Relu between) as 1-D convolutions on x [N, 16, 20], or as the 2-D
+    /// ones of kernel [1, 3] on x [N, 16, 1, 20].
+    fn conv_pair(one_d: bool) -> onnx_protobuf::ModelProto {
+        use crate::model::graph::{model_of, tensor_value_info};
+        use crate::model::tensor::{dt, new_f32};
+        // Without the 2-D form's leading spatial entry: weights [O, C, 1, k] → [O, C, k], pads
+        // [0, 1, 0, 1] → [1, 1], strides [1, s] → [s].
+        let sp = |v: &[i64]| match (one_d, v.len()) {
+            (false, _) => v.to_vec(),
+            (true, 4) if v[0] == 0 => vec![v[1], v[3]],
+            (true, 4) => vec![v[0], v[1], v[3]],
+            (true, _) => v[1..].to_vec(),
+        };
+        let wv = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n).map(|i| ((((i + seed) * 7919) % 211) as f32 - 105.0) / 150.0).collect()
+        };
+        let mut g = onnx_protobuf::GraphProto::new();
+        g.name = "conv1d".into();
+        let (x, y): (Vec<Option<i64>>, Vec<Option<i64>>) = if one_d {
+            (vec![None, Some(16), Some(20)], vec![None, Some(16), Some(10)])
+        } else {
+            (vec![None, Some(16), Some(1), Some(20)], vec![None, Some(16), Some(1), Some(10)])
+        };
+        g.input.push(tensor_value_info("x", dt::FLOAT, &x, "N"));
+        g.output.push(tensor_value_info("y", dt::FLOAT, &y, "N"));
+        g.initializer.push(new_f32("w1", &sp(&[32, 16, 1, 3]), &wv(32 * 16 * 3, 1)));
+        g.initializer.push(new_f32("b1", &[32], &wv(32, 2)));
+        g.initializer.push(new_f32("w2", &sp(&[16, 32, 1, 3]), &wv(16 * 32 * 3, 3)));
+        g.initializer.push(new_f32("b2", &[16], &wv(16, 4)));
+        let conv = |name: &str, ins: [&str; 3], out: &str, stride: i64| {
+            let mut n = onnx_protobuf::NodeProto::new();
+            (n.op_type, n.name) = ("Conv".into(), name.into());
+            n.input = ins.iter().map(|s| s.to_string()).collect();
+            n.output = vec![out.into()];
+            let ints = |name: &str, v: Vec<i64>| {
+                let mut a = onnx_protobuf::AttributeProto::new();
+                (a.name, a.type_, a.ints) = (name.into(), protobuf::EnumOrUnknown::from_i32(7), v);
+                a
+            };
+            n.attribute.push(ints("pads", sp(&[0, 1, 0, 1])));
+            n.attribute.push(ints("strides", sp(&[1, stride])));
+            n
+        };
+        g.node.push(conv("c1", ["x", "w1", "b1"], "h", 1));
+        let mut relu = onnx_protobuf::NodeProto::new();
+        (relu.op_type, relu.name, relu.input, relu.output) =
+            ("Relu".into(), "r".into(), vec!["h".into()], vec!["hr".into()]);
+        g.node.push(relu);
+        g.node.push(conv("c2", ["hr", "w2", "b2"], "y", 2));
+        model_of(g)
+    }
+
+    /// A 1-D Conv is reconstructed as the 2-D one of kernel [1, k] on [N, C, 1, T] is: the same
+    /// methods and the same updated weights (to tract's float rounding).
+    #[test]
+    fn a_one_d_conv_reconstructs_as_its_two_d_twin() {
+        use crate::check::inputs::{Input, InputData, InputSource, Inputs};
+        use crate::prune::weights::{prune_weights, WeightOptions};
+        let x = ndarray::Array3::from_shape_fn((40, 16, 20), |(n, c, t)| {
+            ((((n * 31 + c * 17 + t * 7) % 29) as f32) - 14.0) / 9.0
+        });
+        let inputs = |a: ndarray::ArrayD<f32>| Inputs {
+            inputs: vec![Input { name: "x".into(), data: InputData::F32(a).into(), source: InputSource::Generated }],
+            assumed: vec![],
+            file_rows: None,
+        };
+        let mut runs = vec![];
+        for one_d in [true, false] {
+            let dense = conv_pair(one_d);
+            let calib = if one_d { x.clone().into_dyn() } else { x.clone().insert_axis(ndarray::Axis(2)).into_dyn() };
+            let mut pruned = dense.clone();
+            let rep = prune_weights(&mut pruned, &WeightOptions::default()).unwrap();
+            let names: Vec<String> = rep.tensors.iter().filter(|t| t.kept < t.n).map(|t| t.name.clone()).collect();
+            assert_eq!(names, ["w1", "w2"]);
+            for w in &names {
+                let s = super::find(&dense, w).unwrap();
+                assert!(matches!(s.layout, super::Layout::Conv2d { kernel: [1, 3], .. }), "{:?}", s.layout);
+            }
+            let (reps, _) =
+                super::super::obs::obs_all_with(&dense, &mut pruned, &names, &inputs(calib), false, true).unwrap();
+            let w: Vec<Vec<f64>> = names
+                .iter()
+                .map(|n| {
+                    let t = pruned.graph.as_ref().unwrap().initializer.iter().find(|t| &t.name == n).unwrap();
+                    crate::model::tensor::read_f64(t).unwrap()
+                })
+                .collect();
+            runs.push((reps, w));
+        }
+        let ((r1, w1), (r2, w2)) = (&runs[0], &runs[1]);
+        assert_eq!(r1.len(), 2);
+        for (a, b) in r1.iter().zip(r2) {
+            assert!(a.method.starts_with("obs") && a.err_after < a.err_before, "{a:?}");
+            assert_eq!((&a.method, a.rows), (&b.method, b.rows));
+        }
+        for (a, b) in w1.iter().zip(w2) {
+            let scale = a.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let diff = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-4 * scale, "max |Δw| {diff} (scale {scale})");
+        }
     }
 
     #[test]
