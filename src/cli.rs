@@ -79,10 +79,11 @@ struct PruneArgs {
     #[arg(long)]
     beta: Option<f64>,
     /// Default runs without reconstruction (per-weight and structured): when EMP's cut moves the
-    /// model's outputs by more than this relative L2 error (over every float output) on seeded
-    /// random inputs (32, fewer on models over 67 M MACs per sample; the calibration rows when
-    /// given with --no-reconstruct), raise β until it does not, and say so in the report; off
-    /// writes EMP's cut unchecked. Not run with --beta, --ratio, --no-verify or plan
+    /// model's outputs by more than this relative L2 error (of the worst float output, over the
+    /// samples) on seeded random inputs (32, fewer on models over 67 M MACs per sample; the
+    /// calibration rows when given with --no-reconstruct), raise β until it does not, and say so
+    /// in the report; off writes EMP's cut unchecked. Not run with --beta, --ratio, --no-verify
+    /// or plan
     #[arg(long, default_value_t = GuardArg(Some(crate::check::guard::DEFAULT_TOLERANCE)), value_name = "REL|off", value_parser = parse_guard)]
     guard: GuardArg,
     /// Grouping. Per-weight: normalized (default; global over per-tensor-normalised scores),

@@ -11,7 +11,7 @@
 //! Contract:
 //! - Input: the dense model, guard inputs (seeded random inputs, or calibration rows when given),
 //!   the starting β, a tolerance τ on the relative L2 error of the outputs
-//!   (‖y − y_dense‖ / ‖y_dense‖ over every float output and sample), and a function that prunes
+//!   (‖y − y_dense‖ / ‖y_dense‖ over the samples, of the worst float output), and a function that prunes
 //!   a copy of the dense model at a given β.
 //! - Search: β₀ first; if its error exceeds τ, β grows by [`GROWTH`] until one passes (or
 //!   nothing is pruned, which passes trivially: the dense model runs only once a trial cuts),

@@ -356,7 +356,7 @@ pub(super) fn is_sequence(m: &ModelProto) -> bool {
 }
 
 /// How far a pass's output model is from dense on the held-out calibration rows: the relative
-/// L2 error of all float outputs against `reference` (the dense model's outputs there).
+/// L2 error of the worst float output against `reference` (the dense model's outputs there).
 fn distance(p: &Pass, held: &Inputs, reference: &(Vec<Vec<f32>>, usize)) -> Result<f64> {
     if super::stages::nothing_pruned(&p.groups, p.weights.as_ref(), p.reconstruction.as_ref()) {
         return Ok(0.0);
