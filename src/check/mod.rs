@@ -89,7 +89,7 @@ pub struct Verification {
 }
 
 impl Verification {
-    fn skipped(reason: String, input_shapes: BTreeMap<String, Vec<usize>>, notes: Vec<String>) -> Self {
+    pub(crate) fn skipped(reason: String, input_shapes: BTreeMap<String, Vec<usize>>, notes: Vec<String>) -> Self {
         Verification {
             status: "skipped".into(),
             reason: Some(reason),
