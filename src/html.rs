@@ -386,7 +386,7 @@ fn guard(s: &mut String, r: &Report) {
     let Some(g) = &r.guard else { return };
     let _ = writeln!(
         s,
-        "<h2>Fidelity guard (outputs' relative L2 &le; {} on {})</h2><table>\n<tr><th>&beta;</th><th>{} kept</th><th>relative L2</th><th></th></tr>",
+        "<h2>Fidelity guard (worst output's relative L2 &le; {} on {})</h2><table>\n<tr><th>&beta;</th><th>{} kept</th><th>relative L2</th><th></th></tr>",
         g.tolerance,
         esc(&g.inputs),
         if r.mode == "weights" { "weights" } else { "units" }

@@ -129,7 +129,7 @@ impl Report {
                 .collect();
             let _ = writeln!(
                 s,
-                "fidelity guard (outputs' relative L2 ≤ {} on {}): {}",
+                "fidelity guard (worst output's relative L2 ≤ {} on {}): {}",
                 g.tolerance,
                 g.inputs,
                 trials.join(", ")
