@@ -26,7 +26,7 @@ mod chunks;
 mod parse;
 
 use chunks::plan_chunking;
-pub use chunks::{chunk_rows, cores, one_row_rule, Chunking, CHUNK_BYTES, ONE_ROW_KEY, SEQUENCE_KEY};
+pub use chunks::{chunk_rows, cores, one_row_rule, sequence_rule, Chunking, CHUNK_BYTES, ONE_ROW_KEY, SEQUENCE_KEY};
 pub(crate) use parse::parse_proto;
 use parse::{fix_bool_attention_masks, known_unsupported};
 
@@ -672,49 +672,22 @@ mod tests {
 
     /// A streaming model: x [T, 4] (T free), y = Relu(x) [T, 4] and a state s = ΣT x [1, 4].
     fn streaming_model(dir: &Path) -> std::path::PathBuf {
-        use onnx_protobuf::{tensor_shape_proto::dimension::Value as D, Message};
-        let vi = |name: &str, dims: &[Option<i64>]| {
-            let mut sh = onnx_protobuf::TensorShapeProto::new();
-            for d in dims {
-                let mut dim = onnx_protobuf::tensor_shape_proto::Dimension::new();
-                dim.value = Some(match d {
-                    Some(v) => D::DimValue(*v),
-                    None => D::DimParam("T".into()),
-                });
-                sh.dim.push(dim);
-            }
-            let mut tt = onnx_protobuf::type_proto::Tensor::new();
-            tt.elem_type = dt::FLOAT;
-            tt.shape = Some(sh).into();
-            let mut t = onnx_protobuf::TypeProto::new();
-            t.value = Some(onnx_protobuf::type_proto::Value::TensorType(tt));
-            let mut v = onnx_protobuf::ValueInfoProto::new();
-            v.name = name.into();
-            v.type_ = Some(t).into();
-            v
-        };
-        let node = |op: &str, i: &str, o: &str| {
+        use crate::model::graph::{model_of, tensor_value_info};
+        let node = |op: &str, ins: &[&str], o: &str| {
             let mut n = onnx_protobuf::NodeProto::new();
-            (n.op_type, n.name, n.input, n.output) = (op.into(), o.into(), vec![i.into()], vec![o.into()]);
+            (n.op_type, n.name, n.output) = (op.into(), o.into(), vec![o.into()]);
+            n.input = ins.iter().map(|s| s.to_string()).collect();
             n
         };
-        let mut sum = node("ReduceSum", "x", "s");
-        let mut axes = onnx_protobuf::AttributeProto::new();
-        (axes.name, axes.type_, axes.ints) = ("axes".into(), protobuf::EnumOrUnknown::from_i32(7), vec![0]);
-        sum.attribute.push(axes);
         let mut g = onnx_protobuf::GraphProto::new();
         g.name = "stream".into();
-        g.node = vec![node("Relu", "x", "y"), sum];
-        g.input.push(vi("x", &[None, Some(4)]));
-        g.output = vec![vi("y", &[None, Some(4)]), vi("s", &[Some(1), Some(4)])];
-        let mut m = onnx_protobuf::ModelProto::new();
-        m.ir_version = 7;
-        let mut o = onnx_protobuf::OperatorSetIdProto::new();
-        o.version = 11;
-        m.opset_import.push(o);
-        m.graph = Some(g).into();
+        g.node = vec![node("Relu", &["x"], "y"), node("ReduceSum", &["x", "axes"], "s")];
+        g.initializer.push(crate::model::tensor::new_i64("axes", &[1], &[0]));
+        g.input.push(tensor_value_info("x", dt::FLOAT, &[None, Some(4)], "T"));
+        g.output.push(tensor_value_info("y", dt::FLOAT, &[None, Some(4)], "T"));
+        g.output.push(tensor_value_info("s", dt::FLOAT, &[Some(1), Some(4)], "T"));
         let path = dir.join("stream.onnx");
-        std::fs::write(&path, m.write_to_bytes().unwrap()).unwrap();
+        crate::model::io::save(model_of(g), &path, &Default::default()).unwrap();
         path
     }
 

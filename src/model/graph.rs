@@ -173,7 +173,8 @@ pub fn model_around(model: &onnx_protobuf::ModelProto, g: GraphProto) -> onnx_pr
 /// has a free axis 0 and an output declares a fixed one: a streaming model whose input is
 /// [time, features] and whose recurrent state outputs are [1, …] (Silero VAD). Its rows must
 /// run together and in order: never cut into chunks (its state would restart at each), never
-/// subsampled. `crate::check::run` applies the same rule to tract's protobuf binding.
+/// subsampled. `crate::check::run` applies the same rule ([`crate::check::run::sequence_rule`])
+/// to tract's protobuf binding.
 pub fn axis0_is_sequence(g: &GraphProto) -> bool {
     use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
     use onnx_protobuf::type_proto::Value;
@@ -185,7 +186,7 @@ pub fn axis0_is_sequence(g: &GraphProto) -> bool {
     };
     let inits: BTreeSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
     let first = g.input.iter().find(|i| !inits.contains(i.name.as_str())).and_then(fixed);
-    first == Some(false) && g.output.iter().any(|o| fixed(o) == Some(true))
+    crate::check::run::sequence_rule(first, g.output.iter().map(fixed))
 }
 
 /// A model of IR 8 and default-domain opset 17 around `g` (for tests that build small graphs).

@@ -337,11 +337,10 @@ pub(super) fn held_tolerance(o: &RunOptions, reconstructing: bool) -> Option<f64
 /// fifth frame is not an input it could be given (in structural modes those frames also served
 /// the layer fits, as a sequence has no independent samples to hold apart).
 pub(super) fn held_rows(mode: Mode, rows: usize, sequence: bool) -> Vec<usize> {
-    let held: Vec<usize> = match mode {
-        _ if rows < 10 && (sequence || mode == Mode::Weights) => vec![],
-        _ if sequence => (rows - rows / 5..rows).collect(),
-        Mode::Weights => (rows - rows / 5..rows).collect(),
-        _ => (0..rows).filter(|&i| crate::reconstruct::refit::is_val(i)).collect(),
+    let held: Vec<usize> = if sequence || mode == Mode::Weights {
+        (rows - rows / 5..rows).filter(|_| rows >= 10).collect()
+    } else {
+        (0..rows).filter(|&i| crate::reconstruct::refit::is_val(i)).collect()
     };
     if held.len() >= 2 {
         held

@@ -100,7 +100,14 @@ pub(crate) fn axis0_is_sequence(proto: &tract_onnx::pb::ModelProto) -> bool {
     };
     let inits: BTreeSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
     let first = g.input.iter().find(|i| !inits.contains(i.name.as_str())).and_then(fixed);
-    first == Some(false) && g.output.iter().any(|o| fixed(o) == Some(true))
+    sequence_rule(first, g.output.iter().map(fixed))
+}
+
+/// [`axis0_is_sequence`]'s rule on whether axis 0 is declared with a fixed size (`Some(true)`),
+/// free (`Some(false)`) or not at all (`None`), for the first input and each output, for either
+/// protobuf binding.
+pub fn sequence_rule(first_input: Option<bool>, outputs: impl IntoIterator<Item = Option<bool>>) -> bool {
+    first_input == Some(false) && outputs.into_iter().any(|o| o == Some(true))
 }
 
 /// Metadata key of [`axis0_is_sequence`]'s answer ("1" or "0") in a model whose outputs were
