@@ -289,9 +289,10 @@ fn calibration_files_must_give_every_input() {
     assert_eq!(onnx_emp::calib::load_inputs(&bert, &full).unwrap().rows(), all["input_ids"].shape()[0]);
 }
 
-/// A streaming model: x [T, 64] (T free, one sequence) → MatMul → y [T, 64], and a state
-/// s = Σ_T y [1, 64] (a fixed axis 0, as a recurrent state output is).
-fn streaming(dir: &Path) -> std::path::PathBuf {
+/// A streaming model: x [T, 64] (T free, one sequence) → y [T, 64], and a state s = Σ_T y [1, 64]
+/// (a fixed axis 0, as a recurrent state output is). `hidden`: through a 64-unit ReLU layer
+/// whose units vary in norm (a channel group), else one MatMul.
+fn streaming(dir: &Path, hidden: bool) -> std::path::PathBuf {
     let mut g = GraphProto::new();
     g.name = "stream".into();
     g.input.push(vi("x", &[-1, 64]));
@@ -308,9 +309,22 @@ fn streaming(dir: &Path) -> std::path::PathBuf {
         n.output = vec![out.into()];
         n
     };
-    g.node.push(node("MatMul", &["x", "W"], "y"));
+    if hidden {
+        // Hidden unit j's weights scaled by 1/(1 + j/4): EMP keeps the strong ones.
+        let w1: Vec<f32> = w.iter().enumerate().map(|(i, v)| v / (1.0 + (i % 64) as f32 / 4.0)).collect();
+        g.initializer.push(tensor::new_f32("W1", &[64, 64], &w1));
+        g.node.push(node("MatMul", &["x", "W1"], "h"));
+        g.node.push(node("Relu", &["h"], "r"));
+        g.node.push(node("MatMul", &["r", "W"], "y"));
+    } else {
+        g.node.push(node("MatMul", &["x", "W"], "y"));
+    }
     g.node.push(node("ReduceSum", &["y", "axes"], "s"));
     save_graph(g, &dir.join("stream.onnx"))
+}
+
+fn stream_frames(n: usize, seed: usize) -> Array2<f32> {
+    Array2::from_shape_fn((n, 64), |(i, j)| (((i * 31 + j * 17 + seed) % 23) as f32 - 11.0) / 7.0)
 }
 
 /// A model whose axis 0 is one sequence (an output declares a fixed axis 0: its state) keeps
@@ -320,10 +334,8 @@ fn streaming(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn a_streaming_models_frames_stay_together_and_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let m = streaming(dir.path());
-    let frames = |n: usize, seed: usize| {
-        Array2::from_shape_fn((n, 64), |(i, j)| (((i * 31 + j * 17 + seed) % 23) as f32 - 11.0) / 7.0)
-    };
+    let m = streaming(dir.path(), false);
+    let frames = stream_frames;
     let (cal, x, labels) = (dir.path().join("cal.npy"), dir.path().join("x.npy"), dir.path().join("y.npy"));
     ndarray_npy::write_npy(&cal, &frames(1000, 1)).unwrap();
     ndarray_npy::write_npy(&x, &frames(700, 2)).unwrap();
@@ -341,4 +353,26 @@ fn a_streaming_models_frames_stay_together_and_in_order() {
     let v = &rep["verification"];
     assert!(v["accuracy_dense"].is_number() && v["accuracy_pruned"].is_number(), "{v}");
     assert_eq!(v["input_shapes"]["x"], serde_json::json!([700, 64]), "{v}");
+}
+
+/// A structured refit of a streaming model is fitted on the frames before the last fifth and
+/// checked end to end on that fifth (every fifth frame of one sequence is no independent sample:
+/// fitted on, it would make the check judge the fit on its own rows).
+#[test]
+fn a_streaming_models_structured_refit_is_checked_on_frames_it_did_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = streaming(dir.path(), true);
+    let cal = dir.path().join("cal.npy");
+    ndarray_npy::write_npy(&cal, &stream_frames(500, 1)).unwrap();
+    let out = dir.path().join("out.onnx");
+    let args = [m.to_str().unwrap(), out.to_str().unwrap(), "--calibration", cal.to_str().unwrap()];
+    let flags = ["--structured", "channels", "--beta", "0.8", "--round-to", "1", "--no-latency"];
+    let args: Vec<String> = std::iter::once("onnx-emp").chain(args).chain(flags).map(String::from).collect();
+    let rep: serde_json::Value = serde_json::from_str(&onnx_emp::cli::run_to_json(args).unwrap()).unwrap();
+    let kept = rep["groups"][0]["kept"].as_u64().unwrap();
+    assert!(kept < 64, "{}", rep["groups"]);
+    let recon = &rep["reconstruction"];
+    assert_eq!(recon["samples"], 400, "{recon}");
+    assert_eq!(recon["end_to_end"]["samples"], 100, "{recon}");
+    assert!(recon["layers"].as_array().unwrap().iter().any(|l| l["method"] != "unchanged"), "{recon}");
 }

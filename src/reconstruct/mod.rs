@@ -112,7 +112,8 @@ impl LayerRecon {
 /// The reconstruction section of the report.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ReconReport {
-    /// Calibration samples used.
+    /// Calibration samples the layers were fitted on (structural modes: all, or a sequence's
+    /// frames before its held-out last fifth; per weight, the first four fifths).
     pub samples: usize,
     pub layers: Vec<LayerRecon>,
     /// The whole model's outputs against dense on held-out calibration samples (not used to

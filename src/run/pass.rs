@@ -334,8 +334,8 @@ pub(super) fn held_tolerance(o: &RunOptions, reconstructing: bool) -> Option<f64
 /// every fifth (the refit only judges its candidates there); every row when there are too few
 /// to hold any apart. A model whose axis 0 is one `sequence` (a streaming model's frames,
 /// [`crate::model::graph::axis0_is_sequence`]) is checked on the last fifth in every mode: every
-/// fifth frame is not an input it could be given (in structural modes those frames also served
-/// the layer fits, as a sequence has no independent samples to hold apart).
+/// fifth frame is not an input it could be given, and in structural modes its layers are then
+/// fitted on the frames before it ([`super::stages::refit_stage`]).
 pub(super) fn held_rows(mode: Mode, rows: usize, sequence: bool) -> Vec<usize> {
     let held: Vec<usize> = if sequence || mode == Mode::Weights {
         (rows - rows / 5..rows).filter(|_| rows >= 10).collect()

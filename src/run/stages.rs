@@ -30,12 +30,17 @@ pub(super) fn refit_stage(
     let _stage = progress::Stage::start("reconstruct");
     let masked = r.masked.as_mut().context("the masked model is kept for reconstruction")?;
     // Checked end to end on the held-apart samples (every fifth: the refit judges its candidates
-    // there but fits none of them; a sequence's last fifth): kept only if the whole model's
-    // outputs are closer to the stage's input model with it, as per-weight reconstruction is.
-    let held = super::pass::held_rows(super::Mode::Channels, inputs.rows(), super::pass::is_sequence(dense));
-    let without = (held.len() < inputs.rows()).then(|| (r.pruned.clone(), masked.clone()));
-    let layers = crate::reconstruct::refit::refit_all(dense, masked, &mut r.pruned, &r.refit, inputs)
-        .context("reconstruction")?;
+    // there but fits none of them; a sequence's last fifth, which its layers are not fitted on,
+    // as one sequence's frames are no independent samples to hold apart every fifth): kept only
+    // if the whole model's outputs are closer to the stage's input model with it, as per-weight
+    // reconstruction is.
+    let rows = inputs.rows();
+    let sequence = super::pass::is_sequence(dense);
+    let held = super::pass::held_rows(super::Mode::Channels, rows, sequence);
+    let without = (held.len() < rows).then(|| (r.pruned.clone(), masked.clone()));
+    let fit = if sequence && held.len() < rows { inputs.sample_range(0, rows - held.len()) } else { inputs.clone() };
+    let layers =
+        crate::reconstruct::refit::refit_all(dense, masked, &mut r.pruned, &r.refit, &fit).context("reconstruction")?;
     let changed = layers.iter().any(|l| l.method != "unchanged" && l.method != "skipped");
     let end_to_end = match without {
         Some((pruned, unrefit)) if changed => {
@@ -50,7 +55,7 @@ pub(super) fn refit_stage(
         _ => None,
     };
     let rep = report.get_or_insert_with(|| crate::reconstruct::ReconReport {
-        samples: inputs.rows(),
+        samples: fit.rows(),
         layers: vec![],
         end_to_end: None,
         whole_run: None,
