@@ -426,12 +426,16 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
 pub const WARN_ACCURACY_DROP: f64 = 0.01;
 /// Top-1 agreement with the dense model below this makes the report warn.
 pub const WARN_AGREEMENT: f64 = 0.95;
+/// An output with no top-1 agreement rate (a score per frame, a regression, a recurrent state)
+/// further than this from dense (relative L2) makes the report warn: half its size.
+pub const WARN_REL_L2: f64 = 0.5;
 
 /// A loud note when verification shows the pruned model is clearly worse than the input, with
 /// what to do about it. The rule is that the output must not be worse than the input: the tool
 /// cannot know that without data, but when the user's inputs or labels show it, it says so.
-/// Top-1 agreement is only judged on the user's inputs (random inputs are out of distribution),
-/// and on outputs of two rows or more.
+/// Without labels it is judged on the user's inputs only (random inputs are out of
+/// distribution): by top-1 agreement on outputs of two rows or more, and by relative L2 on the
+/// outputs that have no agreement rate (a streaming VAD's speech probabilities [T]).
 fn fidelity_warning(v: &crate::check::Verification, real_inputs: bool, reconstructed: bool) -> Option<String> {
     if !v.is_ok() {
         return None;
@@ -439,20 +443,27 @@ fn fidelity_warning(v: &crate::check::Verification, real_inputs: bool, reconstru
     let what = match (v.accuracy_dense, v.accuracy_pruned) {
         (Some(a), Some(b)) if a - b > WARN_ACCURACY_DROP => format!("accuracy fell {:.1} points", (a - b) * 100.0),
         (Some(_), Some(_)) => return None,
+        _ if !real_inputs => return None,
         _ => {
             // An output of one row (a recurrent state [1, 1, 128]) has one argmax: no rate.
             let rows =
                 |o: &crate::check::OutputFidelity| o.shape[..o.shape.len().saturating_sub(1)].iter().product::<usize>();
-            let worst = v
+            let rated = |o: &&crate::check::OutputFidelity| rows(o) >= 2 && o.top1_agreement.is_some();
+            let worst = v.outputs.iter().filter(rated).filter_map(|o| o.top1_agreement).fold(f64::INFINITY, f64::min);
+            let moved = v
                 .outputs
                 .iter()
-                .filter(|o| rows(o) >= 2)
-                .filter_map(|o| o.top1_agreement)
-                .fold(f64::INFINITY, f64::min);
-            if real_inputs && worst.is_finite() && worst < WARN_AGREEMENT {
-                format!("top-1 agreement with the dense model is {:.1} %", worst * 100.0)
-            } else {
-                return None;
+                .filter(|o| !rated(o) && o.rel_l2_err > WARN_REL_L2)
+                .max_by(|a, b| a.rel_l2_err.total_cmp(&b.rel_l2_err));
+            match moved {
+                _ if worst < WARN_AGREEMENT => {
+                    format!("top-1 agreement with the dense model is {:.1} %", worst * 100.0)
+                }
+                Some(o) => format!(
+                    "output '{}' is {:.3} (relative L2) off the dense model's on your inputs",
+                    o.name, o.rel_l2_err
+                ),
+                None => return None,
             }
         }
     };
@@ -689,14 +700,16 @@ mod tests {
     }
 
     /// Top-1 agreement warns on outputs of many rows, not on a recurrent state's single row
-    /// (Silero VAD's hn [1, 1, 128]: one argmax, 0 or 100 %).
+    /// (Silero VAD's hn [1, 1, 128]: one argmax, 0 or 100 %); an output with no rate warns when
+    /// it is more than [`WARN_REL_L2`] off.
     #[test]
     fn a_single_rows_argmax_is_no_agreement_rate() {
         use ndarray::{ArrayD, IxDyn};
         let arr = |shape: &[usize], v: &[f32]| ArrayD::from_shape_vec(IxDyn(shape), v.to_vec()).unwrap();
         let names = ["y".to_string(), "hn".to_string()];
         let y = arr(&[4, 2], &[1., 0., 0., 1., 1., 0., 0., 1.]);
-        let (hn, hn_moved) = (arr(&[1, 1, 3], &[1., 0., 0.]), arr(&[1, 1, 3], &[0., 1., 0.]));
+        // Its argmax moves, but it is 0.4 off (relative L2): no warning.
+        let (hn, hn_moved) = (arr(&[1, 1, 3], &[1., 0.8, 0.]), arr(&[1, 1, 3], &[0.8, 1.0, 0.]));
         let v = |outputs| crate::check::Verification {
             status: "ok".into(),
             reason: None,
@@ -711,6 +724,12 @@ mod tests {
         let moved = v(crate::check::compare(&[y, hn], &[y_moved, hn_moved], &names));
         let w = fidelity_warning(&moved, true, false).unwrap();
         assert!(w.contains("top-1 agreement with the dense model is 50.0 %"), "{w}");
+        // A state (or a per-frame score) far off: named, on the user's inputs only.
+        let (y, hn) = (arr(&[4, 2], &[1., 0., 0., 1., 1., 0., 0., 1.]), arr(&[1, 1, 3], &[1., 0.8, 0.]));
+        let far = v(crate::check::compare(&[y.clone(), hn], &[y, arr(&[1, 1, 3], &[0., 0., 1.])], &names));
+        let w = fidelity_warning(&far, true, false).unwrap();
+        assert!(w.contains("output 'hn' is 1.") && w.contains("(relative L2) off"), "{w}");
+        assert_eq!(fidelity_warning(&far, false, false), None);
     }
 
     #[test]

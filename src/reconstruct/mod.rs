@@ -213,6 +213,10 @@ pub(crate) fn compare(
         }
         let arg = |v: &[f32]| v.iter().enumerate().fold(0, |b, (i, x)| if *x > v[b] { i } else { b });
         let rows = d.len() / w;
+        // One row (a per-frame score [T], a state [1, 1, H]) has one argmax: no rate.
+        if rows < 2 {
+            return None;
+        }
         let same = (0..rows).filter(|r| arg(&d[r * w..(r + 1) * w]) == arg(&o[r * w..(r + 1) * w])).count();
         Some(same as f64 / rows as f64)
     });
@@ -255,7 +259,10 @@ mod tests {
         let other = (vec![vec![0.12f32, 0.08], vec![60.6, 59.4]], 2);
         let (e, top1) = super::compare(&dense, &other);
         assert!((e - 0.04).abs() < 1e-6, "{e}");
-        assert_eq!(top1, Some(1.0));
+        // The first output is one row: one argmax, no agreement rate. Two rows have one.
+        assert_eq!(top1, None);
+        let rows2 = super::compare(&(vec![vec![1.0f32, 0.0, 0.0, 1.0]], 2), &(vec![vec![1.0f32, 0.0, 1.0, 0.0]], 2));
+        assert_eq!(rows2.1, Some(0.5));
         // Together they were 0.0001 off: (2·0.02² + 2·0.6²) / (2·0.1² + 2·60²).
         let zero = (vec![vec![0.0f32, 0.0], vec![3.0, 4.0]], 2);
         let moved = (vec![vec![0.5f32, 0.0], vec![3.0, 4.0]], 2);
