@@ -376,3 +376,96 @@ fn a_streaming_models_structured_refit_is_checked_on_frames_it_did_not_fit() {
     assert_eq!(recon["end_to_end"]["samples"], 100, "{recon}");
     assert!(recon["layers"].as_array().unwrap().iter().any(|l| l["method"] != "unchanged"), "{recon}");
 }
+
+/// x [B, 6, 8] → MatMul [8, 32] + b → Relu → Transpose → `op` (LSTM / GRU, `dirs` directions,
+/// 16 hidden units, with B) → Y_h mean over directions → Gemm [16, 4]. The 32 projected units
+/// vary in norm, so EMP cuts them, and the recurrent layer loses input features.
+fn projected_recurrent(dir: &Path, op: &str, dirs: usize) -> std::path::PathBuf {
+    use onnx_protobuf::AttributeProto;
+    let (gates, h, f) = (if op == "LSTM" { 4 } else { 3 }, 16usize, 32usize);
+    let vals = |n: usize, seed: usize, scale: f32| -> Vec<f32> {
+        (0..n).map(|i| ((((i + seed) * 7919) % 101) as f32 - 50.0) / 50.0 * scale).collect()
+    };
+    let mut g = GraphProto::new();
+    g.name = "rnn".into();
+    g.input.push(vi("x", &[-1, 6, 8]));
+    g.output.push(vi("y", &[-1, 4]));
+    let wp: Vec<f32> = vals(8 * f, 1, 1.0).iter().enumerate().map(|(i, v)| v / (1.0 + (i % f) as f32 / 3.0)).collect();
+    g.initializer.push(tensor::new_f32("Wp", &[8, f as i64], &wp));
+    g.initializer.push(tensor::new_f32("bp", &[f as i64], &vals(f, 2, 0.1)));
+    let (d, gh) = (dirs as i64, (gates * h) as i64);
+    g.initializer.push(tensor::new_f32("W", &[d, gh, f as i64], &vals(dirs * gates * h * f, 3, 0.4)));
+    g.initializer.push(tensor::new_f32("R", &[d, gh, h as i64], &vals(dirs * gates * h * h, 4, 0.3)));
+    g.initializer.push(tensor::new_f32("B", &[d, 2 * gh], &vals(dirs * 2 * gates * h, 5, 0.2)));
+    g.initializer.push(tensor::new_f32("Wf", &[h as i64, 4], &vals(h * 4, 6, 1.0)));
+    let ints = |name: &str, v: &[i64]| {
+        let mut a = AttributeProto::new();
+        a.name = name.into();
+        a.type_ = onnx_protobuf::attribute_proto::AttributeType::INTS.into();
+        a.ints = v.to_vec();
+        a
+    };
+    let node = |op: &str, ins: &[&str], outs: &[&str], attrs: Vec<AttributeProto>| {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = outs.iter().find(|o| !o.is_empty()).unwrap().to_string();
+        n.input = ins.iter().map(|s| s.to_string()).collect();
+        n.output = outs.iter().map(|s| s.to_string()).collect();
+        n.attribute = attrs;
+        n
+    };
+    let mut hidden = ints("hidden_size", &[]);
+    hidden.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
+    hidden.i = h as i64;
+    let mut rnn_attrs = vec![hidden];
+    if dirs == 2 {
+        let mut a = AttributeProto::new();
+        a.name = "direction".into();
+        a.type_ = onnx_protobuf::attribute_proto::AttributeType::STRING.into();
+        a.s = b"bidirectional".to_vec();
+        rnn_attrs.push(a);
+    }
+    let mut keep = ints("keepdims", &[]);
+    keep.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
+    keep.i = 0;
+    g.node.push(node("MatMul", &["x", "Wp"], &["p"], vec![]));
+    g.node.push(node("Add", &["p", "bp"], &["pb"], vec![]));
+    g.node.push(node("Relu", &["pb"], &["r"], vec![]));
+    g.node.push(node("Transpose", &["r"], &["t"], vec![ints("perm", &[1, 0, 2])]));
+    g.node.push(node(op, &["t", "W", "R", "B"], &["", "yh"], rnn_attrs));
+    g.node.push(node("ReduceMean", &["yh"], &["m"], vec![ints("axes", &[0]), keep]));
+    g.node.push(node("MatMul", &["m", "Wf"], &["y"], vec![]));
+    save_graph(g, &dir.join(format!("{op}{dirs}.onnx")))
+}
+
+/// A recurrent layer whose input features were cut is refitted: the input projection W (and
+/// W's half of B) of an LSTM or GRU, one or both directions, fitted so that W x_t + Wb matches
+/// dense (it was skipped: "LSTM weight", and nothing compensated the cut there).
+#[test]
+fn a_recurrent_layer_that_lost_input_features_is_refitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cal = dir.path().join("cal.npy");
+    let x = ndarray::Array3::from_shape_fn((200, 6, 8), |(i, t, j)| {
+        ((((i * 37 + t * 11 + j * 5) % 29) as f32 - 14.0) / 9.0).sin() * 1.5
+    });
+    ndarray_npy::write_npy(&cal, &x).unwrap();
+    for (op, dirs) in [("LSTM", 1), ("LSTM", 2), ("GRU", 1)] {
+        let m = projected_recurrent(dir.path(), op, dirs);
+        let out = dir.path().join("out.onnx");
+        let args = [m.to_str().unwrap(), out.to_str().unwrap(), "--calibration", cal.to_str().unwrap()];
+        let flags = ["--structured", "channels", "--beta", "0.7", "--round-to", "1", "--no-latency", "--force"];
+        let args: Vec<String> = std::iter::once("onnx-emp").chain(args).chain(flags).map(String::from).collect();
+        let rep: serde_json::Value = serde_json::from_str(&onnx_emp::cli::run_to_json(args).unwrap()).unwrap();
+        let kept = rep["groups"][0]["kept"].as_u64().unwrap();
+        assert!(kept < 32, "{op} {dirs}: {}", rep["groups"]);
+        let recon = &rep["reconstruction"];
+        let layers = recon["layers"].as_array().unwrap();
+        let rnn =
+            layers.iter().find(|l| l["layer"].as_str().unwrap().starts_with(op)).unwrap_or_else(|| panic!("{recon}"));
+        assert!(rnn["method"] == "ridge" || rnn["method"] == "bias", "{op} {dirs}: {rnn}");
+        assert!(rnn["err_after"].as_f64().unwrap() < rnn["err_before"].as_f64().unwrap() * 0.5, "{rnn}");
+        let e = &recon["end_to_end"];
+        assert!(e["kept"] == true && e["err_with"].as_f64() < e["err_without"].as_f64(), "{op} {dirs}: {e}");
+        assert_eq!(rep["equivalence"][0]["pass"], true, "{}", rep["equivalence"]);
+    }
+}

@@ -469,7 +469,7 @@ pub(crate) fn obs_layer(
     from: Option<&Boundary>,
 ) -> Result<Option<LayerRecon>> {
     let Some(Prepared { w_dense, w_cur, keep }) = prepare(dense, model, s)? else { return Ok(None) };
-    let row_input = matches!(s.layout, Layout::Gemm { .. } | Layout::MatMul);
+    let row_input = matches!(s.layout, Layout::Gemm { .. } | Layout::MatMul | Layout::Recurrent { .. });
     let cached = shared.take().filter(|c| row_input && c.input == s.input && c.p == s.p);
     let (hs, rows) = match cached {
         Some(c) => (c.hs, c.rows),

@@ -250,7 +250,18 @@ fn job(k: usize, r: &RefitSite, s: Site) -> Result<std::result::Result<Job<'_>, 
         bail!("{} input positions for a weight with {} inputs", in_keep.len(), s.p);
     }
     let feat: Vec<usize> = (0..s.p).filter(|&f| in_keep[f / per_in]).collect();
-    let outs = r.kept_outputs(s.out)?;
+    let outs = match s.layout {
+        // The kept hidden units of a recurrent layer: the same ones in every gate block of each
+        // direction (rows d·G·H + gate·H + unit).
+        Layout::Recurrent { dirs, gh } if !r.out_keep.is_empty() && r.out_keep.len() != s.out => {
+            let h = r.out_keep.len();
+            if gh % h != 0 {
+                bail!("{h} hidden units for {gh} gate rows per direction");
+            }
+            (0..dirs * gh).filter(|&o| r.out_keep[o % gh % h]).collect()
+        }
+        _ => r.kept_outputs(s.out)?,
+    };
     let has_bias = s.bias.is_some();
     let (pk, q) = (feat.len() + has_bias as usize, outs.len());
     if q == 0 {
@@ -371,7 +382,7 @@ fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs, from: Option<&Boun
                         None => bail!("{}: output is not 3-D or 4-D", s.label),
                     },
                     Layout::Gemm { .. } => 1,
-                    Layout::MatMul => y.shape()[1..y.ndim() - 1].iter().product(),
+                    Layout::MatMul | Layout::Recurrent { .. } => y.shape()[1..y.ndim() - 1].iter().product(),
                 };
                 for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(j.k, row0 + n)) {
                     site::output_row(s, y, n, pos, 0, &mut buf);

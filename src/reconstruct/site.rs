@@ -19,6 +19,12 @@ pub enum Layout {
     Gemm { trans_b: bool, alpha: f64, beta: f64 },
     /// MatMul x [..., K] @ W [K, N].
     MatMul,
+    /// The input projection of an LSTM / GRU / RNN: W [dirs, G·H, I] (already `out × p` rows),
+    /// its bias the first `gh` = G·H values of each direction's row of B [dirs, 2·G·H]. Every
+    /// gate pre-activation is W x_t + Wb plus terms that do not read x (R h_{t-1} + Rb; a GRU's
+    /// candidate gate multiplies only those by r): so the part x feeds is a linear layer on
+    /// X [.., .., I] of its own, computed inside the node (the site is `internal`).
+    Recurrent { dirs: usize, gh: usize },
 }
 
 /// The spatial size [H, W] of a Conv tensor: [N, C, H, W], or [N, C, T] as [1, T] (1-D).
@@ -101,7 +107,8 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
     };
     let x = n.input.first().cloned().unwrap_or_default();
     let y = n.output.first().cloned().unwrap_or_default();
-    if x.is_empty() || y.is_empty() || ix.is_constant(&x) {
+    let recurrent = matches!(n.op_type.as_str(), "LSTM" | "GRU" | "RNN");
+    if x.is_empty() || (y.is_empty() && !recurrent) || ix.is_constant(&x) {
         return Err("the layer's input is not a computed value".into());
     }
     let const_bias = |name: Option<&String>, len: usize, quant: &mut Option<super::quant::Quant>| -> Option<String> {
@@ -216,6 +223,25 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
             (Layout::MatMul, bias, output, false, out, p)
         }
         ("MatMul", 0, true) => return Err("MatMul with a constant first operand".into()),
+        ("LSTM" | "GRU" | "RNN", 1, true) => {
+            if quant.is_some() {
+                return Err(format!("{QUANTIZED}a quantized {} weight", n.op_type));
+            }
+            let [dirs, gh, p] = dims[..] else { return Err(format!("{} W of rank {}", n.op_type, dims.len())) };
+            // B [dirs, 2·G·H]: W's part is the first half of each direction's row.
+            let bias = match n.input.get(3).filter(|s| !s.is_empty()) {
+                None => None,
+                Some(b) => match ix.weight(g, b) {
+                    Some(t) if ix.consumers_of(b).len() == 1 && tensor::shape(t).ok() == Some(vec![dirs, 2 * gh]) => {
+                        Some(b.clone())
+                    }
+                    _ => return Err(format!("the {} bias is shared or not a constant [dirs, 2·G·H]", n.op_type)),
+                },
+            };
+            // Y may be left out (a model reading only Y_h): the node's first named output.
+            let output = n.output.iter().find(|o| !o.is_empty()).cloned().unwrap_or_default();
+            (Layout::Recurrent { dirs, gh }, bias, output, true, dirs * gh, p)
+        }
         // onnxruntime's Attention(input, weights [H_in, 3·H], bias [3·H], ...): its packed Q/K/V
         // projection is a MatMul with a bias whose output only the op sees.
         ("Attention", 1, false) if n.domain == "com.microsoft" => {
@@ -251,10 +277,11 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
 }
 
 /// Whether `n` is a layer whose weight (input 1) [`find`] can make a site of: Conv, Gemm, MatMul,
-/// onnxruntime's Attention (its packed Q/K/V projection).
+/// onnxruntime's Attention (its packed Q/K/V projection), the input projection of an LSTM, GRU
+/// or RNN.
 pub fn is_linear_node(n: &onnx_protobuf::NodeProto) -> bool {
     match n.domain.as_str() {
-        "" | "ai.onnx" => matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul"),
+        "" | "ai.onnx" => matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul" | "LSTM" | "GRU" | "RNN"),
         "com.microsoft" => n.op_type == "Attention",
         _ => false,
     }
@@ -271,7 +298,7 @@ pub fn read_rows(g: &GraphProto, s: &Site) -> Result<Vec<f64>> {
         }
     };
     Ok(match s.layout {
-        Layout::Conv2d { .. } | Layout::Gemm { trans_b: true, .. } => v,
+        Layout::Conv2d { .. } | Layout::Gemm { trans_b: true, .. } | Layout::Recurrent { .. } => v,
         Layout::Gemm { trans_b: false, .. } | Layout::MatMul => super::linalg::transpose(&v, s.p, s.out),
     })
 }
@@ -279,7 +306,7 @@ pub fn read_rows(g: &GraphProto, s: &Site) -> Result<Vec<f64>> {
 /// Write an `out × p` row-major matrix back into the weight, in its dtype and encoding.
 pub fn write_rows(g: &mut GraphProto, s: &Site, rows: &[f64]) -> Result<()> {
     let v = match s.layout {
-        Layout::Conv2d { .. } | Layout::Gemm { trans_b: true, .. } => rows.to_vec(),
+        Layout::Conv2d { .. } | Layout::Gemm { trans_b: true, .. } | Layout::Recurrent { .. } => rows.to_vec(),
         Layout::Gemm { trans_b: false, .. } | Layout::MatMul => super::linalg::transpose(rows, s.out, s.p),
     };
     if let Some(q) = &s.quant {
@@ -301,8 +328,11 @@ pub fn read_bias(g: &GraphProto, s: &Site) -> Result<Vec<f64>> {
             tensor::read_f64(ix.weight(g, b).with_context(|| format!("bias '{b}'"))?)?
         }
     };
-    if let Layout::Gemm { beta, .. } = s.layout {
-        v.iter_mut().for_each(|x| *x *= beta);
+    match s.layout {
+        Layout::Gemm { beta, .. } => v.iter_mut().for_each(|x| *x *= beta),
+        // [dirs, 2·gh] → W's part of each direction, [dirs · gh].
+        Layout::Recurrent { dirs, gh } => v = (0..dirs).flat_map(|d| v[d * 2 * gh..d * 2 * gh + gh].to_vec()).collect(),
+        _ => {}
     }
     Ok(v)
 }
@@ -311,8 +341,18 @@ pub fn read_bias(g: &GraphProto, s: &Site) -> Result<Vec<f64>> {
 pub fn write_bias(g: &mut GraphProto, s: &Site, vals: &[f64]) -> Result<()> {
     let Some(b) = &s.bias else { bail!("layer '{}' has no bias", s.label) };
     let mut v = vals.to_vec();
-    if let Layout::Gemm { beta, .. } = s.layout {
-        v.iter_mut().for_each(|x| *x /= beta);
+    match s.layout {
+        Layout::Gemm { beta, .. } => v.iter_mut().for_each(|x| *x /= beta),
+        // W's part of each direction's row of B; R's part stays.
+        Layout::Recurrent { dirs, gh } => {
+            let ix = GraphIndex::build(g)?;
+            let mut all = tensor::read_f64(ix.weight(g, b).with_context(|| format!("bias '{b}'"))?)?;
+            for d in 0..dirs {
+                all[d * 2 * gh..d * 2 * gh + gh].copy_from_slice(&vals[d * gh..(d + 1) * gh]);
+            }
+            v = all;
+        }
+        _ => {}
     }
     if let Some(qb) = s.quant.as_ref().and_then(|q| q.bias.as_ref()) {
         return super::quant::write_bias(g, qb, &v);
@@ -357,7 +397,7 @@ pub fn positions(s: &Site, x_shape: &[usize], y_shape: &[usize]) -> Result<usize
             _ => bail!("{}: Conv tensors are not 3-D or 4-D", s.label),
         },
         Layout::Gemm { .. } => Ok(1),
-        Layout::MatMul => {
+        Layout::MatMul | Layout::Recurrent { .. } => {
             if x_shape.is_empty() || *x_shape.last().unwrap() != s.p {
                 bail!("{}: input shape {x_shape:?} does not end in {}", s.label, s.p);
             }
@@ -407,7 +447,7 @@ pub fn input_row(s: &Site, x: &ArrayD<f32>, n: usize, pos: usize, grp: usize, y_
                 *zk = x[IxDyn(&[n, k])] as f64;
             }
         }
-        Layout::MatMul => {
+        Layout::MatMul | Layout::Recurrent { .. } => {
             let flat = x.as_slice().expect("standard layout");
             let per: usize = x.shape()[1..].iter().product();
             let base = n * per + pos * s.p;
@@ -459,7 +499,7 @@ pub fn output_row(s: &Site, y: &ArrayD<f32>, n: usize, pos: usize, o0: usize, ou
                 *v = y[IxDyn(&[n, o0 + k])] as f64;
             }
         }
-        Layout::MatMul => {
+        Layout::MatMul | Layout::Recurrent { .. } => {
             let flat = y.as_slice().expect("standard layout");
             let per: usize = y.shape()[1..].iter().product();
             let base = n * per + pos * s.out + o0;
