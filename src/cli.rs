@@ -429,6 +429,12 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         plan,
         sparse_initializers: a.sparse_initializers,
     };
+    let side: Vec<(&str, &std::path::Path)> = [("--report", &a.report), ("--html", &a.html)]
+        .into_iter()
+        .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))
+        .collect();
+    run::check_side_outputs(&opts.input, (!plan).then_some(opts.output.as_path()), &side)
+        .map_err(|e| failed(format!("{e:#}")))?;
     let out = run::run(&opts).map_err(|e| failed(format!("{e:#}")))?;
     if let Some(p) = &a.report {
         crate::model::io::write_atomic(p, out.report.to_json().as_bytes()).map_err(|e| failed(format!("{e:#}")))?;

@@ -27,6 +27,7 @@ mod guard;
 mod options;
 mod pass;
 mod stages;
+pub use files::check_side_outputs;
 use files::{check_paths, external_names, publish, store_sparse, tensor_names};
 pub use options::*;
 use stages::{nothing_pruned, prove, unproven, with_activations};
@@ -107,7 +108,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let dense_input = if densified > 0 && !o.plan && o.verify {
         let dir = tempfile::Builder::new()
             .prefix(".onnx-emp-input-")
-            .tempdir_in(o.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+            .tempdir_in(&out_dir)
             .context("cannot create a scratch folder beside the output")?;
         let p = dir.path().join("dense-input.onnx");
         io::save(loaded.proto.clone(), &p, &SaveOptions { external: loaded.external.clone() })?;

@@ -990,3 +990,59 @@ fn calibration_rows_cap_the_samples_used() {
     // The default (512) leaves these 256 rows whole.
     assert_eq!(rows(&[])["calibration"], all["calibration"]);
 }
+
+/// `--report` / `--html` never land on a model the run reads or writes (they replaced it with
+/// JSON), nor on each other; a FIFO or a device (`--report /dev/stdout`) is written through, not
+/// replaced by a regular file, and a symlinked output is written where the link points.
+#[test]
+fn report_paths_never_replace_models_fifos_or_symlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.onnx");
+    std::fs::copy(Path::new(ROOT).join("models/digits_mlp.onnx"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let out = d.join("out.onnx");
+    for (args, needle) in [
+        (vec!["--report", "in.onnx"], "--report in.onnx: that is the input model"),
+        (vec!["--html", "out.onnx"], "--html out.onnx: that is the output model"),
+        (vec!["--report", "out.onnx.data"], "that is the output model's external data file"),
+        (vec!["--report", "r.json", "--html", "r.json"], "--html r.json: that is the --report file"),
+    ] {
+        let a = bin().current_dir(d).args(["in.onnx", "out.onnx", "--no-latency", "-q"]).args(&args).assert().failure();
+        let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let a = bin().current_dir(d).args(["plan", "in.onnx", "--report", "in.onnx"]).assert().failure();
+    assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("that is the input model"));
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+    assert!(!out.exists());
+    // A symlinked report and output: written where they point, the links kept.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("real.json", d.join("link.json")).unwrap();
+        std::os::unix::fs::symlink("real.onnx", d.join("link.onnx")).unwrap();
+        bin()
+            .current_dir(d)
+            .args(["in.onnx", "link.onnx", "--no-latency", "-q", "--report", "link.json"])
+            .assert()
+            .success();
+        assert!(d.join("link.json").is_symlink() && d.join("link.onnx").is_symlink());
+        assert!(std::fs::read_to_string(d.join("real.json")).unwrap().contains("\"tool\""));
+        onnx_emp::model::io::load(&d.join("real.onnx")).unwrap();
+        // A FIFO: read by another process while the run writes into it.
+        let fifo = d.join("r.fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let reader = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || std::fs::read_to_string(fifo).unwrap()
+        });
+        bin()
+            .current_dir(d)
+            .args(["in.onnx", "out.onnx", "--no-latency", "-q", "--report", "r.fifo"])
+            .assert()
+            .success();
+        assert!(reader.join().unwrap().contains("\"tool\""));
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    }
+}

@@ -211,3 +211,23 @@ fn overlapping_or_out_of_bounds_ranges_are_refused() {
     std::fs::write(&model, &pristine).unwrap();
     io::load(&model).unwrap();
 }
+
+/// An export renamed to `model_fp32.onnx` whose weights stay in `model.onnx.data`, pruned back to
+/// `model.onnx`: the output's data file would be the input's. Refused, the input untouched (it
+/// was overwritten: the input then read the pruned weights at the old offsets).
+#[test]
+fn an_output_whose_data_file_is_the_inputs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = externalized(dir.path());
+    let renamed = dir.path().join("model_fp32.onnx");
+    std::fs::rename(&p, &renamed).unwrap();
+    let data = std::fs::read(dir.path().join("model.onnx.data")).unwrap();
+    let a = bin().arg(&renamed).arg(&p).args(["--no-latency", "-q"]).assert().failure().code(1);
+    let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(err.contains("holds the weights of the input") && err.contains("model.onnx.data"), "{err}");
+    assert_eq!(std::fs::read(dir.path().join("model.onnx.data")).unwrap(), data);
+    assert!(!p.exists());
+    // Another output name is fine, and in place with --force too.
+    prune(&renamed, dir.path(), &[]);
+    bin().arg(&renamed).arg(&renamed).args(["--no-latency", "-q", "--force"]).assert().success();
+}

@@ -147,6 +147,23 @@ fn parse_file(path: &Path, len: u64) -> Result<ModelProto> {
     check_model(proto)
 }
 
+/// The data files the external tensors of the model at `path` name, canonical (those that
+/// exist), read from its protobuf alone (no data is read).
+pub fn external_data_files(path: &Path) -> Result<BTreeSet<PathBuf>> {
+    let len = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?.len();
+    let mut proto = parse_file(path, len).with_context(|| format!("{}", path.display()))?;
+    let dir = folder(path);
+    let mut files = BTreeSet::new();
+    for t in all_tensors_mut(&mut proto) {
+        if let Some(loc) = validate::is_external(t).then(|| ext_field(t, "location")).flatten() {
+            if let Ok(p) = dir.join(loc).canonicalize() {
+                files.insert(p);
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// Parse bytes and check that they are a well-formed ONNX model (see `validate`): every
 /// tensor's data agrees with its dims, names are defined once, the graph has no cycle. Tensors
 /// with external data get their data checked by `load` once it is read.
@@ -777,7 +794,41 @@ fn new_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     b.tempfile_in(dir)
 }
 
+/// How writing a path lands ([`write_target`]).
+#[derive(Debug, PartialEq)]
+pub enum WriteTarget {
+    /// A regular file (or nothing yet) at this path, resolved through symlinks: replaced
+    /// atomically (temp file beside it, then rename), the symlink kept.
+    Replace(PathBuf),
+    /// Something that must not be replaced: a FIFO or a device (`/dev/stdout`, `/dev/null`),
+    /// written through.
+    Through,
+}
+
+/// Where writing `path` lands: a rename over a FIFO or a device would put a regular file in its
+/// place (`--report /dev/stdout` printed nothing and left a file there), and over a symlink it
+/// would replace the link instead of writing where it points.
+pub fn write_target(path: &Path) -> WriteTarget {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => WriteTarget::Replace(path.canonicalize().unwrap_or_else(|_| path.to_path_buf())),
+        Ok(m) if !m.is_dir() => WriteTarget::Through,
+        // A symlink to a file not there yet: the file it names.
+        Err(_) if path.is_symlink() => match std::fs::read_link(path) {
+            Ok(to) => WriteTarget::Replace(folder(path).join(to)),
+            Err(_) => WriteTarget::Replace(path.to_path_buf()),
+        },
+        _ => WriteTarget::Replace(path.to_path_buf()),
+    }
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let path = match write_target(path) {
+        WriteTarget::Replace(p) => p,
+        WriteTarget::Through => {
+            return std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()));
+        }
+    };
+    let path = path.as_path();
     let dir = folder(path);
     let mut tmp =
         new_file_in(dir).with_context(|| format!("{}: cannot create a file in this folder", dir.display()))?;

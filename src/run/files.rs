@@ -7,7 +7,9 @@ use onnx_protobuf::ModelProto;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// Resolve the output path and refuse to overwrite the input.
+/// Resolve the output path, refuse to overwrite the input or the data files it reads, and say
+/// where the staging folder goes: beside OUT, or in the system's temp folder when OUT is a
+/// FIFO or a device (`/dev/null`: written through, never replaced).
 pub(super) fn check_paths(input: &Path, output: &Path, force: bool) -> Result<PathBuf> {
     if !input.is_file() {
         bail!("{}: no such file", input.display());
@@ -29,7 +31,74 @@ pub(super) fn check_paths(input: &Path, output: &Path, force: bool) -> Result<Pa
     if same && !force {
         bail!("{}: output is the input file; pass --force to overwrite it", output.display());
     }
+    let io::WriteTarget::Replace(target) = io::write_target(output) else { return Ok(std::env::temp_dir()) };
+    if !same {
+        // A model with external data is written with `<OUT>.data` beside it: never one of the
+        // files the input reads its weights from (renaming an export to `model_fp32.onnx` and
+        // pruning it back to `model.onnx` would overwrite `model.onnx.data` under it).
+        // (The input's protobuf is read again only when that file exists.)
+        if let Some(data) = resolved(&data_path(&target)).filter(|p| p.exists()) {
+            if io::external_data_files(input)?.contains(&data) {
+                bail!(
+                    "{}: its external data file {} holds the weights of the input {}: writing it would break \
+                     the input; choose another output name",
+                    output.display(),
+                    data.display(),
+                    input.display()
+                );
+            }
+        }
+    }
     Ok(dir)
+}
+
+/// `<OUT>.data` beside OUT: where a model with external data puts it.
+fn data_path(out: &Path) -> PathBuf {
+    out.with_file_name(format!("{}.data", out.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()))
+}
+
+/// The path as it would be written: canonical when it exists, else its canonical folder joined
+/// with its name (None when the folder does not exist).
+fn resolved(p: &Path) -> Option<PathBuf> {
+    p.canonicalize().ok().or_else(|| {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Some(dir.canonicalize().ok()?.join(p.file_name()?))
+    })
+}
+
+/// The report files (`--report`, `--html`: flag, path) must not land on the input model, the
+/// output model, the output's external data, one another, or a data file the input reads:
+/// `--report in.onnx` replaced the input with JSON. A FIFO or device (`/dev/stdout`) is fine.
+pub fn check_side_outputs(input: &Path, output: Option<&Path>, side: &[(&str, &Path)]) -> Result<()> {
+    let mut taken: Vec<(String, PathBuf)> = vec![];
+    taken.extend(resolved(input).map(|p| ("the input model".to_string(), p)));
+    if let Some(o) = output {
+        let o = match io::write_target(o) {
+            io::WriteTarget::Replace(p) => p,
+            io::WriteTarget::Through => o.to_path_buf(),
+        };
+        taken.extend(resolved(&o).map(|p| ("the output model".to_string(), p)));
+        taken.extend(resolved(&data_path(&o)).map(|p| ("the output model's external data file".to_string(), p)));
+    }
+    let mut input_data: Option<std::collections::BTreeSet<PathBuf>> = None;
+    for (flag, p) in side {
+        let io::WriteTarget::Replace(target) = io::write_target(p) else { continue };
+        let Some(r) = resolved(&target) else { continue };
+        if let Some((what, _)) = taken.iter().find(|(_, t)| t == &r) {
+            bail!("{flag} {}: that is {what}; choose another path", p.display());
+        }
+        if r.exists() {
+            let data = match &input_data {
+                Some(d) => d,
+                None => input_data.insert(io::external_data_files(input).unwrap_or_default()),
+            };
+            if data.contains(&r) {
+                bail!("{flag} {}: that is an external data file of the input model; choose another path", p.display());
+            }
+        }
+        taken.push((format!("the {flag} file"), r));
+    }
+    Ok(())
 }
 
 /// Rewrite the staged (verified, dense-stored) model with sparse initializers, in place.
@@ -69,14 +138,28 @@ pub(super) fn external_names(loaded: &Loaded, before: &BTreeSet<String>, pruned:
     ext
 }
 
-/// Move the staged output (and its external data file, if any) into place.
+/// Move the staged output (and its external data file, if any) into place: renamed over a
+/// regular file (through a symlink, to where it points), copied into a FIFO or a device.
 pub(super) fn publish(staged: &Path, out: &Path) -> Result<()> {
     let data_name = format!("{}.data", out.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
     let staged_data = staged.with_file_name(&data_name);
+    let target = match io::write_target(out) {
+        io::WriteTarget::Replace(p) => p,
+        io::WriteTarget::Through => {
+            if staged_data.exists() {
+                bail!("{}: not a regular file: the model's external data cannot be written beside it", out.display());
+            }
+            let mut w = std::fs::File::create(out).with_context(|| format!("{}: cannot write", out.display()))?;
+            let mut r = std::fs::File::open(staged).with_context(|| format!("{}: cannot read", staged.display()))?;
+            std::io::copy(&mut r, &mut w).with_context(|| format!("{}: cannot write", out.display()))?;
+            return Ok(());
+        }
+    };
     if staged_data.exists() {
-        let out_data = out.with_file_name(&data_name);
+        // The model names its data file by OUT's name, beside the file it is written to.
+        let out_data = target.with_file_name(&data_name);
         std::fs::rename(&staged_data, &out_data).with_context(|| format!("{}: cannot write", out_data.display()))?;
     }
-    std::fs::rename(staged, out).with_context(|| format!("{}: cannot write", out.display()))?;
+    std::fs::rename(staged, &target).with_context(|| format!("{}: cannot write", out.display()))?;
     Ok(())
 }
