@@ -288,6 +288,7 @@ fn guard(f: impl FnOnce() -> Result<Done, Failure>) -> Result<Done, Failure> {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    crate::check::ort::shutdown();
     std::panic::set_hook(prev);
     match r {
         Ok(r) => r,

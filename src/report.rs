@@ -246,6 +246,10 @@ impl Report {
                 if let (Some(a), Some(b)) = (v.accuracy_dense, v.accuracy_pruned) {
                     let _ = writeln!(s, "  accuracy {:.2} % → {:.2} %", pct(a), pct(b));
                 }
+                // What could not be measured, and why (the JSON has every note).
+                for n in v.notes.iter().filter(|n| n.contains("unavailable") || n.contains("failed")) {
+                    let _ = writeln!(s, "  note: {n}");
+                }
             }
         }
         if let (Some(a), Some(b)) = (&self.timing.latency_dense, &self.timing.latency_pruned) {

@@ -336,6 +336,10 @@ pub fn prepare_inputs(model_path: &Path, spec: &InputSpec) -> Result<Inputs> {
 }
 
 /// [`prepare_inputs`] on an already known input list.
+/// The largest input generated from random data (`--dim batch=100000000` asked for 25.6 GB and
+/// the allocation aborted the process).
+pub const MAX_GENERATED_BYTES: usize = 1 << 30;
+
 pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
     if infos.is_empty() {
         bail!("the model has no inputs");
@@ -542,9 +546,15 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
             shape.push(v);
         }
         let n = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
-        match n {
-            Some(n) if n as u64 <= crate::model::tensor::MAX_ELEMS => {}
-            _ => bail!("input '{}': shape {shape:?} is too large to generate", info.name),
+        let bytes = n.and_then(|n| n.checked_mul(crate::model::tensor::elem_size(info.elem_type).unwrap_or(8)));
+        match (n, bytes) {
+            (Some(n), Some(b)) if n as u64 <= crate::model::tensor::MAX_ELEMS && b <= MAX_GENERATED_BYTES => {}
+            _ => bail!(
+                "input '{}': shape {shape:?} is too large to generate (over {} GiB): give smaller dims (--dim) \
+                 or the data (--inputs)",
+                info.name,
+                MAX_GENERATED_BYTES >> 30
+            ),
         }
         let d = generate(&info.name, info.elem_type, &shape, spec.seed, info.index_bound)?;
         if any_given {

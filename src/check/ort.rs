@@ -202,6 +202,22 @@ struct Worker {
 
 static WORKER: std::sync::Mutex<Option<Worker>> = std::sync::Mutex::new(None);
 
+impl Drop for Worker {
+    /// The process ends and its folder (script, log) goes: a static is never dropped, so
+    /// [`shutdown`] drops it at the end of each command.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// End the onnxruntime worker, if one was started, and remove its files (every run that timed
+/// latency in onnxruntime left a `/tmp/.tmpXXXX` folder behind).
+pub fn shutdown() {
+    let w = WORKER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(w);
+}
+
 const MARK: &str = "@@onnx-emp ";
 
 impl Worker {
@@ -289,11 +305,8 @@ fn ask(argv: &[String]) -> Result<serde_json::Value> {
             None => bail!("onnxruntime failed: {}", v["error"].as_str().unwrap_or("no message")),
         },
         Err(e) => {
-            // A dead or confused worker is not asked again.
-            if let Some(mut w) = slot.take() {
-                let _ = w.child.kill();
-                let _ = w.child.wait();
-            }
+            // A dead or confused worker is not asked again (dropping it ends it).
+            slot.take();
             Err(e)
         }
     }

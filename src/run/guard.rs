@@ -275,14 +275,50 @@ fn unjudged(e: &anyhow::Error, recon: Recon) -> String {
 /// fails), so that each of the guard's runs costs about the same on any model.
 fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Result<(Inputs, String)> {
     let v = &o.verify_opts.inputs;
+    // The model's inputs are read from its file once, for the one-sample shapes and the data.
+    let infos = if calib.is_none() { crate::check::model_inputs(&o.input)? } else { vec![] };
+    // `--dim` sets every dim but the samples axis, which is the guard's to choose (`--dim
+    // batch=1000000` made it run a million random inputs, for minutes).
+    let mut dims = v.dims.clone();
+    for i in &infos {
+        match i.dims.first() {
+            Some(crate::check::DimSpec::Symbolic(sym)) => {
+                dims.remove(sym);
+            }
+            Some(crate::check::DimSpec::Unknown) => {
+                dims.remove("batch");
+            }
+            _ => {}
+        }
+        dims.remove(&format!("{}:0", i.name));
+    }
+    // The other free dims take the sizes of the user's `--inputs` (their shapes only: the guard
+    // does not judge on the test data), so that an image model with a free height and width is
+    // not tried on 224 × 224 when its inputs are 8 × 8.
+    if !infos.is_empty() && (!v.files.is_empty() || v.npz.is_some()) {
+        if let Ok(given) = prepare_for(&infos, v) {
+            for i in &infos {
+                let Some(x) = given.get(&i.name) else { continue };
+                for (axis, d) in i.dims.iter().enumerate().skip(1) {
+                    let size = x.data.shape().get(axis).map(|&s| s as i64);
+                    let key = match d {
+                        crate::check::DimSpec::Symbolic(sym) => sym.clone(),
+                        crate::check::DimSpec::Unknown => format!("{}:{axis}", i.name),
+                        _ => continue,
+                    };
+                    if let Some(size) = size {
+                        dims.entry(key).or_insert(size);
+                    }
+                }
+            }
+        }
+    }
     let spec = |rows: usize| InputSpec {
-        dims: v.dims.clone(),
+        dims: dims.clone(),
         seed: v.seed ^ 0x6A09_E667_F3BC_C908,
         default_batch: rows,
         ..InputSpec::default()
     };
-    // The model's inputs are read from its file once, for the one-sample shapes and the data.
-    let infos = if calib.is_none() { crate::check::model_inputs(&o.input)? } else { vec![] };
     let one = match calib {
         Some(c) => c.head(1).unwrap_or_else(|| c.clone()),
         None => prepare_for(&infos, &spec(1))?,
