@@ -640,17 +640,17 @@ fn check_given_files(o: &RunOptions) -> Result<()> {
     }
     let spec = &o.verify_opts.inputs;
     let given = !spec.files.is_empty() || spec.npz.is_some();
-    if let (Some(labels), false) = (&o.verify_opts.labels, given) {
-        bail!(
-            "--labels {}: labels need the samples they label (--inputs); without them verification runs on \
-             random data",
-            labels.display()
-        );
-    }
     let rows =
         if given { Some(crate::check::prepare_inputs(&o.input, spec).context("--inputs")?.rows()) } else { None };
     if let Some(labels) = &o.verify_opts.labels {
         let n = crate::check::load_labels(labels).context("--labels")?.len();
+        if !given {
+            bail!(
+                "--labels {}: labels need the samples they label (--inputs); without them verification runs \
+                 on random data",
+                labels.display()
+            );
+        }
         // One label per sample, or per position of each (a token classifier's [N, L] labels):
         // a count no multiple of the samples cannot fit the outputs' rows.
         if let Some(rows) = rows.filter(|&r| r > 0 && n % r != 0) {

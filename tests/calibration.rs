@@ -92,7 +92,8 @@ fn wanda_ranking_differs_from_magnitude_as_built() {
             // a 4-weight layer: its units have few inputs, so it is only a candidate with `small`
             .args(["--criterion", crit, "--scope", "layer", "--include", "small", "--calibration"])
             .arg(&xp)
-            .args(["--no-verify", "--quiet"])
+            // 8 rows: the ranking only (reconstruction needs 10).
+            .args(["--no-verify", "--quiet", "--no-reconstruct"])
             .status()
             .unwrap();
         assert!(st.success());
@@ -147,6 +148,54 @@ fn mlp(dir: &Path) -> std::path::PathBuf {
         g.node.push(n);
     }
     save_graph(g, &dir.join("mlp.onnx"))
+}
+
+/// x [N, 2, 4, 4] → Conv A [4, 2, 1, 1] → Relu → grouped Conv B (group 2, [2, 2, 1, 1]) → y:
+/// input channel p of B is read by its group's filter only, at p % 2 ("16 positions on its
+/// input axis, 32 expected" refused the activation criterion on grouped convolutions).
+#[test]
+fn channel_activation_scores_a_grouped_convolution() {
+    use onnx_protobuf::AttributeProto;
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = GraphProto::new();
+    g.name = "grouped".into();
+    g.input.push(vi("x", &[-1, 2, 4, 4]));
+    g.output.push(vi("y", &[-1, 2, 4, 4]));
+    g.initializer.push(tensor::new_f32("A", &[4, 2, 1, 1], &[1., 0., 0., 1., 1., 0., 0., 1.]));
+    g.initializer.push(tensor::new_f32("B", &[2, 2, 1, 1], &[1., 2., 3., 4.]));
+    let mut group = AttributeProto::new();
+    group.name = "group".into();
+    group.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
+    group.i = 2;
+    for (name, op, ins, out, attrs) in [
+        ("a", "Conv", vec!["x", "A"], "h", vec![]),
+        ("relu", "Relu", vec!["h"], "r", vec![]),
+        ("b", "Conv", vec!["r", "B"], "y", vec![group]),
+    ] {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = name.into();
+        n.input = ins.into_iter().map(String::from).collect();
+        n.output = vec![out.into()];
+        n.attribute = attrs;
+        g.node.push(n);
+    }
+    let p = save_graph(g, &dir.path().join("grouped.onnx"));
+    let x = ndarray::Array4::from_shape_fn((16, 2, 4, 4), |(n, c, i, j)| 1.0 + ((n + c + i * j) % 3) as f32);
+    let xp = dir.path().join("calib.npy");
+    ndarray_npy::write_npy(&xp, &x).unwrap();
+    let out = dir.path().join("out.onnx");
+    let args = [p.to_str().unwrap(), out.to_str().unwrap(), "--calibration", xp.to_str().unwrap()];
+    let flags = ["--structured", "channels", "--criterion", "activation", "--no-reconstruct", "--guard", "off"];
+    let flags = flags.into_iter().chain(["--round-to", "1", "--include", "narrow,stem", "--no-latency"]);
+    let args: Vec<String> = std::iter::once("onnx-emp").chain(args).chain(flags).map(String::from).collect();
+    let rep: serde_json::Value = serde_json::from_str(&onnx_emp::cli::run_to_json(args).unwrap()).unwrap();
+    let grp = rep["groups"].as_array().unwrap().iter().find(|g| g["members"].to_string().contains("relu")).unwrap();
+    assert!(grp["blocked"].is_null() && grp["kept"].as_u64() < grp["n"].as_u64(), "{grp}");
+    // Channels p and p + 2 are one unit (one per group): scores (1 + 3, 2 + 4) × mean|r|, so the
+    // first goes.
+    assert_eq!(grp["removed"], serde_json::json!([0]), "{grp}");
+    assert_eq!(rep["equivalence"][0]["pass"], true, "{}", rep["equivalence"]);
 }
 
 #[test]

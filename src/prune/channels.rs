@@ -315,7 +315,23 @@ fn activation_scores(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<B
             );
         }
         let (w, dims) = dense(ctx, &c.weight)?;
-        let norms: Vec<f64> = per_position(&w, &dims, slice.axis, |x| x * x).into_iter().map(f64::sqrt).collect();
+        let norms: Vec<f64> = match grouped_input(ctx, c.node, &dims, slice.axis, c.units.len()) {
+            // Input channel p of a grouped Conv is read by its group's filters only, at p % C/g.
+            Some(g) => {
+                let (og, cg, k) = (dims[0] / g, dims[1], dims[2..].iter().product::<usize>());
+                (0..c.units.len())
+                    .map(|p| {
+                        let grp = p / cg;
+                        (grp * og..(grp + 1) * og)
+                            .flat_map(|o| w[(o * cg + p % cg) * k..(o * cg + p % cg + 1) * k].iter())
+                            .map(|x| x * x)
+                            .sum::<f64>()
+                            .sqrt()
+                    })
+                    .collect()
+            }
+            None => per_position(&w, &dims, slice.axis, |x| x * x).into_iter().map(f64::sqrt).collect(),
+        };
         if norms.len() != c.units.len() {
             bail!("weight '{}': {} positions on its input axis, {} expected", c.weight, norms.len(), c.units.len());
         }
@@ -329,6 +345,14 @@ fn activation_scores(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<B
         bail!("activation score of unit {u} is {v}");
     }
     Ok(acc)
+}
+
+/// The group count of a Conv consumer (node `ni`, weight `dims` read on `axis` 1) whose `units`
+/// input channels are `group` times its weight's C/g: None for anything else.
+fn grouped_input(ctx: &Ctx, ni: usize, dims: &[usize], axis: usize, units: usize) -> Option<usize> {
+    let n = ctx.g.node.get(ni).filter(|n| n.op_type == "Conv")?;
+    let g = crate::model::graph::attr_i(n, "group").filter(|&g| g > 1)? as usize;
+    (axis == 1 && dims.len() >= 3 && dims[1] * g == units && dims[0] % g == 0).then_some(g)
 }
 
 fn unit_scores(ctx: &Ctx, an: &Analysis, crit: Criterion) -> Result<BTreeMap<Unit, f64>> {
