@@ -352,7 +352,7 @@ fn activation_scores(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<B
 fn grouped_input(ctx: &Ctx, ni: usize, dims: &[usize], axis: usize, units: usize) -> Option<usize> {
     let n = ctx.g.node.get(ni).filter(|n| n.op_type == "Conv")?;
     let g = crate::model::graph::attr_i(n, "group").filter(|&g| g > 1)? as usize;
-    (axis == 1 && dims.len() >= 3 && dims[1] * g == units && dims[0] % g == 0).then_some(g)
+    (axis == 1 && dims.len() >= 3 && dims[1] * g == units && dims[0].is_multiple_of(g)).then_some(g)
 }
 
 fn unit_scores(ctx: &Ctx, an: &Analysis, crit: Criterion) -> Result<BTreeMap<Unit, f64>> {
