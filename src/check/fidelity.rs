@@ -185,8 +185,19 @@ pub fn accuracy(logits: &ArrayD<f32>, labels: &[i64]) -> Result<f64> {
     if labels.is_empty() {
         bail!("accuracy: no labels");
     }
+    // A label the output has no class for is a mismatch (labels shifted by one, another task's),
+    // not a miss: said, not scored 0 %.
+    let classes = logits.shape().last().copied().unwrap_or(1);
+    if let Some(l) = labels.iter().find(|&&l| l >= classes as i64) {
+        bail!("accuracy: label {l}, but the output has {classes} classes (its last axis)");
+    }
+    // Negative labels are ignored (PyTorch's ignore_index, -100, on padding tokens).
+    let counted = labels.iter().filter(|&&l| l >= 0).count();
+    if counted == 0 {
+        bail!("accuracy: every label is negative (ignored)");
+    }
     let hit = rows.iter().zip(labels).filter(|(p, l)| **l >= 0 && **p as i64 == **l).count();
-    Ok(hit as f64 / labels.len() as f64)
+    Ok(hit as f64 / counted as f64)
 }
 
 /// Class labels from a `.npy`: integers of any type and shape (flattened), whole-number floats,
@@ -202,6 +213,17 @@ mod tests {
 
     fn arr(shape: &[usize], v: Vec<f32>) -> ArrayD<f32> {
         ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()
+    }
+
+    /// A label past the classes is an error, not a miss; negative labels are ignored.
+    #[test]
+    fn labels_outside_the_classes_are_an_error_and_negative_ones_ignored() {
+        let logits = arr(&[3, 2], vec![1., 0., 0., 1., 1., 0.]);
+        assert_eq!(accuracy(&logits, &[0, 1, 1]).unwrap(), 2.0 / 3.0);
+        let e = accuracy(&logits, &[0, 1, 2]).unwrap_err().to_string();
+        assert!(e.contains("label 2, but the output has 2 classes"), "{e}");
+        assert_eq!(accuracy(&logits, &[0, -100, 0]).unwrap(), 1.0);
+        assert!(accuracy(&logits, &[-100, -100, -100]).is_err());
     }
 
     #[test]

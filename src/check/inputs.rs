@@ -348,6 +348,32 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         if *v <= 0 {
             bail!("--dim {k}={v}: dims must be positive");
         }
+        // A name no free dim has (a typo, or an axis the model fixes) is an error, not ignored;
+        // `batch` is always accepted (an unnamed axis 0).
+        let free = |name: &str, axis: usize| {
+            infos
+                .iter()
+                .any(|i| i.name == name && matches!(i.dims.get(axis), Some(DimSpec::Symbolic(_) | DimSpec::Unknown)))
+        };
+        let known = k == "batch"
+            || infos.iter().any(|i| i.dims.iter().any(|d| matches!(d, DimSpec::Symbolic(s) if s == k)))
+            || k.rsplit_once(':').is_some_and(|(n, a)| a.parse().is_ok_and(|a| free(n, a)));
+        if !known {
+            let names: Vec<String> = infos
+                .iter()
+                .flat_map(|i| {
+                    i.dims.iter().enumerate().filter_map(move |(a, d)| match d {
+                        DimSpec::Symbolic(s) => Some(s.clone()),
+                        DimSpec::Unknown => Some(format!("{}:{a}", i.name)),
+                        _ => None,
+                    })
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let list = if names.is_empty() { "none: every dim is fixed".to_string() } else { names.join(", ") };
+            bail!("--dim {k}={v}: the model's inputs have no free dim of that name (free dims: {list})");
+        }
     }
     // Which file feeds which input.
     let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();

@@ -279,6 +279,13 @@ pub(super) fn prune_pass(
                 let out = masked_out(o.plan, o.verify, path.as_deref(), reconstructing, cx.masked_opts);
                 let r = structural(&mut current, &sopts, "heads", &out, cx.recon, &mut reconstruction, cx.t_recon)?;
                 first_stage_groups = r.groups.len();
+                if r.groups.is_empty() {
+                    notes.push(
+                        "no attention heads found (heads are those of a Q·Kᵀ → Softmax → ·V block, decomposed or fused): \
+                         nothing to prune in heads mode; --structured channels prunes channels and hidden units"
+                            .into(),
+                    );
+                }
                 groups.extend(r.groups);
                 let last = mode == Mode::Heads;
                 // Reconstruction is done with it: the masked model goes to its file now.
