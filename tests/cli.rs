@@ -953,6 +953,7 @@ fn an_unreadable_or_unfitting_inputs_file_is_an_error() {
         ("--inputs", "models/digits_test_x8x8.npy", "rank", &[]),
         ("--labels", missing.to_str().unwrap(), "cannot read", &[]),
         ("--labels", "models/digits_test_y.npy", "labels need the samples they label (--inputs)", &[]),
+        ("--dim", "sequence=8", "no free dim of that name (free dims: batch)", &[]),
         // 256 calibration labels for the 360 test samples.
         ("--labels", "models/digits_calib_y.npy", "256 labels for 360 input samples", &x),
     ] {

@@ -336,15 +336,10 @@ pub fn prepare_inputs(model_path: &Path, spec: &InputSpec) -> Result<Inputs> {
 }
 
 /// [`prepare_inputs`] on an already known input list.
-/// The largest input generated from random data (`--dim batch=100000000` asked for 25.6 GB and
-/// the allocation aborted the process).
-pub const MAX_GENERATED_BYTES: usize = 1 << 30;
-
-pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
-    if infos.is_empty() {
-        bail!("the model has no inputs");
-    }
-    for (k, v) in &spec.dims {
+/// `--dim` values: positive, and each naming a free dim of the model's inputs (a symbol, `batch`,
+/// or `input:axis` of an unnamed one); a typo, or an axis the model fixes, is an error.
+pub fn check_dims(infos: &[InputInfo], dims: &BTreeMap<String, i64>) -> Result<()> {
+    for (k, v) in dims {
         if *v <= 0 {
             bail!("--dim {k}={v}: dims must be positive");
         }
@@ -375,6 +370,18 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
             bail!("--dim {k}={v}: the model's inputs have no free dim of that name (free dims: {list})");
         }
     }
+    Ok(())
+}
+
+/// The largest input generated from random data (`--dim batch=100000000` asked for 25.6 GB and
+/// the allocation aborted the process).
+pub const MAX_GENERATED_BYTES: usize = 1 << 30;
+
+pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
+    if infos.is_empty() {
+        bail!("the model has no inputs");
+    }
+    check_dims(infos, &spec.dims)?;
     // Which file feeds which input.
     let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (k, p) in &spec.files {
