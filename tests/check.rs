@@ -123,6 +123,19 @@ fn transformer_seeded_batch2() {
     assert_eq!(eq, v.outputs);
 }
 
+/// A recurrent layer counts its gate products at every step (it counted nothing: digits_lstm was
+/// "320 MACs", its classifier alone): T·B · 4H · (I + H) for the LSTM (8 steps of 8 features,
+/// 32 hidden units), 10·32 for the classifier.
+#[test]
+fn lstm_macs_by_hand() {
+    let m = models().join("digits_lstm.onnx");
+    let facts = vec![check::InputFact { name: "x".into(), elem_type: 1, shape: vec![1, 8, 8] }];
+    let macs = check::macs(&m, &facts).unwrap();
+    assert_eq!(macs.total, 8 * (4 * 32) * (8 + 32) + 10 * 32, "{:?}", macs.per_node);
+    let f3 = vec![check::InputFact { shape: vec![3, 8, 8], ..facts[0].clone() }];
+    assert_eq!(check::macs(&m, &f3).unwrap().total, 3 * macs.total);
+}
+
 #[test]
 fn cnn_macs_by_hand() {
     let m = models().join("digits_cnn.onnx");

@@ -1,5 +1,6 @@
 //! Multiply-accumulate counts of the heavy ops at concrete input shapes: Conv, ConvTranspose,
-//! Gemm, MatMul and ONNX's Attention, and onnxruntime's com.microsoft Attention,
+//! Gemm, MatMul, LSTM, GRU, RNN (the gate products of every step) and ONNX's Attention, and
+//! onnxruntime's com.microsoft Attention,
 //! MultiHeadAttention and FusedMatMul (an attention counts its score and context products, and
 //! the packed projection of onnxruntime's Attention; element-wise ops, normalisations and pools
 //! count nothing).
@@ -130,6 +131,16 @@ pub fn node_macs(op: &str, n: &pb::NodeProto, ins: &[Option<Vec<usize>>], out: &
             let context = prod(out)?.checked_mul(l);
             scores.zip(context).and_then(|(a, b)| a.checked_add(b)).context("MAC count overflows u64")
         }
+        "LSTM" | "GRU" | "RNN" => {
+            // Every step's gate products W x_t and R h_{t−1}, for every direction:
+            // T·B · dirs·G·H · (I + H), X [T, B, I] (or [B, T, I]), W [dirs, G·H, I], R [.., .., H].
+            let (x, w, r) = (input(0, "X")?, input(1, "W")?, input(2, "R")?);
+            if x.len() != 3 || w.len() != 3 || r.len() != 3 {
+                bail!("{op} X, W or R is not 3-D");
+            }
+            let per_step = prod(&w[..2])?.checked_mul((w[2] + r[2]) as u64);
+            per_step.and_then(|m| m.checked_mul(prod(&x[..2]).ok()?)).context("MAC count overflows u64")
+        }
         _ => Ok(0),
     }
 }
@@ -155,7 +166,10 @@ fn attention_output(n: &pb::NodeProto, ins: &[Option<Vec<usize>>]) -> Option<Vec
 /// Whether `node_macs` counts this node.
 fn heavy(n: &pb::NodeProto) -> bool {
     match n.domain.as_str() {
-        "" | "ai.onnx" => matches!(n.op_type.as_str(), "Conv" | "ConvTranspose" | "Gemm" | "MatMul" | "Attention"),
+        "" | "ai.onnx" => matches!(
+            n.op_type.as_str(),
+            "Conv" | "ConvTranspose" | "Gemm" | "MatMul" | "Attention" | "LSTM" | "GRU" | "RNN"
+        ),
         "com.microsoft" => matches!(n.op_type.as_str(), "Attention" | "MultiHeadAttention" | "FusedMatMul"),
         _ => false,
     }
@@ -205,7 +219,12 @@ fn count_with(g: &pb::GraphProto, shape_of: &dyn Fn(&str) -> Option<Vec<usize>>,
         let out_name = n.output.first().map(|s| s.as_str()).unwrap_or("");
         let ins: Vec<Option<Vec<usize>>> =
             n.input.iter().map(|i| if i.is_empty() { None } else { shape_of(i) }).collect();
-        let out = shape_of(out_name).or_else(|| attention_output(n, &ins)).ok_or_else(|| unknown(out_name))?;
+        // A recurrent layer's count needs no output shape (its Y may be left out).
+        let recurrent = matches!(op, "LSTM" | "GRU" | "RNN");
+        let out = shape_of(out_name)
+            .or_else(|| attention_output(n, &ins))
+            .or_else(|| recurrent.then(Vec::new))
+            .ok_or_else(|| unknown(out_name))?;
         let m = node_macs(op, n, &ins, &out).map_err(|e| {
             let missing = n.input.iter().find(|i| !i.is_empty() && shape_of(i).is_none()).cloned();
             match missing {
