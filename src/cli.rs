@@ -356,14 +356,14 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
     let mut files = BTreeMap::new();
     let mut npz = None;
     for i in &a.inputs {
-        match i.split_once('=') {
-            Some((k, v)) => {
-                files.insert(k.to_string(), PathBuf::from(v));
-            }
-            None if i.ends_with(".npz") => npz = Some(PathBuf::from(i)),
-            None => {
-                files.insert(String::new(), PathBuf::from(i));
-            }
+        // One file per input: a second one for the same input was used silently instead.
+        let (name, twice) = match i.split_once('=') {
+            Some((k, v)) => (k, files.insert(k.to_string(), PathBuf::from(v)).is_some()),
+            None if i.ends_with(".npz") => ("(.npz)", npz.replace(PathBuf::from(i)).is_some()),
+            None => ("(the model's input)", files.insert(String::new(), PathBuf::from(i)).is_some()),
+        };
+        if twice {
+            return Err(usage(&format!("--inputs {i}: {name} is given a file twice")));
         }
     }
     let (calibration, calibration_label) = if a.calibration.is_empty() {

@@ -946,10 +946,23 @@ fn compressed_npz_files_are_read() {
 fn an_unreadable_or_unfitting_inputs_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.onnx");
+    // Two files for one input: a usage error (the second was used silently).
+    let a = bin()
+        .args(["models/digits_mlp.onnx"])
+        .arg(&out)
+        .args(["--inputs", "x=models/digits_test_x64.npy", "--inputs", "x=a.npy", "-q"])
+        .assert()
+        .failure()
+        .code(2);
+    let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(err.contains("--inputs x=a.npy: x is given a file twice"), "{err}");
     let missing = dir.path().join("no-such-file.npy");
+    let empty = dir.path().join("empty.npy");
+    ndarray_npy::write_npy(&empty, &ndarray::Array2::<f32>::zeros((0, 64))).unwrap();
     let x = ["--inputs", "models/digits_test_x64.npy"];
     for (flag, file, says, extra) in [
         ("--inputs", missing.to_str().unwrap(), "cannot read", &[][..]),
+        ("--inputs", empty.to_str().unwrap(), "holds no samples", &[]),
         ("--inputs", "models/digits_test_x8x8.npy", "rank", &[]),
         ("--labels", missing.to_str().unwrap(), "cannot read", &[]),
         ("--labels", "models/digits_test_y.npy", "labels need the samples they label (--inputs)", &[]),

@@ -373,6 +373,15 @@ pub fn check_dims(infos: &[InputInfo], dims: &BTreeMap<String, i64>) -> Result<(
     Ok(())
 }
 
+/// How a file source is named in messages: the `.npy` path, or `file.npz['array']`.
+fn source_name(source: &InputSource, npz_array: &BTreeMap<String, String>, name: &str) -> String {
+    match source {
+        InputSource::Npy(p) => p.display().to_string(),
+        InputSource::Npz(p) => format!("{}['{}']", p.display(), npz_array.get(name).map_or(name, |s| s.as_str())),
+        InputSource::Generated => String::new(),
+    }
+}
+
 /// The largest input generated from random data (`--dim batch=100000000` asked for 25.6 GB and
 /// the allocation aborted the process).
 pub const MAX_GENERATED_BYTES: usize = 1 << 30;
@@ -467,11 +476,14 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
             continue;
         };
         let shape = arr.shape().to_vec();
-        let what = match &source {
-            InputSource::Npy(p) => p.display().to_string(),
-            InputSource::Npz(p) => format!("{}['{}']", p.display(), npz_array.get(&info.name).unwrap_or(&info.name)),
-            InputSource::Generated => String::new(),
-        };
+        if shape.first() == Some(&0) {
+            bail!(
+                "input '{}': {} holds no samples (axis 0 is 0)",
+                info.name,
+                source_name(&source, &npz_array, &info.name)
+            );
+        }
+        let what = source_name(&source, &npz_array, &info.name);
         if shape.len() != info.dims.len() {
             bail!(
                 "input '{}': {what} has shape {shape:?} (rank {}) but the model expects {} (rank {})",
