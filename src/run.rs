@@ -639,12 +639,16 @@ fn check_given_files(o: &RunOptions) -> Result<()> {
         return Ok(());
     }
     let spec = &o.verify_opts.inputs;
-    if !spec.dims.is_empty() {
-        crate::check::inputs::check_dims(&crate::check::model_inputs(&o.input)?, &spec.dims)?;
-    }
     let given = !spec.files.is_empty() || spec.npz.is_some();
-    let rows =
-        if given { Some(crate::check::prepare_inputs(&o.input, spec).context("--inputs")?.rows()) } else { None };
+    // Reading the files checks `--dim` too; without them it is checked on the model's inputs.
+    let rows = if given {
+        Some(crate::check::prepare_inputs(&o.input, spec).context("--inputs")?.rows())
+    } else {
+        if !spec.dims.is_empty() {
+            crate::check::inputs::check_dims(&crate::check::model_inputs(&o.input)?, &spec.dims)?;
+        }
+        None
+    };
     if let Some(labels) = &o.verify_opts.labels {
         let n = crate::check::load_labels(labels).context("--labels")?.len();
         if !given {

@@ -476,14 +476,10 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
             continue;
         };
         let shape = arr.shape().to_vec();
-        if shape.first() == Some(&0) {
-            bail!(
-                "input '{}': {} holds no samples (axis 0 is 0)",
-                info.name,
-                source_name(&source, &npz_array, &info.name)
-            );
-        }
         let what = source_name(&source, &npz_array, &info.name);
+        if shape.first() == Some(&0) {
+            bail!("input '{}': {what} holds no samples (axis 0 is 0)", info.name);
+        }
         if shape.len() != info.dims.len() {
             bail!(
                 "input '{}': {what} has shape {shape:?} (rank {}) but the model expects {} (rank {})",

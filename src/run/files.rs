@@ -141,7 +141,7 @@ pub(super) fn external_names(loaded: &Loaded, before: &BTreeSet<String>, pruned:
 /// Move the staged output (and its external data file, if any) into place: renamed over a
 /// regular file (through a symlink, to where it points), copied into a FIFO or a device.
 pub(super) fn publish(staged: &Path, out: &Path) -> Result<()> {
-    let data_name = format!("{}.data", out.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+    let data_name = data_path(out).file_name().map(|f| f.to_os_string()).unwrap_or_default();
     let staged_data = staged.with_file_name(&data_name);
     let target = match io::write_target(out) {
         io::WriteTarget::Replace(p) => p,

@@ -292,11 +292,11 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
         }
         dims.remove(&format!("{}:0", i.name));
     }
-    // The other free dims take the sizes of the user's `--inputs` (their shapes only: the guard
-    // does not judge on the test data), so that an image model with a free height and width is
-    // not tried on 224 × 224 when its inputs are 8 × 8.
+    // The other free dims take the sizes of the user's `--inputs` (their shapes only, read from
+    // their first row: the guard does not judge on the test data), so that an image model with a
+    // free height and width is not tried on 224 × 224 when its inputs are 8 × 8.
     if !infos.is_empty() && (!v.files.is_empty() || v.npz.is_some()) {
-        if let Ok(given) = prepare_for(&infos, v) {
+        if let Ok(given) = prepare_for(&infos, &InputSpec { max_rows: 1, first_rows: true, ..v.clone() }) {
             for i in &infos {
                 let Some(x) = given.get(&i.name) else { continue };
                 for (axis, d) in i.dims.iter().enumerate().skip(1) {
