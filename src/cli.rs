@@ -5,7 +5,7 @@
 
 use crate::check::{InputSpec, VerifyOptions};
 use crate::prune::RoundTo;
-use crate::run::{self, CriterionArg, IncludeArg, LatencyIn, Mode, RunOptions, ScopeArg};
+use crate::run::{self, CriterionArg, IncludeArg, LatencyIn, Mode, RunOptions, ScopeArg, WeightInputs};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -110,6 +110,11 @@ struct PruneArgs {
     /// multiple of 16 (at most 8 units from EMP's count either way); 1 turns rounding off
     #[arg(long, default_value = "auto", value_name = "N|auto")]
     round_to: RoundTo,
+    /// Weights listed as graph inputs too (IR < 4 exports, keep_initializers_as_inputs=True):
+    /// constant (default) prunes them as weights and declares the pruned shapes; input treats
+    /// them as run-time inputs and prunes nothing that reads them
+    #[arg(long, value_enum, default_value = "constant", value_name = "constant|input")]
+    weight_inputs: WeightInputs,
     /// Write the report as JSON here
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -429,6 +434,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         reconstruct: !a.no_reconstruct,
         plan,
         sparse_initializers: a.sparse_initializers,
+        weight_inputs: a.weight_inputs,
     };
     let side: Vec<(&str, &std::path::Path)> = [("--report", &a.report), ("--html", &a.html)]
         .into_iter()

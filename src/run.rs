@@ -116,6 +116,12 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     } else {
         None
     };
+    // Weights listed as graph inputs too are pruned as weights: out of the input list for the
+    // pass, declared again (with their pruned shapes) in the written model.
+    let weight_inputs = match o.weight_inputs {
+        WeightInputs::Constant => crate::model::weight_inputs::detach(&mut loaded.proto),
+        WeightInputs::Input => Default::default(),
+    };
     drop(stage);
     timing.load_ms = ms(t);
     GraphIndex::build(loaded.proto.graph.as_ref().context("model has no graph")?)
@@ -148,6 +154,15 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             let n: usize = ops.iter().map(|(_, n)| n).sum();
             notes.push(format!("{n} layer(s) quantized in operator form ({list}) are left as they are: {ADVICE}"));
         }
+    }
+    if let Some(n) = (o.weight_inputs == WeightInputs::Input)
+        .then(|| crate::model::weight_inputs::count(&loaded.proto))
+        .filter(|&n| n > 0)
+    {
+        notes.push(format!(
+            "{n} weight(s) are graph inputs too, treated as run-time inputs (--weight-inputs input): nothing that \
+             reads them is pruned"
+        ));
     }
     if densified > 0 {
         notes.push(format!(
@@ -268,6 +283,11 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         && densified == 0
         && !o.sparse_initializers
         && nothing_pruned(&groups, weights_report.as_ref(), reconstruction.as_ref());
+    let mut pruned = pruned;
+    if !weight_inputs.is_empty() || pruned.ir_version < 4 {
+        let r = crate::model::weight_inputs::restore(&mut pruned, &weight_inputs);
+        notes.extend(weight_inputs_note(weight_inputs.len(), &r));
+    }
     let out_bytes = if untouched {
         drop(pruned);
         std::fs::copy(&o.input, &staged).with_context(|| format!("{}: copy", staged.display()))?
@@ -428,6 +448,34 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         timing,
     };
     Ok(Outcome { report, exact })
+}
+
+/// What happened to the weights that were graph inputs too (see `model::weight_inputs`).
+fn weight_inputs_note(n: usize, r: &crate::model::weight_inputs::Restored) -> Option<String> {
+    if n == 0 && r.added.is_empty() {
+        return None;
+    }
+    let mut s = if n > 0 {
+        format!(
+            "{n} weight(s) are graph inputs too (an IR < 4 or keep_initializers_as_inputs export): treated as weights \
+             (--weight-inputs input leaves them alone)"
+        )
+    } else {
+        "IR < 4 model".to_string()
+    };
+    if !r.reshaped.is_empty() {
+        s += &format!(
+            "; {} declared with their pruned shapes (a caller that feeds them must feed those)",
+            r.reshaped.len()
+        );
+    }
+    if !r.dropped.is_empty() {
+        s += &format!("; {} no longer used, no longer inputs ({})", r.dropped.len(), r.dropped.join(", "));
+    }
+    if !r.added.is_empty() {
+        s += &format!("; {} new weight(s) declared as inputs, as IR < 4 requires", r.added.len());
+    }
+    (n > 0 || !r.added.is_empty()).then_some(s)
 }
 
 /// The fewest calibration samples reconstruction runs on: with fewer no fifth can be held out

@@ -1,7 +1,8 @@
-//! Models whose weights live in external data files, through the CLI: the pruned output is
-//! written with external data, loads again, runs in tract (verification "ok") and is pruned
-//! exactly like the same model with embedded weights. Data paths leaving the model's folder,
-//! overlapping ranges and ranges past the end of the file are refused.
+//! Models whose weights are stored unusually, through the CLI. Weights in external data files:
+//! the pruned output is written with external data, loads again, runs in tract (verification
+//! "ok") and is pruned exactly like the same model with embedded weights. Data paths leaving the
+//! model's folder, overlapping ranges and ranges past the end of the file are refused. Weights
+//! listed as graph inputs too (IR < 4, `keep_initializers_as_inputs`) are pruned as weights.
 use assert_cmd::Command;
 use onnx_emp::model::io::{self, SaveOptions};
 use onnx_protobuf::Message;
@@ -230,4 +231,75 @@ fn an_output_whose_data_file_is_the_inputs_is_refused() {
     // Another output name is fine, and in place with --force too.
     prune(&renamed, dir.path(), &[]);
     bin().arg(&renamed).arg(&renamed).args(["--no-latency", "-q", "--force"]).assert().success();
+}
+
+/// models/digits_cnn.onnx with every initializer listed as a graph input too, after the data
+/// input (as PyTorch's `keep_initializers_as_inputs=True` writes it).
+fn with_weight_inputs(dir: &Path) -> PathBuf {
+    let mut l = io::load(&Path::new(ROOT).join("models/digits_cnn.onnx")).unwrap();
+    let g = l.proto.graph.as_mut().unwrap();
+    assert_eq!(g.input.len(), 1);
+    let declared: Vec<_> = g
+        .initializer
+        .iter()
+        .map(|t| {
+            onnx_emp::model::graph::tensor_value_info(
+                &t.name,
+                t.data_type,
+                &t.dims.iter().map(|&d| Some(d)).collect::<Vec<_>>(),
+                "",
+            )
+        })
+        .collect();
+    g.input.extend(declared);
+    let p = dir.join("model.onnx");
+    io::save(l.proto, &p, &SaveOptions::default()).unwrap();
+    p
+}
+
+#[test]
+fn weights_listed_as_graph_inputs_are_pruned_as_weights() {
+    let src = tempfile::tempdir().unwrap();
+    let model = with_weight_inputs(src.path());
+    for extra in [&["--structured", "channels", "--beta", "0.7"][..], &[][..]] {
+        let out_dir = tempfile::tempdir().unwrap();
+        let (r, out) = prune(&model, out_dir.path(), extra);
+        assert_eq!(r["verification"]["status"], "ok", "{extra:?}: {}", r["verification"]["reason"]);
+        let notes = r["notes"].as_array().unwrap();
+        assert!(notes.iter().any(|n| n.as_str().unwrap().contains("graph inputs too")), "{extra:?}: {notes:?}");
+        // The same decisions as for the model without them.
+        let dense_dir = tempfile::tempdir().unwrap();
+        let (d, _) = prune(&Path::new(ROOT).join("models/digits_cnn.onnx"), dense_dir.path(), extra);
+        let strip = |v: &Value| {
+            let mut v = comparable(v);
+            v.as_object_mut().unwrap().remove("notes");
+            v
+        };
+        assert_eq!(strip(&r), strip(&d), "{extra:?}");
+        assert!(r["params"]["nonzero_after"].as_u64() < r["params"]["nonzero_before"].as_u64(), "{extra:?}");
+        // Every weight is still an input, in its place, declared as it now is.
+        let m = io::load(&out).unwrap().proto;
+        let g = m.graph.as_ref().unwrap();
+        let names: Vec<&str> = g.input.iter().map(|v| v.name.as_str()).collect();
+        let want: Vec<&str> = std::iter::once("x").chain(g.initializer.iter().map(|t| t.name.as_str())).collect();
+        assert_eq!(names, want, "{extra:?}");
+        for (v, t) in g.input[1..].iter().zip(&g.initializer) {
+            let Some(onnx_protobuf::type_proto::Value::TensorType(tt)) = v.type_.as_ref().unwrap().value.as_ref()
+            else {
+                panic!("{}: not a tensor", v.name)
+            };
+            let dims: Vec<i64> = tt.shape.dim.iter().map(|d| d.dim_value()).collect();
+            assert_eq!(dims, t.dims, "{extra:?}: '{}' declared {dims:?}, holds {:?}", v.name, t.dims);
+        }
+    }
+    // As run-time inputs, nothing reads a constant weight: per weight says why.
+    let out_dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .arg(&model)
+        .arg(out_dir.path().join("out.onnx"))
+        .args(["--weight-inputs", "input", "--no-verify"])
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&o.get_output().stderr).to_string();
+    assert!(err.contains("are graph inputs too") && err.contains("--weight-inputs constant"), "{err}");
 }

@@ -9,4 +9,5 @@ pub mod qdq;
 pub mod sparse;
 pub mod tensor;
 pub mod validate;
+pub mod weight_inputs;
 pub mod wire;

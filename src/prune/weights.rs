@@ -172,6 +172,14 @@ pub fn prune_weights_mapped(
     let ix = GraphIndex::build(g)?;
     let cands = find_candidates(g, &ix, &opts.include)?;
     if cands.is_empty() {
+        let inputs = crate::model::weight_inputs::count(model);
+        if inputs > 0 {
+            bail!(
+                "no prunable weights found: the model's {inputs} weight(s) are graph inputs too, so run-time inputs \
+                 (--weight-inputs input); the default, --weight-inputs constant, prunes them as weights"
+            );
+        }
+        let g = model.graph.as_mut().context("model has no graph")?;
         let small = small_filters_in(g, &opts.include)?.len();
         if small > 0 {
             bail!("no prunable weights found: the model's {small} weight(s) have output units with fewer than {SMALL_FAN_IN} inputs, left dense by default (--include small prunes them)");

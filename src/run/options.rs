@@ -89,6 +89,18 @@ pub enum IncludeArg {
     Bottleneck,
 }
 
+/// `--weight-inputs`: what a weight that is listed as a graph input too (an IR < 4 export, or
+/// PyTorch's `keep_initializers_as_inputs=True`) is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightInputs {
+    /// A weight (default): pruned as any other; the written model declares it as an input with
+    /// its pruned shape.
+    #[default]
+    Constant,
+    /// A run-time input whose initializer is only a default: nothing that reads it is pruned.
+    Input,
+}
+
 /// Split `--include` values into the per-weight candidates and the structured floors.
 pub fn includes(v: &[IncludeArg]) -> (Include, crate::prune::Floor) {
     let mut inc = Include::default();
@@ -164,6 +176,8 @@ pub struct RunOptions {
     /// Store the written model's weights as `sparse_initializer` where that saves bytes
     /// (after verification, which runs on the dense-stored model).
     pub sparse_initializers: bool,
+    /// Weights that are graph inputs too: pruned as weights (default) or left as inputs.
+    pub weight_inputs: WeightInputs,
 }
 
 /// Calibration samples a run uses by default (`--calibration-rows`). Reconstruction's time grows

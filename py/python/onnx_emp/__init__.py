@@ -50,7 +50,8 @@ def _data_args(flag, value, tmp, stem):
 
 
 def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, labels, verify, latency,
-          round_to, include, ratio, reconstruct, dims, seed, report_html, guard=None, calibration_rows=None):
+          round_to, include, ratio, reconstruct, dims, seed, report_html, guard=None, calibration_rows=None,
+          weight_inputs=None):
     if isinstance(input, (bytes, bytearray, memoryview)):
         f = os.path.join(tmp, "input.onnx")
         with open(f, "wb") as fh:
@@ -89,6 +90,8 @@ def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, l
         a.append("--no-latency")
     if round_to is not None:
         a += ["--round-to", str(round_to)]
+    if weight_inputs is not None:
+        a += ["--weight-inputs", weight_inputs]
     if include:
         a += ["--include", include if isinstance(include, str) else ",".join(include)]
     if ratio is not None:
@@ -106,7 +109,8 @@ def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, l
 def prune(input, output, *, structured=None, beta=None, scope=None, criterion=None, calibration=None,
           inputs=None, labels=None, verify=True, latency=True, round_to=None, include=None, ratio=None,
           reconstruct=True, dims=None, seed=0, html=None, force=False, allow_mismatch=False,
-          sparse_initializers=False, guard=None, allow_unproven=False, calibration_rows=None):
+          sparse_initializers=False, guard=None, allow_unproven=False, calibration_rows=None,
+          weight_inputs=None):
     """Prune `input` (a path, or the serialized model as bytes) into `output`; return the report.
 
     structured: None (per-weight), "channels", "heads" or "heads,channels".
@@ -114,13 +118,15 @@ def prune(input, output, *, structured=None, beta=None, scope=None, criterion=No
     a number is written as is. guard: a tolerance, or "off"/False (None: the default 0.1).
     calibration, inputs: a path as the CLI takes it, one numpy array, or {input name: array}.
     calibration_rows: use at most this many calibration samples (None: the command's default, 512;
-    0: all). labels: a path or an array of class ids (or one-hot rows). dims: {symbol: size} for dynamic dimensions.
+    0: all). weight_inputs: "constant" (default) or "input", for weights listed as graph inputs too.
+    labels: a path or an array of class ids (or one-hot rows). dims: {symbol: size} for dynamic dimensions.
     latency: True (tract and onnxruntime), False (none), "tract" or "onnxruntime" (that engine only).
     Other keywords mirror the command's flags (`onnx-emp --help`).
     """
     with tempfile.TemporaryDirectory(prefix="onnx-emp-") as tmp:
         a = _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, labels, verify, latency,
-                  round_to, include, ratio, reconstruct, dims, seed, html, guard, calibration_rows)
+                  round_to, include, ratio, reconstruct, dims, seed, html, guard, calibration_rows,
+                  weight_inputs)
         a.insert(1, _path(output))
         if force:
             a.append("--force")
