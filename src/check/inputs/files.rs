@@ -23,7 +23,42 @@ macro_rules! each_file_type {
         $m!(u16, U16);
         $m!(u32, U32);
         $m!(bool, Bool);
+        $m!(Half, F16);
     };
+}
+
+/// A float16 `.npy` element (`<f2`, `>f2`): ndarray-npy reads no half type.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Half(half::f16);
+
+impl ReadableElement for Half {
+    fn read_to_end_exact_vec<R: std::io::Read>(
+        mut reader: R,
+        type_desc: &py_literal::Value,
+        len: usize,
+    ) -> std::result::Result<Vec<Self>, ndarray_npy::ReadDataError> {
+        let big = match type_desc {
+            py_literal::Value::String(s) if s == "<f2" || (s == "=f2" && cfg!(target_endian = "little")) => false,
+            py_literal::Value::String(s) if s == ">f2" || s == "=f2" => true,
+            other => return Err(ndarray_npy::ReadDataError::WrongDescriptor(other.clone())),
+        };
+        let mut bytes = vec![0u8; len.checked_mul(2).ok_or(ndarray_npy::ReadDataError::MissingData)?];
+        reader.read_exact(&mut bytes).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => ndarray_npy::ReadDataError::MissingData,
+            _ => ndarray_npy::ReadDataError::Io(e),
+        })?;
+        let extra = std::io::copy(&mut reader, &mut std::io::sink())?;
+        if extra > 0 {
+            return Err(ndarray_npy::ReadDataError::ExtraBytes(extra as usize));
+        }
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|b| {
+                let v = [b[0], b[1]];
+                Half(half::f16::from_bits(if big { u16::from_be_bytes(v) } else { u16::from_le_bytes(v) }))
+            })
+            .collect())
+    }
 }
 
 /// Any array we can read from `.npy`.
@@ -38,6 +73,7 @@ pub(super) enum FileArray {
     U16(ArrayD<u16>),
     U32(ArrayD<u32>),
     Bool(ArrayD<bool>),
+    F16(ArrayD<Half>),
 }
 
 impl FileArray {
@@ -53,6 +89,7 @@ impl FileArray {
             FileArray::U16(a) => a.shape(),
             FileArray::U32(a) => a.shape(),
             FileArray::Bool(a) => a.shape(),
+            FileArray::F16(a) => a.shape(),
         }
     }
     fn dtype(&self) -> &'static str {
@@ -67,6 +104,7 @@ impl FileArray {
             FileArray::U16(_) => "uint16",
             FileArray::U32(_) => "uint32",
             FileArray::Bool(_) => "bool",
+            FileArray::F16(_) => "float16",
         }
     }
     /// The rows `idx` of axis 0 (the whole array for a scalar).
@@ -79,10 +117,10 @@ impl FileArray {
                 }
             };
         }
-        pick!(F32, F64, I64, I32, I16, I8, U8, U16, U32, Bool)
+        pick!(F32, F64, I64, I32, I16, I8, U8, U16, U32, Bool, F16)
     }
     fn is_float(&self) -> bool {
-        matches!(self, FileArray::F32(_) | FileArray::F64(_))
+        matches!(self, FileArray::F32(_) | FileArray::F64(_) | FileArray::F16(_))
     }
     /// Values as f64 (exact for every type we read except int64 beyond 2^53).
     fn to_f64(&self) -> ArrayD<f64> {
@@ -97,6 +135,7 @@ impl FileArray {
             FileArray::U16(a) => a.mapv(|v| v as f64),
             FileArray::U32(a) => a.mapv(|v| v as f64),
             FileArray::Bool(a) => a.mapv(|v| if v { 1.0 } else { 0.0 }),
+            FileArray::F16(a) => a.mapv(|v| v.0.to_f64()),
         }
     }
     fn to_i64(&self) -> Option<ArrayD<i64>> {
@@ -109,7 +148,7 @@ impl FileArray {
             FileArray::U16(a) => a.mapv(|v| v as i64),
             FileArray::U32(a) => a.mapv(|v| v as i64),
             FileArray::Bool(a) => a.mapv(|v| v as i64),
-            FileArray::F32(_) | FileArray::F64(_) => return None,
+            FileArray::F32(_) | FileArray::F64(_) | FileArray::F16(_) => return None,
         })
     }
 }
@@ -135,7 +174,7 @@ pub(super) fn read_npy_bytes(bytes: &[u8]) -> Result<FileArray> {
         };
     }
     each_file_type!(attempt);
-    bail!("unsupported .npy element type (supported: float32/64, int8/16/32/64, uint8/16/32, bool)")
+    bail!("unsupported .npy element type (supported: float16/32/64, int8/16/32/64, uint8/16/32, bool)")
 }
 
 /// Class labels from a `.npy`: integers of any type and shape (flattened), floats that are whole
@@ -190,7 +229,9 @@ pub(super) fn read_npy_file_picking(
     // Rows are picked far apart: read ahead, each would bring in megabytes around it.
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Random);
+    // float16 is read (below), not viewed: it has no `ViewElement`.
     macro_rules! view {
+        (Half, F16) => {};
         ($t:ty, $v:ident) => {
             if let Ok(a) = ArrayViewD::<$t>::view_npy(&map) {
                 let a = match (a.ndim() > 0).then(|| pick(a.shape())).flatten() {
@@ -260,7 +301,10 @@ pub(super) fn convert(name: &str, a: FileArray, elem: i32) -> Result<InputData> 
             other => other.to_f64().mapv(|v| v as f32),
         }),
         dt::DOUBLE => InputData::F64(a.to_f64()),
-        dt::FLOAT16 => InputData::F16(a.to_f64().mapv(half::f16::from_f64)),
+        dt::FLOAT16 => InputData::F16(match a {
+            FileArray::F16(a) => a.mapv(|v| v.0),
+            other => other.to_f64().mapv(half::f16::from_f64),
+        }),
         dt::INT64 | dt::INT32 | dt::INT8 | dt::UINT8 => {
             let v = a.to_i64().with_context(|| {
                 format!("input '{name}': model expects {} but the file holds {from}", dtype_name(elem))
@@ -289,4 +333,46 @@ pub(super) fn convert(name: &str, a: FileArray, elem: i32) -> Result<InputData> 
         }
         other => bail!("input '{name}': element type {} is not supported for verification", dtype_name(other)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version-1 `.npy` of `descr`, `shape`, then `data`.
+    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + h.len() + 1) % 64 != 0 {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((h.len() as u16).to_le_bytes());
+        b.extend(h.as_bytes());
+        b.extend(data);
+        b
+    }
+
+    #[test]
+    fn float16_files_are_read_in_either_byte_order() {
+        let vals = [1.5f32, -2.0, 0.0, 65504.0];
+        let h: Vec<half::f16> = vals.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let le: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let be: Vec<u8> = h.iter().flat_map(|v| v.to_be_bytes()).collect();
+        for (descr, data) in [("<f2", &le), (">f2", &be)] {
+            let a = read_npy_bytes(&npy(descr, "(2, 2)", data)).unwrap();
+            assert_eq!(a.dtype(), "float16");
+            assert_eq!(a.shape(), [2, 2]);
+            let f: Vec<f64> = a.to_f64().iter().copied().collect();
+            assert_eq!(f, vals.map(f64::from), "{descr}");
+            // Exact into a float16 input; a float16 file is no integer data.
+            let FileArray::F16(_) = &a else { panic!() };
+            let InputData::F16(x) = convert("x", a, dt::FLOAT16).unwrap() else { panic!("not f16") };
+            assert_eq!(x.iter().copied().collect::<Vec<_>>(), h);
+        }
+        let a = read_npy_bytes(&npy("<f2", "(2, 2)", &le)).unwrap();
+        assert!(convert("ids", a, dt::INT64).unwrap_err().to_string().contains("float16"));
+        assert!(read_npy_bytes(&npy("<f2", "(2, 2)", &le[..6])).is_err(), "short data");
+        assert!(read_npy_bytes(&npy("<f2", "(2, 2)", &[le.clone(), vec![0, 0]].concat())).is_err(), "extra data");
+    }
 }
