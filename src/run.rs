@@ -663,6 +663,7 @@ fn calibration_inputs(o: &RunOptions, sequence: bool) -> Result<Option<(crate::c
     // copied), or picked here otherwise.
     let spec = crate::check::InputSpec { max_rows: cap, first_rows: sequence, ..spec.clone() };
     let inputs = crate::calib::load_inputs(&o.input, &spec)?;
+    inputs.check_finite("--calibration")?;
     let rows = inputs.file_rows.unwrap_or(inputs.rows());
     if cap == 0 || rows <= cap {
         return Ok(Some((inputs, format!("{label} ({rows} rows)"))));
@@ -690,7 +691,9 @@ fn check_given_files(o: &RunOptions) -> Result<()> {
     let given = !spec.files.is_empty() || spec.npz.is_some();
     // Reading the files checks `--dim` too; without them it is checked on the model's inputs.
     let rows = if given {
-        Some(crate::check::prepare_inputs(&o.input, spec).context("--inputs")?.rows())
+        let inputs = crate::check::prepare_inputs(&o.input, spec).context("--inputs")?;
+        inputs.check_finite("--inputs")?;
+        Some(inputs.rows())
     } else {
         if !spec.dims.is_empty() {
             crate::check::inputs::check_dims(&crate::check::model_inputs(&o.input)?, &spec.dims)?;

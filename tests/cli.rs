@@ -959,9 +959,22 @@ fn an_unreadable_or_unfitting_inputs_file_is_an_error() {
     let missing = dir.path().join("no-such-file.npy");
     let empty = dir.path().join("empty.npy");
     ndarray_npy::write_npy(&empty, &ndarray::Array2::<f32>::zeros((0, 64))).unwrap();
+    // NaN or Inf in a user's samples: the run would be fitted or judged on them.
+    let nan = dir.path().join("nan.npy");
+    let mut a: ndarray::Array2<f32> = ndarray_npy::read_npy(format!("{ROOT}/models/digits_calib_x64.npy")).unwrap();
+    a[[7, 3]] = f32::NAN;
+    a[[9, 0]] = f32::INFINITY;
+    ndarray_npy::write_npy(&nan, &a).unwrap();
     let x = ["--inputs", "models/digits_test_x64.npy"];
     for (flag, file, says, extra) in [
-        ("--inputs", missing.to_str().unwrap(), "cannot read", &[][..]),
+        (
+            "--inputs",
+            nan.to_str().unwrap(),
+            "input 'x': 2 of 256 sample(s) hold NaN or Inf (the first: sample 7)",
+            &[][..],
+        ),
+        ("--calibration", nan.to_str().unwrap(), "input 'x': 2 of 256 sample(s) hold NaN or Inf", &x),
+        ("--inputs", missing.to_str().unwrap(), "cannot read", &[]),
         ("--inputs", empty.to_str().unwrap(), "holds no samples", &[]),
         ("--inputs", "models/digits_test_x8x8.npy", "rank", &[]),
         ("--labels", missing.to_str().unwrap(), "cannot read", &[]),

@@ -224,6 +224,39 @@ impl Inputs {
         self.inputs.first().map(|i| i.data.shape().first().copied().unwrap_or(1)).unwrap_or(0)
     }
 
+    /// The first float input holding NaN or ±Inf: its name, how many samples (entries of axis
+    /// 0) hold one, and the first of them.
+    pub fn non_finite(&self) -> Option<(String, usize, usize)> {
+        fn rows<T>(a: &ArrayD<T>, bad: impl Fn(&T) -> bool) -> Vec<usize> {
+            if a.ndim() == 0 {
+                return if a.iter().any(bad) { vec![0] } else { vec![] };
+            }
+            let axis = ndarray::Axis(0);
+            a.axis_iter(axis).enumerate().filter(|(_, r)| r.iter().any(&bad)).map(|(i, _)| i).collect()
+        }
+        self.inputs.iter().find_map(|i| {
+            let r = match i.data.as_ref() {
+                InputData::F32(a) => rows(a, |v| !v.is_finite()),
+                InputData::F64(a) => rows(a, |v| !v.is_finite()),
+                InputData::F16(a) => rows(a, |v| !v.is_finite()),
+                _ => vec![],
+            };
+            r.first().map(|&first| (i.name.clone(), r.len(), first))
+        })
+    }
+
+    /// An error naming the first input of a user's file that holds NaN or ±Inf (`what`: the flag).
+    pub fn check_finite(&self, what: &str) -> anyhow::Result<()> {
+        if let Some((name, n, first)) = self.non_finite() {
+            anyhow::bail!(
+                "{what}: input '{name}': {n} of {} sample(s) hold NaN or Inf (the first: sample {first}); \
+                 drop or repair them: a pruned model fitted or judged on them means nothing",
+                self.rows()
+            );
+        }
+        Ok(())
+    }
+
     pub fn get(&self, name: &str) -> Option<&Input> {
         self.inputs.iter().find(|i| i.name == name)
     }
