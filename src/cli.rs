@@ -440,8 +440,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         .into_iter()
         .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))
         .collect();
-    run::check_side_outputs(&opts.input, (!plan).then_some(opts.output.as_path()), &side)
-        .map_err(|e| failed(format!("{e:#}")))?;
+    run::check_side_outputs(&opts, &side).map_err(|e| failed(format!("{e:#}")))?;
     let out = run::run(&opts).map_err(|e| failed(format!("{e:#}")))?;
     if let Some(p) = &a.report {
         crate::model::io::write_atomic(p, out.report.to_json().as_bytes()).map_err(|e| failed(format!("{e:#}")))?;

@@ -1023,13 +1023,44 @@ fn calibration_rows_cap_the_samples_used() {
 /// JSON), nor on each other; a FIFO or a device (`--report /dev/stdout`) is written through, not
 /// replaced by a regular file, and a symlinked output is written where the link points.
 #[test]
-fn report_paths_never_replace_models_fifos_or_symlinks() {
+fn written_paths_never_replace_models_data_fifos_or_symlinks() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let input = d.join("in.onnx");
     std::fs::copy(Path::new(ROOT).join("models/digits_mlp.onnx"), &input).unwrap();
     let before = std::fs::read(&input).unwrap();
     let out = d.join("out.onnx");
+    // The data files the run reads.
+    for f in ["x.npy", "c.npy", "y.npy"] {
+        let src = match f {
+            "y.npy" => "models/digits_test_y.npy",
+            "c.npy" => "models/digits_calib_x64.npy",
+            _ => "models/digits_test_x64.npy",
+        };
+        std::fs::copy(Path::new(ROOT).join(src), d.join(f)).unwrap();
+    }
+    let data: Vec<Vec<u8>> = ["x.npy", "c.npy", "y.npy"].iter().map(|f| std::fs::read(d.join(f)).unwrap()).collect();
+    let run = ["--inputs", "x.npy", "--labels", "y.npy", "--calibration", "c.npy"];
+    for (o, args, needle) in [
+        ("c.npy", vec![], "c.npy: that is a --calibration file the run reads"),
+        ("y.npy", vec![], "y.npy: that is the --labels file the run reads"),
+        ("x.npy", vec![], "x.npy: that is a --inputs file the run reads"),
+        ("out.onnx", vec!["--report", "x.npy"], "--report x.npy: that is a --inputs file"),
+        ("out.onnx", vec!["--html", "y.npy"], "--html y.npy: that is the --labels file"),
+        ("out.onnx", vec!["--report", "c.npy"], "--report c.npy: that is a --calibration file"),
+        // A report that cannot be written fails before anything runs, not after OUT is written.
+        ("out.onnx", vec!["--report", "no/r.json"], "--report no/r.json: folder no does not exist"),
+        ("out.onnx", vec!["--html", "."], "--html .: that is a folder"),
+    ] {
+        let a =
+            bin().current_dir(d).args(["in.onnx", o, "--no-latency", "-q"]).args(run).args(&args).assert().failure();
+        let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+        assert!(err.contains(needle), "{o} {args:?}: {err}");
+    }
+    for (f, bytes) in ["x.npy", "c.npy", "y.npy"].iter().zip(&data) {
+        assert_eq!(&std::fs::read(d.join(f)).unwrap(), bytes, "{f} was changed");
+    }
+    assert!(!out.exists());
     for (args, needle) in [
         (vec!["--report", "in.onnx"], "--report in.onnx: that is the input model"),
         (vec!["--html", "out.onnx"], "--html out.onnx: that is the output model"),

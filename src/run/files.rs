@@ -66,23 +66,63 @@ fn resolved(p: &Path) -> Option<PathBuf> {
     })
 }
 
-/// The report files (`--report`, `--html`: flag, path) must not land on the input model, the
-/// output model, the output's external data, one another, or a data file the input reads:
-/// `--report in.onnx` replaced the input with JSON. A FIFO or device (`/dev/stdout`) is fine.
-pub fn check_side_outputs(input: &Path, output: Option<&Path>, side: &[(&str, &Path)]) -> Result<()> {
+/// The files a run writes must not land on a file it reads. The output model (and its `<OUT>.data`)
+/// must not be a data file the run reads (`--calibration`, `--inputs`, `--labels`: the run
+/// succeeded and the data were gone). The report files (`--report`, `--html`: flag, path) must
+/// not land on the input model, the output model, the output's external data, one another, a
+/// data file the input reads or a data file of the run (`--report in.onnx` replaced the input
+/// with JSON), and their folders must take a new file, checked before anything runs (a report
+/// that could not be written failed the command after the model was published). A FIFO or
+/// device (`/dev/stdout`) is fine.
+pub fn check_side_outputs(o: &super::RunOptions, side: &[(&str, &Path)]) -> Result<()> {
+    let input = o.input.as_path();
     let mut taken: Vec<(String, PathBuf)> = vec![];
     taken.extend(resolved(input).map(|p| ("the input model".to_string(), p)));
-    if let Some(o) = output {
-        let o = match io::write_target(o) {
-            io::WriteTarget::Replace(p) => p,
-            io::WriteTarget::Through => o.to_path_buf(),
-        };
-        taken.extend(resolved(&o).map(|p| ("the output model".to_string(), p)));
-        taken.extend(resolved(&data_path(&o)).map(|p| ("the output model's external data file".to_string(), p)));
+    // The data files the run reads, by flag.
+    let mut reads: Vec<(String, PathBuf)> = vec![];
+    let mut spec_files = |flag: &str, spec: &crate::check::InputSpec| {
+        for p in spec.files.values().chain(spec.npz.as_ref()) {
+            reads.extend(resolved(p).map(|r| (format!("a {flag} file"), r)));
+        }
+    };
+    if let Some(c) = &o.calibration {
+        spec_files("--calibration", c);
     }
+    spec_files("--inputs", &o.verify_opts.inputs);
+    if let Some(l) = &o.verify_opts.labels {
+        reads.extend(resolved(l).map(|r| ("the --labels file".to_string(), r)));
+    }
+    if !o.plan {
+        let out = o.output.as_path();
+        let out = match io::write_target(out) {
+            io::WriteTarget::Replace(p) => p,
+            io::WriteTarget::Through => out.to_path_buf(),
+        };
+        for (what, p) in [("that", resolved(&out)), ("its external data file", resolved(&data_path(&out)))] {
+            if let Some((flag, r)) = p.as_ref().and_then(|p| reads.iter().find(|(_, r)| r == p)) {
+                let r = if what == "that" { String::new() } else { format!(" {}", r.display()) };
+                bail!("{}: {what}{r} is {flag} the run reads; choose another output path", o.output.display());
+            }
+        }
+        taken.extend(resolved(&out).map(|p| ("the output model".to_string(), p)));
+        taken.extend(resolved(&data_path(&out)).map(|p| ("the output model's external data file".to_string(), p)));
+    }
+    taken.extend(reads);
     let mut input_data: Option<std::collections::BTreeSet<PathBuf>> = None;
     for (flag, p) in side {
         let io::WriteTarget::Replace(target) = io::write_target(p) else { continue };
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if target.is_dir() {
+            bail!("{flag} {}: that is a folder", p.display());
+        }
+        if !dir.is_dir() {
+            bail!("{flag} {}: folder {} does not exist", p.display(), dir.display());
+        }
+        tempfile::tempfile_in(&dir)
+            .with_context(|| format!("{flag} {}: cannot create a file in folder {}", p.display(), dir.display()))?;
         let Some(r) = resolved(&target) else { continue };
         if let Some((what, _)) = taken.iter().find(|(_, t)| t == &r) {
             bail!("{flag} {}: that is {what}; choose another path", p.display());
