@@ -578,6 +578,20 @@ fn plan_is_the_decision_of_a_run_without_an_output() {
         // An explicit β: `plan` does not run the fidelity guard that a default run does.
         (&["--structured", "heads", "--beta", "1"][..], "digits_transformer", "digits_test_x8x8"),
         (&[][..], "digits_mlp", "digits_test_x64"),
+        // The heads cut refitted before the channels are scored on its activations (plan
+        // scored the unrefitted cut: other kept counts).
+        (
+            &[
+                "--structured",
+                "heads,channels",
+                "--criterion",
+                "activation",
+                "--calibration",
+                "models/digits_calib_x8x8.npy",
+            ][..],
+            "digits_transformer",
+            "digits_test_x8x8",
+        ),
     ] {
         let full = run(model, data, mode);
         let dir = tempfile::tempdir().unwrap();

@@ -544,7 +544,9 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
             None => emp::select(&g.scores, opts.beta).map_err(emp_err)?,
         };
         let mut notes = vec![];
-        if d.all_zero {
+        // A blocked group is not scored by the activation criterion (all zero): its block is the
+        // reason it is kept, not its scores.
+        if d.all_zero && g.blocked.is_empty() {
             notes.push("all scores are zero: nothing to rank, kept whole".to_string());
         }
         if !g.blocked.is_empty() || d.all_zero || opts.scope == StructScope::Global {

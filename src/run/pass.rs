@@ -276,8 +276,21 @@ pub(super) fn prune_pass(
             if matches!(mode, Mode::Heads | Mode::HeadsChannels) {
                 let sopts = with_activations(&sopts, &current, calib_inputs, "heads")?;
                 let path = cx.masked_path(stages.len());
-                let out = masked_out(o.plan, o.verify, path.as_deref(), reconstructing, cx.masked_opts);
-                let r = structural(&mut current, &sopts, "heads", &out, cx.recon, &mut reconstruction, cx.t_recon)?;
+                // A plan of heads,channels refits the heads cut as the run would (its report
+                // dropped): the channels stage is decided on the refitted model, whose
+                // activations (and so the channels' kept counts) are not the unrefitted one's.
+                let plan_refit = (o.plan && mode == Mode::HeadsChannels && o.reconstruct)
+                    .then_some(cx.calib)
+                    .flatten()
+                    .filter(|c| c.rows() >= super::MIN_RECONSTRUCTION_ROWS);
+                let mut plan_report = None;
+                let (recon, report) = match plan_refit {
+                    Some(inputs) => (Some(inputs), &mut plan_report),
+                    None => (cx.recon, &mut reconstruction),
+                };
+                let out =
+                    masked_out(o.plan && recon.is_none(), o.verify, path.as_deref(), recon.is_some(), cx.masked_opts);
+                let r = structural(&mut current, &sopts, "heads", &out, recon, report, cx.t_recon)?;
                 first_stage_groups = r.groups.len();
                 if r.groups.is_empty() {
                     notes.push(
