@@ -141,9 +141,10 @@ struct PruneArgs {
     /// Verification inputs: NAME=FILE.npy (repeatable), FILE.npy for a single-input model, or FILE.npz
     #[arg(long, value_name = "NAME=FILE")]
     inputs: Vec<String>,
-    /// Class labels (.npy: integers, whole-number floats or one-hot rows) for accuracy before/after
-    #[arg(long, value_name = "FILE")]
-    labels: Option<PathBuf>,
+    /// Class labels (.npy: integers, whole-number floats or one-hot rows) for accuracy before/after,
+    /// on the first output they fit, or OUTPUT=FILE for that output
+    #[arg(long, value_name = "[OUTPUT=]FILE")]
+    labels: Option<String>,
     /// Fix a dynamic dimension for verification: NAME=VALUE (repeatable), e.g. batch=1
     #[arg(long, value_name = "NAME=VALUE")]
     dim: Vec<String>,
@@ -400,9 +401,20 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         }
         (Some(spec), Some(a.calibration.join(",")))
     };
+    // `--labels OUTPUT=FILE`, unless the whole argument is a file (a name with '=' in it).
+    let (labels_output, labels_file) = match a.labels.as_deref() {
+        None => (None, None),
+        Some(l) => match l.split_once('=') {
+            Some((o, f)) if !std::path::Path::new(l).exists() && !o.is_empty() => {
+                (Some(o.to_string()), Some(PathBuf::from(f)))
+            }
+            _ => (None, Some(PathBuf::from(l))),
+        },
+    };
     let verify_opts = VerifyOptions {
         inputs: InputSpec { dims, files, npz, seed: a.seed, ..Default::default() },
-        labels: a.labels.clone(),
+        labels: labels_file.clone(),
+        labels_output: labels_output.clone(),
         latency: !a.no_latency,
         latency_opts: crate::check::LatencyOptions {
             budget: a.latency_budget.map(std::time::Duration::from_secs_f64),

@@ -115,7 +115,11 @@ fn summary(s: &mut String, r: &Report) {
     }
     if let Some(v) = &r.verification {
         if let (Some(a), Some(b)) = (v.accuracy_dense, v.accuracy_pruned) {
-            row(s, &["accuracy".into(), pct(a), pct(b), format!("{:+.1} points", (b - a) * 100.0)]);
+            let name = match &v.accuracy_output {
+                Some(o) if v.outputs.len() > 1 => format!("accuracy ({})", esc(o)),
+                _ => "accuracy".into(),
+            };
+            row(s, &[name, pct(a), pct(b), format!("{:+.1} points", (b - a) * 100.0)]);
         }
     }
     let t = &r.timing;

@@ -244,10 +244,16 @@ impl Report {
                     s.push('\n');
                 }
                 if let (Some(a), Some(b)) = (v.accuracy_dense, v.accuracy_pruned) {
-                    let _ = writeln!(s, "  accuracy {:.2} % → {:.2} %", pct(a), pct(b));
+                    let on = match &v.accuracy_output {
+                        Some(o) if v.outputs.len() > 1 => format!(" (output '{o}')"),
+                        _ => String::new(),
+                    };
+                    let _ = writeln!(s, "  accuracy{on} {:.2} % → {:.2} %", pct(a), pct(b));
                 }
                 // What could not be measured, and why (the JSON has every note).
-                for n in v.notes.iter().filter(|n| n.contains("unavailable") || n.contains("failed")) {
+                for n in v.notes.iter().filter(|n| {
+                    n.contains("unavailable") || n.contains("failed") || n.starts_with("accuracy is measured")
+                }) {
                     let _ = writeln!(s, "  note: {n}");
                 }
             }

@@ -700,6 +700,14 @@ fn check_given_files(o: &RunOptions) -> Result<()> {
         }
         None
     };
+    if let Some(name) = &o.verify_opts.labels_output {
+        let proto = crate::check::inputs::read_proto(&o.input)?;
+        let outs: Vec<&str> =
+            proto.graph.as_ref().map(|g| g.output.iter().map(|v| v.name.as_str()).collect()).unwrap_or_default();
+        if !outs.contains(&name.as_str()) {
+            bail!("--labels {name}=…: the model has no output '{name}' (outputs: {})", outs.join(", "));
+        }
+    }
     if let Some(labels) = &o.verify_opts.labels {
         let n = crate::check::load_labels(labels).context("--labels")?.len();
         if !given {

@@ -29,8 +29,10 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Default)]
 pub struct VerifyOptions {
     pub inputs: InputSpec,
-    /// Integer class labels (`.npy`) for the first output's argmax.
+    /// Integer class labels (`.npy`) for an output's argmax.
     pub labels: Option<PathBuf>,
+    /// The output the labels are for (`--labels NAME=y.npy`); None: the first output they fit.
+    pub labels_output: Option<String>,
     pub latency: bool,
     /// Latency budget and run count (see [`latency::latency`]).
     pub latency_opts: LatencyOptions,
@@ -71,6 +73,9 @@ pub struct Verification {
     pub accuracy_dense: Option<f64>,
     #[serde(serialize_with = "finite_opt")]
     pub accuracy_pruned: Option<f64>,
+    /// The output accuracy was measured on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_output: Option<String>,
     pub latency_dense: Option<LatencyStats>,
     pub latency_pruned: Option<LatencyStats>,
     /// The dense model's slowest nodes in tract and their time after pruning (wall clock: the
@@ -98,6 +103,7 @@ impl Verification {
             outputs: vec![],
             accuracy_dense: None,
             accuracy_pruned: None,
+            accuracy_output: None,
             latency_dense: None,
             latency_pruned: None,
             hotspots: vec![],
@@ -207,19 +213,28 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     }
     let fid = compare(&od, &op, &names);
 
-    let (mut acc_d, mut acc_p) = (None, None);
+    let (mut acc_d, mut acc_p, mut acc_out) = (None, None, None);
     if let Some(lp) = &opts.labels {
-        let first = names.first().cloned().unwrap_or_default();
         match load_labels(lp) {
             Err(e) => notes.push(format!("accuracy unavailable: {e:#}")),
-            Ok(labels) => {
-                for (which, outs, slot) in [("dense", &od, &mut acc_d), ("pruned", &op, &mut acc_p)] {
-                    match outs.first().context("model has no output").and_then(|o| accuracy(o, &labels)) {
-                        Ok(a) => *slot = Some(a),
-                        Err(e) => notes.push(format!("accuracy unavailable ({which}, output '{first}'): {e:#}")),
+            Ok(labels) => match accuracy_output(&names, &od, &labels, opts.labels_output.as_deref()) {
+                Err(e) => notes.push(format!("accuracy unavailable: {e:#}")),
+                Ok((i, a, fit)) => {
+                    acc_d = Some(a);
+                    acc_out = Some(names[i].clone());
+                    if fit > 1 {
+                        notes.push(format!(
+                            "accuracy is measured on output '{}', the first of {fit} outputs the labels fit \
+                             (--labels NAME=y.npy names another)",
+                            names[i]
+                        ));
+                    }
+                    match op.get(i).context("the pruned model lacks the output").and_then(|o| accuracy(o, &labels)) {
+                        Ok(a) => acc_p = Some(a),
+                        Err(e) => notes.push(format!("accuracy unavailable (pruned, output '{}'): {e:#}", names[i])),
                     }
                 }
-            }
+            },
         }
     }
 
@@ -309,6 +324,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
         outputs: fid,
         accuracy_dense: acc_d,
         accuracy_pruned: acc_p,
+        accuracy_output: acc_out,
         latency_dense: lat_d,
         latency_pruned: lat_p,
         hotspots,
@@ -357,4 +373,63 @@ fn equivalence_on(a: &Path, b: &Path, inputs: &Inputs) -> Result<Vec<OutputFidel
     let (ra, rb) = (ra?, rb?);
     let (oa, ob) = both(|| outputs("reference", &ra, inputs), || outputs("other", &rb, inputs));
     Ok(compare(&oa?, &ob?, &ra.output_names))
+}
+
+/// The output accuracy is measured on: the one named, or the first whose argmax the labels fit
+/// (an int64 class-id output or a feature map does not); with its dense accuracy and how many
+/// outputs the labels fit.
+fn accuracy_output(
+    names: &[String],
+    outs: &[ndarray::ArrayD<f32>],
+    labels: &[i64],
+    named: Option<&str>,
+) -> Result<(usize, f64, usize)> {
+    if let Some(n) = named {
+        let i = names.iter().position(|x| x == n).with_context(|| {
+            format!("--labels {n}=…: the model has no output '{n}' (outputs: {})", names.join(", "))
+        })?;
+        let a = outs
+            .get(i)
+            .context("model has no output")
+            .and_then(|o| accuracy(o, labels))
+            .with_context(|| format!("output '{n}'"))?;
+        return Ok((i, a, 1));
+    }
+    let fits: Vec<(usize, f64)> =
+        outs.iter().enumerate().filter_map(|(i, o)| accuracy(o, labels).ok().map(|a| (i, a))).collect();
+    match fits.first() {
+        Some(&(i, a)) => Ok((i, a, fits.len())),
+        None => {
+            let first = names.first().cloned().unwrap_or_default();
+            let e = outs.first().context("model has no output").and_then(|o| accuracy(o, labels)).err();
+            Err(anyhow::anyhow!(
+                "output '{first}'{}: {}",
+                if names.len() > 1 { " (nor any other output)" } else { "" },
+                e.map(|e| format!("{e:#}")).unwrap_or_default()
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{arr2, ArrayD};
+
+    #[test]
+    fn accuracy_is_measured_on_the_named_or_first_fitting_output() {
+        let names: Vec<String> = ["ids", "aux", "logits"].iter().map(|s| s.to_string()).collect();
+        // Class ids [3]: no class axis to take an argmax over.
+        let ids: ArrayD<f32> = ndarray::arr1(&[0.0f32, 1.0, 1.0]).into_dyn();
+        let aux: ArrayD<f32> = arr2(&[[1.0f32, 0.0], [1.0, 0.0], [1.0, 0.0]]).into_dyn();
+        let logits: ArrayD<f32> = arr2(&[[1.0f32, 0.0], [0.0, 1.0], [0.0, 1.0]]).into_dyn();
+        let outs = vec![ids, aux, logits];
+        let labels = [0i64, 1, 1];
+        assert_eq!(accuracy_output(&names, &outs, &labels, None).unwrap(), (1, 1.0 / 3.0, 2));
+        assert_eq!(accuracy_output(&names, &outs, &labels, Some("logits")).unwrap(), (2, 1.0, 1));
+        let e = accuracy_output(&names, &outs, &labels, Some("nope")).unwrap_err().to_string();
+        assert!(e.contains("no output 'nope' (outputs: ids, aux, logits)"), "{e}");
+        let e = accuracy_output(&names, &outs, &[0, 5, 1], None).unwrap_err().to_string();
+        assert!(e.contains("output 'ids' (nor any other output)"), "{e}");
+    }
 }
