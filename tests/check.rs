@@ -34,6 +34,7 @@ fn mlp_against_itself_with_labels() {
     let opts = VerifyOptions {
         inputs: spec_with_file("", "digits_test_x64.npy"),
         labels: Some(models().join("digits_test_y.npy")),
+        labels_output: None,
         latency: true,
         latency_opts: Default::default(),
     };
