@@ -1119,3 +1119,41 @@ fn written_paths_never_replace_models_data_fifos_or_symlinks() {
         assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
     }
 }
+
+/// A model exported with its batch fixed to 1 is guarded on as many random samples as any other
+/// (run one at a time): it was judged on one, so β moved with that one input's noise.
+#[test]
+fn a_batch_one_model_is_guarded_on_many_samples() {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value as Dim;
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = onnx_emp::model::io::load(&Path::new(ROOT).join("models/digits_mlp.onnx")).unwrap();
+    let x = &mut l.proto.graph.as_mut().unwrap().input[0];
+    let Some(onnx_protobuf::type_proto::Value::TensorType(t)) = x.type_.as_mut().unwrap().value.as_mut() else {
+        panic!()
+    };
+    t.shape.as_mut().unwrap().dim[0].value = Some(Dim::DimValue(1));
+    let fixed = dir.path().join("fixed.onnx");
+    onnx_emp::model::io::save(l.proto, &fixed, &Default::default()).unwrap();
+    let rep = dir.path().join("r.json");
+    let guard = |model: &Path| -> Value {
+        bin()
+            .arg(model)
+            .arg(dir.path().join("o.onnx"))
+            .args(["--force", "--no-latency", "-q", "--report"])
+            .arg(&rep)
+            .assert()
+            .success();
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        r["guard"].clone()
+    };
+    let (f, free) = (guard(&fixed), guard(&Path::new(ROOT).join("models/digits_mlp.onnx")));
+    assert_eq!(f["samples"], 32, "{f}");
+    // The same samples as the free-batch model's, one at a time: the same trials (to float
+    // rounding: one row per run is summed in another order).
+    let (a, b) = (f["trials"].as_array().unwrap(), free["trials"].as_array().unwrap());
+    assert_eq!(a.len(), b.len());
+    for (a, b) in a.iter().zip(b) {
+        assert_eq!((&a["beta"], &a["kept"], &a["pass"]), (&b["beta"], &b["kept"], &b["pass"]));
+        assert!((a["rel_l2"].as_f64().unwrap() - b["rel_l2"].as_f64().unwrap()).abs() < 1e-6, "{a} {b}");
+    }
+}

@@ -333,6 +333,22 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
         let label = format!("{} calibration rows", c.rows());
         return Ok((c, label));
     }
+    // A model exported with its batch fixed to 1 (dynamo, TF) runs its samples one at a time,
+    // as verification does; the guard still generates its `rows` samples for it (it was judged on one).
+    let batch_one = |i: &crate::check::InputInfo| i.dims.len() >= 2 && i.dims[0] == crate::check::DimSpec::Fixed(1);
+    let batched: Vec<_> = infos.iter().filter(|i| i.dims.len() >= 2).collect();
+    let infos = if !batched.is_empty()
+        && batched.iter().all(|i| batch_one(i))
+        && !m.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence)
+    {
+        let mut infos = infos;
+        for i in infos.iter_mut().filter(|i| batch_one(i)) {
+            i.dims[0] = crate::check::DimSpec::Fixed(rows as i64);
+        }
+        infos
+    } else {
+        infos
+    };
     let inputs = prepare_for(&infos, &spec(rows))?;
     let n = inputs.rows();
     let label = format!("{n} random input{} (seed {})", if n == 1 { "" } else { "s" }, v.seed);
