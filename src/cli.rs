@@ -336,10 +336,8 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         if !(r.is_finite() && (0.0..1.0).contains(&r)) {
             return Err(usage(&format!("--ratio {r}: must be in [0, 1)")));
         }
-        if a.structured.is_some_and(|m| m != Mode::Channels) {
-            return Err(usage("--ratio is a baseline for per-weight mode and --structured channels only"));
-        }
     }
+    run::check_combination(mode, a.scope, a.criterion, a.ratio, a.beta.is_some()).map_err(|e| usage(&e))?;
     let (include, floor) = run::includes(&a.include);
     if let Some(b) = a.latency_budget {
         if !(b.is_finite() && b > 0.0 && b < 1e6) {

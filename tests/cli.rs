@@ -252,6 +252,17 @@ fn usage_errors_exit_2() {
     bin().args(["models/digits_mlp.onnx", "o.onnx", "--scope", "rows"]).assert().code(2);
     bin().args(["models/digits_mlp.onnx", "o.onnx", "--criterion", "taylor"]).assert().code(2);
     bin().args(["models/digits_mlp.onnx", "o.onnx", "--round-to", "0"]).assert().code(2);
+    // Combinations no model can run are usage errors too (some were exit 1, after loading).
+    for combo in [
+        &["--structured", "heads", "--ratio", "0.5"][..],
+        &["--structured", "channels", "--scope", "global", "--ratio", "0.5"],
+        &["--structured", "channels", "--criterion", "wanda"],
+        &["--criterion", "l1"],
+        &["--structured", "channels", "--scope", "unit"],
+        &["--beta", "0.5", "--ratio", "0.5"],
+    ] {
+        bin().args(["models/digits_mlp.onnx", "o.onnx"]).args(combo).assert().code(2);
+    }
     bin().args(["models/digits_mlp.onnx", "o.onnx", "--bogus"]).assert().code(2);
     let h = bin().arg("--help").assert().success();
     assert!(String::from_utf8_lossy(&h.get_output().stdout).contains("Examples:"));

@@ -119,6 +119,48 @@ pub fn includes(v: &[IncludeArg]) -> (Include, crate::prune::Floor) {
     (inc, floor)
 }
 
+/// Flag combinations no model can run, found before anything is read (the CLI's usage errors,
+/// exit 2): a scope or criterion the mode does not take, `--ratio` outside per-weight and
+/// channels at layer scope, `--ratio` with `--beta` (the ratio decides the cut).
+pub fn check_combination(
+    mode: Mode,
+    scope: Option<ScopeArg>,
+    criterion: Option<CriterionArg>,
+    ratio: Option<f64>,
+    beta_given: bool,
+) -> Result<(), String> {
+    let structured = mode != Mode::Weights;
+    if let Some(s) = scope {
+        if structured && !matches!(s, ScopeArg::Layer | ScopeArg::Global) {
+            return Err(format!("--scope {}: structured modes take layer or global", arg_name(&s)));
+        }
+    }
+    if let Some(c) = criterion {
+        match (structured, c) {
+            (false, CriterionArg::Magnitude | CriterionArg::Wanda) => {}
+            (false, _) => {
+                return Err(format!("--criterion {}: per-weight mode supports magnitude (default) or wanda", arg_name(&c)))
+            }
+            (true, CriterionArg::Magnitude | CriterionArg::Wanda) => {
+                return Err(format!(
+                    "--criterion {}: structured modes support l2 (default; 'weight' for heads), l1 or activation",
+                    arg_name(&c)
+                ))
+            }
+            (true, _) => {}
+        }
+    }
+    if ratio.is_some() {
+        if structured && (mode != Mode::Channels || scope.is_some_and(|s| s != ScopeArg::Layer)) {
+            return Err("--ratio is a baseline for per-weight mode and --structured channels at layer scope only".into());
+        }
+        if beta_given {
+            return Err("--ratio prunes a fixed fraction instead of EMP's count: --beta has no effect with it".into());
+        }
+    }
+    Ok(())
+}
+
 /// The name clap knows a value by (`heads,channels`, `normalized`, ...).
 pub fn arg_name<T: clap::ValueEnum>(v: &T) -> String {
     v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
