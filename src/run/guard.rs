@@ -68,7 +68,7 @@ pub(super) fn guarded_prune(
     });
     match chosen {
         Ok((p, report)) => {
-            let note = report.raised().then(|| guard_note(&report, o.beta, recon == Recon::Held));
+            let note = report.raised().then(|| guard_note(&report, o.beta, recon == Recon::Held, o.calibration.is_some()));
             Ok((p.model, Guarded { weights: p.extra, guard: Some(report), note, masks: Masks::new() }))
         }
         Err(e) => whole(m, &e),
@@ -152,7 +152,7 @@ pub(super) fn guarded_structural(
             Err(e) => {
                 let note = format!(
                     "{}; its per-group pass could not run ({e:#})",
-                    guard_note(&report, o.beta, recon == Recon::Held)
+                    guard_note(&report, o.beta, recon == Recon::Held, o.calibration.is_some())
                 );
                 return Ok(StructuralChoice {
                     beta: report.beta,
@@ -163,7 +163,7 @@ pub(super) fn guarded_structural(
             }
         }
     }
-    let note = report.raised().then(|| guard_note(&report, o.beta, recon == Recon::Held) + &group_pass_note(&report));
+    let note = report.raised().then(|| guard_note(&report, o.beta, recon == Recon::Held, o.calibration.is_some()) + &group_pass_note(&report));
     Ok(StructuralChoice { beta: report.beta, cut_only, report: Some(report), note })
 }
 
@@ -377,11 +377,14 @@ fn group_pass_note(g: &GuardReport) -> String {
 
 /// The report's note when the guard raised β. `held`: reconstruction follows the guard's cut
 /// (the second pass of a held calibrated run), so the note does not advise calibration.
-fn guard_note(g: &GuardReport, beta0: f64, held: bool) -> String {
+/// `calibrated`: calibration data was given (with `--no-reconstruct`, when not held).
+fn guard_note(g: &GuardReport, beta0: f64, held: bool, calibrated: bool) -> String {
     let first = g.trials.first().map_or(f64::NAN, |t| t.rel_l2);
     let advice = |plain: &str| {
         if held {
             "The calibration data reconstructs what this cut keeps".to_string()
+        } else if calibrated {
+            format!("Drop --no-reconstruct to {plain}")
         } else {
             format!("Pass --calibration with a few hundred real inputs to {plain}")
         }
