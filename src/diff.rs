@@ -202,9 +202,20 @@ fn value_lines(a: &[onnx_protobuf::ValueInfoProto], b: &[onnx_protobuf::ValueInf
 
 /// `onnx-emp diff A B`: load both models (external data included) and diff them.
 pub fn diff_files(a: &std::path::Path, b: &std::path::Path) -> anyhow::Result<String> {
-    let ma = crate::model::io::load(a)?;
-    let mb = crate::model::io::load(b)?;
-    Ok(format!("--- {}\n+++ {}\n{}", a.display(), b.display(), graph_diff(&ma.proto, &mb.proto)))
+    use anyhow::Context;
+    let mut ma = crate::model::io::load(a)?;
+    let mut mb = crate::model::io::load(b)?;
+    // Weights stored as sparse initializers (`--sparse-initializers`) are compared dense: they
+    // were "removed" before.
+    let mut head = String::new();
+    for (p, m) in [(a, &mut ma.proto), (b, &mut mb.proto)] {
+        let n = crate::model::sparse::densify_initializers(m)
+            .with_context(|| format!("{}: sparse initializers", p.display()))?;
+        if n > 0 {
+            head += &format!("({}: {n} weight(s) stored as sparse initializers, compared dense)\n", p.display());
+        }
+    }
+    Ok(format!("--- {}\n+++ {}\n{head}{}", a.display(), b.display(), graph_diff(&ma.proto, &mb.proto)))
 }
 
 #[cfg(test)]

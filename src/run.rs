@@ -105,10 +105,10 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     // compares against.
     let densified = crate::model::sparse::densify_initializers(&mut loaded.proto)
         .with_context(|| format!("{}: sparse initializers", o.input.display()))?;
-    let dense_input = if densified > 0 && !o.plan && o.verify {
+    let dense_input = if densified > 0 && o.verify {
         let dir = tempfile::Builder::new()
             .prefix(".onnx-emp-input-")
-            .tempdir_in(&out_dir)
+            .tempdir_in(if o.plan { std::env::temp_dir() } else { out_dir.clone() })
             .context("cannot create a scratch folder beside the output")?;
         let p = dir.path().join("dense-input.onnx");
         io::save(loaded.proto.clone(), &p, &SaveOptions { external: loaded.external.clone() })?;
@@ -237,6 +237,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         return plan_outcome(
             o,
             &loaded,
+            dense_input.as_ref().map(|(_, p)| p.as_path()),
             pruned,
             PlanParts {
                 params: Params { before: p_before, after: p_after, nonzero_before: nz_before, nonzero_after: nz_after },
@@ -594,7 +595,14 @@ fn calibrated_warning(o: &RunOptions, r: Option<&crate::reconstruct::ReconReport
 
 /// The report of `onnx-emp plan`: the decision and the expected params and MACs (counted by
 /// tract's shape analysis on a scratch copy, no inference; skipped with `--no-verify`).
-fn plan_outcome(o: &RunOptions, loaded: &Loaded, pruned: ModelProto, mut p: PlanParts) -> Result<Outcome> {
+/// `dense`: the input stored dense (its sparse initializers read), when it had any.
+fn plan_outcome(
+    o: &RunOptions,
+    loaded: &Loaded,
+    dense: Option<&Path>,
+    pruned: ModelProto,
+    mut p: PlanParts,
+) -> Result<Outcome> {
     let (mut macs_before, mut macs_after) = (None, None);
     if o.verify {
         let t = Instant::now();
@@ -603,8 +611,9 @@ fn plan_outcome(o: &RunOptions, loaded: &Loaded, pruned: ModelProto, mut p: Plan
         io::save(pruned, &scratch, &SaveOptions { external: loaded.external.clone() })?;
         match crate::check::prepare_inputs(&o.input, &o.verify_opts.inputs) {
             Ok(inputs) => {
+                let dense = dense.unwrap_or(&o.input);
                 for (which, path, slot) in
-                    [("dense", &o.input, &mut macs_before), ("pruned", &scratch, &mut macs_after)]
+                    [("dense", dense, &mut macs_before), ("pruned", scratch.as_path(), &mut macs_after)]
                 {
                     match crate::check::macs_per_inference(path, &inputs) {
                         Ok((m, engine)) => {
@@ -615,7 +624,11 @@ fn plan_outcome(o: &RunOptions, loaded: &Loaded, pruned: ModelProto, mut p: Plan
                                 ));
                             }
                         }
-                        Err(e) => p.notes.push(format!("MACs unavailable ({which}): {e:#}")),
+                        Err(e) => p.notes.push(
+                            format!("MACs unavailable ({which}): {e:#}")
+                                .replace(&scratch.display().to_string(), "the planned model")
+                                .replace(&dense.display().to_string(), &o.input.display().to_string()),
+                        ),
                     }
                 }
             }

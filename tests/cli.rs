@@ -849,6 +849,22 @@ fn sparse_initializers_shrink_the_file_and_keep_every_value() {
         v
     };
     assert_eq!(by_name(&back), by_name(&want));
+    // `diff` and `plan` read them dense too (diff said every weight was removed; plan counted
+    // no MACs).
+    let d = bin().arg("diff").arg(&dense.out).arg(&sp.out).assert().success();
+    let d = String::from_utf8_lossy(&d.get_output().stdout).to_string();
+    assert!(
+        d.contains("stored as sparse initializers, compared dense") && d.contains("no structural differences"),
+        "{d}"
+    );
+    assert!(!d.contains("removed"), "{d}");
+    let dp = dense.report["params"]["after"].as_u64().unwrap();
+    assert!(d.contains(&format!("params: {dp} → {dp}")), "{d}");
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("plan.json");
+    bin().arg("plan").arg(&sp.out).arg("--report").arg(&rep).assert().success();
+    let p: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert!(p["macs_before"].as_u64() > Some(0), "{}", p["notes"]);
     // Without enough zeros nothing is stored sparse, and the report says why.
     let low = run("digits_mlp", "digits_test_x64", &["--no-verify", "--sparse-initializers"]);
     assert_eq!(low.report["sparse_initializers"]["tensors"], 0);

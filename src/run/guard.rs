@@ -68,7 +68,8 @@ pub(super) fn guarded_prune(
     });
     match chosen {
         Ok((p, report)) => {
-            let note = report.raised().then(|| guard_note(&report, o.beta, recon == Recon::Held, o.calibration.is_some()));
+            let note =
+                report.raised().then(|| guard_note(&report, o.beta, recon == Recon::Held, o.calibration.is_some()));
             Ok((p.model, Guarded { weights: p.extra, guard: Some(report), note, masks: Masks::new() }))
         }
         Err(e) => whole(m, &e),
@@ -163,7 +164,9 @@ pub(super) fn guarded_structural(
             }
         }
     }
-    let note = report.raised().then(|| guard_note(&report, o.beta, recon == Recon::Held, o.calibration.is_some()) + &group_pass_note(&report));
+    let note = report.raised().then(|| {
+        guard_note(&report, o.beta, recon == Recon::Held, o.calibration.is_some()) + &group_pass_note(&report)
+    });
     Ok(StructuralChoice { beta: report.beta, cut_only, report: Some(report), note })
 }
 

@@ -139,7 +139,10 @@ pub fn check_combination(
         match (structured, c) {
             (false, CriterionArg::Magnitude | CriterionArg::Wanda) => {}
             (false, _) => {
-                return Err(format!("--criterion {}: per-weight mode supports magnitude (default) or wanda", arg_name(&c)))
+                return Err(format!(
+                    "--criterion {}: per-weight mode supports magnitude (default) or wanda",
+                    arg_name(&c)
+                ))
             }
             (true, CriterionArg::Magnitude | CriterionArg::Wanda) => {
                 return Err(format!(
@@ -152,7 +155,9 @@ pub fn check_combination(
     }
     if ratio.is_some() {
         if structured && (mode != Mode::Channels || scope.is_some_and(|s| s != ScopeArg::Layer)) {
-            return Err("--ratio is a baseline for per-weight mode and --structured channels at layer scope only".into());
+            return Err(
+                "--ratio is a baseline for per-weight mode and --structured channels at layer scope only".into()
+            );
         }
         if beta_given {
             return Err("--ratio prunes a fixed fraction instead of EMP's count: --beta has no effect with it".into());
