@@ -52,7 +52,12 @@ fn params(
 ) -> Result<graph::ParamCounts> {
     let g = m.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
-    Ok(graph::param_counts(g, &ix, mapped.map(|m| (m, masks)), count_mapped))
+    let mut c = graph::param_counts(g, &ix, mapped.map(|m| (m, masks)), count_mapped);
+    // The weights of If/Loop/Scan bodies count too (left as they are).
+    let (_, sub) = graph::subgraph_params(g);
+    c.n += sub.n;
+    c.nonzero += sub.nonzero;
+    Ok(c)
 }
 
 pub fn run(o: &RunOptions) -> Result<Outcome> {
@@ -162,6 +167,13 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         notes.push(format!(
             "{n} weight(s) are graph inputs too, treated as run-time inputs (--weight-inputs input): nothing that \
              reads them is pruned"
+        ));
+    }
+    if let Some((k, p)) = loaded.proto.graph.as_ref().map(graph::subgraph_params).filter(|(k, _)| *k > 0) {
+        notes.push(format!(
+            "{k} weight tensor(s) inside If/Loop/Scan bodies ({} parameters) are left as they are (and their MACs not counted): onnx-emp \
+             prunes the main graph",
+            p.n
         ));
     }
     if densified > 0 {

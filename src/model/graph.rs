@@ -356,6 +356,42 @@ pub fn param_counts(
         })
 }
 
+/// The float weights inside the If/Loop/Scan bodies of `g` (initializers and `Constant` values,
+/// at any depth): how many tensors, and their [`ParamCounts`] (in memory; never pruned: the
+/// passes rewrite the main graph only).
+pub fn subgraph_params(g: &GraphProto) -> (usize, ParamCounts) {
+    fn add(t: &TensorProto, acc: &mut (usize, ParamCounts)) {
+        let counted = tensor::count_nonzero_f32(t).or_else(|_| tensor::numel(t).map(|n| (n as u64, n as u64)));
+        if let Ok((n, nz)) = counted {
+            acc.0 += 1;
+            acc.1.n += n;
+            acc.1.nonzero += nz;
+        }
+    }
+    fn walk(g: &GraphProto, top: bool, acc: &mut (usize, ParamCounts)) {
+        if !top {
+            for t in g.initializer.iter().filter(|t| tensor::is_float(t.data_type)) {
+                add(t, acc);
+            }
+        }
+        for n in &g.node {
+            if !top && is_const(n) {
+                if let Some(t) = attr(n, "value").and_then(|a| a.t.as_ref()).filter(|t| tensor::is_float(t.data_type)) {
+                    add(t, acc);
+                }
+            }
+            for a in &n.attribute {
+                for sg in a.g.as_ref().into_iter().chain(&a.graphs) {
+                    walk(sg, false, acc);
+                }
+            }
+        }
+    }
+    let mut acc = (0, ParamCounts::default());
+    walk(g, true, &mut acc);
+    acc
+}
+
 /// Values read by nodes, graph outputs and subgraphs.
 pub fn used_values(g: &GraphProto) -> BTreeSet<String> {
     let mut used: BTreeSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
@@ -393,5 +429,54 @@ pub fn drop_orphans(before: &GraphProto, g: &mut GraphProto) {
     }
     if !gone.is_empty() {
         g.value_info.retain(|v| !gone.contains(&v.name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32_tensor(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+        let mut t = TensorProto::new();
+        t.name = name.into();
+        t.data_type = tensor::dt::FLOAT;
+        t.dims = dims.to_vec();
+        t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        t
+    }
+
+    #[test]
+    fn subgraph_weights_are_counted_at_any_depth_and_the_main_graphs_are_not() {
+        let mut inner = GraphProto::new();
+        inner.initializer.push(f32_tensor("w2", &[2, 2], &[1.0, 0.0, 2.0, 3.0]));
+        let mut c = NodeProto::new();
+        c.op_type = "Constant".into();
+        c.output.push("k".into());
+        let mut a = AttributeProto::new();
+        a.name = "value".into();
+        a.t = Some(f32_tensor("", &[3], &[0.0, 0.0, 5.0])).into();
+        c.attribute.push(a);
+        inner.node.push(c);
+        // A Loop inside the If's then-branch.
+        let mut then_g = GraphProto::new();
+        then_g.initializer.push(f32_tensor("w1", &[2], &[1.0, 1.0]));
+        let mut lp = NodeProto::new();
+        lp.op_type = "Loop".into();
+        let mut body = AttributeProto::new();
+        body.name = "body".into();
+        body.g = Some(inner).into();
+        lp.attribute.push(body);
+        then_g.node.push(lp);
+        let mut g = GraphProto::new();
+        g.initializer.push(f32_tensor("top", &[4], &[1.0; 4]));
+        let mut iff = NodeProto::new();
+        iff.op_type = "If".into();
+        let mut then_a = AttributeProto::new();
+        then_a.name = "then_branch".into();
+        then_a.g = Some(then_g).into();
+        iff.attribute.push(then_a);
+        g.node.push(iff);
+        let (k, p) = subgraph_params(&g);
+        assert_eq!((k, p.n, p.nonzero), (3, 2 + 4 + 3, 2 + 3 + 1));
     }
 }
