@@ -225,7 +225,19 @@ impl Report {
             }
             Some(v) => {
                 let shapes: Vec<String> = v.input_shapes.iter().map(|(k, d)| format!("{k} {d:?}")).collect();
-                let _ = writeln!(s, "verification ({}, inputs {}):", v.engine, shapes.join(", "));
+                // Sizes made up for free dims other than the batch (an image's 224 × 224).
+                let assumed: Vec<&str> = v
+                    .notes
+                    .iter()
+                    .filter_map(|n| n.strip_prefix("assumed "))
+                    .filter(|n| !n.starts_with("input '") && !n.starts_with("batch="))
+                    .collect();
+                let assumed = if assumed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; assumed {} (--dim sets them)", assumed.join(", "))
+                };
+                let _ = writeln!(s, "verification ({}, inputs {}{assumed}):", v.engine, shapes.join(", "));
                 // An input made up beside others read from files: the figures are not all the
                 // user's data.
                 for n in v.notes.iter().filter_map(|n| n.strip_prefix("assumed ").filter(|n| n.starts_with("input '")))

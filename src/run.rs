@@ -369,6 +369,24 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     }
     let (macs_before, macs_after) =
         verification.as_ref().map(|v| (v.macs_dense, v.macs_pruned)).unwrap_or((None, None));
+    // A model that did not run at the sizes made up for its free dims (an image's 224 × 224
+    // for a classifier that needs 8 × 8): the run cut nothing and said only that it failed.
+    if let Some(v) = verification.as_ref() {
+        let assumed: Vec<&str> = v
+            .notes
+            .iter()
+            .filter_map(|n| n.strip_prefix("assumed "))
+            .filter(|n| !n.starts_with("input '") && !n.starts_with("batch="))
+            .collect();
+        let failed = v.status != "ok" || notes.iter().any(|n| n.starts_with("fidelity guard could not run the model"));
+        if failed && !assumed.is_empty() {
+            notes.push(format!(
+                "the model did not run at the sizes assumed for its free dims ({}): give the sizes it takes with \
+                 --dim NAME=VALUE, or real samples with --inputs",
+                assumed.join(", ")
+            ));
+        }
+    }
     let real_inputs = !o.verify_opts.inputs.files.is_empty() || o.verify_opts.inputs.npz.is_some();
     if let Some(w) = verification.as_ref().and_then(|v| fidelity_warning(v, real_inputs, recon_inputs.is_some())) {
         notes.push(w);

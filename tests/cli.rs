@@ -1184,3 +1184,37 @@ fn a_batch_one_model_is_guarded_on_many_samples() {
         assert!((a["rel_l2"].as_f64().unwrap() - b["rel_l2"].as_f64().unwrap()).abs() < 1e-6, "{a} {b}");
     }
 }
+
+/// A model with a free height and width that does not run at the assumed 224 × 224 (a classifier
+/// that needs 8 × 8): the report says which sizes were assumed and how to give others, and
+/// `--dim` makes it run.
+#[test]
+fn sizes_assumed_for_free_dims_are_named_when_the_model_does_not_run_at_them() {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value as Dim;
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = onnx_emp::model::io::load(&Path::new(ROOT).join("models/digits_cnn_flatten.onnx")).unwrap();
+    let x = &mut l.proto.graph.as_mut().unwrap().input[0];
+    let Some(onnx_protobuf::type_proto::Value::TensorType(t)) = x.type_.as_mut().unwrap().value.as_mut() else {
+        panic!()
+    };
+    let dims = &mut t.shape.as_mut().unwrap().dim;
+    dims[2].value = Some(Dim::DimParam("h".into()));
+    dims[3].value = Some(Dim::DimParam("w".into()));
+    let free = dir.path().join("free.onnx");
+    onnx_emp::model::io::save(l.proto, &free, &Default::default()).unwrap();
+    let a = bin().arg(&free).arg(dir.path().join("o.onnx")).arg("--no-latency").assert().success();
+    let out = String::from_utf8_lossy(&a.get_output().stdout).to_string();
+    assert!(
+        out.contains("did not run at the sizes assumed for its free dims (h=224 (default), w=224 (default))")
+            && out.contains("--dim NAME=VALUE"),
+        "{out}"
+    );
+    let a = bin()
+        .arg(&free)
+        .arg(dir.path().join("o.onnx"))
+        .args(["--no-latency", "--force", "--dim", "h=8", "--dim", "w=8"])
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&a.get_output().stdout).to_string();
+    assert!(out.contains("verification (tract, inputs x [1, 1, 8, 8])") && !out.contains("did not run"), "{out}");
+}
