@@ -76,7 +76,11 @@ pub struct Verification {
     /// The output accuracy was measured on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy_output: Option<String>,
+    /// tract's latency (wall clock: the run moves it to the report's timing, so a run's JSON has
+    /// it there, not here).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_dense: Option<LatencyStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_pruned: Option<LatencyStats>,
     /// The dense model's slowest nodes in tract and their time after pruning (wall clock: the
     /// run moves them to the report's timing).

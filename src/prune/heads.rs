@@ -597,9 +597,10 @@ fn decide(blocks: &[(usize, Block, Vec<f64>)], opts: &StructOptions) -> Result<V
             let mut off = 0;
             for (_, b, s) in blocks {
                 let mut notes = vec![format!(
-                    "global EMP over {} heads of {} blocks: N_eff = {:.2}, kept {}",
+                    "global EMP over {} heads of {} block{}: N_eff = {:.2}, kept {}",
                     d.n,
                     blocks.len(),
+                    if blocks.len() == 1 { "" } else { "s" },
                     d.n_eff,
                     d.kept
                 )];

@@ -232,7 +232,13 @@ pub(super) fn prune_pass(
             };
             let calib_inputs =
                 if criterion == Criterion::Activation { Some(need_calib("--criterion activation")?) } else { None };
-            let crit = if o.criterion.is_none() { "l2".to_string() } else { arg_name(&crit) };
+            // The default's name as the README gives it: `weight` for heads (the L2 norm of each
+            // head's weights), `l2` for channels.
+            let crit = match (o.criterion, mode) {
+                (None, Mode::Heads) => "weight".to_string(),
+                (None, _) => "l2".to_string(),
+                (Some(_), _) => arg_name(&crit),
+            };
             scope_name = format!("{scope:?}").to_lowercase();
             criterion_name = crit;
             if o.fixed_ratio.is_some() && (mode != Mode::Channels || scope != StructScope::Layer) {
