@@ -76,6 +76,8 @@ def test_input_as_bytes_and_html(tmp_path):
     r = onnx_emp.prune(data, tmp_path / "t.onnx", structured="heads", verify=False, html=page)
     assert any(g["kind"] == "heads" for g in r["groups"])
     assert page.read_text().startswith("<!DOCTYPE html>")
+    # The file the call wrote for the bytes is gone: the report says what it was.
+    assert r["input"]["path"] == "<model bytes>"
 
 
 def test_plan_writes_no_model(tmp_path):
@@ -93,6 +95,12 @@ def test_errors_carry_the_command_message(tmp_path):
         onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "o.onnx", beta=-1)
     with pytest.raises(onnx_emp.OnnxEmpError, match="calibration"):
         onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "o.onnx", criterion="wanda")
+    # An array that does not fit is named as the array it is, not as the call's temporary file.
+    with pytest.raises(onnx_emp.OnnxEmpError, match="<array inputs>") as e:
+        onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "o.onnx", inputs=np.zeros((2, 3), np.float32))
+    assert "onnx-emp-" not in str(e.value)
+    with pytest.raises(TypeError, match="inputs"):
+        onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "o.onnx", inputs=object())
     assert not (tmp_path / "o.onnx").exists()
 
 

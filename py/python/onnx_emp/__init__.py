@@ -16,8 +16,14 @@ import os
 import sys
 import tempfile
 
-from . import _native
-from ._native import OnnxEmpError
+try:
+    from . import _native
+    from ._native import OnnxEmpError
+except ImportError as e:  # pragma: no cover
+    raise ImportError(
+        "onnx_emp's compiled module is missing: install the package (pip install .) or build it in place "
+        "(maturin develop, from the repository's py/ folder)"
+    ) from e
 
 __all__ = ["prune", "plan", "OnnxEmpError"]
 
@@ -41,12 +47,33 @@ def _data_args(flag, value, tmp, stem):
                 out += [flag, f"{name}={_path(arr)}"]
                 continue
             f = os.path.join(tmp, f"{stem}-{len(out)}.npy")
-            np.save(f, np.asarray(arr))
+            np.save(f, _array(arr, f"{stem}[{name!r}]"))
             out += [flag, f"{name}={f}"]
         return out
     f = os.path.join(tmp, f"{stem}.npy")
-    np.save(f, np.asarray(value))
+    np.save(f, _array(value, stem))
     return [flag, f]
+
+
+def _array(value, what):
+    """A numeric array, or a TypeError naming the argument."""
+    import numpy as np
+
+    a = np.asarray(value)
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        raise TypeError(f"{what}: expected a path, a numeric array or a dict of them, not {type(value).__name__}")
+    return a
+
+
+def _untemp(text, tmp):
+    """The command names the files a call wrote for it: say what they were instead."""
+    import re
+
+    def name(m):
+        f = m.group(1)
+        return "<model bytes>" if f == "input.onnx" else f"<array {os.path.splitext(f)[0]}>"
+
+    return re.sub(re.escape(os.path.join(tmp, "")) + r"([\w.\-]+)", name, text)
 
 
 def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, labels, verify, latency,
@@ -77,7 +104,7 @@ def _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, l
             import numpy as np
 
             f = os.path.join(tmp, "labels.npy")
-            np.save(f, np.asarray(labels))
+            np.save(f, _array(labels, "labels"))
             labels = f
         a += ["--labels", _path(labels)]
     if not verify:
@@ -136,7 +163,7 @@ def prune(input, output, *, structured=None, beta=None, scope=None, criterion=No
             a.append("--allow-unproven")
         if sparse_initializers:
             a.append("--sparse-initializers")
-        return json.loads(_run(["onnx-emp"] + a))
+        return json.loads(_run(["onnx-emp"] + a, tmp))
 
 
 def plan(input, *, structured=None, beta=None, scope=None, criterion=None, calibration=None, inputs=None,
@@ -145,7 +172,7 @@ def plan(input, *, structured=None, beta=None, scope=None, criterion=None, calib
     with tempfile.TemporaryDirectory(prefix="onnx-emp-") as tmp:
         a = _args(tmp, input, structured, beta, scope, criterion, calibration, inputs, None, verify, True,
                   round_to, include, ratio, True, dims, seed, html)
-        return json.loads(_run(["onnx-emp", "plan"] + a))
+        return json.loads(_run(["onnx-emp", "plan"] + a, tmp))
 
 
 def _ort_python():
@@ -155,9 +182,15 @@ def _ort_python():
     os.environ.setdefault("ONNX_EMP_PYTHON", sys.executable)
 
 
-def _run(argv):
+def _run(argv, tmp=None):
     _ort_python()
-    return _native.run_json(argv)
+    try:
+        out = _native.run_json(argv)
+    except (OnnxEmpError, ValueError) as e:
+        if tmp is None:
+            raise
+        raise type(e)(_untemp(str(e), tmp)) from None
+    return out if tmp is None else _untemp(out, tmp)
 
 
 def _console():
