@@ -1127,6 +1127,17 @@ fn written_paths_never_replace_models_data_fifos_or_symlinks() {
             .assert()
             .success();
         assert!(d.join("link.json").is_symlink() && d.join("link.onnx").is_symlink());
+        // A link into another filesystem (tmpfs, where the machine has one): staged beside its
+        // target, so the final rename does not cross devices (it failed "cannot write").
+        use std::os::unix::fs::MetadataExt;
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() && std::fs::metadata(shm).unwrap().dev() != std::fs::metadata(d).unwrap().dev() {
+            let far = tempfile::tempdir_in(shm).unwrap();
+            std::os::unix::fs::symlink(far.path().join("m.onnx"), d.join("far.onnx")).unwrap();
+            bin().current_dir(d).args(["in.onnx", "far.onnx", "--no-latency", "-q"]).assert().success();
+            onnx_emp::model::io::load(&far.path().join("m.onnx")).unwrap();
+            assert!(d.join("far.onnx").is_symlink());
+        }
         assert!(std::fs::read_to_string(d.join("real.json")).unwrap().contains("\"tool\""));
         onnx_emp::model::io::load(&d.join("real.onnx")).unwrap();
         // A FIFO: read by another process while the run writes into it.

@@ -32,6 +32,15 @@ pub(super) fn check_paths(input: &Path, output: &Path, force: bool) -> Result<Pa
         bail!("{}: output is the input file; pass --force to overwrite it", output.display());
     }
     let io::WriteTarget::Replace(target) = io::write_target(output) else { return Ok(std::env::temp_dir()) };
+    // A symlinked OUT is written where it points: staged there, so that the final rename stays on
+    // one filesystem (a link into another one failed with "cannot write").
+    let dir = match target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) if d.is_dir() => d.to_path_buf(),
+        Some(d) => {
+            bail!("{}: links to {}, whose folder {} does not exist", output.display(), target.display(), d.display())
+        }
+        None => dir,
+    };
     if !same {
         // A model with external data is written with `<OUT>.data` beside it: never one of the
         // files the input reads its weights from (renaming an export to `model_fp32.onnx` and
