@@ -22,6 +22,8 @@ use std::collections::HashSet;
 pub struct Detached {
     /// (position in the original input list, its declaration), in list order.
     entries: Vec<(usize, ValueInfoProto)>,
+    /// The initializers' names when they were detached.
+    names: HashSet<String>,
 }
 
 /// What [`restore`] changed.
@@ -68,7 +70,29 @@ pub fn detach(m: &mut ModelProto) -> Detached {
         }
     }
     g.input = kept;
-    Detached { entries }
+    Detached { entries, names: g.initializer.iter().map(|t| t.name.clone()).collect() }
+}
+
+/// A rewrite that gives a weight new values under a fresh name (heads: `W.heads`, the original
+/// dropped once nothing reads it): the one new initializer named `name.…`, renamed back to
+/// `name` with every read of it, so that the input keeps its name. False when there is none, or
+/// more than one.
+fn take_back_name(g: &mut onnx_protobuf::GraphProto, name: &str, before: &HashSet<String>) -> bool {
+    let prefix = format!("{name}.");
+    let fresh: Vec<usize> = (0..g.initializer.len())
+        .filter(|&i| g.initializer[i].name.starts_with(&prefix) && !before.contains(&g.initializer[i].name))
+        .collect();
+    let [i] = fresh[..] else { return false };
+    let new = std::mem::replace(&mut g.initializer[i].name, name.to_string());
+    for n in g.node.iter_mut() {
+        for x in n.input.iter_mut().filter(|x| **x == new) {
+            *x = name.to_string();
+        }
+    }
+    for v in g.value_info.iter_mut().filter(|v| v.name == new) {
+        v.name = name.to_string();
+    }
+    true
 }
 
 /// Put the detached inputs back into `m`, at their original places, declared as their
@@ -83,11 +107,12 @@ pub fn restore(m: &mut ModelProto, d: &Detached) -> Restored {
     let mut inputs = std::mem::take(&mut g.input);
     let mut removed = 0usize;
     for (pos, v) in &d.entries {
-        let Some(t) = g.initializer.iter().find(|t| t.name == v.name) else {
+        if !g.initializer.iter().any(|t| t.name == v.name) && !take_back_name(g, &v.name, &d.names) {
             r.dropped.push(v.name.clone());
             removed += 1;
             continue;
-        };
+        }
+        let Some(t) = g.initializer.iter().find(|t| t.name == v.name) else { continue };
         let mut v = v.clone();
         if !declares(&v, t) {
             v.type_ = Some(tensor_type(t)).into();
@@ -204,6 +229,24 @@ mod tests {
         let w = &m.graph.as_ref().unwrap().input[0];
         assert!(declares(w, &init("w", &[5, 4])));
         assert!(!declares(w, &init("w", &[8, 4])));
+    }
+
+    #[test]
+    fn a_weight_rewritten_under_a_fresh_name_takes_its_name_back() {
+        let mut m = model(6);
+        let d = detach(&mut m);
+        let g = m.graph.as_mut().unwrap();
+        let mut n = onnx_protobuf::NodeProto::new();
+        n.input = vec!["x".into(), "w.heads".into()];
+        g.node.push(n);
+        g.initializer.retain(|t| t.name != "w");
+        g.initializer.push(init("w.heads", &[6, 4]));
+        let r = restore(&mut m, &d);
+        assert_eq!((r.dropped.len(), r.reshaped.clone()), (0, vec!["w".to_string()]));
+        let g = m.graph.as_ref().unwrap();
+        assert_eq!(g.node[0].input, ["x", "w"]);
+        assert!(g.initializer.iter().any(|t| t.name == "w" && t.dims == [6, 4]));
+        assert_eq!(names(&m), ["w", "x", "b", "s"]);
     }
 
     #[test]
