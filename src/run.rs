@@ -185,7 +185,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let mut calibration: Option<String> = None;
     // Calibration data, loaded once: for data-driven criteria and for reconstruction.
     let calib = calibration_inputs(o, loaded.proto.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence))?;
-    check_given_files(o)?;
+    let verify_inputs = check_given_files(o)?;
     let half = |t: &onnx_protobuf::TensorProto| crate::model::promote::half(t.data_type);
     if calib.is_some() && loaded.proto.graph.as_ref().is_some_and(|g| g.initializer.iter().any(half)) {
         notes.push(
@@ -202,8 +202,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
              trained CNN from 97.7 % to 11.1 %). Give more, or --no-reconstruct to use them for the criterion only"
         );
     }
-    if let Some((_, label)) = &calib {
+    if let Some((c, label)) = &calib {
         calibration = Some(label.clone());
+        notes.extend(check_calibration(c, verify_inputs.as_ref())?);
     }
     let masked_opts = SaveOptions { external: loaded.external.clone() };
     let t_recon = std::cell::Cell::new(0.0f64);
@@ -726,17 +727,18 @@ fn calibration_inputs(o: &RunOptions, sequence: bool) -> Result<Option<(crate::c
 /// model written unverified, exit 0), and so is a count of labels that is no multiple of the
 /// samples. Whether the labels fit the outputs' rows is known only after a run: a mismatch there
 /// is reported with the accuracy.
-fn check_given_files(o: &RunOptions) -> Result<()> {
+/// Returns the verification inputs read from the user's files.
+fn check_given_files(o: &RunOptions) -> Result<Option<crate::check::Inputs>> {
     if !o.verify {
-        return Ok(());
+        return Ok(None);
     }
     let spec = &o.verify_opts.inputs;
     let given = !spec.files.is_empty() || spec.npz.is_some();
     // Reading the files checks `--dim` too; without them it is checked on the model's inputs.
-    let rows = if given {
+    let read = if given {
         let inputs = crate::check::prepare_inputs(&o.input, spec).context("--inputs")?;
         inputs.check_finite("--inputs")?;
-        Some(inputs.rows())
+        Some(inputs)
     } else {
         if !spec.dims.is_empty() {
             crate::check::inputs::check_dims(&crate::check::model_inputs(&o.input)?, &spec.dims)?;
@@ -762,14 +764,48 @@ fn check_given_files(o: &RunOptions) -> Result<()> {
         }
         // One label per sample, or per position of each (a token classifier's [N, L] labels):
         // a count no multiple of the samples cannot fit the outputs' rows.
-        if let Some(rows) = rows.filter(|&r| r > 0 && n % r != 0) {
+        if let Some(rows) = read.as_ref().map(|i| i.rows()).filter(|&r| r > 0 && n % r != 0) {
             bail!(
                 "--labels {}: {n} labels for {rows} input samples (--inputs): one per sample (or per position of each) is needed",
                 labels.display()
             );
         }
     }
-    Ok(())
+    Ok(read)
+}
+
+/// Calibration data that cannot be what the model takes, found before anything is fitted on it:
+/// a float input that holds one value in every sample (all-zero data took a trained MobileNet
+/// from 89.5 to 9.5 %), or one whose scale is an order of magnitude off the `--inputs` samples'
+/// (raw uint8 pixels for a normalised image model: 90.7 → 15.5 %, exit 0). Returns the notes to
+/// report (integer data cast to float as it is).
+fn check_calibration(c: &crate::check::Inputs, verify: Option<&crate::check::Inputs>) -> Result<Vec<String>> {
+    let notes = c.assumed.iter().filter(|a| a.starts_with("input '")).map(|a| format!("--calibration: {a}")).collect();
+    let theirs = verify.map(|v| v.float_stats()).unwrap_or_default();
+    let stats = c.float_stats();
+    // Every input the same everywhere (a float mask of ones beside token ids that vary is fine).
+    if c.rows() > 1 && c.all_constant() {
+        let (name, value, _) = stats.first().cloned().unwrap_or_default();
+        bail!(
+            "--calibration: every input holds one value everywhere (input '{name}': {value}): nothing to fit or \
+             score on"
+        );
+    }
+    for (name, mean, std) in stats {
+        let Some((_, vm, vs)) = theirs.iter().find(|(n, _, _)| *n == name) else { continue };
+        if std == 0.0 || *vs == 0.0 {
+            continue;
+        }
+        let (ratio, shift) = (std / vs, (mean - vm).abs() / std.max(*vs));
+        if !(0.1..=10.0).contains(&ratio) || shift > 3.0 {
+            bail!(
+                "--calibration: input '{name}' does not look like the --inputs samples: mean {mean:.3}, std {std:.3} \
+                 against {vm:.3}, {vs:.3} (another scale or preprocessing, e.g. raw 0–255 pixels for a \
+                 normalised model?); both must be the model's real inputs, prepared the same way"
+            );
+        }
+    }
+    Ok(notes)
 }
 
 pub use crate::prune::MAX_STRUCT_WIDTH;

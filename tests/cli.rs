@@ -1006,6 +1006,13 @@ fn an_unreadable_or_unfitting_inputs_file_is_an_error() {
     a[[7, 3]] = f32::NAN;
     a[[9, 0]] = f32::INFINITY;
     ndarray_npy::write_npy(&nan, &a).unwrap();
+    // Calibration that cannot be the model's inputs: one value everywhere, or another scale than
+    // the --inputs samples (raw pixels for a normalised model).
+    let (zeros, scaled) = (dir.path().join("zeros.npy"), dir.path().join("scaled.npy"));
+    ndarray_npy::write_npy(&zeros, &ndarray::Array2::<f32>::zeros((64, 64))).unwrap();
+    let mut b: ndarray::Array2<f32> = ndarray_npy::read_npy(format!("{ROOT}/models/digits_calib_x64.npy")).unwrap();
+    b.mapv_inplace(|v| v * 255.0);
+    ndarray_npy::write_npy(&scaled, &b).unwrap();
     let x = ["--inputs", "models/digits_test_x64.npy"];
     for (flag, file, says, extra) in [
         (
@@ -1015,6 +1022,8 @@ fn an_unreadable_or_unfitting_inputs_file_is_an_error() {
             &[][..],
         ),
         ("--calibration", nan.to_str().unwrap(), "input 'x': 2 of 256 sample(s) hold NaN or Inf", &x),
+        ("--calibration", zeros.to_str().unwrap(), "every input holds one value everywhere", &x),
+        ("--calibration", scaled.to_str().unwrap(), "input 'x' does not look like the --inputs samples", &x),
         ("--inputs", missing.to_str().unwrap(), "cannot read", &[]),
         ("--inputs", empty.to_str().unwrap(), "holds no samples", &[]),
         ("--inputs", "models/digits_test_x8x8.npy", "rank", &[]),

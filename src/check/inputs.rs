@@ -245,6 +245,45 @@ impl Inputs {
         })
     }
 
+    /// Whether every input holds a single value everywhere.
+    pub fn all_constant(&self) -> bool {
+        fn one<T: PartialEq>(a: &ArrayD<T>) -> bool {
+            a.iter().next().is_none_or(|f| a.iter().all(|v| v == f))
+        }
+        self.inputs.iter().all(|i| match i.data.as_ref() {
+            InputData::F32(a) => one(a),
+            InputData::F64(a) => one(a),
+            InputData::F16(a) => one(a),
+            InputData::I64(a) => one(a),
+            InputData::I32(a) => one(a),
+            InputData::I8(a) => one(a),
+            InputData::U8(a) => one(a),
+            InputData::Bool(a) => one(a),
+        })
+    }
+
+    /// Mean and standard deviation of each float input's values (in input order).
+    pub fn float_stats(&self) -> Vec<(String, f64, f64)> {
+        fn stats<T: Copy>(a: &ArrayD<T>, f: impl Fn(T) -> f64) -> (f64, f64) {
+            let n = a.len().max(1) as f64;
+            let mean = a.iter().map(|&v| f(v)).sum::<f64>() / n;
+            let var = a.iter().map(|&v| (f(v) - mean).powi(2)).sum::<f64>() / n;
+            (mean, var.sqrt())
+        }
+        self.inputs
+            .iter()
+            .filter_map(|i| {
+                let (m, s) = match i.data.as_ref() {
+                    InputData::F32(a) => stats(a, |v| v as f64),
+                    InputData::F64(a) => stats(a, |v| v),
+                    InputData::F16(a) => stats(a, |v| v.to_f64()),
+                    _ => return None,
+                };
+                Some((i.name.clone(), m, s))
+            })
+            .collect()
+    }
+
     /// An error naming the first input of a user's file that holds NaN or ±Inf (`what`: the flag).
     pub fn check_finite(&self, what: &str) -> anyhow::Result<()> {
         if let Some((name, n, first)) = self.non_finite() {
@@ -480,6 +519,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
     // Read the given data, checking rank, fixed dims and symbol consistency.
     let mut sym_vals: BTreeMap<String, (usize, String)> = BTreeMap::new();
     let mut data: Vec<Option<(InputData, InputSource)>> = Vec::with_capacity(infos.len());
+    let mut casts: Vec<String> = vec![];
     // With `max_rows`: the first input's rows and the ones read, once its file had more.
     let mut sampled: Option<(usize, Vec<usize>)> = None;
     for (k, info) in infos.iter().enumerate() {
@@ -561,12 +601,22 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
                 _ => {}
             }
         }
+        let from = arr.dtype();
         let conv = convert(&info.name, arr, info.elem_type).with_context(|| what.clone())?;
+        // Integer data for a float input (raw uint8 pixels for a normalised image model) is
+        // cast as it is: said, since nothing scales it.
+        if !from.starts_with("float") && crate::model::tensor::is_float(info.elem_type) {
+            casts.push(format!(
+                "input '{}': the file holds {from}, read as {} with its values as they are (not scaled)",
+                info.name,
+                crate::model::tensor::dtype_name(info.elem_type)
+            ));
+        }
         data.push(Some((conv, source)));
     }
 
     // Generate the rest (said so when other inputs came from files).
-    let mut assumed = vec![];
+    let mut assumed = casts;
     let any_given = data.iter().any(|d| d.is_some());
     let mut inputs = Vec::with_capacity(infos.len());
     for (info, given) in infos.iter().zip(data) {

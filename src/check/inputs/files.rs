@@ -92,7 +92,7 @@ impl FileArray {
             FileArray::F16(a) => a.shape(),
         }
     }
-    fn dtype(&self) -> &'static str {
+    pub(super) fn dtype(&self) -> &'static str {
         match self {
             FileArray::F32(_) => "float32",
             FileArray::F64(_) => "float64",
