@@ -389,8 +389,13 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         }
     }
     let real_inputs = !o.verify_opts.inputs.files.is_empty() || o.verify_opts.inputs.npz.is_some();
-    if let Some(w) = verification.as_ref().and_then(|v| fidelity_warning(v, real_inputs, recon_inputs.is_some())) {
+    if let Some(w) =
+        verification.as_ref().and_then(|v| fidelity_warning(v, real_inputs, recon_inputs.is_some(), beta_written))
+    {
         notes.push(w);
+    }
+    if let (Some(v), Some(g), false) = (verification.as_ref(), guard_report.as_ref(), untouched) {
+        notes.extend(guard_misjudged(v, g, real_inputs));
     }
     if o.mode != Mode::Weights && !untouched {
         notes.extend(slower_warnings(&timing));
@@ -510,6 +515,30 @@ fn weight_inputs_note(n: usize, r: &crate::model::weight_inputs::Restored) -> Op
     (n > 0 || !r.added.is_empty()).then_some(s)
 }
 
+/// A loud note when the guard passed the cut on random inputs but the user's own samples
+/// (`--inputs`) show the outputs moved past its tolerance: random inputs misjudged the model
+/// (yolo_block at `--round-to 1`: 0.092 on random inputs, 0.273 on the test images, 5.8 points
+/// lost).
+fn guard_misjudged(v: &crate::check::Verification, g: &crate::check::guard::GuardReport, real: bool) -> Option<String> {
+    if !real || !g.inputs.contains("random") || g.kept_dense {
+        return None;
+    }
+    let worst = v
+        .outputs
+        .iter()
+        .filter(|o| o.error.is_none() && o.rel_l2_err.is_finite())
+        .max_by(|a, b| a.rel_l2_err.total_cmp(&b.rel_l2_err))?;
+    (worst.rel_l2_err > g.tolerance).then(|| {
+        format!(
+            "WARNING: the fidelity guard passed this cut (β {}) on {}, within its tolerance {}, but on your --inputs \
+             it moves output '{}' by {:.3} (relative L2): random inputs misjudge this model. Pass --calibration \
+             with a few hundred real samples (the guard and reconstruction then work on them), or keep more with \
+             --beta above {}",
+            g.beta, g.inputs, g.tolerance, worst.name, worst.rel_l2_err, g.beta
+        )
+    })
+}
+
 /// The fewest calibration samples reconstruction runs on: with fewer no fifth can be held out
 /// to check it end to end.
 pub const MIN_RECONSTRUCTION_ROWS: usize = 10;
@@ -528,7 +557,12 @@ pub const WARN_REL_L2: f64 = 0.5;
 /// Without labels it is judged on the user's inputs only (random inputs are out of
 /// distribution): by top-1 agreement on outputs of two rows or more, and by relative L2 on the
 /// outputs that have no agreement rate (a streaming VAD's speech probabilities [T]).
-fn fidelity_warning(v: &crate::check::Verification, real_inputs: bool, reconstructed: bool) -> Option<String> {
+fn fidelity_warning(
+    v: &crate::check::Verification,
+    real_inputs: bool,
+    reconstructed: bool,
+    beta: f64,
+) -> Option<String> {
     if !v.is_ok() {
         return None;
     }
@@ -560,9 +594,12 @@ fn fidelity_warning(v: &crate::check::Verification, real_inputs: bool, reconstru
         }
     };
     let fix = if reconstructed {
-        "keep more with --beta above 1 (e.g. --beta 1.5)"
+        format!("keep more with --beta above {beta} (e.g. --beta {})", (beta * 1.5 * 100.0).round() / 100.0)
     } else {
-        "pass --calibration with a few hundred real inputs to reconstruct the kept weights, or keep more with --beta above 1"
+        format!(
+            "pass --calibration with a few hundred real inputs to reconstruct the kept weights, or keep more with \
+             --beta above {beta}"
+        )
     };
     Some(format!("WARNING: {what}; {fix}"))
 }
@@ -883,17 +920,49 @@ mod tests {
         };
         let same_y = v(crate::check::compare(&[y.clone(), hn.clone()], &[y.clone(), hn_moved.clone()], &names));
         assert_eq!(same_y.outputs[1].top1_agreement, Some(0.0));
-        assert_eq!(fidelity_warning(&same_y, true, false), None);
+        assert_eq!(fidelity_warning(&same_y, true, false, 1.0), None);
         let y_moved = arr(&[4, 2], &[0., 1., 0., 1., 0., 1., 0., 1.]);
         let moved = v(crate::check::compare(&[y, hn], &[y_moved, hn_moved], &names));
-        let w = fidelity_warning(&moved, true, false).unwrap();
+        let w = fidelity_warning(&moved, true, false, 1.0).unwrap();
         assert!(w.contains("top-1 agreement with the dense model is 50.0 %"), "{w}");
         // A state (or a per-frame score) far off: named, on the user's inputs only.
         let (y, hn) = (arr(&[4, 2], &[1., 0., 0., 1., 1., 0., 0., 1.]), arr(&[1, 1, 3], &[1., 0.8, 0.]));
         let far = v(crate::check::compare(&[y.clone(), hn], &[y, arr(&[1, 1, 3], &[0., 0., 1.])], &names));
-        let w = fidelity_warning(&far, true, false).unwrap();
+        let w = fidelity_warning(&far, true, false, 1.0).unwrap();
         assert!(w.contains("output 'hn' is 1.") && w.contains("(relative L2) off"), "{w}");
-        assert_eq!(fidelity_warning(&far, false, false), None);
+        assert_eq!(fidelity_warning(&far, false, false, 1.0), None);
+    }
+
+    #[test]
+    fn a_guard_pass_on_random_inputs_that_real_inputs_refute_is_a_warning() {
+        use ndarray::{ArrayD, IxDyn};
+        let arr = |v: &[f32]| ArrayD::from_shape_vec(IxDyn(&[2, 2]), v.to_vec()).unwrap();
+        let v = |b: &[f32]| crate::check::Verification {
+            status: "ok".into(),
+            outputs: crate::check::compare(&[arr(&[1., 0., 0., 1.])], &[arr(b)], &["logits".to_string()]),
+            ..crate::check::Verification::skipped(String::new(), Default::default(), vec![])
+        };
+        let g = |inputs: &str| crate::check::guard::GuardReport {
+            tolerance: 0.1,
+            inputs: inputs.into(),
+            samples: 32,
+            trials: vec![],
+            beta: 1.1,
+            kept_dense: false,
+            candidates: 10,
+            groups: None,
+            by_group: false,
+        };
+        let (far, near) = (v(&[1., 0.3, 0., 1.]), v(&[1., 0.05, 0., 1.]));
+        let w = guard_misjudged(&far, &g("32 random inputs (seed 0)"), true).unwrap();
+        assert!(
+            w.contains("on your --inputs it moves output 'logits' by 0.212") && w.contains("--beta above 1.1"),
+            "{w}"
+        );
+        assert_eq!(guard_misjudged(&near, &g("32 random inputs (seed 0)"), true), None);
+        // Judged on calibration rows, or no real inputs to refute it: nothing to say.
+        assert_eq!(guard_misjudged(&far, &g("32 calibration rows"), true), None);
+        assert_eq!(guard_misjudged(&far, &g("32 random inputs (seed 0)"), false), None);
     }
 
     #[test]
