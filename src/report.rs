@@ -226,12 +226,7 @@ impl Report {
             Some(v) => {
                 let shapes: Vec<String> = v.input_shapes.iter().map(|(k, d)| format!("{k} {d:?}")).collect();
                 // Sizes made up for free dims other than the batch (an image's 224 × 224).
-                let assumed: Vec<&str> = v
-                    .notes
-                    .iter()
-                    .filter_map(|n| n.strip_prefix("assumed "))
-                    .filter(|n| !n.starts_with("input '") && !n.starts_with("batch="))
-                    .collect();
+                let assumed = v.assumed_sizes();
                 let assumed = if assumed.is_empty() {
                     String::new()
                 } else {

@@ -373,12 +373,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     // A model that did not run at the sizes made up for its free dims (an image's 224 × 224
     // for a classifier that needs 8 × 8): the run cut nothing and said only that it failed.
     if let Some(v) = verification.as_ref() {
-        let assumed: Vec<&str> = v
-            .notes
-            .iter()
-            .filter_map(|n| n.strip_prefix("assumed "))
-            .filter(|n| !n.starts_with("input '") && !n.starts_with("batch="))
-            .collect();
+        let assumed = v.assumed_sizes();
         let failed = v.status != "ok" || notes.iter().any(|n| n.starts_with("fidelity guard could not run the model"));
         if failed && !assumed.is_empty() {
             notes.push(format!(

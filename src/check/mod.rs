@@ -98,6 +98,15 @@ pub struct Verification {
 }
 
 impl Verification {
+    /// The sizes made up for free dims other than the batch ("h=224 (default)"), from its notes.
+    pub fn assumed_sizes(&self) -> Vec<&str> {
+        self.notes
+            .iter()
+            .filter_map(|n| n.strip_prefix("assumed "))
+            .filter(|n| !n.starts_with("input '") && !n.starts_with("batch="))
+            .collect()
+    }
+
     pub(crate) fn skipped(reason: String, input_shapes: BTreeMap<String, Vec<usize>>, notes: Vec<String>) -> Self {
         Verification {
             status: "skipped".into(),
