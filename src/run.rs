@@ -185,7 +185,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     let mut calibration: Option<String> = None;
     // Calibration data, loaded once: for data-driven criteria and for reconstruction.
     let calib = calibration_inputs(o, loaded.proto.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence))?;
-    let verify_inputs = check_given_files(o)?;
+    let outputs: Vec<String> =
+        loaded.proto.graph.as_ref().map(|g| g.output.iter().map(|v| v.name.clone()).collect()).unwrap_or_default();
+    let verify_stats = check_given_files(o, &outputs)?;
     let half = |t: &onnx_protobuf::TensorProto| crate::model::promote::half(t.data_type);
     if calib.is_some() && loaded.proto.graph.as_ref().is_some_and(|g| g.initializer.iter().any(half)) {
         notes.push(
@@ -204,7 +206,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     }
     if let Some((c, label)) = &calib {
         calibration = Some(label.clone());
-        notes.extend(check_calibration(c, verify_inputs.as_ref())?);
+        notes.extend(check_calibration(c, &verify_stats)?);
     }
     let masked_opts = SaveOptions { external: loaded.external.clone() };
     let t_recon = std::cell::Cell::new(0.0f64);
@@ -764,10 +766,12 @@ fn calibration_inputs(o: &RunOptions, sequence: bool) -> Result<Option<(crate::c
 /// model written unverified, exit 0), and so is a count of labels that is no multiple of the
 /// samples. Whether the labels fit the outputs' rows is known only after a run: a mismatch there
 /// is reported with the accuracy.
-/// Returns the verification inputs read from the user's files.
-fn check_given_files(o: &RunOptions) -> Result<Option<crate::check::Inputs>> {
+/// Returns the float inputs' statistics of the user's files (for [`check_calibration`]; the
+/// samples themselves are read again by verification, not held through the pass). `outputs`:
+/// the model's output names.
+fn check_given_files(o: &RunOptions, outputs: &[String]) -> Result<Vec<(String, f64, f64)>> {
     if !o.verify {
-        return Ok(None);
+        return Ok(vec![]);
     }
     let spec = &o.verify_opts.inputs;
     let given = !spec.files.is_empty() || spec.npz.is_some();
@@ -782,13 +786,8 @@ fn check_given_files(o: &RunOptions) -> Result<Option<crate::check::Inputs>> {
         }
         None
     };
-    if let Some(name) = &o.verify_opts.labels_output {
-        let proto = crate::check::inputs::read_proto(&o.input)?;
-        let outs: Vec<&str> =
-            proto.graph.as_ref().map(|g| g.output.iter().map(|v| v.name.as_str()).collect()).unwrap_or_default();
-        if !outs.contains(&name.as_str()) {
-            bail!("--labels {name}=…: the model has no output '{name}' (outputs: {})", outs.join(", "));
-        }
+    if let Some(name) = o.verify_opts.labels_output.as_ref().filter(|n| !outputs.contains(n)) {
+        bail!("--labels {name}=…: the model has no output '{name}' (outputs: {})", outputs.join(", "));
     }
     if let Some(labels) = &o.verify_opts.labels {
         let n = crate::check::load_labels(labels).context("--labels")?.len();
@@ -808,7 +807,7 @@ fn check_given_files(o: &RunOptions) -> Result<Option<crate::check::Inputs>> {
             );
         }
     }
-    Ok(read)
+    Ok(read.map(|i| i.float_stats()).unwrap_or_default())
 }
 
 /// Calibration data that cannot be what the model takes, found before anything is fitted on it:
@@ -816,9 +815,8 @@ fn check_given_files(o: &RunOptions) -> Result<Option<crate::check::Inputs>> {
 /// from 89.5 to 9.5 %), or one whose scale is an order of magnitude off the `--inputs` samples'
 /// (raw uint8 pixels for a normalised image model: 90.7 → 15.5 %, exit 0). Returns the notes to
 /// report (integer data cast to float as it is).
-fn check_calibration(c: &crate::check::Inputs, verify: Option<&crate::check::Inputs>) -> Result<Vec<String>> {
+fn check_calibration(c: &crate::check::Inputs, theirs: &[(String, f64, f64)]) -> Result<Vec<String>> {
     let notes = c.assumed.iter().filter(|a| a.starts_with("input '")).map(|a| format!("--calibration: {a}")).collect();
-    let theirs = verify.map(|v| v.float_stats()).unwrap_or_default();
     let stats = c.float_stats();
     // Every input the same everywhere (a float mask of ones beside token ids that vary is fine).
     if c.rows() > 1 && c.all_constant() {
