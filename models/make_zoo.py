@@ -152,9 +152,11 @@ class ShuffleNet(nn.Module):
 
 # --------------------------------------------------------------------------- recurrent
 class RNNNet(nn.Module):
-    def __init__(self, cell, bidirectional=False):
+    def __init__(self, cell, bidirectional=False, num_layers=1):
         super().__init__()
-        self.rnn = cell(12, 32, batch_first=True, bidirectional=bidirectional)
+        # num_layers 2: torch writes each layer's zero initial state as a Slice of one
+        # ConstantOfShape (the pruned layers read none: ONNX's default, zeros).
+        self.rnn = cell(12, 32, batch_first=True, bidirectional=bidirectional, num_layers=num_layers)
         self.fc = nn.Linear(64 if bidirectional else 32, 10)
 
     def forward(self, x):
@@ -621,6 +623,9 @@ def main():
         "zoo_norm_decomposed": lambda m: norm_decomposed(OUT, m),
         "zoo_vit_fixed": lambda m: vit_fixed(OUT, m),
         "zoo_rmsnorm_ops": lambda m: m.update(zoo_rmsnorm_ops={"x": rmsnorm_ops(os.path.join(OUT, "zoo_rmsnorm_ops.onnx"))}),
+        "zoo_lstm_stacked": lambda m: add(
+            OUT, m, "zoo_lstm_stacked", lambda: RNNNet(nn.LSTM, num_layers=2), torch.randn(2, 8, 12), 11
+        ),
         "zoo_ms_bert": lambda m: m.update(
             zoo_ms_bert={"x": ms_bert(os.path.join(OUT, "zoo_ms_bert.onnx")), "dtype": "int64", "high": 50}
         ),
@@ -646,6 +651,7 @@ def main():
     add(OUT, manifest, "zoo_gru", lambda: RNNNet(nn.GRU), torch.randn(2, 8, 12), 4)
     # Bidirectional: Y [S, 2, B, H] → Transpose → Reshape [S, B, 2·H] (directions merged).
     add(OUT, manifest, "zoo_bilstm", lambda: RNNNet(nn.LSTM, bidirectional=True), torch.randn(2, 8, 12), 10)
+    add(OUT, manifest, "zoo_lstm_stacked", lambda: RNNNet(nn.LSTM, num_layers=2), torch.randn(2, 8, 12), 11)
     tok = torch.randint(0, 50, (2, 8))
     torch.manual_seed(5)
     export(LNTransformer().eval(), tok, "zoo_layernorm_transformer")

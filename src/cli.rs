@@ -419,6 +419,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
             runs: a.latency_runs,
             only: a.latency_in.map(Into::into),
         },
+        samples: None,
     };
     let opts = RunOptions {
         input,

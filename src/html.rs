@@ -164,7 +164,8 @@ fn summary(s: &mut String, r: &Report) {
     s.push_str("</table>\n");
     if let Some(v) = &r.verification {
         if v.is_ok() {
-            s.push_str("<h2>Fidelity (pruned against dense)</h2><table>\n<tr><th>output</th><th>shape</th><th>max |&Delta;|</th><th>rel L2</th><th>cosine</th><th>top-1 agreement</th></tr>\n");
+            let _ = writeln!(s, "<h2>Fidelity (pruned against dense)</h2><p>On {}.</p>", esc(&v.samples));
+            s.push_str("<table>\n<tr><th>output</th><th>shape</th><th>max |&Delta;|</th><th>rel L2</th><th>cosine</th><th>top-1 agreement</th></tr>\n");
             for o in &v.outputs {
                 row(
                     s,

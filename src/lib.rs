@@ -7,6 +7,7 @@ pub mod cli;
 pub mod diff;
 pub mod emp;
 pub mod html;
+pub mod interrupt;
 pub mod model;
 pub mod progress;
 pub mod prune;

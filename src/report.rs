@@ -232,7 +232,8 @@ impl Report {
                 } else {
                     format!("; assumed {} (--dim sets them)", assumed.join(", "))
                 };
-                let _ = writeln!(s, "verification ({}, inputs {}{assumed}):", v.engine, shapes.join(", "));
+                let _ =
+                    writeln!(s, "verification ({}, {}; inputs {}{assumed}):", v.engine, v.samples, shapes.join(", "));
                 // An input made up beside others read from files: the figures are not all the
                 // user's data.
                 for n in v.notes.iter().filter_map(|n| n.strip_prefix("assumed ").filter(|n| n.starts_with("input '")))
@@ -259,7 +260,10 @@ impl Report {
                 }
                 // What could not be measured, and why (the JSON has every note).
                 for n in v.notes.iter().filter(|n| {
-                    n.contains("unavailable") || n.contains("failed") || n.starts_with("accuracy is measured")
+                    n.contains("unavailable")
+                        || n.contains("failed")
+                        || n.starts_with("accuracy is measured")
+                        || n.starts_with(crate::check::ON_CALIBRATION)
                 }) {
                     let _ = writeln!(s, "  note: {n}");
                 }
@@ -469,11 +473,16 @@ fn groups_table(groups: &[GroupReport]) -> String {
             }
         };
         let id = tail(&g.id, id_w);
-        let _ = writeln!(
-            s,
-            "{:<id_w$}  {:<8} {:>5} {:>8.2} {:>5} {:>6.3}  {}",
-            id, g.kind, g.n, g.n_eff, g.kept, g.s_eff, status
-        );
+        if g.blocked.is_some() && g.n == 0 {
+            // A block that could not be read: its unit count is unknown (the JSON's 0), not zero.
+            let _ = writeln!(s, "{:<id_w$}  {:<8} {:>5} {:>8} {:>5} {:>6}  {}", id, g.kind, "?", "?", "?", "", status);
+        } else {
+            let _ = writeln!(
+                s,
+                "{:<id_w$}  {:<8} {:>5} {:>8.2} {:>5} {:>6.3}  {}",
+                id, g.kind, g.n, g.n_eff, g.kept, g.s_eff, status
+            );
+        }
         for n in &g.notes {
             let _ = writeln!(s, "{:<id_w$}  note: {n}", "");
         }
@@ -485,7 +494,7 @@ fn groups_table(groups: &[GroupReport]) -> String {
 }
 
 /// The latency line's follow-up, when one node holds [`SLOWEST_SHARE`] of the time: the dense
-/// model's slowest nodes, and, when those the pruning did not shrink hold [`UNREACHED_SHARE`],
+/// model's slowest nodes, and, when those whose time the pruning did not cut hold [`UNREACHED_SHARE`],
 /// that latency cannot follow the MACs cut there.
 fn hotspot_lines(s: &mut String, hs: &[Hotspot]) {
     let untouched: f64 =
@@ -507,8 +516,8 @@ fn hotspot_lines(s: &mut String, hs: &[Hotspot]) {
     if untouched >= UNREACHED_SHARE {
         let _ = writeln!(
             s,
-            "            {:.0} % of the dense time is in slowest node(s) the pruning did not shrink: latency \
-             cannot fall with the MACs there",
+            "            {:.0} % of the dense time is in slowest node(s) whose time the pruning did not cut by 10 % \
+             or more: latency cannot fall with the MACs there",
             untouched * 100.0
         );
     }
@@ -538,11 +547,16 @@ mod tests {
         let mut s = String::new();
         hotspot_lines(&mut s, &[h("/dfl/Softmax", 0.59, 46.2, Some(46.0)), h("/c", 0.05, 4.0, Some(2.4))]);
         assert!(s.contains("/dfl/Softmax (Op) 59 %, 46.200 → 46.000 ms; /c (Op) 5 %, 4.000 → 2.400 ms"), "{s}");
-        assert!(s.contains("59 % of the dense time is in slowest node(s) the pruning did not shrink"), "{s}");
+        assert!(
+            s.contains(
+                "59 % of the dense time is in slowest node(s) whose time the pruning did not cut by 10 % or more"
+            ),
+            "{s}"
+        );
         // Slow nodes that shrank: named, nothing to explain.
         let mut s = String::new();
         hotspot_lines(&mut s, &[h("/a", 0.30, 3.0, Some(2.0)), h("/b", 0.1, 1.0, None)]);
-        assert!(s.contains("/b (Op) 10 %, 1.000 ms → removed") && !s.contains("did not shrink"), "{s}");
+        assert!(s.contains("/b (Op) 10 %, 1.000 ms → removed") && !s.contains("did not cut"), "{s}");
         // Time spread thin: no lines.
         let mut s = String::new();
         hotspot_lines(&mut s, &[h("/a", 0.09, 1.0, Some(1.0)), h("/b", 0.08, 1.0, Some(1.0))]);

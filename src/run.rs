@@ -80,6 +80,8 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
                 .with_context(|| format!("{}: cannot create a file in this folder", out_dir.display()))?,
         )
     };
+    // Removed if the command is interrupted (`crate::interrupt`).
+    let _staging_registered = staging.as_ref().map(|d| crate::interrupt::Registered::new(d.path()));
     let mut timing = Timing::default();
     let t = Instant::now();
     let stage = progress::Stage::start("load");
@@ -116,8 +118,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
             .tempdir_in(if o.plan { std::env::temp_dir() } else { out_dir.clone() })
             .context("cannot create a scratch folder beside the output")?;
         let p = dir.path().join("dense-input.onnx");
+        let registered = crate::interrupt::Registered::new(dir.path());
         io::save(loaded.proto.clone(), &p, &SaveOptions { external: loaded.external.clone() })?;
-        Some((dir, p))
+        Some((dir, p, registered))
     } else {
         None
     };
@@ -184,7 +187,9 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     }
     let mut calibration: Option<String> = None;
     // Calibration data, loaded once: for data-driven criteria and for reconstruction.
-    let calib = calibration_inputs(o, loaded.proto.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence))?;
+    let sequence = loaded.proto.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence);
+    let states = loaded.proto.graph.as_ref().map(crate::model::graph::recurrent_states).unwrap_or_default();
+    let calib = calibration_inputs(o, sequence)?;
     let outputs: Vec<String> =
         loaded.proto.graph.as_ref().map(|g| g.output.iter().map(|v| v.name.clone()).collect()).unwrap_or_default();
     let verify_stats = check_given_files(o, &outputs)?;
@@ -252,7 +257,7 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         return plan_outcome(
             o,
             &loaded,
-            dense_input.as_ref().map(|(_, p)| p.as_path()),
+            dense_input.as_ref().map(|(_, p, _)| p.as_path()),
             pruned,
             PlanParts {
                 params: Params { before: p_before, after: p_after, nonzero_before: nz_before, nonzero_after: nz_after },
@@ -345,8 +350,13 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         equivalence.push(e);
     }
     let verification = if o.verify {
-        let dense = dense_input.as_ref().map_or(o.input.as_path(), |(_, p)| p.as_path());
-        let mut v = check::verify(dense, &staged, &o.verify_opts);
+        let dense = dense_input.as_ref().map_or(o.input.as_path(), |(_, p, _)| p.as_path());
+        let vo = verification_options(o, dense, calib.as_ref().map(|c| &c.0), sequence, p_before);
+        let mut v = check::verify(dense, &staged, &vo);
+        // An argmax over a recurrent state's hidden units is no agreement rate.
+        for f in v.outputs.iter_mut().filter(|f| states.contains(&f.name)) {
+            f.top1_agreement = None;
+        }
         // The staging folder has a random name: report the final path so reports are identical.
         let (from, to) = (staged.display().to_string(), o.output.display().to_string());
         v.reason = v.reason.map(|r| r.replace(&from, &to));
@@ -377,7 +387,13 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
     if let Some(v) = verification.as_ref() {
         let assumed = v.assumed_sizes();
         let failed = v.status != "ok" || notes.iter().any(|n| n.starts_with("fidelity guard could not run the model"));
-        if failed && !assumed.is_empty() {
+        let unsupported = v.reason.as_deref().and_then(crate::check::unsupported_op);
+        if let (true, Some(op)) = (failed, &unsupported) {
+            notes.push(format!(
+                "neither tract nor onnxruntime runs the model's op {op}: nothing about the pruned model could be measured"
+            ));
+        }
+        if failed && !assumed.is_empty() && unsupported.is_none() {
             notes.push(format!(
                 "the model did not run at the sizes assumed for its free dims ({}): give the sizes it takes with \
                  --dim NAME=VALUE, or real samples with --inputs",
@@ -386,9 +402,11 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         }
     }
     let real_inputs = !o.verify_opts.inputs.files.is_empty() || o.verify_opts.inputs.npz.is_some();
-    if let Some(w) =
-        verification.as_ref().and_then(|v| fidelity_warning(v, real_inputs, recon_inputs.is_some(), beta_written))
-    {
+    if let Some(w) = verification.as_ref().and_then(|v| {
+        // Without --inputs, verification measured on the calibration samples (real data too).
+        let on = if real_inputs { Some("your inputs") } else { calib.is_some().then_some("the calibration samples") };
+        fidelity_warning(v, on, recon_inputs.is_some(), calib.is_some(), beta_written, o.fixed_ratio)
+    }) {
         notes.push(w);
     }
     if let (Some(v), Some(g), false) = (verification.as_ref(), guard_report.as_ref(), untouched) {
@@ -439,7 +457,19 @@ pub fn run(o: &RunOptions) -> Result<Outcome> {
         let (bytes, s) = store_sparse(&staged, &save_opts)?;
         out_bytes = bytes;
         timing.save_ms += ms(t);
-        notes.push(if s.tensors == 0 {
+        let unstorable =
+            [(s.constants_with_zeros, "stored as Constant nodes"), (s.inputs_with_zeros, "listed as graph inputs too")]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, how)| format!("{n} {how}"))
+                .collect::<Vec<_>>();
+        notes.push(if s.tensors == 0 && !unstorable.is_empty() {
+            format!(
+                "sparse initializers: the weights with enough zeros are not initializers ONNX's sparse_initializer \
+                 can hold ({}); the model is stored dense",
+                unstorable.join(", ")
+            )
+        } else if s.tensors == 0 {
             "sparse initializers: no weight tensor has enough zeros for sparse storage to save bytes (ONNX \
              requires INT64 indices, so a float32 weight shrinks only above 66.7 % zeros, float16 above 80 %); \
              the model is stored dense"
@@ -541,6 +571,35 @@ fn guard_misjudged(v: &crate::check::Verification, g: &crate::check::guard::Guar
     })
 }
 
+/// Verification's options: without `--inputs`, it measures on the calibration samples when there
+/// are some (the data the cut was chosen and fitted on, said in the report), else on as many
+/// seeded random samples as the guard judges on, other ones ([`guard::random_inputs`]): one random sample
+/// made a "top-1 agreement 0.00 %" that said nothing. `params`: the dense model's, the cost of a
+/// sample when tract cannot count its MACs.
+fn verification_options(
+    o: &RunOptions,
+    dense: &std::path::Path,
+    calib: Option<&crate::check::Inputs>,
+    sequence: bool,
+    params: u64,
+) -> crate::check::VerifyOptions {
+    let spec = &o.verify_opts.inputs;
+    let samples = if !spec.files.is_empty() || spec.npz.is_some() {
+        None
+    } else if let Some(c) = calib {
+        Some((c.clone(), crate::check::Samples::Calibration))
+    } else {
+        let cost = |one: &crate::check::Inputs| {
+            Ok(crate::check::macs(dense, &one.facts()).map_or(params, |m| m.total / one.rows().max(1) as u64))
+        };
+        // When they cannot be made, verification prepares its inputs itself and says why it failed.
+        guard::random_inputs(o, sequence, 0, cost)
+            .ok()
+            .map(|(i, _)| (i, crate::check::Samples::Random { seed: spec.seed }))
+    };
+    crate::check::VerifyOptions { samples, ..o.verify_opts.clone() }
+}
+
 /// The fewest calibration samples reconstruction runs on: with fewer no fifth can be held out
 /// to check it end to end.
 pub const MIN_RECONSTRUCTION_ROWS: usize = 10;
@@ -559,11 +618,16 @@ pub const WARN_REL_L2: f64 = 0.5;
 /// Without labels it is judged on the user's inputs only (random inputs are out of
 /// distribution): by top-1 agreement on outputs of two rows or more, and by relative L2 on the
 /// outputs that have no agreement rate (a streaming VAD's speech probabilities [T]).
+/// `on`: what real data verification measured on (None: random inputs); `calibrated`:
+/// calibration was given (`reconstructed`: and the kept weights were refitted on it); `ratio`:
+/// `--ratio`'s fixed cut, which the advice then names instead of β.
 fn fidelity_warning(
     v: &crate::check::Verification,
-    real_inputs: bool,
+    on: Option<&str>,
     reconstructed: bool,
+    calibrated: bool,
     beta: f64,
+    ratio: Option<f64>,
 ) -> Option<String> {
     if !v.is_ok() {
         return None;
@@ -571,37 +635,52 @@ fn fidelity_warning(
     let what = match (v.accuracy_dense, v.accuracy_pruned) {
         (Some(a), Some(b)) if a - b > WARN_ACCURACY_DROP => format!("accuracy fell {:.1} points", (a - b) * 100.0),
         (Some(_), Some(_)) => return None,
-        _ if !real_inputs => return None,
+        _ if on.is_none() => return None,
         _ => {
             // An output of one row (a recurrent state [1, 1, 128]) has one argmax: no rate.
             let rows =
                 |o: &crate::check::OutputFidelity| o.shape[..o.shape.len().saturating_sub(1)].iter().product::<usize>();
             let rated = |o: &&crate::check::OutputFidelity| rows(o) >= 2 && o.top1_agreement.is_some();
-            let worst = v.outputs.iter().filter(rated).filter_map(|o| o.top1_agreement).fold(f64::INFINITY, f64::min);
+            let worst = v
+                .outputs
+                .iter()
+                .filter(rated)
+                .filter_map(|o| o.top1_agreement.map(|t| (t, o.name.as_str())))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
             let moved = v
                 .outputs
                 .iter()
                 .filter(|o| !rated(o) && o.rel_l2_err > WARN_REL_L2)
                 .max_by(|a, b| a.rel_l2_err.total_cmp(&b.rel_l2_err));
             match moved {
-                _ if worst < WARN_AGREEMENT => {
-                    format!("top-1 agreement with the dense model is {:.1} %", worst * 100.0)
+                _ if worst.is_some_and(|w| w.0 < WARN_AGREEMENT) => {
+                    let (t, name) = worst.unwrap_or_default();
+                    format!("top-1 agreement with the dense model is {:.1} % (output '{name}')", t * 100.0)
                 }
                 Some(o) => format!(
-                    "output '{}' is {:.3} (relative L2) off the dense model's on your inputs",
-                    o.name, o.rel_l2_err
+                    "output '{}' is {:.3} (relative L2) off the dense model's on {}",
+                    o.name,
+                    o.rel_l2_err,
+                    on.unwrap_or_default()
                 ),
                 None => return None,
             }
         }
     };
+    // With --ratio, β has no effect (and is refused beside it): a smaller ratio keeps more.
+    let more = match ratio {
+        Some(r) => format!("keep more with a --ratio below {r}"),
+        None if reconstructed => {
+            format!("keep more with --beta above {beta} (e.g. --beta {})", (beta * 1.5 * 100.0).round() / 100.0)
+        }
+        None => format!("keep more with --beta above {beta}"),
+    };
     let fix = if reconstructed {
-        format!("keep more with --beta above {beta} (e.g. --beta {})", (beta * 1.5 * 100.0).round() / 100.0)
+        more
+    } else if calibrated {
+        format!("drop --no-reconstruct to reconstruct the kept weights from the calibration samples, or {more}")
     } else {
-        format!(
-            "pass --calibration with a few hundred real inputs to reconstruct the kept weights, or keep more with \
-             --beta above {beta}"
-        )
+        format!("pass --calibration with a few hundred real inputs to reconstruct the kept weights, or {more}")
     };
     Some(format!("WARNING: {what}; {fix}"))
 }
@@ -918,17 +997,20 @@ mod tests {
         };
         let same_y = v(crate::check::compare(&[y.clone(), hn.clone()], &[y.clone(), hn_moved.clone()], &names));
         assert_eq!(same_y.outputs[1].top1_agreement, Some(0.0));
-        assert_eq!(fidelity_warning(&same_y, true, false, 1.0), None);
+        assert_eq!(fidelity_warning(&same_y, Some("your inputs"), false, false, 1.0, None), None);
         let y_moved = arr(&[4, 2], &[0., 1., 0., 1., 0., 1., 0., 1.]);
         let moved = v(crate::check::compare(&[y, hn], &[y_moved, hn_moved], &names));
-        let w = fidelity_warning(&moved, true, false, 1.0).unwrap();
-        assert!(w.contains("top-1 agreement with the dense model is 50.0 %"), "{w}");
+        let w = fidelity_warning(&moved, Some("your inputs"), false, false, 1.0, None).unwrap();
+        assert!(w.contains("top-1 agreement with the dense model is 50.0 % (output 'y')"), "{w}");
         // A state (or a per-frame score) far off: named, on the user's inputs only.
         let (y, hn) = (arr(&[4, 2], &[1., 0., 0., 1., 1., 0., 0., 1.]), arr(&[1, 1, 3], &[1., 0.8, 0.]));
         let far = v(crate::check::compare(&[y.clone(), hn], &[y, arr(&[1, 1, 3], &[0., 0., 1.])], &names));
-        let w = fidelity_warning(&far, true, false, 1.0).unwrap();
+        let w = fidelity_warning(&far, Some("your inputs"), false, false, 1.0, None).unwrap();
         assert!(w.contains("output 'hn' is 1.") && w.contains("(relative L2) off"), "{w}");
-        assert_eq!(fidelity_warning(&far, false, false, 1.0), None);
+        assert_eq!(fidelity_warning(&far, None, false, false, 1.0, None), None);
+        // After --ratio (β has no effect beside it), the advice is a smaller ratio.
+        let w = fidelity_warning(&far, Some("your inputs"), true, true, 1.0, Some(0.5)).unwrap();
+        assert!(w.contains("keep more with a --ratio below 0.5") && !w.contains("--beta"), "{w}");
     }
 
     #[test]

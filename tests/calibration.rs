@@ -518,3 +518,36 @@ fn a_recurrent_layer_that_lost_input_features_is_refitted() {
         assert_eq!(rep["equivalence"][0]["pass"], true, "{}", rep["equivalence"]);
     }
 }
+
+/// Ctrl-C (or SIGTERM) during a run leaves nothing beside OUT: the staging folder the run
+/// created is removed and the command dies of the signal (it left an empty `.onnx-emp-XXXXXX`
+/// folder on every interrupted run). The signal is sent once the folder exists, while the
+/// calibrated pass runs.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_run_leaves_nothing_behind() {
+    use std::os::unix::process::ExitStatusExt;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_onnx-emp"))
+            .current_dir(root)
+            .arg("models/fmnist_resnet.onnx")
+            .arg(dir.path().join("out.onnx"))
+            .args(["--structured", "channels", "--calibration", "models/fmnist_calib_x.npy", "--quiet"])
+            .spawn()
+            .unwrap();
+        let staged =
+            || std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect::<Vec<_>>();
+        let t = std::time::Instant::now();
+        while staged().is_empty() && t.elapsed().as_secs() < 60 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(staged().len(), 1, "{:?}", staged());
+        // SAFETY: a signal to the child we spawned.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(sig), "{status:?}");
+        assert!(staged().is_empty(), "left behind: {:?}", staged());
+    }
+}

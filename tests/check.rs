@@ -37,6 +37,7 @@ fn mlp_against_itself_with_labels() {
         labels_output: None,
         latency: true,
         latency_opts: Default::default(),
+        samples: None,
     };
     let t = Instant::now();
     let v = check::verify(&m, &m, &opts);

@@ -167,12 +167,18 @@ fn bad_input_clear_errors() {
     fails(&[d.join("trunc.onnx").to_str().unwrap(), o], Some(&out), "trunc.onnx", 1);
     std::fs::write(d.join("empty.onnx"), b"").unwrap();
     fails(&[d.join("empty.onnx").to_str().unwrap(), o], Some(&out), "empty", 1);
-    // an empty graph
+    // a graph whose nodes are gone (its output produced by nothing: invalid), and a valid graph
+    // of no nodes (an output that is its input: nothing to prune)
     let mut m = onnx_emp::model::io::load(&Path::new(ROOT).join("models/digits_mlp.onnx")).unwrap().proto;
     m.graph.as_mut().unwrap().node.clear();
     use onnx_protobuf::Message;
     std::fs::write(d.join("nograph.onnx"), m.write_to_bytes().unwrap()).unwrap();
-    fails(&[d.join("nograph.onnx").to_str().unwrap(), o], Some(&out), "empty", 1);
+    fails(&[d.join("nograph.onnx").to_str().unwrap(), o], Some(&out), "is not produced", 1);
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.clear();
+    g.output[0] = g.input[0].clone();
+    std::fs::write(d.join("identity.onnx"), m.write_to_bytes().unwrap()).unwrap();
+    fails(&[d.join("identity.onnx").to_str().unwrap(), o], Some(&out), "has no nodes: nothing to prune", 1);
     // unwritable output folder: a folder that does not exist, and one under a regular file
     fails(&["models/digits_mlp.onnx", "/nonexistent-dir/out.onnx"], None, "nonexistent-dir", 1);
     let f = d.join("file");
@@ -1236,5 +1242,9 @@ fn sizes_assumed_for_free_dims_are_named_when_the_model_does_not_run_at_them() {
         .assert()
         .success();
     let out = String::from_utf8_lossy(&a.get_output().stdout).to_string();
-    assert!(out.contains("verification (tract, inputs x [1, 1, 8, 8])") && !out.contains("did not run"), "{out}");
+    assert!(
+        out.contains("verification (tract, 32 random samples (seed 0); inputs x [32, 1, 8, 8])")
+            && !out.contains("did not run"),
+        "{out}"
+    );
 }

@@ -34,6 +34,8 @@ const ZOO: &[(&str, Expect)] = &[
     ("zoo_lstm", Expect::Channels(&["LSTM"])),
     ("zoo_gru", Expect::Channels(&["GRU"])),
     ("zoo_bilstm", Expect::Channels(&["LSTM", "Reshape", "Transpose"])),
+    // Two layers: torch writes each layer's zero initial state as a Slice of one ConstantOfShape.
+    ("zoo_lstm_stacked", Expect::Channels(&["LSTM", "Slice", "ConstantOfShape"])),
     ("zoo_qdq", Expect::Channels(&["QuantizeLinear", "DequantizeLinear", "Conv", "Flatten"])),
     ("zoo_shufflenet", Expect::Channels(&["Reshape", "Transpose", "Slice", "Concat", "Div"])),
     (

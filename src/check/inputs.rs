@@ -144,16 +144,26 @@ impl InputData {
 
     /// Entries `lo..hi` of axis 0 (clamped to what there is).
     pub fn rows(&self, lo: usize, hi: usize) -> InputData {
+        self.rows_on(0, lo, hi)
+    }
+
+    /// Entries `lo..hi` of `axis` (clamped to what there is).
+    pub fn rows_on(&self, axis: usize, lo: usize, hi: usize) -> InputData {
         use ndarray::{Axis, Slice};
-        let hi = hi.min(self.shape().first().copied().unwrap_or(0));
-        each_array!(self, a => a.slice_axis(Axis(0), Slice::from(lo.min(hi)..hi)).to_owned())
+        let hi = hi.min(self.shape().get(axis).copied().unwrap_or(0));
+        each_array!(self, a => a.slice_axis(Axis(axis), Slice::from(lo.min(hi)..hi)).to_owned())
     }
 
     /// The entries of axis 0 at `idx` (in that order; indices past the end are skipped).
     pub fn pick(&self, idx: &[usize]) -> InputData {
-        let n = self.shape().first().copied().unwrap_or(0);
+        self.pick_on(0, idx)
+    }
+
+    /// The entries of `axis` at `idx` (in that order; indices past the end are skipped).
+    pub fn pick_on(&self, axis: usize, idx: &[usize]) -> InputData {
+        let n = self.shape().get(axis).copied().unwrap_or(0);
         let idx: Vec<usize> = idx.iter().copied().filter(|&i| i < n).collect();
-        each_array!(self, a => a.select(ndarray::Axis(0), &idx))
+        each_array!(self, a => a.select(ndarray::Axis(axis), &idx))
     }
 
     /// ONNX element type code.
@@ -187,6 +197,10 @@ pub struct Input {
     /// inputs beside their cached values) share its arrays.
     pub data: Arc<InputData>,
     pub source: InputSource,
+    /// The axis its samples lie on: 0, or where the model declares the first input's axis-0
+    /// symbol (an LSTM's initial state `[1, batch, H]` beside `x [batch, T, F]`), so that
+    /// cutting samples cuts it too.
+    pub sample_axis: usize,
 }
 
 /// Name, element type and concrete shape: what tract needs to compile a model.
@@ -300,8 +314,9 @@ impl Inputs {
         self.inputs.iter().find(|i| i.name == name)
     }
 
-    /// The first `k` samples: every input whose axis 0 has [`Inputs::rows`] entries is cut to
-    /// its first `k` rows, the others are kept whole. `None` when there are no more than `k`.
+    /// The first `k` samples: every input whose samples axis ([`Input::sample_axis`], 0 unless
+    /// the model says otherwise) has [`Inputs::rows`] entries is cut to its first `k`, the others
+    /// are kept whole. `None` when there are no more than `k`.
     pub fn head(&self, k: usize) -> Option<Inputs> {
         let rows = self.rows();
         if rows <= k || k == 0 {
@@ -312,25 +327,30 @@ impl Inputs {
 
     /// The samples at `idx`, picked as [`Inputs::head`] cuts.
     pub fn samples(&self, idx: &[usize]) -> Inputs {
-        self.per_sample_input(|d| d.pick(idx))
+        self.per_sample_input(|d, axis| d.pick_on(axis, idx))
     }
 
     /// Samples `lo..hi`, cut as [`Inputs::head`] cuts.
     pub fn sample_range(&self, lo: usize, hi: usize) -> Inputs {
-        self.per_sample_input(|d| d.rows(lo, hi))
+        self.per_sample_input(|d, axis| d.rows_on(axis, lo, hi))
     }
 
-    /// `f` applied to every input whose axis 0 has [`Inputs::rows`] entries (the samples axis);
-    /// the others are kept whole.
-    fn per_sample_input(&self, f: impl Fn(&InputData) -> InputData) -> Inputs {
+    /// `f` applied to every input whose samples axis has [`Inputs::rows`] entries, with that
+    /// axis; the others are kept whole.
+    fn per_sample_input(&self, f: impl Fn(&InputData, usize) -> InputData) -> Inputs {
         let rows = self.rows();
         let inputs = self
             .inputs
             .iter()
             .map(|i| Input {
                 name: i.name.clone(),
-                data: if i.data.shape().first() == Some(&rows) { Arc::new(f(&i.data)) } else { i.data.clone() },
+                data: if i.data.shape().get(i.sample_axis) == Some(&rows) {
+                    Arc::new(f(&i.data, i.sample_axis))
+                } else {
+                    i.data.clone()
+                },
                 source: i.source.clone(),
+                sample_axis: i.sample_axis,
             })
             .collect();
         Inputs { inputs, assumed: self.assumed.clone(), file_rows: self.file_rows }
@@ -516,6 +536,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         }
     }
 
+    let axes = sample_axes(infos);
     // Read the given data, checking rank, fixed dims and symbol consistency.
     let mut sym_vals: BTreeMap<String, (usize, String)> = BTreeMap::new();
     let mut data: Vec<Option<(InputData, InputSource)>> = Vec::with_capacity(infos.len());
@@ -547,6 +568,11 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         let Some((arr, source)) = found else {
             data.push(None);
             continue;
+        };
+        // An input whose samples lie on another axis: the same samples picked there.
+        let arr = match &sampled {
+            Some((n, idx)) if axes[k] > 0 && arr.shape().get(axes[k]) == Some(n) => arr.pick_on(axes[k], idx),
+            _ => arr,
         };
         let shape = arr.shape().to_vec();
         let what = source_name(&source, &npz_array, &info.name);
@@ -619,9 +645,9 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
     let mut assumed = casts;
     let any_given = data.iter().any(|d| d.is_some());
     let mut inputs = Vec::with_capacity(infos.len());
-    for (info, given) in infos.iter().zip(data) {
+    for ((info, given), &sample_axis) in infos.iter().zip(data).zip(&axes) {
         if let Some((d, source)) = given {
-            inputs.push(Input { name: info.name.clone(), data: Arc::new(d), source });
+            inputs.push(Input { name: info.name.clone(), data: Arc::new(d), source, sample_axis });
             continue;
         }
         let mut shape = Vec::with_capacity(info.dims.len());
@@ -684,10 +710,22 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
         if any_given {
             assumed.push(format!("input '{}' generated (no file gives it)", info.name));
         }
-        inputs.push(Input { name: info.name.clone(), data: Arc::new(d), source: InputSource::Generated });
+        inputs.push(Input { name: info.name.clone(), data: Arc::new(d), source: InputSource::Generated, sample_axis });
     }
     assumed.dedup();
     Ok(Inputs { inputs, assumed, file_rows: sampled.map(|(n, _)| n) })
+}
+
+/// Each input's samples axis: where it declares the symbol the first input's axis 0 has (an
+/// LSTM's initial state `[1, batch, H]`), else 0.
+fn sample_axes(infos: &[InputInfo]) -> Vec<usize> {
+    let Some(DimSpec::Symbolic(sym)) = infos.first().and_then(|i| i.dims.first()) else {
+        return vec![0; infos.len()];
+    };
+    infos
+        .iter()
+        .map(|i| i.dims.iter().position(|d| matches!(d, DimSpec::Symbolic(s) if s == sym)).unwrap_or(0))
+        .collect()
 }
 
 #[cfg(test)]

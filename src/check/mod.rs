@@ -36,6 +36,40 @@ pub struct VerifyOptions {
     pub latency: bool,
     /// Latency budget and run count (see [`latency::latency`]).
     pub latency_opts: LatencyOptions,
+    /// Samples to run instead of preparing `inputs` (a run without `--inputs`: its calibration
+    /// samples, or random ones), and what they are.
+    pub samples: Option<(Inputs, Samples)>,
+}
+
+/// The op an engine's error says it does not implement (tract's `Unimplemented(ConstantFill)`,
+/// onnxruntime's `ai.onnx:ConstantFill(-1) is not a registered function/op`): a model that no
+/// engine runs for that reason is not helped by other sizes or data.
+pub fn unsupported_op(msg: &str) -> Option<String> {
+    let between = |start: &str, end: char| {
+        let at = msg.find(start)? + start.len();
+        let rest = &msg[at..];
+        let name = &rest[..rest.find(end)?];
+        (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then(|| name.to_string())
+    };
+    between("Unimplemented(", ')').or_else(|| {
+        let at = msg.find("is not a registered function/op")?;
+        let head = &msg[..at];
+        let name = head.rsplit(':').next()?.split('(').next()?.trim();
+        (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then(|| name.to_string())
+    })
+}
+
+/// The note of a verification on the calibration samples (the text report prints it).
+pub const ON_CALIBRATION: &str = "the calibration samples chose";
+
+/// What verification's samples are when they are not the user's `--inputs`: the report says so,
+/// since the figures then mean something else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Samples {
+    /// The calibration samples, which chose and fitted the cut: figures on them are optimistic.
+    Calibration,
+    /// Seeded random inputs: how far the outputs moved, not how accurate the model is.
+    Random { seed: u64 },
 }
 
 /// Masked-equivalence runs on at most this many samples: it checks that two models compute the
@@ -68,6 +102,9 @@ pub struct Verification {
     /// What ran the models: tract, or onnxruntime when tract could not (then no tract latency).
     pub engine: String,
     pub input_shapes: BTreeMap<String, Vec<usize>>,
+    /// What the samples are: "1000 samples from --inputs", "256 calibration samples", "32 random
+    /// samples (seed 0)".
+    pub samples: String,
     pub outputs: Vec<OutputFidelity>,
     #[serde(serialize_with = "finite_opt")]
     pub accuracy_dense: Option<f64>,
@@ -113,6 +150,7 @@ impl Verification {
             reason: Some(reason),
             engine: String::new(),
             input_shapes,
+            samples: String::new(),
             outputs: vec![],
             accuracy_dense: None,
             accuracy_pruned: None,
@@ -132,9 +170,13 @@ impl Verification {
     }
 }
 
-/// Both models must take the same inputs (names, element types); returns the input data.
-fn shared_inputs(a: &Path, b: &Path, spec: &InputSpec) -> Result<Inputs> {
-    let inputs = prepare_inputs(a, spec).context("preparing inputs")?;
+/// Both models must take the same inputs (names, element types); returns the input data
+/// (`given`, or prepared by `spec`).
+fn shared_inputs(a: &Path, b: &Path, spec: &InputSpec, given: Option<&Inputs>) -> Result<Inputs> {
+    let inputs = match given {
+        Some(i) => i.clone(),
+        None => prepare_inputs(a, spec).context("preparing inputs")?,
+    };
     let bi = model_inputs(b).context("reading inputs")?;
     for i in &bi {
         let Some(x) = inputs.get(&i.name) else {
@@ -170,7 +212,7 @@ fn outputs(which: &str, r: &Runnable, inputs: &Inputs) -> Result<Vec<ndarray::Ar
 /// compile or run gives `status: "skipped"` and a one-line reason naming the stage and model.
 pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification {
     let mut notes = vec![];
-    let all = match shared_inputs(dense, pruned, &opts.inputs) {
+    let all = match shared_inputs(dense, pruned, &opts.inputs, opts.samples.as_ref().map(|s| &s.0)) {
         Ok(i) => i,
         Err(e) => return Verification::skipped(format!("{e:#}"), BTreeMap::new(), notes),
     };
@@ -186,6 +228,22 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
         _ => all,
     };
     let shapes = inputs.shapes();
+    let n = inputs.rows();
+    let s = if n == 1 { "" } else { "s" };
+    let samples = match opts.samples.as_ref().map(|s| s.1) {
+        Some(Samples::Calibration) => format!("{n} calibration sample{s}"),
+        Some(Samples::Random { seed }) => format!("{n} random sample{s} (seed {seed})"),
+        None if opts.inputs.files.is_empty() && opts.inputs.npz.is_none() => {
+            format!("{n} random sample{s} (seed {})", opts.inputs.seed)
+        }
+        None => format!("{n} sample{s} from --inputs"),
+    };
+    if opts.samples.as_ref().is_some_and(|s| s.1 == Samples::Calibration) {
+        notes.push(format!(
+            "{ON_CALIBRATION} and fitted this cut (no --inputs given): figures on them are optimistic; --inputs \
+             measures on held-out data"
+        ));
+    }
     let skip = |e: anyhow::Error, notes: Vec<String>| Verification::skipped(format!("{e:#}"), shapes.clone(), notes);
     // Big models one at a time (see ONE_AT_A_TIME_BYTES); their batch models are not kept.
     let one_at_a_time = model_bytes(dense) + model_bytes(pruned) > ONE_AT_A_TIME_BYTES;
@@ -334,6 +392,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
         reason: None,
         engine: engine.into(),
         input_shapes: shapes,
+        samples,
         outputs: fid,
         accuracy_dense: acc_d,
         accuracy_pruned: acc_p,
@@ -351,7 +410,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
 /// Run `a` and `b` on the same inputs (prepared from `a`) and compare `b` against `a`. Used for
 /// masked-equivalence: `a` = dense model with the pruned units zeroed, `b` = pruned model.
 pub fn equivalence(a: &Path, b: &Path, opts: &VerifyOptions) -> Result<Vec<OutputFidelity>> {
-    let all = shared_inputs(a, b, &opts.inputs)?;
+    let all = shared_inputs(a, b, &opts.inputs, None)?;
     if let Some(few) = all.head(EQUIVALENCE_ROWS) {
         // A model whose axis 0 is not a free batch axis cannot take fewer rows: use them all.
         if let Ok(r) = equivalence_on(a, b, &few) {
@@ -428,6 +487,15 @@ fn accuracy_output(
 mod tests {
     use super::*;
     use ndarray::{arr2, ArrayD};
+
+    #[test]
+    fn an_unimplemented_op_is_named_from_either_engines_error() {
+        let tract = r#"type analysis failed: Translating node #60 "/l/ConstantFill" Unimplemented(ConstantFill) ToTypedTranslator"#;
+        assert_eq!(unsupported_op(tract).as_deref(), Some("ConstantFill"));
+        let ort = "Load model from m.onnx failed:Fatal error: ai.onnx:ConstantFill(-1) is not a registered function/op";
+        assert_eq!(unsupported_op(ort).as_deref(), Some("ConstantFill"));
+        assert_eq!(unsupported_op("symbol 'batch' would be both 256 and 360"), None);
+    }
 
     #[test]
     fn accuracy_is_measured_on_the_named_or_first_fitting_output() {

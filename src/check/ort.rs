@@ -47,7 +47,7 @@ fn write_npy(path: &Path, data: &InputData) -> Result<()> {
 /// Run `a` and `b` in onnxruntime on the inputs prepared from `a` (the first
 /// [`EQUIVALENCE_ROWS`] samples) and compare `b` against `a`.
 pub fn equivalence(a: &Path, b: &Path, spec: &InputSpec) -> Result<Vec<OutputFidelity>> {
-    let all = shared_inputs(a, b, spec)?;
+    let all = shared_inputs(a, b, spec, None)?;
     let inputs = all.head(EQUIVALENCE_ROWS).unwrap_or(all);
     let (oa, ob, names) = run_pair(a, b, &inputs)?;
     Ok(compare(&oa, &ob, &names))

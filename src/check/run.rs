@@ -707,6 +707,7 @@ mod tests {
                 name: "x".into(),
                 data: InputData::F32(x.clone()).into(),
                 source: super::super::inputs::InputSource::Generated,
+                sample_axis: 0,
             }],
             assumed: vec![],
             file_rows: None,

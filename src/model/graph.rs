@@ -189,6 +189,35 @@ pub fn axis0_is_sequence(g: &GraphProto) -> bool {
     crate::check::run::sequence_rule(first, g.output.iter().map(fixed))
 }
 
+/// Graph outputs that are a recurrent node's final states (LSTM/GRU/RNN `Y_h`, `Y_c`, directly
+/// or through Squeeze / Unsqueeze / Reshape / Transpose / Identity): an argmax over their hidden
+/// units is no class, so they get no top-1 agreement rate.
+pub fn recurrent_states(g: &GraphProto) -> BTreeSet<String> {
+    let mut producer: HashMap<&str, &NodeProto> = HashMap::new();
+    for n in &g.node {
+        for o in n.output.iter().filter(|o| !o.is_empty()) {
+            producer.insert(o, n);
+        }
+    }
+    let is_state = |name: &str| {
+        let mut v = name;
+        for _ in 0..8 {
+            let Some(n) = producer.get(v) else { return false };
+            let std = n.domain.is_empty() || n.domain == "ai.onnx";
+            match n.op_type.as_str() {
+                "LSTM" | "GRU" | "RNN" if std => return n.output.iter().position(|o| o == v).is_some_and(|i| i >= 1),
+                "Squeeze" | "Unsqueeze" | "Reshape" | "Transpose" | "Identity" if std => match n.input.first() {
+                    Some(i) => v = i,
+                    None => return false,
+                },
+                _ => return false,
+            }
+        }
+        false
+    };
+    g.output.iter().filter(|o| is_state(&o.name)).map(|o| o.name.clone()).collect()
+}
+
 /// A model of IR 8 and default-domain opset 17 around `g` (for tests that build small graphs).
 #[cfg(test)]
 pub(crate) fn model_of(g: GraphProto) -> onnx_protobuf::ModelProto {

@@ -86,6 +86,10 @@ fn load_with(path: &Path, map: bool) -> Result<Loaded> {
     }
     let mut proto =
         parse_file(path, meta.len()).with_context(|| format!("{}: not a valid ONNX model", path.display()))?;
+    // Valid ONNX (the checker accepts it, onnxruntime runs it), but there is nothing to prune.
+    if let Some(g) = proto.graph.as_ref().filter(|g| g.node.is_empty()) {
+        bail!("{}: graph '{}' has no nodes: nothing to prune", path.display(), g.name.escape_debug());
+    }
     let dir = folder(path);
     let ctx = |e: anyhow::Error| e.context(format!("{}: external data", path.display()));
     let (external, data_files, mapped) = if map {
@@ -187,9 +191,8 @@ fn check_model(proto: ModelProto) -> Result<ModelProto> {
     if proto.ir_version <= 0 {
         bail!("no ir_version (is this an ONNX file?)");
     }
-    let Some(g) = proto.graph.as_ref() else { bail!("model has no graph") };
-    if g.node.is_empty() {
-        bail!("graph '{}' is empty (no nodes)", g.name.escape_debug());
+    if proto.graph.is_none() {
+        bail!("model has no graph");
     }
     validate::validate(&proto)?;
     Ok(proto)

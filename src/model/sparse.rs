@@ -32,6 +32,16 @@ pub struct Sparsified {
     pub dense_bytes: u64,
     /// Their values + indices payload after.
     pub sparse_bytes: u64,
+    /// Float weights (2-D or more) with enough zeros that sparse_initializer cannot hold: listed
+    /// as graph inputs too, or stored as Constant nodes.
+    pub inputs_with_zeros: usize,
+    pub constants_with_zeros: usize,
+}
+
+/// Whether a dense payload has enough zeros for sparse storage to save bytes.
+fn worth_it(raw: &[u8], es: usize) -> bool {
+    let dense = raw.len() as u64;
+    count_nonzero(raw, es) * (es as u64 + 8) + OVERHEAD < dense
 }
 
 /// The nonzero elements of a dense little-endian payload: (linear indices, their bytes).
@@ -74,6 +84,9 @@ pub fn sparsify_initializers(m: &mut ModelProto) -> Result<Sparsified> {
             && t.raw_data.len() % es == 0
             && tensor::numel(&t).is_ok_and(|n| n * es == t.raw_data.len());
         if !eligible {
+            if float && es > 0 && t.dims.len() >= 2 && inputs.contains(&t.name) && worth_it(&t.raw_data, es) {
+                out.inputs_with_zeros += 1;
+            }
             keep.push(t);
             continue;
         }
@@ -108,6 +121,15 @@ pub fn sparsify_initializers(m: &mut ModelProto) -> Result<Sparsified> {
         g.sparse_initializer.push(s);
     }
     g.initializer = keep;
+    for n in g.node.iter().filter(|n| n.op_type == "Constant" && (n.domain.is_empty() || n.domain == "ai.onnx")) {
+        for t in n.attribute.iter().filter(|a| a.name == "value").filter_map(|a| a.t.as_ref()) {
+            let es = tensor::elem_size(t.data_type).unwrap_or(0);
+            let float = matches!(t.data_type, dt::FLOAT | dt::FLOAT16 | dt::BFLOAT16 | dt::DOUBLE);
+            if float && es > 0 && t.dims.len() >= 2 && worth_it(&t.raw_data, es) {
+                out.constants_with_zeros += 1;
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -217,7 +239,7 @@ mod tests {
         vals[999] = -2.0;
         let mut m = model(&vals, &[10, 100]);
         let s = sparsify_initializers(&mut m).unwrap();
-        assert_eq!(s, Sparsified { tensors: 1, dense_bytes: 4000, sparse_bytes: 24 });
+        assert_eq!(s, Sparsified { tensors: 1, dense_bytes: 4000, sparse_bytes: 24, ..Default::default() });
         let g = m.graph.as_ref().unwrap();
         let st = &g.sparse_initializer[0];
         assert_eq!(st.dims, vec![10, 100]);

@@ -190,6 +190,11 @@ pub enum Edit {
     /// unit of `units` is removed (the computed one would follow the pruned width).
     /// `int32`: the input is int32 (a Cast before the Concat), else int64.
     Freeze { node: usize, slot: usize, value: i64, int32: bool, units: Units },
+    /// A recurrent op's initial state (input `slot`) that is all zeros but computed in the graph
+    /// (a Slice of a ConstantOfShape of zeros: torch's export of a stacked LSTM/GRU writes one
+    /// per layer): when any unit of `units` is removed, the pruned op reads no state there, which
+    /// ONNX defines as zeros; the zeros' now unread chain is dropped.
+    ZeroState { node: usize, slot: usize, units: Units },
 }
 
 /// A constant tensor, possibly seen through shape-only nodes (Identity, Reshape, Unsqueeze...).

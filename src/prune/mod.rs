@@ -269,6 +269,8 @@ pub struct GroupReport {
     pub kind: String,
     /// Names of the nodes whose tensors change with this group, in graph order.
     pub members: Vec<String>,
+    /// Units (channels, hidden units, heads). 0 with `kept` 0 only for an attention block that
+    /// could not be read (`blocked` says why): its head count is unknown, and every head stays.
     pub n: usize,
     pub n_eff: f64,
     pub kept: usize,

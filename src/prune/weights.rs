@@ -144,7 +144,7 @@ mod window;
 mod zero;
 
 use candidates::*;
-pub use candidates::{candidate_names, small_filters};
+pub use candidates::{candidate_names, shared_with_other_readers, small_filters};
 use mark::*;
 use raw::*;
 use raw_simd::*;
@@ -184,6 +184,17 @@ pub fn prune_weights_mapped(
         if small > 0 {
             bail!("no prunable weights found: the model's {small} weight(s) have output units with fewer than {SMALL_FAN_IN} inputs, left dense by default (--include small prunes them)");
         }
+        let shared = shared_with_other_readers(model, &opts.include)?;
+        if !shared.is_empty() {
+            let list: Vec<String> = shared.iter().map(|(n, why)| format!("'{n}' {why}")).collect();
+            bail!(
+                "no prunable weights found: the model's {} weight(s) are read by something besides a prunable layer \
+                 too, and zeroing them would change that reader as well: {}",
+                shared.len(),
+                list.join("; ")
+            );
+        }
+        let g = model.graph.as_mut().context("model has no graph")?;
         let quantized = g.node.iter().filter(|n| crate::model::qdq::dequantizes_constant(n, &ix)).count();
         if quantized > 0 {
             bail!(

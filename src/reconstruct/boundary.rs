@@ -139,6 +139,7 @@ impl Boundary {
                 name: name.to_string(),
                 data: InputData::F32(a).into(),
                 source: InputSource::Generated,
+                sample_axis: 0,
             });
         }
         Ok(Boundary { cut, inputs, base })

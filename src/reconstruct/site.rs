@@ -667,7 +667,12 @@ mod tests {
             ((((n * 31 + c * 17 + t * 7) % 29) as f32) - 14.0) / 9.0
         });
         let inputs = |a: ndarray::ArrayD<f32>| Inputs {
-            inputs: vec![Input { name: "x".into(), data: InputData::F32(a).into(), source: InputSource::Generated }],
+            inputs: vec![Input {
+                name: "x".into(),
+                data: InputData::F32(a).into(),
+                source: InputSource::Generated,
+                sample_axis: 0,
+            }],
             assumed: vec![],
             file_rows: None,
         };

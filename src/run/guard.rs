@@ -261,6 +261,14 @@ fn not_run(o: &RunOptions) -> String {
 
 /// The note of a default run the guard should judge but cannot: the model is written whole.
 fn unjudged(e: &anyhow::Error, recon: Recon) -> String {
+    let msg = format!("{e:#}");
+    // No engine runs one of its ops: calibration (which runs the model too) cannot help.
+    if let Some(op) = crate::check::unsupported_op(&msg) {
+        return format!(
+            "fidelity guard could not run the model: neither tract nor onnxruntime runs its op {op}: nothing is \
+             cut, as a default run writes only a cut the guard has checked; --beta 1 writes EMP's cut unchecked"
+        );
+    }
     let instead = if recon == Recon::Held {
         "--beta 1 writes EMP's reconstructed cut"
     } else {
@@ -272,14 +280,43 @@ fn unjudged(e: &anyhow::Error, recon: Recon) -> String {
     )
 }
 
-/// The guard's inputs: calibration rows when given, else seeded random inputs shaped as
-/// verification's are (`--dim` applies); [`guard::guard_rows`] samples where the batch axis is
-/// free, by the model's MACs per sample (tract's shape analysis; its float weights when that
-/// fails), so that each of the guard's runs costs about the same on any model.
+/// Mixed into the user's seed for the guard's random inputs.
+const GUARD_SEED: u64 = 0x6A09_E667_F3BC_C908;
+
+/// The guard's inputs: calibration rows when given, else [`random_inputs`]. [`guard::guard_rows`]
+/// samples where the batch axis is free, by the model's MACs per sample (tract's shape analysis;
+/// its float weights when that fails), so that each of the guard's runs costs about the same on
+/// any model.
 fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Result<(Inputs, String)> {
+    let cost = |one: &Inputs| -> Result<u64> {
+        Ok(match crate::check::macs(&o.input, &one.facts()) {
+            Ok(c) => c.total / one.rows().max(1) as u64,
+            Err(_) => super::params(m, None, &Masks::new(), true)?.n,
+        })
+    };
+    let sequence = m.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence);
+    let Some(c) = calib else { return random_inputs(o, sequence, GUARD_SEED, cost) };
+    let rows = guard::guard_rows(cost(&c.head(1).unwrap_or_else(|| c.clone()))?);
+    let c = c.head(rows).unwrap_or_else(|| c.clone());
+    let label = format!("{} calibration rows", c.rows());
+    Ok((c, label))
+}
+
+/// Seeded random inputs shaped as verification's are (`--dim` applies), [`guard::guard_rows`]
+/// samples of them by `cost`, the model's MACs for the one sample it is given. The guard judges
+/// on them without calibration, and verification measures on them without `--inputs` or
+/// `--calibration` (one random sample made a "top-1 agreement 0.00 %" that said nothing).
+/// `sequence`: axis 0 of the model's inputs is one sequence ([`crate::model::graph::axis0_is_sequence`]);
+/// `salt` is mixed into the user's seed (verification's samples are not the ones the guard chose
+/// β on). Returns the inputs and what they are ("32 random inputs (seed 0)").
+pub(super) fn random_inputs(
+    o: &RunOptions,
+    sequence: bool,
+    salt: u64,
+    cost: impl FnOnce(&Inputs) -> Result<u64>,
+) -> Result<(Inputs, String)> {
     let v = &o.verify_opts.inputs;
-    // The model's inputs are read from its file once, for the one-sample shapes and the data.
-    let infos = if calib.is_none() { crate::check::model_inputs(&o.input)? } else { vec![] };
+    let infos = crate::check::model_inputs(&o.input)?;
     // `--dim` sets every dim but the samples axis, which is the guard's to choose (`--dim
     // batch=1000000` made it run a million random inputs, for minutes).
     let mut dims = v.dims.clone();
@@ -298,7 +335,7 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
     // The other free dims take the sizes of the user's `--inputs` (their shapes only, read from
     // their first row: the guard does not judge on the test data), so that an image model with a
     // free height and width is not tried on 224 × 224 when its inputs are 8 × 8.
-    if !infos.is_empty() && (!v.files.is_empty() || v.npz.is_some()) {
+    if !v.files.is_empty() || v.npz.is_some() {
         if let Ok(given) = prepare_for(&infos, &InputSpec { max_rows: 1, first_rows: true, ..v.clone() }) {
             for i in &infos {
                 let Some(x) = given.get(&i.name) else { continue };
@@ -318,32 +355,16 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
     }
     let spec = |rows: usize| InputSpec {
         dims: dims.clone(),
-        seed: v.seed ^ 0x6A09_E667_F3BC_C908,
+        seed: v.seed ^ salt,
         default_batch: rows,
         ..InputSpec::default()
     };
-    let one = match calib {
-        Some(c) => c.head(1).unwrap_or_else(|| c.clone()),
-        None => prepare_for(&infos, &spec(1))?,
-    };
-    let cost = match crate::check::macs(&o.input, &one.facts()) {
-        Ok(c) => c.total / one.rows().max(1) as u64,
-        Err(_) => super::params(m, None, &Masks::new(), true)?.n,
-    };
-    let rows = guard::guard_rows(cost);
-    if let Some(c) = calib {
-        let c = c.head(rows).unwrap_or_else(|| c.clone());
-        let label = format!("{} calibration rows", c.rows());
-        return Ok((c, label));
-    }
-    // A model exported with its batch fixed to 1 (dynamo, TF) runs its samples one at a time,
-    // as verification does; the guard still generates its `rows` samples for it (it was judged on one).
+    let rows = guard::guard_rows(cost(&prepare_for(&infos, &spec(1))?)?);
+    // A model exported with its batch fixed to 1 (dynamo, TF) runs its samples one at a time;
+    // it still gets its `rows` samples (it was judged on one).
     let batch_one = |i: &crate::check::InputInfo| i.dims.len() >= 2 && i.dims[0] == crate::check::DimSpec::Fixed(1);
     let batched: Vec<_> = infos.iter().filter(|i| i.dims.len() >= 2).collect();
-    let infos = if !batched.is_empty()
-        && batched.iter().all(|i| batch_one(i))
-        && !m.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence)
-    {
+    let infos = if !batched.is_empty() && batched.iter().all(|i| batch_one(i)) && !sequence {
         let mut infos = infos;
         for i in infos.iter_mut().filter(|i| batch_one(i)) {
             i.dims[0] = crate::check::DimSpec::Fixed(rows as i64);

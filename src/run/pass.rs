@@ -155,6 +155,16 @@ pub(super) fn prune_pass(
             let wopts =
                 WeightOptions { beta: o.beta, scope, include: o.include.clone(), scores, fixed_ratio: o.fixed_ratio };
             let small = weights::small_filters(&m, &o.include)?;
+            let shared = weights::shared_with_other_readers(&m, &o.include)?;
+            if !shared.is_empty() {
+                let list: Vec<String> = shared.iter().map(|(n, why)| format!("'{n}' {why}")).collect();
+                notes.push(format!(
+                    "left dense: {} weight(s) that something besides a prunable layer reads too (zeroing them would \
+                     change that reader as well): {}",
+                    shared.len(),
+                    list.join("; ")
+                ));
+            }
             let (pruned_m, guarded) = guarded_prune(o, m, &wopts, cx.calib, recon_guard, cx.mapped)
                 .with_context(|| format!("{}", o.input.display()))?;
             m = pruned_m;
@@ -163,6 +173,17 @@ pub(super) fn prune_pass(
             guard_report = guarded.guard;
             let mut r = guarded.weights;
             r.small_filters_kept = small;
+            // An --include that found nothing to add (a BatchNorm folded away, no Gather table).
+            let inc = &o.include;
+            for (on, role, what) in [
+                (inc.bias, "bias", "biases"),
+                (inc.norm, "norm", "normalisation parameters (a BatchNorm folded into its convolution has none)"),
+                (inc.embedding, "embedding", "embedding tables (a Gather of a constant table)"),
+            ] {
+                if on && !r.tensors.iter().any(|t| t.role == role) {
+                    notes.push(format!("--include {role} matched nothing: the model has no {what} to prune"));
+                }
+            }
             if let (Some(inputs), Some(dense)) = (cx.recon, dense) {
                 let tr = Instant::now();
                 let pruned_names: Vec<String> =
@@ -236,6 +257,7 @@ pub(super) fn prune_pass(
             // head's weights), `l2` for channels.
             let crit = match (o.criterion, mode) {
                 (None, Mode::Heads) => "weight".to_string(),
+                (None, Mode::HeadsChannels) => "weight (heads), l2 (channels)".to_string(),
                 (None, _) => "l2".to_string(),
                 (Some(_), _) => arg_name(&crit),
             };

@@ -208,6 +208,10 @@ def test_latency_in_one_engine(tmp_path):
                        latency="tract")
     t = r["timing"]
     assert t["latency_dense"]["runs"] >= 1 and t.get("latency_onnxruntime") is None
+    # latency_runs (--latency-runs) times exactly that many runs in each engine.
+    r = onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "n.onnx", beta=1.0, inputs=M / "digits_test_x64.npy",
+                       latency="tract", latency_runs=7)
+    assert r["timing"]["latency_dense"]["runs"] == r["timing"]["latency_pruned"]["runs"] == 7
     with pytest.raises(ValueError, match="latency='gpu'"):
         onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "x.onnx", beta=1.0, latency="gpu")
 

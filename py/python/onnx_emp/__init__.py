@@ -137,7 +137,7 @@ def prune(input, output, *, structured=None, beta=None, scope=None, criterion=No
           inputs=None, labels=None, verify=True, latency=True, round_to=None, include=None, ratio=None,
           reconstruct=True, dims=None, seed=0, html=None, force=False, allow_mismatch=False,
           sparse_initializers=False, guard=None, allow_unproven=False, calibration_rows=None,
-          weight_inputs=None):
+          weight_inputs=None, latency_budget=None, latency_runs=None):
     """Prune `input` (a path, or the serialized model as bytes) into `output`; return the report.
 
     structured: None (per-weight), "channels", "heads" or "heads,channels".
@@ -147,7 +147,8 @@ def prune(input, output, *, structured=None, beta=None, scope=None, criterion=No
     calibration_rows: use at most this many calibration samples (None: the command's default, 512;
     0: all). weight_inputs: "constant" (default) or "input", for weights listed as graph inputs too.
     labels: a path or an array of class ids (or one-hot rows). dims: {symbol: size} for dynamic dimensions.
-    latency: True (tract and onnxruntime), False (none), "tract" or "onnxruntime" (that engine only).
+    latency: True (tract and onnxruntime), False (none), "tract" or "onnxruntime" (that engine only);
+    latency_budget: seconds per engine (None: 2), latency_runs: time exactly that many runs instead.
     Other keywords mirror the command's flags (`onnx-emp --help`).
     """
     with tempfile.TemporaryDirectory(prefix="onnx-emp-") as tmp:
@@ -163,6 +164,10 @@ def prune(input, output, *, structured=None, beta=None, scope=None, criterion=No
             a.append("--allow-unproven")
         if sparse_initializers:
             a.append("--sparse-initializers")
+        if latency_budget is not None:
+            a += ["--latency-budget", repr(float(latency_budget))]
+        if latency_runs is not None:
+            a += ["--latency-runs", str(int(latency_runs))]
         return json.loads(_run(["onnx-emp"] + a, tmp))
 
 

@@ -109,10 +109,14 @@ impl FileArray {
     }
     /// The rows `idx` of axis 0 (the whole array for a scalar).
     pub(super) fn pick(self, idx: &[usize]) -> FileArray {
+        self.pick_on(0, idx)
+    }
+    /// The entries `idx` of `axis` (the whole array when it has no such axis).
+    pub(super) fn pick_on(self, axis: usize, idx: &[usize]) -> FileArray {
         macro_rules! pick {
             ($($v:ident),*) => {
                 match self {
-                    $(FileArray::$v(a) if a.ndim() > 0 => FileArray::$v(a.select(Axis(0), idx)),)*
+                    $(FileArray::$v(a) if a.ndim() > axis => FileArray::$v(a.select(Axis(axis), idx)),)*
                     other => other,
                 }
             };

@@ -533,6 +533,13 @@ fn apply_edits(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work) -> Result<()
                     feed_constant(w, *node, *slot, *value, *int32)?;
                 }
             }
+            Edit::ZeroState { node, slot, units } => {
+                if kept_count(an, plan, units) != units.len() as i64 {
+                    if let Some(i) = w.g.node[*node].input.get_mut(*slot) {
+                        i.clear();
+                    }
+                }
+            }
             Edit::Bound { node, slot, before, all } => {
                 if kept_count(an, plan, all) != all.len() as i64 {
                     feed_constant(w, *node, *slot, kept_count(an, plan, before), false)?;

@@ -10,7 +10,8 @@
 //! gate pre-activation of j is 0: an RNN emits tanh(0) = 0; a GRU's candidate is tanh(0) = 0 and
 //! h_t = ½·h_{t−1}; an LSTM's cell input is tanh(0) = 0 and c_t = ½·c_{t−1}. With a zero initial
 //! state (a constant, zeroed in the masked model, or a ConstantOfShape of zeros whose size
-//! literal is rewritten) unit j's h (and c) stay exactly 0, so R's column j and the consumers of
+//! literal is rewritten, or zeros computed in the graph, which the pruned op no longer reads:
+//! [`Edit::ZeroState`]) unit j's h (and c) stay exactly 0, so R's column j and the consumers of
 //! Y see exact zeros. Non-default activations are refused (the argument needs f(0) = ½, g(0) =
 //! h(0) = 0).
 
@@ -142,13 +143,18 @@ impl Analyzer<'_, '_> {
             if self.ctx.g.input.iter().any(|i| i.name == s) {
                 return Err(format!("initial state '{s}' is a model input: its size is the model's interface"));
             }
+            // Zeros computed in the graph (a stacked torch LSTM's per-layer Slice of one
+            // ConstantOfShape): the pruned op reads none, which is zeros too.
+            if self.computed_zeros(s) && self.private_state(ni, s) {
+                self.st.edits.push(Edit::ZeroState { node: ni, slot, units: units.clone() });
+                return Ok(());
+            }
             return Err(format!("initial state '{s}' is computed"));
         };
         let zero = attr(pn, "value")
             .and_then(|a| a.t.as_ref())
             .is_none_or(|t| tensor::read_f64(t).is_ok_and(|v| v.iter().all(|&x| x == 0.0)));
-        let others = self.ctx.ix.consumers_of(s).iter().any(|&(c, sl)| c != ni || !(5..=6).contains(&sl));
-        if !zero || others || self.ctx.is_output(s) {
+        if !zero || !self.private_state(ni, s) {
             return Err(format!("initial state '{s}' is not a private ConstantOfShape of zeros"));
         }
         let lit = inp(pn, 0).and_then(|v| self.shape_vecs.get(v)).and_then(|v| match v.get(2) {
@@ -163,5 +169,39 @@ impl Analyzer<'_, '_> {
             }
             _ => Err(format!("the size of initial state '{s}' cannot be rewritten")),
         }
+    }
+
+    /// `s` is read by recurrent op `ni` as an initial state only (slots 5 and 6) and is no graph
+    /// output.
+    fn private_state(&self, ni: usize, s: &str) -> bool {
+        let others = self.ctx.ix.consumers_of(s).iter().any(|&(c, sl)| c != ni || !(5..=6).contains(&sl));
+        !others && !self.ctx.is_output(s)
+    }
+
+    /// `s` holds zeros whatever the inputs: a ConstantOfShape of zeros (its value absent or all
+    /// zero) seen through ops that only move or select its elements.
+    fn computed_zeros(&self, s: &str) -> bool {
+        let mut v = s;
+        for _ in 0..8 {
+            let Some(n) = self.ctx.ix.producer.get(v).map(|&p| &self.ctx.g.node[p]) else { return false };
+            if !n.domain.is_empty() && n.domain != "ai.onnx" {
+                return false;
+            }
+            match n.op_type.as_str() {
+                "ConstantOfShape" => {
+                    return attr(n, "value")
+                        .and_then(|a| a.t.as_ref())
+                        .is_none_or(|t| tensor::read_f64(t).is_ok_and(|v| v.iter().all(|&x| x == 0.0)))
+                }
+                "Slice" | "Identity" | "Reshape" | "Unsqueeze" | "Squeeze" | "Expand" | "Transpose" | "Flatten" => {
+                    match inp(n, 0) {
+                        Some(i) => v = i,
+                        None => return false,
+                    }
+                }
+                _ => return false,
+            }
+        }
+        false
     }
 }

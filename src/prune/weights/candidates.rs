@@ -2,6 +2,7 @@
 //! model are candidates (`Include`, small units left dense).
 
 use super::*;
+use std::collections::HashMap;
 
 /// A candidate weight: where it is, and along which axis its output units lie.
 #[derive(Clone, Debug)]
@@ -183,6 +184,7 @@ pub(super) fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) ->
     let mut pos: BTreeMap<String, usize> = BTreeMap::new();
     // (candidate, label) pairs already recorded: a weight shared by many nodes stays linear.
     let mut seen: HashSet<(usize, String)> = HashSet::new();
+    let mut read_elsewhere: HashMap<&str, bool> = HashMap::new();
     for n in &g.node {
         if n.op_type == "Gemm" {
             int_attr(n, "transA")?;
@@ -197,6 +199,12 @@ pub(super) fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) ->
             let Some(&wref) = ix.weights.get(name) else { continue };
             let Some(t) = graph::weight(g, wref) else { continue };
             if !check_weight(n, role, name, t)? {
+                continue;
+            }
+            // Once per tensor: a weight shared by 30 000 nodes was quadratic.
+            let elsewhere =
+                *read_elsewhere.entry(name.as_str()).or_insert_with(|| other_reader(g, ix, inc, name).is_some());
+            if elsewhere {
                 continue;
             }
             if is_small_filter(role, t, ua.resolve(t.dims.len())) && !inc.small {
@@ -227,6 +235,59 @@ pub(super) fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) ->
                         used_by: vec![label],
                     });
                 }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Why a weight a weight slot reads is not a candidate: something else reads its values too (a
+/// tied embedding table's Gather when embeddings are not pruned, an Add that uses it as data, a
+/// node inside an If/Loop/Scan body, a graph output). Zeroing it would change that reader as
+/// well, which is not the layer's pruning (a tied LM head zeroed the embedding rows with it).
+/// Readers of its shape only (Shape, Size) do not count, and an `Identity` (torch.onnx's spelling
+/// of one constant shared by several layers) counts by its own readers.
+pub(super) fn other_reader(g: &GraphProto, ix: &GraphIndex, inc: &Include, name: &str) -> Option<String> {
+    other_reader_at(g, ix, inc, name, 0)
+}
+
+fn other_reader_at(g: &GraphProto, ix: &GraphIndex, inc: &Include, name: &str, depth: usize) -> Option<String> {
+    if ix.captured.contains(name) {
+        return Some("is read inside an If/Loop/Scan body".into());
+    }
+    if ix.outputs.contains(name) {
+        return Some("is a graph output".into());
+    }
+    ix.consumers_of(name).iter().find_map(|&(ni, slot)| {
+        let n = &g.node[ni];
+        let std = n.domain.is_empty() || n.domain == "ai.onnx";
+        if std && n.op_type == "Identity" && depth < 8 {
+            return n.output.first().and_then(|o| other_reader_at(g, ix, inc, o, depth + 1));
+        }
+        let shape_only = std && matches!(n.op_type.as_str(), "Shape" | "Size");
+        let covered = weight_slots(n, inc).iter().any(|(s, _, _)| *s == slot);
+        (!shape_only && !covered).then(|| {
+            let hint = if n.op_type == "Gather" && !inc.embedding { " (--include embedding covers it)" } else { "" };
+            format!("is also read by {} '{}' (input {slot}){hint}", n.op_type, node_label(n))
+        })
+    })
+}
+
+/// Weights a weight slot reads that are left dense because something else reads them too
+/// ([`other_reader`]): (name, why), in graph order.
+pub fn shared_with_other_readers(model: &ModelProto, inc: &Include) -> Result<Vec<(String, String)>> {
+    let g = model.graph.as_ref().context("model has no graph")?;
+    let ix = GraphIndex::build(g)?;
+    let mut out: Vec<(String, String)> = vec![];
+    let mut checked: HashSet<&str> = HashSet::new();
+    for n in &g.node {
+        for (slot, _, _) in weight_slots(n, inc) {
+            let Some(name) = n.input.get(slot).filter(|s| !s.is_empty() && ix.is_constant(s)) else { continue };
+            if !checked.insert(name.as_str()) {
+                continue;
+            }
+            if let Some(why) = other_reader(g, &ix, inc, name) {
+                out.push((name.clone(), why));
             }
         }
     }
@@ -273,4 +334,82 @@ pub fn candidate_names(model: &ModelProto, inc: &Include) -> Result<Vec<String>>
     let g = model.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
     Ok(find_candidates(g, &ix, inc)?.into_iter().map(|c| c.name).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(op: &str, ins: &[&str], out: &str) -> NodeProto {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.input = ins.iter().map(|s| s.to_string()).collect();
+        n.output = vec![out.into()];
+        n
+    }
+
+    /// A graph reading the 8 × 8 weight `W` with `nodes` (plus `extra` initializers).
+    fn graph(nodes: Vec<NodeProto>, outputs: &[&str]) -> GraphProto {
+        let mut g = GraphProto::new();
+        g.initializer.push(tensor::new_f32("W", &[8, 8], &[0.5; 64]));
+        g.node = nodes;
+        for o in outputs {
+            let mut v = onnx_protobuf::ValueInfoProto::new();
+            v.name = o.to_string();
+            g.output.push(v);
+        }
+        g
+    }
+
+    fn names(g: &GraphProto, inc: &Include) -> Vec<String> {
+        find_candidates(g, &GraphIndex::build(g).unwrap(), inc).unwrap().into_iter().map(|c| c.name).collect()
+    }
+
+    /// A weight that something besides a prunable layer reads (a tied embedding's Gather, an
+    /// Add that uses it as data, a graph output, a node in an If body) is not a candidate:
+    /// zeroing it changed that reader too. Two layers sharing it, an Identity between, or a
+    /// Shape of it are fine.
+    #[test]
+    fn a_weight_read_by_anything_but_weight_slots_is_left_dense() {
+        // (8 inputs per unit: small filters, which Include::default leaves dense.)
+        let inc = Include { small: true, ..Include::default() };
+        let mut gemm = node("Gemm", &["h", "W"], "y");
+        let mut tb = onnx_protobuf::AttributeProto::new();
+        tb.name = "transB".into();
+        tb.i = 1;
+        tb.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
+        gemm.attribute.push(tb);
+        let tied = graph(vec![node("Gather", &["W", "ids"], "h"), gemm.clone()], &["y"]);
+        assert!(names(&tied, &inc).is_empty());
+        let why = other_reader(&tied, &GraphIndex::build(&tied).unwrap(), &inc, "W").unwrap();
+        assert!(why.contains("Gather") && why.contains("--include embedding"), "{why}");
+        // Pruning embeddings, both readers are weight slots.
+        assert_eq!(names(&tied, &Include { embedding: true, ..inc.clone() }), ["W"]);
+
+        let as_data = graph(vec![node("MatMul", &["x", "W"], "h"), node("Add", &["h", "W"], "y")], &["y"]);
+        assert!(names(&as_data, &inc).is_empty());
+        let output = graph(vec![node("MatMul", &["x", "W"], "y")], &["y", "W"]);
+        assert!(names(&output, &inc).is_empty());
+        assert_eq!(names(&graph(vec![node("MatMul", &["x", "W"], "y")], &["y"]), &inc), ["W"]);
+        let mut body = GraphProto::new();
+        body.node.push(node("MatMul", &["x", "W"], "t"));
+        let mut iff = node("If", &["c"], "z");
+        let mut a = onnx_protobuf::AttributeProto::new();
+        a.name = "then_branch".into();
+        a.g = Some(body).into();
+        iff.attribute.push(a);
+        let captured = graph(vec![node("MatMul", &["x", "W"], "y"), iff], &["y", "z"]);
+        assert!(names(&captured, &inc).is_empty());
+
+        let shared = graph(
+            vec![
+                node("MatMul", &["x", "W"], "h"),
+                node("Identity", &["W"], "W2"),
+                node("MatMul", &["h", "W2"], "y"),
+                node("Shape", &["W"], "s"),
+            ],
+            &["y", "s"],
+        );
+        assert_eq!(names(&shared, &inc), ["W"]);
+    }
 }
