@@ -175,7 +175,10 @@ fn summary(s: &mut String, r: &Report) {
                         format!("{:.3e}", o.max_abs_err),
                         format!("{:.3e}", o.rel_l2_err),
                         format!("{:.6}", o.cosine),
-                        o.top1_agreement.map(pct).unwrap_or_default(),
+                        match o.top1_agreement {
+                            Some(t) if o.integer => format!("{} of elements equal (integer output)", pct(t)),
+                            t => t.map(pct).unwrap_or_default(),
+                        },
                     ],
                 );
             }

@@ -246,8 +246,14 @@ impl Report {
                         "  {}: max |Δ| {:.3e}  rel L2 {:.3e}  cosine {:.6}",
                         o.name, o.max_abs_err, o.rel_l2_err, o.cosine
                     );
-                    if let Some(t) = o.top1_agreement {
-                        let _ = write!(s, "  top-1 agreement {:.2} %", pct(t));
+                    match o.top1_agreement {
+                        Some(t) if o.integer => {
+                            let _ = write!(s, "  equal {:.2} % (integer output)", pct(t));
+                        }
+                        Some(t) => {
+                            let _ = write!(s, "  top-1 agreement {:.2} %", pct(t));
+                        }
+                        None => {}
                     }
                     s.push('\n');
                 }

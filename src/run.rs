@@ -559,6 +559,16 @@ fn guard_misjudged(v: &crate::check::Verification, g: &crate::check::guard::Guar
         .iter()
         .filter(|o| o.error.is_none() && o.rel_l2_err.is_finite())
         .max_by(|a, b| a.rel_l2_err.total_cmp(&b.rel_l2_err))?;
+    // Past it, not clearly: the spread between two sets of samples may be all it is, but the user
+    // reads a tolerance the written model does not meet on their data (Magika: 0.007 on random
+    // bytes, 0.115 on 256 real files, 95.3 % agreement), so it is said, quietly.
+    if worst.rel_l2_err > g.tolerance && worst.rel_l2_err <= MISJUDGED * g.tolerance {
+        return Some(format!(
+            "on your --inputs the cut moves output '{}' by {:.3} (relative L2), over the tolerance {} the fidelity \
+             guard held it to on {}; --calibration with real samples lets the guard judge on them",
+            worst.name, worst.rel_l2_err, g.tolerance, g.inputs
+        ));
+    }
     // Clearly past it: a hair over is the spread between two sets of samples, not a misjudgement.
     (worst.rel_l2_err > MISJUDGED * g.tolerance).then(|| {
         format!(
@@ -637,15 +647,18 @@ fn fidelity_warning(
         (Some(_), Some(_)) => return None,
         _ if on.is_none() => return None,
         _ => {
-            // An output of one row (a recurrent state [1, 1, 128]) has one argmax: no rate.
-            let rows =
-                |o: &crate::check::OutputFidelity| o.shape[..o.shape.len().saturating_sub(1)].iter().product::<usize>();
+            // An output of one row (a recurrent state [1, 1, 128]) has one argmax: no rate. An
+            // integer output's rate is over its elements.
+            let rows = |o: &crate::check::OutputFidelity| {
+                let rank = if o.integer { o.shape.len() } else { o.shape.len().saturating_sub(1) };
+                o.shape[..rank].iter().product::<usize>()
+            };
             let rated = |o: &&crate::check::OutputFidelity| rows(o) >= 2 && o.top1_agreement.is_some();
             let worst = v
                 .outputs
                 .iter()
                 .filter(rated)
-                .filter_map(|o| o.top1_agreement.map(|t| (t, o.name.as_str())))
+                .filter_map(|o| o.top1_agreement.map(|t| (t, o.name.as_str(), o.integer)))
                 .min_by(|a, b| a.0.total_cmp(&b.0));
             let moved = v
                 .outputs
@@ -654,8 +667,13 @@ fn fidelity_warning(
                 .max_by(|a, b| a.rel_l2_err.total_cmp(&b.rel_l2_err));
             match moved {
                 _ if worst.is_some_and(|w| w.0 < WARN_AGREEMENT) => {
-                    let (t, name) = worst.unwrap_or_default();
-                    format!("top-1 agreement with the dense model is {:.1} % (output '{name}')", t * 100.0)
+                    let (t, name, integer) = worst.unwrap_or_default();
+                    let what = if integer {
+                        "the integer output equals the dense model's in"
+                    } else {
+                        "top-1 agreement with the dense model is"
+                    };
+                    format!("{what} {:.1} % (output '{name}')", t * 100.0)
                 }
                 Some(o) => format!(
                     "output '{}' is {:.3} (relative L2) off the dense model's on {}",
@@ -1040,6 +1058,10 @@ mod tests {
             "{w}"
         );
         assert_eq!(guard_misjudged(&near, &g("32 random inputs (seed 0)"), true), None);
+        // A little over the tolerance: a note, not a WARNING.
+        let w = guard_misjudged(&v(&[1., 0.18, 0., 1.]), &g("32 random inputs (seed 0)"), true).unwrap();
+        assert!(w.contains("moves output 'logits' by 0.127") && w.contains("over the tolerance 0.1"), "{w}");
+        assert!(!w.contains("WARNING"), "{w}");
         // Judged on calibration rows, or no real inputs to refute it: nothing to say.
         assert_eq!(guard_misjudged(&far, &g("32 calibration rows"), true), None);
         assert_eq!(guard_misjudged(&far, &g("32 random inputs (seed 0)"), false), None);

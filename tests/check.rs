@@ -580,3 +580,61 @@ fn the_onnxruntime_worker_survives_a_model_it_refuses() {
     let diff = ort[0].iter().zip(tract[0].iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff < 1e-4, "onnxruntime and tract differ by {diff}");
 }
+
+/// An integer output (class ids from an ArgMax) is compared by equality: its "agreement" is the
+/// fraction of equal elements (here the logits' top-1 agreement, which it is computed from), not
+/// an argmax over the ids.
+#[test]
+fn an_integer_output_agrees_where_its_values_are_equal() {
+    use onnx_protobuf::{AttributeProto, NodeProto};
+    let dir = tempfile::tempdir().unwrap();
+    let with_argmax = |from: &Path, to: &Path| {
+        let mut m = io::load(from).unwrap().proto;
+        let g = m.graph.as_mut().unwrap();
+        let mut n = NodeProto::new();
+        n.op_type = "ArgMax".into();
+        n.input.push(g.output[0].name.clone());
+        n.output.push("cls".into());
+        for (name, v) in [("axis", 1), ("keepdims", 0)] {
+            let mut a = AttributeProto::new();
+            a.name = name.into();
+            a.i = v;
+            a.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
+            n.attribute.push(a);
+        }
+        g.node.push(n);
+        // The logits' declaration without its class axis, as int64.
+        let mut cls = g.output[0].clone();
+        cls.name = "cls".into();
+        if let Some(onnx_protobuf::type_proto::Value::TensorType(t)) = cls.type_.as_mut().unwrap().value.as_mut() {
+            t.elem_type = onnx_emp::model::tensor::dt::INT64;
+            t.shape.as_mut().unwrap().dim.truncate(1);
+        }
+        g.output.push(cls);
+        io::save(m, to, &Default::default()).unwrap();
+    };
+    let (dense, other) = (dir.path().join("dense.onnx"), dir.path().join("other.onnx"));
+    with_argmax(&models().join("digits_mlp.onnx"), &dense);
+    // Another model: the same, its weights perturbed so that some predictions move.
+    let mut m = io::load(&models().join("digits_mlp.onnx")).unwrap().proto;
+    for t in m.graph.as_mut().unwrap().initializer.iter_mut().filter(|t| t.dims.len() == 2) {
+        let v: Vec<f64> = onnx_emp::model::tensor::read_f32(t)
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| if i % 3 == 0 { 0.0 } else { x as f64 })
+            .collect();
+        onnx_emp::model::tensor::write_f64(t, &v).unwrap();
+    }
+    let perturbed = dir.path().join("perturbed.onnx");
+    io::save(m, &perturbed, &Default::default()).unwrap();
+    with_argmax(&perturbed, &other);
+    let opts =
+        VerifyOptions { inputs: spec_with_file("", "digits_test_x64.npy"), latency: false, ..Default::default() };
+    let v = check::verify(&dense, &other, &opts);
+    assert_eq!(v.status, "ok", "{:?}", v.reason);
+    let (logits, cls) = (&v.outputs[0], &v.outputs[1]);
+    assert!(!logits.integer && cls.integer, "{:?}", v.outputs);
+    let (t, e) = (logits.top1_agreement.unwrap(), cls.top1_agreement.unwrap());
+    assert!(t < 1.0 && (t - e).abs() < 1e-12, "logits agree {t}, ids equal {e}");
+}

@@ -41,8 +41,13 @@ pub struct OutputFidelity {
     pub cosine: f64,
     /// Fraction of rows (all axes but the last) whose argmax over the last axis agrees; only for
     /// rank ≥ 2 with at least 2 classes.
+    /// For an integer output (`integer`): the fraction of its elements that are equal.
     #[serde(serialize_with = "finite_opt")]
     pub top1_agreement: Option<f64>,
+    /// The output holds integers (class ids, indices): `top1_agreement` is the fraction of equal
+    /// elements, and the errors and cosine treat the ids as numbers.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub integer: bool,
     /// Why the output could not be compared (shape mismatch, missing output). Numbers are then
     /// NaN (serialised as null).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,9 +63,19 @@ impl OutputFidelity {
             rel_l2_err: f64::NAN,
             cosine: f64::NAN,
             top1_agreement: None,
+            integer: false,
             error: Some(error),
         }
     }
+}
+
+/// The fraction of elements of `a` and `b` that are equal (None when they differ in shape or
+/// are empty).
+pub fn equal_fraction(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Option<f64> {
+    if a.shape() != b.shape() || a.is_empty() {
+        return None;
+    }
+    Some(a.iter().zip(b.iter()).filter(|(x, y)| x == y).count() as f64 / a.len() as f64)
 }
 
 /// Index of the largest value of each row of the last axis (first on ties; NaN never wins).
@@ -149,6 +164,7 @@ fn one(name: &str, a: &ArrayD<f32>, b: &ArrayD<f32>) -> OutputFidelity {
         rel_l2_err: rel,
         cosine,
         top1_agreement: top1,
+        integer: false,
         error: None,
     }
 }

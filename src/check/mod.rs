@@ -249,11 +249,11 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     let one_at_a_time = model_bytes(dense) + model_bytes(pruned) > ONE_AT_A_TIME_BYTES;
     let run_one =
         |which: &str, p: &Path| compile(which, p, &inputs).and_then(|r| Ok((outputs(which, &r, &inputs)?, r)));
-    // (outputs, output names, notes, the compiled model if kept) per model.
-    type Ran = (Vec<ndarray::ArrayD<f32>>, Vec<String>, Vec<String>, Option<Runnable>);
+    // (outputs, output names, notes, the compiled model if kept, integer outputs) per model.
+    type Ran = (Vec<ndarray::ArrayD<f32>>, Vec<String>, Vec<String>, Option<Runnable>, Vec<bool>);
     let keep = |(o, r): (Vec<ndarray::ArrayD<f32>>, Runnable), kept: bool| -> Ran {
-        let (names, notes) = (r.output_names.clone(), r.notes.clone());
-        (o, names, notes, kept.then_some(r))
+        let (names, notes, ints) = (r.output_names.clone(), r.notes.clone(), r.output_int.clone());
+        (o, names, notes, kept.then_some(r), ints)
     };
     let ran: Result<(Ran, Ran)> = if one_at_a_time {
         run_one("dense", dense).and_then(|d| Ok((keep(d, false), keep(run_one("pruned", pruned)?, false))))
@@ -273,16 +273,22 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
                 notes.push(format!(
                     "tract could not run the models ({tract:#}): fidelity (and latency) from onnxruntime"
                 ));
-                ((od, names.clone(), vec![], None), (op, names, vec![], None))
+                ((od, names.clone(), vec![], None, vec![]), (op, names, vec![], None, vec![]))
             }
             Err(ort) => return skip(anyhow::anyhow!("{tract:#}; onnxruntime fallback: {ort:#}"), notes),
         },
     };
-    let ((od, names, notes_d, rd), (op, _, notes_p, rp)) = (d, p);
+    let ((od, names, notes_d, rd, ints), (op, _, notes_p, rp, _)) = (d, p);
     for (which, n) in [("dense", &notes_d), ("pruned", &notes_p)] {
         notes.extend(n.iter().map(|n| format!("{which}: {n}")));
     }
-    let fid = compare(&od, &op, &names);
+    let mut fid = compare(&od, &op, &names);
+    // An integer output (class ids from an ArgMax, indices) agrees where its values are equal:
+    // an argmax over its last axis means nothing.
+    for (i, f) in fid.iter_mut().enumerate().filter(|(i, f)| ints.get(*i) == Some(&true) && f.error.is_none()) {
+        f.integer = true;
+        f.top1_agreement = fidelity::equal_fraction(&od[i], &op[i]);
+    }
 
     let (mut acc_d, mut acc_p, mut acc_out) = (None, None, None);
     if let Some(lp) = &opts.labels {

@@ -136,6 +136,8 @@ pub struct Runnable {
     /// Model inputs in tract's (= the ONNX graph's) order.
     pub input_names: Vec<String>,
     pub output_names: Vec<String>,
+    /// Per output: integer or boolean (class ids, indices, masks) rather than float.
+    pub output_int: Vec<bool>,
     /// The full input facts this was built for.
     pub facts: Vec<InputFact>,
     pub chunking: Option<Chunking>,
@@ -333,9 +335,18 @@ pub fn load_runnable_chunked(path: &Path, facts: &[InputFact], max_chunk: usize)
     if ignored {
         notes.insert(0, "compiled with tract's ignore_value_info".into());
     }
+    let output_int = (0..built.output_names.len())
+        .map(|i| {
+            built.plan.model().output_fact(i).is_ok_and(|f| {
+                let dt = f.datum_type;
+                dt.is_integer() || dt == DatumType::Bool || dt == DatumType::TDim
+            })
+        })
+        .collect();
     Ok(Runnable {
         path: path.to_path_buf(),
         input_names: built.input_names,
+        output_int,
         output_names: built.output_names,
         facts: facts.to_vec(),
         chunking: built.chunking,
