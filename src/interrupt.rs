@@ -1,7 +1,7 @@
 //! An interrupted run leaves nothing behind: the command (`src/main.rs`) receives SIGINT,
-//! SIGTERM and SIGHUP on one thread of its own ([`install`]), which removes the staging folders
-//! the runs in progress registered ([`Registered`]) and then dies of the signal as it would
-//! have. Before, Ctrl-C left an empty `.onnx-emp-XXXXXX` folder beside OUT on every interrupted
+//! SIGTERM and SIGHUP on one thread of its own ([`install`]), which kills the onnxruntime worker
+//! ([`RegisteredChild`]), removes the staging folders and scratch folders the runs in progress
+//! registered ([`Registered`], [`Scratch`]) and then dies of the signal as it would have. Before, Ctrl-C left an empty `.onnx-emp-XXXXXX` folder beside OUT on every interrupted
 //! run (never a partial model: the output is published by a rename).
 //!
 //! The library (and the Python module) installs nothing: a host process keeps its own handlers.
@@ -53,6 +53,11 @@ pub fn install() {
             if libc::sigwait(&set, &mut sig) != 0 {
                 return;
             }
+            if let Ok(c) = CHILDREN.lock() {
+                for &pid in c.iter() {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
             if let Ok(d) = DIRS.lock() {
                 for p in d.iter() {
                     let _ = std::fs::remove_dir_all(p);
@@ -71,3 +76,45 @@ pub fn install() {
 
 #[cfg(not(unix))]
 pub fn install() {}
+
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// A child process (the onnxruntime worker) killed if the command is interrupted while this
+/// lives: it would otherwise run on, orphaned, and write into a folder being removed.
+pub struct RegisteredChild(u32);
+
+impl RegisteredChild {
+    pub fn new(pid: u32) -> Self {
+        if let Ok(mut c) = CHILDREN.lock() {
+            c.push(pid);
+        }
+        RegisteredChild(pid)
+    }
+}
+
+impl Drop for RegisteredChild {
+    fn drop(&mut self) {
+        if let Ok(mut c) = CHILDREN.lock() {
+            c.retain(|&p| p != self.0);
+        }
+    }
+}
+
+/// A private temporary folder (in the system's temp folder) that an interrupted command removes
+/// too, as it does when dropped.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+    _registered: Registered,
+}
+
+impl Scratch {
+    pub fn new() -> std::io::Result<Scratch> {
+        let dir = tempfile::tempdir()?;
+        let _registered = Registered::new(dir.path());
+        Ok(Scratch { dir, _registered })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}

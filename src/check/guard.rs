@@ -199,7 +199,7 @@ fn model_outputs(model: &ModelProto, inputs: &Inputs) -> Result<(Vec<Vec<f32>>, 
         Ok(o) => return Ok(o),
         Err(e) => e,
     };
-    let dir = tempfile::tempdir().context("temporary directory")?;
+    let dir = crate::interrupt::Scratch::new().context("temporary directory")?;
     let path = dir.path().join("model.onnx");
     let bytes = protobuf::Message::write_to_bytes(model).context("serialising the model")?;
     std::fs::write(&path, bytes).context("writing the model for onnxruntime")?;

@@ -232,7 +232,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     let s = if n == 1 { "" } else { "s" };
     let samples = match opts.samples.as_ref().map(|s| s.1) {
         Some(Samples::Calibration) => format!("{n} calibration sample{s}"),
-        Some(Samples::Random { seed }) => format!("{n} random sample{s} (seed {seed})"),
+        Some(Samples::Random { seed }) => format!("{n} random sample{s} (seed {seed}; not the guard's)"),
         None if opts.inputs.files.is_empty() && opts.inputs.npz.is_none() => {
             format!("{n} random sample{s} (seed {})", opts.inputs.seed)
         }

@@ -117,7 +117,7 @@ pub fn value_shapes(path: &Path, inputs: &Inputs) -> Result<std::collections::Ha
         vi.name = name;
         g.output.push(vi);
     }
-    let dir = tempfile::tempdir().context("temporary directory")?;
+    let dir = crate::interrupt::Scratch::new().context("temporary directory")?;
     let file = dir.path().join("shapes.onnx");
     crate::model::io::save(probe, &file, &Default::default())?;
     let (v, _dir) = invoke(&["--shapes".to_string()], &file, None, inputs)?;
@@ -175,8 +175,8 @@ fn invoke(
     a: &Path,
     b: Option<&Path>,
     inputs: &Inputs,
-) -> Result<(serde_json::Value, tempfile::TempDir)> {
-    let dir = tempfile::tempdir().context("temporary directory")?;
+) -> Result<(serde_json::Value, crate::interrupt::Scratch)> {
+    let dir = crate::interrupt::Scratch::new().context("temporary directory")?;
     let mut argv: Vec<String> = pre.to_vec();
     argv.push(a.display().to_string());
     argv.push(b.map_or_else(|| "-".into(), |b| b.display().to_string()));
@@ -197,7 +197,9 @@ struct Worker {
     stdin: std::process::ChildStdin,
     stdout: std::io::BufReader<std::process::ChildStdout>,
     /// Holds the script and its stderr log.
-    dir: tempfile::TempDir,
+    dir: crate::interrupt::Scratch,
+    /// Killed if the command is interrupted.
+    _registered: crate::interrupt::RegisteredChild,
 }
 
 static WORKER: std::sync::Mutex<Option<Worker>> = std::sync::Mutex::new(None);
@@ -223,7 +225,7 @@ const MARK: &str = "@@onnx-emp ";
 impl Worker {
     fn spawn(python: std::ffi::OsString) -> Result<Worker> {
         use std::process::Stdio;
-        let dir = tempfile::tempdir().context("temporary directory")?;
+        let dir = crate::interrupt::Scratch::new().context("temporary directory")?;
         let script = dir.path().join("ort_run.py");
         std::fs::write(&script, SCRIPT).context("writing the onnxruntime script")?;
         // onnxruntime's own messages (warnings, a crash's last words) go to a file: its tail is
@@ -241,7 +243,8 @@ impl Worker {
             (Some(i), Some(o)) => (i, std::io::BufReader::new(o)),
             _ => bail!("no pipe to {}", python.to_string_lossy()),
         };
-        let mut w = Worker { python, child, stdin, stdout, dir };
+        let _registered = crate::interrupt::RegisteredChild::new(child.id());
+        let mut w = Worker { python, child, stdin, stdout, dir, _registered };
         let first = w.answer()?;
         if let Some(why) = first["skipped"].as_str() {
             bail!("onnxruntime is not available ({why})");

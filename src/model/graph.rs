@@ -218,6 +218,16 @@ pub fn recurrent_states(g: &GraphProto) -> BTreeSet<String> {
     g.output.iter().filter(|o| is_state(&o.name)).map(|o| o.name.clone()).collect()
 }
 
+/// A default-domain node reading `ins` and writing `out` (for tests that build small graphs).
+#[cfg(test)]
+pub(crate) fn node_of(op: &str, ins: &[&str], out: &str) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.input = ins.iter().map(|s| s.to_string()).collect();
+    n.output = vec![out.into()];
+    n
+}
+
 /// A model of IR 8 and default-domain opset 17 around `g` (for tests that build small graphs).
 #[cfg(test)]
 pub(crate) fn model_of(g: GraphProto) -> onnx_protobuf::ModelProto {

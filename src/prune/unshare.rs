@@ -183,13 +183,7 @@ mod tests {
     use crate::model::tensor;
     use onnx_protobuf::GraphProto;
 
-    fn node(op: &str, ins: &[&str], out: &str) -> NodeProto {
-        let mut n = NodeProto::new();
-        n.op_type = op.into();
-        n.input = ins.iter().map(|s| s.to_string()).collect();
-        n.output = vec![out.into()];
-        n
-    }
+    use crate::model::graph::node_of as node;
 
     fn model() -> ModelProto {
         let mut g = GraphProto::new();

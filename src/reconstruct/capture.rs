@@ -75,7 +75,7 @@ fn expose(
         });
         g.output.push(vi);
     }
-    let dir = tempfile::tempdir().context("reconstruction scratch folder")?;
+    let dir = crate::interrupt::Scratch::new().context("reconstruction scratch folder")?;
     let path = dir.path().join("reconstruct.onnx");
     let mut ext = BTreeSet::new();
     io::for_each_tensor_mut(&mut m, &mut |t| {

@@ -335,6 +335,13 @@ pub(super) fn random_inputs(
     // The other free dims take the sizes of the user's `--inputs` (their shapes only, read from
     // their first row: the guard does not judge on the test data), so that an image model with a
     // free height and width is not tried on 224 × 224 when its inputs are 8 × 8.
+    // The samples' own symbol is not one of them, wherever an input has it (an LSTM state
+    // [layers, batch, H] beside x [batch, T, F]: one row read set it to 1, and the guard judged
+    // on one sample).
+    let samples_sym = match infos.first().and_then(|i| i.dims.first()) {
+        Some(crate::check::DimSpec::Symbolic(s)) => Some(s.clone()),
+        _ => None,
+    };
     if !v.files.is_empty() || v.npz.is_some() {
         if let Ok(given) = prepare_for(&infos, &InputSpec { max_rows: 1, first_rows: true, ..v.clone() }) {
             for i in &infos {
@@ -342,6 +349,7 @@ pub(super) fn random_inputs(
                 for (axis, d) in i.dims.iter().enumerate().skip(1) {
                     let size = x.data.shape().get(axis).map(|&s| s as i64);
                     let key = match d {
+                        crate::check::DimSpec::Symbolic(sym) if Some(sym) == samples_sym.as_ref() => continue,
                         crate::check::DimSpec::Symbolic(sym) => sym.clone(),
                         crate::check::DimSpec::Unknown => format!("{}:{axis}", i.name),
                         _ => continue,

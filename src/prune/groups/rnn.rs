@@ -149,6 +149,12 @@ impl Analyzer<'_, '_> {
                 self.st.edits.push(Edit::ZeroState { node: ni, slot, units: units.clone() });
                 return Ok(());
             }
+            // A layer's slice of the states the model takes as an input (a stacked LSTM's h0).
+            if let Some(i) = self.sliced_input(s) {
+                return Err(format!(
+                    "initial state '{s}' is sliced from model input '{i}': its size is the model's interface"
+                ));
+            }
             return Err(format!("initial state '{s}' is computed"));
         };
         let zero = attr(pn, "value")
@@ -176,6 +182,22 @@ impl Analyzer<'_, '_> {
     fn private_state(&self, ni: usize, s: &str) -> bool {
         let others = self.ctx.ix.consumers_of(s).iter().any(|&(c, sl)| c != ni || !(5..=6).contains(&sl));
         !others && !self.ctx.is_output(s)
+    }
+
+    /// The model input `s` is taken from through ops that only move or select its elements.
+    fn sliced_input(&self, s: &str) -> Option<String> {
+        let mut v = s;
+        for _ in 0..8 {
+            if self.ctx.g.input.iter().any(|i| i.name == v) {
+                return Some(v.to_string());
+            }
+            let n = self.ctx.ix.producer.get(v).map(|&p| &self.ctx.g.node[p])?;
+            match n.op_type.as_str() {
+                "Slice" | "Identity" | "Reshape" | "Unsqueeze" | "Squeeze" | "Transpose" | "Gather" => v = inp(n, 0)?,
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// `s` holds zeros whatever the inputs: a ConstantOfShape of zeros (its value absent or all

@@ -340,13 +340,7 @@ pub fn candidate_names(model: &ModelProto, inc: &Include) -> Result<Vec<String>>
 mod tests {
     use super::*;
 
-    fn node(op: &str, ins: &[&str], out: &str) -> NodeProto {
-        let mut n = NodeProto::new();
-        n.op_type = op.into();
-        n.input = ins.iter().map(|s| s.to_string()).collect();
-        n.output = vec![out.into()];
-        n
-    }
+    use crate::model::graph::node_of as node;
 
     /// A graph reading the 8 × 8 weight `W` with `nodes` (plus `extra` initializers).
     fn graph(nodes: Vec<NodeProto>, outputs: &[&str]) -> GraphProto {
