@@ -18,8 +18,14 @@ pub fn graph_diff(a: &ModelProto, b: &ModelProto) -> String {
     let mut out = String::new();
     let (pa, pb) = (float_params(ga), float_params(gb));
     let pct = if pa > 0 { 100.0 * (pb as f64 - pa as f64) / pa as f64 } else { 0.0 };
-    let _ = writeln!(out, "params: {pa} → {pb} ({pct:+.1}%)");
+    let (za, zb) = (float_nonzeros(ga), float_nonzeros(gb));
+    let _ = writeln!(out, "params: {pa} → {pb} ({pct:+.1}%), non-zero {za} → {zb}");
     section(&mut out, "weights", weight_lines(ga, gb));
+    // Per-weight pruning changes no shape: its zeros are what differs.
+    let zeroed = zero_lines(ga, gb);
+    let only_zeros = !zeroed.is_empty();
+    section(&mut out, "zeros (same shape, values zeroed or refitted)", zeroed);
+    let before_structure = out.lines().count();
     let (added, removed, changed) = node_lines(ga, gb);
     section(&mut out, "nodes added", added);
     section(&mut out, "nodes removed", removed);
@@ -27,10 +33,52 @@ pub fn graph_diff(a: &ModelProto, b: &ModelProto) -> String {
     section(&mut out, "value_info", value_lines(&ga.value_info, &gb.value_info));
     section(&mut out, "graph inputs", value_lines(&ga.input, &gb.input));
     section(&mut out, "graph outputs", value_lines(&ga.output, &gb.output));
-    if out.lines().count() == 1 {
-        out.push_str("no structural differences\n");
+    if out.lines().count() == before_structure && (only_zeros || before_structure == 1) {
+        out.push_str(if only_zeros {
+            "no structural differences (weights zeroed in place)\n"
+        } else {
+            "no structural differences\n"
+        });
     }
     out
+}
+
+/// Zero elements of a float tensor (None when it is not float or cannot be read).
+fn zeros(t: &TensorProto) -> Option<u64> {
+    if !tensor::is_float(t.data_type) {
+        return None;
+    }
+    let mut n = 0u64;
+    tensor::for_each_f64(t, |x| n += (x == 0.0) as u64).ok()?;
+    Some(n)
+}
+
+fn float_nonzeros(g: &GraphProto) -> u64 {
+    weights(g)
+        .values()
+        .filter_map(|t| zeros(t).map(|z| (t.dims.iter().product::<i64>().max(0) as u64).saturating_sub(z)))
+        .sum()
+}
+
+/// Float weights of the same shape in both whose count of zeros changed.
+fn zero_lines(ga: &GraphProto, gb: &GraphProto) -> Vec<String> {
+    let (wa, wb) = (weights(ga), weights(gb));
+    let mut lines = vec![];
+    for (n, x) in &wa {
+        let Some(y) = wb.get(n).filter(|y| y.dims == x.dims && y.data_type == x.data_type) else { continue };
+        if let (Some(a), Some(b)) = (zeros(x), zeros(y)) {
+            if a != b {
+                let size = x.dims.iter().product::<i64>().max(1) as f64;
+                lines.push(format!(
+                    "{n} {}: {a} → {b} zeros ({:.1} % → {:.1} %)",
+                    dims_str(&x.dims),
+                    100.0 * a as f64 / size,
+                    100.0 * b as f64 / size
+                ));
+            }
+        }
+    }
+    lines
 }
 
 fn section(out: &mut String, title: &str, lines: Vec<String>) {
@@ -229,7 +277,13 @@ mod tests {
         g.initializer.push(tensor::new_f32("w", &[2, 2], &[1., 2., 3., 4.]));
         m.graph = Some(g).into();
         let d = graph_diff(&m, &m);
-        assert!(d.contains("params: 4 → 4"));
-        assert!(d.contains("no structural differences"));
+        assert!(d.contains("params: 4 → 4 (+0.0%), non-zero 4 → 4"), "{d}");
+        assert!(d.contains("no structural differences\n") && !d.contains("zeros"), "{d}");
+        // Per-weight pruning: same shapes, zeros counted.
+        let mut z = m.clone();
+        z.graph.as_mut().unwrap().initializer[0] = tensor::new_f32("w", &[2, 2], &[1., 0., 0., 4.]);
+        let d = graph_diff(&m, &z);
+        assert!(d.contains("non-zero 4 → 2") && d.contains("w [2,2]: 0 → 2 zeros (0.0 % → 50.0 %)"), "{d}");
+        assert!(d.contains("no structural differences (weights zeroed in place)"), "{d}");
     }
 }
