@@ -600,9 +600,7 @@ fn verification_options(
     } else if let Some(c) = calib {
         Some((c.clone(), crate::check::Samples::Calibration))
     } else {
-        let cost = |one: &crate::check::Inputs| {
-            Ok(crate::check::macs(dense, &one.facts()).map_or(params, |m| m.total / one.rows().max(1) as u64))
-        };
+        let cost = |one: &crate::check::Inputs| Ok(guard::macs_per_sample(dense, one).unwrap_or(params));
         // When they cannot be made, verification prepares its inputs itself and says why it failed.
         guard::random_inputs(o, sequence, 0, cost)
             .ok()

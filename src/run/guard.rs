@@ -289,10 +289,10 @@ const GUARD_SEED: u64 = 0x6A09_E667_F3BC_C908;
 /// any model.
 fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Result<(Inputs, String)> {
     let cost = |one: &Inputs| -> Result<u64> {
-        Ok(match crate::check::macs(&o.input, &one.facts()) {
-            Ok(c) => c.total / one.rows().max(1) as u64,
-            Err(_) => super::params(m, None, &Masks::new(), true)?.n,
-        })
+        match macs_per_sample(&o.input, one) {
+            Some(c) => Ok(c),
+            None => Ok(super::params(m, None, &Masks::new(), true)?.n),
+        }
     };
     let sequence = m.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence);
     let Some(c) = calib else { return random_inputs(o, sequence, GUARD_SEED, cost) };
@@ -300,6 +300,12 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
     let c = c.head(rows).unwrap_or_else(|| c.clone());
     let label = format!("{} calibration rows", c.rows());
     Ok((c, label))
+}
+
+/// The MACs of one sample of `one` (tract's shape analysis of the model at `path`; None when it
+/// cannot tell).
+pub(super) fn macs_per_sample(path: &std::path::Path, one: &Inputs) -> Option<u64> {
+    crate::check::macs(path, &one.facts()).ok().map(|c| c.total / one.rows().max(1) as u64)
 }
 
 /// Seeded random inputs shaped as verification's are (`--dim` applies), [`guard::guard_rows`]

@@ -157,10 +157,7 @@ impl Analyzer<'_, '_> {
             }
             return Err(format!("initial state '{s}' is computed"));
         };
-        let zero = attr(pn, "value")
-            .and_then(|a| a.t.as_ref())
-            .is_none_or(|t| tensor::read_f64(t).is_ok_and(|v| v.iter().all(|&x| x == 0.0)));
-        if !zero || !self.private_state(ni, s) {
+        if !zero_fill(pn) || !self.private_state(ni, s) {
             return Err(format!("initial state '{s}' is not a private ConstantOfShape of zeros"));
         }
         let lit = inp(pn, 0).and_then(|v| self.shape_vecs.get(v)).and_then(|v| match v.get(2) {
@@ -184,46 +181,51 @@ impl Analyzer<'_, '_> {
         !others && !self.ctx.is_output(s)
     }
 
-    /// The model input `s` is taken from through ops that only move or select its elements.
-    fn sliced_input(&self, s: &str) -> Option<String> {
+    /// Where `s` is taken from through ops that only move or select its elements (at most 8):
+    /// that value's name and the node producing it (None for a graph input or an initializer).
+    fn moved_from<'s>(&'s self, s: &'s str) -> (&'s str, Option<&'s NodeProto>) {
         let mut v = s;
         for _ in 0..8 {
-            if self.ctx.g.input.iter().any(|i| i.name == v) {
-                return Some(v.to_string());
-            }
-            let n = self.ctx.ix.producer.get(v).map(|&p| &self.ctx.g.node[p])?;
-            match n.op_type.as_str() {
-                "Slice" | "Identity" | "Reshape" | "Unsqueeze" | "Squeeze" | "Transpose" | "Gather" => v = inp(n, 0)?,
-                _ => return None,
+            let Some(n) = self.ctx.ix.producer.get(v).map(|&p| &self.ctx.g.node[p]) else { return (v, None) };
+            let moves = (n.domain.is_empty() || n.domain == "ai.onnx")
+                && matches!(
+                    n.op_type.as_str(),
+                    "Slice"
+                        | "Identity"
+                        | "Reshape"
+                        | "Unsqueeze"
+                        | "Squeeze"
+                        | "Expand"
+                        | "Transpose"
+                        | "Flatten"
+                        | "Gather"
+                );
+            match inp(n, 0).filter(|_| moves) {
+                Some(i) => v = i,
+                None => return (v, Some(n)),
             }
         }
-        None
+        (v, self.ctx.ix.producer.get(v).map(|&p| &self.ctx.g.node[p]))
     }
 
-    /// `s` holds zeros whatever the inputs: a ConstantOfShape of zeros (its value absent or all
-    /// zero) seen through ops that only move or select its elements.
-    fn computed_zeros(&self, s: &str) -> bool {
-        let mut v = s;
-        for _ in 0..8 {
-            let Some(n) = self.ctx.ix.producer.get(v).map(|&p| &self.ctx.g.node[p]) else { return false };
-            if !n.domain.is_empty() && n.domain != "ai.onnx" {
-                return false;
-            }
-            match n.op_type.as_str() {
-                "ConstantOfShape" => {
-                    return attr(n, "value")
-                        .and_then(|a| a.t.as_ref())
-                        .is_none_or(|t| tensor::read_f64(t).is_ok_and(|v| v.iter().all(|&x| x == 0.0)))
-                }
-                "Slice" | "Identity" | "Reshape" | "Unsqueeze" | "Squeeze" | "Expand" | "Transpose" | "Flatten" => {
-                    match inp(n, 0) {
-                        Some(i) => v = i,
-                        None => return false,
-                    }
-                }
-                _ => return false,
-            }
-        }
-        false
+    /// The model input `s` is taken from through ops that only move or select its elements.
+    fn sliced_input(&self, s: &str) -> Option<String> {
+        let (v, producer) = self.moved_from(s);
+        (producer.is_none() && self.ctx.g.input.iter().any(|i| i.name == v)).then(|| v.to_string())
     }
+
+    /// `s` holds zeros whatever the inputs: a ConstantOfShape of zeros seen through ops that only
+    /// move or select its elements.
+    fn computed_zeros(&self, s: &str) -> bool {
+        self.moved_from(s).1.is_some_and(zero_fill)
+    }
+}
+
+/// A default-domain ConstantOfShape whose value is absent or all zero.
+fn zero_fill(n: &NodeProto) -> bool {
+    n.op_type == "ConstantOfShape"
+        && (n.domain.is_empty() || n.domain == "ai.onnx")
+        && attr(n, "value")
+            .and_then(|a| a.t.as_ref())
+            .is_none_or(|t| tensor::read_f64(t).is_ok_and(|v| v.iter().all(|&x| x == 0.0)))
 }
