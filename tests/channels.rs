@@ -391,6 +391,79 @@ fn a_bias_shared_by_two_layers_does_not_tie_their_channels() {
     assert!(o.params.1 < o.params.0);
 }
 
+/// Layers that read one weight through an `Identity` each (torch.onnx's way of writing a module
+/// applied several times, as ALBERT's layers are) are cut as one: they lose the same channels and
+/// keep sharing the weight and its bias. Cut apart, each alias became a copy and the params grew
+/// (33 664 → 99 968 on a four-layer MLP).
+#[test]
+fn layers_sharing_a_weight_through_identity_are_cut_as_one_and_keep_sharing_it() {
+    let mut nodes = vec![];
+    let mut x = "x".to_string();
+    for l in 0..3 {
+        for (a, src) in [("wa", "wa"), ("b", "b"), ("wb", "wb")] {
+            nodes.push(nd("Identity", &format!("{a}{l}"), &[src], &[&format!("{a}{l}")], vec![]));
+        }
+        let (h, r, y) = (format!("h{l}"), format!("r{l}"), format!("y{l}"));
+        nodes.push(nd("Conv", &format!("A{l}"), &[&x, &format!("wa{l}"), &format!("b{l}")], &[&h], vec![]));
+        nodes.push(nd("Relu", &format!("ra{l}"), &[&h], &[&r], vec![]));
+        nodes.push(nd("Conv", &format!("B{l}"), &[&r, &format!("wb{l}")], &[&y], vec![]));
+        x = y;
+    }
+    let m = mk_model(
+        nodes,
+        vec![
+            w("wa", &[8, 3, 1, 1], &[1., 0.01, 1., 1., 0.02, 1., 1., 1.], 1),
+            w("wb", &[3, 8, 1, 1], &[1., 1., 1.], 2),
+            tensor::new_f32("b", &[8], &[0.1, -0.2, 0.3, 0.05, -0.1, 0.2, 0.0, 0.1]),
+        ],
+        &X4,
+        &[&x],
+    );
+    let o = prove_x(&m, &X4, &StructOptions { round_to: onnx_emp::prune::RoundTo::Multiple(1), ..no_floor() });
+    let a = group(&o.result, "A0");
+    assert!(a.members.iter().any(|n| n == "B2"), "one group over the three layers: {}", summary(&o.result.groups));
+    assert!(a.removed.contains(&1) && a.removed.contains(&4), "{a:?}");
+    let p = &o.result.pruned;
+    let g = p.graph.as_ref().unwrap();
+    let kept = (8 - a.removed.len()) as i64;
+    let dims = |n: &str| weight(p, n).dims.clone();
+    assert_eq!((dims("wa"), dims("b"), dims("wb")), (vec![kept, 3, 1, 1], vec![kept], vec![3, kept, 1, 1]));
+    assert_eq!(g.initializer.len(), 3, "no copies: {:?}", g.initializer.iter().map(|t| &t.name).collect::<Vec<_>>());
+    assert_eq!(g.node.iter().filter(|n| n.op_type == "Identity").count(), 9, "the aliases stay");
+    assert!(o.params.1 < o.params.0);
+}
+
+/// A cut whose copies and compensating biases would outweigh what it removes is not made:
+/// parameters never grow (a 1-unit cut of a layer applied four times, whose removed unit's
+/// relu(bias) is folded into a new bias of each second layer).
+#[test]
+fn a_cut_that_would_add_parameters_is_not_made() {
+    let mut nodes = vec![];
+    let mut x = "x".to_string();
+    for l in 0..4 {
+        nodes.push(nd("Identity", &format!("wa{l}"), &["wa"], &[&format!("wa{l}")], vec![]));
+        nodes.push(nd("Identity", &format!("wb{l}"), &["wb"], &[&format!("wb{l}")], vec![]));
+        let (h, hb, r, y) = (format!("h{l}"), format!("hb{l}"), format!("r{l}"), format!("y{l}"));
+        nodes.push(nd("MatMul", &format!("A{l}"), &[&x, &format!("wa{l}")], &[&h], vec![]));
+        nodes.push(nd("Add", &format!("ba{l}"), &[&h, &format!("b{l}")], &[&hb], vec![]));
+        nodes.push(nd("Relu", &format!("ra{l}"), &[&hb], &[&r], vec![]));
+        nodes.push(nd("MatMul", &format!("B{l}"), &[&r, &format!("wb{l}")], &[&y], vec![]));
+        x = y;
+    }
+    // wa [4, 8]: hidden unit 1 is weak, the others near-equal; wb [8, 4].
+    let va: Vec<f32> = (0..32).map(|i| if i % 8 == 1 { 0.01 } else { 1.0 + 0.05 * (i % 3) as f32 }).collect();
+    let vb: Vec<f32> = (0..32).map(|i| 0.5 + 0.05 * (i % 4) as f32).collect();
+    let mut inits = vec![tensor::new_f32("wa", &[4, 8], &va), tensor::new_f32("wb", &[8, 4], &vb)];
+    // Own biases, non-zero: a removed unit emits relu(b), folded into a new bias of each B.
+    inits.extend((0..4).map(|l| tensor::new_f32(&format!("b{l}"), &[8], &[0.5; 8])));
+    let m = mk_model(nodes, inits, &[2, 4], &[&x]);
+    let o = prove_x(&m, &[2, 4], &StructOptions { round_to: onnx_emp::prune::RoundTo::Multiple(1), ..no_floor() });
+    let a = group(&o.result, "A0");
+    assert_eq!(a.kept, a.n, "{}", summary(&o.result.groups));
+    assert!(a.notes.iter().any(|n| n.contains("more parameters than the input has")), "{:?}", a.notes);
+    assert_eq!(o.params.1, o.params.0);
+}
+
 /// Untying a shared bias gives each changed reader a copy; when those copies beside the shared
 /// tensor (still read by an unchanged reader) would outweigh what the cut removes, the layers stay
 /// tied instead: parameters never grow.

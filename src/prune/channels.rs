@@ -81,7 +81,27 @@ pub(crate) fn prune_hollow(
             return Ok(r);
         }
     }
-    prune_with(model, None, opts, masked_out)?.context("a pass without aliases always returns")
+    let r = prune_with(model, None, opts, masked_out)?.context("a pass without aliases always returns")?;
+    // Params never increase: a cut whose copies (a tensor layers share that each must slice its
+    // own way) and compensating biases outweigh what it removes is not made.
+    let (before, after) = (super::unshare::elements(model), super::unshare::elements(&r.0.pruned));
+    if after <= before || r.0.groups.iter().all(|g| g.kept >= g.n) {
+        return Ok(r);
+    }
+    let whole = StructOptions { cut_only: Some(BTreeSet::new()), ..opts.clone() };
+    let (mut r, hollow) =
+        prune_with(model, None, &whole, masked_out)?.context("a pass without aliases always returns")?;
+    for g in &mut r.groups {
+        for note in &mut g.notes {
+            if note.starts_with(super::GUARD_KEPT) {
+                *note = format!(
+                    "kept whole: the cut would leave more parameters than the input has ({before} → {after}: \
+                     copies of tensors that layers share, compensating biases)"
+                );
+            }
+        }
+    }
+    Ok((r, hollow))
 }
 
 /// The pass on `model`; with `split` (the aliases of [`super::unshare::split`], the input model)

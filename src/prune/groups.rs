@@ -243,6 +243,9 @@ pub struct Analysis {
     /// far fewer than units.
     touched: BTreeMap<usize, BTreeSet<usize>>,
     pub consts: BTreeMap<String, ConstInfo>,
+    /// `Identity` aliases of a weight whose layers' slices were merged into the weight's own
+    /// ([`Analyzer::merge_identity_aliases`]): they keep reading the sliced weight.
+    pub shared_aliases: BTreeSet<String>,
 }
 
 impl Analysis {
@@ -647,19 +650,28 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                 c.fold = Err(format!("quantized {} '{}'", n.op_type, node_label(n)));
             }
         }
+        self.merge_identity_aliases();
         // Every use of a sliced weight must slice it along the same axis (a Conv that uses the
         // weight only as a producer would otherwise see its input channels shrink).
         // The blocks are collected first (cloning only the blocked slices' units), then recorded
         // in the slices' order.
         let ctx = self.ctx;
         // Shape-only aliases of the weight (Identity, Reshape of a constant) get their own copy
-        // when the weight changes (see the rewrite), so they are not foreign uses.
+        // when the weight changes (see the rewrite), so they are not foreign uses; the uses of
+        // the merged Identity aliases, which keep reading the weight, are its own.
         let is_alias = |ni: usize| {
             ctx.g.node[ni].output.first().and_then(|o| ctx.consts.get(o)).is_some_and(|c| c.alias_node == Some(ni))
         };
+        let shared = &self.st.shared_aliases;
         let mut blocked: Vec<(Units, String)> = Vec::new();
         for s in self.st.slices.values() {
-            let other = ix.consumers_of(&s.weight).iter().find(|u| !s.users.contains(u) && !is_alias(u.0)).copied();
+            let aliases = shared.iter().filter(|a| ctx.consts.get(*a).is_some_and(|c| c.base == s.weight));
+            let names: Vec<&str> = std::iter::once(s.weight.as_str()).chain(aliases.map(|a| a.as_str())).collect();
+            let other = names
+                .iter()
+                .flat_map(|w| ix.consumers_of(w).iter())
+                .find(|u| !s.users.contains(u) && !is_alias(u.0))
+                .copied();
             if let Some((ni, _)) = other {
                 let n = &ctx.g.node[ni];
                 let r = format!(
@@ -669,7 +681,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
                     node_label(n)
                 );
                 blocked.push((s.units.clone(), r));
-            } else if ix.captured.contains(&s.weight) || ix.outputs.contains(&s.weight) {
+            } else if names.iter().any(|w| ix.captured.contains(*w) || ix.outputs.contains(*w)) {
                 let r = format!("weight '{}' is read inside a subgraph or is a graph output", s.weight);
                 blocked.push((s.units.clone(), r));
             }
@@ -677,6 +689,106 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         for (units, r) in &blocked {
             self.block(units, r);
         }
+    }
+}
+
+impl Analyzer<'_, '_> {
+    /// Layers that read one weight through an `Identity` each, as torch.onnx writes a parameter
+    /// several modules share (ALBERT's layers), slice it as one weight: their slices of the
+    /// aliases merge into the weight's own, so the layers lose the same units and keep sharing
+    /// it. (Sliced apart, each alias became a copy of its own: four layers sharing two weights
+    /// tripled the params.) Biases and other 1-D parameters stay apart: equal biases an exporter
+    /// stored once tie nothing ([`super::unshare`]).
+    fn merge_identity_aliases(&mut self) {
+        let ctx = self.ctx;
+        let weight_roles = |s: &WeightSlice| s.roles.iter().all(|r| matches!(r, Role::Producer | Role::Consumer));
+        let keys: Vec<(String, usize)> = self
+            .st
+            .slices
+            .iter()
+            .filter(|(_, s)| weight_roles(s))
+            .filter(|((w, _), _)| ctx.identity_base(w).is_some_and(|b| ctx.dims(b).is_some_and(|d| d.len() >= 2)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let mut renamed: BTreeMap<String, String> = BTreeMap::new();
+        for (w, axis) in keys {
+            let base = ctx.identity_base(&w).expect("filtered").to_string();
+            let s = self.st.slices.remove(&(w.clone(), axis)).expect("listed");
+            renamed.insert(w, base.clone());
+            if let Some(prev) = self.st.slices.get(&(base.clone(), axis)).map(|p| p.units.clone()) {
+                if prev.len() != s.units.len() {
+                    let r = format!("weight '{base}' is used with different sizes");
+                    self.block(&prev, &r);
+                    self.block(&s.units, &r);
+                } else {
+                    let r = format!("shared weight '{base}' is also used by an untracked tensor");
+                    for (a, b) in prev.iter().zip(s.units.iter()) {
+                        self.join(*a, *b, &r);
+                    }
+                }
+            }
+            let e = self.st.slices.entry((base.clone(), axis)).or_insert_with(|| WeightSlice {
+                weight: base,
+                axis,
+                units: s.units.clone(),
+                roles: BTreeSet::new(),
+                users: BTreeSet::new(),
+            });
+            e.roles.extend(s.roles);
+            e.users.extend(s.users);
+        }
+        // The biases and other 1-D parameters those layers read through aliases of one tensor
+        // merge too, when every reader already cuts the same classes (so merging ties nothing).
+        let mut params: BTreeMap<(String, usize), Vec<(String, usize)>> = BTreeMap::new();
+        for (w, axis) in self.st.slices.keys() {
+            if let Some(b) = ctx.identity_base(w).filter(|b| ctx.dims(b).is_some_and(|d| d.len() == 1)) {
+                params.entry((b.to_string(), *axis)).or_default().push((w.clone(), *axis));
+            }
+        }
+        for ((base, axis), mut members) in params {
+            if self.st.slices.contains_key(&(base.clone(), axis)) {
+                members.push((base.clone(), axis));
+            }
+            let units: Vec<Units> = members.iter().map(|k| self.st.slices[k].units.clone()).collect();
+            let same = units.iter().all(|u| {
+                u.len() == units[0].len()
+                    && u.iter().zip(units[0].iter()).all(|(a, b)| match (a, b) {
+                        (Some(a), Some(b)) => self.st.find(*a) == self.st.find(*b),
+                        (None, None) => true,
+                        _ => false,
+                    })
+            });
+            if members.len() < 2 || !same {
+                continue;
+            }
+            let mut merged = WeightSlice {
+                weight: base.clone(),
+                axis,
+                units: units[0].clone(),
+                roles: BTreeSet::new(),
+                users: BTreeSet::new(),
+            };
+            for k in &members {
+                let s = self.st.slices.remove(k).expect("member");
+                merged.roles.extend(s.roles);
+                merged.users.extend(s.users);
+                if k.0 != base {
+                    renamed.insert(k.0.clone(), base.clone());
+                }
+            }
+            self.st.slices.insert((base, axis), merged);
+        }
+        for c in self.st.consumers.iter_mut() {
+            if let Some(b) = renamed.get(&c.weight) {
+                c.weight = b.clone();
+            }
+        }
+        let bases: BTreeSet<&str> = renamed.values().map(|b| b.as_str()).collect();
+        self.st.shared_aliases =
+            ctx.consts.keys().filter(|k| ctx.identity_base(k).is_some_and(|b| bases.contains(b))).cloned().collect();
     }
 }
 

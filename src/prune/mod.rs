@@ -190,10 +190,13 @@ pub fn second_stage_cut(only: &Option<BTreeSet<usize>>, first: usize) -> Option<
     only.as_ref().map(|s| s.iter().filter(|&&i| i >= first).map(|i| i - first).collect())
 }
 
+/// The start of [`guard_kept_note`].
+pub(crate) const GUARD_KEPT: &str = "kept whole by the fidelity guard";
+
 /// The note of a group that [`StructOptions::cut_only`] keeps whole.
 pub(crate) fn guard_kept_note(kept: usize) -> String {
     format!(
-        "kept whole by the fidelity guard: cutting it to {kept} did not fit, with the other groups' cuts, \
+        "{GUARD_KEPT}: cutting it to {kept} did not fit, with the other groups' cuts, \
          within the tolerance on the model's outputs (--calibration reconstructs instead)"
     )
 }

@@ -308,7 +308,7 @@ pub(super) fn rewrite(
         insert_after: BTreeMap::new(),
         keeps: HashMap::new(),
     };
-    materialize(ctx, &mut w, &changed)?;
+    materialize(ctx, an, &mut w, &changed)?;
 
     // 1. compensation (before any slicing/zeroing: deltas index dense outputs)
     for f in &folds {
@@ -373,10 +373,15 @@ fn bias_name(ctx: &Ctx, an: &Analysis, node: usize) -> Option<String> {
 }
 
 /// Give aliases (Identity / Reshape / Unsqueeze of a constant) that change, or whose source
-/// changes, their own initializer, so the change does not leak to other users of the source.
-fn materialize(ctx: &Ctx, w: &mut Work, changed: &BTreeSet<String>) -> Result<()> {
+/// changes, their own initializer, so the change does not leak to other users of the source;
+/// except the `Identity` aliases of a weight whose layers are cut as one
+/// ([`Analysis::shared_aliases`]), which go on reading it.
+fn materialize(ctx: &Ctx, an: &Analysis, w: &mut Work, changed: &BTreeSet<String>) -> Result<()> {
     for (name, c) in &ctx.consts {
         let Some(ni) = c.alias_node else { continue };
+        if an.shared_aliases.contains(name) {
+            continue;
+        }
         let hit = changed.contains(name) || changed.contains(&c.base) || c.chain.iter().any(|x| changed.contains(x));
         if !hit {
             continue;
@@ -673,7 +678,9 @@ fn fix_value_info(an: &Analysis, plan: &Plan, w: &mut Work) {
     use onnx_protobuf::type_proto::Value as T;
     let mut weight_dims: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for v in &w.g.value_info {
-        if let Some(r) = w.refs.get(&v.name) {
+        // A shared Identity alias has its weight's shape.
+        let name = an.consts.get(&v.name).filter(|_| an.shared_aliases.contains(&v.name)).map_or(&v.name, |c| &c.base);
+        if let Some(r) = w.refs.get(name) {
             if let Some(t) = graph::weight(&w.g, *r) {
                 weight_dims.insert(v.name.clone(), t.dims.clone());
             }

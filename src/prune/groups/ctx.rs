@@ -217,6 +217,19 @@ impl<'a> Ctx<'a> {
         self.consts.get(name).map(|c| c.dims.as_slice())
     }
 
+    /// The weight `name` reads unchanged through `Identity` nodes only (torch.onnx's way of
+    /// writing a parameter several modules share), or None (not an alias, or a Reshape,
+    /// Unsqueeze or DequantizeLinear on the way).
+    pub fn identity_base(&self, name: &str) -> Option<&str> {
+        let c = self.consts.get(name)?;
+        let identity = |ni: usize| {
+            let n = &self.g.node[ni];
+            n.op_type == "Identity" && n.domain.is_empty()
+        };
+        let through = c.chain.iter().all(|x| self.consts.get(x).and_then(|k| k.alias_node).is_some_and(identity));
+        (c.dq.is_none() && c.alias_node.is_some_and(identity) && through).then_some(c.base.as_str())
+    }
+
     pub fn scalar(&self, name: &str) -> Option<f64> {
         let d = self.dims(name)?;
         if d.iter().product::<usize>() != 1 {
