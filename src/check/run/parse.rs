@@ -127,12 +127,59 @@ const TRACT_UNSUPPORTED: &[(&str, &str)] = &[
     ("com.microsoft", "DynamicQuantizeLSTM"),
 ];
 
+/// Domains whose ops tract may run by their name: the standard ones and onnxruntime's.
+const TRACT_DOMAINS: &[&str] = &["", "ai.onnx", "ai.onnx.ml", "com.microsoft"];
+
 pub(super) fn known_unsupported(proto: &tract_onnx::pb::ModelProto) -> Option<String> {
     let g = proto.graph.as_ref()?;
-    g.node.iter().find_map(|n| {
+    let known = g.node.iter().find_map(|n| {
         TRACT_UNSUPPORTED
             .iter()
             .find(|(d, o)| n.domain == *d && n.op_type == *o)
             .map(|(d, o)| format!("tract 0.23 cannot run {d} {o} (node '{}'; a known gap)", n.name))
+    });
+    // tract finds an op by its name alone: a node of another domain, such as a function of the
+    // model named like a standard op (`custom:Relu` whose body is Relu(-x)), would run as the
+    // standard op, and every figure would be another model's.
+    known.or_else(|| {
+        let local = |n: &pb::NodeProto| {
+            proto
+                .functions
+                .iter()
+                .any(|f| f.domain.as_deref() == Some(&n.domain) && f.name.as_deref() == Some(&n.op_type))
+        };
+        let n = g.node.iter().find(|n| !TRACT_DOMAINS.contains(&n.domain.as_str()) || local(n))?;
+        let what = if local(n) { "a function of the model" } else { "an op of that domain" };
+        Some(format!(
+            "tract reads ops by name only and would run node '{}' ({}:{}, {what}) as the standard {}",
+            n.name, n.domain, n.op_type, n.op_type
+        ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(domain: &str, op: &str) -> pb::NodeProto {
+        pb::NodeProto { name: "n".into(), domain: domain.into(), op_type: op.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_node_tract_would_read_as_another_op_is_refused() {
+        let model = |n: pb::NodeProto, functions: Vec<pb::FunctionProto>| pb::ModelProto {
+            graph: Some(pb::GraphProto { node: vec![n], ..Default::default() }),
+            functions,
+            ..Default::default()
+        };
+        assert_eq!(known_unsupported(&model(node("", "Relu"), vec![])), None);
+        assert_eq!(known_unsupported(&model(node("com.microsoft", "FusedConv"), vec![])), None);
+        let why = known_unsupported(&model(node("custom", "Relu"), vec![])).unwrap();
+        assert!(why.contains("custom:Relu, an op of that domain"), "{why}");
+        // A function of the model shadowing a standard op, even in a domain tract knows.
+        let f =
+            pb::FunctionProto { name: Some("Relu".into()), domain: Some("ai.onnx.ml".into()), ..Default::default() };
+        let why = known_unsupported(&model(node("ai.onnx.ml", "Relu"), vec![f])).unwrap();
+        assert!(why.contains("a function of the model"), "{why}");
+    }
 }
