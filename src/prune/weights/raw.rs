@@ -44,14 +44,36 @@ pub(super) fn raw_le(t: f64, c: f64) -> f64 {
     if !x.is_finite() {
         x = f64::MAX;
     }
-    // t / c is within an ulp or two of the answer: step to it.
-    while x > 0.0 && h(x) > t {
-        x = x.next_down();
+    // t / c is mostly within an ulp or two of the answer: step to it. Where the products round
+    // coarsely (t near the subnormals, c tiny: a 1e20 outlier's scale) many x give one product
+    // and stepping could take 2⁵² steps (a run hung): then bisect, x·c being monotone in x and
+    // the bits of non-negative floats ordered as their values.
+    for _ in 0..64 {
+        if x > 0.0 && h(x) > t {
+            x = x.next_down();
+        } else if x < f64::MAX && h(x.next_up()) <= t {
+            x = x.next_up();
+        } else {
+            return x.max(0.0);
+        }
     }
-    while x < f64::MAX && h(x.next_up()) <= t {
-        x = x.next_up();
+    if h(0.0) > t {
+        return 0.0;
     }
-    x.max(0.0)
+    // Invariant: h(lo) ≤ t; hi is past the answer (or MAX, when h(MAX) ≤ t).
+    let (mut lo, mut hi) = (0u64, f64::MAX.to_bits());
+    if h(f64::MAX) <= t {
+        return f64::MAX;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if h(f64::from_bits(mid)) <= t {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    f64::from_bits(lo)
 }
 
 /// The smallest x ≥ 0 with fl(x·c) ≥ t (t ≥ 0): just above the largest x with fl(x·c) < t.

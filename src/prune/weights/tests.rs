@@ -392,3 +392,37 @@ fn normalized_scope_with_the_sampled_window_matches_the_reference() {
     }
     assert!(EARLY_HITS.load(Ordering::Relaxed) >= early0 + 2, "the early window was not used");
 }
+
+/// `raw_le` is the largest x with fl(x·c) ≤ t, and returns at once where many x share one
+/// product: a weight of 1e20 among small ones (normalized scope, keep-all β) made it step ulp by
+/// ulp through the subnormals, and a run hung.
+#[test]
+fn raw_le_is_exact_and_quick_where_products_round_coarsely() {
+    let check = |t: f64, c: f64| {
+        let x = raw::raw_le(t, c);
+        assert!(x * c <= t, "t {t:e} c {c:e} x {x:e}");
+        assert!(x == f64::MAX || x.next_up() * c > t, "t {t:e} c {c:e} x {x:e}");
+    };
+    for &(t, c) in &[(1e-310, 1e-20), (5e-324, 1e-17), (1e-300, 3.7e-37), (0.5, 0.3), (1e-20, 1e-300), (1e300, 1e-10)] {
+        check(t, c);
+    }
+}
+
+#[test]
+fn a_huge_weight_among_small_ones_prunes_at_a_keep_all_beta() {
+    let mut v: Vec<f32> = (0..64).map(|i| 0.01 + i as f32 * 1e-3).collect();
+    v[5] = 1e20;
+    let mut m = model_of(vec![
+        (v, vec![8, 8], dt::FLOAT, false),
+        ((0..64).map(|i| 0.1 + i as f32 * 1e-3).collect(), vec![8, 8], dt::FLOAT, false),
+    ]);
+    let opts = WeightOptions {
+        beta: 1e12,
+        scope: Scope::Normalized,
+        include: Include { small: true, ..Include::default() },
+        scores: BTreeMap::new(),
+        fixed_ratio: None,
+    };
+    let r = prune_weights(&mut m, &opts).unwrap();
+    assert_eq!(r.global.unwrap().kept, 128);
+}
