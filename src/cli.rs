@@ -76,7 +76,7 @@ struct PruneArgs {
     structured: Option<Mode>,
     /// β: keep ⌊β·N_eff⌋ units per group (β > 0; default 1 = the paper's rule). Given, it is
     /// written as is: the fidelity guard only moves the default
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     beta: Option<f64>,
     /// Default runs without reconstruction (per-weight and structured): when EMP's cut moves the
     /// model's outputs by more than this relative L2 error (of the worst float output, over the
@@ -84,7 +84,7 @@ struct PruneArgs {
     /// calibration rows when given with --no-reconstruct), raise β until it does not, and say so
     /// in the report; off writes EMP's cut unchecked. Not run with --beta, --ratio, --no-verify
     /// or plan
-    #[arg(long, default_value_t = GuardArg(Some(crate::check::guard::DEFAULT_TOLERANCE)), value_name = "REL|off", value_parser = parse_guard)]
+    #[arg(long, default_value_t = GuardArg(Some(crate::check::guard::DEFAULT_TOLERANCE)), value_name = "REL|off", value_parser = parse_guard, allow_negative_numbers = true)]
     guard: GuardArg,
     /// Grouping. Per-weight: normalized (default; global over per-tensor-normalised scores),
     /// global, layer or unit (default for wanda). Structured: layer (default for channels) or
@@ -129,7 +129,7 @@ struct PruneArgs {
     #[arg(long)]
     no_latency: bool,
     /// Time each model for about this many seconds in each engine (at least one run; default 2)
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     latency_budget: Option<f64>,
     /// Time exactly N runs per model instead of a time budget
     #[arg(long, value_name = "N")]
@@ -149,7 +149,7 @@ struct PruneArgs {
     #[arg(long, value_name = "NAME=VALUE")]
     dim: Vec<String>,
     /// Seed of the random verification inputs
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
     /// Calibration data for data-driven criteria: FILE.npy (single input), FILE.npz, DIR of
     /// NAME.npy files, or NAME=FILE.npy (repeatable). Required by wanda and activation
@@ -162,7 +162,7 @@ struct PruneArgs {
     calibration_rows: usize,
     /// Baseline for comparisons (per-weight): prune this fixed fraction of every group instead
     /// of EMP's ⌊β·N_eff⌋, e.g. --ratio 0.5
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
     ratio: Option<f64>,
     /// Do not reconstruct the kept weights from --calibration (reconstruction runs whenever
     /// calibration data is given)
@@ -429,6 +429,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         beta,
         beta_given: a.beta.is_some(),
         guard: a.guard.0,
+        guard_on_inputs: false,
         scope: a.scope,
         criterion: a.criterion,
         include,
@@ -453,12 +454,20 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         .collect();
     run::check_side_outputs(&opts, &side).map_err(|e| failed(format!("{e:#}")))?;
     let out = run::run(&opts).map_err(|e| failed(format!("{e:#}")))?;
+    // A report that cannot be written (a full disk) fails the run, and an error leaves no output
+    // behind: the model just written is removed again (not with --force, where OUT may be IN).
+    let side_output = |flag: &str, p: &std::path::Path, bytes: &[u8]| -> Result<(), Failure> {
+        crate::model::io::write_atomic(p, bytes).map_err(|e| {
+            let removed = !opts.plan && !opts.force && std::fs::remove_file(&opts.output).is_ok();
+            let what = if removed { format!("; {} was removed", opts.output.display()) } else { String::new() };
+            failed(format!("{flag} {e:#}{what}"))
+        })
+    };
     if let Some(p) = &a.report {
-        crate::model::io::write_atomic(p, out.report.to_json().as_bytes()).map_err(|e| failed(format!("{e:#}")))?;
+        side_output("--report", p, out.report.to_json().as_bytes())?;
     }
     if let Some(p) = &a.html {
-        crate::model::io::write_atomic(p, crate::html::render(&out.report).as_bytes())
-            .map_err(|e| failed(format!("{e:#}")))?;
+        side_output("--html", p, crate::html::render(&out.report).as_bytes())?;
     }
     Ok(Done::Report(Box::new(out.report)))
 }

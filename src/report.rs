@@ -97,16 +97,47 @@ pub struct Report {
 
 impl Report {
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
+        match self.to_value() {
+            Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+            Err(e) => format!("{{\"error\": \"{e}\"}}\n"),
+        }
     }
 
     /// The deterministic part of the JSON (everything but `timing`).
     pub fn to_json_without_timing(&self) -> String {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
+        let mut v = self.to_value().unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.remove("timing");
         }
         serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+    }
+
+    /// The report as JSON, where reconstruction's squared errors (`err_*`, ‖y − y_dense‖² /
+    /// ‖y_dense‖²) are joined by their square roots (`rel_l2_*`), the relative L2 the text
+    /// report prints and every other error of the JSON is (the guard's tolerance is one).
+    fn to_value(&self) -> serde_json::Result<serde_json::Value> {
+        let mut v = serde_json::to_value(self)?;
+        let root = |o: &mut serde_json::Map<String, serde_json::Value>, pairs: &[(&str, &str)]| {
+            for (from, to) in pairs {
+                if let Some(x) = o.get(*from).and_then(|x| x.as_f64()) {
+                    o.insert(to.to_string(), serde_json::json!(x.sqrt()));
+                }
+            }
+        };
+        if let Some(r) = v.get_mut("reconstruction").and_then(|r| r.as_object_mut()) {
+            for l in r.get_mut("layers").and_then(|l| l.as_array_mut()).into_iter().flatten() {
+                if let Some(o) = l.as_object_mut() {
+                    root(o, &[("err_before", "rel_l2_before"), ("err_after", "rel_l2_after")]);
+                }
+            }
+            if let Some(o) = r.get_mut("end_to_end").and_then(|e| e.as_object_mut()) {
+                root(o, &[("err_without", "rel_l2_without"), ("err_with", "rel_l2_with")]);
+            }
+            if let Some(o) = r.get_mut("whole_run").and_then(|e| e.as_object_mut()) {
+                root(o, &[("err", "rel_l2")]);
+            }
+        }
+        Ok(v)
     }
 
     pub fn to_text(&self) -> String {

@@ -153,6 +153,21 @@ fn fails(args: &[&str], out: Option<&Path>, needle: &str, code: i32) {
     }
 }
 
+/// A report that cannot be written (a full disk: `/dev/full`) fails the run, names its flag and
+/// leaves no output model behind (the model used to stay, beside exit 1).
+#[test]
+fn a_report_that_cannot_be_written_leaves_no_output() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let o = out.to_str().unwrap();
+    fails(&["models/digits_mlp.onnx", o, "--no-latency", "--report", "/dev/full"], Some(&out), "--report /dev/full", 1);
+    fails(&["models/digits_mlp.onnx", o, "--no-latency", "--html", "/dev/full"], Some(&out), "--html /dev/full", 1);
+}
+
 #[test]
 fn bad_input_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -298,6 +298,31 @@ impl Inputs {
             .collect()
     }
 
+    /// The first float input whose values all lie from 0 to 255 and reach 10 or more (8-bit
+    /// pixels, not normalised), with its largest value: what a model trained on normalised inputs
+    /// must not be calibrated on.
+    pub fn raw_pixels(&self) -> Option<(String, f64)> {
+        fn scan(it: impl Iterator<Item = f64>) -> Option<f64> {
+            let mut max = 0.0f64;
+            for v in it {
+                if !(0.0..=255.0).contains(&v) {
+                    return None;
+                }
+                max = max.max(v);
+            }
+            (max >= 10.0).then_some(max)
+        }
+        self.inputs.iter().find_map(|i| {
+            let max = match i.data.as_ref() {
+                InputData::F32(a) => scan(a.iter().map(|&v| v as f64)),
+                InputData::F64(a) => scan(a.iter().copied()),
+                InputData::F16(a) => scan(a.iter().map(|v| v.to_f64())),
+                _ => None,
+            }?;
+            Some((i.name.clone(), max))
+        })
+    }
+
     /// An error naming the first input of a user's file that holds NaN or ±Inf (`what`: the flag).
     pub fn check_finite(&self, what: &str) -> anyhow::Result<()> {
         if let Some((name, n, first)) = self.non_finite() {

@@ -824,6 +824,16 @@ pub fn write_target(path: &Path) -> WriteTarget {
     }
 }
 
+/// Why `path` is not a model file to read: "no such file", "a folder, not a file" or "not a
+/// regular file" (a device such as `/dev/null`).
+pub fn not_a_file(path: &Path) -> &'static str {
+    match std::fs::metadata(path) {
+        Err(_) => "no such file",
+        Ok(m) if m.is_dir() => "a folder, not a file",
+        Ok(_) => "not a regular file",
+    }
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let path = match write_target(path) {
         WriteTarget::Replace(p) => p,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// FIFO or a device (`/dev/null`: written through, never replaced).
 pub(super) fn check_paths(input: &Path, output: &Path, force: bool) -> Result<PathBuf> {
     if !input.is_file() {
-        bail!("{}: no such file", input.display());
+        bail!("{}: {}", input.display(), crate::model::io::not_a_file(input));
     }
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

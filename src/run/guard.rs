@@ -295,11 +295,27 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
         }
     };
     let sequence = m.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence);
+    if calib.is_none() && o.guard_on_inputs {
+        return user_inputs(o, sequence, cost);
+    }
     let Some(c) = calib else { return random_inputs(o, sequence, GUARD_SEED, cost) };
     let rows = guard::guard_rows(cost(&c.head(1).unwrap_or_else(|| c.clone()))?);
     let c = c.head(rows).unwrap_or_else(|| c.clone());
     let label = format!("{} calibration rows", c.rows());
     Ok((c, label))
+}
+
+/// [`guard::guard_rows`] of the user's `--inputs` samples, evenly spaced (a sequence: its first
+/// rows), for a guard whose cut on random inputs they refuted ([`RunOptions::guard_on_inputs`]).
+fn user_inputs(o: &RunOptions, sequence: bool, cost: impl FnOnce(&Inputs) -> Result<u64>) -> Result<(Inputs, String)> {
+    let v = &o.verify_opts.inputs;
+    let infos = crate::check::model_inputs(&o.input)?;
+    let one = prepare_for(&infos, &InputSpec { max_rows: 1, first_rows: true, ..v.clone() })?;
+    let rows = guard::guard_rows(cost(&one)?);
+    let inputs = prepare_for(&infos, &InputSpec { max_rows: rows, first_rows: sequence, ..v.clone() })?;
+    let total = inputs.file_rows.unwrap_or(inputs.rows());
+    let label = format!("{} of your {total} --inputs samples", inputs.rows());
+    Ok((inputs, label))
 }
 
 /// The MACs of one sample of `one` (tract's shape analysis of the model at `path`; None when it

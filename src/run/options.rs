@@ -195,6 +195,10 @@ pub struct RunOptions {
     /// [`crate::check::guard`]. It runs on default runs without reconstruction, per-weight and
     /// structured.
     pub guard: Option<f64>,
+    /// The fidelity guard judges on the user's `--inputs` instead of random inputs (without
+    /// calibration): set by [`crate::run::run`] for its second pass, when the first pass's guard
+    /// passed a cut on random inputs that the user's inputs then refuted.
+    pub guard_on_inputs: bool,
     /// None = the mode's default.
     pub scope: Option<ScopeArg>,
     pub criterion: Option<CriterionArg>,
