@@ -82,10 +82,10 @@ struct PruneArgs {
     /// model's outputs by more than this relative L2 error (of the worst float output, over the
     /// samples) on seeded random inputs (32, fewer on models over 67 M MACs per sample; the
     /// calibration rows when given with --no-reconstruct), raise β until it does not, and say so
-    /// in the report; off writes EMP's cut unchecked. Not run with --beta, --ratio, --no-verify
-    /// or plan
-    #[arg(long, default_value_t = GuardArg(Some(crate::check::guard::DEFAULT_TOLERANCE)), value_name = "REL|off", value_parser = parse_guard, allow_negative_numbers = true)]
-    guard: GuardArg,
+    /// in the report; off writes EMP's cut unchecked (default 0.1). Not run with --no-verify or
+    /// plan; a tolerance beside --beta or --ratio, whose cut is written as asked, is a usage error
+    #[arg(long, value_name = "REL|off", value_parser = parse_guard, allow_negative_numbers = true)]
+    guard: Option<GuardArg>,
     /// Grouping. Per-weight: normalized (default; global over per-tensor-normalised scores),
     /// global, layer or unit (default for wanda). Structured: layer (default for channels) or
     /// global (default for heads)
@@ -338,6 +338,16 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         }
     }
     run::check_combination(mode, a.scope, a.criterion, a.ratio, a.beta.is_some()).map_err(|e| usage(&e))?;
+    // The guard only moves the default β: a tolerance beside a cut written as asked did nothing.
+    if let Some(GuardArg(Some(t))) = a.guard {
+        let given = if a.beta.is_some() { Some("--beta") } else { a.ratio.map(|_| "--ratio") };
+        if let Some(flag) = given {
+            return Err(usage(&format!(
+                "--guard {t} has no effect with {flag}: its cut is written as asked (the guard only moves the \
+                 default β; drop {flag} to let it choose)"
+            )));
+        }
+    }
     let (include, floor) = run::includes(&a.include);
     if let Some(b) = a.latency_budget {
         if !(b.is_finite() && b > 0.0 && b < 1e6) {
@@ -428,7 +438,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         mode,
         beta,
         beta_given: a.beta.is_some(),
-        guard: a.guard.0,
+        guard: a.guard.map_or(Some(crate::check::guard::DEFAULT_TOLERANCE), |g| g.0),
         guard_on_inputs: false,
         scope: a.scope,
         criterion: a.criterion,

@@ -73,6 +73,10 @@ pub struct Report {
     pub scope: String,
     /// The β written: the requested one, or the fidelity guard's when it raised it.
     pub beta: f64,
+    /// `--ratio`: the fixed fraction each group lost instead of EMP's count (β then has no
+    /// effect).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
     /// The fidelity guard of a default per-weight run (None: not run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::check::guard::GuardReport>,
@@ -143,7 +147,11 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "{} — {} → {}", self.tool, self.input.path, self.output.path);
-        let _ = write!(s, "mode {}  scope {}  beta {}  criterion {}", self.mode, self.scope, self.beta, self.criterion);
+        let cut = match self.ratio {
+            Some(r) => format!("ratio {r} (fixed, instead of EMP)"),
+            None => format!("beta {}", self.beta),
+        };
+        let _ = write!(s, "mode {}  scope {}  {cut}  criterion {}", self.mode, self.scope, self.criterion);
         if let Some(c) = &self.calibration {
             let _ = write!(s, "  calibration {c}");
         }

@@ -555,6 +555,7 @@ fn run_once(o: &RunOptions) -> Result<Outcome> {
         scope: scope_name,
         // The β written: the guard's when it ran.
         beta: beta_written,
+        ratio: o.fixed_ratio,
         guard: guard_report,
         criterion: criterion_name,
         calibration,
@@ -883,6 +884,7 @@ fn plan_outcome(
         mode: o.mode.name().into(),
         scope: p.scope,
         beta: o.beta,
+        ratio: o.fixed_ratio,
         guard: None,
         criterion: p.criterion,
         calibration: p.calibration,

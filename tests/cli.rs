@@ -281,8 +281,17 @@ fn usage_errors_exit_2() {
         &["--criterion", "l1"],
         &["--structured", "channels", "--scope", "unit"],
         &["--beta", "0.5", "--ratio", "0.5"],
+        // A tolerance beside a cut written as asked did nothing (it was accepted in silence).
+        &["--beta", "0.9", "--guard", "0.2"],
+        &["--ratio", "0.3", "--guard", "0.2"],
     ] {
         bin().args(["models/digits_mlp.onnx", "o.onnx"]).args(combo).assert().code(2);
+    }
+    // Negative values get their own message, not clap's "unexpected argument '-1'".
+    for (flag, v) in [("--beta", "-1"), ("--ratio", "-0.1"), ("--latency-budget", "-2")] {
+        let a = bin().args(["models/digits_mlp.onnx", "o.onnx", flag, v]).assert().code(2);
+        let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+        assert!(err.contains(&format!("{flag} {v}")) && !err.contains("unexpected argument"), "{err}");
     }
     bin().args(["models/digits_mlp.onnx", "o.onnx", "--bogus"]).assert().code(2);
     let h = bin().arg("--help").assert().success();
