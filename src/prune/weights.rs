@@ -144,7 +144,7 @@ mod window;
 mod zero;
 
 use candidates::*;
-pub use candidates::{candidate_names, shared_with_other_readers, small_filters};
+pub use candidates::{candidate_names, foreign_weights, shared_with_other_readers, small_filters};
 use mark::*;
 use raw::*;
 use raw_simd::*;

@@ -165,6 +165,15 @@ pub(super) fn prune_pass(
                     list.join("; ")
                 ));
             }
+            let foreign = weights::foreign_weights(&m, &o.include)?;
+            if !foreign.is_empty() {
+                let list: Vec<String> = foreign.iter().map(|(op, k)| format!("{op} ({k})")).collect();
+                notes.push(format!(
+                    "left dense: weights read by ops this tool does not prune: {} (onnxruntime's offline-optimised \
+                     fused ops, or functions of the model; prune the model before onnxruntime optimises it)",
+                    list.join(", ")
+                ));
+            }
             let (pruned_m, guarded) = guarded_prune(o, m, &wopts, cx.calib, recon_guard, cx.mapped)
                 .with_context(|| format!("{}", o.input.display()))?;
             m = pruned_m;

@@ -273,6 +273,32 @@ fn other_reader_at(g: &GraphProto, ix: &GraphIndex, inc: &Include, name: &str, d
     })
 }
 
+/// Float weights (rank 2 or more) that are no candidate because ops of another domain read them
+/// (onnxruntime's offline-optimised `com.microsoft:FusedConv` / `FusedGemm`, a function of the
+/// model): per such op, "domain:op" and how many weights. They were left dense without a word.
+pub fn foreign_weights(model: &ModelProto, inc: &Include) -> Result<Vec<(String, usize)>> {
+    let g = model.graph.as_ref().context("model has no graph")?;
+    let ix = GraphIndex::build(g)?;
+    let candidates: HashSet<String> = find_candidates(g, &ix, inc)?.into_iter().map(|c| c.name).collect();
+    let mut out: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &g.initializer {
+        if candidates.contains(&t.name) || t.dims.len() < 2 || !tensor::is_float(t.data_type) {
+            continue;
+        }
+        let foreign = ix.consumers_of(&t.name).iter().map(|&(ni, _)| &g.node[ni]).find(|n| {
+            !(n.domain.is_empty() || n.domain == "ai.onnx")
+                && !matches!(
+                    (n.domain.as_str(), n.op_type.as_str()),
+                    ("com.microsoft", "Attention" | "MultiHeadAttention")
+                )
+        });
+        if let Some(n) = foreign {
+            *out.entry(format!("{}:{}", n.domain, n.op_type)).or_default() += 1;
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
 /// Weights a weight slot reads that are left dense because something else reads them too
 /// ([`other_reader`]): (name, why), in graph order.
 pub fn shared_with_other_readers(model: &ModelProto, inc: &Include) -> Result<Vec<(String, String)>> {
@@ -405,5 +431,22 @@ mod tests {
             &["y", "s"],
         );
         assert_eq!(names(&shared, &inc), ["W"]);
+    }
+
+    /// A weight only an op of another domain reads (onnxruntime's FusedConv) is no candidate,
+    /// and is named, per op, for the report's note.
+    #[test]
+    fn weights_of_foreign_ops_are_counted_per_op() {
+        let mut fused = node("FusedConv", &["x", "W"], "y");
+        fused.domain = "com.microsoft".into();
+        let g = graph(vec![fused], &["y"]);
+        let mut m = ModelProto::new();
+        m.graph = Some(g).into();
+        let inc = Include::default();
+        assert!(candidate_names(&m, &inc).unwrap().is_empty());
+        assert_eq!(foreign_weights(&m, &inc).unwrap(), vec![("com.microsoft:FusedConv".to_string(), 1)]);
+        let g = graph(vec![node("MatMul", &["x", "W"], "y")], &["y"]);
+        m.graph = Some(g).into();
+        assert!(foreign_weights(&m, &inc).unwrap().is_empty());
     }
 }
