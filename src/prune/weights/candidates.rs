@@ -285,13 +285,12 @@ pub fn foreign_weights(model: &ModelProto, inc: &Include) -> Result<Vec<(String,
         if candidates.contains(&t.name) || t.dims.len() < 2 || !tensor::is_float(t.data_type) {
             continue;
         }
-        let foreign = ix.consumers_of(&t.name).iter().map(|&(ni, _)| &g.node[ni]).find(|n| {
-            !(n.domain.is_empty() || n.domain == "ai.onnx")
-                && !matches!(
-                    (n.domain.as_str(), n.op_type.as_str()),
-                    ("com.microsoft", "Attention" | "MultiHeadAttention")
-                )
-        });
+        let standard = |n: &NodeProto| n.domain.is_empty() || n.domain == "ai.onnx";
+        let attention = |n: &NodeProto| {
+            n.domain == "com.microsoft" && matches!(n.op_type.as_str(), "Attention" | "MultiHeadAttention")
+        };
+        let foreign =
+            ix.consumers_of(&t.name).iter().map(|&(ni, _)| &g.node[ni]).find(|n| !standard(n) && !attention(n));
         if let Some(n) = foreign {
             *out.entry(format!("{}:{}", n.domain, n.op_type)).or_default() += 1;
         }
