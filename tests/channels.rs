@@ -1118,6 +1118,43 @@ fn floors_keep_the_stem_and_half_of_narrow_groups() {
     assert!(off.params.1 < on.params.1);
 }
 
+/// The stem floor follows the input through ops whose other operands are parameters, computed
+/// or not: `F.pad(x)[..., 1:-1, 1:-1]` exports a Pad whose pads a Concat computes, then a Slice,
+/// and the first Conv behind them was cut as if it were no stem (32 → 16 on a trained VGG).
+#[test]
+fn the_stem_floor_sees_through_a_computed_pad_and_a_slice() {
+    let m = mk_model(
+        vec![
+            nd("Concat", "pads", &["p1", "p2"], &["pads"], vec![attr_i("axis", 0)]),
+            nd("Pad", "pad", &["x", "pads"], &["xp"], vec![]),
+            nd("Slice", "crop", &["xp", "st", "en", "ax"], &["xc"], vec![]),
+            nd("Conv", "A", &["xc", "wa"], &["a"], vec![]),
+            nd("Relu", "ra", &["a"], &["a2"], vec![]),
+            nd("Conv", "C", &["a2", "wc"], &["y"], vec![]),
+        ],
+        vec![
+            tensor::new_i64("p1", &[4], &[0, 0, 1, 1]),
+            tensor::new_i64("p2", &[4], &[0, 0, 1, 1]),
+            tensor::new_i64("st", &[2], &[1, 1]),
+            tensor::new_i64("en", &[2], &[-1, -1]),
+            tensor::new_i64("ax", &[2], &[2, 3]),
+            w("wa", &[16, 3, 1, 1], &[1., 0.01, 1., 1., 0.02, 1., 1., 1., 1., 1., 1., 1., 1., 1., 0.01, 1.], 1),
+            w("wc", &[2, 16, 1, 1], &[1., 1.], 2),
+        ],
+        &X4,
+        &["y"],
+    );
+    let floor = Floor { narrow: false, ..Floor::ON };
+    let opts =
+        StructOptions { beta: 0.7, round_to: onnx_emp::prune::RoundTo::Multiple(1), floor, ..Default::default() };
+    let on = prove_x(&m, &X4, &opts);
+    let a = group(&on.result, "A");
+    assert_eq!(a.kept, a.n, "{}", summary(&on.result.groups));
+    assert!(a.notes.iter().any(|n| n.contains("reads the model input")), "{:?}", a.notes);
+    let off = prove_x(&m, &X4, &StructOptions { floor: Floor::OFF, ..opts });
+    assert!(group(&off.result, "A").kept < 16, "{}", summary(&off.result.groups));
+}
+
 /// The bottleneck floor (on by default): in a network whose prunable groups include depthwise
 /// convolutions, a group no depthwise Conv carries that a 1×1 conv connects to a depthwise group
 /// (MobileNetV2's narrow block outputs) is kept whole and says so; `Floor { bottleneck: false, .. }`

@@ -976,6 +976,10 @@ fn compressed_npz_files_are_read() {
         let p = dir.path().join(to);
         let mut w = ndarray_npy::NpzWriter::new_compressed(std::fs::File::create(&p).unwrap());
         w.add_array("x", &a).unwrap();
+        // Labels saved beside the samples feed no input: ignored, and said so.
+        if to == "cal.npz" {
+            w.add_array("y", &ndarray::Array1::<i64>::zeros(a.shape()[0])).unwrap();
+        }
         w.finish().unwrap();
         p
     };
@@ -1005,6 +1009,8 @@ fn compressed_npz_files_are_read() {
         assert_eq!(packed["verification"][key], plain["verification"][key], "{key}");
     }
     assert!(packed["reconstruction"]["samples"].as_u64() > Some(0));
+    let notes = packed["notes"].to_string();
+    assert!(notes.contains("whose arrays y feed no input: ignored"), "{notes}");
     assert_eq!(packed["weights"]["kept_elems"], plain["weights"]["kept_elems"]);
     let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
     assert_eq!(read("packed.onnx"), read("plain.onnx"));

@@ -534,6 +534,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
     // inputs is an error (it would silently be replaced by generated data), except one array for
     // a model of one input (`np.savez(f, x)` names it `arr_0`).
     let mut npz_array: BTreeMap<String, String> = BTreeMap::new();
+    let mut unread: Vec<String> = vec![];
     if let Some(z) = &spec.npz {
         let held = npz_names(z)?;
         for info in infos.iter().filter(|i| !files.contains_key(&i.name)) {
@@ -558,6 +559,18 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
                     );
                 }
             }
+        }
+        // Arrays that feed no input (labels saved beside the samples): said, not dropped in
+        // silence.
+        let fed: Vec<&String> = npz_array.values().collect();
+        let rest: Vec<&str> = held.iter().filter(|h| !fed.contains(h)).map(|h| h.as_str()).collect();
+        if !rest.is_empty() {
+            let first = infos.first().map_or("", |i| i.name.as_str());
+            unread.push(format!(
+                "input '{first}' comes from {}, whose arrays {} feed no input: ignored",
+                z.display(),
+                rest.join(", ")
+            ));
         }
     }
 
@@ -668,6 +681,7 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
 
     // Generate the rest (said so when other inputs came from files).
     let mut assumed = casts;
+    assumed.extend(unread);
     let any_given = data.iter().any(|d| d.is_some());
     let mut inputs = Vec::with_capacity(infos.len());
     for ((info, given), &sample_axis) in infos.iter().zip(data).zip(&axes) {

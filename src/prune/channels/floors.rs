@@ -28,27 +28,28 @@ pub(super) fn bottleneck_note(kept: usize, by: &str) -> String {
 }
 
 /// Ops between the model input and a stem that do not mix channels (normalisation, layout, the
-/// input's Quantize/DequantizeLinear in a QDQ model).
-const STEM_PATH_OPS: &[&str] = &[
-    "Add",
-    "BatchNormalization",
+/// input's Quantize/DequantizeLinear in a QDQ model), whose other operands must be constants.
+const STEM_PATH_OPS: &[&str] = &["Add", "BatchNormalization", "Div", "Mul", "Sub"];
+
+/// Ops on that path whose other operands are parameters (pads, slice bounds, shapes, scales),
+/// constant or computed: they do not mix channels either way (`F.pad(x)[..., 1:-1, 1:-1]`
+/// exports a Pad with computed pads, then a Slice, and hid the stem from the floor).
+const STEM_PATH_DATA_OPS: &[&str] = &[
     "Cast",
     "DequantizeLinear",
-    "Div",
     "Flatten",
     "Identity",
-    "Mul",
     "Pad",
     "QuantizeLinear",
     "Reshape",
+    "Slice",
     "Squeeze",
-    "Sub",
     "Transpose",
     "Unsqueeze",
 ];
 
 /// A group whose producer is a Conv reading a graph input (possibly through `STEM_PATH_OPS`
-/// whose other operands are constants), unless a LayerNormalization normalises over its units:
+/// whose other operands are constants, and `STEM_PATH_DATA_OPS`), unless a LayerNormalization normalises over its units:
 /// then the Conv is a patch embedding writing a residual stream (ViT's d_model, ConvNeXt's first
 /// stage), where the cut is the model's width, not a narrow stem's (on the trained fmnist_vit,
 /// cutting that stream to 48 of 64 with reconstruction kept 84.1 %, as dense).
@@ -72,9 +73,17 @@ pub(super) fn is_stem(ctx: &Ctx, g: &Group) -> bool {
                 }
                 let Some(&p) = ctx.ix.producer.get(name) else { return false };
                 let pn = &ctx.g.node[p];
+                let op = pn.op_type.as_str();
+                if STEM_PATH_DATA_OPS.contains(&op) {
+                    match pn.input.first().filter(|i| !i.is_empty()) {
+                        Some(x) => name = x,
+                        None => return false,
+                    }
+                    continue;
+                }
                 let live: Vec<&String> =
                     pn.input.iter().filter(|i| !i.is_empty() && !ctx.consts.contains_key(i.as_str())).collect();
-                if live.len() != 1 || !STEM_PATH_OPS.contains(&pn.op_type.as_str()) {
+                if live.len() != 1 || !STEM_PATH_OPS.contains(&op) {
                     return false;
                 }
                 name = live[0];

@@ -140,7 +140,19 @@ impl Analyzer<'_, '_> {
             }
         }
         if !done {
-            self.block(&x.units, &format!("{} (reshape moves the channel axis)", barrier_reason(n)));
+            // GroupNorm as exporters write it: Reshape to [N, groups, …], a normalisation over
+            // each group, Reshape back. Its groups tie channels together: said by name.
+            let group_norm = n.output.first().is_some_and(|o| {
+                self.ctx.ix.consumers_of(o).iter().any(|&(ci, _)| {
+                    matches!(self.ctx.g.node[ci].op_type.as_str(), "InstanceNormalization" | "ReduceMean")
+                })
+            });
+            let why = if group_norm {
+                "reshape moves the channel axis: a GroupNormalization, whose channel groups are not pruned"
+            } else {
+                "reshape moves the channel axis"
+            };
+            self.block(&x.units, &format!("{} ({why})", barrier_reason(n)));
             // Our channels now stay whole, so the target must keep its values: channel counts of
             // other tensors in it are fed their original values when that can be done.
             let reads_ours = target.iter().any(|e| e.dim_expr().is_some_and(|(nm, j, _)| nm == me && j == t));
