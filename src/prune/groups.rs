@@ -466,21 +466,30 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         }
     }
 
-    fn slice(&mut self, weight: &str, axis: usize, units: &Units, user: (usize, usize), role: Role) {
-        let key = (weight.to_string(), axis);
+    /// Ties `units` position by position to the slice already registered under `key`, if any;
+    /// false, with both blocked, when their sizes differ.
+    fn tie_to_slice(&mut self, key: &(String, usize), units: &Units) -> bool {
         // Only the units: cloning the whole slice (its users) made a weight shared by n nodes
         // cost O(n²) (30 000 MatMuls on one weight: 4.5 s).
-        if let Some(prev) = self.st.slices.get(&key).map(|s| s.units.clone()) {
-            if prev.len() != units.len() {
-                let r = format!("weight '{weight}' is used with different sizes");
-                self.block(&prev, &r);
-                self.block(units, &r);
-                return;
-            }
-            let r = format!("shared weight '{weight}' is also used by an untracked tensor");
-            for (a, b) in prev.iter().zip(units.iter()) {
-                self.join(*a, *b, &r);
-            }
+        let Some(prev) = self.st.slices.get(key).map(|s| s.units.clone()) else { return true };
+        let weight = &key.0;
+        if prev.len() != units.len() {
+            let r = format!("weight '{weight}' is used with different sizes");
+            self.block(&prev, &r);
+            self.block(units, &r);
+            return false;
+        }
+        let r = format!("shared weight '{weight}' is also used by an untracked tensor");
+        for (a, b) in prev.iter().zip(units.iter()) {
+            self.join(*a, *b, &r);
+        }
+        true
+    }
+
+    fn slice(&mut self, weight: &str, axis: usize, units: &Units, user: (usize, usize), role: Role) {
+        let key = (weight.to_string(), axis);
+        if !self.tie_to_slice(&key, units) {
+            return;
         }
         let e = self.st.slices.entry(key).or_insert_with(|| WeightSlice {
             weight: weight.to_string(),
@@ -718,18 +727,7 @@ impl Analyzer<'_, '_> {
             let base = ctx.identity_base(&w).expect("filtered").to_string();
             let s = self.st.slices.remove(&(w.clone(), axis)).expect("listed");
             renamed.insert(w, base.clone());
-            if let Some(prev) = self.st.slices.get(&(base.clone(), axis)).map(|p| p.units.clone()) {
-                if prev.len() != s.units.len() {
-                    let r = format!("weight '{base}' is used with different sizes");
-                    self.block(&prev, &r);
-                    self.block(&s.units, &r);
-                } else {
-                    let r = format!("shared weight '{base}' is also used by an untracked tensor");
-                    for (a, b) in prev.iter().zip(s.units.iter()) {
-                        self.join(*a, *b, &r);
-                    }
-                }
-            }
+            self.tie_to_slice(&(base.clone(), axis), &s.units);
             let e = self.st.slices.entry((base.clone(), axis)).or_insert_with(|| WeightSlice {
                 weight: base,
                 axis,
