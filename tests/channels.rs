@@ -732,6 +732,86 @@ fn bn_shift_into_a_zero_padded_conv_is_folded_in_the_interior() {
     assert!(d < 0.5, "dense vs pruned {d}");
 }
 
+/// Dead units (producer rows of zeros) emit their bias whatever the input: it is folded into the
+/// consumer's bias, whether the exporter wrote it into the Conv / Gemm or as an Add, so removing
+/// them changes nothing. Live units' biases are zeroed with their weights, as before; a dead unit
+/// whose bias could not be folded (here: gated by an activation) is removed that way too.
+#[test]
+fn dead_units_are_removed_with_their_bias_folded() {
+    // β 1.2: the four live rows' norms vary ±20 %, so N_eff is a little under 4.
+    let opts = StructOptions { beta: 1.2, ..no_floor() };
+    let ba = tensor::new_f32("ba", &[6], &[0.1, 0.7, -0.2, 0.4, 0.3, 0.05]);
+    let dead_rows = [1., 0., 1., 0., 1., 1.];
+    let conv = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "C", &["ra", "wc", "bc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &dead_rows, 1),
+            ba.clone(),
+            w("wc", &[2, 6, 1, 1], &ones(2), 2),
+            tensor::new_f32("bc", &[2], &[0.3, -0.3]),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove_x(&conv, &X4, &opts);
+    let g = group(&o.result, "A");
+    assert_eq!(g.kept, 4);
+    assert!(g.notes.iter().any(|n| n.contains("folded into the bias of 'C'")), "{:?}", g.notes);
+    assert_eq!(tensor::read_f32(weight(&o.result.pruned, "ba")).unwrap(), vec![0.1, -0.2, 0.3, 0.05]);
+    let d = dense_vs_pruned(&o, &X4);
+    assert!(d < 1e-5, "dense vs pruned {d} (zeroing relu(0.7), relu(0.4) gave ~0.2)");
+
+    let x2: [i64; 2] = [3, 4];
+    let mut gemm = mk_model(
+        vec![
+            nd("Gemm", "A", &["x", "wa", "ba"], &["a"], vec![attr_i("transB", 1)]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Gemm", "B", &["ra", "wb", "bb"], &["y"], vec![attr_i("transB", 1)]),
+        ],
+        vec![
+            w("wa", &[6, 4], &dead_rows, 1),
+            ba.clone(),
+            w("wb", &[3, 6], &ones(3), 2),
+            tensor::new_f32("bb", &[3], &[0.0; 3]),
+        ],
+        &x2,
+        &["y"],
+    );
+    gemm.graph.as_mut().unwrap().input = vec![vi("x", Some(&x2))];
+    let o = prove_x(&gemm, &x2, &opts);
+    assert_eq!(group(&o.result, "A").kept, 4);
+    let d = dense_vs_pruned(&o, &x2);
+    assert!(d < 1e-5, "dense vs pruned {d}");
+
+    // A spatial mask turns the dead units' constant into a map: not foldable, so their bias is
+    // zeroed with the weights and they are still removed (the proof holds).
+    let gated = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Mul", "gm", &["ra", "gate"], &["ga"], vec![]),
+            nd("Conv", "C", &["ga", "wc", "bc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &dead_rows, 1),
+            ba,
+            w("gate", &[1, 1, 5, 5], &[1.0], 3),
+            w("wc", &[2, 6, 1, 1], &ones(2), 2),
+            tensor::new_f32("bc", &[2], &[0.3, -0.3]),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove_x(&gated, &X4, &opts);
+    let g = group(&o.result, "A");
+    assert_eq!(g.kept, 4, "{g:?}");
+    assert!(!g.notes.iter().any(|n| n.contains("folded")), "{:?}", g.notes);
+}
+
 #[test]
 fn sigmoid_and_hardsigmoid_half_is_compensated() {
     let x2: [i64; 2] = [3, 4];

@@ -17,8 +17,8 @@
 //! still keeps at least one unit.
 //!
 //! **Constants of removed units.** In the masked model a removed unit's producer weights and
-//! biases are zeroed; downstream it may still emit a constant (BN shift, a bias Add, sigmoid(0),
-//! HardSigmoid(0)...). When the unit's consumer is linear in it (Gemm, MatMul, group-1 Conv; a
+//! biases are zeroed (a dead unit's bias is kept: `channels/dead.rs`); downstream it may still
+//! emit a constant (BN shift, a bias Add, sigmoid(0), HardSigmoid(0)...). When the unit's consumer is linear in it (Gemm, MatMul, group-1 Conv; a
 //! zero-padded Conv gets the interior value, the border difference is pruning error), the constant
 //! is folded into the consumer's bias (created if missing), in both the pruned and the masked
 //! model (where the consumer's input slice is then zeroed, so the constant is not counted twice).
@@ -26,7 +26,7 @@
 //! value that is not one constant), the unit is kept and the group's notes say why.
 //!
 //! Files: this one is the analysis-to-decision stage (scores, groups, EMP, alignment, the
-//! report); `channels/floors.rs` the floors (stem, narrow, bottleneck); `channels/rewrite.rs` the
+//! report); `channels/dead.rs` the dead units whose biases are folded; `channels/floors.rs` the floors (stem, narrow, bottleneck); `channels/rewrite.rs` the
 //! rewrite and compensation; `channels/sites.rs` the layers reconstruction refits.
 
 use super::groups::{self, Analysis, ConsumerKind, Ctx, Edit, IntTarget, Role, Unit, Val};
@@ -38,6 +38,7 @@ use anyhow::{bail, Context, Result};
 use onnx_protobuf::{GraphProto, ModelProto, NodeProto, TensorProto};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod dead;
 mod floors;
 mod rewrite;
 mod sites;
@@ -123,7 +124,7 @@ fn prune_with(
     super::check_struct_widths(g, &ix)?;
     let opset = groups::default_opset(&model.opset_import);
     let ctx = Ctx::new(g, &ix, opset)?;
-    let an = groups::analyze(&ctx);
+    let an = dead::analysis(&ctx)?;
     let plan = plan(&ctx, &an, opts)?;
     let masked_model = || -> Result<Option<ModelProto>> {
         match masked_out {
@@ -297,7 +298,7 @@ pub fn activation_requests(model: &ModelProto) -> Result<BTreeMap<String, i64>> 
     let g = model.graph.as_ref().context("model has no graph")?;
     let ix = GraphIndex::build(g)?;
     let ctx = Ctx::new(g, &ix, groups::default_opset(&model.opset_import))?;
-    let an = groups::analyze(&ctx);
+    let an = dead::analysis(&ctx)?;
     let mut req = BTreeMap::new();
     for c in &an.consumers {
         if let Some(v) = g.node.get(c.node).and_then(|n| n.input.first()) {
@@ -403,15 +404,10 @@ fn unit_scores(ctx: &Ctx, an: &Analysis, crit: Criterion) -> Result<BTreeMap<Uni
 fn pins(ctx: &Ctx, an: &Analysis) -> BTreeMap<Unit, String> {
     let mut out = BTreeMap::new();
     for c in &an.consumers {
-        let label = node_label(&ctx.g.node[c.node]);
+        let label = || node_label(&ctx.g.node[c.node]);
         for (p, u) in c.units.iter().enumerate() {
             let Some(u) = u else { continue };
-            let why = match (c.val(p), &c.fold) {
-                (Val::Varying, _) => Some(format!("its value at '{label}' would not be a constant")),
-                (Val::Const(k), Err(e)) if k != 0.0 => Some(format!("it would emit a constant into {e}")),
-                _ => None,
-            };
-            if let Some(w) = why {
+            if let Some(w) = c.pin(p, label) {
                 out.entry(an.find(*u)).or_insert(w);
             }
         }

@@ -11,9 +11,10 @@
 //! units are the union-find classes of its units.
 //!
 //! Alongside the units each tracked axis carries, per position, the constant a *removed* unit
-//! emits there in the masked model (producer weights and biases zeroed): 0 right after a
-//! producer, then BN shift, bias, act(0)... ([`Val`]). That constant is what the rewrite must fold
-//! into the consumer's bias.
+//! emits there in the masked model (producer weights zeroed, and their biases but for the dead
+//! units of [`analyze`]'s `fold_bias`): 0, or that bias, right after a producer, then BN shift,
+//! bias, act(·)... ([`Val`]). That constant is what the rewrite must fold into the consumer's
+//! bias.
 //!
 //! Files: this one holds the result types, the union-find, the analyzer's core (tracking,
 //! blocking, the per-node dispatch) and the final grouping; `ctx` the graph facts the rules
@@ -78,8 +79,12 @@ pub struct Track {
 pub enum Role {
     /// Output-channel slice of a Conv/Gemm/MatMul weight: scored, zeroed in the masked model.
     Producer,
-    /// Producer bias: zeroed in the masked model, not scored.
+    /// Producer bias whose values cannot be read: zeroed in the masked model, not scored.
     ProducerBias,
+    /// Producer bias: zeroed in the masked model (a removed unit emits 0), except at the
+    /// positions of the classes in [`Analysis::fold_bias`], where it is kept, the removed unit
+    /// emits it and its consumers fold it. Not scored.
+    Bias,
     /// Per-channel parameter (BN, PReLU slope, per-channel constant): sliced only.
     Param,
     /// Input-channel slice of a consuming weight: sliced; compensation reads it.
@@ -137,6 +142,16 @@ impl Consumer {
     /// The constant a removed unit at position `p` emits into this node.
     pub fn val(&self, p: usize) -> Val {
         self.vals.get(p).copied().unwrap_or(Val::Const(0.0))
+    }
+
+    /// Why the unit at position `p` must stay: its value here is not one constant, or is a
+    /// non-zero constant this node cannot fold. `label`: this node's label.
+    pub fn pin(&self, p: usize, label: impl Fn() -> String) -> Option<String> {
+        match (self.val(p), &self.fold) {
+            (Val::Varying, _) => Some(format!("its value at '{}' would not be a constant", label())),
+            (Val::Const(k), Err(e)) if k != 0.0 => Some(format!("it would emit a constant into {e}")),
+            _ => None,
+        }
     }
 }
 
@@ -246,6 +261,11 @@ pub struct Analysis {
     /// `Identity` aliases of a weight whose layers' slices were merged into the weight's own
     /// ([`Analyzer::merge_identity_aliases`]): they keep reading the sliced weight.
     pub shared_aliases: BTreeSet<String>,
+    /// Classes (roots) whose producers' biases ([`Role::Bias`]) the masked model keeps: their
+    /// removed units emit them and the consumers fold them.
+    pub fold_bias: BTreeSet<Unit>,
+    /// Units whose producer has a non-zero bias for them ([`Analyzer::producer_bias`]).
+    pub bias_emitters: Vec<Unit>,
 }
 
 impl Analysis {
@@ -339,10 +359,13 @@ enum Sym {
     Other,
 }
 
-/// Run the analysis on the top-level graph.
-pub fn analyze(ctx: &Ctx) -> Analysis {
+/// Run the analysis on the top-level graph. The units in `fold_bias` (raw ids: a second pass
+/// on the same graph creates the same ones) emit their producers' biases; every other removed
+/// unit emits 0 after its producer.
+pub fn analyze(ctx: &Ctx, fold_bias: &BTreeSet<Unit>) -> Analysis {
     let mut a = Analyzer {
         ctx,
+        fold_bias,
         st: Analysis::default(),
         shape_vecs: BTreeMap::new(),
         dims_hint: BTreeMap::new(),
@@ -363,11 +386,14 @@ pub fn analyze(ctx: &Ctx) -> Analysis {
             c.vals = none.clone();
         }
     }
+    a.st.fold_bias = fold_bias.iter().filter(|&&u| u < a.st.n_units()).map(|&u| a.st.find(u)).collect();
     a.st
 }
 
 struct Analyzer<'c, 'a> {
     ctx: &'c Ctx<'a>,
+    /// Units that emit their producer's bias ([`analyze`]).
+    fold_bias: &'c BTreeSet<Unit>,
     st: Analysis,
     /// Shape vectors by value name.
     shape_vecs: BTreeMap<String, Vec<Sym>>,

@@ -276,8 +276,8 @@ pub(super) fn rewrite(
     // Which constants change in this mode.
     let mut changed: BTreeSet<String> = BTreeSet::new();
     for s in an.slices.values() {
-        let zeroed = s.roles.contains(&Role::Producer) || s.roles.contains(&Role::ProducerBias);
-        if keep_of(&s.units).contains(&false) && (mode == Mode::Pruned || zeroed) {
+        let keep = keep_of(&s.units);
+        if keep.contains(&false) && (mode == Mode::Pruned || masked_keep(an, s, &keep).is_some()) {
             changed.insert(s.weight.clone());
         }
     }
@@ -321,15 +321,16 @@ pub(super) fn rewrite(
             continue;
         }
         if let Some(c) = ctx.consts.get(&s.weight).filter(|c| c.dq.is_some()) {
-            slice_quantized(&mut w, c, s, &keep, mode)?;
+            slice_quantized(an, &mut w, c, s, &keep, mode)?;
             continue;
         }
         match mode {
             Mode::Pruned => w.slice(&s.weight, s.axis, &keep)?,
-            Mode::Masked if s.roles.contains(&Role::Producer) || s.roles.contains(&Role::ProducerBias) => {
-                zero_positions(w.tensor(&s.weight)?, s.axis, &keep)?
+            Mode::Masked => {
+                if let Some(k) = masked_keep(an, s, &keep) {
+                    zero_positions(w.tensor(&s.weight)?, s.axis, &k)?
+                }
             }
-            Mode::Masked => {}
         }
     }
     // 3. integer edits (pruned only: the masked model keeps every shape); in the masked model,
@@ -461,6 +462,7 @@ fn apply_fold(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work, f: &Fold, mod
 /// zeroed: zero points are 0, so that is an exact 0), and a per-channel scale and zero point on
 /// the sliced axis with them.
 fn slice_quantized(
+    an: &Analysis,
     w: &mut Work,
     c: &groups::ConstInfo,
     s: &groups::WeightSlice,
@@ -468,7 +470,6 @@ fn slice_quantized(
     mode: Mode,
 ) -> Result<()> {
     let dq = c.dq.as_ref().context("quantized view")?;
-    let zeroed = s.roles.contains(&Role::Producer) || s.roles.contains(&Role::ProducerBias);
     match mode {
         Mode::Pruned => {
             slice_positions(w.tensor(&c.base)?, s.axis, keep)?;
@@ -479,10 +480,31 @@ fn slice_quantized(
                 }
             }
         }
-        Mode::Masked if zeroed => zero_positions(w.tensor(&c.base)?, s.axis, keep)?,
-        Mode::Masked => {}
+        Mode::Masked => {
+            if let Some(k) = masked_keep(an, s, keep) {
+                zero_positions(w.tensor(&c.base)?, s.axis, &k)?
+            }
+        }
     }
     Ok(())
+}
+
+/// The positions of slice `s` the masked model keeps (`keep`: the pruned model's), or None when
+/// it zeroes none: producer weights and biases lose the removed positions, except the biases of
+/// dead units ([`groups::Analysis::fold_bias`]), which their consumers fold. Other slices are
+/// whole in the masked model.
+fn masked_keep(an: &Analysis, s: &groups::WeightSlice, keep: &[bool]) -> Option<Vec<bool>> {
+    let k: Vec<bool> = if s.roles.contains(&Role::Producer) || s.roles.contains(&Role::ProducerBias) {
+        keep.to_vec()
+    } else if s.roles.contains(&Role::Bias) {
+        keep.iter()
+            .zip(s.units.iter())
+            .map(|(&k, u)| k || u.is_some_and(|u| an.fold_bias.contains(&an.find(u))))
+            .collect()
+    } else {
+        return None;
+    };
+    k.contains(&false).then_some(k)
 }
 
 fn kept_count(an: &Analysis, plan: &Plan, units: &[Option<Unit>]) -> i64 {

@@ -15,6 +15,40 @@ impl Analyzer<'_, '_> {
         }
     }
 
+    /// A producer's bias `b`, one entry per output position `units` along `axis` (leading axes of
+    /// size 1), times `scale` (Gemm's beta): sliced with the outputs, and the constants removed
+    /// units emit. Zeroed with the weights in the masked model, so a removed unit emits 0, except
+    /// for the units in `fold_bias` (dead units, see [`crate::prune::channels`]): their bias is
+    /// kept ([`Role::Bias`]), they emit it and the consumers fold it, as after a MatMul's bias Add
+    /// or a BatchNormalization. A bias whose values cannot be read is zeroed with the weights
+    /// ([`Role::ProducerBias`]).
+    pub(super) fn producer_bias(&mut self, ni: usize, b: &str, axis: usize, units: &Units, scale: f64) -> Vals {
+        let n = units.len();
+        let per_output =
+            self.ctx.dims(b).is_some_and(|d| d.len() == axis + 1 && d[axis] == n && d[..axis].iter().all(|&k| k == 1));
+        let vals = self.ctx.const_vals(b).filter(|v| per_output && v.len() == n);
+        let Some(vals) = vals else {
+            self.slice(b, axis, units, (ni, 2), Role::ProducerBias);
+            return vec![Val::Const(0.0); n].into();
+        };
+        self.slice(b, axis, units, (ni, 2), Role::Bias);
+        units
+            .iter()
+            .zip(vals)
+            .map(|(u, v)| match u {
+                Some(u) if v != 0.0 => {
+                    self.st.bias_emitters.push(*u);
+                    if self.fold_bias.contains(u) {
+                        map_val(Val::Const(v), |k| Some(scale * k))
+                    } else {
+                        Val::Const(0.0)
+                    }
+                }
+                _ => Val::Const(0.0),
+            })
+            .collect()
+    }
+
     pub(super) fn conv(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let label = node_label(n);
         let (Some(w), b) = (inp(n, 1), inp(n, 2)) else { return };
@@ -104,11 +138,12 @@ impl Analyzer<'_, '_> {
             self.join(units[o], units[o % og], "");
         }
         self.slice(w, 0, &units, (ni, 1), Role::Producer);
-        if let Some(b) = b {
-            self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
-        }
+        let vals = match b {
+            Some(b) => self.producer_bias(ni, b, 0, &units, 1.0),
+            None => vec![Val::Const(0.0); cout].into(),
+        };
         self.st.sources.insert(ni, units.clone());
-        let t = Track { axis: 1, rank: wd.len(), vals: vec![Val::Const(0.0); cout].into(), units };
+        let t = Track { axis: 1, rank: wd.len(), vals, units };
         self.emit(ni, &n.output[0], t);
     }
 
@@ -123,16 +158,17 @@ impl Analyzer<'_, '_> {
         let units: Units =
             if m == 1 { x.units.clone() } else { x.units.iter().flat_map(|u| std::iter::repeat_n(*u, m)).collect() };
         self.slice(wu.0, 0, wu.1, (ni, 1), Role::Producer);
-        if let Some(b) = b {
-            self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
-        }
+        let vals = match b {
+            Some(b) => self.producer_bias(ni, b, 0, &units, 1.0),
+            None => vec![Val::Const(0.0); units.len()].into(),
+        };
         self.st.edits.push(Edit::Count {
             target: IntTarget::AttrInt(ni, "group".into()),
             index: 0,
             units: x.units.clone(),
         });
         self.st.sources.insert(ni, units.clone());
-        let t = Track { axis: 1, rank: x.rank, vals: vec![Val::Const(0.0); units.len()].into(), units };
+        let t = Track { axis: 1, rank: x.rank, vals, units };
         self.emit(ni, &n.output[0], t);
     }
 
@@ -188,11 +224,12 @@ impl Analyzer<'_, '_> {
             self.join(units[o], units[o % og], "");
         }
         self.slice(w, 1, &Units::from(&units[..og]), (ni, 1), Role::Producer);
-        if let Some(b) = b {
-            self.slice(b, 0, &units, (ni, 2), Role::ProducerBias);
-        }
+        let vals = match b {
+            Some(b) => self.producer_bias(ni, b, 0, &units, 1.0),
+            None => vec![Val::Const(0.0); cout].into(),
+        };
         self.st.sources.insert(ni, units.clone());
-        let t = Track { axis: 1, rank: wd.len(), vals: vec![Val::Const(0.0); cout].into(), units };
+        let t = Track { axis: 1, rank: wd.len(), vals, units };
         self.emit(ni, &n.output[0], t);
     }
 
@@ -234,23 +271,23 @@ impl Analyzer<'_, '_> {
                 });
             }
         }
-        // Output units; a scalar bias still emits beta·c from a removed unit.
-        let mut vals = vec![Val::Const(0.0); nout];
+        // Output units; a removed unit emits beta·c.
+        let mut vals: Vals = vec![Val::Const(0.0); nout].into();
         let units = self.new_layer(ni, nout);
         self.slice(bw, if trans_b { 0 } else { 1 }, &units, (ni, 1), Role::Producer);
         if let Some(c) = c {
             let cd = self.ctx.dims(c).map(|d| d.to_vec()).unwrap_or_default();
             if cd.last() == Some(&nout) && nout != 1 {
-                // [N] or [M, N]: sliced with the outputs, zeroed in the masked model.
-                self.slice(c, cd.len() - 1, &units, (ni, 2), Role::ProducerBias);
+                // [N] or [1, N]: folded downstream; [M, N]: zeroed with the weights.
+                vals = self.producer_bias(ni, c, cd.len() - 1, &units, beta);
             } else if cd.iter().product::<usize>() == 1 {
-                vals = vec![self.ctx.scalar(c).map(|v| Val::Const(beta * v)).unwrap_or(Val::Varying); nout];
+                vals = vec![self.ctx.scalar(c).map(|v| Val::Const(beta * v)).unwrap_or(Val::Varying); nout].into();
             } else {
-                vals = vec![Val::Varying; nout];
+                vals = vec![Val::Varying; nout].into();
             }
         }
         self.st.sources.insert(ni, units.clone());
-        self.emit(ni, &n.output[0], Track { axis: 1, rank: 2, units, vals: vals.into() });
+        self.emit(ni, &n.output[0], Track { axis: 1, rank: 2, units, vals });
     }
 
     /// The constant Add right after a MatMul that acts as its bias: (node, slot of the constant).
