@@ -495,13 +495,18 @@ fn run_once(o: &RunOptions) -> Result<Outcome> {
     let unrun = equivalence.iter().find(|e| e.status == "skipped" && o.verify);
     if let (Some(e), false) = (unrun, untouched) {
         if !o.allow_unproven {
+            let reason = e.reason.as_deref().unwrap_or("no reason given");
+            // Advise installing onnxruntime only when it is what was missing.
+            let install = if reason.contains("onnxruntime is not available") || reason.contains("is not runnable") {
+                "onnxruntime proves what tract cannot run: pip install onnxruntime numpy; "
+            } else {
+                ""
+            };
             bail!(
-                "{}: the {} rewrite could not be proven: neither tract nor onnxruntime ran the models ({}); \
-                 no output written (onnxruntime proves what tract cannot run: pip install onnxruntime; \
-                 --allow-unproven writes it anyway)",
+                "{}: the {} rewrite could not be proven: neither tract nor onnxruntime ran the models ({reason}); \
+                 no output written ({install}--allow-unproven writes it anyway)",
                 o.input.display(),
                 e.stage,
-                e.reason.as_deref().unwrap_or("no reason given")
             );
         }
         notes.push(format!(

@@ -812,6 +812,38 @@ fn dead_units_are_removed_with_their_bias_folded() {
     assert!(!g.notes.iter().any(|n| n.contains("folded")), "{:?}", g.notes);
 }
 
+/// A MatMul whose input has no known rank (the output of an op of another domain, of a function
+/// of the model) is a group in the table, blocked with the reason; it used to be absent.
+#[test]
+fn a_matmul_on_an_input_of_unknown_rank_is_listed_blocked() {
+    let x2: [i64; 2] = [3, 4];
+    let mut custom = nd("Foo", "foo", &["x"], &["r1"], vec![]);
+    custom.domain = "my.domain".into();
+    let mut m = mk_model(
+        vec![
+            custom,
+            nd("MatMul", "mm1", &["r1", "w1"], &["h"], vec![]),
+            nd("Relu", "r", &["h"], &["rh"], vec![]),
+            nd("MatMul", "mm2", &["rh", "w2"], &["y"], vec![]),
+        ],
+        vec![w("w1", &[4, 8], &ones(4), 1), w("w2", &[8, 2], &ones(8), 2)],
+        &x2,
+        &["y"],
+    );
+    m.graph.as_mut().unwrap().input = vec![vi("x", Some(&x2))];
+    let r = prune_channels(&m, &no_floor()).unwrap();
+    let g = group(&r, "mm1");
+    let why = g.blocked.as_deref().unwrap_or("");
+    assert!(why.contains("the rank of its input 'r1' is unknown"), "{g:?}");
+    assert_eq!(g.kept, g.n);
+    // scikit-learn's Scaler keeps its input's shape: the MLP after it is followed.
+    let gr = m.graph.as_mut().unwrap();
+    gr.node[0].op_type = "Scaler".into();
+    gr.node[0].domain = "ai.onnx.ml".into();
+    let r = prune_channels(&m, &no_floor()).unwrap();
+    assert_eq!(group(&r, "mm1").blocked, None, "{:?}", group(&r, "mm1"));
+}
+
 #[test]
 fn sigmoid_and_hardsigmoid_half_is_compensated() {
     let x2: [i64; 2] = [3, 4];

@@ -638,3 +638,56 @@ fn an_integer_output_agrees_where_its_values_are_equal() {
     let (t, e) = (logits.top1_agreement.unwrap(), cls.top1_agreement.unwrap());
     assert!(t < 1.0 && (t - e).abs() < 1e-12, "logits agree {t}, ids equal {e}");
 }
+
+/// scikit-learn's classifiers (skl2onnx) end in a ZipMap: a sequence of {class: probability} maps,
+/// beside an int64 label. tract cannot run it; onnxruntime's answer is compared as rows of the
+/// maps' values in key order, and the label by equality. Before, the worker's float cast of the
+/// maps failed, the run was reported unproven, and the advice was to install onnxruntime.
+#[test]
+fn a_zipmap_output_is_compared_as_its_values_in_onnxruntime() {
+    if !ort_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys
+import numpy as np
+from onnx import TensorProto, helper, save
+rng = np.random.default_rng(0)
+w = rng.standard_normal((4, 3)).astype(np.float32)
+for path, scale in ((sys.argv[1], 1.0), (sys.argv[2], 0.0)):
+    wt = w.copy(); wt[:, 2] *= scale
+    nodes = [
+        helper.make_node("MatMul", ["X", "W"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["p"], axis=1),
+        helper.make_node("ArgMax", ["p"], ["label"], axis=1, keepdims=0),
+        helper.make_node("ZipMap", ["p"], ["probability"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2]),
+    ]
+    seq = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    g = helper.make_graph(nodes, "skl", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+                           helper.make_value_info("probability", seq)],
+                          [helper.make_tensor("W", TensorProto.FLOAT, [4, 3], wt.flatten().tolist())])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)])
+    m.ir_version = 8
+    save(m, path)
+"#;
+    let (dense, other) = (dir.path().join("dense.onnx"), dir.path().join("other.onnx"));
+    let ok = std::process::Command::new("python3")
+        .args(["-c", script, dense.to_str().unwrap(), other.to_str().unwrap()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: python3 with onnx is not available");
+        return;
+    }
+    let v = check::verify(&dense, &other, &VerifyOptions { latency: false, ..Default::default() });
+    assert_eq!(v.status, "ok", "{:?}", v.reason);
+    assert_eq!(v.engine, "onnxruntime");
+    let (label, probs) = (&v.outputs[0], &v.outputs[1]);
+    assert!(label.integer && !probs.integer, "{:?}", v.outputs);
+    assert!(probs.rel_l2_err > 0.01 && probs.rel_l2_err < 1.0, "{probs:?}");
+    let same = check::verify(&dense, &dense, &VerifyOptions { latency: false, ..Default::default() });
+    assert_eq!(same.outputs[1].rel_l2_err, 0.0, "{:?}", same.outputs);
+    assert_eq!(same.outputs[0].top1_agreement, Some(1.0));
+}

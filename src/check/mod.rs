@@ -267,13 +267,13 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     let mut engine = "tract";
     let (d, p) = match ran {
         Ok(x) => x,
-        Err(tract) => match ort::run_pair(dense, pruned, &inputs) {
-            Ok((od, op, names)) => {
+        Err(tract) => match ort::run_pair_ints(dense, pruned, &inputs) {
+            Ok(((od, op, names), ints)) => {
                 engine = "onnxruntime";
                 notes.push(format!(
                     "tract could not run the models ({tract:#}): fidelity (and latency) from onnxruntime"
                 ));
-                ((od, names.clone(), vec![], None, vec![]), (op, names, vec![], None, vec![]))
+                ((od, names.clone(), vec![], None, ints), (op, names, vec![], None, vec![]))
             }
             Err(ort) => return skip(anyhow::anyhow!("{tract:#}; onnxruntime fallback: {ort:#}"), notes),
         },

@@ -61,6 +61,16 @@ pub fn run_pair(a: &Path, b: &Path, inputs: &Inputs) -> Result<Pair> {
     run(a, Some(b), inputs)
 }
 
+/// As [`run_pair`], with which of `a`'s outputs are integers or booleans before the cast to f32
+/// (class ids, indices: compared by equality, as tract's are).
+pub fn run_pair_ints(a: &Path, b: &Path, inputs: &Inputs) -> Result<(Pair, Vec<bool>)> {
+    let (v, oa, ob, names) = run_json(a, Some(b), inputs)?;
+    let ints = (0..names.len())
+        .map(|i| v["dtypes"][i].as_str().is_some_and(|d| d.starts_with("int") || d.starts_with("uint") || d == "bool"))
+        .collect();
+    Ok(((oa, ob, names), ints))
+}
+
 /// The outputs of the model at `path` in onnxruntime on `inputs` (as f32), with their names.
 pub fn run_one(path: &Path, inputs: &Inputs) -> Result<(Vec<ArrayD<f32>>, Vec<String>)> {
     let (o, names, _) = run_typed(path, inputs)?;

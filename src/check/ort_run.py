@@ -6,7 +6,8 @@ usage: ort_run.py --serve, then one request per stdin line, a JSON list of argum
        --time BUDGET_S RUNS MODEL_A MODEL_B OUT_DIR NAME=FILE.npy ...
        --shapes MODEL_A - OUT_DIR NAME=FILE.npy ...
 
-Optimisations off, CPU. Writes OUT_DIR/a_<i>.npy and OUT_DIR/b_<i>.npy (float32) and answers
+Optimisations off, CPU. Writes OUT_DIR/a_<i>.npy and OUT_DIR/b_<i>.npy (float32; a sequence of
+maps, scikit-learn's ZipMap output, as rows of its values in key order) and answers
 {"outputs": [names], "dtypes": [MODEL_A's output types, before the cast]}. With --time: latency
 as a deployment sees it instead (onnxruntime's default optimisation level, 1 thread, CPU): one warm-up run each, then one run of each model in
 turn until each has had BUDGET_S seconds (at least one run, at most 10 000), or exactly RUNS runs
@@ -39,15 +40,27 @@ def feeds_for(sess, feeds):
     return {k: v.astype(declared[k]) if declared.get(k) and v.dtype.kind == "f" else v for k, v in feeds.items()}
 
 
+def as_array(o):
+    """An output as an array: a sequence of maps (scikit-learn's ZipMap: one {class: probability}
+    per row) becomes rows of its values in key order, a map its values in key order."""
+    if isinstance(o, dict):
+        return np.asarray([o[k] for k in sorted(o)])
+    if isinstance(o, list) and o and all(isinstance(r, dict) for r in o):
+        keys = sorted(o[0])
+        return np.asarray([[r[k] for k in keys] for r in o])
+    return np.asarray(o)
+
+
 def run_rows(sess, feeds):
     """Run `feeds`; a model that fixes axis 0 of an input to 1 is run one row at a time when more
     rows are given, its outputs concatenated on axis 0."""
     n = max((v.shape[0] for i in sess.get_inputs() if i.shape and i.shape[0] == 1
              for v in [feeds.get(i.name)] if v is not None and v.ndim and v.shape[0] > 1), default=0)
     if n == 0:
-        return sess.run(None, feeds)
+        return [as_array(o) for o in sess.run(None, feeds)]
     split = {k for k, v in feeds.items() if v.ndim and v.shape[0] == n}
-    parts = [sess.run(None, {k: v[r:r + 1] if k in split else v for k, v in feeds.items()}) for r in range(n)]
+    parts = [[as_array(o) for o in sess.run(None, {k: v[r:r + 1] if k in split else v for k, v in feeds.items()})]
+             for r in range(n)]
     return [np.concatenate([p[j] for p in parts], axis=0) if np.ndim(parts[0][j]) else parts[0][j]
             for j in range(len(parts[0]))]
 
@@ -103,12 +116,13 @@ def request(args):
     if shapes:
         sess = ort.InferenceSession(a, so, providers=["CPUExecutionProvider"])
         outs = run_rows(sess, feeds_for(sess, feeds))
-        return {"shapes": {o.name: list(np.shape(v)) for o, v in zip(sess.get_outputs(), outs) if isinstance(v, np.ndarray)}}
+        return {"shapes": {o.name: list(np.shape(v)) for o, v in zip(sess.get_outputs(), outs)
+                           if o.type.startswith("tensor(")}}
     names, dtypes = [], []
     for tag, path in (("a", a), ("b", b)) if b != "-" else (("a", a),):
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        outs = [np.asarray(o) for o in run_rows(sess, feeds_for(sess, feeds))]
+        outs = run_rows(sess, feeds_for(sess, feeds))
         if tag == "a":
             dtypes = [str(o.dtype) for o in outs]
         for i, o in enumerate(outs):

@@ -441,6 +441,9 @@ impl<'a> Ctx<'a> {
                 }
                 "EmbedLayerNormalization" if ms => Some(3),
                 _ if ms => None,
+                // scikit-learn's preprocessing (skl2onnx): element-wise, output 0 as input 0.
+                "Scaler" | "Normalizer" | "Binarizer" | "Imputer" if n.domain == "ai.onnx.ml" => r0,
+                _ if !n.domain.is_empty() && n.domain != "ai.onnx" => None,
                 "Constant" => n.output.first().and_then(|o| self.consts.get(o)).map(|c| c.dims.len()),
                 "Gemm" | "Flatten" => Some(2),
                 "Shape" => {

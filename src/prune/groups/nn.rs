@@ -331,7 +331,19 @@ impl Analyzer<'_, '_> {
         };
         let (k, nout) = (wd[0], wd[1]);
         let ra = x.as_ref().map(|t| t.rank).or_else(|| inp(n, 0).and_then(|s| self.ctx.rank(s)));
-        let Some(ra) = ra.filter(|&r| r >= 1) else { return };
+        let Some(ra) = ra.filter(|&r| r >= 1) else {
+            // Its outputs are still a layer: in the table, blocked with the reason, not absent.
+            let units = self.new_layer(ni, nout);
+            let r = format!(
+                "{} (the rank of its input '{}' is unknown: a value_info with its shape lets the analysis follow it)",
+                barrier_reason(n),
+                inp(n, 0).unwrap_or("")
+            );
+            self.block(&units, &r);
+            self.slice(wn, 1, &units, (ni, 1), Role::Producer);
+            self.st.sources.insert(ni, units);
+            return;
+        };
         let out_rank = ra.max(1);
         let bias = self.matmul_bias(n, nout, out_rank);
         if let Some(x) = &x {
