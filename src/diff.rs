@@ -24,7 +24,8 @@ pub fn graph_diff(a: &ModelProto, b: &ModelProto) -> String {
     // Per-weight pruning changes no shape: its zeros are what differs.
     let zeroed = zero_lines(ga, gb);
     let only_zeros = !zeroed.is_empty();
-    section(&mut out, "zeros (same shape, values zeroed or refitted)", zeroed);
+    let refit = zeroed.iter().any(|l| l.contains("other values changed"));
+    section(&mut out, "values (same shape, zeroed or changed)", zeroed);
     let before_structure = out.lines().count();
     let (added, removed, changed) = node_lines(ga, gb);
     section(&mut out, "nodes added", added);
@@ -34,7 +35,9 @@ pub fn graph_diff(a: &ModelProto, b: &ModelProto) -> String {
     section(&mut out, "graph inputs", value_lines(&ga.input, &gb.input));
     section(&mut out, "graph outputs", value_lines(&ga.output, &gb.output));
     if out.lines().count() == before_structure && (only_zeros || before_structure == 1) {
-        out.push_str(if only_zeros {
+        out.push_str(if refit {
+            "no structural differences (weights zeroed or changed in place)\n"
+        } else if only_zeros {
             "no structural differences (weights zeroed in place)\n"
         } else {
             "no structural differences\n"
@@ -60,23 +63,54 @@ fn float_nonzeros(g: &GraphProto) -> u64 {
         .sum()
 }
 
-/// Float weights of the same shape in both whose count of zeros changed.
+/// Float weights of the same shape in both whose values changed: their zeros (per-weight
+/// pruning), and how many other values changed and by how much (reconstruction's refit, a folded
+/// compensation).
 fn zero_lines(ga: &GraphProto, gb: &GraphProto) -> Vec<String> {
     let (wa, wb) = (weights(ga), weights(gb));
     let mut lines = vec![];
     for (n, x) in &wa {
         let Some(y) = wb.get(n).filter(|y| y.dims == x.dims && y.data_type == x.data_type) else { continue };
-        if let (Some(a), Some(b)) = (zeros(x), zeros(y)) {
-            if a != b {
-                let size = x.dims.iter().product::<i64>().max(1) as f64;
-                lines.push(format!(
-                    "{n} {}: {a} → {b} zeros ({:.1} % → {:.1} %)",
-                    dims_str(&x.dims),
-                    100.0 * a as f64 / size,
-                    100.0 * b as f64 / size
-                ));
-            }
+        if !tensor::is_float(x.data_type) {
+            continue;
         }
+        let (Ok(a), Ok(b)) = (tensor::read_f64(x), tensor::read_f64(y)) else { continue };
+        if a.len() != b.len() {
+            continue;
+        }
+        let (mut za, mut zb, mut moved, mut num, mut den) = (0u64, 0u64, 0u64, 0.0f64, 0.0f64);
+        for (&p, &q) in a.iter().zip(&b) {
+            za += (p == 0.0) as u64;
+            zb += (q == 0.0) as u64;
+            // Changed, other than zeroed: NaN == NaN here (a NaN left alone is not a change).
+            if q != 0.0 && p.to_bits() != q.to_bits() && !(p.is_nan() && q.is_nan()) {
+                moved += 1;
+            }
+            num += (p - q) * (p - q);
+            den += p * p;
+        }
+        if za == zb && moved == 0 {
+            continue;
+        }
+        let size = a.len().max(1) as f64;
+        let mut line = format!("{n} {}:", dims_str(&x.dims));
+        if za != zb {
+            let _ = write!(
+                line,
+                " {za} → {zb} zeros ({:.1} % → {:.1} %)",
+                100.0 * za as f64 / size,
+                100.0 * zb as f64 / size
+            );
+        }
+        if moved > 0 {
+            let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
+            let _ = write!(
+                line,
+                "{} {moved} other values changed (relative L2 change of the tensor {rel:.3e})",
+                if za != zb { ";" } else { "" }
+            );
+        }
+        lines.push(line);
     }
     lines
 }
@@ -285,5 +319,15 @@ mod tests {
         let d = graph_diff(&m, &z);
         assert!(d.contains("non-zero 4 → 2") && d.contains("w [2,2]: 0 → 2 zeros (0.0 % → 50.0 %)"), "{d}");
         assert!(d.contains("no structural differences (weights zeroed in place)"), "{d}");
+        // Reconstruction: zeros and other values changed; a refit alone is a difference too.
+        let mut r = m.clone();
+        r.graph.as_mut().unwrap().initializer[0] = tensor::new_f32("w", &[2, 2], &[1., 0., 0., 4.5]);
+        let d = graph_diff(&m, &r);
+        assert!(d.contains("w [2,2]: 0 → 2 zeros (0.0 % → 50.0 %); 1 other values changed"), "{d}");
+        assert!(d.contains("(weights zeroed or changed in place)"), "{d}");
+        let mut v = m.clone();
+        v.graph.as_mut().unwrap().initializer[0] = tensor::new_f32("w", &[2, 2], &[1., 2., 3., 5.]);
+        let d = graph_diff(&m, &v);
+        assert!(d.contains("w [2,2]: 1 other values changed (relative L2 change of the tensor 1.826e-1)"), "{d}");
     }
 }
