@@ -108,8 +108,8 @@ struct PruneArgs {
     /// MatMul, which run as matrix-vector products at batch 1), and aligns convolution and
     /// sequence-MatMul groups of 32 units or more whose width is a multiple of 16 to the nearest
     /// multiple of 16 (at most 8 units from EMP's count either way); 1 turns rounding off
-    #[arg(long, default_value = "auto", value_name = "N|auto")]
-    round_to: RoundTo,
+    #[arg(long, value_name = "N|auto")]
+    round_to: Option<RoundTo>,
     /// Weights listed as graph inputs too (IR < 4 exports, keep_initializers_as_inputs=True):
     /// constant (default) prunes them as weights and declares the pruned shapes; input treats
     /// them as run-time inputs and prunes nothing that reads them
@@ -348,6 +348,51 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
             )));
         }
     }
+    // Flags that would do nothing in this run are refused, not ignored.
+    let no_effect = |flag: &str, why: &str| usage(&format!("{flag} has no effect {why}"));
+    if mode == Mode::Weights {
+        if a.round_to.is_some() {
+            return Err(no_effect(
+                "--round-to",
+                "per weight: it aligns structured widths (--structured channels|heads)",
+            ));
+        }
+    }
+    for i in &a.include {
+        use clap::ValueEnum;
+        let name = i.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+        let per_weight = matches!(i, IncludeArg::Bias | IncludeArg::Norm | IncludeArg::Embedding | IncludeArg::Small);
+        if mode == Mode::Weights && !per_weight {
+            return Err(no_effect(
+                &format!("--include {name}"),
+                "per weight: it lifts a floor of --structured channels",
+            ));
+        }
+        if mode != Mode::Weights && per_weight {
+            return Err(no_effect(
+                &format!("--include {name}"),
+                "with --structured: it adds per-weight candidates (without --structured)",
+            ));
+        }
+    }
+    if a.no_latency || a.no_verify {
+        let off = if a.no_verify { "--no-verify" } else { "--no-latency" };
+        for (given, flag) in [
+            (a.latency_budget.is_some(), "--latency-budget"),
+            (a.latency_runs.is_some(), "--latency-runs"),
+            (a.latency_in.is_some(), "--latency-in"),
+        ] {
+            if given {
+                return Err(no_effect(flag, &format!("with {off}: nothing is timed")));
+            }
+        }
+    }
+    if a.no_reconstruct && a.calibration.is_empty() {
+        return Err(no_effect(
+            "--no-reconstruct",
+            "without --calibration: only calibration data is reconstructed from",
+        ));
+    }
     let (include, floor) = run::includes(&a.include);
     if let Some(b) = a.latency_budget {
         if !(b.is_finite() && b > 0.0 && b < 1e6) {
@@ -444,7 +489,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         criterion: a.criterion,
         include,
         floor,
-        round_to: a.round_to,
+        round_to: a.round_to.unwrap_or(RoundTo::Auto),
         verify: !a.no_verify,
         verify_opts,
         allow_mismatch: a.allow_mismatch,

@@ -287,6 +287,19 @@ fn usage_errors_exit_2() {
     ] {
         bin().args(["models/digits_mlp.onnx", "o.onnx"]).args(combo).assert().code(2);
     }
+    // So is a flag that would do nothing in the run (each was accepted in silence).
+    for (combo, says) in [
+        (&["--round-to", "8"][..], "--round-to has no effect per weight"),
+        (&["--include", "small,stem"], "--include stem has no effect per weight"),
+        (&["--structured", "channels", "--include", "bias"], "--include bias has no effect with --structured"),
+        (&["--no-latency", "--latency-runs", "3"], "--latency-runs has no effect with --no-latency"),
+        (&["--no-verify", "--latency-in", "tract"], "--latency-in has no effect with --no-verify"),
+        (&["--no-reconstruct"], "--no-reconstruct has no effect without --calibration"),
+    ] {
+        let a = bin().args(["models/digits_mlp.onnx", "o.onnx"]).args(combo).assert().code(2);
+        let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+        assert!(err.contains(says), "{combo:?}: {err}");
+    }
     // Negative values get their own message, not clap's "unexpected argument '-1'".
     for (flag, v) in [("--beta", "-1"), ("--ratio", "-0.1"), ("--latency-budget", "-2")] {
         let a = bin().args(["models/digits_mlp.onnx", "o.onnx", flag, v]).assert().code(2);
