@@ -350,13 +350,8 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
     }
     // Flags that would do nothing in this run are refused, not ignored.
     let no_effect = |flag: &str, why: &str| usage(&format!("{flag} has no effect {why}"));
-    if mode == Mode::Weights {
-        if a.round_to.is_some() {
-            return Err(no_effect(
-                "--round-to",
-                "per weight: it aligns structured widths (--structured channels|heads)",
-            ));
-        }
+    if mode == Mode::Weights && a.round_to.is_some() {
+        return Err(no_effect("--round-to", "per weight: it aligns structured widths (--structured channels|heads)"));
     }
     for i in &a.include {
         use clap::ValueEnum;
