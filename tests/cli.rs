@@ -1291,3 +1291,48 @@ fn sizes_assumed_for_free_dims_are_named_when_the_model_does_not_run_at_them() {
         "{out}"
     );
 }
+
+/// A model with no batch axis (an input [16]): onnxruntime times it on its one sample (it was
+/// given a slice [1] of the features and refused, with its reason cut off), and a file of many
+/// samples is refused with the reason.
+#[test]
+fn a_model_without_a_batch_axis_is_timed_and_a_stacked_file_is_explained() {
+    if !ort_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (model, x) = (dir.path().join("nobatch.onnx"), dir.path().join("x100.npy"));
+    let script = r#"
+import sys
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper, save
+rng = np.random.default_rng(0)
+w1 = numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1")
+w2 = numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), "w2")
+nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"])]
+g = helper.make_graph(nodes, "nobatch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w1, w2])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+m.ir_version = 8
+save(m, sys.argv[1])
+np.save(sys.argv[2], rng.standard_normal((100, 16)).astype(np.float32))
+"#;
+    let made = std::process::Command::new("python3")
+        .args(["-c", script, model.to_str().unwrap(), x.to_str().unwrap()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        eprintln!("skipped: python3 with onnx is not available");
+        return;
+    }
+    let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
+    bin().arg(&model).arg(&out).args(["--beta", "1", "--latency-runs", "3", "--report"]).arg(&rep).assert().success();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let notes = r["notes"].to_string() + &r["verification"]["notes"].to_string();
+    assert!(!notes.contains("latency in onnxruntime unavailable"), "{notes}");
+    assert_eq!(r["timing"]["latency_onnxruntime"]["pruned"]["runs"], 3, "{}", r["timing"]);
+    let a = bin().arg(&model).arg(&out).args(["--force", "--inputs"]).arg(&x).assert().code(1);
+    let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(err.contains("[100, 16]") && err.contains("the model has no batch axis"), "{err}");
+}

@@ -618,12 +618,22 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
             bail!("input '{}': {what} holds no samples (axis 0 is 0)", info.name);
         }
         if shape.len() != info.dims.len() {
+            // One more axis in front, the rest as declared: samples for a model that has no batch
+            // axis, which runs one sample per run and is not split along one here.
+            let stacked = shape.len() == info.dims.len() + 1
+                && info.dims.iter().zip(&shape[1..]).all(|(d, &s)| !matches!(d, DimSpec::Fixed(v) if *v as usize != s));
             bail!(
-                "input '{}': {what} has shape {shape:?} (rank {}) but the model expects {} (rank {})",
+                "input '{}': {what} has shape {shape:?} (rank {}) but the model expects {} (rank {}){}",
                 info.name,
                 shape.len(),
                 fmt_dims(&info.dims),
-                info.dims.len()
+                info.dims.len(),
+                if stacked {
+                    ": the model has no batch axis, so a file holds one sample of it (re-export it with a batch \
+                     axis to verify or calibrate on many)"
+                } else {
+                    ""
+                }
             );
         }
         for (axis, (d, &s)) in info.dims.iter().zip(&shape).enumerate() {

@@ -369,8 +369,15 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     // where python3 has it; a missing onnxruntime is said once, in a note.
     let mut lat_ort = None;
     if opts.latency && opts.latency_opts.times_in(Engine::Onnxruntime) {
-        let one = inputs.head(1).unwrap_or_else(|| inputs.clone());
-        match ort::latency_pair(dense, pruned, &one, opts.latency_opts) {
+        // One sample; a model whose axis 0 is not a sample axis (an input [16] with no batch
+        // dim) refuses it and is timed on the inputs as they are, as in tract.
+        let one = inputs.head(1);
+        let timed = match &one {
+            Some(one) => ort::latency_pair(dense, pruned, one, opts.latency_opts)
+                .or_else(|_| ort::latency_pair(dense, pruned, &inputs, opts.latency_opts)),
+            None => ort::latency_pair(dense, pruned, &inputs, opts.latency_opts),
+        };
+        match timed {
             Ok(l) => lat_ort = Some(l),
             Err(e) => notes.push(format!("latency in onnxruntime unavailable: {e:#}")),
         }

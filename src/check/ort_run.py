@@ -19,6 +19,7 @@ One process serves many requests (onnx-emp's fidelity guard asks dozens); each a
 stdout line "@@onnx-emp " + JSON, {"ok": result} or {"error": message}. The first answer is {"ready": version} or, when a module is
 missing, {"skipped": why} (then exit 77)."""
 import json
+import re
 import sys
 import time
 
@@ -144,8 +145,12 @@ def serve():
         try:
             answer({"ok": request(json.loads(line))})
         except Exception as e:
-            lines = [x for x in str(e).strip().splitlines() if x.strip()]
-            answer({"error": f"{type(e).__name__}: {lines[-1] if lines else ''}"})
+            # The whole message on one line, without onnxruntime's "[ONNXRuntimeError] : 2 :
+            # INVALID_ARGUMENT :" prefix (its last line alone was often "Please fix either the
+            # inputs/outputs or the model.", without the reason before it).
+            msg = " ".join(x.strip() for x in str(e).strip().splitlines() if x.strip())
+            msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
+            answer({"error": f"{type(e).__name__}: {msg[:600]}"})
 
 
 def main():
