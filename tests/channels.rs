@@ -844,6 +844,47 @@ fn a_matmul_on_an_input_of_unknown_rank_is_listed_blocked() {
     assert_eq!(group(&r, "mm1").blocked, None, "{:?}", group(&r, "mm1"));
 }
 
+/// Opset 18 moved ReduceMean's axes to an input; an unoptimised dynamo export computes it as
+/// `Reshape(Constant [2, 3], Constant value_ints [-1])`. That is a constant: the mean is over H
+/// and W and the channels prune (it was blocked as "reduces every axis"). Axes that really are
+/// computed block with that reason.
+#[test]
+fn reduce_axes_from_a_reshaped_constant_are_read() {
+    let model = |axes_node: NodeProto| {
+        let mut m = mk_model(
+            vec![
+                nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+                nd("Relu", "r", &["a"], &["ra"], vec![]),
+                const_node("axes_raw", tensor::new_i64("axes_raw_t", &[2], &[2, 3])),
+                axes_node,
+                nd("Reshape", "reshape_axes", &["axes_raw", "minus_one"], &["axes"], vec![]),
+                nd("ReduceMean", "mean", &["ra", "axes"], &["m"], vec![attr_i("keepdims", 0)]),
+                nd("Gemm", "B", &["m", "wb", "bb"], &["y"], vec![attr_i("transB", 1)]),
+            ],
+            vec![
+                w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 0.01, 1., 1.], 1),
+                tensor::new_f32("ba", &[6], &[0.1; 6]),
+                w("wb", &[2, 6], &ones(2), 2),
+                tensor::new_f32("bb", &[2], &[0.0; 2]),
+            ],
+            &X4,
+            &["y"],
+        );
+        m.opset_import[0].version = 18;
+        m.graph.as_mut().unwrap().output = vec![vi("y", Some(&[1, 2]))];
+        m
+    };
+    let minus_one = nd("Constant", "c_minus_one", &[], &["minus_one"], vec![attr_ints("value_ints", &[-1])]);
+    let o = prove_x(&model(minus_one), &X4, &no_floor());
+    let g = group(&o.result, "A");
+    assert_eq!((g.blocked.as_deref(), g.kept), (None, 4), "{g:?}");
+    // The same shape read from the input: not a constant, and said so.
+    let computed = nd("Shape", "s", &["x"], &["minus_one"], vec![attr_i("start", 0), attr_i("end", 1)]);
+    let r = prune_channels(&model(computed), &no_floor()).unwrap();
+    let why = group(&r, "A").blocked.clone().unwrap_or_default();
+    assert!(why.contains("its axes are computed, not a constant"), "{why}");
+}
+
 #[test]
 fn sigmoid_and_hardsigmoid_half_is_compensated() {
     let x2: [i64; 2] = [3, 4];

@@ -206,7 +206,16 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn const_ints(&self, name: &str) -> Option<Vec<i64>> {
-        let t = self.base_tensor(name)?;
+        let Some(t) = self.base_tensor(name) else {
+            // A Constant node with `value_ints` / `value_int` (dynamo's spelling of a shape or
+            // axes vector; it holds no tensor).
+            let n = self.ix.producer.get(name).map(|&ni| &self.g.node[ni]).filter(|n| is_const(n))?;
+            return match n.attribute.first().filter(|_| n.attribute.len() == 1) {
+                Some(a) if a.name == "value_ints" => Some(a.ints.clone()),
+                Some(a) if a.name == "value_int" => Some(vec![a.i]),
+                _ => None,
+            };
+        };
         if tensor::is_float(t.data_type) || self.consts.get(name).is_some_and(|c| c.dq.is_some()) {
             return None;
         }

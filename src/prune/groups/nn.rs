@@ -446,7 +446,10 @@ impl Analyzer<'_, '_> {
 
     pub(super) fn reduce(&mut self, ni: usize, n: &NodeProto, x: Option<Track>, kind: ReduceKind) {
         let Some(x) = x else { return };
-        let axes = self.ctx.axes_of(n).unwrap_or_default();
+        let Some(axes) = self.ctx.axes_of(n).or_else(|| inp(n, 1).is_none().then(Vec::new)) else {
+            self.block(&x.units, &format!("{} (its axes are computed, not a constant)", barrier_reason(n)));
+            return;
+        };
         if axes.is_empty() {
             if attr_i(n, "noop_with_empty_axes").unwrap_or(0) != 0 {
                 self.pass(ni, n, &x, x.vals.clone());
