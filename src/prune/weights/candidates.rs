@@ -184,7 +184,7 @@ pub(super) fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) ->
     let mut pos: BTreeMap<String, usize> = BTreeMap::new();
     // (candidate, label) pairs already recorded: a weight shared by many nodes stays linear.
     let mut seen: HashSet<(usize, String)> = HashSet::new();
-    let mut read_elsewhere: HashMap<&str, bool> = HashMap::new();
+    let mut read_elsewhere: HashMap<String, bool> = HashMap::new();
     for n in &g.node {
         if n.op_type == "Gemm" {
             int_attr(n, "transA")?;
@@ -192,6 +192,14 @@ pub(super) fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) ->
         }
         for (slot, role, ua) in weight_slots(n, inc) {
             let Some(name) = n.input.get(slot).filter(|s| !s.is_empty()) else { continue };
+            // A weight read through Identity / Cast / Transpose (torch's shared parameters,
+            // mixed-precision storage, converters' layouts) is the stored tensor, its unit axis
+            // mapped back through the permutations.
+            let view = view_of(g, ix, name);
+            let (name, perm) = match &view {
+                Some((base, perm)) => (base, Some(perm)),
+                None => (name, None),
+            };
             // A Add "bias" must be a constant vector feeding an Add after a MatMul/Gemm/Conv.
             if !ix.is_constant(name) {
                 continue;
@@ -203,15 +211,15 @@ pub(super) fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) ->
             }
             // Once per tensor: a weight shared by 30 000 nodes was quadratic.
             let elsewhere =
-                *read_elsewhere.entry(name.as_str()).or_insert_with(|| other_reader(g, ix, inc, name).is_some());
+                *read_elsewhere.entry(name.clone()).or_insert_with(|| other_reader(g, ix, inc, name).is_some());
             if elsewhere {
                 continue;
             }
-            if is_small_filter(role, t, ua.resolve(t.dims.len())) && !inc.small {
+            let rank = t.dims.len();
+            let axis = ua.resolve(rank).map(|a| perm.map_or(a, |p| p[a]));
+            if is_small_filter(role, t, axis) && !inc.small {
                 continue;
             }
-            let rank = t.dims.len();
-            let axis = ua.resolve(rank);
             let label = format!("{} {}", n.op_type, node_label(n));
             match pos.get(name) {
                 Some(&i) => {
@@ -241,6 +249,67 @@ pub(super) fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) ->
     Ok(out)
 }
 
+/// The stored constant a weight slot reads through `Identity`, float-to-float `Cast` and
+/// `Transpose` nodes (at least one), and for each axis of what the slot reads, the axis of the
+/// stored tensor it is (the element positions match one to one, so zeroing the stored tensor
+/// zeroes what the slot reads). None when `name` is not such a view.
+pub(super) fn view_of(g: &GraphProto, ix: &GraphIndex, name: &str) -> Option<(String, Vec<usize>)> {
+    let mut cur = name;
+    let mut map: Option<Vec<usize>> = None;
+    for _ in 0..8 {
+        if ix.weights.contains_key(cur) {
+            return map.map(|m| (cur.to_string(), m));
+        }
+        let n = &g.node[*ix.producer.get(cur)?];
+        let std = n.domain.is_empty() || n.domain == "ai.onnx";
+        let src = n.input.first()?.as_str();
+        let rank = view_rank(g, ix, src)?;
+        let m = map.get_or_insert_with(|| (0..rank).collect());
+        if m.len() != rank {
+            return None;
+        }
+        match n.op_type.as_str() {
+            "Identity" if std => {}
+            "Cast" if std => {
+                let to = graph::attr_i(n, "to")? as i32;
+                let from = ix.weights.get(src).and_then(|&r| graph::weight(g, r)).map(|t| t.data_type);
+                if !tensor::is_float(to) || from.is_some_and(|f| !tensor::is_float(f)) {
+                    return None;
+                }
+            }
+            "Transpose" if std => {
+                let p: Vec<usize> = match graph::attr_ints(n, "perm") {
+                    Some(p) => {
+                        p.iter().map(|&a| usize::try_from(a).ok().filter(|&a| a < rank)).collect::<Option<_>>()?
+                    }
+                    None => (0..rank).rev().collect(),
+                };
+                if p.len() != rank {
+                    return None;
+                }
+                for a in m.iter_mut() {
+                    *a = p[*a];
+                }
+            }
+            _ => return None,
+        }
+        cur = src;
+    }
+    None
+}
+
+/// The rank of a constant or of a view chain's value (from its stored tensor).
+fn view_rank(g: &GraphProto, ix: &GraphIndex, name: &str) -> Option<usize> {
+    let mut cur = name;
+    for _ in 0..8 {
+        if let Some(&r) = ix.weights.get(cur) {
+            return graph::weight(g, r).map(|t| t.dims.len());
+        }
+        cur = g.node.get(*ix.producer.get(cur)?)?.input.first()?.as_str();
+    }
+    None
+}
+
 /// Why a weight a weight slot reads is not a candidate: something else reads its values too (a
 /// tied embedding table's Gather when embeddings are not pruned, an Add that uses it as data, a
 /// node inside an If/Loop/Scan body, a graph output). Zeroing it would change that reader as
@@ -261,7 +330,7 @@ fn other_reader_at(g: &GraphProto, ix: &GraphIndex, inc: &Include, name: &str, d
     ix.consumers_of(name).iter().find_map(|&(ni, slot)| {
         let n = &g.node[ni];
         let std = n.domain.is_empty() || n.domain == "ai.onnx";
-        if std && n.op_type == "Identity" && depth < 8 {
+        if std && matches!(n.op_type.as_str(), "Identity" | "Cast" | "Transpose") && depth < 8 {
             return n.output.first().and_then(|o| other_reader_at(g, ix, inc, o, depth + 1));
         }
         let shape_only = std && matches!(n.op_type.as_str(), "Shape" | "Size");

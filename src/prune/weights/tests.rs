@@ -426,3 +426,47 @@ fn a_huge_weight_among_small_ones_prunes_at_a_keep_all_beta() {
     let r = prune_weights(&mut m, &opts).unwrap();
     assert_eq!(r.global.unwrap().kept, 128);
 }
+
+/// A weight read through Identity, a float Cast or a Transpose (torch's shared parameters,
+/// mixed-precision storage, a converter's layout) is the stored tensor: it is pruned, its units
+/// mapped back through the permutation, so that it gets exactly the zeros its plain twin gets
+/// (it was "no prunable weights found", exit 1).
+#[test]
+fn weights_behind_identity_cast_and_transpose_are_pruned_as_stored() {
+    let (k, n) = (12usize, 5usize);
+    // w [k, n] with output units along axis 1 (MatMul), norms spread so EMP cuts some.
+    let w: Vec<f32> = (0..k * n).map(|i| ((i * 7919) % 23) as f32 / 23.0 - 0.4 + (i % n) as f32 * 0.3).collect();
+    let opts = WeightOptions {
+        beta: 1.0,
+        scope: Scope::Layer,
+        include: Include { small: true, ..Include::default() },
+        scores: BTreeMap::new(),
+        fixed_ratio: None,
+    };
+    let mut plain = model_of(vec![(w.clone(), vec![k, n], dt::FLOAT, false)]);
+    prune_weights(&mut plain, &opts).unwrap();
+    let expect = tensor::read_f32(&plain.graph.as_ref().unwrap().initializer[0]).unwrap();
+    assert!(expect.contains(&0.0) && expect.iter().any(|&v| v != 0.0));
+    let wt: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect(); // [n, k]
+    for via in ["Identity", "Cast", "Transpose"] {
+        let stored = if via == "Transpose" { (wt.clone(), vec![n, k]) } else { (w.clone(), vec![k, n]) };
+        let mut m = model_of(vec![(stored.0, stored.1, dt::FLOAT, false)]);
+        let g = m.graph.as_mut().unwrap();
+        let mut v = NodeProto::new();
+        v.op_type = via.into();
+        v.name = "view".into();
+        v.input = vec!["w0".into()];
+        v.output = vec!["w0_view".into()];
+        if via == "Cast" {
+            crate::model::graph::set_attr_i(&mut v, "to", dt::FLOAT as i64);
+        }
+        g.node.insert(0, v);
+        g.node[1].input[1] = "w0_view".into();
+        let r = prune_weights(&mut m, &opts).unwrap();
+        assert_eq!(r.tensors.len(), 1, "{via}");
+        let got = tensor::read_f32(&m.graph.as_ref().unwrap().initializer[0]).unwrap();
+        let got: Vec<f32> =
+            if via == "Transpose" { (0..k * n).map(|i| got[(i % n) * k + i / n]).collect() } else { got };
+        assert_eq!(got, expect, "{via}");
+    }
+}
