@@ -20,7 +20,9 @@ pub fn graph_diff(a: &ModelProto, b: &ModelProto) -> String {
     let pct = if pa > 0 { 100.0 * (pb as f64 - pa as f64) / pa as f64 } else { 0.0 };
     let (za, zb) = (float_nonzeros(ga), float_nonzeros(gb));
     let _ = writeln!(out, "params: {pa} → {pb} ({pct:+.1}%), non-zero {za} → {zb}");
-    section(&mut out, "weights", weight_lines(ga, gb));
+    let reshaped = weight_lines(ga, gb);
+    let shapes_changed = !reshaped.is_empty();
+    section(&mut out, "weights", reshaped);
     // Per-weight pruning changes no shape: its zeros are what differs.
     let zeroed = zero_lines(ga, gb);
     let only_zeros = !zeroed.is_empty();
@@ -34,7 +36,7 @@ pub fn graph_diff(a: &ModelProto, b: &ModelProto) -> String {
     section(&mut out, "value_info", value_lines(&ga.value_info, &gb.value_info));
     section(&mut out, "graph inputs", value_lines(&ga.input, &gb.input));
     section(&mut out, "graph outputs", value_lines(&ga.output, &gb.output));
-    if out.lines().count() == before_structure && (only_zeros || before_structure == 1) {
+    if out.lines().count() == before_structure && !shapes_changed && (only_zeros || before_structure == 1) {
         out.push_str(if refit {
             "no structural differences (weights zeroed or changed in place)\n"
         } else if only_zeros {
@@ -329,5 +331,12 @@ mod tests {
         v.graph.as_mut().unwrap().initializer[0] = tensor::new_f32("w", &[2, 2], &[1., 2., 3., 5.]);
         let d = graph_diff(&m, &v);
         assert!(d.contains("w [2,2]: 1 other values changed (relative L2 change of the tensor 1.826e-1)"), "{d}");
+        // A weight whose shape changed is a structural difference, whatever else changed in place.
+        let mut c = v.clone();
+        c.graph.as_mut().unwrap().initializer.push(tensor::new_f32("b", &[1], &[1.]));
+        let mut cb = c.clone();
+        cb.graph.as_mut().unwrap().initializer[1] = tensor::new_f32("b", &[2], &[1., 2.]);
+        let d = graph_diff(&c, &cb);
+        assert!(d.contains("b: [1] → [2]") && !d.contains("no structural differences"), "{d}");
     }
 }

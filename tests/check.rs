@@ -640,7 +640,7 @@ fn an_integer_output_agrees_where_its_values_are_equal() {
 }
 
 /// scikit-learn's classifiers (skl2onnx) end in a ZipMap: a sequence of {class: probability} maps,
-/// beside an int64 label. tract cannot run it; onnxruntime's answer is compared as rows of the
+/// beside an int64 label, or a string one (class names). tract cannot run it; onnxruntime's answer is compared as rows of the
 /// maps' values in key order, and the label by equality. Before, the worker's float cast of the
 /// maps failed, the run was reported unproven, and the advice was to install onnxruntime.
 #[test]
@@ -662,13 +662,16 @@ for path, scale in ((sys.argv[1], 1.0), (sys.argv[2], 0.0)):
         helper.make_node("Softmax", ["z"], ["p"], axis=1),
         helper.make_node("ArgMax", ["p"], ["label"], axis=1, keepdims=0),
         helper.make_node("ZipMap", ["p"], ["probability"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2]),
+        helper.make_node("LabelEncoder", ["label"], ["name"], domain="ai.onnx.ml", keys_int64s=[0, 1, 2],
+                         values_strings=["cat", "dog", "eel"], default_string="?"),
     ]
     seq = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
     g = helper.make_graph(nodes, "skl", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
                           [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
-                           helper.make_value_info("probability", seq)],
+                           helper.make_value_info("probability", seq),
+                           helper.make_tensor_value_info("name", TensorProto.STRING, ["N"])],
                           [helper.make_tensor("W", TensorProto.FLOAT, [4, 3], wt.flatten().tolist())])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 2)])
     m.ir_version = 8
     save(m, path)
 "#;
@@ -681,13 +684,19 @@ for path, scale in ((sys.argv[1], 1.0), (sys.argv[2], 0.0)):
         eprintln!("skipped: python3 with onnx is not available");
         return;
     }
-    let v = check::verify(&dense, &other, &VerifyOptions { latency: false, ..Default::default() });
+    let mut inputs = InputSpec::default();
+    inputs.dims.insert("N".into(), 32);
+    let opts = VerifyOptions { latency: false, inputs, ..Default::default() };
+    let v = check::verify(&dense, &other, &opts);
     assert_eq!(v.status, "ok", "{:?}", v.reason);
     assert_eq!(v.engine, "onnxruntime");
-    let (label, probs) = (&v.outputs[0], &v.outputs[1]);
-    assert!(label.integer && !probs.integer, "{:?}", v.outputs);
+    let (label, probs, name) = (&v.outputs[0], &v.outputs[1], &v.outputs[2]);
+    assert!(label.integer && !probs.integer && name.integer, "{:?}", v.outputs);
+    // Class names (strings) compare as the class ids they name.
+    assert_eq!(name.top1_agreement, label.top1_agreement, "{:?}", v.outputs);
+    assert!(label.top1_agreement.unwrap() < 1.0, "{:?}", v.outputs);
     assert!(probs.rel_l2_err > 0.01 && probs.rel_l2_err < 1.0, "{probs:?}");
-    let same = check::verify(&dense, &dense, &VerifyOptions { latency: false, ..Default::default() });
+    let same = check::verify(&dense, &dense, &opts);
     assert_eq!(same.outputs[1].rel_l2_err, 0.0, "{:?}", same.outputs);
     assert_eq!(same.outputs[0].top1_agreement, Some(1.0));
 }

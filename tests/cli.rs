@@ -1336,3 +1336,44 @@ np.save(sys.argv[2], rng.standard_normal((100, 16)).astype(np.float32))
     let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
     assert!(err.contains("[100, 16]") && err.contains("the model has no batch axis"), "{err}");
 }
+
+/// The fidelity guard judges float outputs: an integer output beside them (an ArgMax's class ids)
+/// is left out, so the guard's figures are the logits' (it scored the class ids by relative L2:
+/// class 3 becoming 8 read as 0.226 where the logits moved 0.097).
+#[test]
+fn the_guard_leaves_an_integer_output_out() {
+    use onnx_protobuf::{AttributeProto, NodeProto};
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = onnx_emp::model::io::load(Path::new(ROOT).join("models/digits_mlp.onnx").as_path()).unwrap().proto;
+    let g = m.graph.as_mut().unwrap();
+    let mut n = NodeProto::new();
+    n.op_type = "ArgMax".into();
+    n.input.push(g.output[0].name.clone());
+    n.output.push("cls".into());
+    for (name, v) in [("axis", 1), ("keepdims", 0)] {
+        let mut a = AttributeProto::new();
+        a.name = name.into();
+        a.i = v;
+        a.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
+        n.attribute.push(a);
+    }
+    g.node.push(n);
+    let mut cls = g.output[0].clone();
+    cls.name = "cls".into();
+    if let Some(onnx_protobuf::type_proto::Value::TensorType(t)) = cls.type_.as_mut().unwrap().value.as_mut() {
+        t.elem_type = onnx_emp::model::tensor::dt::INT64;
+        t.shape.as_mut().unwrap().dim.truncate(1);
+    }
+    g.output.push(cls);
+    let with_argmax = dir.path().join("argmax.onnx");
+    onnx_emp::model::io::save(m, &with_argmax, &Default::default()).unwrap();
+    let trials = |model: &Path, tag: &str| {
+        let (out, rep) = (dir.path().join(format!("{tag}.onnx")), dir.path().join(format!("{tag}.json")));
+        bin().arg(model).arg(&out).args(["--no-latency", "--quiet", "--report"]).arg(&rep).assert().success();
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        r["guard"]["trials"].clone()
+    };
+    let plain = trials(&Path::new(ROOT).join("models/digits_mlp.onnx"), "plain");
+    assert!(plain.as_array().is_some_and(|t| !t.is_empty()), "{plain}");
+    assert_eq!(trials(&with_argmax, "argmax_out"), plain);
+}

@@ -195,6 +195,42 @@ pub fn choose_beta<T>(
 /// last dim): in tract, or in onnxruntime through python3 when tract cannot run the model (its
 /// com.microsoft ops), so that a default run on such a model is guarded too.
 fn model_outputs(model: &ModelProto, inputs: &Inputs) -> Result<(Vec<Vec<f32>>, usize)> {
+    let (outs, width) = engine_outputs(model, inputs)?;
+    // Integer outputs (an ArgMax's class ids, scikit-learn's label) are left out when the model
+    // has a float one: their relative L2 measures how far apart the class numbers are (class 3
+    // becoming 8 read as 0.226 where the logits moved 0.097).
+    let int = |o: &onnx_protobuf::ValueInfoProto| {
+        use onnx_protobuf::type_proto::Value;
+        let elem = match o.type_.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(Value::TensorType(t)) => t.elem_type,
+            _ => 0,
+        };
+        elem != 0 && !crate::model::tensor::is_float(elem)
+    };
+    let ints: Vec<bool> = model.graph.as_ref().map(|g| g.output.iter().map(int).collect()).unwrap_or_default();
+    if ints.len() != outs.len() || ints.iter().all(|&i| i) || !ints.contains(&true) {
+        return Ok((outs, width));
+    }
+    let kept: Vec<Vec<f32>> = outs.into_iter().zip(&ints).filter(|(_, &i)| !i).map(|(o, _)| o).collect();
+    let first = ints.iter().position(|&i| !i).unwrap_or(0);
+    let width = if first == 0 { width } else { float_width(model, first).unwrap_or(1) };
+    Ok((kept, width))
+}
+
+/// The declared last dim of output `i` (the classes, for top-1), if fixed.
+fn float_width(model: &ModelProto, i: usize) -> Option<usize> {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
+    use onnx_protobuf::type_proto::Value;
+    let o = model.graph.as_ref()?.output.get(i)?;
+    let Some(Value::TensorType(t)) = o.type_.as_ref()?.value.as_ref() else { return None };
+    match t.shape.as_ref()?.dim.last()?.value {
+        Some(D::DimValue(v)) if v > 0 => Some(v as usize),
+        _ => None,
+    }
+}
+
+/// [`model_outputs`] before integer outputs are left out.
+fn engine_outputs(model: &ModelProto, inputs: &Inputs) -> Result<(Vec<Vec<f32>>, usize)> {
     let tract = match crate::reconstruct::outputs(model, inputs) {
         Ok(o) => return Ok(o),
         Err(e) => e,

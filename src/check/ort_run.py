@@ -22,6 +22,7 @@ import json
 import re
 import sys
 import time
+import zlib
 
 try:
     import numpy as np
@@ -43,13 +44,19 @@ def feeds_for(sess, feeds):
 
 def as_array(o):
     """An output as an array: a sequence of maps (scikit-learn's ZipMap: one {class: probability}
-    per row) becomes rows of its values in key order, a map its values in key order."""
+    per row) becomes rows of its values in key order, a map its values in key order, strings
+    integer codes."""
     if isinstance(o, dict):
         return np.asarray([o[k] for k in sorted(o)])
     if isinstance(o, list) and o and all(isinstance(r, dict) for r in o):
         keys = sorted(o[0])
         return np.asarray([[r[k] for k in keys] for r in o])
-    return np.asarray(o)
+    a = np.asarray(o)
+    if a.dtype.kind in "USO":
+        # String labels (a classifier's class names): each string as an integer code (its CRC-32,
+        # exact in float32), compared by equality like class ids.
+        return np.vectorize(lambda v: zlib.crc32(str(v).encode()) & 0xFFFFFF, otypes=[np.int64])(a)
+    return a
 
 
 def run_rows(sess, feeds):

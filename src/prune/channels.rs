@@ -412,6 +412,9 @@ fn pins(ctx: &Ctx, an: &Analysis) -> BTreeMap<Unit, String> {
             }
         }
     }
+    for (u, why) in &an.dead_pins {
+        out.entry(*u).or_insert_with(|| why.clone());
+    }
     out
 }
 

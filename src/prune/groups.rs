@@ -266,6 +266,9 @@ pub struct Analysis {
     pub fold_bias: BTreeSet<Unit>,
     /// Units whose producer has a non-zero bias for them ([`Analyzer::producer_bias`]).
     pub bias_emitters: Vec<Unit>,
+    /// Dead classes (roots) kept because their bias cannot be folded, with why (set by the
+    /// channels stage that finds dead units).
+    pub dead_pins: BTreeMap<Unit, String>,
 }
 
 impl Analysis {

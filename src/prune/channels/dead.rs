@@ -6,7 +6,8 @@
 //! anything the proof or fidelity can see (in the interior of a zero-padded Conv's input).
 //!
 //! Contract: [`analysis`] returns the analysis with `fold_bias` holding the classes every
-//! producer of which is dead and whose constant every consumer can fold. Live units keep the
+//! producer of which is dead and whose constant every consumer can fold, and `dead_pins` the dead
+//! classes whose constant cannot be folded: those are kept, with the reason. Live units keep the
 //! masked model's other rule (bias zeroed with the weights, the unit emits 0): for a live unit the
 //! bias is not its output's mean (torch folds BatchNorm into it: `β − γ·μ/σ`), and on the trained
 //! Fashion-MNIST CNNs folding it cost up to 12 points where zeroing it did not. With calibration
@@ -50,11 +51,27 @@ pub(super) fn analysis(ctx: &Ctx) -> Result<Analysis> {
     drop(first);
     let second = groups::analyze(ctx, &fold);
     let pinned = pins(ctx, &second);
-    let before = fold.len();
-    fold.retain(|u| !pinned.contains_key(&second.find(*u)));
-    if fold.len() == before {
+    // Dead classes whose constant cannot be folded: removing them would drop it (a ConvTranspose
+    // or a padded AveragePool reads it, or an SE gate turns it into an activation), so they stay,
+    // as a live unit's unfoldable BN shift does.
+    let mut kept: Vec<(Unit, String)> = vec![];
+    fold.retain(|u| match pinned.get(&second.find(*u)) {
+        Some(why) => {
+            kept.push((*u, why.clone()));
+            false
+        }
+        None => true,
+    });
+    if kept.is_empty() {
         return Ok(second);
     }
     drop(second);
-    Ok(groups::analyze(ctx, &fold))
+    let mut an = groups::analyze(ctx, &fold);
+    for (u, why) in kept {
+        let root = an.find(u);
+        an.dead_pins
+            .entry(root)
+            .or_insert_with(|| format!("it is dead (zero weights) and its bias cannot be folded: {why}"));
+    }
+    Ok(an)
 }
