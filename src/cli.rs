@@ -350,17 +350,23 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
     }
     // Flags that would do nothing in this run are refused, not ignored.
     let no_effect = |flag: &str, why: &str| usage(&format!("{flag} has no effect {why}"));
-    if mode == Mode::Weights && a.round_to.is_some() {
-        return Err(no_effect("--round-to", "per weight: it aligns structured widths (--structured channels|heads)"));
+    // Alignment and the floors are channels' (a head is removed whole).
+    let structural = match mode {
+        Mode::Weights => Some("per weight"),
+        Mode::Heads => Some("with --structured heads"),
+        _ => None,
+    };
+    if let (Some(how), true) = (structural, a.round_to.is_some()) {
+        return Err(no_effect("--round-to", &format!("{how}: it aligns the widths --structured channels keeps")));
     }
     for i in &a.include {
         use clap::ValueEnum;
         let name = i.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
         let per_weight = matches!(i, IncludeArg::Bias | IncludeArg::Norm | IncludeArg::Embedding | IncludeArg::Small);
-        if mode == Mode::Weights && !per_weight {
+        if let (Some(how), false) = (structural, per_weight) {
             return Err(no_effect(
                 &format!("--include {name}"),
-                "per weight: it lifts a floor of --structured channels",
+                &format!("{how}: it lifts a floor of --structured channels"),
             ));
         }
         if mode != Mode::Weights && per_weight {

@@ -290,6 +290,8 @@ fn usage_errors_exit_2() {
     // So is a flag that would do nothing in the run (each was accepted in silence).
     for (combo, says) in [
         (&["--round-to", "8"][..], "--round-to has no effect per weight"),
+        (&["--structured", "heads", "--round-to", "8"], "--round-to has no effect with --structured heads"),
+        (&["--structured", "heads", "--include", "narrow"], "--include narrow has no effect with --structured heads"),
         (&["--include", "small,stem"], "--include stem has no effect per weight"),
         (&["--structured", "channels", "--include", "bias"], "--include bias has no effect with --structured"),
         (&["--no-latency", "--latency-runs", "3"], "--latency-runs has no effect with --no-latency"),
@@ -322,7 +324,10 @@ fn structured(model: &str, data: Option<&str>, mode: &str) -> Value {
     // These digits models are 8–32 units wide: EMP's cut is a unit or two per group, which
     // alignment (--round-to auto) would undo. Unaligned widths are what these rewrites test, at
     // EMP's cut as is (`--beta 1`: without calibration the fidelity guard would move the default).
-    c.args(["--round-to", "1", "--beta", "1"]);
+    c.args(["--beta", "1"]);
+    if mode != "heads" {
+        c.args(["--round-to", "1"]);
+    }
     if let Some(d) = data {
         c.args(["--inputs", &format!("models/{d}.npy"), "--labels", "models/digits_test_y.npy"]);
     }
