@@ -388,6 +388,9 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
             }
         }
     }
+    if let (Some(_), Some(n)) = (a.latency_budget, a.latency_runs) {
+        return Err(no_effect("--latency-budget", &format!("with --latency-runs: exactly {n} runs are timed")));
+    }
     if a.no_reconstruct && a.calibration.is_empty() {
         return Err(no_effect(
             "--no-reconstruct",

@@ -295,6 +295,7 @@ fn usage_errors_exit_2() {
         (&["--include", "small,stem"], "--include stem has no effect per weight"),
         (&["--structured", "channels", "--include", "bias"], "--include bias has no effect with --structured"),
         (&["--no-latency", "--latency-runs", "3"], "--latency-runs has no effect with --no-latency"),
+        (&["--latency-runs", "3", "--latency-budget", "1"], "--latency-budget has no effect with --latency-runs"),
         (&["--no-verify", "--latency-in", "tract"], "--latency-in has no effect with --no-verify"),
         (&["--no-reconstruct"], "--no-reconstruct has no effect without --calibration"),
     ] {

@@ -294,7 +294,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
     if let Some(lp) = &opts.labels {
         match load_labels(lp) {
             Err(e) => notes.push(format!("accuracy unavailable: {e:#}")),
-            Ok(labels) => match accuracy_output(&names, &od, &labels, opts.labels_output.as_deref()) {
+            Ok(labels) => match accuracy_output(&names, &od, &labels, opts.labels_output.as_deref(), &ints) {
                 Err(e) => notes.push(format!("accuracy unavailable: {e:#}")),
                 Ok((i, a, fit)) => {
                     acc_d = Some(a);
@@ -306,7 +306,12 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
                             names[i]
                         ));
                     }
-                    match op.get(i).context("the pruned model lacks the output").and_then(|o| accuracy(o, &labels)) {
+                    let int = ints.get(i) == Some(&true);
+                    match op
+                        .get(i)
+                        .context("the pruned model lacks the output")
+                        .and_then(|o| accuracy_of(o, &labels, int))
+                    {
                         Ok(a) => acc_p = Some(a),
                         Err(e) => notes.push(format!("accuracy unavailable (pruned, output '{}'): {e:#}", names[i])),
                     }
@@ -463,12 +468,29 @@ fn equivalence_on(a: &Path, b: &Path, inputs: &Inputs) -> Result<Vec<OutputFidel
 /// The output accuracy is measured on: the one named, or the first whose argmax the labels fit
 /// (an int64 class-id output or a feature map does not); with its dense accuracy and how many
 /// outputs the labels fit.
+/// [`accuracy`] of output `o`; an integer output holding one class id per label (a
+/// classifier's label output: scikit-learn's, whose class ids need not be 0..C−1) is compared
+/// with the labels as it is.
+fn accuracy_of(o: &ndarray::ArrayD<f32>, labels: &[i64], integer: bool) -> Result<f64> {
+    if integer && o.len() == labels.len() && o.ndim() >= 1 && o.shape()[0] == labels.len() {
+        let counted = labels.iter().filter(|&&l| l >= 0).count();
+        if counted == 0 {
+            bail!("accuracy: every label is negative (ignored)");
+        }
+        let hit = o.iter().zip(labels).filter(|(p, l)| **l >= 0 && **p as i64 == **l).count();
+        return Ok(hit as f64 / counted as f64);
+    }
+    accuracy(o, labels)
+}
+
 fn accuracy_output(
     names: &[String],
     outs: &[ndarray::ArrayD<f32>],
     labels: &[i64],
     named: Option<&str>,
+    ints: &[bool],
 ) -> Result<(usize, f64, usize)> {
+    let accuracy = |i: usize, o: &ndarray::ArrayD<f32>| accuracy_of(o, labels, ints.get(i) == Some(&true));
     if let Some(n) = named {
         let i = names.iter().position(|x| x == n).with_context(|| {
             format!("--labels {n}=…: the model has no output '{n}' (outputs: {})", names.join(", "))
@@ -476,17 +498,17 @@ fn accuracy_output(
         let a = outs
             .get(i)
             .context("model has no output")
-            .and_then(|o| accuracy(o, labels))
+            .and_then(|o| accuracy(i, o))
             .with_context(|| format!("output '{n}'"))?;
         return Ok((i, a, 1));
     }
     let fits: Vec<(usize, f64)> =
-        outs.iter().enumerate().filter_map(|(i, o)| accuracy(o, labels).ok().map(|a| (i, a))).collect();
+        outs.iter().enumerate().filter_map(|(i, o)| accuracy(i, o).ok().map(|a| (i, a))).collect();
     match fits.first() {
         Some(&(i, a)) => Ok((i, a, fits.len())),
         None => {
             let first = names.first().cloned().unwrap_or_default();
-            let e = outs.first().context("model has no output").and_then(|o| accuracy(o, labels)).err();
+            let e = outs.first().context("model has no output").and_then(|o| accuracy(0, o)).err();
             Err(anyhow::anyhow!(
                 "output '{first}'{}: {}",
                 if names.len() > 1 { " (nor any other output)" } else { "" },
@@ -519,11 +541,17 @@ mod tests {
         let logits: ArrayD<f32> = arr2(&[[1.0f32, 0.0], [0.0, 1.0], [0.0, 1.0]]).into_dyn();
         let outs = vec![ids, aux, logits];
         let labels = [0i64, 1, 1];
-        assert_eq!(accuracy_output(&names, &outs, &labels, None).unwrap(), (1, 1.0 / 3.0, 2));
-        assert_eq!(accuracy_output(&names, &outs, &labels, Some("logits")).unwrap(), (2, 1.0, 1));
-        let e = accuracy_output(&names, &outs, &labels, Some("nope")).unwrap_err().to_string();
+        let floats = [false; 3];
+        assert_eq!(accuracy_output(&names, &outs, &labels, None, &floats).unwrap(), (1, 1.0 / 3.0, 2));
+        assert_eq!(accuracy_output(&names, &outs, &labels, Some("logits"), &floats).unwrap(), (2, 1.0, 1));
+        let e = accuracy_output(&names, &outs, &labels, Some("nope"), &floats).unwrap_err().to_string();
         assert!(e.contains("no output 'nope' (outputs: ids, aux, logits)"), "{e}");
-        let e = accuracy_output(&names, &outs, &[0, 5, 1], None).unwrap_err().to_string();
+        let e = accuracy_output(&names, &outs, &[0, 5, 1], None, &floats).unwrap_err().to_string();
         assert!(e.contains("output 'ids' (nor any other output)"), "{e}");
+        // An integer output of class ids is compared as it is, whatever the ids (1, 4, 7).
+        let ids: ArrayD<f32> = ndarray::arr1(&[1.0f32, 7.0, 4.0]).into_dyn();
+        let outs = vec![ids, outs[1].clone(), outs[2].clone()];
+        let ints = [true, false, false];
+        assert_eq!(accuracy_output(&names, &outs, &[1, 7, 7], None, &ints).unwrap(), (0, 2.0 / 3.0, 1));
     }
 }
