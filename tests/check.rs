@@ -586,31 +586,10 @@ fn the_onnxruntime_worker_survives_a_model_it_refuses() {
 /// an argmax over the ids.
 #[test]
 fn an_integer_output_agrees_where_its_values_are_equal() {
-    use onnx_protobuf::{AttributeProto, NodeProto};
     let dir = tempfile::tempdir().unwrap();
     let with_argmax = |from: &Path, to: &Path| {
         let mut m = io::load(from).unwrap().proto;
-        let g = m.graph.as_mut().unwrap();
-        let mut n = NodeProto::new();
-        n.op_type = "ArgMax".into();
-        n.input.push(g.output[0].name.clone());
-        n.output.push("cls".into());
-        for (name, v) in [("axis", 1), ("keepdims", 0)] {
-            let mut a = AttributeProto::new();
-            a.name = name.into();
-            a.i = v;
-            a.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
-            n.attribute.push(a);
-        }
-        g.node.push(n);
-        // The logits' declaration without its class axis, as int64.
-        let mut cls = g.output[0].clone();
-        cls.name = "cls".into();
-        if let Some(onnx_protobuf::type_proto::Value::TensorType(t)) = cls.type_.as_mut().unwrap().value.as_mut() {
-            t.elem_type = onnx_emp::model::tensor::dt::INT64;
-            t.shape.as_mut().unwrap().dim.truncate(1);
-        }
-        g.output.push(cls);
+        common::outputs::add_argmax_output(&mut m);
         io::save(m, to, &Default::default()).unwrap();
     };
     let (dense, other) = (dir.path().join("dense.onnx"), dir.path().join("other.onnx"));
@@ -676,12 +655,7 @@ for path, scale in ((sys.argv[1], 1.0), (sys.argv[2], 0.0)):
     save(m, path)
 "#;
     let (dense, other) = (dir.path().join("dense.onnx"), dir.path().join("other.onnx"));
-    let ok = std::process::Command::new("python3")
-        .args(["-c", script, dense.to_str().unwrap(), other.to_str().unwrap()])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: python3 with onnx is not available");
+    if !common::outputs::python_script(script, &[&dense, &other]) {
         return;
     }
     let mut inputs = InputSpec::default();

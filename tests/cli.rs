@@ -4,6 +4,9 @@ use assert_cmd::Command;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+#[path = "common/outputs.rs"]
+mod outputs;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn bin() -> Command {
@@ -1324,12 +1327,7 @@ m.ir_version = 8
 save(m, sys.argv[1])
 np.save(sys.argv[2], rng.standard_normal((100, 16)).astype(np.float32))
 "#;
-    let made = std::process::Command::new("python3")
-        .args(["-c", script, model.to_str().unwrap(), x.to_str().unwrap()])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !made {
-        eprintln!("skipped: python3 with onnx is not available");
+    if !outputs::python_script(script, &[&model, &x]) {
         return;
     }
     let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
@@ -1348,29 +1346,9 @@ np.save(sys.argv[2], rng.standard_normal((100, 16)).astype(np.float32))
 /// class 3 becoming 8 read as 0.226 where the logits moved 0.097).
 #[test]
 fn the_guard_leaves_an_integer_output_out() {
-    use onnx_protobuf::{AttributeProto, NodeProto};
     let dir = tempfile::tempdir().unwrap();
     let mut m = onnx_emp::model::io::load(Path::new(ROOT).join("models/digits_mlp.onnx").as_path()).unwrap().proto;
-    let g = m.graph.as_mut().unwrap();
-    let mut n = NodeProto::new();
-    n.op_type = "ArgMax".into();
-    n.input.push(g.output[0].name.clone());
-    n.output.push("cls".into());
-    for (name, v) in [("axis", 1), ("keepdims", 0)] {
-        let mut a = AttributeProto::new();
-        a.name = name.into();
-        a.i = v;
-        a.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
-        n.attribute.push(a);
-    }
-    g.node.push(n);
-    let mut cls = g.output[0].clone();
-    cls.name = "cls".into();
-    if let Some(onnx_protobuf::type_proto::Value::TensorType(t)) = cls.type_.as_mut().unwrap().value.as_mut() {
-        t.elem_type = onnx_emp::model::tensor::dt::INT64;
-        t.shape.as_mut().unwrap().dim.truncate(1);
-    }
-    g.output.push(cls);
+    outputs::add_argmax_output(&mut m);
     let with_argmax = dir.path().join("argmax.onnx");
     onnx_emp::model::io::save(m, &with_argmax, &Default::default()).unwrap();
     let trials = |model: &Path, tag: &str| {

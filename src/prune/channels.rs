@@ -378,10 +378,18 @@ fn grouped_input(ctx: &Ctx, ni: usize, dims: &[usize], axis: usize, units: usize
 
 fn unit_scores(ctx: &Ctx, an: &Analysis, crit: Criterion) -> Result<BTreeMap<Unit, f64>> {
     let mut acc: BTreeMap<Unit, f64> = BTreeMap::new();
-    for s in an.slices.values().filter(|s| s.roles.contains(&Role::Producer)) {
-        let pos = match crit {
-            Criterion::L1 => position_sums(ctx, &s.weight, s.axis, f64::abs)?,
-            _ => position_sums(ctx, &s.weight, s.axis, |x| x * x)?,
+    for (key, s) in an.slices.iter().filter(|(_, s)| s.roles.contains(&Role::Producer)) {
+        let read;
+        let pos: &[f64] = match (crit, an.producer_sq.get(key)) {
+            (Criterion::L1, _) => {
+                read = position_sums(ctx, &s.weight, s.axis, f64::abs)?;
+                &read
+            }
+            (_, Some(sq)) => sq,
+            _ => {
+                read = position_sums(ctx, &s.weight, s.axis, |x| x * x)?;
+                &read
+            }
         };
         for (p, u) in s.units.iter().enumerate() {
             if let Some(u) = u {

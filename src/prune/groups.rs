@@ -269,6 +269,10 @@ pub struct Analysis {
     /// Dead classes (roots) kept because their bias cannot be folded, with why (set by the
     /// channels stage that finds dead units).
     pub dead_pins: BTreeMap<Unit, String>,
+    /// Σ w² per position of producer slices, by slice key, when the channels stage has read them
+    /// (its dead-unit test): the L2 scores use them instead of reading the weights again. A
+    /// second analysis of the same graph has the same slices.
+    pub producer_sq: BTreeMap<(String, usize), Vec<f64>>,
 }
 
 impl Analysis {

@@ -4,3 +4,4 @@
 pub mod analyse;
 pub mod corpus;
 pub mod guard;
+pub mod outputs;

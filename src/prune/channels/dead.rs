@@ -28,7 +28,9 @@ pub(super) fn analysis(ctx: &Ctx) -> Result<Analysis> {
         return Ok(first);
     }
     let (mut seen, mut live) = (BTreeSet::new(), BTreeSet::new());
-    for s in first.slices.values().filter(|s| s.roles.contains(&Role::Producer)) {
+    // Per producer slice, Σ w² per position: the L2 scores read them too ([`Analysis::producer_sq`]).
+    let mut sums = BTreeMap::new();
+    for (key, s) in first.slices.iter().filter(|(_, s)| s.roles.contains(&Role::Producer)) {
         let sq = position_sums(ctx, &s.weight, s.axis, |x| x * x)?;
         let rms2 = sq.iter().sum::<f64>() / sq.len().max(1) as f64;
         for (p, u) in s.units.iter().enumerate() {
@@ -39,6 +41,7 @@ pub(super) fn analysis(ctx: &Ctx) -> Result<Analysis> {
                 live.insert(class);
             }
         }
+        sums.insert(key.clone(), sq);
     }
     let dead = |u: &Unit| {
         let c = first.find(*u);
@@ -46,10 +49,12 @@ pub(super) fn analysis(ctx: &Ctx) -> Result<Analysis> {
     };
     let mut fold: BTreeSet<Unit> = first.bias_emitters.iter().copied().filter(dead).collect();
     if fold.is_empty() {
+        let mut first = first;
+        first.producer_sq = sums;
         return Ok(first);
     }
     drop(first);
-    let second = groups::analyze(ctx, &fold);
+    let mut second = groups::analyze(ctx, &fold);
     let pinned = pins(ctx, &second);
     // Dead classes whose constant cannot be folded: removing them would drop it (a ConvTranspose
     // or a padded AveragePool reads it, or an SE gate turns it into an activation), so they stay,
@@ -63,10 +68,12 @@ pub(super) fn analysis(ctx: &Ctx) -> Result<Analysis> {
         None => true,
     });
     if kept.is_empty() {
+        second.producer_sq = sums;
         return Ok(second);
     }
     drop(second);
     let mut an = groups::analyze(ctx, &fold);
+    an.producer_sq = sums;
     for (u, why) in kept {
         let root = an.find(u);
         an.dead_pins

@@ -254,30 +254,32 @@ pub(super) fn find_candidates(g: &GraphProto, ix: &GraphIndex, inc: &Include) ->
 /// stored tensor it is (the element positions match one to one, so zeroing the stored tensor
 /// zeroes what the slot reads). None when `name` is not such a view.
 pub(super) fn view_of(g: &GraphProto, ix: &GraphIndex, name: &str) -> Option<(String, Vec<usize>)> {
+    // The nodes from the slot back to the stored tensor (each keeps its input's rank).
+    let mut chain: Vec<&NodeProto> = vec![];
     let mut cur = name;
-    let mut map: Option<Vec<usize>> = None;
-    for _ in 0..8 {
-        if ix.weights.contains_key(cur) {
-            return map.map(|m| (cur.to_string(), m));
+    while !ix.weights.contains_key(cur) {
+        if chain.len() == 8 {
+            return None;
         }
         let n = &g.node[*ix.producer.get(cur)?];
-        let std = n.domain.is_empty() || n.domain == "ai.onnx";
-        let src = n.input.first()?.as_str();
-        let rank = view_rank(g, ix, src)?;
-        let m = map.get_or_insert_with(|| (0..rank).collect());
-        if m.len() != rank {
+        chain.push(n);
+        cur = n.input.first()?.as_str();
+    }
+    let rank = graph::weight(g, *ix.weights.get(cur)?)?.dims.len();
+    let mut map: Vec<usize> = (0..rank).collect();
+    for n in &chain {
+        if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             return None;
         }
         match n.op_type.as_str() {
-            "Identity" if std => {}
-            "Cast" if std => {
-                let to = graph::attr_i(n, "to")? as i32;
-                let from = ix.weights.get(src).and_then(|&r| graph::weight(g, r)).map(|t| t.data_type);
-                if !tensor::is_float(to) || from.is_some_and(|f| !tensor::is_float(f)) {
+            "Identity" => {}
+            "Cast" => {
+                let from = ix.weights.get(&n.input[0]).and_then(|&r| graph::weight(g, r)).map(|t| t.data_type);
+                if !tensor::is_float(graph::attr_i(n, "to")? as i32) || from.is_some_and(|f| !tensor::is_float(f)) {
                     return None;
                 }
             }
-            "Transpose" if std => {
+            "Transpose" => {
                 let p: Vec<usize> = match graph::attr_ints(n, "perm") {
                     Some(p) => {
                         p.iter().map(|&a| usize::try_from(a).ok().filter(|&a| a < rank)).collect::<Option<_>>()?
@@ -287,27 +289,14 @@ pub(super) fn view_of(g: &GraphProto, ix: &GraphIndex, name: &str) -> Option<(St
                 if p.len() != rank {
                     return None;
                 }
-                for a in m.iter_mut() {
+                for a in map.iter_mut() {
                     *a = p[*a];
                 }
             }
             _ => return None,
         }
-        cur = src;
     }
-    None
-}
-
-/// The rank of a constant or of a view chain's value (from its stored tensor).
-fn view_rank(g: &GraphProto, ix: &GraphIndex, name: &str) -> Option<usize> {
-    let mut cur = name;
-    for _ in 0..8 {
-        if let Some(&r) = ix.weights.get(cur) {
-            return graph::weight(g, r).map(|t| t.dims.len());
-        }
-        cur = g.node.get(*ix.producer.get(cur)?)?.input.first()?.as_str();
-    }
-    None
+    (!chain.is_empty()).then(|| (cur.to_string(), map))
 }
 
 /// Why a weight a weight slot reads is not a candidate: something else reads its values too (a
