@@ -246,6 +246,60 @@ fn channel_activation_ranking_differs_from_weight_norm_as_built() {
     }
 }
 
+/// A dead hidden unit (zero W1 column) with a large bias emits relu(2) for every input: the
+/// activation criterion would rank it first by its output's mean, and cut a live unit instead.
+/// It scores 0, goes, and its constant is folded into mm2's bias: the cut is exact.
+#[test]
+fn the_activation_criterion_removes_a_dead_unit_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = GraphProto::new();
+    g.name = "dead".into();
+    g.input.push(vi("x", &[-1, 3]));
+    g.output.push(vi("y", &[-1, 2]));
+    // columns: u0 dead, u1 = [1,0,0], u2 = [0,1,0], u3 = [0,0,1]
+    g.initializer.push(tensor::new_f32("W1", &[3, 4], &[0., 1., 0., 0., 0., 0., 1., 0., 0., 0., 0., 1.]));
+    g.initializer.push(tensor::new_f32("b1", &[4], &[2., 0., 0., 0.]));
+    // Equal live scores (equal W2 row norms, equal input columns): N_eff 3 without the dead unit.
+    g.initializer.push(tensor::new_f32("W2", &[4, 2], &[1., -1., 1., 1., -1., 1., 1., -1.]));
+    for (name, op, ins, out) in [
+        ("mm1", "MatMul", vec!["x", "W1"], "h"),
+        ("add1", "Add", vec!["h", "b1"], "hb"),
+        ("relu", "Relu", vec!["hb"], "r"),
+        ("mm2", "MatMul", vec!["r", "W2"], "y"),
+    ] {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = name.into();
+        n.input = ins.into_iter().map(String::from).collect();
+        n.output = vec![out.into()];
+        g.node.push(n);
+    }
+    let p = save_graph(g, &dir.path().join("dead.onnx"));
+    let x = Array2::from_shape_fn((16, 3), |(r, c)| 0.5 + ((r + c) % 4) as f32 * 0.25);
+    let xp = dir.path().join("calib.npy");
+    ndarray_npy::write_npy(&xp, &x).unwrap();
+    let out = dir.path().join("out.onnx");
+    let rep = dir.path().join("r.json");
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_onnx-emp"))
+        .arg(&p)
+        .arg(&out)
+        .args(["--structured", "channels", "--criterion", "activation", "--calibration"])
+        .arg(&xp)
+        .arg("--inputs")
+        .arg(&xp)
+        .args(["--no-latency", "--quiet", "--round-to", "1", "--include", "narrow", "--no-reconstruct"])
+        .args(["--guard", "off", "--beta", "1.05", "--report"])
+        .arg(&rep)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let grp = &r["groups"][0];
+    assert_eq!(grp["removed"], serde_json::json!([0]), "{grp}");
+    let err = r["verification"]["outputs"][0]["rel_l2_err"].as_f64().unwrap_or(f64::NAN);
+    assert!(err < 1e-6, "dense vs pruned {err}: {}", r["verification"]);
+}
+
 #[test]
 fn head_activation_criterion_runs_and_is_exact() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

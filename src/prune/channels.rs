@@ -17,7 +17,7 @@
 //! still keeps at least one unit.
 //!
 //! **Constants of removed units.** In the masked model a removed unit's producer weights and
-//! biases are zeroed (a dead unit's bias is kept: `channels/dead.rs`); downstream it may still
+//! biases are zeroed (a dead row's bias is kept: `channels/dead.rs`); downstream it may still
 //! emit a constant (BN shift, a bias Add, sigmoid(0), HardSigmoid(0)...). When the unit's consumer is linear in it (Gemm, MatMul, group-1 Conv; a
 //! zero-padded Conv gets the interior value, the border difference is pruning error), the constant
 //! is folded into the consumer's bias (created if missing), in both the pruned and the masked
@@ -559,6 +559,12 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
     if opts.criterion == Criterion::Activation {
         scores = activation_scores(ctx, an, opts)?;
     }
+    // A dead class sends its consumers a constant they fold: removing it costs nothing, whatever
+    // its other rows' norms (a live expansion row before an all-zero depthwise filter) or its
+    // output's mean (the constant itself, which the activation criterion would count).
+    for c in &an.dead_classes {
+        scores.insert(*c, 0.0);
+    }
     let groups = collect_groups(ctx, an, &scores);
     let depthwise_net = opts.floor.bottleneck
         && groups.iter().any(|g| g.blocked.is_empty() && g.depthwise && !(opts.floor.stem && is_stem(ctx, g)));
@@ -743,6 +749,13 @@ fn report(
     let pinned: Vec<&String> = g.pins.iter().filter(|(u, _)| !plan.removed.contains(u)).map(|(_, r)| r).collect();
     if g.blocked.is_empty() && !pinned.is_empty() {
         notes.push(format!("{} unit(s) kept because {}", pinned.len(), pinned[0]));
+    }
+    let dead = g.classes.iter().filter(|c| an.dead_classes.contains(c) && plan.removed.contains(c)).count();
+    if g.blocked.is_empty() && dead > 0 {
+        notes.push(format!(
+            "{dead} removed unit(s) are dead: their output is a constant whatever the input (zero weights), \
+             folded into the consumers"
+        ));
     }
     let step = g.align(opts).step;
     if g.blocked.is_empty() && step > 1 && !kept_idx.len().is_multiple_of(step) && kept_idx.len() != n {

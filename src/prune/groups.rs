@@ -12,9 +12,11 @@
 //!
 //! Alongside the units each tracked axis carries, per position, the constant a *removed* unit
 //! emits there in the masked model (producer weights zeroed, and their biases but for the dead
-//! units of [`analyze`]'s `fold_bias`): 0, or that bias, right after a producer, then BN shift,
-//! bias, act(·)... ([`Val`]). That constant is what the rewrite must fold into the consumer's
-//! bias.
+//! producer rows of [`analyze`]'s [`DeadRows`]): 0, or that bias, right after a producer, then BN
+//! shift, bias, act(·)... ([`Val`]). That constant is what the rewrite must fold into the
+//! consumer's bias. In the dense view ([`DeadRows::dense`]) a live producer row emits
+//! [`Val::Varying`] instead: a constant that reaches a consumer then is one the dense model has
+//! too, whatever the input.
 //!
 //! Files: this one holds the result types, the union-find, the analyzer's core (tracking,
 //! blocking, the per-node dispatch) and the final grouping; `ctx` the graph facts the rules
@@ -81,9 +83,9 @@ pub enum Role {
     Producer,
     /// Producer bias whose values cannot be read: zeroed in the masked model, not scored.
     ProducerBias,
-    /// Producer bias: zeroed in the masked model (a removed unit emits 0), except at the
-    /// positions of the classes in [`Analysis::fold_bias`], where it is kept, the removed unit
-    /// emits it and its consumers fold it. Not scored.
+    /// Producer bias: zeroed in the masked model (a removed unit emits 0), except at the dead
+    /// rows of [`Analysis::fold_rows`], where it is kept, the removed unit emits it and its
+    /// consumers fold it. Not scored.
     Bias,
     /// Per-channel parameter (BN, PReLU slope, per-channel constant): sliced only.
     Param,
@@ -261,14 +263,18 @@ pub struct Analysis {
     /// `Identity` aliases of a weight whose layers' slices were merged into the weight's own
     /// ([`Analyzer::merge_identity_aliases`]): they keep reading the sliced weight.
     pub shared_aliases: BTreeSet<String>,
-    /// Classes (roots) whose producers' biases ([`Role::Bias`]) the masked model keeps: their
-    /// removed units emit them and the consumers fold them.
-    pub fold_bias: BTreeSet<Unit>,
-    /// Units whose producer has a non-zero bias for them ([`Analyzer::producer_bias`]).
-    pub bias_emitters: Vec<Unit>,
-    /// Dead classes (roots) kept because their bias cannot be folded, with why (set by the
-    /// channels stage that finds dead units).
+    /// Dead producer rows (node, output position) whose biases ([`Role::Bias`]) the masked model
+    /// keeps: a removed unit emits that bias there and the consumers fold it.
+    pub fold_rows: BTreeSet<(usize, usize)>,
+    /// Producer rows (node, output position) with a non-zero bias ([`Analyzer::producer_bias`]).
+    pub bias_emitters: BTreeSet<(usize, usize)>,
+    /// Classes (roots) kept because a dead row of theirs has a bias that cannot be folded, with
+    /// why (set by the channels stage that finds dead units).
     pub dead_pins: BTreeMap<Unit, String>,
+    /// Dead classes (roots): every consumer reads a constant from them whatever the input (their
+    /// last producer rows are dead), and the consumers fold it. Removing one changes nothing but
+    /// the zero-padded borders; the channels stage scores them 0.
+    pub dead_classes: BTreeSet<Unit>,
     /// Σ w² per position of producer slices, by slice key, when the channels stage has read them
     /// (its dead-unit test): the L2 scores use them instead of reading the weights again. A
     /// second analysis of the same graph has the same slices.
@@ -366,13 +372,23 @@ enum Sym {
     Other,
 }
 
-/// Run the analysis on the top-level graph. The units in `fold_bias` (raw ids: a second pass
-/// on the same graph creates the same ones) emit their producers' biases; every other removed
-/// unit emits 0 after its producer.
-pub fn analyze(ctx: &Ctx, fold_bias: &BTreeSet<Unit>) -> Analysis {
+/// Producer rows whose weights are dead (all but zero), by (producer node, output position), and
+/// how [`analyze`] sees them.
+#[derive(Clone, Debug, Default)]
+pub struct DeadRows {
+    /// Rows that emit their producer's bias when removed (the masked model keeps it there); every
+    /// other removed row emits 0 after its producer.
+    pub fold: BTreeSet<(usize, usize)>,
+    /// The dense view: every producer row not in `fold` emits [`Val::Varying`] (its output
+    /// depends on the input), so the constants that reach the consumers are the dense model's.
+    pub dense: bool,
+}
+
+/// Run the analysis on the top-level graph, with the dead rows `dead` (see [`DeadRows`]).
+pub fn analyze(ctx: &Ctx, dead: &DeadRows) -> Analysis {
     let mut a = Analyzer {
         ctx,
-        fold_bias,
+        dead,
         st: Analysis::default(),
         shape_vecs: BTreeMap::new(),
         dims_hint: BTreeMap::new(),
@@ -393,14 +409,14 @@ pub fn analyze(ctx: &Ctx, fold_bias: &BTreeSet<Unit>) -> Analysis {
             c.vals = none.clone();
         }
     }
-    a.st.fold_bias = fold_bias.iter().filter(|&&u| u < a.st.n_units()).map(|&u| a.st.find(u)).collect();
+    a.st.fold_rows = dead.fold.clone();
     a.st
 }
 
 struct Analyzer<'c, 'a> {
     ctx: &'c Ctx<'a>,
-    /// Units that emit their producer's bias ([`analyze`]).
-    fold_bias: &'c BTreeSet<Unit>,
+    /// Producer rows that emit their bias when removed, and the view ([`analyze`]).
+    dead: &'c DeadRows,
     st: Analysis,
     /// Shape vectors by value name.
     shape_vecs: BTreeMap<String, Vec<Sym>>,
@@ -476,6 +492,16 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         }
         self.touch(ni, &t.units);
         self.st.tracks.insert(name.to_string(), t);
+    }
+
+    /// The constants producer `ni`'s removed units emit right after it, `vals` in the masked
+    /// view; in the dense view ([`DeadRows::dense`]) a live row's output depends on the input.
+    fn producer_out(&self, ni: usize, vals: Vals) -> Vals {
+        if !self.dead.dense {
+            return vals;
+        }
+        let dead = |o: usize| self.dead.fold.contains(&(ni, o));
+        vals.iter().enumerate().map(|(o, v)| if dead(o) { *v } else { Val::Varying }).collect()
     }
 
     fn new_layer(&mut self, ni: usize, n: usize) -> Units {

@@ -1,78 +1,80 @@
-//! Channels, stage 1 (after the dependency analysis): dead units. A unit whose producer weights
-//! are all zero, or nearly so, emits its producer's bias (through what follows: BN shift,
-//! act(·)...) whatever the input. Zeroing that bias with the weights, as the masked model does for
-//! every other removed unit, would change the model by that constant; folding it into the
-//! consumers' biases instead, as for a MatMul's bias Add, removes the unit without changing
-//! anything the proof or fidelity can see (in the interior of a zero-padded Conv's input).
+//! Channels, stage 1 (after the dependency analysis): dead units. A producer row (one output of
+//! a Conv / ConvTranspose / Gemm / MatMul) whose weights are all zero, or nearly so, emits its
+//! bias (then BN shift, act(·)...) whatever the input. Zeroing that bias with the weights, as the
+//! masked model does for every other removed unit, would change the model by that constant;
+//! folding it into the consumers' biases instead, as for a MatMul's bias Add, removes the unit
+//! without changing anything the proof or fidelity can see (in the interior of a zero-padded
+//! Conv's input).
 //!
-//! Contract: [`analysis`] returns the analysis with `fold_bias` holding the classes every
-//! producer of which is dead and whose constant every consumer can fold, and `dead_pins` the dead
-//! classes whose constant cannot be folded: those are kept, with the reason. Live units keep the
-//! masked model's other rule (bias zeroed with the weights, the unit emits 0): for a live unit the
-//! bias is not its output's mean (torch folds BatchNorm into it: `β − γ·μ/σ`), and on the trained
-//! Fashion-MNIST CNNs folding it cost up to 12 points where zeroing it did not. With calibration
-//! data, reconstruction compensates live units with their measured means instead.
+//! Deadness is decided per row, not per unit class: in a MobileNet block the expansion row and
+//! the depthwise filter of a channel are one class, and an all-zero depthwise filter makes the
+//! channel's output a constant even though its expansion row is live. A class is **dead** when
+//! every consumer reads a constant from it in the dense model: the analysis runs once more in its
+//! dense view ([`groups::DeadRows::dense`]), where live rows emit a varying value, and the classes
+//! whose consumers all still see constants are the ones whose last producers are dead.
+//!
+//! Contract: [`analysis`] returns the analysis with `fold_rows` holding the dead rows whose bias
+//! the masked model keeps (every consumer can fold it), `dead_pins` the classes kept because a
+//! dead row's bias cannot be folded (with the reason), `dead_classes` the dead classes (the
+//! channels stage scores them 0: removing them costs nothing), and `producer_sq` the Σ w² per
+//! position of every producer slice (the L2 scores reuse them). Live rows keep the masked model's
+//! other rule (bias zeroed with the weights, the unit emits 0): for a live unit the bias is not its
+//! output's mean (torch folds BatchNorm into it: `β − γ·μ/σ`), and on the trained Fashion-MNIST
+//! CNNs folding it cost up to 12 points where zeroing it did not. With calibration data,
+//! reconstruction compensates live units with their measured means instead.
 
 use super::*;
+use groups::DeadRows;
 
 /// A producer row is dead when its L2 norm is at most this fraction of its weight's RMS row norm.
 pub(super) const DEAD_REL: f64 = 1e-3;
 
-/// The dependency analysis of `ctx`, with the dead units' biases folded (see the module doc).
-/// Runs [`groups::analyze`] once when no unit is dead (most trained models), else two or three
-/// times: a unit's constants depend only on its own class's producers, so a class whose constant
-/// turns out not to be foldable is analysed again as a live one, and nothing else changes.
+/// The dependency analysis of `ctx`, with the dead rows found and their biases folded (see the
+/// module doc). Runs [`groups::analyze`] once when no row is dead (most trained models), else
+/// three or four times: a row's constant reaches only its own class's consumers, so a class
+/// whose constant turns out not to be foldable is analysed again with its rows live, and nothing
+/// else changes.
 pub(super) fn analysis(ctx: &Ctx) -> Result<Analysis> {
-    let first = groups::analyze(ctx, &BTreeSet::new());
-    if first.bias_emitters.is_empty() {
-        return Ok(first);
-    }
-    let (mut seen, mut live) = (BTreeSet::new(), BTreeSet::new());
-    // Per producer slice, Σ w² per position: the L2 scores read them too ([`Analysis::producer_sq`]).
+    let mut first = groups::analyze(ctx, &DeadRows::default());
     let mut sums = BTreeMap::new();
     for (key, s) in first.slices.iter().filter(|(_, s)| s.roles.contains(&Role::Producer)) {
-        let sq = position_sums(ctx, &s.weight, s.axis, |x| x * x)?;
-        let rms2 = sq.iter().sum::<f64>() / sq.len().max(1) as f64;
-        for (p, u) in s.units.iter().enumerate() {
-            let Some(u) = u else { continue };
-            let class = first.find(*u);
-            seen.insert(class);
-            if sq[p] > DEAD_REL * DEAD_REL * rms2 {
-                live.insert(class);
-            }
-        }
-        sums.insert(key.clone(), sq);
+        sums.insert(key.clone(), position_sums(ctx, &s.weight, s.axis, |x| x * x)?);
     }
-    let dead = |u: &Unit| {
-        let c = first.find(*u);
-        seen.contains(&c) && !live.contains(&c)
-    };
-    let mut fold: BTreeSet<Unit> = first.bias_emitters.iter().copied().filter(dead).collect();
-    if fold.is_empty() {
-        let mut first = first;
+    let rows = dead_rows(ctx, &first, &sums);
+    if rows.is_empty() {
         first.producer_sq = sums;
         return Ok(first);
     }
+    let emitters = std::mem::take(&mut first.bias_emitters);
     drop(first);
-    let mut second = groups::analyze(ctx, &fold);
+    let dense = groups::analyze(ctx, &DeadRows { fold: rows.clone(), dense: true });
+    let dead = constant_classes(&dense);
+    drop(dense);
+
+    let mut fold = rows;
+    let second = groups::analyze(ctx, &DeadRows { fold: fold.clone(), dense: false });
     let pinned = pins(ctx, &second);
-    // Dead classes whose constant cannot be folded: removing them would drop it (a ConvTranspose
-    // or a padded AveragePool reads it, or an SE gate turns it into an activation), so they stay,
-    // as a live unit's unfoldable BN shift does.
-    let mut kept: Vec<(Unit, String)> = vec![];
-    fold.retain(|u| match pinned.get(&second.find(*u)) {
-        Some(why) => {
-            kept.push((*u, why.clone()));
-            false
+    // Dead rows whose bias cannot be folded: removing their class would drop it (a ConvTranspose
+    // or a padded AveragePool reads it, or an SE gate turns it into an activation), so the class
+    // stays, as a live unit's unfoldable BN shift does.
+    let mut kept: BTreeMap<Unit, String> = BTreeMap::new();
+    fold.retain(|r| {
+        let why =
+            emitters.contains(r).then(|| class_of(&second, *r)).flatten().and_then(|c| Some((c, pinned.get(&c)?)));
+        match why {
+            Some((c, why)) => {
+                kept.entry(c).or_insert_with(|| why.clone());
+                false
+            }
+            None => true,
         }
-        None => true,
     });
-    if kept.is_empty() {
-        second.producer_sq = sums;
-        return Ok(second);
-    }
-    drop(second);
-    let mut an = groups::analyze(ctx, &fold);
+    let mut an = if kept.is_empty() {
+        second
+    } else {
+        drop(second);
+        groups::analyze(ctx, &DeadRows { fold, dense: false })
+    };
     an.producer_sq = sums;
     for (u, why) in kept {
         let root = an.find(u);
@@ -80,5 +82,62 @@ pub(super) fn analysis(ctx: &Ctx) -> Result<Analysis> {
             .entry(root)
             .or_insert_with(|| format!("it is dead (zero weights) and its bias cannot be folded: {why}"));
     }
+    let pinned = pins(ctx, &an);
+    an.dead_classes = dead.into_iter().map(|u| an.find(u)).filter(|c| !pinned.contains_key(c)).collect();
     Ok(an)
+}
+
+/// The dead rows (producer node, output position): every weight row of the node's producer slice
+/// that writes the position's class is dead ([`DEAD_REL`] of the slice's RMS row norm). Only
+/// Conv, ConvTranspose, Gemm and MatMul rows: a dead row of theirs emits its bias, where a
+/// recurrent cell's hidden state still evolves over time.
+fn dead_rows(ctx: &Ctx, an: &Analysis, sums: &BTreeMap<(String, usize), Vec<f64>>) -> BTreeSet<(usize, usize)> {
+    let mut out = BTreeSet::new();
+    for (key, s) in an.slices.iter().filter(|(_, s)| s.roles.contains(&Role::Producer)) {
+        let Some(sq) = sums.get(key).filter(|sq| sq.len() == s.units.len()) else { continue };
+        let rms2 = sq.iter().sum::<f64>() / sq.len().max(1) as f64;
+        // Per class: are all this slice's rows that write it dead?
+        let mut all_dead: BTreeMap<Unit, bool> = BTreeMap::new();
+        for (p, u) in s.units.iter().enumerate() {
+            if let Some(u) = u {
+                *all_dead.entry(an.find(*u)).or_insert(true) &= sq[p] <= DEAD_REL * DEAD_REL * rms2;
+            }
+        }
+        if !all_dead.values().any(|&d| d) {
+            continue;
+        }
+        for &(ni, slot) in &s.users {
+            let op = ctx.g.node[ni].op_type.as_str();
+            if slot != 1 || !matches!(op, "Conv" | "ConvTranspose" | "Gemm" | "MatMul") {
+                continue;
+            }
+            let Some(units) = an.sources.get(&ni) else { continue };
+            for (o, u) in units.iter().enumerate() {
+                if u.is_some_and(|u| all_dead.get(&an.find(u)) == Some(&true)) {
+                    out.insert((ni, o));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The class (root) a producer row writes.
+fn class_of(an: &Analysis, (ni, o): (usize, usize)) -> Option<Unit> {
+    let u = an.sources.get(&ni)?.get(o).copied().flatten()?;
+    Some(an.find(u))
+}
+
+/// In a dense-view analysis, the classes (roots) every consumer reads a constant from, at every
+/// position.
+fn constant_classes(dense: &Analysis) -> BTreeSet<Unit> {
+    let mut all_const: BTreeMap<Unit, bool> = BTreeMap::new();
+    for c in &dense.consumers {
+        for (p, u) in c.units.iter().enumerate() {
+            if let Some(u) = u {
+                *all_const.entry(dense.find(*u)).or_insert(true) &= matches!(c.val(p), Val::Const(_));
+            }
+        }
+    }
+    all_const.into_iter().filter(|&(_, k)| k).map(|(u, _)| u).collect()
 }

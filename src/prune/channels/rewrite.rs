@@ -491,16 +491,14 @@ fn slice_quantized(
 
 /// The positions of slice `s` the masked model keeps (`keep`: the pruned model's), or None when
 /// it zeroes none: producer weights and biases lose the removed positions, except the biases of
-/// dead units ([`groups::Analysis::fold_bias`]), which their consumers fold. Other slices are
+/// dead rows ([`groups::Analysis::fold_rows`]), which their consumers fold. Other slices are
 /// whole in the masked model.
 fn masked_keep(an: &Analysis, s: &groups::WeightSlice, keep: &[bool]) -> Option<Vec<bool>> {
     let k: Vec<bool> = if s.roles.contains(&Role::Producer) || s.roles.contains(&Role::ProducerBias) {
         keep.to_vec()
     } else if s.roles.contains(&Role::Bias) {
-        keep.iter()
-            .zip(s.units.iter())
-            .map(|(&k, u)| k || u.is_some_and(|u| an.fold_bias.contains(&an.find(u))))
-            .collect()
+        let dead = |p: usize| s.users.iter().any(|&(ni, _)| an.fold_rows.contains(&(ni, p)));
+        keep.iter().enumerate().map(|(p, &k)| k || dead(p)).collect()
     } else {
         return None;
     };

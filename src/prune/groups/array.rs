@@ -523,8 +523,8 @@ impl Analyzer<'_, '_> {
         let units = self.new_layer(ni, d[1]);
         self.slice(t, 1, &units, (ni, 0), Role::Producer);
         self.st.sources.insert(ni, units.clone());
-        let vals = vec![Val::Const(0.0); d[1]];
-        self.emit(ni, &n.output[0], Track { axis: q, rank: q + 1, units, vals: vals.into() });
+        let vals = self.producer_out(ni, vec![Val::Const(0.0); d[1]].into());
+        self.emit(ni, &n.output[0], Track { axis: q, rank: q + 1, units, vals });
     }
 
     pub(super) fn along_axis(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {

@@ -127,7 +127,7 @@ impl Analyzer<'_, '_> {
             self.st.sources.insert(ni, units.clone());
             self.st.edits.push(Edit::Norm { node: ni, units: units.clone() });
         }
-        let vals: Vals = vec![Val::Const(0.0); d].into();
+        let vals = self.producer_out(ni, vec![Val::Const(0.0); d].into());
         for o in [0, 2].into_iter().filter_map(|i| n.output.get(i)).filter(|o| !o.is_empty()) {
             self.emit(ni, o, Track { axis: 2, rank: 3, units: units.clone(), vals: vals.clone() });
         }

@@ -18,7 +18,7 @@ impl Analyzer<'_, '_> {
     /// A producer's bias `b`, one entry per output position `units` along `axis` (leading axes of
     /// size 1), times `scale` (Gemm's beta): sliced with the outputs, and the constants removed
     /// units emit. Zeroed with the weights in the masked model, so a removed unit emits 0, except
-    /// for the units in `fold_bias` (dead units, see [`crate::prune::channels`]): their bias is
+    /// at the dead rows of [`DeadRows::fold`] (see [`crate::prune::channels`]): their bias is
     /// kept ([`Role::Bias`]), they emit it and the consumers fold it, as after a MatMul's bias Add
     /// or a BatchNormalization. A bias whose values cannot be read is zeroed with the weights
     /// ([`Role::ProducerBias`]).
@@ -35,10 +35,11 @@ impl Analyzer<'_, '_> {
         units
             .iter()
             .zip(vals)
-            .map(|(u, v)| match u {
-                Some(u) if v != 0.0 => {
-                    self.st.bias_emitters.push(*u);
-                    if self.fold_bias.contains(u) {
+            .enumerate()
+            .map(|(o, (u, v))| match u {
+                Some(_) if v != 0.0 => {
+                    self.st.bias_emitters.insert((ni, o));
+                    if self.dead.fold.contains(&(ni, o)) {
                         map_val(Val::Const(v), |k| Some(scale * k))
                     } else {
                         Val::Const(0.0)
@@ -142,6 +143,7 @@ impl Analyzer<'_, '_> {
             Some(b) => self.producer_bias(ni, b, 0, &units, 1.0),
             None => vec![Val::Const(0.0); cout].into(),
         };
+        let vals = self.producer_out(ni, vals);
         self.st.sources.insert(ni, units.clone());
         let t = Track { axis: 1, rank: wd.len(), vals, units };
         self.emit(ni, &n.output[0], t);
@@ -162,6 +164,7 @@ impl Analyzer<'_, '_> {
             Some(b) => self.producer_bias(ni, b, 0, &units, 1.0),
             None => vec![Val::Const(0.0); units.len()].into(),
         };
+        let vals = self.producer_out(ni, vals);
         self.st.edits.push(Edit::Count {
             target: IntTarget::AttrInt(ni, "group".into()),
             index: 0,
@@ -228,6 +231,7 @@ impl Analyzer<'_, '_> {
             Some(b) => self.producer_bias(ni, b, 0, &units, 1.0),
             None => vec![Val::Const(0.0); cout].into(),
         };
+        let vals = self.producer_out(ni, vals);
         self.st.sources.insert(ni, units.clone());
         let t = Track { axis: 1, rank: wd.len(), vals, units };
         self.emit(ni, &n.output[0], t);
@@ -287,6 +291,7 @@ impl Analyzer<'_, '_> {
             }
         }
         self.st.sources.insert(ni, units.clone());
+        let vals = self.producer_out(ni, vals);
         self.emit(ni, &n.output[0], Track { axis: 1, rank: 2, units, vals });
     }
 
@@ -364,7 +369,8 @@ impl Analyzer<'_, '_> {
         let units = self.new_layer(ni, nout);
         self.slice(wn, 1, &units, (ni, 1), Role::Producer);
         self.st.sources.insert(ni, units.clone());
-        let t = Track { axis: out_rank - 1, rank: out_rank, vals: vec![Val::Const(0.0); nout].into(), units };
+        let vals = self.producer_out(ni, vec![Val::Const(0.0); nout].into());
+        let t = Track { axis: out_rank - 1, rank: out_rank, vals, units };
         self.emit(ni, &n.output[0], t);
     }
 

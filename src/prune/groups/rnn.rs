@@ -108,7 +108,7 @@ impl Analyzer<'_, '_> {
             units: units.clone(),
         });
         self.st.sources.insert(ni, units.clone());
-        let zero: Vals = vec![Val::Const(0.0); h].into();
+        let zero = self.producer_out(ni, vec![Val::Const(0.0); h].into());
         for (k, o) in n.output.iter().enumerate() {
             if o.is_empty() {
                 continue;
