@@ -739,8 +739,9 @@ fn bn_shift_into_a_zero_padded_conv_is_folded_in_the_interior() {
 /// MobileNet block: live expansion rows, then a depthwise filter that is all zero for channels
 /// 1 and 4: those channels emit relu(bias) whatever the input. Deadness is per row, not per
 /// class: the classes score 0, go first, and the depthwise bias is folded into the projection.
+/// Then dead expansion rows into live depthwise filters.
 #[test]
-fn a_dead_depthwise_filter_behind_a_live_expansion_row_is_removed_exactly() {
+fn dead_rows_inside_a_depthwise_block_are_removed_exactly() {
     let opts = StructOptions { beta: 1.2, ..no_floor() };
     let m = mk_model(
         vec![
@@ -768,6 +769,36 @@ fn a_dead_depthwise_filter_behind_a_live_expansion_row_is_removed_exactly() {
     assert!(g.notes.iter().any(|n| n.contains("folded into the bias of 'P'")), "{:?}", g.notes);
     let d = dense_vs_pruned(&o, &X4);
     assert!(d < 1e-5, "dense vs pruned {d} (dropping relu(0.8), relu(0.6) gave ~0.1)");
+
+    // The other way round: dead expansion rows 1 and 4 (bias kept: relu(0.5), relu(0.7)) into
+    // live, weaker depthwise filters (unpadded, so exact everywhere): those channels output
+    // v·Σw + b whatever the input. The masked model keeps those depthwise rows and P folds the
+    // constant; dropping it cost 0.076.
+    let opts = StructOptions { beta: 1.0, ..no_floor() };
+    let m = mk_model(
+        vec![
+            nd("Conv", "E", &["x", "we", "be"], &["e"], vec![]),
+            nd("Relu", "re", &["e"], &["r"], vec![]),
+            nd("Conv", "D", &["r", "wd", "bd"], &["d"], vec![attr_i("group", 6)]),
+            nd("Relu", "rd", &["d"], &["rr"], vec![]),
+            nd("Conv", "P", &["rr", "wp", "bp"], &["y"], vec![]),
+        ],
+        vec![
+            w("we", &[6, 3, 1, 1], &[1., 0., 1., 1., 0., 1.], 1),
+            tensor::new_f32("be", &[6], &[0.1, 0.5, 0.1, -0.1, 0.7, 0.2]),
+            w("wd", &[6, 1, 3, 3], &[1., 0.3, 1., 1., 0.3, 1.], 2),
+            tensor::new_f32("bd", &[6], &[0.1, 0.2, -0.2, 0.4, -0.1, 0.05]),
+            w("wp", &[2, 6, 1, 1], &ones(2), 3),
+            tensor::new_f32("bp", &[2], &[0.3, -0.3]),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove_x(&m, &X4, &opts);
+    let g = group(&o.result, "E");
+    assert_eq!(g.removed, vec![1, 4], "{g:?}");
+    let d = dense_vs_pruned(&o, &X4);
+    assert!(d < 1e-5, "dense vs pruned {d}");
 }
 
 #[test]
@@ -846,7 +877,7 @@ fn dead_units_are_removed_with_their_bias_folded() {
     assert!(
         g.notes
             .iter()
-            .any(|n| n.contains("2 unit(s) kept because it is dead (zero weights) and its bias cannot be folded")),
+            .any(|n| n.contains("2 unit(s) kept because it is dead (near-zero weights) and its bias cannot be folded")),
         "{:?}",
         g.notes
     );

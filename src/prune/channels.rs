@@ -753,8 +753,8 @@ fn report(
     let dead = g.classes.iter().filter(|c| an.dead_classes.contains(c) && plan.removed.contains(c)).count();
     if g.blocked.is_empty() && dead > 0 {
         notes.push(format!(
-            "{dead} removed unit(s) are dead: their output is a constant whatever the input (zero weights), \
-             folded into the consumers"
+            "{dead} removed unit(s) are dead (weights under 1 % of their layer's RMS row norm): their output \
+             is a constant whatever the input, folded into the consumers"
         ));
     }
     let step = g.align(opts).step;

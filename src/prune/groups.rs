@@ -266,6 +266,10 @@ pub struct Analysis {
     /// Dead producer rows (node, output position) whose biases ([`Role::Bias`]) the masked model
     /// keeps: a removed unit emits that bias there and the consumers fold it.
     pub fold_rows: BTreeSet<(usize, usize)>,
+    /// Live depthwise rows (node, output position) whose input channel is a dead unit's constant:
+    /// found in the dense view, they are the masked view's [`DeadRows::through`] (their weights
+    /// and bias stay in the masked model).
+    pub through_rows: BTreeSet<(usize, usize)>,
     /// Producer rows (node, output position) with a non-zero bias ([`Analyzer::producer_bias`]).
     pub bias_emitters: BTreeSet<(usize, usize)>,
     /// Classes (roots) kept because a dead row of theirs has a bias that cannot be folded, with
@@ -379,6 +383,10 @@ pub struct DeadRows {
     /// Rows that emit their producer's bias when removed (the masked model keeps it there); every
     /// other removed row emits 0 after its producer.
     pub fold: BTreeSet<(usize, usize)>,
+    /// Live depthwise rows whose input is a dead unit's constant: the masked model keeps their
+    /// weights and bias, and a removed unit emits what they make of the constant (see
+    /// [`Analysis::through_rows`]).
+    pub through: BTreeSet<(usize, usize)>,
     /// The dense view: every producer row not in `fold` emits [`Val::Varying`] (its output
     /// depends on the input), so the constants that reach the consumers are the dense model's.
     pub dense: bool,
@@ -410,6 +418,9 @@ pub fn analyze(ctx: &Ctx, dead: &DeadRows) -> Analysis {
         }
     }
     a.st.fold_rows = dead.fold.clone();
+    if !dead.dense {
+        a.st.through_rows = dead.through.clone();
+    }
     a.st
 }
 

@@ -491,14 +491,16 @@ fn slice_quantized(
 
 /// The positions of slice `s` the masked model keeps (`keep`: the pruned model's), or None when
 /// it zeroes none: producer weights and biases lose the removed positions, except the biases of
-/// dead rows ([`groups::Analysis::fold_rows`]), which their consumers fold. Other slices are
-/// whole in the masked model.
+/// dead rows ([`groups::Analysis::fold_rows`]), which their consumers fold, and the weights and
+/// biases of the depthwise rows that carry a dead unit's constant
+/// ([`groups::Analysis::through_rows`]). Other slices are whole in the masked model.
 fn masked_keep(an: &Analysis, s: &groups::WeightSlice, keep: &[bool]) -> Option<Vec<bool>> {
+    let through = |p: usize| s.users.iter().any(|&(ni, _)| an.through_rows.contains(&(ni, p)));
     let k: Vec<bool> = if s.roles.contains(&Role::Producer) || s.roles.contains(&Role::ProducerBias) {
-        keep.to_vec()
+        keep.iter().enumerate().map(|(p, &k)| k || through(p)).collect()
     } else if s.roles.contains(&Role::Bias) {
         let dead = |p: usize| s.users.iter().any(|&(ni, _)| an.fold_rows.contains(&(ni, p)));
-        keep.iter().enumerate().map(|(p, &k)| k || dead(p)).collect()
+        keep.iter().enumerate().map(|(p, &k)| k || dead(p) || through(p)).collect()
     } else {
         return None;
     };

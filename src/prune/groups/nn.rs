@@ -165,6 +165,7 @@ impl Analyzer<'_, '_> {
             None => vec![Val::Const(0.0); units.len()].into(),
         };
         let vals = self.producer_out(ni, vals);
+        let vals = if n.op_type == "Conv" { self.through_dead_input(ni, x, wu.0, b, m, vals) } else { vals };
         self.st.edits.push(Edit::Count {
             target: IntTarget::AttrInt(ni, "group".into()),
             index: 0,
@@ -173,6 +174,48 @@ impl Analyzer<'_, '_> {
         self.st.sources.insert(ni, units.clone());
         let t = Track { axis: 1, rank: x.rank, vals, units };
         self.emit(ni, &n.output[0], t);
+    }
+
+    /// A live depthwise row whose input channel is a dead unit's constant `v` (a dead expansion
+    /// row before a live depthwise filter) outputs `v·Σw + b` in the interior, whatever the input.
+    /// The dense view records such rows ([`Analysis::through_rows`]); in the masked view the rows
+    /// of [`DeadRows::through`] keep their weights and bias in the masked model and a removed
+    /// unit emits that constant there, for the consumers to fold (exact in the interior; the
+    /// border of the depthwise's zero padding is pruning error). Conv only: a strided
+    /// ConvTranspose's interior varies with the output's phase.
+    fn through_dead_input(&mut self, ni: usize, x: &Track, w: &str, b: Option<&str>, m: usize, vals: Vals) -> Vals {
+        if self.dead.dense {
+            for o in 0..vals.len() {
+                let live = !self.dead.fold.contains(&(ni, o));
+                if live && matches!(x.vals.get(o / m.max(1)), Some(Val::Const(_))) {
+                    self.st.through_rows.insert((ni, o));
+                }
+            }
+            return vals;
+        }
+        if !(0..vals.len()).any(|o| self.dead.through.contains(&(ni, o))) {
+            return vals;
+        }
+        let n = vals.len();
+        let sums = self.ctx.const_vals(w).filter(|v| !v.is_empty() && v.len() % n == 0).map(|v| {
+            let k = v.len() / n;
+            v.chunks(k).map(|r| r.iter().sum::<f64>()).collect::<Vec<f64>>()
+        });
+        let bias = match b {
+            Some(b) => self.ctx.const_vals(b).filter(|v| v.len() == n),
+            None => Some(vec![0.0; n]),
+        };
+        let mut out = vals.to_vec();
+        for (o, v) in out.iter_mut().enumerate() {
+            if !self.dead.through.contains(&(ni, o)) {
+                continue;
+            }
+            *v = match (&sums, &bias, x.vals.get(o / m.max(1))) {
+                (Some(s), Some(b), Some(&Val::Const(c))) => map_val(Val::Const(c), |c| Some(c * s[o] + b[o])),
+                _ => Val::Varying,
+            };
+        }
+        out.into()
     }
 
     pub(super) fn conv_transpose(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
