@@ -409,7 +409,13 @@ fn recon_table(r: &crate::reconstruct::ReconReport) -> String {
             pct(e.top1_without),
             e.err_with.sqrt(),
             pct(e.top1_with),
-            if e.kept { "kept" } else { "REVERTED (the pruned weights are written without reconstruction)" }
+            if e.kept {
+                "kept"
+            } else if e.err_without.sqrt() <= 1e-6 {
+                "not needed (the pruned model already matches dense to float precision: its weights are written without reconstruction)"
+            } else {
+                "REVERTED (the pruned weights are written without reconstruction)"
+            }
         );
     }
     if let Some(w) = &r.whole_run {
@@ -585,6 +591,28 @@ mod tests {
 
     fn h(node: &str, share: f64, dense_ms: f64, pruned_ms: Option<f64>) -> Hotspot {
         Hotspot { node: node.into(), op: "Op".into(), dense_ms, pruned_ms, share }
+    }
+
+    /// Reconstruction that does not beat an already float-exact cut is "not needed", not
+    /// "REVERTED" (1.171e-7 → 1.193e-7 on a residual block read as a failure).
+    #[test]
+    fn a_reconstruction_an_exact_cut_did_not_need_is_not_called_reverted() {
+        use crate::reconstruct::{EndToEnd, ReconReport};
+        let line = |without: f64, with: f64| {
+            let e = EndToEnd {
+                samples: 32,
+                err_without: without * without,
+                err_with: with * with,
+                top1_without: None,
+                top1_with: None,
+                kept: with <= without,
+            };
+            let r = ReconReport { samples: 128, layers: vec![], end_to_end: Some(e), whole_run: None };
+            super::recon_table(&r).lines().find(|l| l.starts_with("end to end")).unwrap_or_default().to_string()
+        };
+        assert!(line(1.171e-7, 1.193e-7).ends_with(": not needed (the pruned model already matches dense to float precision: its weights are written without reconstruction)"));
+        assert!(line(0.05, 0.06).ends_with(": REVERTED (the pruned weights are written without reconstruction)"));
+        assert!(line(0.06, 0.05).ends_with(": kept"));
     }
 
     #[test]
