@@ -138,6 +138,93 @@ fn lstm_macs_by_hand() {
     assert_eq!(check::macs(&m, &f3).unwrap().total, 3 * macs.total);
 }
 
+/// A model whose Convs sit in a function of the model (torch's `export_modules_as_functions`):
+/// tract ignores `ModelProto.functions`, so the calls were unknown ops and only the Gemm was
+/// counted (160 MACs); the bodies are now counted inlined.
+#[test]
+fn macs_inside_the_models_functions_are_counted() {
+    use onnx_protobuf::attribute_proto::AttributeType;
+    use onnx_protobuf::type_proto::{Tensor, Value};
+    use onnx_protobuf::{
+        AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
+        TypeProto, ValueInfoProto,
+    };
+    use protobuf::Message;
+    let vi = |name: &str, dims: &[i64]| {
+        let mut sh = TensorShapeProto::new();
+        for &d in dims {
+            let mut dim = onnx_protobuf::tensor_shape_proto::Dimension::new();
+            dim.set_dim_value(d);
+            sh.dim.push(dim);
+        }
+        let mut tt = Tensor::new();
+        tt.elem_type = 1;
+        tt.shape = Some(sh).into();
+        let mut tp = TypeProto::new();
+        tp.value = Some(Value::TensorType(tt));
+        let mut v = ValueInfoProto::new();
+        v.name = name.into();
+        v.type_ = Some(tp).into();
+        v
+    };
+    let node = |op: &str, domain: &str, ins: &[&str], outs: &[&str]| {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.domain = domain.into();
+        n.input = ins.iter().map(|s| s.to_string()).collect();
+        n.output = outs.iter().map(|s| s.to_string()).collect();
+        n
+    };
+    let opset = |domain: &str, version: i64| {
+        let mut o = OperatorSetIdProto::new();
+        o.domain = domain.into();
+        o.version = version;
+        o
+    };
+    let mut conv = node("Conv", "", &["x", "w"], &["t"]);
+    let mut pads = AttributeProto::new();
+    pads.name = "pads".into();
+    pads.type_ = AttributeType::INTS.into();
+    pads.ints = vec![1, 1, 1, 1];
+    conv.attribute.push(pads);
+    let mut f = FunctionProto::new();
+    f.name = "Block".into();
+    f.domain = "local".into();
+    f.input = vec!["x".into(), "w".into()];
+    f.output = vec!["y".into()];
+    f.node = vec![conv, node("Relu", "", &["t"], &["y"])];
+    f.opset_import = vec![opset("", 17)];
+    let mut g = GraphProto::new();
+    g.name = "f".into();
+    g.node = vec![
+        node("Block", "local", &["x", "w1"], &["a"]),
+        node("Block", "local", &["a", "w2"], &["b"]),
+        node("GlobalAveragePool", "", &["b"], &["p"]),
+        node("Flatten", "", &["p"], &["q"]),
+        node("Gemm", "", &["q", "wf"], &["y"]),
+    ];
+    let t = |name: &str, dims: &[i64]| {
+        let n = dims.iter().product::<i64>() as usize;
+        let v: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0).collect();
+        onnx_emp::model::tensor::new_f32(name, dims, &v)
+    };
+    g.initializer = vec![t("w1", &[16, 3, 3, 3]), t("w2", &[16, 16, 3, 3]), t("wf", &[16, 10])];
+    g.input = vec![vi("x", &[1, 3, 16, 16])];
+    g.output = vec![vi("y", &[1, 10])];
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    m.opset_import = vec![opset("", 17), opset("local", 1)];
+    m.functions = vec![f];
+    m.graph = Some(g).into();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("func.onnx");
+    std::fs::write(&p, m.write_to_bytes().unwrap()).unwrap();
+    let facts = vec![check::InputFact { name: "x".into(), elem_type: 1, shape: vec![1, 3, 16, 16] }];
+    let macs = check::macs(&p, &facts).unwrap();
+    let conv = |cin: u64| 16 * 16 * 16 * cin * 9;
+    assert_eq!(macs.total, conv(3) + conv(16) + 16 * 10, "{:?}", macs.per_node);
+}
+
 #[test]
 fn cnn_macs_by_hand() {
     let m = models().join("digits_cnn.onnx");

@@ -1,7 +1,7 @@
 //! Multiply-accumulate counts of the heavy ops at concrete input shapes: Conv, ConvTranspose,
 //! Gemm, MatMul, LSTM, GRU, RNN (the gate products of every step) and ONNX's Attention, and
 //! onnxruntime's com.microsoft Attention,
-//! MultiHeadAttention and FusedMatMul (an attention counts its score and context products, and
+//! MultiHeadAttention, FusedMatMul, FusedConv and FusedGemm (an attention counts its score and context products, and
 //! the packed projection of onnxruntime's Attention; element-wise ops, normalisations and pools
 //! count nothing).
 //!
@@ -170,13 +170,17 @@ fn heavy(n: &pb::NodeProto) -> bool {
             n.op_type.as_str(),
             "Conv" | "ConvTranspose" | "Gemm" | "MatMul" | "Attention" | "LSTM" | "GRU" | "RNN"
         ),
-        "com.microsoft" => matches!(n.op_type.as_str(), "Attention" | "MultiHeadAttention" | "FusedMatMul"),
+        "com.microsoft" => {
+            matches!(n.op_type.as_str(), "Attention" | "MultiHeadAttention" | "FusedMatMul" | "FusedConv" | "FusedGemm")
+        }
         _ => false,
     }
 }
 
 fn count(path: &Path, facts: &[InputFact], ignore_value_info: bool) -> Result<Macs> {
     let proto = read_proto(path)?;
+    // tract ignores the model's functions: their bodies are counted inlined.
+    let proto = super::inline::inline_functions(&proto).unwrap_or(proto);
     let g = proto.graph.as_ref().context("model has no graph")?;
     let dir = path.parent().and_then(|p| p.to_str());
     let parsed = tract_onnx::onnx()
@@ -207,7 +211,13 @@ fn count_with(g: &pb::GraphProto, shape_of: &dyn Fn(&str) -> Option<Vec<usize>>,
     let mut per_node = BTreeMap::new();
     let mut total = 0u64;
     for n in g.node.iter().filter(|n| heavy(n)) {
-        let op = n.op_type.as_str();
+        // onnxruntime's offline-optimised FusedConv / FusedGemm: a Conv / Gemm with its
+        // activation fused, same operands and attributes.
+        let op = match (n.domain.as_str(), n.op_type.as_str()) {
+            ("com.microsoft", "FusedConv") => "Conv",
+            ("com.microsoft", "FusedGemm") => "Gemm",
+            (_, op) => op,
+        };
         let key = node_key(n);
         let unknown = |what: &str| {
             let mut m = format!("node '{key}' ({op}): shape of '{what}' unknown");

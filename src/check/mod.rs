@@ -8,6 +8,7 @@
 pub mod bounds;
 pub mod fidelity;
 pub mod guard;
+pub mod inline;
 pub mod inputs;
 pub mod latency;
 pub mod macs;
