@@ -61,7 +61,8 @@ enum Cmd {
     /// Readable, deterministic graph diff of two models (shapes, attributes, nodes, params).
     Diff { a: PathBuf, b: PathBuf },
     /// The decision only: groups, N_eff, kept, blocked reasons, expected params and MACs. Takes
-    /// the same flags as a run; writes no model, runs no reconstruction or verification.
+    /// the same flags as a run but the latency ones (it times nothing); writes no model, runs no
+    /// reconstruction or verification.
     Plan(PruneArgs),
 }
 
@@ -83,7 +84,8 @@ struct PruneArgs {
     /// samples) on seeded random inputs (32, fewer on models over 67 M MACs per sample; the
     /// calibration rows when given with --no-reconstruct), raise β until it does not, and say so
     /// in the report; off writes EMP's cut unchecked (default 0.1). Not run with --no-verify or
-    /// plan; a tolerance beside --beta or --ratio, whose cut is written as asked, is a usage error
+    /// plan; a tolerance beside --beta or --ratio, whose cut is written as asked, on plan, or with
+    /// --no-verify (unless reconstruction runs: it bounds the warning on its cut) is a usage error
     #[arg(long, value_name = "REL|off", value_parser = parse_guard, allow_negative_numbers = true)]
     guard: Option<GuardArg>,
     /// Grouping. Per-weight: normalized (default; global over per-tensor-normalised scores),
@@ -95,13 +97,13 @@ struct PruneArgs {
     /// l2 (default), l1 or activation (channels); weight (default) or activation (heads)
     #[arg(long, value_enum, hide_possible_values = true)]
     criterion: Option<CriterionArg>,
-    /// Also prune what the safe defaults leave alone (comma separated). Per-weight: bias, norm,
+    /// Also prune what the safe defaults leave alone (comma separated, repeatable). Per-weight: bias, norm,
     /// embedding, small (weights whose output units have fewer than 32 inputs: depthwise filters,
     /// a stem on 1-3 channels, LSTM gates on few features). Channels: narrow (lift the floor of
     /// half of every group and at least 8 units), stem (prune a Conv that reads the model input),
     /// bottleneck (in a network with depthwise convolutions, prune the bottlenecks between them)
-    #[arg(long, value_enum, value_delimiter = ',', hide_possible_values = true)]
-    include: Vec<IncludeArg>,
+    #[arg(long, value_name = "ITEM,...")]
+    include: Vec<String>,
     /// Structured: round each kept count up to a multiple of N, never above the original width.
     /// auto (default) keeps the alignment the dense width has, up to 8 (what blocked engine
     /// kernels need; 16 for LSTM/GRU/RNN hidden units, 64 for the outputs of a Gemm or 2-D
@@ -157,9 +159,9 @@ struct PruneArgs {
     calibration: Vec<String>,
     /// Use at most N calibration samples: a larger file is subsampled evenly (every k-th
     /// sample, in file order), since reconstruction's time grows with them and its fidelity
-    /// stops improving long before; 0 uses every sample
-    #[arg(long, value_name = "N", default_value_t = crate::run::DEFAULT_CALIBRATION_ROWS)]
-    calibration_rows: usize,
+    /// stops improving long before; 0 uses every sample (default 512; only with --calibration)
+    #[arg(long, value_name = "N")]
+    calibration_rows: Option<usize>,
     /// Baseline for comparisons (per-weight): prune this fixed fraction of every group instead
     /// of EMP's ⌊β·N_eff⌋, e.g. --ratio 0.5
     #[arg(long, value_name = "R", allow_negative_numbers = true)]
@@ -176,7 +178,7 @@ struct PruneArgs {
     /// Allow overwriting the input file
     #[arg(long)]
     force: bool,
-    /// Write the output even when masked-equivalence fails (structured modes)
+    /// Write the output even when masked-equivalence fails (structured modes; not with --no-verify)
     #[arg(long)]
     allow_mismatch: bool,
     /// Write a structural rewrite even when neither tract nor onnxruntime can run the models to
@@ -210,6 +212,30 @@ fn parse_guard(s: &str) -> Result<GuardArg, String> {
         Ok(t) if t.is_finite() && t >= 0.0 => Ok(GuardArg(Some(t))),
         _ => Err(format!("expected a relative error ≥ 0 (e.g. 0.1) or off, got '{s}'")),
     }
+}
+
+/// `--include`'s comma-separated items (the flag repeatable): an empty item (`bias,`) or an
+/// unknown one is named, with the valid values.
+fn parse_include(given: &[String]) -> Result<Vec<IncludeArg>, Failure> {
+    use clap::ValueEnum;
+    let valid = || IncludeArg::value_variants().iter().map(run::arg_name).collect::<Vec<_>>().join(", ");
+    let mut out = vec![];
+    for g in given {
+        for item in g.split(',').map(str::trim) {
+            if item.is_empty() {
+                return Err(usage(&format!(
+                    "--include '{g}': an empty item (a leading, trailing or doubled comma); the items are {}, \
+                     separated by commas",
+                    valid()
+                )));
+            }
+            match IncludeArg::from_str(item, false) {
+                Ok(i) => out.push(i),
+                Err(_) => return Err(usage(&format!("--include {item}: expected one of {}", valid()))),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Why a command failed: exit code (1 error, 2 bad usage) and the one-line message.
@@ -359,9 +385,9 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
     if let (Some(how), true) = (structural, a.round_to.is_some()) {
         return Err(no_effect("--round-to", &format!("{how}: it aligns the widths --structured channels keeps")));
     }
-    for i in &a.include {
-        use clap::ValueEnum;
-        let name = i.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+    let includes = parse_include(&a.include)?;
+    for i in &includes {
+        let name = run::arg_name(i);
         let per_weight = matches!(i, IncludeArg::Bias | IncludeArg::Norm | IncludeArg::Embedding | IncludeArg::Small);
         if let (Some(how), false) = (structural, per_weight) {
             return Err(no_effect(
@@ -374,6 +400,19 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
                 &format!("--include {name}"),
                 "with --structured: it adds per-weight candidates (without --structured)",
             ));
+        }
+    }
+    // `plan` times nothing (it stops after the decision): its latency flags did nothing.
+    if plan {
+        for (given, flag) in [
+            (a.no_latency, "--no-latency"),
+            (a.latency_budget.is_some(), "--latency-budget"),
+            (a.latency_runs.is_some(), "--latency-runs"),
+            (a.latency_in.is_some(), "--latency-in"),
+        ] {
+            if given {
+                return Err(no_effect(flag, "with plan: plan times nothing"));
+            }
         }
     }
     if a.no_latency || a.no_verify {
@@ -397,7 +436,26 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
             "without --calibration: only calibration data is reconstructed from",
         ));
     }
-    let (include, floor) = run::includes(&a.include);
+    if a.calibration_rows.is_some() && a.calibration.is_empty() {
+        return Err(no_effect("--calibration-rows", "without --calibration: it caps the calibration samples used"));
+    }
+    if a.no_verify && a.allow_mismatch {
+        return Err(no_effect("--allow-mismatch", "with --no-verify: no masked-equivalence proof runs"));
+    }
+    // The guard judges on a verification run; with --no-verify its tolerance still bounds the
+    // warning on a reconstructed cut (`calibrated_warning`), and `off` silences that warning.
+    if let Some(GuardArg(Some(t))) = a.guard {
+        if plan {
+            return Err(no_effect(&format!("--guard {t}"), "with plan: plan runs no fidelity guard"));
+        }
+        if a.no_verify && (a.calibration.is_empty() || a.no_reconstruct) {
+            return Err(no_effect(
+                &format!("--guard {t}"),
+                "with --no-verify: the fidelity guard needs the verification run",
+            ));
+        }
+    }
+    let (include, floor) = run::includes(&includes);
     if let Some(b) = a.latency_budget {
         if !(b.is_finite() && b > 0.0 && b < 1e6) {
             return Err(usage(&format!("--latency-budget {b}: must be a number of seconds > 0")));
@@ -500,7 +558,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         allow_unproven: a.allow_unproven,
         calibration,
         calibration_label,
-        calibration_rows: a.calibration_rows,
+        calibration_rows: a.calibration_rows.unwrap_or(crate::run::DEFAULT_CALIBRATION_ROWS),
         fixed_ratio: a.ratio,
         reconstruct: !a.no_reconstruct,
         plan,
