@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 error (one line naming the file/node/tensor), 2 bad usage.
 
 use crate::check::{InputSpec, VerifyOptions};
+use crate::flags::{Flag, Spelling};
 use crate::prune::RoundTo;
 use crate::run::{self, CriterionArg, IncludeArg, LatencyIn, Mode, RunOptions, ScopeArg, WeightInputs};
 use clap::{Parser, Subcommand};
@@ -61,7 +62,8 @@ enum Cmd {
     /// Readable, deterministic graph diff of two models (shapes, attributes, nodes, params).
     Diff { a: PathBuf, b: PathBuf },
     /// The decision only: groups, N_eff, kept, blocked reasons, expected params and MACs. Takes
-    /// the same flags as a run; writes no model, runs no reconstruction or verification.
+    /// the same flags as a run but the latency ones (it times nothing); writes no model, runs no
+    /// reconstruction or verification.
     Plan(PruneArgs),
 }
 
@@ -83,7 +85,8 @@ struct PruneArgs {
     /// samples) on seeded random inputs (32, fewer on models over 67 M MACs per sample; the
     /// calibration rows when given with --no-reconstruct), raise β until it does not, and say so
     /// in the report; off writes EMP's cut unchecked (default 0.1). Not run with --no-verify or
-    /// plan; a tolerance beside --beta or --ratio, whose cut is written as asked, is a usage error
+    /// plan; a tolerance beside --beta or --ratio, whose cut is written as asked, on plan, or with
+    /// --no-verify (unless reconstruction runs: it bounds the warning on its cut) is a usage error
     #[arg(long, value_name = "REL|off", value_parser = parse_guard, allow_negative_numbers = true)]
     guard: Option<GuardArg>,
     /// Grouping. Per-weight: normalized (default; global over per-tensor-normalised scores),
@@ -95,13 +98,13 @@ struct PruneArgs {
     /// l2 (default), l1 or activation (channels); weight (default) or activation (heads)
     #[arg(long, value_enum, hide_possible_values = true)]
     criterion: Option<CriterionArg>,
-    /// Also prune what the safe defaults leave alone (comma separated). Per-weight: bias, norm,
+    /// Also prune what the safe defaults leave alone (comma separated, repeatable). Per-weight: bias, norm,
     /// embedding, small (weights whose output units have fewer than 32 inputs: depthwise filters,
     /// a stem on 1-3 channels, LSTM gates on few features). Channels: narrow (lift the floor of
     /// half of every group and at least 8 units), stem (prune a Conv that reads the model input),
     /// bottleneck (in a network with depthwise convolutions, prune the bottlenecks between them)
-    #[arg(long, value_enum, value_delimiter = ',', hide_possible_values = true)]
-    include: Vec<IncludeArg>,
+    #[arg(long, value_name = "ITEM,...")]
+    include: Vec<String>,
     /// Structured: round each kept count up to a multiple of N, never above the original width.
     /// auto (default) keeps the alignment the dense width has, up to 8 (what blocked engine
     /// kernels need; 16 for LSTM/GRU/RNN hidden units, 64 for the outputs of a Gemm or 2-D
@@ -157,9 +160,9 @@ struct PruneArgs {
     calibration: Vec<String>,
     /// Use at most N calibration samples: a larger file is subsampled evenly (every k-th
     /// sample, in file order), since reconstruction's time grows with them and its fidelity
-    /// stops improving long before; 0 uses every sample
-    #[arg(long, value_name = "N", default_value_t = crate::run::DEFAULT_CALIBRATION_ROWS)]
-    calibration_rows: usize,
+    /// stops improving long before; 0 uses every sample (default 512; only with --calibration)
+    #[arg(long, value_name = "N")]
+    calibration_rows: Option<usize>,
     /// Baseline for comparisons (per-weight): prune this fixed fraction of every group instead
     /// of EMP's ⌊β·N_eff⌋, e.g. --ratio 0.5
     #[arg(long, value_name = "R", allow_negative_numbers = true)]
@@ -176,7 +179,7 @@ struct PruneArgs {
     /// Allow overwriting the input file
     #[arg(long)]
     force: bool,
-    /// Write the output even when masked-equivalence fails (structured modes)
+    /// Write the output even when masked-equivalence fails (structured modes; not with --no-verify)
     #[arg(long)]
     allow_mismatch: bool,
     /// Write a structural rewrite even when neither tract nor onnxruntime can run the models to
@@ -210,6 +213,37 @@ fn parse_guard(s: &str) -> Result<GuardArg, String> {
         Ok(t) if t.is_finite() && t >= 0.0 => Ok(GuardArg(Some(t))),
         _ => Err(format!("expected a relative error ≥ 0 (e.g. 0.1) or off, got '{s}'")),
     }
+}
+
+/// `--include`'s comma-separated items (the flag repeatable): an empty item (`bias,`) or an
+/// unknown one is named, with the valid values.
+fn parse_include(given: &[String], names: &dyn Spelling) -> Result<Vec<IncludeArg>, Failure> {
+    use clap::ValueEnum;
+    let valid = || IncludeArg::value_variants().iter().map(run::arg_name).collect::<Vec<_>>().join(", ");
+    let mut out = vec![];
+    for g in given {
+        for item in g.split(',').map(str::trim) {
+            if item.is_empty() {
+                return Err(usage(&format!(
+                    "{}: an empty item (a leading, trailing or doubled comma); the items are {}, separated by \
+                     commas",
+                    names.with_value(Flag::Include, &format!("'{g}'")),
+                    valid()
+                )));
+            }
+            match IncludeArg::from_str(item, false) {
+                Ok(i) => out.push(i),
+                Err(_) => {
+                    return Err(usage(&format!(
+                        "{}: expected one of {}",
+                        names.with_value(Flag::Include, item),
+                        valid()
+                    )))
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Why a command failed: exit code (1 error, 2 bad usage) and the one-line message.
@@ -249,7 +283,7 @@ where
         }
     };
     let quiet = cli.prune.quiet || matches!(&cli.cmd, Some(Cmd::Plan(a)) if a.quiet);
-    match guard(|| execute(cli)) {
+    match guard(|| execute(cli, &crate::flags::Cli)) {
         Ok(Done::Text(s)) => {
             print!("{s}");
             ExitCode::SUCCESS
@@ -273,20 +307,51 @@ where
 
 /// Run a command line (program name first) without printing anything and return the JSON
 /// report (or `diff`'s text). `--help` and `--version` are failures with code 0 and the text
-/// as message. Used by the Python package.
+/// as message. Messages name the command line's flags.
 pub fn run_to_json(args: Vec<String>) -> Result<String, Failure> {
-    let mut cli = Cli::try_parse_from(args).map_err(|e| Failure {
-        code: if e.use_stderr() { 2 } else { 0 },
-        message: e.render().to_string().lines().next().unwrap_or("").trim_start_matches("error: ").to_string(),
-    })?;
+    run_to_json_as(args, &crate::flags::Cli)
+}
+
+/// [`run_to_json`] for a front end that names the options its own way (the Python package:
+/// `reconstruct=False`, not `--no-reconstruct`): its usage messages, and clap's for a value the
+/// parser refused, name options through `names`.
+pub fn run_to_json_as(args: Vec<String>, names: &dyn Spelling) -> Result<String, Failure> {
+    let mut cli = Cli::try_parse_from(args).map_err(|e| parse_failure(&e, names))?;
     cli.prune.quiet = true;
     if let Some(Cmd::Plan(a)) = &mut cli.cmd {
         a.quiet = true;
     }
-    match guard(|| execute(cli))? {
+    match guard(|| execute(cli, names))? {
         Done::Report(r) => Ok(r.to_json()),
         Done::Text(s) => Ok(s),
     }
+}
+
+/// clap's error as one line: its first, or for a value it refused, the option as `names` spell
+/// it with the value and the reason (`--round-to 0: ...`, Python `round_to=0: ...`).
+fn parse_failure(e: &clap::Error, names: &dyn Spelling) -> Failure {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let first = e.render().to_string().lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+    let text = |k| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let flag = text(ContextKind::InvalidArg).and_then(|a| Flag::from_cli(&a));
+    let message = match (e.kind(), flag, text(ContextKind::InvalidValue)) {
+        (ErrorKind::InvalidValue, Some(flag), Some(v)) if !v.is_empty() => {
+            let valid = match e.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(v)) => format!(": expected one of {}", v.join(", ")),
+                _ => String::new(),
+            };
+            format!("{}{valid}", names.with_value(flag, &v))
+        }
+        (ErrorKind::ValueValidation, Some(flag), Some(v)) => match std::error::Error::source(e) {
+            Some(why) => format!("{}: {}", names.with_value(flag, &v), one_line(&why.to_string())),
+            None => first,
+        },
+        _ => first,
+    };
+    Failure { code: if e.use_stderr() { 2 } else { 0 }, message }
 }
 
 /// Last line of defence: a panic anywhere becomes a one-line error with exit code 1.
@@ -309,7 +374,7 @@ fn guard(f: impl FnOnce() -> Result<Done, Failure>) -> Result<Done, Failure> {
     }
 }
 
-fn execute(cli: Cli) -> Result<Done, Failure> {
+fn execute(cli: Cli, names: &dyn Spelling) -> Result<Done, Failure> {
     if let Some(Cmd::Diff { a, b }) = cli.cmd {
         return crate::diff::diff_files(&a, &b).map(Done::Text).map_err(|e| failed(format!("{e:#}")));
     }
@@ -329,22 +394,27 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
     };
     let mode = a.structured.unwrap_or(Mode::Weights);
     let beta = a.beta.unwrap_or(1.0);
+    // Options are named as the front end spells them (the flags here, keywords in Python).
+    let f = |flag: Flag| names.flag(flag);
+    let fv = |flag: Flag, v: &dyn std::fmt::Display| names.with_value(flag, &v.to_string());
     if !(beta.is_finite() && beta > 0.0) {
-        return Err(usage(&format!("--beta {beta}: must be a finite number > 0")));
+        return Err(usage(&format!("{}: must be a finite number > 0", fv(Flag::Beta, &beta))));
     }
     if let Some(r) = a.ratio {
         if !(r.is_finite() && (0.0..1.0).contains(&r)) {
-            return Err(usage(&format!("--ratio {r}: must be in [0, 1)")));
+            return Err(usage(&format!("{}: must be in [0, 1)", fv(Flag::Ratio, &r))));
         }
     }
-    run::check_combination(mode, a.scope, a.criterion, a.ratio, a.beta.is_some()).map_err(|e| usage(&e))?;
+    run::check_combination(mode, a.scope, a.criterion, a.ratio, a.beta.is_some(), names).map_err(|e| usage(&e))?;
     // The guard only moves the default β: a tolerance beside a cut written as asked did nothing.
     if let Some(GuardArg(Some(t))) = a.guard {
-        let given = if a.beta.is_some() { Some("--beta") } else { a.ratio.map(|_| "--ratio") };
+        let given = if a.beta.is_some() { Some(Flag::Beta) } else { a.ratio.map(|_| Flag::Ratio) };
         if let Some(flag) = given {
+            let flag = f(flag);
             return Err(usage(&format!(
-                "--guard {t} has no effect with {flag}: its cut is written as asked (the guard only moves the \
-                 default β; drop {flag} to let it choose)"
+                "{} has no effect with {flag}: its cut is written as asked (the guard only moves the \
+                 default β; drop {flag} to let it choose)",
+                fv(Flag::Guard, &t)
             )));
         }
     }
@@ -352,68 +422,114 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
     let no_effect = |flag: &str, why: &str| usage(&format!("{flag} has no effect {why}"));
     // Alignment and the floors are channels' (a head is removed whole).
     let structural = match mode {
-        Mode::Weights => Some("per weight"),
-        Mode::Heads => Some("with --structured heads"),
+        Mode::Weights => Some("per weight".to_string()),
+        Mode::Heads => Some(format!("with {}", fv(Flag::Structured, &"heads"))),
         _ => None,
     };
-    if let (Some(how), true) = (structural, a.round_to.is_some()) {
-        return Err(no_effect("--round-to", &format!("{how}: it aligns the widths --structured channels keeps")));
+    let channels = fv(Flag::Structured, &"channels");
+    if let (Some(how), true) = (&structural, a.round_to.is_some()) {
+        return Err(no_effect(&f(Flag::RoundTo), &format!("{how}: it aligns the widths {channels} keeps")));
     }
-    for i in &a.include {
-        use clap::ValueEnum;
-        let name = i.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+    let includes = parse_include(&a.include, names)?;
+    for i in &includes {
+        let name = fv(Flag::Include, &run::arg_name(i));
         let per_weight = matches!(i, IncludeArg::Bias | IncludeArg::Norm | IncludeArg::Embedding | IncludeArg::Small);
-        if let (Some(how), false) = (structural, per_weight) {
-            return Err(no_effect(
-                &format!("--include {name}"),
-                &format!("{how}: it lifts a floor of --structured channels"),
-            ));
+        if let (Some(how), false) = (&structural, per_weight) {
+            return Err(no_effect(&name, &format!("{how}: it lifts a floor of {channels}")));
         }
         if mode != Mode::Weights && per_weight {
+            let structured = f(Flag::Structured);
             return Err(no_effect(
-                &format!("--include {name}"),
-                "with --structured: it adds per-weight candidates (without --structured)",
+                &name,
+                &format!("with {structured}: it adds per-weight candidates (without {structured})"),
             ));
+        }
+    }
+    let latency_flags = [
+        (a.latency_budget.is_some(), Flag::LatencyBudget),
+        (a.latency_runs.is_some(), Flag::LatencyRuns),
+        (a.latency_in.is_some(), Flag::LatencyIn),
+    ];
+    // `plan` times nothing (it stops after the decision): its latency flags did nothing.
+    if plan {
+        for (given, flag) in [(a.no_latency, Flag::NoLatency)].into_iter().chain(latency_flags) {
+            if given {
+                return Err(no_effect(&f(flag), &format!("with {}: plan times nothing", f(Flag::Plan))));
+            }
         }
     }
     if a.no_latency || a.no_verify {
-        let off = if a.no_verify { "--no-verify" } else { "--no-latency" };
-        for (given, flag) in [
-            (a.latency_budget.is_some(), "--latency-budget"),
-            (a.latency_runs.is_some(), "--latency-runs"),
-            (a.latency_in.is_some(), "--latency-in"),
-        ] {
+        let off = f(if a.no_verify { Flag::NoVerify } else { Flag::NoLatency });
+        for (given, flag) in latency_flags {
             if given {
-                return Err(no_effect(flag, &format!("with {off}: nothing is timed")));
+                return Err(no_effect(&f(flag), &format!("with {off}: nothing is timed")));
             }
         }
     }
     if let (Some(_), Some(n)) = (a.latency_budget, a.latency_runs) {
-        return Err(no_effect("--latency-budget", &format!("with --latency-runs: exactly {n} runs are timed")));
-    }
-    if a.no_reconstruct && a.calibration.is_empty() {
         return Err(no_effect(
-            "--no-reconstruct",
-            "without --calibration: only calibration data is reconstructed from",
+            &f(Flag::LatencyBudget),
+            &format!("with {}: exactly {n} runs are timed", f(Flag::LatencyRuns)),
         ));
     }
-    let (include, floor) = run::includes(&a.include);
+    let calibration = f(Flag::Calibration);
+    if a.no_reconstruct && a.calibration.is_empty() {
+        return Err(no_effect(
+            &f(Flag::NoReconstruct),
+            &format!("without {calibration}: only calibration data is reconstructed from"),
+        ));
+    }
+    if a.calibration_rows.is_some() && a.calibration.is_empty() {
+        return Err(no_effect(
+            &f(Flag::CalibrationRows),
+            &format!("without {calibration}: it caps the calibration samples used"),
+        ));
+    }
+    if a.no_verify && a.allow_mismatch {
+        return Err(no_effect(
+            &f(Flag::AllowMismatch),
+            &format!("with {}: no masked-equivalence proof runs", f(Flag::NoVerify)),
+        ));
+    }
+    // The guard judges on a verification run; with --no-verify its tolerance still bounds the
+    // warning on a reconstructed cut (`calibrated_warning`), and `off` silences that warning.
+    if let Some(GuardArg(Some(t))) = a.guard {
+        if plan {
+            return Err(no_effect(
+                &fv(Flag::Guard, &t),
+                &format!("with {}: plan runs no fidelity guard", f(Flag::Plan)),
+            ));
+        }
+        if a.no_verify && (a.calibration.is_empty() || a.no_reconstruct) {
+            return Err(no_effect(
+                &fv(Flag::Guard, &t),
+                &format!("with {}: the fidelity guard needs the verification run", f(Flag::NoVerify)),
+            ));
+        }
+    }
+    let (include, floor) = run::includes(&includes);
     if let Some(b) = a.latency_budget {
         if !(b.is_finite() && b > 0.0 && b < 1e6) {
-            return Err(usage(&format!("--latency-budget {b}: must be a number of seconds > 0")));
+            return Err(usage(&format!("{}: must be a number of seconds > 0", fv(Flag::LatencyBudget, &b))));
         }
     }
     if a.latency_runs == Some(0) {
-        return Err(usage("--latency-runs 0: must be at least 1 (--no-latency skips timing)"));
+        return Err(usage(&format!(
+            "{}: must be at least 1 ({} skips timing)",
+            fv(Flag::LatencyRuns, &0),
+            f(Flag::NoLatency)
+        )));
     }
     let mut dims = BTreeMap::new();
     for d in &a.dim {
-        let Some((k, v)) = d.split_once('=') else { return Err(usage(&format!("--dim {d}: expected NAME=VALUE"))) };
+        let Some((k, v)) = d.split_once('=') else {
+            return Err(usage(&format!("{}: expected NAME=VALUE", fv(Flag::Dim, d))));
+        };
         match v.trim().parse::<i64>() {
             Ok(n) if n > 0 => {
                 dims.insert(k.trim().to_string(), n);
             }
-            _ => return Err(usage(&format!("--dim {d}: VALUE must be a positive integer"))),
+            _ => return Err(usage(&format!("{}: VALUE must be a positive integer", fv(Flag::Dim, d)))),
         }
     }
     let mut files = BTreeMap::new();
@@ -426,7 +542,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
             None => ("(the model's input)", files.insert(String::new(), PathBuf::from(i)).is_some()),
         };
         if twice {
-            return Err(usage(&format!("--inputs {i}: {name} is given a file twice")));
+            return Err(usage(&format!("{}: {name} is given a file twice", fv(Flag::Inputs, i))));
         }
     }
     let (calibration, calibration_label) = if a.calibration.is_empty() {
@@ -439,7 +555,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
                 spec.files.insert(k.to_string(), PathBuf::from(v));
             } else if p.is_dir() {
                 let Ok(rd) = std::fs::read_dir(&p) else {
-                    return Err(usage(&format!("--calibration {c}: cannot read folder")));
+                    return Err(usage(&format!("{}: cannot read folder", fv(Flag::Calibration, c))));
                 };
                 let mut found: Vec<PathBuf> = rd
                     .filter_map(|e| e.ok().map(|e| e.path()))
@@ -500,7 +616,7 @@ fn execute(cli: Cli) -> Result<Done, Failure> {
         allow_unproven: a.allow_unproven,
         calibration,
         calibration_label,
-        calibration_rows: a.calibration_rows,
+        calibration_rows: a.calibration_rows.unwrap_or(crate::run::DEFAULT_CALIBRATION_ROWS),
         fixed_ratio: a.ratio,
         reconstruct: !a.no_reconstruct,
         plan,

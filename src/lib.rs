@@ -6,6 +6,7 @@ pub mod check;
 pub mod cli;
 pub mod diff;
 pub mod emp;
+pub mod flags;
 pub mod html;
 pub mod interrupt;
 pub mod model;

@@ -1311,23 +1311,7 @@ fn a_model_without_a_batch_axis_is_timed_and_a_stacked_file_is_explained() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (model, x) = (dir.path().join("nobatch.onnx"), dir.path().join("x100.npy"));
-    let script = r#"
-import sys
-import numpy as np
-from onnx import TensorProto, helper, numpy_helper, save
-rng = np.random.default_rng(0)
-w1 = numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1")
-w2 = numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), "w2")
-nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("MatMul", ["r", "w2"], ["y"])]
-g = helper.make_graph(nodes, "nobatch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16])],
-                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w1, w2])
-m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-m.ir_version = 8
-save(m, sys.argv[1])
-np.save(sys.argv[2], rng.standard_normal((100, 16)).astype(np.float32))
-"#;
-    if !outputs::python_script(script, &[&model, &x]) {
+    if !outputs::no_batch_axis_model(&model, &x, 16) {
         return;
     }
     let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
@@ -1339,6 +1323,46 @@ np.save(sys.argv[2], rng.standard_normal((100, 16)).astype(np.float32))
     let a = bin().arg(&model).arg(&out).args(["--force", "--inputs"]).arg(&x).assert().code(1);
     let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
     assert!(err.contains("[100, 16]") && err.contains("the model has no batch axis"), "{err}");
+}
+
+/// A model without a batch axis (`x [16]`) runs one sample: the guard, verification and latency
+/// count one (they said "16 random inputs", "16 random samples", "16 sample(s) per run" of one
+/// vector of 16 features), and a vector longer than verification's 256 rows is not cut to 256
+/// "samples" (its verification was skipped: "Got: 256 Expected: 300").
+#[test]
+fn a_model_without_a_batch_axis_runs_one_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    for features in [16, 300] {
+        let (model, x) = (dir.path().join(format!("nobatch{features}.onnx")), dir.path().join("x.npy"));
+        if !outputs::no_batch_axis_model(&model, &x, features) {
+            return;
+        }
+        let (out, rep) = (dir.path().join("out.onnx"), dir.path().join("r.json"));
+        let a = bin()
+            .arg(&model)
+            .arg(&out)
+            .args(["--force", "--latency-runs", "2", "--latency-in", "tract", "--report"])
+            .arg(&rep)
+            .assert()
+            .success();
+        let stdout = String::from_utf8_lossy(&a.get_output().stdout).into_owned();
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        assert_eq!((&r["guard"]["inputs"], &r["guard"]["samples"]), (&"1 random input (seed 0)".into(), &1.into()));
+        let v = &r["verification"];
+        assert_eq!(v["status"], "ok", "{features}: {v}");
+        assert!(v["samples"].as_str().unwrap().starts_with("1 random sample (seed 0"), "{}", v["samples"]);
+        assert_eq!(r["timing"]["latency_dense"]["samples"], 1, "{}", r["timing"]);
+        for wrong in [format!("{features} random"), format!("{features} sample")] {
+            assert!(!stdout.contains(&wrong), "{stdout}");
+        }
+        // One vector of --inputs is one sample too (it read "16 samples from --inputs").
+        let one = dir.path().join("one.npy");
+        ndarray_npy::write_npy(&one, &ndarray::Array1::<f32>::from_elem(features, 0.5)).unwrap();
+        let a = bin().arg(&model).arg(&out).args(["--force", "--no-latency", "--inputs"]).arg(&one).assert().success();
+        let stdout = String::from_utf8_lossy(&a.get_output().stdout).into_owned();
+        assert!(stdout.contains("verification (tract, 1 sample from --inputs;"), "{stdout}");
+        assert!(!stdout.contains(&format!("{features} sample")), "{stdout}");
+    }
 }
 
 /// The fidelity guard judges float outputs: an integer output beside them (an ArgMax's class ids)

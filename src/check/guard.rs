@@ -143,7 +143,7 @@ pub fn choose_beta<T>(
     let report = |trials: Vec<Trial>, beta: f64, kept_dense: bool, candidates: usize| GuardReport {
         tolerance: tol,
         inputs: inputs_label.to_string(),
-        samples: inputs.rows(),
+        samples: inputs.sample_count(),
         trials,
         beta,
         kept_dense,

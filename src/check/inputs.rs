@@ -199,9 +199,14 @@ pub struct Input {
     pub source: InputSource,
     /// The axis its samples lie on: 0, or where the model declares the first input's axis-0
     /// symbol (an LSTM's initial state `[1, batch, H]` beside `x [batch, T, F]`), so that
-    /// cutting samples cuts it too.
+    /// cutting samples cuts it too; [`NO_SAMPLE_AXIS`] in a model without a batch axis.
     pub sample_axis: usize,
 }
+
+/// [`Input::sample_axis`] of the inputs of a model without a batch axis (its first input is one
+/// feature vector, rank 1 with a fixed size: `x [16]`): the data is one sample, and no axis of
+/// it is cut as samples (the value is past every rank).
+pub const NO_SAMPLE_AXIS: usize = usize::MAX;
 
 /// Name, element type and concrete shape: what tract needs to compile a model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,6 +241,15 @@ impl Inputs {
     /// Samples: the length of the first input's axis 0 (0 without inputs, 1 for a scalar).
     pub fn rows(&self) -> usize {
         self.inputs.first().map(|i| i.data.shape().first().copied().unwrap_or(1)).unwrap_or(0)
+    }
+
+    /// The samples as a report counts them: [`Inputs::rows`], or 1 for a model without a batch
+    /// axis, whose axis 0 is its features (`x [16]` is one vector, not 16 samples).
+    pub fn sample_count(&self) -> usize {
+        match self.inputs.first() {
+            Some(i) if i.sample_axis == NO_SAMPLE_AXIS => 1,
+            _ => self.rows(),
+        }
     }
 
     /// The first float input holding NaN or ±Inf: its name, how many samples (entries of axis
@@ -343,7 +357,8 @@ impl Inputs {
     /// the model says otherwise) has [`Inputs::rows`] entries is cut to its first `k`, the others
     /// are kept whole. `None` when there are no more than `k`.
     pub fn head(&self, k: usize) -> Option<Inputs> {
-        let rows = self.rows();
+        // A model without a batch axis has one sample: cutting its axis 0 cut its features.
+        let rows = self.sample_count();
         if rows <= k || k == 0 {
             return None;
         }
@@ -583,6 +598,10 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
     let mut sampled: Option<(usize, Vec<usize>)> = None;
     for (k, info) in infos.iter().enumerate() {
         let mut pick = |shape: &[usize]| -> Option<Vec<usize>> {
+            // One sample (a model without a batch axis): its axis 0 is not cut to `max_rows`.
+            if axes[k] == NO_SAMPLE_AXIS {
+                return None;
+            }
             let n = *shape.first()?;
             if k == 0 && spec.max_rows > 0 && n > spec.max_rows {
                 let idx = if spec.first_rows { (0..spec.max_rows).collect() } else { evenly_spaced(n, spec.max_rows) };
@@ -768,6 +787,9 @@ pub fn prepare_for(infos: &[InputInfo], spec: &InputSpec) -> Result<Inputs> {
 /// Each input's samples axis: where it declares the symbol the first input's axis 0 has (an
 /// LSTM's initial state `[1, batch, H]`), else 0.
 fn sample_axes(infos: &[InputInfo]) -> Vec<usize> {
+    if infos.first().is_some_and(|i| matches!(i.dims.as_slice(), [DimSpec::Fixed(v)] if *v > 1)) {
+        return vec![NO_SAMPLE_AXIS; infos.len()];
+    }
     let Some(DimSpec::Symbolic(sym)) = infos.first().and_then(|i| i.dims.first()) else {
         return vec![0; infos.len()];
     };

@@ -111,7 +111,7 @@ pub fn latency_interleaved(rs: &[&Runnable], inputs: &Inputs, opts: LatencyOptio
                     median_ms: median,
                     min_ms: times.first().copied().unwrap_or(f64::NAN),
                     runs: n,
-                    samples: inputs.rows(),
+                    samples: inputs.sample_count(),
                 }
             })
             .collect())

@@ -229,7 +229,7 @@ pub fn verify(dense: &Path, pruned: &Path, opts: &VerifyOptions) -> Verification
         _ => all,
     };
     let shapes = inputs.shapes();
-    let n = inputs.rows();
+    let n = inputs.sample_count();
     let s = if n == 1 { "" } else { "s" };
     let samples = match opts.samples.as_ref().map(|s| s.1) {
         Some(Samples::Calibration) => format!("{n} calibration sample{s}"),

@@ -102,7 +102,7 @@ pub fn latency_pair(a: &Path, b: &Path, inputs: &Inputs, opts: LatencyOptions) -
             median_ms: f("median_ms")?,
             min_ms: f("min_ms")?,
             runs: f("runs")? as usize,
-            samples: inputs.rows(),
+            samples: inputs.sample_count(),
         })
     };
     Ok(OrtLatency { version: v["version"].as_str().unwrap_or("?").to_string(), dense: stats(0)?, pruned: stats(1)? })

@@ -301,7 +301,8 @@ fn guard_inputs(o: &RunOptions, m: &ModelProto, calib: Option<&Inputs>) -> Resul
     let Some(c) = calib else { return random_inputs(o, sequence, GUARD_SEED, cost) };
     let rows = guard::guard_rows(cost(&c.head(1).unwrap_or_else(|| c.clone()))?);
     let c = c.head(rows).unwrap_or_else(|| c.clone());
-    let label = format!("{} calibration rows", c.rows());
+    let n = c.sample_count();
+    let label = format!("{n} calibration row{}", if n == 1 { "" } else { "s" });
     Ok((c, label))
 }
 
@@ -313,15 +314,18 @@ fn user_inputs(o: &RunOptions, sequence: bool, cost: impl FnOnce(&Inputs) -> Res
     let one = prepare_for(&infos, &InputSpec { max_rows: 1, first_rows: true, ..v.clone() })?;
     let rows = guard::guard_rows(cost(&one)?);
     let inputs = prepare_for(&infos, &InputSpec { max_rows: rows, first_rows: sequence, ..v.clone() })?;
-    let total = inputs.file_rows.unwrap_or(inputs.rows());
-    let label = format!("{} of your {total} --inputs samples", inputs.rows());
+    let (n, total) = (inputs.sample_count(), inputs.file_rows.unwrap_or(inputs.sample_count()));
+    let label = match (n, total) {
+        (1, 1) => "your one --inputs sample".to_string(),
+        _ => format!("{n} of your {total} --inputs samples"),
+    };
     Ok((inputs, label))
 }
 
 /// The MACs of one sample of `one` (tract's shape analysis of the model at `path`; None when it
 /// cannot tell).
 pub(super) fn macs_per_sample(path: &std::path::Path, one: &Inputs) -> Option<u64> {
-    crate::check::macs(path, &one.facts()).ok().map(|c| c.total / one.rows().max(1) as u64)
+    crate::check::macs(path, &one.facts()).ok().map(|c| c.total / one.sample_count().max(1) as u64)
 }
 
 /// Seeded random inputs shaped as verification's are (`--dim` applies), [`guard::guard_rows`]
@@ -404,7 +408,7 @@ pub(super) fn random_inputs(
         infos
     };
     let inputs = prepare_for(&infos, &spec(rows))?;
-    let n = inputs.rows();
+    let n = inputs.sample_count();
     let label = format!("{n} random input{} (seed {})", if n == 1 { "" } else { "s" }, v.seed);
     Ok((inputs, label))
 }

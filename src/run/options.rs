@@ -121,18 +121,24 @@ pub fn includes(v: &[IncludeArg]) -> (Include, crate::prune::Floor) {
 
 /// Flag combinations no model can run, found before anything is read (the CLI's usage errors,
 /// exit 2): a scope or criterion the mode does not take, `--ratio` outside per-weight and
-/// channels at layer scope, `--ratio` with `--beta` (the ratio decides the cut).
+/// channels at layer scope, `--ratio` with `--beta` (the ratio decides the cut). Options are named
+/// as `names` spells them (the flags, or the Python keywords).
 pub fn check_combination(
     mode: Mode,
     scope: Option<ScopeArg>,
     criterion: Option<CriterionArg>,
     ratio: Option<f64>,
     beta_given: bool,
+    names: &dyn crate::flags::Spelling,
 ) -> Result<(), String> {
+    use crate::flags::Flag;
     let structured = mode != Mode::Weights;
     if let Some(s) = scope {
         if structured && !matches!(s, ScopeArg::Layer | ScopeArg::Global) {
-            return Err(format!("--scope {}: structured modes take layer or global", arg_name(&s)));
+            return Err(format!(
+                "{}: structured modes take layer or global",
+                names.with_value(Flag::Scope, &arg_name(&s))
+            ));
         }
     }
     if let Some(c) = criterion {
@@ -140,14 +146,14 @@ pub fn check_combination(
             (false, CriterionArg::Magnitude | CriterionArg::Wanda) => {}
             (false, _) => {
                 return Err(format!(
-                    "--criterion {}: per-weight mode supports magnitude (default) or wanda",
-                    arg_name(&c)
+                    "{}: per-weight mode supports magnitude (default) or wanda",
+                    names.with_value(Flag::Criterion, &arg_name(&c))
                 ))
             }
             (true, CriterionArg::Magnitude | CriterionArg::Wanda) => {
                 return Err(format!(
-                    "--criterion {}: structured modes support l2 (default; 'weight' for heads), l1 or activation",
-                    arg_name(&c)
+                    "{}: structured modes support l2 (default; 'weight' for heads), l1 or activation",
+                    names.with_value(Flag::Criterion, &arg_name(&c))
                 ))
             }
             (true, _) => {}
@@ -155,12 +161,18 @@ pub fn check_combination(
     }
     if ratio.is_some() {
         if structured && (mode != Mode::Channels || scope.is_some_and(|s| s != ScopeArg::Layer)) {
-            return Err(
-                "--ratio is a baseline for per-weight mode and --structured channels at layer scope only".into()
-            );
+            return Err(format!(
+                "{} is a baseline for per-weight mode and {} at layer scope only",
+                names.flag(Flag::Ratio),
+                names.with_value(Flag::Structured, "channels")
+            ));
         }
         if beta_given {
-            return Err("--ratio prunes a fixed fraction instead of EMP's count: --beta has no effect with it".into());
+            return Err(format!(
+                "{} prunes a fixed fraction instead of EMP's count: {} has no effect with it",
+                names.flag(Flag::Ratio),
+                names.flag(Flag::Beta)
+            ));
         }
     }
     Ok(())

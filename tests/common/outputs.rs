@@ -37,3 +37,27 @@ pub fn python_script(script: &str, args: &[&Path]) -> bool {
     }
     ok
 }
+
+/// Writes `model`, a model without a batch axis (input `x [features]`, one feature vector: two
+/// MatMuls to `y [4]`), and `x`, 100 such vectors stacked (`[100, features]`, which the model
+/// cannot take as a batch). False when python3 with onnx is not available.
+pub fn no_batch_axis_model(model: &Path, x: &Path, features: usize) -> bool {
+    let script = r#"
+import sys
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper, save
+f = int(sys.argv[3])
+rng = np.random.default_rng(0)
+w1 = numpy_helper.from_array(rng.standard_normal((f, 32)).astype(np.float32), "w1")
+w2 = numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), "w2")
+nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"])]
+g = helper.make_graph(nodes, "nobatch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [f])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w1, w2])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+m.ir_version = 8
+save(m, sys.argv[1])
+np.save(sys.argv[2], rng.standard_normal((100, f)).astype(np.float32))
+"#;
+    python_script(script, &[model, x, Path::new(&features.to_string())])
+}

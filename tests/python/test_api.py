@@ -91,7 +91,7 @@ def test_plan_writes_no_model(tmp_path):
 def test_errors_carry_the_command_message(tmp_path):
     with pytest.raises(onnx_emp.OnnxEmpError, match="no such file"):
         onnx_emp.prune(tmp_path / "missing.onnx", tmp_path / "o.onnx")
-    with pytest.raises(ValueError, match="--beta"):
+    with pytest.raises(ValueError, match="beta=-1: must be"):
         onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "o.onnx", beta=-1)
     with pytest.raises(onnx_emp.OnnxEmpError, match="calibration"):
         onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "o.onnx", criterion="wanda")
@@ -101,6 +101,34 @@ def test_errors_carry_the_command_message(tmp_path):
     assert "onnx-emp-" not in str(e.value)
     with pytest.raises(TypeError, match="inputs"):
         onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "o.onnx", inputs=object())
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_usage_errors_name_the_keyword_arguments(tmp_path):
+    """A call that would do nothing, or a bad value, is named as the call spells it: the command's
+    checks, with the keywords in place of its flags ("--no-reconstruct has no effect" before)."""
+    for kwargs, says in [
+        (dict(reconstruct=False), "reconstruct=False has no effect without calibration"),
+        (dict(calibration_rows=100), "calibration_rows has no effect without calibration"),
+        (dict(latency=False, latency_runs=3), "latency_runs has no effect with latency=False"),
+        (dict(verify=False, latency="tract"), "has no effect with verify=False"),
+        (dict(beta=0.9, guard=0.2), "guard=0.2 has no effect with beta: its cut is written as asked"),
+        (dict(verify=False, guard=0.2), "guard=0.2 has no effect with verify=False"),
+        (dict(structured="channels", verify=False, allow_mismatch=True),
+         "allow_mismatch=True has no effect with verify=False"),
+        (dict(round_to=8), "round_to has no effect per weight"),
+        (dict(structured="heads", include="narrow"), "include='narrow' has no effect with structured='heads'"),
+        (dict(include="bias,"), "include='bias,': an empty item"),
+        (dict(structured="heads", ratio=0.5), "ratio is a baseline for per-weight mode and structured='channels'"),
+        (dict(beta=0.5, ratio=0.5), "ratio prunes a fixed fraction instead of EMP's count: beta has no effect"),
+        (dict(dims={"batch": 0}), "dims={'batch': 0}:"),
+        (dict(structured="rows"), "structured='rows': expected one of"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            onnx_emp.prune(M / "digits_mlp.onnx", tmp_path / "o.onnx", **kwargs)
+        assert says in str(e.value) and "--" not in str(e.value), (kwargs, str(e.value))
+    with pytest.raises(ValueError, match="round_to has no effect per weight"):
+        onnx_emp.plan(M / "digits_mlp.onnx", round_to="auto")
     assert not (tmp_path / "o.onnx").exists()
 
 

@@ -7,7 +7,8 @@
 
 `prune` runs exactly what the `onnx-emp` command runs (same defaults, same checks) and returns
 the JSON report as a dict. `plan` returns the decision only, without writing a model. Errors
-raise `OnnxEmpError` (or `ValueError` for a bad argument) with the command's one-line message.
+raise `OnnxEmpError` (or `ValueError` for a bad argument, named by its keyword: `reconstruct=False
+has no effect without calibration`) with the command's one-line message.
 The GIL is released while the pass runs.
 """
 
