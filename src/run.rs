@@ -922,6 +922,17 @@ fn calibration_inputs(o: &RunOptions, sequence: bool) -> Result<Option<(crate::c
     // copied), or picked here otherwise.
     let spec = crate::check::InputSpec { max_rows: cap, first_rows: sequence, ..spec.clone() };
     let inputs = crate::calib::load_inputs(&o.input, &spec)?;
+    if let Some(i) = inputs.inputs.first().filter(|i| i.sample_axis == crate::check::inputs::NO_SAMPLE_AXIS) {
+        // Its features would be taken for samples: 16 "rows" of one vector passed the count
+        // check and reconstruction fitted the layers to them.
+        bail!(
+            "--calibration: the model has no batch axis (its input '{}' is one vector {:?}), so each run takes one \
+             sample and calibration (statistics, reconstruction) has nothing to average over; re-export the model \
+             with a batch axis ([N, ...]) to calibrate it",
+            i.name,
+            i.data.shape()
+        );
+    }
     inputs.check_finite("--calibration")?;
     let rows = inputs.file_rows.unwrap_or(inputs.rows());
     if cap == 0 || rows <= cap {

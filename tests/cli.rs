@@ -1328,7 +1328,7 @@ fn a_model_without_a_batch_axis_is_timed_and_a_stacked_file_is_explained() {
 /// A model without a batch axis (`x [16]`) runs one sample: the guard, verification and latency
 /// count one (they said "16 random inputs", "16 random samples", "16 sample(s) per run" of one
 /// vector of 16 features), and a vector longer than verification's 256 rows is not cut to 256
-/// "samples" (its verification was skipped: "Got: 256 Expected: 300").
+/// "samples" (its verification was skipped: "Got: 256 Expected: 300"); calibration is refused.
 #[test]
 fn a_model_without_a_batch_axis_runs_one_sample() {
     let dir = tempfile::tempdir().unwrap();
@@ -1362,6 +1362,12 @@ fn a_model_without_a_batch_axis_runs_one_sample() {
         let stdout = String::from_utf8_lossy(&a.get_output().stdout).into_owned();
         assert!(stdout.contains("verification (tract, 1 sample from --inputs;"), "{stdout}");
         assert!(!stdout.contains(&format!("{features} sample")), "{stdout}");
+        // Calibration has nothing to average over: refused (its features were taken for samples,
+        // and reconstruction fitted the layers to them).
+        let a =
+            bin().arg(&model).arg(&out).args(["--force", "--no-latency", "--calibration"]).arg(&one).assert().code(1);
+        let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+        assert!(err.contains("--calibration: the model has no batch axis"), "{err}");
     }
 }
 
