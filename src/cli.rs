@@ -485,11 +485,29 @@ fn execute(cli: Cli, names: &dyn Spelling) -> Result<Done, Failure> {
             &format!("without {calibration}: it caps the calibration samples used"),
         ));
     }
-    if a.no_verify && a.allow_mismatch {
-        return Err(no_effect(
-            &f(Flag::AllowMismatch),
-            &format!("with {}: no masked-equivalence proof runs", f(Flag::NoVerify)),
-        ));
+    // What a proof or a verification run reads, where none runs: `plan` (it stops after the
+    // decision), --no-verify, and per weight (it removes nothing: no masked model to prove).
+    let unproven = if plan {
+        Some(format!("with {}: plan proves nothing", f(Flag::Plan)))
+    } else if a.no_verify {
+        Some(format!("with {}: no masked-equivalence proof runs", f(Flag::NoVerify)))
+    } else if mode == Mode::Weights {
+        Some("per weight: it removes nothing, so there is no masked-equivalence proof".to_string())
+    } else {
+        None
+    };
+    for (given, flag) in [(a.allow_mismatch, Flag::AllowMismatch), (a.allow_unproven, Flag::AllowUnproven)] {
+        if let (true, Some(why)) = (given, &unproven) {
+            return Err(no_effect(&f(flag), why));
+        }
+    }
+    if a.labels.is_some() && (plan || a.no_verify) {
+        let why = if plan {
+            format!("with {}: plan measures nothing", f(Flag::Plan))
+        } else {
+            format!("with {}: no accuracy is measured", f(Flag::NoVerify))
+        };
+        return Err(no_effect(&f(Flag::Labels), &why));
     }
     // The guard judges on a verification run; with --no-verify its tolerance still bounds the
     // warning on a reconstructed cut (`calibrated_warning`), and `off` silences that warning.

@@ -27,12 +27,13 @@ pub enum Flag {
     Ratio,
     NoReconstruct,
     AllowMismatch,
+    AllowUnproven,
     /// The `plan` subcommand (Python: `plan()`).
     Plan,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 22] = [
+    pub const ALL: [Flag; 23] = [
         Flag::Structured,
         Flag::Beta,
         Flag::Guard,
@@ -54,6 +55,7 @@ impl Flag {
         Flag::Ratio,
         Flag::NoReconstruct,
         Flag::AllowMismatch,
+        Flag::AllowUnproven,
         Flag::Plan,
     ];
 
@@ -81,6 +83,7 @@ impl Flag {
             Flag::Ratio => "--ratio",
             Flag::NoReconstruct => "--no-reconstruct",
             Flag::AllowMismatch => "--allow-mismatch",
+            Flag::AllowUnproven => "--allow-unproven",
             Flag::Plan => "plan",
         }
     }

@@ -105,3 +105,30 @@ fn an_empty_include_item_is_a_usage_error_that_names_it() {
         .assert()
         .success();
 }
+
+/// The proof's and verification's flags where none runs: per weight (nothing is removed, so no
+/// masked model is proven), on `plan` (it stops after the decision), and `--labels` with
+/// `--no-verify` (no accuracy is measured).
+#[test]
+fn proof_and_accuracy_flags_where_nothing_is_proven_or_measured_are_usage_errors() {
+    for flag in ["--allow-mismatch", "--allow-unproven"] {
+        let err = refused(&[MLP, "o.onnx", flag]);
+        assert!(err.contains(&format!("{flag} has no effect per weight")), "{err}");
+        let err = refused(&["plan", MLP, "--structured", "channels", flag]);
+        assert!(err.contains(&format!("{flag} has no effect with plan")), "{err}");
+    }
+    let err = refused(&["plan", MLP, "--labels", "models/digits_test_y.npy"]);
+    assert!(err.contains("--labels has no effect with plan"), "{err}");
+    let err = refused(&[MLP, "o.onnx", "--no-verify", "--labels", "models/digits_test_y.npy"]);
+    assert!(err.contains("--labels has no effect with --no-verify"), "{err}");
+    // Where they do something they are taken.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.onnx");
+    bin()
+        .arg(MLP)
+        .arg(&out)
+        .args(["--structured", "channels", "--allow-mismatch", "--allow-unproven", "--no-latency", "-q"])
+        .args(["--inputs", "models/digits_test_x64.npy", "--labels", "models/digits_test_y.npy"])
+        .assert()
+        .success();
+}

@@ -32,6 +32,7 @@ impl Spelling for Keywords {
             Flag::LatencyIn => "latency='tract' or 'onnxruntime'",
             Flag::NoReconstruct => "reconstruct=False",
             Flag::AllowMismatch => "allow_mismatch=True",
+            Flag::AllowUnproven => "allow_unproven=True",
             Flag::Dim => "dims",
             Flag::Plan => "plan()",
             _ => return keyword(f),
