@@ -801,6 +801,69 @@ fn dead_rows_inside_a_depthwise_block_are_removed_exactly() {
     assert!(d < 1e-5, "dense vs pruned {d}");
 }
 
+/// Found by a helper: a dead expansion row's constant through a live depthwise filter that the
+/// activation turns into 0 in the interior but not at the zero-padded corners. The masked model
+/// keeps that depthwise row, so the consumer's input slice must be zeroed there even though the
+/// constant is 0 (masked-equivalence failed, 3e-3, and the default run wrote nothing).
+/// And: dead rows under a LayerNormalization do not make the layer's live units "dead" (every
+/// unit's score was zeroed: "all scores are zero", kept whole; or 13 live units cut as dead).
+#[test]
+fn dead_rows_behind_a_zeroing_activation_or_a_layer_norm_are_not_misread() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "E", &["x", "we", "be"], &["e"], vec![]),
+            nd("Relu", "re", &["e"], &["r"], vec![]),
+            nd("Conv", "D", &["r", "wd", "bd"], &["d"], vec![attr_i("group", 6), attr_ints("pads", &[1, 1, 1, 1])]),
+            nd("Relu", "rd", &["d"], &["rr"], vec![]),
+            nd("Conv", "P", &["rr", "wp", "bp"], &["y"], vec![]),
+        ],
+        vec![
+            w("we", &[6, 3, 1, 1], &[1., 0., 1., 1., 1., 1.], 1),
+            tensor::new_f32("be", &[6], &[0.1, 1.0, 0.1, -0.1, 0.3, 0.2]),
+            // Channel 1: Σw ≈ −1.8, so relu(1·Σw + 1) is 0 inside and > 0 at the corners.
+            w("wd", &[6, 1, 3, 3], &[1., -0.2, 1., 1., 1., 1.], 2),
+            tensor::new_f32("bd", &[6], &[0.1, 1.0, -0.2, 0.4, 0.3, 0.05]),
+            w("wp", &[2, 6, 1, 1], &ones(2), 3),
+            tensor::new_f32("bp", &[2], &[0.3, -0.3]),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove_x(&m, &X4, &StructOptions { beta: 1.0, ..no_floor() });
+    assert_eq!(group(&o.result, "E").removed, vec![1], "{:?}", group(&o.result, "E"));
+
+    let x3: [i64; 3] = [1, 4, 8];
+    let mut cols = vec![1f32; 16];
+    cols[3] = 0.0;
+    cols[9] = 0.0;
+    let w1: Vec<f32> = {
+        let t = w("t", &[16, 8], &cols, 4);
+        let v = tensor::read_f32(&t).unwrap();
+        (0..8 * 16).map(|i| v[(i % 16) * 8 + i / 16]).collect()
+    };
+    let ln = mk_model(
+        vec![
+            nd("MatMul", "A", &["x", "w1"], &["a"], vec![]),
+            nd("Add", "ab", &["a", "b1"], &["h"], vec![]),
+            nd("LayerNormalization", "ln", &["h", "g", "bt"], &["n"], vec![attr_i("axis", -1)]),
+            nd("MatMul", "B", &["n", "w2"], &["y"], vec![]),
+        ],
+        vec![
+            tensor::new_f32("w1", &[8, 16], &w1),
+            tensor::new_f32("b1", &[16], &(0..16).map(|i| 0.1 * i as f32 - 0.5).collect::<Vec<_>>()),
+            tensor::new_f32("g", &[16], &[1.0; 16]),
+            tensor::new_f32("bt", &[16], &[0.0; 16]),
+            w("w2", &[16, 4], &ones(16), 5),
+        ],
+        &x3,
+        &["y"],
+    );
+    let o = prove_x(&ln, &x3, &StructOptions { beta: 1.0, ..no_floor() });
+    let g = group(&o.result, "A");
+    assert!(!g.notes.iter().any(|n| n.contains("all scores are zero") || n.contains("are dead")), "{g:?}");
+    assert!(g.kept < 16 && g.removed.contains(&3) && g.removed.contains(&9), "{g:?}");
+}
+
 #[test]
 fn dead_units_are_removed_with_their_bias_folded() {
     // β 1.2: the four live rows' norms vary ±20 %, so N_eff is a little under 4.

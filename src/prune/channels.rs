@@ -754,7 +754,7 @@ fn report(
     if g.blocked.is_empty() && dead > 0 {
         notes.push(format!(
             "{dead} removed unit(s) are dead (weights under 1 % of their layer's RMS row norm): their output \
-             is a constant whatever the input, folded into the consumers"
+             is, up to that, a constant whatever the input, folded into the consumers"
         ));
     }
     let step = g.align(opts).step;

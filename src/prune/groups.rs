@@ -270,6 +270,13 @@ pub struct Analysis {
     /// found in the dense view, they are the masked view's [`DeadRows::through`] (their weights
     /// and bias stay in the masked model).
     pub through_rows: BTreeSet<(usize, usize)>,
+    /// The through rows whose input constant is not 0 (the dense view's): their output is the
+    /// constant in the interior only, the zero-padded border differs.
+    pub through_inexact: BTreeSet<(usize, usize)>,
+    /// Classes (roots) with a through row in the final analysis: the masked model keeps those
+    /// rows, so a removed unit of theirs is not 0 at the border even where its constant is, and
+    /// the consumers' input slices are zeroed for them in the masked model whatever the constant.
+    pub through_classes: BTreeSet<Unit>,
     /// Producer rows (node, output position) with a non-zero bias ([`Analyzer::producer_bias`]).
     pub bias_emitters: BTreeSet<(usize, usize)>,
     /// Classes (roots) kept because a dead row of theirs has a bias that cannot be folded, with

@@ -44,25 +44,49 @@ pub(super) fn analysis(ctx: &Ctx) -> Result<Analysis> {
     for (key, s) in first.slices.iter().filter(|(_, s)| s.roles.contains(&Role::Producer)) {
         sums.insert(key.clone(), position_sums(ctx, &s.weight, s.axis, |x| x * x)?);
     }
-    let rows = dead_rows(ctx, &first, &sums);
+    let (rows, all_dead) = dead_rows(ctx, &first, &sums);
     if rows.is_empty() {
         first.producer_sq = sums;
         return Ok(first);
     }
     let emitters = std::mem::take(&mut first.bias_emitters);
     drop(first);
-    let mut dense = groups::analyze(ctx, &DeadRows { fold: rows.clone(), through: BTreeSet::new(), dense: true });
-    let dead = constant_classes(&dense);
-    let mut through = std::mem::take(&mut dense.through_rows);
+    // The dense view: which classes every consumer reads a constant from (in the interior).
+    let dense = groups::analyze(ctx, &DeadRows { fold: rows.clone(), through: BTreeSet::new(), dense: true });
+    let constant = constant_classes(&dense);
+    let all_dead: BTreeSet<Unit> = all_dead.into_iter().map(|u| dense.find(u)).collect();
+    let in_constant = |r: &(usize, usize)| class_of(&dense, *r).is_some_and(|c| constant.contains(&c));
+    // A dead row's constant is the dense model's at the consumers when the class is constant
+    // there, or when every row of the class is dead (then a consumer that reads it as a map, a
+    // spatial mask's product, pins the class: it is kept). In a class with live rows that reach
+    // the consumers, a live row changes it on the way (an SE gate scales it by a live, varying
+    // factor: folding it there cost 0.092 where zeroing it cost 0.029): the live rule applies.
+    let foldable = |r: &(usize, usize)| in_constant(r) || class_of(&dense, *r).is_some_and(|c| all_dead.contains(&c));
+    let mut fold: BTreeSet<(usize, usize)> = rows.iter().copied().filter(foldable).collect();
+    let mut through: BTreeSet<(usize, usize)> = dense.through_rows.iter().copied().filter(in_constant).collect();
+    // Exactly constant (no zero-padded border between): those score 0.
+    let inexact: BTreeSet<Unit> = dense.through_inexact.iter().filter_map(|r| class_of(&dense, *r)).collect();
+    let dead: BTreeSet<Unit> = constant.difference(&inexact).copied().collect();
     drop(dense);
 
-    let mut fold = rows;
     let second = groups::analyze(ctx, &DeadRows { fold: fold.clone(), through: through.clone(), dense: false });
-    let pinned = pins(ctx, &second);
+    let mut pinned = pins(ctx, &second);
+    // A through row keeps its depthwise row in the masked model, so its unit is not 0 at the
+    // border even where its constant is: every consumer must zero its input slice there, which
+    // one that cannot fold does not.
+    let through_classes: BTreeSet<Unit> = through.iter().filter_map(|r| class_of(&second, *r)).collect();
+    for c in second.consumers.iter() {
+        let Err(e) = &c.fold else { continue };
+        for u in c.units.iter().flatten() {
+            let root = second.find(*u);
+            if through_classes.contains(&root) {
+                pinned.entry(root).or_insert_with(|| format!("it would emit a constant into {e}"));
+            }
+        }
+    }
     // Dead rows whose bias cannot be folded (and the depthwise rows that carry a dead constant
     // into such a reader): removing their class would drop it (a ConvTranspose or a padded
-    // AveragePool reads it, or an SE gate turns it into an activation), so the class stays, as a
-    // live unit's unfoldable BN shift does.
+    // AveragePool reads it), so the class stays, as a live unit's unfoldable BN shift does.
     let mut kept: BTreeMap<Unit, String> = BTreeMap::new();
     let mut unpin = |r: &(usize, usize), emits: bool| {
         let why = emits.then(|| class_of(&second, *r)).flatten().and_then(|c| Some((c, pinned.get(&c)?)));
@@ -91,6 +115,7 @@ pub(super) fn analysis(ctx: &Ctx) -> Result<Analysis> {
     }
     let pinned = pins(ctx, &an);
     an.dead_classes = dead.into_iter().map(|u| an.find(u)).filter(|c| !pinned.contains_key(c)).collect();
+    an.through_classes = an.through_rows.iter().filter_map(|r| class_of(&an, *r)).collect();
     Ok(an)
 }
 
@@ -98,16 +123,29 @@ pub(super) fn analysis(ctx: &Ctx) -> Result<Analysis> {
 /// that writes the position's class is dead ([`DEAD_REL`] of the slice's RMS row norm). Only
 /// Conv, ConvTranspose, Gemm and MatMul rows: a dead row of theirs emits its bias, where a
 /// recurrent cell's hidden state still evolves over time.
-fn dead_rows(ctx: &Ctx, an: &Analysis, sums: &BTreeMap<(String, usize), Vec<f64>>) -> BTreeSet<(usize, usize)> {
+fn dead_rows(
+    ctx: &Ctx,
+    an: &Analysis,
+    sums: &BTreeMap<(String, usize), Vec<f64>>,
+) -> (BTreeSet<(usize, usize)>, BTreeSet<Unit>) {
     let mut out = BTreeSet::new();
+    // Per class over every producer slice: are all its rows dead?
+    let mut every: BTreeMap<Unit, bool> = BTreeMap::new();
     for (key, s) in an.slices.iter().filter(|(_, s)| s.roles.contains(&Role::Producer)) {
-        let Some(sq) = sums.get(key).filter(|sq| sq.len() == s.units.len()) else { continue };
+        let Some(sq) = sums.get(key).filter(|sq| sq.len() == s.units.len()) else {
+            for u in s.units.iter().flatten() {
+                every.insert(an.find(*u), false);
+            }
+            continue;
+        };
         let rms2 = sq.iter().sum::<f64>() / sq.len().max(1) as f64;
         // Per class: are all this slice's rows that write it dead?
         let mut all_dead: BTreeMap<Unit, bool> = BTreeMap::new();
         for (p, u) in s.units.iter().enumerate() {
             if let Some(u) = u {
-                *all_dead.entry(an.find(*u)).or_insert(true) &= sq[p] <= DEAD_REL * DEAD_REL * rms2;
+                let dead = sq[p] <= DEAD_REL * DEAD_REL * rms2;
+                *all_dead.entry(an.find(*u)).or_insert(true) &= dead;
+                *every.entry(an.find(*u)).or_insert(true) &= dead;
             }
         }
         if !all_dead.values().any(|&d| d) {
@@ -126,7 +164,7 @@ fn dead_rows(ctx: &Ctx, an: &Analysis, sums: &BTreeMap<(String, usize), Vec<f64>
             }
         }
     }
-    out
+    (out, every.into_iter().filter(|&(_, d)| d).map(|(u, _)| u).collect())
 }
 
 /// The class (root) a producer row writes.
@@ -136,9 +174,16 @@ fn class_of(an: &Analysis, (ni, o): (usize, usize)) -> Option<Unit> {
 }
 
 /// In a dense-view analysis, the classes (roots) every consumer reads a constant from, at every
-/// position.
+/// position. Not those a normalisation reads (LayerNorm, RMSNorm, a mean over the units): it
+/// leaves a removed position 0 whatever the input, and the others' statistics change with it.
 fn constant_classes(dense: &Analysis) -> BTreeSet<Unit> {
     let mut all_const: BTreeMap<Unit, bool> = BTreeMap::new();
+    for e in &dense.edits {
+        let (Edit::Norm { units, .. } | Edit::Mean { units, .. } | Edit::Mask { units, .. }) = e else { continue };
+        for u in units.iter().flatten() {
+            all_const.insert(dense.find(*u), false);
+        }
+    }
     for c in &dense.consumers {
         for (p, u) in c.units.iter().enumerate() {
             if let Some(u) = u {

@@ -38,7 +38,14 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
             .iter()
             .enumerate()
             .filter_map(|(p, u)| match c.val(p) {
-                Val::Const(k) if k != 0.0 && !plan.keeps(an, *u) => Some((p, k)),
+                // A through class's unit is not 0 at the masked model's border even where its
+                // constant is 0: its input slice is zeroed there too.
+                Val::Const(k)
+                    if !plan.keeps(an, *u)
+                        && (k != 0.0 || u.is_some_and(|u| an.through_classes.contains(&an.find(u)))) =>
+                {
+                    Some((p, k))
+                }
                 _ => None,
             })
             .collect();

@@ -177,26 +177,27 @@ impl Analyzer<'_, '_> {
     }
 
     /// A live depthwise row whose input channel is a dead unit's constant `v` (a dead expansion
-    /// row before a live depthwise filter) outputs `v·Σw + b` in the interior, whatever the input.
-    /// The dense view records such rows ([`Analysis::through_rows`]); in the masked view the rows
-    /// of [`DeadRows::through`] keep their weights and bias in the masked model and a removed
-    /// unit emits that constant there, for the consumers to fold (exact in the interior; the
-    /// border of the depthwise's zero padding is pruning error). Conv only: a strided
-    /// ConvTranspose's interior varies with the output's phase.
+    /// row before a live depthwise filter) outputs `v·Σw + b` in the interior, whatever the input
+    /// (everywhere when `v` is 0). The dense view records such rows ([`Analysis::through_rows`];
+    /// those with `v ≠ 0`, exact in the interior only, also in [`Analysis::through_inexact`]) and
+    /// emits that constant; in the masked view the rows of [`DeadRows::through`] keep their
+    /// weights and bias in the masked model and a removed unit emits the constant there, for the
+    /// consumers to fold (the border of the depthwise's zero padding is pruning error). Conv
+    /// only: a strided ConvTranspose's interior varies with the output's phase.
     fn through_dead_input(&mut self, ni: usize, x: &Track, w: &str, b: Option<&str>, m: usize, vals: Vals) -> Vals {
-        if self.dead.dense {
-            for o in 0..vals.len() {
-                let live = !self.dead.fold.contains(&(ni, o));
-                if live && matches!(x.vals.get(o / m.max(1)), Some(Val::Const(_))) {
-                    self.st.through_rows.insert((ni, o));
-                }
-            }
-            return vals;
-        }
-        if !(0..vals.len()).any(|o| self.dead.through.contains(&(ni, o))) {
-            return vals;
-        }
         let n = vals.len();
+        let input = |o: usize| match x.vals.get(o / m.max(1)) {
+            Some(&Val::Const(c)) => Some(c),
+            _ => None,
+        };
+        let rows: Vec<usize> = if self.dead.dense {
+            (0..n).filter(|&o| !self.dead.fold.contains(&(ni, o)) && input(o).is_some()).collect()
+        } else {
+            (0..n).filter(|&o| self.dead.through.contains(&(ni, o))).collect()
+        };
+        if rows.is_empty() {
+            return vals;
+        }
         let sums = self.ctx.const_vals(w).filter(|v| !v.is_empty() && v.len() % n == 0).map(|v| {
             let k = v.len() / n;
             v.chunks(k).map(|r| r.iter().sum::<f64>()).collect::<Vec<f64>>()
@@ -206,14 +207,17 @@ impl Analyzer<'_, '_> {
             None => Some(vec![0.0; n]),
         };
         let mut out = vals.to_vec();
-        for (o, v) in out.iter_mut().enumerate() {
-            if !self.dead.through.contains(&(ni, o)) {
-                continue;
-            }
-            *v = match (&sums, &bias, x.vals.get(o / m.max(1))) {
-                (Some(s), Some(b), Some(&Val::Const(c))) => map_val(Val::Const(c), |c| Some(c * s[o] + b[o])),
+        for o in rows {
+            out[o] = match (&sums, &bias, input(o)) {
+                (Some(s), Some(b), Some(c)) => map_val(Val::Const(c), |c| Some(c * s[o] + b[o])),
                 _ => Val::Varying,
             };
+            if self.dead.dense && out[o] != Val::Varying {
+                self.st.through_rows.insert((ni, o));
+                if input(o) != Some(0.0) {
+                    self.st.through_inexact.insert((ni, o));
+                }
+            }
         }
         out.into()
     }
