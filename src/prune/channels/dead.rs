@@ -8,13 +8,20 @@
 //!
 //! Deadness is decided per row, not per unit class: in a MobileNet block the expansion row and
 //! the depthwise filter of a channel are one class, and an all-zero depthwise filter makes the
-//! channel's output a constant even though its expansion row is live. A class is **dead** when
-//! every consumer reads a constant from it in the dense model: the analysis runs once more in its
-//! dense view ([`groups::DeadRows::dense`]), where live rows emit a varying value, and the classes
-//! whose consumers all still see constants are the ones whose last producers are dead.
+//! channel's output a constant even though its expansion row is live; a dead expansion row's
+//! constant goes on through a live depthwise filter as `v·Σw + b` (a *through* row, exact in the
+//! interior). The analysis runs once more in its dense view ([`groups::DeadRows::dense`]), where
+//! live rows emit a varying value: the classes whose consumers all still read constants are the
+//! ones whose last producers are dead (not those a normalisation over the units reads: it leaves
+//! a removed position 0 whatever the input). A dead row's bias is folded only in such a class, or
+//! in one whose rows are all dead: elsewhere a live row changes the constant on the way (an SE
+//! gate's varying factor) and the live rule applies. A class is **dead**, scored 0, when it is
+//! constant without a through row of a non-zero input (whose zero-padded border differs).
 //!
 //! Contract: [`analysis`] returns the analysis with `fold_rows` holding the dead rows whose bias
-//! the masked model keeps (every consumer can fold it), `dead_pins` the classes kept because a
+//! the masked model keeps (every consumer can fold it), `through_rows` / `through_classes` the
+//! depthwise rows the masked model keeps for a dead constant and their classes (whose consumers
+//! zero their input slices in the masked model whatever the constant), `dead_pins` the classes kept because a
 //! dead row's bias cannot be folded (with the reason), `dead_classes` the dead classes (the
 //! channels stage scores them 0: removing them costs nothing), and `producer_sq` the Σ w² per
 //! position of every producer slice (the L2 scores reuse them). Live rows keep the masked model's
