@@ -501,13 +501,8 @@ fn execute(cli: Cli, names: &dyn Spelling) -> Result<Done, Failure> {
             return Err(no_effect(&f(flag), why));
         }
     }
-    if a.labels.is_some() && (plan || a.no_verify) {
-        let why = if plan {
-            format!("with {}: plan measures nothing", f(Flag::Plan))
-        } else {
-            format!("with {}: no accuracy is measured", f(Flag::NoVerify))
-        };
-        return Err(no_effect(&f(Flag::Labels), &why));
+    if a.labels.is_some() && plan {
+        return Err(no_effect(&f(Flag::Labels), &format!("with {}: plan measures nothing", f(Flag::Plan))));
     }
     // The guard judges on a verification run; with --no-verify its tolerance still bounds the
     // warning on a reconstructed cut (`calibrated_warning`), and `off` silences that warning.
