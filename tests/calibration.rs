@@ -127,6 +127,18 @@ fn statistics_stream_over_chunks() {
 
 /// x[?,3] → MatMul W1[3,4] → Relu → MatMul W2[4,2] → y. Hidden unit 0 has the largest weight
 /// norm but reads feature 0, which is always 0 in the calibration data.
+/// Appends nodes (name, op, inputs, output) without attributes to `g`.
+fn push_nodes(g: &mut GraphProto, nodes: &[(&str, &str, &[&str], &str)]) {
+    for (name, op, ins, out) in nodes {
+        let mut n = NodeProto::new();
+        n.op_type = (*op).into();
+        n.name = (*name).into();
+        n.input = ins.iter().map(|s| s.to_string()).collect();
+        n.output = vec![(*out).into()];
+        g.node.push(n);
+    }
+}
+
 fn mlp(dir: &Path) -> std::path::PathBuf {
     let mut g = GraphProto::new();
     g.name = "act".into();
@@ -135,18 +147,10 @@ fn mlp(dir: &Path) -> std::path::PathBuf {
     // columns: u0 = [5,0,0], u1 = [0,1,0], u2 = [0,0,1], u3 = [0,1,1]
     g.initializer.push(tensor::new_f32("W1", &[3, 4], &[5., 0., 0., 0., 0., 1., 0., 1., 0., 0., 1., 1.]));
     g.initializer.push(tensor::new_f32("W2", &[4, 2], &[1.; 8]));
-    for (name, op, ins, out) in [
-        ("mm1", "MatMul", vec!["x", "W1"], "h"),
-        ("relu", "Relu", vec!["h"], "r"),
-        ("mm2", "MatMul", vec!["r", "W2"], "y"),
-    ] {
-        let mut n = NodeProto::new();
-        n.op_type = op.into();
-        n.name = name.into();
-        n.input = ins.into_iter().map(String::from).collect();
-        n.output = vec![out.into()];
-        g.node.push(n);
-    }
+    push_nodes(
+        &mut g,
+        &[("mm1", "MatMul", &["x", "W1"], "h"), ("relu", "Relu", &["h"], "r"), ("mm2", "MatMul", &["r", "W2"], "y")],
+    );
     save_graph(g, &dir.join("mlp.onnx"))
 }
 
@@ -261,19 +265,15 @@ fn the_activation_criterion_removes_a_dead_unit_first() {
     g.initializer.push(tensor::new_f32("b1", &[4], &[2., 0., 0., 0.]));
     // Equal live scores (equal W2 row norms, equal input columns): N_eff 3 without the dead unit.
     g.initializer.push(tensor::new_f32("W2", &[4, 2], &[1., -1., 1., 1., -1., 1., 1., -1.]));
-    for (name, op, ins, out) in [
-        ("mm1", "MatMul", vec!["x", "W1"], "h"),
-        ("add1", "Add", vec!["h", "b1"], "hb"),
-        ("relu", "Relu", vec!["hb"], "r"),
-        ("mm2", "MatMul", vec!["r", "W2"], "y"),
-    ] {
-        let mut n = NodeProto::new();
-        n.op_type = op.into();
-        n.name = name.into();
-        n.input = ins.into_iter().map(String::from).collect();
-        n.output = vec![out.into()];
-        g.node.push(n);
-    }
+    push_nodes(
+        &mut g,
+        &[
+            ("mm1", "MatMul", &["x", "W1"], "h"),
+            ("add1", "Add", &["h", "b1"], "hb"),
+            ("relu", "Relu", &["hb"], "r"),
+            ("mm2", "MatMul", &["r", "W2"], "y"),
+        ],
+    );
     let p = save_graph(g, &dir.path().join("dead.onnx"));
     let x = Array2::from_shape_fn((16, 3), |(r, c)| 0.5 + ((r + c) % 4) as f32 * 0.25);
     let xp = dir.path().join("calib.npy");

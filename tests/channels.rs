@@ -736,6 +736,35 @@ fn bn_shift_into_a_zero_padded_conv_is_folded_in_the_interior() {
 /// consumer's bias, whether the exporter wrote it into the Conv / Gemm or as an Add, so removing
 /// them changes nothing. Live units' biases are zeroed with their weights, as before; a dead unit
 /// whose bias cannot be folded (here: multiplied by a spatial map) is kept.
+/// x → Conv E (expansion, 6 × 3 × 1 × 1, rows scaled by `we`, bias `be`) → Relu → depthwise
+/// Conv D (6 × 1 × 3 × 3, rows scaled by `wd`, bias `bd`, zero-padded by 1 when `padded`) → Relu
+/// → Conv P (projection to 2) → y: a MobileNet block for the dead-row tests.
+fn depthwise_block(we: &[f32], be: &[f32], wd: &[f32], bd: &[f32], padded: bool) -> ModelProto {
+    let mut dw = vec![attr_i("group", 6)];
+    if padded {
+        dw.push(attr_ints("pads", &[1, 1, 1, 1]));
+    }
+    mk_model(
+        vec![
+            nd("Conv", "E", &["x", "we", "be"], &["e"], vec![]),
+            nd("Relu", "re", &["e"], &["r"], vec![]),
+            nd("Conv", "D", &["r", "wd", "bd"], &["d"], dw),
+            nd("Relu", "rd", &["d"], &["rr"], vec![]),
+            nd("Conv", "P", &["rr", "wp", "bp"], &["y"], vec![]),
+        ],
+        vec![
+            w("we", &[6, 3, 1, 1], we, 1),
+            tensor::new_f32("be", &[6], be),
+            w("wd", &[6, 1, 3, 3], wd, 2),
+            tensor::new_f32("bd", &[6], bd),
+            w("wp", &[2, 6, 1, 1], &ones(2), 3),
+            tensor::new_f32("bp", &[2], &[0.3, -0.3]),
+        ],
+        &X4,
+        &["y"],
+    )
+}
+
 /// MobileNet block: live expansion rows, then a depthwise filter that is all zero for channels
 /// 1 and 4: those channels emit relu(bias) whatever the input. Deadness is per row, not per
 /// class: the classes score 0, go first, and the depthwise bias is folded into the projection.
@@ -743,24 +772,12 @@ fn bn_shift_into_a_zero_padded_conv_is_folded_in_the_interior() {
 #[test]
 fn dead_rows_inside_a_depthwise_block_are_removed_exactly() {
     let opts = StructOptions { beta: 1.2, ..no_floor() };
-    let m = mk_model(
-        vec![
-            nd("Conv", "E", &["x", "we", "be"], &["e"], vec![]),
-            nd("Relu", "re", &["e"], &["r"], vec![]),
-            nd("Conv", "D", &["r", "wd", "bd"], &["d"], vec![attr_i("group", 6), attr_ints("pads", &[1, 1, 1, 1])]),
-            nd("Relu", "rd", &["d"], &["rr"], vec![]),
-            nd("Conv", "P", &["rr", "wp", "bp"], &["y"], vec![]),
-        ],
-        vec![
-            w("we", &[6, 3, 1, 1], &ones(6), 1),
-            tensor::new_f32("be", &[6], &[0.1, 0.2, 0.1, -0.1, 0.3, 0.2]),
-            w("wd", &[6, 1, 3, 3], &[1., 0., 1., 1., 0., 1.], 2),
-            tensor::new_f32("bd", &[6], &[0.1, 0.8, -0.2, 0.4, 0.6, 0.05]),
-            w("wp", &[2, 6, 1, 1], &ones(2), 3),
-            tensor::new_f32("bp", &[2], &[0.3, -0.3]),
-        ],
-        &X4,
-        &["y"],
+    let m = depthwise_block(
+        &ones(6),
+        &[0.1, 0.2, 0.1, -0.1, 0.3, 0.2],
+        &[1., 0., 1., 1., 0., 1.],
+        &[0.1, 0.8, -0.2, 0.4, 0.6, 0.05],
+        true,
     );
     let o = prove_x(&m, &X4, &opts);
     let g = group(&o.result, "E");
@@ -775,24 +792,12 @@ fn dead_rows_inside_a_depthwise_block_are_removed_exactly() {
     // v·Σw + b whatever the input. The masked model keeps those depthwise rows and P folds the
     // constant; dropping it cost 0.076.
     let opts = StructOptions { beta: 1.0, ..no_floor() };
-    let m = mk_model(
-        vec![
-            nd("Conv", "E", &["x", "we", "be"], &["e"], vec![]),
-            nd("Relu", "re", &["e"], &["r"], vec![]),
-            nd("Conv", "D", &["r", "wd", "bd"], &["d"], vec![attr_i("group", 6)]),
-            nd("Relu", "rd", &["d"], &["rr"], vec![]),
-            nd("Conv", "P", &["rr", "wp", "bp"], &["y"], vec![]),
-        ],
-        vec![
-            w("we", &[6, 3, 1, 1], &[1., 0., 1., 1., 0., 1.], 1),
-            tensor::new_f32("be", &[6], &[0.1, 0.5, 0.1, -0.1, 0.7, 0.2]),
-            w("wd", &[6, 1, 3, 3], &[1., 0.3, 1., 1., 0.3, 1.], 2),
-            tensor::new_f32("bd", &[6], &[0.1, 0.2, -0.2, 0.4, -0.1, 0.05]),
-            w("wp", &[2, 6, 1, 1], &ones(2), 3),
-            tensor::new_f32("bp", &[2], &[0.3, -0.3]),
-        ],
-        &X4,
-        &["y"],
+    let m = depthwise_block(
+        &[1., 0., 1., 1., 0., 1.],
+        &[0.1, 0.5, 0.1, -0.1, 0.7, 0.2],
+        &[1., 0.3, 1., 1., 0.3, 1.],
+        &[0.1, 0.2, -0.2, 0.4, -0.1, 0.05],
+        false,
     );
     let o = prove_x(&m, &X4, &opts);
     let g = group(&o.result, "E");
@@ -809,25 +814,13 @@ fn dead_rows_inside_a_depthwise_block_are_removed_exactly() {
 /// unit's score was zeroed: "all scores are zero", kept whole; or 13 live units cut as dead).
 #[test]
 fn dead_rows_behind_a_zeroing_activation_or_a_layer_norm_are_not_misread() {
-    let m = mk_model(
-        vec![
-            nd("Conv", "E", &["x", "we", "be"], &["e"], vec![]),
-            nd("Relu", "re", &["e"], &["r"], vec![]),
-            nd("Conv", "D", &["r", "wd", "bd"], &["d"], vec![attr_i("group", 6), attr_ints("pads", &[1, 1, 1, 1])]),
-            nd("Relu", "rd", &["d"], &["rr"], vec![]),
-            nd("Conv", "P", &["rr", "wp", "bp"], &["y"], vec![]),
-        ],
-        vec![
-            w("we", &[6, 3, 1, 1], &[1., 0., 1., 1., 1., 1.], 1),
-            tensor::new_f32("be", &[6], &[0.1, 1.0, 0.1, -0.1, 0.3, 0.2]),
-            // Channel 1: Σw ≈ −1.8, so relu(1·Σw + 1) is 0 inside and > 0 at the corners.
-            w("wd", &[6, 1, 3, 3], &[1., -0.2, 1., 1., 1., 1.], 2),
-            tensor::new_f32("bd", &[6], &[0.1, 1.0, -0.2, 0.4, 0.3, 0.05]),
-            w("wp", &[2, 6, 1, 1], &ones(2), 3),
-            tensor::new_f32("bp", &[2], &[0.3, -0.3]),
-        ],
-        &X4,
-        &["y"],
+    // Channel 1: Σw ≈ −1.8, so relu(1·Σw + 1) is 0 inside and > 0 at the corners.
+    let m = depthwise_block(
+        &[1., 0., 1., 1., 1., 1.],
+        &[0.1, 1.0, 0.1, -0.1, 0.3, 0.2],
+        &[1., -0.2, 1., 1., 1., 1.],
+        &[0.1, 1.0, -0.2, 0.4, 0.3, 0.05],
+        true,
     );
     let o = prove_x(&m, &X4, &StructOptions { beta: 1.0, ..no_floor() });
     assert_eq!(group(&o.result, "E").removed, vec![1], "{:?}", group(&o.result, "E"));
