@@ -321,9 +321,53 @@ pub fn run_to_json_as(args: Vec<String>, names: &dyn Spelling) -> Result<String,
     if let Some(Cmd::Plan(a)) = &mut cli.cmd {
         a.quiet = true;
     }
-    match guard(|| execute(cli, names))? {
-        Done::Report(r) => Ok(r.to_json()),
-        Done::Text(s) => Ok(s),
+    let respell = |t: &str| crate::flags::respell(t, names, &takes_value);
+    match guard(|| execute(cli, names)) {
+        Ok(Done::Report(r)) if names.is_cli() => Ok(r.to_json()),
+        // The report's notes and warnings name the command line's flags: a front end reads its own.
+        Ok(Done::Report(r)) => match r.to_value() {
+            Ok(mut v) => {
+                respell_strings(&mut v, &respell);
+                Ok(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
+            }
+            Err(_) => Ok(r.to_json()),
+        },
+        Ok(Done::Text(s)) => Ok(s),
+        Err(f) => Err(Failure { message: respell(&f.message), ..f }),
+    }
+}
+
+/// Every string in a JSON value (not the keys) through `f`.
+fn respell_strings(v: &mut serde_json::Value, f: &dyn Fn(&str) -> String) {
+    match v {
+        serde_json::Value::String(s) => *s = f(s),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| respell_strings(x, f)),
+        serde_json::Value::Object(o) => o.values_mut().for_each(|x| respell_strings(x, f)),
+        _ => {}
+    }
+}
+
+/// Whether the command line takes `word` as `flag`'s value (`--include stem`, `--guard off`,
+/// `--round-to 1`), as opposed to the word after a flag a message names alone (`--beta above 1`,
+/// `--calibration with a few hundred inputs`): what clap's parser for it accepts; a data file
+/// ends in .npy or .npz.
+fn takes_value(flag: Flag, word: &str) -> bool {
+    use clap::ValueEnum;
+    let number = word.parse::<f64>().is_ok_and(f64::is_finite);
+    match flag {
+        Flag::Beta | Flag::Ratio | Flag::LatencyBudget | Flag::LatencyRuns | Flag::CalibrationRows | Flag::Seed => {
+            number
+        }
+        Flag::Guard => parse_guard(word).is_ok(),
+        Flag::RoundTo => word.parse::<RoundTo>().is_ok(),
+        Flag::Include => word.split(',').all(|i| IncludeArg::from_str(i, false).is_ok()),
+        Flag::Structured => Mode::from_str(word, false).is_ok(),
+        Flag::Scope => ScopeArg::from_str(word, false).is_ok(),
+        Flag::Criterion => CriterionArg::from_str(word, false).is_ok(),
+        Flag::LatencyIn => LatencyIn::from_str(word, false).is_ok(),
+        Flag::Dim => word.contains('=') && !word.starts_with('='),
+        Flag::Inputs | Flag::Labels | Flag::Calibration => word.ends_with(".npy") || word.ends_with(".npz"),
+        _ => false,
     }
 }
 

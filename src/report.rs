@@ -119,7 +119,7 @@ impl Report {
     /// The report as JSON, where reconstruction's squared errors (`err_*`, ‖y − y_dense‖² /
     /// ‖y_dense‖²) are joined by their square roots (`rel_l2_*`), the relative L2 the text
     /// report prints and every other error of the JSON is (the guard's tolerance is one).
-    fn to_value(&self) -> serde_json::Result<serde_json::Value> {
+    pub fn to_value(&self) -> serde_json::Result<serde_json::Value> {
         let mut v = serde_json::to_value(self)?;
         let root = |o: &mut serde_json::Map<String, serde_json::Value>, pairs: &[(&str, &str)]| {
             for (from, to) in pairs {

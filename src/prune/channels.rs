@@ -42,7 +42,7 @@ mod dead;
 mod floors;
 mod rewrite;
 mod sites;
-use floors::{bottleneck_note, floored, is_stem};
+use floors::{bottleneck_note, floored, is_stem, kept_whole};
 use rewrite::{rewrite, Mode};
 use sites::{downstream_sites, refit_sites};
 
@@ -215,6 +215,11 @@ impl SourceKind {
 }
 
 impl Group {
+    /// Indices (into the group's classes) of its dead units ([`Analysis::dead_classes`]).
+    fn dead(&self, an: &Analysis) -> BTreeSet<usize> {
+        (0..self.classes.len()).filter(|&i| an.dead_classes.contains(&self.classes[i])).collect()
+    }
+
     fn align(&self, opts: &StructOptions) -> Align {
         // A LayerNorm-normalised stream is a transformer's: its 2-D Gemms run over flattened
         // tokens ([L·N, E], torchvision's attention projections), not one row at batch 1.
@@ -587,21 +592,22 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
             continue;
         }
         if opts.floor.stem && is_stem(ctx, g) {
-            notes.push(format!(
-                "kept whole: a Conv that reads the model input (stem); EMP would keep {} (--include stem prunes it)",
+            let why = format!(
+                "a Conv that reads the model input (stem); EMP would keep {} (--include stem prunes it)",
                 d.kept
-            ));
-            decisions.push((d.n_eff, (0..g.classes.len()).collect(), notes));
+            );
+            let keep = kept_whole(g, an, opts, &why, &mut notes);
+            decisions.push((d.n_eff, keep, notes));
             continue;
         }
         if depthwise_net && g.bottleneck {
-            notes.push(bottleneck_note(d.kept, "EMP"));
-            decisions.push((d.n_eff, (0..g.classes.len()).collect(), notes));
+            let keep = kept_whole(g, an, opts, &bottleneck_note(d.kept, "EMP"), &mut notes);
+            decisions.push((d.n_eff, keep, notes));
             continue;
         }
         let chosen: BTreeSet<usize> = emp::top_k(&g.scores, d.kept).into_iter().collect();
         let align = g.align(opts);
-        let (target, keep) = keep_set(g, &chosen, opts, &mut notes);
+        let (target, keep) = keep_set(g, an, &chosen, opts, &mut notes);
         if align.step > 1 && keep.len() != target {
             let (how, which) = if align.nearest { ("", "the nearest") } else { (" up", "a") };
             let what = if keep.len().is_multiple_of(align.step) {
@@ -618,7 +624,7 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
             (0..groups.len()).filter(|&i| opts.floor.stem && is_stem(ctx, &groups[i])).collect();
         let bottlenecks: BTreeSet<usize> =
             (0..groups.len()).filter(|&i| depthwise_net && groups[i].bottleneck).collect();
-        global(&groups, &mut decisions, &stems, &bottlenecks, opts)?;
+        global(an, &groups, &mut decisions, &stems, &bottlenecks, opts)?;
     }
     if let Some(only) = &opts.cut_only {
         for (i, (g, (_, keep, notes))) in groups.iter().zip(decisions.iter_mut()).enumerate() {
@@ -648,6 +654,7 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
 
 /// One EMP over all prunable groups, each group's scores divided by its mean.
 fn global(
+    an: &Analysis,
     groups: &[Group],
     decisions: &mut [(f64, BTreeSet<usize>, Vec<String>)],
     stems: &BTreeSet<usize>,
@@ -684,33 +691,45 @@ fn global(
             d.n_eff,
             d.kept
         ));
+        let g = &groups[gi];
         if stems.contains(&gi) {
-            decisions[gi].2.push(format!(
-                "kept whole: a Conv that reads the model input (stem); global EMP would keep {} (--include stem prunes it)",
+            let why = format!(
+                "a Conv that reads the model input (stem); global EMP would keep {} (--include stem prunes it)",
                 c.len()
-            ));
+            );
+            decisions[gi].1 = kept_whole(g, an, opts, &why, &mut decisions[gi].2);
             continue;
         }
         if bottlenecks.contains(&gi) && !stems.contains(&gi) {
-            decisions[gi].2.push(bottleneck_note(c.len(), "global EMP"));
+            decisions[gi].1 = kept_whole(g, an, opts, &bottleneck_note(c.len(), "global EMP"), &mut decisions[gi].2);
             continue;
         }
-        decisions[gi].1 = keep_set(&groups[gi], &c, opts, &mut decisions[gi].2).1;
+        decisions[gi].1 = keep_set(g, an, &c, opts, &mut decisions[gi].2).1;
     }
     Ok(())
 }
 
 /// The count EMP's `chosen` units make, raised to the narrow floor, and the aligned keep set
-/// ([`fill`]) for it.
+/// ([`fill`]) for it. The floor counts live units only, so it never keeps a dead one. When the
+/// count is rounded up, dead units that EMP chose (β > 1 reaches them: they score 0) are not
+/// kept for that; rounded to the nearest multiple, EMP's count stays what it is (dead units
+/// included) so that rounding down never drops a live unit EMP kept, and [`fill`] drops the
+/// dead ones first (they rank last).
 fn keep_set(
     g: &Group,
+    an: &Analysis,
     chosen: &BTreeSet<usize>,
     opts: &StructOptions,
     notes: &mut Vec<String>,
 ) -> (usize, BTreeSet<usize>) {
     let n = g.classes.len();
-    let target = floored(n, chosen.len().max(1), opts, notes);
-    (target, fill(g, chosen, target, opts.floor.min_keep(n), g.align(opts)))
+    let dead = g.dead(an);
+    let align = g.align(opts);
+    let chosen: BTreeSet<usize> =
+        if align.nearest { chosen.clone() } else { chosen.difference(&dead).copied().collect() };
+    let live = n - dead.len();
+    let target = floored(n, live, chosen.len().max(1), opts, notes);
+    (target, fill(g, &chosen, target, opts.floor.min_keep(n).min(live.max(1)), align))
 }
 
 /// No tensor may lose all its positions (a split part or concat input would become empty).
@@ -758,6 +777,13 @@ fn report(
         ));
     }
     let step = g.align(opts).step;
+    let dead_kept = kept_idx.iter().filter(|&&i| an.dead_classes.contains(&g.classes[i])).count();
+    if g.blocked.is_empty() && dead_kept > 0 && step > 1 && kept_idx.len() < n && kept_idx.len().is_multiple_of(step) {
+        notes.push(format!(
+            "{dead_kept} kept unit(s) are dead: kept to reach {}, a multiple of {step} (--round-to 1 removes them)",
+            kept_idx.len()
+        ));
+    }
     if g.blocked.is_empty() && step > 1 && !kept_idx.len().is_multiple_of(step) && kept_idx.len() != n {
         notes.push(format!("kept count {} is not a multiple of {step} (pinned units)", kept_idx.len()));
     }

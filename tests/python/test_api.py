@@ -7,6 +7,7 @@ nothing for a plan, and releases the GIL while the pass runs.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -130,6 +131,16 @@ def test_usage_errors_name_the_keyword_arguments(tmp_path):
     with pytest.raises(ValueError, match="round_to has no effect per weight"):
         onnx_emp.plan(M / "digits_mlp.onnx", round_to="auto")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_report_notes_name_the_keyword_arguments():
+    """The report's notes name the options as prune()/plan() take them: `include='stem'`, not
+    `--include stem` (the notes named the command's flags before 2026-12-06)."""
+    r = onnx_emp.plan(M / "fmnist_mobilenet.onnx", structured="channels")
+    notes = [n for g in r["groups"] for n in g["notes"]] + r["notes"]
+    assert any("(include='stem' prunes it)" in n for n in notes), notes
+    assert any("round_to='auto'" in n for n in notes), notes
+    assert not any(re.search(r"(^|[\s(])--[a-z]", n) for n in notes), notes
 
 
 def test_a_model_tract_cannot_run_is_proven_in_this_environments_onnxruntime(tmp_path, monkeypatch):

@@ -7,24 +7,60 @@
 use super::*;
 
 /// `kept` raised to the narrow floor ([`crate::prune::Floor`]), with a note when the floor binds.
-pub(super) fn floored(n: usize, kept: usize, opts: &StructOptions, notes: &mut Vec<String>) -> usize {
-    let min = opts.floor.min_keep(n);
+/// The floor counts the group's `live` units only: a dead unit costs nothing to remove, so the
+/// floor never keeps one.
+pub(super) fn floored(n: usize, live: usize, kept: usize, opts: &StructOptions, notes: &mut Vec<String>) -> usize {
+    let full = opts.floor.min_keep(n);
+    let min = full.min(live.max(1));
     if kept >= min {
         return kept;
     }
+    let dead = if min < full { format!(", less its {} dead unit(s)", n - live) } else { String::new() };
     notes.push(format!(
-        "kept {min} instead of {kept}: floor of half the width and at least {} units (--include narrow lifts it)",
+        "kept {min} instead of {kept}: floor of half the width and at least {} units{dead} (--include narrow lifts it)",
         crate::prune::NARROW_MIN.min(n)
     ));
     min
 }
 
-/// The note of a group the bottleneck floor keeps whole ([`crate::prune::Floor::bottleneck`]).
+/// The reason the bottleneck floor keeps a group whole ([`crate::prune::Floor::bottleneck`]).
 pub(super) fn bottleneck_note(kept: usize, by: &str) -> String {
     format!(
-        "kept whole: a bottleneck between depthwise groups (cutting it cuts 1×1-conv MACs on both sides \
+        "a bottleneck between depthwise groups (cutting it cuts 1×1-conv MACs on both sides \
          that buy little time); {by} would keep {kept} (--include bottleneck prunes it)"
     )
+}
+
+/// The keep set of a group a floor (stem, bottleneck) keeps whole for `why`: every live unit. Its
+/// dead units ([`Analysis::dead_classes`]: a channel a model pruned elsewhere with masks left
+/// zeroed, whose output is a constant the consumers fold) cost no accuracy and are removed, as
+/// far as the group's alignment allows: the live count is rounded up onto dead units, never
+/// down onto live ones. The note says which.
+pub(super) fn kept_whole(
+    g: &Group,
+    an: &Analysis,
+    opts: &StructOptions,
+    why: &str,
+    notes: &mut Vec<String>,
+) -> BTreeSet<usize> {
+    let n = g.classes.len();
+    let dead = g.dead(an);
+    let live: BTreeSet<usize> = (0..n).filter(|i| !dead.contains(i)).collect();
+    if dead.is_empty() || live.is_empty() {
+        notes.push(format!("kept whole: {why}"));
+        return (0..n).collect();
+    }
+    let keep = fill(g, &live, live.len(), live.len(), g.align(opts));
+    if keep.len() == n {
+        notes.push(format!(
+            "kept whole: {why}; its {} dead unit(s) too: without them the width rounds back to {n} (--round-to {})",
+            dead.len(),
+            opts.round_to
+        ));
+    } else {
+        notes.push(format!("kept {} of {n}, every live unit: {why}; only dead units removed", keep.len()));
+    }
+    keep
 }
 
 /// Ops between the model input and a stem that do not mix channels (normalisation, layout, the
