@@ -8,7 +8,7 @@
 //! the text the error must contain, and whether tract is expected to run it. SEED_DIR gets the
 //! small valid models the fuzzer starts from, plus every case's model.onnx under 4 KiB.
 
-#[path = "../tests/common/corpus.rs"]
+#[path = "../tests/common/corpus/mod.rs"]
 mod corpus;
 
 use std::path::PathBuf;
