@@ -229,7 +229,7 @@ def norm_decomposed(out, manifest):
 
 def rmsnorm_ops(path):
     """A residual stream under ONNX's RMSNormalization (opset 23): before an FFN and after the
-    residual Add, then a classifier. (tests/channels.rs renames the second to onnxruntime's
+    residual Add, then a classifier. (tests/norms.rs renames the second to onnxruntime's
     SimplifiedLayerNormalization, its transformer optimizer's RMSNorm, which the checker does not
     know.)"""
     rng = np.random.default_rng(41)

@@ -1,5 +1,5 @@
 //! `--structured channels` through normalisations in every spelling: LayerNormalization (in
-//! tests/channels.rs and the zoo), ONNX's RMSNormalization and onnxruntime's
+//! tests/channels/ and the zoo), ONNX's RMSNormalization and onnxruntime's
 //! SimplifiedLayerNormalization, and both spelled out in primitive ops (a ReduceMean over the units,
 //! the Sub, Mul or Div that normalises them by it). Each rewrite is proven (pruned == masked in
 //! tract, and in onnxruntime with the checker where it knows the ops).

@@ -23,7 +23,7 @@ const CALIB: &str = "models/digits_calib_x64.npy";
 fn calibration_rows_without_calibration_is_a_usage_error() {
     let err = refused(&[MLP, "o.onnx", "--calibration-rows", "100"]);
     assert!(err.contains("--calibration-rows has no effect without --calibration"), "{err}");
-    // With calibration it is taken (tests/cli.rs `calibration_rows_cap_the_samples_used`).
+    // With calibration it is taken (tests/cli/files.rs `calibration_rows_cap_the_samples_used`).
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.onnx");
     bin()

@@ -196,3 +196,64 @@ fn auto_aligns_wide_groups_to_the_nearest_16() {
         assert!(kept(&auto) < kept(&up16), "{scope:?}");
     }
 }
+
+/// A model pruned elsewhere with masks (torch's `ln_structured`, BN folded at export): zeroed
+/// channels whose output is their bias. The floors hold a stem whole and half of a narrow group,
+/// but only their live units: the dead ones cost nothing to remove and go, rounded up to the
+/// alignment onto dead units, never down onto live ones, and the notes say so. Before 2026-12-06
+/// the floors kept them.
+#[test]
+fn floors_keep_live_units_and_remove_dead_ones() {
+    let mut sa = vec![1.0f32; 16];
+    for i in [1, 5, 9, 13] {
+        sa[i] = 0.0;
+    }
+    let mut sb = vec![0.0f32; 16];
+    for (i, s) in [(0, 1.0), (3, 0.9), (6, 0.3), (8, 0.2), (11, 0.15), (14, 0.1)] {
+        sb[i] = s;
+    }
+    let bias = |name: &str| tensor::new_f32(name, &[16], &(0..16).map(|i| 0.1 + 0.05 * i as f32).collect::<Vec<_>>());
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+            nd("Relu", "ra", &["a"], &["a2"], vec![]),
+            nd("Conv", "B", &["a2", "wb", "bb"], &["b"], vec![]),
+            nd("Relu", "rb", &["b"], &["b2"], vec![]),
+            nd("Conv", "C", &["b2", "wc", "bc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[16, 3, 1, 1], &sa, 1),
+            bias("ba"),
+            w("wb", &[16, 16, 1, 1], &sb, 2),
+            bias("bb"),
+            w("wc", &[2, 16, 1, 1], &ones(2), 3),
+            tensor::new_f32("bc", &[2], &[0.1, -0.1]),
+        ],
+        &X4,
+        &["y"],
+    );
+    let has = |g: &GroupReport, s: &str| g.notes.iter().any(|n| n.contains(s));
+    let one = StructOptions { beta: 0.3, round_to: onnx_emp::prune::RoundTo::Multiple(1), ..Default::default() };
+    let o = prove_x(&m, &X4, &one);
+    let a = group(&o.result, "A");
+    assert_eq!((a.kept, a.removed.clone()), (12, vec![1, 5, 9, 13]), "{}", summary(&o.result.groups));
+    assert!(has(a, "kept 12 of 16, every live unit: a Conv that reads the model input"), "{:?}", a.notes);
+    // EMP keeps 1 or 2 of B's 6 live units; the narrow floor (8) counts live units only.
+    let b = group(&o.result, "B");
+    assert_eq!(b.kept, 6, "{}", summary(&o.result.groups));
+    assert!(has(b, "less its 10 dead unit(s)") && has(b, "10 removed unit(s) are dead"), "{:?}", b.notes);
+    let d = dense_vs_pruned(&o, &X4);
+    assert!(d < 1e-5, "dense vs pruned {d}: only dead units went, their constants folded");
+    // Aligned to 8: A's 12 live units round up to 16 (whole, its dead units with them), B's 6
+    // to 8 (two dead units kept, named).
+    let eight = StructOptions { round_to: onnx_emp::prune::RoundTo::Multiple(8), ..one };
+    let o = prove_x(&m, &X4, &eight);
+    let a = group(&o.result, "A");
+    assert_eq!(a.kept, 16, "{:?}", a.notes);
+    assert!(has(a, "its 4 dead unit(s) too: without them the width rounds back to 16"), "{:?}", a.notes);
+    let b = group(&o.result, "B");
+    assert_eq!(b.kept, 8, "{:?}", b.notes);
+    assert!(has(b, "2 kept unit(s) are dead: kept to reach 8, a multiple of 8"), "{:?}", b.notes);
+    let d = dense_vs_pruned(&o, &X4);
+    assert!(d < 1e-5, "dense vs pruned {d}");
+}

@@ -1,4 +1,4 @@
-//! Test models built from others or by a Python script: shared by tests/check.rs and tests/cli.rs.
+//! Test models built from others or by a Python script: shared by tests/check.rs and tests/cli/.
 
 use onnx_protobuf::{AttributeProto, ModelProto, NodeProto};
 use std::path::Path;
