@@ -366,6 +366,8 @@ fn takes_value(flag: Flag, word: &str) -> bool {
         Flag::Criterion => CriterionArg::from_str(word, false).is_ok(),
         Flag::LatencyIn => LatencyIn::from_str(word, false).is_ok(),
         Flag::Dim => word.contains('=') && !word.starts_with('='),
+        Flag::WeightInputs => WeightInputs::from_str(word, false).is_ok(),
+        Flag::Html => word.ends_with(".html"),
         Flag::Inputs | Flag::Labels | Flag::Calibration => word.ends_with(".npy") || word.ends_with(".npz"),
         _ => false,
     }

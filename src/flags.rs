@@ -28,12 +28,16 @@ pub enum Flag {
     NoReconstruct,
     AllowMismatch,
     AllowUnproven,
+    SparseInitializers,
+    WeightInputs,
+    Force,
+    Html,
     /// The `plan` subcommand (Python: `plan()`).
     Plan,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 23] = [
+    pub const ALL: [Flag; 27] = [
         Flag::Structured,
         Flag::Beta,
         Flag::Guard,
@@ -56,6 +60,10 @@ impl Flag {
         Flag::NoReconstruct,
         Flag::AllowMismatch,
         Flag::AllowUnproven,
+        Flag::SparseInitializers,
+        Flag::WeightInputs,
+        Flag::Force,
+        Flag::Html,
         Flag::Plan,
     ];
 
@@ -84,6 +92,10 @@ impl Flag {
             Flag::NoReconstruct => "--no-reconstruct",
             Flag::AllowMismatch => "--allow-mismatch",
             Flag::AllowUnproven => "--allow-unproven",
+            Flag::SparseInitializers => "--sparse-initializers",
+            Flag::WeightInputs => "--weight-inputs",
+            Flag::Force => "--force",
+            Flag::Html => "--html",
             Flag::Plan => "plan",
         }
     }

@@ -33,6 +33,8 @@ impl Spelling for Keywords {
             Flag::NoReconstruct => "reconstruct=False",
             Flag::AllowMismatch => "allow_mismatch=True",
             Flag::AllowUnproven => "allow_unproven=True",
+            Flag::SparseInitializers => "sparse_initializers=True",
+            Flag::Force => "force=True",
             Flag::Dim => "dims",
             Flag::Plan => "plan()",
             _ => return keyword(f),
@@ -107,5 +109,7 @@ mod tests {
         assert_eq!(Keywords.with_value(Flag::Dim, "batch=0"), "dims={'batch': 0}");
         assert_eq!(Keywords.with_value(Flag::RoundTo, "auto"), "round_to='auto'");
         assert_eq!(Keywords.with_value(Flag::Inputs, "it's"), "inputs='it\\'s'");
+        assert_eq!(Keywords.with_value(Flag::WeightInputs, "input"), "weight_inputs='input'");
+        assert_eq!(Keywords.flag(Flag::SparseInitializers), "sparse_initializers=True");
     }
 }
