@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Reproduce the README's tables: runs the onnx-emp binary on the models in models/ (and, when
+"""Reproduce the previous release's tables (the README's *Earlier measurements*, in full in
+docs/figures.md): runs the onnx-emp binary on the models in models/ (and, when
 present, ../shared/models) and prints markdown. Standard library only.
 
   cargo build --release && python3 scripts/measure.py [weights|calibration|criteria|channels|heads|all]

@@ -7,7 +7,8 @@
 //! LayerNormalization prunes; `transformer_residual_streams_prune` checks that group, under each
 //! spelling of the normalisation.)
 //!
-//! `cargo test --test zoo -- --nocapture` prints the table the README shows.
+//! `cargo test --test zoo -- --nocapture` prints the units each cut keeps, as docs/figures.md
+//! (*Architecture zoo*) lists them; the README's zoo table is `python3 scripts/zoo.py`'s.
 
 #[path = "common/prove.rs"]
 mod prove;
