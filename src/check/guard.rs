@@ -29,7 +29,7 @@ use serde::Serialize;
 use std::collections::BTreeSet;
 
 /// Default tolerance on the outputs' relative L2 error. Chosen on the trained models in
-/// `models/` (README, "Default without calibration"): 0.1 keeps every one within 3 points.
+/// `models/` (docs/figures.md, "How to read the tables"): 0.1 keeps every one within 3 points.
 pub const DEFAULT_TOLERANCE: f64 = 0.1;
 /// Guard samples per run on models that cost at most [`GUARD_MACS`] / 32 per sample (when the
 /// batch axis is free).

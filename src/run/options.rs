@@ -249,7 +249,7 @@ pub struct RunOptions {
 /// at β 0.8: fmnist_resnet 90.5 % from 512 rows on; README, "How many calibration samples").
 pub const DEFAULT_CALIBRATION_ROWS: usize = 512;
 
-/// The default per-weight scope (chosen from the measurements in the README).
+/// The default per-weight scope (chosen from the measurements in docs/figures.md, "Per-weight scopes without calibration").
 pub const DEFAULT_WEIGHT_SCOPE: Scope = Scope::Normalized;
 /// The default scope of `--criterion wanda`: Wanda's activation norms are not comparable across
 /// layers, so its paper groups per output unit.
