@@ -379,4 +379,27 @@ mod tests {
         assert!(read_npy_bytes(&npy("<f2", "(2, 2)", &le[..6])).is_err(), "short data");
         assert!(read_npy_bytes(&npy("<f2", "(2, 2)", &[le.clone(), vec![0, 0]].concat())).is_err(), "extra data");
     }
+
+    /// Labels as users save them: any integer type, whole-number floats, Keras' float one-hot
+    /// rows (their argmax); anything else is refused rather than truncated.
+    #[test]
+    fn labels_are_read_from_integers_whole_floats_or_one_hot_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("y.npy");
+        let put = |a: &dyn Fn(&Path)| {
+            a(&p);
+            read_labels(&p)
+        };
+        let v = put(&|p| ndarray_npy::write_npy(p, &ndarray::arr1(&[3u16, 0, 9])).unwrap()).unwrap();
+        assert_eq!(v, [3, 0, 9]);
+        let v = put(&|p| ndarray_npy::write_npy(p, &ndarray::arr1(&[3.0f64, 0.0, 9.0])).unwrap()).unwrap();
+        assert_eq!(v, [3, 0, 9]);
+        let one_hot = ndarray::arr2(&[[0f32, 0., 1.], [1., 0., 0.]]);
+        let v = put(&|p| ndarray_npy::write_npy(p, &one_hot).unwrap()).unwrap();
+        assert_eq!(v, [2, 0]);
+        // Probabilities are not labels.
+        let soft = ndarray::arr2(&[[0.2f32, 0.8], [0.6, 0.4]]);
+        let e = format!("{:#}", put(&|p| ndarray_npy::write_npy(p, &soft).unwrap()).unwrap_err());
+        assert!(e.contains("neither class indices") && e.contains("float32 [2, 2]"), "{e}");
+    }
 }
