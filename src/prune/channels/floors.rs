@@ -2,7 +2,8 @@
 //! every group, at least 8 units), the stem (a Conv reading the model input, kept whole unless it
 //! writes a LayerNorm-normalised residual stream) and, in depthwise networks, the bottlenecks
 //! between depthwise groups (decided in `collect_groups`, noted here). Each binds with a note;
-//! `--include` lifts them ([`crate::prune::Floor`]).
+//! `--include` lifts them ([`crate::prune::Floor`]). The floors keep live units: a group's dead
+//! units ([`kept_whole`], [`floored`]) go whatever the floor, as far as alignment allows.
 
 use super::*;
 
@@ -33,9 +34,10 @@ pub(super) fn bottleneck_note(kept: usize, by: &str) -> String {
 
 /// The keep set of a group a floor (stem, bottleneck) keeps whole for `why`: every live unit. Its
 /// dead units ([`Analysis::dead_classes`]: a channel a model pruned elsewhere with masks left
-/// zeroed, whose output is a constant the consumers fold) cost no accuracy and are removed, as
-/// far as the group's alignment allows: the live count is rounded up onto dead units, never
-/// down onto live ones. The note says which.
+/// zeroed, whose output is a constant the consumers fold) are removed, as far as the group's
+/// alignment allows: the live count is rounded up onto dead units, never down onto live ones.
+/// Their removal is exact but at the border of a zero-padded consumer (pruning error, measured
+/// by fidelity, as for any folded constant). The note says which.
 pub(super) fn kept_whole(
     g: &Group,
     an: &Analysis,
