@@ -22,12 +22,17 @@
 //! zero-padded Conv gets the interior value, the border difference is pruning error), the constant
 //! is folded into the consumer's bias (created if missing), in both the pruned and the masked
 //! model (where the consumer's input slice is then zeroed, so the constant is not counted twice).
+//! A dead unit's constant read by a zero-padded Conv is carried instead by a kept dead unit of the
+//! same input, exactly at the border too (`channels/rewrite/carrier.rs`).
 //! When it cannot be folded (grouped Conv, ConvTranspose, LSTM input, a quantized consumer, a
 //! value that is not one constant), the unit is kept and the group's notes say why.
 //!
-//! Files: this one is the analysis-to-decision stage (scores, groups, EMP, alignment, the
-//! report); `channels/dead.rs` the dead units whose biases are folded; `channels/floors.rs` the floors (stem, narrow, bottleneck); `channels/rewrite.rs` the
-//! rewrite and compensation; `channels/sites.rs` the layers reconstruction refits.
+//! Files: this one is the analysis-to-decision stage (groups, EMP, alignment); `channels/scores.rs`
+//! the unit scores; `channels/dead.rs` the dead units whose biases are folded;
+//! `channels/floors.rs` the floors (stem, narrow, bottleneck); `channels/report.rs` the group
+//! reports and their notes; `channels/rewrite.rs` the rewrite and compensation (`rewrite/carrier.rs`
+//! the dead units a kept one carries, `rewrite/norm.rs` the masked normalisations);
+//! `channels/sites.rs` the layers reconstruction refits.
 
 use super::groups::{self, Analysis, ConsumerKind, Ctx, Edit, IntTarget, Role, Unit, Val};
 use super::{Align, Criterion, GroupReport, MaskedOut, StructOptions, StructScope, StructuralResult};
@@ -40,10 +45,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 mod dead;
 mod floors;
+mod report;
 mod rewrite;
+mod scores;
 mod sites;
 use floors::{bottleneck_note, floored, is_stem, kept_whole};
+use report::report;
 use rewrite::{rewrite, Mode};
+pub use scores::activation_requests;
+use scores::{activation_scores, dense, position_sums, unit_scores};
 use sites::{downstream_sites, refit_sites};
 
 /// Prune conv channels and hidden units of the top-level graph with EMP.
@@ -231,186 +241,6 @@ impl Group {
         };
         opts.round_to.align(self.classes.len(), max, kind == SourceKind::Blocked)
     }
-}
-
-/// Sum over every element of `vals` (row-major `dims`) into its index along `axis`.
-fn per_position(vals: &[f64], dims: &[usize], axis: usize, f: impl Fn(f64) -> f64) -> Vec<f64> {
-    let inner: usize = dims[axis + 1..].iter().product();
-    let d = dims[axis];
-    let mut out = vec![0.0; d];
-    for (i, v) in vals.iter().enumerate() {
-        out[(i / inner) % d] += f(*v);
-    }
-    out
-}
-
-/// [`per_position`] of a weight's values as [`dense`] reads them, streamed from the tensor
-/// (no f64 copy of it). Errors on a non-finite value, naming it.
-fn position_sums(ctx: &Ctx, name: &str, axis: usize, f: impl Fn(f64) -> f64) -> Result<Vec<f64>> {
-    let non_finite = |i: usize, v: f64| {
-        anyhow::anyhow!("weight '{name}' holds a non-finite value ({v}) at flat index {i}: cannot score its units")
-    };
-    if ctx.consts.get(name).is_some_and(|c| c.dq.is_some()) {
-        let (v, dims) = dense(ctx, name)?;
-        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(non_finite(i, v[i]));
-        }
-        return Ok(per_position(&v, &dims, axis, f));
-    }
-    let t = ctx.base_tensor(name).with_context(|| format!("weight '{name}' not found"))?;
-    let dims = ctx.dims(name).unwrap_or_default().to_vec();
-    let n: usize = dims.iter().product();
-    let (inner, d) = (dims[axis + 1..].iter().product::<usize>(), dims[axis]);
-    let mut out = vec![0.0; d];
-    let (mut i, mut bad) = (0usize, None);
-    tensor::for_each_f64(t, |v| {
-        if bad.is_none() && !v.is_finite() {
-            bad = Some((i, v));
-        }
-        if i < n {
-            out[(i / inner) % d] += f(v);
-        }
-        i += 1;
-    })
-    .with_context(|| format!("weight '{name}'"))?;
-    if i != n {
-        bail!("weight '{name}': {i} values for dims {dims:?}");
-    }
-    if let Some((i, v)) = bad {
-        return Err(non_finite(i, v));
-    }
-    Ok(out)
-}
-
-/// Dense f64 data of a constant as the nodes see it (dims of the alias, data of the base).
-fn dense(ctx: &Ctx, name: &str) -> Result<(Vec<f64>, Vec<usize>)> {
-    let t = ctx.base_tensor(name).with_context(|| format!("weight '{name}' not found"))?;
-    let v = if ctx.consts.get(name).is_some_and(|c| c.dq.is_some()) {
-        ctx.const_vals(name).with_context(|| format!("quantized weight '{name}'"))?
-    } else {
-        tensor::read_f64(t).with_context(|| format!("weight '{name}'"))?
-    };
-    let dims = ctx.dims(name).unwrap_or_default().to_vec();
-    if v.len() != dims.iter().product::<usize>() {
-        bail!("weight '{name}': {} values for dims {dims:?}", v.len());
-    }
-    Ok((v, dims))
-}
-
-/// Values whose calibration statistics `Criterion::Activation` needs: the input of every
-/// consumer that contracts a tracked axis, with that axis.
-pub fn activation_requests(model: &ModelProto) -> Result<BTreeMap<String, i64>> {
-    let g = model.graph.as_ref().context("model has no graph")?;
-    let ix = GraphIndex::build(g)?;
-    let ctx = Ctx::new(g, &ix, groups::default_opset(&model.opset_import))?;
-    let an = dead::analysis(&ctx)?;
-    let mut req = BTreeMap::new();
-    for c in &an.consumers {
-        if let Some(v) = g.node.get(c.node).and_then(|n| n.input.first()) {
-            if let Some(t) = an.tracks.get(v) {
-                req.insert(v.clone(), t.axis as i64);
-            }
-        }
-    }
-    Ok(req)
-}
-
-/// Activation criterion: for each unit, Σ over its consumers of mean|x_p| over the calibration
-/// set times ‖W_in[:, p]‖₂ (the unit's outgoing weights) — how much signal the unit actually
-/// sends downstream. Units no consumer reads score 0.
-fn activation_scores(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<BTreeMap<Unit, f64>> {
-    let mut acc: BTreeMap<Unit, f64> = BTreeMap::new();
-    for s in an.slices.values().filter(|s| s.roles.contains(&Role::Producer)) {
-        for u in s.units.iter().flatten() {
-            acc.entry(an.find(*u)).or_default();
-        }
-    }
-    for c in &an.consumers {
-        let Some(v) = ctx.g.node.get(c.node).and_then(|n| n.input.first()) else { continue };
-        let Some(slice) = an.slices.values().find(|s| s.weight == c.weight && s.roles.contains(&Role::Consumer)) else {
-            continue;
-        };
-        let stats = opts.activation(v)?;
-        let mean = stats.mean_abs();
-        if mean.len() != c.units.len() {
-            bail!(
-                "value '{v}': {} calibrated features but {} weight positions in '{}'",
-                mean.len(),
-                c.units.len(),
-                c.weight
-            );
-        }
-        let (w, dims) = dense(ctx, &c.weight)?;
-        let norms: Vec<f64> = match grouped_input(ctx, c.node, &dims, slice.axis, c.units.len()) {
-            // Input channel p of a grouped Conv is read by its group's filters only, at p % C/g.
-            Some(g) => {
-                let (og, cg, k) = (dims[0] / g, dims[1], dims[2..].iter().product::<usize>());
-                (0..c.units.len())
-                    .map(|p| {
-                        let grp = p / cg;
-                        (grp * og..(grp + 1) * og)
-                            .flat_map(|o| w[(o * cg + p % cg) * k..(o * cg + p % cg + 1) * k].iter())
-                            .map(|x| x * x)
-                            .sum::<f64>()
-                            .sqrt()
-                    })
-                    .collect()
-            }
-            None => per_position(&w, &dims, slice.axis, |x| x * x).into_iter().map(f64::sqrt).collect(),
-        };
-        if norms.len() != c.units.len() {
-            bail!("weight '{}': {} positions on its input axis, {} expected", c.weight, norms.len(), c.units.len());
-        }
-        for (p, u) in c.units.iter().enumerate() {
-            if let Some(u) = u {
-                *acc.entry(an.find(*u)).or_default() += mean[p] * norms[p];
-            }
-        }
-    }
-    if let Some((u, v)) = acc.iter().find(|(_, v)| !v.is_finite()) {
-        bail!("activation score of unit {u} is {v}");
-    }
-    Ok(acc)
-}
-
-/// The group count of a Conv consumer (node `ni`, weight `dims` read on `axis` 1) whose `units`
-/// input channels are `group` times its weight's C/g: None for anything else.
-fn grouped_input(ctx: &Ctx, ni: usize, dims: &[usize], axis: usize, units: usize) -> Option<usize> {
-    let n = ctx.g.node.get(ni).filter(|n| n.op_type == "Conv")?;
-    let g = crate::model::graph::attr_i(n, "group").filter(|&g| g > 1)? as usize;
-    (axis == 1 && dims.len() >= 3 && dims[1] * g == units && dims[0].is_multiple_of(g)).then_some(g)
-}
-
-fn unit_scores(ctx: &Ctx, an: &Analysis, crit: Criterion) -> Result<BTreeMap<Unit, f64>> {
-    let mut acc: BTreeMap<Unit, f64> = BTreeMap::new();
-    for (key, s) in an.slices.iter().filter(|(_, s)| s.roles.contains(&Role::Producer)) {
-        let read;
-        let pos: &[f64] = match (crit, an.producer_sq.get(key)) {
-            (Criterion::L1, _) => {
-                read = position_sums(ctx, &s.weight, s.axis, f64::abs)?;
-                &read
-            }
-            (_, Some(sq)) => sq,
-            _ => {
-                read = position_sums(ctx, &s.weight, s.axis, |x| x * x)?;
-                &read
-            }
-        };
-        for (p, u) in s.units.iter().enumerate() {
-            if let Some(u) = u {
-                *acc.entry(an.find(*u)).or_default() += pos[p];
-            }
-        }
-    }
-    if crit == Criterion::L2 {
-        acc.values_mut().for_each(|v| *v = v.sqrt());
-    }
-    for (u, v) in &acc {
-        if !v.is_finite() {
-            bail!("unit score overflow for unit {u} (weights too large to score)");
-        }
-    }
-    Ok(acc)
 }
 
 /// Units that must stay because the constant they would emit cannot be folded exactly.
@@ -749,91 +579,6 @@ fn keep_one_per_tensor(an: &Analysis, scores: &BTreeMap<Unit, f64>, plan: &mut P
         if let Some(b) = best {
             plan.removed.remove(&b);
         }
-    }
-}
-
-fn report(
-    ctx: &Ctx,
-    an: &Analysis,
-    plan: &Plan,
-    g: &Group,
-    n_eff: f64,
-    mut notes: Vec<String>,
-    opts: &StructOptions,
-) -> GroupReport {
-    let n = g.classes.len();
-    let kept_idx: Vec<usize> = (0..n).filter(|&i| !plan.removed.contains(&g.classes[i])).collect();
-    let total: f64 = g.scores.iter().map(|s| s.abs()).sum();
-    let s_eff = if total > 0.0 { kept_idx.iter().map(|&i| g.scores[i].abs()).sum::<f64>() / total } else { 1.0 };
-    let pinned: Vec<&String> = g.pins.iter().filter(|(u, _)| !plan.removed.contains(u)).map(|(_, r)| r).collect();
-    if g.blocked.is_empty() && !pinned.is_empty() {
-        notes.push(format!("{} unit(s) kept because {}", pinned.len(), pinned[0]));
-    }
-    let dead = g.classes.iter().filter(|c| an.dead_classes.contains(c) && plan.removed.contains(c)).count();
-    if g.blocked.is_empty() && dead > 0 {
-        notes.push(format!(
-            "{dead} removed unit(s) are dead (weights under 1 % of their layer's RMS row norm): their output \
-             is, up to that, a constant whatever the input, folded into the consumers"
-        ));
-    }
-    let step = g.align(opts).step;
-    let dead_kept = kept_idx.iter().filter(|&&i| an.dead_classes.contains(&g.classes[i])).count();
-    if g.blocked.is_empty() && dead_kept > 0 && step > 1 && kept_idx.len() < n && kept_idx.len().is_multiple_of(step) {
-        notes.push(format!(
-            "{dead_kept} kept unit(s) are dead: kept to reach {}, a multiple of {step} (--round-to 1 removes them)",
-            kept_idx.len()
-        ));
-    }
-    if g.blocked.is_empty() && step > 1 && !kept_idx.len().is_multiple_of(step) && kept_idx.len() != n {
-        notes.push(format!("kept count {} is not a multiple of {step} (pinned units)", kept_idx.len()));
-    }
-    for c in &an.consumers {
-        let folds = c.units.iter().enumerate().any(|(p, u)| {
-            u.is_some_and(|u| an.group_of(u) == g.id && plan.removed.contains(&an.find(u)))
-                && matches!(c.val(p), Val::Const(k) if k != 0.0)
-        });
-        if folds {
-            let border = if matches!(c.kind, ConsumerKind::Conv { padded: true }) {
-                " (exact in the interior; at the zero-padded border the difference is pruning error)"
-            } else {
-                ""
-            };
-            notes.push(format!(
-                "constants of removed units folded into the bias of '{}'{border}",
-                node_label(&ctx.g.node[c.node])
-            ));
-        }
-    }
-    if g.blocked.is_empty() && g.normalised && kept_idx.len() < n {
-        notes.push(
-            "a normalisation (LayerNorm, RMSNorm, or a mean over the units) reads these units: the pruned \
-             model normalises over the kept ones, so their statistics change (pruning error, measured \
-             by fidelity; the masked model normalises the same way)"
-                .to_string(),
-        );
-    }
-    let members = an.members(g.id);
-    let hidden = g
-        .sources
-        .iter()
-        .all(|&s| matches!(ctx.g.node[s].op_type.as_str(), "MatMul" | "Gemm" | "LSTM" | "GRU" | "RNN" | "Gather"));
-    let blocked = match g.blocked.len() {
-        0 => None,
-        1..=3 => Some(g.blocked.join("; ")),
-        k => Some(format!("{}; and {} more", g.blocked[..3].join("; "), k - 3)),
-    };
-    let blocked_flag = blocked.is_some();
-    GroupReport {
-        id: node_label(&ctx.g.node[g.first_source]),
-        kind: if hidden { "hidden" } else { "channels" }.to_string(),
-        members: members.iter().map(|&i| node_label(&ctx.g.node[i])).collect(),
-        n,
-        n_eff,
-        kept: if blocked.is_some() { n } else { kept_idx.len() },
-        s_eff: if blocked.is_some() { 1.0 } else { s_eff },
-        blocked,
-        notes,
-        removed: if blocked_flag { vec![] } else { (0..n).filter(|&i| plan.removed.contains(&g.classes[i])).collect() },
     }
 }
 

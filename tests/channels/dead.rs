@@ -262,3 +262,55 @@ fn dead_units_are_removed_with_their_bias_folded() {
         g.notes
     );
 }
+
+/// Dead units read by a zero-padded Conv: the bias fold is exact in the interior only, but a
+/// dead unit the cut keeps (here: rounded up onto it) emits its constant over the same support,
+/// padding included, so the removed ones' kernel slices, scaled by c_j / c_k, are added to its
+/// slice and the removal is exact everywhere, with no bias created. Without a kept dead unit
+/// (`--round-to 1`) the fold is exact in the interior only, as before.
+#[test]
+fn a_kept_dead_unit_carries_the_removed_ones_exactly_at_a_padded_border() {
+    let model = |bias: bool| {
+        let c_in: Vec<&str> = if bias { vec!["ra", "wc", "bc"] } else { vec!["ra", "wc"] };
+        let mut inits = vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0., 1., 0., 1., 0.], 1),
+            tensor::new_f32("ba", &[6], &[0.1, 0.7, -0.2, 0.4, 0.3, 0.9]),
+            w("wc", &[2, 6, 3, 3], &ones(2), 2),
+        ];
+        if bias {
+            inits.push(tensor::new_f32("bc", &[2], &[0.3, -0.3]));
+        }
+        mk_model(
+            vec![
+                nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+                nd("Relu", "r", &["a"], &["ra"], vec![]),
+                nd("Conv", "C", &c_in, &["y"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
+            ],
+            inits,
+            &X4,
+            &["y"],
+        )
+    };
+    // β 1.2: the three live rows' norms vary, so N_eff is a little under 3.
+    let four = StructOptions { beta: 1.2, round_to: onnx_emp::prune::RoundTo::Multiple(4), ..no_floor() };
+    for bias in [true, false] {
+        let o = prove_x(&model(bias), &X4, &four);
+        let g = group(&o.result, "A");
+        // three live rows, rounded up to 4 onto one dead unit; two dead units removed
+        assert_eq!((g.kept, g.removed.len()), (4, 2), "{g:?}");
+        assert!(
+            g.notes.iter().any(|n| n.contains("2 removed dead unit(s) carried by a kept dead unit into 'C'")),
+            "{g:?}"
+        );
+        assert!(!g.notes.iter().any(|n| n.contains("folded into the bias of 'C'")), "{g:?}");
+        let d = dense_vs_pruned(&o, &X4);
+        assert!(d < 1e-6, "dense vs pruned {d} with bias {bias}");
+        // no parameter added: C's bias is the one it had, or none
+        assert_eq!(node(&o.result.pruned, "C").input.len(), if bias { 3 } else { 2 });
+    }
+    let one = StructOptions { round_to: onnx_emp::prune::RoundTo::Multiple(1), ..four };
+    let o = prove_x(&model(true), &X4, &one);
+    assert_eq!(group(&o.result, "A").kept, 3);
+    let d = dense_vs_pruned(&o, &X4);
+    assert!(d > 1e-3 && d < 0.5, "dense vs pruned {d}: the border differs without a carrier");
+}

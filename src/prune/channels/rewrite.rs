@@ -9,7 +9,10 @@ use super::*;
 use crate::model::hollow::{clone_hollow, Hollow, Keep};
 use std::collections::HashMap;
 
+mod carrier;
 mod norm;
+pub(super) use carrier::carriers;
+use carrier::{apply_carry, Carry};
 use norm::mask_normalisation;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,8 @@ struct Fold {
     folded: Vec<usize>,
     weight: String,
     axis: usize,
+    /// The removed dead units a kept one carries exactly (their constants left out of `delta`).
+    carry: Option<Carry>,
 }
 
 /// Bias deltas from removed units' constants, computed on the dense weights.
@@ -59,6 +64,13 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
         if dims.len() < 2 {
             bail!("weight '{}': dims {dims:?} of a consumer", c.weight);
         }
+        let folded: Vec<usize> = hits.iter().map(|h| h.0).collect();
+        // Dead units a kept one carries need no bias delta.
+        let carry = carriers(ctx, an, plan, c, &hits);
+        let hits: Vec<(usize, f64)> = match &carry {
+            Some(k) => hits.into_iter().filter(|h| !k.from.iter().any(|f| f.0 == h.0)).collect(),
+            None => hits,
+        };
         let pos: Vec<usize> = hits.iter().map(|h| h.0).collect();
         let nh = hits.len();
         let (delta, axis) = match c.kind {
@@ -116,13 +128,7 @@ fn folds(ctx: &Ctx, an: &Analysis, plan: &Plan) -> Result<Vec<Fold>> {
                 }
             }
         }
-        out.push(Fold {
-            node: c.node,
-            delta,
-            folded: hits.iter().map(|h| h.0).collect(),
-            weight: c.weight.clone(),
-            axis,
-        });
+        out.push(Fold { node: c.node, delta, folded, weight: c.weight.clone(), axis, carry });
     }
     Ok(out)
 }
@@ -289,7 +295,7 @@ pub(super) fn rewrite(
         }
     }
     for f in &folds {
-        if mode == Mode::Masked {
+        if mode == Mode::Masked || f.carry.is_some() {
             changed.insert(f.weight.clone());
         }
         if let Some(b) = bias_name(ctx, an, f.node) {
@@ -408,6 +414,9 @@ fn apply_fold(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work, f: &Fold, mod
     let node = &ctx.g.node[f.node];
     let c = an.consumers.iter().find(|c| c.node == f.node).context("consumer")?;
     let wdtype = ctx.base_tensor(&f.weight).map(|t| t.data_type).unwrap_or(dt::FLOAT);
+    if let Some(carry) = &f.carry {
+        apply_carry(an, plan, w, &f.weight, f.node, carry)?;
+    }
     if mode == Mode::Masked {
         // The folded constant now comes from the bias: stop it flowing through the weight.
         let n = ctx.dims(&f.weight).and_then(|d| d.get(f.axis)).copied().context("consumer weight dims")?;
@@ -428,6 +437,10 @@ fn apply_fold(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work, f: &Fold, mod
         }
         v.iter_mut().zip(&f.delta).for_each(|(a, d)| *a += d);
         return tensor::write_f64(t, &v);
+    }
+    if f.delta.iter().all(|&d| d == 0.0) {
+        // Every constant was carried (or is 0): no bias to create.
+        return Ok(());
     }
     // No bias yet: create one. Its outputs belong to the consumer's own group, so the rewrite
     // slices (pruned) or zeroes (masked) it with that group's units.
