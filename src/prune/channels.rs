@@ -559,7 +559,29 @@ fn keep_set(
         if align.nearest { chosen.clone() } else { chosen.difference(&dead).copied().collect() };
     let live = n - dead.len();
     let target = floored(n, live, chosen.len().max(1), opts, notes);
-    (target, fill(g, &chosen, target, opts.floor.min_keep(n).min(live.max(1)), align))
+    let min = opts.floor.min_keep(n).min(live.max(1));
+    let keep = fill(g, &chosen, target, min, align);
+    // Never more than every live unit, rounded up onto dead ones: at a large β EMP's count
+    // reaches the dead units (they score 0) and the nearest multiple can be the whole width,
+    // where removing the dead units alone costs nothing (the fidelity guard's β search ends
+    // on that cut, not on the dense group).
+    if dead.is_empty() || keep.len() <= live {
+        return (target, keep);
+    }
+    let lives: BTreeSet<usize> = (0..n).filter(|i| !dead.contains(i)).collect();
+    let cap = fill(g, &lives, live, min, Align { nearest: false, ..align });
+    if cap.len() < keep.len() {
+        notes.push(format!(
+            "kept {} instead of {}: EMP's count went past the {live} live unit(s) into the {} dead one(s), which \
+             go whatever β{}",
+            cap.len(),
+            keep.len(),
+            dead.len(),
+            if cap.len() > live { " (rounded up onto dead ones)" } else { "" }
+        ));
+        return (cap.len(), cap);
+    }
+    (target, keep)
 }
 
 /// No tensor may lose all its positions (a split part or concat input would become empty).

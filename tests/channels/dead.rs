@@ -314,3 +314,39 @@ fn a_kept_dead_unit_carries_the_removed_ones_exactly_at_a_padded_border() {
     let d = dense_vs_pruned(&o, &X4);
     assert!(d > 1e-3 && d < 0.5, "dense vs pruned {d}: the border differs without a carrier");
 }
+
+/// At a large β (the fidelity guard raises it) EMP's count reaches the dead units, which score
+/// 0, and the nearest multiple of 16 was the whole width: the group stayed dense. The kept count
+/// is capped at every live unit rounded up onto dead ones, so the dead units go whatever β, and
+/// the report says so; the result is exact (no padding here).
+#[test]
+fn dead_units_go_at_any_beta() {
+    let rows: Vec<f32> = (0..48).map(|i| if i % 5 < 2 { 1.0 + 0.01 * i as f32 } else { 0.0 }).collect();
+    let live = rows.iter().filter(|&&r| r > 0.0).count();
+    assert_eq!(live, 20);
+    let bias: Vec<f32> = (0..48).map(|i| 0.1 + 0.02 * i as f32).collect();
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "C", &["ra", "wc", "bc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[48, 3, 1, 1], &rows, 1),
+            tensor::new_f32("ba", &[48], &bias),
+            w("wc", &[2, 48, 1, 1], &ones(2), 2),
+            tensor::new_f32("bc", &[2], &[0.3, -0.3]),
+        ],
+        &X4,
+        &["y"],
+    );
+    for beta in [5.0, 50.0] {
+        let auto = onnx_emp::prune::RoundTo::Auto;
+        let o = prove_x(&m, &X4, &StructOptions { beta, round_to: auto, ..no_floor() });
+        let g = group(&o.result, "A");
+        assert_eq!(g.kept, 32, "β {beta}: {g:?}");
+        assert!(g.notes.iter().any(|n| n.contains("went past the 20 live unit(s) into the 28 dead one(s)")), "{g:?}");
+        let d = dense_vs_pruned(&o, &X4);
+        assert!(d < 1e-5, "dense vs pruned {d}");
+    }
+}
