@@ -7,8 +7,9 @@
 //! structural stage and its proof), `files` (paths, external data, publishing), `options` (what a
 //! run is asked to do), `validate` (the weights checked up front), `samples` (the calibration
 //! inputs and the user's verification files, read and checked before anything is pruned, and what
-//! verification measures on), `warnings` (what the report says about the outcome), `plan` (the
-//! report of `onnx-emp plan`).
+//! verification measures on), `warnings` (what the report says about the outcome), `finish` (the
+//! input's notes, the stages' proofs, verification, the refusals and sparse storage around the
+//! pass), `plan` (the report of `onnx-emp plan`).
 
 use crate::check;
 use crate::model::graph::{self, GraphIndex};
@@ -25,6 +26,7 @@ use std::time::Instant;
 pub const EQUIVALENCE_TOLERANCE: f64 = 1e-4;
 
 mod files;
+mod finish;
 mod guard;
 mod options;
 mod pass;
@@ -218,44 +220,7 @@ fn run_once(o: &RunOptions) -> Result<Outcome> {
     let names_before = if loaded.external.is_empty() { Default::default() } else { tensor_names(&loaded.proto) };
     let t = Instant::now();
     let stage = progress::Stage::start("prune");
-    let mut notes = Vec::new();
-    if let Some(g) = loaded.proto.graph.as_ref() {
-        let ops = crate::model::qdq::operator_quantized(g);
-        if !ops.is_empty() {
-            use crate::model::qdq::{operator_list, weighted_layers, OPERATOR_QUANTIZED_ADVICE as ADVICE};
-            let list = operator_list(&ops);
-            if weighted_layers(g, &GraphIndex::build(g)?) == 0 {
-                bail!(
-                    "{}: nothing to prune: its layers are quantized in operator form ({list}): {ADVICE}",
-                    o.input.display()
-                );
-            }
-            let n: usize = ops.iter().map(|(_, n)| n).sum();
-            notes.push(format!("{n} layer(s) quantized in operator form ({list}) are left as they are: {ADVICE}"));
-        }
-    }
-    if let Some(n) = (o.weight_inputs == WeightInputs::Input)
-        .then(|| crate::model::weight_inputs::count(&loaded.proto))
-        .filter(|&n| n > 0)
-    {
-        notes.push(format!(
-            "{n} weight(s) are graph inputs too, treated as run-time inputs (--weight-inputs input): nothing that \
-             reads them is pruned"
-        ));
-    }
-    if let Some((k, p)) = loaded.proto.graph.as_ref().map(graph::subgraph_params).filter(|(k, _)| *k > 0) {
-        notes.push(format!(
-            "{k} weight tensor(s) inside If/Loop/Scan bodies ({} parameters) are left as they are (and their MACs not counted): onnx-emp \
-             prunes the main graph",
-            p.n
-        ));
-    }
-    if densified > 0 {
-        notes.push(format!(
-            "{densified} sparse initializer(s) read as dense tensors{}",
-            if o.sparse_initializers { "" } else { " (written dense; --sparse-initializers stores them sparse again)" }
-        ));
-    }
+    let mut notes = finish::input_notes(o, &loaded.proto, densified)?;
     let mut calibration: Option<String> = None;
     // Calibration data, loaded once: for data-driven criteria and for reconstruction.
     let sequence = loaded.proto.graph.as_ref().is_some_and(crate::model::graph::axis0_is_sequence);
@@ -347,24 +312,7 @@ fn run_once(o: &RunOptions) -> Result<Outcome> {
     let t = Instant::now();
     let stage = progress::Stage::start("save");
     let staging = staging.context("no staging folder")?;
-    if let Some(r) = &reconstruction {
-        let quantized = r
-            .layers
-            .iter()
-            .filter(|l| {
-                l.method == "skipped"
-                    && l.note.as_deref().is_some_and(|n| n.contains(crate::reconstruct::site::QUANTIZED))
-            })
-            .count();
-        if quantized > 0 {
-            notes.push(format!(
-                "reconstruction did not refit {quantized} of {} layer(s): their weights are quantized in a way \
-                 it cannot write back (see each layer's reason), so nothing repaired their inputs' cut. For a \
-                 refitted cut, prune the float model with --calibration, then quantize the pruned model",
-                r.layers.len()
-            ));
-        }
-    }
+    notes.extend(reconstruction.as_ref().and_then(finish::unrefitted_note));
     let fname = o.output.file_name().context("output path has no file name")?;
     let staged = staging.path().join(fname);
     let save_opts = SaveOptions { external: external_names(&loaded, &names_before, &pruned) };
@@ -392,56 +340,13 @@ fn run_once(o: &RunOptions) -> Result<Outcome> {
 
     let t = Instant::now();
     let stage = progress::Stage::start("verify");
-    let mut equivalence = Vec::new();
-    let mut exact = true;
-    let mut stage_paths: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for (i, (name, masked, stage_pruned)) in stages.into_iter().enumerate() {
-        if !o.verify {
-            // No tract runs at all: the rewrite is reported unproven, not exact.
-            equivalence.push(unproven(&name));
-            continue;
-        }
-        let mp = staging.path().join(format!("masked-{i}.onnx"));
-        if let Some(masked) = masked {
-            io::save(masked, &mp, &save_opts)?;
-        }
-        let pp = match stage_pruned {
-            Some(m) => {
-                let pp = staging.path().join(format!("pruned-{i}.onnx"));
-                io::save(m, &pp, &save_opts)?;
-                pp
-            }
-            None => staged.clone(),
-        };
-        stage_paths.push((mp.clone(), pp.clone()));
-        let e = prove(&name, &mp, &pp, &o.verify_opts);
-        if e.pass == Some(false) {
-            exact = false;
-        }
-        equivalence.push(e);
-    }
-    let verification = if o.verify {
+    let finish::Proofs { equivalence, exact, paths: stage_paths } =
+        finish::prove_stages(o, stages, staging.path(), &staged, &save_opts)?;
+    let verification = o.verify.then(|| {
         let dense = dense_input.as_ref().map_or(o.input.as_path(), |(_, p, _)| p.as_path());
         let vo = verification_options(o, dense, calib.as_ref().map(|c| &c.0), sequence, p_before);
-        let mut v = check::verify(dense, &staged, &vo);
-        // An argmax over a recurrent state's hidden units is no agreement rate.
-        for f in v.outputs.iter_mut().filter(|f| states.contains(&f.name)) {
-            f.top1_agreement = None;
-        }
-        // The staging folder has a random name: report the final path so reports are identical.
-        let (from, to) = (staged.display().to_string(), o.output.display().to_string());
-        v.reason = v.reason.map(|r| r.replace(&from, &to));
-        for n in v.notes.iter_mut() {
-            *n = n.replace(&from, &to);
-        }
-        timing.latency_dense = v.latency_dense.take();
-        timing.latency_pruned = v.latency_pruned.take();
-        timing.hotspots = std::mem::take(&mut v.hotspots);
-        timing.latency_onnxruntime = v.latency_onnxruntime.take();
-        Some(v)
-    } else {
-        None
-    };
+        finish::verify_output(o, dense, &staged, &vo, &states, &mut timing)
+    });
     drop(stage);
     timing.verify_ms = ms(t);
     for (mp, pp) in stage_paths {
@@ -453,25 +358,7 @@ fn run_once(o: &RunOptions) -> Result<Outcome> {
     }
     let (macs_before, macs_after) =
         verification.as_ref().map(|v| (v.macs_dense, v.macs_pruned)).unwrap_or((None, None));
-    // A model that did not run at the sizes made up for its free dims (an image's 224 × 224
-    // for a classifier that needs 8 × 8): the run cut nothing and said only that it failed.
-    if let Some(v) = verification.as_ref() {
-        let assumed = v.assumed_sizes();
-        let failed = v.status != "ok" || notes.iter().any(|n| n.starts_with("fidelity guard could not run the model"));
-        let unsupported = v.reason.as_deref().and_then(crate::check::unsupported_op);
-        if let (true, Some(op)) = (failed, &unsupported) {
-            notes.push(format!(
-                "neither tract nor onnxruntime runs the model's op {op}: nothing about the pruned model could be measured"
-            ));
-        }
-        if failed && !assumed.is_empty() && unsupported.is_none() {
-            notes.push(format!(
-                "the model did not run at the sizes assumed for its free dims ({}): give the sizes it takes with \
-                 --dim NAME=VALUE, or real samples with --inputs",
-                assumed.join(", ")
-            ));
-        }
-    }
+    notes.extend(verification.as_ref().map(|v| finish::unrun_notes(v, &notes)).unwrap_or_default());
     let real_inputs = !o.verify_opts.inputs.files.is_empty() || o.verify_opts.inputs.npz.is_some();
     if let Some(w) = verification.as_ref().and_then(|v| {
         // Without --inputs, verification measured on the calibration samples (real data too).
@@ -486,81 +373,13 @@ fn run_once(o: &RunOptions) -> Result<Outcome> {
     if o.mode != Mode::Weights && !untouched {
         notes.extend(slower_warnings(&timing));
     }
-    if !exact && !o.allow_mismatch {
-        let e = equivalence.iter().find(|e| e.pass == Some(false));
-        let detail = e
-            .map(|e| match &e.reason {
-                Some(r) => format!("{} stage: {r}", e.stage),
-                None => format!("{} stage: rel error {:.3e} > {:.0e}", e.stage, e.max_rel_l2_err, e.tolerance),
-            })
-            .unwrap_or_default();
-        bail!(
-            "{}: masked-equivalence failed ({detail}); no output written (--allow-mismatch writes it anyway)",
-            o.input.display()
-        );
-    }
-    if !exact {
-        notes.push("masked-equivalence FAILED; output written because of --allow-mismatch".into());
-    }
-    // A rewrite neither engine could prove is not written unless asked for (`--no-verify` asks
-    // for no proof at all; a model left as it was needs none).
-    let unrun = equivalence.iter().find(|e| e.status == "skipped" && o.verify);
-    if let (Some(e), false) = (unrun, untouched) {
-        if !o.allow_unproven {
-            let reason = e.reason.as_deref().unwrap_or("no reason given");
-            // Advise installing onnxruntime only when it is what was missing.
-            let install = if reason.contains("onnxruntime is not available") || reason.contains("is not runnable") {
-                "onnxruntime proves what tract cannot run: pip install onnxruntime numpy; "
-            } else {
-                ""
-            };
-            bail!(
-                "{}: the {} rewrite could not be proven: neither tract nor onnxruntime ran the models ({reason}); \
-                 no output written ({install}--allow-unproven writes it anyway)",
-                o.input.display(),
-                e.stage,
-            );
+    notes.extend(finish::refuse_unproven(o, &equivalence, exact, untouched)?);
+    let (out_bytes, sparse) = match finish::sparse_storage(o, &staged, &save_opts, &mut timing)? {
+        Some((bytes, s, note)) => {
+            notes.push(note);
+            (bytes, Some(s))
         }
-        notes.push(format!(
-            "the {} rewrite is UNPROVEN (neither tract nor onnxruntime ran the models); output written because of \
-             --allow-unproven",
-            e.stage
-        ));
-    }
-    let mut out_bytes = out_bytes;
-    let sparse = if o.sparse_initializers {
-        let t = Instant::now();
-        let (bytes, s) = store_sparse(&staged, &save_opts)?;
-        out_bytes = bytes;
-        timing.save_ms += ms(t);
-        let unstorable =
-            [(s.constants_with_zeros, "stored as Constant nodes"), (s.inputs_with_zeros, "listed as graph inputs too")]
-                .iter()
-                .filter(|(n, _)| *n > 0)
-                .map(|(n, how)| format!("{n} {how}"))
-                .collect::<Vec<_>>();
-        notes.push(if s.tensors == 0 && !unstorable.is_empty() {
-            format!(
-                "sparse initializers: the weights with enough zeros are not initializers ONNX's sparse_initializer \
-                 can hold ({}); the model is stored dense",
-                unstorable.join(", ")
-            )
-        } else if s.tensors == 0 {
-            "sparse initializers: no weight tensor has enough zeros for sparse storage to save bytes (ONNX \
-             requires INT64 indices, so a float32 weight shrinks only above 66.7 % zeros, float16 above 80 %); \
-             the model is stored dense"
-                .to_string()
-        } else {
-            format!(
-                "sparse initializers: {} weight tensor(s) stored as values + INT64 indices ({} → {} payload \
-                 bytes); onnxruntime reads them, tract 0.23 cannot, so verification ran on the same weights \
-                 stored dense",
-                s.tensors, s.dense_bytes, s.sparse_bytes
-            )
-        });
-        Some(s)
-    } else {
-        None
+        None => (out_bytes, None),
     };
     publish(&staged, &o.output)?;
     let report = Report {
