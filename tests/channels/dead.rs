@@ -350,3 +350,37 @@ fn dead_units_go_at_any_beta() {
         assert!(d < 1e-5, "dense vs pruned {d}");
     }
 }
+
+/// Two zero-padded Convs reading the dead units through one shared weight: carrying into it
+/// would carry into both (twice for one tensor), so neither carries; the bias folds stay, exact
+/// in the interior.
+#[test]
+fn a_shared_consumer_weight_carries_nothing() {
+    let x: [i64; 4] = [1, 3, 12, 12];
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "C1", &["ra", "wc", "bc1"], &["y1"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
+            nd("Conv", "C2", &["ra", "wc", "bc2"], &["y2"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
+            nd("Add", "s", &["y1", "y2"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0., 1., 0., 1., 0.], 1),
+            tensor::new_f32("ba", &[6], &[0.1, 0.7, -0.2, 0.4, 0.3, 0.9]),
+            w("wc", &[2, 6, 3, 3], &ones(2), 2),
+            tensor::new_f32("bc1", &[2], &[0.3, -0.3]),
+            tensor::new_f32("bc2", &[2], &[0.1, 0.2]),
+        ],
+        &x,
+        &["y"],
+    );
+    let opts = StructOptions { beta: 1.2, round_to: onnx_emp::prune::RoundTo::Multiple(4), ..no_floor() };
+    let o = prove_x(&m, &x, &opts);
+    let g = group(&o.result, "A");
+    assert_eq!((g.kept, g.removed.len()), (4, 2), "{g:?}");
+    assert!(!g.notes.iter().any(|n| n.contains("carried")), "{g:?}");
+    assert!(g.notes.iter().any(|n| n.contains("folded into the bias of 'C1'")), "{g:?}");
+    let d = dense_vs_pruned(&o, &x);
+    assert!(d > 1e-4 && d < 0.3, "dense vs pruned {d}: the border only");
+}

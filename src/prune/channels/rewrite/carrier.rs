@@ -14,13 +14,13 @@
 //! alignment often keeps dead units (`--round-to auto` rounds up onto them), and those are free
 //! carriers.
 //!
-//! Contract: [`carriers`] picks, for one group-1 zero-padded Conv consumer, the kept exactly-dead
-//! position with the largest |constant| and the removed exactly-dead positions it carries (their
-//! constants non-zero; through classes, whose border differs, are not exact and keep the bias
-//! fold); [`apply_carry`] adds the carried slices to the carrier's, on the consumer's kept
-//! outputs, in the dense layout, before any slicing or zeroing. Both models get the same weights,
-//! so masked-equivalence still proves the pruned one; the fold's bias delta leaves the carried
-//! positions out.
+//! Contract: [`carriers`] picks, for one group-1 zero-padded Conv consumer whose weight no other
+//! node reads, the kept exactly-dead position with the largest |constant| and the removed
+//! exactly-dead positions it carries (their constants non-zero; through classes, whose border
+//! differs, are not exact and keep the bias fold); [`apply_carry`] adds the carried slices to the
+//! carrier's, on the consumer's kept outputs, in the dense layout, before any slicing or
+//! zeroing. Both models get the same weights, so masked-equivalence still proves the pruned one;
+//! the fold's bias delta leaves the carried positions out.
 
 use super::*;
 
@@ -68,6 +68,11 @@ pub(crate) fn carriers(
         }
     }
     let (to, kc) = to?;
+    // A weight another node reads too would carry into that node's output as well.
+    let readers = ctx.g.node.iter().flat_map(|n| n.input.iter()).filter(|i| **i == c.weight).count();
+    if readers != 1 || an.shared_aliases.contains(&c.weight) {
+        return None;
+    }
     let from: Vec<(usize, f64)> = hits
         .iter()
         .filter(|&&(p, kv)| kv != 0.0 && exact(an, c.units.get(p).copied().flatten()))
