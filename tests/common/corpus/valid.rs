@@ -8,6 +8,22 @@ pub(super) fn valid_cases(v: &mut Vec<Case>) {
         let name: &'static str = Box::leak(format!("model_{}", f.trim_end_matches(".onnx")).into_boxed_str());
         v.push(case(name, c, "a project model, unchanged", model_bytes(f), Expect::Valid));
     }
+    // Models pruned elsewhere with masks: dead units (zero rows emitting their bias) everywhere,
+    // some kept to align and carrying the removed ones' constants into padded convolutions.
+    v.push(case(
+        "masked_digits_cnn",
+        c,
+        "digits_cnn with 30 % of every Conv's rows zeroed",
+        masked("digits_cnn.onnx"),
+        Expect::Valid,
+    ));
+    v.push(case(
+        "masked_yolo_block",
+        c,
+        "yolo_block with 30 % of every Conv's rows zeroed",
+        masked("yolo_block.onnx"),
+        Expect::Valid,
+    ));
     v.push(case("if_outer_names", c, "an If whose branches read an outer value", enc(&mlp_with_if(1)), Expect::Valid));
     v.push(case(
         "if_nested_8",
@@ -147,4 +163,28 @@ pub(super) fn valid_cases(v: &mut Vec<Case>) {
         case("unknown_field_and_float8", c, "an unknown field and an unused float8 initializer", b, Expect::Valid);
     cu.tract = false;
     v.push(cu);
+}
+
+/// A project model with the weakest 30 % of the output rows of every Conv (initializer weights
+/// stored raw, float32) zeroed and its biases kept: what torch's `ln_structured` leaves.
+fn masked(file: &str) -> Vec<u8> {
+    let mut m = model(file);
+    let g = gm(&mut m);
+    let convs: Vec<String> =
+        g.node.iter().filter(|n| n.op_type == "Conv").filter_map(|n| n.input.get(1).cloned()).collect();
+    for t in g.initializer.iter_mut().filter(|t| convs.contains(&t.name) && t.data_type == 1 && !t.raw_data.is_empty())
+    {
+        let rows = t.dims[0].max(1) as usize;
+        let mut v: Vec<f32> =
+            t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let per = v.len() / rows;
+        let mut norms: Vec<(f32, usize)> =
+            (0..rows).map(|r| (v[r * per..(r + 1) * per].iter().map(|x| x * x).sum(), r)).collect();
+        norms.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        for &(_, r) in norms.iter().take(rows * 3 / 10) {
+            v[r * per..(r + 1) * per].iter_mut().for_each(|x| *x = 0.0);
+        }
+        t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    }
+    enc(&m)
 }
