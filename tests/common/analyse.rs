@@ -84,15 +84,21 @@ pub fn analyse_model(model: &ModelProto) -> Outcome {
 }
 
 /// The structural modes at a forced cut (β = 0.7, floors off, no rounding, so that units are
-/// really removed): channels and heads. Errors are a normal outcome (one line); a result must be
-/// a good file: the pruned and the masked model encode, parse and validate again, the masked
-/// model keeps the input's graph (its inputs, outputs and every value it produces), the pruned
-/// one never has more parameters, and every group's kept count is within 1..=n.
+/// really removed): channels and heads; and channels at β = 1.3 rounded up to multiples of 4,
+/// which keeps dead units (a mutation's zeroed rows) to align, so that they carry removed ones
+/// into padded convolutions. Errors are a normal outcome (one line); a result must be a good
+/// file: the pruned and the masked model encode, parse and validate again, the masked model
+/// keeps the input's graph (its inputs, outputs and every value it produces), the pruned one
+/// never has more parameters, and every group's kept count is within 1..=n.
 pub fn structural(model: &ModelProto) {
     use onnx_emp::prune::{channels, heads, Floor, RoundTo, StructOptions};
     let opts = StructOptions { beta: 0.7, floor: Floor::OFF, round_to: RoundTo::Multiple(1), ..Default::default() };
-    for (mode, r) in [("channels", channels::prune_channels(model, &opts)), ("heads", heads::prune_heads(model, &opts))]
-    {
+    let aligned = StructOptions { beta: 1.3, round_to: RoundTo::Multiple(4), ..opts.clone() };
+    for (mode, r) in [
+        ("channels", channels::prune_channels(model, &opts)),
+        ("heads", heads::prune_heads(model, &opts)),
+        ("channels aligned", channels::prune_channels(model, &aligned)),
+    ] {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
