@@ -53,9 +53,7 @@ pub const GROWTH: f64 = 1.2;
 pub const BISECTIONS: usize = 3;
 /// β beyond which the guard stops growing and keeps the model dense.
 pub const MAX_BETA: f64 = 64.0;
-/// A β that keeps every weight of any group (⌊β·N_eff⌋ ≥ N, since N_eff ≥ 1 and N < 10¹²).
-/// A β at which EMP keeps every unit of any group (kept is clamped to N).
-pub const KEEP_ALL_BETA: f64 = 1e12;
+pub use crate::prune::KEEP_ALL_BETA;
 
 /// One β the guard tried.
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -456,6 +456,13 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
             (0..groups.len()).filter(|&i| depthwise_net && groups[i].bottleneck).collect();
         global(an, &groups, &mut decisions, &stems, &bottlenecks, opts)?;
     }
+    if opts.beta >= super::KEEP_ALL_BETA {
+        // The guard's keep-everything: dead units too (the floors' and alignment's notes are moot).
+        for (g, (_, keep, notes)) in groups.iter().zip(decisions.iter_mut()) {
+            *keep = (0..g.classes.len()).collect();
+            notes.clear();
+        }
+    }
     if let Some(only) = &opts.cut_only {
         for (i, (g, (_, keep, notes))) in groups.iter().zip(decisions.iter_mut()).enumerate() {
             if !only.contains(&i) && keep.len() < g.classes.len() {

@@ -190,6 +190,12 @@ pub fn second_stage_cut(only: &Option<BTreeSet<usize>>, first: usize) -> Option<
     only.as_ref().map(|s| s.iter().filter(|&&i| i >= first).map(|i| i - first).collect())
 }
 
+/// A β that keeps every weight of any group (⌊β·N_eff⌋ ≥ N, since N_eff ≥ 1 and N < 10¹²) and
+/// every unit: the structural modes keep dead units too at this β (elsewhere they go whatever β),
+/// so that the fidelity guard's "keep the model dense" is the dense model, even where removing
+/// the dead units alone would move the outputs (their constants at a zero-padded border).
+pub const KEEP_ALL_BETA: f64 = 1e12;
+
 /// The start of [`guard_kept_note`].
 pub(crate) const GUARD_KEPT: &str = "kept whole by the fidelity guard";
 

@@ -384,3 +384,35 @@ fn a_shared_consumer_weight_carries_nothing() {
     let d = dense_vs_pruned(&o, &x);
     assert!(d > 1e-4 && d < 0.3, "dense vs pruned {d}: the border only");
 }
+
+/// The fidelity guard's keep-everything β keeps dead units too: removing them alone can move the
+/// outputs (their constants at a zero-padded border: 0.165 relative L2 on this 5 × 5 map), and
+/// the guard's "kept dense" must be the dense model.
+#[test]
+fn the_guards_keep_all_beta_keeps_dead_units() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "C", &["ra", "wc", "bc"], &["y"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0., 1., 0., 1., 0.], 1),
+            tensor::new_f32("ba", &[6], &[0.1, 0.7, -0.2, 0.4, 0.3, 0.9]),
+            w("wc", &[2, 6, 3, 3], &ones(2), 2),
+            tensor::new_f32("bc", &[2], &[0.3, -0.3]),
+        ],
+        &X4,
+        &["y"],
+    );
+    for round_to in [onnx_emp::prune::RoundTo::Multiple(1), onnx_emp::prune::RoundTo::Auto] {
+        let big = StructOptions { beta: 1e6, round_to, ..no_floor() };
+        let g = group(&prune_channels(&m, &big).unwrap(), "A").clone();
+        assert!(g.kept < 6, "β 1e6 still removes the dead units: {g:?}");
+        let all = StructOptions { beta: onnx_emp::prune::KEEP_ALL_BETA, round_to, ..no_floor() };
+        let r = prune_channels(&m, &all).unwrap();
+        let g = group(&r, "A");
+        assert_eq!((g.kept, g.removed.len()), (6, 0), "{g:?}");
+        assert!(g.notes.is_empty(), "{g:?}");
+    }
+}
