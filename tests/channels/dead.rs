@@ -416,3 +416,33 @@ fn the_guards_keep_all_beta_keeps_dead_units() {
         assert!(g.notes.is_empty(), "{g:?}");
     }
 }
+
+/// A dead row is one under 1 % of its layer's RMS row norm, not always 0. A carrier whose rows
+/// are not exactly 0 has a small varying part that the carry scales by c_j / c_k, so it carries
+/// only constants no larger than its own; a larger one keeps the bias fold.
+#[test]
+fn a_nearly_dead_carrier_carries_only_smaller_constants() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "C", &["ra", "wc", "bc"], &["y"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
+        ],
+        vec![
+            // rows 1, 3, 5 nearly dead (scored 0); rounding up keeps the first, whose constant
+            // (0.95) is larger than row 3's (0.7) and smaller than row 5's (1.2)
+            w("wa", &[6, 3, 1, 1], &[1., 1e-4, 1., 3e-4, 1., 0.5e-4], 1),
+            tensor::new_f32("ba", &[6], &[0.1, 0.95, -0.2, 0.7, 0.3, 1.2]),
+            w("wc", &[2, 6, 3, 3], &ones(2), 2),
+            tensor::new_f32("bc", &[2], &[0.3, -0.3]),
+        ],
+        &X4,
+        &["y"],
+    );
+    let opts = StructOptions { beta: 1.2, round_to: onnx_emp::prune::RoundTo::Multiple(4), ..no_floor() };
+    let o = prove_x(&m, &X4, &opts);
+    let g = group(&o.result, "A");
+    assert_eq!(g.removed, vec![3, 5], "{g:?}");
+    assert!(g.notes.iter().any(|n| n.contains("1 removed dead unit(s) carried by a kept dead unit into 'C'")), "{g:?}");
+    assert!(g.notes.iter().any(|n| n.contains("folded into the bias of 'C'")), "{g:?}");
+}

@@ -12,7 +12,10 @@
 //! `w[·, j, ·]·c_j / c_k` to the kept unit's kernel slice `w[·, k, ·]` therefore removes unit `j`
 //! exactly, with no new parameter: the kept unit *carries* the removed ones' constants. The
 //! alignment often keeps dead units (`--round-to auto` rounds up onto them), and those are free
-//! carriers.
+//! carriers. A dead row is one whose weights are under 1 % of its layer's (`channels/dead.rs`),
+//! not always 0: a carrier whose rows are not exactly 0 has a small varying part, which the carry
+//! scales by c_j / c_k too, so it carries only constants no larger than its own (the noise added
+//! is then no larger than what removing unit j drops anyway); larger ones keep the bias fold.
 //!
 //! Contract: [`carriers`] picks, for one group-1 zero-padded Conv consumer whose weight no other
 //! node reads, the kept exactly-dead position with the largest |constant| and the removed
@@ -68,6 +71,7 @@ pub(crate) fn carriers(
         }
     }
     let (to, kc) = to?;
+    let zero = c.units.get(to).copied().flatten().is_some_and(|u| zero_rows(ctx, an, an.find(u)));
     // A weight another node reads too would carry into that node's output as well.
     let readers = ctx.g.node.iter().flat_map(|n| n.input.iter()).filter(|i| **i == c.weight).count();
     if readers != 1 || an.shared_aliases.contains(&c.weight) {
@@ -75,10 +79,34 @@ pub(crate) fn carriers(
     }
     let from: Vec<(usize, f64)> = hits
         .iter()
-        .filter(|&&(p, kv)| kv != 0.0 && exact(an, c.units.get(p).copied().flatten()))
+        .filter(|&&(p, kv)| kv != 0.0 && (zero || kv.abs() <= kc.abs()) && exact(an, c.units.get(p).copied().flatten()))
         .map(|&(p, kv)| (p, kv / kc))
         .collect();
     (!from.is_empty()).then_some(Carry { to, from })
+}
+
+/// Are the producer rows (Conv / ConvTranspose / Gemm / MatMul weights) that write class `root`
+/// all exactly 0 (its output exactly its constant), as a mask leaves them?
+fn zero_rows(ctx: &Ctx, an: &Analysis, root: Unit) -> bool {
+    let mut seen = false;
+    for (key, s) in an.slices.iter().filter(|(_, s)| s.roles.contains(&Role::Producer)) {
+        let weight = s.users.iter().any(|&(ni, slot)| {
+            slot == 1 && matches!(ctx.g.node[ni].op_type.as_str(), "Conv" | "ConvTranspose" | "Gemm" | "MatMul")
+        });
+        if !weight {
+            continue;
+        }
+        let Some(sq) = an.producer_sq.get(key).filter(|sq| sq.len() == s.units.len()) else { return false };
+        for (p, u) in s.units.iter().enumerate() {
+            if u.is_some_and(|u| an.find(u) == root) {
+                seen = true;
+                if sq[p] != 0.0 {
+                    return false;
+                }
+            }
+        }
+    }
+    seen
 }
 
 /// Add each carried position's kernel slice, scaled, to the carrier's, on the outputs of `node`
