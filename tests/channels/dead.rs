@@ -263,6 +263,27 @@ fn dead_units_are_removed_with_their_bias_folded() {
     );
 }
 
+/// x → Conv A (6 × 3 × 1 × 1, rows scaled by `rows`, bias `ba`) → Relu → Conv C (2 × 6 × 3 × 3,
+/// zero-padded by 1, bias `bc` when `bias`) → y: dead rows of A read by a padded consumer.
+fn dead_into_padded(rows: &[f32], ba: &[f32], bias: bool) -> ModelProto {
+    let c_in: Vec<&str> = if bias { vec!["ra", "wc", "bc"] } else { vec!["ra", "wc"] };
+    let mut inits =
+        vec![w("wa", &[6, 3, 1, 1], rows, 1), tensor::new_f32("ba", &[6], ba), w("wc", &[2, 6, 3, 3], &ones(2), 2)];
+    if bias {
+        inits.push(tensor::new_f32("bc", &[2], &[0.3, -0.3]));
+    }
+    mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+            nd("Relu", "r", &["a"], &["ra"], vec![]),
+            nd("Conv", "C", &c_in, &["y"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
+        ],
+        inits,
+        &X4,
+        &["y"],
+    )
+}
+
 /// Dead units read by a zero-padded Conv: the bias fold is exact in the interior only, but a
 /// dead unit the cut keeps (here: rounded up onto it) emits its constant over the same support,
 /// padding included, so the removed ones' kernel slices, scaled by c_j / c_k, are added to its
@@ -270,27 +291,7 @@ fn dead_units_are_removed_with_their_bias_folded() {
 /// (`--round-to 1`) the fold is exact in the interior only, as before.
 #[test]
 fn a_kept_dead_unit_carries_the_removed_ones_exactly_at_a_padded_border() {
-    let model = |bias: bool| {
-        let c_in: Vec<&str> = if bias { vec!["ra", "wc", "bc"] } else { vec!["ra", "wc"] };
-        let mut inits = vec![
-            w("wa", &[6, 3, 1, 1], &[1., 0., 1., 0., 1., 0.], 1),
-            tensor::new_f32("ba", &[6], &[0.1, 0.7, -0.2, 0.4, 0.3, 0.9]),
-            w("wc", &[2, 6, 3, 3], &ones(2), 2),
-        ];
-        if bias {
-            inits.push(tensor::new_f32("bc", &[2], &[0.3, -0.3]));
-        }
-        mk_model(
-            vec![
-                nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
-                nd("Relu", "r", &["a"], &["ra"], vec![]),
-                nd("Conv", "C", &c_in, &["y"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
-            ],
-            inits,
-            &X4,
-            &["y"],
-        )
-    };
+    let model = |bias: bool| dead_into_padded(&[1., 0., 1., 0., 1., 0.], &[0.1, 0.7, -0.2, 0.4, 0.3, 0.9], bias);
     // β 1.2: the three live rows' norms vary, so N_eff is a little under 3.
     let four = StructOptions { beta: 1.2, round_to: onnx_emp::prune::RoundTo::Multiple(4), ..no_floor() };
     for bias in [true, false] {
@@ -390,21 +391,7 @@ fn a_shared_consumer_weight_carries_nothing() {
 /// the guard's "kept dense" must be the dense model.
 #[test]
 fn the_guards_keep_all_beta_keeps_dead_units() {
-    let m = mk_model(
-        vec![
-            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
-            nd("Relu", "r", &["a"], &["ra"], vec![]),
-            nd("Conv", "C", &["ra", "wc", "bc"], &["y"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
-        ],
-        vec![
-            w("wa", &[6, 3, 1, 1], &[1., 0., 1., 0., 1., 0.], 1),
-            tensor::new_f32("ba", &[6], &[0.1, 0.7, -0.2, 0.4, 0.3, 0.9]),
-            w("wc", &[2, 6, 3, 3], &ones(2), 2),
-            tensor::new_f32("bc", &[2], &[0.3, -0.3]),
-        ],
-        &X4,
-        &["y"],
-    );
+    let m = dead_into_padded(&[1., 0., 1., 0., 1., 0.], &[0.1, 0.7, -0.2, 0.4, 0.3, 0.9], true);
     for round_to in [onnx_emp::prune::RoundTo::Multiple(1), onnx_emp::prune::RoundTo::Auto] {
         let big = StructOptions { beta: 1e6, round_to, ..no_floor() };
         let g = group(&prune_channels(&m, &big).unwrap(), "A").clone();
@@ -422,23 +409,9 @@ fn the_guards_keep_all_beta_keeps_dead_units() {
 /// only constants no larger than its own; a larger one keeps the bias fold.
 #[test]
 fn a_nearly_dead_carrier_carries_only_smaller_constants() {
-    let m = mk_model(
-        vec![
-            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
-            nd("Relu", "r", &["a"], &["ra"], vec![]),
-            nd("Conv", "C", &["ra", "wc", "bc"], &["y"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
-        ],
-        vec![
-            // rows 1, 3, 5 nearly dead (scored 0); rounding up keeps the first, whose constant
-            // (0.95) is larger than row 3's (0.7) and smaller than row 5's (1.2)
-            w("wa", &[6, 3, 1, 1], &[1., 1e-4, 1., 3e-4, 1., 0.5e-4], 1),
-            tensor::new_f32("ba", &[6], &[0.1, 0.95, -0.2, 0.7, 0.3, 1.2]),
-            w("wc", &[2, 6, 3, 3], &ones(2), 2),
-            tensor::new_f32("bc", &[2], &[0.3, -0.3]),
-        ],
-        &X4,
-        &["y"],
-    );
+    // rows 1, 3, 5 nearly dead (scored 0); rounding up keeps the first, whose constant (0.95) is
+    // larger than row 3's (0.7) and smaller than row 5's (1.2)
+    let m = dead_into_padded(&[1., 1e-4, 1., 3e-4, 1., 0.5e-4], &[0.1, 0.95, -0.2, 0.7, 0.3, 1.2], true);
     let opts = StructOptions { beta: 1.2, round_to: onnx_emp::prune::RoundTo::Multiple(4), ..no_floor() };
     let o = prove_x(&m, &X4, &opts);
     let g = group(&o.result, "A");
