@@ -8,7 +8,7 @@ biases are random so that compensation bugs cannot hide behind zeros.
 
 Writes models/zoo/*.onnx and models/zoo/manifest.json (input shape per model).
 Deterministic: fixed seeds, TorchScript exporter. Usage: python3 models/make_zoo.py
-(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops to an
+(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm to an
 existing zoo and its manifest).
 """
 import json
@@ -35,6 +35,9 @@ def randomise_bn(model, seed):
             m.running_var.copy_(0.5 + torch.rand(n, generator=g))
             m.weight.data.copy_(1.0 + 0.3 * torch.randn(n, generator=g))
             m.bias.data.copy_(0.2 * torch.randn(n, generator=g))
+        if isinstance(m, nn.GroupNorm):
+            m.weight.data.copy_(1.0 + 0.3 * torch.randn(m.num_channels, generator=g))
+            m.bias.data.copy_(0.2 * torch.randn(m.num_channels, generator=g))
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and m.bias is not None:
             m.bias.data.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
     return model
@@ -329,6 +332,42 @@ class SmallCNN(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
 
 
+class GNNet(nn.Module):
+    """A GroupNorm CNN (ResNet-GN / FCOS-head style): GroupNorm(8, 32) and (4, 32) around a
+    residual block, GroupNorm(8, 64) after a strided conv, SiLU, pooled head."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.g1 = nn.Conv2d(3, 32, 3, padding=1), nn.GroupNorm(8, 32)
+        self.c2, self.g2 = nn.Conv2d(32, 32, 3, padding=1), nn.GroupNorm(4, 32)
+        self.c3, self.g3 = nn.Conv2d(32, 64, 3, 2, 1), nn.GroupNorm(8, 64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = F.relu(self.g1(self.c1(x)))
+        x = F.relu(x + self.g2(self.c2(x)))
+        x = F.silu(self.g3(self.c3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def group_norm(out, manifest, img):
+    """GNNet as the exporters write GroupNorm: TorchScript at opset 17 (Reshape [0, G, -1] →
+    InstanceNormalization → Reshape to Shape(x) → Mul → Add), and the dynamo exporter at opset 21
+    (GroupNormalization, scale and bias per channel)."""
+    torch.manual_seed(15)
+    m = randomise_bn(GNNet(), 15).eval()
+    _, shape = export(m, img, "zoo_groupnorm", out=out)
+    manifest["zoo_groupnorm"] = {"x": shape}
+    path = os.path.join(out, "zoo_groupnorm_op.onnx")
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        m, (img,), path, dynamo=True, opset_version=21, input_names=["x"], output_names=["y"],
+        dynamic_shapes=({0: batch},), external_data=False,
+    )
+    onnx.save(onnx.load(path), path)
+    manifest["zoo_groupnorm_op"] = {"x": list(img.shape)}
+
+
 def export(model, x, name, opset=OPSET, fold=True, out=OUT, dynamic=True):
     model.eval()
     path = os.path.join(out, name + ".onnx")
@@ -560,6 +599,7 @@ def image_models(out, manifest, img):
     add(out, manifest, "zoo_patch_reshape", PatchNet, img, 6)
     add(out, manifest, "zoo_gather_slice", GatherSlice, img, 7)
     add(out, manifest, "zoo_grouped_convtranspose", GroupedDeconv, img, 8)
+    group_norm(out, manifest, img)
     add(out, manifest, "zoo_cnn_fp32", SmallCNN, img, 9)
     shape = list(img.shape)
     qdq(os.path.join(out, "zoo_cnn_fp32.onnx"), os.path.join(out, "zoo_qdq.onnx"), shape)
@@ -626,6 +666,7 @@ def main():
         "zoo_lstm_stacked": lambda m: add(
             OUT, m, "zoo_lstm_stacked", lambda: RNNNet(nn.LSTM, num_layers=2), torch.randn(2, 8, 12), 11
         ),
+        "zoo_groupnorm": lambda m: (torch.manual_seed(0), group_norm(OUT, m, torch.randn(2, 3, 32, 32))),
         "zoo_ms_bert": lambda m: m.update(
             zoo_ms_bert={"x": ms_bert(os.path.join(OUT, "zoo_ms_bert.onnx")), "dtype": "int64", "high": 50}
         ),

@@ -289,3 +289,107 @@ fn a_fused_normalisation_without_epsilon_uses_onnxruntimes_default() {
         assert!(e <= TOL, "masked vs pruned {e:e}");
     }
 }
+
+fn zoo_x() -> Vec<prove::Input> {
+    vec![prove::Input::F32(vec![2, 3, 32, 32], randn(2 * 3 * 32 * 32, 7))]
+}
+
+fn ints_attr(n: &onnx_protobuf::NodeProto, name: &str) -> i64 {
+    n.attribute.iter().find(|a| a.name == name).map(|a| a.i).unwrap()
+}
+
+/// GroupNorm as the dynamo exporter writes it at opset 21 (GroupNormalization, scale and bias per
+/// channel) and as TorchScript writes it (Reshape [0, G, -1] → InstanceNormalization with per-group
+/// scale and bias → Reshape to Shape(x) → Mul → Add): whole groups go, the same ones in both, so
+/// every kept channel is normalised over the same channels as before and pruned == masked is
+/// exact. `num_groups`, the first Reshape's G and the per-group parameters follow the kept groups.
+#[test]
+fn group_norm_removes_whole_groups_in_both_spellings() {
+    let opts = StructOptions { beta: 0.7, floor: Floor::OFF, round_to: RoundTo::Multiple(1), ..Default::default() };
+    let op = prune_and_prove(&load(&root().join("models/zoo/zoo_groupnorm_op.onnx")), &opts, &[], &zoo_x());
+    let spelled = prune_and_prove(&load(&root().join("models/zoo/zoo_groupnorm.onnx")), &opts, &[], &zoo_x());
+    let counts = |r: &StructuralResult| r.groups.iter().map(|g| (g.kept, g.n, g.blocked.is_some())).collect::<Vec<_>>();
+    // c1 + c2 (residual; GroupNorm(8, 32) and (4, 32): units of 8 channels), c3 (GroupNorm(8, 64)),
+    // the classifier (a graph output)
+    assert_eq!(counts(&op.result), vec![(2, 4, false), (5, 8, false), (10, 10, true)]);
+    assert_eq!(counts(&op.result), counts(&spelled.result));
+    let g = op.result.pruned.graph.as_ref().unwrap();
+    let gn: Vec<i64> =
+        g.node.iter().filter(|n| n.op_type == "GroupNormalization").map(|n| ints_attr(n, "num_groups")).collect();
+    // 16 of 32 channels in groups of 4 and of 8; 40 of 64 in groups of 8
+    assert_eq!(gn, vec![4, 2, 5]);
+    let scale_len = |n: &onnx_protobuf::NodeProto| -> usize {
+        g.initializer.iter().find(|t| t.name == n.input[1]).map(|t| t.dims.iter().product::<i64>() as usize).unwrap()
+    };
+    let per_channel: Vec<usize> = g.node.iter().filter(|n| n.op_type == "GroupNormalization").map(scale_len).collect();
+    assert_eq!(per_channel, vec![16, 16, 40]);
+    // The spelled-out form: InstanceNormalization's per-group scale has the kept groups' count.
+    let s = spelled.result.pruned.graph.as_ref().unwrap();
+    let inorm: Vec<usize> = s
+        .node
+        .iter()
+        .filter(|n| n.op_type == "InstanceNormalization")
+        .map(|n| {
+            let c = s.node.iter().find(|c| c.output.first() == Some(&n.input[1])).expect("a Constant scale");
+            c.attribute[0].t.dims.iter().product::<i64>() as usize
+        })
+        .collect();
+    assert_eq!(inorm, vec![4, 2, 5]);
+    for o in [&op, &spelled] {
+        assert!(
+            o.result.groups[0].notes.iter().any(|n| n.contains("a unit is 8 channels")),
+            "{:?}",
+            o.result.groups[0]
+        );
+    }
+}
+
+/// Alignment and the narrow floor count a GroupNorm's channels, not its groups: 64 channels in
+/// 8 groups of 8 align to 16 channels (2 groups), where aligning 8 units to 8 would keep all.
+#[test]
+fn group_norm_alignment_and_floor_count_channels() {
+    let dense = load(&root().join("models/zoo/zoo_groupnorm_op.onnx"));
+    let floor = Floor { stem: false, ..StructOptions::default().floor };
+    let opts = StructOptions { beta: 0.7, floor, round_to: RoundTo::Auto, ..Default::default() };
+    let r = prune_channels(&dense, &opts).unwrap();
+    let c3 = r.groups.iter().find(|g| g.id == "node_conv2d_2").unwrap();
+    assert_eq!((c3.kept, c3.n), (6, 8), "{c3:?}");
+    assert!(c3.notes.iter().any(|n| n.contains("the nearest multiple of 2 units, 16 channels")), "{c3:?}");
+    let low = prune_channels(&dense, &StructOptions { beta: 0.5, ..opts }).unwrap();
+    let c3 = low.groups.iter().find(|g| g.id == "node_conv2d_2").unwrap();
+    assert_eq!(c3.kept, 4, "{c3:?}");
+    assert!(c3.notes.iter().any(|n| n.contains("floor of half the width and at least 8 channels")), "{c3:?}");
+}
+
+/// A dead row before an InstanceNormalization emits its bias, which the norm makes its shift B:
+/// a constant the consumer folds, so the unit is dead. The live units stay live: in the analysis's
+/// dense view a varying channel normalises to a varying one (it was taken for the constant B,
+/// which made every unit dead and scored 0).
+#[test]
+fn instance_norm_keeps_live_units_live_beside_a_dead_one() {
+    let rows = [1.0, 0.0, 1.1, 0.9, 1.2, 1.05];
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+            nd("InstanceNormalization", "in", &["a", "s", "b"], &["n"], vec![]),
+            nd("Relu", "r", &["n"], &["rn"], vec![]),
+            nd("Conv", "C", &["rn", "wc", "bc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[6, 3, 3, 3], &rows, 1),
+            tensor::new_f32("ba", &[6], &[0.1, 0.7, -0.2, 0.4, 0.3, 0.9]),
+            tensor::new_f32("s", &[6], &[1.0, 1.2, 0.8, 1.1, 0.9, 1.0]),
+            tensor::new_f32("b", &[6], &[0.2, 0.5, -0.1, 0.3, 0.0, 0.1]),
+            w("wc", &[2, 6, 1, 1], &ones(2), 2),
+            tensor::new_f32("bc", &[2], &[0.3, -0.3]),
+        ],
+        &[1, 3, 6, 6],
+        &["y"],
+    );
+    let opts = StructOptions { beta: 1.0, floor: Floor::OFF, round_to: RoundTo::Multiple(1), ..Default::default() };
+    let o = prove_x(&m, &[1, 3, 6, 6], &opts);
+    let g = o.result.groups.iter().find(|g| g.id == "A").unwrap();
+    assert!(!g.notes.iter().any(|n| n.contains("all scores are zero")), "{g:?}");
+    assert!(g.notes.iter().any(|n| n.contains("1 removed unit(s) are dead")), "{g:?}");
+    assert!(g.kept >= 4, "{g:?}");
+}

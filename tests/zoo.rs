@@ -32,6 +32,10 @@ const ZOO: &[(&str, Expect)] = &[
     ("zoo_db_detector", Expect::Channels(&["Resize", "ConvTranspose", "HardSigmoid", "Concat"])),
     ("zoo_gather_slice", Expect::Channels(&["Gather", "Slice"])),
     ("zoo_grouped_convtranspose", Expect::Channels(&["ConvTranspose"])),
+    // GroupNorm spelled out by TorchScript (Reshape → InstanceNormalization → Reshape to
+    // Shape(x)) and as the opset-21 op: whole groups go.
+    ("zoo_groupnorm", Expect::Channels(&["Reshape", "InstanceNormalization", "Shape"])),
+    ("zoo_groupnorm_op", Expect::Channels(&["GroupNormalization"])),
     ("zoo_lstm", Expect::Channels(&["LSTM"])),
     ("zoo_gru", Expect::Channels(&["GRU"])),
     ("zoo_bilstm", Expect::Channels(&["LSTM", "Reshape", "Transpose"])),

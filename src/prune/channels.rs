@@ -201,6 +201,9 @@ struct Group {
     /// A LayerNormalization normalises over the units: a residual stream (a transformer's
     /// d_model, ConvNeXt's stage width), not a narrow stem.
     normalised: bool,
+    /// Channels of the first source per unit class (a GroupNorm's C/G, whose channels go
+    /// together; 1 when the classes differ): alignment and the narrow floor count channels.
+    width: usize,
 }
 
 /// The kernels a group's units run on, in order of their automatic alignment: blocked convolution or
@@ -239,7 +242,24 @@ impl Group {
             SourceKind::Recurrent => super::AUTO_ALIGN_MAX_RECURRENT,
             SourceKind::RowWise => super::AUTO_ALIGN_MAX_ROWWISE,
         };
-        opts.round_to.align(self.classes.len(), max, kind == SourceKind::Blocked)
+        let w = self.width.max(1);
+        let a = opts.round_to.align(self.classes.len() * w, max, kind == SourceKind::Blocked);
+        // In classes: the fewest whose channels are a multiple of the step.
+        Align { step: a.step / gcd(a.step, w), ..a }
+    }
+
+    /// Fewest classes the narrow floor keeps (it counts channels: [`Group::width`]).
+    fn min_keep(&self, opts: &StructOptions) -> usize {
+        let w = self.width.max(1);
+        opts.floor.min_keep(self.classes.len() * w).div_ceil(w).clamp(1, self.classes.len().max(1))
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a.max(1)
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -277,6 +297,7 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             depthwise: false,
             bottleneck: false,
             normalised: false,
+            width: 1,
         });
         // A group is aligned for its widest-tiled source.
         g.kind = g.kind.max(SourceKind::of(ctx, src));
@@ -306,6 +327,18 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
         }
     }
     let mut v: Vec<Group> = by_id.into_values().filter(|g| !g.classes.is_empty()).collect();
+    for g in &mut v {
+        let mut per: BTreeMap<Unit, usize> = g.classes.iter().map(|c| (*c, 0)).collect();
+        for u in
+            an.sources.get(&g.first_source).map(|s| s.iter().flatten().copied().collect::<Vec<_>>()).unwrap_or_default()
+        {
+            if let Some(k) = per.get_mut(&an.find(u)) {
+                *k += 1;
+            }
+        }
+        let w = per.values().next().copied().unwrap_or(1);
+        g.width = if w > 1 && per.values().all(|&k| k == w) { w } else { 1 };
+    }
     // The groups a depthwise Conv carries (the analysis rewrites such a Conv's `group`
     // attribute) and those a LayerNormalization normalises.
     let (mut dw, mut normalised): (BTreeSet<usize>, BTreeSet<usize>) = Default::default();
@@ -440,7 +473,9 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
         let (target, keep) = keep_set(g, an, &chosen, opts, &mut notes);
         if align.step > 1 && keep.len() != target {
             let (how, which) = if align.nearest { ("", "the nearest") } else { (" up", "a") };
-            let what = if keep.len().is_multiple_of(align.step) {
+            let what = if keep.len().is_multiple_of(align.step) && g.width > 1 {
+                format!("{which} multiple of {} units, {} channels", align.step, align.step * g.width)
+            } else if keep.len().is_multiple_of(align.step) {
                 format!("{which} multiple of {}", align.step)
             } else {
                 format!("the whole width: the next multiple of {} is wider", align.step)
@@ -565,8 +600,8 @@ fn keep_set(
     let chosen: BTreeSet<usize> =
         if align.nearest { chosen.clone() } else { chosen.difference(&dead).copied().collect() };
     let live = n - dead.len();
-    let target = floored(n, live, chosen.len().max(1), opts, notes);
-    let min = opts.floor.min_keep(n).min(live.max(1));
+    let target = floored(g, live, chosen.len().max(1), opts, notes);
+    let min = g.min_keep(opts).min(live.max(1));
     let keep = fill(g, &chosen, target, min, align);
     // Never more than every live unit, rounded up onto dead ones: at a large β EMP's count
     // reaches the dead units (they score 0) and the nearest multiple can be the whole width,

@@ -21,7 +21,8 @@
 //! Files: this one holds the analyzer's core (tracking, blocking, the per-node dispatch) and the
 //! final grouping; `types` the result types and the union-find; `ctx` the graph facts the rules
 //! read; `elementwise` the element-wise, activation and activation-quantization rules; `nn` the
-//! linear and normalisation ops (Conv, Gemm, MatMul, BatchNorm, LayerNorm, pooling, ...); `fused`
+//! linear and normalisation ops (Conv, Gemm, MatMul, BatchNorm, LayerNorm, pooling, ...);
+//! `group_norm` GroupNormalization and its decomposed form; `fused`
 //! onnxruntime's fused transformer ops (SkipLayerNormalization, Attention,
 //! EmbedLayerNormalization); `rnn`
 //! LSTM / GRU / RNN hidden units; `array` the array ops (Concat, Split, Slice, Gather, ...);
@@ -40,6 +41,7 @@ mod array;
 mod ctx;
 mod elementwise;
 mod fused;
+mod group_norm;
 mod nn;
 mod reshape;
 mod rnn;
@@ -102,6 +104,7 @@ pub fn analyze(ctx: &Ctx, dead: &DeadRows) -> Analysis {
         shape_vecs: BTreeMap::new(),
         dims_hint: BTreeMap::new(),
         shuffles: BTreeMap::new(),
+        group_norms: BTreeMap::new(),
         means: BTreeMap::new(),
     };
     a.st.consts = ctx.consts.clone();
@@ -138,6 +141,10 @@ struct Analyzer<'c, 'a> {
     /// Channel shuffles split and not yet merged back, by the index of the Reshape back: the
     /// shuffled tensor's name, its track and the number of groups.
     shuffles: BTreeMap<usize, (String, Track, usize)>,
+    /// Decomposed GroupNorms split and not yet reshaped back, by the index of the Reshape back:
+    /// the input's name, its track, the channels per group and the InstanceNormalization's index
+    /// (`groups/group_norm.rs`).
+    group_norms: BTreeMap<usize, (String, Track, usize, usize)>,
     /// Statistics of tracked units by name: the output of a ReduceMean over exactly the tracked
     /// axis, keepdims ([`Edit::Mean`]), and what element-wise ops compute from it and scalar
     /// constants (`√(var + ε)`), with the units averaged and the axis and rank of the mean. Each
@@ -327,6 +334,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             Kind::MatMul => self.matmul(ni, n, x),
             Kind::BatchNorm => self.batch_norm(ni, n, x),
             Kind::InstanceNorm => self.instance_norm(ni, n, x),
+            Kind::GroupNorm => self.group_norm(ni, n, x),
             Kind::Pool(p) => self.pool(ni, n, x, p),
             Kind::Reduce(r) => self.reduce(ni, n, x, r),
             Kind::Concat => self.concat(ni, n),

@@ -35,6 +35,9 @@ pub enum Kind {
     MatMul,
     BatchNorm,
     InstanceNorm,
+    /// GroupNormalization: the channels of a group are one unit; whole groups go
+    /// (`groups/group_norm.rs`).
+    GroupNorm,
     /// Spatial pooling, channel axis 1 unchanged. The flag: does a constant stay that constant.
     Pool(PoolKind),
     Reduce(ReduceKind),
@@ -178,6 +181,7 @@ pub const TABLE: &[(&str, Kind)] = &[
     ("MatMul", Kind::MatMul),
     ("BatchNormalization", Kind::BatchNorm),
     ("InstanceNormalization", Kind::InstanceNorm),
+    ("GroupNormalization", Kind::GroupNorm),
     ("MaxPool", Kind::Pool(PoolKind::Max)),
     ("AveragePool", Kind::Pool(PoolKind::Average)),
     ("GlobalAveragePool", Kind::Pool(PoolKind::GlobalAverage)),

@@ -41,9 +41,11 @@ fn private_slot(g: &onnx_protobuf::GraphProto, ix: &GraphIndex, n: &NodeProto, s
         && match n.op_type.as_str() {
             "Conv" | "ConvTranspose" | "Gemm" => slot == 2,
             "BatchNormalization" => (1..=4).contains(&slot),
-            "InstanceNormalization" | "LayerNormalization" | "RMSNormalization" | "SimplifiedLayerNormalization" => {
-                (1..=2).contains(&slot)
-            }
+            "InstanceNormalization"
+            | "GroupNormalization"
+            | "LayerNormalization"
+            | "RMSNormalization"
+            | "SimplifiedLayerNormalization" => (1..=2).contains(&slot),
             // A MatMul's bias, added after it (how exporters write a Linear on a sequence).
             "Add" if n.input.len() == 2 && slot < 2 => {
                 ix.producer.get(&n.input[1 - slot]).is_some_and(|&p| g.node[p].op_type == "MatMul" && std(&g.node[p]))

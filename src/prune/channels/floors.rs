@@ -10,16 +10,18 @@ use super::*;
 /// `kept` raised to the narrow floor ([`crate::prune::Floor`]), with a note when the floor binds.
 /// The floor counts the group's `live` units only: a dead unit costs nothing to remove, so the
 /// floor never keeps one.
-pub(super) fn floored(n: usize, live: usize, kept: usize, opts: &StructOptions, notes: &mut Vec<String>) -> usize {
-    let full = opts.floor.min_keep(n);
+pub(super) fn floored(g: &Group, live: usize, kept: usize, opts: &StructOptions, notes: &mut Vec<String>) -> usize {
+    let n = g.classes.len();
+    let full = g.min_keep(opts);
     let min = full.min(live.max(1));
     if kept >= min {
         return kept;
     }
     let dead = if min < full { format!(", less its {} dead unit(s)", n - live) } else { String::new() };
     notes.push(format!(
-        "kept {min} instead of {kept}: floor of half the width and at least {} units{dead} (--include narrow lifts it)",
-        crate::prune::NARROW_MIN.min(n)
+        "kept {min} instead of {kept}: floor of half the width and at least {} {}{dead} (--include narrow lifts it)",
+        crate::prune::NARROW_MIN.min(n * g.width.max(1)),
+        if g.width > 1 { "channels" } else { "units" }
     ));
     min
 }

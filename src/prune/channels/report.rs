@@ -28,6 +28,15 @@ pub(super) fn report(
              is, up to that, a constant whatever the input, folded into the consumers"
         ));
     }
+    if g.blocked.is_empty() && g.width > 1 {
+        notes.push(format!(
+            "a unit is {} channels that go together (a GroupNorm group): N and kept count units, {} channels \
+             kept of {}",
+            g.width,
+            kept_idx.len() * g.width,
+            n * g.width
+        ));
+    }
     let step = g.align(opts).step;
     let dead_kept = kept_idx.iter().filter(|&&i| an.dead_classes.contains(&g.classes[i])).count();
     if g.blocked.is_empty() && dead_kept > 0 && step > 1 && kept_idx.len() < n && kept_idx.len().is_multiple_of(step) {

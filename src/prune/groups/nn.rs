@@ -471,8 +471,9 @@ impl Analyzer<'_, '_> {
             return;
         }
         let Some(p) = self.channel_params(ni, n, &x, &[1, 2]) else { return };
-        // A constant channel normalises to 0, then gets its shift B.
-        let vals = (0..x.units.len()).map(|c| Val::Const(p[1][c])).collect();
+        // A constant channel normalises to 0, then gets its shift B; a varying one stays varying
+        // (in the dense view a live unit must not look constant).
+        let vals = x.vals.iter().enumerate().map(|(c, v)| map_val(*v, |_| Some(p[1][c]))).collect();
         self.pass(ni, n, &x, vals);
     }
 

@@ -18,6 +18,14 @@ impl Analyzer<'_, '_> {
             self.shuffle_merge(ni, n, x, split);
             return;
         }
+        if let Some(split) = self.group_norms.remove(&ni) {
+            self.group_norm_merge(ni, n, x, split);
+            return;
+        }
+        if let Some(at) = self.group_norm_split_of(n) {
+            self.group_norm_split(ni, n, x, at);
+            return;
+        }
         if inp(n, 1).is_none() {
             return;
         }

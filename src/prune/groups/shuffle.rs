@@ -222,7 +222,7 @@ impl Analyzer<'_, '_> {
     /// equals the declared or carried batch. After the channel entries (`None`) any factoring of
     /// the remaining dims maps channels the same way: a literal, -1, or a read of one of
     /// `name`'s own dims other than the channel axis (none of which pruning changes).
-    fn entry_ok(&self, e: &Sym, name: &str, a: usize, lead_at: Option<usize>, allowzero: bool) -> bool {
+    pub(super) fn entry_ok(&self, e: &Sym, name: &str, a: usize, lead_at: Option<usize>, allowzero: bool) -> bool {
         match (lead_at, e) {
             (Some(_), Sym::Lit(0, _)) => !allowzero,
             (Some(j), Sym::Lit(v, _)) => {
