@@ -18,6 +18,7 @@ Models (opset 17, TorchScript exporter, BatchNorm folded into Conv on export, dy
   * fmnist_mobilenet.onnx: MobileNetV2-style (inverted residuals, depthwise 3x3, ReLU6, BN);
   * fmnist_resnet.onnx: ResNet-style (basic blocks with BN and 1x1 projection shortcuts);
   * fmnist_vit.onnx: a small ViT (4x4 patch Conv embedding, 2 pre-LN encoder blocks, 4 heads);
+  * fmnist_resnet_gn.onnx: fmnist_resnet with GroupNorm(8, C) instead of BatchNorm;
   * fmnist_shufflenet.onnx: ShuffleNet V2 units (torchvision's, channel split + channel shuffle),
     widths 116 and 232 (torchvision's 1.0x).
 
@@ -121,16 +122,21 @@ class MobileNet(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
+def group_norm(c):
+    """GroupNorm(8, C): groups of 4, 8 and 16 channels at widths 32, 64 and 128."""
+    return nn.GroupNorm(8, c)
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
+    def __init__(self, cin, cout, stride, norm=nn.BatchNorm2d):
         super().__init__()
         self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(cout)
+        self.b1 = norm(cout)
         self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(cout)
+        self.b2 = norm(cout)
         self.short = None
         if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
 
     def forward(self, x):
         y = F.relu(self.b1(self.c1(x)))
@@ -139,13 +145,13 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self):
+    def __init__(self, norm=nn.BatchNorm2d):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 2, 1, bias=False), norm(32), nn.ReLU())
         self.layers = nn.Sequential(
-            BasicBlock(32, 32, 1), BasicBlock(32, 32, 1),
-            BasicBlock(32, 64, 2), BasicBlock(64, 64, 1),
-            BasicBlock(64, 128, 2), BasicBlock(128, 128, 1))
+            BasicBlock(32, 32, 1, norm), BasicBlock(32, 32, 1, norm),
+            BasicBlock(32, 64, 2, norm), BasicBlock(64, 64, 1, norm),
+            BasicBlock(64, 128, 2, norm), BasicBlock(128, 128, 1, norm))
         self.fc = nn.Linear(128, 10)
 
     def forward(self, x):
@@ -217,6 +223,10 @@ SPECS = [
     ("fmnist_resnet", ResNet, 4, 3e-3, 1e-4),
     ("fmnist_vit", ViT, 8, 2e-3, 5e-2),
     ("fmnist_shufflenet", ShuffleNet, 4, 4e-3, 1e-4),
+    # fmnist_resnet with GroupNorm(8, C) for every BatchNorm (ResNet-GN, as detection heads and
+    # small-batch training use it): not foldable, exported as Reshape → InstanceNormalization →
+    # Reshape → Mul → Add.
+    ("fmnist_resnet_gn", lambda: ResNet(group_norm), 4, 3e-3, 1e-4),
 ]
 
 

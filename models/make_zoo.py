@@ -352,8 +352,8 @@ class GNNet(nn.Module):
 
 def group_norm(out, manifest, img):
     """GNNet as the exporters write GroupNorm: TorchScript at opset 17 (Reshape [0, G, -1] →
-    InstanceNormalization → Reshape to Shape(x) → Mul → Add), and the dynamo exporter at opset 21
-    (GroupNormalization, scale and bias per channel)."""
+    InstanceNormalization → Reshape to Shape(x) → Mul → Add), the dynamo exporter at opset 21
+    (GroupNormalization, scale and bias per channel) and at opset 18 (the Reshape form)."""
     torch.manual_seed(15)
     m = randomise_bn(GNNet(), 15).eval()
     _, shape = export(m, img, "zoo_groupnorm", out=out)
@@ -366,6 +366,15 @@ def group_norm(out, manifest, img):
     )
     onnx.save(onnx.load(path), path)
     manifest["zoo_groupnorm_op"] = {"x": list(img.shape)}
+    # The dynamo exporter at its default opset 18: the Reshape → InstanceNormalization form again,
+    # the Reshapes' literal targets shared between GroupNorms of equal group counts.
+    path = os.path.join(out, "zoo_groupnorm_dynamo.onnx")
+    torch.onnx.export(
+        m, (img,), path, dynamo=True, opset_version=18, input_names=["x"], output_names=["y"],
+        dynamic_shapes=({0: batch},), external_data=False,
+    )
+    onnx.save(onnx.load(path), path)
+    manifest["zoo_groupnorm_dynamo"] = {"x": list(img.shape)}
 
 
 def export(model, x, name, opset=OPSET, fold=True, out=OUT, dynamic=True):

@@ -28,6 +28,8 @@ MODELS = [
     ("fmnist_resnet", *FMNIST, ["weights", "channels"]),
     ("fmnist_vit", *FMNIST, ["weights", "heads", "channels"]),
     ("fmnist_shufflenet", *FMNIST, ["weights", "channels"]),
+    # fmnist_resnet with GroupNorm(8, C) (TorchScript: Reshape → InstanceNormalization → Reshape)
+    ("fmnist_resnet_gn", *FMNIST, ["weights", "channels"]),
     ("digits_mlp", "digits_test_x64.npy", "digits_calib_x64.npy", "digits_test_y.npy", ["weights", "channels"]),
     ("digits_cnn", "digits_test_x1x8x8.npy", "digits_calib_x1x8x8.npy", "digits_test_y.npy", ["weights", "channels"]),
     ("digits_cnn_flatten", "digits_test_x1x8x8.npy", "digits_calib_x1x8x8.npy", "digits_test_y.npy",

@@ -300,7 +300,8 @@ fn ints_attr(n: &onnx_protobuf::NodeProto, name: &str) -> i64 {
 
 /// GroupNorm as the dynamo exporter writes it at opset 21 (GroupNormalization, scale and bias per
 /// channel) and as TorchScript writes it (Reshape [0, G, -1] → InstanceNormalization with per-group
-/// scale and bias → Reshape to Shape(x) → Mul → Add): whole groups go, the same ones in both, so
+/// scale and bias → Reshape to Shape(x) → Mul → Add; dynamo at opset 18 likewise, with literal
+/// targets): whole groups go, the same ones in every spelling, so
 /// every kept channel is normalised over the same channels as before and pruned == masked is
 /// exact. `num_groups`, the first Reshape's G and the per-group parameters follow the kept groups.
 #[test]
@@ -313,6 +314,9 @@ fn group_norm_removes_whole_groups_in_both_spellings() {
     // the classifier (a graph output)
     assert_eq!(counts(&op.result), vec![(2, 4, false), (5, 8, false), (10, 10, true)]);
     assert_eq!(counts(&op.result), counts(&spelled.result));
+    // The dynamo exporter's opset-18 spelling: literal targets shared between equal group counts.
+    let dynamo = prune_and_prove(&load(&root().join("models/zoo/zoo_groupnorm_dynamo.onnx")), &opts, &[], &zoo_x());
+    assert_eq!(counts(&op.result), counts(&dynamo.result));
     let g = op.result.pruned.graph.as_ref().unwrap();
     let gn: Vec<i64> =
         g.node.iter().filter(|n| n.op_type == "GroupNormalization").map(|n| ints_attr(n, "num_groups")).collect();

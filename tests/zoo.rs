@@ -36,6 +36,7 @@ const ZOO: &[(&str, Expect)] = &[
     // Shape(x)) and as the opset-21 op: whole groups go.
     ("zoo_groupnorm", Expect::Channels(&["Reshape", "InstanceNormalization", "Shape"])),
     ("zoo_groupnorm_op", Expect::Channels(&["GroupNormalization"])),
+    ("zoo_groupnorm_dynamo", Expect::Channels(&["Reshape", "InstanceNormalization", "Shape"])),
     ("zoo_lstm", Expect::Channels(&["LSTM"])),
     ("zoo_gru", Expect::Channels(&["GRU"])),
     ("zoo_bilstm", Expect::Channels(&["LSTM", "Reshape", "Transpose"])),

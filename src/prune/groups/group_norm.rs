@@ -26,7 +26,7 @@ impl Analyzer<'_, '_> {
         }
         let c = x.units.len();
         let g = attr_i(n, "num_groups").unwrap_or(0);
-        let Some(k) = usize::try_from(g).ok().filter(|&g| g > 0 && c.is_multiple_of(g)).map(|g| c / g) else {
+        let Some(k) = usize::try_from(g).ok().filter(|&g| g > 0 && c > 0 && c.is_multiple_of(g)).map(|g| c / g) else {
             self.block(&x.units, &format!("{} (num_groups {g} does not divide {c} channels)", barrier_reason(n)));
             return;
         };
@@ -96,7 +96,7 @@ impl Analyzer<'_, '_> {
         let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
         let target = self.target(ni, n).filter(|t| t.len() == 3 && x.axis == 1 && x.rank >= 3);
         let groups = match target.as_ref().map(|t| &t[1]) {
-            Some(Sym::Lit(g, at)) if *g >= 1 && c.is_multiple_of(*g as usize) => Some((*g as usize, *at)),
+            Some(Sym::Lit(g, at)) if *g >= 1 && c > 0 && c.is_multiple_of(*g as usize) => Some((*g as usize, *at)),
             _ => None,
         };
         let (Some(t), Some((g, at))) = (target, groups) else {

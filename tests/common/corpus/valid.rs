@@ -24,6 +24,22 @@ pub(super) fn valid_cases(v: &mut Vec<Case>) {
         masked("yolo_block.onnx"),
         Expect::Valid,
     ));
+    // GroupNorm as TorchScript spells it (Reshape → InstanceNormalization → Reshape to Shape(x))
+    // and as the opset-21 op: whole groups go.
+    v.push(case(
+        "zoo_groupnorm",
+        c,
+        "a GroupNorm CNN, TorchScript's Reshape → InstanceNormalization → Reshape",
+        model_bytes("zoo/zoo_groupnorm.onnx"),
+        Expect::Valid,
+    ));
+    v.push(case(
+        "zoo_groupnorm_op",
+        c,
+        "a GroupNorm CNN, opset 21's GroupNormalization",
+        model_bytes("zoo/zoo_groupnorm_op.onnx"),
+        Expect::Valid,
+    ));
     v.push(case("if_outer_names", c, "an If whose branches read an outer value", enc(&mlp_with_if(1)), Expect::Valid));
     v.push(case(
         "if_nested_8",
