@@ -220,6 +220,32 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     g.node.push(sk);
     g.node.push(node("MatMul", "head", &["n2", "Wh"], &["y"]));
     v.push(("ms_embed", enc(&wrap(g))));
+    // GroupNorm both ways: Reshape [0, 2, -1] → InstanceNormalization → Reshape to Shape(a), then
+    // opset 21's GroupNormalization (2 groups of 2 channels each).
+    let mut g = GraphProto::new();
+    g.name = "group_norm".into();
+    g.input.push(vi("x", 1, &[1, 2, 3, 3]));
+    g.output.push(vi("y", 1, &[1, 3, 3, 3]));
+    for (nm, dims, n) in [("Wa", [4, 2, 1, 1], 8), ("Wb", [4, 4, 1, 1], 16), ("Wc", [3, 4, 1, 1], 12)] {
+        g.initializer.push(f32_tensor(nm, &dims, &ramp(n)));
+    }
+    g.initializer.push(i64_vec("t3", &[0, 2, -1]));
+    for (nm, n, val) in [("s2", 2, 1.0f32), ("b2", 2, 0.1), ("s4", 4, 0.5), ("b4", 4, -0.2)] {
+        g.initializer.push(f32_tensor(nm, &[n], &vec![val; n as usize]));
+    }
+    g.node.push(node("Conv", "a", &["x", "Wa"], &["a"]));
+    g.node.push(node("Reshape", "split", &["a", "t3"], &["r"]));
+    g.node.push(node("InstanceNormalization", "in", &["r", "s2", "b2"], &["n"]));
+    g.node.push(node("Shape", "shape", &["a"], &["sh"]));
+    g.node.push(node("Reshape", "back", &["n", "sh"], &["gn"]));
+    g.node.push(node("Conv", "b", &["gn", "Wb"], &["b"]));
+    let mut gn = node("GroupNormalization", "gn_op", &["b", "s4", "b4"], &["g"]);
+    gn.attribute.push(attr_i("num_groups", 2));
+    g.node.push(gn);
+    g.node.push(node("Conv", "c", &["g", "Wc"], &["y"]));
+    let mut m = wrap(g);
+    m.opset_import[0].version = 21;
+    v.push(("group_norm", enc(&m)));
     // A tensor with (unresolvable) external data: parse accepts it, pruning must refuse cleanly.
     let mut m = tiny_matmul(f32_tensor("We", &[4, 3], &ramp(12)), 4, 3);
     externalize(&mut m, &["We"], "w.bin");
