@@ -183,6 +183,7 @@ fn run_once(o: &RunOptions) -> Result<Outcome> {
     // Sparse-stored weights (e.g. a model written with --sparse-initializers) are pruned and
     // verified dense: tract cannot read them. The dense copy of the input is what verification
     // compares against.
+    let sparse_names = crate::model::sparse::sparse_names(&loaded.proto);
     let densified = crate::model::sparse::densify_initializers(&mut loaded.proto)
         .with_context(|| format!("{}: sparse initializers", o.input.display()))?;
     let dense_input = if densified > 0 && o.verify {
@@ -374,10 +375,10 @@ fn run_once(o: &RunOptions) -> Result<Outcome> {
         notes.extend(slower_warnings(&timing));
     }
     notes.extend(finish::refuse_unproven(o, &equivalence, exact, untouched)?);
-    let (out_bytes, sparse) = match finish::sparse_storage(o, &staged, &save_opts, &mut timing)? {
+    let (out_bytes, sparse) = match finish::sparse_storage(o, &staged, &save_opts, &sparse_names, &mut timing)? {
         Some((bytes, s, note)) => {
             notes.push(note);
-            (bytes, Some(s))
+            (bytes, s)
         }
         None => (out_bytes, None),
     };

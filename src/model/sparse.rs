@@ -97,28 +97,10 @@ pub fn sparsify_initializers(m: &mut ModelProto) -> Result<Sparsified> {
             keep.push(t);
             continue;
         }
-        let (idx, vals) = nonzeros(&t.raw_data, es);
-        let mut values = TensorProto::new();
-        values.name = t.name.clone();
-        values.data_type = t.data_type;
-        values.dims = vec![idx.len() as i64];
-        values.raw_data = vals;
-        values.doc_string = t.doc_string.clone();
-        values.metadata_props = t.metadata_props.clone();
-        let mut indices = TensorProto::new();
-        // Same name as the values: external data placement goes by tensor name.
-        indices.name = t.name.clone();
-        indices.data_type = dt::INT64;
-        indices.dims = vec![idx.len() as i64];
-        indices.raw_data = idx.iter().flat_map(|i| i.to_le_bytes()).collect();
-        let mut s = SparseTensorProto::new();
-        s.dims = t.dims.clone();
-        s.values = Some(values).into();
-        s.indices = Some(indices).into();
         out.tensors += 1;
         out.dense_bytes += dense;
         out.sparse_bytes += sparse;
-        g.sparse_initializer.push(s);
+        g.sparse_initializer.push(to_sparse(&t, es));
     }
     g.initializer = keep;
     for n in g.node.iter().filter(|n| n.op_type == "Constant" && (n.domain.is_empty() || n.domain == "ai.onnx")) {
@@ -131,6 +113,68 @@ pub fn sparsify_initializers(m: &mut ModelProto) -> Result<Sparsified> {
         }
     }
     Ok(out)
+}
+
+/// `t` (dense, in `raw_data`, elements of `es` bytes) as values + 1-D linearized INT64 indices.
+fn to_sparse(t: &TensorProto, es: usize) -> SparseTensorProto {
+    let (idx, vals) = nonzeros(&t.raw_data, es);
+    let mut values = TensorProto::new();
+    values.name = t.name.clone();
+    values.data_type = t.data_type;
+    values.dims = vec![idx.len() as i64];
+    values.raw_data = vals;
+    values.doc_string = t.doc_string.clone();
+    values.metadata_props = t.metadata_props.clone();
+    let mut indices = TensorProto::new();
+    // Same name as the values: external data placement goes by tensor name.
+    indices.name = t.name.clone();
+    indices.data_type = dt::INT64;
+    indices.dims = vec![idx.len() as i64];
+    indices.raw_data = idx.iter().flat_map(|i| i.to_le_bytes()).collect();
+    let mut s = SparseTensorProto::new();
+    s.dims = t.dims.clone();
+    s.values = Some(values).into();
+    s.indices = Some(indices).into();
+    s
+}
+
+/// The names of the main graph's sparse initializers, in order (what [`restore_sparse`] takes).
+pub fn sparse_names(m: &ModelProto) -> Vec<String> {
+    let Some(g) = m.graph.as_ref() else { return vec![] };
+    g.sparse_initializer.iter().filter_map(|s| s.values.as_ref().map(|v| v.name.clone())).collect()
+}
+
+/// Store the initializers named `names` sparse again, in that order, whatever their density: a
+/// model read with sparse initializers is pruned and verified dense, and is written back as it
+/// came (lossless I/O). Only tensors whose data is in `raw_data` (the pass writes it there) and
+/// that no graph input lists move. Returns how many did.
+pub fn restore_sparse(m: &mut ModelProto, names: &[String]) -> usize {
+    let Some(g) = m.graph.as_mut() else { return 0 };
+    let inputs: HashSet<&str> = g.input.iter().map(|v| v.name.as_str()).collect();
+    let mut moved = Vec::new();
+    for name in names {
+        let Some(i) = g.initializer.iter().position(|t| &t.name == name) else { continue };
+        let t = &g.initializer[i];
+        let es = tensor::elem_size(t.data_type).unwrap_or(0);
+        let raw = es > 0 && tensor::numel(t).is_ok_and(|n| n * es == t.raw_data.len()) && !t.raw_data.is_empty();
+        if raw && !inputs.contains(name.as_str()) {
+            moved.push(i);
+        }
+    }
+    let n = moved.len();
+    let mut out = Vec::with_capacity(n);
+    for &i in &moved {
+        let t = &g.initializer[i];
+        out.push(to_sparse(t, tensor::elem_size(t.data_type).unwrap_or(1)));
+    }
+    let moved: HashSet<usize> = moved.into_iter().collect();
+    let mut k = 0;
+    g.initializer.retain(|_| {
+        k += 1;
+        !moved.contains(&(k - 1))
+    });
+    g.sparse_initializer.extend(out);
+    n
 }
 
 /// The dense form of every sparse initializer of the main graph (for engines that cannot read

@@ -45,11 +45,8 @@ pub(super) fn input_notes(o: &RunOptions, proto: &ModelProto, densified: usize) 
             p.n
         ));
     }
-    if densified > 0 {
-        notes.push(format!(
-            "{densified} sparse initializer(s) read as dense tensors{}",
-            if o.sparse_initializers { "" } else { " (written dense; --sparse-initializers stores them sparse again)" }
-        ));
+    if densified > 0 && o.sparse_initializers {
+        notes.push(format!("{densified} sparse initializer(s) read as dense tensors"));
     }
     Ok(notes)
 }
@@ -228,15 +225,37 @@ pub(super) fn refuse_unproven(
 }
 
 /// With `--sparse-initializers`: the staged output stored with sparse initializers where that
-/// is smaller (its bytes, what was stored, and the note that says so); None otherwise.
+/// is smaller (its bytes, what was stored, and the note that says so). Without it, the
+/// initializers the input stored sparse (`input_sparse`, pruned and verified dense) are stored
+/// sparse again, as they came (its bytes and the note; no `Sparsified`). None when neither.
 pub(super) fn sparse_storage(
     o: &RunOptions,
     staged: &Path,
     save_opts: &SaveOptions,
+    input_sparse: &[String],
     timing: &mut Timing,
-) -> Result<Option<(u64, crate::model::sparse::Sparsified, String)>> {
+) -> Result<Option<(u64, Option<crate::model::sparse::Sparsified>, String)>> {
     if !o.sparse_initializers {
-        return Ok(None);
+        if input_sparse.is_empty() {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let mut l = io::load(staged)?;
+        let n = crate::model::sparse::restore_sparse(&mut l.proto, input_sparse);
+        let bytes = io::save(l.proto, staged, save_opts)?;
+        timing.save_ms += ms(t);
+        let rest = input_sparse.len() - n;
+        let note = format!(
+            "{} sparse initializer(s) read as dense tensors (tract cannot read them), pruned and verified dense, \
+             and written sparse again as the input stored them{}",
+            input_sparse.len(),
+            if rest > 0 {
+                format!("; {rest} written dense (the rewrite replaced them with new tensors)")
+            } else {
+                String::new()
+            }
+        );
+        return Ok(Some((bytes, None, note)));
     }
     let t = Instant::now();
     let (bytes, s) = store_sparse(staged, save_opts)?;
@@ -266,5 +285,5 @@ pub(super) fn sparse_storage(
             s.tensors, s.dense_bytes, s.sparse_bytes
         )
     };
-    Ok(Some((bytes, s, note)))
+    Ok(Some((bytes, Some(s), note)))
 }

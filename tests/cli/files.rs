@@ -118,6 +118,69 @@ fn sparse_initializers_shrink_the_file_and_keep_every_value() {
     assert!(low.stdout.contains("stored dense"), "{}", low.stdout);
 }
 
+/// A model whose weights are stored as sparse initializers (here: one `--sparse-initializers`
+/// wrote) is pruned and verified dense, then written back with the same tensors sparse again
+/// (lossless I/O; it came out dense before), each densifying to exactly what a run on the
+/// dense-stored model writes; the report says so, its size is the file's, and the run is
+/// deterministic. Channels mode too.
+#[test]
+fn sparse_initializers_of_the_input_stay_sparse() {
+    use onnx_emp::model::{io, sparse};
+    let stored = run("digits_mlp", "digits_test_x64", &["--ratio", "0.9", "--no-verify", "--sparse-initializers"]);
+    let names = sparse::sparse_names(&io::load(&stored.out).unwrap().proto);
+    assert_eq!(names.len(), 3, "{names:?}");
+    let dense_stored = {
+        let mut m = io::load(&stored.out).unwrap().proto;
+        sparse::densify_initializers(&mut m).unwrap();
+        let p = stored.out.with_file_name("dense_stored.onnx");
+        io::save(m, &p, &Default::default()).unwrap();
+        p
+    };
+    for extra in [&["--beta", "1"][..], &["--structured", "channels", "--beta", "0.8", "--guard", "off"][..]] {
+        let prune = |input: &Path, out: &Path| {
+            let rep = out.with_extension("json");
+            let a = bin()
+                .arg(input)
+                .arg(out)
+                .args(["--inputs", "models/digits_test_x64.npy", "--no-latency", "--report"])
+                .arg(&rep)
+                .args(extra)
+                .assert()
+                .success();
+            let report: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+            (String::from_utf8_lossy(&a.get_output().stdout).into_owned(), report)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, d) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"), dir.path().join("d.onnx"));
+        let (stdout, report) = prune(&stored.out, &a);
+        prune(&stored.out, &b);
+        prune(&dense_stored, &d);
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{extra:?}: not deterministic");
+        assert!(
+            stdout.contains("3 sparse initializer(s) read as dense tensors") && stdout.contains("written sparse again"),
+            "{stdout}"
+        );
+        assert_eq!(report["output"]["bytes"].as_u64().unwrap(), std::fs::metadata(&a).unwrap().len());
+        let mut back = io::load(&a).unwrap().proto;
+        assert_eq!(sparse::sparse_names(&back), names, "{extra:?}");
+        sparse::densify_initializers(&mut back).unwrap();
+        let want = io::load(&d).unwrap().proto;
+        let by_name = |m: &onnx_protobuf::ModelProto| {
+            let mut v: Vec<(String, Vec<i64>, Vec<u8>)> = m
+                .graph
+                .as_ref()
+                .unwrap()
+                .initializer
+                .iter()
+                .map(|t| (t.name.clone(), t.dims.clone(), t.raw_data.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(by_name(&back), by_name(&want), "{extra:?}");
+    }
+}
+
 /// `np.savez_compressed` files (deflate) are read like plain `.npz`, for `--inputs` and
 /// `--calibration`: the same accuracy and cut as the `.npy` files they hold. Before, the zip
 /// reader had no deflate: calibration failed, and verification was skipped with the model
