@@ -8,7 +8,7 @@ biases are random so that compensation bugs cannot hide behind zeros.
 
 Writes models/zoo/*.onnx and models/zoo/manifest.json (input shape per model).
 Deterministic: fixed seeds, TorchScript exporter. Usage: python3 models/make_zoo.py
-(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm to an
+(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm, zoo_unet_gn to an
 existing zoo and its manifest).
 """
 import json
@@ -377,6 +377,50 @@ def group_norm(out, manifest, img):
     manifest["zoo_groupnorm_dynamo"] = {"x": list(img.shape)}
 
 
+class UNetGN(nn.Module):
+    """A small diffusion-style UNet: GroupNorm(8, C) + SiLU conv blocks, a max-pool down path, a
+    self-attention block over the 16 × 16 tokens (GroupNorm → flatten → nn.MultiheadAttention →
+    reshape back → residual Add), nearest upsampling and a skip Concat."""
+
+    def __init__(self):
+        super().__init__()
+
+        def block(cin, cout):
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
+                nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
+            )
+
+        self.d1, self.d2, self.u1 = block(3, 32), block(32, 64), block(64 + 32, 32)
+        self.norm = nn.GroupNorm(8, 64)
+        self.attn = nn.MultiheadAttention(64, 4, batch_first=True)
+        self.out = nn.Conv2d(32, 2, 1)
+
+    def forward(self, x):
+        a = self.d1(x)
+        b = self.d2(F.max_pool2d(a, 2))
+        n, c, h, w = b.shape
+        t = self.norm(b).flatten(2).transpose(1, 2)
+        y, _ = self.attn(t, t, t, need_weights=False)
+        b = b + y.transpose(1, 2).reshape(n, c, h, w)
+        u = F.interpolate(b, scale_factor=2.0, mode="nearest")
+        return self.out(self.u1(torch.cat([u, a], 1)))
+
+
+def unet_gn(out, manifest, img):
+    """UNetGN as the dynamo exporter writes it at opset 21, dynamic batch: GroupNormalization,
+    the attention's reshapes as literals with a -1 batch (`[-1, 64, 256]`, `[-1, 64, 16, 16]`)."""
+    torch.manual_seed(16)
+    m = randomise_bn(UNetGN(), 16).eval()
+    path = os.path.join(out, "zoo_unet_gn.onnx")
+    torch.onnx.export(
+        m, (img,), path, dynamo=True, opset_version=21, input_names=["x"], output_names=["y"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False,
+    )
+    onnx.save(onnx.load(path), path)
+    manifest["zoo_unet_gn"] = {"x": list(img.shape)}
+
+
 def export(model, x, name, opset=OPSET, fold=True, out=OUT, dynamic=True):
     model.eval()
     path = os.path.join(out, name + ".onnx")
@@ -676,6 +720,7 @@ def main():
             OUT, m, "zoo_lstm_stacked", lambda: RNNNet(nn.LSTM, num_layers=2), torch.randn(2, 8, 12), 11
         ),
         "zoo_groupnorm": lambda m: (torch.manual_seed(0), group_norm(OUT, m, torch.randn(2, 3, 32, 32))),
+        "zoo_unet_gn": lambda m: (torch.manual_seed(0), unet_gn(OUT, m, torch.randn(2, 3, 32, 32))),
         "zoo_ms_bert": lambda m: m.update(
             zoo_ms_bert={"x": ms_bert(os.path.join(OUT, "zoo_ms_bert.onnx")), "dtype": "int64", "high": 50}
         ),
@@ -697,6 +742,8 @@ def main():
     img = torch.randn(2, 3, 32, 32)
     manifest = {}
     image_models(OUT, manifest, img)
+    # Not in the 224 × 224 image zoo: attention over 112 × 112 tokens would need gigabytes.
+    unet_gn(OUT, manifest, img)
     add(OUT, manifest, "zoo_lstm", lambda: RNNNet(nn.LSTM), torch.randn(2, 8, 12), 3)
     add(OUT, manifest, "zoo_gru", lambda: RNNNet(nn.GRU), torch.randn(2, 8, 12), 4)
     # Bidirectional: Y [S, 2, B, H] → Transpose → Reshape [S, B, 2·H] (directions merged).

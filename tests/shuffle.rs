@@ -115,14 +115,16 @@ fn shuffle_literal_batch_is_checked_against_the_carried_batch() {
     assert!(b.iter().any(|r| r.contains("channel shuffle: ")), "{b:#?}");
 }
 
-/// The same shuffle with a Transpose that does not swap the two split axes is not a shuffle the
-/// rule knows: blocked, with the reason.
+/// The same shuffle with a Transpose that does not swap the two split axes is no channel shuffle:
+/// the general Reshape rules apply to it (as to attention's `[L·N, E]` → `[L, N, E]` → Transpose →
+/// Reshape, which the shuffle rule used to refuse), and they refuse this one: it splits the
+/// channel axis.
 #[test]
 fn shuffle_with_another_permutation_is_refused() {
     let m = literal_shuffle(&[0, 1, 2, 4, 3]);
     let r = prune_channels(&m, &opts()).unwrap();
     let b = blocked(&r);
-    assert!(b.iter().any(|r| r.contains("channel shuffle") && r.contains("'split'")), "{b:#?}");
+    assert!(b.iter().any(|r| r.contains("reshape moves the channel axis") && r.contains("'split'")), "{b:#?}");
 }
 
 /// `x.chunk(d, dim=1)` as torch exports it: bounds ⌊(C + d − 1)/d⌋ · k computed from Shape(x),

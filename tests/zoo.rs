@@ -37,6 +37,10 @@ const ZOO: &[(&str, Expect)] = &[
     ("zoo_groupnorm", Expect::Channels(&["Reshape", "InstanceNormalization", "Shape"])),
     ("zoo_groupnorm_op", Expect::Channels(&["GroupNormalization"])),
     ("zoo_groupnorm_dynamo", Expect::Channels(&["Reshape", "InstanceNormalization", "Shape"])),
+    // GroupNorm conv blocks, self-attention over the tokens whose residual Add joins the conv
+    // stream (reshapes with a -1 batch), upsampling and a skip Concat. The in-projection's output
+    // stays blocked in channels mode (split into heads: heads mode).
+    ("zoo_unet_gn", Expect::Channels(&["GroupNormalization", "Concat", "Resize", "Add", "Transpose"])),
     ("zoo_lstm", Expect::Channels(&["LSTM"])),
     ("zoo_gru", Expect::Channels(&["GRU"])),
     ("zoo_bilstm", Expect::Channels(&["LSTM", "Reshape", "Transpose"])),
@@ -196,6 +200,9 @@ fn transformer_residual_streams_prune() {
         ("zoo_rmsnorm_ops", "h0.matmul", "rms", 2),
         ("zoo_vit_fixed", "/conv_proj/Conv", "ReduceMean", 10),
         ("zoo_ms_bert", "embed", "skipln", 2),
+        // the UNet's 64-wide stream: the conv block's output, its GroupNorms and the attention's
+        // out-projection (a Gemm writing it back through the residual Add)
+        ("zoo_unet_gn", "node_conv2d_3", "group_norm", 2),
     ] {
         let dense = load(&root().join(format!("models/zoo/{name}.onnx")));
         let r = onnx_emp::prune::channels::prune_channels(&dense, &opts(0.7, false)).unwrap();

@@ -186,6 +186,56 @@ fn reshape_into_gemm_rewrites_the_target() {
     assert_eq!(weight(p, "wf").dims, vec![3, 48]);
 }
 
+/// `[-1, C, H·W]` and back to `[-1, C, H, W]` (the dynamo exporter's literal targets around an
+/// attention over the pixels, batch -1): the -1 is the batch whatever the cut, because the
+/// entries after the channel axis hold as many elements as the input's dims after it (declared),
+/// so the channel literals are edited and the group prunes. `[-1, C, 2·H·W]` would move half the
+/// batch into the channel axis' neighbour: refused.
+#[test]
+fn a_minus_one_batch_in_a_literal_target_is_the_batch() {
+    let x: [i64; 4] = [2, 3, 4, 4];
+    let model = |flat: i64| {
+        let t = |name: &str, v: &[i64]| tensor::new_i64(name, &[v.len() as i64], v);
+        let mut m = mk_model(
+            vec![
+                nd("Conv", "A", &["x", "wa", "ba"], &["a"], vec![]),
+                nd("Reshape", "flat", &["a", "t3"], &["f"], vec![]),
+                nd("Relu", "r", &["f"], &["rf"], vec![]),
+                nd("Reshape", "back", &["rf", "t4"], &["b"], vec![]),
+                nd("Conv", "C", &["b", "wc"], &["y"], vec![]),
+            ],
+            vec![
+                w("wa", &[8, 3, 1, 1], &[1., 0.01, 1., 1., 0.02, 1., 1., 1.], 1),
+                tensor::new_f32("ba", &[8], &[0.1; 8]),
+                w("wc", &[2, 8, 1, 1], &ones(2), 2),
+                t("t3", &[-1, 8, flat]),
+                t("t4", &[-1, 8, 4, 4]),
+            ],
+            &x,
+            &["y"],
+        );
+        // The shapes as dynamo declares them: a symbolic batch.
+        for (name, dims) in [("a", &[0, 8, 4, 4][..]), ("rf", &[0, 8, flat][..])] {
+            let mut v = vi(name, Some(dims));
+            use onnx_protobuf::type_proto::Value as T;
+            if let Some(T::TensorType(tt)) = v.type_.as_mut().and_then(|t| t.value.as_mut()) {
+                tt.shape.as_mut().unwrap().dim[0].value = None;
+            }
+            m.graph.as_mut().unwrap().value_info.push(v);
+        }
+        m
+    };
+    let o = prove_x(&model(16), &x, &no_floor());
+    let a = group(&o.result, "A");
+    assert!(a.blocked.is_none() && a.kept == 6, "{a:?}");
+    let p = &o.result.pruned;
+    assert_eq!(tensor::read_i64(weight(p, "t3")).unwrap(), vec![-1, 6, 16]);
+    assert_eq!(tensor::read_i64(weight(p, "t4")).unwrap(), vec![-1, 6, 4, 4]);
+    let r = prune_channels(&model(32), &no_floor()).unwrap();
+    let a = r.groups.iter().find(|g| g.id == "A").unwrap();
+    assert!(a.blocked.as_deref().is_some_and(|b| b.contains("'flat'")), "{a:?}");
+}
+
 #[test]
 fn sigmoid_and_hardsigmoid_half_is_compensated() {
     let x2: [i64; 2] = [3, 4];

@@ -10,7 +10,10 @@ use super::*;
 impl Analyzer<'_, '_> {
     pub(super) fn reshape(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
-        if let Some((back, perm)) = self.channel_shuffle(n) {
+        // A shuffle's Transpose swaps the two axes the channel axis is split into; any other
+        // Reshape → Transpose → Reshape (attention's [L·N, E] → [L, N, E] → …) follows the
+        // general rules below.
+        if let Some((back, perm)) = self.channel_shuffle(n).filter(|(_, p)| super::shuffle::swaps(p, x.axis, x.rank)) {
             self.shuffle_split(ni, n, x, back, &perm);
             return;
         }
@@ -61,8 +64,22 @@ impl Analyzer<'_, '_> {
         };
         // A literal leading entry equal to the input's dim there: declared, or for the batch the
         // one carried from the model input (a fixed-shape export's `[1, C, H·W]` patch reshape).
+        // A -1 among the lead entries (the only one) is inferred as the input's dim there when
+        // the entries after the channel axis are literals whose product is that of the input's
+        // dims after it (declared): the other lead entries keep their dims and the channel entry
+        // is the kept count, so the count left for the -1 does not change with the cut (the
+        // dynamo exporter's `[-1, C, H·W]`).
+        let minus_ones = target.iter().filter(|e| matches!(e, Sym::Lit(-1, _))).count();
+        let trail_in: Option<i64> = declared
+            .as_ref()
+            .and_then(|d| d.get(t + 1..).map(|r| r.iter().map(|x| x.map(|v| v as i64)).product::<Option<i64>>()))
+            .flatten();
+        let trail_out: Option<i64> =
+            (t + 1..target.len()).map(|i| lit(i).map(|(v, _)| v).filter(|&v| v > 0)).product::<Option<i64>>();
+        let minus_lead = minus_ones == 1 && trail_in.is_some() && trail_in == trail_out;
         let lead_ok = |i: usize| {
             copies(i) == Some(i)
+                || (minus_lead && lit(i).is_some_and(|(v, _)| v == -1))
                 || lit(i).is_some_and(|(v, _)| {
                     let dim = declared.as_ref().and_then(|d| d.get(i).copied().flatten());
                     dim.or_else(|| if i == 0 { self.ctx.dim0(me) } else { None }).is_some_and(|d| d as i64 == v)

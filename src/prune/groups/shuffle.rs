@@ -42,6 +42,21 @@ impl Sym {
     }
 }
 
+/// Whether `perm` (of a rank `rank + 1` tensor) swaps axes `a` and `a + 1` only: the Transpose
+/// of a channel shuffle whose channel axis `a` was split in two.
+pub(super) fn swaps(perm: &[i64], a: usize, rank: usize) -> bool {
+    perm.len() == rank + 1
+        && perm.iter().enumerate().all(|(i, &p)| {
+            p == if i == a {
+                a as i64 + 1
+            } else if i == a + 1 {
+                a as i64
+            } else {
+                i as i64
+            }
+        })
+}
+
 impl Analyzer<'_, '_> {
     /// Add / Mul / Div of shape-vector elements by an integer constant (torch's `c // g`,
     /// `(c + 1) // 2 * k`). None when the node is anything else.
@@ -122,16 +137,7 @@ impl Analyzer<'_, '_> {
         let a = x.axis;
         let c = x.units.len();
         let me = inp(n, 0).unwrap_or_default().to_string();
-        let swap = perm.len() == x.rank + 1
-            && perm.iter().enumerate().all(|(i, &p)| {
-                p == if i == a {
-                    a as i64 + 1
-                } else if i == a + 1 {
-                    a as i64
-                } else {
-                    i as i64
-                }
-            });
+        let swap = swaps(perm, a, x.rank);
         let target = self.target(ni, n);
         let allowzero = attr_i(n, "allowzero").unwrap_or(0) != 0;
         let g = match target.as_ref().and_then(|t| t.get(a)) {
