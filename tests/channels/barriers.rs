@@ -38,6 +38,37 @@ fn a_matmul_on_an_input_of_unknown_rank_is_listed_blocked() {
 /// `Reshape(Constant [2, 3], Constant value_ints [-1])`. That is a constant: the mean is over H
 /// and W and the channels prune (it was blocked as "reduces every axis"). Axes that really are
 /// computed block with that reason.
+/// A group joined with an untracked tensor (here a channel-padded copy of the input) is kept
+/// whole, but the Add's output still says how many channels it has: a Concat beside it (a UNet's
+/// upsampled stream and its skip) no longer blocks the other input's group for an unknown size.
+#[test]
+fn a_group_joined_with_an_untracked_tensor_still_gives_its_width() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Pad", "P", &["x", "pads"], &["z"], vec![]),
+            nd("Add", "add", &["a", "z"], &["s"], vec![]),
+            nd("Conv", "B", &["x", "wb"], &["b"], vec![]),
+            nd("Concat", "cat", &["s", "b"], &["c"], vec![attr_i("axis", 1)]),
+            nd("Conv", "C", &["c", "wc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[4, 3, 1, 1], &ones(4), 1),
+            tensor::new_i64("pads", &[8], &[0, 0, 0, 0, 0, 1, 0, 0]),
+            w("wb", &[4, 3, 1, 1], &[1., 0.01, 1., 0.02], 2),
+            w("wc", &[2, 8, 1, 1], &ones(2), 3),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove_x(&m, &X4, &no_floor());
+    let a = group(&o.result, "A");
+    assert!(a.blocked.as_deref().is_some_and(|b| b.contains("joined with untracked tensor 'z'")), "{a:?}");
+    let b = group(&o.result, "B");
+    assert!(b.blocked.is_none() && b.kept == 2, "{b:?}");
+    assert_eq!(weight(&o.result.pruned, "wc").dims, vec![2, 6, 1, 1]);
+}
+
 #[test]
 fn reduce_axes_from_a_reshaped_constant_are_read() {
     let model = |axes_node: NodeProto| {

@@ -178,6 +178,15 @@ impl Analyzer<'_, '_> {
                 if axis >= off && dim != Some(1) {
                     let r = format!("{} (joined with untracked tensor '{s}')", barrier_reason(n));
                     self.block(&units, &r);
+                    // The output still has the tracked side's channels (more than one: the
+                    // other side has as many or broadcasts), now kept whole: what follows
+                    // knows their count (a Concat beside them, a UNet's skip).
+                    if c > 1 {
+                        if let Some(o) = n.output.first() {
+                            let t = Track { axis, rank: out_rank, units, vals: vec![Val::Varying; c].into() };
+                            self.emit(ni, o, t);
+                        }
+                    }
                     return;
                 }
                 per_input.push(vec![Val::Varying; c].into());
