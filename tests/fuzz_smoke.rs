@@ -317,6 +317,21 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Inputs the longer fuzz runs found, kept as regressions (hex of the mutated model).
+/// An LSTM whose `hidden_size` attribute says 2^40 while its weights say otherwise: the analysis
+/// created that many units for the group it was about to block (out of memory, an abort no
+/// `catch_unwind` sees; found by seed 20261211 with 400 000 mutations). Now refused quickly.
+#[test]
+fn a_huge_hidden_size_attribute_allocates_nothing() {
+    let (_, b) = corpus::seeds().into_iter().find(|(n, _)| *n == "lstm").unwrap();
+    let mut m = ModelProto::parse_from_bytes(&b).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let n = g.node.iter_mut().find(|n| n.op_type == "LSTM").unwrap();
+    n.attribute.iter_mut().find(|a| a.name == "hidden_size").unwrap().i = 1 << 40;
+    let t = Instant::now();
+    let o = analyse::load_and_analyse(&m.write_to_bytes().unwrap());
+    assert!(t.elapsed() < Duration::from_secs(10), "{o:?}");
+}
+
 #[test]
 fn fuzz_findings_stay_fixed() {
     const FOUND: &[(&str, &str)] = &[

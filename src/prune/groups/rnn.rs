@@ -58,6 +58,14 @@ impl Analyzer<'_, '_> {
                 });
             }
         }
+        // Only the attribute says H when the shapes disagree: a huge one must not become that
+        // many units (2^40 of them ran out of memory; found by the fuzz smoke test).
+        if !shapes_ok && h > crate::prune::MAX_STRUCT_WIDTH as usize {
+            if let Some(x) = &x {
+                self.block(&x.units, &reason("weights do not have the [dirs, gates·H, ·] shapes"));
+            }
+            return;
+        }
         let units = self.new_layer(ni, h);
         let mut why: Option<String> = None;
         if !shapes_ok {
