@@ -194,6 +194,15 @@ fn mask_norm(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool]) -> Result<()> 
         nodes.push(own);
         sum
     } else {
+        if n.output.iter().skip(1).any(|o| !o.is_empty()) {
+            // Its secondary outputs (a LayerNormalization's Mean and InvStdDev; unread, or the
+            // analysis would have blocked the group) are still produced by the node itself, so
+            // the masked model keeps every value the input has; its normalised output is left
+            // unread (found by the fuzz smoke test: "the masked model no longer produces").
+            let mut own = n.clone();
+            own.output[0] = w.fresh(&format!("{label}_unmasked"));
+            nodes.push(own);
+        }
         x
     };
     let mut op = |w: &mut Work, op: &str, inputs: Vec<String>, out: Option<String>| -> String {
