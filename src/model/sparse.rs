@@ -151,28 +151,25 @@ pub fn sparse_names(m: &ModelProto) -> Vec<String> {
 pub fn restore_sparse(m: &mut ModelProto, names: &[String]) -> usize {
     let Some(g) = m.graph.as_mut() else { return 0 };
     let inputs: HashSet<&str> = g.input.iter().map(|v| v.name.as_str()).collect();
-    let mut moved = Vec::new();
-    for name in names {
-        let Some(i) = g.initializer.iter().position(|t| &t.name == name) else { continue };
-        let t = &g.initializer[i];
+    let movable = |t: &TensorProto| {
         let es = tensor::elem_size(t.data_type).unwrap_or(0);
-        let raw = es > 0 && tensor::numel(t).is_ok_and(|n| n * es == t.raw_data.len()) && !t.raw_data.is_empty();
-        if raw && !inputs.contains(name.as_str()) {
-            moved.push(i);
+        es > 0
+            && !t.raw_data.is_empty()
+            && tensor::numel(t).is_ok_and(|n| n * es == t.raw_data.len())
+            && !inputs.contains(t.name.as_str())
+    };
+    let wanted: HashSet<&str> = names.iter().map(|s| s.as_str()).collect();
+    let (moved, kept): (Vec<TensorProto>, Vec<TensorProto>) =
+        std::mem::take(&mut g.initializer).into_iter().partition(|t| wanted.contains(t.name.as_str()) && movable(t));
+    g.initializer = kept;
+    // In the input's order.
+    let mut out: Vec<SparseTensorProto> = Vec::with_capacity(moved.len());
+    for name in names {
+        if let Some(t) = moved.iter().find(|t| &t.name == name) {
+            out.push(to_sparse(t, tensor::elem_size(t.data_type).unwrap_or(1)));
         }
     }
-    let n = moved.len();
-    let mut out = Vec::with_capacity(n);
-    for &i in &moved {
-        let t = &g.initializer[i];
-        out.push(to_sparse(t, tensor::elem_size(t.data_type).unwrap_or(1)));
-    }
-    let moved: HashSet<usize> = moved.into_iter().collect();
-    let mut k = 0;
-    g.initializer.retain(|_| {
-        k += 1;
-        !moved.contains(&(k - 1))
-    });
+    let n = out.len();
     g.sparse_initializer.extend(out);
     n
 }
