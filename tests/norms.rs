@@ -359,6 +359,7 @@ fn group_norm_alignment_and_floor_count_channels() {
     let c3 = r.groups.iter().find(|g| g.id == "node_conv2d_2").unwrap();
     assert_eq!((c3.kept, c3.n), (6, 8), "{c3:?}");
     assert!(c3.notes.iter().any(|n| n.contains("the nearest multiple of 2 units, 16 channels")), "{c3:?}");
+    assert!(c3.notes.iter().any(|n| n.contains("8 channels that go together (a GroupNorm group)")), "{c3:?}");
     let low = prune_channels(&dense, &StructOptions { beta: 0.5, ..opts }).unwrap();
     let c3 = low.groups.iter().find(|g| g.id == "node_conv2d_2").unwrap();
     assert_eq!(c3.kept, 4, "{c3:?}");

@@ -117,6 +117,56 @@ fn slice_bounds_on_the_channel_axis() {
     assert_eq!(weight(p, "wb").dims[1], 4);
 }
 
+/// An STFT's magnitude: a Conv writes real and imaginary halves, Slices split them, and squares
+/// summed elementwise join channel i with channel i + C/2. The pair is one unit; the report says
+/// what ties it (it said "a GroupNorm group" for any width, silero VAD's STFT among them).
+#[test]
+fn channel_pairs_an_elementwise_op_joins_are_one_unit() {
+    let bounds = |name: &str, v: i64| {
+        let mut t = TensorProto::new();
+        t.name = name.into();
+        t.data_type = 7;
+        t.dims = vec![1];
+        t.int64_data = vec![v];
+        t
+    };
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Slice", "re", &["a", "s0", "s4", "ax"], &["r"], vec![]),
+            nd("Slice", "im", &["a", "s4", "s8", "ax"], &["i"], vec![]),
+            nd("Mul", "r2", &["r", "r"], &["rr"], vec![]),
+            nd("Mul", "i2", &["i", "i"], &["ii"], vec![]),
+            nd("Add", "mag", &["rr", "ii"], &["p"], vec![]),
+            nd("Conv", "B", &["p", "wb"], &["y"], vec![]),
+        ],
+        vec![
+            // Pair k is channels k and k + 4: pair 1 is weak in both halves.
+            w("wa", &[8, 3, 1, 1], &[1., 0.01, 1., 1., 1., 0.01, 1., 1.], 1),
+            w("wb", &[2, 4, 1, 1], &ones(2), 2),
+            bounds("s0", 0),
+            bounds("s4", 4),
+            bounds("s8", 8),
+            bounds("ax", 1),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove_x(&m, &X4, &no_floor());
+    let p = &o.result.pruned;
+    assert_eq!(weight(p, "wa").dims[0], 6);
+    assert_eq!(weight(p, "wb").dims[1], 3);
+    for (slice, slot) in [("re", 2), ("im", 1)] {
+        let bound = &node(p, slice).input[slot];
+        assert_eq!(tensor::read_i64(weight(p, bound)).unwrap(), vec![3], "{slice}");
+    }
+    let a = group(&o.result, "A");
+    assert_eq!((a.kept, a.n), (3, 4), "{a:?}");
+    let note = a.notes.iter().find(|n| n.contains("go together")).expect("the unit note");
+    assert!(note.contains("2 channels that go together (an elementwise op joins"), "{note}");
+    assert!(note.contains("6 channels kept of 8"), "{note}");
+}
+
 #[test]
 fn depthwise_with_multiplier_and_single_channel_convs() {
     let x: [i64; 4] = [1, 1, 6, 6];

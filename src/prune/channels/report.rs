@@ -28,10 +28,16 @@ pub(super) fn report(
              is, up to that, a constant whatever the input, folded into the consumers"
         ));
     }
+    let members = an.members(g.id);
     if g.blocked.is_empty() && g.width > 1 {
+        // Say what ties them: a GroupNorm group, or channels one elementwise op joins (an STFT's
+        // real and imaginary halves, split by a Slice and summed as squares).
+        let gn = members
+            .iter()
+            .any(|&ni| matches!(ctx.g.node[ni].op_type.as_str(), "GroupNormalization" | "InstanceNormalization"));
+        let why = if gn { "a GroupNorm group" } else { "an elementwise op joins channels of the same layer" };
         notes.push(format!(
-            "a unit is {} channels that go together (a GroupNorm group): N and kept count units, {} channels \
-             kept of {}",
+            "a unit is {} channels that go together ({why}): N and kept count units, {} channels kept of {}",
             g.width,
             kept_idx.len() * g.width,
             n * g.width
@@ -84,7 +90,6 @@ pub(super) fn report(
                 .to_string(),
         );
     }
-    let members = an.members(g.id);
     let hidden = g
         .sources
         .iter()
