@@ -8,7 +8,7 @@ biases are random so that compensation bugs cannot hide behind zeros.
 
 Writes models/zoo/*.onnx and models/zoo/manifest.json (input shape per model).
 Deterministic: fixed seeds, TorchScript exporter. Usage: python3 models/make_zoo.py
-(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm, zoo_unet_gn to an
+(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm, zoo_unet_gn (with zoo_unet_gn_ts) to an
 existing zoo and its manifest).
 """
 import json
@@ -409,7 +409,8 @@ class UNetGN(nn.Module):
 
 def unet_gn(out, manifest, img):
     """UNetGN as the dynamo exporter writes it at opset 21, dynamic batch: GroupNormalization,
-    the attention's reshapes as literals with a -1 batch (`[-1, 64, 256]`, `[-1, 64, 16, 16]`)."""
+    the attention's reshapes as literals with a -1 batch (`[-1, 64, 256]`, `[-1, 64, 16, 16]`);
+    and as TorchScript writes it (`zoo_unet_gn_ts`)."""
     torch.manual_seed(16)
     m = randomise_bn(UNetGN(), 16).eval()
     path = os.path.join(out, "zoo_unet_gn.onnx")
@@ -419,6 +420,11 @@ def unet_gn(out, manifest, img):
     )
     onnx.save(onnx.load(path), path)
     manifest["zoo_unet_gn"] = {"x": list(img.shape)}
+    # The same model as TorchScript writes it (opset 17): GroupNorm as Reshape →
+    # InstanceNormalization → Reshape, and every reshape target read off `Shape`: the attention's
+    # reshape back is `b.shape`'s `(n, c, h, w)`, read off the residual input it is added to.
+    _, shape = export(m, img, "zoo_unet_gn_ts", out=out)
+    manifest["zoo_unet_gn_ts"] = {"x": shape}
 
 
 def export(model, x, name, opset=OPSET, fold=True, out=OUT, dynamic=True):

@@ -41,6 +41,10 @@ const ZOO: &[(&str, Expect)] = &[
     // stream (reshapes with a -1 batch), upsampling and a skip Concat. The in-projection's output
     // stays blocked in channels mode (split into heads: heads mode).
     ("zoo_unet_gn", Expect::Channels(&["GroupNormalization", "Concat", "Resize", "Add", "Transpose"])),
+    // The same UNet from TorchScript: GroupNorm as Reshape → InstanceNormalization → Reshape, and
+    // the attention's reshape back reads `(n, c, h, w)` off the residual input's Shape (the stream
+    // is checked below; the in-projection's head split blocks by Reshape, as above).
+    ("zoo_unet_gn_ts", Expect::Channels(&["InstanceNormalization", "Concat", "Resize", "Add", "Transpose", "Shape"])),
     ("zoo_lstm", Expect::Channels(&["LSTM"])),
     ("zoo_gru", Expect::Channels(&["GRU"])),
     ("zoo_bilstm", Expect::Channels(&["LSTM", "Reshape", "Transpose"])),
@@ -203,6 +207,7 @@ fn transformer_residual_streams_prune() {
         // the UNet's 64-wide stream: the conv block's output, its GroupNorms and the attention's
         // out-projection (a Gemm writing it back through the residual Add)
         ("zoo_unet_gn", "node_conv2d_3", "group_norm", 2),
+        ("zoo_unet_gn_ts", "/d2/d2.3/Conv", "InstanceNormalization", 2),
     ] {
         let dense = load(&root().join(format!("models/zoo/{name}.onnx")));
         let r = onnx_emp::prune::channels::prune_channels(&dense, &opts(0.7, false)).unwrap();

@@ -46,6 +46,7 @@ mod nn;
 mod reshape;
 mod rnn;
 mod shuffle;
+mod sizes;
 mod types;
 
 pub use ctx::*;
@@ -106,6 +107,7 @@ pub fn analyze(ctx: &Ctx, dead: &DeadRows) -> Analysis {
         shuffles: BTreeMap::new(),
         group_norms: BTreeMap::new(),
         means: BTreeMap::new(),
+        sizes: BTreeMap::new(),
     };
     a.st.consts = ctx.consts.clone();
     for &ni in &ctx.order {
@@ -150,6 +152,8 @@ struct Analyzer<'c, 'a> {
     /// constants (`√(var + ε)`), with the units averaged and the axis and rank of the mean. Each
     /// has size 1 on that axis, so it broadcasts along the units.
     means: BTreeMap<String, (Units, usize, usize)>,
+    /// Symbolic sizes of values' dims (`groups/sizes.rs`).
+    sizes: BTreeMap<String, Vec<Option<sizes::Size>>>,
 }
 
 /// What happened at one node, for the blocked reason.
@@ -292,6 +296,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
         {
             return;
         }
+        self.infer_sizes(n);
         if self.shape_plumbing(ni, n) {
             return;
         }

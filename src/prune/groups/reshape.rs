@@ -48,11 +48,17 @@ impl Analyzer<'_, '_> {
             Some(Sym::Dim(name, 0)) if name != me => self.same_batch(name, me),
             _ => false,
         };
+        // A lead entry (before the channel axis) may also read a dim of another tensor that is
+        // known to be of the same size (`groups/sizes.rs`): the cut changes neither.
+        let same_lead: Vec<bool> = (target.iter().enumerate())
+            .map(|(i, e)| i < t && matches!(e, Sym::Dim(name, j) if self.same_size(name, *j, me, i)))
+            .collect();
         let copies = |i: usize| -> Option<usize> {
             match target.get(i)? {
                 Sym::Lit(0, _) if !allowzero => Some(i),
                 Sym::Dim(name, j) if name == me => Some(*j),
                 Sym::Dim(_, 0) if i == 0 && batch0 => Some(0),
+                Sym::Dim(..) if same_lead[i] => Some(i),
                 _ => None,
             }
         };
@@ -87,6 +93,9 @@ impl Analyzer<'_, '_> {
         };
         let lead = (0..t).all(lead_ok);
         let mut safe_channel = None; // target entry that reads our channel count and adapts by itself
+                                     // A tensor whose channel count the channel entry reads (not ours): its units are tied to
+                                     // ours position by position, so both keep the same count.
+        let mut tied: Option<String> = None;
         let mut done = false;
         // (a) the channel axis itself survives: [.., C, anything].
         if lead && target.len() > t {
@@ -96,6 +105,17 @@ impl Analyzer<'_, '_> {
             } else if let Some((v, p)) = lit(t).filter(|(v, _)| *v == c) {
                 let _ = v;
                 done = self.count_edit(&x, n, p, x.units.clone());
+            } else if let Some((name, units)) = self.width_source(&target[t], me, x.units.len()) {
+                // `b, c, h, w = x.shape; y.reshape(b, c, h, w)`: the count read off another tracked
+                // tensor of the same width (a residual input the result is added to, as in
+                // attention inside a CNN). Ours must be removed with its units.
+                let reason = format!("{} (target reads the channel count of '{name}')", barrier_reason(n));
+                for (a, b) in units.iter().zip(x.units.iter()) {
+                    self.join(*a, *b, &reason);
+                }
+                safe_channel = Some(t);
+                tied = Some(name);
+                done = true;
             }
             if done {
                 let out = Track { rank: target.len(), ..x.clone() };
@@ -188,7 +208,10 @@ impl Analyzer<'_, '_> {
         // Channel counts read from other tensors (or ours at another place) cannot adapt.
         for (i, e) in target.iter().enumerate() {
             if let Some((name, j, l)) = e.dim_expr() {
-                let ours = name == me && safe_channel == Some(i) && done && l == super::shuffle::Lin::ID;
+                let ours = (name == me || tied.as_deref() == Some(name))
+                    && safe_channel == Some(i)
+                    && done
+                    && l == super::shuffle::Lin::ID;
                 if let Some(tr) = self.track(name).filter(|tr| tr.axis == j && !ours) {
                     self.block(
                         &tr.units,
@@ -197,6 +220,14 @@ impl Analyzer<'_, '_> {
                 }
             }
         }
+    }
+
+    /// A target entry that copies the channel count of another tracked tensor of `width`
+    /// channels (`Shape(other)[axis]`, its channel axis): that tensor's name and units.
+    fn width_source(&self, e: &Sym, me: &str, width: usize) -> Option<(String, Units)> {
+        let Sym::Dim(name, j) = e else { return None };
+        let tr = self.track(name).filter(|tr| name != me && tr.axis == *j && tr.units.len() == width)?;
+        Some((name.clone(), tr.units.clone()))
     }
 
     /// ShuffleNet's channel shuffle: this Reshape's only reader is a Transpose whose only reader
