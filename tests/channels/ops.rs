@@ -167,6 +167,41 @@ fn channel_pairs_an_elementwise_op_joins_are_one_unit() {
     assert!(note.contains("6 channels kept of 8"), "{note}");
 }
 
+/// `n, c, h, w = a.shape; b.reshape(n, c, h, w)`: the target reads every dim off another tensor.
+/// The lead dims are of the same size as the reshaped tensor's (`groups/sizes.rs`), and the channel
+/// count is `a`'s, so `a`'s units and `b`'s are tied: one group, both cut alike. Before, the
+/// Reshape blocked both ("reshape moves the channel axis", "target reads the channel count").
+#[test]
+fn a_reshape_to_another_tensors_shape_ties_the_two_widths() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("Relu", "ra", &["a"], &["a2"], vec![]),
+            nd("Conv", "B", &["x", "wb"], &["b"], vec![]),
+            nd("Transpose", "t", &["b"], &["bt"], vec![attr_ints("perm", &[0, 1, 3, 2])]),
+            nd("Shape", "shape", &["a2"], &["sa"], vec![]),
+            nd("Reshape", "back", &["bt", "sa"], &["r"], vec![]),
+            nd("Concat", "cat", &["a2", "r"], &["c"], vec![attr_i("axis", 1)]),
+            nd("Conv", "C", &["c", "wc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 1.], 1),
+            w("wb", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 1., 1.], 2),
+            w("wc", &[2, 12, 1, 1], &ones(2), 3),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove_x(&m, &X4, &StructOptions { beta: 1.05, ..no_floor() });
+    let a = group(&o.result, "A");
+    assert!(a.blocked.is_none(), "{a:?}");
+    assert!(a.members.iter().any(|m| m == "B"), "one group: {a:?}");
+    let p = &o.result.pruned;
+    let (ka, kb) = (weight(p, "wa").dims[0], weight(p, "wb").dims[0]);
+    assert!(ka < 6 && ka == kb, "a keeps {ka}, b keeps {kb}");
+    assert_eq!(weight(p, "wc").dims[1], 2 * ka);
+}
+
 #[test]
 fn depthwise_with_multiplier_and_single_channel_convs() {
     let x: [i64; 4] = [1, 1, 6, 6];

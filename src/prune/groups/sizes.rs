@@ -50,6 +50,7 @@ impl Analyzer<'_, '_> {
 
     /// Record the sizes of node `n`'s outputs that follow from its inputs' (see the module doc).
     pub(super) fn infer_sizes(&mut self, n: &NodeProto) {
+        let unique = |ax: &Vec<usize>| ax.iter().collect::<BTreeSet<_>>().len() == ax.len();
         let Some(out) = n.output.first().filter(|o| !o.is_empty()) else { return };
         let x = || inp(n, 0).and_then(|i| self.sizes_of(i));
         // The output's rank: inferred by the context, else the target's length for a Reshape,
@@ -96,7 +97,7 @@ impl Analyzer<'_, '_> {
                 | Kind::BiasAct(_),
             ) => same(x()),
             // Batch only: the channels and the spatial dims change.
-            Some(Kind::Conv | Kind::ConvTranspose | Kind::Pool(_)) => x().filter(|v| v.len() == r).map(|v| {
+            Some(Kind::Conv | Kind::ConvTranspose | Kind::Pool(_)) => x().filter(|v| v.len() == r && r > 0).map(|v| {
                 let mut o = unknown();
                 o[0] = v[0].clone();
                 o
@@ -147,7 +148,7 @@ impl Analyzer<'_, '_> {
             Some(Kind::Unsqueeze) => {
                 let axes: Option<Vec<usize>> =
                     self.ctx.axes_of(n).and_then(|ax| ax.iter().map(|&a| norm_axis(a, r)).collect());
-                x().zip(axes).filter(|(v, ax)| v.len() + ax.len() == r).map(|(v, ax)| {
+                x().zip(axes).filter(|(v, ax)| v.len() + ax.len() == r && unique(ax)).map(|(v, ax)| {
                     let mut it = v.into_iter();
                     (0..r).map(|i| if ax.contains(&i) { Some(Size::Lit(1)) } else { it.next().flatten() }).collect()
                 })
@@ -157,7 +158,7 @@ impl Analyzer<'_, '_> {
                 let axes: Option<Vec<usize>> =
                     xr.and_then(|xr| self.ctx.axes_of(n).and_then(|ax| ax.iter().map(|&a| norm_axis(a, xr)).collect()));
                 x().zip(axes)
-                    .filter(|(v, ax)| v.len() == r + ax.len())
+                    .filter(|(v, ax)| v.len() == r + ax.len() && unique(ax))
                     .map(|(v, ax)| v.into_iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, s)| s).collect())
             }
             _ => None,
