@@ -8,7 +8,7 @@ biases are random so that compensation bugs cannot hide behind zeros.
 
 Writes models/zoo/*.onnx and models/zoo/manifest.json (input shape per model).
 Deterministic: fixed seeds, TorchScript exporter. Usage: python3 models/make_zoo.py
-(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm, zoo_unet_gn (with zoo_unet_gn_ts) to an
+(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm, zoo_unet_gn (with zoo_unet_gn_ts), zoo_se_view to an
 existing zoo and its manifest).
 """
 import json
@@ -407,6 +407,39 @@ class UNetGN(nn.Module):
         return self.out(self.u1(torch.cat([u, a], 1)))
 
 
+class SEView(nn.Module):
+    """Squeeze-and-excitation as the SENet reference code and many MobileNetV3 ports write it:
+    Linear layers on the pooled channels, `b, c = x.size()[:2]`, `.view(b, c)`, `.view(b, c, 1, 1)`,
+    `x * y.expand_as(x)`. TorchScript reads every shape off `Shape(x)`."""
+
+    def __init__(self, c, r=4):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(c, c // r), nn.Linear(c // r, c)
+
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        y = F.adaptive_avg_pool2d(x, 1).view(b, c)
+        y = torch.sigmoid(self.fc2(F.relu(self.fc1(y)))).view(b, c, 1, 1)
+        return x * y.expand_as(x)
+
+
+class SENet(nn.Module):
+    """Two conv + BN + ReLU stages with an SE block each, a residual stage, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1, self.se1 = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), SEView(32)
+        self.c2, self.b2, self.se2 = nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), SEView(64)
+        self.c3, self.b3 = nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.se1(F.relu(self.b1(self.c1(x))))
+        x = self.se2(F.relu(self.b2(self.c2(x))))
+        x = F.relu(x + self.b3(self.c3(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 def unet_gn(out, manifest, img):
     """UNetGN as the dynamo exporter writes it at opset 21, dynamic batch: GroupNormalization,
     the attention's reshapes as literals with a -1 batch (`[-1, 64, 256]`, `[-1, 64, 16, 16]`);
@@ -727,6 +760,7 @@ def main():
         ),
         "zoo_groupnorm": lambda m: (torch.manual_seed(0), group_norm(OUT, m, torch.randn(2, 3, 32, 32))),
         "zoo_unet_gn": lambda m: (torch.manual_seed(0), unet_gn(OUT, m, torch.randn(2, 3, 32, 32))),
+        "zoo_se_view": lambda m: (torch.manual_seed(0), add(OUT, m, "zoo_se_view", SENet, torch.randn(2, 3, 32, 32), 17)),
         "zoo_ms_bert": lambda m: m.update(
             zoo_ms_bert={"x": ms_bert(os.path.join(OUT, "zoo_ms_bert.onnx")), "dtype": "int64", "high": 50}
         ),
@@ -750,6 +784,7 @@ def main():
     image_models(OUT, manifest, img)
     # Not in the 224 × 224 image zoo: attention over 112 × 112 tokens would need gigabytes.
     unet_gn(OUT, manifest, img)
+    add(OUT, manifest, "zoo_se_view", SENet, img, 17)
     add(OUT, manifest, "zoo_lstm", lambda: RNNNet(nn.LSTM), torch.randn(2, 8, 12), 3)
     add(OUT, manifest, "zoo_gru", lambda: RNNNet(nn.GRU), torch.randn(2, 8, 12), 4)
     # Bidirectional: Y [S, 2, B, H] → Transpose → Reshape [S, B, 2·H] (directions merged).

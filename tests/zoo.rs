@@ -45,6 +45,9 @@ const ZOO: &[(&str, Expect)] = &[
     // the attention's reshape back reads `(n, c, h, w)` off the residual input's Shape (the stream
     // is checked below; the in-projection's head split blocks by Reshape, as above).
     ("zoo_unet_gn_ts", Expect::Channels(&["InstanceNormalization", "Concat", "Resize", "Add", "Transpose", "Shape"])),
+    // SENet's squeeze-and-excitation from TorchScript: `view(b, c)`, `view(b, c, 1, 1)` and
+    // `expand_as(x)` all read `x`'s Shape (they blocked both conv streams before).
+    ("zoo_se_view", Expect::Channels(&["Reshape", "Expand", "Mul", "Shape", "Gemm"])),
     ("zoo_lstm", Expect::Channels(&["LSTM"])),
     ("zoo_gru", Expect::Channels(&["GRU"])),
     ("zoo_bilstm", Expect::Channels(&["LSTM", "Reshape", "Transpose"])),

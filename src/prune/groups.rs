@@ -352,6 +352,7 @@ impl<'c, 'a> Analyzer<'c, 'a> {
             Kind::Squeeze => self.squeeze(ni, n, x),
             Kind::Unsqueeze => self.unsqueeze(ni, n, x),
             Kind::Transpose => self.transpose(ni, n, x),
+            Kind::Expand => self.expand(ni, n, x),
             Kind::Gather => self.gather(ni, n, x),
             Kind::AlongAxis => self.along_axis(ni, n, x),
             Kind::LayerNorm => self.layer_norm(ni, n, x),

@@ -55,6 +55,10 @@ pub enum Kind {
     Squeeze,
     Unsqueeze,
     Transpose,
+    /// Expand of a tracked tensor: the other dims broadcast, the channel axis keeps its place
+    /// (aligned on the last axis) when its shape entry is 1, the channel count (edited), or read
+    /// off a tensor of the same width (`groups/array.rs`).
+    Expand,
     Gather,
     /// Softmax-like op normalising along its `axis` attribute (barrier on the channel axis).
     AlongAxis,
@@ -208,6 +212,7 @@ pub const TABLE: &[(&str, Kind)] = &[
     ("Squeeze", Kind::Squeeze),
     ("Unsqueeze", Kind::Unsqueeze),
     ("Transpose", Kind::Transpose),
+    ("Expand", Kind::Expand),
     ("Gather", Kind::Gather),
     ("Softmax", Kind::AlongAxis),
     ("LogSoftmax", Kind::AlongAxis),

@@ -202,6 +202,35 @@ fn a_reshape_to_another_tensors_shape_ties_the_two_widths() {
     assert_eq!(weight(p, "wc").dims[1], 2 * ka);
 }
 
+/// An SE-style gate broadcast by Expand to a literal shape: the shape's channel entry is the
+/// channel count, edited to the kept count (before, Expand was a barrier).
+#[test]
+fn expand_to_a_literal_shape_edits_its_channel_count() {
+    let mut shape = TensorProto::new();
+    shape.name = "shape".into();
+    shape.data_type = 7;
+    shape.dims = vec![4];
+    shape.int64_data = vec![1, 6, 5, 5];
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("GlobalAveragePool", "pool", &["a"], &["p"], vec![]),
+            nd("Sigmoid", "gate", &["p"], &["g"], vec![]),
+            nd("Expand", "ex", &["g", "shape"], &["e"], vec![]),
+            nd("Mul", "se", &["a", "e"], &["s"], vec![]),
+            nd("Conv", "C", &["s", "wc"], &["y"], vec![]),
+        ],
+        vec![w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 1), w("wc", &[2, 6, 1, 1], &ones(2), 2), shape],
+        &X4,
+        &["y"],
+    );
+    let o = prove_x(&m, &X4, &no_floor());
+    let p = &o.result.pruned;
+    assert_eq!(weight(p, "wa").dims[0], 4);
+    let s = &node(p, "ex").input[1];
+    assert_eq!(tensor::read_i64(weight(p, s)).unwrap(), vec![1, 4, 5, 5]);
+}
+
 #[test]
 fn depthwise_with_multiplier_and_single_channel_convs() {
     let x: [i64; 4] = [1, 1, 6, 6];

@@ -117,6 +117,56 @@ impl Analyzer<'_, '_> {
         (!widens).then_some(e)
     }
 
+    /// Expand of a tracked tensor (`y.expand_as(x)` after an SE block's `view(b, c, 1, 1)`): the
+    /// shape broadcasts the other dims and, aligned on the last axis, its entry on the channel axis
+    /// must keep the count: 1, the channel count itself (a literal, edited), or a count read off
+    /// this tensor or off another tracked tensor of the same width (whose units are then tied to
+    /// ours). No other entry may read a channel count.
+    pub(super) fn expand(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
+        let Some(x) = x else { return };
+        let me = inp(n, 0).unwrap_or_default().to_string();
+        let Some(v) = self.target(ni, n) else {
+            self.block(&x.units, &format!("{} (shape is not known)", barrier_reason(n)));
+            return;
+        };
+        let c = x.units.len();
+        let r = v.len().max(x.rank);
+        let t = x.axis + r - x.rank;
+        let at = t.checked_sub(r - v.len());
+        let reason = format!("{} (shape reads the channel count of '{{}}')", barrier_reason(n));
+        let ok = match at.map(|i| &v[i]) {
+            None | Some(Sym::Lit(1, _)) => true,
+            Some(Sym::Dim(name, j)) if *name == me && *j == x.axis => true,
+            Some(Sym::Lit(k, p)) if *k == c as i64 => self.count_edit(&x, n, *p, x.units.clone()),
+            Some(e @ Sym::Dim(..)) => match self.width_source(e, &me, c) {
+                Some((name, units)) => {
+                    let why = reason.replace("{}", &name);
+                    for (a, b) in units.iter().zip(x.units.iter()) {
+                        self.join(*a, *b, &why);
+                    }
+                    true
+                }
+                None => false,
+            },
+            Some(_) => false,
+        };
+        if !ok {
+            let why = "its entry on the channel axis is not 1 or the channel count";
+            self.block(&x.units, &format!("{} ({why})", barrier_reason(n)));
+            return;
+        }
+        for (i, e) in v.iter().enumerate().filter(|(i, _)| Some(*i) != at) {
+            let _ = i;
+            if let Some((name, j, _)) = e.dim_expr() {
+                if let Some(tr) = self.track(name).filter(|tr| tr.axis == j) {
+                    self.block(&tr.units, &reason.replace("{}", name));
+                }
+            }
+        }
+        let out = Track { axis: t, rank: r, ..x };
+        self.emit(ni, &n.output[0], out);
+    }
+
     pub(super) fn split(&mut self, ni: usize, n: &NodeProto, x: Option<Track>) {
         let Some(x) = x else { return };
         let Some(axis) = norm_axis(attr_i(n, "axis").unwrap_or(0), x.rank) else {

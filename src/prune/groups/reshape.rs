@@ -224,7 +224,7 @@ impl Analyzer<'_, '_> {
 
     /// A target entry that copies the channel count of another tracked tensor of `width`
     /// channels (`Shape(other)[axis]`, its channel axis): that tensor's name and units.
-    fn width_source(&self, e: &Sym, me: &str, width: usize) -> Option<(String, Units)> {
+    pub(super) fn width_source(&self, e: &Sym, me: &str, width: usize) -> Option<(String, Units)> {
         let Sym::Dim(name, j) = e else { return None };
         let tr = self.track(name).filter(|tr| name != me && tr.axis == *j && tr.units.len() == width)?;
         Some((name.clone(), tr.units.clone()))
@@ -320,6 +320,10 @@ impl Analyzer<'_, '_> {
         // A Reshape target is checked by the Reshape rule (it knows which counts adapt).
         let target_only = n.op_type == "Reshape" && inp(n, 0).is_none_or(|d| !self.shape_vecs.contains_key(d));
         if target_only && inp(n, 0).is_some_and(|d| self.st.tracks.contains_key(d)) {
+            return false;
+        }
+        // The shape of an Expand of a tracked tensor is checked by the Expand rule.
+        if n.op_type == "Expand" && inp(n, 0).is_some_and(|d| self.st.tracks.contains_key(d)) {
             return false;
         }
         // A Slice of a tracked tensor with computed bounds is checked by the Slice rule.

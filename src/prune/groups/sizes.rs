@@ -63,6 +63,10 @@ impl Analyzer<'_, '_> {
             Some(Kind::Broadcast(_)) => {
                 n.input.iter().filter(|i| !i.is_empty()).map(|i| self.sizes_of(i).map(|v| v.len())).max().flatten()
             }
+            Some(Kind::Expand) => {
+                let x = x().map(|v| v.len());
+                x.zip(self.expand_shape(n).map(|v| v.len())).map(|(a, b)| a.max(b))
+            }
             Some(
                 Kind::Unary(_)
                 | Kind::BatchNorm
@@ -103,6 +107,7 @@ impl Analyzer<'_, '_> {
                 o
             }),
             Some(Kind::Broadcast(_)) => Some(self.broadcast_sizes(n, r)),
+            Some(Kind::Expand) => self.expand_sizes(n, r),
             Some(Kind::Transpose) => x().filter(|v| v.len() == r).and_then(|v| {
                 let perm: Vec<i64> = match attr_ints(n, "perm") {
                     Some(p) => p.to_vec(),
@@ -179,23 +184,52 @@ impl Analyzer<'_, '_> {
     fn broadcast_sizes(&self, n: &NodeProto, r: usize) -> Vec<Option<Size>> {
         let ins: Option<Vec<Vec<Option<Size>>>> =
             n.input.iter().filter(|i| !i.is_empty()).map(|i| self.sizes_of(i)).collect();
-        let Some(ins) = ins.filter(|v| v.iter().all(|s| s.len() <= r)) else { return vec![None; r] };
-        (0..r)
-            .map(|a| {
-                let mut found: Option<Size> = None;
-                for s in &ins {
-                    let Some(k) = (a + s.len()).checked_sub(r) else { continue };
-                    match &s[k] {
-                        Some(Size::Lit(1)) => {}
-                        Some(v) if found.as_ref().is_none_or(|f| f == v) => found = Some(v.clone()),
-                        _ => return None,
-                    }
-                }
-                Some(found.unwrap_or(Size::Lit(1)))
-            })
-            .collect()
+        broadcast(ins, r)
     }
 
+    /// An Expand's output dims: its input's broadcast with its shape's entries.
+    fn expand_sizes(&self, n: &NodeProto, r: usize) -> Option<Vec<Option<Size>>> {
+        let x = self.sizes_of(inp(n, 0)?)?;
+        let shape = self.expand_shape(n)?;
+        let shape: Vec<Option<Size>> = (shape.iter())
+            .map(|e| match e {
+                Sym::Lit(v, _) if *v >= 1 => Some(Size::Lit(*v)),
+                Sym::Dim(name, j) => self.size(name, *j),
+                _ => None,
+            })
+            .collect();
+        Some(broadcast(Some(vec![x, shape]), r))
+    }
+
+    fn expand_shape(&self, n: &NodeProto) -> Option<Vec<Sym>> {
+        let s = inp(n, 1)?;
+        match self.ctx.const_ints(s) {
+            Some(v) => Some(v.iter().map(|&v| Sym::Lit(v, None)).collect()),
+            None => self.shape_vecs.get(s).cloned(),
+        }
+    }
+}
+
+/// Numpy broadcasting of `ins` to rank `r` (see [`Analyzer::broadcast_sizes`]).
+fn broadcast(ins: Option<Vec<Vec<Option<Size>>>>, r: usize) -> Vec<Option<Size>> {
+    let Some(ins) = ins.filter(|v| v.iter().all(|s| s.len() <= r)) else { return vec![None; r] };
+    (0..r)
+        .map(|a| {
+            let mut found: Option<Size> = None;
+            for s in &ins {
+                let Some(k) = (a + s.len()).checked_sub(r) else { continue };
+                match &s[k] {
+                    Some(Size::Lit(1)) => {}
+                    Some(v) if found.as_ref().is_none_or(|f| f == v) => found = Some(v.clone()),
+                    _ => return None,
+                }
+            }
+            Some(found.unwrap_or(Size::Lit(1)))
+        })
+        .collect()
+}
+
+impl Analyzer<'_, '_> {
     /// A Reshape's output dims from its target: literals, a 0 copying the input's dim (without
     /// allowzero), and dims read off `Shape` of any value whose size is known.
     fn reshape_sizes(&self, n: &NodeProto, r: usize) -> Option<Vec<Option<Size>>> {
