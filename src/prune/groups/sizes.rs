@@ -63,6 +63,10 @@ impl Analyzer<'_, '_> {
             Some(Kind::Broadcast(_)) => {
                 n.input.iter().filter(|i| !i.is_empty()).map(|i| self.sizes_of(i).map(|v| v.len())).max().flatten()
             }
+            Some(Kind::Gemm) => Some(2),
+            Some(Kind::MatMul) if inp(n, 1).and_then(|b| self.ctx.rank(b)).is_some_and(|rb| rb <= 2) => {
+                x().map(|v| v.len()).filter(|&r| r >= 2)
+            }
             Some(Kind::Expand) => {
                 let x = x().map(|v| v.len());
                 x.zip(self.expand_shape(n).map(|v| v.len())).map(|(a, b)| a.max(b))

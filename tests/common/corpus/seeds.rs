@@ -246,6 +246,33 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut m = wrap(g);
     m.opset_import[0].version = 21;
     v.push(("group_norm", enc(&m)));
+    // Squeeze-and-excitation with every shape read off Shape(a), as TorchScript writes SENet's:
+    // Reshape to a's [b, c], a MatMul, Reshape to [b, c, 1, 1], Expand to Shape(a), Mul.
+    let mut g = GraphProto::new();
+    g.name = "se_shapes".into();
+    g.input.push(vi("x", 1, &[1, 2, 3, 3]));
+    g.output.push(vi("y", 1, &[1, 3, 3, 3]));
+    for (nm, dims, n) in [("Wa", vec![4, 2, 1, 1], 8), ("Wf", vec![4, 4], 16), ("Wc", vec![3, 4, 1, 1], 12)] {
+        g.initializer.push(f32_tensor(nm, &dims, &ramp(n)));
+    }
+    g.initializer.push(i64_vec("st", &[0]));
+    g.initializer.push(i64_vec("en", &[2]));
+    g.initializer.push(i64_vec("ones", &[1, 1]));
+    g.node.push(node("Conv", "a", &["x", "Wa"], &["a"]));
+    g.node.push(node("GlobalAveragePool", "pool", &["a"], &["p"]));
+    g.node.push(node("Shape", "shape", &["a"], &["sh"]));
+    g.node.push(node("Slice", "bc", &["sh", "st", "en"], &["bc"]));
+    g.node.push(node("Reshape", "flat", &["p", "bc"], &["f"]));
+    g.node.push(node("MatMul", "fc", &["f", "Wf"], &["h"]));
+    g.node.push(node("Sigmoid", "gate", &["h"], &["gt"]));
+    let mut cat = node("Concat", "t4", &["bc", "ones"], &["t4"]);
+    cat.attribute.push(attr_i("axis", 0));
+    g.node.push(cat);
+    g.node.push(node("Reshape", "up", &["gt", "t4"], &["g4"]));
+    g.node.push(node("Expand", "ex", &["g4", "sh"], &["e"]));
+    g.node.push(node("Mul", "se", &["a", "e"], &["s"]));
+    g.node.push(node("Conv", "c", &["s", "Wc"], &["y"]));
+    v.push(("se_shapes", enc(&wrap(g))));
     // A tensor with (unresolvable) external data: parse accepts it, pruning must refuse cleanly.
     let mut m = tiny_matmul(f32_tensor("We", &[4, 3], &ramp(12)), 4, 3);
     externalize(&mut m, &["We"], "w.bin");
