@@ -107,7 +107,7 @@ impl Analyzer<'_, '_> {
         }
         let all_units: Vec<Option<Unit>> = tracked.iter().flat_map(|(_, t)| t.units.iter().copied()).collect();
         let ranks: Option<Vec<usize>> =
-            ins.iter().map(|(_, s)| self.track(s).map(|t| t.rank).or_else(|| self.ctx.rank(s))).collect();
+            ins.iter().map(|(_, s)| self.track(s).map(|t| t.rank).or_else(|| self.rank(s))).collect();
         let Some(out_rank) = ranks.and_then(|r| r.into_iter().max()) else {
             let r = format!("{} (rank of an input unknown)", barrier_reason(n));
             self.block(&all_units, &r);
@@ -134,7 +134,7 @@ impl Analyzer<'_, '_> {
                 per_input.push(t.vals);
                 continue;
             }
-            let r = self.ctx.rank(s).unwrap_or(0);
+            let r = self.rank(s).unwrap_or(0);
             let off = out_rank - r;
             if let Some(d) = self.ctx.dims(s).map(|d| d.to_vec()) {
                 let numel: usize = d.iter().product();

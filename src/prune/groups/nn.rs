@@ -382,7 +382,7 @@ impl Analyzer<'_, '_> {
             return;
         };
         let (k, nout) = (wd[0], wd[1]);
-        let ra = x.as_ref().map(|t| t.rank).or_else(|| inp(n, 0).and_then(|s| self.ctx.rank(s)));
+        let ra = x.as_ref().map(|t| t.rank).or_else(|| inp(n, 0).and_then(|s| self.rank(s)));
         let Some(ra) = ra.filter(|&r| r >= 1) else {
             // Its outputs are still a layer: in the table, blocked with the reason, not absent.
             let units = self.new_layer(ni, nout);

@@ -293,7 +293,7 @@ impl Analyzer<'_, '_> {
         };
         if n.op_type == "Shape" {
             let Some(x) = inp(n, 0) else { return false };
-            let Some(r) = self.track(x).map(|t| t.rank).or_else(|| self.ctx.rank(x)) else { return false };
+            let Some(r) = self.track(x).map(|t| t.rank).or_else(|| self.rank(x)) else { return false };
             let s = norm_bound(attr_i(n, "start").unwrap_or(0), r);
             let e = norm_bound(attr_i(n, "end").unwrap_or(r as i64), r);
             self.shape_vecs.insert(out, (s..e).map(|i| Sym::Dim(x.to_string(), i)).collect());

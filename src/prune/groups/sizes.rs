@@ -40,6 +40,12 @@ impl Analyzer<'_, '_> {
         declared.flatten().map(|v| Size::Lit(v as i64))
     }
 
+    /// The rank of a value: the context's, else the length of its inferred sizes (a Reshape or
+    /// Expand whose shape is read off `Shape`, which the context's rank inference does not follow).
+    pub(super) fn rank(&self, name: &str) -> Option<usize> {
+        self.ctx.rank(name).or_else(|| self.sizes.get(name).map(|s| s.len()))
+    }
+
     fn sizes_of(&self, name: &str) -> Option<Vec<Option<Size>>> {
         if let Some(s) = self.sizes.get(name) {
             return Some(s.clone());
