@@ -154,6 +154,19 @@ fn auto_alignment_follows_the_kernel() {
     for g in ffn {
         assert!(g.kept < g.n && g.kept % 8 == 0 && g.kept % 64 != 0, "{g:?}");
     }
+    // A conv stream that an SE block's Linear gate also writes (tied through `view(b, c, 1, 1)`)
+    // runs on the convolution's kernels: aligned to 16, not to the Gemm's 64 (which kept 43 of its
+    // 64 channels rounded up to all 64).
+    let se = load(&root().join("models/zoo/zoo_se_view.onnx"));
+    let r = prune_channels(
+        &se,
+        &StructOptions { beta: 0.7, round_to: onnx_emp::prune::RoundTo::Auto, ..Default::default() },
+    )
+    .unwrap();
+    let c2 = r.groups.iter().find(|g| g.id == "/c2/Conv").unwrap();
+    assert!(c2.members.iter().any(|m| m == "/se2/fc2/Gemm"), "{c2:?}");
+    assert_eq!((c2.kept, c2.n), (48, 64), "{c2:?}");
+    assert!(c2.notes.iter().any(|n| n.contains("the nearest multiple of 16")), "{c2:?}");
 }
 
 #[test]
