@@ -98,17 +98,7 @@ pub struct DeadRows {
 
 /// Run the analysis on the top-level graph, with the dead rows `dead` (see [`DeadRows`]).
 pub fn analyze(ctx: &Ctx, dead: &DeadRows) -> Analysis {
-    let mut a = Analyzer {
-        ctx,
-        dead,
-        st: Analysis::default(),
-        shape_vecs: BTreeMap::new(),
-        dims_hint: BTreeMap::new(),
-        shuffles: BTreeMap::new(),
-        group_norms: BTreeMap::new(),
-        means: BTreeMap::new(),
-        sizes: BTreeMap::new(),
-    };
+    let mut a = Analyzer::new(ctx, dead);
     a.st.consts = ctx.consts.clone();
     for &ni in &ctx.order {
         a.node(ni);
@@ -167,6 +157,20 @@ fn barrier_reason(n: &NodeProto) -> String {
 }
 
 impl<'c, 'a> Analyzer<'c, 'a> {
+    fn new(ctx: &'c Ctx<'a>, dead: &'c DeadRows) -> Self {
+        Analyzer {
+            ctx,
+            dead,
+            st: Analysis::default(),
+            shape_vecs: BTreeMap::new(),
+            dims_hint: BTreeMap::new(),
+            shuffles: BTreeMap::new(),
+            group_norms: BTreeMap::new(),
+            means: BTreeMap::new(),
+            sizes: BTreeMap::new(),
+        }
+    }
+
     fn track(&self, name: &str) -> Option<Track> {
         self.st.tracks.get(name).cloned()
     }

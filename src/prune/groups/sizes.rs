@@ -77,16 +77,9 @@ impl Analyzer<'_, '_> {
                 let x = x().map(|v| v.len());
                 x.zip(self.expand_shape(n).map(|v| v.len())).map(|(a, b)| a.max(b))
             }
+            Some(k) if keeps_shape(k) => x().map(|v| v.len()),
             Some(
-                Kind::Unary(_)
-                | Kind::BatchNorm
-                | Kind::InstanceNorm
-                | Kind::GroupNorm
-                | Kind::LayerNorm
-                | Kind::AlongAxis
-                | Kind::Quant(_)
-                | Kind::BiasAct(_)
-                | Kind::Conv
+                Kind::Conv
                 | Kind::ConvTranspose
                 | Kind::Pool(_)
                 | Kind::Transpose
@@ -100,16 +93,7 @@ impl Analyzer<'_, '_> {
         let same = |v: Option<Vec<Option<Size>>>| v.filter(|v| v.len() == r);
         let unknown = || vec![None; r];
         let v: Option<Vec<Option<Size>>> = match rules::lookup(n) {
-            Some(
-                Kind::Unary(_)
-                | Kind::BatchNorm
-                | Kind::InstanceNorm
-                | Kind::GroupNorm
-                | Kind::LayerNorm
-                | Kind::AlongAxis
-                | Kind::Quant(_)
-                | Kind::BiasAct(_),
-            ) => same(x()),
+            Some(k) if keeps_shape(k) => same(x()),
             // Batch only: the channels and the spatial dims change.
             Some(Kind::Conv | Kind::ConvTranspose | Kind::Pool(_)) => x().filter(|v| v.len() == r && r > 0).map(|v| {
                 let mut o = unknown();
@@ -218,6 +202,21 @@ impl Analyzer<'_, '_> {
             None => self.shape_vecs.get(s).cloned(),
         }
     }
+}
+
+/// Ops whose output has their data input's shape.
+fn keeps_shape(k: Kind) -> bool {
+    matches!(
+        k,
+        Kind::Unary(_)
+            | Kind::BatchNorm
+            | Kind::InstanceNorm
+            | Kind::GroupNorm
+            | Kind::LayerNorm
+            | Kind::AlongAxis
+            | Kind::Quant(_)
+            | Kind::BiasAct(_)
+    )
 }
 
 /// Numpy broadcasting of `ins` to rank `r` (see [`Analyzer::broadcast_sizes`]).
@@ -337,17 +336,7 @@ mod tests {
         let ix = GraphIndex::build(&g).unwrap();
         let ctx = Ctx::new(&g, &ix, 17).unwrap();
         let dead = DeadRows::default();
-        let mut a = Analyzer {
-            ctx: &ctx,
-            dead: &dead,
-            st: Analysis::default(),
-            shape_vecs: BTreeMap::new(),
-            dims_hint: BTreeMap::new(),
-            shuffles: BTreeMap::new(),
-            group_norms: BTreeMap::new(),
-            means: BTreeMap::new(),
-            sizes: BTreeMap::new(),
-        };
+        let mut a = Analyzer::new(&ctx, &dead);
         for &ni in &ctx.order {
             a.node(ni);
         }
