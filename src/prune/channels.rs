@@ -299,18 +299,19 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             normalised: false,
             width: 1,
         });
-        // A group is aligned for its widest-tiled source, except that a convolution's kernels
-        // decide where one writes the group: it runs once per pixel, a fully connected layer tied
-        // to its channels (an SE block's gate written back through `view(b, c, 1, 1)`) once per
-        // sample.
-        let conv = |s: usize| matches!(ctx.g.node[s].op_type.as_str(), "Conv" | "ConvTranspose");
-        g.kind = if conv(src) || g.sources.iter().any(|&s| conv(s)) || conv(g.first_source) {
-            SourceKind::Blocked
-        } else {
-            g.kind.max(SourceKind::of(ctx, src))
-        };
+        // A group is aligned for its widest-tiled source (but see below for convolutions).
+        g.kind = g.kind.max(SourceKind::of(ctx, src));
         g.first_source = g.first_source.min(src);
         g.sources.insert(src);
+    }
+    // A convolution's kernels decide where one writes the group: it runs once per pixel, a fully
+    // connected layer tied to its channels (an SE block's gate written back through `view(b, c,
+    // 1, 1)`) once per sample.
+    let conv = |s: &usize| matches!(ctx.g.node[*s].op_type.as_str(), "Conv" | "ConvTranspose");
+    for g in by_id.values_mut() {
+        if g.sources.iter().any(conv) {
+            g.kind = SourceKind::Blocked;
+        }
     }
     let mut classes: BTreeSet<Unit> = BTreeSet::new();
     for u in 0..an.n_units() {
