@@ -133,14 +133,14 @@ impl Analyzer<'_, '_> {
         let r = v.len().max(x.rank);
         let t = x.axis + r - x.rank;
         let at = t.checked_sub(r - v.len());
-        let reason = format!("{} (shape reads the channel count of '{{}}')", barrier_reason(n));
+        let reason = |name: &str| format!("{} (shape reads the channel count of '{name}')", barrier_reason(n));
         let ok = match at.map(|i| &v[i]) {
             None | Some(Sym::Lit(1, _)) => true,
             Some(Sym::Dim(name, j)) if *name == me && *j == x.axis => true,
             Some(Sym::Lit(k, p)) if *k == c as i64 => self.count_edit(&x, n, *p, x.units.clone()),
             Some(e @ Sym::Dim(..)) => match self.width_source(e, &me, c) {
                 Some((name, units)) => {
-                    let why = reason.replace("{}", &name);
+                    let why = reason(&name);
                     for (a, b) in units.iter().zip(x.units.iter()) {
                         self.join(*a, *b, &why);
                     }
@@ -155,11 +155,10 @@ impl Analyzer<'_, '_> {
             self.block(&x.units, &format!("{} ({why})", barrier_reason(n)));
             return;
         }
-        for (i, e) in v.iter().enumerate().filter(|(i, _)| Some(*i) != at) {
-            let _ = i;
+        for (_, e) in v.iter().enumerate().filter(|(i, _)| Some(*i) != at) {
             if let Some((name, j, _)) = e.dim_expr() {
                 if let Some(tr) = self.track(name).filter(|tr| tr.axis == j) {
-                    self.block(&tr.units, &reason.replace("{}", name));
+                    self.block(&tr.units, &reason(name));
                 }
             }
         }

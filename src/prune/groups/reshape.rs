@@ -92,9 +92,10 @@ impl Analyzer<'_, '_> {
                 })
         };
         let lead = (0..t).all(lead_ok);
-        let mut safe_channel = None; // target entry that reads our channel count and adapts by itself
-                                     // A tensor whose channel count the channel entry reads (not ours): its units are tied to
-                                     // ours position by position, so both keep the same count.
+        // The target entry that reads our channel count and adapts by itself.
+        let mut safe_channel = None;
+        // A tensor whose channel count the channel entry reads (not ours): its units are tied to
+        // ours position by position, so both keep the same count.
         let mut tied: Option<String> = None;
         let mut done = false;
         // (a) the channel axis itself survives: [.., C, anything].
