@@ -122,14 +122,7 @@ fn slice_bounds_on_the_channel_axis() {
 /// what ties it (it said "a GroupNorm group" for any width, silero VAD's STFT among them).
 #[test]
 fn channel_pairs_an_elementwise_op_joins_are_one_unit() {
-    let bounds = |name: &str, v: i64| {
-        let mut t = TensorProto::new();
-        t.name = name.into();
-        t.data_type = 7;
-        t.dims = vec![1];
-        t.int64_data = vec![v];
-        t
-    };
+    let bounds = |name: &str, v: i64| tensor::new_i64(name, &[1], &[v]);
     let m = mk_model(
         vec![
             nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
@@ -206,11 +199,7 @@ fn a_reshape_to_another_tensors_shape_ties_the_two_widths() {
 /// channel count, edited to the kept count (before, Expand was a barrier).
 #[test]
 fn expand_to_a_literal_shape_edits_its_channel_count() {
-    let mut shape = TensorProto::new();
-    shape.name = "shape".into();
-    shape.data_type = 7;
-    shape.dims = vec![4];
-    shape.int64_data = vec![1, 6, 5, 5];
+    let shape = tensor::new_i64("shape", &[4], &[1, 6, 5, 5]);
     let m = mk_model(
         vec![
             nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
