@@ -8,7 +8,7 @@ biases are random so that compensation bugs cannot hide behind zeros.
 
 Writes models/zoo/*.onnx and models/zoo/manifest.json (input shape per model).
 Deterministic: fixed seeds, TorchScript exporter. Usage: python3 models/make_zoo.py
-(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm, zoo_unet_gn (with zoo_unet_gn_ts), zoo_se_view to an
+(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm, zoo_unet_gn (with zoo_unet_gn_ts), zoo_se_view, zoo_cbam to an
 existing zoo and its manifest).
 """
 import json
@@ -440,6 +440,42 @@ class SENet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+class CBAM(nn.Module):
+    """CBAM as its reference code (Jongchan/attention-module) writes it, with adaptive pooling as
+    most ports have it: a channel gate (a shared MLP on the average- and max-pooled channels,
+    `expand_as(x)`), then a spatial gate (the
+    channels' max and mean per pixel, `torch.max(x, 1)[0].unsqueeze(1)`, a 7 × 7 conv + BN to one
+    map, `x * sigmoid(map)` broadcast over the channels)."""
+
+    def __init__(self, c, r=4):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(c, c // r), nn.ReLU(), nn.Linear(c // r, c))
+        self.spatial, self.bn = nn.Conv2d(2, 1, 7, padding=3, bias=False), nn.BatchNorm2d(1)
+
+    def forward(self, x):
+        att = self.mlp(F.adaptive_avg_pool2d(x, 1)) + self.mlp(F.adaptive_max_pool2d(x, 1))
+        x = x * torch.sigmoid(att).unsqueeze(2).unsqueeze(3).expand_as(x)
+        pooled = torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), dim=1)
+        return x * torch.sigmoid(self.bn(self.spatial(pooled)))
+
+
+class CBAMNet(nn.Module):
+    """Two conv + BN + ReLU stages with a CBAM block each, a residual stage, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1, self.a1 = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), CBAM(32)
+        self.c2, self.b2, self.a2 = nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), CBAM(64)
+        self.c3, self.b3 = nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.a1(F.relu(self.b1(self.c1(x))))
+        x = self.a2(F.relu(self.b2(self.c2(x))))
+        x = F.relu(x + self.b3(self.c3(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 def unet_gn(out, manifest, img):
     """UNetGN as the dynamo exporter writes it at opset 21, dynamic batch: GroupNormalization,
     the attention's reshapes as literals with a -1 batch (`[-1, 64, 256]`, `[-1, 64, 16, 16]`);
@@ -761,6 +797,7 @@ def main():
         "zoo_groupnorm": lambda m: (torch.manual_seed(0), group_norm(OUT, m, torch.randn(2, 3, 32, 32))),
         "zoo_unet_gn": lambda m: (torch.manual_seed(0), unet_gn(OUT, m, torch.randn(2, 3, 32, 32))),
         "zoo_se_view": lambda m: (torch.manual_seed(0), add(OUT, m, "zoo_se_view", SENet, torch.randn(2, 3, 32, 32), 17)),
+        "zoo_cbam": lambda m: (torch.manual_seed(0), add(OUT, m, "zoo_cbam", CBAMNet, torch.randn(2, 3, 32, 32), 18)),
         "zoo_ms_bert": lambda m: m.update(
             zoo_ms_bert={"x": ms_bert(os.path.join(OUT, "zoo_ms_bert.onnx")), "dtype": "int64", "high": 50}
         ),
@@ -785,6 +822,7 @@ def main():
     # Not in the 224 × 224 image zoo: attention over 112 × 112 tokens would need gigabytes.
     unet_gn(OUT, manifest, img)
     add(OUT, manifest, "zoo_se_view", SENet, img, 17)
+    add(OUT, manifest, "zoo_cbam", CBAMNet, img, 18)
     add(OUT, manifest, "zoo_lstm", lambda: RNNNet(nn.LSTM), torch.randn(2, 8, 12), 3)
     add(OUT, manifest, "zoo_gru", lambda: RNNNet(nn.GRU), torch.randn(2, 8, 12), 4)
     # Bidirectional: Y [S, 2, B, H] → Transpose → Reshape [S, B, 2·H] (directions merged).

@@ -48,6 +48,10 @@ const ZOO: &[(&str, Expect)] = &[
     // SENet's squeeze-and-excitation from TorchScript: `view(b, c)`, `view(b, c, 1, 1)` and
     // `expand_as(x)` all read `x`'s Shape (they blocked both conv streams before).
     ("zoo_se_view", Expect::Channels(&["Reshape", "Expand", "Mul", "Shape", "Gemm"])),
+    // CBAM (channel gate with `expand_as`, spatial gate on the channels' max and mean per pixel,
+    // a one-channel map times the features): both conv streams prune (before, ReduceMax and the
+    // map's broadcast blocked them).
+    ("zoo_cbam", Expect::Channels(&["ReduceMax", "ReduceMean", "Mul", "Expand", "Concat"])),
     ("zoo_lstm", Expect::Channels(&["LSTM"])),
     ("zoo_gru", Expect::Channels(&["GRU"])),
     ("zoo_bilstm", Expect::Channels(&["LSTM", "Reshape", "Transpose"])),
@@ -120,8 +124,10 @@ fn opts(beta: f64, heads: bool) -> StructOptions {
     }
 }
 
+/// The blocked groups' reasons. A one-unit group (CBAM's one-channel attention map) is never cut
+/// whatever blocks it, so its reason does not count.
 fn blocked(r: &StructuralResult) -> Vec<String> {
-    r.groups.iter().filter_map(|g| g.blocked.as_ref().map(|b| format!("{}: {b}", g.id))).collect()
+    r.groups.iter().filter(|g| g.n > 1).filter_map(|g| g.blocked.as_ref().map(|b| format!("{}: {b}", g.id))).collect()
 }
 
 /// One (model, β) case: the table row, or what failed.

@@ -198,9 +198,13 @@ struct Group {
     /// MatMul that writes them reads a depthwise group, or one that reads them writes one, and
     /// they are no more than that depthwise group's.
     bottleneck: bool,
-    /// A LayerNormalization normalises over the units: a residual stream (a transformer's
-    /// d_model, ConvNeXt's stage width), not a narrow stem.
+    /// A LayerNormalization normalises over the units (the op, or spelled out: a Sub / Mul / Div
+    /// by their own statistic): a residual stream (a transformer's d_model, ConvNeXt's stage
+    /// width), not a narrow stem.
     normalised: bool,
+    /// A mean, max or min over the units reads them, outside any normalisation (CBAM's pooled
+    /// map): the pruned model takes it over the kept ones (stated in the report).
+    pooled: bool,
     /// Channels of the first source per unit class (a GroupNorm's C/G, whose channels go
     /// together; 1 when the classes differ): alignment and the narrow floor count channels.
     width: usize,
@@ -297,6 +301,7 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             depthwise: false,
             bottleneck: false,
             normalised: false,
+            pooled: false,
             width: 1,
         });
         // A group is aligned for its widest-tiled source (but see below for convolutions).
@@ -349,8 +354,9 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
         g.width = if w > 1 && per.values().all(|&k| k == w) { w } else { 1 };
     }
     // The groups a depthwise Conv carries (the analysis rewrites such a Conv's `group`
-    // attribute) and those a LayerNormalization normalises.
-    let (mut dw, mut normalised): (BTreeSet<usize>, BTreeSet<usize>) = Default::default();
+    // attribute), those a LayerNormalization normalises and those a pooled statistic reads.
+    let (mut dw, mut normalised, mut pooled): (BTreeSet<usize>, BTreeSet<usize>, BTreeSet<usize>) =
+        Default::default();
     for e in &an.edits {
         let (set, units) = match e {
             Edit::Count { target: IntTarget::AttrInt(ni, a), units, .. }
@@ -358,7 +364,8 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             {
                 (&mut dw, units)
             }
-            Edit::Norm { units, .. } | Edit::Mean { units, .. } => (&mut normalised, units),
+            Edit::Norm { units, .. } | Edit::Mask { units, .. } => (&mut normalised, units),
+            Edit::Mean { units, .. } | Edit::Extreme { units, .. } => (&mut pooled, units),
             _ => continue,
         };
         set.extend(units.iter().flatten().map(|u| an.group_of(*u)));
@@ -366,6 +373,7 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
     for g in &mut v {
         g.depthwise = dw.contains(&g.id);
         g.normalised = normalised.contains(&g.id);
+        g.pooled = !g.normalised && pooled.contains(&g.id);
     }
     if !dw.is_empty() {
         // One pass over the consumers (Conv / Gemm / MatMul reading tracked units): a node that

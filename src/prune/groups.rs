@@ -137,8 +137,8 @@ struct Analyzer<'c, 'a> {
     /// the input's name, its track, the channels per group and the InstanceNormalization's index
     /// (`groups/group_norm.rs`).
     group_norms: BTreeMap<usize, (String, Track, usize, usize)>,
-    /// Statistics of tracked units by name: the output of a ReduceMean over exactly the tracked
-    /// axis, keepdims ([`Edit::Mean`]), and what element-wise ops compute from it and scalar
+    /// Statistics of tracked units by name: the output of a ReduceMean, ReduceMax or ReduceMin
+    /// over exactly the tracked axis, keepdims ([`Edit::Mean`], [`Edit::Extreme`]), and what element-wise ops compute from it and scalar
     /// constants (`√(var + ε)`), with the units averaged and the axis and rank of the mean. Each
     /// has size 1 on that axis, so it broadcasts along the units.
     means: BTreeMap<String, (Units, usize, usize)>,

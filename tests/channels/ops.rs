@@ -220,6 +220,42 @@ fn expand_to_a_literal_shape_edits_its_channel_count() {
     assert_eq!(tensor::read_i64(weight(p, s)).unwrap(), vec![1, 4, 5, 5]);
 }
 
+/// CBAM's spatial gate: the channels' max and min per pixel (ReduceMax kept, ReduceMin dropping
+/// the axis then Unsqueeze), a conv to one map, the features times its sigmoid. The max and min
+/// are taken over the kept channels (the masked model fills removed ones with the type's lowest /
+/// highest value), and the one-channel map broadcasts along the pruned features (before, both
+/// blocked the group).
+#[test]
+fn channel_max_and_min_and_a_one_channel_map_prune() {
+    let m = mk_model(
+        vec![
+            nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+            nd("ReduceMax", "max", &["a"], &["mx"], vec![attr_ints("axes", &[1])]),
+            nd("ReduceMin", "min", &["a"], &["mn"], vec![attr_ints("axes", &[1]), attr_i("keepdims", 0)]),
+            nd("Unsqueeze", "un", &["mn", "ax"], &["mn1"], vec![]),
+            nd("Concat", "cat", &["mx", "mn1"], &["c"], vec![attr_i("axis", 1)]),
+            nd("Conv", "S", &["c", "ws"], &["s"], vec![attr_ints("pads", &[1, 1, 1, 1])]),
+            nd("Sigmoid", "att", &["s"], &["g"], vec![]),
+            nd("Mul", "gate", &["g", "a"], &["ga"], vec![]),
+            nd("Conv", "C", &["ga", "wc"], &["y"], vec![]),
+        ],
+        vec![
+            w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 1),
+            w("ws", &[1, 2, 3, 3], &ones(1), 2),
+            w("wc", &[2, 6, 1, 1], &ones(2), 3),
+            tensor::new_i64("ax", &[1], &[1]),
+        ],
+        &X4,
+        &["y"],
+    );
+    let o = prove_x(&m, &X4, &no_floor());
+    let p = &o.result.pruned;
+    assert_eq!(weight(p, "wa").dims[0], 4, "{}", summary(&o.result.groups));
+    assert_eq!(weight(p, "wc").dims[1], 4);
+    // The map's one channel is kept; the 2-channel concat of the statistics is untouched.
+    assert_eq!(weight(p, "ws").dims, vec![1, 2, 3, 3]);
+}
+
 #[test]
 fn depthwise_with_multiplier_and_single_channel_convs() {
     let x: [i64; 4] = [1, 1, 6, 6];

@@ -181,12 +181,18 @@ fn class_of(an: &Analysis, (ni, o): (usize, usize)) -> Option<Unit> {
 }
 
 /// In a dense-view analysis, the classes (roots) every consumer reads a constant from, at every
-/// position. Not those a normalisation reads (LayerNorm, RMSNorm, a mean over the units): it
+/// position. Not those a normalisation reads (LayerNorm, RMSNorm, a mean, max or min over the units): it
 /// leaves a removed position 0 whatever the input, and the others' statistics change with it.
 fn constant_classes(dense: &Analysis) -> BTreeSet<Unit> {
     let mut all_const: BTreeMap<Unit, bool> = BTreeMap::new();
     for e in &dense.edits {
-        let (Edit::Norm { units, .. } | Edit::Mean { units, .. } | Edit::Mask { units, .. }) = e else { continue };
+        let (Edit::Norm { units, .. }
+        | Edit::Mean { units, .. }
+        | Edit::Mask { units, .. }
+        | Edit::Extreme { units, .. }) = e
+        else {
+            continue;
+        };
         for u in units.iter().flatten() {
             all_const.insert(dense.find(*u), false);
         }

@@ -90,6 +90,14 @@ pub(super) fn report(
                 .to_string(),
         );
     }
+    if g.blocked.is_empty() && g.pooled && kept_idx.len() < n {
+        notes.push(
+            "a mean, max or min over the units (a pooled attention map) reads them: the pruned model takes \
+             it over the kept ones, so it changes (pruning error, measured by fidelity; the masked model \
+             takes it the same way)"
+                .to_string(),
+        );
+    }
     let hidden = g
         .sources
         .iter()

@@ -101,9 +101,25 @@ impl Analyzer<'_, '_> {
     pub(super) fn broadcast(&mut self, ni: usize, n: &NodeProto, f: rules::BinaryFn) {
         let ins: Vec<(usize, &str)> =
             n.input.iter().enumerate().filter(|(_, s)| !s.is_empty()).map(|(i, s)| (i, s.as_str())).collect();
-        let tracked: Vec<(usize, Track)> = ins.iter().filter_map(|(i, s)| self.track(s).map(|t| (*i, t))).collect();
+        let mut tracked: Vec<(usize, Track)> = ins.iter().filter_map(|(i, s)| self.track(s).map(|t| (*i, t))).collect();
         if tracked.is_empty() {
             return;
+        }
+        // A tracked input one channel wide beside a wider one broadcasts along its channels (CBAM's
+        // spatial attention map times the features): it is kept (one unit is never cut) and taken
+        // as any untracked activation that broadcasts.
+        let mut narrow: BTreeSet<usize> = BTreeSet::new();
+        if tracked.iter().any(|(_, t)| t.units.len() > 1) {
+            let wide_axis: Vec<usize> =
+                (tracked.iter()).filter(|(_, t)| t.units.len() > 1).map(|(_, t)| t.rank - t.axis).collect();
+            for (slot, t) in &tracked {
+                if t.units.len() == 1 && wide_axis.iter().all(|&k| k == t.rank - t.axis) {
+                    let r = format!("{} (one channel, broadcast along a wider tensor's)", barrier_reason(n));
+                    self.block(&t.units, &r);
+                    narrow.insert(*slot);
+                }
+            }
+            tracked.retain(|(slot, _)| !narrow.contains(slot));
         }
         let all_units: Vec<Option<Unit>> = tracked.iter().flat_map(|(_, t)| t.units.iter().copied()).collect();
         let ranks: Option<Vec<usize>> =
@@ -130,6 +146,10 @@ impl Analyzer<'_, '_> {
         // Per input, per position: the constant a removed unit sees.
         let mut per_input: Vec<Vals> = Vec::new();
         for (slot, s) in &ins {
+            if narrow.contains(slot) {
+                per_input.push(vec![Val::Varying; c].into());
+                continue;
+            }
             if let Some(t) = self.track(s) {
                 per_input.push(t.vals);
                 continue;

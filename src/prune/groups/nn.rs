@@ -528,6 +528,21 @@ impl Analyzer<'_, '_> {
             self.st.edits.push(Edit::Mean { node: ni, units: x.units.clone(), trailing });
             return;
         }
+        if axes.iter().all(|&a| a == x.axis)
+            && matches!(n.op_type.as_str(), "ReduceMax" | "ReduceMin")
+            && n.domain.is_empty()
+        {
+            // The largest (smallest) unit: over the kept ones once pruned (see [`Edit::Extreme`]).
+            // A statistic as a mean is: `x − max(x)` is masked.
+            if let Some(y) = n.output.first().filter(|y| !y.is_empty() && attr_i(n, "keepdims").unwrap_or(1) != 0) {
+                self.means.insert(y.clone(), (x.units.clone(), x.axis, x.rank));
+            }
+            let trailing = x.rank - 1 - x.axis;
+            self.touch(ni, &x.units);
+            let max = n.op_type == "ReduceMax";
+            self.st.edits.push(Edit::Extreme { node: ni, units: x.units.clone(), trailing, max });
+            return;
+        }
         if axes.contains(&x.axis) {
             self.block(&x.units, &format!("{} (reduces the channel axis)", barrier_reason(n)));
             return;

@@ -156,6 +156,10 @@ pub enum Edit {
     /// change of the statistic is pruning error, as for [`Edit::Norm`]. `trailing`: the number of
     /// axes after the tracked one.
     Mean { node: usize, units: Units, trailing: usize },
+    /// A ReduceMax (`max`) or ReduceMin over exactly the tracked axis (CBAM's channel max): the
+    /// pruned model takes it over the kept positions; the masked model too, its input's removed
+    /// positions replaced by the lowest (highest) finite value of the type.
+    Extreme { node: usize, units: Units, trailing: usize, max: bool },
     /// A Sub / Mul / Div normalising the tracked units by such a statistic of theirs (`x − mean`,
     /// `x · rsqrt(mean(x²) + ε)`): in the masked model its output is multiplied by the keep mask,
     /// so that removed positions hold 0 (the pruned model has none of them) instead of `−mean` or

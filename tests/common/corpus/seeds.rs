@@ -273,6 +273,33 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     g.node.push(node("Mul", "se", &["a", "e"], &["s"]));
     g.node.push(node("Conv", "c", &["s", "Wc"], &["y"]));
     v.push(("se_shapes", enc(&wrap(g))));
+    // CBAM's spatial gate: the channels' max (kept) and min (axis dropped, then Unsqueeze) per
+    // pixel, a conv to one map, its sigmoid broadcast along the features.
+    let mut g = GraphProto::new();
+    g.name = "cbam".into();
+    g.input.push(vi("x", 1, &[1, 2, 3, 3]));
+    g.output.push(vi("y", 1, &[1, 3, 3, 3]));
+    for (nm, dims, n) in [("Wa", vec![4, 2, 1, 1], 8), ("Ws", vec![1, 2, 1, 1], 2), ("Wc", vec![3, 4, 1, 1], 12)] {
+        g.initializer.push(f32_tensor(nm, &dims, &ramp(n)));
+    }
+    g.initializer.push(i64_vec("ax", &[1]));
+    g.node.push(node("Conv", "a", &["x", "Wa"], &["a"]));
+    let mut mx = node("ReduceMax", "max", &["a"], &["mx"]);
+    mx.attribute.push(attr_ints("axes", &[1]));
+    g.node.push(mx);
+    let mut mn = node("ReduceMin", "min", &["a"], &["mn"]);
+    mn.attribute.push(attr_ints("axes", &[1]));
+    mn.attribute.push(attr_i("keepdims", 0));
+    g.node.push(mn);
+    g.node.push(node("Unsqueeze", "un", &["mn", "ax"], &["mn1"]));
+    let mut cat = node("Concat", "cat", &["mx", "mn1"], &["st"]);
+    cat.attribute.push(attr_i("axis", 1));
+    g.node.push(cat);
+    g.node.push(node("Conv", "s", &["st", "Ws"], &["m"]));
+    g.node.push(node("Sigmoid", "att", &["m"], &["ga"]));
+    g.node.push(node("Mul", "gate", &["ga", "a"], &["gx"]));
+    g.node.push(node("Conv", "c", &["gx", "Wc"], &["y"]));
+    v.push(("cbam", enc(&wrap(g))));
     // A tensor with (unresolvable) external data: parse accepts it, pruning must refuse cleanly.
     let mut m = tiny_matmul(f32_tensor("We", &[4, 3], &ramp(12)), 4, 3);
     externalize(&mut m, &["We"], "w.bin");

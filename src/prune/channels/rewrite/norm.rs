@@ -10,8 +10,13 @@
 use super::*;
 
 /// The masked rewrite of one edit, if it is a normalisation ([`Edit::Norm`], [`Edit::Mean`],
-/// [`Edit::Mask`]) over units some of which are removed; other edits are left alone.
+/// [`Edit::Mask`]) or an extreme ([`Edit::Extreme`]) over units some of which are removed; other
+/// edits are left alone.
 pub(super) fn mask_normalisation(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work, e: &Edit) -> Result<()> {
+    if let Edit::Extreme { node, units, trailing, max } = e {
+        let keep: Vec<bool> = units.iter().map(|u| plan.keeps(an, *u)).collect();
+        return if keep.contains(&false) { mask_extreme(ctx, w, *node, &keep, *trailing, *max) } else { Ok(()) };
+    }
     let (node, units, trailing) = match e {
         Edit::Norm { node, units } => (*node, units, None),
         Edit::Mean { node, units, trailing } | Edit::Mask { node, units, trailing } => (*node, units, Some(*trailing)),
@@ -110,6 +115,46 @@ fn mask_mean(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool], trailing: usiz
     let sc = new_node(w, &label, "Mul", vec![red.output[0].clone(), c_scale], Some(y));
     w.remove_nodes.insert(node);
     w.insert_after.entry(node).or_default().extend([xm, red, sc]);
+    Ok(())
+}
+
+/// ReduceMax / ReduceMin over the pruned axis ([`Edit::Extreme`]): its input's removed positions
+/// become the lowest (highest) finite value of the type, `X · mask + (1 − mask) · lowest`, so the
+/// extreme is taken over the kept positions whatever the removed ones hold.
+fn mask_extreme(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool], trailing: usize, max: bool) -> Result<()> {
+    let n = &ctx.g.node[node];
+    let label = node_label(n);
+    let x = n.input.first().cloned().context("ReduceMax without input")?;
+    if !keep.contains(&true) {
+        bail!("internal: '{label}' keeps no position");
+    }
+    let dtype = float_type(ctx, &x);
+    let lowest = match dtype {
+        dt::DOUBLE => f64::MIN,
+        dt::FLOAT16 => -65504.0,
+        dt::BFLOAT16 => -3.3895313892515355e38,
+        _ => f64::from(f32::MIN),
+    };
+    let fill: Vec<f64> = keep
+        .iter()
+        .map(|&k| {
+            if k {
+                0.0
+            } else if max {
+                lowest
+            } else {
+                -lowest
+            }
+        })
+        .collect();
+    let c_mask = column(w, dtype, &label, "mask", &mask_of(keep), trailing)?;
+    let c_fill = column(w, dtype, &label, "fill", &fill, trailing)?;
+    let xm = new_node(w, &label, "Mul", vec![x, c_mask], None);
+    let xf = new_node(w, &label, "Add", vec![xm.output[0].clone(), c_fill], None);
+    let mut red = n.clone();
+    red.input[0] = xf.output[0].clone();
+    w.remove_nodes.insert(node);
+    w.insert_after.entry(node).or_default().extend([xm, xf, red]);
     Ok(())
 }
 
