@@ -8,7 +8,8 @@ biases are random so that compensation bugs cannot hide behind zeros.
 
 Writes models/zoo/*.onnx and models/zoo/manifest.json (input shape per model).
 Deterministic: fixed seeds, TorchScript exporter. Usage: python3 models/make_zoo.py
-(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm, zoo_unet_gn (with zoo_unet_gn_ts), zoo_se_view, zoo_cbam to an
+(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm, zoo_unet_gn (with zoo_unet_gn_ts), zoo_se_view, zoo_cbam,
+zoo_poolformer (with zoo_poolformer_op) to an
 existing zoo and its manifest).
 """
 import json
@@ -375,6 +376,57 @@ def group_norm(out, manifest, img):
     )
     onnx.save(onnx.load(path), path)
     manifest["zoo_groupnorm_dynamo"] = {"x": list(img.shape)}
+
+
+class PoolFormerNet(nn.Module):
+    """A small PoolFormer (MetaFormer): a patch-embedding conv, then blocks whose token mixer is
+    `pool(x) − x` and whose MLP is two 1 × 1 convs, each behind GroupNorm(1, C) (timm's
+    GroupNorm1, a LayerNorm over the channels and the spatial axes) on the residual stream; a
+    strided conv between two stages, a pooled head."""
+
+    def __init__(self):
+        super().__init__()
+
+        def block(c):
+            return nn.ModuleDict({
+                "n1": nn.GroupNorm(1, c), "pool": nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+                "n2": nn.GroupNorm(1, c), "fc1": nn.Conv2d(c, 2 * c, 1), "fc2": nn.Conv2d(2 * c, c, 1),
+            })
+
+        self.stem, self.s1 = nn.Conv2d(3, 32, 4, 4), block(32)
+        self.down, self.s2 = nn.Conv2d(32, 64, 3, 2, 1), block(64)
+        self.norm, self.fc = nn.GroupNorm(1, 64), nn.Linear(64, 10)
+
+    def run(self, b, x):
+        y = b["n1"](x)
+        x = x + b["pool"](y) - y
+        return x + b["fc2"](F.gelu(b["fc1"](b["n2"](x))))
+
+    def forward(self, x):
+        x = self.run(self.s2, self.down(self.run(self.s1, self.stem(x))))
+        return self.fc(self.norm(x).mean((2, 3)))
+
+
+def poolformer(out, manifest, img):
+    """PoolFormerNet from TorchScript (opset 17: GroupNorm(1, C) as Reshape [0, 1, -1] →
+    InstanceNormalization → Reshape to Shape(x) → Mul → Add) and from the dynamo exporter at
+    opset 21 (GroupNormalization, num_groups 1, scale and bias per channel)."""
+    torch.manual_seed(19)
+    m = PoolFormerNet().eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.GroupNorm):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+    _, shape = export(m, img, "zoo_poolformer", out=out)
+    manifest["zoo_poolformer"] = {"x": shape}
+    path = os.path.join(out, "zoo_poolformer_op.onnx")
+    torch.onnx.export(
+        m, (img,), path, dynamo=True, opset_version=21, input_names=["x"], output_names=["y"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False,
+    )
+    onnx.save(onnx.load(path), path)
+    manifest["zoo_poolformer_op"] = {"x": list(img.shape)}
 
 
 class UNetGN(nn.Module):
@@ -797,6 +849,7 @@ def main():
         "zoo_groupnorm": lambda m: (torch.manual_seed(0), group_norm(OUT, m, torch.randn(2, 3, 32, 32))),
         "zoo_unet_gn": lambda m: (torch.manual_seed(0), unet_gn(OUT, m, torch.randn(2, 3, 32, 32))),
         "zoo_se_view": lambda m: (torch.manual_seed(0), add(OUT, m, "zoo_se_view", SENet, torch.randn(2, 3, 32, 32), 17)),
+        "zoo_poolformer": lambda m: (torch.manual_seed(0), poolformer(OUT, m, torch.randn(2, 3, 32, 32))),
         "zoo_cbam": lambda m: (torch.manual_seed(0), add(OUT, m, "zoo_cbam", CBAMNet, torch.randn(2, 3, 32, 32), 18)),
         "zoo_ms_bert": lambda m: m.update(
             zoo_ms_bert={"x": ms_bert(os.path.join(OUT, "zoo_ms_bert.onnx")), "dtype": "int64", "high": 50}
@@ -823,6 +876,7 @@ def main():
     unet_gn(OUT, manifest, img)
     add(OUT, manifest, "zoo_se_view", SENet, img, 17)
     add(OUT, manifest, "zoo_cbam", CBAMNet, img, 18)
+    poolformer(OUT, manifest, img)
     add(OUT, manifest, "zoo_lstm", lambda: RNNNet(nn.LSTM), torch.randn(2, 8, 12), 3)
     add(OUT, manifest, "zoo_gru", lambda: RNNNet(nn.GRU), torch.randn(2, 8, 12), 4)
     # Bidirectional: Y [S, 2, B, H] → Transpose → Reshape [S, B, 2·H] (directions merged).

@@ -398,3 +398,34 @@ fn instance_norm_keeps_live_units_live_beside_a_dead_one() {
     assert!(g.notes.iter().any(|n| n.contains("1 removed unit(s) are dead")), "{g:?}");
     assert!(g.kept >= 4, "{g:?}");
 }
+
+/// GroupNorm with one group (PoolFormer's GroupNorm(1, C): a LayerNorm over the channels and the
+/// spatial axes), as the opset-21 op and spelled out by TorchScript: single channels go, the same
+/// ones in both spellings, proven (the masked model normalises over the kept channels), and
+/// `num_groups` stays 1. A spelled-out form whose first Reshape merges a literal `C·H·W` (which
+/// would change with the cut) keeps its stream whole, saying why.
+#[test]
+fn group_norm_with_one_group_removes_single_channels() {
+    let opts = StructOptions { beta: 0.7, floor: Floor::OFF, round_to: RoundTo::Multiple(1), ..Default::default() };
+    let op = prune_and_prove(&load(&root().join("models/zoo/zoo_poolformer_op.onnx")), &opts, &[], &zoo_x());
+    let spelled = prune_and_prove(&load(&root().join("models/zoo/zoo_poolformer.onnx")), &opts, &[], &zoo_x());
+    let counts = |r: &StructuralResult| r.groups.iter().map(|g| (g.kept, g.n, g.blocked.is_some())).collect::<Vec<_>>();
+    // the two streams (32 and 64 single channels) and the MLPs' hidden channels, the classifier
+    let c = counts(&op.result);
+    assert_eq!((c[0].1, c[2].1), (32, 64), "{c:?}");
+    assert!(c[0].0 < 32 && c[2].0 < 64 && !c[0].2 && !c[2].2, "{c:?}");
+    assert_eq!(c, counts(&spelled.result));
+    let g = op.result.pruned.graph.as_ref().unwrap();
+    let gn: Vec<i64> =
+        g.node.iter().filter(|n| n.op_type == "GroupNormalization").map(|n| ints_attr(n, "num_groups")).collect();
+    assert_eq!(gn, vec![1; 5]);
+
+    let mut m = load(&root().join("models/zoo/zoo_poolformer.onnx"));
+    let g = m.graph.as_mut().unwrap();
+    let k = g.node.iter().position(|n| n.name == "/n1/Constant").unwrap();
+    g.node[k].attribute[0].t = Some(tensor::new_i64("", &[3], &[0, 1, 32 * 8 * 8])).into();
+    let r = prune_channels(&m, &opts).unwrap();
+    let stream = r.groups.iter().find(|g| g.id == "/stem/Conv").unwrap();
+    let why = stream.blocked.as_deref().unwrap_or_default();
+    assert!(why.contains("one group, and the target's last entry is not -1"), "{stream:?}");
+}

@@ -52,6 +52,10 @@ const ZOO: &[(&str, Expect)] = &[
     // a one-channel map times the features): both conv streams prune (before, ReduceMax and the
     // map's broadcast blocked them).
     ("zoo_cbam", Expect::Channels(&["ReduceMax", "ReduceMean", "Mul", "Expand", "Concat"])),
+    // PoolFormer: GroupNorm(1, C) on the residual stream, spelled out by TorchScript and as the
+    // opset-21 op; single channels go (the streams are checked below).
+    ("zoo_poolformer", Expect::Channels(&["Reshape", "InstanceNormalization", "Shape", "AveragePool"])),
+    ("zoo_poolformer_op", Expect::Channels(&["GroupNormalization", "AveragePool"])),
     ("zoo_lstm", Expect::Channels(&["LSTM"])),
     ("zoo_gru", Expect::Channels(&["GRU"])),
     ("zoo_bilstm", Expect::Channels(&["LSTM", "Reshape", "Transpose"])),
@@ -199,8 +203,9 @@ fn zoo_prunes_validly_at_beta_1_and_forced_cut() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
-/// The transformers' residual streams (d_model under LayerNormalization, RMSNorm, or either spelled
-/// out in primitive ops) are one group each, not blocked, and lose units at the forced cut (the
+/// The residual streams (a transformer's d_model under LayerNormalization, RMSNorm, or either
+/// spelled out in primitive ops; a UNet's under GroupNorm; PoolFormer's under GroupNorm(1, C))
+/// are one group each, not blocked, and lose units at the forced cut (the
 /// proofs are in the test above): every normalisation of the stream is a member.
 #[test]
 fn transformer_residual_streams_prune() {
@@ -217,6 +222,11 @@ fn transformer_residual_streams_prune() {
         // out-projection (a Gemm writing it back through the residual Add)
         ("zoo_unet_gn", "node_conv2d_3", "group_norm", 2),
         ("zoo_unet_gn_ts", "/d2/d2.3/Conv", "InstanceNormalization", 2),
+        // PoolFormer's streams under GroupNorm(1, C): each stage's two, and the last norm.
+        ("zoo_poolformer", "/stem/Conv", "InstanceNormalization", 2),
+        ("zoo_poolformer", "/down/Conv", "InstanceNormalization", 3),
+        ("zoo_poolformer_op", "node_conv2d", "group_norm", 2),
+        ("zoo_poolformer_op", "node_conv2d_3", "group_norm", 3),
     ] {
         let dense = load(&root().join(format!("models/zoo/{name}.onnx")));
         let r = onnx_emp::prune::channels::prune_channels(&dense, &opts(0.7, false)).unwrap();

@@ -355,8 +355,7 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
     }
     // The groups a depthwise Conv carries (the analysis rewrites such a Conv's `group`
     // attribute), those a LayerNormalization normalises and those a pooled statistic reads.
-    let (mut dw, mut normalised, mut pooled): (BTreeSet<usize>, BTreeSet<usize>, BTreeSet<usize>) =
-        Default::default();
+    let (mut dw, mut normalised, mut pooled): (BTreeSet<usize>, BTreeSet<usize>, BTreeSet<usize>) = Default::default();
     for e in &an.edits {
         let (set, units) = match e {
             Edit::Count { target: IntTarget::AttrInt(ni, a), units, .. }
@@ -364,7 +363,9 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             {
                 (&mut dw, units)
             }
-            Edit::Norm { units, .. } | Edit::Mask { units, .. } => (&mut normalised, units),
+            Edit::Norm { units, .. } | Edit::Mask { units, .. } | Edit::SpanNorm { units, .. } => {
+                (&mut normalised, units)
+            }
             Edit::Mean { units, .. } | Edit::Extreme { units, .. } => (&mut pooled, units),
             _ => continue,
         };

@@ -189,7 +189,8 @@ fn constant_classes(dense: &Analysis) -> BTreeSet<Unit> {
         let (Edit::Norm { units, .. }
         | Edit::Mean { units, .. }
         | Edit::Mask { units, .. }
-        | Edit::Extreme { units, .. }) = e
+        | Edit::Extreme { units, .. }
+        | Edit::SpanNorm { units, .. }) = e
         else {
             continue;
         };

@@ -574,7 +574,11 @@ fn apply_edits(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work) -> Result<()
                 select(ctx, an, plan, w, *node, *axis, units, idx, *slice)?
             }
             // The pruned normalisations have their parameters sliced and average the kept units.
-            Edit::Norm { .. } | Edit::Mean { .. } | Edit::Mask { .. } | Edit::Extreme { .. } => {}
+            Edit::Norm { .. }
+            | Edit::Mean { .. }
+            | Edit::Mask { .. }
+            | Edit::Extreme { .. }
+            | Edit::SpanNorm { .. } => {}
             Edit::Freeze { node, slot, value, int32, units } => {
                 if kept_count(an, plan, units) != units.len() as i64 {
                     feed_constant(w, *node, *slot, *value, *int32)?;

@@ -10,6 +10,12 @@
 //! group stay C/G, so a literal `C/G·H·W` in the first Reshape's target needs no edit; the Reshape
 //! back's channel count adapts when it is read from `Shape(x)` and is edited when literal.
 //!
+//! With **one group** (`GroupNorm(1, C)`, a LayerNorm over the channels and the spatial axes:
+//! PoolFormer, ConvNeXt ports) single channels go: the statistics are taken over the kept ones
+//! in the pruned model, and the masked model is given the same normalisation ([`Edit::SpanNorm`];
+//! what the removed channels contributed is pruning error, as for a LayerNorm). The spelled-out
+//! form must then reshape to `[N, 1, -1]`: a literal `C·H·W` would change with the cut.
+//!
 //! A removed group whose channels all emit constants (the masked model's zeros, a dead unit's
 //! bias) emits per channel `scale·(c_i − m)/√(v + ε) + bias` (m, v: the mean and variance of the
 //! group's constants), which the consumers fold as any other constant.
@@ -30,6 +36,10 @@ impl Analyzer<'_, '_> {
             self.block(&x.units, &format!("{} (num_groups {g} does not divide {c} channels)", barrier_reason(n)));
             return;
         };
+        if g == 1 && c > 1 {
+            self.group_norm_one(ni, n, x);
+            return;
+        }
         let first = self.join_groups(n, &x, k);
         // Per channel (opset 21), or per group (opset 18; the same when every group is one channel).
         let mut params = Vec::new();
@@ -59,6 +69,37 @@ impl Analyzer<'_, '_> {
         let eps = attr_f(n, "epsilon").unwrap_or(1e-5) as f64;
         let vals = group_vals(&x.vals, k, &params[0], &params[1], eps);
         self.pass(ni, n, &x, vals);
+    }
+
+    /// `GroupNormalization` with one group: its scale and bias, per channel (sliced) or one
+    /// value (opset 18's per-group form), and [`Edit::SpanNorm`].
+    fn group_norm_one(&mut self, ni: usize, n: &NodeProto, x: Track) {
+        let c = x.units.len();
+        if x.rank < 3 {
+            self.block(&x.units, &format!("{} (one group and no spatial axis)", barrier_reason(n)));
+            return;
+        }
+        let mut per_channel = Vec::new();
+        for slot in [1, 2] {
+            let vals = inp(n, slot).filter(|p| self.const_float(p, &[c]) || self.const_float(p, &[1]));
+            let Some((name, vals)) = vals.and_then(|p| Some((p, self.ctx.const_vals(p)?))) else {
+                let r = format!("{} (scale and bias are not constant float [C] or [1] vectors)", barrier_reason(n));
+                self.block(&x.units, &r);
+                return;
+            };
+            if vals.len() == c {
+                self.slice(name, 0, &x.units, (ni, slot), Role::Param);
+                per_channel.push(vals);
+            } else {
+                per_channel.push(vec![vals[0]; c]);
+            }
+        }
+        let eps = attr_f(n, "epsilon").unwrap_or(1e-5) as f64;
+        let (bias, scale) = (per_channel.pop().unwrap_or_default(), per_channel.pop().unwrap_or_default());
+        let units = x.units.clone();
+        self.st.edits.push(Edit::SpanNorm { nodes: vec![ni], units, trailing: x.rank - 2, scale, bias, eps });
+        // In the masked model a removed channel leaves the normalisation as 0.
+        self.pass(ni, n, &x, vec![Val::Const(0.0); c].into());
     }
 
     /// Join the `k` channels of each group into one unit; returns the first channel's unit of
@@ -116,6 +157,23 @@ impl Analyzer<'_, '_> {
             return;
         }
         let k = c / g;
+        if g == 1 && c > 1 {
+            // One group: single channels go, so the merged tail changes with the cut.
+            if !matches!(t[2], Sym::Lit(-1, _)) {
+                self.block(&x.units, &out_of("one group, and the target's last entry is not -1"));
+                return;
+            }
+            // The [N, 1, ·] tensor carries no unit; the Reshape back takes the channels again.
+            self.touch(ni, &x.units);
+            self.touch(inorm, &x.units);
+            self.emit(
+                ni,
+                &n.output[0],
+                Track { axis: 1, rank: 3, units: vec![None].into(), vals: vec![Val::Varying].into() },
+            );
+            self.group_norms.insert(back, (me, x, k, inorm));
+            return;
+        }
         let first = self.join_groups(n, &x, k);
         if !self.count_edit(&x, n, at, first.clone()) {
             return;
@@ -166,6 +224,26 @@ impl Analyzer<'_, '_> {
         // The InstanceNormalization's per-group scale and bias (sliced by its own rule).
         let node = &self.ctx.g.node[inorm];
         let p = |slot| inp(node, slot).and_then(|s| self.ctx.const_vals(s)).filter(|v| v.len() == c / k);
+        if k == c && c > 1 {
+            // One group: the masked model normalises over the kept channels.
+            let split = node.input.first().and_then(|i| self.ctx.ix.producer.get(i.as_str()).copied());
+            let (Some(s), Some(b), Some(split)) = (p(1), p(2), split) else {
+                self.block(&x.units, &out_of("one group, and its scale and bias are not constants"));
+                return;
+            };
+            let eps = attr_f(node, "epsilon").unwrap_or(1e-5) as f64;
+            let (scale, bias) = (vec![s[0]; c], vec![b[0]; c]);
+            let nodes = vec![split, inorm, ni];
+            let units = x.units.clone();
+            self.st.edits.push(Edit::SpanNorm { nodes, units, trailing: x.rank - 2, scale, bias, eps });
+            self.touch(ni, &y.units);
+            self.emit(
+                ni,
+                &n.output[0],
+                Track { axis: 1, rank: x.rank, units: x.units, vals: vec![Val::Const(0.0); c].into() },
+            );
+            return;
+        }
         let vals = match (p(1), p(2)) {
             (Some(s), Some(b)) => {
                 let per_channel = |v: &[f64]| (0..c).map(|i| v[i / k]).collect::<Vec<f64>>();

@@ -9,13 +9,18 @@
 
 use super::*;
 
-/// The masked rewrite of one edit, if it is a normalisation ([`Edit::Norm`], [`Edit::Mean`],
-/// [`Edit::Mask`]) or an extreme ([`Edit::Extreme`]) over units some of which are removed; other
+/// The masked rewrite of one edit, if it is a normalisation ([`Edit::Norm`], [`Edit::SpanNorm`],
+/// [`Edit::Mean`], [`Edit::Mask`]) or an extreme ([`Edit::Extreme`]) over units some of which are removed; other
 /// edits are left alone.
 pub(super) fn mask_normalisation(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work, e: &Edit) -> Result<()> {
     if let Edit::Extreme { node, units, trailing, max } = e {
         let keep: Vec<bool> = units.iter().map(|u| plan.keeps(an, *u)).collect();
         return if keep.contains(&false) { mask_extreme(ctx, w, *node, &keep, *trailing, *max) } else { Ok(()) };
+    }
+    if let Edit::SpanNorm { nodes, units, trailing, scale, bias, eps } = e {
+        let keep: Vec<bool> = units.iter().map(|u| plan.keeps(an, *u)).collect();
+        let span = Span { nodes, trailing: *trailing, scale, bias, eps: *eps };
+        return if keep.contains(&false) { mask_span_norm(ctx, w, &span, &keep) } else { Ok(()) };
     }
     let (node, units, trailing) = match e {
         Edit::Norm { node, units } => (*node, units, None),
@@ -155,6 +160,68 @@ fn mask_extreme(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool], trailing: u
     red.input[0] = xf.output[0].clone();
     w.remove_nodes.insert(node);
     w.insert_after.entry(node).or_default().extend([xm, xf, red]);
+    Ok(())
+}
+
+/// An [`Edit::SpanNorm`]'s fields.
+struct Span<'a> {
+    nodes: &'a [usize],
+    trailing: usize,
+    scale: &'a [f64],
+    bias: &'a [f64],
+    eps: f64,
+}
+
+/// The masked model's GroupNorm with one group ([`Edit::SpanNorm`]): the same normalisation over
+/// the kept channels and the spatial axes, in place of its nodes, with opset-independent ops:
+/// `mean = Conv(GlobalAveragePool(X·mask), w)` (w: the [1, C, 1, …] weights mask / kept, so the
+/// mean of the kept channels' spatial means), `c = (X − mean)·mask`, `var` the same of `c·c`,
+/// `Y = c / √(var + ε) · scale + bias·mask` per channel; removed positions of Y are exactly 0.
+fn mask_span_norm(ctx: &Ctx, w: &mut Work, span: &Span, keep: &[bool]) -> Result<()> {
+    let (Some(&first), Some(&last)) = (span.nodes.first(), span.nodes.last()) else {
+        bail!("internal: a normalisation without nodes");
+    };
+    let label = node_label(&ctx.g.node[last]);
+    let x = ctx.g.node[first].input.first().cloned().context("GroupNorm without input")?;
+    let y = ctx.g.node[last].output.first().cloned().context("GroupNorm without output")?;
+    let kept = keep.iter().filter(|&&k| k).count();
+    if kept == 0 || span.trailing == 0 {
+        bail!("internal: GroupNorm '{label}' keeps no channel or has no spatial axis");
+    }
+    let dtype = float_type(ctx, &x);
+    let mask = mask_of(keep);
+    let c_mask = column(w, dtype, &label, "mask", &mask, span.trailing)?;
+    let c_scale = column(w, dtype, &label, "scale", span.scale, span.trailing)?;
+    let masked_bias: Vec<f64> = span.bias.iter().zip(&mask).map(|(b, m)| b * m).collect();
+    let c_bias = column(w, dtype, &label, "masked_bias", &masked_bias, span.trailing)?;
+    let c_eps = column(w, dtype, &label, "epsilon", &[span.eps], 0)?;
+    let c_w = w.fresh(&format!("{label}_mean_weights"));
+    let mut dims = vec![1, keep.len() as i64];
+    dims.extend(std::iter::repeat_n(1, span.trailing));
+    let weights: Vec<f64> = mask.iter().map(|m| m / kept as f64).collect();
+    w.add_initializer(new_float(dtype, &c_w, &dims, &weights)?);
+    let mut nodes = vec![];
+    let mut op = |w: &mut Work, op: &str, inputs: Vec<String>, out: Option<String>| -> String {
+        let p = new_node(w, &label, op, inputs, out);
+        let o = p.output[0].clone();
+        nodes.push(p);
+        o
+    };
+    let xm = op(w, "Mul", vec![x.clone(), c_mask.clone()], None);
+    let pooled = op(w, "GlobalAveragePool", vec![xm], None);
+    let mean = op(w, "Conv", vec![pooled, c_w.clone()], None);
+    let diff = op(w, "Sub", vec![x, mean], None);
+    let cen = op(w, "Mul", vec![diff, c_mask], None);
+    let sq = op(w, "Mul", vec![cen.clone(), cen.clone()], None);
+    let pooled = op(w, "GlobalAveragePool", vec![sq], None);
+    let var = op(w, "Conv", vec![pooled, c_w], None);
+    let ve = op(w, "Add", vec![var, c_eps], None);
+    let sd = op(w, "Sqrt", vec![ve], None);
+    let nrm = op(w, "Div", vec![cen, sd], None);
+    let sc = op(w, "Mul", vec![nrm, c_scale], None);
+    op(w, "Add", vec![sc, c_bias], Some(y));
+    w.remove_nodes.extend(span.nodes.iter().copied());
+    w.insert_after.entry(last).or_default().extend(nodes);
     Ok(())
 }
 
