@@ -8,7 +8,7 @@ biases are random so that compensation bugs cannot hide behind zeros.
 
 Writes models/zoo/*.onnx and models/zoo/manifest.json (input shape per model).
 Deterministic: fixed seeds, TorchScript exporter. Usage: python3 models/make_zoo.py
-(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm, zoo_unet_gn (with zoo_unet_gn_ts), zoo_se_view, zoo_cbam,
+(`--only NAME` adds one of zoo_vit, zoo_vit_fixed, zoo_norm_decomposed, zoo_rmsnorm_ops, zoo_groupnorm, zoo_unet_gn (with zoo_unet_gn_ts), zoo_se_view, zoo_cbam, zoo_coordatt,
 zoo_poolformer (with zoo_poolformer_op) to an
 existing zoo and its manifest).
 """
@@ -376,6 +376,42 @@ def group_norm(out, manifest, img):
     )
     onnx.save(onnx.load(path), path)
     manifest["zoo_groupnorm_dynamo"] = {"x": list(img.shape)}
+
+
+class CoordAtt(nn.Module):
+    """Coordinate attention (Hou et al., 2021) as its reference code writes it, with the
+    poolings as means: the rows and columns pooled, concatenated along the spatial axis, one
+    1 × 1 conv + BN + HardSwish, split back at `h` (read off Shape), a gate per direction."""
+
+    def __init__(self, c, r=8):
+        super().__init__()
+        m = max(8, c // r)
+        self.conv, self.bn = nn.Conv2d(c, m, 1), nn.BatchNorm2d(m)
+        self.conv_h, self.conv_w = nn.Conv2d(m, c, 1), nn.Conv2d(m, c, 1)
+
+    def forward(self, x):
+        _, _, h, w = x.size()
+        xh, xw = x.mean(3, keepdim=True), x.mean(2, keepdim=True).permute(0, 1, 3, 2)
+        y = F.hardswish(self.bn(self.conv(torch.cat([xh, xw], dim=2))))
+        yh, yw = torch.split(y, [h, w], dim=2)
+        return x * torch.sigmoid(self.conv_h(yh)) * torch.sigmoid(self.conv_w(yw.permute(0, 1, 3, 2)))
+
+
+class CoordNet(nn.Module):
+    """Two conv + BN + ReLU stages with coordinate attention each, a residual stage, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1, self.a1 = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), CoordAtt(32)
+        self.c2, self.b2, self.a2 = nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), CoordAtt(64)
+        self.c3, self.b3 = nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.a1(F.relu(self.b1(self.c1(x))))
+        x = self.a2(F.relu(self.b2(self.c2(x))))
+        x = F.relu(x + self.b3(self.c3(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 class PoolFormerNet(nn.Module):
@@ -850,6 +886,7 @@ def main():
         "zoo_unet_gn": lambda m: (torch.manual_seed(0), unet_gn(OUT, m, torch.randn(2, 3, 32, 32))),
         "zoo_se_view": lambda m: (torch.manual_seed(0), add(OUT, m, "zoo_se_view", SENet, torch.randn(2, 3, 32, 32), 17)),
         "zoo_poolformer": lambda m: (torch.manual_seed(0), poolformer(OUT, m, torch.randn(2, 3, 32, 32))),
+        "zoo_coordatt": lambda m: (torch.manual_seed(0), add(OUT, m, "zoo_coordatt", CoordNet, torch.randn(2, 3, 32, 32), 20)),
         "zoo_cbam": lambda m: (torch.manual_seed(0), add(OUT, m, "zoo_cbam", CBAMNet, torch.randn(2, 3, 32, 32), 18)),
         "zoo_ms_bert": lambda m: m.update(
             zoo_ms_bert={"x": ms_bert(os.path.join(OUT, "zoo_ms_bert.onnx")), "dtype": "int64", "high": 50}
@@ -876,6 +913,7 @@ def main():
     unet_gn(OUT, manifest, img)
     add(OUT, manifest, "zoo_se_view", SENet, img, 17)
     add(OUT, manifest, "zoo_cbam", CBAMNet, img, 18)
+    add(OUT, manifest, "zoo_coordatt", CoordNet, img, 20)
     poolformer(OUT, manifest, img)
     add(OUT, manifest, "zoo_lstm", lambda: RNNNet(nn.LSTM), torch.randn(2, 8, 12), 3)
     add(OUT, manifest, "zoo_gru", lambda: RNNNet(nn.GRU), torch.randn(2, 8, 12), 4)

@@ -52,6 +52,9 @@ const ZOO: &[(&str, Expect)] = &[
     // a one-channel map times the features): both conv streams prune (before, ReduceMax and the
     // map's broadcast blocked them).
     ("zoo_cbam", Expect::Channels(&["ReduceMax", "ReduceMean", "Mul", "Expand", "Concat"])),
+    // Coordinate attention: the pooled rows and columns split back at `h` read off Shape (a
+    // Slice of the spatial axis with computed bounds blocked its hidden channels before).
+    ("zoo_coordatt", Expect::Channels(&["Slice", "Split", "Concat", "Transpose", "Mul"])),
     // PoolFormer: GroupNorm(1, C) on the residual stream, spelled out by TorchScript and as the
     // opset-21 op; single channels go (the streams are checked below).
     ("zoo_poolformer", Expect::Channels(&["Reshape", "InstanceNormalization", "Shape", "AveragePool"])),

@@ -256,6 +256,39 @@ fn channel_max_and_min_and_a_one_channel_map_prune() {
     assert_eq!(weight(p, "ws").dims, vec![1, 2, 3, 3]);
 }
 
+/// A Slice of another axis whose bounds are computed (CoordAttention splits its pooled rows and
+/// columns at `h`, read off Shape): the channels pass whole. A bound read off the channel count
+/// keeps that group whole instead (the slice would change with the cut).
+#[test]
+fn a_slice_of_another_axis_with_computed_bounds_passes_the_channels() {
+    let mk = |dim: i64| {
+        mk_model(
+            vec![
+                nd("Conv", "A", &["x", "wa"], &["a"], vec![]),
+                nd("Shape", "shape", &["a"], &["sh"], vec![]),
+                nd("Gather", "dim", &["sh", "which"], &["h"], vec![attr_i("axis", 0)]),
+                nd("Unsqueeze", "un", &["h", "zero"], &["h1"], vec![]),
+                nd("Slice", "rows", &["a", "zero", "h1", "two"], &["s"], vec![]),
+                nd("Conv", "C", &["s", "wc"], &["y"], vec![]),
+            ],
+            vec![
+                w("wa", &[6, 3, 1, 1], &[1., 0.01, 1., 1., 0.01, 1.], 1),
+                w("wc", &[2, 6, 1, 1], &ones(2), 2),
+                tensor::new_i64("which", &[], &[dim]),
+                tensor::new_i64("zero", &[1], &[0]),
+                tensor::new_i64("two", &[1], &[2]),
+            ],
+            &X4,
+            &["y"],
+        )
+    };
+    let o = prove_x(&mk(2), &X4, &no_floor());
+    assert_eq!(weight(&o.result.pruned, "wa").dims[0], 4, "{}", summary(&o.result.groups));
+    let r = prune_channels(&mk(1), &no_floor()).unwrap();
+    let a = group(&r, "A");
+    assert!(a.blocked.as_deref().is_some_and(|b| b.contains("computed from the channel count")), "{a:?}");
+}
+
 #[test]
 fn depthwise_with_multiplier_and_single_channel_convs() {
     let x: [i64; 4] = [1, 1, 6, 6];

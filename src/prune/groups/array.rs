@@ -233,6 +233,25 @@ impl Analyzer<'_, '_> {
         let (Some(Some(starts)), Some(Some(ends)), Some(axes), Some(steps)) =
             (get(1, "starts"), get(2, "ends"), get(3, "axes"), get(4, "steps"))
         else {
+            // Computed bounds on other axes only (constant axes without the channel axis:
+            // CoordAttention's split of the pooled rows and columns, `[h, w]` read off Shape):
+            // the channels pass whole. A bound that reads a channel count keeps that count's
+            // group whole, as any other reader of it does.
+            let other_axes = (!from_attrs)
+                .then(|| get(3, "axes").flatten())
+                .flatten()
+                .map(|a| a.iter().map(|&a| norm_axis(a, x.rank)).collect::<Option<Vec<_>>>())
+                .is_some_and(|a| a.is_some_and(|a| !a.is_empty() && !a.contains(&x.axis)));
+            if other_axes && get(4, "steps").is_some() {
+                let r = format!("{} (its bounds read the channel count)", barrier_reason(n));
+                for slot in [1, 2] {
+                    if let Some(v) = inp(n, slot).and_then(|i| self.shape_vecs.get(i)).cloned() {
+                        self.block_channel_dims(&v, &r);
+                    }
+                }
+                self.emit(ni, &n.output[0], x);
+                return;
+            }
             let r = format!("{} (bounds are not constant)", barrier_reason(n));
             self.block(&x.units, &r);
             for slot in 1..n.input.len() {

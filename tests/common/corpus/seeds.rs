@@ -246,6 +246,32 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut m = wrap(g);
     m.opset_import[0].version = 21;
     v.push(("group_norm", enc(&m)));
+    // GroupNorm with one group both ways (PoolFormer's GroupNorm(1, C)): Reshape [0, 1, -1] →
+    // InstanceNormalization → Reshape to Shape(a), then opset 21's GroupNormalization.
+    let mut g = GraphProto::new();
+    g.name = "group_norm_one".into();
+    g.input.push(vi("x", 1, &[1, 2, 3, 3]));
+    g.output.push(vi("y", 1, &[1, 3, 3, 3]));
+    for (nm, dims, n) in [("Wa", [4, 2, 1, 1], 8), ("Wb", [4, 4, 1, 1], 16), ("Wc", [3, 4, 1, 1], 12)] {
+        g.initializer.push(f32_tensor(nm, &dims, &ramp(n)));
+    }
+    g.initializer.push(i64_vec("t3", &[0, 1, -1]));
+    for (nm, n, val) in [("s1", 1, 1.0f32), ("b1", 1, 0.1), ("s4", 4, 0.5), ("b4", 4, -0.2)] {
+        g.initializer.push(f32_tensor(nm, &[n], &vec![val; n as usize]));
+    }
+    g.node.push(node("Conv", "a", &["x", "Wa"], &["a"]));
+    g.node.push(node("Reshape", "split", &["a", "t3"], &["r"]));
+    g.node.push(node("InstanceNormalization", "in", &["r", "s1", "b1"], &["n"]));
+    g.node.push(node("Shape", "shape", &["a"], &["sh"]));
+    g.node.push(node("Reshape", "back", &["n", "sh"], &["gn"]));
+    g.node.push(node("Conv", "b", &["gn", "Wb"], &["b"]));
+    let mut gn = node("GroupNormalization", "gn_op", &["b", "s4", "b4"], &["g"]);
+    gn.attribute.push(attr_i("num_groups", 1));
+    g.node.push(gn);
+    g.node.push(node("Conv", "c", &["g", "Wc"], &["y"]));
+    let mut m = wrap(g);
+    m.opset_import[0].version = 21;
+    v.push(("group_norm_one", enc(&m)));
     // Squeeze-and-excitation with every shape read off Shape(a), as TorchScript writes SENet's:
     // Reshape to a's [b, c], a MatMul, Reshape to [b, c, 1, 1], Expand to Shape(a), Mul.
     let mut g = GraphProto::new();
