@@ -173,7 +173,7 @@ struct Span<'a> {
 }
 
 /// The masked model's GroupNorm with one group ([`Edit::SpanNorm`]): the same normalisation over
-/// the kept channels and the spatial axes, in place of its nodes, with opset-independent ops:
+/// the kept channels and the spatial axes, in place of its (last) node, with opset-independent ops:
 /// `mean = Conv(GlobalAveragePool(X·mask), w)` (w: the [1, C, 1, …] weights mask / kept, so the
 /// mean of the kept channels' spatial means), `c = (X − mean)·mask`, `var` the same of `c·c`,
 /// `Y = c / √(var + ε) · scale + bias·mask` per channel; removed positions of Y are exactly 0.
@@ -220,7 +220,9 @@ fn mask_span_norm(ctx: &Ctx, w: &mut Work, span: &Span, keep: &[bool]) -> Result
     let nrm = op(w, "Div", vec![cen, sd], None);
     let sc = op(w, "Mul", vec![nrm, c_scale], None);
     op(w, "Add", vec![sc, c_bias], Some(y));
-    w.remove_nodes.extend(span.nodes.iter().copied());
+    // Only the last node goes: the spelled-out form's Reshape and InstanceNormalization stay,
+    // unread, so that the masked model still produces every value the input does.
+    w.remove_nodes.insert(last);
     w.insert_after.entry(last).or_default().extend(nodes);
     Ok(())
 }
