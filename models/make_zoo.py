@@ -397,21 +397,9 @@ class CoordAtt(nn.Module):
         return x * torch.sigmoid(self.conv_h(yh)) * torch.sigmoid(self.conv_w(yw.permute(0, 1, 3, 2)))
 
 
-class CoordNet(nn.Module):
+def CoordNet():
     """Two conv + BN + ReLU stages with coordinate attention each, a residual stage, a linear head."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1, self.b1, self.a1 = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), CoordAtt(32)
-        self.c2, self.b2, self.a2 = nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), CoordAtt(64)
-        self.c3, self.b3 = nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64)
-        self.fc = nn.Linear(64, 10)
-
-    def forward(self, x):
-        x = self.a1(F.relu(self.b1(self.c1(x))))
-        x = self.a2(F.relu(self.b2(self.c2(x))))
-        x = F.relu(x + self.b3(self.c3(x)))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+    return AttentionNet(CoordAtt)
 
 
 class PoolFormerNet(nn.Module):
@@ -547,13 +535,14 @@ class CBAM(nn.Module):
         return x * torch.sigmoid(self.bn(self.spatial(pooled)))
 
 
-class CBAMNet(nn.Module):
-    """Two conv + BN + ReLU stages with a CBAM block each, a residual stage, a linear head."""
+class AttentionNet(nn.Module):
+    """Two conv + BN + ReLU stages with an attention block (`block(channels)`) each, a residual
+    stage, a linear head."""
 
-    def __init__(self):
+    def __init__(self, block):
         super().__init__()
-        self.c1, self.b1, self.a1 = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), CBAM(32)
-        self.c2, self.b2, self.a2 = nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), CBAM(64)
+        self.c1, self.b1, self.a1 = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), block(32)
+        self.c2, self.b2, self.a2 = nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), block(64)
         self.c3, self.b3 = nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64)
         self.fc = nn.Linear(64, 10)
 
@@ -562,6 +551,11 @@ class CBAMNet(nn.Module):
         x = self.a2(F.relu(self.b2(self.c2(x))))
         x = F.relu(x + self.b3(self.c3(x)))
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def CBAMNet():
+    """AttentionNet with a CBAM block after each stage."""
+    return AttentionNet(CBAM)
 
 
 def unet_gn(out, manifest, img):
