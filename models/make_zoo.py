@@ -378,30 +378,6 @@ def group_norm(out, manifest, img):
     manifest["zoo_groupnorm_dynamo"] = {"x": list(img.shape)}
 
 
-class CoordAtt(nn.Module):
-    """Coordinate attention (Hou et al., 2021) as its reference code writes it, with the
-    poolings as means: the rows and columns pooled, concatenated along the spatial axis, one
-    1 × 1 conv + BN + HardSwish, split back at `h` (read off Shape), a gate per direction."""
-
-    def __init__(self, c, r=8):
-        super().__init__()
-        m = max(8, c // r)
-        self.conv, self.bn = nn.Conv2d(c, m, 1), nn.BatchNorm2d(m)
-        self.conv_h, self.conv_w = nn.Conv2d(m, c, 1), nn.Conv2d(m, c, 1)
-
-    def forward(self, x):
-        _, _, h, w = x.size()
-        xh, xw = x.mean(3, keepdim=True), x.mean(2, keepdim=True).permute(0, 1, 3, 2)
-        y = F.hardswish(self.bn(self.conv(torch.cat([xh, xw], dim=2))))
-        yh, yw = torch.split(y, [h, w], dim=2)
-        return x * torch.sigmoid(self.conv_h(yh)) * torch.sigmoid(self.conv_w(yw.permute(0, 1, 3, 2)))
-
-
-def CoordNet():
-    """Two conv + BN + ReLU stages with coordinate attention each, a residual stage, a linear head."""
-    return AttentionNet(CoordAtt)
-
-
 class PoolFormerNet(nn.Module):
     """A small PoolFormer (MetaFormer): a patch-embedding conv, then blocks whose token mixer is
     `pool(x) − x` and whose MLP is two 1 × 1 convs, each behind GroupNorm(1, C) (timm's
@@ -556,6 +532,30 @@ class AttentionNet(nn.Module):
 def CBAMNet():
     """AttentionNet with a CBAM block after each stage."""
     return AttentionNet(CBAM)
+
+
+class CoordAtt(nn.Module):
+    """Coordinate attention (Hou et al., 2021) as its reference code writes it, with the
+    poolings as means: the rows and columns pooled, concatenated along the spatial axis, one
+    1 × 1 conv + BN + HardSwish, split back at `h` (read off Shape), a gate per direction."""
+
+    def __init__(self, c, r=8):
+        super().__init__()
+        m = max(8, c // r)
+        self.conv, self.bn = nn.Conv2d(c, m, 1), nn.BatchNorm2d(m)
+        self.conv_h, self.conv_w = nn.Conv2d(m, c, 1), nn.Conv2d(m, c, 1)
+
+    def forward(self, x):
+        _, _, h, w = x.size()
+        xh, xw = x.mean(3, keepdim=True), x.mean(2, keepdim=True).permute(0, 1, 3, 2)
+        y = F.hardswish(self.bn(self.conv(torch.cat([xh, xw], dim=2))))
+        yh, yw = torch.split(y, [h, w], dim=2)
+        return x * torch.sigmoid(self.conv_h(yh)) * torch.sigmoid(self.conv_w(yw.permute(0, 1, 3, 2)))
+
+
+def CoordNet():
+    """Two conv + BN + ReLU stages with coordinate attention each, a residual stage, a linear head."""
+    return AttentionNet(CoordAtt)
 
 
 def unet_gn(out, manifest, img):
