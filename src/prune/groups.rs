@@ -138,9 +138,10 @@ struct Analyzer<'c, 'a> {
     /// (`groups/group_norm.rs`).
     group_norms: BTreeMap<usize, (String, Track, usize, usize)>,
     /// Statistics of tracked units by name: the output of a ReduceMean, ReduceMax or ReduceMin
-    /// over exactly the tracked axis, keepdims ([`Edit::Mean`], [`Edit::Extreme`]), and what element-wise ops compute from it and scalar
-    /// constants (`√(var + ε)`), with the units averaged and the axis and rank of the mean. Each
-    /// has size 1 on that axis, so it broadcasts along the units.
+    /// over exactly the tracked axis, keepdims ([`Edit::Mean`], [`Edit::Extreme`]), and what
+    /// element-wise ops compute from it and scalar constants (`√(var + ε)`), with the units
+    /// averaged and the axis and rank of the mean. Each has size 1 on that axis, so it broadcasts
+    /// along the units.
     means: BTreeMap<String, (Units, usize, usize)>,
     /// Symbolic sizes of values' dims (`groups/sizes.rs`).
     sizes: BTreeMap<String, Vec<Option<sizes::Size>>>,

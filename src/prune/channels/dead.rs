@@ -181,8 +181,9 @@ fn class_of(an: &Analysis, (ni, o): (usize, usize)) -> Option<Unit> {
 }
 
 /// In a dense-view analysis, the classes (roots) every consumer reads a constant from, at every
-/// position. Not those a normalisation reads (LayerNorm, RMSNorm, a mean, max or min over the units): it
-/// leaves a removed position 0 whatever the input, and the others' statistics change with it.
+/// position. Not those a normalisation or a statistic reads (LayerNorm, RMSNorm, a one-group
+/// GroupNorm, a mean, max or min over the units): the masked model takes it over the kept
+/// positions whatever the removed ones hold, and the others' values change with it.
 fn constant_classes(dense: &Analysis) -> BTreeSet<Unit> {
     let mut all_const: BTreeMap<Unit, bool> = BTreeMap::new();
     for e in &dense.edits {

@@ -84,9 +84,9 @@ pub(super) fn report(
     }
     if g.blocked.is_empty() && g.normalised && kept_idx.len() < n {
         notes.push(
-            "a normalisation (LayerNorm, RMSNorm, a one-group GroupNorm, or one spelled out) reads these units: the pruned \
-             model normalises over the kept ones, so their statistics change (pruning error, measured \
-             by fidelity; the masked model normalises the same way)"
+            "a normalisation (LayerNorm, RMSNorm, a one-group GroupNorm, or one spelled out) reads \
+             these units: the pruned model normalises over the kept ones, so their statistics change \
+             (pruning error, measured by fidelity; the masked model normalises the same way)"
                 .to_string(),
         );
     }

@@ -1,8 +1,8 @@
 //! Channels, stage 3 (masked model): normalisations over a pruned axis, restricted to the kept
 //! positions. The pruned model normalises over the units it keeps (a LayerNormalization or
-//! RMSNormalization over a narrower axis, a ReduceMean over fewer positions); the masked model
-//! keeps every shape, so each such statistic is rewritten here to average the kept positions
-//! only, with opset-independent ops. Contract: after these rewrites the masked model computes what
+//! RMSNormalization over a narrower axis, a one-group GroupNorm over fewer channels, a ReduceMean,
+//! ReduceMax or ReduceMin over fewer positions); the masked model keeps every shape, so each such
+//! statistic is rewritten here to take the kept positions only, with opset-independent ops. Contract: after these rewrites the masked model computes what
 //! the pruned one does whatever the removed positions hold (finite values), so masked-equivalence
 //! proves the pruned model; the change of the statistics themselves is pruning error, measured
 //! by fidelity.
@@ -10,8 +10,8 @@
 use super::*;
 
 /// The masked rewrite of one edit, if it is a normalisation ([`Edit::Norm`], [`Edit::SpanNorm`],
-/// [`Edit::Mean`], [`Edit::Mask`]) or an extreme ([`Edit::Extreme`]) over units some of which are removed; other
-/// edits are left alone.
+/// [`Edit::Mean`], [`Edit::Mask`]) or an extreme ([`Edit::Extreme`]) over units some of which are
+/// removed; other edits are left alone.
 pub(super) fn mask_normalisation(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut Work, e: &Edit) -> Result<()> {
     if let Edit::Extreme { node, units, trailing, max } = e {
         let keep: Vec<bool> = units.iter().map(|u| plan.keeps(an, *u)).collect();
