@@ -131,10 +131,8 @@ fn opts(beta: f64, heads: bool) -> StructOptions {
     }
 }
 
-/// The blocked groups' reasons. A one-unit group (CBAM's one-channel attention map) is never cut
-/// whatever blocks it, so its reason does not count.
 fn blocked(r: &StructuralResult) -> Vec<String> {
-    r.groups.iter().filter(|g| g.n > 1).filter_map(|g| g.blocked.as_ref().map(|b| format!("{}: {b}", g.id))).collect()
+    r.groups.iter().filter_map(|g| g.blocked.as_ref().map(|b| format!("{}: {b}", g.id))).collect()
 }
 
 /// One (model, β) case: the table row, or what failed.

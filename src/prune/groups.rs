@@ -50,6 +50,7 @@ mod sizes;
 mod types;
 
 pub use ctx::*;
+pub use elementwise::ONE_CHANNEL_BROADCAST;
 pub use types::*;
 
 fn inp(n: &NodeProto, i: usize) -> Option<&str> {

@@ -254,6 +254,8 @@ fn channel_max_and_min_and_a_one_channel_map_prune() {
     assert_eq!(weight(p, "wc").dims[1], 4);
     // The map's one channel is kept; the 2-channel concat of the statistics is untouched.
     assert_eq!(weight(p, "ws").dims, vec![1, 2, 3, 3]);
+    let s = group(&o.result, "S");
+    assert!(s.blocked.is_none() && s.notes.iter().any(|n| n.starts_with("one channel, broadcast")), "{s:?}");
 }
 
 /// A Slice of another axis whose bounds are computed (CoordAttention splits its pooled rows and

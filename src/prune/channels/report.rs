@@ -102,10 +102,17 @@ pub(super) fn report(
         .sources
         .iter()
         .all(|&s| matches!(ctx.g.node[s].op_type.as_str(), "MatMul" | "Gemm" | "LSTM" | "GRU" | "RNN" | "Gather"));
-    let blocked = match g.blocked.len() {
+    // A one-unit group kept only because it broadcasts along a wider tensor's channels (CBAM's
+    // attention map) loses nothing to that: EMP keeps its one unit anyway.
+    let broadcast = |b: &String| b.ends_with(crate::prune::groups::ONE_CHANNEL_BROADCAST);
+    let reasons: &[String] = if n == 1 && g.blocked.iter().all(broadcast) { &[] } else { &g.blocked };
+    if reasons.len() < g.blocked.len() {
+        notes.push("one channel, broadcast along a wider tensor's channels: nothing to cut".to_string());
+    }
+    let blocked = match reasons.len() {
         0 => None,
-        1..=3 => Some(g.blocked.join("; ")),
-        k => Some(format!("{}; and {} more", g.blocked[..3].join("; "), k - 3)),
+        1..=3 => Some(reasons.join("; ")),
+        k => Some(format!("{}; and {} more", reasons[..3].join("; "), k - 3)),
     };
     let blocked_flag = blocked.is_some();
     GroupReport {

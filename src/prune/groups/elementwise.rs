@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// The end of the reason a one-channel tracked tensor broadcast along a wider one is kept for
+/// (the report shows such a one-unit group as kept, not blocked: EMP keeps one unit anyway).
+pub const ONE_CHANNEL_BROADCAST: &str = "(one channel, broadcast along a wider tensor's)";
+
 impl Analyzer<'_, '_> {
     pub(super) fn unary(&mut self, ni: usize, n: &NodeProto, x: Option<Track>, f: rules::UnaryFn) {
         let Some(x) = x else { return };
@@ -114,7 +118,7 @@ impl Analyzer<'_, '_> {
                 (tracked.iter()).filter(|(_, t)| t.units.len() > 1).map(|(_, t)| t.rank - t.axis).collect();
             for (slot, t) in &tracked {
                 if t.units.len() == 1 && wide_axis.iter().all(|&k| k == t.rank - t.axis) {
-                    let r = format!("{} (one channel, broadcast along a wider tensor's)", barrier_reason(n));
+                    let r = format!("{} {ONE_CHANNEL_BROADCAST}", barrier_reason(n));
                     self.block(&t.units, &r);
                     narrow.insert(*slot);
                 }
