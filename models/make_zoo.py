@@ -512,18 +512,22 @@ class CBAM(nn.Module):
 
 
 class AttentionNet(nn.Module):
-    """Two conv + BN + ReLU stages with an attention block (`block(channels)`) each, a residual
-    stage, a linear head."""
+    """Two conv + BN + ReLU stages (`widths`) with an attention block (`block(channels)`) each,
+    optionally a 2 × 2 max-pool between them, a residual stage, a linear head."""
 
-    def __init__(self, block):
+    def __init__(self, block, cin=3, widths=(32, 64), pool=False):
         super().__init__()
-        self.c1, self.b1, self.a1 = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), block(32)
-        self.c2, self.b2, self.a2 = nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), block(64)
-        self.c3, self.b3 = nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64)
-        self.fc = nn.Linear(64, 10)
+        a, b = widths
+        self.pool = pool
+        self.c1, self.b1, self.a1 = nn.Conv2d(cin, a, 3, padding=1), nn.BatchNorm2d(a), block(a)
+        self.c2, self.b2, self.a2 = nn.Conv2d(a, b, 3, 2, 1), nn.BatchNorm2d(b), block(b)
+        self.c3, self.b3 = nn.Conv2d(b, b, 3, padding=1), nn.BatchNorm2d(b)
+        self.fc = nn.Linear(b, 10)
 
     def forward(self, x):
         x = self.a1(F.relu(self.b1(self.c1(x))))
+        if self.pool:
+            x = F.max_pool2d(x, 2)
         x = self.a2(F.relu(self.b2(self.c2(x))))
         x = F.relu(x + self.b3(self.c3(x)))
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))

@@ -26,28 +26,14 @@ sys.path.insert(0, os.path.join(ROOT, "models"))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import make_trained as mt  # noqa: E402
 import make_zoo as zoo  # noqa: E402
 
 
-class Stages(nn.Module):
-    """Two conv + BN + ReLU stages (64, 128 channels) with an attention block each, a max-pool
-    between them, a residual stage, a linear head: zoo.AttentionNet at 28 × 28 grey."""
-
-    def __init__(self, block):
-        super().__init__()
-        self.c1, self.b1, self.a1 = nn.Conv2d(1, 64, 3, padding=1), nn.BatchNorm2d(64), block(64)
-        self.c2, self.b2, self.a2 = nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), block(128)
-        self.c3, self.b3 = nn.Conv2d(128, 128, 3, padding=1), nn.BatchNorm2d(128)
-        self.fc = nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(self.a1(F.relu(self.b1(self.c1(x)))), 2)
-        x = self.a2(F.relu(self.b2(self.c2(x))))
-        x = F.relu(x + self.b3(self.c3(x)))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+def stages(block):
+    """zoo.AttentionNet at 28 × 28 grey: conv stages of 64 and 128 channels, a max-pool between."""
+    return zoo.AttentionNet(block, cin=1, widths=(64, 128), pool=True)
 
 
 def poolformer():
@@ -56,7 +42,7 @@ def poolformer():
     return m
 
 
-NETS = {"cbam": lambda: Stages(zoo.CBAM), "coord": lambda: Stages(zoo.CoordAtt), "pool": poolformer}
+NETS = {"cbam": lambda: stages(zoo.CBAM), "coord": lambda: stages(zoo.CoordAtt), "pool": poolformer}
 
 
 def prune(src, out, args):

@@ -294,6 +294,11 @@ fn zoo_x() -> Vec<prove::Input> {
     vec![prove::Input::F32(vec![2, 3, 32, 32], randn(2 * 3 * 32 * 32, 7))]
 }
 
+/// Per group: units kept, units, blocked.
+fn counts(r: &StructuralResult) -> Vec<(usize, usize, bool)> {
+    r.groups.iter().map(|g| (g.kept, g.n, g.blocked.is_some())).collect()
+}
+
 fn ints_attr(n: &onnx_protobuf::NodeProto, name: &str) -> i64 {
     n.attribute.iter().find(|a| a.name == name).map(|a| a.i).unwrap()
 }
@@ -309,7 +314,6 @@ fn group_norm_removes_whole_groups_in_both_spellings() {
     let opts = StructOptions { beta: 0.7, floor: Floor::OFF, round_to: RoundTo::Multiple(1), ..Default::default() };
     let op = prune_and_prove(&load(&root().join("models/zoo/zoo_groupnorm_op.onnx")), &opts, &[], &zoo_x());
     let spelled = prune_and_prove(&load(&root().join("models/zoo/zoo_groupnorm.onnx")), &opts, &[], &zoo_x());
-    let counts = |r: &StructuralResult| r.groups.iter().map(|g| (g.kept, g.n, g.blocked.is_some())).collect::<Vec<_>>();
     // c1 + c2 (residual; GroupNorm(8, 32) and (4, 32): units of 8 channels), c3 (GroupNorm(8, 64)),
     // the classifier (a graph output)
     assert_eq!(counts(&op.result), vec![(2, 4, false), (5, 8, false), (10, 10, true)]);
@@ -409,7 +413,6 @@ fn group_norm_with_one_group_removes_single_channels() {
     let opts = StructOptions { beta: 0.7, floor: Floor::OFF, round_to: RoundTo::Multiple(1), ..Default::default() };
     let op = prune_and_prove(&load(&root().join("models/zoo/zoo_poolformer_op.onnx")), &opts, &[], &zoo_x());
     let spelled = prune_and_prove(&load(&root().join("models/zoo/zoo_poolformer.onnx")), &opts, &[], &zoo_x());
-    let counts = |r: &StructuralResult| r.groups.iter().map(|g| (g.kept, g.n, g.blocked.is_some())).collect::<Vec<_>>();
     // the two streams (32 and 64 single channels) and the MLPs' hidden channels, the classifier
     let c = counts(&op.result);
     assert_eq!((c[0].1, c[2].1), (32, 64), "{c:?}");

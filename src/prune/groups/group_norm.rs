@@ -97,7 +97,7 @@ impl Analyzer<'_, '_> {
         let eps = attr_f(n, "epsilon").unwrap_or(1e-5) as f64;
         let (bias, scale) = (per_channel.pop().unwrap_or_default(), per_channel.pop().unwrap_or_default());
         let units = x.units.clone();
-        self.st.edits.push(Edit::SpanNorm { nodes: vec![ni], units, trailing: x.rank - 2, scale, bias, eps });
+        self.st.edits.push(Edit::SpanNorm { from: ni, node: ni, units, trailing: x.rank - 2, scale, bias, eps });
         // In the masked model a removed channel leaves the normalisation as 0.
         self.pass(ni, n, &x, vec![Val::Const(0.0); c].into());
     }
@@ -233,9 +233,8 @@ impl Analyzer<'_, '_> {
             };
             let eps = attr_f(node, "epsilon").unwrap_or(1e-5) as f64;
             let (scale, bias) = (vec![s[0]; c], vec![b[0]; c]);
-            let nodes = vec![split, inorm, ni];
             let units = x.units.clone();
-            self.st.edits.push(Edit::SpanNorm { nodes, units, trailing: x.rank - 2, scale, bias, eps });
+            self.st.edits.push(Edit::SpanNorm { from: split, node: ni, units, trailing: x.rank - 2, scale, bias, eps });
             self.touch(ni, &y.units);
             self.emit(
                 ni,

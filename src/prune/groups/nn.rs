@@ -516,31 +516,24 @@ impl Analyzer<'_, '_> {
             self.block(&x.units, &format!("{} (bad axes)", barrier_reason(n)));
             return;
         };
-        if axes.iter().all(|&a| a == x.axis) && n.op_type == "ReduceMean" && n.domain.is_empty() {
-            // A mean over exactly the units: a normalisation's statistic (see [`Edit::Mean`]).
-            // Its output carries no unit; a Sub that centres the units by it is masked.
+        let op = n.op_type.as_str();
+        if axes.iter().all(|&a| a == x.axis)
+            && matches!(op, "ReduceMean" | "ReduceMax" | "ReduceMin")
+            && n.domain.is_empty()
+        {
+            // A mean, max or min over exactly the units: a statistic of theirs, taken over the kept
+            // ones once pruned (see [`Edit::Mean`], [`Edit::Extreme`]). Its output carries no unit;
+            // a Sub that centres the units by it is masked.
             let keep = attr_i(n, "keepdims").unwrap_or(1) != 0;
             if let Some(y) = n.output.first().filter(|y| !y.is_empty() && keep) {
                 self.means.insert(y.clone(), (x.units.clone(), x.axis, x.rank));
             }
-            let trailing = x.rank - 1 - x.axis;
+            let (trailing, units) = (x.rank - 1 - x.axis, x.units.clone());
             self.touch(ni, &x.units);
-            self.st.edits.push(Edit::Mean { node: ni, units: x.units.clone(), trailing });
-            return;
-        }
-        if axes.iter().all(|&a| a == x.axis)
-            && matches!(n.op_type.as_str(), "ReduceMax" | "ReduceMin")
-            && n.domain.is_empty()
-        {
-            // The largest (smallest) unit: over the kept ones once pruned (see [`Edit::Extreme`]).
-            // A statistic as a mean is: `x − max(x)` is masked.
-            if let Some(y) = n.output.first().filter(|y| !y.is_empty() && attr_i(n, "keepdims").unwrap_or(1) != 0) {
-                self.means.insert(y.clone(), (x.units.clone(), x.axis, x.rank));
-            }
-            let trailing = x.rank - 1 - x.axis;
-            self.touch(ni, &x.units);
-            let max = n.op_type == "ReduceMax";
-            self.st.edits.push(Edit::Extreme { node: ni, units: x.units.clone(), trailing, max });
+            self.st.edits.push(match op {
+                "ReduceMean" => Edit::Mean { node: ni, units, trailing },
+                _ => Edit::Extreme { node: ni, units, trailing, max: op == "ReduceMax" },
+            });
             return;
         }
         if axes.contains(&x.axis) {

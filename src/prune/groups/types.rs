@@ -150,13 +150,13 @@ pub enum Edit {
     /// the mean and variance is pruning error, which fidelity measures.
     Norm { node: usize, units: Units },
     /// A GroupNorm with one group (a LayerNorm over the channels and every axis after them:
-    /// PoolFormer's and ConvNeXt ports' `GroupNorm(1, C)`), as the op (`nodes` = [it]) or spelled
-    /// out (`nodes` = [Reshape to [N, 1, -1], InstanceNormalization, Reshape back]). The pruned
-    /// model normalises over the kept channels (its per-channel parameters sliced); the masked
-    /// model replaces `nodes` with the same normalisation restricted to the kept channels, from
-    /// the first node's input to the last one's output: `scale` and `bias` per channel, `epsilon`,
-    /// `trailing` the axes after the channels; removed positions emit 0.
-    SpanNorm { nodes: Vec<usize>, units: Units, trailing: usize, scale: Vec<f64>, bias: Vec<f64>, eps: f64 },
+    /// PoolFormer's and ConvNeXt ports' `GroupNorm(1, C)`), as the op (`from` = `node` = it) or
+    /// spelled out (`from`: the Reshape to [N, 1, -1], then InstanceNormalization, `node`: the
+    /// Reshape back). The pruned model normalises over the kept channels (its per-channel
+    /// parameters sliced); the masked model replaces `node` with the same normalisation
+    /// restricted to the kept channels, from `from`'s input to `node`'s output: `scale` and `bias`
+    /// per channel, `eps`, `trailing` the axes after the channels; removed positions emit 0.
+    SpanNorm { from: usize, node: usize, units: Units, trailing: usize, scale: Vec<f64>, bias: Vec<f64>, eps: f64 },
     /// A ReduceMean over exactly the tracked axis: a LayerNorm or RMSNorm spelled out in primitive
     /// ops (torch below opset 17, tf2onnx, hand-written RMSNorm modules), or any mean over the
     /// units. The pruned model averages the kept positions; the masked model averages them too (its

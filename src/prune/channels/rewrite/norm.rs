@@ -17,9 +17,9 @@ pub(super) fn mask_normalisation(ctx: &Ctx, an: &Analysis, plan: &Plan, w: &mut 
         let keep: Vec<bool> = units.iter().map(|u| plan.keeps(an, *u)).collect();
         return if keep.contains(&false) { mask_extreme(ctx, w, *node, &keep, *trailing, *max) } else { Ok(()) };
     }
-    if let Edit::SpanNorm { nodes, units, trailing, scale, bias, eps } = e {
+    if let Edit::SpanNorm { from, node, units, trailing, scale, bias, eps } = e {
         let keep: Vec<bool> = units.iter().map(|u| plan.keeps(an, *u)).collect();
-        let span = Span { nodes, trailing: *trailing, scale, bias, eps: *eps };
+        let span = Span { from: *from, node: *node, trailing: *trailing, scale, bias, eps: *eps };
         return if keep.contains(&false) { mask_span_norm(ctx, w, &span, &keep) } else { Ok(()) };
     }
     let (node, units, trailing) = match e {
@@ -165,7 +165,8 @@ fn mask_extreme(ctx: &Ctx, w: &mut Work, node: usize, keep: &[bool], trailing: u
 
 /// An [`Edit::SpanNorm`]'s fields.
 struct Span<'a> {
-    nodes: &'a [usize],
+    from: usize,
+    node: usize,
     trailing: usize,
     scale: &'a [f64],
     bias: &'a [f64],
@@ -178,9 +179,7 @@ struct Span<'a> {
 /// mean of the kept channels' spatial means), `c = (X − mean)·mask`, `var` the same of `c·c`,
 /// `Y = c / √(var + ε) · scale + bias·mask` per channel; removed positions of Y are exactly 0.
 fn mask_span_norm(ctx: &Ctx, w: &mut Work, span: &Span, keep: &[bool]) -> Result<()> {
-    let (Some(&first), Some(&last)) = (span.nodes.first(), span.nodes.last()) else {
-        bail!("internal: a normalisation without nodes");
-    };
+    let (first, last) = (span.from, span.node);
     let label = node_label(&ctx.g.node[last]);
     let x = ctx.g.node[first].input.first().cloned().context("GroupNorm without input")?;
     let y = ctx.g.node[last].output.first().cloned().context("GroupNorm without output")?;
