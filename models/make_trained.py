@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Train the over-parameterised Fashion-MNIST models used to measure pruning fidelity.
 
-Usage (from the repository root):  python3 models/make_trained.py
+Usage (from the repository root):  python3 models/make_trained.py [NAME ...]
+(NAME: train only those models; the data files are written every time, identically)
 
 Data: Fashion-MNIST from the Debian package `dataset-fashion-mnist`
 (/usr/share/datasets/fashion-mnist), 28x28 grey images, 10 classes; nothing is downloaded.
@@ -20,7 +21,10 @@ Models (opset 17, TorchScript exporter, BatchNorm folded into Conv on export, dy
   * fmnist_vit.onnx: a small ViT (4x4 patch Conv embedding, 2 pre-LN encoder blocks, 4 heads);
   * fmnist_resnet_gn.onnx: fmnist_resnet with GroupNorm(8, C) instead of BatchNorm;
   * fmnist_shufflenet.onnx: ShuffleNet V2 units (torchvision's, channel split + channel shuffle),
-    widths 116 and 232 (torchvision's 1.0x).
+    widths 116 and 232 (torchvision's 1.0x);
+  * fmnist_cbam.onnx, fmnist_coordatt.onnx: two conv stages (64, 128) with a CBAM or a
+    coordinate-attention block each (make_zoo.py's blocks);
+  * fmnist_poolformer.onnx: make_zoo.py's PoolFormer (GroupNorm(1, C) streams), 1-channel stem.
 
 Deterministic: fixed seeds, deterministic torch algorithms. Each export is checked with
 onnx.checker (full check) and onnxruntime (optimisations off) against torch within 1e-4.
@@ -227,7 +231,28 @@ SPECS = [
     # small-batch training use it): not foldable, exported as Reshape → InstanceNormalization →
     # Reshape → Mul → Add.
     ("fmnist_resnet_gn", lambda: ResNet(group_norm), 4, 3e-3, 1e-4),
+    # Attention blocks inside CNNs, built from models/make_zoo.py's blocks (the zoo proves them
+    # prunable on random weights; these say whether pruning them is useful): two conv stages of
+    # 64 and 128 channels with a 2 × 2 max-pool between, a CBAM block (channel gate: one MLP
+    # applied to the average- and the max-pooled channels; spatial gate: the channels' max and
+    # mean per pixel) or a coordinate-attention block after each stage.
+    ("fmnist_cbam", lambda: attention_net("CBAM"), 3, 4e-3, 1e-4),
+    ("fmnist_coordatt", lambda: attention_net("CoordAtt"), 3, 4e-3, 1e-4),
+    # zoo_poolformer's PoolFormer (GroupNorm(1, C) on its residual streams), a 1-channel 4 × 4 stem.
+    ("fmnist_poolformer", lambda: poolformer(), 3, 4e-3, 1e-4),
 ]
+
+
+def attention_net(block):
+    import make_zoo
+    return make_zoo.AttentionNet(getattr(make_zoo, block), cin=1, widths=(64, 128), pool=True)
+
+
+def poolformer():
+    import make_zoo
+    m = make_zoo.PoolFormerNet()
+    m.stem = nn.Conv2d(1, 32, 4, 4)
+    return m
 
 
 def train(model, x, y, epochs, lr, wd, seed):

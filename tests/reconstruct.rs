@@ -147,6 +147,61 @@ fn refit_recovers_a_unit_that_is_a_combination_of_kept_ones() {
     assert_eq!(rel_l2(&off), e0);
 }
 
+/// One weight applied twice, as CBAM's channel-gate MLP is (to the average- and the max-pooled
+/// channels): x → W1 → h and x² → W1 → h', each → W2, summed. Hidden unit 3 of W1 is
+/// 0.3·(h0 + h1) in both uses, so refitting the shared W2 on both uses' rows at once recovers
+/// the dense output; before, a weight read by two nodes was not refitted at all.
+#[test]
+fn a_weight_used_by_two_nodes_is_refitted_on_both_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = GraphProto::new();
+    g.name = "shared".into();
+    g.input.push(vi("x", &[-1, 3]));
+    g.output.push(vi("y", &[-1, 2]));
+    let w1: Vec<f32> = vec![4., 0., 0., 1.2, 0., 4., 0., 1.2, 0., 0., 4., 0.];
+    g.initializer.push(f32_tensor("W1", &[3, 4], &w1));
+    g.initializer.push(f32_tensor("W2", &[4, 2], &[1., 2., 3., -1., 0.5, 1., 2., 2.]));
+    g.initializer.push(f32_tensor("B2", &[2], &[0.25, -0.5]));
+    g.node.push(node("Mul", "square", &["x", "x"], &["x2"]));
+    g.node.push(node("MatMul", "mm1a", &["x", "W1"], &["h"]));
+    g.node.push(node("MatMul", "mm1b", &["x2", "W1"], &["h2"]));
+    g.node.push(node("MatMul", "mm2a", &["h", "W2"], &["ya"]));
+    g.node.push(node("Add", "bias_a", &["ya", "B2"], &["ya_b"]));
+    g.node.push(node("MatMul", "mm2b", &["h2", "W2"], &["yb"]));
+    g.node.push(node("Add", "bias_b", &["yb", "B2"], &["yb_b"]));
+    g.node.push(node("Add", "sum", &["ya_b", "yb_b"], &["y"]));
+    let model = dir.path().join("shared.onnx");
+    save(g, &model);
+    let (cal, test) = (dir.path().join("cal.npy"), dir.path().join("test.npy"));
+    ndarray_npy::write_npy(&cal, &random(200, 3, 3)).unwrap();
+    ndarray_npy::write_npy(&test, &random(100, 3, 4)).unwrap();
+    let common = [
+        "--structured",
+        "channels",
+        "--beta",
+        "1",
+        "--round-to",
+        "1",
+        "--include",
+        "narrow",
+        "--inputs",
+        test.to_str().unwrap(),
+    ];
+    let plain = run(&model, &dir.path().join("a.onnx"), &common);
+    assert_eq!(plain["groups"][0]["kept"], 3, "{}", plain["groups"]);
+    let fit =
+        run(&model, &dir.path().join("b.onnx"), &[&common[..], &["--calibration", cal.to_str().unwrap()]].concat());
+    let (e0, e1) = (rel_l2(&plain), rel_l2(&fit));
+    assert!(e0 > 0.05, "without reconstruction the unit's loss shows: {e0}");
+    assert!(e1 < 1e-3, "the joint refit must recover the dense output: {e1}");
+    let layers = fit["reconstruction"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "one site for the shared W2: {layers:?}");
+    assert_eq!(layers[0]["weight"], "W2");
+    assert_eq!(layers[0]["method"], "ridge", "{}", layers[0]);
+    assert_eq!(layers[0]["layer"], "MatMul mm2a (weight shared with 1 more node)");
+    assert_eq!(fit["equivalence"][0]["pass"], true, "{}", fit["equivalence"]);
+}
+
 /// On trained models, reconstruction lowers the output error on the held-out test split in all
 /// modes it runs in, and structural rewrites stay exactly equivalent to their masked models.
 #[test]
@@ -318,6 +373,43 @@ fn trained_shufflenet_structured_default_is_guarded_and_calibrated_cut_keeps_it(
     let cut = macs_cut(&c);
     assert!(cut > 0.15, "MACs cut {cut}");
     assert!(accuracy_loss(&c) <= 0.02, "β 0.8 + reconstruction lost {:.1} points", 100.0 * accuracy_loss(&c));
+}
+
+/// Attention blocks inside trained CNNs (models/make_trained.py: CBAM, coordinate attention,
+/// PoolFormer's GroupNorm(1, C) streams): β = 0.8 with calibration cuts at least 30 % of the
+/// MACs within 1.5 points of dense, exactly against the masked model, and every layer it
+/// refits is refitted, CBAM's channel-gate MLP (one weight on the average- and the max-pooled
+/// channels) on both its uses.
+#[test]
+fn trained_attention_nets_prune_a_third_of_their_macs_and_keep_their_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["fmnist_cbam", "fmnist_coordatt", "fmnist_poolformer"] {
+        let m = root(&format!("models/{name}.onnx"));
+        let r = run(
+            &m,
+            &dir.path().join(format!("{name}.onnx")),
+            &[
+                "--structured",
+                "channels",
+                "--beta",
+                "0.8",
+                "--calibration",
+                "models/fmnist_calib_x.npy",
+                "--inputs",
+                "models/fmnist_test_x.npy",
+                "--labels",
+                "models/fmnist_test_y.npy",
+            ],
+        );
+        assert_eq!(r["equivalence"][0]["pass"], true, "{name}: {}", r["equivalence"]);
+        assert!(macs_cut(&r) >= 0.30, "{name}: MACs cut {}", macs_cut(&r));
+        assert!(accuracy_loss(&r) <= 0.015, "{name}: lost {:.1} points", 100.0 * accuracy_loss(&r));
+        let layers = r["reconstruction"]["layers"].as_array().unwrap();
+        assert!(layers.iter().all(|l| l["method"] != "skipped"), "{name}: {layers:?}");
+        let shared =
+            layers.iter().filter(|l| l["layer"].as_str().unwrap().ends_with("(weight shared with 1 more node)"));
+        assert_eq!(shared.count(), if name == "fmnist_cbam" { 2 } else { 0 }, "{name}: {layers:?}");
+    }
 }
 
 /// A run that cuts nothing (EMP's β = 1 cut of the trained ResNet rounds back to every group's

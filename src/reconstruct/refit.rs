@@ -79,7 +79,7 @@ pub fn sample_positions(s: &Site, x_shape: &[usize]) -> Result<(usize, [usize; 2
 /// The site of `r` in `m`: by weight name, or through the node producing `r.by_output`.
 fn locate(m: &ModelProto, r: &RefitSite) -> std::result::Result<Site, String> {
     let s = match &r.by_output {
-        None => site::find(m, &r.weight)?,
+        None => site::find_shared(m, &r.weight)?,
         Some(out) => {
             let g = m.graph.as_ref().ok_or("model has no graph")?;
             let n = g
@@ -88,7 +88,7 @@ fn locate(m: &ModelProto, r: &RefitSite) -> std::result::Result<Site, String> {
                 .find(|n| n.output.first() == Some(out))
                 .ok_or_else(|| format!("no node produces '{out}'"))?;
             let w = n.input.get(1).filter(|s| !s.is_empty()).ok_or("the node has no weight input")?;
-            site::find(m, w)?
+            site::find_shared(m, w)?
         }
     };
     // Its targets are the layer's outputs, bias included: a bias it cannot move is in the way.
@@ -321,27 +321,30 @@ fn refit_batch(
     (out.into_iter().map(|r| r.expect("every site reported")).collect(), used)
 }
 
-/// Dense targets of each job at its sampled positions, in row order, with the (row, position)
-/// keys: one dense pass for all of them.
-type Targets = Vec<(Vec<f32>, Vec<(usize, usize)>)>;
+/// Dense targets of each job at its sampled positions, per use of its weight (one, or a shared
+/// weight's several), each in row order with the (row, position) keys: one dense pass for all.
+type Targets = Vec<Vec<(Vec<f32>, Vec<(usize, usize)>)>>;
 
 fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs, from: Option<&Boundary>) -> Result<Targets> {
-    // What each job reads from the dense run: y, or x when y is internal to the node.
-    fn read(s: &Site) -> &String {
+    // What each use reads from the dense run: y, or x when y is internal to the node.
+    fn reads(s: &Site) -> Vec<&String> {
         if s.internal {
-            &s.input
+            vec![&s.input]
         } else {
-            &s.output
+            s.uses().map(|(_, y)| y).collect()
         }
     }
     let mut values: Vec<String> = vec![];
-    for j in jobs {
-        if !values.contains(read(&j.s)) {
-            values.push(read(&j.s).clone());
+    for y in jobs.iter().flat_map(|j| reads(&j.s)) {
+        if !values.contains(y) {
+            values.push(y.clone());
         }
     }
-    // Index of each job's value among those exposed.
-    let at: Vec<usize> = jobs.iter().map(|j| values.iter().position(|n| n == read(&j.s)).expect("listed")).collect();
+    // Index of each use's value among those exposed.
+    let at: Vec<Vec<usize>> = jobs
+        .iter()
+        .map(|j| reads(&j.s).into_iter().map(|y| values.iter().position(|n| n == y).expect("listed")).collect())
+        .collect();
     // The dense weights and biases of internal projections (out × p rows).
     let gd = dense.graph.as_ref().context("model has no graph")?;
     let internal: Vec<Option<(Vec<f64>, Vec<f64>)>> = jobs
@@ -353,42 +356,44 @@ fn targets(dense: &ModelProto, jobs: &[&Job], calib: &Inputs, from: Option<&Boun
         })
         .collect::<Result<_>>()
         .context("dense weights")?;
-    let mut t: Targets = jobs.iter().map(|_| (vec![], vec![])).collect();
+    let mut t: Targets = at.iter().map(|a| a.iter().map(|_| (vec![], vec![])).collect()).collect();
     run_from(from, dense, calib, &values, |row0, v| {
-        for (((j, (ys, keys)), wb), &at) in jobs.iter().zip(t.iter_mut()).zip(&internal).zip(&at) {
+        for (((j, per_use), wb), at) in jobs.iter().zip(t.iter_mut()).zip(&internal).zip(&at) {
             let s = &j.s;
-            let y = &v[at];
-            if let Some((w, b)) = wb {
-                // y = x W + b at the sampled positions, from the dense input.
-                let (npos, hw) = sample_positions(s, y.shape())?;
-                let mut z = vec![0.0; s.p];
+            for ((ys, keys), &i) in per_use.iter_mut().zip(at) {
+                let y = &v[i];
+                if let Some((w, b)) = wb {
+                    // y = x W + b at the sampled positions, from the dense input.
+                    let (npos, hw) = sample_positions(s, y.shape())?;
+                    let mut z = vec![0.0; s.p];
+                    for n in 0..y.shape()[0] {
+                        for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(j.k, row0 + n)) {
+                            site::input_row(s, y, n, pos, 0, hw, &mut z);
+                            ys.extend(j.outs.iter().map(|&o| {
+                                let row = &w[o * s.p..(o + 1) * s.p];
+                                (row.iter().zip(&z).map(|(a, x)| a * x).sum::<f64>() + b[o]) as f32
+                            }));
+                            keys.push((row0 + n, pos));
+                        }
+                    }
+                    continue;
+                }
+                let mut buf = vec![0.0; s.out];
                 for n in 0..y.shape()[0] {
+                    let npos = match s.layout {
+                        Layout::Conv2d { .. } => match site::spatial(y.shape()) {
+                            Some([h, w]) => h * w,
+                            None => bail!("{}: output is not 3-D or 4-D", s.label),
+                        },
+                        Layout::Gemm { .. } => 1,
+                        Layout::MatMul | Layout::Recurrent { .. } => y.shape()[1..y.ndim() - 1].iter().product(),
+                    };
                     for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(j.k, row0 + n)) {
-                        site::input_row(s, y, n, pos, 0, hw, &mut z);
-                        ys.extend(j.outs.iter().map(|&o| {
-                            let row = &w[o * s.p..(o + 1) * s.p];
-                            (row.iter().zip(&z).map(|(a, x)| a * x).sum::<f64>() + b[o]) as f32
-                        }));
+                        site::output_row(s, y, n, pos, 0, &mut buf);
+                        // The values are tract's f32 outputs: storing them as f32 is exact.
+                        ys.extend(j.outs.iter().map(|&o| buf[o] as f32));
                         keys.push((row0 + n, pos));
                     }
-                }
-                continue;
-            }
-            let mut buf = vec![0.0; s.out];
-            for n in 0..y.shape()[0] {
-                let npos = match s.layout {
-                    Layout::Conv2d { .. } => match site::spatial(y.shape()) {
-                        Some([h, w]) => h * w,
-                        None => bail!("{}: output is not 3-D or 4-D", s.label),
-                    },
-                    Layout::Gemm { .. } => 1,
-                    Layout::MatMul | Layout::Recurrent { .. } => y.shape()[1..y.ndim() - 1].iter().product(),
-                };
-                for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(j.k, row0 + n)) {
-                    site::output_row(s, y, n, pos, 0, &mut buf);
-                    // The values are tract's f32 outputs: storing them as f32 is exact.
-                    ys.extend(j.outs.iter().map(|&o| buf[o] as f32));
-                    keys.push((row0 + n, pos));
                 }
             }
         }
@@ -414,8 +419,36 @@ fn add_pending(ne: &mut (Normal32, Normal), which: usize, p: &mut Pending, j: &J
     }
 }
 
+/// The fit normal equations of one use with the bias column's sums exact, in f64 (the bias-only
+/// candidate is a difference of them).
+fn fit_normal(fit: Normal32, j: &Job) -> Normal {
+    let (mut fit, sz, sy) = fit.into_normal();
+    if j.has_bias {
+        let b = j.pk - 1;
+        for (f, &v) in sz.iter().enumerate() {
+            fit.g[(f, b)] = v;
+            fit.g[(b, f)] = v;
+        }
+        for (o, &v) in sy.iter().enumerate() {
+            fit.c[(b, o)] = v;
+        }
+    }
+    fit
+}
+
+/// `a` + `b`: the normal equations of both row sets.
+fn merge(mut a: Normal, b: &Normal) -> Normal {
+    a.g += &b.g;
+    a.c += &b.c;
+    a.yy += b.yy;
+    a.rows += b.rows;
+    a
+}
+
 /// The masked model's inputs of each job at the same positions → normal equations, split into
-/// fit and held-apart rows: one masked pass for all of them.
+/// fit and held-apart rows: one masked pass for all of them. A shared weight's uses are summed
+/// (one least-squares problem over all their rows), each use's sums kept apart until the end so
+/// that they do not depend on how the calibration runs are chunked.
 fn normal_equations(
     masked: &ModelProto,
     jobs: &[&Job],
@@ -424,45 +457,52 @@ fn normal_equations(
     from: Option<&Boundary>,
 ) -> Result<Vec<(Normal, Normal)>> {
     let mut values: Vec<String> = vec![];
-    for j in jobs {
-        if !values.contains(&j.s.input) {
-            values.push(j.s.input.clone());
+    for (x, _) in jobs.iter().flat_map(|j| j.s.uses()) {
+        if !values.contains(x) {
+            values.push(x.clone());
         }
     }
-    let mut ne: Vec<(Normal32, Normal)> =
-        jobs.iter().map(|j| (Normal32::new(j.pk, j.q), Normal::new(j.pk, j.q))).collect();
-    // Rows (z, y) waiting to be added, fit and held-apart, per job: added in products of `BATCH`
-    // rows (a calibration chunk of a few samples gives a few hundred rows; one product per chunk
-    // ran at half the speed), whatever the chunks, so the sums do not depend on them.
+    let mut ne: Vec<Vec<(Normal32, Normal)>> = t
+        .iter()
+        .zip(jobs)
+        .map(|(u, j)| u.iter().map(|_| (Normal32::new(j.pk, j.q), Normal::new(j.pk, j.q))).collect())
+        .collect();
+    // Rows (z, y) waiting to be added, fit and held-apart, per job and use: added in products of
+    // `BATCH` rows (a calibration chunk of a few samples gives a few hundred rows; one product per
+    // chunk ran at half the speed), whatever the chunks, so the sums do not depend on them.
     const BATCH: usize = super::linalg::Gram32::BATCH;
-    let mut pending: Vec<[Pending; 2]> = jobs.iter().map(|_| Default::default()).collect();
-    let mut at = vec![0usize; jobs.len()];
+    let mut pending: Vec<Vec<[Pending; 2]>> =
+        t.iter().map(|u| u.iter().map(|_| Default::default()).collect()).collect();
+    let mut at: Vec<Vec<usize>> = t.iter().map(|u| vec![0; u.len()]).collect();
     run_from(from, masked, calib, &values, |row0, v| {
         for (i, j) in jobs.iter().enumerate() {
             let s = &j.s;
-            let (ys, keys) = &t[i];
             let q = j.q;
-            let x = &v[values.iter().position(|n| n == &s.input).expect("exposed")];
-            let (npos, hw) = sample_positions(s, x.shape())?;
             let mut z = vec![0.0; s.p];
-            let p = &mut pending[i];
-            for n in 0..x.shape()[0] {
-                let which = is_val(row0 + n) as usize;
-                for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(j.k, row0 + n)) {
-                    if keys.get(at[i]) != Some(&(row0 + n, pos)) {
-                        bail!("{}: dense and masked runs sampled different rows", s.label);
-                    }
-                    site::input_row(s, x, n, pos, 0, hw, &mut z);
-                    let (zs, y, nr) = &mut p[which];
-                    zs.extend(j.feat.iter().map(|&f| z[f]));
-                    if j.has_bias {
-                        zs.push(1.0);
-                    }
-                    y.extend(ys[at[i] * q..(at[i] + 1) * q].iter().map(|&v| v as f64));
-                    *nr += 1;
-                    at[i] += 1;
-                    if *nr == BATCH {
-                        add_pending(&mut ne[i], which, &mut p[which], j);
+            for (u, (xn, _)) in s.uses().enumerate() {
+                let (ys, keys) = &t[i][u];
+                let x = &v[values.iter().position(|n| n == xn).expect("exposed")];
+                let (npos, hw) = sample_positions(s, x.shape())?;
+                let p = &mut pending[i][u];
+                let at = &mut at[i][u];
+                for n in 0..x.shape()[0] {
+                    let which = is_val(row0 + n) as usize;
+                    for pos in site::sample(npos, POSITIONS_PER_SAMPLE, row_seed(j.k, row0 + n)) {
+                        if keys.get(*at) != Some(&(row0 + n, pos)) {
+                            bail!("{}: dense and masked runs sampled different rows", s.label);
+                        }
+                        site::input_row(s, x, n, pos, 0, hw, &mut z);
+                        let (zs, y, nr) = &mut p[which];
+                        zs.extend(j.feat.iter().map(|&f| z[f]));
+                        if j.has_bias {
+                            zs.push(1.0);
+                        }
+                        y.extend(ys[*at * q..(*at + 1) * q].iter().map(|&v| v as f64));
+                        *nr += 1;
+                        *at += 1;
+                        if *nr == BATCH {
+                            add_pending(&mut ne[i][u], which, &mut p[which], j);
+                        }
                     }
                 }
             }
@@ -470,36 +510,25 @@ fn normal_equations(
         Ok(())
     })
     .context("masked run")?;
-    for ((n, p), j) in ne.iter_mut().zip(pending.iter_mut()).zip(jobs) {
-        for (which, side) in p.iter_mut().enumerate() {
-            add_pending(n, which, side, j);
-        }
-    }
-    for (i, j) in jobs.iter().enumerate() {
-        if at[i] != t[i].1.len() {
+    let mut out = vec![];
+    for (((uses, pend), j), (t, at)) in ne.into_iter().zip(pending.iter_mut()).zip(jobs).zip(t.iter().zip(&at)) {
+        if t.iter().zip(at).any(|((_, keys), &at)| at != keys.len()) {
             bail!("{}: dense and masked runs sampled different rows", j.s.label);
         }
-    }
-    Ok(ne
-        .into_iter()
-        .zip(jobs)
-        .map(|((fit, val), j)| {
-            let (mut fit, sz, sy) = fit.into_normal();
-            if j.has_bias {
-                // The bias column (z = 1): its sums exactly, in f64 (the bias-only candidate is a
-                // difference of them).
-                let b = j.pk - 1;
-                for (f, &v) in sz.iter().enumerate() {
-                    fit.g[(f, b)] = v;
-                    fit.g[(b, f)] = v;
-                }
-                for (o, &v) in sy.iter().enumerate() {
-                    fit.c[(b, o)] = v;
-                }
+        let mut sum: Option<(Normal, Normal)> = None;
+        for (mut n, p) in uses.into_iter().zip(pend.iter_mut()) {
+            for (which, side) in p.iter_mut().enumerate() {
+                add_pending(&mut n, which, side, j);
             }
-            (fit, val)
-        })
-        .collect())
+            let (fit, val) = (fit_normal(n.0, j), n.1);
+            sum = Some(match sum {
+                None => (fit, val),
+                Some((f, v)) => (merge(f, &fit), merge(v, &val)),
+            });
+        }
+        out.push(sum.context("a site without uses")?);
+    }
+    Ok(out)
 }
 
 /// Choose among unchanged / bias / ridge on the held-apart rows and write the winner.

@@ -36,10 +36,13 @@ pub fn spatial(shape: &[usize]) -> Option<[usize; 2]> {
     }
 }
 
-/// One weight tensor used by exactly one node as a linear layer.
+/// One weight tensor used by one node as a linear layer (or, from [`find_shared`], by several
+/// the same way: `node` is the first in graph order, the others are in `also`).
 #[derive(Clone, Debug)]
 pub struct Site {
     pub node: usize,
+    /// The weight's other uses, in graph order (empty unless from [`find_shared`]).
+    pub also: Vec<Use>,
     pub label: String,
     pub layout: Layout,
     pub weight: String,
@@ -66,23 +69,80 @@ pub struct Site {
     pub shared_bias: bool,
 }
 
+/// Another node applying a shared site's weight: its x and the value holding its y.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Use {
+    pub node: usize,
+    pub input: String,
+    pub output: String,
+}
+
+impl Site {
+    /// Every use of the weight, the site's own first: (x, the value holding y).
+    pub fn uses(&self) -> impl Iterator<Item = (&String, &String)> {
+        std::iter::once((&self.input, &self.output)).chain(self.also.iter().map(|u| (&u.input, &u.output)))
+    }
+}
+
 /// The start of the reason a quantized weight is not refitted (the report's; the run's note
 /// counts them).
 pub const QUANTIZED: &str = "quantized weight: ";
 
-/// The site that uses `weight`, or why there is none.
+/// The site that uses `weight`, or why there is none. A weight several nodes read is not a site
+/// here (see [`find_shared`]).
 pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, String> {
+    find_with(model, weight, false)
+}
+
+/// As [`find`], and a weight that several nodes apply as the same linear map (same op,
+/// attributes and bias: CBAM's channel-gate MLP on the average- and the max-pooled channels,
+/// weight-tied layers) is one site whose other uses are in [`Site::also`]: a refit fits it to
+/// every use's rows at once. Quantized, recurrent and grouped uses are not joined.
+pub fn find_shared(model: &ModelProto, weight: &str) -> std::result::Result<Site, String> {
+    find_with(model, weight, true)
+}
+
+fn find_with(model: &ModelProto, weight: &str, shared: bool) -> std::result::Result<Site, String> {
     let g = model.graph.as_ref().ok_or("model has no graph")?;
     let ix = GraphIndex::build(g).map_err(|e| e.to_string())?;
     let users = ix.consumers_of(weight);
-    if users.len() != 1 {
-        return Err(format!("weight is used by {} nodes", users.len()));
+    match users.len() {
+        1 => at(g, &ix, weight, users[0], 1),
+        k if shared && k > 1 => {
+            let mut sites =
+                users.iter().map(|&u| at(g, &ix, weight, u, k)).collect::<std::result::Result<Vec<_>, _>>()?;
+            sites.sort_by_key(|s| s.node);
+            let first = sites.remove(0);
+            let differs =
+                |s: &Site| s.layout != first.layout || s.bias != first.bias || (s.out, s.p) != (first.out, first.p);
+            if first.internal || first.shared_bias || first.quant.is_some() || groups(&first) > 1 {
+                return Err(format!("weight is used by {k} nodes (a shared quantized, grouped or fused layer)"));
+            }
+            if sites.iter().any(differs) {
+                return Err(format!("weight is used by {k} nodes that apply it differently"));
+            }
+            let also = sites.into_iter().map(|s| Use { node: s.node, input: s.input, output: s.output }).collect();
+            let label =
+                format!("{} (weight shared with {} more node{})", first.label, k - 1, if k > 2 { "s" } else { "" });
+            Ok(Site { also, label, ..first })
+        }
+        k => Err(format!("weight is used by {k} nodes")),
     }
-    let (ni, slot) = users[0];
+}
+
+/// The site of `weight` at its user `(ni, slot)`, the weight and its bias each read by `readers`
+/// nodes (1, or every use of a shared weight).
+fn at(
+    g: &GraphProto,
+    ix: &GraphIndex,
+    weight: &str,
+    (ni, slot): (usize, usize),
+    readers: usize,
+) -> std::result::Result<Site, String> {
     let n = &g.node[ni];
     let label = format!("{} {}", n.op_type, node_label(n));
     let dom_ok = n.domain.is_empty() || n.domain == "ai.onnx";
-    let (dims, mut quant) = match super::quant::weight(g, &ix, weight) {
+    let (dims, mut quant) = match super::quant::weight(g, ix, weight) {
         Some(q) => {
             let (q, dims) = q?;
             (dims, Some(q))
@@ -114,13 +174,13 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
     let const_bias = |name: Option<&String>, len: usize, quant: &mut Option<super::quant::Quant>| -> Option<String> {
         let b = name.filter(|s| !s.is_empty())?;
         if let Some(q) = quant.as_mut() {
-            if let Some(qb) = super::quant::bias(g, &ix, b, len, q) {
+            if let Some(qb) = super::quant::bias(g, ix, b, len, q) {
                 q.bias = Some(qb);
                 return Some(b.clone());
             }
         }
         let bt = ix.weight(g, b)?;
-        (ix.consumers_of(b).len() == 1 && tensor::shape(bt).ok()? == vec![len]).then(|| b.clone())
+        (ix.consumers_of(b).len() == readers && tensor::shape(bt).ok()? == vec![len]).then(|| b.clone())
     };
     // A float constant [len] that other nodes read too, directly or through an `Identity` per
     // reader as torch.onnx writes deduplicated constants (not a quantized layer's).
@@ -133,7 +193,7 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
             }
         }
         quant.is_none()
-            && (src != name || ix.consumers_of(name).len() > 1)
+            && (src != name || ix.consumers_of(name).len() > readers)
             && ix.weight(g, src).is_some_and(|t| t.data_type == 1 && tensor::shape(t).ok() == Some(vec![len]))
     };
     let mut shared_bias = false;
@@ -262,6 +322,7 @@ pub fn find(model: &ModelProto, weight: &str) -> std::result::Result<Site, Strin
     };
     Ok(Site {
         node: ni,
+        also: vec![],
         label,
         layout,
         weight: weight.into(),

@@ -16,6 +16,11 @@ pub(super) fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<crate::reconstruct:
         if !in_keep.contains(&false) {
             continue;
         }
+        // A weight several nodes read (CBAM's shared MLP) is one site: the refit fits it to all
+        // its uses at once.
+        if out.iter().any(|s: &crate::reconstruct::refit::RefitSite| s.weight == c.weight) {
+            continue;
+        }
         let out_keep =
             an.sources.get(&c.node).map(|us| us.iter().map(|u| plan.keeps(an, *u)).collect()).unwrap_or_default();
         out.push(crate::reconstruct::refit::RefitSite { weight: c.weight.clone(), by_output: None, in_keep, out_keep });
@@ -41,7 +46,7 @@ pub(super) fn downstream_sites(
         // Float weights, and quantized ones (DequantizeLinear of an integer initializer).
         let quantized = |w: &str| ctx.consts.get(w).is_some_and(|c| c.dq.is_some());
         let Some(w) = n.input.get(1).filter(|w| ctx.ix.is_constant(w) || quantized(w)) else { continue };
-        if sites.iter().any(|s| &s.weight == w) {
+        if sites.iter().chain(&out).any(|s| &s.weight == w) {
             continue;
         }
         let out_keep =
