@@ -30,6 +30,11 @@ MODELS = [
     ("fmnist_shufflenet", *FMNIST, ["weights", "channels"]),
     # fmnist_resnet with GroupNorm(8, C) (TorchScript: Reshape → InstanceNormalization → Reshape)
     ("fmnist_resnet_gn", *FMNIST, ["weights", "channels"]),
+    # attention blocks inside CNNs: CBAM (a channel-gate MLP shared by two poolings, a spatial
+    # gate), coordinate attention, PoolFormer (GroupNorm(1, C) streams)
+    ("fmnist_cbam", *FMNIST, ["weights", "channels"]),
+    ("fmnist_coordatt", *FMNIST, ["weights", "channels"]),
+    ("fmnist_poolformer", *FMNIST, ["weights", "channels"]),
     ("digits_mlp", "digits_test_x64.npy", "digits_calib_x64.npy", "digits_test_y.npy", ["weights", "channels"]),
     ("digits_cnn", "digits_test_x1x8x8.npy", "digits_calib_x1x8x8.npy", "digits_test_y.npy", ["weights", "channels"]),
     ("digits_cnn_flatten", "digits_test_x1x8x8.npy", "digits_calib_x1x8x8.npy", "digits_test_y.npy",

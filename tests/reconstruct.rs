@@ -200,6 +200,27 @@ fn a_weight_used_by_two_nodes_is_refitted_on_both_uses() {
     assert_eq!(layers[0]["method"], "ridge", "{}", layers[0]);
     assert_eq!(layers[0]["layer"], "MatMul mm2a (weight shared with 1 more node)");
     assert_eq!(fit["equivalence"][0]["pass"], true, "{}", fit["equivalence"]);
+    // Per weight, OBS updates each shared weight once, on the sum of its uses' H.
+    let w = run(
+        &model,
+        &dir.path().join("w.onnx"),
+        &[
+            "--beta",
+            "1",
+            "--include",
+            "small",
+            "--calibration",
+            cal.to_str().unwrap(),
+            "--inputs",
+            test.to_str().unwrap(),
+        ],
+    );
+    let layers = w["reconstruction"]["layers"].as_array().unwrap();
+    assert!(!layers.is_empty(), "{}", w["reconstruction"]);
+    for l in layers {
+        assert!(l["layer"].as_str().unwrap().ends_with("(weight shared with 1 more node)"), "{l}");
+        assert_ne!(l["method"], "skipped", "{l}");
+    }
 }
 
 /// On trained models, reconstruction lowers the output error on the held-out test split in all

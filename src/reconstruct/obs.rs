@@ -63,7 +63,7 @@ pub(crate) fn obs_all_with(
             }
             continue;
         }
-        let s = site::find(model, w);
+        let s = site::find_shared(model, w);
         order.push((s.as_ref().map(|s| s.node).unwrap_or(usize::MAX), w.clone(), Layer::Linear(s)));
     }
     order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -108,6 +108,11 @@ pub(crate) fn obs_all_with(
                 shared = None;
                 boundary = next_boundary(boundary.take(), use_boundary, model, calib, &order);
                 continue;
+            }
+            // A weight several nodes apply: plain OBS (SparseGPT) on the sum of its uses' H.
+            Layer::Linear(Ok(s)) if !s.also.is_empty() => {
+                obs_layer(k, dense, model, &s, calib, &mut shared, boundary.as_ref())
+                    .unwrap_or_else(|e| Some(LayerRecon::skipped(&s.label, &w, format!("{e:#}"))))
             }
             // Layer by layer: OBS aimed at the dense outputs; plain OBS (SparseGPT) when the
             // layer's targets do not fit in memory or its runs fail.
@@ -194,6 +199,9 @@ fn prefetched(
     let mut sites: Vec<(usize, &site::Site)> = vec![(k, s)];
     for (i, (_, _, l)) in order.iter().enumerate() {
         let Layer::Linear(Ok(next)) = l else { break };
+        if !next.also.is_empty() {
+            break;
+        }
         let need = super::target::target_bound(next, calib);
         if need > budget {
             break;
@@ -267,7 +275,9 @@ fn hessians(
 }
 
 /// [`hessians`] of several layers from one calibration pass. Layers that read the same value
-/// with the same layout share one H (computed with the first one's position sample).
+/// with the same layout share one H (computed with the first one's position sample). A weight
+/// several nodes apply ([`site::Site::also`]) gets the sum of its uses' H, each use's summed
+/// apart first so that the sums do not depend on how the calibration runs are chunked.
 fn hessians_multi(
     model: &ModelProto,
     sites: &[(usize, &site::Site)],
@@ -278,7 +288,9 @@ fn hessians_multi(
     let mut keys: Vec<(usize, &site::Site)> = vec![];
     let mut key_of = vec![];
     for &(k, s) in sites {
-        let same = |(_, t): &(usize, &site::Site)| t.input == s.input && t.layout == s.layout && t.p == s.p;
+        let same = |(_, t): &(usize, &site::Site)| {
+            t.input == s.input && t.also == s.also && t.layout == s.layout && t.p == s.p
+        };
         match keys.iter().position(same) {
             Some(i) => key_of.push(i),
             None => {
@@ -288,23 +300,30 @@ fn hessians_multi(
         }
     }
     let mut values: Vec<String> = vec![];
-    for (_, s) in &keys {
-        if !values.contains(&s.input) {
-            values.push(s.input.clone());
+    for (x, _) in keys.iter().flat_map(|(_, s)| s.uses()) {
+        if !values.contains(x) {
+            values.push(x.clone());
         }
     }
-    let mut acc: Vec<Vec<super::linalg::Gram32>> =
-        keys.iter().map(|(_, s)| (0..site::groups(s)).map(|_| super::linalg::Gram32::new(s.p)).collect()).collect();
+    // Per key, per use, per group.
+    let mut acc: Vec<Vec<Vec<super::linalg::Gram32>>> = keys
+        .iter()
+        .map(|(_, s)| {
+            s.uses().map(|_| (0..site::groups(s)).map(|_| super::linalg::Gram32::new(s.p)).collect()).collect()
+        })
+        .collect();
     let label = keys.iter().map(|(_, s)| s.label.as_str()).collect::<Vec<_>>().join(", ");
     let each = |row0: usize, v: &[ndarray::ArrayD<f32>]| -> Result<()> {
-        for ((k, s), hs) in keys.iter().zip(acc.iter_mut()) {
-            let x = &v[values.iter().position(|n| n == &s.input).expect("exposed")];
-            let (npos, hw) = sample_positions(s, x.shape())?;
-            for (g, h) in hs.iter_mut().enumerate() {
-                site::each_input_row(s, x, *k, row0, g, (npos, super::POSITIONS_PER_SAMPLE), hw, |_, z| {
-                    h.add_row(z);
-                    Ok(())
-                })?;
+        for ((k, s), per_use) in keys.iter().zip(acc.iter_mut()) {
+            for ((xn, _), hs) in s.uses().zip(per_use.iter_mut()) {
+                let x = &v[values.iter().position(|n| n == xn).expect("exposed")];
+                let (npos, hw) = sample_positions(s, x.shape())?;
+                for (g, h) in hs.iter_mut().enumerate() {
+                    site::each_input_row(s, x, *k, row0, g, (npos, super::POSITIONS_PER_SAMPLE), hw, |_, z| {
+                        h.add_row(z);
+                        Ok(())
+                    })?;
+                }
             }
         }
         Ok(())
@@ -313,9 +332,20 @@ fn hessians_multi(
         .with_context(|| format!("{label}: calibration run"))?;
     let mut done: Vec<Option<(Vec<Mat<f64>>, usize)>> = acc
         .into_iter()
-        .map(|hs| {
-            let rows = hs.first().map_or(0, |h| h.rows());
-            Some((hs.into_iter().map(|h| h.finish()).collect(), rows))
+        .map(|per_use| {
+            let mut sum: Option<(Vec<Mat<f64>>, usize)> = None;
+            for hs in per_use {
+                let rows = hs.first().map_or(0, |h| h.rows());
+                let hs: Vec<Mat<f64>> = hs.into_iter().map(|h| h.finish()).collect();
+                sum = Some(match sum {
+                    None => (hs, rows),
+                    Some((mut acc, n)) => {
+                        acc.iter_mut().zip(&hs).for_each(|(a, h)| *a += h);
+                        (acc, n + rows)
+                    }
+                });
+            }
+            sum
         })
         .collect();
     // Sites sharing a key share its H (cloned for all but the last).
@@ -469,7 +499,9 @@ pub(crate) fn obs_layer(
     from: Option<&Boundary>,
 ) -> Result<Option<LayerRecon>> {
     let Some(Prepared { w_dense, w_cur, keep }) = prepare(dense, model, s)? else { return Ok(None) };
-    let row_input = matches!(s.layout, Layout::Gemm { .. } | Layout::MatMul | Layout::Recurrent { .. });
+    // Consecutive layers reading the same value share H (not a shared weight's: its H sums uses).
+    let row_input =
+        matches!(s.layout, Layout::Gemm { .. } | Layout::MatMul | Layout::Recurrent { .. }) && s.also.is_empty();
     let cached = shared.take().filter(|c| row_input && c.input == s.input && c.p == s.p);
     let (hs, rows) = match cached {
         Some(c) => (c.hs, c.rows),
