@@ -40,6 +40,20 @@ const BERT_DATA: [&str; 6] = [
     "models/digits_test_y.npy",
 ];
 
+/// Channels at β = 0.8 with the Fashion-MNIST calibration, test and label files.
+const FMNIST_CHANNELS_08: [&str; 10] = [
+    "--structured",
+    "channels",
+    "--beta",
+    "0.8",
+    "--calibration",
+    "models/fmnist_calib_x.npy",
+    "--inputs",
+    "models/fmnist_test_x.npy",
+    "--labels",
+    "models/fmnist_test_y.npy",
+];
+
 /// The fraction of MACs per inference the run removed (verification's counts).
 fn macs_cut(r: &Value) -> f64 {
     let v = &r["verification"];
@@ -96,38 +110,47 @@ fn rel_l2(r: &Value) -> f64 {
     r["verification"]["outputs"][0]["rel_l2_err"].as_f64().unwrap()
 }
 
+/// The known-answer graph's interface and weights: x [N, 3], y [N, 2], W1 [3, 4] whose hidden unit
+/// 3 is 0.3·(h0 + h1) (small: EMP removes it), W2 [4, 2]. The caller adds the nodes.
+fn known(name: &str) -> GraphProto {
+    let mut g = GraphProto::new();
+    g.name = name.into();
+    g.input.push(vi("x", &[-1, 3]));
+    g.output.push(vi("y", &[-1, 2]));
+    let w1: Vec<f32> = vec![4., 0., 0., 1.2, 0., 4., 0., 1.2, 0., 0., 4., 0.];
+    g.initializer.push(f32_tensor("W1", &[3, 4], &w1));
+    g.initializer.push(f32_tensor("W2", &[4, 2], &[1., 2., 3., -1., 0.5, 1., 2., 2.]));
+    g
+}
+
+/// Calibration (200 rows, `seed`) and test (100 rows, `seed + 1`) inputs for [`known`] in `dir`.
+fn known_data(dir: &Path, seed: u64) -> (PathBuf, PathBuf) {
+    let (cal, test) = (dir.join("cal.npy"), dir.join("test.npy"));
+    ndarray_npy::write_npy(&cal, &random(200, 3, seed)).unwrap();
+    ndarray_npy::write_npy(&test, &random(100, 3, seed + 1)).unwrap();
+    (cal, test)
+}
+
+/// EMP's channel cut exactly as it is (β = 1, no rounding, no floor), verified on `test`.
+fn exact(test: &Path) -> Vec<String> {
+    let args = ["--structured", "channels", "--beta", "1", "--round-to", "1", "--include", "narrow", "--inputs"];
+    args.iter().map(|a| a.to_string()).chain([test.to_str().unwrap().to_string()]).collect()
+}
+
 /// x → MatMul W1 (4 hidden units, the last = 0.3·(h0 + h1)) → MatMul W2 → y. EMP removes the
 /// small unit 3; since it is a linear combination of kept units, refitting W2 on calibration
 /// data recovers the dense function exactly (up to the ridge term).
 #[test]
 fn refit_recovers_a_unit_that_is_a_combination_of_kept_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let mut g = GraphProto::new();
-    g.name = "known".into();
-    g.input.push(vi("x", &[-1, 3]));
-    g.output.push(vi("y", &[-1, 2]));
-    let w1: Vec<f32> = vec![4., 0., 0., 1.2, 0., 4., 0., 1.2, 0., 0., 4., 0.];
-    g.initializer.push(f32_tensor("W1", &[3, 4], &w1));
-    g.initializer.push(f32_tensor("W2", &[4, 2], &[1., 2., 3., -1., 0.5, 1., 2., 2.]));
+    let mut g = known("known");
     g.node.push(node("MatMul", "mm1", &["x", "W1"], &["h"]));
     g.node.push(node("MatMul", "mm2", &["h", "W2"], &["y"]));
     let model = dir.path().join("known.onnx");
     save(g, &model);
-    let (cal, test) = (dir.path().join("cal.npy"), dir.path().join("test.npy"));
-    ndarray_npy::write_npy(&cal, &random(200, 3, 1)).unwrap();
-    ndarray_npy::write_npy(&test, &random(100, 3, 2)).unwrap();
-    let common = [
-        "--structured",
-        "channels",
-        "--beta",
-        "1",
-        "--round-to",
-        "1",
-        "--include",
-        "narrow",
-        "--inputs",
-        test.to_str().unwrap(),
-    ];
+    let (cal, test) = known_data(dir.path(), 1);
+    let common = exact(&test);
+    let common = common.iter().map(String::as_str).collect::<Vec<_>>();
     let plain = run(&model, &dir.path().join("a.onnx"), &common);
     assert_eq!(plain["groups"][0]["kept"], 3, "{}", plain["groups"]);
     let cal_s = cal.to_str().unwrap();
@@ -154,13 +177,7 @@ fn refit_recovers_a_unit_that_is_a_combination_of_kept_ones() {
 #[test]
 fn a_weight_used_by_two_nodes_is_refitted_on_both_uses() {
     let dir = tempfile::tempdir().unwrap();
-    let mut g = GraphProto::new();
-    g.name = "shared".into();
-    g.input.push(vi("x", &[-1, 3]));
-    g.output.push(vi("y", &[-1, 2]));
-    let w1: Vec<f32> = vec![4., 0., 0., 1.2, 0., 4., 0., 1.2, 0., 0., 4., 0.];
-    g.initializer.push(f32_tensor("W1", &[3, 4], &w1));
-    g.initializer.push(f32_tensor("W2", &[4, 2], &[1., 2., 3., -1., 0.5, 1., 2., 2.]));
+    let mut g = known("shared");
     g.initializer.push(f32_tensor("B2", &[2], &[0.25, -0.5]));
     g.node.push(node("Mul", "square", &["x", "x"], &["x2"]));
     g.node.push(node("MatMul", "mm1a", &["x", "W1"], &["h"]));
@@ -172,21 +189,9 @@ fn a_weight_used_by_two_nodes_is_refitted_on_both_uses() {
     g.node.push(node("Add", "sum", &["ya_b", "yb_b"], &["y"]));
     let model = dir.path().join("shared.onnx");
     save(g, &model);
-    let (cal, test) = (dir.path().join("cal.npy"), dir.path().join("test.npy"));
-    ndarray_npy::write_npy(&cal, &random(200, 3, 3)).unwrap();
-    ndarray_npy::write_npy(&test, &random(100, 3, 4)).unwrap();
-    let common = [
-        "--structured",
-        "channels",
-        "--beta",
-        "1",
-        "--round-to",
-        "1",
-        "--include",
-        "narrow",
-        "--inputs",
-        test.to_str().unwrap(),
-    ];
+    let (cal, test) = known_data(dir.path(), 3);
+    let common = exact(&test);
+    let common = common.iter().map(String::as_str).collect::<Vec<_>>();
     let plain = run(&model, &dir.path().join("a.onnx"), &common);
     assert_eq!(plain["groups"][0]["kept"], 3, "{}", plain["groups"]);
     let fit =
@@ -406,22 +411,7 @@ fn trained_attention_nets_prune_a_third_of_their_macs_and_keep_their_accuracy() 
     let dir = tempfile::tempdir().unwrap();
     for name in ["fmnist_cbam", "fmnist_coordatt", "fmnist_poolformer"] {
         let m = root(&format!("models/{name}.onnx"));
-        let r = run(
-            &m,
-            &dir.path().join(format!("{name}.onnx")),
-            &[
-                "--structured",
-                "channels",
-                "--beta",
-                "0.8",
-                "--calibration",
-                "models/fmnist_calib_x.npy",
-                "--inputs",
-                "models/fmnist_test_x.npy",
-                "--labels",
-                "models/fmnist_test_y.npy",
-            ],
-        );
+        let r = run(&m, &dir.path().join(format!("{name}.onnx")), &FMNIST_CHANNELS_08);
         assert_eq!(r["equivalence"][0]["pass"], true, "{name}: {}", r["equivalence"]);
         assert!(macs_cut(&r) >= 0.30, "{name}: MACs cut {}", macs_cut(&r));
         assert!(accuracy_loss(&r) <= 0.015, "{name}: lost {:.1} points", 100.0 * accuracy_loss(&r));
@@ -456,22 +446,7 @@ fn a_structured_run_that_cuts_nothing_writes_the_input_bytes() {
 fn a_quantized_trained_model_prunes_and_reconstructs() {
     let dir = tempfile::tempdir().unwrap();
     let m = root("models/fmnist_mobilenet_qdq.onnx");
-    let r = run(
-        &m,
-        &dir.path().join("q.onnx"),
-        &[
-            "--structured",
-            "channels",
-            "--beta",
-            "0.8",
-            "--calibration",
-            "models/fmnist_calib_x.npy",
-            "--inputs",
-            "models/fmnist_test_x.npy",
-            "--labels",
-            "models/fmnist_test_y.npy",
-        ],
-    );
+    let r = run(&m, &dir.path().join("q.onnx"), &FMNIST_CHANNELS_08);
     assert_eq!(r["equivalence"][0]["pass"], true, "{}", r["equivalence"]);
     let layers = r["reconstruction"]["layers"].as_array().unwrap();
     let updated = layers.iter().filter(|l| l["method"] != "unchanged" && l["method"] != "skipped").count();
