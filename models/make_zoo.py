@@ -791,7 +791,8 @@ def add(out, manifest, name, model, x, seed, opset=OPSET, fold=True):
 
 
 def image_zoo(out, size):
-    """The zoo's image models (the CNNs and the patch-reshape net) with size × size inputs instead of
+    """The zoo's image models (the CNNs, the patch-reshape net, the attention blocks inside CNNs:
+    squeeze-excite, CBAM, coordinate attention, PoolFormer) with size × size inputs instead of
     32 × 32, same seeds: `scripts/zoo.py --size 224` times them where compute, not fixed per-op
     cost, dominates. Returns their manifest."""
     os.makedirs(out, exist_ok=True)
@@ -799,6 +800,11 @@ def image_zoo(out, size):
     img = torch.randn(2, 3, size, size)
     manifest = {}
     image_models(out, manifest, img)
+    # The attention blocks inside CNNs (the 32 × 32 zoo makes them after its image models).
+    add(out, manifest, "zoo_se_view", SENet, img, 17)
+    add(out, manifest, "zoo_cbam", CBAMNet, img, 18)
+    add(out, manifest, "zoo_coordatt", CoordNet, img, 20)
+    poolformer(out, manifest, img)
     return manifest
 
 
