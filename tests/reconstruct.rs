@@ -132,9 +132,9 @@ fn known_data(dir: &Path, seed: u64) -> (PathBuf, PathBuf) {
 }
 
 /// EMP's channel cut exactly as it is (β = 1, no rounding, no floor), verified on `test`.
-fn exact(test: &Path) -> Vec<String> {
+fn exact(test: &Path) -> Vec<&str> {
     let args = ["--structured", "channels", "--beta", "1", "--round-to", "1", "--include", "narrow", "--inputs"];
-    args.iter().map(|a| a.to_string()).chain([test.to_str().unwrap().to_string()]).collect()
+    args.into_iter().chain([test.to_str().unwrap()]).collect()
 }
 
 /// x → MatMul W1 (4 hidden units, the last = 0.3·(h0 + h1)) → MatMul W2 → y. EMP removes the
@@ -150,7 +150,6 @@ fn refit_recovers_a_unit_that_is_a_combination_of_kept_ones() {
     save(g, &model);
     let (cal, test) = known_data(dir.path(), 1);
     let common = exact(&test);
-    let common = common.iter().map(String::as_str).collect::<Vec<_>>();
     let plain = run(&model, &dir.path().join("a.onnx"), &common);
     assert_eq!(plain["groups"][0]["kept"], 3, "{}", plain["groups"]);
     let cal_s = cal.to_str().unwrap();
@@ -191,7 +190,6 @@ fn a_weight_used_by_two_nodes_is_refitted_on_both_uses() {
     save(g, &model);
     let (cal, test) = known_data(dir.path(), 3);
     let common = exact(&test);
-    let common = common.iter().map(String::as_str).collect::<Vec<_>>();
     let plain = run(&model, &dir.path().join("a.onnx"), &common);
     assert_eq!(plain["groups"][0]["kept"], 3, "{}", plain["groups"]);
     let fit =

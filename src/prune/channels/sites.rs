@@ -4,10 +4,11 @@
 //! bias and quantization in the rewritten model by that name.
 
 use super::{Analysis, Ctx, Plan};
+use crate::reconstruct::refit::RefitSite;
 
 /// Every consumer that lost input units, for reconstruction: its weight, kept input positions
 /// and kept outputs (empty: its outputs are not a tracked group).
-pub(super) fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<crate::reconstruct::refit::RefitSite> {
+pub(super) fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<RefitSite> {
     let mut out = vec![];
     for c in &an.consumers {
         // Quantized weights (DequantizeLinear of an integer tensor) too: reconstruction refits
@@ -18,24 +19,19 @@ pub(super) fn refit_sites(an: &Analysis, plan: &Plan) -> Vec<crate::reconstruct:
         }
         // A weight several nodes read (CBAM's shared MLP) is one site: the refit fits it to all
         // its uses at once.
-        if out.iter().any(|s: &crate::reconstruct::refit::RefitSite| s.weight == c.weight) {
+        if out.iter().any(|s: &RefitSite| s.weight == c.weight) {
             continue;
         }
         let out_keep =
             an.sources.get(&c.node).map(|us| us.iter().map(|u| plan.keeps(an, *u)).collect()).unwrap_or_default();
-        out.push(crate::reconstruct::refit::RefitSite { weight: c.weight.clone(), by_output: None, in_keep, out_keep });
+        out.push(RefitSite { weight: c.weight.clone(), by_output: None, in_keep, out_keep });
     }
     out
 }
 
 /// Every other producing Conv / Gemm / MatMul (or onnxruntime Attention) downstream of a removal: its inputs are not pruned
 /// but no longer the dense ones, so its output is re-fitted too (all inputs kept).
-pub(super) fn downstream_sites(
-    ctx: &Ctx,
-    an: &Analysis,
-    plan: &Plan,
-    sites: &[crate::reconstruct::refit::RefitSite],
-) -> Vec<crate::reconstruct::refit::RefitSite> {
+pub(super) fn downstream_sites(ctx: &Ctx, an: &Analysis, plan: &Plan, sites: &[RefitSite]) -> Vec<RefitSite> {
     let first = sites.iter().filter_map(|s| ctx.g.node.iter().position(|n| n.input.get(1) == Some(&s.weight))).min();
     let Some(first) = first else { return vec![] };
     let mut out = vec![];
@@ -51,12 +47,7 @@ pub(super) fn downstream_sites(
         }
         let out_keep =
             an.sources.get(&ni).map(|us| us.iter().map(|u| plan.keeps(an, *u)).collect()).unwrap_or_default();
-        out.push(crate::reconstruct::refit::RefitSite {
-            weight: w.clone(),
-            by_output: None,
-            in_keep: vec![],
-            out_keep,
-        });
+        out.push(RefitSite { weight: w.clone(), by_output: None, in_keep: vec![], out_keep });
     }
     out
 }
