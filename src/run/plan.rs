@@ -92,5 +92,5 @@ pub(super) fn plan_outcome(
         notes: p.notes,
         timing: p.timing,
     };
-    Ok(Outcome { report, exact: true })
+    Ok(Outcome { report, exact: true, redo: None })
 }

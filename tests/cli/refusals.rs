@@ -229,3 +229,28 @@ fn an_unreadable_or_unfitting_inputs_file_is_an_error() {
         assert!(!out.exists(), "nothing may be written");
     }
 }
+
+#[test]
+fn calibration_prepared_unlike_the_inputs_is_a_warning() {
+    // The digits are pixels in [0, 1]; standardised copies are what another pipeline would give
+    // (std 1 against 0.38): close enough to fit on, too far to be the same preparation.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let std = dir.path().join("standardised.npy");
+    let a: ndarray::Array2<f32> = ndarray_npy::read_npy(format!("{ROOT}/models/digits_calib_x64.npy")).unwrap();
+    let (m, s) = (a.mean().unwrap(), a.std(0.0));
+    ndarray_npy::write_npy(&std, &a.mapv(|v| (v - m) / s)).unwrap();
+    let says = "WARNING: --calibration input 'x' looks prepared unlike the --inputs samples";
+    for (calib, warned) in
+        [(std.to_str().unwrap().to_string(), true), (format!("{ROOT}/models/digits_calib_x64.npy"), false)]
+    {
+        let a = bin()
+            .args(["models/digits_mlp.onnx"])
+            .arg(&out)
+            .args(["--calibration", &calib, "--inputs", "models/digits_test_x64.npy", "--no-latency"])
+            .assert()
+            .success();
+        let text = String::from_utf8_lossy(&a.get_output().stdout).to_string();
+        assert_eq!(text.contains(says), warned, "{calib}: {text}");
+    }
+}
