@@ -45,11 +45,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 mod dead;
 mod floors;
+mod parts;
 mod report;
 mod rewrite;
 mod scores;
 mod sites;
 use floors::{bottleneck_note, floored, is_stem, kept_whole};
+use parts::fill;
 use report::report;
 use rewrite::{rewrite, Mode};
 pub use scores::activation_requests;
@@ -208,6 +210,9 @@ struct Group {
     /// Channels of the first source per unit class (a GroupNorm's C/G, whose channels go
     /// together; 1 when the classes differ): alignment and the narrow floor count channels.
     width: usize,
+    /// The parts convolutions read or write apart, each aligned on its own ([`parts::parts`];
+    /// empty: the group is one part).
+    parts: Vec<BTreeSet<usize>>,
 }
 
 /// The kernels a group's units run on, in order of their automatic alignment: blocked convolution or
@@ -238,6 +243,11 @@ impl Group {
     }
 
     fn align(&self, opts: &StructOptions) -> Align {
+        self.align_n(self.classes.len(), opts)
+    }
+
+    /// [`Group::align`] for `n` of its classes (a part of it: [`parts::parts`]).
+    fn align_n(&self, n: usize, opts: &StructOptions) -> Align {
         // A LayerNorm-normalised stream is a transformer's: its 2-D Gemms run over flattened
         // tokens ([L·N, E], torchvision's attention projections), not one row at batch 1.
         let kind = if self.normalised && self.kind == SourceKind::RowWise { SourceKind::Blocked } else { self.kind };
@@ -247,7 +257,7 @@ impl Group {
             SourceKind::RowWise => super::AUTO_ALIGN_MAX_ROWWISE,
         };
         let w = self.width.max(1);
-        let a = opts.round_to.align(self.classes.len() * w, max, kind == SourceKind::Blocked);
+        let a = opts.round_to.align(n * w, max, kind == SourceKind::Blocked);
         // In classes: the fewest whose channels are a multiple of the step.
         Align { step: a.step / gcd(a.step, w), ..a }
     }
@@ -303,6 +313,7 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
             normalised: false,
             pooled: false,
             width: 1,
+            parts: vec![],
         });
         // A group is aligned for its widest-tiled source (but see below for convolutions).
         g.kind = g.kind.max(SourceKind::of(ctx, src));
@@ -406,6 +417,10 @@ fn collect_groups(ctx: &Ctx, an: &Analysis, scores: &BTreeMap<Unit, f64>) -> Vec
         }
     }
     v.sort_by_key(|g| g.first_source);
+    let parts = parts::parts(ctx, an, &v);
+    for (g, p) in v.iter_mut().zip(parts) {
+        g.parts = p;
+    }
     v
 }
 
@@ -416,28 +431,6 @@ fn rank_order(scores: &[f64]) -> Vec<usize> {
         scores[b].abs().partial_cmp(&scores[a].abs()).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
     });
     idx
-}
-
-/// Keep set of `target` units aligned by `align` (a multiple of its step when pinned units allow):
-/// pinned units, then `chosen` best first, then the best others. Never fewer than `min` (the
-/// floors) or the pinned units; rounding up keeps all of `chosen` too, rounding to the nearest
-/// multiple below it drops the lowest-ranked chosen units.
-fn fill(g: &Group, chosen: &BTreeSet<usize>, target: usize, min: usize, align: Align) -> BTreeSet<usize> {
-    let n = g.classes.len();
-    let mut keep: BTreeSet<usize> = (0..n).filter(|&i| g.pins.contains_key(&g.classes[i])).collect();
-    // Rounding up keeps every chosen unit beside the pinned ones; to the nearest multiple, the
-    // pinned units count towards EMP's number.
-    let least = if align.nearest { keep.len() } else { keep.union(chosen).count() };
-    let goal = align.apply(target, min.max(least), n);
-    let ranked = rank_order(&g.scores);
-    let order = ranked.iter().filter(|i| chosen.contains(i)).chain(ranked.iter().filter(|i| !chosen.contains(i)));
-    for &i in order {
-        if keep.len() >= goal {
-            break;
-        }
-        keep.insert(i);
-    }
-    keep
 }
 
 fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
@@ -489,7 +482,15 @@ fn plan(ctx: &Ctx, an: &Analysis, opts: &StructOptions) -> Result<Plan> {
         let chosen: BTreeSet<usize> = emp::top_k(&g.scores, d.kept).into_iter().collect();
         let align = g.align(opts);
         let (target, keep) = keep_set(g, an, &chosen, opts, &mut notes);
-        if align.step > 1 && keep.len() != target {
+        if parts::parted(g, |n| g.align_n(n, opts)) && keep.len() != target {
+            notes.push(format!(
+                "kept {target} rounded to {} (its {} parts that convolutions read or write apart, each aligned for its \
+                 own width: --round-to {})",
+                keep.len(),
+                g.parts.len(),
+                opts.round_to
+            ));
+        } else if align.step > 1 && keep.len() != target {
             let (how, which) = if align.nearest { ("", "the nearest") } else { (" up", "a") };
             let what = if keep.len().is_multiple_of(align.step) && g.width > 1 {
                 format!("{which} multiple of {} units, {} channels", align.step, align.step * g.width)
@@ -620,7 +621,7 @@ fn keep_set(
     let live = n - dead.len();
     let target = floored(g, live, chosen.len().max(1), opts, notes);
     let min = g.min_keep(opts).min(live.max(1));
-    let keep = fill(g, &chosen, target, min, align);
+    let keep = fill(g, &chosen, target, min, |n| g.align_n(n, opts));
     // Never more than every live unit, rounded up onto dead ones: at a large β EMP's count
     // reaches the dead units (they score 0) and the nearest multiple can be the whole width,
     // where removing the dead units alone costs nothing (the fidelity guard's β search ends
@@ -629,7 +630,7 @@ fn keep_set(
         return (target, keep);
     }
     let lives: BTreeSet<usize> = (0..n).filter(|i| !dead.contains(i)).collect();
-    let cap = fill(g, &lives, live, min, Align { nearest: false, ..align });
+    let cap = fill(g, &lives, live, min, |n| Align { nearest: false, ..g.align_n(n, opts) });
     if cap.len() < keep.len() {
         notes.push(format!(
             "kept {} instead of {}: EMP's count went past the {live} live unit(s) into the {} dead one(s), which \

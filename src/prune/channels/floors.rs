@@ -54,7 +54,7 @@ pub(super) fn kept_whole(
         notes.push(format!("kept whole: {why}"));
         return (0..n).collect();
     }
-    let keep = fill(g, &live, live.len(), live.len(), g.align(opts));
+    let keep = fill(g, &live, live.len(), live.len(), |n| g.align_n(n, opts));
     if keep.len() == n {
         notes.push(format!(
             "kept whole: {why}; its {} dead unit(s) too: without them the width rounds back to {n} (--round-to {})",
