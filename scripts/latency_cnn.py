@@ -86,9 +86,14 @@ def main():
                     rj = json.load(open(rep))
                     cut = 1 - rj["macs_after"] / rj["macs_before"]
                     t = rj["timing"]
+                    orr = ort_ratio(rj, out)
+                    if not t.get("latency_dense") or not t.get("latency_pruned"):
+                        # A model tract cannot run is timed in onnxruntime only (LeViT).
+                        print(f"| {m} | {beta} | {r} | {fl} | {100 * cut:.1f} % | not timed (tract cannot run it) | "
+                              f"n/a | {orr:.3f}× | {verdict(orr, cut)} |", flush=True)
+                        continue
                     ld, lp = t["latency_dense"]["median_ms"], t["latency_pruned"]["median_ms"]
                     tr = lp / ld
-                    orr = ort_ratio(rj, out)
                     rows.append((m, beta, r if fl == "default" else f"{r}, --include {fl}", cut, tr, orr))
                     print(f"| {m} | {beta} | {r} | {fl} | {100 * cut:.1f} % | {ld:.1f} → {lp:.1f} ms ({tr:.3f}×) | "
                           f"{verdict(tr, cut)} | {orr:.3f}× | {verdict(orr, cut)} |", flush=True)
