@@ -331,7 +331,7 @@ fn run_once(o: &RunOptions) -> Result<Outcome> {
     let (macs_before, macs_after) =
         verification.as_ref().map(|v| (v.macs_dense, v.macs_pruned)).unwrap_or((None, None));
     notes.extend(verification.as_ref().map(|v| finish::unrun_notes(v, &notes)).unwrap_or_default());
-    let real_inputs = !o.verify_opts.inputs.files.is_empty() || o.verify_opts.inputs.npz.is_some();
+    let real_inputs = o.real_inputs();
     let refuted =
         verification.as_ref().and_then(|v| calibration_refuted(o, v, reconstruction.as_ref(), guard_report.as_ref()));
     let redo = match refuted {

@@ -247,7 +247,7 @@ pub(super) enum Recon {
 /// The guard's tolerance when this pass is one it guards: β not given, no `--ratio`, no
 /// reconstruction (or a held one), `--guard` not off.
 fn tolerance(o: &RunOptions, recon: Recon) -> Option<f64> {
-    o.guard.filter(|_| !o.beta_given && o.fixed_ratio.is_none() && recon != Recon::Aside)
+    o.default_guard().filter(|_| recon != Recon::Aside)
 }
 
 fn not_run(o: &RunOptions) -> String {

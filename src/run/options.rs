@@ -243,6 +243,19 @@ pub struct RunOptions {
     pub weight_inputs: WeightInputs,
 }
 
+impl RunOptions {
+    /// The guard's tolerance when the run is a default one it may move: β not given, no
+    /// `--ratio`, `--guard` not off.
+    pub(super) fn default_guard(&self) -> Option<f64> {
+        self.guard.filter(|_| !self.beta_given && self.fixed_ratio.is_none())
+    }
+
+    /// The user gave `--inputs` files: verification measures on real samples.
+    pub(super) fn real_inputs(&self) -> bool {
+        !self.verify_opts.inputs.files.is_empty() || self.verify_opts.inputs.npz.is_some()
+    }
+}
+
 /// Calibration samples a run uses by default (`--calibration-rows`). Reconstruction's time grows
 /// at least with the rows (fmnist_mobilenet per weight: 3.2 s at 128, 12.3 s at 512, 63 s at
 /// 2048) while the test accuracy it reaches does not move (89.2–89.5 % at every size; channels

@@ -384,7 +384,7 @@ pub(super) fn prune_pass(
 /// The guard's tolerance when a run is held to it after reconstruction: a default run (β not
 /// given, no `--ratio`) with `--calibration`, verified (the guard runs the model), `--guard` on.
 pub(super) fn held_tolerance(o: &RunOptions, reconstructing: bool) -> Option<f64> {
-    o.guard.filter(|_| reconstructing && !o.beta_given && o.fixed_ratio.is_none() && o.verify && !o.plan)
+    o.default_guard().filter(|_| reconstructing && o.verify && !o.plan)
 }
 
 /// The calibration rows no refit of `mode` solves on: per weight the last fifth, structural

@@ -40,15 +40,10 @@ pub(super) fn calibration_refuted(
     recon: Option<&crate::reconstruct::ReconReport>,
     guard: Option<&check::guard::GuardReport>,
 ) -> Option<Refuted> {
-    let real = !o.verify_opts.inputs.files.is_empty() || o.verify_opts.inputs.npz.is_some();
-    if o.calibration.is_none() || o.guard_on_inputs || o.plan || !real || !v.is_ok() {
+    if o.calibration.is_none() || o.guard_on_inputs || o.plan || !o.real_inputs() || !v.is_ok() {
         return None;
     }
-    let worst = v
-        .outputs
-        .iter()
-        .filter(|f| f.error.is_none() && !f.integer && f.rel_l2_err.is_finite())
-        .max_by(|a, b| a.rel_l2_err.total_cmp(&b.rel_l2_err))?;
+    let worst = worst_float_output(v)?;
     // What the calibration samples said of the model written.
     let (said, on) = match (recon.and_then(|r| r.end_to_end.as_ref()), guard) {
         (Some(e), _) => (
@@ -64,7 +59,7 @@ pub(super) fn calibration_refuted(
     if worst.rel_l2_err <= CALIBRATION_REFUTED * tol || worst.rel_l2_err <= CALIBRATION_SPREAD * said {
         return None;
     }
-    let default = !o.beta_given && o.fixed_ratio.is_none() && o.guard.is_some();
+    let default = o.default_guard().is_some();
     let needs = matches!(o.criterion, Some(CriterionArg::Wanda | CriterionArg::Activation));
     let found = format!(
         "on your --inputs the model fitted and judged on the --calibration data moves output '{}' by {:.3} \
@@ -86,17 +81,12 @@ pub(super) fn calibration_refuted(
 
 /// Why the first run's guard is to judge again on the user's inputs (the report's note), or None.
 pub(super) fn refuted_on_inputs(o: &RunOptions, r: &Report) -> Option<String> {
-    let real = !o.verify_opts.inputs.files.is_empty() || o.verify_opts.inputs.npz.is_some();
     let g = r.guard.as_ref()?;
     let v = r.verification.as_ref().filter(|v| v.is_ok())?;
-    if o.guard_on_inputs || o.plan || !real || !g.inputs.contains("random") || g.kept_dense {
+    if o.guard_on_inputs || o.plan || !o.real_inputs() || !g.inputs.contains("random") || g.kept_dense {
         return None;
     }
-    let worst = v
-        .outputs
-        .iter()
-        .filter(|f| f.error.is_none() && !f.integer && f.rel_l2_err.is_finite())
-        .max_by(|a, b| a.rel_l2_err.total_cmp(&b.rel_l2_err));
+    let worst = worst_float_output(v);
     let fell = match (v.accuracy_dense, v.accuracy_pruned) {
         (Some(a), Some(b)) if a - b > WARN_ACCURACY_DROP => Some(a - b),
         _ => None,
@@ -122,4 +112,12 @@ pub(super) fn refuted_on_inputs(o: &RunOptions, r: &Report) -> Option<String> {
          are on samples that include the ones it judged on; --calibration with separate real samples keeps them apart)",
         g.inputs, g.beta, g.tolerance
     ))
+}
+
+/// The float output verification found furthest from dense (relative L2), among those it measured.
+fn worst_float_output(v: &check::Verification) -> Option<&check::OutputFidelity> {
+    v.outputs
+        .iter()
+        .filter(|f| f.error.is_none() && !f.integer && f.rel_l2_err.is_finite())
+        .max_by(|a, b| a.rel_l2_err.total_cmp(&b.rel_l2_err))
 }

@@ -219,7 +219,7 @@ pub(super) fn slower_warnings(t: &Timing) -> Vec<String> {
 /// run), the report warns when the result is further from dense than that on the held-out
 /// calibration samples.
 pub(super) fn calibrated_warning(o: &RunOptions, r: Option<&crate::reconstruct::ReconReport>) -> Option<String> {
-    let tol = o.guard.filter(|_| !o.beta_given && o.fixed_ratio.is_none())?;
+    let tol = o.default_guard()?;
     let e = r?.end_to_end.as_ref()?;
     let err = if e.kept { e.err_with } else { e.err_without }.sqrt();
     (err > tol).then(|| {
